@@ -1,0 +1,26 @@
+"""Operator actions shared by the CLI and the API: one implementation each."""
+
+from __future__ import annotations
+
+from control_plane.db.engine import Database
+from control_plane.store.keys import create_api_key, create_enrollment_token
+from control_plane.store.tenants import get_or_create_tenant
+
+__all__ = ["issue_api_key", "issue_enrollment_token"]
+
+
+async def issue_api_key(db: Database, tenant: str, name: str) -> tuple[str, str]:
+    """Create an API key; returns ``(key_id, secret)``. The secret is not stored."""
+    async with db.session() as session:
+        t = await get_or_create_tenant(session, tenant)
+        key, secret = await create_api_key(session, t.id, name)
+        await session.commit()
+        return key.id, secret
+
+
+async def issue_enrollment_token(db: Database, tenant: str, runner_name: str, ttl_s: int) -> str:
+    async with db.session() as session:
+        t = await get_or_create_tenant(session, tenant)
+        _, secret = await create_enrollment_token(session, t.id, runner_name, ttl_s)
+        await session.commit()
+        return secret

@@ -1,0 +1,63 @@
+"""Dependency aliases so routes read as lists of nouns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.errors import ApiError
+from control_plane.state import AppState
+from control_plane.store.keys import authenticate_api_key
+
+__all__ = ["AppStateDep", "Caller", "CallerDep", "SessionDep", "bearer_token"]
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.outpost
+
+
+AppStateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_session(state: AppStateDep) -> AsyncIterator[AsyncSession]:
+    # Routes own the transaction: they commit; anything else rolls back.
+    async with state.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    api_key_id: str
+    scopes: frozenset[str]
+
+
+async def get_caller(request: Request, state: AppStateDep) -> Caller:
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError.unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+    # A short session of its own: a streaming response must not pin a pooled
+    # connection for its whole lifetime.
+    async with state.db.session() as session:
+        key = await authenticate_api_key(session, token)
+    if key is None:
+        raise ApiError.unauthorized()
+    return Caller(tenant_id=key.tenant_id, api_key_id=key.id, scopes=frozenset(key.scopes.split(",")))
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

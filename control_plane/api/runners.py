@@ -1,0 +1,34 @@
+"""Runner enrollment (token → identity key registration) and management."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.api.deps import SessionDep, bearer_token
+from control_plane.errors import ApiError
+from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut
+from control_plane.store.keys import consume_enrollment_token
+from control_plane.store.runners import create_runner
+
+router = APIRouter(prefix="/api/runners", tags=["runners"])
+
+
+@router.post("/register", response_model=RegisterRunnerOut, status_code=201)
+async def register_runner(body: RegisterRunnerIn, request: Request, session: SessionDep) -> RegisterRunnerOut:
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError.unauthorized("Missing enrollment token.")
+    enrollment = await consume_enrollment_token(session, token)
+    if enrollment is None:
+        raise ApiError.unauthorized("Enrollment token is invalid, expired or already used.")
+    try:
+        runner = await create_runner(session, tenant_id=enrollment.tenant_id, name=enrollment.runner_name,
+                                     identity_public_key=body.identity_public_key,
+                                     hpke_public_key=body.hpke_public_key,
+                                     hpke_key_signature=body.hpke_key_signature)
+    except IntegrityError:
+        raise ApiError(409, f"A runner named {enrollment.runner_name!r} already exists.",
+                       code="runner_exists") from None
+    await session.commit()
+    return RegisterRunnerOut(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name)

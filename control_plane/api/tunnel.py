@@ -1,0 +1,121 @@
+"""The runner tunnel endpoint: handshake, then one reader loop per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from sdk.identity import verify_signature
+from sdk.protocol import (
+    CAPABILITIES,
+    PROTOCOL_VERSIONS,
+    ChallengeFrame,
+    CloseCode,
+    FrameError,
+    HelloFrame,
+    WelcomeFrame,
+    encode_frame,
+    handshake_message,
+    negotiate_version,
+    parse_frame,
+)
+
+from control_plane.state import AppState
+from control_plane.store.runners import get_runner, record_hello
+from control_plane.tunnel.hub import ConnectedRunner
+from control_plane.tunnel.link import Link
+
+log = logging.getLogger("outpost.tunnel")
+router = APIRouter()
+
+
+class HandshakeRefused(Exception):
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@router.websocket("/tunnel/v1")
+async def tunnel(ws: WebSocket) -> None:
+    state: AppState = ws.app.state.outpost
+    await ws.accept()
+    try:
+        hello, info = await asyncio.wait_for(_handshake(ws, state), state.settings.tunnel_handshake_timeout_s)
+    except HandshakeRefused as exc:
+        log.warning("tunnel handshake refused: %s", exc.reason)
+        await _close(ws, exc.code, exc.reason)
+        return
+    except TimeoutError:
+        await _close(ws, CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout")
+        return
+    except WebSocketDisconnect:
+        return
+
+    session_id = secrets.token_hex(8)
+
+    async def close(code: int, reason: str) -> None:
+        await _close(ws, code, reason)
+
+    link = Link(info.runner_id, session_id, ws.send_text, state.settings.tunnel_max_streams_per_connection,
+                close)
+    version = hello.version
+    caps = sorted(CAPABILITIES & set(hello.capabilities))
+    await ws.send_text(encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id)))
+    state.hub.attach(link, info)
+    log.info("runner %s connected (link %s, connection %d)", info.runner_id, session_id, hello.connection_index)
+    reason = "runner disconnected"
+    try:
+        while True:
+            raw = await ws.receive_text()
+            link.dispatch(parse_frame(raw))
+    except FrameError as exc:
+        reason = str(exc)
+        log.warning("runner %s broke the protocol: %s", info.runner_id, exc)
+        await _close(ws, exc.code, reason[:120])
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        link.fail_all(reason)
+        state.hub.detach(link)
+        log.info("runner %s link %s closed: %s", info.runner_id, session_id, reason)
+
+
+async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, ConnectedRunner]:
+    nonce = secrets.token_urlsafe(32)
+    await ws.send_text(encode_frame(ChallengeFrame(nonce=nonce, versions=list(PROTOCOL_VERSIONS))))
+    try:
+        hello = parse_frame(await ws.receive_text())
+    except FrameError as exc:
+        raise HandshakeRefused(exc.code, str(exc)[:120]) from None
+    if not isinstance(hello, HelloFrame):
+        raise HandshakeRefused(CloseCode.PROTOCOL_ERROR, "expected hello.v1")
+    if negotiate_version([hello.version]) is None:
+        raise HandshakeRefused(CloseCode.UNSUPPORTED_VERSION, f"protocol version {hello.version} unsupported")
+    async with state.db.session() as session:
+        runner = await get_runner(session, hello.runner_id)
+        # One answer for unknown id and bad signature: no oracle for valid ids.
+        if runner is None or not verify_signature(
+            runner.identity_public_key, handshake_message(nonce, hello.runner_id, hello.version), hello.signature
+        ):
+            raise HandshakeRefused(CloseCode.AUTH_FAILED, "runner identity not verified")
+        if runner.revoked_at is not None:
+            raise HandshakeRefused(CloseCode.REVOKED, "runner revoked")
+        await record_hello(session, runner, models=hello.models, capacity=hello.capacity,
+                           labels=hello.labels, hardware=hello.hardware, cost=hello.cost)
+        await session.commit()
+        info = ConnectedRunner(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name,
+                               models=list(hello.models), capacity=hello.capacity, labels=dict(hello.labels),
+                               cost=dict(hello.cost), hardware=dict(hello.hardware))
+    return hello, info
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    if ws.application_state != WebSocketState.DISCONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
+        try:
+            await ws.close(code=int(code), reason=reason[:120])
+        except RuntimeError:
+            pass

@@ -1,0 +1,44 @@
+"""The app factory. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from control_plane.api import errors, health, openai, runners, tunnel
+from control_plane.api.limits import BodySizeLimit
+from control_plane.db.engine import Database
+from control_plane.db.migrate import upgrade_to_head
+from control_plane.settings import Settings
+from control_plane.state import AppState
+from control_plane.tunnel.hub import TunnelHub
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("outpost")
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if migrate:
+            upgrade_to_head(settings.database_url)
+        db = Database(settings.database_url)
+        app.state.outpost = AppState(settings=settings, db=db, hub=TunnelHub())
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
+    errors.install_error_handlers(app)
+    for module in (health, openai, runners, tunnel):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,153 @@
+"""``control-plane``: serve the API and run operator tasks on its database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from sdk.protocol import MAX_FRAME_BYTES
+
+from control_plane.admin import issue_api_key, issue_enrollment_token
+from control_plane.app import create_app
+from control_plane.db.engine import Database
+from control_plane.db.migrate import upgrade_to_head
+from control_plane.settings import Settings
+
+app = typer.Typer(help="Outpost control plane.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+runners_app = typer.Typer(help="Runners.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(runners_app, name="runners")
+console = Console(stderr=True)
+
+Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+        # The tunnel contract: bounded frames, no compression, explicit keepalive.
+        ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False,
+        ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s,
+        timeout_graceful_shutdown=30, server_header=False,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API and the runner tunnel."""
+    settings = _settings(host=host, port=port, state_dir=state_dir)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.Server(_uvicorn_config(settings)).run()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (the server also does this on start)."""
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+    console.print("[green]database is at the latest revision[/]")
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")],
+                tenant: Tenant = "default") -> None:
+    """Create an API key; the secret is printed once, on stdout."""
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+    key_id, secret = asyncio.run(_with_db(settings, lambda db: issue_api_key(db, tenant, name)))
+    console.print(f"created API key [bold]{key_id}[/] for tenant {tenant!r}; store the secret now:")
+    print(secret)
+
+
+@runners_app.command("enroll")
+def runners_enroll(name: Annotated[str, typer.Argument(help="Runner name.")], tenant: Tenant = "default") -> None:
+    """Create a one-time enrollment token for a runner; printed once, on stdout."""
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+    token = asyncio.run(_with_db(settings, lambda db: issue_enrollment_token(
+        db, tenant, name, settings.enrollment_token_ttl_s)))
+    console.print(f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
+                  "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:")
+    print(token)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Port of the control plane.")] = 8080,
+    state_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
+) -> None:
+    """Control plane on SQLite plus a local runner serving the embedded SmolLM2 model."""
+    settings = _settings(port=port, state_dir=state_dir)
+    logging.basicConfig(level="WARNING")
+    upgrade_to_head(settings.database_url)
+    runner_state = settings.state_dir / "runner"
+    enrolled = (runner_state / "identity.json").exists()
+
+    async def prepare(db: Database) -> tuple[str, str | None]:
+        _, key = await issue_api_key(db, "default", "up")
+        token = None if enrolled else await issue_enrollment_token(db, "default", "local", 600)
+        return key, token
+
+    api_key, token = asyncio.run(_with_db(settings, prepare))
+    server = uvicorn.Server(_uvicorn_config(settings))
+    env = {**os.environ}
+    if token:
+        env["OUTPOST_ENROLLMENT_TOKEN"] = token
+    runner_proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "local-runner", "--control-plane", settings.public_url,
+         "--state-dir", str(runner_state)], env=env)
+    console.print(Panel.fit(_instructions(settings.public_url, api_key), title="Outpost is starting"))
+    try:
+        server.run()
+    finally:
+        if runner_proc.poll() is None:
+            runner_proc.send_signal(signal.SIGTERM)
+            try:
+                runner_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                runner_proc.kill()
+
+
+def _instructions(url: str, key: str) -> str:
+    return (
+        f"Base URL:  {url}/v1\nAPI key:   {key}\nModel:     smollm2-135m-instruct\n\n"
+        f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        "  -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n\n"
+        "python -c \"from openai import OpenAI; c = OpenAI(base_url='" + url + "/v1', api_key='" + key + "');\n"
+        "print(c.chat.completions.create(model='smollm2-135m-instruct',\n"
+        "      messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)\"\n\n"
+        "The runner loads the model in a few seconds; Ctrl-C stops both."
+    )
+
+
+async def _with_db(settings: Settings, fn):  # noqa: ANN001, ANN202 - small local helper
+    db = Database(settings.database_url)
+    try:
+        return await fn(db)
+    finally:
+        await db.dispose()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,61 @@
+"""The one error type of the HTTP API, rendered as OpenAI's envelope.
+
+``{"error": {"message", "type", "param", "code"}}`` with a matching status.
+Handlers raise :class:`ApiError`; nothing else reaches the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["ApiError", "error_body", "sse_error_event"]
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+    # Common cases, so routes read as intent.
+    @classmethod
+    def unauthorized(cls, message: str = "Invalid API key.") -> ApiError:
+        return cls(401, message, type="invalid_request_error", code="invalid_api_key",
+                   headers={"WWW-Authenticate": "Bearer"})
+
+    @classmethod
+    def forbidden(cls, message: str) -> ApiError:
+        return cls(403, message, type="permission_error", code="forbidden")
+
+    @classmethod
+    def not_found(cls, message: str, code: str = "not_found", param: str | None = None) -> ApiError:
+        return cls(404, message, type="invalid_request_error", code=code, param=param)
+
+    @classmethod
+    def unavailable(cls, message: str, code: str = "no_runner_available") -> ApiError:
+        return cls(503, message, type="service_unavailable", code=code, headers={"Retry-After": "1"})
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict:  # noqa: A002
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def sse_error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:  # noqa: A002
+    return b"data: " + json.dumps(error_body(message, type, code)).encode() + b"\n\n"

@@ -1,0 +1,40 @@
+"""Wire schemas of the control plane's own (non-OpenAI) API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RegisterRunnerIn", "RegisterRunnerOut", "RunnerOut"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class RegisterRunnerIn(_In):
+    identity_public_key: str = Field(min_length=43, max_length=44, pattern=r"^[A-Za-z0-9_-]+$")
+    hpke_public_key: str | None = Field(default=None, max_length=2048)
+    hpke_key_signature: str | None = Field(default=None, max_length=256)
+
+
+class RegisterRunnerOut(_Out):
+    runner_id: str
+    tenant_id: str
+    name: str
+
+
+class RunnerOut(_Out):
+    id: str
+    name: str
+    labels: dict
+    capacity: int
+    created_at: datetime
+    last_seen_at: datetime | None
+    revoked_at: datetime | None
+    connected: bool = False

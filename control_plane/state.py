@@ -1,0 +1,18 @@
+"""Everything the app holds for its lifetime, created in the app factory's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from control_plane.db.engine import Database
+from control_plane.settings import Settings
+from control_plane.tunnel.hub import TunnelHub
+
+__all__ = ["AppState"]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    hub: TunnelHub

@@ -1,0 +1,75 @@
+"""API keys and enrollment tokens: created with the secret shown once, stored hashed."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.db.models import ApiKey, EnrollmentToken, new_id, utcnow
+from control_plane.security import new_secret, parse_secret, verify_secret
+
+__all__ = [
+    "authenticate_api_key",
+    "consume_enrollment_token",
+    "create_api_key",
+    "create_enrollment_token",
+]
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes even for timezone=True columns.
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=utcnow().tzinfo)
+    return ts
+
+
+async def create_api_key(session: AsyncSession, tenant_id: str, name: str,
+                         expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    token, prefix, digest = new_secret("sk")
+    key = ApiKey(id=new_id("key"), tenant_id=tenant_id, name=name, prefix=prefix,
+                 secret_hash=digest, expires_at=expires_at)
+    session.add(key)
+    await session.flush()
+    return key, token
+
+
+async def authenticate_api_key(session: AsyncSession, token: str) -> ApiKey | None:
+    parsed = parse_secret(token, "sk")
+    if parsed is None:
+        return None
+    key = (await session.execute(select(ApiKey).where(ApiKey.prefix == parsed.prefix))).scalar_one_or_none()
+    if key is None or not verify_secret(parsed.secret, key.secret_hash):
+        return None
+    now = utcnow()
+    if key.revoked_at is not None or ((exp := _aware(key.expires_at)) is not None and exp <= now):
+        return None
+    return key
+
+
+async def create_enrollment_token(session: AsyncSession, tenant_id: str, runner_name: str,
+                                  ttl_s: int) -> tuple[EnrollmentToken, str]:
+    token, prefix, digest = new_secret("et")
+    row = EnrollmentToken(id=new_id("enr"), tenant_id=tenant_id, runner_name=runner_name,
+                          prefix=prefix, secret_hash=digest,
+                          expires_at=utcnow() + timedelta(seconds=ttl_s))
+    session.add(row)
+    await session.flush()
+    return row, token
+
+
+async def consume_enrollment_token(session: AsyncSession, token: str) -> EnrollmentToken | None:
+    """Mark a valid, unexpired, unused token used and return it; else ``None``."""
+    parsed = parse_secret(token, "et")
+    if parsed is None:
+        return None
+    stmt = select(EnrollmentToken).where(EnrollmentToken.prefix == parsed.prefix).with_for_update()
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None or not verify_secret(parsed.secret, row.secret_hash):
+        return None
+    if row.used_at is not None or _aware(row.expires_at) <= utcnow():  # type: ignore[operator]
+        return None
+    row.used_at = utcnow()
+    await session.flush()
+    return row

@@ -1,0 +1,1 @@
+"""The control plane's side of the runner tunnel: connections, streams, registry."""

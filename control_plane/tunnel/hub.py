@@ -1,0 +1,98 @@
+"""Registry of connected runners and their links (in this process)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk.protocol import CloseCode, ModelInfo
+
+from control_plane.tunnel.link import Link
+
+__all__ = ["ConnectedRunner", "TunnelHub"]
+
+
+@dataclass
+class ConnectedRunner:
+    runner_id: str
+    tenant_id: str
+    name: str
+    models: list[ModelInfo]
+    capacity: int
+    labels: dict[str, str] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
+    in_flight: int = 0  # requests this control plane has open on the runner
+
+    def serves(self, model: str) -> ModelInfo | None:
+        for m in self.models:
+            if m.name == model or model in m.aliases:
+                return m
+        return None
+
+    def usable_link(self) -> Link | None:
+        live = [ln for ln in self.links if not ln.closed and not ln.draining]
+        return min(live, key=lambda ln: ln.open_streams) if live else None
+
+    @property
+    def draining(self) -> bool:
+        return all(ln.draining for ln in self.links)
+
+
+class TunnelHub:
+    def __init__(self) -> None:
+        self.runners: dict[str, ConnectedRunner] = {}
+        self.changed = asyncio.Event()
+
+    def attach(self, link: Link, info: ConnectedRunner) -> ConnectedRunner:
+        current = self.runners.get(info.runner_id)
+        if current is None:
+            current = info
+            self.runners[info.runner_id] = current
+        else:
+            # A later connection's hello refreshes what the runner serves.
+            current.models, current.capacity = info.models, info.capacity
+            current.labels, current.cost, current.hardware = info.labels, info.cost, info.hardware
+        current.links.append(link)
+        self._notify()
+        return current
+
+    def detach(self, link: Link) -> None:
+        runner = self.runners.get(link.runner_id)
+        if runner is None:
+            return
+        if link in runner.links:
+            runner.links.remove(link)
+        if not runner.links:
+            del self.runners[link.runner_id]
+        self._notify()
+
+    def candidates(self, model: str) -> list[ConnectedRunner]:
+        return [r for r in self.runners.values() if r.serves(model) and r.usable_link() is not None]
+
+    def model_names(self) -> dict[str, ModelInfo]:
+        names: dict[str, ModelInfo] = {}
+        for r in self.runners.values():
+            for m in r.models:
+                names.setdefault(m.name, m)
+                for alias in m.aliases:
+                    names.setdefault(alias, m)
+        return names
+
+    async def disconnect(self, runner_id: str, code: CloseCode, reason: str) -> int:
+        """Close every link of a runner (revocation). Returns how many were closed."""
+        runner = self.runners.get(runner_id)
+        if runner is None:
+            return 0
+        links = list(runner.links)
+        for link in links:
+            link.fail_all(reason)
+            await link.close(int(code), reason)
+        return len(links)
+
+    def _notify(self) -> None:
+        # Wake waiters (tests, readiness) and re-arm.
+        self.changed.set()
+        self.changed = asyncio.Event()

@@ -1,0 +1,127 @@
+"""One authenticated WebSocket connection from a runner, carrying many streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from sdk.protocol import (
+    DEFAULT_STREAM_WINDOW,
+    MAX_DATA_BYTES,
+    DataFrame,
+    EndFrame,
+    Frame,
+    FrameError,
+    GoawayFrame,
+    RequestFrame,
+    ResetFrame,
+    ResponseStartFrame,
+    StatusFrame,
+    WindowUpdateFrame,
+    encode_frame,
+)
+
+from control_plane.tunnel.stream import Stream
+
+__all__ = ["Link", "RunnerLoad"]
+
+SendText = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class RunnerLoad:
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float | None = None
+    healthy: bool = True
+    updated_at: float = field(default_factory=time.monotonic)
+
+
+class Link:
+    def __init__(self, runner_id: str, session_id: str, send_text: SendText, max_streams: int,
+                 close: Callable[[int, str], Awaitable[None]]) -> None:
+        self.runner_id = runner_id
+        self.close = close
+        self.session_id = session_id
+        self._send_text = send_text
+        # websockets/uvicorn must not interleave two sends; one lock orders them.
+        self._send_lock = asyncio.Lock()
+        self._next_id = 1
+        self.streams: dict[int, Stream] = {}
+        self.max_streams = max_streams
+        self.load = RunnerLoad()
+        self.draining = False
+        self.closed = False
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.streams)
+
+    async def send(self, frame: object) -> None:
+        if self.closed:
+            raise ConnectionError("link closed")
+        text = encode_frame(frame)  # type: ignore[arg-type]
+        async with self._send_lock:
+            await self._send_text(text)
+
+    async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
+                          sealed: bool = False, window: int = DEFAULT_STREAM_WINDOW) -> Stream:
+        if self.closed or self.draining:
+            raise ConnectionError("link is not accepting streams")
+        if len(self.streams) >= self.max_streams:
+            raise ConnectionError("link stream limit reached")
+        sid, self._next_id = self._next_id, self._next_id + 1
+        st = Stream(sid, window, self._grant, self._reset)
+        self.streams[sid] = st
+        first, rest = body[:MAX_DATA_BYTES], body[MAX_DATA_BYTES:]
+        try:
+            await self.send(RequestFrame(stream_id=sid, path=path, model=model, body=first,
+                                         body_length=len(body), stream=stream, window=window,
+                                         sealed=sealed))
+            for i in range(0, len(rest), MAX_DATA_BYTES):
+                await self.send(DataFrame(stream_id=sid, data=rest[i : i + MAX_DATA_BYTES]))
+        except BaseException:
+            self.streams.pop(sid, None)
+            raise
+        return st
+
+    def close_stream(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+
+    async def _grant(self, sid: int, n: int) -> None:
+        if sid in self.streams and not self.closed:
+            await self.send(WindowUpdateFrame(stream_id=sid, increment=n))
+
+    async def _reset(self, sid: int, reason: str) -> None:
+        self.streams.pop(sid, None)
+        if not self.closed:
+            try:
+                await self.send(ResetFrame(stream_id=sid, reason=reason))
+            except ConnectionError:
+                pass
+
+    def dispatch(self, frame: Frame) -> None:
+        """Route one frame from the reader task. Raises FrameError on a violation."""
+        if isinstance(frame, ResponseStartFrame | DataFrame | EndFrame | ResetFrame):
+            st = self.streams.get(frame.stream_id)
+            if st is None:
+                if frame.stream_id < self._next_id:
+                    return  # a late frame for a stream we reset: harmless
+                raise FrameError(f"frame for unknown stream {frame.stream_id}")
+            st.deliver(frame)
+            if st.finished:
+                self.streams.pop(frame.stream_id, None)
+        elif isinstance(frame, StatusFrame):
+            self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy)
+        elif isinstance(frame, GoawayFrame):
+            self.draining = True
+        else:
+            raise FrameError(f"unexpected {frame.type} frame after handshake")
+
+    def fail_all(self, reason: str) -> None:
+        self.closed = True
+        for st in list(self.streams.values()):
+            st.link_closed(reason)
+        self.streams.clear()

@@ -1,0 +1,90 @@
+"""One multiplexed request stream, as the control plane sees it.
+
+Flow control: the runner may send at most ``window`` characters of data the
+control plane has not yet granted back. The control plane grants credit back
+only as the client *consumes* data, so a client that stops reading stops its
+own stream on the runner and nobody else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Union
+
+from sdk.protocol import DataFrame, EndFrame, FrameError, ResetFrame, ResponseStartFrame
+
+__all__ = ["LinkClosed", "Stream", "StreamEvent"]
+
+StreamEvent = Union[ResponseStartFrame, DataFrame, EndFrame, ResetFrame, "LinkClosed"]
+
+
+class LinkClosed:
+    """Delivered to every open stream when its connection drops."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Stream:
+    def __init__(
+        self,
+        stream_id: int,
+        window: int,
+        grant: Callable[[int, int], Awaitable[None]],
+        reset: Callable[[int, str], Awaitable[None]],
+    ) -> None:
+        self.id = stream_id
+        self.window = window
+        self._credit = window  # what the runner may still send
+        self._ungranted = 0  # consumed by the client, not yet granted back
+        self._grant = grant
+        self._reset = reset
+        # Bounded by the window: the runner cannot push more than it was granted.
+        self._events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self.finished = False
+        self.started = False
+
+    # --- called by the connection's reader task -------------------------------
+
+    def deliver(self, frame: ResponseStartFrame | DataFrame | EndFrame | ResetFrame) -> None:
+        if self.finished:
+            raise FrameError(f"frame for finished stream {self.id}")
+        if isinstance(frame, ResponseStartFrame):
+            if self.started:
+                raise FrameError(f"second response_start on stream {self.id}")
+            self.started = True
+        elif isinstance(frame, DataFrame):
+            if not self.started:
+                raise FrameError(f"data before response_start on stream {self.id}")
+            self._credit -= len(frame.data)
+            if self._credit < 0:
+                raise FrameError(f"stream {self.id} exceeded its flow-control window")
+        else:
+            self.finished = True
+        self._events.put_nowait(frame)
+
+    def link_closed(self, reason: str) -> None:
+        if not self.finished:
+            self.finished = True
+            self._events.put_nowait(LinkClosed(reason))
+
+    # --- called by the request handler --------------------------------------------
+
+    async def next_event(self, timeout: float | None = None) -> StreamEvent:
+        if timeout is None:
+            return await self._events.get()
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def consumed(self, nchars: int) -> None:
+        """The client took ``nchars``; grant credit back in batches of half a window."""
+        self._ungranted += nchars
+        if self._ungranted >= self.window // 2 and not self.finished:
+            n, self._ungranted = self._ungranted, 0
+            self._credit += n
+            await self._grant(self.id, n)
+
+    async def cancel(self, reason: str = "client disconnected") -> None:
+        if not self.finished:
+            self.finished = True
+            await self._reset(self.id, reason)

@@ -1,0 +1,58 @@
+"""The one interface every engine adapter implements.
+
+An adapter knows how to start its engine (argv and environment), where to
+probe health, how much concurrency to advertise and how to read live load
+from the engine's metrics. It performs no I/O itself: the supervisor spawns
+and watches processes, the tunnel relays HTTP. That keeps adapters testable
+against recorded data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["EngineLoad", "EngineAdapter", "LaunchSpec", "ServedModel"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as the runner advertises it to the control plane."""
+
+    name: str  # public name clients use
+    engine: str
+    context_length: int | None = None
+    quantization: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float | None = None
+
+
+class EngineAdapter(Protocol):
+    name: str
+    #: Requests the engine serves at once; the control plane admits no more.
+    capacity: int
+    models: tuple[ServedModel, ...]
+
+    def launch_spec(self, port: int) -> LaunchSpec | None:
+        """How to start the engine on ``port``; ``None`` when attached (not managed)."""
+
+    def base_url(self, port: int | None) -> str:
+        """Root URL of the engine's OpenAI-compatible API."""
+
+    @property
+    def health_path(self) -> str: ...
+
+    def parse_metrics(self, text: str) -> EngineLoad:
+        """Live load from the engine's Prometheus text (empty text → zero load)."""

@@ -1,0 +1,55 @@
+"""llama.cpp's native server through the ``xllamacpp`` wheel (default for GGUF)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from runner.engines.base import EngineLoad, LaunchSpec, ServedModel
+
+__all__ = ["XllamacppEngine"]
+
+
+@dataclass
+class XllamacppEngine:
+    model_path: str
+    models: tuple[ServedModel, ...]
+    #: Parallel slots; llama.cpp splits ``ctx`` evenly between them.
+    capacity: int = 4
+    ctx: int = 4096
+    threads: int = 0
+    gpu_layers: int = 0
+    name: str = "xllamacpp"
+
+    def launch_spec(self, port: int) -> LaunchSpec:
+        argv = [
+            sys.executable, "-m", "runner.engines.xllamacpp_main",
+            "--model", self.model_path,
+            "--port", str(port),
+            "--ctx", str(self.ctx),
+            "--parallel", str(self.capacity),
+            "--threads", str(self.threads),
+            "--gpu-layers", str(self.gpu_layers),
+        ]  # fmt: skip
+        return LaunchSpec(argv=argv)
+
+    def base_url(self, port: int | None) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    @property
+    def health_path(self) -> str:
+        return "/health"
+
+    def parse_metrics(self, text: str) -> EngineLoad:
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values[sample.name] = sample.value
+        kv = values.get("llamacpp:kv_cache_usage_ratio")
+        return EngineLoad(
+            running=int(values.get("llamacpp:requests_processing", 0)),
+            waiting=int(values.get("llamacpp:requests_deferred", 0)),
+            kv_cache_usage=min(max(kv, 0.0), 1.0) if kv is not None else None,
+        )

@@ -1,0 +1,58 @@
+"""Entry point of the engine *process* for the xllamacpp engine.
+
+llama.cpp's native server runs inside ``xllamacpp.Server``; running it in a
+process of its own (rather than in the runner) lets the supervisor kill and
+restart it without taking the tunnel down, and keeps its threads off the
+runner's event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xllamacpp-engine")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ctx", type=int, default=4096)
+    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--gpu-layers", type=int, default=0)
+    parser.add_argument("--alias", default="")
+    args = parser.parse_args(argv)
+
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.n_ctx = args.ctx
+    params.n_parallel = args.parallel
+    params.port = args.port
+    params.hostnames = [args.host]
+    params.cache_prompt = True
+    params.endpoint_metrics = True
+    params.endpoint_slots = True
+    params.n_gpu_layers = args.gpu_layers
+    if args.threads > 0:
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
+    if args.alias:
+        params.model_alias = {args.alias} if isinstance(params.model_alias, set) else args.alias
+
+    server = xllamacpp.Server(params)
+    print(f"xllamacpp listening on {server.listening_address}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    del server
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

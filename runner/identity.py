@@ -1,0 +1,68 @@
+"""The runner's persisted identity: keys on disk (0600) and its registration."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from sdk.identity import IdentityKey, b64u_decode, b64u_encode
+
+__all__ = ["EnrollmentError", "RunnerIdentity", "enroll", "load_identity"]
+
+IDENTITY_FILE = "identity.json"
+
+
+class EnrollmentError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunnerIdentity:
+    runner_id: str
+    key: IdentityKey
+    control_plane: str
+
+    def save(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = state_dir / IDENTITY_FILE
+        data = json.dumps({"runner_id": self.runner_id, "control_plane": self.control_plane,
+                           "identity_private_key": b64u_encode(self.key.private_bytes())})
+        # Create with 0600 from the start: no window where the key is world-readable.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.chmod(path, 0o600)
+
+
+def load_identity(state_dir: Path) -> RunnerIdentity | None:
+    path = state_dir / IDENTITY_FILE
+    if not path.exists():
+        return None
+    if path.stat().st_mode & 0o077:
+        raise EnrollmentError(f"{path} is readable by other users; run: chmod 600 {path}")
+    data = json.loads(path.read_text())
+    return RunnerIdentity(runner_id=data["runner_id"], control_plane=data["control_plane"],
+                          key=IdentityKey.from_private_bytes(b64u_decode(data["identity_private_key"])))
+
+
+async def enroll(control_plane: str, token: str, client: httpx.AsyncClient,
+                 extra_keys: dict[str, str] | None = None) -> RunnerIdentity:
+    """Exchange a one-time token for a registration of a fresh identity key."""
+    key = IdentityKey.generate()
+    body = {"identity_public_key": key.public_b64, **(extra_keys or {})}
+    try:
+        resp = await client.post(f"{control_plane.rstrip('/')}/api/runners/register", json=body,
+                                 headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        raise EnrollmentError(f"cannot reach the control plane at {control_plane}: {exc}") from None
+    if resp.status_code != 201:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text[:200]
+        raise EnrollmentError(f"enrollment refused ({resp.status_code}): {message}")
+    return RunnerIdentity(runner_id=resp.json()["runner_id"], key=key, control_plane=control_plane)

@@ -1,0 +1,46 @@
+"""Runner settings, declared once; the CLI is derived from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
+
+__all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]
+
+SECRET_FLAGS = ("--enrollment-token", "--attach-api-key")
+
+
+def default_runner_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "outpost-runner"
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_", extra="ignore")
+
+    control_plane: str = Field(default="http://127.0.0.1:8080", description="Control plane base URL.")
+    state_dir: Path = Field(default_factory=default_runner_state_dir,
+                            description="Identity keys (mode 0600) and engine logs.")
+    # Secrets come from the environment or a file, never argv (process titles leak).
+    enrollment_token: Annotated[SecretStr | None, CliSuppress] = Field(
+        default=None, description="One-time token (OUTPOST_ENROLLMENT_TOKEN only).")
+    token_file: Path | None = Field(default=None, description="File holding the enrollment token.")
+    name: str = Field(default="", description="Runner name (informational; the token fixes it).")
+    model: list[str] = Field(default_factory=list, description="Model paths or ids; default: embedded SmolLM2.")
+    engine: str | None = Field(default=None, description="Force an engine: xllamacpp, llama-cpp-python, vllm.")
+    attach: str | None = Field(default=None, description="URL of an OpenAI-compatible engine to attach to.")
+    attach_api_key: Annotated[SecretStr | None, CliSuppress] = Field(
+        default=None, description="API key of the attached engine (OUTPOST_ATTACH_API_KEY only).")
+    connections: int = Field(default=2, ge=1, le=16, description="Tunnel connections to keep open.")
+    labels: dict[str, str] = Field(default_factory=dict, description="site/region/zone labels.")
+    parallel: int | None = Field(default=None, ge=1, le=256, description="Engine slots (default: planned).")
+    ctx: int | None = Field(default=None, ge=256, description="Total context (default: planned).")
+    threads: int = Field(default=0, ge=0, description="Engine CPU threads (0: engine default).")
+    drain_s: float = Field(default=30.0, ge=0, description="Grace period for live streams on shutdown.")
+    health_timeout_s: float = Field(default=300.0, gt=0, description="Time the engine may take to load.")
+    ping_interval_s: float = Field(default=5.0, gt=0)
+    ping_timeout_s: float = Field(default=10.0, gt=0)
+    usd_per_hour: float | None = Field(default=None, ge=0, description="Cost rate of this machine.")

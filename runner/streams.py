@@ -1,0 +1,83 @@
+"""The runner's side of one tunnel stream: body assembly and credit-limited sending."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from sdk.protocol import (
+    MAX_DATA_BYTES,
+    DataFrame,
+    EndFrame,
+    FrameError,
+    RequestFrame,
+    ResponseStartFrame,
+    Usage,
+)
+
+__all__ = ["OutboundStream"]
+
+Send = Callable[[object], Awaitable[None]]
+
+
+class OutboundStream:
+    """Sends a response for one request, never exceeding the granted window."""
+
+    def __init__(self, request: RequestFrame, send: Send) -> None:
+        self.request = request
+        self.id = request.stream_id
+        self._send = send
+        self._parts = [request.body]
+        self._received = len(request.body)
+        self._credit = request.window
+        self._credit_changed = asyncio.Event()
+        self.closed = False
+
+    # --- request body ---------------------------------------------------------
+
+    @property
+    def body_complete(self) -> bool:
+        return self._received >= self.request.body_length
+
+    def add_body(self, data: str) -> None:
+        if self.body_complete:
+            raise FrameError(f"body data after the declared length on stream {self.id}")
+        self._parts.append(data)
+        self._received += len(data)
+        if self._received > self.request.body_length:
+            raise FrameError(f"body longer than declared on stream {self.id}")
+
+    @property
+    def body(self) -> str:
+        return "".join(self._parts)
+
+    # --- flow control ----------------------------------------------------------
+
+    def grant(self, n: int) -> None:
+        self._credit += n
+        self._credit_changed.set()
+
+    @property
+    def credit(self) -> int:
+        return self._credit
+
+    # --- response ------------------------------------------------------------------
+
+    async def start(self, status: int, content_type: str) -> None:
+        await self._send(ResponseStartFrame(stream_id=self.id, status=status, content_type=content_type[:128]))
+
+    async def data(self, text: str) -> None:
+        for i in range(0, len(text), MAX_DATA_BYTES):
+            piece = text[i : i + MAX_DATA_BYTES]
+            while self._credit < len(piece):
+                # A slow client: wait for the control plane to grant more.
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            self._credit -= len(piece)
+            await self._send(DataFrame(stream_id=self.id, data=piece))
+
+    async def end(self, usage: Usage | None = None, error: str | None = None,
+                  receipt: str | None = None) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._send(EndFrame(stream_id=self.id, usage=usage, error=error, receipt=receipt))

@@ -1,0 +1,273 @@
+"""The runner's outbound tunnel: N connections, handshake, one reader per connection.
+
+Each connection authenticates by signing the control plane's nonce, then
+serves request streams concurrently. A dropped connection is re-dialled with
+exponential backoff and full jitter; the backoff resets only after a
+connection has stayed up, so a flapping control plane is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from sdk.protocol import (
+    CAPABILITIES,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSIONS,
+    ChallengeFrame,
+    CloseCode,
+    DataFrame,
+    FrameError,
+    GoawayFrame,
+    HelloFrame,
+    RequestFrame,
+    ResetFrame,
+    StatusFrame,
+    WelcomeFrame,
+    WindowUpdateFrame,
+    close_reason,
+    encode_frame,
+    handshake_message,
+    negotiate_version,
+    parse_frame,
+)
+
+from runner.identity import RunnerIdentity
+from runner.streams import OutboundStream
+
+__all__ = ["TunnelClient", "TunnelTerminated", "tunnel_url"]
+
+log = logging.getLogger("outpost.runner.tunnel")
+
+StreamHandler = Callable[[OutboundStream], Awaitable[None]]
+ConnectFactory = Callable[..., Any]
+
+
+class TunnelTerminated(RuntimeError):
+    """The control plane refused this runner for good (revoked, bad identity)."""
+
+
+def tunnel_url(control_plane: str) -> str:
+    base = control_plane.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://"):] + "/tunnel/v1"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://"):] + "/tunnel/v1"
+    return base + "/tunnel/v1"
+
+
+class TunnelClient:
+    def __init__(
+        self,
+        *,
+        identity: RunnerIdentity,
+        hello_fields: Callable[[], dict[str, Any]],
+        on_stream: StreamHandler,
+        status: Callable[[], StatusFrame],
+        connections: int = 2,
+        ping_interval_s: float = 5.0,
+        ping_timeout_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        stable_after_s: float = 30.0,
+        connect_factory: ConnectFactory = connect,
+    ) -> None:
+        self.identity = identity
+        self.url = tunnel_url(identity.control_plane)
+        self._hello_fields = hello_fields
+        self._on_stream = on_stream
+        self._status = status
+        self.n_connections = connections
+        self._ping = (ping_interval_s, ping_timeout_s)
+        self._backoff = (backoff_base_s, backoff_cap_s, stable_after_s)
+        self._connect = connect_factory
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # stream tasks, all connections
+        self._conns: set[ClientConnection] = set()
+        self.draining = False
+        self.connected = asyncio.Event()
+        self.connects = 0  # successful handshakes, for observability and tests
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        """Keep every connection up until cancelled; raise TunnelTerminated if refused for good."""
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.n_connections):
+                tg.create_task(self._keep_connected(i))
+
+    async def _keep_connected(self, index: int) -> None:
+        base, cap, stable_after = self._backoff
+        attempt = 0
+        while not self.draining:
+            started = time.monotonic()
+            code: int | None = None
+            try:
+                code = await self._connection(index)
+            except TunnelTerminated:
+                raise
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
+                code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd else None
+                log.info("tunnel %d: %s", index, exc or type(exc).__name__)
+            except InvalidURI as exc:
+                raise TunnelTerminated(f"bad control plane URL: {exc}") from None
+            reason = close_reason(code)
+            if reason.terminal:
+                raise TunnelTerminated(f"control plane closed the tunnel: {reason.description}")
+            if self.draining:
+                return
+            attempt = 0 if time.monotonic() - started > stable_after else attempt + 1
+            delay = random.uniform(0, min(cap, base * 2**attempt))  # full jitter
+            log.info("tunnel %d: reconnecting in %.2fs", index, delay)
+            await asyncio.sleep(delay)
+
+    async def _connection(self, index: int) -> int | None:
+        ping_interval, ping_timeout = self._ping
+        async with self._connect(
+            self.url, max_size=MAX_FRAME_BYTES + 1024, compression=None, open_timeout=10,
+            ping_interval=ping_interval, ping_timeout=ping_timeout, max_queue=64, close_timeout=5,
+        ) as ws:
+            send_lock = asyncio.Lock()
+
+            async def send(frame: object) -> None:
+                text = encode_frame(frame)  # type: ignore[arg-type]
+                async with send_lock:
+                    await ws.send(text)
+
+            await self._handshake(ws, index)
+            self._conns.add(ws)
+            self.connected.set()
+            self.connects += 1
+            mine: dict[int, OutboundStream] = {}
+            status_task = asyncio.create_task(self._status_loop(send))
+            try:
+                if self.draining:
+                    await send(GoawayFrame(reason="runner draining"))
+                async for raw in ws:
+                    self._dispatch(parse_frame(raw), mine, send)
+            except FrameError as exc:
+                log.warning("tunnel %d: control plane broke the protocol: %s", index, exc)
+                await ws.close(int(exc.code), str(exc)[:120])
+            finally:
+                status_task.cancel()
+                self._conns.discard(ws)
+                if not self._conns:
+                    self.connected.clear()
+                # Streams on a dropped connection are not resumed; stop their work.
+                for out in list(mine.values()):
+                    task = self._tasks.pop(_key(out), None)
+                    if task:
+                        task.cancel()
+            return ws.close_code
+
+    async def _handshake(self, ws: ClientConnection, index: int) -> WelcomeFrame:
+        challenge = parse_frame(await asyncio.wait_for(ws.recv(), 10))
+        if not isinstance(challenge, ChallengeFrame):
+            raise FrameError("expected challenge.v1")
+        version = negotiate_version(challenge.versions)
+        if version is None:
+            raise TunnelTerminated(f"no common protocol version (control plane: {challenge.versions}, "
+                                   f"runner: {list(PROTOCOL_VERSIONS)})")
+        rid = self.identity.runner_id
+        sig = self.identity.key.sign(handshake_message(challenge.nonce, rid, version))
+        hello = HelloFrame(runner_id=rid, version=version, signature=sig, capabilities=sorted(CAPABILITIES),
+                           connection_index=index, **self._hello_fields())
+        await ws.send(encode_frame(hello))
+        welcome = parse_frame(await asyncio.wait_for(ws.recv(), 10))
+        if not isinstance(welcome, WelcomeFrame):
+            raise FrameError("expected welcome.v1")
+        log.info("tunnel %d connected (session %s)", index, welcome.session_id)
+        return welcome
+
+    def _dispatch(self, frame: object, mine: dict[int, OutboundStream],
+                  send: Callable[[object], Awaitable[None]]) -> None:
+        if isinstance(frame, RequestFrame):
+            if frame.stream_id in mine:
+                raise FrameError(f"stream {frame.stream_id} opened twice")
+            out = OutboundStream(frame, send)
+            mine[frame.stream_id] = out
+            if out.body_complete:
+                self._start(out, mine)
+        elif isinstance(frame, DataFrame):
+            out = self._stream(mine, frame.stream_id)
+            if out is not None:
+                out.add_body(frame.data)
+                if out.body_complete:
+                    self._start(out, mine)
+        elif isinstance(frame, WindowUpdateFrame):
+            if (out := self._stream(mine, frame.stream_id)) is not None:
+                out.grant(frame.increment)
+        elif isinstance(frame, ResetFrame):
+            out = mine.pop(frame.stream_id, None)
+            if out is not None:
+                out.closed = True
+                task = self._tasks.pop(_key(out), None)
+                if task:
+                    task.cancel()
+        elif isinstance(frame, GoawayFrame):
+            log.info("control plane is going away: %s", frame.reason)
+        else:
+            raise FrameError(f"unexpected {getattr(frame, 'type', '?')} frame from the control plane")
+
+    @staticmethod
+    def _stream(mine: dict[int, OutboundStream], sid: int) -> OutboundStream | None:
+        # A late frame for a stream that already ended is harmless; ids never reused.
+        return mine.get(sid)
+
+    def _start(self, out: OutboundStream, mine: dict[int, OutboundStream]) -> None:
+        async def run() -> None:
+            try:
+                await self._on_stream(out)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not end the tunnel
+                log.exception("stream %d failed", out.id)
+                if not out.closed:
+                    try:
+                        await out.end(error=f"runner error: {type(exc).__name__}")
+                    except Exception:  # noqa: BLE001
+                        pass
+            finally:
+                mine.pop(out.id, None)
+                self._tasks.pop(_key(out), None)
+
+        self._tasks[_key(out)] = asyncio.create_task(run())
+
+    async def _status_loop(self, send: Callable[[object], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await send(self._status())
+            except ConnectionClosed:
+                return
+            await asyncio.sleep(2.0)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking streams, let live ones finish within ``grace_s``, then close."""
+        self.draining = True
+        for ws in list(self._conns):
+            try:
+                await ws.send(encode_frame(GoawayFrame(reason="runner shutting down", drain_s=grace_s)))
+            except ConnectionClosed:
+                pass
+        tasks = list(self._tasks.values())
+        if tasks:
+            log.info("draining %d live stream(s) for up to %.0fs", len(tasks), grace_s)
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for t in pending:
+                t.cancel()
+        for ws in list(self._conns):
+            await ws.close(int(CloseCode.GOING_AWAY), "runner shutting down")
+
+
+def _key(out: OutboundStream) -> int:
+    # Stream ids are per connection; the object's identity is unique across them.
+    return id(out)

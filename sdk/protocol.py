@@ -1,0 +1,312 @@
+"""The runner <-> control-plane tunnel contract, version 1.
+
+Both ends import this module and nothing else defines a frame. Every frame is
+one WebSocket *text* message holding a JSON object with a ``type`` field;
+:func:`parse_frame` is the single validation entry point (a discriminated
+union), so a malformed or unknown frame is rejected in one place.
+
+Handshake (``docs/protocol.md`` has the sequence diagram)::
+
+    runner                                   control plane
+      |  --- WebSocket upgrade (no secret) -->  |
+      |  <-- challenge.v1 {nonce, versions} --  |
+      |  --- hello.v1 {runner_id, sig, ...} --> |   sig = Ed25519(handshake_message())
+      |  <-- welcome.v1 {version, caps} ------  |   or close with a CloseReason
+
+Streams: the control plane opens a stream with ``request.v1`` carrying a byte
+credit window; the runner answers ``response_start.v1`` then ``data.v1``
+frames (never more bytes than the credit the control plane has granted) and
+finally ``end.v1`` with token usage. Either side may ``reset.v1`` a stream.
+``goaway.v1`` asks the peer to stop opening streams and drain.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+__all__ = [
+    "CAPABILITIES",
+    "CLOSE_REASONS",
+    "DEFAULT_STREAM_WINDOW",
+    "MAX_DATA_BYTES",
+    "MAX_FRAME_BYTES",
+    "PROTOCOL_VERSIONS",
+    "ChallengeFrame",
+    "CloseCode",
+    "CloseReason",
+    "DataFrame",
+    "EndFrame",
+    "Frame",
+    "FrameError",
+    "GoawayFrame",
+    "HelloFrame",
+    "ModelInfo",
+    "RequestFrame",
+    "ResetFrame",
+    "ResponseStartFrame",
+    "StatusFrame",
+    "Usage",
+    "WelcomeFrame",
+    "WindowUpdateFrame",
+    "close_reason",
+    "encode_frame",
+    "handshake_message",
+    "negotiate_version",
+    "parse_frame",
+]
+
+#: Versions this build speaks, newest first.
+PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
+#: Optional features a peer may announce; the session uses the intersection.
+CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway"})
+
+#: A websocket message is sent whole and blocks every other send on the
+#: connection while it goes out, so no frame may be larger than this.
+MAX_FRAME_BYTES = 64 * 1024
+#: Payload bytes in one data frame, leaving room for the JSON envelope and
+#: JSON string escaping (worst case roughly doubles the size).
+MAX_DATA_BYTES = 16 * 1024
+#: Bytes a runner may send on a stream before the control plane grants more.
+DEFAULT_STREAM_WINDOW = 256 * 1024
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; the connection closes with ``code``."""
+
+    def __init__(self, message: str, code: CloseCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code if code is not None else CloseCode.PROTOCOL_ERROR
+
+
+class _Frame(BaseModel):
+    # Unknown fields are refused: a frame is a contract, not a bag.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    engine: str = Field(min_length=1, max_length=64)
+    context_length: int | None = Field(default=None, ge=1)
+    quantization: str | None = Field(default=None, max_length=64)
+    aliases: list[str] = Field(default_factory=list, max_length=32)
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+
+# --- handshake -------------------------------------------------------------
+
+
+class ChallengeFrame(_Frame):
+    type: Literal["challenge.v1"] = "challenge.v1"
+    nonce: str = Field(min_length=32, max_length=128)
+    versions: list[int] = Field(min_length=1, max_length=16)
+
+
+class HelloFrame(_Frame):
+    type: Literal["hello.v1"] = "hello.v1"
+    runner_id: str = Field(min_length=1, max_length=64)
+    version: int
+    signature: str = Field(min_length=1, max_length=256)
+    capabilities: list[str] = Field(default_factory=list, max_length=32)
+    models: list[ModelInfo] = Field(default_factory=list, max_length=64)
+    capacity: int = Field(default=1, ge=1, le=4096)
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    cost: dict[str, Any] = Field(default_factory=dict)
+    connection_index: int = Field(default=0, ge=0, le=64)
+
+
+class WelcomeFrame(_Frame):
+    type: Literal["welcome.v1"] = "welcome.v1"
+    version: int
+    capabilities: list[str]
+    session_id: str
+    # The control plane tells the runner how often to expect status frames.
+    status_interval_s: float = 2.0
+
+
+# --- streams ---------------------------------------------------------------
+
+
+class RequestFrame(_Frame):
+    type: Literal["request.v1"] = "request.v1"
+    stream_id: int = Field(ge=1)
+    method: Literal["POST", "GET"] = "POST"
+    path: str = Field(pattern=r"^/v1/[a-z/]+$", max_length=64)
+    model: str = Field(min_length=1, max_length=200)
+    # Bodies larger than one frame continue in data.v1 frames sent by the
+    # control plane until ``len(body)`` reaches ``body_length``.
+    body: str = Field(max_length=MAX_DATA_BYTES)
+    body_length: int = Field(ge=0, le=16 * 1024 * 1024)
+    stream: bool = False
+    window: int = Field(default=DEFAULT_STREAM_WINDOW, ge=MAX_DATA_BYTES)
+    # True when ``body`` is an e2e envelope the control plane cannot read.
+    sealed: bool = False
+
+
+class ResponseStartFrame(_Frame):
+    type: Literal["response_start.v1"] = "response_start.v1"
+    stream_id: int = Field(ge=1)
+    status: int = Field(ge=100, le=599)
+    content_type: str = Field(default="application/json", max_length=128)
+
+
+class DataFrame(_Frame):
+    type: Literal["data.v1"] = "data.v1"
+    stream_id: int = Field(ge=1)
+    data: str = Field(max_length=MAX_DATA_BYTES)
+
+
+class EndFrame(_Frame):
+    type: Literal["end.v1"] = "end.v1"
+    stream_id: int = Field(ge=1)
+    usage: Usage | None = None
+    # Set when the engine failed mid-stream; the control plane turns it into
+    # an error event for the client.
+    error: str | None = Field(default=None, max_length=1024)
+    # e2e: a usage receipt signed by the runner's identity key.
+    receipt: str | None = Field(default=None, max_length=4096)
+
+
+class ResetFrame(_Frame):
+    type: Literal["reset.v1"] = "reset.v1"
+    stream_id: int = Field(ge=1)
+    reason: str = Field(default="cancelled", max_length=256)
+
+
+class WindowUpdateFrame(_Frame):
+    type: Literal["window_update.v1"] = "window_update.v1"
+    stream_id: int = Field(ge=1)
+    increment: int = Field(ge=1, le=16 * 1024 * 1024)
+
+
+# --- connection --------------------------------------------------------------
+
+
+class StatusFrame(_Frame):
+    type: Literal["status.v1"] = "status.v1"
+    running: int = Field(default=0, ge=0)
+    waiting: int = Field(default=0, ge=0)
+    kv_cache_usage: float | None = Field(default=None, ge=0.0, le=1.0)
+    healthy: bool = True
+
+
+class GoawayFrame(_Frame):
+    type: Literal["goaway.v1"] = "goaway.v1"
+    reason: str = Field(default="shutdown", max_length=256)
+    # Streams already open may run this long before the sender closes.
+    drain_s: float = Field(default=30.0, ge=0, le=3600)
+
+
+Frame = Annotated[
+    ChallengeFrame
+    | HelloFrame
+    | WelcomeFrame
+    | RequestFrame
+    | ResponseStartFrame
+    | DataFrame
+    | EndFrame
+    | ResetFrame
+    | WindowUpdateFrame
+    | StatusFrame
+    | GoawayFrame,
+    Field(discriminator="type"),
+]
+_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
+
+
+def parse_frame(raw: str | bytes) -> Frame:
+    """Validate one wire message; raise :class:`FrameError` on anything else."""
+    if isinstance(raw, bytes):
+        raise FrameError("binary messages are not part of protocol v1")
+    if len(raw) > MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}", CloseCode.TOO_BIG)
+    try:
+        return _FRAME_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise FrameError(f"invalid frame: {where}: {first.get('msg')}") from None
+
+
+def encode_frame(frame: _Frame) -> str:
+    return frame.model_dump_json(exclude_defaults=False)
+
+
+def negotiate_version(offered: list[int] | tuple[int, ...]) -> int | None:
+    """Highest version both sides speak, or ``None``."""
+    common = set(offered) & set(PROTOCOL_VERSIONS)
+    return max(common) if common else None
+
+
+def handshake_message(nonce: str, runner_id: str, version: int) -> bytes:
+    """The exact bytes a runner signs to prove its identity.
+
+    Binding the runner id and version into the signed message stops a
+    signature for one runner or version being replayed as another.
+    """
+    return json.dumps(
+        {"ctx": "outpost-tunnel-hello", "nonce": nonce, "runner_id": runner_id, "version": version},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+# --- close reasons -------------------------------------------------------------
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 4000
+    AUTH_FAILED = 4001
+    REVOKED = 4003
+    UNSUPPORTED_VERSION = 4004
+    TOO_BIG = 4009
+    HANDSHAKE_TIMEOUT = 4008
+    DUPLICATE = 4010
+    SERVER_ERROR = 4011
+
+
+@dataclass(frozen=True)
+class CloseReason:
+    code: CloseCode
+    retryable: bool  # reconnecting may succeed
+    terminal: bool  # the runner should stop entirely (operator action needed)
+    description: str
+
+
+CLOSE_REASONS: dict[int, CloseReason] = {
+    r.code: r
+    for r in (
+        CloseReason(CloseCode.NORMAL, True, False, "closed normally"),
+        CloseReason(CloseCode.GOING_AWAY, True, False, "peer is shutting down"),
+        CloseReason(CloseCode.PROTOCOL_ERROR, True, False, "a frame broke the protocol"),
+        CloseReason(CloseCode.AUTH_FAILED, False, True, "identity signature rejected"),
+        CloseReason(CloseCode.REVOKED, False, True, "runner revoked by an operator"),
+        CloseReason(CloseCode.UNSUPPORTED_VERSION, False, True, "no common protocol version"),
+        CloseReason(CloseCode.HANDSHAKE_TIMEOUT, True, False, "handshake took too long"),
+        CloseReason(CloseCode.TOO_BIG, True, False, "frame over the size cap"),
+        CloseReason(CloseCode.DUPLICATE, True, False, "connection slot already taken"),
+        CloseReason(CloseCode.SERVER_ERROR, True, False, "control plane error"),
+    )
+}
+
+
+def close_reason(code: int | None) -> CloseReason:
+    """Look up a close code; unknown codes (network drops) are retryable."""
+    if code is not None and code in CLOSE_REASONS:
+        return CLOSE_REASONS[code]
+    return CloseReason(CloseCode.GOING_AWAY, True, False, f"connection lost (code {code})")
