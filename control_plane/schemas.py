@@ -38,3 +38,5 @@ class RunnerOut(_Out):
     last_seen_at: datetime | None
     revoked_at: datetime | None
     connected: bool = False
+    models: list[str] = Field(default_factory=list)
+    in_flight: int = 0

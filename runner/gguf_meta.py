@@ -34,8 +34,9 @@ class ModelNotFoundError(LookupError):
     """A ``--model`` that is neither a file, a model directory nor a known id."""
 
 
-def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int,
-                       bytes_per_element: int = KV_BYTES_PER_ELEMENT) -> int:  # fmt: skip
+def kv_bytes_per_token(
+    layers: int, kv_heads: int, head_dim: int, bytes_per_element: int = KV_BYTES_PER_ELEMENT
+) -> int:
     """Keys and values (the 2) for every layer and KV head, per token."""
     return 2 * layers * kv_heads * head_dim * bytes_per_element
 

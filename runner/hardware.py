@@ -40,13 +40,32 @@ __all__ = [
 
 #: ISA extensions that change which llama.cpp kernels run (or whether a build runs at all).
 _X86_FEATURES = (
-    "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
-    "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
     "amx_fp16",
-)  # fmt: skip
+)
 #: Linux names ARM features differently from the ISA manuals; map them to the usual names.
-_ARM_FEATURES = {"asimd": "neon", "asimddp": "dotprod", "sve": "sve", "sve2": "sve2",
-                 "i8mm": "i8mm", "bf16": "bf16", "asimdhp": "fp16"}  # fmt: skip
+_ARM_FEATURES = {
+    "asimd": "neon",
+    "asimddp": "dotprod",
+    "sve": "sve",
+    "sve2": "sve2",
+    "i8mm": "i8mm",
+    "bf16": "bf16",
+    "asimdhp": "fp16",
+}
 
 
 class CpuInfo(BaseModel):
@@ -64,8 +83,15 @@ class CpuInfo(BaseModel):
     @classmethod
     def unknown(cls) -> CpuInfo:
         """What the report holds when the CPU probe itself failed: nothing assumed."""
-        return cls(model="unknown", arch="unknown", os="unknown", physical_cores=None,
-                   logical_cores=0, ram_total_bytes=0, ram_available_bytes=0)  # fmt: skip
+        return cls(
+            model="unknown",
+            arch="unknown",
+            os="unknown",
+            physical_cores=None,
+            logical_cores=0,
+            ram_total_bytes=0,
+            ram_available_bytes=0,
+        )
 
 
 class GpuInfo(BaseModel):
@@ -175,9 +201,11 @@ class SystemCpuProbe:
             self.cgroup / "memory" / "memory.limit_in_bytes"
         )
         if limit is not None and limit < total:
-            used = _read_int(self.cgroup / "memory.current") or _read_int(
-                self.cgroup / "memory" / "memory.usage_in_bytes"
-            ) or 0
+            used = (
+                _read_int(self.cgroup / "memory.current")
+                or _read_int(self.cgroup / "memory" / "memory.usage_in_bytes")
+                or 0
+            )
             total, available = limit, max(0, min(available, limit - used))
         logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         return CpuInfo(
@@ -196,8 +224,11 @@ class SystemCpuProbe:
         features = []
         if platform.machine() == "arm64":
             features.append("neon")  # every Apple Silicon core has Advanced SIMD
-            for flag, name in (("FEAT_DotProd", "dotprod"), ("FEAT_I8MM", "i8mm"),
-                               ("FEAT_BF16", "bf16")):  # fmt: skip
+            for flag, name in (
+                ("FEAT_DotProd", "dotprod"),
+                ("FEAT_I8MM", "i8mm"),
+                ("FEAT_BF16", "bf16"),
+            ):
                 out = self.run(["sysctl", "-n", f"hw.optional.arm.{flag}"]).strip()
                 if out == "1":
                     features.append(name)
@@ -216,7 +247,7 @@ def _optional(call: Callable[[], Any]) -> Any:
     """One NVML/amdsmi field a GPU may not support (power on some boards, MIG on most)."""
     try:
         return call()
-    except Exception:
+    except Exception:  # noqa: BLE001 - each library raises its own error types
         return None
 
 
@@ -285,7 +316,9 @@ class AmdProbe:
         smi = self.load()
         smi.amdsmi_init()
         try:
-            return [self._device(smi, i, h) for i, h in enumerate(smi.amdsmi_get_processor_handles())]
+            return [
+                self._device(smi, i, h) for i, h in enumerate(smi.amdsmi_get_processor_handles())
+            ]
         finally:
             smi.amdsmi_shut_down()
 
@@ -339,9 +372,16 @@ class AppleProbe:
             return []
         chip = self.run(["sysctl", "-n", "machdep.cpu.brand_string"]).strip() or "Apple Silicon"
         total = int(self.run(["sysctl", "-n", "hw.memsize"]).strip())
-        return [GpuInfo(vendor="apple", index=0, name=chip, memory_total_bytes=total,
-                        memory_free_bytes=min(total, self.available_ram()),
-                        unified_memory=True)]  # fmt: skip
+        return [
+            GpuInfo(
+                vendor="apple",
+                index=0,
+                name=chip,
+                memory_total_bytes=total,
+                memory_free_bytes=min(total, self.available_ram()),
+                unified_memory=True,
+            )
+        ]
 
 
 # --- detection -------------------------------------------------------------
@@ -368,19 +408,23 @@ def detect(probes: Probes | None = None) -> HardwareReport:
     try:
         cpu = probes.cpu.probe()
         statuses.append(ProbeStatus(name="cpu", present=True, devices=1))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken probe must not stop the runner
         cpu = CpuInfo.unknown()
         statuses.append(ProbeStatus(name="cpu", present=False, reason=_reason(exc)))
     gpus: list[GpuInfo] = []
     for gpu_probe in probes.gpus:
         try:
             found = gpu_probe.probe()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - missing library, driver or device
             statuses.append(ProbeStatus(name=gpu_probe.name, present=False, reason=_reason(exc)))
             continue
         gpus.extend(found)
         statuses.append(
-            ProbeStatus(name=gpu_probe.name, present=bool(found), devices=len(found),
-                        reason=None if found else "no devices found")  # fmt: skip
+            ProbeStatus(
+                name=gpu_probe.name,
+                present=bool(found),
+                devices=len(found),
+                reason=None if found else "no devices found",
+            )
         )
     return HardwareReport(cpu=cpu, gpus=gpus, probes=statuses)

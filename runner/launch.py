@@ -17,7 +17,8 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 
 def build_agent(settings: RunnerSettings, console: Console) -> Agent:
     path = embedded_model_path() if not settings.model else settings.model[0]
-    name = EMBEDDED_MODEL_NAME if not settings.model else str(path).rsplit("/", 1)[-1].removesuffix(".gguf").lower()
+    name = settings.served_model_name or (
+        EMBEDDED_MODEL_NAME if not settings.model else str(path).rsplit("/", 1)[-1].removesuffix(".gguf").lower())
     parallel = settings.parallel or 4
     adapter = XllamacppEngine(
         model_path=str(path),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, computed_field
@@ -62,6 +62,9 @@ VLLM_OVERHEAD_BYTES = 2 * GIB
 VLLM_REQUEST_TOKENS = 4096
 VLLM_MAX_SEQS = 256  # vLLM's default --max-num-seqs
 VLLM_QUANTIZATIONS = {"awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "awq_marlin"}
+#: An attached engine's concurrency is unknown; a few at once keeps the fair
+#: scheduler (not the engine's own queue) deciding who goes next.
+ATTACH_CAPACITY = 4
 
 
 def installed_engines() -> frozenset[str]:
@@ -131,7 +134,7 @@ class VllmSettings(BaseModel):
     max_model_len: int
     enable_prefix_caching: bool = True
     quantization: str | None = None
-    #: NVML indices of the GPUs to use (the ones with the most free memory).
+    #: NVML (PCI bus order) indices of the GPUs to use: those with the most free memory.
     gpu_indices: list[int]
     max_num_seqs: int
 
@@ -151,6 +154,8 @@ class Rejected(BaseModel):
     engine: str
     reason: str
     fit: MemoryFit | None = None
+    #: False when the engine was skipped by rule (not requested) rather than tried.
+    evaluated: bool = True
 
 
 class Plan(BaseModel):
@@ -168,15 +173,6 @@ class Plan(BaseModel):
         return self.model_dump_json(indent=2)
 
 
-class _Choice(BaseModel):
-    engine: str
-    settings: Settings
-    capacity: int
-    rule: str
-    fit: MemoryFit | None = None
-    also_rejected: list[Rejected] = Field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class Overrides:
     """What the user fixed on the command line; the plan keeps it and checks the fit."""
@@ -185,6 +181,16 @@ class Overrides:
     #: Total context: llama.cpp splits it between slots; vLLM's --max-model-len.
     ctx: int | None = None
     threads: int | None = None
+
+
+@dataclass
+class _Choice:
+    engine: str
+    settings: XllamacppSettings | LlamaCppPythonSettings | VllmSettings
+    capacity: int
+    rule: str
+    fit: MemoryFit
+    also_rejected: list[Rejected] = field(default_factory=list)
 
 
 def _gib(n: float) -> str:
@@ -196,31 +202,36 @@ def _threads(hw: HardwareReport, ov: Overrides) -> int:
     return ov.threads or hw.cpu.physical_cores or hw.cpu.logical_cores or 0
 
 
+def _floor(tokens: int) -> int:
+    return tokens // 256 * 256
+
+
+def _min_ctx(model: ModelSpec) -> int:
+    return min(MIN_CTX, model.context_length)
+
+
 # --- llama.cpp family ------------------------------------------------------
 
 
-def _llama_overhead(model: ModelSpec) -> int:
-    return 256 * MIB + model.weights_bytes // 20  # compute buffers grow with the model
-
-
 def _size_slots(model: ModelSpec, where: str, available: int, overhead: int, reserve: int,
-                max_slots: int, ov: Overrides) -> MemoryFit:  # fmt: skip
-    """As many slots of DEFAULT_SLOT_CTX as fit; else one slot with the longest context that fits."""
+                max_slots: int, ov: Overrides) -> MemoryFit:
+    """As many slots of DEFAULT_SLOT_CTX as fit, else one slot with the longest context that
+    fits (never below MIN_CTX: then the fit reports the shortfall)."""
     kv = model.kv_bytes_per_token
     room = available - reserve - overhead - model.weights_bytes
     ctx = min(model.context_length, DEFAULT_SLOT_CTX)
     if ov.parallel or ov.ctx:
         slots = ov.parallel or max(1, min(max_slots, (ov.ctx or 0) // ctx))
-        ctx = (ov.ctx // slots) if ov.ctx else ctx
+        ctx = ov.ctx // slots if ov.ctx else ctx
     else:
         slots = max(0, min(max_slots, room // (kv * ctx))) if kv else max_slots
     if slots == 0:
-        slots = 1
-        longest = (max(room, 0) // kv // 256) * 256 if kv else model.context_length
-        ctx = max(min(longest, model.context_length), min(MIN_CTX, model.context_length))
+        slots, longest = 1, _floor(max(room, 0) // kv)
+        ctx = max(min(longest, model.context_length), _min_ctx(model))
+    compute = 256 * MIB + model.weights_bytes // 20  # llama.cpp's compute buffers and scratch
     return MemoryFit(where=where, weights_bytes=model.weights_bytes, kv_bytes_per_token=kv,
-                     ctx=ctx, slots=slots, overhead_bytes=overhead, reserve_bytes=reserve,
-                     available_bytes=available)  # fmt: skip
+                     ctx=ctx, slots=slots, overhead_bytes=overhead + compute,
+                     reserve_bytes=reserve, available_bytes=available)
 
 
 def _offload_gpus(hw: HardwareReport) -> list[GpuInfo]:
@@ -232,132 +243,114 @@ def _offload_gpus(hw: HardwareReport) -> list[GpuInfo]:
     return []
 
 
-def _gpu_fit(hw: HardwareReport, model: ModelSpec, max_slots: int, ov: Overrides) -> MemoryFit | None:
-    gpus = _offload_gpus(hw)
-    if not gpus:
-        return None
-    if gpus[0].unified_memory:
-        free = min(gpus[0].memory_free_bytes, int(gpus[0].memory_total_bytes * APPLE_GPU_SHARE))
-        where = f"unified memory of {gpus[0].name} (Metal's share)"
-    else:
+def _gpu_fit(gpus: list[GpuInfo], model: ModelSpec, ov: Overrides) -> MemoryFit:
+    first = gpus[0]
+    if first.unified_memory:
+        free = min(first.memory_free_bytes, int(first.memory_total_bytes * APPLE_GPU_SHARE))
+        where = f"{first.name}'s unified memory (Metal's share)"
+    else:  # llama.cpp splits layers across GPUs by default
         free = sum(g.memory_free_bytes for g in gpus)
-        where = f"free VRAM of {len(gpus)}× {gpus[0].name}"
-    overhead = _llama_overhead(model) + GPU_CONTEXT_BYTES * len(gpus)
-    return _size_slots(model, where, free, overhead, 0, max_slots, ov)
+        where = f"free VRAM of {len(gpus)}× {first.name}"
+    return _size_slots(model, where, free, GPU_CONTEXT_BYTES * len(gpus), 0, MAX_SLOTS_GPU, ov)
 
 
-def _cpu_fit(hw: HardwareReport, model: ModelSpec, max_slots: int, ov: Overrides) -> MemoryFit:
-    free = hw.cpu.ram_available_bytes
-    reserve = int(free * RAM_RESERVE)
-    return _size_slots(model, "free RAM", free, _llama_overhead(model), reserve, max_slots, ov)
-
-
-def _place_llama(
-    hw: HardwareReport, model: ModelSpec, engine: str, max_slots: int, ov: Overrides
-) -> tuple[MemoryFit, int, list[Rejected]] | Rejected:
+def _place_llama(hw: HardwareReport, model: ModelSpec, engine: str,
+                 ov: Overrides) -> tuple[MemoryFit, int, list[Rejected]] | Rejected:
     """Full GPU offload when it fits the GPUs, else CPU; partial offload is not planned."""
     also: list[Rejected] = []
-    gpu = _gpu_fit(hw, model, max_slots, ov)
-    if gpu is not None and gpu.fits:
-        return gpu, model.layers + 1, also  # +1: the output layer is offloaded separately
-    if gpu is not None:
+    gpus = _offload_gpus(hw)
+    if gpus:
+        gpu = _gpu_fit(gpus, model, ov)
+        if gpu.fits:
+            return gpu, model.layers + 1, also  # +1: the output layer is offloaded on its own
         also.append(Rejected(engine=f"{engine} (full GPU offload)", fit=gpu, reason=(
-            f"needs {_gib(gpu.required_bytes)}, the {gpu.where} is {_gib(gpu.available_bytes)}"
-        )))  # fmt: skip
-    cpu = _cpu_fit(hw, model, max_slots, ov)
+            f"needs {_gib(gpu.required_bytes)}, {gpu.where} is {_gib(gpu.available_bytes)}")))
+    free = hw.cpu.ram_available_bytes
+    cpu = _size_slots(model, "free RAM", free, 0, int(free * RAM_RESERVE), MAX_SLOTS_CPU, ov)
     if cpu.fits:
         return cpu, 0, also
-    return Rejected(engine=engine, fit=cpu, reason=(
-        f"needs {_gib(cpu.required_bytes)} of RAM, {_gib(cpu.available_bytes)} free"
-        + (f"; GPU offload {also[0].reason}" if also else "")
-    ))  # fmt: skip
+    gpu_note = f"; full GPU offload {also[0].reason}" if also else ""
+    return Rejected(engine=engine, fit=cpu, reason=f"needs {_gib(cpu.required_bytes)} of RAM, "
+                    f"{_gib(cpu.available_bytes)} free{gpu_note}")
 
 
-def _xllamacpp(
-    hw: HardwareReport, model: ModelSpec, installed: frozenset[str], ov: Overrides
-) -> _Choice | Rejected:
-    if model.format != "gguf":
-        return Rejected(engine="xllamacpp", reason="llama.cpp needs a GGUF file; this model is "
-                        "in Hugging Face format (convert it, or use vLLM on an NVIDIA GPU)")  # fmt: skip
-    if "xllamacpp" not in installed:
-        return Rejected(engine="xllamacpp", reason="xllamacpp is not installed (pip install xllamacpp)")
-    gpus = _offload_gpus(hw)
-    placed = _place_llama(hw, model, "xllamacpp", MAX_SLOTS_GPU if gpus else MAX_SLOTS_CPU, ov)
+def _needs(engine: str, model: ModelSpec, fmt: str, installed: frozenset[str]) -> Rejected | None:
+    if model.format != fmt:
+        why = ("llama.cpp needs a GGUF file; this model is in Hugging Face format (convert it, "
+               "or use vLLM on an NVIDIA GPU)" if fmt == "gguf" else
+               "this is a GGUF file; vLLM is planned for Hugging Face-format models only")
+        return Rejected(engine=engine, reason=why)
+    if engine not in installed:
+        extra = "[server]" if engine == "llama-cpp-python" else ""
+        return Rejected(engine=engine, reason=f"not installed (pip install '{engine}{extra}')")
+    return None
+
+
+def _xllamacpp(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
+               ov: Overrides) -> _Choice | Rejected:
+    if (missing := _needs("xllamacpp", model, "gguf", installed)) is not None:
+        return missing
+    placed = _place_llama(hw, model, "xllamacpp", ov)
     if isinstance(placed, Rejected):
         return placed
     fit, gpu_layers, also = placed
     if gpu_layers:
-        where = f"full offload of {gpu_layers} layers to {fit.where.split(' of ', 1)[-1]}"
+        where = f"all {gpu_layers} layers offloaded ({fit.where})"
     else:
-        where = "CPU" + (" (it does not fit the GPUs' free memory)" if gpus else "")
+        where = "on CPU" + (", as it does not fit the GPUs" if also else "")
     settings = XllamacppSettings(slots=fit.slots, ctx_per_slot=fit.ctx,
-                                 threads=_threads(hw, ov), gpu_layers=gpu_layers)  # fmt: skip
-    rule = (f"GGUF model → llama.cpp through xllamacpp (continuous batching, {fit.slots} "
-            f"parallel slots sized from free memory), {where}")  # fmt: skip
-    return _Choice(engine="xllamacpp", settings=settings, capacity=fit.slots, rule=rule,
-                   fit=fit, also_rejected=also)  # fmt: skip
+                                 threads=_threads(hw, ov), gpu_layers=gpu_layers)
+    rule = (f"GGUF model → llama.cpp through xllamacpp (continuous batching; {fit.slots} "
+            f"parallel slots sized from free memory), {where}")
+    return _Choice("xllamacpp", settings, fit.slots, rule, fit, also)
 
 
-def _llama_cpp_python(
-    hw: HardwareReport, model: ModelSpec, installed: frozenset[str], ov: Overrides
-) -> _Choice | Rejected:
+def _llama_cpp_python(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
+                      ov: Overrides) -> _Choice | Rejected:
     name = "llama-cpp-python"
-    if model.format != "gguf":
-        return Rejected(engine=name, reason="llama.cpp needs a GGUF file; this model is in "
-                        "Hugging Face format")  # fmt: skip
-    if name not in installed:
-        return Rejected(engine=name, reason="llama-cpp-python is not installed "
-                        "(pip install 'llama-cpp-python[server]')")  # fmt: skip
-    placed = _place_llama(hw, model, name, 1, Overrides(ctx=ov.ctx, threads=ov.threads, parallel=1))
+    if (missing := _needs(name, model, "gguf", installed)) is not None:
+        return missing
+    placed = _place_llama(hw, model, name, Overrides(1, ov.ctx, ov.threads))
     if isinstance(placed, Rejected):
         return placed
     fit, gpu_layers, also = placed
     settings = LlamaCppPythonSettings(ctx=fit.ctx, threads=_threads(hw, ov), gpu_layers=gpu_layers)
     rule = ("--engine llama-cpp-python requested → its server, which runs one request at a "
-            "time (capacity 1, started with --interrupt_requests False)")  # fmt: skip
-    return _Choice(engine=name, settings=settings, capacity=1, rule=rule, fit=fit,
-                   also_rejected=also)  # fmt: skip
+            "time (capacity 1, started with --interrupt_requests False)")
+    return _Choice(name, settings, 1, rule, fit, also)
 
 
 # --- vLLM ------------------------------------------------------------------
 
 
-def _vllm_fit(
-    model: ModelSpec, gpus: list[GpuInfo], tp: int, ov: Overrides
-) -> tuple[MemoryFit, float]:
-    """Per-GPU fit at tensor parallel ``tp``: weights and KV heads split across GPUs."""
+def _vllm_fit(model: ModelSpec, gpus: list[GpuInfo], tp: int,
+              ov: Overrides) -> tuple[MemoryFit, float]:
+    """Per-GPU fit at tensor parallel ``tp``: weights and KV heads are split across GPUs."""
     # vLLM refuses to start when free memory is below utilization × total.
     headroom = min(g.memory_free_bytes / g.memory_total_bytes for g in gpus) - 0.01
-    util = math.floor(min(VLLM_UTILIZATION, headroom) * 100) / 100
-    budget = int(max(util, 0.0) * min(g.memory_total_bytes for g in gpus))
+    util = max(0.0, math.floor(min(VLLM_UTILIZATION, headroom) * 100) / 100)
+    smallest = min(g.memory_total_bytes for g in gpus)
+    budget = int(util * smallest)
     kv = kv_bytes_per_token(model.layers, math.ceil(model.kv_head_count / tp), model.head_dim)
     weights = math.ceil(model.weights_bytes / tp)
-    room = budget - weights - VLLM_OVERHEAD_BYTES
-    tokens = (max(room, 0) // kv // 256) * 256 if kv else model.context_length
-    ctx = ov.ctx or max(min(tokens, model.context_length), min(MIN_CTX, model.context_length))
-    where = (f"per GPU: {util:.2f} (gpu_memory_utilization) × "
-             f"{_gib(min(g.memory_total_bytes for g in gpus))} of {gpus[0].name}, TP {tp}")  # fmt: skip
-    return MemoryFit(where=where, weights_bytes=weights, kv_bytes_per_token=kv, ctx=ctx, slots=1,
-                     overhead_bytes=VLLM_OVERHEAD_BYTES, available_bytes=budget), util  # fmt: skip
+    tokens = _floor(max(budget - weights - VLLM_OVERHEAD_BYTES, 0) // kv)
+    ctx = ov.ctx or max(min(tokens, model.context_length), _min_ctx(model))
+    where = f"{util:.2f} (gpu_memory_utilization) × {_gib(smallest)} per GPU, TP {tp}"
+    fit = MemoryFit(where=where, weights_bytes=weights, kv_bytes_per_token=kv, ctx=ctx, slots=1,
+                    overhead_bytes=VLLM_OVERHEAD_BYTES, available_bytes=budget)
+    return fit, util
 
 
-def _vllm(
-    hw: HardwareReport, model: ModelSpec, installed: frozenset[str], ov: Overrides
-) -> _Choice | Rejected:
-    if model.format != "hf":
-        return Rejected(engine="vllm", reason="this is a GGUF file; vLLM is planned for "
-                        "Hugging Face-format models only")  # fmt: skip
+def _vllm(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
+          ov: Overrides) -> _Choice | Rejected:
     nvidia = hw.gpus_of("nvidia")
-    if not nvidia:
+    if model.format == "hf" and not nvidia:
         return Rejected(engine="vllm", reason="no NVIDIA GPU detected")
-    if "vllm" not in installed:
-        return Rejected(engine="vllm", reason="vllm is not installed (pip install vllm)")
+    if (missing := _needs("vllm", model, "hf", installed)) is not None:
+        return missing
     # MIG parents run nothing themselves; vLLM needs compute capability 7.0 or newer.
     usable = [g for g in nvidia if not g.mig_enabled
-              and float(g.compute_capability or "7.0") >= 7.0]  # fmt: skip
-    if not usable:
-        return Rejected(engine="vllm", reason="no usable NVIDIA GPU (MIG enabled or compute "
-                        "capability below 7.0)")  # fmt: skip
+              and float(g.compute_capability or "7.0") >= 7.0]
     usable.sort(key=lambda g: g.memory_free_bytes, reverse=True)
     last: MemoryFit | None = None
     tp = 1
@@ -365,85 +358,88 @@ def _vllm(
         if model.head_count % tp == 0:  # vLLM shards attention heads evenly
             fit, util = _vllm_fit(model, usable[:tp], tp, ov)
             if fit.fits:
-                kv_tokens = (fit.available_bytes - fit.weights_bytes - fit.overhead_bytes) // max(
-                    fit.kv_bytes_per_token, 1
-                )
-                seqs = ov.parallel or max(1, min(VLLM_MAX_SEQS, kv_tokens // VLLM_REQUEST_TOKENS))
-                quant = (model.quantization or "").lower()
-                settings = VllmSettings(
-                    tensor_parallel_size=tp, gpu_memory_utilization=util, max_model_len=fit.ctx,
-                    quantization=quant if quant in VLLM_QUANTIZATIONS else None,
-                    gpu_indices=sorted(g.index for g in usable[:tp]), max_num_seqs=seqs,
-                )  # fmt: skip
-                rule = (f"NVIDIA GPU{'s' if len(nvidia) > 1 else ''}, Hugging Face-format model "
-                        f"and vllm installed; weights and KV cache fit with tensor parallel {tp}, "
-                        "the smallest power of two that fits → vLLM")  # fmt: skip
-                return _Choice(engine="vllm", settings=settings, capacity=seqs, rule=rule, fit=fit)
+                return _vllm_choice(model, fit, util, usable[:tp], many=len(nvidia) > 1, ov=ov)
             last = fit
         tp *= 2
+    if last is None:
+        return Rejected(engine="vllm", reason="no usable NVIDIA GPU (MIG enabled or compute "
+                        "capability below 7.0), or no tensor parallel size divides the heads")
     return Rejected(engine="vllm", fit=last, reason=(
         f"does not fit {len(usable)} GPU(s) at any tensor parallel size: per GPU it needs "
-        f"{_gib(last.required_bytes)}, has {_gib(last.available_bytes)}" if last else
-        "no tensor parallel size divides the attention heads"
-    ))  # fmt: skip
+        f"{_gib(last.required_bytes)}, has {_gib(last.available_bytes)}"))
+
+
+def _vllm_choice(model: ModelSpec, fit: MemoryFit, util: float, gpus: list[GpuInfo], *,
+                 many: bool, ov: Overrides) -> _Choice:
+    kv_tokens = (fit.available_bytes - fit.weights_bytes - fit.overhead_bytes) // max(
+        fit.kv_bytes_per_token, 1)
+    seqs = ov.parallel or max(1, min(VLLM_MAX_SEQS, kv_tokens // VLLM_REQUEST_TOKENS))
+    quant = (model.quantization or "").lower()
+    tp = len(gpus)
+    settings = VllmSettings(
+        tensor_parallel_size=tp, gpu_memory_utilization=util, max_model_len=fit.ctx,
+        quantization=quant if quant in VLLM_QUANTIZATIONS else None,
+        gpu_indices=sorted(g.index for g in gpus), max_num_seqs=seqs)
+    rule = (f"NVIDIA GPU{'s' if many else ''}, Hugging Face-format model and vllm installed; "
+            f"weights and KV cache fit with tensor parallel {tp}, the smallest power of two "
+            "that fits → vLLM")
+    return _Choice("vllm", settings, seqs, rule, fit)
 
 
 # --- the decision ----------------------------------------------------------
 
 _Evaluator = Callable[[HardwareReport, ModelSpec, frozenset[str], Overrides], _Choice | Rejected]
-_EVALUATORS: dict[str, _Evaluator]
-_EVALUATORS = {"vllm": _vllm, "xllamacpp": _xllamacpp, "llama-cpp-python": _llama_cpp_python}
+_EVALUATORS: dict[str, _Evaluator] = {
+    "vllm": _vllm, "xllamacpp": _xllamacpp, "llama-cpp-python": _llama_cpp_python}
 
 
 def _refusal(model: ModelSpec, rejected: list[Rejected]) -> str:
-    short = [r for r in rejected if r.fit is not None and not r.fit.fits]
-    if short:
-        best = min(short, key=lambda r: r.fit.shortfall_bytes if r.fit else 0)
-        fit = best.fit
-        assert fit is not None
-        return (
-            f"{model.name} does not fit: it needs {_gib(fit.required_bytes)} (weights "
+    tried = [r for r in rejected if r.evaluated]
+    short = [(r, r.fit) for r in tried if r.fit is not None and not r.fit.fits]
+    if not short:
+        reasons = "; ".join(f"{r.engine}: {r.reason}" for r in tried)
+        return f"no engine can serve {model.name}: {reasons}."
+    best, fit = min(short, key=lambda pair: pair[1].shortfall_bytes)
+    return (f"{model.name} does not fit: it needs {_gib(fit.required_bytes)} (weights "
             f"{_gib(fit.weights_bytes)} + KV cache {_gib(fit.kv_bytes)} for {fit.ctx} tokens × "
-            f"{fit.slots} slot{'s' if fit.slots > 1 else ''} + overhead {_gib(fit.overhead_bytes + fit.reserve_bytes)}), but the "
-            f"closest option, {best.engine} in {fit.where}, has {_gib(fit.available_bytes)}: "
-            f"short by {_gib(fit.shortfall_bytes)}."
-        )
-    reasons = "; ".join(f"{r.engine}: {r.reason}" for r in rejected)
-    return f"no engine can serve {model.name}: {reasons}."
+            f"{fit.slots} slot{'s' if fit.slots > 1 else ''} + overhead "
+            f"{_gib(fit.overhead_bytes + fit.reserve_bytes)}), but the closest option, "
+            f"{best.engine} in {fit.where}, has {_gib(fit.available_bytes)}: short by "
+            f"{_gib(fit.shortfall_bytes)}.")
 
 
-def plan(
-    hardware: HardwareReport,
-    model: ModelSpec | None,
-    engine: str | None = None,
-    installed: Collection[str] | None = None,
-    attach_url: str | None = None,
-    overrides: Overrides | None = None,
-) -> Plan:
-    """Choose and configure an engine. Pass ``installed`` to make the call fully pure."""
-    ov = overrides or Overrides()
+def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None = None,
+         installed: Collection[str] | None = None, attach_url: str | None = None,
+         overrides: Overrides | None = None) -> Plan:
+    """Choose and configure an engine. Pass ``installed`` to make the call fully pure.
+
+    ``model`` may be None only with ``attach_url`` (the attached engine names its models).
+    """
     if attach_url or engine == "attach":
         if not attach_url:
             return Plan(engine=None, rule="--engine attach needs --attach URL", model=model,
-                        refusal="--engine attach was requested without --attach URL")  # fmt: skip
-        return Plan(engine="attach", settings=AttachSettings(url=attach_url), capacity=4,
+                        refusal="--engine attach was requested without --attach URL")
+        return Plan(engine="attach", settings=AttachSettings(url=attach_url),
+                    capacity=ATTACH_CAPACITY, model=model,
                     rule="--attach URL given → proxy the OpenAI-compatible engine already "
-                    "running there; the runner probes it but does not manage its process",
-                    model=model)  # fmt: skip
+                    "running there; the runner probes it but does not manage its process")
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}, attach")
     if model is None:
         raise ValueError("a model is required unless an engine is attached")
+    ov = overrides or Overrides()
     have = installed_engines() if installed is None else frozenset(installed)
     chosen: _Choice | None = None
     rejected: list[Rejected] = []
     for name in ENGINES:
         if engine is not None and name != engine:
-            rejected.append(Rejected(engine=name, reason=f"not requested (--engine {engine})"))
+            rejected.append(Rejected(engine=name, reason=f"not requested (--engine {engine})",
+                                     evaluated=False))
             continue
         if engine is None and name == "llama-cpp-python":
-            rejected.append(Rejected(engine=name, reason="used only when requested with --engine "
-                                     "llama-cpp-python: it serves one request at a time"))  # fmt: skip
+            rejected.append(Rejected(engine=name, evaluated=False, reason="used only when "
+                                     "requested (--engine llama-cpp-python): it serves one "
+                                     "request at a time"))
             continue
         outcome = _EVALUATORS[name](hardware, model, have, ov)
         if isinstance(outcome, Rejected):
@@ -453,9 +449,9 @@ def plan(
             rejected.extend(outcome.also_rejected)
         else:
             rejected.append(Rejected(engine=name, fit=outcome.fit, reason=(
-                f"would also work, but {chosen.engine} comes first for this model")))  # fmt: skip
+                f"would also work, but {chosen.engine} comes first for this model")))
     if chosen is None:
-        return Plan(engine=None, rule="no engine can serve this model", rejected=rejected, model=model,
-                    refusal=_refusal(model, rejected))  # fmt: skip
+        return Plan(engine=None, rule="no engine can serve this model", rejected=rejected,
+                    model=model, refusal=_refusal(model, rejected))
     return Plan(engine=chosen.engine, settings=chosen.settings, capacity=chosen.capacity,
-                rule=chosen.rule, fit=chosen.fit, rejected=rejected, model=model)  # fmt: skip
+                rule=chosen.rule, fit=chosen.fit, rejected=rejected, model=model)

@@ -30,6 +30,8 @@ class RunnerSettings(BaseSettings):
     token_file: Path | None = Field(default=None, description="File holding the enrollment token.")
     name: str = Field(default="", description="Runner name (informational; the token fixes it).")
     model: list[str] = Field(default_factory=list, description="Model paths or ids; default: embedded SmolLM2.")
+    served_model_name: str | None = Field(default=None, max_length=200,
+                                          description="Public name of the model (default: derived).")
     engine: str | None = Field(default=None, description="Force an engine: xllamacpp, llama-cpp-python, vllm.")
     attach: str | None = Field(default=None, description="URL of an OpenAI-compatible engine to attach to.")
     attach_api_key: Annotated[SecretStr | None, CliSuppress] = Field(

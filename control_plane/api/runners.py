@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import IntegrityError
 
-from control_plane.api.deps import SessionDep, bearer_token
+from control_plane.api.deps import AppStateDep, CallerDep, SessionDep, bearer_token
 from control_plane.errors import ApiError
-from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut
+from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.store.keys import consume_enrollment_token
-from control_plane.store.runners import create_runner
+from control_plane.store.runners import create_runner, list_runners
 
 router = APIRouter(prefix="/api/runners", tags=["runners"])
 
@@ -32,3 +32,18 @@ async def register_runner(body: RegisterRunnerIn, request: Request, session: Ses
                        code="runner_exists") from None
     await session.commit()
     return RegisterRunnerOut(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name)
+
+
+@router.get("")
+async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep) -> dict:
+    rows = await list_runners(session, caller.tenant_id)
+    data = []
+    for row in rows:
+        out = RunnerOut.model_validate(row)
+        live = state.hub.runners.get(row.id)
+        out.connected = live is not None
+        if live is not None:
+            out.models = [m.name for m in live.models]
+            out.in_flight = live.in_flight
+        data.append(out.model_dump(mode="json"))
+    return {"object": "list", "data": data}

@@ -41,7 +41,9 @@ def _error_message(response: httpx.Response) -> str:
         message = error.get("message") if isinstance(error, dict) else error
     except (ValueError, AttributeError):
         message = None
-    return f"HTTP {response.status_code}: {message or response.text[:200] or response.reason_phrase}"
+    return (
+        f"HTTP {response.status_code}: {message or response.text[:200] or response.reason_phrase}"
+    )
 
 
 class ProbeRunner:

@@ -271,7 +271,9 @@ def build_report(run: ProbeRun, settings: ReportSettings | None = None) -> Fairn
         if comparison.p_value is not None
     ]
     for comparison, adjusted in zip(
-        family, holm_adjust([c.p_value for c in family]), strict=True  # type: ignore[misc]
+        family,
+        holm_adjust([c.p_value for c in family]),
+        strict=True,  # type: ignore[misc]
     ):
         comparison.p_holm = adjusted
         comparison.significant = adjusted < settings.alpha
@@ -337,8 +339,9 @@ def compare(reports: Sequence[FairnessReport | dict]) -> Comparison:
     that lacks one shows ``None``. ``same_suite`` is False when the suite
     hashes differ: then the numbers answer different questions.
     """
-    parsed = [r if isinstance(r, FairnessReport) else FairnessReport.model_validate(r)
-              for r in reports]
+    parsed = [
+        r if isinstance(r, FairnessReport) else FairnessReport.model_validate(r) for r in reports
+    ]
     if len(parsed) < 2:
         raise ValueError("compare needs at least two reports")
     keys: dict[tuple[str, str], None] = {}
@@ -350,7 +353,8 @@ def compare(reports: Sequence[FairnessReport | dict]) -> Comparison:
     for attribute, outcome_name in keys:
         found = [
             r.attributes[attribute].outcomes.get(outcome_name)
-            if attribute in r.attributes else None
+            if attribute in r.attributes
+            else None
             for r in parsed
         ]
         group_names = dict.fromkeys(g for o in found if o for g in o.groups)
@@ -367,8 +371,9 @@ def compare(reports: Sequence[FairnessReport | dict]) -> Comparison:
                     o.disparate_impact.ratio if o and o.disparate_impact else None for o in found
                 ],
                 min_p_holm=[o.min_p_holm if o else None for o in found],
-                flagged=[bool(o and o.disparate_impact and o.disparate_impact.flagged)
-                         for o in found],
+                flagged=[
+                    bool(o and o.disparate_impact and o.disparate_impact.flagged) for o in found
+                ],
             )
         )
     hashes = [r.suite_hash for r in parsed]

@@ -66,7 +66,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denominator = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and n the bound is exactly 0 or 1; floating point would miss it.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def bootstrap_mean_interval(
@@ -198,9 +201,7 @@ def wilcoxon_paired(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     if not np.any(differences != 0):
         return PairedTest("wilcoxon", int(x.size), gap, 0.0, 1.0)
     result = sps.wilcoxon(differences, zero_method="wilcox")
-    return PairedTest(
-        "wilcoxon", int(x.size), gap, float(result.statistic), float(result.pvalue)
-    )
+    return PairedTest("wilcoxon", int(x.size), gap, float(result.statistic), float(result.pvalue))
 
 
 def holm_adjust(p_values: Sequence[float]) -> list[float]:

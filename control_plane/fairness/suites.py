@@ -130,14 +130,14 @@ class Suite(_Strict):
         if attribute is None:
             raise ValueError(f"template {template.id!r}: unknown attribute {template.attribute!r}")
         used = placeholders(template.text)
-        group_slots = [name for name in used if name in attribute.slots]
-        if not group_slots:
-            raise ValueError(f"template {template.id!r} uses no slot of {template.attribute!r}")
         for name in used:
             if name in attribute.slots and name in self.fillers:
                 raise ValueError(f"template {template.id!r}: slot {name!r} is ambiguous")
             if name not in attribute.slots and name not in self.fillers:
                 raise ValueError(f"template {template.id!r}: unknown slot {{{name}}}")
+        group_slots = [name for name in used if name in attribute.slots]
+        if not group_slots:
+            raise ValueError(f"template {template.id!r} uses no slot of {template.attribute!r}")
         lengths = {attribute.slot_length(name) for name in group_slots} - {1}
         if len(lengths) > 1:
             raise ValueError(

@@ -66,13 +66,24 @@ def report_renderable(report: FairnessReport) -> RenderableType:
         f"alpha {report.settings.alpha}\n"
     )
     flagged = ", ".join(report.flagged_attributes) or "none"
-    header.append(f"flagged attributes: {flagged}", style="bold red" if report.flagged_attributes
-                  else "bold green")
+    header.append(
+        f"flagged attributes: {flagged}",
+        style="bold red" if report.flagged_attributes else "bold green",
+    )
     parts: list[RenderableType] = [header]
     for attribute, result in report.attributes.items():
         table = Table(title=f"{attribute}", title_justify="left", show_lines=False)
-        for column in ("outcome", "group", "n", "excluded", "estimate [CI]", "parity diff",
-                       "DI ratio", "min p (Holm)", "flag"):
+        for column in (
+            "outcome",
+            "group",
+            "n",
+            "excluded",
+            "estimate [CI]",
+            "parity diff",
+            "DI ratio",
+            "min p (Holm)",
+            "flag",
+        ):
             table.add_column(column, justify="right" if column in ("n", "excluded") else "left")
         for name, outcome in result.outcomes.items():
             binary = outcome.spec.kind == "binary"

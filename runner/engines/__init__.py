@@ -1,0 +1,100 @@
+"""Engine adapters, one module each, and the factory that turns a plan into one."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from runner.engines.attach import AttachedEngine
+from runner.engines.base import EngineAdapter, EngineLoad, LaunchSpec, ServedModel
+from runner.engines.llama_cpp_python import LlamaCppPythonEngine
+from runner.engines.vllm import VllmEngine, VllmLoad
+from runner.engines.xllamacpp import XllamacppEngine
+from runner.planning import (
+    AttachSettings,
+    LlamaCppPythonSettings,
+    Plan,
+    VllmSettings,
+    XllamacppSettings,
+)
+
+__all__ = [
+    "AttachedEngine",
+    "EngineAdapter",
+    "EngineLoad",
+    "LaunchSpec",
+    "LlamaCppPythonEngine",
+    "PlanRefusedError",
+    "ServedModel",
+    "VllmEngine",
+    "VllmLoad",
+    "XllamacppEngine",
+    "build_engine",
+    "served_models",
+    "vllm_executable",
+]
+
+
+class PlanRefusedError(RuntimeError):
+    """The plan found no engine that fits; its refusal says why."""
+
+
+def vllm_executable() -> str:
+    """The ``vllm`` script of this environment, found even when its bin/ is not on PATH."""
+    sibling = Path(sys.executable).with_name("vllm")
+    return str(sibling) if sibling.exists() else shutil.which("vllm") or "vllm"
+
+
+def served_models(plan: Plan) -> tuple[ServedModel, ...]:
+    """What the runner advertises for a plan: the model under its public name, with the
+    context one request may use (a llama.cpp slot's share, or vLLM's max model length)."""
+    if plan.model is None or plan.engine is None:
+        return ()
+    s = plan.settings
+    ctx = (s.ctx_per_slot if isinstance(s, XllamacppSettings)
+           else s.max_model_len if isinstance(s, VllmSettings)
+           else s.ctx if isinstance(s, LlamaCppPythonSettings)
+           else None)  # fmt: skip
+    model = plan.model
+    return (ServedModel(name=model.name, engine=plan.engine, context_length=ctx,
+                        quantization=model.quantization),)  # fmt: skip
+
+
+def build_engine(
+    plan: Plan, models: tuple[ServedModel, ...] | None = None, *, api_key: str | None = None
+) -> EngineAdapter:
+    """The adapter a plan describes. ``models`` overrides the advertised models (an
+    attached engine's come from probing its /v1/models); ``api_key`` is for attach only."""
+    settings = plan.settings
+    if plan.refusal or settings is None:
+        raise PlanRefusedError(plan.refusal or "the plan chose no engine")
+    served = served_models(plan) if models is None else models
+    if isinstance(settings, AttachSettings):
+        return AttachedEngine(url=settings.url, models=served, capacity=plan.capacity,
+                              api_key=api_key)  # fmt: skip
+    if plan.model is None:
+        raise PlanRefusedError(f"{plan.engine} needs a model")
+    location = plan.model.location
+    if isinstance(settings, XllamacppSettings):
+        return XllamacppEngine(model_path=location, models=served, capacity=settings.slots,
+                               ctx=settings.ctx, threads=settings.threads,
+                               gpu_layers=settings.gpu_layers)  # fmt: skip
+    if isinstance(settings, LlamaCppPythonSettings):
+        return LlamaCppPythonEngine(model_path=location, models=served, ctx=settings.ctx,
+                                    threads=settings.threads,
+                                    gpu_layers=settings.gpu_layers)  # fmt: skip
+    return VllmEngine(
+        model=location,
+        models=served,
+        capacity=plan.capacity,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        quantization=settings.quantization,
+        served_model_name=served[0].name if served else None,
+        max_num_seqs=settings.max_num_seqs,
+        gpu_indices=tuple(settings.gpu_indices),
+        executable=vllm_executable(),
+    )

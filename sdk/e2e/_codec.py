@@ -7,9 +7,7 @@ spellings of one value), so these helpers accept exactly one spelling.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-import re
 from typing import Any
 
 from .errors import MalformedError
@@ -24,7 +22,8 @@ __all__ = [
     "to_text",
 ]
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_UNUSED_BITS = {2: 0b1111, 3: 0b11}
 MAX_ID_CHARS = 128
 
 
@@ -35,14 +34,17 @@ def b64e(data: bytes) -> str:
 
 def b64d(text: str, what: str) -> bytes:
     """Decode canonical unpadded base64url or raise :class:`MalformedError`."""
-    if not isinstance(text, str) or _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
+    # b64decode(validate=True) refuses characters outside its alphabet; '+',
+    # '/' and '=' are inside it but not part of unpadded base64url.
+    if not isinstance(text, str) or len(text) % 4 == 1 or any(c in text for c in "+/="):
         raise MalformedError(f"{what}: not unpadded base64url")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII str
         raise MalformedError(f"{what}: not unpadded base64url") from None
-    # Non-zero trailing bits decode to the same bytes; refuse the second spelling.
-    if b64e(data) != text:
+    # Non-zero unused bits in the last character decode to the same bytes:
+    # refuse that second spelling.
+    if len(text) % 4 and _ALPHABET.index(text[-1]) & _UNUSED_BITS[len(text) % 4]:
         raise MalformedError(f"{what}: non-canonical base64url")
     return data
 

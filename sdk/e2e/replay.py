@@ -47,7 +47,9 @@ class ReplayGuard:
         # open_request may run in worker threads (large bodies); keep check atomic.
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Envelope ids held now (not ``__len__``: an empty guard must stay truthy)."""
         return len(self._seen)
 
     def check(self, envelope_id: bytes, issued_at: float) -> None:

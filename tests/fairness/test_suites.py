@@ -80,7 +80,9 @@ def test_max_prompts_per_group_samples_whole_sets_reproducibly():
     )
     assert prompts == expand_suite(suite, options)
     assert prompts != expand_suite(suite, ExpansionOptions(max_prompts_per_group=30, seed=4))
-    only_age = expand_suite(suite, ExpansionOptions(max_prompts_per_group=30, attributes=["age"]))
+    only_age = expand_suite(
+        suite, ExpansionOptions(max_prompts_per_group=30, seed=3, attributes=["age"])
+    )
     assert {p.attribute for p in only_age} == {"age"}
     assert [p for p in prompts if p.attribute == "age"] == only_age
     with pytest.raises(ValueError):

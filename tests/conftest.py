@@ -1,0 +1,74 @@
+"""Shared fixtures: real databases, a real control plane, a real runner + engine."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.utils import ControlPlaneProcess, RunnerProcess
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_create(name: str) -> str:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def _pg_drop(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the backend named by ``request.param`` (sqlite or postgres)."""
+    yield from _database(getattr(request, "param", "sqlite"), tmp_path)
+
+
+def _database(backend: str, tmp: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
+        return
+    name = f"outpost_test_{secrets.token_hex(4)}"
+    url = _pg_create(name)
+    try:
+        yield url
+    finally:
+        _pg_drop(name)
+
+
+class Stack:
+    """A control plane, one enrolled runner with the embedded model, and an API key."""
+
+    def __init__(self, cp: ControlPlaneProcess, runner: RunnerProcess, api_key: str, database_url: str,
+                 runner_id: str) -> None:
+        self.cp, self.runner, self.api_key, self.database_url = cp, runner, api_key, database_url
+        self.runner_id = runner_id
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.cp.url}/v1"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
+    db = _database(request.param, tmp)
+    url = next(db)
+    cp = ControlPlaneProcess(tmp / "cp", url).start()
+    runner = RunnerProcess(cp, tmp / "runner", "local")
+    try:
+        api_key = cp.api_key()
+        runner.start()
+        runner_id = runner.wait_connected(api_key)
+        yield Stack(cp, runner, api_key, url, runner_id)
+    finally:
+        runner.stop()
+        cp.stop()
+        db.close()

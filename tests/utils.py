@@ -1,0 +1,147 @@
+"""Real processes for end-to-end tests: a control plane and runners on free ports.
+
+Modelled on vLLM's ``RemoteOpenAIServer``: start the real server, wait for its
+health endpoint, and drive it with real clients.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+__all__ = ["ControlPlaneProcess", "RunnerProcess", "free_port", "wait_until"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _tool(name: str) -> list[str]:
+    module = {"control-plane": "control_plane.cli", "runner": "runner.cli"}[name]
+    return [sys.executable, "-m", module]
+
+
+class _Process:
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ControlPlaneProcess(_Process):
+    def __init__(self, state_dir: Path, database_url: str, extra_env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "OUTPOST_STATE_DIR": str(state_dir), "OUTPOST_DATABASE_URL": database_url,
+                    "OUTPOST_PORT": str(self.port), **(extra_env or {})}
+        self.log_path = state_dir / f"control-plane-{self.port}.log"
+
+    def start(self) -> ControlPlaneProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*_tool("control-plane"), "serve"], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200, 60,
+                   f"control plane on {self.url}\n{self.log()}")
+        return self
+
+    def cli(self, *args: str) -> str:
+        """Run a ``control-plane`` subcommand against this instance's database; return stdout."""
+        out = subprocess.run([*_tool("control-plane"), *args], env=self.env, capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"control-plane {' '.join(args)} failed: {out.stderr}")
+        return out.stdout.strip()
+
+    def api_key(self, tenant: str = "default", name: str = "test") -> str:
+        return self.cli("keys", "create", name, "--tenant", tenant).splitlines()[-1]
+
+    def enrollment_token(self, runner_name: str, tenant: str = "default") -> str:
+        return self.cli("runners", "enroll", runner_name, "--tenant", tenant).splitlines()[-1]
+
+    def models(self, api_key: str) -> list[str]:
+        resp = httpx.get(f"{self.url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5)
+        return [m["id"] for m in resp.json().get("data", [])]
+
+
+class RunnerProcess(_Process):
+    def __init__(self, control_plane: ControlPlaneProcess, state_dir: Path, name: str,
+                 args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.cp = control_plane
+        self.state_dir = state_dir
+        self.name = name
+        self.args = args or []
+        self.extra_env = extra_env or {}
+        self.log_path = state_dir / "runner.log"
+
+    def start(self, token: str | None = None) -> RunnerProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.extra_env}
+        env.pop("OUTPOST_DATABASE_URL", None)
+        if token is None and not (self.state_dir / "identity.json").exists():
+            token = self.cp.enrollment_token(self.name)
+        if token:
+            env["OUTPOST_ENROLLMENT_TOKEN"] = token
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*_tool("runner"), "local-runner", "--control-plane", self.cp.url, "--state-dir",
+                 str(self.state_dir), "--threads", "1", *self.args],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def identity(self) -> dict:
+        import json
+
+        return json.loads((self.state_dir / "identity.json").read_text())
+
+    def wait_connected(self, api_key: str, timeout: float = 120) -> str:
+        """Wait until the control plane lists this runner as connected; return its id."""
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"runner exited with {self.proc.returncode}:\n{self.log()}")
+            if not (self.state_dir / "identity.json").exists():
+                return False
+            rid = self.identity()["runner_id"]
+            resp = httpx.get(f"{self.cp.url}/api/runners", headers={"Authorization": f"Bearer {api_key}"},
+                             timeout=5)
+            return any(r["id"] == rid and r["connected"] for r in resp.json()["data"])
+
+        wait_until(ready, timeout, f"runner {self.name}\n{self.log()}")
+        return self.identity()["runner_id"]
