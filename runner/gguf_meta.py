@@ -86,14 +86,14 @@ def _gguf_size(path: Path) -> int:
 
 
 def _served_name(path: Path, quantization: str | None) -> str:
-    """``SmolLM2-135M-Instruct.Q4_1.gguf`` → ``SmolLM2-135M-Instruct``."""
+    """``SmolLM2-135M-Instruct.Q4_1.gguf`` → ``smollm2-135m-instruct``: the quantization is
+    advertised separately, and lower case spares clients guessing the file's spelling."""
     match = _SHARD.match(path.name)
-    stem = match["stem"] if match else path.stem
-    if quantization:
-        for sep in (".", "-", "_"):
-            suffix = f"{sep}{quantization}".lower()
-            if stem.lower().endswith(suffix):
-                return stem[: -len(suffix)]
+    stem = (match["stem"] if match else path.stem).lower()
+    for sep in (".", "-", "_"):
+        suffix = f"{sep}{quantization}".lower()
+        if quantization and stem.endswith(suffix):
+            return stem[: -len(suffix)]
     return stem
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -29,7 +30,7 @@ def _gib(n: int | None) -> str:
 def render_hardware(report: HardwareReport) -> RenderableType:
     cpu = report.cpu
     host = Table(title="Host", show_header=False, title_justify="left")
-    host.add_row("CPU", f"{cpu.model} ({cpu.arch})")
+    host.add_row("CPU", escape(f"{cpu.model} ({cpu.arch})"))
     host.add_row("Cores", f"{cpu.physical_cores or '?'} physical, {cpu.logical_cores} logical")
     host.add_row("RAM", f"{_gib(cpu.ram_available_bytes)} free of {_gib(cpu.ram_total_bytes)}")
     host.add_row("ISA", " ".join(cpu.features) or "—")
@@ -44,7 +45,7 @@ def render_hardware(report: HardwareReport) -> RenderableType:
             power = (f"{g.power_draw_watts:.0f}/{g.power_limit_watts:.0f} W"
                      if g.power_draw_watts is not None and g.power_limit_watts else "—")  # fmt: skip
             gpus.add_row(
-                f"{g.vendor} {g.index}", g.name,
+                f"{g.vendor} {g.index}", escape(g.name),
                 f"{_gib(g.memory_free_bytes)} / {_gib(g.memory_total_bytes)}",
                 g.compute_capability or "—", g.driver_version or "—", power,
                 "—" if g.utilization_percent is None else f"{g.utilization_percent:.0f}%",
@@ -57,7 +58,7 @@ def render_hardware(report: HardwareReport) -> RenderableType:
     probes.add_column("why not")
     for p in report.probes:
         mark = f"[green]yes ({p.devices})[/]" if p.present else "[dim]no[/]"
-        probes.add_row(p.name, mark, p.reason or "")
+        probes.add_row(p.name, mark, escape(p.reason or ""))
     parts.append(probes)
     return Group(*parts)
 
@@ -69,14 +70,14 @@ def _fit_lines(fit: MemoryFit) -> str:
         f"weights {_gib(fit.weights_bytes)} + KV {fit.kv_bytes_per_token:,} B/token × "
         f"{fit.ctx:,} tokens × {fit.slots} slot(s) = {_gib(fit.kv_bytes)} + overhead "
         f"{_gib(fit.overhead_bytes)}{reserve}\n= {_gib(fit.required_bytes)} needed of "
-        f"{_gib(fit.available_bytes)} ({fit.where}): {verdict}"
+        f"{_gib(fit.available_bytes)} ({escape(fit.where)}): {verdict}"
     )
 
 
 def _model_line(model: ModelSpec) -> str:
     estimate = " [yellow](estimated from the table of known ids)[/]" if model.estimated else ""
     return (
-        f"{model.name} — {model.format.upper()}, {model.quantization or '?'}, "
+        f"{escape(model.name)} — {model.format.upper()}, {model.quantization or '?'}, "
         f"{_gib(model.weights_bytes)}, {model.layers} layers, {model.kv_head_count}/"
         f"{model.head_count} KV/attention heads × {model.head_dim}, context "
         f"{model.context_length:,}{estimate}"
@@ -88,14 +89,14 @@ def render_plan(result: Plan) -> RenderableType:
     if result.model is not None:
         parts.append(f"[bold]Model[/]  {_model_line(result.model)}")
     if result.refusal:
-        parts.append(Panel(result.refusal, title="[red]refused[/]", border_style="red"))
+        parts.append(Panel(escape(result.refusal), title="[red]refused[/]", border_style="red"))
     else:
         title = f"[bold green]{result.engine}[/] (capacity {result.capacity})"
-        parts.append(Panel(result.rule, title=title, title_align="left", border_style="green"))
+        parts.append(Panel(escape(result.rule), title=title, title_align="left", border_style="green"))
     if result.settings is not None:
         settings = Table(title="Settings", show_header=False, title_justify="left")
         for key, value in result.settings.model_dump(exclude={"kind"}).items():
-            settings.add_row(key, str(value))
+            settings.add_row(key, escape(str(value)))
         parts.append(settings)
     if result.fit is not None:
         parts.append(Panel(_fit_lines(result.fit), title="Memory fit", title_align="left"))
@@ -104,7 +105,7 @@ def render_plan(result: Plan) -> RenderableType:
         rejected.add_column("engine")
         rejected.add_column("why")
         for r in result.rejected:
-            rejected.add_row(r.engine, r.reason)
+            rejected.add_row(escape(r.engine), escape(r.reason))
         parts.append(rejected)
     return Group(*parts)
 
@@ -143,7 +144,7 @@ def plan_command(
         result = plan(detect(probes), spec, engine=engine, installed=installed,
                       attach_url=attach_url)  # fmt: skip
     except (ModelNotFoundError, EmbeddedModelMissingError, ValueError, OSError) as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False)
+        errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     if as_json:
         console.out(result.to_json(), highlight=False)

@@ -25,6 +25,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiKey",
+    "Budget",
+    "FairnessRun",
+    "User",
     "Base",
     "EnrollmentToken",
     "RequestRecord",
@@ -53,6 +56,11 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Fair-share weight in the scheduler (Virtual Token Counter).
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    routing_policy: Mapped[str] = mapped_column(String(16), default="balanced")
+    # Residency rules: {"label": ["allowed", "values"]}; a runner must match every rule.
+    residency: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -66,6 +74,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(128))
     scopes: Mapped[str] = mapped_column(String(200), default="inference")
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, default=None)
+    routing_policy: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -145,3 +155,50 @@ class RequestRecord(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float, default=None)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Budget(Base):
+    """A spending cap for a tenant, or for one of its API keys when ``api_key_id`` is set."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), default=None)
+    period: Mapped[str] = mapped_column(String(16))  # day | week | month
+    amount_usd: Mapped[float] = mapped_column(Float)
+    soft_threshold: Mapped[float] = mapped_column(Float, default=0.8)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """A console user. Passwords are argon2 hashes."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16), default="viewer")  # admin | viewer
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FairnessRun(Base):
+    """One bias-probe run: suite identity, model, sampling settings and the report."""
+
+    __tablename__ = "fairness_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    suite_id: Mapped[str] = mapped_column(String(200))
+    suite_version: Mapped[str] = mapped_column(String(64))
+    suite_hash: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    sampling: Mapped[dict] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    report: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -24,12 +24,8 @@ class VllmLoad(EngineLoad):
 
     prefix_cache_hits: float | None = None
     prefix_cache_queries: float | None = None
-
-    @property
-    def prefix_cache_hit_rate(self) -> float | None:
-        if not self.prefix_cache_queries or self.prefix_cache_hits is None:
-            return None
-        return self.prefix_cache_hits / self.prefix_cache_queries
+    #: hits / queries, or the V0 engine's own gauge (it exported no counters).
+    prefix_cache_hit_rate: float | None = None
 
 
 def _first(values: dict[str, list[float]], names: tuple[str, ...]) -> list[float] | None:
@@ -101,10 +97,16 @@ class VllmEngine:
         kv = _first(values, _KV_USAGE)
         hits = _first(values, _PREFIX_HITS)
         queries = _first(values, _PREFIX_QUERIES)
+        if hits and queries:
+            rate = sum(hits) / sum(queries) if sum(queries) else None
+        else:  # V0 writes -1 before the first query
+            gauge = [v for v in values.get("vllm:gpu_prefix_cache_hit_rate", []) if v >= 0]
+            rate = sum(gauge) / len(gauge) if gauge else None
         return VllmLoad(
             running=int(sum(values.get("vllm:num_requests_running", []))),
             waiting=int(sum(values.get("vllm:num_requests_waiting", []))),
             kv_cache_usage=min(max(max(kv), 0.0), 1.0) if kv else None,
             prefix_cache_hits=sum(hits) if hits else None,
             prefix_cache_queries=sum(queries) if queries else None,
+            prefix_cache_hit_rate=rate,
         )

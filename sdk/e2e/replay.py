@@ -10,6 +10,10 @@ When ``max_entries`` is reached the oldest id is forgotten and the
 acceptance floor rises to its timestamp: every envelope at or below the
 floor is refused as stale, so forgetting an id never re-admits its replay.
 Under overload the guard thus shortens its window instead of failing open.
+
+Memory does not survive a restart. A runner passes ``not_before`` = its
+start time so envelopes sealed before it started (whose ids it may have
+seen in a previous life) are refused as stale; clients reseal and retry.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ReplayGuard:
         max_age_s: float = 300.0,
         max_future_s: float = 30.0,
         max_entries: int = 100_000,
+        not_before: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_age_s <= 0 or max_future_s < 0 or max_entries < 1:
@@ -43,7 +48,8 @@ class ReplayGuard:
         self._clock = clock
         self._heap: list[tuple[int, bytes]] = []
         self._seen: set[bytes] = set()
-        self._floor_ms = -1
+        # Envelopes issued at or before the floor are refused as stale.
+        self._floor_ms = -1 if not_before is None else round(not_before * 1000)
         # open_request may run in worker threads (large bodies); keep check atomic.
         self._lock = threading.Lock()
 
@@ -63,7 +69,7 @@ class ReplayGuard:
             if ts > now + self._max_future_ms:
                 raise StaleEnvelopeError(f"envelope is {(ts - now) / 1000:.1f} s in the future")
             if ts <= self._floor_ms:
-                raise StaleEnvelopeError("envelope older than the replay window under load")
+                raise StaleEnvelopeError("envelope older than the replay window (load or restart)")
             if envelope_id in self._seen:
                 raise ReplayError("envelope was already opened")
             if len(self._seen) >= self._max_entries:

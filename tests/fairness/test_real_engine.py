@@ -79,14 +79,14 @@ async def test_probe_against_real_llama_cpp(engine_url):
     runner = ProbeRunner(
         ProbeTarget(base_url=engine_url, model="smollm2-135m", engine="xllamacpp"),
         "no-key-needed",
-        sampling=SamplingSettings(temperature=0.0, max_tokens=24, seed=7),
+        sampling=SamplingSettings(temperature=0.0, max_tokens=16, seed=7),
         concurrency=2,
         show_progress=False,
     )
     options = ExpansionOptions(max_prompts_per_group=2, attributes=["gender"])
     run = await runner.run(builtin_suite(), options)
     assert [r.status for r in run.responses] == ["ok"] * 4, [r.error for r in run.responses]
-    assert all(r.completion_tokens and r.completion_tokens <= 24 for r in run.responses)
+    assert all(r.completion_tokens and r.completion_tokens <= 16 for r in run.responses)
     assert all(set(r.outcomes) == {"refusal", "sentiment", "length_words"} for r in run.responses)
     report = build_report(run)
     gender = report.attributes["gender"]

@@ -277,6 +277,13 @@ def test_replay_guard_memory_is_bounded_and_fails_closed(clock: FakeClock) -> No
     assert guard.size == 1
 
 
+def test_replay_guard_refuses_envelopes_from_before_a_restart(clock: FakeClock) -> None:
+    guard = ReplayGuard(not_before=clock.now, clock=clock)
+    with pytest.raises(StaleEnvelopeError, match="restart"):
+        guard.check(b"a" * 16, NOW - 1)
+    guard.check(b"b" * 16, NOW + 0.001)
+
+
 def test_padding_hides_request_length(x_keys: RunnerKeys) -> None:
     short, _ = seal(x_keys, b"a", pad_to=4096)
     long, _ = seal(x_keys, b"a" * 3000, pad_to=4096)
