@@ -162,7 +162,8 @@ class PowerCost:
 class NvmlLike(Protocol):
     """The part of ``pynvml`` (package nvidia-ml-py) that power reading needs."""
 
-    NVMLError: type[Exception]
+    @property
+    def NVMLError(self) -> type[Exception]: ...
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
 
@@ -172,8 +173,7 @@ class NvmlLike(Protocol):
 class NvmlPowerReader:
     """Board power of GPUs ``indices``, summed, in watts (``None`` if unreadable)."""
 
-    def __init__(self, nvml: NvmlLike, indices: list[int]) -> None:
-        # ``nvml``: the initialised ``pynvml`` module, or a fake in tests.
+    def __init__(self, nvml: NvmlLike, indices: list[int]) -> None:  # nvml: pynvml, initialised
         self._nvml = nvml
         self._indices = indices
 

@@ -125,6 +125,8 @@ def test_power_cost_from_measured_watts_and_fallback() -> None:
 
 
 class FakeNvml:
+    """Speaks the part of pynvml's API (and its names) that the reader uses."""
+
     class NVMLError(Exception):
         pass
 
@@ -138,7 +140,7 @@ class FakeNvml:
         return index
 
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
-        return self.milliwatts[handle]
+        return self.milliwatts[int(handle)]
 
 
 def test_nvml_reader_sums_gpus_and_reports_failure_as_none() -> None:
@@ -175,8 +177,10 @@ def test_rapl_reader_unreadable(tmp_path: Path) -> None:
     assert reader() is None
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -234,4 +238,4 @@ def test_check_budget(spent: float, amount: float, state: BudgetState) -> None:
 def test_check_budget_validates() -> None:
     with pytest.raises(ValueError):
         check_budget(1, 10, soft_threshold=0)
-    assert BudgetState.EXCEEDED == "exceeded"
+    assert BudgetState.EXCEEDED.value == "exceeded"
