@@ -161,6 +161,7 @@ def table(n_requests: int, n_chunks: int) -> str:
         "## End-to-end encryption (`bench/bench_e2e.py`)",
         "",
         f"Machine: {machine()}. Single thread; one call per timed iteration.",
+        "Reproduce: `.venv/bin/python bench/bench_e2e.py [--iterations N]`.",
         "",
         "| operation | algorithm | payload | n | mean µs | p50 µs | p99 µs | ops/s |",
         "|---|---|---|---:|---:|---:|---:|---:|",

@@ -49,12 +49,13 @@ _MAX_SEQ = 2**64 - 1
 _CONTEXT = b"outpost-e2e/v1 chunk\x00"
 
 
-def _ad(request_id: bytes, seq: int, final: bool) -> bytes:
-    return _CONTEXT + length_prefixed(request_id) + seq.to_bytes(8, "big") + bytes([final])
+def _ad_prefix(request_id: str) -> bytes:
+    return _CONTEXT + length_prefixed(check_id(request_id, "request_id").encode())
 
 
-def _nonce(seq: int) -> bytes:
-    return seq.to_bytes(12, "big")
+def _ad_and_nonce(prefix: bytes, seq: int, final: bool) -> tuple[bytes, bytes]:
+    seq_bytes = seq.to_bytes(8, "big")
+    return prefix + seq_bytes + (b"\x01" if final else b"\x00"), b"\x00\x00\x00\x00" + seq_bytes
 
 
 class ChunkSealer:
@@ -71,7 +72,7 @@ class ChunkSealer:
         if not 0 <= pad_to <= _MAX_PLAINTEXT:
             raise ValueError(f"pad_to must be in 0..{_MAX_PLAINTEXT}")
         self._aead = ChaCha20Poly1305(response_key.secret)
-        self._request_id = check_id(request_id, "request_id").encode()
+        self._ad_prefix = _ad_prefix(request_id)
         self._pad_to = pad_to
         self._seq = 0
         self._done = False
@@ -92,10 +93,11 @@ class ChunkSealer:
             size = min(-(-size // self._pad_to) * self._pad_to, _MAX_PLAINTEXT)
         plaintext = len(data).to_bytes(4, "big") + bytes(data) + bytes(size - _LEN - len(data))
         seq = self._seq
-        ct = self._aead.encrypt(_nonce(seq), plaintext, _ad(self._request_id, seq, final))
+        ad, nonce = _ad_and_nonce(self._ad_prefix, seq, final)
+        ct = self._aead.encrypt(nonce, plaintext, ad)
         self._seq += 1
         self._done = final
-        head = bytes([_VERSION, _FINAL if final else 0]) + seq.to_bytes(8, "big")
+        head = bytes((_VERSION, _FINAL if final else 0)) + nonce[4:]  # nonce[4:] is seq
         return b64e(head + ct)
 
 
@@ -110,7 +112,7 @@ class ChunkOpener:
         if not isinstance(response_key, ResponseKey):
             raise TypeError("response_key must be a ResponseKey")
         self._aead = ChaCha20Poly1305(response_key.secret)
-        self._request_id = check_id(request_id, "request_id").encode()
+        self._ad_prefix = _ad_prefix(request_id)
         self._seq = 0
         self._done = False
         self._failed = False
@@ -153,10 +155,9 @@ class ChunkOpener:
         if seq != self._seq:
             kind = DuplicateChunkError if seq < self._seq else OutOfOrderChunkError
             raise kind(f"expected chunk {self._seq}, got {seq}", expected=self._seq, got=seq)
+        ad, nonce = _ad_and_nonce(self._ad_prefix, seq, final)
         try:
-            plaintext = self._aead.decrypt(
-                _nonce(seq), raw[_HEAD:], _ad(self._request_id, seq, final)
-            )
+            plaintext = self._aead.decrypt(nonce, raw[_HEAD:], ad)
         except InvalidTag:
             raise DecryptionError(f"chunk {seq} failed authentication") from None
         n = int.from_bytes(plaintext[:_LEN], "big")
