@@ -9,11 +9,11 @@ from control_plane.store.tenants import get_or_create_tenant
 __all__ = ["issue_api_key", "issue_enrollment_token"]
 
 
-async def issue_api_key(db: Database, tenant: str, name: str) -> tuple[str, str]:
+async def issue_api_key(db: Database, tenant: str, name: str, admin: bool = False) -> tuple[str, str]:
     """Create an API key; returns ``(key_id, secret)``. The secret is not stored."""
     async with db.session() as session:
         t = await get_or_create_tenant(session, tenant)
-        key, secret = await create_api_key(session, t.id, name)
+        key, secret = await create_api_key(session, t.id, name, scopes="inference,admin" if admin else "inference")
         await session.commit()
         return key.id, secret
 

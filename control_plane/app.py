@@ -30,10 +30,12 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         if migrate:
             upgrade_to_head(settings.database_url)
         db = Database(settings.database_url)
-        app.state.outpost = AppState(settings=settings, db=db, hub=TunnelHub())
+        hub = TunnelHub()
+        app.state.outpost = AppState(settings=settings, db=db, hub=hub)
         try:
             yield
         finally:
+            await hub.goaway("control plane shutting down")
             await db.dispose()
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)

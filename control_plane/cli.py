@@ -42,7 +42,7 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
         # The tunnel contract: bounded frames, no compression, explicit keepalive.
-        ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False,
+        ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
         ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s,
         timeout_graceful_shutdown=30, server_header=False,
     )
@@ -70,11 +70,13 @@ def migrate() -> None:
 
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")],
-                tenant: Tenant = "default") -> None:
+                tenant: Tenant = "default",
+                admin: Annotated[bool, typer.Option(help="Also allow admin actions (runners, keys).")] = False,
+                ) -> None:
     """Create an API key; the secret is printed once, on stdout."""
     settings = Settings()
     upgrade_to_head(settings.database_url)
-    key_id, secret = asyncio.run(_with_db(settings, lambda db: issue_api_key(db, tenant, name)))
+    key_id, secret = asyncio.run(_with_db(settings, lambda db: issue_api_key(db, tenant, name, admin)))
     console.print(f"created API key [bold]{key_id}[/] for tenant {tenant!r}; store the secret now:")
     print(secret)
 
@@ -104,7 +106,7 @@ def up(
     enrolled = (runner_state / "identity.json").exists()
 
     async def prepare(db: Database) -> tuple[str, str | None]:
-        _, key = await issue_api_key(db, "default", "up")
+        _, key = await issue_api_key(db, "default", "up", admin=True)
         token = None if enrolled else await issue_enrollment_token(db, "default", "local", 600)
         return key, token
 

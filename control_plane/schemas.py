@@ -40,3 +40,4 @@ class RunnerOut(_Out):
     connected: bool = False
     models: list[str] = Field(default_factory=list)
     in_flight: int = 0
+    served_total: int = 0

@@ -38,12 +38,16 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=600.0, gt=0)
     first_byte_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10, description="Failover attempts before the first byte.")
+    runner_wait_s: float = Field(default=5.0, ge=0, le=120,
+                                 description="How long a request waits for a runner of its model to (re)connect.")
 
     # Tunnel.
     tunnel_handshake_timeout_s: float = Field(default=10.0, gt=0)
     tunnel_ping_interval_s: float = Field(default=5.0, gt=0)
     tunnel_ping_timeout_s: float = Field(default=10.0, gt=0)
     tunnel_max_streams_per_connection: int = Field(default=256, ge=1)
+    tunnel_stream_window: int = Field(default=256 * 1024, ge=16 * 1024, le=16 * 1024 * 1024,
+                                      description="Flow-control window per stream (characters of data).")
     enrollment_token_ttl_s: int = Field(default=3600, ge=60)
 
     log_level: str = "info"

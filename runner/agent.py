@@ -107,7 +107,8 @@ class Agent:
             running = self.tunnel.active_streams if self.tunnel else 0
             return StatusFrame(running=max(running, self.load.running), waiting=self.load.waiting,
                                kv_cache_usage=self.load.kv_cache_usage,
-                               healthy=self.supervisor.healthy.is_set())
+                               healthy=self.supervisor.healthy.is_set(),
+                               completed=self.tunnel.completed if self.tunnel else 0)
 
         return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,
                             connections=s.connections, ping_interval_s=s.ping_interval_s,

@@ -22,20 +22,9 @@ import psutil
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "AmdProbe",
-    "AppleProbe",
-    "CpuInfo",
-    "CpuProbe",
-    "GpuInfo",
-    "GpuProbe",
-    "HardwareReport",
-    "NvidiaProbe",
-    "ProbeStatus",
-    "Probes",
-    "SystemCpuProbe",
-    "default_probes",
-    "detect",
-    "parse_cpuinfo",
+    "AmdProbe", "AppleProbe", "CpuInfo", "CpuProbe", "GpuInfo", "GpuProbe", "HardwareReport",
+    "NvidiaProbe", "ProbeStatus", "Probes", "SystemCpuProbe", "default_probes", "detect",
+    "parse_cpuinfo"
 ]
 
 #: ISA extensions that change which llama.cpp kernels run (or whether a build runs at all).

@@ -20,17 +20,8 @@ from runner.gguf_meta import ModelSpec, kv_bytes_per_token
 from runner.hardware import GpuInfo, HardwareReport
 
 __all__ = [
-    "ENGINES",
-    "AttachSettings",
-    "LlamaCppPythonSettings",
-    "MemoryFit",
-    "Overrides",
-    "Plan",
-    "Rejected",
-    "VllmSettings",
-    "XllamacppSettings",
-    "installed_engines",
-    "plan",
+    "ENGINES", "AttachSettings", "LlamaCppPythonSettings", "MemoryFit", "Overrides", "Plan",
+    "Rejected", "VllmSettings", "XllamacppSettings", "installed_engines", "plan"
 ]
 
 GIB = 1024**3

@@ -94,6 +94,7 @@ class TunnelClient:
         self.draining = False
         self.connected = asyncio.Event()
         self.connects = 0  # successful handshakes, for observability and tests
+        self.completed = 0  # streams answered to the end
 
     @property
     def active_streams(self) -> int:
@@ -227,6 +228,8 @@ class TunnelClient:
         async def run() -> None:
             try:
                 await self._on_stream(out)
+                if out.closed:
+                    self.completed += 1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one request's failure must not end the tunnel

@@ -201,6 +201,8 @@ class StatusFrame(_Frame):
     waiting: int = Field(default=0, ge=0)
     kv_cache_usage: float | None = Field(default=None, ge=0.0, le=1.0)
     healthy: bool = True
+    # Streams this runner has answered to the end since it started.
+    completed: int = Field(default=0, ge=0)
 
 
 class GoawayFrame(_Frame):

@@ -13,7 +13,7 @@ from control_plane.errors import ApiError
 from control_plane.state import AppState
 from control_plane.store.keys import authenticate_api_key
 
-__all__ = ["AppStateDep", "Caller", "CallerDep", "SessionDep", "bearer_token"]
+__all__ = ["AdminDep", "AppStateDep", "Caller", "CallerDep", "SessionDep", "bearer_token"]
 
 
 def get_state(request: Request) -> AppState:
@@ -61,3 +61,12 @@ async def get_caller(request: Request, state: AppStateDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_admin(caller: CallerDep) -> Caller:
+    if "admin" not in caller.scopes:
+        raise ApiError.forbidden("This action needs an API key with the 'admin' scope.")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]

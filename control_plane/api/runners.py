@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+
+from sdk.protocol import CloseCode
 from sqlalchemy.exc import IntegrityError
 
-from control_plane.api.deps import AppStateDep, CallerDep, SessionDep, bearer_token
+from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
 from control_plane.errors import ApiError
 from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.store.keys import consume_enrollment_token
-from control_plane.store.runners import create_runner, list_runners
+from control_plane.store.runners import create_runner, get_runner, list_runners, revoke_runner
 
 router = APIRouter(prefix="/api/runners", tags=["runners"])
 
@@ -45,5 +47,18 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
         if live is not None:
             out.models = [m.name for m in live.models]
             out.in_flight = live.in_flight
+            out.served_total = sum(ln.load.completed for ln in live.links)
         data.append(out.model_dump(mode="json"))
     return {"object": "list", "data": data}
+
+
+@router.post("/{runner_id}/revoke", response_model=RunnerOut)
+async def revoke(runner_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep) -> RunnerOut:
+    runner = await get_runner(session, runner_id, tenant_id=admin.tenant_id)
+    if runner is None:
+        raise ApiError.not_found(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
+    await revoke_runner(session, runner)
+    await session.commit()
+    # Refuse at once: live connections are dropped, reconnects fail the handshake.
+    await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
+    return RunnerOut.model_validate(runner)

@@ -61,7 +61,7 @@ async def tunnel(ws: WebSocket) -> None:
         await _close(ws, code, reason)
 
     link = Link(info.runner_id, session_id, ws.send_text, state.settings.tunnel_max_streams_per_connection,
-                close)
+                close, stream_window=state.settings.tunnel_stream_window)
     version = hello.version
     caps = sorted(CAPABILITIES & set(hello.capabilities))
     await ws.send_text(encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id)))

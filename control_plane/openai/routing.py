@@ -1,12 +1,350 @@
-"""Ranking of eligible runners for one request."""
+"""Choosing the runner for one request: eligibility, policy ranking, prefix affinity.
+
+Pure: the router reads the hub's :class:`ConnectedRunner` objects and its own
+in-memory tables, and does no I/O. The only clock it reads is injected
+(affinity expiry), so every decision can be replayed in a unit test.
+
+A decision is an *ordered list* of candidates, not one runner: the serving
+layer walks it when a runner fails before the first byte (failover).
+
+* **Eligible**: serves the model (name or alias) on the endpoint asked for,
+  has a tunnel that accepts streams, reported itself healthy in its last
+  status frame, and matches every residency rule of the tenant.
+* **Policies** rank the eligible runners by an estimate of this request on
+  each of them (see :func:`estimate`): ``latency`` by expected queue wait +
+  service time, ``cost`` by expected dollars (ties within 5 % go to the
+  faster), ``balanced`` by the sum of both, each relative to the best runner.
+* **Prefix affinity** then moves the runner that last served the same
+  conversation to the front, if it is within the bounded-load limit of
+  consistent hashing with bounded loads (Mirrokni et al., 2018) and its
+  policy score is not much worse than the best. docs/api.md explains the
+  numbers.
+"""
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from control_plane.openai.affinity import AffinityTable
+from control_plane.services.cost import HourlyCost, expected_cost
 from control_plane.tunnel.hub import ConnectedRunner
 
-__all__ = ["rank_candidates"]
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "POLICIES",
+    "Affinity",
+    "Candidate",
+    "Endpoint",
+    "Estimate",
+    "RouteDecision",
+    "RouteRequest",
+    "Router",
+    "RouterConfig",
+    "RoutingPolicy",
+    "RunnerStats",
+    "bounded_load_ok",
+    "eligibility",
+    "estimate",
+    "rank",
+    "residency_allows",
+    "runner_load",
+    "usd_per_hour",
+]
+
+RoutingPolicy = Literal["cost", "latency", "balanced"]
+POLICIES: tuple[str, ...] = get_args(RoutingPolicy)
+Endpoint = Literal["chat", "completions", "embeddings"]
+Affinity = Literal["hit", "overloaded", "miss", "off"]
+
+#: Output tokens assumed when a request sets no ``max_tokens``. The same for
+#: every runner, so it scales estimates without changing the order much.
+DEFAULT_OUTPUT_TOKENS = 256
+# Defaults until a runner has been observed; docs/api.md gives the reasons.
+_DEFAULT_DECODE_TPS = 20.0
+_PREFILL_OVER_DECODE = 10.0  # as services/cost.expected_cost assumes
+_COST_TIE = 0.05
 
 
-def rank_candidates(runners: list[ConnectedRunner]) -> list[ConnectedRunner]:
-    """Least loaded first: open requests relative to advertised capacity."""
-    return sorted(runners, key=lambda r: (r.in_flight / max(r.capacity, 1), r.runner_id))
+@dataclass(frozen=True)
+class RouteRequest:
+    """What routing knows about a request: never its text."""
+
+    model: str
+    endpoint: Endpoint = "chat"
+    policy: RoutingPolicy = "balanced"
+    # {"label": ["allowed", "values"]}; a runner must match every rule.
+    residency: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Prefix-affinity keys, most specific first (see affinity.py).
+    affinity_keys: tuple[str, ...] = ()
+    prompt_tokens: int = 0
+    max_tokens: int | None = None
+
+
+@dataclass
+class RunnerStats:
+    """What this control plane has observed of one runner (exponential moving averages)."""
+
+    decode_tps: float | None = None  # output tokens per second of one request
+    prefill_tps: float | None = None  # prompt tokens per second, from unqueued TTFTs
+    observations: int = 0
+
+    def observe(self, *, prompt_tokens: int, completion_tokens: int, ttft_s: float, total_s: float,
+                queued: bool, alpha: float) -> None:
+        decode_s = total_s - ttft_s
+        if completion_tokens > 1 and decode_s > 0:
+            self.decode_tps = _ewma(self.decode_tps, (completion_tokens - 1) / decode_s, alpha)
+        # A queued request's TTFT is mostly waiting, not prefill.
+        if not queued and prompt_tokens > 0 and ttft_s > 0:
+            self.prefill_tps = _ewma(self.prefill_tps, prompt_tokens / ttft_s, alpha)
+        self.observations += 1
+
+
+def _ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else (1 - alpha) * old + alpha * new
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    strategy: Literal["policy", "round_robin"] = "policy"
+    affinity: bool = True
+    # A runner keeps a conversation while its load + 1 <= ceil((1+eps) * mean share).
+    affinity_epsilon: float = 0.25
+    # ...and while its policy score is at most (1 + this) x the best runner's.
+    affinity_max_regret: float = 1.0
+    affinity_ttl_s: float = 600.0
+    affinity_max_entries: int = 100_000
+    # Slow-down of a request per unit of the runner's utilisation (batched decoding).
+    share_penalty: float = 0.5
+    # Price of a runner that states no cost model, $/hour ("cpu-small" in services/cost).
+    default_usd_per_hour: float = 0.10
+    ewma_alpha: float = 0.2
+
+
+# --- eligibility -------------------------------------------------------------------
+
+
+def residency_allows(labels: Mapping[str, str], rules: Mapping[str, Sequence[str]]) -> bool:
+    """Every rule must match; a runner without the label fails closed."""
+    return all(labels.get(label) in allowed for label, allowed in rules.items())
+
+
+def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
+    """``None`` when ``runner`` may serve ``req``; else why not (for logs and errors)."""
+    info = runner.serves(req.model)
+    if info is None:
+        return "model"
+    if req.endpoint not in info.endpoints:
+        return "endpoint"
+    if not residency_allows(runner.labels, req.residency):
+        return "residency"
+    if runner.usable_link() is None:
+        return "draining"
+    if not _status(runner).healthy:
+        return "unhealthy"
+    return None
+
+
+def _status(runner: ConnectedRunner):  # noqa: ANN202 - RunnerLoad
+    # Every link reports the runner-wide load; the freshest report wins.
+    return max((ln.load for ln in runner.links), key=lambda ld: ld.updated_at)
+
+
+def runner_load(runner: ConnectedRunner) -> int:
+    """Requests open on the runner: ours (exact, now) or its report (all replicas, ~2 s old)."""
+    st = _status(runner) if runner.links else None
+    reported = st.running + st.waiting if st is not None else 0
+    return max(runner.in_flight, reported)
+
+
+# --- estimates ---------------------------------------------------------------------
+
+
+def usd_per_hour(cost: Mapping[str, object], default: float) -> float:
+    """A runner's rate from its hello's cost model: a flat rate, or power x price."""
+    try:
+        if (rate := cost.get("usd_per_hour")) is not None:
+            return max(float(rate), 0.0)  # type: ignore[arg-type]
+        watts, price = cost.get("watts"), cost.get("usd_per_kwh")
+        if watts is not None and price is not None:
+            return max(float(watts) * float(price) * float(cost.get("pue") or 1.0) / 1000.0, 0.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pass
+    return default
+
+
+@dataclass(frozen=True)
+class Estimate:
+    load: int
+    wait_s: float
+    service_s: float
+    cost_usd: float
+
+    @property
+    def latency_s(self) -> float:
+        return self.wait_s + self.service_s
+
+
+def estimate(runner: ConnectedRunner, req: RouteRequest, stats: RunnerStats | None,
+             config: RouterConfig) -> Estimate:
+    """Expected wait, service time and cost of ``req`` on ``runner`` at its current load.
+
+    service = prompt / prefill_tps + output / decode_tps, slowed by
+    ``share_penalty`` x utilisation (requests decoding together share the
+    engine); wait = whole service rounds queued ahead once every slot is taken.
+    """
+    stats = stats or RunnerStats()
+    decode = stats.decode_tps or _DEFAULT_DECODE_TPS
+    prefill = stats.prefill_tps or decode * _PREFILL_OVER_DECODE
+    output = 0 if req.endpoint == "embeddings" else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
+    base = req.prompt_tokens / prefill + output / decode
+    load, cap = runner_load(runner), max(runner.capacity, 1)
+    utilisation = min(load, cap) / cap
+    kv = _status(runner).kv_cache_usage or 0.0
+    # A nearly full KV cache makes the engine defer or preempt requests.
+    pressure = max(0.0, kv - 0.8) / 0.2
+    service = base * (1 + config.share_penalty * (utilisation + pressure))
+    wait = math.ceil((load + 1 - cap) / cap) * service if load >= cap else 0.0
+    cost = expected_cost(HourlyCost(usd_per_hour(runner.cost, config.default_usd_per_hour)),
+                         req.prompt_tokens, output, decode, prefill_tokens_per_second=prefill)
+    return Estimate(load=load, wait_s=wait, service_s=service, cost_usd=cost)
+
+
+# --- ranking -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    runner: ConnectedRunner
+    estimate: Estimate
+    score: float  # lower is better; 1.0 is the best runner under the policy
+
+
+def _relative(values: list[float], floor: float) -> list[float]:
+    best = min(values)
+    return [(v + floor) / (best + floor) for v in values]
+
+
+def rank(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
+         config: RouterConfig) -> list[Candidate]:
+    """Eligible runners, best first under ``req.policy``. Ties go to the lower id (stable)."""
+    runners = sorted(runners, key=lambda r: r.runner_id)
+    if not runners:
+        return []
+    ests = [estimate(r, req, stats.get(r.runner_id), config) for r in runners]
+    lat = _relative([e.latency_s for e in ests], 1e-3)
+    cost = _relative([e.cost_usd for e in ests], 1e-12)
+    if req.policy == "latency":
+        scores = lat
+        order = sorted(range(len(runners)), key=lambda i: (lat[i], cost[i]))
+    elif req.policy == "cost":
+        scores = cost
+        order = _cost_order(cost, lat)
+    else:
+        scores = [(c + t) / 2 for c, t in zip(cost, lat, strict=True)]
+        order = sorted(range(len(runners)), key=lambda i: scores[i])
+    return [Candidate(runners[i], ests[i], scores[i]) for i in order]
+
+
+def _cost_order(cost: list[float], lat: list[float]) -> list[int]:
+    """Cheapest first; runners within 5 % of each other's price go by latency."""
+    left = sorted(range(len(cost)), key=lambda i: cost[i])
+    order: list[int] = []
+    while left:
+        tier = [i for i in left if cost[i] <= cost[left[0]] * (1 + _COST_TIE)]
+        order += sorted(tier, key=lambda i: lat[i])
+        left = [i for i in left if i not in tier]
+    return order
+
+
+def bounded_load_ok(target: Candidate, candidates: Sequence[Candidate], epsilon: float) -> bool:
+    """Consistent hashing with bounded loads, weighted by capacity.
+
+    With this request added, no runner may hold more than
+    ``ceil((1 + eps) * (total load + 1) * capacity / total capacity)``.
+    """
+    total = sum(c.estimate.load for c in candidates)
+    capacity = sum(max(c.runner.capacity, 1) for c in candidates)
+    bound = math.ceil((1 + epsilon) * (total + 1) * max(target.runner.capacity, 1) / capacity)
+    return target.estimate.load + 1 <= max(bound, 1)
+
+
+# --- the stateful router ---------------------------------------------------------------
+
+
+@dataclass
+class RouteDecision:
+    candidates: list[Candidate]
+    policy: RoutingPolicy
+    affinity: Affinity
+    excluded: dict[str, str] = field(default_factory=dict)  # runner id -> reason
+
+    @property
+    def runners(self) -> list[ConnectedRunner]:
+        return [c.runner for c in self.candidates]
+
+    def header(self) -> str:
+        return f"{self.policy}; affinity={self.affinity}"
+
+
+class Router:
+    """Ranking plus the two things it remembers: conversations' runners and runner speeds."""
+
+    def __init__(self, config: RouterConfig | None = None, *,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.config = config or RouterConfig()
+        kwargs = {"clock": clock} if clock is not None else {}
+        self.affinity = AffinityTable(self.config.affinity_ttl_s, self.config.affinity_max_entries, **kwargs)
+        self.stats: dict[str, RunnerStats] = {}
+        self._rr = itertools.count()
+
+    def route(self, runners: Iterable[ConnectedRunner], req: RouteRequest) -> RouteDecision:
+        eligible: list[ConnectedRunner] = []
+        excluded: dict[str, str] = {}
+        for r in runners:
+            if (why := eligibility(r, req)) is None:
+                eligible.append(r)
+            elif why != "model":
+                excluded[r.runner_id] = why
+        if self.config.strategy == "round_robin":
+            return self._round_robin(eligible, req, excluded)
+        ranked = rank(eligible, req, self.stats, self.config)
+        affinity: Affinity = "off"
+        if self.config.affinity and req.affinity_keys and ranked:
+            affinity = "miss"
+            runner_id = self.affinity.lookup(req.affinity_keys)
+            target = next((c for c in ranked if c.runner.runner_id == runner_id), None)
+            if target is not None:
+                if (bounded_load_ok(target, ranked, self.config.affinity_epsilon)
+                        and target.score <= ranked[0].score * (1 + self.config.affinity_max_regret)):
+                    affinity = "hit"
+                    ranked.remove(target)
+                    ranked.insert(0, target)
+                else:
+                    affinity = "overloaded"
+        return RouteDecision(ranked, req.policy, affinity, excluded)
+
+    def _round_robin(self, eligible: list[ConnectedRunner], req: RouteRequest,
+                     excluded: dict[str, str]) -> RouteDecision:
+        # The benchmark baseline: no policy, no load, no affinity.
+        eligible.sort(key=lambda r: r.runner_id)
+        if eligible:
+            k = next(self._rr) % len(eligible)
+            eligible = eligible[k:] + eligible[:k]
+        cands = [Candidate(r, estimate(r, req, self.stats.get(r.runner_id), self.config), 1.0)
+                 for r in eligible]
+        return RouteDecision(cands, req.policy, "off", excluded)
+
+    def served(self, req: RouteRequest, runner_id: str) -> None:
+        """The runner answered ``req``: its next turns should find their prefix there."""
+        if self.config.affinity and req.affinity_keys:
+            self.affinity.remember(req.affinity_keys, runner_id)
+
+    def observe(self, runner_id: str, *, prompt_tokens: int, completion_tokens: int, ttft_s: float,
+                total_s: float, queued: bool) -> None:
+        self.stats.setdefault(runner_id, RunnerStats()).observe(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ttft_s=ttft_s,
+            total_s=total_s, queued=queued, alpha=self.config.ewma_alpha)

@@ -113,26 +113,41 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
 
 
 async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Outcome) -> _Opened:
-    candidates = rank_candidates(state.hub.candidates(call.model))
-    if not candidates:
-        raise await _no_runner_error(state, call.model)
-    last_error = "no runner answered"
-    for attempt, runner in enumerate(candidates[: state.settings.max_retries + 1], start=1):
-        outcome.attempts = attempt
-        link = runner.usable_link()
-        if link is None:
+    settings = state.settings
+    # A runner that just lost its tunnel usually reconnects within a second or
+    # two; a request that has sent nothing to its client waits for it.
+    deadline = time.monotonic() + settings.runner_wait_s
+    failed: set[int] = set()  # links that failed this request (a reconnect is a new link)
+    last_error = "no runner is connected for this model"
+    attempt = 0
+    while attempt <= settings.max_retries:
+        picked = _pick(state, call, failed)
+        if picked is None:
+            if attempt == 0 and not state.hub.runners_for(call.model):
+                error = await _no_runner_error(state, call.model)
+                if error.status == 404:
+                    raise error
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await state.hub.wait_changed(remaining)
             continue
+        runner, link = picked
+        attempt += 1
+        outcome.attempts = attempt
         try:
             st = await link.open_stream(path=call.endpoint, model=call.model, body=call.body,
                                         stream=call.stream, sealed=call.sealed)
         except ConnectionError as exc:
+            failed.add(id(link))
             last_error = str(exc)
             continue
         runner.in_flight += 1
         try:
-            start, first = await _first_byte(st, state.settings.first_byte_timeout_s)
+            start, first = await _first_byte(st, settings.first_byte_timeout_s)
         except _AttemptFailed as exc:
             runner.in_flight -= 1
+            failed.add(id(link))
             link.close_stream(st)
             _spawn(st.cancel("failover"))
             last_error = exc.reason
@@ -141,7 +156,17 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             continue
         outcome.ttft_ms = (time.monotonic() - call.started) * 1000
         return _Opened(runner, link, st, start, first, attempt)
+    if attempt == 0:
+        raise await _no_runner_error(state, call.model)
     raise ApiError.unavailable(f"No runner could serve the request: {last_error}.", code="runner_failed")
+
+
+def _pick(state: AppState, call: InferenceCall, failed: set[int]) -> tuple[ConnectedRunner, Link] | None:
+    for runner in rank_candidates(state.hub.candidates(call.model)):
+        link = runner.usable_link()
+        if link is not None and id(link) not in failed:
+            return runner, link
+    return None
 
 
 class _AttemptFailed(Exception):

@@ -26,10 +26,10 @@ def _aware(ts: datetime | None) -> datetime | None:
 
 
 async def create_api_key(session: AsyncSession, tenant_id: str, name: str,
-                         expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+                         expires_at: datetime | None = None, scopes: str = "inference") -> tuple[ApiKey, str]:
     token, prefix, digest = new_secret("sk")
     key = ApiKey(id=new_id("key"), tenant_id=tenant_id, name=name, prefix=prefix,
-                 secret_hash=digest, expires_at=expires_at)
+                 secret_hash=digest, expires_at=expires_at, scopes=scopes)
     session.add(key)
     await session.flush()
     return key, token

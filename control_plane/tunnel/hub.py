@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk.protocol import CloseCode, ModelInfo
+from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
 from control_plane.tunnel.link import Link
 
@@ -72,6 +72,17 @@ class TunnelHub:
     def candidates(self, model: str) -> list[ConnectedRunner]:
         return [r for r in self.runners.values() if r.serves(model) and r.usable_link() is not None]
 
+    def runners_for(self, model: str) -> list[ConnectedRunner]:
+        """Connected runners serving ``model``, usable or not (draining, saturated)."""
+        return [r for r in self.runners.values() if r.serves(model)]
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Wait until a runner connects or disconnects, or ``timeout`` passes."""
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
     def model_names(self) -> dict[str, ModelInfo]:
         names: dict[str, ModelInfo] = {}
         for r in self.runners.values():
@@ -91,6 +102,16 @@ class TunnelHub:
             link.fail_all(reason)
             await link.close(int(code), reason)
         return len(links)
+
+    async def goaway(self, reason: str) -> None:
+        """Tell every runner this process is going away, so they re-dial elsewhere."""
+        for runner in list(self.runners.values()):
+            for link in list(runner.links):
+                link.draining = True
+                try:
+                    await link.send(GoawayFrame(reason=reason, drain_s=0))
+                except Exception:  # noqa: BLE001 - the connection may already be gone
+                    pass
 
     def _notify(self) -> None:
         # Wake waiters (tests, readiness) and re-arm.

@@ -36,12 +36,14 @@ class RunnerLoad:
     waiting: int = 0
     kv_cache_usage: float | None = None
     healthy: bool = True
+    completed: int = 0
     updated_at: float = field(default_factory=time.monotonic)
 
 
 class Link:
     def __init__(self, runner_id: str, session_id: str, send_text: SendText, max_streams: int,
-                 close: Callable[[int, str], Awaitable[None]]) -> None:
+                 close: Callable[[int, str], Awaitable[None]], stream_window: int = DEFAULT_STREAM_WINDOW) -> None:
+        self.stream_window = stream_window
         self.runner_id = runner_id
         self.close = close
         self.session_id = session_id
@@ -67,11 +69,12 @@ class Link:
             await self._send_text(text)
 
     async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
-                          sealed: bool = False, window: int = DEFAULT_STREAM_WINDOW) -> Stream:
+                          sealed: bool = False, window: int | None = None) -> Stream:
         if self.closed or self.draining:
             raise ConnectionError("link is not accepting streams")
         if len(self.streams) >= self.max_streams:
             raise ConnectionError("link stream limit reached")
+        window = window or self.stream_window
         sid, self._next_id = self._next_id, self._next_id + 1
         st = Stream(sid, window, self._grant, self._reset)
         self.streams[sid] = st
@@ -114,7 +117,8 @@ class Link:
             if st.finished:
                 self.streams.pop(frame.stream_id, None)
         elif isinstance(frame, StatusFrame):
-            self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy)
+            self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy,
+                                   completed=frame.completed)
         elif isinstance(frame, GoawayFrame):
             self.draining = True
         else:
