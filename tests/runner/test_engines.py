@@ -1,0 +1,164 @@
+"""Engine adapters: command lines, health paths, metrics parsing, and the plan factory."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.engines import (
+    AttachedEngine,
+    EngineAdapter,
+    LlamaCppPythonEngine,
+    PlanRefusedError,
+    VllmEngine,
+    VllmLoad,
+    XllamacppEngine,
+    build_engine,
+)
+from runner.engines.base import EngineLoad, ServedModel
+from runner.gguf_meta import lookup_known, read_gguf
+from runner.hardware import detect
+from runner.models import embedded_model_path
+from runner.planning import plan
+from tests.runner.fakes import nvidia_gpu, probes
+
+DATA = Path(__file__).parent / "data"
+ALL = {"xllamacpp", "llama-cpp-python", "vllm"}
+MODEL = (ServedModel(name="meta-llama/Llama-3.1-8B-Instruct", engine="vllm"),)
+
+
+def _vllm(**kwargs: object) -> VllmEngine:
+    return VllmEngine(model="meta-llama/Llama-3.1-8B-Instruct", models=MODEL, capacity=64,
+                      **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_vllm_argv() -> None:
+    spec = _vllm(tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=32768,
+                 quantization="awq", served_model_name="llama-8b").launch_spec(8123)  # fmt: skip
+    assert spec.argv == [
+        "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct",
+        "--host", "127.0.0.1", "--port", "8123",
+        "--tensor-parallel-size", "2",
+        "--gpu-memory-utilization", "0.90",
+        "--max-model-len", "32768",
+        "--enable-prefix-caching",
+        "--quantization", "awq",
+        "--served-model-name", "llama-8b",
+    ]  # fmt: skip
+    assert spec.env["VLLM_NO_USAGE_STATS"] == "1"  # no telemetry leaves the premises
+    assert "CUDA_VISIBLE_DEVICES" not in spec.env
+
+
+def test_vllm_pins_the_planned_gpus_in_nvml_order() -> None:
+    spec = _vllm(gpu_indices=(2, 3)).launch_spec(9000)
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert spec.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert "--quantization" not in spec.argv and "--max-model-len" not in spec.argv
+
+
+def test_vllm_health_and_url() -> None:
+    engine: EngineAdapter = _vllm()
+    assert engine.health_path == "/health"
+    assert engine.base_url(8123) == "http://127.0.0.1:8123"
+
+
+def test_vllm_metrics_v0_engine_names() -> None:
+    load = _vllm().parse_metrics((DATA / "vllm_metrics_v0.txt").read_text())
+    assert (load.running, load.waiting) == (7, 2)
+    assert load.kv_cache_usage == pytest.approx(0.4137)  # vllm:gpu_cache_usage_perc
+    assert load.prefix_cache_hits is None and load.prefix_cache_queries is None
+    assert load.prefix_cache_hit_rate == pytest.approx(0.5625)  # the V0 gauge
+
+
+def test_vllm_metrics_early_v1_names() -> None:
+    load = _vllm().parse_metrics((DATA / "vllm_metrics_v1_early.txt").read_text())
+    assert (load.running, load.waiting) == (4, 0)
+    assert load.kv_cache_usage == pytest.approx(0.0921)
+    assert (load.prefix_cache_hits, load.prefix_cache_queries) == (13120, 52480)
+    assert load.prefix_cache_hit_rate == pytest.approx(0.25)
+
+
+def test_vllm_metrics_current_names_sum_over_label_sets() -> None:
+    load = _vllm().parse_metrics((DATA / "vllm_metrics_v1.txt").read_text())
+    assert isinstance(load, VllmLoad) and isinstance(load, EngineLoad)
+    assert (load.running, load.waiting) == (12 + 9, 3 + 1)  # two data-parallel engines
+    assert load.kv_cache_usage == pytest.approx(0.6843)  # the fuller engine
+    assert load.prefix_cache_hits == pytest.approx(803712 + 396288)
+    assert load.prefix_cache_queries == pytest.approx(1.284e6 + 716000)
+    assert load.prefix_cache_hit_rate == pytest.approx(0.6)
+
+
+def test_vllm_empty_metrics_read_as_idle() -> None:
+    load = _vllm().parse_metrics("")
+    assert (load.running, load.waiting, load.kv_cache_usage) == (0, 0, None)
+
+
+def test_llama_cpp_python_argv_capacity_and_health() -> None:
+    engine = LlamaCppPythonEngine(model_path="/m/model.gguf", ctx=2048, threads=4,
+                                  models=(ServedModel(name="smol", engine="llama-cpp-python"),))  # fmt: skip
+    argv = engine.launch_spec(7001).argv
+    assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    i = argv.index("--interrupt_requests")
+    assert argv[i + 1] == "False"  # never cut a running answer off for a new request
+    for flag, value in (("--model", "/m/model.gguf"), ("--host", "127.0.0.1"),
+                        ("--port", "7001"), ("--n_ctx", "2048"), ("--n_threads", "4"),
+                        ("--model_alias", "smol")):  # fmt: skip
+        assert argv[argv.index(flag) + 1] == value
+    assert engine.capacity == 1
+    assert engine.health_path == "/v1/models"
+    assert engine.parse_metrics("anything") == EngineLoad()
+
+
+def test_attached_engine() -> None:
+    engine = AttachedEngine(url="http://gpu-box:8000/v1/", api_key="sk-local")
+    assert engine.launch_spec(1234) is None
+    assert engine.base_url(None) == "http://gpu-box:8000"
+    assert engine.health_path == "/v1/models"
+    assert engine.headers() == {"Authorization": "Bearer sk-local"}
+    assert "sk-local" not in repr(engine)
+    assert AttachedEngine(url="http://x").headers() == {}
+    vllm_text = (DATA / "vllm_metrics_v1.txt").read_text()
+    assert engine.parse_metrics(vllm_text).running == 21
+    assert engine.parse_metrics("") == EngineLoad()
+
+
+def test_build_engine_for_a_cpu_gguf_plan() -> None:
+    result = plan(detect(probes()), read_gguf(embedded_model_path()), installed=ALL)
+    engine = build_engine(result)
+    assert isinstance(engine, XllamacppEngine)
+    assert engine.model_path == str(embedded_model_path())
+    assert (engine.capacity, engine.ctx, engine.gpu_layers) == (4, 4 * 4096, 0)
+    (served,) = engine.models
+    assert served.name == "smollm2-135m-instruct" and served.context_length == 4096
+    assert served.quantization == "Q4_1"
+
+
+def test_build_engine_for_a_vllm_plan() -> None:
+    model = lookup_known("meta-llama/Llama-3.1-70B-Instruct")
+    result = plan(detect(probes(gpus=[nvidia_gpu(0), nvidia_gpu(1)])), model, installed=ALL)
+    engine = build_engine(result)
+    assert isinstance(engine, VllmEngine)
+    argv = engine.launch_spec(8000).argv
+    assert argv[1:3] == ["serve", "meta-llama/Llama-3.1-70B-Instruct"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert argv[argv.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert engine.capacity == result.capacity
+
+
+def test_build_engine_for_llama_cpp_python_and_attach() -> None:
+    hw = detect(probes())
+    gguf = read_gguf(embedded_model_path())
+    engine = build_engine(plan(hw, gguf, engine="llama-cpp-python", installed=ALL))
+    assert isinstance(engine, LlamaCppPythonEngine) and engine.capacity == 1
+    attached = build_engine(plan(hw, None, attach_url="http://h:1/v1", installed=ALL),
+                            api_key="k")  # fmt: skip
+    assert isinstance(attached, AttachedEngine) and attached.headers()["Authorization"] == "Bearer k"
+    assert attached.models == ()
+
+
+def test_build_engine_refuses_a_refused_plan() -> None:
+    model = lookup_known("meta-llama/Llama-3.1-8B-Instruct")
+    with pytest.raises(PlanRefusedError, match="no NVIDIA GPU"):
+        build_engine(plan(detect(probes()), model, installed=ALL))
