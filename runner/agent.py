@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from sdk.e2e import Kem
 from sdk.protocol import StatusFrame
 
+from runner.e2e import RunnerE2E
 from runner.engines.base import EngineAdapter, EngineLoad
 from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity
 from runner.relay import EngineEndpoint, relay
@@ -45,6 +47,8 @@ class Agent:
                                      health_timeout_s=self.settings.health_timeout_s)
         self.load = EngineLoad()
         self.tunnel: TunnelClient | None = None
+        self.e2e: RunnerE2E | None = None
+        self._e2e_publish: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -53,6 +57,7 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             identity = await self._identity()
+            self._start_e2e(identity)
             await self._start_engine()
             self.tunnel = self._make_tunnel(identity)
             return await self._serve(self.tunnel)
@@ -60,6 +65,8 @@ class Agent:
             self.console.print(f"[red]runner stopped:[/] {exc}")
             return 2
         finally:
+            if self._e2e_publish is not None:
+                self._e2e_publish.cancel()
             await self.supervisor.stop()
             await self.http.aclose()
 
@@ -79,6 +86,14 @@ class Agent:
         self.console.print(f"enrolled as runner [bold]{identity.runner_id}[/]")
         return identity
 
+    def _start_e2e(self, identity: RunnerIdentity) -> None:
+        # The HPKE key is made on first start (also for runners enrolled before e2e)
+        # and its signed document uploaded while the engine loads.
+        s = self.settings
+        self.e2e = RunnerE2E.load(s.state_dir, identity, kem=Kem(s.e2e_kem), pad_to=s.e2e_pad_to)
+        self._e2e_publish = asyncio.create_task(self.e2e.publish(self.http), name="e2e-key")
+        self.console.print(f"identity fingerprint (pin this for end-to-end mode): {self.e2e.fingerprint}")
+
     async def _start_engine(self) -> None:
         adapter = self.config.adapter
         with self.console.status(f"starting {adapter.name}…") as status:
@@ -93,12 +108,13 @@ class Agent:
             upstream_names={m.name: m.name for m in adapter.models})
 
         async def on_stream(out: OutboundStream) -> None:
-            await relay(out, endpoint(), self.http)
+            await relay(out, endpoint(), self.http, sealed=self.e2e.relay if self.e2e else None)
 
         def hello_fields() -> dict[str, Any]:
             return {
                 "models": [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
-                            "quantization": m.quantization, "aliases": list(m.aliases)} for m in adapter.models],
+                            "quantization": m.quantization, "aliases": list(m.aliases),
+                            "endpoints": list(m.endpoints)} for m in adapter.models],
                 "capacity": adapter.capacity, "hardware": self.config.hardware, "labels": s.labels,
                 "cost": self.config.cost,
             }

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -47,7 +49,14 @@ def local_runner(ctx: typer.Context) -> None:
     except (ValueError, RuntimeError) as exc:
         console.print(f"[red]cannot start:[/] {exc}")
         raise typer.Exit(2) from None
-    sys.exit(asyncio.run(agent.run()))
+    code = asyncio.run(agent.run())
+    # Everything is stopped and closed by now. Skipping interpreter teardown
+    # (finalizing numpy, pydantic, rich…) saves ~0.5 s on a busy 2-core box,
+    # which matters for a fast restart under a process manager.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 @app.command()
@@ -55,7 +64,7 @@ def detect(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     """Show the CPUs, memory and GPUs this runner sees."""
     from runner.inspect_cli import detect_command
 
-    detect_command(as_json)
+    raise typer.Exit(detect_command(as_json))
 
 
 @app.command()
@@ -67,7 +76,32 @@ def plan(
     """Explain which engine and settings local-runner would use, and why."""
     from runner.inspect_cli import plan_command
 
-    plan_command(model, engine, as_json)
+    raise typer.Exit(plan_command(model, engine, as_json))
+
+
+@app.command()
+def keys(
+    state_dir: Annotated[Path | None, typer.Option(help="State directory (default: as local-runner).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the identity fingerprint that end-to-end clients pin, and the e2e key."""
+    import json
+
+    from runner.e2e import describe_keys
+    from runner.identity import EnrollmentError
+    from runner.settings import default_runner_state_dir
+
+    try:
+        info = describe_keys(state_dir or default_runner_state_dir())
+    except EnrollmentError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"runner:      {info['runner_id']} ({info['control_plane']})")
+    print(f"fingerprint: {info['identity_fingerprint']}")
+    print(f"e2e key:     {info['hpke_kem'] or 'none yet (made on the next start)'}")
 
 
 if __name__ == "__main__":

@@ -1,30 +1,96 @@
-"""Turn settings into a ready-to-run Agent: hardware, plan, engine adapter."""
+"""Turn settings into a ready-to-run Agent: detect hardware, plan, build the engine adapter.
+
+``runner plan`` prints the same decision this module acts on.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
+import httpx
 from rich.console import Console
 
 from runner.agent import Agent, AgentConfig
+from runner.cost import cost_model
+from runner.engines import PlanRefusedError, build_engine, served_models
 from runner.engines.base import ServedModel
 from runner.engines.xllamacpp import XllamacppEngine
+from runner.gguf_meta import resolve_model
+from runner.hardware import detect
 from runner.models import embedded_model_path
+from runner.planning import Overrides, plan
 from runner.settings import RunnerSettings
 
-__all__ = ["EMBEDDED_MODEL_NAME", "build_agent"]
+__all__ = ["EMBEDDED_ALIASES", "build_agent"]
 
-EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
+log = logging.getLogger("outpost.runner")
+
+#: Short names the embedded model also answers to.
+EMBEDDED_ALIASES = ("smollm2",)
 
 
 def build_agent(settings: RunnerSettings, console: Console) -> Agent:
-    path = embedded_model_path() if not settings.model else settings.model[0]
-    name = settings.served_model_name or (
-        EMBEDDED_MODEL_NAME if not settings.model else str(path).rsplit("/", 1)[-1].removesuffix(".gguf").lower())
-    parallel = settings.parallel or 4
-    adapter = XllamacppEngine(
-        model_path=str(path),
-        models=(ServedModel(name=name, engine="xllamacpp", context_length=(settings.ctx or 4096) // parallel,
-                            quantization="Q4_1" if not settings.model else None,
-                            aliases=("smollm2",) if not settings.model else ()),),
-        capacity=parallel, ctx=settings.ctx or 4096, threads=settings.threads,
-    )
-    return Agent(AgentConfig(settings=settings, adapter=adapter), console)
+    hardware = detect()
+    if settings.attach:
+        spec = None
+    elif settings.model:
+        if len(settings.model) > 1:
+            console.print("[yellow]several --model values: this version serves the first one[/]")
+        spec = resolve_model(settings.model[0])
+    else:
+        spec = resolve_model(embedded_model_path())
+    decision = plan(hardware, spec, engine=settings.engine, attach_url=settings.attach,
+                    overrides=Overrides(settings.parallel, settings.ctx, settings.threads or None))
+    if decision.refusal:
+        raise PlanRefusedError(decision.refusal)
+    console.print(f"plan: [bold]{decision.engine}[/] — {decision.rule}")
+    api_key = settings.attach_api_key.get_secret_value() if settings.attach_api_key else None
+    models = _advertised(settings, served_models(decision), api_key)
+    adapter = build_engine(decision, models, api_key=api_key)
+    if settings.embedding:
+        _enable_embeddings(adapter, attached=bool(settings.attach))
+    headers = adapter.headers() if hasattr(adapter, "headers") else {}
+    cost = cost_model(settings, hardware)
+    return Agent(AgentConfig(settings=settings, adapter=adapter, hardware=hardware.to_dict(), cost=cost,
+                             engine_headers=headers), console)
+
+
+def _advertised(settings: RunnerSettings, planned: tuple[ServedModel, ...],
+                api_key: str | None) -> tuple[ServedModel, ...]:
+    if settings.attach:
+        planned = _probe_attached(settings.attach, api_key)
+    if not planned:
+        return planned
+    first = planned[0]
+    if settings.served_model_name:
+        first = dataclasses.replace(first, name=settings.served_model_name)
+    elif not settings.model and not settings.attach:
+        first = dataclasses.replace(first, aliases=EMBEDDED_ALIASES)
+    if settings.model_alias:
+        first = dataclasses.replace(first, aliases=tuple(dict.fromkeys([*first.aliases, *settings.model_alias])))
+    if settings.embedding:
+        first = dataclasses.replace(first, endpoints=tuple(dict.fromkeys([*first.endpoints, "embeddings"])))
+    return (first, *planned[1:])
+
+
+def _enable_embeddings(adapter: object, *, attached: bool) -> None:
+    # llama.cpp answers /v1/embeddings only in embedding mode; an attached
+    # engine is taken at the operator's word.
+    if isinstance(adapter, XllamacppEngine):
+        adapter.embedding = True
+    elif not attached:
+        raise RuntimeError(f"--embedding needs the xllamacpp engine or --attach, not {type(adapter).__name__}")
+
+
+def _probe_attached(url: str, api_key: str | None) -> tuple[ServedModel, ...]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10)
+        resp.raise_for_status()
+        ids = [m["id"] for m in resp.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"cannot list the models of the attached engine at {url}: {exc}") from None
+    if not ids:
+        raise RuntimeError(f"the attached engine at {url} serves no models")
+    return tuple(ServedModel(name=i, engine="attach") for i in ids)

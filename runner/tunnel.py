@@ -76,7 +76,7 @@ class TunnelClient:
         ping_interval_s: float = 5.0,
         ping_timeout_s: float = 10.0,
         backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 30.0,
+        backoff_cap_s: float = 15.0,
         stable_after_s: float = 30.0,
         connect_factory: ConnectFactory = connect,
     ) -> None:
@@ -108,15 +108,16 @@ class TunnelClient:
 
     async def _keep_connected(self, index: int) -> None:
         base, cap, stable_after = self._backoff
-        attempt = 0
+        failures = 0  # consecutive dials that never completed a handshake
         while not self.draining:
             started = time.monotonic()
             code: int | None = None
+            session = _Session()
             try:
-                code = await self._connection(index)
+                code = await self._connection(index, session)
             except TunnelTerminated:
                 raise
-            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed, FrameError) as exc:
                 code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd else None
                 log.info("tunnel %d: %s", index, exc or type(exc).__name__)
             except InvalidURI as exc:
@@ -126,12 +127,18 @@ class TunnelClient:
                 raise TunnelTerminated(f"control plane closed the tunnel: {reason.description}")
             if self.draining:
                 return
-            attempt = 0 if time.monotonic() - started > stable_after else attempt + 1
-            delay = random.uniform(0, min(cap, base * 2**attempt))  # full jitter
+            if not session.handshook:
+                failures += 1
+            elif time.monotonic() - started > stable_after:
+                failures = 0
+            else:
+                # Accepted, then dropped quickly: retry soon, but not in a hot loop.
+                failures = 1
+            delay = random.uniform(0, min(cap, base * 2**failures))  # full jitter
             log.info("tunnel %d: reconnecting in %.2fs", index, delay)
             await asyncio.sleep(delay)
 
-    async def _connection(self, index: int) -> int | None:
+    async def _connection(self, index: int, session: _Session) -> int | None:
         ping_interval, ping_timeout = self._ping
         async with self._connect(
             self.url, max_size=MAX_FRAME_BYTES + 1024, compression=None, open_timeout=10,
@@ -145,6 +152,7 @@ class TunnelClient:
                     await ws.send(text)
 
             await self._handshake(ws, index)
+            session.handshook = True
             self._conns.add(ws)
             self.connected.set()
             self.connects += 1
@@ -269,6 +277,12 @@ class TunnelClient:
                 t.cancel()
         for ws in list(self._conns):
             await ws.close(int(CloseCode.GOING_AWAY), "runner shutting down")
+
+
+class _Session:
+    """What one dial achieved, for the backoff decision."""
+
+    handshook = False
 
 
 def _key(out: OutboundStream) -> int:

@@ -102,8 +102,10 @@ class ControlPlaneProcess(_Process):
 
 class RunnerProcess(_Process):
     def __init__(self, control_plane: ControlPlaneProcess, state_dir: Path, name: str,
-                 args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 args: list[str] | None = None, extra_env: dict[str, str] | None = None,
+                 url: str | None = None) -> None:
         self.cp = control_plane
+        self.url = url or control_plane.url  # a ChaosProxy in front of the control plane, in fault tests
         self.state_dir = state_dir
         self.name = name
         self.args = args or []
@@ -120,7 +122,7 @@ class RunnerProcess(_Process):
             env["OUTPOST_ENROLLMENT_TOKEN"] = token
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*_tool("runner"), "local-runner", "--control-plane", self.cp.url, "--state-dir",
+                [*_tool("runner"), "local-runner", "--control-plane", self.url, "--state-dir",
                  str(self.state_dir), "--threads", "1", *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         return self

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdk.protocol import CloseCode
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
+from control_plane.audit import actor_for_key, record_admin, record_runner_event
 from control_plane.errors import ApiError
 from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut, RunnerOut
-from control_plane.store.keys import consume_enrollment_token
+from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
 from control_plane.store.runners import create_runner, get_runner, list_runners, revoke_runner
 
 router = APIRouter(prefix="/api/runners", tags=["runners"])
@@ -32,8 +36,33 @@ async def register_runner(body: RegisterRunnerIn, request: Request, session: Ses
     except IntegrityError:
         raise ApiError(409, f"A runner named {enrollment.runner_name!r} already exists.",
                        code="runner_exists") from None
+    await record_runner_event(session, event="enroll", runner_id=runner.id, tenant_id=runner.tenant_id,
+                              actor=f"enrollment_token:{enrollment.id}", details={"name": runner.name})
     await session.commit()
     return RegisterRunnerOut(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name)
+
+
+class EnrollIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+class EnrollOut(BaseModel):
+    token: str
+    runner_name: str
+    expires_at: datetime
+
+
+@router.post("/enroll", response_model=EnrollOut, status_code=201)
+async def create_enrollment(body: EnrollIn, state: AppStateDep, admin: AdminDep, session: SessionDep) -> EnrollOut:
+    """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown once."""
+    row, token = await create_enrollment_token(session, admin.tenant_id, body.name,
+                                               state.settings.enrollment_token_ttl_s)
+    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="enrollment_token.create",
+                       tenant_id=admin.tenant_id, target=body.name, details={"token_id": row.id})
+    await session.commit()
+    return EnrollOut(token=token, runner_name=row.runner_name, expires_at=row.expires_at)
 
 
 @router.get("")
@@ -47,7 +76,8 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
         if live is not None:
             out.models = [m.name for m in live.models]
             out.in_flight = live.in_flight
-            out.served_total = sum(ln.load.completed for ln in live.links)
+            # Every link reports the runner-wide counter; the freshest is the largest.
+            out.served_total = max((ln.load.completed for ln in live.links), default=0)
         data.append(out.model_dump(mode="json"))
     return {"object": "list", "data": data}
 
@@ -58,6 +88,8 @@ async def revoke(runner_id: str, state: AppStateDep, admin: AdminDep, session: S
     if runner is None:
         raise ApiError.not_found(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
     await revoke_runner(session, runner)
+    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="runner.revoke",
+                       tenant_id=admin.tenant_id, target=runner_id, details={"name": runner.name})
     await session.commit()
     # Refuse at once: live connections are dropped, reconnects fail the handshake.
     await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
