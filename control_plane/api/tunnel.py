@@ -24,6 +24,7 @@ from sdk.protocol import (
     parse_frame,
 )
 
+from control_plane.audit import audit_runner_event, record_runner_event
 from control_plane.state import AppState
 from control_plane.store.runners import get_runner, record_hello
 from control_plane.tunnel.hub import ConnectedRunner
@@ -69,9 +70,12 @@ async def tunnel(ws: WebSocket) -> None:
     log.info("runner %s connected (link %s, connection %d)", info.runner_id, session_id, hello.connection_index)
     reason = "runner disconnected"
     try:
+        await audit_runner_event(state.db, "connect", runner_id=info.runner_id, tenant_id=info.tenant_id,
+                                 details={"link": session_id, "protocol_version": version,
+                                          "connection_index": hello.connection_index,
+                                          "models": [m.name for m in info.models]})
         while True:
-            raw = await ws.receive_text()
-            link.dispatch(parse_frame(raw))
+            link.dispatch(parse_frame(await _recv_text(ws)))
     except FrameError as exc:
         reason = str(exc)
         log.warning("runner %s broke the protocol: %s", info.runner_id, exc)
@@ -82,13 +86,15 @@ async def tunnel(ws: WebSocket) -> None:
         link.fail_all(reason)
         state.hub.detach(link)
         log.info("runner %s link %s closed: %s", info.runner_id, session_id, reason)
+        await audit_runner_event(state.db, "disconnect", runner_id=info.runner_id, tenant_id=info.tenant_id,
+                                 details={"link": session_id, "reason": reason[:200]})
 
 
 async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, ConnectedRunner]:
     nonce = secrets.token_urlsafe(32)
     await ws.send_text(encode_frame(ChallengeFrame(nonce=nonce, versions=list(PROTOCOL_VERSIONS))))
     try:
-        hello = parse_frame(await ws.receive_text())
+        hello = parse_frame(await _recv_text(ws))
     except FrameError as exc:
         raise HandshakeRefused(exc.code, str(exc)[:120]) from None
     if not isinstance(hello, HelloFrame):
@@ -103,6 +109,9 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
         ):
             raise HandshakeRefused(CloseCode.AUTH_FAILED, "runner identity not verified")
         if runner.revoked_at is not None:
+            await record_runner_event(session, event="refused", runner_id=runner.id, tenant_id=runner.tenant_id,
+                                      details={"reason": "revoked"})
+            await session.commit()
             raise HandshakeRefused(CloseCode.REVOKED, "runner revoked")
         await record_hello(session, runner, models=hello.models, capacity=hello.capacity,
                            labels=hello.labels, hardware=hello.hardware, cost=hello.cost)
@@ -111,6 +120,16 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
                                models=list(hello.models), capacity=hello.capacity, labels=dict(hello.labels),
                                cost=dict(hello.cost), hardware=dict(hello.hardware))
     return hello, info
+
+
+async def _recv_text(ws: WebSocket) -> str:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is None:
+        raise FrameError("binary messages are not part of protocol v1")
+    return text
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
