@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -17,7 +18,7 @@ from sdk.protocol import Usage
 
 from runner.streams import OutboundStream
 
-__all__ = ["EngineEndpoint", "relay"]
+__all__ = ["EngineEndpoint", "SealedHandler", "relay"]
 
 log = logging.getLogger("outpost.runner.relay")
 
@@ -40,8 +41,22 @@ def _usage(obj: object) -> Usage | None:
     return None
 
 
-async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncClient) -> None:
+#: Handles a sealed (end-to-end) request: ``runner.e2e.SealedRelay``.
+SealedHandler = Callable[[OutboundStream, EngineEndpoint, httpx.AsyncClient], Awaitable[None]]
+
+
+async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncClient,
+                sealed: SealedHandler | None = None) -> None:
     req = out.request
+    if req.sealed:
+        if sealed is None:
+            await out.start(400, "application/json")
+            await out.data(json.dumps({"error": {"message": "this runner has no end-to-end key",
+                                                 "type": "invalid_request_error", "code": "e2e_unsupported"}}))
+            await out.end()
+            return
+        await sealed(out, engine, http)
+        return
     try:
         payload = json.loads(out.body)
         if not isinstance(payload, dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
@@ -46,3 +46,7 @@ class RunnerSettings(BaseSettings):
     ping_interval_s: float = Field(default=5.0, gt=0)
     ping_timeout_s: float = Field(default=10.0, gt=0)
     usd_per_hour: float | None = Field(default=None, ge=0, description="Cost rate of this machine.")
+    e2e_kem: Literal["x25519", "mlkem768-x25519"] = Field(
+        default="x25519", description="KEM of the end-to-end key made on first start (hybrid: post-quantum).")
+    e2e_pad_to: int = Field(default=0, ge=0, le=12224,
+                            description="Pad encrypted response chunks to a multiple of this many bytes (0: off).")

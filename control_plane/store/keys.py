@@ -15,6 +15,9 @@ __all__ = [
     "consume_enrollment_token",
     "create_api_key",
     "create_enrollment_token",
+    "get_api_key",
+    "list_api_keys",
+    "revoke_api_key",
 ]
 
 
@@ -73,3 +76,19 @@ async def consume_enrollment_token(session: AsyncSession, token: str) -> Enrollm
     row.used_at = utcnow()
     await session.flush()
     return row
+
+
+async def list_api_keys(session: AsyncSession, tenant_id: str) -> list[ApiKey]:
+    stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def get_api_key(session: AsyncSession, key_id: str, tenant_id: str) -> ApiKey | None:
+    stmt = select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def revoke_api_key(session: AsyncSession, key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    await session.flush()

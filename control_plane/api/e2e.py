@@ -1,0 +1,160 @@
+"""End-to-end mode: runner key documents, runner discovery, and the sealed routes.
+
+The control plane stores and serves each runner's signed HPKE key, routes a
+sealed request to exactly the runner it is sealed to, and relays ciphertext
+both ways (``RequestFrame.sealed``). It never decrypts: usage comes from the
+runner's signed receipt (:mod:`control_plane.services.receipts`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import APIRouter, Body, Header
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from control_plane.api.deps import AppStateDep, CallerDep, SessionDep
+from control_plane.audit import actor_for_runner, record_admin
+from control_plane.db.models import Runner
+from control_plane.errors import ApiError
+from control_plane.openai.routing import RouteRequest
+from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
+from control_plane.services.receipts import receipt_check
+from control_plane.store.e2e_keys import hpke_key_document, store_hpke_key
+from control_plane.store.runners import get_runner
+from sdk.e2e import E2EError, parse_envelope, verify_hpke_key
+from sdk.identity import b64u_decode
+from sdk.sealed import (
+    E2E_MALFORMED,
+    E2E_MISMATCH,
+    E2E_PREFIX,
+    E2E_UNSUPPORTED,
+    ENDPOINTS,
+    SealedRequest,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["e2e"])
+
+#: How far in the future a key document's ``issued_at`` may be (runner clock skew).
+_MAX_SKEW_S = 300
+
+
+class E2EKeyOut(BaseModel):
+    runner_id: str
+    kem: str
+    identity_fingerprint: str
+    issued_at: int
+
+
+def _identity(runner: Runner) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(b64u_decode(runner.identity_public_key))
+
+
+@router.put("/api/runners/{runner_id}/e2e-key", response_model=E2EKeyOut)
+async def put_e2e_key(runner_id: str, doc: Annotated[dict[str, Any], Body()], session: SessionDep) -> E2EKeyOut:
+    """Store a runner's signed HPKE key. The signature by its registered identity key is the credential."""
+    runner = await get_runner(session, runner_id)
+    if runner is None:
+        raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
+    if runner.revoked_at is not None:
+        raise ApiError.forbidden("This runner is revoked.")
+    try:
+        verified = verify_hpke_key(doc, _identity(runner))
+    except E2EError as exc:
+        raise ApiError(400, f"Key document refused: {exc}", code="e2e_key_invalid") from None
+    if verified.runner_id != runner_id:
+        raise ApiError(400, "Key document is for another runner.", code="e2e_key_invalid")
+    if verified.issued_at > time.time() + _MAX_SKEW_S:
+        raise ApiError(400, "Key document is issued in the future; check the runner's clock.",
+                       code="e2e_key_invalid")
+    current = hpke_key_document(runner)
+    # A replayed older document must not roll a rotated key back.
+    if current is not None and current != doc and verified.issued_at < current["issued_at"]:
+        raise ApiError(409, "A newer key document is already stored.", code="e2e_key_stale")
+    if current != doc:
+        await store_hpke_key(session, runner, doc, verified)
+        await record_admin(session, actor=actor_for_runner(runner_id), action="runner.e2e_key",
+                           tenant_id=runner.tenant_id, target=runner_id,
+                           details={"kem": verified.hpke_public_key.kem.value, "issued_at": verified.issued_at,
+                                    "identity_fingerprint": verified.identity_fingerprint})
+        await session.commit()
+    return E2EKeyOut(runner_id=runner_id, kem=verified.hpke_public_key.kem.value,
+                     identity_fingerprint=verified.identity_fingerprint, issued_at=verified.issued_at)
+
+
+@router.get("/api/runners/{runner_id}/e2e-key")
+async def get_e2e_key(runner_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
+    """The signed document; clients verify it against the fingerprint they pinned."""
+    runner = await get_runner(session, runner_id)
+    doc = hpke_key_document(runner) if runner is not None and runner.revoked_at is None else None
+    if doc is None:
+        raise ApiError.not_found(f"Runner {runner_id!r} has no end-to-end key.", code="e2e_key_not_found")
+    return doc
+
+
+@router.get(f"{E2E_PREFIX}/runners")
+async def e2e_runners(state: AppStateDep, caller: CallerDep, session: SessionDep,
+                      model: str | None = None) -> dict[str, Any]:
+    """Connected runners (serving ``model``, if given) that have a key, each with its signed document."""
+    live = state.hub.runners_for(model) if model else list(state.hub.runners.values())
+    data = []
+    for r in sorted(live, key=lambda r: (r.in_flight, r.runner_id)):
+        row = await get_runner(session, r.runner_id)
+        if row is None or row.revoked_at is not None or (doc := hpke_key_document(row)) is None:
+            continue
+        data.append({"runner_id": r.runner_id, "name": r.name, "models": [m.name for m in r.models],
+                     "in_flight": r.in_flight, "key": doc})
+    return {"object": "list", "data": data}
+
+
+@router.post(E2E_PREFIX + "/{endpoint:path}")
+async def sealed_inference(endpoint: str, body: SealedRequest, state: AppStateDep, caller: CallerDep,
+                           runner_header: Annotated[str | None, Header(alias="X-Outpost-Runner")] = None,
+                           ) -> Response:
+    path = ENDPOINTS.get(endpoint)
+    if path is None:
+        raise ApiError.not_found(f"No end-to-end endpoint {endpoint!r}.")
+    runner_id = _bound_runner(body, runner_header)
+    limit = state.settings.max_tokens_limit
+    if body.max_tokens is not None and body.max_tokens > limit:
+        raise ApiError(400, f"max_tokens {body.max_tokens} exceeds this deployment's limit of {limit}.",
+                       code="max_tokens_too_large", param="max_tokens")
+    async with state.db.session() as session:
+        row = await get_runner(session, runner_id)
+    if row is None or row.revoked_at is not None:
+        raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
+    if hpke_key_document(row) is None:
+        raise ApiError(400, f"Runner {runner_id!r} has no end-to-end key.", code=E2E_UNSUPPORTED)
+    live = state.hub.runners.get(runner_id)
+    if live is None:
+        raise ApiError.unavailable(f"Runner {runner_id!r} is not connected; the request is sealed to it "
+                                   "and cannot go elsewhere.", code="runner_not_connected")
+    if live.serves(body.model) is None:
+        raise ApiError.not_found(f"Runner {runner_id!r} does not serve '{body.model}'.",
+                                 code="model_not_found", param="model")
+    route = RouteRequest(model=body.model, endpoint=endpoint_kind(path), max_tokens=body.max_tokens)
+    call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
+                         model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
+                         route=route, runner_id=runner_id,
+                         usage_from_receipt=receipt_check(row.identity_public_key, runner_id, body.request_id))
+    return await serve_inference(state, call)
+
+
+def _bound_runner(body: SealedRequest, header: str | None) -> str:
+    """The runner named by the header, which must be the one the envelope is sealed to."""
+    if not header:
+        raise ApiError(400, "End-to-end requests name their runner in X-Outpost-Runner.",
+                       code=E2E_MISMATCH, param="X-Outpost-Runner")
+    try:
+        envelope = parse_envelope(body.envelope)
+    except E2EError as exc:
+        raise ApiError(400, f"Envelope refused: {exc}", code=E2E_MALFORMED, param="envelope") from None
+    if envelope.runner_id != header:
+        raise ApiError(400, "The envelope is sealed to another runner than X-Outpost-Runner names.",
+                       code=E2E_MISMATCH, param="X-Outpost-Runner")
+    return header

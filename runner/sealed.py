@@ -1,0 +1,267 @@
+"""Relay a sealed (end-to-end) request: open it, run it on the engine, seal the answer.
+
+The wire format is :mod:`sdk.sealed`. Opening and sealing are plain
+functions (:func:`open_sealed`, :class:`SealedWriter`) so they are tested
+without a tunnel; :class:`SealedRelay` drives them over one tunnel stream.
+The control plane sees the clear :class:`~sdk.sealed.SealedRequest` fields,
+chunk sizes and timing; the body and the answer leave this process in clear
+only to the engine on loopback. Usage goes back as a receipt signed by the
+identity key (``EndFrame.receipt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from runner.relay import EngineEndpoint
+from runner.streams import OutboundStream
+from sdk.e2e import (
+    ChunkSealer,
+    DecryptionError,
+    E2EError,
+    KeyMismatchError,
+    OpenedRequest,
+    Receipt,
+    ReplayError,
+    ReplayGuard,
+    ResponseKey,
+    RunnerKeys,
+    StaleEnvelopeError,
+    open_request,
+    sign_receipt,
+)
+from sdk.sealed import (
+    E2E_DECRYPT_FAILED,
+    E2E_KEY_MISMATCH,
+    E2E_MALFORMED,
+    E2E_MISMATCH,
+    E2E_REPLAY,
+    E2E_STALE,
+    HEAD,
+    ResponseHead,
+    SealedRequest,
+    pieces,
+)
+
+__all__ = ["Opened", "Refused", "SealedRelay", "SealedWriter", "open_sealed", "usage_receipt"]
+
+log = logging.getLogger("outpost.runner.sealed")
+
+_MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+class Refused(Exception):
+    """A sealed request this runner will not run; answered in clear (it reveals no content)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def body(self) -> str:
+        return json.dumps({"error": {"message": self.message, "type": "invalid_request_error",
+                                     "param": None, "code": self.code}})
+
+
+def _refused(exc: ValidationError | E2EError) -> Refused:
+    # Order matters: StaleEnvelopeError is a ReplayError.
+    if isinstance(exc, KeyMismatchError):
+        return Refused(409, E2E_KEY_MISMATCH, f"sealed to another runner or key: {exc}")
+    if isinstance(exc, StaleEnvelopeError):
+        return Refused(400, E2E_STALE, f"sealed request outside the replay window: {exc}")
+    if isinstance(exc, ReplayError):
+        return Refused(400, E2E_REPLAY, "sealed request was already used (replay refused)")
+    if isinstance(exc, DecryptionError):
+        return Refused(400, E2E_DECRYPT_FAILED, "sealed request failed authentication")
+    if isinstance(exc, ValidationError):
+        return Refused(400, E2E_MALFORMED, "sealed request does not parse")
+    return Refused(400, E2E_MALFORMED, f"sealed request refused: {type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class Opened:
+    sealed: SealedRequest
+    request: OpenedRequest
+    payload: dict[str, Any]  # the OpenAI body, to send to the engine
+
+
+def open_sealed(keys: RunnerKeys, runner_id: str, guard: ReplayGuard, body: str, *, model: str,
+                stream: bool) -> Opened:
+    """Decrypt a tunnel body and check it against the clear fields; raise :class:`Refused`."""
+    try:
+        sealed = SealedRequest.model_validate_json(body)
+        if sealed.model != model or sealed.stream != stream:
+            raise Refused(400, E2E_MISMATCH, "tunnel frame and sealed request disagree")
+        opened = open_request(keys, sealed.envelope, sealed.request_id, guard, runner_id=runner_id)
+    except (ValidationError, E2EError) as exc:
+        raise _refused(exc) from None
+    try:
+        payload = json.loads(opened.body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise Refused(400, E2E_MALFORMED, "sealed body is not a JSON object")
+    # The clear fields are what the control plane admitted: the sealed body must agree.
+    if payload.get("model") != sealed.model or bool(payload.get("stream", False)) != sealed.stream:
+        raise Refused(400, E2E_MISMATCH, "sealed body disagrees with the clear model or stream flag")
+    limit = sealed.max_tokens
+    for name in _MAX_TOKEN_FIELDS:
+        value = payload.get(name)
+        if value is not None and (limit is None or not isinstance(value, int) or value > limit):
+            raise Refused(400, E2E_MISMATCH, f"sealed {name} exceeds the clear max_tokens")
+    if limit is not None and all(payload.get(n) is None for n in _MAX_TOKEN_FIELDS):
+        payload["max_tokens"] = limit
+    return Opened(sealed, opened, payload)
+
+
+class SealedWriter:
+    """The answer as SSE events of sealed chunks: a head, pieces, an empty final chunk."""
+
+    def __init__(self, response_key: ResponseKey, request_id: str, *, pad_to: int = 0) -> None:
+        self._sealer = ChunkSealer(response_key, request_id, pad_to=pad_to)
+
+    def _event(self, plaintext: bytes, final: bool = False) -> str:
+        return f"data: {self._sealer.seal(plaintext, final=final)}\n\n"
+
+    def head(self, status: int, content_type: str) -> str:
+        head = ResponseHead(status=status, content_type=content_type[:128])
+        return self._event(HEAD + head.model_dump_json().encode())
+
+    def piece(self, data: bytes) -> list[str]:
+        return [self._event(part) for part in pieces(data)]
+
+    def final(self) -> str:
+        return self._event(b"", final=True)
+
+
+def usage_receipt(keys: RunnerKeys, runner_id: str, request_id: str, usage: tuple[int, int],
+                  started: float, finished: float) -> str:
+    return sign_receipt(keys.identity, Receipt(
+        request_id=request_id, runner_id=runner_id, prompt_tokens=usage[0], completion_tokens=usage[1],
+        started_at=started, finished_at=max(finished, started)))
+
+
+class SealedRelay:
+    """``runner.relay.SealedHandler``: one sealed request over one tunnel stream."""
+
+    def __init__(self, keys: RunnerKeys, runner_id: str, *, guard: ReplayGuard | None = None,
+                 pad_to: int = 0, clock: Callable[[], float] = time.time) -> None:
+        self.keys = keys
+        self.runner_id = runner_id
+        # Envelopes sealed before this process started may have been seen by a previous one.
+        self.guard = guard or ReplayGuard(not_before=clock(), clock=clock)
+        self.pad_to = pad_to
+        self._clock = clock
+
+    async def __call__(self, out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncClient) -> None:
+        started = self._clock()
+        req = out.request
+        try:
+            opened = open_sealed(self.keys, self.runner_id, self.guard, out.body, model=req.model,
+                                 stream=req.stream)
+        except Refused as refused:
+            log.warning("stream %d: sealed request refused: %s", out.id, refused.code)
+            await out.start(refused.status, "application/json")
+            await out.data(refused.body())
+            await out.end()
+            return
+        request_id = opened.sealed.request_id
+        writer = SealedWriter(opened.request.response_key, request_id, pad_to=self.pad_to)
+        await out.start(200, "text/event-stream")
+        usage = await self._run(out, writer, engine, http, opened.payload)
+        await out.data(writer.final())
+        await out.end(receipt=usage_receipt(self.keys, self.runner_id, request_id, usage, started,
+                                            self._clock()))
+
+    async def _run(self, out: OutboundStream, writer: SealedWriter, engine: EngineEndpoint,
+                   http: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[int, int]:
+        """Relay the engine's answer sealed; return (prompt, completion) tokens."""
+        req = out.request
+        public_name = req.model
+        payload["model"] = engine.upstream_names.get(public_name, public_name)
+        wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        if req.stream:
+            payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        usage = (0, 0)
+        head_sent = False
+        try:
+            async with http.stream("POST", engine.base_url.rstrip("/") + req.path, json=payload,
+                                   headers=engine.headers, timeout=None) as resp:
+                ctype = resp.headers.get("content-type", "application/json").split(";")[0]
+                await out.data(writer.head(resp.status_code, ctype))
+                head_sent = True
+                if req.stream and resp.status_code == 200:
+                    async for line in resp.aiter_lines():
+                        event, found = _stream_event(line, public_name, wants_usage)
+                        usage = found or usage
+                        if event is not None:
+                            for text in writer.piece(event):
+                                await out.data(text)
+                else:
+                    body, found = _whole_body(await resp.aread(), public_name)
+                    usage = found or usage
+                    for text in writer.piece(body):
+                        await out.data(text)
+        except httpx.HTTPError as exc:
+            log.warning("engine request failed on sealed stream %d: %s", out.id, type(exc).__name__)
+            error = json.dumps({"error": {"message": f"engine unreachable: {type(exc).__name__}",
+                                          "type": "server_error", "param": None, "code": "engine_error"}})
+            if not head_sent:
+                await out.data(writer.head(502, "application/json"))
+            for text in writer.piece(error.encode()):
+                await out.data(text)
+        return usage
+
+
+def _usage(obj: dict[str, Any]) -> tuple[int, int] | None:
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        return None
+    try:
+        return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_event(line: str, public_name: str, wants_usage: bool) -> tuple[bytes | None, tuple[int, int] | None]:
+    """One engine SSE line → the event data to seal (or None) and any usage it carried."""
+    if not line.startswith("data:"):
+        return None, None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return None, None  # the final sealed chunk ends the stream
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return data.encode(), None
+    if not isinstance(chunk, dict):
+        return data.encode(), None
+    usage = _usage(chunk)
+    if usage is not None and not wants_usage:
+        if not chunk.get("choices"):
+            return None, usage  # the usage-only chunk asked for on the client's behalf
+        chunk.pop("usage", None)
+    if "model" in chunk:
+        chunk["model"] = public_name
+    chunk.pop("timings", None)
+    return json.dumps(chunk, separators=(",", ":")).encode(), usage
+
+
+def _whole_body(raw: bytes, public_name: str) -> tuple[bytes, tuple[int, int] | None]:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return raw, None
+    if not isinstance(obj, dict):
+        return raw, None
+    if "model" in obj:
+        obj["model"] = public_name
+    obj.pop("timings", None)
+    return json.dumps(obj, separators=(",", ":")).encode(), _usage(obj)

@@ -1,0 +1,384 @@
+"""The blocking client. GENERATED from ``_async_client.py`` by
+``scripts/unasync_sdk.py`` — do not edit; change the async source and rerun.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
+
+import httpx
+from pydantic import BaseModel
+
+from sdk.client._core import (
+    ClientOptions,
+    Decoder,
+    PlainDecoder,
+    Prepared,
+    RetryPolicy,
+    parse_json,
+    parse_model,
+    response_error,
+    retry_on_error,
+    retry_on_status,
+    sse_data,
+    transport_error,
+)
+from sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
+from sdk.e2e import VerifiedHpkeKey
+from sdk.errors import ConflictError
+from sdk.models import (
+    ApiKey,
+    AuditPage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CreatedApiKey,
+    E2ERunner,
+    EmbeddingResponse,
+    EnrollmentToken,
+    FairnessRun,
+    Model,
+    Runner,
+    UsageReport,
+)
+from sdk.sealed import E2E_KEY_MISMATCH, E2E_PREFIX, RUNNER_HEADER
+
+if TYPE_CHECKING:
+    from sdk.audit import VerifyResult
+
+__all__ = ["Client", "Stream"]
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+Timeout = float | httpx.Timeout | None
+
+
+class Stream(Generic[T]):
+    """The items of a streamed answer. Iterate once; the connection closes at the end."""
+
+    def __init__(self, response: httpx.Response, decoder: Decoder[T]) -> None:
+        self.response = response
+        self._decoder = decoder
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            for line in self.response.iter_lines():
+                data = sse_data(line)
+                if data is not None:
+                    yield from self._decoder.feed(data)
+            self._decoder.finish()
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
+        finally:
+            self.response.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Client:
+    """Outpost's API: OpenAI-compatible inference, administration, end-to-end mode.
+
+    ``base_url`` is the control plane (``OUTPOST_BASE_URL``; a trailing ``/v1``
+    is accepted), ``api_key`` an Outpost key (``OUTPOST_API_KEY``). With
+    ``e2e=True`` every inference request is sealed to a runner whose identity
+    is in ``pins`` (runner id → fingerprint); ``e2e=`` on a call overrides it.
+    """
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: Timeout = None,
+                 max_retries: int = 2, retry: RetryPolicy | None = None, e2e: bool = False,
+                 pins: Mapping[str, str] | None = None, pad_to: int = 0,
+                 transport: httpx.BaseTransport | None = None,
+                 http_client: httpx.Client | None = None,
+                 default_headers: Mapping[str, str] | None = None) -> None:
+        self._options = ClientOptions.build(base_url, api_key, timeout, retry or RetryPolicy(max_retries),
+                                            default_headers)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(transport=transport)
+        self._keybook = KeyBook(pins)
+        self.e2e = e2e
+        self.pad_to = pad_to
+        self.chat = Chat(self)
+        self.completions = Completions(self)
+        self.embeddings = Embeddings(self)
+        self.models = Models(self)
+        self.runners = Runners(self)
+        self.keys = Keys(self)
+        self.usage = Usage(self)
+        self.audit = Audit(self)
+        self.fairness = Fairness(self)
+
+    @property
+    def base_url(self) -> str:
+        return self._options.base_url
+
+    def pin(self, runner_id: str, fingerprint: str) -> None:
+        """Trust ``runner_id`` for end-to-end requests when its identity has this fingerprint."""
+        self._keybook.pin(runner_id, fingerprint)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------------
+
+    def _prepare(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None, timeout: Timeout = None,
+                 context: Any = None) -> Prepared:
+        request = self._options.request(method, path, json_body=json_body, params=params, headers=headers,
+                                        timeout=timeout)
+        return Prepared(request, idempotent=method in ("GET", "HEAD", "PUT", "DELETE"), context=context)
+
+    def _send(self, prepare: Callable[[], Prepared]) -> tuple[Prepared, httpx.Response]:
+        """Send with retries; ``prepare`` runs per attempt (an e2e request is resealed)."""
+        retry = self._options.retry
+        attempt = 0
+        while True:
+            prepared = prepare()
+            retry_after = None
+            try:
+                response = self._http.send(prepared.request, stream=True)
+            except httpx.TransportError as exc:
+                if attempt >= retry.max_retries or not retry_on_error(prepared, exc):
+                    raise transport_error(exc) from exc
+            else:
+                if response.status_code < 400:
+                    return prepared, response
+                error = response_error(response, self._read(response))
+                if attempt >= retry.max_retries or not retry_on_status(prepared, error):
+                    raise error
+                retry_after = error.retry_after
+            time.sleep(retry.delay(attempt, retry_after))
+            attempt += 1
+
+    def _read(self, response: httpx.Response) -> bytes:
+        try:
+            return response.read()
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
+        finally:
+            response.close()
+
+    def _request(self, method: str, path: str, *, json_body: Any = None,
+                       params: Mapping[str, Any] | None = None, timeout: Timeout = None) -> bytes:
+        _, response = self._send(lambda: self._prepare(method, path, json_body=json_body, params=params,
+                                                             timeout=timeout))
+        return self._read(response)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return parse_json(self._request(method, path, **kwargs))
+
+    def _list(self, path: str, model: type[M], **kwargs: Any) -> list[M]:
+        doc = self._json("GET", path, **kwargs)
+        items = doc.get("data") if isinstance(doc, dict) else None
+        return [parse_model(model, item) for item in items or []]
+
+    # --- inference ---------------------------------------------------------------------
+
+    def _inference(self, endpoint: str, payload: dict[str, Any], *, stream: bool, e2e: bool | None,
+                         runner: str | None, timeout: Timeout, result: type[M],
+                         chunk: type[BaseModel]) -> Any:
+        if self.e2e if e2e is None else e2e:
+            return self._sealed(endpoint, payload, stream=stream, runner=runner, timeout=timeout,
+                                      parse=partial(parse_model, chunk if stream else result))
+        if runner is not None:
+            raise ValueError("runner= chooses the runner of an end-to-end request; pass e2e=True")
+        _, response = self._send(lambda: self._prepare("POST", f"/v1/{endpoint}", json_body=payload,
+                                                             timeout=timeout))
+        if stream:
+            return Stream(response, PlainDecoder(partial(parse_model, chunk)))
+        return parse_model(result, parse_json(self._read(response)))
+
+    def _sealed(self, endpoint: str, payload: dict[str, Any], *, stream: bool, runner: str | None,
+                      timeout: Timeout, parse: Callable[[Any], Any]) -> Any:
+        for attempt in range(2):
+            target = self._e2e_target(payload["model"], runner)
+
+            def prepare(target: VerifiedHpkeKey = target) -> Prepared:
+                body, call = seal_call(target, payload, stream=stream, pad_to=self.pad_to)
+                return self._prepare("POST", f"{E2E_PREFIX}/{endpoint}", json_body=body, timeout=timeout,
+                                     headers={RUNNER_HEADER: target.runner_id}, context=call)
+
+            try:
+                prepared, response = self._send(prepare)
+            except ConflictError as exc:
+                if exc.code != E2E_KEY_MISMATCH or attempt:
+                    raise
+                self._keybook.forget(target.runner_id)  # rotated key: fetch, verify against the pin, reseal
+                continue
+            decoder = SealedDecoder(prepared.context, parse, stream=stream)
+            if stream:
+                return Stream(response, decoder)
+            return open_body(decoder, self._read(response))
+        raise AssertionError("unreachable")
+
+    def _e2e_target(self, model: str, runner: str | None) -> VerifiedHpkeKey:
+        cached = self._keybook.cached(model, runner)
+        if cached is not None:
+            return cached
+        if runner is not None:
+            return self._keybook.verify(runner, self._json("GET", f"/api/runners/{runner}/e2e-key"))
+        listing = self._json("GET", f"{E2E_PREFIX}/runners", params={"model": model})
+        return self._keybook.choose(model, listing)
+
+
+class _Resource:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+
+class ChatCompletions(_Resource):
+    @overload
+    def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True],
+                     **params: Any) -> Stream[ChatCompletionChunk]: ...
+
+    @overload
+    def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[False] = False,
+                     **params: Any) -> ChatCompletion: ...
+
+    def create(self, *, model: str, messages: list[dict[str, Any]], stream: bool = False,
+                     e2e: bool | None = None, runner: str | None = None, timeout: Timeout = None,
+                     **params: Any) -> ChatCompletion | Stream[ChatCompletionChunk]:
+        """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras) pass through."""
+        payload: dict[str, Any] = {"model": model, "messages": messages, **params}
+        if stream:
+            payload["stream"] = True
+        return self._client._inference("chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
+                                             timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+
+
+class Chat(_Resource):
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self.completions = ChatCompletions(client)
+
+
+class Completions(_Resource):
+    @overload
+    def create(self, *, model: str, prompt: str | list[str], stream: Literal[True],
+                     **params: Any) -> Stream[Completion]: ...
+
+    @overload
+    def create(self, *, model: str, prompt: str | list[str], stream: Literal[False] = False,
+                     **params: Any) -> Completion: ...
+
+    def create(self, *, model: str, prompt: str | list[str], stream: bool = False,
+                     e2e: bool | None = None, runner: str | None = None, timeout: Timeout = None,
+                     **params: Any) -> Completion | Stream[Completion]:
+        """``POST /v1/completions``."""
+        payload: dict[str, Any] = {"model": model, "prompt": prompt, **params}
+        if stream:
+            payload["stream"] = True
+        return self._client._inference("completions", payload, stream=stream, e2e=e2e, runner=runner,
+                                             timeout=timeout, result=Completion, chunk=Completion)
+
+
+class Embeddings(_Resource):
+    def create(self, *, model: str, input: str | list[str], e2e: bool | None = None,
+                     runner: str | None = None, timeout: Timeout = None, **params: Any) -> EmbeddingResponse:
+        """``POST /v1/embeddings`` (runners started with ``--embedding``)."""
+        payload: dict[str, Any] = {"model": model, "input": input, **params}
+        return self._client._inference("embeddings", payload, stream=False, e2e=e2e, runner=runner,
+                                             timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+
+
+class Models(_Resource):
+    def list(self) -> builtins.list[Model]:
+        return self._client._list("/v1/models", Model)
+
+
+class Runners(_Resource):
+    def list(self) -> builtins.list[Runner]:
+        return self._client._list("/api/runners", Runner)
+
+    def enroll(self, name: str) -> EnrollmentToken:
+        """A one-time enrollment token for a runner named ``name`` (admin)."""
+        return parse_model(EnrollmentToken, self._client._json("POST", "/api/runners/enroll",
+                                                                       json_body={"name": name}))
+
+    def revoke(self, runner_id: str) -> Runner:
+        return parse_model(Runner, self._client._json("POST", f"/api/runners/{runner_id}/revoke"))
+
+    def e2e_key(self, runner_id: str) -> VerifiedHpkeKey:
+        """The runner's HPKE key, verified against its pin (raises ``RunnerKeyError`` if swapped)."""
+        doc = self._client._json("GET", f"/api/runners/{runner_id}/e2e-key")
+        return self._client._keybook.verify(runner_id, doc)
+
+    def e2e_candidates(self, model: str | None = None) -> builtins.list[E2ERunner]:
+        """Connected runners that take sealed requests (key documents not yet verified)."""
+        return self._client._list(f"{E2E_PREFIX}/runners", E2ERunner, params={"model": model})
+
+
+class Keys(_Resource):
+    def list(self) -> builtins.list[ApiKey]:
+        return self._client._list("/api/keys", ApiKey)
+
+    def create(self, name: str, *, scopes: builtins.list[str] | None = None,
+                     expires_in_s: int | None = None) -> CreatedApiKey:
+        body = {"name": name, "scopes": scopes or ["inference"], "expires_in_s": expires_in_s}
+        return parse_model(CreatedApiKey, self._client._json("POST", "/api/keys", json_body=body))
+
+    def revoke(self, key_id: str) -> ApiKey:
+        return parse_model(ApiKey, self._client._json("POST", f"/api/keys/{key_id}/revoke"))
+
+
+class Usage(_Resource):
+    def get(self, **params: Any) -> UsageReport:
+        """``GET /api/usage``: token and cost totals (filters such as ``since``, ``group_by``)."""
+        return parse_model(UsageReport, self._client._json("GET", "/api/usage", params=params))
+
+
+class Audit(_Resource):
+    def list(self, **params: Any) -> AuditPage:
+        return parse_model(AuditPage, self._client._json("GET", "/api/audit", params=params))
+
+    def export(self) -> str:
+        """The tenant's audit log as JSONL, up to the latest signed checkpoint (admin)."""
+        return (self._client._request("GET", "/api/audit/export")).decode()
+
+    def public_keys(self) -> builtins.list[str]:
+        doc = self._client._json("GET", "/api/audit/keys")
+        return [k["public_key"] for k in doc.get("data", [])]
+
+    def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None) -> VerifyResult:
+        """Verify an export offline. Pass ``public_keys`` you hold: keys fetched from the
+        control plane only prove the log is consistent with what it says about itself."""
+        from sdk.audit import verify_export  # the offline verifier; only needed here
+
+        text = export if export is not None else self.export()
+        keys = public_keys if public_keys is not None else self.public_keys()
+        return verify_export(text.splitlines(), keys)
+
+
+class FairnessRuns(_Resource):
+    def list(self, limit: int = 50) -> builtins.list[FairnessRun]:
+        return self._client._list("/api/fairness/runs", FairnessRun, params={"limit": limit})
+
+    def create(self, **body: Any) -> FairnessRun:
+        """Start a bias-probe run (admin); ``body`` as in docs/fairness.md (suite, model, ...)."""
+        return parse_model(FairnessRun, self._client._json("POST", "/api/fairness/runs", json_body=body))
+
+    def get(self, run_id: str) -> FairnessRun:
+        return parse_model(FairnessRun, self._client._json("GET", f"/api/fairness/runs/{run_id}"))
+
+
+class Fairness(_Resource):
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self.runs = FairnessRuns(client)

@@ -1,0 +1,185 @@
+"""Typed responses of the Outpost API.
+
+The OpenAI shapes keep unknown fields (``extra="allow"``): engines add their
+own (llama.cpp's ``timings``, vLLM's ``prompt_logprobs``) and a client must
+not break on them. The admin shapes mirror ``control_plane`` schemas.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKey",
+    "AuditPage",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatDelta",
+    "ChatMessage",
+    "Completion",
+    "CompletionChoice",
+    "CreatedApiKey",
+    "E2ERunner",
+    "Embedding",
+    "EmbeddingResponse",
+    "EnrollmentToken",
+    "FairnessRun",
+    "Model",
+    "Runner",
+    "Usage",
+    "UsageReport",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Usage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatMessage(_Model):
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatChoice(_Model):
+    index: int = 0
+    message: ChatMessage = Field(default_factory=ChatMessage)
+    finish_reason: str | None = None
+
+
+class ChatCompletion(_Model):
+    id: str = ""
+    object: str = "chat.completion"
+    created: int = 0
+    model: str = ""
+    choices: list[ChatChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+
+class ChatDelta(_Model):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Model):
+    index: int = 0
+    delta: ChatDelta = Field(default_factory=ChatDelta)
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Model):
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    choices: list[ChatChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+
+class CompletionChoice(_Model):
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class Completion(_Model):
+    """A completion, or one chunk of a streamed one (same shape)."""
+
+    id: str = ""
+    object: str = "text_completion"
+    created: int = 0
+    model: str = ""
+    choices: list[CompletionChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+
+class Embedding(_Model):
+    index: int = 0
+    object: str = "embedding"
+    embedding: list[float] = Field(default_factory=list)
+
+
+class EmbeddingResponse(_Model):
+    object: str = "list"
+    model: str = ""
+    data: list[Embedding] = Field(default_factory=list)
+    usage: Usage | None = None
+
+
+class Model(_Model):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "outpost"
+    engine: str | None = None
+    context_length: int | None = None
+
+
+class Runner(_Model):
+    id: str
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    capacity: int = 1
+    created_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    revoked_at: datetime | None = None
+    connected: bool = False
+    models: list[str] = Field(default_factory=list)
+    in_flight: int = 0
+    served_total: int = 0
+
+
+class EnrollmentToken(_Model):
+    token: str
+    runner_name: str
+    expires_at: datetime
+
+
+class ApiKey(_Model):
+    id: str
+    name: str
+    prefix: str = ""
+    scopes: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class CreatedApiKey(ApiKey):
+    key: str  # the secret: shown once, store it now
+
+
+class E2ERunner(_Model):
+    """A runner that can take sealed requests, with its (still unverified) key document."""
+
+    runner_id: str
+    name: str = ""
+    models: list[str] = Field(default_factory=list)
+    in_flight: int = 0
+    key: dict[str, Any]
+
+
+class UsageReport(_Model):
+    """``GET /api/usage``: totals and breakdowns as the control plane reports them."""
+
+
+class FairnessRun(_Model):
+    id: str
+    status: str | None = None
+    model: str | None = None
+
+
+class AuditPage(_Model):
+    data: list[dict[str, Any]] = Field(default_factory=list)
+    next_cursor: str | None = None
