@@ -8,6 +8,7 @@ copies. Environment variables use the ``OUTPOST_`` prefix
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,29 +29,64 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; empty means SQLite in the state directory. "
         "PostgreSQL: postgresql+psycopg://user@host/db",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Bind address (0.0.0.0 to accept remote runners).")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port of the API, console and tunnel.")
     public_url: str = Field(default="", description="URL clients and runners use; derived if empty.")
 
     # Request limits (OWASP API4: bound everything).
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body (413 above).")
     max_tokens_limit: int = Field(default=8192, ge=1, description="Largest max_tokens accepted.")
-    request_timeout_s: float = Field(default=600.0, gt=0)
-    first_byte_timeout_s: float = Field(default=120.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0, description="Longest a request may run end to end.")
+    first_byte_timeout_s: float = Field(default=120.0, gt=0,
+                                        description="Wait for a runner's first byte before failing over.")
     max_retries: int = Field(default=2, ge=0, le=10, description="Failover attempts before the first byte.")
     runner_wait_s: float = Field(default=5.0, ge=0, le=120,
                                  description="How long a request waits for a runner of its model to (re)connect.")
 
+    # Routing (docs/api.md).
+    routing_strategy: Literal["policy", "round_robin"] = Field(
+        default="policy", description="round_robin ignores policies, load and affinity: a benchmark baseline.")
+    routing_affinity: bool = Field(default=True, description="Send a conversation back to the runner that "
+                                   "served its leading prompt (prefix-cache reuse), within bounded load.")
+    routing_affinity_epsilon: float = Field(default=0.25, ge=0, le=10,
+                                            description="Bounded-load slack of prefix affinity.")
+
     # Tunnel.
-    tunnel_handshake_timeout_s: float = Field(default=10.0, gt=0)
-    tunnel_ping_interval_s: float = Field(default=5.0, gt=0)
-    tunnel_ping_timeout_s: float = Field(default=10.0, gt=0)
-    tunnel_max_streams_per_connection: int = Field(default=256, ge=1)
+    tunnel_handshake_timeout_s: float = Field(default=10.0, gt=0, description="A runner must finish its hello in this time.")
+    tunnel_ping_interval_s: float = Field(default=5.0, gt=0, description="WebSocket ping interval on tunnels.")
+    tunnel_ping_timeout_s: float = Field(default=10.0, gt=0,
+                                         description="A tunnel whose pong is this late is dead (interval + timeout ≤ 15 s).")
+    tunnel_max_streams_per_connection: int = Field(default=256, ge=1, description="Concurrent streams on one tunnel connection.")
     tunnel_stream_window: int = Field(default=256 * 1024, ge=16 * 1024, le=16 * 1024 * 1024,
                                       description="Flow-control window per stream (characters of data).")
-    enrollment_token_ttl_s: int = Field(default=3600, ge=60)
+    enrollment_token_ttl_s: int = Field(default=3600, ge=60, description="Lifetime of a one-time enrollment token.")
 
-    log_level: str = "info"
+    # Audit log (docs/audit.md).
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 audit signing key (JSON, mode 0600); empty means <state_dir>/audit-key.json. "
+        "Replicas on one database should share one key file.",
+    )
+    audit_checkpoint_every_n: int = Field(
+        default=1000, ge=1, description="Sign an audit checkpoint once this many events are unsigned.")
+    audit_checkpoint_every_s: float = Field(
+        default=60.0, gt=0, description="Sign an audit checkpoint at least this often while events arrive.")
+
+    # Fair scheduling and budgets (docs/cost.md).
+    scheduler_policy: Literal["vtc", "fcfs"] = Field(
+        default="vtc", description="How queued requests of different tenants share a runner: the Virtual "
+        "Token Counter, or first come first served (a benchmark baseline).")
+    scheduler_max_queue: int = Field(default=256, ge=0, le=100_000,
+                                     description="Requests that may wait for one runner; more get 429 queue_full.")
+    scheduler_max_queue_per_tenant: int | None = Field(
+        default=None, ge=0, description="Requests one tenant may have waiting for one runner (empty: no limit).")
+    scheduler_queue_timeout_s: float = Field(default=300.0, gt=0,
+                                             description="Longest wait for a runner slot; then 503 queue_timeout.")
+    budget_cache_s: float = Field(default=1.0, ge=0, le=30,
+                                  description="How long budget rows and spending sums are reused.")
+    fairness_window_s: float = Field(default=60.0, gt=0, description="Window of GET /api/fairness/service.")
+
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliImplicitFlag, CliSuppress, SettingsConfigDict
 
 __all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]
 
@@ -32,6 +32,10 @@ class RunnerSettings(BaseSettings):
     model: list[str] = Field(default_factory=list, description="Model paths or ids; default: embedded SmolLM2.")
     served_model_name: str | None = Field(default=None, max_length=200,
                                           description="Public name of the model (default: derived).")
+    model_alias: list[str] = Field(default_factory=list, max_length=32,
+                                   description="More public names of the model (repeat the flag).")
+    embedding: CliImplicitFlag[bool] = Field(
+        default=False, description="Also serve /v1/embeddings (llama.cpp embedding mode, mean pooling).")
     engine: str | None = Field(default=None, description="Force an engine: xllamacpp, llama-cpp-python, vllm.")
     attach: str | None = Field(default=None, description="URL of an OpenAI-compatible engine to attach to.")
     attach_api_key: Annotated[SecretStr | None, CliSuppress] = Field(
@@ -43,9 +47,17 @@ class RunnerSettings(BaseSettings):
     threads: int = Field(default=0, ge=0, description="Engine CPU threads (0: engine default).")
     drain_s: float = Field(default=30.0, ge=0, description="Grace period for live streams on shutdown.")
     health_timeout_s: float = Field(default=300.0, gt=0, description="Time the engine may take to load.")
-    ping_interval_s: float = Field(default=5.0, gt=0)
-    ping_timeout_s: float = Field(default=10.0, gt=0)
-    usd_per_hour: float | None = Field(default=None, ge=0, description="Cost rate of this machine.")
+    ping_interval_s: float = Field(default=5.0, gt=0, description="WebSocket ping interval on the tunnel.")
+    ping_timeout_s: float = Field(default=10.0, gt=0, description="Tunnel declared dead after this pong delay.")
+    # Cost model sent in the hello (docs/cost.md): a stated rate, else power x price, else the class default.
+    usd_per_hour: float | None = Field(default=None, ge=0, description="Cost rate of this machine, $/hour.")
+    usd_per_kwh: float | None = Field(default=None, ge=0,
+                                      description="Electricity price: cost this runner as power x price.")
+    watts: float | None = Field(default=None, gt=0, description="Power draw for --usd-per-kwh "
+                                "(default: GPU/CPU power limits read from NVML/RAPL, else the class TDP).")
+    pue: float = Field(default=1.0, ge=1.0, le=3.0, description="Power usage effectiveness for --usd-per-kwh.")
+    hardware_class: str | None = Field(default=None, description="Cost class for the default rate "
+                                       "(cpu-small, nvidia-h100, ...; default: detected).")
     e2e_kem: Literal["x25519", "mlkem768-x25519"] = Field(
         default="x25519", description="KEM of the end-to-end key made on first start (hybrid: post-quantum).")
     e2e_pad_to: int = Field(default=0, ge=0, le=12224,
