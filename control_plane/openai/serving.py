@@ -11,17 +11,21 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame, Usage
 
+from control_plane.audit.events import record_inference
 from control_plane.db.models import RequestRecord, new_id
 from control_plane.errors import ApiError, error_body, sse_error_event
-from control_plane.openai.routing import rank_candidates
+from control_plane.openai.admission import Slot
+from control_plane.openai.routing import Endpoint, RouteDecision, RouteRequest
+from control_plane.services.scheduler import RunnerGone
 from control_plane.state import AppState
 from control_plane.store.records import add_request_record
 from control_plane.store.runners import known_model
@@ -53,8 +57,24 @@ class InferenceCall:
     body: str
     stream: bool
     sealed: bool = False
+    tenant_weight: float = 1.0  # fair-share weight in the runner queues (Tenant.weight)
+    # What the router needs; derived from ``model`` and ``endpoint`` when not given.
+    route: RouteRequest | None = None
+    # End-to-end: the one runner the sealed body is bound to, and the check that
+    # turns its signed receipt into usage (the body cannot be read to count tokens).
+    runner_id: str | None = None
+    usage_from_receipt: Callable[[EndFrame], Usage | None] | None = None
     request_id: str = field(default_factory=lambda: new_id("req"))
     started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.route is None:
+            self.route = RouteRequest(model=self.model, endpoint=endpoint_kind(self.endpoint))
+
+
+def endpoint_kind(path: str) -> Endpoint:
+    """The capability a runner must advertise for ``path``."""
+    return {"/v1/completions": "completions", "/v1/embeddings": "embeddings"}.get(path, "chat")  # type: ignore[return-value]
 
 
 @dataclass
@@ -80,6 +100,9 @@ class _Outcome:
         self.usage = Usage()
         self.ttft_ms: float | None = None
         self.bytes_out = 0
+        self.decision: RouteDecision | None = None
+        self.queued = False  # the runner was full when the request was sent
+        self.slot: Slot | None = None  # the runner slot admission granted: queue wait, engine share, cost
 
     def record(self) -> RequestRecord:
         c = self.call
@@ -90,23 +113,38 @@ class _Outcome:
             prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens,
             attempts=self.attempts, ttft_ms=self.ttft_ms,
             latency_ms=(time.monotonic() - c.started) * 1000, bytes_out=self.bytes_out,
+            **(self.slot.record_fields() if self.slot is not None else {}),
         )
+
+    def settle(self) -> None:
+        """Free the runner slot and price the request; idempotent (finally blocks, background task)."""
+        if self.slot is not None:
+            self.slot.finish(self.usage, self.ttft_ms)
 
 
 async def serve_inference(state: AppState, call: InferenceCall) -> Response:
     outcome = _Outcome(call)
     try:
+        budget = await state.admission.check_budget(state.db, call)
         opened = await _open_with_failover(state, call, outcome)
     except ApiError as exc:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
         _spawn(_write_record(state, outcome))
         raise
+    except BaseException:
+        outcome.settle()  # cancelled before the first byte: the slot must not leak
+        raise
     outcome.runner_id = opened.runner.runner_id
     outcome.http_status = opened.start.status
     headers = {"x-request-id": call.request_id, "x-outpost-runner": opened.runner.runner_id}
+    headers.update(budget.headers())
+    if outcome.decision is not None:
+        headers["x-outpost-routing"] = outcome.decision.header()
     if call.stream and opened.start.status == 200:
+        # The background task settles a stream whose body never started (client gone at once).
         return StreamingResponse(_relay_stream(state, opened, outcome), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+                                 headers={**headers, "cache-control": "no-cache"},
+                                 background=BackgroundTask(outcome.settle))
     body = await _collect(state, opened, outcome)
     return Response(body, status_code=opened.start.status, media_type=opened.start.content_type,
                     headers=headers)
@@ -120,25 +158,39 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
     failed: set[int] = set()  # links that failed this request (a reconnect is a new link)
     last_error = "no runner is connected for this model"
     attempt = 0
+    tried: set[str] = set()  # runners tried: the next attempt prefers another one
     while attempt <= settings.max_retries:
-        picked = _pick(state, call, failed)
+        picked = _pick(state, call, failed, tried, outcome)
         if picked is None:
             if attempt == 0 and not state.hub.runners_for(call.model):
                 error = await _no_runner_error(state, call.model)
                 if error.status == 404:
                     raise error
+            # A missing capability will not appear by waiting; a residency match might reconnect.
+            if attempt == 0 and (error := _ineligible_error(call, outcome.decision)) and error.status == 400:
+                raise error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await state.hub.wait_changed(remaining)
             continue
-        runner, link = picked
+        runner, link, queued = picked
+        tried.add(runner.runner_id)
         attempt += 1
         outcome.attempts = attempt
         try:
-            st = await link.open_stream(path=call.endpoint, model=call.model, body=call.body,
-                                        stream=call.stream, sealed=call.sealed)
+            slot = outcome.slot = await state.admission.acquire(
+                call, runner, prompt_tokens=call.route.prompt_tokens if call.route else 0, weight=call.tenant_weight)
+        except RunnerGone:
+            continue  # it disconnected while the request queued: pick again
+        if link.closed or link.draining:  # the queue outlived the link picked
+            link = runner.usable_link() or link
+        try:
+            st = await link.open_stream(path=call.endpoint, model=_runner_model(runner, call.model),
+                                        body=call.body, stream=call.stream, sealed=call.sealed)
         except ConnectionError as exc:
+            slot.abandon()
+            outcome.slot = None
             failed.add(id(link))
             last_error = str(exc)
             continue
@@ -146,6 +198,8 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
         try:
             start, first = await _first_byte(st, settings.first_byte_timeout_s)
         except _AttemptFailed as exc:
+            slot.abandon()
+            outcome.slot = None
             runner.in_flight -= 1
             failed.add(id(link))
             link.close_stream(st)
@@ -155,17 +209,52 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
                      call.request_id, runner.runner_id, exc.reason)
             continue
         outcome.ttft_ms = (time.monotonic() - call.started) * 1000
+        outcome.queued = queued or slot.queue_wait_s > 0.001
+        if start.status < 400:
+            state.router.served(call.route, runner.runner_id)  # type: ignore[arg-type]
         return _Opened(runner, link, st, start, first, attempt)
     if attempt == 0:
+        if (error := _ineligible_error(call, outcome.decision)) is not None:
+            raise error
         raise await _no_runner_error(state, call.model)
     raise ApiError.unavailable(f"No runner could serve the request: {last_error}.", code="runner_failed")
 
 
-def _pick(state: AppState, call: InferenceCall, failed: set[int]) -> tuple[ConnectedRunner, Link] | None:
-    for runner in rank_candidates(state.hub.candidates(call.model)):
-        link = runner.usable_link()
-        if link is not None and id(link) not in failed:
-            return runner, link
+def _pick(state: AppState, call: InferenceCall, failed: set[int], tried: set[str],
+          outcome: _Outcome) -> tuple[ConnectedRunner, Link, bool] | None:
+    """The best runner not tried yet (else one tried on another link), its link, and whether it is full."""
+    runners = [r for r in state.hub.runners.values() if call.runner_id in (None, r.runner_id)]
+    decision = state.router.route(runners, call.route)  # type: ignore[arg-type]
+    outcome.decision = decision
+    usable = [(c, ln) for c in decision.candidates
+              if (ln := c.runner.usable_link()) is not None and id(ln) not in failed]
+    fresh = [(c, ln) for c, ln in usable if c.runner.runner_id not in tried]
+    for c, ln in fresh or usable:
+        return c.runner, ln, c.estimate.load >= c.runner.capacity
+    return None
+
+
+def _runner_model(runner: ConnectedRunner, requested: str) -> str:
+    """The runner's own name for a requested name or alias: engines know only that one,
+    and answers carry it, as OpenAI answers a model alias with the snapshot that served it."""
+    info = runner.serves(requested)
+    return info.name if info is not None else requested
+
+
+def _ineligible_error(call: InferenceCall, decision: RouteDecision | None) -> ApiError | None:
+    """Runners serve the model but none may take this request: say why, in the caller's terms."""
+    if decision is None or decision.candidates or not decision.excluded:
+        return None
+    reasons = set(decision.excluded.values())
+    route = call.route
+    assert route is not None
+    if reasons == {"endpoint"}:
+        return ApiError(400, f"The model '{call.model}' does not support the {route.endpoint} endpoint on any "
+                        "connected runner.", code=f"{route.endpoint}_unsupported", param="model")
+    if "residency" in reasons and reasons <= {"residency", "endpoint"}:
+        rules = ", ".join(f"{k} in {sorted(v)}" for k, v in route.residency.items())
+        return ApiError.unavailable(f"No connected runner serving '{call.model}' satisfies this tenant's "
+                                    f"residency rules ({rules}).", code="no_eligible_runner")
     return None
 
 
@@ -228,8 +317,7 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
                 await opened.stream.consumed(len(ev.data))
             elif isinstance(ev, EndFrame):
                 finished = True
-                if ev.usage:
-                    outcome.usage = ev.usage
+                _take_usage(outcome, ev)
                 if ev.error:
                     outcome.status, outcome.error_type = "error", "engine_error"
                     yield sse_error_event(ev.error, "server_error", "engine_error").decode()
@@ -243,10 +331,12 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
                 yield _DONE
     finally:
         opened.runner.in_flight -= 1
+        outcome.settle()
         if not finished:
             outcome.status, outcome.error_type = "cancelled", "client_disconnected"
             opened.link.close_stream(opened.stream)
             _spawn(opened.stream.cancel("client disconnected"))
+        _observe(state, opened, outcome)
         _spawn(_write_record(state, outcome))
 
 
@@ -258,8 +348,7 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
                 parts.append(ev.data)
                 await opened.stream.consumed(len(ev.data))
             elif isinstance(ev, EndFrame):
-                if ev.usage:
-                    outcome.usage = ev.usage
+                _take_usage(outcome, ev)
                 if ev.error:
                     raise ApiError(502, f"The engine failed: {ev.error}", type="server_error",
                                    code="engine_error")
@@ -271,6 +360,8 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         raise
     finally:
         opened.runner.in_flight -= 1
+        outcome.settle()
+        _observe(state, opened, outcome)
         _spawn(_write_record(state, outcome))
     body = "".join(parts)
     outcome.bytes_out = len(body)
@@ -278,6 +369,47 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         outcome.status, outcome.error_type = "error", "engine_rejected"
         body = _as_error_envelope(body, opened.start.status)
     return body
+
+
+def _take_usage(outcome: _Outcome, end: EndFrame) -> None:
+    check = outcome.call.usage_from_receipt
+    if check is None:
+        if end.usage:
+            outcome.usage = _bounded(end.usage, outcome.call)
+        return
+    usage = check(end)  # logs a refused receipt itself
+    if usage is None:
+        outcome.error_type = outcome.error_type or "receipt_rejected"
+    else:
+        outcome.usage = _bounded(usage, outcome.call)
+
+
+def _bounded(usage: Usage, call: InferenceCall) -> Usage:
+    """Runner output is untrusted: usage cannot exceed what the request allows.
+
+    A completion has at most ``max_tokens`` tokens, and a prompt at most one
+    token per character of the body, so a lying runner cannot bill a tenant
+    for more than the request could have cost.
+    """
+    route = call.route
+    completion = usage.completion_tokens
+    if route is not None and route.max_tokens is not None:
+        completion = min(completion, route.max_tokens)
+    prompt = min(usage.prompt_tokens, len(call.body))
+    if (prompt, completion) != (usage.prompt_tokens, usage.completion_tokens):
+        log.warning("request %s: runner reported usage %s beyond the request's bounds; clamped",
+                    call.request_id, usage.model_dump())
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def _observe(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
+    """Teach the router this runner's speed from a request that completed normally."""
+    if outcome.status != "ok" or opened.start.status >= 400 or outcome.ttft_ms is None:
+        return
+    state.router.observe(opened.runner.runner_id, prompt_tokens=outcome.usage.prompt_tokens,
+                         completion_tokens=outcome.usage.completion_tokens, ttft_s=outcome.ttft_ms / 1000,
+                         total_s=time.monotonic() - outcome.call.started, queued=outcome.queued,
+                         streamed=outcome.call.stream)
 
 
 def _as_error_envelope(body: str, status: int) -> str:
@@ -298,7 +430,9 @@ def _as_error_envelope(body: str, status: int) -> str:
 async def _write_record(state: AppState, outcome: _Outcome) -> None:
     try:
         async with state.db.session() as session:
-            await add_request_record(session, outcome.record())
+            record = await add_request_record(session, outcome.record())
+            # Same transaction: a request is recorded and audited, or neither.
+            await record_inference(session, record)
             await session.commit()
     except Exception:  # noqa: BLE001 - a failed record must not fail the request; it is logged
         log.exception("could not write request record %s", outcome.call.request_id)

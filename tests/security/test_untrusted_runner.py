@@ -1,0 +1,29 @@
+"""A runner's reported usage is bounded by what the request allows."""
+
+from __future__ import annotations
+
+from control_plane.openai.routing import RouteRequest
+from control_plane.openai.serving import InferenceCall, _bounded
+from sdk.protocol import Usage
+
+
+def _call(max_tokens: int | None) -> InferenceCall:
+    return InferenceCall(tenant_id="t", api_key_id="k", endpoint="/v1/chat/completions", model="m",
+                         body='{"messages": []}', stream=False,
+                         route=RouteRequest(model="m", max_tokens=max_tokens))
+
+
+def test_inflated_usage_is_clamped_to_the_request() -> None:
+    usage = _bounded(Usage(prompt_tokens=10**9, completion_tokens=10**9), _call(max_tokens=16))
+    assert usage.completion_tokens == 16
+    assert usage.prompt_tokens == len('{"messages": []}')
+
+
+def test_honest_usage_is_kept() -> None:
+    usage = _bounded(Usage(prompt_tokens=5, completion_tokens=7), _call(max_tokens=16))
+    assert (usage.prompt_tokens, usage.completion_tokens) == (5, 7)
+
+
+def test_without_max_tokens_only_the_prompt_is_bounded() -> None:
+    usage = _bounded(Usage(prompt_tokens=5, completion_tokens=900), _call(max_tokens=None))
+    assert usage.completion_tokens == 900
