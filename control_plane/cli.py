@@ -22,6 +22,7 @@ from control_plane.admin import issue_api_key, issue_enrollment_token
 from control_plane.app import create_app
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
+from control_plane.fairness.cli import fairness_app
 from control_plane.settings import Settings
 
 app = typer.Typer(help="Outpost control plane.", no_args_is_help=True, add_completion=False)
@@ -29,6 +30,7 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 runners_app = typer.Typer(help="Runners.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(runners_app, name="runners")
+app.add_typer(fairness_app, name="fairness")
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]

@@ -52,7 +52,9 @@ class ProbeRunner:
     ``base_url`` is the API root including ``/v1`` (as with the ``openai``
     client). ``concurrency`` bounds requests in flight; retryable failures
     (timeouts, connection errors, 408/409/429/5xx) are retried ``retries``
-    times with exponential backoff.
+    times with exponential backoff. ``on_response`` is called with each
+    prompt's final result as it arrives (before scoring), for progress
+    reporting outside a terminal.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class ProbeRunner:
         console: Console | None = None,
         show_progress: bool = True,
         clock: Callable[[], datetime] = _utcnow,
+        on_response: Callable[[ProbeResponse], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -85,6 +88,7 @@ class ProbeRunner:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.clock = clock
+        self.on_response = on_response
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout_s)
         self._transport = transport
@@ -147,6 +151,8 @@ class ProbeRunner:
                 response = await self._send(client, prompt)
             failures += response.status == "error"
             progress.update(task, advance=1, errors=failures)
+            if self.on_response is not None:
+                self.on_response(response)
             return response
 
         headers = {"Authorization": f"Bearer {self._api_key}"}

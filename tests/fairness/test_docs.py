@@ -24,3 +24,18 @@ def test_every_report_setting_is_documented():
 def test_tenant_section_is_kept_for_the_lead():
     assert "## Tenant service fairness" in DOC
     assert "<!-- tenant fairness: maintained by lead -->" in DOC
+
+
+def test_every_cli_option_and_api_route_is_documented():
+    import typer.main
+
+    from control_plane.api.fairness import router
+    from control_plane.fairness.cli import fairness_app
+
+    command = typer.main.get_command(fairness_app)
+    options = [opt for param in command.commands["run"].params for opt in param.opts]
+    missing = [opt for opt in options if f"`{opt}`" not in DOC]
+    assert not missing, f"fairness run options undocumented: {missing}"
+    paths = [route.path for route in router.routes]
+    missing = [path for path in paths if path not in DOC]
+    assert not missing, f"fairness API routes undocumented: {missing}"

