@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from control_plane.api import errors, fairness, health, openai, runners, tunnel
+from control_plane.api import e2e, errors, fairness, health, keys, openai, runners, tunnel
 from control_plane.api.limits import BodySizeLimit
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)
-    for module in (fairness, health, openai, runners, tunnel):
+    for module in (e2e, fairness, health, keys, openai, runners, tunnel):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
