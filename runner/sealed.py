@@ -126,8 +126,10 @@ class SealedWriter:
 
     def __init__(self, response_key: ResponseKey, request_id: str, *, pad_to: int = 0) -> None:
         self._sealer = ChunkSealer(response_key, request_id, pad_to=pad_to)
+        self.events = 0  # chunks sealed so far
 
     def _event(self, plaintext: bytes, final: bool = False) -> str:
+        self.events += 1
         return f"data: {self._sealer.seal(plaintext, final=final)}\n\n"
 
     def head(self, status: int, content_type: str) -> str:
@@ -175,14 +177,19 @@ class SealedRelay:
         request_id = opened.sealed.request_id
         writer = SealedWriter(opened.request.response_key, request_id, pad_to=self.pad_to)
         await out.start(200, "text/event-stream")
-        usage = await self._run(out, writer, engine, http, opened.payload)
-        await out.data(writer.final())
+        pending, usage = await self._run(out, writer, engine, http, opened.payload)
+        await out.data("".join([*pending, writer.final()]))
         await out.end(receipt=usage_receipt(self.keys, self.runner_id, request_id, usage, started,
                                             self._clock()))
 
     async def _run(self, out: OutboundStream, writer: SealedWriter, engine: EngineEndpoint,
-                   http: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[int, int]:
-        """Relay the engine's answer sealed; return (prompt, completion) tokens."""
+                   http: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[list[str], tuple[int, int]]:
+        """Relay the engine's answer sealed; return the events still to send and (prompt, completion) tokens.
+
+        Events are batched into as few data frames as the answer allows: a whole
+        answer goes out with its head and final chunk in one frame, a stream's
+        head with its first event.
+        """
         req = out.request
         public_name = req.model
         payload["model"] = engine.upstream_names.get(public_name, public_name)
@@ -190,34 +197,31 @@ class SealedRelay:
         if req.stream:
             payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         usage = (0, 0)
-        head_sent = False
+        pending: list[str] = []
         try:
             async with http.stream("POST", engine.base_url.rstrip("/") + req.path, json=payload,
                                    headers=engine.headers, timeout=None) as resp:
                 ctype = resp.headers.get("content-type", "application/json").split(";")[0]
-                await out.data(writer.head(resp.status_code, ctype))
-                head_sent = True
+                pending.append(writer.head(resp.status_code, ctype))
                 if req.stream and resp.status_code == 200:
                     async for line in resp.aiter_lines():
                         event, found = _stream_event(line, public_name, wants_usage)
                         usage = found or usage
                         if event is not None:
-                            for text in writer.piece(event):
-                                await out.data(text)
+                            await out.data("".join([*pending, *writer.piece(event)]))
+                            pending = []
                 else:
                     body, found = _whole_body(await resp.aread(), public_name)
                     usage = found or usage
-                    for text in writer.piece(body):
-                        await out.data(text)
+                    pending += writer.piece(body)
         except httpx.HTTPError as exc:
             log.warning("engine request failed on sealed stream %d: %s", out.id, type(exc).__name__)
             error = json.dumps({"error": {"message": f"engine unreachable: {type(exc).__name__}",
                                           "type": "server_error", "param": None, "code": "engine_error"}})
-            if not head_sent:
-                await out.data(writer.head(502, "application/json"))
-            for text in writer.piece(error.encode()):
-                await out.data(text)
-        return usage
+            if writer.events == 0:
+                pending.append(writer.head(502, "application/json"))
+            pending += writer.piece(error.encode())
+        return pending, usage
 
 
 def _usage(obj: dict[str, Any]) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ApiKey",
     "AuditPage",
+    "Budget",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatCompletion",
@@ -33,6 +34,7 @@ __all__ = [
     "Runner",
     "Usage",
     "UsageReport",
+    "UsageTotals",
 ]
 
 
@@ -170,8 +172,43 @@ class E2ERunner(_Model):
     key: dict[str, Any]
 
 
+class UsageTotals(_Model):
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    engine_seconds: float = 0.0
+
+
 class UsageReport(_Model):
-    """``GET /api/usage``: totals and breakdowns as the control plane reports them."""
+    """``GET /api/usage``: a period's totals, and the same by key, model and runner.
+
+    ``api_key_id`` is set when the caller is not an admin: it sees only its own requests.
+    """
+
+    tenant_id: str | None = None
+    api_key_id: str | None = None
+    period: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    total: UsageTotals = Field(default_factory=UsageTotals)
+    by_key: list[dict[str, Any]] = Field(default_factory=list)
+    by_model: list[dict[str, Any]] = Field(default_factory=list)
+    by_runner: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Budget(_Model):
+    id: str
+    scope: str  # tenant | key
+    api_key_id: str | None = None
+    period: str
+    amount_usd: float
+    soft_threshold: float = 0.8
+    spent_usd: float = 0.0
+    state: str = "ok"  # ok | soft | exceeded
+    period_start: datetime | None = None
+    period_end: datetime | None = None
 
 
 class FairnessRun(_Model):

@@ -17,6 +17,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from control_plane.api.deps import AppStateDep, CallerDep, SessionDep
+
+# The key's policy and rate limit, exactly as the clear OpenAI routes apply them.
+from control_plane.api.openai import PolicyDep
+from control_plane.api.openai import _admit as admit_request
+from control_plane.api.openai import _rate_headers as rate_headers
 from control_plane.audit import actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
@@ -101,7 +106,7 @@ async def get_e2e_key(runner_id: str, caller: CallerDep, session: SessionDep) ->
 async def e2e_runners(state: AppStateDep, caller: CallerDep, session: SessionDep,
                       model: str | None = None) -> dict[str, Any]:
     """Connected runners (serving ``model``, if given) that have a key, each with its signed document."""
-    live = state.hub.runners_for(model) if model else list(state.hub.runners.values())
+    live = state.hub.runners_for(model) if model else state.hub.routable()
     data = []
     for r in sorted(live, key=lambda r: (r.in_flight, r.runner_id)):
         row = await get_runner(session, r.runner_id)
@@ -114,12 +119,16 @@ async def e2e_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
 
 @router.post(E2E_PREFIX + "/{endpoint:path}")
 async def sealed_inference(endpoint: str, body: SealedRequest, state: AppStateDep, caller: CallerDep,
+                           policy: PolicyDep,
                            runner_header: Annotated[str | None, Header(alias="X-Outpost-Runner")] = None,
                            ) -> Response:
+    """The sealed twin of ``/v1/<endpoint>``: the same key policy, rate limit, budget and
+    residency rules, but routed only to the runner the envelope is sealed to."""
     path = ENDPOINTS.get(endpoint)
     if path is None:
         raise ApiError.not_found(f"No end-to-end endpoint {endpoint!r}.")
     runner_id = _bound_runner(body, runner_header)
+    rate = await admit_request(state, caller, policy)
     limit = state.settings.max_tokens_limit
     if body.max_tokens is not None and body.max_tokens > limit:
         raise ApiError(400, f"max_tokens {body.max_tokens} exceeds this deployment's limit of {limit}.",
@@ -130,19 +139,23 @@ async def sealed_inference(endpoint: str, body: SealedRequest, state: AppStateDe
         raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
     if hpke_key_document(row) is None:
         raise ApiError(400, f"Runner {runner_id!r} has no end-to-end key.", code=E2E_UNSUPPORTED)
-    live = state.hub.runners.get(runner_id)
+    live = state.hub.lookup(runner_id)  # held here or, with Redis, by another replica
     if live is None:
         raise ApiError.unavailable(f"Runner {runner_id!r} is not connected; the request is sealed to it "
                                    "and cannot go elsewhere.", code="runner_not_connected")
     if live.serves(body.model) is None:
         raise ApiError.not_found(f"Runner {runner_id!r} does not serve '{body.model}'.",
                                  code="model_not_found", param="model")
-    route = RouteRequest(model=body.model, endpoint=endpoint_kind(path), max_tokens=body.max_tokens)
+    route = RouteRequest(model=body.model, endpoint=endpoint_kind(path), residency=policy.residency,
+                         max_tokens=body.max_tokens)
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
                          model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
-                         route=route, runner_id=runner_id,
+                         route=route, tenant_weight=policy.tenant_weight, runner_id=runner_id,
                          usage_from_receipt=receipt_check(row.identity_public_key, runner_id, body.request_id))
-    return await serve_inference(state, call)
+    response = await serve_inference(state, call)
+    if rate is not None:
+        response.headers.update(rate_headers(rate))
+    return response
 
 
 def _bound_runner(body: SealedRequest, header: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 
@@ -36,6 +37,7 @@ from sdk.errors import ConflictError
 from sdk.models import (
     ApiKey,
     AuditPage,
+    Budget,
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
@@ -119,6 +121,7 @@ class AsyncClient:
         self.runners = AsyncRunners(self)
         self.keys = AsyncKeys(self)
         self.usage = AsyncUsage(self)
+        self.budgets = AsyncBudgets(self)
         self.audit = AsyncAudit(self)
         self.fairness = AsyncFairness(self)
 
@@ -343,9 +346,30 @@ class AsyncKeys(_AsyncResource):
 
 
 class AsyncUsage(_AsyncResource):
-    async def get(self, **params: Any) -> UsageReport:
-        """``GET /api/usage``: token and cost totals (filters such as ``since``, ``group_by``)."""
+    async def get(self, *, period: str = "month", start: datetime | str | None = None,
+                  end: datetime | str | None = None) -> UsageReport:
+        """Tokens, requests and cost of this ``period`` (day, week, month) or of [start, end)."""
+        params = {"period": period, "start": _iso(start), "end": _iso(end)}
         return parse_model(UsageReport, await self._client._json("GET", "/api/usage", params=params))
+
+
+class AsyncBudgets(_AsyncResource):
+    async def list(self) -> builtins.list[Budget]:
+        return await self._client._list("/api/budgets", Budget)
+
+    async def set(self, amount_usd: float, *, period: str = "month", api_key_id: str | None = None,
+                  soft_threshold: float = 0.8) -> Budget:
+        """Create or replace the tenant's (or one key's) budget for ``period`` (admin)."""
+        body = {"amount_usd": amount_usd, "period": period, "api_key_id": api_key_id,
+                "soft_threshold": soft_threshold}
+        return parse_model(Budget, await self._client._json("POST", "/api/budgets", json_body=body))
+
+    async def delete(self, budget_id: str) -> None:
+        await self._client._request("DELETE", f"/api/budgets/{budget_id}")
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 class AsyncAudit(_AsyncResource):

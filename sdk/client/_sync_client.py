@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 
@@ -33,6 +34,7 @@ from sdk.errors import ConflictError
 from sdk.models import (
     ApiKey,
     AuditPage,
+    Budget,
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
@@ -115,6 +117,7 @@ class Client:
         self.runners = Runners(self)
         self.keys = Keys(self)
         self.usage = Usage(self)
+        self.budgets = Budgets(self)
         self.audit = Audit(self)
         self.fairness = Fairness(self)
 
@@ -339,9 +342,30 @@ class Keys(_Resource):
 
 
 class Usage(_Resource):
-    def get(self, **params: Any) -> UsageReport:
-        """``GET /api/usage``: token and cost totals (filters such as ``since``, ``group_by``)."""
+    def get(self, *, period: str = "month", start: datetime | str | None = None,
+                  end: datetime | str | None = None) -> UsageReport:
+        """Tokens, requests and cost of this ``period`` (day, week, month) or of [start, end)."""
+        params = {"period": period, "start": _iso(start), "end": _iso(end)}
         return parse_model(UsageReport, self._client._json("GET", "/api/usage", params=params))
+
+
+class Budgets(_Resource):
+    def list(self) -> builtins.list[Budget]:
+        return self._client._list("/api/budgets", Budget)
+
+    def set(self, amount_usd: float, *, period: str = "month", api_key_id: str | None = None,
+                  soft_threshold: float = 0.8) -> Budget:
+        """Create or replace the tenant's (or one key's) budget for ``period`` (admin)."""
+        body = {"amount_usd": amount_usd, "period": period, "api_key_id": api_key_id,
+                "soft_threshold": soft_threshold}
+        return parse_model(Budget, self._client._json("POST", "/api/budgets", json_body=body))
+
+    def delete(self, budget_id: str) -> None:
+        self._client._request("DELETE", f"/api/budgets/{budget_id}")
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 class Audit(_Resource):

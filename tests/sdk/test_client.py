@@ -301,10 +301,32 @@ def test_admin_resources_call_their_routes(connect, fake: FakeOutpost) -> None:
     assert fake.calls[-1].url.params["limit"] == "10"
 
 
-def test_usage_endpoint_absent_is_not_found(connect, fake: FakeOutpost) -> None:
+def test_usage_and_budgets(connect, fake: FakeOutpost) -> None:
+    budget = {"id": "bud_1", "scope": "tenant", "api_key_id": None, "period": "month", "amount_usd": 50.0,
+              "soft_threshold": 0.8, "spent_usd": 1.5, "state": "ok"}
+    fake.admin.update({
+        "/api/usage": {"object": "usage", "tenant_id": "ten_1", "period": "day",
+                       "total": {"requests": 3, "errors": 0, "prompt_tokens": 30, "completion_tokens": 9,
+                                 "cost_usd": 0.25, "engine_seconds": 1.5},
+                       "by_model": [{"model": MODEL, "requests": 3}]},
+        "/api/budgets": {"object": "list", "data": [budget]},
+        "POST /api/budgets": budget,
+        "DELETE /api/budgets/bud_1": {},
+    })
+    drive = connect(fake)
+    report = drive(lambda c: c.usage.get(period="day"))
+    assert report.total.cost_usd == 0.25 and report.by_model[0]["model"] == MODEL
+    assert dict(fake.calls[-1].url.params) == {"period": "day"}
+    assert drive(lambda c: c.budgets.list())[0].amount_usd == 50.0
+    assert drive(lambda c: c.budgets.set(50.0)).state == "ok"
+    assert json.loads(fake.calls[-1].content)["amount_usd"] == 50.0
+    drive(lambda c: c.budgets.delete("bud_1"))
+    assert fake.calls[-1].method == "DELETE"
+
+
+def test_missing_admin_endpoint_is_not_found(connect, fake: FakeOutpost) -> None:
     with pytest.raises(NotFoundError):
-        connect(fake)(lambda c: c.usage.get(group_by="model"))
-    assert fake.calls[-1].url.path == "/api/usage" and fake.calls[-1].url.params["group_by"] == "model"
+        connect(fake)(lambda c: c.usage.get())
 
 
 def test_sync_client_is_generated_from_the_async_one() -> None:
