@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from control_plane.api import e2e, errors, fairness, health, keys, openai, runners, tunnel
+from control_plane.api import audit, e2e, errors, fairness, health, keys, openai, runners, tunnel
 from control_plane.api.limits import BodySizeLimit
+from control_plane.audit.checkpoints import Checkpointer
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.settings import Settings
@@ -30,17 +31,20 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         if migrate:
             upgrade_to_head(settings.database_url)
         db = Database(settings.database_url)
+        checkpointer = Checkpointer.from_settings(db, settings)
+        await checkpointer.start()
         hub = TunnelHub()
         app.state.outpost = AppState(settings=settings, db=db, hub=hub)
         try:
             yield
         finally:
             await hub.goaway("control plane shutting down")
+            await checkpointer.stop()  # sign the tip before going away
             await db.dispose()
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)
-    for module in (e2e, fairness, health, keys, openai, runners, tunnel):
+    for module in (audit, e2e, fairness, health, keys, openai, runners, tunnel):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -20,6 +20,7 @@ from sdk.protocol import MAX_FRAME_BYTES
 
 from control_plane.admin import issue_api_key, issue_enrollment_token
 from control_plane.app import create_app
+from control_plane.audit.cli import audit_app
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
@@ -31,6 +32,7 @@ runners_app = typer.Typer(help="Runners.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(runners_app, name="runners")
 app.add_typer(fairness_app, name="fairness")
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]

@@ -25,6 +25,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiKey",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "AuditHead",
+    "AuditKey",
     "Budget",
     "FairnessRun",
     "User",
@@ -202,3 +206,70 @@ class FairnessRun(Base):
     report: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- Audit log (docs/audit.md). Timestamps here are the ISO strings that were
+# hashed or signed, stored verbatim so re-hashing never depends on how a
+# database round-trips a datetime. tenant_id has no foreign key on purpose:
+# the log must outlive the rows it talks about.
+
+
+class AuditEvent(Base):
+    """One hash-chained event. Append-only; ``seq`` is contiguous from 1."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    tenant_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # Random per event, so a redacted event's digest cannot be confirmed by guessing its content.
+    salt: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict] = mapped_column(default=dict)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The single row (id 1) every append locks: the chain's tip, last checkpoint and prune anchor."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+    checkpoint_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Events up to anchor_seq were pruned; the checkpoint at anchor_seq starts the chain.
+    anchor_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AuditCheckpoint(Base):
+    """A signature over (seq, head hash) by one of the control plane's audit keys."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
+class AuditKey(Base):
+    """A public audit key, kept forever so old checkpoints still verify.
+
+    A rotated-in key carries the rotation record, signed by both keys.
+    """
+
+    __tablename__ = "audit_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+    prev_key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    prev_public_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    rotated_at: Mapped[str | None] = mapped_column(String(32), default=None)
+    prev_signature: Mapped[str | None] = mapped_column(String(128), default=None)
+    signature: Mapped[str | None] = mapped_column(String(128), default=None)

@@ -1,0 +1,49 @@
+"""The audit log over HTTP: a tenant's admins read and export their own tenant's events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from control_plane.audit.chain import read_head
+from control_plane.audit.export import export_records, jsonl, key_line
+from control_plane.audit.query import list_events
+from control_plane.audit.schemas import AuditEventOut, AuditPage, AuditQuery
+from control_plane.db.models import AuditKey
+
+router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+
+@router.get("", response_model=AuditPage)
+async def get_audit_events(admin: AdminDep, session: SessionDep,
+                           query: Annotated[AuditQuery, Query()]) -> AuditPage:
+    rows = await list_events(session, admin.tenant_id, query)
+    page = rows[: query.limit]
+    next_cursor = str(page[-1].seq) if len(rows) > query.limit else None
+    return AuditPage(data=[AuditEventOut.model_validate(r) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/export")
+async def export_audit(admin: AdminDep, state: AppStateDep) -> StreamingResponse:
+    """The tenant-scoped chain up to the latest signed checkpoint, so every line is vouched for."""
+
+    async def lines() -> AsyncIterator[str]:
+        async with state.db.session() as session:
+            signed = (await read_head(session)).checkpoint_seq
+            async for record in export_records(session, tenant_id=admin.tenant_id, until_seq=signed):
+                yield jsonl(record)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"content-disposition": 'attachment; filename="audit.jsonl"'})
+
+
+@router.get("/keys")
+async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict:
+    """Every audit public key, with rotation records (public material)."""
+    rows = (await session.execute(select(AuditKey).order_by(AuditKey.created_at))).scalars()
+    return {"object": "list", "data": [key_line(r) for r in rows]}

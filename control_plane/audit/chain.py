@@ -1,0 +1,116 @@
+"""Appending to the hash chain: the only code that writes ``audit_events``.
+
+Appends never fork the chain. Each append first *updates* the single
+``audit_head`` row and only then reads the previous hash:
+
+- PostgreSQL: the UPDATE takes the row lock (what ``SELECT ... FOR UPDATE``
+  would) and holds it to the end of the transaction, so appenders in any
+  number of processes queue on it and each one sees its predecessor's tip.
+- SQLite: a write is the first statement that takes the database's single
+  write lock (the driver opens the transaction lazily, at the first write),
+  so the read that follows cannot race another writer. ``busy_timeout``
+  makes later writers wait instead of failing.
+
+The event row and the head move in the caller's transaction: they commit or
+roll back together with the action being audited, so sequence numbers stay
+contiguous. Keep the append the *last* write of a transaction: the head lock
+is then held only for the commit, and no lock-order cycle can form.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.db.models import AuditEvent, AuditHead
+from sdk.audit import GENESIS_HASH, canonical_json, chain_hash, event_digest
+
+__all__ = ["EVENT_VERSION", "Head", "append_event", "event_object", "format_ts", "lock_head", "read_head",
+           "utc_ts"]
+
+EVENT_VERSION = 1
+_HEAD_ID = 1
+
+
+def format_ts(moment: datetime) -> str:
+    """Fixed-width UTC ISO 8601 with microseconds: sorts as text in time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_ts() -> str:
+    return format_ts(datetime.now(UTC))
+
+
+def event_object(row: AuditEvent) -> dict[str, Any]:
+    """The object that is canonicalised and hashed (docs/audit.md, "Events")."""
+    return {"v": EVENT_VERSION, "seq": row.seq, "ts": row.ts, "type": row.type, "actor": row.actor,
+            "tenant": row.tenant_id, "salt": row.salt, "data": row.data}
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: str
+    checkpoint_seq: int
+    checkpoint_ts: str | None
+    anchor_seq: int
+
+
+_HEAD_COLUMNS = (AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_seq, AuditHead.checkpoint_ts,
+                 AuditHead.anchor_seq)
+
+
+async def _ensure_head(session: AsyncSession) -> None:
+    # The migration creates the row; this covers schemas built some other way.
+    values = {"id": _HEAD_ID, "seq": 0, "hash": GENESIS_HASH, "checkpoint_seq": 0, "anchor_seq": 0}
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(AuditHead).values(**values).on_conflict_do_nothing())
+
+
+async def lock_head(session: AsyncSession) -> Head:
+    """Take the chain lock for the rest of this transaction and return the tip."""
+    stmt = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq)
+            .returning(*_HEAD_COLUMNS).execution_options(synchronize_session=False))
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        await _ensure_head(session)
+        row = (await session.execute(stmt)).one()
+    return Head(*row)
+
+
+async def read_head(session: AsyncSession) -> Head:
+    """The tip without locking (for deciding whether to lock at all)."""
+    row = (await session.execute(select(*_HEAD_COLUMNS).where(AuditHead.id == _HEAD_ID))).first()
+    return Head(*row) if row is not None else Head(0, GENESIS_HASH, 0, None, 0)
+
+
+async def append_event(session: AsyncSession, *, type: str, actor: str, tenant_id: str | None,
+                       data: dict[str, Any]) -> AuditEvent:
+    """Append one event in the caller's transaction; returns the new row (not committed)."""
+    canonical_json(data)  # refuse floats and the like before taking the lock
+    # Everything the caller has pending goes out now, before the lock is taken.
+    await session.flush()
+    head = await lock_head(session)
+    row = AuditEvent(seq=head.seq + 1, ts=utc_ts(), type=type, actor=actor, tenant_id=tenant_id,
+                     salt=secrets.token_hex(16), data=data)
+    row.hash = chain_hash(head.hash, event_digest(event_object(row)))
+    # Every round trip made while holding the lock is one more wait for every
+    # other appender, so the head and the event are written by Core statements
+    # (no ORM flush), and on PostgreSQL by one statement.
+    move_head = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=row.seq, hash=row.hash)
+                 .execution_options(synchronize_session=False))
+    add_event = insert(AuditEvent).values(seq=row.seq, ts=row.ts, type=row.type, actor=row.actor,
+                                          tenant_id=row.tenant_id, salt=row.salt, data=row.data, hash=row.hash)
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(add_event.add_cte(move_head.cte("move_head")))
+    else:
+        await session.execute(move_head)
+        await session.execute(add_event)
+    return row

@@ -1,0 +1,134 @@
+"""Signed checkpoints: (seq, head hash) signed by the audit key, every N events or T seconds.
+
+Appends never sign (they run in every process, including one-shot CLI
+commands, and must stay cheap); a background task in each server process
+checks the head about once a second and signs when a checkpoint is due.
+Several processes may run it: the head lock makes exactly one of them sign a
+given tip, and the checkpoint's primary key (its seq) forbids duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.audit.chain import Head, lock_head, read_head, utc_ts
+from control_plane.audit.keys import AuditKeyPair, AuditSigner
+from control_plane.db.engine import Database
+from control_plane.db.models import AuditCheckpoint, AuditHead, AuditKey
+from control_plane.settings import Settings
+
+__all__ = ["Checkpointer", "checkpoint_if_due", "is_due", "register_key", "sign_checkpoint", "write_checkpoint"]
+
+log = logging.getLogger("outpost.audit")
+
+
+def _insert(session: AsyncSession):
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def register_key(session: AsyncSession, key: AuditKeyPair, *, rotation: dict[str, str] | None = None) -> None:
+    """Record a public key (idempotent). ``rotation`` holds the cross-signed rotation record."""
+    rot = rotation or {}
+    values = {"key_id": key.key_id, "public_key": key.public_key, "created_at": key.created_at,
+              "prev_key_id": rot.get("prev_key_id"), "prev_public_key": rot.get("prev_public_key"),
+              "rotated_at": rot.get("ts"), "prev_signature": rot.get("prev_signature"),
+              "signature": rot.get("signature")}
+    await session.execute(_insert(session)(AuditKey).values(**values).on_conflict_do_nothing())
+
+
+def is_due(head: Head, every_n: int, every_s: float, now: datetime | None = None) -> bool:
+    pending = head.seq - head.checkpoint_seq
+    if pending <= 0:
+        return False
+    if pending >= every_n or head.checkpoint_ts is None:
+        return True
+    last = datetime.strptime(head.checkpoint_ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return ((now or datetime.now(UTC)) - last).total_seconds() >= every_s
+
+
+async def sign_checkpoint(session: AsyncSession, signer: AuditSigner, seq: int, hash_: str) -> AuditCheckpoint:
+    """Sign (seq, hash) and store it; the caller vouches that ``hash_`` is the chain's hash at ``seq``."""
+    ts = utc_ts()
+    key_id, signature = signer.sign_checkpoint(seq, hash_, ts)
+    await register_key(session, signer.current())
+    row = AuditCheckpoint(seq=seq, hash=hash_, ts=ts, key_id=key_id, signature=signature)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def write_checkpoint(session: AsyncSession, signer: AuditSigner) -> AuditCheckpoint | None:
+    """Sign the current tip now (no-op when it is already signed). No commit."""
+    head = await lock_head(session)
+    if head.seq <= head.checkpoint_seq:
+        return None
+    row = await sign_checkpoint(session, signer, head.seq, head.hash)
+    await session.execute(update(AuditHead).where(AuditHead.id == 1)
+                          .values(checkpoint_seq=row.seq, checkpoint_ts=row.ts)
+                          .execution_options(synchronize_session=False))
+    return row
+
+
+async def checkpoint_if_due(session: AsyncSession, signer: AuditSigner, every_n: int,
+                            every_s: float) -> AuditCheckpoint | None:
+    # Look without the lock first: most polls find nothing to do and must not
+    # queue behind (or block) appends.
+    if not is_due(await read_head(session), every_n, every_s):
+        return None
+    if not is_due(await lock_head(session), every_n, every_s):
+        return None
+    return await write_checkpoint(session, signer)
+
+
+class Checkpointer:
+    """The per-process background task; ``stop`` signs whatever is still unsigned."""
+
+    def __init__(self, db: Database, signer: AuditSigner, every_n: int, every_s: float) -> None:
+        self.db, self.signer, self.every_n, self.every_s = db, signer, every_n, every_s
+        self.poll_s = min(1.0, every_s)
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, db: Database, settings: Settings) -> Checkpointer:
+        return cls(db, AuditSigner.from_settings(settings), settings.audit_checkpoint_every_n,
+                   settings.audit_checkpoint_every_s)
+
+    async def start(self) -> None:
+        async with self.db.session() as session:
+            await register_key(session, self.signer.current())
+            await session.commit()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-checkpointer")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                async with self.db.session() as session:
+                    if await checkpoint_if_due(session, self.signer, self.every_n, self.every_s):
+                        await session.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("audit checkpoint failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            async with self.db.session() as session:
+                if await write_checkpoint(session, self.signer):
+                    await session.commit()
+        except Exception:
+            log.exception("final audit checkpoint failed")

@@ -1,0 +1,327 @@
+"""The audit log's format and an offline verifier for its exports.
+
+Everything a third party needs to check an Outpost audit export lives in this
+one module: the canonical JSON encoding, the chain hash, the checkpoint and
+key-rotation signatures, and :func:`verify_export`. It imports nothing of the
+control plane (only the standard library and ``cryptography``), so an auditor
+can copy this file and run it. ``docs/audit.md`` specifies the same procedure
+in prose, precisely enough to reimplement it.
+
+The chain: ``digest_n = SHA-256(canonical_json(event_n))`` and
+``hash_n = SHA-256(hash_{n-1} || digest_n)`` over raw 32-byte values, with
+``hash_0`` = 32 zero bytes. Hashing each event before chaining it is what lets
+a tenant-scoped export replace other tenants' events by their digests and
+still be recomputed end to end.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = [
+    "CHECKPOINT_CONTEXT",
+    "EXPORT_FORMAT",
+    "GENESIS_HASH",
+    "ROTATION_CONTEXT",
+    "VerifyResult",
+    "canonical_json",
+    "chain_hash",
+    "checkpoint_message",
+    "event_digest",
+    "key_id_for",
+    "rotation_message",
+    "verify_export",
+]
+
+EXPORT_FORMAT = "outpost.audit.export"
+CHECKPOINT_CONTEXT = "outpost.audit.checkpoint.v1"
+ROTATION_CONTEXT = "outpost.audit.key-rotation.v1"
+GENESIS_HASH = "0" * 64
+# Integers beyond 2**53 lose precision in JavaScript and other double-based
+# JSON parsers; a verifier in any language must read the same numbers.
+_MAX_INT = 2**53 - 1
+
+
+def _check_value(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str):
+            value.encode("utf-8")  # lone surrogates cannot be encoded: refuse them here
+        return
+    if isinstance(value, int):
+        if abs(value) > _MAX_INT:
+            raise ValueError(f"{path}: integer {value} is outside ±(2**53-1)")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str) or not k.isascii():
+                raise ValueError(f"{path}: object keys must be ASCII strings, got {k!r}")
+            _check_value(v, f"{path}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_value(v, f"{path}[{i}]")
+        return
+    # Floats have no single canonical text form across languages; callers
+    # record amounts as decimal strings and durations as integers.
+    raise ValueError(f"{path}: {type(value).__name__} is not allowed in canonical JSON")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte encoding that is hashed and signed.
+
+    Objects with keys sorted by code point, no insignificant whitespace,
+    UTF-8 without ``\\u`` escapes for non-ASCII, and only strings, integers
+    (|n| <= 2**53-1), booleans, null, arrays and objects (ASCII keys).
+    """
+    _check_value(value, "$")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def event_digest(event: Mapping[str, Any]) -> str:
+    """SHA-256 of the event's canonical JSON, hex."""
+    return hashlib.sha256(canonical_json(event)).hexdigest()
+
+
+def chain_hash(prev_hash: str, digest: str) -> str:
+    """``SHA-256(prev || digest)`` over the raw 32-byte values, hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(digest)).hexdigest()
+
+
+def key_id_for(public_key: str) -> str:
+    """A key's id: the first 16 bytes of SHA-256 of the raw public key, hex."""
+    return hashlib.sha256(_b64u_decode(public_key)).hexdigest()[:32]
+
+
+def checkpoint_message(seq: int, hash_: str, ts: str, key_id: str) -> bytes:
+    return canonical_json({"context": CHECKPOINT_CONTEXT, "hash": hash_, "key_id": key_id,
+                           "seq": seq, "ts": ts})
+
+
+def rotation_message(prev_key_id: str, prev_public_key: str, key_id: str, public_key: str,
+                     ts: str) -> bytes:
+    return canonical_json({"context": ROTATION_CONTEXT, "key_id": key_id, "prev_key_id": prev_key_id,
+                           "prev_public_key": prev_public_key, "public_key": public_key, "ts": ts})
+
+
+def _b64u_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _verify_sig(public_key: str, message: bytes, signature: str) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(_b64u_decode(public_key)).verify(_b64u_decode(signature), message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass
+class VerifyResult:
+    """The outcome of :func:`verify_export`.
+
+    ``index`` is the 0-based line number of the first bad line (``None`` when
+    ``ok``); ``seq`` the event sequence number there, when it has one.
+    ``unsigned_tail`` counts events after the last verified checkpoint: they
+    are chained but no signature vouches for them yet.
+    """
+
+    ok: bool
+    reason: str = ""
+    index: int | None = None
+    seq: int | None = None
+    events: int = 0
+    redacted: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    checkpoints: int = 0
+    last_signed_seq: int | None = None
+    unsigned_tail: int = 0
+    trusted_keys: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class _Bad(Exception):
+    def __init__(self, index: int | None, reason: str, seq: int | None = None) -> None:
+        super().__init__(reason)
+        self.index, self.reason, self.seq = index, reason, seq
+
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
+
+
+def _parse(lines: Iterable[str | bytes | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if isinstance(line, Mapping):
+            out.append(dict(line))
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise _Bad(i, "line is not valid JSON") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+            raise _Bad(i, "line is not an object with a 'kind'")
+        out.append(obj)
+    return out
+
+
+def _trusted_keys(records: list[dict[str, Any]], pinned: Iterable[str]) -> dict[str, str]:
+    """Key id → public key for every key the verifier may trust.
+
+    The pinned keys, plus any key joined to a trusted one by a rotation record
+    that both keys signed (so trust flows both ways along a rotation chain).
+    """
+    trusted: dict[str, str] = {}
+    for pk in pinned:
+        pk = pk.strip()
+        try:
+            if len(_b64u_decode(pk)) != 32:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise _Bad(None, f"pinned public key {pk[:12]}... is not a base64url Ed25519 key") from None
+        trusted[key_id_for(pk)] = pk
+    links: list[tuple[str, str, str, str]] = []
+    for i, rec in enumerate(records):
+        if rec["kind"] != "key":
+            continue
+        pk, kid = rec.get("public_key"), rec.get("key_id")
+        if not isinstance(pk, str) or not isinstance(kid, str) or key_id_for(pk) != kid:
+            raise _Bad(i, "key line: key_id does not match its public key")
+        rot = rec.get("rotation")
+        if not rot:
+            continue
+        try:
+            msg = rotation_message(rot["prev_key_id"], rot["prev_public_key"], kid, pk, rot["ts"])
+            prev_ok = key_id_for(rot["prev_public_key"]) == rot["prev_key_id"]
+            both = (prev_ok and _verify_sig(rot["prev_public_key"], msg, rot["prev_signature"])
+                    and _verify_sig(pk, msg, rot["signature"]))
+        except (KeyError, TypeError, ValueError):
+            both = False
+        if not both:
+            raise _Bad(i, f"key line {kid}: rotation record is not signed by both keys")
+        links.append((rot["prev_key_id"], rot["prev_public_key"], kid, pk))
+    changed = True
+    while changed:
+        changed = False
+        for prev_id, prev_pk, kid, pk in links:
+            if prev_id in trusted and kid not in trusted:
+                trusted[kid], changed = pk, True
+            elif kid in trusted and prev_id not in trusted:
+                trusted[prev_id], changed = prev_pk, True
+    return trusted
+
+
+def _check_signed(rec: dict[str, Any], i: int, trusted: dict[str, str], what: str) -> None:
+    seq, h, ts, kid, sig = (rec.get(k) for k in ("seq", "hash", "ts", "key_id", "signature"))
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and _is_hash(h) and isinstance(ts, str)
+            and isinstance(kid, str) and isinstance(sig, str)):
+        raise _Bad(i, f"{what} is malformed", seq if isinstance(seq, int) else None)
+    if kid not in trusted:
+        raise _Bad(i, f"{what} at seq {seq} is signed by key {kid}, which is not trusted", seq)
+    if not _verify_sig(trusted[kid], checkpoint_message(seq, h, ts, kid), sig):
+        raise _Bad(i, f"{what} at seq {seq} has an invalid signature", seq)
+
+
+def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys: Iterable[str]) -> VerifyResult:
+    """Verify an audit export offline, trusting only ``public_keys``.
+
+    ``lines`` are the export's JSONL lines (or already-parsed objects);
+    ``public_keys`` base64url raw Ed25519 public keys. Returns a
+    :class:`VerifyResult` naming the first bad line and why, if any.
+    """
+    result = VerifyResult(ok=False)
+    try:
+        records = _parse(lines)
+        trusted = _trusted_keys(records, public_keys)
+        result.trusted_keys = sorted(trusted)
+        _walk(records, trusted, result)
+    except _Bad as bad:
+        result.ok, result.reason, result.index, result.seq = False, bad.reason, bad.index, bad.seq
+        return result
+    result.ok = True
+    return result
+
+
+def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: VerifyResult) -> None:
+    prev, expected = GENESIS_HASH, 1
+    hashes: dict[int, str] = {}
+    header: dict[str, Any] | None = None
+    started = False
+    for i, rec in enumerate(records):
+        kind = rec["kind"]
+        if kind == "header":
+            if i != 0 or rec.get("format") != EXPORT_FORMAT or rec.get("version") != 1:
+                raise _Bad(i, "header must be the first line, format outpost.audit.export version 1")
+            header = rec
+        elif kind == "key":
+            continue  # handled by _trusted_keys
+        elif kind == "anchor":
+            if started:
+                raise _Bad(i, "anchor must come before every event")
+            _check_signed(rec, i, trusted, "anchor")
+            prev, expected, started = rec["hash"], rec["seq"] + 1, True
+            hashes[rec["seq"]] = prev
+            result.last_signed_seq = rec["seq"]
+        elif kind in ("event", "redacted"):
+            started = True
+            seq, digest = _entry(rec, i, kind)
+            if seq != expected:
+                raise _Bad(i, f"expected seq {expected}, found {seq} (an event was deleted, inserted or "
+                           "moved here)", seq)
+            prev = chain_hash(prev, digest)
+            if rec.get("hash") != prev:
+                raise _Bad(i, f"hash mismatch at seq {seq}: the event was altered or the chain broken", seq)
+            hashes[seq] = prev
+            expected += 1
+            result.first_seq = seq if result.first_seq is None else result.first_seq
+            result.last_seq = seq
+            result.events += 1
+            result.redacted += kind == "redacted"
+        elif kind == "checkpoint":
+            seq = rec.get("seq")
+            if not isinstance(seq, int) or seq not in hashes:
+                raise _Bad(i, f"checkpoint for seq {seq!r}, which is not in the chain before it",
+                           seq if isinstance(seq, int) else None)
+            if rec.get("hash") != hashes[seq]:
+                raise _Bad(i, f"checkpoint at seq {seq} does not match the recomputed chain: events up to "
+                           f"{seq} were rewritten", seq)
+            _check_signed(rec, i, trusted, "checkpoint")
+            result.checkpoints += 1
+            result.last_signed_seq = max(seq, result.last_signed_seq or 0)
+        else:
+            raise _Bad(i, f"unknown line kind {kind!r}")
+    if header is not None and header.get("last_seq") is not None and header["last_seq"] != result.last_seq:
+        raise _Bad(len(records), f"export ends at seq {result.last_seq}, its header says {header['last_seq']} "
+                   "(truncated)")
+    last = result.last_seq if result.last_seq is not None else (expected - 1)
+    result.unsigned_tail = last - (result.last_signed_seq or 0)
+
+
+def _entry(rec: dict[str, Any], i: int, kind: str) -> tuple[int, str]:
+    if kind == "redacted":
+        seq, digest = rec.get("seq"), rec.get("digest")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not _is_hash(digest):
+            raise _Bad(i, "redacted line needs an integer seq and a hex digest")
+        return seq, digest
+    event = rec.get("event")
+    if not isinstance(event, dict) or not isinstance(event.get("seq"), int) or isinstance(event["seq"], bool):
+        raise _Bad(i, "event line needs an 'event' object with an integer seq")
+    try:
+        return event["seq"], event_digest(event)
+    except ValueError as exc:
+        raise _Bad(i, f"event is not canonical-JSON encodable: {exc}", event["seq"]) from None
