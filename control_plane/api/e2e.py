@@ -12,7 +12,7 @@ import time
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fastapi import APIRouter, Body, Header
+from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -28,6 +28,7 @@ from control_plane.errors import ApiError
 from control_plane.openai.routing import RouteRequest
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
 from control_plane.services.receipts import receipt_check
+from control_plane.state import AppState
 from control_plane.store.e2e_keys import hpke_key_document, store_hpke_key
 from control_plane.store.runners import get_runner
 from sdk.e2e import E2EError, parse_envelope, verify_hpke_key
@@ -118,8 +119,8 @@ async def e2e_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
 
 
 @router.post(E2E_PREFIX + "/{endpoint:path}")
-async def sealed_inference(endpoint: str, body: SealedRequest, state: AppStateDep, caller: CallerDep,
-                           policy: PolicyDep,
+async def sealed_inference(endpoint: str, body: SealedRequest, request: Request, state: AppStateDep,
+                           caller: CallerDep, policy: PolicyDep,
                            runner_header: Annotated[str | None, Header(alias="X-Outpost-Runner")] = None,
                            ) -> Response:
     """The sealed twin of ``/v1/<endpoint>``: the same key policy, rate limit, budget and
@@ -133,12 +134,7 @@ async def sealed_inference(endpoint: str, body: SealedRequest, state: AppStateDe
     if body.max_tokens is not None and body.max_tokens > limit:
         raise ApiError(400, f"max_tokens {body.max_tokens} exceeds this deployment's limit of {limit}.",
                        code="max_tokens_too_large", param="max_tokens")
-    async with state.db.session() as session:
-        row = await get_runner(session, runner_id)
-    if row is None or row.revoked_at is not None:
-        raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
-    if hpke_key_document(row) is None:
-        raise ApiError(400, f"Runner {runner_id!r} has no end-to-end key.", code=E2E_UNSUPPORTED)
+    identity = await _identity_of_sealing_runner(request, state, runner_id)
     live = state.hub.lookup(runner_id)  # held here or, with Redis, by another replica
     if live is None:
         raise ApiError.unavailable(f"Runner {runner_id!r} is not connected; the request is sealed to it "
@@ -151,11 +147,34 @@ async def sealed_inference(endpoint: str, body: SealedRequest, state: AppStateDe
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
                          model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
                          route=route, tenant_weight=policy.tenant_weight, runner_id=runner_id,
-                         usage_from_receipt=receipt_check(row.identity_public_key, runner_id, body.request_id))
+                         usage_from_receipt=receipt_check(identity, runner_id, body.request_id))
     response = await serve_inference(state, call)
     if rate is not None:
         response.headers.update(rate_headers(rate))
     return response
+
+
+async def _identity_of_sealing_runner(request: Request, state: AppState, runner_id: str) -> str:
+    """The identity key that must sign this runner's receipts; 404 or 400 if it cannot take e2e.
+
+    Remembered per app once the runner has a key document, which saves a database
+    round trip per sealed request: a runner's identity key never changes, a key
+    document is only ever replaced, and a revoked runner is disconnected, which
+    the caller checks on every request.
+    """
+    known: dict[str, str] | None = getattr(request.app.state, "e2e_identity_keys", None)
+    if known is None:
+        known = request.app.state.e2e_identity_keys = {}
+    if (identity := known.get(runner_id)) is not None:
+        return identity
+    async with state.db.session() as session:
+        row = await get_runner(session, runner_id)
+    if row is None or row.revoked_at is not None:
+        raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
+    if hpke_key_document(row) is None:
+        raise ApiError(400, f"Runner {runner_id!r} has no end-to-end key.", code=E2E_UNSUPPORTED)
+    known[runner_id] = row.identity_public_key
+    return row.identity_public_key
 
 
 def _bound_runner(body: SealedRequest, header: str | None) -> str:

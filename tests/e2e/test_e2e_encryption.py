@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,31 @@ async def test_forged_receipt_is_rejected_and_not_billed(stack: Stack, admin_key
         resp = await h.put(f"{stack.cp.url}/api/runners/{identity.runner_id}/e2e-key", timeout=10,
                            json=RunnerE2E(keys, identity).key_document())
     assert resp.status_code == 403
+
+
+async def test_key_document_uploads_are_checked(stack: Stack, admin_key: str, tmp_path: Path) -> None:
+    """Only the runner's identity can publish its key, and an old document cannot roll a new one back."""
+    async with AsyncClient(stack.cp.url, api_key=admin_key) as admin, httpx.AsyncClient() as http:
+        identity = await enroll(stack.cp.url, (await admin.runners.enroll(f"keys-{secrets.token_hex(3)}")).token,
+                                http)
+        keys = load_keys(tmp_path, identity)
+        url = f"{stack.cp.url}/api/runners/{identity.runner_id}/e2e-key"
+        now = time.time()
+
+        def doc(runner_id: str = identity.runner_id, at: float = now, signer: RunnerKeys = keys) -> dict:
+            return signed_hpke_key(signer.identity, keys.hpke_public, runner_id, clock=lambda: at)
+
+        assert (await http.get(url, headers={"Authorization": f"Bearer {admin_key}"})).status_code == 404
+        stored = await http.put(url, json=doc())
+        assert stored.status_code == 200 and stored.json()["identity_fingerprint"] == keys.fingerprint
+        assert (await http.put(url, json=doc())).status_code == 200  # the same document again: idempotent
+        older = await http.put(url, json=doc(at=now - 60))
+        assert older.status_code == 409 and older.json()["error"]["code"] == "e2e_key_stale"
+        for bad in (doc(runner_id=stack.runner_id), doc(at=now + 3600), doc(signer=RunnerKeys.generate()),
+                    {**doc(), "sig": doc()["sig"][:-2] + "AA"}):
+            resp = await http.put(url, json=bad)
+            assert resp.status_code == 400 and resp.json()["error"]["code"] == "e2e_key_invalid", resp.text
+        served = await http.get(url, headers={"Authorization": f"Bearer {admin_key}"})
+        assert served.json() == doc()  # byte-for-byte what the runner signed
+        await admin.runners.revoke(identity.runner_id)
+        assert (await http.put(url, json=doc(at=now + 1))).status_code == 403
