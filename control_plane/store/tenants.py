@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db.models import Tenant, new_id
@@ -16,8 +17,16 @@ async def get_tenant_by_name(session: AsyncSession, name: str) -> Tenant | None:
 
 async def get_or_create_tenant(session: AsyncSession, name: str) -> Tenant:
     tenant = await get_tenant_by_name(session, name)
-    if tenant is None:
-        tenant = Tenant(id=new_id("ten"), name=name)
-        session.add(tenant)
-        await session.flush()
+    if tenant is not None:
+        return tenant
+    # Two processes may create the same tenant at once: the loser's insert
+    # fails inside a savepoint and it reads the winner's row instead.
+    try:
+        async with session.begin_nested():
+            tenant = Tenant(id=new_id("ten"), name=name)
+            session.add(tenant)
+    except IntegrityError:
+        tenant = await get_tenant_by_name(session, name)
+        if tenant is None:
+            raise
     return tenant
