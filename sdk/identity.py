@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["IdentityKey", "b64u_decode", "b64u_encode", "fingerprint", "verify_signature"]
+__all__ = ["IdentityKey", "b64u_decode", "b64u_encode", "verify_signature"]
 
 
 def b64u_encode(data: bytes) -> str:
@@ -50,9 +49,3 @@ def verify_signature(public_b64: str, message: bytes, signature_b64: str) -> boo
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
-
-
-def fingerprint(public_b64: str) -> str:
-    """Short, human-comparable digest of a public key, for out-of-band pinning."""
-    digest = hashlib.sha256(b64u_decode(public_b64)).hexdigest()
-    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
