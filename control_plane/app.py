@@ -13,6 +13,7 @@ from control_plane.api.limits import BodySizeLimit
 from control_plane.audit.checkpoints import Checkpointer
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
+from control_plane.openai.routing import Router, RouterConfig
 from control_plane.settings import Settings
 from control_plane.state import AppState
 from control_plane.tunnel.hub import TunnelHub
@@ -34,7 +35,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         checkpointer = Checkpointer.from_settings(db, settings)
         await checkpointer.start()
         hub = TunnelHub()
-        app.state.outpost = AppState(settings=settings, db=db, hub=hub)
+        app.state.outpost = AppState(settings=settings, db=db, hub=hub,
+                                     router=Router(RouterConfig.from_settings(settings)))
         try:
             yield
         finally:

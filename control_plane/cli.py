@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import json
 import logging
 import os
 import signal
@@ -18,24 +20,28 @@ from rich.panel import Panel
 
 from sdk.protocol import MAX_FRAME_BYTES
 
-from control_plane.admin import issue_api_key, issue_enrollment_token
+from control_plane.admin import issue_api_key, issue_enrollment_token, parse_residency, update_tenant
 from control_plane.app import create_app
 from control_plane.audit.cli import audit_app
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
+from control_plane.openai.routing import POLICIES
 from control_plane.settings import Settings
 
 app = typer.Typer(help="Outpost control plane.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 runners_app = typer.Typer(help="Runners.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants: routing policy, residency, fair-share weight.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(runners_app, name="runners")
+app.add_typer(tenants_app, name="tenants")
 app.add_typer(fairness_app, name="fairness")
 app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]
+RoutingPolicyOpt = enum.Enum("RoutingPolicyOpt", {p: p for p in POLICIES}, type=str)  # typer needs an Enum
 
 
 def _settings(**overrides: object) -> Settings:
@@ -76,13 +82,41 @@ def migrate() -> None:
 def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")],
                 tenant: Tenant = "default",
                 admin: Annotated[bool, typer.Option(help="Also allow admin actions (runners, keys).")] = False,
+                rate_limit_rpm: Annotated[int | None, typer.Option(
+                    min=1, help="Requests per minute (token bucket; 429 beyond).")] = None,
+                routing_policy: Annotated[RoutingPolicyOpt | None, typer.Option(
+                    help="Overrides the tenant's routing policy.")] = None,
                 ) -> None:
     """Create an API key; the secret is printed once, on stdout."""
     settings = Settings()
     upgrade_to_head(settings.database_url)
-    key_id, secret = asyncio.run(_with_db(settings, lambda db: issue_api_key(db, tenant, name, admin)))
+    policy = routing_policy.value if routing_policy else None
+    key_id, secret = asyncio.run(_with_db(settings, lambda db: issue_api_key(
+        db, tenant, name, admin, rate_limit_rpm=rate_limit_rpm, routing_policy=policy)))
     console.print(f"created API key [bold]{key_id}[/] for tenant {tenant!r}; store the secret now:")
     print(secret)
+
+
+@tenants_app.command("set")
+def tenants_set(
+    name: Annotated[str, typer.Argument(help="Tenant name (created if missing).")],
+    residency: Annotated[str | None, typer.Option(
+        help='Runner labels allowed, e.g. \'{"region": ["eu"]}\'; \'{}\' clears.')] = None,
+    routing_policy: Annotated[RoutingPolicyOpt | None, typer.Option(help="Default routing policy.")] = None,
+    weight: Annotated[float | None, typer.Option(min=0.001, help="Fair-share weight in the scheduler.")] = None,
+) -> None:
+    """Change a tenant's routing policy, residency rules or weight; prints the result as JSON."""
+    try:
+        rules = parse_residency(residency) if residency is not None else None
+    except ValueError as exc:
+        console.print(f"[red]--residency:[/] {exc}")
+        raise typer.Exit(2) from None
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+    policy = routing_policy.value if routing_policy else None
+    result = asyncio.run(_with_db(settings, lambda db: update_tenant(
+        db, name, residency=rules, routing_policy=policy, weight=weight)))
+    print(json.dumps(result, sort_keys=True))
 
 
 @runners_app.command("enroll")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control_plane.db.engine import Database
+from control_plane.openai.routing import Router
+from control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
 from control_plane.settings import Settings
 from control_plane.tunnel.hub import TunnelHub
 
@@ -16,3 +18,5 @@ class AppState:
     settings: Settings
     db: Database
     hub: TunnelHub
+    router: Router = field(default_factory=Router)
+    rate_limiter: RateLimiter = field(default_factory=TokenBucketLimiter)

@@ -96,6 +96,9 @@ class ModelInfo(BaseModel):
     context_length: int | None = Field(default=None, ge=1)
     quantization: str | None = Field(default=None, max_length=64)
     aliases: list[str] = Field(default_factory=list, max_length=32)
+    # OpenAI endpoints the engine answers for this model ("chat", "completions",
+    # "embeddings"); a hello without it means the two generation endpoints.
+    endpoints: list[str] = Field(default_factory=lambda: ["chat", "completions"], max_length=8)
 
 
 class Usage(BaseModel):

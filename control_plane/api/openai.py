@@ -1,53 +1,137 @@
-"""The OpenAI-compatible surface: models, chat completions, completions."""
+"""The OpenAI-compatible surface: models, chat completions, completions, embeddings.
+
+Every inference route reads the same way: the caller's policy (key, then
+tenant), the per-request routing override, the rate limit, then the routing
+request handed to :mod:`control_plane.openai.serving`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Annotated, cast
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from control_plane.api.deps import AppStateDep, CallerDep
+from control_plane.api.deps import AppStateDep, Caller, CallerDep
 from control_plane.errors import ApiError
-from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
-from control_plane.openai.serving import InferenceCall, serve_inference
+from control_plane.openai.affinity import affinity_keys
+from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from control_plane.openai.routing import POLICIES, RouteRequest, RoutingPolicy, residency_allows
+from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
+from control_plane.services.ratelimit import RateDecision
 from control_plane.state import AppState
+from control_plane.store.policies import KeyPolicy, get_key_policy
 
 log = logging.getLogger("outpost.api")
 router = APIRouter(prefix="/v1", tags=["openai"])
 
+#: Per-request override of the key's and tenant's routing policy.
+ROUTING_HEADER = "X-Outpost-Routing"
+
+
+async def get_key_policy_dep(state: AppStateDep, caller: CallerDep) -> KeyPolicy:
+    async with state.db.session() as session:
+        policy = await get_key_policy(session, caller.api_key_id)
+    return policy or KeyPolicy()
+
+
+PolicyDep = Annotated[KeyPolicy, Depends(get_key_policy_dep)]
+
 
 @router.get("/models")
-async def list_models(state: AppStateDep, caller: CallerDep) -> dict:
+async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) -> dict:
+    """Every name (and alias) a runner this caller may use serves, merged across runners."""
     now = int(time.time())
-    data = [
-        {"id": name, "object": "model", "created": now, "owned_by": "outpost",
-         "engine": info.engine, "context_length": info.context_length}
-        for name, info in sorted(state.hub.model_names().items())
-    ]
-    return {"object": "list", "data": data}
+    merged: dict[str, dict] = {}
+    for runner in sorted(state.hub.routable(), key=lambda r: r.runner_id):
+        if not residency_allows(runner.labels, policy.residency):
+            continue
+        for m in runner.models:
+            for name in (m.name, *m.aliases):
+                entry = merged.setdefault(name, {
+                    "id": name, "object": "model", "created": now, "owned_by": "outpost",
+                    "engine": m.engine, "context_length": m.context_length,
+                    "root": m.name, "engines": [], "endpoints": [], "runners": 0})
+                entry["runners"] += 1
+                entry["engines"] = sorted({*entry["engines"], m.engine})
+                entry["endpoints"] = sorted({*entry["endpoints"], *m.endpoints})
+    return {"object": "list", "data": [merged[k] for k in sorted(merged)]}
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, state: AppStateDep, caller: CallerDep) -> Response:
-    return await _serve(state, caller, "/v1/chat/completions", body)
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: AppStateDep,
+                           caller: CallerDep, policy: PolicyDep) -> Response:
+    return await _serve(state, request, caller, policy, "/v1/chat/completions", body)
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, state: AppStateDep, caller: CallerDep) -> Response:
-    return await _serve(state, caller, "/v1/completions", body)
+async def completions(body: CompletionRequest, request: Request, state: AppStateDep,
+                      caller: CallerDep, policy: PolicyDep) -> Response:
+    return await _serve(state, request, caller, policy, "/v1/completions", body)
 
 
-async def _serve(state: AppState, caller, endpoint: str,  # noqa: ANN001 - Caller
-                 body: ChatCompletionRequest | CompletionRequest) -> Response:
-    limit = state.settings.max_tokens_limit
-    requested = body.requested_max_tokens()
-    if requested is not None and requested > limit:
-        raise ApiError(400, f"max_tokens {requested} exceeds this deployment's limit of {limit}.",
-                       code="max_tokens_too_large", param="max_tokens")
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request, state: AppStateDep,
+                     caller: CallerDep, policy: PolicyDep) -> Response:
+    return await _serve(state, request, caller, policy, "/v1/embeddings", body)
+
+
+async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyPolicy, endpoint: str,
+                 body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Response:
+    routing = _routing_policy(request, policy)
+    rate = await _admit(state, caller, policy)
+    max_tokens = None
+    if not isinstance(body, EmbeddingRequest):
+        limit = state.settings.max_tokens_limit
+        max_tokens = body.requested_max_tokens()
+        if max_tokens is not None and max_tokens > limit:
+            raise ApiError(400, f"max_tokens {max_tokens} exceeds this deployment's limit of {limit}.",
+                           code="max_tokens_too_large", param="max_tokens")
     if vendor := body.vendor_fields():
         log.debug("passing vendor fields through to the engine: %s", vendor)
+    route = RouteRequest(
+        model=body.model, endpoint=endpoint_kind(endpoint), policy=routing, residency=policy.residency,
+        affinity_keys=() if isinstance(body, EmbeddingRequest) else affinity_keys(caller.tenant_id, body),
+        prompt_tokens=body.estimated_prompt_tokens(), max_tokens=max_tokens)
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=endpoint,
-                         model=body.model, body=body.model_dump_json(exclude_unset=True), stream=body.stream)
-    return await serve_inference(state, call)
+                         model=body.model, body=body.model_dump_json(exclude_unset=True),
+                         stream=bool(getattr(body, "stream", False)), route=route,
+                         tenant_weight=policy.tenant_weight)
+    response = await serve_inference(state, call)
+    if rate is not None:
+        response.headers.update(_rate_headers(rate))
+    return response
+
+
+def _routing_policy(request: Request, policy: KeyPolicy) -> RoutingPolicy:
+    override = request.headers.get(ROUTING_HEADER)
+    if override is None:
+        chosen = policy.routing_policy
+        return cast(RoutingPolicy, chosen if chosen in POLICIES else "balanced")
+    value = override.strip().lower()
+    if value not in POLICIES:
+        raise ApiError(400, f"{ROUTING_HEADER} must be one of {', '.join(POLICIES)}; got {override[:32]!r}.",
+                       code="invalid_routing_policy", param=ROUTING_HEADER)
+    return cast(RoutingPolicy, value)
+
+
+async def _admit(state: AppState, caller: Caller, policy: KeyPolicy) -> RateDecision | None:
+    """Take one request from the key's allowance; 429 with Retry-After when it is spent."""
+    if policy.rate_limit_rpm is None:
+        return None
+    decision = await state.rate_limiter.acquire(caller.api_key_id, policy.rate_limit_rpm)
+    if not decision.allowed:
+        raise ApiError(429, f"Rate limit of {decision.limit} requests per minute reached for this API key; "
+                       f"retry after {decision.retry_after_header}s.", type="rate_limit_error",
+                       code="rate_limit_exceeded",
+                       headers={"Retry-After": decision.retry_after_header, **_rate_headers(decision)})
+    return decision
+
+
+def _rate_headers(rate: RateDecision) -> dict[str, str]:
+    # OpenAI's names, so clients that read them work unchanged.
+    return {"x-ratelimit-limit-requests": str(rate.limit),
+            "x-ratelimit-remaining-requests": str(rate.remaining),
+            "x-ratelimit-reset-requests": f"{rate.reset_s:.3f}s"}

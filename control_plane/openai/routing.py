@@ -1,8 +1,8 @@
 """Choosing the runner for one request: eligibility, policy ranking, prefix affinity.
 
 Pure: the router reads the hub's :class:`ConnectedRunner` objects and its own
-in-memory tables, and does no I/O. The only clock it reads is injected
-(affinity expiry), so every decision can be replayed in a unit test.
+in-memory tables (:mod:`control_plane.openai.load`, the affinity table), and
+does no I/O, so every decision can be replayed in a unit test.
 
 A decision is an *ordered list* of candidates, not one runner: the serving
 layer walks it when a runner fails before the first byte (failover).
@@ -16,7 +16,8 @@ layer walks it when a runner fails before the first byte (failover).
   faster), ``balanced`` by the sum of both, each relative to the best runner.
 * **Prefix affinity** then moves the runner that last served the same
   conversation to the front, if it is within the bounded-load limit of
-  consistent hashing with bounded loads (Mirrokni et al., 2018) and its
+  consistent hashing with bounded loads (Mirrokni et al., 2018), does not
+  make the request queue while another runner has a free slot, and its
   policy score is not much worse than the best. docs/api.md explains the
   numbers.
 """
@@ -27,11 +28,15 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from control_plane.openai.affinity import AffinityTable
+from control_plane.openai.load import DEFAULT_DECODE_TPS, ExternalLoad, RunnerStats, runner_status
 from control_plane.services.cost import HourlyCost, expected_cost
 from control_plane.tunnel.hub import ConnectedRunner
+
+if TYPE_CHECKING:
+    from control_plane.settings import Settings
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
@@ -45,7 +50,6 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RoutingPolicy",
-    "RunnerStats",
     "bounded_load_ok",
     "eligibility",
     "estimate",
@@ -64,8 +68,6 @@ Affinity = Literal["hit", "overloaded", "miss", "off"]
 #: every runner, so it scales estimates without changing the order much.
 DEFAULT_OUTPUT_TOKENS = 256
 # Defaults until a runner has been observed; docs/api.md gives the reasons.
-_DEFAULT_DECODE_TPS = 20.0
-_PREFILL_OVER_DECODE = 10.0  # as services/cost.expected_cost assumes
 _COST_TIE = 0.05
 
 
@@ -84,29 +86,6 @@ class RouteRequest:
     max_tokens: int | None = None
 
 
-@dataclass
-class RunnerStats:
-    """What this control plane has observed of one runner (exponential moving averages)."""
-
-    decode_tps: float | None = None  # output tokens per second of one request
-    prefill_tps: float | None = None  # prompt tokens per second, from unqueued TTFTs
-    observations: int = 0
-
-    def observe(self, *, prompt_tokens: int, completion_tokens: int, ttft_s: float, total_s: float,
-                queued: bool, alpha: float) -> None:
-        decode_s = total_s - ttft_s
-        if completion_tokens > 1 and decode_s > 0:
-            self.decode_tps = _ewma(self.decode_tps, (completion_tokens - 1) / decode_s, alpha)
-        # A queued request's TTFT is mostly waiting, not prefill.
-        if not queued and prompt_tokens > 0 and ttft_s > 0:
-            self.prefill_tps = _ewma(self.prefill_tps, prompt_tokens / ttft_s, alpha)
-        self.observations += 1
-
-
-def _ewma(old: float | None, new: float, alpha: float) -> float:
-    return new if old is None else (1 - alpha) * old + alpha * new
-
-
 @dataclass(frozen=True)
 class RouterConfig:
     strategy: Literal["policy", "round_robin"] = "policy"
@@ -122,6 +101,11 @@ class RouterConfig:
     # Price of a runner that states no cost model, $/hour ("cpu-small" in services/cost).
     default_usd_per_hour: float = 0.10
     ewma_alpha: float = 0.2
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RouterConfig:
+        return cls(strategy=settings.routing_strategy, affinity=settings.routing_affinity,
+                   affinity_epsilon=settings.routing_affinity_epsilon)
 
 
 # --- eligibility -------------------------------------------------------------------
@@ -143,21 +127,14 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
         return "residency"
     if runner.usable_link() is None:
         return "draining"
-    if not _status(runner).healthy:
+    if not runner_status(runner).healthy:
         return "unhealthy"
     return None
 
 
-def _status(runner: ConnectedRunner):  # noqa: ANN202 - RunnerLoad
-    # Every link reports the runner-wide load; the freshest report wins.
-    return max((ln.load for ln in runner.links), key=lambda ld: ld.updated_at)
-
-
-def runner_load(runner: ConnectedRunner) -> int:
-    """Requests open on the runner: ours (exact, now) or its report (all replicas, ~2 s old)."""
-    st = _status(runner) if runner.links else None
-    reported = st.running + st.waiting if st is not None else 0
-    return max(runner.in_flight, reported)
+def runner_load(runner: ConnectedRunner, external: int = 0) -> int:
+    """Requests open on the runner: ours (exact, now) plus ``external`` ones we did not send."""
+    return runner.in_flight + external
 
 
 # --- estimates ---------------------------------------------------------------------
@@ -189,7 +166,7 @@ class Estimate:
 
 
 def estimate(runner: ConnectedRunner, req: RouteRequest, stats: RunnerStats | None,
-             config: RouterConfig) -> Estimate:
+             config: RouterConfig, external: int = 0) -> Estimate:
     """Expected wait, service time and cost of ``req`` on ``runner`` at its current load.
 
     service = prompt / prefill_tps + output / decode_tps, slowed by
@@ -197,13 +174,12 @@ def estimate(runner: ConnectedRunner, req: RouteRequest, stats: RunnerStats | No
     engine); wait = whole service rounds queued ahead once every slot is taken.
     """
     stats = stats or RunnerStats()
-    decode = stats.decode_tps or _DEFAULT_DECODE_TPS
-    prefill = stats.prefill_tps or decode * _PREFILL_OVER_DECODE
+    decode, prefill = stats.decode_tps or DEFAULT_DECODE_TPS, stats.prefill_tps
     output = 0 if req.endpoint == "embeddings" else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
     base = req.prompt_tokens / prefill + output / decode
-    load, cap = runner_load(runner), max(runner.capacity, 1)
+    load, cap = runner_load(runner, external), max(runner.capacity, 1)
     utilisation = min(load, cap) / cap
-    kv = _status(runner).kv_cache_usage or 0.0
+    kv = runner_status(runner).kv_cache_usage or 0.0
     # A nearly full KV cache makes the engine defer or preempt requests.
     pressure = max(0.0, kv - 0.8) / 0.2
     service = base * (1 + config.share_penalty * (utilisation + pressure))
@@ -229,12 +205,12 @@ def _relative(values: list[float], floor: float) -> list[float]:
 
 
 def rank(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
-         config: RouterConfig) -> list[Candidate]:
+         config: RouterConfig, external: Callable[[ConnectedRunner], int] = lambda _: 0) -> list[Candidate]:
     """Eligible runners, best first under ``req.policy``. Ties go to the lower id (stable)."""
     runners = sorted(runners, key=lambda r: r.runner_id)
     if not runners:
         return []
-    ests = [estimate(r, req, stats.get(r.runner_id), config) for r in runners]
+    ests = [estimate(r, req, stats.get(r.runner_id), config, external(r)) for r in runners]
     lat = _relative([e.latency_s for e in ests], 1e-3)
     cost = _relative([e.cost_usd for e in ests], 1e-12)
     if req.policy == "latency":
@@ -264,12 +240,17 @@ def bounded_load_ok(target: Candidate, candidates: Sequence[Candidate], epsilon:
     """Consistent hashing with bounded loads, weighted by capacity.
 
     With this request added, no runner may hold more than
-    ``ceil((1 + eps) * (total load + 1) * capacity / total capacity)``.
+    ``ceil((1 + eps) * (total load + 1) * capacity / total capacity)``; and a
+    full runner is not used while another has a free slot, since waiting for
+    a slot costs a whole request's time and a cache miss only a prefill.
     """
     total = sum(c.estimate.load for c in candidates)
     capacity = sum(max(c.runner.capacity, 1) for c in candidates)
     bound = math.ceil((1 + epsilon) * (total + 1) * max(target.runner.capacity, 1) / capacity)
-    return target.estimate.load + 1 <= max(bound, 1)
+    if target.estimate.load + 1 > max(bound, 1):
+        return False
+    full = target.estimate.load >= target.runner.capacity
+    return not full or all(c.estimate.load >= c.runner.capacity for c in candidates)
 
 
 # --- the stateful router ---------------------------------------------------------------
@@ -299,6 +280,7 @@ class Router:
         kwargs = {"clock": clock} if clock is not None else {}
         self.affinity = AffinityTable(self.config.affinity_ttl_s, self.config.affinity_max_entries, **kwargs)
         self.stats: dict[str, RunnerStats] = {}
+        self.external = ExternalLoad()
         self._rr = itertools.count()
 
     def route(self, runners: Iterable[ConnectedRunner], req: RouteRequest) -> RouteDecision:
@@ -311,7 +293,7 @@ class Router:
                 excluded[r.runner_id] = why
         if self.config.strategy == "round_robin":
             return self._round_robin(eligible, req, excluded)
-        ranked = rank(eligible, req, self.stats, self.config)
+        ranked = rank(eligible, req, self.stats, self.config, self.external)
         affinity: Affinity = "off"
         if self.config.affinity and req.affinity_keys and ranked:
             affinity = "miss"
@@ -334,9 +316,18 @@ class Router:
         if eligible:
             k = next(self._rr) % len(eligible)
             eligible = eligible[k:] + eligible[:k]
-        cands = [Candidate(r, estimate(r, req, self.stats.get(r.runner_id), self.config), 1.0)
+        cands = [Candidate(r, estimate(r, req, self.stats.get(r.runner_id), self.config, self.external(r)), 1.0)
                  for r in eligible]
         return RouteDecision(cands, req.policy, "off", excluded)
+
+    def started(self, runner: ConnectedRunner) -> None:
+        """A request was sent to ``runner``: count it (and remember when, see :class:`ExternalLoad`)."""
+        runner.in_flight += 1
+        self.external.note(runner, runner.in_flight - 1)
+
+    def finished(self, runner: ConnectedRunner) -> None:
+        runner.in_flight -= 1
+        self.external.note(runner, runner.in_flight + 1)
 
     def served(self, req: RouteRequest, runner_id: str) -> None:
         """The runner answered ``req``: its next turns should find their prefix there."""
@@ -344,7 +335,7 @@ class Router:
             self.affinity.remember(req.affinity_keys, runner_id)
 
     def observe(self, runner_id: str, *, prompt_tokens: int, completion_tokens: int, ttft_s: float,
-                total_s: float, queued: bool) -> None:
+                total_s: float, queued: bool, streamed: bool) -> None:
         self.stats.setdefault(runner_id, RunnerStats()).observe(
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ttft_s=ttft_s,
-            total_s=total_s, queued=queued, alpha=self.config.ewma_alpha)
+            total_s=total_s, queued=queued, streamed=streamed, alpha=self.config.ewma_alpha)

@@ -18,8 +18,6 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame, Usage
-
 from control_plane.audit.events import record_inference
 from control_plane.db.models import RequestRecord, new_id
 from control_plane.errors import ApiError, error_body, sse_error_event
@@ -32,6 +30,7 @@ from control_plane.store.runners import known_model
 from control_plane.tunnel.hub import ConnectedRunner
 from control_plane.tunnel.link import Link
 from control_plane.tunnel.stream import LinkClosed, Stream
+from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame, Usage
 
 __all__ = ["InferenceCall", "serve_inference"]
 
@@ -103,6 +102,8 @@ class _Outcome:
         self.decision: RouteDecision | None = None
         self.queued = False  # the runner was full when the request was sent
         self.slot: Slot | None = None  # the runner slot admission granted: queue wait, engine share, cost
+        # Undoes the runner's in-flight count (and resets a stream nobody read); run once, by settle().
+        self.release: Callable[[], None] | None = None
 
     def record(self) -> RequestRecord:
         c = self.call
@@ -118,6 +119,9 @@ class _Outcome:
 
     def settle(self) -> None:
         """Free the runner slot and price the request; idempotent (finally blocks, background task)."""
+        release, self.release = self.release, None
+        if release is not None:
+            release()
         if self.slot is not None:
             self.slot.finish(self.usage, self.ttft_ms)
 
@@ -178,31 +182,42 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
         tried.add(runner.runner_id)
         attempt += 1
         outcome.attempts = attempt
+        # Counted from here, queued or running: routing must see the queue it would join.
+        state.router.started(runner)
         try:
             slot = outcome.slot = await state.admission.acquire(
                 call, runner, prompt_tokens=call.route.prompt_tokens if call.route else 0, weight=call.tenant_weight)
         except RunnerGone:
+            state.router.finished(runner)
             continue  # it disconnected while the request queued: pick again
+        except BaseException:
+            state.router.finished(runner)
+            raise
         if link.closed or link.draining:  # the queue outlived the link picked
             link = runner.usable_link() or link
         try:
             st = await link.open_stream(path=call.endpoint, model=_runner_model(runner, call.model),
                                         body=call.body, stream=call.stream, sealed=call.sealed)
-        except ConnectionError as exc:
+        except BaseException as exc:
             slot.abandon()
             outcome.slot = None
+            state.router.finished(runner)
+            if not isinstance(exc, ConnectionError):
+                raise
             failed.add(id(link))
             last_error = str(exc)
             continue
-        runner.in_flight += 1
         try:
             start, first = await _first_byte(st, settings.first_byte_timeout_s)
-        except _AttemptFailed as exc:
+        except BaseException as exc:
+            state.router.finished(runner)
+            link.close_stream(st)
+            if not isinstance(exc, _AttemptFailed):  # the client went away: the engine must stop too
+                _spawn(st.cancel("client disconnected"))
+                raise
             slot.abandon()
             outcome.slot = None
-            runner.in_flight -= 1
             failed.add(id(link))
-            link.close_stream(st)
             _spawn(st.cancel("failover"))
             last_error = exc.reason
             log.info("request %s: runner %s failed before first byte (%s); trying next",
@@ -210,6 +225,7 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             continue
         outcome.ttft_ms = (time.monotonic() - call.started) * 1000
         outcome.queued = queued or slot.queue_wait_s > 0.001
+        outcome.release = _releaser(state, runner, link, st)
         if start.status < 400:
             state.router.served(call.route, runner.runner_id)  # type: ignore[arg-type]
         return _Opened(runner, link, st, start, first, attempt)
@@ -220,10 +236,20 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
     raise ApiError.unavailable(f"No runner could serve the request: {last_error}.", code="runner_failed")
 
 
+def _releaser(state: AppState, runner: ConnectedRunner, link: Link, st: Stream) -> Callable[[], None]:
+    def release() -> None:
+        state.router.finished(runner)
+        if not st.finished:  # a response nobody started reading (client gone before the first byte went out)
+            link.close_stream(st)
+            _spawn(st.cancel("client disconnected"))
+    return release
+
+
 def _pick(state: AppState, call: InferenceCall, failed: set[int], tried: set[str],
           outcome: _Outcome) -> tuple[ConnectedRunner, Link, bool] | None:
     """The best runner not tried yet (else one tried on another link), its link, and whether it is full."""
-    runners = [r for r in state.hub.runners.values() if call.runner_id in (None, r.runner_id)]
+    # With Redis, also the runners other replicas hold (control_plane/cluster).
+    runners = [r for r in state.hub.routable() if call.runner_id in (None, r.runner_id)]
     decision = state.router.route(runners, call.route)  # type: ignore[arg-type]
     outcome.decision = decision
     usable = [(c, ln) for c in decision.candidates
@@ -330,7 +356,6 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
                                       "runner_lost").decode()
                 yield _DONE
     finally:
-        opened.runner.in_flight -= 1
         outcome.settle()
         if not finished:
             outcome.status, outcome.error_type = "cancelled", "client_disconnected"
@@ -359,7 +384,6 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
         raise
     finally:
-        opened.runner.in_flight -= 1
         outcome.settle()
         _observe(state, opened, outcome)
         _spawn(_write_record(state, outcome))
@@ -434,5 +458,5 @@ async def _write_record(state: AppState, outcome: _Outcome) -> None:
             # Same transaction: a request is recorded and audited, or neither.
             await record_inference(session, record)
             await session.commit()
-    except Exception:  # noqa: BLE001 - a failed record must not fail the request; it is logged
+    except Exception:
         log.exception("could not write request record %s", outcome.call.request_id)

@@ -24,6 +24,8 @@ class ServedModel:
     context_length: int | None = None
     quantization: str | None = None
     aliases: tuple[str, ...] = ()
+    # OpenAI endpoints the engine answers for this model.
+    endpoints: tuple[str, ...] = ("chat", "completions")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class XllamacppEngine:
     ctx: int = 4096
     threads: int = 0
     gpu_layers: int = 0
+    embedding: bool = False
     name: str = "xllamacpp"
 
     def launch_spec(self, port: int) -> LaunchSpec:
@@ -33,6 +34,8 @@ class XllamacppEngine:
             "--threads", str(self.threads),
             "--gpu-layers", str(self.gpu_layers),
         ]  # fmt: skip
+        if self.embedding:
+            argv.append("--embedding")
         return LaunchSpec(argv=argv)
 
     def base_url(self, port: int | None) -> str:

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--alias", default="")
+    # Embedding mode also answers /v1/embeddings; generation keeps working.
+    parser.add_argument("--embedding", action="store_true")
     args = parser.parse_args(argv)
 
     import xllamacpp
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
+    if args.embedding:
+        params.embedding = True
+        params.pooling_type = 1  # mean: llama.cpp's OpenAI endpoint refuses pooling "none"
     if args.alias:
         params.model_alias = {args.alias} if isinstance(params.model_alias, set) else args.alias
 
