@@ -1,0 +1,171 @@
+"""The holder's side of a relayed request: this replica holds the runner's tunnel.
+
+An ``open`` message becomes a stream on one of the runner's local links, and
+every event of that stream goes back to the origin's inbox as it arrives:
+nothing is buffered here. Credit is granted to the runner only when the
+origin reports that its client consumed the data, so a slow client at the
+origin slows only its own stream, as on a direct tunnel. A ``reset`` from the
+origin (its client went away) resets the runner's stream, which makes the
+runner abort the engine request.
+
+A relay whose origin replica has died is reset too: the holder checks the
+origin's liveness whenever its stream has been quiet for a heartbeat TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.tunnel.hub import TunnelHub
+from control_plane.tunnel.link import Link
+from control_plane.tunnel.stream import LinkClosed, Stream
+from sdk.protocol import EndFrame, ResetFrame, encode_frame
+
+__all__ = ["Holder"]
+
+log = logging.getLogger("outpost.cluster")
+
+Send = Callable[[str, str, str, "str | dict[str, Any]"], Awaitable[bool]]
+
+
+@dataclass
+class _Relay:
+    origin: str
+    task: asyncio.Task[None]
+    link: Link | None = None
+    stream: Stream | None = None
+    reason: str = "origin reset the stream"
+    stopped: bool = False  # the origin reset it: stop relaying, whatever the task is awaiting
+    reset_sent: bool = False
+
+
+class Holder:
+    def __init__(self, hub: TunnelHub, send: Send, is_alive: Callable[[str], bool], quiet_check_s: float) -> None:
+        self._hub = hub
+        self._send = send
+        self._is_alive = is_alive
+        self._quiet_check_s = quiet_check_s
+        self._relays: dict[str, _Relay] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self._relays)
+
+    def open(self, key: str, origin: str, request: dict[str, Any]) -> None:
+        if key in self._relays:
+            return  # a duplicate delivery: the first one is running
+        task = asyncio.get_running_loop().create_task(self._relay(key, origin, request))
+        self._relays[key] = _Relay(origin, task)
+
+    def credit(self, key: str, n: int) -> None:
+        relay = self._relays.get(key)
+        if relay is not None and relay.stream is not None and n > 0:
+            self._spawn(relay.stream.consumed(n))
+
+    def reset(self, key: str, reason: str) -> None:
+        relay = self._relays.get(key)
+        if relay is not None:
+            relay.reason = reason or relay.reason
+            relay.stopped = True
+            # Reset the runner's stream now rather than when the task notices: a cancellation
+            # landing inside a Redis call can be absorbed by the client library.
+            self._finish(relay)
+            relay.task.cancel()
+
+    async def close(self, grace_s: float) -> None:
+        """Let live relays finish within ``grace_s`` (shutdown), then reset the rest."""
+        tasks = [r.task for r in self._relays.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for key, relay in list(self._relays.items()):
+                if relay.task in pending:
+                    self.reset(key, "control plane replica shutting down")
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- one relay ---------------------------------------------------------------
+
+    async def _relay(self, key: str, origin: str, request: dict[str, Any]) -> None:
+        relay = self._relays[key]
+        try:
+            runner = self._hub.runners.get(str(request.get("runner_id")))
+            link = runner.usable_link() if runner is not None else None
+            if runner is None or link is None:
+                await self._lost(origin, key, "the runner is no longer connected to this replica")
+                return
+            try:
+                opening = asyncio.ensure_future(link.open_stream(
+                    path=request["path"], model=request["model"], body=request["body"],
+                    stream=bool(request["stream"]), sealed=bool(request.get("sealed")), window=int(request["window"])))
+                # A reset arriving mid-open must not strand a request the runner already received.
+                st = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                relay.link = link
+                if opening.done() and not opening.cancelled() and opening.exception() is None:
+                    relay.stream = opening.result()
+                    self._finish(relay)
+                elif not opening.done():
+                    opening.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                              or self._finish(relay, f.result()))
+                raise
+            except (ConnectionError, KeyError, TypeError, ValueError) as exc:
+                await self._lost(origin, key, f"could not open a stream: {exc}")
+                return
+            relay.link, relay.stream = link, st
+            runner.in_flight += 1
+            try:
+                await self._pump(key, relay, st)
+            except Exception:  # Redis failed mid-relay: the finally resets the runner's stream
+                log.exception("relay %s to %s failed", key, origin)
+            finally:
+                runner.in_flight -= 1
+                self._finish(relay)
+        finally:
+            self._relays.pop(key, None)
+
+    async def _pump(self, key: str, relay: _Relay, st: Stream) -> None:
+        origin = relay.origin
+        while not relay.stopped:
+            try:
+                ev = await st.next_event(self._quiet_check_s)
+            except TimeoutError:
+                if not self._is_alive(origin):
+                    log.info("relay %s: origin replica %s is gone; resetting the runner's stream", key, origin)
+                    return
+                continue
+            if isinstance(ev, LinkClosed):
+                await self._lost(origin, key, ev.reason)
+                return
+            if not await self._send(origin, "frame", key, encode_frame(ev)):
+                log.info("relay %s: origin replica %s has no inbox; resetting", key, origin)
+                return
+            if isinstance(ev, EndFrame | ResetFrame):
+                return
+
+    def _finish(self, relay: _Relay, st: Stream | None = None) -> None:
+        """Close the local stream; reset it on the runner (once) unless it ended there."""
+        st = st or relay.stream
+        if st is None or relay.link is None:
+            return
+        relay.link.close_stream(st)
+        if not st.finished and not relay.reset_sent:
+            relay.reset_sent = True
+            self._spawn(st.cancel(relay.reason))  # the runner aborts the engine request
+
+    async def _lost(self, origin: str, key: str, reason: str) -> None:
+        try:
+            await self._send(origin, "lost", key, {"reason": reason[:200]})
+        except Exception:  # noqa: BLE001 - the origin also notices through its own checks
+            log.warning("relay %s: could not tell %s that the stream was lost", key, origin)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
