@@ -15,11 +15,11 @@ from __future__ import annotations
 import calendar
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 __all__ = [
     "DEFAULT_TDP_WATTS",
@@ -40,6 +40,7 @@ __all__ = [
     "check_budget",
     "cost_for_request",
     "expected_cost",
+    "hourly_rate",
 ]
 
 HardwareClass = Literal[
@@ -236,6 +237,33 @@ class RaplPowerReader:
                 delta += wrap
             joules += delta / 1e6
         return joules / (now - last[0])
+
+
+def hourly_rate(cost: Mapping[str, Any]) -> float:
+    """$/hour of a runner from the ``cost`` dict of its hello (docs/cost.md, "The hello's cost").
+
+    In order: a stated ``usd_per_hour``; ``watts`` x ``pue`` x ``usd_per_kwh``;
+    the default of its ``hardware_class`` x ``count``; else ``cpu-small``'s
+    default, the cheapest class, so an unknown runner never looks expensive
+    enough to be avoided. Malformed values fall through to the next rule.
+    """
+
+    def number(key: str) -> float | None:
+        value = cost.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            return None
+        return float(value)
+
+    if (rate := number("usd_per_hour")) is not None:
+        return rate
+    watts, price = number("watts"), number("usd_per_kwh")
+    if watts is not None and price is not None:
+        return watts * max(number("pue") or 1.0, 1.0) * price / 1000.0
+    hardware = cost.get("hardware_class")
+    count = number("count") or 1.0
+    if hardware in get_args(HardwareClass):
+        return DEFAULT_USD_PER_HOUR[hardware] * count
+    return DEFAULT_USD_PER_HOUR["cpu-small"]
 
 
 def cost_for_request(

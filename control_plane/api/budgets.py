@@ -1,0 +1,95 @@
+"""Budgets per tenant and per API key: list with current spending (any key), set and delete (admin)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from control_plane.audit import actor_for_key, record_admin
+from control_plane.errors import ApiError
+from control_plane.services.budgets import BudgetStatus
+from control_plane.store.budgets import delete_budget, get_budget, key_in_tenant, set_budget
+
+__all__ = ["BudgetIn", "BudgetOut", "router"]
+
+router = APIRouter(prefix="/api/budgets", tags=["budgets"])
+
+
+class BudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key_id: str | None = Field(default=None, max_length=40, description="Omit for a tenant-wide budget.")
+    period: Literal["day", "week", "month"] = "month"
+    amount_usd: float = Field(ge=0, le=1e9)
+    soft_threshold: float = Field(default=0.8, gt=0, le=1)
+
+
+class BudgetOut(BaseModel):
+    id: str
+    scope: Literal["tenant", "key"]
+    api_key_id: str | None
+    period: str
+    amount_usd: float
+    soft_threshold: float
+    spent_usd: float
+    state: str  # ok | soft | exceeded
+    period_start: datetime
+    period_end: datetime
+
+    @classmethod
+    def from_status(cls, s: BudgetStatus) -> BudgetOut:
+        return cls(id=s.budget_id, scope=s.scope, api_key_id=s.api_key_id, period=s.period,
+                   amount_usd=s.amount_usd, soft_threshold=s.soft_threshold, spent_usd=s.spent_usd,
+                   state=s.state.value, period_start=s.period_start, period_end=s.period_end)
+
+
+@router.get("")
+async def list_(state: AppStateDep, caller: CallerDep) -> dict:
+    """The tenant's budgets with this period's spending; a non-admin key sees its own and the tenant's."""
+    guard = state.admission.budgets
+    if "admin" in caller.scopes:
+        verdict = await guard.report(state.db, caller.tenant_id)
+    else:
+        guard.invalidate(caller.tenant_id)
+        verdict = await guard.check(state.db, caller.tenant_id, caller.api_key_id)
+    return {"object": "list", "data": [BudgetOut.from_status(s).model_dump(mode="json") for s in verdict.statuses]}
+
+
+@router.post("", status_code=201, response_model=BudgetOut,
+             responses={200: {"model": BudgetOut, "description": "An existing budget was replaced."}})
+async def set_(body: BudgetIn, response: Response, state: AppStateDep, admin: AdminDep,
+               session: SessionDep) -> BudgetOut:
+    """Create or replace the budget of (tenant or key, period)."""
+    if body.api_key_id is not None and not await key_in_tenant(session, body.api_key_id, admin.tenant_id):
+        raise ApiError.not_found(f"No API key {body.api_key_id!r} in this tenant.", code="api_key_not_found",
+                                 param="api_key_id")
+    row, created = await set_budget(session, tenant_id=admin.tenant_id, api_key_id=body.api_key_id,
+                                    period=body.period, amount_usd=body.amount_usd,
+                                    soft_threshold=body.soft_threshold)
+    # The audit chain refuses floats (canonical JSON): amounts go in as decimal strings.
+    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="budget.set",
+                       tenant_id=admin.tenant_id, target=row.id,
+                       details={"api_key_id": body.api_key_id, "period": body.period,
+                                "amount_usd": f"{body.amount_usd:.6f}", "soft_threshold": f"{body.soft_threshold:g}"})
+    await session.commit()
+    if not created:
+        response.status_code = 200
+    verdict = await state.admission.budgets.report(state.db, admin.tenant_id)
+    return BudgetOut.from_status(next(s for s in verdict.statuses if s.budget_id == row.id))
+
+
+@router.delete("/{budget_id}", status_code=204)
+async def delete(budget_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep) -> Response:
+    row = await get_budget(session, budget_id, admin.tenant_id)
+    if row is None:
+        raise ApiError.not_found(f"No budget {budget_id!r} in this tenant.", code="budget_not_found")
+    await delete_budget(session, row)
+    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="budget.delete",
+                       tenant_id=admin.tenant_id, target=budget_id, details={"period": row.period})
+    await session.commit()
+    state.admission.budgets.invalidate(admin.tenant_id)
+    return Response(status_code=204)
