@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from fastapi import FastAPI
 
-from control_plane.api import audit, e2e, errors, fairness, health, keys, openai, runners, tunnel
+from control_plane.api import audit, budgets, e2e, errors, fairness, health, keys, openai, runners, tunnel
+from control_plane.api import service_fairness, usage
 from control_plane.api.limits import BodySizeLimit
 from control_plane.audit.checkpoints import Checkpointer
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
+from control_plane.db.models import utcnow
+from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router, RouterConfig
 from control_plane.settings import Settings
 from control_plane.state import AppState
@@ -23,7 +27,9 @@ __all__ = ["create_app"]
 log = logging.getLogger("outpost")
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, migrate: bool = True,
+               wall_clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    """``wall_clock`` (UTC) decides budget periods and request record times; tests pass their own."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -35,8 +41,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         checkpointer = Checkpointer.from_settings(db, settings)
         await checkpointer.start()
         hub = TunnelHub()
+        admission = Admission.from_settings(settings, wall_clock=wall_clock)
+        hub.listeners.append(admission.runner_changed)
         app.state.outpost = AppState(settings=settings, db=db, hub=hub,
-                                     router=Router(RouterConfig.from_settings(settings)))
+                                     router=Router(RouterConfig.from_settings(settings)), admission=admission)
         try:
             yield
         finally:
@@ -46,7 +54,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)
-    for module in (audit, e2e, fairness, health, keys, openai, runners, tunnel):
+    for module in (audit, budgets, e2e, fairness, health, keys, openai, runners, service_fairness, tunnel, usage):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

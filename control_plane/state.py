@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from control_plane.db.engine import Database
+from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router
 from control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
 from control_plane.settings import Settings
@@ -20,3 +21,4 @@ class AppState:
     hub: TunnelHub
     router: Router = field(default_factory=Router)
     rate_limiter: RateLimiter = field(default_factory=TokenBucketLimiter)
+    admission: Admission = field(default_factory=Admission)  # budgets, fair queues, cost

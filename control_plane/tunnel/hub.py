@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
+from control_plane.services.cost import hourly_rate
 from control_plane.tunnel.link import Link
 
-__all__ = ["ConnectedRunner", "TunnelHub"]
+__all__ = ["ConnectedRunner", "RunnerListener", "TunnelHub"]
 
 
 @dataclass
@@ -25,6 +27,7 @@ class ConnectedRunner:
     hardware: dict[str, Any] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     in_flight: int = 0  # requests this control plane has open on the runner
+    queued: int = 0  # requests waiting in this control plane's admission queue for it
 
     def serves(self, model: str) -> ModelInfo | None:
         for m in self.models:
@@ -40,11 +43,22 @@ class ConnectedRunner:
     def draining(self) -> bool:
         return all(ln.draining for ln in self.links)
 
+    @property
+    def usd_per_second(self) -> float:
+        """The runner's cost rate, from its hello's cost model (services/cost.hourly_rate)."""
+        return hourly_rate(self.cost) / 3600.0
+
+
+#: Called with (runner, connected): after a hello attaches or refreshes a
+#: runner, and when its last link is gone.
+RunnerListener = Callable[[ConnectedRunner, bool], None]
+
 
 class TunnelHub:
     def __init__(self) -> None:
         self.runners: dict[str, ConnectedRunner] = {}
         self.changed = asyncio.Event()
+        self.listeners: list[RunnerListener] = []  # e.g. admission capacity
 
     def attach(self, link: Link, info: ConnectedRunner) -> ConnectedRunner:
         current = self.runners.get(info.runner_id)
@@ -56,6 +70,8 @@ class TunnelHub:
             current.models, current.capacity = info.models, info.capacity
             current.labels, current.cost, current.hardware = info.labels, info.cost, info.hardware
         current.links.append(link)
+        for listener in self.listeners:
+            listener(current, True)
         self._notify()
         return current
 
@@ -67,6 +83,8 @@ class TunnelHub:
             runner.links.remove(link)
         if not runner.links:
             del self.runners[link.runner_id]
+            for listener in self.listeners:
+                listener(runner, False)
         self._notify()
 
     def candidates(self, model: str) -> list[ConnectedRunner]:
