@@ -13,6 +13,7 @@ from control_plane.api import audit, budgets, e2e, errors, fairness, health, key
 from control_plane.api import service_fairness, usage
 from control_plane.api.limits import BodySizeLimit
 from control_plane.audit.checkpoints import Checkpointer
+from control_plane.console import install_console
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import utcnow
@@ -56,5 +57,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
     errors.install_error_handlers(app)
     for module in (audit, budgets, e2e, fairness, health, keys, openai, runners, service_fairness, tunnel, usage):
         app.include_router(module.router)
+    install_console(app, settings)  # the web console at / (after the API, so API paths win)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

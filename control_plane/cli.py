@@ -24,6 +24,7 @@ from control_plane.admin import issue_api_key, issue_enrollment_token, parse_res
 from control_plane.app import create_app
 from control_plane.audit.cli import audit_app
 from control_plane.budgets_cli import budgets_app
+from control_plane.console.cli import users_app
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
@@ -40,6 +41,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(fairness_app, name="fairness")
 app.add_typer(audit_app, name="audit")
 app.add_typer(budgets_app, name="budgets")
+app.add_typer(users_app, name="users")
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]

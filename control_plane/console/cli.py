@@ -1,0 +1,153 @@
+"""``control-plane users ...``: console accounts, made from the shell of the control plane.
+
+Passwords never travel as flags (they would sit in shell history and in the
+process list): they come from ``OUTPOST_USER_PASSWORD`` or a hidden prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.audit import operator_actor, record_admin
+from control_plane.console.config import ConsoleSettings
+from control_plane.console.passwords import (
+    PasswordPolicyError,
+    check_password_policy,
+    hash_password,
+)
+from control_plane.console.users import (
+    ROLES,
+    create_user,
+    get_user_by_email,
+    list_users,
+    set_password,
+    unlock_user,
+)
+from control_plane.db.engine import Database
+from control_plane.db.migrate import upgrade_to_head
+from control_plane.db.models import Tenant
+from control_plane.settings import Settings
+from control_plane.store.tenants import get_or_create_tenant
+
+__all__ = ["PASSWORD_ENV", "users_app"]
+
+PASSWORD_ENV = "OUTPOST_USER_PASSWORD"
+users_app = typer.Typer(help="Console users (admin or viewer of one tenant).", no_args_is_help=True)
+console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+
+    async def main() -> T:
+        db = Database(settings.database_url)
+        try:
+            return await fn(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def _password() -> str:
+    """From the environment, or asked for twice without echo; checked against the length policy."""
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        check_password_policy(password, ConsoleSettings().min_password_length)
+    except PasswordPolicyError as exc:
+        console.print(f"[red]password:[/] {exc}")
+        raise typer.Exit(2) from None
+    return password
+
+
+@users_app.command("create")
+def create(
+    email: Annotated[str, typer.Argument(help="The user's email address (their sign-in name).")],
+    role: Annotated[str, typer.Option(help="admin (may change things) or viewer (read only).")] = "viewer",
+    tenant: Annotated[str, typer.Option(help="Tenant name (created if missing).")] = "default",
+) -> None:
+    """Create a console user. The password comes from $OUTPOST_USER_PASSWORD or a prompt, never a flag."""
+    if role not in ROLES:
+        console.print(f"[red]--role must be one of {', '.join(ROLES)}[/]")
+        raise typer.Exit(2)
+    password = _password()
+    password_hash = hash_password(password)
+
+    async def go(db: Database) -> str:
+        async with db.session() as session:
+            t = await get_or_create_tenant(session, tenant)
+            user = await create_user(session, tenant_id=t.id, email=email, password_hash=password_hash,
+                                     role=role)  # type: ignore[arg-type]
+            await record_admin(session, actor=operator_actor(), action="user.create", tenant_id=t.id,
+                               target=user.id, details={"email": user.email, "role": role})
+            await session.commit()
+            return user.id
+
+    try:
+        user_id = _run(go)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except IntegrityError:
+        console.print(f"[red]a user with email {email!r} already exists[/]")
+        raise typer.Exit(1) from None
+    console.print(f"created {role} [bold]{email}[/] in tenant {tenant!r}")
+    print(user_id)
+
+
+@users_app.command("list")
+def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (name).")] = None) -> None:
+    """Users, their tenant and role, and whether they are locked out."""
+
+    async def go(db: Database) -> list[tuple[Any, str]]:
+        async with db.session() as session:
+            tenants = {t.id: t.name for t in (await session.execute(Tenant.__table__.select())).all()}
+            tenant_id = next((i for i, n in tenants.items() if n == tenant), "-") if tenant else None
+            return [(u, tenants.get(u.tenant_id, u.tenant_id)) for u in await list_users(session, tenant_id)]
+
+    for user, tenant_name in _run(go):
+        locked = f"  locked until {user.locked_until:%Y-%m-%d %H:%M}" if user.locked_until else ""
+        print(f"{user.email}  {user.role}  tenant={tenant_name}  id={user.id}{locked}")
+
+
+@users_app.command("unlock")
+def unlock(email: Annotated[str, typer.Argument(help="The locked user's email.")]) -> None:
+    """Clear a lockout (after too many failed sign-ins) before it expires."""
+    _update(email, "user.unlock", lambda session, user: unlock_user(session, user))
+    console.print(f"unlocked {email}")
+
+
+@users_app.command("set-password")
+def set_password_(email: Annotated[str, typer.Argument(help="The user's email.")]) -> None:
+    """Replace a user's password (from $OUTPOST_USER_PASSWORD or a prompt); their sessions end."""
+    password_hash = hash_password(_password())
+    _update(email, "user.password", lambda session, user: set_password(session, user, password_hash))
+    console.print(f"password changed for {email}")
+
+
+def _update(email: str, action: str, change: Callable[[Any, Any], Awaitable[None]]) -> None:
+    async def go(db: Database) -> bool:
+        async with db.session() as session:
+            user = await get_user_by_email(session, email)
+            if user is None:
+                return False
+            await change(session, user)
+            await record_admin(session, actor=operator_actor(), action=action, tenant_id=user.tenant_id,
+                               target=user.id, details={"email": user.email})
+            await session.commit()
+            return True
+
+    if not _run(go):
+        console.print(f"[red]no user {email!r}[/]")
+        raise typer.Exit(1)

@@ -1,0 +1,88 @@
+"""Sign in and sign out."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, Response
+
+from control_plane.api.deps import AppStateDep
+from control_plane.console.auth import attempt_login
+from control_plane.console.deps import (
+    ConsoleStateDep,
+    CsrfRefused,
+    PostDep,
+    check_origin,
+    read_form,
+    render,
+)
+from control_plane.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
+from control_plane.db.models import utcnow
+
+router = APIRouter(include_in_schema=False)
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path of this site: never ``//evil.example`` or a full URL."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _login_page(request: Request, console: ConsoleStateDep, *, next_: str, error: str | None = None,
+                email: str = "", status: int = 200) -> Response:
+    nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(16)
+    response = render(request, "login.html", None, status=status, next=next_, error=error, email=email,
+                      login_token=console.key.login_token(nonce))
+    response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, httponly=True, samesite="strict",
+                        secure=console.cookie_secure, path="/login")
+    return response
+
+
+@router.get("/login")
+async def login_form(request: Request, console: ConsoleStateDep,
+                     next: Annotated[str | None, Query(max_length=500)] = None) -> Response:
+    if console.key.read(request.cookies.get(SESSION_COOKIE)) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return _login_page(request, console, next_=safe_next(next))
+
+
+@router.post("/login")
+async def login(request: Request, state: AppStateDep, console: ConsoleStateDep) -> Response:
+    check_origin(request)
+    form = await read_form(request)
+    next_ = safe_next(form.get("next"))
+    if not console.key.check_login_token(request.cookies.get(LOGIN_COOKIE), form.get("login_token")):
+        raise CsrfRefused("The sign-in form expired. Reload the page and sign in again.")
+    email = form.get("email", "")
+    remote = request.client.host if request.client else None
+    async with state.db.session() as session:
+        outcome = await attempt_login(session, email, form.get("password", ""), settings=console.console,
+                                      now=utcnow(), remote_addr=remote)
+        await session.commit()
+    if outcome.user is None:
+        if outcome.error == "locked":
+            minutes = -(-console.console.lockout_s // 60)
+            return _login_page(request, console, next_=next_, email=email, status=429,
+                               error=f"Too many failed attempts: this account is locked. Try again in {minutes} "
+                               "minutes, or ask an admin to unlock it.")
+        return _login_page(request, console, next_=next_, email=email, status=401,
+                           error="That email and password do not match an account.")
+    token, _ = console.key.issue(outcome.user.id, outcome.user.password_hash, console.console.session_ttl_s)
+    response = RedirectResponse(next_, status_code=303)
+    response.set_cookie(SESSION_COOKIE, token, max_age=console.console.session_ttl_s, httponly=True,
+                        samesite="strict", secure=console.cookie_secure, path="/")
+    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, post: PostDep, console: ConsoleStateDep) -> Response:
+    claims = console.key.read(request.cookies.get(SESSION_COOKIE))
+    if claims is not None:
+        console.key.deny(claims)
+    response = RedirectResponse("/login?notice=signed_out", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=console.cookie_secure)
+    return response

@@ -1,0 +1,199 @@
+"""API keys (create with the secret shown once, revoke, limits) and budgets per tenant and key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from control_plane.api.deps import AppStateDep
+from control_plane.audit import record_admin
+from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
+from control_plane.console.inference import CONSOLE_KEY_PREFIX
+from control_plane.db.models import utcnow
+from control_plane.openai.routing import POLICIES
+from control_plane.state import AppState
+from control_plane.store.budgets import delete_budget, get_budget, key_in_tenant, set_budget
+from control_plane.store.keys import create_api_key, get_api_key, list_api_keys, revoke_api_key
+from control_plane.store.policies import set_key_limits
+
+router = APIRouter(include_in_schema=False)
+
+EXPIRY_CHOICES: dict[str, timedelta | None] = {
+    "never": None, "1d": timedelta(days=1), "30d": timedelta(days=30), "90d": timedelta(days=90),
+    "365d": timedelta(days=365)}
+PERIODS = ("day", "week", "month")
+
+
+class FormError(ValueError):
+    pass
+
+
+def _int(form: dict[str, str], name: str, label: str, low: int, high: int) -> int | None:
+    raw = form.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FormError(f"{label} must be a whole number.") from None
+    if not low <= value <= high:
+        raise FormError(f"{label} must be between {low} and {high}.")
+    return value
+
+
+def _amount(form: dict[str, str], name: str, label: str) -> float | None:
+    raw = form.get(name, "").strip().lstrip("$")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FormError(f"{label} must be a number of dollars, e.g. 25 or 2.50.") from None
+    if not 0 <= value <= 1e9:
+        raise FormError(f"{label} must be between 0 and 1,000,000,000.")
+    return value
+
+
+def _policy(form: dict[str, str]) -> str | None:
+    value = form.get("routing_policy", "").strip()
+    if value and value not in POLICIES:
+        raise FormError(f"Routing policy must be one of {', '.join(POLICIES)}.")
+    return value or None
+
+
+async def _page(request: Request, state: AppState, user: ConsoleUser, *, status: int = 200,
+                **extra: Any) -> Response:
+    async with state.db.session() as session:
+        keys = await list_api_keys(session, user.tenant_id)
+    verdict = await state.admission.budgets.report(state.db, user.tenant_id)
+    now = utcnow()
+    rows = []
+    for key in reversed(keys):  # newest first
+        expires = key.expires_at if key.expires_at is None or key.expires_at.tzinfo else \
+            key.expires_at.replace(tzinfo=now.tzinfo)
+        status_ = "revoked" if key.revoked_at else "expired" if expires is not None and expires <= now else "active"
+        rows.append({"key": key, "status": status_, "console": key.name.startswith(CONSOLE_KEY_PREFIX),
+                     "budgets": [s for s in verdict.statuses if s.api_key_id == key.id]})
+    names = {k.id: k.name for k in keys}
+    return render(request, "keys.html", user, active="/keys", status=status, rows=rows,
+                  tenant_budgets=[s for s in verdict.statuses if s.scope == "tenant"],
+                  key_budgets=[s for s in verdict.statuses if s.scope == "key"], key_names=names,
+                  policies=POLICIES, periods=PERIODS, expiry_choices=list(EXPIRY_CHOICES), **extra)
+
+
+@router.get("/keys")
+async def keys_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+    return await _page(request, state, user)
+
+
+@router.post("/keys")
+async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    form, user = post.form, post.user
+    try:
+        name = form.get("name", "").strip()
+        if not 1 <= len(name) <= 200 or name.startswith(CONSOLE_KEY_PREFIX):
+            raise FormError("Give the key a name (1 to 200 characters, not starting with 'console: ').")
+        expiry = form.get("expires", "never")
+        if expiry not in EXPIRY_CHOICES:
+            raise FormError("Choose when the key expires.")
+        rpm = _int(form, "rate_limit_rpm", "Rate limit", 1, 1_000_000)
+        policy = _policy(form)
+        budget = _amount(form, "budget_usd", "Monthly budget")
+    except FormError as exc:
+        return await _page(request, state, user, status=400, create_error=str(exc), draft=form)
+    scopes = "inference,admin" if form.get("admin") == "on" else "inference"
+    ttl = EXPIRY_CHOICES[expiry]
+    async with state.db.session() as session:
+        key, secret = await create_api_key(session, user.tenant_id, name, scopes=scopes,
+                                           expires_at=utcnow() + ttl if ttl else None)
+        if rpm is not None or policy is not None:
+            await set_key_limits(session, key, rate_limit_rpm=rpm, routing_policy=policy)
+        await record_admin(session, actor=user.actor, action="api_key.create", tenant_id=user.tenant_id,
+                           target=key.id, details={"name": name, "scopes": scopes, "rate_limit_rpm": rpm,
+                                                   "routing_policy": policy, "expires": expiry})
+        if budget is not None:
+            row, _ = await set_budget(session, tenant_id=user.tenant_id, api_key_id=key.id, period="month",
+                                      amount_usd=budget, soft_threshold=0.8)
+            await record_admin(session, actor=user.actor, action="budget.set", tenant_id=user.tenant_id,
+                               target=row.id, details={"api_key_id": key.id, "period": "month",
+                                                       "amount_usd": f"{budget:.6f}", "soft_threshold": "0.8"})
+        await session.commit()
+    state.admission.budgets.invalidate(user.tenant_id)
+    return render(request, "key_created.html", user, active="/keys", status=201, key=key, secret=secret,
+                  base_url=f"{state.settings.public_url}/v1")
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    async with state.db.session() as session:
+        key = await get_api_key(session, key_id, post.user.tenant_id)
+        if key is None:
+            return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
+        await revoke_api_key(session, key)
+        await record_admin(session, actor=post.user.actor, action="api_key.revoke", tenant_id=post.user.tenant_id,
+                           target=key.id, details={"name": key.name})
+        await session.commit()
+    return RedirectResponse("/keys?notice=key_revoked", status_code=303)
+
+
+@router.post("/keys/{key_id}/limits")
+async def key_limits(key_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    try:
+        rpm = _int(post.form, "rate_limit_rpm", "Rate limit", 1, 1_000_000)
+        policy = _policy(post.form)
+    except FormError as exc:
+        return await _page(request, state, post.user, status=400, limits_error=str(exc), limits_key=key_id)
+    async with state.db.session() as session:
+        key = await get_api_key(session, key_id, post.user.tenant_id)
+        if key is None:
+            return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
+        await set_key_limits(session, key, rate_limit_rpm=rpm, routing_policy=policy)
+        await record_admin(session, actor=post.user.actor, action="api_key.limits", tenant_id=post.user.tenant_id,
+                           target=key.id, details={"rate_limit_rpm": rpm, "routing_policy": policy})
+        await session.commit()
+    return RedirectResponse("/keys?notice=key_limits", status_code=303)
+
+
+@router.post("/budgets")
+async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    form, user = post.form, post.user
+    key_id = form.get("api_key_id", "").strip() or None
+    period = form.get("period", "month")
+    try:
+        amount = _amount(form, "amount_usd", "Amount")
+        if amount is None:
+            raise FormError("Enter the budget in dollars.")
+        if period not in PERIODS:
+            raise FormError("Choose a period: day, week or month.")
+        threshold = _int(form, "soft_percent", "Warning threshold", 1, 100)
+    except FormError as exc:
+        return await _page(request, state, user, status=400, budget_error=str(exc))
+    soft = (threshold or 80) / 100
+    async with state.db.session() as session:
+        if key_id is not None and not await key_in_tenant(session, key_id, user.tenant_id):
+            return not_found(request, user, f"No API key {key_id!r} in your tenant.")
+        row, _ = await set_budget(session, tenant_id=user.tenant_id, api_key_id=key_id, period=period,
+                                  amount_usd=amount, soft_threshold=soft)
+        await record_admin(session, actor=user.actor, action="budget.set", tenant_id=user.tenant_id, target=row.id,
+                           details={"api_key_id": key_id, "period": period, "amount_usd": f"{amount:.6f}",
+                                    "soft_threshold": f"{soft:g}"})
+        await session.commit()
+    state.admission.budgets.invalidate(user.tenant_id)
+    return RedirectResponse("/keys?notice=budget_set#budgets", status_code=303)
+
+
+@router.post("/budgets/{budget_id}/delete")
+async def delete_budget_form(budget_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    async with state.db.session() as session:
+        row = await get_budget(session, budget_id, post.user.tenant_id)
+        if row is None:
+            return not_found(request, post.user, f"No budget {budget_id!r} in your tenant.")
+        await delete_budget(session, row)
+        await record_admin(session, actor=post.user.actor, action="budget.delete", tenant_id=post.user.tenant_id,
+                           target=budget_id, details={"period": row.period})
+        await session.commit()
+    state.admission.budgets.invalidate(post.user.tenant_id)
+    return RedirectResponse("/keys?notice=budget_deleted#budgets", status_code=303)

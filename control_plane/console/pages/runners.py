@@ -1,0 +1,149 @@
+"""Runners: hardware, engines, models, status, live load and cost; enroll (token shown once); revoke."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from control_plane.api.deps import AppStateDep
+from control_plane.audit import record_admin
+from control_plane.console.deps import AdminPostDep, UserDep, not_found, render
+from control_plane.console.queries import served_models
+from control_plane.db.models import Runner
+from control_plane.services.cost import hourly_rate
+from control_plane.state import AppState
+from control_plane.store.keys import create_enrollment_token
+from control_plane.store.runners import get_runner, list_runners, revoke_runner
+from sdk.protocol import CloseCode
+
+__all__ = ["RunnerView", "router", "runner_views"]
+
+router = APIRouter(include_in_schema=False)
+
+
+@dataclass
+class RunnerView:
+    id: str
+    name: str
+    status: str  # connected | draining | offline | revoked
+    created_at: datetime
+    last_seen_at: datetime | None
+    labels: dict[str, str]
+    capacity: int
+    hardware: dict[str, Any]
+    cost: dict[str, Any]
+    usd_per_hour: float | None
+    models: list[dict[str, Any]] = field(default_factory=list)
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float | None = None
+    healthy: bool = True
+    in_flight: int = 0
+    queued: int = 0
+    completed: int = 0
+    links: int = 0
+
+    @property
+    def engines(self) -> list[str]:
+        return sorted({m["engine"] for m in self.models})
+
+    @property
+    def cpu(self) -> dict[str, Any]:
+        return self.hardware.get("cpu") or {}
+
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        return list(self.hardware.get("gpus") or [])
+
+    @property
+    def load_fraction(self) -> float:
+        return min(1.0, (self.running + self.waiting) / self.capacity) if self.capacity else 0.0
+
+
+async def runner_views(state: AppState, session: Any, tenant_id: str) -> list[RunnerView]:
+    """The tenant's runners: stored facts, then the live ones from the tunnel hub."""
+    rows: list[Runner] = await list_runners(session, tenant_id)
+    stored: dict[str, list[dict[str, Any]]] = {}
+    for model, runner in await served_models(session, tenant_id):
+        stored.setdefault(runner.id, []).append(
+            {"name": model.name, "engine": model.engine, "context_length": model.context_length,
+             "quantization": model.quantization, "aliases": list(model.aliases or [])})
+    views = []
+    for row in rows:
+        live = state.hub.runners.get(row.id)
+        status = "revoked" if row.revoked_at else "offline"
+        view = RunnerView(id=row.id, name=row.name, status=status, created_at=row.created_at,
+                          last_seen_at=row.last_seen_at, labels=dict(row.labels or {}), capacity=row.capacity,
+                          hardware=dict(row.hardware or {}), cost=dict(row.cost or {}),
+                          usd_per_hour=hourly_rate(row.cost) if row.cost else None,
+                          models=stored.get(row.id, []))
+        if live is not None and not row.revoked_at:
+            view.status = "draining" if live.draining else "connected"
+            view.labels, view.capacity = dict(live.labels), live.capacity
+            view.hardware, view.cost = dict(live.hardware), dict(live.cost)
+            view.usd_per_hour = live.usd_per_second * 3600
+            view.models = [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
+                            "quantization": m.quantization, "aliases": list(m.aliases)} for m in live.models]
+            loads = [ln.load for ln in live.links if not ln.closed]
+            freshest = max(loads, key=lambda load: load.updated_at, default=None)
+            if freshest is not None:
+                view.running, view.waiting = freshest.running, freshest.waiting
+                view.kv_cache_usage, view.healthy = freshest.kv_cache_usage, freshest.healthy
+            view.completed = max((load.completed for load in loads), default=0)
+            view.in_flight, view.queued, view.links = live.in_flight, live.queued, len(live.links)
+        views.append(view)
+    return views
+
+
+async def _page(request: Request, state: AppState, user: Any, **extra: Any) -> Response:
+    async with state.db.session() as session:
+        views = await runner_views(state, session, user.tenant_id)
+    return render(request, "runners.html", user, active="/runners", runners=views,
+                  public_url=state.settings.public_url, ttl_s=state.settings.enrollment_token_ttl_s, **extra)
+
+
+@router.get("/runners")
+async def runners_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+    return await _page(request, state, user)
+
+
+@router.get("/runners/_live")
+async def runners_live(request: Request, state: AppStateDep, user: UserDep) -> Response:
+    """The runners table alone, polled by the page for live load."""
+    async with state.db.session() as session:
+        views = await runner_views(state, session, user.tenant_id)
+    return render(request, "partials/runners_table.html", user, active="/runners", runners=views)
+
+
+@router.post("/runners/enroll")
+async def enroll(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    name = post.form.get("name", "").strip()
+    if not name or len(name) > 200:
+        return await _page(request, state, post.user, enroll_error="Give the runner a name (1 to 200 characters).")
+    async with state.db.session() as session:
+        row, token = await create_enrollment_token(session, post.user.tenant_id, name,
+                                                   state.settings.enrollment_token_ttl_s)
+        await record_admin(session, actor=post.user.actor, action="enrollment_token.create",
+                           tenant_id=post.user.tenant_id, target=row.id,
+                           details={"runner_name": name, "ttl_s": state.settings.enrollment_token_ttl_s})
+        await session.commit()
+    return render(request, "enroll_token.html", post.user, active="/runners", status=201, token=token,
+                  runner_name=name, expires_at=row.expires_at, public_url=state.settings.public_url)
+
+
+@router.post("/runners/{runner_id}/revoke")
+async def revoke(runner_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    async with state.db.session() as session:
+        runner = await get_runner(session, runner_id, tenant_id=post.user.tenant_id)
+        if runner is None:
+            return not_found(request, post.user, f"No runner {runner_id!r} in your tenant.")
+        await revoke_runner(session, runner)
+        await record_admin(session, actor=post.user.actor, action="runner.revoke", tenant_id=post.user.tenant_id,
+                           target=runner_id, details={"name": runner.name})
+        await session.commit()
+    await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
+    return RedirectResponse("/runners?notice=runner_revoked", status_code=303)

@@ -1,0 +1,136 @@
+"""The console's pure parts: sessions, CSRF tokens, passwords, redirects, charts."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from control_plane.console.charts import (
+    IntervalRow,
+    Series,
+    bar_list,
+    column_chart,
+    interval_plot,
+    money_fmt,
+    nice_max,
+)
+from control_plane.console.pages.auth import safe_next
+from control_plane.console.passwords import (
+    PasswordPolicyError,
+    check_password_policy,
+    hash_password,
+    verify_password,
+)
+from control_plane.console.sessions import ConsoleKey, load_or_create_key
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_session_round_trip_expiry_and_sign_out() -> None:
+    clock = Clock()
+    key = ConsoleKey(b"k" * 32, clock=clock)
+    token, claims = key.issue("usr_1", "$argon2id$hash", ttl_s=600)
+    assert key.read(token) == claims
+    clock.now += 599
+    assert key.read(token) == claims
+    clock.now += 1
+    assert key.read(token) is None, "expired"
+    clock.now -= 300
+    key.deny(claims)
+    assert key.read(token) is None, "signed out"
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature
+    lambda t: t.replace("v1.", "v2."),
+    lambda t: t.split(".")[0] + ".e30." + t.split(".")[2],  # payload swapped
+    lambda t: "",
+    lambda t: t + "." + t,
+])
+def test_forged_sessions_are_refused(mangle) -> None:
+    key = ConsoleKey(b"k" * 32)
+    token, _ = key.issue("usr_1", "h", ttl_s=600)
+    assert key.read(mangle(token)) is None
+
+
+def test_another_key_cannot_read_a_session() -> None:
+    token, _ = ConsoleKey(b"a" * 32).issue("usr_1", "h", ttl_s=600)
+    assert ConsoleKey(b"b" * 32).read(token) is None
+
+
+def test_csrf_tokens_are_bound_to_the_session() -> None:
+    key = ConsoleKey(b"k" * 32)
+    token = key.csrf_token("session-a")
+    assert key.check_csrf("session-a", token)
+    assert not key.check_csrf("session-b", token)
+    assert not key.check_csrf("session-a", None) and not key.check_csrf("session-a", "")
+    assert key.check_login_token("nonce", key.login_token("nonce"))
+    assert not key.check_login_token(None, key.login_token("nonce"))
+    assert not key.check_login_token("other", key.login_token("nonce"))
+
+
+def test_console_key_file_is_private_and_stable(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "console-secret"
+    first = load_or_create_key(path)
+    assert len(first) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path) == first
+
+
+def test_passwords_hash_with_argon2id_and_policy_is_length() -> None:
+    stored = hash_password("a long enough passphrase")
+    assert stored.startswith("$argon2id$")
+    assert verify_password("a long enough passphrase", stored)
+    assert not verify_password("a long enough passphrasE", stored)
+    assert not verify_password("anything", None), "an unknown user never verifies"
+    with pytest.raises(PasswordPolicyError):
+        check_password_policy("short", 12)
+    check_password_policy("twelve chars", 12)
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("/keys?x=1", "/keys?x=1"), (None, "/"), ("", "/"), ("//evil.example/x", "/"),
+    ("https://evil.example", "/"), ("/\\evil.example", "/"), ("keys", "/"),
+])
+def test_only_local_redirects_after_sign_in(target: str | None, expected: str) -> None:
+    assert safe_next(target) == expected
+
+
+def test_charts_escape_labels_and_carry_a_data_table() -> None:
+    hostile = '<script>alert("x")</script>'
+    html = str(column_chart(["00:00", hostile], [Series("ok", [1, 2]), Series("err", [0, 1], "s-err")],
+                            title=hostile, desc="d", integer=True))
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'role="img"' in html and "<table" in html and "<details" in html
+    html = str(bar_list([(hostile, 3.0), ("b", 1.0)], title="t", desc="d"))
+    assert "<script>" not in html and html.count("<rect") == 2
+    html = str(interval_plot([IntervalRow("a", 0.5, 0.4, 0.6, 40), IntervalRow("b", 0.2, 0.1, 0.3, 40, True)],
+                             title="t", desc="d", bounds=(0, 1)))
+    assert html.count('class="iv flag"') == 1 and html.count("<circle") == 2
+
+
+def test_chart_numbers() -> None:
+    assert [nice_max(v) for v in (0, 0.7, 1, 3, 7, 12, 4100)] == [1.0, 1.0, 1, 5, 10, 20, 5000]
+    assert money_fmt(0) == "$0" and money_fmt(12.5) == "$12.50" and money_fmt(0.000089) == "$0.000089"
+    assert money_fmt(0.125) == "$0.12" or money_fmt(0.125) == "$0.125"
+    assert "e" not in money_fmt(0.0000012)
+
+
+def test_docs_name_every_console_setting_page_and_command() -> None:
+    from control_plane.console.config import ConsoleSettings
+    from control_plane.console.templating import NAV
+
+    docs = (Path(__file__).parents[2] / "docs" / "console.md").read_text(encoding="utf-8")
+    for name in ConsoleSettings.model_fields:
+        assert f"OUTPOST_CONSOLE_{name.upper()}" in docs, name
+    for path, label in NAV:
+        assert f"**{label}** `{path}`" in docs, label
+    for command in ("users create", "users list", "users unlock", "users set-password"):
+        assert f"control-plane {command}" in docs, command
