@@ -253,6 +253,9 @@ def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys:
     except _Bad as bad:
         result.ok, result.reason, result.index, result.seq = False, bad.reason, bad.index, bad.seq
         return result
+    except (ValueError, TypeError, KeyError) as exc:  # malformed material (bad base64, wrong types): refused
+        result.ok, result.reason = False, f"malformed export: {type(exc).__name__}"
+        return result
     result.ok = True
     return result
 

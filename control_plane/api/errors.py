@@ -16,7 +16,41 @@ log = logging.getLogger("outpost.api")
 __all__ = ["install_error_handlers"]
 
 
+#: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never sent:
+#: validation errors are 400).
+_ERROR_STATUSES = {"400": "Invalid request.", "401": "Missing or invalid API key.", "403": "Not allowed.",
+                   "404": "Not found.", "409": "Conflict.", "413": "Request body too large.",
+                   "429": "Rate limit, budget or queue limit reached.", "503": "No runner available."}
+_ENVELOPE = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Declare the error envelope in the OpenAPI document, so clients (and schemathesis) know every answer."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})["ErrorEnvelope"] = _ENVELOPE
+        ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, description in _ERROR_STATUSES.items():
+                    responses.setdefault(status, {"description": description, "content": ref})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    _document_errors(app)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

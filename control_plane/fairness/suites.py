@@ -205,9 +205,9 @@ class ExpansionOptions(_Strict):
     sample, so two runs with the same options send the same prompts.
     """
 
-    max_prompts_per_group: Annotated[int, Field(ge=1)] | None = None
+    max_prompts_per_group: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     attributes: list[Identifier] | None = None
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] = 0  # audited: canonical JSON's range
 
 
 class ProbePrompt(_Strict):
