@@ -47,6 +47,10 @@ async def start_run(body: FairnessRunIn, request: Request, state: AppStateDep, a
 
 @router.post("/runs/import", status_code=201, response_model=FairnessRunDetail)
 async def import_run(body: FairnessRunImport, admin: AdminDep, session: SessionDep) -> FairnessRunDetail:
+    try:
+        _storable(body.model_dump_json())
+    except ValueError:  # pydantic cannot serialise it (lone surrogates): neither can the database
+        raise ApiError(400, "Text fields must be valid Unicode.", code="invalid_text") from None
     row = await import_probe_run(session, tenant_id=admin.tenant_id, actor_key_id=admin.api_key_id, body=body)
     await session.commit()
     return FairnessRunDetail.from_row(row)
@@ -85,3 +89,13 @@ async def compare(caller: CallerDep, session: SessionDep,
                        param="runs")
     comparison = await compare_runs(session, caller.tenant_id, ids)
     return {"runs": ids, **comparison.to_dict()}
+
+
+def _storable(text: str) -> None:
+    """Refuse text a database cannot store: NUL characters (PostgreSQL) and lone surrogates (UTF-8)."""
+    if "\\u0000" in text:
+        raise ApiError(400, "Text fields must not contain NUL characters.", code="invalid_text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "Text fields must be valid Unicode (no lone surrogates).", code="invalid_text") from None
