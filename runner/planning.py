@@ -410,8 +410,10 @@ def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None =
         if not attach_url:
             return Plan(engine=None, rule="--engine attach needs --attach URL", model=model,
                         refusal="--engine attach was requested without --attach URL")
+        # --parallel states the attached engine's concurrency; without it, a few at once.
         return Plan(engine="attach", settings=AttachSettings(url=attach_url),
-                    capacity=ATTACH_CAPACITY, model=model,
+                    capacity=(overrides.parallel if overrides and overrides.parallel else ATTACH_CAPACITY),
+                    model=model,
                     rule="--attach URL given → proxy the OpenAI-compatible engine already "
                     "running there; the runner probes it but does not manage its process")
     if engine is not None and engine not in ENGINES:

@@ -1,0 +1,336 @@
+"""Outpost's overhead: the same workload direct to an engine and through Outpost, alternating.
+
+``direct``  = client → engine (its own port);
+``through`` = client → control plane → tunnel → runner (``--attach``) → the same engine.
+
+Both paths hit one engine process, with one client (bench/load.py: a cheap
+raw-asyncio SSE client, so the load generator steals as little CPU as
+possible from the system under test). Each scenario runs ``--rounds``
+rounds; a round is one phase per path, their order swapped every round so
+slow drift of a shared machine falls on both paths equally. A phase keeps
+``c`` closed-loop streams busy for ``--phase-s`` seconds; counted are
+requests sent and tokens that arrived inside the window.
+
+Scenarios:
+
+* the real engine (llama.cpp + SmolLM2-135M) at 1, 4 and 16 concurrent streams;
+* the SIMULATED engine (bench/sim_engine.py) at 64 streams × 50 tokens/s
+  (the TTFT target of issue 11) and unpaced at 1 and 8 streams, which
+  exposes the gateway's own ceiling: chunks per second, and chunks per
+  CPU-second of the control plane and of the runner.
+
+    .venv/bin/python bench/bench_overhead.py [--quick|--full] [--only llama|sim] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import (
+    Conn,
+    ProcWatch,
+    Sample,
+    chat_body,
+    load_at_end,
+    machine,
+    pct,
+    run_async,
+    stream_request,
+    write_section,
+)
+from bench.stack import Engine, Stack, pids, start_engine, start_stack
+
+BEGIN, END = "<!-- overhead:begin -->", "<!-- overhead:end -->"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    engine: str  # "llama" | "sim"
+    streams: int
+    max_tokens: int
+    tokens_per_s: float | None = None  # sim only; 0 = unpaced
+
+    @property
+    def name(self) -> str:
+        if self.engine == "llama":
+            return f"SmolLM2 (llama.cpp), {self.streams} stream{'s' if self.streams > 1 else ''}"
+        rate = "unpaced" if not self.tokens_per_s else f"{self.tokens_per_s:g} tok/s each"
+        return f"simulator, {self.streams} streams, {rate}"
+
+    def body(self, model: str) -> bytes:
+        extra: dict[str, object] = {"ignore_eos": True}
+        if self.engine == "sim":
+            extra = {"sim_tokens_per_s": self.tokens_per_s or 0}
+        return chat_body(model, self.max_tokens, **extra)
+
+
+@dataclass
+class PathResult:
+    samples: list[Sample] = field(default_factory=list)
+    tokens_in_window: int = 0
+    window_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+
+    def add(self, samples: list[Sample], tokens: int, window: float, watch: ProcWatch | None) -> None:
+        self.samples += samples
+        self.tokens_in_window += tokens
+        self.window_s += window
+        if watch is not None:
+            for k, v in watch.cpu_s.items():
+                self.cpu_s[k] = self.cpu_s.get(k, 0.0) + v
+            for k, v in watch.rss_mb.items():
+                self.rss_mb[k] = max(self.rss_mb.get(k, 0.0), v)
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.ok]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for s in self.samples if s.error is not None)
+
+    def ttft(self, q: float) -> float:
+        return pct([s.ttft for s in self.ok if s.ttft is not None], q)
+
+    def itl(self, q: float) -> float:
+        return pct([g for s in self.ok for g in s.gaps], q)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens_in_window / self.window_s if self.window_s else math.nan
+
+    def per_cpu_s(self, proc: str) -> float:
+        cpu = self.cpu_s.get(proc, math.nan)
+        return self.tokens_in_window / cpu if cpu and not math.isnan(cpu) else math.nan
+
+    def cores(self, proc: str) -> float:
+        return self.cpu_s.get(proc, math.nan) / self.window_s if self.window_s else math.nan
+
+
+def _token_times(s: Sample) -> list[float]:
+    if s.ttft is None:
+        return []
+    t = s.sent + s.ttft
+    out = [t]
+    for g in s.gaps:
+        t += g
+        out.append(t)
+    return out
+
+
+async def phase(port: int, headers: dict[str, str], body: bytes, streams: int, seconds: float,
+                watch: ProcWatch | None) -> tuple[list[Sample], int, float]:
+    """``streams`` closed-loop clients for ``seconds``; requests still running at the end are cut.
+
+    Returns the requests sent inside the window (a cut request keeps the
+    TTFT and gaps it saw), the content tokens that arrived inside it, and its length.
+    """
+    samples: list[Sample] = []
+    conns = [Conn("127.0.0.1", port) for _ in range(streams)]
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+
+    async def worker(conn: Conn) -> None:
+        await asyncio.sleep(random.uniform(0, 0.02))  # no artificial thundering herd
+        while time.perf_counter() < deadline:
+            await stream_request(conn, "/v1/chat/completions", body, headers, record=samples)
+
+    if watch is not None:
+        watch.start()
+    tasks = [asyncio.create_task(worker(c)) for c in conns]
+    await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+    if watch is not None:
+        watch.stop()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in conns:
+        c.close()
+    tokens = sum(1 for s in samples for t in _token_times(s) if t0 <= t <= deadline)
+    for s in samples:
+        if not s.done and s.error is None:
+            s.status = s.status or 200
+            s.error = None if s.tokens else "cut"  # no token before the end: not an error, not a sample
+    return [s for s in samples if s.error != "cut"], tokens, seconds
+
+
+async def run_scenario(sc: Scenario, stack: Stack, engine: Engine, rounds: int, seconds: float,
+                       settle: float) -> dict[str, PathResult]:
+    results = {"direct": PathResult(), "through": PathResult()}
+    targets = {"direct": (engine.port, {}), "through": (stack.port, {"Authorization": f"Bearer {stack.key}"})}
+    body = sc.body(stack.model)
+    watched = pids(stack, engine)
+    # Warm up both paths (connections, engine prompt cache, control-plane caches).
+    for path in ("direct", "through"):
+        port, headers = targets[path]
+        await phase(port, headers, body, sc.streams, min(2.0, seconds), None)
+        await asyncio.sleep(settle)
+    for r in range(rounds):
+        order = ("direct", "through") if r % 2 == 0 else ("through", "direct")
+        for path in order:
+            port, headers = targets[path]
+            watch = ProcWatch(watched)
+            samples, tokens, window = await phase(port, headers, body, sc.streams, seconds, watch)
+            results[path].add(samples, tokens, window, watch)
+            await asyncio.sleep(settle)  # cut requests end; the engine frees their slots
+    return results
+
+
+def summarize(sc: Scenario, res: dict[str, PathResult]) -> dict:
+    d, t = res["direct"], res["through"]
+    out = {"scenario": sc.name, "engine": sc.engine, "streams": sc.streams, "max_tokens": sc.max_tokens,
+           "tokens_per_s_each": sc.tokens_per_s}
+    for name, r in res.items():
+        out[name] = {"requests": len(r.ok), "errors": r.errors, "ttft_p50_ms": r.ttft(50) * 1e3,
+                     "ttft_p99_ms": r.ttft(99) * 1e3, "itl_p50_ms": r.itl(50) * 1e3, "itl_p99_ms": r.itl(99) * 1e3,
+                     "tok_s": r.tok_s, "cpu_s": r.cpu_s, "rss_mb": r.rss_mb, "window_s": r.window_s}
+    out["ratio"] = t.tok_s / d.tok_s if d.tok_s else math.nan
+    out["added_ttft_p50_ms"] = (t.ttft(50) - d.ttft(50)) * 1e3
+    out["added_ttft_p99_ms"] = (t.ttft(99) - d.ttft(99)) * 1e3
+    out["cp_chunks_per_cpu_s"] = t.per_cpu_s("control plane")
+    out["runner_chunks_per_cpu_s"] = t.per_cpu_s("runner")
+    out["cp_cores"] = t.cores("control plane")
+    out["cp_ms_per_request"] = t.cpu_s.get("control plane", math.nan) / len(t.samples) * 1e3 if t.samples else math.nan
+    out["runner_ms_per_request"] = t.cpu_s.get("runner", math.nan) / len(t.samples) * 1e3 if t.samples else math.nan
+    out["runner_cores"] = t.cores("runner")
+    out["engine_cores_direct"] = d.cores("engine")
+    out["engine_cores_through"] = t.cores("engine")
+    return out
+
+
+def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dict[str, str]) -> str:
+    lines = [
+        "## Overhead: direct to the engine vs through Outpost (`bench/bench_overhead.py`)",
+        "",
+        f"Machine: {started}; {load_at_end()}.",
+        f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
+        "Stack: `control-plane serve` (SQLite, uvicorn) + one `runner local-runner --attach <engine> "
+        "--parallel N --connections 2`, every process on this machine. "
+        + " ".join(f"{k}: {v}." for k, v in engines.items()),
+        (f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating direct/through; closed-loop "
+        "streams; TTFT = request written → first content token read; ITL = gap between consecutive content "
+        "tokens (tokens read together count as 0); tok/s = content tokens that arrived inside the windows."),
+        f"Reproduce: `{args.command}`.",
+        "",
+        ("| scenario | path | requests | errors | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tok/s "
+        "| through/direct |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for path in ("direct", "through"):
+            r = row[path]
+            ratio = f"**{row['ratio']:.3f}**" if path == "through" else ""
+            lines.append(f"| {row['scenario'] if path == 'direct' else ''} | {path} | {r['requests']} | {r['errors']} "
+                         f"| {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} "
+                         f"| {r['itl_p99_ms']:.2f} | {r['tok_s']:,.0f} | {ratio} |")
+    lines += [
+        "",
+        "Added latency and the gateway's cost (through minus direct; CPU of the whole window, all cores):",
+        "",
+        ("| scenario | added TTFT p50 ms | added TTFT p99 ms | control plane cores | runner cores "
+        "| CPU ms per request: control plane | runner | chunks per CPU-second: control plane | runner |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['scenario']} | {row['added_ttft_p50_ms']:+.1f} | {row['added_ttft_p99_ms']:+.1f} "
+                     f"| {row['cp_cores']:.2f} | {row['runner_cores']:.2f} "
+                     f"| {row['cp_ms_per_request']:.1f} | {row['runner_ms_per_request']:.1f} "
+                     f"| {row['cp_chunks_per_cpu_s']:,.0f} | {row['runner_chunks_per_cpu_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    out = []
+    if args.only in (None, "llama"):
+        out += [Scenario("llama", c, args.max_tokens) for c in (1, 4, 16)]
+    if args.only in (None, "sim"):
+        # 64 paced streams: the issue's TTFT target. Unpaced: the gateway's ceiling (8 streams
+        # saturate it; more only lengthen the queues in front of it).
+        out += [Scenario("sim", 64, 64, 50.0), Scenario("sim", 1, 512, 0), Scenario("sim", 8, 512, 0)]
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> list[dict]:
+    rows: list[dict] = []
+    started = machine()
+    engines: dict[str, str] = {}
+    log_dir = Path(args.tmp)
+    by_engine: dict[str, list[Scenario]] = {}
+    for sc in scenarios(args):
+        by_engine.setdefault(sc.engine, []).append(sc)
+    for kind, group in by_engine.items():
+        engine = start_engine(kind, parallel=16 if kind == "llama" else 256, threads=args.threads, log_dir=log_dir)
+        engines[kind] = engine.describe
+        stack: Stack | None = None
+        try:
+            stack = start_stack(engine, capacity=max(sc.streams for sc in group), tmp=log_dir / kind)
+            for sc in group:
+                print(f"running {sc.name} …", file=sys.stderr, flush=True)
+                # The real engine streams ~30-100 tok/s and stalls for seconds on a busy 2-core box:
+                # its windows are longer, so every phase sees whole requests.
+                seconds = args.phase_s if sc.engine == "sim" else args.llama_phase_s
+                res = await run_scenario(sc, stack, engine, args.rounds, seconds, args.settle_s)
+                row = summarize(sc, res)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k not in ("direct", "through")}),
+                      file=sys.stderr, flush=True)
+        finally:
+            if stack is not None:
+                stack.stop()
+            engine.stop()
+    args.started, args.engines = started, engines
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="3 rounds x 6 s (real engine) / 3 s (simulator) per path "
+                      "(default)")
+    mode.add_argument("--full", action="store_true", help="6 rounds x 15 s / 8 s per path")
+    p.add_argument("--only", choices=["llama", "sim"])
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--phase-s", type=float)
+    p.add_argument("--llama-phase-s", type=float, help="phase length with the real engine")
+    p.add_argument("--settle-s", type=float, default=0.5)
+    p.add_argument("--max-tokens", type=int, default=32, help="real engine, per request (ignore_eos)")
+    # One core for the engine, one for the client, control plane and runner: on 2 cores, two
+    # llama.cpp threads fight the gateway for CPU and stall at every barrier when descheduled.
+    p.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    p.add_argument("--note", default="", help="load on the machine etc., printed with the table")
+    p.add_argument("--json", type=Path, help="also write every number here")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (6 if args.full else 3)
+    args.phase_s = args.phase_s or (8.0 if args.full else 3.0)
+    args.llama_phase_s = args.llama_phase_s or (15.0 if args.full else 6.0)
+    args.command = ".venv/bin/python bench/bench_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.tmp = tmp = Path(__import__("tempfile").mkdtemp(prefix="outpost-overhead-"))
+    try:
+        rows = run_async(main_async(args))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = table(rows, args, args.started, args.engines)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    if not args.no_write:
+        write_section(BEGIN, END, text)
+    return {"rows": rows, "text": text}
+
+
+if __name__ == "__main__":
+    main()
