@@ -28,6 +28,7 @@ import asyncio
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -272,6 +273,7 @@ async def bench(args: argparse.Namespace) -> list[Level]:
         if swarm_ is not None:
             swarm_.stop()
         cp.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return levels
 
 

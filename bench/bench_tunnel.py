@@ -29,6 +29,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -332,6 +333,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[dict], str]:
         server.should_exit = True
         await asyncio.wait_for(serve_task, 10)
         engine.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return rows, engine.describe
 
 
