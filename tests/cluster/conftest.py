@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +98,8 @@ def _drop_keys(prefix: str) -> None:
         client.close()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextmanager
+def _cluster(tmp_path: Path) -> Iterator[Cluster]:
     db = _database("postgres", tmp_path)
     url = next(db)
     prefix = f"test-{secrets.token_hex(4)}"
@@ -123,3 +124,27 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         b.stop()
         _drop_keys(prefix)
         db.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Two fresh replicas, no runner (tests that kill a replica)."""
+    with _cluster(tmp_path) as c:
+        yield c
+
+
+@dataclass
+class OnB:
+    cluster: Cluster
+    runner: RunnerProcess
+    runner_id: str
+
+
+@pytest.fixture(scope="module")
+def on_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OnB]:
+    """Two replicas and one runner whose only tunnel ends on B; shared by the tests of a module."""
+    with _cluster(tmp_path_factory.mktemp("cluster")) as c:
+        runner = c.runner(c.b.url)
+        runner_id = runner.wait_connected(c.admin_key)
+        c.wait_seen_by_both(runner_id)
+        yield OnB(c, runner, runner_id)
