@@ -13,6 +13,7 @@ from control_plane.api import audit, budgets, e2e, errors, fairness, health, key
 from control_plane.api import service_fairness, usage
 from control_plane.api.limits import BodySizeLimit
 from control_plane.audit.checkpoints import Checkpointer
+from control_plane.cluster import Cluster
 from control_plane.console import install_console
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
@@ -46,10 +47,16 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         hub.listeners.append(admission.runner_changed)
         app.state.outpost = AppState(settings=settings, db=db, hub=hub,
                                      router=Router(RouterConfig.from_settings(settings)), admission=admission)
+        cluster = Cluster.from_settings(settings, hub) if settings.redis_url else None
+        if cluster is not None:  # several replicas: relay through Redis, share rate limits
+            await cluster.start()
+            app.state.outpost.cluster, app.state.outpost.rate_limiter = cluster, cluster.rate_limiter
         try:
             yield
         finally:
             await hub.goaway("control plane shutting down")
+            if cluster is not None:
+                await cluster.stop()
             await checkpointer.stop()  # sign the tip before going away
             await db.dispose()
 

@@ -86,6 +86,16 @@ class Settings(BaseSettings):
                                   description="How long budget rows and spending sums are reused.")
     fairness_window_s: float = Field(default=60.0, gt=0, description="Window of GET /api/fairness/service.")
 
+    # Several replicas (docs/deployment.md): Redis relays requests to the replica holding a runner's tunnel.
+    redis_url: str = Field(default="", description="Redis URL (redis://host:6379/0) shared by control-plane "
+                           "replicas; empty means a single process and no Redis.")
+    cluster_key_prefix: str = Field(default="outpost", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                    description="Prefix of every Redis key; deployments sharing a Redis differ in it.")
+    cluster_heartbeat_s: float = Field(default=1.0, gt=0, le=30, description="How often a replica publishes "
+                                       "the runners it holds and reads the other replicas'.")
+    cluster_replica_ttl_s: float = Field(default=5.0, gt=0, le=300, description="A replica silent this long is "
+                                         "dead: requests relayed to it fail over, its runners are forgotten.")
+
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @model_validator(mode="after")

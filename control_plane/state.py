@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from control_plane.cluster import Cluster
 from control_plane.db.engine import Database
 from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router
@@ -22,3 +23,4 @@ class AppState:
     router: Router = field(default_factory=Router)
     rate_limiter: RateLimiter = field(default_factory=TokenBucketLimiter)
     admission: Admission = field(default_factory=Admission)  # budgets, fair queues, cost
+    cluster: Cluster | None = None  # other replicas, through Redis (OUTPOST_REDIS_URL)

@@ -71,7 +71,7 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
     data = []
     for row in rows:
         out = RunnerOut.model_validate(row)
-        live = state.hub.runners.get(row.id)
+        live = state.hub.lookup(row.id)  # connected here or to another replica
         out.connected = live is not None
         if live is not None:
             out.models = [m.name for m in live.models]
@@ -93,4 +93,6 @@ async def revoke(runner_id: str, state: AppStateDep, admin: AdminDep, session: S
     await session.commit()
     # Refuse at once: live connections are dropped, reconnects fail the handshake.
     await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
+    if state.cluster is not None:  # its other connections may end on other replicas
+        await state.cluster.disconnect_everywhere(runner_id, CloseCode.REVOKED, "runner revoked")
     return RunnerOut.model_validate(runner)

@@ -59,6 +59,9 @@ class TunnelHub:
         self.runners: dict[str, ConnectedRunner] = {}
         self.changed = asyncio.Event()
         self.listeners: list[RunnerListener] = []  # e.g. admission capacity
+        # Runners other control-plane replicas hold, kept by control_plane/cluster
+        # (empty in a single process); a request reaches them through Redis.
+        self.remote: dict[str, ConnectedRunner] = {}
 
     def attach(self, link: Link, info: ConnectedRunner) -> ConnectedRunner:
         current = self.runners.get(info.runner_id)
@@ -87,12 +90,20 @@ class TunnelHub:
                 listener(runner, False)
         self._notify()
 
+    def routable(self) -> list[ConnectedRunner]:
+        """Runners a request may go to: this process's, then those only other replicas hold."""
+        return [*self.runners.values(), *(r for k, r in self.remote.items() if k not in self.runners)]
+
+    def lookup(self, runner_id: str) -> ConnectedRunner | None:
+        """A connected runner by id, held here or by another replica."""
+        return self.runners.get(runner_id) or self.remote.get(runner_id)
+
     def candidates(self, model: str) -> list[ConnectedRunner]:
-        return [r for r in self.runners.values() if r.serves(model) and r.usable_link() is not None]
+        return [r for r in self.routable() if r.serves(model) and r.usable_link() is not None]
 
     def runners_for(self, model: str) -> list[ConnectedRunner]:
         """Connected runners serving ``model``, usable or not (draining, saturated)."""
-        return [r for r in self.runners.values() if r.serves(model)]
+        return [r for r in self.routable() if r.serves(model)]
 
     async def wait_changed(self, timeout: float) -> None:
         """Wait until a runner connects or disconnects, or ``timeout`` passes."""
@@ -103,7 +114,7 @@ class TunnelHub:
 
     def model_names(self) -> dict[str, ModelInfo]:
         names: dict[str, ModelInfo] = {}
-        for r in self.runners.values():
+        for r in self.routable():
             for m in r.models:
                 names.setdefault(m.name, m)
                 for alias in m.aliases:
@@ -130,6 +141,10 @@ class TunnelHub:
                     await link.send(GoawayFrame(reason=reason, drain_s=0))
                 except Exception:  # noqa: BLE001 - the connection may already be gone
                     pass
+
+    def notify(self) -> None:
+        """The set of routable runners changed elsewhere (control_plane/cluster): wake waiters."""
+        self._notify()
 
     def _notify(self) -> None:
         # Wake waiters (tests, readiness) and re-arm.
