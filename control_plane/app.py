@@ -9,8 +9,20 @@ from datetime import datetime
 
 from fastapi import FastAPI
 
-from control_plane.api import audit, budgets, e2e, errors, fairness, health, keys, openai, runners, tunnel
-from control_plane.api import service_fairness, usage
+from control_plane.api import (
+    audit,
+    budgets,
+    e2e,
+    errors,
+    fairness,
+    health,
+    keys,
+    openai,
+    runners,
+    service_fairness,
+    tunnel,
+    usage,
+)
 from control_plane.api.limits import BodySizeLimit
 from control_plane.audit.checkpoints import Checkpointer
 from control_plane.cluster import Cluster

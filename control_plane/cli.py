@@ -18,9 +18,12 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
-from sdk.protocol import MAX_FRAME_BYTES
-
-from control_plane.admin import issue_api_key, issue_enrollment_token, parse_residency, update_tenant
+from control_plane.admin import (
+    issue_api_key,
+    issue_enrollment_token,
+    parse_residency,
+    update_tenant,
+)
 from control_plane.app import create_app
 from control_plane.audit.cli import audit_app
 from control_plane.budgets_cli import budgets_app
@@ -30,6 +33,7 @@ from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
 from control_plane.openai.routing import POLICIES
 from control_plane.settings import Settings
+from sdk.protocol import MAX_FRAME_BYTES
 
 app = typer.Typer(help="Outpost control plane.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -185,7 +189,7 @@ def _instructions(url: str, key: str) -> str:
     )
 
 
-async def _with_db(settings: Settings, fn):  # noqa: ANN001, ANN202 - small local helper
+async def _with_db(settings: Settings, fn):
     db = Database(settings.database_url)
     try:
         return await fn(db)

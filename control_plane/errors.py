@@ -18,7 +18,7 @@ class ApiError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
@@ -53,9 +53,9 @@ class ApiError(Exception):
         return cls(503, message, type="service_unavailable", code=code, headers={"Retry-After": "1"})
 
 
-def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict:  # noqa: A002
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def sse_error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:  # noqa: A002
+def sse_error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:
     return b"data: " + json.dumps(error_body(message, type, code)).encode() + b"\n\n"

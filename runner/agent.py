@@ -11,9 +11,6 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from sdk.e2e import Kem
-from sdk.protocol import StatusFrame
-
 from runner.e2e import RunnerE2E
 from runner.engines.base import EngineAdapter, EngineLoad
 from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity
@@ -22,6 +19,8 @@ from runner.settings import RunnerSettings
 from runner.streams import OutboundStream
 from runner.supervisor import Supervisor
 from runner.tunnel import TunnelClient, TunnelTerminated
+from sdk.e2e import Kem
+from sdk.protocol import StatusFrame
 
 __all__ = ["Agent", "AgentConfig"]
 
@@ -103,7 +102,7 @@ class Agent:
     def _make_tunnel(self, identity: RunnerIdentity) -> TunnelClient:
         s = self.settings
         adapter = self.config.adapter
-        endpoint = lambda: EngineEndpoint(  # noqa: E731 - the port changes on engine restart
+        endpoint = lambda: EngineEndpoint(
             base_url=self.supervisor.base_url, headers=self.config.engine_headers,
             upstream_names={m.name: m.name for m in adapter.models})
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from sdk.protocol import Usage
-
 from runner.streams import OutboundStream
+from sdk.protocol import Usage
 
 __all__ = ["EngineEndpoint", "SealedHandler", "relay"]
 

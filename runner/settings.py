@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from pydantic import Field, SecretStr
 from typing import Annotated, Literal
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, CliImplicitFlag, CliSuppress, SettingsConfigDict
 
 __all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]

@@ -18,6 +18,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from runner.identity import RunnerIdentity
+from runner.streams import OutboundStream
 from sdk.protocol import (
     CAPABILITIES,
     MAX_FRAME_BYTES,
@@ -39,9 +41,6 @@ from sdk.protocol import (
     negotiate_version,
     parse_frame,
 )
-
-from runner.identity import RunnerIdentity
-from runner.streams import OutboundStream
 
 __all__ = ["TunnelClient", "TunnelTerminated", "tunnel_url"]
 
@@ -240,7 +239,7 @@ class TunnelClient:
                     self.completed += 1
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one request's failure must not end the tunnel
+            except Exception as exc:
                 log.exception("stream %d failed", out.id)
                 if not out.closed:
                     try:

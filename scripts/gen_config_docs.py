@@ -26,7 +26,7 @@ environment only, so they never appear in process lists).
 """
 
 
-def _default(field) -> str:  # noqa: ANN001 - pydantic FieldInfo
+def _default(field) -> str:
     if field.default_factory is not None:
         return "(derived)"
     value = field.default

@@ -66,7 +66,7 @@ class ChaosProxy:
             await writer.drain()
         writer.close()
 
-    def _call(self, fn) -> None:  # noqa: ANN001
+    def _call(self, fn) -> None:
         async def run() -> None:
             fn()
 

@@ -6,8 +6,6 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-
-from sdk.protocol import CloseCode
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
@@ -16,6 +14,7 @@ from control_plane.errors import ApiError
 from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
 from control_plane.store.runners import create_runner, get_runner, list_runners, revoke_runner
+from sdk.protocol import CloseCode
 
 router = APIRouter(prefix="/api/runners", tags=["runners"])
 

@@ -9,6 +9,11 @@ import secrets
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from control_plane.audit import audit_runner_event, record_runner_event
+from control_plane.state import AppState
+from control_plane.store.runners import get_runner, record_hello
+from control_plane.tunnel.hub import ConnectedRunner
+from control_plane.tunnel.link import Link
 from sdk.identity import verify_signature
 from sdk.protocol import (
     CAPABILITIES,
@@ -23,12 +28,6 @@ from sdk.protocol import (
     negotiate_version,
     parse_frame,
 )
-
-from control_plane.audit import audit_runner_event, record_runner_event
-from control_plane.state import AppState
-from control_plane.store.runners import get_runner, record_hello
-from control_plane.tunnel.hub import ConnectedRunner
-from control_plane.tunnel.link import Link
 
 log = logging.getLogger("outpost.tunnel")
 router = APIRouter()

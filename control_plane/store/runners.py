@@ -7,9 +7,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sdk.protocol import ModelInfo
-
 from control_plane.db.models import Runner, ServedModel, new_id, utcnow
+from sdk.protocol import ModelInfo
 
 __all__ = ["create_runner", "get_runner", "known_model", "list_runners", "record_hello", "revoke_runner"]
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
-
 from control_plane.services.cost import hourly_rate
 from control_plane.tunnel.link import Link
+from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
 __all__ = ["ConnectedRunner", "RunnerListener", "TunnelHub"]
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from control_plane.tunnel.stream import Stream
 from sdk.protocol import (
     DEFAULT_STREAM_WINDOW,
     MAX_DATA_BYTES,
@@ -22,8 +23,6 @@ from sdk.protocol import (
     WindowUpdateFrame,
     encode_frame,
 )
-
-from control_plane.tunnel.stream import Stream
 
 __all__ = ["Link", "RunnerLoad"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["EngineLoad", "EngineAdapter", "LaunchSpec", "ServedModel"]
+__all__ = ["EngineAdapter", "EngineLoad", "LaunchSpec", "ServedModel"]
 
 
 @dataclass(frozen=True)

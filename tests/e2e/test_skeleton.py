@@ -116,7 +116,7 @@ def test_request_record_has_usage_and_no_content(stack: Stack) -> None:
     assert completion and completion.strip() not in dump
 
 
-def _wait_for_record(conn, request_id: str) -> dict:  # noqa: ANN001
+def _wait_for_record(conn, request_id: str) -> dict:
     import time
 
     for _ in range(100):
@@ -128,14 +128,14 @@ def _wait_for_record(conn, request_id: str) -> dict:  # noqa: ANN001
     raise AssertionError(f"no request record for {request_id}")
 
 
-def _dump_all_tables(conn) -> str:  # noqa: ANN001
+def _dump_all_tables(conn) -> str:
     parts = []
     for table in inspect(conn).get_table_names():
         parts.extend(repr(tuple(r)) for r in conn.execute(text(f'SELECT * FROM "{table}"')))
     return "\n".join(parts)
 
 
-def test_runner_not_connected_is_503(stack: Stack, tmp_path) -> None:  # noqa: ANN001
+def test_runner_not_connected_is_503(stack: Stack, tmp_path) -> None:
     """A runner that served a model goes away: the model is known, so 503 (not 404)."""
     runner = RunnerProcess(stack.cp, tmp_path / "r2", "ephemeral",
                            args=["--parallel", "1", "--ctx", "512", "--served-model-name", "ephemeral-model"])

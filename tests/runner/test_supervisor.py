@@ -35,7 +35,7 @@ async def _chat(http: httpx.AsyncClient, sup: Supervisor) -> str:
 
 
 @pytest.mark.parametrize("make", [_xllamacpp, _llama_cpp_python], ids=["xllamacpp", "llama-cpp-python"])
-async def test_real_engine_serves_and_is_restarted_after_kill_9(make, tmp_path: Path) -> None:  # noqa: ANN001
+async def test_real_engine_serves_and_is_restarted_after_kill_9(make, tmp_path: Path) -> None:
     async with httpx.AsyncClient() as http:
         sup = Supervisor(make(), log_dir=tmp_path, http=http, health_timeout_s=120)
         await sup.start()

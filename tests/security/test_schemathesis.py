@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import CHECKS
@@ -58,7 +57,7 @@ def test_openapi_contract(stack: Stack) -> None:
         @given(case=operation.as_strategy())
         @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-        def run(case) -> None:  # noqa: ANN001
+        def run(case) -> None:
             # Keep inference cheap on the shared one-thread runner (the schema allows up to the limit).
             if isinstance(case.body, dict):
                 for field in ("max_tokens", "max_completion_tokens", "n"):

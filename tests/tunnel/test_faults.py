@@ -19,7 +19,7 @@ from tests.tunnel.conftest import MODEL, TunnelEnv, make_env
 from tests.utils import ControlPlaneProcess, wait_until
 
 
-def _sse_events(resp: httpx.Response):  # noqa: ANN202 - generator of parsed events
+def _sse_events(resp: httpx.Response):
     for line in resp.iter_lines():
         if line.startswith("data: "):
             data = line[6:]

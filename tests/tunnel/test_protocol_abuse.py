@@ -143,7 +143,7 @@ def test_replayed_handshake_fails(shared_env: TunnelEnv, rogue: tuple[str, Ident
     assert got == CloseCode.AUTH_FAILED
 
 
-def test_silent_peer_is_cut_at_handshake_timeout(tmp_path) -> None:  # noqa: ANN001
+def test_silent_peer_is_cut_at_handshake_timeout(tmp_path) -> None:
     env = make_env(tmp_path, cp_env={"OUTPOST_TUNNEL_HANDSHAKE_TIMEOUT_S": "1"})
     try:
         ws = _ws(env)
