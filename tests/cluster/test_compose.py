@@ -42,8 +42,7 @@ def _compose_cmd() -> list[str] | None:
 
 def _run_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     cmd = _compose_cmd()
-    if cmd is None:
-        pytest.skip("docker-compose is not installed (scripts/test installs Debian's package)")
+    assert cmd is not None, "docker-compose is not installed (scripts/test installs Debian's package)"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "OUTPOST_"))}
     return subprocess.run([*cmd, "-f", str(COMPOSE), "--project-directory", str(ROOT), "config"],
                           env={**clean, **env}, capture_output=True, text=True, timeout=60, check=False)
@@ -71,8 +70,7 @@ def test_a_schema_violation_is_caught(tmp_path: Path) -> None:
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(COMPOSE.read_text().replace("service_completed_successfully", "service_completed"))
     cmd = _compose_cmd()
-    if cmd is None:
-        pytest.skip("docker-compose is not installed")
+    assert cmd is not None, "docker-compose is not installed (scripts/test installs Debian's package)"
     out = subprocess.run([*cmd, "-f", str(broken), "--project-directory", str(ROOT), "config"], check=False,
                          env={**os.environ, "POSTGRES_PASSWORD": "x"}, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "service_completed" in out.stderr
