@@ -56,10 +56,10 @@ class Stack:
         return f"{self.cp.url}/v1"
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
-    db = _database(request.param, tmp)
+def build_stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Start a control plane on ``backend`` and one runner; stop both afterwards."""
+    tmp = tmp_path_factory.mktemp(f"stack-{backend}")
+    db = _database(backend, tmp)
     url = next(db)
     cp = ControlPlaneProcess(tmp / "cp", url).start()
     runner = RunnerProcess(cp, tmp / "runner", "local")
@@ -72,3 +72,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         runner.stop()
         cp.stop()
         db.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from build_stack(request.param, tmp_path_factory)

@@ -33,10 +33,17 @@ from sdk.errors import APIStatusError, RunnerKeyError
 from sdk.models import ChatCompletion
 from sdk.protocol import StatusFrame
 from sdk.sealed import RUNNER_HEADER
-from tests.conftest import Stack
+from tests.conftest import Stack, build_stack
 from tests.utils import wait_until
 
 MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of this module's own: its tests count records and keys exactly, so the
+    shared session stack (used by hundreds of other tests) would make them order-dependent."""
+    yield from build_stack(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,17 @@ from sdk.errors import (
     PermissionDeniedError,
 )
 from sdk.models import ChatCompletion, UsageReport
-from tests.conftest import Stack
+from tests.conftest import Stack, build_stack
 
 MODEL = "smollm2-135m-instruct"
 HI = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of this module's own: its tests count records and keys exactly, so the
+    shared session stack (used by hundreds of other tests) would make them order-dependent."""
+    yield from build_stack(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
