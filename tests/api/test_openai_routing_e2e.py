@@ -12,6 +12,7 @@ Runners (each the embedded SmolLM2 on one thread, one slot, 512 tokens of contex
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import threading
 import time
@@ -261,7 +262,9 @@ def test_runner_killed_before_first_byte_fails_over(cluster: Cluster) -> None:
         long_stream = httpx.stream(
             "POST", f"{cluster.base_url}/chat/completions", timeout=120,
             headers={"Authorization": f"Bearer {cluster.key}", **cheap},
-            json={"model": "failover-model", "messages": [{"role": "user", "content": "Tell a long story."}],
+            # A prompt no earlier test sent: prefix affinity must not pull it to another runner.
+            json={"model": "failover-model",
+                  "messages": [{"role": "user", "content": f"Tell a long story ({secrets.token_hex(4)})."}],
                   "max_tokens": 400, "ignore_eos": True, "stream": True})
         lines: list[str] = []
         result: dict[str, object] = {}
@@ -273,7 +276,8 @@ def test_runner_killed_before_first_byte_fails_over(cluster: Cluster) -> None:
             # Unstreamed, the whole answer is its first byte: nothing reaches the client for seconds.
             def unstreamed() -> None:
                 result["resp"] = cluster.post("/chat/completions", chat_body(
-                    "failover-model", "Write a poem.", max_tokens=150, ignore_eos=True), **cheap)
+                    "failover-model", f"Write a poem ({secrets.token_hex(4)}).", max_tokens=150,
+                    ignore_eos=True), **cheap)
 
             t = threading.Thread(target=unstreamed)
             t.start()
