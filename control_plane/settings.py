@@ -86,7 +86,7 @@ class Settings(BaseSettings):
                                   description="How long budget rows and spending sums are reused.")
     fairness_window_s: float = Field(default=60.0, gt=0, description="Window of GET /api/fairness/service.")
 
-    # Several replicas (docs/deployment.md): Redis relays requests to the replica holding a runner's tunnel.
+    # Several replicas (docs/deploy.md): Redis relays requests to the replica holding a runner's tunnel.
     redis_url: str = Field(default="", description="Redis URL (redis://host:6379/0) shared by control-plane "
                            "replicas; empty means a single process and no Redis.")
     cluster_key_prefix: str = Field(default="outpost", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",

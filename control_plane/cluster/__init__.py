@@ -1,4 +1,4 @@
-"""Several control-plane replicas on one PostgreSQL and one Redis (docs/deployment.md).
+"""Several control-plane replicas on one PostgreSQL and one Redis (docs/deploy.md).
 
 A runner's tunnel ends on whichever replica its connection reached; a
 request may arrive at any replica. Redis carries what must cross between

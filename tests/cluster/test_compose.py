@@ -195,10 +195,10 @@ def test_compose_builds_the_right_targets() -> None:
 
 
 def test_deployment_doc_covers_every_service_and_profile() -> None:
-    doc = (ROOT / "docs" / "deployment.md").read_text()
+    doc = (ROOT / "docs" / "deploy.md").read_text()
     raw = yaml.safe_load(COMPOSE.read_text())
     missing = [s for s in raw["services"] if f"`{s}`" not in doc]
-    assert not missing, f"services missing from docs/deployment.md: {missing}"
+    assert not missing, f"services missing from docs/deploy.md: {missing}"
     for needle in ("--profile gpu", "--profile scale", "runners enroll", "secrets/runner-token",
                    "POSTGRES_PASSWORD", "OUTPOST_REDIS_URL"):
         assert needle in doc, needle

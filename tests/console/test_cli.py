@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     def run(*args: str, password: str | None = None, stdin: str | None = None):
         env = {PASSWORD_ENV: password} if password is not None else {}
-        return runner.invoke(users_app, list(args), env=env, input=stdin)
+        # The session's Playwright sync API keeps an event loop running on the main thread; a real
+        # `control-plane users` process never has one, so invoke the CLI on a thread of its own.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(runner.invoke, users_app, list(args), env=env, input=stdin).result()
 
     return run
 
