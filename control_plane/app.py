@@ -32,6 +32,8 @@ from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import utcnow
 from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router, RouterConfig
+from control_plane.services.auth_cache import KeyCache
+from control_plane.services.record_writer import RecordWriter
 from control_plane.settings import Settings
 from control_plane.state import AppState
 from control_plane.tunnel.hub import TunnelHub
@@ -57,7 +59,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         hub = TunnelHub()
         admission = Admission.from_settings(settings, wall_clock=wall_clock)
         hub.listeners.append(admission.runner_changed)
-        app.state.outpost = AppState(settings=settings, db=db, hub=hub,
+        records = RecordWriter.from_settings(db, settings, on_committed=admission.budgets.records_committed)
+        await records.start()
+        app.state.outpost = AppState(settings=settings, db=db, hub=hub, records=records,
+                                     key_cache=KeyCache.for_database(db, settings),
                                      router=Router(RouterConfig.from_settings(settings)), admission=admission)
         cluster = Cluster.from_settings(settings, hub) if settings.redis_url else None
         if cluster is not None:  # several replicas: relay through Redis, share rate limits
@@ -67,6 +72,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
             yield
         finally:
             await hub.goaway("control plane shutting down")
+            await records.stop()  # every queued record written before the chain's tip is signed
             if cluster is not None:
                 await cluster.stop()
             await checkpointer.stop()  # sign the tip before going away

@@ -86,6 +86,22 @@ class Settings(BaseSettings):
                                   description="How long budget rows and spending sums are reused.")
     fairness_window_s: float = Field(default=60.0, gt=0, description="Window of GET /api/fairness/service.")
 
+    # The request path's database work (docs/performance.md).
+    auth_cache_ttl_s: float = Field(
+        default=5.0, ge=0, le=300, description="How long a verified API key is reused without reading the "
+        "database. Changes through this process apply at once; a revocation through another replica without "
+        "Redis, or the CLI, within this. 0 turns the cache off.")
+    auth_cache_size: int = Field(default=10_000, ge=0, description="Most API keys cached (least recently used "
+                                 "go first).")
+    records_queue_max: int = Field(default=10_000, ge=1, description="Request records that may wait to be "
+                                   "written; while this many wait, new requests get 503 records_backlog.")
+    records_batch_max: int = Field(default=256, ge=1, le=1000, description="Most request records (and their "
+                                   "audit events) written in one transaction.")
+    records_retry_max_s: float = Field(default=5.0, gt=0, le=300, description="Longest pause between retries "
+                                       "while the database cannot take request records (nothing is dropped).")
+    records_drain_s: float = Field(default=30.0, ge=0, description="At shutdown, how long to wait for queued "
+                                   "request records to be written.")
+
     # Several replicas (docs/deploy.md): Redis relays requests to the replica holding a runner's tunnel.
     redis_url: str = Field(default="", description="Redis URL (redis://host:6379/0) shared by control-plane "
                            "replicas; empty means a single process and no Redis.")

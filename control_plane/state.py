@@ -8,7 +8,9 @@ from control_plane.cluster import Cluster
 from control_plane.db.engine import Database
 from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router
+from control_plane.services.auth_cache import KeyCache
 from control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
+from control_plane.services.record_writer import RecordWriter
 from control_plane.settings import Settings
 from control_plane.tunnel.hub import TunnelHub
 
@@ -20,6 +22,8 @@ class AppState:
     settings: Settings
     db: Database
     hub: TunnelHub
+    records: RecordWriter  # request records and their audit events, batched (services/record_writer.py)
+    key_cache: KeyCache = field(default_factory=KeyCache)  # verified API keys (services/auth_cache.py)
     router: Router = field(default_factory=Router)
     rate_limiter: RateLimiter = field(default_factory=TokenBucketLimiter)
     admission: Admission = field(default_factory=Admission)  # budgets, fair queues, cost

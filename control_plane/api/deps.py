@@ -10,8 +10,9 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.errors import ApiError
+from control_plane.services.auth_cache import authenticate
 from control_plane.state import AppState
-from control_plane.store.keys import authenticate_api_key
+from control_plane.store.policies import KeyPolicy
 
 __all__ = ["AdminDep", "AppStateDep", "Caller", "CallerDep", "SessionDep", "bearer_token"]
 
@@ -45,19 +46,18 @@ class Caller:
     tenant_id: str
     api_key_id: str
     scopes: frozenset[str]
+    # The key's routing and limit settings, read with the key (and cached with it).
+    policy: KeyPolicy | None = None
 
 
 async def get_caller(request: Request, state: AppStateDep) -> Caller:
     token = bearer_token(request)
     if token is None:
         raise ApiError.unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
-    # A short session of its own: a streaming response must not pin a pooled
-    # connection for its whole lifetime.
-    async with state.db.session() as session:
-        key = await authenticate_api_key(session, token)
+    key = await authenticate(state.db, state.key_cache, token)
     if key is None:
         raise ApiError.unauthorized()
-    return Caller(tenant_id=key.tenant_id, api_key_id=key.id, scopes=frozenset(key.scopes.split(",")))
+    return Caller(tenant_id=key.tenant_id, api_key_id=key.api_key_id, scopes=key.scopes, policy=key.policy)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

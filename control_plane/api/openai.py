@@ -32,6 +32,8 @@ ROUTING_HEADER = "X-Outpost-Routing"
 
 
 async def get_key_policy_dep(state: AppStateDep, caller: CallerDep) -> KeyPolicy:
+    if caller.policy is not None:  # read (or cached) with the key
+        return caller.policy
     async with state.db.session() as session:
         policy = await get_key_policy(session, caller.api_key_id)
     return policy or KeyPolicy()

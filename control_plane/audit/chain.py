@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control_plane.db.models import AuditEvent, AuditHead
 from sdk.audit import GENESIS_HASH, canonical_json, chain_hash, event_digest
 
-__all__ = ["EVENT_VERSION", "Head", "append_event", "event_object", "format_ts", "lock_head", "read_head",
-           "utc_ts"]
+__all__ = ["EVENT_VERSION", "EventSpec", "Head", "append_event", "append_events", "event_object", "format_ts",
+           "lock_head", "read_head", "utc_ts"]
 
 EVENT_VERSION = 1
 _HEAD_ID = 1
@@ -91,26 +91,54 @@ async def read_head(session: AsyncSession) -> Head:
     return Head(*row) if row is not None else Head(0, GENESIS_HASH, 0, None, 0)
 
 
+@dataclass(frozen=True)
+class EventSpec:
+    """One event to append: everything but its place in the chain."""
+
+    type: str
+    actor: str
+    tenant_id: str | None
+    data: dict[str, Any]
+
+
 async def append_event(session: AsyncSession, *, type: str, actor: str, tenant_id: str | None,
                        data: dict[str, Any]) -> AuditEvent:
     """Append one event in the caller's transaction; returns the new row (not committed)."""
-    canonical_json(data)  # refuse floats and the like before taking the lock
+    return (await append_events(session, [EventSpec(type, actor, tenant_id, data)]))[0]
+
+
+async def append_events(session: AsyncSession, events: list[EventSpec]) -> list[AuditEvent]:
+    """Append ``events`` in this order, as consecutive sequence numbers, in the caller's transaction.
+
+    One head lock, one multi-row insert and one head update for the lot: the
+    request-record writer appends a batch of inference events this way.
+    """
+    if not events:
+        return []
+    for ev in events:
+        canonical_json(ev.data)  # refuse floats and the like before taking the lock
     # Everything the caller has pending goes out now, before the lock is taken.
     await session.flush()
     head = await lock_head(session)
-    row = AuditEvent(seq=head.seq + 1, ts=utc_ts(), type=type, actor=actor, tenant_id=tenant_id,
-                     salt=secrets.token_hex(16), data=data)
-    row.hash = chain_hash(head.hash, event_digest(event_object(row)))
+    rows: list[AuditEvent] = []
+    seq, prev = head.seq, head.hash
+    for ev in events:
+        seq += 1
+        row = AuditEvent(seq=seq, ts=utc_ts(), type=ev.type, actor=ev.actor, tenant_id=ev.tenant_id,
+                         salt=secrets.token_hex(16), data=ev.data)
+        row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
+        rows.append(row)
     # Every round trip made while holding the lock is one more wait for every
-    # other appender, so the head and the event are written by Core statements
+    # other appender, so the head and the events are written by Core statements
     # (no ORM flush), and on PostgreSQL by one statement.
-    move_head = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=row.seq, hash=row.hash)
+    move_head = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=seq, hash=prev)
                  .execution_options(synchronize_session=False))
-    add_event = insert(AuditEvent).values(seq=row.seq, ts=row.ts, type=row.type, actor=row.actor,
-                                          tenant_id=row.tenant_id, salt=row.salt, data=row.data, hash=row.hash)
+    add_events = insert(AuditEvent).values([
+        {"seq": r.seq, "ts": r.ts, "type": r.type, "actor": r.actor, "tenant_id": r.tenant_id, "salt": r.salt,
+         "data": r.data, "hash": r.hash} for r in rows])
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(add_event.add_cte(move_head.cte("move_head")))
+        await session.execute(add_events.add_cte(move_head.cte("move_head")))
     else:
         await session.execute(move_head)
-        await session.execute(add_event)
-    return row
+        await session.execute(add_events)
+    return rows

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.audit.chain import append_event, format_ts
+from control_plane.audit.chain import EventSpec, append_event, append_events, format_ts
 from control_plane.db.models import AuditEvent, RequestRecord
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "record_admin",
     "record_fairness_probe",
     "record_inference",
+    "record_inferences",
     "record_login",
     "record_runner_event",
     "record_system",
@@ -122,7 +123,15 @@ def _ms(value: float | None) -> int | None:
 
 async def record_inference(session: AsyncSession, record: RequestRecord) -> AuditEvent:
     """One inference request, from its request record: ids, counts, cost, outcome; no content."""
-    r = record
+    return (await record_inferences(session, [record]))[0]
+
+
+async def record_inferences(session: AsyncSession, records: list[RequestRecord]) -> list[AuditEvent]:
+    """One ``inference`` event per record, consecutive in the chain, in the order given."""
+    return await append_events(session, [_inference_event(r) for r in records])
+
+
+def _inference_event(r: RequestRecord) -> EventSpec:
     data = {
         "request_id": r.id, "api_key_id": r.api_key_id, "model": r.model, "runner_id": r.runner_id,
         "endpoint": r.endpoint, "stream": bool(r.stream), "e2e": bool(r.e2e), "status": r.status,
@@ -131,8 +140,7 @@ async def record_inference(session: AsyncSession, record: RequestRecord) -> Audi
         "attempts": r.attempts or 0, "latency_ms": _ms(r.latency_ms), "ttft_ms": _ms(r.ttft_ms),
         "cost_usd": None if r.cost_usd is None else _decimal(r.cost_usd),
     }
-    return await append_event(session, type="inference", actor=actor_for_key(r.api_key_id),
-                              tenant_id=r.tenant_id, data=data)
+    return EventSpec(type="inference", actor=actor_for_key(r.api_key_id), tenant_id=r.tenant_id, data=data)
 
 
 async def record_runner_event(session: AsyncSession, *, event: RunnerEvent, runner_id: str, tenant_id: str,

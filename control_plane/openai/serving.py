@@ -18,14 +18,12 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from control_plane.audit.events import record_inference
 from control_plane.db.models import RequestRecord, new_id
 from control_plane.errors import ApiError, error_body, sse_error_event
 from control_plane.openai.admission import Slot
 from control_plane.openai.routing import Endpoint, RouteDecision, RouteRequest
 from control_plane.services.scheduler import RunnerGone
 from control_plane.state import AppState
-from control_plane.store.records import add_request_record
 from control_plane.store.runners import known_model
 from control_plane.tunnel.hub import ConnectedRunner
 from control_plane.tunnel.link import Link
@@ -41,7 +39,7 @@ _background: set[asyncio.Task[Any]] = set()
 
 def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
     # Work that must finish even if the client's task is cancelled (reset the
-    # runner's stream, write the record); keep a reference so it is not GC'd.
+    # runner's stream); keep a reference so it is not GC'd.
     task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
@@ -127,13 +125,15 @@ class _Outcome:
 
 
 async def serve_inference(state: AppState, call: InferenceCall) -> Response:
+    # Back-pressure: refused here, a request is not accepted, so it needs no record.
+    state.records.check_capacity()
     outcome = _Outcome(call)
     try:
         budget = await state.admission.check_budget(state.db, call)
         opened = await _open_with_failover(state, call, outcome)
     except ApiError as exc:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
-        _spawn(_write_record(state, outcome))
+        _write_record(state, outcome)
         raise
     except BaseException:
         outcome.settle()  # cancelled before the first byte: the slot must not leak
@@ -362,7 +362,7 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
             opened.link.close_stream(opened.stream)
             _spawn(opened.stream.cancel("client disconnected"))
         _observe(state, opened, outcome)
-        _spawn(_write_record(state, outcome))
+        _write_record(state, outcome)
 
 
 async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
@@ -386,7 +386,7 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     finally:
         outcome.settle()
         _observe(state, opened, outcome)
-        _spawn(_write_record(state, outcome))
+        _write_record(state, outcome)
     body = "".join(parts)
     outcome.bytes_out = len(body)
     if opened.start.status >= 400:
@@ -451,12 +451,6 @@ def _as_error_envelope(body: str, status: int) -> str:
     return json.dumps(error_body(body[:500] or "engine error", kind))
 
 
-async def _write_record(state: AppState, outcome: _Outcome) -> None:
-    try:
-        async with state.db.session() as session:
-            record = await add_request_record(session, outcome.record())
-            # Same transaction: a request is recorded and audited, or neither.
-            await record_inference(session, record)
-            await session.commit()
-    except Exception:
-        log.exception("could not write request record %s", outcome.call.request_id)
+def _write_record(state: AppState, outcome: _Outcome) -> None:
+    # The writer commits it with its audit event, in a batch (services/record_writer.py).
+    state.records.submit(outcome.record())

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -41,9 +41,13 @@ log = logging.getLogger("outpost.budgets")
 
 #: Response header set while a budget is past its soft threshold.
 WARNING_HEADER = "X-Outpost-Budget-Warning"
-# Pending costs older than this are dropped: every cache entry has been
-# refreshed since (cache_s is capped well below it), so none still needs them.
+# Pending costs are dropped this long after their record committed: every
+# cache entry has been refreshed since (cache_s is capped well below it), so
+# none still needs them. A record not yet committed (the writer is waiting for
+# the database) keeps its cost pending however long that takes.
 _PENDING_KEEP_S = 120.0
+# ... but not forever: a record the writer gave up on (logged at ERROR) never commits.
+_PENDING_MAX_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class _Pending:
     cost: float
     at: datetime
     added: float  # monotonic
+    committed: float | None = None  # monotonic, when its record was committed
 
 
 @dataclass
@@ -138,6 +143,13 @@ class BudgetGuard:
         """A request finished and cost ``cost``; its record, created ``at``, is about to be written."""
         if cost > 0:
             self._pending[request_id] = _Pending(tenant_id, api_key_id, cost, at, self._monotonic())
+
+    def records_committed(self, request_ids: list[str]) -> None:
+        """The request-record writer committed these records: their costs may expire from pending."""
+        mono = self._monotonic()
+        for rid in request_ids:
+            if (p := self._pending.get(rid)) is not None and p.committed is None:
+                self._pending[rid] = replace(p, committed=mono)
 
     def invalidate(self, tenant_id: str) -> None:
         """Budgets of the tenant changed: read them again on the next check."""
@@ -199,7 +211,9 @@ class BudgetGuard:
         return cached.value + sum(p.cost for rid, p in mine.items() if rid not in cached.included)
 
     def _prune(self, mono: float) -> None:
-        for rid in [rid for rid, p in self._pending.items() if mono - p.added > _PENDING_KEEP_S]:
+        for rid in [rid for rid, p in self._pending.items()
+                    if (p.committed is not None and mono - p.committed > _PENDING_KEEP_S)
+                    or mono - p.added > _PENDING_MAX_S]:
             del self._pending[rid]
         for key in [k for k, s in self._sums.items() if mono - s.fetched > _PENDING_KEEP_S]:
             del self._sums[key]

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db.models import ApiKey, FairnessRun, new_id, utcnow
 from control_plane.fairness.schemas import RunDocument, RunStatus, RunSummary
+from control_plane.store.changes import mark_key_changed
 
 __all__ = [
     "create_fairness_run",
@@ -77,3 +78,4 @@ async def revoke_probe_key(session: AsyncSession, key_id: str) -> None:
     stmt = (update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
             .values(revoked_at=utcnow()).execution_options(synchronize_session=False))
     await session.execute(stmt)
+    mark_key_changed(session, key_ids=[key_id])  # a Core UPDATE: the ORM cannot see it

@@ -1,0 +1,181 @@
+"""Verified API keys, cached in process for a few seconds (docs/performance.md).
+
+Every inference request used to read its key and the key's policy from the
+database: two sessions and two SELECTs before anything was routed. A key is
+now looked up by its public prefix in a small LRU map; the entry holds an
+HMAC of the secret under a per-process random key (never the secret, and not
+the hash the database stores) and is accepted only if the presented secret's
+HMAC matches in constant time. A wrong secret for a cached prefix falls
+through to the database and leaves the entry alone.
+
+Staleness is bounded:
+
+* in this process, a committed change to an API key or a tenant (revoke,
+  limits, routing, residency, weight) drops the affected entries at once
+  (``store.changes``) — the next request reads the database;
+* an entry is never used past its key's ``expires_at``, whatever the TTL;
+* changes made elsewhere (another replica, the ``control-plane`` CLI, SQL)
+  are seen after at most ``ttl_s``, the entry's age limit; with Redis the
+  replicas also tell each other about revocations (``cluster``), which drops
+  the entry at once on every replica that gets the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from control_plane.db.engine import Database
+from control_plane.db.models import utcnow
+from control_plane.security import parse_secret
+from control_plane.settings import Settings
+from control_plane.store.changes import KEY_CACHE_INFO
+from control_plane.store.keys import authenticate_api_key
+from control_plane.store.policies import KeyPolicy, get_key_policy
+
+__all__ = ["CachedKey", "KeyCache", "authenticate"]
+
+
+@dataclass(frozen=True)
+class CachedKey:
+    """What a request needs of its verified key: who, what it may do, until when, and its policy."""
+
+    tenant_id: str
+    api_key_id: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    policy: KeyPolicy = field(default_factory=KeyPolicy)
+
+
+@dataclass
+class _Entry:
+    key: CachedKey
+    digest: bytes
+    cached_at: float  # monotonic
+
+
+class KeyCache:
+    """An LRU map from key prefix to a verified key, each entry valid for ``ttl_s``."""
+
+    def __init__(self, *, ttl_s: float = 5.0, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], datetime] = utcnow) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock, self._wall_clock = clock, wall_clock
+        self._pepper = secrets.token_bytes(32)
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # prefix -> entry, oldest use first
+        self._prefix_of: dict[str, str] = {}  # api_key_id -> prefix
+        # Bumped by every invalidation: a database read that began before one
+        # may hold the old row and must not be cached (see ``put``).
+        self.generation = 0
+        self.hits = self.misses = 0
+
+    @classmethod
+    def for_database(cls, db: Database, settings: Settings) -> KeyCache:
+        """A cache that every commit through ``db``'s sessions keeps current (``store.changes``)."""
+        cache = cls(ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_size)
+        db.sessions.configure(info=cache.session_info())
+        return cache
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0 and self.max_entries > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _digest(self, secret: str) -> bytes:
+        return hmac.new(self._pepper, secret.encode(), hashlib.sha256).digest()
+
+    def get(self, prefix: str, secret: str) -> CachedKey | None:
+        """The cached key for ``prefix`` if ``secret`` is its secret, fresh and unexpired; else ``None``."""
+        entry = self._entries.get(prefix)
+        if entry is None:
+            self.misses += 1
+            return None
+        if not hmac.compare_digest(entry.digest, self._digest(secret)):
+            self.misses += 1  # a wrong secret: the database decides, the entry stays
+            return None
+        if self._clock() - entry.cached_at >= self.ttl_s or self._expired(entry.key):
+            self._drop(prefix)
+            self.misses += 1
+            return None
+        self._entries.move_to_end(prefix)
+        self.hits += 1
+        return entry.key
+
+    def put(self, prefix: str, secret: str, key: CachedKey, *, generation: int) -> None:
+        """Cache ``key``, read from the database after ``generation`` was taken."""
+        if not self.enabled or generation != self.generation:
+            return
+        self._drop(prefix)
+        self._entries[prefix] = _Entry(key, self._digest(secret), self._clock())
+        self._prefix_of[key.api_key_id] = prefix
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries)))
+
+    def invalidate_keys(self, key_ids: Iterable[str]) -> None:
+        self.generation += 1
+        for key_id in key_ids:
+            if (prefix := self._prefix_of.get(key_id)) is not None:
+                self._drop(prefix)
+
+    def invalidate_tenants(self, tenant_ids: Iterable[str]) -> None:
+        self.generation += 1
+        tenants = set(tenant_ids)
+        for prefix in [p for p, e in self._entries.items() if e.key.tenant_id in tenants]:
+            self._drop(prefix)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._prefix_of.clear()
+
+    def expired(self, key: CachedKey) -> bool:
+        return self._expired(key)
+
+    def _expired(self, key: CachedKey) -> bool:
+        exp = key.expires_at
+        if exp is None:
+            return False
+        if exp.tzinfo is None:  # SQLite returns naive datetimes
+            exp = exp.replace(tzinfo=self._wall_clock().tzinfo)
+        return exp <= self._wall_clock()
+
+    def _drop(self, prefix: str) -> None:
+        entry = self._entries.pop(prefix, None)
+        if entry is not None and self._prefix_of.get(entry.key.api_key_id) == prefix:
+            del self._prefix_of[entry.key.api_key_id]
+
+    def session_info(self) -> dict[str, Any]:
+        """``info`` for a session factory whose commits must invalidate this cache."""
+        return {KEY_CACHE_INFO: self}
+
+
+async def authenticate(db: Database, cache: KeyCache, token: str) -> CachedKey | None:
+    """The verified, unrevoked, unexpired key ``token`` names, from the cache or the database."""
+    parsed = parse_secret(token, "sk")
+    if parsed is None:
+        return None
+    if (hit := cache.get(parsed.prefix, parsed.secret)) is not None:
+        return hit
+    generation = cache.generation
+    # A short session of its own: a streaming response must not pin a pooled
+    # connection for its whole lifetime.
+    async with db.session() as session:
+        row = await authenticate_api_key(session, token)
+        if row is None:
+            return None
+        policy = await get_key_policy(session, row.id)
+    key = CachedKey(tenant_id=row.tenant_id, api_key_id=row.id, scopes=frozenset(row.scopes.split(",")),
+                    expires_at=row.expires_at, policy=policy or KeyPolicy())
+    cache.put(parsed.prefix, parsed.secret, key, generation=generation)
+    return key

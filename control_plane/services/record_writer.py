@@ -1,0 +1,237 @@
+"""Request records and their audit events, written by one task in batches (docs/performance.md).
+
+Every inference request ends with a request record and an ``inference``
+audit event, committed together. Written one by one, each took a pooled
+connection, the audit chain's head lock and a commit: under load the writes
+queued on the database, held connections while they waited, and starved the
+request path until the pool timed out and records were lost.
+
+Now a request hands its record to :meth:`RecordWriter.submit`, which never
+blocks and never fails, and one writer task commits whatever has queued up
+— up to ``max_batch`` records and their events in one transaction, one head
+lock, in submission order. So the chain stays contiguous and in order, and
+the writer holds at most one connection.
+
+Nothing accepted is lost:
+
+* a failed batch is retried, with exponential backoff (full jitter, up to
+  ``retry_max_s``), for as long as it takes: a slow, locked or unreachable
+  database delays records, it does not drop them. Before a retry the writer
+  asks which of the batch's records did commit (a commit whose answer was
+  lost), so none is written twice;
+* a record the database refuses for good (not a connection or lock problem)
+  is split from its batch and logged at ERROR with every field — loud, never
+  silent — so one bad row cannot hold the others back;
+* the queue is bounded by *admission*: while ``max_queue`` records wait,
+  :meth:`check_capacity` refuses new requests with a 503 before they are
+  accepted. Requests already running still submit their records, so memory
+  is bounded by ``max_queue`` plus the requests in flight;
+* :meth:`stop` (the app's lifespan) drains the queue before the database
+  closes, and logs at ERROR whatever it could not write in ``drain_s``.
+
+:meth:`flush` waits until everything submitted so far is committed — for
+tests and for code that must read its own records back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect
+
+from control_plane.audit.events import record_inferences
+from control_plane.db.engine import Database
+from control_plane.db.models import RequestRecord
+from control_plane.errors import ApiError
+from control_plane.settings import Settings
+from control_plane.store.budgets import committed_ids
+from control_plane.store.records import add_request_records
+
+__all__ = ["RecordWriter"]
+
+log = logging.getLogger("outpost.records")
+
+#: Errors that say "the database is busy or gone right now": retry the same batch.
+_TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError,
+              ConnectionError, TimeoutError, OSError)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT) or bool(getattr(exc, "connection_invalidated", False))
+
+
+class RecordWriter:
+    def __init__(self, db: Database, *, max_queue: int = 10_000, max_batch: int = 256,
+                 retry_initial_s: float = 0.05, retry_max_s: float = 5.0, drain_s: float = 30.0,
+                 on_committed: Callable[[list[str]], None] | None = None) -> None:
+        self.db = db
+        self.max_queue, self.max_batch = max_queue, max_batch
+        self.retry_initial_s, self.retry_max_s, self.drain_s = retry_initial_s, retry_max_s, drain_s
+        self.on_committed = on_committed  # ids just committed (budgets stop counting them as pending)
+        self._queue: deque[RequestRecord] = deque()
+        self._wake = asyncio.Event()
+        self._committed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Counters: submitted == written + failed + queued (+ the batch in hand).
+        self.submitted = self.written = self.failed = self.batches = self.retries = 0
+
+    @classmethod
+    def from_settings(cls, db: Database, settings: Settings,
+                      on_committed: Callable[[list[str]], None] | None = None) -> RecordWriter:
+        return cls(db, max_queue=settings.records_queue_max, max_batch=settings.records_batch_max,
+                   retry_max_s=settings.records_retry_max_s, drain_s=settings.records_drain_s,
+                   on_committed=on_committed)
+
+    @property
+    def queued(self) -> int:
+        """Records submitted and not yet committed (or given up)."""
+        return self.submitted - self.written - self.failed
+
+    # -- the request path ------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """Refuse a new request (503, before it is accepted) while the queue is full."""
+        if self.queued >= self.max_queue:
+            raise ApiError(503, f"The control plane is behind on writing request records ({self.queued} "
+                           "waiting); retry shortly.", type="service_unavailable", code="records_backlog",
+                           headers={"Retry-After": "1"})
+
+    def submit(self, record: RequestRecord) -> None:
+        """Queue ``record`` (and its audit event) for the writer. Never blocks, never raises."""
+        self.submitted += 1
+        if self._closed and self._task is None:
+            # After stop(): nobody will write it; say so with everything it holds.
+            self.failed += 1
+            log.error("request record submitted after shutdown, not written: %s", _fields(record))
+            return
+        self._queue.append(record)
+        self._wake.set()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record submitted before this call is committed (or given up)."""
+        target = self.submitted
+        async with asyncio.timeout(timeout), self._committed:
+            await self._committed.wait_for(lambda: self.written + self.failed >= target)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="record-writer")
+
+    async def stop(self) -> None:
+        """Drain the queue (up to ``drain_s``), then stop the writer."""
+        self._closed = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.drain_s)
+        except TimeoutError:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._task = None
+        if self._queue:
+            log.error("shutting down with %d request records not written (database unavailable for %gs):",
+                      len(self._queue), self.drain_s)
+            while self._queue:
+                self.failed += 1
+                log.error("request record not written: %s", _fields(self._queue.popleft()))
+
+    # -- the writer task -------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue[i] for i in range(min(self.max_batch, len(self._queue)))]
+            await self._write_until_done(batch)
+            for _ in batch:
+                self._queue.popleft()
+            async with self._committed:
+                self._committed.notify_all()
+
+    async def _write_until_done(self, batch: list[RequestRecord]) -> None:
+        """Commit ``batch``; retry what is transient, split out what is refused for good."""
+        delay = self.retry_initial_s
+        first_failure: float | None = None
+        while True:
+            try:
+                if first_failure is not None:  # a commit whose answer was lost must not be written twice
+                    batch = await self._not_yet_committed(batch)
+                    if not batch:
+                        return
+                await self._write(batch)
+                if first_failure is not None:
+                    log.warning("request records written again after %.1fs of database errors",
+                                time.monotonic() - first_failure)
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure is retried or reported, never lost
+                if not _transient(exc):
+                    await self._refused(batch, exc)
+                    return
+                if first_failure is None:
+                    first_failure = time.monotonic()
+                    log.warning("could not write %d request records yet (%s: %s); retrying with backoff",
+                                len(batch), type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.retries += 1
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def _refused(self, batch: list[RequestRecord], exc: Exception) -> None:
+        """The database refused the batch for good: find the culprit(s), write the rest."""
+        if len(batch) > 1:
+            for record in batch:
+                await self._write_until_done([record])
+            return
+        self.failed += 1
+        log.error("request record refused by the database (%s: %s), not written: %s",
+                  type(exc).__name__, exc, _fields(batch[0]))
+
+    async def _write(self, batch: list[RequestRecord]) -> None:
+        rows = [_copy(r) for r in batch]  # a failed flush leaves ORM objects half-attached
+        async with self.db.session() as session:
+            await add_request_records(session, rows)
+            # Same transaction: a request is recorded and audited, or neither. Events last (audit/chain.py).
+            await record_inferences(session, rows)
+            await session.commit()
+        self.written += len(rows)
+        self.batches += 1
+        if self.on_committed is not None:
+            try:
+                self.on_committed([r.id for r in rows])
+            except Exception:
+                log.exception("on_committed hook failed")
+
+    async def _not_yet_committed(self, batch: list[RequestRecord]) -> list[RequestRecord]:
+        async with self.db.session() as session:
+            done = await committed_ids(session, [r.id for r in batch])
+        if done:
+            self.written += len(done)
+            if self.on_committed is not None:
+                self.on_committed(sorted(done))
+        return [r for r in batch if r.id not in done]
+
+
+def _copy(record: RequestRecord) -> RequestRecord:
+    """A fresh, transient copy: each attempt gets rows no earlier session has touched."""
+    return RequestRecord(**_fields(record))
+
+
+def _fields(record: RequestRecord) -> dict[str, Any]:
+    return {attr.key: getattr(record, attr.key) for attr in inspect(RequestRecord).column_attrs
+            if getattr(record, attr.key) is not None}

@@ -1,0 +1,264 @@
+"""Request records and audit events through the batching writer: in order, complete, never lost,
+with back-pressure instead of loss, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+
+from control_plane.audit.checkpoints import write_checkpoint
+from control_plane.audit.export import export_records, jsonl
+from control_plane.audit.keys import AuditSigner
+from control_plane.db.engine import Database, sync_url
+from control_plane.db.migrate import upgrade_to_head
+from control_plane.db.models import RequestRecord, new_id
+from control_plane.services.record_writer import RecordWriter
+from control_plane.store.tenants import get_or_create_tenant
+from sdk.audit import verify_export
+from tests.request_path.conftest import MODEL, PathStack
+
+BACKENDS = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"], indirect=True)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def database_held(url: str) -> Iterator[psycopg.Connection | None]:
+    """Writers wait while this is open: SQLite's write lock; on PostgreSQL the audit chain's head row."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.split("///", 1)[1], isolation_level=None, timeout=30)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield None
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        conn.execute("SELECT * FROM audit_head WHERE id = 1 FOR UPDATE")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def rows(url: str, sql: str, **params: object) -> list[dict]:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(text(sql), params).mappings()]
+    finally:
+        engine.dispose()
+
+
+def records_of(stack: PathStack, ids: list[str]) -> set[str]:
+    found = rows(stack.database_url, "SELECT id FROM request_records")
+    return {r["id"] for r in found} & set(ids)
+
+
+def inference_events(url: str) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for r in rows(url, "SELECT seq, data FROM audit_events WHERE type = 'inference' ORDER BY seq"):
+        data = r["data"] if isinstance(r["data"], dict) else json.loads(r["data"])
+        seen.setdefault(data["request_id"], []).append(r["seq"])
+    return seen
+
+
+async def _chats(stack: PathStack, secret: str, n: int, *, stream: bool = False) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=n)) as client:
+        async def one(i: int) -> httpx.Response:
+            return await client.post(f"{stack.cp.url}/v1/chat/completions", headers=stack.headers(secret), json={
+                "model": MODEL, "messages": [{"role": "user", "content": f"n{i}"}], "max_tokens": 3,
+                "stream": stream})
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def chats(stack: PathStack, secret: str, n: int, *, stream: bool = False) -> list[httpx.Response]:
+    return asyncio.run(_chats(stack, secret, n, stream=stream))
+
+
+def verify_chain(stack: PathStack) -> list[dict]:
+    """Sign the tip, export the whole log and verify it offline with the public key."""
+    signer = AuditSigner(stack.cp.settings.state_dir / "audit-key.json")
+
+    async def export() -> list[str]:
+        db = Database(stack.database_url)
+        try:
+            async with db.session() as session:
+                await write_checkpoint(session, signer)
+                await session.commit()
+            async with db.session() as session:
+                return [jsonl(r).rstrip("\n") async for r in export_records(session)]
+        finally:
+            await db.dispose()
+
+    lines = asyncio.run(export())
+    result = verify_export(lines, [signer.current().public_key])
+    assert result.ok and result.unsigned_tail == 0, result.reason
+    return [json.loads(line)["event"] for line in lines if json.loads(line)["kind"] == "event"]
+
+
+# --- a real control plane ------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(path_stack: PathStack) -> None:
+    _, secret = path_stack.key("batched")
+    _, admin = path_stack.key("batch-admin", admin=True)
+    writer = path_stack.cp.state.records
+    batches = writer.batches
+
+    async def traffic() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            admin_actions = [client.post(f"{path_stack.cp.url}/api/keys", headers=path_stack.headers(admin),
+                                         json={"name": f"during-{i}"}) for i in range(4)]
+            return await asyncio.gather(_chats(path_stack, secret, 40), asyncio.gather(*admin_actions))
+
+    # Held while the requests run, so that their records queue up and go out in a batch or two.
+    with database_held(path_stack.database_url):
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(asyncio.run(traffic())))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while writer.queued < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.queued >= 40, "all 40 requests were answered with their records still queued"
+    worker.join(120)
+    responses, created = done[0]
+    assert all(r.status_code == 200 for r in responses) and all(r.status_code == 201 for r in created)
+    path_stack.cp.flush()
+
+    ids = [r.headers["x-request-id"] for r in responses]
+    assert records_of(path_stack, ids) == set(ids)
+    events = inference_events(path_stack.database_url)
+    assert all(len(events[i]) == 1 for i in ids), "every request audited exactly once"
+    assert writer.batches - batches <= 3, f"{writer.batches - batches} transactions for 40 records"
+    chain = verify_chain(path_stack)
+    seqs = [e["seq"] for e in chain]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "one unbroken chain"
+    assert sum(e["type"] == "admin.api_key.create" and e["data"]["details"]["name"].startswith("during-")
+               for e in chain) == 4
+
+
+def test_every_accepted_request_is_recorded_after_the_database_comes_back(path_stack: PathStack) -> None:
+    """The database stops taking writes for a while (and, on PostgreSQL, drops every connection)."""
+    _, secret = path_stack.key("outage")
+    writer = path_stack.cp.state.records
+    retries = writer.retries
+    with database_held(path_stack.database_url) as pg:
+        responses = chats(path_stack, secret, 20, stream=True) + chats(path_stack, secret, 10)
+        assert all(r.status_code == 200 for r in responses)
+        assert writer.queued >= 30
+        if pg is not None:
+            time.sleep(0.5)  # the writer is waiting on the head lock: cut it off, and every other session
+            killed = pg.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+            assert killed is not None and killed[0] >= 1
+        time.sleep(2.0)
+        assert writer.queued >= 30, "nothing is written while the database is held"
+    path_stack.cp.flush()
+    ids = [r.headers["x-request-id"] for r in responses]
+    assert records_of(path_stack, ids) == set(ids)
+    events = inference_events(path_stack.database_url)
+    assert all(len(events[i]) == 1 for i in ids)
+    if path_stack.backend == "postgres":
+        assert writer.retries > retries, "the cut connection was retried"
+    verify_chain(path_stack)
+
+
+def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_stack: PathStack) -> None:
+    key_id, secret = path_stack.key("backpressure")
+    writer = path_stack.cp.state.records
+    limit = writer.max_queue
+    try:
+        with database_held(path_stack.database_url):
+            writer.max_queue = writer.queued + 5
+            accepted = [r for r in chats(path_stack, secret, 5)]
+            assert all(r.status_code == 200 for r in accepted)
+            refused = chats(path_stack, secret, 1)[0]
+            assert refused.status_code == 503, refused.text
+            err = refused.json()["error"]
+            assert err["code"] == "records_backlog" and err["type"] == "service_unavailable"
+            assert refused.headers["retry-after"] == "1"
+    finally:
+        writer.max_queue = limit
+    path_stack.cp.flush()
+    ids = [r.headers["x-request-id"] for r in accepted]
+    assert records_of(path_stack, ids) == set(ids)
+    mine = rows(path_stack.database_url, "SELECT id FROM request_records WHERE api_key_id = :k", k=key_id)
+    assert len(mine) == 5, "the refused request was never accepted, so it has no record"
+
+
+# --- the writer on its own, against a real database -----------------------------------------------
+
+
+async def _tenant(db: Database) -> str:
+    async with db.session() as session:
+        t = await get_or_create_tenant(session, "writer")
+        await session.commit()
+        return t.id
+
+
+def _record(tenant_id: str) -> RequestRecord:
+    return RequestRecord(id=new_id("req"), tenant_id=tenant_id, api_key_id=None, model="m",
+                         endpoint="/v1/chat/completions", status="ok", http_status=200)
+
+
+@BACKENDS
+async def test_stop_drains_what_is_queued(fresh_database_url: str) -> None:
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        writer = RecordWriter(db, max_batch=8, drain_s=60)
+        await writer.start()
+        records = [_record(tenant) for _ in range(30)]
+        with database_held(fresh_database_url):
+            for r in records:
+                writer.submit(r)
+            stopping = asyncio.get_running_loop().create_task(writer.stop())
+            await asyncio.sleep(1.0)
+            assert not stopping.done(), "stop() waits for the queue"
+        await stopping
+        assert writer.written == 30 and writer.failed == 0 and writer.batches >= 4
+        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {r.id for r in records}
+        order = [json.loads(e["data"])["request_id"] if isinstance(e["data"], str) else e["data"]["request_id"]
+                 for e in rows(fresh_database_url, "SELECT data FROM audit_events WHERE type = 'inference' ORDER BY seq")]
+        assert order == [r.id for r in records], "audit events in submission order"
+    finally:
+        await db.dispose()
+
+
+@BACKENDS
+async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
+        fresh_database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        writer = RecordWriter(db)
+        await writer.start()
+        good = [_record(tenant), _record(tenant)]
+        bad = _record("ten_missing")  # no such tenant: a foreign key violation, not a transient error
+        with database_held(fresh_database_url):  # so all three go out in one batch
+            for r in (good[0], bad, good[1]):
+                writer.submit(r)
+        with caplog.at_level(logging.ERROR, logger="outpost.records"):
+            await writer.flush(30)
+        await writer.stop()
+        assert writer.written == 2 and writer.failed == 1
+        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {g.id for g in good}
+        assert any(bad.id in rec.getMessage() for rec in caplog.records), "never dropped silently"
+    finally:
+        await db.dispose()
