@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from control_plane.api.deps import AppStateDep, Caller, CallerDep
 from control_plane.errors import ApiError
 from control_plane.openai.affinity import affinity_keys
+from control_plane.openai.disconnect import watch
 from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from control_plane.openai.routing import POLICIES, RouteRequest, RoutingPolicy, residency_allows
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
@@ -100,7 +101,7 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=endpoint,
                          model=body.model, body=body.model_dump_json(exclude_unset=True),
                          stream=bool(getattr(body, "stream", False)), route=route,
-                         tenant_weight=policy.tenant_weight)
+                         tenant_weight=policy.tenant_weight, client_gone=watch(request.receive))
     response = await serve_inference(state, call)
     if rate is not None:
         response.headers.update(_rate_headers(rate))

@@ -14,6 +14,10 @@ blocks of ``services/`` (docs/cost.md):
   runner's rate and its share of engine time, and feeds the fairness metrics.
   :meth:`Slot.abandon` frees a slot whose runner failed before answering.
 
+A client that disconnects while its request waits in a queue leaves it at
+once (``AdmissionRequest.client_gone``): the request is never sent to the
+runner and its tenant is not charged for it (docs/fairness.md).
+
 The scheduler's capacities follow the hub: :meth:`runner_changed` is a hub
 listener.
 """
@@ -31,7 +35,13 @@ from control_plane.db.models import utcnow
 from control_plane.errors import ApiError
 from control_plane.services.budgets import BudgetGuard, BudgetVerdict
 from control_plane.services.cost import EngineShare, EngineSpan, EngineTimeMeter, cost_for_request
-from control_plane.services.scheduler import FairScheduler, QueueFull, QueueTimeout, Ticket
+from control_plane.services.scheduler import (
+    Abandoned,
+    FairScheduler,
+    QueueFull,
+    QueueTimeout,
+    Ticket,
+)
 from control_plane.services.service_fairness import ServiceFairness
 from control_plane.settings import Settings
 from control_plane.tunnel.hub import ConnectedRunner
@@ -46,6 +56,8 @@ class AdmissionRequest(Protocol):
     request_id: str
     tenant_id: str
     api_key_id: str | None
+    # Optional, read with getattr: ``client_gone``, a callable whose awaitable
+    # returns when the client has disconnected (openai/disconnect.py).
 
 
 class Admission:
@@ -112,8 +124,10 @@ class Admission:
                       weight: float = 1.0) -> Slot:
         """Wait for a slot on ``runner`` in its fair queue.
 
-        Raises 429 ``queue_full`` or 503 ``queue_timeout`` as :class:`ApiError`;
-        lets :class:`~control_plane.services.scheduler.RunnerGone` through so the
+        Raises 429 ``queue_full``, 503 ``queue_timeout`` or, when the client
+        disconnected while queued, 499 ``client_disconnected`` (nobody reads it;
+        the request record keeps it) as :class:`ApiError`; lets
+        :class:`~control_plane.services.scheduler.RunnerGone` through so the
         caller can fail over.
         """
         self._sync_capacity(runner)
@@ -121,7 +135,11 @@ class Admission:
         try:
             ticket = await self.scheduler.acquire(runner.runner_id, call.tenant_id, max(prompt_tokens, 0),
                                                   weight=weight if weight > 0 else 1.0,
-                                                  timeout=self.queue_timeout_s)
+                                                  timeout=self.queue_timeout_s,
+                                                  gone=getattr(call, "client_gone", None))
+        except Abandoned:
+            raise ApiError(499, "The client disconnected while the request was queued.", type="client_disconnected",
+                           code="client_disconnected") from None
         except QueueFull as exc:
             self.fairness.record_rejection(call.tenant_id)
             which = "this tenant's share of the queue" if exc.scope == "tenant" else "the queue"
@@ -158,6 +176,7 @@ class Admission:
         for runner_id, r in sched["runners"].items():
             runners[runner_id] = {
                 "capacity": r["capacity"], "in_flight": r["in_flight"], "queued": r["queued"],
+                "abandoned": r["abandoned"],
                 "queued_by_tenant": {label(t): n for t, n in r["queued_by_tenant"].items()},
                 "in_flight_by_tenant": {label(t): n for t, n in r["in_flight_by_tenant"].items()},
                 "counters": {label(t): c for t, c in r["counters"].items()},

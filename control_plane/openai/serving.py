@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class InferenceCall:
     # turns its signed receipt into usage (the body cannot be read to count tokens).
     runner_id: str | None = None
     usage_from_receipt: Callable[[EndFrame], Usage | None] | None = None
+    # Returns when the client has disconnected (openai/disconnect.py): a queued request then leaves its queue.
+    client_gone: Callable[[], Awaitable[object]] | None = None
     request_id: str = field(default_factory=lambda: new_id("req"))
     started: float = field(default_factory=time.monotonic)
 

@@ -25,6 +25,12 @@ Who goes next is decided by the Virtual Token Counter (VTC; Sheng et al.,
   Without the lift an idle tenant would bank credit and, on return, starve
   everyone until its counter caught up; with it no tenant can claim service
   for time it did not ask for.
+* A request that leaves the queue without being served (its client went
+  away, :meth:`FairScheduler.acquire`'s ``gone``; its timeout; cancellation)
+  is never dispatched and charges nothing. When it was the one that made its
+  tenant backlogged and the tenant's backlog ends with it, the lift it caused
+  is taken back too: the counter is what it would be had the request never
+  arrived.
 
 The paper proves that, over any interval, two continuously backlogged tenants'
 weighted service differs by a bounded amount, independent of the interval.
@@ -46,13 +52,14 @@ import asyncio
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
 __all__ = [
     "INPUT_TOKEN_WEIGHT",
     "OUTPUT_TOKEN_WEIGHT",
+    "Abandoned",
     "FairScheduler",
     "Policy",
     "QueueFull",
@@ -101,6 +108,10 @@ class RunnerGone(SchedulerError):
     """The runner was forgotten (disconnected) while the request waited."""
 
 
+class Abandoned(SchedulerError):
+    """The caller's ``gone`` signal fired while the request waited: it left the queue unserved."""
+
+
 @dataclass(eq=False)
 class Ticket:
     """An admitted request: hold it while the runner works, then release it."""
@@ -137,7 +148,12 @@ class _RunnerState:
     # so ``tenant in queues`` means "backlogged" for the lift rule.
     queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    # Per backlogged tenant: how much the lift that started its backlog added,
+    # and whether the counter existed before; dropped once one of its requests
+    # is dispatched (the lift was used), taken back if the backlog ends unserved.
+    lifts: dict[str, tuple[float, bool]] = field(default_factory=dict)
     last_dispatched: str | None = None
+    abandoned: int = 0  # requests that left the queue unserved (gone, timeout, cancelled)
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -147,6 +163,7 @@ class RunnerSnapshot(TypedDict):
     capacity: int
     in_flight: int
     queued: int
+    abandoned: int
     in_flight_by_tenant: dict[str, int]
     queued_by_tenant: dict[str, int]
     counters: dict[str, float]
@@ -232,14 +249,17 @@ class FairScheduler:
         *,
         weight: float = 1.0,
         timeout: float | None = None,
+        gone: Callable[[], Awaitable[object]] | None = None,
     ) -> Ticket:
         """Wait for a slot on ``runner_id`` in the fair queue and return its ticket.
 
         Raises :class:`QueueFull` at once when the request would have to wait
         and there is no room, :class:`QueueTimeout` after ``timeout`` seconds,
-        :class:`RunnerGone` if the runner is forgotten meanwhile. Cancelling
-        the caller removes the request from the queue, or gives back the slot
-        if it had just been granted.
+        :class:`RunnerGone` if the runner is forgotten meanwhile, and
+        :class:`Abandoned` if the awaitable ``gone()`` returns (the client
+        disconnected) first; ``gone`` is only called when the request has to
+        wait. Cancelling the caller removes the request from the queue, or
+        gives back the slot if it had just been granted.
         """
         if weight <= 0 or prompt_tokens_estimate < 0:
             raise ValueError("weight must be > 0 and prompt_tokens_estimate >= 0")
@@ -259,13 +279,17 @@ class FairScheduler:
         if self._max_queue_tenant is not None and len(own or ()) >= self._max_queue_tenant:
             raise QueueFull(runner_id, tenant_id, "tenant")
         if own is None:
+            existed, before = tenant_id in state.counters, state.counters.get(tenant_id, 0.0)
             self._lift(state, tenant_id)
+            state.lifts[tenant_id] = (state.counters[tenant_id] - before, existed)
             own = state.queues[tenant_id] = deque()
         waiter = _Waiter(next(self._ids), ticket, asyncio.get_running_loop().create_future())
         own.append(waiter)
         try:
             async with asyncio.timeout(timeout):
-                return await waiter.future
+                if gone is None:
+                    return await waiter.future
+                return await self._wait_unless_gone(waiter, gone)
         except TimeoutError:
             # The slot may have been granted in the same loop turn as the timeout.
             if _granted(waiter.future):
@@ -274,10 +298,13 @@ class FairScheduler:
             message = f"no slot on runner {runner_id!r} within {timeout}s"
             raise QueueTimeout(message, runner_id, tenant_id) from None
         except BaseException:
-            # Cancelled (or RunnerGone). A slot granted but not yet taken up is
-            # handed on, otherwise it would leak.
+            # Cancelled, abandoned (or RunnerGone). A slot granted but not yet
+            # taken up is handed on, otherwise it would leak, and the prompt
+            # estimate charged at dispatch is refunded: nothing was served.
             if _granted(waiter.future):
-                self.release(waiter.future.result())
+                granted = waiter.future.result()
+                self.charge(granted, prompt_tokens=0)
+                self.release(granted)
             else:
                 self._abandon(state, waiter)
             raise
@@ -335,6 +362,7 @@ class FairScheduler:
                 capacity=state.capacity,
                 in_flight=len(state.in_flight),
                 queued=state.queued(),
+                abandoned=state.abandoned,
                 in_flight_by_tenant=dict(Counter(t.tenant_id for t in state.in_flight)),
                 queued_by_tenant={t: len(q) for t, q in state.queues.items()},
                 counters=dict(state.counters),
@@ -365,14 +393,34 @@ class FairScheduler:
         charge = INPUT_TOKEN_WEIGHT * ticket.prompt_tokens_estimate / ticket.weight
         state.counters[ticket.tenant_id] += charge  # _lift created the counter
 
+    @staticmethod
+    async def _wait_unless_gone(waiter: _Waiter, gone: Callable[[], Awaitable[object]]) -> Ticket:
+        """Wait for the slot; raise :class:`Abandoned` if ``gone()`` returns first (or in the same turn)."""
+        watcher = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait((waiter.future, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        fired = watcher.done() and not watcher.cancelled()
+        if not fired:
+            return waiter.future.result()  # the slot, or RunnerGone
+        watcher.exception()  # a watch that failed (the connection broke under it) means gone too
+        ticket = waiter.ticket
+        raise Abandoned(f"the client left the queue of runner {ticket.runner_id!r}", ticket.runner_id,
+                        ticket.tenant_id)
+
     def _pump(self, state: _RunnerState) -> None:
         """Admit waiters while slots are free."""
         while len(state.in_flight) < state.capacity:
             waiter = self._pop_next(state)
             if waiter is None:
                 return
-            if waiter.future.done():
-                continue  # cancelled while queued; its task cleans up after itself
+            tenant = waiter.ticket.tenant_id
+            if waiter.future.done():  # cancelled while queued; its task cleans up the rest
+                if tenant not in state.queues:
+                    self._take_back_lift(state, tenant)
+                continue
+            state.lifts.pop(tenant, None)
             self._dispatch(state, waiter.ticket)
             waiter.future.set_result(waiter.ticket)
 
@@ -390,8 +438,27 @@ class FairScheduler:
         return waiter
 
     def _abandon(self, state: _RunnerState, waiter: _Waiter) -> None:
-        queue = state.queues.get(waiter.ticket.tenant_id)
+        state.abandoned += 1
+        tenant = waiter.ticket.tenant_id
+        queue = state.queues.get(tenant)
         if queue is not None and waiter in queue:  # else _pump already popped it
             queue.remove(waiter)
             if not queue:
-                del state.queues[waiter.ticket.tenant_id]
+                del state.queues[tenant]
+                self._take_back_lift(state, tenant)
+
+    @staticmethod
+    def _take_back_lift(state: _RunnerState, tenant_id: str) -> None:
+        """The tenant's backlog ended with nothing served: undo the lift that started it.
+
+        Only the lift's amount is subtracted, so charges that arrived meanwhile
+        (usage of the tenant's requests already running) stay.
+        """
+        lift = state.lifts.pop(tenant_id, None)
+        if lift is None:
+            return
+        amount, existed = lift
+        if not existed and tenant_id not in {t.tenant_id for t in state.in_flight}:
+            state.counters.pop(tenant_id, None)
+        else:
+            state.counters[tenant_id] -= amount

@@ -311,6 +311,7 @@ async def test_snapshot_reports_queues_and_counters() -> None:
                 "capacity": 1,
                 "in_flight": 1,
                 "queued": 1,
+                "abandoned": 0,
                 "in_flight_by_tenant": {"A": 1},
                 "queued_by_tenant": {"B": 1},
                 "counters": {"A": 10.0, "B": 10.0},
