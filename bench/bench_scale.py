@@ -18,6 +18,13 @@ spread over one request's duration and only requests sent after that count.
 A level "breaks" when more than 1 % of requests fail, TTFT p99 exceeds
 ``--break-ttft-s``, or fewer than 90 % of the offered tokens arrive.
 
+After each level the benchmark checks the product rule "nothing accepted is
+lost": every request the control plane answered with an ``x-request-id``
+(except a 503 ``records_backlog``, which refuses a request before accepting
+it) must have its request record and exactly one ``inference`` audit event
+in the database, once the record writer has caught up (up to
+``--records-wait-s``).
+
     .venv/bin/python bench/bench_scale.py [--quick|--full] [--no-write]
 """
 
@@ -29,6 +36,7 @@ import json
 import math
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -194,7 +202,10 @@ async def load_phase(cp: ControlPlaneProcess, key: str, streams: int, args: argp
     for s in failed:
         kind = (s.error or "?").split(":")[0][:60]
         errors[kind] = errors.get(kind, 0) + 1
-    return {"sent": len(counted), "requests": len(finished), "ok": len(ok), "failed": len(failed),
+    accepted = sorted({s.request_id for s in samples if s.request_id is not None
+                       and not (s.error and "records_backlog" in s.error)})
+    return {"accepted_ids": accepted, "sent": len(counted), "requests": len(finished), "ok": len(ok),
+            "failed": len(failed),
             "stalled": len(stalled), "errors": errors,
             "ttft_p50_ms": pct(ttfts, 50) * 1e3, "ttft_p99_ms": pct(ttfts, 99) * 1e3,
             "itl_p50_ms": pct(gaps, 50) * 1e3, "itl_p99_ms": pct(gaps, 99) * 1e3,
@@ -213,6 +224,41 @@ def cp_errors(log: str) -> dict[str, int]:
     return {label: n for sign, label in _LOG_SIGNS.items() if (n := log.count(sign))}
 
 
+def recorded(db_path: Path, ids: list[str]) -> tuple[set[str], dict[str, int]]:
+    """Which of ``ids`` have a request record, and how many ``inference`` audit events each has."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        wanted = set(ids)
+        have = {r[0] for r in conn.execute("SELECT id FROM request_records")} & wanted
+        events: dict[str, int] = {}
+        for (data,) in conn.execute("SELECT data FROM audit_events WHERE type = 'inference'"):
+            rid = json.loads(data)["request_id"]
+            if rid in wanted:
+                events[rid] = events.get(rid, 0) + 1
+        return have, events
+    finally:
+        conn.close()
+
+
+async def check_records(db_path: Path, ids: list[str], wait_s: float) -> dict:
+    """Wait (up to ``wait_s``) for every accepted request's record and audit event; count what is missing."""
+    t0 = time.perf_counter()
+    while True:
+        have, events = await asyncio.to_thread(recorded, db_path, ids)
+        caught_up = len(have) == len(ids) and all(events.get(i) == 1 for i in ids)
+        if caught_up or time.perf_counter() - t0 > wait_s:
+            break
+        await asyncio.sleep(1.0)
+    return {"accepted": len(ids), "recorded": len(have), "lost": len(ids) - len(have),
+            "audited_once": sum(1 for i in ids if events.get(i) == 1),
+            "audit_duplicates": sum(1 for n in events.values() if n > 1),
+            "caught_up_s": time.perf_counter() - t0}
+
+
+def cpu_ms_per_request(load: dict, args: argparse.Namespace) -> float:
+    return load["cores"]["control plane"] * args.window_s / max(load["sent"], 1) * 1000
+
+
 def request_s(args: argparse.Namespace) -> float:
     """How long one stream's request lasts at the simulated engine: first token at once, then paced."""
     return max(args.tokens - 1, 1) / args.decode_tps
@@ -224,6 +270,10 @@ def verdict(load: dict, args: argparse.Namespace) -> str:
     if (load["failed"] + load["stalled"]) / total > 0.01:
         reasons.append(f"{load['failed']} failed ({', '.join(load['errors']) or '-'}), {load['stalled']} of "
                        f"{load['sent']} sent without a first token after 5 s")
+    rec = load.get("records")
+    if rec and (rec["lost"] or rec["audit_duplicates"] or rec["audited_once"] < rec["accepted"]):
+        reasons.append(f"{rec['lost']} of {rec['accepted']} accepted requests have no record after "
+                       f"{rec['caught_up_s']:.0f} s, {rec['accepted'] - rec['audited_once']} not audited exactly once")
     if load.get("cp_errors"):
         reasons.append("control plane logged " + ", ".join(f"{n}× {k}" for k, n in load["cp_errors"].items()))
     if not math.isnan(load["ttft_p99_ms"]) and load["ttft_p99_ms"] > args.break_ttft_s * 1000:
@@ -261,6 +311,8 @@ async def bench(args: argparse.Namespace) -> list[Level]:
                 lv = Level(n_runners, streams, connect_s, idle_row)
                 log_before = len(cp.log())
                 lv.load = await load_phase(cp, key, streams, args, ProcWatch(pids))
+                ids = lv.load.pop("accepted_ids")
+                lv.load["records"] = await check_records(tmp / "cp" / "outpost.db", ids, args.records_wait_s)
                 lv.load["cp_errors"] = cp_errors(cp.log()[log_before:])
                 lv.verdict = verdict(lv.load, args)
                 levels.append(lv)
@@ -292,22 +344,29 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
         f"Reproduce: `{args.command}`.",
         "",
         ("| runners | connect s | idle CP cores | idle CP RSS MiB | streams | requests ended | failed + stalled | TTFT p50 ms "
-        "| TTFT p99 ms | ITL p99 ms (nominal) | requests/s | tok/s (offered) | CP cores | CP RSS MiB | swarm cores "
-        "| verdict |"),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| TTFT p99 ms | ITL p99 ms (nominal) | requests/s | tok/s (offered) | CP cores | CP CPU ms / request "
+        "| CP RSS MiB | swarm cores | records: accepted / written / lost | verdict |"),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     nominal = 1000 / args.decode_tps
     for lv in levels:
         ld = lv.load
+        rec = ld["records"]
         lines.append(
             f"| {lv.runners} | {lv.connect_s:.0f} | {lv.idle['cores']['control plane']:.2f} "
             f"| {lv.idle['rss_mb']['control plane']:.0f} | {lv.streams} | {ld['requests']} | {ld['failed'] + ld['stalled']} "
             f"| {ld['ttft_p50_ms']:.0f} | {ld['ttft_p99_ms']:.0f} | {ld['itl_p99_ms']:.0f} ({nominal:.0f}) "
             f"| {ld['sent'] / args.window_s:.1f} "
             f"| {ld['tok_s']:,.0f} ({ld['offered_tok_s']:,.0f}) | {ld['cores']['control plane']:.2f} "
-            f"| {ld['rss_mb']['control plane']:.0f} | {ld['cores']['runners (swarm)']:.2f} | {lv.verdict} |")
+            f"| {cpu_ms_per_request(ld, args):.1f} "
+            f"| {ld['rss_mb']['control plane']:.0f} | {ld['cores']['runners (swarm)']:.2f} "
+            f"| {rec['accepted']:,} / {rec['recorded']:,} / **{rec['lost']}** | {lv.verdict} |")
     lines += ["", ("TTFT here is all overhead: the simulated engine sends its first token at once. "
-              "Connect s: enrollment + registration + handshake of the runners added at that level.")]
+              "Connect s: enrollment + registration + handshake of the runners added at that level. "
+              "CP CPU ms / request: control-plane CPU seconds in the window ÷ requests sent in it (it includes "
+              "relaying every token). Records: requests of the whole level answered with an `x-request-id`, "
+              "those with a request record and exactly one audit event once the writer caught up, and the "
+              "difference — the product rule is that it is 0.")]
     return "\n".join(lines) + "\n"
 
 
@@ -325,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--window-s", type=float)
     p.add_argument("--idle-s", type=float, default=5.0)
     p.add_argument("--break-ttft-s", type=float, default=2.0)
+    p.add_argument("--records-wait-s", type=float, default=120.0,
+                   help="after a level, how long the control plane may take to write its request records")
     p.add_argument("--note", default="")
     p.add_argument("--json", type=Path)
     p.add_argument("--no-write", action="store_true")

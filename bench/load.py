@@ -44,6 +44,7 @@ class Sample:
     tokens: int = 0
     done: float = 0.0
     error: str | None = None
+    request_id: str | None = None  # the control plane's x-request-id: its request record's id
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,10 @@ class _Parser:
         self.s.gaps.extend([0.0] * (n - 1))  # several tokens in one read arrived together
         self.last = self.now
         self.s.tokens += n
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-request-id":
+            self.s.request_id = value.decode()
 
     def on_headers_complete(self) -> None:
         self.s.status = self.p.get_status_code()
