@@ -30,6 +30,7 @@ from control_plane.console import install_console
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import utcnow
+from control_plane.observability import StateCollector, install_observability
 from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router, RouterConfig
 from control_plane.services.auth_cache import KeyCache
@@ -63,7 +64,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         await records.start()
         app.state.outpost = AppState(settings=settings, db=db, hub=hub, records=records,
                                      key_cache=KeyCache.for_database(db, settings),
-                                     router=Router(RouterConfig.from_settings(settings)), admission=admission)
+                                     router=Router(RouterConfig.from_settings(settings)), admission=admission,
+                                     metrics=metrics)
+        collector = StateCollector(app.state.outpost)
+        metrics.registry.register(collector)  # read at scrape time: queues, counters, fairness
         cluster = Cluster.from_settings(settings, hub) if settings.redis_url else None
         if cluster is not None:  # several replicas: relay through Redis, share rate limits
             await cluster.start()
@@ -77,6 +81,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
                 await cluster.stop()
             await checkpointer.stop()  # sign the tip before going away
             await db.dispose()
+            metrics.registry.unregister(collector)
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)
@@ -84,4 +89,5 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         app.include_router(module.router)
     install_console(app, settings)  # the web console at / (after the API, so API paths win)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    metrics = install_observability(app)  # outermost: request ids and metrics cover 413s too
     return app

@@ -33,6 +33,7 @@ from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
 from control_plane.openai.routing import POLICIES
 from control_plane.settings import Settings
+from sdk.logfmt import configure_logging
 from sdk.protocol import MAX_FRAME_BYTES
 
 app = typer.Typer(help="Outpost control plane.", no_args_is_help=True, add_completion=False)
@@ -63,6 +64,9 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
         ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s,
         timeout_graceful_shutdown=30, server_header=False,
+        # JSON logs: uvicorn's loggers propagate to our one handler (sdk/logfmt.py), so its access
+        # lines carry the request id too; text keeps uvicorn's own format.
+        **({"log_config": None} if settings.log_format == "json" else {}),
     )
 
 
@@ -74,7 +78,7 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API and the runner tunnel."""
     settings = _settings(host=host, port=port, state_dir=state_dir)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format, settings.log_level, process="control-plane")
     uvicorn.Server(_uvicorn_config(settings)).run()
 
 

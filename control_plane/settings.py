@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "default_state_dir"]
@@ -113,6 +113,13 @@ class Settings(BaseSettings):
                                          "dead: requests relayed to it fail over, its runners are forgotten.")
 
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+    # Observability (docs/deploy.md "Metrics and logs").
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people; json: one object per line with the request id, for "
+        "log pipelines.")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token GET /metrics requires; empty: /metrics is open (keep the port "
+        "on the operator's network). docs/security.md.")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from control_plane.cluster import Cluster
 from control_plane.db.engine import Database
+from control_plane.observability.metrics import ControlPlaneMetrics
 from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router
 from control_plane.services.auth_cache import KeyCache
@@ -28,3 +29,4 @@ class AppState:
     rate_limiter: RateLimiter = field(default_factory=TokenBucketLimiter)
     admission: Admission = field(default_factory=Admission)  # budgets, fair queues, cost
     cluster: Cluster | None = None  # other replicas, through Redis (OUTPOST_REDIS_URL)
+    metrics: ControlPlaneMetrics = field(default_factory=ControlPlaneMetrics)  # GET /metrics

@@ -59,5 +59,12 @@ class RunnerSettings(BaseSettings):
                                        "(cpu-small, nvidia-h100, ...; default: detected).")
     e2e_kem: Literal["x25519", "mlkem768-x25519"] = Field(
         default="x25519", description="KEM of the end-to-end key made on first start (hybrid: post-quantum).")
+    # Observability (docs/deploy.md "Metrics and logs"). The runner opens no port unless asked.
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people; json: one object per line with the request id.")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Serve Prometheus metrics "
+                                     "on this port (default: no listener; 0 picks a free port).")
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the --metrics-port listener "
+                              "(loopback unless a scraper elsewhere must reach it).")
     e2e_pad_to: int = Field(default=0, ge=0, le=12224,
                             description="Pad encrypted response chunks to a multiple of this many bytes (0: off).")

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from runner.identity import RunnerIdentity
 from runner.streams import OutboundStream
+from sdk.logfmt import REQUEST_ID
 from sdk.protocol import (
     CAPABILITIES,
     MAX_FRAME_BYTES,
@@ -47,6 +48,8 @@ __all__ = ["TunnelClient", "TunnelTerminated", "tunnel_url"]
 log = logging.getLogger("outpost.runner.tunnel")
 
 StreamHandler = Callable[[OutboundStream], Awaitable[None]]
+#: Told of every stream once it is over: (stream, seconds, outcome "ok" | "error" | "cancelled").
+StreamObserver = Callable[[OutboundStream, float, str], None]
 ConnectFactory = Callable[..., Any]
 
 
@@ -78,6 +81,7 @@ class TunnelClient:
         backoff_cap_s: float = 15.0,
         stable_after_s: float = 30.0,
         connect_factory: ConnectFactory = connect,
+        observer: StreamObserver | None = None,
     ) -> None:
         self.identity = identity
         self.url = tunnel_url(identity.control_plane)
@@ -94,6 +98,15 @@ class TunnelClient:
         self.connected = asyncio.Event()
         self.connects = 0  # successful handshakes, for observability and tests
         self.completed = 0  # streams answered to the end
+        self.observer = observer
+        # Read by runner/observability.py at scrape time.
+        self.disconnects = 0  # handshaken connections that went away
+        self.frames = {"sent": 0, "received": 0}
+        self.bytes = {"sent": 0, "received": 0}
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
 
     @property
     def active_streams(self) -> int:
@@ -149,6 +162,8 @@ class TunnelClient:
                 text = encode_frame(frame)  # type: ignore[arg-type]
                 async with send_lock:
                     await ws.send(text)
+                self.frames["sent"] += 1
+                self.bytes["sent"] += len(text)
 
             await self._handshake(ws, index)
             session.handshook = True
@@ -161,12 +176,15 @@ class TunnelClient:
                 if self.draining:
                     await send(GoawayFrame(reason="runner draining"))
                 async for raw in ws:
+                    self.frames["received"] += 1
+                    self.bytes["received"] += len(raw)
                     self._dispatch(parse_frame(raw), mine, send)
             except FrameError as exc:
                 log.warning("tunnel %d: control plane broke the protocol: %s", index, exc)
                 await ws.close(int(exc.code), str(exc)[:120])
             finally:
                 status_task.cancel()
+                self.disconnects += 1
                 self._conns.discard(ws)
                 if not self._conns:
                     self.connected.clear()
@@ -233,13 +251,18 @@ class TunnelClient:
 
     def _start(self, out: OutboundStream, mine: dict[int, OutboundStream]) -> None:
         async def run() -> None:
+            # This task's log lines carry the client request's id (sdk/logfmt.py).
+            REQUEST_ID.set(out.request.request_id)
+            started, outcome = time.monotonic(), "cancelled"
             try:
                 await self._on_stream(out)
+                outcome = "ok"
                 if out.closed:
                     self.completed += 1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                outcome = "error"
                 log.exception("stream %d failed", out.id)
                 if not out.closed:
                     try:
@@ -249,6 +272,11 @@ class TunnelClient:
             finally:
                 mine.pop(out.id, None)
                 self._tasks.pop(_key(out), None)
+                seconds = time.monotonic() - started
+                log.info("stream %d %s %s: %s in %.0f ms", out.id, out.request.path, out.request.model, outcome,
+                         seconds * 1000)
+                if self.observer is not None:
+                    self.observer(out, seconds, outcome)
 
         self._tasks[_key(out)] = asyncio.create_task(run())
 

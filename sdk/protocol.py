@@ -27,7 +27,17 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
+
+from sdk.logfmt import REQUEST_ID_PATTERN
 
 __all__ = [
     "CAPABILITIES",
@@ -63,7 +73,7 @@ __all__ = [
 #: Versions this build speaks, newest first.
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 #: Optional features a peer may announce; the session uses the intersection.
-CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway"})
+CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway", "request-id"})
 
 #: A websocket message is sent whole and blocks every other send on the
 #: connection while it goes out, so no frame may be larger than this.
@@ -157,6 +167,17 @@ class RequestFrame(_Frame):
     window: int = Field(default=DEFAULT_STREAM_WINDOW, ge=MAX_DATA_BYTES)
     # True when ``body`` is an e2e envelope the control plane cannot read.
     sealed: bool = False
+    # The client request's id, for log correlation. Only sent when both ends
+    # announced the ``request-id`` capability: a receiver refuses unknown
+    # fields, so the field is left out of the wire form when absent.
+    request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_request_id(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("request_id") is None:
+            data.pop("request_id", None)
+        return data
 
 
 class ResponseStartFrame(_Frame):

@@ -126,6 +126,7 @@ async def _admit(state: AppState, caller: Caller, policy: KeyPolicy) -> RateDeci
         return None
     decision = await state.rate_limiter.acquire(caller.api_key_id, policy.rate_limit_rpm)
     if not decision.allowed:
+        state.metrics.reject(caller.tenant_id, "rate_limit_exceeded")
         raise ApiError(429, f"Rate limit of {decision.limit} requests per minute reached for this API key; "
                        f"retry after {decision.retry_after_header}s.", type="rate_limit_error",
                        code="rate_limit_exceeded",

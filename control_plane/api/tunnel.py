@@ -60,10 +60,10 @@ async def tunnel(ws: WebSocket) -> None:
     async def close(code: int, reason: str) -> None:
         await _close(ws, code, reason)
 
-    link = Link(info.runner_id, session_id, ws.send_text, state.settings.tunnel_max_streams_per_connection,
-                close, stream_window=state.settings.tunnel_stream_window)
     version = hello.version
     caps = sorted(CAPABILITIES & set(hello.capabilities))
+    link = Link(info.runner_id, session_id, ws.send_text, state.settings.tunnel_max_streams_per_connection,
+                close, stream_window=state.settings.tunnel_stream_window, capabilities=frozenset(caps))
     await ws.send_text(encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id)))
     state.hub.attach(link, info)
     log.info("runner %s connected (link %s, connection %d)", info.runner_id, session_id, hello.connection_index)

@@ -23,6 +23,7 @@ from typing import Any
 from control_plane.tunnel.hub import TunnelHub
 from control_plane.tunnel.link import Link
 from control_plane.tunnel.stream import LinkClosed, Stream
+from sdk.logfmt import REQUEST_ID, valid_request_id
 from sdk.protocol import EndFrame, ResetFrame, encode_frame
 
 __all__ = ["Holder"]
@@ -93,6 +94,8 @@ class Holder:
 
     async def _relay(self, key: str, origin: str, request: dict[str, Any]) -> None:
         relay = self._relays[key]
+        request_id = request.get("request_id") if valid_request_id(request.get("request_id")) else None
+        REQUEST_ID.set(request_id)  # this task's log lines carry the origin's request id
         try:
             runner = self._hub.runners.get(str(request.get("runner_id")))
             link = runner.usable_link() if runner is not None else None
@@ -102,7 +105,8 @@ class Holder:
             try:
                 opening = asyncio.ensure_future(link.open_stream(
                     path=request["path"], model=request["model"], body=request["body"],
-                    stream=bool(request["stream"]), sealed=bool(request.get("sealed")), window=int(request["window"])))
+                    stream=bool(request["stream"]), sealed=bool(request.get("sealed")), window=int(request["window"]),
+                    request_id=request_id))
                 # A reset arriving mid-open must not strand a request the runner already received.
                 st = await asyncio.shield(opening)
             except asyncio.CancelledError:

@@ -107,7 +107,8 @@ class RemoteLink:
             return False
 
     async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
-                          sealed: bool = False, window: int | None = None) -> RemoteStream:
+                          sealed: bool = False, window: int | None = None,
+                          request_id: str | None = None) -> RemoteStream:
         if self.closed or self.draining:
             raise ConnectionError("relay is not accepting streams")
         key = secrets.token_hex(12)
@@ -115,7 +116,7 @@ class RemoteLink:
         self.streams[key] = st
         self._register(st, key)
         request = {"runner_id": self.runner_id, "path": path, "model": model, "body": body,
-                   "stream": stream, "sealed": sealed, "window": st.window}
+                   "stream": stream, "sealed": sealed, "window": st.window, "request_id": request_id}
         why = f"replica {self.replica_id} is gone"
         try:
             delivered = await self._send(self.replica_id, "open", key, request)

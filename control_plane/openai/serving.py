@@ -18,8 +18,9 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from control_plane.db.models import RequestRecord, new_id
+from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError, error_body, sse_error_event
+from control_plane.observability import record_id
 from control_plane.openai.admission import Slot
 from control_plane.openai.routing import Endpoint, RouteDecision, RouteRequest
 from control_plane.services.scheduler import RunnerGone
@@ -28,6 +29,7 @@ from control_plane.store.runners import known_model
 from control_plane.tunnel.hub import ConnectedRunner
 from control_plane.tunnel.link import Link
 from control_plane.tunnel.stream import LinkClosed, Stream
+from sdk.logfmt import REQUEST_ID
 from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame, Usage
 
 __all__ = ["InferenceCall", "serve_inference"]
@@ -63,7 +65,8 @@ class InferenceCall:
     usage_from_receipt: Callable[[EndFrame], Usage | None] | None = None
     # Returns when the client has disconnected (openai/disconnect.py): a queued request then leaves its queue.
     client_gone: Callable[[], Awaitable[object]] | None = None
-    request_id: str = field(default_factory=lambda: new_id("req"))
+    # The record's id: the HTTP request's id when this server made it (control_plane/observability).
+    request_id: str = field(default_factory=record_id)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -135,6 +138,7 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         opened = await _open_with_failover(state, call, outcome)
     except ApiError as exc:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
+        _count(state, outcome)
         _write_record(state, outcome)
         raise
     except BaseException:
@@ -199,7 +203,8 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             link = runner.usable_link() or link
         try:
             st = await link.open_stream(path=call.endpoint, model=_runner_model(runner, call.model),
-                                        body=call.body, stream=call.stream, sealed=call.sealed)
+                                        body=call.body, stream=call.stream, sealed=call.sealed,
+                                        request_id=REQUEST_ID.get())
         except BaseException as exc:
             slot.abandon()
             outcome.slot = None
@@ -364,6 +369,7 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
             opened.link.close_stream(opened.stream)
             _spawn(opened.stream.cancel("client disconnected"))
         _observe(state, opened, outcome)
+        _count(state, outcome)
         _write_record(state, outcome)
 
 
@@ -388,6 +394,7 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     finally:
         outcome.settle()
         _observe(state, opened, outcome)
+        _count(state, outcome)
         _write_record(state, outcome)
     body = "".join(parts)
     outcome.bytes_out = len(body)
@@ -436,6 +443,23 @@ def _observe(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
                          completion_tokens=outcome.usage.completion_tokens, ttft_s=outcome.ttft_ms / 1000,
                          total_s=time.monotonic() - outcome.call.started, queued=outcome.queued,
                          streamed=outcome.call.stream)
+
+
+def _count(state: AppState, outcome: _Outcome) -> None:
+    """The request is over: Prometheus counters and one log line (control_plane/observability)."""
+    c = outcome.call
+    rejected = outcome.status == "ok" and outcome.http_status >= 400  # the engine refused it
+    status = "error" if rejected else outcome.status
+    code = outcome.error_type or ("engine_rejected" if rejected else None)
+    # Model names come from clients: only served ones become label values.
+    model = c.model if c.model in state.hub.model_names() else "other"
+    state.metrics.observe_inference(
+        endpoint=c.endpoint, model=model, tenant_id=c.tenant_id, outcome=status, code=code,
+        ttft_s=None if outcome.ttft_ms is None else outcome.ttft_ms / 1000,
+        prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens)
+    log.info("%s %s: %s%s, runner %s, %d+%d tokens, %.0f ms, record %s", c.endpoint, model, status,
+             f" ({code})" if code else "", outcome.runner_id or "-", outcome.usage.prompt_tokens,
+             outcome.usage.completion_tokens, (time.monotonic() - c.started) * 1000, c.request_id)
 
 
 def _as_error_envelope(body: str, status: int) -> str:

@@ -41,8 +41,10 @@ class RunnerLoad:
 
 class Link:
     def __init__(self, runner_id: str, session_id: str, send_text: SendText, max_streams: int,
-                 close: Callable[[int, str], Awaitable[None]], stream_window: int = DEFAULT_STREAM_WINDOW) -> None:
+                 close: Callable[[int, str], Awaitable[None]], stream_window: int = DEFAULT_STREAM_WINDOW,
+                 capabilities: frozenset[str] = frozenset()) -> None:
         self.stream_window = stream_window
+        self.capabilities = capabilities  # negotiated in the handshake
         self.runner_id = runner_id
         self.close = close
         self.session_id = session_id
@@ -68,7 +70,7 @@ class Link:
             await self._send_text(text)
 
     async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
-                          sealed: bool = False, window: int | None = None) -> Stream:
+                          sealed: bool = False, window: int | None = None, request_id: str | None = None) -> Stream:
         if self.closed or self.draining:
             raise ConnectionError("link is not accepting streams")
         if len(self.streams) >= self.max_streams:
@@ -81,7 +83,8 @@ class Link:
         try:
             await self.send(RequestFrame(stream_id=sid, path=path, model=model, body=first,
                                          body_length=len(body), stream=stream, window=window,
-                                         sealed=sealed))
+                                         sealed=sealed,
+                                         request_id=request_id if "request-id" in self.capabilities else None))
             for i in range(0, len(rest), MAX_DATA_BYTES):
                 await self.send(DataFrame(stream_id=sid, data=rest[i : i + MAX_DATA_BYTES]))
         except BaseException:
