@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -12,12 +13,12 @@ import httpx
 from rich.console import Console
 
 from runner.e2e import RunnerE2E
-from runner.engines.base import EngineAdapter, EngineLoad
+from runner.engines.base import EngineAdapter
+from runner.fleet import EngineFleet
 from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity
-from runner.relay import EngineEndpoint, relay
+from runner.relay import relay
 from runner.settings import RunnerSettings
 from runner.streams import OutboundStream
-from runner.supervisor import Supervisor
 from runner.tunnel import TunnelClient, TunnelTerminated
 from sdk.e2e import Kem
 from sdk.protocol import StatusFrame
@@ -30,7 +31,8 @@ log = logging.getLogger("outpost.runner")
 @dataclass
 class AgentConfig:
     settings: RunnerSettings
-    adapter: EngineAdapter
+    #: One engine per served model (an attached engine: one for all its models).
+    adapters: list[EngineAdapter]
     hardware: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     engine_headers: dict[str, str] = field(default_factory=dict)
@@ -42,9 +44,9 @@ class Agent:
         self.settings = config.settings
         self.console = console or Console(stderr=True)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
-        self.supervisor = Supervisor(config.adapter, log_dir=self.settings.state_dir / "logs", http=self.http,
-                                     health_timeout_s=self.settings.health_timeout_s)
-        self.load = EngineLoad()
+        self.fleet = EngineFleet(config.adapters, log_dir=self.settings.state_dir / "logs", http=self.http,
+                                 headers=[config.engine_headers] * len(config.adapters),
+                                 health_timeout_s=self.settings.health_timeout_s)
         self.tunnel: TunnelClient | None = None
         self.e2e: RunnerE2E | None = None
         self._e2e_publish: asyncio.Task[None] | None = None
@@ -66,7 +68,7 @@ class Agent:
         finally:
             if self._e2e_publish is not None:
                 self._e2e_publish.cancel()
-            await self.supervisor.stop()
+            await self.fleet.stop()
             await self.http.aclose()
 
     async def _identity(self) -> RunnerIdentity:
@@ -94,35 +96,42 @@ class Agent:
         self.console.print(f"identity fingerprint (pin this for end-to-end mode): {self.e2e.fingerprint}")
 
     async def _start_engine(self) -> None:
-        adapter = self.config.adapter
-        with self.console.status(f"starting {adapter.name}…") as status:
-            await self.supervisor.start(progress=lambda msg: status.update(msg))
-        self.console.print(f"[green]engine {adapter.name} ready[/] at {self.supervisor.base_url}")
+        names = ", ".join(e.adapter.name for e in self.fleet.engines)
+        with self.console.status(f"starting {names}…") as status:
+            await self.fleet.start(progress=lambda msg: status.update(msg))
+        for e in self.fleet.engines:
+            self.console.print(f"[green]engine {e.adapter.name} ready[/] for {e.label} at "
+                               f"{e.supervisor.base_url}", highlight=False, soft_wrap=True)
 
     def _make_tunnel(self, identity: RunnerIdentity) -> TunnelClient:
         s = self.settings
-        adapter = self.config.adapter
-        endpoint = lambda: EngineEndpoint(
-            base_url=self.supervisor.base_url, headers=self.config.engine_headers,
-            upstream_names={m.name: m.name for m in adapter.models})
+        fleet = self.fleet
 
         async def on_stream(out: OutboundStream) -> None:
-            await relay(out, endpoint(), self.http, sealed=self.e2e.relay if self.e2e else None)
+            engine = fleet.route(out.request.model)
+            if engine is None or not engine.healthy:
+                await _refuse(out, engine is None)
+                return
+            engine.streams += 1
+            await relay(out, engine.endpoint(), self.http, sealed=self.e2e.relay if self.e2e else None)
 
         def hello_fields() -> dict[str, Any]:
+            adapters = [e.adapter for e in fleet.engines]
             return {
                 "models": [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
                             "quantization": m.quantization, "aliases": list(m.aliases),
-                            "endpoints": list(m.endpoints)} for m in adapter.models],
-                "capacity": adapter.capacity, "hardware": self.config.hardware, "labels": s.labels,
-                "cost": self.config.cost,
+                            "endpoints": list(m.endpoints)} for a in adapters for m in a.models],
+                # One runner-wide admission count: the engines' slots together.
+                "capacity": sum(a.capacity for a in adapters), "hardware": self.config.hardware,
+                "labels": s.labels, "cost": self.config.cost,
             }
 
         def status() -> StatusFrame:
             running = self.tunnel.active_streams if self.tunnel else 0
-            return StatusFrame(running=max(running, self.load.running), waiting=self.load.waiting,
-                               kv_cache_usage=self.load.kv_cache_usage,
-                               healthy=self.supervisor.healthy.is_set(),
+            load = fleet.load
+            return StatusFrame(running=max(running, load.running), waiting=load.waiting,
+                               kv_cache_usage=load.kv_cache_usage, healthy=fleet.healthy,
+                               unavailable_models=fleet.unavailable_models(),
                                completed=self.tunnel.completed if self.tunnel else 0)
 
         return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,
@@ -131,7 +140,7 @@ class Agent:
 
     async def _serve(self, tunnel: TunnelClient) -> int:
         tasks = [asyncio.create_task(tunnel.run(), name="tunnel"),
-                 asyncio.create_task(self.supervisor.watch(), name="supervisor"),
+                 asyncio.create_task(self.fleet.watch(), name="supervisor"),
                  asyncio.create_task(self._poll_metrics(), name="metrics")]
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         self.console.print(f"[green]serving[/] through {tunnel.url} ({self.settings.connections} connections)")
@@ -154,14 +163,20 @@ class Agent:
         return code
 
     async def _poll_metrics(self) -> None:
-        adapter = self.config.adapter
         while True:
             await asyncio.sleep(2.0)
-            if not self.supervisor.healthy.is_set():
-                continue
-            try:
-                resp = await self.http.get(self.supervisor.base_url + "/metrics", timeout=2.0,
-                                           headers=self.config.engine_headers)
-                self.load = adapter.parse_metrics(resp.text if resp.status_code == 200 else "")
-            except (httpx.HTTPError, ValueError):
-                self.load = EngineLoad()
+            await self.fleet.poll_metrics()
+
+
+async def _refuse(out: OutboundStream, unknown: bool) -> None:
+    """Answer a request no engine can take, before the first byte."""
+    model = out.request.model
+    if unknown:
+        await out.start(404, "application/json")
+        await out.data(json.dumps({"error": {"message": f"this runner does not serve {model!r}",
+                                             "type": "invalid_request_error", "code": "model_not_found"}}))
+        await out.end()
+        return
+    # A 5xx start with an error end and no data: the control plane fails it over.
+    await out.start(503, "application/json")
+    await out.end(error=f"the engine for {model!r} is restarting")

@@ -39,15 +39,16 @@ def local_runner(ctx: typer.Context) -> None:
                                   _cli_prog_name="runner local-runner", _cli_exit_on_error=True)
     except ValidationError as exc:
         for err in exc.errors():
-            console.print(f"[red]--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}:[/] {err['msg']}")
+            flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+            console.print(f"[red]{flag}:[/] {err['msg'].removeprefix('Value error, ')}", highlight=False)
         raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from runner.launch import build_agent  # heavy imports only for this command
 
     try:
         agent = build_agent(settings, console)
-    except (ValueError, RuntimeError) as exc:
-        console.print(f"[red]cannot start:[/] {exc}")
+    except (ValueError, RuntimeError, LookupError, OSError) as exc:
+        console.print(f"[red]cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
     code = asyncio.run(agent.run())
     # Everything is stopped and closed by now. Skipping interpreter teardown
@@ -69,14 +70,15 @@ def detect(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 @app.command()
 def plan(
-    model: Annotated[str | None, typer.Option(help="Model path (GGUF or HF dir) or id.")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="Model path (GGUF or HF dir) or id, or NAME=PATH_OR_ID; repeat to plan several together.")] = None,
     engine: Annotated[str | None, typer.Option(help="Force an engine.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Explain which engine and settings local-runner would use, and why."""
     from runner.inspect_cli import plan_command
 
-    raise typer.Exit(plan_command(model, engine, as_json))
+    raise typer.Exit(plan_command(model or None, engine, as_json))
 
 
 @app.command()

@@ -6,7 +6,8 @@ Both return an exit status: 0 done, 1 the plan refused (nothing fits), 2 bad inp
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Sequence
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -16,6 +17,8 @@ from rich.table import Table
 from runner.gguf_meta import ModelNotFoundError, ModelSpec, resolve_model
 from runner.hardware import HardwareReport, Probes, detect
 from runner.models import EmbeddedModelMissingError, embedded_model_path
+from runner.model_refs import resolve_models
+from runner.multiplan import plan_models
 from runner.planning import MemoryFit, Plan, plan
 
 __all__ = ["detect_command", "plan_command", "render_hardware", "render_plan"]
@@ -123,7 +126,7 @@ def detect_command(
 
 
 def plan_command(
-    model: str | None,
+    model: str | Sequence[str] | None,
     engine: str | None,
     as_json: bool,
     *,
@@ -132,22 +135,32 @@ def plan_command(
     installed: Collection[str] | None = None,
     console: Console | None = None,
 ) -> int:
-    """Plan ``model`` (default: the embedded SmolLM2 GGUF) on this machine and print why."""
+    """Plan ``model`` (default: the embedded SmolLM2 GGUF) on this machine and print why.
+
+    Several models are planned together, in order, as ``local-runner`` would
+    serve them; ``--json`` then prints a list with one plan per model.
+    """
     errors = console or Console(stderr=True)
     console = console or Console()
+    refs = [model] if isinstance(model, str) else list(model or [])
     try:
-        spec: ModelSpec | None = None
-        if model is not None:
-            spec = resolve_model(model)
-        elif not attach_url:
-            spec = resolve_model(embedded_model_path())
-        result = plan(detect(probes), spec, engine=engine, installed=installed,
-                      attach_url=attach_url)  # fmt: skip
+        if attach_url:
+            results = [plan(detect(probes), resolve_models(refs)[0] if refs else None, engine=engine,
+                            installed=installed, attach_url=attach_url)]
+        else:
+            specs = resolve_models(refs) if refs else [resolve_model(embedded_model_path())]
+            results = plan_models(detect(probes), specs, engine=engine, installed=installed)
     except (ModelNotFoundError, EmbeddedModelMissingError, ValueError, OSError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     if as_json:
-        console.out(result.to_json(), highlight=False)
+        text = (results[0].to_json() if len(results) == 1 else
+                json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+        console.out(text, highlight=False)
     else:
-        console.print(render_plan(result))
-    return 1 if result.refusal else 0
+        for i, result in enumerate(results):
+            if len(results) > 1:
+                console.rule(f"model {i + 1} of {len(results)}: "
+                             f"{escape(result.model.name if result.model else '?')}")
+            console.print(render_plan(result))
+    return 1 if any(r.refusal for r in results) else 0

@@ -19,6 +19,8 @@ from runner.engines.xllamacpp import XllamacppEngine
 from runner.gguf_meta import resolve_model
 from runner.hardware import detect
 from runner.models import embedded_model_path
+from runner.model_refs import resolve_models
+from runner.multiplan import plan_models
 from runner.planning import Overrides, plan
 from runner.settings import RunnerSettings
 
@@ -32,27 +34,31 @@ EMBEDDED_ALIASES = ("smollm2",)
 
 def build_agent(settings: RunnerSettings, console: Console) -> Agent:
     hardware = detect()
-    if settings.attach:
-        spec = None
-    elif settings.model:
-        if len(settings.model) > 1:
-            console.print("[yellow]several --model values: this version serves the first one[/]")
-        spec = resolve_model(settings.model[0])
-    else:
-        spec = resolve_model(embedded_model_path())
-    decision = plan(hardware, spec, engine=settings.engine, attach_url=settings.attach,
-                    overrides=Overrides(settings.parallel, settings.ctx, settings.threads or None))
-    if decision.refusal:
-        raise PlanRefusedError(decision.refusal)
-    console.print(f"plan: [bold]{decision.engine}[/] — {decision.rule}")
     api_key = settings.attach_api_key.get_secret_value() if settings.attach_api_key else None
-    models = _advertised(settings, served_models(decision), api_key)
-    adapter = build_engine(decision, models, api_key=api_key)
-    if settings.embedding:
-        _enable_embeddings(adapter, attached=bool(settings.attach))
-    headers = adapter.headers() if hasattr(adapter, "headers") else {}
+    overrides = Overrides(settings.parallel, settings.ctx, settings.threads or None)
+    if settings.attach:
+        decisions = [plan(hardware, None, engine=settings.engine, attach_url=settings.attach, overrides=overrides)]
+    else:
+        specs = resolve_models(settings.model) if settings.model else [resolve_model(embedded_model_path())]
+        if len(specs) > 1 and (settings.served_model_name or settings.model_alias):
+            raise ValueError("--served-model-name and --model-alias name a single model; with several "
+                             "models name each one as --model NAME=PATH_OR_ID")
+        decisions = plan_models(hardware, specs, engine=settings.engine, overrides=overrides)
+    for decision in decisions:
+        if decision.refusal:
+            raise PlanRefusedError(decision.refusal)
+        name = decision.model.name if decision.model else settings.attach
+        console.print(f"plan for {name}: [bold]{decision.engine}[/] — {decision.rule}", highlight=False)
+    adapters = []
+    for decision in decisions:
+        models = _advertised(settings, served_models(decision), api_key)
+        adapter = build_engine(decision, models, api_key=api_key)
+        if settings.embedding:
+            _enable_embeddings(adapter, attached=bool(settings.attach))
+        adapters.append(adapter)
+    headers = adapters[0].headers() if hasattr(adapters[0], "headers") else {}
     cost = cost_model(settings, hardware)
-    return Agent(AgentConfig(settings=settings, adapter=adapter, hardware=hardware.to_dict(), cost=cost,
+    return Agent(AgentConfig(settings=settings, adapters=adapters, hardware=hardware.to_dict(), cost=cost,
                              engine_headers=headers), console)
 
 

@@ -21,7 +21,7 @@ from runner.hardware import GpuInfo, HardwareReport
 
 __all__ = [
     "ENGINES", "AttachSettings", "LlamaCppPythonSettings", "MemoryFit", "Overrides", "Plan",
-    "Rejected", "VllmSettings", "XllamacppSettings", "installed_engines", "plan"
+    "Rejected", "VllmSettings", "XllamacppSettings", "installed_engines", "offload_gpus", "plan"
 ]
 
 GIB = 1024**3
@@ -225,7 +225,7 @@ def _size_slots(model: ModelSpec, where: str, available: int, overhead: int, res
                      reserve_bytes=reserve, available_bytes=available)
 
 
-def _offload_gpus(hw: HardwareReport) -> list[GpuInfo]:
+def offload_gpus(hw: HardwareReport) -> list[GpuInfo]:
     # One llama.cpp build targets one vendor; MIG parents cannot run CUDA themselves.
     for vendor in ("nvidia", "amd", "apple"):
         gpus = [g for g in hw.gpus_of(vendor) if not g.mig_enabled]
@@ -249,7 +249,7 @@ def _place_llama(hw: HardwareReport, model: ModelSpec, engine: str,
                  ov: Overrides) -> tuple[MemoryFit, int, list[Rejected]] | Rejected:
     """Full GPU offload when it fits the GPUs, else CPU; partial offload is not planned."""
     also: list[Rejected] = []
-    gpus = _offload_gpus(hw)
+    gpus = offload_gpus(hw)
     if gpus:
         gpu = _gpu_fit(gpus, model, ov)
         if gpu.fits:

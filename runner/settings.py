@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliImplicitFlag, CliSuppress, SettingsConfigDict
+
+from runner.model_refs import parse_model_ref
 
 __all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]
 
@@ -28,7 +30,9 @@ class RunnerSettings(BaseSettings):
         default=None, description="One-time token (OUTPOST_ENROLLMENT_TOKEN only).")
     token_file: Path | None = Field(default=None, description="File holding the enrollment token.")
     name: str = Field(default="", description="Runner name (informational; the token fixes it).")
-    model: list[str] = Field(default_factory=list, description="Model paths or ids; default: embedded SmolLM2.")
+    model: list[str] = Field(default_factory=list, description=(
+        "Model to serve: PATH_OR_ID, or NAME=PATH_OR_ID to choose its public id; repeat the flag to "
+        "serve several, one engine each (default: embedded SmolLM2)."))
     served_model_name: str | None = Field(default=None, max_length=200,
                                           description="Public name of the model (default: derived).")
     model_alias: list[str] = Field(default_factory=list, max_length=32,
@@ -68,3 +72,10 @@ class RunnerSettings(BaseSettings):
                               "(loopback unless a scraper elsewhere must reach it).")
     e2e_pad_to: int = Field(default=0, ge=0, le=12224,
                             description="Pad encrypted response chunks to a multiple of this many bytes (0: off).")
+
+    @field_validator("model")
+    @classmethod
+    def _model_refs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_model_ref(value)  # a bad NAME= fails here, before any model is read
+        return values

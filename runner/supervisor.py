@@ -46,6 +46,7 @@ class Supervisor:
         *,
         log_dir: Path,
         http: httpx.AsyncClient,
+        log_name: str = "engine.log",
         health_timeout_s: float = 300.0,
         max_backoff_s: float = 30.0,
         spawn: Callable[..., Awaitable[asyncio.subprocess.Process]] = asyncio.create_subprocess_exec,
@@ -60,7 +61,7 @@ class Supervisor:
         self.restarts = 0
         self.healthy = asyncio.Event()
         self._stopping = False
-        self._log = _engine_logger(log_dir)
+        self._log = _engine_logger(log_dir, log_name)
         self._pump: asyncio.Task[None] | None = None
 
     @property
@@ -111,13 +112,15 @@ class Supervisor:
                 return
             self.healthy.clear()
             self.restarts += 1
-            log.warning("engine exited with code %s; restart %d in %.1fs", code, self.restarts, backoff)
+            log.warning("engine %s exited with code %s; restart %d in %.1fs", self._label, code, self.restarts,
+                        backoff)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             started = time.monotonic()
             try:
                 await self.start()
-            except EngineFailed as exc:
-                log.error("engine restart failed: %s", exc)
+            except (EngineFailed, OSError) as exc:
+                log.error("engine %s restart failed: %s", self._label, exc)
+                self._kill()  # hung while loading: the next loop turn retries it
             # Only a restart that stayed up a while resets the backoff.
             backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, self.max_backoff_s)
 
@@ -137,10 +140,22 @@ class Supervisor:
         if self._pump is not None:
             await asyncio.wait([self._pump], timeout=2)
 
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     async def _pump_logs(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         async for line in proc.stdout:
             self._log.info(line.decode(errors="replace").rstrip())
+
+    @property
+    def _label(self) -> str:
+        models = self.adapter.models
+        return f"{self.adapter.name} ({models[0].name})" if models else self.adapter.name
 
     @property
     def _log_path(self) -> str:
@@ -148,13 +163,13 @@ class Supervisor:
         return getattr(handler, "baseFilename", "the engine log")
 
 
-def _engine_logger(log_dir: Path) -> logging.Logger:
+def _engine_logger(log_dir: Path, name: str) -> logging.Logger:
     log_dir.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger(f"outpost.engine.{log_dir}")
+    logger = logging.getLogger(f"outpost.engine.{log_dir / name}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
     if not logger.handlers:
-        handler = logging.handlers.RotatingFileHandler(log_dir / "engine.log", maxBytes=10 * 2**20,
+        handler = logging.handlers.RotatingFileHandler(log_dir / name, maxBytes=10 * 2**20,
                                                        backupCount=3)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)

@@ -165,13 +165,13 @@ class TunnelClient:
                 self.frames["sent"] += 1
                 self.bytes["sent"] += len(text)
 
-            await self._handshake(ws, index)
+            welcome = await self._handshake(ws, index)
             session.handshook = True
             self._conns.add(ws)
             self.connected.set()
             self.connects += 1
             mine: dict[int, OutboundStream] = {}
-            status_task = asyncio.create_task(self._status_loop(send))
+            status_task = asyncio.create_task(self._status_loop(send, frozenset(welcome.capabilities)))
             try:
                 if self.draining:
                     await send(GoawayFrame(reason="runner draining"))
@@ -280,10 +280,15 @@ class TunnelClient:
 
         self._tasks[_key(out)] = asyncio.create_task(run())
 
-    async def _status_loop(self, send: Callable[[object], Awaitable[None]]) -> None:
+    async def _status_loop(self, send: Callable[[object], Awaitable[None]], caps: frozenset[str]) -> None:
         while True:
+            frame = self._status()
+            if frame.unavailable_models and "model-status" not in caps:
+                # A control plane without per-model status would refuse the field;
+                # it learns of a down engine from that engine's 503s instead.
+                frame = frame.model_copy(update={"unavailable_models": []})
             try:
-                await send(self._status())
+                await send(frame)
             except ConnectionClosed:
                 return
             await asyncio.sleep(2.0)

@@ -73,7 +73,8 @@ __all__ = [
 #: Versions this build speaks, newest first.
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 #: Optional features a peer may announce; the session uses the intersection.
-CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway", "request-id"})
+CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway", "request-id",
+                                          "model-status"})
 
 #: A websocket message is sent whole and blocks every other send on the
 #: connection while it goes out, so no frame may be larger than this.
@@ -227,6 +228,18 @@ class StatusFrame(_Frame):
     healthy: bool = True
     # Streams this runner has answered to the end since it started.
     completed: int = Field(default=0, ge=0)
+    # Models of the hello (by name) whose engine is down right now; the runner
+    # stays routable for the others, and ``healthy`` is false only when none is
+    # up. Sent only when both ends announced ``model-status``: a receiver refuses
+    # unknown fields, so an empty list is left out of the wire form.
+    unavailable_models: list[str] = Field(default_factory=list, max_length=64)
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_unavailable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("unavailable_models"):
+            data.pop("unavailable_models", None)
+        return data
 
 
 class GoawayFrame(_Frame):

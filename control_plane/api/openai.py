@@ -18,6 +18,7 @@ from control_plane.api.deps import AppStateDep, Caller, CallerDep
 from control_plane.errors import ApiError
 from control_plane.openai.affinity import affinity_keys
 from control_plane.openai.disconnect import watch
+from control_plane.openai.load import runner_status
 from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from control_plane.openai.routing import POLICIES, RouteRequest, RoutingPolicy, residency_allows
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
@@ -51,7 +52,10 @@ async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) 
     for runner in sorted(state.hub.routable(), key=lambda r: r.runner_id):
         if not residency_allows(runner.labels, policy.residency):
             continue
+        down = runner_status(runner).unavailable_models
         for m in runner.models:
+            if m.name in down:
+                continue  # its engine is restarting on this runner
             for name in (m.name, *m.aliases):
                 entry = merged.setdefault(name, {
                     "id": name, "object": "model", "created": now, "owned_by": "outpost",

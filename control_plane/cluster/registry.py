@@ -46,7 +46,8 @@ def describe_runners(runners: Iterable[ConnectedRunner], now: float) -> list[dic
             "in_flight": r.in_flight, "draining": r.usable_link() is None,
             "load": {"running": status.running, "waiting": status.waiting,
                      "kv_cache_usage": status.kv_cache_usage, "healthy": status.healthy,
-                     "completed": status.completed, "age_s": max(now - status.updated_at, 0.0)},
+                     "completed": status.completed, "age_s": max(now - status.updated_at, 0.0),
+                     "unavailable_models": list(status.unavailable_models)},
         })
     return out
 
@@ -167,6 +168,7 @@ class RemoteView:
             link.load = RunnerLoad(running=int(load.get("running", 0)), waiting=int(load.get("waiting", 0)),
                                    kv_cache_usage=load.get("kv_cache_usage"), healthy=bool(load.get("healthy", True)),
                                    completed=int(load.get("completed", 0)),
+                                   unavailable_models=tuple(load.get("unavailable_models") or ()),
                                    updated_at=now - float(load.get("age_s", 0.0)))
         for replica_id, link in links.items():
             if replica_id not in holders:

@@ -127,7 +127,8 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
         return "residency"
     if runner.usable_link() is None:
         return "draining"
-    if not runner_status(runner).healthy:
+    status = runner_status(runner)
+    if not status.healthy or info.name in status.unavailable_models:
         return "unhealthy"
     return None
 

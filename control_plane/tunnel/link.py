@@ -36,6 +36,8 @@ class RunnerLoad:
     kv_cache_usage: float | None = None
     healthy: bool = True
     completed: int = 0
+    # Models whose engine the runner reports down (status.v1 unavailable_models).
+    unavailable_models: tuple[str, ...] = ()
     updated_at: float = field(default_factory=time.monotonic)
 
 
@@ -120,7 +122,8 @@ class Link:
                 self.streams.pop(frame.stream_id, None)
         elif isinstance(frame, StatusFrame):
             self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy,
-                                   completed=frame.completed)
+                                   completed=frame.completed,
+                                   unavailable_models=tuple(frame.unavailable_models))
         elif isinstance(frame, GoawayFrame):
             self.draining = True
         else:

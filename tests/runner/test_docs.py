@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runner import engines, hardware, planning
+from runner import engines, fleet, hardware, model_refs, multiplan, planning
 from runner.engines.llama_cpp_python import LlamaCppPythonEngine
 from runner.engines.vllm import VllmEngine
 
@@ -14,7 +14,8 @@ PLUMBING = {"EngineAdapter", "EngineLoad", "LaunchSpec", "ServedModel"}  # base.
 
 
 def test_public_names_are_documented() -> None:
-    names = {*planning.__all__, *hardware.__all__, *set(engines.__all__) - PLUMBING}
+    names = {*planning.__all__, *hardware.__all__, *set(engines.__all__) - PLUMBING, *model_refs.__all__,
+             *multiplan.__all__, *fleet.__all__}
     missing = sorted(n for n in names if n not in DOC)
     assert not missing, f"undocumented in docs/runner.md: {missing}"
 

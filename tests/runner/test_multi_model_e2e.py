@@ -1,0 +1,121 @@
+"""Two models on one runner, end to end: a real control plane, a real runner, two real
+llama.cpp engines.
+
+There is no model hub here, so the two models are the embedded SmolLM2 GGUF served
+under two ids: ``smol-a`` from the installed file and ``smol-b`` from a copy of it
+(a copy, so that the test can take ``smol-b``'s file away and keep its engine down).
+Which engine answered is read from each engine's own llama.cpp counters.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from runner.models import embedded_model_path
+from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+
+LIGHT = ["--parallel", "1", "--ctx", "512"]
+
+
+class TwoModels:
+    def __init__(self, cp: ControlPlaneProcess, runner: RunnerProcess, key: str, copy: Path) -> None:
+        self.cp, self.runner, self.key, self.copy = cp, runner, key, copy
+        ports = dict(re.findall(r"ready for (smol-[ab]) at http://127\.0\.0\.1:(\d+)", runner.log()))
+        self.ports = {name: int(port) for name, port in ports.items()}
+
+    def chat(self, model: str) -> httpx.Response:
+        return httpx.post(f"{self.cp.url}/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {self.key}"},
+                          json={"model": model, "max_tokens": 3, "temperature": 0,
+                                "messages": [{"role": "user", "content": "Say hi."}]})
+
+    def predicted(self, model: str) -> float:
+        """Tokens the engine serving ``model`` has generated, from its own /metrics."""
+        text = httpx.get(f"http://127.0.0.1:{self.ports[model]}/metrics", timeout=5).text
+        match = re.search(r"^llamacpp:tokens_predicted_total\s+(\S+)$", text, re.MULTILINE)
+        assert match, text
+        return float(match.group(1))
+
+    def listed(self) -> list[str]:
+        return self.cp.models(self.key)
+
+    def engine_pid(self, model: str) -> int:
+        port = str(self.ports[model])
+        runner = psutil.Process(self.runner.proc.pid)  # type: ignore[union-attr]
+        for child in runner.children(recursive=True):
+            cmd = child.cmdline()
+            if "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+                return child.pid
+        raise AssertionError(f"no engine process on port {port}")
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoModels]:
+    tmp = tmp_path_factory.mktemp("two-models")
+    original = embedded_model_path()
+    copy = tmp / original.name
+    shutil.copyfile(original, copy)
+    cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'outpost.db'}",
+                             extra_env={"OUTPOST_RUNNER_WAIT_S": "1"}).start()
+    runner = RunnerProcess(cp, tmp / "runner", "two", args=[*LIGHT, "--model", f"smol-a={original}",
+                                                            "--model", f"smol-b={copy}"])
+    try:
+        key = cp.api_key()
+        runner.start()
+        runner.wait_connected(key)
+        yield TwoModels(cp, runner, key, copy)
+    finally:
+        runner.stop()
+        cp.stop()
+
+
+def test_both_ids_are_listed_and_each_has_its_own_engine(two: TwoModels) -> None:
+    assert {"smol-a", "smol-b"} <= set(two.listed())
+    assert set(two.ports) == {"smol-a", "smol-b"} and two.ports["smol-a"] != two.ports["smol-b"]
+    logs = two.runner.state_dir / "logs"
+    assert (logs / "engine-smol-a.log").exists() and (logs / "engine-smol-b.log").exists()
+
+
+def test_a_request_reaches_the_engine_of_the_model_it_names(two: TwoModels) -> None:
+    for asked, other in (("smol-a", "smol-b"), ("smol-b", "smol-a")):
+        before = {m: two.predicted(m) for m in ("smol-a", "smol-b")}
+        resp = two.chat(asked)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["model"] == asked
+        generated = resp.json()["usage"]["completion_tokens"]
+        assert two.predicted(asked) == before[asked] + generated > before[asked]
+        assert two.predicted(other) == before[other]
+
+
+def test_one_engine_down_leaves_the_other_serving_and_only_its_model_unavailable(two: TwoModels) -> None:
+    # Take smol-b's file away and kill its engine: every restart now fails while loading.
+    two.copy.rename(two.copy.with_suffix(".away"))
+    psutil.Process(two.engine_pid("smol-b")).send_signal(signal.SIGKILL)
+    wait_until(lambda: "smol-b" not in two.listed(), 30, "smol-b to leave /v1/models")
+    assert "smol-a" in two.listed()
+    resp = two.chat("smol-a")
+    assert resp.status_code == 200, resp.text
+    down = two.chat("smol-b")
+    assert down.status_code == 503, down.text
+    # The runner stays connected throughout; its supervisor keeps retrying with backoff.
+    runners = httpx.get(f"{two.cp.url}/api/runners", headers={"Authorization": f"Bearer {two.key}"},
+                        timeout=5).json()["data"]
+    assert [r["connected"] for r in runners] == [True]
+    failed = "engine xllamacpp (smol-b) restart failed: engine exited with code 1 while loading"
+    wait_until(lambda: failed in two.runner.log(), 30, "a failed restart of smol-b's engine")
+    assert "engine xllamacpp (smol-b) exited with code -9; restart 1" in two.runner.log()
+    assert "(smol-a) exited" not in two.runner.log()
+
+    # Give the file back: the supervisor brings the engine up and the model returns.
+    two.copy.with_suffix(".away").rename(two.copy)
+    wait_until(lambda: "smol-b" in two.listed(), 90, "smol-b back in /v1/models")
+    resp = two.chat("smol-b")
+    assert resp.status_code == 200, resp.text
