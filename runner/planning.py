@@ -444,7 +444,13 @@ def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None =
             rejected.append(Rejected(engine=name, fit=outcome.fit, reason=(
                 f"would also work, but {chosen.engine} comes first for this model")))
     if chosen is None:
+        refusal = _refusal(model, rejected)
+        missing = any(r.engine == "xllamacpp" and r.reason.startswith("not installed") for r in rejected)
+        if engine is None and missing and "llama-cpp-python" in have:
+            # It is never chosen unasked (one request at a time), but it may be all there is.
+            refusal += (" llama-cpp-python is installed: --engine llama-cpp-python serves this model "
+                        "one request at a time.")
         return Plan(engine=None, rule="no engine can serve this model", rejected=rejected,
-                    model=model, refusal=_refusal(model, rejected))
+                    model=model, refusal=refusal)
     return Plan(engine=chosen.engine, settings=chosen.settings, capacity=chosen.capacity,
                 rule=chosen.rule, fit=chosen.fit, rejected=rejected, model=model)

@@ -199,3 +199,10 @@ def test_plan_round_trips_through_json() -> None:
     assert data["fit"]["required_bytes"] == result.fit.required_bytes  # type: ignore[union-attr]
     again = Plan.model_validate(data)
     assert again.settings == result.settings and again.rule == result.rule
+
+
+def test_a_gguf_refused_where_only_llama_cpp_python_is_installed_names_the_flag() -> None:
+    hw = detect(probes(cpu(cores=2, ram_gib=24)))
+    result = plan(hw, read_gguf(embedded_model_path()), installed={"llama-cpp-python"})
+    assert result.refusal is not None and "xllamacpp: not installed" in result.refusal
+    assert result.refusal.endswith("--engine llama-cpp-python serves this model one request at a time.")
