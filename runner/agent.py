@@ -19,7 +19,7 @@ from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identi
 from runner.relay import relay
 from runner.settings import RunnerSettings
 from runner.streams import OutboundStream
-from runner.tunnel import TunnelClient, TunnelTerminated
+from runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
 from sdk.e2e import Kem
 from sdk.protocol import StatusFrame
 
@@ -51,6 +51,7 @@ class Agent:
         self.e2e: RunnerE2E | None = None
         self._e2e_publish: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self.observer: StreamObserver | None = None  # runner/observability.py, with --metrics-port
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -136,7 +137,7 @@ class Agent:
 
         return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,
                             connections=s.connections, ping_interval_s=s.ping_interval_s,
-                            ping_timeout_s=s.ping_timeout_s)
+                            ping_timeout_s=s.ping_timeout_s, observer=self.observer)
 
     async def _serve(self, tunnel: TunnelClient) -> int:
         tasks = [asyncio.create_task(tunnel.run(), name="tunnel"),

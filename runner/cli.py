@@ -11,13 +11,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from runner.settings import SECRET_FLAGS, RunnerSettings
+from sdk.logfmt import configure_logging
+
+if TYPE_CHECKING:
+    from runner.agent import Agent
 
 app = typer.Typer(help="Outpost runner: serve local models through the control plane.",
                   no_args_is_help=True, add_completion=False)
@@ -42,15 +46,20 @@ def local_runner(ctx: typer.Context) -> None:
             flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
             console.print(f"[red]{flag}:[/] {err['msg'].removeprefix('Value error, ')}", highlight=False)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format, logging.INFO, process="runner")
     from runner.launch import build_agent  # heavy imports only for this command
+    from runner.observability import ConsoleToLog
+
+    # JSON logs: the progress lines for people become log records too, one object per line.
+    out = console if settings.log_format == "text" else Console(
+        file=ConsoleToLog(logging.getLogger("outpost.runner")), no_color=True, width=240)
 
     try:
-        agent = build_agent(settings, console)
+        agent = build_agent(settings, out)
     except (ValueError, RuntimeError, LookupError, OSError) as exc:
         console.print(f"[red]cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    code = asyncio.run(agent.run())
+    code = asyncio.run(_run(agent, settings))
     # Everything is stopped and closed by now. Skipping interpreter teardown
     # (finalizing numpy, pydantic, rich…) saves ~0.5 s on a busy 2-core box,
     # which matters for a fast restart under a process manager.
@@ -58,6 +67,26 @@ def local_runner(ctx: typer.Context) -> None:
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+async def _run(agent: Agent, settings: RunnerSettings) -> int:
+    """The agent's lifecycle, with the opt-in metrics listener around it."""
+    if settings.metrics_port is None:
+        return await agent.run()
+    from runner.observability import MetricsServer, RunnerMetrics
+
+    metrics = RunnerMetrics(agent)
+    agent.observer = metrics.observe_stream
+    server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
+    try:
+        await server.start()
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        console.print(f"[red]cannot start:[/] --metrics-port {settings.metrics_port}: {exc}", highlight=False)
+        return 2
+    try:
+        return await agent.run()
+    finally:
+        await server.stop()
 
 
 @app.command()

@@ -24,10 +24,10 @@ router = APIRouter()
 async def metrics(request: Request) -> Response:
     # async: the state collector must run on the event loop's thread, beside the state it reads.
     state = request.app.state.outpost
-    token = state.settings.metrics_token
-    if token is not None:
+    token = state.settings.metrics_token.get_secret_value() if state.settings.metrics_token else ""
+    if token:  # an empty OUTPOST_METRICS_TOKEN (compose's ${VAR:-}) means unset
         given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
+        expected = f"Bearer {token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise ApiError(401, "GET /metrics needs Authorization: Bearer <OUTPOST_METRICS_TOKEN>.",
                            type="authentication_error", code="invalid_metrics_token",
