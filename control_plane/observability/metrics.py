@@ -12,6 +12,8 @@ registry by import.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = ["LATENCY_BUCKETS", "ControlPlaneMetrics"]
@@ -40,6 +42,7 @@ class ControlPlaneMetrics:
         self.tokens = Counter(
             "outpost_inference_tokens", "Tokens counted by the runners: kind=prompt (in) or completion (out).",
             ["model", "tenant", "kind"], registry=r)
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.rejections = Counter(
             "outpost_rejections", "Requests refused before reaching a runner, by tenant and reason "
             "(rate_limit_exceeded, budget_exceeded, queue_full, queue_timeout).", ["tenant", "reason"], registry=r)
@@ -47,9 +50,14 @@ class ControlPlaneMetrics:
     # -- HTTP ------------------------------------------------------------------
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in _METHODS else "OTHER"
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:  # labels() validates and locks: ~2 us a call, so once per series
+            method = method if method in _METHODS else "OTHER"
+            children = self._http_children[key] = (self.http_requests.labels(method, route, str(status)),
+                                                   self.http_duration.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     # -- inference -------------------------------------------------------------
 

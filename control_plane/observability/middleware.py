@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextvars
 import time
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.db.models import new_id
@@ -51,10 +50,11 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = MutableHeaders(scope=scope).get("x-request-id")
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
         generated = not valid_request_id(incoming)
         rid = new_request_id() if generated else incoming
         assert rid is not None
+        rid_bytes = rid.encode("latin-1")
         token, gen_token = REQUEST_ID.set(rid), _GENERATED.set(generated)
         status = 500  # an exception before the response started
         started = time.perf_counter()
@@ -63,11 +63,12 @@ class ObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                answered = headers.get("x-request-id")
-                if answered is not None and answered != rid:
-                    headers["x-outpost-record-id"] = answered
-                headers["x-request-id"] = rid
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+                answered = next((v for k, v in message.get("headers", ()) if k.lower() == b"x-request-id"), None)
+                if answered is not None and answered != rid_bytes:
+                    headers.append((b"x-outpost-record-id", answered))
+                headers.append((b"x-request-id", rid_bytes))
+                message["headers"] = headers
             await send(message)
 
         try:
