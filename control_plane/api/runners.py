@@ -23,22 +23,30 @@ router = APIRouter(prefix="/api/runners", tags=["runners"])
 async def register_runner(body: RegisterRunnerIn, request: Request, session: SessionDep) -> RegisterRunnerOut:
     token = bearer_token(request)
     if token is None:
-        raise ApiError.unauthorized("Missing enrollment token.")
+        raise _token_refused("Missing enrollment token.")
     enrollment = await consume_enrollment_token(session, token)
     if enrollment is None:
-        raise ApiError.unauthorized("Enrollment token is invalid, expired or already used.")
+        raise _token_refused("Enrollment token is invalid, expired or already used.")
+    name = enrollment.runner_name  # read now: a failed flush expires the row
     try:
-        runner = await create_runner(session, tenant_id=enrollment.tenant_id, name=enrollment.runner_name,
+        runner = await create_runner(session, tenant_id=enrollment.tenant_id, name=name,
                                      identity_public_key=body.identity_public_key,
                                      hpke_public_key=body.hpke_public_key,
                                      hpke_key_signature=body.hpke_key_signature)
     except IntegrityError:
-        raise ApiError(409, f"A runner named {enrollment.runner_name!r} already exists.",
+        raise ApiError(409, f"A runner named {name!r} already exists.",
                        code="runner_exists") from None
     await record_runner_event(session, event="enroll", runner_id=runner.id, tenant_id=runner.tenant_id,
                               actor=f"enrollment_token:{enrollment.id}", details={"name": runner.name})
     await session.commit()
     return RegisterRunnerOut(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name)
+
+
+def _token_refused(message: str) -> ApiError:
+    # One code for malformed, unknown, wrong-secret, expired and used tokens: no
+    # oracle for which tokens exist or were used. Never ``invalid_api_key``:
+    # the caller holds (or claims) an enrollment token, not an API key.
+    return ApiError(401, message, code="invalid_enrollment_token", headers={"WWW-Authenticate": "Bearer"})
 
 
 class EnrollIn(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db.models import ApiKey, EnrollmentToken, new_id, utcnow
@@ -73,8 +73,13 @@ async def consume_enrollment_token(session: AsyncSession, token: str) -> Enrollm
         return None
     if row.used_at is not None or _aware(row.expires_at) <= utcnow():  # type: ignore[operator]
         return None
-    row.used_at = utcnow()
-    await session.flush()
+    # Compare-and-set: SQLite ignores FOR UPDATE, so of two registrations racing
+    # on one token only the UPDATE that still finds it unused may spend it.
+    spent = await session.execute(
+        update(EnrollmentToken).where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+        .values(used_at=utcnow()).execution_options(synchronize_session="fetch"))
+    if spent.rowcount != 1:  # type: ignore[attr-defined]
+        return None
     return row
 
 
