@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -45,6 +48,8 @@ class RunnerMetrics:
 
     def __init__(self, agent: Agent) -> None:
         self.registry = CollectorRegistry()
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            self.registry.register(collector)
         self.requests = Counter("outpost_runner_requests", "Streams served, by endpoint and outcome "
                                 "(ok, error, cancelled).", ["path", "outcome"], registry=self.registry)
         self.duration = Histogram("outpost_runner_request_duration_seconds", "From request.v1 to the end of "

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+)
 
 __all__ = ["LATENCY_BUCKETS", "ControlPlaneMetrics"]
 
@@ -27,6 +34,10 @@ class ControlPlaneMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # What a scraper expects of any process (process_cpu_seconds_total, _resident_memory_bytes,
+        # python_gc_*, python_info): the library's stateless collectors, shared by every registry.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.http_requests = Counter(
             "outpost_http_requests", "HTTP requests answered, by route template and status.",
             ["method", "route", "status"], registry=r)

@@ -65,6 +65,7 @@ def test_a_chat_completion_moves_the_counters_by_its_own_amounts(observed: Obser
     assert value(after, "outpost_fairness_tenant_requests", tenant=tenant) >= 1
     assert value(after, "outpost_fairness_tenant_service_weighted_tokens", tenant=tenant) > 0
     assert 0 < value(after, "outpost_fairness_jain_index") <= 1
+    assert value(after, "process_resident_memory_bytes") > 0  # the usual process and Python metrics too
     assert ("outpost_fairness_tenant_ttft_seconds", frozenset({("tenant", tenant), ("quantile", "0.5")})) in after
 
 

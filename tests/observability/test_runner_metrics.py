@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import psutil
 
@@ -15,6 +17,12 @@ def test_runner_metrics_listen_on_loopback_only(observed: ObservedStack) -> None
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == observed.runner_metrics_port]
     assert [a.ip for a in listening] == ["127.0.0.1"]
     assert httpx.get(f"http://127.0.0.1:{observed.runner_metrics_port}/", timeout=5).status_code == 404
+    # Garbage (a port scan) is dropped without an answer, and the listener keeps serving.
+    with socket.create_connection(("127.0.0.1", observed.runner_metrics_port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a TLS ClientHello's first bytes
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    assert value(observed.scrape_runner(), "process_resident_memory_bytes") > 0
 
 
 def test_a_request_moves_the_runner_counters(observed: ObservedStack) -> None:
