@@ -16,8 +16,8 @@ from rich.table import Table
 
 from runner.gguf_meta import ModelNotFoundError, ModelSpec, resolve_model
 from runner.hardware import HardwareReport, Probes, detect
-from runner.models import EmbeddedModelMissingError, embedded_model_path
 from runner.model_refs import resolve_models
+from runner.models import EmbeddedModelMissingError, embedded_model_path
 from runner.multiplan import plan_models
 from runner.planning import MemoryFit, Plan, plan
 

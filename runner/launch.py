@@ -18,8 +18,8 @@ from runner.engines.base import ServedModel
 from runner.engines.xllamacpp import XllamacppEngine
 from runner.gguf_meta import resolve_model
 from runner.hardware import detect
-from runner.models import embedded_model_path
 from runner.model_refs import resolve_models
+from runner.models import embedded_model_path
 from runner.multiplan import plan_models
 from runner.planning import Overrides, plan
 from runner.settings import RunnerSettings
