@@ -25,6 +25,7 @@ from control_plane.api.openai import _rate_headers as rate_headers
 from control_plane.audit import actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
+from control_plane.openai.disconnect import watch
 from control_plane.openai.routing import RouteRequest
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
 from control_plane.services.receipts import receipt_check
@@ -147,7 +148,8 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
                          model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
                          route=route, tenant_weight=policy.tenant_weight, runner_id=runner_id,
-                         usage_from_receipt=receipt_check(identity, runner_id, body.request_id))
+                         usage_from_receipt=receipt_check(identity, runner_id, body.request_id),
+                         client_gone=watch(request.receive))
     response = await serve_inference(state, call)
     if rate is not None:
         response.headers.update(rate_headers(rate))
