@@ -58,6 +58,8 @@ BENCHES = (
     Bench("fairness", "bench_fairness.py",
           ("--engine", "sim", "--duration", "12", "--solo", "5", "--warmup", "3"), (), 300, 900,
           "Tenant fairness on one runner"),
+    Bench("replicas", "bench_replicas.py", ("--quick",), ("--full",), 300, 600,
+          "Replicas: one vs two control-plane replicas"),
 )
 
 
@@ -91,7 +93,7 @@ def main() -> int:
         if b.name not in wanted or not (ROOT / "bench" / b.script).exists():
             continue
         extra = list(b.full if args.full else b.quick)
-        if args.note and b.name in ("overhead", "tunnel", "scale"):
+        if args.note and b.name in ("overhead", "tunnel", "scale", "replicas"):
             extra += ["--note", args.note]
         limit = b.full_limit_s if args.full else b.quick_limit_s
         print(f"== {b.name} ({b.script} {' '.join(extra)}; limit {limit} s)", flush=True)
