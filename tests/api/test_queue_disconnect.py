@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from control_plane.db.engine import sync_url
+from control_plane.openai.disconnect import watch
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
@@ -76,6 +77,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     finally:
         runner.stop()
         cp.stop()
+
+
+async def test_watch_returns_on_the_disconnect_message_only() -> None:
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}])
+    seen = []
+
+    async def receive() -> dict:
+        seen.append(message := next(messages))
+        return message
+
+    await watch(receive)()
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
 
 
 def _raw_request(env: Env, key: str, body: dict) -> socket.socket:
