@@ -125,3 +125,40 @@ def test_audit_chain_stays_one_chain_across_replicas(on_b: OnB) -> None:
     records = [json.loads(line) for line in export.read_text().splitlines()]
     inferences = [r for r in records if r.get("type") == "inference" or r.get("event", {}).get("type") == "inference"]
     assert len(inferences) >= 16, records[-3:]
+
+
+def test_budget_spent_through_either_replica_stops_both(on_b: OnB) -> None:
+    """Spending is one sum in PostgreSQL: what a tenant spent through A exhausts its budget on B too."""
+    cluster = on_b.cluster
+    tenant = "budget-x"
+    key = cluster.a.cli("keys", "create", "budgeted", "--tenant", tenant, "--admin").splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    assert cluster.chat(cluster.a, max_tokens=4, key=key).status_code == 200
+    assert cluster.chat(cluster.b, max_tokens=4, key=key).status_code == 200
+
+    def usage(cp) -> dict:
+        return httpx.get(f"{cp.url}/api/usage?period=day", headers=headers, timeout=10).json()["total"]
+
+    wait_until(lambda: usage(cluster.a)["requests"] == 2 and usage(cluster.b)["requests"] == 2, 30,
+               "both requests' records, seen by both replicas")
+    spent = usage(cluster.b)["cost_usd"]
+    assert spent > 0 and usage(cluster.a)["cost_usd"] == spent
+
+    # A budget of exactly what was spent is exhausted (spent >= amount) for both replicas.
+    made = json.loads(cluster.b.cli("budgets", "set", "--tenant", tenant, "--period", "day",
+                                    "--amount", repr(spent)))
+    try:
+        def refused(cp) -> bool:
+            resp = cluster.chat(cp, max_tokens=1, key=key)
+            assert resp.status_code in (200, 429), resp.text
+            return resp.status_code == 429 and resp.json()["error"]["code"] == "budget_exceeded"
+
+        # Each replica caches budget rows for budget_cache_s (1 s); then both refuse.
+        wait_until(lambda: refused(cluster.a), 15, "replica A refusing the exhausted budget")
+        wait_until(lambda: refused(cluster.b), 15, "replica B refusing the exhausted budget")
+        for cp in (cluster.a, cluster.b):
+            rows = httpx.get(f"{cp.url}/api/budgets", headers=headers, timeout=10).json()["data"]
+            row = next(r for r in rows if r["id"] == made["id"])
+            assert row["state"] == "exceeded" and row["spent_usd"] >= spent
+    finally:
+        cluster.b.cli("budgets", "delete", made["id"], "--tenant", tenant)
