@@ -17,7 +17,9 @@ Scenarios:
 * the SIMULATED engine (bench/sim_engine.py) at 64 streams × 50 tokens/s
   (the TTFT target of issue 11) and unpaced at 1 and 8 streams, which
   exposes the gateway's own ceiling: chunks per second, and chunks per
-  CPU-second of the control plane and of the runner.
+  CPU-second of the control plane and of the runner; and 16 streams of
+  4-token requests, whose CPU per request is the per-request cost (auth,
+  routing, scheduling, the request record and its audit event).
 
     .venv/bin/python bench/bench_overhead.py [--quick|--full] [--only llama|sim] [--no-write]
 """
@@ -67,7 +69,8 @@ class Scenario:
         if self.engine == "llama":
             return f"SmolLM2 (llama.cpp), {self.streams} stream{'s' if self.streams > 1 else ''}"
         rate = "unpaced" if not self.tokens_per_s else f"{self.tokens_per_s:g} tok/s each"
-        return f"simulator, {self.streams} streams, {rate}"
+        short = f"{self.max_tokens} tokens, " if self.max_tokens <= 8 else ""
+        return f"simulator, {self.streams} streams, {short}{rate}"
 
     def body(self, model: str) -> bytes:
         extra: dict[str, object] = {"ignore_eos": True}
@@ -259,7 +262,12 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     if args.only in (None, "sim"):
         # 64 paced streams: the issue's TTFT target. Unpaced: the gateway's ceiling (8 streams
         # saturate it; more only lengthen the queues in front of it).
-        out += [Scenario("sim", 64, 64, 50.0), Scenario("sim", 1, 512, 0), Scenario("sim", 8, 512, 0)]
+        # Short requests (4 tokens): what the control plane spends per request (auth, routing,
+        # scheduling, the record and its audit event) rather than per token.
+        out += [Scenario("sim", 64, 64, 50.0), Scenario("sim", 1, 512, 0), Scenario("sim", 8, 512, 0),
+                Scenario("sim", 16, 4, 0)]
+    if args.scenario:
+        out = [sc for sc in out if args.scenario in sc.name]
     return out
 
 
@@ -302,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "(default)")
     mode.add_argument("--full", action="store_true", help="6 rounds x 15 s / 8 s per path")
     p.add_argument("--only", choices=["llama", "sim"])
+    p.add_argument("--scenario", help="only scenarios whose name contains this, e.g. '4 tokens'")
     p.add_argument("--rounds", type=int)
     p.add_argument("--phase-s", type=float)
     p.add_argument("--llama-phase-s", type=float, help="phase length with the real engine")

@@ -325,6 +325,8 @@ async def bench(args: argparse.Namespace) -> list[Level]:
         if swarm_ is not None:
             swarm_.stop()
         cp.stop()
+        if args.keep_log:
+            args.keep_log.write_text(cp.log())
         shutil.rmtree(tmp, ignore_errors=True)
     return levels
 
@@ -387,6 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--records-wait-s", type=float, default=120.0,
                    help="after a level, how long the control plane may take to write its request records")
     p.add_argument("--note", default="")
+    p.add_argument("--keep-log", type=Path, help="copy the control plane's log here at the end")
     p.add_argument("--json", type=Path)
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--swarm", help=argparse.SUPPRESS)

@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         if cluster is not None:  # several replicas: relay through Redis, share rate limits
             await cluster.start()
             app.state.outpost.cluster, app.state.outpost.rate_limiter = cluster, cluster.rate_limiter
+            app.state.outpost.key_cache.share_through(cluster)  # revocations reach every replica at once
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ kind        from → to                  payload
 ``reset``   origin → holder            the client went away (a reason)
 ``changed`` any → every other replica  re-read the registry now
 ``disconnect`` any → every other       close a runner's links (revocation)
+``keys``    any → every other replica  forget these cached API keys / tenants' keys
 ==========  =========================  ==========================================
 
 Senders use ``XADD ... NOMKSTREAM``: the owner creates its inbox and keeps it

@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -82,6 +82,8 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._last_view_ok = clock()
+        # Told when another replica changed API keys or tenants (services/auth_cache.py drops them).
+        self.key_listeners: list[Callable[[list[str], list[str]], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, hub: TunnelHub) -> Cluster:
@@ -133,6 +135,10 @@ class Cluster:
     async def disconnect_everywhere(self, runner_id: str, code: CloseCode, reason: str) -> None:
         """Close a runner's links on every other replica too (revocation)."""
         await self._tell_others("disconnect", {"runner_id": runner_id, "code": int(code), "reason": reason[:120]})
+
+    async def keys_changed_everywhere(self, key_ids: Iterable[str], tenant_ids: Iterable[str]) -> None:
+        """Tell every other replica to forget these API keys (and these tenants' keys) it has cached."""
+        await self._tell_others("keys", {"keys": sorted(key_ids), "tenants": sorted(tenant_ids)})
 
     # --- heartbeat ----------------------------------------------------------------------
 
@@ -223,6 +229,11 @@ class Cluster:
             self.holder.reset(msg.request, str(msg.json().get("reason", "")))
         elif msg.kind == "changed":
             self._wake.set()
+        elif msg.kind == "keys":
+            body = msg.json()
+            keys, tenants = [str(k) for k in body.get("keys", [])], [str(t) for t in body.get("tenants", [])]
+            for listener in list(self.key_listeners):
+                listener(keys, tenants)
         elif msg.kind == "disconnect":
             body = msg.json()
             await self.hub.disconnect(str(body["runner_id"]), CloseCode(int(body["code"])), str(body["reason"]))

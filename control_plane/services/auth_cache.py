@@ -14,23 +14,27 @@ Staleness is bounded:
   limits, routing, residency, weight) drops the affected entries at once
   (``store.changes``) — the next request reads the database;
 * an entry is never used past its key's ``expires_at``, whatever the TTL;
-* changes made elsewhere (another replica, the ``control-plane`` CLI, SQL)
-  are seen after at most ``ttl_s``, the entry's age limit; with Redis the
-  replicas also tell each other about revocations (``cluster``), which drops
-  the entry at once on every replica that gets the message.
+* with Redis (several replicas), a replica that commits such a change tells
+  the others (``cluster``: a ``keys`` message), which drop the entries as
+  soon as they read it — typically within milliseconds;
+* changes nobody announces (the ``control-plane`` CLI, SQL, a replica that
+  could not reach Redis) are seen after at most ``ttl_s``, the entry's age
+  limit. That is the documented bound for revocation across processes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control_plane.db.engine import Database
 from control_plane.db.models import utcnow
@@ -40,7 +44,12 @@ from control_plane.store.changes import KEY_CACHE_INFO
 from control_plane.store.keys import authenticate_api_key
 from control_plane.store.policies import KeyPolicy, get_key_policy
 
+if TYPE_CHECKING:
+    from control_plane.cluster import Cluster
+
 __all__ = ["CachedKey", "KeyCache", "authenticate"]
+
+log = logging.getLogger("outpost.auth")
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class KeyCache:
         # may hold the old row and must not be cached (see ``put``).
         self.generation = 0
         self.hits = self.misses = 0
+        # Tells other replicas about changes committed here (``share_through``).
+        self._publish: Callable[[set[str], set[str]], Awaitable[None]] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._loading: dict[tuple[str, bytes], asyncio.Task[CachedKey | None]] = {}  # reads in flight
 
     @classmethod
     def for_database(cls, db: Database, settings: Settings) -> KeyCache:
@@ -112,6 +125,33 @@ class KeyCache:
         self.hits += 1
         return entry.key
 
+    async def load(self, prefix: str, secret: str,
+                   read: Callable[[], Awaitable[CachedKey | None]]) -> CachedKey | None:
+        """Read a key that missed, once for all the requests presenting it at the same moment.
+
+        When an entry expires under load, every request of that key misses at
+        once; without this each would take a pooled connection for the same
+        two SELECTs (the scale benchmark ran the pool dry that way).
+        """
+        flight = (prefix, self._digest(secret))
+        task = self._loading.get(flight)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(prefix, secret, read, flight))
+            self._loading[flight] = task
+        # Shielded: one waiter's cancellation (its client left) must not fail the others.
+        return await asyncio.shield(task)
+
+    async def _load(self, prefix: str, secret: str, read: Callable[[], Awaitable[CachedKey | None]],
+                    flight: tuple[str, bytes]) -> CachedKey | None:
+        generation = self.generation
+        try:
+            key = await read()
+        finally:
+            del self._loading[flight]
+        if key is not None:
+            self.put(prefix, secret, key, generation=generation)
+        return key
+
     def put(self, prefix: str, secret: str, key: CachedKey, *, generation: int) -> None:
         """Cache ``key``, read from the database after ``generation`` was taken."""
         if not self.enabled or generation != self.generation:
@@ -133,6 +173,33 @@ class KeyCache:
         tenants = set(tenant_ids)
         for prefix in [p for p, e in self._entries.items() if e.key.tenant_id in tenants]:
             self._drop(prefix)
+
+    def changed_here(self, key_ids: set[str], tenant_ids: set[str]) -> None:
+        """A commit in this process changed these keys or tenants (``store.changes``)."""
+        self.invalidate_keys(key_ids)
+        self.invalidate_tenants(tenant_ids)
+        if self._publish is not None:
+            task = asyncio.get_running_loop().create_task(self._tell_others(set(key_ids), set(tenant_ids)))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    def changed_elsewhere(self, key_ids: list[str], tenant_ids: list[str]) -> None:
+        """Another replica committed a change to these keys or tenants."""
+        self.invalidate_keys(key_ids)
+        self.invalidate_tenants(tenant_ids)
+
+    def share_through(self, cluster: Cluster) -> None:
+        """Tell the other replicas about changes committed here, and listen to theirs."""
+        self._publish = cluster.keys_changed_everywhere
+        cluster.key_listeners.append(self.changed_elsewhere)
+
+    async def _tell_others(self, key_ids: set[str], tenant_ids: set[str]) -> None:
+        assert self._publish is not None
+        try:
+            await self._publish(key_ids, tenant_ids)
+        except Exception as exc:  # noqa: BLE001 - the TTL still bounds staleness elsewhere
+            log.warning("could not tell the other replicas that API keys changed (%s); they will notice "
+                        "within %gs", exc, self.ttl_s)
 
     def clear(self) -> None:
         self.generation += 1
@@ -167,7 +234,10 @@ async def authenticate(db: Database, cache: KeyCache, token: str) -> CachedKey |
         return None
     if (hit := cache.get(parsed.prefix, parsed.secret)) is not None:
         return hit
-    generation = cache.generation
+    return await cache.load(parsed.prefix, parsed.secret, lambda: _read_key(db, token))
+
+
+async def _read_key(db: Database, token: str) -> CachedKey | None:
     # A short session of its own: a streaming response must not pin a pooled
     # connection for its whole lifetime.
     async with db.session() as session:
@@ -175,7 +245,5 @@ async def authenticate(db: Database, cache: KeyCache, token: str) -> CachedKey |
         if row is None:
             return None
         policy = await get_key_policy(session, row.id)
-    key = CachedKey(tenant_id=row.tenant_id, api_key_id=row.id, scopes=frozenset(row.scopes.split(",")),
-                    expires_at=row.expires_at, policy=policy or KeyPolicy())
-    cache.put(parsed.prefix, parsed.secret, key, generation=generation)
-    return key
+    return CachedKey(tenant_id=row.tenant_id, api_key_id=row.id, scopes=frozenset(row.scopes.split(",")),
+                     expires_at=row.expires_at, policy=policy or KeyPolicy())

@@ -22,13 +22,14 @@ Budget rows are cached for ``cache_s`` too; writes through this process
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from control_plane.db.engine import Database
 from control_plane.db.models import utcnow
@@ -38,6 +39,7 @@ from control_plane.store.budgets import committed_ids, list_budgets, spend
 __all__ = ["WARNING_HEADER", "BudgetGuard", "BudgetStatus", "BudgetVerdict"]
 
 log = logging.getLogger("outpost.budgets")
+T = TypeVar("T")
 
 #: Response header set while a budget is past its soft threshold.
 WARNING_HEADER = "X-Outpost-Budget-Warning"
@@ -137,6 +139,7 @@ class BudgetGuard:
         self._sums: dict[tuple[str, str | None, datetime], _Sum] = {}
         self._pending: dict[str, _Pending] = {}
         self._warned: set[tuple[str, datetime]] = set()
+        self._flights: dict[tuple, asyncio.Task] = {}  # database reads in progress
 
     def add_spend(self, request_id: str, tenant_id: str, api_key_id: str | None, cost: float,
                   at: datetime) -> None:
@@ -189,11 +192,29 @@ class BudgetGuard:
         cached = self._budgets.get(tenant_id)
         if cached is not None and self._monotonic() - cached[0] < self.cache_s:
             return cached[1]
+        return await self._once(("budgets", tenant_id), lambda: self._read_budgets(db, tenant_id))
+
+    async def _read_budgets(self, db: Database, tenant_id: str) -> list[_Budget]:
         async with db.session() as session:
             rows = [_Budget(b.id, b.api_key_id, b.period, b.amount_usd, b.soft_threshold)
                     for b in await list_budgets(session, tenant_id)]
         self._budgets[tenant_id] = (self._monotonic(), rows)
         return rows
+
+    async def _once(self, key: tuple, read: Callable[[], Awaitable[T]]) -> T:
+        """One database read per key at a time; concurrent checks share it.
+
+        When a cached value expires under load, every request of the tenant
+        needs it at the same moment; each taking a pooled connection for the
+        same query is what ran the pool dry in the scale benchmark.
+        """
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(read())
+            self._flights[key] = task
+            task.add_done_callback(lambda _t: self._flights.pop(key, None))
+        # Shielded: one waiter's cancellation (its client left) must not fail the others.
+        return await asyncio.shield(task)
 
     async def _spent(self, db: Database, tenant_id: str, api_key_id: str | None, start: datetime,
                      end: datetime) -> float:
@@ -204,11 +225,18 @@ class BudgetGuard:
         key = (tenant_id, api_key_id, start)
         cached = self._sums.get(key)
         if cached is None or mono - cached.fetched >= self.cache_s:
-            async with db.session() as session:
-                value = await spend(session, tenant_id, api_key_id, start, end)
-                included = await committed_ids(session, mine)
-            cached = self._sums[key] = _Sum(value, mono, included)
+            cached = await self._once(("sum", *key), lambda: self._read_sum(db, key, end, list(mine)))
         return cached.value + sum(p.cost for rid, p in mine.items() if rid not in cached.included)
+
+    async def _read_sum(self, db: Database, key: tuple[str, str | None, datetime], end: datetime,
+                        pending: list[str]) -> _Sum:
+        mono = self._monotonic()
+        tenant_id, api_key_id, start = key
+        async with db.session() as session:
+            value = await spend(session, tenant_id, api_key_id, start, end)
+            included = await committed_ids(session, pending)
+        self._sums[key] = _Sum(value, mono, included)
+        return self._sums[key]
 
     def _prune(self, mono: float) -> None:
         for rid in [rid for rid, p in self._pending.items()

@@ -159,7 +159,12 @@ class RecordWriter:
                 await self._wake.wait()
                 continue
             batch = [self._queue[i] for i in range(min(self.max_batch, len(self._queue)))]
-            await self._write_until_done(batch)
+            try:
+                await self._write_until_done(batch)
+            except Exception:  # a bug here must not stop the writer: the batch stays queued
+                log.exception("request record writer failed; retrying")
+                await asyncio.sleep(self.retry_max_s)
+                continue
             for _ in batch:
                 self._queue.popleft()
             async with self._committed:
@@ -172,7 +177,7 @@ class RecordWriter:
         while True:
             try:
                 if first_failure is not None:  # a commit whose answer was lost must not be written twice
-                    batch = await self._not_yet_committed(batch)
+                    batch = [_copy(r) for r in await self._not_yet_committed(batch)]
                     if not batch:
                         return
                 await self._write(batch)
@@ -196,42 +201,51 @@ class RecordWriter:
         """The database refused the batch for good: find the culprit(s), write the rest."""
         if len(batch) > 1:
             for record in batch:
-                await self._write_until_done([record])
+                await self._write_until_done([_copy(record)])
             return
         self.failed += 1
         log.error("request record refused by the database (%s: %s), not written: %s",
                   type(exc).__name__, exc, _fields(batch[0]))
 
     async def _write(self, batch: list[RequestRecord]) -> None:
-        rows = [_copy(r) for r in batch]  # a failed flush leaves ORM objects half-attached
         async with self.db.session() as session:
-            await add_request_records(session, rows)
+            await add_request_records(session, batch)
             # Same transaction: a request is recorded and audited, or neither. Events last (audit/chain.py).
-            await record_inferences(session, rows)
+            await record_inferences(session, batch)
             await session.commit()
-        self.written += len(rows)
         self.batches += 1
-        if self.on_committed is not None:
-            try:
-                self.on_committed([r.id for r in rows])
-            except Exception:
-                log.exception("on_committed hook failed")
+        self._done([r.id for r in batch])
 
     async def _not_yet_committed(self, batch: list[RequestRecord]) -> list[RequestRecord]:
         async with self.db.session() as session:
             done = await committed_ids(session, [r.id for r in batch])
         if done:
-            self.written += len(done)
-            if self.on_committed is not None:
-                self.on_committed(sorted(done))
+            self._done(sorted(done))
         return [r for r in batch if r.id not in done]
+
+    def _done(self, ids: list[str]) -> None:
+        self.written += len(ids)
+        if self.on_committed is not None:
+            try:
+                self.on_committed(ids)
+            except Exception:  # the records are committed whatever a listener does
+                log.exception("on_committed hook failed")
 
 
 def _copy(record: RequestRecord) -> RequestRecord:
-    """A fresh, transient copy: each attempt gets rows no earlier session has touched."""
+    """A fresh, transient copy: a retry must not reuse rows a failed session touched."""
     return RequestRecord(**_fields(record))
 
 
 def _fields(record: RequestRecord) -> dict[str, Any]:
-    return {attr.key: getattr(record, attr.key) for attr in inspect(RequestRecord).column_attrs
-            if getattr(record, attr.key) is not None}
+    return {key: value for key in _columns() if (value := getattr(record, key)) is not None}
+
+
+def _columns() -> list[str]:
+    global _COLUMNS
+    if _COLUMNS is None:
+        _COLUMNS = [attr.key for attr in inspect(RequestRecord).column_attrs]
+    return _COLUMNS
+
+
+_COLUMNS: list[str] | None = None

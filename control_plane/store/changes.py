@@ -26,9 +26,7 @@ _CHANGED_INFO = "outpost.keys_changed"
 
 
 class KeyListener(Protocol):
-    def invalidate_keys(self, key_ids: Iterable[str]) -> None: ...
-
-    def invalidate_tenants(self, tenant_ids: Iterable[str]) -> None: ...
+    def changed_here(self, key_ids: set[str], tenant_ids: set[str]) -> None: ...
 
 
 def mark_key_changed(session: Any, *, key_ids: Iterable[str] = (), tenant_ids: Iterable[str] = ()) -> None:
@@ -57,10 +55,8 @@ def _tell(session: Session) -> None:
     if changed is None or listener is None:
         return
     keys, tenants = changed
-    if keys:
-        listener.invalidate_keys(keys)
-    if tenants:
-        listener.invalidate_tenants(tenants)
+    if keys or tenants:
+        listener.changed_here(keys, tenants)
 
 
 @event.listens_for(Session, "after_rollback")
