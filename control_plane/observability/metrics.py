@@ -61,10 +61,10 @@ class ControlPlaneMetrics:
     # -- HTTP ------------------------------------------------------------------
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "OTHER"  # clients choose methods too
         key = (method, route, status)
         children = self._http_children.get(key)
         if children is None:  # labels() validates and locks: ~2 us a call, so once per series
-            method = method if method in _METHODS else "OTHER"
             children = self._http_children[key] = (self.http_requests.labels(method, route, str(status)),
                                                    self.http_duration.labels(method, route))
         children[0].inc()

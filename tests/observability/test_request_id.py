@@ -62,3 +62,17 @@ def test_log_lines_carry_the_request_id_of_their_task() -> None:
     assert line | {"ts": None} == {"ts": None, "level": "info", "logger": "outpost.x", "process": "runner",
                                    "msg": "served it", "request_id": "trace-3"}
     assert TextFormatter().format(record).endswith("served it [trace-3]")
+
+
+def test_http_series_stay_bounded_whatever_the_client_sends() -> None:
+    from prometheus_client import generate_latest
+
+    from control_plane.observability.metrics import ControlPlaneMetrics
+    from tests.observability.conftest import samples
+
+    metrics = ControlPlaneMetrics()
+    for i in range(100):
+        metrics.observe_http(f"X{i}", "unmatched", 405, 0.001)
+    series = {labels: v for (name, labels), v in samples(generate_latest(metrics.registry).decode()).items()
+              if name == "outpost_http_requests_total"}
+    assert series == {frozenset({("method", "OTHER"), ("route", "unmatched"), ("status", "405")}): 100}
