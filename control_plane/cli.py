@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -150,7 +149,7 @@ def up(
 ) -> None:
     """Control plane on SQLite plus a local runner serving the embedded SmolLM2 model."""
     settings = _settings(port=port, state_dir=state_dir)
-    logging.basicConfig(level="WARNING")
+    configure_logging(settings.log_format, "WARNING", process="control-plane")
     upgrade_to_head(settings.database_url)
     runner_state = settings.state_dir / "runner"
     enrolled = (runner_state / "identity.json").exists()
