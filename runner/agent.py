@@ -19,6 +19,7 @@ from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identi
 from runner.relay import relay
 from runner.settings import RunnerSettings
 from runner.streams import OutboundStream
+from runner.supervisor import HealthCheck
 from runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
 from sdk.e2e import Kem
 from sdk.protocol import StatusFrame
@@ -46,7 +47,10 @@ class Agent:
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
         self.fleet = EngineFleet(config.adapters, log_dir=self.settings.state_dir / "logs", http=self.http,
                                  headers=[config.engine_headers] * len(config.adapters),
-                                 health_timeout_s=self.settings.health_timeout_s)
+                                 health_timeout_s=self.settings.health_timeout_s,
+                                 health_check=HealthCheck(self.settings.health_check_interval_s,
+                                                          self.settings.health_check_timeout_s,
+                                                          self.settings.health_check_failures))
         self.tunnel: TunnelClient | None = None
         self.e2e: RunnerE2E | None = None
         self._e2e_publish: asyncio.Task[None] | None = None

@@ -19,7 +19,7 @@ import httpx
 
 from runner.engines.base import EngineAdapter, EngineLoad
 from runner.relay import EngineEndpoint
-from runner.supervisor import EngineFailed, Supervisor
+from runner.supervisor import EngineFailed, HealthCheck, HealthProbe, Supervisor
 
 __all__ = ["EngineFleet", "FleetEngine"]
 
@@ -56,7 +56,8 @@ def _log_name(label: str) -> str:
 
 class EngineFleet:
     def __init__(self, adapters: list[EngineAdapter], *, log_dir: Path, http: httpx.AsyncClient,
-                 headers: list[dict[str, str]] | None = None, health_timeout_s: float = 300.0) -> None:
+                 headers: list[dict[str, str]] | None = None, health_timeout_s: float = 300.0,
+                 health_check: HealthCheck | None = None, probe: HealthProbe | None = None) -> None:
         if not adapters:
             raise ValueError("a runner needs at least one engine")
         self.http = http
@@ -66,7 +67,7 @@ class EngineFleet:
             # One engine keeps the historical logs/engine.log; several get one file each.
             name = "engine.log" if len(adapters) == 1 else _log_name(label)
             sup = Supervisor(adapter, log_dir=log_dir, log_name=name, http=http,
-                             health_timeout_s=health_timeout_s)
+                             health_timeout_s=health_timeout_s, health_check=health_check, probe=probe)
             self.engines.append(FleetEngine(adapter, sup, (headers or [{}] * len(adapters))[i]))
         self._by_name: dict[str, FleetEngine] = {}
         for engine in self.engines:
@@ -98,7 +99,7 @@ class EngineFleet:
             raise EngineFailed(f"the engine for {first_engine.label} did not start: {exc}") from exc
 
     async def watch(self) -> None:
-        """Restart each engine on its own when it dies (bounded backoff, see Supervisor.watch)."""
+        """Restart each engine on its own when it dies or hangs (bounded backoff, see Supervisor.watch)."""
         await asyncio.gather(*(e.supervisor.watch() for e in self.engines))
 
     async def stop(self) -> None:
@@ -119,7 +120,7 @@ class EngineFleet:
         return any(e.healthy for e in self.engines)
 
     def unavailable_models(self) -> list[str]:
-        """Public names of the models whose engine is down (restarting or loading)."""
+        """Public names of the models whose engine is down (restarting, loading, or hung and being killed)."""
         return [m.name for e in self.engines if not e.healthy for m in e.adapter.models]
 
     @property

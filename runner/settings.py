@@ -50,6 +50,13 @@ class RunnerSettings(BaseSettings):
     threads: int = Field(default=0, ge=0, description="Engine CPU threads (0: engine default).")
     drain_s: float = Field(default=30.0, ge=0, description="Grace period for live streams on shutdown.")
     health_timeout_s: float = Field(default=300.0, gt=0, description="Time the engine may take to load.")
+    # A running engine that hangs but stays alive is found by these checks (docs/runner.md).
+    health_check_interval_s: float = Field(default=5.0, gt=0, le=300,
+                                           description="Seconds between health checks of a running engine.")
+    health_check_timeout_s: float = Field(default=5.0, gt=0, le=300,
+                                          description="A health check not answered within this fails.")
+    health_check_failures: int = Field(default=3, ge=1, le=100, description="Failed health checks in a row "
+                                       "that mark an engine unavailable and restart it.")
     ping_interval_s: float = Field(default=5.0, gt=0, description="WebSocket ping interval on the tunnel.")
     ping_timeout_s: float = Field(default=10.0, gt=0, description="Tunnel declared dead after this pong delay.")
     # Cost model sent in the hello (docs/cost.md): a stated rate, else power x price, else the class default.

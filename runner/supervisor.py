@@ -1,7 +1,14 @@
 """Engine process lifecycle: start, wait healthy, watch, restart, stop.
 
-The process spawner and the HTTP client are injected, so tests can drive the
-supervisor with a real engine or an honest fake process.
+Watching means two things: the process must not exit, and it must keep
+answering its health check. An engine can hang and stay alive (a deadlock, a
+wedged GPU, a stopped process); only the health check sees that. After
+``HealthCheck.failures`` failed checks in a row the engine is marked down at
+once (its models leave the runner's status) and killed, and the usual restart
+with backoff follows.
+
+The process spawner, the HTTP client and the health probe are injected, so
+tests can drive the supervisor with a real engine or an honest fake.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from runner.engines.base import EngineAdapter
 
-__all__ = ["EngineFailed", "Supervisor", "free_port"]
+__all__ = ["EngineFailed", "HealthCheck", "HealthProbe", "Supervisor", "free_port", "http_probe"]
 
 log = logging.getLogger("outpost.runner.supervisor")
 
@@ -38,6 +46,34 @@ def free_port() -> int:
 
 Progress = Callable[[str], None]
 
+#: One health check: ``probe(url, timeout_s)`` → ``None`` when the engine answered
+#: healthy, else why not ("HTTP 503", "ReadTimeout", ...).
+HealthProbe = Callable[[str, float], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How a running engine is checked (runner settings ``health_check_*``)."""
+
+    interval_s: float = 5.0
+    timeout_s: float = 5.0
+    #: Failed checks in a row that mark the engine down and restart it; one slow
+    #: answer under load is not a hang.
+    failures: int = 3
+
+
+def http_probe(http: httpx.AsyncClient, headers: dict[str, str] | None = None) -> HealthProbe:
+    """The default probe: GET the URL, healthy on HTTP 200."""
+
+    async def probe(url: str, timeout_s: float) -> str | None:
+        try:
+            resp = await http.get(url, timeout=timeout_s, headers=headers)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+    return probe
+
 
 class Supervisor:
     def __init__(
@@ -49,12 +85,18 @@ class Supervisor:
         log_name: str = "engine.log",
         health_timeout_s: float = 300.0,
         max_backoff_s: float = 30.0,
+        health_check: HealthCheck | None = None,
+        probe: HealthProbe | None = None,
         spawn: Callable[..., Awaitable[asyncio.subprocess.Process]] = asyncio.create_subprocess_exec,
     ) -> None:
         self.adapter = adapter
         self.http = http
         self.health_timeout_s = health_timeout_s
         self.max_backoff_s = max_backoff_s
+        self.health_check = health_check or HealthCheck()
+        # An attached engine may want its API key on the probe too.
+        headers = adapter.headers() if hasattr(adapter, "headers") else None
+        self._probe = probe or http_probe(http, headers)
         self._spawn = spawn
         self.port: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
@@ -88,32 +130,28 @@ class Supervisor:
             if self.proc is not None and self.proc.returncode is not None:
                 raise EngineFailed(f"engine exited with code {self.proc.returncode} while loading; "
                                    f"see {self._log_path}")
-            try:
-                resp = await self.http.get(url, timeout=2.0)
-                if resp.status_code == 200:
-                    self.healthy.set()
-                    return
-                status = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
+            status = await self._probe(url, min(self.health_check.timeout_s, 2.0))
+            if status is None:
+                self.healthy.set()
+                return
             if progress:
                 progress(f"waiting for {self.adapter.name} ({status})")
             await asyncio.sleep(0.25)
         raise EngineFailed(f"engine not healthy after {self.health_timeout_s:.0f}s; see {self._log_path}")
 
     async def watch(self) -> None:
-        """Restart the engine with bounded exponential backoff whenever it dies."""
+        """Restart the engine with bounded exponential backoff whenever it dies or hangs."""
         if self.proc is None:
+            await self._watch_attached()
             return
         backoff = 1.0
         while not self._stopping:
-            code = await self.proc.wait()
+            why = await self._until_down()
             if self._stopping:
                 return
             self.healthy.clear()
             self.restarts += 1
-            log.warning("engine %s exited with code %s; restart %d in %.1fs", self._label, code, self.restarts,
-                        backoff)
+            log.warning("engine %s %s; restart %d in %.1fs", self._label, why, self.restarts, backoff)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             started = time.monotonic()
             try:
@@ -123,6 +161,60 @@ class Supervisor:
                 self._kill()  # hung while loading: the next loop turn retries it
             # Only a restart that stayed up a while resets the backoff.
             backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, self.max_backoff_s)
+
+    async def _until_down(self) -> str:
+        """Wait until the engine exits, or hangs (killing it then); say which."""
+        proc = self.proc
+        assert proc is not None
+        exited = asyncio.ensure_future(proc.wait())
+        check = self.health_check
+        url = self.base_url + self.adapter.liveness_path
+        failures = 0
+        try:
+            while True:
+                await asyncio.wait([exited], timeout=check.interval_s)
+                if exited.done() or self._stopping:
+                    return f"exited with code {proc.returncode}"
+                status = await self._probe(url, check.timeout_s)
+                if exited.done():
+                    return f"exited with code {proc.returncode}"
+                if status is None:
+                    failures = 0
+                    continue
+                failures += 1
+                log.info("engine %s health check failed (%s), %d of %d", self._label, status, failures,
+                         check.failures)
+                if failures >= check.failures:
+                    # Down from this moment: the runner's status stops offering its models.
+                    self.healthy.clear()
+                    log.warning("engine %s is alive but failed %d health checks in a row (%s %s); "
+                                "marked unavailable, killing it", self._label, failures,
+                                self.adapter.liveness_path, status)
+                    self._kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+                    await exited
+                    return f"hung (failed {failures} health checks), killed"
+        finally:
+            exited.cancel()
+
+    async def _watch_attached(self) -> None:
+        """An attached engine is not ours to restart: its models come and go with its health."""
+        check = self.health_check
+        url = self.base_url + self.adapter.liveness_path
+        failures = 0
+        while not self._stopping:
+            await asyncio.sleep(check.interval_s)
+            status = await self._probe(url, check.timeout_s)
+            if status is None:
+                if not self.healthy.is_set():
+                    log.warning("attached engine at %s answers again", self.base_url)
+                failures = 0
+                self.healthy.set()
+                continue
+            failures += 1
+            if failures == check.failures:
+                self.healthy.clear()
+                log.warning("attached engine at %s failed %d health checks in a row (%s); marked unavailable",
+                            self.base_url, failures, status)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         self._stopping = True

@@ -33,6 +33,10 @@ class AttachedEngine:
     def health_path(self) -> str:
         return "/v1/models"  # the one endpoint every OpenAI-compatible server has
 
+    @property
+    def liveness_path(self) -> str:
+        return "/v1/models"
+
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 

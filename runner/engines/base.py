@@ -54,7 +54,13 @@ class EngineAdapter(Protocol):
         """Root URL of the engine's OpenAI-compatible API."""
 
     @property
-    def health_path(self) -> str: ...
+    def health_path(self) -> str:
+        """Readiness: answers 200 once the model is loaded (polled while the engine starts)."""
+
+    @property
+    def liveness_path(self) -> str:
+        """Checked every few seconds while the engine runs; must answer promptly even while
+        every slot is busy, or a long generation would read as a hang."""
 
     def parse_metrics(self, text: str) -> EngineLoad:
         """Live load from the engine's Prometheus text (empty text → zero load)."""

@@ -50,5 +50,11 @@ class LlamaCppPythonEngine:
     def health_path(self) -> str:
         return "/v1/models"  # the server has no /health
 
+    @property
+    def liveness_path(self) -> str:
+        # /v1/models waits for the global model lock, held for a whole generation;
+        # the OpenAPI document is served by the event loop, which stays free.
+        return "/openapi.json"
+
     def parse_metrics(self, text: str) -> EngineLoad:
         return EngineLoad()  # the server has no /metrics either

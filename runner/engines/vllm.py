@@ -87,6 +87,10 @@ class VllmEngine:
     def health_path(self) -> str:
         return "/health"
 
+    @property
+    def liveness_path(self) -> str:
+        return "/health"  # 200 while the engine core is alive, busy or not
+
     def parse_metrics(self, text: str) -> VllmLoad:
         """Sum counts over label sets (one per model name / data-parallel engine); the KV
         usage reported is the fullest engine's, since that one queues first."""

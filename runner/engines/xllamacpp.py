@@ -45,6 +45,10 @@ class XllamacppEngine:
     def health_path(self) -> str:
         return "/health"
 
+    @property
+    def liveness_path(self) -> str:
+        return "/health"  # answered by the HTTP threads, not queued behind the slots
+
     def parse_metrics(self, text: str) -> EngineLoad:
         values: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
