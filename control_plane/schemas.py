@@ -39,5 +39,7 @@ class RunnerOut(_Out):
     revoked_at: datetime | None
     connected: bool = False
     models: list[str] = Field(default_factory=list)
+    #: Of ``models``, those whose engine the runner reports down (restarting, loading, hung).
+    unavailable_models: list[str] = Field(default_factory=list)
     in_flight: int = 0
     served_total: int = 0

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
 from control_plane.audit import actor_for_key, record_admin, record_runner_event
 from control_plane.errors import ApiError
+from control_plane.openai.load import runner_status
 from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
 from control_plane.store.runners import create_runner, get_runner, list_runners, revoke_runner
@@ -82,6 +83,10 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
         out.connected = live is not None
         if live is not None:
             out.models = [m.name for m in live.models]
+            status = runner_status(live)
+            out.unavailable_models = list(status.unavailable_models)
+            if not status.healthy and not out.unavailable_models:  # predates per-model status
+                out.unavailable_models = list(out.models)
             out.in_flight = live.in_flight
             # Every link reports the runner-wide counter; the freshest is the largest.
             out.served_total = max((ln.load.completed for ln in live.links), default=0)

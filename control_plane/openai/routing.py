@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
+    "ENGINE_DOWN",
     "POLICIES",
     "Affinity",
     "Candidate",
@@ -69,6 +70,9 @@ Affinity = Literal["hit", "overloaded", "miss", "off"]
 DEFAULT_OUTPUT_TOKENS = 256
 # Defaults until a runner has been observed; docs/api.md gives the reasons.
 _COST_TIE = 0.05
+#: Eligibility reasons that mean the runner's engine for the model is down:
+#: restarting after a crash or a hang, or still loading.
+ENGINE_DOWN = frozenset({"restarting", "unhealthy"})
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,10 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
     if runner.usable_link() is None:
         return "draining"
     status = runner_status(runner)
-    if not status.healthy or info.name in status.unavailable_models:
-        return "unhealthy"
+    if info.name in status.unavailable_models:
+        return "restarting"  # this model's engine is down; the runner serves its others
+    if not status.healthy:
+        return "unhealthy"  # no engine of the runner is up (or it predates per-model status)
     return None
 
 
@@ -263,6 +269,7 @@ class RouteDecision:
     policy: RoutingPolicy
     affinity: Affinity
     excluded: dict[str, str] = field(default_factory=dict)  # runner id -> reason
+    excluded_names: dict[str, str] = field(default_factory=dict)  # runner id -> name, for errors
 
     @property
     def runners(self) -> list[ConnectedRunner]:
@@ -287,13 +294,15 @@ class Router:
     def route(self, runners: Iterable[ConnectedRunner], req: RouteRequest) -> RouteDecision:
         eligible: list[ConnectedRunner] = []
         excluded: dict[str, str] = {}
+        names: dict[str, str] = {}
         for r in runners:
             if (why := eligibility(r, req)) is None:
                 eligible.append(r)
             elif why != "model":
                 excluded[r.runner_id] = why
+                names[r.runner_id] = r.name
         if self.config.strategy == "round_robin":
-            return self._round_robin(eligible, req, excluded)
+            return self._round_robin(eligible, req, excluded, names)
         ranked = rank(eligible, req, self.stats, self.config, self.external)
         affinity: Affinity = "off"
         if self.config.affinity and req.affinity_keys and ranked:
@@ -308,10 +317,10 @@ class Router:
                     ranked.insert(0, target)
                 else:
                     affinity = "overloaded"
-        return RouteDecision(ranked, req.policy, affinity, excluded)
+        return RouteDecision(ranked, req.policy, affinity, excluded, names)
 
     def _round_robin(self, eligible: list[ConnectedRunner], req: RouteRequest,
-                     excluded: dict[str, str]) -> RouteDecision:
+                     excluded: dict[str, str], names: dict[str, str]) -> RouteDecision:
         # The benchmark baseline: no policy, no load, no affinity.
         eligible.sort(key=lambda r: r.runner_id)
         if eligible:
@@ -319,7 +328,7 @@ class Router:
             eligible = eligible[k:] + eligible[:k]
         cands = [Candidate(r, estimate(r, req, self.stats.get(r.runner_id), self.config, self.external(r)), 1.0)
                  for r in eligible]
-        return RouteDecision(cands, req.policy, "off", excluded)
+        return RouteDecision(cands, req.policy, "off", excluded, names)
 
     def started(self, runner: ConnectedRunner) -> None:
         """A request was sent to ``runner``: count it (and remember when, see :class:`ExternalLoad`)."""

@@ -22,7 +22,7 @@ from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError, error_body, sse_error_event
 from control_plane.observability import record_id
 from control_plane.openai.admission import Slot
-from control_plane.openai.routing import Endpoint, RouteDecision, RouteRequest
+from control_plane.openai.routing import ENGINE_DOWN, Endpoint, RouteDecision, RouteRequest
 from control_plane.services.scheduler import RunnerGone
 from control_plane.state import AppState
 from control_plane.store.runners import known_model
@@ -284,6 +284,10 @@ def _ineligible_error(call: InferenceCall, decision: RouteDecision | None) -> Ap
     if reasons == {"endpoint"}:
         return ApiError(400, f"The model '{call.model}' does not support the {route.endpoint} endpoint on any "
                         "connected runner.", code=f"{route.endpoint}_unsupported", param="model")
+    if reasons <= ENGINE_DOWN:
+        where = ", ".join(sorted(repr(decision.excluded_names.get(i, i)) for i in decision.excluded))
+        return ApiError.unavailable(f"The engine serving '{call.model}' is unavailable (restarting or loading) "
+                                    f"on runner(s) {where}; retry shortly.")
     if "residency" in reasons and reasons <= {"residency", "endpoint"}:
         rules = ", ".join(f"{k} in {sorted(v)}" for k, v in route.residency.items())
         return ApiError.unavailable(f"No connected runner serving '{call.model}' satisfies this tenant's "
