@@ -156,6 +156,7 @@ class Supervisor:
             started = time.monotonic()
             try:
                 await self.start()
+                log.warning("engine %s is back (restart %d, port %s)", self._label, self.restarts, self.port)
             except (EngineFailed, OSError) as exc:
                 log.error("engine %s restart failed: %s", self._label, exc)
                 self._kill()  # hung while loading: the next loop turn retries it

@@ -5,6 +5,9 @@ There is no model hub here, so the two models are the embedded SmolLM2 GGUF serv
 under two ids: ``smol-a`` from the installed file and ``smol-b`` from a copy of it
 (a copy, so that the test can take ``smol-b``'s file away and keep its engine down).
 Which engine answered is read from each engine's own llama.cpp counters.
+
+A hung engine is made with SIGSTOP: the process stays alive and its socket still
+accepts connections, but nothing answers; only the health re-check can see it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from runner.models import embedded_model_path
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 LIGHT = ["--parallel", "1", "--ctx", "512"]
+# Hang detection within ~5 s; two failures in a row, so one slow answer on a busy machine is not a hang.
+CHECKS = ["--health-check-interval-s", "0.5", "--health-check-timeout-s", "2", "--health-check-failures", "2"]
 
 
 class TwoModels:
-    def __init__(self, cp: ControlPlaneProcess, runner: RunnerProcess, key: str, copy: Path) -> None:
+    def __init__(self, cp: ControlPlaneProcess, runner: RunnerProcess, key: str, original: Path,
+                 copy: Path) -> None:
         self.cp, self.runner, self.key, self.copy = cp, runner, key, copy
+        self.paths = {"smol-a": str(original), "smol-b": str(copy)}
         ports = dict(re.findall(r"ready for (smol-[ab]) at http://127\.0\.0\.1:(\d+)", runner.log()))
         self.ports = {name: int(port) for name, port in ports.items()}
 
@@ -47,14 +54,18 @@ class TwoModels:
     def listed(self) -> list[str]:
         return self.cp.models(self.key)
 
+    def runners(self) -> list[dict]:
+        return httpx.get(f"{self.cp.url}/api/runners", headers={"Authorization": f"Bearer {self.key}"},
+                         timeout=5).json()["data"]
+
     def engine_pid(self, model: str) -> int:
-        port = str(self.ports[model])
+        """The engine process of ``model``, found by its model file (a restart changes its port)."""
         runner = psutil.Process(self.runner.proc.pid)  # type: ignore[union-attr]
         for child in runner.children(recursive=True):
             cmd = child.cmdline()
-            if "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+            if "--model" in cmd and cmd[cmd.index("--model") + 1] == self.paths[model]:
                 return child.pid
-        raise AssertionError(f"no engine process on port {port}")
+        raise AssertionError(f"no engine process for {model}")
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +76,13 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoModels]:
     shutil.copyfile(original, copy)
     cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'outpost.db'}",
                              extra_env={"OUTPOST_RUNNER_WAIT_S": "1"}).start()
-    runner = RunnerProcess(cp, tmp / "runner", "two", args=[*LIGHT, "--model", f"smol-a={original}",
+    runner = RunnerProcess(cp, tmp / "runner", "two", args=[*LIGHT, *CHECKS, "--model", f"smol-a={original}",
                                                             "--model", f"smol-b={copy}"])
     try:
         key = cp.api_key()
         runner.start()
         runner.wait_connected(key)
-        yield TwoModels(cp, runner, key, copy)
+        yield TwoModels(cp, runner, key, original, copy)
     finally:
         runner.stop()
         cp.stop()
@@ -117,5 +128,57 @@ def test_one_engine_down_leaves_the_other_serving_and_only_its_model_unavailable
     # Give the file back: the supervisor brings the engine up and the model returns.
     two.copy.with_suffix(".away").rename(two.copy)
     wait_until(lambda: "smol-b" in two.listed(), 90, "smol-b back in /v1/models")
+    resp = two.chat("smol-b")
+    assert resp.status_code == 200, resp.text
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_hung_engine_is_killed_restarted_and_serves_again(two: TwoModels) -> None:
+    hung = two.engine_pid("smol-a")
+    psutil.Process(hung).send_signal(signal.SIGSTOP)  # alive, never answers
+    try:
+        wait_until(lambda: "engine xllamacpp (smol-a) is alive but failed 2 health checks in a row" in two.runner.log(),
+                   30, "the runner to find smol-a's engine hung")
+        wait_until(lambda: _gone(hung), 10, "the hung engine to be killed")
+    finally:
+        if not _gone(hung):
+            psutil.Process(hung).send_signal(signal.SIGKILL)
+    assert "engine xllamacpp (smol-a) hung (failed 2 health checks), killed; restart 1 in" in two.runner.log()
+    wait_until(lambda: "engine xllamacpp (smol-a) is back (restart 1" in two.runner.log(), 90, "smol-a's new engine")
+    assert two.engine_pid("smol-a") != hung
+    wait_until(lambda: "smol-a" in two.listed(), 10, "smol-a in /v1/models")
+    resp = two.chat("smol-a")
+    assert resp.status_code == 200, resp.text
+    assert two.chat("smol-b").status_code == 200  # the other engine served throughout
+
+
+def test_while_a_hung_engine_is_down_the_control_plane_says_so(two: TwoModels) -> None:
+    # Without its file the restart fails while loading, which keeps the model down long enough to look at.
+    two.copy.rename(two.copy.with_suffix(".away"))
+    hung = two.engine_pid("smol-b")
+    psutil.Process(hung).send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "smol-b" not in two.listed(), 30, "smol-b to leave /v1/models")
+        wait_until(lambda: _gone(hung), 10, "the hung engine to be killed")
+        [runner] = two.runners()
+        assert runner["connected"] and runner["unavailable_models"] == ["smol-b"]
+        assert sorted(runner["models"]) == ["smol-a", "smol-b"]
+        down = two.chat("smol-b")
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["message"] == (
+            "The engine serving 'smol-b' is unavailable (restarting or loading) on runner(s) 'two'; retry shortly.")
+        assert two.chat("smol-a").status_code == 200
+    finally:
+        two.copy.with_suffix(".away").rename(two.copy)
+        if not _gone(hung):
+            psutil.Process(hung).send_signal(signal.SIGKILL)
+    wait_until(lambda: "smol-b" in two.listed(), 90, "smol-b back in /v1/models")
+    assert two.runners()[0]["unavailable_models"] == []
     resp = two.chat("smol-b")
     assert resp.status_code == 200, resp.text
