@@ -129,3 +129,19 @@ async def test_default_probe_times_out_on_an_engine_that_accepts_but_never_answe
         finally:
             watcher.cancel()
             await sup.stop()
+
+
+async def test_an_attached_engine_is_checked_with_its_api_key(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        ok = request.headers.get("authorization") == "Bearer k-1"
+        return httpx.Response(200 if ok else 401, json={"data": []})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        sup = Supervisor(AttachedEngine(url="http://engine.example/v1", api_key="k-1"), log_dir=tmp_path,
+                         http=http, health_check=FAST)
+        await sup.start()  # without the key on the probe an attached engine behind a key never got ready
+        assert sup.healthy.is_set() and seen == ["Bearer k-1"]
+        await sup.stop()
