@@ -254,7 +254,10 @@ def test_runner_killed_before_first_byte_fails_over(cluster: Cluster) -> None:
     # Two slots: both requests below reach the victim's engine (none waits in the control plane).
     victim = RunnerProcess(cluster.cp, cluster.tmp / "victim", "victim", args=[
         "--parallel", "2", "--ctx", "1024", "--served-model-name", "victim-model",
-        "--model-alias", "failover-model", "--usd-per-hour", "0.01"])
+        # 1,000x cheaper than the cheapest other runner: the cost estimate multiplies the rate by the
+        # expected engine time, and a new runner's (default) speed may be far below what the others
+        # have shown by now; the price gap must outweigh any such difference.
+        "--model-alias", "failover-model", "--usd-per-hour", "0.0001"])
     victim.start()
     try:
         victim_id = victim.wait_connected(cluster.key)

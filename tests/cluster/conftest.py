@@ -74,7 +74,7 @@ def sse_events(resp: httpx.Response) -> Iterator[object]:
 
 def engine_url(runner: RunnerProcess) -> str:
     """The runner's engine on loopback, from its own log line."""
-    match = re.search(r"engine \S+ ready at (http://127\.0\.0\.1:\d+)", runner.log())
+    match = re.search(r"engine \S+ ready (?:for \S+ )?at (http://127\.0\.0\.1:\d+)", runner.log())
     assert match, runner.log()
     return match.group(1)
 
