@@ -147,6 +147,8 @@ class RecordWriter:
             while self._queue:
                 self.failed += 1
                 log.error("request record not written: %s", _fields(self._queue.popleft()))
+        async with self._committed:  # flush() waiters: nothing more will be written
+            self._committed.notify_all()
 
     # -- the writer task -------------------------------------------------------
 
