@@ -141,6 +141,13 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         _count(state, outcome)
         _write_record(state, outcome)
         raise
+    except ClientGone:
+        # Dispatched, and gone before the first byte: the runner's stream is reset already.
+        outcome.status, outcome.http_status, outcome.error_type = "cancelled", 499, "client_disconnected"
+        outcome.settle()
+        _count(state, outcome)
+        _write_record(state, outcome)
+        raise _gone_error() from None
     except BaseException:
         outcome.settle()  # cancelled before the first byte: the slot must not leak
         raise
@@ -215,12 +222,14 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             last_error = str(exc)
             continue
         try:
-            start, first = await _first_byte(st, settings.first_byte_timeout_s)
+            # A non-streaming answer's first byte is its whole body: the client may leave meanwhile.
+            start, first = await _read_or_gone(_first_byte(st, settings.first_byte_timeout_s), call.client_gone)
         except BaseException as exc:
             state.router.finished(runner)
             link.close_stream(st)
             if not isinstance(exc, _AttemptFailed):  # the client went away: the engine must stop too
                 _spawn(st.cancel("client disconnected"))
+                outcome.runner_id = runner.runner_id
                 raise
             slot.abandon()
             outcome.slot = None
@@ -380,18 +389,13 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
 async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     parts: list[str] = []
     try:
-        async for ev in _events(opened):
-            if isinstance(ev, DataFrame):
-                parts.append(ev.data)
-                await opened.stream.consumed(len(ev.data))
-            elif isinstance(ev, EndFrame):
-                _take_usage(outcome, ev)
-                if ev.error:
-                    raise ApiError(502, f"The engine failed: {ev.error}", type="server_error",
-                                   code="engine_error")
-            else:
-                raise ApiError(502, f"The runner stopped before answering: {ev.reason}",
-                               type="server_error", code="runner_lost")
+        await _read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone)
+    except ClientGone:
+        # Nothing has been sent: the engine must stop, and the record says who stopped it.
+        outcome.status, outcome.http_status, outcome.error_type = "cancelled", 499, "client_disconnected"
+        opened.link.close_stream(opened.stream)
+        _spawn(opened.stream.cancel("client disconnected"))
+        raise _gone_error() from None
     except ApiError as exc:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
         raise
@@ -406,6 +410,57 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         outcome.status, outcome.error_type = "error", "engine_rejected"
         body = _as_error_envelope(body, opened.start.status)
     return body
+
+
+class ClientGone(Exception):
+    """The client disconnected after dispatch, before its response started."""
+
+
+def _gone_error() -> ApiError:
+    # Nobody reads it; the request record keeps the status (nginx's "client closed request").
+    return ApiError(499, "The client disconnected before the response started.", type="client_disconnected",
+                    code="client_disconnected")
+
+
+async def _read_or_gone(read: Coroutine[Any, Any, None], gone: Callable[[], Awaitable[object]] | None) -> None:
+    """Run ``read``; raise :class:`ClientGone` (and cancel it) if ``gone()`` returns first.
+
+    Nobody listens for a disconnect while a plain ``Response`` is being
+    prepared (openai/disconnect.py), so without the watch the engine would
+    generate to ``max_tokens`` for nobody. The watch blocks in ``receive()``:
+    no polling, and one task per request rather than one per frame.
+    """
+    if gone is None:
+        return await read
+    reader = asyncio.ensure_future(read)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        reader.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if reader.done():
+        return reader.result()  # finished in the same turn as the disconnect: the answer is complete
+    if watcher.cancelled() or watcher.exception() is not None:
+        return await reader  # the watch failed: keep collecting as before
+    reader.cancel()
+    raise ClientGone
+
+
+async def _read_body(opened: _Opened, outcome: _Outcome, parts: list[str]) -> None:
+    async for ev in _events(opened):
+        if isinstance(ev, DataFrame):
+            parts.append(ev.data)
+            await opened.stream.consumed(len(ev.data))
+        elif isinstance(ev, EndFrame):
+            _take_usage(outcome, ev)
+            if ev.error:
+                raise ApiError(502, f"The engine failed: {ev.error}", type="server_error", code="engine_error")
+        else:
+            raise ApiError(502, f"The runner stopped before answering: {ev.reason}",
+                           type="server_error", code="runner_lost")
 
 
 def _take_usage(outcome: _Outcome, end: EndFrame) -> None:
