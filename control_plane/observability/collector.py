@@ -61,11 +61,16 @@ class StateCollector(Collector):
                                    labels=["runner", "tenant"])
         in_flight = GaugeMetricFamily("outpost_scheduler_in_flight", "Requests holding a runner slot.",
                                       labels=["runner", "tenant"])
+        # Per runner only: the scheduler counts abandoned requests per runner, not per tenant.
+        # Its count starts again at 0 when a runner is forgotten (last tunnel lost), a counter reset.
+        abandoned = CounterMetricFamily("outpost_scheduler_abandoned", "Requests that left a runner's queue "
+                                        "unserved: client gone, queue timeout or cancelled.", labels=["runner"])
         counters = GaugeMetricFamily("outpost_vtc_counter", "Virtual Token Counter per runner and tenant "
                                      "(weighted tokens: input x1, output x2, divided by the tenant weight).",
                                      labels=["runner", "tenant"])
         for runner_id, r in snapshot["runners"].items():
             capacity.add_metric([runner_id], r["capacity"])
+            abandoned.add_metric([runner_id], r["abandoned"])
             for tenant, n in r["queued_by_tenant"].items():
                 queued.add_metric([runner_id, tenant], n)
             for tenant, n in r["in_flight_by_tenant"].items():
@@ -75,6 +80,7 @@ class StateCollector(Collector):
         yield capacity
         yield queued
         yield in_flight
+        yield abandoned
         yield counters
 
     def _fairness(self) -> Iterator[Metric]:
