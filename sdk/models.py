@@ -138,6 +138,9 @@ class Runner(_Model):
     revoked_at: datetime | None = None
     connected: bool = False
     models: list[str] = Field(default_factory=list)
+    #: Of ``models``, those whose engine the runner reports down (restarting, loading, hung):
+    #: requests for them are not routed here. Empty from a control plane that predates it.
+    unavailable_models: list[str] = Field(default_factory=list)
     in_flight: int = 0
     served_total: int = 0
 

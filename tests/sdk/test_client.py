@@ -269,6 +269,22 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
 # --- administration -----------------------------------------------------------------------
 
 
+def test_a_runner_lists_its_unavailable_models_typed(connect, fake: FakeOutpost) -> None:
+    up = {"id": "run_1", "name": "gpu-1", "models": ["smol-a", "smol-b"], "unavailable_models": ["smol-b"]}
+    old = {"id": "run_2", "name": "gpu-2", "models": ["smol-a"]}  # a control plane that predates the field
+    fake.admin["/api/runners"] = {"object": "list", "data": [up, old]}
+    runners = connect(fake)(lambda c: c.runners.list())
+    assert [r.unavailable_models for r in runners] == [["smol-b"], []]
+    assert "unavailable_models" not in (runners[0].model_extra or {})  # a declared field, not an extra
+
+
+def test_the_runner_model_declares_every_field_of_the_api() -> None:
+    from control_plane.schemas import RunnerOut
+    from sdk.models import Runner
+
+    assert set(RunnerOut.model_fields) <= set(Runner.model_fields)
+
+
 def test_admin_resources_call_their_routes(connect, fake: FakeOutpost) -> None:
     runner = {"id": "run_1", "name": "gpu-1", "labels": {}, "capacity": 4, "connected": True}
     key = {"id": "key_1", "name": "ci", "prefix": "sk-abc", "scopes": ["inference"]}
