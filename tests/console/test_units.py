@@ -134,3 +134,40 @@ def test_docs_name_every_console_setting_page_and_command() -> None:
         assert f"**{label}** `{path}`" in docs, label
     for command in ("users create", "users list", "users unlock", "users set-password"):
         assert f"control-plane {command}" in docs, command
+
+
+def test_the_runners_page_shows_models_whose_engine_is_down() -> None:
+    from datetime import UTC, datetime
+
+    from control_plane.console.deps import ConsoleUser
+    from control_plane.console.pages.runners import RunnerView, with_live_state
+    from control_plane.console.templating import environment
+    from control_plane.tunnel.hub import ConnectedRunner
+    from control_plane.tunnel.link import Link
+    from sdk.protocol import ModelInfo, StatusFrame
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    link = Link("run_1", "ses_1", nothing, 4, nothing)
+    link.dispatch(StatusFrame(running=1, unavailable_models=["smol-b"]))  # as the tunnel delivers it
+    live = ConnectedRunner(runner_id="run_1", tenant_id="ten_1", name="gpu-1", capacity=4, links=[link],
+                           models=[ModelInfo(name="smol-a", engine="xllamacpp"),
+                                   ModelInfo(name="smol-b", engine="xllamacpp")])
+    view = RunnerView(id="run_1", name="gpu-1", status="offline", created_at=now, last_seen_at=now, labels={},
+                      capacity=4, hardware={}, cost={}, usd_per_hour=None)
+    with_live_state(view, live)
+    assert view.status == "connected" and view.unavailable_models == ["smol-b"]
+
+    viewer = ConsoleUser(id="usr_1", email="v@example.com", role="viewer", tenant_id="ten_1", tenant_name="t",
+                         session_id="s", csrf_token="c", expires_at=0)
+    template = environment().get_template("partials/runners_table.html")
+    html = template.render(runners=[view], user=viewer, now=now)
+    assert "Not serving (engine restarting, loading or hung): smol-b" in html
+    assert html.count("· down") == 1 and '<span class="chip flag">smol-b' in html
+
+    link.dispatch(StatusFrame(running=1))  # its engine is back
+    with_live_state(view, live)
+    html = template.render(runners=[view], user=viewer, now=now)
+    assert view.unavailable_models == [] and "Not serving" not in html and "· down" not in html

@@ -18,9 +18,10 @@ from control_plane.services.cost import hourly_rate
 from control_plane.state import AppState
 from control_plane.store.keys import create_enrollment_token
 from control_plane.store.runners import get_runner, list_runners, revoke_runner
+from control_plane.tunnel.hub import ConnectedRunner
 from sdk.protocol import CloseCode
 
-__all__ = ["RunnerView", "router", "runner_views"]
+__all__ = ["RunnerView", "router", "runner_views", "with_live_state"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,6 +43,7 @@ class RunnerView:
     waiting: int = 0
     kv_cache_usage: float | None = None
     healthy: bool = True
+    unavailable_models: list[str] = field(default_factory=list)  # engine down: restarting, loading, hung
     in_flight: int = 0
     queued: int = 0
     completed: int = 0
@@ -82,21 +84,27 @@ async def runner_views(state: AppState, session: Any, tenant_id: str) -> list[Ru
                           usd_per_hour=hourly_rate(row.cost) if row.cost else None,
                           models=stored.get(row.id, []))
         if live is not None and not row.revoked_at:
-            view.status = "draining" if live.draining else "connected"
-            view.labels, view.capacity = dict(live.labels), live.capacity
-            view.hardware, view.cost = dict(live.hardware), dict(live.cost)
-            view.usd_per_hour = live.usd_per_second * 3600
-            view.models = [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
-                            "quantization": m.quantization, "aliases": list(m.aliases)} for m in live.models]
-            loads = [ln.load for ln in live.links if not ln.closed]
-            freshest = max(loads, key=lambda load: load.updated_at, default=None)
-            if freshest is not None:
-                view.running, view.waiting = freshest.running, freshest.waiting
-                view.kv_cache_usage, view.healthy = freshest.kv_cache_usage, freshest.healthy
-            view.completed = max((load.completed for load in loads), default=0)
-            view.in_flight, view.queued, view.links = live.in_flight, live.queued, len(live.links)
+            with_live_state(view, live)
         views.append(view)
     return views
+
+
+def with_live_state(view: RunnerView, live: ConnectedRunner) -> None:
+    """Overlay what the connected runner says now (its hello, its freshest status report) on the stored view."""
+    view.status = "draining" if live.draining else "connected"
+    view.labels, view.capacity = dict(live.labels), live.capacity
+    view.hardware, view.cost = dict(live.hardware), dict(live.cost)
+    view.usd_per_hour = live.usd_per_second * 3600
+    view.models = [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
+                    "quantization": m.quantization, "aliases": list(m.aliases)} for m in live.models]
+    loads = [ln.load for ln in live.links if not ln.closed]
+    freshest = max(loads, key=lambda load: load.updated_at, default=None)
+    if freshest is not None:
+        view.running, view.waiting = freshest.running, freshest.waiting
+        view.kv_cache_usage, view.healthy = freshest.kv_cache_usage, freshest.healthy
+        view.unavailable_models = list(freshest.unavailable_models)
+    view.completed = max((load.completed for load in loads), default=0)
+    view.in_flight, view.queued, view.links = live.in_flight, live.queued, len(live.links)
 
 
 async def _page(request: Request, state: AppState, user: Any, **extra: Any) -> Response:
