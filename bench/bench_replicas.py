@@ -40,15 +40,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import redis
-
-from bench.load import Conn, ProcWatch, Sample, chat_body, load_at_end, machine, pct, run_async, stream_request, write_section
+from bench.load import (
+    Conn,
+    ProcWatch,
+    Sample,
+    chat_body,
+    load_at_end,
+    machine,
+    pct,
+    run_async,
+    stream_request,
+    write_section,
+)
 from bench.stack import Engine, start_engine
+from tests.cluster.conftest import REDIS_URL, _drop_keys
 from tests.conftest import _database
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 BEGIN, END = "<!-- replicas:begin -->", "<!-- replicas:end -->"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @dataclass
@@ -74,13 +83,7 @@ class Setup:
             r.stop(timeout=10)
         for cp in self.replicas:
             cp.stop()
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            keys = list(client.scan_iter(match=f"{self.prefix}:*", count=500))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        _drop_keys(self.prefix)
         self.db.close()
 
 

@@ -6,15 +6,23 @@ health endpoint, and drive it with real clients.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+
+if TYPE_CHECKING:
+    from control_plane.db.engine import Database
+
+T = TypeVar("T")
 
 __all__ = ["ControlPlaneProcess", "RunnerProcess", "free_port", "wait_until"]
 
@@ -147,3 +155,17 @@ class RunnerProcess(_Process):
 
         wait_until(ready, timeout, f"runner {self.name}\n{self.log()}")
         return self.identity()["runner_id"]
+
+
+def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
+    """Run ``fn`` with a fresh :class:`Database` on ``url`` from synchronous test code, then dispose of it."""
+    from control_plane.db.engine import Database
+
+    async def main() -> T:
+        db = Database(url)
+        try:
+            return await fn(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())

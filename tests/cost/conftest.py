@@ -9,7 +9,6 @@ what production runs: uvicorn, the tunnel, the runner process, llama.cpp.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,13 +20,12 @@ import uvicorn
 
 from control_plane.admin import issue_api_key, issue_enrollment_token
 from control_plane.app import create_app
-from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import utcnow
 from control_plane.settings import Settings
 from sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
+from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, run_db, wait_until
 
 MODEL = "smollm2-135m-instruct"
 USD_PER_HOUR = 3.6  # $0.001 per second of engine time: easy to check by hand
@@ -77,18 +75,7 @@ class CostStack:
 
     def key(self, tenant: str, name: str = "k", admin: bool = False) -> tuple[str, str]:
         """A new API key: ``(key_id, secret)``."""
-        return _run_db(self.database_url, lambda db: issue_api_key(db, tenant, name, admin))
-
-
-def _run_db(url: str, fn):
-    async def main():
-        db = Database(url)
-        try:
-            return await fn(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
+        return run_db(self.database_url, lambda db: issue_api_key(db, tenant, name, admin))
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -106,8 +93,8 @@ def cost_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     runner = RunnerProcess(shim, tmp / "runner", "cost-runner",
                            args=["--parallel", "1", "--usd-per-hour", str(USD_PER_HOUR)])
     try:
-        token = _run_db(url, lambda d: issue_enrollment_token(d, "runners", "cost-runner", 600))
-        _, admin = _run_db(url, lambda d: issue_api_key(d, "runners", "admin", True))
+        token = run_db(url, lambda d: issue_enrollment_token(d, "runners", "cost-runner", 600))
+        _, admin = run_db(url, lambda d: issue_api_key(d, "runners", "admin", True))
         runner.start(token)
         runner_id = runner.wait_connected(admin)
         yield CostStack(cp, runner, url, clock, runner_id)

@@ -32,7 +32,7 @@ from control_plane.settings import Settings
 from control_plane.state import AppState
 from sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
+from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, run_db, wait_until
 
 T = TypeVar("T")
 MODEL = "sim-engine"
@@ -109,17 +109,6 @@ class PathStack:
 
     def headers(self, secret: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret}"}
-
-
-def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
-    async def main() -> T:
-        db = Database(url)
-        try:
-            return await fn(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

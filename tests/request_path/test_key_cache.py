@@ -13,7 +13,8 @@ from control_plane.db.models import utcnow
 from control_plane.services.auth_cache import CachedKey, KeyCache
 from control_plane.store.keys import create_api_key, get_api_key, revoke_api_key
 from control_plane.store.tenants import get_or_create_tenant
-from tests.request_path.conftest import MODEL, PathStack, StatementCounter, run_db
+from tests.request_path.conftest import MODEL, PathStack, StatementCounter
+from tests.utils import run_db
 
 # --- the cache alone, with clocks the tests move ------------------------------------------------
 
