@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control_plane.errors import ApiError, error_body
@@ -15,12 +16,17 @@ log = logging.getLogger("outpost.api")
 
 __all__ = ["install_error_handlers"]
 
+#: "The database is busy or gone right now" (connection refused or dropped, pool exhausted): the client
+#: may retry; nothing was accepted, since every request reads the database before it is accepted.
+_DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
+
 
 #: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never sent:
 #: validation errors are 400).
 _ERROR_STATUSES = {"400": "Invalid request.", "401": "Missing or invalid API key.", "403": "Not allowed.",
                    "404": "Not found.", "409": "Conflict.", "413": "Request body too large.",
-                   "429": "Rate limit, budget or queue limit reached.", "503": "No runner available."}
+                   "429": "Rate limit, budget or queue limit reached.",
+                   "503": "No runner available, or the database is unavailable."}
 _ENVELOPE = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type"],
     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
@@ -73,6 +79,16 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error", code),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # One line, no traceback: an outage would otherwise flood the log (and DBAPI messages may
+        # carry connection details, so only the type is logged).
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return JSONResponse(error_body("The database is unavailable; retry shortly.", "service_unavailable",
+                                       "database_unavailable"), status_code=503, headers={"Retry-After": "2"})
+
+    for kind in _DATABASE_DOWN:
+        app.add_exception_handler(kind, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
