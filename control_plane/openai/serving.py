@@ -390,6 +390,12 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     parts: list[str] = []
     try:
         await _read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone)
+        body = "".join(parts)
+        outcome.bytes_out = len(body)
+        if opened.start.status >= 400:
+            # Set before the record is written (finally): the engine refused the request.
+            outcome.status, outcome.error_type = "error", "engine_rejected"
+            body = _as_error_envelope(body, opened.start.status)
     except ClientGone:
         # Nothing has been sent: the engine must stop, and the record says who stopped it.
         outcome.status, outcome.http_status, outcome.error_type = "cancelled", 499, "client_disconnected"
@@ -404,11 +410,6 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         _observe(state, opened, outcome)
         _count(state, outcome)
         _write_record(state, outcome)
-    body = "".join(parts)
-    outcome.bytes_out = len(body)
-    if opened.start.status >= 400:
-        outcome.status, outcome.error_type = "error", "engine_rejected"
-        body = _as_error_envelope(body, opened.start.status)
     return body
 
 

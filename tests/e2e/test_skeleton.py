@@ -152,3 +152,23 @@ def test_runner_not_connected_is_503(stack: Stack, tmp_path) -> None:
                                               messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     assert info.value.status_code == 503
     assert info.value.response.json()["error"]["code"] == "no_runner_available"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unstreamed", "streamed"])
+def test_engine_refusal_is_passed_through_and_recorded_as_such(stack: Stack, stream: bool) -> None:
+    """A prompt longer than the engine's context: the engine's own 4xx reaches the client in the
+    OpenAI envelope, and the request record says the engine rejected it (not "ok")."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "lighthouse " * 20000}], "max_tokens": 4,
+            "stream": stream}
+    resp = httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {stack.api_key}"})
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.json()["error"]["message"]
+    engine = create_engine(sync_url(stack.database_url))
+    try:
+        with engine.connect() as conn:
+            row = _wait_for_record(conn, resp.headers["x-request-id"])
+    finally:
+        engine.dispose()
+    assert row["status"] == "error" and row["error_type"] == "engine_rejected", row
+    assert row["http_status"] == resp.status_code
