@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
                                      metrics=metrics)
         collector = StateCollector(app.state.outpost)
         metrics.registry.register(collector)  # read at scrape time: queues, counters, fairness
-        cluster = Cluster.from_settings(settings, hub) if settings.redis_url else None
+        cluster = Cluster.from_settings(settings, hub, admission) if settings.redis_url else None
         if cluster is not None:  # several replicas: relay through Redis, share rate limits
             await cluster.start()
             app.state.outpost.cluster, app.state.outpost.rate_limiter = cluster, cluster.rate_limiter

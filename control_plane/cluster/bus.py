@@ -6,7 +6,9 @@ Everything replicas say to each other goes through inboxes, so one blocking
 ==========  =========================  ==========================================
 kind        from → to                  payload
 ==========  =========================  ==========================================
-``open``    origin → holder            the request (runner, path, model, body...)
+``open``    origin → holder            the request (runner, path, model, body...; ``admit``)
+``admitted`` holder → origin           the holder's fair queue granted a slot (its wait)
+``refused`` holder → origin            the holder's queue refused it (the error to answer)
 ``frame``   holder → origin            one tunnel frame, as ``sdk.protocol`` text
 ``lost``    holder → origin            the runner's stream is gone (a reason)
 ``credit``  origin → holder            the client consumed ``n`` characters

@@ -10,6 +10,15 @@ runner abort the engine request.
 
 A relay whose origin replica has died is reset too: the holder checks the
 origin's liveness whenever its stream has been quiet for a heartbeat TTL.
+
+An ``open`` that carries ``admit`` (tenant, weight, prompt estimate) first
+waits in this replica's fair queue for the runner, the one queue every
+replica's requests for it share (docs/fairness.md): the holder answers
+``admitted`` (with the queue wait) once the scheduler grants a slot, or
+``refused`` with the error it would have answered its own client (429
+``queue_full``, 503 ``queue_timeout``). A ``reset`` while queued cancels the
+wait, which takes the request out of the queue. The slot is freed, and the
+tenant's counter charged with the engine's usage, when the relay ends.
 """
 
 from __future__ import annotations
@@ -20,11 +29,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.tunnel.hub import TunnelHub
+from control_plane.errors import ApiError
+from control_plane.openai.admission import Admission, Slot
+from control_plane.services.scheduler import RunnerGone
+from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from control_plane.tunnel.link import Link
 from control_plane.tunnel.stream import LinkClosed, Stream
 from sdk.logfmt import REQUEST_ID, valid_request_id
-from sdk.protocol import EndFrame, ResetFrame, encode_frame
+from sdk.protocol import EndFrame, ResetFrame, Usage, encode_frame
 
 __all__ = ["Holder"]
 
@@ -42,11 +54,24 @@ class _Relay:
     reason: str = "origin reset the stream"
     stopped: bool = False  # the origin reset it: stop relaying, whatever the task is awaiting
     reset_sent: bool = False
+    usage: Usage | None = None  # from the runner's end frame: charged to the tenant's counter here
+
+
+@dataclass
+class _RelayedCall:
+    """What admission reads of a request another replica received (``AdmissionRequest``)."""
+
+    request_id: str
+    tenant_id: str
+    api_key_id: str | None
 
 
 class Holder:
-    def __init__(self, hub: TunnelHub, send: Send, is_alive: Callable[[str], bool], quiet_check_s: float) -> None:
+    def __init__(self, hub: TunnelHub, send: Send, is_alive: Callable[[str], bool], quiet_check_s: float,
+                 admission: Admission | None = None) -> None:
         self._hub = hub
+        # This replica's fair queues: relayed requests that ask for it are admitted here.
+        self.admission = admission
         self._send = send
         self._is_alive = is_alive
         self._quiet_check_s = quiet_check_s
@@ -102,36 +127,83 @@ class Holder:
             if runner is None or link is None:
                 await self._lost(origin, key, "the runner is no longer connected to this replica")
                 return
+            slot = None
+            admit = request.get("admit")
+            if isinstance(admit, dict) and self.admission is not None:
+                slot = await self._admit(key, origin, runner, admit, request_id)
+                if slot is None:
+                    return
+                link = runner.usable_link()
+                if link is None:
+                    slot.finish_at_holder(None)
+                    await self._lost(origin, key, "the runner is no longer connected to this replica")
+                    return
             try:
-                opening = asyncio.ensure_future(link.open_stream(
-                    path=request["path"], model=request["model"], body=request["body"],
-                    stream=bool(request["stream"]), sealed=bool(request.get("sealed")), window=int(request["window"]),
-                    request_id=request_id))
-                # A reset arriving mid-open must not strand a request the runner already received.
-                st = await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                relay.link = link
-                if opening.done() and not opening.cancelled() and opening.exception() is None:
-                    relay.stream = opening.result()
-                    self._finish(relay)
-                elif not opening.done():
-                    opening.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
-                                              or self._finish(relay, f.result()))
-                raise
-            except (ConnectionError, KeyError, TypeError, ValueError) as exc:
-                await self._lost(origin, key, f"could not open a stream: {exc}")
-                return
-            relay.link, relay.stream = link, st
-            runner.in_flight += 1
-            try:
-                await self._pump(key, relay, st)
-            except Exception:  # Redis failed mid-relay: the finally resets the runner's stream
-                log.exception("relay %s to %s failed", key, origin)
+                await self._open_and_pump(key, relay, runner, link, request, request_id)
             finally:
-                runner.in_flight -= 1
-                self._finish(relay)
+                if slot is not None:
+                    slot.finish_at_holder(_bounded(relay.usage, request, admit))
         finally:
             self._relays.pop(key, None)
+
+    async def _admit(self, key: str, origin: str, runner: ConnectedRunner, admit: dict[str, Any],
+                     request_id: str | None) -> Slot | None:
+        """Wait in the runner's fair queue here; tell the origin the outcome. None: refused or lost."""
+        assert self.admission is not None
+        call = _RelayedCall(request_id or key, str(admit.get("tenant_id", "")),
+                            str(admit["api_key_id"]) if admit.get("api_key_id") else None)
+        try:
+            slot = await self.admission.acquire(call, runner, prompt_tokens=int(admit.get("prompt_tokens") or 0),
+                                                weight=float(admit.get("weight") or 1.0))
+        except RunnerGone:
+            await self._lost(origin, key, "the runner disconnected while the request was queued")
+            return None
+        except ApiError as exc:
+            await self._send(origin, "refused", key, {"status": exc.status, "message": exc.message,
+                                                     "type": exc.type, "code": exc.code, "headers": exc.headers})
+            return None
+        try:
+            delivered = await self._send(origin, "admitted", key, {"queue_s": slot.queue_wait_s})
+        except BaseException:
+            slot.finish_at_holder(None)
+            raise
+        if not delivered:
+            slot.finish_at_holder(None)
+            log.info("relay %s: origin replica %s has no inbox; not opening", key, origin)
+            return None
+        return slot
+
+    async def _open_and_pump(self, key: str, relay: _Relay, runner: ConnectedRunner, link: Link,
+                             request: dict[str, Any], request_id: str | None) -> None:
+        origin = relay.origin
+        try:
+            opening = asyncio.ensure_future(link.open_stream(
+                path=request["path"], model=request["model"], body=request["body"],
+                stream=bool(request["stream"]), sealed=bool(request.get("sealed")), window=int(request["window"]),
+                request_id=request_id))
+            # A reset arriving mid-open must not strand a request the runner already received.
+            st = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            relay.link = link
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                relay.stream = opening.result()
+                self._finish(relay)
+            elif not opening.done():
+                opening.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                          or self._finish(relay, f.result()))
+            raise
+        except (ConnectionError, KeyError, TypeError, ValueError) as exc:
+            await self._lost(origin, key, f"could not open a stream: {exc}")
+            return
+        relay.link, relay.stream = link, st
+        runner.in_flight += 1
+        try:
+            await self._pump(key, relay, st)
+        except Exception:  # Redis failed mid-relay: the finally resets the runner's stream
+            log.exception("relay %s to %s failed", key, origin)
+        finally:
+            runner.in_flight -= 1
+            self._finish(relay)
 
     async def _pump(self, key: str, relay: _Relay, st: Stream) -> None:
         origin = relay.origin
@@ -146,6 +218,8 @@ class Holder:
             if isinstance(ev, LinkClosed):
                 await self._lost(origin, key, ev.reason)
                 return
+            if isinstance(ev, EndFrame):
+                relay.usage = ev.usage
             if not await self._send(origin, "frame", key, encode_frame(ev)):
                 log.info("relay %s: origin replica %s has no inbox; resetting", key, origin)
                 return
@@ -173,3 +247,14 @@ class Holder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+
+def _bounded(usage: Usage | None, request: dict[str, Any], admit: Any) -> Usage | None:
+    """Runner output is untrusted: no more than the request allows (as ``serving._bounded``)."""
+    if usage is None:
+        return None
+    prompt = min(usage.prompt_tokens, len(str(request.get("body", ""))))
+    completion = usage.completion_tokens
+    max_tokens = admit.get("max_tokens") if isinstance(admit, dict) else None
+    if isinstance(max_tokens, int):
+        completion = min(completion, max_tokens)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)

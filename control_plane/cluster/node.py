@@ -9,7 +9,7 @@
   than a heartbeat;
 * the **inbox reader**: one blocking ``XREAD`` that dispatches ``open``,
   ``credit`` and ``reset`` to the :class:`~control_plane.cluster.holder.Holder`
-  and ``frame`` and ``lost`` to the origin's
+  and ``admitted``, ``refused``, ``frame`` and ``lost`` to the origin's
   :class:`~control_plane.cluster.remote.RemoteStream` objects.
 
 The request path meets none of this: ``serving.py`` routes over
@@ -36,6 +36,8 @@ from control_plane.cluster.holder import Holder
 from control_plane.cluster.ratelimit import RedisRateLimiter
 from control_plane.cluster.registry import Registry, RemoteView, describe_runners
 from control_plane.cluster.remote import RemoteLink, RemoteStream
+from control_plane.errors import ApiError
+from control_plane.openai.admission import Admission
 from control_plane.settings import Settings
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from sdk.protocol import (
@@ -62,7 +64,7 @@ def new_replica_id() -> str:
 class Cluster:
     def __init__(self, redis: Redis, hub: TunnelHub, *, prefix: str = "outpost", heartbeat_s: float = 1.0,
                  ttl_s: float = 5.0, stream_window: int = 256 * 1024, replica_id: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, admission: Admission | None = None) -> None:
         self.redis = redis
         self.hub = hub
         self.replica_id = replica_id or new_replica_id()
@@ -73,7 +75,8 @@ class Cluster:
         self.bus = Bus(redis, self.keys, self.replica_id, self.ttl_s)
         self.registry = Registry(redis, self.keys, self.ttl_s)
         self.view = RemoteView(hub, self.replica_id, self._make_link, self._capacity_listeners, clock=clock)
-        self.holder = Holder(hub, self.bus.send, self.is_alive, quiet_check_s=self.ttl_s)
+        # With admission, the runners this replica holds are admitted here for every replica (holder.py).
+        self.holder = Holder(hub, self.bus.send, self.is_alive, quiet_check_s=self.ttl_s, admission=admission)
         self.rate_limiter = RedisRateLimiter(redis, self.keys)
         self._stream_window = stream_window
         self._streams: dict[str, RemoteStream] = {}  # relayed requests this replica originated
@@ -86,10 +89,11 @@ class Cluster:
         self.key_listeners: list[Callable[[list[str], list[str]], None]] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings, hub: TunnelHub) -> Cluster:
+    def from_settings(cls, settings: Settings, hub: TunnelHub, admission: Admission | None = None) -> Cluster:
         redis = Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5)
         return cls(redis, hub, prefix=settings.cluster_key_prefix, heartbeat_s=settings.cluster_heartbeat_s,
-                   ttl_s=settings.cluster_replica_ttl_s, stream_window=settings.tunnel_stream_window)
+                   ttl_s=settings.cluster_replica_ttl_s, stream_window=settings.tunnel_stream_window,
+                   admission=admission)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -216,6 +220,17 @@ class Cluster:
                     return
                 if isinstance(frame, ResponseStartFrame | DataFrame | EndFrame | ResetFrame):
                     st.deliver(frame)
+        elif msg.kind == "admitted":
+            if (st := self._streams.get(msg.request)) is not None:
+                st.admitted(float(msg.json().get("queue_s", 0.0)))
+        elif msg.kind == "refused":
+            if (st := self._streams.get(msg.request)) is not None:
+                body = msg.json()
+                headers = body.get("headers") if isinstance(body.get("headers"), dict) else {}
+                st.refused(ApiError(int(body.get("status", 503)), str(body.get("message", "refused")),
+                                    type=str(body.get("type", "server_error")),
+                                    code=str(body["code"]) if body.get("code") else None,
+                                    headers={str(k): str(v) for k, v in headers.items()}))
         elif msg.kind == "lost":
             st = self._streams.get(msg.request)
             if st is not None:

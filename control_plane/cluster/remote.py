@@ -9,6 +9,12 @@ message to the holder's inbox, frames come back through this replica's
 inbox, consumed data goes back as ``credit`` (the holder grants it to the
 runner only then, so flow control still reaches from the client to the
 engine), and ``cancel`` posts a ``reset``.
+
+The holder admits a relayed request through its own fair queue for the
+runner (``open_stream(admit=...)``, holder.py): the stream then yields
+:class:`~control_plane.openai.admission.HolderAdmitted` before the
+runner's first frame, or
+:class:`~control_plane.openai.admission.HolderRefused` instead.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from control_plane.errors import ApiError
+from control_plane.openai.admission import HolderAdmitted, HolderRefused
 from control_plane.tunnel.link import RunnerLoad
 from control_plane.tunnel.stream import LinkClosed, StreamEvent
 from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
@@ -37,7 +45,7 @@ class RemoteStream:
         self.window = window
         self._link = link
         self._ungranted = 0
-        self._events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._events: asyncio.Queue[StreamEvent | HolderAdmitted | HolderRefused] = asyncio.Queue()
         self.finished = False
         self.started = False
 
@@ -53,6 +61,16 @@ class RemoteStream:
             self._link.close_stream(self)
         self._events.put_nowait(frame)
 
+    def admitted(self, queue_wait_s: float) -> None:
+        if not self.finished:
+            self._events.put_nowait(HolderAdmitted(queue_wait_s))
+
+    def refused(self, error: ApiError) -> None:
+        if not self.finished:
+            self.finished = True
+            self._link.close_stream(self)
+            self._events.put_nowait(HolderRefused(error))
+
     def link_closed(self, reason: str) -> None:
         if not self.finished:
             self.finished = True
@@ -61,7 +79,7 @@ class RemoteStream:
 
     # --- called by the request handler ---------------------------------------------
 
-    async def next_event(self, timeout: float | None = None) -> StreamEvent:
+    async def next_event(self, timeout: float | None = None) -> StreamEvent | HolderAdmitted | HolderRefused:
         if timeout is None:
             return await self._events.get()
         return await asyncio.wait_for(self._events.get(), timeout)
@@ -95,6 +113,8 @@ class RemoteLink:
         self.load = RunnerLoad()
         self.draining = False
         self.closed = False
+        # The holder admits requests through its fair queue for the runner (open_stream's ``admit``).
+        self.holder_admits = True
 
     @property
     def open_streams(self) -> int:
@@ -108,7 +128,7 @@ class RemoteLink:
 
     async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
                           sealed: bool = False, window: int | None = None,
-                          request_id: str | None = None) -> RemoteStream:
+                          request_id: str | None = None, admit: dict[str, Any] | None = None) -> RemoteStream:
         if self.closed or self.draining:
             raise ConnectionError("relay is not accepting streams")
         key = secrets.token_hex(12)
@@ -117,6 +137,8 @@ class RemoteLink:
         self._register(st, key)
         request = {"runner_id": self.runner_id, "path": path, "model": model, "body": body,
                    "stream": stream, "sealed": sealed, "window": st.window, "request_id": request_id}
+        if admit is not None:
+            request["admit"] = admit
         why = f"replica {self.replica_id} is gone"
         try:
             delivered = await self._send(self.replica_id, "open", key, request)

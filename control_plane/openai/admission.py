@@ -20,6 +20,17 @@ runner and its tenant is not charged for it (docs/fairness.md).
 
 The scheduler's capacities follow the hub: :meth:`runner_changed` is a hub
 listener.
+
+With several control-plane replicas (control_plane/cluster), a runner's one
+fair queue lives on the replica that holds its tunnel. A replica that
+receives a request for a runner held elsewhere takes no slot of its own:
+:meth:`Admission.relayed` gives it a :class:`Slot` outside any queue, the
+holder admits the request through :meth:`Admission.acquire` and answers
+:class:`HolderAdmitted` (then :meth:`Slot.admitted` starts the engine-time
+span) or :class:`HolderRefused` (the same 429/503 error the holder would
+have answered its own client). The holder frees its slot with
+:meth:`Slot.finish_at_holder`; pricing, budgets and the record stay with
+the replica the client is connected to (docs/fairness.md).
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ from control_plane.settings import Settings
 from control_plane.tunnel.hub import ConnectedRunner
 from sdk.protocol import Usage
 
-__all__ = ["Admission", "AdmissionRequest", "Slot"]
+__all__ = ["Admission", "AdmissionRequest", "HolderAdmitted", "HolderRefused", "Slot"]
 
 
 class AdmissionRequest(Protocol):
@@ -154,6 +165,17 @@ class Admission:
         self.fairness.record_queue_wait(call.tenant_id, ticket.queue_wait_s)
         return Slot(self, call, runner, ticket, self.meter.start(runner.runner_id))
 
+    def relayed(self, call: AdmissionRequest, runner: ConnectedRunner, *, prompt_tokens: int,
+                weight: float = 1.0) -> Slot:
+        """A slot for a request the runner's holder admits (another replica): no local queue or slot.
+
+        Its engine-time span starts when the holder admits it (:meth:`Slot.admitted`).
+        """
+        now = self.scheduler.clock()
+        ticket = Ticket(0, runner.runner_id, call.tenant_id, weight if weight > 0 else 1.0, max(prompt_tokens, 0),
+                        now, dispatched_at=now)
+        return Slot(self, call, runner, ticket, None)
+
     # -- metrics ---------------------------------------------------------------
 
     def service_snapshot(self, tenant_id: str) -> dict[str, Any]:
@@ -185,6 +207,20 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class HolderAdmitted:
+    """The replica holding the runner admitted a relayed request (a stream event at the origin)."""
+
+    queue_wait_s: float
+
+
+@dataclass(frozen=True)
+class HolderRefused:
+    """The holder refused a relayed request (queue full, queue timeout): its error, as the origin answers it."""
+
+    error: ApiError
+
+
+@dataclass(frozen=True)
 class _Priced:
     share: EngineShare
     rate_usd_per_s: float
@@ -196,7 +232,7 @@ class Slot:
     """A request admitted to a runner: hold it while the runner works, then finish it once."""
 
     def __init__(self, admission: Admission, call: AdmissionRequest, runner: ConnectedRunner, ticket: Ticket,
-                 span: EngineSpan) -> None:
+                 span: EngineSpan | None) -> None:
         self._admission = admission
         self.call = call
         self.runner = runner
@@ -207,6 +243,37 @@ class Slot:
     @property
     def queue_wait_s(self) -> float:
         return self.ticket.queue_wait_s
+
+    @property
+    def started(self) -> bool:
+        """Dispatched: admitted here, or admitted by the holder and told so."""
+        return self._span is not None or self.priced is not None
+
+    @property
+    def local(self) -> bool:
+        """Admitted by this replica's scheduler (not by another replica that holds the runner)."""
+        return self.ticket._runner is not None
+
+    def admitted(self, queue_wait_s: float) -> None:
+        """The holder admitted this relayed request after ``queue_wait_s`` in its queue: the engine starts."""
+        if self._span is None and self.priced is None:
+            self.ticket.dispatched_at = self.ticket.enqueued_at + max(queue_wait_s, 0.0)
+            self._span = self._admission.meter.start(self.runner.runner_id)  # the holder recorded the wait
+
+    def finish_at_holder(self, usage: Usage | None) -> None:
+        """The holder's side of a relayed request is over: charge its counter, free the slot. Idempotent.
+
+        Pricing, budgets and the fairness window are the origin's (:meth:`finish` there).
+        """
+        if self.priced is not None:
+            return
+        adm = self._admission
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            adm.scheduler.charge(self.ticket, prompt_tokens=usage.prompt_tokens,
+                                 completion_tokens=usage.completion_tokens)
+        adm.scheduler.release(self.ticket)
+        share = adm.meter.finish(self._span) if self._span is not None else EngineShare(0.0, 0.0)
+        self.priced = _Priced(share, 0.0, 0.0, adm.budgets.clock())
 
     def finish(self, usage: Usage | None, ttft_ms: float | None = None) -> None:
         """Charge the usage, free the slot and price the request. Idempotent.
@@ -219,12 +286,16 @@ class Slot:
         if self.priced is not None:
             return
         adm, tenant = self._admission, self.call.tenant_id
-        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        if not self.local:  # the holder charges its counter; here only what the record and metrics need
+            if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+                self.ticket.prompt_tokens_charged = usage.prompt_tokens
+                self.ticket.completion_tokens_charged = usage.completion_tokens
+        elif usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             # Before release: the next dispatch must see this tenant's real service.
             adm.scheduler.charge(self.ticket, prompt_tokens=usage.prompt_tokens,
                                  completion_tokens=usage.completion_tokens)
         adm.scheduler.release(self.ticket)
-        share = adm.meter.finish(self._span)
+        share = adm.meter.finish(self._span) if self._span is not None else EngineShare(0.0, 0.0)
         rate = self.runner.usd_per_second
         cost = cost_for_request(rate, share.wall_seconds, min(share.concurrent_share, 1.0))
         self.priced = _Priced(share, rate, cost, adm.budgets.clock())
@@ -241,7 +312,8 @@ class Slot:
         if self.priced is not None:
             return
         self._admission.scheduler.release(self.ticket)
-        share = self._admission.meter.finish(self._span)
+        span = self._span
+        share = self._admission.meter.finish(span) if span is not None else EngineShare(0.0, 0.0)
         self.priced = _Priced(share, 0.0, 0.0, self._admission.budgets.clock())
 
     def record_fields(self) -> dict[str, Any]:

@@ -21,9 +21,10 @@ from starlette.background import BackgroundTask
 from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError, error_body, sse_error_event
 from control_plane.observability import record_id
-from control_plane.openai.admission import Slot
+from control_plane.openai.admission import HolderAdmitted, HolderRefused, Slot
 from control_plane.openai.routing import ENGINE_DOWN, Endpoint, RouteDecision, RouteRequest
 from control_plane.services.scheduler import RunnerGone
+from control_plane.settings import Settings
 from control_plane.state import AppState
 from control_plane.store.runners import known_model
 from control_plane.tunnel.hub import ConnectedRunner
@@ -142,8 +143,10 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         _write_record(state, outcome)
         raise
     except ClientGone:
-        # Dispatched, and gone before the first byte: the runner's stream is reset already.
-        outcome.status, outcome.http_status, outcome.error_type = "cancelled", 499, "client_disconnected"
+        # Gone before the first byte: the runner's stream is reset already. Still queued at the
+        # runner's holder (no runner recorded), it was never dispatched: an error, as in a local queue.
+        status = "cancelled" if outcome.runner_id is not None else "error"
+        outcome.status, outcome.http_status, outcome.error_type = status, 499, "client_disconnected"
         outcome.settle()
         _count(state, outcome)
         _write_record(state, outcome)
@@ -197,9 +200,16 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
         outcome.attempts = attempt
         # Counted from here, queued or running: routing must see the queue it would join.
         state.router.started(runner)
+        prompt_tokens = call.route.prompt_tokens if call.route else 0
+        # A runner another replica holds is admitted by that replica's one queue for it (cluster/holder.py).
+        at_holder = getattr(link, "holder_admits", False)
         try:
-            slot = outcome.slot = await state.admission.acquire(
-                call, runner, prompt_tokens=call.route.prompt_tokens if call.route else 0, weight=call.tenant_weight)
+            if at_holder:
+                slot = outcome.slot = state.admission.relayed(call, runner, prompt_tokens=prompt_tokens,
+                                                              weight=call.tenant_weight)
+            else:
+                slot = outcome.slot = await state.admission.acquire(call, runner, prompt_tokens=prompt_tokens,
+                                                                    weight=call.tenant_weight)
         except RunnerGone:
             state.router.finished(runner)
             continue  # it disconnected while the request queued: pick again
@@ -208,10 +218,11 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             raise
         if link.closed or link.draining:  # the queue outlived the link picked
             link = runner.usable_link() or link
+        admit = _admit_at_holder(call, prompt_tokens) if at_holder else None
         try:
             st = await link.open_stream(path=call.endpoint, model=_runner_model(runner, call.model),
                                         body=call.body, stream=call.stream, sealed=call.sealed,
-                                        request_id=REQUEST_ID.get())
+                                        request_id=REQUEST_ID.get(), **({"admit": admit} if admit else {}))
         except BaseException as exc:
             slot.abandon()
             outcome.slot = None
@@ -223,13 +234,18 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             continue
         try:
             # A non-streaming answer's first byte is its whole body: the client may leave meanwhile.
-            start, first = await _read_or_gone(_first_byte(st, settings.first_byte_timeout_s), call.client_gone)
+            start, first = await _read_or_gone(_first_byte(st, settings, slot if at_holder else None),
+                                               call.client_gone)
         except BaseException as exc:
             state.router.finished(runner)
             link.close_stream(st)
             if not isinstance(exc, _AttemptFailed):  # the client went away: the engine must stop too
                 _spawn(st.cancel("client disconnected"))
-                outcome.runner_id = runner.runner_id
+                if slot.started:
+                    outcome.runner_id = runner.runner_id
+                else:  # refused by, or gone while queued at, the holder: never dispatched, as in a local queue
+                    slot.abandon()
+                    outcome.slot = None
                 raise
             slot.abandon()
             outcome.slot = None
@@ -272,8 +288,26 @@ def _pick(state: AppState, call: InferenceCall, failed: set[int], tried: set[str
               if (ln := c.runner.usable_link()) is not None and id(ln) not in failed]
     fresh = [(c, ln) for c, ln in usable if c.runner.runner_id not in tried]
     for c, ln in fresh or usable:
-        return c.runner, ln, c.estimate.load >= c.runner.capacity
+        runner, ln = _owner(state, c.runner, ln, failed)
+        return runner, ln, c.estimate.load >= c.runner.capacity
     return None
+
+
+def _owner(state: AppState, runner: ConnectedRunner, link: Link, failed: set[int]) -> tuple[ConnectedRunner, Link]:
+    """Where the runner's one fair queue is: with tunnels on several replicas, the lowest replica id's.
+
+    Every replica holding a link could admit the runner's whole capacity; so one of them,
+    the same for all, admits for everyone, and the others relay to it (docs/fairness.md).
+    """
+    cluster = state.cluster
+    remote = state.hub.remote.get(runner.runner_id) if cluster is not None else None
+    if cluster is None or remote is None or remote is runner:
+        return runner, link
+    owners = [ln for ln in remote.links if not ln.closed and not ln.draining and id(ln) not in failed]
+    owner = min(owners, key=lambda ln: ln.replica_id, default=None)  # type: ignore[attr-defined]
+    if owner is None or owner.replica_id > cluster.replica_id:  # type: ignore[attr-defined]
+        return runner, link
+    return remote, owner
 
 
 def _runner_model(runner: ConnectedRunner, requested: str) -> str:
@@ -310,8 +344,22 @@ class _AttemptFailed(Exception):
         self.reason = reason
 
 
-async def _first_byte(st: Stream, timeout: float) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
-    deadline = time.monotonic() + timeout
+def _admit_at_holder(call: InferenceCall, prompt_tokens: int) -> dict[str, Any]:
+    """What the holder's fair queue needs to admit a relayed request (cluster/holder.py)."""
+    return {"tenant_id": call.tenant_id, "api_key_id": call.api_key_id, "weight": call.tenant_weight,
+            "prompt_tokens": prompt_tokens, "max_tokens": call.route.max_tokens if call.route else None}
+
+
+async def _first_byte(st: Stream, settings: Settings,
+                      at_holder: Slot | None = None) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
+    """The runner's response start and first frame; ``_AttemptFailed`` when another runner may serve it.
+
+    A request the holder admits (``at_holder``) waits in the holder's queue first: the
+    first-byte timeout starts once it is admitted, and a refusal is the caller's error.
+    """
+    timeout = settings.first_byte_timeout_s
+    waiting = settings.scheduler_queue_timeout_s + timeout if at_holder is not None else 0.0
+    deadline = time.monotonic() + timeout + waiting
     start: ResponseStartFrame | None = None
     while True:
         remaining = deadline - time.monotonic()
@@ -319,6 +367,15 @@ async def _first_byte(st: Stream, timeout: float) -> tuple[ResponseStartFrame, D
             ev = await st.next_event(max(remaining, 0.001))
         except TimeoutError:
             raise _AttemptFailed("timed out waiting for the runner") from None
+        if isinstance(ev, HolderAdmitted):
+            if at_holder is not None:
+                at_holder.admitted(ev.queue_wait_s)
+            deadline = time.monotonic() + timeout
+            continue
+        if isinstance(ev, HolderRefused):
+            raise ev.error
+        if at_holder is not None and not at_holder.started:
+            at_holder.admitted(0.0)  # a holder that does not admit (an older version) opened it at once
         if isinstance(ev, LinkClosed):
             raise _AttemptFailed(f"tunnel closed: {ev.reason}")
         if isinstance(ev, ResetFrame):

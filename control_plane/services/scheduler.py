@@ -213,6 +213,10 @@ class FairScheduler:
     def policy(self) -> Policy:
         return self._policy
 
+    def clock(self) -> float:
+        """The clock tickets are stamped with."""
+        return self._clock()
+
     def set_capacity(self, runner_id: str, capacity: int) -> None:
         """Set how many requests may run at once; takes effect immediately.
 

@@ -43,10 +43,10 @@ class Cluster:
     def audit_key_file(self) -> Path:
         return self.tmp / "audit-key.json"
 
-    def runner(self, url: str, name: str = "r1", connections: int = 1) -> RunnerProcess:
+    def runner(self, url: str, name: str = "r1", connections: int = 1, parallel: int = 2) -> RunnerProcess:
         """Start a runner dialling ``url`` (a replica or a load balancer); enrolled through replica A."""
         r = RunnerProcess(self.a, self.tmp / name, name, url=url,
-                          args=["--connections", str(connections), "--parallel", "2", "--ctx", "2048"])
+                          args=["--connections", str(connections), "--parallel", str(parallel), "--ctx", "2048"])
         self.runners.append(r)
         return r.start()
 
@@ -81,11 +81,16 @@ def engine_url(runner: RunnerProcess) -> str:
 
 def engine_processing(runner: RunnerProcess) -> float:
     """llama.cpp's ``llamacpp:requests_processing`` gauge: requests the engine is generating now."""
+    return engine_gauge(runner, "requests_processing")
+
+
+def engine_gauge(runner: RunnerProcess, name: str) -> float:
+    """One of llama.cpp's ``llamacpp:<name>`` gauges (``requests_deferred``: waiting in the engine's queue)."""
     text = httpx.get(f"{engine_url(runner)}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith("llamacpp:requests_processing"):
+        if line.startswith(f"llamacpp:{name}"):
             return float(line.split()[-1])
-    raise AssertionError(f"no requests_processing gauge in:\n{text[:2000]}")
+    raise AssertionError(f"no {name} gauge in:\n{text[:2000]}")
 
 
 def _drop_keys(prefix: str) -> None:

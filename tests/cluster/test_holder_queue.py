@@ -1,0 +1,85 @@
+"""The holder's fair queue for relayed requests, in one event loop (two Cluster nodes, real Redis).
+
+The multi-process tests (test_holder_admission.py) show one slot and VTC order
+across replicas with a real engine; these check what they cannot time
+precisely: a refusal crosses back as the holder's own error, a reset while
+queued leaves the holder's queue, and the holder frees the slot and charges the
+tenant's counter with the runner's usage when the relay ends.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from control_plane.openai.admission import Admission, HolderAdmitted, HolderRefused
+from control_plane.services.scheduler import FairScheduler
+from sdk.protocol import EndFrame, ResponseStartFrame
+from tests.cluster.test_cluster_inprocess import REDIS_URL, Pair, ScriptedRunner, _wait
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    p = Pair(f"test-{secrets.token_hex(4)}")
+    # B holds the runner and admits for both replicas; one waiter at most.
+    p.b.holder.admission = Admission(scheduler=FairScheduler(max_queue_per_runner=1), queue_timeout_s=30)
+    await p.a.start()
+    await p.b.start()
+    try:
+        yield p
+    finally:
+        for node in (p.a, p.b):
+            await node.stop(grace_s=0.5)
+        client = Redis.from_url(REDIS_URL)
+        keys = [k async for k in client.scan_iter(match=f"{p.prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def _open(pair: Pair, tenant: str) -> Any:
+    link = pair.hub_a.lookup("run_1").usable_link()  # type: ignore[union-attr]
+    assert link is not None and link.holder_admits
+    return await link.open_stream(path="/v1/chat/completions", model="m", body="{}" * 50, stream=True,
+                                  admit={"tenant_id": tenant, "weight": 1.0, "prompt_tokens": 5, "max_tokens": 900})
+
+
+def _queue(pair: Pair) -> dict:
+    assert pair.b.holder.admission is not None
+    return pair.b.holder.admission.scheduler.snapshot()["runners"]["run_1"]
+
+
+async def test_holder_queues_refuses_and_drops_relayed_requests(pair: Pair) -> None:
+    script = ScriptedRunner(["tok "] * 300, delay_s=0.01)
+    held = await pair.with_runner(script)
+    held.capacity = 1
+    first = await _open(pair, "ten_a")
+    assert isinstance(await first.next_event(3), HolderAdmitted)
+    assert isinstance(await first.next_event(3), ResponseStartFrame)
+
+    queued = await _open(pair, "ten_b")
+    await _wait(lambda: _queue(pair)["queued"] == 1, 3, "the second request in B's queue")
+    assert _queue(pair)["in_flight"] == 1 and not pair.a._streams[queued.key]._events.qsize()
+
+    # The queue is full: the holder's 429 reaches the origin as is, Retry-After included.
+    refused = await _open(pair, "ten_c")
+    ev = await refused.next_event(3)
+    assert isinstance(ev, HolderRefused), ev
+    assert (ev.error.status, ev.error.code, ev.error.type) == (429, "queue_full", "queue_full")
+    assert ev.error.headers == {"Retry-After": "1"} and "is full" in ev.error.message
+
+    # The origin's client leaves while queued: the reset takes it out of B's queue, never dispatched.
+    await queued.cancel("client disconnected")
+    await _wait(lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 3, "B to drop it")
+    assert script.credit.keys() == {1}  # the runner only ever saw the first request
+
+    # The first runs to its end: the holder charges ten_a's counter with the usage and frees the slot.
+    while not isinstance(ev := await first.next_event(5), EndFrame):
+        await first.consumed(len(getattr(ev, "data", "")))
+    await _wait(lambda: _queue(pair)["in_flight"] == 0 and pair.b.holder.active == 0, 3, "the slot to be freed")
+    assert _queue(pair)["counters"]["ten_a"] == 3 * 1 + 300 * 2  # the runner's usage: 3 prompt, 300 output
+    assert "ten_b" not in _queue(pair)["counters"]  # its lift was taken back with its backlog
