@@ -104,7 +104,7 @@ def _drop_keys(prefix: str) -> None:
 
 
 @contextmanager
-def _cluster(tmp_path: Path) -> Iterator[Cluster]:
+def _cluster(tmp_path: Path, settings: dict[str, str] | None = None) -> Iterator[Cluster]:
     db = _database("postgres", tmp_path)
     url = next(db)
     prefix = f"test-{secrets.token_hex(4)}"
@@ -112,7 +112,7 @@ def _cluster(tmp_path: Path) -> Iterator[Cluster]:
            "OUTPOST_CLUSTER_HEARTBEAT_S": "0.5", "OUTPOST_CLUSTER_REPLICA_TTL_S": "3",
            # Replicas on one database sign the audit chain with one key.
            "OUTPOST_AUDIT_KEY_FILE": str(tmp_path / "audit-key.json"),
-           "OUTPOST_RUNNER_WAIT_S": "10"}
+           "OUTPOST_RUNNER_WAIT_S": "10", **(settings or {})}
     a = ControlPlaneProcess(tmp_path / "a", url, extra_env=env)
     b = ControlPlaneProcess(tmp_path / "b", url, extra_env=env)
     c: Cluster | None = None

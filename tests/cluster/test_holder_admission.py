@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Self
 
 import httpx
@@ -202,3 +203,32 @@ def test_a_runner_with_tunnels_on_both_replicas_has_one_queue(cluster: Cluster) 
         assert watch.processing == 1 and watch.deferred == 0, (watch.processing, watch.deferred)
     finally:
         lb.close()
+
+
+def test_the_owners_queue_full_reaches_the_client_of_the_other_replica(tmp_path: Path) -> None:
+    """One waiter allowed (the owner's bound): a second request through A gets B's 429 from A, as is."""
+    with _cluster(tmp_path, {"OUTPOST_SCHEDULER_MAX_QUEUE": "1"}) as c:
+        runner = c.runner(c.b.url, parallel=1)
+        runner_id = runner.wait_connected(c.admin_key)
+        c.wait_seen_by_both(runner_id)
+        env = OnB(c, runner, runner_id)
+        key = c.a.api_key("bounded")
+        results: dict[str, httpx.Response] = {}
+
+        def send(name: str, cp: ControlPlaneProcess, max_tokens: int) -> None:
+            results[name] = _post(cp, key, _body(max_tokens))
+
+        threads = [threading.Thread(target=send, args=("running", c.b, 160))]
+        threads[0].start()
+        wait_until(lambda: engine_processing(runner) == 1, 60, "the first request to run")
+        threads.append(threading.Thread(target=send, args=("queued", c.a, 8)))
+        threads[1].start()
+        wait_until(lambda: _queue(env, c.b)["queued"] == 1, 30, "A's request queued at B")
+        refused = _post(c.a, key, _body(8))
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]
+        assert (error["type"], error["code"]) == ("queue_full", "queue_full") and "is full" in error["message"]
+        for t in threads:
+            t.join(300)
+        assert results["running"].status_code == results["queued"].status_code == 200

@@ -83,3 +83,20 @@ async def test_holder_queues_refuses_and_drops_relayed_requests(pair: Pair) -> N
     await _wait(lambda: _queue(pair)["in_flight"] == 0 and pair.b.holder.active == 0, 3, "the slot to be freed")
     assert _queue(pair)["counters"]["ten_a"] == 3 * 1 + 300 * 2  # the runner's usage: 3 prompt, 300 output
     assert "ten_b" not in _queue(pair)["counters"]  # its lift was taken back with its backlog
+
+
+async def test_the_holders_queue_timeout_reaches_the_origin(pair: Pair) -> None:
+    assert pair.b.holder.admission is not None
+    pair.b.holder.admission.queue_timeout_s = 0.3
+    script = ScriptedRunner(["tok "] * 300, delay_s=0.01)
+    held = await pair.with_runner(script)
+    held.capacity = 1
+    first = await _open(pair, "ten_a")
+    assert isinstance(await first.next_event(3), HolderAdmitted)
+    waiting = await _open(pair, "ten_b")
+    ev = await waiting.next_event(5)
+    assert isinstance(ev, HolderRefused), ev
+    assert (ev.error.status, ev.error.code, ev.error.headers) == (503, "queue_timeout", {"Retry-After": "5"})
+    assert _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1
+    await first.cancel("client disconnected")
+    await _wait(lambda: _queue(pair)["in_flight"] == 0, 3, "the slot to be freed")
