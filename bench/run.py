@@ -58,6 +58,7 @@ BENCHES = (
     Bench("fairness", "bench_fairness.py",
           ("--engine", "sim", "--duration", "12", "--solo", "5", "--warmup", "3"), (), 300, 900,
           "Tenant fairness on one runner"),
+    Bench("route", "bench_route.py", ("--quick",), ("--full",), 120, 300, "Routing cost per request"),
     Bench("replicas", "bench_replicas.py", ("--quick",), ("--full",), 300, 600,
           "Replicas: one vs two control-plane replicas"),
 )

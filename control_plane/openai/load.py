@@ -24,7 +24,15 @@ _MIN_TPS, _MAX_TPS = 0.1, 100_000.0  # a clock hiccup must not make a runner loo
 
 def runner_status(runner: ConnectedRunner) -> RunnerLoad:
     """The runner's last status report (every link carries the runner-wide one; the freshest wins)."""
-    return max((ln.load for ln in runner.links), key=lambda ld: ld.updated_at, default=RunnerLoad())
+    links = runner.links
+    if len(links) == 1:  # the common case, on the routing hot path (called per runner per request)
+        return links[0].load
+    return max((ln.load for ln in links), key=_updated_at, default=RunnerLoad())
+
+
+def _updated_at(load: RunnerLoad) -> float:
+    return load.updated_at
+
 
 
 class ExternalLoad:

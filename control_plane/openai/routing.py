@@ -234,12 +234,16 @@ def rank(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[s
 
 def _cost_order(cost: list[float], lat: list[float]) -> list[int]:
     """Cheapest first; runners within 5 % of each other's price go by latency."""
-    left = sorted(range(len(cost)), key=lambda i: cost[i])
+    by_cost = sorted(range(len(cost)), key=lambda i: cost[i])
     order: list[int] = []
-    while left:
-        tier = [i for i in left if cost[i] <= cost[left[0]] * (1 + _COST_TIE)]
-        order += sorted(tier, key=lambda i: lat[i])
-        left = [i for i in left if i not in tier]
+    start = 0
+    while start < len(by_cost):  # tiers are runs of the cost-sorted list: one pass
+        limit = cost[by_cost[start]] * (1 + _COST_TIE)
+        end = start + 1
+        while end < len(by_cost) and cost[by_cost[end]] <= limit:
+            end += 1
+        order += sorted(by_cost[start:end], key=lambda i: lat[i])
+        start = end
     return order
 
 

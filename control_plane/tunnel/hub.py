@@ -35,6 +35,9 @@ class ConnectedRunner:
         return None
 
     def usable_link(self) -> Link | None:
+        if len(self.links) == 1:  # the common case, on the routing hot path
+            only = self.links[0]
+            return None if only.closed or only.draining else only
         live = [ln for ln in self.links if not ln.closed and not ln.draining]
         return min(live, key=lambda ln: ln.open_streams) if live else None
 
