@@ -17,7 +17,8 @@ replica's requests for it share (docs/fairness.md): the holder answers
 ``admitted`` (with the queue wait) once the scheduler grants a slot, or
 ``refused`` with the error it would have answered its own client (429
 ``queue_full``, 503 ``queue_timeout``). A ``reset`` while queued cancels the
-wait, which takes the request out of the queue. The slot is freed, and the
+wait, which takes the request out of the queue; so does the origin's death
+(its entry expired), checked every TTL while the request waits. The slot is freed, and the
 tenant's counter charged with the engine's usage, when the relay ends.
 """
 
@@ -27,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from control_plane.errors import ApiError
@@ -64,6 +66,8 @@ class _RelayedCall:
     request_id: str
     tenant_id: str
     api_key_id: str | None
+    # Returns when the origin replica has died: its client is gone, the request leaves the queue.
+    client_gone: Callable[[], Awaitable[object]] | None = None
 
 
 class Holder:
@@ -151,7 +155,8 @@ class Holder:
         """Wait in the runner's fair queue here; tell the origin the outcome. None: refused or lost."""
         assert self.admission is not None
         call = _RelayedCall(request_id or key, str(admit.get("tenant_id", "")),
-                            str(admit["api_key_id"]) if admit.get("api_key_id") else None)
+                            str(admit["api_key_id"]) if admit.get("api_key_id") else None,
+                            client_gone=partial(self._origin_gone, origin))
         try:
             slot = await self.admission.acquire(call, runner, prompt_tokens=int(admit.get("prompt_tokens") or 0),
                                                 weight=float(admit.get("weight") or 1.0))
@@ -172,6 +177,14 @@ class Holder:
             log.info("relay %s: origin replica %s has no inbox; not opening", key, origin)
             return None
         return slot
+
+    async def _origin_gone(self, origin: str) -> None:
+        """Return once the origin replica is dead (its registry entry expired); checked every TTL.
+
+        Its client's ``reset`` covers a client that leaves; this covers the replica itself.
+        """
+        while self._is_alive(origin):
+            await asyncio.sleep(self._quiet_check_s)
 
     async def _open_and_pump(self, key: str, relay: _Relay, runner: ConnectedRunner, link: Link,
                              request: dict[str, Any], request_id: str | None) -> None:

@@ -9,6 +9,7 @@ tenant's counter with the runner's usage when the relay ends.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from control_plane.cluster.holder import _RelayedCall as _Call
 from control_plane.openai.admission import Admission, HolderAdmitted, HolderRefused
 from control_plane.services.scheduler import FairScheduler
 from sdk.protocol import EndFrame, ResponseStartFrame
@@ -33,7 +35,8 @@ async def pair() -> AsyncIterator[Pair]:
         yield p
     finally:
         for node in (p.a, p.b):
-            await node.stop(grace_s=0.5)
+            if node._tasks and not all(t.done() for t in node._tasks):  # not one a test crashed
+                await asyncio.wait_for(node.stop(grace_s=0.5), 10)
         client = Redis.from_url(REDIS_URL)
         keys = [k async for k in client.scan_iter(match=f"{p.prefix}:*")]
         if keys:
@@ -100,3 +103,21 @@ async def test_the_holders_queue_timeout_reaches_the_origin(pair: Pair) -> None:
     assert _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1
     await first.cancel("client disconnected")
     await _wait(lambda: _queue(pair)["in_flight"] == 0, 3, "the slot to be freed")
+
+
+async def test_a_dead_origins_requests_leave_the_holders_queue(pair: Pair) -> None:
+    held = await pair.with_runner(ScriptedRunner(["x"]))
+    held.capacity = 1
+    admission = pair.b.holder.admission
+    assert admission is not None
+    local = await admission.acquire(_Call("local", "ten_x", None), held, prompt_tokens=1)  # B's own, holding the slot
+    await _open(pair, "ten_a")
+    await _wait(lambda: _queue(pair)["queued"] == 1, 3, "A's request in B's queue")
+    # A stops heartbeating and reading without withdrawing (a crash): its entry expires after the TTL.
+    for task in pair.a._tasks:
+        task.cancel()
+    await _wait(lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 5, "B to drop it")
+    assert "ten_a" not in _queue(pair)["counters"]
+    local.finish_at_holder(None)
+    await pair.a.redis.aclose()
+    pair.a._tasks = []
