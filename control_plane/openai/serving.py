@@ -301,12 +301,16 @@ def _owner(state: AppState, runner: ConnectedRunner, link: Link, failed: set[int
     """
     cluster = state.cluster
     remote = state.hub.remote.get(runner.runner_id) if cluster is not None else None
-    if cluster is None or remote is None or remote is runner:
+    if cluster is None or remote is None:
         return runner, link
     owners = [ln for ln in remote.links if not ln.closed and not ln.draining and id(ln) not in failed]
     owner = min(owners, key=lambda ln: ln.replica_id, default=None)  # type: ignore[attr-defined]
-    if owner is None or owner.replica_id > cluster.replica_id:  # type: ignore[attr-defined]
+    if owner is None:
         return runner, link
+    if remote is runner:  # held only elsewhere, maybe by several: the lowest id among them
+        return runner, owner
+    if owner.replica_id > cluster.replica_id:  # type: ignore[attr-defined]
+        return runner, link  # this replica is the owner
     return remote, owner
 
 
