@@ -169,3 +169,19 @@ def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
             await db.dispose()
 
     return asyncio.run(main())
+
+
+def tenant_records(database_url: str, tenant: str) -> list[dict]:
+    """The request records of a tenant, by name or id, read straight from the database."""
+    from sqlalchemy import create_engine, text
+
+    from control_plane.db.engine import sync_url
+
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT r.* FROM request_records r JOIN tenants t ON t.id = r.tenant_id "
+                                     "WHERE t.name = :n OR t.id = :n"), {"n": tenant})
+            return [dict(r._mapping) for r in rows]
+    finally:
+        engine.dispose()

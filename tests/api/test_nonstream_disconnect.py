@@ -18,11 +18,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
 from tests.cluster.conftest import engine_processing
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 MODEL = "smollm2-135m-instruct"
 
@@ -45,14 +43,7 @@ class Env:
 
     def records(self) -> list[dict]:
         """The request records of the tenant ``leaver``."""
-        engine = create_engine(sync_url(self.database_url))
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(text("SELECT r.* FROM request_records r JOIN tenants t ON t.id = r.tenant_id "
-                                         "WHERE t.name = 'leaver'")).mappings()
-                return [dict(r) for r in rows]
-        finally:
-            engine.dispose()
+        return tenant_records(self.database_url, "leaver")
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
 from control_plane.openai.disconnect import watch
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 MODEL = "smollm2-135m-instruct"
 
@@ -53,14 +51,7 @@ class Env:
         return next(r["served_total"] for r in self.get("/api/runners")["data"] if r["id"] == self.runner_id)
 
     def records(self, tenant: str) -> list[dict]:
-        engine = create_engine(sync_url(self.database_url))
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(text("SELECT r.* FROM request_records r JOIN tenants t ON t.id = r.tenant_id "
-                                         "WHERE t.name = :n OR t.id = :n"), {"n": tenant})
-                return [dict(r._mapping) for r in rows]
-        finally:
-            engine.dispose()
+        return tenant_records(self.database_url, tenant)
 
 
 @pytest.fixture(scope="module")
