@@ -30,6 +30,7 @@ from sdk.client import AsyncClient, Client
 from sdk.client._e2e import SealedDecoder, open_body, seal_call
 from sdk.e2e import RunnerKeys, signed_hpke_key
 from sdk.errors import APIStatusError, RunnerKeyError
+from sdk.identity import b64u_decode, b64u_encode
 from sdk.models import ChatCompletion
 from sdk.protocol import StatusFrame
 from sdk.sealed import RUNNER_HEADER
@@ -275,10 +276,17 @@ async def test_key_document_uploads_are_checked(stack: Stack, admin_key: str, tm
         older = await http.put(url, json=doc(at=now - 60))
         assert older.status_code == 409 and older.json()["error"]["code"] == "e2e_key_stale"
         for bad in (doc(runner_id=stack.runner_id), doc(at=now + 3600), doc(signer=RunnerKeys.generate()),
-                    {**doc(), "sig": doc()["sig"][:-2] + "AA"}):
+                    {**doc(), "sig": _flip_first_byte(doc()["sig"])}):
             resp = await http.put(url, json=bad)
             assert resp.status_code == 400 and resp.json()["error"]["code"] == "e2e_key_invalid", resp.text
         served = await http.get(url, headers={"Authorization": f"Bearer {admin_key}"})
         assert served.json() == doc()  # byte-for-byte what the runner signed
         await admin.runners.revoke(identity.runner_id)
         assert (await http.put(url, json=doc(at=now + 1))).status_code == 403
+
+
+def _flip_first_byte(sig: str) -> str:
+    """A signature that is certainly wrong. (Rewriting its last base64 characters is not: the
+    final character of 64 bytes carries padding bits a decoder ignores, so the bytes may not change.)"""
+    raw = b64u_decode(sig)
+    return b64u_encode(bytes([raw[0] ^ 0xFF]) + raw[1:])
