@@ -81,9 +81,11 @@ def install_error_handlers(app: FastAPI) -> None:
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # One line, no traceback: an outage would otherwise flood the log (and DBAPI messages may
-        # carry connection details, so only the type is logged).
-        log.warning("database unavailable: %s", type(exc).__name__)
+        # One line, no traceback: an outage would otherwise flood the log. The driver's first line says
+        # which (refused, dropped, locked, or a missing table after a skipped migration); drivers do not
+        # put passwords in their messages, and the line is bounded.
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        log.warning("database unavailable: %s: %s", type(exc).__name__, cause[0][:200] if cause else "")
         return JSONResponse(error_body("The database is unavailable; retry shortly.", "service_unavailable",
                                        "database_unavailable"), status_code=503, headers={"Retry-After": "2"})
 
