@@ -33,6 +33,7 @@ from typing import Any
 
 from control_plane.errors import ApiError
 from control_plane.openai.admission import Admission, Slot
+from control_plane.openai.usage import clamp_usage
 from control_plane.services.scheduler import RunnerGone
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from control_plane.tunnel.link import Link
@@ -262,12 +263,9 @@ class Holder:
 
 
 def _bounded(usage: Usage | None, request: dict[str, Any], admit: Any) -> Usage | None:
-    """Runner output is untrusted: no more than the request allows (as ``serving._bounded``)."""
+    """Runner output is untrusted: the same bounds as where the origin prices the request."""
     if usage is None:
         return None
-    prompt = min(usage.prompt_tokens, len(str(request.get("body", ""))))
-    completion = usage.completion_tokens
     max_tokens = admit.get("max_tokens") if isinstance(admit, dict) else None
-    if isinstance(max_tokens, int):
-        completion = min(completion, max_tokens)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return clamp_usage(usage, body_chars=len(str(request.get("body", ""))),
+                       max_tokens=max_tokens if isinstance(max_tokens, int) else None)

@@ -22,7 +22,9 @@ from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError, error_body, sse_error_event
 from control_plane.observability import record_id
 from control_plane.openai.admission import HolderAdmitted, HolderRefused, Slot
+from control_plane.openai.disconnect import ClientGone, gone_error, read_or_gone
 from control_plane.openai.routing import ENGINE_DOWN, Endpoint, RouteDecision, RouteRequest
+from control_plane.openai.usage import clamp_usage
 from control_plane.services.scheduler import RunnerGone
 from control_plane.settings import Settings
 from control_plane.state import AppState
@@ -150,7 +152,7 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         outcome.settle()
         _count(state, outcome)
         _write_record(state, outcome)
-        raise _gone_error() from None
+        raise gone_error() from None
     except BaseException:
         outcome.settle()  # cancelled before the first byte: the slot must not leak
         raise
@@ -234,7 +236,7 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
             continue
         try:
             # A non-streaming answer's first byte is its whole body: the client may leave meanwhile.
-            start, first = await _read_or_gone(_first_byte(st, settings, slot if at_holder else None),
+            start, first = await read_or_gone(_first_byte(st, settings, slot if at_holder else None),
                                                call.client_gone)
         except BaseException as exc:
             state.router.finished(runner)
@@ -450,7 +452,7 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
 async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     parts: list[str] = []
     try:
-        await _read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone)
+        await read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone)
         body = "".join(parts)
         outcome.bytes_out = len(body)
         if opened.start.status >= 400:
@@ -462,7 +464,7 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         outcome.status, outcome.http_status, outcome.error_type = "cancelled", 499, "client_disconnected"
         opened.link.close_stream(opened.stream)
         _spawn(opened.stream.cancel("client disconnected"))
-        raise _gone_error() from None
+        raise gone_error() from None
     except ApiError as exc:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
         raise
@@ -472,43 +474,6 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         _count(state, outcome)
         _write_record(state, outcome)
     return body
-
-
-class ClientGone(Exception):
-    """The client disconnected after dispatch, before its response started."""
-
-
-def _gone_error() -> ApiError:
-    # Nobody reads it; the request record keeps the status (nginx's "client closed request").
-    return ApiError(499, "The client disconnected before the response started.", type="client_disconnected",
-                    code="client_disconnected")
-
-
-async def _read_or_gone(read: Coroutine[Any, Any, None], gone: Callable[[], Awaitable[object]] | None) -> None:
-    """Run ``read``; raise :class:`ClientGone` (and cancel it) if ``gone()`` returns first.
-
-    Nobody listens for a disconnect while a plain ``Response`` is being
-    prepared (openai/disconnect.py), so without the watch the engine would
-    generate to ``max_tokens`` for nobody. The watch blocks in ``receive()``:
-    no polling, and one task per request rather than one per frame.
-    """
-    if gone is None:
-        return await read
-    reader = asyncio.ensure_future(read)
-    watcher = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        reader.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if reader.done():
-        return reader.result()  # finished in the same turn as the disconnect: the answer is complete
-    if watcher.cancelled() or watcher.exception() is not None:
-        return await reader  # the watch failed: keep collecting as before
-    reader.cancel()
-    raise ClientGone
 
 
 async def _read_body(opened: _Opened, outcome: _Outcome, parts: list[str]) -> None:
@@ -539,21 +504,13 @@ def _take_usage(outcome: _Outcome, end: EndFrame) -> None:
 
 
 def _bounded(usage: Usage, call: InferenceCall) -> Usage:
-    """Runner output is untrusted: usage cannot exceed what the request allows.
-
-    A completion has at most ``max_tokens`` tokens, and a prompt at most one
-    token per character of the body, so a lying runner cannot bill a tenant
-    for more than the request could have cost.
-    """
+    """Runner output is untrusted: usage cannot exceed what the request allows (:func:`clamp_usage`)."""
     route = call.route
-    completion = usage.completion_tokens
-    if route is not None and route.max_tokens is not None:
-        completion = min(completion, route.max_tokens)
-    prompt = min(usage.prompt_tokens, len(call.body))
-    if (prompt, completion) != (usage.prompt_tokens, usage.completion_tokens):
+    bounded = clamp_usage(usage, body_chars=len(call.body), max_tokens=route.max_tokens if route else None)
+    if bounded != usage:
         log.warning("request %s: runner reported usage %s beyond the request's bounds; clamped",
                     call.request_id, usage.model_dump())
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return bounded
 
 
 def _observe(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
