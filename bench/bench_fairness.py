@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx
 
+from bench.load import write_section as write_marked_section
 from control_plane.services.service_fairness import jain_index, percentile
 from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
@@ -346,13 +347,7 @@ def write_section(text: str, engine: str, path: Path = README) -> None:
                 blocks[name] = inner.split(start, 1)[1].split(stop, 1)[0]
     blocks[engine] = text
     body = "\n".join(_engine_block(name, blocks[name]) for name in ("llama", "sim") if name in blocks)
-    section = f"{BEGIN}\n{HEADER}\n{body}{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        updated = head + section + rest.split(END, 1)[1]
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(updated)
+    write_marked_section(BEGIN, END, f"{HEADER}\n{body}", path)
 
 
 def main() -> None:

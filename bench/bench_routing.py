@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx
 
+from bench.load import write_section
 from bench.sim_runner import SimParams, SimulatedRunner
 from tests.utils import ControlPlaneProcess
 
@@ -245,17 +246,6 @@ def table(results: list[Result], w: Workload, params: SimParams, n_runners: int,
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = README) -> None:
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text}{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        updated = head + section + rest.split(END, 1)[1]
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=Workload.users)
@@ -274,7 +264,7 @@ def main() -> None:
     text = table(results, w, params, args.runners, (load_start, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(BEGIN, END, text)
         print(f"written to {README.relative_to(ROOT)}")
 
 
