@@ -149,7 +149,9 @@ def test_a_hung_engine_is_killed_restarted_and_serves_again(two: TwoModels) -> N
     finally:
         if not _gone(hung):
             psutil.Process(hung).send_signal(signal.SIGKILL)
-    assert "engine xllamacpp (smol-a) hung (failed 2 health checks), killed; restart 1 in" in two.runner.log()
+    # The supervisor logs the restart just after it has reaped the process: wait for the line, not assume it.
+    wait_until(lambda: "engine xllamacpp (smol-a) hung (failed 2 health checks), killed; restart 1 in"
+               in two.runner.log(), 10, "the supervisor to log the hung engine's restart")
     wait_until(lambda: "engine xllamacpp (smol-a) is back (restart 1" in two.runner.log(), 90, "smol-a's new engine")
     assert two.engine_pid("smol-a") != hung
     wait_until(lambda: "smol-a" in two.listed(), 10, "smol-a in /v1/models")
