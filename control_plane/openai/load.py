@@ -54,6 +54,9 @@ class ExternalLoad:
         # runner id -> (when, in flight before, in flight after), one per change
         self._changes: dict[str, deque[tuple[float, int, int]]] = {}
         self._history = history
+        # runner id -> (status, last change, in flight, answer): the answer changes only with
+        # a status frame or a change of ours, and routing asks for every runner on every request.
+        self._answers: dict[str, tuple[RunnerLoad, tuple[float, int, int] | None, int, int]] = {}
 
     def note(self, runner: ConnectedRunner, before: int) -> None:
         changes = self._changes.setdefault(runner.runner_id, deque(maxlen=self._history))
@@ -77,8 +80,15 @@ class ExternalLoad:
         if not runner.links:
             return 0
         st = runner_status(runner)
+        changes = self._changes.get(runner.runner_id)
+        last = changes[-1] if changes else None  # a new tuple per change: identity marks the history
+        known = self._answers.get(runner.runner_id)
+        if known is not None and known[0] is st and known[1] is last and known[2] == runner.in_flight:
+            return known[3]
         ours = self.ours_during(runner, st.updated_at - self.window_s, st.updated_at)
-        return max(0, st.running + st.waiting - ours)
+        answer = max(0, st.running + st.waiting - ours)
+        self._answers[runner.runner_id] = (st, last, runner.in_flight, answer)
+        return answer
 
 
 @dataclass

@@ -24,6 +24,7 @@ layer walks it when a runner fails before the first byte (failover).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 from control_plane.openai.affinity import AffinityTable
-from control_plane.openai.load import DEFAULT_DECODE_TPS, ExternalLoad, RunnerStats, runner_status
+from control_plane.openai.load import (
+    DEFAULT_DECODE_TPS,
+    PREFILL_OVER_DECODE,
+    ExternalLoad,
+    RunnerStats,
+    runner_status,
+)
 from control_plane.services.cost import HourlyCost, expected_cost
 from control_plane.tunnel.hub import ConnectedRunner
 
@@ -127,7 +134,7 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
         return "model"
     if req.endpoint not in info.endpoints:
         return "endpoint"
-    if not residency_allows(runner.labels, req.residency):
+    if req.residency and not residency_allows(runner.labels, req.residency):
         return "residency"
     if runner.usable_link() is None:
         return "draining"
@@ -211,30 +218,97 @@ def _relative(values: list[float], floor: float) -> list[float]:
     return [(v + floor) / (best + floor) for v in values]
 
 
-def rank(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
-         config: RouterConfig, external: Callable[[ConnectedRunner], int] = lambda _: 0) -> list[Candidate]:
-    """Eligible runners, best first under ``req.policy``. Ties go to the lower id (stable)."""
-    runners = sorted(runners, key=lambda r: r.runner_id)
-    if not runners:
-        return []
-    ests = [estimate(r, req, stats.get(r.runner_id), config, external(r)) for r in runners]
-    lat = _relative([e.latency_s for e in ests], 1e-3)
-    cost = _relative([e.cost_usd for e in ests], 1e-12)
+def _runner_id(runner: ConnectedRunner) -> str:
+    return runner.runner_id
+
+
+@dataclass
+class _Scored:
+    """Every eligible runner's estimate and score as parallel lists, runners sorted by id.
+
+    No object per runner: at a thousand runners, building a :class:`Candidate`
+    and an :class:`Estimate` for each was a fifth of a routing decision, and
+    the serving layer reads only the first few (``Router.route``'s ``limit``).
+    """
+
+    runners: list[ConnectedRunner]
+    loads: list[int]
+    caps: list[int]  # capacity, at least 1
+    waits: list[float]
+    services: list[float]
+    costs: list[float]
+    scores: list[float]
+    order: list[int]  # indices, best first under the policy
+
+    def candidate(self, i: int) -> Candidate:
+        est = Estimate(load=self.loads[i], wait_s=self.waits[i], service_s=self.services[i], cost_usd=self.costs[i])
+        return Candidate(self.runners[i], est, self.scores[i])
+
+    def index(self, runner_id: str) -> int | None:
+        i = bisect.bisect_left(self.runners, runner_id, key=_runner_id)
+        return i if i < len(self.runners) and self.runners[i].runner_id == runner_id else None
+
+
+def _score(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
+           config: RouterConfig, external: Callable[[ConnectedRunner], int]) -> _Scored:
+    """:func:`estimate` for every runner, then the policy's order; one loop, the same arithmetic.
+
+    The loop repeats :func:`estimate` inline (a call per runner cost more than
+    its arithmetic); tests/api/test_route_index.py checks that both agree.
+    """
+    ordered = sorted(runners, key=_runner_id)
+    output = 0 if req.endpoint == "embeddings" else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
+    prompt, penalty, default_rate = req.prompt_tokens, config.share_penalty, config.default_usd_per_hour
+    loads: list[int] = []
+    caps: list[int] = []
+    waits: list[float] = []
+    services: list[float] = []
+    costs: list[float] = []
+    lats: list[float] = []
+    no_stats = RunnerStats()
+    for r in ordered:
+        decode = (stats.get(r.runner_id) or no_stats).decode_tps or DEFAULT_DECODE_TPS
+        # expected_cost's seconds and the service time's base are the same sum.
+        base = prompt / (decode * PREFILL_OVER_DECODE) + output / decode
+        load = r.in_flight + external(r)
+        cap = max(r.capacity, 1)
+        kv = runner_status(r).kv_cache_usage or 0.0
+        pressure = max(0.0, kv - 0.8) / 0.2
+        service = base * (1 + penalty * (min(load, cap) / cap + pressure))
+        wait = math.ceil((load + 1 - cap) / cap) * service if load >= cap else 0.0
+        loads.append(load)
+        caps.append(cap)
+        waits.append(wait)
+        services.append(service)
+        lats.append(wait + service)
+        costs.append(usd_per_hour(r.cost, default_rate) / 3600.0 * base)
+    if not ordered:
+        return _Scored([], [], [], [], [], [], [], [])
+    lat = _relative(lats, 1e-3)
+    cost = _relative(costs, 1e-12)
+    indices = range(len(ordered))
     if req.policy == "latency":
         scores = lat
-        order = sorted(range(len(runners)), key=lambda i: (lat[i], cost[i]))
+        order = sorted(indices, key=list(zip(lat, cost, strict=True)).__getitem__)
     elif req.policy == "cost":
         scores = cost
         order = _cost_order(cost, lat)
     else:
         scores = [(c + t) / 2 for c, t in zip(cost, lat, strict=True)]
-        order = sorted(range(len(runners)), key=lambda i: scores[i])
-    return [Candidate(runners[i], ests[i], scores[i]) for i in order]
+        order = sorted(indices, key=scores.__getitem__)
+    return _Scored(ordered, loads, caps, waits, services, costs, scores, order)
+
+
+def rank(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
+         config: RouterConfig, external: Callable[[ConnectedRunner], int] = lambda _: 0) -> list[Candidate]:
+    """Eligible runners, best first under ``req.policy``. Ties go to the lower id (stable)."""
+    scored = _score(runners, req, stats, config, external)
+    return [scored.candidate(i) for i in scored.order]
 
 
 def _cost_order(cost: list[float], lat: list[float]) -> list[int]:
     """Cheapest first; runners within 5 % of each other's price go by latency."""
-    by_cost = sorted(range(len(cost)), key=lambda i: cost[i])
+    by_cost = sorted(range(len(cost)), key=cost.__getitem__)
     order: list[int] = []
     start = 0
     while start < len(by_cost):  # tiers are runs of the cost-sorted list: one pass
@@ -242,7 +316,7 @@ def _cost_order(cost: list[float], lat: list[float]) -> list[int]:
         end = start + 1
         while end < len(by_cost) and cost[by_cost[end]] <= limit:
             end += 1
-        order += sorted(by_cost[start:end], key=lambda i: lat[i])
+        order += sorted(by_cost[start:end], key=lat.__getitem__)
         start = end
     return order
 
@@ -255,13 +329,18 @@ def bounded_load_ok(target: Candidate, candidates: Sequence[Candidate], epsilon:
     full runner is not used while another has a free slot, since waiting for
     a slot costs a whole request's time and a cache miss only a prefill.
     """
-    total = sum(c.estimate.load for c in candidates)
-    capacity = sum(max(c.runner.capacity, 1) for c in candidates)
-    bound = math.ceil((1 + epsilon) * (total + 1) * max(target.runner.capacity, 1) / capacity)
-    if target.estimate.load + 1 > max(bound, 1):
+    return _within_bound(target.estimate.load, target.runner.capacity,
+                         sum(c.estimate.load for c in candidates), sum(max(c.runner.capacity, 1) for c in candidates),
+                         epsilon, lambda: all(c.estimate.load >= c.runner.capacity for c in candidates))
+
+
+def _within_bound(load: int, capacity: int, total_load: int, total_capacity: int, epsilon: float,
+                  all_full: Callable[[], bool]) -> bool:
+    """:func:`bounded_load_ok` on sums; ``all_full`` is asked only when the target is full."""
+    bound = math.ceil((1 + epsilon) * (total_load + 1) * max(capacity, 1) / total_capacity)
+    if load + 1 > max(bound, 1):
         return False
-    full = target.estimate.load >= target.runner.capacity
-    return not full or all(c.estimate.load >= c.runner.capacity for c in candidates)
+    return load < capacity or all_full()
 
 
 # --- the stateful router ---------------------------------------------------------------
@@ -295,7 +374,13 @@ class Router:
         self.external = ExternalLoad()
         self._rr = itertools.count()
 
-    def route(self, runners: Iterable[ConnectedRunner], req: RouteRequest) -> RouteDecision:
+    def route(self, runners: Iterable[ConnectedRunner], req: RouteRequest, *,
+              limit: int | None = None) -> RouteDecision:
+        """The candidates for ``req``, best first; with ``limit``, only the first ``limit`` of them.
+
+        The affinity check still weighs every eligible runner, so a limit
+        changes only how much of the order is returned, not its head.
+        """
         eligible: list[ConnectedRunner] = []
         excluded: dict[str, str] = {}
         names: dict[str, str] = {}
@@ -306,30 +391,38 @@ class Router:
                 excluded[r.runner_id] = why
                 names[r.runner_id] = r.name
         if self.config.strategy == "round_robin":
-            return self._round_robin(eligible, req, excluded, names)
-        ranked = rank(eligible, req, self.stats, self.config, self.external)
+            return self._round_robin(eligible, req, excluded, names, limit)
+        scored = _score(eligible, req, self.stats, self.config, self.external)
+        top = scored.order if limit is None else scored.order[:limit]
+        ranked = [scored.candidate(i) for i in top]
         affinity: Affinity = "off"
         if self.config.affinity and req.affinity_keys and ranked:
             affinity = "miss"
             runner_id = self.affinity.lookup(req.affinity_keys)
-            target = next((c for c in ranked if c.runner.runner_id == runner_id), None)
-            if target is not None:
-                if (bounded_load_ok(target, ranked, self.config.affinity_epsilon)
-                        and target.score <= ranked[0].score * (1 + self.config.affinity_max_regret)):
+            i = scored.index(runner_id) if runner_id is not None else None
+            if i is not None:
+                if self._keeps(scored, i):
                     affinity = "hit"
-                    ranked.remove(target)
-                    ranked.insert(0, target)
+                    target = scored.candidate(i)
+                    ranked = [target, *(c for c in ranked if c.runner is not target.runner)][:len(top)]
                 else:
                     affinity = "overloaded"
         return RouteDecision(ranked, req.policy, affinity, excluded, names)
 
+    def _keeps(self, scored: _Scored, i: int) -> bool:
+        """May runner ``i`` keep its conversation? :func:`bounded_load_ok`, and not much worse than the best."""
+        loads, runners = scored.loads, scored.runners
+        ok = _within_bound(loads[i], runners[i].capacity, sum(loads), sum(scored.caps), self.config.affinity_epsilon,
+                           lambda: all(ld >= r.capacity for ld, r in zip(loads, runners, strict=True)))
+        return ok and scored.scores[i] <= scored.scores[scored.order[0]] * (1 + self.config.affinity_max_regret)
+
     def _round_robin(self, eligible: list[ConnectedRunner], req: RouteRequest,
-                     excluded: dict[str, str], names: dict[str, str]) -> RouteDecision:
+                     excluded: dict[str, str], names: dict[str, str], limit: int | None) -> RouteDecision:
         # The benchmark baseline: no policy, no load, no affinity.
-        eligible.sort(key=lambda r: r.runner_id)
+        eligible.sort(key=_runner_id)
         if eligible:
             k = next(self._rr) % len(eligible)
-            eligible = eligible[k:] + eligible[:k]
+            eligible = (eligible[k:] + eligible[:k])[:limit]
         cands = [Candidate(r, estimate(r, req, self.stats.get(r.runner_id), self.config, self.external(r)), 1.0)
                  for r in eligible]
         return RouteDecision(cands, req.policy, "off", excluded, names)

@@ -282,9 +282,11 @@ def _releaser(state: AppState, runner: ConnectedRunner, link: Link, st: Stream) 
 def _pick(state: AppState, call: InferenceCall, failed: set[int], tried: set[str],
           outcome: _Outcome) -> tuple[ConnectedRunner, Link, bool] | None:
     """The best runner not tried yet (else one tried on another link), its link, and whether it is full."""
-    # With Redis, also the runners other replicas hold (control_plane/cluster).
-    runners = [r for r in state.hub.routable() if call.runner_id in (None, r.runner_id)]
-    decision = state.router.route(runners, call.route)  # type: ignore[arg-type]
+    # Only runners serving the model (the hub's index); with Redis, also those other replicas hold.
+    model = call.route.model if call.route is not None else call.model
+    runners = [r for r in state.hub.runners_for(model) if call.runner_id in (None, r.runner_id)]
+    # Each runner tried or link failed can skip at most one candidate: one more is always fresh.
+    decision = state.router.route(runners, call.route, limit=len(tried) + len(failed) + 1)  # type: ignore[arg-type]
     outcome.decision = decision
     usable = [(c, ln) for c in decision.candidates
               if (ln := c.runner.usable_link()) is not None and id(ln) not in failed]
@@ -396,7 +398,7 @@ async def _first_byte(st: Stream, settings: Settings,
 
 
 async def _no_runner_error(state: AppState, model: str) -> ApiError:
-    if model in state.hub.model_names():
+    if state.hub.is_served(model):
         return ApiError.unavailable(f"Every runner serving '{model}' is busy or draining; retry shortly.")
     async with state.db.session() as session:
         if await known_model(session, model):
@@ -421,9 +423,11 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
     try:
         async for ev in _events(opened):
             if isinstance(ev, DataFrame):
-                outcome.bytes_out += len(ev.data)
-                yield ev.data
-                await opened.stream.consumed(len(ev.data))
+                # Data that queued up behind this frame goes out in the same write.
+                data = ev.data + opened.stream.take_data()
+                outcome.bytes_out += len(data)
+                yield data
+                await opened.stream.consumed(len(data))
             elif isinstance(ev, EndFrame):
                 finished = True
                 _take_usage(outcome, ev)
@@ -530,7 +534,7 @@ def _count(state: AppState, outcome: _Outcome) -> None:
     status = "error" if rejected else outcome.status
     code = outcome.error_type or ("engine_rejected" if rejected else None)
     # Model names come from clients: only served ones become label values.
-    model = c.model if c.model in state.hub.model_names() else "other"
+    model = c.model if state.hub.is_served(c.model) else "other"
     state.metrics.observe_inference(
         endpoint=c.endpoint, model=model, tenant_id=c.tenant_id, outcome=status, code=code,
         ttft_s=None if outcome.ttft_ms is None else outcome.ttft_ms / 1000,

@@ -1,4 +1,11 @@
-"""Registry of connected runners and their links (in this process)."""
+"""Registry of connected runners and their links (in this process).
+
+The hub also keeps an index of its runners by model name and alias, updated
+when a hello attaches or refreshes a runner and when its last link goes, so
+that a request looks only at the runners serving its model: with a thousand
+runners, scanning them all on every request was a visible part of its cost
+(bench/bench_scale.py, issue 11).
+"""
 
 from __future__ import annotations
 
@@ -64,6 +71,9 @@ class TunnelHub:
         # Runners other control-plane replicas hold, kept by control_plane/cluster
         # (empty in a single process); a request reaches them through Redis.
         self.remote: dict[str, ConnectedRunner] = {}
+        # Model name or alias -> runner id -> runner, for this process's runners only:
+        # control_plane/cluster rewrites remote runners in place, so those are scanned.
+        self._by_model: dict[str, dict[str, ConnectedRunner]] = {}
 
     def attach(self, link: Link, info: ConnectedRunner) -> ConnectedRunner:
         current = self.runners.get(info.runner_id)
@@ -72,8 +82,10 @@ class TunnelHub:
             self.runners[info.runner_id] = current
         else:
             # A later connection's hello refreshes what the runner serves.
+            self._unindex(current)
             current.models, current.capacity = info.models, info.capacity
             current.labels, current.cost, current.hardware = info.labels, info.cost, info.hardware
+        self._index(current)
         current.links.append(link)
         for listener in self.listeners:
             listener(current, True)
@@ -88,6 +100,7 @@ class TunnelHub:
             runner.links.remove(link)
         if not runner.links:
             del self.runners[link.runner_id]
+            self._unindex(runner)
             for listener in self.listeners:
                 listener(runner, False)
         self._notify()
@@ -101,11 +114,23 @@ class TunnelHub:
         return self.runners.get(runner_id) or self.remote.get(runner_id)
 
     def candidates(self, model: str) -> list[ConnectedRunner]:
-        return [r for r in self.routable() if r.serves(model) and r.usable_link() is not None]
+        return [r for r in self.runners_for(model) if r.usable_link() is not None]
 
     def runners_for(self, model: str) -> list[ConnectedRunner]:
-        """Connected runners serving ``model``, usable or not (draining, saturated)."""
-        return [r for r in self.routable() if r.serves(model)]
+        """Connected runners serving ``model`` (name or alias), usable or not (draining, saturated).
+
+        This process's from the index, then those only other replicas hold, as in :meth:`routable`.
+        """
+        local = self._by_model.get(model)
+        found = list(local.values()) if local else []
+        if self.remote:
+            found += [r for k, r in self.remote.items() if k not in self.runners and r.serves(model)]
+        return found
+
+    def is_served(self, model: str) -> bool:
+        """Whether some connected runner serves ``model``: ``model in model_names()`` without building it."""
+        return model in self._by_model or any(
+            r.serves(model) for k, r in self.remote.items() if k not in self.runners)
 
     async def wait_changed(self, timeout: float) -> None:
         """Wait until a runner connects or disconnects, or ``timeout`` passes."""
@@ -147,6 +172,20 @@ class TunnelHub:
     def notify(self) -> None:
         """The set of routable runners changed elsewhere (control_plane/cluster): wake waiters."""
         self._notify()
+
+    def _index(self, runner: ConnectedRunner) -> None:
+        for m in runner.models:
+            for name in (m.name, *m.aliases):
+                self._by_model.setdefault(name, {})[runner.runner_id] = runner
+
+    def _unindex(self, runner: ConnectedRunner) -> None:
+        for m in runner.models:
+            for name in (m.name, *m.aliases):
+                served = self._by_model.get(name)
+                if served is not None and served.get(runner.runner_id) is runner:
+                    del served[runner.runner_id]
+                    if not served:
+                        del self._by_model[name]
 
     def _notify(self) -> None:
         # Wake waiters (tests, readiness) and re-arm.
