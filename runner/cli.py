@@ -10,8 +10,9 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -59,7 +60,7 @@ def local_runner(ctx: typer.Context) -> None:
     except (ValueError, RuntimeError, LookupError, OSError) as exc:
         console.print(f"[red]cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    code = asyncio.run(_run(agent, settings))
+    code = _run_loop(_run(agent, settings))
     # Everything is stopped and closed by now. Skipping interpreter teardown
     # (finalizing numpy, pydantic, rich…) saves ~0.5 s on a busy 2-core box,
     # which matters for a fast restart under a process manager.
@@ -67,6 +68,22 @@ def local_runner(ctx: typer.Context) -> None:
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the agent on uvloop when it is installed (``uvicorn[standard]`` brings it), else asyncio's loop.
+
+    Relaying a token is mostly event-loop and socket work (a read from the
+    engine, a WebSocket write); the pure-Python selector loop spent about a
+    quarter of the runner's CPU on it (bench/README.md, Overhead). The control
+    plane runs on uvloop already, through uvicorn.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _run(agent: Agent, settings: RunnerSettings) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from runner.sse import line_batches
 from runner.streams import OutboundStream
 from sdk.protocol import Usage
 
@@ -103,31 +104,42 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncCl
 async def _relay_sse(out: OutboundStream, resp: httpx.Response, public_name: str,
                      client_wants_usage: bool) -> Usage | None:
     usage: Usage | None = None
-    async for line in resp.aiter_lines():
-        if not line.startswith("data:"):
-            continue  # comments, keep-alives and blank separators
-        data = line[5:].strip()
-        if data == "[DONE]":
-            await out.data("data: [DONE]\n\n")
-            continue
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            chunk = None
-        if not isinstance(chunk, dict):
-            await out.data(f"data: {data}\n\n")
-            continue
-        if (u := _usage(chunk)) is not None:
-            usage = u
-            if not client_wants_usage and not chunk.get("choices"):
-                continue  # the usage-only chunk we asked for on the client's behalf
-            if not client_wants_usage:
-                chunk.pop("usage", None)
-        if "model" in chunk:
-            chunk["model"] = public_name
-        chunk.pop("timings", None)  # llama.cpp extension; internal detail
-        await out.data("data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n")
+    async for lines in line_batches(resp):
+        # Events that arrived together leave together: one data frame, one client write.
+        events: list[str] = []
+        for line in lines:
+            event, found = _sse_event(line, public_name, client_wants_usage)
+            usage = found or usage
+            if event is not None:
+                events.append(event)
+        if events:
+            await out.data("".join(events))
     return usage
+
+
+def _sse_event(line: str, public_name: str, client_wants_usage: bool) -> tuple[str | None, Usage | None]:
+    """One engine SSE line → the event to send on (or None) and any usage it carried."""
+    if not line.startswith("data:"):
+        return None, None  # comments, keep-alives and blank separators
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return "data: [DONE]\n\n", None
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        return f"data: {data}\n\n", None
+    usage = _usage(chunk)
+    if usage is not None:
+        if not client_wants_usage and not chunk.get("choices"):
+            return None, usage  # the usage-only chunk we asked for on the client's behalf
+        if not client_wants_usage:
+            chunk.pop("usage", None)
+    if "model" in chunk:
+        chunk["model"] = public_name
+    chunk.pop("timings", None)  # llama.cpp extension; internal detail
+    return "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n", usage
 
 
 def _rename_model(body: str, public_name: str) -> str:

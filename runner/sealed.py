@@ -22,6 +22,7 @@ import httpx
 from pydantic import ValidationError
 
 from runner.relay import EngineEndpoint
+from runner.sse import line_batches
 from runner.streams import OutboundStream
 from sdk.e2e import (
     ChunkSealer,
@@ -204,11 +205,17 @@ class SealedRelay:
                 ctype = resp.headers.get("content-type", "application/json").split(";")[0]
                 pending.append(writer.head(resp.status_code, ctype))
                 if req.stream and resp.status_code == 200:
-                    async for line in resp.aiter_lines():
-                        event, found = _stream_event(line, public_name, wants_usage)
-                        usage = found or usage
-                        if event is not None:
-                            await out.data("".join([*pending, *writer.piece(event)]))
+                    async for lines in line_batches(resp):
+                        # Events that arrived together are sealed one by one but leave in one frame.
+                        sealed = 0
+                        for line in lines:
+                            event, found = _stream_event(line, public_name, wants_usage)
+                            usage = found or usage
+                            if event is not None:
+                                pending += writer.piece(event)
+                                sealed += 1
+                        if sealed:  # the head waits for the first event
+                            await out.data("".join(pending))
                             pending = []
                 else:
                     body, found = _whole_body(await resp.aread(), public_name)

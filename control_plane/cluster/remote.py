@@ -46,6 +46,7 @@ class RemoteStream:
         self._link = link
         self._ungranted = 0
         self._events: asyncio.Queue[StreamEvent | HolderAdmitted | HolderRefused] = asyncio.Queue()
+        self._held: StreamEvent | HolderAdmitted | HolderRefused | None = None  # read ahead by take_data()
         self.finished = False
         self.started = False
 
@@ -80,9 +81,23 @@ class RemoteStream:
     # --- called by the request handler ---------------------------------------------
 
     async def next_event(self, timeout: float | None = None) -> StreamEvent | HolderAdmitted | HolderRefused:
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
         if timeout is None:
             return await self._events.get()
         return await asyncio.wait_for(self._events.get(), timeout)
+
+    def take_data(self) -> str:
+        """As ``Stream.take_data``: data already here, joined, up to the first other event."""
+        parts: list[str] = []
+        while self._held is None and not self._events.empty():
+            ev = self._events.get_nowait()
+            if isinstance(ev, DataFrame):
+                parts.append(ev.data)
+            else:
+                self._held = ev
+        return "".join(parts)
 
     async def consumed(self, nchars: int) -> None:
         """As ``Stream.consumed``: credit goes back to the holder in batches of half a window."""

@@ -42,6 +42,7 @@ class Stream:
         self._reset = reset
         # Bounded by the window: the runner cannot push more than it was granted.
         self._events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._held: StreamEvent | None = None  # read by take_data() ahead of its turn
         self.finished = False
         self.started = False
 
@@ -72,9 +73,29 @@ class Stream:
     # --- called by the request handler --------------------------------------------
 
     async def next_event(self, timeout: float | None = None) -> StreamEvent:
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
         if timeout is None:
             return await self._events.get()
         return await asyncio.wait_for(self._events.get(), timeout)
+
+    def take_data(self) -> str:
+        """The data already delivered and not read yet, joined, without waiting.
+
+        The SSE relay writes it with the event it just read: under load the
+        runner's frames queue up here, and one client write for all of them
+        costs little more than one for each. Stops at the first other event,
+        which :meth:`next_event` returns next.
+        """
+        parts: list[str] = []
+        while self._held is None and not self._events.empty():
+            ev = self._events.get_nowait()
+            if isinstance(ev, DataFrame):
+                parts.append(ev.data)
+            else:
+                self._held = ev
+        return "".join(parts)
 
     async def consumed(self, nchars: int) -> None:
         """The client took ``nchars``; grant credit back in batches of half a window."""

@@ -1,0 +1,124 @@
+"""The relay reads the engine's SSE in network reads and sends what arrived together in one data frame.
+
+The engine is an ``httpx.MockTransport`` whose answer arrives in the byte
+chunks a test chooses, so every split a socket can produce (mid-line, mid
+UTF-8 character, between ``\\r`` and ``\\n``) is exercised deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from runner.relay import EngineEndpoint, relay
+from runner.sse import line_batches
+from runner.streams import OutboundStream
+from sdk.protocol import MAX_DATA_BYTES, DataFrame, EndFrame, RequestFrame, ResponseStartFrame
+
+MODEL = "m"
+ENGINE = EngineEndpoint("http://engine.test", {}, {MODEL: "upstream-m"})
+USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+
+
+def _event(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _delta(text: str) -> dict[str, Any]:
+    return {"model": "upstream-m", "timings": {"x": 1}, "choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+def _response(chunks: list[bytes]) -> httpx.Response:
+    async def body() -> AsyncIterator[bytes]:
+        for c in chunks:
+            yield c
+
+    return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+
+async def _batches(chunks: list[bytes]) -> list[list[str]]:
+    return [b async for b in line_batches(_response(chunks))]
+
+
+async def test_lines_are_grouped_by_the_read_that_completed_them() -> None:
+    batches = await _batches([b"data: a\n\ndata: b\n\n", b"data: c\n", b"\n"])
+    assert batches == [["data: a", "", "data: b", ""], ["data: c"], [""]]
+
+
+async def test_a_line_split_across_reads_is_joined() -> None:
+    text = "data: {\"content\":\"h\u00e9llo \u2603\"}\n\n".encode()
+    for cut in range(1, len(text)):  # every split, a UTF-8 sequence cut in two included
+        lines = [ln for b in await _batches([text[:cut], text[cut:]]) for ln in b if ln]
+        assert lines == ["data: {\"content\":\"h\u00e9llo \u2603\"}"], cut
+
+
+async def test_every_line_end_the_sse_spec_allows() -> None:
+    lines = [ln for b in await _batches([b"data: a\r\n\r\ndata: b\rdata: c\r", b"\ndata: d"]) for ln in b if ln]
+    assert lines == ["data: a", "data: b", "data: c", "data: d"]  # a last line without an end still counts
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+
+    async def send(self, frame: Any) -> None:
+        self.frames.append(frame)
+
+    @property
+    def datas(self) -> list[str]:
+        return [f.data for f in self.frames if isinstance(f, DataFrame)]
+
+
+async def _relay(chunks: list[bytes], *, include_usage: bool = False) -> Wire:
+    def engine(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        assert sent["model"] == "upstream-m" and sent["stream_options"]["include_usage"] is True
+        return _response(chunks)
+
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    text = json.dumps(body)
+    frame = RequestFrame(stream_id=1, path="/v1/chat/completions", model=MODEL, body=text, body_length=len(text),
+                         stream=True)
+    wire = Wire()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as http:
+        await relay(OutboundStream(frame, wire.send), ENGINE, http)
+    return wire
+
+
+async def test_events_that_arrive_together_leave_in_one_frame() -> None:
+    usage_chunk = {"model": "upstream-m", "choices": [], "usage": USAGE}
+    chunks = [_event(_delta("a")) + _event(_delta("b")),  # one read, two events
+              _event(_delta("c"))[:10], _event(_delta("c"))[10:],  # one event over two reads
+              _event(usage_chunk) + b"data: [DONE]\n\n"]
+    wire = await _relay(chunks)
+    assert isinstance(wire.frames[0], ResponseStartFrame)
+    events = [[json.loads(e[6:]) if e != "data: [DONE]" else e for e in d.split("\n\n") if e] for d in wire.datas]
+    assert [[e["choices"][0]["delta"]["content"] if isinstance(e, dict) else e for e in d] for d in events] == [
+        ["a", "b"], ["c"], ["data: [DONE]"]], "the usage chunk asked for on the client's behalf is dropped"
+    assert all(e["model"] == MODEL and "timings" not in e for d in events for e in d if isinstance(e, dict))
+    end = wire.frames[-1]
+    assert isinstance(end, EndFrame) and end.usage is not None and end.usage.completion_tokens == 3
+
+
+async def test_the_client_asked_for_usage_and_gets_it_in_the_batch() -> None:
+    usage_chunk = {"model": "upstream-m", "choices": [], "usage": USAGE}
+    wire = await _relay([_event(_delta("a")) + _event(usage_chunk) + b"data: [DONE]\n\n"], include_usage=True)
+    (data,) = wire.datas
+    events = [e for e in data.split("\n\n") if e]
+    assert json.loads(events[1][6:])["usage"] == USAGE and events[2] == "data: [DONE]"
+    assert wire.frames[-1].usage.prompt_tokens == 9
+
+
+async def test_a_batch_larger_than_a_frame_is_split_into_frames_in_order() -> None:
+    # 40 events of ~1 KiB in one read: more than MAX_DATA_BYTES, so several frames.
+    big = "x" * 1000
+    wire = await _relay([b"".join(_event(_delta(f"{i}{big}")) for i in range(40))])
+    joined = "".join(wire.datas)
+    contents = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in joined.split("\n\n") if e]
+    assert contents == [f"{i}{big}" for i in range(40)]
+    assert len(wire.datas) > 1 and all(len(d) <= MAX_DATA_BYTES for d in wire.datas)
