@@ -41,5 +41,7 @@ class RunnerOut(_Out):
     models: list[str] = Field(default_factory=list)
     #: Of ``models``, those whose engine the runner reports down (restarting, loading, hung).
     unavailable_models: list[str] = Field(default_factory=list)
+    #: Engine slots beyond ``capacity`` for tenants with nothing in flight (fair headroom).
+    headroom: int = 0
     in_flight: int = 0
     served_total: int = 0

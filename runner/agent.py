@@ -126,8 +126,9 @@ class Agent:
                 "models": [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
                             "quantization": m.quantization, "aliases": list(m.aliases),
                             "endpoints": list(m.endpoints)} for a in adapters for m in a.models],
-                # One runner-wide admission count: the engines' slots together.
-                "capacity": sum(a.capacity for a in adapters), "hardware": self.config.hardware,
+                # One runner-wide admission count: the engines' slots together, less
+                # their fair headroom (sent in status frames to a control plane that knows it).
+                "capacity": sum(a.capacity - a.headroom for a in adapters), "hardware": self.config.hardware,
                 "labels": s.labels, "cost": self.config.cost,
             }
 
@@ -137,6 +138,7 @@ class Agent:
             return StatusFrame(running=max(running, load.running), waiting=load.waiting,
                                kv_cache_usage=load.kv_cache_usage, healthy=fleet.healthy,
                                unavailable_models=fleet.unavailable_models(),
+                               headroom=sum(e.adapter.headroom for e in fleet.engines),
                                completed=self.tunnel.completed if self.tunnel else 0)
 
         return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,

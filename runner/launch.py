@@ -21,7 +21,7 @@ from runner.hardware import detect
 from runner.model_refs import resolve_models
 from runner.models import embedded_model_path
 from runner.multiplan import plan_models
-from runner.planning import Overrides, plan
+from runner.planning import DEFAULT_HEADROOM, Overrides, plan
 from runner.settings import RunnerSettings
 
 __all__ = ["EMBEDDED_ALIASES", "build_agent"]
@@ -35,7 +35,8 @@ EMBEDDED_ALIASES = ("smollm2",)
 def build_agent(settings: RunnerSettings, console: Console) -> Agent:
     hardware = detect()
     api_key = settings.attach_api_key.get_secret_value() if settings.attach_api_key else None
-    overrides = Overrides(settings.parallel, settings.ctx, settings.threads or None)
+    headroom = settings.headroom if settings.headroom is not None else (0 if settings.attach else DEFAULT_HEADROOM)
+    overrides = Overrides(settings.parallel, settings.ctx, settings.threads or None, headroom)
     if settings.attach:
         decisions = [plan(hardware, None, engine=settings.engine, attach_url=settings.attach, overrides=overrides)]
     else:

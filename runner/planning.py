@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, computed_field
@@ -20,7 +20,7 @@ from runner.gguf_meta import ModelSpec, kv_bytes_per_token
 from runner.hardware import GpuInfo, HardwareReport
 
 __all__ = [
-    "ENGINES", "AttachSettings", "LlamaCppPythonSettings", "MemoryFit", "Overrides", "Plan",
+    "DEFAULT_HEADROOM", "ENGINES", "AttachSettings", "LlamaCppPythonSettings", "MemoryFit", "Overrides", "Plan",
     "Rejected", "VllmSettings", "XllamacppSettings", "installed_engines", "offload_gpus", "plan"
 ]
 
@@ -56,6 +56,9 @@ VLLM_QUANTIZATIONS = {"awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"
 #: An attached engine's concurrency is unknown; a few at once keeps the fair
 #: scheduler (not the engine's own queue) deciding who goes next.
 ATTACH_CAPACITY = 4
+#: Fair-headroom slots a started engine gets by default: one is enough for a
+#: light tenant's request to start at once; more only serve several at once.
+DEFAULT_HEADROOM = 1
 
 
 def installed_engines() -> frozenset[str]:
@@ -154,6 +157,11 @@ class Plan(BaseModel):
     settings: Settings | None = None
     #: Concurrent requests the control plane may send (0 when refused).
     capacity: int = 0
+    #: Engine slots beyond ``capacity`` that the control plane grants only to a
+    #: tenant with nothing in flight (fair headroom, docs/fairness.md). Included
+    #: in the engine's slots (``XllamacppSettings.slots``, ``max_num_seqs``) and
+    #: in the memory fit.
+    headroom: int = 0
     rule: str
     fit: MemoryFit | None = None
     rejected: list[Rejected] = Field(default_factory=list)
@@ -172,6 +180,9 @@ class Overrides:
     #: Total context: llama.cpp splits it between slots; vLLM's --max-model-len.
     ctx: int | None = None
     threads: int | None = None
+    #: Fair-headroom slots: added to a started engine's slots; for an attached
+    #: engine, taken from its ``parallel``.
+    headroom: int = 0
 
 
 @dataclass
@@ -182,6 +193,7 @@ class _Choice:
     rule: str
     fit: MemoryFit
     also_rejected: list[Rejected] = field(default_factory=list)
+    headroom: int = 0
 
 
 def _gib(n: float) -> str:
@@ -411,9 +423,11 @@ def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None =
             return Plan(engine=None, rule="--engine attach needs --attach URL", model=model,
                         refusal="--engine attach was requested without --attach URL")
         # --parallel states the attached engine's concurrency; without it, a few at once.
-        return Plan(engine="attach", settings=AttachSettings(url=attach_url),
-                    capacity=(overrides.parallel if overrides and overrides.parallel else ATTACH_CAPACITY),
-                    model=model,
+        # Its slots are what they are: headroom is carved out of them, one slot always left.
+        slots = overrides.parallel if overrides and overrides.parallel else ATTACH_CAPACITY
+        spare = min(overrides.headroom if overrides else 0, slots - 1)
+        return Plan(engine="attach", settings=AttachSettings(url=attach_url), capacity=slots - spare,
+                    headroom=spare, model=model,
                     rule="--attach URL given → proxy the OpenAI-compatible engine already "
                     "running there; the runner probes it but does not manage its process")
     if engine is not None and engine not in ENGINES:
@@ -452,5 +466,29 @@ def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None =
                         "one request at a time.")
         return Plan(engine=None, rule="no engine can serve this model", rejected=rejected,
                     model=model, refusal=refusal)
+    if ov.headroom:
+        chosen = _with_headroom(chosen, ov.headroom)
     return Plan(engine=chosen.engine, settings=chosen.settings, capacity=chosen.capacity,
-                rule=chosen.rule, fit=chosen.fit, rejected=rejected, model=model)
+                headroom=chosen.headroom, rule=chosen.rule, fit=chosen.fit, rejected=rejected, model=model)
+
+
+def _with_headroom(chosen: _Choice, extra: int) -> _Choice:
+    """Give the engine ``extra`` slots beyond the advertised capacity, if they fit.
+
+    llama.cpp gets whole slots (their KV cache is in the fit); vLLM only a
+    higher ``max_num_seqs``, its KV cache being shared by all sequences. A
+    one-request engine (llama-cpp-python) has no slots to add.
+    """
+    s = chosen.settings
+    if isinstance(s, XllamacppSettings):
+        fit = chosen.fit.model_copy(update={"slots": s.slots + extra})
+        if not fit.fits:
+            rule = f"{chosen.rule}; no fair-headroom slot: {extra} more would not fit"
+            return replace(chosen, rule=rule)
+        settings: XllamacppSettings | VllmSettings = s.model_copy(update={"slots": s.slots + extra})
+    elif isinstance(s, VllmSettings):
+        fit, settings = chosen.fit, s.model_copy(update={"max_num_seqs": s.max_num_seqs + extra})
+    else:
+        return chosen
+    rule = f"{chosen.rule}; +{extra} fair-headroom slot{'s' if extra > 1 else ''} for tenants with nothing in flight"
+    return replace(chosen, settings=settings, fit=fit, headroom=extra, rule=rule)

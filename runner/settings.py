@@ -45,7 +45,11 @@ class RunnerSettings(BaseSettings):
         default=None, description="API key of the attached engine (OUTPOST_ATTACH_API_KEY only).")
     connections: int = Field(default=2, ge=1, le=16, description="Tunnel connections to keep open.")
     labels: dict[str, str] = Field(default_factory=dict, description="site/region/zone labels.")
-    parallel: int | None = Field(default=None, ge=1, le=256, description="Engine slots (default: planned).")
+    parallel: int | None = Field(default=None, ge=1, le=256, description="Requests the control plane sends at once "
+                                 "(default: planned); a started engine gets --headroom slots more.")
+    headroom: int | None = Field(default=None, ge=0, le=8, description="Engine slots kept for tenants with nothing "
+                                 "in flight, so a light tenant starts at once (default: 1 for an engine the runner "
+                                 "starts, 0 attached; docs/fairness.md).")
     ctx: int | None = Field(default=None, ge=256, description="Total context (default: planned).")
     threads: int = Field(default=0, ge=0, description="Engine CPU threads (0: engine default).")
     drain_s: float = Field(default=30.0, ge=0, description="Grace period for live streams on shutdown.")

@@ -287,6 +287,8 @@ class TunnelClient:
                 # A control plane without per-model status would refuse the field;
                 # it learns of a down engine from that engine's 503s instead.
                 frame = frame.model_copy(update={"unavailable_models": []})
+            if frame.headroom and "headroom" not in caps:
+                frame = frame.model_copy(update={"headroom": 0})  # it admits up to capacity only
             try:
                 await send(frame)
             except ConnectionClosed:

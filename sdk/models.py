@@ -141,6 +141,9 @@ class Runner(_Model):
     #: Of ``models``, those whose engine the runner reports down (restarting, loading, hung):
     #: requests for them are not routed here. Empty from a control plane that predates it.
     unavailable_models: list[str] = Field(default_factory=list)
+    #: Engine slots beyond ``capacity`` the control plane grants only to a tenant with
+    #: nothing in flight there (fair headroom, docs/fairness.md). 0 from an older control plane.
+    headroom: int = 0
     in_flight: int = 0
     served_total: int = 0
 

@@ -74,7 +74,7 @@ __all__ = [
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 #: Optional features a peer may announce; the session uses the intersection.
 CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway", "request-id",
-                                          "model-status"})
+                                          "model-status", "headroom"})
 
 #: A websocket message is sent whole and blocks every other send on the
 #: connection while it goes out, so no frame may be larger than this.
@@ -233,12 +233,19 @@ class StatusFrame(_Frame):
     # up. Sent only when both ends announced ``model-status``: a receiver refuses
     # unknown fields, so an empty list is left out of the wire form.
     unavailable_models: list[str] = Field(default_factory=list, max_length=64)
+    # Engine slots beyond the hello's ``capacity`` that the control plane may
+    # grant only to a tenant with nothing in flight (fair headroom,
+    # docs/fairness.md). Sent only when both ends announced ``headroom``; 0 is
+    # left out of the wire form, like an empty ``unavailable_models``.
+    headroom: int = Field(default=0, ge=0, le=64)
 
     @model_serializer(mode="wrap")
-    def _omit_empty_unavailable(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_empty_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         if not data.get("unavailable_models"):
             data.pop("unavailable_models", None)
+        if not data.get("headroom"):
+            data.pop("headroom", None)
         return data
 
 

@@ -87,6 +87,7 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
             out.unavailable_models = list(status.unavailable_models)
             if not status.healthy and not out.unavailable_models:  # predates per-model status
                 out.unavailable_models = list(out.models)
+            out.headroom = status.headroom
             out.in_flight = live.in_flight
             # Every link reports the runner-wide counter; the freshest is the largest.
             out.served_total = max((ln.load.completed for ln in live.links), default=0)

@@ -47,7 +47,7 @@ def describe_runners(runners: Iterable[ConnectedRunner], now: float) -> list[dic
             "load": {"running": status.running, "waiting": status.waiting,
                      "kv_cache_usage": status.kv_cache_usage, "healthy": status.healthy,
                      "completed": status.completed, "age_s": max(now - status.updated_at, 0.0),
-                     "unavailable_models": list(status.unavailable_models)},
+                     "unavailable_models": list(status.unavailable_models), "headroom": status.headroom},
         })
     return out
 
@@ -169,6 +169,7 @@ class RemoteView:
                                    kv_cache_usage=load.get("kv_cache_usage"), healthy=bool(load.get("healthy", True)),
                                    completed=int(load.get("completed", 0)),
                                    unavailable_models=tuple(load.get("unavailable_models") or ()),
+                                   headroom=int(load.get("headroom", 0)),
                                    updated_at=now - float(load.get("age_s", 0.0)))
         for replica_id, link in links.items():
             if replica_id not in holders:

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from control_plane.db.engine import Database
 from control_plane.db.models import utcnow
 from control_plane.errors import ApiError
+from control_plane.openai.load import runner_status
 from control_plane.services.budgets import BudgetGuard, BudgetVerdict
 from control_plane.services.cost import EngineShare, EngineSpan, EngineTimeMeter, cost_for_request
 from control_plane.services.scheduler import (
@@ -81,7 +82,7 @@ class Admission:
         self.fairness = fairness or ServiceFairness(backlog_wait_s=0.001)
         self.budgets = budgets or BudgetGuard()
         self.queue_timeout_s = queue_timeout_s
-        self._capacity: dict[str, int] = {}  # as last given to the scheduler
+        self._capacity: dict[str, tuple[int, int]] = {}  # (capacity, headroom) as last given to the scheduler
 
     @classmethod
     def from_settings(cls, settings: Settings, *, wall_clock: Callable[[], datetime] = utcnow,
@@ -108,10 +109,11 @@ class Admission:
 
     def _sync_capacity(self, runner: ConnectedRunner) -> None:
         # Also covers runners no hub listener announced (held by another replica).
-        capacity = max(runner.capacity, 1)
-        if self._capacity.get(runner.runner_id) != capacity:
-            self._capacity[runner.runner_id] = capacity
-            self.scheduler.set_capacity(runner.runner_id, capacity)
+        # Headroom arrives in status frames, so it is read at every admission.
+        slots = (max(runner.capacity, 1), runner_status(runner).headroom)
+        if self._capacity.get(runner.runner_id) != slots:
+            self._capacity[runner.runner_id] = slots
+            self.scheduler.set_capacity(runner.runner_id, *slots)
 
     # -- budgets ---------------------------------------------------------------
 
@@ -197,7 +199,8 @@ class Admission:
         runners = {}
         for runner_id, r in sched["runners"].items():
             runners[runner_id] = {
-                "capacity": r["capacity"], "in_flight": r["in_flight"], "queued": r["queued"],
+                "capacity": r["capacity"], "headroom": r["headroom"], "in_flight": r["in_flight"],
+                "in_headroom": r["in_headroom"], "queued": r["queued"],
                 "abandoned": r["abandoned"],
                 "queued_by_tenant": {label(t): n for t, n in r["queued_by_tenant"].items()},
                 "in_flight_by_tenant": {label(t): n for t, n in r["in_flight_by_tenant"].items()},

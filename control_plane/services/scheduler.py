@@ -37,6 +37,17 @@ weighted service differs by a bounded amount, independent of the interval.
 Counters are per runner: each runner is its own server, and the router decides
 which runner a request queues for.
 
+*Fair headroom* (VTC only). Without preemption, a tenant that was idle
+still waits for a running request to finish before its first one starts, however
+small its counter. A runner may advertise ``headroom`` engine slots beyond its
+``capacity`` (the runner starts its engine with that many more slots;
+docs/fairness.md): such a slot is granted only to a tenant with nothing in
+flight on the runner whose counter is at the backlogged minimum, i.e. the tenant
+VTC would dispatch next anyway. A tenant keeping the runner busy always has
+requests in flight, so it never gets a headroom slot and its own share of the
+regular slots is unchanged; the light tenant's request starts at once, batched
+with the others, instead of waiting for a slot to free.
+
 ``policy="fcfs"`` keeps the same queues and admission but dispatches in
 arrival order: the baseline the benchmarks compare against. Counters are kept
 under both policies so metrics are comparable.
@@ -123,6 +134,8 @@ class Ticket:
     prompt_tokens_estimate: int
     enqueued_at: float
     dispatched_at: float = 0.0
+    #: Holds one of the runner's headroom slots rather than a regular one.
+    headroom: bool = False
     prompt_tokens_charged: int = 0
     completion_tokens_charged: int = 0
     released: bool = False
@@ -143,7 +156,11 @@ class _Waiter:
 @dataclass(eq=False)
 class _RunnerState:
     capacity: int
+    headroom: int = 0
     in_flight: set[Ticket] = field(default_factory=set)
+    headroom_in_flight: int = 0
+    # Tickets in flight per tenant: headroom goes only to tenants with none.
+    tenant_in_flight: Counter[str] = field(default_factory=Counter)
     # Only backlogged tenants have an entry: an empty deque is deleted at once,
     # so ``tenant in queues`` means "backlogged" for the lift rule.
     queues: dict[str, deque[_Waiter]] = field(default_factory=dict)
@@ -158,10 +175,15 @@ class _RunnerState:
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
+    def regular_free(self) -> bool:
+        return len(self.in_flight) - self.headroom_in_flight < self.capacity
+
 
 class RunnerSnapshot(TypedDict):
     capacity: int
+    headroom: int
     in_flight: int
+    in_headroom: int
     queued: int
     abandoned: int
     in_flight_by_tenant: dict[str, int]
@@ -217,16 +239,20 @@ class FairScheduler:
         """The clock tickets are stamped with."""
         return self._clock()
 
-    def set_capacity(self, runner_id: str, capacity: int) -> None:
+    def set_capacity(self, runner_id: str, capacity: int, headroom: int | None = None) -> None:
         """Set how many requests may run at once; takes effect immediately.
 
-        Lowering it never interrupts running requests: new ones wait until
-        enough have been released.
+        ``headroom`` (left as it is when ``None``) is how many more the engine
+        can take for tenants with nothing in flight (VTC only; see the module
+        docstring). Lowering either never interrupts running requests: new
+        ones wait until enough have been released.
         """
-        if capacity < 0:
-            raise ValueError("capacity must be >= 0")
+        if capacity < 0 or (headroom is not None and headroom < 0):
+            raise ValueError("capacity and headroom must be >= 0")
         state = self._state(runner_id)
         state.capacity = capacity
+        if headroom is not None:
+            state.headroom = headroom
         self._pump(state)
 
     def forget_runner(self, runner_id: str) -> None:
@@ -273,9 +299,15 @@ class FairScheduler:
         )
         # _pump keeps "nobody waits while a slot is free", so a free slot means
         # this request jumps no one.
-        if len(state.in_flight) < state.capacity:
+        if state.regular_free():
             self._lift(state, tenant_id)
             self._dispatch(state, ticket)
+            return ticket
+        if self._headroom_for(state, tenant_id):
+            # VTC would pick this tenant next (nothing in flight, lowest
+            # counter): instead of waiting for a slot it starts at once.
+            self._lift(state, tenant_id)
+            self._dispatch(state, ticket, headroom=True)
             return ticket
         if state.queued() >= self._max_queue:
             raise QueueFull(runner_id, tenant_id, "runner")
@@ -350,7 +382,12 @@ class FairScheduler:
         state = ticket._runner
         if state is None:
             return
-        state.in_flight.discard(ticket)
+        if ticket in state.in_flight:
+            state.in_flight.discard(ticket)
+            state.headroom_in_flight -= ticket.headroom
+            state.tenant_in_flight[ticket.tenant_id] -= 1
+            if state.tenant_in_flight[ticket.tenant_id] <= 0:
+                del state.tenant_in_flight[ticket.tenant_id]
         if self._runners.get(ticket.runner_id) is state:
             self._pump(state)
 
@@ -364,10 +401,12 @@ class FairScheduler:
         for runner_id, state in self._runners.items():
             runners[runner_id] = RunnerSnapshot(
                 capacity=state.capacity,
+                headroom=state.headroom,
                 in_flight=len(state.in_flight),
+                in_headroom=state.headroom_in_flight,
                 queued=state.queued(),
                 abandoned=state.abandoned,
-                in_flight_by_tenant=dict(Counter(t.tenant_id for t in state.in_flight)),
+                in_flight_by_tenant=dict(state.tenant_in_flight),
                 queued_by_tenant={t: len(q) for t, q in state.queues.items()},
                 counters=dict(state.counters),
             )
@@ -386,9 +425,22 @@ class FairScheduler:
             floor = min(state.counters[t] for t in state.queues)
         state.counters[tenant_id] = max(state.counters.get(tenant_id, 0.0), floor)
 
-    def _dispatch(self, state: _RunnerState, ticket: Ticket) -> None:
+    def _headroom_for(self, state: _RunnerState, tenant_id: str) -> bool:
+        """May an arriving request of ``tenant_id`` take a headroom slot now?"""
+        if (self._policy != "vtc" or state.headroom_in_flight >= state.headroom
+                or tenant_id in state.tenant_in_flight or tenant_id in state.queues):
+            return False
+        # After the lift its counter is max(own, backlogged minimum): it is the
+        # next VTC pick only when its own counter is not above that minimum.
+        return not state.queues or state.counters.get(tenant_id, 0.0) <= min(
+            state.counters[t] for t in state.queues)
+
+    def _dispatch(self, state: _RunnerState, ticket: Ticket, *, headroom: bool = False) -> None:
         ticket.dispatched_at = self._clock()
         ticket._runner = state
+        ticket.headroom = headroom
+        state.headroom_in_flight += headroom
+        state.tenant_in_flight[ticket.tenant_id] += 1
         state.in_flight.add(ticket)
         state.last_dispatched = ticket.tenant_id
         # Charging the prompt estimate now, not when usage arrives, stops a
@@ -414,27 +466,33 @@ class FairScheduler:
                         ticket.tenant_id)
 
     def _pump(self, state: _RunnerState) -> None:
-        """Admit waiters while slots are free."""
-        while len(state.in_flight) < state.capacity:
-            waiter = self._pop_next(state)
-            if waiter is None:
+        """Admit waiters while slots are free: regular ones, then headroom for a tenant with none in flight."""
+        while state.queues:
+            tenant = self._next_tenant(state)
+            if state.regular_free():
+                headroom = False
+            elif (self._policy == "vtc" and state.headroom_in_flight < state.headroom
+                  and tenant not in state.tenant_in_flight):
+                headroom = True
+            else:
                 return
-            tenant = waiter.ticket.tenant_id
+            waiter = self._pop(state, tenant)
             if waiter.future.done():  # cancelled while queued; its task cleans up the rest
                 if tenant not in state.queues:
                     self._take_back_lift(state, tenant)
                 continue
             state.lifts.pop(tenant, None)
-            self._dispatch(state, waiter.ticket)
+            self._dispatch(state, waiter.ticket, headroom=headroom)
             waiter.future.set_result(waiter.ticket)
 
-    def _pop_next(self, state: _RunnerState) -> _Waiter | None:
-        if not state.queues:
-            return None
+    def _next_tenant(self, state: _RunnerState) -> str:
+        """The backlogged tenant dispatched next (``state.queues`` must not be empty)."""
         if self._policy == "vtc":
-            tenant = min(state.queues, key=lambda t: (state.counters[t], state.queues[t][0].seq))
-        else:
-            tenant = min(state.queues, key=lambda t: state.queues[t][0].seq)
+            return min(state.queues, key=lambda t: (state.counters[t], state.queues[t][0].seq))
+        return min(state.queues, key=lambda t: state.queues[t][0].seq)
+
+    @staticmethod
+    def _pop(state: _RunnerState, tenant: str) -> _Waiter:
         queue = state.queues[tenant]
         waiter = queue.popleft()
         if not queue:

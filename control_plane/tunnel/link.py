@@ -38,6 +38,8 @@ class RunnerLoad:
     completed: int = 0
     # Models whose engine the runner reports down (status.v1 unavailable_models).
     unavailable_models: tuple[str, ...] = ()
+    # Engine slots beyond capacity for tenants with nothing in flight (status.v1 headroom).
+    headroom: int = 0
     updated_at: float = field(default_factory=time.monotonic)
 
 
@@ -123,7 +125,8 @@ class Link:
         elif isinstance(frame, StatusFrame):
             self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy,
                                    completed=frame.completed,
-                                   unavailable_models=tuple(frame.unavailable_models))
+                                   unavailable_models=tuple(frame.unavailable_models),
+                                   headroom=frame.headroom)
         elif isinstance(frame, GoawayFrame):
             self.draining = True
         else:

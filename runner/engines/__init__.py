@@ -71,13 +71,14 @@ def build_engine(
         raise PlanRefusedError(plan.refusal or "the plan chose no engine")
     served = served_models(plan) if models is None else models
     if isinstance(settings, AttachSettings):
-        return AttachedEngine(url=settings.url, models=served, capacity=plan.capacity,
-                              api_key=api_key)  # fmt: skip
+        return AttachedEngine(url=settings.url, models=served, capacity=plan.capacity + plan.headroom,
+                              headroom=plan.headroom, api_key=api_key)  # fmt: skip
     if plan.model is None:
         raise PlanRefusedError(f"{plan.engine} needs a model")
     location = plan.model.location
     if isinstance(settings, XllamacppSettings):
         return XllamacppEngine(model_path=location, models=served, capacity=settings.slots,
+                               headroom=plan.headroom,
                                ctx=settings.ctx, threads=settings.threads,
                                gpu_layers=settings.gpu_layers)  # fmt: skip
     if isinstance(settings, LlamaCppPythonSettings):
@@ -87,7 +88,8 @@ def build_engine(
     return VllmEngine(
         model=location,
         models=served,
-        capacity=plan.capacity,
+        capacity=plan.capacity + plan.headroom,
+        headroom=plan.headroom,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_model_len=settings.max_model_len,

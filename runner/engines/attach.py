@@ -17,6 +17,9 @@ class AttachedEngine:
     url: str
     models: tuple[ServedModel, ...] = ()
     capacity: int = 4
+    #: Of ``capacity``, slots the control plane grants only to a tenant with
+    #: nothing in flight (fair headroom, docs/fairness.md); it admits the rest freely.
+    headroom: int = 0
     #: Sent by the tunnel on every request to the engine; kept out of repr and logs.
     api_key: str | None = field(default=None, repr=False)
     name: str = "attach"

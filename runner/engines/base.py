@@ -45,6 +45,9 @@ class EngineAdapter(Protocol):
     name: str
     #: Requests the engine serves at once; the control plane admits no more.
     capacity: int
+    #: Of those, slots kept for tenants with nothing in flight (fair headroom):
+    #: the runner advertises ``capacity - headroom`` and the headroom apart.
+    headroom: int
     models: tuple[ServedModel, ...]
 
     def launch_spec(self, port: int) -> LaunchSpec | None:

@@ -24,6 +24,7 @@ class LlamaCppPythonEngine:
     threads: int = 0
     gpu_layers: int = 0
     capacity: int = field(default=1, init=False)  # one request at a time, whatever is asked
+    headroom: int = field(default=0, init=False)
     name: str = "llama-cpp-python"
 
     def launch_spec(self, port: int) -> LaunchSpec:

@@ -41,6 +41,9 @@ class VllmEngine:
     model: str
     models: tuple[ServedModel, ...]
     capacity: int
+    #: Of ``capacity``, slots the control plane grants only to a tenant with
+    #: nothing in flight (fair headroom, docs/fairness.md); it admits the rest freely.
+    headroom: int = 0
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.90
     max_model_len: int | None = None

@@ -18,6 +18,9 @@ class XllamacppEngine:
     models: tuple[ServedModel, ...]
     #: Parallel slots; llama.cpp splits ``ctx`` evenly between them.
     capacity: int = 4
+    #: Of ``capacity``, slots the control plane grants only to a tenant with
+    #: nothing in flight (fair headroom, docs/fairness.md); it admits the rest freely.
+    headroom: int = 0
     ctx: int = 4096
     threads: int = 0
     gpu_layers: int = 0

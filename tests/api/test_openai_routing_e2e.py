@@ -27,7 +27,7 @@ import pytest
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
-LIGHT = ["--parallel", "1", "--ctx", "512"]
+LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
 
 
 class Cluster:

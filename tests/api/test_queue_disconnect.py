@@ -59,7 +59,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("queue-disconnect")
     url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
     cp = ControlPlaneProcess(tmp / "cp", url).start()
-    runner = RunnerProcess(cp, tmp / "runner", "one-slot", args=["--parallel", "1", "--ctx", "1024"])
+    runner = RunnerProcess(cp, tmp / "runner", "one-slot", args=["--parallel", "1", "--headroom", "0", "--ctx", "1024"])
     try:
         admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]
         runner.start()

@@ -46,7 +46,9 @@ class Cluster:
     def runner(self, url: str, name: str = "r1", connections: int = 1, parallel: int = 2) -> RunnerProcess:
         """Start a runner dialling ``url`` (a replica or a load balancer); enrolled through replica A."""
         r = RunnerProcess(self.a, self.tmp / name, name, url=url,
-                          args=["--connections", str(connections), "--parallel", str(parallel), "--ctx", "2048"])
+                          # No fair headroom: these tests count what waits when every slot is taken.
+                          args=["--connections", str(connections), "--parallel", str(parallel), "--headroom", "0",
+                                "--ctx", "2048"])
         self.runners.append(r)
         return r.start()
 

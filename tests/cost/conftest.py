@@ -90,8 +90,9 @@ def cost_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     cp = InThreadControlPlane(settings, clock).start()
     # RunnerProcess only needs the control plane's URL; the token is made here.
     shim = ControlPlaneProcess(tmp / "cp", url, port=settings.port)
+    # No fair headroom: the scheduling tests order what waits when the one slot is taken.
     runner = RunnerProcess(shim, tmp / "runner", "cost-runner",
-                           args=["--parallel", "1", "--usd-per-hour", str(USD_PER_HOUR)])
+                           args=["--parallel", "1", "--headroom", "0", "--usd-per-hour", str(USD_PER_HOUR)])
     try:
         token = run_db(url, lambda d: issue_enrollment_token(d, "runners", "cost-runner", 600))
         _, admin = run_db(url, lambda d: issue_api_key(d, "runners", "admin", True))

@@ -16,6 +16,7 @@ from control_plane.services.cost import DEFAULT_USD_PER_HOUR, EngineTimeMeter, h
 from control_plane.services.scheduler import FairScheduler, RunnerGone
 from control_plane.services.service_fairness import ServiceFairness
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from control_plane.tunnel.link import RunnerLoad
 from sdk.protocol import Usage
 
 
@@ -124,11 +125,18 @@ def test_hub_listener_keeps_capacity_in_step() -> None:
         closed = draining = False
         open_streams = 0
 
+        def __init__(self) -> None:
+            self.load = RunnerLoad()
+
     link = FakeLink()
     hub.attach(link, runner(capacity=3))  # type: ignore[arg-type]
     assert adm.scheduler.snapshot()["runners"]["run_1"]["capacity"] == 3
     hub.attach(FakeLink(), runner(capacity=5))  # type: ignore[arg-type]  # a later hello refreshes it
     assert adm.scheduler.snapshot()["runners"]["run_1"]["capacity"] == 5
+    for ln in hub.runners["run_1"].links:  # status frames bring the fair headroom, read at each admission
+        ln.load = RunnerLoad(headroom=1)
+    adm.runner_changed(hub.runners["run_1"], True)
+    assert adm.scheduler.snapshot()["runners"]["run_1"]["headroom"] == 1
     hub.detach(link)  # type: ignore[arg-type]
     assert "run_1" in adm.scheduler.snapshot()["runners"]  # one link left
     hub.detach(hub.runners["run_1"].links[0])

@@ -25,7 +25,7 @@ import pytest
 from runner.models import embedded_model_path
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
-LIGHT = ["--parallel", "1", "--ctx", "512"]
+LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
 # Hang detection within ~5 s; two failures in a row, so one slow answer on a busy machine is not a hang.
 CHECKS = ["--health-check-interval-s", "0.5", "--health-check-timeout-s", "2", "--health-check-failures", "2"]
 

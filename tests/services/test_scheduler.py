@@ -309,7 +309,9 @@ async def test_snapshot_reports_queues_and_counters() -> None:
         "runners": {
             R: {
                 "capacity": 1,
+                "headroom": 0,
                 "in_flight": 1,
+                "in_headroom": 0,
                 "queued": 1,
                 "abandoned": 0,
                 "in_flight_by_tenant": {"A": 1},
