@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import httpx
@@ -104,16 +105,17 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncCl
 async def _relay_sse(out: OutboundStream, resp: httpx.Response, public_name: str,
                      client_wants_usage: bool) -> Usage | None:
     usage: Usage | None = None
-    async for lines in line_batches(resp):
-        # Events that arrived together leave together: one data frame, one client write.
-        events: list[str] = []
-        for line in lines:
-            event, found = _sse_event(line, public_name, client_wants_usage)
-            usage = found or usage
-            if event is not None:
-                events.append(event)
-        if events:
-            await out.data("".join(events))
+    async with aclosing(line_batches(resp)) as batches:
+        async for lines in batches:
+            # Events that arrived together leave together: one data frame, one client write.
+            events: list[str] = []
+            for line in lines:
+                event, found = _sse_event(line, public_name, client_wants_usage)
+                usage = found or usage
+                if event is not None:
+                    events.append(event)
+            if events:
+                await out.data("".join(events))
     return usage
 
 

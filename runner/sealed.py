@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,18 +206,19 @@ class SealedRelay:
                 ctype = resp.headers.get("content-type", "application/json").split(";")[0]
                 pending.append(writer.head(resp.status_code, ctype))
                 if req.stream and resp.status_code == 200:
-                    async for lines in line_batches(resp):
-                        # Events that arrived together are sealed one by one but leave in one frame.
-                        sealed = 0
-                        for line in lines:
-                            event, found = _stream_event(line, public_name, wants_usage)
-                            usage = found or usage
-                            if event is not None:
-                                pending += writer.piece(event)
-                                sealed += 1
-                        if sealed:  # the head waits for the first event
-                            await out.data("".join(pending))
-                            pending = []
+                    async with aclosing(line_batches(resp)) as batches:
+                        async for lines in batches:
+                            # Events that arrived together are sealed one by one but leave in one frame.
+                            sealed = 0
+                            for line in lines:
+                                event, found = _stream_event(line, public_name, wants_usage)
+                                usage = found or usage
+                                if event is not None:
+                                    pending += writer.piece(event)
+                                    sealed += 1
+                            if sealed:  # the head waits for the first event
+                                await out.data("".join(pending))
+                                pending = []
                 else:
                     body, found = _whole_body(await resp.aread(), public_name)
                     usage = found or usage

@@ -1,26 +1,32 @@
-"""The relay reads the engine's SSE in network reads and sends what arrived together in one data frame.
+"""The relay reads the engine's SSE in batches and sends what arrived together in one data frame.
 
 The engine is an ``httpx.MockTransport`` whose answer arrives in the byte
-chunks a test chooses, so every split a socket can produce (mid-line, mid
-UTF-8 character, between ``\\r`` and ``\\n``) is exercised deterministically.
+chunks a test chooses, with a pause after each (``PAUSE``) so that each
+chunk is a batch of its own unless a test says otherwise; every split a
+socket can produce (mid-line, mid UTF-8 character, between ``\\r`` and
+``\\n``) is exercised deterministically.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
+import pytest
 
 from runner.relay import EngineEndpoint, relay
-from runner.sse import line_batches
+from runner.sse import MAX_READ_AHEAD, line_batches
 from runner.streams import OutboundStream
 from sdk.protocol import MAX_DATA_BYTES, DataFrame, EndFrame, RequestFrame, ResponseStartFrame
 
 MODEL = "m"
 ENGINE = EngineEndpoint("http://engine.test", {}, {MODEL: "upstream-m"})
 USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+PAUSE = 0.01  # between two chunks of the engine: the relay takes each alone
 
 
 def _event(obj: object) -> bytes:
@@ -31,21 +37,62 @@ def _delta(text: str) -> dict[str, Any]:
     return {"model": "upstream-m", "timings": {"x": 1}, "choices": [{"index": 0, "delta": {"content": text}}]}
 
 
-def _response(chunks: list[bytes]) -> httpx.Response:
+def _response(chunks: list[bytes], pause: float | None = PAUSE, fail: Exception | None = None) -> httpx.Response:
     async def body() -> AsyncIterator[bytes]:
         for c in chunks:
             yield c
+            if pause is not None:  # None: buffered chunks, taken without waiting for I/O
+                await asyncio.sleep(pause)
+        if fail is not None:
+            raise fail
 
     return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
 
-async def _batches(chunks: list[bytes]) -> list[list[str]]:
-    return [b async for b in line_batches(_response(chunks))]
+async def _batches(chunks: list[bytes], pause: float | None = PAUSE) -> list[list[str]]:
+    async with aclosing(line_batches(_response(chunks, pause))) as batches:
+        return [b async for b in batches]
 
 
-async def test_lines_are_grouped_by_the_read_that_completed_them() -> None:
+async def test_lines_are_grouped_by_the_chunk_that_completed_them() -> None:
     batches = await _batches([b"data: a\n\ndata: b\n\n", b"data: c\n", b"\n"])
     assert batches == [["data: a", "", "data: b", ""], ["data: c"], [""]]
+
+
+async def test_chunks_already_read_when_the_caller_asks_are_one_batch() -> None:
+    # No pause: the engine's chunks are all buffered, as when the relay fell behind.
+    batches = await _batches([b"data: a\n\n", b"data: b\n\n", b"data: c\n\n"], pause=None)
+    assert batches == [["data: a", "", "data: b", "", "data: c", ""]]
+
+
+async def test_the_reader_stops_when_the_caller_does_not_take_its_batches() -> None:
+    # A relay waiting for flow-control credit: the reader must not buffer the whole answer.
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(1000):
+            pulled += 1
+            yield b"data: " + b"x" * 1000 + b"\n\n"
+
+    resp = httpx.Response(200, content=body())
+    async with aclosing(line_batches(resp)) as batches:
+        first = await anext(batches)
+        await asyncio.sleep(0.05)  # the caller is busy; the reader runs ahead, then waits
+        assert pulled * 1000 < 3 * MAX_READ_AHEAD, pulled  # the batch taken and one read ahead
+        assert len(first) >= 2
+    await asyncio.sleep(0)
+    assert pulled < 1000, "closing the batches stopped the reader"
+
+
+async def test_a_read_error_reaches_the_caller_after_the_lines_before_it() -> None:
+    resp = _response([b"data: a\n\n"], fail=httpx.ReadError("engine went away"))
+    got: list[str] = []
+    with pytest.raises(httpx.ReadError):
+        async with aclosing(line_batches(resp)) as batches:
+            async for lines in batches:
+                got += lines
+    assert got == ["data: a", ""]
 
 
 async def test_a_line_split_across_reads_is_joined() -> None:
