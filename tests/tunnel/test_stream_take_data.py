@@ -7,6 +7,8 @@ the frames one by one.
 
 from __future__ import annotations
 
+from control_plane.cluster.remote import RemoteLink, RemoteStream
+from control_plane.openai.admission import HolderAdmitted
 from control_plane.tunnel.stream import LinkClosed, Stream
 from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
 
@@ -63,3 +65,26 @@ async def test_credit_is_granted_for_joined_data_as_for_single_frames() -> None:
     await st.consumed(len(data))
     assert g.granted == [16 * 1024]
     st.deliver(DataFrame(stream_id=1, data="y" * 16 * 1024))  # accepted: the window was granted back
+
+
+async def test_a_stream_relayed_through_another_replica_takes_data_the_same_way() -> None:
+    # The cluster's RemoteStream is read by the same SSE relay (openai/serving.py).
+    sent: list[tuple[str, str, object]] = []
+
+    async def send(replica: str, kind: str, key: str, payload: object) -> bool:
+        sent.append((kind, key, payload))
+        return True
+
+    link = RemoteLink("replica-b", "run_x", send, lambda st, key: None, stream_window=16 * 1024)
+    st = RemoteStream("k", 16 * 1024, link)
+    st.admitted(0.0)
+    st.deliver(ResponseStartFrame(stream_id=1, status=200))
+    for part in ("a", "b", "c"):
+        st.deliver(DataFrame(stream_id=1, data=part))
+    st.deliver(EndFrame(stream_id=1))
+    assert isinstance(await st.next_event(), HolderAdmitted)
+    assert st.take_data() == "", "only data frames are taken ahead"
+    assert isinstance(await st.next_event(), ResponseStartFrame)
+    assert (await st.next_event()).data == "a"
+    assert st.take_data() == "bc"
+    assert isinstance(await st.next_event(timeout=1), EndFrame)
