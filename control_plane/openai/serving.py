@@ -284,7 +284,9 @@ def _pick(state: AppState, call: InferenceCall, failed: set[int], tried: set[str
     """The best runner not tried yet (else one tried on another link), its link, and whether it is full."""
     # Only runners serving the model (the hub's index); with Redis, also those other replicas hold.
     model = call.route.model if call.route is not None else call.model
-    runners = [r for r in state.hub.runners_for(model) if call.runner_id in (None, r.runner_id)]
+    runners = state.hub.runners_for(model)
+    if call.runner_id is not None:  # sealed to one runner (end-to-end)
+        runners = [r for r in runners if r.runner_id == call.runner_id]
     # Each runner tried or link failed can skip at most one candidate: one more is always fresh.
     decision = state.router.route(runners, call.route, limit=len(tried) + len(failed) + 1)  # type: ignore[arg-type]
     outcome.decision = decision
