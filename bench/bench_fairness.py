@@ -263,7 +263,7 @@ def fmt(v: float | None, digits: int = 2) -> str:
 
 
 def table(results: list[dict], solo: dict, args: argparse.Namespace, engine_desc: str, started_load: str,
-          capacity: int) -> str:
+          capacity: int, headroom: int) -> str:
     def mean(rows: list[dict], key: str) -> float | None:
         vals = [r[key] for r in rows if r[key] is not None]
         return statistics.fmean(vals) if vals else None
@@ -273,7 +273,9 @@ def table(results: list[dict], solo: dict, args: argparse.Namespace, engine_desc
         f"### {title}",
         "",
         f"Machine: {started_load}.",
-        f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that many at once).",
+        (f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that many at once) and "
+         f"fair headroom {headroom} (engine slots granted under VTC only to a tenant with nothing in flight at the "
+         "lowest counter; unused under FCFS)."),
         (f"Every request: the same prompt, {args.max_tokens} output tokens on average (uniform within "
          f"±{args.spread:.0%}, `ignore_eos`), streamed. "
          f"Clients send back to back. {args.duration:g} s per phase, the first {args.warmup:g} s not counted; "
@@ -360,6 +362,8 @@ def main() -> None:
     p.add_argument("--heavy", type=int, default=10, help="tenant A's concurrent clients")
     p.add_argument("--light", type=int, default=1, help="tenant B's concurrent clients")
     p.add_argument("--parallel", type=int, default=2, help="runner slots (its advertised capacity)")
+    p.add_argument("--headroom", type=int, default=1,
+                   help="fair-headroom engine slots beyond --parallel (the runner's default is 1; 0: plain VTC)")
     p.add_argument("--threads", type=int, default=1, help="llama.cpp threads (more spin-wait on a busy machine)")
     p.add_argument("--max-tokens", type=int, default=32, help="mean output tokens per request")
     p.add_argument("--spread", type=float, default=0.5, help="output tokens uniform in mean x (1 +- spread)")
@@ -393,16 +397,19 @@ def bench(args: argparse.Namespace) -> None:
         # B's admin reads the fairness snapshot; the runner belongs to the default tenant.
         admin = cp.cli("keys", "create", "admin", "--tenant", "tenant-b", "--admin").splitlines()[-1]
         operator = cp.api_key("default", "operator")
-        runner_args = ["--parallel", str(args.parallel)]
+        runner_args = ["--parallel", str(args.parallel), "--headroom", str(args.headroom)]
         if args.engine == "sim":
             sim_port = free_port()
+            # An attached engine's headroom is carved out of its slots: give it that many more.
+            slots = args.parallel + args.headroom
+            runner_args[1] = str(slots)
             sim = subprocess.Popen([sys.executable, __file__, "--serve-sim-engine", str(sim_port),
-                                    "--parallel", str(args.parallel), "--sim-prefill-tps", str(args.sim_prefill_tps),
+                                    "--parallel", str(slots), "--sim-prefill-tps", str(args.sim_prefill_tps),
                                     "--sim-decode-tps", str(args.sim_decode_tps)])
             wait_until(lambda: httpx.get(f"http://127.0.0.1:{sim_port}/v1/models").status_code == 200, 30, "sim")
             runner_args += ["--attach", f"http://127.0.0.1:{sim_port}"]
             model = "sim"
-            engine_desc = (f"simulated OpenAI server behind a real runner (`--attach`): {args.parallel} slots, "
+            engine_desc = (f"simulated OpenAI server behind a real runner (`--attach`): {slots} slots, "
                            f"prefill {args.sim_prefill_tps:g} tok/s, decode {args.sim_decode_tps:g} tok/s per "
                            "request, whatever the batch")
         else:
@@ -422,9 +429,9 @@ def bench(args: argparse.Namespace) -> None:
         solo_summary = summarize(solo, min(args.warmup, args.solo / 3))
         print(json.dumps(solo_summary), flush=True)
 
-        capacity = int(next(iter(httpx.get(f"{url}/api/fairness/service", timeout=10,
-                                            headers={"Authorization": f"Bearer {admin}"}).json()["runners"].values()))
-                       ["capacity"])
+        snap = next(iter(httpx.get(f"{url}/api/fairness/service", timeout=10,
+                                   headers={"Authorization": f"Bearer {admin}"}).json()["runners"].values()))
+        capacity, headroom = int(snap["capacity"]), int(snap["headroom"])
         known = {"light": {"A": args.heavy, "B": args.light}, "backlogged": {"A": 10 * capacity, "B": capacity}}
         scenarios = {name: known[name] for name in args.scenarios.split(",")}
         order = []
@@ -447,7 +454,7 @@ def bench(args: argparse.Namespace) -> None:
                                          headers={"Authorization": f"Bearer {admin}"}).json()
                 results.append({"scenario": scenario, **summarize(phase, args.warmup)})
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "server"}), flush=True)
-        text = table(results, solo_summary, args, engine_desc, started, capacity)
+        text = table(results, solo_summary, args, engine_desc, started, capacity, headroom)
         print(text)
         if args.json:
             args.json.write_text(json.dumps({"solo": solo_summary, "phases": results}, indent=2))
