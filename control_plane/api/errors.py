@@ -7,18 +7,15 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from control_plane.db.engine import DATABASE_DOWN
 from control_plane.errors import ApiError, error_body
 
 log = logging.getLogger("outpost.api")
 
 __all__ = ["install_error_handlers"]
 
-#: "The database is busy or gone right now" (connection refused or dropped, pool exhausted): the client
-#: may retry; nothing was accepted, since every request reads the database before it is accepted.
-_DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
 
 
 #: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never sent:
@@ -89,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("The database is unavailable; retry shortly.", "service_unavailable",
                                        "database_unavailable"), status_code=503, headers={"Retry-After": "2"})
 
-    for kind in _DATABASE_DOWN:
+    for kind in DATABASE_DOWN:
         app.add_exception_handler(kind, _database_down)
 
     @app.exception_handler(Exception)

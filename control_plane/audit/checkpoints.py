@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.chain import Head, lock_head, read_head, utc_ts
 from control_plane.audit.keys import AuditKeyPair, AuditSigner
-from control_plane.db.engine import Database
+from control_plane.db.engine import Database, database_down
 from control_plane.db.models import AuditCheckpoint, AuditHead, AuditKey
 from control_plane.settings import Settings
 
@@ -94,6 +94,7 @@ class Checkpointer:
         self.db, self.signer, self.every_n, self.every_s = db, signer, every_n, every_s
         self.poll_s = min(1.0, every_s)
         self._task: asyncio.Task[None] | None = None
+        self._down = False  # the last attempt found the database unavailable
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings) -> Checkpointer:
@@ -115,8 +116,15 @@ class Checkpointer:
                         await session.commit()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("audit checkpoint failed")
+            except Exception as exc:
+                if not database_down(exc):
+                    log.exception("audit checkpoint failed")
+                elif not self._down:
+                    # Once per outage: the next due checkpoint covers what this one would have.
+                    log.warning("audit checkpoint skipped: database unavailable (%s)", type(exc).__name__)
+                self._down = True
+            else:
+                self._down = False
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -13,7 +14,15 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-__all__ = ["Database", "sync_url"]
+__all__ = ["DATABASE_DOWN", "Database", "database_down", "sync_url"]
+
+#: "The database is busy or gone right now" (connection refused or dropped, pool exhausted): worth
+#: a retry later, and an expected state during a failover, not a bug to log with a traceback.
+DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
+
+
+def database_down(exc: BaseException) -> bool:
+    return isinstance(exc, DATABASE_DOWN) or bool(getattr(exc, "connection_invalidated", False))
 
 
 def sync_url(url: str) -> str:

@@ -39,6 +39,8 @@ __all__ = ["InferenceCall", "serve_inference"]
 
 log = logging.getLogger("outpost.serving")
 _DONE = "data: [DONE]\n\n"
+# After the client has had `[DONE]`, how long the runner's end frame (usage) may take.
+_END_AFTER_DONE_S = 10.0
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -422,12 +424,14 @@ async def _events(opened: _Opened) -> AsyncIterator[DataFrame | EndFrame | Reset
 
 async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> AsyncIterator[str]:
     finished = False
+    answered = False  # the client has had the engine's closing `data: [DONE]`
     try:
         async for ev in _events(opened):
             if isinstance(ev, DataFrame):
                 # Data that queued up behind this frame goes out in the same write.
                 data = ev.data + opened.stream.take_data()
                 outcome.bytes_out += len(data)
+                answered = data.endswith(_DONE)
                 yield data
                 await opened.stream.consumed(len(data))
             elif isinstance(ev, EndFrame):
@@ -445,14 +449,42 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
                                       "runner_lost").decode()
                 yield _DONE
     finally:
-        outcome.settle()
-        if not finished:
-            outcome.status, outcome.error_type = "cancelled", "client_disconnected"
-            opened.link.close_stream(opened.stream)
-            _spawn(opened.stream.cancel("client disconnected"))
-        _observe(state, opened, outcome)
-        _count(state, outcome)
-        _write_record(state, outcome)
+        if not finished and answered:
+            # The client read the whole answer and hung up before the runner's end frame
+            # (with the usage) arrived: the request succeeded; wait for that frame off the client's task.
+            _spawn(_finish_answered(state, opened, outcome))
+        else:
+            if not finished:
+                _abandon(opened, outcome)
+            _close_out(state, opened, outcome)
+
+
+def _abandon(opened: _Opened, outcome: _Outcome) -> None:
+    outcome.status, outcome.error_type = "cancelled", "client_disconnected"
+    opened.link.close_stream(opened.stream)
+    _spawn(opened.stream.cancel("client disconnected"))
+
+
+def _close_out(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
+    outcome.settle()
+    _observe(state, opened, outcome)
+    _count(state, outcome)
+    _write_record(state, outcome)
+
+
+async def _finish_answered(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
+    try:
+        while True:
+            ev = await opened.stream.next_event(_END_AFTER_DONE_S)
+            if isinstance(ev, EndFrame):
+                _take_usage(outcome, ev)
+                break
+            if not isinstance(ev, DataFrame | ResponseStartFrame):
+                break  # the runner went away after answering: the answer stands, without usage
+    except Exception:  # noqa: BLE001 - a timeout or a dropped stream: stop the engine, keep the record
+        _abandon(opened, outcome)
+    finally:
+        _close_out(state, opened, outcome)
 
 
 async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:

@@ -43,11 +43,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect
 
 from control_plane.audit.events import record_inferences
-from control_plane.db.engine import Database
+from control_plane.db.engine import Database, database_down
 from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError
 from control_plane.settings import Settings
@@ -58,13 +57,9 @@ __all__ = ["RecordWriter"]
 
 log = logging.getLogger("outpost.records")
 
-#: Errors that say "the database is busy or gone right now": retry the same batch.
-_TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError,
-              ConnectionError, TimeoutError, OSError)
-
-
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT) or bool(getattr(exc, "connection_invalidated", False))
+    """The database is busy or gone right now: retry the same batch."""
+    return database_down(exc) or isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
 class RecordWriter:

@@ -1,0 +1,105 @@
+"""The SSE relay when the client hangs up: after the whole answer, or in the middle of it.
+
+The race this pins down: the engine's closing ``data: [DONE]`` reaches the
+client, which closes the connection, before the runner's end frame (with the
+usage) reaches the control plane — likelier when the stream is relayed through
+another replica (tests/cluster/test_relay.py). The answer was delivered: the
+record must say ``ok`` with the usage, not ``cancelled``.
+
+The tunnel stream is the real ``Stream``; the application state around it is
+an honest stand-in that records what the relay hands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from control_plane.openai import serving
+from control_plane.openai.serving import InferenceCall, _Opened, _Outcome, _relay_stream
+from control_plane.tunnel.stream import Stream
+from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
+
+MODEL = "smollm2-135m-instruct"
+BODY = '{"messages": [{"role": "user", "content": "Say hello to the whole world"}], "max_tokens": 8}'
+
+
+class _State(SimpleNamespace):
+    def __init__(self) -> None:
+        records: list[Any] = []
+        super().__init__(
+            records=SimpleNamespace(submit=records.append), saved=records,
+            router=SimpleNamespace(observe=lambda *a, **k: None),
+            hub=SimpleNamespace(is_served=lambda model: True),
+            metrics=SimpleNamespace(observe_inference=lambda **k: None))
+
+
+def _relay(state: _State) -> tuple[Any, Stream, list[str]]:
+    resets: list[str] = []
+
+    async def grant(stream_id: int, n: int) -> None:
+        pass
+
+    async def reset(stream_id: int, reason: str) -> None:
+        resets.append(reason)
+
+    stream = Stream(1, window=1 << 20, grant=grant, reset=reset)
+    start = ResponseStartFrame(stream_id=1, status=200, content_type="text/event-stream")
+    stream.deliver(start)
+    first = DataFrame(stream_id=1, data='data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
+    stream.deliver(first)
+    stream._events.get_nowait(), stream._events.get_nowait()  # serve_inference read these two already
+    call = InferenceCall(tenant_id="ten_1", api_key_id=None, endpoint="/v1/chat/completions", model=MODEL,
+                         body=BODY, stream=True)
+    opened = _Opened(runner=SimpleNamespace(runner_id="run_1"),  # type: ignore[arg-type]
+                     link=SimpleNamespace(close_stream=lambda s: None),  # type: ignore[arg-type]
+                     stream=stream, start=start, first=first, attempts=1)
+    return _relay_stream(state, opened, _Outcome(call)), stream, resets  # type: ignore[arg-type]
+
+
+async def _settled() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await asyncio.gather(*serving._background)
+
+
+async def test_hanging_up_after_done_keeps_the_request_ok_with_its_usage() -> None:
+    state = _State()
+    body, stream, resets = _relay(state)
+    assert "Hi" in await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
+    assert (await anext(body)).endswith("data: [DONE]\n\n")
+    await body.aclose()  # the client closed the connection; the end frame is still on its way
+    assert state.saved == []  # not written as cancelled in the meantime
+    stream.deliver(EndFrame(stream_id=1, usage=Usage(prompt_tokens=7, completion_tokens=2)))
+    await _settled()
+    [record] = state.saved
+    assert (record.status, record.error_type) == ("ok", None)
+    assert (record.prompt_tokens, record.completion_tokens) == (7, 2)
+    assert resets == []  # the engine had finished: nothing to stop
+
+
+async def test_hanging_up_mid_answer_cancels_the_engine_and_says_so() -> None:
+    state = _State()
+    body, stream, resets = _relay(state)
+    assert "Hi" in await anext(body)
+    await body.aclose()
+    await _settled()
+    [record] = state.saved
+    assert (record.status, record.error_type) == ("cancelled", "client_disconnected")
+    assert resets == ["client disconnected"]
+
+
+async def test_an_end_frame_that_never_comes_stops_the_stream_and_keeps_the_record(monkeypatch) -> None:
+    monkeypatch.setattr(serving, "_END_AFTER_DONE_S", 0.05)
+    state = _State()
+    body, stream, resets = _relay(state)
+    await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
+    await anext(body)
+    await body.aclose()
+    await asyncio.sleep(0.1)
+    await _settled()
+    [record] = state.saved
+    assert record.status == "cancelled" and resets == ["client disconnected"]
