@@ -45,11 +45,14 @@ async def test_real_engine_serves_and_is_restarted_after_kill_9(make, tmp_path: 
             first_pid = sup.proc.pid
             os.killpg(first_pid, signal.SIGKILL)
             # The watcher notices the death and brings the engine back.
+            # At least one restart: on a loaded machine the new engine may also miss its health
+            # checks while it warms up and be restarted again; what matters is that it comes back.
             for _ in range(600):
                 await asyncio.sleep(0.2)
-                if sup.restarts == 1 and sup.healthy.is_set():
+                if sup.restarts >= 1 and sup.healthy.is_set():
                     break
-            assert sup.restarts == 1 and sup.healthy.is_set()
+            log_tail = (tmp_path / "engine.log").read_text(errors="replace")[-2000:]
+            assert sup.restarts >= 1 and sup.healthy.is_set(), (sup.restarts, log_tail)
             assert sup.proc.pid != first_pid
             assert await _chat(http, sup) is not None
         finally:
