@@ -333,6 +333,111 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+async def engine_hop(seconds: float, rounds: int) -> str:
+    """The runner's engine hop alone, in this process: its client vs a lean one, same load.
+
+    64 paced streams (64 tokens at 50 tok/s, ramped in as in the steady scenario) to the
+    simulated engine, each event's JSON parsed as the relay does; CPU seconds of this process
+    in the window ÷ requests sent in it. ``httpx`` is the runner's client (``runner/agent.py``'s
+    limits, ``runner.sse.line_batches``); ``lean`` is one keep-alive connection per stream on
+    asyncio streams + ``httptools`` (what ``bench/load.py`` does).
+    """
+    from contextlib import aclosing
+
+    import httptools
+    import httpx
+
+    from runner.sse import line_batches
+
+    streams, tokens, rate = 64, 64, 50.0
+    started = machine()
+    tmp = Path(__import__("tempfile").mkdtemp(prefix="outpost-hop-"))
+    engine = start_engine("sim", parallel=256, log_dir=tmp)
+    payload = json.loads(chat_body("sim", tokens, sim_tokens_per_s=rate))
+    payload["stream_options"] = {"include_usage": True}  # as the relay asks
+    body = json.dumps(payload).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{engine.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+
+    def event(line: str) -> None:
+        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+            json.loads(line[5:])
+
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+
+    async def via_httpx(_: int) -> None:
+        async with (http.stream("POST", engine.url + "/v1/chat/completions", json=payload, timeout=None) as resp,
+                    aclosing(line_batches(resp)) as batches):
+            async for lines in batches:
+                for line in lines:
+                    event(line)
+
+    class Lean:
+        def __init__(self) -> None:
+            self.done, self.tail, self.p = False, b"", httptools.HttpResponseParser(self)
+
+        def on_body(self, data: bytes) -> None:
+            data = self.tail + data
+            cut = data.rfind(b"\n")
+            self.tail = data[cut + 1 :]
+            for line in data[:cut].decode().splitlines():
+                event(line)
+
+        def on_message_complete(self) -> None:
+            self.done = True
+
+    conns = [Conn("127.0.0.1", engine.port) for _ in range(streams)]
+
+    async def via_lean(i: int) -> None:
+        c = conns[i]
+        if c.writer is None:
+            await c.open()
+        assert c.writer is not None and c.reader is not None
+        c.writer.write(head + body)
+        parser = Lean()
+        while not parser.done:
+            data = await c.reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("engine closed the connection")
+            parser.p.feed_data(data)
+
+    async def drive(one) -> tuple[int, float]:
+        ramp = tokens / rate
+        t0 = time.perf_counter() + ramp
+        end = t0 + seconds
+        sent = 0
+
+        async def worker(i: int) -> None:
+            nonlocal sent
+            await asyncio.sleep(i * ramp / streams)
+            while time.perf_counter() < end:
+                sent += time.perf_counter() >= t0
+                await one(i)
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(streams)]
+        await asyncio.sleep(t0 - time.perf_counter())
+        cpu0 = time.process_time()
+        await asyncio.sleep(end - time.perf_counter())
+        cpu = time.process_time() - cpu0
+        await asyncio.gather(*tasks)
+        return sent, cpu
+
+    lines = ["| round | client | requests | CPU s | CPU ms per request |", "|---:|---|---:|---:|---:|"]
+    try:
+        for r in range(rounds):
+            for name, one in (("httpx (the runner's)", via_httpx), ("lean (asyncio + httptools)", via_lean)):
+                n, cpu = await drive(one)
+                lines.append(f"| {r + 1} | {name} | {n} | {cpu:.2f} | {cpu / n * 1e3:.2f} |")
+    finally:
+        await http.aclose()
+        for c in conns:
+            c.close()
+        engine.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return (f"Engine hop alone (`--engine-hop`), {started}; {load_at_end()}; {seconds:g} s windows.\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
@@ -352,7 +457,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--note", default="", help="load on the machine etc., printed with the table")
     p.add_argument("--json", type=Path, help="also write every number here")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--engine-hop", action="store_true", help="only the runner's engine hop: its httpx client vs "
+                   "a lean asyncio + httptools one, CPU per request at 64 steady streams (printed, not written)")
     args = p.parse_args(argv)
+    if args.engine_hop:
+        text = run_async(engine_hop(args.phase_s or 8.0, args.rounds or 2))
+        print(text)
+        return {"text": text}
     args.rounds = args.rounds or (6 if args.full else 3)
     args.phase_s = args.phase_s or (8.0 if args.full else 3.0)
     args.llama_phase_s = args.llama_phase_s or (15.0 if args.full else 6.0)
