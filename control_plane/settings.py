@@ -101,6 +101,9 @@ class Settings(BaseSettings):
                                        "while the database cannot take request records (nothing is dropped).")
     records_drain_s: float = Field(default=30.0, ge=0, description="At shutdown, how long to wait for queued "
                                    "request records to be written.")
+    records_spill_file: Path | None = Field(
+        default=None, description="Where request records still unwritten at shutdown are saved (JSON lines, mode "
+        "0600) and replayed from at the next start; empty means <state_dir>/unwritten-records.jsonl.")
 
     # Several replicas (docs/deploy.md): Redis relays requests to the replica holding a runner's tunnel.
     redis_url: str = Field(default="", description="Redis URL (redis://host:6379/0) shared by control-plane "

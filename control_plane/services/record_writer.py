@@ -27,7 +27,9 @@ Nothing accepted is lost:
   accepted. Requests already running still submit their records, so memory
   is bounded by ``max_queue`` plus the requests in flight;
 * :meth:`stop` (the app's lifespan) drains the queue before the database
-  closes, and logs at ERROR whatever it could not write in ``drain_s``.
+  closes; what it could not write in ``drain_s`` goes to the spill file
+  (services/record_spill.py), which :meth:`start` replays (without a spill
+  file: logged at ERROR with every field).
 
 :meth:`flush` waits until everything submitted so far is committed — for
 tests and for code that must read its own records back.
@@ -41,6 +43,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import inspect
@@ -49,6 +52,7 @@ from control_plane.audit.events import record_inferences
 from control_plane.db.engine import Database, database_down
 from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError
+from control_plane.services.record_spill import load_spilled, spill
 from control_plane.settings import Settings
 from control_plane.store.budgets import committed_ids
 from control_plane.store.records import add_request_records
@@ -65,8 +69,10 @@ def _transient(exc: BaseException) -> bool:
 class RecordWriter:
     def __init__(self, db: Database, *, max_queue: int = 10_000, max_batch: int = 256,
                  retry_initial_s: float = 0.05, retry_max_s: float = 5.0, drain_s: float = 30.0,
-                 on_committed: Callable[[list[str]], None] | None = None) -> None:
+                 on_committed: Callable[[list[str]], None] | None = None, spill_path: Path | None = None) -> None:
         self.db = db
+        self.spill_path = spill_path
+        self._replaying: set[str] = set()  # spilled ids not yet written again; the file goes when it empties
         self.max_queue, self.max_batch = max_queue, max_batch
         self.retry_initial_s, self.retry_max_s, self.drain_s = retry_initial_s, retry_max_s, drain_s
         self.on_committed = on_committed  # ids just committed (budgets stop counting them as pending)
@@ -75,20 +81,21 @@ class RecordWriter:
         self._committed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        # Counters: submitted == written + failed + queued (+ the batch in hand).
-        self.submitted = self.written = self.failed = self.batches = self.retries = 0
+        # Counters: submitted == written + failed + spilled + queued (+ the batch in hand).
+        self.submitted = self.written = self.failed = self.spilled = self.batches = self.retries = 0
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings,
                       on_committed: Callable[[list[str]], None] | None = None) -> RecordWriter:
         return cls(db, max_queue=settings.records_queue_max, max_batch=settings.records_batch_max,
                    retry_max_s=settings.records_retry_max_s, drain_s=settings.records_drain_s,
-                   on_committed=on_committed)
+                   on_committed=on_committed,
+                   spill_path=settings.records_spill_file or settings.state_dir / "unwritten-records.jsonl")
 
     @property
     def queued(self) -> int:
         """Records submitted and not yet committed (or given up)."""
-        return self.submitted - self.written - self.failed
+        return self.submitted - self.written - self.failed - self.spilled
 
     # -- the request path ------------------------------------------------------
 
@@ -114,11 +121,12 @@ class RecordWriter:
         """Wait until every record submitted before this call is committed (or given up)."""
         target = self.submitted
         async with asyncio.timeout(timeout), self._committed:
-            await self._committed.wait_for(lambda: self.written + self.failed >= target)
+            await self._committed.wait_for(lambda: self.written + self.failed + self.spilled >= target)
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._replay()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="record-writer")
 
     async def stop(self) -> None:
@@ -136,6 +144,14 @@ class RecordWriter:
             except asyncio.CancelledError:
                 pass
         self._task = None
+        if self._queue and self.spill_path is not None:
+            try:
+                self.spilled += spill(self.spill_path, [_fields(r) for r in self._queue])
+                log.error("shutting down with %d request records not written (database unavailable for %gs); "
+                          "saved to %s, written at the next start", len(self._queue), self.drain_s, self.spill_path)
+                self._queue.clear()
+            except OSError as exc:
+                log.error("could not save unwritten request records to %s: %s", self.spill_path, exc)
         if self._queue:
             log.error("shutting down with %d request records not written (database unavailable for %gs):",
                       len(self._queue), self.drain_s)
@@ -144,6 +160,32 @@ class RecordWriter:
                 log.error("request record not written: %s", _fields(self._queue.popleft()))
         async with self._committed:  # flush() waiters: nothing more will be written
             self._committed.notify_all()
+
+    async def _replay(self) -> None:
+        """Queue the records the last shutdown saved, skipping those the database already has."""
+        path = self.spill_path
+        if path is None or not path.exists():
+            return
+        rows = load_spilled(path)
+        columns = set(_columns())
+        try:
+            async with self.db.session() as session:
+                done: set[str] = set()
+                for i in range(0, len(rows), 500):
+                    done |= await committed_ids(session, [r["id"] for r in rows[i:i + 500]])
+        except Exception as exc:  # noqa: BLE001 - the file stays for the next start
+            log.error("could not replay the request records in %s yet (%s); they stay there", path, exc)
+            return
+        records = [RequestRecord(**{k: v for k, v in row.items() if k in columns})
+                   for row in rows if row["id"] not in done]
+        if not records:
+            path.unlink(missing_ok=True)
+            return
+        log.warning("writing %d request records saved at the last shutdown (%s)", len(records), path)
+        self._replaying = {r.id for r in records}
+        self.submitted += len(records)
+        self._queue.extendleft(reversed(records))  # older than anything submitted from now on
+        self._wake.set()
 
     # -- the writer task -------------------------------------------------------
 
@@ -222,6 +264,12 @@ class RecordWriter:
 
     def _done(self, ids: list[str]) -> None:
         self.written += len(ids)
+        if self._replaying:
+            self._replaying.difference_update(ids)
+            if not self._replaying and self.spill_path is not None:
+                self.spill_path.unlink(missing_ok=True)
+                log.warning("the request records saved at the last shutdown are written; removed %s",
+                            self.spill_path)
         if self.on_committed is not None:
             try:
                 self.on_committed(ids)

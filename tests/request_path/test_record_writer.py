@@ -262,3 +262,45 @@ async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
         assert any(bad.id in rec.getMessage() for rec in caplog.records), "never dropped silently"
     finally:
         await db.dispose()
+
+
+@BACKENDS
+async def test_records_unwritten_at_shutdown_are_saved_and_written_once_at_the_next_start(
+        fresh_database_url: str, tmp_path) -> None:
+    upgrade_to_head(fresh_database_url)
+    spill_path = tmp_path / "unwritten-records.jsonl"
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        writer = RecordWriter(db, max_batch=4, drain_s=0.5, retry_max_s=0.1, spill_path=spill_path)
+        await writer.start()
+        records = [_record(tenant) for _ in range(10)]
+        with database_held(fresh_database_url):  # the database takes nothing until after the drain
+            for r in records:
+                writer.submit(r)
+            await writer.stop()
+        assert writer.written == 0 and writer.failed == 0 and writer.spilled == 10 and writer.queued == 0
+        assert rows(fresh_database_url, "SELECT id FROM request_records") == []
+        assert spill_path.stat().st_mode & 0o777 == 0o600
+        # A torn line (a crash while appending) and one record spilled twice: skipped, written once.
+        with spill_path.open("a") as f:
+            f.write(spill_path.read_text().splitlines()[0] + "\n" + '{"id": "req_torn", "tenant')
+
+        again = RecordWriter(db, spill_path=spill_path)
+        await again.start()
+        await again.flush(30)
+        await again.stop()
+        assert again.written == 10 and again.failed == 0
+        assert sorted(r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")) == sorted(
+            r.id for r in records)
+        assert sorted(inference_events(fresh_database_url)) == sorted(r.id for r in records)
+        assert all(len(seqs) == 1 for seqs in inference_events(fresh_database_url).values())
+        assert not spill_path.exists(), "the file goes once every saved record is written"
+
+        # Nothing to replay: a start without the file is a no-op.
+        third = RecordWriter(db, spill_path=spill_path)
+        await third.start()
+        await third.stop()
+        assert third.submitted == 0
+    finally:
+        await db.dispose()
