@@ -26,6 +26,7 @@ Scenarios:
   routing, scheduling, the request record and its audit event).
 
     .venv/bin/python bench/bench_overhead.py [--quick|--full] [--only llama|sim] [--no-write]
+    .venv/bin/python bench/bench_overhead.py --engine-hop   # the runner's engine client alone
 """
 
 from __future__ import annotations
