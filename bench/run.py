@@ -45,7 +45,7 @@ class Bench:
 
 
 BENCHES = (
-    Bench("overhead", "bench_overhead.py", ("--quick",), ("--full",), 420, 1200,
+    Bench("overhead", "bench_overhead.py", ("--quick",), ("--full",), 600, 1800,
           "Overhead: direct to the engine vs through Outpost"),
     Bench("tunnel", "bench_tunnel.py", ("--quick",), ("--full",), 180, 420, "Tunnel hop: tunnel vs direct"),
     Bench("scale", "bench_scale.py", ("--quick",), ("--full",), 600, 1500,
