@@ -92,7 +92,7 @@ class ControlPlaneProcess(_Process):
     def cli(self, *args: str) -> str:
         """Run a ``control-plane`` subcommand against this instance's database; return stdout."""
         out = subprocess.run([*_tool("control-plane"), *args], env=self.env, capture_output=True, text=True,
-                             timeout=60)
+                             timeout=60, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"control-plane {' '.join(args)} failed: {out.stderr}")
         return out.stdout.strip()

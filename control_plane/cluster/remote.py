@@ -19,7 +19,6 @@ runner's first frame, or
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 from control_plane.errors import ApiError
 from control_plane.openai.admission import HolderAdmitted, HolderRefused
 from control_plane.tunnel.link import RunnerLoad
-from control_plane.tunnel.stream import LinkClosed, StreamEvent
+from control_plane.tunnel.stream import EventQueue, LinkClosed, StreamEvent
 from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
 
 __all__ = ["RemoteLink", "RemoteStream", "Send"]
@@ -36,17 +35,16 @@ __all__ = ["RemoteLink", "RemoteStream", "Send"]
 Send = Callable[[str, str, str, "str | dict[str, Any]"], Awaitable[bool]]
 
 
-class RemoteStream:
+class RemoteStream(EventQueue[StreamEvent | HolderAdmitted | HolderRefused]):
     """One request relayed to another replica, read like a tunnel ``Stream``."""
 
     def __init__(self, key: str, window: int, link: RemoteLink) -> None:
+        super().__init__()
         self.id = key
         self.key = key
         self.window = window
         self._link = link
         self._ungranted = 0
-        self._events: asyncio.Queue[StreamEvent | HolderAdmitted | HolderRefused] = asyncio.Queue()
-        self._held: StreamEvent | HolderAdmitted | HolderRefused | None = None  # read ahead by take_data()
         self.finished = False
         self.started = False
 
@@ -79,25 +77,6 @@ class RemoteStream:
             self._events.put_nowait(LinkClosed(reason))
 
     # --- called by the request handler ---------------------------------------------
-
-    async def next_event(self, timeout: float | None = None) -> StreamEvent | HolderAdmitted | HolderRefused:
-        if self._held is not None:
-            held, self._held = self._held, None
-            return held
-        if timeout is None:
-            return await self._events.get()
-        return await asyncio.wait_for(self._events.get(), timeout)
-
-    def take_data(self) -> str:
-        """As ``Stream.take_data``: data already here, joined, up to the first other event."""
-        parts: list[str] = []
-        while self._held is None and not self._events.empty():
-            ev = self._events.get_nowait()
-            if isinstance(ev, DataFrame):
-                parts.append(ev.data)
-            else:
-                self._held = ev
-        return "".join(parts)
 
     async def consumed(self, nchars: int) -> None:
         """As ``Stream.consumed``: credit goes back to the holder in batches of half a window."""

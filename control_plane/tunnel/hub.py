@@ -10,6 +10,7 @@ runners, scanning them all on every request was a visible part of its cost
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from control_plane.tunnel.link import Link
 from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
 __all__ = ["ConnectedRunner", "RunnerListener", "TunnelHub"]
+
+log = logging.getLogger("outpost.tunnel")
 
 
 @dataclass
@@ -166,8 +169,8 @@ class TunnelHub:
                 link.draining = True
                 try:
                     await link.send(GoawayFrame(reason=reason, drain_s=0))
-                except Exception:  # noqa: BLE001 - the connection may already be gone
-                    pass
+                except Exception as exc:  # noqa: BLE001 - the connection may already be gone
+                    log.debug("goaway to %s not sent: %s", runner.runner_id, exc)
 
     def notify(self) -> None:
         """The set of routable runners changed elsewhere (control_plane/cluster): wake waiters."""

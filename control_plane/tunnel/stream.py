@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Union
+from typing import Generic, TypeVar, Union
 
 from sdk.protocol import DataFrame, EndFrame, FrameError, ResetFrame, ResponseStartFrame
 
-__all__ = ["LinkClosed", "Stream", "StreamEvent"]
+__all__ = ["EventQueue", "LinkClosed", "Stream", "StreamEvent"]
 
 StreamEvent = Union[ResponseStartFrame, DataFrame, EndFrame, ResetFrame, "LinkClosed"]
 
@@ -26,7 +26,43 @@ class LinkClosed:
         self.reason = reason
 
 
-class Stream:
+E = TypeVar("E")
+
+
+class EventQueue(Generic[E]):
+    """The reading half of a stream, local (:class:`Stream`) or relayed (``cluster/remote.py``)."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[E] = asyncio.Queue()
+        self._held: E | None = None  # read by take_data() ahead of its turn
+
+    async def next_event(self, timeout: float | None = None) -> E:
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
+        if timeout is None:
+            return await self._events.get()
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    def take_data(self) -> str:
+        """The data already delivered and not read yet, joined, without waiting.
+
+        The SSE relay writes it with the event it just read: under load the
+        runner's frames queue up here, and one client write for all of them
+        costs little more than one for each. Stops at the first other event,
+        which :meth:`next_event` returns next.
+        """
+        parts: list[str] = []
+        while self._held is None and not self._events.empty():
+            ev = self._events.get_nowait()
+            if isinstance(ev, DataFrame):
+                parts.append(ev.data)
+            else:
+                self._held = ev
+        return "".join(parts)
+
+
+class Stream(EventQueue[StreamEvent]):
     def __init__(
         self,
         stream_id: int,
@@ -40,9 +76,8 @@ class Stream:
         self._ungranted = 0  # consumed by the client, not yet granted back
         self._grant = grant
         self._reset = reset
-        # Bounded by the window: the runner cannot push more than it was granted.
-        self._events: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        self._held: StreamEvent | None = None  # read by take_data() ahead of its turn
+        # The queue is bounded by the window: the runner cannot push more than it was granted.
+        super().__init__()
         self.finished = False
         self.started = False
 
@@ -71,31 +106,6 @@ class Stream:
             self._events.put_nowait(LinkClosed(reason))
 
     # --- called by the request handler --------------------------------------------
-
-    async def next_event(self, timeout: float | None = None) -> StreamEvent:
-        if self._held is not None:
-            held, self._held = self._held, None
-            return held
-        if timeout is None:
-            return await self._events.get()
-        return await asyncio.wait_for(self._events.get(), timeout)
-
-    def take_data(self) -> str:
-        """The data already delivered and not read yet, joined, without waiting.
-
-        The SSE relay writes it with the event it just read: under load the
-        runner's frames queue up here, and one client write for all of them
-        costs little more than one for each. Stops at the first other event,
-        which :meth:`next_event` returns next.
-        """
-        parts: list[str] = []
-        while self._held is None and not self._events.empty():
-            ev = self._events.get_nowait()
-            if isinstance(ev, DataFrame):
-                parts.append(ev.data)
-            else:
-                self._held = ev
-        return "".join(parts)
 
     async def consumed(self, nchars: int) -> None:
         """The client took ``nchars``; grant credit back in batches of half a window."""

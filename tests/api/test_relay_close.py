@@ -82,7 +82,7 @@ async def test_hanging_up_after_done_keeps_the_request_ok_with_its_usage() -> No
 
 async def test_hanging_up_mid_answer_cancels_the_engine_and_says_so() -> None:
     state = _State()
-    body, stream, resets = _relay(state)
+    body, _, resets = _relay(state)
     assert "Hi" in await anext(body)
     await body.aclose()
     await _settled()

@@ -40,7 +40,7 @@ async def test_concurrent_requests_share_the_key_and_budget_reads(tmp_path: Path
     try:
         async with db.session() as s:
             tenant = await get_or_create_tenant(s, "t")
-            key, secret = await create_api_key(s, tenant.id, "k")
+            _, secret = await create_api_key(s, tenant.id, "k")
             await set_budget(s, tenant_id=tenant.id, api_key_id=None, period="month", amount_usd=1.0,
                              soft_threshold=0.5)
             await s.commit()

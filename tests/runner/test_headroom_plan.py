@@ -9,7 +9,14 @@ from runner.engines import build_engine
 from runner.gguf_meta import read_gguf, read_hf_dir
 from runner.hardware import detect
 from runner.models import embedded_model_path
-from runner.planning import DEFAULT_HEADROOM, RAM_RESERVE, Overrides, VllmSettings, XllamacppSettings, plan
+from runner.planning import (
+    DEFAULT_HEADROOM,
+    RAM_RESERVE,
+    Overrides,
+    VllmSettings,
+    XllamacppSettings,
+    plan,
+)
 from sdk.protocol import StatusFrame, encode_frame, parse_frame
 from tests.runner.fakes import cpu, nvidia_gpu, probes
 from tests.runner.models_fixtures import LLAMA_31_8B_CONFIG, LLAMA_31_8B_SHARDS, hf_dir
