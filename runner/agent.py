@@ -139,6 +139,7 @@ class Agent:
                                kv_cache_usage=load.kv_cache_usage, healthy=fleet.healthy,
                                unavailable_models=fleet.unavailable_models(),
                                headroom=sum(e.adapter.headroom for e in fleet.engines),
+                               engines=fleet.slots(),
                                completed=self.tunnel.completed if self.tunnel else 0)
 
         return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,

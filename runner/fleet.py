@@ -20,6 +20,7 @@ import httpx
 from runner.engines.base import EngineAdapter, EngineLoad
 from runner.relay import EngineEndpoint
 from runner.supervisor import EngineFailed, HealthCheck, HealthProbe, Supervisor
+from sdk.protocol import EngineSlots
 
 __all__ = ["EngineFleet", "FleetEngine"]
 
@@ -118,6 +119,18 @@ class EngineFleet:
     def healthy(self) -> bool:
         """The runner can serve something: at least one engine is up."""
         return any(e.healthy for e in self.engines)
+
+    def slots(self) -> list[EngineSlots]:
+        """Each engine's models and slots, for status.v1 ``engines`` (docs/protocol.md "Engine slots").
+
+        With several engines the control plane then admits per engine, not up to the
+        runner-wide sum; a lone engine sends none (its slots are the hello's capacity).
+        """
+        if len(self.engines) == 1:
+            return []
+        return [EngineSlots(models=[m.name for m in e.adapter.models],
+                            capacity=max(e.adapter.capacity - e.adapter.headroom, 1), headroom=e.adapter.headroom)
+                for e in self.engines if e.adapter.models]
 
     def unavailable_models(self) -> list[str]:
         """Public names of the models whose engine is down (restarting, loading, or hung and being killed)."""

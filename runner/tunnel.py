@@ -289,6 +289,8 @@ class TunnelClient:
                 frame = frame.model_copy(update={"unavailable_models": []})
             if frame.headroom and "headroom" not in caps:
                 frame = frame.model_copy(update={"headroom": 0})  # it admits up to capacity only
+            if frame.engines and "engine-slots" not in caps:
+                frame = frame.model_copy(update={"engines": []})  # it admits up to the summed capacity
             try:
                 await send(frame)
             except ConnectionClosed:

@@ -51,6 +51,7 @@ __all__ = [
     "CloseReason",
     "DataFrame",
     "EndFrame",
+    "EngineSlots",
     "Frame",
     "FrameError",
     "GoawayFrame",
@@ -74,7 +75,7 @@ __all__ = [
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 #: Optional features a peer may announce; the session uses the intersection.
 CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway", "request-id",
-                                          "model-status", "headroom"})
+                                          "model-status", "headroom", "engine-slots"})
 
 #: A websocket message is sent whole and blocks every other send on the
 #: connection while it goes out, so no frame may be larger than this.
@@ -220,6 +221,16 @@ class WindowUpdateFrame(_Frame):
 # --- connection --------------------------------------------------------------
 
 
+class EngineSlots(BaseModel):
+    """One engine of a runner that runs several: the models it serves and its own slots."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[str] = Field(min_length=1, max_length=64)  # hello model names
+    capacity: int = Field(ge=1, le=4096)
+    headroom: int = Field(default=0, ge=0, le=64)
+
+
 class StatusFrame(_Frame):
     type: Literal["status.v1"] = "status.v1"
     running: int = Field(default=0, ge=0)
@@ -238,14 +249,18 @@ class StatusFrame(_Frame):
     # docs/fairness.md). Sent only when both ends announced ``headroom``; 0 is
     # left out of the wire form, like an empty ``unavailable_models``.
     headroom: int = Field(default=0, ge=0, le=64)
+    # A runner with several engines: each engine's models and slots, so the
+    # control plane admits per engine rather than up to the runner-wide sum
+    # (docs/protocol.md "Engine slots"). Sent only when both ends announced
+    # ``engine-slots``; an empty list is left out of the wire form.
+    engines: list[EngineSlots] = Field(default_factory=list, max_length=64)
 
     @model_serializer(mode="wrap")
     def _omit_empty_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if not data.get("unavailable_models"):
-            data.pop("unavailable_models", None)
-        if not data.get("headroom"):
-            data.pop("headroom", None)
+        for name in ("unavailable_models", "headroom", "engines"):
+            if not data.get(name):
+                data.pop(name, None)
         return data
 
 

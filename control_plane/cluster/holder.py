@@ -12,7 +12,8 @@ A relay whose origin replica has died is reset too: the holder checks the
 origin's liveness whenever its stream has been quiet for a heartbeat TTL.
 
 An ``open`` that carries ``admit`` (tenant, weight, prompt estimate) first
-waits in this replica's fair queue for the runner, the one queue every
+waits in this replica's fair queue for the runner (for the engine serving its
+``model`` on a runner with several), the one queue every
 replica's requests for it share (docs/fairness.md): the holder answers
 ``admitted`` (with the queue wait) once the scheduler grants a slot, or
 ``refused`` with the error it would have answered its own client (429
@@ -67,6 +68,9 @@ class _RelayedCall:
     request_id: str
     tenant_id: str
     api_key_id: str | None
+    # The runner's name for the model (the ``open``'s ``model``): on a runner with several
+    # engines it picks the engine's queue (docs/protocol.md "Engine slots").
+    model: str | None = None
     # Returns when the origin replica has died: its client is gone, the request leaves the queue.
     client_gone: Callable[[], Awaitable[object]] | None = None
 
@@ -135,7 +139,7 @@ class Holder:
             slot = None
             admit = request.get("admit")
             if isinstance(admit, dict) and self.admission is not None:
-                slot = await self._admit(key, origin, runner, admit, request_id)
+                slot = await self._admit(key, origin, runner, request, admit, request_id)
                 if slot is None:
                     return
                 link = runner.usable_link()
@@ -151,12 +155,13 @@ class Holder:
         finally:
             self._relays.pop(key, None)
 
-    async def _admit(self, key: str, origin: str, runner: ConnectedRunner, admit: dict[str, Any],
-                     request_id: str | None) -> Slot | None:
+    async def _admit(self, key: str, origin: str, runner: ConnectedRunner, request: dict[str, Any],
+                     admit: dict[str, Any], request_id: str | None) -> Slot | None:
         """Wait in the runner's fair queue here; tell the origin the outcome. None: refused or lost."""
         assert self.admission is not None
         call = _RelayedCall(request_id or key, str(admit.get("tenant_id", "")),
                             str(admit["api_key_id"]) if admit.get("api_key_id") else None,
+                            model=str(model) if (model := request.get("model")) else None,
                             client_gone=partial(self._origin_gone, origin))
         try:
             slot = await self.admission.acquire(call, runner, prompt_tokens=int(admit.get("prompt_tokens") or 0),

@@ -26,7 +26,7 @@ from control_plane.cluster.bus import Keys
 from control_plane.cluster.remote import RemoteLink
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from control_plane.tunnel.link import RunnerLoad
-from sdk.protocol import ModelInfo
+from sdk.protocol import EngineSlots, ModelInfo
 
 __all__ = ["Registry", "RemoteView", "describe_runners"]
 
@@ -47,7 +47,8 @@ def describe_runners(runners: Iterable[ConnectedRunner], now: float) -> list[dic
             "load": {"running": status.running, "waiting": status.waiting,
                      "kv_cache_usage": status.kv_cache_usage, "healthy": status.healthy,
                      "completed": status.completed, "age_s": max(now - status.updated_at, 0.0),
-                     "unavailable_models": list(status.unavailable_models), "headroom": status.headroom},
+                     "unavailable_models": list(status.unavailable_models), "headroom": status.headroom,
+                     "engines": [e.model_dump(mode="json") for e in status.engines]},
         })
     return out
 
@@ -170,6 +171,7 @@ class RemoteView:
                                    completed=int(load.get("completed", 0)),
                                    unavailable_models=tuple(load.get("unavailable_models") or ()),
                                    headroom=int(load.get("headroom", 0)),
+                                   engines=tuple(EngineSlots.model_validate(e) for e in load.get("engines") or ()),
                                    updated_at=now - float(load.get("age_s", 0.0)))
         for replica_id, link in links.items():
             if replica_id not in holders:

@@ -21,6 +21,13 @@ runner and its tenant is not charged for it (docs/fairness.md).
 The scheduler's capacities follow the hub: :meth:`runner_changed` is a hub
 listener.
 
+A runner with several engines (status.v1 ``engines``, docs/protocol.md
+"Engine slots") has one fair queue per engine, keyed
+``"{runner_id}#{first model of the engine}"`` with that engine's capacity and
+headroom, so no model gets more requests in flight than its engine has
+slots. Engine time is still metered per runner: the runner's hourly rate
+pays for all its engines at once (docs/fairness.md).
+
 With several control-plane replicas (control_plane/cluster), a runner's one
 fair queue lives on the replica that holds its tunnel. A replica that
 receives a request for a runner held elsewhere takes no slot of its own:
@@ -69,7 +76,9 @@ class AdmissionRequest(Protocol):
     tenant_id: str
     api_key_id: str | None
     # Optional, read with getattr: ``client_gone``, a callable whose awaitable
-    # returns when the client has disconnected (openai/disconnect.py).
+    # returns when the client has disconnected (openai/disconnect.py); ``model``,
+    # the requested model name or alias, which picks the engine's queue on a
+    # runner with several engines.
 
 
 class Admission:
@@ -82,7 +91,10 @@ class Admission:
         self.fairness = fairness or ServiceFairness(backlog_wait_s=0.001)
         self.budgets = budgets or BudgetGuard()
         self.queue_timeout_s = queue_timeout_s
-        self._capacity: dict[str, tuple[int, int]] = {}  # (capacity, headroom) as last given to the scheduler
+        # Per scheduler key: (capacity, headroom) as last given to the scheduler.
+        self._capacity: dict[str, tuple[int, int]] = {}
+        # Runner id -> the scheduler keys of its engines' queues (not its own key).
+        self._engine_keys: dict[str, set[str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, *, wall_clock: Callable[[], datetime] = utcnow,
@@ -102,18 +114,37 @@ class Admission:
     def runner_changed(self, runner: ConnectedRunner, connected: bool) -> None:
         """Hub listener: a hello sets the runner's capacity; losing its last link forgets it."""
         if connected:
-            self._sync_capacity(runner)
+            self._sync_capacity(runner, None)
         else:
-            self._capacity.pop(runner.runner_id, None)
-            self.scheduler.forget_runner(runner.runner_id)
+            for key in (runner.runner_id, *self._engine_keys.pop(runner.runner_id, ())):
+                self._capacity.pop(key, None)
+                self.scheduler.forget_runner(key)
 
-    def _sync_capacity(self, runner: ConnectedRunner) -> None:
+    def queue_key(self, runner: ConnectedRunner, model: str | None) -> tuple[str, int, int]:
+        """The scheduler key ``model``'s requests to ``runner`` queue under, with its (capacity, headroom).
+
+        The engine's own key when the runner's status lists its engines and one serves
+        ``model`` (a name or alias); otherwise the runner's key with the hello's capacity.
+        """
+        status = runner_status(runner)
+        if status.engines and model:
+            info = runner.serves(model)
+            name = info.name if info is not None else model
+            for engine in status.engines:
+                if name in engine.models:
+                    return f"{runner.runner_id}#{engine.models[0]}", engine.capacity, engine.headroom
+        return runner.runner_id, max(runner.capacity, 1), status.headroom
+
+    def _sync_capacity(self, runner: ConnectedRunner, model: str | None) -> str:
         # Also covers runners no hub listener announced (held by another replica).
-        # Headroom arrives in status frames, so it is read at every admission.
-        slots = (max(runner.capacity, 1), runner_status(runner).headroom)
-        if self._capacity.get(runner.runner_id) != slots:
-            self._capacity[runner.runner_id] = slots
-            self.scheduler.set_capacity(runner.runner_id, *slots)
+        # Headroom and engines arrive in status frames, so they are read at every admission.
+        key, capacity, headroom = self.queue_key(runner, model)
+        if key != runner.runner_id:
+            self._engine_keys.setdefault(runner.runner_id, set()).add(key)
+        if self._capacity.get(key) != (capacity, headroom):
+            self._capacity[key] = (capacity, headroom)
+            self.scheduler.set_capacity(key, capacity, headroom)
+        return key
 
     # -- budgets ---------------------------------------------------------------
 
@@ -143,10 +174,10 @@ class Admission:
         :class:`~control_plane.services.scheduler.RunnerGone` through so the
         caller can fail over.
         """
-        self._sync_capacity(runner)
+        key = self._sync_capacity(runner, getattr(call, "model", None))
         runner.queued += 1
         try:
-            ticket = await self.scheduler.acquire(runner.runner_id, call.tenant_id, max(prompt_tokens, 0),
+            ticket = await self.scheduler.acquire(key, call.tenant_id, max(prompt_tokens, 0),
                                                   weight=weight if weight > 0 else 1.0,
                                                   timeout=self.queue_timeout_s,
                                                   gone=getattr(call, "client_gone", None))

@@ -13,6 +13,7 @@ from sdk.protocol import (
     MAX_DATA_BYTES,
     DataFrame,
     EndFrame,
+    EngineSlots,
     Frame,
     FrameError,
     GoawayFrame,
@@ -40,6 +41,8 @@ class RunnerLoad:
     unavailable_models: tuple[str, ...] = ()
     # Engine slots beyond capacity for tenants with nothing in flight (status.v1 headroom).
     headroom: int = 0
+    # A multi-engine runner's per-engine models and slots (status.v1 engines).
+    engines: tuple[EngineSlots, ...] = ()
     updated_at: float = field(default_factory=time.monotonic)
 
 
@@ -126,7 +129,7 @@ class Link:
             self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy,
                                    completed=frame.completed,
                                    unavailable_models=tuple(frame.unavailable_models),
-                                   headroom=frame.headroom)
+                                   headroom=frame.headroom, engines=tuple(frame.engines))
         elif isinstance(frame, GoawayFrame):
             self.draining = True
         else:

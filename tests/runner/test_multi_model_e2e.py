@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,7 @@ import psutil
 import pytest
 
 from runner.models import embedded_model_path
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
 # Hang detection within ~5 s; two failures in a row, so one slow answer on a busy machine is not a hang.
@@ -104,6 +106,57 @@ def test_a_request_reaches_the_engine_of_the_model_it_names(two: TwoModels) -> N
         generated = resp.json()["usage"]["completion_tokens"]
         assert two.predicted(asked) == before[asked] + generated > before[asked]
         assert two.predicted(other) == before[other]
+
+
+def test_each_engine_has_its_own_queue_with_its_own_slot(two: TwoModels) -> None:
+    """``--parallel 1`` per engine: the runner's capacity is 2, but a second smol-a request waits
+    for smol-a's slot (docs/protocol.md "Engine slots") while a smol-b request runs at once."""
+    admin = two.cp.cli("keys", "create", "fairness", "--admin").splitlines()[-1]
+    [runner_id] = [r["id"] for r in two.runners()]
+
+    def queues() -> dict:
+        resp = httpx.get(f"{two.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {admin}"},
+                         timeout=10)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["runners"]
+
+    a_streaming, seen = threading.Event(), {}
+
+    def hold() -> None:  # holds smol-a's one slot with a long stream
+        body = {"model": "smol-a", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                "max_tokens": 400, "temperature": 0, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{two.cp.url}/v1/chat/completions", json=body, timeout=300,
+                          headers={"Authorization": f"Bearer {two.key}"}) as r:
+            seen["status"] = r.status_code
+            chunks = r.iter_text()
+            next(chunks)
+            a_streaming.set()
+            seen["tail"] = "".join(chunks)
+
+    database_url = two.cp.env["OUTPOST_DATABASE_URL"]
+    before = {r["id"] for r in tenant_records(database_url, "default")}
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(hold)
+        assert a_streaming.wait(120), seen
+        second = pool.submit(two.chat, "smol-a")
+        # The runner-wide capacity (2) would admit it at once; smol-a's engine has one slot.
+        wait_until(lambda: queues().get(f"{runner_id}#smol-a", {}).get("queued") == 1, 60,
+                   "the second smol-a request queued for smol-a's engine")
+        other = two.chat("smol-b")
+        assert other.status_code == 200, other.text
+        holder.result(timeout=300)
+        assert second.result(timeout=300).status_code == 200
+    assert seen["status"] == 200
+    wait_until(lambda: len({r["id"] for r in tenant_records(database_url, "default")} - before) == 3, 30,
+               "the three request records")
+    new = [r for r in tenant_records(database_url, "default") if r["id"] not in before]
+    # smol-b's engine had a free slot: it never queued behind smol-a's, which waited its turn.
+    [b_wait] = [r["queue_ms"] for r in new if r["model"] == "smol-b"]
+    assert b_wait < max(r["queue_ms"] for r in new if r["model"] == "smol-a")
+    engine_queues = {f"{runner_id}#smol-a", f"{runner_id}#smol-b"}
+    wait_until(lambda: {k: (q["capacity"], q["in_flight"], q["queued"]) for k, q in queues().items()
+                        if k in engine_queues} == dict.fromkeys(engine_queues, (1, 0, 0)), 30,
+               "both engine queues idle, one slot each")
 
 
 def test_one_engine_down_leaves_the_other_serving_and_only_its_model_unavailable(two: TwoModels) -> None:
