@@ -267,8 +267,8 @@ class TunnelClient:
                 if not out.closed:
                     try:
                         await out.end(error=f"runner error: {type(exc).__name__}")
-                    except Exception:  # noqa: BLE001
-                        pass
+                    except Exception as end_exc:  # noqa: BLE001 - the tunnel may be gone with it
+                        log.debug("stream %d: error end not sent: %s", out.id, end_exc)
             finally:
                 mine.pop(out.id, None)
                 self._tasks.pop(_key(out), None)
