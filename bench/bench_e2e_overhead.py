@@ -37,6 +37,7 @@ import httpx
 
 from bench.bench_e2e import machine
 from runner.e2e import RunnerE2E, load_keys
+from runner.engine_client import HttpxEngineClient
 from runner.identity import enroll
 from runner.relay import EngineEndpoint, relay
 from runner.sealed import SealedRelay
@@ -88,7 +89,7 @@ class InProcessRunner:
 
     async def _start(self) -> None:
         self.http = httpx.AsyncClient()
-        self.engine = httpx.AsyncClient(transport=httpx.MockTransport(engine_handler(self.chunks)))
+        self.engine = HttpxEngineClient(httpx.AsyncClient(transport=httpx.MockTransport(engine_handler(self.chunks))))
         self.identity = await enroll(self.cp_url, self.token, self.http)
         self.keys = load_keys(self.state, self.identity)
         await RunnerE2E(self.keys, self.identity).publish_once(self.http)

@@ -335,20 +335,26 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
 
 
 async def engine_hop(seconds: float, rounds: int) -> str:
-    """The runner's engine hop alone, in this process: its client vs a lean one, same load.
+    """The runner's engine hop alone, in this process: its client vs others, same load.
 
     64 paced streams (64 tokens at 50 tok/s, ramped in as in the steady scenario) to the
     simulated engine, each event's JSON parsed as the relay does; CPU seconds of this process
-    in the window ÷ requests sent in it. ``httpx`` is the runner's client (``runner/agent.py``'s
-    limits, ``runner.sse.line_batches``); ``lean`` is one keep-alive connection per stream on
-    asyncio streams + ``httptools`` (what ``bench/load.py`` does).
+    in the window ÷ requests sent in it. ``runner`` is the runner's client
+    (``runner.engine_client.AiohttpEngineClient`` + ``runner.sse.line_batches``, as the relay
+    uses them); ``httpx`` is the client it replaced (``agent.py``'s limits, batches grouped by
+    ``runner.sse.read_ahead``); ``aiohttp`` is a plain ``ClientSession`` reading ``iter_any``;
+    ``lean`` is one keep-alive connection per stream on asyncio streams + ``httptools`` (what
+    ``bench/load.py`` does).
     """
     from contextlib import aclosing
 
+    import aiohttp
     import httptools
     import httpx
 
-    from runner.sse import line_batches
+    from runner.engine_client import AiohttpEngineClient
+    from runner.relay import EngineEndpoint, engine_request
+    from runner.sse import line_batches, read_ahead
 
     streams, tokens, rate = 64, 64, 50.0
     started = machine()
@@ -368,9 +374,34 @@ async def engine_hop(seconds: float, rounds: int) -> str:
 
     async def via_httpx(_: int) -> None:
         async with (http.stream("POST", engine.url + "/v1/chat/completions", json=payload, timeout=None) as resp,
-                    aclosing(line_batches(resp)) as batches):
+                    aclosing(line_batches(read_ahead(resp.aiter_bytes()))) as batches):
             async for lines in batches:
                 for line in lines:
+                    event(line)
+
+    client = AiohttpEngineClient(limit=512)
+    endpoint = EngineEndpoint(engine.url, {}, {})
+
+    async def via_runner(_: int) -> None:
+        headers, data = engine_request(endpoint, payload)
+        async with (client.request("POST", engine.url + "/v1/chat/completions", headers=headers, body=data) as resp,
+                    aclosing(line_batches(resp.batches())) as batches):
+            async for lines in batches:
+                for line in lines:
+                    event(line)
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512), cookie_jar=aiohttp.DummyCookieJar(),
+                                    timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+
+    async def via_aiohttp(_: int) -> None:
+        async with session.post(engine.url + "/v1/chat/completions", data=body,
+                                headers={"Content-Type": "application/json"}) as resp:
+            tail = b""
+            async for data in resp.content.iter_any():
+                data = tail + data
+                cut = data.rfind(b"\n")
+                tail = data[cut + 1 :]
+                for line in data[:cut].decode().splitlines():
                     event(line)
 
     class Lean:
@@ -426,11 +457,15 @@ async def engine_hop(seconds: float, rounds: int) -> str:
     lines = ["| round | client | requests | CPU s | CPU ms per request |", "|---:|---|---:|---:|---:|"]
     try:
         for r in range(rounds):
-            for name, one in (("httpx (the runner's)", via_httpx), ("lean (asyncio + httptools)", via_lean)):
+            for name, one in (("httpx (the runner's before)", via_httpx),
+                              ("runner (`AiohttpEngineClient` + `line_batches`)", via_runner),
+                              ("aiohttp (plain `iter_any`)", via_aiohttp), ("lean (asyncio + httptools)", via_lean)):
                 n, cpu = await drive(one)
                 lines.append(f"| {r + 1} | {name} | {n} | {cpu:.2f} | {cpu / n * 1e3:.2f} |")
     finally:
         await http.aclose()
+        await session.close()
+        await client.aclose()
         for c in conns:
             c.close()
         engine.stop()
@@ -458,8 +493,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--note", default="", help="load on the machine etc., printed with the table")
     p.add_argument("--json", type=Path, help="also write every number here")
     p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--engine-hop", action="store_true", help="only the runner's engine hop: its httpx client vs "
-                   "a lean asyncio + httptools one, CPU per request at 64 steady streams (printed, not written)")
+    p.add_argument("--engine-hop", action="store_true", help="only the runner's engine hop: its client (aiohttp) vs "
+                   "httpx, plain aiohttp and a lean asyncio + httptools one, CPU per request at 64 steady streams "
+                   "(printed, not written)")
     args = p.parse_args(argv)
     if args.engine_hop:
         text = run_async(engine_hop(args.phase_s or 8.0, args.rounds or 2))

@@ -6,7 +6,7 @@ would do if the engine were beside it).
 plane's own tunnel classes (``control_plane.tunnel.link.Link`` fed by one
 reader task, behind uvicorn with the control plane's WebSocket settings) and,
 in a separate process, the runner's own ``runner.tunnel.TunnelClient`` and
-``runner.relay.relay`` (httpx to the engine, SSE re-framing, credit windows).
+``runner.relay.relay`` (aiohttp to the engine, SSE re-framing, credit windows).
 
 No HTTP API, database, auth or scheduler is involved: bench/bench_overhead.py
 measures the whole gateway; the difference between the two is what the API
@@ -40,7 +40,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx
 
 from bench.load import (
     Conn,
@@ -66,6 +65,7 @@ RUNNER_ID = "run_bench_tunnel"
 
 def serve_runner(control_plane: str, engine_url: str, key_b64: str, connections: int) -> None:
     """The runner's tunnel client and relay, exactly as ``runner.agent`` wires them."""
+    from runner.engine_client import AiohttpEngineClient
     from runner.identity import RunnerIdentity
     from runner.relay import EngineEndpoint, relay
     from runner.streams import OutboundStream
@@ -74,7 +74,7 @@ def serve_runner(control_plane: str, engine_url: str, key_b64: str, connections:
     from sdk.protocol import StatusFrame
 
     async def run() -> None:
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        http = AiohttpEngineClient(limit=512)
         identity = RunnerIdentity(RUNNER_ID, IdentityKey.from_private_bytes(b64u_decode(key_b64)), control_plane)
         endpoint = EngineEndpoint(base_url=engine_url, headers={}, upstream_names={})
 

@@ -13,6 +13,7 @@ import httpx
 from rich.console import Console
 
 from runner.e2e import RunnerE2E
+from runner.engine_client import AiohttpEngineClient
 from runner.engines.base import EngineAdapter
 from runner.fleet import EngineFleet
 from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity
@@ -44,7 +45,10 @@ class Agent:
         self.config = config
         self.settings = config.settings
         self.console = console or Console(stderr=True)
+        # httpx for the control plane, health probes and metrics; the relayed requests take
+        # the leaner engine client (docs/performance.md, "the runner's engine hop").
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        self.engine_client = AiohttpEngineClient(limit=512)
         self.fleet = EngineFleet(config.adapters, log_dir=self.settings.state_dir / "logs", http=self.http,
                                  headers=[config.engine_headers] * len(config.adapters),
                                  health_timeout_s=self.settings.health_timeout_s,
@@ -74,6 +78,7 @@ class Agent:
             if self._e2e_publish is not None:
                 self._e2e_publish.cancel()
             await self.fleet.stop()
+            await self.engine_client.aclose()
             await self.http.aclose()
 
     async def _identity(self) -> RunnerIdentity:
@@ -118,7 +123,7 @@ class Agent:
                 await _refuse(out, engine is None)
                 return
             engine.streams += 1
-            await relay(out, engine.endpoint(), self.http, sealed=self.e2e.relay if self.e2e else None)
+            await relay(out, engine.endpoint(), self.engine_client, sealed=self.e2e.relay if self.e2e else None)
 
         def hello_fields() -> dict[str, Any]:
             adapters = [e.adapter for e in fleet.engines]

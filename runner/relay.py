@@ -12,14 +12,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
-import httpx
-
+from runner.engine_client import EngineClient, EngineError, EngineResponse
 from runner.sse import line_batches
 from runner.streams import OutboundStream
 from sdk.protocol import Usage
 
-__all__ = ["EngineEndpoint", "SealedHandler", "relay"]
+__all__ = ["EngineEndpoint", "SealedHandler", "engine_request", "relay"]
 
 log = logging.getLogger("outpost.runner.relay")
 
@@ -43,10 +43,16 @@ def _usage(obj: object) -> Usage | None:
 
 
 #: Handles a sealed (end-to-end) request: ``runner.e2e.SealedRelay``.
-SealedHandler = Callable[[OutboundStream, EngineEndpoint, httpx.AsyncClient], Awaitable[None]]
+SealedHandler = Callable[[OutboundStream, EngineEndpoint, EngineClient], Awaitable[None]]
 
 
-async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncClient,
+def engine_request(engine: EngineEndpoint, payload: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """The headers and body of one JSON request to the engine (its API key header included)."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return {"Content-Type": "application/json", **engine.headers}, body
+
+
+async def relay(out: OutboundStream, engine: EngineEndpoint, http: EngineClient,
                 sealed: SealedHandler | None = None) -> None:
     req = out.request
     if req.sealed:
@@ -61,8 +67,8 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncCl
     try:
         payload = json.loads(out.body)
         if not isinstance(payload, dict):
-            raise ValueError("body is not an object")
-    except ValueError as exc:
+            raise TypeError("body is not an object")
+    except (TypeError, ValueError) as exc:
         await out.start(400, "application/json")
         await out.data(json.dumps({"error": {"message": f"invalid body: {exc}", "type": "invalid_request_error"}}))
         await out.end()
@@ -73,24 +79,25 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncCl
     if req.stream:
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
     url = engine.base_url.rstrip("/") + req.path
+    headers, body = engine_request(engine, payload)
     try:
-        async with http.stream("POST", url, json=payload, headers=engine.headers, timeout=None) as resp:
+        async with http.request("POST", url, headers=headers, body=body) as resp:
             ctype = resp.headers.get("content-type", "application/json").split(";")[0]
-            if req.stream and resp.status_code == 200:
+            if req.stream and resp.status == 200:
                 await out.start(200, "text/event-stream")
                 usage = await _relay_sse(out, resp, public_name, client_wants_usage)
                 await out.end(usage)
             else:
-                raw = await resp.aread()
-                body = _rename_model(raw.decode(errors="replace"), public_name)
-                await out.start(resp.status_code, ctype)
-                await out.data(body)
+                raw = await resp.read()
+                text = _rename_model(raw.decode(errors="replace"), public_name)
+                await out.start(resp.status, ctype)
+                await out.data(text)
                 try:
-                    usage = _usage(json.loads(body))
+                    usage = _usage(json.loads(text))
                 except ValueError:
                     usage = None
                 await out.end(usage)
-    except httpx.HTTPError as exc:
+    except EngineError as exc:
         log.warning("engine request failed on stream %d: %s", out.id, exc)
         if out.closed:
             return
@@ -99,13 +106,13 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncCl
             await out.start(502, "application/json")
         except Exception:  # noqa: BLE001 - connection gone; nothing to tell
             return
-        await out.end(error=f"engine unreachable: {type(exc).__name__}")
+        await out.end(error=f"engine unreachable: {exc.kind}")
 
 
-async def _relay_sse(out: OutboundStream, resp: httpx.Response, public_name: str,
+async def _relay_sse(out: OutboundStream, resp: EngineResponse, public_name: str,
                      client_wants_usage: bool) -> Usage | None:
     usage: Usage | None = None
-    async with aclosing(line_batches(resp)) as batches:
+    async with aclosing(line_batches(resp.batches())) as batches:
         async for lines in batches:
             # Events that arrived together leave together: one data frame, one client write.
             events: list[str] = []

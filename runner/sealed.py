@@ -19,10 +19,10 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
-from runner.relay import EngineEndpoint
+from runner.engine_client import EngineClient, EngineError
+from runner.relay import EngineEndpoint, engine_request
 from runner.sse import line_batches
 from runner.streams import OutboundStream
 from sdk.e2e import (
@@ -164,7 +164,7 @@ class SealedRelay:
         self.pad_to = pad_to
         self._clock = clock
 
-    async def __call__(self, out: OutboundStream, engine: EngineEndpoint, http: httpx.AsyncClient) -> None:
+    async def __call__(self, out: OutboundStream, engine: EngineEndpoint, http: EngineClient) -> None:
         started = self._clock()
         req = out.request
         try:
@@ -185,7 +185,7 @@ class SealedRelay:
                                             self._clock()))
 
     async def _run(self, out: OutboundStream, writer: SealedWriter, engine: EngineEndpoint,
-                   http: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[list[str], tuple[int, int]]:
+                   http: EngineClient, payload: dict[str, Any]) -> tuple[list[str], tuple[int, int]]:
         """Relay the engine's answer sealed; return the events still to send and (prompt, completion) tokens.
 
         Events are batched into as few data frames as the answer allows: a whole
@@ -201,12 +201,13 @@ class SealedRelay:
         usage = (0, 0)
         pending: list[str] = []
         try:
-            async with http.stream("POST", engine.base_url.rstrip("/") + req.path, json=payload,
-                                   headers=engine.headers, timeout=None) as resp:
+            headers, body = engine_request(engine, payload)
+            async with http.request("POST", engine.base_url.rstrip("/") + req.path, headers=headers,
+                                    body=body) as resp:
                 ctype = resp.headers.get("content-type", "application/json").split(";")[0]
-                pending.append(writer.head(resp.status_code, ctype))
-                if req.stream and resp.status_code == 200:
-                    async with aclosing(line_batches(resp)) as batches:
+                pending.append(writer.head(resp.status, ctype))
+                if req.stream and resp.status == 200:
+                    async with aclosing(line_batches(resp.batches())) as batches:
                         async for lines in batches:
                             # Events that arrived together are sealed one by one but leave in one frame.
                             sealed = 0
@@ -220,12 +221,12 @@ class SealedRelay:
                                 await out.data("".join(pending))
                                 pending = []
                 else:
-                    body, found = _whole_body(await resp.aread(), public_name)
+                    whole, found = _whole_body(await resp.read(), public_name)
                     usage = found or usage
-                    pending += writer.piece(body)
-        except httpx.HTTPError as exc:
-            log.warning("engine request failed on sealed stream %d: %s", out.id, type(exc).__name__)
-            error = json.dumps({"error": {"message": f"engine unreachable: {type(exc).__name__}",
+                    pending += writer.piece(whole)
+        except EngineError as exc:
+            log.warning("engine request failed on sealed stream %d: %s", out.id, exc.kind)
+            error = json.dumps({"error": {"message": f"engine unreachable: {exc.kind}",
                                           "type": "server_error", "param": None, "code": "engine_error"}})
             if writer.events == 0:
                 pending.append(writer.head(502, "application/json"))

@@ -22,6 +22,7 @@ from sqlalchemy import MetaData, create_engine, select, text
 
 from control_plane.db.engine import sync_url
 from runner.e2e import RunnerE2E, describe_keys, load_keys
+from runner.engine_client import HttpxEngineClient
 from runner.identity import enroll
 from runner.relay import EngineEndpoint, relay
 from runner.sealed import SealedRelay
@@ -203,7 +204,7 @@ async def test_forged_receipt_is_rejected_and_not_billed(stack: Stack, admin_key
     model = f"forgery-{secrets.token_hex(3)}"
     admin = AsyncClient(stack.cp.url, api_key=admin_key)
     http = httpx.AsyncClient()
-    engine = httpx.AsyncClient(transport=httpx.MockTransport(_engine))
+    engine = HttpxEngineClient(httpx.AsyncClient(transport=httpx.MockTransport(_engine)))
     token = (await admin.runners.enroll(f"forger-{secrets.token_hex(3)}")).token
     identity = await enroll(stack.cp.url, token, http)
     keys = load_keys(tmp_path, identity)

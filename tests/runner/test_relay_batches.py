@@ -1,10 +1,11 @@
 """The relay reads the engine's SSE in batches and sends what arrived together in one data frame.
 
-The engine is an ``httpx.MockTransport`` whose answer arrives in the byte
+The engine is an ``httpx.MockTransport`` (through ``HttpxEngineClient``) whose answer arrives in the byte
 chunks a test chooses, with a pause after each (``PAUSE``) so that each
 chunk is a batch of its own unless a test says otherwise; every split a
 socket can produce (mid-line, mid UTF-8 character, between ``\\r`` and
-``\\n``) is exercised deterministically.
+``\\n``) is exercised deterministically. The runner's own client (aiohttp) is tested against real
+servers in test_engine_client.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from runner.engine_client import HttpxEngineClient
 from runner.relay import EngineEndpoint, relay
-from runner.sse import MAX_READ_AHEAD, line_batches
+from runner.sse import MAX_READ_AHEAD, line_batches, read_ahead
 from runner.streams import OutboundStream
 from sdk.protocol import MAX_DATA_BYTES, DataFrame, EndFrame, RequestFrame, ResponseStartFrame
 
@@ -50,7 +52,7 @@ def _response(chunks: list[bytes], pause: float | None = PAUSE, fail: Exception 
 
 
 async def _batches(chunks: list[bytes], pause: float | None = PAUSE) -> list[list[str]]:
-    async with aclosing(line_batches(_response(chunks, pause))) as batches:
+    async with aclosing(line_batches(read_ahead(_response(chunks, pause).aiter_bytes()))) as batches:
         return [b async for b in batches]
 
 
@@ -76,7 +78,7 @@ async def test_the_reader_stops_when_the_caller_does_not_take_its_batches() -> N
             yield b"data: " + b"x" * 1000 + b"\n\n"
 
     resp = httpx.Response(200, content=body())
-    async with aclosing(line_batches(resp)) as batches:
+    async with aclosing(line_batches(read_ahead(resp.aiter_bytes()))) as batches:
         first = await anext(batches)
         await asyncio.sleep(0.05)  # the caller is busy; the reader runs ahead, then waits
         assert pulled * 1000 < 3 * MAX_READ_AHEAD, pulled  # the batch taken and one read ahead
@@ -89,7 +91,7 @@ async def test_a_read_error_reaches_the_caller_after_the_lines_before_it() -> No
     resp = _response([b"data: a\n\n"], fail=httpx.ReadError("engine went away"))
     got: list[str] = []
     with pytest.raises(httpx.ReadError):
-        async with aclosing(line_batches(resp)) as batches:
+        async with aclosing(line_batches(read_ahead(resp.aiter_bytes()))) as batches:
             async for lines in batches:
                 got += lines
     assert got == ["data: a", ""]
@@ -133,7 +135,7 @@ async def _relay(chunks: list[bytes], *, include_usage: bool = False) -> Wire:
                          stream=True)
     wire = Wire()
     async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as http:
-        await relay(OutboundStream(frame, wire.send), ENGINE, http)
+        await relay(OutboundStream(frame, wire.send), ENGINE, HttpxEngineClient(http))
     return wire
 
 

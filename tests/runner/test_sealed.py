@@ -1,4 +1,4 @@
-"""The runner's sealed relay over one tunnel stream, with an httpx.MockTransport engine.
+"""The runner's sealed relay over one tunnel stream, with an httpx.MockTransport engine (HttpxEngineClient).
 
 The frames it sends are collected as they would go on the wire; the client
 side is the SDK's real decoder, the receipt is checked as the control plane
@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from runner.engine_client import HttpxEngineClient
 from runner.relay import EngineEndpoint, relay
 from runner.sealed import SealedRelay
 from runner.streams import OutboundStream
@@ -84,7 +85,7 @@ async def run(keys: RunnerKeys, body: dict[str, Any], *, stream: bool, sealed: S
     frame = RequestFrame(stream_id=1, path="/v1/chat/completions", model=model, body=text, body_length=len(text),
                          stream=stream, sealed=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as http:
-        await relay(OutboundStream(frame, wire.send), ENGINE, http, sealed=sealed)
+        await relay(OutboundStream(frame, wire.send), ENGINE, HttpxEngineClient(http), sealed=sealed)
     return wire
 
 
@@ -169,5 +170,5 @@ async def test_runner_without_a_key_refuses_sealed_requests(keys, target) -> Non
     frame = RequestFrame(stream_id=1, path="/v1/chat/completions", model=MODEL, body=text, body_length=len(text),
                          sealed=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as http:
-        await relay(OutboundStream(frame, wire.send), ENGINE, http)
+        await relay(OutboundStream(frame, wire.send), ENGINE, HttpxEngineClient(http))
     assert wire.frames[0].status == 400 and json.loads(wire.data)["error"]["code"] == "e2e_unsupported"
