@@ -49,8 +49,11 @@ regular slots is unchanged; the light tenant's request starts at once, batched
 with the others, instead of waiting for a slot to free.
 
 ``policy="fcfs"`` keeps the same queues and admission but dispatches in
-arrival order: the baseline the benchmarks compare against. Counters are kept
-under both policies so metrics are comparable.
+arrival order: the baseline the benchmarks compare against. It has no tenant
+to keep a slot free for, so a runner's headroom slots are plain slots under
+FCFS: both policies drive the same engine with the same slots, and a
+throughput comparison between them is like for like. Counters are kept under
+both policies so metrics are comparable.
 
 Everything runs on the event loop (no threads, no locks): state changes
 happen between ``await`` points. ``clock`` stamps tickets; ``timeout`` uses
@@ -175,8 +178,8 @@ class _RunnerState:
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def regular_free(self) -> bool:
-        return len(self.in_flight) - self.headroom_in_flight < self.capacity
+    def regular_free(self, extra: int = 0) -> bool:
+        return len(self.in_flight) - self.headroom_in_flight < self.capacity + extra
 
 
 class RunnerSnapshot(TypedDict):
@@ -299,7 +302,7 @@ class FairScheduler:
         )
         # _pump keeps "nobody waits while a slot is free", so a free slot means
         # this request jumps no one.
-        if state.regular_free():
+        if self._regular_free(state):
             self._lift(state, tenant_id)
             self._dispatch(state, ticket)
             return ticket
@@ -425,6 +428,10 @@ class FairScheduler:
             floor = min(state.counters[t] for t in state.queues)
         state.counters[tenant_id] = max(state.counters.get(tenant_id, 0.0), floor)
 
+    def _regular_free(self, state: _RunnerState) -> bool:
+        # FCFS keeps no slot for anyone: the headroom slots are plain ones.
+        return state.regular_free(state.headroom if self._policy == "fcfs" else 0)
+
     def _headroom_for(self, state: _RunnerState, tenant_id: str) -> bool:
         """May an arriving request of ``tenant_id`` take a headroom slot now?"""
         if (self._policy != "vtc" or state.headroom_in_flight >= state.headroom
@@ -469,7 +476,7 @@ class FairScheduler:
         """Admit waiters while slots are free: regular ones, then headroom for a tenant with none in flight."""
         while state.queues:
             tenant = self._next_tenant(state)
-            if state.regular_free():
+            if self._regular_free(state):
                 headroom = False
             elif (self._policy == "vtc" and state.headroom_in_flight < state.headroom
                   and tenant not in state.tenant_in_flight):
