@@ -29,6 +29,12 @@ class RegisterRunnerOut(_Out):
     name: str
 
 
+class EngineSlotsOut(_Out):
+    models: list[str]
+    capacity: int
+    headroom: int = 0
+
+
 class RunnerOut(_Out):
     id: str
     name: str
@@ -43,5 +49,7 @@ class RunnerOut(_Out):
     unavailable_models: list[str] = Field(default_factory=list)
     #: Engine slots beyond ``capacity`` for tenants with nothing in flight (fair headroom).
     headroom: int = 0
+    #: A runner with several engines: each one's models, slots and headroom (admission is per engine).
+    engines: list[EngineSlotsOut] = Field(default_factory=list)
     in_flight: int = 0
     served_total: int = 0

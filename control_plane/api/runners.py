@@ -12,7 +12,7 @@ from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep,
 from control_plane.audit import actor_for_key, record_admin, record_runner_event
 from control_plane.errors import ApiError
 from control_plane.openai.load import runner_status
-from control_plane.schemas import RegisterRunnerIn, RegisterRunnerOut, RunnerOut
+from control_plane.schemas import EngineSlotsOut, RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
 from control_plane.store.runners import create_runner, get_runner, list_runners, revoke_runner
 from sdk.protocol import CloseCode
@@ -88,6 +88,8 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
             if not status.healthy and not out.unavailable_models:  # predates per-model status
                 out.unavailable_models = list(out.models)
             out.headroom = status.headroom
+            out.engines = [EngineSlotsOut(models=list(e.models), capacity=e.capacity, headroom=e.headroom)
+                           for e in status.engines]
             out.in_flight = live.in_flight
             # Every link reports the runner-wide counter; the freshest is the largest.
             out.served_total = max((ln.load.completed for ln in live.links), default=0)

@@ -229,6 +229,9 @@ class Admission:
         fair["tenants"] = {label(t): v for t, v in sorted(fair["tenants"].items(), key=lambda kv: kv[0] != tenant_id)}
         runners = {}
         for runner_id, r in sched["runners"].items():
+            if self._engine_keys.get(runner_id) and not (r["in_flight"] or r["queued"]):
+                # The hello's runner-wide queue, unused once the status listed the engines.
+                continue
             runners[runner_id] = {
                 "capacity": r["capacity"], "headroom": r["headroom"], "in_flight": r["in_flight"],
                 "in_headroom": r["in_headroom"], "queued": r["queued"],

@@ -61,9 +61,11 @@ def test_vtc_serves_the_light_tenant_before_the_heavy_backlog(cost_stack: CostSt
     ids = [r.headers["x-request-id"] for r in responses]
     records = _records(stack, ids)
     order = sorted(ids, key=lambda i: records[i]["created_at"])
-    # FCFS would finish the light request last (position 5); VTC runs it right after
-    # the heavy request that was already running.
-    assert order.index(ids[-1]) == 1, order
+    # FCFS would finish the light request last (index 4); VTC runs it right after the
+    # heavy request running when it queued. That is usually the first, but a 24-token
+    # answer can finish while the light request is still on its way (auth, budget
+    # check): then the second heavy one is running when it queues, never a third.
+    assert order.index(ids[-1]) <= 2, order
     light_wait = records[ids[-1]]["queue_ms"]
     heavy_waits = sorted(records[i]["queue_ms"] for i in ids[:-1])
     assert light_wait < heavy_waits[-1]

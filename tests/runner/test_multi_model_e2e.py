@@ -173,6 +173,8 @@ def test_one_engine_down_leaves_the_other_serving_and_only_its_model_unavailable
     runners = httpx.get(f"{two.cp.url}/api/runners", headers={"Authorization": f"Bearer {two.key}"},
                         timeout=5).json()["data"]
     assert [r["connected"] for r in runners] == [True]
+    # Each engine's own slots: admission is per engine, so operators see them per engine.
+    assert sorted((e["models"], e["capacity"]) for e in runners[0]["engines"]) == [(["smol-a"], 1), (["smol-b"], 1)]
     failed = "engine xllamacpp (smol-b) restart failed: engine exited with code 1 while loading"
     wait_until(lambda: failed in two.runner.log(), 30, "a failed restart of smol-b's engine")
     assert "engine xllamacpp (smol-b) exited with code -9; restart 1" in two.runner.log()
