@@ -247,7 +247,8 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
         "Stack: `control-plane serve` (SQLite, uvicorn) + one `runner local-runner --attach <engine> "
         "--parallel N --connections 2`, every process on this machine. "
         + " ".join(f"{k}: {v}." for k, v in engines.items()),
-        (f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating direct/through; closed-loop "
+        (f"Method: {args.rounds} rounds × {args.llama_phase_s:g} s (real engine) / {args.phase_s:g} s (simulator) "
+         "per path, alternating direct/through; closed-loop "
         "streams; TTFT = request written → first content token read; ITL = gap between consecutive content "
         "tokens (tokens read together count as 0); tok/s = content tokens that arrived inside the windows. "
         "Simulator at 64 streams, two starts: *burst* = every stream starts within 20 ms of the phase start, "
