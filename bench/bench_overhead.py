@@ -36,9 +36,11 @@ import asyncio
 import json
 import math
 import random
+import shlex
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,9 +223,15 @@ def summarize(sc: Scenario, res: dict[str, PathResult]) -> dict:
     out = {"scenario": sc.name, "engine": sc.engine, "streams": sc.streams, "max_tokens": sc.max_tokens,
            "tokens_per_s_each": sc.tokens_per_s}
     for name, r in res.items():
-        out[name] = {"requests": len(r.ok), "errors": r.errors, "ttft_p50_ms": r.ttft(50) * 1e3,
+        kinds = Counter(s.error[:120] for s in r.samples if s.error is not None)
+        out[name] = {"requests": len(r.ok), "errors": r.errors, "error_kinds": dict(kinds.most_common(5)),
+                     "ttft_p50_ms": r.ttft(50) * 1e3,
                      "ttft_p99_ms": r.ttft(99) * 1e3, "itl_p50_ms": r.itl(50) * 1e3, "itl_p99_ms": r.itl(99) * 1e3,
-                     "tok_s": r.tok_s, "cpu_s": r.cpu_s, "rss_mb": r.rss_mb, "window_s": r.window_s}
+                     "tok_s": r.tok_s, "cpu_s": r.cpu_s, "rss_mb": r.rss_mb, "window_s": r.window_s,
+                     # Last content token -> end of the response: time a closed-loop client waits
+                     # before its next request that no token-latency column shows.
+                     "tail_p50_ms": pct([s.done - _token_times(s)[-1] for s in r.ok if s.done and s.ttft], 50) * 1e3,
+                     "request_p50_ms": pct([s.done - s.sent for s in r.ok if s.done], 50) * 1e3}
     out["ratio"] = t.tok_s / d.tok_s if d.tok_s else math.nan
     out["added_ttft_p50_ms"] = (t.ttft(50) - d.ttft(50)) * 1e3
     out["added_ttft_p99_ms"] = (t.ttft(99) - d.ttft(99)) * 1e3
@@ -269,6 +277,12 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
             lines.append(f"| {row['scenario'] if path == 'direct' else ''} | {path} | {r['requests']} | {r['errors']} "
                          f"| {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} "
                          f"| {r['itl_p99_ms']:.2f} | {r['tok_s']:,.0f} | {ratio} |")
+    # An error count without its cause sends readers guessing: name the commonest.
+    for row in rows:
+        for path in ("direct", "through"):
+            for kind, n in row[path].get("error_kinds", {}).items():
+                quoted = kind.replace("`", "'")
+                lines.append(f"\n{row['scenario']}, {path}: {n} × `{quoted}`")
     lines += [
         "",
         "Added latency and the gateway's cost (through minus direct; CPU of the whole window, all cores):",
@@ -505,7 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.rounds = args.rounds or (6 if args.full else 3)
     args.phase_s = args.phase_s or (8.0 if args.full else 3.0)
     args.llama_phase_s = args.llama_phase_s or (15.0 if args.full else 6.0)
-    args.command = ".venv/bin/python bench/bench_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = shlex.join([".venv/bin/python", "bench/bench_overhead.py",
+                               *(argv if argv is not None else sys.argv[1:])])
     args.tmp = tmp = Path(__import__("tempfile").mkdtemp(prefix="outpost-overhead-"))
     try:
         rows = run_async(main_async(args))
