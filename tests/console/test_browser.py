@@ -307,6 +307,8 @@ def test_probe_runs_show_intervals_and_compare_side_by_side(admin: Session) -> N
         assert "Parity difference" in page.inner_text("main")
     admin.shot("fairness-run")
     _expect_ok(admin, "/fairness")
+    # The probes ran through the runner, so its queue is listed: slots include its fair headroom.
+    assert re.search(r"\d+/\d+ running \(\d+ of 1 headroom\), \d+ queued", page.inner_text("#fairness-live"))
     for run_id in run_ids:
         page.check(f"#cmp-{run_id}")
     page.get_by_role("button", name="Compare selected runs").click()
