@@ -21,7 +21,13 @@ def get_state(request: Request) -> AppState:
     return request.app.state.outpost
 
 
-AppStateDep = Annotated[AppState, Depends(get_state)]
+async def _state_dependency(request: Request) -> AppState:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+    # (and a GIL hand-off) on every request, in front of its first token.
+    return request.app.state.outpost
+
+
+AppStateDep = Annotated[AppState, Depends(_state_dependency)]
 
 
 async def get_session(state: AppStateDep) -> AsyncIterator[AsyncSession]:

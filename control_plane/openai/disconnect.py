@@ -8,21 +8,26 @@ runner's fair queue would otherwise be dispatched to the runner, and charged
 to its tenant, for a client that is no longer there. The admission queue
 waits on :func:`client_gone` beside its slot (services/scheduler.py), and
 serving.py reads a runner's answer with :func:`read_or_gone` until its first
-byte reaches the client.
+byte reaches the client. The SSE relay then listens itself
+(``openai/relay_response.py``, with :func:`interrupt_when_gone`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.types import Receive
 
 from control_plane.errors import ApiError
+from control_plane.tunnel.stream import EventQueue
 
-__all__ = ["ClientGone", "client_gone", "gone_error", "read_or_gone", "watch"]
+__all__ = ["ClientGone", "client_gone", "gone_error", "interrupt_when_gone", "read_or_gone", "watch"]
+
+T = TypeVar("T")
 
 
 async def client_gone(receive: Receive) -> None:
@@ -51,28 +56,43 @@ def gone_error() -> ApiError:
                     code="client_disconnected")
 
 
-async def read_or_gone(read: Coroutine[Any, Any, None], gone: Callable[[], Awaitable[object]] | None) -> None:
-    """Run ``read``; raise :class:`ClientGone` (and cancel it) if ``gone()`` returns first.
+@contextmanager
+def interrupt_when_gone(gone: Callable[[], Awaitable[object]] | None, events: EventQueue[Any]) -> Iterator[None]:
+    """While inside, a return of ``gone()`` (the client left) makes the next wait on ``events`` raise :class:`ClientGone`.
+
+    The events queued before the disconnect are still read (an answer that
+    arrived with it is complete). A watch that fails (not a disconnect)
+    changes nothing. One task per request, blocked in ``receive()``.
+    """
+    if gone is None:
+        yield
+        return
+    watcher = asyncio.ensure_future(gone())
+
+    def left(w: asyncio.Future[object]) -> None:
+        if not w.cancelled() and w.exception() is None:
+            events.interrupt(ClientGone())
+
+    watcher.add_done_callback(left)
+    try:
+        yield
+    finally:
+        watcher.remove_done_callback(left)
+        watcher.cancel()
+        events.resume()
+
+
+async def read_or_gone(read: Awaitable[T], gone: Callable[[], Awaitable[object]] | None,
+                       events: EventQueue[Any]) -> T:
+    """Await ``read``, which waits on ``events``; raise :class:`ClientGone` there if ``gone()`` returns first.
 
     Nobody listens for a disconnect while a plain ``Response`` is being
     prepared (see above), so without the watch the engine would
-    generate to ``max_tokens`` for nobody. The watch blocks in ``receive()``:
-    no polling, and one task per request rather than one per frame.
+    generate to ``max_tokens`` for nobody.
+
+    ``read`` runs in the caller's task: in a task of its own, each request
+    waited twice more for its turn of a busy event loop before its first
+    token (starting the task, then waking the caller when it ended).
     """
-    if gone is None:
+    with interrupt_when_gone(gone, events):
         return await read
-    reader = asyncio.ensure_future(read)
-    watcher = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        reader.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if reader.done():
-        return reader.result()  # finished in the same turn as the disconnect: the answer is complete
-    if watcher.cancelled() or watcher.exception() is not None:
-        return await reader  # the watch failed: keep collecting as before
-    reader.cancel()
-    raise ClientGone

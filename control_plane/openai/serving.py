@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.background import BackgroundTask
 
 from control_plane.db.models import RequestRecord
@@ -23,6 +23,7 @@ from control_plane.errors import ApiError, error_body, sse_error_event
 from control_plane.observability import record_id
 from control_plane.openai.admission import HolderAdmitted, HolderRefused, Slot
 from control_plane.openai.disconnect import ClientGone, gone_error, read_or_gone
+from control_plane.openai.relay_response import RelayResponse
 from control_plane.openai.routing import ENGINE_DOWN, Endpoint, RouteDecision, RouteRequest
 from control_plane.openai.usage import clamp_usage
 from control_plane.services.scheduler import RunnerGone
@@ -133,6 +134,11 @@ class _Outcome:
         if self.slot is not None:
             self.slot.finish(self.usage, self.ttft_ms)
 
+    async def settle_async(self) -> None:
+        """:meth:`settle` as a response's background task: Starlette runs a plain function
+        in its thread pool, a thread hop (and GIL hand-off) at the end of every stream."""
+        self.settle()
+
 
 async def serve_inference(state: AppState, call: InferenceCall) -> Response:
     # Back-pressure: refused here, a request is not accepted, so it needs no record.
@@ -166,9 +172,9 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         headers["x-outpost-routing"] = outcome.decision.header()
     if call.stream and opened.start.status == 200:
         # The background task settles a stream whose body never started (client gone at once).
-        return StreamingResponse(_relay_stream(state, opened, outcome), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"},
-                                 background=BackgroundTask(outcome.settle))
+        return RelayResponse(_relay_stream(state, opened, outcome), opened.stream, media_type="text/event-stream",
+                             headers={**headers, "cache-control": "no-cache"},
+                             background=BackgroundTask(outcome.settle_async))
     body = await _collect(state, opened, outcome)
     return Response(body, status_code=opened.start.status, media_type=opened.start.content_type,
                     headers=headers)
@@ -239,7 +245,7 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
         try:
             # A non-streaming answer's first byte is its whole body: the client may leave meanwhile.
             start, first = await read_or_gone(_first_byte(st, settings, slot if at_holder else None),
-                                               call.client_gone)
+                                               call.client_gone, st)
         except BaseException as exc:
             state.router.finished(runner)
             link.close_stream(st)
@@ -490,7 +496,7 @@ async def _finish_answered(state: AppState, opened: _Opened, outcome: _Outcome) 
 async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     parts: list[str] = []
     try:
-        await read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone)
+        await read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone, opened.stream)
         body = "".join(parts)
         outcome.bytes_out = len(body)
         if opened.start.status >= 400:

@@ -29,20 +29,56 @@ class LinkClosed:
 E = TypeVar("E")
 
 
+class _Wake:
+    """Queued by :meth:`EventQueue.interrupt` to wake a reader that waits for an event."""
+
+
+_WAKE = _Wake()
+
+
 class EventQueue(Generic[E]):
     """The reading half of a stream, local (:class:`Stream`) or relayed (``cluster/remote.py``)."""
 
     def __init__(self) -> None:
-        self._events: asyncio.Queue[E] = asyncio.Queue()
-        self._held: E | None = None  # read by take_data() ahead of its turn
+        self._events: asyncio.Queue[E | _Wake] = asyncio.Queue()
+        self._held: E | _Wake | None = None  # read by take_data() ahead of its turn
+        self._interrupt: BaseException | None = None
 
     async def next_event(self, timeout: float | None = None) -> E:
+        """The next event; raises what :meth:`interrupt` was given once the events queued before it are read."""
         if self._held is not None:
             held, self._held = self._held, None
-            return held
+            if not isinstance(held, _Wake):
+                return held
+            if self._interrupt is not None:
+                raise self._interrupt
         if timeout is None:
-            return await self._events.get()
-        return await asyncio.wait_for(self._events.get(), timeout)
+            return await self._next()
+        # Not wait_for: on Python 3.11 it runs the wait in a task of its own, one more
+        # turn of a busy event loop for every event before a request's first byte.
+        async with asyncio.timeout(timeout):
+            return await self._next()
+
+    async def _next(self) -> E:
+        while True:
+            ev = await self._events.get()
+            if not isinstance(ev, _Wake):
+                return ev
+            if self._interrupt is not None:
+                raise self._interrupt
+            # A wake-up left from an interrupt already withdrawn: nothing to report.
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Make the reader's wait raise ``exc`` (after the events already queued), until :meth:`resume`.
+
+        For ``openai/disconnect.py``: a client that leaves stops a read in the
+        reading task itself, without running that read in a task of its own.
+        """
+        self._interrupt = exc
+        self._events.put_nowait(_WAKE)
+
+    def resume(self) -> None:
+        self._interrupt = None
 
     def take_data(self) -> str:
         """The data already delivered and not read yet, joined, without waiting.
@@ -57,6 +93,9 @@ class EventQueue(Generic[E]):
             ev = self._events.get_nowait()
             if isinstance(ev, DataFrame):
                 parts.append(ev.data)
+            elif isinstance(ev, _Wake):
+                if self._interrupt is not None:  # next_event must still see it, in its place
+                    self._held = ev
             else:
                 self._held = ev
         return "".join(parts)

@@ -16,7 +16,10 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from control_plane.openai import serving
+from control_plane.openai.disconnect import ClientGone
 from control_plane.openai.serving import InferenceCall, _Opened, _Outcome, _relay_stream
 from control_plane.tunnel.stream import Stream
 from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
@@ -103,3 +106,49 @@ async def test_an_end_frame_that_never_comes_stops_the_stream_and_keeps_the_reco
     await _settled()
     [record] = state.saved
     assert record.status == "cancelled" and resets == ["client disconnected"]
+
+
+# The relay learns of a hang-up as ClientGone at its next wait (openai/relay_response.py).
+
+
+async def test_a_client_gone_while_the_relay_waits_cancels_the_engine_and_says_so() -> None:
+    state = _State()
+    body, stream, resets = _relay(state)
+    assert "Hi" in await anext(body)
+    stream.interrupt(ClientGone())
+    with pytest.raises(ClientGone):
+        await anext(body)
+    await _settled()
+    [record] = state.saved
+    assert (record.status, record.error_type) == ("cancelled", "client_disconnected")
+    assert resets == ["client disconnected"]
+
+
+async def test_a_client_gone_after_done_keeps_the_request_ok_with_its_usage() -> None:
+    state = _State()
+    body, stream, resets = _relay(state)
+    await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
+    assert (await anext(body)).endswith("data: [DONE]\n\n")
+    stream.interrupt(ClientGone())
+    with pytest.raises(ClientGone):
+        await anext(body)
+    stream.resume()  # the response's watch is over once the body has stopped
+    stream.deliver(EndFrame(stream_id=1, usage=Usage(prompt_tokens=7, completion_tokens=2)))
+    await _settled()
+    [record] = state.saved
+    assert (record.status, record.error_type) == ("ok", None)
+    assert (record.prompt_tokens, record.completion_tokens) == (7, 2)
+    assert resets == []
+
+
+async def test_data_queued_before_the_hang_up_is_still_relayed() -> None:
+    state = _State()
+    body, stream, _ = _relay(state)
+    await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data="data: more\n\n"))
+    stream.interrupt(ClientGone())
+    assert await anext(body) == "data: more\n\n"
+    with pytest.raises(ClientGone):
+        await anext(body)
+    await _settled()

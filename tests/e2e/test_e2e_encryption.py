@@ -93,6 +93,21 @@ def e2e_records(stack: Stack) -> list[dict[str, Any]]:
         engine.dispose()
 
 
+def e2e_count(stack: Stack) -> int:
+    """How many e2e records there are once those of requests already answered are written.
+
+    The writer commits a record up to ``records_linger_s`` (0.25 s) after its request
+    ended, batched with others (services/record_writer.py): count once nothing new has
+    appeared for three times that.
+    """
+    count, stable_since = len(e2e_records(stack)), time.monotonic()
+    while time.monotonic() - stable_since < 0.75:
+        time.sleep(0.1)
+        if (now := len(e2e_records(stack))) != count:
+            count, stable_since = now, time.monotonic()
+    return count
+
+
 def next_record(stack: Stack, before: int) -> dict[str, Any]:
     """The e2e request record written after ``before`` existed (records are written in the background)."""
     wait_until(lambda: len(e2e_records(stack)) > before, 15, "the e2e request record")
@@ -106,7 +121,7 @@ def test_canaries_never_reach_the_control_plane(stack: Stack, client: Client, ad
     grammar = f'root ::= "{answer_canary}"'
     messages = [{"role": "system", "content": f"The password is {prompt_canary}."},
                 {"role": "user", "content": f"Repeat the password {prompt_canary}."}]
-    before = len(e2e_records(stack))
+    before = e2e_count(stack)
     reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=32, temperature=0,
                                            grammar=grammar)
     assert answer_canary in reply.choices[0].message.content
@@ -178,7 +193,7 @@ def test_swapped_runner_key_is_refused(stack: Stack, fingerprint: str) -> None:
 
 
 def test_usage_and_cost_come_from_the_verified_receipt(stack: Stack, client: Client) -> None:
-    before = len(e2e_records(stack))
+    before = e2e_count(stack)
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to 3"}],
                                            max_tokens=6, temperature=0)
     record = next_record(stack, before)
@@ -224,7 +239,7 @@ async def test_forged_receipt_is_rejected_and_not_billed(stack: Stack, admin_key
     try:
         await asyncio.wait_for(tunnel.connected.wait(), 15)
         messages = [{"role": "user", "content": "Hi"}]
-        before = len(e2e_records(stack))
+        before = await asyncio.to_thread(e2e_count, stack)
         reply = await client.chat.completions.create(model=model, messages=messages, max_tokens=16)
         assert reply.choices[0].message.content == "ok"  # the client is served...
         forged = await asyncio.to_thread(next_record, stack, before)
