@@ -55,7 +55,7 @@ class ExternalLoad:
         self._changes: dict[str, deque[tuple[float, int, int]]] = {}
         self._history = history
         # runner id -> (status, last change, in flight, answer): the answer changes only with
-        # a status frame or a change of ours, and routing asks for every runner on every request.
+        # a status frame (see __call__), and routing asks for every runner on every request.
         self._answers: dict[str, tuple[RunnerLoad, tuple[float, int, int] | None, int, int]] = {}
 
     def note(self, runner: ConnectedRunner, before: int) -> None:
@@ -83,7 +83,10 @@ class ExternalLoad:
         changes = self._changes.get(runner.runner_id)
         last = changes[-1] if changes else None  # a new tuple per change: identity marks the history
         known = self._answers.get(runner.runner_id)
-        if known is not None and known[0] is st and known[1] is last and known[2] == runner.in_flight:
+        # Every change of ours noted after the report came later than it, outside its window: the
+        # answer stands until the next report (a scan of up to ``history`` changes per request
+        # before). Only before our first change does it follow the in-flight count.
+        if known is not None and known[0] is st and (known[1] is not None or known[2] == runner.in_flight):
             return known[3]
         ours = self.ours_during(runner, st.updated_at - self.window_s, st.updated_at)
         answer = max(0, st.running + st.waiting - ours)

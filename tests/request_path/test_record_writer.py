@@ -240,6 +240,62 @@ async def test_stop_drains_what_is_queued(fresh_database_url: str) -> None:
         await db.dispose()
 
 
+async def _written(writer: RecordWriter, n: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while writer.written < n:
+        assert time.monotonic() < deadline, f"{writer.written} of {n} written after {within_s}s"
+        await asyncio.sleep(0.02)
+
+
+@BACKENDS
+async def test_a_batch_lingers_for_more_records_until_full_flushed_or_stopped(fresh_database_url: str) -> None:
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        # A linger far longer than every wait below: nothing here is written by its clock.
+        writer = RecordWriter(db, max_batch=3, linger_s=60)
+        await writer.start()
+        writer.submit(_record(tenant))
+        await asyncio.sleep(0.3)
+        assert writer.written == 0, "one record waits for others to share its transaction"
+        writer.submit(_record(tenant))
+        writer.submit(_record(tenant))  # the batch is full: written without waiting
+        await _written(writer, 3, within_s=10)
+        assert writer.batches == 1
+
+        writer.submit(_record(tenant))
+        writer.submit(_record(tenant))
+        await writer.flush(10)  # flush() does not wait for the linger either
+        assert writer.written == 5 and writer.batches == 2
+
+        last = _record(tenant)
+        writer.submit(last)
+        await asyncio.wait_for(writer.stop(), 10)  # nor does shutdown
+        assert writer.written == 6 and writer.batches == 3
+        assert last.id in {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")}
+    finally:
+        await db.dispose()
+
+
+@BACKENDS
+async def test_records_submitted_within_the_linger_share_one_transaction(fresh_database_url: str) -> None:
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        writer = RecordWriter(db, linger_s=0.5)
+        await writer.start()
+        for _ in range(5):
+            writer.submit(_record(tenant))
+            await asyncio.sleep(0.02)
+        await _written(writer, 5, within_s=10)
+        assert writer.batches == 1
+        await writer.stop()
+    finally:
+        await db.dispose()
+
+
 @BACKENDS
 async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
         fresh_database_url: str, caplog: pytest.LogCaptureFixture) -> None:
