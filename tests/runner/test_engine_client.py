@@ -275,6 +275,36 @@ async def test_an_engine_that_closes_an_idle_keep_alive_connection_is_not_an_err
     assert eng.connections == 3
 
 
+async def test_a_kept_alive_connection_the_engine_closes_as_the_request_arrives_is_retried_once() -> None:
+    served: set[int] = set()
+
+    async def script(req: Request, w: Writer) -> bool:
+        if id(w) in served:
+            return False  # its idle timeout fired as this request came in: closed, no answer
+        served.add(id(w))
+        w.write(whole(200, b'{"ok":1}'))
+        await w.drain()
+        return True
+
+    async with engine(script) as eng, client() as c:
+        for _ in range(3):
+            async with c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}") as resp:
+                assert await resp.read() == b'{"ok":1}'
+    # Requests 2 and 3 each failed once on the kept-alive connection, then got a new one.
+    assert eng.connections == 3 and len(eng.requests) == 5
+
+
+async def test_an_engine_that_closes_every_connection_unanswered_is_an_engine_error_after_one_retry() -> None:
+    async def script(req: Request, w: Writer) -> bool:
+        return False
+
+    async with engine(script) as eng, client() as c:
+        with pytest.raises(EngineError) as err:
+            async with c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}"):
+                pass
+    assert err.value.kind == "ServerDisconnectedError" and eng.connections == 2
+
+
 async def test_an_engine_that_breaks_off_mid_body_is_an_engine_error_after_what_arrived() -> None:
     async def script(req: Request, w: Writer) -> bool:
         w.write(head(200, **{"Transfer-Encoding": "chunked"}) + chunk(events("a")[0]))
