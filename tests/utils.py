@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -185,3 +186,23 @@ def tenant_records(database_url: str, tenant: str) -> list[dict]:
             return [dict(r._mapping) for r in rows]
     finally:
         engine.dispose()
+
+
+@contextmanager
+def one_slot_stack(tmp: Path, ctx: int) -> Iterator[tuple[ControlPlaneProcess, RunnerProcess, str, str]]:
+    """A control plane on SQLite and a runner with one llama.cpp slot and no fair headroom.
+
+    One slot makes what runs and what queues exact. Yields (control plane, runner,
+    runner id, database URL); stops both afterwards.
+    """
+    url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
+    cp = ControlPlaneProcess(tmp / "cp", url).start()
+    runner = RunnerProcess(cp, tmp / "runner", "one-slot",
+                           args=["--parallel", "1", "--headroom", "0", "--ctx", str(ctx)])
+    try:
+        admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]
+        runner.start()
+        yield cp, runner, runner.wait_connected(admin), url
+    finally:
+        runner.stop()
+        cp.stop()

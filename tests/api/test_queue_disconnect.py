@@ -23,7 +23,12 @@ import httpx
 import pytest
 
 from control_plane.openai.disconnect import watch
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
+from tests.utils import (
+    ControlPlaneProcess,
+    one_slot_stack,
+    tenant_records,
+    wait_until,
+)
 
 MODEL = "smollm2-135m-instruct"
 
@@ -57,17 +62,8 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("queue-disconnect")
-    url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-    cp = ControlPlaneProcess(tmp / "cp", url).start()
-    runner = RunnerProcess(cp, tmp / "runner", "one-slot", args=["--parallel", "1", "--headroom", "0", "--ctx", "1024"])
-    try:
-        admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]
-        runner.start()
-        runner_id = runner.wait_connected(admin)
+    with one_slot_stack(tmp, 1024) as (cp, _runner, runner_id, url):
         yield Env(cp, runner_id, url, tmp)
-    finally:
-        runner.stop()
-        cp.stop()
 
 
 async def test_watch_returns_on_the_disconnect_message_only() -> None:

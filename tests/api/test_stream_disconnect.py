@@ -20,7 +20,13 @@ import httpx
 import pytest
 
 from tests.cluster.conftest import engine_processing
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
+from tests.utils import (
+    ControlPlaneProcess,
+    RunnerProcess,
+    one_slot_stack,
+    tenant_records,
+    wait_until,
+)
 
 MODEL = "smollm2-135m-instruct"
 
@@ -40,17 +46,8 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("stream-disconnect")
-    url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-    cp = ControlPlaneProcess(tmp / "cp", url).start()
-    runner = RunnerProcess(cp, tmp / "runner", "one-slot", args=["--parallel", "1", "--headroom", "0", "--ctx", "4096"])
-    try:
-        admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]
-        runner.start()
-        runner_id = runner.wait_connected(admin)
+    with one_slot_stack(tmp, 4096) as (cp, runner, runner_id, url):
         yield Env(cp, runner, runner_id, url)
-    finally:
-        runner.stop()
-        cp.stop()
 
 
 def _read_until(sock: socket.socket, marker: bytes, limit_s: float = 60) -> bytes:
