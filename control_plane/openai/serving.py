@@ -113,6 +113,9 @@ class _Outcome:
         self.slot: Slot | None = None  # the runner slot admission granted: queue wait, engine share, cost
         # Undoes the runner's in-flight count (and resets a stream nobody read); run once, by settle().
         self.release: Callable[[], None] | None = None
+        # A stream answered in full whose end frame is still on its way: _finish_answered
+        # settles it, and the response's background task must not reset that stream first.
+        self.settled_later = False
 
     def record(self) -> RequestRecord:
         c = self.call
@@ -137,7 +140,8 @@ class _Outcome:
     async def settle_async(self) -> None:
         """:meth:`settle` as a response's background task: Starlette runs a plain function
         in its thread pool, a thread hop (and GIL hand-off) at the end of every stream."""
-        self.settle()
+        if not self.settled_later:
+            self.settle()
 
 
 async def serve_inference(state: AppState, call: InferenceCall) -> Response:
@@ -458,6 +462,7 @@ async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> 
         if not finished and answered:
             # The client read the whole answer and hung up before the runner's end frame
             # (with the usage) arrived: the request succeeded; wait for that frame off the client's task.
+            outcome.settled_later = True
             _spawn(_finish_answered(state, opened, outcome))
         else:
             if not finished:

@@ -33,12 +33,12 @@ class _State(SimpleNamespace):
         records: list[Any] = []
         super().__init__(
             records=SimpleNamespace(submit=records.append), saved=records,
-            router=SimpleNamespace(observe=lambda *a, **k: None),
+            router=SimpleNamespace(observe=lambda *a, **k: None, finished=lambda runner: None),
             hub=SimpleNamespace(is_served=lambda model: True),
             metrics=SimpleNamespace(observe_inference=lambda **k: None))
 
 
-def _relay(state: _State) -> tuple[Any, Stream, list[str]]:
+def _relay(state: _State, outcomes: list[_Outcome] | None = None) -> tuple[Any, Stream, list[str]]:
     resets: list[str] = []
 
     async def grant(stream_id: int, n: int) -> None:
@@ -58,7 +58,11 @@ def _relay(state: _State) -> tuple[Any, Stream, list[str]]:
     opened = _Opened(runner=SimpleNamespace(runner_id="run_1"),  # type: ignore[arg-type]
                      link=SimpleNamespace(close_stream=lambda s: None),  # type: ignore[arg-type]
                      stream=stream, start=start, first=first, attempts=1)
-    return _relay_stream(state, opened, _Outcome(call)), stream, resets  # type: ignore[arg-type]
+    outcome = _Outcome(call)
+    if outcomes is not None:  # the caller plays the response around the body: the real releaser
+        outcome.release = serving._releaser(state, opened.runner, opened.link, stream)  # type: ignore[arg-type]
+        outcomes.append(outcome)
+    return _relay_stream(state, opened, outcome), stream, resets  # type: ignore[arg-type]
 
 
 async def _settled() -> None:
@@ -139,6 +143,30 @@ async def test_a_client_gone_after_done_keeps_the_request_ok_with_its_usage() ->
     [record] = state.saved
     assert (record.status, record.error_type) == ("ok", None)
     assert (record.prompt_tokens, record.completion_tokens) == (7, 2)
+    assert resets == []
+
+
+async def test_the_responses_background_settle_leaves_an_answered_stream_to_its_end_frame() -> None:
+    # RelayResponse runs the background settle as soon as the body stops; settling
+    # then would reset the stream and drop the end frame on its way (seen through
+    # another replica in tests/cluster/test_relay.py: recorded cancelled, no usage).
+    state, outcomes = _State(), []
+    body, stream, resets = _relay(state, outcomes)
+    await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
+    await anext(body)
+    stream.interrupt(ClientGone())
+    with pytest.raises(ClientGone):
+        await anext(body)
+    await outcomes[0].settle_async()  # the response's background task
+    for _ in range(20):  # let anything it started run
+        await asyncio.sleep(0)
+    assert resets == [] and not stream.finished
+    stream.resume()
+    stream.deliver(EndFrame(stream_id=1, usage=Usage(prompt_tokens=7, completion_tokens=2)))
+    await _settled()
+    [record] = state.saved
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == ("ok", 7, 2)
     assert resets == []
 
 
