@@ -32,6 +32,7 @@ __all__ = [
     "FairnessRun",
     "Model",
     "Runner",
+    "RunnerEngine",
     "Usage",
     "UsageReport",
     "UsageTotals",
@@ -128,6 +129,14 @@ class Model(_Model):
     context_length: int | None = None
 
 
+class RunnerEngine(_Model):
+    """One engine of a runner that runs several: its models and its own slots."""
+
+    models: list[str] = Field(default_factory=list)
+    capacity: int = 1
+    headroom: int = 0
+
+
 class Runner(_Model):
     id: str
     name: str
@@ -144,6 +153,9 @@ class Runner(_Model):
     #: Engine slots beyond ``capacity`` the control plane grants only to a tenant with
     #: nothing in flight there (fair headroom, docs/fairness.md). 0 from an older control plane.
     headroom: int = 0
+    #: A runner with several engines: each one's models and slots (admission is per engine).
+    #: Empty for a one-engine runner and from an older control plane.
+    engines: list[RunnerEngine] = Field(default_factory=list)
     in_flight: int = 0
     served_total: int = 0
 
