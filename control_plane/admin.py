@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from control_plane.audit import operator_actor, record_admin
 from control_plane.db.engine import Database
+from control_plane.db.models import Pool
 from control_plane.openai.routing import POLICIES
 from control_plane.store.keys import create_api_key, create_enrollment_token
 from control_plane.store.policies import set_key_limits, set_tenant_policy
+from control_plane.store.pools import DEFAULT_POOL, create_pool, default_pool, get_pool_by_name
 from control_plane.store.tenants import get_or_create_tenant
 
 __all__ = ["issue_api_key", "issue_enrollment_token", "parse_residency", "update_tenant"]
@@ -75,11 +79,22 @@ async def update_tenant(db: Database, tenant: str, *, residency: dict[str, list[
 
 
 async def issue_enrollment_token(db: Database, tenant: str, runner_name: str, ttl_s: int, *,
-                                 actor: str | None = None) -> str:
+                                 actor: str | None = None, pool: str | None = None,
+                                 labels: dict[str, str] | None = None) -> str:
+    """A token for ``runner_name``, joining the tenant's pool named ``pool`` (created if new; default: "default")."""
     async with db.session() as session:
         t = await get_or_create_tenant(session, tenant)
-        token, secret = await create_enrollment_token(session, t.id, runner_name, ttl_s)
+        pool_row = await (default_pool(session, t.id) if pool in (None, DEFAULT_POOL)
+                          else _pool_named(session, t.id, pool))
+        token, secret = await create_enrollment_token(session, t.id, runner_name, ttl_s, pool_id=pool_row.id,
+                                                      labels=labels)
         await record_admin(session, actor=actor or operator_actor(), action="enrollment_token.create",
-                           tenant_id=t.id, target=token.id, details={"runner_name": runner_name, "ttl_s": ttl_s})
+                           tenant_id=t.id, target=token.id,
+                           details={"runner_name": runner_name, "ttl_s": ttl_s, "pool_id": pool_row.id,
+                                    "labels": dict(labels or {})})
         await session.commit()
         return secret
+
+
+async def _pool_named(session: AsyncSession, tenant_id: str, name: str) -> Pool:
+    return await get_pool_by_name(session, tenant_id, name) or await create_pool(session, tenant_id, name)

@@ -18,6 +18,7 @@ from control_plane.api import (
     health,
     keys,
     openai,
+    pools,
     runners,
     service_fairness,
     tunnel,
@@ -34,6 +35,7 @@ from control_plane.observability import StateCollector, install_observability
 from control_plane.openai.admission import Admission
 from control_plane.openai.routing import Router, RouterConfig
 from control_plane.services.auth_cache import KeyCache
+from control_plane.services.owner_settings import OwnerSettingsSync
 from control_plane.services.record_writer import RecordWriter
 from control_plane.settings import Settings
 from control_plane.state import AppState
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
             await cluster.start()
             app.state.outpost.cluster, app.state.outpost.rate_limiter = cluster, cluster.rate_limiter
             app.state.outpost.key_cache.share_through(cluster)  # revocations reach every replica at once
+            # An owner's change to a runner's labels, price or pool, made on another replica.
+            cluster.key_listeners.append(OwnerSettingsSync(db, hub).changed_elsewhere)
         try:
             yield
         finally:
@@ -86,7 +90,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)
-    for module in (audit, budgets, e2e, fairness, health, keys, openai, runners, service_fairness, tunnel, usage):
+    for module in (audit, budgets, e2e, fairness, health, keys, openai, pools, runners, service_fairness, tunnel,
+                   usage):
         app.include_router(module.router)
     install_console(app, settings)  # the web console at / (after the API, so API paths win)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -31,6 +31,7 @@ from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
 from control_plane.openai.routing import POLICIES
+from control_plane.pools_cli import pools_app, runners_set
 from control_plane.settings import Settings
 from sdk.logfmt import configure_logging
 from sdk.protocol import MAX_FRAME_BYTES
@@ -46,6 +47,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(fairness_app, name="fairness")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(users_app, name="users")
+app.add_typer(pools_app, name="pools")
+runners_app.command("set")(runners_set)
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]
@@ -131,12 +134,22 @@ def tenants_set(
 
 
 @runners_app.command("enroll")
-def runners_enroll(name: Annotated[str, typer.Argument(help="Runner name.")], tenant: Tenant = "default") -> None:
+def runners_enroll(name: Annotated[str, typer.Argument(help="Runner name.")], tenant: Tenant = "default",
+                   pool: Annotated[str | None, typer.Option(help="Pool of the tenant the runner joins "
+                                                                 "(created if missing; default: 'default').")] = None,
+                   labels: Annotated[str | None, typer.Option(help='Residency labels routing obeys, e.g. '
+                                                                   '\'{"site": "lab-1"}\'.')] = None) -> None:
     """Create a one-time enrollment token for a runner; printed once, on stdout."""
+    try:
+        parsed = json.loads(labels) if labels is not None else None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--labels is not JSON: {exc}") from None
+    if parsed is not None and (not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values())):
+        raise typer.BadParameter("--labels must be an object of strings")
     settings = Settings()
     upgrade_to_head(settings.database_url)
     token = asyncio.run(_with_db(settings, lambda db: issue_enrollment_token(
-        db, tenant, name, settings.enrollment_token_ttl_s)))
+        db, tenant, name, settings.enrollment_token_ttl_s, pool=pool, labels=parsed)))
     console.print(f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
                   "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:")
     print(token)

@@ -38,7 +38,13 @@ class EngineSlotsOut(_Out):
 class RunnerOut(_Out):
     id: str
     name: str
+    pool_id: str
+    #: Residency labels set by the owner: the ones routing obeys.
     labels: dict
+    #: Labels the runner's last hello claimed: shown, never trusted.
+    reported_labels: dict = Field(default_factory=dict)
+    #: The owner-set price routing and billing use (services/cost.hourly_rate of the cost model).
+    usd_per_hour: float | None = None
     capacity: int
     created_at: datetime
     last_seen_at: datetime | None

@@ -73,8 +73,12 @@ class _Process:
 
 class ControlPlaneProcess(_Process):
     def __init__(self, state_dir: Path, database_url: str, extra_env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, *, shared_pool: bool = True) -> None:
+        """``shared_pool``: the ``default`` tenant is the platform operator and grants its default
+        pool to every tenant, as a lab whose one runner serves several tenants sets it up; the
+        tests of pool isolation pass ``False``."""
         self.state_dir = state_dir
+        self.database_url, self.shared_pool = database_url, shared_pool
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "OUTPOST_STATE_DIR": str(state_dir), "OUTPOST_DATABASE_URL": database_url,
@@ -88,6 +92,8 @@ class ControlPlaneProcess(_Process):
                                          stderr=subprocess.STDOUT)
         wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200, 60,
                    f"control plane on {self.url}\n{self.log()}")
+        if self.shared_pool:
+            run_db(self.database_url, share_default_pool)
         return self
 
     def cli(self, *args: str) -> str:
@@ -170,6 +176,21 @@ def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
             await db.dispose()
 
     return asyncio.run(main())
+
+
+async def share_default_pool(db: Database, tenant: str = "default") -> str:
+    """Make ``tenant`` the platform operator and grant its default pool to every tenant; returns the grant id."""
+    from control_plane.pool_actions import EVERY_TENANT, give_grant
+    from control_plane.store.pools import default_pool
+    from control_plane.store.tenants import get_or_create_tenant
+
+    async with db.session() as session:
+        owner = await get_or_create_tenant(session, tenant)
+        owner.platform_operator = True
+        grant = await give_grant(session, owner, await default_pool(session, owner.id), EVERY_TENANT,
+                                 actor="operator:tests")
+        await session.commit()
+        return grant.id
 
 
 def tenant_records(database_url: str, tenant: str) -> list[dict]:

@@ -26,7 +26,7 @@ from control_plane.audit import actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
 from control_plane.openai.disconnect import watch
-from control_plane.openai.routing import RouteRequest
+from control_plane.openai.routing import RouteRequest, residency_allows
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
 from control_plane.services.receipts import receipt_check
 from control_plane.state import AppState
@@ -95,22 +95,25 @@ async def put_e2e_key(runner_id: str, doc: Annotated[dict[str, Any], Body()], se
 
 
 @router.get("/api/runners/{runner_id}/e2e-key")
-async def get_e2e_key(runner_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
-    """The signed document; clients verify it against the fingerprint they pinned."""
+async def get_e2e_key(runner_id: str, caller: CallerDep, policy: PolicyDep, session: SessionDep) -> dict[str, Any]:
+    """The signed document of a runner the caller may use; clients verify it against the fingerprint they pinned."""
     runner = await get_runner(session, runner_id)
-    doc = hpke_key_document(runner) if runner is not None and runner.revoked_at is None else None
+    usable = runner is not None and runner.revoked_at is None and runner.pool_id in policy.pools
+    doc = hpke_key_document(runner) if usable else None  # type: ignore[arg-type]
     if doc is None:
         raise ApiError.not_found(f"Runner {runner_id!r} has no end-to-end key.", code="e2e_key_not_found")
     return doc
 
 
 @router.get(f"{E2E_PREFIX}/runners")
-async def e2e_runners(state: AppStateDep, caller: CallerDep, session: SessionDep,
+async def e2e_runners(state: AppStateDep, caller: CallerDep, policy: PolicyDep, session: SessionDep,
                       model: str | None = None) -> dict[str, Any]:
-    """Connected runners (serving ``model``, if given) that have a key, each with its signed document."""
+    """Connected runners the caller may use (its pools, its residency rules), serving ``model`` if
+    given, that have a key, each with its signed document. Other tenants' runners are not listed."""
     live = state.hub.runners_for(model) if model else state.hub.routable()
+    usable = [r for r in live if r.pool_id in policy.pools and residency_allows(r.labels, policy.residency)]
     data = []
-    for r in sorted(live, key=lambda r: (r.in_flight, r.runner_id)):
+    for r in sorted(usable, key=lambda r: (r.in_flight, r.runner_id)):
         row = await get_runner(session, r.runner_id)
         if row is None or row.revoked_at is not None or (doc := hpke_key_document(row)) is None:
             continue
@@ -137,6 +140,8 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
                        code="max_tokens_too_large", param="max_tokens")
     identity = await _identity_of_sealing_runner(request, state, runner_id)
     live = state.hub.lookup(runner_id)  # held here or, with Redis, by another replica
+    if live is not None and live.pool_id not in policy.pools:
+        raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")  # not the caller's to use
     if live is None:
         raise ApiError.unavailable(f"Runner {runner_id!r} is not connected; the request is sealed to it "
                                    "and cannot go elsewhere.", code="runner_not_connected")
@@ -144,7 +149,7 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
         raise ApiError.not_found(f"Runner {runner_id!r} does not serve '{body.model}'.",
                                  code="model_not_found", param="model")
     route = RouteRequest(model=body.model, endpoint=endpoint_kind(path), residency=policy.residency,
-                         max_tokens=body.max_tokens)
+                         max_tokens=body.max_tokens, pools=policy.pools)
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
                          model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
                          route=route, tenant_weight=policy.tenant_weight, runner_id=runner_id,

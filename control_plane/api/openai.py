@@ -46,11 +46,12 @@ PolicyDep = Annotated[KeyPolicy, Depends(get_key_policy_dep)]
 
 @router.get("/models")
 async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) -> dict:
-    """Every name (and alias) a runner this caller may use serves, merged across runners."""
+    """Every name (and alias) a runner this caller may use serves, merged across runners:
+    runners in the tenant's usable pools (store.pools) whose owner-set labels meet its residency rules."""
     now = int(time.time())
     merged: dict[str, dict] = {}
     for runner in sorted(state.hub.routable(), key=lambda r: r.runner_id):
-        if not residency_allows(runner.labels, policy.residency):
+        if runner.pool_id not in policy.pools or not residency_allows(runner.labels, policy.residency):
             continue
         down = runner_status(runner).unavailable_models
         for m in runner.models:
@@ -101,7 +102,7 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
     route = RouteRequest(
         model=body.model, endpoint=endpoint_kind(endpoint), policy=routing, residency=policy.residency,
         affinity_keys=() if isinstance(body, EmbeddingRequest) else affinity_keys(caller.tenant_id, body),
-        prompt_tokens=body.estimated_prompt_tokens(), max_tokens=max_tokens)
+        prompt_tokens=body.estimated_prompt_tokens(), max_tokens=max_tokens, pools=policy.pools)
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=endpoint,
                          model=body.model, body=body.model_dump_json(exclude_unset=True),
                          stream=bool(getattr(body, "stream", False)), route=route,

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
 from control_plane.audit import actor_for_key, record_admin, record_runner_event
+from control_plane.db.models import Pool, Runner
 from control_plane.errors import ApiError
 from control_plane.openai.load import runner_status
 from control_plane.schemas import EngineSlotsOut, RegisterRunnerIn, RegisterRunnerOut, RunnerOut
+from control_plane.services.cost import hourly_rate
+from control_plane.services.owner_settings import apply_owner_settings
+from control_plane.store.changes import mark_key_changed
 from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
-from control_plane.store.runners import create_runner, get_runner, list_runners, revoke_runner
+from control_plane.store.pools import default_pool, get_pool, get_pool_by_name
+from control_plane.store.runners import (
+    MAX_USD_PER_HOUR,
+    create_runner,
+    get_runner,
+    list_runners,
+    revoke_runner,
+    update_runner,
+)
 from sdk.protocol import CloseCode
 
 router = APIRouter(prefix="/api/runners", tags=["runners"])
@@ -29,11 +43,14 @@ async def register_runner(body: RegisterRunnerIn, request: Request, session: Ses
     if enrollment is None:
         raise _token_refused("Enrollment token is invalid, expired or already used.")
     name = enrollment.runner_name  # read now: a failed flush expires the row
+    tenant_id, labels = enrollment.tenant_id, dict(enrollment.labels or {})
+    # The pool the enrolling admin chose, else the tenant's default: never one the runner names.
+    pool_id = enrollment.pool_id or (await default_pool(session, tenant_id)).id
     try:
-        runner = await create_runner(session, tenant_id=enrollment.tenant_id, name=name,
+        runner = await create_runner(session, tenant_id=tenant_id, pool_id=pool_id, name=name,
                                      identity_public_key=body.identity_public_key,
                                      hpke_public_key=body.hpke_public_key,
-                                     hpke_key_signature=body.hpke_key_signature)
+                                     hpke_key_signature=body.hpke_key_signature, labels=labels)
     except IntegrityError:
         raise ApiError(409, f"A runner named {name!r} already exists.",
                        code="runner_exists") from None
@@ -50,10 +67,29 @@ def _token_refused(message: str) -> ApiError:
     return ApiError(401, message, code="invalid_enrollment_token", headers={"WWW-Authenticate": "Bearer"})
 
 
+Labels = dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]]
+
+
 class EnrollIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
+    #: A pool of the caller's tenant (id or name); default: its ``default`` pool.
+    pool: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Residency labels the runner gets (routing obeys these, never the runner's own claims).
+    labels: Labels = Field(default_factory=dict, max_length=64)
+
+
+class RunnerUpdateIn(BaseModel):
+    """What only the owner decides about a runner; each field left out is unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: Labels | None = Field(default=None, max_length=64)
+    # Strict: no "5" or true; finite (allow_inf_nan) and within the cap of store.runners.
+    usd_per_hour: float | None = Field(default=None, ge=0, le=MAX_USD_PER_HOUR, strict=True, allow_inf_nan=False)
+    #: Move the runner to another pool of its tenant (id or name).
+    pool: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class EnrollOut(BaseModel):
@@ -65,10 +101,13 @@ class EnrollOut(BaseModel):
 @router.post("/enroll", response_model=EnrollOut, status_code=201)
 async def create_enrollment(body: EnrollIn, state: AppStateDep, admin: AdminDep, session: SessionDep) -> EnrollOut:
     """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown once."""
+    pool = await _own_pool(session, admin.tenant_id, body.pool)
     row, token = await create_enrollment_token(session, admin.tenant_id, body.name,
-                                               state.settings.enrollment_token_ttl_s)
+                                               state.settings.enrollment_token_ttl_s, pool_id=pool.id,
+                                               labels=body.labels)
     await record_admin(session, actor=actor_for_key(admin.api_key_id), action="enrollment_token.create",
-                       tenant_id=admin.tenant_id, target=body.name, details={"token_id": row.id})
+                       tenant_id=admin.tenant_id, target=body.name,
+                       details={"token_id": row.id, "pool_id": pool.id, "labels": body.labels})
     await session.commit()
     return EnrollOut(token=token, runner_name=row.runner_name, expires_at=row.expires_at)
 
@@ -78,7 +117,7 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
     rows = await list_runners(session, caller.tenant_id)
     data = []
     for row in rows:
-        out = RunnerOut.model_validate(row)
+        out = runner_out(row)
         live = state.hub.lookup(row.id)  # connected here or to another replica
         out.connected = live is not None
         if live is not None:
@@ -110,4 +149,39 @@ async def revoke(runner_id: str, state: AppStateDep, admin: AdminDep, session: S
     await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
     if state.cluster is not None:  # its other connections may end on other replicas
         await state.cluster.disconnect_everywhere(runner_id, CloseCode.REVOKED, "runner revoked")
-    return RunnerOut.model_validate(runner)
+    return runner_out(runner)
+
+
+@router.patch("/{runner_id}", response_model=RunnerOut)
+async def update(runner_id: str, body: RunnerUpdateIn, state: AppStateDep, admin: AdminDep,
+                 session: SessionDep) -> RunnerOut:
+    """Set a runner's residency labels, price or pool: the owner's decisions, effective at once."""
+    runner = await get_runner(session, runner_id, tenant_id=admin.tenant_id)
+    if runner is None:
+        raise ApiError.not_found(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
+    pool_id = (await _own_pool(session, admin.tenant_id, body.pool)).id if body.pool is not None else None
+    await update_runner(session, runner, labels=body.labels, usd_per_hour=body.usd_per_hour, pool_id=pool_id)
+    changes = body.model_dump(exclude_none=True)
+    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="runner.update",
+                       tenant_id=admin.tenant_id, target=runner_id, details={"name": runner.name, **changes})
+    # Every replica re-reads its live runners of this tenant (services/owner_settings.py).
+    mark_key_changed(session, tenant_ids=[admin.tenant_id])
+    await session.commit()
+    apply_owner_settings(state.hub, runner)
+    return runner_out(runner)
+
+
+def runner_out(row: Runner) -> RunnerOut:
+    out = RunnerOut.model_validate(row)
+    out.usd_per_hour = hourly_rate(row.cost or {})
+    return out
+
+
+async def _own_pool(session: AsyncSession, tenant_id: str, pool: str | None) -> Pool:
+    """The caller's pool named or numbered ``pool`` (None: the default pool); 404 for any other."""
+    if pool is None:
+        return await default_pool(session, tenant_id)
+    found = await get_pool(session, pool, tenant_id=tenant_id) or await get_pool_by_name(session, tenant_id, pool)
+    if found is None:
+        raise ApiError.not_found(f"No pool {pool!r} in this tenant.", code="pool_not_found")
+    return found

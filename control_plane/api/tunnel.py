@@ -115,9 +115,10 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
         await record_hello(session, runner, models=hello.models, capacity=hello.capacity,
                            labels=hello.labels, hardware=hello.hardware, cost=hello.cost)
         await session.commit()
+        # Labels, cost and pool from the row (the owner's), never from the hello.
         info = ConnectedRunner(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name,
-                               models=list(hello.models), capacity=hello.capacity, labels=dict(hello.labels),
-                               cost=dict(hello.cost), hardware=dict(hello.hardware))
+                               models=list(hello.models), capacity=hello.capacity, labels=dict(runner.labels),
+                               cost=dict(runner.cost), hardware=dict(hello.hardware), pool_id=runner.pool_id)
     return hello, info
 
 

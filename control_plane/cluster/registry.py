@@ -40,7 +40,7 @@ def describe_runners(runners: Iterable[ConnectedRunner], now: float) -> list[dic
     for r in runners:
         status = max((ln.load for ln in r.links), key=lambda ld: ld.updated_at, default=RunnerLoad())
         out.append({
-            "runner_id": r.runner_id, "tenant_id": r.tenant_id, "name": r.name,
+            "runner_id": r.runner_id, "tenant_id": r.tenant_id, "name": r.name, "pool_id": r.pool_id,
             "models": [m.model_dump(mode="json") for m in r.models], "capacity": r.capacity,
             "labels": r.labels, "cost": r.cost, "hardware": r.hardware,
             "in_flight": r.in_flight, "draining": r.usable_link() is None,
@@ -156,6 +156,8 @@ class RemoteView:
         runner.models, runner.capacity = models, int(first["capacity"])
         runner.labels, runner.cost = dict(first.get("labels") or {}), dict(first.get("cost") or {})
         runner.hardware = dict(first.get("hardware") or {})
+        # An entry without a pool (an older replica) puts the runner in none: routed to nobody.
+        runner.pool_id = str(first.get("pool_id") or "")
         links: dict[str, RemoteLink] = {ln.replica_id: ln for ln in runner.links}  # type: ignore[attr-defined]
         for replica_id, info in holders.items():
             link = links.get(replica_id)

@@ -34,6 +34,8 @@ __all__ = [
     "Budget",
     "EnrollmentToken",
     "FairnessRun",
+    "Pool",
+    "PoolGrant",
     "RequestRecord",
     "Runner",
     "ServedModel",
@@ -66,7 +68,40 @@ class Tenant(Base):
     routing_policy: Mapped[str] = mapped_column(String(16), default="balanced")
     # Residency rules: {"label": ["allowed", "values"]}; a runner must match every rule.
     residency: Mapped[dict] = mapped_column(default=dict)
+    # Refuse every pool another tenant grants: requests go to the tenant's own runners only.
+    refuse_shared_pools: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The platform operator, the one role above tenant admin (docs/security.md): its admins
+    # may grant a pool to every tenant at once and see and revoke any grant.
+    platform_operator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Pool(Base):
+    """A set of one tenant's runners that requests may be routed to; granted to other tenants explicitly."""
+
+    __tablename__ = "pools"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PoolGrant(Base):
+    """A pool's owner lets another tenant (or, by the platform operator, every tenant) route to it."""
+
+    __tablename__ = "pool_grants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    # NULL: every tenant (only the platform operator may grant so).
+    grantee_tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                                          index=True, default=None)
+    granted_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_by: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class ApiKey(Base):
@@ -92,6 +127,10 @@ class EnrollmentToken(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     runner_name: Mapped[str] = mapped_column(String(200))
+    # The pool the runner joins; NULL: the tenant's default pool.
+    pool_id: Mapped[str | None] = mapped_column(ForeignKey("pools.id", ondelete="SET NULL"), default=None)
+    # Owner-set residency labels the runner gets at registration.
+    labels: Mapped[dict] = mapped_column(default=dict)
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -105,13 +144,20 @@ class Runner(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # Exactly one pool, of the runner's own tenant.
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     identity_public_key: Mapped[str] = mapped_column(String(128))
     hpke_public_key: Mapped[str | None] = mapped_column(String(2048), default=None)
     # The HPKE key signed by the identity key, served to e2e clients.
     hpke_key_signature: Mapped[str | None] = mapped_column(String(256), default=None)
+    # Residency labels routing obeys: set by the owner in the control plane, never by a hello.
     labels: Mapped[dict] = mapped_column(default=dict)
+    # What the runner's last hello claimed: shown, never trusted.
+    reported_labels: Mapped[dict] = mapped_column(default=dict)
     hardware: Mapped[dict] = mapped_column(default=dict)
+    # The cost model routing and billing read, {"usd_per_hour": x}: proposed by the first
+    # hello, then only the owner changes it (store.runners.update_runner).
     cost: Mapped[dict] = mapped_column(default=dict)
     capacity: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

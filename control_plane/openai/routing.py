@@ -7,9 +7,11 @@ does no I/O, so every decision can be replayed in a unit test.
 A decision is an *ordered list* of candidates, not one runner: the serving
 layer walks it when a runner fails before the first byte (failover).
 
-* **Eligible**: serves the model (name or alias) on the endpoint asked for,
+* **Eligible**: is in a pool the caller's tenant may use (its own or granted),
+  serves the model (name or alias) on the endpoint asked for,
   has a tunnel that accepts streams, reported itself healthy in its last
-  status frame, and matches every residency rule of the tenant.
+  status frame, and matches every residency rule of the tenant against the
+  labels its owner set in the control plane (never the ones it reports).
 * **Policies** rank the eligible runners by an estimate of this request on
   each of them (see :func:`estimate`): ``latency`` by expected queue wait +
   service time, ``cost`` by expected dollars (ties within 5 % go to the
@@ -58,6 +60,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RoutingPolicy",
+    "any_in_pools",
     "bounded_load_ok",
     "eligibility",
     "estimate",
@@ -77,6 +80,8 @@ Affinity = Literal["hit", "overloaded", "miss", "off"]
 DEFAULT_OUTPUT_TOKENS = 256
 # Defaults until a runner has been observed; docs/api.md gives the reasons.
 _COST_TIE = 0.05
+#: Eligibility reasons never reported: the runner does not exist for this request.
+_SILENT = frozenset({"model", "pool"})
 #: Eligibility reasons that mean the runner's engine for the model is down:
 #: restarting after a crash or a hang, or still loading.
 ENGINE_DOWN = frozenset({"restarting", "unhealthy"})
@@ -95,6 +100,9 @@ class RouteRequest:
     affinity_keys: tuple[str, ...] = ()
     prompt_tokens: int = 0
     max_tokens: int | None = None
+    # The pools the caller's tenant may use (store.pools.usable_pool_ids). ``None`` only in
+    # unit tests and benchmarks that route without a tenant; every API route sets it.
+    pools: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,8 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
     info = runner.serves(req.model)
     if info is None:
         return "model"
+    if req.pools is not None and runner.pool_id not in req.pools:
+        return "pool"  # another tenant's runner, not granted: as if it did not exist
     if req.endpoint not in info.endpoints:
         return "endpoint"
     if req.residency and not residency_allows(runner.labels, req.residency):
@@ -146,6 +156,12 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
     return None
 
 
+def any_in_pools(runners: Iterable[ConnectedRunner], req: RouteRequest | None) -> bool:
+    """Whether any of ``runners`` is in a pool ``req``'s tenant may use (all count without pools)."""
+    pools = req.pools if req is not None else None
+    return any(pools is None or r.pool_id in pools for r in runners)
+
+
 def runner_load(runner: ConnectedRunner, external: int = 0) -> int:
     """Requests open on the runner: ours (exact, now) plus ``external`` ones we did not send."""
     return runner.in_flight + external
@@ -155,14 +171,20 @@ def runner_load(runner: ConnectedRunner, external: int = 0) -> int:
 
 
 def usd_per_hour(cost: Mapping[str, object], default: float) -> float:
-    """A runner's rate from its hello's cost model: a flat rate, or power x price."""
+    """A runner's rate from its owner-set cost model (store.runners): a flat rate, or power x price.
+
+    A rate that is not finite is ignored (the control plane refuses to store one; this is
+    the second line, since a non-finite price breaks the order of every ranking).
+    """
     try:
         if (rate := cost.get("usd_per_hour")) is not None:
-            return max(float(rate), 0.0)  # type: ignore[arg-type]
+            value = max(float(rate), 0.0)  # type: ignore[arg-type]
+            return value if math.isfinite(value) else default
         watts, price = cost.get("watts"), cost.get("usd_per_kwh")
         if watts is not None and price is not None:
-            return max(float(watts) * float(price) * float(cost.get("pue") or 1.0) / 1000.0, 0.0)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+            value = max(float(watts) * float(price) * float(cost.get("pue") or 1.0) / 1000.0, 0.0)  # type: ignore[arg-type]
+            return value if math.isfinite(value) else default
+    except (TypeError, ValueError, OverflowError):
         pass
     return default
 
@@ -387,7 +409,7 @@ class Router:
         for r in runners:
             if (why := eligibility(r, req)) is None:
                 eligible.append(r)
-            elif why != "model":
+            elif why not in _SILENT:
                 excluded[r.runner_id] = why
                 names[r.runner_id] = r.name
         if self.config.strategy == "round_robin":

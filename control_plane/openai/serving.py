@@ -24,7 +24,13 @@ from control_plane.observability import record_id
 from control_plane.openai.admission import HolderAdmitted, HolderRefused, Slot
 from control_plane.openai.disconnect import ClientGone, gone_error, read_or_gone
 from control_plane.openai.relay_response import RelayResponse
-from control_plane.openai.routing import ENGINE_DOWN, Endpoint, RouteDecision, RouteRequest
+from control_plane.openai.routing import (
+    ENGINE_DOWN,
+    Endpoint,
+    RouteDecision,
+    RouteRequest,
+    any_in_pools,
+)
 from control_plane.openai.usage import clamp_usage
 from control_plane.services.scheduler import RunnerGone
 from control_plane.settings import Settings
@@ -196,8 +202,8 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
     while attempt <= settings.max_retries:
         picked = _pick(state, call, failed, tried, outcome)
         if picked is None:
-            if attempt == 0 and not state.hub.runners_for(call.model):
-                error = await _no_runner_error(state, call.model)
+            if attempt == 0 and not any_in_pools(state.hub.runners_for(call.model), call.route):
+                error = await _no_runner_error(state, call.model, call.route)
                 if error.status == 404:
                     raise error
             # A missing capability will not appear by waiting; a residency match might reconnect.
@@ -278,7 +284,7 @@ async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Ou
     if attempt == 0:
         if (error := _ineligible_error(call, outcome.decision)) is not None:
             raise error
-        raise await _no_runner_error(state, call.model)
+        raise await _no_runner_error(state, call.model, call.route)
     raise ApiError.unavailable(f"No runner could serve the request: {last_error}.", code="runner_failed")
 
 
@@ -411,11 +417,12 @@ async def _first_byte(st: Stream, settings: Settings,
         return start, ev
 
 
-async def _no_runner_error(state: AppState, model: str) -> ApiError:
-    if state.hub.is_served(model):
+async def _no_runner_error(state: AppState, model: str, route: RouteRequest | None) -> ApiError:
+    # Only the caller's pools count: another tenant's runners do not exist for it.
+    if any_in_pools(state.hub.runners_for(model), route):
         return ApiError.unavailable(f"Every runner serving '{model}' is busy or draining; retry shortly.")
     async with state.db.session() as session:
-        if await known_model(session, model):
+        if await known_model(session, model, route.pools if route is not None else None):
             return ApiError.unavailable(f"No runner serving '{model}' is connected.")
     return ApiError.not_found(f"The model '{model}' does not exist or no runner serves it.",
                               code="model_not_found", param="model")

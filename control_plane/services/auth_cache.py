@@ -40,7 +40,7 @@ from control_plane.db.engine import Database
 from control_plane.db.models import utcnow
 from control_plane.security import parse_secret
 from control_plane.settings import Settings
-from control_plane.store.changes import KEY_CACHE_INFO
+from control_plane.store.changes import ALL_TENANTS, KEY_CACHE_INFO
 from control_plane.store.keys import authenticate_api_key
 from control_plane.store.policies import KeyPolicy, get_key_policy
 
@@ -171,6 +171,10 @@ class KeyCache:
     def invalidate_tenants(self, tenant_ids: Iterable[str]) -> None:
         self.generation += 1
         tenants = set(tenant_ids)
+        if ALL_TENANTS in tenants:  # a pool granted to (or revoked from) every tenant
+            self._entries.clear()
+            self._prefix_of.clear()
+            return
         for prefix in [p for p, e in self._entries.items() if e.key.tenant_id in tenants]:
             self._drop(prefix)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -252,7 +253,11 @@ def hourly_rate(cost: Mapping[str, Any]) -> float:
         value = cost.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             return None
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None  # Infinity would make every budget exceeded
 
     if (rate := number("usd_per_hour")) is not None:
         return rate

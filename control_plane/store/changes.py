@@ -17,11 +17,13 @@ from typing import Any, Protocol
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import ApiKey, Tenant
+from control_plane.db.models import ApiKey, Pool, PoolGrant, Tenant
 
-__all__ = ["KEY_CACHE_INFO", "KeyListener", "mark_key_changed"]
+__all__ = ["ALL_TENANTS", "KEY_CACHE_INFO", "KeyListener", "mark_key_changed"]
 
 KEY_CACHE_INFO = "outpost.key_cache"
+#: In ``tenant_ids``: every tenant changed (a pool granted to or revoked from every tenant).
+ALL_TENANTS = "*"
 _CHANGED_INFO = "outpost.keys_changed"
 
 
@@ -46,6 +48,12 @@ def _note_changes(session: Session, _ctx: Any, _instances: Any) -> None:
             mark_key_changed(session, key_ids=[obj.id])
         elif isinstance(obj, Tenant):
             mark_key_changed(session, tenant_ids=[obj.id])
+    # A key's cached policy holds its tenant's usable pools (store.pools): grants and new pools change them.
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, PoolGrant):
+            mark_key_changed(session, tenant_ids=[obj.grantee_tenant_id or ALL_TENANTS])
+        elif isinstance(obj, Pool):
+            mark_key_changed(session, tenant_ids=[obj.tenant_id])
 
 
 @event.listens_for(Session, "after_commit")

@@ -52,10 +52,12 @@ async def authenticate_api_key(session: AsyncSession, token: str) -> ApiKey | No
 
 
 async def create_enrollment_token(session: AsyncSession, tenant_id: str, runner_name: str,
-                                  ttl_s: int) -> tuple[EnrollmentToken, str]:
+                                  ttl_s: int, *, pool_id: str | None = None,
+                                  labels: dict[str, str] | None = None) -> tuple[EnrollmentToken, str]:
+    """``pool_id`` (the tenant's; ``None``: its default pool) and ``labels`` are what the runner gets."""
     token, prefix, digest = new_secret("et")
     row = EnrollmentToken(id=new_id("enr"), tenant_id=tenant_id, runner_name=runner_name,
-                          prefix=prefix, secret_hash=digest,
+                          pool_id=pool_id, labels=dict(labels or {}), prefix=prefix, secret_hash=digest,
                           expires_at=utcnow() + timedelta(seconds=ttl_s))
     session.add(row)
     await session.flush()

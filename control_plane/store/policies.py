@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db.models import ApiKey, Tenant
+from control_plane.store.pools import usable_pool_ids
 
 __all__ = ["KeyPolicy", "get_key_policy", "set_key_limits", "set_tenant_policy"]
 
@@ -19,18 +20,21 @@ class KeyPolicy:
     routing_policy: str = "balanced"
     residency: dict[str, list[str]] = field(default_factory=dict)
     tenant_weight: float = 1.0
+    # The pools the key's tenant may route to (store.pools.usable_pool_ids).
+    pools: frozenset[str] = frozenset()
 
 
 async def get_key_policy(session: AsyncSession, api_key_id: str) -> KeyPolicy | None:
     stmt = (select(ApiKey.rate_limit_rpm, ApiKey.routing_policy, Tenant.routing_policy, Tenant.residency,
-                   Tenant.weight)
+                   Tenant.weight, ApiKey.tenant_id)
             .join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.id == api_key_id))
     row = (await session.execute(stmt)).first()
     if row is None:
         return None
-    rpm, key_policy, tenant_policy, residency, weight = row
+    rpm, key_policy, tenant_policy, residency, weight, tenant_id = row
     return KeyPolicy(rate_limit_rpm=rpm, routing_policy=key_policy or tenant_policy or "balanced",
-                     residency={k: list(v) for k, v in (residency or {}).items()}, tenant_weight=weight)
+                     residency={k: list(v) for k, v in (residency or {}).items()}, tenant_weight=weight,
+                     pools=await usable_pool_ids(session, tenant_id))
 
 
 async def set_key_limits(session: AsyncSession, key: ApiKey, *, rate_limit_rpm: int | None,

@@ -31,12 +31,15 @@ class ConnectedRunner:
     name: str
     models: list[ModelInfo]
     capacity: int
+    # Owner-set in the control plane (store.runners), never taken from a hello.
     labels: dict[str, str] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     in_flight: int = 0  # requests this control plane has open on the runner
     queued: int = 0  # requests waiting in this control plane's admission queue for it
+    # The runner's one pool (of ``tenant_id``); "" (an older replica's entry) is in no pool.
+    pool_id: str = ""
 
     def serves(self, model: str) -> ModelInfo | None:
         for m in self.models:
@@ -57,7 +60,7 @@ class ConnectedRunner:
 
     @property
     def usd_per_second(self) -> float:
-        """The runner's cost rate, from its hello's cost model (services/cost.hourly_rate)."""
+        """The runner's cost rate, from its owner-set cost model (services/cost.hourly_rate)."""
         return hourly_rate(self.cost) / 3600.0
 
 
@@ -84,10 +87,12 @@ class TunnelHub:
             current = info
             self.runners[info.runner_id] = current
         else:
-            # A later connection's hello refreshes what the runner serves.
+            # A later connection's hello refreshes what the runner serves; labels, cost and
+            # pool come from the runner's row (what its owner set), read again at each handshake.
             self._unindex(current)
             current.models, current.capacity = info.models, info.capacity
             current.labels, current.cost, current.hardware = info.labels, info.cost, info.hardware
+            current.pool_id = info.pool_id
         self._index(current)
         current.links.append(link)
         for listener in self.listeners:

@@ -25,7 +25,14 @@ from control_plane.db.models import utcnow
 from control_plane.settings import Settings
 from sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, run_db, wait_until
+from tests.utils import (
+    ControlPlaneProcess,
+    RunnerProcess,
+    free_port,
+    run_db,
+    share_default_pool,
+    wait_until,
+)
 
 MODEL = "smollm2-135m-instruct"
 USD_PER_HOUR = 3.6  # $0.001 per second of engine time: easy to check by hand
@@ -96,6 +103,7 @@ def cost_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     try:
         token = run_db(url, lambda d: issue_enrollment_token(d, "runners", "cost-runner", 600))
         _, admin = run_db(url, lambda d: issue_api_key(d, "runners", "admin", True))
+        run_db(url, lambda d: share_default_pool(d, "runners"))  # its runner serves every tenant's keys
         runner.start(token)
         runner_id = runner.wait_connected(admin)
         yield CostStack(cp, runner, url, clock, runner_id)

@@ -32,7 +32,14 @@ from control_plane.settings import Settings
 from control_plane.state import AppState
 from sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, run_db, wait_until
+from tests.utils import (
+    ControlPlaneProcess,
+    RunnerProcess,
+    free_port,
+    run_db,
+    share_default_pool,
+    wait_until,
+)
 
 T = TypeVar("T")
 MODEL = "sim-engine"
@@ -128,6 +135,7 @@ def path_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     try:
         token = run_db(url, lambda d: issue_enrollment_token(d, "paths", "paths-runner", 600))
         _, admin = run_db(url, lambda d: issue_api_key(d, "paths", "admin", True))
+        run_db(url, lambda d: share_default_pool(d, "paths"))  # its runner serves every tenant's keys
         runner.start(token)
         runner.wait_connected(admin)
         yield PathStack(request.param, cp, runner, engine, url, tmp)
