@@ -177,19 +177,38 @@ def up(
     env = {**os.environ}
     if token:
         env["OUTPOST_ENROLLMENT_TOKEN"] = token
+    from runner.engine_process import parent_death_signal
+
+    # uvicorn shuts down on SIGTERM, then raises the signal again under the handler that was in
+    # place before it ran. Python's default SIGTERM action would end this process there and then,
+    # leaving the runner behind; this one unwinds through the ``finally`` that stops it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # Should this process die without unwinding (SIGKILL, OOM), the kernel sends the runner
+    # SIGTERM, and the runner's own engine dies with it the same way (runner/engine_process.py).
+    # The preexec_fn only calls prctl and getppid: nothing in the child that could wait on a lock.
     runner_proc = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "local-runner", "--control-plane", settings.public_url,
-         "--state-dir", str(runner_state)], env=env)
-    console.print(Panel.fit(_instructions(settings.public_url, api_key), title="Outpost is starting"))
+         "--state-dir", str(runner_state)], env=env,
+        preexec_fn=parent_death_signal(signal.SIGTERM))  # noqa: PLW1509
     try:
+        console.print(Panel.fit(_instructions(settings.public_url, api_key), title="Outpost is starting"))
         server.run()
     finally:
-        if runner_proc.poll() is None:
-            runner_proc.send_signal(signal.SIGTERM)
-            try:
-                runner_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                runner_proc.kill()
+        _stop_runner(runner_proc)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_runner(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # the runner drains its streams and stops its engine
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # its engine dies with it (parent-death signal)
+            proc.wait()
 
 
 def _instructions(url: str, key: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from runner.engine_process import EngineRegistry
 from runner.engines.base import EngineAdapter, EngineLoad
 from runner.relay import EngineEndpoint
 from runner.supervisor import EngineFailed, HealthCheck, HealthProbe, Supervisor
@@ -58,7 +59,8 @@ def _log_name(label: str) -> str:
 class EngineFleet:
     def __init__(self, adapters: list[EngineAdapter], *, log_dir: Path, http: httpx.AsyncClient,
                  headers: list[dict[str, str]] | None = None, health_timeout_s: float = 300.0,
-                 health_check: HealthCheck | None = None, probe: HealthProbe | None = None) -> None:
+                 health_check: HealthCheck | None = None, probe: HealthProbe | None = None,
+                 registry: EngineRegistry | None = None) -> None:
         if not adapters:
             raise ValueError("a runner needs at least one engine")
         self.http = http
@@ -68,7 +70,8 @@ class EngineFleet:
             # One engine keeps the historical logs/engine.log; several get one file each.
             name = "engine.log" if len(adapters) == 1 else _log_name(label)
             sup = Supervisor(adapter, log_dir=log_dir, log_name=name, http=http,
-                             health_timeout_s=health_timeout_s, health_check=health_check, probe=probe)
+                             health_timeout_s=health_timeout_s, health_check=health_check, probe=probe,
+                             registry=registry)
             self.engines.append(FleetEngine(adapter, sup, (headers or [{}] * len(adapters))[i]))
         self._by_name: dict[str, FleetEngine] = {}
         for engine in self.engines:

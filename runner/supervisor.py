@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from runner.engine_process import EngineRegistry, spawn_engine
 from runner.engines.base import EngineAdapter
 
 __all__ = ["EngineFailed", "HealthCheck", "HealthProbe", "Supervisor", "free_port", "http_probe"]
@@ -87,7 +88,8 @@ class Supervisor:
         max_backoff_s: float = 30.0,
         health_check: HealthCheck | None = None,
         probe: HealthProbe | None = None,
-        spawn: Callable[..., Awaitable[asyncio.subprocess.Process]] = asyncio.create_subprocess_exec,
+        spawn: Callable[..., Awaitable[asyncio.subprocess.Process]] = spawn_engine,
+        registry: EngineRegistry | None = None,
     ) -> None:
         self.adapter = adapter
         self.http = http
@@ -98,6 +100,8 @@ class Supervisor:
         headers = adapter.headers() if hasattr(adapter, "headers") else None
         self._probe = probe or http_probe(http, headers)
         self._spawn = spawn
+        # Where started engines are recorded, so the next run can stop one this run left behind.
+        self._registry = registry
         self.port: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -117,8 +121,11 @@ class Supervisor:
         if spec is not None:  # None: an attached engine we do not manage
             self.port = port
             env = {**os.environ, **spec.env}
+            self._forget()  # the previous process (a restart) is dead by now
             self.proc = await self._spawn(*spec.argv, stdout=asyncio.subprocess.PIPE,
                                           stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+            if self._registry is not None:
+                self._registry.record(self.proc.pid, spec.argv)
             self._pump = asyncio.create_task(self._pump_logs(self.proc))
         await self._wait_healthy(progress)
 
@@ -230,8 +237,13 @@ class Supervisor:
             except TimeoutError:
                 os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        self._forget()
         if self._pump is not None:
             await asyncio.wait([self._pump], timeout=2)
+
+    def _forget(self) -> None:
+        if self._registry is not None and self.proc is not None and self.proc.returncode is not None:
+            self._registry.forget(self.proc.pid)
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
