@@ -98,9 +98,16 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: EngineClient,
                     usage = None
                 await out.end(usage)
     except EngineError as exc:
-        log.warning("engine request failed on stream %d: %s", out.id, exc)
         if out.closed:
+            log.warning("engine request failed on stream %d: %s", out.id, exc)
             return
+        if out.started:
+            # The engine died mid-answer. The status line is out, so this stream ends with an
+            # error (the client gets engine_error); the connection and its other streams carry on.
+            out.failure = f"engine failed mid-stream: {exc.kind}"
+            await out.end(error=out.failure)
+            return
+        log.warning("engine request failed on stream %d: %s", out.id, exc)
         # Before response_start the control plane can still fail over.
         try:
             await out.start(502, "application/json")

@@ -230,6 +230,10 @@ class SealedRelay:
                                           "type": "server_error", "param": None, "code": "engine_error"}})
             if writer.events == 0:
                 pending.append(writer.head(502, "application/json"))
+            else:
+                # Mid-stream: the error travels sealed inside the stream (the control plane cannot
+                # read it); the tunnel still logs the stream as failed.
+                out.failure = f"engine failed mid-stream: {exc.kind}"
             pending += writer.piece(error.encode())
         return pending, usage
 

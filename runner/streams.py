@@ -32,6 +32,12 @@ class OutboundStream:
         self._credit = request.window
         self._credit_changed = asyncio.Event()
         self.closed = False
+        #: ``response_start.v1`` went out: a second one would break the protocol, so a
+        #: failure after it can only end the stream with an error.
+        self.started = False
+        #: Why the stream failed though it was answered in protocol (an engine that died
+        #: mid-stream): the tunnel logs it as an error, not ``ok``.
+        self.failure: str | None = None
 
     # --- request body ---------------------------------------------------------
 
@@ -64,6 +70,7 @@ class OutboundStream:
     # --- response ------------------------------------------------------------------
 
     async def start(self, status: int, content_type: str) -> None:
+        self.started = True
         await self._send(ResponseStartFrame(stream_id=self.id, status=status, content_type=content_type[:128]))
 
     async def data(self, text: str) -> None:

@@ -256,8 +256,8 @@ class TunnelClient:
             started, outcome = time.monotonic(), "cancelled"
             try:
                 await self._on_stream(out)
-                outcome = "ok"
-                if out.closed:
+                outcome = "ok" if out.failure is None else "error"
+                if out.closed and out.failure is None:
                     self.completed += 1
             except asyncio.CancelledError:
                 raise
@@ -273,8 +273,12 @@ class TunnelClient:
                 mine.pop(out.id, None)
                 self._tasks.pop(_key(out), None)
                 seconds = time.monotonic() - started
-                log.info("stream %d %s %s: %s in %.0f ms", out.id, out.request.path, out.request.model, outcome,
-                         seconds * 1000)
+                if out.failure is not None:
+                    log.error("stream %d %s %s: error in %.0f ms: %s", out.id, out.request.path,
+                              out.request.model, seconds * 1000, out.failure)
+                else:
+                    log.info("stream %d %s %s: %s in %.0f ms", out.id, out.request.path, out.request.model,
+                             outcome, seconds * 1000)
                 if self.observer is not None:
                     self.observer(out, seconds, outcome)
 
