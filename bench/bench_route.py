@@ -35,8 +35,10 @@ def measure(runners: int, policy: str, repeat: int) -> float:
     for r in fleet:
         set_status(r, running=r.in_flight)
     router = Router()
+    # A tenant with its own pool and a few granted ones: every runner's pool is checked (issue 19).
+    pools = frozenset({"pool_sim", *(f"pool_granted_{i}" for i in range(8))})
     req = RouteRequest(model=MODEL, policy=policy, affinity_keys=("conversation", "system"),  # type: ignore[arg-type]
-                       prompt_tokens=40, max_tokens=64)
+                       prompt_tokens=40, max_tokens=64, pools=pools)
     for _ in range(10):
         router.route(fleet, req, limit=1)
     times = []

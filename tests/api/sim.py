@@ -27,12 +27,12 @@ async def _close(_: int, __: str) -> None:
 def simulated_runner(runner_id: str, *, capacity: int = 4, usd_per_hour: float | None = None,
                      labels: dict[str, str] | None = None, model: str = MODEL, aliases: tuple[str, ...] = (),
                      endpoints: tuple[str, ...] = ("chat", "completions"), engine: str = "xllamacpp",
-                     in_flight: int = 0) -> ConnectedRunner:
+                     in_flight: int = 0, pool_id: str = "pool_sim") -> ConnectedRunner:
     runner = ConnectedRunner(
         runner_id=runner_id, tenant_id="ten_1", name=runner_id,
         models=[ModelInfo(name=model, engine=engine, aliases=list(aliases), endpoints=list(endpoints))],
         capacity=capacity, labels=labels or {},
-        cost={"usd_per_hour": usd_per_hour} if usd_per_hour is not None else {})
+        cost={"usd_per_hour": usd_per_hour} if usd_per_hour is not None else {}, pool_id=pool_id)
     runner.links.append(Link(runner_id, f"sess-{runner_id}", _send, 256, _close))
     runner.in_flight = in_flight
     return runner
