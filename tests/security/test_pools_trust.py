@@ -241,7 +241,7 @@ def test_the_owners_price_is_what_routing_and_billing_use(world: World) -> None:
     assert resp.status_code == 200, resp.text
     assert resp.json()["usd_per_hour"] == 36.0
     assert world.chat("victim").status_code == 200
-    record = sorted(tenant_records(world.url, "victim"), key=lambda r: r["created_at"])[-1]
+    record = max(tenant_records(world.url, "victim"), key=lambda r: r["created_at"])
     assert record["cost_usd"] == pytest.approx(record["engine_share_s"] * 36.0 / 3600, rel=1e-6)
     assert record["cost_usd"] > 0
     world.send("victim", "PATCH", path, {"usd_per_hour": 0.1})
