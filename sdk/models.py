@@ -31,6 +31,9 @@ __all__ = [
     "EnrollmentToken",
     "FairnessRun",
     "Model",
+    "Pool",
+    "PoolGrant",
+    "PoolSharing",
     "Runner",
     "RunnerEngine",
     "Usage",
@@ -140,7 +143,14 @@ class RunnerEngine(_Model):
 class Runner(_Model):
     id: str
     name: str
+    #: The runner's one pool, of its own tenant (None from a control plane that predates pools).
+    pool_id: str | None = None
+    #: Residency labels its owner set: what routing obeys.
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Labels the runner's hello claimed: shown, never trusted.
+    reported_labels: dict[str, str] = Field(default_factory=dict)
+    #: The owner-set price routing and billing use, $/hour.
+    usd_per_hour: float | None = None
     capacity: int = 1
     created_at: datetime | None = None
     last_seen_at: datetime | None = None
@@ -158,6 +168,34 @@ class Runner(_Model):
     engines: list[RunnerEngine] = Field(default_factory=list)
     in_flight: int = 0
     served_total: int = 0
+
+
+class Pool(_Model):
+    """A set of one tenant's runners; requests of other tenants reach it only through a grant."""
+
+    id: str
+    name: str
+    tenant_id: str
+    created_at: datetime | None = None
+
+
+class PoolGrant(_Model):
+    id: str
+    pool_id: str
+    pool_name: str
+    owner_tenant_id: str
+    #: ``"*"``: every tenant (granted by the platform operator).
+    grantee_tenant_id: str
+    #: ``outgoing``: the caller owns the pool; ``incoming``: granted to the caller.
+    direction: str
+    granted_by: str
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class PoolSharing(_Model):
+    refuse_shared_pools: bool
+    platform_operator: bool = False
 
 
 class EnrollmentToken(_Model):

@@ -47,6 +47,9 @@ from sdk.models import (
     EnrollmentToken,
     FairnessRun,
     Model,
+    Pool,
+    PoolGrant,
+    PoolSharing,
     Runner,
     UsageReport,
 )
@@ -119,6 +122,7 @@ class AsyncClient:
         self.embeddings = AsyncEmbeddings(self)
         self.models = AsyncModels(self)
         self.runners = AsyncRunners(self)
+        self.pools = AsyncPools(self)
         self.keys = AsyncKeys(self)
         self.usage = AsyncUsage(self)
         self.budgets = AsyncBudgets(self)
@@ -314,10 +318,23 @@ class AsyncRunners(_AsyncResource):
     async def list(self) -> builtins.list[Runner]:
         return await self._client._list("/api/runners", Runner)
 
-    async def enroll(self, name: str) -> EnrollmentToken:
-        """A one-time enrollment token for a runner named ``name`` (admin)."""
-        return parse_model(EnrollmentToken, await self._client._json("POST", "/api/runners/enroll",
-                                                                       json_body={"name": name}))
+    async def enroll(self, name: str, *, pool: str | None = None,
+                     labels: Mapping[str, str] | None = None) -> EnrollmentToken:
+        """A one-time enrollment token for a runner named ``name`` (admin), joining ``pool`` (id or
+        name; default: the tenant's default pool) with the residency ``labels`` routing obeys."""
+        body: dict[str, Any] = {"name": name}
+        if pool is not None:
+            body["pool"] = pool
+        if labels:
+            body["labels"] = dict(labels)
+        return parse_model(EnrollmentToken, await self._client._json("POST", "/api/runners/enroll", json_body=body))
+
+    async def update(self, runner_id: str, *, labels: Mapping[str, str] | None = None,
+                     usd_per_hour: float | None = None, pool: str | None = None) -> Runner:
+        """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000), pool."""
+        body = {k: v for k, v in (("labels", dict(labels) if labels is not None else None),
+                                  ("usd_per_hour", usd_per_hour), ("pool", pool)) if v is not None}
+        return parse_model(Runner, await self._client._json("PATCH", f"/api/runners/{runner_id}", json_body=body))
 
     async def revoke(self, runner_id: str) -> Runner:
         return parse_model(Runner, await self._client._json("POST", f"/api/runners/{runner_id}/revoke"))
@@ -330,6 +347,38 @@ class AsyncRunners(_AsyncResource):
     async def e2e_candidates(self, model: str | None = None) -> builtins.list[E2ERunner]:
         """Connected runners that take sealed requests (key documents not yet verified)."""
         return await self._client._list(f"{E2E_PREFIX}/runners", E2ERunner, params={"model": model})
+
+
+class AsyncPools(_AsyncResource):
+    """Runner pools of the caller's tenant and the grants that share them (docs/api.md, "Pools")."""
+
+    async def list(self) -> builtins.list[Pool]:
+        return await self._client._list("/api/pools", Pool)
+
+    async def create(self, name: str) -> Pool:
+        return parse_model(Pool, await self._client._json("POST", "/api/pools", json_body={"name": name}))
+
+    async def grants(self, *, include_revoked: bool = False) -> builtins.list[PoolGrant]:
+        """Grants of the tenant's pools (``outgoing``) and to it (``incoming``)."""
+        return await self._client._list("/api/pools/grants", PoolGrant,
+                                        params={"include_revoked": str(include_revoked).lower()})
+
+    async def grant(self, pool: str, tenant: str) -> PoolGrant:
+        """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use ``pool``."""
+        return parse_model(PoolGrant, await self._client._json("POST", f"/api/pools/{pool}/grants",
+                                                                 json_body={"tenant": tenant}))
+
+    async def revoke_grant(self, grant_id: str) -> PoolGrant:
+        """Revoke a grant, as its pool's owner or as its grantee."""
+        return parse_model(PoolGrant, await self._client._json("POST", f"/api/pools/grants/{grant_id}/revoke"))
+
+    async def sharing(self) -> PoolSharing:
+        return parse_model(PoolSharing, await self._client._json("GET", "/api/pools/sharing"))
+
+    async def set_sharing(self, *, refuse_shared_pools: bool) -> PoolSharing:
+        """Refuse every pool other tenants grant (only the tenant's own runners serve it), or accept again."""
+        return parse_model(PoolSharing, await self._client._json(
+            "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}))
 
 
 class AsyncKeys(_AsyncResource):

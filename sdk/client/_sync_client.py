@@ -44,6 +44,9 @@ from sdk.models import (
     EnrollmentToken,
     FairnessRun,
     Model,
+    Pool,
+    PoolGrant,
+    PoolSharing,
     Runner,
     UsageReport,
 )
@@ -115,6 +118,7 @@ class Client:
         self.embeddings = Embeddings(self)
         self.models = Models(self)
         self.runners = Runners(self)
+        self.pools = Pools(self)
         self.keys = Keys(self)
         self.usage = Usage(self)
         self.budgets = Budgets(self)
@@ -310,10 +314,23 @@ class Runners(_Resource):
     def list(self) -> builtins.list[Runner]:
         return self._client._list("/api/runners", Runner)
 
-    def enroll(self, name: str) -> EnrollmentToken:
-        """A one-time enrollment token for a runner named ``name`` (admin)."""
-        return parse_model(EnrollmentToken, self._client._json("POST", "/api/runners/enroll",
-                                                                       json_body={"name": name}))
+    def enroll(self, name: str, *, pool: str | None = None,
+                     labels: Mapping[str, str] | None = None) -> EnrollmentToken:
+        """A one-time enrollment token for a runner named ``name`` (admin), joining ``pool`` (id or
+        name; default: the tenant's default pool) with the residency ``labels`` routing obeys."""
+        body: dict[str, Any] = {"name": name}
+        if pool is not None:
+            body["pool"] = pool
+        if labels:
+            body["labels"] = dict(labels)
+        return parse_model(EnrollmentToken, self._client._json("POST", "/api/runners/enroll", json_body=body))
+
+    def update(self, runner_id: str, *, labels: Mapping[str, str] | None = None,
+                     usd_per_hour: float | None = None, pool: str | None = None) -> Runner:
+        """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000), pool."""
+        body = {k: v for k, v in (("labels", dict(labels) if labels is not None else None),
+                                  ("usd_per_hour", usd_per_hour), ("pool", pool)) if v is not None}
+        return parse_model(Runner, self._client._json("PATCH", f"/api/runners/{runner_id}", json_body=body))
 
     def revoke(self, runner_id: str) -> Runner:
         return parse_model(Runner, self._client._json("POST", f"/api/runners/{runner_id}/revoke"))
@@ -326,6 +343,38 @@ class Runners(_Resource):
     def e2e_candidates(self, model: str | None = None) -> builtins.list[E2ERunner]:
         """Connected runners that take sealed requests (key documents not yet verified)."""
         return self._client._list(f"{E2E_PREFIX}/runners", E2ERunner, params={"model": model})
+
+
+class Pools(_Resource):
+    """Runner pools of the caller's tenant and the grants that share them (docs/api.md, "Pools")."""
+
+    def list(self) -> builtins.list[Pool]:
+        return self._client._list("/api/pools", Pool)
+
+    def create(self, name: str) -> Pool:
+        return parse_model(Pool, self._client._json("POST", "/api/pools", json_body={"name": name}))
+
+    def grants(self, *, include_revoked: bool = False) -> builtins.list[PoolGrant]:
+        """Grants of the tenant's pools (``outgoing``) and to it (``incoming``)."""
+        return self._client._list("/api/pools/grants", PoolGrant,
+                                        params={"include_revoked": str(include_revoked).lower()})
+
+    def grant(self, pool: str, tenant: str) -> PoolGrant:
+        """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use ``pool``."""
+        return parse_model(PoolGrant, self._client._json("POST", f"/api/pools/{pool}/grants",
+                                                                 json_body={"tenant": tenant}))
+
+    def revoke_grant(self, grant_id: str) -> PoolGrant:
+        """Revoke a grant, as its pool's owner or as its grantee."""
+        return parse_model(PoolGrant, self._client._json("POST", f"/api/pools/grants/{grant_id}/revoke"))
+
+    def sharing(self) -> PoolSharing:
+        return parse_model(PoolSharing, self._client._json("GET", "/api/pools/sharing"))
+
+    def set_sharing(self, *, refuse_shared_pools: bool) -> PoolSharing:
+        """Refuse every pool other tenants grant (only the tenant's own runners serve it), or accept again."""
+        return parse_model(PoolSharing, self._client._json(
+            "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}))
 
 
 class Keys(_Resource):

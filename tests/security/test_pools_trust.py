@@ -294,3 +294,30 @@ def test_only_the_platform_operator_grants_to_every_tenant(world: World) -> None
     assert world.send("attacker", "POST", f"/api/pools/{victim_pool}/grants",
                       {"tenant": "attacker"}).status_code == 404
     assert world.chat("attacker", model=MODEL).headers["x-outpost-runner"] == world.rogue.runner_id
+
+
+def test_pools_end_to_end_through_the_sdk(world: World) -> None:
+    """The SDK's pools resource and runner settings against the real API (the sync client is generated)."""
+    from sdk.client import Client
+
+    with Client(world.cp.url, world.admin["victim"]) as victim, \
+            Client(world.cp.url, world.admin["bystander"]) as bystander:
+        gpu = victim.pools.create(f"gpu-{secrets.token_hex(2)}")
+        assert gpu.name in [p.name for p in victim.pools.list()]
+        token = victim.runners.enroll(f"gpu-box-{secrets.token_hex(2)}", pool=gpu.name, labels={"site": "b"})
+        assert token.token
+        grant = victim.pools.grant(gpu.id, "bystander")
+        assert (grant.direction, grant.pool_name) == ("outgoing", gpu.name)
+        assert [g.id for g in bystander.pools.grants()] == [grant.id]
+        assert bystander.pools.revoke_grant(grant.id).revoked_at is not None
+        assert bystander.pools.grants() == []
+        assert bystander.pools.set_sharing(refuse_shared_pools=True).refuse_shared_pools is True
+        assert bystander.pools.set_sharing(refuse_shared_pools=False).refuse_shared_pools is False
+        runner = next(r for r in victim.runners.list() if r.id == world.honest.runner_id)
+        assert runner.labels == SITE and runner.pool_id is not None and runner.usd_per_hour is not None
+        moved = victim.runners.update(world.honest.runner_id, pool=gpu.id)
+        try:
+            assert moved.pool_id == gpu.id
+            assert world.chat("victim").headers["x-outpost-runner"] == world.honest.runner_id
+        finally:
+            victim.runners.update(world.honest.runner_id, pool="default")
