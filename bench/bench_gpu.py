@@ -1,9 +1,14 @@
-"""GPU benchmark: one llama.cpp engine, measured direct and through Outpost, 1 and 16 streams.
+"""GPU benchmark: one engine on an NVIDIA GPU, measured direct and through Outpost.
 
-Two engine set-ups, each with every layer offloaded to the GPU:
+Three engine set-ups:
 
 * default: the runner plans and starts the engine itself (``runner local-runner --model
   PATH --engine llama-cpp-python``: llama-cpp-python's server, capacity 1);
+* ``--engine vllm``: ``runner local-runner --model HF_DIR`` with no ``--engine``: the planner
+  must choose vLLM by itself (NVIDIA GPU, Hugging Face-format model, ``import vllm`` works),
+  and the run stops if it chose anything else; requests ask ``ignore_eos`` so each runs to
+  ``max_tokens``; ``--record DIR`` saves the engine's real ``/metrics``, ``/v1/models``,
+  answers and ``GET /api/runners`` (tests/runner/data/ holds them as fixtures);
 * ``--llama-server BIN``: llama.cpp's own server (``BIN -m PATH -ngl 999 -np 16``),
   started here, and ``runner local-runner --attach URL --parallel 16`` in front of it.
 
@@ -14,12 +19,13 @@ tunnel. Both paths hit that *same* engine process:
 * ``outpost`` — client → control plane ``/v1/chat/completions`` → WebSocket tunnel → runner → engine.
 
 Streaming chat completions, ``temperature 0``, ``max_tokens`` per request (128).
-For each path and each concurrency (1 and 16 streams), every stream sends
-``--rounds-single`` (1 stream) or ``--rounds`` (16 streams) requests back to back; the table gives aggregate tokens/s (all
-tokens ÷ wall time of the phase), per-stream decode tokens/s (tokens after the
-first ÷ time from first to last token) and time to first token.
+For each concurrency (``--streams``, default 1 and 16) and each path, every stream sends
+``--rounds-single`` (1 stream) or ``--rounds`` (more streams) requests back to back; the table gives aggregate
+tokens/s (all tokens ÷ wall time of the phase), per-stream decode tokens/s (tokens after the
+first ÷ time from first to last token), time to first token and inter-token latency percentiles.
 
     python bench/bench_gpu.py --model PATH.gguf [--llama-server BIN] [--json OUT.json] [--no-write]
+    python bench/bench_gpu.py --engine vllm --model HF_DIR --streams 1,16,64,256 [--record DIR]
     python bench/bench_gpu.py --render A.json B.json   # one README section from saved runs
 
 Writes its table(s) between ``<!-- gpu:begin -->``/``<!-- gpu:end -->`` in bench/README.md.
@@ -53,6 +59,8 @@ from bench.load import Conn, Sample, chat_body, pct, stream_request, versions, w
 from tests.utils import ControlPlaneProcess, free_port, wait_until
 
 BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
+#: vLLM's section is apart from llama.cpp's: each is rewritten only by its own runs.
+VLLM_BEGIN, VLLM_END = "<!-- gpu-vllm:begin -->", "<!-- gpu-vllm:end -->"
 #: A content token in an SSE chunk, whatever the JSON spacing: llama-cpp-python's server
 #: writes ``"content": "x"`` (json.dumps defaults), llama.cpp's ``"content":"x"``.
 _TOKEN = re.compile(rb'"content":\s?"(?!")')
@@ -65,7 +73,8 @@ class _AnyJsonParser(bench.load._Parser):
         if self.s.status != 200:
             self.body += data
             return
-        data = self._tail + data
+        # sse-starlette (llama-cpp-python's server) ends events with CRLF CRLF; vLLM and llama.cpp with LF LF.
+        data = (self._tail + data).replace(b"\r\n", b"\n")
         cut = data.rfind(b"\n\n")
         whole, self._tail = (data[: cut + 2], data[cut + 2 :]) if cut >= 0 else (b"", data)
         n = len(_TOKEN.findall(whole))
@@ -155,6 +164,8 @@ async def phase(host: str, port: int, path: str, body: bytes, headers: dict[str,
 def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> dict:
     ok = [s for s in samples if s.ok]
     ttft = [s.ttft for s in ok if s.ttft is not None]
+    # Gaps between content chunks; a chunk of several tokens adds zeros (bench.load's parser).
+    itl = [g for s in ok for g in s.gaps]
     decode = [(s.tokens - 1) / sum(s.gaps) for s in ok if s.tokens > 1 and sum(s.gaps) > 0]
     tokens = sum(s.tokens for s in ok)
     return {"path": name, "streams": streams, "requests": len(samples), "ok": len(ok), "tokens": tokens,
@@ -162,35 +173,47 @@ def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> di
             "stream_tok_s": statistics.fmean(decode) if decode else float("nan"),
             "ttft_p50_ms": pct(ttft, 50) * 1000, "ttft_p95_ms": pct(ttft, 95) * 1000,
             "ttft_mean_ms": statistics.fmean(ttft) * 1000 if ttft else float("nan"),
+            "ttft_p99_ms": pct(ttft, 99) * 1000,
+            "itl_p50_ms": pct(itl, 50) * 1000, "itl_p95_ms": pct(itl, 95) * 1000, "itl_p99_ms": pct(itl, 99) * 1000,
             "errors": sorted({s.error or "" for s in samples if not s.ok})[:3]}
 
 
 def render(runs: list[tuple[dict, list[dict]]]) -> str:
     """One README section: the common set-up once, then a table per engine set-up."""
     first = runs[0][0]
+    vllm = first.get("engine_name") == "vllm"
+    counts = sorted({r["streams"] for _, rows in runs for r in rows})
     lines = [
-        "## GPU: llama.cpp on an NVIDIA GPU, direct vs through Outpost (`bench/bench_gpu.py`)",
+        (f"## GPU: {'vLLM' if vllm else 'llama.cpp'} on an NVIDIA GPU, direct vs through Outpost "
+         "(`bench/bench_gpu.py`)"),
         "",
         f"Card: **{first['gpu']}**. Host: {first['host']}.",
         f"Control plane (SQLite), runner and engine on loopback on the same machine; {first['versions']}.",
         (f"Workload: streaming chat completions of `{first['model_file']}`, temperature 0, max_tokens "
-         f"{first['max_tokens']}; {first['rounds_single']} requests on one stream, {first['rounds']} per stream "
-         f"with 16 streams, back to back, after {first['warmup']} warm-up requests. `direct` is the engine's own "
-         "port; `outpost` is client → control plane → WebSocket tunnel → runner → the same engine process. "
-         "Aggregate tok/s = all tokens ÷ wall time of the phase; per-stream decode tok/s = tokens after the first "
-         "÷ time from first to last token, averaged over requests; TTFT = request written → first content token."),
+         f"{first['max_tokens']}{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
+         f"{first['rounds_single']} requests on one stream, {first['rounds']} per stream with "
+         f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after {first['warmup']} warm-up "
+         "requests. `direct` is the engine's own port; `outpost` is client → control plane → WebSocket tunnel → "
+         "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the phase; per-stream "
+         "decode tok/s = tokens after the first ÷ time from first to last token, averaged over requests; TTFT = "
+         "request written → first content token; ITL = time between consecutive content chunks (one token each "
+         "here), over all requests of the phase."),
     ]
+    nan = float("nan")
     for meta, rows in runs:
         lines += ["", f"### {meta['title']}", "",
                   (f"Engine: {meta['engine']} ({meta['offload']}; GPU memory of the engine process: "
                    f"{meta['gpu_mem'] or 'n/a'}). Reproduce: `{meta['command']}`."), "",
-                  ("| path | streams | requests ok | tokens | aggregate tok/s | per-stream decode tok/s "
-                   "| TTFT p50 ms | TTFT p95 ms | TTFT mean ms |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  ("| path | streams | requests ok | tokens | aggregate tok/s | ÷ direct | per-stream decode tok/s "
+                   "| TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | ITL p50 ms | ITL p95 ms | ITL p99 ms |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        direct = {r["streams"]: r["agg_tok_s"] for r in rows if r["path"] == "direct"}
         for r in rows:
+            ratio = r["agg_tok_s"] / direct[r["streams"]] if direct.get(r["streams"]) else nan
             lines.append(f"| {r['path']} | {r['streams']} | {r['ok']}/{r['requests']} | {r['tokens']} | "
-                         f"{r['agg_tok_s']:.1f} | {r['stream_tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
-                         f"{r['ttft_p95_ms']:.1f} | {r['ttft_mean_ms']:.1f} |")
+                         f"{r['agg_tok_s']:.1f} | {ratio:.3f} | {r['stream_tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
+                         f"{r['ttft_p95_ms']:.1f} | {r.get('ttft_p99_ms', nan):.1f} | {r.get('itl_p50_ms', nan):.2f} | "
+                         f"{r.get('itl_p95_ms', nan):.2f} | {r.get('itl_p99_ms', nan):.2f} |")
         if meta.get("notes"):
             lines += ["", *meta["notes"]]
     return "\n".join(lines)
@@ -198,8 +221,9 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
 
 async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="outpost-gpu-"))
-    cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
-                             extra_env={"OUTPOST_LOG_LEVEL": "warning"}).start()
+    # start() runs its own event loop (tests.utils.run_db): not on this one.
+    cp = await asyncio.to_thread(ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
+                                                     extra_env={"OUTPOST_LOG_LEVEL": "warning"}).start)
     runner = server = None
     try:
         key = cp.api_key("default", "gpu-bench")
@@ -208,6 +232,8 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             server, sport = start_llama_server(args.llama_server, args.model, args.parallel, args.ctx_per_slot,
                                                tmp / "llama-server.log", args.ready_timeout)
             runner_args = ["--attach", f"http://127.0.0.1:{sport}", "--parallel", str(args.parallel)]
+        elif args.engine == "vllm":  # no --engine: the planner must choose vLLM itself
+            runner_args = ["--model", args.model]
         else:
             runner_args = ["--model", args.model, "--engine", args.engine, "--threads", str(args.threads)]
         runner = start_runner(cp, tmp / "runner", runner_args)
@@ -227,17 +253,27 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             epid, eport = engine_port(runner)
             engine_log = tmp / "runner" / "logs" / "engine.log"
         log_text = engine_log.read_text(errors="replace") if engine_log.exists() else ""
-        offload = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log_text)
-        offload_s = (f"offloaded {offload[-1][0]}/{offload[-1][1]} layers to GPU" if offload
-                     else "no 'offloaded N/N layers' line in the engine's log")
+        engine_argv = psutil.Process(epid).cmdline()
+        print("engine argv:", " ".join(engine_argv), flush=True)
+        if args.engine == "vllm":
+            if "vllm.entrypoints.cli.main" not in engine_argv:
+                raise RuntimeError(f"the runner did not start vLLM: {engine_argv}")
+            offload_s = _vllm_log_summary(log_text)
+        else:
+            offload = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log_text)
+            offload_s = (f"offloaded {offload[-1][0]}/{offload[-1][1]} layers to GPU" if offload
+                         else "no 'offloaded N/N layers' line in the engine's log")
         apps = [line for line in gpu_apps().splitlines() if line.split(",")[0].strip() == str(epid)]
         gpu_mem = apps[0].split(",")[1].strip() if apps else ""
         print(f"ready in {ready_s:.1f}s; model {model}; engine pid {epid} port {eport}; {offload_s}; "
               f"GPU mem {gpu_mem}", flush=True)
 
-        body = chat_body(model, args.max_tokens)
+        extra = {"ignore_eos": True} if args.engine == "vllm" else {}
+        body = chat_body(model, args.max_tokens, **extra)
         auth = {"Authorization": f"Bearer {key}"}
         paths = {"direct": ("127.0.0.1", eport, {}), "outpost": ("127.0.0.1", cp.port, auth)}
+        if args.record:
+            record_engine(args.record, "idle", eport, model, cp, auth)
         for i in range(args.warmup):  # compile/caches on both paths
             name = "direct" if i % 2 == 0 else "outpost"
             host, port, hdr = paths[name]
@@ -246,7 +282,7 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                 raise RuntimeError(f"warm-up on {name} failed: status {s[0].status}, {s[0].tokens} tokens, "
                                    f"{s[0].error}")
         rows = []
-        for streams in (1, 16):
+        for streams in args.streams:
             for name in ("direct", "outpost"):
                 host, port, hdr = paths[name]
                 rounds = args.rounds_single if streams == 1 else args.rounds
@@ -254,7 +290,10 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                 row = summarize(name, streams, samples, wall)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+        if args.record:
+            record_engine(args.record, "loaded", eport, model, cp, auth)
         model_file = Path(args.model).name
+        streams_arg = ",".join(str(n) for n in args.streams)
         if server is not None:
             title = f"llama.cpp's `llama-server`, {args.parallel} slots, attached (`--attach URL --parallel {args.parallel}`)"
             engine = (f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np {args.parallel} "
@@ -262,6 +301,12 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                       f"`local-runner --attach http://127.0.0.1:PORT --parallel {args.parallel}`")
             command = (f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel {args.parallel}"
                        f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}")
+        elif args.engine == "vllm":
+            title = "vLLM, planned and started by the runner (`runner local-runner --model DIR`, no `--engine`)"
+            engine = (f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the planner and "
+                      f"started by `runner local-runner --model {model_file}` as `{_argv_text(engine_argv)}`")
+            command = (f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams {streams_arg} "
+                       f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}")
         else:
             title = f"{args.engine}, planned and started by the runner"
             engine = (f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started by "
@@ -276,7 +321,7 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             "versions": versions("fastapi", "uvicorn", "websockets", "pydantic", "httptools"),
             "max_tokens": args.max_tokens, "rounds": args.rounds, "rounds_single": args.rounds_single, "warmup": args.warmup,
             "command": command,
-            "engine_log_tail": log_text[-3000:],
+            "engine_log_tail": log_text[-3000:], "engine_argv": engine_argv,
         }
         return meta, rows
     finally:
@@ -295,6 +340,61 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         cp.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def record_engine(out: Path, tag: str, eport: int, model: str, cp: ControlPlaneProcess,
+                  auth: dict[str, str]) -> None:
+    """The engine's real answers, saved as test fixtures (tests/runner/data/): its Prometheus text,
+    and (once loaded) /v1/models, an answer and a streamed answer direct, one through Outpost, and
+    the control plane's GET /api/runners once the runner's next status frame is in."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{eport}"
+    (out / f"vllm_metrics_{tag}.txt").write_text(httpx.get(base + "/metrics", timeout=30).text)
+    if tag != "loaded":
+        return
+    chat = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 16, "temperature": 0}
+    rec: dict = {"models": httpx.get(base + "/v1/models", timeout=30).json(),
+                 "chat_direct": httpx.post(base + "/v1/chat/completions", json=chat, timeout=60).json(),
+                 "chat_outpost": httpx.post(cp.url + "/v1/chat/completions", json=chat, headers=auth,
+                                            timeout=60).json()}
+    with httpx.stream("POST", base + "/v1/chat/completions", timeout=60,
+                      json={**chat, "stream": True, "max_tokens": 4,
+                            "stream_options": {"include_usage": True}}) as resp:
+        rec["chat_stream_direct_sse"] = resp.read().decode()
+    time.sleep(6)  # the runner reports status every 2 s; the counters above included
+    rec["api_runners"] = httpx.get(cp.url + "/api/runners", headers=auth, timeout=30).json()
+    (out / "vllm_metrics_after_record.txt").write_text(httpx.get(base + "/metrics", timeout=30).text)
+    (out / "vllm_record.json").write_text(json.dumps(rec, indent=2))
+    print("recorded:", json.dumps(rec["api_runners"])[:2000], flush=True)
+
+
+def _vllm_log_summary(text: str) -> str:
+    """The lines of vLLM's start-up log that say what it put on the GPU."""
+    found = []
+    for label, pattern in (("weights", r"Model loading took ([\d.]+ ?GiB)"),
+                           ("KV cache", r"GPU KV cache size: ([\d,]+ tokens)"),
+                           ("max concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+x)"),
+                           ("CUDA graphs captured in", r"Graph capturing finished in ([\d.]+ ?s)"),
+                           ("engine init", r"init engine .*? took ([\d.]+ ?s)")):
+        m = re.findall(pattern, text)
+        if m:
+            found.append(f"{label} {m[-1]}")
+    return "; ".join(found) or "no start-up summary in vLLM's log"
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _argv_text(argv: list[str]) -> str:
+    """The engine's command line with the interpreter's and the model's paths shortened."""
+    return " ".join(Path(a).name if a.startswith("/") else a for a in argv)
 
 
 def _llama_cpp_version() -> str:
@@ -330,7 +430,11 @@ def _host() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
-    parser.add_argument("--engine", default="llama-cpp-python")
+    parser.add_argument("--engine", default="llama-cpp-python",
+                        help="llama-cpp-python, or vllm (a Hugging Face-format --model; the runner plans it)")
+    parser.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16],
+                        help="concurrencies, comma-separated (default 1,16)")
+    parser.add_argument("--record", type=Path, help="vllm: save the engine's real output here (fixtures)")
     parser.add_argument("--llama-server", help="llama.cpp server binary: start it and attach the runner")
     parser.add_argument("--parallel", type=int, default=16, help="llama-server slots (with --llama-server)")
     parser.add_argument("--ctx-per-slot", type=int, default=4096)
@@ -340,7 +444,7 @@ def main() -> None:
     parser.add_argument("--rounds-single", type=int, default=16, help="requests with one stream")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--ready-timeout", type=float, default=300)
+    parser.add_argument("--ready-timeout", type=float, default=420)
     parser.add_argument("--json", type=Path, help="also write meta and rows here")
     parser.add_argument("--note", action="append", default=[], help="a line to add under the table")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
@@ -359,7 +463,8 @@ def main() -> None:
     text = render(runs)
     print(text)
     if not args.no_write:
-        write_section(BEGIN, END, text)
+        vllm = runs[0][0].get("engine_name") == "vllm"
+        write_section(VLLM_BEGIN if vllm else BEGIN, VLLM_END if vllm else END, text)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
-
 from runner.engines.attach import AttachedEngine
 from runner.engines.base import EngineAdapter, EngineLoad, LaunchSpec, ServedModel
 from runner.engines.llama_cpp_python import LlamaCppPythonEngine
@@ -32,18 +28,11 @@ __all__ = [
     "XllamacppEngine",
     "build_engine",
     "served_models",
-    "vllm_executable",
 ]
 
 
 class PlanRefusedError(RuntimeError):
     """The plan found no engine that fits; its refusal says why."""
-
-
-def vllm_executable() -> str:
-    """The ``vllm`` script of this environment, found even when its bin/ is not on PATH."""
-    sibling = Path(sys.executable).with_name("vllm")
-    return str(sibling) if sibling.exists() else shutil.which("vllm") or "vllm"
 
 
 def served_models(plan: Plan) -> tuple[ServedModel, ...]:
@@ -98,5 +87,4 @@ def build_engine(
         served_model_name=served[0].name if served else None,
         max_num_seqs=settings.max_num_seqs,
         gpu_indices=tuple(settings.gpu_indices),
-        executable=vllm_executable(),
     )

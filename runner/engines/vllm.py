@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -54,12 +55,16 @@ class VllmEngine:
     max_num_seqs: int | None = None
     #: NVML indices (PCI bus order) of the GPUs to run on; None: all visible.
     gpu_indices: tuple[int, ...] | None = None
-    executable: str = "vllm"
+    #: The interpreter that runs ``vllm serve``: the runner's own, the one whose ``import vllm``
+    #: made the planner choose vLLM. A ``vllm`` script on PATH may be another install, or none:
+    #: a ``pip install --target`` or an unactivated venv puts the package on ``sys.path`` only.
+    python: str = sys.executable
     name: str = "vllm"
 
     def launch_spec(self, port: int) -> LaunchSpec:
         argv = [
-            self.executable, "serve", self.model,
+            # The ``vllm`` console script's own entry point (vllm.entrypoints.cli.main:main).
+            self.python, "-m", "vllm.entrypoints.cli.main", "serve", self.model,
             "--host", "127.0.0.1",
             "--port", str(port),
             "--tensor-parallel-size", str(self.tensor_parallel_size),

@@ -38,7 +38,7 @@ def test_vllm_argv() -> None:
     spec = _vllm(tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=32768,
                  quantization="awq", served_model_name="llama-8b").launch_spec(8123)  # fmt: skip
     assert spec.argv == [
-        "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct",
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "meta-llama/Llama-3.1-8B-Instruct",
         "--host", "127.0.0.1", "--port", "8123",
         "--tensor-parallel-size", "2",
         "--gpu-memory-utilization", "0.90",
@@ -141,7 +141,8 @@ def test_build_engine_for_a_vllm_plan() -> None:
     engine = build_engine(result)
     assert isinstance(engine, VllmEngine)
     argv = engine.launch_spec(8000).argv
-    assert argv[1:3] == ["serve", "meta-llama/Llama-3.1-70B-Instruct"]
+    # The interpreter that imports vllm runs it (a `vllm` script on PATH may be another install, or none).
+    assert argv[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "meta-llama/Llama-3.1-70B-Instruct"]
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert argv[argv.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-70B-Instruct"
     assert engine.capacity == result.capacity
