@@ -241,6 +241,12 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         def connected() -> bool:
             if runner.poll() is not None:
                 raise RuntimeError(f"runner exited: {(tmp / 'runner' / 'runner.log').read_text()[-4000:]}")
+            log = tmp / "runner" / "logs" / "engine.log"
+            # An engine that crashed while loading is restarted by the supervisor and fails again:
+            # stop at the first traceback rather than wait out the whole timeout (device time is scarce).
+            if args.engine == "vllm" and log.exists() and "Traceback (most recent call last)" in (
+                    text := log.read_text(errors="replace")):
+                raise RuntimeError(f"vLLM failed to start:\n{text[-6000:]}")
             return bool(cp.models(key))
 
         wait_until(connected, args.ready_timeout, "the runner to serve its model", interval=0.5)
@@ -364,7 +370,7 @@ def record_engine(out: Path, tag: str, eport: int, model: str, cp: ControlPlaneP
         rec["chat_stream_direct_sse"] = resp.read().decode()
     time.sleep(6)  # the runner reports status every 2 s; the counters above included
     rec["api_runners"] = httpx.get(cp.url + "/api/runners", headers=auth, timeout=30).json()
-    (out / "vllm_metrics_after_record.txt").write_text(httpx.get(base + "/metrics", timeout=30).text)
+    rec["metrics_after"] = httpx.get(base + "/metrics", timeout=30).text
     (out / "vllm_record.json").write_text(json.dumps(rec, indent=2))
     print("recorded:", json.dumps(rec["api_runners"])[:2000], flush=True)
 

@@ -26,7 +26,7 @@ COLUMNS=130 python3 -m runner.cli plan --model "$HF"; echo "(exit $?)"
 python3 -m runner.cli plan --model "$HF" --json > "$OUT/plan.json"
 echo "### bench"
 python3 bench/bench_gpu.py --engine vllm --model "$HF" --streams "$STREAMS" --rounds "$ROUNDS" --rounds-single 16 \
-  --max-tokens 128 --json "$OUT/bench-vllm.json" --record "$OUT" --keep --no-write
+  --max-tokens 128 --ready-timeout 300 --json "$OUT/bench-vllm.json" --record "$OUT" --keep --no-write
 rc=$?
 echo "### bench exit $rc"
 st=$(ls -d /tmp/outpost-gpu-* 2>/dev/null | tail -1)
