@@ -67,7 +67,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         app.state.outpost = AppState(settings=settings, db=db, hub=hub, records=records,
                                      key_cache=KeyCache.for_database(db, settings),
                                      router=Router(RouterConfig.from_settings(settings)), admission=admission,
-                                     metrics=metrics)
+                                     metrics=metrics, checkpointer=checkpointer)
+        audit_metrics = checkpointer.collector()
+        metrics.registry.register(audit_metrics)  # refusals to sign the audit chain
         collector = StateCollector(app.state.outpost)
         metrics.registry.register(collector)  # read at scrape time: queues, counters, fairness
         cluster = Cluster.from_settings(settings, hub, admission) if settings.redis_url else None
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
             await checkpointer.stop()  # sign the tip before going away
             await db.dispose()
             metrics.registry.unregister(collector)
+            metrics.registry.unregister(audit_metrics)
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from control_plane.audit.checkpoints import Checkpointer
 from control_plane.cluster import Cluster
 from control_plane.db.engine import Database
 from control_plane.observability.metrics import ControlPlaneMetrics
@@ -30,3 +31,4 @@ class AppState:
     admission: Admission = field(default_factory=Admission)  # budgets, fair queues, cost
     cluster: Cluster | None = None  # other replicas, through Redis (OUTPOST_REDIS_URL)
     metrics: ControlPlaneMetrics = field(default_factory=ControlPlaneMetrics)  # GET /metrics
+    checkpointer: Checkpointer | None = None  # signs the audit chain; its alarm is the console's banner

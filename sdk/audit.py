@@ -39,6 +39,7 @@ __all__ = [
     "key_id_for",
     "rotation_message",
     "verify_export",
+    "verify_signature",
 ]
 
 EXPORT_FORMAT = "outpost.audit.export"
@@ -116,7 +117,8 @@ def _b64u_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _verify_sig(public_key: str, message: bytes, signature: str) -> bool:
+def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
+    """Whether ``signature`` (base64url) is ``public_key``'s Ed25519 signature over ``message``."""
     try:
         Ed25519PublicKey.from_public_bytes(_b64u_decode(public_key)).verify(_b64u_decode(signature), message)
     except (InvalidSignature, ValueError, TypeError):
@@ -131,7 +133,9 @@ class VerifyResult:
     ``index`` is the 0-based line number of the first bad line (``None`` when
     ``ok``); ``seq`` the event sequence number there, when it has one.
     ``unsigned_tail`` counts events after the last verified checkpoint: they
-    are chained but no signature vouches for them yet.
+    are chained but no signature vouches for them yet. ``kept_checkpoints``
+    counts the checkpoints kept outside the control plane that were checked
+    against this export.
     """
 
     ok: bool
@@ -146,6 +150,7 @@ class VerifyResult:
     last_signed_seq: int | None = None
     unsigned_tail: int = 0
     trusted_keys: list[str] = field(default_factory=list)
+    kept_checkpoints: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -208,8 +213,8 @@ def _trusted_keys(records: list[dict[str, Any]], pinned: Iterable[str]) -> dict[
         try:
             msg = rotation_message(rot["prev_key_id"], rot["prev_public_key"], kid, pk, rot["ts"])
             prev_ok = key_id_for(rot["prev_public_key"]) == rot["prev_key_id"]
-            both = (prev_ok and _verify_sig(rot["prev_public_key"], msg, rot["prev_signature"])
-                    and _verify_sig(pk, msg, rot["signature"]))
+            both = (prev_ok and verify_signature(rot["prev_public_key"], msg, rot["prev_signature"])
+                    and verify_signature(pk, msg, rot["signature"]))
         except (KeyError, TypeError, ValueError):
             both = False
         if not both:
@@ -233,23 +238,30 @@ def _check_signed(rec: dict[str, Any], i: int, trusted: dict[str, str], what: st
         raise _Bad(i, f"{what} is malformed", seq if isinstance(seq, int) else None)
     if kid not in trusted:
         raise _Bad(i, f"{what} at seq {seq} is signed by key {kid}, which is not trusted", seq)
-    if not _verify_sig(trusted[kid], checkpoint_message(seq, h, ts, kid), sig):
+    if not verify_signature(trusted[kid], checkpoint_message(seq, h, ts, kid), sig):
         raise _Bad(i, f"{what} at seq {seq} has an invalid signature", seq)
 
 
-def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys: Iterable[str]) -> VerifyResult:
+def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys: Iterable[str],
+                  kept_checkpoints: Iterable[str | bytes | Mapping[str, Any]] = ()) -> VerifyResult:
     """Verify an audit export offline, trusting only ``public_keys``.
 
     ``lines`` are the export's JSONL lines (or already-parsed objects);
-    ``public_keys`` base64url raw Ed25519 public keys. Returns a
-    :class:`VerifyResult` naming the first bad line and why, if any.
+    ``public_keys`` base64url raw Ed25519 public keys. ``kept_checkpoints``
+    are checkpoints the verifier kept from earlier (``GET
+    /api/audit/checkpoints``, or the checkpoint lines of an earlier export):
+    each must be validly signed and lie on this export's chain, so a log
+    whose newest events were removed together with their checkpoints fails.
+    Returns a :class:`VerifyResult` naming the first bad line and why, if any.
     """
     result = VerifyResult(ok=False)
     try:
         records = _parse(lines)
         trusted = _trusted_keys(records, public_keys)
         result.trusted_keys = sorted(trusted)
-        _walk(records, trusted, result)
+        kept = _parse(kept_checkpoints)
+        hashes = _walk(records, trusted, result)
+        _check_kept(kept, trusted, hashes, len(records), result)
     except _Bad as bad:
         result.ok, result.reason, result.index, result.seq = False, bad.reason, bad.index, bad.seq
         return result
@@ -260,11 +272,14 @@ def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys:
     return result
 
 
-def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: VerifyResult) -> None:
+def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: VerifyResult) -> dict[int, str]:
     prev, expected = GENESIS_HASH, 1
     hashes: dict[int, str] = {}
     header: dict[str, Any] | None = None
     started = False
+    anchor: tuple[int, int] | None = None  # (line, seq)
+    prune_line: int | None = None  # the audit.prune event that announces the anchor
+    tenants = _TenantSeqs()
     for i, rec in enumerate(records):
         kind = rec["kind"]
         if kind == "header":
@@ -278,6 +293,7 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
                 raise _Bad(i, "anchor must come before every event")
             _check_signed(rec, i, trusted, "anchor")
             prev, expected, started = rec["hash"], rec["seq"] + 1, True
+            anchor = (i, rec["seq"])
             hashes[rec["seq"]] = prev
             result.last_signed_seq = rec["seq"]
         elif kind in ("event", "redacted"):
@@ -291,6 +307,10 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
                 raise _Bad(i, f"hash mismatch at seq {seq}: the event was altered or the chain broken", seq)
             hashes[seq] = prev
             expected += 1
+            if kind == "event":
+                tenants.check(rec["event"], i, genesis=anchor is None)
+                if anchor is not None and _announces(rec["event"], anchor[1]) and prune_line is None:
+                    prune_line = i
             result.first_seq = seq if result.first_seq is None else result.first_seq
             result.last_seq = seq
             result.events += 1
@@ -311,8 +331,83 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
     if header is not None and header.get("last_seq") is not None and header["last_seq"] != result.last_seq:
         raise _Bad(len(records), f"export ends at seq {result.last_seq}, its header says {header['last_seq']} "
                    "(truncated)")
+    if anchor is not None:
+        # Deleting a prefix up to a signed checkpoint and calling that checkpoint the anchor
+        # would otherwise verify: only `audit prune` writes the event, and a signature covers it.
+        if prune_line is None:
+            raise _Bad(anchor[0], f"anchor at seq {anchor[1]} is not announced by an audit.prune event in "
+                       "the chain: events before it were deleted outside `audit prune`", anchor[1])
+        prune_seq = records[prune_line]["event"]["seq"]
+        if prune_seq > (result.last_signed_seq or 0):
+            raise _Bad(prune_line, f"the audit.prune event (seq {prune_seq}) for the anchor at seq {anchor[1]} "
+                       "is not covered by a signed checkpoint", prune_seq)
     last = result.last_seq if result.last_seq is not None else (expected - 1)
     result.unsigned_tail = last - (result.last_signed_seq or 0)
+    return hashes
+
+
+def _announces(event: dict[str, Any], anchor_seq: int) -> bool:
+    data = event.get("data")
+    return (event.get("type") == "audit.prune" and event.get("tenant") is None and isinstance(data, dict)
+            and data.get("anchor_seq") == anchor_seq)
+
+
+class _TenantSeqs:
+    """Each tenant's events carry ``tenant_seq`` 1, 2, 3, ...: a gap is an event of that tenant
+    that is missing from the export or shown as a ``redacted`` line.
+
+    Only tenants' own numbers are checked: the log's tenant-less events are
+    partly redacted in tenant-scoped exports, so their numbers show gaps there.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def check(self, event: dict[str, Any], i: int, *, genesis: bool) -> None:
+        seq, version, tenant = event["seq"], event.get("v"), event.get("tenant")
+        if version == 1:
+            if "tenant_seq" in event:
+                raise _Bad(i, f"version 1 event at seq {seq} has a tenant_seq", seq)
+            if isinstance(tenant, str) and tenant in self.last:
+                raise _Bad(i, f"event at seq {seq} of tenant {tenant} has no tenant_seq after numbered ones", seq)
+            return
+        if version != 2:
+            raise _Bad(i, f"unknown event version {version!r} at seq {seq}", seq)
+        n = event.get("tenant_seq")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise _Bad(i, f"event at seq {seq} needs a positive integer tenant_seq", seq)
+        if not isinstance(tenant, str):
+            return
+        want = self.last[tenant] + 1 if tenant in self.last else (1 if genesis else None)
+        if want is not None and n != want:
+            raise _Bad(i, f"tenant {tenant}: expected tenant_seq {want}, found {n} (an event of this tenant "
+                       "is missing here or was shown as redacted)", seq)
+        self.last[tenant] = n
+
+
+def _check_kept(kept: list[dict[str, Any]], trusted: dict[str, str], hashes: dict[int, str], end: int,
+                result: VerifyResult) -> None:
+    """Kept checkpoints must be genuine and lie on this export's chain (or before its anchor)."""
+    first = min(hashes) if hashes else None  # the anchor's seq, or the first event's
+    for n, rec in enumerate(kept):
+        try:
+            _check_signed(rec, end, trusted, f"kept checkpoint #{n}")
+        except _Bad as bad:
+            raise _Bad(None, bad.reason, bad.seq) from None
+        seq = rec["seq"]
+        if first is not None and seq < first:
+            continue  # pruned before this export begins: the archive that holds it checks it
+        if seq not in hashes:
+            raise _Bad(end, f"a kept checkpoint vouches for seq {seq}, but this export ends at seq "
+                       f"{result.last_seq}: its newest events were removed (truncated)", seq)
+        if hashes[seq] != rec["hash"]:
+            raise _Bad(end, f"a kept checkpoint at seq {seq} does not match this export's chain: events up to "
+                       f"{seq} were rewritten", seq)
+        result.kept_checkpoints += 1
+        result.last_signed_seq = max(seq, result.last_signed_seq or 0)
+    if result.kept_checkpoints:
+        last = result.last_seq if result.last_seq is not None else (result.last_signed_seq or 0)
+        result.unsigned_tail = max(0, last - (result.last_signed_seq or 0))
 
 
 def _entry(rec: dict[str, Any], i: int, kind: str) -> tuple[int, str]:

@@ -11,10 +11,11 @@ from sqlalchemy import select
 
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
 from control_plane.audit.chain import read_head
-from control_plane.audit.export import export_records, jsonl, key_line
+from control_plane.audit.export import checkpoint_line, export_records, jsonl, key_line
 from control_plane.audit.query import list_events
-from control_plane.audit.schemas import AuditEventOut, AuditPage, AuditQuery
-from control_plane.db.models import AuditKey
+from control_plane.audit.schemas import AuditEventOut, AuditPage, AuditQuery, CheckpointQuery
+from control_plane.db.models import AuditCheckpoint, AuditKey
+from control_plane.errors import ApiError
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
@@ -47,3 +48,22 @@ async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict:
     """Every audit public key, with rotation records (public material)."""
     rows = (await session.execute(select(AuditKey).order_by(AuditKey.created_at))).scalars()
     return {"object": "list", "data": [key_line(r) for r in rows]}
+
+
+@router.get("/checkpoints")
+async def get_audit_checkpoints(admin: AdminDep, session: SessionDep,
+                                query: Annotated[CheckpointQuery, Query()]) -> dict:
+    """Signed checkpoints, oldest first: keep them, and ``audit verify --kept`` catches a truncated log."""
+    rows = list((await session.execute(select(AuditCheckpoint).where(AuditCheckpoint.seq > query.after)
+                                       .order_by(AuditCheckpoint.seq).limit(query.limit + 1))).scalars())
+    page = rows[: query.limit]
+    more = str(page[-1].seq) if len(rows) > query.limit else None
+    return {"object": "list", "data": [checkpoint_line(r) for r in page], "next_cursor": more}
+
+
+@router.get("/checkpoints/latest")
+async def get_latest_audit_checkpoint(admin: AdminDep, session: SessionDep) -> dict:
+    row = (await session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(1))).scalar()
+    if row is None:
+        raise ApiError.not_found("No audit checkpoint has been signed yet.", code="audit_checkpoint_not_found")
+    return checkpoint_line(row)

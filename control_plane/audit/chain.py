@@ -20,6 +20,7 @@ is then held only for the commit, and no lock-order cycle can form.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,14 +30,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import AuditEvent, AuditHead
+from control_plane.db.models import AuditEvent, AuditHead, AuditTenantHead
 from sdk.audit import GENESIS_HASH, canonical_json, chain_hash, event_digest
 
-__all__ = ["EVENT_VERSION", "EventSpec", "Head", "append_event", "append_events", "event_object", "format_ts",
+__all__ = ["EVENT_VERSION", "SYSTEM_TENANT", "EventSpec", "Head", "append_event", "append_events", "event_object", "format_ts",
            "lock_head", "read_head", "utc_ts"]
 
-EVENT_VERSION = 1
+EVENT_VERSION = 2  # 2: with tenant_seq; events written before it stay version 1
 _HEAD_ID = 1
+#: The counter of the log's own, tenant-less events in ``audit_tenant_heads``.
+SYSTEM_TENANT = ""
 
 
 def format_ts(moment: datetime) -> str:
@@ -50,8 +53,11 @@ def utc_ts() -> str:
 
 def event_object(row: AuditEvent) -> dict[str, Any]:
     """The object that is canonicalised and hashed (docs/audit.md, "Events")."""
-    return {"v": EVENT_VERSION, "seq": row.seq, "ts": row.ts, "type": row.type, "actor": row.actor,
-            "tenant": row.tenant_id, "salt": row.salt, "data": row.data}
+    event = {"v": 1, "seq": row.seq, "ts": row.ts, "type": row.type, "actor": row.actor,
+             "tenant": row.tenant_id, "salt": row.salt, "data": row.data}
+    if row.tenant_seq is not None:  # version 1 events (older rows) must keep their hashes
+        event.update(v=EVENT_VERSION, tenant_seq=row.tenant_seq)
+    return event
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,16 @@ async def append_events(session: AsyncSession, events: list[EventSpec]) -> list[
     # Everything the caller has pending goes out now, before the lock is taken.
     await session.flush()
     head = await lock_head(session)
+    tenant_next = await _number_tenants(session, events)
     rows: list[AuditEvent] = []
     seq, prev = head.seq, head.hash
     for ev in events:
         seq += 1
+        counter = ev.tenant_id if ev.tenant_id is not None else SYSTEM_TENANT
+        tenant_seq = tenant_next[counter]
+        tenant_next[counter] += 1
         row = AuditEvent(seq=seq, ts=utc_ts(), type=ev.type, actor=ev.actor, tenant_id=ev.tenant_id,
-                         salt=secrets.token_hex(16), data=ev.data)
+                         tenant_seq=tenant_seq, salt=secrets.token_hex(16), data=ev.data)
         row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
         rows.append(row)
     # Every round trip made while holding the lock is one more wait for every
@@ -134,11 +144,27 @@ async def append_events(session: AsyncSession, events: list[EventSpec]) -> list[
     move_head = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=seq, hash=prev)
                  .execution_options(synchronize_session=False))
     add_events = insert(AuditEvent).values([
-        {"seq": r.seq, "ts": r.ts, "type": r.type, "actor": r.actor, "tenant_id": r.tenant_id, "salt": r.salt,
-         "data": r.data, "hash": r.hash} for r in rows])
+        {"seq": r.seq, "ts": r.ts, "type": r.type, "actor": r.actor, "tenant_id": r.tenant_id,
+         "tenant_seq": r.tenant_seq, "salt": r.salt, "data": r.data, "hash": r.hash} for r in rows])
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(add_events.add_cte(move_head.cte("move_head")))
     else:
         await session.execute(move_head)
         await session.execute(add_events)
     return rows
+
+
+async def _number_tenants(session: AsyncSession, events: list[EventSpec]) -> dict[str, int]:
+    """Reserve each tenant's next ``tenant_seq`` values; returns the first one per tenant.
+
+    Called under the head lock, so tenant numbers follow the global order. One
+    upsert that adds the batch's count and returns the new top: no read first,
+    so it costs one round trip however many tenants the batch holds.
+    """
+    counts = Counter(ev.tenant_id if ev.tenant_id is not None else SYSTEM_TENANT for ev in events)
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(AuditTenantHead).values([{"tenant_id": t, "seq": n} for t, n in sorted(counts.items())])
+    stmt = stmt.on_conflict_do_update(index_elements=[AuditTenantHead.tenant_id],
+                                      set_={"seq": AuditTenantHead.seq + stmt.excluded.seq})
+    tops = (await session.execute(stmt.returning(AuditTenantHead.tenant_id, AuditTenantHead.seq))).all()
+    return {tenant: top - counts[tenant] + 1 for tenant, top in tops}

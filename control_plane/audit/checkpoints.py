@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.chain import Head, lock_head, read_head, utc_ts
+from control_plane.audit.guard import ChainGuard, ChainRefused
 from control_plane.audit.keys import AuditKeyPair, AuditSigner
 from control_plane.db.engine import Database, database_down
 from control_plane.db.models import AuditCheckpoint, AuditHead, AuditKey
 from control_plane.settings import Settings
 
-__all__ = ["Checkpointer", "checkpoint_if_due", "is_due", "register_key", "sign_checkpoint", "write_checkpoint"]
+__all__ = ["ChainRefused", "Checkpointer", "checkpoint_if_due", "is_due", "register_key", "sign_checkpoint", "write_checkpoint"]
 
 log = logging.getLogger("outpost.audit")
 
@@ -64,42 +68,63 @@ async def sign_checkpoint(session: AsyncSession, signer: AuditSigner, seq: int, 
     return row
 
 
-async def write_checkpoint(session: AsyncSession, signer: AuditSigner) -> AuditCheckpoint | None:
-    """Sign the current tip now (no-op when it is already signed). No commit."""
+async def write_checkpoint(session: AsyncSession, signer: AuditSigner,
+                           guard: ChainGuard | None = None) -> AuditCheckpoint | None:
+    """Re-verify the chain, then sign its tip (no-op when it is already signed). No commit.
+
+    ``guard`` is what the caller remembers of the chain; without one the chain
+    is recomputed from the newest stored checkpoint. Raises
+    :class:`ChainRefused` instead of signing a chain that does not extend it.
+    """
     head = await lock_head(session)
     if head.seq <= head.checkpoint_seq:
         return None
+    guard = guard or ChainGuard()
+    await guard.verify(session, head)
     row = await sign_checkpoint(session, signer, head.seq, head.hash)
     await session.execute(update(AuditHead).where(AuditHead.id == 1)
                           .values(checkpoint_seq=row.seq, checkpoint_ts=row.ts)
                           .execution_options(synchronize_session=False))
+    guard.signed(row.seq, row.hash)
     return row
 
 
-async def checkpoint_if_due(session: AsyncSession, signer: AuditSigner, every_n: int,
-                            every_s: float) -> AuditCheckpoint | None:
+async def checkpoint_if_due(session: AsyncSession, signer: AuditSigner, every_n: int, every_s: float,
+                            guard: ChainGuard | None = None) -> AuditCheckpoint | None:
+    """Sign the tip when a checkpoint is due (re-verifying first, as ``write_checkpoint``). No commit."""
     # Look without the lock first: most polls find nothing to do and must not
     # queue behind (or block) appends.
     if not is_due(await read_head(session), every_n, every_s):
         return None
     if not is_due(await lock_head(session), every_n, every_s):
         return None
-    return await write_checkpoint(session, signer)
+    return await write_checkpoint(session, signer, guard)
 
 
 class Checkpointer:
-    """The per-process background task; ``stop`` signs whatever is still unsigned."""
+    """The per-process background task; ``stop`` signs whatever is still unsigned.
 
-    def __init__(self, db: Database, signer: AuditSigner, every_n: int, every_s: float) -> None:
+    Every look follows the chain as it grows (the guard recomputes the events
+    appended since the last look, without the head lock), so an event this
+    process has seen cannot later be rewritten and signed. A refusal is loud:
+    logged at ERROR, counted (``outpost_audit_checkpoint_refusals_total``) and
+    shown as a banner in the console until the chain verifies again.
+    """
+
+    def __init__(self, db: Database, signer: AuditSigner, every_n: int, every_s: float,
+                 guard: ChainGuard | None = None) -> None:
         self.db, self.signer, self.every_n, self.every_s = db, signer, every_n, every_s
+        self.guard = guard or ChainGuard()
         self.poll_s = min(1.0, every_s)
+        self.alarm: str | None = None  # why the last look refused the chain; None while it verifies
+        self.refusals = 0
         self._task: asyncio.Task[None] | None = None
         self._down = False  # the last attempt found the database unavailable
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings) -> Checkpointer:
         return cls(db, AuditSigner.from_settings(settings), settings.audit_checkpoint_every_n,
-                   settings.audit_checkpoint_every_s)
+                   settings.audit_checkpoint_every_s, ChainGuard.from_settings(settings))
 
     async def start(self) -> None:
         async with self.db.session() as session:
@@ -107,13 +132,53 @@ class Checkpointer:
             await session.commit()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-checkpointer")
 
+    async def tick(self) -> AuditCheckpoint | None:
+        """One look: follow the chain, and sign its tip when a checkpoint is due."""
+        try:
+            row = await self._look()
+        except ChainRefused as refused:
+            self._refuse(str(refused))
+            return None
+        if self.alarm is not None:
+            log.warning("audit chain verifies again; checkpoints resume (was: %s)", self.alarm)
+            self.alarm = None
+        return row
+
+    async def _look(self) -> AuditCheckpoint | None:
+        suspect = False
+        async with self.db.session() as session:
+            head = await read_head(session)
+            point = self.guard.point
+            if point is None or (point.seq, point.hash) != (head.seq, head.hash):
+                try:
+                    await self.guard.verify(session, head)
+                except ChainRefused:
+                    # Confirm under the lock: a prune running right now deletes rows mid-read.
+                    suspect = True
+            if not suspect and not is_due(head, self.every_n, self.every_s):
+                return None
+        async with self.db.session() as session:
+            head = await lock_head(session)
+            if not is_due(head, self.every_n, self.every_s):
+                await self.guard.verify(session, head)
+                await session.rollback()
+                return None
+            row = await write_checkpoint(session, self.signer, self.guard)
+            await session.commit()
+            return row
+
+    def _refuse(self, reason: str) -> None:
+        self.refusals += 1
+        if reason != self.alarm:  # once per distinct finding, not once a second
+            log.error("audit checkpoint REFUSED: %s. Nothing is signed until the stored chain extends the "
+                      "last verified head again; export and verify the log (docs/audit.md).", reason)
+        self.alarm = reason
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                async with self.db.session() as session:
-                    if await checkpoint_if_due(session, self.signer, self.every_n, self.every_s):
-                        await session.commit()
+                await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -136,7 +201,25 @@ class Checkpointer:
             self._task = None
         try:
             async with self.db.session() as session:
-                if await write_checkpoint(session, self.signer):
+                if await write_checkpoint(session, self.signer, self.guard):
                     await session.commit()
+        except ChainRefused as refused:
+            self._refuse(str(refused))
         except Exception:
             log.exception("final audit checkpoint failed")
+
+    def collector(self) -> Collector:
+        """Prometheus metrics of this checkpointer, read at scrape time."""
+        return _CheckpointerCollector(self)
+
+
+class _CheckpointerCollector(Collector):
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self._cp = checkpointer
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("outpost_audit_checkpoint_refusals", "Looks at the audit chain that found it "
+                                  "does not extend the last verified head (nothing was signed).",
+                                  value=self._cp.refusals)
+        yield GaugeMetricFamily("outpost_audit_chain_alarm", "1 while the audit checkpointer refuses to sign.",
+                                value=1 if self._cp.alarm else 0)

@@ -16,15 +16,17 @@ from sqlalchemy import select
 
 from control_plane.audit.checkpoints import write_checkpoint
 from control_plane.audit.events import operator_actor
-from control_plane.audit.export import export_records, jsonl
+from control_plane.audit.export import checkpoint_line, export_records, jsonl
+from control_plane.audit.guard import ChainGuard, ChainRefused
 from control_plane.audit.keys import AuditSigner
 from control_plane.audit.prune import prune_before
 from control_plane.audit.rotation import rotate_key
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import AuditKey, Tenant
+from control_plane.db.models import AuditCheckpoint, AuditKey, Tenant
 from control_plane.settings import Settings
 from sdk.audit import verify_export
+from sdk.client import Client
 
 __all__ = ["audit_app"]
 
@@ -46,7 +48,11 @@ def _run(fn: Callable[[Database, Settings], Awaitable[T]]) -> T:
         finally:
             await db.dispose()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except ChainRefused as refused:
+        console.print(f"[red]REFUSED to sign the audit chain:[/red] {refused}")
+        raise typer.Exit(2) from None
 
 
 @audit_app.command("export")
@@ -68,7 +74,8 @@ def export(
                 if row is None:
                     raise typer.BadParameter(f"no tenant {tenant!r}", param_hint="--tenant")
                 tenant_id = row.id
-            if checkpoint and await write_checkpoint(session, AuditSigner.from_settings(settings)):
+            signer, guard = AuditSigner.from_settings(settings), ChainGuard.from_settings(settings)
+            if checkpoint and await write_checkpoint(session, signer, guard):
                 await session.commit()
             # A one-shot command: blocking writes hold up nothing else on this loop.
             stream = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115, ASYNC230
@@ -103,22 +110,72 @@ def verify(
     public_key: Annotated[list[str], typer.Option("--public-key", help="A trusted audit public key "
                                                   "(base64url) or a file holding it; repeatable.")],
     allow_unsigned_tail: Annotated[bool, typer.Option(help="Accept events after the last checkpoint.")] = False,
+    kept: Annotated[list[Path] | None, typer.Option(
+        "--kept", help="Checkpoints you kept (from 'audit checkpoints', the API or an earlier export, "
+        "JSONL); a newer log that lost them fails. Repeatable.")] = None,
 ) -> None:
     """Verify an export offline: needs only the file and the public key(s)."""
+    kept_lines = [rec for path in kept or [] for rec in _checkpoint_lines(path)]
     with open(file, encoding="utf-8") as f:
-        result = verify_export(f, [_public_key(k) for k in public_key])
+        result = verify_export(f, [_public_key(k) for k in public_key], kept_lines)
     if not result.ok:
         where = f"line {result.index}" if result.index is not None else "keys"
         seq = f" (seq {result.seq})" if result.seq is not None else ""
         print(f"FAILED at {where}{seq}: {result.reason}")
         raise typer.Exit(1)
     span = f"seq {result.first_seq}..{result.last_seq}" if result.events else "no events"
+    also = f", {result.kept_checkpoints} kept checkpoints match" if kept_lines else ""
     print(f"OK: {result.events} events ({span}, {result.redacted} redacted), {result.checkpoints} "
-          f"checkpoints, signed through seq {result.last_signed_seq}")
+          f"checkpoints, signed through seq {result.last_signed_seq}{also}")
     if result.unsigned_tail:
         print(f"WARNING: the last {result.unsigned_tail} events are not covered by a signed checkpoint")
         if not allow_unsigned_tail:
             raise typer.Exit(1)
+
+
+def _checkpoint_lines(path: Path) -> list[dict[str, Any]]:
+    """The checkpoint and anchor lines of a JSONL file (a saved export or ``audit checkpoints``)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise typer.BadParameter(f"{path}:{n}: not JSON", param_hint="--kept") from None
+            if isinstance(rec, dict) and rec.get("kind") in ("checkpoint", "anchor"):
+                out.append(rec)
+    return out
+
+
+@audit_app.command("checkpoints")
+def checkpoints(
+    out: Annotated[Path | None, typer.Option("--out", help="Append here instead of writing to stdout.")] = None,
+    after: Annotated[int, typer.Option(help="Only checkpoints after this seq.")] = 0,
+    url: Annotated[str | None, typer.Option(help="Fetch them from this control plane's API with the admin key "
+                                            "in OUTPOST_API_KEY (what a tenant runs) instead of the "
+                                            "database.")] = None,
+) -> None:
+    """Print the signed checkpoints as JSONL, to keep outside the control plane for 'audit verify --kept'."""
+
+    async def go(db: Database, settings: Settings) -> list[dict[str, Any]]:
+        async with db.session() as session:
+            rows = (await session.execute(select(AuditCheckpoint).where(AuditCheckpoint.seq > after)
+                                          .order_by(AuditCheckpoint.seq))).scalars()
+            return [checkpoint_line(r) for r in rows]
+
+    if url is not None:
+        with Client(base_url=url) as client:
+            lines = client.audit.checkpoints(after=after)
+    else:
+        lines = _run(go)
+    if out is None:
+        sys.stdout.write("".join(jsonl(r) for r in lines))
+        return
+    with open(out, "a", encoding="utf-8") as f:
+        f.write("".join(jsonl(r) for r in lines))
+    console.print(f"kept {len(lines)} checkpoints in {out}")
 
 
 @audit_app.command("prune")
@@ -136,7 +193,8 @@ def prune(
         raise typer.BadParameter(f"{before!r} is not an ISO 8601 date or time", param_hint="--before") from None
     cutoff = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     result = _run(lambda db, settings: prune_before(db, AuditSigner.from_settings(settings), cutoff, export,
-                                                    actor=operator_actor()))
+                                                    actor=operator_actor(),
+                                                    guard=ChainGuard.from_settings(settings)))
     if result.archive is None:
         console.print("nothing to prune")
     else:
@@ -149,7 +207,8 @@ def checkpoint_now() -> None:
 
     async def go(db: Database, settings: Settings) -> Any:
         async with db.session() as session:
-            row = await write_checkpoint(session, AuditSigner.from_settings(settings))
+            row = await write_checkpoint(session, AuditSigner.from_settings(settings),
+                                         ChainGuard.from_settings(settings))
             await session.commit()
             return row
 

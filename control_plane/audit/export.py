@@ -21,7 +21,7 @@ from control_plane.audit.chain import event_object, read_head, utc_ts
 from control_plane.db.models import AuditCheckpoint, AuditEvent, AuditKey
 from sdk.audit import EXPORT_FORMAT, event_digest
 
-__all__ = ["checkpoint_line", "export_records", "jsonl", "key_line"]
+__all__ = ["checkpoint_line", "export_records", "jsonl", "key_line", "visible_to"]
 
 _BATCH = 1000
 
@@ -44,9 +44,21 @@ def checkpoint_line(row: AuditCheckpoint, kind: str = "checkpoint") -> dict[str,
             "signature": row.signature}
 
 
+def visible_to(row: AuditEvent, tenant_id: str | None) -> bool:
+    """Whether a ``tenant_id``-scoped export shows ``row`` in full.
+
+    The log's own housekeeping (``audit.prune``, ``audit.key.rotate``) is shown
+    to every tenant: it holds no tenant's data, and a verifier needs the
+    ``audit.prune`` event to accept an anchor.
+    """
+    if tenant_id is None or row.tenant_id == tenant_id:
+        return True
+    return row.tenant_id is None and row.type.startswith("audit.")
+
+
 def _entry(row: AuditEvent, tenant_id: str | None) -> dict[str, Any]:
     event = event_object(row)
-    if tenant_id is not None and row.tenant_id != tenant_id:
+    if not visible_to(row, tenant_id):
         return {"kind": "redacted", "seq": row.seq, "digest": event_digest(event), "hash": row.hash}
     return {"kind": "event", "event": event, "hash": row.hash}
 

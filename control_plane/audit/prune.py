@@ -17,9 +17,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.chain import event_object, format_ts, lock_head, read_head
-from control_plane.audit.checkpoints import sign_checkpoint
+from control_plane.audit.checkpoints import sign_checkpoint, write_checkpoint
 from control_plane.audit.events import record_system
 from control_plane.audit.export import export_records, jsonl
+from control_plane.audit.guard import ChainGuard
 from control_plane.audit.keys import AuditSigner
 from control_plane.db.engine import Database
 from control_plane.db.models import AuditCheckpoint, AuditEvent, AuditHead, AuditKey
@@ -61,14 +62,27 @@ async def _check_prefix(session: AsyncSession, anchor_seq: int, through: int) ->
     return prev
 
 
+async def _announced_at(session: AsyncSession, anchor_seq: int) -> int:
+    """The seq of the ``audit.prune`` event that announced the current anchor (0: genesis)."""
+    if anchor_seq == 0:
+        return 0
+    rows = (await session.execute(select(AuditEvent.seq, AuditEvent.data).where(
+        AuditEvent.type == "audit.prune", AuditEvent.tenant_id.is_(None), AuditEvent.seq > anchor_seq)
+        .order_by(AuditEvent.seq))).all()
+    return next((seq for seq, data in rows if isinstance(data, dict) and data.get("anchor_seq") == anchor_seq),
+                0)
+
+
 async def prune_before(db: Database, signer: AuditSigner, before: datetime, archive: Path, *,
-                       actor: str) -> PruneResult:
+                       actor: str, guard: ChainGuard | None = None) -> PruneResult:
     """Archive every event older than ``before`` to ``archive`` (JSONL), then delete them."""
     cutoff = format_ts(before)
     async with db.session() as session:
         head = await read_head(session)
         through = await _boundary(session, cutoff, head.anchor_seq)
-        if through is None:
+        # A verifier accepts an anchor only with the audit.prune event that announced it, so
+        # every archive must reach the previous prune's event: never cut before it.
+        if through is None or through < await _announced_at(session, head.anchor_seq):
             return PruneResult(head.anchor_seq, 0, None)
         signed = (await session.execute(select(AuditCheckpoint.seq)
                                         .where(AuditCheckpoint.seq == through))).scalar_one_or_none()
@@ -114,5 +128,8 @@ async def prune_before(db: Database, signer: AuditSigner, before: datetime, arch
         await record_system(session, action="prune", actor=actor,
                             details={"before": cutoff, "anchor_seq": through, "pruned": pruned,
                                      "archive": archive.name})
+        # Signed at once: exports stop at the latest checkpoint, and one that shows the anchor
+        # must also show the (signed) event announcing it.
+        await write_checkpoint(session, signer, guard)
         await session.commit()
     return PruneResult(through, pruned, archive)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["AuditEventOut", "AuditPage", "AuditQuery"]
+__all__ = ["AuditEventOut", "AuditPage", "AuditQuery", "CheckpointQuery"]
 
 
 class AuditQuery(BaseModel):
@@ -33,6 +33,16 @@ class AuditQuery(BaseModel):
         return value
 
 
+class CheckpointQuery(BaseModel):
+    """Paging of ``GET /api/audit/checkpoints``: those after ``after`` (a seq; the previous page's
+    ``next_cursor``), oldest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(default=0, ge=0, le=2**53 - 1)
+    limit: int = Field(default=1000, ge=1, le=1000)
+
+
 class AuditEventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -41,6 +51,7 @@ class AuditEventOut(BaseModel):
     type: str
     actor: str
     tenant_id: str | None
+    tenant_seq: int | None = None
     data: dict[str, Any]
     hash: str
 

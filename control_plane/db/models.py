@@ -30,6 +30,7 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "AuditKey",
+    "AuditTenantHead",
     "Base",
     "Budget",
     "EnrollmentToken",
@@ -265,13 +266,17 @@ class AuditEvent(Base):
     """One hash-chained event. Append-only; ``seq`` is contiguous from 1."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),)
+    __table_args__ = (Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),
+                      UniqueConstraint("tenant_id", "tenant_seq", name="uq_audit_events_tenant_seq"))
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[str] = mapped_column(String(32))
     type: Mapped[str] = mapped_column(String(64), index=True)
     actor: Mapped[str] = mapped_column(String(200))
     tenant_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # The tenant's own contiguous sequence (NULL on events written before it existed), so a
+    # tenant sees a gap where one of its events is missing or shown to it as redacted.
+    tenant_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Random per event, so a redacted event's digest cannot be confirmed by guessing its content.
     salt: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict] = mapped_column(default=dict)
@@ -290,6 +295,18 @@ class AuditHead(Base):
     checkpoint_ts: Mapped[str | None] = mapped_column(String(32), default=None)
     # Events up to anchor_seq were pruned; the checkpoint at anchor_seq starts the chain.
     anchor_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AuditTenantHead(Base):
+    """The last ``tenant_seq`` given to each tenant ('' for the log's own tenant-less events).
+
+    Written only under the ``audit_head`` lock; survives pruning, so numbering never restarts.
+    """
+
+    __tablename__ = "audit_tenant_heads"
+
+    tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AuditCheckpoint(Base):

@@ -429,14 +429,34 @@ class Audit(_Resource):
         doc = self._client._json("GET", "/api/audit/keys")
         return [k["public_key"] for k in doc.get("data", [])]
 
-    def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None) -> VerifyResult:
+    def checkpoints(self, after: int = 0) -> builtins.list[dict[str, Any]]:
+        """Every signed checkpoint after seq ``after``, oldest first (admin).
+
+        Keep them outside the control plane (append them to a file): ``verify(...,
+        kept_checkpoints=...)`` then detects a log whose newest events were removed
+        together with their checkpoints."""
+        out: builtins.list[dict[str, Any]] = []
+        while True:
+            doc = self._client._json("GET", "/api/audit/checkpoints", params={"after": after})
+            out.extend(doc.get("data", []))
+            if not doc.get("next_cursor"):
+                return out
+            after = int(doc["next_cursor"])
+
+    def latest_checkpoint(self) -> dict[str, Any]:
+        """The newest signed checkpoint (admin); 404 before the first one."""
+        return self._client._json("GET", "/api/audit/checkpoints/latest")
+
+    def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None,
+                     kept_checkpoints: builtins.list[dict[str, Any]] | None = None) -> VerifyResult:
         """Verify an export offline. Pass ``public_keys`` you hold: keys fetched from the
-        control plane only prove the log is consistent with what it says about itself."""
+        control plane only prove the log is consistent with what it says about itself.
+        ``kept_checkpoints`` (from :meth:`checkpoints`, kept by you) must lie on the chain."""
         from sdk.audit import verify_export  # the offline verifier; only needed here
 
         text = export if export is not None else self.export()
         keys = public_keys if public_keys is not None else self.public_keys()
-        return verify_export(text.splitlines(), keys)
+        return verify_export(text.splitlines(), keys, kept_checkpoints or ())
 
 
 class FairnessRuns(_Resource):

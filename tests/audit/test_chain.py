@@ -31,11 +31,16 @@ async def test_concurrent_appends_form_one_contiguous_chain(db: Database, signer
                                target=f"b{i}", details={"amount_usd": 1.25 * i})
             await session.commit()
 
-    await asyncio.gather(*(one(i) for i in range(120)))
+    await asyncio.gather(*(one(i) for i in range(120)), add_admin_events(db, 20, tenants=("ten_b",)))
     await checkpoint(db, signer)
     result = verify_export(await export_lines(db), [signer.current().public_key])
     assert result.ok, result.reason
-    assert (result.first_seq, result.last_seq, result.events) == (1, 120, 120)
+    assert (result.first_seq, result.last_seq, result.events) == (1, 140, 140)
+    async with db.session() as session:
+        rows = (await session.execute(select(AuditEvent.tenant_id, AuditEvent.tenant_seq)
+                                      .order_by(AuditEvent.seq))).all()
+    for tenant, n in (("ten_a", 120), ("ten_b", 20)):  # each tenant's own numbering, in chain order
+        assert [ts for t, ts in rows if t == tenant] == list(range(1, n + 1))
 
 
 @BACKENDS

@@ -80,6 +80,10 @@ def test_two_control_planes_append_to_one_chain(fresh_database_url: str, tmp_pat
     records = [json.loads(line) for line in lines]
     events = [r["event"] for r in records if r["kind"] == "event"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    by_tenant: dict[str | None, list[int]] = {}
+    for e in events:  # every tenant's own numbering is contiguous too, across both processes
+        by_tenant.setdefault(e["tenant"], []).append(e["tenant_seq"])
+    assert all(nums == list(range(1, len(nums) + 1)) for nums in by_tenant.values()), by_tenant
     types = Counter(e["type"] for e in events)
     assert types["admin.enrollment_token.create"] == RUNNERS
     assert types["runner.enroll"] == RUNNERS and types["admin.runner.revoke"] == RUNNERS // 2

@@ -1,16 +1,24 @@
-"""Any single-row change to an export, and a rewritten tail, is caught and located."""
+"""Any single-row change to an export, a rewritten tail, a hidden or truncated event: caught and located."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text, update
 
+from control_plane.audit.chain import event_object
+from control_plane.audit.checkpoints import Checkpointer, write_checkpoint
+from control_plane.audit.guard import ChainGuard, ChainRefused
 from control_plane.audit.keys import AuditSigner, generate_key
+from control_plane.audit.prune import prune_before
 from control_plane.db.engine import Database
+from control_plane.db.models import AuditCheckpoint, AuditEvent, AuditHead
 from sdk.audit import chain_hash, checkpoint_message, event_digest, verify_export
 from sdk.identity import b64u_encode
 from tests.audit.conftest import BACKENDS, add_admin_events, checkpoint, export_lines, kinds
@@ -194,3 +202,168 @@ async def test_tampering_with_database_rows_is_detected(db: Database, signer: Au
     lines = await run("DELETE FROM audit_events WHERE seq = 7")
     result = verify_export(lines, key)
     assert not result.ok and result.index == line_of(before, 7) and "expected seq 7" in result.reason
+
+
+# -- completeness (issue 20): the four ways to make events vanish without a trace -----------------------------
+
+def _redact(line: str) -> str:
+    """What a control plane hiding a tenant's own event would write in its tenant-scoped export."""
+    rec = json.loads(line)
+    return json.dumps({"kind": "redacted", "seq": rec["event"]["seq"], "digest": event_digest(rec["event"]),
+                       "hash": rec["hash"]})
+
+
+async def test_a_tenants_event_shown_as_redacted_is_a_gap_in_its_own_numbering(db: Database,
+                                                                             signer: AuditSigner) -> None:
+    await add_admin_events(db, 12, tenants=("ten_a", "ten_b", "ten_b"))
+    await checkpoint(db, signer)
+    lines = await export_lines(db, tenant_id="ten_a")
+    assert verify_export(lines, pinned(signer)).ok
+    own = [i for i in event_indexes(lines) if json.loads(lines[i])["event"]["tenant"] == "ten_a"]
+    assert [json.loads(lines[i])["event"]["tenant_seq"] for i in own] == [1, 2, 3, 4]
+    for n, i in enumerate(own[:-1]):  # the chain still verifies: only tenant_seq tells
+        tampered = [*lines[:i], _redact(lines[i]), *lines[i + 1:]]
+        result = verify_export(tampered, pinned(signer))
+        assert not result.ok and result.index == own[n + 1], result.reason
+        assert f"expected tenant_seq {n + 1}, found {n + 2}" in result.reason
+    # Stripping tenant_seq, or renumbering, changes the event's digest: the chain breaks there.
+    rec = json.loads(lines[own[1]])
+    rec["event"]["tenant_seq"] = 1
+    result = verify_export([*lines[:own[1]], json.dumps(rec), *lines[own[1] + 1:]], pinned(signer))
+    assert not result.ok and result.index == own[1] and "hash mismatch" in result.reason
+
+
+@BACKENDS
+async def test_deleting_a_prefix_and_moving_the_anchor_needs_an_audit_prune_event(db: Database, signer: AuditSigner,
+                                                                                  tmp_path: Path) -> None:
+    for start in (0, 4):
+        await add_admin_events(db, 4, start=start)
+        await checkpoint(db, signer)
+    await add_admin_events(db, 2, start=8)
+    await checkpoint(db, signer)
+    async with db.session() as session:  # what someone with the database can do without `audit prune`
+        await session.execute(text("DELETE FROM audit_events WHERE seq <= 4"))
+        await session.execute(text("DELETE FROM audit_checkpoints WHERE seq < 4"))
+        await session.execute(text("UPDATE audit_head SET anchor_seq = 4 WHERE id = 1"))
+        await session.commit()
+    for tenant in (None, "ten_a"):
+        lines = await export_lines(db, tenant_id=tenant)
+        result = verify_export(lines, pinned(signer))
+        anchor = kinds(lines).index("anchor")
+        assert not result.ok and result.index == anchor and result.seq == 4, result.reason
+        assert "not announced by an audit.prune event" in result.reason
+    # And the checkpointer will not sign on top of it.
+    await add_admin_events(db, 1, start=10)
+    with pytest.raises(ChainRefused, match="without an audit.prune event"):
+        async with db.session() as session:
+            await write_checkpoint(session, signer, ChainGuard())
+
+
+@BACKENDS
+async def test_a_real_prune_is_announced_signed_and_shown_to_every_tenant(db: Database, signer: AuditSigner,
+                                                                          tmp_path: Path) -> None:
+    await add_admin_events(db, 4)
+    await asyncio.sleep(0.01)
+    cutoff = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await add_admin_events(db, 2, start=4)
+    await checkpoint(db, signer)
+    result = await prune_before(db, signer, cutoff, tmp_path / "a.jsonl", actor="operator:test")
+    assert (result.anchor_seq, result.pruned) == (4, 4)
+    for tenant in (None, "ten_a", "ten_b"):
+        lines = await export_lines(db, tenant_id=tenant)
+        verified = verify_export(lines, pinned(signer))
+        assert verified.ok and verified.unsigned_tail == 0, verified.reason  # signed with the prune
+        prune = [json.loads(ln)["event"] for ln in lines if '"audit.prune"' in ln]
+        assert prune and prune[0]["data"]["anchor_seq"] == 4
+    # The prune event, removed from an export that keeps the anchor, is missed.
+    lines = await export_lines(db, tenant_id="ten_a")
+    i = next(i for i, ln in enumerate(lines) if '"audit.prune"' in ln)
+    result = verify_export([*lines[:i], _redact(lines[i]), *lines[i + 1:]], pinned(signer))
+    assert not result.ok and "not announced by an audit.prune event" in result.reason
+
+
+@BACKENDS
+async def test_the_checkpointer_refuses_a_rewritten_unsigned_tail(db: Database, signer: AuditSigner,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cp = Checkpointer(db, signer, every_n=1000, every_s=3600, guard=ChainGuard())
+    await add_admin_events(db, 4)
+    assert (await cp.tick()).seq == 4  # the first checkpoint is due at once
+    await add_admin_events(db, 4, start=4)
+    assert await cp.tick() is None  # not due yet, but the checkpointer has now seen events 5..8
+    assert cp.alarm is None
+
+    # A consistent rewrite of the unsigned events 6..8, the head moved along: every hash follows.
+    async with db.session() as session:
+        rows = (await session.execute(text("SELECT seq, hash FROM audit_events ORDER BY seq"))).all()
+        prev = dict(rows)[5]
+        for n in (6, 7, 8):
+            row = (await session.execute(select(AuditEvent).where(AuditEvent.seq == n))).scalar_one()
+            row.data = {**row.data, "target": f"forged_{n}"}
+            row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
+        await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
+        await session.commit()
+    assert verify_export(await export_lines(db), pinned(signer)).ok  # offline, nothing can tell yet
+
+    cp.every_n = 1  # due now
+    with caplog.at_level(logging.ERROR, logger="outpost.audit"):
+        assert await cp.tick() is None
+        assert await cp.tick() is None
+    assert cp.alarm and "rewritten" in cp.alarm and cp.refusals == 2
+    assert sum("REFUSED" in r.message for r in caplog.records) == 1  # loud once, counted every time
+    metrics = {m.name: m.samples[0].value for m in cp.collector().collect()}
+    assert metrics == {"outpost_audit_checkpoint_refusals": 2, "outpost_audit_chain_alarm": 1}
+    async with db.session() as session:
+        assert (await session.execute(select(func.max(AuditCheckpoint.seq)))).scalar() == 4
+    await cp.stop()  # the final checkpoint at shutdown refuses too
+    async with db.session() as session:
+        assert (await session.execute(select(func.max(AuditCheckpoint.seq)))).scalar() == 4
+
+
+@BACKENDS
+async def test_a_rewrite_across_the_last_checkpoint_is_refused_without_memory(db: Database,
+                                                                               signer: AuditSigner) -> None:
+    await add_admin_events(db, 4)
+    await checkpoint(db, signer)
+    await add_admin_events(db, 2, start=4)
+    async with db.session() as session:  # rewrite seq 2 and re-hash everything after it, head included
+        prev = (await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == 1))).scalar_one()
+        for n in range(2, 7):
+            row = (await session.execute(select(AuditEvent).where(AuditEvent.seq == n))).scalar_one()
+            if n == 2:
+                row.actor = "operator:mallory"
+            row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
+        await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
+        await session.commit()
+    with pytest.raises(ChainRefused, match="checkpoint at seq 4 does not match"):
+        async with db.session() as session:  # a fresh CLI process: it starts from the stored checkpoint
+            await write_checkpoint(session, signer)
+
+
+@BACKENDS
+async def test_a_truncated_tail_is_caught_by_checkpoints_the_tenant_kept(db: Database, signer: AuditSigner) -> None:
+    for start in (0, 4, 8):
+        await add_admin_events(db, 4, start=start)
+        await checkpoint(db, signer)
+    kept = [ln for ln in await export_lines(db, tenant_id="ten_a") if json.loads(ln)["kind"] == "checkpoint"]
+    assert [json.loads(ln)["seq"] for ln in kept] == [4, 8, 12]
+    async with db.session() as session:  # drop the newest events with their checkpoints; the head goes back
+        hash8 = (await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == 8))).scalar_one()
+        await session.execute(text("DELETE FROM audit_events WHERE seq > 8"))
+        await session.execute(text("DELETE FROM audit_checkpoints WHERE seq > 8"))
+        await session.execute(update(AuditHead).where(AuditHead.id == 1)
+                              .values(seq=8, hash=hash8, checkpoint_seq=8))
+        await session.commit()
+    lines = await export_lines(db, tenant_id="ten_a")
+    assert verify_export(lines, pinned(signer)).ok  # without what the tenant kept: undetectable
+    result = verify_export(lines, pinned(signer), kept)
+    assert not result.ok and result.seq == 12 and result.index == len(lines), result.reason
+    assert "truncated" in result.reason
+    # Kept checkpoints that the shorter log still holds pass, and count as signatures.
+    result = verify_export(lines, pinned(signer), kept[:2])
+    assert result.ok and result.kept_checkpoints == 2 and result.last_signed_seq == 8
+    # A kept checkpoint must itself be genuine.
+    forged = json.loads(kept[2])
+    forged["seq"] = 8
+    result = verify_export(lines, pinned(signer), [json.dumps(forged)])
+    assert not result.ok and "invalid signature" in result.reason
