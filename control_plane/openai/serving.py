@@ -441,37 +441,49 @@ async def _events(opened: _Opened) -> AsyncIterator[DataFrame | EndFrame | Reset
 
 async def _relay_stream(state: AppState, opened: _Opened, outcome: _Outcome) -> AsyncIterator[str]:
     finished = False
-    answered = False  # the client has had the engine's closing `data: [DONE]`
+    answered = False  # the engine's closing `data: [DONE]` has arrived (held back: see below)
+    recorded = False
+    tail = ""  # what goes out once the record is committed: the `[DONE]` (after an error event, if any)
     try:
         async for ev in _events(opened):
             if isinstance(ev, DataFrame):
                 # Data that queued up behind this frame goes out in the same write.
                 data = ev.data + opened.stream.take_data()
                 outcome.bytes_out += len(data)
-                answered = data.endswith(_DONE)
-                yield data
-                await opened.stream.consumed(len(data))
+                size = len(data)
+                if data.endswith(_DONE):
+                    # The end of the answer waits for the runner's end frame (usage) and the commit.
+                    answered, data, tail = True, data[:-len(_DONE)], _DONE
+                if data:
+                    yield data
+                await opened.stream.consumed(size)
             elif isinstance(ev, EndFrame):
                 finished = True
                 _take_usage(outcome, ev)
                 if ev.error:
                     outcome.status, outcome.error_type = "error", "engine_error"
-                    yield sse_error_event(ev.error, "server_error", "engine_error").decode()
-                    yield _DONE
+                    tail = sse_error_event(ev.error, "server_error", "engine_error").decode() + _DONE
+            elif answered:
+                finished = True  # the runner went away after answering: the answer stands, without usage
             else:
                 finished = True
                 reason = ev.reason
                 outcome.status, outcome.error_type = "error", "runner_lost"
-                yield sse_error_event(f"The runner stopped mid-stream: {reason}", "server_error",
-                                      "runner_lost").decode()
-                yield _DONE
+                tail = sse_error_event(f"The runner stopped mid-stream: {reason}", "server_error",
+                                       "runner_lost").decode() + _DONE
+        recorded = True
+        await _close_out_durably(state, opened, outcome)
+        if tail:
+            yield tail
     finally:
-        if not finished and answered:
+        if recorded:
+            pass  # submitted above (even if this task was cancelled while it waited for the commit)
+        elif not finished and answered:
             # The client read the whole answer and hung up before the runner's end frame
             # (with the usage) arrived: the request succeeded; wait for that frame off the client's task.
             outcome.settled_later = True
             _spawn(_finish_answered(state, opened, outcome))
-        else:
+        else:  # the client went away mid-answer (or this task was cancelled): recorded, nobody waits
             if not finished:
                 _abandon(opened, outcome)
             _close_out(state, opened, outcome)
@@ -483,11 +495,17 @@ def _abandon(opened: _Opened, outcome: _Outcome) -> None:
     _spawn(opened.stream.cancel("client disconnected"))
 
 
-def _close_out(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
+def _close_out(state: AppState, opened: _Opened, outcome: _Outcome) -> asyncio.Future[bool]:
     outcome.settle()
     _observe(state, opened, outcome)
     _count(state, outcome)
-    _write_record(state, outcome)
+    return _write_record(state, outcome)
+
+
+async def _close_out_durably(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
+    """Close out and wait (bounded) until the record and its audit event are committed: the client's
+    end of response comes after it, so an answered request survives a crash (docs/audit.md)."""
+    await state.records.wait(_close_out(state, opened, outcome), state.settings.records_commit_wait_s)
 
 
 async def _finish_answered(state: AppState, opened: _Opened, outcome: _Outcome) -> None:
@@ -507,6 +525,7 @@ async def _finish_answered(state: AppState, opened: _Opened, outcome: _Outcome) 
 
 async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
     parts: list[str] = []
+    refused: ApiError | None = None  # answered with an error, once the record is committed
     try:
         await read_or_gone(_read_body(opened, outcome, parts), outcome.call.client_gone, opened.stream)
         body = "".join(parts)
@@ -523,12 +542,13 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         raise gone_error() from None
     except ApiError as exc:
         outcome.status, outcome.http_status, outcome.error_type = "error", exc.status, exc.code
-        raise
+        refused = exc
     finally:
-        outcome.settle()
-        _observe(state, opened, outcome)
-        _count(state, outcome)
-        _write_record(state, outcome)
+        written = _close_out(state, opened, outcome)
+    # The body (or the error) goes out once the record is committed (docs/audit.md).
+    await state.records.wait(written, state.settings.records_commit_wait_s)
+    if refused is not None:
+        raise refused
     return body
 
 
@@ -611,6 +631,6 @@ def _as_error_envelope(body: str, status: int) -> str:
     return json.dumps(error_body(body[:500] or "engine error", kind))
 
 
-def _write_record(state: AppState, outcome: _Outcome) -> None:
+def _write_record(state: AppState, outcome: _Outcome) -> asyncio.Future[bool]:
     # The writer commits it with its audit event, in a batch (services/record_writer.py).
-    state.records.submit(outcome.record())
+    return state.records.submit(outcome.record())

@@ -92,8 +92,11 @@ class RecordWriter:
         self._committed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._waiters: dict[str, asyncio.Future[bool]] = {}  # record id -> what submit() returned
+        self._failing_since: float | None = None  # the current batch's first transient failure
         # Counters: submitted == written + failed + spilled + queued (+ the batch in hand).
         self.submitted = self.written = self.failed = self.spilled = self.batches = self.retries = 0
+        self.late = 0  # waits that timed out (responses that completed before their record committed)
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings,
@@ -112,25 +115,59 @@ class RecordWriter:
     # -- the request path ------------------------------------------------------
 
     def check_capacity(self) -> None:
-        """Refuse a new request (503, before it is accepted) while the queue is full."""
+        """Refuse a new request (503, before it is accepted) while the queue is full or the database
+        refuses writes: an answer is recorded before it ends, so one that cannot be is not started."""
+        if self._failing_since is not None:
+            raise ApiError(503, "The control plane cannot write request records right now (database "
+                           "unavailable); retry shortly.", type="service_unavailable", code="database_unavailable",
+                           headers={"Retry-After": "2"})
         if self.queued >= self.max_queue:
             raise ApiError(503, f"The control plane is behind on writing request records ({self.queued} "
                            "waiting); retry shortly.", type="service_unavailable", code="records_backlog",
                            headers={"Retry-After": "1"})
 
-    def submit(self, record: RequestRecord) -> None:
-        """Queue ``record`` (and its audit event) for the writer. Never blocks, never raises."""
+    def submit(self, record: RequestRecord) -> asyncio.Future[bool]:
+        """Queue ``record`` (and its audit event) for the writer. Never blocks, never raises.
+
+        The future says, once the writer is done with it, whether it was committed (``True``) or
+        given up (``False``: refused by the database, or saved to the spill file at shutdown).
+        """
         self.submitted += 1
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._closed and self._task is None:
             # After stop(): nobody will write it; say so with everything it holds.
             self.failed += 1
             log.error("request record submitted after shutdown, not written: %s", _fields(record))
-            return
+            done.set_result(False)
+            return done
+        self._waiters[record.id] = done
         self._queue.append(record)
         self._since.append(time.monotonic())
         self._wake.set()
         if len(self._queue) >= self.max_batch:
             self._hurry.set()
+        return done
+
+    async def commit(self, record: RequestRecord, timeout: float | None = None) -> bool:
+        """Submit ``record`` and wait until it is committed; ``False`` if it was given up or is still
+        queued after ``timeout`` (it stays queued then: the database is down or far behind)."""
+        return await self.wait(self.submit(record), timeout)
+
+    async def wait(self, done: asyncio.Future[bool], timeout: float | None = None) -> bool:
+        """Wait for a future :meth:`submit` returned, at most ``timeout`` seconds."""
+        if done.done():
+            return done.result()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                # Shielded: a waiter that times out or is cancelled leaves the record queued as it is.
+                return await asyncio.shield(done)
+        except TimeoutError:
+            self.late += 1
+            log.warning("a request record is still not committed after %.1fs (database down or behind); "
+                        "its response completes without it (it stays queued and is written when the "
+                        "database takes it)", time.monotonic() - started)
+            return False
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every record submitted before this call is committed (or given up)."""
@@ -168,6 +205,7 @@ class RecordWriter:
         if self._queue and self.spill_path is not None:
             try:
                 self.spilled += spill(self.spill_path, [_fields(r) for r in self._queue])
+                self._resolve([r.id for r in self._queue], False)
                 log.error("shutting down with %d request records not written (database unavailable for %gs); "
                           "saved to %s, written at the next start", len(self._queue), self.drain_s, self.spill_path)
                 self._queue.clear()
@@ -178,7 +216,9 @@ class RecordWriter:
                       len(self._queue), self.drain_s)
             while self._queue:
                 self.failed += 1
-                log.error("request record not written: %s", _fields(self._queue.popleft()))
+                record = self._queue.popleft()
+                self._resolve([record.id], False)
+                log.error("request record not written: %s", _fields(record))
         self._since.clear()
         async with self._committed:  # flush() waiters: nothing more will be written
             self._committed.notify_all()
@@ -249,6 +289,12 @@ class RecordWriter:
 
     async def _write_until_done(self, batch: list[RequestRecord]) -> None:
         """Commit ``batch``; retry what is transient, split out what is refused for good."""
+        try:
+            await self._write_or_retry(batch)
+        finally:
+            self._failing_since = None  # written, given up or stopped: admission need not refuse for it
+
+    async def _write_or_retry(self, batch: list[RequestRecord]) -> None:
         delay = self.retry_initial_s
         first_failure: float | None = None
         while True:
@@ -267,7 +313,7 @@ class RecordWriter:
                     await self._refused(batch, exc)
                     return
                 if first_failure is None:
-                    first_failure = time.monotonic()
+                    first_failure = self._failing_since = time.monotonic()
                     log.warning("could not write %d request records yet (%s: %s); retrying with backoff",
                                 len(batch), type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 self.retries += 1
@@ -281,6 +327,7 @@ class RecordWriter:
                 await self._write_until_done([_copy(record)])
             return
         self.failed += 1
+        self._resolve([batch[0].id], False)
         log.error("request record refused by the database (%s: %s), not written: %s",
                   type(exc).__name__, exc, _fields(batch[0]))
 
@@ -300,8 +347,15 @@ class RecordWriter:
             self._done(sorted(done))
         return [r for r in batch if r.id not in done]
 
+    def _resolve(self, ids: list[str], committed: bool) -> None:
+        for id_ in ids:
+            done = self._waiters.pop(id_, None)
+            if done is not None and not done.done():
+                done.set_result(committed)
+
     def _done(self, ids: list[str]) -> None:
         self.written += len(ids)
+        self._resolve(ids, True)
         if self._replaying:
             self._replaying.difference_update(ids)
             if not self._replaying and self.spill_path is not None:

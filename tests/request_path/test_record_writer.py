@@ -151,30 +151,82 @@ def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(path_st
                for e in chain) == 4
 
 
+def _in_thread(fn) -> tuple[threading.Thread, list]:
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    worker.start()
+    return worker, out
+
+
+def _until(predicate, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def test_every_accepted_request_is_recorded_after_the_database_comes_back(path_stack: PathStack) -> None:
-    """The database stops taking writes for a while (and, on PostgreSQL, drops every connection)."""
+    """The database stops taking writes for a while (and, on PostgreSQL, drops every connection):
+    the answers wait for their records, and end once the database has taken them."""
     _, secret = path_stack.key("outage")
     writer = path_stack.cp.state.records
-    retries = writer.retries
+    retries, late = writer.retries, writer.late
     with database_held(path_stack.database_url) as pg:
-        responses = chats(path_stack, secret, 20, stream=True) + chats(path_stack, secret, 10)
-        assert all(r.status_code == 200 for r in responses)
-        assert writer.queued >= 30
+        worker, out = _in_thread(lambda: chats(path_stack, secret, 20, stream=True) + chats(path_stack, secret, 10))
+        _until(lambda: writer.queued >= 20, 30, "the streamed requests' records queued")
         if pg is not None:
             time.sleep(0.5)  # the writer is waiting on the head lock: cut it off, and every other session
             killed = pg.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
             assert killed is not None and killed[0] >= 1
         time.sleep(2.0)
-        assert writer.queued >= 30, "nothing is written while the database is held"
-    path_stack.cp.flush()
+        assert writer.queued >= 20, "nothing is written while the database is held"
+        assert not out, "no answer ends before its record is committed"
+    worker.join(60)
+    responses = out[0]
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     ids = [r.headers["x-request-id"] for r in responses]
-    assert records_of(path_stack, ids) == set(ids)
+    assert records_of(path_stack, ids) == set(ids), "committed before the answers ended: no flush needed"
+    assert writer.late == late
     events = inference_events(path_stack.database_url)
     assert all(len(events[i]) == 1 for i in ids)
     if path_stack.backend == "postgres":
         assert writer.retries > retries, "the cut connection was retried"
     verify_chain(path_stack)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "unstreamed"])
+def test_an_answer_ends_only_once_its_record_and_audit_event_are_committed(path_stack: PathStack,
+                                                                            stream: bool) -> None:
+    """Durable before done (issue 20): a crash right after the client's `[DONE]` loses nothing."""
+    _, secret = path_stack.key(f"durable-{stream}")
+    seen: list[str] = []  # what the client has read so far
+
+    def one() -> tuple[str, float]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": stream}
+        with httpx.stream("POST", f"{path_stack.cp.url}/v1/chat/completions", json=body, timeout=60,
+                          headers=path_stack.headers(secret)) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                seen.append(line)  # noqa: PERF402 - read live by the test while the stream runs
+            return resp.headers["x-request-id"], time.monotonic()
+
+    with database_held(path_stack.database_url):
+        worker, out = _in_thread(one)
+        time.sleep(1.5)
+        assert not out, "the answer ended while its record could not be committed"
+        if stream:
+            assert any(line.startswith("data: {") for line in seen), "the tokens themselves are not held back"
+            assert "data: [DONE]" not in seen
+        released = time.monotonic()
+    worker.join(30)
+    rid, ended = out[0]
+    assert ended > released
+    if stream:
+        assert seen[-2:] == ["data: [DONE]", ""] or seen[-1] == "data: [DONE]", seen[-3:]
+    # Read at once, without flush(): the record and its event were committed before the end.
+    assert records_of(path_stack, [rid]) == {rid}
+    assert len(inference_events(path_stack.database_url)[rid]) == 1
 
 
 def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_stack: PathStack) -> None:
@@ -184,8 +236,8 @@ def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_sta
     try:
         with database_held(path_stack.database_url):
             writer.max_queue = writer.queued + 5
-            accepted = [r for r in chats(path_stack, secret, 5)]
-            assert all(r.status_code == 200 for r in accepted)
+            worker, out = _in_thread(lambda: chats(path_stack, secret, 5))
+            _until(lambda: writer.queued >= writer.max_queue, 30, "five records queued")
             refused = chats(path_stack, secret, 1)[0]
             assert refused.status_code == 503, refused.text
             err = refused.json()["error"]
@@ -193,7 +245,9 @@ def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_sta
             assert refused.headers["retry-after"] == "1"
     finally:
         writer.max_queue = limit
-    path_stack.cp.flush()
+    worker.join(60)
+    accepted = out[0]
+    assert all(r.status_code == 200 for r in accepted)
     ids = [r.headers["x-request-id"] for r in accepted]
     assert records_of(path_stack, ids) == set(ids)
     mine = rows(path_stack.database_url, "SELECT id FROM request_records WHERE api_key_id = :k", k=key_id)
@@ -245,6 +299,64 @@ async def _written(writer: RecordWriter, n: int, within_s: float) -> None:
     while writer.written < n:
         assert time.monotonic() < deadline, f"{writer.written} of {n} written after {within_s}s"
         await asyncio.sleep(0.02)
+
+
+@BACKENDS
+async def test_commit_waits_until_the_record_is_committed_and_a_timed_out_wait_leaves_it_queued(
+        fresh_database_url: str) -> None:
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        writer = RecordWriter(db, linger_s=0.01)
+        await writer.start()
+        first = _record(tenant)
+        assert await writer.commit(first, timeout=10) is True
+        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {first.id}
+
+        second = _record(tenant)
+        with database_held(fresh_database_url):
+            assert await writer.commit(second, timeout=0.3) is False
+            assert writer.late == 1 and writer.queued == 1, "still queued: written when the database is back"
+        await writer.flush(30)
+        assert second.id in {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")}
+        await writer.stop()
+        assert await writer.commit(_record(tenant), timeout=1) is False, "after stop(): never written"
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("fresh_database_url", ["postgres"], indirect=True)  # connections refused: PostgreSQL
+async def test_while_the_database_refuses_writes_new_requests_are_refused(fresh_database_url: str) -> None:
+    """An answer must be recorded before it ends: while records cannot be written, none is started."""
+    from control_plane.errors import ApiError
+    from tests.api.test_database_outage import _allow_connections
+
+    upgrade_to_head(fresh_database_url)
+    name = fresh_database_url.rsplit("/", 1)[1]
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        writer = RecordWriter(db, retry_max_s=0.2)
+        await writer.start()
+        writer.check_capacity()
+        _allow_connections(name, False)
+        try:
+            pending = writer.submit(_record(tenant))
+            deadline = time.monotonic() + 30
+            while writer.retries == 0:
+                assert time.monotonic() < deadline, "the writer never saw the outage"
+                await asyncio.sleep(0.05)
+            with pytest.raises(ApiError) as refused:
+                writer.check_capacity()
+            assert refused.value.status == 503 and refused.value.code == "database_unavailable"
+        finally:
+            _allow_connections(name, True)
+        assert await writer.wait(pending, 30) is True
+        writer.check_capacity()  # written again: requests are accepted again
+        await writer.stop()
+    finally:
+        await db.dispose()
 
 
 @BACKENDS
