@@ -50,6 +50,7 @@ class Agent:
         # the leaner engine client (docs/performance.md, "the runner's engine hop").
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
         self.engine_client = AiohttpEngineClient(limit=512)
+        # Engines left by a previous run were stopped before planning (runner/launch.py).
         self.engine_registry = EngineRegistry(self.settings.state_dir / "engines")
         self.fleet = EngineFleet(config.adapters, log_dir=self.settings.state_dir / "logs", http=self.http,
                                  headers=[config.engine_headers] * len(config.adapters),
@@ -109,10 +110,6 @@ class Agent:
         self.console.print(f"identity fingerprint (pin this for end-to-end mode): {self.e2e.fingerprint}")
 
     async def _start_engine(self) -> None:
-        # A previous run killed before it could stop its engines (kill -9, OOM, power) left them
-        # here; on Linux the kernel already ended them, elsewhere and for their children this does.
-        if stale := await self.engine_registry.stop_stale():
-            self.console.print(f"[yellow]stopped {stale} engine process(es) left behind by a previous run[/]")
         names = ", ".join(e.adapter.name for e in self.fleet.engines)
         with self.console.status(f"starting {names}…") as status:
             await self.fleet.start(progress=lambda msg: status.update(msg))

@@ -133,7 +133,7 @@ class EngineRegistry:
                 path.unlink(missing_ok=True)
         return out
 
-    async def stop_stale(self, grace_s: float = 10.0) -> int:
+    def stop_stale(self, grace_s: float = 10.0) -> int:
         """Stop the engines of a previous run of this runner; return how many processes were signalled.
 
         Only a record whose runner is no longer running counts (a second runner
@@ -151,7 +151,7 @@ class EngineRegistry:
                 log.warning("stopping engine process %d left behind by a previous run (%s)", rec.pid,
                             " ".join(rec.argv[:4]))
                 stopped += len(victims)
-                await _terminate(victims, grace_s)
+                _terminate(victims, grace_s)
             self.forget(rec.pid)
         return stopped
 
@@ -181,14 +181,13 @@ def _group_of(rec: EngineRecord) -> list[psutil.Process]:
     return group
 
 
-async def _terminate(procs: list[psutil.Process], grace_s: float) -> None:
+def _terminate(procs: list[psutil.Process], grace_s: float) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    loop = asyncio.get_running_loop()
-    _, alive = await loop.run_in_executor(None, lambda: psutil.wait_procs(procs, timeout=grace_s))
+            proc.terminate()  # psutil refuses to signal a process whose pid was reused since
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     if alive:
-        await loop.run_in_executor(None, lambda: psutil.wait_procs(alive, timeout=5))
+        psutil.wait_procs(alive, timeout=5)

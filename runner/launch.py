@@ -13,6 +13,7 @@ from rich.console import Console
 
 from runner.agent import Agent, AgentConfig
 from runner.cost import cost_model
+from runner.engine_process import EngineRegistry
 from runner.engines import PlanRefusedError, build_engine, served_models
 from runner.engines.base import ServedModel
 from runner.engines.xllamacpp import XllamacppEngine
@@ -33,6 +34,10 @@ EMBEDDED_ALIASES = ("smollm2",)
 
 
 def build_agent(settings: RunnerSettings, console: Console) -> Agent:
+    # Engines a previous run left behind (killed before it could stop them: kill -9, OOM,
+    # power) go first: what they hold in memory would otherwise shrink the plan below.
+    if stale := EngineRegistry(settings.state_dir / "engines").stop_stale():
+        console.print(f"[yellow]stopped {stale} engine process(es) left behind by a previous run[/]")
     hardware = detect()
     api_key = settings.attach_api_key.get_secret_value() if settings.attach_api_key else None
     headroom = settings.headroom if settings.headroom is not None else (0 if settings.attach else DEFAULT_HEADROOM)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ def _dead_runner() -> tuple[int, float]:
 
 
 def _sweep(registry: EngineRegistry, grace_s: float = 10.0) -> int:
-    return asyncio.run(registry.stop_stale(grace_s=grace_s))
+    return registry.stop_stale(grace_s=grace_s)
 
 
 def _write(registry: EngineRegistry, rec: EngineRecord) -> None:
