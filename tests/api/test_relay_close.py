@@ -1,13 +1,18 @@
-"""The SSE relay when the client hangs up: after the whole answer, or in the middle of it.
+"""The SSE relay at the end of a stream: the client hangs up after the whole answer, or in the middle
+of it; the engine's ``[DONE]`` waits for the runner's end frame and the record's commit.
 
-The race this pins down: the engine's closing ``data: [DONE]`` reaches the
-client, which closes the connection, before the runner's end frame (with the
-usage) reaches the control plane — likelier when the stream is relayed through
-another replica (tests/cluster/test_relay.py). The answer was delivered: the
-record must say ``ok`` with the usage, not ``cancelled``.
+The race this pins down: the client has the whole answer and closes the connection
+before the runner's end frame (with the usage) reaches the control plane — likelier
+when the stream is relayed through another replica (tests/cluster/test_relay.py). The
+answer was delivered: the record must say ``ok`` with the usage, not ``cancelled``.
+
+Durable before done (issue 20): the client gets ``data: [DONE]`` only once the record
+and its audit event are committed, so the relay holds the engine's ``[DONE]`` back
+until the end frame has arrived and the writer's future has resolved.
 
 The tunnel stream is the real ``Stream``; the application state around it is
-an honest stand-in that records what the relay hands it.
+an honest stand-in that records what the relay hands it, and whose "commit" the
+test resolves.
 """
 
 from __future__ import annotations
@@ -21,18 +26,38 @@ import pytest
 from control_plane.openai import serving
 from control_plane.openai.disconnect import ClientGone
 from control_plane.openai.serving import InferenceCall, _Opened, _Outcome, _relay_stream
-from control_plane.tunnel.stream import Stream
+from control_plane.tunnel.stream import LinkClosed, Stream
 from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
 
 MODEL = "smollm2-135m-instruct"
 BODY = '{"messages": [{"role": "user", "content": "Say hello to the whole world"}], "max_tokens": 8}'
 
 
+class _Records:
+    """The record writer's seam: ``submit`` returns a future the test resolves (the commit)."""
+
+    def __init__(self) -> None:
+        self.saved: list[Any] = []
+        self.commits: list[asyncio.Future[bool]] = []
+        self.hold = False  # True: commits wait for the test
+
+    def submit(self, record: Any) -> asyncio.Future[bool]:
+        self.saved.append(record)
+        done = asyncio.get_running_loop().create_future()
+        if not self.hold:
+            done.set_result(True)
+        self.commits.append(done)
+        return done
+
+    async def wait(self, done: asyncio.Future[bool], timeout: float | None = None) -> bool:
+        return await asyncio.shield(done)
+
+
 class _State(SimpleNamespace):
     def __init__(self) -> None:
-        records: list[Any] = []
+        records = _Records()
         super().__init__(
-            records=SimpleNamespace(submit=records.append), saved=records,
+            records=records, saved=records.saved, settings=SimpleNamespace(records_commit_wait_s=10.0),
             router=SimpleNamespace(observe=lambda *a, **k: None, finished=lambda runner: None),
             hub=SimpleNamespace(is_served=lambda model: True),
             metrics=SimpleNamespace(observe_inference=lambda **k: None))
@@ -71,13 +96,78 @@ async def _settled() -> None:
     await asyncio.gather(*serving._background)
 
 
-async def test_hanging_up_after_done_keeps_the_request_ok_with_its_usage() -> None:
+async def test_done_goes_out_after_the_end_frame_and_the_commit() -> None:
+    state = _State()
+    state.records.hold = True
+    body, stream, resets = _relay(state)
+    assert "Hi" in await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data='data: {"choices":[]}\n\ndata: [DONE]\n\n'))
+    assert await anext(body) == 'data: {"choices":[]}\n\n', "the answer goes out, its [DONE] is held back"
+    tail = asyncio.ensure_future(anext(body))
+    await _turns()
+    assert not tail.done() and state.saved == [], "[DONE] waits for the runner's end frame (usage)"
+    stream.deliver(EndFrame(stream_id=1, usage=Usage(prompt_tokens=7, completion_tokens=2)))
+    await _turns()
+    [record] = state.saved
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == ("ok", 7, 2)
+    assert not tail.done(), "[DONE] waits for the record's commit"
+    state.records.commits[0].set_result(True)
+    assert await tail == "data: [DONE]\n\n"
+    with pytest.raises(StopAsyncIteration):
+        await anext(body)
+    assert resets == []
+
+
+async def test_an_error_event_and_done_go_out_after_the_commit() -> None:
+    state = _State()
+    state.records.hold = True
+    body, stream, _ = _relay(state)
+    await anext(body)
+    stream.deliver(EndFrame(stream_id=1, error="engine crashed"))
+    tail = asyncio.ensure_future(anext(body))
+    await _turns()
+    [record] = state.saved
+    assert (record.status, record.error_type) == ("error", "engine_error") and not tail.done()
+    state.records.commits[0].set_result(True)
+    text = await tail
+    assert '"engine_error"' in text and text.endswith("data: [DONE]\n\n")
+
+
+async def test_a_runner_lost_after_the_answer_still_ends_with_done() -> None:
+    state = _State()
+    body, stream, _ = _relay(state)
+    await anext(body)
+    stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
+    tail = asyncio.ensure_future(anext(body))
+    await _turns()
+    stream.deliver(LinkClosed("tunnel dropped"))
+    assert await tail == "data: [DONE]\n\n", "the answer stands: no error event after it"
+    [record] = state.saved
+    assert (record.status, record.error_type) == ("ok", None)
+
+
+async def _turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _hang_up_waiting_for_done(body: Any, stream: Stream) -> None:
+    """The client has the whole answer and hangs up while the relay waits for the end frame."""
+    waiting = asyncio.ensure_future(anext(body))
+    await _turns()
+    assert not waiting.done()
+    stream.interrupt(ClientGone())  # what RelayResponse's disconnect watch does
+    with pytest.raises(ClientGone):
+        await waiting
+    stream.resume()  # the response's watch is over once the body has stopped
+
+
+async def test_hanging_up_after_the_answer_keeps_the_request_ok_with_its_usage() -> None:
     state = _State()
     body, stream, resets = _relay(state)
     assert "Hi" in await anext(body)
     stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
-    assert (await anext(body)).endswith("data: [DONE]\n\n")
-    await body.aclose()  # the client closed the connection; the end frame is still on its way
+    await _hang_up_waiting_for_done(body, stream)  # the end frame is still on its way
     assert state.saved == []  # not written as cancelled in the meantime
     stream.deliver(EndFrame(stream_id=1, usage=Usage(prompt_tokens=7, completion_tokens=2)))
     await _settled()
@@ -104,8 +194,7 @@ async def test_an_end_frame_that_never_comes_stops_the_stream_and_keeps_the_reco
     body, stream, resets = _relay(state)
     await anext(body)
     stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
-    await anext(body)
-    await body.aclose()
+    await _hang_up_waiting_for_done(body, stream)
     await asyncio.sleep(0.1)
     await _settled()
     [record] = state.saved
@@ -128,24 +217,6 @@ async def test_a_client_gone_while_the_relay_waits_cancels_the_engine_and_says_s
     assert resets == ["client disconnected"]
 
 
-async def test_a_client_gone_after_done_keeps_the_request_ok_with_its_usage() -> None:
-    state = _State()
-    body, stream, resets = _relay(state)
-    await anext(body)
-    stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
-    assert (await anext(body)).endswith("data: [DONE]\n\n")
-    stream.interrupt(ClientGone())
-    with pytest.raises(ClientGone):
-        await anext(body)
-    stream.resume()  # the response's watch is over once the body has stopped
-    stream.deliver(EndFrame(stream_id=1, usage=Usage(prompt_tokens=7, completion_tokens=2)))
-    await _settled()
-    [record] = state.saved
-    assert (record.status, record.error_type) == ("ok", None)
-    assert (record.prompt_tokens, record.completion_tokens) == (7, 2)
-    assert resets == []
-
-
 async def test_the_responses_background_settle_leaves_an_answered_stream_to_its_end_frame() -> None:
     # RelayResponse runs the background settle as soon as the body stops; settling
     # then would reset the stream and drop the end frame on its way (seen through
@@ -154,10 +225,11 @@ async def test_the_responses_background_settle_leaves_an_answered_stream_to_its_
     body, stream, resets = _relay(state, outcomes)
     await anext(body)
     stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
-    await anext(body)
+    waiting = asyncio.ensure_future(anext(body))
+    await _turns()
     stream.interrupt(ClientGone())
     with pytest.raises(ClientGone):
-        await anext(body)
+        await waiting
     await outcomes[0].settle_async()  # the response's background task
     for _ in range(20):  # let anything it started run
         await asyncio.sleep(0)
