@@ -64,6 +64,8 @@ VLLM_BEGIN, VLLM_END = "<!-- gpu-vllm:begin -->", "<!-- gpu-vllm:end -->"
 #: A content token in an SSE chunk, whatever the JSON spacing: llama-cpp-python's server
 #: writes ``"content": "x"`` (json.dumps defaults), llama.cpp's ``"content":"x"``.
 _TOKEN = re.compile(rb'"content":\s?"(?!")')
+#: The usage chunk (``stream_options.include_usage``): the engine's own count of generated tokens.
+_USAGE = re.compile(rb'"completion_tokens":\s?(\d+)')
 
 
 class _AnyJsonParser(bench.load._Parser):
@@ -77,6 +79,10 @@ class _AnyJsonParser(bench.load._Parser):
         data = (self._tail + data).replace(b"\r\n", b"\n")
         cut = data.rfind(b"\n\n")
         whole, self._tail = (data[: cut + 2], data[cut + 2 :]) if cut >= 0 else (b"", data)
+        if usage := _USAGE.findall(whole):
+            # vLLM puts several tokens in one chunk when its output loop runs behind, so the
+            # chunks undercount under load; the usage chunk has the true number.
+            self.s.completion_tokens = int(usage[-1])  # type: ignore[attr-defined]
         n = len(_TOKEN.findall(whole))
         if n <= 0:
             if b'"error"' in whole and b"data: " in whole:
@@ -111,10 +117,14 @@ def gpu_apps() -> str:
         return ""
 
 
+#: The runner's own Prometheus listener (``--metrics-port``): --record reads the engine counters it exports.
+RUNNER_METRICS_PORT = free_port()
+
+
 def start_runner(cp: ControlPlaneProcess, state: Path, args: list[str]) -> subprocess.Popen:
     state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OUTPOST_ENROLLMENT_TOKEN": cp.enrollment_token("gpu-runner"),
-           "OUTPOST_LOG_LEVEL": "warning"}
+           "OUTPOST_LOG_LEVEL": "warning", "OUTPOST_METRICS_PORT": str(RUNNER_METRICS_PORT)}
     env.pop("OUTPOST_DATABASE_URL", None)
     argv = [sys.executable, "-m", "runner.cli", "local-runner", "--control-plane", cp.url, "--state-dir", str(state),
             *args]
@@ -166,9 +176,13 @@ def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> di
     ttft = [s.ttft for s in ok if s.ttft is not None]
     # Gaps between content chunks; a chunk of several tokens adds zeros (bench.load's parser).
     itl = [g for s in ok for g in s.gaps]
+    chunks = sum(s.tokens for s in ok)
+    for s in ok:  # the engine's usage count where the stream carried one (see _AnyJsonParser)
+        s.tokens = getattr(s, "completion_tokens", None) or s.tokens
     decode = [(s.tokens - 1) / sum(s.gaps) for s in ok if s.tokens > 1 and sum(s.gaps) > 0]
     tokens = sum(s.tokens for s in ok)
     return {"path": name, "streams": streams, "requests": len(samples), "ok": len(ok), "tokens": tokens,
+            "content_chunks": chunks,
             "wall_s": wall, "agg_tok_s": tokens / wall if wall else 0.0,
             "stream_tok_s": statistics.fmean(decode) if decode else float("nan"),
             "ttft_p50_ms": pct(ttft, 50) * 1000, "ttft_p95_ms": pct(ttft, 95) * 1000,
@@ -196,8 +210,10 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
          "requests. `direct` is the engine's own port; `outpost` is client → control plane → WebSocket tunnel → "
          "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the phase; per-stream "
          "decode tok/s = tokens after the first ÷ time from first to last token, averaged over requests; TTFT = "
-         "request written → first content token; ITL = time between consecutive content chunks (one token each "
-         "here), over all requests of the phase."),
+         "request written → first content token; ITL = time between consecutive content chunks, over all "
+         "requests of the phase"
+         + (" (vLLM sends one token per chunk until its output loop runs behind, then several: tokens are the "
+            "usage chunk's `completion_tokens`, chunks only time the ITL)." if vllm else ".")),
     ]
     nan = float("nan")
     for meta, rows in runs:
@@ -269,12 +285,15 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             offload = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log_text)
             offload_s = (f"offloaded {offload[-1][0]}/{offload[-1][1]} layers to GPU" if offload
                          else "no 'offloaded N/N layers' line in the engine's log")
-        apps = [line for line in gpu_apps().splitlines() if line.split(",")[0].strip() == str(epid)]
-        gpu_mem = apps[0].split(",")[1].strip() if apps else ""
+        # vLLM's API server holds no GPU memory: its engine-core child does.
+        tree = {str(epid), *(str(c.pid) for c in psutil.Process(epid).children(recursive=True))}
+        apps = [line for line in gpu_apps().splitlines() if line.split(",")[0].strip() in tree]
+        gpu_mem = ", ".join(line.split(",")[1].strip() for line in apps)
         print(f"ready in {ready_s:.1f}s; model {model}; engine pid {epid} port {eport}; {offload_s}; "
               f"GPU mem {gpu_mem}", flush=True)
 
-        extra = {"ignore_eos": True} if args.engine == "vllm" else {}
+        extra = ({"ignore_eos": True, "stream_options": {"include_usage": True}} if args.engine == "vllm"
+                 else {})
         body = chat_body(model, args.max_tokens, **extra)
         auth = {"Authorization": f"Bearer {key}"}
         paths = {"direct": ("127.0.0.1", eport, {}), "outpost": ("127.0.0.1", cp.port, auth)}
@@ -292,7 +311,12 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             for name in ("direct", "outpost"):
                 host, port, hdr = paths[name]
                 rounds = args.rounds_single if streams == 1 else args.rounds
+                busy = None
+                if args.record and name == "direct" and streams == max(args.streams):
+                    busy = asyncio.create_task(_record_busy(args.record, eport))
                 samples, wall = await phase(host, port, "/v1/chat/completions", body, hdr, streams, rounds)
+                if busy is not None:
+                    await busy
                 row = summarize(name, streams, samples, wall)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -371,8 +395,18 @@ def record_engine(out: Path, tag: str, eport: int, model: str, cp: ControlPlaneP
     time.sleep(6)  # the runner reports status every 2 s; the counters above included
     rec["api_runners"] = httpx.get(cp.url + "/api/runners", headers=auth, timeout=30).json()
     rec["metrics_after"] = httpx.get(base + "/metrics", timeout=30).text
+    rec["runner_metrics"] = httpx.get(f"http://127.0.0.1:{RUNNER_METRICS_PORT}/metrics", timeout=30).text
     (out / "vllm_record.json").write_text(json.dumps(rec, indent=2))
     print("recorded:", json.dumps(rec["api_runners"])[:2000], flush=True)
+
+
+async def _record_busy(out: Path, eport: int) -> None:
+    """The engine's metrics one second into the heaviest phase: requests running and waiting, KV in use."""
+    await asyncio.sleep(1.0)
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(f"http://127.0.0.1:{eport}/metrics", timeout=30)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vllm_metrics_busy.txt").write_text(resp.text)
 
 
 def _vllm_log_summary(text: str) -> str:

@@ -104,12 +104,22 @@ class _AgentCollector(Collector):
                                     "check.", labels=["engine", "model"])
         restarts = CounterMetricFamily("outpost_runner_engine_restarts", "Engine processes restarted by the "
                                        "supervisor.", labels=["engine", "model"])
+        # The engine's own counters where its metrics have them (vLLM): requests it served, tokens.
+        counters = {field: CounterMetricFamily(f"outpost_runner_engine_{name}", doc, labels=["engine", "model"])
+                    for field, name, doc in (
+                        ("requests_finished", "requests", "Requests the engine reports answered to the end."),
+                        ("prompt_tokens", "prompt_tokens", "Prompt tokens the engine reports processed."),
+                        ("generation_tokens", "generation_tokens", "Tokens the engine reports generated."))}
         for e in fleet.engines:
             labels = [e.adapter.name, e.label]
             healthy.add_metric(labels, int(e.healthy))
             restarts.add_metric(labels, e.supervisor.restarts)
+            for field, family in counters.items():
+                if (value := getattr(e.load, field)) is not None:
+                    family.add_metric(labels, value)
         yield healthy
         yield restarts
+        yield from (family for family in counters.values() if family.samples)
         load = fleet.load
         yield GaugeMetricFamily("outpost_runner_engine_running", "Requests the engines report running.",
                                 value=load.running)

@@ -39,6 +39,11 @@ class EngineLoad:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float | None = None
+    #: Counters since the engine started, where its metrics have them (None: not reported).
+    #: Requests it answered to the end (aborted and failed ones excluded), and tokens in and out.
+    requests_finished: int | None = None
+    prompt_tokens: int | None = None
+    generation_tokens: int | None = None
 
 
 class EngineAdapter(Protocol):

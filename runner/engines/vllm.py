@@ -17,6 +17,9 @@ __all__ = ["VllmEngine", "VllmLoad"]
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 _PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+# vLLM 0.24 (as recorded on an H100, tests/runner/data/vllm_0.24_metrics_*.txt) labels
+# request_success_total by finished_reason, aborted and failed requests included: those were not served.
+_NOT_SERVED = frozenset({"abort", "error"})
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ def _first(values: dict[str, list[float]], names: tuple[str, ...]) -> list[float
         if name in values:
             return values[name]
     return None
+
+
+def _total(values: dict[str, list[float]], name: str) -> int | None:
+    return int(sum(values[name])) if name in values else None
 
 
 @dataclass
@@ -103,9 +110,13 @@ class VllmEngine:
         """Sum counts over label sets (one per model name / data-parallel engine); the KV
         usage reported is the fullest engine's, since that one queues first."""
         values: dict[str, list[float]] = defaultdict(list)
+        finished: list[float] = []
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 values[sample.name].append(sample.value)
+                if (sample.name == "vllm:request_success_total"
+                        and sample.labels.get("finished_reason") not in _NOT_SERVED):
+                    finished.append(sample.value)
         kv = _first(values, _KV_USAGE)
         hits = _first(values, _PREFIX_HITS)
         queries = _first(values, _PREFIX_QUERIES)
@@ -121,4 +132,7 @@ class VllmEngine:
             prefix_cache_hits=sum(hits) if hits else None,
             prefix_cache_queries=sum(queries) if queries else None,
             prefix_cache_hit_rate=rate,
+            requests_finished=int(sum(finished)) if finished else None,
+            prompt_tokens=_total(values, "vllm:prompt_tokens_total"),
+            generation_tokens=_total(values, "vllm:generation_tokens_total"),
         )

@@ -4,14 +4,14 @@
 # transformers, show `runner plan` choosing vLLM by itself, then benchmark it direct vs through Outpost
 # (bench/bench_gpu.py --engine vllm), recording the engine's real output into $OUT.
 #
-#   bash scripts/gpu/vllm_serve.sh [STREAMS] [ROUNDS]      (default 1,16,64,256 and 4)
+#   bash scripts/gpu/vllm_serve.sh [STREAMS] [ROUNDS]      (default 1,16,64,256 and 8)
 #
 # Runs from the tree it is in: the call may `cd` to a carried snapshot of the repository first.
 set -uo pipefail
 S=/tmp/vllm-stage
 [ -f "$S/installed" ] || { echo "vLLM is not installed on this machine: send the parts again from part 1"; exit 3; }
 STREAMS=${1:-1,16,64,256}
-ROUNDS=${2:-4}
+ROUNDS=${2:-8}
 export PYTHONPATH=/tmp/site:$(pwd) PYTHONUNBUFFERED=1
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 GGUF=$(ls "$S"/pack/*.gguf)
@@ -25,7 +25,7 @@ echo "### \$ runner plan --model $HF"
 COLUMNS=130 python3 -m runner.cli plan --model "$HF"; echo "(exit $?)"
 python3 -m runner.cli plan --model "$HF" --json > "$OUT/plan.json"
 echo "### bench"
-python3 bench/bench_gpu.py --engine vllm --model "$HF" --streams "$STREAMS" --rounds "$ROUNDS" --rounds-single 16 \
+python3 bench/bench_gpu.py --engine vllm --model "$HF" --streams "$STREAMS" --rounds "$ROUNDS" --rounds-single 32 \
   --max-tokens 128 --ready-timeout 300 --json "$OUT/bench-vllm.json" --record "$OUT" --keep --no-write
 rc=$?
 echo "### bench exit $rc"
