@@ -172,7 +172,7 @@ def test_an_attached_engine_outlives_its_runner_and_is_never_stopped(cp: Control
         engine.wait()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"])
 def test_control_plane_up_takes_its_runner_and_engine_with_it(sig: int, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTPOST_")}
     log_path = tmp_path / "up.log"
