@@ -429,6 +429,26 @@ async def test_relay_passes_an_engine_error_status_through() -> None:
     assert json.loads(eng.requests[0].body)["model"] == "up"
 
 
+async def test_relay_ends_a_stream_whose_engine_breaks_off_mid_answer_with_one_start_and_an_error_end() -> None:
+    # A second response_start would be a protocol violation: the control plane would close the
+    # whole connection, and every other stream on it, instead of failing this one (issue 20).
+    async def script(req: Request, w: Writer) -> bool:
+        w.write(head(200, "text/event-stream", **{"Transfer-Encoding": "chunked"}) + chunk(events("a")[0]))
+        await w.drain()
+        await asyncio.sleep(0.05)
+        return False  # gone mid-stream, as a killed engine is
+
+    async with engine(script) as eng, client() as c:
+        wire = Wire()
+        out = OutboundStream(_frame(), wire.send)
+        await relay(out, EngineEndpoint(eng.url, {}, {}), c)
+    starts = [f for f in wire.frames if isinstance(f, ResponseStartFrame)]
+    assert [s.status for s in starts] == [200]
+    assert isinstance(wire.frames[1], DataFrame) and isinstance(wire.frames[-1], EndFrame)
+    assert wire.frames[-1].error is not None and wire.frames[-1].error.startswith("engine failed mid-stream")
+    assert out.failure == wire.frames[-1].error  # the tunnel logs the stream as an error
+
+
 async def test_relay_answers_an_unreachable_engine_with_a_clear_error_frame() -> None:
     async with engine(lambda req, w: asyncio.sleep(0)) as eng:
         url = eng.url
