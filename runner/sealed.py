@@ -231,8 +231,8 @@ class SealedRelay:
             if writer.events == 0:
                 pending.append(writer.head(502, "application/json"))
             else:
-                # Mid-stream: the error travels sealed inside the stream (the control plane cannot
-                # read it); the tunnel still logs the stream as failed.
+                # Mid-stream: the error travels sealed inside the stream, so the control plane
+                # learns nothing (tests/runner/test_sealed.py); the runner's own log says it failed.
                 out.failure = f"engine failed mid-stream: {exc.kind}"
             pending += writer.piece(error.encode())
         return pending, usage

@@ -257,7 +257,7 @@ class TunnelClient:
             try:
                 await self._on_stream(out)
                 outcome = "ok" if out.failure is None else "error"
-                if out.closed and out.failure is None:
+                if out.closed:  # answered in protocol, failed or not (a sealed failure stays unseen)
                     self.completed += 1
             except asyncio.CancelledError:
                 raise
