@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -175,7 +176,13 @@ def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
         finally:
             await db.dispose()
 
-    return asyncio.run(main())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    # Called from async code (the benchmarks start stacks from their event loop): its own thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 async def share_default_pool(db: Database, tenant: str = "default") -> str:
