@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     tunnel_max_streams_per_connection: int = Field(default=256, ge=1, description="Concurrent streams on one tunnel connection.")
     tunnel_stream_window: int = Field(default=256 * 1024, ge=16 * 1024, le=16 * 1024 * 1024,
                                       description="Flow-control window per stream (characters of data).")
+    tunnel_max_connections_per_runner: int = Field(default=16, ge=1, le=65, description="Tunnel connections one "
+                                                   "runner may hold on this control plane at once; one more is "
+                                                   "closed with 4010 DUPLICATE, as is a second connection with the "
+                                                   "same `connection_index`.")
     enrollment_token_ttl_s: int = Field(default=3600, ge=60, description="Lifetime of a one-time enrollment token.")
 
     # Audit log (docs/audit.md).

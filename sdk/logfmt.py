@@ -28,6 +28,7 @@ __all__ = [
     "LogFormat",
     "TextFormatter",
     "configure_logging",
+    "escape_text",
     "new_request_id",
     "valid_request_id",
 ]
@@ -82,11 +83,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+#: C0 and C1 control characters (CR, LF, ESC of ANSI sequences...), DEL, and the Unicode line and paragraph
+#: separators: none may reach a text log line from a message's arguments.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_text(text: str) -> str:
+    """``text`` on one line with no terminal escapes: control characters become ``\\n``, ``\\x1b``..."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
-    """The human format, with the request id appended when there is one."""
+    """The human format, with the request id appended when there is one.
+
+    A message is escaped (:func:`escape_text`): it may quote what a runner or a client sent (an
+    ``end.v1`` error, a frame's reason), and a CR/LF or an ANSI sequence there would forge log
+    lines or rewrite the operator's terminal. A traceback, which is ours, keeps its lines.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = escape_text(record.message)
+        return super().formatMessage(safe)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_serializer,
 )
 
@@ -45,6 +47,8 @@ __all__ = [
     "DEFAULT_STREAM_WINDOW",
     "MAX_DATA_BYTES",
     "MAX_FRAME_BYTES",
+    "MAX_IN_FLIGHT",
+    "MAX_TOKENS",
     "PROTOCOL_VERSIONS",
     "ChallengeFrame",
     "CloseCode",
@@ -86,6 +90,53 @@ MAX_DATA_BYTES = 16 * 1024
 #: Bytes a runner may send on a stream before the control plane grants more.
 DEFAULT_STREAM_WINDOW = 256 * 1024
 
+# --- bounds on every number a peer sends (docs/protocol.md "Bounds") ---------
+# A runner is untrusted: a number it reports reaches routing scores, Prometheus
+# and the database, so each one is an exact integer (strict: no "5", no true,
+# no 5.0) or a finite float (no NaN/Infinity), non-negative, and below a bound
+# far above any real engine's yet small enough that no sum or product of them
+# overflows a float, a SQL INTEGER or a counter.
+
+#: Tokens in one request's prompt or completion; also a model's context length.
+#: 2**27 (134M) is ten times the largest context window shipped today and fits
+#: a 32-bit SQL INTEGER with room to add a prompt and a completion.
+MAX_TOKENS = 2**27
+#: Requests running or waiting on one runner (a hello's capacity is <= 4096).
+MAX_IN_FLIGHT = 1_000_000
+#: A monotonic counter (``status.v1`` ``completed``): exact in a float (Prometheus).
+_MAX_COUNTER = 2**53
+#: A stream id: the control plane gives them out from 1 upwards per connection.
+_MAX_STREAM_ID = 2**53
+#: A number in a hello's ``cost`` map ($/hour, watts, $/kWh, a PUE, a count).
+_MAX_COST_NUMBER = 1e6
+#: A number in a hello's ``hardware`` map (bytes of memory, core counts...).
+_MAX_HARDWARE_NUMBER = 2.0**53
+_MAX_JSON_DEPTH = 6
+
+_Tokens = Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)]
+_InFlight = Annotated[int, Field(strict=True, ge=0, le=MAX_IN_FLIGHT)]
+_Counter = Annotated[int, Field(strict=True, ge=0, le=_MAX_COUNTER)]
+_StreamId = Annotated[int, Field(strict=True, ge=1, le=_MAX_STREAM_ID)]
+_Version = Annotated[int, Field(strict=True, ge=0, le=65535)]
+_Flag = Annotated[bool, Field(strict=True)]
+_Name = Annotated[str, Field(min_length=1, max_length=200)]
+_Word = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _bounded_json(value: Any, *, limit: float, low: float, depth: int = 0) -> None:
+    """Refuse a non-finite number, one outside [low, limit] or nesting deeper than a hello needs."""
+    if depth > _MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {_MAX_JSON_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or not low <= value <= limit:
+            raise ValueError(f"number {str(value)[:32]} is not finite or not within [{low:g}, {limit:g}]")
+        return
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        _bounded_json(item, limit=limit, low=low, depth=depth + 1)
+
 
 class FrameError(ValueError):
     """A frame that cannot be accepted; the connection closes with ``code``."""
@@ -96,8 +147,9 @@ class FrameError(ValueError):
 
 
 class _Frame(BaseModel):
-    # Unknown fields are refused: a frame is a contract, not a bag.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown fields are refused: a frame is a contract, not a bag. No float
+    # field may be NaN or infinite (each also has an explicit range).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelInfo(BaseModel):
@@ -105,19 +157,19 @@ class ModelInfo(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     engine: str = Field(min_length=1, max_length=64)
-    context_length: int | None = Field(default=None, ge=1)
+    context_length: int | None = Field(default=None, ge=1, le=MAX_TOKENS, strict=True)
     quantization: str | None = Field(default=None, max_length=64)
-    aliases: list[str] = Field(default_factory=list, max_length=32)
+    aliases: list[_Name] = Field(default_factory=list, max_length=32)
     # OpenAI endpoints the engine answers for this model ("chat", "completions",
     # "embeddings"); a hello without it means the two generation endpoints.
-    endpoints: list[str] = Field(default_factory=lambda: ["chat", "completions"], max_length=8)
+    endpoints: list[_Word] = Field(default_factory=lambda: ["chat", "completions"], max_length=8)
 
 
 class Usage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: _Tokens = 0
+    completion_tokens: _Tokens = 0
 
 
 # --- handshake -------------------------------------------------------------
@@ -126,30 +178,43 @@ class Usage(BaseModel):
 class ChallengeFrame(_Frame):
     type: Literal["challenge.v1"] = "challenge.v1"
     nonce: str = Field(min_length=32, max_length=128)
-    versions: list[int] = Field(min_length=1, max_length=16)
+    versions: list[_Version] = Field(min_length=1, max_length=16)
 
 
 class HelloFrame(_Frame):
     type: Literal["hello.v1"] = "hello.v1"
     runner_id: str = Field(min_length=1, max_length=64)
-    version: int
+    version: _Version
     signature: str = Field(min_length=1, max_length=256)
-    capabilities: list[str] = Field(default_factory=list, max_length=32)
+    capabilities: list[_Word] = Field(default_factory=list, max_length=32)
     models: list[ModelInfo] = Field(default_factory=list, max_length=64)
-    capacity: int = Field(default=1, ge=1, le=4096)
-    hardware: dict[str, Any] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
-    cost: dict[str, Any] = Field(default_factory=dict)
-    connection_index: int = Field(default=0, ge=0, le=64)
+    capacity: int = Field(default=1, ge=1, le=4096, strict=True)
+    hardware: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    labels: dict[_Word, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=64)
+    # Numbers here are non-negative and at most 1e6 ($/hour, watts, $/kWh, PUE, count).
+    cost: dict[_Word, Any] = Field(default_factory=dict, max_length=32)
+    connection_index: int = Field(default=0, ge=0, le=64, strict=True)
+
+    @field_validator("hardware")
+    @classmethod
+    def _finite_hardware(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _bounded_json(value, limit=_MAX_HARDWARE_NUMBER, low=-_MAX_HARDWARE_NUMBER)
+        return value
+
+    @field_validator("cost")
+    @classmethod
+    def _finite_cost(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _bounded_json(value, limit=_MAX_COST_NUMBER, low=0.0)
+        return value
 
 
 class WelcomeFrame(_Frame):
     type: Literal["welcome.v1"] = "welcome.v1"
-    version: int
-    capabilities: list[str]
-    session_id: str
+    version: _Version
+    capabilities: list[_Word] = Field(max_length=32)
+    session_id: str = Field(max_length=64)
     # The control plane tells the runner how often to expect status frames.
-    status_interval_s: float = 2.0
+    status_interval_s: float = Field(default=2.0, gt=0, le=3600)
 
 
 # --- streams ---------------------------------------------------------------
@@ -157,18 +222,18 @@ class WelcomeFrame(_Frame):
 
 class RequestFrame(_Frame):
     type: Literal["request.v1"] = "request.v1"
-    stream_id: int = Field(ge=1)
+    stream_id: _StreamId
     method: Literal["POST", "GET"] = "POST"
     path: str = Field(pattern=r"^/v1/[a-z/]+$", max_length=64)
     model: str = Field(min_length=1, max_length=200)
     # Bodies larger than one frame continue in data.v1 frames sent by the
     # control plane until ``len(body)`` reaches ``body_length``.
     body: str = Field(max_length=MAX_DATA_BYTES)
-    body_length: int = Field(ge=0, le=16 * 1024 * 1024)
-    stream: bool = False
-    window: int = Field(default=DEFAULT_STREAM_WINDOW, ge=MAX_DATA_BYTES)
+    body_length: int = Field(ge=0, le=16 * 1024 * 1024, strict=True)
+    stream: _Flag = False
+    window: int = Field(default=DEFAULT_STREAM_WINDOW, ge=MAX_DATA_BYTES, le=16 * 1024 * 1024, strict=True)
     # True when ``body`` is an e2e envelope the control plane cannot read.
-    sealed: bool = False
+    sealed: _Flag = False
     # The client request's id, for log correlation. Only sent when both ends
     # announced the ``request-id`` capability: a receiver refuses unknown
     # fields, so the field is left out of the wire form when absent.
@@ -184,20 +249,23 @@ class RequestFrame(_Frame):
 
 class ResponseStartFrame(_Frame):
     type: Literal["response_start.v1"] = "response_start.v1"
-    stream_id: int = Field(ge=1)
-    status: int = Field(ge=100, le=599)
+    stream_id: _StreamId
+    # The wire allows any HTTP status; the control plane answers a client only
+    # with 200-599 and JSON or SSE, anything else ends the stream as engine_error
+    # (control_plane/tunnel/stream.py).
+    status: int = Field(ge=100, le=599, strict=True)
     content_type: str = Field(default="application/json", max_length=128)
 
 
 class DataFrame(_Frame):
     type: Literal["data.v1"] = "data.v1"
-    stream_id: int = Field(ge=1)
+    stream_id: _StreamId
     data: str = Field(max_length=MAX_DATA_BYTES)
 
 
 class EndFrame(_Frame):
     type: Literal["end.v1"] = "end.v1"
-    stream_id: int = Field(ge=1)
+    stream_id: _StreamId
     usage: Usage | None = None
     # Set when the engine failed mid-stream; the control plane turns it into
     # an error event for the client.
@@ -208,14 +276,14 @@ class EndFrame(_Frame):
 
 class ResetFrame(_Frame):
     type: Literal["reset.v1"] = "reset.v1"
-    stream_id: int = Field(ge=1)
+    stream_id: _StreamId
     reason: str = Field(default="cancelled", max_length=256)
 
 
 class WindowUpdateFrame(_Frame):
     type: Literal["window_update.v1"] = "window_update.v1"
-    stream_id: int = Field(ge=1)
-    increment: int = Field(ge=1, le=16 * 1024 * 1024)
+    stream_id: _StreamId
+    increment: int = Field(ge=1, le=16 * 1024 * 1024, strict=True)
 
 
 # --- connection --------------------------------------------------------------
@@ -226,29 +294,29 @@ class EngineSlots(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models: list[str] = Field(min_length=1, max_length=64)  # hello model names
-    capacity: int = Field(ge=1, le=4096)
-    headroom: int = Field(default=0, ge=0, le=64)
+    models: list[_Name] = Field(min_length=1, max_length=64)  # hello model names
+    capacity: int = Field(ge=1, le=4096, strict=True)
+    headroom: int = Field(default=0, ge=0, le=64, strict=True)
 
 
 class StatusFrame(_Frame):
     type: Literal["status.v1"] = "status.v1"
-    running: int = Field(default=0, ge=0)
-    waiting: int = Field(default=0, ge=0)
+    running: _InFlight = 0
+    waiting: _InFlight = 0
     kv_cache_usage: float | None = Field(default=None, ge=0.0, le=1.0)
-    healthy: bool = True
+    healthy: _Flag = True
     # Streams this runner has answered to the end since it started.
-    completed: int = Field(default=0, ge=0)
+    completed: _Counter = 0
     # Models of the hello (by name) whose engine is down right now; the runner
     # stays routable for the others, and ``healthy`` is false only when none is
     # up. Sent only when both ends announced ``model-status``: a receiver refuses
     # unknown fields, so an empty list is left out of the wire form.
-    unavailable_models: list[str] = Field(default_factory=list, max_length=64)
+    unavailable_models: list[_Name] = Field(default_factory=list, max_length=64)
     # Engine slots beyond the hello's ``capacity`` that the control plane may
     # grant only to a tenant with nothing in flight (fair headroom,
     # docs/fairness.md). Sent only when both ends announced ``headroom``; 0 is
     # left out of the wire form, like an empty ``unavailable_models``.
-    headroom: int = Field(default=0, ge=0, le=64)
+    headroom: int = Field(default=0, ge=0, le=64, strict=True)
     # A runner with several engines: each engine's models and slots, so the
     # control plane admits per engine rather than up to the runner-wide sum
     # (docs/protocol.md "Engine slots"). Sent only when both ends announced

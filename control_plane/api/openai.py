@@ -7,6 +7,7 @@ request handed to :mod:`control_plane.openai.serving`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Annotated, cast
@@ -17,6 +18,7 @@ from fastapi.responses import Response
 from control_plane.api.deps import AppStateDep, Caller, CallerDep
 from control_plane.errors import ApiError
 from control_plane.openai.affinity import affinity_keys
+from control_plane.openai.caps import cap_request
 from control_plane.openai.disconnect import watch
 from control_plane.openai.load import runner_status
 from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -90,13 +92,14 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
                  body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Response:
     routing = _routing_policy(request, policy)
     rate = await _admit(state, caller, policy)
-    max_tokens = None
-    if not isinstance(body, EmbeddingRequest):
-        limit = state.settings.max_tokens_limit
-        max_tokens = body.requested_max_tokens()
-        if max_tokens is not None and max_tokens > limit:
-            raise ApiError(400, f"max_tokens {max_tokens} exceeds this deployment's limit of {limit}.",
-                           code="max_tokens_too_large", param="max_tokens")
+    max_tokens = cap = None
+    if isinstance(body, EmbeddingRequest):
+        forwarded = body.model_dump_json(exclude_unset=True)
+    else:
+        # One sequence, with an explicit token cap the engine is sent and usage is clamped to (caps.py).
+        capped = cap_request(body, limit=state.settings.max_tokens_limit)
+        max_tokens, cap = capped.requested, capped.max_tokens
+        forwarded = json.dumps(capped.body, ensure_ascii=False, separators=(",", ":"))
     if vendor := body.vendor_fields():
         log.debug("passing vendor fields through to the engine: %s", vendor)
     route = RouteRequest(
@@ -104,7 +107,7 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
         affinity_keys=() if isinstance(body, EmbeddingRequest) else affinity_keys(caller.tenant_id, body),
         prompt_tokens=body.estimated_prompt_tokens(), max_tokens=max_tokens, pools=policy.pools)
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=endpoint,
-                         model=body.model, body=body.model_dump_json(exclude_unset=True),
+                         model=body.model, body=forwarded, max_tokens_cap=cap,
                          stream=bool(getattr(body, "stream", False)), route=route,
                          tenant_weight=policy.tenant_weight, client_gone=watch(request.receive))
     response = await serve_inference(state, call)

@@ -62,9 +62,17 @@ async def tunnel(ws: WebSocket) -> None:
 
     version = hello.version
     caps = sorted(CAPABILITIES & set(hello.capabilities))
+    if (taken := _slot_taken(state, info.runner_id, hello.connection_index)) is not None:
+        await _refuse_duplicate(ws, info.runner_id, taken)
+        return
     link = Link(info.runner_id, session_id, ws.send_text, state.settings.tunnel_max_streams_per_connection,
-                close, stream_window=state.settings.tunnel_stream_window, capabilities=frozenset(caps))
+                close, stream_window=state.settings.tunnel_stream_window, capabilities=frozenset(caps),
+                connection_index=hello.connection_index)
     await ws.send_text(encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id)))
+    # Checked again with no await before attach: two connections racing through the welcome.
+    if (taken := _slot_taken(state, info.runner_id, hello.connection_index)) is not None:
+        await _refuse_duplicate(ws, info.runner_id, taken)
+        return
     state.hub.attach(link, info)
     log.info("runner %s connected (link %s, connection %d)", info.runner_id, session_id, hello.connection_index)
     reason = "runner disconnected"
@@ -120,6 +128,29 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
                                models=list(hello.models), capacity=hello.capacity, labels=dict(runner.labels),
                                cost=dict(runner.cost), hardware=dict(hello.hardware), pool_id=runner.pool_id)
     return hello, info
+
+
+def _slot_taken(state: AppState, runner_id: str, index: int) -> str | None:
+    """Why this runner may not open one more connection here, or ``None``.
+
+    A second connection with a ``connection_index`` already live is a duplicate (a copy of the
+    runner's identity, or a reconnect before the old connection's death is noticed: the runner
+    retries with backoff, and the dead link goes within the ping timeout); and the number of
+    connections is bounded, so one identity cannot hold sockets and streams without end.
+    """
+    runner = state.hub.runners.get(runner_id)
+    links = [ln for ln in runner.links if not ln.closed] if runner is not None else []
+    if any(ln.connection_index == index for ln in links):
+        return f"connection_index {index} is already connected"
+    limit = state.settings.tunnel_max_connections_per_runner
+    if len(links) >= limit:
+        return f"runner already holds {limit} connections"
+    return None
+
+
+async def _refuse_duplicate(ws: WebSocket, runner_id: str, why: str) -> None:
+    log.warning("runner %s: connection refused: %s", runner_id, why)
+    await _close(ws, CloseCode.DUPLICATE, why)
 
 
 async def _recv_text(ws: WebSocket) -> str:

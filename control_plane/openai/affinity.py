@@ -63,8 +63,7 @@ def affinity_keys(tenant_id: str, request: ChatCompletionRequest | CompletionReq
                 break
         text = json.dumps(leading, separators=(",", ":"), ensure_ascii=False)[:_MAX_LEADING_CHARS]
         return (_digest("chat", tenant_id, model, text),)
-    prompt = request.prompt if isinstance(request.prompt, str) else (request.prompt[0] if len(request.prompt) == 1
-                                                                    else "")
+    prompt = _one_prompt(request.prompt)
     if not prompt:
         return ()
     keys = []
@@ -77,6 +76,18 @@ def affinity_keys(tenant_id: str, request: ChatCompletionRequest | CompletionReq
     if not keys:  # shorter than one block: only an identical prompt will match
         keys.append(_digest("prompt", tenant_id, model, prompt))
     return tuple(reversed(keys))
+
+
+def _one_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> str:
+    """The request's one prompt as text (token ids written out, so a growing id prompt keeps its
+    beginning too); empty for several prompts (refused anyway, openai/caps.py)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return "ids:" + ",".join(str(t) for t in prompt)
+    return ""
 
 
 class AffinityTable:

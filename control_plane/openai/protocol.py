@@ -1,19 +1,65 @@
 """Wire models of the OpenAI surface.
 
 Unknown fields are accepted and passed through to the engine (a gateway must
-carry vendor extras such as llama.cpp's ``top_k``); known fields are bounded.
+carry vendor extras such as llama.cpp's ``top_k``); known fields are bounded
+and strict: ``max_tokens: "5"``, ``max_tokens: true`` or ``stream: "yes"`` are
+400s, not coerced (an engine may read the raw value differently from us). Any
+string of the body, vendor fields and keys included, must be encodable as
+UTF-8: a lone surrogate (``"\ud800"``) is a 400, not a 500 when the body is
+re-encoded for the runner. Vendor fields that change how many tokens or
+sequences are generated are checked in ``caps.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "Message", "StreamOptions"]
 
 #: Rough characters per token, for routing estimates only (never for billing).
 CHARS_PER_TOKEN = 4
+
+_Int = Annotated[int, Field(strict=True)]
+_Bool = Annotated[bool, Field(strict=True)]
+_Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+#: A token id (a vocabulary index; 2**31 is far above any vocabulary).
+_TokenId = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
+
+
+def _unencodable(value: object, depth: int = 0) -> str | None:
+    """The first string of a decoded JSON body that UTF-8 cannot encode (a lone surrogate), or the first
+    NaN/Infinity (Python's JSON parser accepts them; no engine does), if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:40]
+        return None
+    if depth > 64:  # JSON nesting this deep is refused by the body parser long before
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (bad := _unencodable(k, depth + 1) or _unencodable(v, depth + 1)) is not None:
+                return bad
+    elif isinstance(value, list):
+        for v in value:
+            if (bad := _unencodable(v, depth + 1)) is not None:
+                return bad
+    return None
+
+
+class _Encodable(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8_only(cls, data: Any) -> Any:
+        if (bad := _unencodable(data)) is not None:
+            raise ValueError(f"strings must be valid Unicode (UTF-8 encodable) and numbers finite; got {bad!r}")
+        return data
 
 
 class Message(BaseModel):
@@ -26,20 +72,21 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool = False
+    include_usage: _Bool = False
 
 
-class _Base(BaseModel):
+class _Base(_Encodable):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
-    stream: bool = False
+    stream: _Bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)
-    seed: int | None = None
+    max_tokens: _Int | None = Field(default=None, ge=1)
+    temperature: _Float | None = Field(default=None, ge=0, le=2)
+    top_p: _Float | None = Field(default=None, ge=0, le=1)
+    # One sequence per request (docs/api.md "One admitted unit per sequence"): caps.py says why.
+    n: _Int | None = Field(default=None, ge=1)
+    seed: _Int | None = Field(default=None, ge=-(2**63), lt=2**64)
     user: str | None = Field(default=None, max_length=256)
 
     def requested_max_tokens(self) -> int | None:
@@ -54,10 +101,11 @@ class _Base(BaseModel):
 
 class ChatCompletionRequest(_Base):
     messages: list[Message] = Field(min_length=1, max_length=4096)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: _Int | None = Field(default=None, ge=1)
 
     def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        caps = [c for c in (self.max_completion_tokens, self.max_tokens) if c is not None]
+        return min(caps) if caps else None
 
     def estimated_prompt_tokens(self) -> int:
         chars = sum(len(m.content) if isinstance(m.content, str) else len(str(m.content or ""))
@@ -66,22 +114,32 @@ class ChatCompletionRequest(_Base):
 
 
 class CompletionRequest(_Base):
-    # Bounded by the request body limit, not here.
-    prompt: str | list[str]
+    # Text, texts, token ids or lists of token ids, as OpenAI accepts; bounded by
+    # the request body limit. More than one prompt is refused (caps.py).
+    prompt: str | list[str] | list[_TokenId] | list[list[_TokenId]]
+    best_of: _Int | None = Field(default=None, ge=1)
+
+    def prompts(self) -> int:
+        """How many sequences the prompt asks for: one per string or per list of token ids."""
+        if isinstance(self.prompt, str) or not self.prompt or isinstance(self.prompt[0], int):
+            return 1
+        return len(self.prompt)
 
     def estimated_prompt_tokens(self) -> int:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        return sum(len(p) for p in prompts) // CHARS_PER_TOKEN
+        if isinstance(self.prompt, str):
+            return len(self.prompt) // CHARS_PER_TOKEN
+        return sum(len(p) // CHARS_PER_TOKEN if isinstance(p, str) else (len(p) if isinstance(p, list) else 1)
+                   for p in self.prompt)
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(_Encodable):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
     # Text, texts, token ids or lists of token ids, as OpenAI accepts.
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[_TokenId] | list[list[_TokenId]]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: _Int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=256)
 
     @field_validator("input")

@@ -38,7 +38,7 @@ from control_plane.state import AppState
 from control_plane.store.runners import known_model
 from control_plane.tunnel.hub import ConnectedRunner
 from control_plane.tunnel.link import Link
-from control_plane.tunnel.stream import LinkClosed, Stream
+from control_plane.tunnel.stream import LinkClosed, Stream, response_start_problem
 from sdk.logfmt import REQUEST_ID
 from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame, Usage
 
@@ -74,6 +74,8 @@ class InferenceCall:
     # End-to-end: the one runner the sealed body is bound to, and the check that
     # turns its signed receipt into usage (the body cannot be read to count tokens).
     runner_id: str | None = None
+    # The token cap the engine was sent (the client's, else the deployment's limit): usage is clamped to it.
+    max_tokens_cap: int | None = None
     usage_from_receipt: Callable[[EndFrame], Usage | None] | None = None
     # Returns when the client has disconnected (openai/disconnect.py): a queued request then leaves its queue.
     client_gone: Callable[[], Awaitable[object]] | None = None
@@ -175,7 +177,9 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         outcome.settle()  # cancelled before the first byte: the slot must not leak
         raise
     outcome.runner_id = opened.runner.runner_id
-    outcome.http_status = opened.start.status
+    # An engine's 4xx is the client's mistake and stays a 4xx; its 5xx is the engine's, a 502 engine_error.
+    status = opened.start.status if opened.start.status < 500 else 502
+    outcome.http_status = status
     headers = {"x-request-id": call.request_id, "x-outpost-runner": opened.runner.runner_id}
     headers.update(budget.headers())
     if outcome.decision is not None:
@@ -186,8 +190,7 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
                              headers={**headers, "cache-control": "no-cache"},
                              background=BackgroundTask(outcome.settle_async))
     body = await _collect(state, opened, outcome)
-    return Response(body, status_code=opened.start.status, media_type=opened.start.content_type,
-                    headers=headers)
+    return Response(body, status_code=status, media_type=opened.start.content_type, headers=headers)
 
 
 async def _open_with_failover(state: AppState, call: InferenceCall, outcome: _Outcome) -> _Opened:
@@ -409,6 +412,10 @@ async def _first_byte(st: Stream, settings: Settings,
         if isinstance(ev, ResetFrame):
             raise _AttemptFailed(f"runner reset the stream: {ev.reason}")
         if isinstance(ev, ResponseStartFrame):
+            if (problem := response_start_problem(ev)) is not None:
+                # Not the client's fault and not an answer to relay: the engine (or a runner) is broken.
+                raise ApiError(502, f"The runner's engine answered with {problem}.", type="server_error",
+                               code="engine_error")
             start = ev
             continue
         assert start is not None  # Stream.deliver enforces response_start first
@@ -531,8 +538,9 @@ async def _collect(state: AppState, opened: _Opened, outcome: _Outcome) -> str:
         body = "".join(parts)
         outcome.bytes_out = len(body)
         if opened.start.status >= 400:
-            # Set before the record is written (finally): the engine refused the request.
-            outcome.status, outcome.error_type = "error", "engine_rejected"
+            # Set before the record is written (finally): the engine refused the request, or failed.
+            failed = opened.start.status >= 500
+            outcome.status, outcome.error_type = "error", "engine_error" if failed else "engine_rejected"
             body = _as_error_envelope(body, opened.start.status)
     except ClientGone:
         # Nothing has been sent: the engine must stop, and the record says who stopped it.
@@ -582,7 +590,8 @@ def _take_usage(outcome: _Outcome, end: EndFrame) -> None:
 def _bounded(usage: Usage, call: InferenceCall) -> Usage:
     """Runner output is untrusted: usage cannot exceed what the request allows (:func:`clamp_usage`)."""
     route = call.route
-    bounded = clamp_usage(usage, body_chars=len(call.body), max_tokens=route.max_tokens if route else None)
+    cap = route.max_tokens if route is not None and route.max_tokens is not None else call.max_tokens_cap
+    bounded = clamp_usage(usage, body_chars=len(call.body), max_tokens=cap)
     if bounded != usage:
         log.warning("request %s: runner reported usage %s beyond the request's bounds; clamped",
                     call.request_id, usage.model_dump())
@@ -617,18 +626,22 @@ def _count(state: AppState, outcome: _Outcome) -> None:
 
 
 def _as_error_envelope(body: str, status: int) -> str:
-    """Engines disagree on error shapes; clients get OpenAI's envelope."""
+    """Engines disagree on error shapes; clients get OpenAI's envelope. An engine's 5xx is a 502
+    ``engine_error`` whatever the engine called it (the client's status is 502 too)."""
+    failed = status >= 500
+    message, kind, code = body[:500] or "engine error", "invalid_request_error", None
     try:
         parsed = json.loads(body)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
             err = parsed["error"]
-            return json.dumps(error_body(str(err.get("message", "engine error")),
-                                         str(err.get("type", "invalid_request_error")),
-                                         err.get("code") if isinstance(err.get("code"), str) else None))
+            message = str(err.get("message", "engine error"))
+            kind = str(err.get("type", "invalid_request_error"))
+            code = err.get("code") if isinstance(err.get("code"), str) else None
     except ValueError:
         pass
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return json.dumps(error_body(body[:500] or "engine error", kind))
+    if failed:
+        kind, code = "server_error", "engine_error"
+    return json.dumps(error_body(message, kind, code))
 
 
 def _write_record(state: AppState, outcome: _Outcome) -> asyncio.Future[bool]:

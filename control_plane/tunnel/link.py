@@ -49,8 +49,9 @@ class RunnerLoad:
 class Link:
     def __init__(self, runner_id: str, session_id: str, send_text: SendText, max_streams: int,
                  close: Callable[[int, str], Awaitable[None]], stream_window: int = DEFAULT_STREAM_WINDOW,
-                 capabilities: frozenset[str] = frozenset()) -> None:
+                 capabilities: frozenset[str] = frozenset(), connection_index: int = 0) -> None:
         self.stream_window = stream_window
+        self.connection_index = connection_index  # the hello's: one live link per index and runner
         self.capabilities = capabilities  # negotiated in the handshake
         self.runner_id = runner_id
         self.close = close

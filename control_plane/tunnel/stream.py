@@ -14,9 +14,31 @@ from typing import Generic, TypeVar, Union
 
 from sdk.protocol import DataFrame, EndFrame, FrameError, ResetFrame, ResponseStartFrame
 
-__all__ = ["EventQueue", "LinkClosed", "Stream", "StreamEvent"]
+__all__ = ["EventQueue", "LinkClosed", "Stream", "StreamEvent", "response_start_problem"]
 
 StreamEvent = Union[ResponseStartFrame, DataFrame, EndFrame, ResetFrame, "LinkClosed"]
+
+
+#: Media types a runner may answer a client with: what an OpenAI endpoint returns.
+_MEDIA_TYPES = frozenset({"application/json", "text/event-stream"})
+#: Statuses that must not carry a body (RFC 9110): the HTTP server would refuse to send one.
+_NO_BODY = frozenset({204, 205, 304})
+
+
+def response_start_problem(frame: ResponseStartFrame) -> str | None:
+    """Why a runner's ``response_start`` cannot become the client's response, or ``None``.
+
+    The contract lets a runner say any status from 100 and any content type; the client
+    may only get a final status with a body (200-599 less 204/205/304) and JSON or SSE:
+    a 1xx would corrupt the HTTP response, a 204 with a body raises in the server, and a
+    ``text/html`` answer from ``api.example`` is a phishing page under our name.
+    """
+    if not 200 <= frame.status <= 599 or frame.status in _NO_BODY:
+        return f"status {frame.status}"
+    media = frame.content_type.split(";", 1)[0].strip().lower()
+    if media not in _MEDIA_TYPES:
+        return f"content type {frame.content_type[:64]!r}"
+    return None
 
 
 class LinkClosed:
