@@ -152,6 +152,7 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
                          max_tokens=body.max_tokens, pools=policy.pools)
     call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
                          model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
+                         max_tokens_cap=limit,  # the receipt's usage is clamped to it (openai/caps.py)
                          route=route, tenant_weight=policy.tenant_weight, runner_id=runner_id,
                          usage_from_receipt=receipt_check(identity, runner_id, body.request_id),
                          client_gone=watch(request.receive))

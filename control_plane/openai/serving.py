@@ -116,6 +116,8 @@ class _Outcome:
         self.usage = Usage()
         self.ttft_ms: float | None = None
         self.bytes_out = 0
+        # The served model's context window as its runner declared it: no prompt or completion is longer.
+        self.context_length: int | None = None
         self.decision: RouteDecision | None = None
         self.queued = False  # the runner was full when the request was sent
         self.slot: Slot | None = None  # the runner slot admission granted: queue wait, engine share, cost
@@ -177,6 +179,8 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
         outcome.settle()  # cancelled before the first byte: the slot must not leak
         raise
     outcome.runner_id = opened.runner.runner_id
+    served = opened.runner.serves(call.model)
+    outcome.context_length = served.context_length if served is not None else None
     # An engine's 4xx is the client's mistake and stays a 4xx; its 5xx is the engine's, a 502 engine_error.
     status = opened.start.status if opened.start.status < 500 else 502
     outcome.http_status = status
@@ -378,7 +382,7 @@ class _AttemptFailed(Exception):
 def _admit_at_holder(call: InferenceCall, prompt_tokens: int) -> dict[str, Any]:
     """What the holder's fair queue needs to admit a relayed request (cluster/holder.py)."""
     return {"tenant_id": call.tenant_id, "api_key_id": call.api_key_id, "weight": call.tenant_weight,
-            "prompt_tokens": prompt_tokens, "max_tokens": call.route.max_tokens if call.route else None}
+            "prompt_tokens": prompt_tokens, "max_tokens": _usage_cap(call)}
 
 
 async def _first_byte(st: Stream, settings: Settings,
@@ -578,20 +582,25 @@ def _take_usage(outcome: _Outcome, end: EndFrame) -> None:
     check = outcome.call.usage_from_receipt
     if check is None:
         if end.usage:
-            outcome.usage = _bounded(end.usage, outcome.call)
+            outcome.usage = _bounded(end.usage, outcome.call, outcome.context_length)
         return
     usage = check(end)  # logs a refused receipt itself
     if usage is None:
         outcome.error_type = outcome.error_type or "receipt_rejected"
     else:
-        outcome.usage = _bounded(usage, outcome.call)
+        outcome.usage = _bounded(usage, outcome.call, outcome.context_length)
 
 
-def _bounded(usage: Usage, call: InferenceCall) -> Usage:
-    """Runner output is untrusted: usage cannot exceed what the request allows (:func:`clamp_usage`)."""
+def _usage_cap(call: InferenceCall) -> int | None:
+    """The completion tokens a request may be billed: the client's cap, else the one the engine was sent."""
     route = call.route
-    cap = route.max_tokens if route is not None and route.max_tokens is not None else call.max_tokens_cap
-    bounded = clamp_usage(usage, body_chars=len(call.body), max_tokens=cap)
+    return route.max_tokens if route is not None and route.max_tokens is not None else call.max_tokens_cap
+
+
+def _bounded(usage: Usage, call: InferenceCall, context_length: int | None = None) -> Usage:
+    """Runner output is untrusted: usage cannot exceed what the request allows (:func:`clamp_usage`)."""
+    bounded = clamp_usage(usage, body_chars=len(call.body), max_tokens=_usage_cap(call),
+                          context_length=context_length)
     if bounded != usage:
         log.warning("request %s: runner reported usage %s beyond the request's bounds; clamped",
                     call.request_id, usage.model_dump())

@@ -27,3 +27,15 @@ def test_honest_usage_is_kept() -> None:
 def test_without_max_tokens_only_the_prompt_is_bounded() -> None:
     usage = _bounded(Usage(prompt_tokens=5, completion_tokens=900), _call(max_tokens=None))
     assert usage.completion_tokens == 900
+
+
+def test_without_max_tokens_the_cap_the_engine_was_sent_bounds_usage() -> None:
+    call = _call(max_tokens=None)
+    call.max_tokens_cap = 64  # openai/caps.py: the deployment's limit, written into the engine's request
+    usage = _bounded(Usage(prompt_tokens=5, completion_tokens=10**7), call)
+    assert usage.completion_tokens == 64
+
+
+def test_the_models_context_window_bounds_prompt_and_completion() -> None:
+    usage = _bounded(Usage(prompt_tokens=10, completion_tokens=900), _call(max_tokens=None), context_length=8)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (8, 8)
