@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from control_plane.api.deps import AdminDep, AppStateDep
+from control_plane.store.pools import usable_pool_ids
 
 __all__ = ["router"]
 
@@ -15,6 +16,19 @@ router = APIRouter(prefix="/api/fairness", tags=["fairness"])
 async def service(state: AppStateDep, admin: AdminDep) -> dict:
     """Jain's index, worst share and largest gap over backlogged tenants; per-tenant latency; queues now.
 
-    Other tenants appear under anonymous labels (``other-N``).
+    Other tenants appear under anonymous labels (``other-N``); runners only if the caller may use
+    their pool (another tenant's runners are not listed: issue 19).
     """
-    return state.admission.service_snapshot(admin.tenant_id)
+    snap = state.admission.service_snapshot(admin.tenant_id)
+    if admin.policy is not None:
+        pools = admin.policy.pools
+    else:
+        async with state.db.session() as session:
+            pools = await usable_pool_ids(session, admin.tenant_id)
+
+    def usable(queue: str) -> bool:
+        live = state.hub.lookup(queue.split("#", 1)[0])  # per-engine queues are "{runner_id}#{model}"
+        return live is not None and live.pool_id in pools
+
+    snap["runners"] = {k: v for k, v in snap["runners"].items() if usable(k)}
+    return snap

@@ -67,6 +67,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for r in runners.values():
             r.start()
         ids = {name: r.wait_connected(key) for name, r in runners.items()}
+        # Residency obeys the labels the owner sets, never the runner's --labels (issue 19).
+        admin = cp.cli("keys", "create", "labels-admin", "--admin").splitlines()[-1]
+        for name, runner_id in ids.items():
+            labels = json.loads(specs[name][specs[name].index("--labels") + 1])
+            set_labels = httpx.patch(f"{cp.url}/api/runners/{runner_id}", json={"labels": labels}, timeout=10,
+                                     headers={"Authorization": f"Bearer {admin}"})
+            assert set_labels.status_code == 200, set_labels.text
         yield Cluster(cp, key, runners, ids, tmp)
     finally:
         for r in runners.values():

@@ -321,3 +321,11 @@ def test_pools_end_to_end_through_the_sdk(world: World) -> None:
             assert world.chat("victim").headers["x-outpost-runner"] == world.honest.runner_id
         finally:
             victim.runners.update(world.honest.runner_id, pool="default")
+
+
+def test_the_fairness_view_lists_only_usable_runners(world: World) -> None:
+    """``GET /api/fairness/service`` showed every runner's id and live queue to any tenant's admin."""
+    for tenant, mine, other in (("victim", world.honest, world.rogue), ("attacker", world.rogue, world.honest)):
+        runners = world.get(tenant, "/api/fairness/service").json()["runners"]
+        ids = {k.split("#", 1)[0] for k in runners}
+        assert mine.runner_id in ids and other.runner_id not in ids, (tenant, ids)
