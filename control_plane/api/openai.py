@@ -97,7 +97,7 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
         forwarded = body.model_dump_json(exclude_unset=True)
     else:
         # One sequence, with an explicit token cap the engine is sent and usage is clamped to (caps.py).
-        capped = cap_request(body, limit=state.settings.max_tokens_limit)
+        capped = cap_request(body, limit=state.settings.max_tokens_limit, window=lambda: _window(state, body.model))
         max_tokens, cap = capped.requested, capped.max_tokens
         forwarded = json.dumps(capped.body, ensure_ascii=False, separators=(",", ":"))
     if vendor := body.vendor_fields():
@@ -114,6 +114,12 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
     if rate is not None:
         response.headers.update(_rate_headers(rate))
     return response
+
+
+def _window(state: AppState, model: str) -> int | None:
+    """The largest context window a connected runner declares for ``model`` (``None``: one declares none)."""
+    windows = [m.context_length for r in state.hub.runners_for(model) if (m := r.serves(model)) is not None]
+    return max(windows) if windows and None not in windows else None  # type: ignore[type-var]
 
 
 def _routing_policy(request: Request, policy: KeyPolicy) -> RoutingPolicy:

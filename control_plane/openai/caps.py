@@ -17,6 +17,7 @@ list at once: which engine serves it is only known after routing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,8 +52,15 @@ class Capped:
     body: dict[str, Any]
 
 
-def cap_request(request: ChatCompletionRequest | CompletionRequest, *, limit: int) -> Capped:
-    """Check the sequence count and token caps of ``request``; 400 for anything beyond one capped sequence."""
+def cap_request(request: ChatCompletionRequest | CompletionRequest, *, limit: int,
+                window: Callable[[], int | None] = lambda: None) -> Capped:
+    """Check the sequence count and token caps of ``request``; 400 for anything beyond one capped sequence.
+
+    ``window()`` is the largest context window the runners serving the model declare. A request
+    without a cap of its own, for a model whose window is no larger than ``limit``, is sent no cap:
+    the window stops the engine first (and usage is clamped to it), while a cap that does not fit
+    beside the prompt makes an engine that checks it (vLLM) refuse the request.
+    """
     _one_sequence(request)
     extra = request.model_extra or {}
     caps: list[tuple[str, int]] = [(name, value) for name in ("max_tokens", "max_completion_tokens")
@@ -73,12 +81,18 @@ def cap_request(request: ChatCompletionRequest | CompletionRequest, *, limit: in
                            code="max_tokens_too_large", param=name)
     requested = min((v for _, v in caps), default=None)
     effective = requested if requested is not None else limit
+    widest = window() if requested is None else None  # read only when needed: it scans the runners
+    uncapped = widest is not None and widest <= limit
+    if uncapped:
+        effective = widest  # type: ignore[assignment]
     for fields in VENDOR_FIELDS.values():
         for name, decision in fields.items():
             if decision == "bounded" and name in extra and _integer(name, extra[name]) > effective:
                 raise ApiError(400, f"{name} {extra[name]} exceeds the request's token cap of {effective}.",
                                code="invalid_request", param=name)
     body = request.model_dump(mode="json", exclude_unset=True)
+    if uncapped:
+        return Capped(max_tokens=effective, requested=None, body=body)
     body["max_tokens"] = effective
     if "max_completion_tokens" in body:
         body["max_completion_tokens"] = effective

@@ -352,6 +352,29 @@ def test_lone_surrogates_are_400_not_500(world: World, path: str, body: str) -> 
     assert "Traceback" not in response.text and response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_invalid_utf8_body_is_400(world: World) -> None:
+    body = b'{"model":"m","messages":[{"role":"user","content":"\xff\xfe"}]}'
+    response = httpx.post(_chat_url(world), content=body, timeout=10,
+                          headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+
+
 def test_a_log_of_the_world(world: World) -> None:
     """No request of this module made the control plane fail on its own (its own 500s log a traceback)."""
     assert "Traceback" not in world.cp.log(), world.cp.log()[-3000:]
+
+
+def test_a_model_whose_window_is_within_the_limit_gets_no_cap_but_usage_is_clamped_to_the_window(
+        world: World) -> None:
+    """vLLM refuses a cap that does not fit beside the prompt: a window smaller than the limit caps instead."""
+    ws = world.rogue.connect(models=[{"name": world.rogue.model, "engine": "fake", "context_length": 32}])
+    try:
+        response, request = exchange(ws, _chat_url(world), world.key, world.chat(),
+                                     _answer(Usage(prompt_tokens=3, completion_tokens=10**6)))
+        assert response.status_code == 200, response.text
+        assert "max_tokens" not in json.loads(request.body)
+        rid = response.headers["x-request-id"]
+        wait_until(lambda: any(r["id"] == rid for r in world.records()), 15, "the request record")
+        assert next(r for r in world.records() if r["id"] == rid)["completion_tokens"] == 32
+    finally:
+        ws.close()
