@@ -239,7 +239,8 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="outpost-gpu-"))
     # start() runs its own event loop (tests.utils.run_db): not on this one.
     cp = await asyncio.to_thread(ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
-                                                     extra_env={"OUTPOST_LOG_LEVEL": "warning"}).start)
+                                                     extra_env={"OUTPOST_LOG_LEVEL": "warning",
+                                                                **dict(args.cp_env)}).start)
     runner = server = None
     try:
         key = cp.api_key("default", "gpu-bench")
@@ -336,7 +337,8 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             engine = (f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the planner and "
                       f"started by `runner local-runner --model {model_file}` as `{_argv_text(engine_argv)}`")
             command = (f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams {streams_arg} "
-                       f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}")
+                       f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
+                       + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env))
         else:
             title = f"{args.engine}, planned and started by the runner"
             engine = (f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started by "
@@ -352,6 +354,7 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             "max_tokens": args.max_tokens, "rounds": args.rounds, "rounds_single": args.rounds_single, "warmup": args.warmup,
             "command": command,
             "engine_log_tail": log_text[-3000:], "engine_argv": engine_argv,
+            "cp_env": dict(args.cp_env),
         }
         return meta, rows
     finally:
@@ -475,6 +478,8 @@ def main() -> None:
     parser.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16],
                         help="concurrencies, comma-separated (default 1,16)")
     parser.add_argument("--record", type=Path, help="vllm: save the engine's real output here (fixtures)")
+    parser.add_argument("--cp-env", action="append", default=[], type=lambda v: tuple(v.split("=", 1)),
+                        metavar="NAME=VALUE", help="a control plane setting for this run (repeatable)")
     parser.add_argument("--llama-server", help="llama.cpp server binary: start it and attach the runner")
     parser.add_argument("--parallel", type=int, default=16, help="llama-server slots (with --llama-server)")
     parser.add_argument("--ctx-per-slot", type=int, default=4096)

@@ -5,6 +5,7 @@
 # (bench/bench_gpu.py --engine vllm), recording the engine's real output into $OUT.
 #
 #   bash scripts/gpu/vllm_serve.sh [STREAMS] [ROUNDS]      (default 1,16,64,256 and 8)
+#   TAG=-nowait NO_RECORD=1 BENCH_EXTRA="--cp-env OUTPOST_RECORDS_COMMIT_WAIT_S=0.001" bash scripts/gpu/vllm_serve.sh
 #
 # Runs from the tree it is in: the call may `cd` to a carried snapshot of the repository first.
 set -uo pipefail
@@ -23,13 +24,18 @@ fi
 ls -la "$HF"
 echo "### \$ runner plan --model $HF"
 COLUMNS=130 python3 -m runner.cli plan --model "$HF"; echo "(exit $?)"
-python3 -m runner.cli plan --model "$HF" --json > "$OUT/plan.json"
-echo "### bench"
+# TAG names this run's files; BENCH_EXTRA adds bench options (--cp-env ...); NO_RECORD=1: no fixtures.
+TAG=${TAG:-}
+[ -n "$TAG" ] || python3 -m runner.cli plan --model "$HF" --json > "$OUT/plan.json"
+REC=(--record "$OUT"); [ -z "${NO_RECORD:-}" ] || REC=()
+echo "### bench $TAG ${BENCH_EXTRA:-}"
+rm -rf /tmp/outpost-gpu-*
+# shellcheck disable=SC2086
 python3 bench/bench_gpu.py --engine vllm --model "$HF" --streams "$STREAMS" --rounds "$ROUNDS" --rounds-single 32 \
-  --max-tokens 128 --ready-timeout 300 --json "$OUT/bench-vllm.json" --record "$OUT" --keep --no-write
+  --max-tokens 128 --ready-timeout 300 --json "$OUT/bench-vllm$TAG.json" "${REC[@]}" ${BENCH_EXTRA:-} --keep --no-write
 rc=$?
 echo "### bench exit $rc"
 st=$(ls -d /tmp/outpost-gpu-* 2>/dev/null | tail -1)
-[ -n "$st" ] && { tail -c 20000 "$st/runner/logs/engine.log" > "$OUT/engine.log"; tail -c 3000 "$st/runner/runner.log"; }
+[ -n "$st" ] && { tail -c 20000 "$st/runner/logs/engine.log" > "$OUT/engine$TAG.log"; tail -c 3000 "$st/runner/runner.log"; }
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 exit $rc
