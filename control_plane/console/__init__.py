@@ -29,6 +29,7 @@ from control_plane.console.pages import (
     keys,
     models,
     overview,
+    pools,
     runners,
     usage,
 )
@@ -46,7 +47,7 @@ def _wants_html(request: Request) -> bool:
 
 def install_console(app: FastAPI, settings: Settings, console: ConsoleSettings | None = None) -> None:
     app.state.console = ConsoleState(settings=settings, console=console or ConsoleSettings())
-    for module in (auth, overview, runners, models, keys, usage, audit, fairness, settings_pages):
+    for module in (auth, overview, runners, pools, models, keys, usage, audit, fairness, settings_pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

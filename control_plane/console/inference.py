@@ -21,6 +21,7 @@ from control_plane.console.deps import ConsoleUser
 from control_plane.db.models import ApiKey, Tenant, utcnow
 from control_plane.store.keys import create_api_key
 from control_plane.store.policies import KeyPolicy, get_key_policy
+from control_plane.store.pools import usable_pool_ids
 
 __all__ = ["CONSOLE_KEY_PREFIX", "console_caller", "tenant_policy"]
 
@@ -34,7 +35,7 @@ async def tenant_policy(session: AsyncSession, tenant_id: str) -> KeyPolicy:
         return KeyPolicy()
     return KeyPolicy(routing_policy=tenant.routing_policy or "balanced",
                      residency={k: list(v) for k, v in (tenant.residency or {}).items()},
-                     tenant_weight=tenant.weight)
+                     tenant_weight=tenant.weight, pools=await usable_pool_ids(session, tenant_id))
 
 
 async def console_caller(session: AsyncSession, user: ConsoleUser) -> tuple[Caller, KeyPolicy]:

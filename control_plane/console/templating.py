@@ -22,7 +22,7 @@ STATIC_DIR = WEB_DIR / "static"
 
 #: (path, label) of the main navigation, in order.
 NAV: tuple[tuple[str, str], ...] = (
-    ("/", "Overview"), ("/runners", "Runners"), ("/models", "Models"), ("/playground", "Playground"),
+    ("/", "Overview"), ("/runners", "Runners"), ("/pools", "Pools"), ("/models", "Models"), ("/playground", "Playground"),
     ("/keys", "API keys"), ("/usage", "Usage"), ("/audit", "Audit"), ("/fairness", "Fairness"),
     ("/settings", "Settings"),
 )
@@ -32,6 +32,10 @@ NOTICES: dict[str, str] = {
     "key_revoked": "The API key was revoked. Requests with it are refused from now on.",
     "key_limits": "The key's limits were saved.",
     "runner_revoked": "The runner was revoked and disconnected; it cannot reconnect.",
+    "pool_created": "The pool was created.",
+    "pool_granted": "The pool was granted; the grantee's requests may use it from now on.",
+    "grant_revoked": "The grant was revoked; requests stop using the pool at once.",
+    "sharing_saved": "Shared-pool setting saved.",
     "budget_set": "The budget was saved.",
     "budget_deleted": "The budget was deleted.",
     "tenant_saved": "Tenant settings saved.",

@@ -18,7 +18,7 @@ from tests.console.conftest import Accounts, Session, in_database
 from tests.utils import RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
-PAGES = ("/", "/runners", "/models", "/playground", "/keys", "/usage", "/audit", "/fairness", "/settings")
+PAGES = ("/", "/runners", "/pools", "/models", "/playground", "/keys", "/usage", "/audit", "/fairness", "/settings")
 
 
 def _expect_ok(session: Session, path: str) -> None:

@@ -33,7 +33,7 @@ class RunnerView:
     status: str  # connected | draining | offline | revoked
     created_at: datetime
     last_seen_at: datetime | None
-    labels: dict[str, str]
+    labels: dict[str, str]  # owner-set: what residency obeys
     capacity: int
     hardware: dict[str, Any]
     cost: dict[str, Any]
@@ -48,6 +48,8 @@ class RunnerView:
     queued: int = 0
     completed: int = 0
     links: int = 0
+    pool_id: str = ""
+    reported_labels: dict[str, str] = field(default_factory=dict)  # the runner's claim, never trusted
 
     @property
     def engines(self) -> list[str]:
@@ -82,7 +84,8 @@ async def runner_views(state: AppState, session: Any, tenant_id: str) -> list[Ru
                           last_seen_at=row.last_seen_at, labels=dict(row.labels or {}), capacity=row.capacity,
                           hardware=dict(row.hardware or {}), cost=dict(row.cost or {}),
                           usd_per_hour=hourly_rate(row.cost) if row.cost else None,
-                          models=stored.get(row.id, []))
+                          models=stored.get(row.id, []), pool_id=row.pool_id,
+                          reported_labels=dict(row.reported_labels or {}))
         if live is not None and not row.revoked_at:
             with_live_state(view, live)
         views.append(view)
@@ -90,7 +93,8 @@ async def runner_views(state: AppState, session: Any, tenant_id: str) -> list[Ru
 
 
 def with_live_state(view: RunnerView, live: ConnectedRunner) -> None:
-    """Overlay what the connected runner says now (its hello, its freshest status report) on the stored view."""
+    """Overlay what the connected runner says now (its hello, its freshest status report) on the stored view;
+    labels and cost are the owner's, as the hub holds them."""
     view.status = "draining" if live.draining else "connected"
     view.labels, view.capacity = dict(live.labels), live.capacity
     view.hardware, view.cost = dict(live.hardware), dict(live.cost)
