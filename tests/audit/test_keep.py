@@ -105,6 +105,7 @@ def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(tmp
         wait_until(lambda: _alarm(cp) == 1.0, 60, "outpost_audit_chain_alarm 1")
         page = _console_audit_page(cp, "k@example.com")
         assert 'id="audit-alarm"' in page and "newest events were removed" in page
+        assert re.search(r'<td class="num">\d+<span [^>]*> #\d+</span>', page)  # the tenant's own number too
     finally:
         cp.stop()
     assert "audit checkpoint REFUSED" in cp.log()
