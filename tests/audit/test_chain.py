@@ -9,17 +9,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from control_plane.audit import record_admin, record_fairness_probe, record_login
-from control_plane.audit.chain import Head, read_head
+from control_plane.audit.chain import Head, event_object, read_head
 from control_plane.audit.checkpoints import checkpoint_if_due, is_due
 from control_plane.audit.keys import AuditSigner
 from control_plane.audit.prune import prune_before
 from control_plane.audit.rotation import rotate_key
 from control_plane.db.engine import Database
-from control_plane.db.models import AuditCheckpoint, AuditEvent
-from sdk.audit import verify_export
+from control_plane.db.models import AuditCheckpoint, AuditEvent, AuditHead, AuditTenantHead
+from sdk.audit import chain_hash, event_digest, verify_export
 from tests.audit.conftest import BACKENDS, add_admin_events, checkpoint, export_lines, kinds
 
 
@@ -175,3 +175,23 @@ async def test_tenant_export_redacts_other_tenants_and_still_verifies(db: Databa
     rec["digest"] = "0" * 64
     bad = verify_export([*lines[:i], json.dumps(rec), *lines[i + 1:]], pin)
     assert not bad.ok and bad.index == i
+
+
+@BACKENDS
+async def test_events_from_before_tenant_seq_still_verify_and_numbering_starts_at_one(db: Database,
+                                                                                     signer: AuditSigner) -> None:
+    await add_admin_events(db, 3)
+    async with db.session() as session:  # what rows written before migration 0005 look like: version 1
+        prev = "0" * 64
+        for row in (await session.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars():
+            row.tenant_seq = None
+            row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
+        await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
+        await session.execute(delete(AuditTenantHead))
+        await session.commit()
+    await add_admin_events(db, 4)
+    await checkpoint(db, signer)
+    lines = await export_lines(db)
+    assert verify_export(lines, [signer.current().public_key]).ok
+    events = [json.loads(line)["event"] for line in lines if json.loads(line)["kind"] == "event"]
+    assert [(e["v"], e.get("tenant_seq")) for e in events] == [(1, None)] * 3 + [(2, 1), (2, 1), (2, 2), (2, 2)]
