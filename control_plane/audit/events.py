@@ -71,9 +71,20 @@ def _decimal(value: float) -> str:
     return format(Decimal(repr(value)), "f")
 
 
+def _text(value: str) -> str:
+    """``value`` with lone surrogates (valid in JSON input, not in UTF-8) replaced by ``?``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
 def _clean(value: Any, path: str = "details") -> Any:
     """Make ``value`` canonical-JSON safe: floats → decimal strings, datetimes → ISO strings."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
         return value
     if isinstance(value, float):
         return _decimal(value)
@@ -82,7 +93,9 @@ def _clean(value: Any, path: str = "details") -> Any:
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
-            key = str(k)
+            # Canonical JSON allows ASCII keys only, and details may hold keys a client chose
+            # (runner labels): escape them rather than fail the action being audited.
+            key = _text(str(k)).encode("ascii", "backslashreplace").decode("ascii")
             if key.lower() in _FORBIDDEN_KEYS:
                 raise ValueError(f"{path}.{key}: audit events never carry content or secrets")
             out[key] = _clean(v, f"{path}.{key}")

@@ -195,3 +195,15 @@ async def test_events_from_before_tenant_seq_still_verify_and_numbering_starts_a
     assert verify_export(lines, [signer.current().public_key]).ok
     events = [json.loads(line)["event"] for line in lines if json.loads(line)["kind"] == "event"]
     assert [(e["v"], e.get("tenant_seq")) for e in events] == [(1, None)] * 3 + [(2, 1), (2, 1), (2, 2), (2, 2)]
+
+
+@BACKENDS
+async def test_details_a_client_chose_never_fail_the_audited_action(db: Database, signer: AuditSigner) -> None:
+    # A JSON body may carry non-ASCII keys and lone surrogates (runner labels did: a 500 found by schemathesis).
+    async with db.session() as session:
+        row = await record_admin(session, actor="operator:test", action="enrollment_token.create",
+                                 tenant_id="ten_a", details={"labels": {"\u0082\u00fc": "\ud800x", "ok": "\u00e9"}})
+        await session.commit()
+    assert row.data["details"]["labels"] == {"\\x82\\xfc": "?x", "ok": "\u00e9"}
+    await checkpoint(db, signer)
+    assert verify_export(await export_lines(db), [signer.current().public_key]).ok
