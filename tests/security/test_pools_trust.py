@@ -329,3 +329,33 @@ def test_the_fairness_view_lists_only_usable_runners(world: World) -> None:
         runners = world.get(tenant, "/api/fairness/service").json()["runners"]
         ids = {k.split("#", 1)[0] for k in runners}
         assert mine.runner_id in ids and other.runner_id not in ids, (tenant, ids)
+
+
+def test_pools_through_the_cli(world: World) -> None:
+    """``control-plane pools ...`` and ``runners enroll --pool/--labels``, ``runners set``: the operator's shell."""
+    cli = world.cp.cli
+    name = f"cli-{secrets.token_hex(2)}"
+    made = json.loads(cli("pools", "create", name, "--tenant", "victim"))
+    token = cli("runners", "enroll", f"box-{name}", "--tenant", "victim", "--pool", name,
+                "--labels", json.dumps({"site": "cli"})).splitlines()[-1]
+    key = IdentityKey(RunnerKeys.generate().identity)
+    registered = httpx.post(f"{world.cp.url}/api/runners/register", json={"identity_public_key": key.public_b64},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert registered.status_code == 201, registered.text
+    row = world.runner_row("victim", registered.json()["runner_id"])
+    assert (row["pool_id"], row["labels"]) == (made["id"], {"site": "cli"})
+    grant = json.loads(cli("pools", "grant", name, "--to", "bystander", "--tenant", "victim"))
+    assert grant["grantee_tenant_id"] != "*" and grant["pool_id"] == made["id"]
+    listed = json.loads(cli("pools", "list", "--tenant", "bystander"))
+    assert [g["id"] for g in listed["grants"]] == [grant["id"]]
+    assert json.loads(cli("pools", "revoke", grant["id"], "--tenant", "bystander"))["revoked_at"]
+    with pytest.raises(RuntimeError, match="platform operator"):
+        cli("pools", "grant", name, "--to", "*", "--tenant", "victim")
+    with pytest.raises(RuntimeError, match="usd_per_hour"):
+        cli("runners", "set", world.rogue.runner_id, "--usd-per-hour", "5000")
+    changed = json.loads(cli("runners", "set", world.rogue.runner_id, "--labels", json.dumps({"site": "b-lab"})))
+    try:
+        assert changed["labels"] == {"site": "b-lab"}
+        assert world.runner_row("attacker", world.rogue.runner_id)["labels"] == {"site": "b-lab"}
+    finally:
+        cli("runners", "set", world.rogue.runner_id, "--labels", "{}")
