@@ -80,17 +80,20 @@ def _chat_url(world: World) -> str:
 @pytest.mark.parametrize("field", ["running", "waiting", "completed"])
 def test_huge_counter_closes_the_connection_and_routing_and_metrics_survive(world: World, field: str) -> None:
     bad = world.rogue.connect(connection_index=1)
-    send(bad, f'{{"type":"status.v1","{field}":1{"0" * 400}}}')
-    code, reason = closed_with(bad)
-    assert code == CloseCode.PROTOCOL_ERROR and field in reason, (code, reason)
-    ws = world.rogue.connect()
+    ws = None
     try:
+        send(bad, f'{{"type":"status.v1","{field}":1{"0" * 400}}}')
+        code, reason = closed_with(bad)
+        assert code == CloseCode.PROTOCOL_ERROR and field in reason, (code, reason)
+        ws = world.rogue.connect()
         response, _ = exchange(ws, _chat_url(world), world.key, world.chat(max_tokens=4), _answer(Usage()))
         assert response.status_code == 200, response.text
         metrics = httpx.get(f"{world.cp.url}/metrics", timeout=10)
         assert metrics.status_code == 200, metrics.text[:300]
     finally:
-        ws.close()
+        bad.close()
+        if ws is not None:
+            ws.close()
 
 
 @pytest.mark.parametrize("frame", [
@@ -103,9 +106,12 @@ def test_huge_counter_closes_the_connection_and_routing_and_metrics_survive(worl
 ], ids=["nan", "float-inf", "string", "bool", "negative", "infinity"])
 def test_non_finite_or_coerced_number_is_a_protocol_error(world: World, frame: str) -> None:
     ws = world.rogue.connect()
-    send(ws, frame)
-    code, reason = closed_with(ws)
-    assert code == CloseCode.PROTOCOL_ERROR and reason, (code, reason)
+    try:
+        send(ws, frame)
+        code, reason = closed_with(ws)
+        assert code == CloseCode.PROTOCOL_ERROR and reason, (code, reason)
+    finally:
+        ws.close()
 
 
 @pytest.mark.parametrize("fields", [
@@ -119,9 +125,12 @@ def test_non_finite_or_coerced_number_is_a_protocol_error(world: World, frame: s
 def test_hello_with_unbounded_numbers_is_refused(world: World, fields: dict) -> None:
     # json.dumps writes Infinity/NaN literals, as a rogue's JSON encoder would.
     ws, reply = world.rogue.dial(connection_index=5, **fields)
-    assert reply == ""
-    code, _ = closed_with(ws)
-    assert code == CloseCode.PROTOCOL_ERROR
+    try:
+        assert reply == ""
+        code, _ = closed_with(ws)
+        assert code == CloseCode.PROTOCOL_ERROR
+    finally:
+        ws.close()
 
 
 # --- usage is always clamped ----------------------------------------------------------------------------
