@@ -64,35 +64,90 @@ def test_vllm_health_and_url() -> None:
     assert engine.base_url(8123) == "http://127.0.0.1:8123"
 
 
-def test_vllm_metrics_v0_engine_names() -> None:
-    load = _vllm().parse_metrics((DATA / "vllm_metrics_v0.txt").read_text())
-    assert (load.running, load.waiting) == (7, 2)
-    assert load.kv_cache_usage == pytest.approx(0.4137)  # vllm:gpu_cache_usage_perc
-    assert load.prefix_cache_hits is None and load.prefix_cache_queries is None
-    assert load.prefix_cache_hit_rate == pytest.approx(0.5625)  # the V0 gauge
+# Recorded from vLLM 0.24.0 on an H100 (bench/bench_gpu.py --engine vllm --record, docs/gpu.md):
+# idle after start-up, one second into 256 concurrent streams, and after the benchmark.
+IDLE, BUSY, AFTER = (DATA / f"vllm_0.24_metrics_{tag}.txt" for tag in ("idle", "busy", "after"))
+
+
+def test_vllm_0_24_metrics_under_load() -> None:
+    load = _vllm().parse_metrics(BUSY.read_text())
+    assert isinstance(load, VllmLoad) and isinstance(load, EngineLoad)
+    assert (load.running, load.waiting) == (256, 0)
+    assert load.kv_cache_usage == pytest.approx(0.0077802469255867646)
+    assert (load.prefix_cache_hits, load.prefix_cache_queries) == (51296, 60952)
+    assert load.prefix_cache_hit_rate == pytest.approx(51296 / 60952)
+
+
+def test_vllm_0_24_counters_served_and_tokens() -> None:
+    """Issue 25 bug b: the served count and the token counters of vLLM 0.24 are read."""
+    after = _vllm().parse_metrics(AFTER.read_text())
+    assert (after.running, after.waiting, after.kv_cache_usage) == (0, 0, 0.0)
+    # request_success_total{finished_reason="length"} 5444 (every request ran to max_tokens).
+    assert after.requests_finished == 5444
+    assert (after.prompt_tokens, after.generation_tokens) == (206872, 696832)
+    assert after.generation_tokens == 5444 * 128
+    idle = _vllm().parse_metrics(IDLE.read_text())
+    assert (idle.requests_finished, idle.prompt_tokens, idle.generation_tokens) == (0, 0, 0)
+    assert idle.prefix_cache_hit_rate is None  # no queries yet
+
+
+def test_vllm_aborted_and_failed_requests_are_not_served() -> None:
+    """vLLM counts aborted and failed requests under request_success_total too."""
+    text = AFTER.read_text()
+    for reason, n in (("abort", 7), ("error", 3), ("stop", 11)):
+        line = f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="SmolLM2-135M-Instruct"}}'
+        assert f"{line} 0.0" in text
+        text = text.replace(f"{line} 0.0", f"{line} {n}.0")
+    assert _vllm().parse_metrics(text).requests_finished == 5444 + 11
+
+
+def _second_engine(text: str) -> str:
+    """The recorded samples again as data-parallel engine "1", with twice the counts (vLLM labels
+    each engine core of a --data-parallel-size server apart)."""
+    extra = []
+    for line in text.splitlines():
+        if line.startswith("vllm:") and 'engine="0"' in line:
+            name, value = line.rsplit(" ", 1)
+            extra.append(f'{name.replace(chr(34) + "0" + chr(34), chr(34) + "1" + chr(34))} {float(value) * 2}')
+    return text + "\n".join(extra) + "\n"
+
+
+def test_vllm_metrics_sum_over_engines_and_take_the_fullest_kv_cache() -> None:
+    load = _vllm().parse_metrics(_second_engine(BUSY.read_text()))
+    assert (load.running, load.waiting) == (256 * 3, 0)
+    assert load.kv_cache_usage == pytest.approx(2 * 0.0077802469255867646)
+    assert load.requests_finished == 1348 * 3
+    assert (load.prompt_tokens, load.generation_tokens) == (60952 * 3, 194852 * 3)
+
+
+def _legacy(text: str, *, v0: bool) -> str:
+    """The recorded text under the names of earlier vLLM generations: up to 0.9 the KV and prefix
+    metrics said "gpu_"; the V0 engine exported a hit-rate gauge instead of counters."""
+    text = text.replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    text = text.replace("vllm:prefix_cache_", "vllm:gpu_prefix_cache_")
+    if v0:
+        text = "\n".join(line for line in text.splitlines() if "gpu_prefix_cache_" not in line)
+        text += '\nvllm:gpu_prefix_cache_hit_rate{model_name="SmolLM2-135M-Instruct"} 0.5625\n'
+    return text
 
 
 def test_vllm_metrics_early_v1_names() -> None:
-    load = _vllm().parse_metrics((DATA / "vllm_metrics_v1_early.txt").read_text())
-    assert (load.running, load.waiting) == (4, 0)
-    assert load.kv_cache_usage == pytest.approx(0.0921)
-    assert (load.prefix_cache_hits, load.prefix_cache_queries) == (13120, 52480)
-    assert load.prefix_cache_hit_rate == pytest.approx(0.25)
+    load = _vllm().parse_metrics(_legacy(BUSY.read_text(), v0=False))
+    assert (load.running, load.kv_cache_usage) == (256, pytest.approx(0.0077802469255867646))
+    assert (load.prefix_cache_hits, load.prefix_cache_queries) == (51296, 60952)
 
 
-def test_vllm_metrics_current_names_sum_over_label_sets() -> None:
-    load = _vllm().parse_metrics((DATA / "vllm_metrics_v1.txt").read_text())
-    assert isinstance(load, VllmLoad) and isinstance(load, EngineLoad)
-    assert (load.running, load.waiting) == (12 + 9, 3 + 1)  # two data-parallel engines
-    assert load.kv_cache_usage == pytest.approx(0.6843)  # the fuller engine
-    assert load.prefix_cache_hits == pytest.approx(803712 + 396288)
-    assert load.prefix_cache_queries == pytest.approx(1.284e6 + 716000)
-    assert load.prefix_cache_hit_rate == pytest.approx(0.6)
+def test_vllm_metrics_v0_engine_names() -> None:
+    load = _vllm().parse_metrics(_legacy(BUSY.read_text(), v0=True))
+    assert load.kv_cache_usage == pytest.approx(0.0077802469255867646)
+    assert load.prefix_cache_hits is None and load.prefix_cache_queries is None
+    assert load.prefix_cache_hit_rate == pytest.approx(0.5625)  # the V0 gauge
 
 
 def test_vllm_empty_metrics_read_as_idle() -> None:
     load = _vllm().parse_metrics("")
     assert (load.running, load.waiting, load.kv_cache_usage) == (0, 0, None)
+    assert (load.requests_finished, load.prompt_tokens, load.generation_tokens) == (None, None, None)
 
 
 def test_llama_cpp_python_argv_capacity_and_health() -> None:
@@ -119,8 +174,7 @@ def test_attached_engine() -> None:
     assert engine.headers() == {"Authorization": "Bearer sk-local"}
     assert "sk-local" not in repr(engine)
     assert AttachedEngine(url="http://x").headers() == {}
-    vllm_text = (DATA / "vllm_metrics_v1.txt").read_text()
-    assert engine.parse_metrics(vllm_text).running == 21
+    assert engine.parse_metrics(BUSY.read_text()).running == 256  # an attached vLLM's metrics are read
     assert engine.parse_metrics("") == EngineLoad()
 
 
