@@ -15,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit import record_admin
-from control_plane.db.models import Pool, PoolGrant, Tenant
+from control_plane.db.models import Pool, PoolGrant, Runner, Tenant
 from control_plane.errors import ApiError
+from control_plane.store.changes import mark_key_changed
 from control_plane.store.pools import (
     create_pool,
     get_grant,
@@ -25,9 +26,18 @@ from control_plane.store.pools import (
     grant_pool,
     revoke_grant,
 )
+from control_plane.store.runners import update_runner
 from control_plane.store.tenants import get_tenant_by_name
 
-__all__ = ["EVERY_TENANT", "add_pool", "find_pool", "give_grant", "set_refuse_shared", "take_back_grant"]
+__all__ = [
+    "EVERY_TENANT",
+    "add_pool",
+    "find_pool",
+    "give_grant",
+    "set_refuse_shared",
+    "set_runner_settings",
+    "take_back_grant",
+]
 
 #: Grantee meaning every tenant, present and future.
 EVERY_TENANT = "*"
@@ -81,7 +91,7 @@ async def take_back_grant(session: AsyncSession, tenant: Tenant, grant_id: str, 
     """Revoke a grant: by the pool's owner, by the grantee it names, or by the platform operator."""
     grant = await get_grant(session, grant_id, tenant_id=None if tenant.platform_operator else tenant.id)
     if grant is None:
-        raise ApiError.not_found(f"No grant {grant_id!r} of or to this tenant.", code="grant_not_found")
+        raise ApiError.not_found(f"No grant {grant_id!r} in this tenant.", code="grant_not_found")
     pool = await get_pool(session, grant.pool_id)
     assert pool is not None  # a grant's pool is deleted with it
     await revoke_grant(session, grant, revoked_by=actor)
@@ -99,3 +109,24 @@ async def set_refuse_shared(session: AsyncSession, tenant: Tenant, refuse: bool,
     await session.flush()
     await record_admin(session, actor=actor, action="pool.refuse_shared", tenant_id=tenant.id, target=tenant.id,
                        details={"refuse_shared_pools": refuse})
+
+
+async def set_runner_settings(session: AsyncSession, runner: Runner, *, actor: str,
+                              labels: dict[str, str] | None = None, usd_per_hour: float | None = None,
+                              pool: str | None = None) -> dict[str, object]:
+    """The owner's decisions about a runner: residency labels, price (0-1000 $/h), pool (id or name).
+
+    Audited as ``runner.update``; on commit every replica re-reads the runner's row
+    (``services.owner_settings``). Returns the changes as audited.
+    """
+    pool_id = (await find_pool(session, runner.tenant_id, pool)).id if pool is not None else None
+    try:
+        await update_runner(session, runner, labels=labels, usd_per_hour=usd_per_hour, pool_id=pool_id)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_request", param="usd_per_hour") from None
+    changes = {k: v for k, v in (("labels", labels), ("usd_per_hour", usd_per_hour), ("pool_id", pool_id))
+               if v is not None}
+    await record_admin(session, actor=actor, action="runner.update", tenant_id=runner.tenant_id, target=runner.id,
+                       details={"name": runner.name, **changes})
+    mark_key_changed(session, tenant_ids=[runner.tenant_id])
+    return changes

@@ -26,11 +26,12 @@ from control_plane.pool_actions import (
     find_pool,
     give_grant,
     set_refuse_shared,
+    set_runner_settings,
     take_back_grant,
 )
 from control_plane.settings import Settings
 from control_plane.store.pools import default_pool, list_grants, list_pools
-from control_plane.store.runners import get_runner, update_runner
+from control_plane.store.runners import get_runner
 from control_plane.store.tenants import get_or_create_tenant
 
 __all__ = ["pools_app", "runners_set"]
@@ -172,14 +173,8 @@ def runners_set(runner_id: Annotated[str, typer.Argument(help="Runner id.")],
             runner = await get_runner(session, runner_id)
             if runner is None:
                 raise ApiError.not_found(f"No runner {runner_id!r}.")
-            pool_id = (await find_pool(session, runner.tenant_id, pool)).id if pool is not None else None
-            try:
-                await update_runner(session, runner, labels=parsed, usd_per_hour=usd_per_hour, pool_id=pool_id)
-            except ValueError as exc:
-                raise ApiError(400, str(exc)) from None
-            await record_admin(session, actor=operator_actor(), action="runner.update", tenant_id=runner.tenant_id,
-                               target=runner.id, details={"labels": parsed, "usd_per_hour": usd_per_hour,
-                                                          "pool_id": pool_id})
+            await set_runner_settings(session, runner, actor=operator_actor(), labels=parsed,
+                                      usd_per_hour=usd_per_hour, pool=pool)
             await session.commit()
             return {"id": runner.id, "pool_id": runner.pool_id, "labels": runner.labels, "cost": runner.cost}
     _print(_run(go))

@@ -15,10 +15,10 @@ from control_plane.audit import actor_for_key, record_admin, record_runner_event
 from control_plane.db.models import Pool, Runner
 from control_plane.errors import ApiError
 from control_plane.openai.load import runner_status
+from control_plane.pool_actions import set_runner_settings
 from control_plane.schemas import EngineSlotsOut, RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.services.cost import hourly_rate
 from control_plane.services.owner_settings import apply_owner_settings
-from control_plane.store.changes import mark_key_changed
 from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
 from control_plane.store.pools import default_pool, get_pool, get_pool_by_name
 from control_plane.store.runners import (
@@ -27,7 +27,6 @@ from control_plane.store.runners import (
     get_runner,
     list_runners,
     revoke_runner,
-    update_runner,
 )
 from sdk.protocol import CloseCode
 
@@ -159,13 +158,8 @@ async def update(runner_id: str, body: RunnerUpdateIn, state: AppStateDep, admin
     runner = await get_runner(session, runner_id, tenant_id=admin.tenant_id)
     if runner is None:
         raise ApiError.not_found(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
-    pool_id = (await _own_pool(session, admin.tenant_id, body.pool)).id if body.pool is not None else None
-    await update_runner(session, runner, labels=body.labels, usd_per_hour=body.usd_per_hour, pool_id=pool_id)
-    changes = body.model_dump(exclude_none=True)
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="runner.update",
-                       tenant_id=admin.tenant_id, target=runner_id, details={"name": runner.name, **changes})
-    # Every replica re-reads its live runners of this tenant (services/owner_settings.py).
-    mark_key_changed(session, tenant_ids=[admin.tenant_id])
+    await set_runner_settings(session, runner, actor=actor_for_key(admin.api_key_id), labels=body.labels,
+                              usd_per_hour=body.usd_per_hour, pool=body.pool)
     await session.commit()
     apply_owner_settings(state.hub, runner)
     return runner_out(runner)

@@ -32,6 +32,7 @@ NOTICES: dict[str, str] = {
     "key_revoked": "The API key was revoked. Requests with it are refused from now on.",
     "key_limits": "The key's limits were saved.",
     "runner_revoked": "The runner was revoked and disconnected; it cannot reconnect.",
+    "runner_saved": "The runner's labels, price and pool were saved; routing uses them from now on.",
     "pool_created": "The pool was created.",
     "pool_granted": "The pool was granted; the grantee's requests may use it from now on.",
     "grant_revoked": "The grant was revoked; requests stop using the pool at once.",

@@ -50,3 +50,35 @@ def test_create_grant_then_the_grantee_sees_and_revokes_it(admin: Session, accou
     assert page.goto("/audit?type=admin.pool").status == 200
     assert grant_id in page.locator("#audit-table").inner_text()
     assert not admin.errors, admin.errors
+
+
+def test_the_owner_sets_a_runners_labels_price_and_pool(admin: Session, stack: Stack) -> None:
+    page = admin.page
+    assert page.goto("/runners").status == 200
+    card = page.locator(f"[data-runner-id='{stack.runner_id}']")
+    card.locator("summary", has_text="Settings").click()
+    card.locator(f"#labels-{stack.runner_id}").fill("site=lab-9, region=eu")
+    card.locator(f"#price-{stack.runner_id}").fill("2.5")
+    with page.expect_navigation():
+        card.get_by_role("button", name="Save").click()
+    assert page.url.endswith("/runners?notice=runner_saved"), page.url
+    card = page.locator(f"[data-runner-id='{stack.runner_id}']")
+    text = card.inner_text()
+    assert "site=lab-9" in text and "region=eu" in text and "$2.50/h" in text, text
+    admin.shot("runner-settings")
+    # Out of bounds is refused with a message, and nothing changes.
+    card.locator("summary", has_text="Settings").click()
+    card.locator(f"#price-{stack.runner_id}").fill("1e9")
+    with page.expect_navigation():
+        card.get_by_role("button", name="Save").click()
+    assert "0 to 1000" in page.locator("[role=alert]").first.inner_text()
+    assert admin.errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    admin.errors.clear()  # the refusal's own status, as intended
+    card = page.locator(f"[data-runner-id='{stack.runner_id}']")
+    card.locator("summary", has_text="Settings").click()
+    card.locator(f"#labels-{stack.runner_id}").fill("")
+    card.locator(f"#price-{stack.runner_id}").fill("0.1")
+    with page.expect_navigation():
+        card.get_by_role("button", name="Save").click()
+    assert page.url.endswith("/runners?notice=runner_saved")
+    assert not admin.errors, admin.errors

@@ -14,10 +14,14 @@ from control_plane.audit import record_admin
 from control_plane.console.deps import AdminPostDep, UserDep, not_found, render
 from control_plane.console.queries import served_models
 from control_plane.db.models import Runner
+from control_plane.errors import ApiError
+from control_plane.pool_actions import find_pool, set_runner_settings
 from control_plane.services.cost import hourly_rate
+from control_plane.services.owner_settings import apply_owner_settings
 from control_plane.state import AppState
 from control_plane.store.keys import create_enrollment_token
-from control_plane.store.runners import get_runner, list_runners, revoke_runner
+from control_plane.store.pools import default_pool, list_pools
+from control_plane.store.runners import check_usd_per_hour, get_runner, list_runners, revoke_runner
 from control_plane.tunnel.hub import ConnectedRunner
 from sdk.protocol import CloseCode
 
@@ -111,10 +115,13 @@ def with_live_state(view: RunnerView, live: ConnectedRunner) -> None:
     view.in_flight, view.queued, view.links = live.in_flight, live.queued, len(live.links)
 
 
-async def _page(request: Request, state: AppState, user: Any, **extra: Any) -> Response:
+async def _page(request: Request, state: AppState, user: Any, *, status: int = 200, **extra: Any) -> Response:
     async with state.db.session() as session:
         views = await runner_views(state, session, user.tenant_id)
-    return render(request, "runners.html", user, active="/runners", runners=views,
+        await default_pool(session, user.tenant_id)
+        pools = await list_pools(session, user.tenant_id)
+        await session.commit()
+    return render(request, "runners.html", user, status=status, active="/runners", runners=views, pools=pools,
                   public_url=state.settings.public_url, ttl_s=state.settings.enrollment_token_ttl_s, **extra)
 
 
@@ -128,7 +135,8 @@ async def runners_live(request: Request, state: AppStateDep, user: UserDep) -> R
     """The runners table alone, polled by the page for live load."""
     async with state.db.session() as session:
         views = await runner_views(state, session, user.tenant_id)
-    return render(request, "partials/runners_table.html", user, active="/runners", runners=views)
+        pools = await list_pools(session, user.tenant_id)
+    return render(request, "partials/runners_table.html", user, active="/runners", runners=views, pools=pools)
 
 
 @router.post("/runners/enroll")
@@ -136,15 +144,65 @@ async def enroll(request: Request, state: AppStateDep, post: AdminPostDep) -> Re
     name = post.form.get("name", "").strip()
     if not name or len(name) > 200:
         return await _page(request, state, post.user, enroll_error="Give the runner a name (1 to 200 characters).")
+    try:
+        labels = _labels(post.form.get("labels", ""))
+    except ValueError as exc:
+        return await _page(request, state, post.user, status=400, enroll_error=str(exc))
     async with state.db.session() as session:
+        pool = post.form.get("pool", "").strip()
+        try:
+            pool_row = await find_pool(session, post.user.tenant_id, pool) if pool else \
+                await default_pool(session, post.user.tenant_id)
+        except ApiError as exc:
+            return await _page(request, state, post.user, status=exc.status, enroll_error=exc.message)
         row, token = await create_enrollment_token(session, post.user.tenant_id, name,
-                                                   state.settings.enrollment_token_ttl_s)
+                                                   state.settings.enrollment_token_ttl_s, pool_id=pool_row.id,
+                                                   labels=labels)
         await record_admin(session, actor=post.user.actor, action="enrollment_token.create",
                            tenant_id=post.user.tenant_id, target=row.id,
-                           details={"runner_name": name, "ttl_s": state.settings.enrollment_token_ttl_s})
+                           details={"runner_name": name, "ttl_s": state.settings.enrollment_token_ttl_s,
+                                    "pool_id": pool_row.id, "labels": labels})
         await session.commit()
     return render(request, "enroll_token.html", post.user, active="/runners", status=201, token=token,
                   runner_name=name, expires_at=row.expires_at, public_url=state.settings.public_url)
+
+
+def _labels(raw: str) -> dict[str, str]:
+    """Residency labels typed as ``key=value`` pairs, comma separated (``site=lab-1, region=eu``)."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or len(key.strip()) > 64 or len(value.strip()) > 256:
+            raise ValueError(f"Labels are key=value pairs separated by commas; {part[:40]!r} is not one.")
+        labels[key.strip()] = value.strip()
+    if len(labels) > 64:
+        raise ValueError("At most 64 labels.")
+    return labels
+
+
+@router.post("/runners/{runner_id}/settings")
+async def settings(runner_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+    """The owner's decisions: residency labels, price, pool (as ``PATCH /api/runners/{id}``)."""
+    form = post.form
+    try:
+        labels = _labels(form.get("labels", ""))
+        raw_price = form.get("usd_per_hour", "").strip().lstrip("$")
+        price = check_usd_per_hour(float(raw_price)) if raw_price else None
+    except ValueError as exc:
+        message = str(exc) if "label" in str(exc).lower() else "The price must be a number of dollars per hour, 0 to 1000."
+        return await _page(request, state, post.user, status=400, settings_error=message)
+    async with state.db.session() as session:
+        runner = await get_runner(session, runner_id, tenant_id=post.user.tenant_id)
+        if runner is None:
+            return not_found(request, post.user, f"No runner {runner_id!r} in your tenant.")
+        try:
+            await set_runner_settings(session, runner, actor=post.user.actor, labels=labels, usd_per_hour=price,
+                                      pool=form.get("pool", "").strip() or None)
+        except ApiError as exc:
+            return await _page(request, state, post.user, status=exc.status, settings_error=exc.message)
+        await session.commit()
+        apply_owner_settings(state.hub, runner)
+    return RedirectResponse("/runners?notice=runner_saved", status_code=303)
 
 
 @router.post("/runners/{runner_id}/revoke")
