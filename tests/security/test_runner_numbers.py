@@ -256,6 +256,21 @@ def test_bad_response_start_is_an_engine_error_and_recorded(world: World, status
         ws.close()
 
 
+def test_bad_response_start_on_a_streamed_request_is_an_engine_error(world: World) -> None:
+    def reply(req: RequestFrame) -> list[object]:
+        return [ResponseStartFrame(stream_id=req.stream_id, status=200, content_type="text/html"),
+                DataFrame(stream_id=req.stream_id, data="<html>log in again</html>"),
+                EndFrame(stream_id=req.stream_id)]
+
+    ws = world.rogue.connect()
+    try:
+        response, _ = exchange(ws, _chat_url(world), world.key, world.chat(max_tokens=2, stream=True), reply)
+        assert response.status_code == 502 and "<html>" not in response.text, response.text
+        assert response.json()["error"]["code"] == "engine_error"
+    finally:
+        ws.close()
+
+
 @pytest.mark.parametrize(("engine_status", "client_status"), [(400, 400), (404, 404), (422, 422), (500, 502),
                                                               (503, 502)])
 def test_engine_4xx_stays_4xx_and_5xx_is_502(world: World, engine_status: int, client_status: int) -> None:
