@@ -12,13 +12,21 @@ blocks and never fails, and one writer task commits whatever has queued up
 lock, in submission order. So the chain stays contiguous and in order, and
 the writer holds at most one connection.
 
+:meth:`submit` returns a future that resolves when the record is committed:
+the end of a response waits on it (durable before done, docs/audit.md), so
+a crash cannot lose an answered request. Many requests' rows share one
+transaction (group commit); that wait is the price, bounded by ``linger_s``
+plus one commit.
+
 A batch waits up to ``linger_s`` after its oldest record for more to join
-it. A transaction's fixed cost (session, head lock, five round trips through
-aiosqlite's thread, commit) is about ten times one record's, and it runs on
-the event loop that relays every stream: written as they came, at 50
-requests/s each record took its own transaction, 2.4 ms of the control
-plane's CPU and, worse, stalls in front of other requests' first tokens.
-:meth:`flush`, :meth:`stop` and a full batch cut the wait short.
+it, while records come less than ``linger_s`` apart (smoothed): sparser, a
+wait would save no transaction. A transaction's fixed cost (session, head
+lock, five round trips through aiosqlite's thread, commit) is about ten
+times one record's, and it runs on the event loop that relays every stream:
+written as they came, at 50 requests/s each record took its own
+transaction, 2.4 ms of the control plane's CPU and, worse, stalls in front
+of other requests' first tokens. :meth:`flush`, :meth:`stop` and a full
+batch cut the wait short.
 
 Nothing accepted is lost:
 
@@ -77,8 +85,10 @@ def _transient(exc: BaseException) -> bool:
 class RecordWriter:
     def __init__(self, db: Database, *, max_queue: int = 10_000, max_batch: int = 256, linger_s: float = 0.0,
                  retry_initial_s: float = 0.05, retry_max_s: float = 5.0, drain_s: float = 30.0,
-                 on_committed: Callable[[list[str]], None] | None = None, spill_path: Path | None = None) -> None:
+                 on_committed: Callable[[list[str]], None] | None = None, spill_path: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
+        self.clock = clock  # the linger's: when records came, and how far apart
         self.spill_path = spill_path
         self._replaying: set[str] = set()  # spilled ids not yet written again; the file goes when it empties
         self.max_queue, self.max_batch, self.linger_s = max_queue, max_batch, linger_s
@@ -94,6 +104,8 @@ class RecordWriter:
         self._closed = False
         self._waiters: dict[str, asyncio.Future[bool]] = {}  # record id -> what submit() returned
         self._failing_since: float | None = None  # the current batch's first transient failure
+        self._last_submit: float | None = None
+        self._gap = 0.0  # smoothed seconds between submitted records: 0 until measured (linger)
         # Counters: submitted == written + failed + spilled + queued (+ the batch in hand).
         self.submitted = self.written = self.failed = self.spilled = self.batches = self.retries = 0
         self.late = 0  # waits that timed out (responses that completed before their record committed)
@@ -141,10 +153,14 @@ class RecordWriter:
             done.set_result(False)
             return done
         self._waiters[record.id] = done
+        now = self.clock()
+        if self._last_submit is not None:  # the mean gap between records, smoothed (see _linger)
+            self._gap += _GAP_WEIGHT * ((now - self._last_submit) - self._gap)
+        self._last_submit = now
         self._queue.append(record)
-        self._since.append(time.monotonic())
+        self._since.append(now)
         self._wake.set()
-        if len(self._queue) >= self.max_batch:
+        if len(self._queue) >= self.max_batch or self._gap > self.linger_s:
             self._hurry.set()
         return done
 
@@ -275,9 +291,15 @@ class RecordWriter:
                 self._committed.notify_all()
 
     async def _linger(self) -> None:
-        """Give the batch until ``linger_s`` after its oldest record to fill up (see the module's doc)."""
+        """Give the batch until ``linger_s`` after its oldest record to fill up (see the module's doc).
+
+        Only while records come often enough for another to join: when they come more than
+        ``linger_s`` apart, waiting saves no transaction and only delays the answers waiting on it.
+        """
         while len(self._queue) < self.max_batch and not (self._closed or self._flushing):
-            left = self._since[0] + self.linger_s - time.monotonic()
+            if self._gap > self.linger_s:
+                return
+            left = self._since[0] + self.linger_s - self.clock()
             if left <= 0:
                 return
             self._hurry.clear()
@@ -367,6 +389,9 @@ class RecordWriter:
                 self.on_committed(ids)
             except Exception:  # the records are committed whatever a listener does
                 log.exception("on_committed hook failed")
+
+
+_GAP_WEIGHT = 0.2  # of the newest gap in the smoothed mean: a change of rate shows within a few records
 
 
 def _copy(record: RequestRecord) -> RequestRecord:

@@ -391,6 +391,29 @@ async def test_a_batch_lingers_for_more_records_until_full_flushed_or_stopped(fr
 
 
 @BACKENDS
+async def test_records_further_apart_than_the_linger_are_written_without_waiting(fresh_database_url: str) -> None:
+    """Lingering pays only when another record comes meanwhile; the answers wait on it otherwise."""
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        tenant = await _tenant(db)
+        now = [0.0]
+        # A linger far longer than the test: only the (injected) clock's spacing can skip it.
+        writer = RecordWriter(db, linger_s=600, clock=lambda: now[0])
+        await writer.start()
+        writer.submit(_record(tenant))
+        await asyncio.sleep(0.3)
+        assert writer.written == 0, "at first (spacing unknown) a record lingers"
+        for i in range(12):  # records an hour apart
+            now[0] += 3600
+            assert await writer.commit(_record(tenant), timeout=30), f"record {i} was not written"
+        assert writer.written == 13 and writer.late == 0
+        await writer.stop()
+    finally:
+        await db.dispose()
+
+
+@BACKENDS
 async def test_records_submitted_within_the_linger_share_one_transaction(fresh_database_url: str) -> None:
     upgrade_to_head(fresh_database_url)
     db = Database(fresh_database_url)
