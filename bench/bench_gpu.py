@@ -217,7 +217,8 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
     ]
     nan = float("nan")
     for meta, rows in runs:
-        lines += ["", f"### {meta['title']}", "",
+        settings = "".join(f", control plane with `{k}={v}`" for k, v in (meta.get("cp_env") or {}).items())
+        lines += ["", f"### {meta['title']}{settings}", "",
                   (f"Engine: {meta['engine']} ({meta['offload']}; GPU memory of the engine process: "
                    f"{meta['gpu_mem'] or 'n/a'}). Reproduce: `{meta['command']}`."), "",
                   ("| path | streams | requests ok | tokens | aggregate tok/s | ÷ direct | per-stream decode tok/s "
