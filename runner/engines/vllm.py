@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -113,6 +114,11 @@ class VllmEngine:
         finished: list[float] = []
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                # Counts and ratios are finite and never negative; anything else (an attached
+                # server may write +Inf, NaN or -1) is dropped here, or int(inf) would raise
+                # OverflowError and end the runner's metrics polling for good.
+                if not (math.isfinite(sample.value) and sample.value >= 0):
+                    continue
                 values[sample.name].append(sample.value)
                 if (sample.name == "vllm:request_success_total"
                         and sample.labels.get("finished_reason") not in _NOT_SERVED):
@@ -122,8 +128,8 @@ class VllmEngine:
         queries = _first(values, _PREFIX_QUERIES)
         if hits and queries:
             rate = sum(hits) / sum(queries) if sum(queries) else None
-        else:  # V0 writes -1 before the first query
-            gauge = [v for v in values.get("vllm:gpu_prefix_cache_hit_rate", []) if v >= 0]
+        else:  # V0 writes -1 before the first query (dropped above)
+            gauge = values.get("vllm:gpu_prefix_cache_hit_rate", [])
             rate = sum(gauge) / len(gauge) if gauge else None
         return VllmLoad(
             running=int(sum(values.get("vllm:num_requests_running", []))),

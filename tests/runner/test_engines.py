@@ -101,6 +101,22 @@ def test_vllm_aborted_and_failed_requests_are_not_served() -> None:
     assert _vllm().parse_metrics(text).requests_finished == 5444 + 11
 
 
+def test_vllm_metrics_from_a_hostile_server_stay_finite() -> None:
+    """An attached "vLLM" may write anything the exposition format allows: +Inf, NaN, negatives.
+    The load stays defined, and nothing raises (an OverflowError from int(inf) would end the
+    runner's metrics polling for good)."""
+    text = AFTER.read_text()
+    for name, value in (("vllm:num_requests_running", "+Inf"), ("vllm:num_requests_waiting", "-12.0"),
+                        ("vllm:kv_cache_usage_perc", "NaN"), ("vllm:generation_tokens_total", "+Inf"),
+                        ("vllm:prompt_tokens_total", "-1.0")):
+        line = f'{name}{{engine="0",model_name="SmolLM2-135M-Instruct"}}'
+        assert f"{line} 0.0" in text or line in text
+        text = "\n".join(f"{line} {value}" if ln.startswith(line + " ") else ln for ln in text.splitlines())
+    load = _vllm().parse_metrics(text)
+    assert (load.running, load.waiting, load.kv_cache_usage) == (0, 0, None)
+    assert (load.generation_tokens, load.prompt_tokens, load.requests_finished) == (None, None, 5444)
+
+
 def _second_engine(text: str) -> str:
     """The recorded samples again as data-parallel engine "1", with twice the counts (vLLM labels
     each engine core of a --data-parallel-size server apart)."""
