@@ -33,6 +33,7 @@ from control_plane.fairness.cli import fairness_app
 from control_plane.openai.routing import POLICIES
 from control_plane.pools_cli import pools_app, runners_set
 from control_plane.settings import Settings
+from control_plane.tls import token_with_pin, uvicorn_ssl_kwargs
 from sdk.logfmt import configure_logging
 from sdk.protocol import MAX_FRAME_BYTES
 
@@ -65,7 +66,7 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
         # The tunnel contract: bounded frames, no compression, explicit keepalive.
         ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
         ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s,
-        timeout_graceful_shutdown=30, server_header=False,
+        timeout_graceful_shutdown=30, server_header=False, **uvicorn_ssl_kwargs(settings),  # type: ignore[arg-type]
         # JSON logs: uvicorn's loggers propagate to our one handler (sdk/logfmt.py), so its access
         # lines carry the request id too; text keeps uvicorn's own format.
         **({"log_config": None} if settings.log_format == "json" else {}),
@@ -152,7 +153,7 @@ def runners_enroll(name: Annotated[str, typer.Argument(help="Runner name.")], te
         db, tenant, name, settings.enrollment_token_ttl_s, pool=pool, labels=parsed)))
     console.print(f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
                   "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:")
-    print(token)
+    print(token_with_pin(token, settings))
 
 
 @app.command()
@@ -176,7 +177,7 @@ def up(
     server = uvicorn.Server(_uvicorn_config(settings))
     env = {**os.environ}
     if token:
-        env["OUTPOST_ENROLLMENT_TOKEN"] = token
+        env["OUTPOST_ENROLLMENT_TOKEN"] = token_with_pin(token, settings)
     from runner.engine_process import parent_death_signal
 
     # uvicorn shuts down on SIGTERM, then raises the signal again under the handler that was in

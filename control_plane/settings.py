@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port of the API, console and tunnel.")
     public_url: str = Field(default="", description="URL clients and runners use; derived if empty.")
 
+    # TLS served by uvicorn itself (docs/deploy.md "TLS"); empty: plain HTTP, for a terminating proxy in front.
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate chain (leaf first) to serve "
+                                      "HTTPS/WSS with; its key's pin rides in enrollment tokens.")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of --tls-certfile (default: "
+                                     "in the certificate file).")
+    tls_client_ca: Path | None = Field(default=None, description="PEM CA bundle that signs client certificates "
+                                       "(mTLS); needs tls_certfile.")
+    tls_client_auth: Literal["none", "optional", "required"] = Field(
+        default="none", description="Client certificates: required refuses any TLS connection without one "
+        "signed by tls_client_ca (API clients included: one port); optional checks those presented.")
+
     # Request limits (OWASP API4: bound everything).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body (413 above).")
     max_tokens_limit: int = Field(default=8192, ge=1, description="Largest max_tokens accepted.")
@@ -140,9 +151,14 @@ class Settings(BaseSettings):
     def _derive(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.state_dir / 'outpost.db'}"
+        if self.tls_client_auth != "none" and (self.tls_client_ca is None or self.tls_certfile is None):
+            raise ValueError("tls_client_auth needs tls_certfile and tls_client_ca")
+        if (self.tls_keyfile or self.tls_client_ca) and self.tls_certfile is None:
+            raise ValueError("tls_keyfile and tls_client_ca need tls_certfile")
         if not self.public_url:
             host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-            self.public_url = f"http://{host}:{self.port}"
+            scheme = "https" if self.tls_certfile else "http"
+            self.public_url = f"{scheme}://{host}:{self.port}"
         return self
 
     @property

@@ -17,11 +17,12 @@ from runner.engine_client import AiohttpEngineClient
 from runner.engine_process import EngineRegistry
 from runner.engines.base import EngineAdapter
 from runner.fleet import EngineFleet
-from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity
+from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity, split_token
 from runner.relay import relay
 from runner.settings import RunnerSettings
 from runner.streams import OutboundStream
 from runner.supervisor import HealthCheck
+from runner.tls import ControlPlaneTransport, TrustFailure, pinned_context
 from runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
 from sdk.e2e import Kem
 from sdk.protocol import StatusFrame
@@ -60,6 +61,9 @@ class Agent:
                                                           self.settings.health_check_failures),
                                  registry=self.engine_registry)
         self.tunnel: TunnelClient | None = None
+        #: The control plane's own client: its CA, client certificate, pins and proxy (runner/tls.py).
+        self.cp_http: httpx.AsyncClient | None = None
+        self.transport: ControlPlaneTransport | None = None
         self.e2e: RunnerE2E | None = None
         self._e2e_publish: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -75,7 +79,7 @@ class Agent:
             await self._start_engine()
             self.tunnel = self._make_tunnel(identity)
             return await self._serve(self.tunnel)
-        except (EnrollmentError, TunnelTerminated) as exc:
+        except (EnrollmentError, TunnelTerminated, TrustFailure) as exc:
             self.console.print(f"[red]runner stopped:[/] {exc}")
             return 2
         finally:
@@ -84,11 +88,14 @@ class Agent:
             await self.fleet.stop()
             await self.engine_client.aclose()
             await self.http.aclose()
+            if self.cp_http is not None:
+                await self.cp_http.aclose()
 
     async def _identity(self) -> RunnerIdentity:
         s = self.settings
         identity = load_identity(s.state_dir)
         if identity is not None and identity.control_plane.rstrip("/") == s.control_plane.rstrip("/"):
+            self._connect_with(identity.pins)
             return identity
         token = s.enrollment_token.get_secret_value() if s.enrollment_token else None
         if token is None and s.token_file is not None:
@@ -96,17 +103,36 @@ class Agent:
         if not token:
             raise EnrollmentError("this runner is not enrolled: set OUTPOST_ENROLLMENT_TOKEN or pass "
                                   "--token-file (create one with `control-plane runners enroll NAME`)")
-        identity = await enroll(s.control_plane, token, self.http)
+        _, token_pin = split_token(token)
+        pins = (token_pin,) if token_pin else ()
+        assert self.cp_http is None
+        identity = await enroll(s.control_plane, token, self._connect_with(pins), pins=pins)
         identity.save(s.state_dir)
         self.console.print(f"enrolled as runner [bold]{identity.runner_id}[/]")
         return identity
+
+    def _connect_with(self, enrolled_pins: tuple[str, ...]) -> httpx.AsyncClient:
+        """Build the one TLS/proxy configuration every control-plane connection uses."""
+        s = self.settings
+        # An explicit --pin-sha256 replaces the enrolled pin: that is how a key is rotated.
+        pins = tuple(s.pin_sha256) or enrolled_pins
+        auth = s.proxy_auth.get_secret_value() if s.proxy_auth else None
+        try:
+            ctx = pinned_context(s.ca_bundle, s.client_cert, s.client_key, pins)
+            proxy = ControlPlaneTransport.proxy_setting(s.proxy, auth)
+        except (ValueError, OSError) as exc:  # an unreadable CA bundle or key, a malformed proxy URL
+            raise TrustFailure(f"cannot set up TLS or the proxy: {exc}") from None
+        self.transport = ControlPlaneTransport(ssl=ctx, proxy=proxy)
+        self.cp_http = httpx.AsyncClient(**self.transport.httpx_kwargs())  # type: ignore[arg-type]
+        return self.cp_http
 
     def _start_e2e(self, identity: RunnerIdentity) -> None:
         # The HPKE key is made on first start (also for runners enrolled before e2e)
         # and its signed document uploaded while the engine loads.
         s = self.settings
         self.e2e = RunnerE2E.load(s.state_dir, identity, kem=Kem(s.e2e_kem), pad_to=s.e2e_pad_to)
-        self._e2e_publish = asyncio.create_task(self.e2e.publish(self.http), name="e2e-key")
+        assert self.cp_http is not None
+        self._e2e_publish = asyncio.create_task(self.e2e.publish(self.cp_http), name="e2e-key")
         self.console.print(f"identity fingerprint (pin this for end-to-end mode): {self.e2e.fingerprint}")
 
     async def _start_engine(self) -> None:
@@ -153,7 +179,7 @@ class Agent:
 
         return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,
                             connections=s.connections, ping_interval_s=s.ping_interval_s,
-                            ping_timeout_s=s.ping_timeout_s, observer=self.observer)
+                            ping_timeout_s=s.ping_timeout_s, observer=self.observer, transport=self.transport)
 
     async def _serve(self, tunnel: TunnelClient) -> int:
         tasks = [asyncio.create_task(tunnel.run(), name="tunnel"),

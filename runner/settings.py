@@ -9,10 +9,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliImplicitFlag, CliSuppress, SettingsConfigDict
 
 from runner.model_refs import parse_model_ref
+from sdk.pins import parse_pin
 
 __all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]
 
-SECRET_FLAGS = ("--enrollment-token", "--attach-api-key")
+SECRET_FLAGS = ("--enrollment-token", "--attach-api-key", "--proxy-auth")
 
 
 def default_runner_state_dir() -> Path:
@@ -44,6 +45,20 @@ class RunnerSettings(BaseSettings):
     attach_api_key: Annotated[SecretStr | None, CliSuppress] = Field(
         default=None, description="API key of the attached engine (OUTPOST_ATTACH_API_KEY only).")
     connections: int = Field(default=2, ge=1, le=16, description="Tunnel connections to keep open.")
+    # How the runner trusts the control plane and gets out to it (docs/deploy.md "TLS" and "Proxies").
+    ca_bundle: Path | None = Field(default=None, description="PEM file of the CAs that may sign the control "
+                                   "plane's certificate (a private CA); default: the system trust store.")
+    client_cert: Path | None = Field(default=None, description="PEM client certificate (chain) shown to a "
+                                     "control plane that requires mTLS.")
+    client_key: Path | None = Field(default=None, description="PEM private key of --client-cert (default: "
+                                    "in the --client-cert file).")
+    pin_sha256: list[str] = Field(default_factory=list, max_length=16, description=(
+        "Pinned control-plane public key, sha256/BASE64 of its SubjectPublicKeyInfo (repeat for a backup "
+        "key). Replaces the pin an enrollment token carried; a mismatch stops the runner."))
+    proxy: str = Field(default="", description="HTTP CONNECT proxy to reach the control plane through "
+                       "(http://host:port); empty: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; 'direct': no proxy.")
+    proxy_auth: Annotated[SecretStr | None, CliSuppress] = Field(
+        default=None, description="user:password for --proxy (OUTPOST_PROXY_AUTH only).")
     labels: dict[str, str] = Field(default_factory=dict, description="site/region/zone labels.")
     parallel: int | None = Field(default=None, ge=1, le=256, description="Requests the control plane sends at once "
                                  "(default: planned); a started engine gets --headroom slots more.")
@@ -83,6 +98,11 @@ class RunnerSettings(BaseSettings):
                               "(loopback unless a scraper elsewhere must reach it).")
     e2e_pad_to: int = Field(default=0, ge=0, le=12224,
                             description="Pad encrypted response chunks to a multiple of this many bytes (0: off).")
+
+    @field_validator("pin_sha256")
+    @classmethod
+    def _pins(cls, values: list[str]) -> list[str]:
+        return [parse_pin(v) for v in values]
 
     @field_validator("model")
     @classmethod

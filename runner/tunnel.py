@@ -16,10 +16,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidProxy,
+    InvalidProxyStatus,
+    InvalidURI,
+)
 
 from runner.identity import RunnerIdentity
 from runner.streams import OutboundStream
+from runner.tls import ControlPlaneTransport, trust_failure
 from sdk.logfmt import REQUEST_ID
 from sdk.protocol import (
     CAPABILITIES,
@@ -82,6 +89,7 @@ class TunnelClient:
         stable_after_s: float = 30.0,
         connect_factory: ConnectFactory = connect,
         observer: StreamObserver | None = None,
+        transport: ControlPlaneTransport | None = None,
     ) -> None:
         self.identity = identity
         self.url = tunnel_url(identity.control_plane)
@@ -92,6 +100,8 @@ class TunnelClient:
         self._ping = (ping_interval_s, ping_timeout_s)
         self._backoff = (backoff_base_s, backoff_cap_s, stable_after_s)
         self._connect = connect_factory
+        # TLS trust and the proxy (runner/tls.py); None: websockets' defaults (system CAs, env proxy).
+        self._transport_kwargs = transport.websocket_kwargs(self.url) if transport is not None else {}
         self._tasks: dict[int, asyncio.Task[None]] = {}  # stream tasks, all connections
         self._conns: set[ClientConnection] = set()
         self.draining = False
@@ -130,10 +140,18 @@ class TunnelClient:
             except TunnelTerminated:
                 raise
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed, FrameError) as exc:
+                # A certificate or pin that does not match will not match on the next dial either.
+                if (failure := trust_failure(exc)) is not None:
+                    raise TunnelTerminated(str(failure)) from None
+                if isinstance(exc, InvalidProxyStatus) and exc.response.status_code == 407:
+                    raise TunnelTerminated("the proxy refused the runner's credentials (407): "
+                                           "check OUTPOST_PROXY_AUTH or the proxy URL") from None
                 code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd else None
                 log.info("tunnel %d: %s", index, exc or type(exc).__name__)
             except InvalidURI as exc:
                 raise TunnelTerminated(f"bad control plane URL: {exc}") from None
+            except InvalidProxy as exc:
+                raise TunnelTerminated(f"bad proxy URL: {exc}") from None
             reason = close_reason(code)
             if reason.terminal:
                 raise TunnelTerminated(f"control plane closed the tunnel: {reason.description}")
@@ -155,6 +173,7 @@ class TunnelClient:
         async with self._connect(
             self.url, max_size=MAX_FRAME_BYTES + 1024, compression=None, open_timeout=10,
             ping_interval=ping_interval, ping_timeout=ping_timeout, max_queue=64, close_timeout=5,
+            **self._transport_kwargs,
         ) as ws:
             send_lock = asyncio.Lock()
 
