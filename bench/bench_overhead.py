@@ -218,6 +218,11 @@ async def run_scenario(sc: Scenario, stack: Stack, engine: Engine, rounds: int, 
     return results
 
 
+def _signed(ms: float) -> str:
+    """A difference in ms; ``n/a`` when a path had no request that ended inside its windows."""
+    return "n/a" if math.isnan(ms) else f"{ms:+.1f}"
+
+
 def _tails(r: PathResult) -> list[float]:
     """Last content token read -> end of the response read, per request."""
     return [s.done - _token_times(s)[-1] for s in r.ok if s.done and s.ttft is not None]
@@ -304,7 +309,7 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
     ]
     for row in rows:
         lines.append(f"| {row['scenario']} | {row['added_ttft_p50_ms']:+.1f} | {row['added_ttft_p99_ms']:+.1f} "
-                     f"| {row['added_tail_p50_ms']:+.1f} | {row['added_tail_p99_ms']:+.1f} "
+                     f"| {_signed(row['added_tail_p50_ms'])} | {_signed(row['added_tail_p99_ms'])} "
                      f"| {row['cp_cores']:.2f} | {row['runner_cores']:.2f} "
                      f"| {row['cp_ms_per_request']:.1f} | {row['runner_ms_per_request']:.1f} "
                      f"| {row['cp_chunks_per_cpu_s']:,.0f} | {row['runner_chunks_per_cpu_s']:,.0f} |")
