@@ -22,6 +22,7 @@ from control_plane.console.deps import (
     current_user,
     render,
 )
+from control_plane.console.oidc import OidcClient
 from control_plane.console.pages import (
     audit,
     auth,
@@ -31,6 +32,7 @@ from control_plane.console.pages import (
     overview,
     pools,
     runners,
+    sso,
     usage,
 )
 from control_plane.console.pages import settings as settings_pages
@@ -47,7 +49,10 @@ def _wants_html(request: Request) -> bool:
 
 def install_console(app: FastAPI, settings: Settings, console: ConsoleSettings | None = None) -> None:
     app.state.console = ConsoleState(settings=settings, console=console or ConsoleSettings())
-    for module in (auth, overview, runners, pools, models, keys, usage, audit, fairness, settings_pages):
+    if settings.oidc_issuer and not settings.oidc_client_id:
+        raise ValueError("OUTPOST_OIDC_ISSUER is set but OUTPOST_OIDC_CLIENT_ID is empty")
+    app.state.oidc = OidcClient(settings) if settings.oidc_issuer else None
+    for module in (auth, sso, overview, runners, pools, models, keys, usage, audit, fairness, settings_pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

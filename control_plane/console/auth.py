@@ -1,7 +1,8 @@
-"""Signing in: password check, lockout, and an audit event for every attempt."""
+"""Signing in: password check, lockout, single sign-on, and an audit event for every attempt."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -9,18 +10,28 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit import record_login
+from control_plane.audit.chain import append_event
+from control_plane.audit.events import actor_for_user
 from control_plane.console.config import ConsoleSettings
+from control_plane.console.oidc import Identity, OidcRefused
 from control_plane.console.passwords import hash_password, needs_rehash, verify_password_async
 from control_plane.console.users import (
     as_utc,
+    create_user,
     get_user_by_email,
     is_locked,
     note_failed_login,
     note_login,
+    set_role,
 )
 from control_plane.db.models import User
+from control_plane.store.tenants import get_tenant_by_name
 
-__all__ = ["LoginOutcome", "attempt_login"]
+__all__ = ["SSO_PASSWORD_PREFIX", "LoginOutcome", "attempt_login", "record_sso_failure", "refuse_local_login",
+           "sso_login"]
+
+# The password hash of a user made by single sign-on: not an argon2 hash, so no password matches it.
+SSO_PASSWORD_PREFIX = "!sso:"
 
 
 @dataclass(frozen=True)
@@ -60,3 +71,68 @@ async def attempt_login(session: AsyncSession, email: str, password: str, *, set
     await record_login(session, success=True, email=email, tenant_id=user.tenant_id, user_id=user.id,
                        remote_addr=remote_addr)
     return LoginOutcome(user)
+
+
+async def refuse_local_login(session: AsyncSession, email: str, *, remote_addr: str | None) -> None:
+    """Password sign-in is switched off (``OUTPOST_OIDC_ALLOW_LOCAL_PASSWORDS=false``): audit the attempt."""
+    user = await get_user_by_email(session, email)
+    await record_login(session, success=False, email=email.strip().lower()[:320],
+                       tenant_id=user.tenant_id if user else None, user_id=user.id if user else None,
+                       reason="local_passwords_disabled", remote_addr=remote_addr)
+
+
+async def _record_sso(session: AsyncSession, *, success: bool, email: str | None, subject: str | None,
+                      tenant_id: str | None, user_id: str | None, reason: str | None, remote_addr: str | None,
+                      issuer: str) -> None:
+    # The same event types as password sign-in, naming the person by the provider's subject and email.
+    await append_event(
+        session, type="auth.login.success" if success else "auth.login.failure",
+        actor=actor_for_user(user_id) if user_id else "anonymous", tenant_id=tenant_id,
+        data={"email": email, "user_id": user_id, "reason": reason, "remote_addr": remote_addr, "method": "oidc",
+              "oidc_issuer": issuer, "oidc_subject": subject})
+
+
+async def record_sso_failure(session: AsyncSession, refused: OidcRefused, *, remote_addr: str | None,
+                             issuer: str) -> None:
+    user = await get_user_by_email(session, refused.email) if refused.email else None
+    await _record_sso(session, success=False, email=refused.email, subject=refused.subject,
+                      tenant_id=user.tenant_id if user else None, user_id=user.id if user else None,
+                      reason=refused.reason, remote_addr=remote_addr, issuer=issuer)
+
+
+async def sso_login(session: AsyncSession, identity: Identity, *, now: datetime, remote_addr: str | None,
+                    issuer: str) -> User:
+    """The console user for a verified identity, made on first sign-in; the caller commits.
+
+    The provider is the authority on the role: it is set again at every
+    sign-in. It is not the authority on moving people between tenants: a
+    user who exists in another tenant is refused rather than moved.
+    Raises ``OidcRefused`` (after auditing it) for an unknown tenant or a lock.
+    """
+    async def refuse(reason: str, message: str, user: User | None = None) -> OidcRefused:
+        refused = OidcRefused(reason, message, email=identity.email, subject=identity.subject)
+        await _record_sso(session, success=False, email=identity.email, subject=identity.subject,
+                          tenant_id=user.tenant_id if user else None, user_id=user.id if user else None,
+                          reason=reason, remote_addr=remote_addr, issuer=issuer)
+        return refused
+
+    tenant = await get_tenant_by_name(session, identity.tenant)
+    if tenant is None:
+        raise await refuse("unknown_tenant", f"Your identity provider puts you in tenant '{identity.tenant}', "
+                           "which does not exist here. Ask an administrator.")
+    user = await get_user_by_email(session, identity.email)
+    if user is None:
+        user = await create_user(session, tenant_id=tenant.id, email=identity.email,
+                                 password_hash=SSO_PASSWORD_PREFIX + secrets.token_hex(16), role=identity.role)
+    elif user.tenant_id != tenant.id:
+        raise await refuse("tenant_mismatch", "Your console account belongs to another tenant than the one "
+                           "your identity provider names. Ask an administrator.", user)
+    elif is_locked(user, now):
+        raise await refuse("locked", "This account is locked. Ask an admin to unlock it.", user)
+    elif user.role != identity.role:
+        await set_role(session, user, identity.role)  # type: ignore[arg-type]
+    await note_login(session, user)
+    await _record_sso(session, success=True, email=identity.email, subject=identity.subject,
+                      tenant_id=user.tenant_id, user_id=user.id, reason=None, remote_addr=remote_addr,
+                      issuer=issuer)
+    return user

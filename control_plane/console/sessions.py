@@ -133,3 +133,21 @@ class ConsoleKey:
 
     def check_login_token(self, nonce: str | None, token: str | None) -> bool:
         return bool(nonce) and bool(token) and hmac.compare_digest(str(token), self.login_token(str(nonce)))
+
+    # --- other short-lived signed values (the single sign-on flow's cookie) ---
+
+    def seal(self, purpose: str, text: str) -> str:
+        payload = _b64e(text.encode())
+        return f"{payload}.{self._mac(purpose, payload)}"
+
+    def unseal(self, purpose: str, token: str | None) -> str | None:
+        """The text of a value ``seal`` made for ``purpose``; ``None`` if it was not."""
+        if not token or len(token) > 4096 or token.count(".") != 1:
+            return None
+        payload, mac = token.split(".")
+        if not hmac.compare_digest(mac, self._mac(purpose, payload)):
+            return None
+        try:
+            return _b64d(payload).decode()
+        except ValueError:
+            return None
