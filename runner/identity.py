@@ -81,6 +81,9 @@ async def enroll(control_plane: str, token: str, client: httpx.AsyncClient,
     except httpx.HTTPError as exc:
         if (failure := trust_failure(exc)) is not None:
             raise EnrollmentError(str(failure)) from None
+        if isinstance(exc, httpx.ProxyError):
+            raise EnrollmentError(f"the proxy refused to connect to the control plane at {control_plane}: "
+                                  f"{exc} (check --proxy and OUTPOST_PROXY_AUTH)") from None
         hint = ""
         if control_plane.startswith("https://") and isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError)):
             # A server that requires a client certificate resets the connection; the alert is lost.

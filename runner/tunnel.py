@@ -143,9 +143,10 @@ class TunnelClient:
                 # A certificate or pin that does not match will not match on the next dial either.
                 if (failure := trust_failure(exc)) is not None:
                     raise TunnelTerminated(str(failure)) from None
-                if isinstance(exc, InvalidProxyStatus) and exc.response.status_code == 407:
-                    raise TunnelTerminated("the proxy refused the runner's credentials (407): "
-                                           "check OUTPOST_PROXY_AUTH or the proxy URL") from None
+                if isinstance(exc, InvalidProxyStatus) and exc.response.status_code in (401, 407):
+                    raise TunnelTerminated(f"the proxy refused the runner's credentials "
+                                           f"({exc.response.status_code}): check OUTPOST_PROXY_AUTH and --proxy"
+                                           ) from None
                 code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd else None
                 log.info("tunnel %d: %s", index, exc or type(exc).__name__)
             except InvalidURI as exc:
