@@ -152,6 +152,7 @@ class OidcProvider:
         self.tamper: Callable[[dict[str, Any], dict[str, Any]], str] | None = None
         self.token_requests: list[dict[str, str]] = []
         self.logouts: list[dict[str, str]] = []
+        self.jwks_fetches = 0
         self.server = self._authorization_server()
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -271,6 +272,7 @@ class OidcProvider:
             "scopes_supported": ["openid", "email", "profile"]})
 
     async def jwks(self, _: Request) -> Response:
+        self.jwks_fetches += 1
         return JSONResponse(KeySet(list(self.keys)).as_dict(private=False))
 
     async def authorize(self, request: Request) -> Response:

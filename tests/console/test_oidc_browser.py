@@ -254,3 +254,15 @@ def test_local_passwords_can_be_switched_off(browser: Any, sso: Sso, tmp_path: P
         assert [f["reason"] for f in in_database(cp.database_url, failures)] == ["local_passwords_disabled"]
     finally:
         cp.stop()
+
+
+def test_a_next_path_that_browsers_would_turn_into_another_site_is_dropped(page: Any, sso: Sso) -> None:
+    # "/<TAB>/evil.example": browsers strip the tab and read "//evil.example", another site.
+    page.goto("/login/oidc?next=/%09/evil.example")
+    page.wait_for_selector("#username")
+    page.fill("#username", "alice")
+    with page.expect_response(lambda r: "/login/oidc/callback" in r.url) as answer:
+        page.click("#allow")
+    assert answer.value.status == 200
+    assert 'content="0;url=/"' in answer.value.text()
+    page.wait_for_url(f"{sso.base}/")

@@ -41,6 +41,9 @@ def safe_next(target: str | None) -> str:
     """Only a path of this site: never ``//evil.example`` or a full URL."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
+    # Browsers drop tabs and newlines from URLs: "/\t/evil.example" would become "//evil.example".
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        return "/"
     return target
 
 

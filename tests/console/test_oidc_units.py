@@ -1,0 +1,132 @@
+"""Single sign-on without a browser: claim mapping, ID-token checks and JWKS refetching against the real
+test provider on loopback, and the ``next`` paths the flow accepts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from control_plane.console.oidc import OidcClient, OidcRefused, map_identity
+from control_plane.console.pages.auth import safe_next
+from control_plane.settings import Settings
+from tests.console.oidc_provider import OidcProvider
+
+CLIENT_ID = "outpost-console"
+NONCE = "the-nonce"
+
+
+def _settings(issuer: str = "https://sso.example", **kw: Any) -> Settings:
+    return Settings(oidc_issuer=issuer, oidc_client_id=CLIENT_ID, oidc_tenant_claim="tenant",
+                    oidc_role_map={"admins": "admin", "staff": "viewer"}, public_url="http://localhost:1", **kw)
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[OidcProvider]:
+    p = OidcProvider(CLIENT_ID, "http://localhost:1/login/oidc/callback").start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _claims(provider: OidcProvider, now: float | None = None, **extra: Any) -> dict[str, Any]:
+    now = int(now if now is not None else time.time())
+    return {"iss": provider.issuer, "aud": [CLIENT_ID], "sub": "s-1", "iat": now, "exp": now + 300,
+            "nonce": NONCE, "email": "a@corp.example", **extra}
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "/ /evil.example", "//evil.example",
+                                    "/\\evil.example", "https://evil.example/", "/\x7f/x"])
+def test_next_paths_a_browser_could_read_as_another_site_are_dropped(target: str) -> None:
+    assert safe_next(target) == "/"
+
+
+def test_a_plain_next_path_is_kept() -> None:
+    assert safe_next("/keys?tab=budgets") == "/keys?tab=budgets"
+
+
+def test_the_highest_mapped_role_wins_and_a_list_or_a_string_claim_both_work() -> None:
+    settings = _settings()
+    claims = {"sub": "s", "email": "A@Corp.example", "tenant": "t", "groups": ["staff", "admins", "x"]}
+    identity = map_identity(claims, settings)
+    assert (identity.email, identity.tenant, identity.role) == ("a@corp.example", "t", "admin")
+    assert map_identity({**claims, "groups": "staff"}, settings).role == "viewer"
+
+
+@pytest.mark.parametrize(("claims", "reason"), [
+    ({"sub": "s", "tenant": "t", "groups": ["admins"]}, "no_email"),
+    ({"sub": "s", "email": "a@b.c", "email_verified": False, "tenant": "t", "groups": ["admins"]},
+     "email_unverified"),
+    ({"sub": "s", "email": "a@b.c", "groups": ["admins"]}, "no_tenant"),
+    ({"sub": "s", "email": "a@b.c", "tenant": "t", "groups": ["interns"]}, "no_role"),
+    ({"sub": "s", "email": "a@b.c", "tenant": "t", "groups": {"admins": True}}, "no_role"),
+])
+def test_claims_the_settings_do_not_map_are_refused(claims: dict[str, Any], reason: str) -> None:
+    with pytest.raises(OidcRefused) as refused:
+        map_identity(claims, _settings())
+    assert refused.value.reason == reason
+
+
+def test_a_default_role_admits_people_no_group_maps() -> None:
+    claims = {"sub": "s", "email": "a@b.c", "tenant": "t", "groups": ["interns"]}
+    assert map_identity(claims, _settings(oidc_default_role="viewer")).role == "viewer"
+
+
+async def test_a_discovery_document_naming_another_issuer_is_refused() -> None:
+    # An honest fake at the HTTP seam: a provider whose document claims to be someone else.
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"issuer": "https://evil.example"}))
+    client = OidcClient(_settings(), transport=transport)
+    with pytest.raises(OidcRefused) as refused:
+        await client.begin("/")
+    assert refused.value.reason == "provider_misconfigured"
+
+
+async def test_an_unseen_key_id_refetches_the_jwks_at_most_once_per_interval(provider: OidcProvider) -> None:
+    clock = [time.time()]
+    client = OidcClient(_settings(provider.issuer, oidc_jwks_min_refresh_s=3600), clock=lambda: clock[0])
+    assert (await client.verify(provider.sign(_claims(provider, clock[0])), NONCE))["sub"] == "s-1"
+    fetched = provider.jwks_fetches
+    # An hour later the provider rotates its key: the first token with the new kid refetches the JWKS...
+    clock[0] += 3601
+    provider.rotate_keys()
+    assert (await client.verify(provider.sign(_claims(provider, clock[0])), NONCE))["sub"] == "s-1"
+    assert provider.jwks_fetches == fetched + 1
+    # ...but a stream of made-up key ids cannot make the console hammer the provider.
+    for n in range(3):
+        with pytest.raises(OidcRefused) as refused:
+            await client.verify(provider.sign(_claims(provider, clock[0]), kid=f"made-up-{n}"), NONCE)
+        assert refused.value.reason == "bad_signature"
+    assert provider.jwks_fetches == fetched + 1
+
+
+async def test_several_audiences_need_azp_naming_this_client(provider: OidcProvider) -> None:
+    client = OidcClient(_settings(provider.issuer))
+    token = provider.sign(_claims(provider, aud=[CLIENT_ID, "other-app"]))
+    with pytest.raises(OidcRefused) as refused:
+        await client.verify(token, NONCE)
+    assert refused.value.reason == "wrong_audience"
+    token = provider.sign(_claims(provider, aud=[CLIENT_ID, "other-app"], azp=CLIENT_ID))
+    assert (await client.verify(token, NONCE))["sub"] == "s-1"
+
+
+async def test_a_token_from_another_issuer_is_refused(provider: OidcProvider) -> None:
+    client = OidcClient(_settings(provider.issuer))
+    with pytest.raises(OidcRefused) as refused:
+        await client.verify(provider.sign(_claims(provider, iss="https://evil.example")), NONCE)
+    assert refused.value.reason == "wrong_issuer"
+
+
+async def test_an_hmac_signed_token_is_refused(provider: OidcProvider) -> None:
+    # HMAC ID tokens are keyed with the client secret, which a public client does not have: an
+    # HS256 token naming the provider's key id is refused before any key is tried.
+    from joserfc import jwt
+    from joserfc.jwk import OctKey
+    token = jwt.encode({"alg": "HS256", "kid": provider.signing_key.kid}, _claims(provider),
+                       OctKey.generate_key(256))
+    with pytest.raises(OidcRefused) as refused:
+        await OidcClient(_settings(provider.issuer)).verify(token, NONCE)
+    assert refused.value.reason == "bad_signature"
