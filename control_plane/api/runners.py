@@ -28,6 +28,7 @@ from control_plane.store.runners import (
     list_runners,
     revoke_runner,
 )
+from control_plane.tls import token_with_pin
 from sdk.protocol import CloseCode
 
 router = APIRouter(prefix="/api/runners", tags=["runners"])
@@ -108,7 +109,9 @@ async def create_enrollment(body: EnrollIn, state: AppStateDep, admin: AdminDep,
                        tenant_id=admin.tenant_id, target=body.name,
                        details={"token_id": row.id, "pool_id": pool.id, "labels": body.labels})
     await session.commit()
-    return EnrollOut(token=token, runner_name=row.runner_name, expires_at=row.expires_at)
+    # Served over TLS here, the token carries the key pin (control_plane/tls.py).
+    return EnrollOut(token=token_with_pin(token, state.settings), runner_name=row.runner_name,
+                     expires_at=row.expires_at)
 
 
 @router.get("")

@@ -124,3 +124,17 @@ def test_an_explicit_pin_that_does_not_match_stops_the_runner(tmp_path: Path, pk
     finally:
         runner.stop()
         cp.stop()
+
+
+def test_every_way_of_making_a_token_carries_the_pin(tmp_path: Path, pki: Pki) -> None:
+    cp = TlsControlPlane(tmp_path, pki).start()
+    pin = spki_pin_of_pem(pki.server_file.read_bytes())
+    try:
+        admin = cp.cli("keys", "create", "admin", "--admin").splitlines()[-1]
+        assert cp.enrollment_token("by-cli").endswith("#" + pin)
+        with cp.http() as c:
+            resp = c.post("/api/runners/enroll", json={"name": "by-api"}, headers={"Authorization": f"Bearer {admin}"})
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["token"].endswith("#" + pin)
+    finally:
+        cp.stop()

@@ -22,6 +22,7 @@ from control_plane.state import AppState
 from control_plane.store.keys import create_enrollment_token
 from control_plane.store.pools import default_pool, list_pools
 from control_plane.store.runners import check_usd_per_hour, get_runner, list_runners, revoke_runner
+from control_plane.tls import token_with_pin
 from control_plane.tunnel.hub import ConnectedRunner
 from sdk.protocol import CloseCode
 
@@ -163,6 +164,8 @@ async def enroll(request: Request, state: AppStateDep, post: AdminPostDep) -> Re
                            details={"runner_name": name, "ttl_s": state.settings.enrollment_token_ttl_s,
                                     "pool_id": pool_row.id, "labels": labels})
         await session.commit()
+    # Served over TLS here, the token carries the key pin (control_plane/tls.py).
+    token = token_with_pin(token, state.settings)
     return render(request, "enroll_token.html", post.user, active="/runners", status=201, token=token,
                   runner_name=name, expires_at=row.expires_at, public_url=state.settings.public_url)
 
