@@ -23,6 +23,7 @@ from control_plane.fairness.service import (
     start_probe_run,
 )
 from control_plane.store.fairness import get_fairness_run, list_fairness_runs, run_document
+from control_plane.store.pools import usable_pool_ids
 
 router = APIRouter(prefix="/api/fairness", tags=["fairness"])
 
@@ -35,7 +36,8 @@ def _not_found(run_id: str) -> ApiError:
 async def start_run(body: FairnessRunIn, request: Request, state: AppStateDep, admin: AdminDep,
                     session: SessionDep) -> FairnessRunDetail:
     plan = plan_probe(body, max_tokens_limit=state.settings.max_tokens_limit)
-    served = state.hub.model_names().get(body.model)
+    pools = admin.policy.pools if admin.policy is not None else await usable_pool_ids(session, admin.tenant_id)
+    served = state.hub.model_names(pools).get(body.model)  # only runners this tenant may use (issue 19)
     engine = served.engine if served is not None else None
     started = await start_probe_run(session, tenant_id=admin.tenant_id, started_by_key_id=admin.api_key_id,
                                     plan=plan, engine=engine)

@@ -147,9 +147,12 @@ class TunnelHub:
         except TimeoutError:
             pass
 
-    def model_names(self) -> dict[str, ModelInfo]:
+    def model_names(self, pools: frozenset[str] | None = None) -> dict[str, ModelInfo]:
+        """Every name and alias served; with ``pools``, only by runners in those pools (a tenant's view)."""
         names: dict[str, ModelInfo] = {}
         for r in self.routable():
+            if pools is not None and r.pool_id not in pools:
+                continue
             for m in r.models:
                 names.setdefault(m.name, m)
                 for alias in m.aliases:

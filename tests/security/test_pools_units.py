@@ -89,3 +89,13 @@ class _Link:
 
     def fail_all(self, reason: str) -> None:
         return None
+
+
+def test_model_names_of_a_tenant_are_those_of_its_pools() -> None:
+    """The fairness probe form and its engine lookup list only models the tenant may call."""
+    hub = TunnelHub()
+    mine = simulated_runner("run_mine", pool_id="pool_mine", model="mine-model")
+    foreign = simulated_runner("run_foreign", pool_id="pool_foreign", model="secret-model")
+    hub.remote.update({r.runner_id: r for r in (mine, foreign)})
+    assert set(hub.model_names(frozenset({"pool_mine"}))) == {"mine-model"}
+    assert set(hub.model_names()) == {"mine-model", "secret-model"}

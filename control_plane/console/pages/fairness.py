@@ -24,6 +24,7 @@ from control_plane.fairness.service import (
 from control_plane.fairness.suites import BUILTIN_SUITES_DIR
 from control_plane.state import AppState
 from control_plane.store.fairness import get_fairness_run, list_fairness_runs
+from control_plane.store.pools import usable_pool_ids
 
 router = APIRouter(include_in_schema=False)
 
@@ -50,7 +51,8 @@ async def _page(request: Request, state: AppState, user: ConsoleUser, *, status:
     async with state.db.session() as session:
         runs = [FairnessRunOut.build(row, summary) for row, summary in
                 await list_fairness_runs(session, user.tenant_id, limit=50)]
-    models = sorted(state.hub.model_names())
+        pools = await usable_pool_ids(session, user.tenant_id)
+    models = sorted(state.hub.model_names(pools))  # only what this tenant may call (issue 19)
     return render(request, "fairness.html", user, active="/fairness", status=status, runs=runs, models=models,
                   suites=_suites(), max_compare=MAX_COMPARE_RUNS, **_live(state, user), **extra)
 
@@ -80,9 +82,9 @@ async def start_run(request: Request, state: AppStateDep, post: AdminPostDep) ->
     except ValueError:  # pydantic's ValidationError included
         return await _page(request, state, post.user, status=400,
                            start_error="Choose a model and a suite; counts are whole numbers.")
-    served = state.hub.model_names().get(body.model)
-    engine = served.engine if served is not None else None
     async with state.db.session() as session:
+        served = state.hub.model_names(await usable_pool_ids(session, post.user.tenant_id)).get(body.model)
+        engine = served.engine if served is not None else None
         caller, _ = await console_caller(session, post.user)
         started = await start_probe_run(session, tenant_id=post.user.tenant_id, started_by_key_id=caller.api_key_id,
                                         plan=plan, engine=engine)
