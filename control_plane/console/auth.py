@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit import record_login
@@ -122,14 +123,23 @@ async def sso_login(session: AsyncSession, identity: Identity, *, now: datetime,
                            "which does not exist here. Ask an administrator.")
     user = await get_user_by_email(session, identity.email)
     if user is None:
-        user = await create_user(session, tenant_id=tenant.id, email=identity.email,
-                                 password_hash=SSO_PASSWORD_PREFIX + secrets.token_hex(16), role=identity.role)
-    elif user.tenant_id != tenant.id:
+        # Two first sign-ins of one person at once (two tabs, two replicas): the loser's insert fails
+        # inside a savepoint and it signs in as the winner's row.
+        try:
+            async with session.begin_nested():
+                user = await create_user(session, tenant_id=tenant.id, email=identity.email,
+                                         password_hash=SSO_PASSWORD_PREFIX + secrets.token_hex(16),
+                                         role=identity.role)
+        except IntegrityError:
+            user = await get_user_by_email(session, identity.email)
+            if user is None:
+                raise
+    if user.tenant_id != tenant.id:
         raise await refuse("tenant_mismatch", "Your console account belongs to another tenant than the one "
                            "your identity provider names. Ask an administrator.", user)
-    elif is_locked(user, now):
+    if is_locked(user, now):
         raise await refuse("locked", "This account is locked. Ask an admin to unlock it.", user)
-    elif user.role != identity.role:
+    if user.role != identity.role:
         await set_role(session, user, identity.role)  # type: ignore[arg-type]
     await note_login(session, user)
     await _record_sso(session, success=True, email=identity.email, subject=identity.subject,

@@ -117,6 +117,8 @@ def test_sign_in_with_sso_creates_the_user_and_audits_the_person(page: Any, sso:
     success = [e for e in _events(sso, "auth.login.success") if e["email"] == "alice@corp.example"][-1]
     assert success["method"] == "oidc" and success["oidc_subject"] == "sub-alice"
     assert success["actor"] == f"user:{user.id}" and success["oidc_issuer"] == sso.provider.issuer
+    page.goto("/settings")
+    assert sso.provider.issuer in page.locator("#deploy + dl").inner_text()
     # Sign-out ends the provider's session too (RP-initiated logout), then comes back.
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/login?notice=signed_out")

@@ -3,6 +3,7 @@ test provider on loopback, and the ``next`` paths the flow accepts."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -130,3 +131,33 @@ async def test_an_hmac_signed_token_is_refused(provider: OidcProvider) -> None:
     with pytest.raises(OidcRefused) as refused:
         await OidcClient(_settings(provider.issuer)).verify(token, NONCE)
     assert refused.value.reason == "bad_signature"
+
+
+@pytest.mark.parametrize("fresh_database_url", ["postgres"], indirect=True)
+async def test_two_first_sign_ins_of_one_person_at_once_make_one_user(fresh_database_url: str) -> None:
+    from control_plane.console.auth import sso_login
+    from control_plane.console.oidc import Identity
+    from control_plane.db.engine import Database
+    from control_plane.db.migrate import upgrade_to_head
+    from control_plane.db.models import utcnow
+    from control_plane.store.tenants import get_or_create_tenant
+
+    upgrade_to_head(fresh_database_url)
+    db = Database(fresh_database_url)
+    try:
+        async with db.session() as session:
+            await get_or_create_tenant(session, "default")
+            await session.commit()
+        identity = Identity(subject="s-race", email="race@corp.example", tenant="default", role="viewer")
+        login: dict[str, Any] = {"now": utcnow(), "remote_addr": None, "issuer": "https://sso.example"}
+        async with db.session() as first, db.session() as second:
+            winner = await sso_login(first, identity, **login)
+            # The second insert waits on the first's uncommitted row, then collides with it.
+            racing = asyncio.create_task(sso_login(second, identity, **login))
+            await asyncio.sleep(0.5)
+            await first.commit()
+            loser = await racing
+            await second.commit()
+        assert winner.id == loser.id
+    finally:
+        await db.dispose()
