@@ -168,6 +168,7 @@ ATTACKS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:JWS algorithm \"none\" is deprecated")  # the attacker's own token
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_bad_id_token_is_refused_and_audited(page: Any, sso: Sso, attack: str) -> None:
     make, reason, message = ATTACKS[attack]
