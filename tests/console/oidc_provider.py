@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -52,6 +52,7 @@ class Person:
 class _Client(ClientMixin):
     client_id: str
     redirect_uris: tuple[str, ...]
+    client_secret: str | None = None
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -66,10 +67,11 @@ class _Client(ClientMixin):
         return redirect_uri in self.redirect_uris
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return False
+        return self.client_secret is not None and secrets.compare_digest(client_secret, self.client_secret)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method == "none"  # a public client: PKCE is what binds the code to the console
+        # A public client has only PKCE to bind the code to the console; a confidential one also its secret.
+        return method == ("client_secret_basic" if self.client_secret else "none")
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code"
@@ -123,7 +125,7 @@ class _Payload(OAuth2Payload):
 
 
 class _Request(OAuth2Request):
-    def __init__(self, method: str, uri: str, headers: dict[str, str], args: dict[str, str],
+    def __init__(self, method: str, uri: str, headers: Mapping[str, str], args: dict[str, str],
                  form: dict[str, str]) -> None:
         super().__init__(method=method, uri=uri, headers=headers)
         self._args, self._form = args, form
@@ -141,10 +143,10 @@ class _Request(OAuth2Request):
 class OidcProvider:
     """The provider on ``http://127.0.0.1:<port>``; ``people`` are the accounts its sign-in form knows."""
 
-    def __init__(self, client_id: str, redirect_uri: str) -> None:
+    def __init__(self, client_id: str, redirect_uri: str, client_secret: str | None = None) -> None:
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
-        self.client = _Client(client_id, (redirect_uri,))
+        self.client = _Client(client_id, (redirect_uri,), client_secret)
         self.people: dict[str, Person] = {}
         self.codes: dict[str, _Code] = {}
         self.keys: list[RSAKey] = []
@@ -180,7 +182,7 @@ class OidcProvider:
         provider = self
 
         class Grant(AuthorizationCodeGrant):
-            TOKEN_ENDPOINT_AUTH_METHODS = ("none",)
+            TOKEN_ENDPOINT_AUTH_METHODS = ("none", "client_secret_basic")
 
             def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
                 data = request.payload.data
@@ -260,7 +262,7 @@ class OidcProvider:
         form: dict[str, str] = {}
         if request.method == "POST":
             form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-        return _Request(request.method, str(request.url), dict(request.headers), dict(request.query_params), form)
+        return _Request(request.method, str(request.url), request.headers, dict(request.query_params), form)
 
     async def discovery(self, _: Request) -> Response:
         return JSONResponse({

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from control_plane.console.oidc import OidcClient, OidcRefused, map_identity
 from control_plane.console.pages.auth import safe_next
 from control_plane.settings import Settings
-from tests.console.oidc_provider import OidcProvider
+from tests.console.oidc_provider import OidcProvider, Person
 
 CLIENT_ID = "outpost-console"
 NONCE = "the-nonce"
@@ -161,3 +162,38 @@ async def test_two_first_sign_ins_of_one_person_at_once_make_one_user(fresh_data
         assert winner.id == loser.id
     finally:
         await db.dispose()
+
+
+@pytest.fixture(scope="module")
+def confidential() -> Iterator[OidcProvider]:
+    p = OidcProvider(CLIENT_ID, "http://localhost:1/login/oidc/callback", client_secret="s3cret-of-the-console")
+    p.people["carol"] = Person("sub-carol", "carol@corp.example", ("staff",), "default")
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+async def _code_flow(client: OidcClient, username: str) -> dict[str, Any]:
+    """The browser's part, by hand: the provider's form, then its redirect back with the code."""
+    url, pending = await client.begin("/")
+    async with httpx.AsyncClient() as browser:
+        form = dict(httpx.URL(url).params)
+        answer = await browser.post(url.split("?")[0], data={**form, "username": username})
+    assert answer.status_code == 302, answer.text
+    back = httpx.URL(answer.headers["location"])
+    assert back.params["state"] == pending.state
+    return await client.finish(back.params["code"], pending)
+
+
+async def test_a_confidential_client_reads_its_secret_from_a_file(confidential: OidcProvider,
+                                                                  tmp_path: Path) -> None:
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cret-of-the-console\n")
+    client = OidcClient(_settings(confidential.issuer, oidc_client_secret_file=secret))
+    assert (await _code_flow(client, "carol"))["email"] == "carol@corp.example"
+    secret.write_text("not-the-secret\n")
+    with pytest.raises(OidcRefused) as refused:
+        await _code_flow(client, "carol")
+    assert refused.value.reason == "code_refused" and "invalid_client" in refused.value.message
