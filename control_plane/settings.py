@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     oidc_default_role: Literal["admin", "viewer", ""] = Field(
         default="", description="Role when no claim value matches the map; empty: such a person is refused.")
     oidc_allow_local_passwords: bool = Field(default=True, description="false: the console refuses password "
-                                             "sign-in (single sign-on only; the CLI still manages users).")
+                                             "sign-in (single sign-on only; the CLI still manages users). Ignored "
+                                             "while OUTPOST_OIDC_ISSUER is empty, so nobody is locked out.")
     oidc_jwks_min_refresh_s: float = Field(default=10.0, ge=0, le=3600, description="Shortest time between two "
                                            "refetches of the provider's keys caused by an unknown key id.")
 

@@ -197,3 +197,11 @@ async def test_a_confidential_client_reads_its_secret_from_a_file(confidential: 
     with pytest.raises(OidcRefused) as refused:
         await _code_flow(client, "carol")
     assert refused.value.reason == "code_refused" and "invalid_client" in refused.value.message
+
+
+def test_an_issuer_without_a_client_id_stops_the_control_plane_at_start() -> None:
+    from fastapi import FastAPI
+
+    from control_plane.console import install_console
+    with pytest.raises(ValueError, match="OUTPOST_OIDC_CLIENT_ID"):
+        install_console(FastAPI(), Settings(oidc_issuer="https://sso.example"))
