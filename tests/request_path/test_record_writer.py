@@ -229,6 +229,30 @@ def test_an_answer_ends_only_once_its_record_and_audit_event_are_committed(path_
     assert len(inference_events(path_stack.database_url)[rid]) == 1
 
 
+def test_an_answer_whose_record_cannot_be_committed_in_time_ends_and_its_record_follows(
+        path_stack: PathStack) -> None:
+    """The database does not answer for ``records_commit_wait_s``: the client still gets its whole
+    answer (``[DONE]``), the record stays queued and is written once the database is back."""
+    _, secret = path_stack.key("late")
+    settings, writer = path_stack.cp.settings, path_stack.cp.state.records
+    wait_s, late = settings.records_commit_wait_s, writer.late
+    settings.records_commit_wait_s = 0.5
+    try:
+        with database_held(path_stack.database_url):
+            [streamed] = chats(path_stack, secret, 1, stream=True)
+            [plain] = chats(path_stack, secret, 1)
+            assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+            assert plain.status_code == 200 and plain.json()["choices"]
+            assert writer.late == late + 2
+            ids = [streamed.headers["x-request-id"], plain.headers["x-request-id"]]
+            assert records_of(path_stack, ids) == set(), "not committed: the database is held"
+    finally:
+        settings.records_commit_wait_s = wait_s
+    path_stack.cp.flush()
+    assert records_of(path_stack, ids) == set(ids)
+    assert all(len(inference_events(path_stack.database_url)[i]) == 1 for i in ids)
+
+
 def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_stack: PathStack) -> None:
     key_id, secret = path_stack.key("backpressure")
     writer = path_stack.cp.state.records
