@@ -23,6 +23,7 @@ from control_plane.console.sessions import ConsoleKey, load_or_create_key
 from control_plane.console.users import get_user_by_email
 from control_plane.db.models import AuditEvent
 from control_plane.store.tenants import get_or_create_tenant
+from tests.conftest import _database
 from tests.console.conftest import Account, in_database, make_user
 from tests.console.oidc_provider import OidcProvider, Person
 from tests.utils import ControlPlaneProcess, free_port
@@ -40,8 +41,8 @@ class Sso:
         return self.cp.database_url
 
 
-def _start_cp(tmp: Path, provider_issuer: str, port: int, **env: str) -> ControlPlaneProcess:
-    url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
+def _start_cp(tmp: Path, provider_issuer: str, port: int, url: str | None = None, **env: str) -> ControlPlaneProcess:
+    url = url or f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
     return ControlPlaneProcess(tmp, url, port=port, extra_env={
         "OUTPOST_PUBLIC_URL": f"http://localhost:{port}", "OUTPOST_OIDC_ISSUER": provider_issuer,
         "OUTPOST_OIDC_CLIENT_ID": CLIENT_ID, "OUTPOST_OIDC_TENANT_CLAIM": "tenant",
@@ -49,12 +50,14 @@ def _start_cp(tmp: Path, provider_issuer: str, port: int, **env: str) -> Control
         "OUTPOST_OIDC_JWKS_MIN_REFRESH_S": "0", **env}).start()
 
 
-@pytest.fixture(scope="module")
-def sso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sso]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def sso(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sso]:
     port = free_port()
     base = f"http://localhost:{port}"
+    tmp = tmp_path_factory.mktemp(f"sso-{request.param}")
+    database = _database(request.param, tmp)
     provider = OidcProvider(CLIENT_ID, f"{base}/login/oidc/callback").start()
-    cp = _start_cp(tmp_path_factory.mktemp("sso"), provider.issuer, port)
+    cp = _start_cp(tmp, provider.issuer, port, next(database))
     in_database(cp.database_url, lambda s: get_or_create_tenant(s, "research"))
     provider.people.update({
         "alice": Person("sub-alice", "alice@corp.example", ("outpost-admins",), "default"),
@@ -67,6 +70,7 @@ def sso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sso]:
     finally:
         cp.stop()
         provider.stop()
+        database.close()
 
 
 @pytest.fixture
