@@ -178,3 +178,10 @@ def test_images_are_pinned_by_the_kustomization() -> None:
     pinned = {i["name"] for i in KUSTOMIZATION["images"]}
     used = {c["image"] for kind in ("Deployment", "DaemonSet", "Job") for d in _by_kind(kind) for c in _containers(d)}
     assert used == pinned
+
+
+def test_docs_deploy_names_every_manifest() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    section = doc[doc.index("## Kubernetes"):]
+    missing = [p.name for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml" and f"`{p.name}`" not in section]
+    assert not missing, f"docs/deploy.md's Kubernetes section does not describe {missing}"
