@@ -73,3 +73,26 @@ def test_a_proxy_refusing_the_runner_stops_it_with_a_clear_error(tmp_path: Path,
     finally:
         runner.stop()
         cp.stop()
+
+
+async def test_an_enrolled_runner_whose_proxy_refuses_it_stops_too(tinyproxy: Tinyproxy) -> None:
+    """The tunnel's own dial (not only enrollment) treats 401/407 from the proxy as final."""
+    import asyncio
+
+    from runner.identity import RunnerIdentity
+    from runner.tls import ControlPlaneTransport, pinned_context
+    from runner.tunnel import TunnelClient, TunnelTerminated
+    from sdk.identity import IdentityKey
+    from sdk.protocol import StatusFrame
+
+    async def never(_out: object) -> None:
+        raise AssertionError("no stream can arrive")
+
+    identity = RunnerIdentity(runner_id="run-x", key=IdentityKey.generate(), control_plane="https://127.0.0.1:9")
+    transport = ControlPlaneTransport(ssl=pinned_context(), proxy=tinyproxy.url(f"{PROXY_USER}:wrong"))
+    tunnel = TunnelClient(identity=identity, hello_fields=dict, on_stream=never, status=lambda: StatusFrame(),
+                          connections=1, transport=transport)
+    with pytest.raises(ExceptionGroup) as info:
+        await asyncio.wait_for(tunnel.run(), 30)
+    (exc,) = info.value.exceptions
+    assert isinstance(exc, TunnelTerminated) and "the proxy refused the runner's credentials" in str(exc)
