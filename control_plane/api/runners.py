@@ -8,19 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
 from control_plane.audit import actor_for_key, record_admin, record_runner_event
-from control_plane.db.models import Pool, Runner
+from control_plane.db.models import Runner
 from control_plane.errors import ApiError
 from control_plane.openai.load import runner_status
-from control_plane.pool_actions import set_runner_settings
+from control_plane.pool_actions import find_pool, set_runner_settings
 from control_plane.schemas import EngineSlotsOut, RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.services.cost import hourly_rate
 from control_plane.services.owner_settings import apply_owner_settings
 from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
-from control_plane.store.pools import default_pool, get_pool, get_pool_by_name
+from control_plane.store.pools import default_pool
 from control_plane.store.runners import (
     MAX_USD_PER_HOUR,
     create_runner,
@@ -101,7 +100,9 @@ class EnrollOut(BaseModel):
 @router.post("/enroll", response_model=EnrollOut, status_code=201)
 async def create_enrollment(body: EnrollIn, state: AppStateDep, admin: AdminDep, session: SessionDep) -> EnrollOut:
     """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown once."""
-    pool = await _own_pool(session, admin.tenant_id, body.pool)
+    # The caller's pool by id or name (404 for any other), else its default pool.
+    pool = await (find_pool(session, admin.tenant_id, body.pool) if body.pool is not None
+                  else default_pool(session, admin.tenant_id))
     row, token = await create_enrollment_token(session, admin.tenant_id, body.name,
                                                state.settings.enrollment_token_ttl_s, pool_id=pool.id,
                                                labels=body.labels)
@@ -172,13 +173,3 @@ def runner_out(row: Runner) -> RunnerOut:
     out = RunnerOut.model_validate(row)
     out.usd_per_hour = hourly_rate(row.cost or {})
     return out
-
-
-async def _own_pool(session: AsyncSession, tenant_id: str, pool: str | None) -> Pool:
-    """The caller's pool named or numbered ``pool`` (None: the default pool); 404 for any other."""
-    if pool is None:
-        return await default_pool(session, tenant_id)
-    found = await get_pool(session, pool, tenant_id=tenant_id) or await get_pool_by_name(session, tenant_id, pool)
-    if found is None:
-        raise ApiError.not_found(f"No pool {pool!r} in this tenant.", code="pool_not_found")
-    return found
