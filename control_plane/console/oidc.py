@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from joserfc import jws, jwt
 from joserfc.errors import (
@@ -118,10 +118,12 @@ def map_identity(claims: dict[str, Any], settings: Settings) -> Identity:
 class OidcClient:
     """The console's relying party: discovery, authorization URL, code exchange, ID-token checks.
 
-    ``transport`` is the HTTP seam (tests pass none: they run a real provider on loopback).
+    ``transport`` is the HTTP seam (tests pass none: they run a real provider on loopback). Everything
+    here speaks httpx2, the client authlib's OAuth integration is built on, so one transport and one
+    family of errors cover discovery, the JWKS and the code exchange.
     """
 
-    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
+    def __init__(self, settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._transport = transport
@@ -153,9 +155,9 @@ class OidcClient:
             token_endpoint_auth_method="client_secret_basic" if secret else "none",
             transport=self._transport, timeout=10.0, **kwargs)
 
-    def _plain(self) -> httpx.AsyncClient:
+    def _plain(self) -> httpx2.AsyncClient:
         # Discovery and JWKS are public documents: no client authentication.
-        return httpx.AsyncClient(transport=self._transport, timeout=10.0)
+        return httpx2.AsyncClient(transport=self._transport, timeout=10.0)
 
     async def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
@@ -164,7 +166,7 @@ class OidcClient:
                     resp = await http.get(f"{self.issuer}/.well-known/openid-configuration")
                     resp.raise_for_status()
                     meta = resp.json()
-                except (httpx.HTTPError, ValueError) as exc:
+                except (httpx2.HTTPError, ValueError) as exc:
                     raise OidcRefused("provider_unreachable", "The identity provider cannot be reached right "
                                       "now. Try again in a minute.") from exc
             # OpenID Connect Discovery 4.3: the document must name the issuer we asked.
@@ -184,7 +186,7 @@ class OidcClient:
                         resp = await http.get(meta["jwks_uri"])
                         resp.raise_for_status()
                         self._keys = KeySet.import_key_set(resp.json())
-                    except (httpx.HTTPError, ValueError, KeyError, JoseError) as exc:
+                    except (httpx2.HTTPError, ValueError, KeyError, JoseError) as exc:
                         raise OidcRefused("provider_unreachable", "The identity provider's keys cannot be "
                                           "read right now. Try again in a minute.") from exc
                 self._keys_fetched_at = self._clock()
@@ -212,7 +214,7 @@ class OidcClient:
             except OAuthError as exc:
                 raise OidcRefused("code_refused", f"The identity provider refused the sign-in ({exc.error}). "
                                   "Start again from the sign-in page.") from exc
-            except httpx.HTTPError as exc:
+            except (httpx2.HTTPError, ValueError) as exc:  # ValueError: a token response that is not JSON
                 raise OidcRefused("provider_unreachable", "The identity provider cannot be reached right now.") \
                     from exc
         id_token = token.get("id_token")
@@ -275,6 +277,6 @@ class OidcClient:
             return None
         if not isinstance(endpoint, str) or not endpoint:
             return None
-        query = httpx.QueryParams({"client_id": self.settings.oidc_client_id,
+        query = httpx2.QueryParams({"client_id": self.settings.oidc_client_id,
                                    "post_logout_redirect_uri": post_logout_redirect_uri})
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"

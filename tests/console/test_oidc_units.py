@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 
 from control_plane.console.oidc import OidcClient, OidcRefused, map_identity
@@ -80,7 +81,7 @@ def test_a_default_role_admits_people_no_group_maps() -> None:
 
 async def test_a_discovery_document_naming_another_issuer_is_refused() -> None:
     # An honest fake at the HTTP seam: a provider whose document claims to be someone else.
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"issuer": "https://evil.example"}))
+    transport = httpx2.MockTransport(lambda r: httpx2.Response(200, json={"issuer": "https://evil.example"}))
     client = OidcClient(_settings(), transport=transport)
     with pytest.raises(OidcRefused) as refused:
         await client.begin("/")
@@ -205,3 +206,20 @@ def test_an_issuer_without_a_client_id_stops_the_control_plane_at_start() -> Non
     from control_plane.console import install_console
     with pytest.raises(ValueError, match="OUTPOST_OIDC_CLIENT_ID"):
         install_console(FastAPI(), Settings(oidc_issuer="https://sso.example"))
+
+
+@pytest.mark.parametrize(("status", "body"), [(502, "<html>Bad gateway</html>"), (200, "[]")])
+async def test_a_token_endpoint_answering_garbage_is_a_clear_refusal(status: int, body: str) -> None:
+    # An honest fake at the HTTP seam: a broken token endpoint (a gateway's error page, a JSON list).
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("/openid-configuration"):
+            return httpx2.Response(200, json={"issuer": "https://sso.example", "token_endpoint":
+                                              "https://sso.example/token", "authorization_endpoint":
+                                              "https://sso.example/auth", "jwks_uri": "https://sso.example/jwks"})
+        return httpx2.Response(status, text=body)
+
+    client = OidcClient(_settings(), transport=httpx2.MockTransport(handler))
+    _, pending = await client.begin("/")
+    with pytest.raises(OidcRefused) as refused:
+        await client.finish("a-code", pending)
+    assert refused.value.reason == "provider_unreachable"
