@@ -147,36 +147,6 @@ class Settings(BaseSettings):
         default=None, description="Bearer token GET /metrics requires; empty: /metrics is open (keep the port "
         "on the operator's network). docs/security.md.")
 
-    # Console single sign-on (docs/console.md "Single sign-on"): OpenID Connect, code flow with PKCE.
-    oidc_issuer: str = Field(default="", description="OpenID Connect issuer URL (its discovery document is "
-                             "<issuer>/.well-known/openid-configuration); empty: no single sign-on.")
-    oidc_client_id: str = Field(default="", description="This console's client id at the provider.")
-    oidc_client_secret: SecretStr | None = Field(default=None, description="Client secret (confidential "
-                                                 "client); empty: a public client, PKCE only.")
-    oidc_client_secret_file: Path | None = Field(default=None, description="File holding the client secret "
-                                                 "(a mounted Secret); wins over OUTPOST_OIDC_CLIENT_SECRET.")
-    oidc_scopes: str = Field(default="openid email profile", description="Scopes asked for, space-separated.")
-    oidc_provider_name: str = Field(default="single sign-on", max_length=60,
-                                    description="Shown on the sign-in button: 'Sign in with <name>'.")
-    oidc_email_claim: str = Field(default="email", description="ID-token claim naming the person (the user's "
-                                  "email; matched to existing console users).")
-    oidc_tenant_claim: str = Field(default="", description="ID-token claim naming the user's tenant; empty: "
-                                   "every SSO user is in OUTPOST_OIDC_DEFAULT_TENANT. The tenant must exist.")
-    oidc_default_tenant: str = Field(default="default", description="Tenant of SSO users when no tenant claim "
-                                     "is configured.")
-    oidc_role_claim: str = Field(default="groups", description="ID-token claim (a string or a list) mapped to "
-                                 "a console role by OUTPOST_OIDC_ROLE_MAP.")
-    oidc_role_map: dict[str, Literal["admin", "viewer"]] = Field(
-        default_factory=dict, description='JSON object: claim value -> role, e.g. {"outpost-admins": "admin", '
-        '"staff": "viewer"}; the highest role matched wins.')
-    oidc_default_role: Literal["admin", "viewer", ""] = Field(
-        default="", description="Role when no claim value matches the map; empty: such a person is refused.")
-    oidc_allow_local_passwords: bool = Field(default=True, description="false: the console refuses password "
-                                             "sign-in (single sign-on only; the CLI still manages users). Ignored "
-                                             "while OUTPOST_OIDC_ISSUER is empty, so nobody is locked out.")
-    oidc_jwks_min_refresh_s: float = Field(default=10.0, ge=0, le=3600, description="Shortest time between two "
-                                           "refetches of the provider's keys caused by an unknown key id.")
-
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         if not self.database_url:

@@ -25,7 +25,9 @@ def uvicorn_ssl_kwargs(settings: Settings) -> dict[str, object]:
 
 
 def certificate_pin(settings: Settings) -> str | None:
-    """``sha256/...`` of the served certificate's public key; None without TLS here."""
+    """``sha256/...`` of the served certificate's public key (or the configured one); None without TLS."""
+    if settings.tls_token_pin:
+        return settings.tls_token_pin
     if settings.tls_certfile is None:
         return None
     return spki_pin_of_pem(settings.tls_certfile.read_bytes())
@@ -35,7 +37,7 @@ def token_with_pin(token: str, settings: Settings) -> str:
     """The enrollment token a runner gets: ``SECRET#sha256/PIN`` when this process serves TLS.
 
     The runner then trusts exactly the control plane that enrolled it (runner/tls.py).
-    Behind a terminating proxy (no tls_certfile here) the token carries no pin.
+    Behind a terminating proxy, the pin of its key when ``tls_token_pin`` names it, else none.
     """
     pin = certificate_pin(settings)
     return f"{token}#{pin}" if pin else token

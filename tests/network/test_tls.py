@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import openai
+import pytest
 
 from sdk.pins import spki_pin_of_pem
 from tests.network.conftest import MODEL, Pki, TlsControlPlane, exit_code, wait_tls_connected
 from tests.network.mitm import InterceptingProxy
-from tests.utils import RunnerProcess, wait_until
+from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 
 def _log(runner: RunnerProcess) -> str:
@@ -138,3 +139,16 @@ def test_every_way_of_making_a_token_carries_the_pin(tmp_path: Path, pki: Pki) -
         assert resp.json()["token"].endswith("#" + pin)
     finally:
         cp.stop()
+
+
+def test_behind_a_terminating_proxy_the_token_carries_the_configured_pin(tmp_path: Path, pki: Pki) -> None:
+    pin = spki_pin_of_pem(pki.server_file.read_bytes())  # the proxy's key, in a real deployment
+    db = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+    plain = ControlPlaneProcess(tmp_path / "plain", db)
+    assert "#" not in plain.enrollment_token("no-tls")
+    proxied = ControlPlaneProcess(tmp_path / "proxied", db, extra_env={"OUTPOST_TLS_TOKEN_PIN": pin.removeprefix(
+        "sha256/")})
+    assert proxied.enrollment_token("behind-lb").endswith("#" + pin)
+    bad = ControlPlaneProcess(tmp_path / "bad", db, extra_env={"OUTPOST_TLS_TOKEN_PIN": "sha256/nope"})
+    with pytest.raises(RuntimeError, match="not a SHA-256 public-key pin"):
+        bad.enrollment_token("never")
