@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sdk.pins import parse_pin
+
 __all__ = ["Settings", "default_state_dir"]
 
 
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     tls_client_auth: Literal["none", "optional", "required"] = Field(
         default="none", description="Client certificates: required refuses any TLS connection without one "
         "signed by tls_client_ca (API clients included: one port); optional checks those presented.")
+    tls_token_pin: str = Field(default="", description="Key pin (sha256/BASE64) enrollment tokens carry when a "
+                               "terminating proxy serves TLS for this control plane; default: the pin of "
+                               "tls_certfile, none without it.")
 
     # Request limits (OWASP API4: bound everything).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body (413 above).")
@@ -147,12 +152,44 @@ class Settings(BaseSettings):
         default=None, description="Bearer token GET /metrics requires; empty: /metrics is open (keep the port "
         "on the operator's network). docs/security.md.")
 
+    # Console single sign-on (docs/console.md "Single sign-on"): OpenID Connect, code flow with PKCE.
+    oidc_issuer: str = Field(default="", description="OpenID Connect issuer URL (its discovery document is "
+                             "<issuer>/.well-known/openid-configuration); empty: no single sign-on.")
+    oidc_client_id: str = Field(default="", description="This console's client id at the provider.")
+    oidc_client_secret: SecretStr | None = Field(default=None, description="Client secret (confidential "
+                                                 "client); empty: a public client, PKCE only.")
+    oidc_client_secret_file: Path | None = Field(default=None, description="File holding the client secret "
+                                                 "(a mounted Secret); wins over OUTPOST_OIDC_CLIENT_SECRET.")
+    oidc_scopes: str = Field(default="openid email profile", description="Scopes asked for, space-separated.")
+    oidc_provider_name: str = Field(default="single sign-on", max_length=60,
+                                    description="Shown on the sign-in button: 'Sign in with <name>'.")
+    oidc_email_claim: str = Field(default="email", description="ID-token claim naming the person (the user's "
+                                  "email; matched to existing console users).")
+    oidc_tenant_claim: str = Field(default="", description="ID-token claim naming the user's tenant; empty: "
+                                   "every SSO user is in OUTPOST_OIDC_DEFAULT_TENANT. The tenant must exist.")
+    oidc_default_tenant: str = Field(default="default", description="Tenant of SSO users when no tenant claim "
+                                     "is configured.")
+    oidc_role_claim: str = Field(default="groups", description="ID-token claim (a string or a list) mapped to "
+                                 "a console role by OUTPOST_OIDC_ROLE_MAP.")
+    oidc_role_map: dict[str, Literal["admin", "viewer"]] = Field(
+        default_factory=dict, description='JSON object: claim value -> role, e.g. {"outpost-admins": "admin", '
+        '"staff": "viewer"}; the highest role matched wins.')
+    oidc_default_role: Literal["admin", "viewer", ""] = Field(
+        default="", description="Role when no claim value matches the map; empty: such a person is refused.")
+    oidc_allow_local_passwords: bool = Field(default=True, description="false: the console refuses password "
+                                             "sign-in (single sign-on only; the CLI still manages users). Ignored "
+                                             "while OUTPOST_OIDC_ISSUER is empty, so nobody is locked out.")
+    oidc_jwks_min_refresh_s: float = Field(default=10.0, ge=0, le=3600, description="Shortest time between two "
+                                           "refetches of the provider's keys caused by an unknown key id.")
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.state_dir / 'outpost.db'}"
         if self.tls_client_auth != "none" and (self.tls_client_ca is None or self.tls_certfile is None):
             raise ValueError("tls_client_auth needs tls_certfile and tls_client_ca")
+        if self.tls_token_pin:
+            self.tls_token_pin = parse_pin(self.tls_token_pin)
         if (self.tls_keyfile or self.tls_client_ca) and self.tls_certfile is None:
             raise ValueError("tls_keyfile and tls_client_ca need tls_certfile")
         if not self.public_url:
