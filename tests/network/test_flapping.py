@@ -132,7 +132,7 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(tmp_path: Path,
 
         runner_ns.partition()
         wait_until(lambda: not _connected(cp, load.key, runner_id), 20, "the control plane to drop the runner")
-        time.sleep(5)
+        time.sleep(3)  # the runner's redials meet the dead link too
         runner_ns.heal()
         healed = time.monotonic()
         wait_until(lambda: _connected(cp, load.key, runner_id), RECONNECT_BOUND_S, "the runner to come back")
