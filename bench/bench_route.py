@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.load import machine, write_section
-from control_plane.openai.routing import Router, RouteRequest
+from control_plane.routing.routing import Router, RouteRequest
 from tests.api.sim import MODEL, set_status, simulated_runner
 
 BEGIN, END = "<!-- route:begin -->", "<!-- route:end -->"

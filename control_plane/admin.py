@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control_plane.audit import operator_actor, record_admin
 from control_plane.db.engine import Database
 from control_plane.db.models import Pool
-from control_plane.openai.routing import POLICIES
+from control_plane.routing.routing import POLICIES
 from control_plane.store.keys import create_api_key, create_enrollment_token
 from control_plane.store.policies import set_key_limits, set_tenant_policy
 from control_plane.store.pools import DEFAULT_POOL, create_pool, default_pool, get_pool_by_name

@@ -32,8 +32,8 @@ from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import utcnow
 from control_plane.observability import StateCollector, install_observability
-from control_plane.openai.admission import Admission
-from control_plane.openai.routing import Router, RouterConfig
+from control_plane.routing.admission import Admission
+from control_plane.routing.routing import Router, RouterConfig
 from control_plane.services.auth_cache import KeyCache
 from control_plane.services.owner_settings import OwnerSettingsSync
 from control_plane.services.record_writer import RecordWriter

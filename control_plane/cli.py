@@ -30,7 +30,7 @@ from control_plane.console.cli import users_app
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
-from control_plane.openai.routing import POLICIES
+from control_plane.routing.routing import POLICIES
 from control_plane.pools_cli import pools_app, runners_set
 from control_plane.settings import Settings
 from control_plane.tls import token_with_pin, uvicorn_ssl_kwargs

@@ -8,8 +8,8 @@ from control_plane.audit.checkpoints import Checkpointer
 from control_plane.cluster import Cluster
 from control_plane.db.engine import Database
 from control_plane.observability.metrics import ControlPlaneMetrics
-from control_plane.openai.admission import Admission
-from control_plane.openai.routing import Router
+from control_plane.routing.admission import Admission
+from control_plane.routing.routing import Router
 from control_plane.services.auth_cache import KeyCache
 from control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
 from control_plane.services.record_writer import RecordWriter

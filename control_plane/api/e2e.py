@@ -26,7 +26,7 @@ from control_plane.audit import actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
 from control_plane.openai.disconnect import watch
-from control_plane.openai.routing import RouteRequest, residency_allows
+from control_plane.routing.routing import RouteRequest, residency_allows
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
 from control_plane.services.receipts import receipt_check
 from control_plane.state import AppState

@@ -17,12 +17,12 @@ from fastapi.responses import Response
 
 from control_plane.api.deps import AppStateDep, Caller, CallerDep
 from control_plane.errors import ApiError
-from control_plane.openai.affinity import affinity_keys
+from control_plane.routing.affinity import affinity_keys
 from control_plane.openai.caps import cap_request
 from control_plane.openai.disconnect import watch
-from control_plane.openai.load import runner_status
+from control_plane.routing.load import runner_status
 from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from control_plane.openai.routing import POLICIES, RouteRequest, RoutingPolicy, residency_allows
+from control_plane.routing.routing import POLICIES, RouteRequest, RoutingPolicy, residency_allows
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
 from control_plane.services.ratelimit import RateDecision
 from control_plane.state import AppState

@@ -13,7 +13,7 @@ from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep,
 from control_plane.audit import actor_for_key, record_admin, record_runner_event
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
-from control_plane.openai.load import runner_status
+from control_plane.routing.load import runner_status
 from control_plane.pool_actions import find_pool, set_runner_settings
 from control_plane.schemas import EngineSlotsOut, RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.services.cost import hourly_rate

@@ -37,7 +37,7 @@ from control_plane.cluster.ratelimit import RedisRateLimiter
 from control_plane.cluster.registry import Registry, RemoteView, describe_runners
 from control_plane.cluster.remote import RemoteLink, RemoteStream
 from control_plane.errors import ApiError
-from control_plane.openai.admission import Admission
+from control_plane.routing.admission import Admission
 from control_plane.settings import Settings
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from sdk.protocol import (

@@ -12,9 +12,9 @@ engine), and ``cancel`` posts a ``reset``.
 
 The holder admits a relayed request through its own fair queue for the
 runner (``open_stream(admit=...)``, holder.py): the stream then yields
-:class:`~control_plane.openai.admission.HolderAdmitted` before the
+:class:`~control_plane.routing.admission.HolderAdmitted` before the
 runner's first frame, or
-:class:`~control_plane.openai.admission.HolderRefused` instead.
+:class:`~control_plane.routing.admission.HolderRefused` instead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from control_plane.errors import ApiError
-from control_plane.openai.admission import HolderAdmitted, HolderRefused
+from control_plane.routing.admission import HolderAdmitted, HolderRefused
 from control_plane.tunnel.link import RunnerLoad
 from control_plane.tunnel.stream import EventQueue, LinkClosed, StreamEvent
 from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame

@@ -21,10 +21,10 @@ from starlette.background import BackgroundTask
 from control_plane.db.models import RequestRecord
 from control_plane.errors import ApiError, error_body, sse_error_event
 from control_plane.observability import record_id
-from control_plane.openai.admission import HolderAdmitted, HolderRefused, Slot
+from control_plane.routing.admission import HolderAdmitted, HolderRefused, Slot
 from control_plane.openai.disconnect import ClientGone, gone_error, read_or_gone
 from control_plane.openai.relay_response import RelayResponse
-from control_plane.openai.routing import (
+from control_plane.routing.routing import (
     ENGINE_DOWN,
     Endpoint,
     RouteDecision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from control_plane.openai.routing import POLICIES
+from control_plane.routing.routing import POLICIES
 from control_plane.settings import Settings
 
 ROOT = Path(__file__).parents[2]

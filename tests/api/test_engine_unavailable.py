@@ -5,7 +5,7 @@ The end-to-end version (a real hung llama.cpp engine) is tests/runner/test_multi
 
 from __future__ import annotations
 
-from control_plane.openai.routing import ENGINE_DOWN, Router, RouteRequest, eligibility
+from control_plane.routing.routing import ENGINE_DOWN, Router, RouteRequest, eligibility
 from control_plane.openai.serving import InferenceCall, _ineligible_error
 from sdk.protocol import StatusFrame
 from tests.api.sim import MODEL, set_status, simulated_runner

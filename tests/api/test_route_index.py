@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from control_plane.openai.load import RunnerStats
-from control_plane.openai.routing import (
+from control_plane.routing.load import RunnerStats
+from control_plane.routing.routing import (
     _COST_TIE,
     Candidate,
     Router,

@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from control_plane.cluster.holder import _RelayedCall as _Call
-from control_plane.openai.admission import Admission, HolderAdmitted, HolderRefused
+from control_plane.routing.admission import Admission, HolderAdmitted, HolderRefused
 from control_plane.services.scheduler import FairScheduler
 from sdk.protocol import EndFrame, ResponseStartFrame
 from tests.cluster.test_cluster_inprocess import REDIS_URL, Pair, ScriptedRunner, _wait

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from control_plane.errors import ApiError
-from control_plane.openai.admission import Admission
+from control_plane.routing.admission import Admission
 from control_plane.services.budgets import BudgetGuard
 from control_plane.services.cost import DEFAULT_USD_PER_HOUR, EngineTimeMeter, hourly_rate
 from control_plane.services.scheduler import FairScheduler, RunnerGone

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from control_plane.cluster.holder import Holder
 from control_plane.cluster.registry import RemoteView, describe_runners
-from control_plane.openai.admission import Admission
+from control_plane.routing.admission import Admission
 from control_plane.services.budgets import BudgetGuard
 from control_plane.services.cost import EngineTimeMeter
 from control_plane.services.scheduler import FairScheduler, RunnerGone

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from control_plane.observability import StateCollector
-from control_plane.openai.admission import Admission
+from control_plane.routing.admission import Admission
 from control_plane.services.scheduler import Abandoned, FairScheduler, QueueTimeout
 from control_plane.tunnel.hub import TunnelHub
 from tests.observability.conftest import samples, value

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from control_plane.cluster.registry import RemoteView, describe_runners
-from control_plane.openai.routing import (
+from control_plane.routing.routing import (
     Router,
     RouteRequest,
     any_in_pools,

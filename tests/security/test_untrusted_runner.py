@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.openai.routing import RouteRequest
+from control_plane.routing.routing import RouteRequest
 from control_plane.openai.serving import InferenceCall, _bounded
 from sdk.protocol import Usage
 

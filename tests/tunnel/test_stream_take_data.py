@@ -8,7 +8,7 @@ the frames one by one.
 from __future__ import annotations
 
 from control_plane.cluster.remote import RemoteLink, RemoteStream
-from control_plane.openai.admission import HolderAdmitted
+from control_plane.routing.admission import HolderAdmitted
 from control_plane.tunnel.stream import LinkClosed, Stream
 from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
 

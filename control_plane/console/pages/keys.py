@@ -13,7 +13,7 @@ from control_plane.audit import record_admin
 from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
 from control_plane.console.inference import CONSOLE_KEY_PREFIX
 from control_plane.db.models import utcnow
-from control_plane.openai.routing import POLICIES
+from control_plane.routing.routing import POLICIES
 from control_plane.state import AppState
 from control_plane.store.budgets import delete_budget, get_budget, key_in_tenant, set_budget
 from control_plane.store.keys import create_api_key, get_api_key, list_api_keys, revoke_api_key

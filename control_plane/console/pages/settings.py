@@ -41,7 +41,7 @@ from control_plane.console.users import (
     unlock_user,
 )
 from control_plane.db.models import Tenant, utcnow
-from control_plane.openai.routing import POLICIES
+from control_plane.routing.routing import POLICIES
 from control_plane.state import AppState
 
 router = APIRouter(include_in_schema=False)

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 from control_plane.db.engine import Database
 from control_plane.db.models import utcnow
 from control_plane.errors import ApiError
-from control_plane.openai.load import runner_status
+from control_plane.routing.load import runner_status
 from control_plane.services.budgets import BudgetGuard, BudgetVerdict
 from control_plane.services.cost import EngineShare, EngineSpan, EngineTimeMeter, cost_for_request
 from control_plane.services.scheduler import (

@@ -5,7 +5,7 @@ automatic prefix caching) skips the prefill of a prompt prefix it still holds.
 A multi-turn conversation resends its whole history every turn, so sending
 turn *n + 1* to the runner that served turn *n* turns most of the prefill
 into a cache hit. The router asks this table where a conversation went last;
-:mod:`control_plane.openai.routing` bounds the load it may add to one runner.
+:mod:`control_plane.routing.routing` bounds the load it may add to one runner.
 
 Keys are SHA-256 digests over tenant, model and the leading prompt; no text
 is stored. The tenant is part of the key so that one tenant's prompts never

@@ -1,7 +1,7 @@
 """Choosing the runner for one request: eligibility, policy ranking, prefix affinity.
 
 Pure: the router reads the hub's :class:`ConnectedRunner` objects and its own
-in-memory tables (:mod:`control_plane.openai.load`, the affinity table), and
+in-memory tables (:mod:`control_plane.routing.load`, the affinity table), and
 does no I/O, so every decision can be replayed in a unit test.
 
 A decision is an *ordered list* of candidates, not one runner: the serving
@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
-from control_plane.openai.affinity import AffinityTable
-from control_plane.openai.load import (
+from control_plane.routing.affinity import AffinityTable
+from control_plane.routing.load import (
     DEFAULT_DECODE_TPS,
     PREFILL_OVER_DECODE,
     ExternalLoad,

@@ -1,0 +1,1 @@
+"""Where a request goes and whether it may start: routing, affinity, load, admission."""
