@@ -17,10 +17,10 @@ from tests.conftest import Stack
 #: Path parameters that do not name a tenant's resource, and why.
 NOT_TENANT_RESOURCES = {
     # ``{endpoint}`` names an OpenAI endpoint (chat/completions, ...), not an object. The runner is named
-    # in X-Outpost-Runner; runners serve every tenant, so sealing to one is not a cross-tenant read.
+    # in X-Outpost-Runner and must be in a pool the caller may use (tests/security/test_pools_trust.py).
     ("post", "/v1/e2e/{endpoint}"),
-    # Public signed key material of a runner, which serves every tenant (``/v1/e2e/runners`` lists the
-    # same documents): clients of any tenant need it to seal. Checked below: it holds no tenant data.
+    # Public signed key material of a runner, served to the tenants that may use its pool (``/v1/e2e/runners``
+    # lists the same documents): they need it to seal. Checked below: it holds no tenant data.
     ("get", "/api/runners/{runner_id}/e2e-key"),
 }
 
@@ -32,7 +32,13 @@ MATRIX = {
     ("get", "/api/fairness/runs/{run_id}/responses"): "fairness_run",
     ("post", "/api/keys/{key_id}/revoke"): "key",
     ("post", "/api/runners/{runner_id}/revoke"): "runner",
+    ("patch", "/api/runners/{runner_id}"): "runner",
+    ("post", "/api/pools/{pool}/grants"): "pool",
+    ("post", "/api/pools/grants/{grant_id}/revoke"): "grant",
 }
+#: Bodies that pass validation, so the refusal is the ownership check's (a 422 would prove nothing).
+BODIES = {("post", "/api/pools/{pool}/grants"): {"tenant": "bola-other"},
+          ("patch", "/api/runners/{runner_id}"): {"usd_per_hour": 1000}}
 
 TINY_SUITE = {
     "schema_version": 1, "id": "tiny", "version": "1",
@@ -61,8 +67,12 @@ class Tenants:
             "model": "smollm2-135m-instruct", "suite": TINY_SUITE, "attributes": ["gender"],
             "max_prompts_per_group": 1, "sampling": {"max_tokens": 1, "seed": 1}, "concurrency": 1})
         assert run.status_code == 202, run.text
+        pool = next(p["id"] for p in self.a.get("/api/pools").json()["data"] if p["name"] == "default")
+        stack.cp.cli("keys", "create", "third", "--tenant", "bola-third")
+        grant = self.a.post(f"/api/pools/{pool}/grants", json={"tenant": "bola-third"})
+        assert grant.status_code == 201, grant.text
         self.ids = {"budget": budget.json()["id"], "key": self.victim_key["id"], "runner": stack.runner_id,
-                    "fairness_run": run.json()["id"]}
+                    "fairness_run": run.json()["id"], "pool": pool, "grant": grant.json()["id"]}
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +99,13 @@ def test_other_tenants_ids_are_refused(tenants: Tenants, method: str, path: str)
     kind = MATRIX[(method, path)]
     target = tenants.ids[kind]
     url = path.replace("{" + path.split("{")[1].split("}")[0] + "}", target)
-    body = {} if method in {"put", "post"} else None
+    body = BODIES.get((method, path), {} if method in {"put", "post"} else None)
     response = tenants.b.request(method.upper(), url, json=body)
     # The e2e-key upload is authenticated by the runner's signature, not by a tenant key: refused as invalid.
     allowed = {400, 403, 404} if path.endswith("/e2e-key") else {403, 404}
     assert response.status_code in allowed, (method, url, response.status_code, response.text)
     assert set(response.json()) == {"error"}
-    assert target not in response.text or kind in {"runner", "fairness_run", "budget", "key"} and \
+    assert target not in response.text or kind in {"runner", "fairness_run", "budget", "key", "pool", "grant"} and \
         "in this tenant" in response.text or path.endswith("/e2e-key")
 
 
@@ -107,12 +117,15 @@ def test_resources_survive_the_other_tenants_attempts(tenants: Tenants, stack: S
     assert tenants.ids["budget"] in {b["id"] for b in budgets}
     runners = tenants.a.get("/api/runners").json()["data"]
     assert any(r["id"] == stack.runner_id and r["connected"] and r["revoked_at"] is None for r in runners)
+    assert all(r["usd_per_hour"] != 1000 for r in runners)  # B's PATCH of the price changed nothing
+    grants = tenants.a.get("/api/pools/grants").json()["data"]
+    assert any(g["id"] == tenants.ids["grant"] and g["revoked_at"] is None for g in grants)
 
 
 def test_lists_and_queries_hold_no_other_tenants_data(tenants: Tenants) -> None:
     ids = tenants.ids
     for url in ("/api/keys", "/api/budgets", "/api/runners", "/api/fairness/runs", "/api/audit?limit=200",
-                "/api/usage"):
+                "/api/usage", "/api/pools"):
         response = tenants.b.get(url)
         assert response.status_code == 200, (url, response.text)
         for target in ids.values():
