@@ -26,8 +26,8 @@ from control_plane.audit import actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
 from control_plane.openai.disconnect import watch
-from control_plane.routing.routing import RouteRequest, residency_allows
 from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
+from control_plane.routing.routing import RouteRequest, residency_allows
 from control_plane.services.receipts import receipt_check
 from control_plane.state import AppState
 from control_plane.store.e2e_keys import hpke_key_document, store_hpke_key
@@ -138,7 +138,7 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
     if body.max_tokens is not None and body.max_tokens > limit:
         raise ApiError(400, f"max_tokens {body.max_tokens} exceeds this deployment's limit of {limit}.",
                        code="max_tokens_too_large", param="max_tokens")
-    identity = await _identity_of_sealing_runner(request, state, runner_id)
+    identity = await _identity_of_sealing_runner(request, state, runner_id, policy.pools)
     live = state.hub.lookup(runner_id)  # held here or, with Redis, by another replica
     if live is not None and live.pool_id not in policy.pools:
         raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")  # not the caller's to use
@@ -162,8 +162,13 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
     return response
 
 
-async def _identity_of_sealing_runner(request: Request, state: AppState, runner_id: str) -> str:
+async def _identity_of_sealing_runner(request: Request, state: AppState, runner_id: str,
+                                      pools: frozenset[str]) -> str:
     """The identity key that must sign this runner's receipts; 404 or 400 if it cannot take e2e.
+
+    A runner outside the caller's ``pools`` is a 404 before anything else is said about it
+    (whether it has a key is no one else's business); the caller checks the live runner's
+    pool again, since a remembered identity skips this read.
 
     Remembered per app once the runner has a key document, which saves a database
     round trip per sealed request: a runner's identity key never changes, a key
@@ -177,7 +182,7 @@ async def _identity_of_sealing_runner(request: Request, state: AppState, runner_
         return identity
     async with state.db.session() as session:
         row = await get_runner(session, runner_id)
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or row.pool_id not in pools:
         raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
     if hpke_key_document(row) is None:
         raise ApiError(400, f"Runner {runner_id!r} has no end-to-end key.", code=E2E_UNSUPPORTED)

@@ -359,3 +359,20 @@ def test_pools_through_the_cli(world: World) -> None:
         assert world.runner_row("attacker", world.rogue.runner_id)["labels"] == {"site": "b-lab"}
     finally:
         cli("runners", "set", world.rogue.runner_id, "--labels", "{}")
+
+
+def test_a_sealed_request_to_another_tenants_runner_is_404(world: World) -> None:
+    """End-to-end mode names its runner: one of another tenant is refused as unknown, key or not."""
+    from sdk.e2e.envelope import seal_request
+
+    keyless = ScriptedRunner(world.cp, world.admin["attacker"], f"keyless-{secrets.token_hex(2)}")
+    for target in (world.rogue.runner_id, keyless.runner_id):
+        request_id = f"e2e_{secrets.token_hex(12)}"
+        envelope, _ = seal_request(world.rogue.keys.hpke_public, target, b'{"messages": []}', request_id)
+        before = len(world.rogue.captured)
+        resp = httpx.post(f"{world.cp.url}/v1/e2e/chat/completions", timeout=30,
+                          headers={"Authorization": f"Bearer {world.admin['victim']}", "X-Outpost-Runner": target},
+                          json={"model": ALIAS, "request_id": request_id, "envelope": envelope, "max_tokens": 4})
+        assert resp.status_code == 404, (target, resp.text)
+        assert resp.json()["error"]["code"] == "runner_not_found"
+        assert len(world.rogue.captured) == before
