@@ -178,7 +178,7 @@ def up(
     env = {**os.environ}
     if token:
         env["OUTPOST_ENROLLMENT_TOKEN"] = token_with_pin(token, settings)
-    from runner.engine_process import parent_death_signal
+    from sdk.process import parent_death_signal
 
     # uvicorn shuts down on SIGTERM, then raises the signal again under the handler that was in
     # place before it ran. Python's default SIGTERM action would end this process there and then,

@@ -25,6 +25,8 @@ from runner.supervisor import HealthCheck
 from runner.tls import ControlPlaneTransport, TrustFailure, pinned_context
 from runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
 from sdk.e2e import Kem
+from sdk.hardware import HardwareReport
+from sdk.pricing import CostModel
 from sdk.protocol import StatusFrame
 
 __all__ = ["Agent", "AgentConfig"]
@@ -37,8 +39,8 @@ class AgentConfig:
     settings: RunnerSettings
     #: One engine per served model (an attached engine: one for all its models).
     adapters: list[EngineAdapter]
-    hardware: dict[str, Any] = field(default_factory=dict)
-    cost: dict[str, Any] = field(default_factory=dict)
+    hardware: HardwareReport | None = None
+    cost: CostModel = field(default_factory=CostModel)
     engine_headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -11,18 +11,24 @@ Three ways, first match wins:
    runner look nearly free;
 3. neither: the default rate of its hardware class (``DEFAULT_USD_PER_HOUR``).
 
-The tables and the cost classes live in ``control_plane.services.cost``, a
-pure module with no server dependencies, so both ends read the same numbers.
+The tables, the hardware classes and the cost model live in ``sdk.pricing``,
+the contract both ends import, so both read the same numbers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
 
-from control_plane.services.cost import DEFAULT_TDP_WATTS, DEFAULT_USD_PER_HOUR, HardwareClass
-from runner.hardware import GpuInfo, HardwareReport
 from runner.settings import RunnerSettings
+from sdk.hardware import GpuInfo, HardwareReport
+from sdk.pricing import (
+    DEFAULT_TDP_WATTS,
+    DEFAULT_USD_PER_HOUR,
+    HARDWARE_CLASSES,
+    CostModel,
+    HardwareClass,
+    is_hardware_class,
+)
 
 __all__ = ["cost_model", "hardware_class", "power_limit_watts"]
 
@@ -62,7 +68,7 @@ def power_limit_watts(report: HardwareReport, powercap: Path = Path("/sys/class/
     if gpus:
         limits = [g.power_limit_watts for g in gpus]
         if all(w is not None and w > 0 for w in limits):
-            return float(sum(limits)), "gpu-power-limit"  # type: ignore[arg-type]
+            return float(sum(w for w in limits if w is not None)), "gpu-power-limit"
         return None
     total = 0.0
     for zone in sorted(powercap.glob("intel-rapl:*")):
@@ -76,23 +82,23 @@ def power_limit_watts(report: HardwareReport, powercap: Path = Path("/sys/class/
 
 
 def cost_model(settings: RunnerSettings, report: HardwareReport,
-               powercap: Path = Path("/sys/class/powercap")) -> dict[str, Any]:
-    """The ``cost`` dict of the hello; the control plane turns it into $/s (``hourly_rate``)."""
+               powercap: Path = Path("/sys/class/powercap")) -> CostModel:
+    """The ``cost`` of the hello; the control plane turns it into $/hour (``sdk.pricing.hourly_rate``)."""
     detected, count = hardware_class(report)
     cls = settings.hardware_class or detected
-    if cls not in get_args(HardwareClass):
-        raise ValueError(f"unknown hardware class {cls!r}; one of: {', '.join(get_args(HardwareClass))}")
-    base: dict[str, Any] = {"hardware_class": cls, "count": count}
+    if not is_hardware_class(cls):
+        raise ValueError(f"unknown hardware class {cls!r}; one of: {', '.join(HARDWARE_CLASSES)}")
     if settings.usd_per_hour is not None:
-        return {"kind": "hourly", "usd_per_hour": settings.usd_per_hour, "source": "configured", **base}
+        return CostModel(kind="hourly", usd_per_hour=settings.usd_per_hour, source="configured",
+                         hardware_class=cls, count=count)
     if settings.usd_per_kwh is not None:
         if settings.watts is not None:
             watts, source = settings.watts, "configured"
         elif (limit := power_limit_watts(report, powercap)) is not None:
             watts, source = limit
         else:
-            watts, source = DEFAULT_TDP_WATTS[cls] * count, "tdp"  # type: ignore[index]
-        return {"kind": "power", "usd_per_kwh": settings.usd_per_kwh, "pue": settings.pue, "watts": watts,
-                "watts_source": source, **base}
-    rate = DEFAULT_USD_PER_HOUR[cls] * count  # type: ignore[index]
-    return {"kind": "hourly", "usd_per_hour": rate, "source": "default", **base}
+            watts, source = DEFAULT_TDP_WATTS[cls] * count, "tdp"
+        return CostModel(kind="power", usd_per_kwh=settings.usd_per_kwh, pue=settings.pue, watts=watts,
+                         watts_source=source, hardware_class=cls, count=count)
+    return CostModel(kind="hourly", usd_per_hour=DEFAULT_USD_PER_HOUR[cls] * count, source="default",
+                     hardware_class=cls, count=count)

@@ -21,58 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
-import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from sdk.process import parent_death_signal
+
 __all__ = ["EngineRecord", "EngineRegistry", "parent_death_signal", "spawn_engine"]
 
 log = logging.getLogger("outpost.runner.engines")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        # Resolved here, in the parent: the child between fork and exec should do no more than call it.
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _load_prctl()
-
-
-def parent_death_signal(sig: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the kernel send ``sig`` to the child when its parent dies.
-
-    ``None`` where the platform has no such thing (not Linux): the start-up sweep
-    of :class:`EngineRegistry` is then the only guarantee.
-    """
-    prctl = _prctl
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody would send the signal.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), int(sig))
-
-    return preexec
-
 
 async def spawn_engine(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
     """``asyncio.create_subprocess_exec`` for an engine: killed by the kernel when the runner dies."""

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import psutil
-from pydantic import BaseModel, Field
+
+from sdk.hardware import CpuInfo, GpuInfo, HardwareReport, ProbeStatus
 
 __all__ = [
     "AmdProbe", "AppleProbe", "CpuInfo", "CpuProbe", "GpuInfo", "GpuProbe", "HardwareReport",
@@ -55,73 +56,6 @@ _ARM_FEATURES = {
     "bf16": "bf16",
     "asimdhp": "fp16",
 }
-
-
-class CpuInfo(BaseModel):
-    """The host's CPU, system RAM and OS (one probe: they come from the same OS calls)."""
-
-    model: str
-    arch: str
-    os: str
-    physical_cores: int | None
-    logical_cores: int
-    ram_total_bytes: int
-    ram_available_bytes: int
-    features: list[str] = Field(default_factory=list)
-
-    @classmethod
-    def unknown(cls) -> CpuInfo:
-        """What the report holds when the CPU probe itself failed: nothing assumed."""
-        return cls(
-            model="unknown",
-            arch="unknown",
-            os="unknown",
-            physical_cores=None,
-            logical_cores=0,
-            ram_total_bytes=0,
-            ram_available_bytes=0,
-        )
-
-
-class GpuInfo(BaseModel):
-    vendor: Literal["nvidia", "amd", "apple"]
-    index: int
-    name: str
-    uuid: str | None = None
-    memory_total_bytes: int
-    memory_free_bytes: int
-    #: NVIDIA "major.minor" (vLLM needs >= 7.0); AMD gfx target such as "gfx942".
-    compute_capability: str | None = None
-    driver_version: str | None = None
-    power_draw_watts: float | None = None
-    power_limit_watts: float | None = None
-    utilization_percent: float | None = None
-    mig_enabled: bool | None = None
-    #: Apple Silicon shares system RAM with the GPU; its "VRAM" is the RAM.
-    unified_memory: bool = False
-
-
-class ProbeStatus(BaseModel):
-    name: str
-    present: bool
-    devices: int = 0
-    reason: str | None = None
-
-
-class HardwareReport(BaseModel):
-    cpu: CpuInfo
-    gpus: list[GpuInfo] = Field(default_factory=list)
-    probes: list[ProbeStatus] = Field(default_factory=list)
-
-    def gpus_of(self, vendor: str) -> list[GpuInfo]:
-        return [gpu for gpu in self.gpus if gpu.vendor == vendor]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types, as the tunnel's hello frame carries them."""
-        return self.model_dump(mode="json")
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
 
 
 class CpuProbe(Protocol):
@@ -387,7 +321,7 @@ def default_probes() -> Probes:
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")[:1024]  # the hello's bound (sdk/hardware.py)
 
 
 def detect(probes: Probes | None = None) -> HardwareReport:

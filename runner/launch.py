@@ -64,7 +64,7 @@ def build_agent(settings: RunnerSettings, console: Console) -> Agent:
         adapters.append(adapter)
     headers = adapters[0].headers() if hasattr(adapters[0], "headers") else {}
     cost = cost_model(settings, hardware)
-    return Agent(AgentConfig(settings=settings, adapters=adapters, hardware=hardware.to_dict(), cost=cost,
+    return Agent(AgentConfig(settings=settings, adapters=adapters, hardware=hardware, cost=cost,
                              engine_headers=headers), console)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -39,7 +38,9 @@ from pydantic import (
     model_serializer,
 )
 
+from sdk.hardware import HardwareReport
 from sdk.logfmt import REQUEST_ID_PATTERN
+from sdk.pricing import CostModel
 
 __all__ = [
     "CAPABILITIES",
@@ -107,11 +108,7 @@ MAX_IN_FLIGHT = 1_000_000
 _MAX_COUNTER = 2**53
 #: A stream id: the control plane gives them out from 1 upwards per connection.
 _MAX_STREAM_ID = 2**53
-#: A number in a hello's ``cost`` map ($/hour, watts, $/kWh, a PUE, a count).
-_MAX_COST_NUMBER = 1e6
-#: A number in a hello's ``hardware`` map (bytes of memory, core counts...).
-_MAX_HARDWARE_NUMBER = 2.0**53
-_MAX_JSON_DEPTH = 6
+# A hello's cost and hardware are bounded by their own models (sdk/pricing.py, sdk/hardware.py).
 
 _Tokens = Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)]
 _InFlight = Annotated[int, Field(strict=True, ge=0, le=MAX_IN_FLIGHT)]
@@ -121,21 +118,6 @@ _Version = Annotated[int, Field(strict=True, ge=0, le=65535)]
 _Flag = Annotated[bool, Field(strict=True)]
 _Name = Annotated[str, Field(min_length=1, max_length=200)]
 _Word = Annotated[str, Field(min_length=1, max_length=64)]
-
-
-def _bounded_json(value: Any, *, limit: float, low: float, depth: int = 0) -> None:
-    """Refuse a non-finite number, one outside [low, limit] or nesting deeper than a hello needs."""
-    if depth > _MAX_JSON_DEPTH:
-        raise ValueError(f"nested deeper than {_MAX_JSON_DEPTH} levels")
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or not low <= value <= limit:
-            raise ValueError(f"number {str(value)[:32]} is not finite or not within [{low:g}, {limit:g}]")
-        return
-    items = value.values() if isinstance(value, dict) else value
-    for item in items:
-        _bounded_json(item, limit=limit, low=low, depth=depth + 1)
 
 
 class FrameError(ValueError):
@@ -189,23 +171,26 @@ class HelloFrame(_Frame):
     capabilities: list[_Word] = Field(default_factory=list, max_length=32)
     models: list[ModelInfo] = Field(default_factory=list, max_length=64)
     capacity: int = Field(default=1, ge=1, le=4096, strict=True)
-    hardware: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    # The machine's report (sdk/hardware.py); an old runner without one sends ``{}``.
+    hardware: HardwareReport | None = None
     labels: dict[_Word, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=64)
-    # Numbers here are non-negative and at most 1e6 ($/hour, watts, $/kWh, PUE, count).
-    cost: dict[_Word, Any] = Field(default_factory=dict, max_length=32)
+    # The runner's proposed price (sdk/pricing.py); an old runner without one sends ``{}``.
+    cost: CostModel = Field(default_factory=CostModel)
     connection_index: int = Field(default=0, ge=0, le=64, strict=True)
 
-    @field_validator("hardware")
+    @field_validator("hardware", mode="before")
     @classmethod
-    def _finite_hardware(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _bounded_json(value, limit=_MAX_HARDWARE_NUMBER, low=-_MAX_HARDWARE_NUMBER)
-        return value
+    def _empty_hardware_is_none(cls, value: object) -> object:
+        return None if value == {} else value
 
-    @field_validator("cost")
-    @classmethod
-    def _finite_cost(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _bounded_json(value, limit=_MAX_COST_NUMBER, low=0.0)
-        return value
+    @model_serializer(mode="wrap")
+    def _compact_reports(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset cost fields are left out and a missing report goes out as ``{}``,
+        # the forms a control plane from before the typed models accepts.
+        data: dict[str, Any] = handler(self)
+        data["cost"] = self.cost.to_dict()
+        data["hardware"] = self.hardware.to_dict() if self.hardware is not None else {}
+        return data
 
 
 class WelcomeFrame(_Frame):

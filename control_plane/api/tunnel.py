@@ -15,6 +15,7 @@ from control_plane.store.runners import get_runner, record_hello
 from control_plane.tunnel.hub import ConnectedRunner
 from control_plane.tunnel.link import Link
 from sdk.identity import verify_signature
+from sdk.pricing import CostModel
 from sdk.protocol import (
     CAPABILITIES,
     PROTOCOL_VERSIONS,
@@ -120,13 +121,15 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
                                       details={"reason": "revoked"})
             await session.commit()
             raise HandshakeRefused(CloseCode.REVOKED, "runner revoked")
+        hardware = hello.hardware.to_dict() if hello.hardware is not None else {}
         await record_hello(session, runner, models=hello.models, capacity=hello.capacity,
-                           labels=hello.labels, hardware=hello.hardware, cost=hello.cost)
+                           labels=hello.labels, hardware=hardware, cost=hello.cost)
         await session.commit()
         # Labels, cost and pool from the row (the owner's), never from the hello.
         info = ConnectedRunner(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name,
                                models=list(hello.models), capacity=hello.capacity, labels=dict(runner.labels),
-                               cost=dict(runner.cost), hardware=dict(hello.hardware), pool_id=runner.pool_id)
+                               cost=CostModel.from_mapping(runner.cost), hardware=hardware,
+                               pool_id=runner.pool_id)
     return hello, info
 
 

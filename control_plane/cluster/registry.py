@@ -26,6 +26,7 @@ from control_plane.cluster.bus import Keys
 from control_plane.cluster.remote import RemoteLink
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from control_plane.tunnel.link import RunnerLoad
+from sdk.pricing import CostModel
 from sdk.protocol import EngineSlots, ModelInfo
 
 __all__ = ["Registry", "RemoteView", "describe_runners"]
@@ -42,7 +43,7 @@ def describe_runners(runners: Iterable[ConnectedRunner], now: float) -> list[dic
         out.append({
             "runner_id": r.runner_id, "tenant_id": r.tenant_id, "name": r.name, "pool_id": r.pool_id,
             "models": [m.model_dump(mode="json") for m in r.models], "capacity": r.capacity,
-            "labels": r.labels, "cost": r.cost, "hardware": r.hardware,
+            "labels": r.labels, "cost": r.cost.to_dict(), "hardware": r.hardware,
             "in_flight": r.in_flight, "draining": r.usable_link() is None,
             "load": {"running": status.running, "waiting": status.waiting,
                      "kv_cache_usage": status.kv_cache_usage, "healthy": status.healthy,
@@ -154,7 +155,7 @@ class RemoteView:
         elif runner.models != models:
             changed = True
         runner.models, runner.capacity = models, int(first["capacity"])
-        runner.labels, runner.cost = dict(first.get("labels") or {}), dict(first.get("cost") or {})
+        runner.labels, runner.cost = dict(first.get("labels") or {}), CostModel.from_mapping(first.get("cost"))
         runner.hardware = dict(first.get("hardware") or {})
         # An entry without a pool (an older replica) puts the runner in none: routed to nobody.
         runner.pool_id = str(first.get("pool_id") or "")

@@ -43,6 +43,7 @@ from control_plane.routing.load import (
 )
 from control_plane.services.cost import HourlyCost, expected_cost
 from control_plane.tunnel.hub import ConnectedRunner
+from sdk.pricing import hourly_rate
 
 if TYPE_CHECKING:
     from control_plane.settings import Settings
@@ -170,23 +171,8 @@ def runner_load(runner: ConnectedRunner, external: int = 0) -> int:
 # --- estimates ---------------------------------------------------------------------
 
 
-def usd_per_hour(cost: Mapping[str, object], default: float) -> float:
-    """A runner's rate from its owner-set cost model (store.runners): a flat rate, or power x price.
-
-    A rate that is not finite is ignored (the control plane refuses to store one; this is
-    the second line, since a non-finite price breaks the order of every ranking).
-    """
-    try:
-        if (rate := cost.get("usd_per_hour")) is not None:
-            value = max(float(rate), 0.0)  # type: ignore[arg-type]
-            return value if math.isfinite(value) else default
-        watts, price = cost.get("watts"), cost.get("usd_per_kwh")
-        if watts is not None and price is not None:
-            value = max(float(watts) * float(price) * float(cost.get("pue") or 1.0) / 1000.0, 0.0)  # type: ignore[arg-type]
-            return value if math.isfinite(value) else default
-    except (TypeError, ValueError, OverflowError):
-        pass
-    return default
+#: A runner's rate, $/hour, from its owner-set cost model: the one rule pricing uses too.
+usd_per_hour = hourly_rate
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import calendar
 import enum
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol
+
+# The tables and the $/hour rule are the shared contract's (sdk/pricing.py); re-exported for billing.
+from sdk.pricing import DEFAULT_TDP_WATTS, DEFAULT_USD_PER_HOUR, HardwareClass, hourly_rate
 
 __all__ = [
     "DEFAULT_TDP_WATTS",
@@ -28,7 +30,6 @@ __all__ = [
     "BudgetPeriod",
     "BudgetState",
     "BudgetWindow",
-    "CostModel",
     "EngineShare",
     "EngineSpan",
     "EngineTimeMeter",
@@ -38,52 +39,19 @@ __all__ = [
     "NvmlPowerReader",
     "PowerCost",
     "RaplPowerReader",
+    "RateSource",
     "check_budget",
     "cost_for_request",
     "expected_cost",
     "hourly_rate",
 ]
 
-HardwareClass = Literal[
-    "cpu-small",
-    "cpu-large",
-    "nvidia-consumer-24gb",
-    "nvidia-l4",
-    "nvidia-a100-40gb",
-    "nvidia-a100-80gb",
-    "nvidia-h100",
-    "nvidia-h200",
-]
-
-# Per machine (CPU classes) or per GPU (GPU classes); sources in docs/cost.md.
-DEFAULT_USD_PER_HOUR: dict[HardwareClass, float] = {
-    "cpu-small": 0.10,
-    "cpu-large": 1.61,
-    "nvidia-consumer-24gb": 0.50,
-    "nvidia-l4": 0.80,
-    "nvidia-a100-40gb": 1.29,
-    "nvidia-a100-80gb": 1.79,
-    "nvidia-h100": 2.99,
-    "nvidia-h200": 3.79,
-}
-
-# Board/package power limits from vendor data sheets: the fallback when no
-# power counter is readable. Sources in docs/cost.md.
-DEFAULT_TDP_WATTS: dict[HardwareClass, float] = {
-    "cpu-small": 65.0,
-    "cpu-large": 350.0,
-    "nvidia-consumer-24gb": 450.0,
-    "nvidia-l4": 72.0,
-    "nvidia-a100-40gb": 400.0,
-    "nvidia-a100-80gb": 400.0,
-    "nvidia-h100": 700.0,
-    "nvidia-h200": 700.0,
-}
-
 WattsSource = Callable[[], float | None]
 
 
-class CostModel(Protocol):
+class RateSource(Protocol):
+    """A live rate ($/s): :class:`HourlyCost` or :class:`PowerCost` (the hello's model is sdk.pricing.CostModel)."""
+
     def usd_per_second(self) -> float: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -240,37 +208,6 @@ class RaplPowerReader:
         return joules / (now - last[0])
 
 
-def hourly_rate(cost: Mapping[str, Any]) -> float:
-    """$/hour of a runner from the ``cost`` dict of its hello (docs/cost.md, "The hello's cost").
-
-    In order: a stated ``usd_per_hour``; ``watts`` x ``pue`` x ``usd_per_kwh``;
-    the default of its ``hardware_class`` x ``count``; else ``cpu-small``'s
-    default, the cheapest class, so an unknown runner never looks expensive
-    enough to be avoided. Malformed values fall through to the next rule.
-    """
-
-    def number(key: str) -> float | None:
-        value = cost.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            return None
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        return number if math.isfinite(number) else None  # Infinity would make every budget exceeded
-
-    if (rate := number("usd_per_hour")) is not None:
-        return rate
-    watts, price = number("watts"), number("usd_per_kwh")
-    if watts is not None and price is not None:
-        return watts * max(number("pue") or 1.0, 1.0) * price / 1000.0
-    hardware = cost.get("hardware_class")
-    count = number("count") or 1.0
-    if hardware in get_args(HardwareClass):
-        return DEFAULT_USD_PER_HOUR[hardware] * count
-    return DEFAULT_USD_PER_HOUR["cpu-small"]
-
-
 def cost_for_request(
     rate_usd_per_s: float, engine_seconds: float, concurrent_share: float = 1.0
 ) -> float:
@@ -284,7 +221,7 @@ def cost_for_request(
 
 
 def expected_cost(
-    runner: CostModel,
+    runner: RateSource,
     prompt_tokens: int,
     max_tokens: int,
     tokens_per_second: float,

@@ -21,6 +21,7 @@ from control_plane.db.engine import Database
 from control_plane.db.models import Runner
 from control_plane.store.changes import ALL_TENANTS
 from control_plane.tunnel.hub import TunnelHub
+from sdk.pricing import CostModel
 
 __all__ = ["OwnerSettingsSync", "apply_owner_settings"]
 
@@ -31,7 +32,8 @@ def apply_owner_settings(hub: TunnelHub, row: Runner) -> None:
     """Copy ``row``'s labels, cost and pool onto the runner if this process holds it."""
     live = hub.runners.get(row.id)
     if live is not None:
-        live.labels, live.cost, live.pool_id = dict(row.labels or {}), dict(row.cost or {}), row.pool_id
+        live.labels, live.pool_id = dict(row.labels or {}), row.pool_id
+        live.cost = CostModel.from_mapping(row.cost)
         hub.notify()
 
 

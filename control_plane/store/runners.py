@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db.models import Runner, ServedModel, new_id, utcnow
-from control_plane.services.cost import hourly_rate
+from sdk.pricing import CostModel, hourly_rate
 from sdk.protocol import ModelInfo
 
 __all__ = [
@@ -47,13 +47,16 @@ def check_usd_per_hour(value: float) -> float:
     return number
 
 
-def proposed_cost(hello_cost: dict[str, Any]) -> dict[str, Any]:
-    """The cost model a first hello proposes, within bounds; out of bounds, its hardware class's default."""
+def proposed_cost(hello_cost: CostModel) -> dict[str, Any]:
+    """The cost model a first hello proposes, within bounds; out of bounds, its hardware class's default.
+
+    Returned in the row's stored form (:meth:`CostModel.to_dict`), read back with ``CostModel.from_mapping``.
+    """
     rate = hourly_rate(hello_cost)
     if not 0.0 <= rate <= MAX_USD_PER_HOUR:
-        hardware_only = {k: hello_cost[k] for k in ("hardware_class", "count") if k in hello_cost}
+        hardware_only = CostModel(hardware_class=hello_cost.hardware_class, count=hello_cost.count)
         rate = min(hourly_rate(hardware_only), MAX_USD_PER_HOUR)
-    return {"usd_per_hour": rate, "set_by": "hello"}
+    return CostModel(usd_per_hour=rate, set_by="hello").to_dict()
 
 
 async def create_runner(session: AsyncSession, *, tenant_id: str, pool_id: str, name: str,
@@ -80,7 +83,7 @@ async def list_runners(session: AsyncSession, tenant_id: str) -> list[Runner]:
 
 
 async def record_hello(session: AsyncSession, runner: Runner, *, models: list[ModelInfo], capacity: int,
-                       labels: dict[str, str], hardware: dict[str, Any], cost: dict[str, Any]) -> None:
+                       labels: dict[str, str], hardware: dict[str, Any], cost: CostModel) -> None:
     """Store what a hello reports. Its labels are kept as reported only; its cost model is
     taken at the runner's first hello only (one cost model per runner, not per connection)."""
     if runner.last_seen_at is None and not runner.cost:
@@ -101,7 +104,7 @@ async def update_runner(session: AsyncSession, runner: Runner, *, labels: dict[s
     if labels is not None:
         runner.labels = dict(labels)
     if usd_per_hour is not None:
-        runner.cost = {"usd_per_hour": check_usd_per_hour(usd_per_hour), "set_by": "owner"}
+        runner.cost = CostModel(usd_per_hour=check_usd_per_hour(usd_per_hour), set_by="owner").to_dict()
     if pool_id is not None:
         runner.pool_id = pool_id
     await session.flush()

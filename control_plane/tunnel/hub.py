@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.services.cost import hourly_rate
 from control_plane.tunnel.link import Link
+from sdk.pricing import CostModel, hourly_rate
 from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
 __all__ = ["ConnectedRunner", "RunnerListener", "TunnelHub"]
@@ -33,13 +33,18 @@ class ConnectedRunner:
     capacity: int
     # Owner-set in the control plane (store.runners), never taken from a hello.
     labels: dict[str, str] = field(default_factory=dict)
-    cost: dict[str, Any] = field(default_factory=dict)
+    cost: CostModel = field(default_factory=CostModel)
     hardware: dict[str, Any] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     in_flight: int = 0  # requests this control plane has open on the runner
     queued: int = 0  # requests waiting in this control plane's admission queue for it
     # The runner's one pool (of ``tenant_id``); "" (an older replica's entry) is in no pool.
     pool_id: str = ""
+
+    def __post_init__(self) -> None:
+        # Stored rows and older replicas' registry entries hold the cost model as a mapping.
+        if not isinstance(self.cost, CostModel):
+            self.cost = CostModel.from_mapping(self.cost)
 
     def serves(self, model: str) -> ModelInfo | None:
         for m in self.models:
@@ -60,7 +65,7 @@ class ConnectedRunner:
 
     @property
     def usd_per_second(self) -> float:
-        """The runner's cost rate, from its owner-set cost model (services/cost.hourly_rate)."""
+        """The runner's cost rate, from its owner-set cost model (sdk.pricing.hourly_rate)."""
         return hourly_rate(self.cost) / 3600.0
 
 

@@ -20,6 +20,7 @@ from control_plane.routing.routing import (
 from control_plane.services.cost import DEFAULT_USD_PER_HOUR, hourly_rate
 from control_plane.store.runners import MAX_USD_PER_HOUR, check_usd_per_hour, proposed_cost
 from control_plane.tunnel.hub import TunnelHub
+from sdk.pricing import CostModel
 from tests.api.sim import MODEL, set_status, simulated_runner
 
 
@@ -54,10 +55,11 @@ def test_an_owner_price_out_of_bounds_is_refused(bad: object) -> None:
 
 
 def test_a_first_hello_proposes_within_bounds_only() -> None:
-    assert proposed_cost({"usd_per_hour": 2.5}) == {"usd_per_hour": 2.5, "set_by": "hello"}
-    assert proposed_cost({"usd_per_hour": 5000, "hardware_class": "nvidia-h100", "count": 2})["usd_per_hour"] == \
-        DEFAULT_USD_PER_HOUR["nvidia-h100"] * 2
-    assert proposed_cost({"watts": 1e6, "usd_per_kwh": 1e6})["usd_per_hour"] == DEFAULT_USD_PER_HOUR["cpu-small"]
+    assert proposed_cost(CostModel(usd_per_hour=2.5)) == {"usd_per_hour": 2.5, "set_by": "hello"}
+    greedy = CostModel(usd_per_hour=5000, hardware_class="nvidia-h100", count=2)
+    assert proposed_cost(greedy)["usd_per_hour"] == DEFAULT_USD_PER_HOUR["nvidia-h100"] * 2
+    metered = CostModel(watts=1e6, usd_per_kwh=1e6)
+    assert proposed_cost(metered)["usd_per_hour"] == DEFAULT_USD_PER_HOUR["cpu-small"]
 
 
 @pytest.mark.parametrize("rate", [math.inf, math.nan, 10**400])

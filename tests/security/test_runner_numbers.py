@@ -114,6 +114,32 @@ def test_non_finite_or_coerced_number_is_a_protocol_error(world: World, frame: s
         ws.close()
 
 
+# What runner/cost.py and runner/hardware.py send (an H100 runner), and an old runner's empty maps.
+_CPU = {"model": "Fake CPU", "arch": "x86_64", "os": "Linux", "physical_cores": 8, "logical_cores": 16,
+        "ram_total_bytes": 64 * 2**30, "ram_available_bytes": 60 * 2**30, "features": ["avx2"]}
+_GPU = {"vendor": "nvidia", "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-1",
+        "memory_total_bytes": 81559 * 2**20, "memory_free_bytes": 81000 * 2**20, "compute_capability": "9.0",
+        "driver_version": "550.54.15", "power_draw_watts": 71.0, "power_limit_watts": 700.0,
+        "utilization_percent": 0.0, "mig_enabled": False, "unified_memory": False}
+
+
+@pytest.mark.parametrize("fields", [
+    {"cost": {}, "hardware": {}},
+    {"cost": {"kind": "power", "usd_per_kwh": 0.2, "pue": 1.4, "watts": 700.0, "watts_source": "gpu-power-limit",
+              "hardware_class": "nvidia-h100", "count": 1},
+     "hardware": {"cpu": _CPU, "gpus": [_GPU], "probes": [{"name": "nvidia", "present": True, "devices": 1,
+                                                            "reason": None}]}},
+    {"cost": {"kind": "hourly", "usd_per_hour": 0.8, "source": "default", "hardware_class": "a-future-class",
+              "count": 1}},
+], ids=["old-runner-empty", "h100-runner", "unknown-hardware-class"])
+def test_hello_a_runner_actually_sends_is_welcomed(world: World, fields: dict) -> None:
+    ws, reply = world.rogue.dial(connection_index=6, **fields)
+    try:
+        assert json.loads(reply)["type"] == "welcome.v1", reply
+    finally:
+        ws.close()
+
+
 @pytest.mark.parametrize("fields", [
     {"cost": {"usd_per_hour": math.inf}},
     {"cost": {"usd_per_hour": 1e9}},
@@ -121,7 +147,17 @@ def test_non_finite_or_coerced_number_is_a_protocol_error(world: World, frame: s
     {"hardware": {"memory_bytes": math.nan}},
     {"models": [{"name": "rogue-model", "engine": "fake", "context_length": 10**400}]},
     {"capacity": "4"},
-], ids=["cost-inf", "cost-huge", "cost-negative", "hardware-nan", "context-huge", "capacity-string"])
+    {"cost": {"usd_per_hour": 1.0, "discount": 0.9}},
+    {"cost": {"usd_per_hour": "5"}},
+    {"cost": {"hardware_class": "nvidia-h100", "count": "8"}},
+    {"cost": {"hardware_class": "nvidia-h100", "count": 10**6}},
+    {"hardware": {"cpu": {**_CPU, "ram_total_bytes": 2**60}}},
+    {"hardware": {"cpu": {**_CPU, "logical_cores": True}}},
+    {"hardware": {"cpu": _CPU, "gpus": [{**_GPU, "power_limit_watts": math.inf}]}},
+    {"hardware": {"cpu": _CPU, "secret_sauce": 1}},
+], ids=["cost-inf", "cost-huge", "cost-negative", "hardware-nan", "context-huge", "capacity-string",
+        "cost-unknown-field", "cost-rate-string", "cost-count-string", "cost-count-huge", "hardware-ram-huge", "hardware-cores-bool",
+        "hardware-watts-inf", "hardware-unknown-field"])
 def test_hello_with_unbounded_numbers_is_refused(world: World, fields: dict) -> None:
     # json.dumps writes Infinity/NaN literals, as a rogue's JSON encoder would.
     ws, reply = world.rogue.dial(connection_index=5, **fields)

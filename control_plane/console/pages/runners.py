@@ -102,7 +102,7 @@ def with_live_state(view: RunnerView, live: ConnectedRunner) -> None:
     labels and cost are the owner's, as the hub holds them."""
     view.status = "draining" if live.draining else "connected"
     view.labels, view.capacity = dict(live.labels), live.capacity
-    view.hardware, view.cost = dict(live.hardware), dict(live.cost)
+    view.hardware, view.cost = dict(live.hardware), live.cost.to_dict()
     view.usd_per_hour = live.usd_per_second * 3600
     view.models = [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
                     "quantization": m.quantization, "aliases": list(m.aliases)} for m in live.models]
