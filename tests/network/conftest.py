@@ -102,13 +102,17 @@ class TlsControlPlane(ControlPlaneProcess):
         return any(r["id"] == runner_id and r["connected"] for r in data)
 
 
-def wait_tls_connected(cp: TlsControlPlane, runner: RunnerProcess, admin_key: str, timeout: float = 120) -> str:
+def wait_tls_connected(cp: TlsControlPlane, runner: RunnerProcess, admin_key: str, timeout: float = 180) -> str:
     def ready() -> bool:
         if runner.proc is not None and runner.proc.poll() is not None:
             raise RuntimeError(f"runner exited with {runner.proc.returncode}:\n{runner.log()}")
         return (runner.state_dir / "identity.json").exists() and cp.connected(admin_key, runner.identity()["runner_id"])
 
-    wait_until(ready, timeout, f"runner {runner.name} over TLS\n{runner.log()}")
+    try:
+        wait_until(ready, timeout, f"runner {runner.name} over TLS")
+    except TimeoutError as exc:  # the logs as they are now, not as they were when the wait began
+        raise TimeoutError(f"{exc}\nrunner log:\n{runner.log()[-3000:]}\ncontrol plane log:\n"
+                           f"{cp.log()[-3000:]}") from None
     return runner.identity()["runner_id"]
 
 
