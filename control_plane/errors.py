@@ -6,8 +6,10 @@ Handlers raise :class:`ApiError`; nothing else reaches the client.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+# The envelope is the shared contract's (sdk/errors.py); re-exported for the routes.
+from sdk.errors import error_body, error_json
 
 __all__ = ["ApiError", "error_body", "sse_error_event"]
 
@@ -53,9 +55,5 @@ class ApiError(Exception):
         return cls(503, message, type="service_unavailable", code=code, headers={"Retry-After": "1"})
 
 
-def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
 def sse_error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:
-    return b"data: " + json.dumps(error_body(message, type, code)).encode() + b"\n\n"
+    return b"data: " + error_json(message, type, code).encode() + b"\n\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from runner.supervisor import HealthCheck
 from runner.tls import ControlPlaneTransport, TrustFailure, pinned_context
 from runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
 from sdk.e2e import Kem
+from sdk.errors import error_json
 from sdk.hardware import HardwareReport
 from sdk.pricing import CostModel
 from sdk.protocol import StatusFrame
@@ -221,8 +221,8 @@ async def _refuse(out: OutboundStream, unknown: bool) -> None:
     model = out.request.model
     if unknown:
         await out.start(404, "application/json")
-        await out.data(json.dumps({"error": {"message": f"this runner does not serve {model!r}",
-                                             "type": "invalid_request_error", "code": "model_not_found"}}))
+        await out.data(error_json(f"this runner does not serve {model!r}", "invalid_request_error",
+                                  "model_not_found"))
         await out.end()
         return
     # A 5xx start with an error end and no data: the control plane fails it over.

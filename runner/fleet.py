@@ -48,8 +48,9 @@ class FleetEngine:
         return self.supervisor.healthy.is_set()
 
     def endpoint(self) -> EngineEndpoint:
-        return EngineEndpoint(base_url=self.supervisor.base_url, headers=self.headers,
-                              upstream_names={m.name: m.name for m in self.adapter.models})
+        # Every engine is asked for the public model name (an attached one's names are its own):
+        # no name map, so the relay sends the body's model as it is.
+        return EngineEndpoint(base_url=self.supervisor.base_url, headers=self.headers)
 
 
 def _log_name(label: str) -> str:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.engine_client import EngineClient, EngineError, EngineResponse
 from runner.sse import line_batches
 from runner.streams import OutboundStream
+from sdk.errors import error_json
 from sdk.protocol import Usage
 
 __all__ = ["EngineEndpoint", "SealedHandler", "engine_request", "relay"]
@@ -28,8 +29,9 @@ log = logging.getLogger("outpost.runner.relay")
 class EngineEndpoint:
     base_url: str
     headers: dict[str, str]
-    # public model name -> the name the engine knows it by
-    upstream_names: dict[str, str]
+    # Public model name -> the engine's name for it, only where they differ; the fleet's
+    # engines are asked for the public name, so theirs is empty and the body goes as it is.
+    upstream_names: Mapping[str, str] = field(default_factory=dict)
 
 
 def _usage(obj: object) -> Usage | None:
@@ -58,8 +60,8 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: EngineClient,
     if req.sealed:
         if sealed is None:
             await out.start(400, "application/json")
-            await out.data(json.dumps({"error": {"message": "this runner has no end-to-end key",
-                                                 "type": "invalid_request_error", "code": "e2e_unsupported"}}))
+            await out.data(error_json("this runner has no end-to-end key", "invalid_request_error",
+                                      "e2e_unsupported"))
             await out.end()
             return
         await sealed(out, engine, http)
@@ -70,11 +72,12 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: EngineClient,
             raise TypeError("body is not an object")
     except (TypeError, ValueError) as exc:
         await out.start(400, "application/json")
-        await out.data(json.dumps({"error": {"message": f"invalid body: {exc}", "type": "invalid_request_error"}}))
+        await out.data(error_json(f"invalid body: {exc}", "invalid_request_error"))
         await out.end()
         return
     public_name = req.model
-    payload["model"] = engine.upstream_names.get(public_name, public_name)
+    if (upstream := engine.upstream_names.get(public_name)) is not None:
+        payload["model"] = upstream
     client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     if req.stream:
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
@@ -152,6 +155,7 @@ def _sse_event(line: str, public_name: str, client_wants_usage: bool) -> tuple[s
             return None, usage  # the usage-only chunk we asked for on the client's behalf
         if not client_wants_usage:
             chunk.pop("usage", None)
+    # Asked for the public name, an engine may still answer with its own (llama.cpp: the file path).
     if "model" in chunk:
         chunk["model"] = public_name
     chunk.pop("timings", None)  # llama.cpp extension; internal detail

@@ -40,6 +40,7 @@ from sdk.e2e import (
     open_request,
     sign_receipt,
 )
+from sdk.errors import error_json
 from sdk.sealed import (
     E2E_DECRYPT_FAILED,
     E2E_KEY_MISMATCH,
@@ -68,8 +69,7 @@ class Refused(Exception):
         self.status, self.code, self.message = status, code, message
 
     def body(self) -> str:
-        return json.dumps({"error": {"message": self.message, "type": "invalid_request_error",
-                                     "param": None, "code": self.code}})
+        return error_json(self.message, "invalid_request_error", self.code)
 
 
 def _refused(exc: ValidationError | E2EError) -> Refused:
@@ -194,7 +194,8 @@ class SealedRelay:
         """
         req = out.request
         public_name = req.model
-        payload["model"] = engine.upstream_names.get(public_name, public_name)
+        if (upstream := engine.upstream_names.get(public_name)) is not None:
+            payload["model"] = upstream
         wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         if req.stream:
             payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
@@ -226,8 +227,7 @@ class SealedRelay:
                     pending += writer.piece(whole)
         except EngineError as exc:
             log.warning("engine request failed on sealed stream %d: %s", out.id, exc.kind)
-            error = json.dumps({"error": {"message": f"engine unreachable: {exc.kind}",
-                                          "type": "server_error", "param": None, "code": "engine_error"}})
+            error = error_json(f"engine unreachable: {exc.kind}", "server_error", "engine_error")
             if writer.events == 0:
                 pending.append(writer.head(502, "application/json"))
             else:

@@ -55,8 +55,20 @@ __all__ = [
     "ServiceUnavailableError",
     "StreamIntegrityError",
     "UnprocessableEntityError",
+    "error_body",
     "error_for_status",
+    "error_json",
 ]
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope: the one shape the control plane and the runner answer with, and the SDK reads."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_json(message: str, type: str, code: str | None = None, param: str | None = None) -> str:
+    """:func:`error_body` as a JSON document (a response body, an SSE event's data)."""
+    return json.dumps(error_body(message, type, code, param))
 
 
 class OutpostError(Exception):

@@ -23,6 +23,7 @@ from runner.engine_client import HttpxEngineClient
 from runner.relay import EngineEndpoint, relay
 from runner.sse import MAX_READ_AHEAD, line_batches, read_ahead
 from runner.streams import OutboundStream
+from sdk.errors import error_body
 from sdk.protocol import MAX_DATA_BYTES, DataFrame, EndFrame, RequestFrame, ResponseStartFrame
 
 MODEL = "m"
@@ -171,3 +172,33 @@ async def test_a_batch_larger_than_a_frame_is_split_into_frames_in_order() -> No
     contents = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in joined.split("\n\n") if e]
     assert contents == [f"{i}{big}" for i in range(40)]
     assert len(wire.datas) > 1 and all(len(d) <= MAX_DATA_BYTES for d in wire.datas)
+
+
+async def test_an_engine_without_a_name_map_is_asked_for_the_public_name() -> None:
+    # The fleet's engines have no name map (runner/fleet.py): the body's model goes as it is, and
+    # an answer in the engine's own name (llama.cpp says its file path) still reaches the client
+    # under the public name.
+    def engine(request: httpx.Request) -> httpx.Response:
+        assert json.loads(request.content)["model"] == MODEL
+        echo = {"model": "/models/m.gguf", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+        return _response([_event(echo) + b"data: [DONE]\n\n"])
+
+    text = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    frame = RequestFrame(stream_id=1, path="/v1/chat/completions", model=MODEL, body=text, body_length=len(text),
+                         stream=True)
+    wire = Wire()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as http:
+        await relay(OutboundStream(frame, wire.send), EngineEndpoint("http://engine.test", {}),
+                    HttpxEngineClient(http))
+    (data,) = wire.datas
+    assert json.loads(data.split("\n\n")[0][6:])["model"] == MODEL
+
+
+async def test_a_body_the_relay_cannot_read_gets_the_one_error_envelope() -> None:
+    frame = RequestFrame(stream_id=1, path="/v1/chat/completions", model=MODEL, body="[1]", body_length=3)
+    wire = Wire()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500))) as http:
+        await relay(OutboundStream(frame, wire.send), ENGINE, HttpxEngineClient(http))
+    (data,) = wire.datas
+    # The shape the control plane answers with and the SDK reads (sdk/errors.py), every key present.
+    assert json.loads(data) == error_body("invalid body: body is not an object", "invalid_request_error")
