@@ -117,10 +117,11 @@ class Settings(BaseSettings):
                                    "written; while this many wait, new requests get 503 records_backlog.")
     records_batch_max: int = Field(default=256, ge=1, le=1000, description="Most request records (and their "
                                    "audit events) written in one transaction.")
-    records_linger_s: float = Field(default=0.15, ge=0, le=10, description="How long a batch of request records "
-                                    "waits after its first record for more to join it (one transaction for all), while "
-                                    "records come less than this far apart; the end of a response waits for its "
-                                    "record's batch, so this bounds that wait.")
+    records_linger_s: float = Field(default=0.003, ge=0, le=10, description="How long a batch of request records "
+                                    "may wait after its first record for more to join it (one transaction for all), "
+                                    "only while records come less than this far apart. Records that queue while a "
+                                    "batch commits go in the next one anyway (group commit); the end of a response "
+                                    "waits for its record's batch, so this adds to that wait.")
     records_commit_wait_s: float = Field(default=10.0, gt=0, le=300, description="How long the end of a "
                                          "response (`[DONE]`, or an unstreamed body) waits for its request record "
                                          "and audit event to commit; past it the response completes and the record "

@@ -16,9 +16,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from control_plane.audit.chain import EventSpec, append_event, append_events, format_ts
+from control_plane.audit.chain import (
+    EventSpec,
+    append_event,
+    append_events,
+    append_events_sync,
+    format_ts,
+)
 from control_plane.db.models import AuditEvent, RequestRecord
 
 __all__ = [
@@ -26,11 +34,13 @@ __all__ = [
     "actor_for_key",
     "actor_for_runner",
     "actor_for_user",
+    "inference_events",
     "operator_actor",
     "record_admin",
     "record_fairness_probe",
     "record_inference",
     "record_inferences",
+    "record_inferences_sync",
     "record_login",
     "record_runner_event",
     "record_system",
@@ -142,6 +152,16 @@ async def record_inference(session: AsyncSession, record: RequestRecord) -> Audi
 async def record_inferences(session: AsyncSession, records: list[RequestRecord]) -> list[AuditEvent]:
     """One ``inference`` event per record, consecutive in the chain, in the order given."""
     return await append_events(session, [_inference_event(r) for r in records])
+
+
+def record_inferences_sync(conn: Session | Connection, records: list[RequestRecord]) -> list[AuditEvent]:
+    """:func:`record_inferences` on a synchronous session or connection (the record writer's)."""
+    return append_events_sync(conn, inference_events(records))
+
+
+def inference_events(records: list[RequestRecord]) -> list[EventSpec]:
+    """The ``inference`` events of ``records``, for an append path of its own (services/record_sqlite.py)."""
+    return [_inference_event(r) for r in records]
 
 
 def _inference_event(r: RequestRecord) -> EventSpec:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-__all__ = ["DATABASE_DOWN", "Database", "database_down", "sync_url"]
+__all__ = ["DATABASE_DOWN", "Database", "database_down", "sqlite_pragmas", "sync_url"]
 
 #: "The database is busy or gone right now" (connection refused or dropped, pool exhausted): worth
 #: a retry later, and an expected state during a failover, not a bug to log with a traceback.
@@ -40,7 +40,7 @@ class Database:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -52,7 +52,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers proceed during a write; foreign keys are off by default in SQLite.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
