@@ -6,22 +6,18 @@ Works on the database directly, like ``keys create``; the API
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from control_plane.audit import operator_actor, record_admin
+from control_plane.actions.budgets import put_budget, remove_budget
+from control_plane.audit import operator_actor
+from control_plane.cli_db import run_with_db, tenant_id_named
 from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
 from control_plane.services.budgets import BudgetGuard
-from control_plane.settings import Settings
-from control_plane.store.budgets import delete_budget, get_budget, key_in_tenant, set_budget
-from control_plane.store.tenants import get_tenant_by_name
 
 __all__ = ["budgets_app"]
 
@@ -35,35 +31,12 @@ class Period(StrEnum):
     month = "month"
 
 
-T = TypeVar("T")
 TenantOpt = Annotated[str, typer.Option(help="Tenant name.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}")
-    return typer.Exit(2)
 
 
 async def _tenant_id(db: Database, name: str) -> str:
     async with db.session() as session:
-        tenant = await get_tenant_by_name(session, name)
-    if tenant is None:
-        raise _fail(f"no tenant named {name!r}")
-    return tenant.id
-
-
-def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
-
-    async def main() -> T:
-        db = Database(settings.database_url)
-        try:
-            return await fn(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
+        return await tenant_id_named(session, name)
 
 
 @budgets_app.command("set")
@@ -77,20 +50,15 @@ def set_(
     """Create or replace the budget of a tenant (or one of its keys) for a period."""
 
     async def go(db: Database) -> dict:
-        tenant_id = await _tenant_id(db, tenant)
         async with db.session() as session:
-            if key is not None and not await key_in_tenant(session, key, tenant_id):
-                raise _fail(f"no API key {key!r} in tenant {tenant!r}")
-            row, created = await set_budget(session, tenant_id=tenant_id, api_key_id=key, period=period.value,
-                                            amount_usd=amount, soft_threshold=soft)
-            await record_admin(session, actor=operator_actor(), action="budget.set", tenant_id=tenant_id,
-                               target=row.id, details={"api_key_id": key, "period": period.value,
-                                                       "amount_usd": f"{amount:.6f}", "soft_threshold": f"{soft:g}"})
+            row, created = await put_budget(session, await tenant_id_named(session, tenant), actor=operator_actor(),
+                                            api_key_id=key, period=period.value, amount_usd=amount,
+                                            soft_threshold=soft)
             await session.commit()
         return {"id": row.id, "created": created, "tenant": tenant, "api_key_id": key, "period": period.value,
                 "amount_usd": amount, "soft_threshold": soft}
 
-    print(json.dumps(_run(go)))
+    print(json.dumps(run_with_db(go)))
 
 
 @budgets_app.command("list")
@@ -103,7 +71,7 @@ def list_(tenant: TenantOpt = "default") -> None:
                  "amount_usd": s.amount_usd, "soft_threshold": s.soft_threshold, "spent_usd": round(s.spent_usd, 6),
                  "state": s.state.value, "resets_at": s.period_end.isoformat()} for s in verdict.statuses]
 
-    for row in _run(go):
+    for row in run_with_db(go):
         print(json.dumps(row))
 
 
@@ -113,15 +81,9 @@ def delete(budget_id: Annotated[str, typer.Argument(help="Budget id (bud_...).")
     """Delete a budget."""
 
     async def go(db: Database) -> None:
-        tenant_id = await _tenant_id(db, tenant)
         async with db.session() as session:
-            row = await get_budget(session, budget_id, tenant_id)
-            if row is None:
-                raise _fail(f"no budget {budget_id!r} in tenant {tenant!r}")
-            await delete_budget(session, row)
-            await record_admin(session, actor=operator_actor(), action="budget.delete", tenant_id=tenant_id,
-                               target=budget_id, details={"period": row.period})
+            await remove_budget(session, await tenant_id_named(session, tenant), budget_id, actor=operator_actor())
             await session.commit()
 
-    _run(go)
+    run_with_db(go)
     err.print(f"deleted budget {budget_id}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import os
@@ -17,22 +16,24 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
-from control_plane.admin import (
-    issue_api_key,
-    issue_enrollment_token,
-    parse_residency,
-    update_tenant,
-)
+from control_plane.actions import keys as key_actions
+from control_plane.actions import runners as runner_actions
+from control_plane.actions.tenants import parse_residency
+from control_plane.admin import issue_api_key, issue_enrollment_token, update_tenant
 from control_plane.app import create_app
+from control_plane.audit import operator_actor
 from control_plane.audit.cli import audit_app
 from control_plane.budgets_cli import budgets_app
+from control_plane.cli_db import run_with_db, run_with_settings, tenant_id_named
 from control_plane.console.cli import users_app
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.fairness.cli import fairness_app
-from control_plane.routing.routing import POLICIES
 from control_plane.pools_cli import pools_app, runners_set
+from control_plane.routing.routing import POLICIES
 from control_plane.settings import Settings
+from control_plane.store.keys import list_api_keys
+from control_plane.store.runners import list_runners
 from control_plane.tls import token_with_pin, uvicorn_ssl_kwargs
 from sdk.logfmt import configure_logging
 from sdk.protocol import MAX_FRAME_BYTES
@@ -103,11 +104,9 @@ def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")
                     help="Overrides the tenant's routing policy.")] = None,
                 ) -> None:
     """Create an API key; the secret is printed once, on stdout."""
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
     policy = routing_policy.value if routing_policy else None
-    key_id, secret = asyncio.run(_with_db(settings, lambda db: issue_api_key(
-        db, tenant, name, admin, rate_limit_rpm=rate_limit_rpm, routing_policy=policy)))
+    key_id, secret = run_with_db(lambda db: issue_api_key(
+        db, tenant, name, admin, rate_limit_rpm=rate_limit_rpm, routing_policy=policy))
     console.print(f"created API key [bold]{key_id}[/] for tenant {tenant!r}; store the secret now:")
     print(secret)
 
@@ -121,16 +120,14 @@ def tenants_set(
     weight: Annotated[float | None, typer.Option(min=0.001, help="Fair-share weight in the scheduler.")] = None,
 ) -> None:
     """Change a tenant's routing policy, residency rules or weight; prints the result as JSON."""
-    try:
-        rules = parse_residency(residency) if residency is not None else None
-    except ValueError as exc:
-        console.print(f"[red]--residency:[/] {exc}")
-        raise typer.Exit(2) from None
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
     policy = routing_policy.value if routing_policy else None
-    result = asyncio.run(_with_db(settings, lambda db: update_tenant(
-        db, name, residency=rules, routing_policy=policy, weight=weight)))
+
+    async def go(db: Database) -> dict:
+        # Parsed in here so a bad value is refused like every other (exit 2, one line on stderr).
+        rules = parse_residency(residency) if residency is not None else None
+        return await update_tenant(db, name, residency=rules, routing_policy=policy, weight=weight)
+
+    result = run_with_db(go)
     print(json.dumps(result, sort_keys=True))
 
 
@@ -148,12 +145,81 @@ def runners_enroll(name: Annotated[str, typer.Argument(help="Runner name.")], te
     if parsed is not None and (not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values())):
         raise typer.BadParameter("--labels must be an object of strings")
     settings = Settings()
-    upgrade_to_head(settings.database_url)
-    token = asyncio.run(_with_db(settings, lambda db: issue_enrollment_token(
-        db, tenant, name, settings.enrollment_token_ttl_s, pool=pool, labels=parsed)))
+    token = run_with_db(lambda db: issue_enrollment_token(
+        db, tenant, name, settings.enrollment_token_ttl_s, pool=pool, labels=parsed), settings)
     console.print(f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
                   "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:")
     print(token_with_pin(token, settings))
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
+
+def _emit(rows: list[dict], as_json: bool, columns: tuple[str, ...]) -> None:
+    for row in rows:
+        print(json.dumps(row, sort_keys=True, default=str) if as_json
+              else "  ".join(f"{c}={row[c]}" if c != columns[0] else str(row[c]) for c in columns))
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default", as_json: JsonOpt = False) -> None:
+    """The tenant's API keys (never their secrets)."""
+
+    async def go(db: Database) -> list[dict]:
+        async with db.session() as session:
+            rows = await list_api_keys(session, await tenant_id_named(session, tenant))
+        return [{"id": r.id, "name": r.name, "prefix": r.prefix, "scopes": r.scopes,
+                 "expires_at": r.expires_at, "revoked_at": r.revoked_at} for r in rows]
+
+    _emit(run_with_db(go), as_json, ("id", "name", "scopes", "revoked_at"))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="API key id (key_...).")],
+                tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default") -> None:
+    """Revoke an API key; a running server refuses it within OUTPOST_AUTH_CACHE_TTL_S (its auth cache)."""
+
+    async def go(db: Database) -> str:
+        async with db.session() as session:
+            key = await key_actions.revoke_key(session, await tenant_id_named(session, tenant), key_id,
+                                               actor=operator_actor())
+            await session.commit()
+            return key.name
+
+    name = run_with_db(go)
+    console.print(f"revoked API key [bold]{key_id}[/] ({name!r}) of tenant {tenant!r}")
+
+
+@runners_app.command("list")
+def runners_list(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default",
+                 as_json: JsonOpt = False) -> None:
+    """The tenant's runners as the database knows them (live state: the console or GET /api/runners)."""
+
+    async def go(db: Database) -> list[dict]:
+        async with db.session() as session:
+            rows = await list_runners(session, await tenant_id_named(session, tenant))
+        return [{"id": r.id, "name": r.name, "pool_id": r.pool_id, "labels": r.labels,
+                 "revoked_at": r.revoked_at} for r in rows]
+
+    _emit(run_with_db(go), as_json, ("id", "name", "pool_id", "revoked_at"))
+
+
+@runners_app.command("revoke")
+def runners_revoke(runner_id: Annotated[str, typer.Argument(help="Runner id (run_...).")]) -> None:
+    """Revoke a runner's identity: every later handshake fails.
+
+    Tunnels already open to a running server stay up until they reconnect; revoke through the
+    API or the console to drop them at once.
+    """
+
+    async def go(db: Database, settings: Settings) -> str:
+        async with db.session() as session:
+            runner = await runner_actions.revoke(session, None, runner_id, actor=operator_actor())
+            await session.commit()
+            return runner.name
+
+    name = run_with_settings(go)
+    console.print(f"revoked runner [bold]{runner_id}[/] ({name!r})")
 
 
 @app.command()
@@ -173,7 +239,7 @@ def up(
         token = None if enrolled else await issue_enrollment_token(db, "default", "local", 600)
         return key, token
 
-    api_key, token = asyncio.run(_with_db(settings, prepare))
+    api_key, token = run_with_db(prepare, settings)
     server = uvicorn.Server(_uvicorn_config(settings))
     env = {**os.environ}
     if token:
@@ -223,14 +289,6 @@ def _instructions(url: str, key: str) -> str:
         "      messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)\"\n\n"
         "The runner loads the model in a few seconds; Ctrl-C stops both."
     )
-
-
-async def _with_db(settings: Settings, fn):
-    db = Database(settings.database_url)
-    try:
-        return await fn(db)
-    finally:
-        await db.dispose()
 
 
 if __name__ == "__main__":

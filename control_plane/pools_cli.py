@@ -8,30 +8,26 @@ above tenant admin: only it may grant a pool to every tenant (``--to '*'``).
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from control_plane.api.pools import grant_out
-from control_plane.audit import operator_actor, record_admin
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.errors import ApiError
-from control_plane.pool_actions import (
+from control_plane.actions.pools import (
     add_pool,
     find_pool,
     give_grant,
     set_refuse_shared,
-    set_runner_settings,
     take_back_grant,
 )
-from control_plane.settings import Settings
+from control_plane.actions.runners import find_runner, set_runner_settings
+from control_plane.actions.tenants import set_platform_operator
+from control_plane.api.pools import grant_out
+from control_plane.audit import operator_actor
+from control_plane.cli_db import run_with_db
+from control_plane.db.engine import Database
 from control_plane.store.pools import default_pool, list_grants, list_pools
-from control_plane.store.runners import get_runner
 from control_plane.store.tenants import get_or_create_tenant
 
 __all__ = ["pools_app", "runners_set"]
@@ -39,26 +35,7 @@ __all__ = ["pools_app", "runners_set"]
 pools_app = typer.Typer(help="Runner pools and grants: which tenants' requests may reach which runners.",
                         no_args_is_help=True)
 err = Console(stderr=True)
-T = TypeVar("T")
 TenantOpt = Annotated[str, typer.Option(help="Tenant name (created if missing).")]
-
-
-def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
-
-    async def main() -> T:
-        db = Database(settings.database_url)
-        try:
-            return await fn(db)
-        finally:
-            await db.dispose()
-
-    try:
-        return asyncio.run(main())
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
-        raise typer.Exit(2) from None
 
 
 def _print(value: Any) -> None:
@@ -75,7 +52,7 @@ def pools_create(name: Annotated[str, typer.Argument(help="Pool name, unique in 
             pool = await add_pool(session, t.id, name, actor=operator_actor())
             await session.commit()
             return {"id": pool.id, "name": pool.name, "tenant_id": t.id}
-    _print(_run(go))
+    _print(run_with_db(go))
 
 
 @pools_app.command("list")
@@ -89,7 +66,7 @@ def pools_list(tenant: TenantOpt = "default") -> None:
             grants = [grant_out(g, p, t.id).model_dump(mode="json") for g, p in await list_grants(session, t.id)]
             await session.commit()
             return {"tenant_id": t.id, "pools": pools, "grants": grants}
-    _print(_run(go))
+    _print(run_with_db(go))
 
 
 @pools_app.command("grant")
@@ -108,7 +85,7 @@ def pools_grant(pool: Annotated[str, typer.Argument(help="Pool name or id of --t
             made = await give_grant(session, owner, row, to, actor=operator_actor())
             await session.commit()
             return grant_out(made, row, owner.id).model_dump(mode="json")
-    _print(_run(go))
+    _print(run_with_db(go))
 
 
 @pools_app.command("revoke")
@@ -121,7 +98,7 @@ def pools_revoke(grant_id: Annotated[str, typer.Argument(help="Grant id (see poo
             made = await take_back_grant(session, t, grant_id, actor=operator_actor())
             await session.commit()
             return {"id": made.id, "revoked_at": made.revoked_at}
-    _print(_run(go))
+    _print(run_with_db(go))
 
 
 @pools_app.command("sharing")
@@ -135,7 +112,7 @@ def pools_sharing(refuse: Annotated[bool, typer.Option("--refuse/--accept", help
             await set_refuse_shared(session, t, refuse, actor=operator_actor())
             await session.commit()
             return {"tenant": tenant, "refuse_shared_pools": refuse}
-    _print(_run(go))
+    _print(run_with_db(go))
 
 
 @pools_app.command("operator")
@@ -145,12 +122,10 @@ def pools_operator(tenant: Annotated[str, typer.Argument(help="Tenant name (crea
     async def go(db: Database) -> dict:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
-            t.platform_operator = not off
-            await record_admin(session, actor=operator_actor(), action="tenant.platform_operator",
-                               tenant_id=t.id, target=t.id, details={"platform_operator": not off})
+            await set_platform_operator(session, t, not off, actor=operator_actor())
             await session.commit()
             return {"tenant": tenant, "platform_operator": not off}
-    _print(_run(go))
+    _print(run_with_db(go))
 
 
 def runners_set(runner_id: Annotated[str, typer.Argument(help="Runner id.")],
@@ -170,11 +145,9 @@ def runners_set(runner_id: Annotated[str, typer.Argument(help="Runner id.")],
 
     async def go(db: Database) -> dict:
         async with db.session() as session:
-            runner = await get_runner(session, runner_id)
-            if runner is None:
-                raise ApiError.not_found(f"No runner {runner_id!r}.")
+            runner = await find_runner(session, None, runner_id)
             await set_runner_settings(session, runner, actor=operator_actor(), labels=parsed,
                                       usd_per_hour=usd_per_hour, pool=pool)
             await session.commit()
             return {"id": runner.id, "pool_id": runner.pool_id, "labels": runner.labels, "cost": runner.cost}
-    _print(_run(go))
+    _print(run_with_db(go))

@@ -187,7 +187,7 @@ def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
 
 async def share_default_pool(db: Database, tenant: str = "default") -> str:
     """Make ``tenant`` the platform operator and grant its default pool to every tenant; returns the grant id."""
-    from control_plane.pool_actions import EVERY_TENANT, give_grant
+    from control_plane.actions.pools import EVERY_TENANT, give_grant
     from control_plane.store.pools import default_pool
     from control_plane.store.tenants import get_or_create_tenant
 

@@ -8,11 +8,10 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from control_plane.actions.budgets import put_budget, remove_budget
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
-from control_plane.audit import actor_for_key, record_admin
-from control_plane.errors import ApiError
+from control_plane.audit import actor_for_key
 from control_plane.services.budgets import BudgetStatus
-from control_plane.store.budgets import delete_budget, get_budget, key_in_tenant, set_budget
 
 __all__ = ["BudgetIn", "BudgetOut", "router"]
 
@@ -64,17 +63,9 @@ async def list_(state: AppStateDep, caller: CallerDep) -> dict:
 async def set_(body: BudgetIn, response: Response, state: AppStateDep, admin: AdminDep,
                session: SessionDep) -> BudgetOut:
     """Create or replace the budget of (tenant or key, period)."""
-    if body.api_key_id is not None and not await key_in_tenant(session, body.api_key_id, admin.tenant_id):
-        raise ApiError.not_found(f"No API key {body.api_key_id!r} in this tenant.", code="api_key_not_found",
-                                 param="api_key_id")
-    row, created = await set_budget(session, tenant_id=admin.tenant_id, api_key_id=body.api_key_id,
-                                    period=body.period, amount_usd=body.amount_usd,
+    row, created = await put_budget(session, admin.tenant_id, actor=actor_for_key(admin.api_key_id),
+                                    api_key_id=body.api_key_id, period=body.period, amount_usd=body.amount_usd,
                                     soft_threshold=body.soft_threshold)
-    # The audit chain refuses floats (canonical JSON): amounts go in as decimal strings.
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="budget.set",
-                       tenant_id=admin.tenant_id, target=row.id,
-                       details={"api_key_id": body.api_key_id, "period": body.period,
-                                "amount_usd": f"{body.amount_usd:.6f}", "soft_threshold": f"{body.soft_threshold:g}"})
     await session.commit()
     if not created:
         response.status_code = 200
@@ -84,12 +75,7 @@ async def set_(body: BudgetIn, response: Response, state: AppStateDep, admin: Ad
 
 @router.delete("/{budget_id}", status_code=204)
 async def delete(budget_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep) -> Response:
-    row = await get_budget(session, budget_id, admin.tenant_id)
-    if row is None:
-        raise ApiError.not_found(f"No budget {budget_id!r} in this tenant.", code="budget_not_found")
-    await delete_budget(session, row)
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="budget.delete",
-                       tenant_id=admin.tenant_id, target=budget_id, details={"period": row.period})
+    await remove_budget(session, admin.tenant_id, budget_id, actor=actor_for_key(admin.api_key_id))
     await session.commit()
     state.admission.budgets.invalidate(admin.tenant_id)
     return Response(status_code=204)

@@ -10,12 +10,32 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control_plane.db.engine import DATABASE_DOWN
+from control_plane.domain_errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from control_plane.errors import ApiError, error_body
 
 log = logging.getLogger("outpost.api")
 
-__all__ = ["install_error_handlers"]
+__all__ = ["http_status", "install_error_handlers", "to_api_error"]
 
+#: The one place a domain refusal becomes an HTTP status and an envelope type.
+_DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
+    NotFound: (404, "invalid_request_error"), Conflict: (409, "invalid_request_error"),
+    Invalid: (400, "invalid_request_error"), Forbidden: (403, "permission_error"),
+}
+
+
+def _status_and_type(exc: DomainError) -> tuple[int, str]:
+    return next((v for k, v in _DOMAIN_STATUS.items() if isinstance(exc, k)), (400, "invalid_request_error"))
+
+
+def http_status(exc: DomainError) -> int:
+    """The status of a refusal, for the console's pages as for the API's answers."""
+    return _status_and_type(exc)[0]
+
+
+def to_api_error(exc: DomainError) -> ApiError:
+    status, kind = _status_and_type(exc)
+    return ApiError(status, exc.message, type=kind, code=exc.code, param=exc.param)
 
 
 #: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never sent:
@@ -57,6 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        error = to_api_error(exc)
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

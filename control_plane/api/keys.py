@@ -8,11 +8,12 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from control_plane.actions.keys import create_key as create_key_action
+from control_plane.actions.keys import revoke_key as revoke_key_action
 from control_plane.api.deps import AdminDep, SessionDep
-from control_plane.audit import actor_for_key, record_admin
+from control_plane.audit import actor_for_key
 from control_plane.db.models import ApiKey, utcnow
-from control_plane.errors import ApiError
-from control_plane.store.keys import create_api_key, get_api_key, list_api_keys, revoke_api_key
+from control_plane.store.keys import list_api_keys
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
@@ -58,20 +59,14 @@ async def get_keys(admin: AdminDep, session: SessionDep) -> dict:
 async def create_key(body: ApiKeyIn, admin: AdminDep, session: SessionDep) -> ApiKeyCreated:
     expires = utcnow() + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
     scopes = ",".join(s for s in ("inference", "admin") if s in body.scopes)
-    row, secret = await create_api_key(session, admin.tenant_id, body.name, expires_at=expires, scopes=scopes)
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="api_key.create",
-                       tenant_id=admin.tenant_id, target=row.id, details={"name": body.name, "scopes": scopes})
+    row, secret = await create_key_action(session, admin.tenant_id, body.name, actor=actor_for_key(admin.api_key_id),
+                                          scopes=scopes, expires_at=expires)
     await session.commit()
     return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=secret)
 
 
 @router.post("/{key_id}/revoke", response_model=ApiKeyOut)
 async def revoke_key(key_id: str, admin: AdminDep, session: SessionDep) -> ApiKeyOut:
-    row = await get_api_key(session, key_id, admin.tenant_id)
-    if row is None:
-        raise ApiError.not_found(f"No API key {key_id!r} in this tenant.", code="api_key_not_found")
-    await revoke_api_key(session, row)
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="api_key.revoke",
-                       tenant_id=admin.tenant_id, target=row.id, details={"name": row.name})
+    row = await revoke_key_action(session, admin.tenant_id, key_id, actor=actor_for_key(admin.api_key_id))
     await session.commit()
     return ApiKeyOut.of(row)

@@ -12,11 +12,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_plane.api.deps import AdminDep, CallerDep, SessionDep
-from control_plane.audit import actor_for_key
-from control_plane.db.models import Pool, PoolGrant, Tenant
-from control_plane.errors import ApiError
-from control_plane.pool_actions import (
+from control_plane.actions.pools import (
     EVERY_TENANT,
     add_pool,
     find_pool,
@@ -24,6 +20,10 @@ from control_plane.pool_actions import (
     set_refuse_shared,
     take_back_grant,
 )
+from control_plane.api.deps import AdminDep, CallerDep, SessionDep
+from control_plane.audit import actor_for_key
+from control_plane.db.models import Pool, PoolGrant, Tenant
+from control_plane.errors import ApiError
 from control_plane.store.pools import default_pool, get_pool, list_grants, list_pools
 
 router = APIRouter(prefix="/api/pools", tags=["pools"])

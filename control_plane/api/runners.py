@@ -9,23 +9,21 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
+from control_plane.actions import runners as runner_actions
 from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep, bearer_token
-from control_plane.audit import actor_for_key, record_admin, record_runner_event
+from control_plane.audit import actor_for_key, record_runner_event
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
 from control_plane.routing.load import runner_status
-from control_plane.pool_actions import find_pool, set_runner_settings
 from control_plane.schemas import EngineSlotsOut, RegisterRunnerIn, RegisterRunnerOut, RunnerOut
 from control_plane.services.cost import hourly_rate
 from control_plane.services.owner_settings import apply_owner_settings
-from control_plane.store.keys import consume_enrollment_token, create_enrollment_token
+from control_plane.store.keys import consume_enrollment_token
 from control_plane.store.pools import default_pool
 from control_plane.store.runners import (
     MAX_USD_PER_HOUR,
     create_runner,
-    get_runner,
     list_runners,
-    revoke_runner,
 )
 from control_plane.tls import token_with_pin
 from sdk.protocol import CloseCode
@@ -101,14 +99,10 @@ class EnrollOut(BaseModel):
 async def create_enrollment(body: EnrollIn, state: AppStateDep, admin: AdminDep, session: SessionDep) -> EnrollOut:
     """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown once."""
     # The caller's pool by id or name (404 for any other), else its default pool.
-    pool = await (find_pool(session, admin.tenant_id, body.pool) if body.pool is not None
-                  else default_pool(session, admin.tenant_id))
-    row, token = await create_enrollment_token(session, admin.tenant_id, body.name,
-                                               state.settings.enrollment_token_ttl_s, pool_id=pool.id,
-                                               labels=body.labels)
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="enrollment_token.create",
-                       tenant_id=admin.tenant_id, target=body.name,
-                       details={"token_id": row.id, "pool_id": pool.id, "labels": body.labels})
+    row, token = await runner_actions.enroll_runner(session, admin.tenant_id, body.name,
+                                                    state.settings.enrollment_token_ttl_s,
+                                                    actor=actor_for_key(admin.api_key_id), pool=body.pool,
+                                                    labels=body.labels)
     await session.commit()
     # Served over TLS here, the token carries the key pin (control_plane/tls.py).
     return EnrollOut(token=token_with_pin(token, state.settings), runner_name=row.runner_name,
@@ -141,12 +135,7 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
 
 @router.post("/{runner_id}/revoke", response_model=RunnerOut)
 async def revoke(runner_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep) -> RunnerOut:
-    runner = await get_runner(session, runner_id, tenant_id=admin.tenant_id)
-    if runner is None:
-        raise ApiError.not_found(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
-    await revoke_runner(session, runner)
-    await record_admin(session, actor=actor_for_key(admin.api_key_id), action="runner.revoke",
-                       tenant_id=admin.tenant_id, target=runner_id, details={"name": runner.name})
+    runner = await runner_actions.revoke(session, admin.tenant_id, runner_id, actor=actor_for_key(admin.api_key_id))
     await session.commit()
     # Refuse at once: live connections are dropped, reconnects fail the handshake.
     await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
@@ -159,10 +148,8 @@ async def revoke(runner_id: str, state: AppStateDep, admin: AdminDep, session: S
 async def update(runner_id: str, body: RunnerUpdateIn, state: AppStateDep, admin: AdminDep,
                  session: SessionDep) -> RunnerOut:
     """Set a runner's residency labels, price or pool: the owner's decisions, effective at once."""
-    runner = await get_runner(session, runner_id, tenant_id=admin.tenant_id)
-    if runner is None:
-        raise ApiError.not_found(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
-    await set_runner_settings(session, runner, actor=actor_for_key(admin.api_key_id), labels=body.labels,
+    runner = await runner_actions.find_runner(session, admin.tenant_id, runner_id)
+    await runner_actions.set_runner_settings(session, runner, actor=actor_for_key(admin.api_key_id), labels=body.labels,
                               usd_per_hour=body.usd_per_hour, pool=body.pool)
     await session.commit()
     apply_owner_settings(state.hub, runner)

@@ -4,6 +4,7 @@ Call the ``record_*`` helpers inside the transaction of the action they
 record; the format and the offline verifier live in ``sdk.audit``.
 """
 
+from control_plane.audit.actions import AuditAction
 from control_plane.audit.events import (
     RunnerEvent,
     actor_for_key,
@@ -20,6 +21,7 @@ from control_plane.audit.events import (
 from control_plane.audit.hooks import audit_runner_event
 
 __all__ = [
+    "AuditAction",
     "RunnerEvent",
     "actor_for_key",
     "actor_for_runner",

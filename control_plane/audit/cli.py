@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,8 +20,8 @@ from control_plane.audit.guard import ChainGuard, ChainRefused
 from control_plane.audit.keys import AuditSigner
 from control_plane.audit.prune import prune_before
 from control_plane.audit.rotation import rotate_key
+from control_plane.cli_db import run_with_settings
 from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import AuditCheckpoint, AuditKey, Tenant
 from control_plane.settings import Settings
 from sdk.audit import verify_export
@@ -38,18 +37,8 @@ T = TypeVar("T")
 
 
 def _run(fn: Callable[[Database, Settings], Awaitable[T]]) -> T:
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
-
-    async def main() -> T:
-        db = Database(settings.database_url)
-        try:
-            return await fn(db, settings)
-        finally:
-            await db.dispose()
-
     try:
-        return asyncio.run(main())
+        return run_with_settings(fn)
     except ChainRefused as refused:
         console.print(f"[red]REFUSED to sign the audit chain:[/red] {refused}")
         raise typer.Exit(2) from None

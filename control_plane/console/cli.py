@@ -6,34 +6,25 @@ process list): they come from ``OUTPOST_USER_PASSWORD`` or a hidden prompt.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from sqlalchemy.exc import IntegrityError
 
-from control_plane.audit import operator_actor, record_admin
+from control_plane.actions import users as user_actions
+from control_plane.audit import operator_actor
+from control_plane.cli_db import run_with_db
 from control_plane.console.config import ConsoleSettings
 from control_plane.console.passwords import (
     PasswordPolicyError,
     check_password_policy,
     hash_password,
 )
-from control_plane.console.users import (
-    ROLES,
-    create_user,
-    get_user_by_email,
-    list_users,
-    set_password,
-    unlock_user,
-)
+from control_plane.console.users import ROLES, list_users
 from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import Tenant
-from control_plane.settings import Settings
+from control_plane.db.models import Tenant, User
 from control_plane.store.tenants import get_or_create_tenant
 
 __all__ = ["PASSWORD_ENV", "users_app"]
@@ -41,21 +32,6 @@ __all__ = ["PASSWORD_ENV", "users_app"]
 PASSWORD_ENV = "OUTPOST_USER_PASSWORD"
 users_app = typer.Typer(help="Console users (admin or viewer of one tenant).", no_args_is_help=True)
 console = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
-
-    async def main() -> T:
-        db = Database(settings.database_url)
-        try:
-            return await fn(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
 
 
 def _password() -> str:
@@ -87,21 +63,12 @@ def create(
     async def go(db: Database) -> str:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
-            user = await create_user(session, tenant_id=t.id, email=email, password_hash=password_hash,
-                                     role=role)  # type: ignore[arg-type]
-            await record_admin(session, actor=operator_actor(), action="user.create", tenant_id=t.id,
-                               target=user.id, details={"email": user.email, "role": role})
+            user = await user_actions.add_user(session, t.id, email=email, password_hash=password_hash, role=role,
+                                               actor=operator_actor())
             await session.commit()
             return user.id
 
-    try:
-        user_id = _run(go)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
-    except IntegrityError:
-        console.print(f"[red]a user with email {email!r} already exists[/]")
-        raise typer.Exit(1) from None
+    user_id = run_with_db(go)
     console.print(f"created {role} [bold]{email}[/] in tenant {tenant!r}")
     print(user_id)
 
@@ -116,7 +83,7 @@ def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (nam
             tenant_id = next((i for i, n in tenants.items() if n == tenant), "-") if tenant else None
             return [(u, tenants.get(u.tenant_id, u.tenant_id)) for u in await list_users(session, tenant_id)]
 
-    for user, tenant_name in _run(go):
+    for user, tenant_name in run_with_db(go):
         locked = f"  locked until {user.locked_until:%Y-%m-%d %H:%M}" if user.locked_until else ""
         print(f"{user.email}  {user.role}  tenant={tenant_name}  id={user.id}{locked}")
 
@@ -124,7 +91,7 @@ def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (nam
 @users_app.command("unlock")
 def unlock(email: Annotated[str, typer.Argument(help="The locked user's email.")]) -> None:
     """Clear a lockout (after too many failed sign-ins) before it expires."""
-    _update(email, "user.unlock", lambda session, user: unlock_user(session, user))
+    _update(email, lambda session, user: user_actions.unlock(session, user, actor=operator_actor()))
     console.print(f"unlocked {email}")
 
 
@@ -132,22 +99,15 @@ def unlock(email: Annotated[str, typer.Argument(help="The locked user's email.")
 def set_password_(email: Annotated[str, typer.Argument(help="The user's email.")]) -> None:
     """Replace a user's password (from $OUTPOST_USER_PASSWORD or a prompt); their sessions end."""
     password_hash = hash_password(_password())
-    _update(email, "user.password", lambda session, user: set_password(session, user, password_hash))
+    _update(email, lambda session, user: user_actions.change_password(session, user, password_hash,
+                                                                      actor=operator_actor()))
     console.print(f"password changed for {email}")
 
 
-def _update(email: str, action: str, change: Callable[[Any, Any], Awaitable[None]]) -> None:
-    async def go(db: Database) -> bool:
+def _update(email: str, change: Callable[[Any, User], Awaitable[None]]) -> None:
+    async def go(db: Database) -> None:
         async with db.session() as session:
-            user = await get_user_by_email(session, email)
-            if user is None:
-                return False
-            await change(session, user)
-            await record_admin(session, actor=operator_actor(), action=action, tenant_id=user.tenant_id,
-                               target=user.id, details={"email": user.email})
+            await change(session, await user_actions.find_user_by_email(session, email))
             await session.commit()
-            return True
 
-    if not _run(go):
-        console.print(f"[red]no user {email!r}[/]")
-        raise typer.Exit(1)
+    run_with_db(go)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane.actions.keys import create_key
 from control_plane.api.deps import Caller
-from control_plane.audit import record_admin
 from control_plane.console.deps import ConsoleUser
 from control_plane.db.models import ApiKey, Tenant, utcnow
-from control_plane.store.keys import create_api_key
 from control_plane.store.policies import KeyPolicy, get_key_policy
 from control_plane.store.pools import usable_pool_ids
 
@@ -48,9 +47,8 @@ async def console_caller(session: AsyncSession, user: ConsoleUser) -> tuple[Call
             .order_by(ApiKey.created_at.desc()).limit(1))
     key = (await session.execute(stmt)).scalar_one_or_none()
     if key is None:
-        key, _secret = await create_api_key(session, user.tenant_id, name, scopes="inference")
+        key, _secret = await create_key(session, user.tenant_id, name, actor=user.actor, scopes="inference",
+                                        extra={"purpose": "console"})
         del _secret  # never stored, never shown: the key is used in-process only
-        await record_admin(session, actor=user.actor, action="api_key.create", tenant_id=user.tenant_id,
-                           target=key.id, details={"name": name, "scopes": "inference", "purpose": "console"})
     policy = await get_key_policy(session, key.id) or KeyPolicy()
     return Caller(tenant_id=user.tenant_id, api_key_id=key.id, scopes=frozenset({"inference"})), policy

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.events import actor_for_key, record_fairness_probe
 from control_plane.db.models import FairnessRun, utcnow
-from control_plane.errors import ApiError
+from control_plane.domain_errors import Conflict, Invalid, NotFound
 from control_plane.store.fairness import create_fairness_run, get_fairness_run, run_document
 from control_plane.store.keys import create_api_key
 
@@ -94,8 +94,8 @@ class StartedRun:
     api_key: str = field(repr=False)  # the probe key's secret: memory only
 
 
-def _invalid(message: str, code: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, code=code, param=param)
+def _invalid(message: str, code: str, param: str | None = None) -> Invalid:
+    return Invalid(message, code=code, param=param)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -244,14 +244,14 @@ async def compare_runs(session: AsyncSession, tenant_id: str, run_ids: list[str]
     for run_id in run_ids:
         row = await get_fairness_run(session, run_id, tenant_id)
         if row is None:
-            raise ApiError.not_found(f"No fairness run {run_id!r} in this tenant.", code="fairness_run_not_found",
-                                     param="runs")
+            raise NotFound(f"No fairness run {run_id!r} in this tenant.", code="fairness_run_not_found",
+                           param="runs")
         rows.append(row)
     reports = []
     for row in rows:
         report = run_document(row).report
         if report is None:
-            raise ApiError(409, f"Run {row.id!r} has no report (status {row.status!r}).",
+            raise Conflict(f"Run {row.id!r} has no report (status {row.status!r}).",
                            code="run_has_no_report", param="runs")
         reports.append(report)
     return compare(reports)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from control_plane.db.engine import Database
 from control_plane.db.migrate import upgrade_to_head
 from control_plane.db.models import ApiKey, AuditEvent, FairnessRun
-from control_plane.errors import ApiError
+from control_plane.domain_errors import Invalid
 from control_plane.fairness import builtin_suite, suite_hash
 from control_plane.fairness.jobs import ProbeJob, self_base_url
 from control_plane.fairness.schemas import FairnessRunIn, RunDocument
@@ -115,11 +115,11 @@ def test_plan_rejects_what_would_be_too_large():
             "attributes": {"g": {"groups": {"a": {"name": ["A"]}, "b": {"name": ["B"]}}}},
             "fillers": {"x": [f"x{i}" for i in range(200)], "y": [f"y{i}" for i in range(200)]},
             "templates": [{"id": "t", "attribute": "g", "text": "{name} {x} {y}"}]}
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(Invalid) as info:
         plan_probe(FairnessRunIn(model="m", suite=wide), max_tokens_limit=8192)
-    assert info.value.status == 400 and info.value.code == "suite_too_large"
+    assert info.value.code == "suite_too_large" and info.value.param == "suite"
     # A cap per group does not help: expansion builds every set before sampling some.
-    with pytest.raises(ApiError):
+    with pytest.raises(Invalid):
         plan_probe(FairnessRunIn(model="m", suite=wide, max_prompts_per_group=10), max_tokens_limit=8192)
     plan = plan_probe(FairnessRunIn(model="m", attributes=["gender"], max_prompts_per_group=3),
                       max_tokens_limit=8192)
@@ -150,10 +150,10 @@ async def test_an_imported_run_is_rebuilt_and_checked(db: Database):
 
         bad = run.model_copy(deep=True)
         bad.responses[0].outcomes["refusal"] = 0.5
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(Invalid) as info:
             await import_probe_run(session, tenant_id=tenant.id, actor_key_id="k", body=FairnessRunImport(run=bad))
         assert info.value.code == "invalid_run"
         bad.responses[0].outcomes["refusal"] = None
         bad.responses[0].outcomes["sentiment"] = float("nan")
-        with pytest.raises(ApiError):
+        with pytest.raises(Invalid):
             await import_probe_run(session, tenant_id=tenant.id, actor_key_id="k", body=FairnessRunImport(run=bad))

@@ -11,7 +11,7 @@ from control_plane.api.deps import AppStateDep
 from control_plane.console.charts import IntervalRow, Series, bar_list, interval_plot
 from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
 from control_plane.console.inference import console_caller
-from control_plane.errors import ApiError
+from control_plane.domain_errors import DomainError, NotFound
 from control_plane.fairness.jobs import ProbeJob, launch_probe, self_base_url
 from control_plane.fairness.report import FairnessReport
 from control_plane.fairness.schemas import FairnessRunDetail, FairnessRunIn, FairnessRunOut
@@ -77,7 +77,7 @@ async def start_run(request: Request, state: AppStateDep, post: AdminPostDep) ->
             "max_prompts_per_group": per_group,
             "sampling": {"max_tokens": int(form.get("max_tokens") or 256)}})
         plan = plan_probe(body, max_tokens_limit=state.settings.max_tokens_limit)
-    except ApiError as exc:
+    except DomainError as exc:
         return await _page(request, state, post.user, status=400, start_error=exc.message)
     except ValueError:  # pydantic's ValidationError included
         return await _page(request, state, post.user, status=400,
@@ -138,9 +138,9 @@ async def compare_page(request: Request, state: AppStateDep, user: UserDep,
     async with state.db.session() as session:
         try:
             comparison = await compare_runs(session, user.tenant_id, ids)
-        except ApiError as exc:
-            if exc.status == 404:
-                return not_found(request, user, exc.message)
+        except NotFound as exc:
+            return not_found(request, user, exc.message)
+        except DomainError as exc:
             return await _page(request, state, user, status=400, compare_error=exc.message)
         details = [FairnessRunDetail.from_row(await get_fairness_run(session, i, user.tenant_id)) for i in ids]
     letters = [chr(ord("A") + k) for k in range(len(details))]

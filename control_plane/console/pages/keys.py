@@ -8,16 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from control_plane.actions import keys as key_actions
+from control_plane.actions.budgets import put_budget, remove_budget
 from control_plane.api.deps import AppStateDep
-from control_plane.audit import record_admin
 from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
 from control_plane.console.inference import CONSOLE_KEY_PREFIX
 from control_plane.db.models import utcnow
+from control_plane.domain_errors import NotFound
 from control_plane.routing.routing import POLICIES
 from control_plane.state import AppState
-from control_plane.store.budgets import delete_budget, get_budget, key_in_tenant, set_budget
-from control_plane.store.keys import create_api_key, get_api_key, list_api_keys, revoke_api_key
-from control_plane.store.policies import set_key_limits
+from control_plane.store.keys import list_api_keys
 
 router = APIRouter(include_in_schema=False)
 
@@ -107,19 +107,13 @@ async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -
     scopes = "inference,admin" if form.get("admin") == "on" else "inference"
     ttl = EXPIRY_CHOICES[expiry]
     async with state.db.session() as session:
-        key, secret = await create_api_key(session, user.tenant_id, name, scopes=scopes,
-                                           expires_at=utcnow() + ttl if ttl else None)
-        if rpm is not None or policy is not None:
-            await set_key_limits(session, key, rate_limit_rpm=rpm, routing_policy=policy)
-        await record_admin(session, actor=user.actor, action="api_key.create", tenant_id=user.tenant_id,
-                           target=key.id, details={"name": name, "scopes": scopes, "rate_limit_rpm": rpm,
-                                                   "routing_policy": policy, "expires": expiry})
+        # One transaction: the key and its budget stand or fall together.
+        key, secret = await key_actions.create_key(session, user.tenant_id, name, actor=user.actor, scopes=scopes,
+                                                   expires_at=utcnow() + ttl if ttl else None, rate_limit_rpm=rpm,
+                                                   routing_policy=policy, extra={"expires": expiry})
         if budget is not None:
-            row, _ = await set_budget(session, tenant_id=user.tenant_id, api_key_id=key.id, period="month",
-                                      amount_usd=budget, soft_threshold=0.8)
-            await record_admin(session, actor=user.actor, action="budget.set", tenant_id=user.tenant_id,
-                               target=row.id, details={"api_key_id": key.id, "period": "month",
-                                                       "amount_usd": f"{budget:.6f}", "soft_threshold": "0.8"})
+            await put_budget(session, user.tenant_id, actor=user.actor, api_key_id=key.id, period="month",
+                             amount_usd=budget, soft_threshold=0.8)
         await session.commit()
     state.admission.budgets.invalidate(user.tenant_id)
     return render(request, "key_created.html", user, active="/keys", status=201, key=key, secret=secret,
@@ -129,12 +123,10 @@ async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(key_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
     async with state.db.session() as session:
-        key = await get_api_key(session, key_id, post.user.tenant_id)
-        if key is None:
+        try:
+            await key_actions.revoke_key(session, post.user.tenant_id, key_id, actor=post.user.actor)
+        except NotFound:
             return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
-        await revoke_api_key(session, key)
-        await record_admin(session, actor=post.user.actor, action="api_key.revoke", tenant_id=post.user.tenant_id,
-                           target=key.id, details={"name": key.name})
         await session.commit()
     return RedirectResponse("/keys?notice=key_revoked", status_code=303)
 
@@ -147,12 +139,11 @@ async def key_limits(key_id: str, request: Request, state: AppStateDep, post: Ad
     except FormError as exc:
         return await _page(request, state, post.user, status=400, limits_error=str(exc), limits_key=key_id)
     async with state.db.session() as session:
-        key = await get_api_key(session, key_id, post.user.tenant_id)
-        if key is None:
+        try:
+            await key_actions.set_limits(session, post.user.tenant_id, key_id, actor=post.user.actor,
+                                         rate_limit_rpm=rpm, routing_policy=policy)
+        except NotFound:
             return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
-        await set_key_limits(session, key, rate_limit_rpm=rpm, routing_policy=policy)
-        await record_admin(session, actor=post.user.actor, action="api_key.limits", tenant_id=post.user.tenant_id,
-                           target=key.id, details={"rate_limit_rpm": rpm, "routing_policy": policy})
         await session.commit()
     return RedirectResponse("/keys?notice=key_limits", status_code=303)
 
@@ -173,13 +164,11 @@ async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostD
         return await _page(request, state, user, status=400, budget_error=str(exc))
     soft = (threshold or 80) / 100
     async with state.db.session() as session:
-        if key_id is not None and not await key_in_tenant(session, key_id, user.tenant_id):
+        try:
+            await put_budget(session, user.tenant_id, actor=user.actor, api_key_id=key_id, period=period,
+                             amount_usd=amount, soft_threshold=soft)
+        except NotFound:
             return not_found(request, user, f"No API key {key_id!r} in your tenant.")
-        row, _ = await set_budget(session, tenant_id=user.tenant_id, api_key_id=key_id, period=period,
-                                  amount_usd=amount, soft_threshold=soft)
-        await record_admin(session, actor=user.actor, action="budget.set", tenant_id=user.tenant_id, target=row.id,
-                           details={"api_key_id": key_id, "period": period, "amount_usd": f"{amount:.6f}",
-                                    "soft_threshold": f"{soft:g}"})
         await session.commit()
     state.admission.budgets.invalidate(user.tenant_id)
     return RedirectResponse("/keys?notice=budget_set#budgets", status_code=303)
@@ -188,12 +177,10 @@ async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostD
 @router.post("/budgets/{budget_id}/delete")
 async def delete_budget_form(budget_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
     async with state.db.session() as session:
-        row = await get_budget(session, budget_id, post.user.tenant_id)
-        if row is None:
+        try:
+            await remove_budget(session, post.user.tenant_id, budget_id, actor=post.user.actor)
+        except NotFound:
             return not_found(request, post.user, f"No budget {budget_id!r} in your tenant.")
-        await delete_budget(session, row)
-        await record_admin(session, actor=post.user.actor, action="budget.delete", tenant_id=post.user.tenant_id,
-                           target=budget_id, details={"period": row.period})
         await session.commit()
     state.admission.budgets.invalidate(post.user.tenant_id)
     return RedirectResponse("/keys?notice=budget_deleted#budgets", status_code=303)

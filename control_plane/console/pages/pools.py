@@ -1,6 +1,6 @@
 """Pools: the tenant's runner pools, the grants that share them (outgoing and incoming), refusing shared pools.
 
-Writes go through ``control_plane.pool_actions``, as the API's and the CLI's do.
+Writes go through ``control_plane.actions.pools``, as the API's and the CLI's do.
 """
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 
-from control_plane.api.deps import AppStateDep
-from control_plane.api.pools import grant_out
-from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, render
-from control_plane.db.models import Runner, Tenant
-from control_plane.errors import ApiError
-from control_plane.pool_actions import (
+from control_plane.actions.pools import (
     add_pool,
     find_pool,
     give_grant,
     set_refuse_shared,
     take_back_grant,
 )
+from control_plane.api.deps import AppStateDep
+from control_plane.api.errors import http_status
+from control_plane.api.pools import grant_out
+from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, render
+from control_plane.db.models import Runner, Tenant
+from control_plane.domain_errors import DomainError
 from control_plane.state import AppState
 from control_plane.store.pools import default_pool, list_grants, list_pools
 
@@ -63,8 +64,8 @@ async def _act(request: Request, state: AppState, post: Any, notice: str, action
             tenant = await session.get(Tenant, post.user.tenant_id)
             await action(session, tenant)
             await session.commit()
-    except ApiError as exc:
-        return await _page(request, state, post.user, status=exc.status, pool_error=exc.message)
+    except DomainError as exc:
+        return await _page(request, state, post.user, status=http_status(exc), pool_error=exc.message)
     return RedirectResponse(f"/pools?notice={notice}", status_code=303)
 
 

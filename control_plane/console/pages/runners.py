@@ -9,19 +9,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from control_plane.actions import runners as runner_actions
 from control_plane.api.deps import AppStateDep
-from control_plane.audit import record_admin
+from control_plane.api.errors import http_status
 from control_plane.console.deps import AdminPostDep, UserDep, not_found, render
 from control_plane.console.queries import served_models
 from control_plane.db.models import Runner
-from control_plane.errors import ApiError
-from control_plane.pool_actions import find_pool, set_runner_settings
+from control_plane.domain_errors import DomainError, NotFound
 from control_plane.services.cost import hourly_rate
 from control_plane.services.owner_settings import apply_owner_settings
 from control_plane.state import AppState
-from control_plane.store.keys import create_enrollment_token
 from control_plane.store.pools import default_pool, list_pools
-from control_plane.store.runners import check_usd_per_hour, get_runner, list_runners, revoke_runner
+from control_plane.store.runners import check_usd_per_hour, list_runners
 from control_plane.tls import token_with_pin
 from control_plane.tunnel.hub import ConnectedRunner
 from sdk.protocol import CloseCode
@@ -150,19 +149,12 @@ async def enroll(request: Request, state: AppStateDep, post: AdminPostDep) -> Re
     except ValueError as exc:
         return await _page(request, state, post.user, status=400, enroll_error=str(exc))
     async with state.db.session() as session:
-        pool = post.form.get("pool", "").strip()
         try:
-            pool_row = await find_pool(session, post.user.tenant_id, pool) if pool else \
-                await default_pool(session, post.user.tenant_id)
-        except ApiError as exc:
-            return await _page(request, state, post.user, status=exc.status, enroll_error=exc.message)
-        row, token = await create_enrollment_token(session, post.user.tenant_id, name,
-                                                   state.settings.enrollment_token_ttl_s, pool_id=pool_row.id,
-                                                   labels=labels)
-        await record_admin(session, actor=post.user.actor, action="enrollment_token.create",
-                           tenant_id=post.user.tenant_id, target=row.id,
-                           details={"runner_name": name, "ttl_s": state.settings.enrollment_token_ttl_s,
-                                    "pool_id": pool_row.id, "labels": labels})
+            row, token = await runner_actions.enroll_runner(
+                session, post.user.tenant_id, name, state.settings.enrollment_token_ttl_s, actor=post.user.actor,
+                pool=post.form.get("pool", "").strip() or None, labels=labels)
+        except DomainError as exc:
+            return await _page(request, state, post.user, status=http_status(exc), enroll_error=exc.message)
         await session.commit()
     # Served over TLS here, the token carries the key pin (control_plane/tls.py).
     token = token_with_pin(token, state.settings)
@@ -195,14 +187,15 @@ async def settings(runner_id: str, request: Request, state: AppStateDep, post: A
         message = str(exc) if "label" in str(exc).lower() else "The price must be a number of dollars per hour, 0 to 1000."
         return await _page(request, state, post.user, status=400, settings_error=message)
     async with state.db.session() as session:
-        runner = await get_runner(session, runner_id, tenant_id=post.user.tenant_id)
-        if runner is None:
+        try:
+            runner = await runner_actions.find_runner(session, post.user.tenant_id, runner_id)
+        except NotFound:
             return not_found(request, post.user, f"No runner {runner_id!r} in your tenant.")
         try:
-            await set_runner_settings(session, runner, actor=post.user.actor, labels=labels, usd_per_hour=price,
-                                      pool=form.get("pool", "").strip() or None)
-        except ApiError as exc:
-            return await _page(request, state, post.user, status=exc.status, settings_error=exc.message)
+            await runner_actions.set_runner_settings(session, runner, actor=post.user.actor, labels=labels,
+                                                     usd_per_hour=price, pool=form.get("pool", "").strip() or None)
+        except DomainError as exc:
+            return await _page(request, state, post.user, status=http_status(exc), settings_error=exc.message)
         await session.commit()
         apply_owner_settings(state.hub, runner)
     return RedirectResponse("/runners?notice=runner_saved", status_code=303)
@@ -211,12 +204,10 @@ async def settings(runner_id: str, request: Request, state: AppStateDep, post: A
 @router.post("/runners/{runner_id}/revoke")
 async def revoke(runner_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
     async with state.db.session() as session:
-        runner = await get_runner(session, runner_id, tenant_id=post.user.tenant_id)
-        if runner is None:
+        try:
+            await runner_actions.revoke(session, post.user.tenant_id, runner_id, actor=post.user.actor)
+        except NotFound:
             return not_found(request, post.user, f"No runner {runner_id!r} in your tenant.")
-        await revoke_runner(session, runner)
-        await record_admin(session, actor=post.user.actor, action="runner.revoke", tenant_id=post.user.tenant_id,
-                           target=runner_id, details={"name": runner.name})
         await session.commit()
     await state.hub.disconnect(runner_id, CloseCode.REVOKED, "runner revoked")
     return RedirectResponse("/runners?notice=runner_revoked", status_code=303)

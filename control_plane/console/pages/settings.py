@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy.exc import IntegrityError
 
-from control_plane.admin import parse_residency, update_tenant
+from control_plane.actions import users as user_actions
+from control_plane.actions.tenants import parse_residency, update_tenant
 from control_plane.api.deps import AppStateDep
-from control_plane.audit import record_admin
+from control_plane.api.errors import http_status
 from control_plane.audit.keys import AuditSigner
 from control_plane.console.deps import (
     AdminPostDep,
@@ -30,17 +30,9 @@ from control_plane.console.passwords import (
     verify_password_async,
 )
 from control_plane.console.sessions import SESSION_COOKIE
-from control_plane.console.users import (
-    ROLES,
-    create_user,
-    get_user,
-    is_locked,
-    list_users,
-    set_password,
-    set_role,
-    unlock_user,
-)
+from control_plane.console.users import ROLES, get_user, is_locked, list_users
 from control_plane.db.models import Tenant, utcnow
+from control_plane.domain_errors import DomainError, Forbidden, NotFound
 from control_plane.routing.routing import POLICIES
 from control_plane.state import AppState
 
@@ -70,10 +62,16 @@ async def save_tenant(request: Request, state: AppStateDep, console: ConsoleStat
         residency = parse_residency(form.get("residency", "").strip() or "{}")
         weight = float(form.get("weight", "1") or 1)
         policy = form.get("routing_policy") or None
-        await update_tenant(state.db, post.user.tenant_name, residency=residency, routing_policy=policy,
-                            weight=weight, actor=post.user.actor)
-    except ValueError as exc:
+        async with state.db.session() as session:
+            tenant = await session.get(Tenant, post.user.tenant_id)
+            assert tenant is not None  # the signed-in user's tenant
+            await update_tenant(session, tenant, residency=residency, routing_policy=policy, weight=weight,
+                                actor=post.user.actor)
+            await session.commit()
+    except ValueError as exc:  # the weight is not a number
         return await _page(request, state, console, post.user, status=400, tenant_error=str(exc))
+    except DomainError as exc:
+        return await _page(request, state, console, post.user, status=http_status(exc), tenant_error=exc.message)
     return RedirectResponse("/settings?notice=tenant_saved", status_code=303)
 
 
@@ -82,34 +80,31 @@ async def add_user(request: Request, state: AppStateDep, console: ConsoleStateDe
     form = post.form
     role = form.get("role", "viewer")
     try:
-        if role not in ROLES:
+        if role not in ROLES:  # before spending a hash on it
             raise ValueError("Choose a role: admin or viewer.")
         check_password_policy(form.get("password", ""), console.console.min_password_length)
         async with state.db.session() as session:
-            user = await create_user(session, tenant_id=post.user.tenant_id, email=form.get("email", ""),
-                                     password_hash=hash_password(form["password"]), role=role)  # type: ignore[arg-type]
-            await record_admin(session, actor=post.user.actor, action="user.create", tenant_id=post.user.tenant_id,
-                               target=user.id, details={"email": user.email, "role": role})
+            await user_actions.add_user(session, post.user.tenant_id, email=form.get("email", ""),
+                                        password_hash=hash_password(form["password"]), role=role,
+                                        actor=post.user.actor)
             await session.commit()
     except PasswordPolicyError as exc:
         return await _page(request, state, console, post.user, status=400, user_error=f"Password: {exc}")
-    except IntegrityError:
-        return await _page(request, state, console, post.user, status=409,
-                           user_error="A user with that email already exists.")
     except ValueError as exc:
         return await _page(request, state, console, post.user, status=400, user_error=str(exc))
+    except DomainError as exc:
+        return await _page(request, state, console, post.user, status=http_status(exc), user_error=exc.message)
     return RedirectResponse("/settings?notice=user_created", status_code=303)
 
 
 @router.post("/settings/users/{user_id}/unlock")
 async def unlock(user_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
     async with state.db.session() as session:
-        target = await get_user(session, user_id)
-        if target is None or target.tenant_id != post.user.tenant_id:
-            return not_found(request, post.user, "No such user in your tenant.")
-        await unlock_user(session, target)
-        await record_admin(session, actor=post.user.actor, action="user.unlock", tenant_id=post.user.tenant_id,
-                           target=user_id, details={"email": target.email})
+        try:
+            target = await user_actions.find_user(session, post.user.tenant_id, user_id)
+        except NotFound as exc:
+            return not_found(request, post.user, exc.message)
+        await user_actions.unlock(session, target, actor=post.user.actor)
         await session.commit()
     return RedirectResponse("/settings?notice=user_unlocked", status_code=303)
 
@@ -118,14 +113,13 @@ async def unlock(user_id: str, request: Request, state: AppStateDep, post: Admin
 async def change_role(user_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
     role = post.form.get("role", "")
     async with state.db.session() as session:
-        target = await get_user(session, user_id)
-        if target is None or target.tenant_id != post.user.tenant_id or role not in ROLES:
+        try:
+            target = await user_actions.find_user(session, post.user.tenant_id, user_id)
+            await user_actions.change_role(session, target, role, actor=post.user.actor, by_user_id=post.user.id)
+        except Forbidden as exc:
+            return error_page(request, post.user, 400, "Not allowed", exc.message)
+        except DomainError:  # no such user, or no such role
             return not_found(request, post.user, "No such user in your tenant.")
-        if target.id == post.user.id:
-            return error_page(request, post.user, 400, "Not allowed", "Ask another admin to change your own role.")
-        await set_role(session, target, role)  # type: ignore[arg-type]
-        await record_admin(session, actor=post.user.actor, action="user.role", tenant_id=post.user.tenant_id,
-                           target=user_id, details={"email": target.email, "role": role})
         await session.commit()
     return RedirectResponse("/settings?notice=user_role", status_code=303)
 
@@ -143,9 +137,7 @@ async def change_password(request: Request, state: AppStateDep, console: Console
             check_password_policy(form.get("new_password", ""), console.console.min_password_length)
         except PasswordPolicyError as exc:
             return await _page(request, state, console, post.user, status=400, password_error=str(exc))
-        await set_password(session, me, hash_password(form["new_password"]))
-        await record_admin(session, actor=post.user.actor, action="user.password", tenant_id=post.user.tenant_id,
-                           target=me.id, details={"email": me.email})
+        await user_actions.change_password(session, me, hash_password(form["new_password"]), actor=post.user.actor)
         await session.commit()
         password_hash = me.password_hash
     # Every other session carried the old password's fingerprint; this one gets a new cookie.
