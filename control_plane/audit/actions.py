@@ -21,6 +21,7 @@ class AuditAction(StrEnum):
     ENROLLMENT_TOKEN_CREATE = "enrollment_token.create"
     RUNNER_REVOKE = "runner.revoke"
     RUNNER_UPDATE = "runner.update"
+    RUNNER_E2E_KEY = "runner.e2e_key"
     TENANT_UPDATE = "tenant.update"
     TENANT_PLATFORM_OPERATOR = "tenant.platform_operator"
     POOL_CREATE = "pool.create"
