@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -165,7 +165,7 @@ class _Bad(Exception):
 _HEX64 = frozenset("0123456789abcdef")
 
 
-def _is_hash(value: Any) -> bool:
+def _is_hash(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
 
 
@@ -192,14 +192,14 @@ def _trusted_keys(records: list[dict[str, Any]], pinned: Iterable[str]) -> dict[
     that both keys signed (so trust flows both ways along a rotation chain).
     """
     trusted: dict[str, str] = {}
-    for pk in pinned:
-        pk = pk.strip()
+    for raw in pinned:
+        key = raw.strip()
         try:
-            if len(_b64u_decode(pk)) != 32:
+            if len(_b64u_decode(key)) != 32:
                 raise ValueError
         except (ValueError, TypeError):
-            raise _Bad(None, f"pinned public key {pk[:12]}... is not a base64url Ed25519 key") from None
-        trusted[key_id_for(pk)] = pk
+            raise _Bad(None, f"pinned public key {key[:12]}... is not a base64url Ed25519 key") from None
+        trusted[key_id_for(key)] = key
     links: list[tuple[str, str, str, str]] = []
     for i, rec in enumerate(records):
         if rec["kind"] != "key":
@@ -316,16 +316,16 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
             result.events += 1
             result.redacted += kind == "redacted"
         elif kind == "checkpoint":
-            seq = rec.get("seq")
-            if not isinstance(seq, int) or seq not in hashes:
-                raise _Bad(i, f"checkpoint for seq {seq!r}, which is not in the chain before it",
-                           seq if isinstance(seq, int) else None)
-            if rec.get("hash") != hashes[seq]:
-                raise _Bad(i, f"checkpoint at seq {seq} does not match the recomputed chain: events up to "
-                           f"{seq} were rewritten", seq)
+            at = rec.get("seq")
+            if not isinstance(at, int) or at not in hashes:
+                raise _Bad(i, f"checkpoint for seq {at!r}, which is not in the chain before it",
+                           at if isinstance(at, int) else None)
+            if rec.get("hash") != hashes[at]:
+                raise _Bad(i, f"checkpoint at seq {at} does not match the recomputed chain: events up to "
+                           f"{at} were rewritten", at)
             _check_signed(rec, i, trusted, "checkpoint")
             result.checkpoints += 1
-            result.last_signed_seq = max(seq, result.last_signed_seq or 0)
+            result.last_signed_seq = max(at, result.last_signed_seq or 0)
         else:
             raise _Bad(i, f"unknown line kind {kind!r}")
     if header is not None and header.get("last_seq") is not None and header["last_seq"] != result.last_seq:

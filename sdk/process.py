@@ -22,7 +22,8 @@ def _load_prctl() -> Callable[..., int] | None:
         return None
     try:
         # Resolved here, in the parent: the child between fork and exec should do no more than call it.
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
     except (OSError, AttributeError):
         return None
 

@@ -33,7 +33,7 @@ from sdk.client._core import (
 )
 from sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
 from sdk.e2e import VerifiedHpkeKey
-from sdk.errors import ConflictError
+from sdk.errors import APIError, ConflictError
 from sdk.models import (
     ApiKey,
     AuditPage,
@@ -270,8 +270,11 @@ class AsyncChatCompletions(_AsyncResource):
         payload: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             payload["stream"] = True
-        return await self._client._inference("chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
-                                             timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+        # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
+        answer: ChatCompletion | AsyncStream[ChatCompletionChunk] = await self._client._inference(
+            "chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
+            timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+        return answer
 
 
 class AsyncChat(_AsyncResource):
@@ -296,8 +299,11 @@ class AsyncCompletions(_AsyncResource):
         payload: dict[str, Any] = {"model": model, "prompt": prompt, **params}
         if stream:
             payload["stream"] = True
-        return await self._client._inference("completions", payload, stream=stream, e2e=e2e, runner=runner,
-                                             timeout=timeout, result=Completion, chunk=Completion)
+        # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
+        answer: Completion | AsyncStream[Completion] = await self._client._inference(
+            "completions", payload, stream=stream, e2e=e2e, runner=runner,
+            timeout=timeout, result=Completion, chunk=Completion)
+        return answer
 
 
 class AsyncEmbeddings(_AsyncResource):
@@ -305,8 +311,11 @@ class AsyncEmbeddings(_AsyncResource):
                      runner: str | None = None, timeout: Timeout = None, **params: Any) -> EmbeddingResponse:
         """``POST /v1/embeddings`` (runners started with ``--embedding``)."""
         payload: dict[str, Any] = {"model": model, "input": input, **params}
-        return await self._client._inference("embeddings", payload, stream=False, e2e=e2e, runner=runner,
-                                             timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+        # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
+        answer: EmbeddingResponse = await self._client._inference(
+            "embeddings", payload, stream=False, e2e=e2e, runner=runner,
+            timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+        return answer
 
 
 class AsyncModels(_AsyncResource):
@@ -449,7 +458,10 @@ class AsyncAudit(_AsyncResource):
 
     async def latest_checkpoint(self) -> dict[str, Any]:
         """The newest signed checkpoint (admin); 404 before the first one."""
-        return await self._client._json("GET", "/api/audit/checkpoints/latest")
+        doc = await self._client._json("GET", "/api/audit/checkpoints/latest")
+        if not isinstance(doc, dict):
+            raise APIError("the latest checkpoint is not a JSON object")
+        return doc
 
     async def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None,
                      kept_checkpoints: builtins.list[dict[str, Any]] | None = None) -> VerifyResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -67,7 +67,7 @@ class RetryPolicy:
               rand: Callable[[], float] = random.random) -> float:
         if retry_after is not None:
             return max(0.0, min(retry_after, self.retry_after_cap_s))
-        return rand() * min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
+        return rand() * min(self.backoff_cap_s, self.backoff_base_s * 2.0**attempt)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def sse_data(line: str) -> str | None:
 class Decoder(Protocol[T_co]):
     """Turns the data of successive SSE events into items; ``finish`` at end of transport."""
 
-    def feed(self, data: str) -> list[T_co]: ...
+    def feed(self, data: str) -> Sequence[T_co]: ...
 
     def finish(self) -> None: ...
 

@@ -30,7 +30,7 @@ from sdk.client._core import (
 )
 from sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
 from sdk.e2e import VerifiedHpkeKey
-from sdk.errors import ConflictError
+from sdk.errors import APIError, ConflictError
 from sdk.models import (
     ApiKey,
     AuditPage,
@@ -266,8 +266,11 @@ class ChatCompletions(_Resource):
         payload: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             payload["stream"] = True
-        return self._client._inference("chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
-                                             timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+        # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
+        answer: ChatCompletion | Stream[ChatCompletionChunk] = self._client._inference(
+            "chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
+            timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+        return answer
 
 
 class Chat(_Resource):
@@ -292,8 +295,11 @@ class Completions(_Resource):
         payload: dict[str, Any] = {"model": model, "prompt": prompt, **params}
         if stream:
             payload["stream"] = True
-        return self._client._inference("completions", payload, stream=stream, e2e=e2e, runner=runner,
-                                             timeout=timeout, result=Completion, chunk=Completion)
+        # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
+        answer: Completion | Stream[Completion] = self._client._inference(
+            "completions", payload, stream=stream, e2e=e2e, runner=runner,
+            timeout=timeout, result=Completion, chunk=Completion)
+        return answer
 
 
 class Embeddings(_Resource):
@@ -301,8 +307,11 @@ class Embeddings(_Resource):
                      runner: str | None = None, timeout: Timeout = None, **params: Any) -> EmbeddingResponse:
         """``POST /v1/embeddings`` (runners started with ``--embedding``)."""
         payload: dict[str, Any] = {"model": model, "input": input, **params}
-        return self._client._inference("embeddings", payload, stream=False, e2e=e2e, runner=runner,
-                                             timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+        # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
+        answer: EmbeddingResponse = self._client._inference(
+            "embeddings", payload, stream=False, e2e=e2e, runner=runner,
+            timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+        return answer
 
 
 class Models(_Resource):
@@ -445,7 +454,10 @@ class Audit(_Resource):
 
     def latest_checkpoint(self) -> dict[str, Any]:
         """The newest signed checkpoint (admin); 404 before the first one."""
-        return self._client._json("GET", "/api/audit/checkpoints/latest")
+        doc = self._client._json("GET", "/api/audit/checkpoints/latest")
+        if not isinstance(doc, dict):
+            raise APIError("the latest checkpoint is not a JSON object")
+        return doc
 
     def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None,
                      kept_checkpoints: builtins.list[dict[str, Any]] | None = None) -> VerifyResult:

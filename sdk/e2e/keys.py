@@ -80,6 +80,8 @@ class Kem(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> Kem:
+        if not isinstance(value, str):
+            raise MalformedError(f"unknown KEM {str(value)[:32]!r}")
         try:
             return cls(value)
         except ValueError:
