@@ -25,8 +25,9 @@ from control_plane.api.openai import _rate_headers as rate_headers
 from control_plane.audit import actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
+from control_plane.openai.call import ENDPOINTS_BY_NAME
 from control_plane.openai.disconnect import watch
-from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
+from control_plane.openai.serving import InferenceCall, serve_inference
 from control_plane.routing.routing import RouteRequest, residency_allows
 from control_plane.services.receipts import receipt_check
 from control_plane.state import AppState
@@ -39,7 +40,6 @@ from sdk.sealed import (
     E2E_MISMATCH,
     E2E_PREFIX,
     E2E_UNSUPPORTED,
-    ENDPOINTS,
     SealedRequest,
 )
 
@@ -129,8 +129,8 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
                            ) -> Response:
     """The sealed twin of ``/v1/<endpoint>``: the same key policy, rate limit, budget and
     residency rules, but routed only to the runner the envelope is sealed to."""
-    path = ENDPOINTS.get(endpoint)
-    if path is None:
+    kind = ENDPOINTS_BY_NAME.get(endpoint)
+    if kind is None:
         raise ApiError.not_found(f"No end-to-end endpoint {endpoint!r}.")
     runner_id = _bound_runner(body, runner_header)
     rate = await admit_request(state, caller, policy)
@@ -148,10 +148,9 @@ async def sealed_inference(endpoint: str, body: SealedRequest, request: Request,
     if live.serves(body.model) is None:
         raise ApiError.not_found(f"Runner {runner_id!r} does not serve '{body.model}'.",
                                  code="model_not_found", param="model")
-    route = RouteRequest(model=body.model, endpoint=endpoint_kind(path), residency=policy.residency,
+    route = RouteRequest(model=body.model, endpoint=kind, residency=policy.residency,
                          max_tokens=body.max_tokens, pools=policy.pools)
-    call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=path,
-                         model=body.model, body=body.model_dump_json(), stream=body.stream, sealed=True,
+    call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, body=body.model_dump_json(), stream=body.stream, sealed=True,
                          max_tokens_cap=limit,  # the receipt's usage is clamped to it (openai/caps.py)
                          route=route, tenant_weight=policy.tenant_weight, runner_id=runner_id,
                          usage_from_receipt=receipt_check(identity, runner_id, body.request_id),

@@ -17,13 +17,19 @@ from fastapi.responses import Response
 
 from control_plane.api.deps import AppStateDep, Caller, CallerDep
 from control_plane.errors import ApiError
-from control_plane.routing.affinity import affinity_keys
 from control_plane.openai.caps import cap_request
 from control_plane.openai.disconnect import watch
-from control_plane.routing.load import runner_status
 from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from control_plane.routing.routing import POLICIES, RouteRequest, RoutingPolicy, residency_allows
-from control_plane.openai.serving import InferenceCall, endpoint_kind, serve_inference
+from control_plane.openai.serving import InferenceCall, serve_inference
+from control_plane.routing.affinity import affinity_keys
+from control_plane.routing.load import runner_status
+from control_plane.routing.routing import (
+    POLICIES,
+    Endpoint,
+    RouteRequest,
+    RoutingPolicy,
+    residency_allows,
+)
 from control_plane.services.ratelimit import RateDecision
 from control_plane.state import AppState
 from control_plane.store.policies import KeyPolicy, get_key_policy
@@ -73,22 +79,22 @@ async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: AppStateDep,
                            caller: CallerDep, policy: PolicyDep) -> Response:
-    return await _serve(state, request, caller, policy, "/v1/chat/completions", body)
+    return await _serve(state, request, caller, policy, "chat", body)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, state: AppStateDep,
                       caller: CallerDep, policy: PolicyDep) -> Response:
-    return await _serve(state, request, caller, policy, "/v1/completions", body)
+    return await _serve(state, request, caller, policy, "completions", body)
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request, state: AppStateDep,
                      caller: CallerDep, policy: PolicyDep) -> Response:
-    return await _serve(state, request, caller, policy, "/v1/embeddings", body)
+    return await _serve(state, request, caller, policy, "embeddings", body)
 
 
-async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyPolicy, endpoint: str,
+async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyPolicy, endpoint: Endpoint,
                  body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Response:
     routing = _routing_policy(request, policy)
     rate = await _admit(state, caller, policy)
@@ -103,11 +109,10 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
     if vendor := body.vendor_fields():
         log.debug("passing vendor fields through to the engine: %s", vendor)
     route = RouteRequest(
-        model=body.model, endpoint=endpoint_kind(endpoint), policy=routing, residency=policy.residency,
+        model=body.model, endpoint=endpoint, policy=routing, residency=policy.residency,
         affinity_keys=() if isinstance(body, EmbeddingRequest) else affinity_keys(caller.tenant_id, body),
         prompt_tokens=body.estimated_prompt_tokens(), max_tokens=max_tokens, pools=policy.pools)
-    call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, endpoint=endpoint,
-                         model=body.model, body=forwarded, max_tokens_cap=cap,
+    call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, body=forwarded, max_tokens_cap=cap,
                          stream=bool(getattr(body, "stream", False)), route=route,
                          tenant_weight=policy.tenant_weight, client_gone=watch(request.receive))
     response = await serve_inference(state, call)

@@ -1,8 +1,8 @@
 """The origin's side of a relayed request: a runner another replica holds.
 
-:class:`RemoteLink` and :class:`RemoteStream` have the attributes and methods
-``openai/serving.py`` uses of :class:`~control_plane.tunnel.link.Link` and
-:class:`~control_plane.tunnel.stream.Stream`, so routing, admission,
+:class:`RemoteLink` and :class:`RemoteStream` are a
+:class:`~control_plane.tunnel.link.RunnerLink` and
+:class:`~control_plane.tunnel.link.RunnerStream`, as a tunnel's own are, so routing, admission,
 failover and the SSE relay treat a runner on another replica like one of
 their own. What differs is underneath: opening a stream posts an ``open``
 message to the holder's inbox, frames come back through this replica's

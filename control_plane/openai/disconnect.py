@@ -18,16 +18,22 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from starlette.types import Receive
 
 from control_plane.errors import ApiError
-from control_plane.tunnel.stream import EventQueue
 
-__all__ = ["ClientGone", "client_gone", "gone_error", "interrupt_when_gone", "read_or_gone", "watch"]
+__all__ = ["ClientGone", "Interruptible", "client_gone", "gone_error", "interrupt_when_gone", "read_or_gone", "watch"]
 
 T = TypeVar("T")
+
+
+class Interruptible(Protocol):
+    """What a reader waits on (a tunnel stream's event queue): a disconnect wakes it with an error."""
+
+    def interrupt(self, exc: BaseException) -> None: ...
+    def resume(self) -> None: ...
 
 
 async def client_gone(receive: Receive) -> None:
@@ -57,7 +63,7 @@ def gone_error() -> ApiError:
 
 
 @contextmanager
-def interrupt_when_gone(gone: Callable[[], Awaitable[object]] | None, events: EventQueue[Any]) -> Iterator[None]:
+def interrupt_when_gone(gone: Callable[[], Awaitable[object]] | None, events: Interruptible) -> Iterator[None]:
     """While inside, a return of ``gone()`` (the client left) makes the next wait on ``events`` raise :class:`ClientGone`.
 
     The events queued before the disconnect are still read (an answer that
@@ -83,7 +89,7 @@ def interrupt_when_gone(gone: Callable[[], Awaitable[object]] | None, events: Ev
 
 
 async def read_or_gone(read: Awaitable[T], gone: Callable[[], Awaitable[object]] | None,
-                       events: EventQueue[Any]) -> T:
+                       events: Interruptible) -> T:
     """Await ``read``, which waits on ``events``; raise :class:`ClientGone` there if ``gone()`` returns first.
 
     Nobody listens for a disconnect while a plain ``Response`` is being

@@ -24,14 +24,18 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from control_plane.openai.disconnect import ClientGone, client_gone, interrupt_when_gone
-from control_plane.tunnel.stream import EventQueue
+from control_plane.openai.disconnect import (
+    ClientGone,
+    Interruptible,
+    client_gone,
+    interrupt_when_gone,
+)
 
 __all__ = ["RelayResponse"]
 
 
 class RelayResponse(StreamingResponse):
-    def __init__(self, content: Any, events: EventQueue[Any], **kwargs: Any) -> None:
+    def __init__(self, content: Any, events: Interruptible, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self.events = events  # what the body iterator waits on
 

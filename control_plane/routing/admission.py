@@ -72,9 +72,12 @@ __all__ = ["Admission", "AdmissionRequest", "HolderAdmitted", "HolderRefused", "
 class AdmissionRequest(Protocol):
     """What admission reads of a request (``serving.InferenceCall`` has it)."""
 
-    request_id: str
-    tenant_id: str
-    api_key_id: str | None
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def api_key_id(self) -> str | None: ...
     # Optional, read with getattr: ``client_gone``, a callable whose awaitable
     # returns when the client has disconnected (openai/disconnect.py); ``model``,
     # the requested model name or alias, which picks the engine's queue on a

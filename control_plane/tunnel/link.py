@@ -6,8 +6,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-from control_plane.tunnel.stream import Stream
+from control_plane.tunnel.stream import Stream, StreamEvent
 from sdk.protocol import (
     DEFAULT_STREAM_WINDOW,
     MAX_DATA_BYTES,
@@ -25,7 +26,10 @@ from sdk.protocol import (
     encode_frame,
 )
 
-__all__ = ["Link", "RunnerLoad"]
+if TYPE_CHECKING:  # the holder's admission events (routing/admission.py imports the hub, which imports this)
+    from control_plane.routing.admission import HolderAdmitted, HolderRefused
+
+__all__ = ["Link", "RunnerLink", "RunnerLoad", "RunnerStream"]
 
 SendText = Callable[[str], Awaitable[None]]
 
@@ -44,6 +48,44 @@ class RunnerLoad:
     # A multi-engine runner's per-engine models and slots (status.v1 engines).
     engines: tuple[EngineSlots, ...] = ()
     updated_at: float = field(default_factory=time.monotonic)
+
+
+class RunnerStream(Protocol):
+    """One request's stream as the request path reads it: a tunnel :class:`Stream`, or a
+    ``RemoteStream`` relayed through the replica that holds the runner (cluster/remote.py)."""
+
+    finished: bool
+
+    async def next_event(self, timeout: float | None = None) -> StreamEvent | HolderAdmitted | HolderRefused: ...
+    def take_data(self) -> str: ...
+    async def consumed(self, nchars: int) -> None: ...
+    async def cancel(self, reason: str = "client disconnected") -> None: ...
+    # A client's disconnect wakes the reader (openai/disconnect.py).
+    def interrupt(self, exc: BaseException) -> None: ...
+    def resume(self) -> None: ...
+
+
+class RunnerLink(Protocol):
+    """A route to a runner: its own tunnel (:class:`Link`) or another replica's (``RemoteLink``)."""
+
+    runner_id: str
+    session_id: str
+    closed: bool
+    draining: bool
+    load: RunnerLoad
+    # True when the replica at the other end admits the request through its own fair queue
+    # for the runner (``open_stream(admit=...)``, cluster/holder.py); a local link never does.
+    holder_admits: bool
+
+    @property
+    def open_streams(self) -> int: ...
+
+    async def open_stream(self, *, path: str, model: str, body: str, stream: bool, sealed: bool = False,
+                          window: int | None = None, request_id: str | None = None,
+                          admit: dict[str, Any] | None = None) -> RunnerStream: ...
+
+    def close_stream(self, stream: Any) -> None: ...
+    def fail_all(self, reason: str) -> None: ...
 
 
 class Link:
@@ -65,6 +107,7 @@ class Link:
         self.load = RunnerLoad()
         self.draining = False
         self.closed = False
+        self.holder_admits = False  # this replica holds the tunnel: admission is local
 
     @property
     def open_streams(self) -> int:
@@ -78,7 +121,9 @@ class Link:
             await self._send_text(text)
 
     async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
-                          sealed: bool = False, window: int | None = None, request_id: str | None = None) -> Stream:
+                          sealed: bool = False, window: int | None = None, request_id: str | None = None,
+                          admit: dict[str, Any] | None = None) -> Stream:
+        # ``admit`` is for a holder's queue (RunnerLink); this replica admitted the request already.
         if self.closed or self.draining:
             raise ConnectionError("link is not accepting streams")
         if len(self.streams) >= self.max_streams:
@@ -100,7 +145,7 @@ class Link:
             raise
         return st
 
-    def close_stream(self, stream: Stream) -> None:
+    def close_stream(self, stream: Any) -> None:
         self.streams.pop(stream.id, None)
 
     async def _grant(self, sid: int, n: int) -> None:

@@ -10,8 +10,8 @@ from control_plane.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 DOC = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
-SOURCES = [ROOT / "control_plane" / p for p in ("api/openai.py", "openai/serving.py", "errors.py",
-                                                 "api/limits.py", "api/errors.py")]
+SOURCES = [ROOT / "control_plane" / p for p in ("api/openai.py", "openai/serving.py", "openai/failover.py",
+                                                 "errors.py", "api/limits.py", "api/errors.py")]
 
 
 def _source() -> str:

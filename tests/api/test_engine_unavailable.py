@@ -5,8 +5,9 @@ The end-to-end version (a real hung llama.cpp engine) is tests/runner/test_multi
 
 from __future__ import annotations
 
+from control_plane.openai.call import InferenceCall
+from control_plane.openai.failover import _ineligible_error
 from control_plane.routing.routing import ENGINE_DOWN, Router, RouteRequest, eligibility
-from control_plane.openai.serving import InferenceCall, _ineligible_error
 from sdk.protocol import StatusFrame
 from tests.api.sim import MODEL, set_status, simulated_runner
 
@@ -31,8 +32,8 @@ def test_the_error_names_the_engine_and_the_runners_instead_of_busy_or_draining(
     a.name, b.name = "gpu-box", "lab-2"
     _report_down(a, MODEL, healthy=False)
     set_status(b, healthy=False)
-    call = InferenceCall(tenant_id="ten_1", api_key_id=None, endpoint="/v1/chat/completions", model=MODEL,
-                         body="{}", stream=False)
+    call = InferenceCall(tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body="{}",
+                         stream=False)
     decision = Router().route([a, b], call.route)
     assert decision.excluded == {"r-a": "restarting", "r-b": "unhealthy"}
     error = _ineligible_error(call, decision)
@@ -45,6 +46,6 @@ def test_a_draining_runner_beside_a_restarting_one_keeps_the_general_answer() ->
     a, b = simulated_runner("r-a"), simulated_runner("r-b")
     _report_down(a, MODEL)
     b.links[0].draining = True
-    call = InferenceCall(tenant_id="ten_1", api_key_id=None, endpoint="/v1/chat/completions", model=MODEL,
-                         body="{}", stream=False)
+    call = InferenceCall(tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body="{}",
+                         stream=False)
     assert _ineligible_error(call, Router().route([a, b], call.route)) is None

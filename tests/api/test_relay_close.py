@@ -23,9 +23,12 @@ from typing import Any
 
 import pytest
 
-from control_plane.openai import serving
+from control_plane.openai import lifecycle, serving
+from control_plane.openai.call import InferenceCall
 from control_plane.openai.disconnect import ClientGone
-from control_plane.openai.serving import InferenceCall, _Opened, _Outcome, _relay_stream
+from control_plane.openai.failover import Opened
+from control_plane.openai.lifecycle import RequestLife
+from control_plane.routing.routing import RouteRequest
 from control_plane.tunnel.stream import LinkClosed, Stream
 from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
 
@@ -58,12 +61,25 @@ class _State(SimpleNamespace):
         records = _Records()
         super().__init__(
             records=records, saved=records.saved, settings=SimpleNamespace(records_commit_wait_s=10.0),
-            router=SimpleNamespace(observe=lambda *a, **k: None, finished=lambda runner: None),
+            router=SimpleNamespace(observe=lambda *a, **k: None, finished=lambda runner: None,
+                                   started=lambda runner: None, served=lambda route, runner_id: None),
             hub=SimpleNamespace(is_served=lambda model: True),
             metrics=SimpleNamespace(observe_inference=lambda **k: None))
 
 
-def _relay(state: _State, outcomes: list[_Outcome] | None = None) -> tuple[Any, Stream, list[str]]:
+class _Slot:
+    """The admission slot's seam: admitted at once, nothing to price."""
+
+    queue_wait_s, started = 0.0, True
+
+    def finish(self, usage: Usage | None, ttft_ms: float | None = None) -> None:
+        pass
+
+    def record_fields(self) -> dict[str, Any]:
+        return {}
+
+
+def _relay(state: _State, lives: list[RequestLife] | None = None) -> tuple[Any, Stream, list[str]]:
     resets: list[str] = []
 
     async def grant(stream_id: int, n: int) -> None:
@@ -78,22 +94,25 @@ def _relay(state: _State, outcomes: list[_Outcome] | None = None) -> tuple[Any, 
     first = DataFrame(stream_id=1, data='data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
     stream.deliver(first)
     stream._events.get_nowait(), stream._events.get_nowait()  # serve_inference read these two already
-    call = InferenceCall(tenant_id="ten_1", api_key_id=None, endpoint="/v1/chat/completions", model=MODEL,
-                         body=BODY, stream=True)
-    opened = _Opened(runner=SimpleNamespace(runner_id="run_1"),  # type: ignore[arg-type]
-                     link=SimpleNamespace(close_stream=lambda s: None),  # type: ignore[arg-type]
-                     stream=stream, start=start, first=first, attempts=1)
-    outcome = _Outcome(call)
-    if outcomes is not None:  # the caller plays the response around the body: the real releaser
-        outcome.release = serving._releaser(state, opened.runner, opened.link, stream)  # type: ignore[arg-type]
-        outcomes.append(outcome)
-    return _relay_stream(state, opened, outcome), stream, resets  # type: ignore[arg-type]
+    call = InferenceCall(tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body=BODY,
+                         stream=True)
+    runner = SimpleNamespace(runner_id="run_1", serves=lambda model: None)
+    link = SimpleNamespace(close_stream=lambda s: None)
+    life = RequestLife(state, call)  # type: ignore[arg-type]  # the honest stand-in state
+    life.attempt(runner)  # type: ignore[arg-type]
+    life.admitted(_Slot())  # type: ignore[arg-type]
+    life.dispatched(link, stream)  # type: ignore[arg-type]
+    life.opened(start, queued=False)
+    if lives is not None:  # the caller plays the response around the body
+        lives.append(life)
+    opened = Opened(runner=runner, link=link, stream=stream, start=start, first=first)  # type: ignore[arg-type]
+    return serving._relay_stream(life, opened), stream, resets
 
 
 async def _settled() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
-    await asyncio.gather(*serving._background)
+    await asyncio.gather(*lifecycle._background)
 
 
 async def test_done_goes_out_after_the_end_frame_and_the_commit() -> None:
@@ -189,7 +208,7 @@ async def test_hanging_up_mid_answer_cancels_the_engine_and_says_so() -> None:
 
 
 async def test_an_end_frame_that_never_comes_stops_the_stream_and_keeps_the_record(monkeypatch) -> None:
-    monkeypatch.setattr(serving, "_END_AFTER_DONE_S", 0.05)
+    monkeypatch.setattr(lifecycle, "END_AFTER_ANSWER_S", 0.05)
     state = _State()
     body, stream, resets = _relay(state)
     await anext(body)
@@ -221,8 +240,8 @@ async def test_the_responses_background_settle_leaves_an_answered_stream_to_its_
     # RelayResponse runs the background settle as soon as the body stops; settling
     # then would reset the stream and drop the end frame on its way (seen through
     # another replica in tests/cluster/test_relay.py: recorded cancelled, no usage).
-    state, outcomes = _State(), []
-    body, stream, resets = _relay(state, outcomes)
+    state, lives = _State(), []
+    body, stream, resets = _relay(state, lives)
     await anext(body)
     stream.deliver(DataFrame(stream_id=1, data="data: [DONE]\n\n"))
     waiting = asyncio.ensure_future(anext(body))
@@ -230,7 +249,7 @@ async def test_the_responses_background_settle_leaves_an_answered_stream_to_its_
     stream.interrupt(ClientGone())
     with pytest.raises(ClientGone):
         await waiting
-    await outcomes[0].settle_async()  # the response's background task
+    await lives[0].close()  # the response's background task
     for _ in range(20):  # let anything it started run
         await asyncio.sleep(0)
     assert resets == [] and not stream.finished

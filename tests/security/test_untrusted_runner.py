@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from control_plane.openai.call import InferenceCall
+from control_plane.openai.lifecycle import bounded_usage as _bounded
 from control_plane.routing.routing import RouteRequest
-from control_plane.openai.serving import InferenceCall, _bounded
 from sdk.protocol import Usage
 
 
-def _call(max_tokens: int | None) -> InferenceCall:
-    return InferenceCall(tenant_id="t", api_key_id="k", endpoint="/v1/chat/completions", model="m",
-                         body='{"messages": []}', stream=False,
-                         route=RouteRequest(model="m", max_tokens=max_tokens))
+def _call(max_tokens: int | None, max_tokens_cap: int | None = None) -> InferenceCall:
+    return InferenceCall(tenant_id="t", api_key_id="k", body='{"messages": []}', stream=False,
+                         route=RouteRequest(model="m", max_tokens=max_tokens), max_tokens_cap=max_tokens_cap)
 
 
 def test_inflated_usage_is_clamped_to_the_request() -> None:
@@ -30,8 +30,8 @@ def test_without_max_tokens_only_the_prompt_is_bounded() -> None:
 
 
 def test_without_max_tokens_the_cap_the_engine_was_sent_bounds_usage() -> None:
-    call = _call(max_tokens=None)
-    call.max_tokens_cap = 64  # openai/caps.py: the deployment's limit, written into the engine's request
+    # openai/caps.py: the deployment's limit, written into the engine's request
+    call = _call(max_tokens=None, max_tokens_cap=64)
     usage = _bounded(Usage(prompt_tokens=5, completion_tokens=10**7), call)
     assert usage.completion_tokens == 64
 
