@@ -6,6 +6,7 @@ process list): they come from ``OUTPOST_USER_PASSWORD`` or a hidden prompt.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -74,8 +75,9 @@ def create(
 
 
 @users_app.command("list")
-def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (name).")] = None) -> None:
-    """Users, their tenant and role, and whether they are locked out."""
+def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (name).")] = None,
+          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False) -> None:
+    """Users, their tenant and role, and whether they are locked out (never a password hash)."""
 
     async def go(db: Database) -> list[tuple[Any, str]]:
         async with db.session() as session:
@@ -84,6 +86,10 @@ def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (nam
             return [(u, tenants.get(u.tenant_id, u.tenant_id)) for u in await list_users(session, tenant_id)]
 
     for user, tenant_name in run_with_db(go):
+        if as_json:
+            print(json.dumps({"id": user.id, "email": user.email, "role": user.role, "tenant": tenant_name,
+                              "locked_until": user.locked_until}, default=str))
+            continue
         locked = f"  locked until {user.locked_until:%Y-%m-%d %H:%M}" if user.locked_until else ""
         print(f"{user.email}  {user.role}  tenant={tenant_name}  id={user.id}{locked}")
 

@@ -142,3 +142,13 @@ def test_every_admin_action_is_spelled_once() -> None:
                             if kw.arg == "action" and isinstance(kw.value, ast.Constant)]
     assert spelled == []
     assert not [p for p in _PENDING if not re.search(r"record_admin", (ROOT / p).read_text())]
+
+
+def test_users_list_json_never_shows_a_password_hash(cli: Cli) -> None:
+    cli.env["OUTPOST_USER_PASSWORD"] = "a long enough passphrase"
+    cli("users", "create", "ops@example.com", "--role", "admin")
+    cli("users", "create", "ops@example.com", code=1)  # a duplicate is a conflict: exit 1
+    cli("users", "create", "not an email", code=2)  # a refused value: exit 2
+    [row] = _json_lines(cli("users", "list", "--json"))
+    assert row["email"] == "ops@example.com" and row["role"] == "admin" and row["tenant"] == "default"
+    assert "password" not in json.dumps(row) and "scrypt" not in json.dumps(row)
