@@ -9,6 +9,7 @@ machine with a broken NVIDIA driver must still come up and serve on CPU.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -271,11 +272,16 @@ class AmdProbe:
 
 
 def _number(value: Any) -> float | None:
-    """amdsmi writes "N/A" for fields a board does not report."""
+    """amdsmi writes "N/A" for fields a board does not report.
+
+    A reading outside the hello's bounds (NaN, negative, absurd: sdk/hardware.py) is
+    unreported too, so an odd sensor never costs the runner its GPU.
+    """
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) and 0.0 <= number <= 1e6 else None
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from runner.hardware import (
+    AmdProbe,
     AppleProbe,
     NvidiaProbe,
     Probes,
@@ -130,3 +131,24 @@ def test_apple_probe_reads_sysctl_on_apple_silicon_only() -> None:
     assert gpu.memory_total_bytes == 64 * GIB and gpu.memory_free_bytes == 40 * GIB
     linux = AppleProbe(run=lambda argv: "", system=lambda: ("Linux", "x86_64"))
     assert linux.probe() == []
+
+
+def test_an_amd_sensor_outside_the_hello_bounds_reads_as_unreported() -> None:
+    # An honest fake of the part of amdsmi the probe calls: a board whose power sensor says NaN and
+    # whose activity is negative must still be found (the hello refuses such numbers, sdk/hardware.py).
+    import types
+
+    smi = types.SimpleNamespace(
+        AmdSmiMemoryType=types.SimpleNamespace(VRAM=0),
+        amdsmi_init=lambda: None, amdsmi_shut_down=lambda: None,
+        amdsmi_get_processor_handles=lambda: ["h0"],
+        amdsmi_get_gpu_memory_total=lambda h, t: 192 * 2**30,
+        amdsmi_get_gpu_memory_usage=lambda h, t: 2**30,
+        amdsmi_get_gpu_asic_info=lambda h: {"market_name": "AMD Instinct MI300X", "target_graphics_version": "gfx942"},
+        amdsmi_get_power_info=lambda h: {"current_socket_power": "nan", "power_limit": 750},
+        amdsmi_get_gpu_activity=lambda h: {"gfx_activity": -1},
+        amdsmi_get_gpu_driver_info=lambda h: {"driver_version": "6.8.5"},
+        amdsmi_get_gpu_device_uuid=lambda h: "GPU-amd-0",
+    )
+    (gpu,) = AmdProbe(load=lambda: smi).probe()  # type: ignore[arg-type,return-value] # a fake module
+    assert gpu.power_draw_watts is None and gpu.utilization_percent is None and gpu.power_limit_watts == 750.0
