@@ -33,8 +33,8 @@ from functools import partial
 from typing import Any
 
 from control_plane.errors import ApiError
-from control_plane.routing.admission import Admission, Slot
 from control_plane.openai.usage import clamp_usage
+from control_plane.routing.admission import Admission, Slot
 from control_plane.services.scheduler import RunnerGone
 from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from control_plane.tunnel.link import Link

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.routing.affinity import AffinityTable, affinity_keys
 from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
+from control_plane.routing.affinity import AffinityTable, affinity_keys
 from control_plane.routing.routing import (
     Router,
     RouterConfig,
