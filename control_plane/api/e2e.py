@@ -22,7 +22,7 @@ from control_plane.api.deps import AppStateDep, CallerDep, SessionDep
 from control_plane.api.openai import PolicyDep
 from control_plane.api.openai import _admit as admit_request
 from control_plane.api.openai import _rate_headers as rate_headers
-from control_plane.audit import actor_for_runner, record_admin
+from control_plane.audit import AuditAction, actor_for_runner, record_admin
 from control_plane.db.models import Runner
 from control_plane.errors import ApiError
 from control_plane.openai.call import ENDPOINTS_BY_NAME
@@ -85,7 +85,7 @@ async def put_e2e_key(runner_id: str, doc: Annotated[dict[str, Any], Body()], se
         raise ApiError(409, "A newer key document is already stored.", code="e2e_key_stale")
     if current != doc:
         await store_hpke_key(session, runner, doc, verified)
-        await record_admin(session, actor=actor_for_runner(runner_id), action="runner.e2e_key",
+        await record_admin(session, actor=actor_for_runner(runner_id), action=AuditAction.RUNNER_E2E_KEY,
                            tenant_id=runner.tenant_id, target=runner_id,
                            details={"kem": verified.hpke_public_key.kem.value, "issued_at": verified.issued_at,
                                     "identity_fingerprint": verified.identity_fingerprint})
