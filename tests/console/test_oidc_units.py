@@ -4,8 +4,10 @@ test provider on loopback, and the ``next`` paths the flow accepts."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,20 @@ NONCE = "the-nonce"
 def _settings(issuer: str = "https://sso.example", **kw: Any) -> Settings:
     return Settings(oidc_issuer=issuer, oidc_client_id=CLIENT_ID, oidc_tenant_claim="tenant",
                     oidc_role_map={"admins": "admin", "staff": "viewer"}, public_url="http://localhost:1", **kw)
+
+
+def own_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run a coroutine test on a loop of its own, in a thread.
+
+    The browser tests of this folder hold Playwright's sync API open for the whole session, and
+    it keeps its event loop marked running in the main thread, so a coroutine test run after
+    them in the same process could not start pytest-asyncio's loop there.
+    """
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, test(*args, **kwargs)).result()
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +95,7 @@ def test_a_default_role_admits_people_no_group_maps() -> None:
     assert map_identity(claims, _settings(oidc_default_role="viewer")).role == "viewer"
 
 
+@own_loop
 async def test_a_discovery_document_naming_another_issuer_is_refused() -> None:
     # An honest fake at the HTTP seam: a provider whose document claims to be someone else.
     transport = httpx2.MockTransport(lambda r: httpx2.Response(200, json={"issuer": "https://evil.example"}))
@@ -88,6 +105,7 @@ async def test_a_discovery_document_naming_another_issuer_is_refused() -> None:
     assert refused.value.reason == "provider_misconfigured"
 
 
+@own_loop
 async def test_an_unseen_key_id_refetches_the_jwks_at_most_once_per_interval(provider: OidcProvider) -> None:
     clock = [time.time()]
     client = OidcClient(_settings(provider.issuer, oidc_jwks_min_refresh_s=3600), clock=lambda: clock[0])
@@ -106,6 +124,7 @@ async def test_an_unseen_key_id_refetches_the_jwks_at_most_once_per_interval(pro
     assert provider.jwks_fetches == fetched + 1
 
 
+@own_loop
 async def test_several_audiences_need_azp_naming_this_client(provider: OidcProvider) -> None:
     client = OidcClient(_settings(provider.issuer))
     token = provider.sign(_claims(provider, aud=[CLIENT_ID, "other-app"]))
@@ -116,6 +135,7 @@ async def test_several_audiences_need_azp_naming_this_client(provider: OidcProvi
     assert (await client.verify(token, NONCE))["sub"] == "s-1"
 
 
+@own_loop
 async def test_a_token_from_another_issuer_is_refused(provider: OidcProvider) -> None:
     client = OidcClient(_settings(provider.issuer))
     with pytest.raises(OidcRefused) as refused:
@@ -123,6 +143,7 @@ async def test_a_token_from_another_issuer_is_refused(provider: OidcProvider) ->
     assert refused.value.reason == "wrong_issuer"
 
 
+@own_loop
 async def test_an_hmac_signed_token_is_refused(provider: OidcProvider) -> None:
     # HMAC ID tokens are keyed with the client secret, which a public client does not have: an
     # HS256 token naming the provider's key id is refused before any key is tried.
@@ -136,6 +157,7 @@ async def test_an_hmac_signed_token_is_refused(provider: OidcProvider) -> None:
 
 
 @pytest.mark.parametrize("fresh_database_url", ["postgres"], indirect=True)
+@own_loop
 async def test_two_first_sign_ins_of_one_person_at_once_make_one_user(fresh_database_url: str) -> None:
     from control_plane.console.auth import sso_login
     from control_plane.console.oidc import Identity
@@ -188,6 +210,7 @@ async def _code_flow(client: OidcClient, username: str) -> dict[str, Any]:
     return await client.finish(back.params["code"], pending)
 
 
+@own_loop
 async def test_a_confidential_client_reads_its_secret_from_a_file(confidential: OidcProvider,
                                                                   tmp_path: Path) -> None:
     secret = tmp_path / "client-secret"
@@ -209,6 +232,7 @@ def test_an_issuer_without_a_client_id_stops_the_control_plane_at_start() -> Non
 
 
 @pytest.mark.parametrize(("status", "body"), [(502, "<html>Bad gateway</html>"), (200, "[]")])
+@own_loop
 async def test_a_token_endpoint_answering_garbage_is_a_clear_refusal(status: int, body: str) -> None:
     # An honest fake at the HTTP seam: a broken token endpoint (a gateway's error page, a JSON list).
     def handler(request: httpx2.Request) -> httpx2.Response:
