@@ -44,9 +44,9 @@ class SqliteWriterConnection:
     def for_url(cls, url: str) -> SqliteWriterConnection | None:
         """One for a SQLite *file*; ``None`` otherwise (PostgreSQL, or an in-memory database that a
         second connection would not see): the writer then uses the app's async engine."""
-        if not url.startswith("sqlite") or ":memory:" in url or "mode=memory" in url or "?" in url:
-            return None
-        path = sync_url(url).split("///", 1)[-1]
+        if not url.startswith("sqlite") or "///" not in url or ":memory:" in url or "?" in url:
+            return None  # (a URL with query parameters is left to the engine that understands them)
+        path = sync_url(url).split("///", 1)[1]
         return cls(path) if path else None
 
     async def write(self, records: list[RequestRecord]) -> None:
