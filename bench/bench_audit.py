@@ -23,11 +23,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from control_plane.audit.chain import EventSpec, _number_tenants, append_events, read_head
-from control_plane.audit.guard import ChainGuard, Point
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from sdk.audit import GENESIS_HASH
+from outpost.control_plane.audit.chain import EventSpec, _number_tenants, append_events, read_head
+from outpost.control_plane.audit.guard import ChainGuard, Point
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.sdk.audit import GENESIS_HASH
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -48,7 +48,10 @@ async def measure(url: str, repeat: int, events: int) -> tuple[float, float, flo
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(repeat):
                 await _number_tenants(session, batch)
-            upsert = ((time.perf_counter() - t0) / repeat * 1e3, (time.process_time() - c0) / repeat * 1e3)
+            upsert = (
+                (time.perf_counter() - t0) / repeat * 1e3,
+                (time.process_time() - c0) / repeat * 1e3,
+            )
             await session.rollback()
         async with db.session() as session:
             head = await read_head(session)
@@ -56,7 +59,10 @@ async def measure(url: str, repeat: int, events: int) -> tuple[float, float, flo
             guard.point = Point(0, GENESIS_HASH)
             t0, c0 = time.perf_counter(), time.process_time()
             await guard.verify(session, head)
-            verify = ((time.perf_counter() - t0) / head.seq * 1e6, (time.process_time() - c0) / head.seq * 1e6)
+            verify = (
+                (time.perf_counter() - t0) / head.seq * 1e6,
+                (time.process_time() - c0) / head.seq * 1e6,
+            )
         return (*upsert, *verify)
     finally:
         await db.dispose()
@@ -69,20 +75,35 @@ async def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("sqlite", await measure(f"sqlite+aiosqlite:///{Path(tmp) / 'a.db'}", args.repeat, args.events)))
+        rows.append(
+            (
+                "sqlite",
+                await measure(
+                    f"sqlite+aiosqlite:///{Path(tmp) / 'a.db'}", args.repeat, args.events
+                ),
+            )
+        )
     name = "bench_audit_" + uuid.uuid4().hex[:8]
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     try:
-        rows.append(("postgres", await measure(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-                                               args.repeat, args.events)))
+        rows.append(
+            (
+                "postgres",
+                await measure(
+                    f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", args.repeat, args.events
+                ),
+            )
+        )
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
     print("| backend | tenant upsert per append tx (16 events, 4 tenants) | re-verify per event |")
     print("|---|---:|---:|")
     for backend, (uw, uc, vw, vc) in rows:
-        print(f"| {backend} | {uw:.2f} ms wall, {uc:.2f} ms CPU | {vw:.1f} µs wall, {vc:.1f} µs CPU |")
+        print(
+            f"| {backend} | {uw:.2f} ms wall, {uc:.2f} ms CPU | {vw:.1f} µs wall, {vc:.1f} µs CPU |"
+        )
 
 
 if __name__ == "__main__":

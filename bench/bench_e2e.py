@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import cryptography
 from cryptography.hazmat.backends.openssl.backend import backend
 
-from sdk.e2e import (
+from outpost.sdk.e2e import (
     ChunkOpener,
     ChunkSealer,
     Kem,

@@ -36,14 +36,14 @@ sys.path.insert(0, str(ROOT))
 import httpx
 
 from bench.bench_e2e import machine
-from runner.e2e import RunnerE2E, load_keys
-from runner.engine_client import HttpxEngineClient
-from runner.identity import enroll
-from runner.relay import EngineEndpoint, relay
-from runner.sealed import SealedRelay
-from runner.tunnel import TunnelClient
-from sdk.client import Client
-from sdk.protocol import StatusFrame
+from outpost.runner.e2e import RunnerE2E, load_keys
+from outpost.runner.engine_client import HttpxEngineClient
+from outpost.runner.identity import enroll
+from outpost.runner.relay import EngineEndpoint, relay
+from outpost.runner.sealed import SealedRelay
+from outpost.runner.tunnel import TunnelClient
+from outpost.sdk.client import Client
+from outpost.sdk.protocol import StatusFrame
 from tests.utils import ControlPlaneProcess
 
 README = ROOT / "bench" / "README.md"
@@ -59,16 +59,47 @@ def engine_handler(chunks: int) -> Callable[[httpx.Request], httpx.Response]:
     def handle(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         if not body.get("stream"):
-            return httpx.Response(200, json={
-                "id": "b", "object": "chat.completion", "created": 1, "model": MODEL, "usage": usage,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
-        events = [{"id": "b", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                   "choices": [{"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None}]}
-                  for i in range(chunks)]
-        events.append({"id": "b", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [],
-                       "usage": usage})
+            return httpx.Response(
+                200,
+                json={
+                    "id": "b",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": MODEL,
+                    "usage": usage,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "ok"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                },
+            )
+        events = [
+            {
+                "id": "b",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None}],
+            }
+            for i in range(chunks)
+        ]
+        events.append(
+            {
+                "id": "b",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": MODEL,
+                "choices": [],
+                "usage": usage,
+            }
+        )
         text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-        return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+        return httpx.Response(
+            200, content=text.encode(), headers={"content-type": "text/event-stream"}
+        )
 
     return handle
 
@@ -89,7 +120,9 @@ class InProcessRunner:
 
     async def _start(self) -> None:
         self.http = httpx.AsyncClient()
-        self.engine = HttpxEngineClient(httpx.AsyncClient(transport=httpx.MockTransport(engine_handler(self.chunks))))
+        self.engine = HttpxEngineClient(
+            httpx.AsyncClient(transport=httpx.MockTransport(engine_handler(self.chunks)))
+        )
         self.identity = await enroll(self.cp_url, self.token, self.http)
         self.keys = load_keys(self.state, self.identity)
         await RunnerE2E(self.keys, self.identity).publish_once(self.http)
@@ -99,9 +132,13 @@ class InProcessRunner:
         async def on_stream(out) -> None:
             await relay(out, endpoint, self.engine, sealed=sealed)
 
-        self.tunnel = TunnelClient(identity=self.identity, on_stream=on_stream, status=StatusFrame, connections=1,
-                                   hello_fields=lambda: {"models": [{"name": MODEL, "engine": "memory"}],
-                                                         "capacity": 64})
+        self.tunnel = TunnelClient(
+            identity=self.identity,
+            on_stream=on_stream,
+            status=StatusFrame,
+            connections=1,
+            hello_fields=lambda: {"models": [{"name": MODEL, "engine": "memory"}], "capacity": 64},
+        )
         self.task = asyncio.create_task(self.tunnel.run())
         await asyncio.wait_for(self.tunnel.connected.wait(), 30)
 
@@ -113,7 +150,12 @@ def percentile(xs: list[float], q: float) -> float:
 
 def measure(client: Client, n: int, chunks: int) -> dict[str, list[float]]:
     """Wall-clock milliseconds per call; plain and e2e calls back to back."""
-    out: dict[str, list[float]] = {"plain request": [], "e2e request": [], "plain stream": [], "e2e stream": []}
+    out: dict[str, list[float]] = {
+        "plain request": [],
+        "e2e request": [],
+        "plain stream": [],
+        "e2e stream": [],
+    }
     for mode in ("plain", "e2e"):  # warm up: connections, key lookup, caches
         for _ in range(5):
             call(client, mode, "request", chunks)
@@ -129,10 +171,13 @@ def measure(client: Client, n: int, chunks: int) -> dict[str, list[float]]:
 def call(client: Client, mode: str, kind: str, chunks: int) -> None:
     messages = [{"role": "user", "content": PROMPT}]
     if kind == "request":
-        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, e2e=mode == "e2e")
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=8, e2e=mode == "e2e"
+        )
         return
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=chunks, stream=True,
-                                            e2e=mode == "e2e")
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=chunks, stream=True, e2e=mode == "e2e"
+    )
     got = sum(1 for _ in stream)
     assert got == chunks, got
 
@@ -144,7 +189,9 @@ def cpu_seconds(pid: int) -> float:
     return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def measure_cpu(client: Client, cp_pid: int, rounds: int, block: int, chunks: int) -> dict[str, float]:
+def measure_cpu(
+    client: Client, cp_pid: int, rounds: int, block: int, chunks: int
+) -> dict[str, float]:
     """CPU milliseconds per call, all parties together: far less sensitive to a busy machine than latency."""
     spent: dict[str, list[float]] = {}
     for _ in range(rounds):
@@ -153,15 +200,21 @@ def measure_cpu(client: Client, cp_pid: int, rounds: int, block: int, chunks: in
                 before = cpu_seconds(cp_pid)
                 for _ in range(size):
                     call(client, mode, kind, chunks)
-                spent.setdefault(f"{mode} {kind}", []).append((cpu_seconds(cp_pid) - before) * 1000 / size)
+                spent.setdefault(f"{mode} {kind}", []).append(
+                    (cpu_seconds(cp_pid) - before) * 1000 / size
+                )
     return {k: statistics.median(v) for k, v in spent.items()}
 
 
 def table(results: dict[str, list[float]], cpu: dict[str, float], n: int, chunks: int) -> str:
     p50 = {k: statistics.median(v) for k, v in results.items()}
     # Pairs ran back to back, so the median of the paired differences cancels load drift.
-    req_delta = statistics.median(e - p for e, p in zip(results["e2e request"], results["plain request"]))
-    stream_delta = statistics.median(e - p for e, p in zip(results["e2e stream"], results["plain stream"]))
+    req_delta = statistics.median(
+        e - p for e, p in zip(results["e2e request"], results["plain request"])
+    )
+    stream_delta = statistics.median(
+        e - p for e, p in zip(results["e2e stream"], results["plain stream"])
+    )
     per_chunk_us = (stream_delta - req_delta) / chunks * 1000
     cpu_req = cpu["e2e request"] - cpu["plain request"]
     cpu_chunk_us = ((cpu["e2e stream"] - cpu["plain stream"]) - cpu_req) / chunks * 1000
@@ -177,18 +230,24 @@ def table(results: dict[str, list[float]], cpu: dict[str, float], n: int, chunks
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, xs in results.items():
-        lines.append(f"| {name} | {len(xs)} | {p50[name]:.2f} | {percentile(xs, 0.99):.2f} | "
-                     f"{statistics.fmean(xs):.2f} | {cpu[name]:.2f} |")
+        lines.append(
+            f"| {name} | {len(xs)} | {p50[name]:.2f} | {percentile(xs, 0.99):.2f} | "
+            f"{statistics.fmean(xs):.2f} | {cpu[name]:.2f} |"
+        )
     lines += [
         "",
-        (f"**Per request** e2e adds {cpu_req:.2f} ms of CPU (client + control plane + runner) and"
-         f" {req_delta:.2f} ms of latency (median of the paired differences): seal, envelope check, open, head and final chunks, receipt sign and verify, SDK open."
-         f" **Per chunk** it adds {cpu_chunk_us:.0f} µs of CPU and {per_chunk_us:.0f} µs of latency: seal on"
-         " the runner, a third more base64 bytes through the control plane, open in the SDK."),
+        (
+            f"**Per request** e2e adds {cpu_req:.2f} ms of CPU (client + control plane + runner) and"
+            f" {req_delta:.2f} ms of latency (median of the paired differences): seal, envelope check, open, head and final chunks, receipt sign and verify, SDK open."
+            f" **Per chunk** it adds {cpu_chunk_us:.0f} µs of CPU and {per_chunk_us:.0f} µs of latency: seal on"
+            " the runner, a third more base64 bytes through the control plane, open in the SDK."
+        ),
         "",
-        ("The runner and the client share the bench process (and its GIL), so their CPU adds up on the"
-         " critical path; latency on a busy 2-core VM is noisy (see p99), CPU time much less so. The"
-         " cryptography alone is a small part (table above); the rest is Python: JSON, pydantic, base64."),
+        (
+            "The runner and the client share the bench process (and its GIL), so their CPU adds up on the"
+            " critical path; latency on a busy 2-core VM is noisy (see p99), CPU time much less so. The"
+            " cryptography alone is a small part (table above); the rest is Python: JSON, pydantic, base64."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -212,8 +271,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        cp = ControlPlaneProcess(state / "cp", f"sqlite+aiosqlite:///{state / 'cp' / 'outpost.db'}",
-                                 extra_env={"OUTPOST_LOG_LEVEL": "warning"}).start()
+        cp = ControlPlaneProcess(
+            state / "cp",
+            f"sqlite+aiosqlite:///{state / 'cp' / 'outpost.db'}",
+            extra_env={"OUTPOST_LOG_LEVEL": "warning"},
+        ).start()
         try:
             admin = cp.cli("keys", "create", "bench", "--admin").splitlines()[-1]
             token = cp.enrollment_token("bench-runner")

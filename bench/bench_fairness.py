@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import httpx
 
 from bench.load import write_section as write_marked_section
-from control_plane.services.service_fairness import jain_index, percentile
+from outpost.control_plane.services.service_fairness import jain_index, percentile
 from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
 README = ROOT / "bench" / "README.md"
@@ -84,8 +84,14 @@ def serve_sim_engine(port: int, slots: int, prefill_tps: float, decode_tps: floa
         n = int(body.get("max_tokens") or 16)
 
         def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-            obj = {"id": "sim", "object": "chat.completion.chunk", "model": "sim",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else []}
+            obj = {
+                "id": "sim",
+                "object": "chat.completion.chunk",
+                "model": "sim",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+                if usage is None
+                else [],
+            }
             if usage is not None:
                 obj["usage"] = usage
             return f"data: {json.dumps(obj)}\n\n"
@@ -98,14 +104,25 @@ def serve_sim_engine(port: int, slots: int, prefill_tps: float, decode_tps: floa
                     await asyncio.sleep(1 / decode_tps)
                     yield chunk({"content": " w"})
                 yield chunk({}, "length")
-                yield chunk({}, usage={"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n})
+                yield chunk(
+                    {},
+                    usage={
+                        "prompt_tokens": prompt,
+                        "completion_tokens": n,
+                        "total_tokens": prompt + n,
+                    },
+                )
                 yield "data: [DONE]\n\n"
 
         if not body.get("stream"):
-            return JSONResponse({"error": {"message": "the simulator streams only"}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": "the simulator streams only"}}, status_code=400
+            )
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])])
+    app = Starlette(
+        routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -133,16 +150,34 @@ class Phase:
     server: dict = field(default_factory=dict)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str, max_tokens: int,
-                      tenant: str, sink: list[Sample] | None = None) -> Sample:
+async def one_request(
+    client: httpx.AsyncClient,
+    url: str,
+    key: str,
+    model: str,
+    max_tokens: int,
+    tenant: str,
+    sink: list[Sample] | None = None,
+) -> Sample:
     """One streamed request; its sample goes to ``sink`` even when cancelled at the end of a phase."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
     sent = time.monotonic()
     ttft, usage, ok = None, {}, False
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body,
-                                 headers={"Authorization": f"Bearer {key}"}) as resp:
+        async with client.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp:
             if resp.status_code == 200:
                 async for line in resp.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
@@ -150,7 +185,9 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str,
                     obj = json.loads(line[6:])
                     if obj.get("usage"):
                         usage = obj["usage"]
-                    if ttft is None and any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
+                    if ttft is None and any(
+                        c.get("delta", {}).get("content") for c in obj.get("choices", [])
+                    ):
                         ttft = time.monotonic() - sent
                 ok = True
             else:
@@ -158,8 +195,15 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str,
     except httpx.HTTPError:
         pass
     finally:
-        sample = Sample(tenant, sent, ttft, time.monotonic(), int(usage.get("prompt_tokens", 0)),
-                        int(usage.get("completion_tokens", 0)), ok)
+        sample = Sample(
+            tenant,
+            sent,
+            ttft,
+            time.monotonic(),
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            ok,
+        )
         if sink is not None:
             sink.append(sample)
     return sample
@@ -171,8 +215,16 @@ async def warm_up(url: str, key: str, model: str, max_tokens: int) -> None:
             await one_request(client, url, key, model, max_tokens, "B")
 
 
-async def run_phase(phase: Phase, url: str, keys: dict[str, str], clients: dict[str, int], model: str,
-                    max_tokens: int, duration: float, spread: float) -> None:
+async def run_phase(
+    phase: Phase,
+    url: str,
+    keys: dict[str, str],
+    clients: dict[str, int],
+    model: str,
+    max_tokens: int,
+    duration: float,
+    spread: float,
+) -> None:
     stop = asyncio.Event()
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -183,12 +235,17 @@ async def run_phase(phase: Phase, url: str, keys: dict[str, str], clients: dict[
             rng = random.Random(seed)
             low, high = max(1, round(max_tokens * (1 - spread))), round(max_tokens * (1 + spread))
             while not stop.is_set():
-                await one_request(client, url, keys[tenant], model, rng.randint(low, high), tenant, phase.samples)
+                await one_request(
+                    client, url, keys[tenant], model, rng.randint(low, high), tenant, phase.samples
+                )
 
         phase.start = time.monotonic()
         # Seeded by scenario and client: both policies get the same request lengths.
-        tasks = [asyncio.create_task(loop(t, zlib.crc32(f"{phase.name}/{t}/{i}".encode())))
-                 for t, n in clients.items() for i in range(n)]
+        tasks = [
+            asyncio.create_task(loop(t, zlib.crc32(f"{phase.name}/{t}/{i}".encode())))
+            for t, n in clients.items()
+            for i in range(n)
+        ]
         await asyncio.sleep(duration)
         phase.end = time.monotonic()
         stop.set()
@@ -212,8 +269,11 @@ def summarize(phase: Phase, warmup: float) -> dict:
     done = sorted((s for s in phase.samples if s.ok and t0 <= s.done <= t1), key=lambda s: s.done)
     # By when the first token came: under FCFS a request sent in the window may not
     # start before the phase ends, while one sent before it may start inside it.
-    light_ttft = sorted(s.ttft for s in phase.samples if s.tenant == "B" and s.ttft is not None
-                        and t0 <= s.sent + s.ttft <= t1)
+    light_ttft = sorted(
+        s.ttft
+        for s in phase.samples
+        if s.tenant == "B" and s.ttft is not None and t0 <= s.sent + s.ttft <= t1
+    )
     service = {"A": 0.0, "B": 0.0}
     gap = 0.0
     for s in done:  # cumulative weighted service, B starting even at t0
@@ -221,7 +281,9 @@ def summarize(phase: Phase, warmup: float) -> dict:
         gap = max(gap, service["A"] - service["B"])
     span = t1 - t0
     out = {
-        "phase": phase.name, "policy": phase.policy, "seconds": round(span, 1),
+        "phase": phase.name,
+        "policy": phase.policy,
+        "seconds": round(span, 1),
         "requests": {t: sum(s.tenant == t for s in done) for t in ("A", "B")},
         "errors": sum(not s.ok and s.done < phase.end for s in phase.samples),
         "b_ttft_p50": percentile(light_ttft, 50) if light_ttft else None,
@@ -238,9 +300,14 @@ def summarize(phase: Phase, warmup: float) -> dict:
 # --- orchestration ----------------------------------------------------------------------
 
 
-def start_cp(state: Path, db_url: str, port: int, policy: str, window: float) -> ControlPlaneProcess:
-    env = {"OUTPOST_SCHEDULER_POLICY": policy, "OUTPOST_FAIRNESS_WINDOW_S": str(window),
-           "OUTPOST_LOG_LEVEL": "warning"}
+def start_cp(
+    state: Path, db_url: str, port: int, policy: str, window: float
+) -> ControlPlaneProcess:
+    env = {
+        "OUTPOST_SCHEDULER_POLICY": policy,
+        "OUTPOST_FAIRNESS_WINDOW_S": str(window),
+        "OUTPOST_LOG_LEVEL": "warning",
+    }
     return ControlPlaneProcess(state, db_url, extra_env=env, port=port).start()
 
 
@@ -254,16 +321,25 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}; load average {load:.1f} when the run started")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}; load average {load:.1f} when the run started"
+    )
 
 
 def fmt(v: float | None, digits: int = 2) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def table(results: list[dict], solo: dict, args: argparse.Namespace, engine_desc: str, started_load: str,
-          capacity: int, headroom: int) -> str:
+def table(
+    results: list[dict],
+    solo: dict,
+    args: argparse.Namespace,
+    engine_desc: str,
+    started_load: str,
+    capacity: int,
+    headroom: int,
+) -> str:
     def mean(rows: list[dict], key: str) -> float | None:
         vals = [r[key] for r in rows if r[key] is not None]
         return statistics.fmean(vals) if vals else None
@@ -273,27 +349,40 @@ def table(results: list[dict], solo: dict, args: argparse.Namespace, engine_desc
         f"### {title}",
         "",
         f"Machine: {started_load}.",
-        (f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that many at once) and "
-         f"fair headroom {headroom} (engine slots VTC grants only to a tenant with nothing in flight at the "
-         f"lowest counter; plain slots under FCFS, so both policies drive the same {capacity + headroom} "
-         "engine slots)."),
-        (f"Every request: the same prompt, {args.max_tokens} output tokens on average (uniform within "
-         f"±{args.spread:.0%}, `ignore_eos`), streamed. "
-         f"Clients send back to back. {args.duration:g} s per phase, the first {args.warmup:g} s not counted; "
-         f"{args.rounds} round(s), policies alternating."),
-        (f"Scenarios, A always ten times B: **light** — A {args.heavy} clients, B {args.light} "
-         f"(B asks for less than half the runner: its TTFT should stay near solo); **backlogged** — "
-         f"A {10 * capacity} clients, B {capacity} (each alone could fill the runner: the fair split is 1 : 1)."),
+        (
+            f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that many at once) and "
+            f"fair headroom {headroom} (engine slots VTC grants only to a tenant with nothing in flight at the "
+            f"lowest counter; plain slots under FCFS, so both policies drive the same {capacity + headroom} "
+            "engine slots)."
+        ),
+        (
+            f"Every request: the same prompt, {args.max_tokens} output tokens on average (uniform within "
+            f"±{args.spread:.0%}, `ignore_eos`), streamed. "
+            f"Clients send back to back. {args.duration:g} s per phase, the first {args.warmup:g} s not counted; "
+            f"{args.rounds} round(s), policies alternating."
+        ),
+        (
+            f"Scenarios, A always ten times B: **light** — A {args.heavy} clients, B {args.light} "
+            f"(B asks for less than half the runner: its TTFT should stay near solo); **backlogged** — "
+            f"A {10 * capacity} clients, B {capacity} (each alone could fill the runner: the fair split is 1 : 1)."
+        ),
         f"Reproduce: `{args.command}`.",
         "",
-        ("| scenario | policy | B TTFT p50 s | B TTFT p95 s | Jain's index (A, B) "
-         "| largest service gap (weighted tokens) | A : B service | throughput tok/s | vs FCFS |"),
+        (
+            "| scenario | policy | B TTFT p50 s | B TTFT p95 s | Jain's index (A, B) "
+            "| largest service gap (weighted tokens) | A : B service | throughput tok/s | vs FCFS |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        (f"| solo | B alone, {args.light} client(s) | {fmt(solo['b_ttft_p50'])} | {fmt(solo['b_ttft_p95'])} "
-         f"| – | – | – | {fmt(solo['throughput_tps'], 1)} | – |"),
+        (
+            f"| solo | B alone, {args.light} client(s) | {fmt(solo['b_ttft_p50'])} | {fmt(solo['b_ttft_p95'])} "
+            f"| – | – | – | {fmt(solo['throughput_tps'], 1)} | – |"
+        ),
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in results):
-        rows = {p: [r for r in results if r["scenario"] == scenario and r["policy"] == p] for p in ("fcfs", "vtc")}
+        rows = {
+            p: [r for r in results if r["scenario"] == scenario and r["policy"] == p]
+            for p in ("fcfs", "vtc")
+        }
         base = mean(rows["fcfs"], "throughput_tps")
         for policy in ("fcfs", "vtc"):
             rs = rows[policy]
@@ -306,9 +395,13 @@ def table(results: list[dict], solo: dict, args: argparse.Namespace, engine_desc
             lines.append(
                 f"| {scenario} | {policy.upper()} | {fmt(mean(rs, 'b_ttft_p50'))} | {fmt(mean(rs, 'b_ttft_p95'))} "
                 f"| {fmt(mean(rs, 'jain'), 3)} | {mean(rs, 'max_gap') or 0:,.0f} "
-                f"| {f'{a / b:.1f} : 1' if b else 'all : 0'} | {fmt(tp, 1)} | {rel} |")
+                f"| {f'{a / b:.1f} : 1' if b else 'all : 0'} | {fmt(tp, 1)} | {rel} |"
+            )
     if args.rounds > 1:
-        lines += ["", f"Means over {args.rounds} phases per policy and scenario; per-phase numbers with `--json`."]
+        lines += [
+            "",
+            f"Means over {args.rounds} phases per policy and scenario; per-phase numbers with `--json`.",
+        ]
     # Drift: the same scenario and policy in different rounds should run at the
     # same speed; the policies themselves may differ (VTC can leave headroom idle).
     groups: dict[tuple[str, str], list[float]] = {}
@@ -317,10 +410,15 @@ def table(results: list[dict], solo: dict, args: argparse.Namespace, engine_desc
             groups.setdefault((r["scenario"], r["policy"]), []).append(r["throughput_tps"])
     drift = max((max(v) / min(v) for v in groups.values() if len(v) > 1), default=1.0)
     if drift > 1.2:
-        lines += ["", (f"**The machine's speed drifted during the run**: the same scenario and policy ran up to "
-                       f"{(drift - 1) * 100:.0f} % faster in one round than in another (other jobs on the same "
-                       "cores). The alternating order cancels a steady drift, not a jump: read the throughput "
-                       "column as noise here.")]
+        lines += [
+            "",
+            (
+                f"**The machine's speed drifted during the run**: the same scenario and policy ran up to "
+                f"{(drift - 1) * 100:.0f} % faster in one round than in another (other jobs on the same "
+                "cores). The alternating order cancels a steady drift, not a jump: read the throughput "
+                "column as noise here."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -352,11 +450,16 @@ def write_section(text: str, engine: str, path: Path = README) -> None:
     if BEGIN in current and END in current:
         inner = current.split(BEGIN, 1)[1].split(END, 1)[0]
         for name in ("llama", "sim"):
-            start, stop = f"<!-- fairness-engine:{name} -->\n", f"<!-- /fairness-engine:{name} -->\n"
+            start, stop = (
+                f"<!-- fairness-engine:{name} -->\n",
+                f"<!-- /fairness-engine:{name} -->\n",
+            )
             if start in inner and stop in inner:
                 blocks[name] = inner.split(start, 1)[1].split(stop, 1)[0]
     blocks[engine] = text
-    body = "\n".join(_engine_block(name, blocks[name]) for name in ("llama", "sim") if name in blocks)
+    body = "\n".join(
+        _engine_block(name, blocks[name]) for name in ("llama", "sim") if name in blocks
+    )
     write_marked_section(BEGIN, END, f"{HEADER}\n{body}", path)
 
 
@@ -365,29 +468,49 @@ def main() -> None:
     p.add_argument("--engine", choices=["llama", "sim"], default="llama")
     p.add_argument("--duration", type=float, default=40.0, help="seconds per loaded phase")
     p.add_argument("--solo", type=float, default=15.0, help="seconds of tenant B alone")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds not counted at the start of a phase")
+    p.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds not counted at the start of a phase"
+    )
     p.add_argument("--rounds", type=int, default=1, help="FCFS+VTC pairs (alternating order)")
     p.add_argument("--heavy", type=int, default=10, help="tenant A's concurrent clients")
     p.add_argument("--light", type=int, default=1, help="tenant B's concurrent clients")
     p.add_argument("--parallel", type=int, default=2, help="runner slots (its advertised capacity)")
-    p.add_argument("--headroom", type=int, default=1,
-                   help="fair-headroom engine slots beyond --parallel (the runner's default is 1; 0: plain VTC)")
-    p.add_argument("--threads", type=int, default=1, help="llama.cpp threads (more spin-wait on a busy machine)")
+    p.add_argument(
+        "--headroom",
+        type=int,
+        default=1,
+        help="fair-headroom engine slots beyond --parallel (the runner's default is 1; 0: plain VTC)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads (more spin-wait on a busy machine)",
+    )
     p.add_argument("--max-tokens", type=int, default=32, help="mean output tokens per request")
-    p.add_argument("--spread", type=float, default=0.5, help="output tokens uniform in mean x (1 +- spread)")
+    p.add_argument(
+        "--spread", type=float, default=0.5, help="output tokens uniform in mean x (1 +- spread)"
+    )
     p.add_argument("--sim-prefill-tps", type=float, default=2000.0)
     p.add_argument("--sim-decode-tps", type=float, default=20.0)
     p.add_argument("--order", help="policies in order, e.g. vtc,fcfs (overrides --rounds)")
-    p.add_argument("--scenarios", default="light,backlogged", help="which scenarios to run, in order")
+    p.add_argument(
+        "--scenarios", default="light,backlogged", help="which scenarios to run, in order"
+    )
     p.add_argument("--json", type=Path, help="also write every number here")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--serve-sim-engine", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_sim_engine:
-        serve_sim_engine(args.serve_sim_engine, args.parallel, args.sim_prefill_tps, args.sim_decode_tps)
+        serve_sim_engine(
+            args.serve_sim_engine, args.parallel, args.sim_prefill_tps, args.sim_decode_tps
+        )
         return
-    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--no-write" and a != "--json"
-             and (i == 0 or sys.argv[i] != "--json")]  # sys.argv[i] is the argument before a
+    shown = [
+        a
+        for i, a in enumerate(sys.argv[1:])
+        if a != "--no-write" and a != "--json" and (i == 0 or sys.argv[i] != "--json")
+    ]  # sys.argv[i] is the argument before a
     args.command = " ".join([".venv/bin/python bench/bench_fairness.py", *shown])
     bench(args)
 
@@ -403,7 +526,9 @@ def bench(args: argparse.Namespace) -> None:
     try:
         keys = {"A": cp.api_key("tenant-a"), "B": cp.api_key("tenant-b")}
         # B's admin reads the fairness snapshot; the runner belongs to the default tenant.
-        admin = cp.cli("keys", "create", "admin", "--tenant", "tenant-b", "--admin").splitlines()[-1]
+        admin = cp.cli("keys", "create", "admin", "--tenant", "tenant-b", "--admin").splitlines()[
+            -1
+        ]
         operator = cp.api_key("default", "operator")
         runner_args = ["--parallel", str(args.parallel), "--headroom", str(args.headroom)]
         if args.engine == "sim":
@@ -411,21 +536,42 @@ def bench(args: argparse.Namespace) -> None:
             # An attached engine's headroom is carved out of its slots: give it that many more.
             slots = args.parallel + args.headroom
             runner_args[1] = str(slots)
-            sim = subprocess.Popen([sys.executable, __file__, "--serve-sim-engine", str(sim_port),
-                                    "--parallel", str(slots), "--sim-prefill-tps", str(args.sim_prefill_tps),
-                                    "--sim-decode-tps", str(args.sim_decode_tps)])
-            wait_until(lambda: httpx.get(f"http://127.0.0.1:{sim_port}/v1/models").status_code == 200, 30, "sim")
+            sim = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve-sim-engine",
+                    str(sim_port),
+                    "--parallel",
+                    str(slots),
+                    "--sim-prefill-tps",
+                    str(args.sim_prefill_tps),
+                    "--sim-decode-tps",
+                    str(args.sim_decode_tps),
+                ]
+            )
+            wait_until(
+                lambda: httpx.get(f"http://127.0.0.1:{sim_port}/v1/models").status_code == 200,
+                30,
+                "sim",
+            )
             runner_args += ["--attach", f"http://127.0.0.1:{sim_port}"]
             model = "sim"
-            engine_desc = (f"simulated OpenAI server behind a real runner (`--attach`): {slots} slots, "
-                           f"prefill {args.sim_prefill_tps:g} tok/s, decode {args.sim_decode_tps:g} tok/s per "
-                           "request, whatever the batch")
+            engine_desc = (
+                f"simulated OpenAI server behind a real runner (`--attach`): {slots} slots, "
+                f"prefill {args.sim_prefill_tps:g} tok/s, decode {args.sim_decode_tps:g} tok/s per "
+                "request, whatever the batch"
+            )
         else:
             model = "smollm2-135m-instruct"
-            engine_desc = (f"llama.cpp (xllamacpp) with the embedded SmolLM2-135M-Instruct Q4_1, "
-                           f"{args.threads} thread(s)")
+            engine_desc = (
+                f"llama.cpp (xllamacpp) with the embedded SmolLM2-135M-Instruct Q4_1, "
+                f"{args.threads} thread(s)"
+            )
         # RunnerProcess passes --threads 1 first; the later flag wins.
-        runner = RunnerProcess(cp, tmp / "runner", "bench", args=[*runner_args, "--threads", str(args.threads)])
+        runner = RunnerProcess(
+            cp, tmp / "runner", "bench", args=[*runner_args, "--threads", str(args.threads)]
+        )
         runner.start()
         runner.wait_connected(operator)
         url = cp.url
@@ -433,14 +579,30 @@ def bench(args: argparse.Namespace) -> None:
         print(f"runner ready; {started}", flush=True)
 
         solo = Phase("solo", None)
-        asyncio.run(run_phase(solo, url, keys, {"B": args.light}, model, args.max_tokens, args.solo, args.spread))
+        asyncio.run(
+            run_phase(
+                solo, url, keys, {"B": args.light}, model, args.max_tokens, args.solo, args.spread
+            )
+        )
         solo_summary = summarize(solo, min(args.warmup, args.solo / 3))
         print(json.dumps(solo_summary), flush=True)
 
-        snap = next(iter(httpx.get(f"{url}/api/fairness/service", timeout=10,
-                                   headers={"Authorization": f"Bearer {admin}"}).json()["runners"].values()))
+        snap = next(
+            iter(
+                httpx.get(
+                    f"{url}/api/fairness/service",
+                    timeout=10,
+                    headers={"Authorization": f"Bearer {admin}"},
+                )
+                .json()["runners"]
+                .values()
+            )
+        )
         capacity, headroom = int(snap["capacity"]), int(snap["headroom"])
-        known = {"light": {"A": args.heavy, "B": args.light}, "backlogged": {"A": 10 * capacity, "B": capacity}}
+        known = {
+            "light": {"A": args.heavy, "B": args.light},
+            "backlogged": {"A": 10 * capacity, "B": capacity},
+        }
         scenarios = {name: known[name] for name in args.scenarios.split(",")}
         order = []
         for r in range(args.rounds):
@@ -457,11 +619,27 @@ def bench(args: argparse.Namespace) -> None:
                 current = policy
             for scenario, clients in scenarios.items():
                 phase = Phase(scenario, policy)
-                asyncio.run(run_phase(phase, url, keys, clients, model, args.max_tokens, args.duration, args.spread))
-                phase.server = httpx.get(f"{url}/api/fairness/service", timeout=10,
-                                         headers={"Authorization": f"Bearer {admin}"}).json()
+                asyncio.run(
+                    run_phase(
+                        phase,
+                        url,
+                        keys,
+                        clients,
+                        model,
+                        args.max_tokens,
+                        args.duration,
+                        args.spread,
+                    )
+                )
+                phase.server = httpx.get(
+                    f"{url}/api/fairness/service",
+                    timeout=10,
+                    headers={"Authorization": f"Bearer {admin}"},
+                ).json()
                 results.append({"scenario": scenario, **summarize(phase, args.warmup)})
-                print(json.dumps({k: v for k, v in results[-1].items() if k != "server"}), flush=True)
+                print(
+                    json.dumps({k: v for k, v in results[-1].items() if k != "server"}), flush=True
+                )
         text = table(results, solo_summary, args, engine_desc, started, capacity, headroom)
         print(text)
         if args.json:

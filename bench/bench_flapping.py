@@ -46,8 +46,14 @@ def soak(args: argparse.Namespace) -> dict:
     tmp = Path(tmp_dir.name)
     cp = NsControlPlane(cp_ns, tmp).start()
     one_way = args.latency_ms / 2000
-    proxy = FaultProxy(runner_ns.host_ip, (cp_ns.ip, cp.port), delay_s=one_way, jitter_s=args.jitter_ms / 1000,
-                       loss=args.loss, loss_stall_s=0.3).start()
+    proxy = FaultProxy(
+        runner_ns.host_ip,
+        (cp_ns.ip, cp.port),
+        delay_s=one_way,
+        jitter_s=args.jitter_ms / 1000,
+        loss=args.loss,
+        loss_stall_s=0.3,
+    ).start()
     runner = NsRunner(runner_ns, cp, tmp, f"http://{runner_ns.host_ip}:{proxy.port}")
     load = Load(cp.url, "")
     threads: list[threading.Thread] = []
@@ -56,7 +62,10 @@ def soak(args: argparse.Namespace) -> dict:
         load.key = cp.api_key()
         runner.start()
         runner_id = runner.wait_connected(load.key)
-        threads = [threading.Thread(target=load.worker, args=(n,), daemon=True) for n in range(args.clients)]
+        threads = [
+            threading.Thread(target=load.worker, args=(n,), daemon=True)
+            for n in range(args.clients)
+        ]
         for t in threads:
             t.start()
         wait_until(lambda: len(load.answered) >= 3, 120, "first answers")
@@ -69,7 +78,12 @@ def soak(args: argparse.Namespace) -> dict:
             time.sleep(args.partition)
             runner_ns.heal()
             healed = time.monotonic()
-            wait_until(lambda: _connected(cp, load.key, runner_id), 120, "the runner to come back", interval=0.2)
+            wait_until(
+                lambda: _connected(cp, load.key, runner_id),
+                120,
+                "the runner to come back",
+                interval=0.2,
+            )
             back.append(time.monotonic() - healed)
         time.sleep(5)
         rss1 = (rss_mib(cp.proc.pid), rss_mib(runner.proc.pid))
@@ -80,8 +94,14 @@ def soak(args: argparse.Namespace) -> dict:
         runner.stop(timeout=15)
         proxy.close()
     try:
-        wait_until(lambda: {r["id"] for r in tenant_records(cp.database_url, "default") if r["status"] == "ok"}
-                   >= set(load.answered), 30, "records")
+        wait_until(
+            lambda: (
+                {r["id"] for r in tenant_records(cp.database_url, "default") if r["status"] == "ok"}
+                >= set(load.answered)
+            ),
+            30,
+            "records",
+        )
     except TimeoutError:
         pass
     ok = [r["id"] for r in tenant_records(cp.database_url, "default") if r["status"] == "ok"]
@@ -93,10 +113,19 @@ def soak(args: argparse.Namespace) -> dict:
     errors: dict[str, int] = {}
     for status, code in load.errors:
         errors[f"{status} {code}"] = errors.get(f"{status} {code}", 0) + 1
-    return {"answered": len(load.answered), "errors": errors, "unclear": load.unclear,
-            "lost": len(answered - set(ok)), "unanswered_ok": len(set(ok) - answered),
-            "duplicated": len(load.answered) - len(answered), "back": back, "rss0": rss0, "rss1": rss1,
-            "stalls": proxy.stalls, "hung": sum(t.is_alive() for t in threads)}
+    return {
+        "answered": len(load.answered),
+        "errors": errors,
+        "unclear": load.unclear,
+        "lost": len(answered - set(ok)),
+        "unanswered_ok": len(set(ok) - answered),
+        "duplicated": len(load.answered) - len(answered),
+        "back": back,
+        "rss0": rss0,
+        "rss1": rss1,
+        "stalls": proxy.stalls,
+        "hung": sum(t.is_alive() for t in threads),
+    }
 
 
 def section(r: dict, args: argparse.Namespace, started: str) -> str:
@@ -111,22 +140,24 @@ Setup: control plane and runner (embedded SmolLM2, 2 slots) in two network names
 
 | measure | value |
 |---|---|
-| answers | {r['answered']} |
+| answers | {r["answered"]} |
 | clear errors (OpenAI error envelope) | {errs} |
-| anything else (hang, transport error, bad body) | {len(r['unclear'])} |
-| client requests never ended | {r['hung']} |
-| answers without an ok record (lost) | {r['lost']} |
-| ok records without an answer | {r['unanswered_ok']} |
-| answers seen twice (duplicated) | {r['duplicated']} |
+| anything else (hang, transport error, bad body) | {len(r["unclear"])} |
+| client requests never ended | {r["hung"]} |
+| answers without an ok record (lost) | {r["lost"]} |
+| ok records without an answer | {r["unanswered_ok"]} |
+| answers seen twice (duplicated) | {r["duplicated"]} |
 | runner back after each heal, s | {back} |
-| control plane RSS, MiB (after warm-up → end) | {r['rss0'][0]:.0f} → {r['rss1'][0]:.0f} |
-| runner RSS, MiB (after warm-up → end) | {r['rss0'][1]:.0f} → {r['rss1'][1]:.0f} |
-| chunks stalled by the proxy | {r['stalls']} |
+| control plane RSS, MiB (after warm-up → end) | {r["rss0"][0]:.0f} → {r["rss1"][0]:.0f} |
+| runner RSS, MiB (after warm-up → end) | {r["rss0"][1]:.0f} → {r["rss1"][1]:.0f} |
+| chunks stalled by the proxy | {r["stalls"]} |
 {END}"""
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--minutes", type=float, default=3)
     p.add_argument("--every", type=float, default=60, help="seconds between partitions")
     p.add_argument("--partition", type=float, default=10, help="seconds each partition lasts")
@@ -134,7 +165,9 @@ def main() -> None:
     p.add_argument("--jitter-ms", type=float, default=50)
     p.add_argument("--loss", type=float, default=0.02)
     p.add_argument("--clients", type=int, default=2)
-    p.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
+    p.add_argument(
+        "--no-write", action="store_true", help="print only; leave bench/README.md alone"
+    )
     args = p.parse_args()
     if (reason := netns_unavailable()) is not None:
         sys.exit(reason)
@@ -145,7 +178,7 @@ def main() -> None:
         readme = ROOT / "bench" / "README.md"
         body = readme.read_text()
         if BEGIN in body:
-            body = body[:body.index(BEGIN)] + text + body[body.index(END) + len(END):]
+            body = body[: body.index(BEGIN)] + text + body[body.index(END) + len(END) :]
         else:
             body = body.rstrip("\n") + "\n\n" + text + "\n"
         readme.write_text(body)

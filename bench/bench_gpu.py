@@ -102,17 +102,29 @@ bench.load._Parser = _AnyJsonParser  # stream_request builds its parser from thi
 
 def gpu_name() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False).stdout
-        return "; ".join(line.strip() for line in out.splitlines() if line.strip()) or "no NVIDIA GPU"
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
+        return (
+            "; ".join(line.strip() for line in out.splitlines() if line.strip()) or "no NVIDIA GPU"
+        )
     except (OSError, subprocess.SubprocessError):
         return "no NVIDIA GPU (nvidia-smi missing)"
 
 
 def gpu_apps() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20, check=False).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -123,26 +135,57 @@ RUNNER_METRICS_PORT = free_port()
 
 def start_runner(cp: ControlPlaneProcess, state: Path, args: list[str]) -> subprocess.Popen:
     state.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OUTPOST_ENROLLMENT_TOKEN": cp.enrollment_token("gpu-runner"),
-           "OUTPOST_LOG_LEVEL": "warning", "OUTPOST_METRICS_PORT": str(RUNNER_METRICS_PORT)}
+    env = {
+        **os.environ,
+        "OUTPOST_ENROLLMENT_TOKEN": cp.enrollment_token("gpu-runner"),
+        "OUTPOST_LOG_LEVEL": "warning",
+        "OUTPOST_METRICS_PORT": str(RUNNER_METRICS_PORT),
+    }
     env.pop("OUTPOST_DATABASE_URL", None)
-    argv = [sys.executable, "-m", "runner.cli", "local-runner", "--control-plane", cp.url, "--state-dir", str(state),
-            *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "outpost.runner.cli",
+        "local-runner",
+        "--control-plane",
+        cp.url,
+        "--state-dir",
+        str(state),
+        *args,
+    ]
     log = open(state / "runner.log", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_llama_server(binary: str, model: str, parallel: int, ctx_per_slot: int, log_path: Path,
-                       timeout: float) -> tuple[subprocess.Popen, int]:
+def start_llama_server(
+    binary: str, model: str, parallel: int, ctx_per_slot: int, log_path: Path, timeout: float
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    argv = [binary, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-ngl", "999", "-np", str(parallel),
-            "-c", str(parallel * ctx_per_slot), "--alias", Path(model).name.split(".")[0].lower()]
+    argv = [
+        binary,
+        "-m",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-ngl",
+        "999",
+        "-np",
+        str(parallel),
+        "-c",
+        str(parallel * ctx_per_slot),
+        "--alias",
+        Path(model).name.split(".")[0].lower(),
+    ]
     log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited: {log_path.read_text(errors='replace')[-4000:]}")
+            raise RuntimeError(
+                f"llama-server exited: {log_path.read_text(errors='replace')[-4000:]}"
+            )
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
 
     wait_until(healthy, timeout, "llama-server", interval=0.3)
@@ -158,8 +201,9 @@ def engine_port(runner: subprocess.Popen) -> tuple[int, int]:
     raise RuntimeError("the runner has no engine child with --port")
 
 
-async def phase(host: str, port: int, path: str, body: bytes, headers: dict[str, str], streams: int,
-                rounds: int) -> tuple[list[Sample], float]:
+async def phase(
+    host: str, port: int, path: str, body: bytes, headers: dict[str, str], streams: int, rounds: int
+) -> tuple[list[Sample], float]:
     async def one_stream() -> list[Sample]:
         conn = Conn(host, port)
         out = [await stream_request(conn, path, body, headers) for _ in range(rounds)]
@@ -181,15 +225,25 @@ def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> di
         s.tokens = getattr(s, "completion_tokens", None) or s.tokens
     decode = [(s.tokens - 1) / sum(s.gaps) for s in ok if s.tokens > 1 and sum(s.gaps) > 0]
     tokens = sum(s.tokens for s in ok)
-    return {"path": name, "streams": streams, "requests": len(samples), "ok": len(ok), "tokens": tokens,
-            "content_chunks": chunks,
-            "wall_s": wall, "agg_tok_s": tokens / wall if wall else 0.0,
-            "stream_tok_s": statistics.fmean(decode) if decode else float("nan"),
-            "ttft_p50_ms": pct(ttft, 50) * 1000, "ttft_p95_ms": pct(ttft, 95) * 1000,
-            "ttft_mean_ms": statistics.fmean(ttft) * 1000 if ttft else float("nan"),
-            "ttft_p99_ms": pct(ttft, 99) * 1000,
-            "itl_p50_ms": pct(itl, 50) * 1000, "itl_p95_ms": pct(itl, 95) * 1000, "itl_p99_ms": pct(itl, 99) * 1000,
-            "errors": sorted({s.error or "" for s in samples if not s.ok})[:3]}
+    return {
+        "path": name,
+        "streams": streams,
+        "requests": len(samples),
+        "ok": len(ok),
+        "tokens": tokens,
+        "content_chunks": chunks,
+        "wall_s": wall,
+        "agg_tok_s": tokens / wall if wall else 0.0,
+        "stream_tok_s": statistics.fmean(decode) if decode else float("nan"),
+        "ttft_p50_ms": pct(ttft, 50) * 1000,
+        "ttft_p95_ms": pct(ttft, 95) * 1000,
+        "ttft_mean_ms": statistics.fmean(ttft) * 1000 if ttft else float("nan"),
+        "ttft_p99_ms": pct(ttft, 99) * 1000,
+        "itl_p50_ms": pct(itl, 50) * 1000,
+        "itl_p95_ms": pct(itl, 95) * 1000,
+        "itl_p99_ms": pct(itl, 99) * 1000,
+        "errors": sorted({s.error or "" for s in samples if not s.ok})[:3],
+    }
 
 
 def render(runs: list[tuple[dict, list[dict]]]) -> str:
@@ -198,39 +252,60 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
     vllm = first.get("engine_name") == "vllm"
     counts = sorted({r["streams"] for _, rows in runs for r in rows})
     lines = [
-        (f"## GPU: {'vLLM' if vllm else 'llama.cpp'} on an NVIDIA GPU, direct vs through Outpost "
-         "(`bench/bench_gpu.py`)"),
+        (
+            f"## GPU: {'vLLM' if vllm else 'llama.cpp'} on an NVIDIA GPU, direct vs through Outpost "
+            "(`bench/bench_gpu.py`)"
+        ),
         "",
         f"Card: **{first['gpu']}**. Host: {first['host']}.",
         f"Control plane (SQLite), runner and engine on loopback on the same machine; {first['versions']}.",
-        (f"Workload: streaming chat completions of `{first['model_file']}`, temperature 0, max_tokens "
-         f"{first['max_tokens']}{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
-         f"{first['rounds_single']} requests on one stream, {first['rounds']} per stream with "
-         f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after {first['warmup']} warm-up "
-         "requests. `direct` is the engine's own port; `outpost` is client → control plane → WebSocket tunnel → "
-         "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the phase; per-stream "
-         "decode tok/s = tokens after the first ÷ time from first to last token, averaged over requests; TTFT = "
-         "request written → first content token; ITL = time between consecutive content chunks, over all "
-         "requests of the phase"
-         + (" (vLLM sends one token per chunk until its output loop runs behind, then several: tokens are the "
-            "usage chunk's `completion_tokens`, chunks only time the ITL)." if vllm else ".")),
+        (
+            f"Workload: streaming chat completions of `{first['model_file']}`, temperature 0, max_tokens "
+            f"{first['max_tokens']}{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
+            f"{first['rounds_single']} requests on one stream, {first['rounds']} per stream with "
+            f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after {first['warmup']} warm-up "
+            "requests. `direct` is the engine's own port; `outpost` is client → control plane → WebSocket tunnel → "
+            "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the phase; per-stream "
+            "decode tok/s = tokens after the first ÷ time from first to last token, averaged over requests; TTFT = "
+            "request written → first content token; ITL = time between consecutive content chunks, over all "
+            "requests of the phase"
+            + (
+                " (vLLM sends one token per chunk until its output loop runs behind, then several: tokens are the "
+                "usage chunk's `completion_tokens`, chunks only time the ITL)."
+                if vllm
+                else "."
+            )
+        ),
     ]
     nan = float("nan")
     for meta, rows in runs:
-        settings = "".join(f", control plane with `{k}={v}`" for k, v in (meta.get("cp_env") or {}).items())
-        lines += ["", f"### {meta['title']}{settings}", "",
-                  (f"Engine: {meta['engine']} ({meta['offload']}; GPU memory of the engine process: "
-                   f"{meta['gpu_mem'] or 'n/a'}). Reproduce: `{meta['command']}`."), "",
-                  ("| path | streams | requests ok | tokens | aggregate tok/s | ÷ direct | per-stream decode tok/s "
-                   "| TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | ITL p50 ms | ITL p95 ms | ITL p99 ms |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        settings = "".join(
+            f", control plane with `{k}={v}`" for k, v in (meta.get("cp_env") or {}).items()
+        )
+        lines += [
+            "",
+            f"### {meta['title']}{settings}",
+            "",
+            (
+                f"Engine: {meta['engine']} ({meta['offload']}; GPU memory of the engine process: "
+                f"{meta['gpu_mem'] or 'n/a'}). Reproduce: `{meta['command']}`."
+            ),
+            "",
+            (
+                "| path | streams | requests ok | tokens | aggregate tok/s | ÷ direct | per-stream decode tok/s "
+                "| TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | ITL p50 ms | ITL p95 ms | ITL p99 ms |"
+            ),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         direct = {r["streams"]: r["agg_tok_s"] for r in rows if r["path"] == "direct"}
         for r in rows:
             ratio = r["agg_tok_s"] / direct[r["streams"]] if direct.get(r["streams"]) else nan
-            lines.append(f"| {r['path']} | {r['streams']} | {r['ok']}/{r['requests']} | {r['tokens']} | "
-                         f"{r['agg_tok_s']:.1f} | {ratio:.3f} | {r['stream_tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
-                         f"{r['ttft_p95_ms']:.1f} | {r.get('ttft_p99_ms', nan):.1f} | {r.get('itl_p50_ms', nan):.2f} | "
-                         f"{r.get('itl_p95_ms', nan):.2f} | {r.get('itl_p99_ms', nan):.2f} |")
+            lines.append(
+                f"| {r['path']} | {r['streams']} | {r['ok']}/{r['requests']} | {r['tokens']} | "
+                f"{r['agg_tok_s']:.1f} | {ratio:.3f} | {r['stream_tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
+                f"{r['ttft_p95_ms']:.1f} | {r.get('ttft_p99_ms', nan):.1f} | {r.get('itl_p50_ms', nan):.2f} | "
+                f"{r.get('itl_p95_ms', nan):.2f} | {r.get('itl_p99_ms', nan):.2f} |"
+            )
         if meta.get("notes"):
             lines += ["", *meta["notes"]]
     return "\n".join(lines)
@@ -239,31 +314,58 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
 async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="outpost-gpu-"))
     # start() runs its own event loop (tests.utils.run_db): not on this one.
-    cp = await asyncio.to_thread(ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
-                                                     extra_env={"OUTPOST_LOG_LEVEL": "warning",
-                                                                **dict(args.cp_env)}).start)
+    cp = await asyncio.to_thread(
+        ControlPlaneProcess(
+            tmp / "cp",
+            f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
+            extra_env={"OUTPOST_LOG_LEVEL": "warning", **dict(args.cp_env)},
+        ).start
+    )
     runner = server = None
     try:
         key = cp.api_key("default", "gpu-bench")
         t_start = time.perf_counter()
         if args.llama_server:
-            server, sport = start_llama_server(args.llama_server, args.model, args.parallel, args.ctx_per_slot,
-                                               tmp / "llama-server.log", args.ready_timeout)
-            runner_args = ["--attach", f"http://127.0.0.1:{sport}", "--parallel", str(args.parallel)]
+            server, sport = start_llama_server(
+                args.llama_server,
+                args.model,
+                args.parallel,
+                args.ctx_per_slot,
+                tmp / "llama-server.log",
+                args.ready_timeout,
+            )
+            runner_args = [
+                "--attach",
+                f"http://127.0.0.1:{sport}",
+                "--parallel",
+                str(args.parallel),
+            ]
         elif args.engine == "vllm":  # no --engine: the planner must choose vLLM itself
             runner_args = ["--model", args.model]
         else:
-            runner_args = ["--model", args.model, "--engine", args.engine, "--threads", str(args.threads)]
+            runner_args = [
+                "--model",
+                args.model,
+                "--engine",
+                args.engine,
+                "--threads",
+                str(args.threads),
+            ]
         runner = start_runner(cp, tmp / "runner", runner_args)
 
         def connected() -> bool:
             if runner.poll() is not None:
-                raise RuntimeError(f"runner exited: {(tmp / 'runner' / 'runner.log').read_text()[-4000:]}")
+                raise RuntimeError(
+                    f"runner exited: {(tmp / 'runner' / 'runner.log').read_text()[-4000:]}"
+                )
             log = tmp / "runner" / "logs" / "engine.log"
             # An engine that crashed while loading is restarted by the supervisor and fails again:
             # stop at the first traceback rather than wait out the whole timeout (device time is scarce).
-            if args.engine == "vllm" and log.exists() and "Traceback (most recent call last)" in (
-                    text := log.read_text(errors="replace")):
+            if (
+                args.engine == "vllm"
+                and log.exists()
+                and "Traceback (most recent call last)" in (text := log.read_text(errors="replace"))
+            ):
                 raise RuntimeError(f"vLLM failed to start:\n{text[-6000:]}")
             return bool(cp.models(key))
 
@@ -285,17 +387,26 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             offload_s = _vllm_log_summary(log_text)
         else:
             offload = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log_text)
-            offload_s = (f"offloaded {offload[-1][0]}/{offload[-1][1]} layers to GPU" if offload
-                         else "no 'offloaded N/N layers' line in the engine's log")
+            offload_s = (
+                f"offloaded {offload[-1][0]}/{offload[-1][1]} layers to GPU"
+                if offload
+                else "no 'offloaded N/N layers' line in the engine's log"
+            )
         # vLLM's API server holds no GPU memory: its engine-core child does.
         tree = {str(epid), *(str(c.pid) for c in psutil.Process(epid).children(recursive=True))}
         apps = [line for line in gpu_apps().splitlines() if line.split(",")[0].strip() in tree]
         gpu_mem = ", ".join(line.split(",")[1].strip() for line in apps)
-        print(f"ready in {ready_s:.1f}s; model {model}; engine pid {epid} port {eport}; {offload_s}; "
-              f"GPU mem {gpu_mem}", flush=True)
+        print(
+            f"ready in {ready_s:.1f}s; model {model}; engine pid {epid} port {eport}; {offload_s}; "
+            f"GPU mem {gpu_mem}",
+            flush=True,
+        )
 
-        extra = ({"ignore_eos": True, "stream_options": {"include_usage": True}} if args.engine == "vllm"
-                 else {})
+        extra = (
+            {"ignore_eos": True, "stream_options": {"include_usage": True}}
+            if args.engine == "vllm"
+            else {}
+        )
         body = chat_body(model, args.max_tokens, **extra)
         auth = {"Authorization": f"Bearer {key}"}
         paths = {"direct": ("127.0.0.1", eport, {}), "outpost": ("127.0.0.1", cp.port, auth)}
@@ -306,8 +417,10 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             host, port, hdr = paths[name]
             s, _ = await phase(host, port, "/v1/chat/completions", body, hdr, 1, 1)
             if not s[0].ok:
-                raise RuntimeError(f"warm-up on {name} failed: status {s[0].status}, {s[0].tokens} tokens, "
-                                   f"{s[0].error}")
+                raise RuntimeError(
+                    f"warm-up on {name} failed: status {s[0].status}, {s[0].tokens} tokens, "
+                    f"{s[0].error}"
+                )
         rows = []
         for streams in args.streams:
             for name in ("direct", "outpost"):
@@ -316,7 +429,9 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                 busy = None
                 if args.record and name == "direct" and streams == max(args.streams):
                     busy = asyncio.create_task(_record_busy(args.record, eport))
-                samples, wall = await phase(host, port, "/v1/chat/completions", body, hdr, streams, rounds)
+                samples, wall = await phase(
+                    host, port, "/v1/chat/completions", body, hdr, streams, rounds
+                )
                 if busy is not None:
                     await busy
                 row = summarize(name, streams, samples, wall)
@@ -328,33 +443,56 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         streams_arg = ",".join(str(n) for n in args.streams)
         if server is not None:
             title = f"llama.cpp's `llama-server`, {args.parallel} slots, attached (`--attach URL --parallel {args.parallel}`)"
-            engine = (f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np {args.parallel} "
-                      f"-c {args.parallel * args.ctx_per_slot}`, started by the benchmark; the runner runs "
-                      f"`local-runner --attach http://127.0.0.1:PORT --parallel {args.parallel}`")
-            command = (f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel {args.parallel}"
-                       f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}")
+            engine = (
+                f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np {args.parallel} "
+                f"-c {args.parallel * args.ctx_per_slot}`, started by the benchmark; the runner runs "
+                f"`local-runner --attach http://127.0.0.1:PORT --parallel {args.parallel}`"
+            )
+            command = (
+                f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel {args.parallel}"
+                f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
+            )
         elif args.engine == "vllm":
             title = "vLLM, planned and started by the runner (`runner local-runner --model DIR`, no `--engine`)"
-            engine = (f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the planner and "
-                      f"started by `runner local-runner --model {model_file}` as `{_argv_text(engine_argv)}`")
-            command = (f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams {streams_arg} "
-                       f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
-                       + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env))
+            engine = (
+                f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the planner and "
+                f"started by `runner local-runner --model {model_file}` as `{_argv_text(engine_argv)}`"
+            )
+            command = (
+                f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams {streams_arg} "
+                f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
+                + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env)
+            )
         else:
             title = f"{args.engine}, planned and started by the runner"
-            engine = (f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started by "
-                      f"`runner local-runner --model {model_file} --engine {args.engine}`"
-                      if args.engine == "llama-cpp-python" else args.engine)
-            command = (f"python bench/bench_gpu.py --model {model_file} --rounds {args.rounds} "
-                       f"--rounds-single {args.rounds_single} --max-tokens {args.max_tokens}")
+            engine = (
+                f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started by "
+                f"`runner local-runner --model {model_file} --engine {args.engine}`"
+                if args.engine == "llama-cpp-python"
+                else args.engine
+            )
+            command = (
+                f"python bench/bench_gpu.py --model {model_file} --rounds {args.rounds} "
+                f"--rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
+            )
         meta = {
-            "title": title, "gpu": gpu_name(), "host": _host(), "engine_name": args.engine, "model_file": model_file,
+            "title": title,
+            "gpu": gpu_name(),
+            "host": _host(),
+            "engine_name": args.engine,
+            "model_file": model_file,
             "engine": engine,
-            "offload": offload_s, "gpu_mem": gpu_mem, "ready_s": ready_s,
+            "offload": offload_s,
+            "gpu_mem": gpu_mem,
+            "ready_s": ready_s,
             "versions": versions("fastapi", "uvicorn", "websockets", "pydantic", "httptools"),
-            "max_tokens": args.max_tokens, "rounds": args.rounds, "rounds_single": args.rounds_single, "warmup": args.warmup,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "rounds_single": args.rounds_single,
+            "warmup": args.warmup,
             "command": command,
-            "engine_log_tail": log_text[-3000:], "engine_argv": engine_argv,
+            "engine_log_tail": log_text[-3000:],
+            "engine_argv": engine_argv,
             "cp_env": dict(args.cp_env),
         }
         return meta, rows
@@ -376,8 +514,9 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def record_engine(out: Path, tag: str, eport: int, model: str, cp: ControlPlaneProcess,
-                  auth: dict[str, str]) -> None:
+def record_engine(
+    out: Path, tag: str, eport: int, model: str, cp: ControlPlaneProcess, auth: dict[str, str]
+) -> None:
     """The engine's real answers, saved as test fixtures (tests/runner/data/): its Prometheus text,
     and (once loaded) /v1/models, an answer and a streamed answer direct, one through Outpost, and
     the control plane's GET /api/runners once the runner's next status frame is in."""
@@ -386,20 +525,32 @@ def record_engine(out: Path, tag: str, eport: int, model: str, cp: ControlPlaneP
     (out / f"vllm_metrics_{tag}.txt").write_text(httpx.get(base + "/metrics", timeout=30).text)
     if tag != "loaded":
         return
-    chat = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-            "max_tokens": 16, "temperature": 0}
-    rec: dict = {"models": httpx.get(base + "/v1/models", timeout=30).json(),
-                 "chat_direct": httpx.post(base + "/v1/chat/completions", json=chat, timeout=60).json(),
-                 "chat_outpost": httpx.post(cp.url + "/v1/chat/completions", json=chat, headers=auth,
-                                            timeout=60).json()}
-    with httpx.stream("POST", base + "/v1/chat/completions", timeout=60,
-                      json={**chat, "stream": True, "max_tokens": 4,
-                            "stream_options": {"include_usage": True}}) as resp:
+    chat = {
+        "model": model,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    rec: dict = {
+        "models": httpx.get(base + "/v1/models", timeout=30).json(),
+        "chat_direct": httpx.post(base + "/v1/chat/completions", json=chat, timeout=60).json(),
+        "chat_outpost": httpx.post(
+            cp.url + "/v1/chat/completions", json=chat, headers=auth, timeout=60
+        ).json(),
+    }
+    with httpx.stream(
+        "POST",
+        base + "/v1/chat/completions",
+        timeout=60,
+        json={**chat, "stream": True, "max_tokens": 4, "stream_options": {"include_usage": True}},
+    ) as resp:
         rec["chat_stream_direct_sse"] = resp.read().decode()
     time.sleep(6)  # the runner reports status every 2 s; the counters above included
     rec["api_runners"] = httpx.get(cp.url + "/api/runners", headers=auth, timeout=30).json()
     rec["metrics_after"] = httpx.get(base + "/metrics", timeout=30).text
-    rec["runner_metrics"] = httpx.get(f"http://127.0.0.1:{RUNNER_METRICS_PORT}/metrics", timeout=30).text
+    rec["runner_metrics"] = httpx.get(
+        f"http://127.0.0.1:{RUNNER_METRICS_PORT}/metrics", timeout=30
+    ).text
     (out / "vllm_record.json").write_text(json.dumps(rec, indent=2))
     print("recorded:", json.dumps(rec["api_runners"])[:2000], flush=True)
 
@@ -416,11 +567,13 @@ async def _record_busy(out: Path, eport: int) -> None:
 def _vllm_log_summary(text: str) -> str:
     """The lines of vLLM's start-up log that say what it put on the GPU."""
     found = []
-    for label, pattern in (("weights", r"Model loading took ([\d.]+ ?GiB)"),
-                           ("KV cache", r"GPU KV cache size: ([\d,]+ tokens)"),
-                           ("max concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+x)"),
-                           ("CUDA graphs captured in", r"Graph capturing finished in ([\d.]+ ?s)"),
-                           ("engine init", r"init engine .*? took ([\d.]+ ?s)")):
+    for label, pattern in (
+        ("weights", r"Model loading took ([\d.]+ ?GiB)"),
+        ("KV cache", r"GPU KV cache size: ([\d,]+ tokens)"),
+        ("max concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+x)"),
+        ("CUDA graphs captured in", r"Graph capturing finished in ([\d.]+ ?s)"),
+        ("engine init", r"init engine .*? took ([\d.]+ ?s)"),
+    ):
         m = re.findall(pattern, text)
         if m:
             found.append(f"{label} {m[-1]}")
@@ -454,7 +607,9 @@ def _llama_cpp_version() -> str:
 
 def _server_version(binary: str) -> str:
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return "version unknown"
     match = re.search(r"^version: (.+)$", out.stdout + out.stderr, re.MULTILINE)
@@ -467,24 +622,49 @@ def _host() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    return (f"{cpu}, {os.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model")
-    parser.add_argument("--engine", default="llama-cpp-python",
-                        help="llama-cpp-python, or vllm (a Hugging Face-format --model; the runner plans it)")
-    parser.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16],
-                        help="concurrencies, comma-separated (default 1,16)")
-    parser.add_argument("--record", type=Path, help="vllm: save the engine's real output here (fixtures)")
-    parser.add_argument("--cp-env", action="append", default=[], type=lambda v: tuple(v.split("=", 1)),
-                        metavar="NAME=VALUE", help="a control plane setting for this run (repeatable)")
-    parser.add_argument("--llama-server", help="llama.cpp server binary: start it and attach the runner")
-    parser.add_argument("--parallel", type=int, default=16, help="llama-server slots (with --llama-server)")
+    parser.add_argument(
+        "--engine",
+        default="llama-cpp-python",
+        help="llama-cpp-python, or vllm (a Hugging Face-format --model; the runner plans it)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 16],
+        help="concurrencies, comma-separated (default 1,16)",
+    )
+    parser.add_argument(
+        "--record", type=Path, help="vllm: save the engine's real output here (fixtures)"
+    )
+    parser.add_argument(
+        "--cp-env",
+        action="append",
+        default=[],
+        type=lambda v: tuple(v.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="a control plane setting for this run (repeatable)",
+    )
+    parser.add_argument(
+        "--llama-server", help="llama.cpp server binary: start it and attach the runner"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=16, help="llama-server slots (with --llama-server)"
+    )
     parser.add_argument("--ctx-per-slot", type=int, default=4096)
-    parser.add_argument("--render", type=Path, nargs="+", help="write one section from saved --json runs; no run")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", help="write one section from saved --json runs; no run"
+    )
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=4, help="requests per stream with 16 streams")
     parser.add_argument("--rounds-single", type=int, default=16, help="requests with one stream")

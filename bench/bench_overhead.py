@@ -86,8 +86,11 @@ class Scenario:
         short = f"{self.max_tokens} tokens, " if self.max_tokens <= 8 else ""
         start = ""
         if self.tokens_per_s:
-            start = (f", steady (ramped in over {self.ramp_s:.2g} s)" if self.ramped
-                     else ", burst (all start at once)")
+            start = (
+                f", steady (ramped in over {self.ramp_s:.2g} s)"
+                if self.ramped
+                else ", burst (all start at once)"
+            )
         return f"simulator, {self.streams} streams, {short}{rate}{start}"
 
     def body(self, model: str) -> bytes:
@@ -105,7 +108,9 @@ class PathResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
 
-    def add(self, samples: list[Sample], tokens: int, window: float, watch: ProcWatch | None) -> None:
+    def add(
+        self, samples: list[Sample], tokens: int, window: float, watch: ProcWatch | None
+    ) -> None:
         self.samples += samples
         self.tokens_in_window += tokens
         self.window_s += window
@@ -152,8 +157,15 @@ def _token_times(s: Sample) -> list[float]:
     return out
 
 
-async def phase(port: int, headers: dict[str, str], body: bytes, streams: int, seconds: float,
-                watch: ProcWatch | None, ramp_s: float = 0.0) -> tuple[list[Sample], int, float]:
+async def phase(
+    port: int,
+    headers: dict[str, str],
+    body: bytes,
+    streams: int,
+    seconds: float,
+    watch: ProcWatch | None,
+    ramp_s: float = 0.0,
+) -> tuple[list[Sample], int, float]:
     """``streams`` closed-loop clients for ``seconds``; requests still running at the end are cut.
 
     Without ``ramp_s`` every client starts within 20 ms of the phase start (a burst) and
@@ -192,14 +204,20 @@ async def phase(port: int, headers: dict[str, str], body: bytes, streams: int, s
     for s in samples:
         if not s.done and s.error is None:
             s.status = s.status or 200
-            s.error = None if s.tokens else "cut"  # no token before the end: not an error, not a sample
+            s.error = (
+                None if s.tokens else "cut"
+            )  # no token before the end: not an error, not a sample
     return [s for s in samples if s.error != "cut" and s.sent >= t0], tokens, seconds
 
 
-async def run_scenario(sc: Scenario, stack: Stack, engine: Engine, rounds: int, seconds: float,
-                       settle: float) -> dict[str, PathResult]:
+async def run_scenario(
+    sc: Scenario, stack: Stack, engine: Engine, rounds: int, seconds: float, settle: float
+) -> dict[str, PathResult]:
     results = {"direct": PathResult(), "through": PathResult()}
-    targets = {"direct": (engine.port, {}), "through": (stack.port, {"Authorization": f"Bearer {stack.key}"})}
+    targets = {
+        "direct": (engine.port, {}),
+        "through": (stack.port, {"Authorization": f"Bearer {stack.key}"}),
+    }
     body = sc.body(stack.model)
     watched = pids(stack, engine)
     # Warm up both paths (connections, engine prompt cache, control-plane caches).
@@ -212,7 +230,9 @@ async def run_scenario(sc: Scenario, stack: Stack, engine: Engine, rounds: int, 
         for path in order:
             port, headers = targets[path]
             watch = ProcWatch(watched)
-            samples, tokens, window = await phase(port, headers, body, sc.streams, seconds, watch, sc.ramp_s)
+            samples, tokens, window = await phase(
+                port, headers, body, sc.streams, seconds, watch, sc.ramp_s
+            )
             results[path].add(samples, tokens, window, watch)
             await asyncio.sleep(settle)  # cut requests end; the engine frees their slots
     return results
@@ -230,18 +250,33 @@ def _tails(r: PathResult) -> list[float]:
 
 def summarize(sc: Scenario, res: dict[str, PathResult]) -> dict:
     d, t = res["direct"], res["through"]
-    out = {"scenario": sc.name, "engine": sc.engine, "streams": sc.streams, "max_tokens": sc.max_tokens,
-           "tokens_per_s_each": sc.tokens_per_s}
+    out = {
+        "scenario": sc.name,
+        "engine": sc.engine,
+        "streams": sc.streams,
+        "max_tokens": sc.max_tokens,
+        "tokens_per_s_each": sc.tokens_per_s,
+    }
     for name, r in res.items():
         kinds = Counter(s.error[:120] for s in r.samples if s.error is not None)
-        out[name] = {"requests": len(r.ok), "errors": r.errors, "error_kinds": dict(kinds.most_common(5)),
-                     "ttft_p50_ms": r.ttft(50) * 1e3,
-                     "ttft_p99_ms": r.ttft(99) * 1e3, "itl_p50_ms": r.itl(50) * 1e3, "itl_p99_ms": r.itl(99) * 1e3,
-                     "tok_s": r.tok_s, "cpu_s": r.cpu_s, "rss_mb": r.rss_mb, "window_s": r.window_s,
-                     # Last content token -> end of the response: time a closed-loop client waits
-                     # before its next request that no token-latency column shows.
-                     "tail_p50_ms": pct(_tails(r), 50) * 1e3, "tail_p99_ms": pct(_tails(r), 99) * 1e3,
-                     "request_p50_ms": pct([s.done - s.sent for s in r.ok if s.done], 50) * 1e3}
+        out[name] = {
+            "requests": len(r.ok),
+            "errors": r.errors,
+            "error_kinds": dict(kinds.most_common(5)),
+            "ttft_p50_ms": r.ttft(50) * 1e3,
+            "ttft_p99_ms": r.ttft(99) * 1e3,
+            "itl_p50_ms": r.itl(50) * 1e3,
+            "itl_p99_ms": r.itl(99) * 1e3,
+            "tok_s": r.tok_s,
+            "cpu_s": r.cpu_s,
+            "rss_mb": r.rss_mb,
+            "window_s": r.window_s,
+            # Last content token -> end of the response: time a closed-loop client waits
+            # before its next request that no token-latency column shows.
+            "tail_p50_ms": pct(_tails(r), 50) * 1e3,
+            "tail_p99_ms": pct(_tails(r), 99) * 1e3,
+            "request_p50_ms": pct([s.done - s.sent for s in r.ok if s.done], 50) * 1e3,
+        }
     out["ratio"] = t.tok_s / d.tok_s if d.tok_s else math.nan
     out["added_ttft_p50_ms"] = (t.ttft(50) - d.ttft(50)) * 1e3
     out["added_ttft_p99_ms"] = (t.ttft(99) - d.ttft(99)) * 1e3
@@ -251,8 +286,12 @@ def summarize(sc: Scenario, res: dict[str, PathResult]) -> dict:
     out["cp_chunks_per_cpu_s"] = t.per_cpu_s("control plane")
     out["runner_chunks_per_cpu_s"] = t.per_cpu_s("runner")
     out["cp_cores"] = t.cores("control plane")
-    out["cp_ms_per_request"] = t.cpu_s.get("control plane", math.nan) / len(t.samples) * 1e3 if t.samples else math.nan
-    out["runner_ms_per_request"] = t.cpu_s.get("runner", math.nan) / len(t.samples) * 1e3 if t.samples else math.nan
+    out["cp_ms_per_request"] = (
+        t.cpu_s.get("control plane", math.nan) / len(t.samples) * 1e3 if t.samples else math.nan
+    )
+    out["runner_ms_per_request"] = (
+        t.cpu_s.get("runner", math.nan) / len(t.samples) * 1e3 if t.samples else math.nan
+    )
     out["runner_cores"] = t.cores("runner")
     out["engine_cores_direct"] = d.cores("engine")
     out["engine_cores_through"] = t.cores("engine")
@@ -268,28 +307,34 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
         "Stack: `control-plane serve` (SQLite, uvicorn) + one `runner local-runner --attach <engine> "
         "--parallel N --connections 2`, every process on this machine. "
         + " ".join(f"{k}: {v}." for k, v in engines.items()),
-        (f"Method: {args.rounds} rounds × {args.llama_phase_s:g} s (real engine) / {args.phase_s:g} s (simulator) "
-         "per path, alternating direct/through; closed-loop "
-        "streams; TTFT = request written → first content token read; ITL = gap between consecutive content "
-        "tokens (tokens read together count as 0); tok/s = content tokens that arrived inside the windows. "
-        "Simulator at 64 streams, two starts: *burst* = every stream starts within 20 ms of the phase start, "
-        "so each phase begins with 64 requests queued at once (the worst case); *steady* = stream i starts at "
-        "i/64 of one request's duration (64 tokens at 50 tok/s: 1.28 s), each then sends back to back, and "
-        "only requests sent, tokens and CPU after that ramp count (steady load, as LiteLLM's published "
-        "overhead is measured)."),
+        (
+            f"Method: {args.rounds} rounds × {args.llama_phase_s:g} s (real engine) / {args.phase_s:g} s (simulator) "
+            "per path, alternating direct/through; closed-loop "
+            "streams; TTFT = request written → first content token read; ITL = gap between consecutive content "
+            "tokens (tokens read together count as 0); tok/s = content tokens that arrived inside the windows. "
+            "Simulator at 64 streams, two starts: *burst* = every stream starts within 20 ms of the phase start, "
+            "so each phase begins with 64 requests queued at once (the worst case); *steady* = stream i starts at "
+            "i/64 of one request's duration (64 tokens at 50 tok/s: 1.28 s), each then sends back to back, and "
+            "only requests sent, tokens and CPU after that ramp count (steady load, as LiteLLM's published "
+            "overhead is measured)."
+        ),
         f"Reproduce: `{args.command}`.",
         "",
-        ("| scenario | path | requests | errors | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tok/s "
-        "| through/direct |"),
+        (
+            "| scenario | path | requests | errors | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tok/s "
+            "| through/direct |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         for path in ("direct", "through"):
             r = row[path]
             ratio = f"**{row['ratio']:.3f}**" if path == "through" else ""
-            lines.append(f"| {row['scenario'] if path == 'direct' else ''} | {path} | {r['requests']} | {r['errors']} "
-                         f"| {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} "
-                         f"| {r['itl_p99_ms']:.2f} | {r['tok_s']:,.0f} | {ratio} |")
+            lines.append(
+                f"| {row['scenario'] if path == 'direct' else ''} | {path} | {r['requests']} | {r['errors']} "
+                f"| {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} "
+                f"| {r['itl_p99_ms']:.2f} | {r['tok_s']:,.0f} | {ratio} |"
+            )
     # An error count without its cause sends readers guessing: name the commonest.
     for row in rows:
         for path in ("direct", "through"):
@@ -298,21 +343,27 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
                 lines.append(f"\n{row['scenario']}, {path}: {n} × `{quoted}`")
     lines += [
         "",
-        ("Added latency and the gateway's cost (through minus direct; CPU of the whole window, all cores; "
-         "end of response = last content token read → response end read, which through Outpost includes "
-         "the commit of the request record and its audit event):"),
+        (
+            "Added latency and the gateway's cost (through minus direct; CPU of the whole window, all cores; "
+            "end of response = last content token read → response end read, which through Outpost includes "
+            "the commit of the request record and its audit event):"
+        ),
         "",
-        ("| scenario | added TTFT p50 ms | added TTFT p99 ms | added end of response p50 ms | p99 ms "
-         "| control plane cores | runner cores "
-         "| CPU ms per request: control plane | runner | chunks per CPU-second: control plane | runner |"),
+        (
+            "| scenario | added TTFT p50 ms | added TTFT p99 ms | added end of response p50 ms | p99 ms "
+            "| control plane cores | runner cores "
+            "| CPU ms per request: control plane | runner | chunks per CPU-second: control plane | runner |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        lines.append(f"| {row['scenario']} | {row['added_ttft_p50_ms']:+.1f} | {row['added_ttft_p99_ms']:+.1f} "
-                     f"| {_signed(row['added_tail_p50_ms'])} | {_signed(row['added_tail_p99_ms'])} "
-                     f"| {row['cp_cores']:.2f} | {row['runner_cores']:.2f} "
-                     f"| {row['cp_ms_per_request']:.1f} | {row['runner_ms_per_request']:.1f} "
-                     f"| {row['cp_chunks_per_cpu_s']:,.0f} | {row['runner_chunks_per_cpu_s']:,.0f} |")
+        lines.append(
+            f"| {row['scenario']} | {row['added_ttft_p50_ms']:+.1f} | {row['added_ttft_p99_ms']:+.1f} "
+            f"| {_signed(row['added_tail_p50_ms'])} | {_signed(row['added_tail_p99_ms'])} "
+            f"| {row['cp_cores']:.2f} | {row['runner_cores']:.2f} "
+            f"| {row['cp_ms_per_request']:.1f} | {row['runner_ms_per_request']:.1f} "
+            f"| {row['cp_chunks_per_cpu_s']:,.0f} | {row['runner_chunks_per_cpu_s']:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -327,8 +378,13 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         # scheduling, the record and its audit event) rather than per token.
         # The 64 paced streams twice: a burst at the phase start (the worst case) and ramped in
         # (steady load, how LiteLLM's published figure is measured).
-        out += [Scenario("sim", 64, 64, 50.0), Scenario("sim", 64, 64, 50.0, ramped=True),
-                Scenario("sim", 1, 512, 0), Scenario("sim", 8, 512, 0), Scenario("sim", 16, 4, 0)]
+        out += [
+            Scenario("sim", 64, 64, 50.0),
+            Scenario("sim", 64, 64, 50.0, ramped=True),
+            Scenario("sim", 1, 512, 0),
+            Scenario("sim", 8, 512, 0),
+            Scenario("sim", 16, 4, 0),
+        ]
     if args.scenario:
         out = [sc for sc in out if args.scenario in sc.name]
     return out
@@ -343,11 +399,15 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     for sc in scenarios(args):
         by_engine.setdefault(sc.engine, []).append(sc)
     for kind, group in by_engine.items():
-        engine = start_engine(kind, parallel=16 if kind == "llama" else 256, threads=args.threads, log_dir=log_dir)
+        engine = start_engine(
+            kind, parallel=16 if kind == "llama" else 256, threads=args.threads, log_dir=log_dir
+        )
         engines[kind] = engine.describe
         stack: Stack | None = None
         try:
-            stack = start_stack(engine, capacity=max(sc.streams for sc in group), tmp=log_dir / kind)
+            stack = start_stack(
+                engine, capacity=max(sc.streams for sc in group), tmp=log_dir / kind
+            )
             for sc in group:
                 print(f"running {sc.name} …", file=sys.stderr, flush=True)
                 # The real engine streams ~30-100 tok/s and stalls for seconds on a busy 2-core box:
@@ -356,8 +416,11 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 res = await run_scenario(sc, stack, engine, args.rounds, seconds, args.settle_s)
                 row = summarize(sc, res)
                 rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k not in ("direct", "through")}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({k: v for k, v in row.items() if k not in ("direct", "through")}),
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             if stack is not None:
                 stack.stop()
@@ -384,9 +447,9 @@ async def engine_hop(seconds: float, rounds: int) -> str:
     import httptools
     import httpx
 
-    from runner.engine_client import AiohttpEngineClient
-    from runner.relay import EngineEndpoint, engine_request
-    from runner.sse import line_batches, read_ahead
+    from outpost.runner.engine_client import AiohttpEngineClient
+    from outpost.runner.relay import EngineEndpoint, engine_request
+    from outpost.runner.sse import line_batches, read_ahead
 
     streams, tokens, rate = 64, 64, 50.0
     started = machine()
@@ -395,8 +458,10 @@ async def engine_hop(seconds: float, rounds: int) -> str:
     payload = json.loads(chat_body("sim", tokens, sim_tokens_per_s=rate))
     payload["stream_options"] = {"include_usage": True}  # as the relay asks
     body = json.dumps(payload).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{engine.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{engine.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
 
     def event(line: str) -> None:
         if line.startswith("data:") and line[5:].strip() != "[DONE]":
@@ -405,8 +470,12 @@ async def engine_hop(seconds: float, rounds: int) -> str:
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
 
     async def via_httpx(_: int) -> None:
-        async with (http.stream("POST", engine.url + "/v1/chat/completions", json=payload, timeout=None) as resp,
-                    aclosing(line_batches(read_ahead(resp.aiter_bytes()))) as batches):
+        async with (
+            http.stream(
+                "POST", engine.url + "/v1/chat/completions", json=payload, timeout=None
+            ) as resp,
+            aclosing(line_batches(read_ahead(resp.aiter_bytes()))) as batches,
+        ):
             async for lines in batches:
                 for line in lines:
                     event(line)
@@ -416,18 +485,29 @@ async def engine_hop(seconds: float, rounds: int) -> str:
 
     async def via_runner(_: int) -> None:
         headers, data = engine_request(endpoint, payload)
-        async with (client.request("POST", engine.url + "/v1/chat/completions", headers=headers, body=data) as resp,
-                    aclosing(line_batches(resp.batches())) as batches):
+        async with (
+            client.request(
+                "POST", engine.url + "/v1/chat/completions", headers=headers, body=data
+            ) as resp,
+            aclosing(line_batches(resp.batches())) as batches,
+        ):
             async for lines in batches:
                 for line in lines:
                     event(line)
 
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512), cookie_jar=aiohttp.DummyCookieJar(),
-                                    timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=512),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,
+    )
 
     async def via_aiohttp(_: int) -> None:
-        async with session.post(engine.url + "/v1/chat/completions", data=body,
-                                headers={"Content-Type": "application/json"}) as resp:
+        async with session.post(
+            engine.url + "/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp:
             tail = b""
             async for data in resp.content.iter_any():
                 data = tail + data
@@ -486,12 +566,18 @@ async def engine_hop(seconds: float, rounds: int) -> str:
         await asyncio.gather(*tasks)
         return sent, cpu
 
-    lines = ["| round | client | requests | CPU s | CPU ms per request |", "|---:|---|---:|---:|---:|"]
+    lines = [
+        "| round | client | requests | CPU s | CPU ms per request |",
+        "|---:|---|---:|---:|---:|",
+    ]
     try:
         for r in range(rounds):
-            for name, one in (("httpx (the runner's before)", via_httpx),
-                              ("runner (`AiohttpEngineClient` + `line_batches`)", via_runner),
-                              ("aiohttp (plain `iter_any`)", via_aiohttp), ("lean (asyncio + httptools)", via_lean)):
+            for name, one in (
+                ("httpx (the runner's before)", via_httpx),
+                ("runner (`AiohttpEngineClient` + `line_batches`)", via_runner),
+                ("aiohttp (plain `iter_any`)", via_aiohttp),
+                ("lean (asyncio + httptools)", via_lean),
+            ):
                 n, cpu = await drive(one)
                 lines.append(f"| {r + 1} | {name} | {n} | {cpu:.2f} | {cpu / n * 1e3:.2f} |")
     finally:
@@ -502,15 +588,21 @@ async def engine_hop(seconds: float, rounds: int) -> str:
             c.close()
         engine.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    return (f"Engine hop alone (`--engine-hop`), {started}; {load_at_end()}; {seconds:g} s windows.\n\n"
-            + "\n".join(lines) + "\n")
+    return (
+        f"Engine hop alone (`--engine-hop`), {started}; {load_at_end()}; {seconds:g} s windows.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="3 rounds x 6 s (real engine) / 3 s (simulator) per path "
-                      "(default)")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds x 6 s (real engine) / 3 s (simulator) per path (default)",
+    )
     mode.add_argument("--full", action="store_true", help="6 rounds x 15 s / 8 s per path")
     p.add_argument("--only", choices=["llama", "sim"])
     p.add_argument("--scenario", help="only scenarios whose name contains this, e.g. '4 tokens'")
@@ -518,16 +610,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--phase-s", type=float)
     p.add_argument("--llama-phase-s", type=float, help="phase length with the real engine")
     p.add_argument("--settle-s", type=float, default=0.5)
-    p.add_argument("--max-tokens", type=int, default=32, help="real engine, per request (ignore_eos)")
+    p.add_argument(
+        "--max-tokens", type=int, default=32, help="real engine, per request (ignore_eos)"
+    )
     # One core for the engine, one for the client, control plane and runner: on 2 cores, two
     # llama.cpp threads fight the gateway for CPU and stall at every barrier when descheduled.
     p.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     p.add_argument("--note", default="", help="load on the machine etc., printed with the table")
     p.add_argument("--json", type=Path, help="also write every number here")
     p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--engine-hop", action="store_true", help="only the runner's engine hop: its client (aiohttp) vs "
-                   "httpx, plain aiohttp and a lean asyncio + httptools one, CPU per request at 64 steady streams "
-                   "(printed, not written)")
+    p.add_argument(
+        "--engine-hop",
+        action="store_true",
+        help="only the runner's engine hop: its client (aiohttp) vs "
+        "httpx, plain aiohttp and a lean asyncio + httptools one, CPU per request at 64 steady streams "
+        "(printed, not written)",
+    )
     args = p.parse_args(argv)
     if args.engine_hop:
         text = run_async(engine_hop(args.phase_s or 8.0, args.rounds or 2))
@@ -536,8 +634,13 @@ def main(argv: list[str] | None = None) -> dict:
     args.rounds = args.rounds or (6 if args.full else 3)
     args.phase_s = args.phase_s or (8.0 if args.full else 3.0)
     args.llama_phase_s = args.llama_phase_s or (15.0 if args.full else 6.0)
-    args.command = shlex.join([".venv/bin/python", "bench/bench_overhead.py",
-                               *(argv if argv is not None else sys.argv[1:])])
+    args.command = shlex.join(
+        [
+            ".venv/bin/python",
+            "bench/bench_overhead.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
     args.tmp = tmp = Path(__import__("tempfile").mkdtemp(prefix="outpost-overhead-"))
     try:
         rows = run_async(main_async(args))

@@ -91,9 +91,14 @@ def start_setup(name: str, replicas: int, engine: Engine, tmp: Path, capacity: i
     db = _database("postgres", tmp)
     url = next(db)
     prefix = f"bench-{secrets.token_hex(4)}"
-    env = {"OUTPOST_REDIS_URL": REDIS_URL, "OUTPOST_CLUSTER_KEY_PREFIX": prefix, "OUTPOST_LOG_LEVEL": "warning",
-           # Replicas on one database sign the audit chain with one key.
-           "OUTPOST_AUDIT_KEY_FILE": str(tmp / "audit-key.json"), "OUTPOST_SCHEDULER_MAX_QUEUE": "100000"}
+    env = {
+        "OUTPOST_REDIS_URL": REDIS_URL,
+        "OUTPOST_CLUSTER_KEY_PREFIX": prefix,
+        "OUTPOST_LOG_LEVEL": "warning",
+        # Replicas on one database sign the audit chain with one key.
+        "OUTPOST_AUDIT_KEY_FILE": str(tmp / "audit-key.json"),
+        "OUTPOST_SCHEDULER_MAX_QUEUE": "100000",
+    }
     cps = [ControlPlaneProcess(tmp / f"cp{i}", url, extra_env=env) for i in range(replicas)]
     setup = Setup(name, cps, [], "", "", prefix, db)
     try:
@@ -103,14 +108,23 @@ def start_setup(name: str, replicas: int, engine: Engine, tmp: Path, capacity: i
         setup.key = cps[0].cli("keys", "create", "bench", "--admin").splitlines()[-1]
         for i in range(2):
             dial = cps[i % replicas]
-            runner = RunnerProcess(cps[0], tmp / f"runner{i}", f"bench-runner-{i}", url=dial.url,
-                                   extra_env={"OUTPOST_LOG_LEVEL": "warning"},
-                                   args=["--attach", engine.url, "--parallel", str(capacity), "--connections", "1"])
+            runner = RunnerProcess(
+                cps[0],
+                tmp / f"runner{i}",
+                f"bench-runner-{i}",
+                url=dial.url,
+                extra_env={"OUTPOST_LOG_LEVEL": "warning"},
+                args=["--attach", engine.url, "--parallel", str(capacity), "--connections", "1"],
+            )
             setup.runners.append(runner.start())
         for runner in setup.runners:
             runner_id = runner.wait_connected(setup.key)
             for cp in cps:  # every replica must see every runner before load starts
-                wait_until(lambda cp=cp, rid=runner_id: _sees(cp, setup.key, rid), 60, f"{runner_id} on {cp.url}")
+                wait_until(
+                    lambda cp=cp, rid=runner_id: _sees(cp, setup.key, rid),
+                    60,
+                    f"{runner_id} on {cp.url}",
+                )
         setup.model = cps[0].models(setup.key)[0]
     except BaseException:
         setup.stop()
@@ -130,7 +144,13 @@ def _server_cpu() -> dict[str, float]:
     out = {"postgres": 0.0, "redis": 0.0}
     for p in psutil.process_iter(["name", "cpu_times"]):
         name, t = p.info["name"] or "", p.info["cpu_times"]
-        key = "postgres" if name in ("postgres", "postmaster") else "redis" if name == "redis-server" else None
+        key = (
+            "postgres"
+            if name in ("postgres", "postmaster")
+            else "redis"
+            if name == "redis-server"
+            else None
+        )
         if key and t is not None:
             out[key] += t.user + t.system
     return out
@@ -139,14 +159,20 @@ def _server_cpu() -> dict[str, float]:
 def _sees(cp: ControlPlaneProcess, key: str, runner_id: str) -> bool:
     import httpx
 
-    rows = httpx.get(f"{cp.url}/api/runners", headers={"Authorization": f"Bearer {key}"}, timeout=5).json()["data"]
+    rows = httpx.get(
+        f"{cp.url}/api/runners", headers={"Authorization": f"Bearer {key}"}, timeout=5
+    ).json()["data"]
     return any(r["id"] == runner_id and r["connected"] for r in rows)
 
 
-async def phase(setup: Setup, body: bytes, streams: int, seconds: float, watch: ProcWatch | None) -> None:
+async def phase(
+    setup: Setup, body: bytes, streams: int, seconds: float, watch: ProcWatch | None
+) -> None:
     """``streams`` closed-loop clients spread over the setup's replicas for ``seconds``."""
     headers = {"Authorization": f"Bearer {setup.key}"}
-    conns = [Conn("127.0.0.1", setup.replicas[i % len(setup.replicas)].port) for i in range(streams)]
+    conns = [
+        Conn("127.0.0.1", setup.replicas[i % len(setup.replicas)].port) for i in range(streams)
+    ]
     samples: list[Sample] = []
     deadline = time.perf_counter() + seconds
 
@@ -183,19 +209,24 @@ def summarize(setup: Setup) -> dict:
     ok = [s for s in setup.samples if s.ok]
     errors = sum(1 for s in setup.samples if s.error is not None)
     cp_cpu = sum(v for k, v in setup.cpu_s.items() if k.startswith("replica"))
-    return {"setup": setup.name, "requests": len(ok), "errors": errors,
-            "req_s": len(ok) / setup.window_s if setup.window_s else math.nan,
-            "tok_s": sum(s.tokens for s in ok) / setup.window_s if setup.window_s else math.nan,
-            "ttft_p50_ms": pct([s.ttft for s in ok if s.ttft is not None], 50) * 1e3,
-            "ttft_p99_ms": pct([s.ttft for s in ok if s.ttft is not None], 99) * 1e3,
-            "lat_p50_ms": pct([s.done - s.sent for s in ok], 50) * 1e3,
-            "lat_p99_ms": pct([s.done - s.sent for s in ok], 99) * 1e3,
-            "cp_cores": cp_cpu / setup.window_s if setup.window_s else math.nan,
-            "cp_ms_per_request": cp_cpu / len(ok) * 1e3 if ok else math.nan,
-            "runner_cores": sum(v for k, v in setup.cpu_s.items() if k.startswith("runner")) / setup.window_s,
-            "engine_cores": setup.cpu_s.get("engine", math.nan) / setup.window_s,
-            "db_cores": setup.cpu_s.get("postgres", math.nan) / setup.window_s,
-            "redis_cores": setup.cpu_s.get("redis", math.nan) / setup.window_s}
+    return {
+        "setup": setup.name,
+        "requests": len(ok),
+        "errors": errors,
+        "req_s": len(ok) / setup.window_s if setup.window_s else math.nan,
+        "tok_s": sum(s.tokens for s in ok) / setup.window_s if setup.window_s else math.nan,
+        "ttft_p50_ms": pct([s.ttft for s in ok if s.ttft is not None], 50) * 1e3,
+        "ttft_p99_ms": pct([s.ttft for s in ok if s.ttft is not None], 99) * 1e3,
+        "lat_p50_ms": pct([s.done - s.sent for s in ok], 50) * 1e3,
+        "lat_p99_ms": pct([s.done - s.sent for s in ok], 99) * 1e3,
+        "cp_cores": cp_cpu / setup.window_s if setup.window_s else math.nan,
+        "cp_ms_per_request": cp_cpu / len(ok) * 1e3 if ok else math.nan,
+        "runner_cores": sum(v for k, v in setup.cpu_s.items() if k.startswith("runner"))
+        / setup.window_s,
+        "engine_cores": setup.cpu_s.get("engine", math.nan) / setup.window_s,
+        "db_cores": setup.cpu_s.get("postgres", math.nan) / setup.window_s,
+        "redis_cores": setup.cpu_s.get("redis", math.nan) / setup.window_s,
+    }
 
 
 def table(rows: list[dict], args: argparse.Namespace, started: str, engine: Engine) -> str:
@@ -205,27 +236,35 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: Engi
         "",
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
-        ("Stack: PostgreSQL + Redis on this machine; `control-plane serve` replicas on one database; two "
-         f"`runner local-runner --attach` runners (`--parallel {args.capacity}`), one per replica with two "
-         f"replicas, both on replica A with one. Engine: {engine.describe}."),
-        (f"Method: {args.streams} closed-loop streaming clients (spread evenly over the replicas), "
-         f"{args.max_tokens} unpaced tokens per request; {args.rounds} rounds × {args.phase_s:g} s per setup, "
-         "alternating; a request counts when it finished inside a window. CPU: all cores, whole window; "
-         "PostgreSQL and Redis are the machine's shared servers, so their CPU includes anything else using them."),
+        (
+            "Stack: PostgreSQL + Redis on this machine; `control-plane serve` replicas on one database; two "
+            f"`runner local-runner --attach` runners (`--parallel {args.capacity}`), one per replica with two "
+            f"replicas, both on replica A with one. Engine: {engine.describe}."
+        ),
+        (
+            f"Method: {args.streams} closed-loop streaming clients (spread evenly over the replicas), "
+            f"{args.max_tokens} unpaced tokens per request; {args.rounds} rounds × {args.phase_s:g} s per setup, "
+            "alternating; a request counts when it finished inside a window. CPU: all cores, whole window; "
+            "PostgreSQL and Redis are the machine's shared servers, so their CPU includes anything else using them."
+        ),
         f"Reproduce: `{args.command}`.",
         "",
-        ("| setup | requests | errors | req/s | tok/s | vs 1 replica | TTFT p50 ms | TTFT p99 ms | latency p50 ms "
-         "| latency p99 ms | control-plane cores | CP CPU ms/request | runner cores | engine cores | PostgreSQL cores "
-         "| Redis cores |"),
+        (
+            "| setup | requests | errors | req/s | tok/s | vs 1 replica | TTFT p50 ms | TTFT p99 ms | latency p50 ms "
+            "| latency p99 ms | control-plane cores | CP CPU ms/request | runner cores | engine cores | PostgreSQL cores "
+            "| Redis cores |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["req_s"] / one["req_s"] if one["req_s"] else math.nan
-        lines.append(f"| {r['setup']} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | {r['tok_s']:,.0f} "
-                     f"| **{ratio:.2f}×** | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['lat_p50_ms']:.1f} "
-                     f"| {r['lat_p99_ms']:.1f} | {r['cp_cores']:.2f} | {r['cp_ms_per_request']:.1f} "
-                     f"| {r['runner_cores']:.2f} | {r['engine_cores']:.2f} | {r['db_cores']:.2f} "
-                     f"| {r['redis_cores']:.2f} |")
+        lines.append(
+            f"| {r['setup']} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | {r['tok_s']:,.0f} "
+            f"| **{ratio:.2f}×** | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['lat_p50_ms']:.1f} "
+            f"| {r['lat_p99_ms']:.1f} | {r['cp_cores']:.2f} | {r['cp_ms_per_request']:.1f} "
+            f"| {r['runner_cores']:.2f} | {r['engine_cores']:.2f} | {r['db_cores']:.2f} "
+            f"| {r['redis_cores']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -235,8 +274,13 @@ async def run(args: argparse.Namespace, setups: list[Setup], engine: Engine) -> 
     for r in range(args.rounds):
         for s in setups if r % 2 == 0 else reversed(setups):
             await asyncio.sleep(1.0)  # the previous phase's cut requests end
-            await phase(s, chat_body(s.model, args.max_tokens), args.streams, args.phase_s,
-                        ProcWatch(s.pids(engine)))
+            await phase(
+                s,
+                chat_body(s.model, args.max_tokens),
+                args.streams,
+                args.phase_s,
+                ProcWatch(s.pids(engine)),
+            )
     return [summarize(s) for s in setups]
 
 

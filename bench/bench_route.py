@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.load import machine, write_section
-from control_plane.routing.routing import Router, RouteRequest
+from outpost.control_plane.routing.routing import Router, RouteRequest
 from tests.api.sim import MODEL, set_status, simulated_runner
 
 BEGIN, END = "<!-- route:begin -->", "<!-- route:end -->"
@@ -30,21 +30,33 @@ BEGIN, END = "<!-- route:begin -->", "<!-- route:end -->"
 
 def measure(runners: int, policy: str, repeat: int) -> float:
     """Median seconds of one ``Router.route`` call over ``repeat`` calls, after a warm-up."""
-    fleet = [simulated_runner(f"run_{i:05d}", capacity=16, in_flight=i % 7, usd_per_hour=0.1 + (i % 5) / 10)
-             for i in range(runners)]
+    fleet = [
+        simulated_runner(
+            f"run_{i:05d}", capacity=16, in_flight=i % 7, usd_per_hour=0.1 + (i % 5) / 10
+        )
+        for i in range(runners)
+    ]
     for r in fleet:
         set_status(r, running=r.in_flight)
     router = Router()
     # A tenant with its own pool and a few granted ones: every runner's pool is checked (issue 19).
     pools = frozenset({"pool_sim", *(f"pool_granted_{i}" for i in range(8))})
-    req = RouteRequest(model=MODEL, policy=policy, affinity_keys=("conversation", "system"),  # type: ignore[arg-type]
-                       prompt_tokens=40, max_tokens=64, pools=pools)
+    req = RouteRequest(
+        model=MODEL,
+        policy=policy,
+        affinity_keys=("conversation", "system"),  # type: ignore[arg-type]
+        prompt_tokens=40,
+        max_tokens=64,
+        pools=pools,
+    )
     for _ in range(10):
         router.route(fleet, req, limit=1)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        router.route(fleet, req, limit=1)  # as serving.py's first attempt asks: the best candidate only
+        router.route(
+            fleet, req, limit=1
+        )  # as serving.py's first attempt asks: the best candidate only
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
@@ -63,9 +75,11 @@ def main() -> int:
         "## Routing cost per request (`bench/bench_route.py`)",
         "",
         f"Machine: {machine()}.",
-        (f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. Median of {repeat} `Router.route` calls per cell, in "
-         "process, simulated hub objects (tests/api/sim.py), one status report per runner, affinity keys on, "
-         "`limit=1` as a request's first attempt asks (every runner is still scored)."),
+        (
+            f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. Median of {repeat} `Router.route` calls per cell, in "
+            "process, simulated hub objects (tests/api/sim.py), one status report per runner, affinity keys on, "
+            "`limit=1` as a request's first attempt asks (every runner is still scored)."
+        ),
         f"Reproduce: `{command}`.",
         "",
         "| runners serving the model | balanced ms | cost ms | latency ms | µs per runner (balanced) |",
@@ -73,8 +87,10 @@ def main() -> int:
     ]
     for n in (10, 100, 1000):
         cells = {policy: measure(n, policy, repeat) for policy in ("balanced", "cost", "latency")}
-        lines.append(f"| {n} | {cells['balanced'] * 1e3:.3f} | {cells['cost'] * 1e3:.3f} "
-                     f"| {cells['latency'] * 1e3:.3f} | {cells['balanced'] / n * 1e6:.1f} |")
+        lines.append(
+            f"| {n} | {cells['balanced'] * 1e3:.3f} | {cells['cost'] * 1e3:.3f} "
+            f"| {cells['latency'] * 1e3:.3f} | {cells['balanced'] / n * 1e6:.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

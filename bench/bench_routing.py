@@ -79,11 +79,13 @@ class Workload:
     seed: int = 7
 
     def describe(self) -> str:
-        return (f"{self.users} concurrent users x {self.conversations} conversations x {self.turns} turns "
-                f"({self.users * self.conversations * self.turns} requests); shared system prompt "
-                f"{self.system_words} tokens, a {self.document_words}-token document per conversation, "
-                f"{self.question_words}-token follow-ups, {self.answer_tokens}-token answers, "
-                f"think time U(0, {self.think_s:g}) s, users starting over {self.ramp_s:g} s")
+        return (
+            f"{self.users} concurrent users x {self.conversations} conversations x {self.turns} turns "
+            f"({self.users * self.conversations * self.turns} requests); shared system prompt "
+            f"{self.system_words} tokens, a {self.document_words}-token document per conversation, "
+            f"{self.question_words}-token follow-ups, {self.answer_tokens}-token answers, "
+            f"think time U(0, {self.think_s:g}) s, users starting over {self.ramp_s:g} s"
+        )
 
 
 @dataclass
@@ -99,12 +101,21 @@ class Result:
     cached_tokens: int = 0
 
 
-async def conversation(http: httpx.AsyncClient, key: str, arm: Arm, w: Workload, conv_id: int,
-                       rng: random.Random, result: Result) -> None:
+async def conversation(
+    http: httpx.AsyncClient,
+    key: str,
+    arm: Arm,
+    w: Workload,
+    conv_id: int,
+    rng: random.Random,
+    result: Result,
+) -> None:
     system = " ".join(f"sys{i}" for i in range(w.system_words))
     document = " ".join(f"doc{conv_id}_{i}" for i in range(w.document_words))
-    messages = [{"role": "system", "content": system},
-                {"role": "user", "content": f"Read this document. {document}"}]
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Read this document. {document}"},
+    ]
     headers = {"Authorization": f"Bearer {key}"}
     if arm.header:
         headers["X-Outpost-Routing"] = arm.header
@@ -113,7 +124,9 @@ async def conversation(http: httpx.AsyncClient, key: str, arm: Arm, w: Workload,
         t0 = time.perf_counter()
         ttft, answer = None, []
         try:
-            async with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
+            async with http.stream(
+                "POST", "/v1/chat/completions", json=body, headers=headers
+            ) as resp:
                 if resp.status_code != 200:
                     await resp.aread()
                     raise RuntimeError(f"{resp.status_code}: {resp.text[:200]}")
@@ -136,21 +149,28 @@ async def conversation(http: httpx.AsyncClient, key: str, arm: Arm, w: Workload,
             result.ttft_s.append(ttft)
             if turn:
                 result.ttft_followup_s.append(ttft)
-        messages += [{"role": "assistant", "content": "".join(answer).strip()},
-                     {"role": "user", "content": " ".join(f"q{conv_id}_{turn}_{i}"
-                                                          for i in range(w.question_words))}]
+        messages += [
+            {"role": "assistant", "content": "".join(answer).strip()},
+            {
+                "role": "user",
+                "content": " ".join(f"q{conv_id}_{turn}_{i}" for i in range(w.question_words)),
+            },
+        ]
         await asyncio.sleep(rng.uniform(0, w.think_s))
 
 
-async def user(http: httpx.AsyncClient, key: str, arm: Arm, w: Workload, u: int, result: Result) -> None:
+async def user(
+    http: httpx.AsyncClient, key: str, arm: Arm, w: Workload, u: int, result: Result
+) -> None:
     rng = random.Random(w.seed * 1000 + u)  # the same think times in every arm
     await asyncio.sleep(rng.uniform(0, w.ramp_s))  # users arrive over the ramp, not all at once
     for c in range(w.conversations):
         await conversation(http, key, arm, w, u + c * w.users, rng, result)
 
 
-async def run_arm(cp: ControlPlaneProcess, key: str, tokens: list[str], arm: Arm, w: Workload,
-                  params: SimParams) -> Result:
+async def run_arm(
+    cp: ControlPlaneProcess, key: str, tokens: list[str], arm: Arm, w: Workload, params: SimParams
+) -> Result:
     result = Result(arm.name)
     limits = httpx.Limits(max_connections=w.users + 8, max_keepalive_connections=w.users + 8)
     async with httpx.AsyncClient(base_url=cp.url, timeout=300, limits=limits) as http:
@@ -171,7 +191,9 @@ async def run_arm(cp: ControlPlaneProcess, key: str, tokens: list[str], arm: Arm
 async def _wait_connected(http: httpx.AsyncClient, key: str, n: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = (await http.get("/api/runners", headers={"Authorization": f"Bearer {key}"})).json()["data"]
+        rows = (await http.get("/api/runners", headers={"Authorization": f"Bearer {key}"})).json()[
+            "data"
+        ]
         if sum(1 for r in rows if r["connected"]) >= n:
             return
         await asyncio.sleep(0.1)
@@ -181,8 +203,11 @@ async def _wait_connected(http: httpx.AsyncClient, key: str, n: int, timeout: fl
 def bench(arm: Arm, w: Workload, params: SimParams, n_runners: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         state = Path(tmp)
-        cp = ControlPlaneProcess(state, f"sqlite+aiosqlite:///{state / 'outpost.db'}",
-                                 extra_env={"OUTPOST_LOG_LEVEL": "warning", **arm.env}).start()
+        cp = ControlPlaneProcess(
+            state,
+            f"sqlite+aiosqlite:///{state / 'outpost.db'}",
+            extra_env={"OUTPOST_LOG_LEVEL": "warning", **arm.env},
+        ).start()
         try:
             key = cp.api_key()
             tokens = [cp.enrollment_token(f"sim-{i}") for i in range(n_runners)]
@@ -208,40 +233,72 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}")
+    return (
+        f"{model}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}"
+    )
 
 
-def table(results: list[Result], w: Workload, params: SimParams, n_runners: int,
-          load: tuple[float, float] | None = None) -> str:
+def table(
+    results: list[Result],
+    w: Workload,
+    params: SimParams,
+    n_runners: int,
+    load: tuple[float, float] | None = None,
+) -> str:
     lines = [
         "## Routing: prefix affinity vs round robin (`bench/bench_routing.py`)",
         "",
         f"Machine: {machine()}. Control plane: `control-plane serve` (SQLite) on the same machine.",
-        (f"Runners: {n_runners} **simulated** runners (`bench/sim_runner.py`: the real tunnel client in front of "
-        f"a timing model of an engine; four llama.cpp engines would oversubscribe these 2 cores and measure "
-        f"CPU contention instead): {params.describe()}."),
+        (
+            f"Runners: {n_runners} **simulated** runners (`bench/sim_runner.py`: the real tunnel client in front of "
+            f"a timing model of an engine; four llama.cpp engines would oversubscribe these 2 cores and measure "
+            f"CPU contention instead): {params.describe()}."
+        ),
         f"Workload: {w.describe()}. TTFT measured by the client, streaming.",
-        *([(f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} — the three set-ups run one "
-           "after the other, so load from other processes affects them unequally.")] if load else []),
+        *(
+            [
+                (
+                    f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} — the three set-ups run one "
+                    "after the other, so load from other processes affects them unequally."
+                )
+            ]
+            if load
+            else []
+        ),
         "Reproduce: `.venv/bin/python bench/bench_routing.py`.",
         "",
-        ("| routing | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | follow-up turns: TTFT p50 ms "
-        "| follow-up p99 ms | output tok/s | requests/s | prefix-cache hit |"),
+        (
+            "| routing | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | follow-up turns: TTFT p50 ms "
+            "| follow-up p99 ms | output tok/s | requests/s | prefix-cache hit |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         hit = r.cached_tokens / r.prompt_tokens if r.prompt_tokens else 0.0
-        ms = [_pct(v, q) * 1000 for v, q in ((r.ttft_s, 50), (r.ttft_s, 90), (r.ttft_s, 99),
-                                             (r.ttft_followup_s, 50), (r.ttft_followup_s, 99))]
-        lines.append(f"| {r.arm} | {r.requests} | {r.errors} | " + " | ".join(f"{m:.0f}" for m in ms)
-                     + f" | {r.output_tokens / r.wall_s:.1f} | {r.requests / r.wall_s:.2f} | {hit:.0%} |")
+        ms = [
+            _pct(v, q) * 1000
+            for v, q in (
+                (r.ttft_s, 50),
+                (r.ttft_s, 90),
+                (r.ttft_s, 99),
+                (r.ttft_followup_s, 50),
+                (r.ttft_followup_s, 99),
+            )
+        ]
+        lines.append(
+            f"| {r.arm} | {r.requests} | {r.errors} | "
+            + " | ".join(f"{m:.0f}" for m in ms)
+            + f" | {r.output_tokens / r.wall_s:.1f} | {r.requests / r.wall_s:.2f} | {hit:.0%} |"
+        )
     lines += [
         "",
-        ("Follow-up turns: every turn but a conversation's first, whose history a runner may hold. "
-        "Prefix-cache hit: share of prompt tokens the simulated engines found in their cache (no prefill). "
-        "A first turn always prefills its document, so the p99 of all turns is set by first turns "
-        "queueing for a prefill under every routing."),
+        (
+            "Follow-up turns: every turn but a conversation's first, whose history a runner may hold. "
+            "Prefix-cache hit: share of prompt tokens the simulated engines found in their cache (no prefill). "
+            "A first turn always prefills its document, so the p99 of all turns is set by first turns "
+            "queueing for a prefill under every routing."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -87,8 +87,11 @@ def swarm(cp_url: str, admin_key: str, slots: int, decode_tps: float) -> None:
 
             async def one(i: int) -> SimulatedRunner:
                 async with gate:
-                    resp = await http.post("/api/runners/enroll", json={"name": f"sim-{i}"},
-                                           headers={"Authorization": f"Bearer {admin_key}"})
+                    resp = await http.post(
+                        "/api/runners/enroll",
+                        json={"name": f"sim-{i}"},
+                        headers={"Authorization": f"Bearer {admin_key}"},
+                    )
                     resp.raise_for_status()
                     r = SimulatedRunner(cp_url, resp.json()["token"], params, model=MODEL)
                     await r.start(http)
@@ -109,8 +112,22 @@ def swarm(cp_url: str, admin_key: str, slots: int, decode_tps: float) -> None:
 class Swarm:
     def __init__(self, cp_url: str, admin_key: str, slots: int, decode_tps: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--swarm", cp_url, "--admin-key", admin_key, "--slots", str(slots),
-             "--decode-tps", str(decode_tps)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--swarm",
+                cp_url,
+                "--admin-key",
+                admin_key,
+                "--slots",
+                str(slots),
+                "--decode-tps",
+                str(decode_tps),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def start(self, n: int) -> float:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -134,7 +151,9 @@ async def wait_connected(cp: ControlPlaneProcess, key: str, n: int, timeout: flo
     t0 = time.perf_counter()
     async with httpx.AsyncClient(timeout=30) as http:
         while time.perf_counter() - t0 < timeout:
-            rows = (await http.get(f"{cp.url}/api/runners", headers={"Authorization": f"Bearer {key}"})).json()["data"]
+            rows = (
+                await http.get(f"{cp.url}/api/runners", headers={"Authorization": f"Bearer {key}"})
+            ).json()["data"]
             if sum(1 for r in rows if r["connected"]) >= n:
                 return time.perf_counter() - t0
             await asyncio.sleep(0.5)
@@ -154,8 +173,9 @@ class Level:
     verdict: str = ""
 
 
-async def load_phase(cp: ControlPlaneProcess, key: str, streams: int, args: argparse.Namespace,
-                     watch: ProcWatch) -> dict:
+async def load_phase(
+    cp: ControlPlaneProcess, key: str, streams: int, args: argparse.Namespace, watch: ProcWatch
+) -> dict:
     duration = request_s(args)
     body = chat_body(MODEL, args.tokens)
     headers = {"Authorization": f"Bearer {key}"}
@@ -169,8 +189,14 @@ async def load_phase(cp: ControlPlaneProcess, key: str, streams: int, args: argp
         await asyncio.sleep(random.uniform(0, duration))
         try:
             while time.perf_counter() < deadline:
-                await stream_request(conn, "/v1/chat/completions", body, headers, timeout=duration * 10 + 60,
-                                     record=samples)
+                await stream_request(
+                    conn,
+                    "/v1/chat/completions",
+                    body,
+                    headers,
+                    timeout=duration * 10 + 60,
+                    record=samples,
+                )
         finally:
             conn.close()
 
@@ -202,22 +228,39 @@ async def load_phase(cp: ControlPlaneProcess, key: str, streams: int, args: argp
     for s in failed:
         kind = (s.error or "?").split(":")[0][:60]
         errors[kind] = errors.get(kind, 0) + 1
-    accepted = sorted({s.request_id for s in samples if s.request_id is not None
-                       and not (s.error and "records_backlog" in s.error)})
-    return {"accepted_ids": accepted, "sent": len(counted), "requests": len(finished), "ok": len(ok),
-            "failed": len(failed),
-            "stalled": len(stalled), "errors": errors,
-            "ttft_p50_ms": pct(ttfts, 50) * 1e3, "ttft_p99_ms": pct(ttfts, 99) * 1e3,
-            "itl_p50_ms": pct(gaps, 50) * 1e3, "itl_p99_ms": pct(gaps, 99) * 1e3,
-            "tok_s": tokens / args.window_s, "offered_tok_s": streams * args.tokens / duration,
-            "offered_rps": streams / duration,
-            "cores": {k: watch.cores(k) for k in watch.procs}, "rss_mb": dict(watch.rss_mb)}
+    accepted = sorted(
+        {
+            s.request_id
+            for s in samples
+            if s.request_id is not None and not (s.error and "records_backlog" in s.error)
+        }
+    )
+    return {
+        "accepted_ids": accepted,
+        "sent": len(counted),
+        "requests": len(finished),
+        "ok": len(ok),
+        "failed": len(failed),
+        "stalled": len(stalled),
+        "errors": errors,
+        "ttft_p50_ms": pct(ttfts, 50) * 1e3,
+        "ttft_p99_ms": pct(ttfts, 99) * 1e3,
+        "itl_p50_ms": pct(gaps, 50) * 1e3,
+        "itl_p99_ms": pct(gaps, 99) * 1e3,
+        "tok_s": tokens / args.window_s,
+        "offered_tok_s": streams * args.tokens / duration,
+        "offered_rps": streams / duration,
+        "cores": {k: watch.cores(k) for k in watch.procs},
+        "rss_mb": dict(watch.rss_mb),
+    }
 
 
 #: Lines of the control plane's log that say why it broke.
-_LOG_SIGNS = {"sqlalchemy.exc.TimeoutError: QueuePool limit": "database connection pool exhausted (30 s timeout)",
-              "could not write request record": "request record lost",
-              "unhandled error": "500 unhandled error"}
+_LOG_SIGNS = {
+    "sqlalchemy.exc.TimeoutError: QueuePool limit": "database connection pool exhausted (30 s timeout)",
+    "could not write request record": "request record lost",
+    "unhandled error": "500 unhandled error",
+}
 
 
 def cp_errors(log: str) -> dict[str, int]:
@@ -249,10 +292,14 @@ async def check_records(db_path: Path, ids: list[str], wait_s: float) -> dict:
         if caught_up or time.perf_counter() - t0 > wait_s:
             break
         await asyncio.sleep(1.0)
-    return {"accepted": len(ids), "recorded": len(have), "lost": len(ids) - len(have),
-            "audited_once": sum(1 for i in ids if events.get(i) == 1),
-            "audit_duplicates": sum(1 for n in events.values() if n > 1),
-            "caught_up_s": time.perf_counter() - t0}
+    return {
+        "accepted": len(ids),
+        "recorded": len(have),
+        "lost": len(ids) - len(have),
+        "audited_once": sum(1 for i in ids if events.get(i) == 1),
+        "audit_duplicates": sum(1 for n in events.values() if n > 1),
+        "caught_up_s": time.perf_counter() - t0,
+    }
 
 
 def cpu_ms_per_request(load: dict, args: argparse.Namespace) -> float:
@@ -268,14 +315,20 @@ def verdict(load: dict, args: argparse.Namespace) -> str:
     reasons = []
     total = max(load["sent"], 1)
     if (load["failed"] + load["stalled"]) / total > 0.01:
-        reasons.append(f"{load['failed']} failed ({', '.join(load['errors']) or '-'}), {load['stalled']} of "
-                       f"{load['sent']} sent without a first token after 5 s")
+        reasons.append(
+            f"{load['failed']} failed ({', '.join(load['errors']) or '-'}), {load['stalled']} of "
+            f"{load['sent']} sent without a first token after 5 s"
+        )
     rec = load.get("records")
     if rec and (rec["lost"] or rec["audit_duplicates"] or rec["audited_once"] < rec["accepted"]):
-        reasons.append(f"{rec['lost']} of {rec['accepted']} accepted requests have no record after "
-                       f"{rec['caught_up_s']:.0f} s, {rec['accepted'] - rec['audited_once']} not audited exactly once")
+        reasons.append(
+            f"{rec['lost']} of {rec['accepted']} accepted requests have no record after "
+            f"{rec['caught_up_s']:.0f} s, {rec['accepted'] - rec['audited_once']} not audited exactly once"
+        )
     if load.get("cp_errors"):
-        reasons.append("control plane logged " + ", ".join(f"{n}× {k}" for k, n in load["cp_errors"].items()))
+        reasons.append(
+            "control plane logged " + ", ".join(f"{n}× {k}" for k, n in load["cp_errors"].items())
+        )
     if not math.isnan(load["ttft_p99_ms"]) and load["ttft_p99_ms"] > args.break_ttft_s * 1000:
         reasons.append(f"TTFT p99 {load['ttft_p99_ms'] / 1000:.1f} s > {args.break_ttft_s:g} s")
     if load["tok_s"] < 0.9 * load["offered_tok_s"]:
@@ -285,9 +338,14 @@ def verdict(load: dict, args: argparse.Namespace) -> str:
 
 async def bench(args: argparse.Namespace) -> list[Level]:
     tmp = Path(tempfile.mkdtemp(prefix="outpost-scale-"))
-    env = {"OUTPOST_LOG_LEVEL": "warning", "OUTPOST_SCHEDULER_MAX_QUEUE": "100000",
-           "OUTPOST_TUNNEL_MAX_STREAMS_PER_CONNECTION": "1024"}
-    cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=env).start()
+    env = {
+        "OUTPOST_LOG_LEVEL": "warning",
+        "OUTPOST_SCHEDULER_MAX_QUEUE": "100000",
+        "OUTPOST_TUNNEL_MAX_STREAMS_PER_CONNECTION": "1024",
+    }
+    cp = ControlPlaneProcess(
+        tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=env
+    ).start()
     levels: list[Level] = []
     swarm_: Swarm | None = None
     try:
@@ -300,7 +358,11 @@ async def bench(args: argparse.Namespace) -> list[Level]:
             swarm_.start(n_runners)
             await wait_connected(cp, admin, n_runners, timeout=600)
             connect_s = time.perf_counter() - t0
-            pids = {"control plane": cp.proc.pid, "runners (swarm)": swarm_.proc.pid, "client": __import__("os").getpid()}
+            pids = {
+                "control plane": cp.proc.pid,
+                "runners (swarm)": swarm_.proc.pid,
+                "client": __import__("os").getpid(),
+            }
             idle = ProcWatch(pids)
             idle.start()
             await asyncio.sleep(args.idle_s)
@@ -312,12 +374,24 @@ async def bench(args: argparse.Namespace) -> list[Level]:
                 log_before = len(cp.log())
                 lv.load = await load_phase(cp, key, streams, args, ProcWatch(pids))
                 ids = lv.load.pop("accepted_ids")
-                lv.load["records"] = await check_records(tmp / "cp" / "outpost.db", ids, args.records_wait_s)
+                lv.load["records"] = await check_records(
+                    tmp / "cp" / "outpost.db", ids, args.records_wait_s
+                )
                 lv.load["cp_errors"] = cp_errors(cp.log()[log_before:])
                 lv.verdict = verdict(lv.load, args)
                 levels.append(lv)
-                print(json.dumps({"runners": n_runners, "streams": streams, "verdict": lv.verdict,
-                                  **{k: v for k, v in lv.load.items()}}), file=sys.stderr, flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "runners": n_runners,
+                            "streams": streams,
+                            "verdict": lv.verdict,
+                            **{k: v for k, v in lv.load.items()},
+                        }
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 await asyncio.sleep(2)
                 if lv.verdict != "holds":
                     break
@@ -337,17 +411,21 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
         "",
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
-        ("Control plane: one `control-plane serve` process (SQLite, uvicorn, one event loop). Runners: SIMULATED "
-        f"(`bench/sim_runner.py`, real enrollment, real tunnel client, one connection each; {args.slots} slots, "
-        f"first token at once, then {args.decode_tps:g} tokens/s per stream), all in one child process. "
-        f"Streams: closed loop, {args.tokens} tokens each ({request_s(args):g} s, so streams ÷ {request_s(args):g} "
-        "new requests per second); "
-        f"{args.window_s:g} s measured after every stream has started."),
+        (
+            "Control plane: one `control-plane serve` process (SQLite, uvicorn, one event loop). Runners: SIMULATED "
+            f"(`bench/sim_runner.py`, real enrollment, real tunnel client, one connection each; {args.slots} slots, "
+            f"first token at once, then {args.decode_tps:g} tokens/s per stream), all in one child process. "
+            f"Streams: closed loop, {args.tokens} tokens each ({request_s(args):g} s, so streams ÷ {request_s(args):g} "
+            "new requests per second); "
+            f"{args.window_s:g} s measured after every stream has started."
+        ),
         f"Reproduce: `{args.command}`.",
         "",
-        ("| runners | connect s | idle CP cores | idle CP RSS MiB | streams | requests ended | failed + stalled | TTFT p50 ms "
-        "| TTFT p99 ms | ITL p99 ms (nominal) | requests/s | tok/s (offered) | CP cores | CP CPU ms / request "
-        "| CP RSS MiB | swarm cores | records: accepted / written / lost | verdict |"),
+        (
+            "| runners | connect s | idle CP cores | idle CP RSS MiB | streams | requests ended | failed + stalled | TTFT p50 ms "
+            "| TTFT p99 ms | ITL p99 ms (nominal) | requests/s | tok/s (offered) | CP cores | CP CPU ms / request "
+            "| CP RSS MiB | swarm cores | records: accepted / written / lost | verdict |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     nominal = 1000 / args.decode_tps
@@ -362,32 +440,50 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
             f"| {ld['tok_s']:,.0f} ({ld['offered_tok_s']:,.0f}) | {ld['cores']['control plane']:.2f} "
             f"| {cpu_ms_per_request(ld, args):.1f} "
             f"| {ld['rss_mb']['control plane']:.0f} | {ld['cores']['runners (swarm)']:.2f} "
-            f"| {rec['accepted']:,} / {rec['recorded']:,} / **{rec['lost']}** | {lv.verdict} |")
-    lines += ["", ("TTFT here is all overhead: the simulated engine sends its first token at once. "
-              "Connect s: enrollment + registration + handshake of the runners added at that level. "
-              "CP CPU ms / request: control-plane CPU seconds in the window ÷ requests sent in it (it includes "
-              "relaying every token). Records: requests of the whole level answered with an `x-request-id`, "
-              "those with a request record and exactly one audit event once the writer caught up, and the "
-              "difference — the product rule is that it is 0.")]
+            f"| {rec['accepted']:,} / {rec['recorded']:,} / **{rec['lost']}** | {lv.verdict} |"
+        )
+    lines += [
+        "",
+        (
+            "TTFT here is all overhead: the simulated engine sends its first token at once. "
+            "Connect s: enrollment + registration + handshake of the runners added at that level. "
+            "CP CPU ms / request: control-plane CPU seconds in the window ÷ requests sent in it (it includes "
+            "relaying every token). Records: requests of the whole level answered with an `x-request-id`, "
+            "those with a request record and exactly one audit event once the writer caught up, and the "
+            "difference — the product rule is that it is 0."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="100 runners x 1,000 streams; 1,000 runners x 1,000 "
-                      "streams (default)")
-    mode.add_argument("--full", action="store_true", help="then 2,000 and 4,000 streams; longer windows")
-    p.add_argument("--plan", help="runners:streams,streams;runners:... e.g. 100:1000;1000:1000,2000 "
-                   "(each runner count adds to the last; stream levels stop at the first that breaks)")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="100 runners x 1,000 streams; 1,000 runners x 1,000 streams (default)",
+    )
+    mode.add_argument(
+        "--full", action="store_true", help="then 2,000 and 4,000 streams; longer windows"
+    )
+    p.add_argument(
+        "--plan",
+        help="runners:streams,streams;runners:... e.g. 100:1000;1000:1000,2000 "
+        "(each runner count adds to the last; stream levels stop at the first that breaks)",
+    )
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--decode-tps", type=float, default=2.0)
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--window-s", type=float)
     p.add_argument("--idle-s", type=float, default=5.0)
     p.add_argument("--break-ttft-s", type=float, default=2.0)
-    p.add_argument("--records-wait-s", type=float, default=120.0,
-                   help="after a level, how long the control plane may take to write its request records")
+    p.add_argument(
+        "--records-wait-s",
+        type=float,
+        default=120.0,
+        help="after a level, how long the control plane may take to write its request records",
+    )
     p.add_argument("--note", default="")
     p.add_argument("--keep-log", type=Path, help="copy the control plane's log here at the end")
     p.add_argument("--json", type=Path)
@@ -400,11 +496,15 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     args.window_s = args.window_s or (30.0 if args.full else 15.0)
     if args.plan:
-        args.plan = [(int(r), [int(x) for x in ss.split(",")])
-                     for r, ss in (level.split(":") for level in args.plan.split(";"))]
+        args.plan = [
+            (int(r), [int(x) for x in ss.split(",")])
+            for r, ss in (level.split(":") for level in args.plan.split(";"))
+        ]
     else:
         args.plan = [(100, [1000]), (1000, [1000, 2000, 4000] if args.full else [1000])]
-    args.command = ".venv/bin/python bench/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = ".venv/bin/python bench/bench_scale.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     started = machine()
     levels = run_async(bench(args))
     text = table(levels, args, started)

@@ -65,25 +65,34 @@ RUNNER_ID = "run_bench_tunnel"
 
 def serve_runner(control_plane: str, engine_url: str, key_b64: str, connections: int) -> None:
     """The runner's tunnel client and relay, exactly as ``runner.agent`` wires them."""
-    from runner.engine_client import AiohttpEngineClient
-    from runner.identity import RunnerIdentity
-    from runner.relay import EngineEndpoint, relay
-    from runner.streams import OutboundStream
-    from runner.tunnel import TunnelClient
-    from sdk.identity import IdentityKey, b64u_decode
-    from sdk.protocol import StatusFrame
+    from outpost.runner.engine_client import AiohttpEngineClient
+    from outpost.runner.identity import RunnerIdentity
+    from outpost.runner.relay import EngineEndpoint, relay
+    from outpost.runner.streams import OutboundStream
+    from outpost.runner.tunnel import TunnelClient
+    from outpost.sdk.identity import IdentityKey, b64u_decode
+    from outpost.sdk.protocol import StatusFrame
 
     async def run() -> None:
         http = AiohttpEngineClient(limit=512)
-        identity = RunnerIdentity(RUNNER_ID, IdentityKey.from_private_bytes(b64u_decode(key_b64)), control_plane)
+        identity = RunnerIdentity(
+            RUNNER_ID, IdentityKey.from_private_bytes(b64u_decode(key_b64)), control_plane
+        )
         endpoint = EngineEndpoint(base_url=engine_url, headers={}, upstream_names={})
 
         async def on_stream(out: OutboundStream) -> None:
             await relay(out, endpoint, http)
 
-        tunnel = TunnelClient(identity=identity, on_stream=on_stream, status=StatusFrame, connections=connections,
-                              hello_fields=lambda: {"models": [{"name": "sim-engine", "engine": "attach"}],
-                                                    "capacity": 256})
+        tunnel = TunnelClient(
+            identity=identity,
+            on_stream=on_stream,
+            status=StatusFrame,
+            connections=connections,
+            hello_fields=lambda: {
+                "models": [{"name": "sim-engine", "engine": "attach"}],
+                "capacity": 256,
+            },
+        )
         await tunnel.run()
 
     asyncio.run(run())
@@ -105,9 +114,9 @@ class TunnelEnd:
         from starlette.routing import WebSocketRoute
         from starlette.websockets import WebSocket, WebSocketDisconnect
 
-        from control_plane.tunnel.link import Link
-        from sdk.identity import verify_signature
-        from sdk.protocol import (
+        from outpost.control_plane.tunnel.link import Link
+        from outpost.sdk.identity import verify_signature
+        from outpost.sdk.protocol import (
             ChallengeFrame,
             HelloFrame,
             WelcomeFrame,
@@ -122,8 +131,11 @@ class TunnelEnd:
             await ws.send_text(encode_frame(ChallengeFrame(nonce=nonce, versions=[1])))
             hello = parse_frame(await ws.receive_text())
             assert isinstance(hello, HelloFrame)
-            if not verify_signature(self.public_key, handshake_message(nonce, hello.runner_id, hello.version),
-                                    hello.signature):
+            if not verify_signature(
+                self.public_key,
+                handshake_message(nonce, hello.runner_id, hello.version),
+                hello.signature,
+            ):
                 await ws.close(4001)
                 return
 
@@ -131,8 +143,13 @@ class TunnelEnd:
                 await ws.close(code, reason)
 
             link = Link(hello.runner_id, secrets.token_hex(8), ws.send_text, 1024, close)
-            await ws.send_text(encode_frame(WelcomeFrame(version=1, capabilities=list(hello.capabilities),
-                                                         session_id=link.session_id)))
+            await ws.send_text(
+                encode_frame(
+                    WelcomeFrame(
+                        version=1, capabilities=list(hello.capabilities), session_id=link.session_id
+                    )
+                )
+            )
             self.links.append(link)
             self.ready.set()
             try:
@@ -152,12 +169,13 @@ class TunnelEnd:
 
 async def tunnel_request(end: TunnelEnd, body: bytes, record: list[Sample]) -> Sample:
     """One request over the tunnel, consumed as the control plane consumes it."""
-    from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
+    from outpost.sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
 
     s = Sample(sent=time.perf_counter())
     record.append(s)
-    st = await end.link().open_stream(path="/v1/chat/completions", model="sim-engine", body=body.decode(),
-                                      stream=True)
+    st = await end.link().open_stream(
+        path="/v1/chat/completions", model="sim-engine", body=body.decode(), stream=True
+    )
     last = None
     while True:
         # As the control plane does: a timeout only while waiting for the first byte.
@@ -205,7 +223,9 @@ class PathStats:
     cpu_s: dict[str, float] = field(default_factory=dict)
 
 
-async def run_phase(path: str, sc: Scenario, end: TunnelEnd, engine_port: int, seconds: float) -> PathStats:
+async def run_phase(
+    path: str, sc: Scenario, end: TunnelEnd, engine_port: int, seconds: float
+) -> PathStats:
     body = chat_body("sim-engine", sc.tokens)
     samples: list[Sample] = []
     deadline = time.perf_counter() + seconds
@@ -232,9 +252,13 @@ def summarize(sc: Scenario, res: dict[str, PathStats]) -> dict:
     for path, st in res.items():
         ok = [s for s in st.samples if s.ok]
         ttfts = [s.ttft for s in ok if s.ttft is not None]
-        row[path] = {"requests": len(ok), "errors": len(st.samples) - len(ok),
-                     "ttft_p50_ms": pct(ttfts, 50) * 1e3, "ttft_p99_ms": pct(ttfts, 99) * 1e3,
-                     "tok_s": st.tokens / st.seconds if st.seconds else math.nan}
+        row[path] = {
+            "requests": len(ok),
+            "errors": len(st.samples) - len(ok),
+            "ttft_p50_ms": pct(ttfts, 50) * 1e3,
+            "ttft_p99_ms": pct(ttfts, 99) * 1e3,
+            "tok_s": st.tokens / st.seconds if st.seconds else math.nan,
+        }
     tun = res["tunnel"]
     for side in ("control-plane side", "runner"):
         cpu = tun.cpu_s.get(side, math.nan)
@@ -252,45 +276,66 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: str)
         "",
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
-        (f"Engine: {engine}. Tunnel: the control plane's `Link` behind uvicorn (WebSocket settings of "
-        f"`control-plane serve`) in the measuring process; the runner's `TunnelClient` + `relay` in a child "
-        f"process, {args.connections} connections. No API layer, database or scheduler (see the overhead table)."),
-        (f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating; TTFT = request sent → first "
-        "content token received; added = tunnel − direct, percentile by percentile. In the saturated rows the "
-        "engine never waits, so TTFT there is queueing behind other streams' data, not hop latency; CPU µs per "
-        "chunk = CPU of each side over the tunnel phases ÷ content chunks delivered."),
+        (
+            f"Engine: {engine}. Tunnel: the control plane's `Link` behind uvicorn (WebSocket settings of "
+            f"`control-plane serve`) in the measuring process; the runner's `TunnelClient` + `relay` in a child "
+            f"process, {args.connections} connections. No API layer, database or scheduler (see the overhead table)."
+        ),
+        (
+            f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating; TTFT = request sent → first "
+            "content token received; added = tunnel − direct, percentile by percentile. In the saturated rows the "
+            "engine never waits, so TTFT there is queueing behind other streams' data, not hop latency; CPU µs per "
+            "chunk = CPU of each side over the tunnel phases ÷ content chunks delivered."
+        ),
         f"Reproduce: `{args.command}`.",
         "",
-        ("| scenario | direct TTFT p50 ms | p99 ms | tunnel TTFT p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| direct tok/s | tunnel tok/s | tunnel/direct | CPU µs per chunk: control-plane side | runner |"),
+        (
+            "| scenario | direct TTFT p50 ms | p99 ms | tunnel TTFT p50 ms | p99 ms | added p50 ms | added p99 ms "
+            "| direct tok/s | tunnel tok/s | tunnel/direct | CPU µs per chunk: control-plane side | runner |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         d, t = r["direct"], r["tunnel"]
-        lines.append(f"| {r['scenario']} | {d['ttft_p50_ms']:.2f} | {d['ttft_p99_ms']:.2f} | {t['ttft_p50_ms']:.2f} "
-                     f"| {t['ttft_p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | {r['added_p99_ms']:+.2f} "
-                     f"| {d['tok_s']:,.0f} | {t['tok_s']:,.0f} | {r['ratio']:.3f} "
-                     f"| {r['control-plane side µs per chunk']:.0f} | {r['runner µs per chunk']:.0f} |")
-    lines += ["", ("Reference (docs/DESIGN, same class of machine): one extra WebSocket relay hop adds 211 µs p50 / "
-              "457 µs p99 on loopback; the tunnel hop also crosses the runner's HTTP client, SSE re-framing and "
-              "JSON frames on both ends.")]
+        lines.append(
+            f"| {r['scenario']} | {d['ttft_p50_ms']:.2f} | {d['ttft_p99_ms']:.2f} | {t['ttft_p50_ms']:.2f} "
+            f"| {t['ttft_p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | {r['added_p99_ms']:+.2f} "
+            f"| {d['tok_s']:,.0f} | {t['tok_s']:,.0f} | {r['ratio']:.3f} "
+            f"| {r['control-plane side µs per chunk']:.0f} | {r['runner µs per chunk']:.0f} |"
+        )
+    lines += [
+        "",
+        (
+            "Reference (docs/DESIGN, same class of machine): one extra WebSocket relay hop adds 211 µs p50 / "
+            "457 µs p99 on loopback; the tunnel hop also crosses the runner's HTTP client, SSE re-framing and "
+            "JSON frames on both ends."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
 async def bench(args: argparse.Namespace) -> tuple[list[dict], str]:
     import uvicorn
 
-    from sdk.identity import IdentityKey, b64u_encode
-    from sdk.protocol import MAX_FRAME_BYTES
+    from outpost.sdk.identity import IdentityKey, b64u_encode
+    from outpost.sdk.protocol import MAX_FRAME_BYTES
 
     tmp = Path(tempfile.mkdtemp(prefix="outpost-tunnel-"))
     engine = start_engine("sim", log_dir=tmp)
     key = IdentityKey.generate()
     end = TunnelEnd(key.public_b64)
     port = free_port()
-    config = uvicorn.Config(end.app(), host="127.0.0.1", port=port, log_level="warning",
-                            ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
-                            ws_ping_interval=5.0, ws_ping_timeout=10.0)
+    config = uvicorn.Config(
+        end.app(),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws_max_size=MAX_FRAME_BYTES + 1024,
+        ws_per_message_deflate=False,
+        ws_max_queue=64,
+        ws_ping_interval=5.0,
+        ws_ping_timeout=10.0,
+    )
     server = uvicorn.Server(config)
     serve_task = asyncio.create_task(server.serve())
     runner: subprocess.Popen[bytes] | None = None
@@ -300,21 +345,34 @@ async def bench(args: argparse.Namespace) -> tuple[list[dict], str]:
             await asyncio.sleep(0.05)
         env = {**os.environ, "BENCH_TUNNEL_KEY": b64u_encode(key.private_bytes())}
         # Popen returns at once; the child is waited for only in the finally block, after the run.
-        runner = subprocess.Popen([sys.executable, __file__, "--serve-runner", f"http://127.0.0.1:{port}",  # noqa: ASYNC220
-                                   "--engine-url", engine.url, "--connections", str(args.connections)], env=env)
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve-runner",
+                f"http://127.0.0.1:{port}",  # noqa: ASYNC220
+                "--engine-url",
+                engine.url,
+                "--connections",
+                str(args.connections),
+            ],
+            env=env,
+        )
         await asyncio.wait_for(end.ready.wait(), 60)
         while len(end.links) < args.connections:
             await asyncio.sleep(0.05)
-        scenarios = [Scenario("latency: 1 stream, 1 token", 1, 1),
-                     Scenario("saturated: 1 stream, 512 tokens unpaced", 1, 512),
-                     Scenario("saturated: 16 streams, 512 tokens unpaced", 16, 512)]
+        scenarios = [
+            Scenario("latency: 1 stream, 1 token", 1, 1),
+            Scenario("saturated: 1 stream, 512 tokens unpaced", 1, 512),
+            Scenario("saturated: 16 streams, 512 tokens unpaced", 16, 512),
+        ]
         for sc in scenarios:
             print(f"running {sc.name} …", file=sys.stderr, flush=True)
             for path in ("direct", "tunnel"):  # warm-up
                 await run_phase(path, sc, end, engine.port, min(1.0, args.phase_s))
             res = {"direct": PathStats(), "tunnel": PathStats()}
             for r in range(args.rounds):
-                for path in (("direct", "tunnel") if r % 2 == 0 else ("tunnel", "direct")):
+                for path in ("direct", "tunnel") if r % 2 == 0 else ("tunnel", "direct"):
                     watch = ProcWatch({"control-plane side": os.getpid(), "runner": runner.pid})
                     watch.start()
                     st = await run_phase(path, sc, end, engine.port, args.phase_s)
@@ -344,7 +402,9 @@ def main(argv: list[str] | None = None) -> dict:
     mode.add_argument("--full", action="store_true", help="6 rounds x 5 s per path")
     p.add_argument("--rounds", type=int)
     p.add_argument("--phase-s", type=float)
-    p.add_argument("--connections", type=int, default=2, help="tunnel connections (the runner's default)")
+    p.add_argument(
+        "--connections", type=int, default=2, help="tunnel connections (the runner's default)"
+    )
     p.add_argument("--note", default="")
     p.add_argument("--json", type=Path)
     p.add_argument("--no-write", action="store_true")
@@ -352,11 +412,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--engine-url", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_runner:
-        serve_runner(args.serve_runner, args.engine_url, os.environ["BENCH_TUNNEL_KEY"], args.connections)
+        serve_runner(
+            args.serve_runner, args.engine_url, os.environ["BENCH_TUNNEL_KEY"], args.connections
+        )
         return {}
     args.rounds = args.rounds or (6 if args.full else 3)
     args.phase_s = args.phase_s or (5.0 if args.full else 2.0)
-    args.command = ".venv/bin/python bench/bench_tunnel.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = ".venv/bin/python bench/bench_tunnel.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     started = machine()
     rows, engine = run_async(bench(args))
     text = table(rows, args, started, engine)

@@ -26,8 +26,20 @@ from pathlib import Path
 import httptools
 import psutil
 
-__all__ = ["Conn", "ProcWatch", "Sample", "chat_body", "fmt_ms", "load_at_end", "machine", "pct", "run_async", "stream_request", "versions",
-           "write_section"]
+__all__ = [
+    "Conn",
+    "ProcWatch",
+    "Sample",
+    "chat_body",
+    "fmt_ms",
+    "load_at_end",
+    "machine",
+    "pct",
+    "run_async",
+    "stream_request",
+    "versions",
+    "write_section",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "bench" / "README.md"
@@ -106,7 +118,9 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, limit=1 << 20
+        )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -114,16 +128,27 @@ class Conn:
         self.reader = self.writer = None
 
 
-async def stream_request(conn: Conn, path: str, body: bytes, headers: dict[str, str] | None = None,
-                         timeout: float = 300.0, record: list[Sample] | None = None) -> Sample:
+async def stream_request(
+    conn: Conn,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    timeout: float = 300.0,
+    record: list[Sample] | None = None,
+) -> Sample:
     """POST ``body`` and read the (streamed) response to its end.
 
     With ``record``, the sample is appended before the request is sent and
     filled in as tokens arrive, so a request cancelled mid-stream still
     counts what it received.
     """
-    head = [f"POST {path} HTTP/1.1", f"Host: {conn.host}:{conn.port}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Accept: text/event-stream"]
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {conn.host}:{conn.port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Accept: text/event-stream",
+    ]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
     for attempt in (0, 1):  # a keep-alive connection the server closed meanwhile: reopen once
@@ -154,15 +179,29 @@ async def stream_request(conn: Conn, path: str, body: bytes, headers: dict[str, 
         if not parser.keep_alive:
             conn.close()
         if sample.status and sample.status != 200 and sample.error is None:
-            sample.error = f"HTTP {sample.status}: {bytes(parser.body[:200]).decode(errors='replace')}"
+            sample.error = (
+                f"HTTP {sample.status}: {bytes(parser.body[:200]).decode(errors='replace')}"
+            )
         return sample
     raise AssertionError("unreachable")
 
 
-def chat_body(model: str, max_tokens: int, prompt: str = "Write a short story about a lighthouse.",
-              **extra: object) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
-                       "max_tokens": max_tokens, "stream": True, "temperature": 0, **extra}).encode()
+def chat_body(
+    model: str,
+    max_tokens: int,
+    prompt: str = "Write a short story about a lighthouse.",
+    **extra: object,
+) -> bytes:
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "stream": True,
+            "temperature": 0,
+            **extra,
+        }
+    ).encode()
 
 
 def run_async(coro):
@@ -275,11 +314,22 @@ def machine() -> str:
         pass
     mem = psutil.virtual_memory().total / 2**30
     load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} logical cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; "
-            + versions("uvicorn", "uvloop", "httptools", "websockets", "fastapi", "starlette", "pydantic",
-                       "httpx", "xllamacpp")
-            + f"; 1-minute load average {load:.1f} at the start")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; "
+        + versions(
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "websockets",
+            "fastapi",
+            "starlette",
+            "pydantic",
+            "httpx",
+            "xllamacpp",
+        )
+        + f"; 1-minute load average {load:.1f} at the start"
+    )
 
 
 def load_at_end() -> str:

@@ -45,22 +45,73 @@ class Bench:
 
 
 BENCHES = (
-    Bench("overhead", "bench_overhead.py", ("--quick",), ("--full",), 600, 1800,
-          "Overhead: direct to the engine vs through Outpost"),
-    Bench("tunnel", "bench_tunnel.py", ("--quick",), ("--full",), 180, 420, "Tunnel hop: tunnel vs direct"),
-    Bench("scale", "bench_scale.py", ("--quick",), ("--full",), 600, 1500,
-          "Scale: simulated runners and concurrent streams"),
+    Bench(
+        "overhead",
+        "bench_overhead.py",
+        ("--quick",),
+        ("--full",),
+        600,
+        1800,
+        "Overhead: direct to the engine vs through Outpost",
+    ),
+    Bench(
+        "tunnel",
+        "bench_tunnel.py",
+        ("--quick",),
+        ("--full",),
+        180,
+        420,
+        "Tunnel hop: tunnel vs direct",
+    ),
+    Bench(
+        "scale",
+        "bench_scale.py",
+        ("--quick",),
+        ("--full",),
+        600,
+        1500,
+        "Scale: simulated runners and concurrent streams",
+    ),
     Bench("e2e", "bench_e2e.py", ("--iterations", "300"), (), 120, 300, "End-to-end encryption"),
-    Bench("e2e-overhead", "bench_e2e_overhead.py", ("--requests", "60"), (), 300, 900,
-          "End-to-end overhead through the stack"),
-    Bench("routing", "bench_routing.py", ("--users", "8", "--conversations", "1", "--turns", "3"), (), 480, 1200,
-          "Routing: prefix affinity vs round robin"),
-    Bench("fairness", "bench_fairness.py",
-          ("--engine", "sim", "--duration", "12", "--solo", "5", "--warmup", "3"), (), 300, 900,
-          "Tenant fairness on one runner"),
-    Bench("route", "bench_route.py", ("--quick",), ("--full",), 120, 300, "Routing cost per request"),
-    Bench("replicas", "bench_replicas.py", ("--quick",), ("--full",), 300, 600,
-          "Replicas: one vs two control-plane replicas"),
+    Bench(
+        "e2e-overhead",
+        "bench_e2e_overhead.py",
+        ("--requests", "60"),
+        (),
+        300,
+        900,
+        "End-to-end overhead through the stack",
+    ),
+    Bench(
+        "routing",
+        "bench_routing.py",
+        ("--users", "8", "--conversations", "1", "--turns", "3"),
+        (),
+        480,
+        1200,
+        "Routing: prefix affinity vs round robin",
+    ),
+    Bench(
+        "fairness",
+        "bench_fairness.py",
+        ("--engine", "sim", "--duration", "12", "--solo", "5", "--warmup", "3"),
+        (),
+        300,
+        900,
+        "Tenant fairness on one runner",
+    ),
+    Bench(
+        "route", "bench_route.py", ("--quick",), ("--full",), 120, 300, "Routing cost per request"
+    ),
+    Bench(
+        "replicas",
+        "bench_replicas.py",
+        ("--quick",),
+        ("--full",),
+        300,
+        600,
+        "Replicas: one vs two control-plane replicas",
+    ),
 )
 
 
@@ -78,9 +129,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a few minutes (default)")
-    mode.add_argument("--full", action="store_true", help="the recorded numbers; about an hour on 2 cores")
+    mode.add_argument(
+        "--full", action="store_true", help="the recorded numbers; about an hour on 2 cores"
+    )
     p.add_argument("--only", help="comma-separated: " + ",".join(b.name for b in BENCHES))
-    p.add_argument("--note", default="", help="what else ran on the machine; printed with every table")
+    p.add_argument(
+        "--note", default="", help="what else ran on the machine; printed with every table"
+    )
     args = p.parse_args()
     wanted = set(args.only.split(",")) if args.only else {b.name for b in BENCHES}
     unknown = wanted - {b.name for b in BENCHES}
@@ -101,8 +156,12 @@ def main() -> int:
         t0 = time.monotonic()
         # Its own process group: whatever it started (engines, control planes, runners) is
         # stopped with it, also when it runs out of time.
-        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / b.script), *extra], cwd=ROOT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / b.script), *extra],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
         try:
             code = proc.wait(timeout=limit)
             status = "ok" if code == 0 else f"failed (exit {code})"
@@ -120,8 +179,10 @@ def main() -> int:
     lines = [
         "## Last run (`bench/run.py`)",
         "",
-        (f"Command: `{command}` ({mode} mode), started {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(t_start))}, "
-        f"{(time.time() - t_start) / 60:.1f} minutes in all."),
+        (
+            f"Command: `{command}` ({mode} mode), started {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(t_start))}, "
+            f"{(time.time() - t_start) / 60:.1f} minutes in all."
+        ),
         f"Machine: {started}.",
     ]
     if args.note:

@@ -48,8 +48,11 @@ class SimEngineConfig:
     model: str = MODEL
 
     def describe(self) -> str:
-        rate = "unpaced (as fast as the socket drains)" if self.tokens_per_s <= 0 else \
-            f"{self.tokens_per_s:g} tokens/s per stream"
+        rate = (
+            "unpaced (as fast as the socket drains)"
+            if self.tokens_per_s <= 0
+            else f"{self.tokens_per_s:g} tokens/s per stream"
+        )
         return f"simulated engine (`bench/sim_engine.py`): {rate}, first token after {self.ttft_ms:g} ms"
 
 
@@ -59,19 +62,29 @@ def _event(obj: dict) -> bytes:
 
 
 def _chunk(model: str, delta: dict, finish: str | None = None) -> dict:
-    return {"choices": [{"finish_reason": finish, "index": 0, "delta": delta}], "created": int(time.time()),
-            "id": "chatcmpl-sim", "model": model, "system_fingerprint": "sim", "object": "chat.completion.chunk"}
+    return {
+        "choices": [{"finish_reason": finish, "index": 0, "delta": delta}],
+        "created": int(time.time()),
+        "id": "chatcmpl-sim",
+        "model": model,
+        "system_fingerprint": "sim",
+        "object": "chat.completion.chunk",
+    }
 
 
-_STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
 _DONE = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
 
 
 def _response(status: int, body: bytes, ctype: str = "application/json") -> bytes:
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
-            .encode() + body)
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
 def _per_request(cfg: SimEngineConfig, body: dict) -> SimEngineConfig:
@@ -79,8 +92,11 @@ def _per_request(cfg: SimEngineConfig, body: dict) -> SimEngineConfig:
     rate, ttft = body.get("sim_tokens_per_s"), body.get("sim_ttft_ms")
     if rate is None and ttft is None:
         return cfg
-    return SimEngineConfig(float(cfg.tokens_per_s if rate is None else rate),
-                           float(cfg.ttft_ms if ttft is None else ttft), cfg.model)
+    return SimEngineConfig(
+        float(cfg.tokens_per_s if rate is None else rate),
+        float(cfg.ttft_ms if ttft is None else ttft),
+        cfg.model,
+    )
 
 
 async def _stream(writer: asyncio.StreamWriter, cfg: SimEngineConfig, body: dict) -> None:
@@ -106,8 +122,18 @@ async def _stream(writer: asyncio.StreamWriter, cfg: SimEngineConfig, body: dict
     writer.write(_event(_chunk(model, {}, "length")))
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {"completion_tokens": n, "prompt_tokens": 8, "total_tokens": n + 8}
-        writer.write(_event({"choices": [], "created": int(time.time()), "id": "chatcmpl-sim", "model": model,
-                             "object": "chat.completion.chunk", "usage": usage}))
+        writer.write(
+            _event(
+                {
+                    "choices": [],
+                    "created": int(time.time()),
+                    "id": "chatcmpl-sim",
+                    "model": model,
+                    "object": "chat.completion.chunk",
+                    "usage": usage,
+                }
+            )
+        )
     writer.write(_DONE)
     await writer.drain()
 
@@ -117,15 +143,27 @@ async def _complete(writer: asyncio.StreamWriter, cfg: SimEngineConfig, body: di
     total = cfg.ttft_ms / 1000 + (n / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0)
     if total > 0:
         await asyncio.sleep(total)
-    out = {"id": "chatcmpl-sim", "object": "chat.completion", "created": int(time.time()),
-           "model": body.get("model") or cfg.model,
-           "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": " w" * n}}],
-           "usage": {"completion_tokens": n, "prompt_tokens": 8, "total_tokens": n + 8}}
+    out = {
+        "id": "chatcmpl-sim",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or cfg.model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": " w" * n},
+            }
+        ],
+        "usage": {"completion_tokens": n, "prompt_tokens": 8, "total_tokens": n + 8},
+    }
     writer.write(_response(200, json.dumps(out).encode()))
     await writer.drain()
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: SimEngineConfig) -> None:
+async def _handle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: SimEngineConfig
+) -> None:
     try:
         while True:
             try:
@@ -144,13 +182,24 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cf
             if method == "GET" and path == "/health":
                 writer.write(_response(200, b'{"status":"ok"}'))
             elif method == "GET" and path == "/v1/models":
-                writer.write(_response(200, json.dumps(
-                    {"object": "list", "data": [{"id": cfg.model, "object": "model", "owned_by": "sim"}]}).encode()))
+                writer.write(
+                    _response(
+                        200,
+                        json.dumps(
+                            {
+                                "object": "list",
+                                "data": [{"id": cfg.model, "object": "model", "owned_by": "sim"}],
+                            }
+                        ).encode(),
+                    )
+                )
             elif method == "GET" and path == "/metrics":
                 writer.write(_response(200, b"", "text/plain"))
             elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
                 body = json.loads(raw or b"{}")
-                await (_stream if body.get("stream") else _complete)(writer, _per_request(cfg, body), body)
+                await (_stream if body.get("stream") else _complete)(
+                    writer, _per_request(cfg, body), body
+                )
             else:
                 writer.write(_response(404, b'{"error":{"message":"not found"}}'))
             await writer.drain()

@@ -33,10 +33,10 @@ from typing import Any
 
 import httpx
 
-from runner.identity import enroll
-from runner.streams import OutboundStream
-from runner.tunnel import TunnelClient
-from sdk.protocol import StatusFrame, Usage
+from outpost.runner.identity import enroll
+from outpost.runner.streams import OutboundStream
+from outpost.runner.tunnel import TunnelClient
+from outpost.sdk.protocol import StatusFrame, Usage
 
 __all__ = ["SimParams", "SimulatedEngine", "SimulatedRunner", "chat_tokens"]
 
@@ -49,8 +49,10 @@ class SimParams:
     kv_tokens: int = 16384
 
     def describe(self) -> str:
-        return (f"{self.slots} slots, prefill {self.prefill_tps:g} tok/s (one at a time), "
-                f"decode {self.decode_tps:g} tok/s per request, prefix cache {self.kv_tokens} tokens (LRU)")
+        return (
+            f"{self.slots} slots, prefill {self.prefill_tps:g} tok/s (one at a time), "
+            f"decode {self.decode_tps:g} tok/s per request, prefix cache {self.kv_tokens} tokens (LRU)"
+        )
 
 
 def chat_tokens(messages: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -129,8 +131,18 @@ class SimulatedEngine:
                 self._insert(prompt + ("<assistant>", *words))
                 usage = Usage(prompt_tokens=len(prompt), completion_tokens=n_out)
                 if (body.get("stream_options") or {}).get("include_usage"):
-                    await out.data(_sse({"object": "chat.completion.chunk", "choices": [],
-                                         "usage": {**usage.model_dump(), "total_tokens": len(prompt) + n_out}}))
+                    await out.data(
+                        _sse(
+                            {
+                                "object": "chat.completion.chunk",
+                                "choices": [],
+                                "usage": {
+                                    **usage.model_dump(),
+                                    "total_tokens": len(prompt) + n_out,
+                                },
+                            }
+                        )
+                    )
                 await out.data("data: [DONE]\n\n")
                 await out.end(usage)
                 self.completed += 1
@@ -145,17 +157,37 @@ class SimulatedEngine:
             if i:
                 await asyncio.sleep(1 / self.params.decode_tps)
             words.append(f"w{i}")
-            await out.data(_sse({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": created,
-                                 "model": model, "choices": [{"index": 0, "delta": {"content": f"w{i} "},
-                                                              "finish_reason": None}]}))
-        await out.data(_sse({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": created,
-                             "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))
+            await out.data(
+                _sse(
+                    {
+                        "id": "chatcmpl-sim",
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [
+                            {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+                        ],
+                    }
+                )
+            )
+        await out.data(
+            _sse(
+                {
+                    "id": "chatcmpl-sim",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                }
+            )
+        )
         return words
 
     def status(self) -> StatusFrame:
         kv = min(self.cached_tokens / self.params.kv_tokens, 1.0)
-        return StatusFrame(running=self.running, waiting=self.waiting, kv_cache_usage=kv,
-                           completed=self.completed)
+        return StatusFrame(
+            running=self.running, waiting=self.waiting, kv_cache_usage=kv, completed=self.completed
+        )
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -165,8 +197,15 @@ def _sse(obj: dict[str, Any]) -> str:
 class SimulatedRunner:
     """Enrolls, connects through the real tunnel client, and answers with a :class:`SimulatedEngine`."""
 
-    def __init__(self, control_plane: str, token: str, params: SimParams, *, model: str = "sim-chat",
-                 usd_per_hour: float = 1.0) -> None:
+    def __init__(
+        self,
+        control_plane: str,
+        token: str,
+        params: SimParams,
+        *,
+        model: str = "sim-chat",
+        usd_per_hour: float = 1.0,
+    ) -> None:
         self.control_plane, self.token, self.model = control_plane, token, model
         self.engine = SimulatedEngine(params)
         self.usd_per_hour = usd_per_hour
@@ -177,11 +216,18 @@ class SimulatedRunner:
         identity = await enroll(self.control_plane, self.token, http)
         self.runner_id = identity.runner_id
         tunnel = TunnelClient(
-            identity=identity, on_stream=self.engine.handle, status=self.engine.status, connections=1,
+            identity=identity,
+            on_stream=self.engine.handle,
+            status=self.engine.status,
+            connections=1,
             hello_fields=lambda: {
                 "models": [{"name": self.model, "engine": "simulator", "endpoints": ["chat"]}],
-                "capacity": self.engine.params.slots, "labels": {"kind": "simulated"},
-                "cost": {"usd_per_hour": self.usd_per_hour}, "hardware": {}})
+                "capacity": self.engine.params.slots,
+                "labels": {"kind": "simulated"},
+                "cost": {"usd_per_hour": self.usd_per_hour},
+                "hardware": {},
+            },
+        )
         self._task = asyncio.create_task(tunnel.run(), name=f"sim-{self.runner_id}")
 
     async def stop(self) -> None:

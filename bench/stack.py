@@ -50,23 +50,43 @@ def start_engine(kind: str, *, parallel: int = 16, threads: int = 2, log_dir: Pa
     port = free_port()
     log = open(log_dir / f"engine-{kind}.log", "ab")  # noqa: SIM115 - lives as long as the process
     if kind == "llama":
-        from runner.models import embedded_model_path
+        from outpost.runner.models import embedded_model_path
 
         ctx = 512 * parallel
-        argv = [sys.executable, "-m", "runner.engines.xllamacpp_main", "--model", str(embedded_model_path()),
-                "--port", str(port), "--parallel", str(parallel), "--ctx", str(ctx), "--threads", str(threads)]
-        describe = (f"llama.cpp (xllamacpp, `runner.engines.xllamacpp_main`) with the embedded "
-                    f"SmolLM2-135M-Instruct Q4_1, {parallel} slots × {ctx // parallel} context, {threads} threads")
+        argv = [
+            sys.executable,
+            "-m",
+            "outpost.runner.engines.xllamacpp_main",
+            "--model",
+            str(embedded_model_path()),
+            "--port",
+            str(port),
+            "--parallel",
+            str(parallel),
+            "--ctx",
+            str(ctx),
+            "--threads",
+            str(threads),
+        ]
+        describe = (
+            f"llama.cpp (xllamacpp, `runner.engines.xllamacpp_main`) with the embedded "
+            f"SmolLM2-135M-Instruct Q4_1, {parallel} slots × {ctx // parallel} context, {threads} threads"
+        )
         health = "/health"
     else:
         argv = [sys.executable, str(ROOT / "bench" / "sim_engine.py"), "--port", str(port)]
-        describe = "SIMULATED engine (`bench/sim_engine.py`, raw asyncio SSE server; rate set per request)"
+        describe = (
+            "SIMULATED engine (`bench/sim_engine.py`, raw asyncio SSE server; rate set per request)"
+        )
         health = "/health"
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     engine = Engine(kind, port, proc, describe)
     try:
-        wait_until(lambda: _alive(proc) and httpx.get(engine.url + health, timeout=2).status_code == 200, 120,
-                   f"{kind} engine on {engine.url}")
+        wait_until(
+            lambda: _alive(proc) and httpx.get(engine.url + health, timeout=2).status_code == 200,
+            120,
+            f"{kind} engine on {engine.url}",
+        )
     except BaseException:
         engine.stop()
         raise
@@ -97,19 +117,38 @@ class Stack:
         self.cp.stop()
 
 
-def start_stack(engine: Engine | None, *, capacity: int = 64, connections: int = 2,
-                env: dict[str, str] | None = None, tmp: Path | None = None) -> Stack:
+def start_stack(
+    engine: Engine | None,
+    *,
+    capacity: int = 64,
+    connections: int = 2,
+    env: dict[str, str] | None = None,
+    tmp: Path | None = None,
+) -> Stack:
     """A control plane on SQLite (fresh state) and, with ``engine``, one runner attached to it."""
     tmp = tmp or Path(tempfile.mkdtemp(prefix="outpost-bench-"))
     cp_env = {"OUTPOST_LOG_LEVEL": "warning", **(env or {})}
-    cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=cp_env).start()
+    cp = ControlPlaneProcess(
+        tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=cp_env
+    ).start()
     stack = Stack(tmp, cp, "")
     try:
         stack.key = cp.api_key("default", "bench")
         if engine is not None:
-            runner = RunnerProcess(cp, tmp / "runner", "bench-runner", extra_env={"OUTPOST_LOG_LEVEL": "warning"},
-                                   args=["--attach", engine.url, "--parallel", str(capacity),
-                                         "--connections", str(connections)])
+            runner = RunnerProcess(
+                cp,
+                tmp / "runner",
+                "bench-runner",
+                extra_env={"OUTPOST_LOG_LEVEL": "warning"},
+                args=[
+                    "--attach",
+                    engine.url,
+                    "--parallel",
+                    str(capacity),
+                    "--connections",
+                    str(connections),
+                ],
+            )
             stack.runners.append(runner)
             runner.start()
             runner.wait_connected(stack.key)

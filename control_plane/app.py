@@ -9,7 +9,7 @@ from datetime import datetime
 
 from fastapi import FastAPI
 
-from control_plane.api import (
+from outpost.control_plane.api import (
     audit,
     budgets,
     e2e,
@@ -24,30 +24,34 @@ from control_plane.api import (
     tunnel,
     usage,
 )
-from control_plane.api.limits import BodySizeLimit
-from control_plane.audit.checkpoints import Checkpointer
-from control_plane.cluster import Cluster
-from control_plane.console import install_console
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import utcnow
-from control_plane.observability import StateCollector, install_observability
-from control_plane.routing.admission import Admission
-from control_plane.routing.routing import Router, RouterConfig
-from control_plane.services.auth_cache import KeyCache
-from control_plane.services.owner_settings import OwnerSettingsSync
-from control_plane.services.record_writer import RecordWriter
-from control_plane.settings import Settings
-from control_plane.state import AppState
-from control_plane.tunnel.hub import TunnelHub
+from outpost.control_plane.api.limits import BodySizeLimit
+from outpost.control_plane.audit.checkpoints import Checkpointer
+from outpost.control_plane.cluster import Cluster
+from outpost.control_plane.console import install_console
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.observability import StateCollector, install_observability
+from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.routing.routing import Router, RouterConfig
+from outpost.control_plane.services.auth_cache import KeyCache
+from outpost.control_plane.services.owner_settings import OwnerSettingsSync
+from outpost.control_plane.services.record_writer import RecordWriter
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.state import AppState
+from outpost.control_plane.tunnel.hub import TunnelHub
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("outpost")
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True,
-               wall_clock: Callable[[], datetime] = utcnow) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    migrate: bool = True,
+    wall_clock: Callable[[], datetime] = utcnow,
+) -> FastAPI:
     """``wall_clock`` (UTC) decides budget periods and request record times; tests pass their own."""
     settings = settings or Settings()
 
@@ -62,12 +66,21 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         hub = TunnelHub()
         admission = Admission.from_settings(settings, wall_clock=wall_clock)
         hub.listeners.append(admission.runner_changed)
-        records = RecordWriter.from_settings(db, settings, on_committed=admission.budgets.records_committed)
+        records = RecordWriter.from_settings(
+            db, settings, on_committed=admission.budgets.records_committed
+        )
         await records.start()
-        app.state.outpost = AppState(settings=settings, db=db, hub=hub, records=records,
-                                     key_cache=KeyCache.for_database(db, settings),
-                                     router=Router(RouterConfig.from_settings(settings)), admission=admission,
-                                     metrics=metrics, checkpointer=checkpointer)
+        app.state.outpost = AppState(
+            settings=settings,
+            db=db,
+            hub=hub,
+            records=records,
+            key_cache=KeyCache.for_database(db, settings),
+            router=Router(RouterConfig.from_settings(settings)),
+            admission=admission,
+            metrics=metrics,
+            checkpointer=checkpointer,
+        )
         audit_metrics = checkpointer.collector()
         metrics.registry.register(audit_metrics)  # refusals to sign the audit chain
         collector = StateCollector(app.state.outpost)
@@ -75,8 +88,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
         cluster = Cluster.from_settings(settings, hub, admission) if settings.redis_url else None
         if cluster is not None:  # several replicas: relay through Redis, share rate limits
             await cluster.start()
-            app.state.outpost.cluster, app.state.outpost.rate_limiter = cluster, cluster.rate_limiter
-            app.state.outpost.key_cache.share_through(cluster)  # revocations reach every replica at once
+            app.state.outpost.cluster, app.state.outpost.rate_limiter = (
+                cluster,
+                cluster.rate_limiter,
+            )
+            app.state.outpost.key_cache.share_through(
+                cluster
+            )  # revocations reach every replica at once
             # An owner's change to a runner's labels, price or pool, made on another replica.
             cluster.key_listeners.append(OwnerSettingsSync(db, hub).changed_elsewhere)
         try:
@@ -93,8 +111,20 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True,
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)
-    for module in (audit, budgets, e2e, fairness, health, keys, openai, pools, runners, service_fairness, tunnel,
-                   usage):
+    for module in (
+        audit,
+        budgets,
+        e2e,
+        fairness,
+        health,
+        keys,
+        openai,
+        pools,
+        runners,
+        service_fairness,
+        tunnel,
+        usage,
+    ):
         app.include_router(module.router)
     install_console(app, settings)  # the web console at / (after the API, so API paths win)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

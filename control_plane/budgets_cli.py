@@ -13,15 +13,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from control_plane.actions.budgets import put_budget, remove_budget
-from control_plane.audit import operator_actor
-from control_plane.cli_db import run_with_db, tenant_id_named
-from control_plane.db.engine import Database
-from control_plane.services.budgets import BudgetGuard
+from outpost.control_plane.actions.budgets import put_budget, remove_budget
+from outpost.control_plane.audit import operator_actor
+from outpost.control_plane.cli_db import run_with_db, tenant_id_named
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.services.budgets import BudgetGuard
 
 __all__ = ["budgets_app"]
 
-budgets_app = typer.Typer(help="Budgets: spending caps per tenant or API key (docs/cost.md).", no_args_is_help=True)
+budgets_app = typer.Typer(
+    help="Budgets: spending caps per tenant or API key (docs/cost.md).", no_args_is_help=True
+)
 err = Console(stderr=True)
 
 
@@ -43,20 +45,37 @@ async def _tenant_id(db: Database, name: str) -> str:
 def set_(
     amount: Annotated[float, typer.Option(min=0, help="Dollars per period.")],
     tenant: TenantOpt = "default",
-    key: Annotated[str | None, typer.Option(help="API key id (key_...); omit for the whole tenant.")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="API key id (key_...); omit for the whole tenant.")
+    ] = None,
     period: Annotated[Period, typer.Option(help="Calendar period, UTC.")] = Period.month,
-    soft: Annotated[float, typer.Option(min=0.01, max=1.0, help="Warn from this fraction of the amount.")] = 0.8,
+    soft: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Warn from this fraction of the amount.")
+    ] = 0.8,
 ) -> None:
     """Create or replace the budget of a tenant (or one of its keys) for a period."""
 
     async def go(db: Database) -> dict:
         async with db.session() as session:
-            row, created = await put_budget(session, await tenant_id_named(session, tenant), actor=operator_actor(),
-                                            api_key_id=key, period=period.value, amount_usd=amount,
-                                            soft_threshold=soft)
+            row, created = await put_budget(
+                session,
+                await tenant_id_named(session, tenant),
+                actor=operator_actor(),
+                api_key_id=key,
+                period=period.value,
+                amount_usd=amount,
+                soft_threshold=soft,
+            )
             await session.commit()
-        return {"id": row.id, "created": created, "tenant": tenant, "api_key_id": key, "period": period.value,
-                "amount_usd": amount, "soft_threshold": soft}
+        return {
+            "id": row.id,
+            "created": created,
+            "tenant": tenant,
+            "api_key_id": key,
+            "period": period.value,
+            "amount_usd": amount,
+            "soft_threshold": soft,
+        }
 
     print(json.dumps(run_with_db(go)))
 
@@ -67,22 +86,37 @@ def list_(tenant: TenantOpt = "default") -> None:
 
     async def go(db: Database) -> list[dict]:
         verdict = await BudgetGuard(cache_s=0).report(db, await _tenant_id(db, tenant))
-        return [{"id": s.budget_id, "scope": s.scope, "api_key_id": s.api_key_id, "period": s.period,
-                 "amount_usd": s.amount_usd, "soft_threshold": s.soft_threshold, "spent_usd": round(s.spent_usd, 6),
-                 "state": s.state.value, "resets_at": s.period_end.isoformat()} for s in verdict.statuses]
+        return [
+            {
+                "id": s.budget_id,
+                "scope": s.scope,
+                "api_key_id": s.api_key_id,
+                "period": s.period,
+                "amount_usd": s.amount_usd,
+                "soft_threshold": s.soft_threshold,
+                "spent_usd": round(s.spent_usd, 6),
+                "state": s.state.value,
+                "resets_at": s.period_end.isoformat(),
+            }
+            for s in verdict.statuses
+        ]
 
     for row in run_with_db(go):
         print(json.dumps(row))
 
 
 @budgets_app.command("delete")
-def delete(budget_id: Annotated[str, typer.Argument(help="Budget id (bud_...).")],
-           tenant: TenantOpt = "default") -> None:
+def delete(
+    budget_id: Annotated[str, typer.Argument(help="Budget id (bud_...).")],
+    tenant: TenantOpt = "default",
+) -> None:
     """Delete a budget."""
 
     async def go(db: Database) -> None:
         async with db.session() as session:
-            await remove_budget(session, await tenant_id_named(session, tenant), budget_id, actor=operator_actor())
+            await remove_budget(
+                session, await tenant_id_named(session, tenant), budget_id, actor=operator_actor()
+            )
             await session.commit()
 
     run_with_db(go)

@@ -16,32 +16,34 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
-from control_plane.actions import keys as key_actions
-from control_plane.actions import runners as runner_actions
-from control_plane.actions.tenants import parse_residency
-from control_plane.admin import issue_api_key, issue_enrollment_token, update_tenant
-from control_plane.app import create_app
-from control_plane.audit import operator_actor
-from control_plane.audit.cli import audit_app
-from control_plane.budgets_cli import budgets_app
-from control_plane.cli_db import run_with_db, run_with_settings, tenant_id_named
-from control_plane.console.cli import users_app
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.fairness.cli import fairness_app
-from control_plane.pools_cli import pools_app, runners_set
-from control_plane.routing.routing import POLICIES
-from control_plane.settings import Settings
-from control_plane.store.keys import list_api_keys
-from control_plane.store.runners import list_runners
-from control_plane.tls import token_with_pin, uvicorn_ssl_kwargs
-from sdk.logfmt import configure_logging
-from sdk.protocol import MAX_FRAME_BYTES
+from outpost.control_plane.actions import keys as key_actions
+from outpost.control_plane.actions import runners as runner_actions
+from outpost.control_plane.actions.tenants import parse_residency
+from outpost.control_plane.admin import issue_api_key, issue_enrollment_token, update_tenant
+from outpost.control_plane.app import create_app
+from outpost.control_plane.audit import operator_actor
+from outpost.control_plane.audit.cli import audit_app
+from outpost.control_plane.budgets_cli import budgets_app
+from outpost.control_plane.cli_db import run_with_db, run_with_settings, tenant_id_named
+from outpost.control_plane.console.cli import users_app
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.fairness.cli import fairness_app
+from outpost.control_plane.pools_cli import pools_app, runners_set
+from outpost.control_plane.routing.routing import POLICIES
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.store.keys import list_api_keys
+from outpost.control_plane.store.runners import list_runners
+from outpost.control_plane.tls import token_with_pin, uvicorn_ssl_kwargs
+from outpost.sdk.logfmt import configure_logging
+from outpost.sdk.protocol import MAX_FRAME_BYTES
 
 app = typer.Typer(help="Outpost control plane.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 runners_app = typer.Typer(help="Runners.", no_args_is_help=True)
-tenants_app = typer.Typer(help="Tenants: routing policy, residency, fair-share weight.", no_args_is_help=True)
+tenants_app = typer.Typer(
+    help="Tenants: routing policy, residency, fair-share weight.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(runners_app, name="runners")
 app.add_typer(tenants_app, name="tenants")
@@ -54,7 +56,9 @@ runners_app.command("set")(runners_set)
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]
-RoutingPolicyOpt = enum.Enum("RoutingPolicyOpt", {p: p for p in POLICIES}, type=str)  # typer needs an Enum
+RoutingPolicyOpt = enum.Enum(
+    "RoutingPolicyOpt", {p: p for p in POLICIES}, type=str
+)  # typer needs an Enum
 
 
 def _settings(**overrides: object) -> Settings:
@@ -63,11 +67,19 @@ def _settings(**overrides: object) -> Settings:
 
 def _uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
         # The tunnel contract: bounded frames, no compression, explicit keepalive.
-        ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
-        ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s,
-        timeout_graceful_shutdown=30, server_header=False, **uvicorn_ssl_kwargs(settings),  # type: ignore[arg-type]
+        ws_max_size=MAX_FRAME_BYTES + 1024,
+        ws_per_message_deflate=False,
+        ws_max_queue=64,
+        ws_ping_interval=settings.tunnel_ping_interval_s,
+        ws_ping_timeout=settings.tunnel_ping_timeout_s,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+        **uvicorn_ssl_kwargs(settings),  # type: ignore[arg-type]
         # JSON logs: uvicorn's loggers propagate to our one handler (sdk/logfmt.py), so its access
         # lines carry the request id too; text keeps uvicorn's own format.
         **({"log_config": None} if settings.log_format == "json" else {}),
@@ -95,18 +107,24 @@ def migrate() -> None:
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")],
-                tenant: Tenant = "default",
-                admin: Annotated[bool, typer.Option(help="Also allow admin actions (runners, keys).")] = False,
-                rate_limit_rpm: Annotated[int | None, typer.Option(
-                    min=1, help="Requests per minute (token bucket; 429 beyond).")] = None,
-                routing_policy: Annotated[RoutingPolicyOpt | None, typer.Option(
-                    help="Overrides the tenant's routing policy.")] = None,
-                ) -> None:
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A label for the key.")],
+    tenant: Tenant = "default",
+    admin: Annotated[bool, typer.Option(help="Also allow admin actions (runners, keys).")] = False,
+    rate_limit_rpm: Annotated[
+        int | None, typer.Option(min=1, help="Requests per minute (token bucket; 429 beyond).")
+    ] = None,
+    routing_policy: Annotated[
+        RoutingPolicyOpt | None, typer.Option(help="Overrides the tenant's routing policy.")
+    ] = None,
+) -> None:
     """Create an API key; the secret is printed once, on stdout."""
     policy = routing_policy.value if routing_policy else None
-    key_id, secret = run_with_db(lambda db: issue_api_key(
-        db, tenant, name, admin, rate_limit_rpm=rate_limit_rpm, routing_policy=policy))
+    key_id, secret = run_with_db(
+        lambda db: issue_api_key(
+            db, tenant, name, admin, rate_limit_rpm=rate_limit_rpm, routing_policy=policy
+        )
+    )
     console.print(f"created API key [bold]{key_id}[/] for tenant {tenant!r}; store the secret now:")
     print(secret)
 
@@ -114,10 +132,16 @@ def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")
 @tenants_app.command("set")
 def tenants_set(
     name: Annotated[str, typer.Argument(help="Tenant name (created if missing).")],
-    residency: Annotated[str | None, typer.Option(
-        help='Runner labels allowed, e.g. \'{"region": ["eu"]}\'; \'{}\' clears.')] = None,
-    routing_policy: Annotated[RoutingPolicyOpt | None, typer.Option(help="Default routing policy.")] = None,
-    weight: Annotated[float | None, typer.Option(min=0.001, help="Fair-share weight in the scheduler.")] = None,
+    residency: Annotated[
+        str | None,
+        typer.Option(help="Runner labels allowed, e.g. '{\"region\": [\"eu\"]}'; '{}' clears."),
+    ] = None,
+    routing_policy: Annotated[
+        RoutingPolicyOpt | None, typer.Option(help="Default routing policy.")
+    ] = None,
+    weight: Annotated[
+        float | None, typer.Option(min=0.001, help="Fair-share weight in the scheduler.")
+    ] = None,
 ) -> None:
     """Change a tenant's routing policy, residency rules or weight; prints the result as JSON."""
     policy = routing_policy.value if routing_policy else None
@@ -132,23 +156,39 @@ def tenants_set(
 
 
 @runners_app.command("enroll")
-def runners_enroll(name: Annotated[str, typer.Argument(help="Runner name.")], tenant: Tenant = "default",
-                   pool: Annotated[str | None, typer.Option(help="Pool of the tenant the runner joins "
-                                                                 "(created if missing; default: 'default').")] = None,
-                   labels: Annotated[str | None, typer.Option(help='Residency labels routing obeys, e.g. '
-                                                                   '\'{"site": "lab-1"}\'.')] = None) -> None:
+def runners_enroll(
+    name: Annotated[str, typer.Argument(help="Runner name.")],
+    tenant: Tenant = "default",
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Pool of the tenant the runner joins (created if missing; default: 'default')."
+        ),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help='Residency labels routing obeys, e.g. \'{"site": "lab-1"}\'.')
+    ] = None,
+) -> None:
     """Create a one-time enrollment token for a runner; printed once, on stdout."""
     try:
         parsed = json.loads(labels) if labels is not None else None
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"--labels is not JSON: {exc}") from None
-    if parsed is not None and (not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values())):
+    if parsed is not None and (
+        not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values())
+    ):
         raise typer.BadParameter("--labels must be an object of strings")
     settings = Settings()
-    token = run_with_db(lambda db: issue_enrollment_token(
-        db, tenant, name, settings.enrollment_token_ttl_s, pool=pool, labels=parsed), settings)
-    console.print(f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
-                  "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:")
+    token = run_with_db(
+        lambda db: issue_enrollment_token(
+            db, tenant, name, settings.enrollment_token_ttl_s, pool=pool, labels=parsed
+        ),
+        settings,
+    )
+    console.print(
+        f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
+        "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:"
+    )
     print(token_with_pin(token, settings))
 
 
@@ -157,32 +197,49 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.
 
 def _emit(rows: list[dict], as_json: bool, columns: tuple[str, ...]) -> None:
     for row in rows:
-        print(json.dumps(row, sort_keys=True, default=str) if as_json
-              else "  ".join(f"{c}={row[c]}" if c != columns[0] else str(row[c]) for c in columns))
+        print(
+            json.dumps(row, sort_keys=True, default=str)
+            if as_json
+            else "  ".join(f"{c}={row[c]}" if c != columns[0] else str(row[c]) for c in columns)
+        )
 
 
 @keys_app.command("list")
-def keys_list(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default", as_json: JsonOpt = False) -> None:
+def keys_list(
+    tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default", as_json: JsonOpt = False
+) -> None:
     """The tenant's API keys (never their secrets)."""
 
     async def go(db: Database) -> list[dict]:
         async with db.session() as session:
             rows = await list_api_keys(session, await tenant_id_named(session, tenant))
-        return [{"id": r.id, "name": r.name, "prefix": r.prefix, "scopes": r.scopes,
-                 "expires_at": r.expires_at, "revoked_at": r.revoked_at} for r in rows]
+        return [
+            {
+                "id": r.id,
+                "name": r.name,
+                "prefix": r.prefix,
+                "scopes": r.scopes,
+                "expires_at": r.expires_at,
+                "revoked_at": r.revoked_at,
+            }
+            for r in rows
+        ]
 
     _emit(run_with_db(go), as_json, ("id", "name", "scopes", "revoked_at"))
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="API key id (key_...).")],
-                tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default") -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="API key id (key_...).")],
+    tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default",
+) -> None:
     """Revoke an API key; a running server refuses it within OUTPOST_AUTH_CACHE_TTL_S (its auth cache)."""
 
     async def go(db: Database) -> str:
         async with db.session() as session:
-            key = await key_actions.revoke_key(session, await tenant_id_named(session, tenant), key_id,
-                                               actor=operator_actor())
+            key = await key_actions.revoke_key(
+                session, await tenant_id_named(session, tenant), key_id, actor=operator_actor()
+            )
             await session.commit()
             return key.name
 
@@ -191,15 +248,24 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="API key id (key_...)
 
 
 @runners_app.command("list")
-def runners_list(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default",
-                 as_json: JsonOpt = False) -> None:
+def runners_list(
+    tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default", as_json: JsonOpt = False
+) -> None:
     """The tenant's runners as the database knows them (live state: the console or GET /api/runners)."""
 
     async def go(db: Database) -> list[dict]:
         async with db.session() as session:
             rows = await list_runners(session, await tenant_id_named(session, tenant))
-        return [{"id": r.id, "name": r.name, "pool_id": r.pool_id, "labels": r.labels,
-                 "revoked_at": r.revoked_at} for r in rows]
+        return [
+            {
+                "id": r.id,
+                "name": r.name,
+                "pool_id": r.pool_id,
+                "labels": r.labels,
+                "revoked_at": r.revoked_at,
+            }
+            for r in rows
+        ]
 
     _emit(run_with_db(go), as_json, ("id", "name", "pool_id", "revoked_at"))
 
@@ -244,7 +310,7 @@ def up(
     env = {**os.environ}
     if token:
         env["OUTPOST_ENROLLMENT_TOKEN"] = token_with_pin(token, settings)
-    from sdk.process import parent_death_signal
+    from outpost.sdk.process import parent_death_signal
 
     # uvicorn shuts down on SIGTERM, then raises the signal again under the handler that was in
     # place before it ran. Python's default SIGTERM action would end this process there and then,
@@ -254,11 +320,23 @@ def up(
     # SIGTERM, and the runner's own engine dies with it the same way (runner/engine_process.py).
     # The preexec_fn only calls prctl and getppid: nothing in the child that could wait on a lock.
     runner_proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "local-runner", "--control-plane", settings.public_url,
-         "--state-dir", str(runner_state)], env=env,
-        preexec_fn=parent_death_signal(signal.SIGTERM))  # noqa: PLW1509
+        [
+            sys.executable,
+            "-m",
+            "outpost.runner.cli",
+            "local-runner",
+            "--control-plane",
+            settings.public_url,
+            "--state-dir",
+            str(runner_state),
+        ],
+        env=env,
+        preexec_fn=parent_death_signal(signal.SIGTERM),
+    )  # noqa: PLW1509
     try:
-        console.print(Panel.fit(_instructions(settings.public_url, api_key), title="Outpost is starting"))
+        console.print(
+            Panel.fit(_instructions(settings.public_url, api_key), title="Outpost is starting")
+        )
         server.run()
     finally:
         _stop_runner(runner_proc)
@@ -283,8 +361,12 @@ def _instructions(url: str, key: str) -> str:
         f"Base URL:  {url}/v1\nAPI key:   {key}\nModel:     smollm2-135m-instruct\n\n"
         f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\\n"
         "  -H 'Content-Type: application/json' \\\n"
-        "  -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n\n"
-        "python -c \"from openai import OpenAI; c = OpenAI(base_url='" + url + "/v1', api_key='" + key + "');\n"
+        '  -d \'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}\'\n\n'
+        "python -c \"from openai import OpenAI; c = OpenAI(base_url='"
+        + url
+        + "/v1', api_key='"
+        + key
+        + "');\n"
         "print(c.chat.completions.create(model='smollm2-135m-instruct',\n"
         "      messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)\"\n\n"
         "The runner loads the model in a few seconds; Ctrl-C stops both."

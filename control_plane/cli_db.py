@@ -18,11 +18,11 @@ import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.domain_errors import DomainError, Invalid, NotFound
-from control_plane.settings import Settings
-from control_plane.store.tenants import get_tenant_by_name
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.domain_errors import DomainError, Invalid, NotFound
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.store.tenants import get_tenant_by_name
 
 __all__ = ["INVALID", "REFUSED", "exit_code", "run_with_db", "run_with_settings", "tenant_id_named"]
 
@@ -39,7 +39,9 @@ def exit_code(exc: DomainError) -> int:
     return INVALID if isinstance(exc, Invalid) else REFUSED
 
 
-def run_with_settings(fn: Callable[[Database, Settings], Awaitable[T]], settings: Settings | None = None) -> T:
+def run_with_settings(
+    fn: Callable[[Database, Settings], Awaitable[T]], settings: Settings | None = None
+) -> T:
     """Migrate to head, then run ``fn(db, settings)`` on a fresh event loop; refusals exit non-zero."""
     settings = settings or Settings()
     upgrade_to_head(settings.database_url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 # The envelope is the shared contract's (sdk/errors.py); re-exported for the routes.
-from sdk.errors import error_body, error_json
+from outpost.sdk.errors import error_body, error_json
 
 __all__ = ["ApiError", "error_body", "sse_error_event"]
 
@@ -39,8 +39,13 @@ class ApiError(Exception):
     # Common cases, so routes read as intent.
     @classmethod
     def unauthorized(cls, message: str = "Invalid API key.") -> ApiError:
-        return cls(401, message, type="invalid_request_error", code="invalid_api_key",
-                   headers={"WWW-Authenticate": "Bearer"})
+        return cls(
+            401,
+            message,
+            type="invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     @classmethod
     def forbidden(cls, message: str) -> ApiError:
@@ -52,7 +57,9 @@ class ApiError(Exception):
 
     @classmethod
     def unavailable(cls, message: str, code: str = "no_runner_available") -> ApiError:
-        return cls(503, message, type="service_unavailable", code=code, headers={"Retry-After": "1"})
+        return cls(
+            503, message, type="service_unavailable", code=code, headers={"Retry-After": "1"}
+        )
 
 
 def sse_error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:

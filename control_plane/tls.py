@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
-from control_plane.settings import Settings
-from sdk.pins import spki_pin_of_pem
+from outpost.control_plane.settings import Settings
+from outpost.sdk.pins import spki_pin_of_pem
 
 __all__ = ["certificate_pin", "token_with_pin", "uvicorn_ssl_kwargs"]
 
@@ -15,8 +15,10 @@ _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": 
 def uvicorn_ssl_kwargs(settings: Settings) -> dict[str, object]:
     if settings.tls_certfile is None:
         return {}
-    kwargs: dict[str, object] = {"ssl_certfile": str(settings.tls_certfile),
-                                 "ssl_cert_reqs": _CERT_REQS[settings.tls_client_auth]}
+    kwargs: dict[str, object] = {
+        "ssl_certfile": str(settings.tls_certfile),
+        "ssl_cert_reqs": _CERT_REQS[settings.tls_client_auth],
+    }
     if settings.tls_keyfile is not None:
         kwargs["ssl_keyfile"] = str(settings.tls_keyfile)
     if settings.tls_client_ca is not None:

@@ -11,23 +11,29 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from runner.e2e import RunnerE2E
-from runner.engine_client import AiohttpEngineClient
-from runner.engine_process import EngineRegistry
-from runner.engines.base import EngineAdapter
-from runner.fleet import EngineFleet
-from runner.identity import EnrollmentError, RunnerIdentity, enroll, load_identity, split_token
-from runner.relay import relay
-from runner.settings import RunnerSettings
-from runner.streams import OutboundStream
-from runner.supervisor import HealthCheck
-from runner.tls import ControlPlaneTransport, TrustFailure, pinned_context
-from runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
-from sdk.e2e import Kem
-from sdk.errors import error_json
-from sdk.hardware import HardwareReport
-from sdk.pricing import CostModel
-from sdk.protocol import StatusFrame
+from outpost.runner.e2e import RunnerE2E
+from outpost.runner.engine_client import AiohttpEngineClient
+from outpost.runner.engine_process import EngineRegistry
+from outpost.runner.engines.base import EngineAdapter
+from outpost.runner.fleet import EngineFleet
+from outpost.runner.identity import (
+    EnrollmentError,
+    RunnerIdentity,
+    enroll,
+    load_identity,
+    split_token,
+)
+from outpost.runner.relay import relay
+from outpost.runner.settings import RunnerSettings
+from outpost.runner.streams import OutboundStream
+from outpost.runner.supervisor import HealthCheck
+from outpost.runner.tls import ControlPlaneTransport, TrustFailure, pinned_context
+from outpost.runner.tunnel import StreamObserver, TunnelClient, TunnelTerminated
+from outpost.sdk.e2e import Kem
+from outpost.sdk.errors import error_json
+from outpost.sdk.hardware import HardwareReport
+from outpost.sdk.pricing import CostModel
+from outpost.sdk.protocol import StatusFrame
 
 __all__ = ["Agent", "AgentConfig"]
 
@@ -53,18 +59,25 @@ class Agent:
         # the leaner engine client (docs/performance.md, "the runner's engine hop").
         # Not the control plane's: proxies from the environment are for that one (runner/tls.py), and
         # an engine on loopback must not be sent through a corporate proxy.
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-                                      trust_env=False)
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64), trust_env=False
+        )
         self.engine_client = AiohttpEngineClient(limit=512)
         # Engines left by a previous run were stopped before planning (runner/launch.py).
         self.engine_registry = EngineRegistry(self.settings.state_dir / "engines")
-        self.fleet = EngineFleet(config.adapters, log_dir=self.settings.state_dir / "logs", http=self.http,
-                                 headers=[config.engine_headers] * len(config.adapters),
-                                 health_timeout_s=self.settings.health_timeout_s,
-                                 health_check=HealthCheck(self.settings.health_check_interval_s,
-                                                          self.settings.health_check_timeout_s,
-                                                          self.settings.health_check_failures),
-                                 registry=self.engine_registry)
+        self.fleet = EngineFleet(
+            config.adapters,
+            log_dir=self.settings.state_dir / "logs",
+            http=self.http,
+            headers=[config.engine_headers] * len(config.adapters),
+            health_timeout_s=self.settings.health_timeout_s,
+            health_check=HealthCheck(
+                self.settings.health_check_interval_s,
+                self.settings.health_check_timeout_s,
+                self.settings.health_check_failures,
+            ),
+            registry=self.engine_registry,
+        )
         self.tunnel: TunnelClient | None = None
         #: The control plane's own client: its CA, client certificate, pins and proxy (runner/tls.py).
         self.cp_http: httpx.AsyncClient | None = None
@@ -99,15 +112,19 @@ class Agent:
     async def _identity(self) -> RunnerIdentity:
         s = self.settings
         identity = load_identity(s.state_dir)
-        if identity is not None and identity.control_plane.rstrip("/") == s.control_plane.rstrip("/"):
+        if identity is not None and identity.control_plane.rstrip("/") == s.control_plane.rstrip(
+            "/"
+        ):
             self._connect_with(identity.pins)
             return identity
         token = s.enrollment_token.get_secret_value() if s.enrollment_token else None
         if token is None and s.token_file is not None:
             token = s.token_file.read_text().strip()
         if not token:
-            raise EnrollmentError("this runner is not enrolled: set OUTPOST_ENROLLMENT_TOKEN or pass "
-                                  "--token-file (create one with `control-plane runners enroll NAME`)")
+            raise EnrollmentError(
+                "this runner is not enrolled: set OUTPOST_ENROLLMENT_TOKEN or pass "
+                "--token-file (create one with `control-plane runners enroll NAME`)"
+            )
         _, token_pin = split_token(token)
         pins = (token_pin,) if token_pin else ()
         assert self.cp_http is None
@@ -125,7 +142,10 @@ class Agent:
         try:
             ctx = pinned_context(s.ca_bundle, s.client_cert, s.client_key, pins)
             proxy = ControlPlaneTransport.proxy_setting(s.proxy, auth)
-        except (ValueError, OSError) as exc:  # an unreadable CA bundle or key, a malformed proxy URL
+        except (
+            ValueError,
+            OSError,
+        ) as exc:  # an unreadable CA bundle or key, a malformed proxy URL
             raise TrustFailure(f"cannot set up TLS or the proxy: {exc}") from None
         self.transport = ControlPlaneTransport(ssl=ctx, proxy=proxy)
         self.cp_http = httpx.AsyncClient(**self.transport.httpx_kwargs())  # type: ignore[arg-type]
@@ -138,15 +158,20 @@ class Agent:
         self.e2e = RunnerE2E.load(s.state_dir, identity, kem=Kem(s.e2e_kem), pad_to=s.e2e_pad_to)
         assert self.cp_http is not None
         self._e2e_publish = asyncio.create_task(self.e2e.publish(self.cp_http), name="e2e-key")
-        self.console.print(f"identity fingerprint (pin this for end-to-end mode): {self.e2e.fingerprint}")
+        self.console.print(
+            f"identity fingerprint (pin this for end-to-end mode): {self.e2e.fingerprint}"
+        )
 
     async def _start_engine(self) -> None:
         names = ", ".join(e.adapter.name for e in self.fleet.engines)
         with self.console.status(f"starting {names}…") as status:
             await self.fleet.start(progress=lambda msg: status.update(msg))
         for e in self.fleet.engines:
-            self.console.print(f"[green]engine {e.adapter.name} ready[/] for {e.label} at "
-                               f"{e.supervisor.base_url}", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[green]engine {e.adapter.name} ready[/] for {e.label} at {e.supervisor.base_url}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def _make_tunnel(self, identity: RunnerIdentity) -> TunnelClient:
         s = self.settings
@@ -158,40 +183,72 @@ class Agent:
                 await _refuse(out, engine is None)
                 return
             engine.streams += 1
-            await relay(out, engine.endpoint(), self.engine_client, sealed=self.e2e.relay if self.e2e else None)
+            await relay(
+                out,
+                engine.endpoint(),
+                self.engine_client,
+                sealed=self.e2e.relay if self.e2e else None,
+            )
 
         def hello_fields() -> dict[str, Any]:
             adapters = [e.adapter for e in fleet.engines]
             return {
-                "models": [{"name": m.name, "engine": m.engine, "context_length": m.context_length,
-                            "quantization": m.quantization, "aliases": list(m.aliases),
-                            "endpoints": list(m.endpoints)} for a in adapters for m in a.models],
+                "models": [
+                    {
+                        "name": m.name,
+                        "engine": m.engine,
+                        "context_length": m.context_length,
+                        "quantization": m.quantization,
+                        "aliases": list(m.aliases),
+                        "endpoints": list(m.endpoints),
+                    }
+                    for a in adapters
+                    for m in a.models
+                ],
                 # One runner-wide admission count: the engines' slots together, less
                 # their fair headroom (sent in status frames to a control plane that knows it).
-                "capacity": sum(a.capacity - a.headroom for a in adapters), "hardware": self.config.hardware,
-                "labels": s.labels, "cost": self.config.cost,
+                "capacity": sum(a.capacity - a.headroom for a in adapters),
+                "hardware": self.config.hardware,
+                "labels": s.labels,
+                "cost": self.config.cost,
             }
 
         def status() -> StatusFrame:
             running = self.tunnel.active_streams if self.tunnel else 0
             load = fleet.load
-            return StatusFrame(running=max(running, load.running), waiting=load.waiting,
-                               kv_cache_usage=load.kv_cache_usage, healthy=fleet.healthy,
-                               unavailable_models=fleet.unavailable_models(),
-                               headroom=sum(e.adapter.headroom for e in fleet.engines),
-                               engines=fleet.slots(),
-                               completed=self.tunnel.completed if self.tunnel else 0)
+            return StatusFrame(
+                running=max(running, load.running),
+                waiting=load.waiting,
+                kv_cache_usage=load.kv_cache_usage,
+                healthy=fleet.healthy,
+                unavailable_models=fleet.unavailable_models(),
+                headroom=sum(e.adapter.headroom for e in fleet.engines),
+                engines=fleet.slots(),
+                completed=self.tunnel.completed if self.tunnel else 0,
+            )
 
-        return TunnelClient(identity=identity, hello_fields=hello_fields, on_stream=on_stream, status=status,
-                            connections=s.connections, ping_interval_s=s.ping_interval_s,
-                            ping_timeout_s=s.ping_timeout_s, observer=self.observer, transport=self.transport)
+        return TunnelClient(
+            identity=identity,
+            hello_fields=hello_fields,
+            on_stream=on_stream,
+            status=status,
+            connections=s.connections,
+            ping_interval_s=s.ping_interval_s,
+            ping_timeout_s=s.ping_timeout_s,
+            observer=self.observer,
+            transport=self.transport,
+        )
 
     async def _serve(self, tunnel: TunnelClient) -> int:
-        tasks = [asyncio.create_task(tunnel.run(), name="tunnel"),
-                 asyncio.create_task(self.fleet.watch(), name="supervisor"),
-                 asyncio.create_task(self._poll_metrics(), name="metrics")]
+        tasks = [
+            asyncio.create_task(tunnel.run(), name="tunnel"),
+            asyncio.create_task(self.fleet.watch(), name="supervisor"),
+            asyncio.create_task(self._poll_metrics(), name="metrics"),
+        ]
         stop = asyncio.create_task(self._stop.wait(), name="stop")
-        self.console.print(f"[green]serving[/] through {tunnel.url} ({self.settings.connections} connections)")
+        self.console.print(
+            f"[green]serving[/] through {tunnel.url} ({self.settings.connections} connections)"
+        )
         done, _ = await asyncio.wait([stop, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
         code = 0
         if tasks[0] in done and tasks[0].exception() is not None:
@@ -221,8 +278,11 @@ async def _refuse(out: OutboundStream, unknown: bool) -> None:
     model = out.request.model
     if unknown:
         await out.start(404, "application/json")
-        await out.data(error_json(f"this runner does not serve {model!r}", "invalid_request_error",
-                                  "model_not_found"))
+        await out.data(
+            error_json(
+                f"this runner does not serve {model!r}", "invalid_request_error", "model_not_found"
+            )
+        )
         await out.end()
         return
     # A 5xx start with an error end and no data: the control plane fails it over.

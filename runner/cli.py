@@ -18,42 +18,61 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from runner.settings import SECRET_FLAGS, RunnerSettings
-from sdk.logfmt import configure_logging
+from outpost.runner.settings import SECRET_FLAGS, RunnerSettings
+from outpost.sdk.logfmt import configure_logging
 
 if TYPE_CHECKING:
-    from runner.agent import Agent
+    from outpost.runner.agent import Agent
 
-app = typer.Typer(help="Outpost runner: serve local models through the control plane.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Outpost runner: serve local models through the control plane.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console(stderr=True)
 
 
-@app.command("local-runner", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False)
+@app.command(
+    "local-runner",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
 def local_runner(ctx: typer.Context) -> None:
     """Detect hardware, start the right engine, and serve it through the tunnel (see --help)."""
     args = list(ctx.args)
     for flag in SECRET_FLAGS:
         if any(a == flag or a.startswith(flag + "=") for a in args):
-            console.print(f"[red]{flag} is not accepted on the command line[/] (it would show in process "
-                          f"lists); set OUTPOST_{flag[2:].upper().replace('-', '_')} instead.")
+            console.print(
+                f"[red]{flag} is not accepted on the command line[/] (it would show in process "
+                f"lists); set OUTPOST_{flag[2:].upper().replace('-', '_')} instead."
+            )
             raise typer.Exit(2)
     try:
-        settings = RunnerSettings(_cli_parse_args=args, _cli_kebab_case=True,
-                                  _cli_prog_name="runner local-runner", _cli_exit_on_error=True)
+        settings = RunnerSettings(
+            _cli_parse_args=args,
+            _cli_kebab_case=True,
+            _cli_prog_name="runner local-runner",
+            _cli_exit_on_error=True,
+        )
     except ValidationError as exc:
         for err in exc.errors():
             flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
-            console.print(f"[red]{flag}:[/] {err['msg'].removeprefix('Value error, ')}", highlight=False)
+            console.print(
+                f"[red]{flag}:[/] {err['msg'].removeprefix('Value error, ')}", highlight=False
+            )
         raise typer.Exit(2) from None
     configure_logging(settings.log_format, logging.INFO, process="runner")
-    from runner.launch import build_agent  # heavy imports only for this command
-    from runner.observability import ConsoleToLog
+    from outpost.runner.launch import build_agent  # heavy imports only for this command
+    from outpost.runner.observability import ConsoleToLog
 
     # JSON logs: the progress lines for people become log records too, one object per line.
-    out = console if settings.log_format == "text" else Console(
-        file=ConsoleToLog(logging.getLogger("outpost.runner")), no_color=True, width=240)
+    out = (
+        console
+        if settings.log_format == "text"
+        else Console(
+            file=ConsoleToLog(logging.getLogger("outpost.runner")), no_color=True, width=240
+        )
+    )
 
     try:
         agent = build_agent(settings, out)
@@ -90,7 +109,7 @@ async def _run(agent: Agent, settings: RunnerSettings) -> int:
     """The agent's lifecycle, with the opt-in metrics listener around it."""
     if settings.metrics_port is None:
         return await agent.run()
-    from runner.observability import MetricsServer, RunnerMetrics
+    from outpost.runner.observability import MetricsServer, RunnerMetrics
 
     metrics = RunnerMetrics(agent)
     agent.observer = metrics.observe_stream
@@ -98,7 +117,9 @@ async def _run(agent: Agent, settings: RunnerSettings) -> int:
     try:
         await server.start()
     except OSError as exc:  # the port is taken, or the address is not this machine's
-        console.print(f"[red]cannot start:[/] --metrics-port {settings.metrics_port}: {exc}", highlight=False)
+        console.print(
+            f"[red]cannot start:[/] --metrics-port {settings.metrics_port}: {exc}", highlight=False
+        )
         return 2
     try:
         return await agent.run()
@@ -107,37 +128,45 @@ async def _run(agent: Agent, settings: RunnerSettings) -> int:
 
 
 @app.command()
-def detect(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def detect(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Show the CPUs, memory and GPUs this runner sees."""
-    from runner.inspect_cli import detect_command
+    from outpost.runner.inspect_cli import detect_command
 
     raise typer.Exit(detect_command(as_json))
 
 
 @app.command()
 def plan(
-    model: Annotated[list[str] | None, typer.Option(
-        help="Model path (GGUF or HF dir) or id, or NAME=PATH_OR_ID; repeat to plan several together.")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Model path (GGUF or HF dir) or id, or NAME=PATH_OR_ID; repeat to plan several together."
+        ),
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="Force an engine.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Explain which engine and settings local-runner would use, and why."""
-    from runner.inspect_cli import plan_command
+    from outpost.runner.inspect_cli import plan_command
 
     raise typer.Exit(plan_command(model or None, engine, as_json))
 
 
 @app.command()
 def keys(
-    state_dir: Annotated[Path | None, typer.Option(help="State directory (default: as local-runner).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State directory (default: as local-runner).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the identity fingerprint that end-to-end clients pin, and the e2e key."""
     import json
 
-    from runner.e2e import describe_keys
-    from runner.identity import EnrollmentError
-    from runner.settings import default_runner_state_dir
+    from outpost.runner.e2e import describe_keys
+    from outpost.runner.identity import EnrollmentError
+    from outpost.runner.settings import default_runner_state_dir
 
     try:
         info = describe_keys(state_dir or default_runner_state_dir())

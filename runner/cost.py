@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.settings import RunnerSettings
-from sdk.hardware import GpuInfo, HardwareReport
-from sdk.pricing import (
+from outpost.runner.settings import RunnerSettings
+from outpost.sdk.hardware import GpuInfo, HardwareReport
+from outpost.sdk.pricing import (
     DEFAULT_TDP_WATTS,
     DEFAULT_USD_PER_HOUR,
     HARDWARE_CLASSES,
@@ -62,7 +62,9 @@ def hardware_class(report: HardwareReport) -> tuple[HardwareClass, int]:
     return ("cpu-large" if report.cpu.logical_cores > _LARGE_CPU else "cpu-small"), 1
 
 
-def power_limit_watts(report: HardwareReport, powercap: Path = Path("/sys/class/powercap")) -> tuple[float, str] | None:
+def power_limit_watts(
+    report: HardwareReport, powercap: Path = Path("/sys/class/powercap")
+) -> tuple[float, str] | None:
     """Summed power limits of the GPUs (NVML) or CPU packages (RAPL PL1), with the source's name."""
     gpus = [g for g in report.gpus if g.vendor in ("nvidia", "amd")]
     if gpus:
@@ -81,16 +83,22 @@ def power_limit_watts(report: HardwareReport, powercap: Path = Path("/sys/class/
     return (total, "rapl-pl1") if total > 0 else None
 
 
-def cost_model(settings: RunnerSettings, report: HardwareReport,
-               powercap: Path = Path("/sys/class/powercap")) -> CostModel:
+def cost_model(
+    settings: RunnerSettings, report: HardwareReport, powercap: Path = Path("/sys/class/powercap")
+) -> CostModel:
     """The ``cost`` of the hello; the control plane turns it into $/hour (``sdk.pricing.hourly_rate``)."""
     detected, count = hardware_class(report)
     cls = settings.hardware_class or detected
     if not is_hardware_class(cls):
         raise ValueError(f"unknown hardware class {cls!r}; one of: {', '.join(HARDWARE_CLASSES)}")
     if settings.usd_per_hour is not None:
-        return CostModel(kind="hourly", usd_per_hour=settings.usd_per_hour, source="configured",
-                         hardware_class=cls, count=count)
+        return CostModel(
+            kind="hourly",
+            usd_per_hour=settings.usd_per_hour,
+            source="configured",
+            hardware_class=cls,
+            count=count,
+        )
     if settings.usd_per_kwh is not None:
         if settings.watts is not None:
             watts, source = settings.watts, "configured"
@@ -98,7 +106,19 @@ def cost_model(settings: RunnerSettings, report: HardwareReport,
             watts, source = limit
         else:
             watts, source = DEFAULT_TDP_WATTS[cls] * count, "tdp"
-        return CostModel(kind="power", usd_per_kwh=settings.usd_per_kwh, pue=settings.pue, watts=watts,
-                         watts_source=source, hardware_class=cls, count=count)
-    return CostModel(kind="hourly", usd_per_hour=DEFAULT_USD_PER_HOUR[cls] * count, source="default",
-                     hardware_class=cls, count=count)
+        return CostModel(
+            kind="power",
+            usd_per_kwh=settings.usd_per_kwh,
+            pue=settings.pue,
+            watts=watts,
+            watts_source=source,
+            hardware_class=cls,
+            count=count,
+        )
+    return CostModel(
+        kind="hourly",
+        usd_per_hour=DEFAULT_USD_PER_HOUR[cls] * count,
+        source="default",
+        hardware_class=cls,
+        count=count,
+    )

@@ -27,10 +27,10 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runner.identity import EnrollmentError, RunnerIdentity, load_identity
-from runner.sealed import SealedRelay
-from sdk.e2e import HpkePrivateKey, Kem, RunnerKeys, fingerprint, signed_hpke_key
-from sdk.identity import b64u_decode, b64u_encode
+from outpost.runner.identity import EnrollmentError, RunnerIdentity, load_identity
+from outpost.runner.sealed import SealedRelay
+from outpost.sdk.e2e import HpkePrivateKey, Kem, RunnerKeys, fingerprint, signed_hpke_key
+from outpost.sdk.identity import b64u_decode, b64u_encode
 
 __all__ = ["HPKE_KEY_FILE", "RunnerE2E", "describe_keys", "load_keys"]
 
@@ -52,7 +52,9 @@ def load_keys(state_dir: Path, identity: RunnerIdentity, kem: Kem = Kem.X25519) 
             raise EnrollmentError(f"{path} is not a valid HPKE key file: {exc}") from None
     else:
         hpke = HpkePrivateKey.generate(kem)
-        _write_private(path, json.dumps({"v": 1, "kem": hpke.kem.value, "hpke": b64u_encode(hpke.raw)}))
+        _write_private(
+            path, json.dumps({"v": 1, "kem": hpke.kem.value, "hpke": b64u_encode(hpke.raw)})
+        )
         log.info("generated a %s HPKE key for end-to-end mode", hpke.kem.value)
     return RunnerKeys(Ed25519PrivateKey.from_private_bytes(identity.key.private_bytes()), hpke)
 
@@ -75,16 +77,23 @@ def _write_private(path: Path, text: str) -> None:
 class RunnerE2E:
     """Keys, the published document and the sealed-request relay of one runner."""
 
-    def __init__(self, keys: RunnerKeys, identity: RunnerIdentity, *, pad_to: int = 0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        keys: RunnerKeys,
+        identity: RunnerIdentity,
+        *,
+        pad_to: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.keys = keys
         self.identity = identity
         self.relay = SealedRelay(keys, identity.runner_id, pad_to=pad_to, clock=clock)
         self._clock = clock
 
     @classmethod
-    def load(cls, state_dir: Path, identity: RunnerIdentity, *, kem: Kem = Kem.X25519,
-             pad_to: int = 0) -> RunnerE2E:
+    def load(
+        cls, state_dir: Path, identity: RunnerIdentity, *, kem: Kem = Kem.X25519, pad_to: int = 0
+    ) -> RunnerE2E:
         return cls(load_keys(state_dir, identity, kem), identity, pad_to=pad_to)
 
     @property
@@ -92,16 +101,21 @@ class RunnerE2E:
         return self.keys.fingerprint
 
     def key_document(self) -> dict[str, Any]:
-        return signed_hpke_key(self.keys.identity, self.keys.hpke_public, self.identity.runner_id,
-                               clock=self._clock)
+        return signed_hpke_key(
+            self.keys.identity, self.keys.hpke_public, self.identity.runner_id, clock=self._clock
+        )
 
     async def publish_once(self, http: httpx.AsyncClient) -> None:
         url = f"{self.identity.control_plane.rstrip('/')}/api/runners/{self.identity.runner_id}/e2e-key"
         resp = await http.put(url, json=self.key_document(), timeout=10)
         if resp.status_code != 200:
-            raise RuntimeError(f"control plane refused the e2e key ({resp.status_code}): {resp.text[:200]}")
+            raise RuntimeError(
+                f"control plane refused the e2e key ({resp.status_code}): {resp.text[:200]}"
+            )
 
-    async def publish(self, http: httpx.AsyncClient, *, base_s: float = 0.5, cap_s: float = 30.0) -> None:
+    async def publish(
+        self, http: httpx.AsyncClient, *, base_s: float = 0.5, cap_s: float = 30.0
+    ) -> None:
         """Upload the signed key document, retrying with full-jitter backoff until it is stored."""
         attempt = 0
         while True:
@@ -123,8 +137,12 @@ def describe_keys(state_dir: Path) -> dict[str, Any]:
     if identity is None:
         raise EnrollmentError(f"no identity in {state_dir}: this runner is not enrolled yet")
     public = Ed25519PrivateKey.from_private_bytes(identity.key.private_bytes()).public_key()
-    out: dict[str, Any] = {"runner_id": identity.runner_id, "control_plane": identity.control_plane,
-                           "identity_fingerprint": fingerprint(public), "hpke_kem": None}
+    out: dict[str, Any] = {
+        "runner_id": identity.runner_id,
+        "control_plane": identity.control_plane,
+        "identity_fingerprint": fingerprint(public),
+        "hpke_kem": None,
+    }
     if (state_dir / HPKE_KEY_FILE).exists():
         keys = load_keys(state_dir, identity)
         out["hpke_kem"] = keys.kem.value

@@ -25,14 +25,20 @@ from typing import Protocol
 import aiohttp
 import httpx
 
-from runner.sse import MAX_READ_AHEAD, read_ahead
+from outpost.runner.sse import MAX_READ_AHEAD, read_ahead
 
 #: Idle keep-alive connections are dropped after this long: below the 5 s after which
 #: llama.cpp's server and uvicorn (vLLM) close them, so the pool rarely hands out one
 #: the engine is closing (aiohttp's default is 15 s).
 KEEPALIVE_S = 3.0
 
-__all__ = ["AiohttpEngineClient", "EngineClient", "EngineError", "EngineResponse", "HttpxEngineClient"]
+__all__ = [
+    "AiohttpEngineClient",
+    "EngineClient",
+    "EngineError",
+    "EngineResponse",
+    "HttpxEngineClient",
+]
 
 
 class EngineError(Exception):
@@ -59,8 +65,9 @@ class EngineResponse(Protocol):
 
 
 class EngineClient(Protocol):
-    def request(self, method: str, url: str, *, headers: Mapping[str, str],
-                body: bytes) -> AbstractAsyncContextManager[EngineResponse]:
+    def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes
+    ) -> AbstractAsyncContextManager[EngineResponse]:
         """Send a request; the context is the answer, aborted if left before its end."""
         ...
 
@@ -98,26 +105,38 @@ class _AiohttpResponse:
 class AiohttpEngineClient:
     """Keep-alive connections to the engine; no timeouts unless given (engines answer slowly under load)."""
 
-    def __init__(self, *, limit: int = 512, connect_timeout_s: float | None = None,
-                 read_timeout_s: float | None = None, keepalive_s: float = KEEPALIVE_S) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int = 512,
+        connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
         self._limit = limit
         self._keepalive_s = keepalive_s
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
-                                              sock_read=read_timeout_s)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use: a ClientSession belongs to the running event loop.
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=self._keepalive_s),
+                connector=aiohttp.TCPConnector(
+                    limit=self._limit, keepalive_timeout=self._keepalive_s
+                ),
                 timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent",),
+            )
         return self._session
 
     @asynccontextmanager
-    async def request(self, method: str, url: str, *, headers: Mapping[str, str],
-                      body: bytes) -> AsyncIterator[EngineResponse]:
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes
+    ) -> AsyncIterator[EngineResponse]:
         session = self._open()
         for attempt in (0, 1):
             try:
@@ -128,8 +147,9 @@ class AiohttpEngineClient:
                 # (its idle timeout racing ours) fails before any answer: the engine
                 # never started on it, so one more try on a fresh connection is safe.
                 # Not for a refused connection or a timeout: those would fail again.
-                stale = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
-                    exc, aiohttp.ClientConnectorError)
+                stale = isinstance(
+                    exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+                ) and not isinstance(exc, aiohttp.ClientConnectorError)
                 if attempt or not stale:
                     raise EngineError(exc) from exc
         answer = _AiohttpResponse(resp)
@@ -178,11 +198,13 @@ class HttpxEngineClient:
         self.http = http
 
     @asynccontextmanager
-    async def request(self, method: str, url: str, *, headers: Mapping[str, str],
-                      body: bytes) -> AsyncIterator[EngineResponse]:
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes
+    ) -> AsyncIterator[EngineResponse]:
         try:
-            async with self.http.stream(method, url, content=body, headers=dict(headers),
-                                        timeout=None) as resp:
+            async with self.http.stream(
+                method, url, content=body, headers=dict(headers), timeout=None
+            ) as resp:
                 yield _HttpxResponse(resp)
         except httpx.HTTPError as exc:
             raise EngineError(exc) from exc

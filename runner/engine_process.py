@@ -31,15 +31,18 @@ from typing import Any
 
 import psutil
 
-from sdk.process import parent_death_signal
+from outpost.sdk.process import parent_death_signal
 
 __all__ = ["EngineRecord", "EngineRegistry", "parent_death_signal", "spawn_engine"]
 
 log = logging.getLogger("outpost.runner.engines")
 
+
 async def spawn_engine(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
     """``asyncio.create_subprocess_exec`` for an engine: killed by the kernel when the runner dies."""
-    return await asyncio.create_subprocess_exec(*argv, preexec_fn=parent_death_signal(signal.SIGKILL), **kwargs)
+    return await asyncio.create_subprocess_exec(
+        *argv, preexec_fn=parent_death_signal(signal.SIGKILL), **kwargs
+    )
 
 
 def _start_time(pid: int) -> float | None:
@@ -74,8 +77,13 @@ class EngineRegistry:
         me = os.getpid()
         if started is None:
             return  # already gone: nothing to find later
-        rec = EngineRecord(pid=pid, started=started, runner_pid=me, runner_started=_start_time(me) or 0.0,
-                           argv=[str(a) for a in argv][:16])
+        rec = EngineRecord(
+            pid=pid,
+            started=started,
+            runner_pid=me,
+            runner_started=_start_time(me) or 0.0,
+            argv=[str(a) for a in argv][:16],
+        )
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(pid)
         tmp = path.with_suffix(".tmp")
@@ -106,13 +114,19 @@ class EngineRegistry:
         stopped = 0
         for rec in self.records():
             if _same_start(_start_time(rec.runner_pid), rec.runner_started):
-                log.warning("engine %d belongs to runner %d, which still runs on this state dir; left alone",
-                            rec.pid, rec.runner_pid)
+                log.warning(
+                    "engine %d belongs to runner %d, which still runs on this state dir; left alone",
+                    rec.pid,
+                    rec.runner_pid,
+                )
                 continue
             victims = _group_of(rec)
             if victims:
-                log.warning("stopping engine process %d left behind by a previous run (%s)", rec.pid,
-                            " ".join(rec.argv[:4]))
+                log.warning(
+                    "stopping engine process %d left behind by a previous run (%s)",
+                    rec.pid,
+                    " ".join(rec.argv[:4]),
+                )
                 stopped += len(victims)
                 _terminate(victims, grace_s)
             self.forget(rec.pid)

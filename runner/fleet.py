@@ -17,11 +17,11 @@ from pathlib import Path
 
 import httpx
 
-from runner.engine_process import EngineRegistry
-from runner.engines.base import EngineAdapter, EngineLoad
-from runner.relay import EngineEndpoint
-from runner.supervisor import EngineFailed, HealthCheck, HealthProbe, Supervisor
-from sdk.protocol import EngineSlots
+from outpost.runner.engine_process import EngineRegistry
+from outpost.runner.engines.base import EngineAdapter, EngineLoad
+from outpost.runner.relay import EngineEndpoint
+from outpost.runner.supervisor import EngineFailed, HealthCheck, HealthProbe, Supervisor
+from outpost.sdk.protocol import EngineSlots
 
 __all__ = ["EngineFleet", "FleetEngine"]
 
@@ -58,10 +58,18 @@ def _log_name(label: str) -> str:
 
 
 class EngineFleet:
-    def __init__(self, adapters: list[EngineAdapter], *, log_dir: Path, http: httpx.AsyncClient,
-                 headers: list[dict[str, str]] | None = None, health_timeout_s: float = 300.0,
-                 health_check: HealthCheck | None = None, probe: HealthProbe | None = None,
-                 registry: EngineRegistry | None = None) -> None:
+    def __init__(
+        self,
+        adapters: list[EngineAdapter],
+        *,
+        log_dir: Path,
+        http: httpx.AsyncClient,
+        headers: list[dict[str, str]] | None = None,
+        health_timeout_s: float = 300.0,
+        health_check: HealthCheck | None = None,
+        probe: HealthProbe | None = None,
+        registry: EngineRegistry | None = None,
+    ) -> None:
         if not adapters:
             raise ValueError("a runner needs at least one engine")
         self.http = http
@@ -70,9 +78,16 @@ class EngineFleet:
             label = adapter.models[0].name if adapter.models else adapter.name
             # One engine keeps the historical logs/engine.log; several get one file each.
             name = "engine.log" if len(adapters) == 1 else _log_name(label)
-            sup = Supervisor(adapter, log_dir=log_dir, log_name=name, http=http,
-                             health_timeout_s=health_timeout_s, health_check=health_check, probe=probe,
-                             registry=registry)
+            sup = Supervisor(
+                adapter,
+                log_dir=log_dir,
+                log_name=name,
+                http=http,
+                health_timeout_s=health_timeout_s,
+                health_check=health_check,
+                probe=probe,
+                registry=registry,
+            )
             self.engines.append(FleetEngine(adapter, sup, (headers or [{}] * len(adapters))[i]))
         self._by_name: dict[str, FleetEngine] = {}
         for engine in self.engines:
@@ -91,11 +106,18 @@ class EngineFleet:
                 states[label] = msg
                 if progress:
                     progress("; ".join(f"{k}: {v}" for k, v in states.items()))
+
             return update
 
-        results = await asyncio.gather(*(e.supervisor.start(progress=report(e.label)) for e in self.engines),
-                                       return_exceptions=True)
-        failed = [(e, r) for e, r in zip(self.engines, results, strict=True) if isinstance(r, BaseException)]
+        results = await asyncio.gather(
+            *(e.supervisor.start(progress=report(e.label)) for e in self.engines),
+            return_exceptions=True,
+        )
+        failed = [
+            (e, r)
+            for e, r in zip(self.engines, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
         if failed:
             await self.stop()
             first_engine, exc = failed[0]
@@ -132,9 +154,15 @@ class EngineFleet:
         """
         if len(self.engines) == 1:
             return []
-        return [EngineSlots(models=[m.name for m in e.adapter.models],
-                            capacity=max(e.adapter.capacity - e.adapter.headroom, 1), headroom=e.adapter.headroom)
-                for e in self.engines if e.adapter.models]
+        return [
+            EngineSlots(
+                models=[m.name for m in e.adapter.models],
+                capacity=max(e.adapter.capacity - e.adapter.headroom, 1),
+                headroom=e.adapter.headroom,
+            )
+            for e in self.engines
+            if e.adapter.models
+        ]
 
     def unavailable_models(self) -> list[str]:
         """Public names of the models whose engine is down (restarting, loading, or hung and being killed)."""
@@ -145,8 +173,11 @@ class EngineFleet:
         loads = [e.load for e in self.engines]
         kv = [ld.kv_cache_usage for ld in loads if ld.kv_cache_usage is not None]
         # The fullest KV cache is the one that queues first.
-        return EngineLoad(running=sum(ld.running for ld in loads), waiting=sum(ld.waiting for ld in loads),
-                          kv_cache_usage=max(kv) if kv else None)
+        return EngineLoad(
+            running=sum(ld.running for ld in loads),
+            waiting=sum(ld.waiting for ld in loads),
+            kv_cache_usage=max(kv) if kv else None,
+        )
 
     async def poll_metrics(self) -> None:
         for e in self.engines:
@@ -154,7 +185,9 @@ class EngineFleet:
                 e.load = EngineLoad()
                 continue
             try:
-                resp = await self.http.get(e.supervisor.base_url + "/metrics", timeout=2.0, headers=e.headers)
+                resp = await self.http.get(
+                    e.supervisor.base_url + "/metrics", timeout=2.0, headers=e.headers
+                )
                 e.load = e.adapter.parse_metrics(resp.text if resp.status_code == 200 else "")
             except (httpx.HTTPError, ValueError):
                 e.load = EngineLoad()

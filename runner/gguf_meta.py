@@ -17,8 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, computed_field
 
 __all__ = [
-    "KNOWN_MODELS", "ModelNotFoundError", "ModelSpec", "kv_bytes_per_token", "lookup_known",
-    "read_gguf", "read_gguf_metadata", "read_hf_dir", "resolve_model"
+    "KNOWN_MODELS",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "kv_bytes_per_token",
+    "lookup_known",
+    "read_gguf",
+    "read_gguf_metadata",
+    "read_hf_dir",
+    "resolve_model",
 ]
 
 #: llama.cpp and vLLM both keep the KV cache in 16-bit floats unless told otherwise.
@@ -98,7 +105,9 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
         def value(kind: int, pos: int, keep: bool = True) -> tuple[Any, int]:
             if kind == _STRING:
                 (n,) = struct.unpack_from(order + "Q", buf, pos)
-                text = bytes(buf[pos + 8 : pos + 8 + n]).decode("utf-8", "replace") if keep else None
+                text = (
+                    bytes(buf[pos + 8 : pos + 8 + n]).decode("utf-8", "replace") if keep else None
+                )
                 return text, pos + 8 + n
             if kind == _ARRAY:
                 item, n = struct.unpack_from(order + "IQ", buf, pos)

@@ -21,12 +21,23 @@ from typing import Any, Protocol
 
 import psutil
 
-from sdk.hardware import CpuInfo, GpuInfo, HardwareReport, ProbeStatus
+from outpost.sdk.hardware import CpuInfo, GpuInfo, HardwareReport, ProbeStatus
 
 __all__ = [
-    "AmdProbe", "AppleProbe", "CpuInfo", "CpuProbe", "GpuInfo", "GpuProbe", "HardwareReport",
-    "NvidiaProbe", "ProbeStatus", "Probes", "SystemCpuProbe", "default_probes", "detect",
-    "parse_cpuinfo"
+    "AmdProbe",
+    "AppleProbe",
+    "CpuInfo",
+    "CpuProbe",
+    "GpuInfo",
+    "GpuProbe",
+    "HardwareReport",
+    "NvidiaProbe",
+    "ProbeStatus",
+    "Probes",
+    "SystemCpuProbe",
+    "default_probes",
+    "detect",
+    "parse_cpuinfo",
 ]
 
 #: ISA extensions that change which llama.cpp kernels run (or whether a build runs at all).

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from runner.tls import trust_failure
-from sdk.identity import IdentityKey, b64u_decode, b64u_encode
-from sdk.pins import parse_pin
+from outpost.runner.tls import trust_failure
+from outpost.sdk.identity import IdentityKey, b64u_decode, b64u_encode
+from outpost.sdk.pins import parse_pin
 
 __all__ = ["EnrollmentError", "RunnerIdentity", "enroll", "load_identity", "split_token"]
 
@@ -33,9 +33,14 @@ class RunnerIdentity:
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = state_dir / IDENTITY_FILE
-        data = json.dumps({"runner_id": self.runner_id, "control_plane": self.control_plane,
-                           "identity_private_key": b64u_encode(self.key.private_bytes()),
-                           "pins": list(self.pins)})
+        data = json.dumps(
+            {
+                "runner_id": self.runner_id,
+                "control_plane": self.control_plane,
+                "identity_private_key": b64u_encode(self.key.private_bytes()),
+                "pins": list(self.pins),
+            }
+        )
         # Create with 0600 from the start: no window where the key is world-readable.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -50,9 +55,12 @@ def load_identity(state_dir: Path) -> RunnerIdentity | None:
     if path.stat().st_mode & 0o077:
         raise EnrollmentError(f"{path} is readable by other users; run: chmod 600 {path}")
     data = json.loads(path.read_text())
-    return RunnerIdentity(runner_id=data["runner_id"], control_plane=data["control_plane"],
-                          key=IdentityKey.from_private_bytes(b64u_decode(data["identity_private_key"])),
-                          pins=tuple(data.get("pins", ())))
+    return RunnerIdentity(
+        runner_id=data["runner_id"],
+        control_plane=data["control_plane"],
+        key=IdentityKey.from_private_bytes(b64u_decode(data["identity_private_key"])),
+        pins=tuple(data.get("pins", ())),
+    )
 
 
 def split_token(token: str) -> tuple[str, str | None]:
@@ -66,8 +74,13 @@ def split_token(token: str) -> tuple[str, str | None]:
         raise EnrollmentError(f"the enrollment token's pin is malformed: {exc}") from None
 
 
-async def enroll(control_plane: str, token: str, client: httpx.AsyncClient,
-                 extra_keys: dict[str, str] | None = None, pins: tuple[str, ...] = ()) -> RunnerIdentity:
+async def enroll(
+    control_plane: str,
+    token: str,
+    client: httpx.AsyncClient,
+    extra_keys: dict[str, str] | None = None,
+    pins: tuple[str, ...] = (),
+) -> RunnerIdentity:
     """Exchange a one-time token for a registration of a fresh identity key.
 
     ``client`` must already check ``pins`` (runner/tls.py): they are only recorded here.
@@ -76,25 +89,37 @@ async def enroll(control_plane: str, token: str, client: httpx.AsyncClient,
     key = IdentityKey.generate()
     body = {"identity_public_key": key.public_b64, **(extra_keys or {})}
     try:
-        resp = await client.post(f"{control_plane.rstrip('/')}/api/runners/register", json=body,
-                                 headers={"Authorization": f"Bearer {token}"})
+        resp = await client.post(
+            f"{control_plane.rstrip('/')}/api/runners/register",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     except httpx.HTTPError as exc:
         if (failure := trust_failure(exc)) is not None:
             raise EnrollmentError(str(failure)) from None
         if isinstance(exc, httpx.ProxyError):
-            raise EnrollmentError(f"the proxy refused to connect to the control plane at {control_plane}: "
-                                  f"{exc} (check --proxy and OUTPOST_PROXY_AUTH)") from None
+            raise EnrollmentError(
+                f"the proxy refused to connect to the control plane at {control_plane}: "
+                f"{exc} (check --proxy and OUTPOST_PROXY_AUTH)"
+            ) from None
         hint = ""
-        if control_plane.startswith("https://") and isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError)):
+        if control_plane.startswith("https://") and isinstance(
+            exc, (httpx.ReadError, httpx.RemoteProtocolError)
+        ):
             # A server that requires a client certificate resets the connection; the alert is lost.
-            hint = (" (the control plane hung up without answering: if it requires client certificates "
-                    "(mTLS), set --client-cert and --client-key)")
-        raise EnrollmentError(f"cannot reach the control plane at {control_plane}: "
-                              f"{exc or type(exc).__name__}{hint}") from None
+            hint = (
+                " (the control plane hung up without answering: if it requires client certificates "
+                "(mTLS), set --client-cert and --client-key)"
+            )
+        raise EnrollmentError(
+            f"cannot reach the control plane at {control_plane}: {exc or type(exc).__name__}{hint}"
+        ) from None
     if resp.status_code != 201:
         try:
             message = resp.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = resp.text[:200]
         raise EnrollmentError(f"enrollment refused ({resp.status_code}): {message}")
-    return RunnerIdentity(runner_id=resp.json()["runner_id"], key=key, control_plane=control_plane, pins=pins)
+    return RunnerIdentity(
+        runner_id=resp.json()["runner_id"], key=key, control_plane=control_plane, pins=pins
+    )

@@ -14,12 +14,12 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from runner.gguf_meta import ModelNotFoundError, ModelSpec, resolve_model
-from runner.hardware import HardwareReport, Probes, detect
-from runner.model_refs import resolve_models
-from runner.models import EmbeddedModelMissingError, embedded_model_path
-from runner.multiplan import plan_models
-from runner.planning import MemoryFit, Plan, plan
+from outpost.runner.gguf_meta import ModelNotFoundError, ModelSpec, resolve_model
+from outpost.runner.hardware import HardwareReport, Probes, detect
+from outpost.runner.model_refs import resolve_models
+from outpost.runner.models import EmbeddedModelMissingError, embedded_model_path
+from outpost.runner.multiplan import plan_models
+from outpost.runner.planning import MemoryFit, Plan, plan
 
 __all__ = ["detect_command", "plan_command", "render_hardware", "render_plan"]
 
@@ -95,7 +95,9 @@ def render_plan(result: Plan) -> RenderableType:
         parts.append(Panel(escape(result.refusal), title="[red]refused[/]", border_style="red"))
     else:
         title = f"[bold green]{result.engine}[/] (capacity {result.capacity})"
-        parts.append(Panel(escape(result.rule), title=title, title_align="left", border_style="green"))
+        parts.append(
+            Panel(escape(result.rule), title=title, title_align="left", border_style="green")
+        )
     if result.settings is not None:
         settings = Table(title="Settings", show_header=False, title_justify="left")
         for key, value in result.settings.model_dump(exclude={"kind"}).items():
@@ -145,8 +147,15 @@ def plan_command(
     refs = [model] if isinstance(model, str) else list(model or [])
     try:
         if attach_url:
-            results = [plan(detect(probes), resolve_models(refs)[0] if refs else None, engine=engine,
-                            installed=installed, attach_url=attach_url)]
+            results = [
+                plan(
+                    detect(probes),
+                    resolve_models(refs)[0] if refs else None,
+                    engine=engine,
+                    installed=installed,
+                    attach_url=attach_url,
+                )
+            ]
         else:
             specs = resolve_models(refs) if refs else [resolve_model(embedded_model_path())]
             results = plan_models(detect(probes), specs, engine=engine, installed=installed)
@@ -154,13 +163,18 @@ def plan_command(
         errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     if as_json:
-        text = (results[0].to_json() if len(results) == 1 else
-                json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+        text = (
+            results[0].to_json()
+            if len(results) == 1
+            else json.dumps([r.model_dump(mode="json") for r in results], indent=2)
+        )
         console.out(text, highlight=False)
     else:
         for i, result in enumerate(results):
             if len(results) > 1:
-                console.rule(f"model {i + 1} of {len(results)}: "
-                             f"{escape(result.model.name if result.model else '?')}")
+                console.rule(
+                    f"model {i + 1} of {len(results)}: "
+                    f"{escape(result.model.name if result.model else '?')}"
+                )
             console.print(render_plan(result))
     return 1 if any(r.refusal for r in results) else 0

@@ -11,19 +11,19 @@ import logging
 import httpx
 from rich.console import Console
 
-from runner.agent import Agent, AgentConfig
-from runner.cost import cost_model
-from runner.engine_process import EngineRegistry
-from runner.engines import PlanRefusedError, build_engine, served_models
-from runner.engines.base import ServedModel
-from runner.engines.xllamacpp import XllamacppEngine
-from runner.gguf_meta import resolve_model
-from runner.hardware import detect
-from runner.model_refs import resolve_models
-from runner.models import embedded_model_path
-from runner.multiplan import plan_models
-from runner.planning import DEFAULT_HEADROOM, Overrides, plan
-from runner.settings import RunnerSettings
+from outpost.runner.agent import Agent, AgentConfig
+from outpost.runner.cost import cost_model
+from outpost.runner.engine_process import EngineRegistry
+from outpost.runner.engines import PlanRefusedError, build_engine, served_models
+from outpost.runner.engines.base import ServedModel
+from outpost.runner.engines.xllamacpp import XllamacppEngine
+from outpost.runner.gguf_meta import resolve_model
+from outpost.runner.hardware import detect
+from outpost.runner.model_refs import resolve_models
+from outpost.runner.models import embedded_model_path
+from outpost.runner.multiplan import plan_models
+from outpost.runner.planning import DEFAULT_HEADROOM, Overrides, plan
+from outpost.runner.settings import RunnerSettings
 
 __all__ = ["EMBEDDED_ALIASES", "build_agent"]
 
@@ -37,24 +37,46 @@ def build_agent(settings: RunnerSettings, console: Console) -> Agent:
     # Engines a previous run left behind (killed before it could stop them: kill -9, OOM,
     # power) go first: what they hold in memory would otherwise shrink the plan below.
     if stale := EngineRegistry(settings.state_dir / "engines").stop_stale():
-        console.print(f"[yellow]stopped {stale} engine process(es) left behind by a previous run[/]")
+        console.print(
+            f"[yellow]stopped {stale} engine process(es) left behind by a previous run[/]"
+        )
     hardware = detect()
     api_key = settings.attach_api_key.get_secret_value() if settings.attach_api_key else None
-    headroom = settings.headroom if settings.headroom is not None else (0 if settings.attach else DEFAULT_HEADROOM)
+    headroom = (
+        settings.headroom
+        if settings.headroom is not None
+        else (0 if settings.attach else DEFAULT_HEADROOM)
+    )
     overrides = Overrides(settings.parallel, settings.ctx, settings.threads or None, headroom)
     if settings.attach:
-        decisions = [plan(hardware, None, engine=settings.engine, attach_url=settings.attach, overrides=overrides)]
+        decisions = [
+            plan(
+                hardware,
+                None,
+                engine=settings.engine,
+                attach_url=settings.attach,
+                overrides=overrides,
+            )
+        ]
     else:
-        specs = resolve_models(settings.model) if settings.model else [resolve_model(embedded_model_path())]
+        specs = (
+            resolve_models(settings.model)
+            if settings.model
+            else [resolve_model(embedded_model_path())]
+        )
         if len(specs) > 1 and (settings.served_model_name or settings.model_alias):
-            raise ValueError("--served-model-name and --model-alias name a single model; with several "
-                             "models name each one as --model NAME=PATH_OR_ID")
+            raise ValueError(
+                "--served-model-name and --model-alias name a single model; with several "
+                "models name each one as --model NAME=PATH_OR_ID"
+            )
         decisions = plan_models(hardware, specs, engine=settings.engine, overrides=overrides)
     for decision in decisions:
         if decision.refusal:
             raise PlanRefusedError(decision.refusal)
         name = decision.model.name if decision.model else settings.attach
-        console.print(f"plan for {name}: [bold]{decision.engine}[/] — {decision.rule}", highlight=False)
+        console.print(
+            f"plan for {name}: [bold]{decision.engine}[/] — {decision.rule}", highlight=False
+        )
     adapters = []
     for decision in decisions:
         models = _advertised(settings, served_models(decision), api_key)
@@ -64,12 +86,21 @@ def build_agent(settings: RunnerSettings, console: Console) -> Agent:
         adapters.append(adapter)
     headers = adapters[0].headers() if hasattr(adapters[0], "headers") else {}
     cost = cost_model(settings, hardware)
-    return Agent(AgentConfig(settings=settings, adapters=adapters, hardware=hardware, cost=cost,
-                             engine_headers=headers), console)
+    return Agent(
+        AgentConfig(
+            settings=settings,
+            adapters=adapters,
+            hardware=hardware,
+            cost=cost,
+            engine_headers=headers,
+        ),
+        console,
+    )
 
 
-def _advertised(settings: RunnerSettings, planned: tuple[ServedModel, ...],
-                api_key: str | None) -> tuple[ServedModel, ...]:
+def _advertised(
+    settings: RunnerSettings, planned: tuple[ServedModel, ...], api_key: str | None
+) -> tuple[ServedModel, ...]:
     if settings.attach:
         planned = _probe_attached(settings.attach, api_key)
     if not planned:
@@ -80,9 +111,13 @@ def _advertised(settings: RunnerSettings, planned: tuple[ServedModel, ...],
     elif not settings.model and not settings.attach:
         first = dataclasses.replace(first, aliases=EMBEDDED_ALIASES)
     if settings.model_alias:
-        first = dataclasses.replace(first, aliases=tuple(dict.fromkeys([*first.aliases, *settings.model_alias])))
+        first = dataclasses.replace(
+            first, aliases=tuple(dict.fromkeys([*first.aliases, *settings.model_alias]))
+        )
     if settings.embedding:
-        first = dataclasses.replace(first, endpoints=tuple(dict.fromkeys([*first.endpoints, "embeddings"])))
+        first = dataclasses.replace(
+            first, endpoints=tuple(dict.fromkeys([*first.endpoints, "embeddings"]))
+        )
     return (first, *planned[1:])
 
 
@@ -92,7 +127,9 @@ def _enable_embeddings(adapter: object, *, attached: bool) -> None:
     if isinstance(adapter, XllamacppEngine):
         adapter.embedding = True
     elif not attached:
-        raise RuntimeError(f"--embedding needs the xllamacpp engine or --attach, not {type(adapter).__name__}")
+        raise RuntimeError(
+            f"--embedding needs the xllamacpp engine or --attach, not {type(adapter).__name__}"
+        )
 
 
 def _probe_attached(url: str, api_key: str | None) -> tuple[ServedModel, ...]:
@@ -102,7 +139,9 @@ def _probe_attached(url: str, api_key: str | None) -> tuple[ServedModel, ...]:
         resp.raise_for_status()
         ids = [m["id"] for m in resp.json().get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(f"cannot list the models of the attached engine at {url}: {exc}") from None
+        raise RuntimeError(
+            f"cannot list the models of the attached engine at {url}: {exc}"
+        ) from None
     if not ids:
         raise RuntimeError(f"the attached engine at {url} serves no models")
     return tuple(ServedModel(name=i, engine="attach") for i in ids)

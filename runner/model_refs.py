@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # settings validate --model syntax without loading the GGUF reader
-    from runner.gguf_meta import ModelSpec
+    from outpost.runner.gguf_meta import ModelSpec
 
 __all__ = ["MODEL_ID_PATTERN", "ModelRef", "ModelRefError", "parse_model_ref", "resolve_models"]
 
@@ -50,15 +50,18 @@ def parse_model_ref(text: str) -> ModelRef:
     if not MODEL_ID_PATTERN.fullmatch(name):
         if "/" in name or name.startswith((".", "~")):
             return ModelRef(None, text)  # a path that happens to contain "="
-        raise ModelRefError(f"{name!r} (in {text!r}) is not a usable model id: use letters, digits "
-                            "and . _ : / + -, starting with a letter or digit, at most 200")
+        raise ModelRefError(
+            f"{name!r} (in {text!r}) is not a usable model id: use letters, digits "
+            "and . _ : / + -, starting with a letter or digit, at most 200"
+        )
     if not ref:
         raise ModelRefError(f"nothing after '=' in {text!r}; use NAME=PATH_OR_ID")
     return ModelRef(name, ref)
 
 
-def resolve_models(values: Sequence[str],
-                   resolve: Callable[[str], ModelSpec] | None = None) -> list[ModelSpec]:
+def resolve_models(
+    values: Sequence[str], resolve: Callable[[str], ModelSpec] | None = None
+) -> list[ModelSpec]:
     """Resolve every ``--model`` value; each spec's ``name`` is its public id.
 
     Raises :class:`ModelRefError` when two models would answer to the same id
@@ -66,7 +69,7 @@ def resolve_models(values: Sequence[str],
     and ``ModelNotFoundError`` for a reference that names no model.
     """
     if resolve is None:
-        from runner.gguf_meta import resolve_model as resolve
+        from outpost.runner.gguf_meta import resolve_model as resolve
     specs: list[ModelSpec] = []
     seen: dict[str, str] = {}
     for value in values:
@@ -78,7 +81,8 @@ def resolve_models(values: Sequence[str],
         if key in seen:
             raise ModelRefError(
                 f"model id {spec.name!r} is used twice (--model {seen[key]} and --model {value}); "
-                f"give each its own id: --model NAME=PATH_OR_ID")
+                f"give each its own id: --model NAME=PATH_OR_ID"
+            )
         seen[key] = value
         specs.append(spec)
     return specs

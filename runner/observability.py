@@ -31,8 +31,8 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from runner.agent import Agent
-    from runner.streams import OutboundStream
+    from outpost.runner.agent import Agent
+    from outpost.runner.streams import OutboundStream
 
 __all__ = ["ConsoleToLog", "MetricsServer", "RunnerMetrics"]
 
@@ -48,13 +48,25 @@ class RunnerMetrics:
 
     def __init__(self, agent: Agent) -> None:
         self.registry = CollectorRegistry()
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+        for collector in (
+            PROCESS_COLLECTOR,
+            PLATFORM_COLLECTOR,
+            GC_COLLECTOR,
+        ):  # process_*, python_*
             self.registry.register(collector)
-        self.requests = Counter("outpost_runner_requests", "Streams served, by endpoint and outcome "
-                                "(ok, error, cancelled).", ["path", "outcome"], registry=self.registry)
-        self.duration = Histogram("outpost_runner_request_duration_seconds", "From request.v1 to the end of "
-                                  "the stream (engine time included).", ["path"], buckets=_BUCKETS,
-                                  registry=self.registry)
+        self.requests = Counter(
+            "outpost_runner_requests",
+            "Streams served, by endpoint and outcome (ok, error, cancelled).",
+            ["path", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "outpost_runner_request_duration_seconds",
+            "From request.v1 to the end of the stream (engine time included).",
+            ["path"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_AgentCollector(agent))
 
     def observe_stream(self, out: OutboundStream, seconds: float, outcome: str) -> None:
@@ -76,22 +88,44 @@ class _AgentCollector(Collector):
 
     def _tunnel(self) -> Iterator[Metric]:
         tunnel = self._agent.tunnel
-        yield GaugeMetricFamily("outpost_runner_tunnel_connections_configured", "Tunnel connections this "
-                                "runner keeps (--connections).", value=self._agent.settings.connections)
-        yield GaugeMetricFamily("outpost_runner_tunnel_connections", "Tunnel connections up now.",
-                                value=tunnel.open_connections if tunnel else 0)
-        yield GaugeMetricFamily("outpost_runner_draining", "1 while the runner drains for shutdown.",
-                                value=int(bool(tunnel and tunnel.draining)))
-        yield GaugeMetricFamily("outpost_runner_streams_in_flight", "Request streams being served now.",
-                                value=tunnel.active_streams if tunnel else 0)
-        yield CounterMetricFamily("outpost_runner_tunnel_connects", "Handshakes completed (the first "
-                                  "connections and every reconnect).", value=tunnel.connects if tunnel else 0)
-        yield CounterMetricFamily("outpost_runner_tunnel_disconnects", "Handshaken connections that went away.",
-                                  value=tunnel.disconnects if tunnel else 0)
-        frames = CounterMetricFamily("outpost_runner_tunnel_frames", "Tunnel frames, by direction.",
-                                     labels=["direction"])
-        sizes = CounterMetricFamily("outpost_runner_tunnel_bytes", "Tunnel frame bytes (JSON text), "
-                                    "by direction.", labels=["direction"])
+        yield GaugeMetricFamily(
+            "outpost_runner_tunnel_connections_configured",
+            "Tunnel connections this runner keeps (--connections).",
+            value=self._agent.settings.connections,
+        )
+        yield GaugeMetricFamily(
+            "outpost_runner_tunnel_connections",
+            "Tunnel connections up now.",
+            value=tunnel.open_connections if tunnel else 0,
+        )
+        yield GaugeMetricFamily(
+            "outpost_runner_draining",
+            "1 while the runner drains for shutdown.",
+            value=int(bool(tunnel and tunnel.draining)),
+        )
+        yield GaugeMetricFamily(
+            "outpost_runner_streams_in_flight",
+            "Request streams being served now.",
+            value=tunnel.active_streams if tunnel else 0,
+        )
+        yield CounterMetricFamily(
+            "outpost_runner_tunnel_connects",
+            "Handshakes completed (the first connections and every reconnect).",
+            value=tunnel.connects if tunnel else 0,
+        )
+        yield CounterMetricFamily(
+            "outpost_runner_tunnel_disconnects",
+            "Handshaken connections that went away.",
+            value=tunnel.disconnects if tunnel else 0,
+        )
+        frames = CounterMetricFamily(
+            "outpost_runner_tunnel_frames", "Tunnel frames, by direction.", labels=["direction"]
+        )
+        sizes = CounterMetricFamily(
+            "outpost_runner_tunnel_bytes",
+            "Tunnel frame bytes (JSON text), by direction.",
+            labels=["direction"],
+        )
         for direction in ("sent", "received"):
             frames.add_metric([direction], tunnel.frames[direction] if tunnel else 0)
             sizes.add_metric([direction], tunnel.bytes[direction] if tunnel else 0)
@@ -100,16 +134,31 @@ class _AgentCollector(Collector):
 
     def _engines(self) -> Iterator[Metric]:
         fleet = self._agent.fleet
-        healthy = GaugeMetricFamily("outpost_runner_engine_healthy", "1 when the engine answers its health "
-                                    "check.", labels=["engine", "model"])
-        restarts = CounterMetricFamily("outpost_runner_engine_restarts", "Engine processes restarted by the "
-                                       "supervisor.", labels=["engine", "model"])
+        healthy = GaugeMetricFamily(
+            "outpost_runner_engine_healthy",
+            "1 when the engine answers its health check.",
+            labels=["engine", "model"],
+        )
+        restarts = CounterMetricFamily(
+            "outpost_runner_engine_restarts",
+            "Engine processes restarted by the supervisor.",
+            labels=["engine", "model"],
+        )
         # The engine's own counters where its metrics have them (vLLM): requests it served, tokens.
-        counters = {field: CounterMetricFamily(f"outpost_runner_engine_{name}", doc, labels=["engine", "model"])
-                    for field, name, doc in (
-                        ("requests_finished", "requests", "Requests the engine reports answered to the end."),
-                        ("prompt_tokens", "prompt_tokens", "Prompt tokens the engine reports processed."),
-                        ("generation_tokens", "generation_tokens", "Tokens the engine reports generated."))}
+        counters = {
+            field: CounterMetricFamily(
+                f"outpost_runner_engine_{name}", doc, labels=["engine", "model"]
+            )
+            for field, name, doc in (
+                (
+                    "requests_finished",
+                    "requests",
+                    "Requests the engine reports answered to the end.",
+                ),
+                ("prompt_tokens", "prompt_tokens", "Prompt tokens the engine reports processed."),
+                ("generation_tokens", "generation_tokens", "Tokens the engine reports generated."),
+            )
+        }
         for e in fleet.engines:
             labels = [e.adapter.name, e.label]
             healthy.add_metric(labels, int(e.healthy))
@@ -121,13 +170,22 @@ class _AgentCollector(Collector):
         yield restarts
         yield from (family for family in counters.values() if family.samples)
         load = fleet.load
-        yield GaugeMetricFamily("outpost_runner_engine_running", "Requests the engines report running.",
-                                value=load.running)
-        yield GaugeMetricFamily("outpost_runner_engine_waiting", "Requests the engines report queued.",
-                                value=load.waiting)
+        yield GaugeMetricFamily(
+            "outpost_runner_engine_running",
+            "Requests the engines report running.",
+            value=load.running,
+        )
+        yield GaugeMetricFamily(
+            "outpost_runner_engine_waiting",
+            "Requests the engines report queued.",
+            value=load.waiting,
+        )
         if load.kv_cache_usage is not None:
-            yield GaugeMetricFamily("outpost_runner_engine_kv_cache_usage", "KV cache in use (0-1), as the "
-                                    "engine reports it.", value=load.kv_cache_usage)
+            yield GaugeMetricFamily(
+                "outpost_runner_engine_kv_cache_usage",
+                "KV cache in use (0-1), as the engine reports it.",
+                value=load.kv_cache_usage,
+            )
 
 
 class MetricsServer:
@@ -162,14 +220,25 @@ class MetricsServer:
                 body = self._metrics.render()
                 status, ctype = "200 OK", CONTENT_TYPE_LATEST
             else:
-                body, status, ctype = b"not found: the runner serves only GET /metrics\n", "404 Not Found", "text/plain"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode("latin-1"))
+                body, status, ctype = (
+                    b"not found: the runner serves only GET /metrics\n",
+                    "404 Not Found",
+                    "text/plain",
+                )
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode("latin-1")
+            )
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError,
-                ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            ConnectionError,
+        ):
             pass  # a port scan or a slow client: nothing to answer
         finally:
             writer.close()

@@ -16,12 +16,23 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from runner.gguf_meta import ModelSpec, kv_bytes_per_token
-from runner.hardware import GpuInfo, HardwareReport
+from outpost.runner.gguf_meta import ModelSpec, kv_bytes_per_token
+from outpost.runner.hardware import GpuInfo, HardwareReport
 
 __all__ = [
-    "DEFAULT_HEADROOM", "ENGINES", "AttachSettings", "LlamaCppPythonSettings", "MemoryFit", "Overrides", "Plan",
-    "Rejected", "VllmSettings", "XllamacppSettings", "installed_engines", "offload_gpus", "plan"
+    "DEFAULT_HEADROOM",
+    "ENGINES",
+    "AttachSettings",
+    "LlamaCppPythonSettings",
+    "MemoryFit",
+    "Overrides",
+    "Plan",
+    "Rejected",
+    "VllmSettings",
+    "XllamacppSettings",
+    "installed_engines",
+    "offload_gpus",
+    "plan",
 ]
 
 GIB = 1024**3
@@ -216,8 +227,15 @@ def _min_ctx(model: ModelSpec) -> int:
 # --- llama.cpp family ------------------------------------------------------
 
 
-def _size_slots(model: ModelSpec, where: str, available: int, overhead: int, reserve: int,
-                max_slots: int, ov: Overrides) -> MemoryFit:
+def _size_slots(
+    model: ModelSpec,
+    where: str,
+    available: int,
+    overhead: int,
+    reserve: int,
+    max_slots: int,
+    ov: Overrides,
+) -> MemoryFit:
     """As many slots of DEFAULT_SLOT_CTX as fit, else one slot with the longest context that
     fits (never below MIN_CTX: then the fit reports the shortfall)."""
     kv = model.kv_bytes_per_token
@@ -232,9 +250,16 @@ def _size_slots(model: ModelSpec, where: str, available: int, overhead: int, res
         slots, longest = 1, _floor(max(room, 0) // kv)
         ctx = max(min(longest, model.context_length), _min_ctx(model))
     compute = 256 * MIB + model.weights_bytes // 20  # llama.cpp's compute buffers and scratch
-    return MemoryFit(where=where, weights_bytes=model.weights_bytes, kv_bytes_per_token=kv,
-                     ctx=ctx, slots=slots, overhead_bytes=overhead + compute,
-                     reserve_bytes=reserve, available_bytes=available)
+    return MemoryFit(
+        where=where,
+        weights_bytes=model.weights_bytes,
+        kv_bytes_per_token=kv,
+        ctx=ctx,
+        slots=slots,
+        overhead_bytes=overhead + compute,
+        reserve_bytes=reserve,
+        available_bytes=available,
+    )
 
 
 def offload_gpus(hw: HardwareReport) -> list[GpuInfo]:
@@ -257,8 +282,9 @@ def _gpu_fit(gpus: list[GpuInfo], model: ModelSpec, ov: Overrides) -> MemoryFit:
     return _size_slots(model, where, free, GPU_CONTEXT_BYTES * len(gpus), 0, MAX_SLOTS_GPU, ov)
 
 
-def _place_llama(hw: HardwareReport, model: ModelSpec, engine: str,
-                 ov: Overrides) -> tuple[MemoryFit, int, list[Rejected]] | Rejected:
+def _place_llama(
+    hw: HardwareReport, model: ModelSpec, engine: str, ov: Overrides
+) -> tuple[MemoryFit, int, list[Rejected]] | Rejected:
     """Full GPU offload when it fits the GPUs, else CPU; partial offload is not planned."""
     also: list[Rejected] = []
     gpus = offload_gpus(hw)
@@ -266,22 +292,36 @@ def _place_llama(hw: HardwareReport, model: ModelSpec, engine: str,
         gpu = _gpu_fit(gpus, model, ov)
         if gpu.fits:
             return gpu, model.layers + 1, also  # +1: the output layer is offloaded on its own
-        also.append(Rejected(engine=f"{engine} (full GPU offload)", fit=gpu, reason=(
-            f"needs {_gib(gpu.required_bytes)}, {gpu.where} is {_gib(gpu.available_bytes)}")))
+        also.append(
+            Rejected(
+                engine=f"{engine} (full GPU offload)",
+                fit=gpu,
+                reason=(
+                    f"needs {_gib(gpu.required_bytes)}, {gpu.where} is {_gib(gpu.available_bytes)}"
+                ),
+            )
+        )
     free = hw.cpu.ram_available_bytes
     cpu = _size_slots(model, "free RAM", free, 0, int(free * RAM_RESERVE), MAX_SLOTS_CPU, ov)
     if cpu.fits:
         return cpu, 0, also
     gpu_note = f"; full GPU offload {also[0].reason}" if also else ""
-    return Rejected(engine=engine, fit=cpu, reason=f"needs {_gib(cpu.required_bytes)} of RAM, "
-                    f"{_gib(cpu.available_bytes)} free{gpu_note}")
+    return Rejected(
+        engine=engine,
+        fit=cpu,
+        reason=f"needs {_gib(cpu.required_bytes)} of RAM, "
+        f"{_gib(cpu.available_bytes)} free{gpu_note}",
+    )
 
 
 def _needs(engine: str, model: ModelSpec, fmt: str, installed: frozenset[str]) -> Rejected | None:
     if model.format != fmt:
-        why = ("llama.cpp needs a GGUF file; this model is in Hugging Face format (convert it, "
-               "or use vLLM on an NVIDIA GPU)" if fmt == "gguf" else
-               "this is a GGUF file; vLLM is planned for Hugging Face-format models only")
+        why = (
+            "llama.cpp needs a GGUF file; this model is in Hugging Face format (convert it, "
+            "or use vLLM on an NVIDIA GPU)"
+            if fmt == "gguf"
+            else "this is a GGUF file; vLLM is planned for Hugging Face-format models only"
+        )
         return Rejected(engine=engine, reason=why)
     if engine not in installed:
         extra = "[server]" if engine == "llama-cpp-python" else ""
@@ -289,8 +329,9 @@ def _needs(engine: str, model: ModelSpec, fmt: str, installed: frozenset[str]) -
     return None
 
 
-def _xllamacpp(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
-               ov: Overrides) -> _Choice | Rejected:
+def _xllamacpp(
+    hw: HardwareReport, model: ModelSpec, installed: frozenset[str], ov: Overrides
+) -> _Choice | Rejected:
     if (missing := _needs("xllamacpp", model, "gguf", installed)) is not None:
         return missing
     placed = _place_llama(hw, model, "xllamacpp", ov)
@@ -301,15 +342,19 @@ def _xllamacpp(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
         where = f"all {gpu_layers} layers offloaded ({fit.where})"
     else:
         where = "on CPU" + (", as it does not fit the GPUs" if also else "")
-    settings = XllamacppSettings(slots=fit.slots, ctx_per_slot=fit.ctx,
-                                 threads=_threads(hw, ov), gpu_layers=gpu_layers)
-    rule = (f"GGUF model → llama.cpp through xllamacpp (continuous batching; {fit.slots} "
-            f"parallel slots sized from free memory), {where}")
+    settings = XllamacppSettings(
+        slots=fit.slots, ctx_per_slot=fit.ctx, threads=_threads(hw, ov), gpu_layers=gpu_layers
+    )
+    rule = (
+        f"GGUF model → llama.cpp through xllamacpp (continuous batching; {fit.slots} "
+        f"parallel slots sized from free memory), {where}"
+    )
     return _Choice("xllamacpp", settings, fit.slots, rule, fit, also)
 
 
-def _llama_cpp_python(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
-                      ov: Overrides) -> _Choice | Rejected:
+def _llama_cpp_python(
+    hw: HardwareReport, model: ModelSpec, installed: frozenset[str], ov: Overrides
+) -> _Choice | Rejected:
     name = "llama-cpp-python"
     if (missing := _needs(name, model, "gguf", installed)) is not None:
         return missing
@@ -318,16 +363,19 @@ def _llama_cpp_python(hw: HardwareReport, model: ModelSpec, installed: frozenset
         return placed
     fit, gpu_layers, also = placed
     settings = LlamaCppPythonSettings(ctx=fit.ctx, threads=_threads(hw, ov), gpu_layers=gpu_layers)
-    rule = ("--engine llama-cpp-python requested → its server, which runs one request at a "
-            "time (capacity 1, started with --interrupt_requests False)")
+    rule = (
+        "--engine llama-cpp-python requested → its server, which runs one request at a "
+        "time (capacity 1, started with --interrupt_requests False)"
+    )
     return _Choice(name, settings, 1, rule, fit, also)
 
 
 # --- vLLM ------------------------------------------------------------------
 
 
-def _vllm_fit(model: ModelSpec, gpus: list[GpuInfo], tp: int,
-              ov: Overrides) -> tuple[MemoryFit, float]:
+def _vllm_fit(
+    model: ModelSpec, gpus: list[GpuInfo], tp: int, ov: Overrides
+) -> tuple[MemoryFit, float]:
     """Per-GPU fit at tensor parallel ``tp``: weights and KV heads are split across GPUs."""
     # vLLM refuses to start when free memory is below utilization × total.
     headroom = min(g.memory_free_bytes / g.memory_total_bytes for g in gpus) - 0.01
@@ -339,21 +387,30 @@ def _vllm_fit(model: ModelSpec, gpus: list[GpuInfo], tp: int,
     tokens = _floor(max(budget - weights - VLLM_OVERHEAD_BYTES, 0) // kv)
     ctx = ov.ctx or max(min(tokens, model.context_length), _min_ctx(model))
     where = f"{util:.2f} (gpu_memory_utilization) × {_gib(smallest)} per GPU, TP {tp}"
-    fit = MemoryFit(where=where, weights_bytes=weights, kv_bytes_per_token=kv, ctx=ctx, slots=1,
-                    overhead_bytes=VLLM_OVERHEAD_BYTES, available_bytes=budget)
+    fit = MemoryFit(
+        where=where,
+        weights_bytes=weights,
+        kv_bytes_per_token=kv,
+        ctx=ctx,
+        slots=1,
+        overhead_bytes=VLLM_OVERHEAD_BYTES,
+        available_bytes=budget,
+    )
     return fit, util
 
 
-def _vllm(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
-          ov: Overrides) -> _Choice | Rejected:
+def _vllm(
+    hw: HardwareReport, model: ModelSpec, installed: frozenset[str], ov: Overrides
+) -> _Choice | Rejected:
     nvidia = hw.gpus_of("nvidia")
     if model.format == "hf" and not nvidia:
         return Rejected(engine="vllm", reason="no NVIDIA GPU detected")
     if (missing := _needs("vllm", model, "hf", installed)) is not None:
         return missing
     # MIG parents run nothing themselves; vLLM needs compute capability 7.0 or newer.
-    usable = [g for g in nvidia if not g.mig_enabled
-              and float(g.compute_capability or "7.0") >= 7.0]
+    usable = [
+        g for g in nvidia if not g.mig_enabled and float(g.compute_capability or "7.0") >= 7.0
+    ]
     usable.sort(key=lambda g: g.memory_free_bytes, reverse=True)
     last: MemoryFit | None = None
     tp = 1
@@ -365,27 +422,43 @@ def _vllm(hw: HardwareReport, model: ModelSpec, installed: frozenset[str],
             last = fit
         tp *= 2
     if last is None:
-        return Rejected(engine="vllm", reason="no usable NVIDIA GPU (MIG enabled or compute "
-                        "capability below 7.0), or no tensor parallel size divides the heads")
-    return Rejected(engine="vllm", fit=last, reason=(
-        f"does not fit {len(usable)} GPU(s) at any tensor parallel size: per GPU it needs "
-        f"{_gib(last.required_bytes)}, has {_gib(last.available_bytes)}"))
+        return Rejected(
+            engine="vllm",
+            reason="no usable NVIDIA GPU (MIG enabled or compute "
+            "capability below 7.0), or no tensor parallel size divides the heads",
+        )
+    return Rejected(
+        engine="vllm",
+        fit=last,
+        reason=(
+            f"does not fit {len(usable)} GPU(s) at any tensor parallel size: per GPU it needs "
+            f"{_gib(last.required_bytes)}, has {_gib(last.available_bytes)}"
+        ),
+    )
 
 
-def _vllm_choice(model: ModelSpec, fit: MemoryFit, util: float, gpus: list[GpuInfo], *,
-                 many: bool, ov: Overrides) -> _Choice:
+def _vllm_choice(
+    model: ModelSpec, fit: MemoryFit, util: float, gpus: list[GpuInfo], *, many: bool, ov: Overrides
+) -> _Choice:
     kv_tokens = (fit.available_bytes - fit.weights_bytes - fit.overhead_bytes) // max(
-        fit.kv_bytes_per_token, 1)
+        fit.kv_bytes_per_token, 1
+    )
     seqs = ov.parallel or max(1, min(VLLM_MAX_SEQS, kv_tokens // VLLM_REQUEST_TOKENS))
     quant = (model.quantization or "").lower()
     tp = len(gpus)
     settings = VllmSettings(
-        tensor_parallel_size=tp, gpu_memory_utilization=util, max_model_len=fit.ctx,
+        tensor_parallel_size=tp,
+        gpu_memory_utilization=util,
+        max_model_len=fit.ctx,
         quantization=quant if quant in VLLM_QUANTIZATIONS else None,
-        gpu_indices=sorted(g.index for g in gpus), max_num_seqs=seqs)
-    rule = (f"NVIDIA GPU{'s' if many else ''}, Hugging Face-format model and vllm installed; "
-            f"weights and KV cache fit with tensor parallel {tp}, the smallest power of two "
-            "that fits → vLLM")
+        gpu_indices=sorted(g.index for g in gpus),
+        max_num_seqs=seqs,
+    )
+    rule = (
+        f"NVIDIA GPU{'s' if many else ''}, Hugging Face-format model and vllm installed; "
+        f"weights and KV cache fit with tensor parallel {tp}, the smallest power of two "
+        "that fits → vLLM"
+    )
     return _Choice("vllm", settings, seqs, rule, fit)
 
 
@@ -393,7 +466,10 @@ def _vllm_choice(model: ModelSpec, fit: MemoryFit, util: float, gpus: list[GpuIn
 
 _Evaluator = Callable[[HardwareReport, ModelSpec, frozenset[str], Overrides], _Choice | Rejected]
 _EVALUATORS: dict[str, _Evaluator] = {
-    "vllm": _vllm, "xllamacpp": _xllamacpp, "llama-cpp-python": _llama_cpp_python}
+    "vllm": _vllm,
+    "xllamacpp": _xllamacpp,
+    "llama-cpp-python": _llama_cpp_python,
+}
 
 
 def _refusal(model: ModelSpec, rejected: list[Rejected]) -> str:
@@ -403,33 +479,49 @@ def _refusal(model: ModelSpec, rejected: list[Rejected]) -> str:
         reasons = "; ".join(f"{r.engine}: {r.reason}" for r in tried)
         return f"no engine can serve {model.name}: {reasons}."
     best, fit = min(short, key=lambda pair: pair[1].shortfall_bytes)
-    return (f"{model.name} does not fit: it needs {_gib(fit.required_bytes)} (weights "
-            f"{_gib(fit.weights_bytes)} + KV cache {_gib(fit.kv_bytes)} for {fit.ctx} tokens × "
-            f"{fit.slots} slot{'s' if fit.slots > 1 else ''} + overhead "
-            f"{_gib(fit.overhead_bytes + fit.reserve_bytes)}), but the closest option, "
-            f"{best.engine} in {fit.where}, has {_gib(fit.available_bytes)}: short by "
-            f"{_gib(fit.shortfall_bytes)}.")
+    return (
+        f"{model.name} does not fit: it needs {_gib(fit.required_bytes)} (weights "
+        f"{_gib(fit.weights_bytes)} + KV cache {_gib(fit.kv_bytes)} for {fit.ctx} tokens × "
+        f"{fit.slots} slot{'s' if fit.slots > 1 else ''} + overhead "
+        f"{_gib(fit.overhead_bytes + fit.reserve_bytes)}), but the closest option, "
+        f"{best.engine} in {fit.where}, has {_gib(fit.available_bytes)}: short by "
+        f"{_gib(fit.shortfall_bytes)}."
+    )
 
 
-def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None = None,
-         installed: Collection[str] | None = None, attach_url: str | None = None,
-         overrides: Overrides | None = None) -> Plan:
+def plan(
+    hardware: HardwareReport,
+    model: ModelSpec | None,
+    engine: str | None = None,
+    installed: Collection[str] | None = None,
+    attach_url: str | None = None,
+    overrides: Overrides | None = None,
+) -> Plan:
     """Choose and configure an engine. Pass ``installed`` to make the call fully pure.
 
     ``model`` may be None only with ``attach_url`` (the attached engine names its models).
     """
     if attach_url or engine == "attach":
         if not attach_url:
-            return Plan(engine=None, rule="--engine attach needs --attach URL", model=model,
-                        refusal="--engine attach was requested without --attach URL")
+            return Plan(
+                engine=None,
+                rule="--engine attach needs --attach URL",
+                model=model,
+                refusal="--engine attach was requested without --attach URL",
+            )
         # --parallel states the attached engine's concurrency; without it, a few at once.
         # Its slots are what they are: headroom is carved out of them, one slot always left.
         slots = overrides.parallel if overrides and overrides.parallel else ATTACH_CAPACITY
         spare = min(overrides.headroom if overrides else 0, slots - 1)
-        return Plan(engine="attach", settings=AttachSettings(url=attach_url), capacity=slots - spare,
-                    headroom=spare, model=model,
-                    rule="--attach URL given → proxy the OpenAI-compatible engine already "
-                    "running there; the runner probes it but does not manage its process")
+        return Plan(
+            engine="attach",
+            settings=AttachSettings(url=attach_url),
+            capacity=slots - spare,
+            headroom=spare,
+            model=model,
+            rule="--attach URL given → proxy the OpenAI-compatible engine already "
+            "running there; the runner probes it but does not manage its process",
+        )
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}, attach")
     if model is None:
@@ -440,13 +532,20 @@ def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None =
     rejected: list[Rejected] = []
     for name in ENGINES:
         if engine is not None and name != engine:
-            rejected.append(Rejected(engine=name, reason=f"not requested (--engine {engine})",
-                                     evaluated=False))
+            rejected.append(
+                Rejected(engine=name, reason=f"not requested (--engine {engine})", evaluated=False)
+            )
             continue
         if engine is None and name == "llama-cpp-python":
-            rejected.append(Rejected(engine=name, evaluated=False, reason="used only when "
-                                     "requested (--engine llama-cpp-python): it serves one "
-                                     "request at a time"))
+            rejected.append(
+                Rejected(
+                    engine=name,
+                    evaluated=False,
+                    reason="used only when "
+                    "requested (--engine llama-cpp-python): it serves one "
+                    "request at a time",
+                )
+            )
             continue
         outcome = _EVALUATORS[name](hardware, model, have, ov)
         if isinstance(outcome, Rejected):
@@ -455,21 +554,43 @@ def plan(hardware: HardwareReport, model: ModelSpec | None, engine: str | None =
             chosen = outcome
             rejected.extend(outcome.also_rejected)
         else:
-            rejected.append(Rejected(engine=name, fit=outcome.fit, reason=(
-                f"would also work, but {chosen.engine} comes first for this model")))
+            rejected.append(
+                Rejected(
+                    engine=name,
+                    fit=outcome.fit,
+                    reason=(f"would also work, but {chosen.engine} comes first for this model"),
+                )
+            )
     if chosen is None:
         refusal = _refusal(model, rejected)
-        missing = any(r.engine == "xllamacpp" and r.reason.startswith("not installed") for r in rejected)
+        missing = any(
+            r.engine == "xllamacpp" and r.reason.startswith("not installed") for r in rejected
+        )
         if engine is None and missing and "llama-cpp-python" in have:
             # It is never chosen unasked (one request at a time), but it may be all there is.
-            refusal += (" llama-cpp-python is installed: --engine llama-cpp-python serves this model "
-                        "one request at a time.")
-        return Plan(engine=None, rule="no engine can serve this model", rejected=rejected,
-                    model=model, refusal=refusal)
+            refusal += (
+                " llama-cpp-python is installed: --engine llama-cpp-python serves this model "
+                "one request at a time."
+            )
+        return Plan(
+            engine=None,
+            rule="no engine can serve this model",
+            rejected=rejected,
+            model=model,
+            refusal=refusal,
+        )
     if ov.headroom:
         chosen = _with_headroom(chosen, ov.headroom)
-    return Plan(engine=chosen.engine, settings=chosen.settings, capacity=chosen.capacity,
-                headroom=chosen.headroom, rule=chosen.rule, fit=chosen.fit, rejected=rejected, model=model)
+    return Plan(
+        engine=chosen.engine,
+        settings=chosen.settings,
+        capacity=chosen.capacity,
+        headroom=chosen.headroom,
+        rule=chosen.rule,
+        fit=chosen.fit,
+        rejected=rejected,
+        model=model,
+    )
 
 
 def _with_headroom(chosen: _Choice, extra: int) -> _Choice:

@@ -14,11 +14,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.engine_client import EngineClient, EngineError, EngineResponse
-from runner.sse import line_batches
-from runner.streams import OutboundStream
-from sdk.errors import error_json
-from sdk.protocol import Usage
+from outpost.runner.engine_client import EngineClient, EngineError, EngineResponse
+from outpost.runner.sse import line_batches
+from outpost.runner.streams import OutboundStream
+from outpost.sdk.errors import error_json
+from outpost.sdk.protocol import Usage
 
 __all__ = ["EngineEndpoint", "SealedHandler", "engine_request", "relay"]
 
@@ -37,8 +37,10 @@ class EngineEndpoint:
 def _usage(obj: object) -> Usage | None:
     if isinstance(obj, dict) and isinstance(u := obj.get("usage"), dict):
         try:
-            return Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
-                         completion_tokens=int(u.get("completion_tokens") or 0))
+            return Usage(
+                prompt_tokens=int(u.get("prompt_tokens") or 0),
+                completion_tokens=int(u.get("completion_tokens") or 0),
+            )
         except (TypeError, ValueError):
             return None
     return None
@@ -54,14 +56,21 @@ def engine_request(engine: EngineEndpoint, payload: dict[str, Any]) -> tuple[dic
     return {"Content-Type": "application/json", **engine.headers}, body
 
 
-async def relay(out: OutboundStream, engine: EngineEndpoint, http: EngineClient,
-                sealed: SealedHandler | None = None) -> None:
+async def relay(
+    out: OutboundStream,
+    engine: EngineEndpoint,
+    http: EngineClient,
+    sealed: SealedHandler | None = None,
+) -> None:
     req = out.request
     if req.sealed:
         if sealed is None:
             await out.start(400, "application/json")
-            await out.data(error_json("this runner has no end-to-end key", "invalid_request_error",
-                                      "e2e_unsupported"))
+            await out.data(
+                error_json(
+                    "this runner has no end-to-end key", "invalid_request_error", "e2e_unsupported"
+                )
+            )
             await out.end()
             return
         await sealed(out, engine, http)
@@ -119,8 +128,9 @@ async def relay(out: OutboundStream, engine: EngineEndpoint, http: EngineClient,
         await out.end(error=f"engine unreachable: {exc.kind}")
 
 
-async def _relay_sse(out: OutboundStream, resp: EngineResponse, public_name: str,
-                     client_wants_usage: bool) -> Usage | None:
+async def _relay_sse(
+    out: OutboundStream, resp: EngineResponse, public_name: str, client_wants_usage: bool
+) -> Usage | None:
     usage: Usage | None = None
     async with aclosing(line_batches(resp.batches())) as batches:
         async for lines in batches:
@@ -136,7 +146,9 @@ async def _relay_sse(out: OutboundStream, resp: EngineResponse, public_name: str
     return usage
 
 
-def _sse_event(line: str, public_name: str, client_wants_usage: bool) -> tuple[str | None, Usage | None]:
+def _sse_event(
+    line: str, public_name: str, client_wants_usage: bool
+) -> tuple[str | None, Usage | None]:
     """One engine SSE line → the event to send on (or None) and any usage it carried."""
     if not line.startswith("data:"):
         return None, None  # comments, keep-alives and blank separators

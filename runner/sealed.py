@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runner.engine_client import EngineClient, EngineError
-from runner.relay import EngineEndpoint, engine_request
-from runner.sse import line_batches
-from runner.streams import OutboundStream
-from sdk.e2e import (
+from outpost.runner.engine_client import EngineClient, EngineError
+from outpost.runner.relay import EngineEndpoint, engine_request
+from outpost.runner.sse import line_batches
+from outpost.runner.streams import OutboundStream
+from outpost.sdk.e2e import (
     ChunkSealer,
     DecryptionError,
     E2EError,
@@ -40,8 +40,8 @@ from sdk.e2e import (
     open_request,
     sign_receipt,
 )
-from sdk.errors import error_json
-from sdk.sealed import (
+from outpost.sdk.errors import error_json
+from outpost.sdk.sealed import (
     E2E_DECRYPT_FAILED,
     E2E_KEY_MISMATCH,
     E2E_MALFORMED,
@@ -94,8 +94,9 @@ class Opened:
     payload: dict[str, Any]  # the OpenAI body, to send to the engine
 
 
-def open_sealed(keys: RunnerKeys, runner_id: str, guard: ReplayGuard, body: str, *, model: str,
-                stream: bool) -> Opened:
+def open_sealed(
+    keys: RunnerKeys, runner_id: str, guard: ReplayGuard, body: str, *, model: str, stream: bool
+) -> Opened:
     """Decrypt a tunnel body and check it against the clear fields; raise :class:`Refused`."""
     try:
         sealed = SealedRequest.model_validate_json(body)
@@ -112,7 +113,9 @@ def open_sealed(keys: RunnerKeys, runner_id: str, guard: ReplayGuard, body: str,
         raise Refused(400, E2E_MALFORMED, "sealed body is not a JSON object")
     # The clear fields are what the control plane admitted: the sealed body must agree.
     if payload.get("model") != sealed.model or bool(payload.get("stream", False)) != sealed.stream:
-        raise Refused(400, E2E_MISMATCH, "sealed body disagrees with the clear model or stream flag")
+        raise Refused(
+            400, E2E_MISMATCH, "sealed body disagrees with the clear model or stream flag"
+        )
     limit = sealed.max_tokens
     for name in _MAX_TOKEN_FIELDS:
         value = payload.get(name)
@@ -145,18 +148,39 @@ class SealedWriter:
         return self._event(b"", final=True)
 
 
-def usage_receipt(keys: RunnerKeys, runner_id: str, request_id: str, usage: tuple[int, int],
-                  started: float, finished: float) -> str:
-    return sign_receipt(keys.identity, Receipt(
-        request_id=request_id, runner_id=runner_id, prompt_tokens=usage[0], completion_tokens=usage[1],
-        started_at=started, finished_at=max(finished, started)))
+def usage_receipt(
+    keys: RunnerKeys,
+    runner_id: str,
+    request_id: str,
+    usage: tuple[int, int],
+    started: float,
+    finished: float,
+) -> str:
+    return sign_receipt(
+        keys.identity,
+        Receipt(
+            request_id=request_id,
+            runner_id=runner_id,
+            prompt_tokens=usage[0],
+            completion_tokens=usage[1],
+            started_at=started,
+            finished_at=max(finished, started),
+        ),
+    )
 
 
 class SealedRelay:
     """``runner.relay.SealedHandler``: one sealed request over one tunnel stream."""
 
-    def __init__(self, keys: RunnerKeys, runner_id: str, *, guard: ReplayGuard | None = None,
-                 pad_to: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        keys: RunnerKeys,
+        runner_id: str,
+        *,
+        guard: ReplayGuard | None = None,
+        pad_to: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.keys = keys
         self.runner_id = runner_id
         # Envelopes sealed before this process started may have been seen by a previous one.
@@ -164,12 +188,15 @@ class SealedRelay:
         self.pad_to = pad_to
         self._clock = clock
 
-    async def __call__(self, out: OutboundStream, engine: EngineEndpoint, http: EngineClient) -> None:
+    async def __call__(
+        self, out: OutboundStream, engine: EngineEndpoint, http: EngineClient
+    ) -> None:
         started = self._clock()
         req = out.request
         try:
-            opened = open_sealed(self.keys, self.runner_id, self.guard, out.body, model=req.model,
-                                 stream=req.stream)
+            opened = open_sealed(
+                self.keys, self.runner_id, self.guard, out.body, model=req.model, stream=req.stream
+            )
         except Refused as refused:
             log.warning("stream %d: sealed request refused: %s", out.id, refused.code)
             await out.start(refused.status, "application/json")
@@ -181,11 +208,20 @@ class SealedRelay:
         await out.start(200, "text/event-stream")
         pending, usage = await self._run(out, writer, engine, http, opened.payload)
         await out.data("".join([*pending, writer.final()]))
-        await out.end(receipt=usage_receipt(self.keys, self.runner_id, request_id, usage, started,
-                                            self._clock()))
+        await out.end(
+            receipt=usage_receipt(
+                self.keys, self.runner_id, request_id, usage, started, self._clock()
+            )
+        )
 
-    async def _run(self, out: OutboundStream, writer: SealedWriter, engine: EngineEndpoint,
-                   http: EngineClient, payload: dict[str, Any]) -> tuple[list[str], tuple[int, int]]:
+    async def _run(
+        self,
+        out: OutboundStream,
+        writer: SealedWriter,
+        engine: EngineEndpoint,
+        http: EngineClient,
+        payload: dict[str, Any],
+    ) -> tuple[list[str], tuple[int, int]]:
         """Relay the engine's answer sealed; return the events still to send and (prompt, completion) tokens.
 
         Events are batched into as few data frames as the answer allows: a whole
@@ -198,13 +234,17 @@ class SealedRelay:
             payload["model"] = upstream
         wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         if req.stream:
-            payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+            payload["stream_options"] = {
+                **(payload.get("stream_options") or {}),
+                "include_usage": True,
+            }
         usage = (0, 0)
         pending: list[str] = []
         try:
             headers, body = engine_request(engine, payload)
-            async with http.request("POST", engine.base_url.rstrip("/") + req.path, headers=headers,
-                                    body=body) as resp:
+            async with http.request(
+                "POST", engine.base_url.rstrip("/") + req.path, headers=headers, body=body
+            ) as resp:
                 ctype = resp.headers.get("content-type", "application/json").split(";")[0]
                 pending.append(writer.head(resp.status, ctype))
                 if req.stream and resp.status == 200:
@@ -248,7 +288,9 @@ def _usage(obj: dict[str, Any]) -> tuple[int, int] | None:
         return None
 
 
-def _stream_event(line: str, public_name: str, wants_usage: bool) -> tuple[bytes | None, tuple[int, int] | None]:
+def _stream_event(
+    line: str, public_name: str, wants_usage: bool
+) -> tuple[bytes | None, tuple[int, int] | None]:
     """One engine SSE line → the event data to seal (or None) and any usage it carried."""
     if not line.startswith("data:"):
         return None, None

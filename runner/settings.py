@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliImplicitFlag, CliSuppress, SettingsConfigDict
 
-from runner.model_refs import parse_model_ref
-from sdk.pins import parse_pin
+from outpost.runner.model_refs import parse_model_ref
+from outpost.sdk.pins import parse_pin
 
 __all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]
 
@@ -23,81 +23,169 @@ def default_runner_state_dir() -> Path:
 class RunnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OUTPOST_", extra="ignore")
 
-    control_plane: str = Field(default="http://127.0.0.1:8080", description="Control plane base URL.")
-    state_dir: Path = Field(default_factory=default_runner_state_dir,
-                            description="Identity keys (mode 0600) and engine logs.")
+    control_plane: str = Field(
+        default="http://127.0.0.1:8080", description="Control plane base URL."
+    )
+    state_dir: Path = Field(
+        default_factory=default_runner_state_dir,
+        description="Identity keys (mode 0600) and engine logs.",
+    )
     # Secrets come from the environment or a file, never argv (process titles leak).
     enrollment_token: Annotated[SecretStr | None, CliSuppress] = Field(
-        default=None, description="One-time token (OUTPOST_ENROLLMENT_TOKEN only).")
+        default=None, description="One-time token (OUTPOST_ENROLLMENT_TOKEN only)."
+    )
     token_file: Path | None = Field(default=None, description="File holding the enrollment token.")
     name: str = Field(default="", description="Runner name (informational; the token fixes it).")
-    model: list[str] = Field(default_factory=list, description=(
-        "Model to serve: PATH_OR_ID, or NAME=PATH_OR_ID to choose its public id; repeat the flag to "
-        "serve several, one engine each (default: embedded SmolLM2)."))
-    served_model_name: str | None = Field(default=None, max_length=200,
-                                          description="Public name of the model (default: derived).")
-    model_alias: list[str] = Field(default_factory=list, max_length=32,
-                                   description="More public names of the model (repeat the flag).")
+    model: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Model to serve: PATH_OR_ID, or NAME=PATH_OR_ID to choose its public id; repeat the flag to "
+            "serve several, one engine each (default: embedded SmolLM2)."
+        ),
+    )
+    served_model_name: str | None = Field(
+        default=None, max_length=200, description="Public name of the model (default: derived)."
+    )
+    model_alias: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="More public names of the model (repeat the flag).",
+    )
     embedding: CliImplicitFlag[bool] = Field(
-        default=False, description="Also serve /v1/embeddings (llama.cpp embedding mode, mean pooling).")
-    engine: str | None = Field(default=None, description="Force an engine: xllamacpp, llama-cpp-python, vllm.")
-    attach: str | None = Field(default=None, description="URL of an OpenAI-compatible engine to attach to.")
+        default=False,
+        description="Also serve /v1/embeddings (llama.cpp embedding mode, mean pooling).",
+    )
+    engine: str | None = Field(
+        default=None, description="Force an engine: xllamacpp, llama-cpp-python, vllm."
+    )
+    attach: str | None = Field(
+        default=None, description="URL of an OpenAI-compatible engine to attach to."
+    )
     attach_api_key: Annotated[SecretStr | None, CliSuppress] = Field(
-        default=None, description="API key of the attached engine (OUTPOST_ATTACH_API_KEY only).")
+        default=None, description="API key of the attached engine (OUTPOST_ATTACH_API_KEY only)."
+    )
     connections: int = Field(default=2, ge=1, le=16, description="Tunnel connections to keep open.")
     # How the runner trusts the control plane and gets out to it (docs/deploy.md "TLS" and "Proxies").
-    ca_bundle: Path | None = Field(default=None, description="PEM file of the CAs that may sign the control "
-                                   "plane's certificate (a private CA); default: the system trust store.")
-    client_cert: Path | None = Field(default=None, description="PEM client certificate (chain) shown to a "
-                                     "control plane that requires mTLS.")
-    client_key: Path | None = Field(default=None, description="PEM private key of --client-cert (default: "
-                                    "in the --client-cert file).")
-    pin_sha256: list[str] = Field(default_factory=list, max_length=16, description=(
-        "Pinned control-plane public key, sha256/BASE64 of its SubjectPublicKeyInfo (repeat for a backup "
-        "key). Replaces the pin an enrollment token carried; a mismatch stops the runner."))
-    proxy: str = Field(default="", description="HTTP CONNECT proxy to reach the control plane through "
-                       "(http://host:port); empty: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; 'direct': no proxy.")
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that may sign the control "
+        "plane's certificate (a private CA); default: the system trust store.",
+    )
+    client_cert: Path | None = Field(
+        default=None,
+        description="PEM client certificate (chain) shown to a control plane that requires mTLS.",
+    )
+    client_key: Path | None = Field(
+        default=None,
+        description="PEM private key of --client-cert (default: in the --client-cert file).",
+    )
+    pin_sha256: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Pinned control-plane public key, sha256/BASE64 of its SubjectPublicKeyInfo (repeat for a backup "
+            "key). Replaces the pin an enrollment token carried; a mismatch stops the runner."
+        ),
+    )
+    proxy: str = Field(
+        default="",
+        description="HTTP CONNECT proxy to reach the control plane through "
+        "(http://host:port); empty: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; 'direct': no proxy.",
+    )
     proxy_auth: Annotated[SecretStr | None, CliSuppress] = Field(
-        default=None, description="user:password for --proxy (OUTPOST_PROXY_AUTH only).")
+        default=None, description="user:password for --proxy (OUTPOST_PROXY_AUTH only)."
+    )
     labels: dict[str, str] = Field(default_factory=dict, description="site/region/zone labels.")
-    parallel: int | None = Field(default=None, ge=1, le=256, description="Requests the control plane sends at once "
-                                 "(default: planned); a started engine gets --headroom slots more.")
-    headroom: int | None = Field(default=None, ge=0, le=8, description="Engine slots kept for tenants with nothing "
-                                 "in flight, so a light tenant starts at once (default: 1 for an engine the runner "
-                                 "starts, 0 attached; docs/fairness.md).")
+    parallel: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Requests the control plane sends at once "
+        "(default: planned); a started engine gets --headroom slots more.",
+    )
+    headroom: int | None = Field(
+        default=None,
+        ge=0,
+        le=8,
+        description="Engine slots kept for tenants with nothing "
+        "in flight, so a light tenant starts at once (default: 1 for an engine the runner "
+        "starts, 0 attached; docs/fairness.md).",
+    )
     ctx: int | None = Field(default=None, ge=256, description="Total context (default: planned).")
     threads: int = Field(default=0, ge=0, description="Engine CPU threads (0: engine default).")
-    drain_s: float = Field(default=30.0, ge=0, description="Grace period for live streams on shutdown.")
-    health_timeout_s: float = Field(default=300.0, gt=0, description="Time the engine may take to load.")
+    drain_s: float = Field(
+        default=30.0, ge=0, description="Grace period for live streams on shutdown."
+    )
+    health_timeout_s: float = Field(
+        default=300.0, gt=0, description="Time the engine may take to load."
+    )
     # A running engine that hangs but stays alive is found by these checks (docs/runner.md).
-    health_check_interval_s: float = Field(default=5.0, gt=0, le=300,
-                                           description="Seconds between health checks of a running engine.")
-    health_check_timeout_s: float = Field(default=5.0, gt=0, le=300,
-                                          description="A health check not answered within this fails.")
-    health_check_failures: int = Field(default=3, ge=1, le=100, description="Failed health checks in a row "
-                                       "that mark an engine unavailable and restart it.")
-    ping_interval_s: float = Field(default=5.0, gt=0, description="WebSocket ping interval on the tunnel.")
-    ping_timeout_s: float = Field(default=10.0, gt=0, description="Tunnel declared dead after this pong delay.")
+    health_check_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds between health checks of a running engine."
+    )
+    health_check_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="A health check not answered within this fails."
+    )
+    health_check_failures: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Failed health checks in a row that mark an engine unavailable and restart it.",
+    )
+    ping_interval_s: float = Field(
+        default=5.0, gt=0, description="WebSocket ping interval on the tunnel."
+    )
+    ping_timeout_s: float = Field(
+        default=10.0, gt=0, description="Tunnel declared dead after this pong delay."
+    )
     # Cost model sent in the hello (docs/cost.md): a stated rate, else power x price, else the class default.
-    usd_per_hour: float | None = Field(default=None, ge=0, description="Cost rate of this machine, $/hour.")
-    usd_per_kwh: float | None = Field(default=None, ge=0,
-                                      description="Electricity price: cost this runner as power x price.")
-    watts: float | None = Field(default=None, gt=0, description="Power draw for --usd-per-kwh "
-                                "(default: GPU/CPU power limits read from NVML/RAPL, else the class TDP).")
-    pue: float = Field(default=1.0, ge=1.0, le=3.0, description="Power usage effectiveness for --usd-per-kwh.")
-    hardware_class: str | None = Field(default=None, description="Cost class for the default rate "
-                                       "(cpu-small, nvidia-h100, ...; default: detected).")
+    usd_per_hour: float | None = Field(
+        default=None, ge=0, description="Cost rate of this machine, $/hour."
+    )
+    usd_per_kwh: float | None = Field(
+        default=None, ge=0, description="Electricity price: cost this runner as power x price."
+    )
+    watts: float | None = Field(
+        default=None,
+        gt=0,
+        description="Power draw for --usd-per-kwh "
+        "(default: GPU/CPU power limits read from NVML/RAPL, else the class TDP).",
+    )
+    pue: float = Field(
+        default=1.0, ge=1.0, le=3.0, description="Power usage effectiveness for --usd-per-kwh."
+    )
+    hardware_class: str | None = Field(
+        default=None,
+        description="Cost class for the default rate "
+        "(cpu-small, nvidia-h100, ...; default: detected).",
+    )
     e2e_kem: Literal["x25519", "mlkem768-x25519"] = Field(
-        default="x25519", description="KEM of the end-to-end key made on first start (hybrid: post-quantum).")
+        default="x25519",
+        description="KEM of the end-to-end key made on first start (hybrid: post-quantum).",
+    )
     # Observability (docs/deploy.md "Metrics and logs"). The runner opens no port unless asked.
     log_format: Literal["text", "json"] = Field(
-        default="text", description="text for people; json: one object per line with the request id.")
-    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Serve Prometheus metrics "
-                                     "on this port (default: no listener; 0 picks a free port).")
-    metrics_host: str = Field(default="127.0.0.1", description="Address of the --metrics-port listener "
-                              "(loopback unless a scraper elsewhere must reach it).")
-    e2e_pad_to: int = Field(default=0, ge=0, le=12224,
-                            description="Pad encrypted response chunks to a multiple of this many bytes (0: off).")
+        default="text",
+        description="text for people; json: one object per line with the request id.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics "
+        "on this port (default: no listener; 0 picks a free port).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the --metrics-port listener "
+        "(loopback unless a scraper elsewhere must reach it).",
+    )
+    e2e_pad_to: int = Field(
+        default=0,
+        ge=0,
+        le=12224,
+        description="Pad encrypted response chunks to a multiple of this many bytes (0: off).",
+    )
 
     @field_validator("pin_sha256")
     @classmethod

@@ -45,7 +45,9 @@ async def line_batches(batches: AsyncGenerator[bytes, None]) -> AsyncIterator[li
         yield _lines(tail)
 
 
-async def read_ahead(chunks: AsyncIterator[bytes], limit: int = MAX_READ_AHEAD) -> AsyncGenerator[bytes, None]:
+async def read_ahead(
+    chunks: AsyncIterator[bytes], limit: int = MAX_READ_AHEAD
+) -> AsyncGenerator[bytes, None]:
     """Chunks regrouped as everything a reader task had taken when the caller asked.
 
     The task takes chunks as they come (buffered ones need no I/O, so it takes

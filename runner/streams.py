@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sdk.protocol import (
+from outpost.sdk.protocol import (
     MAX_DATA_BYTES,
     DataFrame,
     EndFrame,
@@ -71,7 +71,9 @@ class OutboundStream:
 
     async def start(self, status: int, content_type: str) -> None:
         self.started = True
-        await self._send(ResponseStartFrame(stream_id=self.id, status=status, content_type=content_type[:128]))
+        await self._send(
+            ResponseStartFrame(stream_id=self.id, status=status, content_type=content_type[:128])
+        )
 
     async def data(self, text: str) -> None:
         for i in range(0, len(text), MAX_DATA_BYTES):
@@ -83,8 +85,9 @@ class OutboundStream:
             self._credit -= len(piece)
             await self._send(DataFrame(stream_id=self.id, data=piece))
 
-    async def end(self, usage: Usage | None = None, error: str | None = None,
-                  receipt: str | None = None) -> None:
+    async def end(
+        self, usage: Usage | None = None, error: str | None = None, receipt: str | None = None
+    ) -> None:
         if not self.closed:
             self.closed = True
             await self._send(EndFrame(stream_id=self.id, usage=usage, error=error, receipt=receipt))

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from runner.engine_process import EngineRegistry, spawn_engine
-from runner.engines.base import EngineAdapter
+from outpost.runner.engine_process import EngineRegistry, spawn_engine
+from outpost.runner.engines.base import EngineAdapter
 
 __all__ = ["EngineFailed", "HealthCheck", "HealthProbe", "Supervisor", "free_port", "http_probe"]
 
@@ -122,8 +122,13 @@ class Supervisor:
             self.port = port
             env = {**os.environ, **spec.env}
             self._forget()  # the previous process (a restart) is dead by now
-            self.proc = await self._spawn(*spec.argv, stdout=asyncio.subprocess.PIPE,
-                                          stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = await self._spawn(
+                *spec.argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             if self._registry is not None:
                 self._registry.record(self.proc.pid, spec.argv)
             self._pump = asyncio.create_task(self._pump_logs(self.proc))
@@ -135,8 +140,10 @@ class Supervisor:
         url = self.base_url + self.adapter.health_path
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.returncode is not None:
-                raise EngineFailed(f"engine exited with code {self.proc.returncode} while loading; "
-                                   f"see {self._log_path}")
+                raise EngineFailed(
+                    f"engine exited with code {self.proc.returncode} while loading; "
+                    f"see {self._log_path}"
+                )
             status = await self._probe(url, min(self.health_check.timeout_s, 2.0))
             if status is None:
                 self.healthy.set()
@@ -144,7 +151,9 @@ class Supervisor:
             if progress:
                 progress(f"waiting for {self.adapter.name} ({status})")
             await asyncio.sleep(0.25)
-        raise EngineFailed(f"engine not healthy after {self.health_timeout_s:.0f}s; see {self._log_path}")
+        raise EngineFailed(
+            f"engine not healthy after {self.health_timeout_s:.0f}s; see {self._log_path}"
+        )
 
     async def watch(self) -> None:
         """Restart the engine with bounded exponential backoff whenever it dies or hangs."""
@@ -158,17 +167,23 @@ class Supervisor:
                 return
             self.healthy.clear()
             self.restarts += 1
-            log.warning("engine %s %s; restart %d in %.1fs", self._label, why, self.restarts, backoff)
+            log.warning(
+                "engine %s %s; restart %d in %.1fs", self._label, why, self.restarts, backoff
+            )
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             started = time.monotonic()
             try:
                 await self.start()
-                log.warning("engine %s is back (restart %d, port %s)", self._label, self.restarts, self.port)
+                log.warning(
+                    "engine %s is back (restart %d, port %s)", self._label, self.restarts, self.port
+                )
             except (EngineFailed, OSError) as exc:
                 log.error("engine %s restart failed: %s", self._label, exc)
                 self._kill()  # hung while loading: the next loop turn retries it
             # Only a restart that stayed up a while resets the backoff.
-            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, self.max_backoff_s)
+            backoff = (
+                1.0 if time.monotonic() - started > 60 else min(backoff * 2, self.max_backoff_s)
+            )
 
     async def _until_down(self) -> str:
         """Wait until the engine exits, or hangs (killing it then); say which."""
@@ -190,14 +205,24 @@ class Supervisor:
                     failures = 0
                     continue
                 failures += 1
-                log.info("engine %s health check failed (%s), %d of %d", self._label, status, failures,
-                         check.failures)
+                log.info(
+                    "engine %s health check failed (%s), %d of %d",
+                    self._label,
+                    status,
+                    failures,
+                    check.failures,
+                )
                 if failures >= check.failures:
                     # Down from this moment: the runner's status stops offering its models.
                     self.healthy.clear()
-                    log.warning("engine %s is alive but failed %d health checks in a row (%s %s); "
-                                "marked unavailable, killing it", self._label, failures,
-                                self.adapter.liveness_path, status)
+                    log.warning(
+                        "engine %s is alive but failed %d health checks in a row (%s %s); "
+                        "marked unavailable, killing it",
+                        self._label,
+                        failures,
+                        self.adapter.liveness_path,
+                        status,
+                    )
                     self._kill()  # SIGKILL also ends a stopped (SIGSTOP) process
                     await exited
                     return f"hung (failed {failures} health checks), killed"
@@ -221,8 +246,12 @@ class Supervisor:
             failures += 1
             if failures == check.failures:
                 self.healthy.clear()
-                log.warning("attached engine at %s failed %d health checks in a row (%s); marked unavailable",
-                            self.base_url, failures, status)
+                log.warning(
+                    "attached engine at %s failed %d health checks in a row (%s); marked unavailable",
+                    self.base_url,
+                    failures,
+                    status,
+                )
 
     async def stop(self, grace_s: float = 10.0) -> None:
         self._stopping = True
@@ -242,7 +271,11 @@ class Supervisor:
             await asyncio.wait([self._pump], timeout=2)
 
     def _forget(self) -> None:
-        if self._registry is not None and self.proc is not None and self.proc.returncode is not None:
+        if (
+            self._registry is not None
+            and self.proc is not None
+            and self.proc.returncode is not None
+        ):
             self._registry.forget(self.proc.pid)
 
     def _kill(self) -> None:
@@ -274,8 +307,9 @@ def _engine_logger(log_dir: Path, name: str) -> logging.Logger:
     logger.propagate = False
     logger.setLevel(logging.INFO)
     if not logger.handlers:
-        handler = logging.handlers.RotatingFileHandler(log_dir / name, maxBytes=10 * 2**20,
-                                                       backupCount=3)
+        handler = logging.handlers.RotatingFileHandler(
+            log_dir / name, maxBytes=10 * 2**20, backupCount=3
+        )
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     return logger

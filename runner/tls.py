@@ -15,13 +15,26 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from sdk.pins import parse_pin, spki_pin
+from outpost.sdk.pins import parse_pin, spki_pin
 
-__all__ = ["ControlPlaneTransport", "PinMismatch", "TrustFailure", "pinned_context", "trust_failure"]
+__all__ = [
+    "ControlPlaneTransport",
+    "PinMismatch",
+    "TrustFailure",
+    "pinned_context",
+    "trust_failure",
+]
 
 #: TLS alerts from the control plane saying it refused our client certificate: retrying cannot help.
-_CLIENT_CERT_REFUSED = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN",
-                        "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED", "ACCESS_DENIED")
+_CLIENT_CERT_REFUSED = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "ACCESS_DENIED",
+)
 
 
 class PinMismatch(ssl.SSLCertVerificationError):
@@ -46,7 +59,8 @@ class _PinnedSSLObject(ssl.SSLObject):
             raise PinMismatch(
                 f"the control plane's public key {seen} matches none of the pinned keys "
                 f"({', '.join(sorted(pins))}): a TLS-intercepting proxy is in the path, or the control "
-                "plane changed its key (then pin the new one with --pin-sha256)")
+                "plane changed its key (then pin the new one with --pin-sha256)"
+            )
 
 
 class _PinningContext(ssl.SSLContext):
@@ -60,8 +74,12 @@ class _PinningContext(ssl.SSLContext):
         return super().wrap_socket(*args, **kwargs)
 
 
-def pinned_context(ca_bundle: Path | None = None, client_cert: Path | None = None,
-                   client_key: Path | None = None, pins: tuple[str, ...] | list[str] = ()) -> ssl.SSLContext:
+def pinned_context(
+    ca_bundle: Path | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+    pins: tuple[str, ...] | list[str] = (),
+) -> ssl.SSLContext:
     """Verify the chain (a private CA bundle, else the system store) and hostname, then the pins."""
     ctx = _PinningContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -85,11 +103,17 @@ def trust_failure(exc: BaseException) -> TrustFailure | None:
             return TrustFailure(f"TLS pin check failed: {cur.args[0] if cur.args else cur}")
         if isinstance(cur, ssl.SSLCertVerificationError):
             detail = cur.verify_message or str(cur)
-            return TrustFailure(f"TLS verification of the control plane failed: {detail} (set --ca-bundle "
-                                "to the CA that signed its certificate, or check the URL's host name)")
-        if isinstance(cur, ssl.SSLError) and any(a in (cur.reason or "") for a in _CLIENT_CERT_REFUSED):
-            return TrustFailure(f"the control plane refused this runner's client certificate ({cur.reason}): "
-                                "set --client-cert/--client-key to a certificate its CA signed")
+            return TrustFailure(
+                f"TLS verification of the control plane failed: {detail} (set --ca-bundle "
+                "to the CA that signed its certificate, or check the URL's host name)"
+            )
+        if isinstance(cur, ssl.SSLError) and any(
+            a in (cur.reason or "") for a in _CLIENT_CERT_REFUSED
+        ):
+            return TrustFailure(
+                f"the control plane refused this runner's client certificate ({cur.reason}): "
+                "set --client-cert/--client-key to a certificate its CA signed"
+            )
         cur = cur.__cause__ or cur.__context__
     return None
 
@@ -111,7 +135,9 @@ class ControlPlaneTransport:
             return None
         parts = urlsplit(proxy)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--proxy must be http://host:port (an HTTP CONNECT proxy), not {proxy!r}")
+            raise ValueError(
+                f"--proxy must be http://host:port (an HTTP CONNECT proxy), not {proxy!r}"
+            )
         if auth:
             user, _, password = auth.partition(":")
             netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"

@@ -24,11 +24,11 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from runner.identity import RunnerIdentity
-from runner.streams import OutboundStream
-from runner.tls import ControlPlaneTransport, trust_failure
-from sdk.logfmt import REQUEST_ID
-from sdk.protocol import (
+from outpost.runner.identity import RunnerIdentity
+from outpost.runner.streams import OutboundStream
+from outpost.runner.tls import ControlPlaneTransport, trust_failure
+from outpost.sdk.logfmt import REQUEST_ID
+from outpost.sdk.protocol import (
     CAPABILITIES,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSIONS,
@@ -67,9 +67,9 @@ class TunnelTerminated(RuntimeError):
 def tunnel_url(control_plane: str) -> str:
     base = control_plane.rstrip("/")
     if base.startswith("https://"):
-        return "wss://" + base[len("https://"):] + "/tunnel/v1"
+        return "wss://" + base[len("https://") :] + "/tunnel/v1"
     if base.startswith("http://"):
-        return "ws://" + base[len("http://"):] + "/tunnel/v1"
+        return "ws://" + base[len("http://") :] + "/tunnel/v1"
     return base + "/tunnel/v1"
 
 
@@ -101,7 +101,9 @@ class TunnelClient:
         self._backoff = (backoff_base_s, backoff_cap_s, stable_after_s)
         self._connect = connect_factory
         # TLS trust and the proxy (runner/tls.py); None: websockets' defaults (system CAs, env proxy).
-        self._transport_kwargs = transport.websocket_kwargs(self.url) if transport is not None else {}
+        self._transport_kwargs = (
+            transport.websocket_kwargs(self.url) if transport is not None else {}
+        )
         self._tasks: dict[int, asyncio.Task[None]] = {}  # stream tasks, all connections
         self._conns: set[ClientConnection] = set()
         self.draining = False
@@ -144,9 +146,10 @@ class TunnelClient:
                 if (failure := trust_failure(exc)) is not None:
                     raise TunnelTerminated(str(failure)) from None
                 if isinstance(exc, InvalidProxyStatus) and exc.response.status_code in (401, 407):
-                    raise TunnelTerminated(f"the proxy refused the runner's credentials "
-                                           f"({exc.response.status_code}): check OUTPOST_PROXY_AUTH and --proxy"
-                                           ) from None
+                    raise TunnelTerminated(
+                        f"the proxy refused the runner's credentials "
+                        f"({exc.response.status_code}): check OUTPOST_PROXY_AUTH and --proxy"
+                    ) from None
                 code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd else None
                 log.info("tunnel %d: %s", index, exc or type(exc).__name__)
             except InvalidURI as exc:
@@ -172,8 +175,14 @@ class TunnelClient:
     async def _connection(self, index: int, session: _Session) -> int | None:
         ping_interval, ping_timeout = self._ping
         async with self._connect(
-            self.url, max_size=MAX_FRAME_BYTES + 1024, compression=None, open_timeout=10,
-            ping_interval=ping_interval, ping_timeout=ping_timeout, max_queue=64, close_timeout=5,
+            self.url,
+            max_size=MAX_FRAME_BYTES + 1024,
+            compression=None,
+            open_timeout=10,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            max_queue=64,
+            close_timeout=5,
             **self._transport_kwargs,
         ) as ws:
             send_lock = asyncio.Lock()
@@ -191,7 +200,9 @@ class TunnelClient:
             self.connected.set()
             self.connects += 1
             mine: dict[int, OutboundStream] = {}
-            status_task = asyncio.create_task(self._status_loop(send, frozenset(welcome.capabilities)))
+            status_task = asyncio.create_task(
+                self._status_loop(send, frozenset(welcome.capabilities))
+            )
             try:
                 if self.draining:
                     await send(GoawayFrame(reason="runner draining"))
@@ -221,12 +232,20 @@ class TunnelClient:
             raise FrameError("expected challenge.v1")
         version = negotiate_version(challenge.versions)
         if version is None:
-            raise TunnelTerminated(f"no common protocol version (control plane: {challenge.versions}, "
-                                   f"runner: {list(PROTOCOL_VERSIONS)})")
+            raise TunnelTerminated(
+                f"no common protocol version (control plane: {challenge.versions}, "
+                f"runner: {list(PROTOCOL_VERSIONS)})"
+            )
         rid = self.identity.runner_id
         sig = self.identity.key.sign(handshake_message(challenge.nonce, rid, version))
-        hello = HelloFrame(runner_id=rid, version=version, signature=sig, capabilities=sorted(CAPABILITIES),
-                           connection_index=index, **self._hello_fields())
+        hello = HelloFrame(
+            runner_id=rid,
+            version=version,
+            signature=sig,
+            capabilities=sorted(CAPABILITIES),
+            connection_index=index,
+            **self._hello_fields(),
+        )
         await ws.send(encode_frame(hello))
         welcome = parse_frame(await asyncio.wait_for(ws.recv(), 10))
         if not isinstance(welcome, WelcomeFrame):
@@ -234,8 +253,12 @@ class TunnelClient:
         log.info("tunnel %d connected (session %s)", index, welcome.session_id)
         return welcome
 
-    def _dispatch(self, frame: object, mine: dict[int, OutboundStream],
-                  send: Callable[[object], Awaitable[None]]) -> None:
+    def _dispatch(
+        self,
+        frame: object,
+        mine: dict[int, OutboundStream],
+        send: Callable[[object], Awaitable[None]],
+    ) -> None:
         if isinstance(frame, RequestFrame):
             if frame.stream_id in mine:
                 raise FrameError(f"stream {frame.stream_id} opened twice")
@@ -262,7 +285,9 @@ class TunnelClient:
         elif isinstance(frame, GoawayFrame):
             log.info("control plane is going away: %s", frame.reason)
         else:
-            raise FrameError(f"unexpected {getattr(frame, 'type', '?')} frame from the control plane")
+            raise FrameError(
+                f"unexpected {getattr(frame, 'type', '?')} frame from the control plane"
+            )
 
     @staticmethod
     def _stream(mine: dict[int, OutboundStream], sid: int) -> OutboundStream | None:
@@ -277,7 +302,9 @@ class TunnelClient:
             try:
                 await self._on_stream(out)
                 outcome = "ok" if out.failure is None else "error"
-                if out.closed:  # answered in protocol, failed or not (a sealed failure stays unseen)
+                if (
+                    out.closed
+                ):  # answered in protocol, failed or not (a sealed failure stays unseen)
                     self.completed += 1
             except asyncio.CancelledError:
                 raise
@@ -294,17 +321,31 @@ class TunnelClient:
                 self._tasks.pop(_key(out), None)
                 seconds = time.monotonic() - started
                 if out.failure is not None:
-                    log.error("stream %d %s %s: error in %.0f ms: %s", out.id, out.request.path,
-                              out.request.model, seconds * 1000, out.failure)
+                    log.error(
+                        "stream %d %s %s: error in %.0f ms: %s",
+                        out.id,
+                        out.request.path,
+                        out.request.model,
+                        seconds * 1000,
+                        out.failure,
+                    )
                 else:
-                    log.info("stream %d %s %s: %s in %.0f ms", out.id, out.request.path, out.request.model,
-                             outcome, seconds * 1000)
+                    log.info(
+                        "stream %d %s %s: %s in %.0f ms",
+                        out.id,
+                        out.request.path,
+                        out.request.model,
+                        outcome,
+                        seconds * 1000,
+                    )
                 if self.observer is not None:
                     self.observer(out, seconds, outcome)
 
         self._tasks[_key(out)] = asyncio.create_task(run())
 
-    async def _status_loop(self, send: Callable[[object], Awaitable[None]], caps: frozenset[str]) -> None:
+    async def _status_loop(
+        self, send: Callable[[object], Awaitable[None]], caps: frozenset[str]
+    ) -> None:
         while True:
             frame = self._status()
             if frame.unavailable_models and "model-status" not in caps:
@@ -314,7 +355,9 @@ class TunnelClient:
             if frame.headroom and "headroom" not in caps:
                 frame = frame.model_copy(update={"headroom": 0})  # it admits up to capacity only
             if frame.engines and "engine-slots" not in caps:
-                frame = frame.model_copy(update={"engines": []})  # it admits up to the summed capacity
+                frame = frame.model_copy(
+                    update={"engines": []}
+                )  # it admits up to the summed capacity
             try:
                 await send(frame)
             except ConnectionClosed:
@@ -326,7 +369,9 @@ class TunnelClient:
         self.draining = True
         for ws in list(self._conns):
             try:
-                await ws.send(encode_frame(GoawayFrame(reason="runner shutting down", drain_s=grace_s)))
+                await ws.send(
+                    encode_frame(GoawayFrame(reason="runner shutting down", drain_s=grace_s))
+                )
             except ConnectionClosed:
                 pass
         tasks = list(self._tasks.values())

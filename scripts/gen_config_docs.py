@@ -1,7 +1,7 @@
 """Render docs/configuration.md from the settings classes (the single source of truth).
 
-    .venv/bin/python scripts/gen_config_docs.py          # rewrite the file
-    .venv/bin/python scripts/gen_config_docs.py --check  # exit 1 if it is stale (the tests do this)
+.venv/bin/python scripts/gen_config_docs.py          # rewrite the file
+.venv/bin/python scripts/gen_config_docs.py --check  # exit 1 if it is stale (the tests do this)
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
-from control_plane.settings import Settings
-from runner.settings import SECRET_FLAGS, RunnerSettings
+from outpost.control_plane.settings import Settings
+from outpost.runner.settings import SECRET_FLAGS, RunnerSettings
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

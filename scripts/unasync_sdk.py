@@ -48,11 +48,13 @@ def generate(source: str) -> str:
     first = module.body[0]
     if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)):
         raise SystemExit("the async source must start with a docstring")
-    body = "\n".join(source.splitlines()[first.end_lineno:]) + "\n"
+    body = "\n".join(source.splitlines()[first.end_lineno :]) + "\n"
     for pattern, repl in RULES:
         body = re.sub(pattern, repl, body, flags=re.MULTILINE)
     # A sync generator can delegate; an async one cannot.
-    body = re.sub(r"^(\s+)for (\w+) in (.+):\n\s+yield \2\n", r"\1yield from \3\n", body, flags=re.MULTILINE)
+    body = re.sub(
+        r"^(\s+)for (\w+) in (.+):\n\s+yield \2\n", r"\1yield from \3\n", body, flags=re.MULTILINE
+    )
     return HEADER + _sort_imports(body)
 
 
@@ -87,7 +89,10 @@ def main(argv: list[str]) -> int:
     wanted = generate(SOURCE.read_text())
     if "--check" in argv:
         if not TARGET.exists() or TARGET.read_text() != wanted:
-            print(f"{TARGET.relative_to(ROOT)} is out of date: run scripts/unasync_sdk.py", file=sys.stderr)
+            print(
+                f"{TARGET.relative_to(ROOT)} is out of date: run scripts/unasync_sdk.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     TARGET.write_text(wanted)

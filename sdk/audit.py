@@ -83,8 +83,9 @@ def canonical_json(value: Any) -> bytes:
     (|n| <= 2**53-1), booleans, null, arrays and objects (ASCII keys).
     """
     _check_value(value, "$")
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def event_digest(event: Mapping[str, Any]) -> str:
@@ -103,14 +104,24 @@ def key_id_for(public_key: str) -> str:
 
 
 def checkpoint_message(seq: int, hash_: str, ts: str, key_id: str) -> bytes:
-    return canonical_json({"context": CHECKPOINT_CONTEXT, "hash": hash_, "key_id": key_id,
-                           "seq": seq, "ts": ts})
+    return canonical_json(
+        {"context": CHECKPOINT_CONTEXT, "hash": hash_, "key_id": key_id, "seq": seq, "ts": ts}
+    )
 
 
-def rotation_message(prev_key_id: str, prev_public_key: str, key_id: str, public_key: str,
-                     ts: str) -> bytes:
-    return canonical_json({"context": ROTATION_CONTEXT, "key_id": key_id, "prev_key_id": prev_key_id,
-                           "prev_public_key": prev_public_key, "public_key": public_key, "ts": ts})
+def rotation_message(
+    prev_key_id: str, prev_public_key: str, key_id: str, public_key: str, ts: str
+) -> bytes:
+    return canonical_json(
+        {
+            "context": ROTATION_CONTEXT,
+            "key_id": key_id,
+            "prev_key_id": prev_key_id,
+            "prev_public_key": prev_public_key,
+            "public_key": public_key,
+            "ts": ts,
+        }
+    )
 
 
 def _b64u_decode(text: str) -> bytes:
@@ -120,7 +131,9 @@ def _b64u_decode(text: str) -> bytes:
 def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
     """Whether ``signature`` (base64url) is ``public_key``'s Ed25519 signature over ``message``."""
     try:
-        Ed25519PublicKey.from_public_bytes(_b64u_decode(public_key)).verify(_b64u_decode(signature), message)
+        Ed25519PublicKey.from_public_bytes(_b64u_decode(public_key)).verify(
+            _b64u_decode(signature), message
+        )
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
@@ -198,7 +211,9 @@ def _trusted_keys(records: list[dict[str, Any]], pinned: Iterable[str]) -> dict[
             if len(_b64u_decode(key)) != 32:
                 raise ValueError
         except (ValueError, TypeError):
-            raise _Bad(None, f"pinned public key {key[:12]}... is not a base64url Ed25519 key") from None
+            raise _Bad(
+                None, f"pinned public key {key[:12]}... is not a base64url Ed25519 key"
+            ) from None
         trusted[key_id_for(key)] = key
     links: list[tuple[str, str, str, str]] = []
     for i, rec in enumerate(records):
@@ -213,8 +228,11 @@ def _trusted_keys(records: list[dict[str, Any]], pinned: Iterable[str]) -> dict[
         try:
             msg = rotation_message(rot["prev_key_id"], rot["prev_public_key"], kid, pk, rot["ts"])
             prev_ok = key_id_for(rot["prev_public_key"]) == rot["prev_key_id"]
-            both = (prev_ok and verify_signature(rot["prev_public_key"], msg, rot["prev_signature"])
-                    and verify_signature(pk, msg, rot["signature"]))
+            both = (
+                prev_ok
+                and verify_signature(rot["prev_public_key"], msg, rot["prev_signature"])
+                and verify_signature(pk, msg, rot["signature"])
+            )
         except (KeyError, TypeError, ValueError):
             both = False
         if not both:
@@ -233,8 +251,14 @@ def _trusted_keys(records: list[dict[str, Any]], pinned: Iterable[str]) -> dict[
 
 def _check_signed(rec: dict[str, Any], i: int, trusted: dict[str, str], what: str) -> None:
     seq, h, ts, kid, sig = (rec.get(k) for k in ("seq", "hash", "ts", "key_id", "signature"))
-    if not (isinstance(seq, int) and not isinstance(seq, bool) and _is_hash(h) and isinstance(ts, str)
-            and isinstance(kid, str) and isinstance(sig, str)):
+    if not (
+        isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and _is_hash(h)
+        and isinstance(ts, str)
+        and isinstance(kid, str)
+        and isinstance(sig, str)
+    ):
         raise _Bad(i, f"{what} is malformed", seq if isinstance(seq, int) else None)
     if kid not in trusted:
         raise _Bad(i, f"{what} at seq {seq} is signed by key {kid}, which is not trusted", seq)
@@ -242,8 +266,11 @@ def _check_signed(rec: dict[str, Any], i: int, trusted: dict[str, str], what: st
         raise _Bad(i, f"{what} at seq {seq} has an invalid signature", seq)
 
 
-def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys: Iterable[str],
-                  kept_checkpoints: Iterable[str | bytes | Mapping[str, Any]] = ()) -> VerifyResult:
+def verify_export(
+    lines: Iterable[str | bytes | Mapping[str, Any]],
+    public_keys: Iterable[str],
+    kept_checkpoints: Iterable[str | bytes | Mapping[str, Any]] = (),
+) -> VerifyResult:
     """Verify an audit export offline, trusting only ``public_keys``.
 
     ``lines`` are the export's JSONL lines (or already-parsed objects);
@@ -265,14 +292,20 @@ def verify_export(lines: Iterable[str | bytes | Mapping[str, Any]], public_keys:
     except _Bad as bad:
         result.ok, result.reason, result.index, result.seq = False, bad.reason, bad.index, bad.seq
         return result
-    except (ValueError, TypeError, KeyError) as exc:  # malformed material (bad base64, wrong types): refused
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+    ) as exc:  # malformed material (bad base64, wrong types): refused
         result.ok, result.reason = False, f"malformed export: {type(exc).__name__}"
         return result
     result.ok = True
     return result
 
 
-def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: VerifyResult) -> dict[int, str]:
+def _walk(
+    records: list[dict[str, Any]], trusted: dict[str, str], result: VerifyResult
+) -> dict[int, str]:
     prev, expected = GENESIS_HASH, 1
     hashes: dict[int, str] = {}
     header: dict[str, Any] | None = None
@@ -284,7 +317,9 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
         kind = rec["kind"]
         if kind == "header":
             if i != 0 or rec.get("format") != EXPORT_FORMAT or rec.get("version") != 1:
-                raise _Bad(i, "header must be the first line, format outpost.audit.export version 1")
+                raise _Bad(
+                    i, "header must be the first line, format outpost.audit.export version 1"
+                )
             header = rec
         elif kind == "key":
             continue  # handled by _trusted_keys
@@ -300,16 +335,26 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
             started = True
             seq, digest = _entry(rec, i, kind)
             if seq != expected:
-                raise _Bad(i, f"expected seq {expected}, found {seq} (an event was deleted, inserted or "
-                           "moved here)", seq)
+                raise _Bad(
+                    i,
+                    f"expected seq {expected}, found {seq} (an event was deleted, inserted or "
+                    "moved here)",
+                    seq,
+                )
             prev = chain_hash(prev, digest)
             if rec.get("hash") != prev:
-                raise _Bad(i, f"hash mismatch at seq {seq}: the event was altered or the chain broken", seq)
+                raise _Bad(
+                    i, f"hash mismatch at seq {seq}: the event was altered or the chain broken", seq
+                )
             hashes[seq] = prev
             expected += 1
             if kind == "event":
                 tenants.check(rec["event"], i, genesis=anchor is None)
-                if anchor is not None and _announces(rec["event"], anchor[1]) and prune_line is None:
+                if (
+                    anchor is not None
+                    and _announces(rec["event"], anchor[1])
+                    and prune_line is None
+                ):
                     prune_line = i
             result.first_seq = seq if result.first_seq is None else result.first_seq
             result.last_seq = seq
@@ -318,29 +363,51 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
         elif kind == "checkpoint":
             at = rec.get("seq")
             if not isinstance(at, int) or at not in hashes:
-                raise _Bad(i, f"checkpoint for seq {at!r}, which is not in the chain before it",
-                           at if isinstance(at, int) else None)
+                raise _Bad(
+                    i,
+                    f"checkpoint for seq {at!r}, which is not in the chain before it",
+                    at if isinstance(at, int) else None,
+                )
             if rec.get("hash") != hashes[at]:
-                raise _Bad(i, f"checkpoint at seq {at} does not match the recomputed chain: events up to "
-                           f"{at} were rewritten", at)
+                raise _Bad(
+                    i,
+                    f"checkpoint at seq {at} does not match the recomputed chain: events up to "
+                    f"{at} were rewritten",
+                    at,
+                )
             _check_signed(rec, i, trusted, "checkpoint")
             result.checkpoints += 1
             result.last_signed_seq = max(at, result.last_signed_seq or 0)
         else:
             raise _Bad(i, f"unknown line kind {kind!r}")
-    if header is not None and header.get("last_seq") is not None and header["last_seq"] != result.last_seq:
-        raise _Bad(len(records), f"export ends at seq {result.last_seq}, its header says {header['last_seq']} "
-                   "(truncated)")
+    if (
+        header is not None
+        and header.get("last_seq") is not None
+        and header["last_seq"] != result.last_seq
+    ):
+        raise _Bad(
+            len(records),
+            f"export ends at seq {result.last_seq}, its header says {header['last_seq']} "
+            "(truncated)",
+        )
     if anchor is not None:
         # Deleting a prefix up to a signed checkpoint and calling that checkpoint the anchor
         # would otherwise verify: only `audit prune` writes the event, and a signature covers it.
         if prune_line is None:
-            raise _Bad(anchor[0], f"anchor at seq {anchor[1]} is not announced by an audit.prune event in "
-                       "the chain: events before it were deleted outside `audit prune`", anchor[1])
+            raise _Bad(
+                anchor[0],
+                f"anchor at seq {anchor[1]} is not announced by an audit.prune event in "
+                "the chain: events before it were deleted outside `audit prune`",
+                anchor[1],
+            )
         prune_seq = records[prune_line]["event"]["seq"]
         if prune_seq > (result.last_signed_seq or 0):
-            raise _Bad(prune_line, f"the audit.prune event (seq {prune_seq}) for the anchor at seq {anchor[1]} "
-                       "is not covered by a signed checkpoint", prune_seq)
+            raise _Bad(
+                prune_line,
+                f"the audit.prune event (seq {prune_seq}) for the anchor at seq {anchor[1]} "
+                "is not covered by a signed checkpoint",
+                prune_seq,
+            )
     last = result.last_seq if result.last_seq is not None else (expected - 1)
     result.unsigned_tail = last - (result.last_signed_seq or 0)
     return hashes
@@ -348,8 +415,12 @@ def _walk(records: list[dict[str, Any]], trusted: dict[str, str], result: Verify
 
 def _announces(event: dict[str, Any], anchor_seq: int) -> bool:
     data = event.get("data")
-    return (event.get("type") == "audit.prune" and event.get("tenant") is None and isinstance(data, dict)
-            and data.get("anchor_seq") == anchor_seq)
+    return (
+        event.get("type") == "audit.prune"
+        and event.get("tenant") is None
+        and isinstance(data, dict)
+        and data.get("anchor_seq") == anchor_seq
+    )
 
 
 class _TenantSeqs:
@@ -369,7 +440,11 @@ class _TenantSeqs:
             if "tenant_seq" in event:
                 raise _Bad(i, f"version 1 event at seq {seq} has a tenant_seq", seq)
             if isinstance(tenant, str) and tenant in self.last:
-                raise _Bad(i, f"event at seq {seq} of tenant {tenant} has no tenant_seq after numbered ones", seq)
+                raise _Bad(
+                    i,
+                    f"event at seq {seq} of tenant {tenant} has no tenant_seq after numbered ones",
+                    seq,
+                )
             return
         if version != 2:
             raise _Bad(i, f"unknown event version {version!r} at seq {seq}", seq)
@@ -380,13 +455,22 @@ class _TenantSeqs:
             return
         want = self.last[tenant] + 1 if tenant in self.last else (1 if genesis else None)
         if want is not None and n != want:
-            raise _Bad(i, f"tenant {tenant}: expected tenant_seq {want}, found {n} (an event of this tenant "
-                       "is missing here or was shown as redacted)", seq)
+            raise _Bad(
+                i,
+                f"tenant {tenant}: expected tenant_seq {want}, found {n} (an event of this tenant "
+                "is missing here or was shown as redacted)",
+                seq,
+            )
         self.last[tenant] = n
 
 
-def _check_kept(kept: list[dict[str, Any]], trusted: dict[str, str], hashes: dict[int, str], end: int,
-                result: VerifyResult) -> None:
+def _check_kept(
+    kept: list[dict[str, Any]],
+    trusted: dict[str, str],
+    hashes: dict[int, str],
+    end: int,
+    result: VerifyResult,
+) -> None:
     """Kept checkpoints must be genuine and lie on this export's chain (or before its anchor)."""
     first = min(hashes) if hashes else None  # the anchor's seq, or the first event's
     for n, rec in enumerate(kept):
@@ -398,11 +482,19 @@ def _check_kept(kept: list[dict[str, Any]], trusted: dict[str, str], hashes: dic
         if first is not None and seq < first:
             continue  # pruned before this export begins: the archive that holds it checks it
         if seq not in hashes:
-            raise _Bad(end, f"a kept checkpoint vouches for seq {seq}, but this export ends at seq "
-                       f"{result.last_seq}: its newest events were removed (truncated)", seq)
+            raise _Bad(
+                end,
+                f"a kept checkpoint vouches for seq {seq}, but this export ends at seq "
+                f"{result.last_seq}: its newest events were removed (truncated)",
+                seq,
+            )
         if hashes[seq] != rec["hash"]:
-            raise _Bad(end, f"a kept checkpoint at seq {seq} does not match this export's chain: events up to "
-                       f"{seq} were rewritten", seq)
+            raise _Bad(
+                end,
+                f"a kept checkpoint at seq {seq} does not match this export's chain: events up to "
+                f"{seq} were rewritten",
+                seq,
+            )
         result.kept_checkpoints += 1
         result.last_signed_seq = max(seq, result.last_signed_seq or 0)
     if result.kept_checkpoints:
@@ -417,7 +509,11 @@ def _entry(rec: dict[str, Any], i: int, kind: str) -> tuple[int, str]:
             raise _Bad(i, "redacted line needs an integer seq and a hex digest")
         return seq, digest
     event = rec.get("event")
-    if not isinstance(event, dict) or not isinstance(event.get("seq"), int) or isinstance(event["seq"], bool):
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("seq"), int)
+        or isinstance(event["seq"], bool)
+    ):
         raise _Bad(i, "event line needs an 'event' object with an integer seq")
     try:
         return event["seq"], event_digest(event)

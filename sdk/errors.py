@@ -61,7 +61,9 @@ __all__ = [
 ]
 
 
-def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """OpenAI's error envelope: the one shape the control plane and the runner answer with, and the SDK reads."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -92,9 +94,18 @@ class APITimeoutError(APIConnectionError):
 class APIStatusError(APIError):
     """The server answered with an error status and (usually) an OpenAI error envelope."""
 
-    def __init__(self, message: str, *, status_code: int, type: str | None = None,
-                 code: str | None = None, param: str | None = None, request_id: str | None = None,
-                 body: Any = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.type = type
@@ -177,8 +188,13 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def error_for_status(status: int, body: bytes | str | Any, *, request_id: str | None = None,
-                     retry_after: float | None = None) -> APIStatusError:
+def error_for_status(
+    status: int,
+    body: bytes | str | Any,
+    *,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> APIStatusError:
     """The exception for an error response; ``body`` is raw bytes or an already parsed event."""
     parsed: Any = body
     if isinstance(body, bytes | str):
@@ -197,6 +213,13 @@ def error_for_status(status: int, body: bytes | str | Any, *, request_id: str | 
         cls: type[APIStatusError] = BudgetExceededError
     else:
         cls = _BY_STATUS.get(status, InternalServerError if status >= 500 else APIStatusError)
-    return cls(message, status_code=status, type=kind if isinstance(kind, str) else None,
-               code=code if isinstance(code, str) else None, param=param if isinstance(param, str) else None,
-               request_id=request_id, body=parsed, retry_after=retry_after)
+    return cls(
+        message,
+        status_code=status,
+        type=kind if isinstance(kind, str) else None,
+        code=code if isinstance(code, str) else None,
+        param=param if isinstance(param, str) else None,
+        request_id=request_id,
+        body=parsed,
+        retry_after=retry_after,
+    )

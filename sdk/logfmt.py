@@ -36,7 +36,9 @@ __all__ = [
 LogFormat = Literal["text", "json"]
 
 #: The request this task is working for; ``None`` outside a request.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("outpost_request_id", default=None)
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "outpost_request_id", default=None
+)
 
 #: What an incoming ``X-Request-Id`` may look like to be honoured: bounded, and
 #: nothing that could forge a log line or a label (no spaces, quotes, newlines).

@@ -21,8 +21,11 @@ PIN_PREFIX = "sha256/"
 
 def spki_pin(der_certificate: bytes) -> str:
     """``sha256/<base64>`` of the certificate's SubjectPublicKeyInfo."""
-    spki = x509.load_der_x509_certificate(der_certificate).public_key().public_bytes(
-        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    spki = (
+        x509.load_der_x509_certificate(der_certificate)
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
     return PIN_PREFIX + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
@@ -40,5 +43,7 @@ def parse_pin(value: str) -> str:
     except (ValueError, binascii.Error):
         raise ValueError(f"not a SHA-256 public-key pin: {value!r}") from None
     if len(digest) != 32:
-        raise ValueError(f"not a SHA-256 public-key pin (need 32 bytes, got {len(digest)}): {value!r}")
+        raise ValueError(
+            f"not a SHA-256 public-key pin (need 32 bytes, got {len(digest)}): {value!r}"
+        )
     return PIN_PREFIX + base64.b64encode(digest).decode()

@@ -38,9 +38,9 @@ from pydantic import (
     model_serializer,
 )
 
-from sdk.hardware import HardwareReport
-from sdk.logfmt import REQUEST_ID_PATTERN
-from sdk.pricing import CostModel
+from outpost.sdk.hardware import HardwareReport
+from outpost.sdk.logfmt import REQUEST_ID_PATTERN
+from outpost.sdk.pricing import CostModel
 
 __all__ = [
     "CAPABILITIES",
@@ -79,8 +79,18 @@ __all__ = [
 #: Versions this build speaks, newest first.
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 #: Optional features a peer may announce; the session uses the intersection.
-CAPABILITIES: frozenset[str] = frozenset({"flow-control", "status", "e2e", "goaway", "request-id",
-                                          "model-status", "headroom", "engine-slots"})
+CAPABILITIES: frozenset[str] = frozenset(
+    {
+        "flow-control",
+        "status",
+        "e2e",
+        "goaway",
+        "request-id",
+        "model-status",
+        "headroom",
+        "engine-slots",
+    }
+)
 
 #: A websocket message is sent whole and blocks every other send on the
 #: connection while it goes out, so no frame may be larger than this.
@@ -173,7 +183,9 @@ class HelloFrame(_Frame):
     capacity: int = Field(default=1, ge=1, le=4096, strict=True)
     # The machine's report (sdk/hardware.py); an old runner without one sends ``{}``.
     hardware: HardwareReport | None = None
-    labels: dict[_Word, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=64)
+    labels: dict[_Word, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=64
+    )
     # The runner's proposed price (sdk/pricing.py); an old runner without one sends ``{}``.
     cost: CostModel = Field(default_factory=CostModel)
     connection_index: int = Field(default=0, ge=0, le=64, strict=True)
@@ -216,7 +228,9 @@ class RequestFrame(_Frame):
     body: str = Field(max_length=MAX_DATA_BYTES)
     body_length: int = Field(ge=0, le=16 * 1024 * 1024, strict=True)
     stream: _Flag = False
-    window: int = Field(default=DEFAULT_STREAM_WINDOW, ge=MAX_DATA_BYTES, le=16 * 1024 * 1024, strict=True)
+    window: int = Field(
+        default=DEFAULT_STREAM_WINDOW, ge=MAX_DATA_BYTES, le=16 * 1024 * 1024, strict=True
+    )
     # True when ``body`` is an e2e envelope the control plane cannot read.
     sealed: _Flag = False
     # The client request's id, for log correlation. Only sent when both ends

@@ -26,7 +26,7 @@ import secrets
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdk.e2e import MAX_CHUNK_BYTES, MAX_ENVELOPE_CHARS
+from outpost.sdk.e2e import MAX_CHUNK_BYTES, MAX_ENVELOPE_CHARS
 
 __all__ = [
     "E2E_DECRYPT_FAILED",

@@ -46,8 +46,14 @@ def _database(backend: str, tmp: Path) -> Iterator[str]:
 class Stack:
     """A control plane, one enrolled runner with the embedded model, and an API key."""
 
-    def __init__(self, cp: ControlPlaneProcess, runner: RunnerProcess, api_key: str, database_url: str,
-                 runner_id: str) -> None:
+    def __init__(
+        self,
+        cp: ControlPlaneProcess,
+        runner: RunnerProcess,
+        api_key: str,
+        database_url: str,
+        runner_id: str,
+    ) -> None:
         self.cp, self.runner, self.api_key, self.database_url = cp, runner, api_key, database_url
         self.runner_id = runner_id
 
@@ -75,5 +81,7 @@ def build_stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     yield from build_stack(request.param, tmp_path_factory)

@@ -19,7 +19,10 @@ class ChaosProxy:
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._flowing = {"up": asyncio.Event(), "down": asyncio.Event()}  # up: runner → control plane
+        self._flowing = {
+            "up": asyncio.Event(),
+            "down": asyncio.Event(),
+        }  # up: runner → control plane
         self.accepting = True
         self.connections_made = 0
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -52,14 +55,19 @@ class ChaosProxy:
         pair = (w_client, w_up)
         self._conns.add(pair)
         try:
-            await asyncio.gather(self._pipe(r_client, w_up, "up"), self._pipe(r_up, w_client, "down"),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                self._pipe(r_client, w_up, "up"),
+                self._pipe(r_up, w_client, "down"),
+                return_exceptions=True,
+            )
         finally:
             self._conns.discard(pair)
             for w in pair:
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
         while data := await reader.read(65536):
             await self._flowing[direction].wait()
             writer.write(data)
@@ -85,7 +93,9 @@ class ChaosProxy:
 
     def freeze(self, direction: str | None = None) -> None:
         """Stop forwarding (both ways, or one) while keeping the sockets open."""
-        self._call(lambda: [ev.clear() for d, ev in self._flowing.items() if direction in (None, d)])
+        self._call(
+            lambda: [ev.clear() for d, ev in self._flowing.items() if direction in (None, d)]
+        )
 
     def thaw(self) -> None:
         self._call(lambda: [ev.set() for ev in self._flowing.values()])

@@ -12,8 +12,8 @@ from typing import cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.audit import AuditAction, record_admin
-from control_plane.console.users import (
+from outpost.control_plane.audit import AuditAction, record_admin
+from outpost.control_plane.console.users import (
     ROLES,
     Role,
     create_user,
@@ -23,10 +23,17 @@ from control_plane.console.users import (
     set_role,
     unlock_user,
 )
-from control_plane.db.models import User
-from control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
+from outpost.control_plane.db.models import User
+from outpost.control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
 
-__all__ = ["add_user", "change_password", "change_role", "find_user", "find_user_by_email", "unlock"]
+__all__ = [
+    "add_user",
+    "change_password",
+    "change_role",
+    "find_user",
+    "find_user_by_email",
+    "unlock",
+]
 
 
 def _role(role: str) -> Role:
@@ -50,41 +57,73 @@ async def find_user_by_email(session: AsyncSession, email: str) -> User:
     return user
 
 
-async def add_user(session: AsyncSession, tenant_id: str, *, email: str, password_hash: str, role: str,
-                   actor: str) -> User:
+async def add_user(
+    session: AsyncSession, tenant_id: str, *, email: str, password_hash: str, role: str, actor: str
+) -> User:
     checked = _role(role)
     try:
         async with session.begin_nested():
-            user = await create_user(session, tenant_id=tenant_id, email=email, password_hash=password_hash,
-                                     role=checked)
+            user = await create_user(
+                session, tenant_id=tenant_id, email=email, password_hash=password_hash, role=checked
+            )
     except ValueError as exc:  # the email does not parse
         raise Invalid(str(exc), param="email") from None
     except IntegrityError:
-        raise Conflict(f"A user with email {email.strip()!r} already exists.", code="user_exists") from None
-    await record_admin(session, actor=actor, action=AuditAction.USER_CREATE, tenant_id=tenant_id, target=user.id,
-                       details={"email": user.email, "role": checked})
+        raise Conflict(
+            f"A user with email {email.strip()!r} already exists.", code="user_exists"
+        ) from None
+    await record_admin(
+        session,
+        actor=actor,
+        action=AuditAction.USER_CREATE,
+        tenant_id=tenant_id,
+        target=user.id,
+        details={"email": user.email, "role": checked},
+    )
     return user
 
 
 async def unlock(session: AsyncSession, user: User, *, actor: str) -> None:
     """Clear a lockout (after too many failed sign-ins) before it expires."""
     await unlock_user(session, user)
-    await record_admin(session, actor=actor, action=AuditAction.USER_UNLOCK, tenant_id=user.tenant_id,
-                       target=user.id, details={"email": user.email})
+    await record_admin(
+        session,
+        actor=actor,
+        action=AuditAction.USER_UNLOCK,
+        tenant_id=user.tenant_id,
+        target=user.id,
+        details={"email": user.email},
+    )
 
 
-async def change_role(session: AsyncSession, user: User, role: str, *, actor: str, by_user_id: str | None) -> None:
+async def change_role(
+    session: AsyncSession, user: User, role: str, *, actor: str, by_user_id: str | None
+) -> None:
     """An admin changes another user's role; never their own (a tenant could lose its last admin)."""
     checked = _role(role)
     if user.id == by_user_id:
         raise Forbidden("Ask another admin to change your own role.")
     await set_role(session, user, checked)
-    await record_admin(session, actor=actor, action=AuditAction.USER_ROLE, tenant_id=user.tenant_id,
-                       target=user.id, details={"email": user.email, "role": checked})
+    await record_admin(
+        session,
+        actor=actor,
+        action=AuditAction.USER_ROLE,
+        tenant_id=user.tenant_id,
+        target=user.id,
+        details={"email": user.email, "role": checked},
+    )
 
 
-async def change_password(session: AsyncSession, user: User, password_hash: str, *, actor: str) -> None:
+async def change_password(
+    session: AsyncSession, user: User, password_hash: str, *, actor: str
+) -> None:
     """Replace the password; every session that carried the old one's fingerprint ends."""
     await set_password(session, user, password_hash)
-    await record_admin(session, actor=actor, action=AuditAction.USER_PASSWORD, tenant_id=user.tenant_id,
-                       target=user.id, details={"email": user.email})
+    await record_admin(
+        session,
+        actor=actor,
+        action=AuditAction.USER_PASSWORD,
+        tenant_id=user.tenant_id,
+        target=user.id,
+        details={"email": user.email},
+    )

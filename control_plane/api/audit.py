@@ -9,20 +9,26 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
-from control_plane.audit.chain import read_head
-from control_plane.audit.export import checkpoint_line, export_records, jsonl, key_line
-from control_plane.audit.query import list_events
-from control_plane.audit.schemas import AuditEventOut, AuditPage, AuditQuery, CheckpointQuery
-from control_plane.db.models import AuditCheckpoint, AuditKey
-from control_plane.errors import ApiError
+from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.audit.chain import read_head
+from outpost.control_plane.audit.export import checkpoint_line, export_records, jsonl, key_line
+from outpost.control_plane.audit.query import list_events
+from outpost.control_plane.audit.schemas import (
+    AuditEventOut,
+    AuditPage,
+    AuditQuery,
+    CheckpointQuery,
+)
+from outpost.control_plane.db.models import AuditCheckpoint, AuditKey
+from outpost.control_plane.errors import ApiError
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
 
 @router.get("", response_model=AuditPage)
-async def get_audit_events(admin: AdminDep, session: SessionDep,
-                           query: Annotated[AuditQuery, Query()]) -> AuditPage:
+async def get_audit_events(
+    admin: AdminDep, session: SessionDep, query: Annotated[AuditQuery, Query()]
+) -> AuditPage:
     rows = await list_events(session, admin.tenant_id, query)
     page = rows[: query.limit]
     next_cursor = str(page[-1].seq) if len(rows) > query.limit else None
@@ -36,11 +42,16 @@ async def export_audit(admin: AdminDep, state: AppStateDep) -> StreamingResponse
     async def lines() -> AsyncIterator[str]:
         async with state.db.session() as session:
             signed = (await read_head(session)).checkpoint_seq
-            async for record in export_records(session, tenant_id=admin.tenant_id, until_seq=signed):
+            async for record in export_records(
+                session, tenant_id=admin.tenant_id, until_seq=signed
+            ):
                 yield jsonl(record)
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson",
-                             headers={"content-disposition": 'attachment; filename="audit.jsonl"'})
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={"content-disposition": 'attachment; filename="audit.jsonl"'},
+    )
 
 
 @router.get("/keys")
@@ -51,11 +62,20 @@ async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict:
 
 
 @router.get("/checkpoints")
-async def get_audit_checkpoints(admin: AdminDep, session: SessionDep,
-                                query: Annotated[CheckpointQuery, Query()]) -> dict:
+async def get_audit_checkpoints(
+    admin: AdminDep, session: SessionDep, query: Annotated[CheckpointQuery, Query()]
+) -> dict:
     """Signed checkpoints, oldest first: keep them, and ``audit verify --kept`` catches a truncated log."""
-    rows = list((await session.execute(select(AuditCheckpoint).where(AuditCheckpoint.seq > query.after)
-                                       .order_by(AuditCheckpoint.seq).limit(query.limit + 1))).scalars())
+    rows = list(
+        (
+            await session.execute(
+                select(AuditCheckpoint)
+                .where(AuditCheckpoint.seq > query.after)
+                .order_by(AuditCheckpoint.seq)
+                .limit(query.limit + 1)
+            )
+        ).scalars()
+    )
     page = rows[: query.limit]
     more = str(page[-1].seq) if len(rows) > query.limit else None
     return {"object": "list", "data": [checkpoint_line(r) for r in page], "next_cursor": more}
@@ -63,7 +83,11 @@ async def get_audit_checkpoints(admin: AdminDep, session: SessionDep,
 
 @router.get("/checkpoints/latest")
 async def get_latest_audit_checkpoint(admin: AdminDep, session: SessionDep) -> dict:
-    row = (await session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(1))).scalar()
+    row = (
+        await session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(1))
+    ).scalar()
     if row is None:
-        raise ApiError.not_found("No audit checkpoint has been signed yet.", code="audit_checkpoint_not_found")
+        raise ApiError.not_found(
+            "No audit checkpoint has been signed yet.", code="audit_checkpoint_not_found"
+        )
     return checkpoint_line(row)

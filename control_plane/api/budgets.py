@@ -8,10 +8,10 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_plane.actions.budgets import put_budget, remove_budget
-from control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
-from control_plane.audit import actor_for_key
-from control_plane.services.budgets import BudgetStatus
+from outpost.control_plane.actions.budgets import put_budget, remove_budget
+from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.audit import actor_for_key
+from outpost.control_plane.services.budgets import BudgetStatus
 
 __all__ = ["BudgetIn", "BudgetOut", "router"]
 
@@ -21,7 +21,9 @@ router = APIRouter(prefix="/api/budgets", tags=["budgets"])
 class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    api_key_id: str | None = Field(default=None, max_length=40, description="Omit for a tenant-wide budget.")
+    api_key_id: str | None = Field(
+        default=None, max_length=40, description="Omit for a tenant-wide budget."
+    )
     period: Literal["day", "week", "month"] = "month"
     amount_usd: float = Field(ge=0, le=1e9)
     soft_threshold: float = Field(default=0.8, gt=0, le=1)
@@ -41,9 +43,18 @@ class BudgetOut(BaseModel):
 
     @classmethod
     def from_status(cls, s: BudgetStatus) -> BudgetOut:
-        return cls(id=s.budget_id, scope=s.scope, api_key_id=s.api_key_id, period=s.period,
-                   amount_usd=s.amount_usd, soft_threshold=s.soft_threshold, spent_usd=s.spent_usd,
-                   state=s.state.value, period_start=s.period_start, period_end=s.period_end)
+        return cls(
+            id=s.budget_id,
+            scope=s.scope,
+            api_key_id=s.api_key_id,
+            period=s.period,
+            amount_usd=s.amount_usd,
+            soft_threshold=s.soft_threshold,
+            spent_usd=s.spent_usd,
+            state=s.state.value,
+            period_start=s.period_start,
+            period_end=s.period_end,
+        )
 
 
 @router.get("")
@@ -55,17 +66,31 @@ async def list_(state: AppStateDep, caller: CallerDep) -> dict:
     else:
         guard.invalidate(caller.tenant_id)
         verdict = await guard.check(state.db, caller.tenant_id, caller.api_key_id)
-    return {"object": "list", "data": [BudgetOut.from_status(s).model_dump(mode="json") for s in verdict.statuses]}
+    return {
+        "object": "list",
+        "data": [BudgetOut.from_status(s).model_dump(mode="json") for s in verdict.statuses],
+    }
 
 
-@router.post("", status_code=201, response_model=BudgetOut,
-             responses={200: {"model": BudgetOut, "description": "An existing budget was replaced."}})
-async def set_(body: BudgetIn, response: Response, state: AppStateDep, admin: AdminDep,
-               session: SessionDep) -> BudgetOut:
+@router.post(
+    "",
+    status_code=201,
+    response_model=BudgetOut,
+    responses={200: {"model": BudgetOut, "description": "An existing budget was replaced."}},
+)
+async def set_(
+    body: BudgetIn, response: Response, state: AppStateDep, admin: AdminDep, session: SessionDep
+) -> BudgetOut:
     """Create or replace the budget of (tenant or key, period)."""
-    row, created = await put_budget(session, admin.tenant_id, actor=actor_for_key(admin.api_key_id),
-                                    api_key_id=body.api_key_id, period=body.period, amount_usd=body.amount_usd,
-                                    soft_threshold=body.soft_threshold)
+    row, created = await put_budget(
+        session,
+        admin.tenant_id,
+        actor=actor_for_key(admin.api_key_id),
+        api_key_id=body.api_key_id,
+        period=body.period,
+        amount_usd=body.amount_usd,
+        soft_threshold=body.soft_threshold,
+    )
     await session.commit()
     if not created:
         response.status_code = 200
@@ -74,7 +99,9 @@ async def set_(body: BudgetIn, response: Response, state: AppStateDep, admin: Ad
 
 
 @router.delete("/{budget_id}", status_code=204)
-async def delete(budget_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep) -> Response:
+async def delete(
+    budget_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep
+) -> Response:
     await remove_budget(session, admin.tenant_id, budget_id, actor=actor_for_key(admin.api_key_id))
     await session.commit()
     state.admission.budgets.invalidate(admin.tenant_id)

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.errors import ApiError
-from control_plane.services.auth_cache import authenticate
-from control_plane.state import AppState
-from control_plane.store.policies import KeyPolicy
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.services.auth_cache import authenticate
+from outpost.control_plane.state import AppState
+from outpost.control_plane.store.policies import KeyPolicy
 
 __all__ = ["AdminDep", "AppStateDep", "Caller", "CallerDep", "SessionDep", "bearer_token"]
 
@@ -63,7 +63,9 @@ async def get_caller(request: Request, state: AppStateDep) -> Caller:
     key = await authenticate(state.db, state.key_cache, token)
     if key is None:
         raise ApiError.unauthorized()
-    return Caller(tenant_id=key.tenant_id, api_key_id=key.api_key_id, scopes=key.scopes, policy=key.policy)
+    return Caller(
+        tenant_id=key.tenant_id, api_key_id=key.api_key_id, scopes=key.scopes, policy=key.policy
+    )
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

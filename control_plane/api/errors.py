@@ -9,9 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from control_plane.db.engine import DATABASE_DOWN
-from control_plane.domain_errors import Conflict, DomainError, Forbidden, Invalid, NotFound
-from control_plane.errors import ApiError, error_body
+from outpost.control_plane.db.engine import DATABASE_DOWN
+from outpost.control_plane.domain_errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from outpost.control_plane.errors import ApiError, error_body
 
 log = logging.getLogger("outpost.api")
 
@@ -19,13 +19,17 @@ __all__ = ["http_status", "install_error_handlers", "to_api_error"]
 
 #: The one place a domain refusal becomes an HTTP status and an envelope type.
 _DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
-    NotFound: (404, "invalid_request_error"), Conflict: (409, "invalid_request_error"),
-    Invalid: (400, "invalid_request_error"), Forbidden: (403, "permission_error"),
+    NotFound: (404, "invalid_request_error"),
+    Conflict: (409, "invalid_request_error"),
+    Invalid: (400, "invalid_request_error"),
+    Forbidden: (403, "permission_error"),
 }
 
 
 def _status_and_type(exc: DomainError) -> tuple[int, str]:
-    return next((v for k, v in _DOMAIN_STATUS.items() if isinstance(exc, k)), (400, "invalid_request_error"))
+    return next(
+        (v for k, v in _DOMAIN_STATUS.items() if isinstance(exc, k)), (400, "invalid_request_error")
+    )
 
 
 def http_status(exc: DomainError) -> int:
@@ -40,14 +44,32 @@ def to_api_error(exc: DomainError) -> ApiError:
 
 #: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never sent:
 #: validation errors are 400).
-_ERROR_STATUSES = {"400": "Invalid request.", "401": "Missing or invalid API key.", "403": "Not allowed.",
-                   "404": "Not found.", "409": "Conflict.", "413": "Request body too large.",
-                   "429": "Rate limit, budget or queue limit reached.",
-                   "503": "No runner available, or the database is unavailable."}
-_ENVELOPE = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "required": ["message", "type"],
-    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+_ERROR_STATUSES = {
+    "400": "Invalid request.",
+    "401": "Missing or invalid API key.",
+    "403": "Not allowed.",
+    "404": "Not found.",
+    "409": "Conflict.",
+    "413": "Request body too large.",
+    "429": "Rate limit, budget or queue limit reached.",
+    "503": "No runner available, or the database is unavailable.",
+}
+_ENVELOPE = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 
 
 def _document_errors(app: FastAPI) -> None:
@@ -93,23 +115,36 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             param = ".".join(loc) or None
             message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param),
-                            status_code=400)
+        return JSONResponse(
+            error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", code),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         # One line, no traceback: an outage would otherwise flood the log. The driver's first line says
         # which (refused, dropped, locked, or a missing table after a skipped migration); drivers do not
         # put passwords in their messages, and the line is bounded.
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        log.warning("database unavailable: %s: %s", type(exc).__name__, cause[0][:200] if cause else "")
-        return JSONResponse(error_body("The database is unavailable; retry shortly.", "service_unavailable",
-                                       "database_unavailable"), status_code=503, headers={"Retry-After": "2"})
+        log.warning(
+            "database unavailable: %s: %s", type(exc).__name__, cause[0][:200] if cause else ""
+        )
+        return JSONResponse(
+            error_body(
+                "The database is unavailable; retry shortly.",
+                "service_unavailable",
+                "database_unavailable",
+            ),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
 
     for kind in DATABASE_DOWN:
         app.add_exception_handler(kind, _database_down)
@@ -117,5 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(error_body("Internal error; it has been logged.", "server_error", "internal_error"),
-                            status_code=500)
+        return JSONResponse(
+            error_body("Internal error; it has been logged.", "server_error", "internal_error"),
+            status_code=500,
+        )

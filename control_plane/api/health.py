@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from control_plane.api.deps import AppStateDep
+from outpost.control_plane.api.deps import AppStateDep
 
 router = APIRouter(tags=["health"])
 
@@ -22,5 +22,9 @@ async def readyz(state: AppStateDep) -> JSONResponse:
         async with state.db.session() as session:
             await session.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-        return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "ready", "database": "ok", "runners_connected": len(state.hub.runners)})
+        return JSONResponse(
+            {"status": "unavailable", "database": type(exc).__name__}, status_code=503
+        )
+    return JSONResponse(
+        {"status": "ready", "database": "ok", "runners_connected": len(state.hub.runners)}
+    )

@@ -8,12 +8,12 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_plane.actions.keys import create_key as create_key_action
-from control_plane.actions.keys import revoke_key as revoke_key_action
-from control_plane.api.deps import AdminDep, SessionDep
-from control_plane.audit import actor_for_key
-from control_plane.db.models import ApiKey, utcnow
-from control_plane.store.keys import list_api_keys
+from outpost.control_plane.actions.keys import create_key as create_key_action
+from outpost.control_plane.actions.keys import revoke_key as revoke_key_action
+from outpost.control_plane.api.deps import AdminDep, SessionDep
+from outpost.control_plane.audit import actor_for_key
+from outpost.control_plane.db.models import ApiKey, utcnow
+from outpost.control_plane.store.keys import list_api_keys
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
@@ -41,8 +41,15 @@ class ApiKeyOut(BaseModel):
 
     @classmethod
     def of(cls, row: ApiKey) -> ApiKeyOut:
-        return cls(id=row.id, name=row.name, prefix=row.prefix, scopes=row.scopes.split(","),
-                   created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at)
+        return cls(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            scopes=row.scopes.split(","),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )
 
 
 class ApiKeyCreated(ApiKeyOut):
@@ -59,14 +66,22 @@ async def get_keys(admin: AdminDep, session: SessionDep) -> dict:
 async def create_key(body: ApiKeyIn, admin: AdminDep, session: SessionDep) -> ApiKeyCreated:
     expires = utcnow() + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
     scopes = ",".join(s for s in ("inference", "admin") if s in body.scopes)
-    row, secret = await create_key_action(session, admin.tenant_id, body.name, actor=actor_for_key(admin.api_key_id),
-                                          scopes=scopes, expires_at=expires)
+    row, secret = await create_key_action(
+        session,
+        admin.tenant_id,
+        body.name,
+        actor=actor_for_key(admin.api_key_id),
+        scopes=scopes,
+        expires_at=expires,
+    )
     await session.commit()
     return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=secret)
 
 
 @router.post("/{key_id}/revoke", response_model=ApiKeyOut)
 async def revoke_key(key_id: str, admin: AdminDep, session: SessionDep) -> ApiKeyOut:
-    row = await revoke_key_action(session, admin.tenant_id, key_id, actor=actor_for_key(admin.api_key_id))
+    row = await revoke_key_action(
+        session, admin.tenant_id, key_id, actor=actor_for_key(admin.api_key_id)
+    )
     await session.commit()
     return ApiKeyOut.of(row)

@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_plane.errors import error_body
+from outpost.control_plane.errors import error_body
 
 __all__ = ["BodySizeLimit"]
 
@@ -54,9 +54,21 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, tracking_send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body(f"Request body exceeds {self.max_bytes} bytes.",
-                                     "invalid_request_error", "request_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            error_body(
+                f"Request body exceeds {self.max_bytes} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -15,24 +15,28 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from control_plane.api.deps import AppStateDep, Caller, CallerDep
-from control_plane.errors import ApiError
-from control_plane.openai.caps import cap_request
-from control_plane.openai.disconnect import watch
-from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from control_plane.openai.serving import InferenceCall, serve_inference
-from control_plane.routing.affinity import affinity_keys
-from control_plane.routing.load import runner_status
-from control_plane.routing.routing import (
+from outpost.control_plane.api.deps import AppStateDep, Caller, CallerDep
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.openai.caps import cap_request
+from outpost.control_plane.openai.disconnect import watch
+from outpost.control_plane.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from outpost.control_plane.openai.serving import InferenceCall, serve_inference
+from outpost.control_plane.routing.affinity import affinity_keys
+from outpost.control_plane.routing.load import runner_status
+from outpost.control_plane.routing.routing import (
     POLICIES,
     Endpoint,
     RouteRequest,
     RoutingPolicy,
     residency_allows,
 )
-from control_plane.services.ratelimit import RateDecision
-from control_plane.state import AppState
-from control_plane.store.policies import KeyPolicy, get_key_policy
+from outpost.control_plane.services.ratelimit import RateDecision
+from outpost.control_plane.state import AppState
+from outpost.control_plane.store.policies import KeyPolicy, get_key_policy
 
 log = logging.getLogger("outpost.api")
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -59,17 +63,30 @@ async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) 
     now = int(time.time())
     merged: dict[str, dict] = {}
     for runner in sorted(state.hub.routable(), key=lambda r: r.runner_id):
-        if runner.pool_id not in policy.pools or not residency_allows(runner.labels, policy.residency):
+        if runner.pool_id not in policy.pools or not residency_allows(
+            runner.labels, policy.residency
+        ):
             continue
         down = runner_status(runner).unavailable_models
         for m in runner.models:
             if m.name in down:
                 continue  # its engine is restarting on this runner
             for name in (m.name, *m.aliases):
-                entry = merged.setdefault(name, {
-                    "id": name, "object": "model", "created": now, "owned_by": "outpost",
-                    "engine": m.engine, "context_length": m.context_length,
-                    "root": m.name, "engines": [], "endpoints": [], "runners": 0})
+                entry = merged.setdefault(
+                    name,
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": now,
+                        "owned_by": "outpost",
+                        "engine": m.engine,
+                        "context_length": m.context_length,
+                        "root": m.name,
+                        "engines": [],
+                        "endpoints": [],
+                        "runners": 0,
+                    },
+                )
                 entry["runners"] += 1
                 entry["engines"] = sorted({*entry["engines"], m.engine})
                 entry["endpoints"] = sorted({*entry["endpoints"], *m.endpoints})
@@ -77,25 +94,46 @@ async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) 
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request, state: AppStateDep,
-                           caller: CallerDep, policy: PolicyDep) -> Response:
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    state: AppStateDep,
+    caller: CallerDep,
+    policy: PolicyDep,
+) -> Response:
     return await _serve(state, request, caller, policy, "chat", body)
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, request: Request, state: AppStateDep,
-                      caller: CallerDep, policy: PolicyDep) -> Response:
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    state: AppStateDep,
+    caller: CallerDep,
+    policy: PolicyDep,
+) -> Response:
     return await _serve(state, request, caller, policy, "completions", body)
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request, state: AppStateDep,
-                     caller: CallerDep, policy: PolicyDep) -> Response:
+async def embeddings(
+    body: EmbeddingRequest,
+    request: Request,
+    state: AppStateDep,
+    caller: CallerDep,
+    policy: PolicyDep,
+) -> Response:
     return await _serve(state, request, caller, policy, "embeddings", body)
 
 
-async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyPolicy, endpoint: Endpoint,
-                 body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Response:
+async def _serve(
+    state: AppState,
+    request: Request,
+    caller: Caller,
+    policy: KeyPolicy,
+    endpoint: Endpoint,
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+) -> Response:
     routing = _routing_policy(request, policy)
     rate = await _admit(state, caller, policy)
     max_tokens = cap = None
@@ -103,18 +141,35 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
         forwarded = body.model_dump_json(exclude_unset=True)
     else:
         # One sequence, with an explicit token cap the engine is sent and usage is clamped to (caps.py).
-        capped = cap_request(body, limit=state.settings.max_tokens_limit, window=lambda: _window(state, body.model))
+        capped = cap_request(
+            body, limit=state.settings.max_tokens_limit, window=lambda: _window(state, body.model)
+        )
         max_tokens, cap = capped.requested, capped.max_tokens
         forwarded = json.dumps(capped.body, ensure_ascii=False, separators=(",", ":"))
     if vendor := body.vendor_fields():
         log.debug("passing vendor fields through to the engine: %s", vendor)
     route = RouteRequest(
-        model=body.model, endpoint=endpoint, policy=routing, residency=policy.residency,
-        affinity_keys=() if isinstance(body, EmbeddingRequest) else affinity_keys(caller.tenant_id, body),
-        prompt_tokens=body.estimated_prompt_tokens(), max_tokens=max_tokens, pools=policy.pools)
-    call = InferenceCall(tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, body=forwarded, max_tokens_cap=cap,
-                         stream=bool(getattr(body, "stream", False)), route=route,
-                         tenant_weight=policy.tenant_weight, client_gone=watch(request.receive))
+        model=body.model,
+        endpoint=endpoint,
+        policy=routing,
+        residency=policy.residency,
+        affinity_keys=()
+        if isinstance(body, EmbeddingRequest)
+        else affinity_keys(caller.tenant_id, body),
+        prompt_tokens=body.estimated_prompt_tokens(),
+        max_tokens=max_tokens,
+        pools=policy.pools,
+    )
+    call = InferenceCall(
+        tenant_id=caller.tenant_id,
+        api_key_id=caller.api_key_id,
+        body=forwarded,
+        max_tokens_cap=cap,
+        stream=bool(getattr(body, "stream", False)),
+        route=route,
+        tenant_weight=policy.tenant_weight,
+        client_gone=watch(request.receive),
+    )
     response = await serve_inference(state, call)
     if rate is not None:
         response.headers.update(_rate_headers(rate))
@@ -123,7 +178,9 @@ async def _serve(state: AppState, request: Request, caller: Caller, policy: KeyP
 
 def _window(state: AppState, model: str) -> int | None:
     """The largest context window a connected runner declares for ``model`` (``None``: one declares none)."""
-    windows = [m.context_length for r in state.hub.runners_for(model) if (m := r.serves(model)) is not None]
+    windows = [
+        m.context_length for r in state.hub.runners_for(model) if (m := r.serves(model)) is not None
+    ]
     return max(windows) if windows and None not in windows else None  # type: ignore[type-var]
 
 
@@ -134,8 +191,12 @@ def _routing_policy(request: Request, policy: KeyPolicy) -> RoutingPolicy:
         return cast(RoutingPolicy, chosen if chosen in POLICIES else "balanced")
     value = override.strip().lower()
     if value not in POLICIES:
-        raise ApiError(400, f"{ROUTING_HEADER} must be one of {', '.join(POLICIES)}; got {override[:32]!r}.",
-                       code="invalid_routing_policy", param=ROUTING_HEADER)
+        raise ApiError(
+            400,
+            f"{ROUTING_HEADER} must be one of {', '.join(POLICIES)}; got {override[:32]!r}.",
+            code="invalid_routing_policy",
+            param=ROUTING_HEADER,
+        )
     return cast(RoutingPolicy, value)
 
 
@@ -146,15 +207,21 @@ async def _admit(state: AppState, caller: Caller, policy: KeyPolicy) -> RateDeci
     decision = await state.rate_limiter.acquire(caller.api_key_id, policy.rate_limit_rpm)
     if not decision.allowed:
         state.metrics.reject(caller.tenant_id, "rate_limit_exceeded")
-        raise ApiError(429, f"Rate limit of {decision.limit} requests per minute reached for this API key; "
-                       f"retry after {decision.retry_after_header}s.", type="rate_limit_error",
-                       code="rate_limit_exceeded",
-                       headers={"Retry-After": decision.retry_after_header, **_rate_headers(decision)})
+        raise ApiError(
+            429,
+            f"Rate limit of {decision.limit} requests per minute reached for this API key; "
+            f"retry after {decision.retry_after_header}s.",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": decision.retry_after_header, **_rate_headers(decision)},
+        )
     return decision
 
 
 def _rate_headers(rate: RateDecision) -> dict[str, str]:
     # OpenAI's names, so clients that read them work unchanged.
-    return {"x-ratelimit-limit-requests": str(rate.limit),
-            "x-ratelimit-remaining-requests": str(rate.remaining),
-            "x-ratelimit-reset-requests": f"{rate.reset_s:.3f}s"}
+    return {
+        "x-ratelimit-limit-requests": str(rate.limit),
+        "x-ratelimit-remaining-requests": str(rate.remaining),
+        "x-ratelimit-reset-requests": f"{rate.reset_s:.3f}s",
+    }

@@ -12,7 +12,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_plane.actions.pools import (
+from outpost.control_plane.actions.pools import (
     EVERY_TENANT,
     add_pool,
     find_pool,
@@ -20,11 +20,11 @@ from control_plane.actions.pools import (
     set_refuse_shared,
     take_back_grant,
 )
-from control_plane.api.deps import AdminDep, CallerDep, SessionDep
-from control_plane.audit import actor_for_key
-from control_plane.db.models import Pool, PoolGrant, Tenant
-from control_plane.errors import ApiError
-from control_plane.store.pools import default_pool, get_pool, list_grants, list_pools
+from outpost.control_plane.api.deps import AdminDep, CallerDep, SessionDep
+from outpost.control_plane.audit import actor_for_key
+from outpost.control_plane.db.models import Pool, PoolGrant, Tenant
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.store.pools import default_pool, get_pool, list_grants, list_pools
 
 router = APIRouter(prefix="/api/pools", tags=["pools"])
 
@@ -76,10 +76,17 @@ class SharingOut(BaseModel):
 
 
 def grant_out(grant: PoolGrant, pool: Pool, tenant_id: str) -> GrantOut:
-    return GrantOut(id=grant.id, pool_id=pool.id, pool_name=pool.name, owner_tenant_id=pool.tenant_id,
-                    grantee_tenant_id=grant.grantee_tenant_id or EVERY_TENANT,
-                    direction="outgoing" if pool.tenant_id == tenant_id else "incoming",
-                    granted_by=grant.granted_by, created_at=grant.created_at, revoked_at=grant.revoked_at)
+    return GrantOut(
+        id=grant.id,
+        pool_id=pool.id,
+        pool_name=pool.name,
+        owner_tenant_id=pool.tenant_id,
+        grantee_tenant_id=grant.grantee_tenant_id or EVERY_TENANT,
+        direction="outgoing" if pool.tenant_id == tenant_id else "incoming",
+        granted_by=grant.granted_by,
+        created_at=grant.created_at,
+        revoked_at=grant.revoked_at,
+    )
 
 
 async def _tenant(session: SessionDep, tenant_id: str) -> Tenant:
@@ -95,12 +102,17 @@ async def get_pools(caller: CallerDep, session: SessionDep) -> dict:
     await default_pool(session, caller.tenant_id)
     rows = await list_pools(session, caller.tenant_id)
     await session.commit()
-    return {"object": "list", "data": [PoolOut.model_validate(p).model_dump(mode="json") for p in rows]}
+    return {
+        "object": "list",
+        "data": [PoolOut.model_validate(p).model_dump(mode="json") for p in rows],
+    }
 
 
 @router.post("", response_model=PoolOut, status_code=201)
 async def create(body: PoolIn, admin: AdminDep, session: SessionDep) -> PoolOut:
-    pool = await add_pool(session, admin.tenant_id, body.name, actor=actor_for_key(admin.api_key_id))
+    pool = await add_pool(
+        session, admin.tenant_id, body.name, actor=actor_for_key(admin.api_key_id)
+    )
     await session.commit()
     return PoolOut.model_validate(pool)
 
@@ -111,7 +123,10 @@ async def get_grants(caller: CallerDep, session: SessionDep, include_revoked: bo
     tenant = await _tenant(session, caller.tenant_id)
     scope = None if tenant.platform_operator else caller.tenant_id
     rows = await list_grants(session, scope, include_revoked=include_revoked)
-    return {"object": "list", "data": [grant_out(g, p, caller.tenant_id).model_dump(mode="json") for g, p in rows]}
+    return {
+        "object": "list",
+        "data": [grant_out(g, p, caller.tenant_id).model_dump(mode="json") for g, p in rows],
+    }
 
 
 @router.post("/{pool}/grants", response_model=GrantOut, status_code=201)
@@ -138,13 +153,19 @@ async def revoke(grant_id: str, admin: AdminDep, session: SessionDep) -> GrantOu
 @router.get("/sharing", response_model=SharingOut)
 async def get_sharing(caller: CallerDep, session: SessionDep) -> SharingOut:
     tenant = await _tenant(session, caller.tenant_id)
-    return SharingOut(refuse_shared_pools=tenant.refuse_shared_pools, platform_operator=tenant.platform_operator)
+    return SharingOut(
+        refuse_shared_pools=tenant.refuse_shared_pools, platform_operator=tenant.platform_operator
+    )
 
 
 @router.put("/sharing", response_model=SharingOut)
 async def put_sharing(body: SharingIn, admin: AdminDep, session: SessionDep) -> SharingOut:
     """Refuse every shared pool (only the tenant's own runners serve it), or accept grants again."""
     tenant = await _tenant(session, admin.tenant_id)
-    await set_refuse_shared(session, tenant, body.refuse_shared_pools, actor=actor_for_key(admin.api_key_id))
+    await set_refuse_shared(
+        session, tenant, body.refuse_shared_pools, actor=actor_for_key(admin.api_key_id)
+    )
     await session.commit()
-    return SharingOut(refuse_shared_pools=tenant.refuse_shared_pools, platform_operator=tenant.platform_operator)
+    return SharingOut(
+        refuse_shared_pools=tenant.refuse_shared_pools, platform_operator=tenant.platform_operator
+    )

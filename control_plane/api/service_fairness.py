@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from control_plane.api.deps import AdminDep, AppStateDep
-from control_plane.store.pools import usable_pool_ids
+from outpost.control_plane.api.deps import AdminDep, AppStateDep
+from outpost.control_plane.store.pools import usable_pool_ids
 
 __all__ = ["router"]
 
@@ -27,7 +27,9 @@ async def service(state: AppStateDep, admin: AdminDep) -> dict:
             pools = await usable_pool_ids(session, admin.tenant_id)
 
     def usable(queue: str) -> bool:
-        live = state.hub.lookup(queue.split("#", 1)[0])  # per-engine queues are "{runner_id}#{model}"
+        live = state.hub.lookup(
+            queue.split("#", 1)[0]
+        )  # per-engine queues are "{runner_id}#{model}"
         return live is not None and live.pool_id in pools
 
     snap["runners"] = {k: v for k, v in snap["runners"].items() if usable(k)}

@@ -9,14 +9,14 @@ import secrets
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from control_plane.audit import audit_runner_event, record_runner_event
-from control_plane.state import AppState
-from control_plane.store.runners import get_runner, record_hello
-from control_plane.tunnel.hub import ConnectedRunner
-from control_plane.tunnel.link import Link
-from sdk.identity import verify_signature
-from sdk.pricing import CostModel
-from sdk.protocol import (
+from outpost.control_plane.audit import audit_runner_event, record_runner_event
+from outpost.control_plane.state import AppState
+from outpost.control_plane.store.runners import get_runner, record_hello
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.control_plane.tunnel.link import Link
+from outpost.sdk.identity import verify_signature
+from outpost.sdk.pricing import CostModel
+from outpost.sdk.protocol import (
     CAPABILITIES,
     PROTOCOL_VERSIONS,
     ChallengeFrame,
@@ -45,7 +45,9 @@ async def tunnel(ws: WebSocket) -> None:
     state: AppState = ws.app.state.outpost
     await ws.accept()
     try:
-        hello, info = await asyncio.wait_for(_handshake(ws, state), state.settings.tunnel_handshake_timeout_s)
+        hello, info = await asyncio.wait_for(
+            _handshake(ws, state), state.settings.tunnel_handshake_timeout_s
+        )
     except HandshakeRefused as exc:
         log.warning("tunnel handshake refused: %s", exc.reason)
         await _close(ws, exc.code, exc.reason)
@@ -66,22 +68,44 @@ async def tunnel(ws: WebSocket) -> None:
     if (taken := _slot_taken(state, info.runner_id, hello.connection_index)) is not None:
         await _refuse_duplicate(ws, info.runner_id, taken)
         return
-    link = Link(info.runner_id, session_id, ws.send_text, state.settings.tunnel_max_streams_per_connection,
-                close, stream_window=state.settings.tunnel_stream_window, capabilities=frozenset(caps),
-                connection_index=hello.connection_index)
-    await ws.send_text(encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id)))
+    link = Link(
+        info.runner_id,
+        session_id,
+        ws.send_text,
+        state.settings.tunnel_max_streams_per_connection,
+        close,
+        stream_window=state.settings.tunnel_stream_window,
+        capabilities=frozenset(caps),
+        connection_index=hello.connection_index,
+    )
+    await ws.send_text(
+        encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id))
+    )
     # Checked again with no await before attach: two connections racing through the welcome.
     if (taken := _slot_taken(state, info.runner_id, hello.connection_index)) is not None:
         await _refuse_duplicate(ws, info.runner_id, taken)
         return
     state.hub.attach(link, info)
-    log.info("runner %s connected (link %s, connection %d)", info.runner_id, session_id, hello.connection_index)
+    log.info(
+        "runner %s connected (link %s, connection %d)",
+        info.runner_id,
+        session_id,
+        hello.connection_index,
+    )
     reason = "runner disconnected"
     try:
-        await audit_runner_event(state.db, "connect", runner_id=info.runner_id, tenant_id=info.tenant_id,
-                                 details={"link": session_id, "protocol_version": version,
-                                          "connection_index": hello.connection_index,
-                                          "models": [m.name for m in info.models]})
+        await audit_runner_event(
+            state.db,
+            "connect",
+            runner_id=info.runner_id,
+            tenant_id=info.tenant_id,
+            details={
+                "link": session_id,
+                "protocol_version": version,
+                "connection_index": hello.connection_index,
+                "models": [m.name for m in info.models],
+            },
+        )
         while True:
             link.dispatch(parse_frame(await _recv_text(ws)))
     except FrameError as exc:
@@ -94,8 +118,13 @@ async def tunnel(ws: WebSocket) -> None:
         link.fail_all(reason)
         state.hub.detach(link)
         log.info("runner %s link %s closed: %s", info.runner_id, session_id, reason)
-        await audit_runner_event(state.db, "disconnect", runner_id=info.runner_id, tenant_id=info.tenant_id,
-                                 details={"link": session_id, "reason": reason[:200]})
+        await audit_runner_event(
+            state.db,
+            "disconnect",
+            runner_id=info.runner_id,
+            tenant_id=info.tenant_id,
+            details={"link": session_id, "reason": reason[:200]},
+        )
 
 
 async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, ConnectedRunner]:
@@ -108,28 +137,51 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
     if not isinstance(hello, HelloFrame):
         raise HandshakeRefused(CloseCode.PROTOCOL_ERROR, "expected hello.v1")
     if negotiate_version([hello.version]) is None:
-        raise HandshakeRefused(CloseCode.UNSUPPORTED_VERSION, f"protocol version {hello.version} unsupported")
+        raise HandshakeRefused(
+            CloseCode.UNSUPPORTED_VERSION, f"protocol version {hello.version} unsupported"
+        )
     async with state.db.session() as session:
         runner = await get_runner(session, hello.runner_id)
         # One answer for unknown id and bad signature: no oracle for valid ids.
         if runner is None or not verify_signature(
-            runner.identity_public_key, handshake_message(nonce, hello.runner_id, hello.version), hello.signature
+            runner.identity_public_key,
+            handshake_message(nonce, hello.runner_id, hello.version),
+            hello.signature,
         ):
             raise HandshakeRefused(CloseCode.AUTH_FAILED, "runner identity not verified")
         if runner.revoked_at is not None:
-            await record_runner_event(session, event="refused", runner_id=runner.id, tenant_id=runner.tenant_id,
-                                      details={"reason": "revoked"})
+            await record_runner_event(
+                session,
+                event="refused",
+                runner_id=runner.id,
+                tenant_id=runner.tenant_id,
+                details={"reason": "revoked"},
+            )
             await session.commit()
             raise HandshakeRefused(CloseCode.REVOKED, "runner revoked")
         hardware = hello.hardware.to_dict() if hello.hardware is not None else {}
-        await record_hello(session, runner, models=hello.models, capacity=hello.capacity,
-                           labels=hello.labels, hardware=hardware, cost=hello.cost)
+        await record_hello(
+            session,
+            runner,
+            models=hello.models,
+            capacity=hello.capacity,
+            labels=hello.labels,
+            hardware=hardware,
+            cost=hello.cost,
+        )
         await session.commit()
         # Labels, cost and pool from the row (the owner's), never from the hello.
-        info = ConnectedRunner(runner_id=runner.id, tenant_id=runner.tenant_id, name=runner.name,
-                               models=list(hello.models), capacity=hello.capacity, labels=dict(runner.labels),
-                               cost=CostModel.from_mapping(runner.cost), hardware=hardware,
-                               pool_id=runner.pool_id)
+        info = ConnectedRunner(
+            runner_id=runner.id,
+            tenant_id=runner.tenant_id,
+            name=runner.name,
+            models=list(hello.models),
+            capacity=hello.capacity,
+            labels=dict(runner.labels),
+            cost=CostModel.from_mapping(runner.cost),
+            hardware=hardware,
+            pool_id=runner.pool_id,
+        )
     return hello, info
 
 
@@ -167,7 +219,10 @@ async def _recv_text(ws: WebSocket) -> str:
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    if ws.application_state != WebSocketState.DISCONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
+    if (
+        ws.application_state != WebSocketState.DISCONNECTED
+        and ws.client_state != WebSocketState.DISCONNECTED
+    ):
         try:
             await ws.close(code=int(code), reason=reason[:120])
         except RuntimeError:

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from control_plane.api.deps import AppStateDep, CallerDep, SessionDep
-from control_plane.errors import ApiError
-from control_plane.services.cost import BudgetWindow
-from control_plane.store.budgets import UsageRow, usage
+from outpost.control_plane.api.deps import AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.services.cost import BudgetWindow
+from outpost.control_plane.store.budgets import UsageRow, usage
 
 __all__ = ["router"]
 
@@ -28,11 +28,18 @@ def _row(row: UsageRow, group: str | None) -> dict:
 
 @router.get("")
 async def get_usage(
-    state: AppStateDep, caller: CallerDep, session: SessionDep,
-    period: Annotated[Literal["day", "week", "month"], Query(description="The current calendar period (UTC).")]
-    = "month",
-    start: Annotated[datetime | None, Query(description="Explicit start (ISO 8601); overrides period.")] = None,
-    end: Annotated[datetime | None, Query(description="Explicit end, exclusive; default now.")] = None,
+    state: AppStateDep,
+    caller: CallerDep,
+    session: SessionDep,
+    period: Annotated[
+        Literal["day", "week", "month"], Query(description="The current calendar period (UTC).")
+    ] = "month",
+    start: Annotated[
+        datetime | None, Query(description="Explicit start (ISO 8601); overrides period.")
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(description="Explicit end, exclusive; default now.")
+    ] = None,
 ) -> dict:
     """An admin key sees the whole tenant; any other key sees only its own requests."""
     now = state.admission.budgets.clock()
@@ -47,8 +54,15 @@ async def get_usage(
         raise ApiError(400, "end must be after start.", code="invalid_range", param="end")
     key = None if "admin" in caller.scopes else caller.api_key_id
     total = (await usage(session, caller.tenant_id, start, end, api_key_id=key))[0]
-    out: dict = {"object": "usage", "tenant_id": caller.tenant_id, "api_key_id": key, "period": period,
-                 "start": start.isoformat(), "end": end.isoformat(), "total": _row(total, None)}
+    out: dict = {
+        "object": "usage",
+        "tenant_id": caller.tenant_id,
+        "api_key_id": key,
+        "period": period,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "total": _row(total, None),
+    }
     for group in ("key", "model", "runner"):
         rows = await usage(session, caller.tenant_id, start, end, group_by=group, api_key_id=key)
         out[f"by_{group}"] = [_row(r, group) for r in rows]

@@ -4,8 +4,8 @@ Call the ``record_*`` helpers inside the transaction of the action they
 record; the format and the offline verifier live in ``sdk.audit``.
 """
 
-from control_plane.audit.actions import AuditAction
-from control_plane.audit.events import (
+from outpost.control_plane.audit.actions import AuditAction
+from outpost.control_plane.audit.events import (
     RunnerEvent,
     actor_for_key,
     actor_for_runner,
@@ -18,7 +18,7 @@ from control_plane.audit.events import (
     record_runner_event,
     record_system,
 )
-from control_plane.audit.hooks import audit_runner_event
+from outpost.control_plane.audit.hooks import audit_runner_event
 
 __all__ = [
     "AuditAction",

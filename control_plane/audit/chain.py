@@ -33,12 +33,26 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import AuditEvent, AuditHead
-from control_plane.db.sqlite_raw import insert_many
-from sdk.audit import GENESIS_HASH, canonical_json, chain_hash, event_digest
+from outpost.control_plane.db.models import AuditEvent, AuditHead
+from outpost.control_plane.db.sqlite_raw import insert_many
+from outpost.sdk.audit import GENESIS_HASH, canonical_json, chain_hash, event_digest
 
-__all__ = ["EVENT_VERSION", "SYSTEM_TENANT", "EventSpec", "Head", "append_event", "append_events",
-           "append_events_sqlite", "append_events_sync", "event_object", "format_ts", "lock_head", "lock_head_sync", "read_head", "utc_ts"]
+__all__ = [
+    "EVENT_VERSION",
+    "SYSTEM_TENANT",
+    "EventSpec",
+    "Head",
+    "append_event",
+    "append_events",
+    "append_events_sqlite",
+    "append_events_sync",
+    "event_object",
+    "format_ts",
+    "lock_head",
+    "lock_head_sync",
+    "read_head",
+    "utc_ts",
+]
 
 EVENT_VERSION = 2  # 2: with tenant_seq; events written before it stay version 1
 _HEAD_ID = 1
@@ -57,8 +71,16 @@ def utc_ts() -> str:
 
 def event_object(row: AuditEvent) -> dict[str, Any]:
     """The object that is canonicalised and hashed (docs/audit.md, "Events")."""
-    event = {"v": 1, "seq": row.seq, "ts": row.ts, "type": row.type, "actor": row.actor,
-             "tenant": row.tenant_id, "salt": row.salt, "data": row.data}
+    event = {
+        "v": 1,
+        "seq": row.seq,
+        "ts": row.ts,
+        "type": row.type,
+        "actor": row.actor,
+        "tenant": row.tenant_id,
+        "salt": row.salt,
+        "data": row.data,
+    }
     if row.tenant_seq is not None:  # version 1 events (older rows) must keep their hashes
         event.update(v=EVENT_VERSION, tenant_seq=row.tenant_seq)
     return event
@@ -73,11 +95,21 @@ class Head:
     anchor_seq: int
 
 
-_HEAD_COLUMNS = (AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_seq, AuditHead.checkpoint_ts,
-                 AuditHead.anchor_seq)
+_HEAD_COLUMNS = (
+    AuditHead.seq,
+    AuditHead.hash,
+    AuditHead.checkpoint_seq,
+    AuditHead.checkpoint_ts,
+    AuditHead.anchor_seq,
+)
 # A no-op UPDATE: it takes the row lock (PostgreSQL) or the write lock (SQLite) and returns the tip.
-_LOCK_HEAD = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq)
-              .returning(*_HEAD_COLUMNS).execution_options(synchronize_session=False))
+_LOCK_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == _HEAD_ID)
+    .values(seq=AuditHead.seq)
+    .returning(*_HEAD_COLUMNS)
+    .execution_options(synchronize_session=False)
+)
 
 
 def _ensure_head(conn: Session | Connection) -> None:
@@ -117,8 +149,9 @@ class EventSpec:
     data: dict[str, Any]
 
 
-async def append_event(session: AsyncSession, *, type: str, actor: str, tenant_id: str | None,
-                       data: dict[str, Any]) -> AuditEvent:
+async def append_event(
+    session: AsyncSession, *, type: str, actor: str, tenant_id: str | None, data: dict[str, Any]
+) -> AuditEvent:
     """Append one event in the caller's transaction; returns the new row (not committed)."""
     return (await append_events(session, [EventSpec(type, actor, tenant_id, data)]))[0]
 
@@ -156,8 +189,12 @@ def append_events_sync(conn: Session | Connection, events: list[EventSpec]) -> l
     # (no ORM flush), and on PostgreSQL by one statement.
     values = _values(rows)
     if _dialect(conn) == "postgresql":
-        move_head = (update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=seq, hash=prev)
-                     .execution_options(synchronize_session=False))
+        move_head = (
+            update(AuditHead)
+            .where(AuditHead.id == _HEAD_ID)
+            .values(seq=seq, hash=prev)
+            .execution_options(synchronize_session=False)
+        )
         conn.execute(insert(AuditEvent).values(values).add_cte(move_head.cte("move_head")))
     else:
         conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
@@ -178,13 +215,21 @@ def append_events_sqlite(db: sqlite3.Connection, events: list[EventSpec]) -> lis
         canonical_json(ev.data)
     row = db.execute(_SQLITE_LOCK_HEAD, (_HEAD_ID,)).fetchone()
     if row is None:
-        db.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash, checkpoint_seq, anchor_seq) "
-                   "VALUES (?, 0, ?, 0, 0)", (_HEAD_ID, GENESIS_HASH))
+        db.execute(
+            "INSERT OR IGNORE INTO audit_head (id, seq, hash, checkpoint_seq, anchor_seq) "
+            "VALUES (?, 0, ?, 0, 0)",
+            (_HEAD_ID, GENESIS_HASH),
+        )
         row = db.execute(_SQLITE_LOCK_HEAD, (_HEAD_ID,)).fetchone()
     counts, params = _tenant_counts(events)
     tops = db.execute(_upsert_tenant_heads(len(counts)).text, params).fetchall()
-    rows = _chain(events, row[0], row[1], {tenant: top - counts[tenant] + 1 for tenant, top in tops})
-    db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = ?", (rows[-1].seq, rows[-1].hash, _HEAD_ID))
+    rows = _chain(
+        events, row[0], row[1], {tenant: top - counts[tenant] + 1 for tenant, top in tops}
+    )
+    db.execute(
+        "UPDATE audit_head SET seq = ?, hash = ? WHERE id = ?",
+        (rows[-1].seq, rows[-1].hash, _HEAD_ID),
+    )
     insert_many(db, AuditEvent.__table__, _values(rows))
     return rows
 
@@ -192,7 +237,9 @@ def append_events_sqlite(db: sqlite3.Connection, events: list[EventSpec]) -> lis
 _SQLITE_LOCK_HEAD = "UPDATE audit_head SET seq = seq WHERE id = ? RETURNING seq, hash"
 
 
-def _chain(events: list[EventSpec], seq: int, prev: str, tenant_next: dict[str, int]) -> list[AuditEvent]:
+def _chain(
+    events: list[EventSpec], seq: int, prev: str, tenant_next: dict[str, int]
+) -> list[AuditEvent]:
     """The events as rows after ``seq``/``prev``, numbered and hashed (``tenant_next`` is consumed)."""
     rows: list[AuditEvent] = []
     for ev in events:
@@ -200,21 +247,44 @@ def _chain(events: list[EventSpec], seq: int, prev: str, tenant_next: dict[str, 
         counter = ev.tenant_id if ev.tenant_id is not None else SYSTEM_TENANT
         tenant_seq = tenant_next[counter]
         tenant_next[counter] += 1
-        row = AuditEvent(seq=seq, ts=utc_ts(), type=ev.type, actor=ev.actor, tenant_id=ev.tenant_id,
-                         tenant_seq=tenant_seq, salt=secrets.token_hex(16), data=ev.data)
+        row = AuditEvent(
+            seq=seq,
+            ts=utc_ts(),
+            type=ev.type,
+            actor=ev.actor,
+            tenant_id=ev.tenant_id,
+            tenant_seq=tenant_seq,
+            salt=secrets.token_hex(16),
+            data=ev.data,
+        )
         row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
         rows.append(row)
     return rows
 
 
 def _values(rows: list[AuditEvent]) -> list[dict[str, Any]]:
-    return [{"seq": r.seq, "ts": r.ts, "type": r.type, "actor": r.actor, "tenant_id": r.tenant_id,
-             "tenant_seq": r.tenant_seq, "salt": r.salt, "data": r.data, "hash": r.hash} for r in rows]
+    return [
+        {
+            "seq": r.seq,
+            "ts": r.ts,
+            "type": r.type,
+            "actor": r.actor,
+            "tenant_id": r.tenant_id,
+            "tenant_seq": r.tenant_seq,
+            "salt": r.salt,
+            "data": r.data,
+            "hash": r.hash,
+        }
+        for r in rows
+    ]
 
 
-_MOVE_HEAD = (update(AuditHead).where(AuditHead.id == _HEAD_ID)
-              .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-              .execution_options(synchronize_session=False))
+_MOVE_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == _HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+    .execution_options(synchronize_session=False)
+)
 
 
 def _dialect(conn: Session | Connection) -> str:
@@ -251,6 +321,8 @@ def _upsert_tenant_heads(rows: int) -> TextClause:
     # Plain SQL, the same on PostgreSQL and SQLite: the dialects' insert().on_conflict_do_update()
     # is compiled afresh on every call (~0.6 ms of CPU while the head lock is held).
     values = ", ".join(f"(:t{i}, :n{i})" for i in range(rows))
-    return text(f"INSERT INTO audit_tenant_heads (tenant_id, seq) VALUES {values} "
-                "ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_tenant_heads.seq + excluded.seq "
-                "RETURNING tenant_id, seq")
+    return text(
+        f"INSERT INTO audit_tenant_heads (tenant_id, seq) VALUES {values} "
+        "ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_tenant_heads.seq + excluded.seq "
+        "RETURNING tenant_id, seq"
+    )

@@ -21,14 +21,22 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.audit.chain import Head, lock_head, read_head, utc_ts
-from control_plane.audit.guard import ChainGuard, ChainRefused
-from control_plane.audit.keys import AuditKeyPair, AuditSigner
-from control_plane.db.engine import Database, database_down
-from control_plane.db.models import AuditCheckpoint, AuditHead, AuditKey
-from control_plane.settings import Settings
+from outpost.control_plane.audit.chain import Head, lock_head, read_head, utc_ts
+from outpost.control_plane.audit.guard import ChainGuard, ChainRefused
+from outpost.control_plane.audit.keys import AuditKeyPair, AuditSigner
+from outpost.control_plane.db.engine import Database, database_down
+from outpost.control_plane.db.models import AuditCheckpoint, AuditHead, AuditKey
+from outpost.control_plane.settings import Settings
 
-__all__ = ["ChainRefused", "Checkpointer", "checkpoint_if_due", "is_due", "register_key", "sign_checkpoint", "write_checkpoint"]
+__all__ = [
+    "ChainRefused",
+    "Checkpointer",
+    "checkpoint_if_due",
+    "is_due",
+    "register_key",
+    "sign_checkpoint",
+    "write_checkpoint",
+]
 
 log = logging.getLogger("outpost.audit")
 
@@ -37,13 +45,21 @@ def _insert(session: AsyncSession):
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-async def register_key(session: AsyncSession, key: AuditKeyPair, *, rotation: dict[str, str] | None = None) -> None:
+async def register_key(
+    session: AsyncSession, key: AuditKeyPair, *, rotation: dict[str, str] | None = None
+) -> None:
     """Record a public key (idempotent). ``rotation`` holds the cross-signed rotation record."""
     rot = rotation or {}
-    values = {"key_id": key.key_id, "public_key": key.public_key, "created_at": key.created_at,
-              "prev_key_id": rot.get("prev_key_id"), "prev_public_key": rot.get("prev_public_key"),
-              "rotated_at": rot.get("ts"), "prev_signature": rot.get("prev_signature"),
-              "signature": rot.get("signature")}
+    values = {
+        "key_id": key.key_id,
+        "public_key": key.public_key,
+        "created_at": key.created_at,
+        "prev_key_id": rot.get("prev_key_id"),
+        "prev_public_key": rot.get("prev_public_key"),
+        "rotated_at": rot.get("ts"),
+        "prev_signature": rot.get("prev_signature"),
+        "signature": rot.get("signature"),
+    }
     await session.execute(_insert(session)(AuditKey).values(**values).on_conflict_do_nothing())
 
 
@@ -57,7 +73,9 @@ def is_due(head: Head, every_n: int, every_s: float, now: datetime | None = None
     return ((now or datetime.now(UTC)) - last).total_seconds() >= every_s
 
 
-async def sign_checkpoint(session: AsyncSession, signer: AuditSigner, seq: int, hash_: str) -> AuditCheckpoint:
+async def sign_checkpoint(
+    session: AsyncSession, signer: AuditSigner, seq: int, hash_: str
+) -> AuditCheckpoint:
     """Sign (seq, hash) and store it; the caller vouches that ``hash_`` is the chain's hash at ``seq``."""
     ts = utc_ts()
     key_id, signature = signer.sign_checkpoint(seq, hash_, ts)
@@ -68,8 +86,9 @@ async def sign_checkpoint(session: AsyncSession, signer: AuditSigner, seq: int, 
     return row
 
 
-async def write_checkpoint(session: AsyncSession, signer: AuditSigner,
-                           guard: ChainGuard | None = None) -> AuditCheckpoint | None:
+async def write_checkpoint(
+    session: AsyncSession, signer: AuditSigner, guard: ChainGuard | None = None
+) -> AuditCheckpoint | None:
     """Re-verify the chain, then sign its tip (no-op when it is already signed). No commit.
 
     ``guard`` is what the caller remembers of the chain; without one the chain
@@ -82,15 +101,23 @@ async def write_checkpoint(session: AsyncSession, signer: AuditSigner,
     guard = guard or ChainGuard()
     await guard.verify(session, head)
     row = await sign_checkpoint(session, signer, head.seq, head.hash)
-    await session.execute(update(AuditHead).where(AuditHead.id == 1)
-                          .values(checkpoint_seq=row.seq, checkpoint_ts=row.ts)
-                          .execution_options(synchronize_session=False))
+    await session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(checkpoint_seq=row.seq, checkpoint_ts=row.ts)
+        .execution_options(synchronize_session=False)
+    )
     guard.signed(row.seq, row.hash)
     return row
 
 
-async def checkpoint_if_due(session: AsyncSession, signer: AuditSigner, every_n: int, every_s: float,
-                            guard: ChainGuard | None = None) -> AuditCheckpoint | None:
+async def checkpoint_if_due(
+    session: AsyncSession,
+    signer: AuditSigner,
+    every_n: int,
+    every_s: float,
+    guard: ChainGuard | None = None,
+) -> AuditCheckpoint | None:
     """Sign the tip when a checkpoint is due (re-verifying first, as ``write_checkpoint``). No commit."""
     # Look without the lock first: most polls find nothing to do and must not
     # queue behind (or block) appends.
@@ -111,8 +138,14 @@ class Checkpointer:
     shown as a banner in the console until the chain verifies again.
     """
 
-    def __init__(self, db: Database, signer: AuditSigner, every_n: int, every_s: float,
-                 guard: ChainGuard | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        signer: AuditSigner,
+        every_n: int,
+        every_s: float,
+        guard: ChainGuard | None = None,
+    ) -> None:
         self.db, self.signer, self.every_n, self.every_s = db, signer, every_n, every_s
         self.guard = guard or ChainGuard()
         self.poll_s = min(1.0, every_s)
@@ -123,8 +156,13 @@ class Checkpointer:
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings) -> Checkpointer:
-        return cls(db, AuditSigner.from_settings(settings), settings.audit_checkpoint_every_n,
-                   settings.audit_checkpoint_every_s, ChainGuard.from_settings(settings))
+        return cls(
+            db,
+            AuditSigner.from_settings(settings),
+            settings.audit_checkpoint_every_n,
+            settings.audit_checkpoint_every_s,
+            ChainGuard.from_settings(settings),
+        )
 
     async def start(self) -> None:
         async with self.db.session() as session:
@@ -170,8 +208,11 @@ class Checkpointer:
     def _refuse(self, reason: str) -> None:
         self.refusals += 1
         if reason != self.alarm:  # once per distinct finding, not once a second
-            log.error("audit checkpoint REFUSED: %s. Nothing is signed until the stored chain extends the "
-                      "last verified head again; export and verify the log (docs/audit.md).", reason)
+            log.error(
+                "audit checkpoint REFUSED: %s. Nothing is signed until the stored chain extends the "
+                "last verified head again; export and verify the log (docs/audit.md).",
+                reason,
+            )
         self.alarm = reason
 
     async def _run(self) -> None:
@@ -186,7 +227,9 @@ class Checkpointer:
                     log.exception("audit checkpoint failed")
                 elif not self._down:
                     # Once per outage: the next due checkpoint covers what this one would have.
-                    log.warning("audit checkpoint skipped: database unavailable (%s)", type(exc).__name__)
+                    log.warning(
+                        "audit checkpoint skipped: database unavailable (%s)", type(exc).__name__
+                    )
                 self._down = True
             else:
                 self._down = False
@@ -218,8 +261,14 @@ class _CheckpointerCollector(Collector):
         self._cp = checkpointer
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily("outpost_audit_checkpoint_refusals", "Looks at the audit chain that found it "
-                                  "does not extend the last verified head (nothing was signed).",
-                                  value=self._cp.refusals)
-        yield GaugeMetricFamily("outpost_audit_chain_alarm", "1 while the audit checkpointer refuses to sign.",
-                                value=1 if self._cp.alarm else 0)
+        yield CounterMetricFamily(
+            "outpost_audit_checkpoint_refusals",
+            "Looks at the audit chain that found it "
+            "does not extend the last verified head (nothing was signed).",
+            value=self._cp.refusals,
+        )
+        yield GaugeMetricFamily(
+            "outpost_audit_chain_alarm",
+            "1 while the audit checkpointer refuses to sign.",
+            value=1 if self._cp.alarm else 0,
+        )

@@ -13,23 +13,25 @@ import typer
 from rich.console import Console
 from sqlalchemy import select
 
-from control_plane.audit.checkpoints import write_checkpoint
-from control_plane.audit.events import operator_actor
-from control_plane.audit.export import checkpoint_line, export_records, jsonl
-from control_plane.audit.guard import ChainGuard, ChainRefused
-from control_plane.audit.keys import AuditSigner
-from control_plane.audit.prune import prune_before
-from control_plane.audit.rotation import rotate_key
-from control_plane.cli_db import run_with_settings
-from control_plane.db.engine import Database
-from control_plane.db.models import AuditCheckpoint, AuditKey, Tenant
-from control_plane.settings import Settings
-from sdk.audit import verify_export
-from sdk.client import Client
+from outpost.control_plane.audit.checkpoints import write_checkpoint
+from outpost.control_plane.audit.events import operator_actor
+from outpost.control_plane.audit.export import checkpoint_line, export_records, jsonl
+from outpost.control_plane.audit.guard import ChainGuard, ChainRefused
+from outpost.control_plane.audit.keys import AuditSigner
+from outpost.control_plane.audit.prune import prune_before
+from outpost.control_plane.audit.rotation import rotate_key
+from outpost.control_plane.cli_db import run_with_settings
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import AuditCheckpoint, AuditKey, Tenant
+from outpost.control_plane.settings import Settings
+from outpost.sdk.audit import verify_export
+from outpost.sdk.client import Client
 
 __all__ = ["audit_app"]
 
-audit_app = typer.Typer(help="Tamper-evident audit log: export, verify, prune, keys.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Tamper-evident audit log: export, verify, prune, keys.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="The audit signing key.", no_args_is_help=True)
 audit_app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
@@ -47,10 +49,18 @@ def _run(fn: Callable[[Database, Settings], Awaitable[T]]) -> T:
 @audit_app.command("export")
 def export(
     out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events (name or id); others are "
-                                               "redacted to their digests.")] = None,
-    checkpoint: Annotated[bool, typer.Option(help="Sign the current tip first, so the whole export is "
-                                             "covered by a signature.")] = True,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this tenant's events (name or id); others are redacted to their digests."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        bool,
+        typer.Option(
+            help="Sign the current tip first, so the whole export is covered by a signature."
+        ),
+    ] = True,
 ) -> None:
     """Export the audit log as JSONL: keys, anchor, events and signed checkpoints."""
 
@@ -58,8 +68,15 @@ def export(
         async with db.session() as session:
             tenant_id = None
             if tenant is not None:
-                row = (await session.execute(select(Tenant).where(
-                    (Tenant.name == tenant) | (Tenant.id == tenant)))).scalars().first()
+                row = (
+                    (
+                        await session.execute(
+                            select(Tenant).where((Tenant.name == tenant) | (Tenant.id == tenant))
+                        )
+                    )
+                    .scalars()
+                    .first()
+                )
                 if row is None:
                     raise typer.BadParameter(f"no tenant {tenant!r}", param_hint="--tenant")
                 tenant_id = row.id
@@ -95,13 +112,27 @@ def _public_key(value: str) -> str:
 
 @audit_app.command("verify")
 def verify(
-    file: Annotated[Path, typer.Argument(help="An export (JSONL) from 'audit export' or 'audit prune'.")],
-    public_key: Annotated[list[str], typer.Option("--public-key", help="A trusted audit public key "
-                                                  "(base64url) or a file holding it; repeatable.")],
-    allow_unsigned_tail: Annotated[bool, typer.Option(help="Accept events after the last checkpoint.")] = False,
-    kept: Annotated[list[Path] | None, typer.Option(
-        "--kept", help="Checkpoints you kept (from 'audit checkpoints', the API or an earlier export, "
-        "JSONL); a newer log that lost them fails. Repeatable.")] = None,
+    file: Annotated[
+        Path, typer.Argument(help="An export (JSONL) from 'audit export' or 'audit prune'.")
+    ],
+    public_key: Annotated[
+        list[str],
+        typer.Option(
+            "--public-key",
+            help="A trusted audit public key (base64url) or a file holding it; repeatable.",
+        ),
+    ],
+    allow_unsigned_tail: Annotated[
+        bool, typer.Option(help="Accept events after the last checkpoint.")
+    ] = False,
+    kept: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--kept",
+            help="Checkpoints you kept (from 'audit checkpoints', the API or an earlier export, "
+            "JSONL); a newer log that lost them fails. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Verify an export offline: needs only the file and the public key(s)."""
     kept_lines = [rec for path in kept or [] for rec in _checkpoint_lines(path)]
@@ -114,10 +145,14 @@ def verify(
         raise typer.Exit(1)
     span = f"seq {result.first_seq}..{result.last_seq}" if result.events else "no events"
     also = f", {result.kept_checkpoints} kept checkpoints match" if kept_lines else ""
-    print(f"OK: {result.events} events ({span}, {result.redacted} redacted), {result.checkpoints} "
-          f"checkpoints, signed through seq {result.last_signed_seq}{also}")
+    print(
+        f"OK: {result.events} events ({span}, {result.redacted} redacted), {result.checkpoints} "
+        f"checkpoints, signed through seq {result.last_signed_seq}{also}"
+    )
     if result.unsigned_tail:
-        print(f"WARNING: the last {result.unsigned_tail} events are not covered by a signed checkpoint")
+        print(
+            f"WARNING: the last {result.unsigned_tail} events are not covered by a signed checkpoint"
+        )
         if not allow_unsigned_tail:
             raise typer.Exit(1)
 
@@ -140,18 +175,30 @@ def _checkpoint_lines(path: Path) -> list[dict[str, Any]]:
 
 @audit_app.command("checkpoints")
 def checkpoints(
-    out: Annotated[Path | None, typer.Option("--out", help="Append here instead of writing to stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Append here instead of writing to stdout.")
+    ] = None,
     after: Annotated[int, typer.Option(help="Only checkpoints after this seq.")] = 0,
-    url: Annotated[str | None, typer.Option(help="Fetch them from this control plane's API with the admin key "
-                                            "in OUTPOST_API_KEY (what a tenant runs) instead of the "
-                                            "database.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Fetch them from this control plane's API with the admin key "
+            "in OUTPOST_API_KEY (what a tenant runs) instead of the "
+            "database."
+        ),
+    ] = None,
 ) -> None:
     """Print the signed checkpoints as JSONL, to keep outside the control plane for 'audit verify --kept'."""
 
     async def go(db: Database, settings: Settings) -> list[dict[str, Any]]:
         async with db.session() as session:
-            rows = (await session.execute(select(AuditCheckpoint).where(AuditCheckpoint.seq > after)
-                                          .order_by(AuditCheckpoint.seq))).scalars()
+            rows = (
+                await session.execute(
+                    select(AuditCheckpoint)
+                    .where(AuditCheckpoint.seq > after)
+                    .order_by(AuditCheckpoint.seq)
+                )
+            ).scalars()
             return [checkpoint_line(r) for r in rows]
 
     if url is not None:
@@ -169,9 +216,16 @@ def checkpoints(
 
 @audit_app.command("prune")
 def prune(
-    before: Annotated[str, typer.Option(help="Prune events older than this ISO 8601 date or time "
-                                        "(naive = UTC), e.g. 2026-01-01.")],
-    export: Annotated[Path, typer.Option("--export", help="Archive file for the pruned events (must not exist).")],
+    before: Annotated[
+        str,
+        typer.Option(
+            help="Prune events older than this ISO 8601 date or time "
+            "(naive = UTC), e.g. 2026-01-01."
+        ),
+    ],
+    export: Annotated[
+        Path, typer.Option("--export", help="Archive file for the pruned events (must not exist).")
+    ],
 ) -> None:
     """Export then delete old events; the checkpoint at the boundary anchors what remains."""
     if export.exists():
@@ -179,15 +233,26 @@ def prune(
     try:
         parsed = datetime.fromisoformat(before)
     except ValueError:
-        raise typer.BadParameter(f"{before!r} is not an ISO 8601 date or time", param_hint="--before") from None
+        raise typer.BadParameter(
+            f"{before!r} is not an ISO 8601 date or time", param_hint="--before"
+        ) from None
     cutoff = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    result = _run(lambda db, settings: prune_before(db, AuditSigner.from_settings(settings), cutoff, export,
-                                                    actor=operator_actor(),
-                                                    guard=ChainGuard.from_settings(settings)))
+    result = _run(
+        lambda db, settings: prune_before(
+            db,
+            AuditSigner.from_settings(settings),
+            cutoff,
+            export,
+            actor=operator_actor(),
+            guard=ChainGuard.from_settings(settings),
+        )
+    )
     if result.archive is None:
         console.print("nothing to prune")
     else:
-        console.print(f"pruned {result.pruned} events through seq {result.anchor_seq}; archive: {export}")
+        console.print(
+            f"pruned {result.pruned} events through seq {result.anchor_seq}; archive: {export}"
+        )
 
 
 @audit_app.command("checkpoint")
@@ -196,8 +261,9 @@ def checkpoint_now() -> None:
 
     async def go(db: Database, settings: Settings) -> Any:
         async with db.session() as session:
-            row = await write_checkpoint(session, AuditSigner.from_settings(settings),
-                                         ChainGuard.from_settings(settings))
+            row = await write_checkpoint(
+                session, AuditSigner.from_settings(settings), ChainGuard.from_settings(settings)
+            )
             await session.commit()
             return row
 
@@ -219,7 +285,9 @@ def keys_list() -> None:
 
     async def go(db: Database, settings: Settings) -> list[AuditKey]:
         async with db.session() as session:
-            return list((await session.execute(select(AuditKey).order_by(AuditKey.created_at))).scalars())
+            return list(
+                (await session.execute(select(AuditKey).order_by(AuditKey.created_at))).scalars()
+            )
 
     for key in _run(go):
         prev = f" (rotated from {key.prev_key_id})" if key.prev_key_id else ""
@@ -229,7 +297,10 @@ def keys_list() -> None:
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Replace the audit key; the old public key stays valid for old checkpoints."""
-    old, new = _run(lambda db, settings: rotate_key(db, AuditSigner.from_settings(settings),
-                                                    actor=operator_actor()))
+    old, new = _run(
+        lambda db, settings: rotate_key(
+            db, AuditSigner.from_settings(settings), actor=operator_actor()
+        )
+    )
     console.print(f"rotated audit key {old.key_id} -> {new.key_id}; new public key:")
     print(new.public_key)

@@ -20,14 +20,14 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from control_plane.audit.chain import (
+from outpost.control_plane.audit.chain import (
     EventSpec,
     append_event,
     append_events,
     append_events_sync,
     format_ts,
 )
-from control_plane.db.models import AuditEvent, RequestRecord
+from outpost.control_plane.db.models import AuditEvent, RequestRecord
 
 __all__ = [
     "RunnerEvent",
@@ -50,10 +50,27 @@ RunnerEvent = Literal["enroll", "connect", "disconnect", "refused"]
 
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 # Keys that, in this codebase, would carry content or secrets.
-_FORBIDDEN_KEYS = frozenset({
-    "prompt", "prompts", "messages", "message_text", "content", "completion", "completions", "choices",
-    "text", "input", "output", "body", "secret", "password", "token", "api_key", "authorization",
-})
+_FORBIDDEN_KEYS = frozenset(
+    {
+        "prompt",
+        "prompts",
+        "messages",
+        "message_text",
+        "content",
+        "completion",
+        "completions",
+        "choices",
+        "text",
+        "input",
+        "output",
+        "body",
+        "secret",
+        "password",
+        "token",
+        "api_key",
+        "authorization",
+    }
+)
 
 
 def actor_for_key(api_key_id: str | None) -> str:
@@ -116,28 +133,52 @@ def _clean(value: Any, path: str = "details") -> Any:
     raise TypeError(f"{path}: cannot record a {type(value).__name__} in the audit log")
 
 
-async def record_admin(session: AsyncSession, *, actor: str, action: str, tenant_id: str | None,
-                       target: str | None = None, details: Mapping[str, Any] | None = None) -> AuditEvent:
+async def record_admin(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    tenant_id: str | None,
+    target: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
     """An administrative change: ``action`` like ``api_key.create``, ``runner.revoke``,
     ``enrollment_token.create``, ``budget.set``, ``user.create``, ``settings.update``.
 
     Recorded as type ``admin.<action>`` with ``{"target": ..., "details": {...}}``.
     """
     if not _ACTION.match(action) or len(action) > 58:
-        raise ValueError(f"bad audit action {action!r}: lowercase dotted words, e.g. 'api_key.create'")
-    return await append_event(session, type=f"admin.{action}", actor=actor, tenant_id=tenant_id,
-                              data={"target": target, "details": _clean(details or {})})
+        raise ValueError(
+            f"bad audit action {action!r}: lowercase dotted words, e.g. 'api_key.create'"
+        )
+    return await append_event(
+        session,
+        type=f"admin.{action}",
+        actor=actor,
+        tenant_id=tenant_id,
+        data={"target": target, "details": _clean(details or {})},
+    )
 
 
-async def record_login(session: AsyncSession, *, success: bool, email: str, tenant_id: str | None = None,
-                       user_id: str | None = None, reason: str | None = None,
-                       remote_addr: str | None = None) -> AuditEvent:
+async def record_login(
+    session: AsyncSession,
+    *,
+    success: bool,
+    email: str,
+    tenant_id: str | None = None,
+    user_id: str | None = None,
+    reason: str | None = None,
+    remote_addr: str | None = None,
+) -> AuditEvent:
     """A console login attempt (``auth.login.success`` / ``auth.login.failure``). Never the password."""
     actor = actor_for_user(user_id) if user_id else "anonymous"
     return await append_event(
-        session, type="auth.login.success" if success else "auth.login.failure", actor=actor,
+        session,
+        type="auth.login.success" if success else "auth.login.failure",
+        actor=actor,
         tenant_id=tenant_id,
-        data={"email": email, "user_id": user_id, "reason": reason, "remote_addr": remote_addr})
+        data={"email": email, "user_id": user_id, "reason": reason, "remote_addr": remote_addr},
+    )
 
 
 def _ms(value: float | None) -> int | None:
@@ -149,12 +190,16 @@ async def record_inference(session: AsyncSession, record: RequestRecord) -> Audi
     return (await record_inferences(session, [record]))[0]
 
 
-async def record_inferences(session: AsyncSession, records: list[RequestRecord]) -> list[AuditEvent]:
+async def record_inferences(
+    session: AsyncSession, records: list[RequestRecord]
+) -> list[AuditEvent]:
     """One ``inference`` event per record, consecutive in the chain, in the order given."""
     return await append_events(session, [_inference_event(r) for r in records])
 
 
-def record_inferences_sync(conn: Session | Connection, records: list[RequestRecord]) -> list[AuditEvent]:
+def record_inferences_sync(
+    conn: Session | Connection, records: list[RequestRecord]
+) -> list[AuditEvent]:
     """:func:`record_inferences` on a synchronous session or connection (the record writer's)."""
     return append_events_sync(conn, inference_events(records))
 
@@ -166,40 +211,84 @@ def inference_events(records: list[RequestRecord]) -> list[EventSpec]:
 
 def _inference_event(r: RequestRecord) -> EventSpec:
     data = {
-        "request_id": r.id, "api_key_id": r.api_key_id, "model": r.model, "runner_id": r.runner_id,
-        "endpoint": r.endpoint, "stream": bool(r.stream), "e2e": bool(r.e2e), "status": r.status,
-        "http_status": r.http_status, "error_type": r.error_type,
-        "prompt_tokens": r.prompt_tokens or 0, "completion_tokens": r.completion_tokens or 0,
-        "attempts": r.attempts or 0, "latency_ms": _ms(r.latency_ms), "ttft_ms": _ms(r.ttft_ms),
+        "request_id": r.id,
+        "api_key_id": r.api_key_id,
+        "model": r.model,
+        "runner_id": r.runner_id,
+        "endpoint": r.endpoint,
+        "stream": bool(r.stream),
+        "e2e": bool(r.e2e),
+        "status": r.status,
+        "http_status": r.http_status,
+        "error_type": r.error_type,
+        "prompt_tokens": r.prompt_tokens or 0,
+        "completion_tokens": r.completion_tokens or 0,
+        "attempts": r.attempts or 0,
+        "latency_ms": _ms(r.latency_ms),
+        "ttft_ms": _ms(r.ttft_ms),
         "cost_usd": None if r.cost_usd is None else _decimal(r.cost_usd),
     }
-    return EventSpec(type="inference", actor=actor_for_key(r.api_key_id), tenant_id=r.tenant_id, data=data)
+    return EventSpec(
+        type="inference", actor=actor_for_key(r.api_key_id), tenant_id=r.tenant_id, data=data
+    )
 
 
-async def record_runner_event(session: AsyncSession, *, event: RunnerEvent, runner_id: str, tenant_id: str,
-                              actor: str | None = None,
-                              details: Mapping[str, Any] | None = None) -> AuditEvent:
+async def record_runner_event(
+    session: AsyncSession,
+    *,
+    event: RunnerEvent,
+    runner_id: str,
+    tenant_id: str,
+    actor: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
     """``runner.enroll`` / ``runner.connect`` / ``runner.disconnect`` / ``runner.refused``.
 
     Revocation is an admin action: ``record_admin(action="runner.revoke")``.
     """
-    return await append_event(session, type=f"runner.{event}", actor=actor or actor_for_runner(runner_id),
-                              tenant_id=tenant_id, data={"runner_id": runner_id, **_clean(details or {})})
+    return await append_event(
+        session,
+        type=f"runner.{event}",
+        actor=actor or actor_for_runner(runner_id),
+        tenant_id=tenant_id,
+        data={"runner_id": runner_id, **_clean(details or {})},
+    )
 
 
-async def record_fairness_probe(session: AsyncSession, *, actor: str, tenant_id: str, run_id: str,
-                                suite_id: str, suite_version: str, suite_hash: str, model: str, status: str,
-                                details: Mapping[str, Any] | None = None) -> AuditEvent:
+async def record_fairness_probe(
+    session: AsyncSession,
+    *,
+    actor: str,
+    tenant_id: str,
+    run_id: str,
+    suite_id: str,
+    suite_version: str,
+    suite_hash: str,
+    model: str,
+    status: str,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
     """A bias-probe run (``fairness.probe``): which suite, which model, how it ended. No prompts."""
-    data = {"run_id": run_id, "suite_id": suite_id, "suite_version": suite_version,
-            "suite_hash": suite_hash, "model": model, "status": status, "details": _clean(details or {})}
-    return await append_event(session, type="fairness.probe", actor=actor, tenant_id=tenant_id, data=data)
+    data = {
+        "run_id": run_id,
+        "suite_id": suite_id,
+        "suite_version": suite_version,
+        "suite_hash": suite_hash,
+        "model": model,
+        "status": status,
+        "details": _clean(details or {}),
+    }
+    return await append_event(
+        session, type="fairness.probe", actor=actor, tenant_id=tenant_id, data=data
+    )
 
 
-async def record_system(session: AsyncSession, *, action: str, actor: str,
-                        details: Mapping[str, Any] | None = None) -> AuditEvent:
+async def record_system(
+    session: AsyncSession, *, action: str, actor: str, details: Mapping[str, Any] | None = None
+) -> AuditEvent:
     """The audit log's own housekeeping (``audit.key.rotate``, ``audit.prune``); no tenant."""
     if not _ACTION.match(action):
         raise ValueError(f"bad audit action {action!r}")
-    return await append_event(session, type=f"audit.{action}", actor=actor, tenant_id=None,
-                              data=_clean(details or {}))
+    return await append_event(
+        session, type=f"audit.{action}", actor=actor, tenant_id=None, data=_clean(details or {})
+    )

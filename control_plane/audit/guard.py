@@ -37,18 +37,33 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.audit.chain import Head, event_object
-from control_plane.db.models import AuditCheckpoint, AuditEvent, AuditKey
-from control_plane.settings import Settings
-from sdk.audit import GENESIS_HASH, chain_hash, checkpoint_message, event_digest, verify_signature
+from outpost.control_plane.audit.chain import Head, event_object
+from outpost.control_plane.db.models import AuditCheckpoint, AuditEvent, AuditKey
+from outpost.control_plane.settings import Settings
+from outpost.sdk.audit import (
+    GENESIS_HASH,
+    chain_hash,
+    checkpoint_message,
+    event_digest,
+    verify_signature,
+)
 
 __all__ = ["WITNESS_FILE", "ChainGuard", "ChainRefused", "Point", "database_id"]
 
 log = logging.getLogger("outpost.audit")
 _CHUNK = 250  # ~18 us of hashing per event: a chunk holds the event loop ~5 ms at most
 WITNESS_FILE = "audit-witness.json"
-_EVENT_COLUMNS = (AuditEvent.seq, AuditEvent.ts, AuditEvent.type, AuditEvent.actor, AuditEvent.tenant_id,
-                  AuditEvent.tenant_seq, AuditEvent.salt, AuditEvent.data, AuditEvent.hash)
+_EVENT_COLUMNS = (
+    AuditEvent.seq,
+    AuditEvent.ts,
+    AuditEvent.type,
+    AuditEvent.actor,
+    AuditEvent.tenant_id,
+    AuditEvent.tenant_seq,
+    AuditEvent.salt,
+    AuditEvent.data,
+    AuditEvent.hash,
+)
 
 
 class ChainRefused(RuntimeError):
@@ -89,8 +104,11 @@ class ChainGuard:
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            log.warning("audit witness %s is unreadable (%s); starting from the stored checkpoint",
-                        self.witness, exc)
+            log.warning(
+                "audit witness %s is unreadable (%s); starting from the stored checkpoint",
+                self.witness,
+                exc,
+            )
         return None
 
     def signed(self, seq: int, hash_: str) -> None:
@@ -101,7 +119,9 @@ class ChainGuard:
         try:
             self.witness.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = self.witness.with_name(self.witness.name + ".new")
-            tmp.write_text(json.dumps({"database": self.database, "seq": seq, "hash": hash_}), encoding="utf-8")
+            tmp.write_text(
+                json.dumps({"database": self.database, "seq": seq, "hash": hash_}), encoding="utf-8"
+            )
             os.replace(tmp, self.witness)
         except OSError as exc:  # the in-memory point still guards this process
             log.warning("could not write the audit witness %s: %s", self.witness, exc)
@@ -113,14 +133,25 @@ class ChainGuard:
         """
         start = await self._start(session, head)
         prev, expected = start.hash, start.seq + 1
-        checkpoints = dict((await session.execute(
-            select(AuditCheckpoint.seq, AuditCheckpoint.hash)
-            .where(AuditCheckpoint.seq > start.seq, AuditCheckpoint.seq <= head.seq))).all())
+        checkpoints = dict(
+            (
+                await session.execute(
+                    select(AuditCheckpoint.seq, AuditCheckpoint.hash).where(
+                        AuditCheckpoint.seq > start.seq, AuditCheckpoint.seq <= head.seq
+                    )
+                )
+            ).all()
+        )
         while expected <= head.seq:
             # Columns, not ORM objects: nothing lands in the caller's session, and it is faster.
-            rows = (await session.execute(
-                select(*_EVENT_COLUMNS).where(AuditEvent.seq >= expected, AuditEvent.seq <= head.seq)
-                .order_by(AuditEvent.seq).limit(_CHUNK))).all()
+            rows = (
+                await session.execute(
+                    select(*_EVENT_COLUMNS)
+                    .where(AuditEvent.seq >= expected, AuditEvent.seq <= head.seq)
+                    .order_by(AuditEvent.seq)
+                    .limit(_CHUNK)
+                )
+            ).all()
             if not rows:
                 break
             for row in rows:
@@ -128,61 +159,105 @@ class ChainGuard:
                     raise ChainRefused(f"audit event {expected} is missing from the stored chain")
                 prev = chain_hash(prev, event_digest(event_object(row)))
                 if row.hash != prev:
-                    raise ChainRefused(f"stored hash of audit event {row.seq} does not follow from the last "
-                                       f"verified point (seq {start.seq}): the chain was rewritten")
+                    raise ChainRefused(
+                        f"stored hash of audit event {row.seq} does not follow from the last "
+                        f"verified point (seq {start.seq}): the chain was rewritten"
+                    )
                 if checkpoints.get(row.seq, prev) != prev:
-                    raise ChainRefused(f"the stored checkpoint at seq {row.seq} does not match the chain")
+                    raise ChainRefused(
+                        f"the stored checkpoint at seq {row.seq} does not match the chain"
+                    )
                 expected += 1
         if expected != head.seq + 1:
-            raise ChainRefused(f"audit events {expected}..{head.seq} are missing from the stored chain")
+            raise ChainRefused(
+                f"audit events {expected}..{head.seq} are missing from the stored chain"
+            )
         if prev != head.hash:
             raise ChainRefused(f"the chain's head (seq {head.seq}) does not match its last event")
         self.point = Point(head.seq, head.hash)
 
     async def _start(self, session: AsyncSession, head: Head) -> Point:
-        anchor = await self._anchor(session, head)  # whatever the start, a prune must have been announced
+        anchor = await self._anchor(
+            session, head
+        )  # whatever the start, a prune must have been announced
         point = self.point
         if point is not None and point.seq > head.seq:
-            raise ChainRefused(f"the chain ends at seq {head.seq}, but this process verified it up to seq "
-                               f"{point.seq}: its newest events were removed")
-        if point is not None and point.seq <= head.anchor_seq:  # pruned past it since: restart from the anchor
+            raise ChainRefused(
+                f"the chain ends at seq {head.seq}, but this process verified it up to seq "
+                f"{point.seq}: its newest events were removed"
+            )
+        if (
+            point is not None and point.seq <= head.anchor_seq
+        ):  # pruned past it since: restart from the anchor
             if point.seq == anchor.seq and point.hash != anchor.hash:
-                raise ChainRefused(f"the anchor at seq {anchor.seq} is not the chain this process verified")
+                raise ChainRefused(
+                    f"the anchor at seq {anchor.seq} is not the chain this process verified"
+                )
             return anchor
         if point is None:
             return await self._first_use(session, head, anchor)
         if point.seq > 0:
-            stored = (await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == point.seq))).scalar()
+            stored = (
+                await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == point.seq))
+            ).scalar()
             if stored != point.hash:
-                raise ChainRefused(f"the stored chain no longer passes through seq {point.seq} with the hash this "
-                                   "process verified: the chain was rewritten")
+                raise ChainRefused(
+                    f"the stored chain no longer passes through seq {point.seq} with the hash this "
+                    "process verified: the chain was rewritten"
+                )
         return point
 
     async def _anchor(self, session: AsyncSession, head: Head) -> Point:
         if head.anchor_seq == 0:
             return Point(0, GENESIS_HASH)
-        anchor = (await session.execute(select(AuditCheckpoint.hash)
-                                        .where(AuditCheckpoint.seq == head.anchor_seq))).scalar()
+        anchor = (
+            await session.execute(
+                select(AuditCheckpoint.hash).where(AuditCheckpoint.seq == head.anchor_seq)
+            )
+        ).scalar()
         if anchor is None:
             raise ChainRefused(f"the anchor checkpoint at seq {head.anchor_seq} is missing")
-        prunes = (await session.execute(select(AuditEvent.data).where(
-            AuditEvent.type == "audit.prune", AuditEvent.tenant_id.is_(None),
-            AuditEvent.seq > head.anchor_seq))).scalars()
+        prunes = (
+            await session.execute(
+                select(AuditEvent.data).where(
+                    AuditEvent.type == "audit.prune",
+                    AuditEvent.tenant_id.is_(None),
+                    AuditEvent.seq > head.anchor_seq,
+                )
+            )
+        ).scalars()
         if not any(isinstance(d, dict) and d.get("anchor_seq") == head.anchor_seq for d in prunes):
-            raise ChainRefused(f"events up to seq {head.anchor_seq} were deleted without an audit.prune event")
+            raise ChainRefused(
+                f"events up to seq {head.anchor_seq} were deleted without an audit.prune event"
+            )
         return Point(head.anchor_seq, anchor)
 
     async def _first_use(self, session: AsyncSession, head: Head, anchor: Point) -> Point:
         keys = dict((await session.execute(select(AuditKey.key_id, AuditKey.public_key))).all())
-        rows = (await session.execute(
-            select(AuditCheckpoint).where(AuditCheckpoint.seq > head.anchor_seq, AuditCheckpoint.seq <= head.seq)
-            .order_by(AuditCheckpoint.seq.desc()).limit(1))).scalars().all()
+        rows = (
+            (
+                await session.execute(
+                    select(AuditCheckpoint)
+                    .where(AuditCheckpoint.seq > head.anchor_seq, AuditCheckpoint.seq <= head.seq)
+                    .order_by(AuditCheckpoint.seq.desc())
+                    .limit(1)
+                )
+            )
+            .scalars()
+            .all()
+        )
         for row in rows:
             message = checkpoint_message(row.seq, row.hash, row.ts, row.key_id)
-            if row.key_id not in keys or not verify_signature(keys[row.key_id], message, row.signature):
+            if row.key_id not in keys or not verify_signature(
+                keys[row.key_id], message, row.signature
+            ):
                 raise ChainRefused(f"the stored checkpoint at seq {row.seq} has no valid signature")
-            stored = (await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == row.seq))).scalar()
+            stored = (
+                await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == row.seq))
+            ).scalar()
             if stored != row.hash:
-                raise ChainRefused(f"the stored checkpoint at seq {row.seq} does not match the chain")
+                raise ChainRefused(
+                    f"the stored checkpoint at seq {row.seq} does not match the chain"
+                )
             return Point(row.seq, row.hash)
         return anchor

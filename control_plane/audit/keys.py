@@ -17,12 +17,19 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from control_plane.audit.chain import utc_ts
-from control_plane.settings import Settings
-from sdk.audit import checkpoint_message, key_id_for
-from sdk.identity import b64u_decode, b64u_encode
+from outpost.control_plane.audit.chain import utc_ts
+from outpost.control_plane.settings import Settings
+from outpost.sdk.audit import checkpoint_message, key_id_for
+from outpost.sdk.identity import b64u_decode, b64u_encode
 
-__all__ = ["AuditKeyPair", "AuditSigner", "generate_key", "key_path", "load_or_create_key", "write_key"]
+__all__ = [
+    "AuditKeyPair",
+    "AuditSigner",
+    "generate_key",
+    "key_path",
+    "load_or_create_key",
+    "write_key",
+]
 
 log = logging.getLogger("outpost.audit")
 
@@ -52,9 +59,19 @@ def generate_key() -> AuditKeyPair:
 
 
 def _encode(key: AuditKeyPair) -> bytes:
-    return json.dumps({"algorithm": "ed25519", "key_id": key.key_id, "public_key": key.public_key,
-                       "private_key": b64u_encode(key.private.private_bytes_raw()),
-                       "created_at": key.created_at}, indent=2).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "algorithm": "ed25519",
+                "key_id": key.key_id,
+                "public_key": key.public_key,
+                "private_key": b64u_encode(key.private.private_bytes_raw()),
+                "created_at": key.created_at,
+            },
+            indent=2,
+        ).encode()
+        + b"\n"
+    )
 
 
 def _decode(raw: bytes, path: Path) -> AuditKeyPair:

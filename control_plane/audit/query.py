@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.audit.chain import format_ts
-from control_plane.audit.schemas import AuditQuery
-from control_plane.db.models import AuditEvent
+from outpost.control_plane.audit.chain import format_ts
+from outpost.control_plane.audit.schemas import AuditQuery
+from outpost.control_plane.db.models import AuditEvent
 
 __all__ = ["list_events"]
 
@@ -17,8 +17,12 @@ async def list_events(session: AsyncSession, tenant_id: str, query: AuditQuery) 
     stmt = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
     if query.type:
         # "admin" matches "admin" and "admin.*"; autoescape keeps "_" literal.
-        stmt = stmt.where(or_(AuditEvent.type == query.type,
-                              AuditEvent.type.startswith(query.type + ".", autoescape=True)))
+        stmt = stmt.where(
+            or_(
+                AuditEvent.type == query.type,
+                AuditEvent.type.startswith(query.type + ".", autoescape=True),
+            )
+        )
     if query.actor:
         stmt = stmt.where(AuditEvent.actor == query.actor)
     # Timestamps are fixed-width UTC strings, so text order is time order.

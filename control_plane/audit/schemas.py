@@ -16,13 +16,27 @@ class AuditQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str | None = Field(default=None, max_length=64, pattern=r"^[a-z0-9_.]+$",
-                             description="Event type, or a prefix of dotted types: 'admin' matches 'admin.*'.")
-    actor: str | None = Field(default=None, max_length=200, description="Exact actor, e.g. 'key:key_...'.")
-    since: datetime | None = Field(default=None, description="Events at or after this time (naive = UTC).")
-    until: datetime | None = Field(default=None, description="Events before this time (naive = UTC).")
-    cursor: str | None = Field(default=None, max_length=20, pattern=r"^[0-9]+$",
-                               description="Opaque: the next_cursor of the previous page.")
+    type: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z0-9_.]+$",
+        description="Event type, or a prefix of dotted types: 'admin' matches 'admin.*'.",
+    )
+    actor: str | None = Field(
+        default=None, max_length=200, description="Exact actor, e.g. 'key:key_...'."
+    )
+    since: datetime | None = Field(
+        default=None, description="Events at or after this time (naive = UTC)."
+    )
+    until: datetime | None = Field(
+        default=None, description="Events before this time (naive = UTC)."
+    )
+    cursor: str | None = Field(
+        default=None,
+        max_length=20,
+        pattern=r"^[0-9]+$",
+        description="Opaque: the next_cursor of the previous page.",
+    )
     limit: int = Field(default=100, ge=1, le=1000)
 
     @field_validator("since", "until")

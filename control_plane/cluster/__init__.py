@@ -8,7 +8,7 @@ the per-key rate limits (``ratelimit.py``). ``node.Cluster`` ties these to
 the app's lifespan. Without ``OUTPOST_REDIS_URL`` none of it runs.
 """
 
-from control_plane.cluster.node import Cluster, new_replica_id
-from control_plane.cluster.ratelimit import RedisRateLimiter
+from outpost.control_plane.cluster.node import Cluster, new_replica_id
+from outpost.control_plane.cluster.ratelimit import RedisRateLimiter
 
 __all__ = ["Cluster", "RedisRateLimiter", "new_replica_id"]

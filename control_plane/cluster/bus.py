@@ -89,16 +89,21 @@ class Bus:
     async def close(self) -> None:
         await self.redis.delete(self.inbox)
 
-    async def send(self, to: str, kind: str, request: str = "", payload: str | dict[str, Any] = "") -> bool:
+    async def send(
+        self, to: str, kind: str, request: str = "", payload: str | dict[str, Any] = ""
+    ) -> bool:
         """Append to ``to``'s inbox; False when it has none (that replica is gone)."""
         text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-        entry = await self.redis.xadd(self.keys.inbox(to), {"k": kind, "r": request, "p": text},
-                                      nomkstream=True)
+        entry = await self.redis.xadd(
+            self.keys.inbox(to), {"k": kind, "r": request, "p": text}, nomkstream=True
+        )
         return entry is not None
 
     async def receive(self, block_s: float, count: int = 256) -> list[Message]:
         """The next messages of this inbox, waiting up to ``block_s``; read ones are trimmed."""
-        reply = await self.redis.xread({self.inbox: self._last}, count=count, block=max(int(block_s * 1000), 1))
+        reply = await self.redis.xread(
+            {self.inbox: self._last}, count=count, block=max(int(block_s * 1000), 1)
+        )
         messages: list[Message] = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

@@ -32,15 +32,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from control_plane.errors import ApiError
-from control_plane.openai.usage import clamp_usage
-from control_plane.routing.admission import Admission, Slot
-from control_plane.services.scheduler import RunnerGone
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from control_plane.tunnel.link import Link
-from control_plane.tunnel.stream import LinkClosed, Stream
-from sdk.logfmt import REQUEST_ID, valid_request_id
-from sdk.protocol import EndFrame, ResetFrame, Usage, encode_frame
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.openai.usage import clamp_usage
+from outpost.control_plane.routing.admission import Admission, Slot
+from outpost.control_plane.services.scheduler import RunnerGone
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import Link
+from outpost.control_plane.tunnel.stream import LinkClosed, Stream
+from outpost.sdk.logfmt import REQUEST_ID, valid_request_id
+from outpost.sdk.protocol import EndFrame, ResetFrame, Usage, encode_frame
 
 __all__ = ["Holder"]
 
@@ -76,8 +76,14 @@ class _RelayedCall:
 
 
 class Holder:
-    def __init__(self, hub: TunnelHub, send: Send, is_alive: Callable[[str], bool], quiet_check_s: float,
-                 admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        hub: TunnelHub,
+        send: Send,
+        is_alive: Callable[[str], bool],
+        quiet_check_s: float,
+        admission: Admission | None = None,
+    ) -> None:
         self._hub = hub
         # This replica's fair queues: relayed requests that ask for it are admitted here.
         self.admission = admission
@@ -128,7 +134,9 @@ class Holder:
 
     async def _relay(self, key: str, origin: str, request: dict[str, Any]) -> None:
         relay = self._relays[key]
-        request_id = request.get("request_id") if valid_request_id(request.get("request_id")) else None
+        request_id = (
+            request.get("request_id") if valid_request_id(request.get("request_id")) else None
+        )
         REQUEST_ID.set(request_id)  # this task's log lines carry the origin's request id
         try:
             runner = self._hub.runners.get(str(request.get("runner_id")))
@@ -145,7 +153,9 @@ class Holder:
                 link = runner.usable_link()
                 if link is None:
                     slot.finish_at_holder(None)
-                    await self._lost(origin, key, "the runner is no longer connected to this replica")
+                    await self._lost(
+                        origin, key, "the runner is no longer connected to this replica"
+                    )
                     return
             try:
                 await self._open_and_pump(key, relay, runner, link, request, request_id)
@@ -155,23 +165,47 @@ class Holder:
         finally:
             self._relays.pop(key, None)
 
-    async def _admit(self, key: str, origin: str, runner: ConnectedRunner, request: dict[str, Any],
-                     admit: dict[str, Any], request_id: str | None) -> Slot | None:
+    async def _admit(
+        self,
+        key: str,
+        origin: str,
+        runner: ConnectedRunner,
+        request: dict[str, Any],
+        admit: dict[str, Any],
+        request_id: str | None,
+    ) -> Slot | None:
         """Wait in the runner's fair queue here; tell the origin the outcome. None: refused or lost."""
         assert self.admission is not None
-        call = _RelayedCall(request_id or key, str(admit.get("tenant_id", "")),
-                            str(admit["api_key_id"]) if admit.get("api_key_id") else None,
-                            model=str(model) if (model := request.get("model")) else None,
-                            client_gone=partial(self._origin_gone, origin))
+        call = _RelayedCall(
+            request_id or key,
+            str(admit.get("tenant_id", "")),
+            str(admit["api_key_id"]) if admit.get("api_key_id") else None,
+            model=str(model) if (model := request.get("model")) else None,
+            client_gone=partial(self._origin_gone, origin),
+        )
         try:
-            slot = await self.admission.acquire(call, runner, prompt_tokens=int(admit.get("prompt_tokens") or 0),
-                                                weight=float(admit.get("weight") or 1.0))
+            slot = await self.admission.acquire(
+                call,
+                runner,
+                prompt_tokens=int(admit.get("prompt_tokens") or 0),
+                weight=float(admit.get("weight") or 1.0),
+            )
         except RunnerGone:
             await self._lost(origin, key, "the runner disconnected while the request was queued")
             return None
         except ApiError as exc:
-            await self._send(origin, "refused", key, {"status": exc.status, "message": exc.message,
-                                                     "type": exc.type, "code": exc.code, "headers": exc.headers})
+            await self._send(
+                origin,
+                "refused",
+                key,
+                {
+                    "status": exc.status,
+                    "message": exc.message,
+                    "type": exc.type,
+                    "code": exc.code,
+                    "headers": exc.headers,
+                },
+            )
             return None
         try:
             delivered = await self._send(origin, "admitted", key, {"queue_s": slot.queue_wait_s})
@@ -192,14 +226,28 @@ class Holder:
         while self._is_alive(origin):
             await asyncio.sleep(self._quiet_check_s)
 
-    async def _open_and_pump(self, key: str, relay: _Relay, runner: ConnectedRunner, link: Link,
-                             request: dict[str, Any], request_id: str | None) -> None:
+    async def _open_and_pump(
+        self,
+        key: str,
+        relay: _Relay,
+        runner: ConnectedRunner,
+        link: Link,
+        request: dict[str, Any],
+        request_id: str | None,
+    ) -> None:
         origin = relay.origin
         try:
-            opening = asyncio.ensure_future(link.open_stream(
-                path=request["path"], model=request["model"], body=request["body"],
-                stream=bool(request["stream"]), sealed=bool(request.get("sealed")), window=int(request["window"]),
-                request_id=request_id))
+            opening = asyncio.ensure_future(
+                link.open_stream(
+                    path=request["path"],
+                    model=request["model"],
+                    body=request["body"],
+                    stream=bool(request["stream"]),
+                    sealed=bool(request.get("sealed")),
+                    window=int(request["window"]),
+                    request_id=request_id,
+                )
+            )
             # A reset arriving mid-open must not strand a request the runner already received.
             st = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -208,8 +256,13 @@ class Holder:
                 relay.stream = opening.result()
                 self._finish(relay)
             elif not opening.done():
-                opening.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
-                                          or self._finish(relay, f.result()))
+                opening.add_done_callback(
+                    lambda f: (
+                        f.cancelled()
+                        or f.exception() is not None
+                        or self._finish(relay, f.result())
+                    )
+                )
             raise
         except (ConnectionError, KeyError, TypeError, ValueError) as exc:
             await self._lost(origin, key, f"could not open a stream: {exc}")
@@ -231,7 +284,11 @@ class Holder:
                 ev = await st.next_event(self._quiet_check_s)
             except TimeoutError:
                 if not self._is_alive(origin):
-                    log.info("relay %s: origin replica %s is gone; resetting the runner's stream", key, origin)
+                    log.info(
+                        "relay %s: origin replica %s is gone; resetting the runner's stream",
+                        key,
+                        origin,
+                    )
                     return
                 continue
             if isinstance(ev, LinkClosed):
@@ -272,5 +329,8 @@ def _bounded(usage: Usage | None, request: dict[str, Any], admit: Any) -> Usage 
     if usage is None:
         return None
     max_tokens = admit.get("max_tokens") if isinstance(admit, dict) else None
-    return clamp_usage(usage, body_chars=len(str(request.get("body", ""))),
-                       max_tokens=max_tokens if isinstance(max_tokens, int) else None)
+    return clamp_usage(
+        usage,
+        body_chars=len(str(request.get("body", ""))),
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+    )

@@ -31,16 +31,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from control_plane.cluster.bus import Bus, Keys, Message
-from control_plane.cluster.holder import Holder
-from control_plane.cluster.ratelimit import RedisRateLimiter
-from control_plane.cluster.registry import Registry, RemoteView, describe_runners
-from control_plane.cluster.remote import RemoteLink, RemoteStream
-from control_plane.errors import ApiError
-from control_plane.routing.admission import Admission
-from control_plane.settings import Settings
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from sdk.protocol import (
+from outpost.control_plane.cluster.bus import Bus, Keys, Message
+from outpost.control_plane.cluster.holder import Holder
+from outpost.control_plane.cluster.ratelimit import RedisRateLimiter
+from outpost.control_plane.cluster.registry import Registry, RemoteView, describe_runners
+from outpost.control_plane.cluster.remote import RemoteLink, RemoteStream
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.sdk.protocol import (
     CloseCode,
     DataFrame,
     EndFrame,
@@ -62,9 +62,19 @@ def new_replica_id() -> str:
 
 
 class Cluster:
-    def __init__(self, redis: Redis, hub: TunnelHub, *, prefix: str = "outpost", heartbeat_s: float = 1.0,
-                 ttl_s: float = 5.0, stream_window: int = 256 * 1024, replica_id: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        hub: TunnelHub,
+        *,
+        prefix: str = "outpost",
+        heartbeat_s: float = 1.0,
+        ttl_s: float = 5.0,
+        stream_window: int = 256 * 1024,
+        replica_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        admission: Admission | None = None,
+    ) -> None:
         self.redis = redis
         self.hub = hub
         self.replica_id = replica_id or new_replica_id()
@@ -74,9 +84,13 @@ class Cluster:
         self._clock = clock
         self.bus = Bus(redis, self.keys, self.replica_id, self.ttl_s)
         self.registry = Registry(redis, self.keys, self.ttl_s)
-        self.view = RemoteView(hub, self.replica_id, self._make_link, self._capacity_listeners, clock=clock)
+        self.view = RemoteView(
+            hub, self.replica_id, self._make_link, self._capacity_listeners, clock=clock
+        )
         # With admission, the runners this replica holds are admitted here for every replica (holder.py).
-        self.holder = Holder(hub, self.bus.send, self.is_alive, quiet_check_s=self.ttl_s, admission=admission)
+        self.holder = Holder(
+            hub, self.bus.send, self.is_alive, quiet_check_s=self.ttl_s, admission=admission
+        )
         self.rate_limiter = RedisRateLimiter(redis, self.keys)
         self._stream_window = stream_window
         self._streams: dict[str, RemoteStream] = {}  # relayed requests this replica originated
@@ -89,11 +103,21 @@ class Cluster:
         self.key_listeners: list[Callable[[list[str], list[str]], None]] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings, hub: TunnelHub, admission: Admission | None = None) -> Cluster:
-        redis = Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5)
-        return cls(redis, hub, prefix=settings.cluster_key_prefix, heartbeat_s=settings.cluster_heartbeat_s,
-                   ttl_s=settings.cluster_replica_ttl_s, stream_window=settings.tunnel_stream_window,
-                   admission=admission)
+    def from_settings(
+        cls, settings: Settings, hub: TunnelHub, admission: Admission | None = None
+    ) -> Cluster:
+        redis = Redis.from_url(
+            settings.redis_url, health_check_interval=30, socket_connect_timeout=5
+        )
+        return cls(
+            redis,
+            hub,
+            prefix=settings.cluster_key_prefix,
+            heartbeat_s=settings.cluster_heartbeat_s,
+            ttl_s=settings.cluster_replica_ttl_s,
+            stream_window=settings.tunnel_stream_window,
+            admission=admission,
+        )
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -102,10 +126,16 @@ class Cluster:
         await self.bus.open()
         self.hub.listeners.append(self._local_changed)
         await self._beat()
-        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="cluster-heartbeat"),
-                       asyncio.create_task(self._inbox_loop(), name="cluster-inbox")]
-        log.info("replica %s joined the cluster (prefix %s, %d other replica(s))", self.replica_id,
-                 self.keys.prefix, len(self.view.live) - 1)
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="cluster-heartbeat"),
+            asyncio.create_task(self._inbox_loop(), name="cluster-inbox"),
+        ]
+        log.info(
+            "replica %s joined the cluster (prefix %s, %d other replica(s))",
+            self.replica_id,
+            self.keys.prefix,
+            len(self.view.live) - 1,
+        )
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Leave: stop advertising runners, let relays in progress finish briefly, then go."""
@@ -138,9 +168,13 @@ class Cluster:
 
     async def disconnect_everywhere(self, runner_id: str, code: CloseCode, reason: str) -> None:
         """Close a runner's links on every other replica too (revocation)."""
-        await self._tell_others("disconnect", {"runner_id": runner_id, "code": int(code), "reason": reason[:120]})
+        await self._tell_others(
+            "disconnect", {"runner_id": runner_id, "code": int(code), "reason": reason[:120]}
+        )
 
-    async def keys_changed_everywhere(self, key_ids: Iterable[str], tenant_ids: Iterable[str]) -> None:
+    async def keys_changed_everywhere(
+        self, key_ids: Iterable[str], tenant_ids: Iterable[str]
+    ) -> None:
         """Tell every other replica to forget these API keys (and these tenants' keys) it has cached."""
         await self._tell_others("keys", {"keys": sorted(key_ids), "tenants": sorted(tenant_ids)})
 
@@ -157,14 +191,18 @@ class Cluster:
                 await self._beat()
             except (RedisError, OSError) as exc:
                 log.warning("cluster heartbeat failed: %s", exc)
-                if self._clock() - self._last_view_ok > self.ttl_s and self.view.clear("Redis unreachable"):
+                if self._clock() - self._last_view_ok > self.ttl_s and self.view.clear(
+                    "Redis unreachable"
+                ):
                     self.hub.notify()
             except Exception:  # the loop must outlive one bad round
                 log.exception("cluster heartbeat failed")
 
     async def _beat(self) -> None:
         announce, self._announce = self._announce, False
-        await self.registry.publish(self.replica_id, describe_runners(self.hub.runners.values(), self._clock()))
+        await self.registry.publish(
+            self.replica_id, describe_runners(self.hub.runners.values(), self._clock())
+        )
         await self.bus.keep_alive()
         replicas = await self.registry.read()
         self._last_view_ok = self._clock()
@@ -227,10 +265,15 @@ class Cluster:
             if (st := self._streams.get(msg.request)) is not None:
                 body = msg.json()
                 headers = body.get("headers") if isinstance(body.get("headers"), dict) else {}
-                st.refused(ApiError(int(body.get("status", 503)), str(body.get("message", "refused")),
-                                    type=str(body.get("type", "server_error")),
-                                    code=str(body["code"]) if body.get("code") else None,
-                                    headers={str(k): str(v) for k, v in headers.items()}))
+                st.refused(
+                    ApiError(
+                        int(body.get("status", 503)),
+                        str(body.get("message", "refused")),
+                        type=str(body.get("type", "server_error")),
+                        code=str(body["code"]) if body.get("code") else None,
+                        headers={str(k): str(v) for k, v in headers.items()},
+                    )
+                )
         elif msg.kind == "lost":
             st = self._streams.get(msg.request)
             if st is not None:
@@ -246,19 +289,28 @@ class Cluster:
             self._wake.set()
         elif msg.kind == "keys":
             body = msg.json()
-            keys, tenants = [str(k) for k in body.get("keys", [])], [str(t) for t in body.get("tenants", [])]
+            keys, tenants = (
+                [str(k) for k in body.get("keys", [])],
+                [str(t) for t in body.get("tenants", [])],
+            )
             for listener in list(self.key_listeners):
                 listener(keys, tenants)
         elif msg.kind == "disconnect":
             body = msg.json()
-            await self.hub.disconnect(str(body["runner_id"]), CloseCode(int(body["code"])), str(body["reason"]))
+            await self.hub.disconnect(
+                str(body["runner_id"]), CloseCode(int(body["code"])), str(body["reason"])
+            )
 
     # --- origin side ----------------------------------------------------------------------
 
     def _make_link(self, replica_id: str, runner_id: str) -> RemoteLink:
-        return RemoteLink(replica_id, runner_id, self._send_as_origin, self._register, self._stream_window)
+        return RemoteLink(
+            replica_id, runner_id, self._send_as_origin, self._register, self._stream_window
+        )
 
-    async def _send_as_origin(self, to: str, kind: str, request: str, payload: str | dict[str, Any]) -> bool:
+    async def _send_as_origin(
+        self, to: str, kind: str, request: str, payload: str | dict[str, Any]
+    ) -> bool:
         if kind == "open" and isinstance(payload, dict):
             payload = {**payload, "origin": self.replica_id}
         return await self.bus.send(to, kind, request, payload)

@@ -21,8 +21,8 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from control_plane.cluster.bus import Keys
-from control_plane.services.ratelimit import RateDecision, TokenBucketLimiter
+from outpost.control_plane.cluster.bus import Keys
+from outpost.control_plane.services.ratelimit import RateDecision, TokenBucketLimiter
 
 __all__ = ["RedisRateLimiter"]
 
@@ -55,7 +55,9 @@ return {allowed, tostring(tokens)}
 
 
 class RedisRateLimiter:
-    def __init__(self, redis: Redis, keys: Keys, fallback: TokenBucketLimiter | None = None) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, fallback: TokenBucketLimiter | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._script = redis.register_script(_TOKEN_BUCKET)

@@ -22,12 +22,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from control_plane.cluster.bus import Keys
-from control_plane.cluster.remote import RemoteLink
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from control_plane.tunnel.link import RunnerLoad
-from sdk.pricing import CostModel
-from sdk.protocol import EngineSlots, ModelInfo
+from outpost.control_plane.cluster.bus import Keys
+from outpost.control_plane.cluster.remote import RemoteLink
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import RunnerLoad
+from outpost.sdk.pricing import CostModel
+from outpost.sdk.protocol import EngineSlots, ModelInfo
 
 __all__ = ["Registry", "RemoteView", "describe_runners"]
 
@@ -39,25 +39,44 @@ def describe_runners(runners: Iterable[ConnectedRunner], now: float) -> list[dic
     """What other replicas need to route to the runners this replica holds."""
     out = []
     for r in runners:
-        status = max((ln.load for ln in r.links), key=lambda ld: ld.updated_at, default=RunnerLoad())
-        out.append({
-            "runner_id": r.runner_id, "tenant_id": r.tenant_id, "name": r.name, "pool_id": r.pool_id,
-            "models": [m.model_dump(mode="json") for m in r.models], "capacity": r.capacity,
-            "labels": r.labels, "cost": r.cost.to_dict(), "hardware": r.hardware,
-            "in_flight": r.in_flight, "draining": r.usable_link() is None,
-            "load": {"running": status.running, "waiting": status.waiting,
-                     "kv_cache_usage": status.kv_cache_usage, "healthy": status.healthy,
-                     "completed": status.completed, "age_s": max(now - status.updated_at, 0.0),
-                     "unavailable_models": list(status.unavailable_models), "headroom": status.headroom,
-                     "engines": [e.model_dump(mode="json") for e in status.engines]},
-        })
+        status = max(
+            (ln.load for ln in r.links), key=lambda ld: ld.updated_at, default=RunnerLoad()
+        )
+        out.append(
+            {
+                "runner_id": r.runner_id,
+                "tenant_id": r.tenant_id,
+                "name": r.name,
+                "pool_id": r.pool_id,
+                "models": [m.model_dump(mode="json") for m in r.models],
+                "capacity": r.capacity,
+                "labels": r.labels,
+                "cost": r.cost.to_dict(),
+                "hardware": r.hardware,
+                "in_flight": r.in_flight,
+                "draining": r.usable_link() is None,
+                "load": {
+                    "running": status.running,
+                    "waiting": status.waiting,
+                    "kv_cache_usage": status.kv_cache_usage,
+                    "healthy": status.healthy,
+                    "completed": status.completed,
+                    "age_s": max(now - status.updated_at, 0.0),
+                    "unavailable_models": list(status.unavailable_models),
+                    "headroom": status.headroom,
+                    "engines": [e.model_dump(mode="json") for e in status.engines],
+                },
+            }
+        )
     return out
 
 
 class Registry:
     """Reads and writes replica entries."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl_s: float, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, ttl_s: float, wall: Callable[[], float] = time.time
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
@@ -80,8 +99,12 @@ class Registry:
 
     async def read(self) -> dict[str, list[dict[str, Any]]]:
         """Live replicas (this one included) and the runners each holds."""
-        ids = [_text(i) for i in await self.redis.zrangebyscore(self.keys.replicas, self._wall() - _INDEX_SWEEP_S,
-                                                                "+inf")]
+        ids = [
+            _text(i)
+            for i in await self.redis.zrangebyscore(
+                self.keys.replicas, self._wall() - _INDEX_SWEEP_S, "+inf"
+            )
+        ]
         if not ids:
             return {}
         entries = await self.redis.mget([self.keys.replica(i) for i in ids])
@@ -99,9 +122,14 @@ class Registry:
 class RemoteView:
     """Keeps ``hub.remote`` equal to what the other replicas published."""
 
-    def __init__(self, hub: TunnelHub, replica_id: str, make_link: Callable[[str, str], RemoteLink],
-                 on_runner: Callable[[ConnectedRunner, bool], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        hub: TunnelHub,
+        replica_id: str,
+        make_link: Callable[[str, str], RemoteLink],
+        on_runner: Callable[[ConnectedRunner, bool], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.hub = hub
         self.replica_id = replica_id
         self._make_link = make_link
@@ -148,14 +176,22 @@ class RemoteView:
         runner = self.hub.remote.get(runner_id)
         changed = False
         if runner is None:
-            runner = ConnectedRunner(runner_id=runner_id, tenant_id=str(first["tenant_id"]), name=str(first["name"]),
-                                     models=models, capacity=int(first["capacity"]))
+            runner = ConnectedRunner(
+                runner_id=runner_id,
+                tenant_id=str(first["tenant_id"]),
+                name=str(first["name"]),
+                models=models,
+                capacity=int(first["capacity"]),
+            )
             self.hub.remote[runner_id] = runner
             changed = True
         elif runner.models != models:
             changed = True
         runner.models, runner.capacity = models, int(first["capacity"])
-        runner.labels, runner.cost = dict(first.get("labels") or {}), CostModel.from_mapping(first.get("cost"))
+        runner.labels, runner.cost = (
+            dict(first.get("labels") or {}),
+            CostModel.from_mapping(first.get("cost")),
+        )
         runner.hardware = dict(first.get("hardware") or {})
         # An entry without a pool (an older replica) puts the runner in none: routed to nobody.
         runner.pool_id = str(first.get("pool_id") or "")
@@ -169,13 +205,17 @@ class RemoteView:
             load = info.get("load") or {}
             was_draining, link.draining = link.draining, bool(info.get("draining"))
             changed |= was_draining != link.draining
-            link.load = RunnerLoad(running=int(load.get("running", 0)), waiting=int(load.get("waiting", 0)),
-                                   kv_cache_usage=load.get("kv_cache_usage"), healthy=bool(load.get("healthy", True)),
-                                   completed=int(load.get("completed", 0)),
-                                   unavailable_models=tuple(load.get("unavailable_models") or ()),
-                                   headroom=int(load.get("headroom", 0)),
-                                   engines=tuple(EngineSlots.model_validate(e) for e in load.get("engines") or ()),
-                                   updated_at=now - float(load.get("age_s", 0.0)))
+            link.load = RunnerLoad(
+                running=int(load.get("running", 0)),
+                waiting=int(load.get("waiting", 0)),
+                kv_cache_usage=load.get("kv_cache_usage"),
+                healthy=bool(load.get("healthy", True)),
+                completed=int(load.get("completed", 0)),
+                unavailable_models=tuple(load.get("unavailable_models") or ()),
+                headroom=int(load.get("headroom", 0)),
+                engines=tuple(EngineSlots.model_validate(e) for e in load.get("engines") or ()),
+                updated_at=now - float(load.get("age_s", 0.0)),
+            )
         for replica_id, link in links.items():
             if replica_id not in holders:
                 link.fail_all(f"replica {replica_id} no longer holds runner {runner_id}")

@@ -23,11 +23,11 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from control_plane.errors import ApiError
-from control_plane.routing.admission import HolderAdmitted, HolderRefused
-from control_plane.tunnel.link import RunnerLoad
-from control_plane.tunnel.stream import EventQueue, LinkClosed, StreamEvent
-from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.routing.admission import HolderAdmitted, HolderRefused
+from outpost.control_plane.tunnel.link import RunnerLoad
+from outpost.control_plane.tunnel.stream import EventQueue, LinkClosed, StreamEvent
+from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
 
 __all__ = ["RemoteLink", "RemoteStream", "Send"]
 
@@ -95,8 +95,14 @@ class RemoteStream(EventQueue[StreamEvent | HolderAdmitted | HolderRefused]):
 class RemoteLink:
     """The route to one runner through one other replica (the runner may be on several)."""
 
-    def __init__(self, replica_id: str, runner_id: str, send: Send,
-                 register: Callable[[RemoteStream | None, str], None], stream_window: int) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        runner_id: str,
+        send: Send,
+        register: Callable[[RemoteStream | None, str], None],
+        stream_window: int,
+    ) -> None:
         self.replica_id = replica_id
         self.runner_id = runner_id
         self.session_id = f"via:{replica_id}"
@@ -120,17 +126,34 @@ class RemoteLink:
         except Exception:  # noqa: BLE001 - Redis down: the stream is lost, the caller sees it below
             return False
 
-    async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
-                          sealed: bool = False, window: int | None = None,
-                          request_id: str | None = None, admit: dict[str, Any] | None = None) -> RemoteStream:
+    async def open_stream(
+        self,
+        *,
+        path: str,
+        model: str,
+        body: str,
+        stream: bool,
+        sealed: bool = False,
+        window: int | None = None,
+        request_id: str | None = None,
+        admit: dict[str, Any] | None = None,
+    ) -> RemoteStream:
         if self.closed or self.draining:
             raise ConnectionError("relay is not accepting streams")
         key = secrets.token_hex(12)
         st = RemoteStream(key, window or self.stream_window, self)
         self.streams[key] = st
         self._register(st, key)
-        request = {"runner_id": self.runner_id, "path": path, "model": model, "body": body,
-                   "stream": stream, "sealed": sealed, "window": st.window, "request_id": request_id}
+        request = {
+            "runner_id": self.runner_id,
+            "path": path,
+            "model": model,
+            "body": body,
+            "stream": stream,
+            "sealed": sealed,
+            "window": st.window,
+            "request_id": request_id,
+        }
         if admit is not None:
             request["admit"] = admit
         why = f"replica {self.replica_id} is gone"

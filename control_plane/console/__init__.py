@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from control_plane.console.config import ConsoleSettings
-from control_plane.console.deps import (
+from outpost.control_plane.console.config import ConsoleSettings
+from outpost.control_plane.console.deps import (
     ConsoleForbidden,
     ConsoleState,
     CsrfRefused,
@@ -22,8 +22,8 @@ from control_plane.console.deps import (
     current_user,
     render,
 )
-from control_plane.console.oidc import OidcClient
-from control_plane.console.pages import (
+from outpost.control_plane.console.oidc import OidcClient
+from outpost.control_plane.console.pages import (
     audit,
     auth,
     fairness,
@@ -35,10 +35,10 @@ from control_plane.console.pages import (
     sso,
     usage,
 )
-from control_plane.console.pages import settings as settings_pages
-from control_plane.console.templating import STATIC_DIR
-from control_plane.errors import error_body
-from control_plane.settings import Settings
+from outpost.control_plane.console.pages import settings as settings_pages
+from outpost.control_plane.console.templating import STATIC_DIR
+from outpost.control_plane.errors import error_body
+from outpost.control_plane.settings import Settings
 
 __all__ = ["ConsoleSettings", "install_console"]
 
@@ -47,12 +47,26 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def install_console(app: FastAPI, settings: Settings, console: ConsoleSettings | None = None) -> None:
+def install_console(
+    app: FastAPI, settings: Settings, console: ConsoleSettings | None = None
+) -> None:
     app.state.console = ConsoleState(settings=settings, console=console or ConsoleSettings())
     if settings.oidc_issuer and not settings.oidc_client_id:
         raise ValueError("OUTPOST_OIDC_ISSUER is set but OUTPOST_OIDC_CLIENT_ID is empty")
     app.state.oidc = OidcClient(settings) if settings.oidc_issuer else None
-    for module in (auth, sso, overview, runners, pools, models, keys, usage, audit, fairness, settings_pages):
+    for module in (
+        auth,
+        sso,
+        overview,
+        runners,
+        pools,
+        models,
+        keys,
+        usage,
+        audit,
+        fairness,
+        settings_pages,
+    ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -64,8 +78,10 @@ def install_console(app: FastAPI, settings: Settings, console: ConsoleSettings |
             return RedirectResponse(f"/login{query}", status_code=303)
         if _wants_html(request):
             return RedirectResponse("/login", status_code=303)
-        return JSONResponse(error_body("Sign in to the console first.", "invalid_request_error", "login_required"),
-                            status_code=401)
+        return JSONResponse(
+            error_body("Sign in to the console first.", "invalid_request_error", "login_required"),
+            status_code=401,
+        )
 
     @app.exception_handler(ConsoleForbidden)
     async def _forbidden(request: Request, exc: ConsoleForbidden) -> Response:

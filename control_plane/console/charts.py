@@ -76,35 +76,53 @@ class Series:
     css: str = "s-1"
 
 
-def _figure(cid: str, title: str, desc: str, svg: str, legend: str, table: str, show_title: bool = True) -> Markup:
+def _figure(
+    cid: str, title: str, desc: str, svg: str, legend: str, table: str, show_title: bool = True
+) -> Markup:
     title_class = "chart-title" if show_title else "sr-only"
     return Markup(
         f'<figure class="chart" aria-labelledby="{cid}-cap">'
         f'<figcaption id="{cid}-cap"><span class="{title_class}">{escape(title)}</span>{legend}</figcaption>'
-        f"{svg}<details class=\"chart-data\"><summary>Show the numbers</summary>{table}</details></figure>")
+        f'{svg}<details class="chart-data"><summary>Show the numbers</summary>{table}</details></figure>'
+    )
 
 
 def _svg_open(cid: str, height: int, title: str, desc: str, width: int = _W) -> str:
-    return (f'<svg class="chart-svg" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{cid}-t {cid}-d">'
-            f'<title id="{cid}-t">{escape(title)}</title><desc id="{cid}-d">{escape(desc)}</desc>')
+    return (
+        f'<svg class="chart-svg" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{cid}-t {cid}-d">'
+        f'<title id="{cid}-t">{escape(title)}</title><desc id="{cid}-d">{escape(desc)}</desc>'
+    )
 
 
 def _legend(series: Sequence[Series]) -> str:
     if len(series) < 2:
         return ""
-    items = "".join(f'<li><span class="swatch {escape(s.css)}" aria-hidden="true"></span>{escape(s.name)}</li>'
-                    for s in series)
+    items = "".join(
+        f'<li><span class="swatch {escape(s.css)}" aria-hidden="true"></span>{escape(s.name)}</li>'
+        for s in series
+    )
     return f'<ul class="legend">{items}</ul>'
 
 
-def column_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, desc: str,
-                 fmt: Fmt = _default_fmt, height: int = 200, grouped: bool = False,
-                 first_column: str = "Time", integer: bool = False) -> Markup:
+def column_chart(
+    labels: Sequence[str],
+    series: Sequence[Series],
+    *,
+    title: str,
+    desc: str,
+    fmt: Fmt = _default_fmt,
+    height: int = 200,
+    grouped: bool = False,
+    first_column: str = "Time",
+    integer: bool = False,
+) -> Markup:
     """Columns, one per label (a time bucket), one colour per series: stacked, or side by side when
     ``grouped`` (series that are alternatives, such as two runs, rather than parts of a whole)."""
     cid = _id(title, labels, [tuple(s.values) for s in series])
     n = max(1, len(labels))
-    totals = [(max if grouped else sum)((s.values[i] or 0) for s in series) for i in range(len(labels))]
+    totals = [
+        (max if grouped else sum)((s.values[i] or 0) for s in series) for i in range(len(labels))
+    ]
     top = nice_max(max(totals, default=0))
     if integer:
         top = max(top, 4.0)
@@ -117,8 +135,10 @@ def column_chart(labels: Sequence[str], series: Sequence[Series], *, title: str,
     for k in range(intervals + 1):
         v = top * k / intervals
         y = top_pad + ph - ph * k / intervals
-        parts.append(f'<line class="grid" x1="{left}" x2="{_W - right}" y1="{_t(y)}" y2="{_t(y)}"/>'
-                     f'<text class="tick" x="{left - 6}" y="{_t(y + 4)}" text-anchor="end">{escape(fmt(v))}</text>')
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{_W - right}" y1="{_t(y)}" y2="{_t(y)}"/>'
+            f'<text class="tick" x="{left - 6}" y="{_t(y + 4)}" text-anchor="end">{escape(fmt(v))}</text>'
+        )
     step = max(1, math.ceil(n / 8))
     for i, label in enumerate(labels):
         x = left + band * i + (band - bar) / 2
@@ -134,26 +154,46 @@ def column_chart(labels: Sequence[str], series: Sequence[Series], *, title: str,
             else:
                 base -= h
                 y, sx = base, x
-            parts.append(f'<rect class="{escape(s.css)}" x="{_t(sx)}" y="{_t(y)}" width="{_t(width)}" '
-                         f'height="{_t(max(h, 0.5))}"><title>{escape(label)}: {escape(s.name)} '
-                         f'{escape(fmt(v))}</title></rect>')
+            parts.append(
+                f'<rect class="{escape(s.css)}" x="{_t(sx)}" y="{_t(y)}" width="{_t(width)}" '
+                f'height="{_t(max(h, 0.5))}"><title>{escape(label)}: {escape(s.name)} '
+                f"{escape(fmt(v))}</title></rect>"
+            )
         if i % step == 0:
-            parts.append(f'<text class="tick" x="{_t(left + band * i + band / 2)}" y="{height - 8}" '
-                         f'text-anchor="middle">{escape(label)}</text>')
-    parts.append(f'<line class="axis" x1="{left}" x2="{_W - right}" y1="{top_pad + ph}" y2="{top_pad + ph}"/>')
+            parts.append(
+                f'<text class="tick" x="{_t(left + band * i + band / 2)}" y="{height - 8}" '
+                f'text-anchor="middle">{escape(label)}</text>'
+            )
+    parts.append(
+        f'<line class="axis" x1="{left}" x2="{_W - right}" y1="{top_pad + ph}" y2="{top_pad + ph}"/>'
+    )
     parts.append("</svg>")
-    head = "".join(f"<th scope=\"col\">{escape(s.name)}</th>" for s in series)
+    head = "".join(f'<th scope="col">{escape(s.name)}</th>' for s in series)
     rows = "".join(
-        f"<tr><th scope=\"row\">{escape(label)}</th>"
-        + "".join(f"<td>{escape(fmt(s.values[i])) if s.values[i] is not None else 'n/a'}</td>" for s in series)
-        + "</tr>" for i, label in enumerate(labels))
-    table = (f'<table class="data"><thead><tr><th scope="col">{escape(first_column)}</th>{head}</tr></thead>'
-             f"<tbody>{rows}</tbody></table>")
+        f'<tr><th scope="row">{escape(label)}</th>'
+        + "".join(
+            f"<td>{escape(fmt(s.values[i])) if s.values[i] is not None else 'n/a'}</td>"
+            for s in series
+        )
+        + "</tr>"
+        for i, label in enumerate(labels)
+    )
+    table = (
+        f'<table class="data"><thead><tr><th scope="col">{escape(first_column)}</th>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
     return _figure(cid, title, desc, "".join(parts), _legend(series), table)
 
 
-def bar_list(items: Sequence[tuple[str, float]], *, title: str, desc: str, fmt: Fmt = _default_fmt,
-             css: str = "s-1", limit: int = 12) -> Markup:
+def bar_list(
+    items: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    desc: str,
+    fmt: Fmt = _default_fmt,
+    css: str = "s-1",
+    limit: int = 12,
+) -> Markup:
     """Horizontal bars, largest first: who or what accounts for the total."""
     cid = _id(title, items)
     shown = sorted(items, key=lambda kv: kv[1], reverse=True)[:limit]
@@ -166,14 +206,20 @@ def bar_list(items: Sequence[tuple[str, float]], *, title: str, desc: str, fmt: 
         y = 3 + i * row_h
         short = label if len(label) <= 22 else label[:21] + "…"
         w = max(1.0, pw * value / top) if value > 0 else 0
-        parts.append(f'<text class="label" x="{label_w - 8}" y="{y + 20}" text-anchor="end">{escape(short)}</text>'
-                     f'<rect class="{escape(css)}" x="{label_w}" y="{y + 4}" width="{_t(w)}" height="{row_h - 8}" '
-                     f'rx="2"><title>{escape(label)}: {escape(fmt(value))}</title></rect>'
-                     f'<text class="value" x="{_t(label_w + w + 6)}" y="{y + 20}">{escape(fmt(value))}</text>')
+        parts.append(
+            f'<text class="label" x="{label_w - 8}" y="{y + 20}" text-anchor="end">{escape(short)}</text>'
+            f'<rect class="{escape(css)}" x="{label_w}" y="{y + 4}" width="{_t(w)}" height="{row_h - 8}" '
+            f'rx="2"><title>{escape(label)}: {escape(fmt(value))}</title></rect>'
+            f'<text class="value" x="{_t(label_w + w + 6)}" y="{y + 20}">{escape(fmt(value))}</text>'
+        )
     parts.append("</svg>")
-    rows = "".join(f"<tr><th scope=\"row\">{escape(k)}</th><td>{escape(fmt(v))}</td></tr>" for k, v in shown)
-    table = f'<table class="data"><thead><tr><th scope="col">Name</th><th scope="col">Value</th></tr></thead>' \
-            f"<tbody>{rows}</tbody></table>"
+    rows = "".join(
+        f'<tr><th scope="row">{escape(k)}</th><td>{escape(fmt(v))}</td></tr>' for k, v in shown
+    )
+    table = (
+        f'<table class="data"><thead><tr><th scope="col">Name</th><th scope="col">Value</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
     return _figure(cid, title, desc, "".join(parts), "", table)
 
 
@@ -188,9 +234,16 @@ class IntervalRow:
     css: str | None = None  # the point's colour class (e.g. one per run when comparing)
 
 
-def interval_plot(rows: Sequence[IntervalRow], *, title: str, desc: str, fmt: Fmt = _default_fmt,
-                  bounds: tuple[float, float] | None = None, show_title: bool = True,
-                  legend: Sequence[Series] = ()) -> Markup:
+def interval_plot(
+    rows: Sequence[IntervalRow],
+    *,
+    title: str,
+    desc: str,
+    fmt: Fmt = _default_fmt,
+    bounds: tuple[float, float] | None = None,
+    show_title: bool = True,
+    legend: Sequence[Series] = (),
+) -> Markup:
     """Each group's estimate with its confidence interval (a forest plot); flagged groups stand out."""
     cid = _id(title, [(r.label, r.value, r.low, r.high) for r in rows])
     known = [v for r in rows for v in (r.value, r.low, r.high) if v is not None]
@@ -207,35 +260,55 @@ def interval_plot(rows: Sequence[IntervalRow], *, title: str, desc: str, fmt: Fm
     parts = [_svg_open(cid, height, title, desc, width)]
     for k in range(5):
         v = lo + (hi - lo) * k / 4
-        parts.append(f'<line class="grid" x1="{_t(x(v))}" x2="{_t(x(v))}" y1="4" y2="{height - 22}"/>'
-                     f'<text class="tick" x="{_t(x(v))}" y="{height - 6}" text-anchor="middle">{escape(fmt(v))}</text>')
+        parts.append(
+            f'<line class="grid" x1="{_t(x(v))}" x2="{_t(x(v))}" y1="4" y2="{height - 22}"/>'
+            f'<text class="tick" x="{_t(x(v))}" y="{height - 6}" text-anchor="middle">{escape(fmt(v))}</text>'
+        )
     for i, r in enumerate(rows):
         y = 4 + i * row_h + row_h / 2
         cls = "iv flag" if r.flagged else "iv"
-        parts.append(f'<g class="{cls}"><text class="label" x="{label_w - 8}" y="{_t(y + 4)}" '
-                     f'text-anchor="end">{escape(r.label)}</text>')
-        tip = (f"{r.label}: {fmt(r.value) if r.value is not None else 'n/a'}"
-               + (f" [{fmt(r.low)}, {fmt(r.high)}]" if r.low is not None and r.high is not None else "")
-               + (f", n={r.n}" if r.n is not None else ""))
+        parts.append(
+            f'<g class="{cls}"><text class="label" x="{label_w - 8}" y="{_t(y + 4)}" '
+            f'text-anchor="end">{escape(r.label)}</text>'
+        )
+        tip = (
+            f"{r.label}: {fmt(r.value) if r.value is not None else 'n/a'}"
+            + (
+                f" [{fmt(r.low)}, {fmt(r.high)}]"
+                if r.low is not None and r.high is not None
+                else ""
+            )
+            + (f", n={r.n}" if r.n is not None else "")
+        )
         if r.low is not None and r.high is not None:
-            parts.append(f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.high))}" y1="{_t(y)}" y2="{_t(y)}"/>'
-                         f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.low))}" y1="{_t(y - 6)}" y2="{_t(y + 6)}"/>'
-                         f'<line class="ci" x1="{_t(x(r.high))}" x2="{_t(x(r.high))}" y1="{_t(y - 6)}" '
-                         f'y2="{_t(y + 6)}"/>')
+            parts.append(
+                f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.high))}" y1="{_t(y)}" y2="{_t(y)}"/>'
+                f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.low))}" y1="{_t(y - 6)}" y2="{_t(y + 6)}"/>'
+                f'<line class="ci" x1="{_t(x(r.high))}" x2="{_t(x(r.high))}" y1="{_t(y - 6)}" '
+                f'y2="{_t(y + 6)}"/>'
+            )
         if r.value is not None:
             point = f"pt {r.css}" if r.css else "pt"
-            parts.append(f'<circle class="{escape(point)}" cx="{_t(x(r.value))}" cy="{_t(y)}" r="5"><title>{escape(tip)}</title>'
-                         "</circle>")
-        parts.append(f'<text class="value" x="{width - value_w + 4}" y="{_t(y + 4)}">'
-                     f"{escape(fmt(r.value) if r.value is not None else 'n/a')}"
-                     f"{f' (n={r.n})' if r.n is not None else ''}</text></g>")
+            parts.append(
+                f'<circle class="{escape(point)}" cx="{_t(x(r.value))}" cy="{_t(y)}" r="5"><title>{escape(tip)}</title>'
+                "</circle>"
+            )
+        parts.append(
+            f'<text class="value" x="{width - value_w + 4}" y="{_t(y + 4)}">'
+            f"{escape(fmt(r.value) if r.value is not None else 'n/a')}"
+            f"{f' (n={r.n})' if r.n is not None else ''}</text></g>"
+        )
     parts.append("</svg>")
     flag = ' class="flag"'
     body = "".join(
         f"<tr{flag if r.flagged else ''}><th scope='row'>{escape(r.label)}</th>"
         f"<td>{escape(fmt(r.value)) if r.value is not None else 'n/a'}</td>"
         f"<td>{escape(fmt(r.low)) if r.low is not None else '—'} – {escape(fmt(r.high)) if r.high is not None else '—'}"
-        f"</td><td>{r.n if r.n is not None else '—'}</td></tr>" for r in rows)
-    table = ('<table class="data"><thead><tr><th scope="col">Group</th><th scope="col">Estimate</th>'
-             f'<th scope="col">Interval</th><th scope="col">n</th></tr></thead><tbody>{body}</tbody></table>')
+        f"</td><td>{r.n if r.n is not None else '—'}</td></tr>"
+        for r in rows
+    )
+    table = (
+        '<table class="data"><thead><tr><th scope="col">Group</th><th scope="col">Estimate</th>'
+        f'<th scope="col">Interval</th><th scope="col">n</th></tr></thead><tbody>{body}</tbody></table>'
+    )
     return _figure(cid, title, desc, "".join(parts), _legend(legend), table, show_title)

@@ -14,19 +14,19 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from control_plane.actions import users as user_actions
-from control_plane.audit import operator_actor
-from control_plane.cli_db import run_with_db
-from control_plane.console.config import ConsoleSettings
-from control_plane.console.passwords import (
+from outpost.control_plane.actions import users as user_actions
+from outpost.control_plane.audit import operator_actor
+from outpost.control_plane.cli_db import run_with_db
+from outpost.control_plane.console.config import ConsoleSettings
+from outpost.control_plane.console.passwords import (
     PasswordPolicyError,
     check_password_policy,
     hash_password,
 )
-from control_plane.console.users import ROLES, list_users
-from control_plane.db.engine import Database
-from control_plane.db.models import Tenant, User
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.console.users import ROLES, list_users
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import Tenant, User
+from outpost.control_plane.store.tenants import get_or_create_tenant
 
 __all__ = ["PASSWORD_ENV", "users_app"]
 
@@ -51,7 +51,9 @@ def _password() -> str:
 @users_app.command("create")
 def create(
     email: Annotated[str, typer.Argument(help="The user's email address (their sign-in name).")],
-    role: Annotated[str, typer.Option(help="admin (may change things) or viewer (read only).")] = "viewer",
+    role: Annotated[
+        str, typer.Option(help="admin (may change things) or viewer (read only).")
+    ] = "viewer",
     tenant: Annotated[str, typer.Option(help="Tenant name (created if missing).")] = "default",
 ) -> None:
     """Create a console user. The password comes from $OUTPOST_USER_PASSWORD or a prompt, never a flag."""
@@ -64,8 +66,14 @@ def create(
     async def go(db: Database) -> str:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
-            user = await user_actions.add_user(session, t.id, email=email, password_hash=password_hash, role=role,
-                                               actor=operator_actor())
+            user = await user_actions.add_user(
+                session,
+                t.id,
+                email=email,
+                password_hash=password_hash,
+                role=role,
+                actor=operator_actor(),
+            )
             await session.commit()
             return user.id
 
@@ -75,20 +83,39 @@ def create(
 
 
 @users_app.command("list")
-def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant (name).")] = None,
-          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False) -> None:
+def list_(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
     """Users, their tenant and role, and whether they are locked out (never a password hash)."""
 
     async def go(db: Database) -> list[tuple[Any, str]]:
         async with db.session() as session:
-            tenants = {t.id: t.name for t in (await session.execute(Tenant.__table__.select())).all()}
-            tenant_id = next((i for i, n in tenants.items() if n == tenant), "-") if tenant else None
-            return [(u, tenants.get(u.tenant_id, u.tenant_id)) for u in await list_users(session, tenant_id)]
+            tenants = {
+                t.id: t.name for t in (await session.execute(Tenant.__table__.select())).all()
+            }
+            tenant_id = (
+                next((i for i, n in tenants.items() if n == tenant), "-") if tenant else None
+            )
+            return [
+                (u, tenants.get(u.tenant_id, u.tenant_id))
+                for u in await list_users(session, tenant_id)
+            ]
 
     for user, tenant_name in run_with_db(go):
         if as_json:
-            print(json.dumps({"id": user.id, "email": user.email, "role": user.role, "tenant": tenant_name,
-                              "locked_until": user.locked_until}, default=str))
+            print(
+                json.dumps(
+                    {
+                        "id": user.id,
+                        "email": user.email,
+                        "role": user.role,
+                        "tenant": tenant_name,
+                        "locked_until": user.locked_until,
+                    },
+                    default=str,
+                )
+            )
             continue
         locked = f"  locked until {user.locked_until:%Y-%m-%d %H:%M}" if user.locked_until else ""
         print(f"{user.email}  {user.role}  tenant={tenant_name}  id={user.id}{locked}")
@@ -105,8 +132,12 @@ def unlock(email: Annotated[str, typer.Argument(help="The locked user's email.")
 def set_password_(email: Annotated[str, typer.Argument(help="The user's email.")]) -> None:
     """Replace a user's password (from $OUTPOST_USER_PASSWORD or a prompt); their sessions end."""
     password_hash = hash_password(_password())
-    _update(email, lambda session, user: user_actions.change_password(session, user, password_hash,
-                                                                      actor=operator_actor()))
+    _update(
+        email,
+        lambda session, user: user_actions.change_password(
+            session, user, password_hash, actor=operator_actor()
+        ),
+    )
     console.print(f"password changed for {email}")
 
 

@@ -9,22 +9,39 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 
-from control_plane.api.deps import AppStateDep, get_state
-from control_plane.console.config import ConsoleSettings
-from control_plane.console.sessions import (
+from outpost.control_plane.api.deps import AppStateDep, get_state
+from outpost.control_plane.console.config import ConsoleSettings
+from outpost.control_plane.console.sessions import (
     SESSION_COOKIE,
     ConsoleKey,
     load_or_create_key,
     password_fingerprint,
 )
-from control_plane.console.templating import NOTICES, SECURITY_HEADERS, environment
-from control_plane.console.users import get_user
-from control_plane.db.models import Tenant, utcnow
-from control_plane.settings import Settings
+from outpost.control_plane.console.templating import NOTICES, SECURITY_HEADERS, environment
+from outpost.control_plane.console.users import get_user
+from outpost.control_plane.db.models import Tenant, utcnow
+from outpost.control_plane.settings import Settings
 
-__all__ = ["AdminPostDep", "ConsoleForbidden", "ConsoleState", "ConsoleStateDep", "ConsoleUser", "CsrfRefused",
-           "LoginRequired", "Post", "PostDep", "ScriptUserDep", "UserDep", "check_origin", "console_state",
-           "current_user", "error_page", "not_found", "read_form", "render"]
+__all__ = [
+    "AdminPostDep",
+    "ConsoleForbidden",
+    "ConsoleState",
+    "ConsoleStateDep",
+    "ConsoleUser",
+    "CsrfRefused",
+    "LoginRequired",
+    "Post",
+    "PostDep",
+    "ScriptUserDep",
+    "UserDep",
+    "check_origin",
+    "console_state",
+    "current_user",
+    "error_page",
+    "not_found",
+    "read_form",
+    "render",
+]
 
 MAX_FORM_FIELDS = 64
 
@@ -34,14 +51,19 @@ class LoginRequired(Exception):
 
 
 class ConsoleForbidden(Exception):
-    def __init__(self, message: str = "Your role cannot do this. Ask an admin of your tenant.") -> None:
+    def __init__(
+        self, message: str = "Your role cannot do this. Ask an admin of your tenant."
+    ) -> None:
         super().__init__(message)
         self.message = message
 
 
 class CsrfRefused(Exception):
-    def __init__(self, message: str = "This form has expired or did not come from the console. "
-                 "Reload the page and try again.") -> None:
+    def __init__(
+        self,
+        message: str = "This form has expired or did not come from the console. "
+        "Reload the page and try again.",
+    ) -> None:
         super().__init__(message)
         self.message = message
 
@@ -94,7 +116,9 @@ class ConsoleUser:
         return f"user:{self.id}"
 
 
-async def current_user(request: Request, state: AppStateDep, console: ConsoleStateDep) -> ConsoleUser:
+async def current_user(
+    request: Request, state: AppStateDep, console: ConsoleStateDep
+) -> ConsoleUser:
     claims = console.key.read(request.cookies.get(SESSION_COOKIE))
     if claims is None:
         raise LoginRequired()
@@ -102,11 +126,22 @@ async def current_user(request: Request, state: AppStateDep, console: ConsoleSta
         user = await get_user(session, claims.user_id)
         tenant = await session.get(Tenant, user.tenant_id) if user is not None else None
     # A deleted user, or a changed password, ends the session.
-    if user is None or tenant is None or password_fingerprint(user.password_hash) != claims.password_fp:
+    if (
+        user is None
+        or tenant is None
+        or password_fingerprint(user.password_hash) != claims.password_fp
+    ):
         raise LoginRequired()
-    return ConsoleUser(id=user.id, email=user.email, role=user.role, tenant_id=user.tenant_id,
-                       tenant_name=tenant.name, session_id=claims.session_id,
-                       csrf_token=console.key.csrf_token(claims.session_id), expires_at=claims.expires_at)
+    return ConsoleUser(
+        id=user.id,
+        email=user.email,
+        role=user.role,
+        tenant_id=user.tenant_id,
+        tenant_name=tenant.name,
+        session_id=claims.session_id,
+        csrf_token=console.key.csrf_token(claims.session_id),
+        expires_at=claims.expires_at,
+    )
 
 
 UserDep = Annotated[ConsoleUser, Depends(current_user)]
@@ -118,7 +153,10 @@ def check_origin(request: Request) -> None:
     origin = request.headers.get("origin")
     if not origin or origin == "null":
         return
-    allowed = {request.headers.get("host", ""), urlsplit(console_state(request).settings.public_url).netloc}
+    allowed = {
+        request.headers.get("host", ""),
+        urlsplit(console_state(request).settings.public_url).netloc,
+    }
     if urlsplit(origin).netloc not in allowed:
         raise CsrfRefused("This request came from another site.")
 
@@ -177,16 +215,35 @@ async def csrf_header(request: Request, user: UserDep, console: ConsoleStateDep)
 ScriptUserDep = Annotated[ConsoleUser, Depends(csrf_header)]
 
 
-def render(request: Request, template: str, user: ConsoleUser | None = None, *, status: int = 200,
-           active: str | None = None, **context: Any) -> HTMLResponse:
+def render(
+    request: Request,
+    template: str,
+    user: ConsoleUser | None = None,
+    *,
+    status: int = 200,
+    active: str | None = None,
+    **context: Any,
+) -> HTMLResponse:
     notice = NOTICES.get(request.query_params.get("notice", ""))
-    html = environment().get_template(template).render(
-        request=request, user=user, active=active if active is not None else request.url.path, notice=notice,
-        now=utcnow(), state=get_state(request), **context)
+    html = (
+        environment()
+        .get_template(template)
+        .render(
+            request=request,
+            user=user,
+            active=active if active is not None else request.url.path,
+            notice=notice,
+            now=utcnow(),
+            state=get_state(request),
+            **context,
+        )
+    )
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def error_page(request: Request, user: ConsoleUser | None, status: int, title: str, message: str) -> HTMLResponse:
+def error_page(
+    request: Request, user: ConsoleUser | None, status: int, title: str, message: str
+) -> HTMLResponse:
     return render(request, "error.html", user, status=status, title=title, message=message)
 
 

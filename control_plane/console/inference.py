@@ -15,12 +15,12 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.actions.keys import create_key
-from control_plane.api.deps import Caller
-from control_plane.console.deps import ConsoleUser
-from control_plane.db.models import ApiKey, Tenant, utcnow
-from control_plane.store.policies import KeyPolicy, get_key_policy
-from control_plane.store.pools import usable_pool_ids
+from outpost.control_plane.actions.keys import create_key
+from outpost.control_plane.api.deps import Caller
+from outpost.control_plane.console.deps import ConsoleUser
+from outpost.control_plane.db.models import ApiKey, Tenant, utcnow
+from outpost.control_plane.store.policies import KeyPolicy, get_key_policy
+from outpost.control_plane.store.pools import usable_pool_ids
 
 __all__ = ["CONSOLE_KEY_PREFIX", "console_caller", "tenant_policy"]
 
@@ -32,23 +32,41 @@ async def tenant_policy(session: AsyncSession, tenant_id: str) -> KeyPolicy:
     tenant = await session.get(Tenant, tenant_id)
     if tenant is None:
         return KeyPolicy()
-    return KeyPolicy(routing_policy=tenant.routing_policy or "balanced",
-                     residency={k: list(v) for k, v in (tenant.residency or {}).items()},
-                     tenant_weight=tenant.weight, pools=await usable_pool_ids(session, tenant_id))
+    return KeyPolicy(
+        routing_policy=tenant.routing_policy or "balanced",
+        residency={k: list(v) for k, v in (tenant.residency or {}).items()},
+        tenant_weight=tenant.weight,
+        pools=await usable_pool_ids(session, tenant_id),
+    )
 
 
 async def console_caller(session: AsyncSession, user: ConsoleUser) -> tuple[Caller, KeyPolicy]:
     """The user's internal key as an API caller (created, and audited, on first use); the caller commits."""
     name = f"{CONSOLE_KEY_PREFIX}{user.email}"
     now = utcnow()
-    stmt = (select(ApiKey).where(ApiKey.tenant_id == user.tenant_id, ApiKey.name == name,
-                                 ApiKey.revoked_at.is_(None),
-                                 or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))
-            .order_by(ApiKey.created_at.desc()).limit(1))
+    stmt = (
+        select(ApiKey)
+        .where(
+            ApiKey.tenant_id == user.tenant_id,
+            ApiKey.name == name,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+        .order_by(ApiKey.created_at.desc())
+        .limit(1)
+    )
     key = (await session.execute(stmt)).scalar_one_or_none()
     if key is None:
-        key, _secret = await create_key(session, user.tenant_id, name, actor=user.actor, scopes="inference",
-                                        extra={"purpose": "console"})
+        key, _secret = await create_key(
+            session,
+            user.tenant_id,
+            name,
+            actor=user.actor,
+            scopes="inference",
+            extra={"purpose": "console"},
+        )
         del _secret  # never stored, never shown: the key is used in-process only
     policy = await get_key_policy(session, key.id) or KeyPolicy()
-    return Caller(tenant_id=user.tenant_id, api_key_id=key.id, scopes=frozenset({"inference"})), policy
+    return Caller(
+        tenant_id=user.tenant_id, api_key_id=key.id, scopes=frozenset({"inference"})
+    ), policy

@@ -31,12 +31,23 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
-from control_plane.settings import Settings
+from outpost.control_plane.settings import Settings
 
 __all__ = ["Identity", "OidcClient", "OidcRefused", "PendingLogin", "map_identity"]
 
 # Signature algorithms an ID token may use; "none" and HMAC (keyed with the client secret) are refused.
-_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 _LEEWAY_S = 60
 ROLE_RANK = {"viewer": 1, "admin": 2}
 
@@ -44,7 +55,9 @@ ROLE_RANK = {"viewer": 1, "admin": 2}
 class OidcRefused(Exception):
     """A sign-in refused: ``reason`` goes to the audit log, ``message`` to the person."""
 
-    def __init__(self, reason: str, message: str, *, email: str | None = None, subject: str | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str, *, email: str | None = None, subject: str | None = None
+    ) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason, self.message, self.email, self.subject = reason, message, email, subject
 
@@ -60,14 +73,27 @@ class PendingLogin:
     expires_at: int
 
     def dumps(self) -> str:
-        return json.dumps({"s": self.state, "n": self.nonce, "v": self.verifier, "x": self.next,
-                           "e": self.expires_at}, separators=(",", ":"))
+        return json.dumps(
+            {
+                "s": self.state,
+                "n": self.nonce,
+                "v": self.verifier,
+                "x": self.next,
+                "e": self.expires_at,
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
     def loads(cls, raw: str) -> PendingLogin:
         data = json.loads(raw)
-        return cls(state=str(data["s"]), nonce=str(data["n"]), verifier=str(data["v"]), next=str(data["x"]),
-                   expires_at=int(data["e"]))
+        return cls(
+            state=str(data["s"]),
+            nonce=str(data["n"]),
+            verifier=str(data["v"]),
+            next=str(data["x"]),
+            expires_at=int(data["e"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,25 +119,44 @@ def map_identity(claims: dict[str, Any], settings: Settings) -> Identity:
     subject = str(claims.get("sub", ""))
     email = claims.get(settings.oidc_email_claim)
     if not isinstance(email, str) or "@" not in email:
-        raise OidcRefused("no_email", f"Your identity provider sent no email address (claim "
-                          f"'{settings.oidc_email_claim}').", subject=subject)
+        raise OidcRefused(
+            "no_email",
+            f"Your identity provider sent no email address (claim '{settings.oidc_email_claim}').",
+            subject=subject,
+        )
     email = email.strip().lower()
     if claims.get("email_verified") is False:
-        raise OidcRefused("email_unverified", "Your identity provider says this email address is not verified.",
-                          email=email, subject=subject)
+        raise OidcRefused(
+            "email_unverified",
+            "Your identity provider says this email address is not verified.",
+            email=email,
+            subject=subject,
+        )
     if settings.oidc_tenant_claim:
         tenant = claims.get(settings.oidc_tenant_claim)
         if not isinstance(tenant, str) or not tenant:
-            raise OidcRefused("no_tenant", f"Your identity provider sent no tenant (claim "
-                              f"'{settings.oidc_tenant_claim}').", email=email, subject=subject)
+            raise OidcRefused(
+                "no_tenant",
+                f"Your identity provider sent no tenant (claim '{settings.oidc_tenant_claim}').",
+                email=email,
+                subject=subject,
+            )
     else:
         tenant = settings.oidc_default_tenant
-    roles = [settings.oidc_role_map[v] for v in _claim_values(claims.get(settings.oidc_role_claim))
-             if v in settings.oidc_role_map]
+    roles = [
+        settings.oidc_role_map[v]
+        for v in _claim_values(claims.get(settings.oidc_role_claim))
+        if v in settings.oidc_role_map
+    ]
     role = max(roles, key=ROLE_RANK.__getitem__) if roles else settings.oidc_default_role
     if not role:
-        raise OidcRefused("no_role", "Your account has no role in this console: ask an administrator to add you "
-                          "to a group that maps to one.", email=email, subject=subject)
+        raise OidcRefused(
+            "no_role",
+            "Your account has no role in this console: ask an administrator to add you "
+            "to a group that maps to one.",
+            email=email,
+            subject=subject,
+        )
     return Identity(subject=subject, email=email, tenant=tenant, role=role)
 
 
@@ -123,8 +168,13 @@ class OidcClient:
     family of errors cover discovery, the JWKS and the code exchange.
     """
 
-    def __init__(self, settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self._transport = transport
         self._clock = clock
@@ -150,10 +200,16 @@ class OidcClient:
     def _http(self, **kwargs: Any) -> AsyncOAuth2Client:
         secret = self._client_secret()
         return AsyncOAuth2Client(
-            client_id=self.settings.oidc_client_id, client_secret=secret, scope=self.settings.oidc_scopes,
-            redirect_uri=self.redirect_uri, code_challenge_method="S256",
+            client_id=self.settings.oidc_client_id,
+            client_secret=secret,
+            scope=self.settings.oidc_scopes,
+            redirect_uri=self.redirect_uri,
+            code_challenge_method="S256",
             token_endpoint_auth_method="client_secret_basic" if secret else "none",
-            transport=self._transport, timeout=10.0, **kwargs)
+            transport=self._transport,
+            timeout=10.0,
+            **kwargs,
+        )
 
     def _plain(self) -> httpx2.AsyncClient:
         # Discovery and JWKS are public documents: no client authentication.
@@ -167,12 +223,16 @@ class OidcClient:
                     resp.raise_for_status()
                     meta = resp.json()
                 except (httpx2.HTTPError, ValueError) as exc:
-                    raise OidcRefused("provider_unreachable", "The identity provider cannot be reached right "
-                                      "now. Try again in a minute.") from exc
+                    raise OidcRefused(
+                        "provider_unreachable",
+                        "The identity provider cannot be reached right now. Try again in a minute.",
+                    ) from exc
             # OpenID Connect Discovery 4.3: the document must name the issuer we asked.
             if not isinstance(meta, dict) or str(meta.get("issuer", "")).rstrip("/") != self.issuer:
-                raise OidcRefused("provider_misconfigured", "The identity provider's discovery document names "
-                                  "another issuer.")
+                raise OidcRefused(
+                    "provider_misconfigured",
+                    "The identity provider's discovery document names another issuer.",
+                )
             self._metadata = meta
         return self._metadata
 
@@ -187,20 +247,31 @@ class OidcClient:
                         resp.raise_for_status()
                         self._keys = KeySet.import_key_set(resp.json())
                     except (httpx2.HTTPError, ValueError, KeyError, JoseError) as exc:
-                        raise OidcRefused("provider_unreachable", "The identity provider's keys cannot be "
-                                          "read right now. Try again in a minute.") from exc
+                        raise OidcRefused(
+                            "provider_unreachable",
+                            "The identity provider's keys cannot be "
+                            "read right now. Try again in a minute.",
+                        ) from exc
                 self._keys_fetched_at = self._clock()
             return self._keys
 
     async def begin(self, next_path: str, ttl_s: int = 600) -> tuple[str, PendingLogin]:
         """The provider URL to send the browser to, and what to remember until it comes back."""
         meta = await self.metadata()
-        pending = PendingLogin(state=secrets.token_urlsafe(24), nonce=secrets.token_urlsafe(24),
-                               verifier=secrets.token_urlsafe(48), next=next_path,
-                               expires_at=int(self._clock()) + ttl_s)
+        pending = PendingLogin(
+            state=secrets.token_urlsafe(24),
+            nonce=secrets.token_urlsafe(24),
+            verifier=secrets.token_urlsafe(48),
+            next=next_path,
+            expires_at=int(self._clock()) + ttl_s,
+        )
         async with self._http() as http:
-            url, _ = http.create_authorization_url(meta["authorization_endpoint"], state=pending.state,
-                                                   nonce=pending.nonce, code_verifier=pending.verifier)
+            url, _ = http.create_authorization_url(
+                meta["authorization_endpoint"],
+                state=pending.state,
+                nonce=pending.nonce,
+                code_verifier=pending.verifier,
+            )
         return url, pending
 
     async def finish(self, code: str, pending: PendingLogin) -> dict[str, Any]:
@@ -208,18 +279,32 @@ class OidcClient:
         meta = await self.metadata()
         async with self._http() as http:
             try:
-                token = await http.fetch_token(meta["token_endpoint"], grant_type="authorization_code",
-                                               code=code, code_verifier=pending.verifier,
-                                               redirect_uri=self.redirect_uri)
+                token = await http.fetch_token(
+                    meta["token_endpoint"],
+                    grant_type="authorization_code",
+                    code=code,
+                    code_verifier=pending.verifier,
+                    redirect_uri=self.redirect_uri,
+                )
             except OAuthError as exc:
-                raise OidcRefused("code_refused", f"The identity provider refused the sign-in ({exc.error}). "
-                                  "Start again from the sign-in page.") from exc
-            except (httpx2.HTTPError, ValueError) as exc:  # ValueError: a token response that is not JSON
-                raise OidcRefused("provider_unreachable", "The identity provider cannot be reached right now.") \
-                    from exc
+                raise OidcRefused(
+                    "code_refused",
+                    f"The identity provider refused the sign-in ({exc.error}). "
+                    "Start again from the sign-in page.",
+                ) from exc
+            except (
+                httpx2.HTTPError,
+                ValueError,
+            ) as exc:  # ValueError: a token response that is not JSON
+                raise OidcRefused(
+                    "provider_unreachable", "The identity provider cannot be reached right now."
+                ) from exc
         id_token = token.get("id_token")
         if not isinstance(id_token, str):
-            raise OidcRefused("no_id_token", "The identity provider sent no ID token (is 'openid' in the scopes?).")
+            raise OidcRefused(
+                "no_id_token",
+                "The identity provider sent no ID token (is 'openid' in the scopes?).",
+            )
         return await self.verify(id_token, pending.nonce)
 
     async def verify(self, id_token: str, nonce: str) -> dict[str, Any]:
@@ -227,46 +312,70 @@ class OidcClient:
         try:
             header = jws.extract_compact(id_token.encode()).protected
         except (JoseError, ValueError) as exc:
-            raise OidcRefused("malformed_token", "The identity provider sent an ID token that cannot be read.") \
-                from exc
+            raise OidcRefused(
+                "malformed_token", "The identity provider sent an ID token that cannot be read."
+            ) from exc
         if header.get("alg") not in _ALGORITHMS:
-            raise OidcRefused("bad_signature", f"The ID token is not signed with an accepted algorithm "
-                              f"({header.get('alg')!r}).")
+            raise OidcRefused(
+                "bad_signature",
+                f"The ID token is not signed with an accepted algorithm ({header.get('alg')!r}).",
+            )
         keys = await self._jwks(refresh=False)
         if header.get("kid") and not any(k.kid == header["kid"] for k in keys):
             keys = await self._jwks(refresh=True)  # the provider rotated its keys
         try:
             decoded = jwt.decode(id_token, keys, algorithms=list(_ALGORITHMS))
         except (BadSignatureError, InvalidKeyIdError) as exc:
-            raise OidcRefused("bad_signature", "The ID token's signature does not match the identity "
-                              "provider's keys.") from exc
+            raise OidcRefused(
+                "bad_signature",
+                "The ID token's signature does not match the identity provider's keys.",
+            ) from exc
         except (JoseError, ValueError) as exc:
-            raise OidcRefused("malformed_token", "The identity provider sent an ID token that cannot be read.") \
-                from exc
+            raise OidcRefused(
+                "malformed_token", "The identity provider sent an ID token that cannot be read."
+            ) from exc
         claims = decoded.claims
         registry = jwt.JWTClaimsRegistry(
-            now=lambda: int(self._clock()), leeway=_LEEWAY_S,
-            iss={"essential": True, "value": self.issuer}, aud={"essential": True,
-                                                                "value": self.settings.oidc_client_id},
-            sub={"essential": True}, exp={"essential": True}, nonce={"essential": True, "value": nonce})
+            now=lambda: int(self._clock()),
+            leeway=_LEEWAY_S,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": self.settings.oidc_client_id},
+            sub={"essential": True},
+            exp={"essential": True},
+            nonce={"essential": True, "value": nonce},
+        )
         try:
             registry.validate(claims)
         except ExpiredTokenError as exc:
-            raise OidcRefused("expired_token", "The ID token has expired. Sign in again.",
-                              subject=str(claims.get("sub"))) from exc
+            raise OidcRefused(
+                "expired_token",
+                "The ID token has expired. Sign in again.",
+                subject=str(claims.get("sub")),
+            ) from exc
         except (InvalidClaimError, MissingClaimError) as exc:
             name = getattr(exc, "claim", "")
-            reason = {"aud": "wrong_audience", "nonce": "wrong_nonce", "iss": "wrong_issuer"}.get(name,
-                                                                                                  "invalid_claims")
-            raise OidcRefused(reason, f"The ID token was not issued for this sign-in (claim '{name}').",
-                              subject=str(claims.get("sub"))) from exc
+            reason = {"aud": "wrong_audience", "nonce": "wrong_nonce", "iss": "wrong_issuer"}.get(
+                name, "invalid_claims"
+            )
+            raise OidcRefused(
+                reason,
+                f"The ID token was not issued for this sign-in (claim '{name}').",
+                subject=str(claims.get("sub")),
+            ) from exc
         except JoseError as exc:
             raise OidcRefused("invalid_claims", "The ID token's claims are not valid.") from exc
         # OIDC Core 3.1.3.7: with several audiences, azp must name this client.
         aud = claims.get("aud")
-        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self.settings.oidc_client_id:
-            raise OidcRefused("wrong_audience", "The ID token was issued to another client (azp).",
-                              subject=str(claims.get("sub")))
+        if (
+            isinstance(aud, list)
+            and len(aud) > 1
+            and claims.get("azp") != self.settings.oidc_client_id
+        ):
+            raise OidcRefused(
+                "wrong_audience",
+                "The ID token was issued to another client (azp).",
+                subject=str(claims.get("sub")),
+            )
         return claims
 
     async def logout_url(self, post_logout_redirect_uri: str) -> str | None:
@@ -277,6 +386,10 @@ class OidcClient:
             return None
         if not isinstance(endpoint, str) or not endpoint:
             return None
-        query = httpx2.QueryParams({"client_id": self.settings.oidc_client_id,
-                                   "post_logout_redirect_uri": post_logout_redirect_uri})
+        query = httpx2.QueryParams(
+            {
+                "client_id": self.settings.oidc_client_id,
+                "post_logout_redirect_uri": post_logout_redirect_uri,
+            }
+        )
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"

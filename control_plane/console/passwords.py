@@ -12,8 +12,14 @@ from functools import lru_cache
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["PasswordPolicyError", "check_password_policy", "hash_password", "needs_rehash", "verify_password",
-           "verify_password_async"]
+__all__ = [
+    "PasswordPolicyError",
+    "check_password_policy",
+    "hash_password",
+    "needs_rehash",
+    "verify_password",
+    "verify_password_async",
+]
 
 
 class PasswordPolicyError(ValueError):

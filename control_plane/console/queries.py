@@ -14,12 +14,20 @@ from sqlalchemy import Integer, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from control_plane.audit.chain import format_ts
-from control_plane.audit.schemas import AuditQuery
-from control_plane.db.models import ApiKey, AuditEvent, RequestRecord, Runner, ServedModel
+from outpost.control_plane.audit.chain import format_ts
+from outpost.control_plane.audit.schemas import AuditQuery
+from outpost.control_plane.db.models import ApiKey, AuditEvent, RequestRecord, Runner, ServedModel
 
-__all__ = ["Bucket", "audit_page", "key_names", "recent_requests", "runner_names", "served_models", "timeseries",
-           "window_stats"]
+__all__ = [
+    "Bucket",
+    "audit_page",
+    "key_names",
+    "recent_requests",
+    "runner_names",
+    "served_models",
+    "timeseries",
+    "window_stats",
+]
 
 
 @dataclass
@@ -38,8 +46,9 @@ def _epoch(session: AsyncSession, column: ColumnElement) -> ColumnElement:
     return cast(func.strftime("%s", column), Integer)
 
 
-async def timeseries(session: AsyncSession, tenant_id: str, start: datetime, end: datetime,
-                     bucket: timedelta) -> list[Bucket]:
+async def timeseries(
+    session: AsyncSession, tenant_id: str, start: datetime, end: datetime, bucket: timedelta
+) -> list[Bucket]:
     """Requests, errors, tokens and dollars per time bucket in ``[start, end)``, empty buckets included.
 
     Bucketed by the database (integer division of the epoch), so the cost is
@@ -48,21 +57,35 @@ async def timeseries(session: AsyncSession, tenant_id: str, start: datetime, end
     size = int(bucket.total_seconds())
     origin = int(start.timestamp()) // size * size
     index = (_epoch(session, RequestRecord.created_at) - origin) // size
-    stmt = (select(index.label("i"), func.count(),
-                   func.coalesce(func.sum(case((RequestRecord.status != "ok", 1), else_=0)), 0),
-                   func.coalesce(func.sum(RequestRecord.prompt_tokens), 0),
-                   func.coalesce(func.sum(RequestRecord.completion_tokens), 0),
-                   func.coalesce(func.sum(RequestRecord.cost_usd), 0.0))
-            .where(RequestRecord.tenant_id == tenant_id, RequestRecord.created_at >= start,
-                   RequestRecord.created_at < end)
-            .group_by("i"))
+    stmt = (
+        select(
+            index.label("i"),
+            func.count(),
+            func.coalesce(func.sum(case((RequestRecord.status != "ok", 1), else_=0)), 0),
+            func.coalesce(func.sum(RequestRecord.prompt_tokens), 0),
+            func.coalesce(func.sum(RequestRecord.completion_tokens), 0),
+            func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
+        )
+        .where(
+            RequestRecord.tenant_id == tenant_id,
+            RequestRecord.created_at >= start,
+            RequestRecord.created_at < end,
+        )
+        .group_by("i")
+    )
     count = max(1, -(-(int(end.timestamp()) - origin) // size))
-    buckets = [Bucket(datetime.fromtimestamp(origin + i * size, tz=start.tzinfo)) for i in range(count)]
+    buckets = [
+        Bucket(datetime.fromtimestamp(origin + i * size, tz=start.tzinfo)) for i in range(count)
+    ]
     for i, n, errors, prompt, completion, cost in (await session.execute(stmt)).all():
         if i is not None and 0 <= int(i) < count:
             b = buckets[int(i)]
             b.requests, b.errors = int(n), int(errors)
-            b.prompt_tokens, b.completion_tokens, b.cost_usd = int(prompt), int(completion), float(cost)
+            b.prompt_tokens, b.completion_tokens, b.cost_usd = (
+                int(prompt),
+                int(completion),
+                float(cost),
+            )
     return buckets
 
 
@@ -77,28 +100,53 @@ class WindowStats:
     avg_ttft_ms: float | None
 
 
-async def window_stats(session: AsyncSession, tenant_id: str, start: datetime, end: datetime) -> WindowStats:
-    stmt = select(func.count(), func.coalesce(func.sum(case((RequestRecord.status != "ok", 1), else_=0)), 0),
-                  func.coalesce(func.sum(RequestRecord.prompt_tokens), 0),
-                  func.coalesce(func.sum(RequestRecord.completion_tokens), 0),
-                  func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
-                  func.avg(RequestRecord.latency_ms), func.avg(RequestRecord.ttft_ms)).where(
-        RequestRecord.tenant_id == tenant_id, RequestRecord.created_at >= start, RequestRecord.created_at < end)
+async def window_stats(
+    session: AsyncSession, tenant_id: str, start: datetime, end: datetime
+) -> WindowStats:
+    stmt = select(
+        func.count(),
+        func.coalesce(func.sum(case((RequestRecord.status != "ok", 1), else_=0)), 0),
+        func.coalesce(func.sum(RequestRecord.prompt_tokens), 0),
+        func.coalesce(func.sum(RequestRecord.completion_tokens), 0),
+        func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
+        func.avg(RequestRecord.latency_ms),
+        func.avg(RequestRecord.ttft_ms),
+    ).where(
+        RequestRecord.tenant_id == tenant_id,
+        RequestRecord.created_at >= start,
+        RequestRecord.created_at < end,
+    )
     n, e, p, c, usd, lat, ttft = (await session.execute(stmt)).one()
-    return WindowStats(int(n), int(e), int(p), int(c), float(usd), None if lat is None else float(lat),
-                       None if ttft is None else float(ttft))
+    return WindowStats(
+        int(n),
+        int(e),
+        int(p),
+        int(c),
+        float(usd),
+        None if lat is None else float(lat),
+        None if ttft is None else float(ttft),
+    )
 
 
-async def recent_requests(session: AsyncSession, tenant_id: str, limit: int = 10) -> list[RequestRecord]:
-    stmt = (select(RequestRecord).where(RequestRecord.tenant_id == tenant_id)
-            .order_by(RequestRecord.created_at.desc()).limit(limit))
+async def recent_requests(
+    session: AsyncSession, tenant_id: str, limit: int = 10
+) -> list[RequestRecord]:
+    stmt = (
+        select(RequestRecord)
+        .where(RequestRecord.tenant_id == tenant_id)
+        .order_by(RequestRecord.created_at.desc())
+        .limit(limit)
+    )
     return list((await session.execute(stmt)).scalars())
 
 
 async def key_names(session: AsyncSession, tenant_id: str) -> dict[str, str]:
     """Key id → name; a name several keys share gets the key's prefix (each probe run has its own key)."""
-    rows = (await session.execute(select(ApiKey.id, ApiKey.name, ApiKey.prefix)
-                                  .where(ApiKey.tenant_id == tenant_id))).all()
+    rows = (
+        await session.execute(
+            select(ApiKey.id, ApiKey.name, ApiKey.prefix).where(ApiKey.tenant_id == tenant_id)
+        )
+    ).all()
     counts: dict[str, int] = {}
     for _, name, _ in rows:
         counts[name] = counts.get(name, 0) + 1
@@ -106,19 +154,26 @@ async def key_names(session: AsyncSession, tenant_id: str) -> dict[str, str]:
 
 
 async def runner_names(session: AsyncSession, tenant_id: str) -> dict[str, str]:
-    rows = await session.execute(select(Runner.id, Runner.name).where(Runner.tenant_id == tenant_id))
+    rows = await session.execute(
+        select(Runner.id, Runner.name).where(Runner.tenant_id == tenant_id)
+    )
     return {k: n for k, n in rows.all()}
 
 
 async def served_models(session: AsyncSession, tenant_id: str) -> list[tuple[ServedModel, Runner]]:
     """What this tenant's runners last said they serve (kept while they are offline)."""
-    stmt = (select(ServedModel, Runner).join(Runner, Runner.id == ServedModel.runner_id)
-            .where(Runner.tenant_id == tenant_id).order_by(ServedModel.name, Runner.name))
+    stmt = (
+        select(ServedModel, Runner)
+        .join(Runner, Runner.id == ServedModel.runner_id)
+        .where(Runner.tenant_id == tenant_id)
+        .order_by(ServedModel.name, Runner.name)
+    )
     return [(m, r) for m, r in (await session.execute(stmt)).all()]
 
 
-async def audit_page(session: AsyncSession, tenant_id: str, query: AuditQuery,
-                     before_seq: int | None = None) -> list[AuditEvent]:
+async def audit_page(
+    session: AsyncSession, tenant_id: str, query: AuditQuery, before_seq: int | None = None
+) -> list[AuditEvent]:
     """Newest first (``query.limit`` + 1 rows), with the filters of ``audit.query.list_events``.
 
     The API pages forward from the oldest event, as an exporter wants; a person
@@ -126,8 +181,12 @@ async def audit_page(session: AsyncSession, tenant_id: str, query: AuditQuery,
     """
     stmt = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
     if query.type:
-        stmt = stmt.where(or_(AuditEvent.type == query.type,
-                              AuditEvent.type.startswith(query.type + ".", autoescape=True)))
+        stmt = stmt.where(
+            or_(
+                AuditEvent.type == query.type,
+                AuditEvent.type.startswith(query.type + ".", autoescape=True),
+            )
+        )
     if query.actor:
         stmt = stmt.where(AuditEvent.actor == query.actor)
     if query.since:

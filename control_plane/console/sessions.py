@@ -28,8 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "ConsoleKey", "SessionClaims", "load_or_create_key",
-           "password_fingerprint"]
+__all__ = [
+    "LOGIN_COOKIE",
+    "SESSION_COOKIE",
+    "ConsoleKey",
+    "SessionClaims",
+    "load_or_create_key",
+    "password_fingerprint",
+]
 
 SESSION_COOKIE = "outpost_session"
 LOGIN_COOKIE = "outpost_login"
@@ -56,7 +62,9 @@ def load_or_create_key(path: Path) -> bytes:
         raw = path.read_bytes().strip()
         key = bytes.fromhex(raw.decode())
         if len(key) < 32:
-            raise ValueError(f"{path}: the console key must be at least 32 bytes (64 hex digits)") from None
+            raise ValueError(
+                f"{path}: the console key must be at least 32 bytes (64 hex digits)"
+            ) from None
         return key
     key = secrets.token_bytes(32)
     with os.fdopen(fd, "w") as f:
@@ -88,11 +96,25 @@ class ConsoleKey:
 
     def issue(self, user_id: str, password_hash: str, ttl_s: int) -> tuple[str, SessionClaims]:
         now = int(self._clock())
-        claims = SessionClaims(user_id=user_id, session_id=secrets.token_urlsafe(16), issued_at=now,
-                               expires_at=now + ttl_s, password_fp=password_fingerprint(password_hash))
-        payload = _b64e(json.dumps({"u": claims.user_id, "s": claims.session_id, "i": claims.issued_at,
-                                    "e": claims.expires_at, "p": claims.password_fp},
-                                   separators=(",", ":")).encode())
+        claims = SessionClaims(
+            user_id=user_id,
+            session_id=secrets.token_urlsafe(16),
+            issued_at=now,
+            expires_at=now + ttl_s,
+            password_fp=password_fingerprint(password_hash),
+        )
+        payload = _b64e(
+            json.dumps(
+                {
+                    "u": claims.user_id,
+                    "s": claims.session_id,
+                    "i": claims.issued_at,
+                    "e": claims.expires_at,
+                    "p": claims.password_fp,
+                },
+                separators=(",", ":"),
+            ).encode()
+        )
         return f"v1.{payload}.{self._mac('session', payload)}", claims
 
     def read(self, token: str | None) -> SessionClaims | None:
@@ -107,8 +129,13 @@ class ConsoleKey:
             return None
         try:
             raw = json.loads(_b64d(payload))
-            claims = SessionClaims(user_id=str(raw["u"]), session_id=str(raw["s"]), issued_at=int(raw["i"]),
-                                   expires_at=int(raw["e"]), password_fp=str(raw["p"]))
+            claims = SessionClaims(
+                user_id=str(raw["u"]),
+                session_id=str(raw["s"]),
+                issued_at=int(raw["i"]),
+                expires_at=int(raw["e"]),
+                password_fp=str(raw["p"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
         if claims.expires_at <= self._clock() or claims.session_id in self._denied:
@@ -132,7 +159,11 @@ class ConsoleKey:
         return self._mac("login", nonce)
 
     def check_login_token(self, nonce: str | None, token: str | None) -> bool:
-        return bool(nonce) and bool(token) and hmac.compare_digest(str(token), self.login_token(str(nonce)))
+        return (
+            bool(nonce)
+            and bool(token)
+            and hmac.compare_digest(str(token), self.login_token(str(nonce)))
+        )
 
     # --- other short-lived signed values (the single sign-on flow's cookie) ---
 

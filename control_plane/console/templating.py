@@ -12,9 +12,17 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-import web
+from outpost import web
 
-__all__ = ["NAV", "NOTICES", "SECURITY_HEADERS", "STATIC_DIR", "TEMPLATES_DIR", "environment", "static_version"]
+__all__ = [
+    "NAV",
+    "NOTICES",
+    "SECURITY_HEADERS",
+    "STATIC_DIR",
+    "TEMPLATES_DIR",
+    "environment",
+    "static_version",
+]
 
 WEB_DIR = Path(web.__file__).parent
 TEMPLATES_DIR = WEB_DIR / "templates"
@@ -22,8 +30,15 @@ STATIC_DIR = WEB_DIR / "static"
 
 #: (path, label) of the main navigation, in order.
 NAV: tuple[tuple[str, str], ...] = (
-    ("/", "Overview"), ("/runners", "Runners"), ("/pools", "Pools"), ("/models", "Models"), ("/playground", "Playground"),
-    ("/keys", "API keys"), ("/usage", "Usage"), ("/audit", "Audit"), ("/fairness", "Fairness"),
+    ("/", "Overview"),
+    ("/runners", "Runners"),
+    ("/pools", "Pools"),
+    ("/models", "Models"),
+    ("/playground", "Playground"),
+    ("/keys", "API keys"),
+    ("/usage", "Usage"),
+    ("/audit", "Audit"),
+    ("/fairness", "Fairness"),
     ("/settings", "Settings"),
 )
 
@@ -132,7 +147,9 @@ def _when(value: datetime | str | None) -> str:
 
 
 def _day(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d") if value.tzinfo else value.strftime("%Y-%m-%d")
+    return (
+        value.astimezone(UTC).strftime("%Y-%m-%d") if value.tzinfo else value.strftime("%Y-%m-%d")
+    )
 
 
 def _ago(value: datetime | None, now: datetime | None = None) -> str:
@@ -159,9 +176,24 @@ def _pretty(value: Any) -> str:
 
 @lru_cache(maxsize=1)
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(money=_money, num=_num, compact=_compact, pct=_pct, ms=_ms, bytes=_bytes, when=_when,
-                       ago=_ago, day=_day, pretty=_pretty, span=_span)
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        money=_money,
+        num=_num,
+        compact=_compact,
+        pct=_pct,
+        ms=_ms,
+        bytes=_bytes,
+        when=_when,
+        ago=_ago,
+        day=_day,
+        pretty=_pretty,
+        span=_span,
+    )
     env.globals.update(nav=NAV, static_version=static_version, Markup=Markup)
     return env

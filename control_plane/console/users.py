@@ -9,11 +9,25 @@ from typing import Literal
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import Tenant, User, new_id, utcnow
+from outpost.control_plane.db.models import Tenant, User, new_id, utcnow
 
-__all__ = ["ROLES", "Role", "as_utc", "create_user", "get_user", "get_user_by_email", "is_locked",
-           "list_users", "normalize_email", "note_failed_login", "note_login", "set_password", "set_role",
-           "tenant_of", "unlock_user"]
+__all__ = [
+    "ROLES",
+    "Role",
+    "as_utc",
+    "create_user",
+    "get_user",
+    "get_user_by_email",
+    "is_locked",
+    "list_users",
+    "normalize_email",
+    "note_failed_login",
+    "note_login",
+    "set_password",
+    "set_role",
+    "tenant_of",
+    "unlock_user",
+]
 
 Role = Literal["admin", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "viewer")
@@ -40,10 +54,16 @@ def is_locked(user: User, now: datetime) -> bool:
     return until is not None and until > now
 
 
-async def create_user(session: AsyncSession, *, tenant_id: str, email: str, password_hash: str,
-                      role: Role) -> User:
-    user = User(id=new_id("usr"), tenant_id=tenant_id, email=normalize_email(email), password_hash=password_hash,
-                role=role)
+async def create_user(
+    session: AsyncSession, *, tenant_id: str, email: str, password_hash: str, role: Role
+) -> User:
+    user = User(
+        id=new_id("usr"),
+        tenant_id=tenant_id,
+        email=normalize_email(email),
+        password_hash=password_hash,
+        role=role,
+    )
     session.add(user)
     await session.flush()
     return user
@@ -74,21 +94,31 @@ async def tenant_of(session: AsyncSession, user: User) -> Tenant:
     return tenant
 
 
-async def note_failed_login(session: AsyncSession, user: User, *, now: datetime, attempts: int,
-                            lockout: timedelta) -> bool:
+async def note_failed_login(
+    session: AsyncSession, user: User, *, now: datetime, attempts: int, lockout: timedelta
+) -> bool:
     """Count one failure; lock the account when ``attempts`` are reached. Returns whether it is now locked.
 
     The counter moves in one UPDATE, so concurrent guesses cannot each read the
     old count and slip past the limit.
     """
-    stmt = (update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1)
-            .returning(User.failed_logins).execution_options(synchronize_session=False))
+    stmt = (
+        update(User)
+        .where(User.id == user.id)
+        .values(failed_logins=User.failed_logins + 1)
+        .returning(User.failed_logins)
+        .execution_options(synchronize_session=False)
+    )
     failures = (await session.execute(stmt)).scalar_one()
     if failures < attempts:
         user.failed_logins = failures
         return False
-    await session.execute(update(User).where(User.id == user.id).values(failed_logins=0, locked_until=now + lockout)
-                          .execution_options(synchronize_session=False))
+    await session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(failed_logins=0, locked_until=now + lockout)
+        .execution_options(synchronize_session=False)
+    )
     user.failed_logins, user.locked_until = 0, now + lockout
     return True
 

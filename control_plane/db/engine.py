@@ -18,7 +18,12 @@ __all__ = ["DATABASE_DOWN", "Database", "database_down", "sqlite_pragmas", "sync
 
 #: "The database is busy or gone right now" (connection refused or dropped, pool exhausted): worth
 #: a retry later, and an expected state during a failover, not a bug to log with a traceback.
-DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
+DATABASE_DOWN = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+)
 
 
 def database_down(exc: BaseException) -> bool:

@@ -7,8 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-import migrations
-from control_plane.db.engine import sync_url
+from outpost import migrations
+from outpost.control_plane.db.engine import sync_url
 
 __all__ = ["alembic_config", "upgrade_to_head"]
 

@@ -97,8 +97,9 @@ class PoolGrant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
     # NULL: every tenant (only the platform operator may grant so).
-    grantee_tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
-                                                          index=True, default=None)
+    grantee_tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, default=None
+    )
     granted_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -129,7 +130,9 @@ class EnrollmentToken(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     runner_name: Mapped[str] = mapped_column(String(200))
     # The pool the runner joins; NULL: the tenant's default pool.
-    pool_id: Mapped[str | None] = mapped_column(ForeignKey("pools.id", ondelete="SET NULL"), default=None)
+    pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("pools.id", ondelete="SET NULL"), default=None
+    )
     # Owner-set residency labels the runner gets at registration.
     labels: Mapped[dict] = mapped_column(default=dict)
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
@@ -216,7 +219,9 @@ class Budget(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), default=None)
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), default=None
+    )
     period: Mapped[str] = mapped_column(String(16))  # day | week | month
     amount_usd: Mapped[float] = mapped_column(Float)
     soft_threshold: Mapped[float] = mapped_column(Float, default=0.8)
@@ -266,8 +271,10 @@ class AuditEvent(Base):
     """One hash-chained event. Append-only; ``seq`` is contiguous from 1."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),
-                      UniqueConstraint("tenant_id", "tenant_seq", name="uq_audit_events_tenant_seq"))
+    __table_args__ = (
+        Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),
+        UniqueConstraint("tenant_id", "tenant_seq", name="uq_audit_events_tenant_seq"),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[str] = mapped_column(String(32))

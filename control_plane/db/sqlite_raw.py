@@ -37,10 +37,14 @@ def _insert(table: Table) -> _Insert:
         default = column.default
         make: Callable[[], Any] | None = None
         if default is not None and default.is_callable:
-            make = functools.partial(default.arg, None)  # SQLAlchemy wraps it to take an execution context
+            make = functools.partial(
+                default.arg, None
+            )  # SQLAlchemy wraps it to take an execution context
         elif default is not None and default.is_scalar:
             make = functools.partial(lambda value: value, default.arg)
-        columns.append((column.key, make, column.type.dialect_impl(_DIALECT).bind_processor(_DIALECT)))
+        columns.append(
+            (column.key, make, column.type.dialect_impl(_DIALECT).bind_processor(_DIALECT))
+        )
     names = ", ".join(f'"{key}"' for key, _, _ in columns)
     marks = ", ".join("?" for _ in columns)
     return _Insert(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', tuple(columns))

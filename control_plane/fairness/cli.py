@@ -35,8 +35,9 @@ from .tally import RunnerTally
 
 __all__ = ["fairness_app"]
 
-fairness_app = typer.Typer(help="Bias probes: counterfactual prompt suites against a served model.",
-                           no_args_is_help=True)
+fairness_app = typer.Typer(
+    help="Bias probes: counterfactual prompt suites against a served model.", no_args_is_help=True
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -51,8 +52,10 @@ def _load(suite: str) -> Suite:
     try:
         return load_suite(path) if path.is_file() else builtin_suite(suite)
     except LookupError:
-        raise _fail(f"{suite!r} is neither a suite file nor a built-in suite "
-                    "(see `control-plane fairness suites`)") from None
+        raise _fail(
+            f"{suite!r} is neither a suite file nor a built-in suite "
+            "(see `control-plane fairness suites`)"
+        ) from None
     except (ValidationError, ValueError, OSError) as exc:
         raise _fail(f"invalid suite {suite}: {exc}") from None
 
@@ -73,30 +76,57 @@ def suites() -> None:
         suite = load_suite(path)
         sets = suite.samples_per_group()
         prompts = sum(n * len(suite.attributes[a].groups) for a, n in sets.items())
-        table.add_row(path.stem, suite.id, suite.version, ", ".join(f"{a} ({n})" for a, n in sets.items()),
-                      str(prompts), suite_hash(suite))
+        table.add_row(
+            path.stem,
+            suite.id,
+            suite.version,
+            ", ".join(f"{a} ({n})" for a, n in sets.items()),
+            str(prompts),
+            suite_hash(suite),
+        )
     out.print(table)
 
 
 @fairness_app.command("run")
 def run(
     model: Annotated[str, typer.Option(help="Model to probe, as the server names it.")],
-    base_url: Annotated[str, typer.Option(
-        help="The server's URL, e.g. http://localhost:8080 (Outpost) or .../v1 (any OpenAI-compatible API).")],
-    api_key_env: Annotated[str, typer.Option(
-        help="Name of the environment variable that holds the API key.")] = "OUTPOST_API_KEY",
-    suite: Annotated[str, typer.Option(help="A suite JSON file, or a built-in suite's name.")] = "default-v1",
-    max_per_group: Annotated[int | None, typer.Option(
-        min=1, help="Counterfactual sets per attribute (a seeded sample); keep >= 30 for flags.")] = None,
-    attribute: Annotated[list[str] | None, typer.Option(help="Probe only this attribute (repeatable).")] = None,
+    base_url: Annotated[
+        str,
+        typer.Option(
+            help="The server's URL, e.g. http://localhost:8080 (Outpost) or .../v1 (any OpenAI-compatible API)."
+        ),
+    ],
+    api_key_env: Annotated[
+        str, typer.Option(help="Name of the environment variable that holds the API key.")
+    ] = "OUTPOST_API_KEY",
+    suite: Annotated[
+        str, typer.Option(help="A suite JSON file, or a built-in suite's name.")
+    ] = "default-v1",
+    max_per_group: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Counterfactual sets per attribute (a seeded sample); keep >= 30 for flags."
+        ),
+    ] = None,
+    attribute: Annotated[
+        list[str] | None, typer.Option(help="Probe only this attribute (repeatable).")
+    ] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens of every request.")] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling seed sent with every request.")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
-    engine: Annotated[str | None, typer.Option(help="Engine label for the report (e.g. vllm).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Write the whole run (with answers) to this JSON file.")] = None,
-    save: Annotated[bool, typer.Option(
-        help="Record the run in Outpost (needs an admin key); answer texts are not sent.")] = False,
+    engine: Annotated[
+        str | None, typer.Option(help="Engine label for the report (e.g. vllm).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the whole run (with answers) to this JSON file.")
+    ] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            help="Record the run in Outpost (needs an admin key); answer texts are not sent."
+        ),
+    ] = False,
 ) -> None:
     """Send a probe suite to one model from here, with a progress bar; print the report."""
     api_key = os.environ.get(api_key_env)
@@ -109,13 +139,18 @@ def run(
     root = _root(base_url)
     tally = RunnerTally()
     runner = ProbeRunner(
-        ProbeTarget(base_url=f"{root}/v1", model=model, engine=engine), api_key,
+        ProbeTarget(base_url=f"{root}/v1", model=model, engine=engine),
+        api_key,
         sampling=SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=seed),
-        concurrency=concurrency, transport=tally, console=err)
+        concurrency=concurrency,
+        transport=tally,
+        console=err,
+    )
     options = ExpansionOptions(max_prompts_per_group=max_per_group, attributes=attribute or None)
     probe_run = asyncio.run(runner.run(probe_suite, options))
     probe_run = probe_run.model_copy(
-        update={"target": probe_run.target.model_copy(update={"runner": tally.label()})})
+        update={"target": probe_run.target.model_copy(update={"runner": tally.label()})}
+    )
     if output is not None:
         output.write_text(probe_run.model_dump_json(indent=2), encoding="utf-8")
     if not probe_run.count("ok") and not probe_run.count("empty"):
@@ -130,13 +165,21 @@ def run(
 def _save(root: str, api_key: str, probe_run: ProbeRun, tally: RunnerTally) -> str:
     # Outcomes are what the report needs; the answers stay on this machine.
     responses = [r.model_copy(update={"text": None}) for r in probe_run.responses]
-    body = {"run": json.loads(probe_run.model_copy(update={"responses": responses}).model_dump_json()),
-            "runners": [r.model_dump() for r in tally.runners()]}
+    body = {
+        "run": json.loads(probe_run.model_copy(update={"responses": responses}).model_dump_json()),
+        "runners": [r.model_dump() for r in tally.runners()],
+    }
     try:
-        response = httpx.post(f"{root}/api/fairness/runs/import", json=body, timeout=60,
-                              headers={"Authorization": f"Bearer {api_key}"})
+        response = httpx.post(
+            f"{root}/api/fairness/runs/import",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
     except httpx.HTTPError as exc:
         raise _fail(f"could not save the run: {exc!r}", code=1) from None
     if response.status_code != 201:
-        raise _fail(f"could not save the run: HTTP {response.status_code}: {response.text[:300]}", code=1)
+        raise _fail(
+            f"could not save the run: HTTP {response.status_code}: {response.text[:300]}", code=1
+        )
     return response.json()["id"]

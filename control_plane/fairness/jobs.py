@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from control_plane.db.engine import Database
-from control_plane.db.models import FairnessRun
-from control_plane.store.fairness import (
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import FairnessRun
+from outpost.control_plane.store.fairness import (
     finish_fairness_run,
     revoke_probe_key,
     run_document,
@@ -65,7 +65,9 @@ class _Watch:
             return
         self.errors += 1
         if not self.answered and self.errors >= self.breaker and self.abort_reason is None:
-            self.abort_reason = f"Stopped after the first {self.errors} prompts all failed; last: {response.error}"
+            self.abort_reason = (
+                f"Stopped after the first {self.errors} prompts all failed; last: {response.error}"
+            )
             if self.task is not None:
                 self.task.cancel()
 
@@ -89,8 +91,15 @@ class ProbeJob:
         self._tally = RunnerTally(self.transport)
         target = ProbeTarget(base_url=f"{self.base_url}/v1", model=plan.model, engine=self.engine)
         watch = _Watch(breaker=max(8, 2 * plan.concurrency))
-        runner = ProbeRunner(target, self.started.api_key, sampling=plan.sampling, concurrency=plan.concurrency,
-                             transport=self._tally, show_progress=False, on_response=watch.seen)
+        runner = ProbeRunner(
+            target,
+            self.started.api_key,
+            sampling=plan.sampling,
+            concurrency=plan.concurrency,
+            transport=self._tally,
+            show_progress=False,
+            on_response=watch.seen,
+        )
         watch.task = asyncio.create_task(runner.run(plan.suite, plan.expansion))
         ticker = asyncio.create_task(self._write_progress(watch))
         run: ProbeRun | None = None
@@ -105,7 +114,9 @@ class ProbeJob:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if watch.abort_reason is None or (current is not None and current.cancelling()):
-                await self._finish("cancelled", None, watch, "Interrupted: the control plane shut down.")
+                await self._finish(
+                    "cancelled", None, watch, "Interrupted: the control plane shut down."
+                )
                 raise
         except Exception as exc:
             log.exception("fairness run %s failed", self.run_id)
@@ -128,31 +139,57 @@ class ProbeJob:
                 async with self.db.session() as session:
                     row = await session.get(FairnessRun, self.run_id)
                     if row is not None:
-                        await set_fairness_progress(session, row, done=written[0], errors=written[1])
+                        await set_fairness_progress(
+                            session, row, done=written[0], errors=written[1]
+                        )
                         await session.commit()
             except Exception:
-                log.warning("could not write progress of fairness run %s", self.run_id, exc_info=True)
+                log.warning(
+                    "could not write progress of fairness run %s", self.run_id, exc_info=True
+                )
 
-    async def _finish(self, status: RunStatus, run: ProbeRun | None, watch: _Watch, error: str | None) -> None:
+    async def _finish(
+        self, status: RunStatus, run: ProbeRun | None, watch: _Watch, error: str | None
+    ) -> None:
         runners = self._tally.runners()
         try:
             report: dict[str, Any] | None = None
-            if run is not None and status == "completed":  # a run without a single answer has no report
+            if (
+                run is not None and status == "completed"
+            ):  # a run without a single answer has no report
                 target = run.target.model_copy(update={"runner": self._tally.label()})
                 run = run.model_copy(update={"target": target})
                 settings = self.started.plan.report_settings
                 report = (await asyncio.to_thread(build_report, run, settings)).to_dict()
             await self._record(status, run, report, runners, watch, error)
-        except Exception as exc:  # never leave a run "running" because its result could not be written
+        except (
+            Exception
+        ) as exc:  # never leave a run "running" because its result could not be written
             log.exception("could not record fairness run %s; marking it failed", self.run_id)
             try:
-                await self._record("failed", None, None, runners, watch,
-                                   f"The result could not be recorded: {exc!r}", audit=False)
+                await self._record(
+                    "failed",
+                    None,
+                    None,
+                    runners,
+                    watch,
+                    f"The result could not be recorded: {exc!r}",
+                    audit=False,
+                )
             except Exception:
                 log.exception("could not mark fairness run %s failed", self.run_id)
 
-    async def _record(self, status: RunStatus, run: ProbeRun | None, report: dict[str, Any] | None,
-                      runners: list[RunnerUse], watch: _Watch, error: str | None, *, audit: bool = True) -> None:
+    async def _record(
+        self,
+        status: RunStatus,
+        run: ProbeRun | None,
+        report: dict[str, Any] | None,
+        runners: list[RunnerUse],
+        watch: _Watch,
+        error: str | None,
+        *,
+        audit: bool = True,
+    ) -> None:
         async with self.db.session() as session:
             row = await session.get(FairnessRun, self.run_id)
             if row is None:  # the tenant was deleted meanwhile

@@ -48,7 +48,9 @@ class FairnessRunIn(_In):
     model: ModelName
     suite: SuiteName | dict[str, Any] = "default-v1"
     max_prompts_per_group: Annotated[int, Field(ge=1, le=1000)] | None = None
-    attributes: Annotated[list[Identifier], Field(min_length=1, max_length=MAX_ATTRIBUTES)] | None = None
+    attributes: (
+        Annotated[list[Identifier], Field(min_length=1, max_length=MAX_ATTRIBUTES)] | None
+    ) = None
     expansion_seed: int = 0
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     report_settings: ReportSettings = Field(default_factory=ReportSettings)
@@ -125,13 +127,24 @@ class FairnessRunOut(BaseModel):
     def build(cls, row: Any, summary: RunSummary, **extra: Any) -> Any:
         """From a ``FairnessRun`` row (or a row of its columns) and its summary."""
         return cls(
-            id=row.id, status=row.status, model=row.model, suite_id=row.suite_id,
-            suite_version=row.suite_version, suite_hash=row.suite_hash,
-            sampling=SamplingSettings.model_validate(row.sampling), source=summary.source,
-            engine=summary.engine, expansion=summary.expansion, concurrency=summary.concurrency,
-            runners=summary.runners, progress=summary.progress, error=summary.error,
-            flagged_attributes=summary.flagged_attributes, created_at=row.created_at,
-            finished_at=row.finished_at, **extra,
+            id=row.id,
+            status=row.status,
+            model=row.model,
+            suite_id=row.suite_id,
+            suite_version=row.suite_version,
+            suite_hash=row.suite_hash,
+            sampling=SamplingSettings.model_validate(row.sampling),
+            source=summary.source,
+            engine=summary.engine,
+            expansion=summary.expansion,
+            concurrency=summary.concurrency,
+            runners=summary.runners,
+            progress=summary.progress,
+            error=summary.error,
+            flagged_attributes=summary.flagged_attributes,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            **extra,
         )
 
 
@@ -142,5 +155,9 @@ class FairnessRunDetail(FairnessRunOut):
     @classmethod
     def from_row(cls, row: Any) -> FairnessRunDetail:
         document = RunDocument.model_validate(row.report)
-        return cls.build(row, document.summary, report_settings=document.summary.report_settings,
-                         report=document.report)
+        return cls.build(
+            row,
+            document.summary,
+            report_settings=document.summary.report_settings,
+            report=document.report,
+        )

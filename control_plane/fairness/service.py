@@ -22,11 +22,11 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.audit.events import actor_for_key, record_fairness_probe
-from control_plane.db.models import FairnessRun, utcnow
-from control_plane.domain_errors import Conflict, Invalid, NotFound
-from control_plane.store.fairness import create_fairness_run, get_fairness_run, run_document
-from control_plane.store.keys import create_api_key
+from outpost.control_plane.audit.events import actor_for_key, record_fairness_probe
+from outpost.control_plane.db.models import FairnessRun, utcnow
+from outpost.control_plane.domain_errors import Conflict, Invalid, NotFound
+from outpost.control_plane.store.fairness import create_fairness_run, get_fairness_run, run_document
+from outpost.control_plane.store.keys import create_api_key
 
 from .extractors import OutcomeKind
 from .report import Comparison, ReportSettings, build_report, compare
@@ -61,7 +61,9 @@ __all__ = [
 ]
 
 MAX_SUITE_BYTES = 256 * 1024  # a custom suite's JSON
-MAX_SUITE_SETS = 20_000  # counterfactual sets of one attribute before sampling (expansion builds them all)
+MAX_SUITE_SETS = (
+    20_000  # counterfactual sets of one attribute before sampling (expansion builds them all)
+)
 MAX_RUN_PROMPTS = 5_000  # prompts one run sends (default-v1 in full: 881)
 MAX_COMPARE_RUNS = 8
 STORED_TEXT_CHARS = 4_000  # answers are scored in full, stored truncated
@@ -109,14 +111,22 @@ def _resolve_suite(ref: str | dict[str, Any]) -> tuple[Suite, bool]:
         try:
             return builtin_suite(ref), False
         except LookupError:
-            raise _invalid(f"No built-in suite named {ref!r}.", "suite_not_found", "suite") from None
+            raise _invalid(
+                f"No built-in suite named {ref!r}.", "suite_not_found", "suite"
+            ) from None
     size = len(json.dumps(ref, ensure_ascii=False).encode())
     if size > MAX_SUITE_BYTES:
-        raise _invalid(f"The suite is {size} bytes; the limit is {MAX_SUITE_BYTES}.", "suite_too_large", "suite")
+        raise _invalid(
+            f"The suite is {size} bytes; the limit is {MAX_SUITE_BYTES}.",
+            "suite_too_large",
+            "suite",
+        )
     try:
         return load_suite(ref), True
     except ValidationError as exc:
-        raise _invalid(f"Invalid suite: {_validation_message(exc)}", "invalid_suite", "suite") from None
+        raise _invalid(
+            f"Invalid suite: {_validation_message(exc)}", "invalid_suite", "suite"
+        ) from None
 
 
 def _prompt_count(suite: Suite, expansion: ExpansionOptions) -> int:
@@ -125,8 +135,12 @@ def _prompt_count(suite: Suite, expansion: ExpansionOptions) -> int:
     total = 0
     for attribute in expansion.attributes or list(suite.attributes):
         if sets[attribute] > MAX_SUITE_SETS:
-            raise _invalid(f"Attribute {attribute!r} expands to {sets[attribute]} counterfactual sets; "
-                           f"the limit is {MAX_SUITE_SETS}.", "suite_too_large", "suite")
+            raise _invalid(
+                f"Attribute {attribute!r} expands to {sets[attribute]} counterfactual sets; "
+                f"the limit is {MAX_SUITE_SETS}.",
+                "suite_too_large",
+                "suite",
+            )
         kept = min(sets[attribute], expansion.max_prompts_per_group or sets[attribute])
         total += kept * len(suite.attributes[attribute].groups)
     return total
@@ -137,37 +151,77 @@ def plan_probe(body: FairnessRunIn, *, max_tokens_limit: int) -> ProbePlan:
     suite, custom = _resolve_suite(body.suite)
     unknown = sorted(set(body.attributes or ()) - set(suite.attributes))
     if unknown:
-        raise _invalid(f"Unknown attributes {unknown}; suite {suite.id!r} has {sorted(suite.attributes)}.",
-                       "unknown_attribute", "attributes")
+        raise _invalid(
+            f"Unknown attributes {unknown}; suite {suite.id!r} has {sorted(suite.attributes)}.",
+            "unknown_attribute",
+            "attributes",
+        )
     if body.sampling.max_tokens > max_tokens_limit:
-        raise _invalid(f"max_tokens {body.sampling.max_tokens} exceeds this deployment's limit of "
-                       f"{max_tokens_limit}.", "max_tokens_too_large", "sampling.max_tokens")
-    expansion = ExpansionOptions(max_prompts_per_group=body.max_prompts_per_group,
-                                 attributes=body.attributes, seed=body.expansion_seed)
+        raise _invalid(
+            f"max_tokens {body.sampling.max_tokens} exceeds this deployment's limit of "
+            f"{max_tokens_limit}.",
+            "max_tokens_too_large",
+            "sampling.max_tokens",
+        )
+    expansion = ExpansionOptions(
+        max_prompts_per_group=body.max_prompts_per_group,
+        attributes=body.attributes,
+        seed=body.expansion_seed,
+    )
     count = _prompt_count(suite, expansion)
     if count > MAX_RUN_PROMPTS:
-        raise _invalid(f"This run would send {count} prompts; the limit is {MAX_RUN_PROMPTS}. "
-                       "Lower max_prompts_per_group or select attributes.", "run_too_large",
-                       "max_prompts_per_group")
-    return ProbePlan(model=body.model, suite=suite, custom=custom, expansion=expansion,
-                     sampling=body.sampling, report_settings=body.report_settings,
-                     concurrency=body.concurrency, prompt_count=count)
+        raise _invalid(
+            f"This run would send {count} prompts; the limit is {MAX_RUN_PROMPTS}. "
+            "Lower max_prompts_per_group or select attributes.",
+            "run_too_large",
+            "max_prompts_per_group",
+        )
+    return ProbePlan(
+        model=body.model,
+        suite=suite,
+        custom=custom,
+        expansion=expansion,
+        sampling=body.sampling,
+        report_settings=body.report_settings,
+        concurrency=body.concurrency,
+        prompt_count=count,
+    )
 
 
-async def start_probe_run(session: AsyncSession, *, tenant_id: str, started_by_key_id: str, plan: ProbePlan,
-                          engine: str | None) -> StartedRun:
+async def start_probe_run(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    started_by_key_id: str,
+    plan: ProbePlan,
+    engine: str | None,
+) -> StartedRun:
     """Record a new run and create its own API key; the caller commits, then launches the job."""
-    key, secret = await create_api_key(session, tenant_id, PROBE_KEY_NAME, expires_at=utcnow() + PROBE_KEY_TTL,
-                                       scopes="inference")
-    summary = RunSummary(engine=engine, expansion=plan.expansion, report_settings=plan.report_settings,
-                         concurrency=plan.concurrency, started_by_key_id=started_by_key_id,
-                         probe_key_id=key.id, progress=RunProgress(total=plan.prompt_count))
-    document = RunDocument(summary=summary,
-                           custom_suite=plan.suite.model_dump(mode="json") if plan.custom else None)
-    run = await create_fairness_run(session, tenant_id=tenant_id, suite_id=plan.suite.id,
-                                    suite_version=plan.suite.version, suite_hash=plan.suite_hash,
-                                    model=plan.model, sampling=plan.sampling.model_dump(mode="json"),
-                                    document=document)
+    key, secret = await create_api_key(
+        session, tenant_id, PROBE_KEY_NAME, expires_at=utcnow() + PROBE_KEY_TTL, scopes="inference"
+    )
+    summary = RunSummary(
+        engine=engine,
+        expansion=plan.expansion,
+        report_settings=plan.report_settings,
+        concurrency=plan.concurrency,
+        started_by_key_id=started_by_key_id,
+        probe_key_id=key.id,
+        progress=RunProgress(total=plan.prompt_count),
+    )
+    document = RunDocument(
+        summary=summary, custom_suite=plan.suite.model_dump(mode="json") if plan.custom else None
+    )
+    run = await create_fairness_run(
+        session,
+        tenant_id=tenant_id,
+        suite_id=plan.suite.id,
+        suite_version=plan.suite.version,
+        suite_hash=plan.suite_hash,
+        model=plan.model,
+        sampling=plan.sampling.model_dump(mode="json"),
+        document=document,
+    )
     return StartedRun(run=run, plan=plan, api_key=secret)
 
 
@@ -203,17 +257,25 @@ def _check_outcomes(run: ProbeRun) -> None:
     for response in run.responses:
         for name, value in response.outcomes.items():
             if name in binary and value not in (None, 0.0, 1.0):
-                raise _invalid(f"Outcome {name!r} of {response.prompt.prompt_id!r} is {value}; a binary "
-                               "outcome is 0, 1 or null.", "invalid_run", "run.responses")
+                raise _invalid(
+                    f"Outcome {name!r} of {response.prompt.prompt_id!r} is {value}; a binary "
+                    "outcome is 0, 1 or null.",
+                    "invalid_run",
+                    "run.responses",
+                )
 
 
-async def import_probe_run(session: AsyncSession, *, tenant_id: str, actor_key_id: str,
-                           body: FairnessRunImport) -> FairnessRun:
+async def import_probe_run(
+    session: AsyncSession, *, tenant_id: str, actor_key_id: str, body: FairnessRunImport
+) -> FairnessRun:
     """Record a run made by a client (the CLI's ``--save``), with a report rebuilt here."""
     run = body.run
     if len(run.responses) > MAX_RUN_PROMPTS:
-        raise _invalid(f"The run has {len(run.responses)} responses; the limit is {MAX_RUN_PROMPTS}.",
-                       "run_too_large", "run.responses")
+        raise _invalid(
+            f"The run has {len(run.responses)} responses; the limit is {MAX_RUN_PROMPTS}.",
+            "run_too_large",
+            "run.responses",
+        )
     _check_outcomes(run)
     status, error = run_status(run)
     report = None
@@ -222,18 +284,36 @@ async def import_probe_run(session: AsyncSession, *, tenant_id: str, actor_key_i
             report = await asyncio.to_thread(build_report, run, body.report_settings)
         except ValueError as exc:
             raise _invalid(f"The run cannot be analysed: {exc}", "invalid_run", "run") from None
-    summary = RunSummary(source="client", engine=run.target.engine, expansion=run.expansion,
-                         report_settings=body.report_settings, started_by_key_id=actor_key_id,
-                         progress=RunProgress(total=len(run.responses), done=len(run.responses),
-                                              errors=run.count("error")),
-                         runners=body.runners, error=error,
-                         flagged_attributes=report.flagged_attributes if report else [])
-    document = RunDocument(summary=summary, report=report.to_dict() if report else None,
-                           responses=stored_responses(run.responses))
-    row = await create_fairness_run(session, tenant_id=tenant_id, suite_id=run.suite_id,
-                                    suite_version=run.suite_version, suite_hash=run.suite_hash,
-                                    model=run.target.model, sampling=run.sampling.model_dump(mode="json"),
-                                    document=document, status=status, finished_at=run.finished_at)
+    summary = RunSummary(
+        source="client",
+        engine=run.target.engine,
+        expansion=run.expansion,
+        report_settings=body.report_settings,
+        started_by_key_id=actor_key_id,
+        progress=RunProgress(
+            total=len(run.responses), done=len(run.responses), errors=run.count("error")
+        ),
+        runners=body.runners,
+        error=error,
+        flagged_attributes=report.flagged_attributes if report else [],
+    )
+    document = RunDocument(
+        summary=summary,
+        report=report.to_dict() if report else None,
+        responses=stored_responses(run.responses),
+    )
+    row = await create_fairness_run(
+        session,
+        tenant_id=tenant_id,
+        suite_id=run.suite_id,
+        suite_version=run.suite_version,
+        suite_hash=run.suite_hash,
+        model=run.target.model,
+        sampling=run.sampling.model_dump(mode="json"),
+        document=document,
+        status=status,
+        finished_at=run.finished_at,
+    )
     await audit_probe_run(session, row, document)
     return row
 
@@ -244,15 +324,21 @@ async def compare_runs(session: AsyncSession, tenant_id: str, run_ids: list[str]
     for run_id in run_ids:
         row = await get_fairness_run(session, run_id, tenant_id)
         if row is None:
-            raise NotFound(f"No fairness run {run_id!r} in this tenant.", code="fairness_run_not_found",
-                           param="runs")
+            raise NotFound(
+                f"No fairness run {run_id!r} in this tenant.",
+                code="fairness_run_not_found",
+                param="runs",
+            )
         rows.append(row)
     reports = []
     for row in rows:
         report = run_document(row).report
         if report is None:
-            raise Conflict(f"Run {row.id!r} has no report (status {row.status!r}).",
-                           code="run_has_no_report", param="runs")
+            raise Conflict(
+                f"Run {row.id!r} has no report (status {row.status!r}).",
+                code="run_has_no_report",
+                param="runs",
+            )
         reports.append(report)
     return compare(reports)
 
@@ -262,12 +348,24 @@ async def audit_probe_run(session: AsyncSession, run: FairnessRun, document: Run
     (or is imported), in the transaction that records the outcome."""
     summary = document.summary
     await record_fairness_probe(
-        session, actor=actor_for_key(summary.started_by_key_id), tenant_id=run.tenant_id, run_id=run.id,
-        suite_id=run.suite_id, suite_version=run.suite_version, suite_hash=run.suite_hash, model=run.model,
+        session,
+        actor=actor_for_key(summary.started_by_key_id),
+        tenant_id=run.tenant_id,
+        run_id=run.id,
+        suite_id=run.suite_id,
+        suite_version=run.suite_version,
+        suite_hash=run.suite_hash,
+        model=run.model,
         status=run.status,
-        details={"source": summary.source, "engine": summary.engine, "probe_key_id": summary.probe_key_id,
-                 "runners": [r.id for r in summary.runners], "prompt_count": summary.progress.total,
-                 "answered": summary.progress.done - summary.progress.errors,
-                 "errors": summary.progress.errors, "flagged_attributes": summary.flagged_attributes,
-                 "sampling": run.sampling},
+        details={
+            "source": summary.source,
+            "engine": summary.engine,
+            "probe_key_id": summary.probe_key_id,
+            "runners": [r.id for r in summary.runners],
+            "prompt_count": summary.progress.total,
+            "answered": summary.progress.done - summary.progress.errors,
+            "errors": summary.progress.errors,
+            "flagged_attributes": summary.flagged_attributes,
+            "sampling": run.sampling,
+        },
     )

@@ -207,7 +207,9 @@ class ExpansionOptions(_Strict):
 
     max_prompts_per_group: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     attributes: list[Identifier] | None = None
-    seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] = 0  # audited: canonical JSON's range
+    seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] = (
+        0  # audited: canonical JSON's range
+    )
 
 
 class ProbePrompt(_Strict):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from control_plane.observability.collector import StateCollector
-from control_plane.observability.metrics import ControlPlaneMetrics
-from control_plane.observability.middleware import ObservabilityMiddleware, record_id
-from control_plane.observability.route import router
+from outpost.control_plane.observability.collector import StateCollector
+from outpost.control_plane.observability.metrics import ControlPlaneMetrics
+from outpost.control_plane.observability.middleware import ObservabilityMiddleware, record_id
+from outpost.control_plane.observability.route import router
 
 __all__ = ["ControlPlaneMetrics", "StateCollector", "install_observability", "record_id"]
 

@@ -18,13 +18,15 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_plane.db.models import new_id
-from control_plane.observability.metrics import ControlPlaneMetrics
-from sdk.logfmt import REQUEST_ID, new_request_id, valid_request_id
+from outpost.control_plane.db.models import new_id
+from outpost.control_plane.observability.metrics import ControlPlaneMetrics
+from outpost.sdk.logfmt import REQUEST_ID, new_request_id, valid_request_id
 
 __all__ = ["ObservabilityMiddleware", "record_id"]
 
-_GENERATED: contextvars.ContextVar[bool] = contextvars.ContextVar("outpost_request_id_generated", default=False)
+_GENERATED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "outpost_request_id_generated", default=False
+)
 
 
 def record_id() -> str:
@@ -50,7 +52,9 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None
+        )
         generated = not valid_request_id(incoming)
         rid = new_request_id() if generated else incoming
         assert rid is not None
@@ -63,8 +67,12 @@ class ObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
-                answered = next((v for k, v in message.get("headers", ()) if k.lower() == b"x-request-id"), None)
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"
+                ]
+                answered = next(
+                    (v for k, v in message.get("headers", ()) if k.lower() == b"x-request-id"), None
+                )
                 if answered is not None and answered != rid_bytes:
                     headers.append((b"x-outpost-record-id", answered))
                 headers.append((b"x-request-id", rid_bytes))
@@ -74,6 +82,8 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.metrics.observe_http(scope["method"], _route(scope), status, time.perf_counter() - started)
+            self.metrics.observe_http(
+                scope["method"], _route(scope), status, time.perf_counter() - started
+            )
             REQUEST_ID.reset(token)
             _GENERATED.reset(gen_token)

@@ -13,7 +13,7 @@ import hmac
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from control_plane.errors import ApiError
+from outpost.control_plane.errors import ApiError
 
 __all__ = ["router"]
 
@@ -29,7 +29,11 @@ async def metrics(request: Request) -> Response:
         given = request.headers.get("authorization", "")
         expected = f"Bearer {token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(401, "GET /metrics needs Authorization: Bearer <OUTPOST_METRICS_TOKEN>.",
-                           type="authentication_error", code="invalid_metrics_token",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "GET /metrics needs Authorization: Bearer <OUTPOST_METRICS_TOKEN>.",
+                type="authentication_error",
+                code="invalid_metrics_token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,9 +6,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from control_plane.observability import record_id
-from control_plane.routing.routing import Endpoint, RouteRequest
-from sdk.protocol import EndFrame, Usage
+from outpost.control_plane.observability import record_id
+from outpost.control_plane.routing.routing import Endpoint, RouteRequest
+from outpost.sdk.protocol import EndFrame, Usage
 
 __all__ = ["ENDPOINTS_BY_NAME", "ENDPOINT_PATHS", "InferenceCall"]
 
@@ -19,7 +19,9 @@ ENDPOINT_PATHS: dict[Endpoint, str] = {
     "embeddings": "/v1/embeddings",
 }
 #: The capability by the path's name under ``/v1/`` (and under the end-to-end prefix).
-ENDPOINTS_BY_NAME: dict[str, Endpoint] = {path.removeprefix("/v1/"): kind for kind, path in ENDPOINT_PATHS.items()}
+ENDPOINTS_BY_NAME: dict[str, Endpoint] = {
+    path.removeprefix("/v1/"): kind for kind, path in ENDPOINT_PATHS.items()
+}
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from control_plane.errors import ApiError
-from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["VENDOR_FIELDS", "Capped", "cap_request"]
 
@@ -52,8 +52,12 @@ class Capped:
     body: dict[str, Any]
 
 
-def cap_request(request: ChatCompletionRequest | CompletionRequest, *, limit: int,
-                window: Callable[[], int | None] = lambda: None) -> Capped:
+def cap_request(
+    request: ChatCompletionRequest | CompletionRequest,
+    *,
+    limit: int,
+    window: Callable[[], int | None] = lambda: None,
+) -> Capped:
     """Check the sequence count and token caps of ``request``; 400 for anything beyond one capped sequence.
 
     ``window()`` is the largest context window the runners serving the model declare. A request
@@ -63,22 +67,35 @@ def cap_request(request: ChatCompletionRequest | CompletionRequest, *, limit: in
     """
     _one_sequence(request)
     extra = request.model_extra or {}
-    caps: list[tuple[str, int]] = [(name, value) for name in ("max_tokens", "max_completion_tokens")
-                                   if isinstance(value := getattr(request, name, None), int)]
-    cap_fields = sorted({f for fields in VENDOR_FIELDS.values() for f, d in fields.items() if d == "cap"})
+    caps: list[tuple[str, int]] = [
+        (name, value)
+        for name in ("max_tokens", "max_completion_tokens")
+        if isinstance(value := getattr(request, name, None), int)
+    ]
+    cap_fields = sorted(
+        {f for fields in VENDOR_FIELDS.values() for f, d in fields.items() if d == "cap"}
+    )
     for name in cap_fields:
         if name in extra:
             value = _integer(name, extra[name])
             if value == -1:  # llama.cpp: "no cap"; the deployment's limit applies
                 continue
             if value < 1:
-                raise ApiError(400, f"{name} must be a positive integer or -1; got {value}.",
-                               code="invalid_request", param=name)
+                raise ApiError(
+                    400,
+                    f"{name} must be a positive integer or -1; got {value}.",
+                    code="invalid_request",
+                    param=name,
+                )
             caps.append((name, value))
     for name, value in caps:
         if value > limit:
-            raise ApiError(400, f"{name} {value} exceeds this deployment's limit of {limit}.",
-                           code="max_tokens_too_large", param=name)
+            raise ApiError(
+                400,
+                f"{name} {value} exceeds this deployment's limit of {limit}.",
+                code="max_tokens_too_large",
+                param=name,
+            )
     requested = min((v for _, v in caps), default=None)
     effective = requested if requested is not None else limit
     widest = window() if requested is None else None  # read only when needed: it scans the runners
@@ -88,8 +105,12 @@ def cap_request(request: ChatCompletionRequest | CompletionRequest, *, limit: in
     for fields in VENDOR_FIELDS.values():
         for name, decision in fields.items():
             if decision == "bounded" and name in extra and _integer(name, extra[name]) > effective:
-                raise ApiError(400, f"{name} {extra[name]} exceeds the request's token cap of {effective}.",
-                               code="invalid_request", param=name)
+                raise ApiError(
+                    400,
+                    f"{name} {extra[name]} exceeds the request's token cap of {effective}.",
+                    code="invalid_request",
+                    param=name,
+                )
     body = request.model_dump(mode="json", exclude_unset=True)
     if uncapped:
         return Capped(max_tokens=effective, requested=None, body=body)
@@ -107,21 +128,33 @@ def _one_sequence(request: ChatCompletionRequest | CompletionRequest) -> None:
         raise _several("n", f"n={request.n}", f"send {request.n} requests")
     if isinstance(request, CompletionRequest):
         if request.best_of is not None and request.best_of > 1:
-            raise _several("best_of", f"best_of={request.best_of}", "send separate requests and pick")
+            raise _several(
+                "best_of", f"best_of={request.best_of}", "send separate requests and pick"
+            )
         if (count := request.prompts()) > 1:
             raise _several("prompt", f"a list of {count} prompts", "send one request per prompt")
     extra = request.model_extra or {}
     for fields in VENDOR_FIELDS.values():
         for name, decision in fields.items():
             value = extra.get(name)
-            if decision != "one" or value is None or value is False or (type(value) is int and value == 1):
+            if (
+                decision != "one"
+                or value is None
+                or value is False
+                or (type(value) is int and value == 1)
+            ):
                 continue
             raise _several(name, f"{name}={extra[name]!r}", "send one request per sequence")
 
 
 def _several(param: str, what: str, instead: str) -> ApiError:
-    return ApiError(400, f"{what} asks for several sequences in one request; Outpost admits, schedules and bills "
-                    f"one sequence per request: {instead}.", code="multiple_sequences_unsupported", param=param)
+    return ApiError(
+        400,
+        f"{what} asks for several sequences in one request; Outpost admits, schedules and bills "
+        f"one sequence per request: {instead}.",
+        code="multiple_sequences_unsupported",
+        param=param,
+    )
 
 
 def _integer(name: str, value: object) -> int:

@@ -22,9 +22,17 @@ from typing import Protocol, TypeVar
 
 from starlette.types import Receive
 
-from control_plane.errors import ApiError
+from outpost.control_plane.errors import ApiError
 
-__all__ = ["ClientGone", "Interruptible", "client_gone", "gone_error", "interrupt_when_gone", "read_or_gone", "watch"]
+__all__ = [
+    "ClientGone",
+    "Interruptible",
+    "client_gone",
+    "gone_error",
+    "interrupt_when_gone",
+    "read_or_gone",
+    "watch",
+]
 
 T = TypeVar("T")
 
@@ -58,12 +66,18 @@ class ClientGone(Exception):
 
 def gone_error() -> ApiError:
     # Nobody reads it; the request record keeps the status (nginx's "client closed request").
-    return ApiError(499, "The client disconnected before the response started.", type="client_disconnected",
-                    code="client_disconnected")
+    return ApiError(
+        499,
+        "The client disconnected before the response started.",
+        type="client_disconnected",
+        code="client_disconnected",
+    )
 
 
 @contextmanager
-def interrupt_when_gone(gone: Callable[[], Awaitable[object]] | None, events: Interruptible) -> Iterator[None]:
+def interrupt_when_gone(
+    gone: Callable[[], Awaitable[object]] | None, events: Interruptible
+) -> Iterator[None]:
     """While inside, a return of ``gone()`` (the client left) makes the next wait on ``events`` raise :class:`ClientGone`.
 
     The events queued before the disconnect are still read (an answer that
@@ -88,8 +102,9 @@ def interrupt_when_gone(gone: Callable[[], Awaitable[object]] | None, events: In
         events.resume()
 
 
-async def read_or_gone(read: Awaitable[T], gone: Callable[[], Awaitable[object]] | None,
-                       events: Interruptible) -> T:
+async def read_or_gone(
+    read: Awaitable[T], gone: Callable[[], Awaitable[object]] | None, events: Interruptible
+) -> T:
     """Await ``read``, which waits on ``events``; raise :class:`ClientGone` there if ``gone()`` returns first.
 
     Nobody listens for a disconnect while a plain ``Response`` is being

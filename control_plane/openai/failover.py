@@ -13,22 +13,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.cluster.remote import RemoteLink
-from control_plane.errors import ApiError
-from control_plane.openai.call import InferenceCall
-from control_plane.openai.disconnect import read_or_gone
-from control_plane.openai.lifecycle import RequestLife
-from control_plane.routing.admission import HolderAdmitted, HolderRefused, Slot
-from control_plane.routing.routing import ENGINE_DOWN, RouteDecision, any_in_pools
-from control_plane.services.scheduler import RunnerGone
-from control_plane.settings import Settings
-from control_plane.state import AppState
-from control_plane.store.runners import known_model
-from control_plane.tunnel.hub import ConnectedRunner
-from control_plane.tunnel.link import RunnerLink, RunnerStream
-from control_plane.tunnel.stream import LinkClosed, response_start_problem
-from sdk.logfmt import REQUEST_ID
-from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
+from outpost.control_plane.cluster.remote import RemoteLink
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.openai.call import InferenceCall
+from outpost.control_plane.openai.disconnect import read_or_gone
+from outpost.control_plane.openai.lifecycle import RequestLife
+from outpost.control_plane.routing.admission import HolderAdmitted, HolderRefused, Slot
+from outpost.control_plane.routing.routing import ENGINE_DOWN, RouteDecision, any_in_pools
+from outpost.control_plane.services.scheduler import RunnerGone
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.state import AppState
+from outpost.control_plane.store.runners import known_model
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.control_plane.tunnel.link import RunnerLink, RunnerStream
+from outpost.control_plane.tunnel.stream import LinkClosed, response_start_problem
+from outpost.sdk.logfmt import REQUEST_ID
+from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
 
 __all__ = ["Opened", "open_with_failover"]
 
@@ -58,7 +58,9 @@ class _Search:
     """What one request's failover remembers between attempts."""
 
     deadline: float
-    failed: set[int] = field(default_factory=set)  # links that failed it (a reconnect is a new link)
+    failed: set[int] = field(
+        default_factory=set
+    )  # links that failed it (a reconnect is a new link)
     tried: set[str] = field(default_factory=set)  # runners tried: the next attempt prefers another
     last_error: str = "no runner is connected for this model"
 
@@ -87,10 +89,14 @@ async def open_with_failover(state: AppState, call: InferenceCall, life: Request
         if (error := _ineligible_error(call, life.decision)) is not None:
             raise error
         raise await _no_runner_error(state, call)
-    raise ApiError.unavailable(f"No runner could serve the request: {search.last_error}.", code="runner_failed")
+    raise ApiError.unavailable(
+        f"No runner could serve the request: {search.last_error}.", code="runner_failed"
+    )
 
 
-async def _next_runner(state: AppState, call: InferenceCall, life: RequestLife, search: _Search) -> _Picked | None:
+async def _next_runner(
+    state: AppState, call: InferenceCall, life: RequestLife, search: _Search
+) -> _Picked | None:
     """The runner to try next, waiting (until the deadline) for one to connect; None when time is up."""
     while True:
         if (picked := _pick(state, call, life, search)) is not None:
@@ -114,8 +120,9 @@ async def _refuse_hopeless(state: AppState, call: InferenceCall, life: RequestLi
         raise error
 
 
-async def _attempt(state: AppState, call: InferenceCall, life: RequestLife, search: _Search,
-                   picked: _Picked) -> Opened | None:
+async def _attempt(
+    state: AppState, call: InferenceCall, life: RequestLife, search: _Search, picked: _Picked
+) -> Opened | None:
     """Try one runner: its response start and first frame, or None to try the next."""
     runner, link = picked.runner, picked.link
     search.tried.add(runner.runner_id)
@@ -130,9 +137,15 @@ async def _attempt(state: AppState, call: InferenceCall, life: RequestLife, sear
         link = runner.usable_link() or link
     admit = _admit_at_holder(call) if link.holder_admits else None
     try:
-        stream = await link.open_stream(path=call.path, model=_runner_model(runner, call.model), body=call.body,
-                                        stream=call.stream, sealed=call.sealed, request_id=REQUEST_ID.get(),
-                                        admit=admit)
+        stream = await link.open_stream(
+            path=call.path,
+            model=_runner_model(runner, call.model),
+            body=call.body,
+            stream=call.stream,
+            sealed=call.sealed,
+            request_id=REQUEST_ID.get(),
+            admit=admit,
+        )
     except ConnectionError as exc:
         search.link_failed(link, str(exc))
         life.fail_over()
@@ -144,32 +157,51 @@ async def _attempt(state: AppState, call: InferenceCall, life: RequestLife, sear
         start, first = await read_or_gone(first_byte, call.client_gone, stream)
     except _AttemptFailed as exc:
         search.link_failed(link, exc.reason)
-        log.info("request %s: runner %s failed before first byte (%s); trying next",
-                 call.request_id, runner.runner_id, exc.reason)
+        log.info(
+            "request %s: runner %s failed before first byte (%s); trying next",
+            call.request_id,
+            runner.runner_id,
+            exc.reason,
+        )
         life.fail_over()
         return None
     life.opened(start, queued=picked.full)
     return Opened(runner, link, stream, start, first)
 
 
-async def _admit(state: AppState, call: InferenceCall, runner: ConnectedRunner, link: RunnerLink) -> Slot:
+async def _admit(
+    state: AppState, call: InferenceCall, runner: ConnectedRunner, link: RunnerLink
+) -> Slot:
     prompt_tokens = call.route.prompt_tokens
-    if link.holder_admits:  # another replica holds the runner: its one queue admits (cluster/holder.py)
-        return state.admission.relayed(call, runner, prompt_tokens=prompt_tokens, weight=call.tenant_weight)
-    return await state.admission.acquire(call, runner, prompt_tokens=prompt_tokens, weight=call.tenant_weight)
+    if (
+        link.holder_admits
+    ):  # another replica holds the runner: its one queue admits (cluster/holder.py)
+        return state.admission.relayed(
+            call, runner, prompt_tokens=prompt_tokens, weight=call.tenant_weight
+        )
+    return await state.admission.acquire(
+        call, runner, prompt_tokens=prompt_tokens, weight=call.tenant_weight
+    )
 
 
-def _pick(state: AppState, call: InferenceCall, life: RequestLife, search: _Search) -> _Picked | None:
+def _pick(
+    state: AppState, call: InferenceCall, life: RequestLife, search: _Search
+) -> _Picked | None:
     """The best runner not tried yet (else one tried on another link), its link, and whether it is full."""
     # Only runners serving the model (the hub's index); with Redis, also those other replicas hold.
     runners = state.hub.runners_for(call.model)
     if call.runner_id is not None:  # sealed to one runner (end-to-end)
         runners = [r for r in runners if r.runner_id == call.runner_id]
     # Each runner tried or link failed can skip at most one candidate: one more is always fresh.
-    decision = state.router.route(runners, call.route, limit=len(search.tried) + len(search.failed) + 1)
+    decision = state.router.route(
+        runners, call.route, limit=len(search.tried) + len(search.failed) + 1
+    )
     life.decision = decision
-    usable = [(c, ln) for c in decision.candidates
-              if (ln := c.runner.usable_link()) is not None and id(ln) not in search.failed]
+    usable = [
+        (c, ln)
+        for c in decision.candidates
+        if (ln := c.runner.usable_link()) is not None and id(ln) not in search.failed
+    ]
     fresh = [(c, ln) for c, ln in usable if c.runner.runner_id not in search.tried]
     for c, ln in fresh or usable:
         runner, owner = _owner(state, c.runner, ln, search.failed)
@@ -177,8 +209,9 @@ def _pick(state: AppState, call: InferenceCall, life: RequestLife, search: _Sear
     return None
 
 
-def _owner(state: AppState, runner: ConnectedRunner, link: RunnerLink,
-           failed: set[int]) -> tuple[ConnectedRunner, RunnerLink]:
+def _owner(
+    state: AppState, runner: ConnectedRunner, link: RunnerLink, failed: set[int]
+) -> tuple[ConnectedRunner, RunnerLink]:
     """Where the runner's one fair queue is: with tunnels on several replicas, the lowest replica id's.
 
     Every replica holding a link could admit the runner's whole capacity; so one of them,
@@ -189,8 +222,11 @@ def _owner(state: AppState, runner: ConnectedRunner, link: RunnerLink,
     if cluster is None or remote is None:
         return runner, link
     relays: list[RunnerLink] = list(remote.links)
-    owners = [ln for ln in relays if isinstance(ln, RemoteLink) and not ln.closed and not ln.draining
-              and id(ln) not in failed]
+    owners = [
+        ln
+        for ln in relays
+        if isinstance(ln, RemoteLink) and not ln.closed and not ln.draining and id(ln) not in failed
+    ]
     owner = min(owners, key=lambda ln: ln.replica_id, default=None)
     if owner is None:
         return runner, link
@@ -210,12 +246,18 @@ def _runner_model(runner: ConnectedRunner, requested: str) -> str:
 
 def _admit_at_holder(call: InferenceCall) -> dict[str, Any]:
     """What the holder's fair queue needs to admit a relayed request (cluster/holder.py)."""
-    return {"tenant_id": call.tenant_id, "api_key_id": call.api_key_id, "weight": call.tenant_weight,
-            "prompt_tokens": call.route.prompt_tokens, "max_tokens": call.usage_cap}
+    return {
+        "tenant_id": call.tenant_id,
+        "api_key_id": call.api_key_id,
+        "weight": call.tenant_weight,
+        "prompt_tokens": call.route.prompt_tokens,
+        "max_tokens": call.usage_cap,
+    }
 
 
-async def _first_byte(st: RunnerStream, settings: Settings,
-                      at_holder: Slot | None = None) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
+async def _first_byte(
+    st: RunnerStream, settings: Settings, at_holder: Slot | None = None
+) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
     """The runner's response start and first frame; ``_AttemptFailed`` when another runner may serve it.
 
     A request the holder admits (``at_holder``) waits in the holder's queue first: the
@@ -238,13 +280,18 @@ async def _first_byte(st: RunnerStream, settings: Settings,
         if isinstance(ev, HolderRefused):
             raise ev.error
         if at_holder is not None and not at_holder.started:
-            at_holder.admitted(0.0)  # a holder that does not admit (an older version) opened it at once
+            at_holder.admitted(
+                0.0
+            )  # a holder that does not admit (an older version) opened it at once
         if isinstance(ev, ResponseStartFrame):
             start = _checked_start(ev)
             continue
         if isinstance(ev, LinkClosed | ResetFrame):
-            raise _AttemptFailed(f"tunnel closed: {ev.reason}" if isinstance(ev, LinkClosed)
-                                 else f"runner reset the stream: {ev.reason}")
+            raise _AttemptFailed(
+                f"tunnel closed: {ev.reason}"
+                if isinstance(ev, LinkClosed)
+                else f"runner reset the stream: {ev.reason}"
+            )
         assert start is not None  # Stream.deliver enforces response_start first
         if isinstance(ev, EndFrame) and ev.error and start.status >= 500:
             raise _AttemptFailed(f"engine error: {ev.error}")
@@ -254,8 +301,12 @@ async def _first_byte(st: RunnerStream, settings: Settings,
 def _checked_start(start: ResponseStartFrame) -> ResponseStartFrame:
     if (problem := response_start_problem(start)) is not None:
         # Not the client's fault and not an answer to relay: the engine (or a runner) is broken.
-        raise ApiError(502, f"The runner's engine answered with {problem}.", type="server_error",
-                       code="engine_error")
+        raise ApiError(
+            502,
+            f"The runner's engine answered with {problem}.",
+            type="server_error",
+            code="engine_error",
+        )
     return start
 
 
@@ -266,16 +317,28 @@ def _ineligible_error(call: InferenceCall, decision: RouteDecision | None) -> Ap
     reasons = set(decision.excluded.values())
     route = call.route
     if reasons == {"endpoint"}:
-        return ApiError(400, f"The model '{call.model}' does not support the {route.endpoint} endpoint on any "
-                        "connected runner.", code=f"{route.endpoint}_unsupported", param="model")
+        return ApiError(
+            400,
+            f"The model '{call.model}' does not support the {route.endpoint} endpoint on any "
+            "connected runner.",
+            code=f"{route.endpoint}_unsupported",
+            param="model",
+        )
     if reasons <= ENGINE_DOWN:
-        where = ", ".join(sorted(repr(decision.excluded_names.get(i, i)) for i in decision.excluded))
-        return ApiError.unavailable(f"The engine serving '{call.model}' is unavailable (restarting or loading) "
-                                    f"on runner(s) {where}; retry shortly.")
+        where = ", ".join(
+            sorted(repr(decision.excluded_names.get(i, i)) for i in decision.excluded)
+        )
+        return ApiError.unavailable(
+            f"The engine serving '{call.model}' is unavailable (restarting or loading) "
+            f"on runner(s) {where}; retry shortly."
+        )
     if "residency" in reasons and reasons <= {"residency", "endpoint"}:
         rules = ", ".join(f"{k} in {sorted(v)}" for k, v in route.residency.items())
-        return ApiError.unavailable(f"No connected runner serving '{call.model}' satisfies this tenant's "
-                                    f"residency rules ({rules}).", code="no_eligible_runner")
+        return ApiError.unavailable(
+            f"No connected runner serving '{call.model}' satisfies this tenant's "
+            f"residency rules ({rules}).",
+            code="no_eligible_runner",
+        )
     return None
 
 
@@ -283,9 +346,14 @@ async def _no_runner_error(state: AppState, call: InferenceCall) -> ApiError:
     # Only the caller's pools count: another tenant's runners do not exist for it.
     model, route = call.model, call.route
     if any_in_pools(state.hub.runners_for(model), route):
-        return ApiError.unavailable(f"Every runner serving '{model}' is busy or draining; retry shortly.")
+        return ApiError.unavailable(
+            f"Every runner serving '{model}' is busy or draining; retry shortly."
+        )
     async with state.db.session() as session:
         if await known_model(session, model, route.pools):
             return ApiError.unavailable(f"No runner serving '{model}' is connected.")
-    return ApiError.not_found(f"The model '{model}' does not exist or no runner serves it.",
-                              code="model_not_found", param="model")
+    return ApiError.not_found(
+        f"The model '{model}' does not exist or no runner serves it.",
+        code="model_not_found",
+        param="model",
+    )

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from control_plane.db.models import RequestRecord
-from control_plane.errors import ApiError
-from control_plane.openai.call import InferenceCall
-from control_plane.openai.disconnect import ClientGone, gone_error
-from control_plane.openai.usage import clamp_usage
-from control_plane.routing.admission import Slot
-from control_plane.routing.routing import RouteDecision
-from control_plane.state import AppState
-from control_plane.tunnel.hub import ConnectedRunner
-from control_plane.tunnel.link import RunnerLink, RunnerStream
-from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
+from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.openai.call import InferenceCall
+from outpost.control_plane.openai.disconnect import ClientGone, gone_error
+from outpost.control_plane.openai.usage import clamp_usage
+from outpost.control_plane.routing.admission import Slot
+from outpost.control_plane.routing.routing import RouteDecision
+from outpost.control_plane.state import AppState
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.control_plane.tunnel.link import RunnerLink, RunnerStream
+from outpost.sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
 
 __all__ = ["Phase", "RequestLife", "bounded_usage", "spawn"]
 
@@ -49,10 +49,15 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> None:
 
 def bounded_usage(usage: Usage, call: InferenceCall, context_length: int | None = None) -> Usage:
     """Runner output is untrusted: usage cannot exceed what the request allows (:func:`clamp_usage`)."""
-    bounded = clamp_usage(usage, body_chars=len(call.body), max_tokens=call.usage_cap, context_length=context_length)
+    bounded = clamp_usage(
+        usage, body_chars=len(call.body), max_tokens=call.usage_cap, context_length=context_length
+    )
     if bounded != usage:
-        log.warning("request %s: runner reported usage %s beyond the request's bounds; clamped",
-                    call.request_id, usage.model_dump())
+        log.warning(
+            "request %s: runner reported usage %s beyond the request's bounds; clamped",
+            call.request_id,
+            usage.model_dump(),
+        )
     return bounded
 
 
@@ -92,7 +97,9 @@ class RequestLife:
         self._queued = False  # the runner was full when the request was sent (teaches the router)
         self._end: EndFrame | None = None
         self._attempt: _Attempt | None = None
-        self._slot: Slot | None = None  # the runner slot admission granted: queue wait, engine share, cost
+        self._slot: Slot | None = (
+            None  # the runner slot admission granted: queue wait, engine share, cost
+        )
         self._record: asyncio.Future[bool] | None = None
 
     # --- the request path reports what happened -------------------------------------
@@ -149,7 +156,9 @@ class RequestLife:
         """The runner's end frame: its usage, bounded by what the request allows."""
         self._end, self.phase = end, Phase.ANSWERED
         check = self.call.usage_from_receipt
-        usage = end.usage if check is None else check(end)  # a refused receipt is logged by the check
+        usage = (
+            end.usage if check is None else check(end)
+        )  # a refused receipt is logged by the check
         if usage is None:
             if check is not None:
                 self.error_type = self.error_type or "receipt_rejected"
@@ -170,12 +179,15 @@ class RequestLife:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.phase is Phase.SETTLED:
             return
         if exc is None:
-            if self.phase is not Phase.STREAMING:  # else the response body relays the rest, in its own ``with``
+            if (
+                self.phase is not Phase.STREAMING
+            ):  # else the response body relays the rest, in its own ``with``
                 await self._settle_durably()
             return
         if isinstance(exc, ApiError):
@@ -265,7 +277,9 @@ class RequestLife:
         if slot is None or answering:
             return
         if stream is not None and slot.started and reason != "failover":
-            self.runner_id = attempt.runner.runner_id  # dispatched: the engine worked, the slot is paid for
+            self.runner_id = (
+                attempt.runner.runner_id
+            )  # dispatched: the engine worked, the slot is paid for
         else:  # refused by, gone while queued at, or failed before the runner answered: nothing is billed
             slot.abandon()
             self._slot = None
@@ -282,13 +296,23 @@ class RequestLife:
 
     def _observe(self) -> None:
         """Teach the router this runner's speed from a request that completed normally."""
-        if self.status != "ok" or self.start is None or self.start.status >= 400 or self.ttft_ms is None:
+        if (
+            self.status != "ok"
+            or self.start is None
+            or self.start.status >= 400
+            or self.ttft_ms is None
+        ):
             return
         assert self.runner_id is not None
-        self.state.router.observe(self.runner_id, prompt_tokens=self.usage.prompt_tokens,
-                                  completion_tokens=self.usage.completion_tokens, ttft_s=self.ttft_ms / 1000,
-                                  total_s=time.monotonic() - self.call.started, queued=self._queued,
-                                  streamed=self.call.stream)
+        self.state.router.observe(
+            self.runner_id,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+            ttft_s=self.ttft_ms / 1000,
+            total_s=time.monotonic() - self.call.started,
+            queued=self._queued,
+            streamed=self.call.stream,
+        )
 
     def _count(self) -> None:
         """The request is over: Prometheus counters and one log line (control_plane/observability)."""
@@ -299,21 +323,47 @@ class RequestLife:
         # Model names come from clients: only served ones become label values.
         model = c.model if state.hub.is_served(c.model) else "other"
         state.metrics.observe_inference(
-            endpoint=c.path, model=model, tenant_id=c.tenant_id, outcome=status, code=code,
+            endpoint=c.path,
+            model=model,
+            tenant_id=c.tenant_id,
+            outcome=status,
+            code=code,
             ttft_s=None if self.ttft_ms is None else self.ttft_ms / 1000,
-            prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens)
-        log.info("%s %s: %s%s, runner %s, %d+%d tokens, %.0f ms, record %s", c.path, model, status,
-                 f" ({code})" if code else "", self.runner_id or "-", self.usage.prompt_tokens,
-                 self.usage.completion_tokens, (time.monotonic() - c.started) * 1000, c.request_id)
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+        )
+        log.info(
+            "%s %s: %s%s, runner %s, %d+%d tokens, %.0f ms, record %s",
+            c.path,
+            model,
+            status,
+            f" ({code})" if code else "",
+            self.runner_id or "-",
+            self.usage.prompt_tokens,
+            self.usage.completion_tokens,
+            (time.monotonic() - c.started) * 1000,
+            c.request_id,
+        )
 
     def _as_record(self) -> RequestRecord:
         c = self.call
         return RequestRecord(
-            id=c.request_id, tenant_id=c.tenant_id, api_key_id=c.api_key_id, model=c.model,
-            runner_id=self.runner_id, endpoint=c.path, stream=c.stream, e2e=c.sealed,
-            status=self.status, http_status=self.http_status, error_type=self.error_type,
-            prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens,
-            attempts=self.attempts, ttft_ms=self.ttft_ms,
-            latency_ms=(time.monotonic() - c.started) * 1000, bytes_out=self.bytes_out,
+            id=c.request_id,
+            tenant_id=c.tenant_id,
+            api_key_id=c.api_key_id,
+            model=c.model,
+            runner_id=self.runner_id,
+            endpoint=c.path,
+            stream=c.stream,
+            e2e=c.sealed,
+            status=self.status,
+            http_status=self.http_status,
+            error_type=self.error_type,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+            attempts=self.attempts,
+            ttft_ms=self.ttft_ms,
+            latency_ms=(time.monotonic() - c.started) * 1000,
+            bytes_out=self.bytes_out,
             **(self._slot.record_fields() if self._slot is not None else {}),
         )

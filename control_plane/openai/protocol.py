@@ -17,7 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "Message", "StreamOptions"]
+__all__ = [
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "Message",
+    "StreamOptions",
+]
 
 #: Rough characters per token, for routing estimates only (never for billing).
 CHARS_PER_TOKEN = 4
@@ -58,7 +64,9 @@ class _Encodable(BaseModel):
     @classmethod
     def _utf8_only(cls, data: Any) -> Any:
         if (bad := _unencodable(data)) is not None:
-            raise ValueError(f"strings must be valid Unicode (UTF-8 encodable) and numbers finite; got {bad!r}")
+            raise ValueError(
+                f"strings must be valid Unicode (UTF-8 encodable) and numbers finite; got {bad!r}"
+            )
         return data
 
 
@@ -108,8 +116,10 @@ class ChatCompletionRequest(_Base):
         return min(caps) if caps else None
 
     def estimated_prompt_tokens(self) -> int:
-        chars = sum(len(m.content) if isinstance(m.content, str) else len(str(m.content or ""))
-                    for m in self.messages)
+        chars = sum(
+            len(m.content) if isinstance(m.content, str) else len(str(m.content or ""))
+            for m in self.messages
+        )
         return chars // CHARS_PER_TOKEN + 4 * len(self.messages)  # + chat-template tokens
 
 
@@ -128,8 +138,12 @@ class CompletionRequest(_Base):
     def estimated_prompt_tokens(self) -> int:
         if isinstance(self.prompt, str):
             return len(self.prompt) // CHARS_PER_TOKEN
-        return sum(len(p) // CHARS_PER_TOKEN if isinstance(p, str) else (len(p) if isinstance(p, list) else 1)
-                   for p in self.prompt)
+        return sum(
+            len(p) // CHARS_PER_TOKEN
+            if isinstance(p, str)
+            else (len(p) if isinstance(p, list) else 1)
+            for p in self.prompt
+        )
 
 
 class EmbeddingRequest(_Encodable):
@@ -154,5 +168,9 @@ class EmbeddingRequest(_Encodable):
 
     def estimated_prompt_tokens(self) -> int:
         items = [self.input] if isinstance(self.input, str) else self.input
-        return sum(len(i) // CHARS_PER_TOKEN if isinstance(i, str) else (len(i) if isinstance(i, list) else 1)
-                   for i in items)
+        return sum(
+            len(i) // CHARS_PER_TOKEN
+            if isinstance(i, str)
+            else (len(i) if isinstance(i, list) else 1)
+            for i in items
+        )

@@ -24,7 +24,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from control_plane.openai.disconnect import (
+from outpost.control_plane.openai.disconnect import (
     ClientGone,
     Interruptible,
     client_gone,
@@ -40,7 +40,9 @@ class RelayResponse(StreamingResponse):
         self.events = events  # what the body iterator waits on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
         try:
             with interrupt_when_gone(partial(client_gone, receive), self.events):
                 async for chunk in self.body_iterator:

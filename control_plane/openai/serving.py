@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 
-from control_plane.errors import ApiError, error_body, sse_error_event
-from control_plane.openai.call import InferenceCall
-from control_plane.openai.disconnect import read_or_gone
-from control_plane.openai.failover import Opened, open_with_failover
-from control_plane.openai.lifecycle import RequestLife
-from control_plane.openai.relay_response import RelayResponse
-from control_plane.state import AppState
-from control_plane.tunnel.stream import LinkClosed
-from sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
+from outpost.control_plane.errors import ApiError, error_body, sse_error_event
+from outpost.control_plane.openai.call import InferenceCall
+from outpost.control_plane.openai.disconnect import read_or_gone
+from outpost.control_plane.openai.failover import Opened, open_with_failover
+from outpost.control_plane.openai.lifecycle import RequestLife
+from outpost.control_plane.openai.relay_response import RelayResponse
+from outpost.control_plane.state import AppState
+from outpost.control_plane.tunnel.stream import LinkClosed
+from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
 
 __all__ = ["InferenceCall", "serve_inference"]
 
@@ -35,18 +35,29 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
     async with RequestLife(state, call) as life:
         budget = await state.admission.check_budget(state.db, call)
         opened = await open_with_failover(state, call, life)
-        headers = {"x-request-id": call.request_id, "x-outpost-runner": opened.runner.runner_id,
-                   **budget.headers()}
+        headers = {
+            "x-request-id": call.request_id,
+            "x-outpost-runner": opened.runner.runner_id,
+            **budget.headers(),
+        }
         if life.decision is not None:
             headers["x-outpost-routing"] = life.decision.header()
         if life.relays:
             # The body takes the request over (and the background task settles one that never ran).
-            return RelayResponse(_relay_stream(life, opened), opened.stream, media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"},
-                                 background=BackgroundTask(life.close))
+            return RelayResponse(
+                _relay_stream(life, opened),
+                opened.stream,
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+                background=BackgroundTask(life.close),
+            )
         body = await _collect(life, opened)
-        return Response(body, status_code=life.http_status, media_type=opened.start.content_type,
-                        headers=headers)
+        return Response(
+            body,
+            status_code=life.http_status,
+            media_type=opened.start.content_type,
+            headers=headers,
+        )
 
 
 async def _events(opened: Opened) -> AsyncIterator[DataFrame | EndFrame | ResetFrame | LinkClosed]:
@@ -83,11 +94,19 @@ async def _relay_stream(life: RequestLife, opened: Opened) -> AsyncIterator[str]
                 life.ended(ev)
                 if ev.error:
                     life.failed("engine_error")
-                    tail = sse_error_event(ev.error, "server_error", "engine_error").decode() + _DONE
-            elif not life.answered_in_full:  # gone after answering, the answer stands (without usage)
+                    tail = (
+                        sse_error_event(ev.error, "server_error", "engine_error").decode() + _DONE
+                    )
+            elif (
+                not life.answered_in_full
+            ):  # gone after answering, the answer stands (without usage)
                 life.lost()
-                tail = sse_error_event(f"The runner stopped mid-stream: {ev.reason}", "server_error",
-                                       "runner_lost").decode() + _DONE
+                tail = (
+                    sse_error_event(
+                        f"The runner stopped mid-stream: {ev.reason}", "server_error", "runner_lost"
+                    ).decode()
+                    + _DONE
+                )
     if tail:
         yield tail
 
@@ -113,10 +132,16 @@ async def _read_body(life: RequestLife, opened: Opened, parts: list[str]) -> Non
         elif isinstance(ev, EndFrame):
             life.ended(ev)
             if ev.error:
-                raise ApiError(502, f"The engine failed: {ev.error}", type="server_error", code="engine_error")
+                raise ApiError(
+                    502, f"The engine failed: {ev.error}", type="server_error", code="engine_error"
+                )
         else:
-            raise ApiError(502, f"The runner stopped before answering: {ev.reason}",
-                           type="server_error", code="runner_lost")
+            raise ApiError(
+                502,
+                f"The runner stopped before answering: {ev.reason}",
+                type="server_error",
+                code="runner_lost",
+            )
 
 
 def _as_error_envelope(body: str, status: int) -> str:

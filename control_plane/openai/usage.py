@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sdk.protocol import Usage
+from outpost.sdk.protocol import Usage
 
 __all__ = ["clamp_usage"]
 
 
-def clamp_usage(usage: Usage, *, body_chars: int, max_tokens: int | None,
-                context_length: int | None = None) -> Usage:
+def clamp_usage(
+    usage: Usage, *, body_chars: int, max_tokens: int | None, context_length: int | None = None
+) -> Usage:
     """No more than the request allows: a completion has at most ``max_tokens`` tokens and a prompt at
     most one token per character of the request body, so a lying runner cannot bill a tenant for more
     than the request could have cost. ``max_tokens`` is the cap the engine was sent: the client's, or
@@ -18,7 +19,9 @@ def clamp_usage(usage: Usage, *, body_chars: int, max_tokens: int | None,
     too, so the prompt bound holds for token-id prompts. ``context_length``, when the runner declared
     one for the model, bounds each of them too (a runner could declare a huge one: it is only a bound). Used where the request is priced
     (openai/serving.py) and where a relayed request's tenant counter is charged (cluster/holder.py)."""
-    completion = usage.completion_tokens if max_tokens is None else min(usage.completion_tokens, max_tokens)
+    completion = (
+        usage.completion_tokens if max_tokens is None else min(usage.completion_tokens, max_tokens)
+    )
     prompt = min(usage.prompt_tokens, body_chars)
     if context_length is not None:  # the model's window, as its runner declared it, holds both
         prompt, completion = min(prompt, context_length), min(completion, context_length)

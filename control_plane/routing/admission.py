@@ -48,23 +48,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from control_plane.db.engine import Database
-from control_plane.db.models import utcnow
-from control_plane.errors import ApiError
-from control_plane.routing.load import runner_status
-from control_plane.services.budgets import BudgetGuard, BudgetVerdict
-from control_plane.services.cost import EngineShare, EngineSpan, EngineTimeMeter, cost_for_request
-from control_plane.services.scheduler import (
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.routing.load import runner_status
+from outpost.control_plane.services.budgets import BudgetGuard, BudgetVerdict
+from outpost.control_plane.services.cost import (
+    EngineShare,
+    EngineSpan,
+    EngineTimeMeter,
+    cost_for_request,
+)
+from outpost.control_plane.services.scheduler import (
     Abandoned,
     FairScheduler,
     QueueFull,
     QueueTimeout,
     Ticket,
 )
-from control_plane.services.service_fairness import ServiceFairness
-from control_plane.settings import Settings
-from control_plane.tunnel.hub import ConnectedRunner
-from sdk.protocol import Usage
+from outpost.control_plane.services.service_fairness import ServiceFairness
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.sdk.protocol import Usage
 
 __all__ = ["Admission", "AdmissionRequest", "HolderAdmitted", "HolderRefused", "Slot"]
 
@@ -78,6 +83,7 @@ class AdmissionRequest(Protocol):
     def tenant_id(self) -> str: ...
     @property
     def api_key_id(self) -> str | None: ...
+
     # Optional, read with getattr: ``client_gone``, a callable whose awaitable
     # returns when the client has disconnected (openai/disconnect.py); ``model``,
     # the requested model name or alias, which picks the engine's queue on a
@@ -85,9 +91,15 @@ class AdmissionRequest(Protocol):
 
 
 class Admission:
-    def __init__(self, *, scheduler: FairScheduler | None = None, meter: EngineTimeMeter | None = None,
-                 fairness: ServiceFairness | None = None, budgets: BudgetGuard | None = None,
-                 queue_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        scheduler: FairScheduler | None = None,
+        meter: EngineTimeMeter | None = None,
+        fairness: ServiceFairness | None = None,
+        budgets: BudgetGuard | None = None,
+        queue_timeout_s: float | None = None,
+    ) -> None:
         self.scheduler = scheduler or FairScheduler()
         self.meter = meter or EngineTimeMeter()
         # A wait under 1 ms is a free slot, not a backlog.
@@ -100,14 +112,25 @@ class Admission:
         self._engine_keys: dict[str, set[str]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, wall_clock: Callable[[], datetime] = utcnow,
-                      clock: Callable[[], float] = time.monotonic) -> Admission:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        wall_clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Admission:
         """``wall_clock`` decides budget periods and record times; ``clock`` times queues and engine use."""
         return cls(
-            scheduler=FairScheduler(policy=settings.scheduler_policy, max_queue_per_runner=settings.scheduler_max_queue,
-                                    max_queue_per_tenant=settings.scheduler_max_queue_per_tenant, clock=clock),
+            scheduler=FairScheduler(
+                policy=settings.scheduler_policy,
+                max_queue_per_runner=settings.scheduler_max_queue,
+                max_queue_per_tenant=settings.scheduler_max_queue_per_tenant,
+                clock=clock,
+            ),
             meter=EngineTimeMeter(clock),
-            fairness=ServiceFairness(window_s=settings.fairness_window_s, backlog_wait_s=0.001, clock=clock),
+            fairness=ServiceFairness(
+                window_s=settings.fairness_window_s, backlog_wait_s=0.001, clock=clock
+            ),
             budgets=BudgetGuard(cache_s=settings.budget_cache_s, clock=wall_clock, monotonic=clock),
             queue_timeout_s=settings.scheduler_queue_timeout_s,
         )
@@ -135,7 +158,11 @@ class Admission:
             name = info.name if info is not None else model
             for engine in status.engines:
                 if name in engine.models:
-                    return f"{runner.runner_id}#{engine.models[0]}", engine.capacity, engine.headroom
+                    return (
+                        f"{runner.runner_id}#{engine.models[0]}",
+                        engine.capacity,
+                        engine.headroom,
+                    )
         return runner.runner_id, max(runner.capacity, 1), status.headroom
 
     def _sync_capacity(self, runner: ConnectedRunner, model: str | None) -> str:
@@ -160,15 +187,25 @@ class Admission:
             retry = over.retry_after_s(verdict.now)
             scope = "key's" if over.scope == "key" else "tenant's"
             raise ApiError(
-                429, f"The {scope} {over.describe().split(' ', 1)[1]} is exhausted (spent ${over.spent_usd:.2f}); "
-                f"it resets at {over.period_end.isoformat()}.", type="budget_exceeded", code="budget_exceeded",
-                headers={"Retry-After": str(retry)})
+                429,
+                f"The {scope} {over.describe().split(' ', 1)[1]} is exhausted (spent ${over.spent_usd:.2f}); "
+                f"it resets at {over.period_end.isoformat()}.",
+                type="budget_exceeded",
+                code="budget_exceeded",
+                headers={"Retry-After": str(retry)},
+            )
         return verdict
 
     # -- slots -----------------------------------------------------------------
 
-    async def acquire(self, call: AdmissionRequest, runner: ConnectedRunner, *, prompt_tokens: int,
-                      weight: float = 1.0) -> Slot:
+    async def acquire(
+        self,
+        call: AdmissionRequest,
+        runner: ConnectedRunner,
+        *,
+        prompt_tokens: int,
+        weight: float = 1.0,
+    ) -> Slot:
         """Wait for a slot on ``runner`` in its fair queue.
 
         Raises 429 ``queue_full``, 503 ``queue_timeout`` or, when the client
@@ -180,36 +217,67 @@ class Admission:
         key = self._sync_capacity(runner, getattr(call, "model", None))
         runner.queued += 1
         try:
-            ticket = await self.scheduler.acquire(key, call.tenant_id, max(prompt_tokens, 0),
-                                                  weight=weight if weight > 0 else 1.0,
-                                                  timeout=self.queue_timeout_s,
-                                                  gone=getattr(call, "client_gone", None))
+            ticket = await self.scheduler.acquire(
+                key,
+                call.tenant_id,
+                max(prompt_tokens, 0),
+                weight=weight if weight > 0 else 1.0,
+                timeout=self.queue_timeout_s,
+                gone=getattr(call, "client_gone", None),
+            )
         except Abandoned:
-            raise ApiError(499, "The client disconnected while the request was queued.", type="client_disconnected",
-                           code="client_disconnected") from None
+            raise ApiError(
+                499,
+                "The client disconnected while the request was queued.",
+                type="client_disconnected",
+                code="client_disconnected",
+            ) from None
         except QueueFull as exc:
             self.fairness.record_rejection(call.tenant_id)
             which = "this tenant's share of the queue" if exc.scope == "tenant" else "the queue"
-            raise ApiError(429, f"Runner '{runner.name}' is busy and {which} is full; retry shortly.",
-                           type="queue_full", code="queue_full", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                429,
+                f"Runner '{runner.name}' is busy and {which} is full; retry shortly.",
+                type="queue_full",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
         except QueueTimeout:
             self.fairness.record_rejection(call.tenant_id)
-            raise ApiError(503, f"No slot on runner '{runner.name}' within {self.queue_timeout_s:g}s.",
-                           type="queue_timeout", code="queue_timeout", headers={"Retry-After": "5"}) from None
+            raise ApiError(
+                503,
+                f"No slot on runner '{runner.name}' within {self.queue_timeout_s:g}s.",
+                type="queue_timeout",
+                code="queue_timeout",
+                headers={"Retry-After": "5"},
+            ) from None
         finally:
             runner.queued -= 1
         self.fairness.record_queue_wait(call.tenant_id, ticket.queue_wait_s)
         return Slot(self, call, runner, ticket, self.meter.start(runner.runner_id))
 
-    def relayed(self, call: AdmissionRequest, runner: ConnectedRunner, *, prompt_tokens: int,
-                weight: float = 1.0) -> Slot:
+    def relayed(
+        self,
+        call: AdmissionRequest,
+        runner: ConnectedRunner,
+        *,
+        prompt_tokens: int,
+        weight: float = 1.0,
+    ) -> Slot:
         """A slot for a request the runner's holder admits (another replica): no local queue or slot.
 
         Its engine-time span starts when the holder admits it (:meth:`Slot.admitted`).
         """
         now = self.scheduler.clock()
-        ticket = Ticket(0, runner.runner_id, call.tenant_id, weight if weight > 0 else 1.0, max(prompt_tokens, 0),
-                        now, dispatched_at=now)
+        ticket = Ticket(
+            0,
+            runner.runner_id,
+            call.tenant_id,
+            weight if weight > 0 else 1.0,
+            max(prompt_tokens, 0),
+            now,
+            dispatched_at=now,
+        )
         return Slot(self, call, runner, ticket, None)
 
     # -- metrics ---------------------------------------------------------------
@@ -222,22 +290,30 @@ class Admission:
         anonymous labels, so no tenant learns another's id or traffic by name.
         """
         sched = self.scheduler.snapshot()
-        self.fairness.mark_backlogged({t for r in sched["runners"].values() for t in r["queued_by_tenant"]})
+        self.fairness.mark_backlogged(
+            {t for r in sched["runners"].values() for t in r["queued_by_tenant"]}
+        )
         fair = dict(self.fairness.snapshot())
         labels: dict[str, str] = {tenant_id: tenant_id}
 
         def label(t: str) -> str:
             return labels.setdefault(t, f"other-{len(labels)}")
 
-        fair["tenants"] = {label(t): v for t, v in sorted(fair["tenants"].items(), key=lambda kv: kv[0] != tenant_id)}
+        fair["tenants"] = {
+            label(t): v
+            for t, v in sorted(fair["tenants"].items(), key=lambda kv: kv[0] != tenant_id)
+        }
         runners = {}
         for runner_id, r in sched["runners"].items():
             if self._engine_keys.get(runner_id) and not (r["in_flight"] or r["queued"]):
                 # The hello's runner-wide queue, unused once the status listed the engines.
                 continue
             runners[runner_id] = {
-                "capacity": r["capacity"], "headroom": r["headroom"], "in_flight": r["in_flight"],
-                "in_headroom": r["in_headroom"], "queued": r["queued"],
+                "capacity": r["capacity"],
+                "headroom": r["headroom"],
+                "in_flight": r["in_flight"],
+                "in_headroom": r["in_headroom"],
+                "queued": r["queued"],
                 "abandoned": r["abandoned"],
                 "queued_by_tenant": {label(t): n for t, n in r["queued_by_tenant"].items()},
                 "in_flight_by_tenant": {label(t): n for t, n in r["in_flight_by_tenant"].items()},
@@ -271,8 +347,14 @@ class _Priced:
 class Slot:
     """A request admitted to a runner: hold it while the runner works, then finish it once."""
 
-    def __init__(self, admission: Admission, call: AdmissionRequest, runner: ConnectedRunner, ticket: Ticket,
-                 span: EngineSpan | None) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        call: AdmissionRequest,
+        runner: ConnectedRunner,
+        ticket: Ticket,
+        span: EngineSpan | None,
+    ) -> None:
         self._admission = admission
         self.call = call
         self.runner = runner
@@ -298,7 +380,9 @@ class Slot:
         """The holder admitted this relayed request after ``queue_wait_s`` in its queue: the engine starts."""
         if self._span is None and self.priced is None:
             self.ticket.dispatched_at = self.ticket.enqueued_at + max(queue_wait_s, 0.0)
-            self._span = self._admission.meter.start(self.runner.runner_id)  # the holder recorded the wait
+            self._span = self._admission.meter.start(
+                self.runner.runner_id
+            )  # the holder recorded the wait
 
     def finish_at_holder(self, usage: Usage | None) -> None:
         """The holder's side of a relayed request is over: charge its counter, free the slot. Idempotent.
@@ -309,8 +393,11 @@ class Slot:
             return
         adm = self._admission
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-            adm.scheduler.charge(self.ticket, prompt_tokens=usage.prompt_tokens,
-                                 completion_tokens=usage.completion_tokens)
+            adm.scheduler.charge(
+                self.ticket,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
         adm.scheduler.release(self.ticket)
         share = adm.meter.finish(self._span) if self._span is not None else EngineShare(0.0, 0.0)
         self.priced = _Priced(share, 0.0, 0.0, adm.budgets.clock())
@@ -326,24 +413,34 @@ class Slot:
         if self.priced is not None:
             return
         adm, tenant = self._admission, self.call.tenant_id
-        if not self.local:  # the holder charges its counter; here only what the record and metrics need
+        if (
+            not self.local
+        ):  # the holder charges its counter; here only what the record and metrics need
             if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
                 self.ticket.prompt_tokens_charged = usage.prompt_tokens
                 self.ticket.completion_tokens_charged = usage.completion_tokens
         elif usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             # Before release: the next dispatch must see this tenant's real service.
-            adm.scheduler.charge(self.ticket, prompt_tokens=usage.prompt_tokens,
-                                 completion_tokens=usage.completion_tokens)
+            adm.scheduler.charge(
+                self.ticket,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
         adm.scheduler.release(self.ticket)
         share = adm.meter.finish(self._span) if self._span is not None else EngineShare(0.0, 0.0)
         rate = self.runner.usd_per_second
         cost = cost_for_request(rate, share.wall_seconds, min(share.concurrent_share, 1.0))
         self.priced = _Priced(share, rate, cost, adm.budgets.clock())
-        adm.budgets.add_spend(self.call.request_id, tenant, self.call.api_key_id, cost, self.priced.at)
+        adm.budgets.add_spend(
+            self.call.request_id, tenant, self.call.api_key_id, cost, self.priced.at
+        )
         adm.fairness.record_request(tenant)
-        adm.fairness.record_service(tenant, prompt_tokens=self.ticket.prompt_tokens_charged,
-                                    completion_tokens=self.ticket.completion_tokens_charged,
-                                    weight=self.ticket.weight)
+        adm.fairness.record_service(
+            tenant,
+            prompt_tokens=self.ticket.prompt_tokens_charged,
+            completion_tokens=self.ticket.completion_tokens_charged,
+            weight=self.ticket.weight,
+        )
         if ttft_ms is not None:
             adm.fairness.record_ttft(tenant, ttft_ms / 1000)
 
@@ -360,6 +457,9 @@ class Slot:
         """Columns of the request record this slot fills (``created_at`` is when it was priced)."""
         fields: dict[str, Any] = {"queue_ms": self.ticket.queue_wait_s * 1000}
         if self.priced is not None:
-            fields.update(engine_share_s=self.priced.share.share_seconds, cost_usd=self.priced.cost_usd,
-                          created_at=self.priced.at)
+            fields.update(
+                engine_share_s=self.priced.share.share_seconds,
+                cost_usd=self.priced.cost_usd,
+                created_at=self.priced.at,
+            )
         return fields

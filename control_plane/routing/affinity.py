@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
+from outpost.control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["AffinityTable", "affinity_keys"]
 
@@ -39,7 +39,9 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()[:32]
 
 
-def affinity_keys(tenant_id: str, request: ChatCompletionRequest | CompletionRequest) -> tuple[str, ...]:
+def affinity_keys(
+    tenant_id: str, request: ChatCompletionRequest | CompletionRequest
+) -> tuple[str, ...]:
     """Keys for ``request``, most specific first; empty when it has nothing to key on.
 
     * ``prompt_cache_key`` (an OpenAI request field) names the conversation
@@ -97,8 +99,12 @@ class AffinityTable:
     runner has most likely reused the slot, and the affinity is worth nothing.
     """
 
-    def __init__(self, ttl_s: float = 600.0, max_entries: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_s: float = 600.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._clock = clock

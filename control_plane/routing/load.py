@@ -10,10 +10,16 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from control_plane.tunnel.hub import ConnectedRunner
-from control_plane.tunnel.link import RunnerLoad
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.control_plane.tunnel.link import RunnerLoad
 
-__all__ = ["DEFAULT_DECODE_TPS", "PREFILL_OVER_DECODE", "ExternalLoad", "RunnerStats", "runner_status"]
+__all__ = [
+    "DEFAULT_DECODE_TPS",
+    "PREFILL_OVER_DECODE",
+    "ExternalLoad",
+    "RunnerStats",
+    "runner_status",
+]
 
 #: Decode speed assumed until a runner has been observed (tokens/s of one request).
 DEFAULT_DECODE_TPS = 20.0
@@ -32,7 +38,6 @@ def runner_status(runner: ConnectedRunner) -> RunnerLoad:
 
 def _updated_at(load: RunnerLoad) -> float:
     return load.updated_at
-
 
 
 class ExternalLoad:
@@ -81,12 +86,18 @@ class ExternalLoad:
             return 0
         st = runner_status(runner)
         changes = self._changes.get(runner.runner_id)
-        last = changes[-1] if changes else None  # a new tuple per change: identity marks the history
+        last = (
+            changes[-1] if changes else None
+        )  # a new tuple per change: identity marks the history
         known = self._answers.get(runner.runner_id)
         # Every change of ours noted after the report came later than it, outside its window: the
         # answer stands until the next report (a scan of up to ``history`` changes per request
         # before). Only before our first change does it follow the in-flight count.
-        if known is not None and known[0] is st and (known[1] is not None or known[2] == runner.in_flight):
+        if (
+            known is not None
+            and known[0] is st
+            and (known[1] is not None or known[2] == runner.in_flight)
+        ):
             return known[3]
         ours = self.ours_during(runner, st.updated_at - self.window_s, st.updated_at)
         answer = max(0, st.running + st.waiting - ours)
@@ -112,8 +123,17 @@ class RunnerStats:
     def prefill_tps(self) -> float:
         return (self.decode_tps or DEFAULT_DECODE_TPS) * PREFILL_OVER_DECODE
 
-    def observe(self, *, prompt_tokens: int, completion_tokens: int, ttft_s: float, total_s: float,
-                queued: bool, streamed: bool, alpha: float) -> None:
+    def observe(
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttft_s: float,
+        total_s: float,
+        queued: bool,
+        streamed: bool,
+        alpha: float,
+    ) -> None:
         if streamed:
             # The first token comes after the wait and the prefill; the rest at decode speed.
             decode_s, decode_tokens = total_s - ttft_s, completion_tokens - 1

@@ -33,20 +33,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
-from control_plane.routing.affinity import AffinityTable
-from control_plane.routing.load import (
+from outpost.control_plane.routing.affinity import AffinityTable
+from outpost.control_plane.routing.load import (
     DEFAULT_DECODE_TPS,
     PREFILL_OVER_DECODE,
     ExternalLoad,
     RunnerStats,
     runner_status,
 )
-from control_plane.services.cost import HourlyCost, expected_cost
-from control_plane.tunnel.hub import ConnectedRunner
-from sdk.pricing import hourly_rate
+from outpost.control_plane.services.cost import HourlyCost, expected_cost
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.sdk.pricing import hourly_rate
 
 if TYPE_CHECKING:
-    from control_plane.settings import Settings
+    from outpost.control_plane.settings import Settings
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
@@ -124,8 +124,11 @@ class RouterConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouterConfig:
-        return cls(strategy=settings.routing_strategy, affinity=settings.routing_affinity,
-                   affinity_epsilon=settings.routing_affinity_epsilon)
+        return cls(
+            strategy=settings.routing_strategy,
+            affinity=settings.routing_affinity,
+            affinity_epsilon=settings.routing_affinity_epsilon,
+        )
 
 
 # --- eligibility -------------------------------------------------------------------
@@ -187,8 +190,13 @@ class Estimate:
         return self.wait_s + self.service_s
 
 
-def estimate(runner: ConnectedRunner, req: RouteRequest, stats: RunnerStats | None,
-             config: RouterConfig, external: int = 0) -> Estimate:
+def estimate(
+    runner: ConnectedRunner,
+    req: RouteRequest,
+    stats: RunnerStats | None,
+    config: RouterConfig,
+    external: int = 0,
+) -> Estimate:
     """Expected wait, service time and cost of ``req`` on ``runner`` at its current load.
 
     service = prompt / prefill_tps + output / decode_tps, slowed by
@@ -206,8 +214,13 @@ def estimate(runner: ConnectedRunner, req: RouteRequest, stats: RunnerStats | No
     pressure = max(0.0, kv - 0.8) / 0.2
     service = base * (1 + config.share_penalty * (utilisation + pressure))
     wait = math.ceil((load + 1 - cap) / cap) * service if load >= cap else 0.0
-    cost = expected_cost(HourlyCost(usd_per_hour(runner.cost, config.default_usd_per_hour)),
-                         req.prompt_tokens, output, decode, prefill_tokens_per_second=prefill)
+    cost = expected_cost(
+        HourlyCost(usd_per_hour(runner.cost, config.default_usd_per_hour)),
+        req.prompt_tokens,
+        output,
+        decode,
+        prefill_tokens_per_second=prefill,
+    )
     return Estimate(load=load, wait_s=wait, service_s=service, cost_usd=cost)
 
 
@@ -249,7 +262,12 @@ class _Scored:
     order: list[int]  # indices, best first under the policy
 
     def candidate(self, i: int) -> Candidate:
-        est = Estimate(load=self.loads[i], wait_s=self.waits[i], service_s=self.services[i], cost_usd=self.costs[i])
+        est = Estimate(
+            load=self.loads[i],
+            wait_s=self.waits[i],
+            service_s=self.services[i],
+            cost_usd=self.costs[i],
+        )
         return Candidate(self.runners[i], est, self.scores[i])
 
     def index(self, runner_id: str) -> int | None:
@@ -257,8 +275,13 @@ class _Scored:
         return i if i < len(self.runners) and self.runners[i].runner_id == runner_id else None
 
 
-def _score(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
-           config: RouterConfig, external: Callable[[ConnectedRunner], int]) -> _Scored:
+def _score(
+    runners: Iterable[ConnectedRunner],
+    req: RouteRequest,
+    stats: Mapping[str, RunnerStats],
+    config: RouterConfig,
+    external: Callable[[ConnectedRunner], int],
+) -> _Scored:
     """:func:`estimate` for every runner, then the policy's order; one loop, the same arithmetic.
 
     The loop repeats :func:`estimate` inline (a call per runner cost more than
@@ -266,7 +289,11 @@ def _score(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping
     """
     ordered = sorted(runners, key=_runner_id)
     output = 0 if req.endpoint == "embeddings" else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
-    prompt, penalty, default_rate = req.prompt_tokens, config.share_penalty, config.default_usd_per_hour
+    prompt, penalty, default_rate = (
+        req.prompt_tokens,
+        config.share_penalty,
+        config.default_usd_per_hour,
+    )
     loads: list[int] = []
     caps: list[int] = []
     waits: list[float] = []
@@ -307,8 +334,13 @@ def _score(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping
     return _Scored(ordered, loads, caps, waits, services, costs, scores, order)
 
 
-def rank(runners: Iterable[ConnectedRunner], req: RouteRequest, stats: Mapping[str, RunnerStats],
-         config: RouterConfig, external: Callable[[ConnectedRunner], int] = lambda _: 0) -> list[Candidate]:
+def rank(
+    runners: Iterable[ConnectedRunner],
+    req: RouteRequest,
+    stats: Mapping[str, RunnerStats],
+    config: RouterConfig,
+    external: Callable[[ConnectedRunner], int] = lambda _: 0,
+) -> list[Candidate]:
     """Eligible runners, best first under ``req.policy``. Ties go to the lower id (stable)."""
     scored = _score(runners, req, stats, config, external)
     return [scored.candidate(i) for i in scored.order]
@@ -337,13 +369,24 @@ def bounded_load_ok(target: Candidate, candidates: Sequence[Candidate], epsilon:
     full runner is not used while another has a free slot, since waiting for
     a slot costs a whole request's time and a cache miss only a prefill.
     """
-    return _within_bound(target.estimate.load, target.runner.capacity,
-                         sum(c.estimate.load for c in candidates), sum(max(c.runner.capacity, 1) for c in candidates),
-                         epsilon, lambda: all(c.estimate.load >= c.runner.capacity for c in candidates))
+    return _within_bound(
+        target.estimate.load,
+        target.runner.capacity,
+        sum(c.estimate.load for c in candidates),
+        sum(max(c.runner.capacity, 1) for c in candidates),
+        epsilon,
+        lambda: all(c.estimate.load >= c.runner.capacity for c in candidates),
+    )
 
 
-def _within_bound(load: int, capacity: int, total_load: int, total_capacity: int, epsilon: float,
-                  all_full: Callable[[], bool]) -> bool:
+def _within_bound(
+    load: int,
+    capacity: int,
+    total_load: int,
+    total_capacity: int,
+    epsilon: float,
+    all_full: Callable[[], bool],
+) -> bool:
     """:func:`bounded_load_ok` on sums; ``all_full`` is asked only when the target is full."""
     bound = math.ceil((1 + epsilon) * (total_load + 1) * max(capacity, 1) / total_capacity)
     if load + 1 > max(bound, 1):
@@ -373,17 +416,21 @@ class RouteDecision:
 class Router:
     """Ranking plus the two things it remembers: conversations' runners and runner speeds."""
 
-    def __init__(self, config: RouterConfig | None = None, *,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, config: RouterConfig | None = None, *, clock: Callable[[], float] | None = None
+    ) -> None:
         self.config = config or RouterConfig()
         kwargs = {"clock": clock} if clock is not None else {}
-        self.affinity = AffinityTable(self.config.affinity_ttl_s, self.config.affinity_max_entries, **kwargs)
+        self.affinity = AffinityTable(
+            self.config.affinity_ttl_s, self.config.affinity_max_entries, **kwargs
+        )
         self.stats: dict[str, RunnerStats] = {}
         self.external = ExternalLoad()
         self._rr = itertools.count()
 
-    def route(self, runners: Iterable[ConnectedRunner], req: RouteRequest, *,
-              limit: int | None = None) -> RouteDecision:
+    def route(
+        self, runners: Iterable[ConnectedRunner], req: RouteRequest, *, limit: int | None = None
+    ) -> RouteDecision:
         """The candidates for ``req``, best first; with ``limit``, only the first ``limit`` of them.
 
         The affinity check still weighs every eligible runner, so a limit
@@ -412,7 +459,9 @@ class Router:
                 if self._keeps(scored, i):
                     affinity = "hit"
                     target = scored.candidate(i)
-                    ranked = [target, *(c for c in ranked if c.runner is not target.runner)][:len(top)]
+                    ranked = [target, *(c for c in ranked if c.runner is not target.runner)][
+                        : len(top)
+                    ]
                 else:
                     affinity = "overloaded"
         return RouteDecision(ranked, req.policy, affinity, excluded, names)
@@ -420,19 +469,37 @@ class Router:
     def _keeps(self, scored: _Scored, i: int) -> bool:
         """May runner ``i`` keep its conversation? :func:`bounded_load_ok`, and not much worse than the best."""
         loads, runners = scored.loads, scored.runners
-        ok = _within_bound(loads[i], runners[i].capacity, sum(loads), sum(scored.caps), self.config.affinity_epsilon,
-                           lambda: all(ld >= r.capacity for ld, r in zip(loads, runners, strict=True)))
-        return ok and scored.scores[i] <= scored.scores[scored.order[0]] * (1 + self.config.affinity_max_regret)
+        ok = _within_bound(
+            loads[i],
+            runners[i].capacity,
+            sum(loads),
+            sum(scored.caps),
+            self.config.affinity_epsilon,
+            lambda: all(ld >= r.capacity for ld, r in zip(loads, runners, strict=True)),
+        )
+        return ok and scored.scores[i] <= scored.scores[scored.order[0]] * (
+            1 + self.config.affinity_max_regret
+        )
 
-    def _round_robin(self, eligible: list[ConnectedRunner], req: RouteRequest,
-                     excluded: dict[str, str], names: dict[str, str], limit: int | None) -> RouteDecision:
+    def _round_robin(
+        self,
+        eligible: list[ConnectedRunner],
+        req: RouteRequest,
+        excluded: dict[str, str],
+        names: dict[str, str],
+        limit: int | None,
+    ) -> RouteDecision:
         # The benchmark baseline: no policy, no load, no affinity.
         eligible.sort(key=_runner_id)
         if eligible:
             k = next(self._rr) % len(eligible)
             eligible = (eligible[k:] + eligible[:k])[:limit]
-        cands = [Candidate(r, estimate(r, req, self.stats.get(r.runner_id), self.config, self.external(r)), 1.0)
-                 for r in eligible]
+        cands = [
+            Candidate(
+                r, estimate(r, req, self.stats.get(r.runner_id), self.config, self.external(r)), 1.0
+            )
+            for r in eligible
+        ]
         return RouteDecision(cands, req.policy, "off", excluded, names)
 
     def started(self, runner: ConnectedRunner) -> None:
@@ -449,8 +516,23 @@ class Router:
         if self.config.affinity and req.affinity_keys:
             self.affinity.remember(req.affinity_keys, runner_id)
 
-    def observe(self, runner_id: str, *, prompt_tokens: int, completion_tokens: int, ttft_s: float,
-                total_s: float, queued: bool, streamed: bool) -> None:
+    def observe(
+        self,
+        runner_id: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttft_s: float,
+        total_s: float,
+        queued: bool,
+        streamed: bool,
+    ) -> None:
         self.stats.setdefault(runner_id, RunnerStats()).observe(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ttft_s=ttft_s,
-            total_s=total_s, queued=queued, streamed=streamed, alpha=self.config.ewma_alpha)
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            ttft_s=ttft_s,
+            total_s=total_s,
+            queued=queued,
+            streamed=streamed,
+            alpha=self.config.ewma_alpha,
+        )

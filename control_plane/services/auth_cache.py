@@ -36,16 +36,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from control_plane.db.engine import Database
-from control_plane.db.models import utcnow
-from control_plane.security import parse_secret
-from control_plane.settings import Settings
-from control_plane.store.changes import ALL_TENANTS, KEY_CACHE_INFO
-from control_plane.store.keys import authenticate_api_key
-from control_plane.store.policies import KeyPolicy, get_key_policy
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.security import parse_secret
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.store.changes import ALL_TENANTS, KEY_CACHE_INFO
+from outpost.control_plane.store.keys import authenticate_api_key
+from outpost.control_plane.store.policies import KeyPolicy, get_key_policy
 
 if TYPE_CHECKING:
-    from control_plane.cluster import Cluster
+    from outpost.control_plane.cluster import Cluster
 
 __all__ = ["CachedKey", "KeyCache", "authenticate"]
 
@@ -73,9 +73,14 @@ class _Entry:
 class KeyCache:
     """An LRU map from key prefix to a verified key, each entry valid for ``ttl_s``."""
 
-    def __init__(self, *, ttl_s: float = 5.0, max_entries: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 5.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._clock, self._wall_clock = clock, wall_clock
@@ -89,7 +94,9 @@ class KeyCache:
         # Tells other replicas about changes committed here (``share_through``).
         self._publish: Callable[[set[str], set[str]], Awaitable[None]] | None = None
         self._publishing: set[asyncio.Task[None]] = set()
-        self._loading: dict[tuple[str, bytes], asyncio.Task[CachedKey | None]] = {}  # reads in flight
+        self._loading: dict[
+            tuple[str, bytes], asyncio.Task[CachedKey | None]
+        ] = {}  # reads in flight
 
     @classmethod
     def for_database(cls, db: Database, settings: Settings) -> KeyCache:
@@ -125,8 +132,9 @@ class KeyCache:
         self.hits += 1
         return entry.key
 
-    async def load(self, prefix: str, secret: str,
-                   read: Callable[[], Awaitable[CachedKey | None]]) -> CachedKey | None:
+    async def load(
+        self, prefix: str, secret: str, read: Callable[[], Awaitable[CachedKey | None]]
+    ) -> CachedKey | None:
         """Read a key that missed, once for all the requests presenting it at the same moment.
 
         When an entry expires under load, every request of that key misses at
@@ -141,8 +149,13 @@ class KeyCache:
         # Shielded: one waiter's cancellation (its client left) must not fail the others.
         return await asyncio.shield(task)
 
-    async def _load(self, prefix: str, secret: str, read: Callable[[], Awaitable[CachedKey | None]],
-                    flight: tuple[str, bytes]) -> CachedKey | None:
+    async def _load(
+        self,
+        prefix: str,
+        secret: str,
+        read: Callable[[], Awaitable[CachedKey | None]],
+        flight: tuple[str, bytes],
+    ) -> CachedKey | None:
         generation = self.generation
         try:
             key = await read()
@@ -183,7 +196,9 @@ class KeyCache:
         self.invalidate_keys(key_ids)
         self.invalidate_tenants(tenant_ids)
         if self._publish is not None:
-            task = asyncio.get_running_loop().create_task(self._tell_others(set(key_ids), set(tenant_ids)))
+            task = asyncio.get_running_loop().create_task(
+                self._tell_others(set(key_ids), set(tenant_ids))
+            )
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
 
@@ -202,8 +217,12 @@ class KeyCache:
         try:
             await self._publish(key_ids, tenant_ids)
         except Exception as exc:  # noqa: BLE001 - the TTL still bounds staleness elsewhere
-            log.warning("could not tell the other replicas that API keys changed (%s); they will notice "
-                        "within %gs", exc, self.ttl_s)
+            log.warning(
+                "could not tell the other replicas that API keys changed (%s); they will notice "
+                "within %gs",
+                exc,
+                self.ttl_s,
+            )
 
     def clear(self) -> None:
         self.generation += 1
@@ -249,5 +268,10 @@ async def _read_key(db: Database, token: str) -> CachedKey | None:
         if row is None:
             return None
         policy = await get_key_policy(session, row.id)
-    return CachedKey(tenant_id=row.tenant_id, api_key_id=row.id, scopes=frozenset(row.scopes.split(",")),
-                     expires_at=row.expires_at, policy=policy or KeyPolicy())
+    return CachedKey(
+        tenant_id=row.tenant_id,
+        api_key_id=row.id,
+        scopes=frozenset(row.scopes.split(",")),
+        expires_at=row.expires_at,
+        policy=policy or KeyPolicy(),
+    )

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from control_plane.db.engine import Database
-from control_plane.db.models import utcnow
-from control_plane.services.cost import BudgetState, BudgetWindow, check_budget
-from control_plane.store.budgets import committed_ids, list_budgets, spend
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.services.cost import BudgetState, BudgetWindow, check_budget
+from outpost.control_plane.store.budgets import committed_ids, list_budgets, spend
 
 __all__ = ["WARNING_HEADER", "BudgetGuard", "BudgetStatus", "BudgetVerdict"]
 
@@ -93,8 +93,11 @@ class BudgetVerdict:
         """``X-Outpost-Budget-Warning`` for budgets past their soft threshold (none otherwise)."""
         if not self.warnings:
             return {}
-        parts = [f"{s.scope} {s.period} budget {s.spent_usd / s.amount_usd:.0%} used "
-                 f"(${s.spent_usd:.4f} of ${s.amount_usd:.2f})" for s in self.warnings]
+        parts = [
+            f"{s.scope} {s.period} budget {s.spent_usd / s.amount_usd:.0%} used "
+            f"(${s.spent_usd:.4f} of ${s.amount_usd:.2f})"
+            for s in self.warnings
+        ]
         return {WARNING_HEADER: "; ".join(parts)}
 
 
@@ -128,8 +131,13 @@ class _Sum:
 class BudgetGuard:
     """Budget checks with a short cache that never misses this process's own spending."""
 
-    def __init__(self, *, cache_s: float = 1.0, clock: Callable[[], datetime] = utcnow,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        cache_s: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0 <= cache_s <= 30:
             raise ValueError("cache_s must be within [0, 30]")
         self.cache_s = cache_s
@@ -141,8 +149,9 @@ class BudgetGuard:
         self._warned: set[tuple[str, datetime]] = set()
         self._flights: dict[tuple, asyncio.Task] = {}  # database reads in progress
 
-    def add_spend(self, request_id: str, tenant_id: str, api_key_id: str | None, cost: float,
-                  at: datetime) -> None:
+    def add_spend(
+        self, request_id: str, tenant_id: str, api_key_id: str | None, cost: float, at: datetime
+    ) -> None:
         """A request finished and cost ``cost``; its record, created ``at``, is about to be written."""
         if cost > 0:
             self._pending[request_id] = _Pending(tenant_id, api_key_id, cost, at, self._monotonic())
@@ -160,8 +169,11 @@ class BudgetGuard:
 
     async def check(self, db: Database, tenant_id: str, api_key_id: str | None) -> BudgetVerdict:
         """Every budget that applies to the key (its own and its tenant's), with current spending."""
-        budgets = [b for b in await self._budgets_of(db, tenant_id)
-                   if b.api_key_id is None or b.api_key_id == api_key_id]
+        budgets = [
+            b
+            for b in await self._budgets_of(db, tenant_id)
+            if b.api_key_id is None or b.api_key_id == api_key_id
+        ]
         return await self._evaluate(db, tenant_id, budgets)
 
     async def report(self, db: Database, tenant_id: str) -> BudgetVerdict:
@@ -169,7 +181,9 @@ class BudgetGuard:
         self.invalidate(tenant_id)
         return await self._evaluate(db, tenant_id, await self._budgets_of(db, tenant_id))
 
-    async def _evaluate(self, db: Database, tenant_id: str, budgets: list[_Budget]) -> BudgetVerdict:
+    async def _evaluate(
+        self, db: Database, tenant_id: str, budgets: list[_Budget]
+    ) -> BudgetVerdict:
         now = self.clock()
         statuses: list[BudgetStatus] = []
         for b in budgets:
@@ -177,15 +191,34 @@ class BudgetGuard:
             start, end = window.start(now), window.end(now)
             spent = await self._spent(db, tenant_id, b.api_key_id, start, end)
             state = check_budget(spent, b.amount_usd, b.soft_threshold)
-            statuses.append(BudgetStatus(
-                budget_id=b.id, scope="tenant" if b.api_key_id is None else "key", api_key_id=b.api_key_id,
-                period=b.period, amount_usd=b.amount_usd, soft_threshold=b.soft_threshold, spent_usd=spent,
-                state=state, period_start=start, period_end=end))
+            statuses.append(
+                BudgetStatus(
+                    budget_id=b.id,
+                    scope="tenant" if b.api_key_id is None else "key",
+                    api_key_id=b.api_key_id,
+                    period=b.period,
+                    amount_usd=b.amount_usd,
+                    soft_threshold=b.soft_threshold,
+                    spent_usd=spent,
+                    state=state,
+                    period_start=start,
+                    period_end=end,
+                )
+            )
             if state is not BudgetState.OK and (b.id, start) not in self._warned:
-                self._warned.add((b.id, start))  # one log line per budget and period, not per request
-                log.warning("tenant %s: %s budget %s is %s: spent $%.4f of $%.2f this %s", tenant_id,
-                            "key " + b.api_key_id if b.api_key_id else "tenant", b.id, state.value, spent,
-                            b.amount_usd, b.period)
+                self._warned.add(
+                    (b.id, start)
+                )  # one log line per budget and period, not per request
+                log.warning(
+                    "tenant %s: %s budget %s is %s: spent $%.4f of $%.2f this %s",
+                    tenant_id,
+                    "key " + b.api_key_id if b.api_key_id else "tenant",
+                    b.id,
+                    state.value,
+                    spent,
+                    b.amount_usd,
+                    b.period,
+                )
         return BudgetVerdict(now=now, statuses=statuses)
 
     async def _budgets_of(self, db: Database, tenant_id: str) -> list[_Budget]:
@@ -196,8 +229,10 @@ class BudgetGuard:
 
     async def _read_budgets(self, db: Database, tenant_id: str) -> list[_Budget]:
         async with db.session() as session:
-            rows = [_Budget(b.id, b.api_key_id, b.period, b.amount_usd, b.soft_threshold)
-                    for b in await list_budgets(session, tenant_id)]
+            rows = [
+                _Budget(b.id, b.api_key_id, b.period, b.amount_usd, b.soft_threshold)
+                for b in await list_budgets(session, tenant_id)
+            ]
         self._budgets[tenant_id] = (self._monotonic(), rows)
         return rows
 
@@ -216,20 +251,29 @@ class BudgetGuard:
         # Shielded: one waiter's cancellation (its client left) must not fail the others.
         return await asyncio.shield(task)
 
-    async def _spent(self, db: Database, tenant_id: str, api_key_id: str | None, start: datetime,
-                     end: datetime) -> float:
+    async def _spent(
+        self, db: Database, tenant_id: str, api_key_id: str | None, start: datetime, end: datetime
+    ) -> float:
         mono = self._monotonic()
         self._prune(mono)
-        mine = {rid: p for rid, p in self._pending.items() if p.tenant_id == tenant_id
-                and (api_key_id is None or p.api_key_id == api_key_id) and start <= p.at < end}
+        mine = {
+            rid: p
+            for rid, p in self._pending.items()
+            if p.tenant_id == tenant_id
+            and (api_key_id is None or p.api_key_id == api_key_id)
+            and start <= p.at < end
+        }
         key = (tenant_id, api_key_id, start)
         cached = self._sums.get(key)
         if cached is None or mono - cached.fetched >= self.cache_s:
-            cached = await self._once(("sum", *key), lambda: self._read_sum(db, key, end, list(mine)))
+            cached = await self._once(
+                ("sum", *key), lambda: self._read_sum(db, key, end, list(mine))
+            )
         return cached.value + sum(p.cost for rid, p in mine.items() if rid not in cached.included)
 
-    async def _read_sum(self, db: Database, key: tuple[str, str | None, datetime], end: datetime,
-                        pending: list[str]) -> _Sum:
+    async def _read_sum(
+        self, db: Database, key: tuple[str, str | None, datetime], end: datetime, pending: list[str]
+    ) -> _Sum:
         mono = self._monotonic()
         tenant_id, api_key_id, start = key
         async with db.session() as session:
@@ -239,9 +283,12 @@ class BudgetGuard:
         return self._sums[key]
 
     def _prune(self, mono: float) -> None:
-        for rid in [rid for rid, p in self._pending.items()
-                    if (p.committed is not None and mono - p.committed > _PENDING_KEEP_S)
-                    or mono - p.added > _PENDING_MAX_S]:
+        for rid in [
+            rid
+            for rid, p in self._pending.items()
+            if (p.committed is not None and mono - p.committed > _PENDING_KEEP_S)
+            or mono - p.added > _PENDING_MAX_S
+        ]:
             del self._pending[rid]
         for key in [k for k, s in self._sums.items() if mono - s.fetched > _PENDING_KEEP_S]:
             del self._sums[key]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 # The tables and the $/hour rule are the shared contract's (sdk/pricing.py); re-exported for billing.
-from sdk.pricing import DEFAULT_TDP_WATTS, DEFAULT_USD_PER_HOUR, HardwareClass, hourly_rate
+from outpost.sdk.pricing import DEFAULT_TDP_WATTS, DEFAULT_USD_PER_HOUR, HardwareClass, hourly_rate
 
 __all__ = [
     "DEFAULT_TDP_WATTS",

@@ -17,11 +17,11 @@ from collections.abc import Iterable
 
 from sqlalchemy import select
 
-from control_plane.db.engine import Database
-from control_plane.db.models import Runner
-from control_plane.store.changes import ALL_TENANTS
-from control_plane.tunnel.hub import TunnelHub
-from sdk.pricing import CostModel
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import Runner
+from outpost.control_plane.store.changes import ALL_TENANTS
+from outpost.control_plane.tunnel.hub import TunnelHub
+from outpost.sdk.pricing import CostModel
 
 __all__ = ["OwnerSettingsSync", "apply_owner_settings"]
 
@@ -46,7 +46,11 @@ class OwnerSettingsSync:
 
     def changed_elsewhere(self, _key_ids: list[str], tenant_ids: list[str]) -> None:
         tenants = set(tenant_ids)
-        ids = [r.runner_id for r in self.hub.runners.values() if ALL_TENANTS in tenants or r.tenant_id in tenants]
+        ids = [
+            r.runner_id
+            for r in self.hub.runners.values()
+            if ALL_TENANTS in tenants or r.tenant_id in tenants
+        ]
         if ids:
             task = asyncio.get_running_loop().create_task(self.refresh(ids))
             self._tasks.add(task)
@@ -55,7 +59,9 @@ class OwnerSettingsSync:
     async def refresh(self, runner_ids: Iterable[str]) -> None:
         try:
             async with self.db.session() as session:
-                rows = (await session.execute(select(Runner).where(Runner.id.in_(list(runner_ids))))).scalars()
+                rows = (
+                    await session.execute(select(Runner).where(Runner.id.in_(list(runner_ids))))
+                ).scalars()
                 for row in rows:
                     apply_owner_settings(self.hub, row)
         except Exception as exc:  # noqa: BLE001 - a reconnect re-reads the row anyway

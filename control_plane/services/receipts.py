@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sdk.e2e import E2EError, verify_receipt
-from sdk.identity import b64u_decode
-from sdk.protocol import EndFrame, Usage
+from outpost.sdk.e2e import E2EError, verify_receipt
+from outpost.sdk.identity import b64u_decode
+from outpost.sdk.protocol import EndFrame, Usage
 
 __all__ = ["ReceiptCheck", "receipt_check"]
 
@@ -31,17 +31,27 @@ def receipt_check(identity_public_key: str, runner_id: str, request_id: str) -> 
 
     def check(end: EndFrame) -> Usage | None:
         if not end.receipt:
-            log.warning("e2e request %s: runner %s sent no usage receipt; usage not recorded",
-                        request_id, runner_id)
+            log.warning(
+                "e2e request %s: runner %s sent no usage receipt; usage not recorded",
+                request_id,
+                runner_id,
+            )
             return None
         try:
             receipt = verify_receipt(key, end.receipt, request_id)
             if receipt.runner_id != runner_id:
                 raise E2EError(f"receipt names runner {receipt.runner_id!r}")
         except E2EError as exc:
-            log.warning("e2e request %s: receipt from runner %s REJECTED (%s: %s); usage not recorded",
-                        request_id, runner_id, type(exc).__name__, exc)
+            log.warning(
+                "e2e request %s: receipt from runner %s REJECTED (%s: %s); usage not recorded",
+                request_id,
+                runner_id,
+                type(exc).__name__,
+                exc,
+            )
             return None
-        return Usage(prompt_tokens=receipt.prompt_tokens, completion_tokens=receipt.completion_tokens)
+        return Usage(
+            prompt_tokens=receipt.prompt_tokens, completion_tokens=receipt.completion_tokens
+        )
 
     return check

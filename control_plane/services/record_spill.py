@@ -28,8 +28,14 @@ _DATETIME_FIELDS = ("created_at",)
 
 def spill(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Append ``rows`` (record columns) to ``path``, durably; return how many."""
-    lines = [json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()},
-                        separators=(",", ":")) + "\n" for row in rows]
+    lines = [
+        json.dumps(
+            {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()},
+            separators=(",", ":"),
+        )
+        + "\n"
+        for row in rows
+    ]
     if not lines:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,11 @@ import asyncio
 import concurrent.futures
 import sqlite3
 
-from control_plane.audit.chain import append_events_sqlite
-from control_plane.audit.events import inference_events
-from control_plane.db.engine import sqlite_pragmas, sync_url
-from control_plane.db.models import RequestRecord
-from control_plane.db.sqlite_raw import insert_many
+from outpost.control_plane.audit.chain import append_events_sqlite
+from outpost.control_plane.audit.events import inference_events
+from outpost.control_plane.db.engine import sqlite_pragmas, sync_url
+from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.db.sqlite_raw import insert_many
 
 __all__ = ["SqliteWriterConnection"]
 
@@ -37,8 +37,12 @@ _RECORD_KEYS = tuple(column.key for column in _RECORDS.columns)
 class SqliteWriterConnection:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None  # opened, used and closed only in the thread below
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-writer")
+        self._db: sqlite3.Connection | None = (
+            None  # opened, used and closed only in the thread below
+        )
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="record-writer"
+        )
 
     @classmethod
     def for_url(cls, url: str) -> SqliteWriterConnection | None:
@@ -59,7 +63,9 @@ class SqliteWriterConnection:
         # to upgrade a read snapshot that another writer made stale.
         db.execute("BEGIN IMMEDIATE")
         try:
-            insert_many(db, _RECORDS, ({key: getattr(r, key) for key in _RECORD_KEYS} for r in records))
+            insert_many(
+                db, _RECORDS, ({key: getattr(r, key) for key in _RECORD_KEYS} for r in records)
+            )
             # Same transaction: a request is recorded and audited, or neither.
             append_events_sqlite(db, inference_events(records))
             db.execute("COMMIT")
@@ -70,7 +76,9 @@ class SqliteWriterConnection:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # transactions explicit
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None
+            )  # transactions explicit
             sqlite_pragmas(db, None)
             self._db = db
         return self._db

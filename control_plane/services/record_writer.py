@@ -68,45 +68,66 @@ from typing import Any
 from sqlalchemy import Connection, inspect
 from sqlalchemy.orm import Session
 
-from control_plane.audit.events import record_inferences_sync
-from control_plane.db.engine import Database, database_down
-from control_plane.db.models import RequestRecord
-from control_plane.errors import ApiError
-from control_plane.services.record_spill import load_spilled, spill
-from control_plane.services.record_sqlite import SqliteWriterConnection
-from control_plane.settings import Settings
-from control_plane.store.budgets import committed_ids
-from control_plane.store.records import insert_request_records_sync
+from outpost.control_plane.audit.events import record_inferences_sync
+from outpost.control_plane.db.engine import Database, database_down
+from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.services.record_spill import load_spilled, spill
+from outpost.control_plane.services.record_sqlite import SqliteWriterConnection
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.store.budgets import committed_ids
+from outpost.control_plane.store.records import insert_request_records_sync
 
 __all__ = ["RecordWriter"]
 
 log = logging.getLogger("outpost.records")
 
+
 def _transient(exc: BaseException) -> bool:
     """The database is busy or gone right now: retry the same batch."""
-    return database_down(exc) or isinstance(exc, ConnectionError | TimeoutError | OSError | sqlite3.OperationalError)
+    return database_down(exc) or isinstance(
+        exc, ConnectionError | TimeoutError | OSError | sqlite3.OperationalError
+    )
 
 
 class RecordWriter:
-    def __init__(self, db: Database, *, max_queue: int = 10_000, max_batch: int = 256, linger_s: float = 0.0,
-                 retry_initial_s: float = 0.05, retry_max_s: float = 5.0, drain_s: float = 30.0,
-                 on_committed: Callable[[list[str]], None] | None = None, spill_path: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_queue: int = 10_000,
+        max_batch: int = 256,
+        linger_s: float = 0.0,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 5.0,
+        drain_s: float = 30.0,
+        on_committed: Callable[[list[str]], None] | None = None,
+        spill_path: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         self.clock = clock  # the linger's: when records came, and how far apart
         self.spill_path = spill_path
-        self._replaying: set[str] = set()  # spilled ids not yet written again; the file goes when it empties
+        self._replaying: set[str] = (
+            set()
+        )  # spilled ids not yet written again; the file goes when it empties
         self.max_queue, self.max_batch, self.linger_s = max_queue, max_batch, linger_s
         self.retry_initial_s, self.retry_max_s, self.drain_s = retry_initial_s, retry_max_s, drain_s
-        self.on_committed = on_committed  # ids just committed (budgets stop counting them as pending)
+        self.on_committed = (
+            on_committed  # ids just committed (budgets stop counting them as pending)
+        )
         self._queue: deque[RequestRecord] = deque()
-        self._since: deque[float] = deque()  # when each queued record was submitted (the linger's clock)
+        self._since: deque[float] = (
+            deque()
+        )  # when each queued record was submitted (the linger's clock)
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()  # a flush, a stop or a full batch: stop lingering
         self._flushing = 0  # flush() calls waiting: no lingering while someone waits
         self._committed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self._sqlite: SqliteWriterConnection | None = None  # SQLite file: the writer's own connection
+        self._sqlite: SqliteWriterConnection | None = (
+            None  # SQLite file: the writer's own connection
+        )
         self._closed = False
         self._waiters: dict[str, asyncio.Future[bool]] = {}  # record id -> what submit() returned
         self._failing_since: float | None = None  # the current batch's first transient failure
@@ -114,16 +135,28 @@ class RecordWriter:
         self._gap = 0.0  # smoothed seconds between submitted records: 0 until measured (linger)
         # Counters: submitted == written + failed + spilled + queued (+ the batch in hand).
         self.submitted = self.written = self.failed = self.spilled = self.batches = self.retries = 0
-        self.late = 0  # waits that timed out (responses that completed before their record committed)
+        self.late = (
+            0  # waits that timed out (responses that completed before their record committed)
+        )
 
     @classmethod
-    def from_settings(cls, db: Database, settings: Settings,
-                      on_committed: Callable[[list[str]], None] | None = None) -> RecordWriter:
-        return cls(db, max_queue=settings.records_queue_max, max_batch=settings.records_batch_max,
-                   linger_s=settings.records_linger_s,
-                   retry_max_s=settings.records_retry_max_s, drain_s=settings.records_drain_s,
-                   on_committed=on_committed,
-                   spill_path=settings.records_spill_file or settings.state_dir / "unwritten-records.jsonl")
+    def from_settings(
+        cls,
+        db: Database,
+        settings: Settings,
+        on_committed: Callable[[list[str]], None] | None = None,
+    ) -> RecordWriter:
+        return cls(
+            db,
+            max_queue=settings.records_queue_max,
+            max_batch=settings.records_batch_max,
+            linger_s=settings.records_linger_s,
+            retry_max_s=settings.records_retry_max_s,
+            drain_s=settings.records_drain_s,
+            on_committed=on_committed,
+            spill_path=settings.records_spill_file
+            or settings.state_dir / "unwritten-records.jsonl",
+        )
 
     @property
     def queued(self) -> int:
@@ -136,13 +169,23 @@ class RecordWriter:
         """Refuse a new request (503, before it is accepted) while the queue is full or the database
         refuses writes: an answer is recorded before it ends, so one that cannot be is not started."""
         if self._failing_since is not None:
-            raise ApiError(503, "The control plane cannot write request records right now (database "
-                           "unavailable); retry shortly.", type="service_unavailable", code="database_unavailable",
-                           headers={"Retry-After": "2"})
+            raise ApiError(
+                503,
+                "The control plane cannot write request records right now (database "
+                "unavailable); retry shortly.",
+                type="service_unavailable",
+                code="database_unavailable",
+                headers={"Retry-After": "2"},
+            )
         if self.queued >= self.max_queue:
-            raise ApiError(503, f"The control plane is behind on writing request records ({self.queued} "
-                           "waiting); retry shortly.", type="service_unavailable", code="records_backlog",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                f"The control plane is behind on writing request records ({self.queued} "
+                "waiting); retry shortly.",
+                type="service_unavailable",
+                code="records_backlog",
+                headers={"Retry-After": "1"},
+            )
 
     def submit(self, record: RequestRecord) -> asyncio.Future[bool]:
         """Queue ``record`` (and its audit event) for the writer. Never blocks, never raises.
@@ -186,9 +229,12 @@ class RecordWriter:
                 return await asyncio.shield(done)
         except TimeoutError:
             self.late += 1
-            log.warning("a request record is still not committed after %.1fs (database down or behind); "
-                        "its response completes without it (it stays queued and is written when the "
-                        "database takes it)", time.monotonic() - started)
+            log.warning(
+                "a request record is still not committed after %.1fs (database down or behind); "
+                "its response completes without it (it stays queued and is written when the "
+                "database takes it)",
+                time.monotonic() - started,
+            )
             return False
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -198,7 +244,9 @@ class RecordWriter:
         self._hurry.set()
         try:
             async with asyncio.timeout(timeout), self._committed:
-                await self._committed.wait_for(lambda: self.written + self.failed + self.spilled >= target)
+                await self._committed.wait_for(
+                    lambda: self.written + self.failed + self.spilled >= target
+                )
         finally:
             self._flushing -= 1
 
@@ -229,14 +277,24 @@ class RecordWriter:
             try:
                 self.spilled += spill(self.spill_path, [_fields(r) for r in self._queue])
                 self._resolve([r.id for r in self._queue], False)
-                log.error("shutting down with %d request records not written (database unavailable for %gs); "
-                          "saved to %s, written at the next start", len(self._queue), self.drain_s, self.spill_path)
+                log.error(
+                    "shutting down with %d request records not written (database unavailable for %gs); "
+                    "saved to %s, written at the next start",
+                    len(self._queue),
+                    self.drain_s,
+                    self.spill_path,
+                )
                 self._queue.clear()
             except OSError as exc:
-                log.error("could not save unwritten request records to %s: %s", self.spill_path, exc)
+                log.error(
+                    "could not save unwritten request records to %s: %s", self.spill_path, exc
+                )
         if self._queue:
-            log.error("shutting down with %d request records not written (database unavailable for %gs):",
-                      len(self._queue), self.drain_s)
+            log.error(
+                "shutting down with %d request records not written (database unavailable for %gs):",
+                len(self._queue),
+                self.drain_s,
+            )
             while self._queue:
                 self.failed += 1
                 record = self._queue.popleft()
@@ -260,16 +318,23 @@ class RecordWriter:
             async with self.db.session() as session:
                 done: set[str] = set()
                 for i in range(0, len(rows), 500):
-                    done |= await committed_ids(session, [r["id"] for r in rows[i:i + 500]])
+                    done |= await committed_ids(session, [r["id"] for r in rows[i : i + 500]])
         except Exception as exc:  # noqa: BLE001 - the file stays for the next start
-            log.error("could not replay the request records in %s yet (%s); they stay there", path, exc)
+            log.error(
+                "could not replay the request records in %s yet (%s); they stay there", path, exc
+            )
             return
-        records = [RequestRecord(**{k: v for k, v in row.items() if k in columns})
-                   for row in rows if row["id"] not in done]
+        records = [
+            RequestRecord(**{k: v for k, v in row.items() if k in columns})
+            for row in rows
+            if row["id"] not in done
+        ]
         if not records:
             path.unlink(missing_ok=True)
             return
-        log.warning("writing %d request records saved at the last shutdown (%s)", len(records), path)
+        log.warning(
+            "writing %d request records saved at the last shutdown (%s)", len(records), path
+        )
         self._replaying = {r.id for r in records}
         self.submitted += len(records)
         self._queue.extendleft(reversed(records))  # older than anything submitted from now on
@@ -325,21 +390,27 @@ class RecordWriter:
         try:
             await self._write_or_retry(batch)
         finally:
-            self._failing_since = None  # written, given up or stopped: admission need not refuse for it
+            self._failing_since = (
+                None  # written, given up or stopped: admission need not refuse for it
+            )
 
     async def _write_or_retry(self, batch: list[RequestRecord]) -> None:
         delay = self.retry_initial_s
         first_failure: float | None = None
         while True:
             try:
-                if first_failure is not None:  # a commit whose answer was lost must not be written twice
+                if (
+                    first_failure is not None
+                ):  # a commit whose answer was lost must not be written twice
                     batch = [_copy(r) for r in await self._not_yet_committed(batch)]
                     if not batch:
                         return
                 await self._write(batch)
                 if first_failure is not None:
-                    log.warning("request records written again after %.1fs of database errors",
-                                time.monotonic() - first_failure)
+                    log.warning(
+                        "request records written again after %.1fs of database errors",
+                        time.monotonic() - first_failure,
+                    )
                 return
             except Exception as exc:  # noqa: BLE001 - every failure is retried or reported, never lost
                 if not _transient(exc):
@@ -347,8 +418,12 @@ class RecordWriter:
                     return
                 if first_failure is None:
                     first_failure = self._failing_since = time.monotonic()
-                    log.warning("could not write %d request records yet (%s: %s); retrying with backoff",
-                                len(batch), type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                    log.warning(
+                        "could not write %d request records yet (%s: %s); retrying with backoff",
+                        len(batch),
+                        type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "",
+                    )
                 self.retries += 1
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self.retry_max_s)
@@ -361,15 +436,21 @@ class RecordWriter:
             return
         self.failed += 1
         self._resolve([batch[0].id], False)
-        log.error("request record refused by the database (%s: %s), not written: %s",
-                  type(exc).__name__, exc, _fields(batch[0]))
+        log.error(
+            "request record refused by the database (%s: %s), not written: %s",
+            type(exc).__name__,
+            exc,
+            _fields(batch[0]),
+        )
 
     async def _write(self, batch: list[RequestRecord]) -> None:
         if self._sqlite is not None:
             await self._sqlite.write(batch)
         else:
             async with self.db.session() as session:
-                await session.run_sync(_write_rows, batch)  # one greenlet switch for the batch's statements
+                await session.run_sync(
+                    _write_rows, batch
+                )  # one greenlet switch for the batch's statements
                 await session.commit()
         self.batches += 1
         self._done([r.id for r in batch])
@@ -394,8 +475,10 @@ class RecordWriter:
             self._replaying.difference_update(ids)
             if not self._replaying and self.spill_path is not None:
                 self.spill_path.unlink(missing_ok=True)
-                log.warning("the request records saved at the last shutdown are written; removed %s",
-                            self.spill_path)
+                log.warning(
+                    "the request records saved at the last shutdown are written; removed %s",
+                    self.spill_path,
+                )
         if self.on_committed is not None:
             try:
                 self.on_committed(ids)
@@ -403,7 +486,9 @@ class RecordWriter:
                 log.exception("on_committed hook failed")
 
 
-_GAP_WEIGHT = 0.2  # of the newest gap in the smoothed mean: a change of rate shows within a few records
+_GAP_WEIGHT = (
+    0.2  # of the newest gap in the smoothed mean: a change of rate shows within a few records
+)
 
 
 def _write_rows(conn: Session | Connection, batch: list[RequestRecord]) -> None:

@@ -434,13 +434,18 @@ class FairScheduler:
 
     def _headroom_for(self, state: _RunnerState, tenant_id: str) -> bool:
         """May an arriving request of ``tenant_id`` take a headroom slot now?"""
-        if (self._policy != "vtc" or state.headroom_in_flight >= state.headroom
-                or tenant_id in state.tenant_in_flight or tenant_id in state.queues):
+        if (
+            self._policy != "vtc"
+            or state.headroom_in_flight >= state.headroom
+            or tenant_id in state.tenant_in_flight
+            or tenant_id in state.queues
+        ):
             return False
         # After the lift its counter is max(own, backlogged minimum): it is the
         # next VTC pick only when its own counter is not above that minimum.
         return not state.queues or state.counters.get(tenant_id, 0.0) <= min(
-            state.counters[t] for t in state.queues)
+            state.counters[t] for t in state.queues
+        )
 
     def _dispatch(self, state: _RunnerState, ticket: Ticket, *, headroom: bool = False) -> None:
         ticket.dispatched_at = self._clock()
@@ -469,8 +474,11 @@ class FairScheduler:
             return waiter.future.result()  # the slot, or RunnerGone
         watcher.exception()  # a watch that failed (the connection broke under it) means gone too
         ticket = waiter.ticket
-        raise Abandoned(f"the client left the queue of runner {ticket.runner_id!r}", ticket.runner_id,
-                        ticket.tenant_id)
+        raise Abandoned(
+            f"the client left the queue of runner {ticket.runner_id!r}",
+            ticket.runner_id,
+            ticket.tenant_id,
+        )
 
     def _pump(self, state: _RunnerState) -> None:
         """Admit waiters while slots are free: regular ones, then headroom for a tenant with none in flight."""
@@ -478,8 +486,11 @@ class FairScheduler:
             tenant = self._next_tenant(state)
             if self._regular_free(state):
                 headroom = False
-            elif (self._policy == "vtc" and state.headroom_in_flight < state.headroom
-                  and tenant not in state.tenant_in_flight):
+            elif (
+                self._policy == "vtc"
+                and state.headroom_in_flight < state.headroom
+                and tenant not in state.tenant_in_flight
+            ):
                 headroom = True
             else:
                 return

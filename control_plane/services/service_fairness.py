@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from control_plane.services.scheduler import weighted_tokens
+from outpost.control_plane.services.scheduler import weighted_tokens
 
 __all__ = [
     "LatencySummary",

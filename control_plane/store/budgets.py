@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import ApiKey, Budget, RequestRecord, new_id
+from outpost.control_plane.db.models import ApiKey, Budget, RequestRecord, new_id
 
 __all__ = [
     "UsageRow",
@@ -28,12 +28,16 @@ __all__ = [
 ]
 
 
-async def list_budgets(session: AsyncSession, tenant_id: str, api_key_id: str | None = None) -> list[Budget]:
+async def list_budgets(
+    session: AsyncSession, tenant_id: str, api_key_id: str | None = None
+) -> list[Budget]:
     """The tenant's budgets; with ``api_key_id``, only the tenant-wide ones and that key's."""
     stmt = select(Budget).where(Budget.tenant_id == tenant_id)
     if api_key_id is not None:
         stmt = stmt.where(or_(Budget.api_key_id.is_(None), Budget.api_key_id == api_key_id))
-    stmt = stmt.order_by(Budget.api_key_id.is_not(None), Budget.api_key_id, Budget.period, Budget.id)
+    stmt = stmt.order_by(
+        Budget.api_key_id.is_not(None), Budget.api_key_id, Budget.period, Budget.id
+    )
     return list((await session.execute(stmt)).scalars())
 
 
@@ -47,14 +51,23 @@ async def key_in_tenant(session: AsyncSession, api_key_id: str, tenant_id: str) 
     return (await session.execute(stmt)).first() is not None
 
 
-async def set_budget(session: AsyncSession, *, tenant_id: str, api_key_id: str | None, period: str,
-                     amount_usd: float, soft_threshold: float) -> tuple[Budget, bool]:
+async def set_budget(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    api_key_id: str | None,
+    period: str,
+    amount_usd: float,
+    soft_threshold: float,
+) -> tuple[Budget, bool]:
     """Create or replace the budget of (tenant, key, period); returns ``(row, created)``.
 
     One budget per scope and period: "set" twice means "change it", the
     way an operator expects ``budgets set`` to behave.
     """
-    key_match = Budget.api_key_id.is_(None) if api_key_id is None else Budget.api_key_id == api_key_id
+    key_match = (
+        Budget.api_key_id.is_(None) if api_key_id is None else Budget.api_key_id == api_key_id
+    )
     stmt = select(Budget).where(Budget.tenant_id == tenant_id, key_match, Budget.period == period)
     row = (await session.execute(stmt.with_for_update())).scalars().first()
     created = row is None
@@ -72,14 +85,20 @@ async def delete_budget(session: AsyncSession, budget: Budget) -> None:
 
 
 def _window(tenant_id: str, start: datetime, end: datetime) -> list[ColumnElement[bool]]:
-    return [RequestRecord.tenant_id == tenant_id, RequestRecord.created_at >= start,
-            RequestRecord.created_at < end]
+    return [
+        RequestRecord.tenant_id == tenant_id,
+        RequestRecord.created_at >= start,
+        RequestRecord.created_at < end,
+    ]
 
 
-async def spend(session: AsyncSession, tenant_id: str, api_key_id: str | None, start: datetime,
-                end: datetime) -> float:
+async def spend(
+    session: AsyncSession, tenant_id: str, api_key_id: str | None, start: datetime, end: datetime
+) -> float:
     """Dollars recorded for the tenant (or one of its keys) with ``created_at`` in ``[start, end)``."""
-    stmt = select(func.coalesce(func.sum(RequestRecord.cost_usd), 0.0)).where(*_window(tenant_id, start, end))
+    stmt = select(func.coalesce(func.sum(RequestRecord.cost_usd), 0.0)).where(
+        *_window(tenant_id, start, end)
+    )
     if api_key_id is not None:
         stmt = stmt.where(RequestRecord.api_key_id == api_key_id)
     return float((await session.execute(stmt)).scalar_one())
@@ -90,7 +109,9 @@ async def committed_ids(session: AsyncSession, request_ids: Iterable[str]) -> se
     ids = list(request_ids)
     if not ids:
         return set()
-    return set((await session.execute(select(RequestRecord.id).where(RequestRecord.id.in_(ids)))).scalars())
+    return set(
+        (await session.execute(select(RequestRecord.id).where(RequestRecord.id.in_(ids)))).scalars()
+    )
 
 
 @dataclass(frozen=True)
@@ -104,11 +125,22 @@ class UsageRow:
     engine_seconds: float
 
 
-_GROUPS = {"key": RequestRecord.api_key_id, "model": RequestRecord.model, "runner": RequestRecord.runner_id}
+_GROUPS = {
+    "key": RequestRecord.api_key_id,
+    "model": RequestRecord.model,
+    "runner": RequestRecord.runner_id,
+}
 
 
-async def usage(session: AsyncSession, tenant_id: str, start: datetime, end: datetime, *,
-                group_by: str | None = None, api_key_id: str | None = None) -> list[UsageRow]:
+async def usage(
+    session: AsyncSession,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    group_by: str | None = None,
+    api_key_id: str | None = None,
+) -> list[UsageRow]:
     """Requests, tokens, engine time and dollars in ``[start, end)``, in total or per key/model/runner."""
     column = _GROUPS[group_by] if group_by is not None else None
     measures = (
@@ -119,12 +151,25 @@ async def usage(session: AsyncSession, tenant_id: str, start: datetime, end: dat
         func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
         func.coalesce(func.sum(RequestRecord.engine_share_s), 0.0),
     )
-    stmt = select(*((column,) if column is not None else ()), *measures).where(*_window(tenant_id, start, end))
+    stmt = select(*((column,) if column is not None else ()), *measures).where(
+        *_window(tenant_id, start, end)
+    )
     if api_key_id is not None:
         stmt = stmt.where(RequestRecord.api_key_id == api_key_id)
     if column is not None:
         stmt = stmt.group_by(column).order_by(func.sum(RequestRecord.cost_usd).desc(), column)
-    rows = [tuple(r) if column is not None else (None, *r) for r in (await session.execute(stmt)).all()]
-    return [UsageRow(group=g, requests=int(n), errors=int(e), prompt_tokens=int(p), completion_tokens=int(c),
-                     cost_usd=float(usd), engine_seconds=float(sec))
-            for g, n, e, p, c, usd, sec in rows]
+    rows = [
+        tuple(r) if column is not None else (None, *r) for r in (await session.execute(stmt)).all()
+    ]
+    return [
+        UsageRow(
+            group=g,
+            requests=int(n),
+            errors=int(e),
+            prompt_tokens=int(p),
+            completion_tokens=int(c),
+            cost_usd=float(usd),
+            engine_seconds=float(sec),
+        )
+        for g, n, e, p, c, usd, sec in rows
+    ]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import ApiKey, Pool, PoolGrant, Tenant
+from outpost.control_plane.db.models import ApiKey, Pool, PoolGrant, Tenant
 
 __all__ = ["ALL_TENANTS", "KEY_CACHE_INFO", "KeyListener", "mark_key_changed"]
 
@@ -31,7 +31,9 @@ class KeyListener(Protocol):
     def changed_here(self, key_ids: set[str], tenant_ids: set[str]) -> None: ...
 
 
-def mark_key_changed(session: Any, *, key_ids: Iterable[str] = (), tenant_ids: Iterable[str] = ()) -> None:
+def mark_key_changed(
+    session: Any, *, key_ids: Iterable[str] = (), tenant_ids: Iterable[str] = ()
+) -> None:
     """Report these keys (or all keys of these tenants) changed when ``session`` commits."""
     sync = getattr(session, "sync_session", session)
     keys, tenants = sync.info.setdefault(_CHANGED_INFO, (set(), set()))

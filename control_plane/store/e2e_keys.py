@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import Runner
-from sdk.e2e import VerifiedHpkeKey
+from outpost.control_plane.db.models import Runner
+from outpost.sdk.e2e import VerifiedHpkeKey
 
 __all__ = ["hpke_key_document", "store_hpke_key"]
 
@@ -33,8 +33,9 @@ def hpke_key_document(runner: Runner) -> dict[str, Any] | None:
     return {**fields, "sig": runner.hpke_key_signature}
 
 
-async def store_hpke_key(session: AsyncSession, runner: Runner, doc: dict[str, Any],
-                         verified: VerifiedHpkeKey) -> None:
+async def store_hpke_key(
+    session: AsyncSession, runner: Runner, doc: dict[str, Any], verified: VerifiedHpkeKey
+) -> None:
     fields = {k: v for k, v in doc.items() if k != "sig"}
     runner.hpke_public_key = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     runner.hpke_key_signature = doc["sig"]

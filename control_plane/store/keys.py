@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import ApiKey, EnrollmentToken, new_id, utcnow
-from control_plane.security import new_secret, parse_secret, verify_secret
+from outpost.control_plane.db.models import ApiKey, EnrollmentToken, new_id, utcnow
+from outpost.control_plane.security import new_secret, parse_secret, verify_secret
 
 __all__ = [
     "authenticate_api_key",
@@ -28,11 +28,23 @@ def _aware(ts: datetime | None) -> datetime | None:
     return ts
 
 
-async def create_api_key(session: AsyncSession, tenant_id: str, name: str,
-                         expires_at: datetime | None = None, scopes: str = "inference") -> tuple[ApiKey, str]:
+async def create_api_key(
+    session: AsyncSession,
+    tenant_id: str,
+    name: str,
+    expires_at: datetime | None = None,
+    scopes: str = "inference",
+) -> tuple[ApiKey, str]:
     token, prefix, digest = new_secret("sk")
-    key = ApiKey(id=new_id("key"), tenant_id=tenant_id, name=name, prefix=prefix,
-                 secret_hash=digest, expires_at=expires_at, scopes=scopes)
+    key = ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant_id,
+        name=name,
+        prefix=prefix,
+        secret_hash=digest,
+        expires_at=expires_at,
+        scopes=scopes,
+    )
     session.add(key)
     await session.flush()
     return key, token
@@ -42,7 +54,9 @@ async def authenticate_api_key(session: AsyncSession, token: str) -> ApiKey | No
     parsed = parse_secret(token, "sk")
     if parsed is None:
         return None
-    key = (await session.execute(select(ApiKey).where(ApiKey.prefix == parsed.prefix))).scalar_one_or_none()
+    key = (
+        await session.execute(select(ApiKey).where(ApiKey.prefix == parsed.prefix))
+    ).scalar_one_or_none()
     if key is None or not verify_secret(parsed.secret, key.secret_hash):
         return None
     now = utcnow()
@@ -51,14 +65,27 @@ async def authenticate_api_key(session: AsyncSession, token: str) -> ApiKey | No
     return key
 
 
-async def create_enrollment_token(session: AsyncSession, tenant_id: str, runner_name: str,
-                                  ttl_s: int, *, pool_id: str | None = None,
-                                  labels: dict[str, str] | None = None) -> tuple[EnrollmentToken, str]:
+async def create_enrollment_token(
+    session: AsyncSession,
+    tenant_id: str,
+    runner_name: str,
+    ttl_s: int,
+    *,
+    pool_id: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[EnrollmentToken, str]:
     """``pool_id`` (the tenant's; ``None``: its default pool) and ``labels`` are what the runner gets."""
     token, prefix, digest = new_secret("et")
-    row = EnrollmentToken(id=new_id("enr"), tenant_id=tenant_id, runner_name=runner_name,
-                          pool_id=pool_id, labels=dict(labels or {}), prefix=prefix, secret_hash=digest,
-                          expires_at=utcnow() + timedelta(seconds=ttl_s))
+    row = EnrollmentToken(
+        id=new_id("enr"),
+        tenant_id=tenant_id,
+        runner_name=runner_name,
+        pool_id=pool_id,
+        labels=dict(labels or {}),
+        prefix=prefix,
+        secret_hash=digest,
+        expires_at=utcnow() + timedelta(seconds=ttl_s),
+    )
     session.add(row)
     await session.flush()
     return row, token
@@ -78,8 +105,11 @@ async def consume_enrollment_token(session: AsyncSession, token: str) -> Enrollm
     # Compare-and-set: SQLite ignores FOR UPDATE, so of two registrations racing
     # on one token only the UPDATE that still finds it unused may spend it.
     spent = await session.execute(
-        update(EnrollmentToken).where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
-        .values(used_at=utcnow()).execution_options(synchronize_session="fetch"))
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+        .values(used_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
     if spent.rowcount != 1:  # type: ignore[attr-defined]
         return None
     return row

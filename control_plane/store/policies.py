@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import ApiKey, Tenant
-from control_plane.store.pools import usable_pool_ids
+from outpost.control_plane.db.models import ApiKey, Tenant
+from outpost.control_plane.store.pools import usable_pool_ids
 
 __all__ = ["KeyPolicy", "get_key_policy", "set_key_limits", "set_tenant_policy"]
 
@@ -25,26 +25,46 @@ class KeyPolicy:
 
 
 async def get_key_policy(session: AsyncSession, api_key_id: str) -> KeyPolicy | None:
-    stmt = (select(ApiKey.rate_limit_rpm, ApiKey.routing_policy, Tenant.routing_policy, Tenant.residency,
-                   Tenant.weight, ApiKey.tenant_id)
-            .join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.id == api_key_id))
+    stmt = (
+        select(
+            ApiKey.rate_limit_rpm,
+            ApiKey.routing_policy,
+            Tenant.routing_policy,
+            Tenant.residency,
+            Tenant.weight,
+            ApiKey.tenant_id,
+        )
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.id == api_key_id)
+    )
     row = (await session.execute(stmt)).first()
     if row is None:
         return None
     rpm, key_policy, tenant_policy, residency, weight, tenant_id = row
-    return KeyPolicy(rate_limit_rpm=rpm, routing_policy=key_policy or tenant_policy or "balanced",
-                     residency={k: list(v) for k, v in (residency or {}).items()}, tenant_weight=weight,
-                     pools=await usable_pool_ids(session, tenant_id))
+    return KeyPolicy(
+        rate_limit_rpm=rpm,
+        routing_policy=key_policy or tenant_policy or "balanced",
+        residency={k: list(v) for k, v in (residency or {}).items()},
+        tenant_weight=weight,
+        pools=await usable_pool_ids(session, tenant_id),
+    )
 
 
-async def set_key_limits(session: AsyncSession, key: ApiKey, *, rate_limit_rpm: int | None,
-                         routing_policy: str | None) -> None:
+async def set_key_limits(
+    session: AsyncSession, key: ApiKey, *, rate_limit_rpm: int | None, routing_policy: str | None
+) -> None:
     key.rate_limit_rpm, key.routing_policy = rate_limit_rpm, routing_policy
     await session.flush()
 
 
-async def set_tenant_policy(session: AsyncSession, tenant: Tenant, *, residency: dict[str, list[str]] | None = None,
-                            routing_policy: str | None = None, weight: float | None = None) -> None:
+async def set_tenant_policy(
+    session: AsyncSession,
+    tenant: Tenant,
+    *,
+    residency: dict[str, list[str]] | None = None,
+    routing_policy: str | None = None,
+    weight: float | None = None,
+) -> None:
     """Change only what is given; ``residency={}`` clears the rules."""
     if residency is not None:
         tenant.residency = residency

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import Pool, PoolGrant, Tenant, new_id, utcnow
+from outpost.control_plane.db.models import Pool, PoolGrant, Tenant, new_id, utcnow
 
 __all__ = [
     "DEFAULT_POOL",
@@ -31,7 +31,9 @@ __all__ = [
 DEFAULT_POOL = "default"
 
 
-async def get_pool(session: AsyncSession, pool_id: str, tenant_id: str | None = None) -> Pool | None:
+async def get_pool(
+    session: AsyncSession, pool_id: str, tenant_id: str | None = None
+) -> Pool | None:
     stmt = select(Pool).where(Pool.id == pool_id)
     if tenant_id is not None:
         stmt = stmt.where(Pool.tenant_id == tenant_id)
@@ -72,35 +74,56 @@ async def list_pools(session: AsyncSession, tenant_id: str) -> list[Pool]:
     return list((await session.execute(stmt)).scalars())
 
 
-async def grant_pool(session: AsyncSession, pool: Pool, grantee_tenant_id: str | None, granted_by: str) -> PoolGrant:
+async def grant_pool(
+    session: AsyncSession, pool: Pool, grantee_tenant_id: str | None, granted_by: str
+) -> PoolGrant:
     """Let ``grantee_tenant_id`` (``None``: every tenant) route to ``pool``; an active grant is reused."""
     stmt = select(PoolGrant).where(PoolGrant.pool_id == pool.id, PoolGrant.revoked_at.is_(None))
-    stmt = stmt.where(PoolGrant.grantee_tenant_id.is_(None) if grantee_tenant_id is None
-                      else PoolGrant.grantee_tenant_id == grantee_tenant_id)
+    stmt = stmt.where(
+        PoolGrant.grantee_tenant_id.is_(None)
+        if grantee_tenant_id is None
+        else PoolGrant.grantee_tenant_id == grantee_tenant_id
+    )
     if (active := (await session.execute(stmt)).scalars().first()) is not None:
         return active
-    grant = PoolGrant(id=new_id("grant"), pool_id=pool.id, grantee_tenant_id=grantee_tenant_id,
-                      granted_by=granted_by)
+    grant = PoolGrant(
+        id=new_id("grant"),
+        pool_id=pool.id,
+        grantee_tenant_id=grantee_tenant_id,
+        granted_by=granted_by,
+    )
     session.add(grant)
     await session.flush()
     return grant
 
 
-async def get_grant(session: AsyncSession, grant_id: str, tenant_id: str | None = None) -> PoolGrant | None:
+async def get_grant(
+    session: AsyncSession, grant_id: str, tenant_id: str | None = None
+) -> PoolGrant | None:
     """A grant by id; with ``tenant_id``, only if that tenant owns the pool or is the grantee."""
-    stmt = select(PoolGrant).join(Pool, Pool.id == PoolGrant.pool_id).where(PoolGrant.id == grant_id)
+    stmt = (
+        select(PoolGrant).join(Pool, Pool.id == PoolGrant.pool_id).where(PoolGrant.id == grant_id)
+    )
     if tenant_id is not None:
-        stmt = stmt.where(or_(Pool.tenant_id == tenant_id, PoolGrant.grantee_tenant_id == tenant_id))
+        stmt = stmt.where(
+            or_(Pool.tenant_id == tenant_id, PoolGrant.grantee_tenant_id == tenant_id)
+        )
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def list_grants(session: AsyncSession, tenant_id: str | None, *,
-                      include_revoked: bool = False) -> list[tuple[PoolGrant, Pool]]:
+async def list_grants(
+    session: AsyncSession, tenant_id: str | None, *, include_revoked: bool = False
+) -> list[tuple[PoolGrant, Pool]]:
     """Grants of the tenant's pools and grants to it (to every tenant too); ``None``: all grants."""
     stmt = select(PoolGrant, Pool).join(Pool, Pool.id == PoolGrant.pool_id)
     if tenant_id is not None:
-        stmt = stmt.where(or_(Pool.tenant_id == tenant_id, PoolGrant.grantee_tenant_id == tenant_id,
-                              PoolGrant.grantee_tenant_id.is_(None)))
+        stmt = stmt.where(
+            or_(
+                Pool.tenant_id == tenant_id,
+                PoolGrant.grantee_tenant_id == tenant_id,
+                PoolGrant.grantee_tenant_id.is_(None),
+            )
+        )
     if not include_revoked:
         stmt = stmt.where(PoolGrant.revoked_at.is_(None))
     rows = (await session.execute(stmt.order_by(PoolGrant.created_at, PoolGrant.id))).all()
@@ -115,12 +138,27 @@ async def revoke_grant(session: AsyncSession, grant: PoolGrant, revoked_by: str)
 
 async def usable_pool_ids(session: AsyncSession, tenant_id: str) -> frozenset[str]:
     """The pools ``tenant_id``'s requests may be routed to: its own, then granted ones unless it refuses them."""
-    own = (await session.execute(select(Pool.id).where(Pool.tenant_id == tenant_id))).scalars().all()
-    refuses = (await session.execute(select(Tenant.refuse_shared_pools).where(Tenant.id == tenant_id))).scalar()
+    own = (
+        (await session.execute(select(Pool.id).where(Pool.tenant_id == tenant_id))).scalars().all()
+    )
+    refuses = (
+        await session.execute(select(Tenant.refuse_shared_pools).where(Tenant.id == tenant_id))
+    ).scalar()
     if refuses:
         return frozenset(own)
-    granted = (await session.execute(
-        select(PoolGrant.pool_id).where(PoolGrant.revoked_at.is_(None),
-                                        or_(PoolGrant.grantee_tenant_id == tenant_id,
-                                            PoolGrant.grantee_tenant_id.is_(None))))).scalars().all()
+    granted = (
+        (
+            await session.execute(
+                select(PoolGrant.pool_id).where(
+                    PoolGrant.revoked_at.is_(None),
+                    or_(
+                        PoolGrant.grantee_tenant_id == tenant_id,
+                        PoolGrant.grantee_tenant_id.is_(None),
+                    ),
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
     return frozenset((*own, *granted))

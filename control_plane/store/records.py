@@ -8,7 +8,7 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import RequestRecord
+from outpost.control_plane.db.models import RequestRecord
 
 __all__ = ["add_request_record", "add_request_records", "insert_request_records_sync"]
 
@@ -19,12 +19,13 @@ async def add_request_record(session: AsyncSession, record: RequestRecord) -> Re
     return record
 
 
-async def add_request_records(session: AsyncSession, records: list[RequestRecord]) -> list[RequestRecord]:
+async def add_request_records(
+    session: AsyncSession, records: list[RequestRecord]
+) -> list[RequestRecord]:
     """Insert a batch in one round trip (SQLAlchemy's insertmanyvalues)."""
     session.add_all(records)
     await session.flush()
     return records
-
 
 
 def insert_request_records_sync(conn: Session | Connection, records: list[RequestRecord]) -> None:

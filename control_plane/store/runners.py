@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import Runner, ServedModel, new_id, utcnow
-from sdk.pricing import CostModel, hourly_rate
-from sdk.protocol import ModelInfo
+from outpost.control_plane.db.models import Runner, ServedModel, new_id, utcnow
+from outpost.sdk.pricing import CostModel, hourly_rate
+from outpost.sdk.protocol import ModelInfo
 
 __all__ = [
     "MAX_USD_PER_HOUR",
@@ -59,18 +59,35 @@ def proposed_cost(hello_cost: CostModel) -> dict[str, Any]:
     return CostModel(usd_per_hour=rate, set_by="hello").to_dict()
 
 
-async def create_runner(session: AsyncSession, *, tenant_id: str, pool_id: str, name: str,
-                        identity_public_key: str, hpke_public_key: str | None, hpke_key_signature: str | None,
-                        labels: dict[str, str] | None = None) -> Runner:
-    runner = Runner(id=new_id("run"), tenant_id=tenant_id, pool_id=pool_id, name=name,
-                    identity_public_key=identity_public_key, hpke_public_key=hpke_public_key,
-                    hpke_key_signature=hpke_key_signature, labels=dict(labels or {}))
+async def create_runner(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    pool_id: str,
+    name: str,
+    identity_public_key: str,
+    hpke_public_key: str | None,
+    hpke_key_signature: str | None,
+    labels: dict[str, str] | None = None,
+) -> Runner:
+    runner = Runner(
+        id=new_id("run"),
+        tenant_id=tenant_id,
+        pool_id=pool_id,
+        name=name,
+        identity_public_key=identity_public_key,
+        hpke_public_key=hpke_public_key,
+        hpke_key_signature=hpke_key_signature,
+        labels=dict(labels or {}),
+    )
     session.add(runner)
     await session.flush()
     return runner
 
 
-async def get_runner(session: AsyncSession, runner_id: str, tenant_id: str | None = None) -> Runner | None:
+async def get_runner(
+    session: AsyncSession, runner_id: str, tenant_id: str | None = None
+) -> Runner | None:
     stmt = select(Runner).where(Runner.id == runner_id)
     if tenant_id is not None:
         stmt = stmt.where(Runner.tenant_id == tenant_id)
@@ -82,8 +99,16 @@ async def list_runners(session: AsyncSession, tenant_id: str) -> list[Runner]:
     return list((await session.execute(stmt)).scalars())
 
 
-async def record_hello(session: AsyncSession, runner: Runner, *, models: list[ModelInfo], capacity: int,
-                       labels: dict[str, str], hardware: dict[str, Any], cost: CostModel) -> None:
+async def record_hello(
+    session: AsyncSession,
+    runner: Runner,
+    *,
+    models: list[ModelInfo],
+    capacity: int,
+    labels: dict[str, str],
+    hardware: dict[str, Any],
+    cost: CostModel,
+) -> None:
     """Store what a hello reports. Its labels are kept as reported only; its cost model is
     taken at the runner's first hello only (one cost model per runner, not per connection)."""
     if runner.last_seen_at is None and not runner.cost:
@@ -92,19 +117,34 @@ async def record_hello(session: AsyncSession, runner: Runner, *, models: list[Mo
     runner.last_seen_at = utcnow()
     await session.execute(delete(ServedModel).where(ServedModel.runner_id == runner.id))
     for m in models:
-        session.add(ServedModel(runner_id=runner.id, name=m.name, engine=m.engine,
-                                context_length=m.context_length, quantization=m.quantization,
-                                aliases=list(m.aliases)))
+        session.add(
+            ServedModel(
+                runner_id=runner.id,
+                name=m.name,
+                engine=m.engine,
+                context_length=m.context_length,
+                quantization=m.quantization,
+                aliases=list(m.aliases),
+            )
+        )
     await session.flush()
 
 
-async def update_runner(session: AsyncSession, runner: Runner, *, labels: dict[str, str] | None = None,
-                        usd_per_hour: float | None = None, pool_id: str | None = None) -> None:
+async def update_runner(
+    session: AsyncSession,
+    runner: Runner,
+    *,
+    labels: dict[str, str] | None = None,
+    usd_per_hour: float | None = None,
+    pool_id: str | None = None,
+) -> None:
     """The owner's changes: residency labels, price (checked by :func:`check_usd_per_hour`), pool."""
     if labels is not None:
         runner.labels = dict(labels)
     if usd_per_hour is not None:
-        runner.cost = CostModel(usd_per_hour=check_usd_per_hour(usd_per_hour), set_by="owner").to_dict()
+        runner.cost = CostModel(
+            usd_per_hour=check_usd_per_hour(usd_per_hour), set_by="owner"
+        ).to_dict()
     if pool_id is not None:
         runner.pool_id = pool_id
     await session.flush()
@@ -115,10 +155,14 @@ async def revoke_runner(session: AsyncSession, runner: Runner) -> None:
     await session.flush()
 
 
-async def known_model(session: AsyncSession, name: str, pools: frozenset[str] | None = None) -> bool:
+async def known_model(
+    session: AsyncSession, name: str, pools: frozenset[str] | None = None
+) -> bool:
     """Whether any registered (possibly offline) runner, in ``pools`` if given, has served ``name``."""
     stmt = select(ServedModel.name, ServedModel.aliases)
     if pools is not None:
-        stmt = stmt.join(Runner, Runner.id == ServedModel.runner_id).where(Runner.pool_id.in_(pools))
+        stmt = stmt.join(Runner, Runner.id == ServedModel.runner_id).where(
+            Runner.pool_id.in_(pools)
+        )
     rows = (await session.execute(stmt)).all()
     return any(n == name or name in (aliases or []) for n, aliases in rows)

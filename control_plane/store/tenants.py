@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.db.models import Tenant, new_id
+from outpost.control_plane.db.models import Tenant, new_id
 
 __all__ = ["get_or_create_tenant", "get_tenant_by_name"]
 

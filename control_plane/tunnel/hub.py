@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.tunnel.link import Link
-from sdk.pricing import CostModel, hourly_rate
-from sdk.protocol import CloseCode, GoawayFrame, ModelInfo
+from outpost.control_plane.tunnel.link import Link
+from outpost.sdk.pricing import CostModel, hourly_rate
+from outpost.sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
 __all__ = ["ConnectedRunner", "RunnerListener", "TunnelHub"]
 
@@ -120,7 +120,10 @@ class TunnelHub:
 
     def routable(self) -> list[ConnectedRunner]:
         """Runners a request may go to: this process's, then those only other replicas hold."""
-        return [*self.runners.values(), *(r for k, r in self.remote.items() if k not in self.runners)]
+        return [
+            *self.runners.values(),
+            *(r for k, r in self.remote.items() if k not in self.runners),
+        ]
 
     def lookup(self, runner_id: str) -> ConnectedRunner | None:
         """A connected runner by id, held here or by another replica."""
@@ -137,13 +140,16 @@ class TunnelHub:
         local = self._by_model.get(model)
         found = list(local.values()) if local else []
         if self.remote:
-            found += [r for k, r in self.remote.items() if k not in self.runners and r.serves(model)]
+            found += [
+                r for k, r in self.remote.items() if k not in self.runners and r.serves(model)
+            ]
         return found
 
     def is_served(self, model: str) -> bool:
         """Whether some connected runner serves ``model``: ``model in model_names()`` without building it."""
         return model in self._by_model or any(
-            r.serves(model) for k, r in self.remote.items() if k not in self.runners)
+            r.serves(model) for k, r in self.remote.items() if k not in self.runners
+        )
 
     async def wait_changed(self, timeout: float) -> None:
         """Wait until a runner connects or disconnects, or ``timeout`` passes."""

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from control_plane.tunnel.stream import Stream, StreamEvent
-from sdk.protocol import (
+from outpost.control_plane.tunnel.stream import Stream, StreamEvent
+from outpost.sdk.protocol import (
     DEFAULT_STREAM_WINDOW,
     MAX_DATA_BYTES,
     DataFrame,
@@ -26,8 +26,10 @@ from sdk.protocol import (
     encode_frame,
 )
 
-if TYPE_CHECKING:  # the holder's admission events (routing/admission.py imports the hub, which imports this)
-    from control_plane.routing.admission import HolderAdmitted, HolderRefused
+if (
+    TYPE_CHECKING
+):  # the holder's admission events (routing/admission.py imports the hub, which imports this)
+    from outpost.control_plane.routing.admission import HolderAdmitted, HolderRefused
 
 __all__ = ["Link", "RunnerLink", "RunnerLoad", "RunnerStream"]
 
@@ -56,7 +58,9 @@ class RunnerStream(Protocol):
 
     finished: bool
 
-    async def next_event(self, timeout: float | None = None) -> StreamEvent | HolderAdmitted | HolderRefused: ...
+    async def next_event(
+        self, timeout: float | None = None
+    ) -> StreamEvent | HolderAdmitted | HolderRefused: ...
     def take_data(self) -> str: ...
     async def consumed(self, nchars: int) -> None: ...
     async def cancel(self, reason: str = "client disconnected") -> None: ...
@@ -80,18 +84,35 @@ class RunnerLink(Protocol):
     @property
     def open_streams(self) -> int: ...
 
-    async def open_stream(self, *, path: str, model: str, body: str, stream: bool, sealed: bool = False,
-                          window: int | None = None, request_id: str | None = None,
-                          admit: dict[str, Any] | None = None) -> RunnerStream: ...
+    async def open_stream(
+        self,
+        *,
+        path: str,
+        model: str,
+        body: str,
+        stream: bool,
+        sealed: bool = False,
+        window: int | None = None,
+        request_id: str | None = None,
+        admit: dict[str, Any] | None = None,
+    ) -> RunnerStream: ...
 
     def close_stream(self, stream: Any) -> None: ...
     def fail_all(self, reason: str) -> None: ...
 
 
 class Link:
-    def __init__(self, runner_id: str, session_id: str, send_text: SendText, max_streams: int,
-                 close: Callable[[int, str], Awaitable[None]], stream_window: int = DEFAULT_STREAM_WINDOW,
-                 capabilities: frozenset[str] = frozenset(), connection_index: int = 0) -> None:
+    def __init__(
+        self,
+        runner_id: str,
+        session_id: str,
+        send_text: SendText,
+        max_streams: int,
+        close: Callable[[int, str], Awaitable[None]],
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        capabilities: frozenset[str] = frozenset(),
+        connection_index: int = 0,
+    ) -> None:
         self.stream_window = stream_window
         self.connection_index = connection_index  # the hello's: one live link per index and runner
         self.capabilities = capabilities  # negotiated in the handshake
@@ -120,9 +141,18 @@ class Link:
         async with self._send_lock:
             await self._send_text(text)
 
-    async def open_stream(self, *, path: str, model: str, body: str, stream: bool,
-                          sealed: bool = False, window: int | None = None, request_id: str | None = None,
-                          admit: dict[str, Any] | None = None) -> Stream:
+    async def open_stream(
+        self,
+        *,
+        path: str,
+        model: str,
+        body: str,
+        stream: bool,
+        sealed: bool = False,
+        window: int | None = None,
+        request_id: str | None = None,
+        admit: dict[str, Any] | None = None,
+    ) -> Stream:
         # ``admit`` is for a holder's queue (RunnerLink); this replica admitted the request already.
         if self.closed or self.draining:
             raise ConnectionError("link is not accepting streams")
@@ -134,10 +164,19 @@ class Link:
         self.streams[sid] = st
         first, rest = body[:MAX_DATA_BYTES], body[MAX_DATA_BYTES:]
         try:
-            await self.send(RequestFrame(stream_id=sid, path=path, model=model, body=first,
-                                         body_length=len(body), stream=stream, window=window,
-                                         sealed=sealed,
-                                         request_id=request_id if "request-id" in self.capabilities else None))
+            await self.send(
+                RequestFrame(
+                    stream_id=sid,
+                    path=path,
+                    model=model,
+                    body=first,
+                    body_length=len(body),
+                    stream=stream,
+                    window=window,
+                    sealed=sealed,
+                    request_id=request_id if "request-id" in self.capabilities else None,
+                )
+            )
             for i in range(0, len(rest), MAX_DATA_BYTES):
                 await self.send(DataFrame(stream_id=sid, data=rest[i : i + MAX_DATA_BYTES]))
         except BaseException:
@@ -172,10 +211,16 @@ class Link:
             if st.finished:
                 self.streams.pop(frame.stream_id, None)
         elif isinstance(frame, StatusFrame):
-            self.load = RunnerLoad(frame.running, frame.waiting, frame.kv_cache_usage, frame.healthy,
-                                   completed=frame.completed,
-                                   unavailable_models=tuple(frame.unavailable_models),
-                                   headroom=frame.headroom, engines=tuple(frame.engines))
+            self.load = RunnerLoad(
+                frame.running,
+                frame.waiting,
+                frame.kv_cache_usage,
+                frame.healthy,
+                completed=frame.completed,
+                unavailable_models=tuple(frame.unavailable_models),
+                headroom=frame.headroom,
+                engines=tuple(frame.engines),
+            )
         elif isinstance(frame, GoawayFrame):
             self.draining = True
         else:

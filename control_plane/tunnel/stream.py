@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, Union
 
-from sdk.protocol import DataFrame, EndFrame, FrameError, ResetFrame, ResponseStartFrame
+from outpost.sdk.protocol import DataFrame, EndFrame, FrameError, ResetFrame, ResponseStartFrame
 
 __all__ = ["EventQueue", "LinkClosed", "Stream", "StreamEvent", "response_start_problem"]
 

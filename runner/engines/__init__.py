@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from runner.engines.attach import AttachedEngine
-from runner.engines.base import EngineAdapter, EngineLoad, LaunchSpec, ServedModel
-from runner.engines.llama_cpp_python import LlamaCppPythonEngine
-from runner.engines.vllm import VllmEngine, VllmLoad
-from runner.engines.xllamacpp import XllamacppEngine
-from runner.planning import (
+from outpost.runner.engines.attach import AttachedEngine
+from outpost.runner.engines.base import EngineAdapter, EngineLoad, LaunchSpec, ServedModel
+from outpost.runner.engines.llama_cpp_python import LlamaCppPythonEngine
+from outpost.runner.engines.vllm import VllmEngine, VllmLoad
+from outpost.runner.engines.xllamacpp import XllamacppEngine
+from outpost.runner.planning import (
     AttachSettings,
     LlamaCppPythonSettings,
     Plan,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runner.engines.base import EngineLoad, ServedModel
-from runner.engines.vllm import VllmEngine
-from runner.engines.xllamacpp import XllamacppEngine
+from outpost.runner.engines.base import EngineLoad, ServedModel
+from outpost.runner.engines.vllm import VllmEngine
+from outpost.runner.engines.xllamacpp import XllamacppEngine
 
 __all__ = ["AttachedEngine"]
 

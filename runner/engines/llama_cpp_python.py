@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from runner.engines.base import EngineLoad, LaunchSpec, ServedModel
+from outpost.runner.engines.base import EngineLoad, LaunchSpec, ServedModel
 
 __all__ = ["LlamaCppPythonEngine"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from runner.engines.base import EngineLoad, LaunchSpec, ServedModel
+from outpost.runner.engines.base import EngineLoad, LaunchSpec, ServedModel
 
 __all__ = ["VllmEngine", "VllmLoad"]
 
@@ -120,8 +120,10 @@ class VllmEngine:
                 if not (math.isfinite(sample.value) and sample.value >= 0):
                     continue
                 values[sample.name].append(sample.value)
-                if (sample.name == "vllm:request_success_total"
-                        and sample.labels.get("finished_reason") not in _NOT_SERVED):
+                if (
+                    sample.name == "vllm:request_success_total"
+                    and sample.labels.get("finished_reason") not in _NOT_SERVED
+                ):
                     finished.append(sample.value)
         kv = _first(values, _KV_USAGE)
         hits = _first(values, _PREFIX_HITS)

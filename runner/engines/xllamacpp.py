@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from runner.engines.base import EngineLoad, LaunchSpec, ServedModel
+from outpost.runner.engines.base import EngineLoad, LaunchSpec, ServedModel
 
 __all__ = ["XllamacppEngine"]
 
@@ -29,7 +29,7 @@ class XllamacppEngine:
 
     def launch_spec(self, port: int) -> LaunchSpec:
         argv = [
-            sys.executable, "-m", "runner.engines.xllamacpp_main",
+            sys.executable, "-m", "outpost.runner.engines.xllamacpp_main",
             "--model", self.model_path,
             "--port", str(port),
             "--ctx", str(self.ctx),

@@ -11,7 +11,7 @@ if [ -z "${SKIP_WHEELS:-}" ] && [ ! -d /tmp/site/fastapi ]; then
 fi
 export PYTHONPATH=/tmp/site:$R:$G/lcp
 export PYTHONUNBUFFERED=1
-runner() { python3 -m runner.cli "$@"; }
+runner() { python3 -m outpost.runner.cli "$@"; }
 plans() {  # plans TAG MODEL...: the real CLI for each model, then the planner with engines assumed installed
   local tag=$1; shift
   for m in "$@"; do

@@ -29,7 +29,9 @@ def chat_template(path: Path) -> str | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("gguf", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
@@ -58,15 +60,22 @@ def main() -> None:
     cfg = json.loads((args.out / "config.json").read_text())
     files = sorted(p.name for p in args.out.iterdir())
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s: {params:,} parameters, "
-          f"{cfg.get('architectures')}, dtype {cfg.get('dtype') or cfg.get('torch_dtype')}, "
-          f"tie_word_embeddings {cfg.get('tie_word_embeddings')}, chat template {'yes' if template else 'no'}; "
-          f"files {files}")
+    print(
+        f"wrote {args.out} in {time.perf_counter() - t0:.1f} s: {params:,} parameters, "
+        f"{cfg.get('architectures')}, dtype {cfg.get('dtype') or cfg.get('torch_dtype')}, "
+        f"tie_word_embeddings {cfg.get('tie_word_embeddings')}, chat template {'yes' if template else 'no'}; "
+        f"files {files}"
+    )
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
-    print("transformers check:", repr(tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)))
+    print(
+        "transformers check:",
+        repr(tok.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)),
+    )
 
 
 if __name__ == "__main__":

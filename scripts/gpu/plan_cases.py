@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rich.console import Console
 
-from runner.gguf_meta import resolve_model
-from runner.hardware import detect
-from runner.inspect_cli import render_plan
-from runner.planning import installed_engines, plan
+from outpost.runner.gguf_meta import resolve_model
+from outpost.runner.hardware import detect
+from outpost.runner.inspect_cli import render_plan
+from outpost.runner.planning import installed_engines, plan
 
 
 def main() -> None:
@@ -41,11 +41,19 @@ def main() -> None:
     for ref in args.models:
         spec = resolve_model(ref)
         result = plan(hardware, spec, engine=args.engine, installed=installed)
-        console.rule(f"plan --model {ref}  (installed here: {sorted(real) or 'none'}; "
-                     f"assumed installed: {sorted(args.assume) or 'none'})")
+        console.rule(
+            f"plan --model {ref}  (installed here: {sorted(real) or 'none'}; "
+            f"assumed installed: {sorted(args.assume) or 'none'})"
+        )
         console.print(render_plan(result))
-        out.append({"model": ref, "installed_here": sorted(real), "assumed": sorted(args.assume),
-                    "plan": json.loads(result.to_json())})
+        out.append(
+            {
+                "model": ref,
+                "installed_here": sorted(real),
+                "assumed": sorted(args.assume),
+                "plan": json.loads(result.to_json()),
+            }
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

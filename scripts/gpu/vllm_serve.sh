@@ -23,10 +23,10 @@ if [ ! -f "$HF/model.safetensors" ]; then
 fi
 ls -la "$HF"
 echo "### \$ runner plan --model $HF"
-COLUMNS=130 python3 -m runner.cli plan --model "$HF"; echo "(exit $?)"
+COLUMNS=130 python3 -m outpost.runner.cli plan --model "$HF"; echo "(exit $?)"
 # TAG names this run's files; BENCH_EXTRA adds bench options (--cp-env ...); NO_RECORD=1: no fixtures.
 TAG=${TAG:-}
-[ -n "$TAG" ] || python3 -m runner.cli plan --model "$HF" --json > "$OUT/plan.json"
+[ -n "$TAG" ] || python3 -m outpost.runner.cli plan --model "$HF" --json > "$OUT/plan.json"
 REC=(--record "$OUT"); [ -z "${NO_RECORD:-}" ] || REC=()
 echo "### bench $TAG ${BENCH_EXTRA:-}"
 rm -rf /tmp/outpost-gpu-*

@@ -1,6 +1,6 @@
 """The Outpost Python SDK: :class:`Client` (blocking) and :class:`AsyncClient`.
 
-    from sdk.client import Client
+    from outpost.sdk.client import Client
 
     with Client("http://127.0.0.1:8080", api_key="sk-…") as client:
         reply = client.chat.completions.create(
@@ -10,8 +10,8 @@
 end-to-end mode (``Client(..., e2e=True, pins={runner_id: fingerprint})``).
 """
 
-from sdk.client._async_client import AsyncClient, AsyncStream
-from sdk.client._core import RetryPolicy
-from sdk.client._sync_client import Client, Stream
+from outpost.sdk.client._async_client import AsyncClient, AsyncStream
+from outpost.sdk.client._core import RetryPolicy
+from outpost.sdk.client._sync_client import Client, Stream
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "RetryPolicy", "Stream"]

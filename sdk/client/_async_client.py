@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 import httpx
 from pydantic import BaseModel
 
-from sdk.client._core import (
+from outpost.sdk.client._core import (
     ClientOptions,
     Decoder,
     PlainDecoder,
@@ -31,10 +31,10 @@ from sdk.client._core import (
     sse_data,
     transport_error,
 )
-from sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
-from sdk.e2e import VerifiedHpkeKey
-from sdk.errors import APIError, ConflictError
-from sdk.models import (
+from outpost.sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
+from outpost.sdk.e2e import VerifiedHpkeKey
+from outpost.sdk.errors import APIError, ConflictError
+from outpost.sdk.models import (
     ApiKey,
     AuditPage,
     Budget,
@@ -53,10 +53,10 @@ from sdk.models import (
     Runner,
     UsageReport,
 )
-from sdk.sealed import E2E_KEY_MISMATCH, E2E_PREFIX, RUNNER_HEADER
+from outpost.sdk.sealed import E2E_KEY_MISMATCH, E2E_PREFIX, RUNNER_HEADER
 
 if TYPE_CHECKING:
-    from sdk.audit import VerifyResult
+    from outpost.sdk.audit import VerifyResult
 
 __all__ = ["AsyncClient", "AsyncStream"]
 
@@ -104,14 +104,24 @@ class AsyncClient:
     is in ``pins`` (runner id → fingerprint); ``e2e=`` on a call overrides it.
     """
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: Timeout = None,
-                 max_retries: int = 2, retry: RetryPolicy | None = None, e2e: bool = False,
-                 pins: Mapping[str, str] | None = None, pad_to: int = 0,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 http_client: httpx.AsyncClient | None = None,
-                 default_headers: Mapping[str, str] | None = None) -> None:
-        self._options = ClientOptions.build(base_url, api_key, timeout, retry or RetryPolicy(max_retries),
-                                            default_headers)
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: Timeout = None,
+        max_retries: int = 2,
+        retry: RetryPolicy | None = None,
+        e2e: bool = False,
+        pins: Mapping[str, str] | None = None,
+        pad_to: int = 0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._options = ClientOptions.build(
+            base_url, api_key, timeout, retry or RetryPolicy(max_retries), default_headers
+        )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(transport=transport)
         self._keybook = KeyBook(pins)
@@ -149,12 +159,23 @@ class AsyncClient:
 
     # --- transport -------------------------------------------------------------------
 
-    def _prepare(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None, timeout: Timeout = None,
-                 context: Any = None) -> Prepared:
-        request = self._options.request(method, path, json_body=json_body, params=params, headers=headers,
-                                        timeout=timeout)
-        return Prepared(request, idempotent=method in ("GET", "HEAD", "PUT", "DELETE"), context=context)
+    def _prepare(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeout = None,
+        context: Any = None,
+    ) -> Prepared:
+        request = self._options.request(
+            method, path, json_body=json_body, params=params, headers=headers, timeout=timeout
+        )
+        return Prepared(
+            request, idempotent=method in ("GET", "HEAD", "PUT", "DELETE"), context=context
+        )
 
     async def _send(self, prepare: Callable[[], Prepared]) -> tuple[Prepared, httpx.Response]:
         """Send with retries; ``prepare`` runs per attempt (an e2e request is resealed)."""
@@ -186,10 +207,18 @@ class AsyncClient:
         finally:
             await response.aclose()
 
-    async def _request(self, method: str, path: str, *, json_body: Any = None,
-                       params: Mapping[str, Any] | None = None, timeout: Timeout = None) -> bytes:
-        _, response = await self._send(lambda: self._prepare(method, path, json_body=json_body, params=params,
-                                                             timeout=timeout))
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: Timeout = None,
+    ) -> bytes:
+        _, response = await self._send(
+            lambda: self._prepare(method, path, json_body=json_body, params=params, timeout=timeout)
+        )
         return await self._read(response)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -202,36 +231,68 @@ class AsyncClient:
 
     # --- inference ---------------------------------------------------------------------
 
-    async def _inference(self, endpoint: str, payload: dict[str, Any], *, stream: bool, e2e: bool | None,
-                         runner: str | None, timeout: Timeout, result: type[M],
-                         chunk: type[BaseModel]) -> Any:
+    async def _inference(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        e2e: bool | None,
+        runner: str | None,
+        timeout: Timeout,
+        result: type[M],
+        chunk: type[BaseModel],
+    ) -> Any:
         if self.e2e if e2e is None else e2e:
-            return await self._sealed(endpoint, payload, stream=stream, runner=runner, timeout=timeout,
-                                      parse=partial(parse_model, chunk if stream else result))
+            return await self._sealed(
+                endpoint,
+                payload,
+                stream=stream,
+                runner=runner,
+                timeout=timeout,
+                parse=partial(parse_model, chunk if stream else result),
+            )
         if runner is not None:
             raise ValueError("runner= chooses the runner of an end-to-end request; pass e2e=True")
-        _, response = await self._send(lambda: self._prepare("POST", f"/v1/{endpoint}", json_body=payload,
-                                                             timeout=timeout))
+        _, response = await self._send(
+            lambda: self._prepare("POST", f"/v1/{endpoint}", json_body=payload, timeout=timeout)
+        )
         if stream:
             return AsyncStream(response, PlainDecoder(partial(parse_model, chunk)))
         return parse_model(result, parse_json(await self._read(response)))
 
-    async def _sealed(self, endpoint: str, payload: dict[str, Any], *, stream: bool, runner: str | None,
-                      timeout: Timeout, parse: Callable[[Any], Any]) -> Any:
+    async def _sealed(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        runner: str | None,
+        timeout: Timeout,
+        parse: Callable[[Any], Any],
+    ) -> Any:
         for attempt in range(2):
             target = await self._e2e_target(payload["model"], runner)
 
             def prepare(target: VerifiedHpkeKey = target) -> Prepared:
                 body, call = seal_call(target, payload, stream=stream, pad_to=self.pad_to)
-                return self._prepare("POST", f"{E2E_PREFIX}/{endpoint}", json_body=body, timeout=timeout,
-                                     headers={RUNNER_HEADER: target.runner_id}, context=call)
+                return self._prepare(
+                    "POST",
+                    f"{E2E_PREFIX}/{endpoint}",
+                    json_body=body,
+                    timeout=timeout,
+                    headers={RUNNER_HEADER: target.runner_id},
+                    context=call,
+                )
 
             try:
                 prepared, response = await self._send(prepare)
             except ConflictError as exc:
                 if exc.code != E2E_KEY_MISMATCH or attempt:
                     raise
-                self._keybook.forget(target.runner_id)  # rotated key: fetch, verify against the pin, reseal
+                self._keybook.forget(
+                    target.runner_id
+                )  # rotated key: fetch, verify against the pin, reseal
                 continue
             decoder = SealedDecoder(prepared.context, parse, stream=stream)
             if stream:
@@ -244,7 +305,9 @@ class AsyncClient:
         if cached is not None:
             return cached
         if runner is not None:
-            return self._keybook.verify(runner, await self._json("GET", f"/api/runners/{runner}/e2e-key"))
+            return self._keybook.verify(
+                runner, await self._json("GET", f"/api/runners/{runner}/e2e-key")
+            )
         listing = await self._json("GET", f"{E2E_PREFIX}/runners", params={"model": model})
         return self._keybook.choose(model, listing)
 
@@ -256,24 +319,46 @@ class _AsyncResource:
 
 class AsyncChatCompletions(_AsyncResource):
     @overload
-    async def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True],
-                     **params: Any) -> AsyncStream[ChatCompletionChunk]: ...
+    async def create(
+        self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True], **params: Any
+    ) -> AsyncStream[ChatCompletionChunk]: ...
 
     @overload
-    async def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[False] = False,
-                     **params: Any) -> ChatCompletion: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> ChatCompletion: ...
 
-    async def create(self, *, model: str, messages: list[dict[str, Any]], stream: bool = False,
-                     e2e: bool | None = None, runner: str | None = None, timeout: Timeout = None,
-                     **params: Any) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool = False,
+        e2e: bool | None = None,
+        runner: str | None = None,
+        timeout: Timeout = None,
+        **params: Any,
+    ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
         """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras) pass through."""
         payload: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             payload["stream"] = True
         # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
         answer: ChatCompletion | AsyncStream[ChatCompletionChunk] = await self._client._inference(
-            "chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
-            timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+            "chat/completions",
+            payload,
+            stream=stream,
+            e2e=e2e,
+            runner=runner,
+            timeout=timeout,
+            result=ChatCompletion,
+            chunk=ChatCompletionChunk,
+        )
         return answer
 
 
@@ -285,36 +370,68 @@ class AsyncChat(_AsyncResource):
 
 class AsyncCompletions(_AsyncResource):
     @overload
-    async def create(self, *, model: str, prompt: str | list[str], stream: Literal[True],
-                     **params: Any) -> AsyncStream[Completion]: ...
+    async def create(
+        self, *, model: str, prompt: str | list[str], stream: Literal[True], **params: Any
+    ) -> AsyncStream[Completion]: ...
 
     @overload
-    async def create(self, *, model: str, prompt: str | list[str], stream: Literal[False] = False,
-                     **params: Any) -> Completion: ...
+    async def create(
+        self, *, model: str, prompt: str | list[str], stream: Literal[False] = False, **params: Any
+    ) -> Completion: ...
 
-    async def create(self, *, model: str, prompt: str | list[str], stream: bool = False,
-                     e2e: bool | None = None, runner: str | None = None, timeout: Timeout = None,
-                     **params: Any) -> Completion | AsyncStream[Completion]:
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: str | list[str],
+        stream: bool = False,
+        e2e: bool | None = None,
+        runner: str | None = None,
+        timeout: Timeout = None,
+        **params: Any,
+    ) -> Completion | AsyncStream[Completion]:
         """``POST /v1/completions``."""
         payload: dict[str, Any] = {"model": model, "prompt": prompt, **params}
         if stream:
             payload["stream"] = True
         # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
         answer: Completion | AsyncStream[Completion] = await self._client._inference(
-            "completions", payload, stream=stream, e2e=e2e, runner=runner,
-            timeout=timeout, result=Completion, chunk=Completion)
+            "completions",
+            payload,
+            stream=stream,
+            e2e=e2e,
+            runner=runner,
+            timeout=timeout,
+            result=Completion,
+            chunk=Completion,
+        )
         return answer
 
 
 class AsyncEmbeddings(_AsyncResource):
-    async def create(self, *, model: str, input: str | list[str], e2e: bool | None = None,
-                     runner: str | None = None, timeout: Timeout = None, **params: Any) -> EmbeddingResponse:
+    async def create(
+        self,
+        *,
+        model: str,
+        input: str | list[str],
+        e2e: bool | None = None,
+        runner: str | None = None,
+        timeout: Timeout = None,
+        **params: Any,
+    ) -> EmbeddingResponse:
         """``POST /v1/embeddings`` (runners started with ``--embedding``)."""
         payload: dict[str, Any] = {"model": model, "input": input, **params}
         # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
         answer: EmbeddingResponse = await self._client._inference(
-            "embeddings", payload, stream=False, e2e=e2e, runner=runner,
-            timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+            "embeddings",
+            payload,
+            stream=False,
+            e2e=e2e,
+            runner=runner,
+            timeout=timeout,
+            result=EmbeddingResponse,
+            chunk=EmbeddingResponse,
+        )
         return answer
 
 
@@ -327,8 +444,9 @@ class AsyncRunners(_AsyncResource):
     async def list(self) -> builtins.list[Runner]:
         return await self._client._list("/api/runners", Runner)
 
-    async def enroll(self, name: str, *, pool: str | None = None,
-                     labels: Mapping[str, str] | None = None) -> EnrollmentToken:
+    async def enroll(
+        self, name: str, *, pool: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> EnrollmentToken:
         """A one-time enrollment token for a runner named ``name`` (admin), joining ``pool`` (id or
         name; default: the tenant's default pool) with the residency ``labels`` routing obeys."""
         body: dict[str, Any] = {"name": name}
@@ -336,17 +454,36 @@ class AsyncRunners(_AsyncResource):
             body["pool"] = pool
         if labels:
             body["labels"] = dict(labels)
-        return parse_model(EnrollmentToken, await self._client._json("POST", "/api/runners/enroll", json_body=body))
+        return parse_model(
+            EnrollmentToken, await self._client._json("POST", "/api/runners/enroll", json_body=body)
+        )
 
-    async def update(self, runner_id: str, *, labels: Mapping[str, str] | None = None,
-                     usd_per_hour: float | None = None, pool: str | None = None) -> Runner:
+    async def update(
+        self,
+        runner_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        usd_per_hour: float | None = None,
+        pool: str | None = None,
+    ) -> Runner:
         """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000), pool."""
-        body = {k: v for k, v in (("labels", dict(labels) if labels is not None else None),
-                                  ("usd_per_hour", usd_per_hour), ("pool", pool)) if v is not None}
-        return parse_model(Runner, await self._client._json("PATCH", f"/api/runners/{runner_id}", json_body=body))
+        body = {
+            k: v
+            for k, v in (
+                ("labels", dict(labels) if labels is not None else None),
+                ("usd_per_hour", usd_per_hour),
+                ("pool", pool),
+            )
+            if v is not None
+        }
+        return parse_model(
+            Runner, await self._client._json("PATCH", f"/api/runners/{runner_id}", json_body=body)
+        )
 
     async def revoke(self, runner_id: str) -> Runner:
-        return parse_model(Runner, await self._client._json("POST", f"/api/runners/{runner_id}/revoke"))
+        return parse_model(
+            Runner, await self._client._json("POST", f"/api/runners/{runner_id}/revoke")
+        )
 
     async def e2e_key(self, runner_id: str) -> VerifiedHpkeKey:
         """The runner's HPKE key, verified against its pin (raises ``RunnerKeyError`` if swapped)."""
@@ -365,61 +502,98 @@ class AsyncPools(_AsyncResource):
         return await self._client._list("/api/pools", Pool)
 
     async def create(self, name: str) -> Pool:
-        return parse_model(Pool, await self._client._json("POST", "/api/pools", json_body={"name": name}))
+        return parse_model(
+            Pool, await self._client._json("POST", "/api/pools", json_body={"name": name})
+        )
 
     async def grants(self, *, include_revoked: bool = False) -> builtins.list[PoolGrant]:
         """Grants of the tenant's pools (``outgoing``) and to it (``incoming``)."""
-        return await self._client._list("/api/pools/grants", PoolGrant,
-                                        params={"include_revoked": str(include_revoked).lower()})
+        return await self._client._list(
+            "/api/pools/grants", PoolGrant, params={"include_revoked": str(include_revoked).lower()}
+        )
 
     async def grant(self, pool: str, tenant: str) -> PoolGrant:
         """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use ``pool``."""
-        return parse_model(PoolGrant, await self._client._json("POST", f"/api/pools/{pool}/grants",
-                                                                 json_body={"tenant": tenant}))
+        return parse_model(
+            PoolGrant,
+            await self._client._json(
+                "POST", f"/api/pools/{pool}/grants", json_body={"tenant": tenant}
+            ),
+        )
 
     async def revoke_grant(self, grant_id: str) -> PoolGrant:
         """Revoke a grant, as its pool's owner or as its grantee."""
-        return parse_model(PoolGrant, await self._client._json("POST", f"/api/pools/grants/{grant_id}/revoke"))
+        return parse_model(
+            PoolGrant, await self._client._json("POST", f"/api/pools/grants/{grant_id}/revoke")
+        )
 
     async def sharing(self) -> PoolSharing:
         return parse_model(PoolSharing, await self._client._json("GET", "/api/pools/sharing"))
 
     async def set_sharing(self, *, refuse_shared_pools: bool) -> PoolSharing:
         """Refuse every pool other tenants grant (only the tenant's own runners serve it), or accept again."""
-        return parse_model(PoolSharing, await self._client._json(
-            "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}))
+        return parse_model(
+            PoolSharing,
+            await self._client._json(
+                "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}
+            ),
+        )
 
 
 class AsyncKeys(_AsyncResource):
     async def list(self) -> builtins.list[ApiKey]:
         return await self._client._list("/api/keys", ApiKey)
 
-    async def create(self, name: str, *, scopes: builtins.list[str] | None = None,
-                     expires_in_s: int | None = None) -> CreatedApiKey:
+    async def create(
+        self,
+        name: str,
+        *,
+        scopes: builtins.list[str] | None = None,
+        expires_in_s: int | None = None,
+    ) -> CreatedApiKey:
         body = {"name": name, "scopes": scopes or ["inference"], "expires_in_s": expires_in_s}
-        return parse_model(CreatedApiKey, await self._client._json("POST", "/api/keys", json_body=body))
+        return parse_model(
+            CreatedApiKey, await self._client._json("POST", "/api/keys", json_body=body)
+        )
 
     async def revoke(self, key_id: str) -> ApiKey:
         return parse_model(ApiKey, await self._client._json("POST", f"/api/keys/{key_id}/revoke"))
 
 
 class AsyncUsage(_AsyncResource):
-    async def get(self, *, period: str = "month", start: datetime | str | None = None,
-                  end: datetime | str | None = None) -> UsageReport:
+    async def get(
+        self,
+        *,
+        period: str = "month",
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> UsageReport:
         """Tokens, requests and cost of this ``period`` (day, week, month) or of [start, end)."""
         params = {"period": period, "start": _iso(start), "end": _iso(end)}
-        return parse_model(UsageReport, await self._client._json("GET", "/api/usage", params=params))
+        return parse_model(
+            UsageReport, await self._client._json("GET", "/api/usage", params=params)
+        )
 
 
 class AsyncBudgets(_AsyncResource):
     async def list(self) -> builtins.list[Budget]:
         return await self._client._list("/api/budgets", Budget)
 
-    async def set(self, amount_usd: float, *, period: str = "month", api_key_id: str | None = None,
-                  soft_threshold: float = 0.8) -> Budget:
+    async def set(
+        self,
+        amount_usd: float,
+        *,
+        period: str = "month",
+        api_key_id: str | None = None,
+        soft_threshold: float = 0.8,
+    ) -> Budget:
         """Create or replace the tenant's (or one key's) budget for ``period`` (admin)."""
-        body = {"amount_usd": amount_usd, "period": period, "api_key_id": api_key_id,
-                "soft_threshold": soft_threshold}
+        body = {
+            "amount_usd": amount_usd,
+            "period": period,
+            "api_key_id": api_key_id,
+            "soft_threshold": soft_threshold,
+        }
         return parse_model(Budget, await self._client._json("POST", "/api/budgets", json_body=body))
 
     async def delete(self, budget_id: str) -> None:
@@ -463,12 +637,16 @@ class AsyncAudit(_AsyncResource):
             raise APIError("the latest checkpoint is not a JSON object")
         return doc
 
-    async def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None,
-                     kept_checkpoints: builtins.list[dict[str, Any]] | None = None) -> VerifyResult:
+    async def verify(
+        self,
+        export: str | None = None,
+        public_keys: builtins.list[str] | None = None,
+        kept_checkpoints: builtins.list[dict[str, Any]] | None = None,
+    ) -> VerifyResult:
         """Verify an export offline. Pass ``public_keys`` you hold: keys fetched from the
         control plane only prove the log is consistent with what it says about itself.
         ``kept_checkpoints`` (from :meth:`checkpoints`, kept by you) must lie on the chain."""
-        from sdk.audit import verify_export  # the offline verifier; only needed here
+        from outpost.sdk.audit import verify_export  # the offline verifier; only needed here
 
         text = export if export is not None else await self.export()
         keys = public_keys if public_keys is not None else await self.public_keys()
@@ -481,10 +659,14 @@ class AsyncFairnessRuns(_AsyncResource):
 
     async def create(self, **body: Any) -> FairnessRun:
         """Start a bias-probe run (admin); ``body`` as in docs/fairness.md (suite, model, ...)."""
-        return parse_model(FairnessRun, await self._client._json("POST", "/api/fairness/runs", json_body=body))
+        return parse_model(
+            FairnessRun, await self._client._json("POST", "/api/fairness/runs", json_body=body)
+        )
 
     async def get(self, run_id: str) -> FairnessRun:
-        return parse_model(FairnessRun, await self._client._json("GET", f"/api/fairness/runs/{run_id}"))
+        return parse_model(
+            FairnessRun, await self._client._json("GET", f"/api/fairness/runs/{run_id}")
+        )
 
 
 class AsyncFairness(_AsyncResource):

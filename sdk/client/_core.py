@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from sdk.errors import (
+from outpost.sdk.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -63,8 +63,12 @@ class RetryPolicy:
     backoff_cap_s: float = 8.0
     retry_after_cap_s: float = 60.0
 
-    def delay(self, attempt: int, retry_after: float | None = None,
-              rand: Callable[[], float] = random.random) -> float:
+    def delay(
+        self,
+        attempt: int,
+        retry_after: float | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> float:
         if retry_after is not None:
             return max(0.0, min(retry_after, self.retry_after_cap_s))
         return rand() * min(self.backoff_cap_s, self.backoff_base_s * 2.0**attempt)
@@ -79,28 +83,59 @@ class ClientOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, base_url: str | None, api_key: str | None, timeout: float | httpx.Timeout | None,
-              retry: RetryPolicy, headers: Mapping[str, str] | None) -> ClientOptions:
+    def build(
+        cls,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float | httpx.Timeout | None,
+        retry: RetryPolicy,
+        headers: Mapping[str, str] | None,
+    ) -> ClientOptions:
         url = base_url or os.environ.get(ENV_BASE_URL) or "http://127.0.0.1:8080"
         url = url.rstrip("/")
         # OpenAI clients are configured with ".../v1"; the admin API lives beside it.
         url = url.removesuffix("/v1")
-        return cls(base_url=url, api_key=api_key if api_key is not None else os.environ.get(ENV_API_KEY),
-                   timeout=DEFAULT_TIMEOUT if timeout is None else timeout, retry=retry,
-                   headers=dict(headers or {}))
+        return cls(
+            base_url=url,
+            api_key=api_key if api_key is not None else os.environ.get(ENV_API_KEY),
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            retry=retry,
+            headers=dict(headers or {}),
+        )
 
-    def request(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
-                headers: Mapping[str, str] | None = None,
-                timeout: float | httpx.Timeout | None = None) -> httpx.Request:
-        all_headers = {"Accept": "application/json", "User-Agent": "outpost-sdk/0.1", **self.headers}
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+    ) -> httpx.Request:
+        all_headers = {
+            "Accept": "application/json",
+            "User-Agent": "outpost-sdk/0.1",
+            **self.headers,
+        }
         if self.api_key:
             all_headers["Authorization"] = f"Bearer {self.api_key}"
         all_headers.update(headers or {})
         chosen = self.timeout if timeout is None else timeout
-        t = chosen if isinstance(chosen, httpx.Timeout) else httpx.Timeout(chosen, connect=min(chosen, 10.0))
+        t = (
+            chosen
+            if isinstance(chosen, httpx.Timeout)
+            else httpx.Timeout(chosen, connect=min(chosen, 10.0))
+        )
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        return httpx.Request(method, self.base_url + path, json=json_body, params=clean or None,
-                             headers=all_headers, extensions={"timeout": t.as_dict()})
+        return httpx.Request(
+            method,
+            self.base_url + path,
+            json=json_body,
+            params=clean or None,
+            headers=all_headers,
+            extensions={"timeout": t.as_dict()},
+        )
 
 
 @dataclass
@@ -116,7 +151,8 @@ def retry_on_error(prepared: Prepared, exc: httpx.TransportError) -> bool:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return True  # the request never left: safe for any method
     return prepared.idempotent and isinstance(
-        exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+        exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
+    )
 
 
 def retry_on_status(prepared: Prepared, error: APIStatusError) -> bool:
@@ -151,8 +187,12 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def response_error(response: httpx.Response, body: bytes) -> APIStatusError:
-    return error_for_status(response.status_code, body, request_id=response.headers.get("x-request-id"),
-                            retry_after=_retry_after(response.headers.get("retry-after")))
+    return error_for_status(
+        response.status_code,
+        body,
+        request_id=response.headers.get("x-request-id"),
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
 
 
 def parse_model(model: type[M], doc: Any) -> M:
@@ -160,7 +200,9 @@ def parse_model(model: type[M], doc: Any) -> M:
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        raise APIError(f"unexpected {model.__name__} from the server: {exc.errors()[0]['msg']}") from None
+        raise APIError(
+            f"unexpected {model.__name__} from the server: {exc.errors()[0]['msg']}"
+        ) from None
 
 
 def parse_json(body: bytes) -> Any:

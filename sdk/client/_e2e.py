@@ -21,8 +21,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from sdk.client._core import sse_data
-from sdk.e2e import (
+from outpost.sdk.client._core import sse_data
+from outpost.sdk.e2e import (
     ChunkOpener,
     E2EError,
     ResponseKey,
@@ -31,9 +31,14 @@ from sdk.e2e import (
     seal_request,
     verify_hpke_key,
 )
-from sdk.errors import NoPinnedRunnerError, RunnerKeyError, StreamIntegrityError, error_for_status
-from sdk.models import E2ERunner
-from sdk.sealed import HEAD, MORE, PIECE, ResponseHead, SealedRequest, new_request_id
+from outpost.sdk.errors import (
+    NoPinnedRunnerError,
+    RunnerKeyError,
+    StreamIntegrityError,
+    error_for_status,
+)
+from outpost.sdk.models import E2ERunner
+from outpost.sdk.sealed import HEAD, MORE, PIECE, ResponseHead, SealedRequest, new_request_id
 
 __all__ = ["KeyBook", "SealedCall", "SealedDecoder", "clear_max_tokens", "open_body", "seal_call"]
 
@@ -43,8 +48,13 @@ T = TypeVar("T")
 class KeyBook:
     """Pinned runner identities and the HPKE keys verified against them."""
 
-    def __init__(self, pins: Mapping[str, str] | None = None, *, ttl_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pins: Mapping[str, str] | None = None,
+        *,
+        ttl_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._pins: dict[str, str] = {}
         self._ttl = ttl_s
         self._clock = clock
@@ -77,13 +87,17 @@ class KeyBook:
     def verify(self, runner_id: str, doc: Any) -> VerifiedHpkeKey:
         pin = self._pins.get(runner_id)
         if pin is None:
-            raise NoPinnedRunnerError(f"runner {runner_id!r} is not pinned: pass pins={{runner_id: fingerprint}}")
+            raise NoPinnedRunnerError(
+                f"runner {runner_id!r} is not pinned: pass pins={{runner_id: fingerprint}}"
+            )
         try:
             verified = verify_hpke_key(doc, pin)
         except E2EError as exc:
             raise RunnerKeyError(f"runner {runner_id!r}: key document refused: {exc}") from exc
         if verified.runner_id != runner_id:
-            raise RunnerKeyError(f"runner {runner_id!r}: key document names runner {verified.runner_id!r}")
+            raise RunnerKeyError(
+                f"runner {runner_id!r}: key document names runner {verified.runner_id!r}"
+            )
         self._keys[runner_id] = (self._clock() + self._ttl, verified)
         return verified
 
@@ -99,8 +113,9 @@ class KeyBook:
                 self._choice[model] = entry.runner_id
                 return verified
         offered = ", ".join(e.runner_id for e in entries) or "none"
-        raise NoPinnedRunnerError(f"no pinned runner serves {model!r} end to end (connected with a key: "
-                                  f"{offered})")
+        raise NoPinnedRunnerError(
+            f"no pinned runner serves {model!r} end to end (connected with a key: {offered})"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,16 +133,25 @@ def clear_max_tokens(payload: Mapping[str, Any]) -> int | None:
     return None
 
 
-def seal_call(target: VerifiedHpkeKey, payload: Mapping[str, Any], *, stream: bool,
-              pad_to: int = 0) -> tuple[dict[str, Any], SealedCall]:
+def seal_call(
+    target: VerifiedHpkeKey, payload: Mapping[str, Any], *, stream: bool, pad_to: int = 0
+) -> tuple[dict[str, Any], SealedCall]:
     """The JSON body of ``POST /v1/e2e/...`` and what it takes to open the answer."""
     request_id = new_request_id()
     body = json.dumps(payload, separators=(",", ":")).encode()
-    envelope, response_key = seal_request(target.hpke_public_key, target.runner_id, body, request_id,
-                                          pad_to=pad_to)
-    sealed = SealedRequest(model=payload["model"], stream=stream, max_tokens=clear_max_tokens(payload),
-                           request_id=request_id, envelope=envelope)
-    return sealed.model_dump(exclude_none=True), SealedCall(request_id, target.runner_id, response_key)
+    envelope, response_key = seal_request(
+        target.hpke_public_key, target.runner_id, body, request_id, pad_to=pad_to
+    )
+    sealed = SealedRequest(
+        model=payload["model"],
+        stream=stream,
+        max_tokens=clear_max_tokens(payload),
+        request_id=request_id,
+        envelope=envelope,
+    )
+    return sealed.model_dump(exclude_none=True), SealedCall(
+        request_id, target.runner_id, response_key
+    )
 
 
 class SealedDecoder(Generic[T]):

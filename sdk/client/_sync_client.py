@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 import httpx
 from pydantic import BaseModel
 
-from sdk.client._core import (
+from outpost.sdk.client._core import (
     ClientOptions,
     Decoder,
     PlainDecoder,
@@ -28,10 +28,10 @@ from sdk.client._core import (
     sse_data,
     transport_error,
 )
-from sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
-from sdk.e2e import VerifiedHpkeKey
-from sdk.errors import APIError, ConflictError
-from sdk.models import (
+from outpost.sdk.client._e2e import KeyBook, SealedDecoder, open_body, seal_call
+from outpost.sdk.e2e import VerifiedHpkeKey
+from outpost.sdk.errors import APIError, ConflictError
+from outpost.sdk.models import (
     ApiKey,
     AuditPage,
     Budget,
@@ -50,10 +50,10 @@ from sdk.models import (
     Runner,
     UsageReport,
 )
-from sdk.sealed import E2E_KEY_MISMATCH, E2E_PREFIX, RUNNER_HEADER
+from outpost.sdk.sealed import E2E_KEY_MISMATCH, E2E_PREFIX, RUNNER_HEADER
 
 if TYPE_CHECKING:
-    from sdk.audit import VerifyResult
+    from outpost.sdk.audit import VerifyResult
 
 __all__ = ["Client", "Stream"]
 
@@ -100,14 +100,24 @@ class Client:
     is in ``pins`` (runner id → fingerprint); ``e2e=`` on a call overrides it.
     """
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: Timeout = None,
-                 max_retries: int = 2, retry: RetryPolicy | None = None, e2e: bool = False,
-                 pins: Mapping[str, str] | None = None, pad_to: int = 0,
-                 transport: httpx.BaseTransport | None = None,
-                 http_client: httpx.Client | None = None,
-                 default_headers: Mapping[str, str] | None = None) -> None:
-        self._options = ClientOptions.build(base_url, api_key, timeout, retry or RetryPolicy(max_retries),
-                                            default_headers)
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: Timeout = None,
+        max_retries: int = 2,
+        retry: RetryPolicy | None = None,
+        e2e: bool = False,
+        pins: Mapping[str, str] | None = None,
+        pad_to: int = 0,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._options = ClientOptions.build(
+            base_url, api_key, timeout, retry or RetryPolicy(max_retries), default_headers
+        )
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(transport=transport)
         self._keybook = KeyBook(pins)
@@ -145,12 +155,23 @@ class Client:
 
     # --- transport -------------------------------------------------------------------
 
-    def _prepare(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None, timeout: Timeout = None,
-                 context: Any = None) -> Prepared:
-        request = self._options.request(method, path, json_body=json_body, params=params, headers=headers,
-                                        timeout=timeout)
-        return Prepared(request, idempotent=method in ("GET", "HEAD", "PUT", "DELETE"), context=context)
+    def _prepare(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeout = None,
+        context: Any = None,
+    ) -> Prepared:
+        request = self._options.request(
+            method, path, json_body=json_body, params=params, headers=headers, timeout=timeout
+        )
+        return Prepared(
+            request, idempotent=method in ("GET", "HEAD", "PUT", "DELETE"), context=context
+        )
 
     def _send(self, prepare: Callable[[], Prepared]) -> tuple[Prepared, httpx.Response]:
         """Send with retries; ``prepare`` runs per attempt (an e2e request is resealed)."""
@@ -182,10 +203,18 @@ class Client:
         finally:
             response.close()
 
-    def _request(self, method: str, path: str, *, json_body: Any = None,
-                       params: Mapping[str, Any] | None = None, timeout: Timeout = None) -> bytes:
-        _, response = self._send(lambda: self._prepare(method, path, json_body=json_body, params=params,
-                                                             timeout=timeout))
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: Timeout = None,
+    ) -> bytes:
+        _, response = self._send(
+            lambda: self._prepare(method, path, json_body=json_body, params=params, timeout=timeout)
+        )
         return self._read(response)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -198,36 +227,68 @@ class Client:
 
     # --- inference ---------------------------------------------------------------------
 
-    def _inference(self, endpoint: str, payload: dict[str, Any], *, stream: bool, e2e: bool | None,
-                         runner: str | None, timeout: Timeout, result: type[M],
-                         chunk: type[BaseModel]) -> Any:
+    def _inference(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        e2e: bool | None,
+        runner: str | None,
+        timeout: Timeout,
+        result: type[M],
+        chunk: type[BaseModel],
+    ) -> Any:
         if self.e2e if e2e is None else e2e:
-            return self._sealed(endpoint, payload, stream=stream, runner=runner, timeout=timeout,
-                                      parse=partial(parse_model, chunk if stream else result))
+            return self._sealed(
+                endpoint,
+                payload,
+                stream=stream,
+                runner=runner,
+                timeout=timeout,
+                parse=partial(parse_model, chunk if stream else result),
+            )
         if runner is not None:
             raise ValueError("runner= chooses the runner of an end-to-end request; pass e2e=True")
-        _, response = self._send(lambda: self._prepare("POST", f"/v1/{endpoint}", json_body=payload,
-                                                             timeout=timeout))
+        _, response = self._send(
+            lambda: self._prepare("POST", f"/v1/{endpoint}", json_body=payload, timeout=timeout)
+        )
         if stream:
             return Stream(response, PlainDecoder(partial(parse_model, chunk)))
         return parse_model(result, parse_json(self._read(response)))
 
-    def _sealed(self, endpoint: str, payload: dict[str, Any], *, stream: bool, runner: str | None,
-                      timeout: Timeout, parse: Callable[[Any], Any]) -> Any:
+    def _sealed(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        runner: str | None,
+        timeout: Timeout,
+        parse: Callable[[Any], Any],
+    ) -> Any:
         for attempt in range(2):
             target = self._e2e_target(payload["model"], runner)
 
             def prepare(target: VerifiedHpkeKey = target) -> Prepared:
                 body, call = seal_call(target, payload, stream=stream, pad_to=self.pad_to)
-                return self._prepare("POST", f"{E2E_PREFIX}/{endpoint}", json_body=body, timeout=timeout,
-                                     headers={RUNNER_HEADER: target.runner_id}, context=call)
+                return self._prepare(
+                    "POST",
+                    f"{E2E_PREFIX}/{endpoint}",
+                    json_body=body,
+                    timeout=timeout,
+                    headers={RUNNER_HEADER: target.runner_id},
+                    context=call,
+                )
 
             try:
                 prepared, response = self._send(prepare)
             except ConflictError as exc:
                 if exc.code != E2E_KEY_MISMATCH or attempt:
                     raise
-                self._keybook.forget(target.runner_id)  # rotated key: fetch, verify against the pin, reseal
+                self._keybook.forget(
+                    target.runner_id
+                )  # rotated key: fetch, verify against the pin, reseal
                 continue
             decoder = SealedDecoder(prepared.context, parse, stream=stream)
             if stream:
@@ -252,24 +313,46 @@ class _Resource:
 
 class ChatCompletions(_Resource):
     @overload
-    def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True],
-                     **params: Any) -> Stream[ChatCompletionChunk]: ...
+    def create(
+        self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True], **params: Any
+    ) -> Stream[ChatCompletionChunk]: ...
 
     @overload
-    def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[False] = False,
-                     **params: Any) -> ChatCompletion: ...
+    def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> ChatCompletion: ...
 
-    def create(self, *, model: str, messages: list[dict[str, Any]], stream: bool = False,
-                     e2e: bool | None = None, runner: str | None = None, timeout: Timeout = None,
-                     **params: Any) -> ChatCompletion | Stream[ChatCompletionChunk]:
+    def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool = False,
+        e2e: bool | None = None,
+        runner: str | None = None,
+        timeout: Timeout = None,
+        **params: Any,
+    ) -> ChatCompletion | Stream[ChatCompletionChunk]:
         """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras) pass through."""
         payload: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             payload["stream"] = True
         # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
         answer: ChatCompletion | Stream[ChatCompletionChunk] = self._client._inference(
-            "chat/completions", payload, stream=stream, e2e=e2e, runner=runner,
-            timeout=timeout, result=ChatCompletion, chunk=ChatCompletionChunk)
+            "chat/completions",
+            payload,
+            stream=stream,
+            e2e=e2e,
+            runner=runner,
+            timeout=timeout,
+            result=ChatCompletion,
+            chunk=ChatCompletionChunk,
+        )
         return answer
 
 
@@ -281,36 +364,68 @@ class Chat(_Resource):
 
 class Completions(_Resource):
     @overload
-    def create(self, *, model: str, prompt: str | list[str], stream: Literal[True],
-                     **params: Any) -> Stream[Completion]: ...
+    def create(
+        self, *, model: str, prompt: str | list[str], stream: Literal[True], **params: Any
+    ) -> Stream[Completion]: ...
 
     @overload
-    def create(self, *, model: str, prompt: str | list[str], stream: Literal[False] = False,
-                     **params: Any) -> Completion: ...
+    def create(
+        self, *, model: str, prompt: str | list[str], stream: Literal[False] = False, **params: Any
+    ) -> Completion: ...
 
-    def create(self, *, model: str, prompt: str | list[str], stream: bool = False,
-                     e2e: bool | None = None, runner: str | None = None, timeout: Timeout = None,
-                     **params: Any) -> Completion | Stream[Completion]:
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: str | list[str],
+        stream: bool = False,
+        e2e: bool | None = None,
+        runner: str | None = None,
+        timeout: Timeout = None,
+        **params: Any,
+    ) -> Completion | Stream[Completion]:
         """``POST /v1/completions``."""
         payload: dict[str, Any] = {"model": model, "prompt": prompt, **params}
         if stream:
             payload["stream"] = True
         # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
         answer: Completion | Stream[Completion] = self._client._inference(
-            "completions", payload, stream=stream, e2e=e2e, runner=runner,
-            timeout=timeout, result=Completion, chunk=Completion)
+            "completions",
+            payload,
+            stream=stream,
+            e2e=e2e,
+            runner=runner,
+            timeout=timeout,
+            result=Completion,
+            chunk=Completion,
+        )
         return answer
 
 
 class Embeddings(_Resource):
-    def create(self, *, model: str, input: str | list[str], e2e: bool | None = None,
-                     runner: str | None = None, timeout: Timeout = None, **params: Any) -> EmbeddingResponse:
+    def create(
+        self,
+        *,
+        model: str,
+        input: str | list[str],
+        e2e: bool | None = None,
+        runner: str | None = None,
+        timeout: Timeout = None,
+        **params: Any,
+    ) -> EmbeddingResponse:
         """``POST /v1/embeddings`` (runners started with ``--embedding``)."""
         payload: dict[str, Any] = {"model": model, "input": input, **params}
         # _inference parses into ``result`` or streams ``chunk``s as ``stream`` says.
         answer: EmbeddingResponse = self._client._inference(
-            "embeddings", payload, stream=False, e2e=e2e, runner=runner,
-            timeout=timeout, result=EmbeddingResponse, chunk=EmbeddingResponse)
+            "embeddings",
+            payload,
+            stream=False,
+            e2e=e2e,
+            runner=runner,
+            timeout=timeout,
+            result=EmbeddingResponse,
+            chunk=EmbeddingResponse,
+        )
         return answer
 
 
@@ -323,8 +438,9 @@ class Runners(_Resource):
     def list(self) -> builtins.list[Runner]:
         return self._client._list("/api/runners", Runner)
 
-    def enroll(self, name: str, *, pool: str | None = None,
-                     labels: Mapping[str, str] | None = None) -> EnrollmentToken:
+    def enroll(
+        self, name: str, *, pool: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> EnrollmentToken:
         """A one-time enrollment token for a runner named ``name`` (admin), joining ``pool`` (id or
         name; default: the tenant's default pool) with the residency ``labels`` routing obeys."""
         body: dict[str, Any] = {"name": name}
@@ -332,14 +448,31 @@ class Runners(_Resource):
             body["pool"] = pool
         if labels:
             body["labels"] = dict(labels)
-        return parse_model(EnrollmentToken, self._client._json("POST", "/api/runners/enroll", json_body=body))
+        return parse_model(
+            EnrollmentToken, self._client._json("POST", "/api/runners/enroll", json_body=body)
+        )
 
-    def update(self, runner_id: str, *, labels: Mapping[str, str] | None = None,
-                     usd_per_hour: float | None = None, pool: str | None = None) -> Runner:
+    def update(
+        self,
+        runner_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        usd_per_hour: float | None = None,
+        pool: str | None = None,
+    ) -> Runner:
         """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000), pool."""
-        body = {k: v for k, v in (("labels", dict(labels) if labels is not None else None),
-                                  ("usd_per_hour", usd_per_hour), ("pool", pool)) if v is not None}
-        return parse_model(Runner, self._client._json("PATCH", f"/api/runners/{runner_id}", json_body=body))
+        body = {
+            k: v
+            for k, v in (
+                ("labels", dict(labels) if labels is not None else None),
+                ("usd_per_hour", usd_per_hour),
+                ("pool", pool),
+            )
+            if v is not None
+        }
+        return parse_model(
+            Runner, self._client._json("PATCH", f"/api/runners/{runner_id}", json_body=body)
+        )
 
     def revoke(self, runner_id: str) -> Runner:
         return parse_model(Runner, self._client._json("POST", f"/api/runners/{runner_id}/revoke"))
@@ -365,33 +498,47 @@ class Pools(_Resource):
 
     def grants(self, *, include_revoked: bool = False) -> builtins.list[PoolGrant]:
         """Grants of the tenant's pools (``outgoing``) and to it (``incoming``)."""
-        return self._client._list("/api/pools/grants", PoolGrant,
-                                        params={"include_revoked": str(include_revoked).lower()})
+        return self._client._list(
+            "/api/pools/grants", PoolGrant, params={"include_revoked": str(include_revoked).lower()}
+        )
 
     def grant(self, pool: str, tenant: str) -> PoolGrant:
         """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use ``pool``."""
-        return parse_model(PoolGrant, self._client._json("POST", f"/api/pools/{pool}/grants",
-                                                                 json_body={"tenant": tenant}))
+        return parse_model(
+            PoolGrant,
+            self._client._json("POST", f"/api/pools/{pool}/grants", json_body={"tenant": tenant}),
+        )
 
     def revoke_grant(self, grant_id: str) -> PoolGrant:
         """Revoke a grant, as its pool's owner or as its grantee."""
-        return parse_model(PoolGrant, self._client._json("POST", f"/api/pools/grants/{grant_id}/revoke"))
+        return parse_model(
+            PoolGrant, self._client._json("POST", f"/api/pools/grants/{grant_id}/revoke")
+        )
 
     def sharing(self) -> PoolSharing:
         return parse_model(PoolSharing, self._client._json("GET", "/api/pools/sharing"))
 
     def set_sharing(self, *, refuse_shared_pools: bool) -> PoolSharing:
         """Refuse every pool other tenants grant (only the tenant's own runners serve it), or accept again."""
-        return parse_model(PoolSharing, self._client._json(
-            "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}))
+        return parse_model(
+            PoolSharing,
+            self._client._json(
+                "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}
+            ),
+        )
 
 
 class Keys(_Resource):
     def list(self) -> builtins.list[ApiKey]:
         return self._client._list("/api/keys", ApiKey)
 
-    def create(self, name: str, *, scopes: builtins.list[str] | None = None,
-                     expires_in_s: int | None = None) -> CreatedApiKey:
+    def create(
+        self,
+        name: str,
+        *,
+        scopes: builtins.list[str] | None = None,
+        expires_in_s: int | None = None,
+    ) -> CreatedApiKey:
         body = {"name": name, "scopes": scopes or ["inference"], "expires_in_s": expires_in_s}
         return parse_model(CreatedApiKey, self._client._json("POST", "/api/keys", json_body=body))
 
@@ -400,8 +547,13 @@ class Keys(_Resource):
 
 
 class Usage(_Resource):
-    def get(self, *, period: str = "month", start: datetime | str | None = None,
-                  end: datetime | str | None = None) -> UsageReport:
+    def get(
+        self,
+        *,
+        period: str = "month",
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> UsageReport:
         """Tokens, requests and cost of this ``period`` (day, week, month) or of [start, end)."""
         params = {"period": period, "start": _iso(start), "end": _iso(end)}
         return parse_model(UsageReport, self._client._json("GET", "/api/usage", params=params))
@@ -411,11 +563,21 @@ class Budgets(_Resource):
     def list(self) -> builtins.list[Budget]:
         return self._client._list("/api/budgets", Budget)
 
-    def set(self, amount_usd: float, *, period: str = "month", api_key_id: str | None = None,
-                  soft_threshold: float = 0.8) -> Budget:
+    def set(
+        self,
+        amount_usd: float,
+        *,
+        period: str = "month",
+        api_key_id: str | None = None,
+        soft_threshold: float = 0.8,
+    ) -> Budget:
         """Create or replace the tenant's (or one key's) budget for ``period`` (admin)."""
-        body = {"amount_usd": amount_usd, "period": period, "api_key_id": api_key_id,
-                "soft_threshold": soft_threshold}
+        body = {
+            "amount_usd": amount_usd,
+            "period": period,
+            "api_key_id": api_key_id,
+            "soft_threshold": soft_threshold,
+        }
         return parse_model(Budget, self._client._json("POST", "/api/budgets", json_body=body))
 
     def delete(self, budget_id: str) -> None:
@@ -459,12 +621,16 @@ class Audit(_Resource):
             raise APIError("the latest checkpoint is not a JSON object")
         return doc
 
-    def verify(self, export: str | None = None, public_keys: builtins.list[str] | None = None,
-                     kept_checkpoints: builtins.list[dict[str, Any]] | None = None) -> VerifyResult:
+    def verify(
+        self,
+        export: str | None = None,
+        public_keys: builtins.list[str] | None = None,
+        kept_checkpoints: builtins.list[dict[str, Any]] | None = None,
+    ) -> VerifyResult:
         """Verify an export offline. Pass ``public_keys`` you hold: keys fetched from the
         control plane only prove the log is consistent with what it says about itself.
         ``kept_checkpoints`` (from :meth:`checkpoints`, kept by you) must lie on the chain."""
-        from sdk.audit import verify_export  # the offline verifier; only needed here
+        from outpost.sdk.audit import verify_export  # the offline verifier; only needed here
 
         text = export if export is not None else self.export()
         keys = public_keys if public_keys is not None else self.public_keys()
@@ -477,7 +643,9 @@ class FairnessRuns(_Resource):
 
     def create(self, **body: Any) -> FairnessRun:
         """Start a bias-probe run (admin); ``body`` as in docs/fairness.md (suite, model, ...)."""
-        return parse_model(FairnessRun, self._client._json("POST", "/api/fairness/runs", json_body=body))
+        return parse_model(
+            FairnessRun, self._client._json("POST", "/api/fairness/runs", json_body=body)
+        )
 
     def get(self, run_id: str) -> FairnessRun:
         return parse_model(FairnessRun, self._client._json("GET", f"/api/fairness/runs/{run_id}"))

@@ -7,9 +7,9 @@ runner's hello (models, capacity, labels, cost) and its last status frame.
 
 from __future__ import annotations
 
-from control_plane.tunnel.hub import ConnectedRunner
-from control_plane.tunnel.link import Link
-from sdk.protocol import ModelInfo, StatusFrame
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.control_plane.tunnel.link import Link
+from outpost.sdk.protocol import ModelInfo, StatusFrame
 
 __all__ = ["MODEL", "set_status", "simulated_runner"]
 
@@ -24,22 +24,46 @@ async def _close(_: int, __: str) -> None:
     return None
 
 
-def simulated_runner(runner_id: str, *, capacity: int = 4, usd_per_hour: float | None = None,
-                     labels: dict[str, str] | None = None, model: str = MODEL, aliases: tuple[str, ...] = (),
-                     endpoints: tuple[str, ...] = ("chat", "completions"), engine: str = "xllamacpp",
-                     in_flight: int = 0, pool_id: str = "pool_sim") -> ConnectedRunner:
+def simulated_runner(
+    runner_id: str,
+    *,
+    capacity: int = 4,
+    usd_per_hour: float | None = None,
+    labels: dict[str, str] | None = None,
+    model: str = MODEL,
+    aliases: tuple[str, ...] = (),
+    endpoints: tuple[str, ...] = ("chat", "completions"),
+    engine: str = "xllamacpp",
+    in_flight: int = 0,
+    pool_id: str = "pool_sim",
+) -> ConnectedRunner:
     runner = ConnectedRunner(
-        runner_id=runner_id, tenant_id="ten_1", name=runner_id,
-        models=[ModelInfo(name=model, engine=engine, aliases=list(aliases), endpoints=list(endpoints))],
-        capacity=capacity, labels=labels or {},
-        cost={"usd_per_hour": usd_per_hour} if usd_per_hour is not None else {}, pool_id=pool_id)
+        runner_id=runner_id,
+        tenant_id="ten_1",
+        name=runner_id,
+        models=[
+            ModelInfo(name=model, engine=engine, aliases=list(aliases), endpoints=list(endpoints))
+        ],
+        capacity=capacity,
+        labels=labels or {},
+        cost={"usd_per_hour": usd_per_hour} if usd_per_hour is not None else {},
+        pool_id=pool_id,
+    )
     runner.links.append(Link(runner_id, f"sess-{runner_id}", _send, 256, _close))
     runner.in_flight = in_flight
     return runner
 
 
-def set_status(runner: ConnectedRunner, *, running: int = 0, waiting: int = 0, kv: float | None = None,
-               healthy: bool = True) -> None:
+def set_status(
+    runner: ConnectedRunner,
+    *,
+    running: int = 0,
+    waiting: int = 0,
+    kv: float | None = None,
+    healthy: bool = True,
+) -> None:
     """Deliver a status frame, as the runner's tunnel would."""
     for link in runner.links:
-        link.dispatch(StatusFrame(running=running, waiting=waiting, kv_cache_usage=kv, healthy=healthy))
+        link.dispatch(
+            StatusFrame(running=running, waiting=waiting, kv_cache_usage=kv, healthy=healthy)
+        )

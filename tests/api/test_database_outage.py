@@ -21,7 +21,9 @@ def _allow_connections(name: str, allow: bool) -> None:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}')
         if not allow:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
 
 
 @pytest.fixture
@@ -40,7 +42,9 @@ def outage(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, str]]:
 
 def test_database_outage_is_a_503_and_heals(outage: tuple[ControlPlaneProcess, str]) -> None:
     cp, name = outage
-    key = cp.api_key("default", "outage")  # never used yet: not in the key cache, so it needs the database
+    key = cp.api_key(
+        "default", "outage"
+    )  # never used yet: not in the key cache, so it needs the database
     headers = {"Authorization": f"Bearer {key}"}
     _allow_connections(name, False)
     resp = httpx.get(f"{cp.url}/v1/models", headers=headers, timeout=30)
@@ -51,5 +55,8 @@ def test_database_outage_is_a_503_and_heals(outage: tuple[ControlPlaneProcess, s
     assert "Traceback" not in cp.log() and "database unavailable" in cp.log()
 
     _allow_connections(name, True)
-    wait_until(lambda: httpx.get(f"{cp.url}/v1/models", headers=headers, timeout=10).status_code == 200, 30,
-               "the control plane to reconnect to the database")
+    wait_until(
+        lambda: httpx.get(f"{cp.url}/v1/models", headers=headers, timeout=10).status_code == 200,
+        30,
+        "the control plane to reconnect to the database",
+    )

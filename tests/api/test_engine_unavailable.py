@@ -5,10 +5,10 @@ The end-to-end version (a real hung llama.cpp engine) is tests/runner/test_multi
 
 from __future__ import annotations
 
-from control_plane.openai.call import InferenceCall
-from control_plane.openai.failover import _ineligible_error
-from control_plane.routing.routing import ENGINE_DOWN, Router, RouteRequest, eligibility
-from sdk.protocol import StatusFrame
+from outpost.control_plane.openai.call import InferenceCall
+from outpost.control_plane.openai.failover import _ineligible_error
+from outpost.control_plane.routing.routing import ENGINE_DOWN, Router, RouteRequest, eligibility
+from outpost.sdk.protocol import StatusFrame
 from tests.api.sim import MODEL, set_status, simulated_runner
 
 
@@ -17,7 +17,9 @@ def _report_down(runner, *models: str, healthy: bool = True) -> None:
         link.dispatch(StatusFrame(healthy=healthy, unavailable_models=list(models)))
 
 
-def test_a_model_reported_unavailable_is_restarting_and_a_runner_with_no_engine_up_is_unhealthy() -> None:
+def test_a_model_reported_unavailable_is_restarting_and_a_runner_with_no_engine_up_is_unhealthy() -> (
+    None
+):
     two = simulated_runner("two")
     _report_down(two, MODEL)  # its other engines still serve
     old = simulated_runner("old")
@@ -32,20 +34,24 @@ def test_the_error_names_the_engine_and_the_runners_instead_of_busy_or_draining(
     a.name, b.name = "gpu-box", "lab-2"
     _report_down(a, MODEL, healthy=False)
     set_status(b, healthy=False)
-    call = InferenceCall(tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body="{}",
-                         stream=False)
+    call = InferenceCall(
+        tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body="{}", stream=False
+    )
     decision = Router().route([a, b], call.route)
     assert decision.excluded == {"r-a": "restarting", "r-b": "unhealthy"}
     error = _ineligible_error(call, decision)
     assert error is not None and error.status == 503
-    assert str(error) == (f"The engine serving '{MODEL}' is unavailable (restarting or loading) on runner(s) "
-                             "'gpu-box', 'lab-2'; retry shortly.")
+    assert str(error) == (
+        f"The engine serving '{MODEL}' is unavailable (restarting or loading) on runner(s) "
+        "'gpu-box', 'lab-2'; retry shortly."
+    )
 
 
 def test_a_draining_runner_beside_a_restarting_one_keeps_the_general_answer() -> None:
     a, b = simulated_runner("r-a"), simulated_runner("r-b")
     _report_down(a, MODEL)
     b.links[0].draining = True
-    call = InferenceCall(tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body="{}",
-                         stream=False)
+    call = InferenceCall(
+        tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body="{}", stream=False
+    )
     assert _ineligible_error(call, Router().route([a, b], call.route)) is None

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from control_plane.openai.disconnect import watch
+from outpost.control_plane.openai.disconnect import watch
 from tests.utils import (
     ControlPlaneProcess,
     one_slot_stack,
@@ -34,26 +34,36 @@ MODEL = "smollm2-135m-instruct"
 
 
 class Env:
-    def __init__(self, cp: ControlPlaneProcess, runner_id: str, database_url: str, tmp: Path) -> None:
+    def __init__(
+        self, cp: ControlPlaneProcess, runner_id: str, database_url: str, tmp: Path
+    ) -> None:
         self.cp, self.runner_id, self.database_url, self.tmp = cp, runner_id, database_url, tmp
-        self.admin = {t: cp.cli("keys", "create", "admin", "--tenant", t, "--admin").splitlines()[-1]
-                      for t in ("default", "gone-b")}
+        self.admin = {
+            t: cp.cli("keys", "create", "admin", "--tenant", t, "--admin").splitlines()[-1]
+            for t in ("default", "gone-b")
+        }
         self.keys = {t: cp.api_key(t) for t in ("gone-a", "gone-b", "gone-c")}
 
     def get(self, path: str, tenant: str = "default") -> dict:
-        response = httpx.get(f"{self.cp.url}{path}", headers={"Authorization": f"Bearer {self.admin[tenant]}"},
-                             timeout=10)
+        response = httpx.get(
+            f"{self.cp.url}{path}",
+            headers={"Authorization": f"Bearer {self.admin[tenant]}"},
+            timeout=10,
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
     def runner_queue(self, tenant: str = "default") -> dict:
         """This runner's queue as ``GET /api/fairness/service`` shows it to ``tenant``'s admin."""
-        return self.get("/api/fairness/service", tenant)["runners"].get(self.runner_id, {
-            "queued": 0, "in_flight": 0, "abandoned": 0, "counters": {}})
+        return self.get("/api/fairness/service", tenant)["runners"].get(
+            self.runner_id, {"queued": 0, "in_flight": 0, "abandoned": 0, "counters": {}}
+        )
 
     def served_total(self) -> int:
         """Streams the runner itself says it answered to the end (its status frames)."""
-        return next(r["served_total"] for r in self.get("/api/runners")["data"] if r["id"] == self.runner_id)
+        return next(
+            r["served_total"] for r in self.get("/api/runners")["data"] if r["id"] == self.runner_id
+        )
 
     def records(self, tenant: str) -> list[dict]:
         return tenant_records(self.database_url, tenant)
@@ -67,7 +77,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 async def test_watch_returns_on_the_disconnect_message_only() -> None:
-    messages = iter([{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}])
+    messages = iter(
+        [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+    )
     seen = []
 
     async def receive() -> dict:
@@ -82,14 +94,23 @@ def _raw_request(env: Env, key: str, body: dict) -> socket.socket:
     """Send a whole HTTP request and return the open socket (the caller closes it unanswered)."""
     payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", env.cp.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     return sock
 
 
 def _chat(max_tokens: int, **extra: object) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}],
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, **extra}
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        **extra,
+    }
 
 
 def test_disconnected_queued_requests_never_reach_the_runner(env: Env) -> None:
@@ -97,8 +118,13 @@ def test_disconnected_queued_requests_never_reach_the_runner(env: Env) -> None:
     a_started, a_done, results = threading.Event(), threading.Event(), {}
 
     def fill() -> None:  # tenant A holds the only slot, streaming, so we know when it runs
-        with httpx.stream("POST", f"{env.cp.url}/v1/chat/completions", json=_chat(400, stream=True),
-                          headers={"Authorization": f"Bearer {env.keys['gone-a']}"}, timeout=300) as r:
+        with httpx.stream(
+            "POST",
+            f"{env.cp.url}/v1/chat/completions",
+            json=_chat(400, stream=True),
+            headers={"Authorization": f"Bearer {env.keys['gone-a']}"},
+            timeout=300,
+        ) as r:
             results["a_status"] = r.status_code
             chunks = r.iter_text()
             next(chunks)
@@ -107,16 +133,22 @@ def test_disconnected_queued_requests_never_reach_the_runner(env: Env) -> None:
         a_done.set()
 
     def stay() -> None:  # tenant C queues behind A and waits for its answer
-        results["c"] = httpx.post(f"{env.cp.url}/v1/chat/completions", json=_chat(4), timeout=300,
-                                  headers={"Authorization": f"Bearer {env.keys['gone-c']}"})
+        results["c"] = httpx.post(
+            f"{env.cp.url}/v1/chat/completions",
+            json=_chat(4),
+            timeout=300,
+            headers={"Authorization": f"Bearer {env.keys['gone-c']}"},
+        )
 
     threads = [threading.Thread(target=fill)]
     threads[0].start()
     assert a_started.wait(120), "tenant A's request never started"
     assert env.runner_queue()["in_flight"] == 1
 
-    gone = [_raw_request(env, env.keys["gone-b"], _chat(8)),
-            _raw_request(env, env.keys["gone-b"], _chat(8, stream=True))]
+    gone = [
+        _raw_request(env, env.keys["gone-b"], _chat(8)),
+        _raw_request(env, env.keys["gone-b"], _chat(8, stream=True)),
+    ]
     wait_until(lambda: env.runner_queue()["queued"] == 2, 30, "tenant B's two requests to queue")
     threads.append(threading.Thread(target=stay))
     threads[1].start()
@@ -131,7 +163,9 @@ def test_disconnected_queued_requests_never_reach_the_runner(env: Env) -> None:
     assert (queue["queued"], queue["in_flight"]) == (1, 1), queue  # C still waits, A still runs
     assert not a_done.is_set(), "A finished before B left; the test did not exercise the queue"
     # B's lift on joining the queue was taken back: B has no counter on this runner at all (A and C do).
-    assert seen_by_b["tenant_id"] not in queue["counters"] and len(queue["counters"]) == 2, queue["counters"]
+    assert seen_by_b["tenant_id"] not in queue["counters"] and len(queue["counters"]) == 2, queue[
+        "counters"
+    ]
 
     for t in threads:
         t.join(300)
@@ -149,11 +183,17 @@ def test_disconnected_queued_requests_never_reach_the_runner(env: Env) -> None:
 
     def b_recorded() -> bool:
         return len(env.records("gone-b")) == 2
+
     wait_until(b_recorded, 15, "B's request records")
     for record in env.records("gone-b"):
         assert record["runner_id"] is None, record
-        assert (record["status"], record["http_status"], record["error_type"]) == \
-            ("error", 499, "client_disconnected"), record
+        assert (record["status"], record["http_status"], record["error_type"]) == (
+            "error",
+            499,
+            "client_disconnected",
+        ), record
         assert record["prompt_tokens"] == record["completion_tokens"] == 0
         assert not record["cost_usd"]
-    assert all(r["runner_id"] == env.runner_id for r in env.records("gone-a") + env.records("gone-c"))
+    assert all(
+        r["runner_id"] == env.runner_id for r in env.records("gone-a") + env.records("gone-c")
+    )

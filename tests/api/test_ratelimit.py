@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
+from outpost.control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
 
 
 class Clock:
@@ -37,7 +37,9 @@ def test_bucket_refills_continuously() -> None:
     assert limiter.take("key", 60).allowed
     assert not limiter.take("key", 60).allowed
     clock.now += 3600
-    assert limiter.take("key", 60).remaining == 59, "an idle key refills to one minute's burst, no more"
+    assert limiter.take("key", 60).remaining == 59, (
+        "an idle key refills to one minute's burst, no more"
+    )
 
 
 def test_keys_are_independent_and_the_table_is_bounded() -> None:

@@ -23,17 +23,19 @@ from typing import Any
 
 import pytest
 
-from control_plane.openai import lifecycle, serving
-from control_plane.openai.call import InferenceCall
-from control_plane.openai.disconnect import ClientGone
-from control_plane.openai.failover import Opened
-from control_plane.openai.lifecycle import RequestLife
-from control_plane.routing.routing import RouteRequest
-from control_plane.tunnel.stream import LinkClosed, Stream
-from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
+from outpost.control_plane.openai import lifecycle, serving
+from outpost.control_plane.openai.call import InferenceCall
+from outpost.control_plane.openai.disconnect import ClientGone
+from outpost.control_plane.openai.failover import Opened
+from outpost.control_plane.openai.lifecycle import RequestLife
+from outpost.control_plane.routing.routing import RouteRequest
+from outpost.control_plane.tunnel.stream import LinkClosed, Stream
+from outpost.sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
 
 MODEL = "smollm2-135m-instruct"
-BODY = '{"messages": [{"role": "user", "content": "Say hello to the whole world"}], "max_tokens": 8}'
+BODY = (
+    '{"messages": [{"role": "user", "content": "Say hello to the whole world"}], "max_tokens": 8}'
+)
 
 
 class _Records:
@@ -60,11 +62,18 @@ class _State(SimpleNamespace):
     def __init__(self) -> None:
         records = _Records()
         super().__init__(
-            records=records, saved=records.saved, settings=SimpleNamespace(records_commit_wait_s=10.0),
-            router=SimpleNamespace(observe=lambda *a, **k: None, finished=lambda runner: None,
-                                   started=lambda runner: None, served=lambda route, runner_id: None),
+            records=records,
+            saved=records.saved,
+            settings=SimpleNamespace(records_commit_wait_s=10.0),
+            router=SimpleNamespace(
+                observe=lambda *a, **k: None,
+                finished=lambda runner: None,
+                started=lambda runner: None,
+                served=lambda route, runner_id: None,
+            ),
             hub=SimpleNamespace(is_served=lambda model: True),
-            metrics=SimpleNamespace(observe_inference=lambda **k: None))
+            metrics=SimpleNamespace(observe_inference=lambda **k: None),
+        )
 
 
 class _Slot:
@@ -93,9 +102,13 @@ def _relay(state: _State, lives: list[RequestLife] | None = None) -> tuple[Any, 
     stream.deliver(start)
     first = DataFrame(stream_id=1, data='data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
     stream.deliver(first)
-    stream._events.get_nowait(), stream._events.get_nowait()  # serve_inference read these two already
-    call = InferenceCall(tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body=BODY,
-                         stream=True)
+    (
+        stream._events.get_nowait(),
+        stream._events.get_nowait(),
+    )  # serve_inference read these two already
+    call = InferenceCall(
+        tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body=BODY, stream=True
+    )
     runner = SimpleNamespace(runner_id="run_1", serves=lambda model: None)
     link = SimpleNamespace(close_stream=lambda s: None)
     life = RequestLife(state, call)  # type: ignore[arg-type]  # the honest stand-in state
@@ -121,7 +134,9 @@ async def test_done_goes_out_after_the_end_frame_and_the_commit() -> None:
     body, stream, resets = _relay(state)
     assert "Hi" in await anext(body)
     stream.deliver(DataFrame(stream_id=1, data='data: {"choices":[]}\n\ndata: [DONE]\n\n'))
-    assert await anext(body) == 'data: {"choices":[]}\n\n', "the answer goes out, its [DONE] is held back"
+    assert await anext(body) == 'data: {"choices":[]}\n\n', (
+        "the answer goes out, its [DONE] is held back"
+    )
     tail = asyncio.ensure_future(anext(body))
     await _turns()
     assert not tail.done() and state.saved == [], "[DONE] waits for the runner's end frame (usage)"
@@ -207,7 +222,9 @@ async def test_hanging_up_mid_answer_cancels_the_engine_and_says_so() -> None:
     assert resets == ["client disconnected"]
 
 
-async def test_an_end_frame_that_never_comes_stops_the_stream_and_keeps_the_record(monkeypatch) -> None:
+async def test_an_end_frame_that_never_comes_stops_the_stream_and_keeps_the_record(
+    monkeypatch,
+) -> None:
     monkeypatch.setattr(lifecycle, "END_AFTER_ANSWER_S", 0.05)
     state = _State()
     body, stream, resets = _relay(state)

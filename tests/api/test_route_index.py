@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from control_plane.routing.load import RunnerStats
-from control_plane.routing.routing import (
+from outpost.control_plane.routing.load import RunnerStats
+from outpost.control_plane.routing.routing import (
     _COST_TIE,
     Candidate,
     Router,
@@ -24,9 +24,9 @@ from control_plane.routing.routing import (
     estimate,
     rank,
 )
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from control_plane.tunnel.link import Link
-from sdk.protocol import ModelInfo, StatusFrame
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import Link
+from outpost.sdk.protocol import ModelInfo, StatusFrame
 from tests.api.sim import set_status, simulated_runner
 
 
@@ -40,8 +40,15 @@ async def _close(_: int, __: str) -> None:
 
 def hello(runner_id: str, *models: tuple[str, list[str]]) -> tuple[Link, ConnectedRunner]:
     """A new connection's link and the runner its hello describes."""
-    info = ConnectedRunner(runner_id=runner_id, tenant_id="ten_1", name=runner_id, capacity=4,
-                           models=[ModelInfo(name=name, engine="xllamacpp", aliases=aliases) for name, aliases in models])
+    info = ConnectedRunner(
+        runner_id=runner_id,
+        tenant_id="ten_1",
+        name=runner_id,
+        capacity=4,
+        models=[
+            ModelInfo(name=name, engine="xllamacpp", aliases=aliases) for name, aliases in models
+        ],
+    )
     return Link(runner_id, f"sess-{runner_id}-{random.random()}", _send, 16, _close), info
 
 
@@ -51,7 +58,9 @@ def ids(runners: list[ConnectedRunner]) -> list[str]:
 
 def assert_agrees_with_a_scan(hub: TunnelHub, *names: str) -> None:
     for name in names:
-        assert ids(hub.runners_for(name)) == ids([r for r in hub.routable() if r.serves(name)]), name
+        assert ids(hub.runners_for(name)) == ids([r for r in hub.routable() if r.serves(name)]), (
+            name
+        )
         assert hub.is_served(name) == (name in hub.model_names()), name
 
 
@@ -62,7 +71,11 @@ def test_a_connected_runner_is_found_by_model_and_alias() -> None:
     hub = TunnelHub()
     a = hub.attach(*hello("a", ("llama", ["chat", "default"])))
     hub.attach(*hello("b", ("qwen", [])))
-    assert hub.runners_for("llama") == [a] and hub.runners_for("chat") == [a] and hub.runners_for("default") == [a]
+    assert (
+        hub.runners_for("llama") == [a]
+        and hub.runners_for("chat") == [a]
+        and hub.runners_for("default") == [a]
+    )
     assert ids(hub.runners_for("qwen")) == ["b"]
     assert hub.runners_for("mistral") == [] and not hub.is_served("mistral")
     assert_agrees_with_a_scan(hub, "llama", "chat", "default", "qwen", "mistral")
@@ -88,12 +101,16 @@ def test_a_new_hello_replaces_what_the_runner_serves() -> None:
     first, info = hello("a", ("llama", ["chat"]))
     hub.attach(first, info)
     hub.attach(*hello("b", ("llama", [])))
-    second, changed = hello("a", ("qwen", ["chat"]))  # reconnected with another model under the same alias
+    second, changed = hello(
+        "a", ("qwen", ["chat"])
+    )  # reconnected with another model under the same alias
     runner = hub.attach(second, changed)
     assert ids(hub.runners_for("llama")) == ["b"], "a no longer serves llama"
     assert hub.runners_for("qwen") == [runner] and hub.runners_for("chat") == [runner]
     hub.detach(first)
-    assert hub.runners_for("qwen") == [runner], "the old connection going does not take the new models"
+    assert hub.runners_for("qwen") == [runner], (
+        "the old connection going does not take the new models"
+    )
     assert_agrees_with_a_scan(hub, "llama", "qwen", "chat")
 
 
@@ -104,7 +121,9 @@ def test_runners_of_other_replicas_are_found_unless_held_here() -> None:
     _, elsewhere = hello("z", ("llama", ["chat"]))
     hub.remote = {"a": remote_copy, "z": elsewhere}
     assert ids(hub.runners_for("llama")) == ["a", "z"]
-    assert any(r is local for r in hub.runners_for("llama")), "the local object wins, as in routable()"
+    assert any(r is local for r in hub.runners_for("llama")), (
+        "the local object wins, as in routable()"
+    )
     assert hub.runners_for("chat") == [elsewhere] and hub.is_served("chat")
     assert_agrees_with_a_scan(hub, "llama", "chat", "qwen")
 
@@ -114,7 +133,9 @@ def test_a_model_whose_engine_is_down_stays_indexed_and_routing_says_why() -> No
     link, info = hello("a", ("llama", ["chat"]), ("qwen", []))
     runner = hub.attach(link, info)
     link.dispatch(StatusFrame(unavailable_models=["llama"]))
-    assert hub.runners_for("chat") == [runner], "the index says what the runner serves, not what is up"
+    assert hub.runners_for("chat") == [runner], (
+        "the index says what the runner serves, not what is up"
+    )
     decision = Router().route(hub.runners_for("chat"), RouteRequest(model="chat"))
     assert decision.candidates == [] and decision.excluded == {"a": "restarting"}
     assert Router().route(hub.runners_for("qwen"), RouteRequest(model="qwen")).runners == [runner]
@@ -128,7 +149,10 @@ def test_the_index_agrees_with_a_scan_through_random_churn() -> None:
     for _ in range(400):
         runner_id = f"r{rng.randrange(12)}"
         if rng.random() < 0.6:
-            models = [(f"m{i}", rng.sample(["x0", "x1"], rng.randrange(3))) for i in rng.sample(range(3), rng.randrange(1, 3))]
+            models = [
+                (f"m{i}", rng.sample(["x0", "x1"], rng.randrange(3)))
+                for i in rng.sample(range(3), rng.randrange(1, 3))
+            ]
             link, info = hello(runner_id, *models)
             hub.attach(link, info)
             links.setdefault(runner_id, []).append(link)
@@ -140,8 +164,13 @@ def test_the_index_agrees_with_a_scan_through_random_churn() -> None:
 # --- the ranking, against the reference ---------------------------------------------
 
 
-def reference_rank(runners: list[ConnectedRunner], req: RouteRequest, stats: dict[str, RunnerStats],
-                   config: RouterConfig, external) -> list[Candidate]:
+def reference_rank(
+    runners: list[ConnectedRunner],
+    req: RouteRequest,
+    stats: dict[str, RunnerStats],
+    config: RouterConfig,
+    external,
+) -> list[Candidate]:
     """One :func:`estimate` and one :class:`Candidate` per runner, sorted with plain keys."""
     runners = sorted(runners, key=lambda r: r.runner_id)
     if not runners:
@@ -158,7 +187,9 @@ def reference_rank(runners: list[ConnectedRunner], req: RouteRequest, stats: dic
         by_cost = sorted(range(len(runners)), key=lambda i: cost[i])
         while by_cost:  # a tier: the cheapest left and every runner within 5 % of its price
             limit = cost[by_cost[0]] * (1 + _COST_TIE)
-            end = next((k for k in range(1, len(by_cost)) if cost[by_cost[k]] > limit), len(by_cost))
+            end = next(
+                (k for k in range(1, len(by_cost)) if cost[by_cost[k]] > limit), len(by_cost)
+            )
             order += sorted(by_cost[:end], key=lambda i: lat[i])
             by_cost = by_cost[end:]
     else:
@@ -167,7 +198,9 @@ def reference_rank(runners: list[ConnectedRunner], req: RouteRequest, stats: dic
     return [Candidate(runners[i], ests[i], scores[i]) for i in order]
 
 
-def reference_bounded_load_ok(target: Candidate, candidates: list[Candidate], epsilon: float) -> bool:
+def reference_bounded_load_ok(
+    target: Candidate, candidates: list[Candidate], epsilon: float
+) -> bool:
     total = sum(c.estimate.load for c in candidates)
     capacity = sum(max(c.runner.capacity, 1) for c in candidates)
     bound = math.ceil((1 + epsilon) * (total + 1) * max(target.runner.capacity, 1) / capacity)
@@ -177,16 +210,27 @@ def reference_bounded_load_ok(target: Candidate, candidates: list[Candidate], ep
     return not full or all(c.estimate.load >= c.runner.capacity for c in candidates)
 
 
-def random_fleet(rng: random.Random, n: int) -> tuple[list[ConnectedRunner], dict[str, RunnerStats]]:
+def random_fleet(
+    rng: random.Random, n: int
+) -> tuple[list[ConnectedRunner], dict[str, RunnerStats]]:
     fleet, stats = [], {}
     for i in range(n):
-        r = simulated_runner(f"r{rng.randrange(10 * n):05d}-{i}", capacity=rng.choice([0, 1, 2, 4, 16]),
-                             usd_per_hour=rng.choice([None, 0.1, 0.1, 0.105, 0.3, 1.0]),
-                             in_flight=rng.randrange(0, 20))
-        set_status(r, running=rng.randrange(0, 24), waiting=rng.randrange(0, 4),
-                   kv=rng.choice([None, 0.1, 0.85, 0.97]))
+        r = simulated_runner(
+            f"r{rng.randrange(10 * n):05d}-{i}",
+            capacity=rng.choice([0, 1, 2, 4, 16]),
+            usd_per_hour=rng.choice([None, 0.1, 0.1, 0.105, 0.3, 1.0]),
+            in_flight=rng.randrange(0, 20),
+        )
+        set_status(
+            r,
+            running=rng.randrange(0, 24),
+            waiting=rng.randrange(0, 4),
+            kv=rng.choice([None, 0.1, 0.85, 0.97]),
+        )
         if rng.random() < 0.5:
-            stats[r.runner_id] = RunnerStats(decode_tps=rng.choice([5.0, 20.0, 33.3]), observations=3)
+            stats[r.runner_id] = RunnerStats(
+                decode_tps=rng.choice([5.0, 20.0, 33.3]), observations=3
+            )
         fleet.append(r)
     return fleet, stats
 
@@ -198,11 +242,17 @@ def test_the_ranking_is_the_reference_ranking(policy: str) -> None:
     for n in (1, 2, 7, 60):
         for _ in range(20):
             fleet, stats = random_fleet(rng, n)
-            req = RouteRequest(model="chat-model", policy=policy, prompt_tokens=rng.randrange(0, 3000),  # type: ignore[arg-type]
-                               max_tokens=rng.choice([None, 1, 64, 512]),
-                               endpoint=rng.choice(["chat", "completions"]))
+            req = RouteRequest(
+                model="chat-model",
+                policy=policy,
+                prompt_tokens=rng.randrange(0, 3000),  # type: ignore[arg-type]
+                max_tokens=rng.choice([None, 1, 64, 512]),
+                endpoint=rng.choice(["chat", "completions"]),
+            )
             external = Router().external
-            assert rank(fleet, req, stats, config, external) == reference_rank(fleet, req, stats, config, external)
+            assert rank(fleet, req, stats, config, external) == reference_rank(
+                fleet, req, stats, config, external
+            )
 
 
 @pytest.mark.parametrize("policy", ["balanced", "cost", "latency"])
@@ -218,8 +268,9 @@ def test_a_limit_returns_the_head_of_the_full_decision(policy: str) -> None:
         # The reference affinity step, on the full ranking.
         ranked = reference_rank(fleet, req, {}, router.config, router.external)
         target = next(c for c in ranked if c.runner.runner_id == router.affinity.lookup(("k",)))
-        keeps = (reference_bounded_load_ok(target, ranked, router.config.affinity_epsilon)
-                 and target.score <= ranked[0].score * (1 + router.config.affinity_max_regret))
+        keeps = reference_bounded_load_ok(
+            target, ranked, router.config.affinity_epsilon
+        ) and target.score <= ranked[0].score * (1 + router.config.affinity_max_regret)
         if keeps:
             ranked.remove(target)
             ranked.insert(0, target)
@@ -243,7 +294,11 @@ def test_bounded_load_ok_is_the_reference() -> None:
     rng = random.Random(5)
     for _ in range(200):
         fleet, _ = random_fleet(rng, rng.randrange(1, 12))
-        ranked = rank(fleet, RouteRequest(model="chat-model"), {}, RouterConfig(), Router().external)
+        ranked = rank(
+            fleet, RouteRequest(model="chat-model"), {}, RouterConfig(), Router().external
+        )
         for target in ranked:
             for eps in (0.0, 0.25, 2.0):
-                assert bounded_load_ok(target, ranked, eps) == reference_bounded_load_ok(target, ranked, eps)
+                assert bounded_load_ok(target, ranked, eps) == reference_bounded_load_ok(
+                    target, ranked, eps
+                )

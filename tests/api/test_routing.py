@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
-from control_plane.routing.affinity import AffinityTable, affinity_keys
-from control_plane.routing.routing import (
+from outpost.control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
+from outpost.control_plane.routing.affinity import AffinityTable, affinity_keys
+from outpost.control_plane.routing.routing import (
     Router,
     RouterConfig,
     RouteRequest,
@@ -23,7 +23,9 @@ def ids(decision) -> list[str]:
 
 
 def chat(*turns: tuple[str, str], model: str = MODEL) -> ChatCompletionRequest:
-    return ChatCompletionRequest(model=model, messages=[{"role": r, "content": c} for r, c in turns])
+    return ChatCompletionRequest(
+        model=model, messages=[{"role": r, "content": c} for r, c in turns]
+    )
 
 
 # --- eligibility -------------------------------------------------------------------
@@ -46,16 +48,22 @@ def test_ineligible_runners_are_excluded_with_reasons() -> None:
     draining = simulated_runner("draining", labels={"region": "eu"})
     draining.links[0].draining = True
     other = simulated_runner("other", model="another-model", labels={"region": "eu"})
-    decision = Router().route([eu, us, sick, draining, other],
-                              RouteRequest(model=MODEL, residency={"region": ["eu"]}))
+    decision = Router().route(
+        [eu, us, sick, draining, other], RouteRequest(model=MODEL, residency={"region": ["eu"]})
+    )
     assert ids(decision) == ["eu"]
     assert decision.excluded == {"us": "residency", "sick": "unhealthy", "draining": "draining"}
 
 
 def test_alias_is_served_and_endpoint_capability_is_checked() -> None:
     a = simulated_runner("a", model="smollm2-135m", aliases=("team-chat",))
-    b = simulated_runner("b", model="qwen-0.5b", aliases=("team-chat",), engine="vllm",
-                         endpoints=("chat", "completions", "embeddings"))
+    b = simulated_runner(
+        "b",
+        model="qwen-0.5b",
+        aliases=("team-chat",),
+        engine="vllm",
+        endpoints=("chat", "completions", "embeddings"),
+    )
     router = Router()
     assert sorted(ids(router.route([a, b], RouteRequest(model="team-chat")))) == ["a", "b"]
     decision = router.route([a, b], RouteRequest(model="team-chat", endpoint="embeddings"))
@@ -66,14 +74,22 @@ def test_alias_is_served_and_endpoint_capability_is_checked() -> None:
 
 
 def test_cost_policy_picks_cheapest_eligible_runner() -> None:
-    runners = [simulated_runner("gpu", usd_per_hour=2.99, labels={"region": "us"}),
-               simulated_runner("cheap-us", usd_per_hour=0.10, labels={"region": "us"}),
-               simulated_runner("mid-eu", usd_per_hour=0.80, labels={"region": "eu"}),
-               simulated_runner("cheap-eu", usd_per_hour=0.30, labels={"region": "eu"})]
+    runners = [
+        simulated_runner("gpu", usd_per_hour=2.99, labels={"region": "us"}),
+        simulated_runner("cheap-us", usd_per_hour=0.10, labels={"region": "us"}),
+        simulated_runner("mid-eu", usd_per_hour=0.80, labels={"region": "eu"}),
+        simulated_runner("cheap-eu", usd_per_hour=0.30, labels={"region": "eu"}),
+    ]
     router = Router()
     assert ids(router.route(runners, RouteRequest(model=MODEL, policy="cost"))) == [
-        "cheap-us", "cheap-eu", "mid-eu", "gpu"]
-    eu_only = router.route(runners, RouteRequest(model=MODEL, policy="cost", residency={"region": ["eu"]}))
+        "cheap-us",
+        "cheap-eu",
+        "mid-eu",
+        "gpu",
+    ]
+    eu_only = router.route(
+        runners, RouteRequest(model=MODEL, policy="cost", residency={"region": ["eu"]})
+    )
     assert ids(eu_only) == ["cheap-eu", "mid-eu"]
 
 
@@ -81,14 +97,19 @@ def test_cost_policy_prefers_cheap_even_when_busy_but_breaks_price_ties_by_load(
     cheap_busy = simulated_runner("cheap-busy", usd_per_hour=0.10, in_flight=4)
     cheap_idle = simulated_runner("cheap-idle", usd_per_hour=0.102)  # within 5 %: a tie
     dear = simulated_runner("dear", usd_per_hour=3.0)
-    decision = Router().route([cheap_busy, cheap_idle, dear], RouteRequest(model=MODEL, policy="cost"))
+    decision = Router().route(
+        [cheap_busy, cheap_idle, dear], RouteRequest(model=MODEL, policy="cost")
+    )
     assert ids(decision) == ["cheap-idle", "cheap-busy", "dear"]
 
 
 def test_latency_policy_avoids_a_loaded_runner() -> None:
     busy = simulated_runner("a-busy", in_flight=3)
     idle = simulated_runner("b-idle")
-    assert ids(Router().route([busy, idle], RouteRequest(model=MODEL, policy="latency")))[0] == "b-idle"
+    assert (
+        ids(Router().route([busy, idle], RouteRequest(model=MODEL, policy="latency")))[0]
+        == "b-idle"
+    )
 
 
 def test_latency_policy_reads_load_from_status_frames() -> None:
@@ -144,28 +165,67 @@ def test_latency_policy_learns_runner_speed() -> None:
     slow, fast = simulated_runner("a-slow"), simulated_runner("b-fast")
     router = Router()
     for _ in range(3):
-        router.observe("a-slow", prompt_tokens=100, completion_tokens=101, ttft_s=1.0, total_s=11.0,
-                       queued=False, streamed=True)
-        router.observe("b-fast", prompt_tokens=100, completion_tokens=101, ttft_s=0.1, total_s=1.1,
-                       queued=False, streamed=True)
+        router.observe(
+            "a-slow",
+            prompt_tokens=100,
+            completion_tokens=101,
+            ttft_s=1.0,
+            total_s=11.0,
+            queued=False,
+            streamed=True,
+        )
+        router.observe(
+            "b-fast",
+            prompt_tokens=100,
+            completion_tokens=101,
+            ttft_s=0.1,
+            total_s=1.1,
+            queued=False,
+            streamed=True,
+        )
     assert router.stats["b-fast"].decode_tps == pytest.approx(100.0)
-    assert router.stats["b-fast"].prefill_tps == pytest.approx(1000.0), "10x decode, never from TTFT"
-    assert ids(router.route([slow, fast], RouteRequest(model=MODEL, policy="latency"))) == ["b-fast", "a-slow"]
+    assert router.stats["b-fast"].prefill_tps == pytest.approx(1000.0), (
+        "10x decode, never from TTFT"
+    )
+    assert ids(router.route([slow, fast], RouteRequest(model=MODEL, policy="latency"))) == [
+        "b-fast",
+        "a-slow",
+    ]
     # Ten times faster: worth a short queue (three rounds), not a long one (ten).
     fast.in_flight = 12
-    assert ids(router.route([slow, fast], RouteRequest(model=MODEL, policy="latency")))[0] == "b-fast"
+    assert (
+        ids(router.route([slow, fast], RouteRequest(model=MODEL, policy="latency")))[0] == "b-fast"
+    )
     fast.in_flight = 40
-    assert ids(router.route([slow, fast], RouteRequest(model=MODEL, policy="latency")))[0] == "a-slow"
+    assert (
+        ids(router.route([slow, fast], RouteRequest(model=MODEL, policy="latency")))[0] == "a-slow"
+    )
 
 
 def test_unstreamed_answers_do_not_make_a_runner_look_infinitely_fast() -> None:
     # Without streaming the "first byte" is the whole answer: TTFT = total time.
     router = Router()
-    router.observe("a", prompt_tokens=20, completion_tokens=4, ttft_s=0.30, total_s=0.3001, queued=False,
-                   streamed=False)
-    assert router.stats["a"].decode_tps == pytest.approx(4 / (0.3001 - 20 / 200), rel=1e-3)  # 20 tok/s
-    router.observe("a", prompt_tokens=20, completion_tokens=4, ttft_s=2.0, total_s=2.0, queued=True,
-                   streamed=False)
+    router.observe(
+        "a",
+        prompt_tokens=20,
+        completion_tokens=4,
+        ttft_s=0.30,
+        total_s=0.3001,
+        queued=False,
+        streamed=False,
+    )
+    assert router.stats["a"].decode_tps == pytest.approx(
+        4 / (0.3001 - 20 / 200), rel=1e-3
+    )  # 20 tok/s
+    router.observe(
+        "a",
+        prompt_tokens=20,
+        completion_tokens=4,
+        ttft_s=2.0,
+        total_s=2.0,
+        queued=True,
+        streamed=False,
+    )
     assert router.stats["a"].observations == 1, "a queued unstreamed answer teaches nothing"
 
 
@@ -189,8 +249,9 @@ def test_cost_models_from_hello() -> None:
 
 def test_rank_is_deterministic_on_ties() -> None:
     runners = [simulated_runner(i) for i in ("c", "a", "b")]
-    assert [c.runner.runner_id for c in rank(runners, RouteRequest(model=MODEL), {}, RouterConfig())] == [
-        "a", "b", "c"]
+    assert [
+        c.runner.runner_id for c in rank(runners, RouteRequest(model=MODEL), {}, RouterConfig())
+    ] == ["a", "b", "c"]
 
 
 def test_round_robin_baseline_rotates() -> None:
@@ -205,19 +266,26 @@ def test_round_robin_baseline_rotates() -> None:
 
 def test_affinity_key_is_the_conversation_opening() -> None:
     turn1 = chat(("system", "You are terse."), ("user", "Plan a trip to Rome."))
-    turn2 = chat(("system", "You are terse."), ("user", "Plan a trip to Rome."), ("assistant", "Day 1: ..."),
-                 ("user", "Add a day in Florence."))
+    turn2 = chat(
+        ("system", "You are terse."),
+        ("user", "Plan a trip to Rome."),
+        ("assistant", "Day 1: ..."),
+        ("user", "Add a day in Florence."),
+    )
     other = chat(("system", "You are terse."), ("user", "Plan a trip to Oslo."))
     assert affinity_keys("t1", turn1) == affinity_keys("t1", turn2)
     assert affinity_keys("t1", turn1) != affinity_keys("t1", other)
     assert affinity_keys("t1", turn1) != affinity_keys("t2", turn1), "tenants never share keys"
-    explicit = ChatCompletionRequest(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                     prompt_cache_key="conv-42")
+    explicit = ChatCompletionRequest(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], prompt_cache_key="conv-42"
+    )
     assert affinity_keys("t1", explicit) != affinity_keys("t1", chat(("user", "x")))
 
 
 def test_completion_prompts_share_their_leading_blocks() -> None:
-    history = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(12))
+    history = "".join(
+        f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(12)
+    )
     turn1 = affinity_keys("t", CompletionRequest(model=MODEL, prompt=history))
     turn2 = affinity_keys("t", CompletionRequest(model=MODEL, prompt=history + "More text. " * 40))
     assert len(turn2) > len(turn1) >= 1
@@ -227,12 +295,16 @@ def test_completion_prompts_share_their_leading_blocks() -> None:
 def test_multi_turn_conversations_return_to_the_same_runner() -> None:
     runners = [simulated_runner(i) for i in ("a", "b", "c", "d")]
     router = Router()
-    histories = {c: [("system", "Be brief."), ("user", f"Conversation {c}: tell me about topic {c}.")]
-                 for c in range(8)}
+    histories = {
+        c: [("system", "Be brief."), ("user", f"Conversation {c}: tell me about topic {c}.")]
+        for c in range(8)
+    }
     homes: dict[int, str] = {}
     for turn in range(4):
         for conv, history in histories.items():  # the conversations' turns overlap
-            req = RouteRequest(model=MODEL, policy="latency", affinity_keys=affinity_keys("t", chat(*history)))
+            req = RouteRequest(
+                model=MODEL, policy="latency", affinity_keys=affinity_keys("t", chat(*history))
+            )
             decision = router.route(runners, req)
             chosen = decision.runners[0]
             chosen.in_flight += 1
@@ -245,7 +317,9 @@ def test_multi_turn_conversations_return_to_the_same_runner() -> None:
             history += [("assistant", f"Answer {turn}."), ("user", f"Follow-up {turn}?")]
         for r in runners:  # every turn answered
             r.in_flight = 0
-    assert sorted(homes.values()) == ["a", "a", "b", "b", "c", "c", "d", "d"], "new conversations spread out"
+    assert sorted(homes.values()) == ["a", "a", "b", "b", "c", "c", "d", "d"], (
+        "new conversations spread out"
+    )
 
 
 def test_affinity_stops_when_its_runner_is_overloaded() -> None:

@@ -32,14 +32,24 @@ MODEL = "smollm2-135m-instruct"
 
 
 class Env:
-    def __init__(self, cp: ControlPlaneProcess, runner: RunnerProcess, runner_id: str, database_url: str) -> None:
-        self.cp, self.runner, self.runner_id, self.database_url = cp, runner, runner_id, database_url
+    def __init__(
+        self, cp: ControlPlaneProcess, runner: RunnerProcess, runner_id: str, database_url: str
+    ) -> None:
+        self.cp, self.runner, self.runner_id, self.database_url = (
+            cp,
+            runner,
+            runner_id,
+            database_url,
+        )
         self.admin = cp.cli("keys", "create", "admin", "--admin").splitlines()[-1]
         self.key = cp.api_key("stream-leaver")
 
     def in_flight(self) -> int:
-        body = httpx.get(f"{self.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {self.admin}"},
-                         timeout=10).json()
+        body = httpx.get(
+            f"{self.cp.url}/api/fairness/service",
+            headers={"Authorization": f"Bearer {self.admin}"},
+            timeout=10,
+        ).json()
         return body["runners"].get(self.runner_id, {"in_flight": 0})["in_flight"]
 
 
@@ -63,31 +73,65 @@ def _read_until(sock: socket.socket, marker: bytes, limit_s: float = 60) -> byte
 
 def test_hanging_up_mid_stream_stops_the_engine_and_frees_the_slot(env: Env) -> None:
     wait_until(lambda: engine_processing(env.runner) == 0, 10, "an idle engine")
-    payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Write a very long story."}],
-                          "max_tokens": 3500, "temperature": 0, "ignore_eos": True, "stream": True}).encode()
+    payload = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Write a very long story."}],
+            "max_tokens": 3500,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", env.cp.port), timeout=30)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {env.key}\r\n".encode()
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {env.key}\r\n".encode()
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     head = _read_until(sock, b'"content"')  # tokens are arriving
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
     assert engine_processing(env.runner) == 1
     sock.close()
 
-    wait_until(lambda: "/v1/chat/completions smollm2-135m-instruct: cancelled" in env.runner.log(), 10,
-               "the runner to cancel the stream")
-    wait_until(lambda: engine_processing(env.runner) == 0, 20, "the engine to stop generating", interval=1.0)
+    wait_until(
+        lambda: "/v1/chat/completions smollm2-135m-instruct: cancelled" in env.runner.log(),
+        10,
+        "the runner to cancel the stream",
+    )
+    wait_until(
+        lambda: engine_processing(env.runner) == 0,
+        20,
+        "the engine to stop generating",
+        interval=1.0,
+    )
     wait_until(lambda: env.in_flight() == 0, 10, "the control plane's slot to be free")
-    wait_until(lambda: len(tenant_records(env.database_url, "stream-leaver")) == 1, 15, "the request's record")
+    wait_until(
+        lambda: len(tenant_records(env.database_url, "stream-leaver")) == 1,
+        15,
+        "the request's record",
+    )
     [record] = tenant_records(env.database_url, "stream-leaver")
-    assert (record["status"], record["http_status"], record["error_type"]) == \
-        ("cancelled", 200, "client_disconnected"), record
+    assert (record["status"], record["http_status"], record["error_type"]) == (
+        "cancelled",
+        200,
+        "client_disconnected",
+    ), record
     assert record["completion_tokens"] == 0 or record["completion_tokens"] < 3500, record
 
     # The slot is free: the next streamed request is answered to its end.
-    with httpx.stream("POST", f"{env.cp.url}/v1/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {env.key}"},
-                      json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-                            "stream": True}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{env.cp.url}/v1/chat/completions",
+        timeout=60,
+        headers={"Authorization": f"Bearer {env.key}"},
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "stream": True,
+        },
+    ) as resp:
         assert resp.status_code == 200
         assert "data: [DONE]" in "".join(resp.iter_text())

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.audit import record_admin
-from control_plane.audit.checkpoints import write_checkpoint
-from control_plane.audit.export import export_records, jsonl
-from control_plane.audit.keys import AuditSigner
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.audit import record_admin
+from outpost.control_plane.audit.checkpoints import write_checkpoint
+from outpost.control_plane.audit.export import export_records, jsonl
+from outpost.control_plane.audit.keys import AuditSigner
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
 from tests.utils import ControlPlaneProcess
 
 BACKENDS = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"], indirect=True)
@@ -36,12 +36,19 @@ def signer(tmp_path: Path) -> AuditSigner:
     return AuditSigner(tmp_path / "keys" / "audit-key.json")
 
 
-async def add_admin_events(db: Database, n: int, tenants: tuple[str, ...] = ("ten_a", "ten_b"),
-                           start: int = 0) -> None:
+async def add_admin_events(
+    db: Database, n: int, tenants: tuple[str, ...] = ("ten_a", "ten_b"), start: int = 0
+) -> None:
     for i in range(start, start + n):
         async with db.session() as session:
-            await record_admin(session, actor="operator:test", action="api_key.create",
-                               tenant_id=tenants[i % len(tenants)], target=f"key_{i}", details={"i": i})
+            await record_admin(
+                session,
+                actor="operator:test",
+                action="api_key.create",
+                tenant_id=tenants[i % len(tenants)],
+                target=f"key_{i}",
+                details={"i": i},
+            )
             await session.commit()
 
 
@@ -62,8 +69,16 @@ def kinds(lines: list[str]) -> list[str]:
 
 def run_cli(cp: ControlPlaneProcess, *args: str, timeout: float = 300) -> str:
     """``cp.cli`` with a longer timeout: on a loaded CI machine a CLI start alone can take many seconds."""
-    out = subprocess.run([sys.executable, "-m", "control_plane.cli", *args], env=cp.env, capture_output=True,
-                         text=True, timeout=timeout, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "outpost.control_plane.cli", *args],
+        env=cp.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if out.returncode != 0:
-        raise RuntimeError(f"control-plane {' '.join(args)} failed ({out.returncode}): {out.stdout}{out.stderr}")
+        raise RuntimeError(
+            f"control-plane {' '.join(args)} failed ({out.returncode}): {out.stdout}{out.stderr}"
+        )
     return out.stdout.strip()

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from control_plane.audit.keys import generate_key
-from control_plane.cli import app
+from outpost.control_plane.audit.keys import generate_key
+from outpost.control_plane.cli import app
 from tests.audit.conftest import kinds
 
 
 class Cli:
     def __init__(self, tmp: Path) -> None:
-        self.env = {"OUTPOST_STATE_DIR": str(tmp / "cp"),
-                    "OUTPOST_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}"}
+        self.env = {
+            "OUTPOST_STATE_DIR": str(tmp / "cp"),
+            "OUTPOST_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
+        }
         self.runner = CliRunner()
 
     def __call__(self, *args: str, code: int = 0) -> str:
@@ -37,7 +39,14 @@ def cli(tmp_path: Path) -> Cli:
 
 
 def verify(cli: Cli, path: Path, *keys: str, extra: tuple[str, ...] = (), code: int = 0) -> str:
-    return cli("audit", "verify", str(path), *[a for k in keys for a in ("--public-key", k)], *extra, code=code)
+    return cli(
+        "audit",
+        "verify",
+        str(path),
+        *[a for k in keys for a in ("--public-key", k)],
+        *extra,
+        code=code,
+    )
 
 
 def test_export_verify_rotate_and_prune(cli: Cli, tmp_path: Path) -> None:
@@ -62,7 +71,7 @@ def test_export_verify_rotate_and_prune(cli: Cli, tmp_path: Path) -> None:
     rec = json.loads(lines[i])
     rec["event"]["actor"] = "operator:someone-else"
     tampered = tmp_path / "tampered.jsonl"
-    tampered.write_text("\n".join([*lines[:i], json.dumps(rec), *lines[i + 1:]]) + "\n")
+    tampered.write_text("\n".join([*lines[:i], json.dumps(rec), *lines[i + 1 :]]) + "\n")
     out = verify(cli, tampered, new, code=1)
     assert out.startswith(f"FAILED at line {i} (seq 1): hash mismatch"), out
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import sdk.audit
-from control_plane import audit
-from control_plane.audit.cli import audit_app, keys_app
-from control_plane.settings import Settings
+import outpost.sdk.audit
+from outpost.control_plane import audit
+from outpost.control_plane.audit.cli import audit_app, keys_app
+from outpost.control_plane.settings import Settings
 
 DOC = (Path(__file__).parents[2] / "docs" / "audit.md").read_text(encoding="utf-8")
 
 
 def test_every_public_helper_is_documented() -> None:
-    missing = [n for n in [*audit.__all__, *sdk.audit.__all__] if n not in DOC]
+    missing = [n for n in [*audit.__all__, *outpost.sdk.audit.__all__] if n not in DOC]
     assert not missing, f"undocumented in docs/audit.md: {missing}"
 
 
@@ -31,5 +31,9 @@ def test_every_command_is_documented() -> None:
 
 
 def test_every_verify_result_field_is_documented() -> None:
-    missing = [f.name for f in dataclasses.fields(sdk.audit.VerifyResult) if f"`{f.name}`" not in DOC]
+    missing = [
+        f.name
+        for f in dataclasses.fields(outpost.sdk.audit.VerifyResult)
+        if f"`{f.name}`" not in DOC
+    ]
     assert not missing, missing

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdk.client import Client
-from sdk.errors import NotFoundError
+from outpost.sdk.client import Client
+from outpost.sdk.errors import NotFoundError
 from tests.audit.conftest import run_cli
 from tests.utils import ControlPlaneProcess, wait_until
 
@@ -48,15 +48,36 @@ def _console_audit_page(cp: ControlPlaneProcess, email: str) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(tmp_path: Path) -> None:
+def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(
+    tmp_path: Path,
+) -> None:
     db_file = tmp_path / "cp" / "outpost.db"
     env = {"OUTPOST_AUDIT_CHECKPOINT_EVERY_N": "1", "OUTPOST_AUDIT_CHECKPOINT_EVERY_S": "0.5"}
-    cp = ControlPlaneProcess(tmp_path / "cp", f"sqlite+aiosqlite:///{db_file}", extra_env=env).start()
+    cp = ControlPlaneProcess(
+        tmp_path / "cp", f"sqlite+aiosqlite:///{db_file}", extra_env=env
+    ).start()
     try:
-        key = run_cli(cp, "keys", "create", "keeper", "--tenant", "keeper", "--admin").splitlines()[-1]
-        subprocess.run([sys.executable, "-m", "control_plane.cli", "users", "create", "k@example.com", "--role",
-                        "admin", "--tenant", "keeper"], env={**cp.env, "OUTPOST_USER_PASSWORD": PASSWORD},
-                       check=True, capture_output=True, timeout=300)
+        key = run_cli(cp, "keys", "create", "keeper", "--tenant", "keeper", "--admin").splitlines()[
+            -1
+        ]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "outpost.control_plane.cli",
+                "users",
+                "create",
+                "k@example.com",
+                "--role",
+                "admin",
+                "--tenant",
+                "keeper",
+            ],
+            env={**cp.env, "OUTPOST_USER_PASSWORD": PASSWORD},
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         public_key = run_cli(cp, "audit", "keys", "show").splitlines()[-1]
         with Client(base_url=cp.url, api_key=key) as client:
             for batch in range(2):  # two checkpoints at least: the log is cut back to the first
@@ -64,7 +85,11 @@ def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(tmp
                     client.keys.create(name=f"k{batch}{i}")
                 # Only the server signs here, so its checkpointer has verified the whole chain.
                 newest = max(e["seq"] for e in client.audit.list(limit=1000).data)
-                wait_until(lambda newest=newest: _latest_seq(client) >= newest, 60, "the server's checkpoint")
+                wait_until(
+                    lambda newest=newest: _latest_seq(client) >= newest,
+                    60,
+                    "the server's checkpoint",
+                )
             kept = client.audit.checkpoints()
             assert len(kept) >= 2
             assert kept and kept[-1] == client.audit.latest_checkpoint()
@@ -76,10 +101,23 @@ def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(tmp
 
         # The tenant's CLI keeps them in a file of its own, over the API (no database).
         kept_file = tmp_path / "kept.jsonl"
-        subprocess.run([sys.executable, "-m", "control_plane.cli", "audit", "checkpoints", "--url", cp.url,
-                        "--out", str(kept_file)],
-                       env={"PATH": cp.env["PATH"], "OUTPOST_API_KEY": key, "HOME": str(tmp_path)},
-                       check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "outpost.control_plane.cli",
+                "audit",
+                "checkpoints",
+                "--url",
+                cp.url,
+                "--out",
+                str(kept_file),
+            ],
+            env={"PATH": cp.env["PATH"], "OUTPOST_API_KEY": key, "HOME": str(tmp_path)},
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         assert [json.loads(line) for line in kept_file.read_text().splitlines()] == kept
 
         # Someone with the database cuts the log back to the first checkpoint, checkpoints and head too.
@@ -87,25 +125,48 @@ def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(tmp
         with sqlite3.connect(db_file, timeout=30) as conn:
             conn.execute("DELETE FROM audit_events WHERE seq > ?", (first["seq"],))
             conn.execute("DELETE FROM audit_checkpoints WHERE seq > ?", (first["seq"],))
-            conn.execute("UPDATE audit_head SET seq = ?, hash = ?, checkpoint_seq = ?, checkpoint_ts = ?",
-                         (first["seq"], first["hash"], first["seq"], first["ts"]))
+            conn.execute(
+                "UPDATE audit_head SET seq = ?, hash = ?, checkpoint_seq = ?, checkpoint_ts = ?",
+                (first["seq"], first["hash"], first["seq"], first["ts"]),
+            )
 
         truncated = tmp_path / "truncated.jsonl"
-        truncated.write_text(httpx.get(f"{cp.url}/api/audit/export", headers={"Authorization": f"Bearer {key}"},
-                                       timeout=30).text)
-        verify = [sys.executable, "-m", "control_plane.cli", "audit", "verify", str(truncated), "--public-key",
-                  public_key]
-        alone = subprocess.run(verify, check=False, env=cp.env, capture_output=True, text=True, timeout=300)
+        truncated.write_text(
+            httpx.get(
+                f"{cp.url}/api/audit/export", headers={"Authorization": f"Bearer {key}"}, timeout=30
+            ).text
+        )
+        verify = [
+            sys.executable,
+            "-m",
+            "outpost.control_plane.cli",
+            "audit",
+            "verify",
+            str(truncated),
+            "--public-key",
+            public_key,
+        ]
+        alone = subprocess.run(
+            verify, check=False, env=cp.env, capture_output=True, text=True, timeout=300
+        )
         assert alone.returncode == 0, alone.stdout  # the export alone is consistent
-        caught = subprocess.run([*verify, "--kept", str(kept_file)], check=False, env=cp.env, capture_output=True,
-                                text=True, timeout=300)
+        caught = subprocess.run(
+            [*verify, "--kept", str(kept_file)],
+            check=False,
+            env=cp.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert caught.returncode == 1 and "truncated" in caught.stdout, caught.stdout
 
         # The server had signed further: it refuses, and says so on /metrics and in the console.
         wait_until(lambda: _alarm(cp) == 1.0, 60, "outpost_audit_chain_alarm 1")
         page = _console_audit_page(cp, "k@example.com")
         assert 'id="audit-alarm"' in page and "newest events were removed" in page
-        assert re.search(r'<td class="num">\d+<span [^>]*> #\d+</span>', page)  # the tenant's own number too
+        assert re.search(
+            r'<td class="num">\d+<span [^>]*> #\d+</span>', page
+        )  # the tenant's own number too
     finally:
         cp.stop()
     assert "audit checkpoint REFUSED" in cp.log()

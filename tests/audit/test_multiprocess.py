@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from control_plane.admin import issue_enrollment_token
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from sdk.audit import verify_export
-from sdk.identity import IdentityKey
+from outpost.control_plane.admin import issue_enrollment_token
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.sdk.audit import verify_export
+from outpost.sdk.identity import IdentityKey
 from tests.audit.conftest import run_cli
 from tests.utils import ControlPlaneProcess
 
@@ -25,23 +25,33 @@ RUNNERS = 24
 async def _tokens(url: str, n: int) -> list[str]:
     db = Database(url)
     try:  # a third appender: this test process itself
-        return list(await asyncio.gather(*(issue_enrollment_token(db, "default", f"mp-{i}", 600)
-                                           for i in range(n))))
+        return list(
+            await asyncio.gather(
+                *(issue_enrollment_token(db, "default", f"mp-{i}", 600) for i in range(n))
+            )
+        )
     finally:
         await db.dispose()
 
 
 def _register(cp: ControlPlaneProcess, token: str) -> str:
     body = {"identity_public_key": IdentityKey.generate().public_b64}
-    resp = httpx.post(f"{cp.url}/api/runners/register", json=body, headers={"Authorization": f"Bearer {token}"},
-                      timeout=120)
+    resp = httpx.post(
+        f"{cp.url}/api/runners/register",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["runner_id"]
 
 
 def _revoke(cp: ControlPlaneProcess, admin_key: str, runner_id: str) -> None:
-    resp = httpx.post(f"{cp.url}/api/runners/{runner_id}/revoke", headers={"Authorization": f"Bearer {admin_key}"},
-                      timeout=120)
+    resp = httpx.post(
+        f"{cp.url}/api/runners/{runner_id}/revoke",
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=120,
+    )
     assert resp.status_code == 200, resp.text
 
 
@@ -60,9 +70,17 @@ def test_two_control_planes_append_to_one_chain(fresh_database_url: str, tmp_pat
         admin_key = run_cli(cps[0], "keys", "create", "mp-admin", "--admin").splitlines()[-1]
         tokens = asyncio.run(_tokens(url, RUNNERS))
         with ThreadPoolExecutor(8) as pool:
-            cli = [pool.submit(run_cli, cps[i % 2], "keys", "create", f"mp-key-{i}") for i in range(2)]
-            runner_ids = list(pool.map(lambda it: _register(cps[it[0] % 2], it[1]), enumerate(tokens)))
-            list(pool.map(lambda it: _revoke(cps[it[0] % 2], admin_key, it[1]), enumerate(runner_ids[::2])))
+            cli = [
+                pool.submit(run_cli, cps[i % 2], "keys", "create", f"mp-key-{i}") for i in range(2)
+            ]
+            runner_ids = list(
+                pool.map(lambda it: _register(cps[it[0] % 2], it[1]), enumerate(tokens))
+            )
+            list(
+                pool.map(
+                    lambda it: _revoke(cps[it[0] % 2], admin_key, it[1]), enumerate(runner_ids[::2])
+                )
+            )
             for f in cli:
                 f.result()
 

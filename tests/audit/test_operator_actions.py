@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.api.errors import to_api_error
-from control_plane.audit import AuditAction
-from control_plane.audit.events import _ACTION
-from control_plane.cli import app
-from control_plane.db.engine import Database
-from control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
-from control_plane.store.pools import default_pool
-from control_plane.store.runners import create_runner
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.api.errors import to_api_error
+from outpost.control_plane.audit import AuditAction
+from outpost.control_plane.audit.events import _ACTION
+from outpost.control_plane.cli import app
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
+from outpost.control_plane.store.pools import default_pool
+from outpost.control_plane.store.runners import create_runner
+from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.audit.test_cli import Cli
 from tests.utils import run_db
 
@@ -37,7 +37,11 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def _key_id(cli: Cli, tenant: str, name: str) -> str:
-    return next(k["id"] for k in _json_lines(cli("keys", "list", "--tenant", tenant, "--json")) if k["name"] == name)
+    return next(
+        k["id"]
+        for k in _json_lines(cli("keys", "list", "--tenant", tenant, "--json"))
+        if k["name"] == name
+    )
 
 
 def _events(cli: Cli, tmp_path: Path) -> list[dict]:
@@ -45,7 +49,9 @@ def _events(cli: Cli, tmp_path: Path) -> list[dict]:
     cli("audit", "export", "--out", str(out))
     key = cli("audit", "keys", "show").splitlines()[-1]
     assert cli("audit", "verify", str(out), "--public-key", key).startswith("OK:")
-    return [r["event"] for r in map(json.loads, out.read_text().splitlines()) if r["kind"] == "event"]
+    return [
+        r["event"] for r in map(json.loads, out.read_text().splitlines()) if r["kind"] == "event"
+    ]
 
 
 def test_keys_revoke_is_tenant_scoped_and_audited(cli: Cli, tmp_path: Path) -> None:
@@ -57,7 +63,10 @@ def test_keys_revoke_is_tenant_scoped_and_audited(cli: Cli, tmp_path: Path) -> N
 
     # Another tenant's key id, named under this tenant: refused, and left alone.
     cli("keys", "revoke", theirs, code=1)
-    assert all(k["revoked_at"] is None for k in _json_lines(cli("keys", "list", "--tenant", "acme", "--json")))
+    assert all(
+        k["revoked_at"] is None
+        for k in _json_lines(cli("keys", "list", "--tenant", "acme", "--json"))
+    )
     cli("keys", "revoke", "key_nope", code=1)
     cli("keys", "revoke", "x", "--tenant", "no-such-tenant", code=1)
 
@@ -75,9 +84,15 @@ def test_runners_revoke_and_list(cli: Cli, tmp_path: Path) -> None:
     async def add_runner(db: Database) -> str:
         async with db.session() as session:
             tenant = await get_or_create_tenant(session, "default")
-            runner = await create_runner(session, tenant_id=tenant.id, pool_id=(await default_pool(session,
-                                         tenant.id)).id, name="edge-1", identity_public_key="k" * 43,
-                                         hpke_public_key=None, hpke_key_signature=None)
+            runner = await create_runner(
+                session,
+                tenant_id=tenant.id,
+                pool_id=(await default_pool(session, tenant.id)).id,
+                name="edge-1",
+                identity_public_key="k" * 43,
+                hpke_public_key=None,
+                hpke_key_signature=None,
+            )
             await session.commit()
             return runner.id
 
@@ -95,10 +110,14 @@ def test_runners_revoke_and_list(cli: Cli, tmp_path: Path) -> None:
 def test_refusals_leave_as_one_line_and_an_exit_code(cli: Cli) -> None:
     """Values the options allow but the domain refuses: exit 2, no traceback; missing things: exit 1."""
     cli("keys", "create", "setup")
-    for args in (("tenants", "set", "t", "--residency", "[1]"),
-                 ("pools", "grant", "default", "--to", "default")):  # a grant to oneself
+    for args in (
+        ("tenants", "set", "t", "--residency", "[1]"),
+        ("pools", "grant", "default", "--to", "default"),
+    ):  # a grant to oneself
         result = cli.runner.invoke(app, list(args), env=cli.env)
-        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), f"{args}: {result.output}"
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (
+            f"{args}: {result.output}"
+        )
         assert "error:" in result.output and "Traceback" not in result.output
     cli("budgets", "delete", "bud_nope", code=1)
     cli("budgets", "set", "--amount", "5", "--key", "key_nope", code=1)
@@ -106,10 +125,16 @@ def test_refusals_leave_as_one_line_and_an_exit_code(cli: Cli) -> None:
 
 
 def test_domain_errors_map_to_the_statuses_the_api_always_answered() -> None:
-    cases = {NotFound("x", code="api_key_not_found"): (404, "invalid_request_error", "api_key_not_found"),
-             Conflict("x", code="pool_exists"): (409, "invalid_request_error", "pool_exists"),
-             Invalid("x", param="usd_per_hour"): (400, "invalid_request_error", "invalid_request"),
-             Forbidden("x"): (403, "permission_error", "forbidden")}
+    cases = {
+        NotFound("x", code="api_key_not_found"): (
+            404,
+            "invalid_request_error",
+            "api_key_not_found",
+        ),
+        Conflict("x", code="pool_exists"): (409, "invalid_request_error", "pool_exists"),
+        Invalid("x", param="usd_per_hour"): (400, "invalid_request_error", "invalid_request"),
+        Forbidden("x"): (403, "permission_error", "forbidden"),
+    }
     for exc, (status, kind, code) in cases.items():
         error = to_api_error(exc)
         assert (error.status, error.type, error.code) == (status, kind, code)
@@ -129,10 +154,15 @@ def test_every_admin_action_is_spelled_once() -> None:
     for path in sorted((ROOT / "control_plane").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == \
-                    "record_admin":
-                spelled += [f"{rel}:{node.lineno}" for kw in node.keywords
-                            if kw.arg == "action" and isinstance(kw.value, ast.Constant)]
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "record_admin"
+            ):
+                spelled += [
+                    f"{rel}:{node.lineno}"
+                    for kw in node.keywords
+                    if kw.arg == "action" and isinstance(kw.value, ast.Constant)
+                ]
     assert spelled == []
 
 
@@ -142,5 +172,7 @@ def test_users_list_json_never_shows_a_password_hash(cli: Cli) -> None:
     cli("users", "create", "ops@example.com", code=1)  # a duplicate is a conflict: exit 1
     cli("users", "create", "not an email", code=2)  # a refused value: exit 2
     [row] = _json_lines(cli("users", "list", "--json"))
-    assert row["email"] == "ops@example.com" and row["role"] == "admin" and row["tenant"] == "default"
+    assert (
+        row["email"] == "ops@example.com" and row["role"] == "admin" and row["tenant"] == "default"
+    )
     assert "password" not in json.dumps(row) and "scrypt" not in json.dumps(row)

@@ -14,8 +14,8 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
-from sdk.audit import verify_export
+from outpost.control_plane.db.engine import sync_url
+from outpost.sdk.audit import verify_export
 from tests.audit.conftest import run_cli
 from tests.conftest import Stack
 
@@ -26,8 +26,12 @@ def audit_rows(stack: Stack, where: str = "1=1", **params: object) -> list[dict]
     engine = create_engine(sync_url(stack.database_url))
     try:
         with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(text(f"SELECT * FROM audit_events WHERE {where} ORDER BY seq"),
-                                                  params).mappings()]
+            return [
+                dict(r)
+                for r in conn.execute(
+                    text(f"SELECT * FROM audit_events WHERE {where} ORDER BY seq"), params
+                ).mappings()
+            ]
     finally:
         engine.dispose()
 
@@ -67,13 +71,19 @@ def export_and_verify(stack: Stack, path: Path, *, cli_verify: bool = False) -> 
 
 
 async def _chat_many(stack: Stack, n: int, concurrency: int) -> list[str]:
-    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=120)
+    client = openai.AsyncOpenAI(
+        base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=120
+    )
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> str:
         async with gate:
             raw = await client.chat.completions.with_raw_response.create(
-                model=MODEL, messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=1, temperature=0)
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Say {i}."}],
+                max_tokens=1,
+                temperature=0,
+            )
             return raw.headers["x-request-id"]
 
     try:
@@ -83,7 +93,9 @@ async def _chat_many(stack: Stack, n: int, concurrency: int) -> list[str]:
 
 
 @pytest.mark.timeout(900)  # 200 requests on a one-thread CPU engine, plus CLI processes
-def test_concurrent_inference_and_admin_actions_form_one_chain(stack: Stack, tmp_path: Path) -> None:
+def test_concurrent_inference_and_admin_actions_form_one_chain(
+    stack: Stack, tmp_path: Path
+) -> None:
     with ThreadPoolExecutor(4) as pool:
         admin = [pool.submit(run_cli, stack.cp, "keys", "create", f"audit-{i}") for i in range(6)]
         request_ids = asyncio.run(_chat_many(stack, 200, 20))
@@ -99,9 +111,17 @@ def test_concurrent_inference_and_admin_actions_form_one_chain(stack: Stack, tmp
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "one unbroken chain"
     exported = Counter(e["data"]["request_id"] for e in events if e["type"] == "inference")
     assert all(exported[r] == 1 for r in request_ids)
-    assert sum(e["type"] == "admin.api_key.create" and e["data"]["details"]["name"].startswith("audit-")
-               for e in events) == 6
-    sample = next(e for e in events if e["type"] == "inference" and e["data"]["request_id"] == request_ids[0])
+    assert (
+        sum(
+            e["type"] == "admin.api_key.create"
+            and e["data"]["details"]["name"].startswith("audit-")
+            for e in events
+        )
+        == 6
+    )
+    sample = next(
+        e for e in events if e["type"] == "inference" and e["data"]["request_id"] == request_ids[0]
+    )
     assert sample["data"]["status"] == "ok" and sample["data"]["runner_id"] == stack.runner_id
     assert sample["data"]["completion_tokens"] == 1 and sample["data"]["prompt_tokens"] > 0
     assert sample["data"]["e2e"] is False and isinstance(sample["data"]["latency_ms"], int)
@@ -109,8 +129,11 @@ def test_concurrent_inference_and_admin_actions_form_one_chain(stack: Stack, tmp
 
 def test_runner_connection_is_audited(stack: Stack) -> None:
     rows = audit_rows(stack, "type = 'runner.connect'")
-    assert any((r["data"] if isinstance(r["data"], dict) else json.loads(r["data"]))["runner_id"] == stack.runner_id
-               for r in rows)
+    assert any(
+        (r["data"] if isinstance(r["data"], dict) else json.loads(r["data"]))["runner_id"]
+        == stack.runner_id
+        for r in rows
+    )
     assert audit_rows(stack, "type = 'runner.enroll'")
 
 
@@ -118,15 +141,20 @@ def test_prompt_canary_never_reaches_the_audit_log(stack: Stack, tmp_path: Path)
     canary = "CANARY-audit-5e1d0b-never-logged"
     client = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "system", "content": canary}, {"role": "user", "content": canary}],
-        max_tokens=2)
+        model=MODEL,
+        messages=[{"role": "system", "content": canary}, {"role": "user", "content": canary}],
+        max_tokens=2,
+    )
     request_id = raw.headers["x-request-id"]
     wait_audited(stack, {request_id})
     engine = create_engine(sync_url(stack.database_url))
     try:
         with engine.connect() as conn:
-            dump = "\n".join(repr(tuple(r)) for table in ("audit_events", "audit_checkpoints", "audit_keys")
-                             for r in conn.execute(text(f"SELECT * FROM {table}")))
+            dump = "\n".join(
+                repr(tuple(r))
+                for table in ("audit_events", "audit_checkpoints", "audit_keys")
+                for r in conn.execute(text(f"SELECT * FROM {table}"))
+            )
     finally:
         engine.dispose()
     assert request_id in dump and canary not in dump
@@ -136,19 +164,28 @@ def test_prompt_canary_never_reaches_the_audit_log(stack: Stack, tmp_path: Path)
 
 @pytest.mark.timeout(600)
 def test_a_tenant_reads_only_its_own_audit_events(stack: Stack, tmp_path: Path) -> None:
-    key_a = run_cli(stack.cp, "keys", "create", "a-admin", "--tenant", "audit-a", "--admin").splitlines()[-1]
-    key_b = run_cli(stack.cp, "keys", "create", "b-admin", "--tenant", "audit-b", "--admin").splitlines()[-1]
+    key_a = run_cli(
+        stack.cp, "keys", "create", "a-admin", "--tenant", "audit-a", "--admin"
+    ).splitlines()[-1]
+    key_b = run_cli(
+        stack.cp, "keys", "create", "b-admin", "--tenant", "audit-b", "--admin"
+    ).splitlines()[-1]
     ids = {}
     for name, key in (("a", key_a), ("b", key_b)):
         client = openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1
+        )
         ids[name] = raw.headers["x-request-id"]
     wait_audited(stack, set(ids.values()))
 
     def get(key: str, path: str = "/api/audit", **params: object) -> httpx.Response:
-        return httpx.get(f"{stack.cp.url}{path}", params=params, headers={"Authorization": f"Bearer {key}"},
-                         timeout=30)
+        return httpx.get(
+            f"{stack.cp.url}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
 
     page = get(key_a, limit=1000).json()
     tenants = {e["tenant_id"] for e in page["data"]}

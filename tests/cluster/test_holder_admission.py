@@ -44,18 +44,29 @@ def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OnB]:
 
 def _queue(env: OnB, cp: ControlPlaneProcess) -> dict:
     """The runner's queue as ``cp``'s scheduler sees it (``GET /api/fairness/service``)."""
-    body = httpx.get(f"{cp.url}/api/fairness/service", headers=env.cluster.headers, timeout=10).json()
+    body = httpx.get(
+        f"{cp.url}/api/fairness/service", headers=env.cluster.headers, timeout=10
+    ).json()
     return body["runners"].get(env.runner_id, {"queued": 0, "in_flight": 0, "abandoned": 0})
 
 
 def _body(max_tokens: int, content: str = "Tell me a story.") -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True}
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
 
 
 def _post(cp: ControlPlaneProcess, key: str, body: dict) -> httpx.Response:
-    return httpx.post(f"{cp.url}/v1/chat/completions", json=body, timeout=300,
-                      headers={"Authorization": f"Bearer {key}"})
+    return httpx.post(
+        f"{cp.url}/v1/chat/completions",
+        json=body,
+        timeout=300,
+        headers={"Authorization": f"Bearer {key}"},
+    )
 
 
 class _EngineWatch:
@@ -70,7 +81,9 @@ class _EngineWatch:
         while not self._stop.is_set():
             try:
                 self.processing = max(self.processing, engine_processing(self.env.runner))
-                self.deferred = max(self.deferred, engine_gauge(self.env.runner, "requests_deferred"))
+                self.deferred = max(
+                    self.deferred, engine_gauge(self.env.runner, "requests_deferred")
+                )
             except (httpx.HTTPError, OSError):
                 pass
             time.sleep(0.02)
@@ -99,11 +112,15 @@ def test_requests_through_both_replicas_never_exceed_the_runners_one_slot(one_sl
         threads = [threading.Thread(target=send, args=(c.a, 160))]
         threads[0].start()
         wait_until(lambda: engine_processing(env.runner) == 1, 60, "the first request to run")
-        threads += [threading.Thread(target=send, args=(c.a if i % 2 else c.b, 16)) for i in range(5)]
+        threads += [
+            threading.Thread(target=send, args=(c.a if i % 2 else c.b, 16)) for i in range(5)
+        ]
         for t in threads[1:]:
             t.start()
         # Everything queues at B, the runner's holder: A admits nothing itself.
-        wait_until(lambda: _queue(env, c.b)["queued"] == 5, 60, "requests from both replicas queued at B")
+        wait_until(
+            lambda: _queue(env, c.b)["queued"] == 5, 60, "requests from both replicas queued at B"
+        )
         assert _queue(env, c.b)["in_flight"] == 1
         assert (_queue(env, c.a)["in_flight"], _queue(env, c.a)["queued"]) == (0, 0)
 
@@ -111,20 +128,35 @@ def test_requests_through_both_replicas_never_exceed_the_runners_one_slot(one_sl
         abandoned = _queue(env, c.b)["abandoned"]
         payload = json.dumps(_body(8)).encode()
         sock = socket.create_connection(("127.0.0.1", c.a.port), timeout=10)
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
-                     + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        wait_until(lambda: _queue(env, c.b)["queued"] == 6, 15, "the leaving client's request queued at B")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        wait_until(
+            lambda: _queue(env, c.b)["queued"] == 6, 15, "the leaving client's request queued at B"
+        )
         sock.close()
-        wait_until(lambda: _queue(env, c.b)["abandoned"] == abandoned + 1, 15, "B to drop the abandoned request")
+        wait_until(
+            lambda: _queue(env, c.b)["abandoned"] == abandoned + 1,
+            15,
+            "B to drop the abandoned request",
+        )
         assert _queue(env, c.b)["queued"] == 5 and len(results) == 0, "the queue drained too early"
 
         for t in threads:
             t.join(300)
-    assert [r.status_code for r in results] == [200] * 6, [r.text for r in results if r.status_code != 200]
+    assert [r.status_code for r in results] == [200] * 6, [
+        r.text for r in results if r.status_code != 200
+    ]
     assert sorted(r.json()["usage"]["completion_tokens"] for r in results) == [16] * 5 + [160]
     # The engine never ran more than its one slot, and nothing ever waited in its own FCFS queue.
     assert watch.processing == 1 and watch.deferred == 0, (watch.processing, watch.deferred)
-    wait_until(lambda: _queue(env, c.b)["in_flight"] == 0 and _queue(env, c.b)["queued"] == 0, 15, "an empty queue")
+    wait_until(
+        lambda: _queue(env, c.b)["in_flight"] == 0 and _queue(env, c.b)["queued"] == 0,
+        15,
+        "an empty queue",
+    )
 
 
 def test_vtc_order_holds_across_replicas(one_slot: OnB) -> None:
@@ -150,7 +182,9 @@ def test_vtc_order_holds_across_replicas(one_slot: OnB) -> None:
     threads.append(threading.Thread(target=send, args=("b", c.b, key_b, 16)))
     threads[-1].start()
     wait_until(lambda: _queue(env, c.b)["queued"] == 4, 30, "B's request queued behind A's backlog")
-    assert "a0" not in done, "A's first request finished before the queue formed; raise its max_tokens"
+    assert "a0" not in done, (
+        "A's first request finished before the queue formed; raise its max_tokens"
+    )
     for t in threads:
         t.join(300)
     assert set(codes.values()) == {200}, codes
@@ -167,7 +201,9 @@ def _holding_replicas(c: Cluster, runner_id: str) -> int:
         entries = [client.get(k) for k in client.scan_iter(match=f"{c.prefix}:replica:*")]
     finally:
         client.close()
-    return sum(any(r["runner_id"] == runner_id for r in json.loads(e)["runners"]) for e in entries if e)
+    return sum(
+        any(r["runner_id"] == runner_id for r in json.loads(e)["runners"]) for e in entries if e
+    )
 
 
 def test_a_runner_with_tunnels_on_both_replicas_has_one_queue(cluster: Cluster) -> None:
@@ -190,16 +226,22 @@ def test_a_runner_with_tunnels_on_both_replicas_has_one_queue(cluster: Cluster) 
             threads = [threading.Thread(target=send, args=(c.a, 120))]
             threads[0].start()
             wait_until(lambda: engine_processing(runner) == 1, 60, "the first request to run")
-            threads += [threading.Thread(target=send, args=(c.b if i % 2 else c.a, 8)) for i in range(4)]
+            threads += [
+                threading.Thread(target=send, args=(c.b if i % 2 else c.a, 8)) for i in range(4)
+            ]
             for t in threads[1:]:
                 t.start()
             queues = lambda: [_queue(env, cp) for cp in (c.a, c.b)]
             wait_until(lambda: sum(q["queued"] for q in queues()) == 4, 60, "four requests queued")
             # All of them in one replica's queue (the lower replica id's), none in the other's.
-            assert sorted((q["queued"], q["in_flight"]) for q in queues()) == [(0, 0), (4, 1)], queues()
+            assert sorted((q["queued"], q["in_flight"]) for q in queues()) == [(0, 0), (4, 1)], (
+                queues()
+            )
             for t in threads:
                 t.join(300)
-        assert [r.status_code for r in results] == [200] * 5, [r.text for r in results if r.status_code != 200]
+        assert [r.status_code for r in results] == [200] * 5, [
+            r.text for r in results if r.status_code != 200
+        ]
         assert watch.processing == 1 and watch.deferred == 0, (watch.processing, watch.deferred)
     finally:
         lb.close()
@@ -228,7 +270,10 @@ def test_the_owners_queue_full_reaches_the_client_of_the_other_replica(tmp_path:
         assert refused.status_code == 429, refused.text
         assert refused.headers["retry-after"] == "1"
         error = refused.json()["error"]
-        assert (error["type"], error["code"]) == ("queue_full", "queue_full") and "is full" in error["message"]
+        assert (error["type"], error["code"]) == (
+            "queue_full",
+            "queue_full",
+        ) and "is full" in error["message"]
         for t in threads:
             t.join(300)
         assert results["running"].status_code == results["queued"].status_code == 200

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from control_plane.cluster.holder import _RelayedCall as _Call
-from control_plane.routing.admission import Admission, HolderAdmitted, HolderRefused
-from control_plane.services.scheduler import FairScheduler
-from sdk.protocol import EndFrame, ResponseStartFrame
+from outpost.control_plane.cluster.holder import _RelayedCall as _Call
+from outpost.control_plane.routing.admission import Admission, HolderAdmitted, HolderRefused
+from outpost.control_plane.services.scheduler import FairScheduler
+from outpost.sdk.protocol import EndFrame, ResponseStartFrame
 from tests.cluster.test_cluster_inprocess import REDIS_URL, Pair, ScriptedRunner, _wait
 
 
@@ -28,7 +28,9 @@ from tests.cluster.test_cluster_inprocess import REDIS_URL, Pair, ScriptedRunner
 async def pair() -> AsyncIterator[Pair]:
     p = Pair(f"test-{secrets.token_hex(4)}")
     # B holds the runner and admits for both replicas; one waiter at most.
-    p.b.holder.admission = Admission(scheduler=FairScheduler(max_queue_per_runner=1), queue_timeout_s=30)
+    p.b.holder.admission = Admission(
+        scheduler=FairScheduler(max_queue_per_runner=1), queue_timeout_s=30
+    )
     await p.a.start()
     await p.b.start()
     try:
@@ -47,8 +49,13 @@ async def pair() -> AsyncIterator[Pair]:
 async def _open(pair: Pair, tenant: str) -> Any:
     link = pair.hub_a.lookup("run_1").usable_link()  # type: ignore[union-attr]
     assert link is not None and link.holder_admits
-    return await link.open_stream(path="/v1/chat/completions", model="m", body="{}" * 50, stream=True,
-                                  admit={"tenant_id": tenant, "weight": 1.0, "prompt_tokens": 5, "max_tokens": 900})
+    return await link.open_stream(
+        path="/v1/chat/completions",
+        model="m",
+        body="{}" * 50,
+        stream=True,
+        admit={"tenant_id": tenant, "weight": 1.0, "prompt_tokens": 5, "max_tokens": 900},
+    )
 
 
 def _queue(pair: Pair) -> dict:
@@ -77,14 +84,22 @@ async def test_holder_queues_refuses_and_drops_relayed_requests(pair: Pair) -> N
 
     # The origin's client leaves while queued: the reset takes it out of B's queue, never dispatched.
     await queued.cancel("client disconnected")
-    await _wait(lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 3, "B to drop it")
+    await _wait(
+        lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 3, "B to drop it"
+    )
     assert script.credit.keys() == {1}  # the runner only ever saw the first request
 
     # The first runs to its end: the holder charges ten_a's counter with the usage and frees the slot.
     while not isinstance(ev := await first.next_event(5), EndFrame):
         await first.consumed(len(getattr(ev, "data", "")))
-    await _wait(lambda: _queue(pair)["in_flight"] == 0 and pair.b.holder.active == 0, 3, "the slot to be freed")
-    assert _queue(pair)["counters"]["ten_a"] == 3 * 1 + 300 * 2  # the runner's usage: 3 prompt, 300 output
+    await _wait(
+        lambda: _queue(pair)["in_flight"] == 0 and pair.b.holder.active == 0,
+        3,
+        "the slot to be freed",
+    )
+    assert (
+        _queue(pair)["counters"]["ten_a"] == 3 * 1 + 300 * 2
+    )  # the runner's usage: 3 prompt, 300 output
     assert "ten_b" not in _queue(pair)["counters"]  # its lift was taken back with its backlog
 
 
@@ -99,7 +114,11 @@ async def test_the_holders_queue_timeout_reaches_the_origin(pair: Pair) -> None:
     waiting = await _open(pair, "ten_b")
     ev = await waiting.next_event(5)
     assert isinstance(ev, HolderRefused), ev
-    assert (ev.error.status, ev.error.code, ev.error.headers) == (503, "queue_timeout", {"Retry-After": "5"})
+    assert (ev.error.status, ev.error.code, ev.error.headers) == (
+        503,
+        "queue_timeout",
+        {"Retry-After": "5"},
+    )
     assert _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1
     await first.cancel("client disconnected")
     await _wait(lambda: _queue(pair)["in_flight"] == 0, 3, "the slot to be freed")
@@ -110,13 +129,17 @@ async def test_a_dead_origins_requests_leave_the_holders_queue(pair: Pair) -> No
     held.capacity = 1
     admission = pair.b.holder.admission
     assert admission is not None
-    local = await admission.acquire(_Call("local", "ten_x", None), held, prompt_tokens=1)  # B's own, holding the slot
+    local = await admission.acquire(
+        _Call("local", "ten_x", None), held, prompt_tokens=1
+    )  # B's own, holding the slot
     await _open(pair, "ten_a")
     await _wait(lambda: _queue(pair)["queued"] == 1, 3, "A's request in B's queue")
     # A stops heartbeating and reading without withdrawing (a crash): its entry expires after the TTL.
     for task in pair.a._tasks:
         task.cancel()
-    await _wait(lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 5, "B to drop it")
+    await _wait(
+        lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 5, "B to drop it"
+    )
     assert "ten_a" not in _queue(pair)["counters"]
     local.finish_at_holder(None)
     await pair.a.redis.aclose()

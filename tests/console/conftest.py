@@ -21,10 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.conftest import Stack
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PASSWORD = "correct horse battery staple"
-ARTIFACTS = Path(os.environ.get("OUTPOST_TEST_ARTIFACTS", Path(__file__).parents[2] / "build" / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("OUTPOST_TEST_ARTIFACTS", Path(__file__).parents[2] / "build" / "test-artifacts")
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ T = TypeVar("T")
 
 def in_database(database_url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``fn(session)`` against the stack's database and commit (set-up and checks, not the system under test)."""
-    from control_plane.db.engine import Database
+    from outpost.control_plane.db.engine import Database
 
     async def go() -> T:
         db = Database(database_url)
@@ -67,14 +76,19 @@ def in_database(database_url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -
 
 def make_user(database_url: str, account: Account) -> str:
     """Create a console user directly in the stack's database (the CLI has its own test)."""
-    from control_plane.console.passwords import hash_password
-    from control_plane.console.users import create_user
-    from control_plane.store.tenants import get_or_create_tenant
+    from outpost.control_plane.console.passwords import hash_password
+    from outpost.control_plane.console.users import create_user
+    from outpost.control_plane.store.tenants import get_or_create_tenant
 
     async def go(session: AsyncSession) -> str:
         tenant = await get_or_create_tenant(session, account.tenant)
-        user = await create_user(session, tenant_id=tenant.id, email=account.email,
-                                 password_hash=hash_password(account.password), role=account.role)
+        user = await create_user(
+            session,
+            tenant_id=tenant.id,
+            email=account.email,
+            password_hash=hash_password(account.password),
+            role=account.role,
+        )
         return user.id
 
     return in_database(database_url, go)
@@ -83,10 +97,12 @@ def make_user(database_url: str, account: Account) -> str:
 @pytest.fixture(scope="session")
 def accounts(stack: Stack) -> Accounts:
     backend = "pg" if stack.database_url.startswith("postgresql") else "sqlite"
-    made = Accounts(admin=Account(f"admin-{backend}@example.com", "admin", "default"),
-                    viewer=Account(f"viewer-{backend}@example.com", "viewer", "default"),
-                    other_admin=Account(f"other-{backend}@example.com", "admin", "other-tenant"),
-                    lockable=Account(f"lockable-{backend}@example.com", "admin", "default"))
+    made = Accounts(
+        admin=Account(f"admin-{backend}@example.com", "admin", "default"),
+        viewer=Account(f"viewer-{backend}@example.com", "viewer", "default"),
+        other_admin=Account(f"other-{backend}@example.com", "admin", "other-tenant"),
+        lockable=Account(f"lockable-{backend}@example.com", "admin", "default"),
+    )
     for account in (made.admin, made.viewer, made.other_admin, made.lockable):
         make_user(stack.database_url, account)
     return made
@@ -113,7 +129,9 @@ class Session:
         self.stack = stack
         self.base = stack.cp.url
         self.shots = shots
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=self.base)  # type: ignore[attr-defined]
+        self.context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, base_url=self.base
+        )  # type: ignore[attr-defined]
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)

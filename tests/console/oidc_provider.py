@@ -67,7 +67,9 @@ class _Client(ClientMixin):
         return redirect_uri in self.redirect_uris
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.client_secret is not None and secrets.compare_digest(client_secret, self.client_secret)
+        return self.client_secret is not None and secrets.compare_digest(
+            client_secret, self.client_secret
+        )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         # A public client has only PKCE to bind the code to the console; a confidential one also its secret.
@@ -125,8 +127,14 @@ class _Payload(OAuth2Payload):
 
 
 class _Request(OAuth2Request):
-    def __init__(self, method: str, uri: str, headers: Mapping[str, str], args: dict[str, str],
-                 form: dict[str, str]) -> None:
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Mapping[str, str],
+        args: dict[str, str],
+        form: dict[str, str],
+    ) -> None:
         super().__init__(method=method, uri=uri, headers=headers)
         self._args, self._form = args, form
         self.payload = _Payload({**args, **form})
@@ -163,8 +171,14 @@ class OidcProvider:
 
     def rotate_keys(self) -> str:
         """Sign with a new key from now on; the JWKS lists it first (and still the old one)."""
-        key = RSAKey.generate_key(2048, parameters={"kid": f"key-{len(self.keys) + 1}-{secrets.token_hex(3)}",
-                                                    "use": "sig", "alg": "RS256"})
+        key = RSAKey.generate_key(
+            2048,
+            parameters={
+                "kid": f"key-{len(self.keys) + 1}-{secrets.token_hex(3)}",
+                "use": "sig",
+                "alg": "RS256",
+            },
+        )
         self.keys.insert(0, key)
         return key.kid
 
@@ -172,7 +186,9 @@ class OidcProvider:
     def signing_key(self) -> RSAKey:
         return self.keys[0]
 
-    def sign(self, claims: dict[str, Any], *, key: RSAKey | None = None, kid: str | None = None) -> str:
+    def sign(
+        self, claims: dict[str, Any], *, key: RSAKey | None = None, kid: str | None = None
+    ) -> str:
         key = key or self.signing_key
         return jwt.encode({"alg": "RS256", "kid": kid or key.kid}, claims, key)
 
@@ -187,14 +203,23 @@ class OidcProvider:
             def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
                 data = request.payload.data
                 provider.codes[code] = _Code(
-                    code=code, client_id=request.client.get_client_id(), redirect_uri=data["redirect_uri"],
-                    scope=request.client.get_allowed_scope(data.get("scope", "")), person=request.user,
-                    nonce=data.get("nonce"), code_challenge=data.get("code_challenge"),
-                    code_challenge_method=data.get("code_challenge_method"))
+                    code=code,
+                    client_id=request.client.get_client_id(),
+                    redirect_uri=data["redirect_uri"],
+                    scope=request.client.get_allowed_scope(data.get("scope", "")),
+                    person=request.user,
+                    nonce=data.get("nonce"),
+                    code_challenge=data.get("code_challenge"),
+                    code_challenge_method=data.get("code_challenge_method"),
+                )
 
             def query_authorization_code(self, code: str, client: ClientMixin) -> _Code | None:
                 found = provider.codes.get(code)
-                return found if found is not None and found.client_id == client.get_client_id() else None
+                return (
+                    found
+                    if found is not None and found.client_id == client.get_client_id()
+                    else None
+                )
 
             def delete_authorization_code(self, authorization_code: _Code) -> None:
                 provider.codes.pop(authorization_code.code, None)  # a code works once
@@ -219,7 +244,12 @@ class OidcProvider:
                 return {"iss": provider.issuer, "aud": [client.get_client_id()]}
 
             def generate_user_info(self, user: Person, scope: str) -> UserInfo:
-                info = UserInfo(sub=user.subject, email=user.email, email_verified=True, groups=list(user.groups))
+                info = UserInfo(
+                    sub=user.subject,
+                    email=user.email,
+                    email_verified=True,
+                    groups=list(user.groups),
+                )
                 if user.tenant is not None:
                     info["tenant"] = user.tenant
                 return info
@@ -227,9 +257,11 @@ class OidcProvider:
             def encode_id_token(self, token: dict[str, Any], request: OAuth2Request) -> str:
                 if provider.tamper is None:
                     return super().encode_id_token(token, request)
-                claims = {**self.get_compatible_claims(request),
-                          **self.get_authorization_code_claims(request.authorization_code),
-                          **self.generate_user_info(request.user, token["scope"])}
+                claims = {
+                    **self.get_compatible_claims(request),
+                    **self.get_authorization_code_claims(request.authorization_code),
+                    **self.generate_user_info(request.user, token["scope"]),
+                }
                 return provider.tamper(claims, {"alg": "RS256", "kid": provider.signing_key.kid})
 
         class Server(AuthorizationServer):
@@ -242,7 +274,9 @@ class OidcProvider:
             def create_oauth2_request(self, request: _Request) -> _Request:
                 return request
 
-            def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> Response:
+            def handle_response(
+                self, status: int, body: Any, headers: list[tuple[str, str]]
+            ) -> Response:
                 if isinstance(body, dict):
                     return JSONResponse(body, status_code=status, headers=dict(headers))
                 return Response(body or "", status_code=status, headers=dict(headers))
@@ -251,8 +285,14 @@ class OidcProvider:
                 pass
 
         server = Server()
-        server.register_token_generator("default", BearerTokenGenerator(
-            access_token_generator=lambda client, grant_type, user, scope: secrets.token_urlsafe(32)))
+        server.register_token_generator(
+            "default",
+            BearerTokenGenerator(
+                access_token_generator=lambda client, grant_type, user, scope: (
+                    secrets.token_urlsafe(32)
+                )
+            ),
+        )
         server.register_grant(Grant, [CodeChallenge(required=True), IdToken(require_nonce=True)])
         return server
 
@@ -262,16 +302,26 @@ class OidcProvider:
         form: dict[str, str] = {}
         if request.method == "POST":
             form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-        return _Request(request.method, str(request.url), request.headers, dict(request.query_params), form)
+        return _Request(
+            request.method, str(request.url), request.headers, dict(request.query_params), form
+        )
 
     async def discovery(self, _: Request) -> Response:
-        return JSONResponse({
-            "issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
-            "token_endpoint": f"{self.issuer}/token", "jwks_uri": f"{self.issuer}/jwks",
-            "end_session_endpoint": f"{self.issuer}/logout", "response_types_supported": ["code"],
-            "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
-            "code_challenge_methods_supported": ["S256"], "token_endpoint_auth_methods_supported": ["none"],
-            "scopes_supported": ["openid", "email", "profile"]})
+        return JSONResponse(
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "end_session_endpoint": f"{self.issuer}/logout",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["none"],
+                "scopes_supported": ["openid", "email", "profile"],
+            }
+        )
 
     async def jwks(self, _: Request) -> Response:
         self.jwks_fetches += 1
@@ -285,13 +335,16 @@ class OidcProvider:
                 grant.validate_authorization_request()
             except OAuth2Error as exc:  # shown to the person, as a provider would
                 return HTMLResponse(f"<p id='error'>{escape(str(exc))}</p>", status_code=400)
-            hidden = "".join(f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>"
-                             for k, v in request.query_params.items())
+            hidden = "".join(
+                f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>"
+                for k, v in request.query_params.items()
+            )
             return HTMLResponse(
                 "<!doctype html><title>Test provider</title><h1>Test identity provider</h1>"
                 f"<form method='post' action='/authorize'>{hidden}"
                 "<label for='username'>Username</label><input id='username' name='username'>"
-                "<button id='allow' type='submit'>Sign in</button></form>")
+                "<button id='allow' type='submit'>Sign in</button></form>"
+            )
         person = self.people.get(oauth.form.get("username", ""))
         if person is None:
             return HTMLResponse("<p id='error'>unknown user</p>", status_code=401)
@@ -311,18 +364,30 @@ class OidcProvider:
         return HTMLResponse("<p>signed out</p>")
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/.well-known/openid-configuration", self.discovery),
-            Route("/jwks", self.jwks), Route("/authorize", self.authorize, methods=["GET", "POST"]),
-            Route("/token", self.token, methods=["POST"]), Route("/logout", self.logout)])
+        return Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", self.discovery),
+                Route("/jwks", self.jwks),
+                Route("/authorize", self.authorize, methods=["GET", "POST"]),
+                Route("/token", self.token, methods=["POST"]),
+                Route("/logout", self.logout),
+            ]
+        )
 
     def start(self) -> OidcProvider:
-        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
+        config = uvicorn.Config(
+            self.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
         self._uvicorn = uvicorn.Server(config)
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._uvicorn.serve()), daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._uvicorn.serve()), daemon=True
+        )
         self._thread.start()
-        wait_until(lambda: self._uvicorn is not None and self._uvicorn.started, 10, "the test OIDC provider")
+        wait_until(
+            lambda: self._uvicorn is not None and self._uvicorn.started,
+            10,
+            "the test OIDC provider",
+        )
         return self
 
     def stop(self) -> None:

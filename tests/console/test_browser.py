@@ -11,14 +11,25 @@ import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.store.keys import list_api_keys
-from control_plane.store.tenants import get_tenant_by_name
+from outpost.control_plane.store.keys import list_api_keys
+from outpost.control_plane.store.tenants import get_tenant_by_name
 from tests.conftest import Stack
 from tests.console.conftest import Accounts, Session, in_database
 from tests.utils import RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
-PAGES = ("/", "/runners", "/pools", "/models", "/playground", "/keys", "/usage", "/audit", "/fairness", "/settings")
+PAGES = (
+    "/",
+    "/runners",
+    "/pools",
+    "/models",
+    "/playground",
+    "/keys",
+    "/usage",
+    "/audit",
+    "/fairness",
+    "/settings",
+)
 
 
 def _expect_ok(session: Session, path: str) -> None:
@@ -26,7 +37,9 @@ def _expect_ok(session: Session, path: str) -> None:
     assert response is not None and response.status == 200, (path, response and response.status)
 
 
-def test_sign_in_sets_a_strict_http_only_session_and_shows_the_live_runner(admin: Session, stack: Stack) -> None:
+def test_sign_in_sets_a_strict_http_only_session_and_shows_the_live_runner(
+    admin: Session, stack: Stack
+) -> None:
     cookies = {c["name"]: c for c in admin.context.cookies()}
     session_cookie = cookies["outpost_session"]
     assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Strict"
@@ -60,7 +73,9 @@ def test_wrong_password_is_refused_and_audited(session: Session, accounts: Accou
     assert accounts.viewer.email in session.page.locator("#audit-table").inner_text()
 
 
-def test_lockout_after_five_failures_even_for_the_right_password(session: Session, accounts: Accounts) -> None:
+def test_lockout_after_five_failures_even_for_the_right_password(
+    session: Session, accounts: Accounts
+) -> None:
     for _ in range(4):
         session.login(accounts.lockable, password="wrong password, try again")
         assert "do not match" in session.page.locator("[role=alert]").inner_text()
@@ -93,7 +108,8 @@ def _post_login(session: Session, email: str, password: str):
 
 
 def test_enroll_shows_the_token_once_then_the_runner_connects_and_can_be_revoked(
-        admin: Session, stack: Stack, tmp_path: Path) -> None:
+    admin: Session, stack: Stack, tmp_path: Path
+) -> None:
     page = admin.page
     _expect_ok(admin, "/runners")
     page.fill("#runner-name", "console-enrolled")
@@ -122,11 +138,17 @@ def test_enroll_shows_the_token_once_then_the_runner_connects_and_can_be_revoked
 
 
 def _connected(stack: Stack) -> set[str]:
-    resp = httpx.get(f"{stack.cp.url}/api/runners", headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5)
+    resp = httpx.get(
+        f"{stack.cp.url}/api/runners",
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+        timeout=5,
+    )
     return {r["id"] for r in resp.json()["data"] if r["connected"]}
 
 
-def test_create_key_shows_the_secret_once_and_revoking_refuses_it(admin: Session, stack: Stack) -> None:
+def test_create_key_shows_the_secret_once_and_revoking_refuses_it(
+    admin: Session, stack: Stack
+) -> None:
     page = admin.page
     _expect_ok(admin, "/keys")
     page.fill("#key-name", "from-the-console")
@@ -138,7 +160,9 @@ def test_create_key_shows_the_secret_once_and_revoking_refuses_it(admin: Session
     admin.shot("key-created")
 
     client = openai.OpenAI(base_url=stack.base_url, api_key=secret, max_retries=0)
-    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
     assert reply.choices[0].message.content is not None
 
     _expect_ok(admin, "/keys")
@@ -149,10 +173,14 @@ def test_create_key_shows_the_secret_once_and_revoking_refuses_it(admin: Session
     page.wait_for_url("**/keys?notice=key_revoked")
     assert "revoked" in page.locator("#keys-table tr", has_text="from-the-console").inner_text()
     with pytest.raises(openai.AuthenticationError):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
 
 
-def test_playground_streams_a_completion_then_usage_and_audit_show_it(admin: Session, stack: Stack) -> None:
+def test_playground_streams_a_completion_then_usage_and_audit_show_it(
+    admin: Session, stack: Stack
+) -> None:
     page = admin.page
     _expect_ok(admin, "/playground")
     page.select_option("#model", MODEL)
@@ -170,7 +198,9 @@ def test_playground_streams_a_completion_then_usage_and_audit_show_it(admin: Ses
             partial_lengths.add(len(text))
         time.sleep(0.02)
     assert answer.get_attribute("data-done") == "true", "the stream did not finish"
-    assert len(partial_lengths) >= 2, f"expected to see the answer grow, saw lengths {partial_lengths}"
+    assert len(partial_lengths) >= 2, (
+        f"expected to see the answer grow, saw lengths {partial_lengths}"
+    )
     assert answer.inner_text().strip() and "error" not in (answer.get_attribute("class") or "")
     assert stack.runner_id in page.inner_text("#meta-runner")
     assert re.fullmatch(r"[\d,.]+ m?s", page.inner_text("#meta-latency"))
@@ -207,19 +237,28 @@ def test_audit_chain_verifies_and_exports(admin: Session) -> None:
     assert '"kind":"header"' in first
 
 
-def test_viewer_sees_everything_and_can_change_nothing(session: Session, accounts: Accounts, stack: Stack) -> None:
+def test_viewer_sees_everything_and_can_change_nothing(
+    session: Session, accounts: Accounts, stack: Stack
+) -> None:
     session.login(accounts.viewer)
     page = session.page
     for path in ("/runners", "/keys", "/settings", "/fairness"):
         _expect_ok(session, path)
-        assert page.get_by_role("button", name=re.compile("Revoke|Create|Set budget|Save|Add user|Start")).count() == 0, path
+        assert (
+            page.get_by_role(
+                "button", name=re.compile("Revoke|Create|Set budget|Save|Add user|Start")
+            ).count()
+            == 0
+        ), path
     _expect_ok(session, "/runners")
     assert stack.runner_id in page.content()
     # Forging the admin form with the viewer's own valid CSRF token is refused by role.
     key_id = _an_active_key(session)
     response = page.request.post(f"/keys/{key_id}/revoke", form={"csrf_token": session.csrf()})
     assert response.status == 403
-    response = page.request.post(f"/runners/{stack.runner_id}/revoke", form={"csrf_token": session.csrf()})
+    response = page.request.post(
+        f"/runners/{stack.runner_id}/revoke", form={"csrf_token": session.csrf()}
+    )
     assert response.status == 403
     assert stack.runner_id in _connected(stack)
 
@@ -235,11 +274,18 @@ def test_a_post_without_the_csrf_token_is_refused(admin: Session) -> None:
     _expect_ok(admin, "/keys")
     before = page.locator("#keys-table tr[data-key-id]").count()
     assert page.request.post("/keys", form={"name": "no-token"}).status == 403
-    assert page.request.post("/keys", form={"name": "bad-token", "csrf_token": "forged"}).status == 403
-    response = page.request.post("/keys", form={"name": "cross-site", "csrf_token": admin.csrf()},
-                                 headers={"Origin": "https://evil.example"})
+    assert (
+        page.request.post("/keys", form={"name": "bad-token", "csrf_token": "forged"}).status == 403
+    )
+    response = page.request.post(
+        "/keys",
+        form={"name": "cross-site", "csrf_token": admin.csrf()},
+        headers={"Origin": "https://evil.example"},
+    )
     assert response.status == 403
-    direct = httpx.post(f"{admin.base}/keys", data={"name": "cookie-only"}, headers={"cookie": _cookies(admin)})
+    direct = httpx.post(
+        f"{admin.base}/keys", data={"name": "cookie-only"}, headers={"cookie": _cookies(admin)}
+    )
     assert direct.status_code == 403
     _expect_ok(admin, "/keys")
     assert page.locator("#keys-table tr[data-key-id]").count() == before
@@ -258,7 +304,9 @@ def test_sign_out_ends_the_session_even_for_a_copied_cookie(admin: Session) -> N
     assert after.status_code == 303 and after.headers["location"].startswith("/login")
 
 
-def test_another_tenants_admin_sees_none_of_this_tenant(session: Session, accounts: Accounts, stack: Stack) -> None:
+def test_another_tenants_admin_sees_none_of_this_tenant(
+    session: Session, accounts: Accounts, stack: Stack
+) -> None:
     session.login(accounts.other_admin)
     page = session.page
     for path in PAGES:
@@ -272,9 +320,15 @@ def test_another_tenants_admin_sees_none_of_this_tenant(session: Session, accoun
     key_id = _default_tenant_key(stack)
     csrf = session.csrf()
     assert page.request.post(f"/keys/{key_id}/revoke", form={"csrf_token": csrf}).status == 404
-    assert page.request.post(f"/runners/{stack.runner_id}/revoke", form={"csrf_token": csrf}).status == 404
+    assert (
+        page.request.post(f"/runners/{stack.runner_id}/revoke", form={"csrf_token": csrf}).status
+        == 404
+    )
     assert stack.runner_id in _connected(stack)
-    assert page.request.get("/audit").ok and accounts.admin.email not in page.request.get("/audit").text()
+    assert (
+        page.request.get("/audit").ok
+        and accounts.admin.email not in page.request.get("/audit").text()
+    )
 
 
 def _default_tenant_key(stack: Stack) -> str:
@@ -303,12 +357,16 @@ def test_probe_runs_show_intervals_and_compare_side_by_side(admin: Session) -> N
             assert "failed" not in page.locator("#run-facts").inner_text(), page.inner_text("main")
             page.wait_for_timeout(1000)
             page.goto(f"/fairness/runs/{run_ids[-1]}")
-        assert page.locator("figure.chart svg[role=img]").count() >= 5, "one interval plot per attribute and outcome"
+        assert page.locator("figure.chart svg[role=img]").count() >= 5, (
+            "one interval plot per attribute and outcome"
+        )
         assert "Parity difference" in page.inner_text("main")
     admin.shot("fairness-run")
     _expect_ok(admin, "/fairness")
     # The probes ran through the runner, so its queue is listed: slots include its fair headroom.
-    assert re.search(r"\d+/\d+ running \(\d+ of 1 headroom\), \d+ queued", page.inner_text("#fairness-live"))
+    assert re.search(
+        r"\d+/\d+ running \(\d+ of 1 headroom\), \d+ queued", page.inner_text("#fairness-live")
+    )
     for run_id in run_ids:
         page.check(f"#cmp-{run_id}")
     page.get_by_role("button", name="Compare selected runs").click()
@@ -324,7 +382,10 @@ def test_every_page_renders_accessibly_and_is_screenshotted(admin: Session) -> N
     for path in PAGES:
         _expect_ok(admin, path)
         assert page.locator("h1").count() == 1, path
-        assert page.locator("main#main").count() == 1 and page.locator("nav[aria-label=Main]").count() == 1, path
+        assert (
+            page.locator("main#main").count() == 1
+            and page.locator("nav[aria-label=Main]").count() == 1
+        ), path
         assert page.locator("nav a[aria-current=page]").count() == 1, path
         unlabeled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
             .filter(el => el.type !== 'hidden' && !el.closest('[hidden]'))

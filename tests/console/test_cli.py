@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from control_plane.console.cli import PASSWORD_ENV, users_app
+from outpost.control_plane.console.cli import PASSWORD_ENV, users_app
 
 
 @pytest.fixture
@@ -29,13 +29,23 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_create_list_and_set_password(cli) -> None:
-    made = cli("create", "Ops@Example.com", "--role", "admin", "--tenant", "lab", password="a long enough passphrase")
+    made = cli(
+        "create",
+        "Ops@Example.com",
+        "--role",
+        "admin",
+        "--tenant",
+        "lab",
+        password="a long enough passphrase",
+    )
     assert made.exit_code == 0, made.output
     assert "usr_" in made.output and "a long enough passphrase" not in made.output
     assert "ops@example.com  admin  tenant=lab" in cli("list").output
     again = cli("create", "ops@example.com", password="a long enough passphrase")
     assert again.exit_code == 1 and "already exists" in again.output
-    prompted = cli("set-password", "ops@example.com", stdin="another passphrase\nanother passphrase\n")
+    prompted = cli(
+        "set-password", "ops@example.com", stdin="another passphrase\nanother passphrase\n"
+    )
     assert prompted.exit_code == 0, prompted.output
     assert "another passphrase" not in prompted.output, "the prompt does not echo"
     assert cli("unlock", "ops@example.com").exit_code == 0
@@ -47,4 +57,9 @@ def test_password_is_never_a_flag_and_must_be_long(cli) -> None:
     assert flagged.exit_code == 2 and "No such option" in flagged.output
     short = cli("create", "a@example.com", password="short")
     assert short.exit_code == 2 and "at least 12 characters" in short.output
-    assert cli("create", "a@example.com", "--role", "root", password="a long enough passphrase").exit_code == 2
+    assert (
+        cli(
+            "create", "a@example.com", "--role", "root", password="a long enough passphrase"
+        ).exit_code
+        == 2
+    )

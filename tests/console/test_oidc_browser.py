@@ -19,10 +19,10 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.console.sessions import ConsoleKey, load_or_create_key
-from control_plane.console.users import get_user_by_email
-from control_plane.db.models import AuditEvent
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.console.sessions import ConsoleKey, load_or_create_key
+from outpost.control_plane.console.users import get_user_by_email
+from outpost.control_plane.db.models import AuditEvent
+from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.conftest import _database
 from tests.console.conftest import Account, in_database, make_user
 from tests.console.oidc_provider import OidcProvider, Person
@@ -41,13 +41,25 @@ class Sso:
         return self.cp.database_url
 
 
-def _start_cp(tmp: Path, provider_issuer: str, port: int, url: str | None = None, **env: str) -> ControlPlaneProcess:
+def _start_cp(
+    tmp: Path, provider_issuer: str, port: int, url: str | None = None, **env: str
+) -> ControlPlaneProcess:
     url = url or f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-    return ControlPlaneProcess(tmp, url, port=port, extra_env={
-        "OUTPOST_PUBLIC_URL": f"http://localhost:{port}", "OUTPOST_OIDC_ISSUER": provider_issuer,
-        "OUTPOST_OIDC_CLIENT_ID": CLIENT_ID, "OUTPOST_OIDC_TENANT_CLAIM": "tenant",
-        "OUTPOST_OIDC_ROLE_MAP": ROLE_MAP, "OUTPOST_OIDC_PROVIDER_NAME": "Test IdP",
-        "OUTPOST_OIDC_JWKS_MIN_REFRESH_S": "0", **env}).start()
+    return ControlPlaneProcess(
+        tmp,
+        url,
+        port=port,
+        extra_env={
+            "OUTPOST_PUBLIC_URL": f"http://localhost:{port}",
+            "OUTPOST_OIDC_ISSUER": provider_issuer,
+            "OUTPOST_OIDC_CLIENT_ID": CLIENT_ID,
+            "OUTPOST_OIDC_TENANT_CLAIM": "tenant",
+            "OUTPOST_OIDC_ROLE_MAP": ROLE_MAP,
+            "OUTPOST_OIDC_PROVIDER_NAME": "Test IdP",
+            "OUTPOST_OIDC_JWKS_MIN_REFRESH_S": "0",
+            **env,
+        },
+    ).start()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -59,12 +71,14 @@ def sso(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     provider = OidcProvider(CLIENT_ID, f"{base}/login/oidc/callback").start()
     cp = _start_cp(tmp, provider.issuer, port, next(database))
     in_database(cp.database_url, lambda s: get_or_create_tenant(s, "research"))
-    provider.people.update({
-        "alice": Person("sub-alice", "alice@corp.example", ("outpost-admins",), "default"),
-        "bob": Person("sub-bob", "bob@corp.example", ("staff",), "research"),
-        "eve": Person("sub-eve", "eve@corp.example", ("outpost-admins",), "no-such-tenant"),
-        "nobody": Person("sub-nobody", "nobody@corp.example", ("interns",), "default"),
-    })
+    provider.people.update(
+        {
+            "alice": Person("sub-alice", "alice@corp.example", ("outpost-admins",), "default"),
+            "bob": Person("sub-bob", "bob@corp.example", ("staff",), "research"),
+            "eve": Person("sub-eve", "eve@corp.example", ("outpost-admins",), "no-such-tenant"),
+            "nobody": Person("sub-nobody", "nobody@corp.example", ("interns",), "default"),
+        }
+    )
     try:
         yield Sso(cp, provider, base)
     finally:
@@ -97,9 +111,13 @@ def _sso_sign_in(page: Any, username: str) -> Any:
 
 def _events(sso: Sso, type_: str) -> list[dict[str, Any]]:
     async def go(session: AsyncSession) -> list[dict[str, Any]]:
-        rows = (await session.execute(select(AuditEvent).where(AuditEvent.type == type_)
-                                      .order_by(AuditEvent.seq))).scalars()
+        rows = (
+            await session.execute(
+                select(AuditEvent).where(AuditEvent.type == type_).order_by(AuditEvent.seq)
+            )
+        ).scalars()
         return [dict(r.data, actor=r.actor, tenant_id=r.tenant_id) for r in rows]
+
     return in_database(sso.database_url, go)
 
 
@@ -113,12 +131,17 @@ def test_sign_in_with_sso_creates_the_user_and_audits_the_person(page: Any, sso:
     page.wait_for_url(f"{sso.base}/")
     assert page.get_by_role("heading", level=1).inner_text() == "Overview"
     cookies = {c["name"]: c for c in page.context.cookies()}
-    assert cookies["outpost_session"]["sameSite"] == "Strict" and cookies["outpost_session"]["httpOnly"]
+    assert (
+        cookies["outpost_session"]["sameSite"] == "Strict"
+        and cookies["outpost_session"]["httpOnly"]
+    )
     # The provider saw PKCE: a verifier at the token endpoint, checked against the challenge.
     assert sso.provider.token_requests[-1]["code_verifier"]
     user = in_database(sso.database_url, lambda s: get_user_by_email(s, "alice@corp.example"))
     assert user is not None and user.role == "admin"
-    success = [e for e in _events(sso, "auth.login.success") if e["email"] == "alice@corp.example"][-1]
+    success = [e for e in _events(sso, "auth.login.success") if e["email"] == "alice@corp.example"][
+        -1
+    ]
     assert success["method"] == "oidc" and success["oidc_subject"] == "sub-alice"
     assert success["actor"] == f"user:{user.id}" and success["oidc_issuer"] == sso.provider.issuer
     page.goto("/settings")
@@ -127,7 +150,10 @@ def test_sign_in_with_sso_creates_the_user_and_audits_the_person(page: Any, sso:
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/login?notice=signed_out")
     assert sso.provider.logouts[-1]["client_id"] == CLIENT_ID
-    assert sso.provider.logouts[-1]["post_logout_redirect_uri"] == f"{sso.base}/login?notice=signed_out"
+    assert (
+        sso.provider.logouts[-1]["post_logout_redirect_uri"]
+        == f"{sso.base}/login?notice=signed_out"
+    )
     assert page.goto("/keys") is not None and "/login" in page.url
 
 
@@ -160,19 +186,36 @@ def _forged(provider: OidcProvider) -> Any:
 
 ATTACKS = {
     "forged_signature": (_forged, "bad_signature", "signature does not match"),
-    "unsigned": (lambda p: lambda claims, header: jwt.encode({"alg": "none"}, claims, None, algorithms=["none"]),
-                 "bad_signature", "not signed with an accepted algorithm"),
-    "wrong_audience": (lambda p: lambda claims, header: p.sign({**claims, "aud": ["someone-else"]}),
-                       "wrong_audience", "not issued for this sign-in"),
-    "wrong_nonce": (lambda p: lambda claims, header: p.sign({**claims, "nonce": "replayed-nonce"}),
-                    "wrong_nonce", "not issued for this sign-in"),
-    "expired": (lambda p: lambda claims, header: p.sign({**claims, "iat": int(time.time()) - 7200,
-                                                         "exp": int(time.time()) - 3600}),
-                "expired_token", "has expired"),
+    "unsigned": (
+        lambda p: (
+            lambda claims, header: jwt.encode({"alg": "none"}, claims, None, algorithms=["none"])
+        ),
+        "bad_signature",
+        "not signed with an accepted algorithm",
+    ),
+    "wrong_audience": (
+        lambda p: lambda claims, header: p.sign({**claims, "aud": ["someone-else"]}),
+        "wrong_audience",
+        "not issued for this sign-in",
+    ),
+    "wrong_nonce": (
+        lambda p: lambda claims, header: p.sign({**claims, "nonce": "replayed-nonce"}),
+        "wrong_nonce",
+        "not issued for this sign-in",
+    ),
+    "expired": (
+        lambda p: (
+            lambda claims, header: p.sign(
+                {**claims, "iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}
+            )
+        ),
+        "expired_token",
+        "has expired",
+    ),
 }
 
 
-@pytest.mark.filterwarnings("ignore:JWS algorithm \"none\" is deprecated")  # the attacker's own token
+@pytest.mark.filterwarnings('ignore:JWS algorithm "none" is deprecated')  # the attacker's own token
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_bad_id_token_is_refused_and_audited(page: Any, sso: Sso, attack: str) -> None:
     make, reason, message = ATTACKS[attack]
@@ -198,11 +241,24 @@ def test_an_answer_with_another_state_is_refused(page: Any, sso: Sso) -> None:
     assert _last_failure(sso)["reason"] == "state_mismatch"
 
 
-def test_a_replayed_code_is_refused_even_with_the_stolen_state_cookie(browser: Any, page: Any, sso: Sso) -> None:
+def test_a_replayed_code_is_refused_even_with_the_stolen_state_cookie(
+    browser: Any, page: Any, sso: Sso
+) -> None:
     stolen: dict[str, Any] = {}
-    page.on("request", lambda r: stolen.setdefault("url", r.url) if "/login/oidc/callback" in r.url else None)
-    page.on("response", lambda r: stolen.setdefault("cookie", next(
-        c for c in page.context.cookies() if c["name"] == "outpost_oidc")) if "/authorize" in r.url else None)
+    page.on(
+        "request",
+        lambda r: stolen.setdefault("url", r.url) if "/login/oidc/callback" in r.url else None,
+    )
+    page.on(
+        "response",
+        lambda r: (
+            stolen.setdefault(
+                "cookie", next(c for c in page.context.cookies() if c["name"] == "outpost_oidc")
+            )
+            if "/authorize" in r.url
+            else None
+        ),
+    )
     assert _sso_sign_in(page, "alice").status == 200
     attacker = browser.new_context(base_url=sso.base)
     try:
@@ -218,7 +274,9 @@ def test_a_replayed_code_is_refused_even_with_the_stolen_state_cookie(browser: A
 
 def test_a_tenant_that_does_not_exist_is_refused(page: Any, sso: Sso) -> None:
     assert _sso_sign_in(page, "eve").status == 403
-    assert "tenant 'no-such-tenant', which does not exist" in page.locator("[role=alert]").inner_text()
+    assert (
+        "tenant 'no-such-tenant', which does not exist" in page.locator("[role=alert]").inner_text()
+    )
     failure = _last_failure(sso)
     assert failure["reason"] == "unknown_tenant" and failure["oidc_subject"] == "sub-eve"
     assert in_database(sso.database_url, lambda s: get_user_by_email(s, "eve@corp.example")) is None
@@ -232,7 +290,9 @@ def test_a_person_without_a_mapped_role_is_refused(page: Any, sso: Sso) -> None:
 
 def test_local_passwords_can_be_switched_off(browser: Any, sso: Sso, tmp_path: Path) -> None:
     port = free_port()
-    cp = _start_cp(tmp_path / "cp", sso.provider.issuer, port, OUTPOST_OIDC_ALLOW_LOCAL_PASSWORDS="false")
+    cp = _start_cp(
+        tmp_path / "cp", sso.provider.issuer, port, OUTPOST_OIDC_ALLOW_LOCAL_PASSWORDS="false"
+    )
     try:
         account = Account("local@corp.example", "admin", "default")
         make_user(cp.database_url, account)
@@ -251,19 +311,33 @@ def test_local_passwords_can_be_switched_off(browser: Any, sso: Sso, tmp_path: P
         with httpx.Client(base_url=f"http://localhost:{port}") as client:
             client.get("/login")
             token = key.login_token(client.cookies["outpost_login"])
-            refused = client.post("/login", data={"login_token": token, "email": account.email,
-                                                  "password": account.password, "next": "/"})
+            refused = client.post(
+                "/login",
+                data={
+                    "login_token": token,
+                    "email": account.email,
+                    "password": account.password,
+                    "next": "/",
+                },
+            )
         assert refused.status_code == 403 and "outpost_session" not in refused.cookies
 
         async def failures(session: AsyncSession) -> list[dict[str, Any]]:
-            rows = (await session.execute(select(AuditEvent).where(AuditEvent.type == "auth.login.failure")))
+            rows = await session.execute(
+                select(AuditEvent).where(AuditEvent.type == "auth.login.failure")
+            )
             return [r.data for r in rows.scalars()]
-        assert [f["reason"] for f in in_database(cp.database_url, failures)] == ["local_passwords_disabled"]
+
+        assert [f["reason"] for f in in_database(cp.database_url, failures)] == [
+            "local_passwords_disabled"
+        ]
     finally:
         cp.stop()
 
 
-def test_a_next_path_that_browsers_would_turn_into_another_site_is_dropped(page: Any, sso: Sso) -> None:
+def test_a_next_path_that_browsers_would_turn_into_another_site_is_dropped(
+    page: Any, sso: Sso
+) -> None:
     # "/<TAB>/127.0.0.1:1": browsers strip the tab and read "//127.0.0.1:1", another site (a closed
     # loopback port stands in for the attacker's, so nothing leaves the machine).
     page.goto("/login/oidc?next=/%09/127.0.0.1:1/")

@@ -12,8 +12,9 @@ from tests.conftest import Stack
 from tests.console.conftest import Accounts, Session
 
 
-def test_create_grant_then_the_grantee_sees_and_revokes_it(admin: Session, accounts: Accounts, stack: Stack,
-                                                            browser: object, shots_dir: object) -> None:
+def test_create_grant_then_the_grantee_sees_and_revokes_it(
+    admin: Session, accounts: Accounts, stack: Stack, browser: object, shots_dir: object
+) -> None:
     page = admin.page
     name = f"gpu-{secrets.token_hex(3)}"
     assert page.goto("/pools").status == 200
@@ -72,7 +73,9 @@ def test_the_owner_sets_a_runners_labels_price_and_pool(admin: Session, stack: S
     with page.expect_navigation():
         card.get_by_role("button", name="Save").click()
     assert "0 to 1000" in page.locator("[role=alert]").first.inner_text()
-    assert admin.errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    assert admin.errors == [
+        "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    ]
     admin.errors.clear()  # the refusal's own status, as intended
     card = page.locator(f"[data-runner-id='{stack.runner_id}']")
     card.locator("summary", has_text="Settings").click()

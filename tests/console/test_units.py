@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.console.charts import (
+from outpost.control_plane.console.charts import (
     IntervalRow,
     Series,
     bar_list,
@@ -16,14 +16,14 @@ from control_plane.console.charts import (
     money_fmt,
     nice_max,
 )
-from control_plane.console.pages.auth import safe_next
-from control_plane.console.passwords import (
+from outpost.control_plane.console.pages.auth import safe_next
+from outpost.control_plane.console.passwords import (
     PasswordPolicyError,
     check_password_policy,
     hash_password,
     verify_password,
 )
-from control_plane.console.sessions import ConsoleKey, load_or_create_key
+from outpost.control_plane.console.sessions import ConsoleKey, load_or_create_key
 
 
 class Clock:
@@ -48,14 +48,21 @@ def test_session_round_trip_expiry_and_sign_out() -> None:
     assert key.read(token) is None, "signed out"
 
 
-@pytest.mark.parametrize("mangle", [
-    # The signature's first character (its last ones may hold only padding bits a decoder ignores).
-    lambda t: t[:t.rindex(".") + 1] + ("B" if t[t.rindex(".") + 1] == "A" else "A") + t[t.rindex(".") + 2:],
-    lambda t: t.replace("v1.", "v2."),
-    lambda t: t.split(".")[0] + ".e30." + t.split(".")[2],  # payload swapped
-    lambda t: "",
-    lambda t: t + "." + t,
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        # The signature's first character (its last ones may hold only padding bits a decoder ignores).
+        lambda t: (
+            t[: t.rindex(".") + 1]
+            + ("B" if t[t.rindex(".") + 1] == "A" else "A")
+            + t[t.rindex(".") + 2 :]
+        ),
+        lambda t: t.replace("v1.", "v2."),
+        lambda t: t.split(".")[0] + ".e30." + t.split(".")[2],  # payload swapped
+        lambda t: "",
+        lambda t: t + "." + t,
+    ],
+)
 def test_forged_sessions_are_refused(mangle) -> None:
     key = ConsoleKey(b"k" * 32)
     token, _ = key.issue("usr_1", "h", ttl_s=600)
@@ -96,37 +103,60 @@ def test_passwords_hash_with_argon2id_and_policy_is_length() -> None:
     check_password_policy("twelve chars", 12)
 
 
-@pytest.mark.parametrize(("target", "expected"), [
-    ("/keys?x=1", "/keys?x=1"), (None, "/"), ("", "/"), ("//evil.example/x", "/"),
-    ("https://evil.example", "/"), ("/\\evil.example", "/"), ("keys", "/"),
-])
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/keys?x=1", "/keys?x=1"),
+        (None, "/"),
+        ("", "/"),
+        ("//evil.example/x", "/"),
+        ("https://evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("keys", "/"),
+    ],
+)
 def test_only_local_redirects_after_sign_in(target: str | None, expected: str) -> None:
     assert safe_next(target) == expected
 
 
 def test_charts_escape_labels_and_carry_a_data_table() -> None:
     hostile = '<script>alert("x")</script>'
-    html = str(column_chart(["00:00", hostile], [Series("ok", [1, 2]), Series("err", [0, 1], "s-err")],
-                            title=hostile, desc="d", integer=True))
+    html = str(
+        column_chart(
+            ["00:00", hostile],
+            [Series("ok", [1, 2]), Series("err", [0, 1], "s-err")],
+            title=hostile,
+            desc="d",
+            integer=True,
+        )
+    )
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert 'role="img"' in html and "<table" in html and "<details" in html
     html = str(bar_list([(hostile, 3.0), ("b", 1.0)], title="t", desc="d"))
     assert "<script>" not in html and html.count("<rect") == 2
-    html = str(interval_plot([IntervalRow("a", 0.5, 0.4, 0.6, 40), IntervalRow("b", 0.2, 0.1, 0.3, 40, True)],
-                             title="t", desc="d", bounds=(0, 1)))
+    html = str(
+        interval_plot(
+            [IntervalRow("a", 0.5, 0.4, 0.6, 40), IntervalRow("b", 0.2, 0.1, 0.3, 40, True)],
+            title="t",
+            desc="d",
+            bounds=(0, 1),
+        )
+    )
     assert html.count('class="iv flag"') == 1 and html.count("<circle") == 2
 
 
 def test_chart_numbers() -> None:
     assert [nice_max(v) for v in (0, 0.7, 1, 3, 7, 12, 4100)] == [1.0, 1.0, 1, 5, 10, 20, 5000]
-    assert money_fmt(0) == "$0" and money_fmt(12.5) == "$12.50" and money_fmt(0.000089) == "$0.000089"
+    assert (
+        money_fmt(0) == "$0" and money_fmt(12.5) == "$12.50" and money_fmt(0.000089) == "$0.000089"
+    )
     assert money_fmt(0.125) == "$0.12" or money_fmt(0.125) == "$0.125"
     assert "e" not in money_fmt(0.0000012)
 
 
 def test_docs_name_every_console_setting_page_and_command() -> None:
-    from control_plane.console.config import ConsoleSettings
-    from control_plane.console.templating import NAV
+    from outpost.control_plane.console.config import ConsoleSettings
+    from outpost.control_plane.console.templating import NAV
 
     docs = (Path(__file__).parents[2] / "docs" / "console.md").read_text(encoding="utf-8")
     for name in ConsoleSettings.model_fields:
@@ -140,29 +170,57 @@ def test_docs_name_every_console_setting_page_and_command() -> None:
 def test_the_runners_page_shows_models_whose_engine_is_down() -> None:
     from datetime import UTC, datetime
 
-    from control_plane.console.deps import ConsoleUser
-    from control_plane.console.pages.runners import RunnerView, with_live_state
-    from control_plane.console.templating import environment
-    from control_plane.tunnel.hub import ConnectedRunner
-    from control_plane.tunnel.link import Link
-    from sdk.protocol import ModelInfo, StatusFrame
+    from outpost.control_plane.console.deps import ConsoleUser
+    from outpost.control_plane.console.pages.runners import RunnerView, with_live_state
+    from outpost.control_plane.console.templating import environment
+    from outpost.control_plane.tunnel.hub import ConnectedRunner
+    from outpost.control_plane.tunnel.link import Link
+    from outpost.sdk.protocol import ModelInfo, StatusFrame
 
     async def nothing(*_: object) -> None:
         return None
 
     now = datetime(2026, 3, 1, tzinfo=UTC)
     link = Link("run_1", "ses_1", nothing, 4, nothing)
-    link.dispatch(StatusFrame(running=1, unavailable_models=["smol-b"]))  # as the tunnel delivers it
-    live = ConnectedRunner(runner_id="run_1", tenant_id="ten_1", name="gpu-1", capacity=4, links=[link],
-                           models=[ModelInfo(name="smol-a", engine="xllamacpp"),
-                                   ModelInfo(name="smol-b", engine="xllamacpp")])
-    view = RunnerView(id="run_1", name="gpu-1", status="offline", created_at=now, last_seen_at=now, labels={},
-                      capacity=4, hardware={}, cost={}, usd_per_hour=None)
+    link.dispatch(
+        StatusFrame(running=1, unavailable_models=["smol-b"])
+    )  # as the tunnel delivers it
+    live = ConnectedRunner(
+        runner_id="run_1",
+        tenant_id="ten_1",
+        name="gpu-1",
+        capacity=4,
+        links=[link],
+        models=[
+            ModelInfo(name="smol-a", engine="xllamacpp"),
+            ModelInfo(name="smol-b", engine="xllamacpp"),
+        ],
+    )
+    view = RunnerView(
+        id="run_1",
+        name="gpu-1",
+        status="offline",
+        created_at=now,
+        last_seen_at=now,
+        labels={},
+        capacity=4,
+        hardware={},
+        cost={},
+        usd_per_hour=None,
+    )
     with_live_state(view, live)
     assert view.status == "connected" and view.unavailable_models == ["smol-b"]
 
-    viewer = ConsoleUser(id="usr_1", email="v@example.com", role="viewer", tenant_id="ten_1", tenant_name="t",
-                         session_id="s", csrf_token="c", expires_at=0)
+    viewer = ConsoleUser(
+        id="usr_1",
+        email="v@example.com",
+        role="viewer",
+        tenant_id="ten_1",
+        tenant_name="t",
+        session_id="s",
+        csrf_token="c",
+        expires_at=0,
+    )
     template = environment().get_template("partials/runners_table.html")
     html = template.render(runners=[view], user=viewer, now=now)
     assert "Not serving (engine restarting, loading or hung): smol-b" in html

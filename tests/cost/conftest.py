@@ -18,12 +18,12 @@ import httpx
 import pytest
 import uvicorn
 
-from control_plane.admin import issue_api_key, issue_enrollment_token
-from control_plane.app import create_app
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import utcnow
-from control_plane.settings import Settings
-from sdk.protocol import MAX_FRAME_BYTES
+from outpost.control_plane.admin import issue_api_key, issue_enrollment_token
+from outpost.control_plane.app import create_app
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.settings import Settings
+from outpost.sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
 from tests.utils import (
     ControlPlaneProcess,
@@ -55,15 +55,26 @@ class InThreadControlPlane:
         self.url = f"http://127.0.0.1:{settings.port}"
         self.app = create_app(settings, wall_clock=clock)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.port, log_level="warning",
-            ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
-            ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s)
+            self.app,
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            ws_max_size=MAX_FRAME_BYTES + 1024,
+            ws_per_message_deflate=False,
+            ws_max_queue=64,
+            ws_ping_interval=settings.tunnel_ping_interval_s,
+            ws_ping_timeout=settings.tunnel_ping_timeout_s,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="control-plane", daemon=True)
 
     def start(self) -> InThreadControlPlane:
         self.thread.start()
-        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200, 60, "control plane")
+        wait_until(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200,
+            60,
+            "control plane",
+        )
         return self
 
     def stop(self) -> None:
@@ -72,9 +83,21 @@ class InThreadControlPlane:
 
 
 class CostStack:
-    def __init__(self, cp: InThreadControlPlane, runner: RunnerProcess, database_url: str, clock: MovableClock,
-                 runner_id: str) -> None:
-        self.cp, self.runner, self.database_url, self.clock, self.runner_id = cp, runner, database_url, clock, runner_id
+    def __init__(
+        self,
+        cp: InThreadControlPlane,
+        runner: RunnerProcess,
+        database_url: str,
+        clock: MovableClock,
+        runner_id: str,
+    ) -> None:
+        self.cp, self.runner, self.database_url, self.clock, self.runner_id = (
+            cp,
+            runner,
+            database_url,
+            clock,
+            runner_id,
+        )
 
     @property
     def base_url(self) -> str:
@@ -86,24 +109,37 @@ class CostStack:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def cost_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CostStack]:
+def cost_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CostStack]:
     tmp: Path = tmp_path_factory.mktemp(f"cost-{request.param}")
     db = _database(request.param, tmp)
     url = next(db)
     upgrade_to_head(url)
     clock = MovableClock()
-    settings = Settings(state_dir=tmp / "cp", database_url=url, port=free_port(),
-                        scheduler_max_queue=8, scheduler_max_queue_per_tenant=QUEUE_PER_TENANT)
+    settings = Settings(
+        state_dir=tmp / "cp",
+        database_url=url,
+        port=free_port(),
+        scheduler_max_queue=8,
+        scheduler_max_queue_per_tenant=QUEUE_PER_TENANT,
+    )
     cp = InThreadControlPlane(settings, clock).start()
     # RunnerProcess only needs the control plane's URL; the token is made here.
     shim = ControlPlaneProcess(tmp / "cp", url, port=settings.port)
     # No fair headroom: the scheduling tests order what waits when the one slot is taken.
-    runner = RunnerProcess(shim, tmp / "runner", "cost-runner",
-                           args=["--parallel", "1", "--headroom", "0", "--usd-per-hour", str(USD_PER_HOUR)])
+    runner = RunnerProcess(
+        shim,
+        tmp / "runner",
+        "cost-runner",
+        args=["--parallel", "1", "--headroom", "0", "--usd-per-hour", str(USD_PER_HOUR)],
+    )
     try:
         token = run_db(url, lambda d: issue_enrollment_token(d, "runners", "cost-runner", 600))
         _, admin = run_db(url, lambda d: issue_api_key(d, "runners", "admin", True))
-        run_db(url, lambda d: share_default_pool(d, "runners"))  # its runner serves every tenant's keys
+        run_db(
+            url, lambda d: share_default_pool(d, "runners")
+        )  # its runner serves every tenant's keys
         runner.start(token)
         runner_id = runner.wait_connected(admin)
         yield CostStack(cp, runner, url, clock, runner_id)

@@ -9,15 +9,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from control_plane.errors import ApiError
-from control_plane.routing.admission import Admission
-from control_plane.services.budgets import BudgetGuard
-from control_plane.services.cost import DEFAULT_USD_PER_HOUR, EngineTimeMeter, hourly_rate
-from control_plane.services.scheduler import FairScheduler, RunnerGone
-from control_plane.services.service_fairness import ServiceFairness
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from control_plane.tunnel.link import RunnerLoad
-from sdk.protocol import Usage
+from outpost.control_plane.errors import ApiError
+from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.services.budgets import BudgetGuard
+from outpost.control_plane.services.cost import DEFAULT_USD_PER_HOUR, EngineTimeMeter, hourly_rate
+from outpost.control_plane.services.scheduler import FairScheduler, RunnerGone
+from outpost.control_plane.services.service_fairness import ServiceFairness
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import RunnerLoad
+from outpost.sdk.protocol import Usage
 
 
 class Clock:
@@ -36,15 +36,25 @@ class Call:
 
 
 def runner(capacity: int = 2, cost: dict | None = None) -> ConnectedRunner:
-    return ConnectedRunner(runner_id="run_1", tenant_id="ten_x", name="r1", models=[], capacity=capacity,
-                           cost={"usd_per_hour": 3.6} if cost is None else cost)
+    return ConnectedRunner(
+        runner_id="run_1",
+        tenant_id="ten_x",
+        name="r1",
+        models=[],
+        capacity=capacity,
+        cost={"usd_per_hour": 3.6} if cost is None else cost,
+    )
 
 
 def admission(clock: Clock, **kw: object) -> Admission:
     wall = datetime(2026, 3, 1, tzinfo=UTC)
-    return Admission(scheduler=FairScheduler(clock=clock, **kw), meter=EngineTimeMeter(clock),  # type: ignore[arg-type]
-                     fairness=ServiceFairness(backlog_wait_s=0.001, clock=clock),
-                     budgets=BudgetGuard(clock=lambda: wall, monotonic=clock), queue_timeout_s=30)
+    return Admission(
+        scheduler=FairScheduler(clock=clock, **kw),
+        meter=EngineTimeMeter(clock),  # type: ignore[arg-type]
+        fairness=ServiceFairness(backlog_wait_s=0.001, clock=clock),
+        budgets=BudgetGuard(clock=lambda: wall, monotonic=clock),
+        queue_timeout_s=30,
+    )
 
 
 async def test_overlapping_requests_are_priced_by_their_share_of_engine_time() -> None:
@@ -96,7 +106,11 @@ async def test_full_queue_and_lost_runner() -> None:
     await asyncio.sleep(0)
     with pytest.raises(ApiError) as info:
         await adm.acquire(Call("req_3", "t2"), r, prompt_tokens=1)
-    assert (info.value.status, info.value.code, info.value.type) == (429, "queue_full", "queue_full")
+    assert (info.value.status, info.value.code, info.value.type) == (
+        429,
+        "queue_full",
+        "queue_full",
+    )
     assert info.value.headers["Retry-After"] == "1"
     assert adm.service_snapshot("t2")["tenants"]["t2"]["rejections"] == 1
     adm.runner_changed(r, False)  # the runner's last link is gone
@@ -133,7 +147,9 @@ def test_hub_listener_keeps_capacity_in_step() -> None:
     assert adm.scheduler.snapshot()["runners"]["run_1"]["capacity"] == 3
     hub.attach(FakeLink(), runner(capacity=5))  # type: ignore[arg-type]  # a later hello refreshes it
     assert adm.scheduler.snapshot()["runners"]["run_1"]["capacity"] == 5
-    for ln in hub.runners["run_1"].links:  # status frames bring the fair headroom, read at each admission
+    for ln in hub.runners[
+        "run_1"
+    ].links:  # status frames bring the fair headroom, read at each admission
         ln.load = RunnerLoad(headroom=1)
     adm.runner_changed(hub.runners["run_1"], True)
     assert adm.scheduler.snapshot()["runners"]["run_1"]["headroom"] == 1
@@ -143,14 +159,17 @@ def test_hub_listener_keeps_capacity_in_step() -> None:
     assert adm.scheduler.snapshot()["runners"] == {}
 
 
-@pytest.mark.parametrize(("cost", "usd_per_hour"), [
-    ({"usd_per_hour": 2.5}, 2.5),
-    ({"kind": "power", "watts": 500, "usd_per_kwh": 0.2, "pue": 1.5}, 0.15),
-    ({"hardware_class": "nvidia-h100", "count": 8}, 8 * DEFAULT_USD_PER_HOUR["nvidia-h100"]),
-    ({}, DEFAULT_USD_PER_HOUR["cpu-small"]),
-    ({"usd_per_hour": "lots", "hardware_class": "nope"}, DEFAULT_USD_PER_HOUR["cpu-small"]),
-    ({"usd_per_hour": -1, "watts": 100, "usd_per_kwh": 1.0}, 0.1),
-])
+@pytest.mark.parametrize(
+    ("cost", "usd_per_hour"),
+    [
+        ({"usd_per_hour": 2.5}, 2.5),
+        ({"kind": "power", "watts": 500, "usd_per_kwh": 0.2, "pue": 1.5}, 0.15),
+        ({"hardware_class": "nvidia-h100", "count": 8}, 8 * DEFAULT_USD_PER_HOUR["nvidia-h100"]),
+        ({}, DEFAULT_USD_PER_HOUR["cpu-small"]),
+        ({"usd_per_hour": "lots", "hardware_class": "nope"}, DEFAULT_USD_PER_HOUR["cpu-small"]),
+        ({"usd_per_hour": -1, "watts": 100, "usd_per_kwh": 1.0}, 0.1),
+    ],
+)
 def test_runner_rate_from_its_hello(cost: dict, usd_per_hour: float) -> None:
     assert hourly_rate(cost) == pytest.approx(usd_per_hour)
     assert runner(cost=cost).usd_per_second == pytest.approx(usd_per_hour / 3600)

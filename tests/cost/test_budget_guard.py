@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import RequestRecord
-from control_plane.services.budgets import WARNING_HEADER, BudgetGuard
-from control_plane.services.cost import BudgetState
-from control_plane.store.budgets import set_budget, usage
-from control_plane.store.keys import create_api_key
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.services.budgets import WARNING_HEADER, BudgetGuard
+from outpost.control_plane.services.cost import BudgetState
+from outpost.control_plane.store.budgets import set_budget, usage
+from outpost.control_plane.store.keys import create_api_key
+from outpost.control_plane.store.tenants import get_or_create_tenant
 
 
 class Clocks:
@@ -37,15 +37,33 @@ async def _setup(db: Database) -> tuple[str, str]:
     async with db.session() as s:
         tenant = await get_or_create_tenant(s, "t")
         key, _ = await create_api_key(s, tenant.id, "k")
-        await set_budget(s, tenant_id=tenant.id, api_key_id=None, period="month", amount_usd=1.0, soft_threshold=0.5)
+        await set_budget(
+            s,
+            tenant_id=tenant.id,
+            api_key_id=None,
+            period="month",
+            amount_usd=1.0,
+            soft_threshold=0.5,
+        )
         await s.commit()
         return tenant.id, key.id
 
 
 async def _record(db: Database, rid: str, tenant: str, key: str, cost: float, at: datetime) -> None:
     async with db.session() as s:
-        s.add(RequestRecord(id=rid, tenant_id=tenant, api_key_id=key, model="m", endpoint="/v1/chat/completions",
-                            status="ok", http_status=200, cost_usd=cost, created_at=at))
+        s.add(
+            RequestRecord(
+                id=rid,
+                tenant_id=tenant,
+                api_key_id=key,
+                model="m",
+                endpoint="/v1/chat/completions",
+                status="ok",
+                http_status=200,
+                cost_usd=cost,
+                created_at=at,
+            )
+        )
         await s.commit()
 
 
@@ -57,7 +75,10 @@ async def test_pending_costs_count_until_their_records_land(db: Database) -> Non
     # Finished, record not yet written: the cached sum (0) plus the pending cost.
     guard.add_spend("req_1", tenant, key, 0.6, c.wall)
     verdict = await guard.check(db, tenant, key)
-    assert verdict.statuses[0].spent_usd == pytest.approx(0.6) and verdict.statuses[0].state is BudgetState.SOFT
+    assert (
+        verdict.statuses[0].spent_usd == pytest.approx(0.6)
+        and verdict.statuses[0].state is BudgetState.SOFT
+    )
     assert "tenant month budget 60% used" in verdict.headers()[WARNING_HEADER]
     # The record lands; a refresh must not count it twice.
     await _record(db, "req_1", tenant, key, 0.6, c.wall)
@@ -81,9 +102,16 @@ async def test_a_new_period_starts_from_zero_and_other_keys_do_not_count(db: Dat
     c.wall += timedelta(hours=2)  # April
     assert (await guard.check(db, tenant, key)).statuses[0].spent_usd == 0
     async with db.session() as s:
-        april = await usage(s, tenant, datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
-        march = await usage(s, tenant, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC),
-                            group_by="key")
+        april = await usage(
+            s, tenant, datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC)
+        )
+        march = await usage(
+            s,
+            tenant,
+            datetime(2026, 3, 1, tzinfo=UTC),
+            datetime(2026, 4, 1, tzinfo=UTC),
+            group_by="key",
+        )
     assert april[0].requests == 0 and march[0].group == key and march[0].cost_usd == 2.0
 
 
@@ -93,10 +121,18 @@ async def test_budget_rows_are_cached_until_invalidated(db: Database) -> None:
     guard = BudgetGuard(cache_s=10, clock=lambda: c.wall, monotonic=lambda: c.mono)
     assert len((await guard.check(db, tenant, key)).statuses) == 1
     async with db.session() as s:
-        await set_budget(s, tenant_id=tenant, api_key_id=key, period="day", amount_usd=0, soft_threshold=0.8)
+        await set_budget(
+            s, tenant_id=tenant, api_key_id=key, period="day", amount_usd=0, soft_threshold=0.8
+        )
         await s.commit()
     assert len((await guard.check(db, tenant, key)).statuses) == 1
     guard.invalidate(tenant)
     verdict = await guard.check(db, tenant, key)
-    assert len(verdict.statuses) == 2 and verdict.exceeded is not None and verdict.exceeded.scope == "key"
-    assert len((await guard.check(db, tenant, "key_other")).statuses) == 1  # another key: only the tenant's
+    assert (
+        len(verdict.statuses) == 2
+        and verdict.exceeded is not None
+        and verdict.exceeded.scope == "key"
+    )
+    assert (
+        len((await guard.check(db, tenant, "key_other")).statuses) == 1
+    )  # another key: only the tenant's

@@ -10,27 +10,43 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
+from outpost.control_plane.db.engine import sync_url
 from tests.cost.conftest import MODEL, USD_PER_HOUR, CostStack
 
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0}
+CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Say hi."}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
 
 
 def _post(stack: CostStack, key: str, **extra: object) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}/chat/completions", json={**CHAT, **extra},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return httpx.post(
+        f"{stack.base_url}/chat/completions",
+        json={**CHAT, **extra},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
 
 
 def _api(stack: CostStack, method: str, path: str, key: str, **kw: object) -> httpx.Response:
-    return httpx.request(method, f"{stack.cp.url}{path}", headers={"Authorization": f"Bearer {key}"},
-                         timeout=30, **kw)  # type: ignore[arg-type]
+    return httpx.request(
+        method,
+        f"{stack.cp.url}{path}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def _record(stack: CostStack, request_id: str) -> dict:
     engine = create_engine(sync_url(stack.database_url))
     try:
         with engine.connect() as conn:
-            row = conn.execute(text("SELECT * FROM request_records WHERE id = :id"), {"id": request_id}).mappings()
+            row = conn.execute(
+                text("SELECT * FROM request_records WHERE id = :id"), {"id": request_id}
+            ).mappings()
             return dict(row.one())
     finally:
         engine.dispose()
@@ -71,11 +87,19 @@ def test_budget_soft_warning_hard_stop_and_reset(cost_stack: CostStack) -> None:
 
     usage = _api(stack, "GET", "/api/usage?period=day", admin).json()
     assert usage["total"]["requests"] == 1 and usage["total"]["cost_usd"] == pytest.approx(spent)
-    assert usage["by_model"][0]["model"] == MODEL and usage["by_runner"][0]["runner_id"] == stack.runner_id
+    assert (
+        usage["by_model"][0]["model"] == MODEL
+        and usage["by_runner"][0]["runner_id"] == stack.runner_id
+    )
 
     # 90 % used, soft threshold 50 %: the next request is served with a warning...
-    resp = _api(stack, "POST", "/api/budgets", admin,
-                json={"period": "day", "amount_usd": spent / 0.9, "soft_threshold": 0.5})
+    resp = _api(
+        stack,
+        "POST",
+        "/api/budgets",
+        admin,
+        json={"period": "day", "amount_usd": spent / 0.9, "soft_threshold": 0.5},
+    )
     assert resp.status_code == 201, resp.text
     assert resp.json()["state"] == "soft" and resp.json()["scope"] == "tenant"
     warned = _post(stack, admin, stream=True)
@@ -90,7 +114,9 @@ def test_budget_soft_warning_hard_stop_and_reset(cost_stack: CostStack) -> None:
     assert "tenant's daily budget" in error["message"]
     now = stack.clock()
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
-    assert abs(int(refused.headers["retry-after"]) - math.ceil((midnight - now).total_seconds())) <= 2
+    assert (
+        abs(int(refused.headers["retry-after"]) - math.ceil((midnight - now).total_seconds())) <= 2
+    )
     listed = _api(stack, "GET", "/api/budgets", admin).json()["data"]
     assert [b["state"] for b in listed] == ["exceeded"]
 
@@ -108,8 +134,13 @@ def test_key_budget_stops_only_that_key(cost_stack: CostStack) -> None:
     stack = cost_stack
     _, admin = stack.key("two-keys", "admin", admin=True)
     capped_id, capped = stack.key("two-keys", "capped")
-    created = _api(stack, "POST", "/api/budgets", admin,
-                   json={"api_key_id": capped_id, "period": "month", "amount_usd": 0})
+    created = _api(
+        stack,
+        "POST",
+        "/api/budgets",
+        admin,
+        json={"api_key_id": capped_id, "period": "month", "amount_usd": 0},
+    )
     assert created.status_code == 201 and created.json()["scope"] == "key"
     refused = _post(stack, capped)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
@@ -117,8 +148,13 @@ def test_key_budget_stops_only_that_key(cost_stack: CostStack) -> None:
     assert _post(stack, admin).status_code == 200  # the tenant and its other keys are not capped
 
     # Setting again replaces; deleting lifts the cap.
-    again = _api(stack, "POST", "/api/budgets", admin,
-                 json={"api_key_id": capped_id, "period": "month", "amount_usd": 5})
+    again = _api(
+        stack,
+        "POST",
+        "/api/budgets",
+        admin,
+        json={"api_key_id": capped_id, "period": "month", "amount_usd": 5},
+    )
     assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
     assert _api(stack, "DELETE", f"/api/budgets/{created.json()['id']}", admin).status_code == 204
     assert _post(stack, capped).status_code == 200
@@ -130,7 +166,12 @@ def test_budget_writes_need_admin_and_stay_in_the_tenant(cost_stack: CostStack) 
     other_key_id, _ = stack.key("someone-else")
     assert _api(stack, "POST", "/api/budgets", user, json={"amount_usd": 1}).status_code == 403
     _, admin = stack.key("plain", "admin", admin=True)
-    resp = _api(stack, "POST", "/api/budgets", admin, json={"api_key_id": other_key_id, "amount_usd": 1})
+    resp = _api(
+        stack, "POST", "/api/budgets", admin, json={"api_key_id": other_key_id, "amount_usd": 1}
+    )
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "api_key_not_found"
-    assert _api(stack, "POST", "/api/budgets", admin, json={"amount_usd": 1, "extra": 1}).status_code == 400
+    assert (
+        _api(stack, "POST", "/api/budgets", admin, json={"amount_usd": 1, "extra": 1}).status_code
+        == 400
+    )
     assert _api(stack, "DELETE", "/api/budgets/bud_nope", admin).status_code == 404

@@ -7,20 +7,30 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from control_plane.budgets_cli import budgets_app
-from control_plane.settings import Settings
+from outpost.control_plane.budgets_cli import budgets_app
+from outpost.control_plane.settings import Settings
 
 DOC = (Path(__file__).parents[2] / "docs" / "cost.md").read_text(encoding="utf-8")
 
 
 def test_settings_are_documented() -> None:
-    ours = [f for f in Settings.model_fields if f.startswith(("scheduler_", "budget_", "fairness_"))]
+    ours = [
+        f for f in Settings.model_fields if f.startswith(("scheduler_", "budget_", "fairness_"))
+    ]
     assert ours and not [f for f in ours if f"`{f}`" not in DOC]
 
 
 def test_endpoints_and_cli_are_documented() -> None:
-    for text in ("GET /api/usage", "GET /api/budgets", "POST /api/budgets", "DELETE /api/budgets/{id}",
-                 "GET /api/fairness/service", "X-Outpost-Budget-Warning", "queue_full", "queue_timeout"):
+    for text in (
+        "GET /api/usage",
+        "GET /api/budgets",
+        "POST /api/budgets",
+        "DELETE /api/budgets/{id}",
+        "GET /api/fairness/service",
+        "X-Outpost-Budget-Warning",
+        "queue_full",
+        "queue_timeout",
+    ):
         assert text in DOC, text
     commands = [c.name for c in budgets_app.registered_commands]
     assert commands and all(f"control-plane budgets {c}" in DOC for c in commands)

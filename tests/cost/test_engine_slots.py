@@ -20,20 +20,27 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from control_plane.cluster.holder import Holder
-from control_plane.cluster.registry import RemoteView, describe_runners
-from control_plane.routing.admission import Admission
-from control_plane.services.budgets import BudgetGuard
-from control_plane.services.cost import EngineTimeMeter
-from control_plane.services.scheduler import FairScheduler, RunnerGone
-from control_plane.services.service_fairness import ServiceFairness
-from control_plane.tunnel.hub import ConnectedRunner, TunnelHub
-from control_plane.tunnel.link import RunnerLoad
-from runner.engines.base import ServedModel
-from runner.engines.xllamacpp import XllamacppEngine
-from runner.fleet import EngineFleet
-from runner.tunnel import TunnelClient
-from sdk.protocol import EngineSlots, ModelInfo, StatusFrame, Usage, encode_frame, parse_frame
+from outpost.control_plane.cluster.holder import Holder
+from outpost.control_plane.cluster.registry import RemoteView, describe_runners
+from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.services.budgets import BudgetGuard
+from outpost.control_plane.services.cost import EngineTimeMeter
+from outpost.control_plane.services.scheduler import FairScheduler, RunnerGone
+from outpost.control_plane.services.service_fairness import ServiceFairness
+from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import RunnerLoad
+from outpost.runner.engines.base import ServedModel
+from outpost.runner.engines.xllamacpp import XllamacppEngine
+from outpost.runner.fleet import EngineFleet
+from outpost.runner.tunnel import TunnelClient
+from outpost.sdk.protocol import (
+    EngineSlots,
+    ModelInfo,
+    StatusFrame,
+    Usage,
+    encode_frame,
+    parse_frame,
+)
 
 ENGINES = (EngineSlots(models=["smol-a"], capacity=1), EngineSlots(models=["smol-b"], capacity=1))
 
@@ -63,19 +70,31 @@ class FakeLink:
 
 
 def runner(engines: tuple[EngineSlots, ...] = ENGINES, headroom: int = 0) -> ConnectedRunner:
-    models = [ModelInfo(name="smol-a", engine="xllamacpp", aliases=["chat"]),
-              ModelInfo(name="smol-b", engine="xllamacpp")]
-    r = ConnectedRunner(runner_id="run_1", tenant_id="ten_x", name="two", models=models, capacity=2,
-                        cost={"usd_per_hour": 3.6})
+    models = [
+        ModelInfo(name="smol-a", engine="xllamacpp", aliases=["chat"]),
+        ModelInfo(name="smol-b", engine="xllamacpp"),
+    ]
+    r = ConnectedRunner(
+        runner_id="run_1",
+        tenant_id="ten_x",
+        name="two",
+        models=models,
+        capacity=2,
+        cost={"usd_per_hour": 3.6},
+    )
     r.links.append(FakeLink(RunnerLoad(engines=engines, headroom=headroom)))  # type: ignore[arg-type]
     return r
 
 
 def admission(clock: Clock) -> Admission:
     wall = datetime(2026, 3, 1, tzinfo=UTC)
-    return Admission(scheduler=FairScheduler(clock=clock), meter=EngineTimeMeter(clock),
-                     fairness=ServiceFairness(backlog_wait_s=0.001, clock=clock),
-                     budgets=BudgetGuard(clock=lambda: wall, monotonic=clock), queue_timeout_s=30)
+    return Admission(
+        scheduler=FairScheduler(clock=clock),
+        meter=EngineTimeMeter(clock),
+        fairness=ServiceFairness(backlog_wait_s=0.001, clock=clock),
+        budgets=BudgetGuard(clock=lambda: wall, monotonic=clock),
+        queue_timeout_s=30,
+    )
 
 
 async def test_a_model_waits_for_its_own_engine_while_the_other_engine_admits_at_once() -> None:
@@ -83,14 +102,20 @@ async def test_a_model_waits_for_its_own_engine_while_the_other_engine_admits_at
     adm, r = admission(clock), runner()
     adm.runner_changed(r, True)
     a1 = await adm.acquire(Call("req_a1", "t1", "smol-a"), r, prompt_tokens=1)
-    a2 = asyncio.create_task(adm.acquire(Call("req_a2", "t2", "chat"), r, prompt_tokens=1))  # an alias of smol-a
+    a2 = asyncio.create_task(
+        adm.acquire(Call("req_a2", "t2", "chat"), r, prompt_tokens=1)
+    )  # an alias of smol-a
     await asyncio.sleep(0)
     assert not a2.done() and r.queued == 1
-    b = await adm.acquire(Call("req_b", "t2", "smol-b"), r, prompt_tokens=1)  # the runner's sum (2) is not the limit
+    b = await adm.acquire(
+        Call("req_b", "t2", "smol-b"), r, prompt_tokens=1
+    )  # the runner's sum (2) is not the limit
     queues = adm.service_snapshot("t1")["runners"]
     # The hello's runner-wide queue (capacity 2) is idle and not shown beside the engines'.
     assert {k: (q["capacity"], q["in_flight"], q["queued"]) for k, q in queues.items()} == {
-        "run_1#smol-a": (1, 1, 1), "run_1#smol-b": (1, 1, 0)}
+        "run_1#smol-a": (1, 1, 1),
+        "run_1#smol-b": (1, 1, 0),
+    }
     clock.now = 4
     a1.finish(Usage(prompt_tokens=1, completion_tokens=1))
     a2_slot = await a2
@@ -107,11 +132,23 @@ async def test_a_model_waits_for_its_own_engine_while_the_other_engine_admits_at
 async def test_an_engine_queue_takes_that_engines_headroom() -> None:
     clock = Clock()
     adm = admission(clock)
-    r = runner((EngineSlots(models=["smol-a"], capacity=1, headroom=1), EngineSlots(models=["smol-b"], capacity=1)))
+    r = runner(
+        (
+            EngineSlots(models=["smol-a"], capacity=1, headroom=1),
+            EngineSlots(models=["smol-b"], capacity=1),
+        )
+    )
     await adm.acquire(Call("req_1", "t1", "smol-a"), r, prompt_tokens=1)
-    await adm.acquire(Call("req_2", "t2", "smol-a"), r, prompt_tokens=1)  # t2 has nothing in flight: headroom
+    await adm.acquire(
+        Call("req_2", "t2", "smol-a"), r, prompt_tokens=1
+    )  # t2 has nothing in flight: headroom
     snap = adm.scheduler.snapshot()["runners"]["run_1#smol-a"]
-    assert (snap["capacity"], snap["headroom"], snap["in_flight"], snap["in_headroom"]) == (1, 1, 2, 1)
+    assert (snap["capacity"], snap["headroom"], snap["in_flight"], snap["in_headroom"]) == (
+        1,
+        1,
+        2,
+        1,
+    )
 
 
 async def test_forgetting_the_runner_drops_every_engine_queue() -> None:
@@ -119,8 +156,10 @@ async def test_forgetting_the_runner_drops_every_engine_queue() -> None:
     adm.runner_changed(r, True)
     await adm.acquire(Call("req_a1", "t1", "smol-a"), r, prompt_tokens=1)
     await adm.acquire(Call("req_b1", "t1", "smol-b"), r, prompt_tokens=1)
-    waiting = [asyncio.create_task(adm.acquire(Call(f"req_{m}2", "t2", m), r, prompt_tokens=1))
-               for m in ("smol-a", "smol-b")]
+    waiting = [
+        asyncio.create_task(adm.acquire(Call(f"req_{m}2", "t2", m), r, prompt_tokens=1))
+        for m in ("smol-a", "smol-b")
+    ]
     await asyncio.sleep(0)
     adm.runner_changed(r, False)  # its last link is gone
     for task in waiting:
@@ -131,8 +170,13 @@ async def test_forgetting_the_runner_drops_every_engine_queue() -> None:
 
 
 async def test_a_status_without_engines_falls_back_to_the_runner_queue() -> None:
-    adm, r = admission(Clock()), runner(engines=())  # one engine, or a runner that predates engine slots
-    slots = [await adm.acquire(Call(f"req_{i}", "t1", "smol-a"), r, prompt_tokens=1) for i in range(2)]
+    adm, r = (
+        admission(Clock()),
+        runner(engines=()),
+    )  # one engine, or a runner that predates engine slots
+    slots = [
+        await adm.acquire(Call(f"req_{i}", "t1", "smol-a"), r, prompt_tokens=1) for i in range(2)
+    ]
     assert list(adm.scheduler.snapshot()["runners"]) == ["run_1"]
     assert adm.scheduler.snapshot()["runners"]["run_1"]["in_flight"] == 2
     for slot in slots:
@@ -149,30 +193,49 @@ def test_engines_are_left_off_the_wire_when_empty() -> None:
     assert "engines" not in json.loads(encode_frame(StatusFrame()))
     frame = StatusFrame(engines=list(ENGINES))
     assert json.loads(encode_frame(frame))["engines"] == [
-        {"models": ["smol-a"], "capacity": 1, "headroom": 0}, {"models": ["smol-b"], "capacity": 1, "headroom": 0}]
+        {"models": ["smol-a"], "capacity": 1, "headroom": 0},
+        {"models": ["smol-b"], "capacity": 1, "headroom": 0},
+    ]
     assert parse_frame(encode_frame(frame)) == frame
 
 
 def _engine(name: str, capacity: int, headroom: int) -> XllamacppEngine:
-    return XllamacppEngine(model_path=f"/models/{name}.gguf", capacity=capacity, headroom=headroom,
-                           models=(ServedModel(name=name, engine="xllamacpp", aliases=("alias",)),))
+    return XllamacppEngine(
+        model_path=f"/models/{name}.gguf",
+        capacity=capacity,
+        headroom=headroom,
+        models=(ServedModel(name=name, engine="xllamacpp", aliases=("alias",)),),
+    )
 
 
-async def test_the_fleet_reports_each_engines_slots_only_when_it_has_several(tmp_path: Path) -> None:
+async def test_the_fleet_reports_each_engines_slots_only_when_it_has_several(
+    tmp_path: Path,
+) -> None:
     async with httpx.AsyncClient() as http:
-        fleet = EngineFleet([_engine("smol-a", 3, 1), _engine("smol-b", 1, 0)], log_dir=tmp_path / "two", http=http)
-        assert fleet.slots() == [EngineSlots(models=["smol-a"], capacity=2, headroom=1),
-                                 EngineSlots(models=["smol-b"], capacity=1, headroom=0)]
+        fleet = EngineFleet(
+            [_engine("smol-a", 3, 1), _engine("smol-b", 1, 0)], log_dir=tmp_path / "two", http=http
+        )
+        assert fleet.slots() == [
+            EngineSlots(models=["smol-a"], capacity=2, headroom=1),
+            EngineSlots(models=["smol-b"], capacity=1, headroom=0),
+        ]
         lone = EngineFleet([_engine("smol-a", 3, 1)], log_dir=tmp_path / "one", http=http)
         assert lone.slots() == []  # its slots are the hello's capacity, as before
 
 
-@pytest.mark.parametrize(("caps", "sent"), [
-    (frozenset({"status", "engine-slots"}), list(ENGINES)),
-    (frozenset({"status"}), []),  # a control plane that predates engine slots admits up to the summed capacity
-])
-async def test_the_runner_sends_engines_only_to_a_control_plane_that_knows_them(caps: frozenset[str],
-                                                                                sent: list[EngineSlots]) -> None:
+@pytest.mark.parametrize(
+    ("caps", "sent"),
+    [
+        (frozenset({"status", "engine-slots"}), list(ENGINES)),
+        (
+            frozenset({"status"}),
+            [],
+        ),  # a control plane that predates engine slots admits up to the summed capacity
+    ],
+)
+async def test_the_runner_sends_engines_only_to_a_control_plane_that_knows_them(
+    caps: frozenset[str], sent: list[EngineSlots]
+) -> None:
     frames: list[StatusFrame] = []
 
     async def send(frame: Any) -> None:
@@ -180,8 +243,12 @@ async def test_the_runner_sends_engines_only_to_a_control_plane_that_knows_them(
         raise ConnectionClosed(None, None)  # one frame is enough: end the loop
 
     identity = SimpleNamespace(runner_id="run_1", control_plane="http://cp.test")
-    client = TunnelClient(identity=identity, hello_fields=dict, on_stream=None,  # type: ignore[arg-type]
-                          status=lambda: StatusFrame(engines=list(ENGINES)))
+    client = TunnelClient(
+        identity=identity,
+        hello_fields=dict,
+        on_stream=None,  # type: ignore[arg-type]
+        status=lambda: StatusFrame(engines=list(ENGINES)),
+    )
     await client._status_loop(send, caps)
     assert [f.engines for f in frames] == [sent]
 

@@ -24,13 +24,19 @@ MODEL = "smollm2-135m-instruct"
 
 
 class Env:
-    def __init__(self, cp: ControlPlaneProcess, runner_id: str, database_url: str, owner: str) -> None:
+    def __init__(
+        self, cp: ControlPlaneProcess, runner_id: str, database_url: str, owner: str
+    ) -> None:
         self.cp, self.runner_id, self.database_url, self.owner = cp, runner_id, database_url, owner
-        self.admin = cp.cli("keys", "create", "admin", "--tenant", "room-b", "--admin").splitlines()[-1]
+        self.admin = cp.cli(
+            "keys", "create", "admin", "--tenant", "room-b", "--admin"
+        ).splitlines()[-1]
         self.keys = {t: cp.api_key(t) for t in ("room-a", "room-b")}
 
     def get(self, path: str) -> dict:
-        response = httpx.get(f"{self.cp.url}{path}", headers={"Authorization": f"Bearer {self.admin}"}, timeout=10)
+        response = httpx.get(
+            f"{self.cp.url}{path}", headers={"Authorization": f"Bearer {self.admin}"}, timeout=10
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -43,7 +49,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("headroom")
     url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
     cp = ControlPlaneProcess(tmp / "cp", url).start()
-    runner = RunnerProcess(cp, tmp / "runner", "one-slot", args=["--parallel", "1", "--ctx", "1024"])
+    runner = RunnerProcess(
+        cp, tmp / "runner", "one-slot", args=["--parallel", "1", "--ctx", "1024"]
+    )
     try:
         admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]
         runner.start()
@@ -54,7 +62,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def test_the_runner_advertises_one_slot_and_one_headroom_slot(env: Env) -> None:
-    listed = httpx.get(f"{env.cp.url}/api/runners", headers={"Authorization": f"Bearer {env.owner}"}, timeout=10)
+    listed = httpx.get(
+        f"{env.cp.url}/api/runners", headers={"Authorization": f"Bearer {env.owner}"}, timeout=10
+    )
     runner = next(r for r in listed.json()["data"] if r["id"] == env.runner_id)
     assert (runner["capacity"], runner["headroom"]) == (1, 1)
 
@@ -63,10 +73,21 @@ def test_a_light_tenant_starts_in_the_headroom_while_the_heavy_backlog_waits(env
     a_streaming, a_done, seen = threading.Event(), threading.Event(), {}
 
     def hold() -> None:  # tenant A's first request: a long stream in the regular slot
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}],
-                "max_tokens": 600, "temperature": 0, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", f"{env.cp.url}/v1/chat/completions", json=body, timeout=300,
-                          headers={"Authorization": f"Bearer {env.keys['room-a']}"}) as r:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 600,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            f"{env.cp.url}/v1/chat/completions",
+            json=body,
+            timeout=300,
+            headers={"Authorization": f"Bearer {env.keys['room-a']}"},
+        ) as r:
             seen["a_status"] = r.status_code
             chunks = r.iter_text()
             next(chunks)
@@ -75,11 +96,21 @@ def test_a_light_tenant_starts_in_the_headroom_while_the_heavy_backlog_waits(env
         a_done.set()
 
     with httpx.Client(base_url=env.cp.url) as client, ThreadPoolExecutor(4) as pool:
+
         def post(tenant: str, max_tokens: int) -> httpx.Response:
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}],
-                    "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-            return client.post("/v1/chat/completions", json=body, timeout=300,
-                               headers={"Authorization": f"Bearer {env.keys[tenant]}"})
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Hi."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            }
+            return client.post(
+                "/v1/chat/completions",
+                json=body,
+                timeout=300,
+                headers={"Authorization": f"Bearer {env.keys[tenant]}"},
+            )
 
         holder = pool.submit(hold)
         assert a_streaming.wait(120), seen
@@ -94,8 +125,14 @@ def test_a_light_tenant_starts_in_the_headroom_while_the_heavy_backlog_waits(env
         for f in [holder, *backlog]:
             f.result(timeout=300)
     assert seen["a_status"] == 200 and all(f.result().status_code == 200 for f in backlog)
-    wait_until(lambda: len(tenant_records(env.database_url, "room-a")) == 3
-               and len(tenant_records(env.database_url, "room-b")) == 1, 30, "request records written")
+    wait_until(
+        lambda: (
+            len(tenant_records(env.database_url, "room-a")) == 3
+            and len(tenant_records(env.database_url, "room-b")) == 1
+        ),
+        30,
+        "request records written",
+    )
     light_record = tenant_records(env.database_url, "room-b")[0]
     heavy_waits = sorted(r["queue_ms"] for r in tenant_records(env.database_url, "room-a"))
     assert light_record["queue_ms"] < heavy_waits[-1]

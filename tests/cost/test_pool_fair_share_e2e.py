@@ -19,11 +19,18 @@ from tests.cost.test_scheduling_e2e import _post, _queued, _records
 
 
 def _api(stack: CostStack, key: str, method: str, path: str, body: object = None) -> httpx.Response:
-    return httpx.request(method, f"{stack.cp.url}{path}", json=body, timeout=10,
-                         headers={"Authorization": f"Bearer {key}"})
+    return httpx.request(
+        method,
+        f"{stack.cp.url}{path}",
+        json=body,
+        timeout=10,
+        headers={"Authorization": f"Bearer {key}"},
+    )
 
 
-def test_an_operator_pool_granted_to_two_tenants_gives_vtc_fair_share(cost_stack: CostStack) -> None:
+def test_an_operator_pool_granted_to_two_tenants_gives_vtc_fair_share(
+    cost_stack: CostStack,
+) -> None:
     stack = cost_stack
     tag = secrets.token_hex(2)
     heavy_t, light_t, outsider_t = f"pool-heavy-{tag}", f"pool-light-{tag}", f"pool-outsider-{tag}"
@@ -34,12 +41,20 @@ def test_an_operator_pool_granted_to_two_tenants_gives_vtc_fair_share(cost_stack
     _, outsider = stack.key(outsider_t)
     pool = _api(stack, operator, "POST", "/api/pools", {"name": f"gpu-{tag}"})
     assert pool.status_code == 201, pool.text
-    grants = [_api(stack, operator, "POST", f"/api/pools/{pool.json()['id']}/grants", {"tenant": t}).json()["id"]
-              for t in (heavy_t, light_t)]
-    moved = _api(stack, operator, "PATCH", f"/api/runners/{stack.runner_id}", {"pool": pool.json()["id"]})
+    grants = [
+        _api(
+            stack, operator, "POST", f"/api/pools/{pool.json()['id']}/grants", {"tenant": t}
+        ).json()["id"]
+        for t in (heavy_t, light_t)
+    ]
+    moved = _api(
+        stack, operator, "PATCH", f"/api/runners/{stack.runner_id}", {"pool": pool.json()["id"]}
+    )
     assert moved.status_code == 200, moved.text
     try:
-        assert _post(stack, outsider, 4).status_code == 404  # not granted: the runner does not exist for it
+        assert (
+            _post(stack, outsider, 4).status_code == 404
+        )  # not granted: the runner does not exist for it
         burst = 1 + QUEUE_PER_TENANT
         with ThreadPoolExecutor(burst + 1) as workers:
             heavy_futures = [workers.submit(_post, stack, heavy, 24) for _ in range(burst)]
@@ -49,12 +64,16 @@ def test_an_operator_pool_granted_to_two_tenants_gives_vtc_fair_share(cost_stack
                 time.sleep(0.02)
             light_future = workers.submit(_post, stack, light, 24)
             responses = [f.result() for f in heavy_futures] + [light_future.result()]
-        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        assert all(r.status_code == 200 for r in responses), [
+            r.text for r in responses if r.status_code != 200
+        ]
         assert {r.headers["x-outpost-runner"] for r in responses} == {stack.runner_id}
         ids = [r.headers["x-request-id"] for r in responses]
         records = _records(stack, ids)
         order = sorted(ids, key=lambda i: records[i]["created_at"])
-        assert order.index(ids[-1]) <= 2, order  # FCFS would finish it last (see test_scheduling_e2e)
+        assert order.index(ids[-1]) <= 2, (
+            order
+        )  # FCFS would finish it last (see test_scheduling_e2e)
         assert records[ids[-1]]["queue_ms"] < max(records[i]["queue_ms"] for i in ids[:-1])
     finally:
         _api(stack, operator, "PATCH", f"/api/runners/{stack.runner_id}", {"pool": "default"})

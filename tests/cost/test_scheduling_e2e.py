@@ -9,22 +9,33 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
+from outpost.control_plane.db.engine import sync_url
 from tests.cost.conftest import MODEL, QUEUE_PER_TENANT, CostStack
 
 # ignore_eos (a llama.cpp extra, passed through) makes every request generate exactly max_tokens.
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story."}], "temperature": 0,
-        "ignore_eos": True}
+CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Tell me a story."}],
+    "temperature": 0,
+    "ignore_eos": True,
+}
 
 
 def _post(stack: CostStack, key: str, max_tokens: int) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}/chat/completions", json={**CHAT, "max_tokens": max_tokens},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return httpx.post(
+        f"{stack.base_url}/chat/completions",
+        json={**CHAT, "max_tokens": max_tokens},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
 
 
 def _queued(stack: CostStack, admin: str) -> int:
-    snap = httpx.get(f"{stack.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {admin}"},
-                     timeout=10).json()
+    snap = httpx.get(
+        f"{stack.cp.url}/api/fairness/service",
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    ).json()
     return sum(r["queued"] for r in snap["runners"].values())
 
 
@@ -34,7 +45,9 @@ def _records(stack: CostStack, request_ids: list[str]) -> dict[str, dict]:
     try:
         while True:
             with engine.connect() as conn:
-                rows = conn.execute(text("SELECT id, tenant_id, created_at, queue_ms FROM request_records"))
+                rows = conn.execute(
+                    text("SELECT id, tenant_id, created_at, queue_ms FROM request_records")
+                )
                 found = {r.id: dict(r._mapping) for r in rows if r.id in request_ids}
             if len(found) == len(request_ids) or time.monotonic() > deadline:
                 return found
@@ -57,7 +70,9 @@ def test_vtc_serves_the_light_tenant_before_the_heavy_backlog(cost_stack: CostSt
             time.sleep(0.02)
         light_future = pool.submit(_post, stack, light, 24)
         responses = [f.result() for f in heavy_futures] + [light_future.result()]
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert all(r.status_code == 200 for r in responses), [
+        r.text for r in responses if r.status_code != 200
+    ]
     ids = [r.headers["x-request-id"] for r in responses]
     records = _records(stack, ids)
     order = sorted(ids, key=lambda i: records[i]["created_at"])
@@ -70,8 +85,11 @@ def test_vtc_serves_the_light_tenant_before_the_heavy_backlog(cost_stack: CostSt
     heavy_waits = sorted(records[i]["queue_ms"] for i in ids[:-1])
     assert light_wait < heavy_waits[-1]
 
-    snap = httpx.get(f"{stack.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {admin}"},
-                     timeout=10).json()
+    snap = httpx.get(
+        f"{stack.cp.url}/api/fairness/service",
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    ).json()
     assert snap["policy"] == "vtc"
     mine = snap["tenants"][snap["tenant_id"]]
     assert mine["requests"] >= 1 and mine["ttft_seconds"]["count"] >= 1
@@ -87,16 +105,24 @@ def test_queue_full_is_429_at_the_bound(cost_stack: CostStack) -> None:
     with ThreadPoolExecutor(n) as pool:
         responses = list(pool.map(lambda _: _post(stack, flood, 48), range(n)))
     rejected = [r for r in responses if r.status_code == 429]
-    assert len(rejected) >= 1 and sum(r.status_code == 200 for r in responses) >= 1 + QUEUE_PER_TENANT - 1
+    assert (
+        len(rejected) >= 1
+        and sum(r.status_code == 200 for r in responses) >= 1 + QUEUE_PER_TENANT - 1
+    )
     error = rejected[0].json()["error"]
     assert error["type"] == "queue_full" and error["code"] == "queue_full"
     assert rejected[0].headers["retry-after"] == "1"
-    snap = httpx.get(f"{stack.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {admin}"},
-                     timeout=10).json()
+    snap = httpx.get(
+        f"{stack.cp.url}/api/fairness/service",
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    ).json()
     assert snap["tenants"][snap["tenant_id"]]["rejections"] >= 1
 
 
 def test_fairness_snapshot_needs_admin(cost_stack: CostStack) -> None:
     _, user = cost_stack.key("snoop")
-    resp = httpx.get(f"{cost_stack.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {user}"})
+    resp = httpx.get(
+        f"{cost_stack.cp.url}/api/fairness/service", headers={"Authorization": f"Bearer {user}"}
+    )
     assert resp.status_code == 403

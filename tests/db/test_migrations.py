@@ -8,9 +8,9 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import create_engine, inspect
 
-from control_plane.db.engine import sync_url
-from control_plane.db.migrate import alembic_config
-from control_plane.db.models import Base
+from outpost.control_plane.db.engine import sync_url
+from outpost.control_plane.db.migrate import alembic_config
+from outpost.control_plane.db.models import Base
 
 BACKENDS = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"], indirect=True)
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.store.tenants import get_or_create_tenant
 
 
 @pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"], indirect=True)

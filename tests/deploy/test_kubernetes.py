@@ -10,10 +10,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from control_plane.api.health import router as health_router
-from control_plane.console.config import ConsoleSettings
-from control_plane.settings import Settings
-from runner.settings import RunnerSettings
+from outpost.control_plane.api.health import router as health_router
+from outpost.control_plane.console.config import ConsoleSettings
+from outpost.control_plane.settings import Settings
+from outpost.runner.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -63,8 +63,11 @@ def test_the_schema_version_is_the_newest_kubernetes_validate_ships() -> None:
     assert kubernetes_validate.latest_version() == K8S_VERSION
 
 
-@pytest.mark.parametrize(("name", "doc"), [d for d in DOCS if (d[1]["apiVersion"], d[1]["kind"]) not in CUSTOM_KINDS],
-                         ids=lambda v: v if isinstance(v, str) else v["kind"])
+@pytest.mark.parametrize(
+    ("name", "doc"),
+    [d for d in DOCS if (d[1]["apiVersion"], d[1]["kind"]) not in CUSTOM_KINDS],
+    ids=lambda v: v if isinstance(v, str) else v["kind"],
+)
 def test_each_manifest_is_valid_for_a_current_kubernetes(name: str, doc: dict[str, Any]) -> None:
     # strict: an unknown or misspelt field is an error, not silently dropped by the API server.
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -80,9 +83,14 @@ def test_a_misspelt_field_is_caught_by_the_validation() -> None:
 def test_the_service_monitor_scrapes_the_service_with_the_metrics_token() -> None:
     (monitor,) = _by_kind("ServiceMonitor")
     (service,) = _by_kind("Service")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert (
+        endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        and endpoint["path"] == "/metrics"
+    )
     ref = endpoint["authorization"]["credentials"]
     assert ref["key"] in _secret_keys(ref["name"])
 
@@ -99,7 +107,9 @@ def test_the_control_plane_has_replicas_probes_and_external_database_and_redis()
     health_paths = {route.path for route in health_router.routes}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in health_paths
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in health_paths
-    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    from_secret = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+    }
     assert {"OUTPOST_DATABASE_URL", "OUTPOST_REDIS_URL"} <= set(from_secret)
     # Replicas share the console key and the audit key: both come from the Secret, not the pod's disk.
     config = _by_kind("ConfigMap")[0]["data"]
@@ -127,7 +137,9 @@ def test_every_secret_and_config_reference_resolves() -> None:
             for volume in spec.get("volumes", []):
                 if "secret" in volume:
                     keys = _secret_keys(volume["secret"]["secretName"])
-                    assert {i["key"] for i in volume["secret"].get("items", [])} <= keys, volume["name"]
+                    assert {i["key"] for i in volume["secret"].get("items", [])} <= keys, volume[
+                        "name"
+                    ]
 
 
 def _env_names(doc: dict[str, Any]) -> set[str]:
@@ -135,7 +147,11 @@ def _env_names(doc: dict[str, Any]) -> set[str]:
     for container in _containers(doc):
         names |= {e["name"] for e in container.get("env", [])}
         for source in container.get("envFrom", []):
-            (config,) = [c for c in _by_kind("ConfigMap") if c["metadata"]["name"] == source["configMapRef"]["name"]]
+            (config,) = [
+                c
+                for c in _by_kind("ConfigMap")
+                if c["metadata"]["name"] == source["configMapRef"]["name"]
+            ]
             names |= set(config["data"])
     return {n for n in names if n.startswith("OUTPOST_")}
 
@@ -168,7 +184,9 @@ def test_runners_run_on_gpu_nodes_with_nvidia_gpus_and_keep_their_identity() -> 
     # One one-use enrollment token per node, picked by the node's name (the downward API).
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["OUTPOST_TOKEN_FILE"]["value"].endswith("/$(NODE_NAME)")
-    state = next(m for m in runner["volumeMounts"] if m["mountPath"] == env["OUTPOST_STATE_DIR"]["value"])
+    state = next(
+        m for m in runner["volumeMounts"] if m["mountPath"] == env["OUTPOST_STATE_DIR"]["value"]
+    )
     volume = next(v for v in spec["volumes"] if v["name"] == state["name"])
     assert "hostPath" in volume, "the identity key must outlive the pod"
     assert not any("ports" in c for c in spec["containers"]), "runners dial out; they open no port"
@@ -176,12 +194,21 @@ def test_runners_run_on_gpu_nodes_with_nvidia_gpus_and_keep_their_identity() -> 
 
 def test_images_are_pinned_by_the_kustomization() -> None:
     pinned = {i["name"] for i in KUSTOMIZATION["images"]}
-    used = {c["image"] for kind in ("Deployment", "DaemonSet", "Job") for d in _by_kind(kind) for c in _containers(d)}
+    used = {
+        c["image"]
+        for kind in ("Deployment", "DaemonSet", "Job")
+        for d in _by_kind(kind)
+        for c in _containers(d)
+    }
     assert used == pinned
 
 
 def test_docs_deploy_names_every_manifest() -> None:
     doc = (ROOT / "docs" / "deploy.md").read_text()
-    section = doc[doc.index("## Kubernetes"):]
-    missing = [p.name for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml" and f"`{p.name}`" not in section]
+    section = doc[doc.index("## Kubernetes") :]
+    missing = [
+        p.name
+        for p in KUBE.glob("*.yaml")
+        if p.name != "kustomization.yaml" and f"`{p.name}`" not in section
+    ]
     assert not missing, f"docs/deploy.md's Kubernetes section does not describe {missing}"

@@ -7,7 +7,7 @@ import openai
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from control_plane.db.engine import sync_url
+from outpost.control_plane.db.engine import sync_url
 from tests.conftest import Stack
 from tests.utils import RunnerProcess
 
@@ -25,18 +25,29 @@ def test_models_lists_embedded_model(stack: Stack) -> None:
 
 def test_non_streaming_chat(stack: Stack) -> None:
     resp = client(stack).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0)
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+    )
     assert resp.choices[0].message.content
     assert resp.model == MODEL
-    assert resp.usage is not None and resp.usage.completion_tokens > 0 and resp.usage.prompt_tokens > 0
+    assert (
+        resp.usage is not None and resp.usage.completion_tokens > 0 and resp.usage.prompt_tokens > 0
+    )
 
 
 def test_streaming_chat_token_by_token(stack: Stack) -> None:
     stream = client(stack).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count from one to ten."}], max_tokens=16,
-        stream=True, stream_options={"include_usage": True}, temperature=0,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from one to ten."}],
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
         # llama.cpp's vendor field, passed through: always produce max_tokens, so the count is exact.
-        extra_body={"ignore_eos": True})
+        extra_body={"ignore_eos": True},
+    )
     pieces, usage = [], None
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -48,8 +59,11 @@ def test_streaming_chat_token_by_token(stack: Stack) -> None:
 
 
 def test_streaming_without_usage_hides_usage_chunk(stack: Stack) -> None:
-    chunks = list(client(stack).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True))
+    chunks = list(
+        client(stack).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True
+        )
+    )
     assert chunks and all(c.usage is None for c in chunks)
 
 
@@ -58,7 +72,10 @@ def test_bad_api_key_is_401_envelope(stack: Stack) -> None:
         client(stack, "opsk-000000000000-wrong").models.list()
     assert info.value.status_code == 401
     body = info.value.response.json()
-    assert body["error"]["code"] == "invalid_api_key" and body["error"]["type"] == "invalid_request_error"
+    assert (
+        body["error"]["code"] == "invalid_api_key"
+        and body["error"]["type"] == "invalid_request_error"
+    )
 
 
 def test_missing_api_key_is_401(stack: Stack) -> None:
@@ -68,14 +85,21 @@ def test_missing_api_key_is_401(stack: Stack) -> None:
 
 def test_unknown_model_is_404_envelope(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client(stack).chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        client(stack).chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.response.json()["error"]["code"] == "model_not_found"
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"model": "x"}', b'{"model": 5, "messages": []}'])
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[]", b'{"model": "x"}', b'{"model": 5, "messages": []}']
+)
 def test_malformed_body_is_400_envelope(stack: Stack, body: bytes) -> None:
-    resp = httpx.post(f"{stack.base_url}/chat/completions", content=body,
-                      headers={"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/json"})
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/json"},
+    )
     assert resp.status_code == 400
     err = resp.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"]
@@ -83,23 +107,27 @@ def test_malformed_body_is_400_envelope(stack: Stack, body: bytes) -> None:
 
 def test_max_tokens_over_limit_is_400(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client(stack).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                              max_tokens=10**6)
+        client(stack).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=10**6
+        )
     assert info.value.response.json()["error"]["param"] == "max_tokens"
 
 
 def test_oversized_body_is_413(stack: Stack) -> None:
     big = "x" * (2 * 1024 * 1024)
-    resp = httpx.post(f"{stack.base_url}/chat/completions",
-                      json={"model": MODEL, "messages": [{"role": "user", "content": big}]},
-                      headers={"Authorization": f"Bearer {stack.api_key}"})
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": big}]},
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+    )
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
 
 
 def test_request_record_has_usage_and_no_content(stack: Stack) -> None:
     canary = "CANARY-7f3a9c-never-stored"
     raw = client(stack).chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": f"Repeat: {canary}"}], max_tokens=24)
+        model=MODEL, messages=[{"role": "user", "content": f"Repeat: {canary}"}], max_tokens=24
+    )
     request_id = raw.headers["x-request-id"]
     completion = raw.parse().choices[0].message.content
     engine = create_engine(sync_url(stack.database_url))
@@ -108,7 +136,11 @@ def test_request_record_has_usage_and_no_content(stack: Stack) -> None:
             row = _wait_for_record(conn, request_id)
             assert row["model"] == MODEL and row["runner_id"] == stack.runner_id
             assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
-            assert row["status"] == "ok" and row["ttft_ms"] is not None and row["latency_ms"] >= row["ttft_ms"]
+            assert (
+                row["status"] == "ok"
+                and row["ttft_ms"] is not None
+                and row["latency_ms"] >= row["ttft_ms"]
+            )
             dump = _dump_all_tables(conn)
     finally:
         engine.dispose()
@@ -120,7 +152,11 @@ def _wait_for_record(conn, request_id: str) -> dict:
     import time
 
     for _ in range(100):
-        row = conn.execute(text("SELECT * FROM request_records WHERE id = :id"), {"id": request_id}).mappings().first()
+        row = (
+            conn.execute(text("SELECT * FROM request_records WHERE id = :id"), {"id": request_id})
+            .mappings()
+            .first()
+        )
         if row is not None:
             return dict(row)
         conn.commit()
@@ -137,19 +173,25 @@ def _dump_all_tables(conn) -> str:
 
 def test_runner_not_connected_is_503(stack: Stack, tmp_path) -> None:
     """A runner that served a model goes away: the model is known, so 503 (not 404)."""
-    runner = RunnerProcess(stack.cp, tmp_path / "r2", "ephemeral",
-                           args=["--parallel", "1", "--ctx", "512", "--served-model-name", "ephemeral-model"])
+    runner = RunnerProcess(
+        stack.cp,
+        tmp_path / "r2",
+        "ephemeral",
+        args=["--parallel", "1", "--ctx", "512", "--served-model-name", "ephemeral-model"],
+    )
     runner.start()
     try:
         runner.wait_connected(stack.api_key)
         ok = client(stack).chat.completions.create(
-            model="ephemeral-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+            model="ephemeral-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
         assert ok.model == "ephemeral-model"
     finally:
         assert runner.stop() == 0
     with pytest.raises(openai.APIStatusError) as info:
-        client(stack).chat.completions.create(model="ephemeral-model",
-                                              messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        client(stack).chat.completions.create(
+            model="ephemeral-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
     assert info.value.status_code == 503
     assert info.value.response.json()["error"]["code"] == "no_runner_available"
 
@@ -158,10 +200,18 @@ def test_runner_not_connected_is_503(stack: Stack, tmp_path) -> None:
 def test_engine_refusal_is_passed_through_and_recorded_as_such(stack: Stack, stream: bool) -> None:
     """A prompt longer than the engine's context: the engine's own 4xx reaches the client in the
     OpenAI envelope, and the request record says the engine rejected it (not "ok")."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "lighthouse " * 20000}], "max_tokens": 4,
-            "stream": stream}
-    resp = httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {stack.api_key}"})
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "lighthouse " * 20000}],
+        "max_tokens": 4,
+        "stream": stream,
+    }
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        json=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+    )
     assert 400 <= resp.status_code < 500, resp.text
     assert resp.json()["error"]["message"]
     engine = create_engine(sync_url(stack.database_url))

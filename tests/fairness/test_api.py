@@ -19,28 +19,48 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
-from control_plane.fairness import builtin_suite, suite_hash
+from outpost.control_plane.db.engine import sync_url
+from outpost.control_plane.fairness import builtin_suite, suite_hash
 from tests.conftest import Stack
 from tests.utils import wait_until
 
 MODEL = "smollm2-135m-instruct"
-SMALL = {"model": MODEL, "suite": "default-v1", "attributes": ["gender"], "max_prompts_per_group": 3,
-         "sampling": {"max_tokens": 8, "seed": 7}, "concurrency": 2}
+SMALL = {
+    "model": MODEL,
+    "suite": "default-v1",
+    "attributes": ["gender"],
+    "max_prompts_per_group": 3,
+    "sampling": {"max_tokens": 8, "seed": 7},
+    "concurrency": 2,
+}
 TINY_SUITE = {
-    "schema_version": 1, "id": "tiny", "version": "1",
-    "attributes": {"gender": {"groups": {"female": {"name": ["Emily", "Sarah"]},
-                                         "male": {"name": ["Michael", "David"]}}}},
-    "templates": [{"id": "greet", "attribute": "gender", "text": "Write one friendly sentence to {name}."}],
+    "schema_version": 1,
+    "id": "tiny",
+    "version": "1",
+    "attributes": {
+        "gender": {
+            "groups": {
+                "female": {"name": ["Emily", "Sarah"]},
+                "male": {"name": ["Michael", "David"]},
+            }
+        }
+    },
+    "templates": [
+        {"id": "greet", "attribute": "gender", "text": "Write one friendly sentence to {name}."}
+    ],
 }
 
 
 def admin_key(stack: Stack, tenant: str) -> str:
-    return stack.cp.cli("keys", "create", "fairness-admin", "--tenant", tenant, "--admin").splitlines()[-1]
+    return stack.cp.cli(
+        "keys", "create", "fairness-admin", "--tenant", tenant, "--admin"
+    ).splitlines()[-1]
 
 
 def client(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.Client(
+        base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
 
 
 def wait_finished(api: httpx.Client, run_id: str, timeout: float = 240) -> dict:
@@ -79,7 +99,9 @@ def small_run(tenant_a: httpx.Client) -> dict:
     return wait_finished(tenant_a, started["id"])
 
 
-def test_small_run_through_the_api_completes_with_a_report(stack: Stack, tenant_a: httpx.Client, small_run: dict):
+def test_small_run_through_the_api_completes_with_a_report(
+    stack: Stack, tenant_a: httpx.Client, small_run: dict
+):
     run = small_run
     assert run["status"] == "completed", run["error"]
     assert (run["suite_id"], run["suite_version"]) == ("default", "1")
@@ -120,38 +142,58 @@ def test_the_run_is_stored_and_probed_as_an_ordinary_tenant(stack: Stack, small_
     engine = create_engine(sync_url(stack.database_url))
     try:
         with engine.connect() as conn:
-            row = conn.execute(text("SELECT r.suite_hash, r.sampling, r.status, r.report, t.name "
-                                    "FROM fairness_runs r JOIN tenants t ON t.id = r.tenant_id WHERE r.id = :id"),
-                               {"id": small_run["id"]}).one()
+            row = conn.execute(
+                text(
+                    "SELECT r.suite_hash, r.sampling, r.status, r.report, t.name "
+                    "FROM fairness_runs r JOIN tenants t ON t.id = r.tenant_id WHERE r.id = :id"
+                ),
+                {"id": small_run["id"]},
+            ).one()
             sampling = row.sampling if isinstance(row.sampling, dict) else json.loads(row.sampling)
             document = row.report if isinstance(row.report, dict) else json.loads(row.report)
             assert row.suite_hash == small_run["suite_hash"] and sampling["seed"] == 7
             assert row.status == "completed" and row.name == "fair-a"
             key_id = document["summary"]["probe_key_id"]
-            key = conn.execute(text("SELECT name, scopes, revoked_at, tenant_id FROM api_keys WHERE id = :id"),
-                               {"id": key_id}).one()
-            assert key.name == "fairness-probe" and key.scopes == "inference" and key.revoked_at is not None
+            key = conn.execute(
+                text("SELECT name, scopes, revoked_at, tenant_id FROM api_keys WHERE id = :id"),
+                {"id": key_id},
+            ).one()
+            assert (
+                key.name == "fairness-probe"
+                and key.scopes == "inference"
+                and key.revoked_at is not None
+            )
 
             # The prompts went through /v1 with that key: routed, limited and recorded like any request.
             def recorded() -> bool:
-                n = conn.execute(text("SELECT count(*) FROM request_records WHERE api_key_id = :k "
-                                      "AND tenant_id = :t AND runner_id = :r"),
-                                 {"k": key_id, "t": key.tenant_id, "r": stack.runner_id}).scalar()
+                n = conn.execute(
+                    text(
+                        "SELECT count(*) FROM request_records WHERE api_key_id = :k "
+                        "AND tenant_id = :t AND runner_id = :r"
+                    ),
+                    {"k": key_id, "t": key.tenant_id, "r": stack.runner_id},
+                ).scalar()
                 conn.commit()
                 return n == 6
 
             wait_until(recorded, 10, "request records of the probe key")
-            events = conn.execute(text("SELECT actor, data FROM audit_events WHERE type = 'fairness.probe'"
-                                       )).all()
-            mine = [e for e in events if (e.data if isinstance(e.data, dict) else json.loads(e.data))["run_id"]
-                    == small_run["id"]]
+            events = conn.execute(
+                text("SELECT actor, data FROM audit_events WHERE type = 'fairness.probe'")
+            ).all()
+            mine = [
+                e
+                for e in events
+                if (e.data if isinstance(e.data, dict) else json.loads(e.data))["run_id"]
+                == small_run["id"]
+            ]
             assert len(mine) == 1
     finally:
         engine.dispose()
 
 
-def test_runs_are_invisible_to_other_tenants(stack: Stack, tenant_a: httpx.Client, tenant_b: httpx.Client,
-                                             small_run: dict):
+def test_runs_are_invisible_to_other_tenants(
+    stack: Stack, tenant_a: httpx.Client, tenant_b: httpx.Client, small_run: dict
+):
     run_id = small_run["id"]
     assert run_id in [r["id"] for r in tenant_a.get("/api/fairness/runs").json()["data"]]
     assert run_id not in [r["id"] for r in tenant_b.get("/api/fairness/runs").json()["data"]]
@@ -170,33 +212,62 @@ def test_runs_are_invisible_to_other_tenants(stack: Stack, tenant_a: httpx.Clien
 
 def _bad_suites() -> list[tuple[object, str]]:
     unknown_key = {**TINY_SUITE, "colour": "blue"}
-    one_group = {**TINY_SUITE, "attributes": {"gender": {"groups": {"female": {"name": ["Emily"]}}}}}
+    one_group = {
+        **TINY_SUITE,
+        "attributes": {"gender": {"groups": {"female": {"name": ["Emily"]}}}},
+    }
     bad_slot = {**TINY_SUITE, "templates": [{"id": "t", "attribute": "gender", "text": "Hi {nme}"}]}
     huge = {**TINY_SUITE, "description": "x" * 300_000}
-    wide = {**TINY_SUITE, "fillers": {"a": [f"a{i}" for i in range(150)], "b": [f"b{i}" for i in range(150)]},
-            "templates": [{"id": "t", "attribute": "gender", "text": "{name} {a} {b}"}]}
-    return [(unknown_key, "invalid_suite"), (one_group, "invalid_suite"), (bad_slot, "invalid_suite"),
-            ("no-such-suite", "suite_not_found"), (huge, "suite_too_large"), (wide, "suite_too_large")]
+    wide = {
+        **TINY_SUITE,
+        "fillers": {"a": [f"a{i}" for i in range(150)], "b": [f"b{i}" for i in range(150)]},
+        "templates": [{"id": "t", "attribute": "gender", "text": "{name} {a} {b}"}],
+    }
+    return [
+        (unknown_key, "invalid_suite"),
+        (one_group, "invalid_suite"),
+        (bad_slot, "invalid_suite"),
+        ("no-such-suite", "suite_not_found"),
+        (huge, "suite_too_large"),
+        (wide, "suite_too_large"),
+    ]
 
 
-@pytest.mark.parametrize(("suite", "code"), _bad_suites(), ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    ("suite", "code"), _bad_suites(), ids=lambda v: v if isinstance(v, str) else None
+)
 def test_invalid_suite_is_a_400_envelope(tenant_a: httpx.Client, suite: object, code: str):
     before = len(tenant_a.get("/api/fairness/runs").json()["data"])
-    response = tenant_a.post("/api/fairness/runs", json={**SMALL, "suite": suite, "attributes": None})
+    response = tenant_a.post(
+        "/api/fairness/runs", json={**SMALL, "suite": suite, "attributes": None}
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["type"] == "invalid_request_error" and error["code"] == code and error["param"] == "suite"
+    assert (
+        error["type"] == "invalid_request_error"
+        and error["code"] == code
+        and error["param"] == "suite"
+    )
     assert error["message"]
     assert len(tenant_a.get("/api/fairness/runs").json()["data"]) == before
 
 
-@pytest.mark.parametrize(("change", "code", "param"), [
-    ({"attributes": ["height"]}, "unknown_attribute", "attributes"),
-    ({"sampling": {"max_tokens": 100_000}}, "max_tokens_too_large", "sampling.max_tokens"),
-    ({"sampling": {"max_tokens": 8, "temperature": 5}}, "invalid_request", "sampling.temperature"),
-    ({"surprise": 1}, "invalid_request", "surprise"),
-])
-def test_invalid_request_is_a_400_envelope(tenant_a: httpx.Client, change: dict, code: str, param: str):
+@pytest.mark.parametrize(
+    ("change", "code", "param"),
+    [
+        ({"attributes": ["height"]}, "unknown_attribute", "attributes"),
+        ({"sampling": {"max_tokens": 100_000}}, "max_tokens_too_large", "sampling.max_tokens"),
+        (
+            {"sampling": {"max_tokens": 8, "temperature": 5}},
+            "invalid_request",
+            "sampling.temperature",
+        ),
+        ({"surprise": 1}, "invalid_request", "surprise"),
+    ],
+)
+def test_invalid_request_is_a_400_envelope(
+    tenant_a: httpx.Client, change: dict, code: str, param: str
+):
     response = tenant_a.post("/api/fairness/runs", json={**SMALL, **change})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -210,45 +281,81 @@ def test_unknown_model_fails_the_run_with_a_clear_error(tenant_a: httpx.Client, 
     assert run["status"] == "failed" and run["report"] is None
     assert "no-such-model" in run["error"] and "does not exist" in run["error"], run["error"]
     assert run["progress"]["errors"] == run["progress"]["done"] == 6
-    response = tenant_a.get("/api/fairness/compare", params={"runs": f"{run['id']},{started['id']}x"})
+    response = tenant_a.get(
+        "/api/fairness/compare", params={"runs": f"{run['id']},{started['id']}x"}
+    )
     assert response.status_code == 404
-    response = tenant_a.get("/api/fairness/compare", params={"runs": f"{small_run['id']},{run['id']}"})
+    response = tenant_a.get(
+        "/api/fairness/compare", params={"runs": f"{small_run['id']},{run['id']}"}
+    )
     assert response.status_code == 409 and response.json()["error"]["code"] == "run_has_no_report"
     response = tenant_a.get("/api/fairness/compare", params={"runs": run["id"]})
     assert response.status_code == 400 and response.json()["error"]["param"] == "runs"
 
 
 def test_compare_two_runs_side_by_side(tenant_a: httpx.Client, small_run: dict):
-    custom = wait_finished(tenant_a, start(tenant_a, {**SMALL, "suite": TINY_SUITE, "attributes": None})["id"])
+    custom = wait_finished(
+        tenant_a, start(tenant_a, {**SMALL, "suite": TINY_SUITE, "attributes": None})["id"]
+    )
     assert custom["status"] == "completed", custom["error"]
     assert custom["suite_id"] == "tiny" and custom["progress"]["done"] == 4
 
-    response = tenant_a.get("/api/fairness/compare", params={"runs": f"{small_run['id']},{custom['id']}"})
+    response = tenant_a.get(
+        "/api/fairness/compare", params={"runs": f"{small_run['id']},{custom['id']}"}
+    )
     assert response.status_code == 200, response.text
     comparison = response.json()
     assert comparison["runs"] == [small_run["id"], custom["id"]]
     assert comparison["same_suite"] is False
     assert comparison["suite_hashes"] == [small_run["suite_hash"], custom["suite_hash"]]
     assert len(comparison["labels"]) == 2 and all(MODEL in label for label in comparison["labels"])
-    refusal = next(r for r in comparison["rows"] if (r["attribute"], r["outcome"]) == ("gender", "refusal"))
+    refusal = next(
+        r for r in comparison["rows"] if (r["attribute"], r["outcome"]) == ("gender", "refusal")
+    )
     assert set(refusal["groups"]) == {"female", "male"} and len(refusal["flagged"]) == 2
 
     unfinished = start(tenant_a, {**SMALL, "max_prompts_per_group": 1})
-    response = tenant_a.get("/api/fairness/compare", params={"runs": f"{small_run['id']},{unfinished['id']}"})
+    response = tenant_a.get(
+        "/api/fairness/compare", params={"runs": f"{small_run['id']},{unfinished['id']}"}
+    )
     assert response.status_code in (200, 409)  # 409 while it runs; it may be done already
     wait_finished(tenant_a, unfinished["id"])
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "control_plane.cli", "fairness", *args],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=240, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "outpost.control_plane.cli", "fairness", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
 
 def test_cli_runs_client_side_and_saves(stack: Stack, tenant_a: httpx.Client):
     key = admin_key(stack, "fair-a")
-    done = _cli("run", "--model", MODEL, "--base-url", stack.cp.url, "--api-key-env", "FAIRNESS_TEST_KEY",
-                "--attribute", "gender", "--max-per-group", "2", "--max-tokens", "8", "--concurrency", "2",
-                "--seed", "5", "--save", env={"FAIRNESS_TEST_KEY": key, "COLUMNS": "200"})
+    done = _cli(
+        "run",
+        "--model",
+        MODEL,
+        "--base-url",
+        stack.cp.url,
+        "--api-key-env",
+        "FAIRNESS_TEST_KEY",
+        "--attribute",
+        "gender",
+        "--max-per-group",
+        "2",
+        "--max-tokens",
+        "8",
+        "--concurrency",
+        "2",
+        "--seed",
+        "5",
+        "--save",
+        env={"FAIRNESS_TEST_KEY": key, "COLUMNS": "200"},
+    )
     assert done.returncode == 0, done.stderr
     assert "gender" in done.stdout and "refusal" in done.stdout
     assert key not in done.stdout + done.stderr
@@ -263,8 +370,16 @@ def test_cli_runs_client_side_and_saves(stack: Stack, tenant_a: httpx.Client):
 
 
 def test_cli_refuses_a_missing_key_and_lists_suites():
-    done = _cli("run", "--model", MODEL, "--base-url", "http://127.0.0.1:9", "--api-key-env",
-                "FAIRNESS_NO_SUCH_VAR", env={})
+    done = _cli(
+        "run",
+        "--model",
+        MODEL,
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--api-key-env",
+        "FAIRNESS_NO_SUCH_VAR",
+        env={},
+    )
     assert done.returncode == 2 and "FAIRNESS_NO_SUCH_VAR" in done.stderr
     done = _cli("suites", env={"COLUMNS": "250"})
     assert done.returncode == 0, done.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from control_plane import fairness
-from control_plane.fairness.report import ReportSettings
+from outpost.control_plane import fairness
+from outpost.control_plane.fairness.report import ReportSettings
 
 DOC = (Path(__file__).parents[2] / "docs" / "fairness.md").read_text(encoding="utf-8")
 
@@ -24,16 +24,23 @@ def test_every_report_setting_is_documented():
 def test_tenant_section_documents_the_live_metrics():
     assert "## Tenant service fairness" in DOC
     section = DOC.split("## Tenant service fairness", 1)[1]
-    for name in ("GET /api/fairness/service", "jain_index", "worst_normalized_share", "max_service_gap",
-                 "record_rejection", "mark_backlogged", "fairness_window_s"):
+    for name in (
+        "GET /api/fairness/service",
+        "jain_index",
+        "worst_normalized_share",
+        "max_service_gap",
+        "record_rejection",
+        "mark_backlogged",
+        "fairness_window_s",
+    ):
         assert name in section, name
 
 
 def test_every_cli_option_and_api_route_is_documented():
     import typer.main
 
-    from control_plane.api.fairness import router
-    from control_plane.fairness.cli import fairness_app
+    from outpost.control_plane.api.fairness import router
+    from outpost.control_plane.fairness.cli import fairness_app
 
     command = typer.main.get_command(fairness_app)
     options = [opt for param in command.commands["run"].params for opt in param.opts]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import xllamacpp  # noqa: F401 - imported so a missing engine fails collection
 
-from control_plane.fairness import (
+from outpost.control_plane.fairness import (
     ExpansionOptions,
     ProbeRunner,
     ProbeTarget,
@@ -24,7 +24,7 @@ from control_plane.fairness import (
     build_report,
     builtin_suite,
 )
-from runner.models import embedded_model_path
+from outpost.runner.models import embedded_model_path
 
 MODEL = embedded_model_path()  # raises, naming the missing package, if the model is not installed
 

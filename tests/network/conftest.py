@@ -60,11 +60,18 @@ class Pki:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca, rogue = trustme.CA(organization_name="Outpost test CA"), trustme.CA(organization_name="Inspection CA")
+    ca, rogue = (
+        trustme.CA(organization_name="Outpost test CA"),
+        trustme.CA(organization_name="Inspection CA"),
+    )
     p = Pki(d, ca, rogue)
     ca.cert_pem.write_to_path(str(p.ca_file))
-    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(p.server_file))
-    ca.issue_cert("runner-1.example").private_key_and_cert_chain_pem.write_to_path(str(p.client_file))
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
+        str(p.server_file)
+    )
+    ca.issue_cert("runner-1.example").private_key_and_cert_chain_pem.write_to_path(
+        str(p.client_file)
+    )
     p.both_cas_file.write_bytes(ca.cert_pem.bytes() + rogue.cert_pem.bytes())
     for f in d.iterdir():
         f.chmod(0o600)
@@ -90,29 +97,42 @@ class TlsControlPlane(ControlPlaneProcess):
     def start(self) -> TlsControlPlane:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*_tool("control-plane"), "serve"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*_tool("control-plane"), "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         with self.http() as c:
-            wait_until(lambda: c.get("/readyz").status_code == 200, 60, f"TLS control plane\n{self.log()}")
+            wait_until(
+                lambda: c.get("/readyz").status_code == 200, 60, f"TLS control plane\n{self.log()}"
+            )
         return self
 
     def connected(self, admin_key: str, runner_id: str) -> bool:
         with self.http() as c:
-            data = c.get("/api/runners", headers={"Authorization": f"Bearer {admin_key}"}).json()["data"]
+            data = c.get("/api/runners", headers={"Authorization": f"Bearer {admin_key}"}).json()[
+                "data"
+            ]
         return any(r["id"] == runner_id and r["connected"] for r in data)
 
 
-def wait_tls_connected(cp: TlsControlPlane, runner: RunnerProcess, admin_key: str, timeout: float = 180) -> str:
+def wait_tls_connected(
+    cp: TlsControlPlane, runner: RunnerProcess, admin_key: str, timeout: float = 180
+) -> str:
     def ready() -> bool:
         if runner.proc is not None and runner.proc.poll() is not None:
             raise RuntimeError(f"runner exited with {runner.proc.returncode}:\n{runner.log()}")
-        return (runner.state_dir / "identity.json").exists() and cp.connected(admin_key, runner.identity()["runner_id"])
+        return (runner.state_dir / "identity.json").exists() and cp.connected(
+            admin_key, runner.identity()["runner_id"]
+        )
 
     try:
         wait_until(ready, timeout, f"runner {runner.name} over TLS")
     except TimeoutError as exc:  # the logs as they are now, not as they were when the wait began
-        raise TimeoutError(f"{exc}\nrunner log:\n{runner.log()[-3000:]}\ncontrol plane log:\n"
-                           f"{cp.log()[-3000:]}") from None
+        raise TimeoutError(
+            f"{exc}\nrunner log:\n{runner.log()[-3000:]}\ncontrol plane log:\n{cp.log()[-3000:]}"
+        ) from None
     return runner.identity()["runner_id"]
 
 
@@ -145,18 +165,26 @@ def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
     """Debian's tinyproxy with basic auth, as a corporate egress proxy (scripts/test installs it)."""
     exe = shutil.which("tinyproxy")
     if exe is None:
-        pytest.fail("tinyproxy is not installed: scripts/test installs it (apt-get install tinyproxy)")
+        pytest.fail(
+            "tinyproxy is not installed: scripts/test installs it (apt-get install tinyproxy)"
+        )
     port = free_port()
     conf = tmp_path / "tinyproxy.conf"
     # No ConnectPort line: CONNECT to any port (the tests' control planes listen on free ports).
-    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 600\nLogLevel Connect\nMaxClients 100\n"
-                    f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}\nDisableViaHeader Yes\n")
+    conf.write_text(
+        f"Port {port}\nListen 127.0.0.1\nTimeout 600\nLogLevel Connect\nMaxClients 100\n"
+        f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}\nDisableViaHeader Yes\n"
+    )
     log_path = tmp_path / "tinyproxy.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([exe, "-d", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     tp = Tinyproxy(port, log_path, proc)
     try:
-        wait_until(lambda: "Reloading config file finished" in tp.log() or _listening(port), 10, "tinyproxy")
+        wait_until(
+            lambda: "Reloading config file finished" in tp.log() or _listening(port),
+            10,
+            "tinyproxy",
+        )
         yield tp
     finally:
         proc.terminate()

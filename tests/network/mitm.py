@@ -18,7 +18,9 @@ __all__ = ["InterceptingProxy"]
 
 
 class InterceptingProxy:
-    def __init__(self, target_port: int, server_ctx: ssl.SSLContext, upstream_ctx: ssl.SSLContext) -> None:
+    def __init__(
+        self, target_port: int, server_ctx: ssl.SSLContext, upstream_ctx: ssl.SSLContext
+    ) -> None:
         self.target_port = target_port
         self.server_ctx, self.upstream_ctx = server_ctx, upstream_ctx
         self.mode = "pass"
@@ -48,20 +50,29 @@ class InterceptingProxy:
             if self.mode == "intercept":
                 self.intercepted += 1
                 await w_client.start_tls(self.server_ctx)
-                r_up, w_up = await asyncio.open_connection("127.0.0.1", self.target_port, ssl=self.upstream_ctx,
-                                                          server_hostname="127.0.0.1")
+                r_up, w_up = await asyncio.open_connection(
+                    "127.0.0.1",
+                    self.target_port,
+                    ssl=self.upstream_ctx,
+                    server_hostname="127.0.0.1",
+                )
             else:
                 r_up, w_up = await asyncio.open_connection("127.0.0.1", self.target_port)
             self._writers.add(w_up)
-            await asyncio.gather(self._pipe(r_client, w_up, count=self.mode == "intercept"),
-                                 self._pipe(r_up, w_client, count=False), return_exceptions=True)
+            await asyncio.gather(
+                self._pipe(r_client, w_up, count=self.mode == "intercept"),
+                self._pipe(r_up, w_client, count=False),
+                return_exceptions=True,
+            )
         except (OSError, ssl.SSLError):
             pass  # the runner hung up on our certificate: that is the point
         finally:
             for w in (w_client,):
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if count:
@@ -73,10 +84,12 @@ class InterceptingProxy:
 
     def cut(self) -> None:
         """Drop every connection (the runner redials, then meets the current mode)."""
+
         def do() -> None:
             for w in list(self._writers):
                 w.transport.abort()
             self._writers.clear()
+
         self._loop.call_soon_threadsafe(do)
 
     def close(self) -> None:
@@ -86,5 +99,6 @@ class InterceptingProxy:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -60,7 +60,9 @@ class Namespace:
         _ip("ip", "link", "set", self.veth_host, "up")
         _ip("ip", "addr", "add", f"{self.ip}/30", "dev", self.veth_ns, ns=self.name)
         _ip("ip", "link", "set", self.veth_ns, "up", ns=self.name)
-        _ip("ip", "link", "set", "lo", "up", ns=self.name)  # the runner's engine listens on loopback
+        _ip(
+            "ip", "link", "set", "lo", "up", ns=self.name
+        )  # the runner's engine listens on loopback
         return self
 
     def prefix(self) -> list[str]:
@@ -76,8 +78,12 @@ class Namespace:
             _ip("iptables", "-D", chain, flag, self.veth_ns, "-j", "DROP", ns=self.name)
 
     def destroy(self) -> None:
-        subprocess.run(["ip", "link", "del", self.veth_host], check=False, capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True, timeout=10)
+        subprocess.run(
+            ["ip", "link", "del", self.veth_host], check=False, capture_output=True, timeout=10
+        )
+        subprocess.run(
+            ["ip", "netns", "del", self.name], check=False, capture_output=True, timeout=10
+        )
 
 
 class FaultProxy:
@@ -89,10 +95,23 @@ class FaultProxy:
     A test tool at the network seam, not a fake of any Outpost component.
     """
 
-    def __init__(self, listen_host: str, target: tuple[str, int], *, delay_s: float = 0.0,
-                 jitter_s: float = 0.0, loss: float = 0.0, loss_stall_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        listen_host: str,
+        target: tuple[str, int],
+        *,
+        delay_s: float = 0.0,
+        jitter_s: float = 0.0,
+        loss: float = 0.0,
+        loss_stall_s: float = 0.3,
+    ) -> None:
         self.listen_host, self.target = listen_host, target
-        self.delay_s, self.jitter_s, self.loss, self.loss_stall_s = delay_s, jitter_s, loss, loss_stall_s
+        self.delay_s, self.jitter_s, self.loss, self.loss_stall_s = (
+            delay_s,
+            jitter_s,
+            loss,
+            loss_stall_s,
+        )
         self.port = 0
         self.connections = 0
         self.stalls = 0
@@ -116,7 +135,9 @@ class FaultProxy:
             w_in.close()
             return
         self.connections += 1
-        await asyncio.gather(self._pipe(r_in, w_out), self._pipe(r_out, w_in), return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(r_in, w_out), self._pipe(r_out, w_in), return_exceptions=True
+        )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Chunks leave in order, each no earlier than its arrival + delay: latency, not a bandwidth cap.
@@ -152,5 +173,6 @@ class FaultProxy:
     def close(self) -> None:
         async def stop() -> None:
             self._server.close()
+
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

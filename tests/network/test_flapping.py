@@ -31,24 +31,41 @@ RECONNECT_BOUND_S = 30.0
 
 class NsControlPlane(ControlPlaneProcess):
     def __init__(self, ns: Namespace, tmp: Path) -> None:
-        super().__init__(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp.db'}", shared_pool=False, extra_env={
-            "OUTPOST_HOST": "0.0.0.0", "OUTPOST_TUNNEL_PING_INTERVAL_S": "1", "OUTPOST_TUNNEL_PING_TIMEOUT_S": "2"})
+        super().__init__(
+            tmp / "cp",
+            f"sqlite+aiosqlite:///{tmp / 'cp.db'}",
+            shared_pool=False,
+            extra_env={
+                "OUTPOST_HOST": "0.0.0.0",
+                "OUTPOST_TUNNEL_PING_INTERVAL_S": "1",
+                "OUTPOST_TUNNEL_PING_TIMEOUT_S": "2",
+            },
+        )
         self.ns = ns
         self.url = f"http://{ns.ip}:{self.port}"
 
     def start(self) -> NsControlPlane:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*self.ns.prefix(), *_tool("control-plane"), "serve"], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200, 60,
-                   f"control plane in {self.ns.name}\n{self.log()}")
+            self.proc = subprocess.Popen(
+                [*self.ns.prefix(), *_tool("control-plane"), "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200,
+            60,
+            f"control plane in {self.ns.name}\n{self.log()}",
+        )
         return self
 
 
 class NsRunner(RunnerProcess):
     def __init__(self, ns: Namespace, cp: ControlPlaneProcess, tmp: Path, url: str) -> None:
-        super().__init__(cp, tmp / "runner", "flappy", url=url, args=["--parallel", "2", "--ctx", "2048", *PING])
+        super().__init__(
+            cp, tmp / "runner", "flappy", url=url, args=["--parallel", "2", "--ctx", "2048", *PING]
+        )
         self.ns = ns
 
     def start(self, token: str | None = None) -> NsRunner:
@@ -57,9 +74,22 @@ class NsRunner(RunnerProcess):
         env["OUTPOST_ENROLLMENT_TOKEN"] = token or self.cp.enrollment_token(self.name)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*self.ns.prefix(), *_tool("runner"), "local-runner", "--control-plane", self.url,
-                 "--state-dir", str(self.state_dir), "--threads", "1", *self.args],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    *self.ns.prefix(),
+                    *_tool("runner"),
+                    "local-runner",
+                    "--control-plane",
+                    self.url,
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--threads",
+                    "1",
+                    *self.args,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
 
@@ -75,11 +105,17 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def worker(self, n: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.key}"}) as c:
+        with httpx.Client(
+            base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.key}"}
+        ) as c:
             i = 0
             while not self.stop.is_set():
                 i += 1
-                body = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": f"w{n} r{i}"}]}
+                body = {
+                    "model": MODEL,
+                    "max_tokens": 3,
+                    "messages": [{"role": "user", "content": f"w{n} r{i}"}],
+                }
                 try:
                     resp = c.post("/v1/chat/completions", json=body)
                 except httpx.HTTPError as exc:
@@ -111,12 +147,15 @@ def topology(tmp_path: Path) -> Iterator[tuple[Namespace, Namespace]]:
         runner_ns.destroy()
 
 
-def test_requests_survive_a_partition_and_the_runner_comes_back(tmp_path: Path,
-                                                                topology: tuple[Namespace, Namespace]) -> None:
+def test_requests_survive_a_partition_and_the_runner_comes_back(
+    tmp_path: Path, topology: tuple[Namespace, Namespace]
+) -> None:
     cp_ns, runner_ns = topology
     cp = NsControlPlane(cp_ns, tmp_path).start()
     # The runner's only way out: the root namespace's fault proxy, 50 ms +-25 ms each way, 2 % stalls.
-    proxy = FaultProxy(runner_ns.host_ip, (cp_ns.ip, cp.port), delay_s=0.05, jitter_s=0.05, loss=0.02).start()
+    proxy = FaultProxy(
+        runner_ns.host_ip, (cp_ns.ip, cp.port), delay_s=0.05, jitter_s=0.05, loss=0.02
+    ).start()
     runner = NsRunner(runner_ns, cp, tmp_path, f"http://{runner_ns.host_ip}:{proxy.port}")
     load = Load(cp.url, "")
     threads: list[threading.Thread] = []
@@ -131,14 +170,24 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(tmp_path: Path,
         before = len(load.answered)
 
         runner_ns.partition()
-        wait_until(lambda: not _connected(cp, load.key, runner_id), 20, "the control plane to drop the runner")
+        wait_until(
+            lambda: not _connected(cp, load.key, runner_id),
+            20,
+            "the control plane to drop the runner",
+        )
         time.sleep(3)  # the runner's redials meet the dead link too
         runner_ns.heal()
         healed = time.monotonic()
-        wait_until(lambda: _connected(cp, load.key, runner_id), RECONNECT_BOUND_S, "the runner to come back")
+        wait_until(
+            lambda: _connected(cp, load.key, runner_id),
+            RECONNECT_BOUND_S,
+            "the runner to come back",
+        )
         back_s = time.monotonic() - healed
         answered_at_heal = len(load.answered)
-        wait_until(lambda: len(load.answered) >= answered_at_heal + 3, 60, "answers after the partition")
+        wait_until(
+            lambda: len(load.answered) >= answered_at_heal + 3, 60, "answers after the partition"
+        )
     finally:
         load.stop.set()
         for t in threads:
@@ -155,16 +204,22 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(tmp_path: Path,
         assert len(answered) == len(load.answered)
 
         def ok_ids() -> list[str]:
-            return [r["id"] for r in tenant_records(cp.database_url, "default") if r["status"] == "ok"]
+            return [
+                r["id"] for r in tenant_records(cp.database_url, "default") if r["status"] == "ok"
+            ]
 
         wait_until(lambda: set(ok_ids()) >= answered, 15, "the answers' request records")
         assert sorted(ok_ids()) == sorted(answered)
-        print(f"\nanswered {len(answered)}, clear errors {len(load.errors)} {sorted(set(load.errors))}, "
-              f"runner back {back_s:.1f}s after the heal, proxy stalls {proxy.stalls}")
+        print(
+            f"\nanswered {len(answered)}, clear errors {len(load.errors)} {sorted(set(load.errors))}, "
+            f"runner back {back_s:.1f}s after the heal, proxy stalls {proxy.stalls}"
+        )
     finally:
         cp.stop()
 
 
 def _connected(cp: ControlPlaneProcess, key: str, runner_id: str) -> bool:
-    data = httpx.get(f"{cp.url}/api/runners", headers={"Authorization": f"Bearer {key}"}, timeout=5).json()["data"]
+    data = httpx.get(
+        f"{cp.url}/api/runners", headers={"Authorization": f"Bearer {key}"}, timeout=5
+    ).json()["data"]
     return any(r["id"] == runner_id and r["connected"] for r in data)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import trustme
 
-from runner.tls import ControlPlaneTransport, pinned_context, trust_failure
-from sdk.pins import parse_pin, spki_pin_of_pem
+from outpost.runner.tls import ControlPlaneTransport, pinned_context, trust_failure
+from outpost.sdk.pins import parse_pin, spki_pin_of_pem
 
 
 def test_pins_are_normalised_and_garbage_is_refused() -> None:
@@ -29,7 +29,10 @@ def test_proxy_setting_keeps_credentials_out_of_the_flag_and_quotes_them() -> No
     url = ControlPlaneTransport.proxy_setting("http://proxy.corp:3128", "svc@corp:p@ss:w/rd")
     assert url == "http://svc%40corp:p%40ss%3Aw%2Frd@proxy.corp:3128"
     # Credentials already in the URL are replaced, not doubled.
-    assert ControlPlaneTransport.proxy_setting("http://old:x@proxy:3128", "new:y") == "http://new:y@proxy:3128"
+    assert (
+        ControlPlaneTransport.proxy_setting("http://old:x@proxy:3128", "new:y")
+        == "http://new:y@proxy:3128"
+    )
     for bad in ("socks5://proxy:1080", "proxy.corp:3128", "http://"):
         with pytest.raises(ValueError):
             ControlPlaneTransport.proxy_setting(bad, None)
@@ -63,7 +66,10 @@ async def test_the_pin_is_checked_before_any_request_byte_is_written(tmp_path) -
         received.clear()
         async with httpx.AsyncClient(verify=pinned_context(tmp_path / "ca.pem", pins=[wrong])) as c:
             with pytest.raises(httpx.HTTPError) as info:
-                await c.get(f"https://127.0.0.1:{port}/secret-path", headers={"Authorization": "Bearer t0ken"})
+                await c.get(
+                    f"https://127.0.0.1:{port}/secret-path",
+                    headers={"Authorization": "Bearer t0ken"},
+                )
         failure = trust_failure(info.value)
         assert failure is not None and right in str(failure) and wrong in str(failure)
         await asyncio.sleep(0.2)

@@ -19,8 +19,11 @@ class ObservedStack(Stack):
     runner_metrics_port: int
 
     def scrape(self, token: str | None = None) -> dict[tuple[str, frozenset], float]:
-        resp = httpx.get(f"{self.cp.url}/metrics", timeout=10,
-                         headers={"Authorization": f"Bearer {token or self.metrics_token}"})
+        resp = httpx.get(
+            f"{self.cp.url}/metrics",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token or self.metrics_token}"},
+        )
         resp.raise_for_status()
         return samples(resp.text)
 
@@ -32,8 +35,11 @@ class ObservedStack(Stack):
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of an exposition, keyed by (name, labels), parsed by prometheus_client's own parser."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(scraped: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
@@ -46,11 +52,17 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedStack
     db = _database("sqlite", tmp)
     url = next(db)
     token = secrets.token_urlsafe(24)
-    cp = ControlPlaneProcess(tmp / "cp", url, extra_env={"OUTPOST_LOG_FORMAT": "json",
-                                                        "OUTPOST_METRICS_TOKEN": token}).start()
+    cp = ControlPlaneProcess(
+        tmp / "cp", url, extra_env={"OUTPOST_LOG_FORMAT": "json", "OUTPOST_METRICS_TOKEN": token}
+    ).start()
     port = free_port()
-    runner = RunnerProcess(cp, tmp / "runner", "observed", args=["--metrics-port", str(port)],
-                           extra_env={"OUTPOST_LOG_FORMAT": "json"})
+    runner = RunnerProcess(
+        cp,
+        tmp / "runner",
+        "observed",
+        args=["--metrics-port", str(port)],
+        extra_env={"OUTPOST_LOG_FORMAT": "json"},
+    )
     try:
         api_key = cp.api_key()
         runner.start()

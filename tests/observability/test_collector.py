@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from control_plane.observability import StateCollector
-from control_plane.routing.admission import Admission
-from control_plane.services.scheduler import Abandoned, FairScheduler, QueueTimeout
-from control_plane.tunnel.hub import TunnelHub
+from outpost.control_plane.observability import StateCollector
+from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.services.scheduler import Abandoned, FairScheduler, QueueTimeout
+from outpost.control_plane.tunnel.hub import TunnelHub
 from tests.observability.conftest import samples, value
 
 R = "run_collector"
@@ -35,7 +35,9 @@ async def test_requests_that_leave_the_queue_unserved_are_counted_per_runner() -
     state = _State(admission=Admission(scheduler=FairScheduler(default_capacity=1)))
     scheduler = state.admission.scheduler
     held = await scheduler.acquire(R, "A", 1)
-    assert ("outpost_scheduler_abandoned_total", frozenset({("runner", R)})) in _scrape(state)  # 0, present
+    assert ("outpost_scheduler_abandoned_total", frozenset({("runner", R)})) in _scrape(
+        state
+    )  # 0, present
     assert value(_scrape(state), "outpost_scheduler_abandoned_total", runner=R) == 0
 
     gone = asyncio.Event()

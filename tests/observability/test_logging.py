@@ -17,10 +17,16 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def _chat(stack: ObservedStack, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(f"{stack.cp.url}/v1/chat/completions",
-                      headers={"Authorization": f"Bearer {stack.api_key}", **headers},
-                      json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
-                      timeout=120)
+    return httpx.post(
+        f"{stack.cp.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {stack.api_key}", **headers},
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 4,
+        },
+        timeout=120,
+    )
 
 
 def test_one_request_id_in_the_header_and_both_processes_logs(observed: ObservedStack) -> None:
@@ -35,13 +41,17 @@ def test_one_request_id_in_the_header_and_both_processes_logs(observed: Observed
     def logged(process) -> list[dict]:
         return [line for line in _json_lines(process.log()) if line.get("request_id") == rid]
 
-    wait_until(lambda: logged(observed.cp) and logged(observed.runner), 10, "log lines with the request id")
+    wait_until(
+        lambda: logged(observed.cp) and logged(observed.runner), 10, "log lines with the request id"
+    )
     cp_lines, runner_lines = logged(observed.cp), logged(observed.runner)
     assert all(line["process"] == "control-plane" for line in cp_lines)
     assert any(record_id in line["msg"] for line in cp_lines)  # the id leads to the record
     assert any(line["logger"] == "uvicorn.access" for line in cp_lines)
     assert all(line["process"] == "runner" for line in runner_lines)
-    assert any(line["logger"] == "outpost.runner.tunnel" and "ok" in line["msg"] for line in runner_lines)
+    assert any(
+        line["logger"] == "outpost.runner.tunnel" and "ok" in line["msg"] for line in runner_lines
+    )
 
 
 def test_a_generated_request_id_also_names_the_record(observed: ObservedStack) -> None:

@@ -24,13 +24,13 @@ import uvicorn
 from sqlalchemy import event
 
 from bench.stack import Engine, start_engine
-from control_plane.admin import issue_api_key, issue_enrollment_token
-from control_plane.app import create_app
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.settings import Settings
-from control_plane.state import AppState
-from sdk.protocol import MAX_FRAME_BYTES
+from outpost.control_plane.admin import issue_api_key, issue_enrollment_token
+from outpost.control_plane.app import create_app
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.state import AppState
+from outpost.sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
 from tests.utils import (
     ControlPlaneProcess,
@@ -51,12 +51,22 @@ class InThreadControlPlane:
         self.url = f"http://127.0.0.1:{settings.port}"
         self.app = create_app(settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.port, log_level="warning", loop="asyncio",
-            ws_max_size=MAX_FRAME_BYTES + 1024, ws_per_message_deflate=False, ws_max_queue=64,
-            ws_ping_interval=settings.tunnel_ping_interval_s, ws_ping_timeout=settings.tunnel_ping_timeout_s)
+            self.app,
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            loop="asyncio",
+            ws_max_size=MAX_FRAME_BYTES + 1024,
+            ws_per_message_deflate=False,
+            ws_max_queue=64,
+            ws_ping_interval=settings.tunnel_ping_interval_s,
+            ws_ping_timeout=settings.tunnel_ping_timeout_s,
+        )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="control-plane", daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self._serve()), name="control-plane", daemon=True
+        )
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -64,7 +74,11 @@ class InThreadControlPlane:
 
     def start(self) -> InThreadControlPlane:
         self.thread.start()
-        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200, 60, "control plane")
+        wait_until(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200,
+            60,
+            "control plane",
+        )
         return self
 
     def stop(self) -> None:
@@ -105,8 +119,15 @@ class StatementCounter:
 
 
 class PathStack:
-    def __init__(self, backend: str, cp: InThreadControlPlane, runner: RunnerProcess, engine: Engine,
-                 database_url: str, tmp: Path) -> None:
+    def __init__(
+        self,
+        backend: str,
+        cp: InThreadControlPlane,
+        runner: RunnerProcess,
+        engine: Engine,
+        database_url: str,
+        tmp: Path,
+    ) -> None:
         self.backend, self.cp, self.runner, self.engine = backend, cp, runner, engine
         self.database_url, self.tmp = database_url, tmp
 
@@ -119,23 +140,33 @@ class PathStack:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def path_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PathStack]:
+def path_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PathStack]:
     tmp: Path = tmp_path_factory.mktemp(f"paths-{request.param}")
     db = _database(request.param, tmp)
     url = next(db)
     upgrade_to_head(url)
     # A long key-cache TTL: a test that sees a change at once sees it because of invalidation, not expiry.
-    settings = Settings(state_dir=tmp / "cp", database_url=url, port=free_port(), auth_cache_ttl_s=300,
-                        log_level="warning")
+    settings = Settings(
+        state_dir=tmp / "cp",
+        database_url=url,
+        port=free_port(),
+        auth_cache_ttl_s=300,
+        log_level="warning",
+    )
     engine = start_engine("sim", log_dir=tmp)
     cp = InThreadControlPlane(settings).start()
     shim = ControlPlaneProcess(tmp / "cp", url, port=settings.port)
-    runner = RunnerProcess(shim, tmp / "runner", "paths-runner",
-                           args=["--attach", engine.url, "--parallel", "64"])
+    runner = RunnerProcess(
+        shim, tmp / "runner", "paths-runner", args=["--attach", engine.url, "--parallel", "64"]
+    )
     try:
         token = run_db(url, lambda d: issue_enrollment_token(d, "paths", "paths-runner", 600))
         _, admin = run_db(url, lambda d: issue_api_key(d, "paths", "admin", True))
-        run_db(url, lambda d: share_default_pool(d, "paths"))  # its runner serves every tenant's keys
+        run_db(
+            url, lambda d: share_default_pool(d, "paths")
+        )  # its runner serves every tenant's keys
         runner.start(token)
         runner.wait_connected(admin)
         yield PathStack(request.param, cp, runner, engine, url, tmp)

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from control_plane.db.engine import Database
-from control_plane.db.models import utcnow
-from control_plane.services.auth_cache import CachedKey, KeyCache
-from control_plane.store.keys import create_api_key, get_api_key, revoke_api_key
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.services.auth_cache import CachedKey, KeyCache
+from outpost.control_plane.store.keys import create_api_key, get_api_key, revoke_api_key
+from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.request_path.conftest import MODEL, PathStack, StatementCounter
 from tests.utils import run_db
 
@@ -31,8 +31,12 @@ class Clock:
         return self.wall
 
 
-def _key(key_id: str = "key_1", tenant: str = "ten_1", expires_at: datetime | None = None) -> CachedKey:
-    return CachedKey(tenant_id=tenant, api_key_id=key_id, scopes=frozenset({"inference"}), expires_at=expires_at)
+def _key(
+    key_id: str = "key_1", tenant: str = "ten_1", expires_at: datetime | None = None
+) -> CachedKey:
+    return CachedKey(
+        tenant_id=tenant, api_key_id=key_id, scopes=frozenset({"inference"}), expires_at=expires_at
+    )
 
 
 def _cache(clock: Clock, **kw) -> KeyCache:
@@ -53,7 +57,12 @@ def test_entries_expire_after_the_ttl_and_at_the_keys_own_expiry() -> None:
     clock = Clock()
     cache = _cache(clock, ttl_s=5)
     cache.put("a", "x", _key("k_a"), generation=cache.generation)
-    cache.put("b", "y", _key("k_b", expires_at=clock.wall + timedelta(seconds=2)), generation=cache.generation)
+    cache.put(
+        "b",
+        "y",
+        _key("k_b", expires_at=clock.wall + timedelta(seconds=2)),
+        generation=cache.generation,
+    )
     clock.mono += 2
     clock.wall += timedelta(seconds=2)
     assert cache.get("a", "x") is not None
@@ -88,8 +97,12 @@ def test_invalidation_by_key_and_tenant_and_a_read_that_raced_it() -> None:
 
 
 def chat(stack: PathStack, secret: str) -> httpx.Response:
-    return httpx.post(f"{stack.cp.url}/v1/chat/completions", headers=stack.headers(secret), timeout=60,
-                      json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    return httpx.post(
+        f"{stack.cp.url}/v1/chat/completions",
+        headers=stack.headers(secret),
+        timeout=60,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
 
 
 def test_a_cache_hit_sends_no_query_for_the_key_or_its_policy(path_stack: PathStack) -> None:
@@ -112,10 +125,16 @@ def test_revocation_through_this_process_applies_at_once(path_stack: PathStack) 
     _, admin = path_stack.key("revoker", admin=True)
     assert chat(path_stack, secret).status_code == 200
     assert chat(path_stack, secret).status_code == 200  # served from the cache now
-    resp = httpx.post(f"{path_stack.cp.url}/api/keys/{key_id}/revoke", headers=path_stack.headers(admin), timeout=30)
+    resp = httpx.post(
+        f"{path_stack.cp.url}/api/keys/{key_id}/revoke",
+        headers=path_stack.headers(admin),
+        timeout=30,
+    )
     assert resp.status_code == 200, resp.text
     refused = chat(path_stack, secret)
-    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", refused.text
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", (
+        refused.text
+    )
 
 
 def test_an_expired_key_is_refused_even_while_cached(path_stack: PathStack) -> None:

@@ -17,16 +17,23 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def _models(cp: ControlPlaneProcess, secret: str) -> int:
-    return httpx.get(f"{cp.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=10).status_code
+    return httpx.get(
+        f"{cp.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=10
+    ).status_code
 
 
 def test_a_revocation_through_one_replica_reaches_the_other_at_once(tmp_path: Path) -> None:
     db = _database("postgres", tmp_path)
     url = next(db)
     prefix = f"test-{secrets.token_hex(4)}"
-    env = {"OUTPOST_REDIS_URL": REDIS_URL, "OUTPOST_CLUSTER_KEY_PREFIX": prefix,
-           "OUTPOST_CLUSTER_HEARTBEAT_S": "0.5", "OUTPOST_CLUSTER_REPLICA_TTL_S": "3",
-           "OUTPOST_AUDIT_KEY_FILE": str(tmp_path / "audit-key.json"), "OUTPOST_AUTH_CACHE_TTL_S": "300"}
+    env = {
+        "OUTPOST_REDIS_URL": REDIS_URL,
+        "OUTPOST_CLUSTER_KEY_PREFIX": prefix,
+        "OUTPOST_CLUSTER_HEARTBEAT_S": "0.5",
+        "OUTPOST_CLUSTER_REPLICA_TTL_S": "3",
+        "OUTPOST_AUDIT_KEY_FILE": str(tmp_path / "audit-key.json"),
+        "OUTPOST_AUTH_CACHE_TTL_S": "300",
+    }
     a = ControlPlaneProcess(tmp_path / "a", url, extra_env=env)
     b = ControlPlaneProcess(tmp_path / "b", url, extra_env=env)
     try:

@@ -17,15 +17,15 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.audit.checkpoints import write_checkpoint
-from control_plane.audit.export import export_records, jsonl
-from control_plane.audit.keys import AuditSigner
-from control_plane.db.engine import Database, sync_url
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import RequestRecord, new_id
-from control_plane.services.record_writer import RecordWriter
-from control_plane.store.tenants import get_or_create_tenant
-from sdk.audit import verify_export
+from outpost.control_plane.audit.checkpoints import write_checkpoint
+from outpost.control_plane.audit.export import export_records, jsonl
+from outpost.control_plane.audit.keys import AuditSigner
+from outpost.control_plane.db.engine import Database, sync_url
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.db.models import RequestRecord, new_id
+from outpost.control_plane.services.record_writer import RecordWriter
+from outpost.control_plane.store.tenants import get_or_create_tenant
+from outpost.sdk.audit import verify_export
 from tests.request_path.conftest import MODEL, PathStack
 
 BACKENDS = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"], indirect=True)
@@ -76,12 +76,23 @@ def inference_events(url: str) -> dict[str, list[int]]:
     return seen
 
 
-async def _chats(stack: PathStack, secret: str, n: int, *, stream: bool = False) -> list[httpx.Response]:
+async def _chats(
+    stack: PathStack, secret: str, n: int, *, stream: bool = False
+) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=n)) as client:
+
         async def one(i: int) -> httpx.Response:
-            return await client.post(f"{stack.cp.url}/v1/chat/completions", headers=stack.headers(secret), json={
-                "model": MODEL, "messages": [{"role": "user", "content": f"n{i}"}], "max_tokens": 3,
-                "stream": stream})
+            return await client.post(
+                f"{stack.cp.url}/v1/chat/completions",
+                headers=stack.headers(secret),
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": f"n{i}"}],
+                    "max_tokens": 3,
+                    "stream": stream,
+                },
+            )
+
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
@@ -113,7 +124,9 @@ def verify_chain(stack: PathStack) -> list[dict]:
 # --- a real control plane ------------------------------------------------------------------------
 
 
-def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(path_stack: PathStack) -> None:
+def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(
+    path_stack: PathStack,
+) -> None:
     _, secret = path_stack.key("batched")
     _, admin = path_stack.key("batch-admin", admin=True)
     writer = path_stack.cp.state.records
@@ -121,9 +134,17 @@ def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(path_st
 
     async def traffic() -> tuple[list[httpx.Response], list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=120) as client:
-            admin_actions = [client.post(f"{path_stack.cp.url}/api/keys", headers=path_stack.headers(admin),
-                                         json={"name": f"during-{i}"}) for i in range(4)]
-            return await asyncio.gather(_chats(path_stack, secret, 40), asyncio.gather(*admin_actions))
+            admin_actions = [
+                client.post(
+                    f"{path_stack.cp.url}/api/keys",
+                    headers=path_stack.headers(admin),
+                    json={"name": f"during-{i}"},
+                )
+                for i in range(4)
+            ]
+            return await asyncio.gather(
+                _chats(path_stack, secret, 40), asyncio.gather(*admin_actions)
+            )
 
     # Held while the requests run, so that their records queue up and go out in a batch or two.
     with database_held(path_stack.database_url):
@@ -136,7 +157,9 @@ def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(path_st
         assert writer.queued >= 40, "all 40 requests were answered with their records still queued"
     worker.join(120)
     responses, created = done[0]
-    assert all(r.status_code == 200 for r in responses) and all(r.status_code == 201 for r in created)
+    assert all(r.status_code == 200 for r in responses) and all(
+        r.status_code == 201 for r in created
+    )
     path_stack.cp.flush()
 
     ids = [r.headers["x-request-id"] for r in responses]
@@ -147,8 +170,14 @@ def test_concurrent_requests_are_batched_in_order_and_the_chain_verifies(path_st
     chain = verify_chain(path_stack)
     seqs = [e["seq"] for e in chain]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "one unbroken chain"
-    assert sum(e["type"] == "admin.api_key.create" and e["data"]["details"]["name"].startswith("during-")
-               for e in chain) == 4
+    assert (
+        sum(
+            e["type"] == "admin.api_key.create"
+            and e["data"]["details"]["name"].startswith("during-")
+            for e in chain
+        )
+        == 4
+    )
 
 
 def _in_thread(fn) -> tuple[threading.Thread, list]:
@@ -165,28 +194,40 @@ def _until(predicate, within_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_every_accepted_request_is_recorded_after_the_database_comes_back(path_stack: PathStack) -> None:
+def test_every_accepted_request_is_recorded_after_the_database_comes_back(
+    path_stack: PathStack,
+) -> None:
     """The database stops taking writes for a while (and, on PostgreSQL, drops every connection):
     the answers wait for their records, and end once the database has taken them."""
     _, secret = path_stack.key("outage")
     writer = path_stack.cp.state.records
     retries, late = writer.retries, writer.late
     with database_held(path_stack.database_url) as pg:
-        worker, out = _in_thread(lambda: chats(path_stack, secret, 20, stream=True) + chats(path_stack, secret, 10))
+        worker, out = _in_thread(
+            lambda: chats(path_stack, secret, 20, stream=True) + chats(path_stack, secret, 10)
+        )
         _until(lambda: writer.queued >= 20, 30, "the streamed requests' records queued")
         if pg is not None:
-            time.sleep(0.5)  # the writer is waiting on the head lock: cut it off, and every other session
-            killed = pg.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+            time.sleep(
+                0.5
+            )  # the writer is waiting on the head lock: cut it off, and every other session
+            killed = pg.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
             assert killed is not None and killed[0] >= 1
         time.sleep(2.0)
         assert writer.queued >= 20, "nothing is written while the database is held"
         assert not out, "no answer ends before its record is committed"
     worker.join(60)
     responses = out[0]
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert all(r.status_code == 200 for r in responses), [
+        r.text for r in responses if r.status_code != 200
+    ]
     ids = [r.headers["x-request-id"] for r in responses]
-    assert records_of(path_stack, ids) == set(ids), "committed before the answers ended: no flush needed"
+    assert records_of(path_stack, ids) == set(ids), (
+        "committed before the answers ended: no flush needed"
+    )
     assert writer.late == late
     events = inference_events(path_stack.database_url)
     assert all(len(events[i]) == 1 for i in ids)
@@ -196,16 +237,27 @@ def test_every_accepted_request_is_recorded_after_the_database_comes_back(path_s
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "unstreamed"])
-def test_an_answer_ends_only_once_its_record_and_audit_event_are_committed(path_stack: PathStack,
-                                                                            stream: bool) -> None:
+def test_an_answer_ends_only_once_its_record_and_audit_event_are_committed(
+    path_stack: PathStack, stream: bool
+) -> None:
     """Durable before done (issue 20): a crash right after the client's `[DONE]` loses nothing."""
     _, secret = path_stack.key(f"durable-{stream}")
     seen: list[str] = []  # what the client has read so far
 
     def one() -> tuple[str, float]:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": stream}
-        with httpx.stream("POST", f"{path_stack.cp.url}/v1/chat/completions", json=body, timeout=60,
-                          headers=path_stack.headers(secret)) as resp:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "stream": stream,
+        }
+        with httpx.stream(
+            "POST",
+            f"{path_stack.cp.url}/v1/chat/completions",
+            json=body,
+            timeout=60,
+            headers=path_stack.headers(secret),
+        ) as resp:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 seen.append(line)  # noqa: PERF402 - read live by the test while the stream runs
@@ -216,7 +268,9 @@ def test_an_answer_ends_only_once_its_record_and_audit_event_are_committed(path_
         time.sleep(1.5)
         assert not out, "the answer ended while its record could not be committed"
         if stream:
-            assert any(line.startswith("data: {") for line in seen), "the tokens themselves are not held back"
+            assert any(line.startswith("data: {") for line in seen), (
+                "the tokens themselves are not held back"
+            )
             assert "data: [DONE]" not in seen
         released = time.monotonic()
     worker.join(30)
@@ -230,7 +284,8 @@ def test_an_answer_ends_only_once_its_record_and_audit_event_are_committed(path_
 
 
 def test_an_answer_whose_record_cannot_be_committed_in_time_ends_and_its_record_follows(
-        path_stack: PathStack) -> None:
+    path_stack: PathStack,
+) -> None:
     """The database does not answer for ``records_commit_wait_s``: the client still gets its whole
     answer (``[DONE]``), the record stays queued and is written once the database is back."""
     _, secret = path_stack.key("late")
@@ -253,7 +308,9 @@ def test_an_answer_whose_record_cannot_be_committed_in_time_ends_and_its_record_
     assert all(len(inference_events(path_stack.database_url)[i]) == 1 for i in ids)
 
 
-def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_stack: PathStack) -> None:
+def test_a_full_record_queue_refuses_new_requests_before_accepting_them(
+    path_stack: PathStack,
+) -> None:
     key_id, secret = path_stack.key("backpressure")
     writer = path_stack.cp.state.records
     limit = writer.max_queue
@@ -274,7 +331,9 @@ def test_a_full_record_queue_refuses_new_requests_before_accepting_them(path_sta
     assert all(r.status_code == 200 for r in accepted)
     ids = [r.headers["x-request-id"] for r in accepted]
     assert records_of(path_stack, ids) == set(ids)
-    mine = rows(path_stack.database_url, "SELECT id FROM request_records WHERE api_key_id = :k", k=key_id)
+    mine = rows(
+        path_stack.database_url, "SELECT id FROM request_records WHERE api_key_id = :k", k=key_id
+    )
     assert len(mine) == 5, "the refused request was never accepted, so it has no record"
 
 
@@ -289,8 +348,15 @@ async def _tenant(db: Database) -> str:
 
 
 def _record(tenant_id: str) -> RequestRecord:
-    return RequestRecord(id=new_id("req"), tenant_id=tenant_id, api_key_id=None, model="m",
-                         endpoint="/v1/chat/completions", status="ok", http_status=200)
+    return RequestRecord(
+        id=new_id("req"),
+        tenant_id=tenant_id,
+        api_key_id=None,
+        model="m",
+        endpoint="/v1/chat/completions",
+        status="ok",
+        http_status=200,
+    )
 
 
 @BACKENDS
@@ -310,9 +376,18 @@ async def test_stop_drains_what_is_queued(fresh_database_url: str) -> None:
             assert not stopping.done(), "stop() waits for the queue"
         await stopping
         assert writer.written == 30 and writer.failed == 0 and writer.batches >= 4
-        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {r.id for r in records}
-        order = [json.loads(e["data"])["request_id"] if isinstance(e["data"], str) else e["data"]["request_id"]
-                 for e in rows(fresh_database_url, "SELECT data FROM audit_events WHERE type = 'inference' ORDER BY seq")]
+        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {
+            r.id for r in records
+        }
+        order = [
+            json.loads(e["data"])["request_id"]
+            if isinstance(e["data"], str)
+            else e["data"]["request_id"]
+            for e in rows(
+                fresh_database_url,
+                "SELECT data FROM audit_events WHERE type = 'inference' ORDER BY seq",
+            )
+        ]
         assert order == [r.id for r in records], "audit events in submission order"
     finally:
         await db.dispose()
@@ -327,7 +402,8 @@ async def _written(writer: RecordWriter, n: int, within_s: float) -> None:
 
 @BACKENDS
 async def test_commit_waits_until_the_record_is_committed_and_a_timed_out_wait_leaves_it_queued(
-        fresh_database_url: str) -> None:
+    fresh_database_url: str,
+) -> None:
     upgrade_to_head(fresh_database_url)
     db = Database(fresh_database_url)
     try:
@@ -336,24 +412,36 @@ async def test_commit_waits_until_the_record_is_committed_and_a_timed_out_wait_l
         await writer.start()
         first = _record(tenant)
         assert await writer.commit(first, timeout=10) is True
-        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {first.id}
+        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {
+            first.id
+        }
 
         second = _record(tenant)
         with database_held(fresh_database_url):
             assert await writer.commit(second, timeout=0.3) is False
-            assert writer.late == 1 and writer.queued == 1, "still queued: written when the database is back"
+            assert writer.late == 1 and writer.queued == 1, (
+                "still queued: written when the database is back"
+            )
         await writer.flush(30)
-        assert second.id in {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")}
+        assert second.id in {
+            r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")
+        }
         await writer.stop()
-        assert await writer.commit(_record(tenant), timeout=1) is False, "after stop(): never written"
+        assert await writer.commit(_record(tenant), timeout=1) is False, (
+            "after stop(): never written"
+        )
     finally:
         await db.dispose()
 
 
-@pytest.mark.parametrize("fresh_database_url", ["postgres"], indirect=True)  # connections refused: PostgreSQL
-async def test_while_the_database_refuses_writes_new_requests_are_refused(fresh_database_url: str) -> None:
+@pytest.mark.parametrize(
+    "fresh_database_url", ["postgres"], indirect=True
+)  # connections refused: PostgreSQL
+async def test_while_the_database_refuses_writes_new_requests_are_refused(
+    fresh_database_url: str,
+) -> None:
     """An answer must be recorded before it ends: while records cannot be written, none is started."""
-    from control_plane.errors import ApiError
+    from outpost.control_plane.errors import ApiError
     from tests.api.test_database_outage import _allow_connections
 
     upgrade_to_head(fresh_database_url)
@@ -384,7 +472,9 @@ async def test_while_the_database_refuses_writes_new_requests_are_refused(fresh_
 
 
 @BACKENDS
-async def test_a_batch_lingers_for_more_records_until_full_flushed_or_stopped(fresh_database_url: str) -> None:
+async def test_a_batch_lingers_for_more_records_until_full_flushed_or_stopped(
+    fresh_database_url: str,
+) -> None:
     upgrade_to_head(fresh_database_url)
     db = Database(fresh_database_url)
     try:
@@ -409,13 +499,17 @@ async def test_a_batch_lingers_for_more_records_until_full_flushed_or_stopped(fr
         writer.submit(last)
         await asyncio.wait_for(writer.stop(), 10)  # nor does shutdown
         assert writer.written == 6 and writer.batches == 3
-        assert last.id in {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")}
+        assert last.id in {
+            r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")
+        }
     finally:
         await db.dispose()
 
 
 @BACKENDS
-async def test_records_further_apart_than_the_linger_are_written_without_waiting(fresh_database_url: str) -> None:
+async def test_records_further_apart_than_the_linger_are_written_without_waiting(
+    fresh_database_url: str,
+) -> None:
     """Lingering pays only when another record comes meanwhile; the answers wait on it otherwise."""
     upgrade_to_head(fresh_database_url)
     db = Database(fresh_database_url)
@@ -438,7 +532,9 @@ async def test_records_further_apart_than_the_linger_are_written_without_waiting
 
 
 @BACKENDS
-async def test_records_submitted_within_the_linger_share_one_transaction(fresh_database_url: str) -> None:
+async def test_records_submitted_within_the_linger_share_one_transaction(
+    fresh_database_url: str,
+) -> None:
     upgrade_to_head(fresh_database_url)
     db = Database(fresh_database_url)
     try:
@@ -457,7 +553,8 @@ async def test_records_submitted_within_the_linger_share_one_transaction(fresh_d
 
 @BACKENDS
 async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
-        fresh_database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    fresh_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     upgrade_to_head(fresh_database_url)
     db = Database(fresh_database_url)
     try:
@@ -465,7 +562,9 @@ async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
         writer = RecordWriter(db)
         await writer.start()
         good = [_record(tenant), _record(tenant)]
-        bad = _record("ten_missing")  # no such tenant: a foreign key violation, not a transient error
+        bad = _record(
+            "ten_missing"
+        )  # no such tenant: a foreign key violation, not a transient error
         with database_held(fresh_database_url):  # so all three go out in one batch
             for r in (good[0], bad, good[1]):
                 writer.submit(r)
@@ -473,7 +572,9 @@ async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
             await writer.flush(30)
         await writer.stop()
         assert writer.written == 2 and writer.failed == 1
-        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {g.id for g in good}
+        assert {r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")} == {
+            g.id for g in good
+        }
         assert any(bad.id in rec.getMessage() for rec in caplog.records), "never dropped silently"
     finally:
         await db.dispose()
@@ -481,7 +582,8 @@ async def test_a_record_the_database_refuses_is_logged_and_the_rest_written(
 
 @BACKENDS
 async def test_records_unwritten_at_shutdown_are_saved_and_written_once_at_the_next_start(
-        fresh_database_url: str, tmp_path) -> None:
+    fresh_database_url: str, tmp_path
+) -> None:
     upgrade_to_head(fresh_database_url)
     spill_path = tmp_path / "unwritten-records.jsonl"
     db = Database(fresh_database_url)
@@ -494,7 +596,12 @@ async def test_records_unwritten_at_shutdown_are_saved_and_written_once_at_the_n
             for r in records:
                 writer.submit(r)
             await writer.stop()
-        assert writer.written == 0 and writer.failed == 0 and writer.spilled == 10 and writer.queued == 0
+        assert (
+            writer.written == 0
+            and writer.failed == 0
+            and writer.spilled == 10
+            and writer.queued == 0
+        )
         assert rows(fresh_database_url, "SELECT id FROM request_records") == []
         assert spill_path.stat().st_mode & 0o777 == 0o600
         # A torn line (a crash while appending) and one record spilled twice: skipped, written once.
@@ -506,8 +613,9 @@ async def test_records_unwritten_at_shutdown_are_saved_and_written_once_at_the_n
         await again.flush(30)
         await again.stop()
         assert again.written == 10 and again.failed == 0
-        assert sorted(r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")) == sorted(
-            r.id for r in records)
+        assert sorted(
+            r["id"] for r in rows(fresh_database_url, "SELECT id FROM request_records")
+        ) == sorted(r.id for r in records)
         assert sorted(inference_events(fresh_database_url)) == sorted(r.id for r in records)
         assert all(len(seqs) == 1 for seqs in inference_events(fresh_database_url).values())
         assert not spill_path.exists(), "the file goes once every saved record is written"

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from control_plane.audit.events import record_inference
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
-from control_plane.db.models import AuditEvent, RequestRecord, new_id
-from control_plane.services.record_writer import RecordWriter
-from control_plane.settings import Settings
-from control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.audit.events import record_inference
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.db.models import AuditEvent, RequestRecord, new_id
+from outpost.control_plane.services.record_writer import RecordWriter
+from outpost.control_plane.settings import Settings
+from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.request_path.test_record_writer import database_held, inference_events
 from tests.utils import wait_until
 
@@ -37,8 +37,14 @@ def _stored(url: str, table: str, where: str, *args: object) -> dict[str, object
 
 
 def _record(tenant_id: str, **fields: object) -> RequestRecord:
-    values: dict[str, object] = {"tenant_id": tenant_id, "api_key_id": None, "model": "m",
-                                 "endpoint": "/v1/chat/completions", "status": "ok", "http_status": 200}
+    values: dict[str, object] = {
+        "tenant_id": tenant_id,
+        "api_key_id": None,
+        "model": "m",
+        "endpoint": "/v1/chat/completions",
+        "status": "ok",
+        "http_status": 200,
+    }
     return RequestRecord(id=new_id("req"), **{**values, **fields})
 
 
@@ -49,7 +55,9 @@ async def _tenant(db: Database) -> str:
         return tenant.id
 
 
-async def test_the_sqlite_path_stores_records_and_events_exactly_as_the_orm_does(tmp_path: Path) -> None:
+async def test_the_sqlite_path_stores_records_and_events_exactly_as_the_orm_does(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'outpost.db'}"
     upgrade_to_head(url)
     db = Database(url)
@@ -58,13 +66,27 @@ async def test_the_sqlite_path_stores_records_and_events_exactly_as_the_orm_does
         moment = datetime(2026, 12, 7, 11, 30, 5, 123456, tzinfo=UTC)
         # Everything a request can set, with values the schema allows but nobody meant (quotes,
         # SQL, non-ASCII), and the fields left to their defaults.
-        fields: dict[str, object] = {"model": "m'); DROP TABLE request_records; --\u00e9\u4e2d", "stream": True,
-                                     "e2e": True, "runner_id": "run_x", "api_key_id": "key_\"y", "attempts": 3,
-                                     "prompt_tokens": 7, "completion_tokens": 64, "ttft_ms": 12.25,
-                                     "latency_ms": 1280.5, "cost_usd": 0.000125, "bytes_out": 2**40,
-                                     "error_type": None, "created_at": moment}
+        fields: dict[str, object] = {
+            "model": "m'); DROP TABLE request_records; --\u00e9\u4e2d",
+            "stream": True,
+            "e2e": True,
+            "runner_id": "run_x",
+            "api_key_id": 'key_"y',
+            "attempts": 3,
+            "prompt_tokens": 7,
+            "completion_tokens": 64,
+            "ttft_ms": 12.25,
+            "latency_ms": 1280.5,
+            "cost_usd": 0.000125,
+            "bytes_out": 2**40,
+            "error_type": None,
+            "created_at": moment,
+        }
         by_orm, by_writer = _record(tenant, **fields), _record(tenant, **fields)
-        bare_orm, bare_writer = _record(tenant), _record(tenant)  # defaults: stream, e2e, counts, created_at
+        bare_orm, bare_writer = (
+            _record(tenant),
+            _record(tenant),
+        )  # defaults: stream, e2e, counts, created_at
         async with db.session() as session:
             session.add_all([by_orm, bare_orm])
             await session.flush()
@@ -85,27 +107,49 @@ async def test_the_sqlite_path_stores_records_and_events_exactly_as_the_orm_does
                 assert a.pop("created_at")[1] == b.pop("created_at")[1] == "str"
             assert a == b
 
-        event_orm = _stored(url, "audit_events", "json_extract(data, '$.request_id') = ?", by_orm.id)
-        event_writer = _stored(url, "audit_events", "json_extract(data, '$.request_id') = ?", by_writer.id)
+        event_orm = _stored(
+            url, "audit_events", "json_extract(data, '$.request_id') = ?", by_orm.id
+        )
+        event_writer = _stored(
+            url, "audit_events", "json_extract(data, '$.request_id') = ?", by_writer.id
+        )
         for key in ("seq", "ts", "salt", "hash", "tenant_seq", "data"):
             assert event_orm[key][1] == event_writer[key][1], key
         assert event_writer["data"][0] == event_orm["data"][0].replace(by_orm.id, by_writer.id)
 
         # Read back through the ORM, the writer's rows are what was submitted.
         async with db.session() as session:
-            got = (await session.execute(select(RequestRecord).where(RequestRecord.id == by_writer.id))).scalar_one()
+            got = (
+                await session.execute(select(RequestRecord).where(RequestRecord.id == by_writer.id))
+            ).scalar_one()
             assert got.model == fields["model"] and got.stream is True and got.bytes_out == 2**40
             assert got.created_at.replace(tzinfo=UTC) == moment
-            bare = (await session.execute(select(RequestRecord).where(RequestRecord.id == bare_writer.id))).scalar_one()
-            assert (bare.stream, bare.e2e, bare.prompt_tokens, bare.attempts, bare.bytes_out) == (False, False, 0, 1, 0)
-            events = (await session.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars().all()
+            bare = (
+                await session.execute(
+                    select(RequestRecord).where(RequestRecord.id == bare_writer.id)
+                )
+            ).scalar_one()
+            assert (bare.stream, bare.e2e, bare.prompt_tokens, bare.attempts, bare.bytes_out) == (
+                False,
+                False,
+                0,
+                1,
+                0,
+            )
+            events = (
+                (await session.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars().all()
+            )
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
-            assert [e.tenant_seq for e in events if e.tenant_id == tenant] == list(range(1, len(events) + 1))
+            assert [e.tenant_seq for e in events if e.tenant_id == tenant] == list(
+                range(1, len(events) + 1)
+            )
     finally:
         await db.dispose()
 
 
-async def test_records_that_queue_during_a_commit_share_the_next_one_without_lingering(tmp_path: Path) -> None:
+async def test_records_that_queue_during_a_commit_share_the_next_one_without_lingering(
+    tmp_path: Path,
+) -> None:
     """Group commit: no fixed linger, and what queued while a batch committed goes in the next."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'outpost.db'}"
     upgrade_to_head(url)
@@ -120,8 +164,12 @@ async def test_records_that_queue_during_a_commit_share_the_next_one_without_lin
         with database_held(url):
             done = writer.submit(first)
             # The writer's thread exists once the first batch has gone to it (it waits on the lock).
-            await asyncio.to_thread(wait_until, lambda: any(t.name.startswith("record-writer")
-                                                            for t in threading.enumerate()), 30, "the first batch")
+            await asyncio.to_thread(
+                wait_until,
+                lambda: any(t.name.startswith("record-writer") for t in threading.enumerate()),
+                30,
+                "the first batch",
+            )
             rest = [_record(tenant) for _ in range(5)]
             waits = [writer.submit(r) for r in rest]
         assert await writer.wait(done, 30)

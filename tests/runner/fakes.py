@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from runner.hardware import CpuInfo, GpuInfo, Probes
+from outpost.runner.hardware import CpuInfo, GpuInfo, Probes
 
 GIB = 1024**3
 MIB = 1024**2

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from runner.gguf_meta import ModelSpec
+from outpost.runner.gguf_meta import ModelSpec
 
 LLAMA_31_8B_CONFIG = {
     "architectures": ["LlamaForCausalLM"],

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runner.hardware import detect
-from runner.planning import ATTACH_CAPACITY, Overrides, plan
+from outpost.runner.hardware import detect
+from outpost.runner.planning import ATTACH_CAPACITY, Overrides, plan
 from tests.runner.fakes import probes
 
 
@@ -11,5 +11,11 @@ def test_parallel_sets_the_capacity_of_an_attached_engine() -> None:
     hw = detect(probes())
     url = "http://127.0.0.1:8000"
     assert plan(hw, None, attach_url=url, installed=set()).capacity == ATTACH_CAPACITY
-    assert plan(hw, None, attach_url=url, installed=set(), overrides=Overrides(parallel=64)).capacity == 64
-    assert plan(hw, None, attach_url=url, installed=set(), overrides=Overrides()).capacity == ATTACH_CAPACITY
+    assert (
+        plan(hw, None, attach_url=url, installed=set(), overrides=Overrides(parallel=64)).capacity
+        == 64
+    )
+    assert (
+        plan(hw, None, attach_url=url, installed=set(), overrides=Overrides()).capacity
+        == ATTACH_CAPACITY
+    )

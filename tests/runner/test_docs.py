@@ -5,17 +5,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runner import engines, fleet, hardware, model_refs, multiplan, planning
-from runner.engines.llama_cpp_python import LlamaCppPythonEngine
-from runner.engines.vllm import VllmEngine
+from outpost.runner import engines, fleet, hardware, model_refs, multiplan, planning
+from outpost.runner.engines.llama_cpp_python import LlamaCppPythonEngine
+from outpost.runner.engines.vllm import VllmEngine
 
 DOC = (Path(__file__).parents[2] / "docs" / "runner.md").read_text(encoding="utf-8")
 PLUMBING = {"EngineAdapter", "EngineLoad", "LaunchSpec", "ServedModel"}  # base.py's own names
 
 
 def test_public_names_are_documented() -> None:
-    names = {*planning.__all__, *hardware.__all__, *set(engines.__all__) - PLUMBING, *model_refs.__all__,
-             *multiplan.__all__, *fleet.__all__}
+    names = {
+        *planning.__all__,
+        *hardware.__all__,
+        *set(engines.__all__) - PLUMBING,
+        *model_refs.__all__,
+        *multiplan.__all__,
+        *fleet.__all__,
+    }
     missing = sorted(n for n in names if n not in DOC)
     assert not missing, f"undocumented in docs/runner.md: {missing}"
 
@@ -30,7 +36,7 @@ def test_every_engine_flag_is_documented() -> None:
 
 
 def test_local_runner_flags_section_names_every_flag_it_lists() -> None:
-    from runner.settings import RunnerSettings
+    from outpost.runner.settings import RunnerSettings
 
     assert "## Flags of runner local-runner" in DOC
     section = DOC.split("## Flags of runner local-runner", 1)[1]

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from runner.engine_client import AiohttpEngineClient, EngineError
-from runner.relay import EngineEndpoint, relay
-from runner.sse import line_batches
-from runner.streams import OutboundStream
-from sdk.protocol import DataFrame, EndFrame, RequestFrame, ResponseStartFrame
+from outpost.runner.engine_client import AiohttpEngineClient, EngineError
+from outpost.runner.relay import EngineEndpoint, relay
+from outpost.runner.sse import line_batches
+from outpost.runner.streams import OutboundStream
+from outpost.sdk.protocol import DataFrame, EndFrame, RequestFrame, ResponseStartFrame
 
 Writer = asyncio.StreamWriter
 
@@ -47,7 +47,9 @@ class Engine:
     port: int = 0
     connections: int = 0  # accepted
     requests: list[Request] = field(default_factory=list)
-    client_closed: asyncio.Event = field(default_factory=asyncio.Event)  # a client closed a connection
+    client_closed: asyncio.Event = field(
+        default_factory=asyncio.Event
+    )  # a client closed a connection
 
     @property
     def url(self) -> str:
@@ -84,7 +86,10 @@ class Engine:
                     return
                 line, *fields = buf[:end].decode().split("\r\n")
                 method, path, _ = line.split(" ")
-                headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields if f)}
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (f.partition(":") for f in fields if f)
+                }
                 size = end + 4 + int(headers.get("content-length", 0))
                 if await until(lambda n=size: n if len(buf) >= n else -1) < 0:
                     return
@@ -122,7 +127,11 @@ async def client(**kw: Any) -> AsyncIterator[AiohttpEngineClient]:
 
 
 def head(status: int = 200, ctype: str = "text/event-stream", **extra: str) -> bytes:
-    lines = [f"HTTP/1.1 {status} X", f"Content-Type: {ctype}", *(f"{k}: {v}" for k, v in extra.items())]
+    lines = [
+        f"HTTP/1.1 {status} X",
+        f"Content-Type: {ctype}",
+        *(f"{k}: {v}" for k, v in extra.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -135,8 +144,10 @@ def whole(status: int, body: bytes, **extra: str) -> bytes:
 
 
 def events(*texts: str) -> list[bytes]:
-    return [f"data: {json.dumps({'model': 'up', 'choices': [{'delta': {'content': t}}]})}\n\n".encode()
-            for t in texts]
+    return [
+        f"data: {json.dumps({'model': 'up', 'choices': [{'delta': {'content': t}}]})}\n\n".encode()
+        for t in texts
+    ]
 
 
 async def sse(req: Request, w: Writer, parts: list[bytes], pause: float = 0.01) -> None:
@@ -150,8 +161,12 @@ async def sse(req: Request, w: Writer, parts: list[bytes], pause: float = 0.01) 
 
 
 async def lines_of(c: AiohttpEngineClient, url: str, **kw: Any) -> tuple[int, list[list[str]]]:
-    async with (c.request("POST", url + "/v1/chat/completions", headers=kw.get("headers", {}), body=b"{}") as resp,
-                aclosing(line_batches(resp.batches())) as batches):
+    async with (
+        c.request(
+            "POST", url + "/v1/chat/completions", headers=kw.get("headers", {}), body=b"{}"
+        ) as resp,
+        aclosing(line_batches(resp.batches())) as batches,
+    ):
         return resp.status, [b async for b in batches]
 
 
@@ -160,9 +175,13 @@ async def test_a_chunked_stream_arrives_as_lines_and_the_request_as_sent() -> No
         await sse(req, w, [*events("a", "b"), b"data: [DONE]\n\n"])
 
     async with engine(script) as eng, client() as c:
-        body = json.dumps({"model": "up", "messages": [{"role": "user", "content": "h\u00e9"}]}).encode()
+        body = json.dumps(
+            {"model": "up", "messages": [{"role": "user", "content": "h\u00e9"}]}
+        ).encode()
         headers = {"Content-Type": "application/json", "Authorization": "Bearer engine-key"}
-        async with c.request("POST", eng.url + "/v1/chat/completions", headers=headers, body=body) as resp:
+        async with c.request(
+            "POST", eng.url + "/v1/chat/completions", headers=headers, body=body
+        ) as resp:
             assert resp.status == 200 and resp.headers["content-type"] == "text/event-stream"
             got = [ln async for b in line_batches(resp.batches()) for ln in b if ln]
     assert [json.loads(g[6:])["choices"][0]["delta"]["content"] for g in got[:2]] == ["a", "b"]
@@ -179,8 +198,11 @@ async def test_a_content_length_body_is_read_whole() -> None:
     async def script(req: Request, w: Writer) -> None:
         w.write(whole(200, payload))
 
-    async with (engine(script) as eng, client() as c,
-                c.request("POST", eng.url + "/v1/chat/completions", headers={}, body=b"{}") as resp):
+    async with (
+        engine(script) as eng,
+        client() as c,
+        c.request("POST", eng.url + "/v1/chat/completions", headers={}, body=b"{}") as resp,
+    ):
         assert resp.status == 200 and await resp.read() == payload
 
 
@@ -199,7 +221,10 @@ async def test_connections_are_kept_alive_and_reused() -> None:
 
 
 async def test_error_statuses_pass_through_with_their_body() -> None:
-    answers = {"/404": (404, b'{"error":{"message":"no such model"}}'), "/503": (503, b'{"error":"loading"}')}
+    answers = {
+        "/404": (404, b'{"error":{"message":"no such model"}}'),
+        "/503": (503, b'{"error":"loading"}'),
+    }
 
     async def script(req: Request, w: Writer) -> None:
         w.write(whole(*answers[req.path]))
@@ -275,7 +300,9 @@ async def test_an_engine_that_closes_an_idle_keep_alive_connection_is_not_an_err
     assert eng.connections == 3
 
 
-async def test_a_kept_alive_connection_the_engine_closes_as_the_request_arrives_is_retried_once() -> None:
+async def test_a_kept_alive_connection_the_engine_closes_as_the_request_arrives_is_retried_once() -> (
+    None
+):
     served: set[int] = set()
 
     async def script(req: Request, w: Writer) -> bool:
@@ -294,7 +321,9 @@ async def test_a_kept_alive_connection_the_engine_closes_as_the_request_arrives_
     assert eng.connections == 3 and len(eng.requests) == 5
 
 
-async def test_an_engine_that_closes_every_connection_unanswered_is_an_engine_error_after_one_retry() -> None:
+async def test_an_engine_that_closes_every_connection_unanswered_is_an_engine_error_after_one_retry() -> (
+    None
+):
     async def script(req: Request, w: Writer) -> bool:
         return False
 
@@ -349,7 +378,10 @@ async def test_a_read_timeout_when_one_is_set() -> None:
 
     async with engine(script) as eng, client(read_timeout_s=0.2) as c:
         with pytest.raises(EngineError, match="Timeout"):
-            async with asyncio.timeout(3), c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}"):
+            async with (
+                asyncio.timeout(3),
+                c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}"),
+            ):
                 pass
 
 
@@ -367,8 +399,11 @@ async def test_what_arrived_while_the_caller_was_busy_is_one_batch() -> None:
     async def script(req: Request, w: Writer) -> None:
         await sse(req, w, [*events("a", "b", "c"), b"data: [DONE]\n\n"], pause=0)
 
-    async with (engine(script) as eng, client() as c,
-                c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}") as resp):
+    async with (
+        engine(script) as eng,
+        client() as c,
+        c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}") as resp,
+    ):
         await asyncio.sleep(0.1)  # a relay waiting for credit
         batches = [b async for b in line_batches(resp.batches())]
     assert len(batches) == 1 and sum(1 for ln in batches[0] if ln) == 4
@@ -387,8 +422,11 @@ async def test_a_caller_that_stops_taking_batches_stops_the_engine_writes() -> N
             await w.drain()
             written += len(piece)
 
-    async with (engine(script) as eng, client() as c,
-                c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}") as resp):
+    async with (
+        engine(script) as eng,
+        client() as c,
+        c.request("POST", eng.url + "/v1/x", headers={}, body=b"{}") as resp,
+    ):
         batches = resp.batches()
         await anext(batches)
         await asyncio.sleep(0.3)
@@ -411,9 +449,17 @@ class Wire:
 
 
 def _frame(stream: bool = True) -> RequestFrame:
-    text = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
-    return RequestFrame(stream_id=1, path="/v1/chat/completions", model="m", body=text, body_length=len(text),
-                        stream=stream)
+    text = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    )
+    return RequestFrame(
+        stream_id=1,
+        path="/v1/chat/completions",
+        model="m",
+        body=text,
+        body_length=len(text),
+        stream=stream,
+    )
 
 
 async def test_relay_passes_an_engine_error_status_through() -> None:
@@ -422,18 +468,29 @@ async def test_relay_passes_an_engine_error_status_through() -> None:
 
     async with engine(script) as eng, client() as c:
         wire = Wire()
-        await relay(OutboundStream(_frame(), wire.send), EngineEndpoint(eng.url, {}, {"m": "up"}), c)
+        await relay(
+            OutboundStream(_frame(), wire.send), EngineEndpoint(eng.url, {}, {"m": "up"}), c
+        )
     start, data, end = wire.frames
     assert isinstance(start, ResponseStartFrame) and start.status == 429
-    assert json.loads(data.data)["error"]["message"] == "busy" and isinstance(end, EndFrame) and end.error is None
+    assert (
+        json.loads(data.data)["error"]["message"] == "busy"
+        and isinstance(end, EndFrame)
+        and end.error is None
+    )
     assert json.loads(eng.requests[0].body)["model"] == "up"
 
 
-async def test_relay_ends_a_stream_whose_engine_breaks_off_mid_answer_with_one_start_and_an_error_end() -> None:
+async def test_relay_ends_a_stream_whose_engine_breaks_off_mid_answer_with_one_start_and_an_error_end() -> (
+    None
+):
     # A second response_start would be a protocol violation: the control plane would close the
     # whole connection, and every other stream on it, instead of failing this one (issue 20).
     async def script(req: Request, w: Writer) -> bool:
-        w.write(head(200, "text/event-stream", **{"Transfer-Encoding": "chunked"}) + chunk(events("a")[0]))
+        w.write(
+            head(200, "text/event-stream", **{"Transfer-Encoding": "chunked"})
+            + chunk(events("a")[0])
+        )
         await w.drain()
         await asyncio.sleep(0.05)
         return False  # gone mid-stream, as a killed engine is
@@ -445,7 +502,9 @@ async def test_relay_ends_a_stream_whose_engine_breaks_off_mid_answer_with_one_s
     starts = [f for f in wire.frames if isinstance(f, ResponseStartFrame)]
     assert [s.status for s in starts] == [200]
     assert isinstance(wire.frames[1], DataFrame) and isinstance(wire.frames[-1], EndFrame)
-    assert wire.frames[-1].error is not None and wire.frames[-1].error.startswith("engine failed mid-stream")
+    assert wire.frames[-1].error is not None and wire.frames[-1].error.startswith(
+        "engine failed mid-stream"
+    )
     assert out.failure == wire.frames[-1].error  # the tunnel logs the stream as an error
 
 
@@ -467,7 +526,9 @@ async def test_a_cancelled_stream_aborts_the_engine_request() -> None:
 
     async with engine(script) as eng, client() as c:
         wire = Wire()
-        task = asyncio.create_task(relay(OutboundStream(_frame(), wire.send), EngineEndpoint(eng.url, {}, {}), c))
+        task = asyncio.create_task(
+            relay(OutboundStream(_frame(), wire.send), EngineEndpoint(eng.url, {}, {}), c)
+        )
         await asyncio.wait_for(wire.first_data.wait(), 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -23,25 +23,37 @@ import httpx
 import psutil
 import pytest
 
-from runner.models import embedded_model_path
+from outpost.runner.models import embedded_model_path
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 ARGS = ["--parallel", "2", "--headroom", "0", "--ctx", "2048", "--connections", "2"]
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, RunnerProcess, str, dict[str, str]]]:
+def stack(
+    tmp_path: Path,
+) -> Iterator[tuple[ControlPlaneProcess, RunnerProcess, str, dict[str, str]]]:
     original = embedded_model_path()
     copy = tmp_path / original.name
     shutil.copyfile(original, copy)
-    cp = ControlPlaneProcess(tmp_path / "cp", f"sqlite+aiosqlite:///{tmp_path / 'outpost.db'}").start()
-    runner = RunnerProcess(cp, tmp_path / "runner", "two-conns",
-                           args=[*ARGS, "--model", f"smol-a={original}", "--model", f"smol-b={copy}"])
+    cp = ControlPlaneProcess(
+        tmp_path / "cp", f"sqlite+aiosqlite:///{tmp_path / 'outpost.db'}"
+    ).start()
+    runner = RunnerProcess(
+        cp,
+        tmp_path / "runner",
+        "two-conns",
+        args=[*ARGS, "--model", f"smol-a={original}", "--model", f"smol-b={copy}"],
+    )
     try:
         key = cp.api_key()
         runner.start()
         runner.wait_connected(key)
-        wait_until(lambda: len(re.findall(r"tunnel \d connected", runner.log())) == 2, 30, "two connections")
+        wait_until(
+            lambda: len(re.findall(r"tunnel \d connected", runner.log())) == 2,
+            30,
+            "two connections",
+        )
         yield cp, runner, key, {"smol-a": str(original), "smol-b": str(copy)}
     finally:
         runner.stop()
@@ -56,16 +68,29 @@ def _engine_pid(runner: RunnerProcess, model_path: str) -> int:
     raise AssertionError(f"no engine for {model_path}")
 
 
-def test_an_engine_killed_mid_stream_ends_its_streams_with_engine_error_and_the_others_complete(stack) -> None:
+def test_an_engine_killed_mid_stream_ends_its_streams_with_engine_error_and_the_others_complete(
+    stack,
+) -> None:
     cp, runner, key, paths = stack
     connects_before = len(re.findall(r"tunnel \d connected", runner.log()))
     streaming = threading.Barrier(5, timeout=120)
 
     def stream(model: str) -> tuple[int, str]:
-        body = {"model": model, "messages": [{"role": "user", "content": "Tell me a long story."}],
-                "max_tokens": 300, "temperature": 0, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", f"{cp.url}/v1/chat/completions", json=body, timeout=300,
-                          headers={"Authorization": f"Bearer {key}"}) as resp:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 300,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            f"{cp.url}/v1/chat/completions",
+            json=body,
+            timeout=300,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp:
             chunks = resp.iter_text()
             first = next(chunks)
             streaming.wait()
@@ -91,9 +116,15 @@ def test_an_engine_killed_mid_stream_ends_its_streams_with_engine_error_and_the_
     log = runner.log()
     assert len(re.findall(r"tunnel \d connected", log)) == connects_before, log[-3000:]
     assert "reconnecting" not in log
-    assert len(re.findall(r"ERROR.*stream \d+ /v1/chat/completions smol-a: error", log)) == 2, log[-3000:]
+    assert len(re.findall(r"ERROR.*stream \d+ /v1/chat/completions smol-a: error", log)) == 2, log[
+        -3000:
+    ]
     assert "broke the protocol" not in cp.log()
     # And the runner keeps serving on them.
-    resp = httpx.post(f"{cp.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                      json={"model": "smol-b", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]})
+    resp = httpx.post(
+        f"{cp.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+        json={"model": "smol-b", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert resp.status_code == 200, resp.text

@@ -22,12 +22,12 @@ import httpx
 import psutil
 import pytest
 
-from runner.engine_process import EngineRecord, EngineRegistry
-from runner.models import embedded_model_path
+from outpost.runner.engine_process import EngineRecord, EngineRegistry
+from outpost.runner.models import embedded_model_path
 from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
 LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
-ENGINE_MODULE = "runner.engines.xllamacpp_main"
+ENGINE_MODULE = "outpost.runner.engines.xllamacpp_main"
 
 
 def _running(pid: int) -> bool:
@@ -50,13 +50,29 @@ def _engines_under(pid: int) -> list[psutil.Process]:
 
 
 def _engine_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", ENGINE_MODULE, "--model", str(embedded_model_path()), "--port", str(port),
-            "--ctx", "512", "--parallel", "1", "--threads", "1"]
+    return [
+        sys.executable,
+        "-m",
+        ENGINE_MODULE,
+        "--model",
+        str(embedded_model_path()),
+        "--port",
+        str(port),
+        "--ctx",
+        "512",
+        "--parallel",
+        "1",
+        "--threads",
+        "1",
+    ]
 
 
 def _wait_healthy(port: int) -> None:
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 120,
-               f"engine on port {port}")
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
+        120,
+        f"engine on port {port}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +90,25 @@ def key(cp: ControlPlaneProcess) -> str:
     return cp.api_key()
 
 
-def test_the_engine_dies_when_its_runner_is_killed_with_sigkill(cp: ControlPlaneProcess, key: str,
-                                                                 tmp_path: Path) -> None:
+def test_the_engine_dies_when_its_runner_is_killed_with_sigkill(
+    cp: ControlPlaneProcess, key: str, tmp_path: Path
+) -> None:
     runner = RunnerProcess(cp, tmp_path / "runner", "killed", args=LIGHT).start()
     try:
         runner.wait_connected(key)
         engines = _engines_under(runner.proc.pid)  # type: ignore[union-attr]
         assert len(engines) == 1
         engine = engines[0].pid
-        resp = httpx.post(f"{cp.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                          timeout=60, json={"model": "smollm2", "max_tokens": 2,
-                                            "messages": [{"role": "user", "content": "Hi"}]})
+        resp = httpx.post(
+            f"{cp.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+            json={
+                "model": "smollm2",
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        )
         assert resp.status_code == 200, resp.text  # it serves
         runner.proc.kill()  # type: ignore[union-attr]
         runner.proc.wait()  # type: ignore[union-attr]
@@ -93,8 +117,9 @@ def test_the_engine_dies_when_its_runner_is_killed_with_sigkill(cp: ControlPlane
         runner.stop()
 
 
-def test_a_restarted_runner_stops_the_engine_its_previous_run_left_behind(cp: ControlPlaneProcess, key: str,
-                                                                          tmp_path: Path) -> None:
+def test_a_restarted_runner_stops_the_engine_its_previous_run_left_behind(
+    cp: ControlPlaneProcess, key: str, tmp_path: Path
+) -> None:
     state = tmp_path / "runner"
     registry = EngineRegistry(state / "engines")
     # The previous run: a process that started an engine, recorded it as the runner does,
@@ -110,17 +135,26 @@ def test_a_restarted_runner_stops_the_engine_its_previous_run_left_behind(cp: Co
         "EngineRegistry(Path(sys.argv[1])).record(p.pid, argv)\n"
         "print(p.pid)\n"
     )
-    previous = subprocess.run([sys.executable, "-c", previous_run, str(registry.directory), *_engine_argv(port)],
-                              capture_output=True, text=True, timeout=60, check=True)
+    previous = subprocess.run(
+        [sys.executable, "-c", previous_run, str(registry.directory), *_engine_argv(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     stale = int(previous.stdout.strip())
     # An unrelated process whose pid the record names, but that started at another time: a reused pid.
     unrelated = subprocess.Popen(["sleep", "300"])
     try:
         _wait_healthy(port)
         assert _running(stale)
-        reused = EngineRecord(pid=unrelated.pid, started=psutil.Process(unrelated.pid).create_time() - 50,
-                              runner_pid=previous_runner_pid(registry, stale), runner_started=0.0,
-                              argv=["python", "-m", ENGINE_MODULE])
+        reused = EngineRecord(
+            pid=unrelated.pid,
+            started=psutil.Process(unrelated.pid).create_time() - 50,
+            runner_pid=previous_runner_pid(registry, stale),
+            runner_started=0.0,
+            argv=["python", "-m", ENGINE_MODULE],
+        )
         (registry.directory / f"{unrelated.pid}.json").write_text(json.dumps(asdict(reused)))
 
         runner = RunnerProcess(cp, state, "restarted", args=LIGHT).start()
@@ -148,10 +182,13 @@ def previous_runner_pid(registry: EngineRegistry, engine: int) -> int:
     return rec.runner_pid
 
 
-def test_an_attached_engine_outlives_its_runner_and_is_never_stopped(cp: ControlPlaneProcess, key: str,
-                                                                     tmp_path: Path) -> None:
+def test_an_attached_engine_outlives_its_runner_and_is_never_stopped(
+    cp: ControlPlaneProcess, key: str, tmp_path: Path
+) -> None:
     port = free_port()
-    engine = subprocess.Popen(_engine_argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = subprocess.Popen(
+        _engine_argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_healthy(port)
         state = tmp_path / "runner"
@@ -172,17 +209,34 @@ def test_an_attached_engine_outlives_its_runner_and_is_never_stopped(cp: Control
         engine.wait()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"]
+)
 def test_control_plane_up_takes_its_runner_and_engine_with_it(sig: int, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTPOST_")}
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
-        up = subprocess.Popen([sys.executable, "-m", "control_plane.cli", "up", "--port", str(free_port()),
-                               "--state-dir", str(tmp_path / "state")], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "outpost.control_plane.cli",
+                "up",
+                "--port",
+                str(free_port()),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_until(lambda: "serving" in log_path.read_text(errors="replace"), 180,
-                   f"control-plane up to serve\n{log_path.read_text(errors='replace')}")
+        wait_until(
+            lambda: "serving" in log_path.read_text(errors="replace"),
+            180,
+            f"control-plane up to serve\n{log_path.read_text(errors='replace')}",
+        )
         tree = psutil.Process(up.pid).children(recursive=True)
         assert len(_engines_under(up.pid)) == 1 and len(tree) >= 2  # the runner and its engine
         up.send_signal(sig)
@@ -190,8 +244,11 @@ def test_control_plane_up_takes_its_runner_and_engine_with_it(sig: int, tmp_path
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(_running(p.pid) for p in tree):
             time.sleep(0.2)
-        left = [(p.pid, p.info) for p in psutil.process_iter(["cmdline"]) if p.pid in {c.pid for c in tree}
-                and _running(p.pid)]
+        left = [
+            (p.pid, p.info)
+            for p in psutil.process_iter(["cmdline"])
+            if p.pid in {c.pid for c in tree} and _running(p.pid)
+        ]
         assert left == [], f"left running after {signal.Signals(sig).name}: {left}"
     finally:
         if up.poll() is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from runner.engine_process import EngineRecord, EngineRegistry
+from outpost.runner.engine_process import EngineRecord, EngineRegistry
 from tests.utils import wait_until
 
 
@@ -39,17 +39,31 @@ def _write(registry: EngineRegistry, rec: EngineRecord) -> None:
     (registry.directory / f"{rec.pid}.json").write_text(json.dumps(asdict(rec)))
 
 
-def test_what_an_engine_started_is_stopped_with_it_even_after_the_engine_itself_died(tmp_path: Path) -> None:
+def test_what_an_engine_started_is_stopped_with_it_even_after_the_engine_itself_died(
+    tmp_path: Path,
+) -> None:
     # An engine that started a worker of its own (as vLLM does) in its process group; the kernel's
     # parent-death signal reaches the engine only, so the worker is left once the engine is gone.
-    engine = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    engine = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert engine.stdout is not None
     worker = int(engine.stdout.readline())
     registry = EngineRegistry(tmp_path / "engines")
     runner_pid, runner_started = _dead_runner()
-    _write(registry, EngineRecord(pid=engine.pid, started=psutil.Process(engine.pid).create_time(),
-                                  runner_pid=runner_pid, runner_started=runner_started, argv=["sh"]))
+    _write(
+        registry,
+        EngineRecord(
+            pid=engine.pid,
+            started=psutil.Process(engine.pid).create_time(),
+            runner_pid=runner_pid,
+            runner_started=runner_started,
+            argv=["sh"],
+        ),
+    )
     try:
         engine.kill()
         engine.wait()
@@ -82,8 +96,16 @@ def test_a_reused_pid_is_never_touched_and_its_record_is_dropped(tmp_path: Path)
     runner_pid, runner_started = _dead_runner()
     try:
         started = psutil.Process(unrelated.pid).create_time()
-        _write(registry, EngineRecord(pid=unrelated.pid, started=started - 3600, runner_pid=runner_pid,
-                                      runner_started=runner_started, argv=["engine"]))
+        _write(
+            registry,
+            EngineRecord(
+                pid=unrelated.pid,
+                started=started - 3600,
+                runner_pid=runner_pid,
+                runner_started=runner_started,
+                argv=["engine"],
+            ),
+        )
         assert _sweep(registry, 5) == 0
         assert unrelated.poll() is None
         assert registry.records() == []

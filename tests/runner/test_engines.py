@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.engines import (
+from outpost.runner.engines import (
     AttachedEngine,
     EngineAdapter,
     LlamaCppPythonEngine,
@@ -17,11 +17,11 @@ from runner.engines import (
     XllamacppEngine,
     build_engine,
 )
-from runner.engines.base import EngineLoad, ServedModel
-from runner.gguf_meta import lookup_known, read_gguf
-from runner.hardware import detect
-from runner.models import embedded_model_path
-from runner.planning import plan
+from outpost.runner.engines.base import EngineLoad, ServedModel
+from outpost.runner.gguf_meta import lookup_known, read_gguf
+from outpost.runner.hardware import detect
+from outpost.runner.models import embedded_model_path
+from outpost.runner.planning import plan
 from tests.runner.fakes import nvidia_gpu, probes
 
 DATA = Path(__file__).parent / "data"
@@ -106,15 +106,25 @@ def test_vllm_metrics_from_a_hostile_server_stay_finite() -> None:
     The load stays defined, and nothing raises (an OverflowError from int(inf) would end the
     runner's metrics polling for good)."""
     text = AFTER.read_text()
-    for name, value in (("vllm:num_requests_running", "+Inf"), ("vllm:num_requests_waiting", "-12.0"),
-                        ("vllm:kv_cache_usage_perc", "NaN"), ("vllm:generation_tokens_total", "+Inf"),
-                        ("vllm:prompt_tokens_total", "-1.0")):
+    for name, value in (
+        ("vllm:num_requests_running", "+Inf"),
+        ("vllm:num_requests_waiting", "-12.0"),
+        ("vllm:kv_cache_usage_perc", "NaN"),
+        ("vllm:generation_tokens_total", "+Inf"),
+        ("vllm:prompt_tokens_total", "-1.0"),
+    ):
         line = f'{name}{{engine="0",model_name="SmolLM2-135M-Instruct"}}'
         assert f"{line} 0.0" in text or line in text
-        text = "\n".join(f"{line} {value}" if ln.startswith(line + " ") else ln for ln in text.splitlines())
+        text = "\n".join(
+            f"{line} {value}" if ln.startswith(line + " ") else ln for ln in text.splitlines()
+        )
     load = _vllm().parse_metrics(text)
     assert (load.running, load.waiting, load.kv_cache_usage) == (0, 0, None)
-    assert (load.generation_tokens, load.prompt_tokens, load.requests_finished) == (None, None, 5444)
+    assert (load.generation_tokens, load.prompt_tokens, load.requests_finished) == (
+        None,
+        None,
+        5444,
+    )
 
 
 def _second_engine(text: str) -> str:
@@ -124,7 +134,9 @@ def _second_engine(text: str) -> str:
     for line in text.splitlines():
         if line.startswith("vllm:") and 'engine="0"' in line:
             name, value = line.rsplit(" ", 1)
-            extra.append(f'{name.replace(chr(34) + "0" + chr(34), chr(34) + "1" + chr(34))} {float(value) * 2}')
+            extra.append(
+                f"{name.replace(chr(34) + '0' + chr(34), chr(34) + '1' + chr(34))} {float(value) * 2}"
+            )
     return text + "\n".join(extra) + "\n"
 
 
@@ -163,7 +175,11 @@ def test_vllm_metrics_v0_engine_names() -> None:
 def test_vllm_empty_metrics_read_as_idle() -> None:
     load = _vllm().parse_metrics("")
     assert (load.running, load.waiting, load.kv_cache_usage) == (0, 0, None)
-    assert (load.requests_finished, load.prompt_tokens, load.generation_tokens) == (None, None, None)
+    assert (load.requests_finished, load.prompt_tokens, load.generation_tokens) == (
+        None,
+        None,
+        None,
+    )
 
 
 def test_llama_cpp_python_argv_capacity_and_health() -> None:
@@ -190,7 +206,9 @@ def test_attached_engine() -> None:
     assert engine.headers() == {"Authorization": "Bearer sk-local"}
     assert "sk-local" not in repr(engine)
     assert AttachedEngine(url="http://x").headers() == {}
-    assert engine.parse_metrics(BUSY.read_text()).running == 256  # an attached vLLM's metrics are read
+    assert (
+        engine.parse_metrics(BUSY.read_text()).running == 256
+    )  # an attached vLLM's metrics are read
     assert engine.parse_metrics("") == EngineLoad()
 
 
@@ -212,7 +230,13 @@ def test_build_engine_for_a_vllm_plan() -> None:
     assert isinstance(engine, VllmEngine)
     argv = engine.launch_spec(8000).argv
     # The interpreter that imports vllm runs it (a `vllm` script on PATH may be another install, or none).
-    assert argv[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "meta-llama/Llama-3.1-70B-Instruct"]
+    assert argv[:5] == [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        "meta-llama/Llama-3.1-70B-Instruct",
+    ]
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert argv[argv.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-70B-Instruct"
     assert engine.capacity == result.capacity
@@ -225,7 +249,9 @@ def test_build_engine_for_llama_cpp_python_and_attach() -> None:
     assert isinstance(engine, LlamaCppPythonEngine) and engine.capacity == 1
     attached = build_engine(plan(hw, None, attach_url="http://h:1/v1", installed=ALL),
                             api_key="k")  # fmt: skip
-    assert isinstance(attached, AttachedEngine) and attached.headers()["Authorization"] == "Bearer k"
+    assert (
+        isinstance(attached, AttachedEngine) and attached.headers()["Authorization"] == "Bearer k"
+    )
     assert attached.models == ()
 
 

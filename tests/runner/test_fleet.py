@@ -7,24 +7,36 @@ from pathlib import Path
 
 import httpx
 
-from runner.engines.base import EngineLoad, ServedModel
-from runner.engines.xllamacpp import XllamacppEngine
-from runner.fleet import EngineFleet
-from sdk.protocol import StatusFrame, encode_frame, parse_frame
+from outpost.runner.engines.base import EngineLoad, ServedModel
+from outpost.runner.engines.xllamacpp import XllamacppEngine
+from outpost.runner.fleet import EngineFleet
+from outpost.sdk.protocol import StatusFrame, encode_frame, parse_frame
 
 
 def _engine(name: str, *aliases: str) -> XllamacppEngine:
-    return XllamacppEngine(model_path=f"/models/{name}.gguf", capacity=2,
-                           models=(ServedModel(name=name, engine="xllamacpp", aliases=aliases),))
+    return XllamacppEngine(
+        model_path=f"/models/{name}.gguf",
+        capacity=2,
+        models=(ServedModel(name=name, engine="xllamacpp", aliases=aliases),),
+    )
 
 
-async def test_requests_go_to_the_engine_of_their_model_and_a_down_one_is_reported(tmp_path: Path) -> None:
+async def test_requests_go_to_the_engine_of_their_model_and_a_down_one_is_reported(
+    tmp_path: Path,
+) -> None:
     async with httpx.AsyncClient() as http:
-        fleet = EngineFleet([_engine("smol-a", "chat"), _engine("smol-b")], log_dir=tmp_path, http=http)
+        fleet = EngineFleet(
+            [_engine("smol-a", "chat"), _engine("smol-b")], log_dir=tmp_path, http=http
+        )
         a, b = fleet.engines
-        assert fleet.route("smol-a") is a and fleet.route("chat") is a and fleet.route("smol-b") is b
+        assert (
+            fleet.route("smol-a") is a and fleet.route("chat") is a and fleet.route("smol-b") is b
+        )
         assert fleet.route("other") is None
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["engine-smol-a.log", "engine-smol-b.log"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "engine-smol-a.log",
+            "engine-smol-b.log",
+        ]
 
         a.supervisor.healthy.set()  # b is still loading (or restarting)
         assert fleet.healthy and fleet.unavailable_models() == ["smol-b"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.gguf_meta import (
+from outpost.runner.gguf_meta import (
     ModelNotFoundError,
     kv_bytes_per_token,
     lookup_known,
@@ -16,7 +16,7 @@ from runner.gguf_meta import (
     read_hf_dir,
     resolve_model,
 )
-from runner.models import EmbeddedModelMissingError, embedded_model_path
+from outpost.runner.models import EmbeddedModelMissingError, embedded_model_path
 from tests.runner.models_fixtures import LLAMA_31_8B_CONFIG, LLAMA_31_8B_SHARDS, hf_dir
 
 

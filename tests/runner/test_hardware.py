@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.hardware import (
+from outpost.runner.hardware import (
     AmdProbe,
     AppleProbe,
     NvidiaProbe,
@@ -140,15 +140,23 @@ def test_an_amd_sensor_outside_the_hello_bounds_reads_as_unreported() -> None:
 
     smi = types.SimpleNamespace(
         AmdSmiMemoryType=types.SimpleNamespace(VRAM=0),
-        amdsmi_init=lambda: None, amdsmi_shut_down=lambda: None,
+        amdsmi_init=lambda: None,
+        amdsmi_shut_down=lambda: None,
         amdsmi_get_processor_handles=lambda: ["h0"],
         amdsmi_get_gpu_memory_total=lambda h, t: 192 * 2**30,
         amdsmi_get_gpu_memory_usage=lambda h, t: 2**30,
-        amdsmi_get_gpu_asic_info=lambda h: {"market_name": "AMD Instinct MI300X", "target_graphics_version": "gfx942"},
+        amdsmi_get_gpu_asic_info=lambda h: {
+            "market_name": "AMD Instinct MI300X",
+            "target_graphics_version": "gfx942",
+        },
         amdsmi_get_power_info=lambda h: {"current_socket_power": "nan", "power_limit": 750},
         amdsmi_get_gpu_activity=lambda h: {"gfx_activity": -1},
         amdsmi_get_gpu_driver_info=lambda h: {"driver_version": "6.8.5"},
         amdsmi_get_gpu_device_uuid=lambda h: "GPU-amd-0",
     )
     (gpu,) = AmdProbe(load=lambda: smi).probe()  # type: ignore[arg-type,return-value] # a fake module
-    assert gpu.power_draw_watts is None and gpu.utilization_percent is None and gpu.power_limit_watts == 750.0
+    assert (
+        gpu.power_draw_watts is None
+        and gpu.utilization_percent is None
+        and gpu.power_limit_watts == 750.0
+    )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.engines import build_engine
-from runner.gguf_meta import read_gguf, read_hf_dir
-from runner.hardware import detect
-from runner.models import embedded_model_path
-from runner.planning import (
+from outpost.runner.engines import build_engine
+from outpost.runner.gguf_meta import read_gguf, read_hf_dir
+from outpost.runner.hardware import detect
+from outpost.runner.models import embedded_model_path
+from outpost.runner.planning import (
     DEFAULT_HEADROOM,
     RAM_RESERVE,
     Overrides,
@@ -17,7 +17,7 @@ from runner.planning import (
     XllamacppSettings,
     plan,
 )
-from sdk.protocol import StatusFrame, encode_frame, parse_frame
+from outpost.sdk.protocol import StatusFrame, encode_frame, parse_frame
 from tests.runner.fakes import cpu, nvidia_gpu, probes
 from tests.runner.models_fixtures import LLAMA_31_8B_CONFIG, LLAMA_31_8B_SHARDS, hf_dir
 
@@ -27,7 +27,9 @@ def test_llama_cpp_gets_whole_extra_slots_with_their_kv_cache_in_the_fit() -> No
     model = read_gguf(embedded_model_path())
     plain = plan(hw, model, installed={"xllamacpp"})
     spare = plan(hw, model, installed={"xllamacpp"}, overrides=Overrides(headroom=DEFAULT_HEADROOM))
-    assert isinstance(plain.settings, XllamacppSettings) and isinstance(spare.settings, XllamacppSettings)
+    assert isinstance(plain.settings, XllamacppSettings) and isinstance(
+        spare.settings, XllamacppSettings
+    )
     assert (spare.capacity, spare.headroom) == (plain.capacity, 1)
     assert spare.settings.slots == plain.settings.slots + 1
     assert spare.settings.ctx_per_slot == plain.settings.ctx_per_slot  # no slot gets less context
@@ -36,7 +38,9 @@ def test_llama_cpp_gets_whole_extra_slots_with_their_kv_cache_in_the_fit() -> No
     assert "fair-headroom slot" in spare.rule
     engine = build_engine(spare)
     assert (engine.capacity, engine.headroom) == (spare.settings.slots, 1)
-    assert engine.launch_spec(1).argv[engine.launch_spec(1).argv.index("--parallel") + 1] == str(engine.capacity)
+    assert engine.launch_spec(1).argv[engine.launch_spec(1).argv.index("--parallel") + 1] == str(
+        engine.capacity
+    )
 
 
 def test_no_headroom_when_the_extra_slot_would_not_fit() -> None:
@@ -45,7 +49,9 @@ def test_no_headroom_when_the_extra_slot_would_not_fit() -> None:
     full = plan(tight, model, installed={"xllamacpp"}, overrides=Overrides(parallel=1))
     assert full.fit is not None
     # RAM for exactly the one slot: the headroom slot is dropped, and the rule says why.
-    one_slot = full.fit.required_bytes - full.fit.reserve_bytes  # weights + one slot's KV + overhead
+    one_slot = (
+        full.fit.required_bytes - full.fit.reserve_bytes
+    )  # weights + one slot's KV + overhead
     ram = int((one_slot + full.fit.kv_bytes // 2) / (1 - RAM_RESERVE))  # room for half a slot more
     squeezed = tight.cpu.model_copy(update={"ram_available_bytes": ram})
     hw = tight.model_copy(update={"cpu": squeezed})
@@ -56,7 +62,9 @@ def test_no_headroom_when_the_extra_slot_would_not_fit() -> None:
 
 
 def test_vllm_gets_a_higher_max_num_seqs(tmp_path: Path) -> None:
-    model = read_hf_dir(hf_dir(tmp_path, "Llama-3.1-8B-Instruct", LLAMA_31_8B_CONFIG, LLAMA_31_8B_SHARDS))
+    model = read_hf_dir(
+        hf_dir(tmp_path, "Llama-3.1-8B-Instruct", LLAMA_31_8B_CONFIG, LLAMA_31_8B_SHARDS)
+    )
     hw = detect(probes(cpu(cores=32, ram_gib=256), [nvidia_gpu(0)]))
     plain = plan(hw, model, installed={"vllm"})
     spare = plan(hw, model, installed={"vllm"}, overrides=Overrides(headroom=2))
@@ -69,14 +77,23 @@ def test_vllm_gets_a_higher_max_num_seqs(tmp_path: Path) -> None:
 
 def test_one_request_engines_and_attached_engines() -> None:
     hw = detect(probes(cpu(cores=2, ram_gib=24)))
-    lcp = plan(hw, read_gguf(embedded_model_path()), engine="llama-cpp-python", installed={"llama-cpp-python"},
-               overrides=Overrides(headroom=1))
+    lcp = plan(
+        hw,
+        read_gguf(embedded_model_path()),
+        engine="llama-cpp-python",
+        installed={"llama-cpp-python"},
+        overrides=Overrides(headroom=1),
+    )
     assert (lcp.capacity, lcp.headroom) == (1, 0)
     # An attached engine's slots are what they are: the headroom is carved out, one slot left.
-    attached = plan(hw, None, attach_url="http://127.0.0.1:9/v1", overrides=Overrides(parallel=8, headroom=1))
+    attached = plan(
+        hw, None, attach_url="http://127.0.0.1:9/v1", overrides=Overrides(parallel=8, headroom=1)
+    )
     assert (attached.capacity, attached.headroom) == (7, 1)
     assert build_engine(attached, ()).capacity == 8
-    lone = plan(hw, None, attach_url="http://127.0.0.1:9/v1", overrides=Overrides(parallel=1, headroom=1))
+    lone = plan(
+        hw, None, attach_url="http://127.0.0.1:9/v1", overrides=Overrides(parallel=1, headroom=1)
+    )
     assert (lone.capacity, lone.headroom) == (1, 0)
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from runner.engines.attach import AttachedEngine
-from runner.engines.base import EngineLoad, LaunchSpec, ServedModel
-from runner.fleet import EngineFleet
-from runner.supervisor import HealthCheck, Supervisor
+from outpost.runner.engines.attach import AttachedEngine
+from outpost.runner.engines.base import EngineLoad, LaunchSpec, ServedModel
+from outpost.runner.fleet import EngineFleet
+from outpost.runner.supervisor import HealthCheck, Supervisor
 
 FAST = HealthCheck(interval_s=0.05, timeout_s=0.1, failures=3)
 
@@ -62,10 +62,14 @@ async def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_hung_engine_is_marked_unavailable_at_once_killed_and_restarted(tmp_path: Path) -> None:
+async def test_a_hung_engine_is_marked_unavailable_at_once_killed_and_restarted(
+    tmp_path: Path,
+) -> None:
     probe = ScriptedProbe()
     async with httpx.AsyncClient() as http:
-        fleet = EngineFleet([SleepingEngine()], log_dir=tmp_path, http=http, health_check=FAST, probe=probe)
+        fleet = EngineFleet(
+            [SleepingEngine()], log_dir=tmp_path, http=http, health_check=FAST, probe=probe
+        )
         sup = fleet.engines[0].supervisor
         await fleet.start()
         watcher = asyncio.create_task(fleet.watch())
@@ -74,7 +78,9 @@ async def test_a_hung_engine_is_marked_unavailable_at_once_killed_and_restarted(
             assert first is not None and fleet.unavailable_models() == []
             await asyncio.sleep(0.3)  # several passing checks: nothing happens
             assert sup.restarts == 0 and first.returncode is None
-            assert any(u.endswith("/live") for u in probe.calls), "running engines are checked on liveness_path"
+            assert any(u.endswith("/live") for u in probe.calls), (
+                "running engines are checked on liveness_path"
+            )
 
             probe.hung = True
             await _until(lambda: not sup.healthy.is_set())
@@ -99,7 +105,9 @@ async def test_failures_must_be_consecutive(tmp_path: Path) -> None:
         return next(answers, None)
 
     async with httpx.AsyncClient() as http:
-        sup = Supervisor(SleepingEngine(), log_dir=tmp_path, http=http, health_check=FAST, probe=flaky)
+        sup = Supervisor(
+            SleepingEngine(), log_dir=tmp_path, http=http, health_check=FAST, probe=flaky
+        )
         await sup.start()
         watcher = asyncio.create_task(sup.watch())
         try:
@@ -110,7 +118,9 @@ async def test_failures_must_be_consecutive(tmp_path: Path) -> None:
             await sup.stop()
 
 
-async def test_default_probe_times_out_on_an_engine_that_accepts_but_never_answers(tmp_path: Path) -> None:
+async def test_default_probe_times_out_on_an_engine_that_accepts_but_never_answers(
+    tmp_path: Path,
+) -> None:
     # What SIGSTOP looks like from outside: the kernel accepts the connection, nobody answers.
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(60)
@@ -118,8 +128,12 @@ async def test_default_probe_times_out_on_an_engine_that_accepts_but_never_answe
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with httpx.AsyncClient() as http, server:
-        sup = Supervisor(AttachedEngine(url=f"http://127.0.0.1:{port}/v1"), log_dir=tmp_path, http=http,
-                         health_check=FAST)
+        sup = Supervisor(
+            AttachedEngine(url=f"http://127.0.0.1:{port}/v1"),
+            log_dir=tmp_path,
+            http=http,
+            health_check=FAST,
+        )
         sup.healthy.set()  # as after start()
         watcher = asyncio.create_task(sup.watch())
         try:
@@ -140,8 +154,14 @@ async def test_an_attached_engine_is_checked_with_its_api_key(tmp_path: Path) ->
         return httpx.Response(200 if ok else 401, json={"data": []})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        sup = Supervisor(AttachedEngine(url="http://engine.example/v1", api_key="k-1"), log_dir=tmp_path,
-                         http=http, health_check=FAST)
-        await sup.start()  # without the key on the probe an attached engine behind a key never got ready
+        sup = Supervisor(
+            AttachedEngine(url="http://engine.example/v1", api_key="k-1"),
+            log_dir=tmp_path,
+            http=http,
+            health_check=FAST,
+        )
+        await (
+            sup.start()
+        )  # without the key on the probe an attached engine behind a key never got ready
         assert sup.healthy.is_set() and seen == ["Bearer k-1"]
         await sup.stop()

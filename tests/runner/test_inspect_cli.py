@@ -7,8 +7,8 @@ import json
 
 from rich.console import Console
 
-from runner.hardware import Probes
-from runner.inspect_cli import detect_command, plan_command
+from outpost.runner.hardware import Probes
+from outpost.runner.inspect_cli import detect_command, plan_command
 from tests.runner.fakes import FakeCpuProbe, RaisingProbe, cpu, nvidia_gpu, probes
 
 ALL = {"xllamacpp", "llama-cpp-python", "vllm"}

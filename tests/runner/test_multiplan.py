@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runner.gguf_meta import ModelSpec, lookup_known
-from runner.hardware import detect
-from runner.inspect_cli import plan_command
-from runner.model_refs import ModelRef, ModelRefError, parse_model_ref, resolve_models
-from runner.models import embedded_model_path
-from runner.multiplan import memory_used, plan_models, remaining_after
-from runner.planning import GIB, VllmSettings, XllamacppSettings, plan
+from outpost.runner.gguf_meta import ModelSpec, lookup_known
+from outpost.runner.hardware import detect
+from outpost.runner.inspect_cli import plan_command
+from outpost.runner.model_refs import ModelRef, ModelRefError, parse_model_ref, resolve_models
+from outpost.runner.models import embedded_model_path
+from outpost.runner.multiplan import memory_used, plan_models, remaining_after
+from outpost.runner.planning import GIB, VllmSettings, XllamacppSettings, plan
 from tests.runner.fakes import cpu, nvidia_gpu, probes, rtx4090
 from tests.runner.models_fixtures import gguf_spec
 
@@ -37,7 +37,9 @@ def test_model_values_parse_as_name_and_reference(value: str, expected: ModelRef
     assert parse_model_ref(value) == expected
 
 
-def test_an_existing_file_with_an_equals_sign_is_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_existing_file_with_an_equals_sign_is_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "q=4.gguf").write_bytes(b"")
     assert parse_model_ref("q=4.gguf") == ModelRef(None, "q=4.gguf")
@@ -69,14 +71,16 @@ def test_ids_come_from_the_model_unless_named() -> None:
     ["llama=/m/a.gguf", "/m/llama.gguf"],  # a name clashing with a derived id
 ])  # fmt: skip
 def test_duplicate_ids_are_refused_naming_both_values(values: list[str]) -> None:
-    with pytest.raises(ModelRefError, match=r"is used twice \(--model .* and --model .*\); give each its own id"):
+    with pytest.raises(
+        ModelRefError, match=r"is used twice \(--model .* and --model .*\); give each its own id"
+    ):
         resolve_models(values, resolve=_fake_resolve)
 
 
 def test_settings_refuse_a_bad_model_id_before_reading_anything() -> None:
     from pydantic import ValidationError
 
-    from runner.settings import RunnerSettings
+    from outpost.runner.settings import RunnerSettings
 
     with pytest.raises(ValidationError, match="not a usable model id"):
         RunnerSettings(model=["bad id=/nowhere.gguf"])
@@ -98,8 +102,10 @@ def test_models_are_planned_in_order_in_the_memory_the_earlier_ones_left() -> No
     assert b.fit.where == "free RAM left by a"
     # c would fit alone, but not beside a and b: the refusal says so and by how much.
     assert c.engine is None and c.refusal is not None
-    assert c.refusal.startswith("not enough memory left for c beside the models before it "
-                                f"(a {memory_used(a) / GIB:.1f} GiB (xllamacpp), b ")
+    assert c.refusal.startswith(
+        "not enough memory left for c beside the models before it "
+        f"(a {memory_used(a) / GIB:.1f} GiB (xllamacpp), b "
+    )
     assert "alone it would fit (xllamacpp)" in c.refusal and "short by" in c.refusal
     assert plan(hw, models[2], installed={"xllamacpp"}).refusal is None
 
@@ -128,7 +134,9 @@ def test_vllm_takes_its_utilization_share_of_each_gpu_it_uses() -> None:
     hw = detect(probes(cpu(cores=32, ram_gib=256), [nvidia_gpu(0), nvidia_gpu(1)]))
     model = lookup_known("meta-llama/Llama-3.1-8B-Instruct")
     assert model is not None
-    first, second = plan_models(hw, [model, model.model_copy(update={"name": "second"})], installed=ALL)
+    first, second = plan_models(
+        hw, [model, model.model_copy(update={"name": "second"})], installed=ALL
+    )
     assert isinstance(first.settings, VllmSettings) and first.settings.gpu_indices == [0]
     left = remaining_after(hw, first)
     taken = int(first.settings.gpu_memory_utilization * hw.gpus[0].memory_total_bytes)
@@ -151,5 +159,10 @@ def test_runner_plan_with_two_models_prints_one_plan_each() -> None:
 def test_runner_plan_refuses_duplicate_ids_as_bad_input() -> None:
     path = str(embedded_model_path())
     out = io.StringIO()
-    assert plan_command([path, path], None, False, probes=probes(), console=Console(file=out, width=200)) == 2
+    assert (
+        plan_command(
+            [path, path], None, False, probes=probes(), console=Console(file=out, width=200)
+        )
+        == 2
+    )
     assert "is used twice" in out.getvalue()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.gguf_meta import lookup_known, read_gguf
-from runner.hardware import detect
-from runner.models import embedded_model_path
-from runner.planning import (
+from outpost.runner.gguf_meta import lookup_known, read_gguf
+from outpost.runner.hardware import detect
+from outpost.runner.models import embedded_model_path
+from outpost.runner.planning import (
     GIB,
     Overrides,
     Plan,
@@ -50,7 +50,7 @@ def test_cpu_only_machine_with_gguf_gets_xllamacpp() -> None:
 
 
 def test_one_h100_with_an_8b_hf_model_and_vllm_gets_tp_1(tmp_path: Path) -> None:
-    from runner.gguf_meta import read_hf_dir
+    from outpost.runner.gguf_meta import read_hf_dir
 
     model = read_hf_dir(hf_dir(tmp_path, "Llama-3.1-8B-Instruct", LLAMA_31_8B_CONFIG,
                                LLAMA_31_8B_SHARDS))  # fmt: skip
@@ -205,4 +205,6 @@ def test_a_gguf_refused_where_only_llama_cpp_python_is_installed_names_the_flag(
     hw = detect(probes(cpu(cores=2, ram_gib=24)))
     result = plan(hw, read_gguf(embedded_model_path()), installed={"llama-cpp-python"})
     assert result.refusal is not None and "xllamacpp: not installed" in result.refusal
-    assert result.refusal.endswith("--engine llama-cpp-python serves this model one request at a time.")
+    assert result.refusal.endswith(
+        "--engine llama-cpp-python serves this model one request at a time."
+    )

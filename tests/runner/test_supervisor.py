@@ -10,31 +10,44 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner.engines.base import EngineAdapter, ServedModel
-from runner.engines.llama_cpp_python import LlamaCppPythonEngine
-from runner.engines.xllamacpp import XllamacppEngine
-from runner.models import embedded_model_path
-from runner.supervisor import EngineFailed, Supervisor
+from outpost.runner.engines.base import EngineAdapter, ServedModel
+from outpost.runner.engines.llama_cpp_python import LlamaCppPythonEngine
+from outpost.runner.engines.xllamacpp import XllamacppEngine
+from outpost.runner.models import embedded_model_path
+from outpost.runner.supervisor import EngineFailed, Supervisor
 
 MODEL = (ServedModel(name="smollm2-135m-instruct", engine="test"),)
 
 
 def _xllamacpp() -> EngineAdapter:
-    return XllamacppEngine(model_path=str(embedded_model_path()), models=MODEL, capacity=1, ctx=512, threads=1)
+    return XllamacppEngine(
+        model_path=str(embedded_model_path()), models=MODEL, capacity=1, ctx=512, threads=1
+    )
 
 
 def _llama_cpp_python() -> EngineAdapter:
-    return LlamaCppPythonEngine(model_path=str(embedded_model_path()), models=MODEL, ctx=512, threads=1)
+    return LlamaCppPythonEngine(
+        model_path=str(embedded_model_path()), models=MODEL, ctx=512, threads=1
+    )
 
 
 async def _chat(http: httpx.AsyncClient, sup: Supervisor) -> str:
-    resp = await http.post(sup.base_url + "/v1/chat/completions", timeout=60, json={
-        "model": "smollm2-135m-instruct", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    resp = await http.post(
+        sup.base_url + "/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": "smollm2-135m-instruct",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("make", [_xllamacpp, _llama_cpp_python], ids=["xllamacpp", "llama-cpp-python"])
+@pytest.mark.parametrize(
+    "make", [_xllamacpp, _llama_cpp_python], ids=["xllamacpp", "llama-cpp-python"]
+)
 async def test_real_engine_serves_and_is_restarted_after_kill_9(make, tmp_path: Path) -> None:
     async with httpx.AsyncClient() as http:
         sup = Supervisor(make(), log_dir=tmp_path, http=http, health_timeout_s=120)
@@ -62,7 +75,9 @@ async def test_real_engine_serves_and_is_restarted_after_kill_9(make, tmp_path: 
 
 
 async def test_engine_that_cannot_load_fails_with_a_clear_error(tmp_path: Path) -> None:
-    bad = XllamacppEngine(model_path=str(tmp_path / "missing.gguf"), models=MODEL, capacity=1, ctx=512)
+    bad = XllamacppEngine(
+        model_path=str(tmp_path / "missing.gguf"), models=MODEL, capacity=1, ctx=512
+    )
     async with httpx.AsyncClient() as http:
         sup = Supervisor(bad, log_dir=tmp_path, http=http, health_timeout_s=60)
         with pytest.raises(EngineFailed, match="exited with code"):

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.engines import VllmEngine
-from runner.engines.base import ServedModel
+from outpost.runner.engines import VllmEngine
+from outpost.runner.engines.base import ServedModel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,20 +44,30 @@ def test_the_planner_and_the_launcher_agree_on_a_target_install(tmp_path: Path) 
     site = _target_install(tmp_path)
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "PATH": str(empty_bin),
-           "FAKE_VLLM_RECORD": str(tmp_path / "record.json")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{site}{os.pathsep}{ROOT}",
+        "PATH": str(empty_bin),
+        "FAKE_VLLM_RECORD": str(tmp_path / "record.json"),
+    }
     # The planner's test: vllm is importable by this interpreter.
     check = "from runner.planning import installed_engines as i; print('vllm' in i())"
-    found = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True)
+    found = subprocess.run(
+        [sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True
+    )
     assert found.stdout.strip() == "True"
 
-    engine = VllmEngine(model="/models/SmolLM2-135M-Instruct", capacity=8,
-                        models=(ServedModel(name="SmolLM2-135M-Instruct", engine="vllm"),),
-                        served_model_name="SmolLM2-135M-Instruct")
+    engine = VllmEngine(
+        model="/models/SmolLM2-135M-Instruct",
+        capacity=8,
+        models=(ServedModel(name="SmolLM2-135M-Instruct", engine="vllm"),),
+        served_model_name="SmolLM2-135M-Instruct",
+    )
     spec = engine.launch_spec(8123)
     # Exactly as the supervisor spawns it: the adapter's argv, os.environ overlaid with its env.
-    proc = subprocess.run(spec.argv, env={**env, **spec.env}, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        spec.argv, env={**env, **spec.env}, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["argv"][:2] == ["serve", "/models/SmolLM2-135M-Instruct"]

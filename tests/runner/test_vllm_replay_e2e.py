@@ -57,7 +57,9 @@ class _ReplayVllm(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).answered += 1
         if body.get("stream"):
-            self._send(RECORD["chat_stream_direct_sse"].encode(), "text/event-stream; charset=utf-8")
+            self._send(
+                RECORD["chat_stream_direct_sse"].encode(), "text/event-stream; charset=utf-8"
+            )
         else:
             self._send(json.dumps(RECORD["chat_direct"]).encode(), "application/json")
 
@@ -76,22 +78,38 @@ def replay_vllm() -> Iterator[str]:
 
 
 def test_runners_api_and_runner_metrics_with_vllm_0_24(tmp_path: Path, replay_vllm: str) -> None:
-    cp = ControlPlaneProcess(tmp_path / "cp", f"sqlite+aiosqlite:///{tmp_path / 'cp' / 'outpost.db'}").start()
+    cp = ControlPlaneProcess(
+        tmp_path / "cp", f"sqlite+aiosqlite:///{tmp_path / 'cp' / 'outpost.db'}"
+    ).start()
     metrics_port = free_port()
-    runner = RunnerProcess(cp, tmp_path / "runner", "vllm-runner", args=["--attach", replay_vllm, "--parallel", "8"],
-                           extra_env={"OUTPOST_METRICS_PORT": str(metrics_port)})
+    runner = RunnerProcess(
+        cp,
+        tmp_path / "runner",
+        "vllm-runner",
+        args=["--attach", replay_vllm, "--parallel", "8"],
+        extra_env={"OUTPOST_METRICS_PORT": str(metrics_port)},
+    )
     try:
         key = cp.api_key()
         runner.start()
         runner.wait_connected(key)
         client = openai.OpenAI(base_url=f"{cp.url}/v1", api_key=key, max_retries=0)
-        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Capital?"}])
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Capital?"}]
+        )
         assert answer.choices[0].message.content == "The capital of France is Paris."
         assert answer.usage is not None and answer.usage.completion_tokens == 8
-        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Capital?"}],
-                                                stream=True, stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Capital?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = list(stream)
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The capital of France"
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            == "The capital of France"
+        )
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
         auth = {"Authorization": f"Bearer {key}"}
@@ -101,19 +119,29 @@ def test_runners_api_and_runner_metrics_with_vllm_0_24(tmp_path: Path, replay_vl
             return row
 
         # The runner reports status every 2 s: wait for the one that counts both answers.
-        wait_until(lambda: runner_row()["served_total"] == 2, 20, "served_total 2 in GET /api/runners")
+        wait_until(
+            lambda: runner_row()["served_total"] == 2, 20, "served_total 2 in GET /api/runners"
+        )
         row = runner_row()
         assert row["connected"] and row["models"] == [MODEL]
-        assert row["capacity"] + row["headroom"] == 8  # the slots: --parallel 8, fair headroom apart
+        assert (
+            row["capacity"] + row["headroom"] == 8
+        )  # the slots: --parallel 8, fair headroom apart
 
         def runner_metrics() -> str:
             return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
 
         # vLLM's own counters, read from its /metrics by the runner and exported with its own.
-        wait_until(lambda: "outpost_runner_engine_requests_total" in runner_metrics(), 20,
-                   "the engine's request counter in the runner's /metrics")
-        lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                 for line in runner_metrics().splitlines() if line.startswith("outpost_runner_engine_")}
+        wait_until(
+            lambda: "outpost_runner_engine_requests_total" in runner_metrics(),
+            20,
+            "the engine's request counter in the runner's /metrics",
+        )
+        lines = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in runner_metrics().splitlines()
+            if line.startswith("outpost_runner_engine_")
+        }
         labels = f'{{engine="attach",model="{MODEL}"}}'
         assert lines[f"outpost_runner_engine_requests_total{labels}"] == 5444
         assert lines[f"outpost_runner_engine_prompt_tokens_total{labels}"] == 206872

@@ -17,36 +17,71 @@ from typing import Any
 
 import httpx
 
-from runner.sealed import Refused, SealedWriter, open_sealed
-from sdk.e2e import ReplayGuard, RunnerKeys, signed_hpke_key
-from sdk.sealed import E2E_PREFIX, RUNNER_HEADER
+from outpost.runner.sealed import Refused, SealedWriter, open_sealed
+from outpost.sdk.e2e import ReplayGuard, RunnerKeys, signed_hpke_key
+from outpost.sdk.sealed import E2E_PREFIX, RUNNER_HEADER
 
 RUNNER_ID = "run_fake0000000000000001"
 MODEL = "fake-model"
 
-CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
-CHUNKS = [{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-           "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-          for piece in ("Hel", "lo", " there")]
-COMPLETION = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL,
-              "choices": [{"index": 0, "text": " world", "finish_reason": "length"}],
-              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-EMBEDDINGS = {"object": "list", "model": MODEL, "data": [{"index": 0, "object": "embedding",
-                                                          "embedding": [0.1, 0.2]}],
-              "usage": {"prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2}}
+CHAT = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+}
+CHUNKS = [
+    {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+    }
+    for piece in ("Hel", "lo", " there")
+]
+COMPLETION = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 1,
+    "model": MODEL,
+    "choices": [{"index": 0, "text": " world", "finish_reason": "length"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+EMBEDDINGS = {
+    "object": "list",
+    "model": MODEL,
+    "data": [{"index": 0, "object": "embedding", "embedding": [0.1, 0.2]}],
+    "usage": {"prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2},
+}
 
 
-def error(status: int, message: str, code: str | None = None, type: str = "invalid_request_error",
-          headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, json={"error": {"message": message, "type": type, "param": None,
-                                                  "code": code}}, headers=headers)
+def error(
+    status: int,
+    message: str,
+    code: str | None = None,
+    type: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return httpx.Response(
+        status,
+        json={"error": {"message": message, "type": type, "param": None, "code": code}},
+        headers=headers,
+    )
 
 
 def sse(events: list[str]) -> httpx.Response:
-    return httpx.Response(200, content="".join(events).encode(), headers={"content-type": "text/event-stream"})
+    return httpx.Response(
+        200, content="".join(events).encode(), headers={"content-type": "text/event-stream"}
+    )
 
 
 @dataclass
@@ -96,15 +131,34 @@ class FakeOutpost:
         if path.startswith(E2E_PREFIX + "/") and method == "POST":
             return self._sealed(request, path.removeprefix(E2E_PREFIX + "/"), body)
         route = {
-            ("GET", "/v1/models"): lambda: httpx.Response(200, json={"object": "list", "data": [
-                {"id": MODEL, "object": "model", "created": 1, "owned_by": "outpost"}]}),
+            ("GET", "/v1/models"): lambda: httpx.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [{"id": MODEL, "object": "model", "created": 1, "owned_by": "outpost"}],
+                },
+            ),
             ("POST", "/v1/chat/completions"): lambda: self._chat(body),
             ("POST", "/v1/completions"): lambda: httpx.Response(200, json=COMPLETION),
             ("POST", "/v1/embeddings"): lambda: httpx.Response(200, json=EMBEDDINGS),
-            ("GET", f"{E2E_PREFIX}/runners"): lambda: httpx.Response(200, json={"object": "list", "data": [
-                {"runner_id": self.runner_id, "name": "fake", "models": [MODEL], "in_flight": 0,
-                 "key": self.key_document()}]}),
-            ("GET", f"/api/runners/{self.runner_id}/e2e-key"): lambda: httpx.Response(200, json=self.key_document()),
+            ("GET", f"{E2E_PREFIX}/runners"): lambda: httpx.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [
+                        {
+                            "runner_id": self.runner_id,
+                            "name": "fake",
+                            "models": [MODEL],
+                            "in_flight": 0,
+                            "key": self.key_document(),
+                        }
+                    ],
+                },
+            ),
+            ("GET", f"/api/runners/{self.runner_id}/e2e-key"): lambda: httpx.Response(
+                200, json=self.key_document()
+            ),
         }.get((method, path))
         if route is not None:
             return route()
@@ -127,21 +181,34 @@ class FakeOutpost:
 
     # --- the runner, as the real one answers ------------------------------------------
 
-    def _sealed(self, request: httpx.Request, endpoint: str, body: dict[str, Any]) -> httpx.Response:
+    def _sealed(
+        self, request: httpx.Request, endpoint: str, body: dict[str, Any]
+    ) -> httpx.Response:
         self.sealed_bodies.append(body)
         if request.headers.get(RUNNER_HEADER) != self.runner_id:
             return error(400, "wrong runner", "e2e_mismatch")
         try:
-            opened = open_sealed(self.keys, self.runner_id, self.guard, json.dumps(body), model=body["model"],
-                                 stream=body.get("stream", False))
+            opened = open_sealed(
+                self.keys,
+                self.runner_id,
+                self.guard,
+                json.dumps(body),
+                model=body["model"],
+                stream=body.get("stream", False),
+            )
         except Refused as refused:
             return httpx.Response(refused.status, content=refused.body().encode())
         writer = SealedWriter(opened.request.response_key, opened.sealed.request_id)
-        answer = {"chat/completions": CHAT, "completions": COMPLETION, "embeddings": EMBEDDINGS}[endpoint]
+        answer = {"chat/completions": CHAT, "completions": COMPLETION, "embeddings": EMBEDDINGS}[
+            endpoint
+        ]
         if self.engine_error is not None:
             status, error_body = self.engine_error
-            events = [writer.head(status, "application/json"), *writer.piece(json.dumps(error_body).encode()),
-                      writer.final()]
+            events = [
+                writer.head(status, "application/json"),
+                *writer.piece(json.dumps(error_body).encode()),
+                writer.final(),
+            ]
             return sse(events)
         events = [writer.head(200, "application/json")]
         if opened.sealed.stream:

@@ -17,15 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk.client import AsyncClient, Client, RetryPolicy
-from sdk.e2e import (
+from outpost.sdk.client import AsyncClient, Client, RetryPolicy
+from outpost.sdk.e2e import (
     DecryptionError,
     OutOfOrderChunkError,
     RunnerKeys,
     TruncatedStreamError,
     signed_hpke_key,
 )
-from sdk.errors import (
+from outpost.sdk.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -43,7 +43,7 @@ from sdk.errors import (
     ServiceUnavailableError,
     StreamIntegrityError,
 )
-from sdk.models import ChatCompletion, ChatCompletionChunk, Completion, EmbeddingResponse
+from outpost.sdk.models import ChatCompletion, ChatCompletionChunk, Completion, EmbeddingResponse
 from tests.sdk.fakes import CHAT, MODEL, FakeOutpost, error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,8 +108,13 @@ def test_chat_completion_is_typed_and_authenticated(connect, fake: FakeOutpost) 
     sent = fake.calls[-1]
     assert sent.url == f"{BASE}/v1/chat/completions"
     assert sent.headers["authorization"] == "Bearer sk-test"
-    assert json.loads(sent.content) == {"model": MODEL, "messages": MESSAGES, "max_tokens": 8,
-                                        "temperature": 0, "top_k": 3}
+    assert json.loads(sent.content) == {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "max_tokens": 8,
+        "temperature": 0,
+        "top_k": 3,
+    }
 
 
 def test_chat_stream_yields_typed_chunks(connect, fake: FakeOutpost) -> None:
@@ -120,11 +125,19 @@ def test_chat_stream_yields_typed_chunks(connect, fake: FakeOutpost) -> None:
 
 
 def test_error_event_after_first_byte_raises(connect, fake: FakeOutpost) -> None:
-    body = ('data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
-            'data: {"error":{"message":"The runner stopped mid-stream","type":"server_error","code":"runner_lost"}}\n\n'
-            "data: [DONE]\n\n")
-    fake.script.append(("/v1/chat", httpx.Response(200, content=body.encode(),
-                                                   headers={"content-type": "text/event-stream"})))
+    body = (
+        'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+        'data: {"error":{"message":"The runner stopped mid-stream","type":"server_error","code":"runner_lost"}}\n\n'
+        "data: [DONE]\n\n"
+    )
+    fake.script.append(
+        (
+            "/v1/chat",
+            httpx.Response(
+                200, content=body.encode(), headers={"content-type": "text/event-stream"}
+            ),
+        )
+    )
     with pytest.raises(InternalServerError) as info:
         connect(fake).stream(chat(stream=True))
     assert info.value.code == "runner_lost"
@@ -150,30 +163,46 @@ def test_timeout_travels_with_each_request(connect, fake: FakeOutpost) -> None:
     drive(lambda c: c.models.list())
     assert fake.calls[-1].extensions["timeout"]["read"] == 12.5
     drive(chat(timeout=3.0))
-    assert fake.calls[-1].extensions["timeout"] == {"connect": 3.0, "read": 3.0, "write": 3.0, "pool": 3.0}
+    assert fake.calls[-1].extensions["timeout"] == {
+        "connect": 3.0,
+        "read": 3.0,
+        "write": 3.0,
+        "pool": 3.0,
+    }
 
 
 # --- errors ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "code", "type_", "cls"), [
-    (400, "invalid_request", "invalid_request_error", BadRequestError),
-    (401, "invalid_api_key", "invalid_request_error", AuthenticationError),
-    (403, "forbidden", "permission_error", PermissionDeniedError),
-    (404, "model_not_found", "invalid_request_error", NotFoundError),
-    (409, "runner_exists", "invalid_request_error", ConflictError),
-    (429, "budget_exceeded", "budget_exceeded", BudgetExceededError),
-    (500, "internal_error", "server_error", InternalServerError),
-])
-def test_error_envelope_maps_to_exception(connect, fake: FakeOutpost, status: int, code: str, type_: str,
-                                          cls: type[APIStatusError]) -> None:
-    fake.script.append(("/v1/chat", error(status, "nope", code, type_, headers={"x-request-id": "req_1"})))
+@pytest.mark.parametrize(
+    ("status", "code", "type_", "cls"),
+    [
+        (400, "invalid_request", "invalid_request_error", BadRequestError),
+        (401, "invalid_api_key", "invalid_request_error", AuthenticationError),
+        (403, "forbidden", "permission_error", PermissionDeniedError),
+        (404, "model_not_found", "invalid_request_error", NotFoundError),
+        (409, "runner_exists", "invalid_request_error", ConflictError),
+        (429, "budget_exceeded", "budget_exceeded", BudgetExceededError),
+        (500, "internal_error", "server_error", InternalServerError),
+    ],
+)
+def test_error_envelope_maps_to_exception(
+    connect, fake: FakeOutpost, status: int, code: str, type_: str, cls: type[APIStatusError]
+) -> None:
+    fake.script.append(
+        ("/v1/chat", error(status, "nope", code, type_, headers={"x-request-id": "req_1"}))
+    )
     with pytest.raises(cls) as info:
         connect(fake)(chat())
     err = info.value
     assert isinstance(err, OutpostError)
-    assert (err.status_code, err.code, err.type, err.message, err.request_id) == (status, code, type_, "nope",
-                                                                                  "req_1")
+    assert (err.status_code, err.code, err.type, err.message, err.request_id) == (
+        status,
+        code,
+        type_,
+        "nope",
+        "req_1",
+    )
     assert len(fake.calls) == 1, "none of these is retried for a POST"
 
 
@@ -196,36 +225,64 @@ def test_non_json_error_body_still_maps(connect, fake: FakeOutpost) -> None:
 
 
 def test_rate_limit_is_retried_honouring_retry_after(connect, fake: FakeOutpost) -> None:
-    fake.script.append(("/v1/chat", error(429, "slow down", "rate_limit_exceeded", "rate_limit_error",
-                                          headers={"Retry-After": "0"})))
+    fake.script.append(
+        (
+            "/v1/chat",
+            error(
+                429,
+                "slow down",
+                "rate_limit_exceeded",
+                "rate_limit_error",
+                headers={"Retry-After": "0"},
+            ),
+        )
+    )
     assert connect(fake)(chat()).id == CHAT["id"]
     assert len(fake.calls) == 2
 
 
 def test_rate_limit_gives_up_after_max_retries(connect, fake: FakeOutpost) -> None:
     for _ in range(3):
-        fake.script.append(("/v1/chat", error(429, "slow down", "rate_limit_exceeded", "rate_limit_error")))
+        fake.script.append(
+            ("/v1/chat", error(429, "slow down", "rate_limit_exceeded", "rate_limit_error"))
+        )
     with pytest.raises(RateLimitError):
         connect(fake)(chat())
     assert len(fake.calls) == 3
 
 
 def test_budget_exceeded_is_not_retried(connect, fake: FakeOutpost) -> None:
-    fake.script.append(("/v1/chat", error(429, "budget spent", "budget_exceeded", "budget_exceeded",
-                                          headers={"Retry-After": "86400"})))
+    fake.script.append(
+        (
+            "/v1/chat",
+            error(
+                429,
+                "budget spent",
+                "budget_exceeded",
+                "budget_exceeded",
+                headers={"Retry-After": "86400"},
+            ),
+        )
+    )
     with pytest.raises(BudgetExceededError) as info:
         connect(fake)(chat())
     assert info.value.retry_after == 86400 and len(fake.calls) == 1
 
 
-def test_post_is_retried_when_the_control_plane_dispatched_nothing(connect, fake: FakeOutpost) -> None:
-    fake.script.append(("/v1/chat", error(503, "no runner", "no_runner_available", "service_unavailable")))
+def test_post_is_retried_when_the_control_plane_dispatched_nothing(
+    connect, fake: FakeOutpost
+) -> None:
+    fake.script.append(
+        ("/v1/chat", error(503, "no runner", "no_runner_available", "service_unavailable"))
+    )
     assert connect(fake)(chat()).id == CHAT["id"]
     assert len(fake.calls) == 2
 
 
 def test_post_is_not_retried_after_a_runner_may_have_run_it(connect, fake: FakeOutpost) -> None:
-    fake.script.append(("/v1/chat", error(503, "runner failed", "runner_failed", "service_unavailable")))
+    fake.script.append(
+        ("/v1/chat", error(503, "runner failed", "runner_failed", "service_unavailable"))
+    )
     with pytest.raises(ServiceUnavailableError):
         connect(fake)(chat())
     assert len(fake.calls) == 1
@@ -270,17 +327,28 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
 
 
 def test_a_runner_lists_its_unavailable_models_typed(connect, fake: FakeOutpost) -> None:
-    up = {"id": "run_1", "name": "gpu-1", "models": ["smol-a", "smol-b"], "unavailable_models": ["smol-b"]}
-    old = {"id": "run_2", "name": "gpu-2", "models": ["smol-a"]}  # a control plane that predates the field
+    up = {
+        "id": "run_1",
+        "name": "gpu-1",
+        "models": ["smol-a", "smol-b"],
+        "unavailable_models": ["smol-b"],
+    }
+    old = {
+        "id": "run_2",
+        "name": "gpu-2",
+        "models": ["smol-a"],
+    }  # a control plane that predates the field
     fake.admin["/api/runners"] = {"object": "list", "data": [up, old]}
     runners = connect(fake)(lambda c: c.runners.list())
     assert [r.unavailable_models for r in runners] == [["smol-b"], []]
-    assert "unavailable_models" not in (runners[0].model_extra or {})  # a declared field, not an extra
+    assert "unavailable_models" not in (
+        runners[0].model_extra or {}
+    )  # a declared field, not an extra
 
 
 def test_the_runner_model_declares_every_field_of_the_api() -> None:
-    from control_plane.schemas import RunnerOut
-    from sdk.models import Runner
+    from outpost.control_plane.schemas import RunnerOut
+    from outpost.sdk.models import Runner
 
     assert set(RunnerOut.model_fields) <= set(Runner.model_fields)
 
@@ -288,17 +356,31 @@ def test_the_runner_model_declares_every_field_of_the_api() -> None:
 def test_admin_resources_call_their_routes(connect, fake: FakeOutpost) -> None:
     runner = {"id": "run_1", "name": "gpu-1", "labels": {}, "capacity": 4, "connected": True}
     key = {"id": "key_1", "name": "ci", "prefix": "sk-abc", "scopes": ["inference"]}
-    fake.admin.update({
-        "/api/runners": {"object": "list", "data": [runner]},
-        "/api/runners/enroll": {"token": "et-secret", "runner_name": "gpu-2", "expires_at": "2030-01-01T00:00:00Z"},
-        "/api/runners/run_1/revoke": {**runner, "revoked_at": "2030-01-01T00:00:00Z"},
-        "/api/keys": {"object": "list", "data": [key]},
-        "POST /api/keys": {**key, "key": "sk-abc-secret"},
-        "/api/keys/key_1/revoke": {**key, "revoked_at": "2030-01-01T00:00:00Z"},
-        "/api/fairness/runs": {"object": "list", "data": [{"id": "fr_1", "status": "done", "model": MODEL}]},
-        "/api/fairness/runs/fr_1": {"id": "fr_1", "status": "done", "model": MODEL, "report": {}},
-        "/api/audit": {"data": [{"seq": 1, "type": "inference"}], "next_cursor": None},
-    })
+    fake.admin.update(
+        {
+            "/api/runners": {"object": "list", "data": [runner]},
+            "/api/runners/enroll": {
+                "token": "et-secret",
+                "runner_name": "gpu-2",
+                "expires_at": "2030-01-01T00:00:00Z",
+            },
+            "/api/runners/run_1/revoke": {**runner, "revoked_at": "2030-01-01T00:00:00Z"},
+            "/api/keys": {"object": "list", "data": [key]},
+            "POST /api/keys": {**key, "key": "sk-abc-secret"},
+            "/api/keys/key_1/revoke": {**key, "revoked_at": "2030-01-01T00:00:00Z"},
+            "/api/fairness/runs": {
+                "object": "list",
+                "data": [{"id": "fr_1", "status": "done", "model": MODEL}],
+            },
+            "/api/fairness/runs/fr_1": {
+                "id": "fr_1",
+                "status": "done",
+                "model": MODEL,
+                "report": {},
+            },
+            "/api/audit": {"data": [{"seq": 1, "type": "inference"}], "next_cursor": None},
+        }
+    )
     drive = connect(fake)
     assert drive(lambda c: c.runners.list())[0].capacity == 4
     assert drive(lambda c: c.runners.enroll("gpu-2")).token == "et-secret"
@@ -306,9 +388,14 @@ def test_admin_resources_call_their_routes(connect, fake: FakeOutpost) -> None:
     assert drive(lambda c: c.runners.revoke("run_1")).revoked_at is not None
     assert fake.calls[-1].method == "POST"
     assert drive(lambda c: c.keys.list())[0].prefix == "sk-abc"
-    assert drive(lambda c: c.keys.create("ci", scopes=["inference", "admin"])).key == "sk-abc-secret"
-    assert json.loads(fake.calls[-1].content) == {"name": "ci", "scopes": ["inference", "admin"],
-                                                  "expires_in_s": None}
+    assert (
+        drive(lambda c: c.keys.create("ci", scopes=["inference", "admin"])).key == "sk-abc-secret"
+    )
+    assert json.loads(fake.calls[-1].content) == {
+        "name": "ci",
+        "scopes": ["inference", "admin"],
+        "expires_in_s": None,
+    }
     assert drive(lambda c: c.keys.revoke("key_1")).revoked_at is not None
     assert drive(lambda c: c.fairness.runs.list())[0].id == "fr_1"
     assert fake.calls[-1].url.params["limit"] == "50"
@@ -318,17 +405,37 @@ def test_admin_resources_call_their_routes(connect, fake: FakeOutpost) -> None:
 
 
 def test_usage_and_budgets(connect, fake: FakeOutpost) -> None:
-    budget = {"id": "bud_1", "scope": "tenant", "api_key_id": None, "period": "month", "amount_usd": 50.0,
-              "soft_threshold": 0.8, "spent_usd": 1.5, "state": "ok"}
-    fake.admin.update({
-        "/api/usage": {"object": "usage", "tenant_id": "ten_1", "period": "day",
-                       "total": {"requests": 3, "errors": 0, "prompt_tokens": 30, "completion_tokens": 9,
-                                 "cost_usd": 0.25, "engine_seconds": 1.5},
-                       "by_model": [{"model": MODEL, "requests": 3}]},
-        "/api/budgets": {"object": "list", "data": [budget]},
-        "POST /api/budgets": budget,
-        "DELETE /api/budgets/bud_1": {},
-    })
+    budget = {
+        "id": "bud_1",
+        "scope": "tenant",
+        "api_key_id": None,
+        "period": "month",
+        "amount_usd": 50.0,
+        "soft_threshold": 0.8,
+        "spent_usd": 1.5,
+        "state": "ok",
+    }
+    fake.admin.update(
+        {
+            "/api/usage": {
+                "object": "usage",
+                "tenant_id": "ten_1",
+                "period": "day",
+                "total": {
+                    "requests": 3,
+                    "errors": 0,
+                    "prompt_tokens": 30,
+                    "completion_tokens": 9,
+                    "cost_usd": 0.25,
+                    "engine_seconds": 1.5,
+                },
+                "by_model": [{"model": MODEL, "requests": 3}],
+            },
+            "/api/budgets": {"object": "list", "data": [budget]},
+            "POST /api/budgets": budget,
+            "DELETE /api/budgets/bud_1": {},
+        }
+    )
     drive = connect(fake)
     report = drive(lambda c: c.usage.get(period="day"))
     assert report.total.cost_usd == 0.25 and report.by_model[0]["model"] == MODEL
@@ -346,8 +453,12 @@ def test_missing_admin_endpoint_is_not_found(connect, fake: FakeOutpost) -> None
 
 
 def test_sync_client_is_generated_from_the_async_one() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "unasync_sdk.py"), "--check"],
-                         check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "unasync_sdk.py"), "--check"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -364,14 +475,25 @@ def test_e2e_round_trip_sends_only_ciphertext(connect, fake: FakeOutpost) -> Non
     drive = e2e(fake, connect)
     reply = drive(lambda c: c.chat.completions.create(model=MODEL, messages=messages, max_tokens=9))
     assert reply.choices[0].message.content == "Hello there"
-    chunks = drive.stream(lambda c: c.chat.completions.create(model=MODEL, messages=messages, max_tokens=9,
-                                                              stream=True))
+    chunks = drive.stream(
+        lambda c: c.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=9, stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content for c in chunks) == "Hello there"
-    assert drive(lambda c: c.completions.create(model=MODEL, prompt=canary)).choices[0].text == " world"
-    assert drive(lambda c: c.embeddings.create(model=MODEL, input=canary)).data[0].embedding == [0.1, 0.2]
+    assert (
+        drive(lambda c: c.completions.create(model=MODEL, prompt=canary)).choices[0].text
+        == " world"
+    )
+    assert drive(lambda c: c.embeddings.create(model=MODEL, input=canary)).data[0].embedding == [
+        0.1,
+        0.2,
+    ]
     sealed = [r for r in fake.calls if r.url.path.startswith("/v1/e2e/") and r.method == "POST"]
-    assert [r.url.path for r in sealed] == ["/v1/e2e/chat/completions"] * 2 + ["/v1/e2e/completions",
-                                                                                "/v1/e2e/embeddings"]
+    assert [r.url.path for r in sealed] == ["/v1/e2e/chat/completions"] * 2 + [
+        "/v1/e2e/completions",
+        "/v1/e2e/embeddings",
+    ]
     for request in fake.calls:
         assert canary.encode() not in request.content
     first = fake.sealed_bodies[0]
@@ -383,10 +505,10 @@ def test_e2e_round_trip_sends_only_ciphertext(connect, fake: FakeOutpost) -> Non
 
 
 def _flip(events: list[str], index: int) -> list[str]:
-    data = events[index][len("data: "):-2]
+    data = events[index][len("data: ") : -2]
     pos = len(data) // 2
-    swapped = data[:pos] + ("A" if data[pos] != "A" else "B") + data[pos + 1:]
-    return [*events[:index], f"data: {swapped}\n\n", *events[index + 1:]]
+    swapped = data[:pos] + ("A" if data[pos] != "A" else "B") + data[pos + 1 :]
+    return [*events[:index], f"data: {swapped}\n\n", *events[index + 1 :]]
 
 
 TAMPERS: dict[str, tuple[Callable[[list[str]], list[str]], type[Exception] | None]] = {
@@ -403,7 +525,9 @@ TAMPERS: dict[str, tuple[Callable[[list[str]], list[str]], type[Exception] | Non
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("name", list(TAMPERS))
-def test_e2e_tampered_answer_is_rejected(connect, fake: FakeOutpost, name: str, stream: bool) -> None:
+def test_e2e_tampered_answer_is_rejected(
+    connect, fake: FakeOutpost, name: str, stream: bool
+) -> None:
     tamper, cause = TAMPERS[name]
     fake.tamper = tamper
     drive = e2e(fake, connect)
@@ -464,8 +588,9 @@ def test_e2e_rotated_key_is_fetched_again_and_resealed(connect, fake: FakeOutpos
 
 
 def test_e2e_retry_reseals_with_a_fresh_request_id(connect, fake: FakeOutpost) -> None:
-    fake.script.append(("/v1/e2e/chat", error(503, "not connected", "runner_not_connected",
-                                              "service_unavailable")))
+    fake.script.append(
+        ("/v1/e2e/chat", error(503, "not connected", "runner_not_connected", "service_unavailable"))
+    )
     e2e(fake, connect)(chat())
     bodies = [json.loads(r.content) for r in fake.calls if r.url.path == "/v1/e2e/chat/completions"]
     assert len(bodies) == 2
@@ -495,9 +620,19 @@ def test_e2e_per_request_switch_and_explicit_runner(connect, fake: FakeOutpost) 
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_e2e_engine_error_travels_sealed_and_maps_to_its_status(connect, fake: FakeOutpost, stream: bool) -> None:
-    fake.engine_error = (400, {"error": {"message": "context too long: CANARY", "type": "invalid_request_error",
-                                         "code": "context_length_exceeded"}})
+def test_e2e_engine_error_travels_sealed_and_maps_to_its_status(
+    connect, fake: FakeOutpost, stream: bool
+) -> None:
+    fake.engine_error = (
+        400,
+        {
+            "error": {
+                "message": "context too long: CANARY",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+        },
+    )
     drive = e2e(fake, connect)
     with pytest.raises(BadRequestError) as info:
         drive.stream(chat(stream=True)) if stream else drive(chat())
@@ -512,9 +647,15 @@ def test_e2e_clear_fields_must_match_the_sealed_body(connect, fake: FakeOutpost)
     fake.script.clear()
     client = httpx.Client(transport=fake.transport())
     for forged in ({**body, "max_tokens": 3}, {**body, "stream": True}):
-        resp = client.post(f"{BASE}/v1/e2e/chat/completions", json=forged,
-                           headers={"Authorization": "Bearer sk-test", "X-Outpost-Runner": fake.runner_id})
-        assert resp.status_code == 400 and resp.json()["error"]["code"] in ("e2e_mismatch", "e2e_replay")
+        resp = client.post(
+            f"{BASE}/v1/e2e/chat/completions",
+            json=forged,
+            headers={"Authorization": "Bearer sk-test", "X-Outpost-Runner": fake.runner_id},
+        )
+        assert resp.status_code == 400 and resp.json()["error"]["code"] in (
+            "e2e_mismatch",
+            "e2e_replay",
+        )
 
 
 def test_bad_pin_is_refused_at_construction() -> None:

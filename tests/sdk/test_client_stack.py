@@ -8,15 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdk.client import AsyncClient, Client
-from sdk.errors import (
+from outpost.sdk.client import AsyncClient, Client
+from outpost.sdk.errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
     PermissionDeniedError,
 )
-from sdk.models import ChatCompletion, UsageReport
+from outpost.sdk.models import ChatCompletion, UsageReport
 from tests.conftest import Stack, build_stack
 
 MODEL = "smollm2-135m-instruct"
@@ -24,7 +24,9 @@ HI = [{"role": "user", "content": "Say hello."}]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """A stack of this module's own: its tests count records and keys exactly, so the
     shared session stack (used by hundreds of other tests) would make them order-dependent."""
     yield from build_stack(request.param, tmp_path_factory)
@@ -49,8 +51,16 @@ def test_models_chat_stream_and_completions(client: Client) -> None:
     assert isinstance(reply, ChatCompletion) and reply.choices[0].message.content
     assert reply.model == MODEL and reply.usage.completion_tokens > 0
     count = [{"role": "user", "content": "Count from one to ten."}]
-    chunks = list(client.chat.completions.create(model=MODEL, messages=count, max_tokens=16, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=count,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 3
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     text = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4)
@@ -61,15 +71,26 @@ def test_async_client_streams_too(stack: Stack) -> None:
     async def go() -> list[str]:
         async with AsyncClient(stack.cp.url, api_key=stack.api_key, timeout=120) as c:
             stream = await c.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "Count from one to ten."}], max_tokens=16,
-                temperature=0, stream=True)
-            return [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
+                model=MODEL,
+                messages=[{"role": "user", "content": "Count from one to ten."}],
+                max_tokens=16,
+                temperature=0,
+                stream=True,
+            )
+            return [
+                ch.choices[0].delta.content
+                async for ch in stream
+                if ch.choices and ch.choices[0].delta.content
+            ]
 
     assert len(asyncio.run(go())) > 3
 
 
 def test_errors_arrive_as_typed_exceptions(stack: Stack, client: Client) -> None:
-    with Client(stack.cp.url, api_key="sk-000000000000-wrong") as bad, pytest.raises(AuthenticationError) as info:
+    with (
+        Client(stack.cp.url, api_key="sk-000000000000-wrong") as bad,
+        pytest.raises(AuthenticationError) as info,
+    ):
         bad.models.list()
     assert info.value.code == "invalid_api_key"
     with pytest.raises(NotFoundError) as info:
@@ -80,7 +101,9 @@ def test_errors_arrive_as_typed_exceptions(stack: Stack, client: Client) -> None
     assert info.value.code == "max_tokens_too_large"
     with pytest.raises(PermissionDeniedError):
         client.runners.enroll("not-allowed")
-    with pytest.raises(APIStatusError) as info:  # the stack's runner was not started with --embedding
+    with pytest.raises(
+        APIStatusError
+    ) as info:  # the stack's runner was not started with --embedding
         client.embeddings.create(model=MODEL, input="hello")
     assert 400 <= info.value.status_code < 500
 
@@ -103,7 +126,11 @@ def test_admin_runners_and_keys(stack: Stack, admin: Client) -> None:
 def test_usage_audit_and_fairness(admin: Client) -> None:
     report = admin.usage.get(period="day")
     assert isinstance(report, UsageReport) and report.api_key_id is None  # an admin sees the tenant
-    assert report.total.requests > 0 and report.total.completion_tokens > 0 and report.total.cost_usd > 0
+    assert (
+        report.total.requests > 0
+        and report.total.completion_tokens > 0
+        and report.total.cost_usd > 0
+    )
     assert MODEL in [row["model"] for row in report.by_model]
     export = admin.audit.export()
     result = admin.audit.verify(export, admin.audit.public_keys())

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdk import protocol
-from sdk.e2e import (
+from outpost.sdk import protocol
+from outpost.sdk.e2e import (
     MAX_CHUNK_BYTES,
     MAX_RECEIPT_CHARS,
     ChunkOpener,

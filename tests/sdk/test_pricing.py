@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.routing.routing import usd_per_hour
-from control_plane.tunnel.hub import ConnectedRunner
-from sdk.hardware import CpuInfo, HardwareReport
-from sdk.pricing import DEFAULT_USD_PER_HOUR, CostModel, hourly_rate
-from sdk.protocol import HelloFrame, encode_frame, parse_frame
+from outpost.control_plane.routing.routing import usd_per_hour
+from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.sdk.hardware import CpuInfo, HardwareReport
+from outpost.sdk.pricing import DEFAULT_USD_PER_HOUR, CostModel, hourly_rate
+from outpost.sdk.protocol import HelloFrame, encode_frame, parse_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,25 +30,31 @@ MODELS = [
 
 @pytest.mark.parametrize("cost", MODELS, ids=lambda c: json.dumps(c.to_dict()))
 def test_routing_and_pricing_read_one_rate(cost: CostModel) -> None:
-    runner = ConnectedRunner(runner_id="r", tenant_id="t", name="r", models=[], capacity=1, cost=cost)
+    runner = ConnectedRunner(
+        runner_id="r", tenant_id="t", name="r", models=[], capacity=1, cost=cost
+    )
     assert usd_per_hour(cost, DEFAULT_USD_PER_HOUR["cpu-small"]) == hourly_rate(cost)
     assert runner.usd_per_second * 3600 == pytest.approx(hourly_rate(cost))
 
 
 def test_the_rules_in_order() -> None:
     assert [hourly_rate(c) for c in MODELS] == pytest.approx(
-        [2.5, 0.15, 0.1, 8 * DEFAULT_USD_PER_HOUR["nvidia-h100"], 0.10, 0.10, 1.0])
+        [2.5, 0.15, 0.1, 8 * DEFAULT_USD_PER_HOUR["nvidia-h100"], 0.10, 0.10, 1.0]
+    )
     assert hourly_rate(CostModel(), default=0.5) == 0.5  # routing's configured default
 
 
-@pytest.mark.parametrize(("stored", "rate"), [
-    ({"usd_per_hour": math.inf, "watts": 100, "usd_per_kwh": 1.0}, 0.1),
-    ({"usd_per_hour": "lots", "hardware_class": "nvidia-l4"}, 0.8),
-    ({"usd_per_hour": True}, 0.1),
-    ({"usd_per_hour": 3.0, "legacy_field": 1, "set_by": "owner"}, 3.0),
-    ({"count": "8", "hardware_class": "nvidia-l4"}, 0.8),
-    (None, 0.1),
-])
+@pytest.mark.parametrize(
+    ("stored", "rate"),
+    [
+        ({"usd_per_hour": math.inf, "watts": 100, "usd_per_kwh": 1.0}, 0.1),
+        ({"usd_per_hour": "lots", "hardware_class": "nvidia-l4"}, 0.8),
+        ({"usd_per_hour": True}, 0.1),
+        ({"usd_per_hour": 3.0, "legacy_field": 1, "set_by": "owner"}, 3.0),
+        ({"count": "8", "hardware_class": "nvidia-l4"}, 0.8),
+        (None, 0.1),
+    ],
+)
 def test_a_stored_mapping_drops_what_does_not_validate(stored: dict | None, rate: float) -> None:
     assert hourly_rate(CostModel.from_mapping(stored)) == pytest.approx(rate)
 
@@ -69,8 +75,11 @@ def _imports(package: str) -> set[tuple[str, str]]:
     found = set()
     for path in (ROOT / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else ([a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            )
             found |= {(str(path.relative_to(ROOT)), n.split(".")[0]) for n in names}
     return found
 
@@ -78,5 +87,7 @@ def _imports(package: str) -> set[tuple[str, str]]:
 def test_runner_and_control_plane_share_only_sdk() -> None:
     crossings = {(path, top) for path, top in _imports("runner") if top == "control_plane"}
     crossings |= {(path, top) for path, top in _imports("control_plane") if top == "runner"}
-    crossings |= {(path, top) for path, top in _imports("sdk") if top in ("runner", "control_plane")}
+    crossings |= {
+        (path, top) for path, top in _imports("sdk") if top in ("runner", "control_plane")
+    }
     assert not crossings, crossings

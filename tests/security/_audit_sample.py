@@ -7,9 +7,9 @@ import functools
 import tempfile
 from pathlib import Path
 
-from control_plane.audit.keys import AuditSigner
-from control_plane.db.engine import Database
-from control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.audit.keys import AuditSigner
+from outpost.control_plane.db.engine import Database
+from outpost.control_plane.db.migrate import upgrade_to_head
 from tests.audit.conftest import add_admin_events, checkpoint, export_lines
 
 _TMP = tempfile.TemporaryDirectory(prefix="outpost-audit-sample-")

@@ -18,9 +18,9 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from sdk import protocol
-from sdk.identity import IdentityKey
-from sdk.protocol import (
+from outpost.sdk import protocol
+from outpost.sdk.identity import IdentityKey
+from outpost.sdk.protocol import (
     ChallengeFrame,
     CloseCode,
     RequestFrame,
@@ -38,27 +38,46 @@ class RogueRunner:
 
     def __init__(self, cp: ControlPlaneProcess, tenant: str, model: str) -> None:
         self.cp, self.model = cp, model
-        admin = cp.cli("keys", "create", f"admin-{secrets.token_hex(3)}", "--tenant", tenant,
-                       "--admin").splitlines()[-1]
-        token = httpx.post(f"{cp.url}/api/runners/enroll", json={"name": f"rogue-{secrets.token_hex(3)}"},
-                           headers={"Authorization": f"Bearer {admin}"}, timeout=10).json()["token"]
+        admin = cp.cli(
+            "keys", "create", f"admin-{secrets.token_hex(3)}", "--tenant", tenant, "--admin"
+        ).splitlines()[-1]
+        token = httpx.post(
+            f"{cp.url}/api/runners/enroll",
+            json={"name": f"rogue-{secrets.token_hex(3)}"},
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=10,
+        ).json()["token"]
         self.key = IdentityKey.generate()
-        registered = httpx.post(f"{cp.url}/api/runners/register", timeout=10,
-                                json={"identity_public_key": self.key.public_b64},
-                                headers={"Authorization": f"Bearer {token}"})
+        registered = httpx.post(
+            f"{cp.url}/api/runners/register",
+            timeout=10,
+            json={"identity_public_key": self.key.public_b64},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert registered.status_code == 201, registered.text
         self.runner_id: str = registered.json()["runner_id"]
 
     def hello(self, nonce: str, **fields: Any) -> dict[str, Any]:
-        return {"type": "hello.v1", "runner_id": self.runner_id, "version": 1, "capacity": 4,
-                "signature": self.key.sign(handshake_message(nonce, self.runner_id, 1)),
-                "models": [{"name": self.model, "engine": "fake"}],
-                "capabilities": sorted(protocol.CAPABILITIES), **fields}
+        return {
+            "type": "hello.v1",
+            "runner_id": self.runner_id,
+            "version": 1,
+            "capacity": 4,
+            "signature": self.key.sign(handshake_message(nonce, self.runner_id, 1)),
+            "models": [{"name": self.model, "engine": "fake"}],
+            "capabilities": sorted(protocol.CAPABILITIES),
+            **fields,
+        }
 
     def dial(self, **hello_fields: Any) -> tuple[ClientConnection, str]:
         """Connect and send a hello with ``hello_fields``; return the socket and the reply (raw)."""
-        ws = connect(self.cp.url.replace("http://", "ws://") + "/tunnel/v1", max_size=None, compression=None,
-                     open_timeout=10, legacy=True)
+        ws = connect(
+            self.cp.url.replace("http://", "ws://") + "/tunnel/v1",
+            max_size=None,
+            compression=None,
+            open_timeout=10,
+            legacy=True,
+        )
         challenge = parse_frame(ws.recv(timeout=10))
         assert isinstance(challenge, ChallengeFrame)
         ws.send(json.dumps(self.hello(challenge.nonce, **hello_fields)))
@@ -95,15 +114,20 @@ def closed_with(ws: ClientConnection, timeout: float = 10) -> tuple[int | None, 
         return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
 
 
-def exchange(ws: ClientConnection, url: str, key: str, body: dict[str, Any] | bytes,
-             reply: Reply) -> tuple[httpx.Response, RequestFrame]:
+def exchange(
+    ws: ClientConnection, url: str, key: str, body: dict[str, Any] | bytes, reply: Reply
+) -> tuple[httpx.Response, RequestFrame]:
     """A client request (in a thread) that the rogue answers with ``reply(request)``."""
     result: dict[str, httpx.Response] = {}
 
     def ask() -> None:
         kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-        result["r"] = httpx.post(url, timeout=60, headers={"Authorization": f"Bearer {key}",
-                                                             "Content-Type": "application/json"}, **kwargs)
+        result["r"] = httpx.post(
+            url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            **kwargs,
+        )
 
     asker = threading.Thread(target=ask)
     asker.start()
@@ -114,7 +138,9 @@ def exchange(ws: ClientConnection, url: str, key: str, body: dict[str, Any] | by
             break
         except TimeoutError:
             if not asker.is_alive():
-                raise AssertionError(f"answered without reaching the runner: {result['r'].text}") from None
+                raise AssertionError(
+                    f"answered without reaching the runner: {result['r'].text}"
+                ) from None
             assert time.monotonic() < deadline, "no request reached the runner"
     assert isinstance(request, RequestFrame), request
     send(ws, *reply(request))

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
+from outpost.control_plane.db.engine import sync_url
 from tests.conftest import Stack
 
 
@@ -33,8 +33,12 @@ def created(stack: Stack) -> Secrets:
 
 @pytest.fixture(scope="module")
 def admin(stack: Stack, created: Secrets) -> Iterator[httpx.Client]:
-    key = created.add(stack.cp.cli("keys", "create", "auth-admin", "--tenant", "auth", "--admin").splitlines()[-1])
-    with httpx.Client(base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
+    key = created.add(
+        stack.cp.cli("keys", "create", "auth-admin", "--tenant", "auth", "--admin").splitlines()[-1]
+    )
+    with httpx.Client(
+        base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as c:
         yield c
 
 
@@ -63,14 +67,18 @@ def test_expired_key_is_401(stack: Stack, admin: httpx.Client, created: Secrets)
     engine = create_engine(sync_url(stack.database_url))
     try:
         with engine.begin() as conn:  # the clock moves on: expired a second ago
-            conn.execute(text("UPDATE api_keys SET expires_at = :t WHERE id = :id"),
-                         {"t": "2000-01-01 00:00:00", "id": key["id"]})
+            conn.execute(
+                text("UPDATE api_keys SET expires_at = :t WHERE id = :id"),
+                {"t": "2000-01-01 00:00:00", "id": key["id"]},
+            )
     finally:
         engine.dispose()
     # Written behind the control plane's back (SQL), so its key cache may serve the key for up to
     # auth_cache_ttl_s (5 s, docs/performance.md); after that the expiry holds.
     deadline = time.monotonic() + 5 + 3
-    while (response := _models(stack, f"Bearer {key['key']}")).status_code == 200 and time.monotonic() < deadline:
+    while (
+        response := _models(stack, f"Bearer {key['key']}")
+    ).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     _assert_401(response)
 
@@ -80,34 +88,66 @@ def test_revoked_key_is_401_at_once(stack: Stack, admin: httpx.Client, created: 
     assert _models(stack, f"Bearer {key['key']}").status_code == 200
     assert admin.post(f"/api/keys/{key['id']}/revoke").status_code == 200
     _assert_401(_models(stack, f"Bearer {key['key']}"))
-    chat = httpx.post(f"{stack.cp.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key['key']}"},
-                      json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    chat = httpx.post(
+        f"{stack.cp.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key['key']}"},
+        json={"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
     _assert_401(chat)
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "", "Bearer", "Basic dXNlcjpwYXNz", "bearer opsk-", "Bearer opsk-zz", "Bearer opet-abc",
-    "Bearer " + "A" * 5000, "Bearer opsk-" + "0" * 12 + "x" * 43, "Bearer opsk-\u00e9\u00e9", "Token abc",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        "bearer opsk-",
+        "Bearer opsk-zz",
+        "Bearer opet-abc",
+        "Bearer " + "A" * 5000,
+        "Bearer opsk-" + "0" * 12 + "x" * 43,
+        "Bearer opsk-\u00e9\u00e9",
+        "Token abc",
+    ],
+)
 def test_malformed_keys_are_401(stack: Stack, authorization: str | None) -> None:
     try:
         response = _models(stack, authorization)
     except UnicodeEncodeError:  # a non-ASCII header cannot even be sent; send it as raw bytes
-        response = httpx.get(f"{stack.cp.url}/v1/models",
-                             headers=[(b"Authorization", authorization.encode())], timeout=10)
+        response = httpx.get(
+            f"{stack.cp.url}/v1/models",
+            headers=[(b"Authorization", authorization.encode())],
+            timeout=10,
+        )
     _assert_401(response)
 
 
-def test_a_key_of_the_wrong_kind_is_refused(stack: Stack, admin: httpx.Client, created: Secrets) -> None:
-    token = created.add(admin.post("/api/runners/enroll", json={"name": "auth-never-used"}).json()["token"])
+def test_a_key_of_the_wrong_kind_is_refused(
+    stack: Stack, admin: httpx.Client, created: Secrets
+) -> None:
+    token = created.add(
+        admin.post("/api/runners/enroll", json={"name": "auth-never-used"}).json()["token"]
+    )
     _assert_401(_models(stack, f"Bearer {token}"))  # an enrollment token is not an API key
     key = _new_key(admin, created)
-    register = httpx.post(f"{stack.cp.url}/api/runners/register", headers={"Authorization": f"Bearer {key['key']}"},
-                          json={"identity_public_key": "A" * 43}, timeout=10)
-    assert register.status_code in (400, 401), register.text  # and an API key is not an enrollment token
+    register = httpx.post(
+        f"{stack.cp.url}/api/runners/register",
+        headers={"Authorization": f"Bearer {key['key']}"},
+        json={"identity_public_key": "A" * 43},
+        timeout=10,
+    )
+    assert register.status_code in (400, 401), (
+        register.text
+    )  # and an API key is not an enrollment token
     inference_only = _new_key(admin, created)
-    forbidden = httpx.get(f"{stack.cp.url}/api/keys", headers={"Authorization": f"Bearer {inference_only['key']}"},
-                          timeout=10)
+    forbidden = httpx.get(
+        f"{stack.cp.url}/api/keys",
+        headers={"Authorization": f"Bearer {inference_only['key']}"},
+        timeout=10,
+    )
     assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
 
 

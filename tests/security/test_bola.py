@@ -37,42 +37,76 @@ MATRIX = {
     ("post", "/api/pools/grants/{grant_id}/revoke"): "grant",
 }
 #: Bodies that pass validation, so the refusal is the ownership check's (a 422 would prove nothing).
-BODIES = {("post", "/api/pools/{pool}/grants"): {"tenant": "bola-other"},
-          ("patch", "/api/runners/{runner_id}"): {"usd_per_hour": 1000}}
+BODIES = {
+    ("post", "/api/pools/{pool}/grants"): {"tenant": "bola-other"},
+    ("patch", "/api/runners/{runner_id}"): {"usd_per_hour": 1000},
+}
 
 TINY_SUITE = {
-    "schema_version": 1, "id": "tiny", "version": "1",
-    "attributes": {"gender": {"groups": {"female": {"name": ["Emily"]}, "male": {"name": ["David"]}}}},
+    "schema_version": 1,
+    "id": "tiny",
+    "version": "1",
+    "attributes": {
+        "gender": {"groups": {"female": {"name": ["Emily"]}, "male": {"name": ["David"]}}}
+    },
     "templates": [{"id": "greet", "attribute": "gender", "text": "Say hi to {name}."}],
 }
 
 
 def _client(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.Client(
+        base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
 
 
 class Tenants:
     def __init__(self, stack: Stack) -> None:
-        self.a = _client(stack, stack.cp.cli("keys", "create", "bola-a", "--tenant", "default", "--admin")
-                         .splitlines()[-1])
-        self.b = _client(stack, stack.cp.cli("keys", "create", "bola-b", "--tenant", "bola-other", "--admin")
-                         .splitlines()[-1])
+        self.a = _client(
+            stack,
+            stack.cp.cli("keys", "create", "bola-a", "--tenant", "default", "--admin").splitlines()[
+                -1
+            ],
+        )
+        self.b = _client(
+            stack,
+            stack.cp.cli(
+                "keys", "create", "bola-b", "--tenant", "bola-other", "--admin"
+            ).splitlines()[-1],
+        )
         created = self.a.post("/api/keys", json={"name": "victim"})
         assert created.status_code == 201, created.text
         self.victim_key = created.json()
-        budget = self.a.post("/api/budgets", json={"amount_usd": 5, "period": "day",
-                                                   "api_key_id": self.victim_key["id"]})
+        budget = self.a.post(
+            "/api/budgets",
+            json={"amount_usd": 5, "period": "day", "api_key_id": self.victim_key["id"]},
+        )
         assert budget.status_code in (200, 201), budget.text
-        run = self.a.post("/api/fairness/runs", json={
-            "model": "smollm2-135m-instruct", "suite": TINY_SUITE, "attributes": ["gender"],
-            "max_prompts_per_group": 1, "sampling": {"max_tokens": 1, "seed": 1}, "concurrency": 1})
+        run = self.a.post(
+            "/api/fairness/runs",
+            json={
+                "model": "smollm2-135m-instruct",
+                "suite": TINY_SUITE,
+                "attributes": ["gender"],
+                "max_prompts_per_group": 1,
+                "sampling": {"max_tokens": 1, "seed": 1},
+                "concurrency": 1,
+            },
+        )
         assert run.status_code == 202, run.text
-        pool = next(p["id"] for p in self.a.get("/api/pools").json()["data"] if p["name"] == "default")
+        pool = next(
+            p["id"] for p in self.a.get("/api/pools").json()["data"] if p["name"] == "default"
+        )
         stack.cp.cli("keys", "create", "third", "--tenant", "bola-third")
         grant = self.a.post(f"/api/pools/{pool}/grants", json={"tenant": "bola-third"})
         assert grant.status_code == 201, grant.text
-        self.ids = {"budget": budget.json()["id"], "key": self.victim_key["id"], "runner": stack.runner_id,
-                    "fairness_run": run.json()["id"], "pool": pool, "grant": grant.json()["id"]}
+        self.ids = {
+            "budget": budget.json()["id"],
+            "key": self.victim_key["id"],
+            "runner": stack.runner_id,
+            "fairness_run": run.json()["id"],
+            "pool": pool,
+            "grant": grant.json()["id"],
+        }
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +119,13 @@ def tenants(stack: Stack) -> Iterator[Tenants]:
 
 def _id_bearing(stack: Stack) -> set[tuple[str, str]]:
     spec = httpx.get(f"{stack.cp.url}/openapi.json", timeout=10).json()
-    return {(method, path) for path, ops in spec["paths"].items() if "{" in path for method in ops
-            if method in {"get", "put", "post", "delete", "patch"}}
+    return {
+        (method, path)
+        for path, ops in spec["paths"].items()
+        if "{" in path
+        for method in ops
+        if method in {"get", "put", "post", "delete", "patch"}
+    }
 
 
 def test_matrix_covers_every_id_bearing_route(stack: Stack) -> None:
@@ -105,8 +144,12 @@ def test_other_tenants_ids_are_refused(tenants: Tenants, method: str, path: str)
     allowed = {400, 403, 404} if path.endswith("/e2e-key") else {403, 404}
     assert response.status_code in allowed, (method, url, response.status_code, response.text)
     assert set(response.json()) == {"error"}
-    assert target not in response.text or kind in {"runner", "fairness_run", "budget", "key", "pool", "grant"} and \
-        "in this tenant" in response.text or path.endswith("/e2e-key")
+    assert (
+        target not in response.text
+        or kind in {"runner", "fairness_run", "budget", "key", "pool", "grant"}
+        and "in this tenant" in response.text
+        or path.endswith("/e2e-key")
+    )
 
 
 def test_resources_survive_the_other_tenants_attempts(tenants: Tenants, stack: Stack) -> None:
@@ -116,7 +159,9 @@ def test_resources_survive_the_other_tenants_attempts(tenants: Tenants, stack: S
     budgets = tenants.a.get("/api/budgets").json()["data"]
     assert tenants.ids["budget"] in {b["id"] for b in budgets}
     runners = tenants.a.get("/api/runners").json()["data"]
-    assert any(r["id"] == stack.runner_id and r["connected"] and r["revoked_at"] is None for r in runners)
+    assert any(
+        r["id"] == stack.runner_id and r["connected"] and r["revoked_at"] is None for r in runners
+    )
     assert all(r["usd_per_hour"] != 1000 for r in runners)  # B's PATCH of the price changed nothing
     grants = tenants.a.get("/api/pools/grants").json()["data"]
     assert any(g["id"] == tenants.ids["grant"] and g["revoked_at"] is None for g in grants)
@@ -124,8 +169,15 @@ def test_resources_survive_the_other_tenants_attempts(tenants: Tenants, stack: S
 
 def test_lists_and_queries_hold_no_other_tenants_data(tenants: Tenants) -> None:
     ids = tenants.ids
-    for url in ("/api/keys", "/api/budgets", "/api/runners", "/api/fairness/runs", "/api/audit?limit=200",
-                "/api/usage", "/api/pools"):
+    for url in (
+        "/api/keys",
+        "/api/budgets",
+        "/api/runners",
+        "/api/fairness/runs",
+        "/api/audit?limit=200",
+        "/api/usage",
+        "/api/pools",
+    ):
         response = tenants.b.get(url)
         assert response.status_code == 200, (url, response.text)
         for target in ids.values():
@@ -134,7 +186,9 @@ def test_lists_and_queries_hold_no_other_tenants_data(tenants: Tenants) -> None:
     assert export.status_code == 200
     assert not any(target in export.text for target in ids.values())
     # Ids in query strings and bodies are scoped too.
-    compare = tenants.b.get("/api/fairness/compare", params={"runs": f"{ids['fairness_run']},{ids['fairness_run']}x"})
+    compare = tenants.b.get(
+        "/api/fairness/compare", params={"runs": f"{ids['fairness_run']},{ids['fairness_run']}x"}
+    )
     assert compare.status_code == 404, compare.text
     budget = tenants.b.post("/api/budgets", json={"amount_usd": 1, "api_key_id": ids["key"]})
     assert budget.status_code == 404, budget.text

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
+from outpost.control_plane.db.engine import sync_url
 from tests.conftest import _database
 from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
@@ -63,12 +63,23 @@ class Chaos:
 
 def _one(chaos: Chaos, i: int) -> Outcome:
     stream = i % 2 == 0
-    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to ten ({i})."}], "max_tokens": 24,
-            "ignore_eos": True, "temperature": 0, "stream": stream}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Count to ten ({i})."}],
+        "max_tokens": 24,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": stream,
+    }
     rid: str | None = None
     try:
-        with httpx.stream("POST", f"{chaos.cp.url}/v1/chat/completions", json=body, headers=chaos.headers,
-                          timeout=120) as resp:
+        with httpx.stream(
+            "POST",
+            f"{chaos.cp.url}/v1/chat/completions",
+            json=body,
+            headers=chaos.headers,
+            timeout=120,
+        ) as resp:
             rid = resp.headers.get("x-request-id")
             if resp.status_code != 200:
                 err = json.loads(resp.read()).get("error", {})
@@ -99,13 +110,18 @@ def _client(chaos: Chaos, first: int) -> None:
 
 def _wait_serving_again(chaos: Chaos, what: str) -> None:
     before = chaos.successes()
-    wait_until(lambda: chaos.successes() >= before + 2, 120, f"requests to succeed again after {what}")
+    wait_until(
+        lambda: chaos.successes() >= before + 2, 120, f"requests to succeed again after {what}"
+    )
 
 
 def _engine_processes(runner: RunnerProcess) -> list[psutil.Process]:
     assert runner.proc is not None
-    return [p for p in psutil.Process(runner.proc.pid).children(recursive=True)
-            if "xllamacpp_main" in " ".join(p.cmdline())]
+    return [
+        p
+        for p in psutil.Process(runner.proc.pid).children(recursive=True)
+        if "xllamacpp_main" in " ".join(p.cmdline())
+    ]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -113,8 +129,12 @@ def chaos(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chaos]:
     db = _database(request.param, tmp_path)
     url = next(db)
     cp = ControlPlaneProcess(tmp_path / "cp", url).start()
-    runner = RunnerProcess(cp, tmp_path / "runner", "chaos", args=["--parallel", "2", "--ctx", "2048"])
-    c = Chaos(cp, runner, cp.cli("keys", "create", "chaos", "--admin").splitlines()[-1], url, tmp_path)
+    runner = RunnerProcess(
+        cp, tmp_path / "runner", "chaos", args=["--parallel", "2", "--ctx", "2048"]
+    )
+    c = Chaos(
+        cp, runner, cp.cli("keys", "create", "chaos", "--admin").splitlines()[-1], url, tmp_path
+    )
     try:
         runner.start()
         runner.wait_connected(c.key)
@@ -135,7 +155,9 @@ def _rows(url: str) -> tuple[Counter[str], Counter[str]]:
         with engine.connect() as conn:
             records = Counter(r[0] for r in conn.execute(text("SELECT id FROM request_records")))
             audited: Counter[str] = Counter()
-            for (data,) in conn.execute(text("SELECT data FROM audit_events WHERE type = 'inference'")):
+            for (data,) in conn.execute(
+                text("SELECT data FROM audit_events WHERE type = 'inference'")
+            ):
                 audited[(data if isinstance(data, dict) else json.loads(data))["request_id"]] += 1
             return records, audited
     finally:
@@ -144,7 +166,9 @@ def _rows(url: str) -> tuple[Counter[str], Counter[str]]:
 
 @pytest.mark.timeout(600)
 def test_engine_crash_runner_crash_and_control_plane_restart_under_load(chaos: Chaos) -> None:
-    threads = [threading.Thread(target=_client, args=(chaos, k), daemon=True) for k in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=_client, args=(chaos, k), daemon=True) for k in range(CLIENTS)
+    ]
     for t in threads:
         t.start()
     try:
@@ -170,7 +194,9 @@ def test_engine_crash_runner_crash_and_control_plane_restart_under_load(chaos: C
         # 3. The control plane restarts (SIGTERM: it drains, then a new process on the same port and state).
         old = chaos.cp
         assert old.stop() in (0, -signal.SIGTERM)
-        chaos.cp = ControlPlaneProcess(old.state_dir, old.env["OUTPOST_DATABASE_URL"], port=old.port).start()
+        chaos.cp = ControlPlaneProcess(
+            old.state_dir, old.env["OUTPOST_DATABASE_URL"], port=old.port
+        ).start()
         _wait_serving_again(chaos, "the control plane restart")
     finally:
         chaos.stop.set()

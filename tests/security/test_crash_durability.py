@@ -55,7 +55,11 @@ def test_sigkill_under_load_loses_no_answered_request(chaos: Chaos) -> None:  # 
             # Let a few requests complete, then kill the moment the next one is answered in full:
             # its record is the one a lingering writer still holds in memory.
             before = chaos.successes()
-            wait_until(lambda b=before: chaos.successes() >= b + 4, 180, f"requests to succeed (kill {kill + 1})")
+            wait_until(
+                lambda b=before: chaos.successes() >= b + 4,
+                180,
+                f"requests to succeed (kill {kill + 1})",
+            )
             answered.clear()
             answered.wait(60)
             assert chaos.cp.proc is not None
@@ -67,23 +71,36 @@ def test_sigkill_under_load_loses_no_answered_request(chaos: Chaos) -> None:  # 
             records, audited = _rows(chaos.database_url)
             ok = _complete(chaos, seen, n)
             checked, seen = checked + len(ok), n
-            missing += [f"{o.request_id} (record {records[o.request_id]}, event {audited[o.request_id]})"
-                        for o in ok if records[o.request_id] != 1 or audited[o.request_id] != 1]
+            missing += [
+                f"{o.request_id} (record {records[o.request_id]}, event {audited[o.request_id]})"
+                for o in ok
+                if records[o.request_id] != 1 or audited[o.request_id] != 1
+            ]
 
             old = chaos.cp
-            chaos.cp = ControlPlaneProcess(old.state_dir, old.env["OUTPOST_DATABASE_URL"], port=old.port).start()
+            chaos.cp = ControlPlaneProcess(
+                old.state_dir, old.env["OUTPOST_DATABASE_URL"], port=old.port
+            ).start()
             before = chaos.successes()
-            wait_until(lambda b=before: chaos.successes() >= b + 2, 180, "requests to succeed after the restart")
+            wait_until(
+                lambda b=before: chaos.successes() >= b + 2,
+                180,
+                "requests to succeed after the restart",
+            )
     finally:
         chaos.stop.set()
         for t in threads:
             t.join(180)
 
     assert checked >= 8, Counter(o.kind for o in chaos.outcomes)
-    assert not missing, f"{len(missing)} of {checked} requests answered 200 in full were lost by SIGKILL: {missing}"
+    assert not missing, (
+        f"{len(missing)} of {checked} requests answered 200 in full were lost by SIGKILL: {missing}"
+    )
 
     # Afterwards (the survivors' records all committed before their answers ended): nothing twice.
     records, audited = _rows(chaos.database_url)
     ok = [o.request_id for o in chaos.outcomes if o.kind == "ok" and o.request_id]
-    assert all(records[r] == 1 and audited[r] == 1 for r in ok), "an answered request without its record"
+    assert all(records[r] == 1 and audited[r] == 1 for r in ok), (
+        "an answered request without its record"
+    )
     assert max(records.values()) == 1 and max(audited.values()) == 1, "a request recorded twice"

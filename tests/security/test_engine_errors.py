@@ -31,14 +31,22 @@ class Engine:
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     tmp: Path = tmp_path_factory.mktemp("engine-errors")
     url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-    cp = ControlPlaneProcess(tmp / "cp", url, extra_env={"OUTPOST_MAX_TOKENS_LIMIT": str(LIMIT)}).start()
-    runner = RunnerProcess(cp, tmp / "runner", "engine-errors",
-                           args=["--parallel", "1", "--headroom", "0", "--ctx", str(CTX)])
+    cp = ControlPlaneProcess(
+        tmp / "cp", url, extra_env={"OUTPOST_MAX_TOKENS_LIMIT": str(LIMIT)}
+    ).start()
+    runner = RunnerProcess(
+        cp,
+        tmp / "runner",
+        "engine-errors",
+        args=["--parallel", "1", "--headroom", "0", "--ctx", str(CTX)],
+    )
     try:
         key = cp.api_key()
         runner.start()
         runner.wait_connected(cp.cli("keys", "create", "boot", "--admin").splitlines()[-1])
-        yield Engine(cp, openai.OpenAI(base_url=f"{cp.url}/v1", api_key=key, max_retries=0, timeout=120), url)
+        yield Engine(
+            cp, openai.OpenAI(base_url=f"{cp.url}/v1", api_key=key, max_retries=0, timeout=120), url
+        )
     finally:
         runner.stop()
         cp.stop()
@@ -46,7 +54,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 def _record(engine: Engine, request_id: str) -> dict:
     def find() -> dict | None:
-        return next((r for r in tenant_records(engine.database_url, "default") if r["id"] == request_id), None)
+        return next(
+            (r for r in tenant_records(engine.database_url, "default") if r["id"] == request_id),
+            None,
+        )
 
     wait_until(lambda: find() is not None, 15, "the request record")
     record = find()
@@ -58,8 +69,13 @@ def test_engine_5xx_for_a_client_mistake_is_a_502_engine_error(engine: Engine) -
     """llama.cpp answers an image part sent to a text model with a 500; the client gets 502 engine_error."""
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     with pytest.raises(openai.APIStatusError) as caught:
-        engine.client.chat.completions.create(model=MODEL, max_tokens=4, messages=[
-            {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}])  # type: ignore[list-item]
+        engine.client.chat.completions.create(
+            model=MODEL,
+            max_tokens=4,
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}
+            ],
+        )  # type: ignore[list-item]
     error = caught.value
     assert error.status_code == 502, error.response.text
     body = error.response.json()["error"]
@@ -78,20 +94,36 @@ def test_engine_4xx_stays_a_4xx(engine: Engine) -> None:
 
 def test_n_predict_cannot_generate_past_max_tokens(engine: Engine) -> None:
     """llama.cpp reads n_predict before max_tokens: the control plane sends it the request's cap."""
-    answer = engine.client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=3, temperature=0,
-                                              extra_body={"n_predict": 10, "ignore_eos": True})
+    answer = engine.client.completions.create(
+        model=MODEL,
+        prompt="Once upon a time",
+        max_tokens=3,
+        temperature=0,
+        extra_body={"n_predict": 10, "ignore_eos": True},
+    )
     assert answer.usage is not None and answer.usage.completion_tokens == 3
 
 
 def test_without_max_tokens_the_engine_stops_at_the_deployments_limit(engine: Engine) -> None:
-    answer = engine.client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0,
-                                              extra_body={"ignore_eos": True})
+    answer = engine.client.completions.create(
+        model=MODEL, prompt="Once upon a time", temperature=0, extra_body={"ignore_eos": True}
+    )
     assert answer.usage is not None and answer.usage.completion_tokens == LIMIT
-    answer = engine.client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0,
-                                              extra_body={"ignore_eos": True, "n_predict": -1})
+    answer = engine.client.completions.create(
+        model=MODEL,
+        prompt="Once upon a time",
+        temperature=0,
+        extra_body={"ignore_eos": True, "n_predict": -1},
+    )
     assert answer.usage is not None and answer.usage.completion_tokens == LIMIT
 
 
 def test_token_id_prompt_is_accepted(engine: Engine) -> None:
-    answer = engine.client.completions.create(model=MODEL, prompt=[1, 2, 3, 4], max_tokens=2, temperature=0)
-    assert answer.usage is not None and answer.usage.completion_tokens <= 2 and answer.usage.prompt_tokens >= 1
+    answer = engine.client.completions.create(
+        model=MODEL, prompt=[1, 2, 3, 4], max_tokens=2, temperature=0
+    )
+    assert (
+        answer.usage is not None
+        and answer.usage.completion_tokens <= 2
+        and answer.usage.prompt_tokens >= 1
+    )

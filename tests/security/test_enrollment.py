@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane.db.engine import sync_url
-from sdk.identity import IdentityKey
+from outpost.control_plane.db.engine import sync_url
+from outpost.sdk.identity import IdentityKey
 from tests.conftest import Stack
 
 
@@ -49,8 +49,12 @@ def registry(stack: Stack) -> Iterator[Registry]:
 
 @pytest.fixture(scope="module")
 def admin(stack: Stack) -> Iterator[httpx.Client]:
-    key = stack.cp.cli("keys", "create", "enroll-admin", "--tenant", "enroll", "--admin").splitlines()[-1]
-    with httpx.Client(base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
+    key = stack.cp.cli(
+        "keys", "create", "enroll-admin", "--tenant", "enroll", "--admin"
+    ).splitlines()[-1]
+    with httpx.Client(
+        base_url=stack.cp.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as c:
         yield c
 
 
@@ -60,18 +64,39 @@ def _token(admin: httpx.Client, name: str) -> str:
     return response.json()["token"]
 
 
-def _register(stack: Stack, authorization: str | bytes | None, body: dict | None = None) -> httpx.Response:
-    headers = [] if authorization is None else [(b"Authorization", authorization.encode()
-                                                  if isinstance(authorization, str) else authorization)]
-    return httpx.post(f"{stack.cp.url}/api/runners/register", headers=headers, timeout=10,
-                      json=body if body is not None else {"identity_public_key": IdentityKey.generate().public_b64})
+def _register(
+    stack: Stack, authorization: str | bytes | None, body: dict | None = None
+) -> httpx.Response:
+    headers = (
+        []
+        if authorization is None
+        else [
+            (
+                b"Authorization",
+                authorization.encode() if isinstance(authorization, str) else authorization,
+            )
+        ]
+    )
+    return httpx.post(
+        f"{stack.cp.url}/api/runners/register",
+        headers=headers,
+        timeout=10,
+        json=body
+        if body is not None
+        else {"identity_public_key": IdentityKey.generate().public_b64},
+    )
 
 
 def _assert_refused(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
-    assert response.json() == {"error": {"message": response.json()["error"]["message"],
-                                         "type": "invalid_request_error", "param": None,
-                                         "code": "invalid_enrollment_token"}}
+    assert response.json() == {
+        "error": {
+            "message": response.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_enrollment_token",
+        }
+    }
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -86,26 +111,40 @@ class Unchanged:
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
-            assert (self.registry.runners(), self.registry.enroll_events()) == self.before, "something registered"
+            assert (self.registry.runners(), self.registry.enroll_events()) == self.before, (
+                "something registered"
+            )
 
 
 MALFORMED = [
-    None, "", "Bearer", "Basic dXNlcjpwYXNz", "Token opet-abc", "Bearer opet-", "Bearer opet-zz",
-    "Bearer opet-" + "0" * 12, "Bearer opet-" + "0" * 12 + "x" * 43, "Bearer opsk-" + "0" * 12 + "x" * 43,
-    "Bearer " + "A" * 5000, "Bearer opet-\u00e9\u00e9".encode(), b"Bearer opet-\xff\xfe",
+    None,
+    "",
+    "Bearer",
+    "Basic dXNlcjpwYXNz",
+    "Token opet-abc",
+    "Bearer opet-",
+    "Bearer opet-zz",
+    "Bearer opet-" + "0" * 12,
+    "Bearer opet-" + "0" * 12 + "x" * 43,
+    "Bearer opsk-" + "0" * 12 + "x" * 43,
+    "Bearer " + "A" * 5000,
+    "Bearer opet-\u00e9\u00e9".encode(),
+    b"Bearer opet-\xff\xfe",
     "Bearer opet-000000000000-' OR 1=1 --",
 ]
 
 
 @pytest.mark.parametrize("authorization", MALFORMED, ids=range(len(MALFORMED)))
-def test_malformed_or_unknown_tokens_are_refused(stack: Stack, registry: Registry,
-                                                 authorization: str | bytes | None) -> None:
+def test_malformed_or_unknown_tokens_are_refused(
+    stack: Stack, registry: Registry, authorization: str | bytes | None
+) -> None:
     with Unchanged(registry):
         _assert_refused(_register(stack, authorization))
 
 
 def test_wrong_secret_for_a_real_prefix_is_refused_and_does_not_burn_the_token(
-        stack: Stack, admin: httpx.Client, registry: Registry) -> None:
+    stack: Stack, admin: httpx.Client, registry: Registry
+) -> None:
     token = _token(admin, "enroll-wrong-secret")
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     with Unchanged(registry):
@@ -119,15 +158,21 @@ def test_wrong_secret_for_a_real_prefix_is_refused_and_does_not_burn_the_token(
 def test_expired_token_is_refused(stack: Stack, admin: httpx.Client, registry: Registry) -> None:
     token = _token(admin, "enroll-expired")
     prefix = token.split("-", 2)[1]
-    registry.execute("UPDATE enrollment_tokens SET expires_at = :t WHERE prefix = :p",
-                     t="2000-01-01 00:00:00", p=prefix)
+    registry.execute(
+        "UPDATE enrollment_tokens SET expires_at = :t WHERE prefix = :p",
+        t="2000-01-01 00:00:00",
+        p=prefix,
+    )
     with Unchanged(registry):
         _assert_refused(_register(stack, f"Bearer {token}"))
-    assert registry.scalar("SELECT used_at FROM enrollment_tokens WHERE prefix = :p", p=prefix) is None
+    assert (
+        registry.scalar("SELECT used_at FROM enrollment_tokens WHERE prefix = :p", p=prefix) is None
+    )
 
 
-def test_used_token_is_refused_even_after_its_runner_is_revoked(stack: Stack, admin: httpx.Client,
-                                                               registry: Registry) -> None:
+def test_used_token_is_refused_even_after_its_runner_is_revoked(
+    stack: Stack, admin: httpx.Client, registry: Registry
+) -> None:
     token = _token(admin, "enroll-once")
     first = _register(stack, f"Bearer {token}")
     assert first.status_code == 201, first.text
@@ -139,8 +184,9 @@ def test_used_token_is_refused_even_after_its_runner_is_revoked(stack: Stack, ad
         _assert_refused(_register(stack, f"Bearer {token}"))
 
 
-def test_a_token_spent_twice_at_once_registers_one_runner(stack: Stack, admin: httpx.Client,
-                                                        registry: Registry) -> None:
+def test_a_token_spent_twice_at_once_registers_one_runner(
+    stack: Stack, admin: httpx.Client, registry: Registry
+) -> None:
     token = _token(admin, "enroll-race")
     before = registry.runners()
     with ThreadPoolExecutor(6) as pool:

@@ -7,14 +7,32 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.protocol import MAX_FRAME_BYTES, FrameError, parse_frame
+from outpost.sdk.protocol import MAX_FRAME_BYTES, FrameError, parse_frame
 
-FRAME_TYPES = ["challenge.v1", "hello.v1", "welcome.v1", "request.v1", "response_start.v1", "data.v1",
-               "end.v1", "reset.v1", "window_update.v1", "status.v1", "goaway.v1", "bogus"]
+FRAME_TYPES = [
+    "challenge.v1",
+    "hello.v1",
+    "welcome.v1",
+    "request.v1",
+    "response_start.v1",
+    "data.v1",
+    "end.v1",
+    "reset.v1",
+    "window_update.v1",
+    "status.v1",
+    "goaway.v1",
+    "bogus",
+]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=50),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=50),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -29,10 +47,37 @@ def test_arbitrary_input_never_escapes_as_another_exception(raw: str | bytes) ->
 
 
 @settings(max_examples=250, deadline=None)
-@given(st.sampled_from(FRAME_TYPES), st.dictionaries(st.sampled_from(
-    ["stream_id", "data", "nonce", "versions", "runner_id", "version", "signature", "status", "usage", "increment",
-     "body", "body_length", "path", "model", "window", "reason", "drain_s", "models", "capacity", "labels"]),
-    json_values, max_size=8))
+@given(
+    st.sampled_from(FRAME_TYPES),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "stream_id",
+                "data",
+                "nonce",
+                "versions",
+                "runner_id",
+                "version",
+                "signature",
+                "status",
+                "usage",
+                "increment",
+                "body",
+                "body_length",
+                "path",
+                "model",
+                "window",
+                "reason",
+                "drain_s",
+                "models",
+                "capacity",
+                "labels",
+            ]
+        ),
+        json_values,
+        max_size=8,
+    ),
+)
 def test_structured_garbage_is_rejected_cleanly(frame_type: str, fields: dict) -> None:
     try:
         raw = json.dumps({"type": frame_type, **fields})

@@ -32,7 +32,11 @@ def _envelope(response: httpx.Response, status: int, code: str) -> None:
 
 
 def test_oversized_body_is_413(stack: Stack) -> None:
-    big = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * (2 * 1024 * 1024) + b'"}]}'
+    big = (
+        b'{"model": "m", "messages": [{"role": "user", "content": "'
+        + b"x" * (2 * 1024 * 1024)
+        + b'"}]}'
+    )
     _bounded(_post(stack, stack.api_key, content=big))
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body arrives
@@ -47,14 +51,19 @@ def test_oversized_body_is_413(stack: Stack) -> None:
 def test_huge_max_tokens_is_400(stack: Stack) -> None:
     model = stack.cp.models(stack.api_key)[0]
     for field in ("max_tokens", "max_completion_tokens"):
-        response = _post(stack, stack.api_key, json={"model": model, "messages": [{"role": "user", "content": "hi"}],
-                                                     field: 10**9})
+        response = _post(
+            stack,
+            stack.api_key,
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}], field: 10**9},
+        )
         _envelope(response, 400, "max_tokens_too_large")
 
 
 def test_per_key_rate_limit_is_429(stack: Stack) -> None:
     # The full behaviour (Retry-After, headers, refill) is in tests/api/test_openai_routing_e2e.py.
-    key = stack.cp.cli("keys", "create", "limits-rpm", "--tenant", "limits", "--rate-limit-rpm", "1").splitlines()[-1]
+    key = stack.cp.cli(
+        "keys", "create", "limits-rpm", "--tenant", "limits", "--rate-limit-rpm", "1"
+    ).splitlines()[-1]
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
     assert _post(stack, key, json=body).status_code == 404  # admitted, then no such model
     refused = _post(stack, key, json=body)
@@ -70,8 +79,11 @@ def test_many_idle_connections_do_not_break_the_server(stack: Stack) -> None:
             if i % 2:  # half send a partial request and then go quiet (slowloris)
                 s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
             idle.append(s)
-        response = httpx.get(f"{stack.cp.url}/v1/models", headers={"Authorization": f"Bearer {stack.api_key}"},
-                             timeout=10)
+        response = httpx.get(
+            f"{stack.cp.url}/v1/models",
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+            timeout=10,
+        )
         assert response.status_code == 200
         assert httpx.get(f"{stack.cp.url}/readyz", timeout=10).status_code == 200
     finally:

@@ -9,24 +9,26 @@ import math
 
 import pytest
 
-from control_plane.cluster.registry import RemoteView, describe_runners
-from control_plane.routing.routing import (
+from outpost.control_plane.cluster.registry import RemoteView, describe_runners
+from outpost.control_plane.routing.routing import (
     Router,
     RouteRequest,
     any_in_pools,
     eligibility,
     usd_per_hour,
 )
-from control_plane.services.cost import DEFAULT_USD_PER_HOUR, hourly_rate
-from control_plane.store.runners import MAX_USD_PER_HOUR, check_usd_per_hour, proposed_cost
-from control_plane.tunnel.hub import TunnelHub
-from sdk.pricing import CostModel
+from outpost.control_plane.services.cost import DEFAULT_USD_PER_HOUR, hourly_rate
+from outpost.control_plane.store.runners import MAX_USD_PER_HOUR, check_usd_per_hour, proposed_cost
+from outpost.control_plane.tunnel.hub import TunnelHub
+from outpost.sdk.pricing import CostModel
 from tests.api.sim import MODEL, set_status, simulated_runner
 
 
 def _fleet() -> list:
     mine = simulated_runner("run_mine", usd_per_hour=5.0, pool_id="pool_mine")
-    foreign = simulated_runner("run_foreign", usd_per_hour=0.0, pool_id="pool_foreign", labels={"site": "x"})
+    foreign = simulated_runner(
+        "run_foreign", usd_per_hour=0.0, pool_id="pool_foreign", labels={"site": "x"}
+    )
     for r in (mine, foreign):
         set_status(r)
     return [mine, foreign]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from websockets.sync.client import ClientConnection
 
-from sdk.protocol import (
+from outpost.sdk.protocol import (
     DataFrame,
     EndFrame,
     RequestFrame,
@@ -30,7 +30,9 @@ TENANT = "lifecycle"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlaneProcess, str, RogueRunner]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ControlPlaneProcess, str, RogueRunner]]:
     tmp = tmp_path_factory.mktemp("lifecycle")
     url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
     cp = ControlPlaneProcess(tmp / "cp", url, extra_env={"OUTPOST_RUNNER_WAIT_S": "1"}).start()
@@ -41,15 +43,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPla
 
 
 def _html(req: RequestFrame) -> list[object]:
-    return [ResponseStartFrame(stream_id=req.stream_id, status=200, content_type="text/html"),
-            DataFrame(stream_id=req.stream_id, data="<html>log in again</html>"),
-            EndFrame(stream_id=req.stream_id, usage=Usage(completion_tokens=1))]
+    return [
+        ResponseStartFrame(stream_id=req.stream_id, status=200, content_type="text/html"),
+        DataFrame(stream_id=req.stream_id, data="<html>log in again</html>"),
+        EndFrame(stream_id=req.stream_id, usage=Usage(completion_tokens=1)),
+    ]
 
 
 def _ok(req: RequestFrame) -> list[object]:
-    return [ResponseStartFrame(stream_id=req.stream_id, status=200),
-            DataFrame(stream_id=req.stream_id, data='{"object": "chat.completion", "choices": []}'),
-            EndFrame(stream_id=req.stream_id, usage=Usage(prompt_tokens=1, completion_tokens=1))]
+    return [
+        ResponseStartFrame(stream_id=req.stream_id, status=200),
+        DataFrame(stream_id=req.stream_id, data='{"object": "chat.completion", "choices": []}'),
+        EndFrame(stream_id=req.stream_id, usage=Usage(prompt_tokens=1, completion_tokens=1)),
+    ]
 
 
 def _drain_resets(ws: ClientConnection) -> None:
@@ -71,7 +77,9 @@ def test_bad_response_starts_beyond_capacity_leave_the_runner_free_and_are_price
         ids = []
         for _ in range(5):  # one more than the runner's capacity
             response, _ = exchange(ws, f"{cp.url}/v1/chat/completions", key, chat, _html)
-            assert response.status_code == 502 and response.json()["error"]["code"] == "engine_error"
+            assert (
+                response.status_code == 502 and response.json()["error"]["code"] == "engine_error"
+            )
             ids.append(response.headers["x-request-id"])
             _drain_resets(ws)
         # Each reached the runner (exchange asserts it): no slot was kept. And the next one is served.
@@ -81,8 +89,13 @@ def test_bad_response_starts_beyond_capacity_leave_the_runner_free_and_are_price
         records = {r["id"]: r for r in tenant_records(url, TENANT)}
         for rid in ids:
             record = records[rid]
-            assert (record["status"], record["error_type"], record["runner_id"]) == ("error", "engine_error",
-                                                                                     rogue.runner_id)
-            assert record["engine_share_s"] is not None, "the slot was finished (priced), not left held"
+            assert (record["status"], record["error_type"], record["runner_id"]) == (
+                "error",
+                "engine_error",
+                rogue.runner_id,
+            )
+            assert record["engine_share_s"] is not None, (
+                "the slot was finished (priced), not left held"
+            )
     finally:
         ws.close()

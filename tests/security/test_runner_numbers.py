@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sdk.protocol import (
+from outpost.sdk.protocol import (
     CloseCode,
     DataFrame,
     EndFrame,
@@ -36,7 +36,11 @@ class World:
         self.rogue = RogueRunner(cp, TENANT, "rogue-model")
 
     def chat(self, **fields: object) -> dict[str, object]:
-        return {"model": self.rogue.model, "messages": [{"role": "user", "content": "hi"}], **fields}
+        return {
+            "model": self.rogue.model,
+            "messages": [{"role": "user", "content": "hi"}],
+            **fields,
+        }
 
     def records(self) -> list[dict]:
         return tenant_records(self.database_url, TENANT)
@@ -46,10 +50,16 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("numbers")
     url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-    cp = ControlPlaneProcess(tmp / "cp", url, extra_env={"OUTPOST_MAX_TOKENS_LIMIT": str(LIMIT),
-                                                         "OUTPOST_LOG_FORMAT": "text",
-                                                         "OUTPOST_RUNNER_WAIT_S": "1",
-                                                         "OUTPOST_TUNNEL_MAX_CONNECTIONS_PER_RUNNER": "3"}).start()
+    cp = ControlPlaneProcess(
+        tmp / "cp",
+        url,
+        extra_env={
+            "OUTPOST_MAX_TOKENS_LIMIT": str(LIMIT),
+            "OUTPOST_LOG_FORMAT": "text",
+            "OUTPOST_RUNNER_WAIT_S": "1",
+            "OUTPOST_TUNNEL_MAX_CONNECTIONS_PER_RUNNER": "3",
+        },
+    ).start()
     try:
         yield World(cp, url)
     finally:
@@ -58,15 +68,30 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def _answer(usage: Usage | str | None = None, text: str = "ok") -> object:
     """A non-streaming chat answer, then an end frame with ``usage`` (a raw JSON usage object if a str)."""
+
     def reply(req: RequestFrame) -> list[object]:
-        body = json.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {
-            "role": "assistant", "content": text}, "finish_reason": "stop"}]})
+        body = json.dumps(
+            {
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
         if isinstance(usage, str):
             end: object = f'{{"type":"end.v1","stream_id":{req.stream_id},"usage":{usage}}}'
         else:
             end = EndFrame(stream_id=req.stream_id, usage=usage)
-        return [ResponseStartFrame(stream_id=req.stream_id, status=200),
-                DataFrame(stream_id=req.stream_id, data=body), end]
+        return [
+            ResponseStartFrame(stream_id=req.stream_id, status=200),
+            DataFrame(stream_id=req.stream_id, data=body),
+            end,
+        ]
+
     return reply
 
 
@@ -78,7 +103,9 @@ def _chat_url(world: World) -> str:
 
 
 @pytest.mark.parametrize("field", ["running", "waiting", "completed"])
-def test_huge_counter_closes_the_connection_and_routing_and_metrics_survive(world: World, field: str) -> None:
+def test_huge_counter_closes_the_connection_and_routing_and_metrics_survive(
+    world: World, field: str
+) -> None:
     bad = world.rogue.connect(connection_index=1)
     ws = None
     try:
@@ -86,7 +113,9 @@ def test_huge_counter_closes_the_connection_and_routing_and_metrics_survive(worl
         code, reason = closed_with(bad)
         assert code == CloseCode.PROTOCOL_ERROR and field in reason, (code, reason)
         ws = world.rogue.connect()
-        response, _ = exchange(ws, _chat_url(world), world.key, world.chat(max_tokens=4), _answer(Usage()))
+        response, _ = exchange(
+            ws, _chat_url(world), world.key, world.chat(max_tokens=4), _answer(Usage())
+        )
         assert response.status_code == 200, response.text
         metrics = httpx.get(f"{world.cp.url}/metrics", timeout=10)
         assert metrics.status_code == 200, metrics.text[:300]
@@ -96,14 +125,18 @@ def test_huge_counter_closes_the_connection_and_routing_and_metrics_survive(worl
             ws.close()
 
 
-@pytest.mark.parametrize("frame", [
-    '{"type":"status.v1","kv_cache_usage":NaN}',
-    '{"type":"status.v1","running":1e400}',
-    '{"type":"status.v1","running":"5"}',
-    '{"type":"status.v1","running":true}',
-    '{"type":"status.v1","running":-1}',
-    '{"type":"goaway.v1","drain_s":Infinity}',
-], ids=["nan", "float-inf", "string", "bool", "negative", "infinity"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"status.v1","kv_cache_usage":NaN}',
+        '{"type":"status.v1","running":1e400}',
+        '{"type":"status.v1","running":"5"}',
+        '{"type":"status.v1","running":true}',
+        '{"type":"status.v1","running":-1}',
+        '{"type":"goaway.v1","drain_s":Infinity}',
+    ],
+    ids=["nan", "float-inf", "string", "bool", "negative", "infinity"],
+)
 def test_non_finite_or_coerced_number_is_a_protocol_error(world: World, frame: str) -> None:
     ws = world.rogue.connect()
     try:
@@ -115,23 +148,65 @@ def test_non_finite_or_coerced_number_is_a_protocol_error(world: World, frame: s
 
 
 # What runner/cost.py and runner/hardware.py send (an H100 runner), and an old runner's empty maps.
-_CPU = {"model": "Fake CPU", "arch": "x86_64", "os": "Linux", "physical_cores": 8, "logical_cores": 16,
-        "ram_total_bytes": 64 * 2**30, "ram_available_bytes": 60 * 2**30, "features": ["avx2"]}
-_GPU = {"vendor": "nvidia", "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-1",
-        "memory_total_bytes": 81559 * 2**20, "memory_free_bytes": 81000 * 2**20, "compute_capability": "9.0",
-        "driver_version": "550.54.15", "power_draw_watts": 71.0, "power_limit_watts": 700.0,
-        "utilization_percent": 0.0, "mig_enabled": False, "unified_memory": False}
+_CPU = {
+    "model": "Fake CPU",
+    "arch": "x86_64",
+    "os": "Linux",
+    "physical_cores": 8,
+    "logical_cores": 16,
+    "ram_total_bytes": 64 * 2**30,
+    "ram_available_bytes": 60 * 2**30,
+    "features": ["avx2"],
+}
+_GPU = {
+    "vendor": "nvidia",
+    "index": 0,
+    "name": "NVIDIA H100 80GB HBM3",
+    "uuid": "GPU-1",
+    "memory_total_bytes": 81559 * 2**20,
+    "memory_free_bytes": 81000 * 2**20,
+    "compute_capability": "9.0",
+    "driver_version": "550.54.15",
+    "power_draw_watts": 71.0,
+    "power_limit_watts": 700.0,
+    "utilization_percent": 0.0,
+    "mig_enabled": False,
+    "unified_memory": False,
+}
 
 
-@pytest.mark.parametrize("fields", [
-    {"cost": {}, "hardware": {}},
-    {"cost": {"kind": "power", "usd_per_kwh": 0.2, "pue": 1.4, "watts": 700.0, "watts_source": "gpu-power-limit",
-              "hardware_class": "nvidia-h100", "count": 1},
-     "hardware": {"cpu": _CPU, "gpus": [_GPU], "probes": [{"name": "nvidia", "present": True, "devices": 1,
-                                                            "reason": None}]}},
-    {"cost": {"kind": "hourly", "usd_per_hour": 0.8, "source": "default", "hardware_class": "a-future-class",
-              "count": 1}},
-], ids=["old-runner-empty", "h100-runner", "unknown-hardware-class"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cost": {}, "hardware": {}},
+        {
+            "cost": {
+                "kind": "power",
+                "usd_per_kwh": 0.2,
+                "pue": 1.4,
+                "watts": 700.0,
+                "watts_source": "gpu-power-limit",
+                "hardware_class": "nvidia-h100",
+                "count": 1,
+            },
+            "hardware": {
+                "cpu": _CPU,
+                "gpus": [_GPU],
+                "probes": [{"name": "nvidia", "present": True, "devices": 1, "reason": None}],
+            },
+        },
+        {
+            "cost": {
+                "kind": "hourly",
+                "usd_per_hour": 0.8,
+                "source": "default",
+                "hardware_class": "a-future-class",
+                "count": 1,
+            }
+        },
+    ],
+    ids=["old-runner-empty", "h100-runner", "unknown-hardware-class"],
+)
 def test_hello_a_runner_actually_sends_is_welcomed(world: World, fields: dict) -> None:
     ws, reply = world.rogue.dial(connection_index=6, **fields)
     try:
@@ -140,24 +215,41 @@ def test_hello_a_runner_actually_sends_is_welcomed(world: World, fields: dict) -
         ws.close()
 
 
-@pytest.mark.parametrize("fields", [
-    {"cost": {"usd_per_hour": math.inf}},
-    {"cost": {"usd_per_hour": 1e9}},
-    {"cost": {"usd_per_hour": -5}},
-    {"hardware": {"memory_bytes": math.nan}},
-    {"models": [{"name": "rogue-model", "engine": "fake", "context_length": 10**400}]},
-    {"capacity": "4"},
-    {"cost": {"usd_per_hour": 1.0, "discount": 0.9}},
-    {"cost": {"usd_per_hour": "5"}},
-    {"cost": {"hardware_class": "nvidia-h100", "count": "8"}},
-    {"cost": {"hardware_class": "nvidia-h100", "count": 10**6}},
-    {"hardware": {"cpu": {**_CPU, "ram_total_bytes": 2**60}}},
-    {"hardware": {"cpu": {**_CPU, "logical_cores": True}}},
-    {"hardware": {"cpu": _CPU, "gpus": [{**_GPU, "power_limit_watts": math.inf}]}},
-    {"hardware": {"cpu": _CPU, "secret_sauce": 1}},
-], ids=["cost-inf", "cost-huge", "cost-negative", "hardware-nan", "context-huge", "capacity-string",
-        "cost-unknown-field", "cost-rate-string", "cost-count-string", "cost-count-huge", "hardware-ram-huge", "hardware-cores-bool",
-        "hardware-watts-inf", "hardware-unknown-field"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cost": {"usd_per_hour": math.inf}},
+        {"cost": {"usd_per_hour": 1e9}},
+        {"cost": {"usd_per_hour": -5}},
+        {"hardware": {"memory_bytes": math.nan}},
+        {"models": [{"name": "rogue-model", "engine": "fake", "context_length": 10**400}]},
+        {"capacity": "4"},
+        {"cost": {"usd_per_hour": 1.0, "discount": 0.9}},
+        {"cost": {"usd_per_hour": "5"}},
+        {"cost": {"hardware_class": "nvidia-h100", "count": "8"}},
+        {"cost": {"hardware_class": "nvidia-h100", "count": 10**6}},
+        {"hardware": {"cpu": {**_CPU, "ram_total_bytes": 2**60}}},
+        {"hardware": {"cpu": {**_CPU, "logical_cores": True}}},
+        {"hardware": {"cpu": _CPU, "gpus": [{**_GPU, "power_limit_watts": math.inf}]}},
+        {"hardware": {"cpu": _CPU, "secret_sauce": 1}},
+    ],
+    ids=[
+        "cost-inf",
+        "cost-huge",
+        "cost-negative",
+        "hardware-nan",
+        "context-huge",
+        "capacity-string",
+        "cost-unknown-field",
+        "cost-rate-string",
+        "cost-count-string",
+        "cost-count-huge",
+        "hardware-ram-huge",
+        "hardware-cores-bool",
+        "hardware-watts-inf",
+        "hardware-unknown-field",
+    ],
+)
 def test_hello_with_unbounded_numbers_is_refused(world: World, fields: dict) -> None:
     # json.dumps writes Infinity/NaN literals, as a rogue's JSON encoder would.
     ws, reply = world.rogue.dial(connection_index=5, **fields)
@@ -172,11 +264,18 @@ def test_hello_with_unbounded_numbers_is_refused(world: World, fields: dict) -> 
 # --- usage is always clamped ----------------------------------------------------------------------------
 
 
-def test_without_max_tokens_the_engine_gets_the_limit_and_usage_is_clamped_to_it(world: World) -> None:
+def test_without_max_tokens_the_engine_gets_the_limit_and_usage_is_clamped_to_it(
+    world: World,
+) -> None:
     ws = world.rogue.connect()
     try:
-        response, request = exchange(ws, _chat_url(world), world.key, world.chat(),
-                                     _answer(Usage(prompt_tokens=3, completion_tokens=10**7)))
+        response, request = exchange(
+            ws,
+            _chat_url(world),
+            world.key,
+            world.chat(),
+            _answer(Usage(prompt_tokens=3, completion_tokens=10**7)),
+        )
         assert response.status_code == 200, response.text
         assert json.loads(request.body)["max_tokens"] == LIMIT  # the engine is told the cap
         rid = response.headers["x-request-id"]
@@ -187,11 +286,19 @@ def test_without_max_tokens_the_engine_gets_the_limit_and_usage_is_clamped_to_it
         ws.close()
 
 
-@pytest.mark.parametrize("usage", [f'{{"completion_tokens":{2**60}}}', f'{{"prompt_tokens":{10**9}}}',
-                                   '{"completion_tokens":1e3}', '{"completion_tokens":"7"}'],
-                         ids=["2**60", "10**9", "float", "string"])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        f'{{"completion_tokens":{2**60}}}',
+        f'{{"prompt_tokens":{10**9}}}',
+        '{"completion_tokens":1e3}',
+        '{"completion_tokens":"7"}',
+    ],
+    ids=["2**60", "10**9", "float", "string"],
+)
 def test_usage_beyond_the_contract_ends_the_connection_and_the_request_is_still_recorded(
-        world: World, usage: str) -> None:
+    world: World, usage: str
+) -> None:
     ws = world.rogue.connect()
     try:
         response, _ = exchange(ws, _chat_url(world), world.key, world.chat(), _answer(usage))
@@ -213,52 +320,91 @@ def test_usage_beyond_the_contract_ends_the_connection_and_the_request_is_still_
 def test_n_predict_is_mapped_onto_the_cap(world: World) -> None:
     ws = world.rogue.connect()
     try:
-        response, request = exchange(ws, _chat_url(world), world.key, world.chat(max_tokens=5, n_predict=50),
-                                     _answer(Usage(completion_tokens=50)))
+        response, request = exchange(
+            ws,
+            _chat_url(world),
+            world.key,
+            world.chat(max_tokens=5, n_predict=50),
+            _answer(Usage(completion_tokens=50)),
+        )
         assert response.status_code == 200, response.text
         sent = json.loads(request.body)
         assert sent["n_predict"] == 5 and sent["max_tokens"] == 5
         rid = response.headers["x-request-id"]
         wait_until(lambda: any(r["id"] == rid for r in world.records()), 15, "the request record")
         assert next(r for r in world.records() if r["id"] == rid)["completion_tokens"] == 5
-        response, request = exchange(ws, _chat_url(world), world.key, world.chat(n_predict=-1),
-                                     _answer(Usage(completion_tokens=1)))
+        response, request = exchange(
+            ws,
+            _chat_url(world),
+            world.key,
+            world.chat(n_predict=-1),
+            _answer(Usage(completion_tokens=1)),
+        )
         assert json.loads(request.body)["n_predict"] == LIMIT
     finally:
         ws.close()
-    for fields, code in [({"n_predict": LIMIT + 1}, "max_tokens_too_large"),
-                         ({"n_predict": "5"}, "invalid_request"), ({"n_predict": 0}, "invalid_request"),
-                         ({"max_tokens": 4, "min_tokens": 10}, "invalid_request"),
-                         ({"max_completion_tokens": LIMIT + 1}, "max_tokens_too_large")]:
-        refused = httpx.post(_chat_url(world), json=world.chat(**fields), timeout=10,
-                             headers={"Authorization": f"Bearer {world.key}"})
-        assert refused.status_code == 400 and refused.json()["error"]["code"] == code, (fields, refused.text)
+    for fields, code in [
+        ({"n_predict": LIMIT + 1}, "max_tokens_too_large"),
+        ({"n_predict": "5"}, "invalid_request"),
+        ({"n_predict": 0}, "invalid_request"),
+        ({"max_tokens": 4, "min_tokens": 10}, "invalid_request"),
+        ({"max_completion_tokens": LIMIT + 1}, "max_tokens_too_large"),
+    ]:
+        refused = httpx.post(
+            _chat_url(world),
+            json=world.chat(**fields),
+            timeout=10,
+            headers={"Authorization": f"Bearer {world.key}"},
+        )
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == code, (
+            fields,
+            refused.text,
+        )
 
 
-@pytest.mark.parametrize(("path", "fields", "param"), [
-    ("completions", {"prompt": [f"p{i}" for i in range(8)]}, "prompt"),
-    ("completions", {"prompt": [[1, 2], [3]]}, "prompt"),
-    ("completions", {"prompt": "x", "best_of": 2}, "best_of"),
-    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
-    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "use_beam_search": True},
-     "use_beam_search"),
-    ("completions", {"prompt": "x", "n_cmpl": 4}, "n_cmpl"),
-], ids=["prompt-list", "token-id-lists", "best_of", "n", "beam-search", "n_cmpl"])
-def test_several_sequences_in_one_request_are_refused(world: World, path: str, fields: dict, param: str) -> None:
-    response = httpx.post(f"{world.cp.url}/v1/{path}", json={"model": world.rogue.model, **fields}, timeout=10,
-                          headers={"Authorization": f"Bearer {world.key}"})
+@pytest.mark.parametrize(
+    ("path", "fields", "param"),
+    [
+        ("completions", {"prompt": [f"p{i}" for i in range(8)]}, "prompt"),
+        ("completions", {"prompt": [[1, 2], [3]]}, "prompt"),
+        ("completions", {"prompt": "x", "best_of": 2}, "best_of"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "use_beam_search": True},
+            "use_beam_search",
+        ),
+        ("completions", {"prompt": "x", "n_cmpl": 4}, "n_cmpl"),
+    ],
+    ids=["prompt-list", "token-id-lists", "best_of", "n", "beam-search", "n_cmpl"],
+)
+def test_several_sequences_in_one_request_are_refused(
+    world: World, path: str, fields: dict, param: str
+) -> None:
+    response = httpx.post(
+        f"{world.cp.url}/v1/{path}",
+        json={"model": world.rogue.model, **fields},
+        timeout=10,
+        headers={"Authorization": f"Bearer {world.key}"},
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "multiple_sequences_unsupported" and error["param"] == param
 
 
-@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2, 3]], ["one"]], ids=["ids", "one-id-list", "one-str"])
+@pytest.mark.parametrize(
+    "prompt", [[1, 2, 3], [[1, 2, 3]], ["one"]], ids=["ids", "one-id-list", "one-str"]
+)
 def test_one_prompt_as_token_ids_or_a_list_is_accepted(world: World, prompt: list) -> None:
     ws = world.rogue.connect()
     try:
-        response, request = exchange(ws, f"{world.cp.url}/v1/completions", world.key,
-                                     {"model": world.rogue.model, "prompt": prompt, "max_tokens": 3},
-                                     _answer(Usage(prompt_tokens=3, completion_tokens=3)))
+        response, request = exchange(
+            ws,
+            f"{world.cp.url}/v1/completions",
+            world.key,
+            {"model": world.rogue.model, "prompt": prompt, "max_tokens": 3},
+            _answer(Usage(prompt_tokens=3, completion_tokens=3)),
+        )
         assert response.status_code == 200, response.text
         assert json.loads(request.body)["prompt"] == prompt
     finally:
@@ -268,15 +414,26 @@ def test_one_prompt_as_token_ids_or_a_list_is_accepted(world: World, prompt: lis
 # --- response_start -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "content_type"), [(200, "text/html"), (101, "application/json"),
-                                                      (204, "application/json"), (304, "application/json"),
-                                                      (200, "application/octet-stream")],
-                         ids=["html", "101", "204-with-body", "304", "octet-stream"])
-def test_bad_response_start_is_an_engine_error_and_recorded(world: World, status: int, content_type: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "content_type"),
+    [
+        (200, "text/html"),
+        (101, "application/json"),
+        (204, "application/json"),
+        (304, "application/json"),
+        (200, "application/octet-stream"),
+    ],
+    ids=["html", "101", "204-with-body", "304", "octet-stream"],
+)
+def test_bad_response_start_is_an_engine_error_and_recorded(
+    world: World, status: int, content_type: str
+) -> None:
     def reply(req: RequestFrame) -> list[object]:
-        return [ResponseStartFrame(stream_id=req.stream_id, status=status, content_type=content_type),
-                DataFrame(stream_id=req.stream_id, data="<html><body>log in again</body></html>"),
-                EndFrame(stream_id=req.stream_id, usage=Usage(completion_tokens=1))]
+        return [
+            ResponseStartFrame(stream_id=req.stream_id, status=status, content_type=content_type),
+            DataFrame(stream_id=req.stream_id, data="<html><body>log in again</body></html>"),
+            EndFrame(stream_id=req.stream_id, usage=Usage(completion_tokens=1)),
+        ]
 
     ws = world.rogue.connect()
     try:
@@ -287,34 +444,55 @@ def test_bad_response_start_is_an_engine_error_and_recorded(world: World, status
         rid = response.headers["x-request-id"]
         wait_until(lambda: any(r["id"] == rid for r in world.records()), 15, "the request record")
         record = next(r for r in world.records() if r["id"] == rid)
-        assert (record["status"], record["error_type"], record["http_status"]) == ("error", "engine_error", 502)
+        assert (record["status"], record["error_type"], record["http_status"]) == (
+            "error",
+            "engine_error",
+            502,
+        )
     finally:
         ws.close()
 
 
 def test_bad_response_start_on_a_streamed_request_is_an_engine_error(world: World) -> None:
     def reply(req: RequestFrame) -> list[object]:
-        return [ResponseStartFrame(stream_id=req.stream_id, status=200, content_type="text/html"),
-                DataFrame(stream_id=req.stream_id, data="<html>log in again</html>"),
-                EndFrame(stream_id=req.stream_id)]
+        return [
+            ResponseStartFrame(stream_id=req.stream_id, status=200, content_type="text/html"),
+            DataFrame(stream_id=req.stream_id, data="<html>log in again</html>"),
+            EndFrame(stream_id=req.stream_id),
+        ]
 
     ws = world.rogue.connect()
     try:
-        response, _ = exchange(ws, _chat_url(world), world.key, world.chat(max_tokens=2, stream=True), reply)
+        response, _ = exchange(
+            ws, _chat_url(world), world.key, world.chat(max_tokens=2, stream=True), reply
+        )
         assert response.status_code == 502 and "<html>" not in response.text, response.text
         assert response.json()["error"]["code"] == "engine_error"
     finally:
         ws.close()
 
 
-@pytest.mark.parametrize(("engine_status", "client_status"), [(400, 400), (404, 404), (422, 422), (500, 502),
-                                                              (503, 502)])
-def test_engine_4xx_stays_4xx_and_5xx_is_502(world: World, engine_status: int, client_status: int) -> None:
+@pytest.mark.parametrize(
+    ("engine_status", "client_status"), [(400, 400), (404, 404), (422, 422), (500, 502), (503, 502)]
+)
+def test_engine_4xx_stays_4xx_and_5xx_is_502(
+    world: World, engine_status: int, client_status: int
+) -> None:
     def reply(req: RequestFrame) -> list[object]:
-        body = json.dumps({"error": {"code": engine_status, "message": "image input is not supported",
-                                     "type": "server_error" if engine_status >= 500 else "invalid_request_error"}})
-        return [ResponseStartFrame(stream_id=req.stream_id, status=engine_status),
-                DataFrame(stream_id=req.stream_id, data=body), EndFrame(stream_id=req.stream_id)]
+        body = json.dumps(
+            {
+                "error": {
+                    "code": engine_status,
+                    "message": "image input is not supported",
+                    "type": "server_error" if engine_status >= 500 else "invalid_request_error",
+                }
+            }
+        )
+        return [
+            ResponseStartFrame(stream_id=req.stream_id, status=engine_status),
+            DataFrame(stream_id=req.stream_id, data=body),
+            EndFrame(stream_id=req.stream_id),
+        ]
 
     ws = world.rogue.connect()
     try:
@@ -337,8 +515,10 @@ def test_runner_strings_cannot_forge_log_lines(world: World) -> None:
     evil = f"oops\r\n2026-12-07 10:00:00,000 INFO outpost.audit {forged} admin granted\x1b[2K\u2028"
 
     def reply(req: RequestFrame) -> list[object]:
-        return [ResponseStartFrame(stream_id=req.stream_id, status=500),
-                EndFrame(stream_id=req.stream_id, error=evil)]
+        return [
+            ResponseStartFrame(stream_id=req.stream_id, status=500),
+            EndFrame(stream_id=req.stream_id, error=evil),
+        ]
 
     ws = world.rogue.connect()
     try:
@@ -354,7 +534,9 @@ def test_runner_strings_cannot_forge_log_lines(world: World) -> None:
     assert "\\r\\n2026-12-07" in log and "\\x1b[2K" in log
 
 
-def test_second_connection_with_the_same_index_is_duplicate_and_connections_are_bounded(world: World) -> None:
+def test_second_connection_with_the_same_index_is_duplicate_and_connections_are_bounded(
+    world: World,
+) -> None:
     first = world.rogue.connect(connection_index=0)
     held = [first]
     try:
@@ -381,41 +563,96 @@ def _connects(world: World, index: int) -> bool:
 # --- strict at the edge -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields", [{"max_tokens": "5"}, {"max_tokens": True}, {"stream": "yes"},
-                                    {"stream": 1}, {"temperature": "0.5"}, {"max_tokens": 5.0},
-                                    {"stream_options": {"include_usage": "true"}}, {"seed": 2**70},
-                                    {"temperature": float("nan")}],
-                         ids=["max_tokens-str", "max_tokens-bool", "stream-str", "stream-int", "temperature-str",
-                              "max_tokens-float", "include_usage-str", "seed-huge", "temperature-nan"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"max_tokens": "5"},
+        {"max_tokens": True},
+        {"stream": "yes"},
+        {"stream": 1},
+        {"temperature": "0.5"},
+        {"max_tokens": 5.0},
+        {"stream_options": {"include_usage": "true"}},
+        {"seed": 2**70},
+        {"temperature": float("nan")},
+    ],
+    ids=[
+        "max_tokens-str",
+        "max_tokens-bool",
+        "stream-str",
+        "stream-int",
+        "temperature-str",
+        "max_tokens-float",
+        "include_usage-str",
+        "seed-huge",
+        "temperature-nan",
+    ],
+)
 def test_no_type_coercion_on_v1(world: World, fields: dict) -> None:
-    response = httpx.post(_chat_url(world), content=json.dumps(world.chat(**fields)), timeout=10,
-                          headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"})
+    response = httpx.post(
+        _chat_url(world),
+        content=json.dumps(world.chat(**fields)),
+        timeout=10,
+        headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("chat/completions", '{"model":"m","messages":[{"role":"user","content":"\\ud800"}]}'),
-    ("chat/completions", '{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":"\\udfff"}'),
-    ("chat/completions", '{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"\\ud800"}]}]}'),
-    ("chat/completions", '{"model":"m","messages":[{"role":"user","content":"x"}],"\\ud800":1}'),
-    ("completions", '{"model":"m","prompt":"\\ud800"}'),
-    ("completions", '{"model":"\\ud800","prompt":"x"}'),
-    ("embeddings", '{"model":"m","input":"\\ud800"}'),
-    ("embeddings", '{"model":"m","input":["ok","\\udc00"]}'),
-], ids=["chat-content", "chat-vendor", "chat-part", "chat-key", "completion-prompt", "completion-model",
-        "embedding-input", "embedding-list"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("chat/completions", '{"model":"m","messages":[{"role":"user","content":"\\ud800"}]}'),
+        (
+            "chat/completions",
+            '{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":"\\udfff"}',
+        ),
+        (
+            "chat/completions",
+            '{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"\\ud800"}]}]}',
+        ),
+        (
+            "chat/completions",
+            '{"model":"m","messages":[{"role":"user","content":"x"}],"\\ud800":1}',
+        ),
+        ("completions", '{"model":"m","prompt":"\\ud800"}'),
+        ("completions", '{"model":"\\ud800","prompt":"x"}'),
+        ("embeddings", '{"model":"m","input":"\\ud800"}'),
+        ("embeddings", '{"model":"m","input":["ok","\\udc00"]}'),
+    ],
+    ids=[
+        "chat-content",
+        "chat-vendor",
+        "chat-part",
+        "chat-key",
+        "completion-prompt",
+        "completion-model",
+        "embedding-input",
+        "embedding-list",
+    ],
+)
 def test_lone_surrogates_are_400_not_500(world: World, path: str, body: str) -> None:
-    response = httpx.post(f"{world.cp.url}/v1/{path}", content=body.encode(), timeout=10,
-                          headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"})
+    response = httpx.post(
+        f"{world.cp.url}/v1/{path}",
+        content=body.encode(),
+        timeout=10,
+        headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400, response.text
-    assert "Traceback" not in response.text and response.json()["error"]["type"] == "invalid_request_error"
+    assert (
+        "Traceback" not in response.text
+        and response.json()["error"]["type"] == "invalid_request_error"
+    )
 
 
 def test_invalid_utf8_body_is_400(world: World) -> None:
     body = b'{"model":"m","messages":[{"role":"user","content":"\xff\xfe"}]}'
-    response = httpx.post(_chat_url(world), content=body, timeout=10,
-                          headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"})
+    response = httpx.post(
+        _chat_url(world),
+        content=body,
+        timeout=10,
+        headers={"Authorization": f"Bearer {world.key}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400, response.text
 
 
@@ -425,12 +662,20 @@ def test_a_log_of_the_world(world: World) -> None:
 
 
 def test_a_model_whose_window_is_within_the_limit_gets_no_cap_but_usage_is_clamped_to_the_window(
-        world: World) -> None:
+    world: World,
+) -> None:
     """vLLM refuses a cap that does not fit beside the prompt: a window smaller than the limit caps instead."""
-    ws = world.rogue.connect(models=[{"name": world.rogue.model, "engine": "fake", "context_length": 32}])
+    ws = world.rogue.connect(
+        models=[{"name": world.rogue.model, "engine": "fake", "context_length": 32}]
+    )
     try:
-        response, request = exchange(ws, _chat_url(world), world.key, world.chat(),
-                                     _answer(Usage(prompt_tokens=3, completion_tokens=10**6)))
+        response, request = exchange(
+            ws,
+            _chat_url(world),
+            world.key,
+            world.chat(),
+            _answer(Usage(prompt_tokens=3, completion_tokens=10**6)),
+        )
         assert response.status_code == 200, response.text
         assert "max_tokens" not in json.loads(request.body)
         rid = response.headers["x-request-id"]

@@ -41,7 +41,9 @@ def _excluded(method: str, path: str) -> bool:
 
 
 def test_openapi_contract(stack: Stack) -> None:
-    key = stack.cp.cli("keys", "create", "schemathesis", "--tenant", "schemathesis", "--admin").splitlines()[-1]
+    key = stack.cp.cli(
+        "keys", "create", "schemathesis", "--tenant", "schemathesis", "--admin"
+    ).splitlines()[-1]
     schema = schemathesis.openapi.from_url(f"{stack.cp.url}/openapi.json")
     # positive_data_acceptance is left out: schema-valid requests the API refuses on purpose, with a 400
     # envelope, are semantic (an unknown model, ``end`` before ``start``, fewer than two run ids).
@@ -55,15 +57,23 @@ def test_openapi_contract(stack: Stack) -> None:
         tested += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case) -> None:
             # Keep inference cheap on the shared one-thread runner (the schema allows up to the limit).
             if isinstance(case.body, dict):
                 for field in ("max_tokens", "max_completion_tokens", "n"):
                     if isinstance(case.body.get(field), int) and case.body[field] > 2:
                         case.body[field] = 2
-            case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=checks, timeout=60)
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {key}"}, checks=checks, timeout=60
+            )
 
         try:
             run()

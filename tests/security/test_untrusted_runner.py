@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from control_plane.openai.call import InferenceCall
-from control_plane.openai.lifecycle import bounded_usage as _bounded
-from control_plane.routing.routing import RouteRequest
-from sdk.protocol import Usage
+from outpost.control_plane.openai.call import InferenceCall
+from outpost.control_plane.openai.lifecycle import bounded_usage as _bounded
+from outpost.control_plane.routing.routing import RouteRequest
+from outpost.sdk.protocol import Usage
 
 
 def _call(max_tokens: int | None, max_tokens_cap: int | None = None) -> InferenceCall:
-    return InferenceCall(tenant_id="t", api_key_id="k", body='{"messages": []}', stream=False,
-                         route=RouteRequest(model="m", max_tokens=max_tokens), max_tokens_cap=max_tokens_cap)
+    return InferenceCall(
+        tenant_id="t",
+        api_key_id="k",
+        body='{"messages": []}',
+        stream=False,
+        route=RouteRequest(model="m", max_tokens=max_tokens),
+        max_tokens_cap=max_tokens_cap,
+    )
 
 
 def test_inflated_usage_is_clamped_to_the_request() -> None:
@@ -37,5 +43,7 @@ def test_without_max_tokens_the_cap_the_engine_was_sent_bounds_usage() -> None:
 
 
 def test_the_models_context_window_bounds_prompt_and_completion() -> None:
-    usage = _bounded(Usage(prompt_tokens=10, completion_tokens=900), _call(max_tokens=None), context_length=8)
+    usage = _bounded(
+        Usage(prompt_tokens=10, completion_tokens=900), _call(max_tokens=None), context_length=8
+    )
     assert (usage.prompt_tokens, usage.completion_tokens) == (8, 8)

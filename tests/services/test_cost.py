@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.services.cost import (
+from outpost.control_plane.services.cost import (
     DEFAULT_TDP_WATTS,
     DEFAULT_USD_PER_HOUR,
     BudgetState,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.services.scheduler import (
+from outpost.control_plane.services.scheduler import (
     FairScheduler,
     Policy,
     QueueFull,

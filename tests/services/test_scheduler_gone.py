@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from control_plane.services.scheduler import Abandoned, FairScheduler
+from outpost.control_plane.services.scheduler import Abandoned, FairScheduler
 from tests.services.test_scheduler import R, settle
 
 
@@ -29,7 +29,9 @@ async def test_gone_while_queued_leaves_and_is_never_dispatched() -> None:
     waiter = asyncio.create_task(scheduler.acquire(R, "B", 5, gone=gone))
     await settle()
     assert scheduler.snapshot()["runners"][R]["queued_by_tenant"] == {"B": 1}
-    assert scheduler.counter(R, "B") == 10.0  # lifted to the last dispatched tenant's counter while queued
+    assert (
+        scheduler.counter(R, "B") == 10.0
+    )  # lifted to the last dispatched tenant's counter while queued
     gone.event.set()
     with pytest.raises(Abandoned) as left:
         await waiter
@@ -38,7 +40,9 @@ async def test_gone_while_queued_leaves_and_is_never_dispatched() -> None:
     assert (snap["queued"], snap["abandoned"], snap["in_flight"]) == (0, 1, 1)
     assert "B" not in snap["counters"]  # as if it had never arrived: the lift is taken back
     scheduler.release(held)
-    assert scheduler.snapshot()["runners"][R]["in_flight"] == 0  # nobody was dispatched in its place
+    assert (
+        scheduler.snapshot()["runners"][R]["in_flight"] == 0
+    )  # nobody was dispatched in its place
 
 
 async def test_gone_is_only_watched_when_the_request_waits() -> None:
@@ -59,7 +63,9 @@ async def test_granted_slot_stops_the_watch() -> None:
     ticket = await waiter
     await settle()
     assert gone.watched == 1 and not gone.event.is_set()
-    assert not [t for t in asyncio.all_tasks() if "Gone.__call__" in repr(t.get_coro())]  # watcher cancelled
+    assert not [
+        t for t in asyncio.all_tasks() if "Gone.__call__" in repr(t.get_coro())
+    ]  # watcher cancelled
     scheduler.release(ticket)
 
 
@@ -91,7 +97,9 @@ async def test_lift_is_kept_when_the_backlog_was_served() -> None:
     queued = asyncio.create_task(scheduler.acquire(R, "B", 1, gone=gone))
     await settle()
     lifted = scheduler.counter(R, "B")
-    scheduler.charge(b_running, completion_tokens=3)  # B's running request produces output meanwhile
+    scheduler.charge(
+        b_running, completion_tokens=3
+    )  # B's running request produces output meanwhile
     gone.event.set()
     with pytest.raises(Abandoned):
         await queued
@@ -110,7 +118,9 @@ async def test_returning_tenant_that_leaves_at_once_keeps_its_old_counter() -> N
     gone = Gone()
     waiter = asyncio.create_task(scheduler.acquire(R, "B", 1, gone=gone))
     await settle()
-    assert scheduler.counter(R, "B") == 503.0  # lifted on return to A's counter (A started from B's 3)
+    assert (
+        scheduler.counter(R, "B") == 503.0
+    )  # lifted on return to A's counter (A started from B's 3)
     gone.event.set()
     with pytest.raises(Abandoned):
         await waiter

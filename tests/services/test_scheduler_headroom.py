@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.services.scheduler import FairScheduler, Policy, Ticket
+from outpost.control_plane.services.scheduler import FairScheduler, Policy, Ticket
 
 R = "runner-1"
 
@@ -82,7 +82,9 @@ async def test_no_headroom_for_a_tenant_above_the_backlogged_minimum() -> None:
         scheduler.release(await task)
 
 
-async def test_a_freed_headroom_slot_goes_to_the_next_tenant_only_if_it_has_nothing_in_flight() -> None:
+async def test_a_freed_headroom_slot_goes_to_the_next_tenant_only_if_it_has_nothing_in_flight() -> (
+    None
+):
     scheduler = FairScheduler()
     scheduler.set_capacity(R, 1, headroom=1)
     a1 = await scheduler.acquire(R, "A", 0)
@@ -132,10 +134,16 @@ async def test_set_capacity_keeps_the_headroom_unless_given() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), capacity=st.integers(1, 3), headroom=st.integers(0, 2),
-       steps=st.integers(5, 60), policy=st.sampled_from(["vtc", "fcfs"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    capacity=st.integers(1, 3),
+    headroom=st.integers(0, 2),
+    steps=st.integers(5, 60),
+    policy=st.sampled_from(["vtc", "fcfs"]),
+)
 def test_never_more_than_capacity_plus_headroom_nor_headroom_for_a_busy_tenant(
-        seed: int, capacity: int, headroom: int, steps: int, policy: Policy) -> None:
+    seed: int, capacity: int, headroom: int, steps: int, policy: Policy
+) -> None:
     # Under FCFS the headroom slots are plain slots: "regular" means all of them.
     regular = capacity + headroom if policy == "fcfs" else capacity
 
@@ -153,7 +161,9 @@ def test_never_more_than_capacity_plus_headroom_nor_headroom_for_a_busy_tenant(
             else:
                 tenant = rng.choice("ABCD")
                 busy = tenant in runner(scheduler)["in_flight_by_tenant"]
-                waiting.append(asyncio.create_task(scheduler.acquire(R, tenant, rng.randint(0, 20))))
+                waiting.append(
+                    asyncio.create_task(scheduler.acquire(R, tenant, rng.randint(0, 20)))
+                )
                 await settle()
                 if waiting[-1].done() and waiting[-1].result().headroom:
                     assert not busy, "a headroom slot went to a tenant with a request in flight"

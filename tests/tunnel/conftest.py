@@ -29,27 +29,43 @@ class TunnelEnv:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
     def runners(self) -> list[dict]:
-        return httpx.get(f"{self.cp.url}/api/runners", headers=self.headers, timeout=5).json()["data"]
+        return httpx.get(f"{self.cp.url}/api/runners", headers=self.headers, timeout=5).json()[
+            "data"
+        ]
 
     def runner_state(self) -> dict:
         return next(r for r in self.runners() if r["id"] == self.runner_id)
 
     def chat(self, max_tokens: int = 2, timeout: float = 60, **extra: object) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens,
-                **extra}
-        return httpx.post(f"{self.cp.url}/v1/chat/completions", json=body, headers=self.headers, timeout=timeout)
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": max_tokens,
+            **extra,
+        }
+        return httpx.post(
+            f"{self.cp.url}/v1/chat/completions", json=body, headers=self.headers, timeout=timeout
+        )
 
     def wait_connected(self, timeout: float = 30) -> None:
         wait_until(lambda: self.runner_state()["connected"], timeout, "runner to connect")
 
 
-def make_env(tmp: Path, runner_args: list[str] | None = None, cp_env: dict[str, str] | None = None) -> TunnelEnv:
-    cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
-                             extra_env=cp_env).start()
+def make_env(
+    tmp: Path, runner_args: list[str] | None = None, cp_env: dict[str, str] | None = None
+) -> TunnelEnv:
+    cp = ControlPlaneProcess(
+        tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=cp_env
+    ).start()
     proxy = ChaosProxy(cp.port).start()
     admin_key = cp.cli("keys", "create", "admin", "--admin").splitlines()[-1]
-    runner = RunnerProcess(cp, tmp / "runner", "faulty", url=proxy.url,
-                           args=["--parallel", "2", "--ctx", "2048", *(runner_args or [])])
+    runner = RunnerProcess(
+        cp,
+        tmp / "runner",
+        "faulty",
+        url=proxy.url,
+        args=["--parallel", "2", "--ctx", "2048", *(runner_args or [])],
+    )
     runner.start()
     runner_id = runner.wait_connected(admin_key)
     return TunnelEnv(cp, proxy, runner, admin_key, runner_id, tmp)

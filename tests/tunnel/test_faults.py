@@ -27,11 +27,17 @@ def _sse_events(resp: httpx.Response):
 
 
 def test_cut_mid_stream_ends_with_error_event_and_done(env: TunnelEnv) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
-            "max_tokens": 400, "stream": True, "temperature": 0}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0,
+    }
     events: list = []
-    with httpx.stream("POST", f"{env.cp.url}/v1/chat/completions", json=body, headers=env.headers,
-                      timeout=60) as resp:
+    with httpx.stream(
+        "POST", f"{env.cp.url}/v1/chat/completions", json=body, headers=env.headers, timeout=60
+    ) as resp:
         assert resp.status_code == 200
         for ev in _sse_events(resp):
             events.append(ev)
@@ -40,7 +46,9 @@ def test_cut_mid_stream_ends_with_error_event_and_done(env: TunnelEnv) -> None:
     assert events[-1] == "[DONE]"
     error = events[-2]
     assert isinstance(error, dict) and error["error"]["code"] == "runner_lost"
-    assert not any(isinstance(e, dict) and e.get("choices", [{}])[0].get("finish_reason") for e in events[:-2])
+    assert not any(
+        isinstance(e, dict) and e.get("choices", [{}])[0].get("finish_reason") for e in events[:-2]
+    )
 
 
 def test_cut_before_first_byte_is_retried_and_succeeds(env: TunnelEnv) -> None:
@@ -73,15 +81,23 @@ def test_twenty_forced_reconnects_lose_nothing_and_duplicate_nothing(env: Tunnel
         assert time.monotonic() - t0 < 5.0
         ok += 1
     # The runner counts streams it answered to the end: exactly one per request.
-    wait_until(lambda: env.runner_state()["served_total"] == baseline + ok, 15,
-               "runner's served count to match the client's")
+    wait_until(
+        lambda: env.runner_state()["served_total"] == baseline + ok,
+        15,
+        "runner's served count to match the client's",
+    )
     time.sleep(2.5)  # one more status interval: the count must not grow further
     assert env.runner_state()["served_total"] == baseline + ok
 
 
 def test_control_plane_restart_runner_reconnects_by_itself(env: TunnelEnv) -> None:
-    assert env.cp.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
-    cp2 = ControlPlaneProcess(env.cp.state_dir, env.cp.env["OUTPOST_DATABASE_URL"], port=env.cp.port).start()
+    assert env.cp.stop() in (
+        0,
+        -signal.SIGTERM,
+    )  # uvicorn re-raises the signal after a clean shutdown
+    cp2 = ControlPlaneProcess(
+        env.cp.state_dir, env.cp.env["OUTPOST_DATABASE_URL"], port=env.cp.port
+    ).start()
     try:
         env.cp = cp2
         env.wait_connected(timeout=30)
@@ -91,18 +107,27 @@ def test_control_plane_restart_runner_reconnects_by_itself(env: TunnelEnv) -> No
 
 
 def test_sigterm_drains_live_streams(env: TunnelEnv) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a poem about the sea."}],
-            "max_tokens": 64, "stream": True, "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a poem about the sea."}],
+        "max_tokens": 64,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     events: list = []
-    with httpx.stream("POST", f"{env.cp.url}/v1/chat/completions", json=body, headers=env.headers,
-                      timeout=60) as resp:
+    with httpx.stream(
+        "POST", f"{env.cp.url}/v1/chat/completions", json=body, headers=env.headers, timeout=60
+    ) as resp:
         for ev in _sse_events(resp):
             events.append(ev)
             if len(events) == 2:
                 env.runner.proc.send_signal(signal.SIGTERM)
     assert events[-1] == "[DONE]"
     assert not any(isinstance(e, dict) and "error" in e for e in events)
-    finishes = [c["finish_reason"] for e in events if isinstance(e, dict) for c in e.get("choices", [])]
+    finishes = [
+        c["finish_reason"] for e in events if isinstance(e, dict) for c in e.get("choices", [])
+    ]
     assert "length" in finishes or "stop" in finishes
     assert env.runner.proc.wait(30) == 0
 
@@ -116,18 +141,30 @@ def test_idle_runner_exits_promptly_on_sigterm(env: TunnelEnv) -> None:
 
 
 def test_slow_reader_does_not_stall_other_streams(tmp_path: Path) -> None:
-    env = make_env(tmp_path, runner_args=["--connections", "1"],
-                   cp_env={"OUTPOST_TUNNEL_STREAM_WINDOW": str(16 * 1024)})
+    env = make_env(
+        tmp_path,
+        runner_args=["--connections", "1"],
+        cp_env={"OUTPOST_TUNNEL_STREAM_WINDOW": str(16 * 1024)},
+    )
     slow = socket.socket()
     try:
         # A client with a tiny receive buffer that never reads its response.
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.connect(("127.0.0.1", env.cp.port))
-        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Write an essay."}],
-                           "max_tokens": 1000, "stream": True, "ignore_eos": True}).encode()
-        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Authorization: Bearer {env.admin_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                     + body)
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Write an essay."}],
+                "max_tokens": 1000,
+                "stream": True,
+                "ignore_eos": True,
+            }
+        ).encode()
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {env.admin_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         time.sleep(1.0)
         for _ in range(3):
             resp = env.chat(max_tokens=8)
@@ -142,7 +179,9 @@ def test_slow_reader_does_not_stall_other_streams(tmp_path: Path) -> None:
 def test_dead_peer_is_detected_within_15_seconds(env: TunnelEnv) -> None:
     env.proxy.freeze()
     t0 = time.monotonic()
-    wait_until(lambda: not env.runner_state()["connected"], 20, "control plane to notice the dead peer")
+    wait_until(
+        lambda: not env.runner_state()["connected"], 20, "control plane to notice the dead peer"
+    )
     elapsed = time.monotonic() - t0
     assert elapsed <= 15.5, f"dead peer noticed after {elapsed:.1f}s"
     env.proxy.thaw()
@@ -152,7 +191,9 @@ def test_dead_peer_is_detected_within_15_seconds(env: TunnelEnv) -> None:
 
 
 def test_revoked_runner_is_dropped_and_refused(env: TunnelEnv) -> None:
-    resp = httpx.post(f"{env.cp.url}/api/runners/{env.runner_id}/revoke", headers=env.headers, timeout=10)
+    resp = httpx.post(
+        f"{env.cp.url}/api/runners/{env.runner_id}/revoke", headers=env.headers, timeout=10
+    )
     assert resp.status_code == 200 and resp.json()["revoked_at"]
     # Terminal close: the runner stops instead of reconnecting forever.
     assert env.runner.proc.wait(20) == 2

@@ -6,14 +6,27 @@ import asyncio
 
 import pytest
 
-from control_plane.tunnel.stream import Stream
-from runner.streams import OutboundStream
-from sdk.protocol import MAX_DATA_BYTES, DataFrame, FrameError, RequestFrame, ResponseStartFrame
+from outpost.control_plane.tunnel.stream import Stream
+from outpost.runner.streams import OutboundStream
+from outpost.sdk.protocol import (
+    MAX_DATA_BYTES,
+    DataFrame,
+    FrameError,
+    RequestFrame,
+    ResponseStartFrame,
+)
 
 
 def _request(window: int) -> RequestFrame:
-    return RequestFrame(stream_id=1, path="/v1/chat/completions", model="m", body="{}", body_length=2,
-                        stream=True, window=window)
+    return RequestFrame(
+        stream_id=1,
+        path="/v1/chat/completions",
+        model="m",
+        body="{}",
+        body_length=2,
+        stream=True,
+        window=window,
+    )
 
 
 async def test_runner_never_sends_more_than_its_window() -> None:

@@ -14,8 +14,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from sdk.identity import IdentityKey
-from sdk.protocol import (
+from outpost.sdk.identity import IdentityKey
+from outpost.sdk.protocol import (
     MAX_FRAME_BYTES,
     CloseCode,
     DataFrame,
@@ -42,23 +42,39 @@ def shared_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelEnv]:
 def _enroll(env: TunnelEnv, name: str) -> tuple[str, IdentityKey]:
     token = env.cp.enrollment_token(name)
     key = IdentityKey.generate()
-    resp = httpx.post(f"{env.cp.url}/api/runners/register", json={"identity_public_key": key.public_b64},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    resp = httpx.post(
+        f"{env.cp.url}/api/runners/register",
+        json={"identity_public_key": key.public_b64},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["runner_id"], key
 
 
 def _ws(env: TunnelEnv) -> ClientConnection:
     # Not a context manager: each test drives the connection to its close by hand.
-    return connect(env.cp.url.replace("http://", "ws://") + "/tunnel/v1", max_size=None, compression=None,
-                   open_timeout=10, legacy=True)
+    return connect(
+        env.cp.url.replace("http://", "ws://") + "/tunnel/v1",
+        max_size=None,
+        compression=None,
+        open_timeout=10,
+        legacy=True,
+    )
 
 
-def _hello(ws: ClientConnection, runner_id: str, key: IdentityKey, claimed_id: str | None = None) -> HelloFrame:
+def _hello(
+    ws: ClientConnection, runner_id: str, key: IdentityKey, claimed_id: str | None = None
+) -> HelloFrame:
     challenge = parse_frame(ws.recv(timeout=10))
     rid = claimed_id or runner_id
-    hello = HelloFrame(runner_id=rid, version=1, signature=key.sign(handshake_message(challenge.nonce, rid, 1)),
-                       models=[{"name": "abuse-model", "engine": "fake"}], capacity=1)
+    hello = HelloFrame(
+        runner_id=rid,
+        version=1,
+        signature=key.sign(handshake_message(challenge.nonce, rid, 1)),
+        models=[{"name": "abuse-model", "engine": "fake"}],
+        capacity=1,
+    )
     ws.send(encode_frame(hello))
     return hello
 
@@ -94,15 +110,19 @@ def _connected(env: TunnelEnv, rogue: tuple[str, IdentityKey]) -> ClientConnecti
     [
         ("{not json", CloseCode.PROTOCOL_ERROR),
         (json.dumps({"type": "no_such.v1"}), CloseCode.PROTOCOL_ERROR),
-        (json.dumps({"type": "data.v1", "stream_id": 1, "data": "x", "extra": 1}), CloseCode.PROTOCOL_ERROR),
+        (
+            json.dumps({"type": "data.v1", "stream_id": 1, "data": "x", "extra": 1}),
+            CloseCode.PROTOCOL_ERROR,
+        ),
         (encode_frame(DataFrame(stream_id=99, data="foreign")), CloseCode.PROTOCOL_ERROR),
         (encode_frame(ResponseStartFrame(stream_id=7, status=200)), CloseCode.PROTOCOL_ERROR),
         ("x" * (MAX_FRAME_BYTES + 10), CloseCode.TOO_BIG),
     ],
     ids=["malformed", "unknown-type", "extra-field", "foreign-stream", "out-of-order", "oversized"],
 )
-def test_bad_frames_close_with_a_reason(shared_env: TunnelEnv, rogue: tuple[str, IdentityKey], payload: str,
-                                        code: int) -> None:
+def test_bad_frames_close_with_a_reason(
+    shared_env: TunnelEnv, rogue: tuple[str, IdentityKey], payload: str, code: int
+) -> None:
     ws = _connected(shared_env, rogue)
     ws.send(payload)
     got, reason = _close_code(ws)
@@ -110,7 +130,9 @@ def test_bad_frames_close_with_a_reason(shared_env: TunnelEnv, rogue: tuple[str,
     _still_healthy(shared_env)
 
 
-def test_binary_and_huge_messages_are_refused(shared_env: TunnelEnv, rogue: tuple[str, IdentityKey]) -> None:
+def test_binary_and_huge_messages_are_refused(
+    shared_env: TunnelEnv, rogue: tuple[str, IdentityKey]
+) -> None:
     ws = _connected(shared_env, rogue)
     ws.send(b"\x00" * 100)
     got, _ = _close_code(ws)
@@ -122,7 +144,9 @@ def test_binary_and_huge_messages_are_refused(shared_env: TunnelEnv, rogue: tupl
     _still_healthy(shared_env)
 
 
-def test_runner_cannot_claim_another_runners_id(shared_env: TunnelEnv, rogue: tuple[str, IdentityKey]) -> None:
+def test_runner_cannot_claim_another_runners_id(
+    shared_env: TunnelEnv, rogue: tuple[str, IdentityKey]
+) -> None:
     ws = _ws(shared_env)
     _hello(ws, *rogue, claimed_id=shared_env.runner_id)  # signed with the rogue's own key
     got, _ = _close_code(ws)

@@ -7,10 +7,10 @@ the frames one by one.
 
 from __future__ import annotations
 
-from control_plane.cluster.remote import RemoteLink, RemoteStream
-from control_plane.routing.admission import HolderAdmitted
-from control_plane.tunnel.stream import LinkClosed, Stream
-from sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
+from outpost.control_plane.cluster.remote import RemoteLink, RemoteStream
+from outpost.control_plane.routing.admission import HolderAdmitted
+from outpost.control_plane.tunnel.stream import LinkClosed, Stream
+from outpost.sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
 
 
 class Grants:
@@ -64,7 +64,9 @@ async def test_credit_is_granted_for_joined_data_as_for_single_frames() -> None:
     assert len(data) == 16 * 1024
     await st.consumed(len(data))
     assert g.granted == [16 * 1024]
-    st.deliver(DataFrame(stream_id=1, data="y" * 16 * 1024))  # accepted: the window was granted back
+    st.deliver(
+        DataFrame(stream_id=1, data="y" * 16 * 1024)
+    )  # accepted: the window was granted back
 
 
 async def test_a_stream_relayed_through_another_replica_takes_data_the_same_way() -> None:

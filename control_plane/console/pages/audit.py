@@ -11,15 +11,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from control_plane.api.deps import AppStateDep
-from control_plane.audit.chain import read_head
-from control_plane.audit.export import export_records, jsonl
-from control_plane.audit.keys import AuditSigner
-from control_plane.audit.schemas import AuditQuery
-from control_plane.console.deps import UserDep, render
-from control_plane.console.queries import audit_page
-from control_plane.state import AppState
-from sdk.audit import VerifyResult, verify_export
+from outpost.control_plane.api.deps import AppStateDep
+from outpost.control_plane.audit.chain import read_head
+from outpost.control_plane.audit.export import export_records, jsonl
+from outpost.control_plane.audit.keys import AuditSigner
+from outpost.control_plane.audit.schemas import AuditQuery
+from outpost.control_plane.console.deps import UserDep, render
+from outpost.control_plane.console.queries import audit_page
+from outpost.control_plane.state import AppState
+from outpost.sdk.audit import VerifyResult, verify_export
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,20 +47,31 @@ async def verify_tenant_chain(state: AppState, tenant_id: str) -> VerifyResult:
 
 
 @router.get("/audit")
-async def audit(request: Request, state: AppStateDep, user: UserDep,
-                type: Annotated[str | None, Query(max_length=64)] = None,
-                actor: Annotated[str | None, Query(max_length=200)] = None,
-                since: Annotated[str | None, Query(max_length=40)] = None,
-                until: Annotated[str | None, Query(max_length=40)] = None,
-                before: Annotated[int | None, Query(ge=1)] = None,
-                verify: Annotated[bool, Query()] = False) -> Response:
+async def audit(
+    request: Request,
+    state: AppStateDep,
+    user: UserDep,
+    type: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40)] = None,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    verify: Annotated[bool, Query()] = False,
+) -> Response:
     filters = {"type": type or "", "actor": actor or "", "since": since or "", "until": until or ""}
     error = None
     try:
-        query = AuditQuery(type=type or None, actor=actor or None, since=_time(since), until=_time(until),
-                           limit=PAGE)
+        query = AuditQuery(
+            type=type or None,
+            actor=actor or None,
+            since=_time(since),
+            until=_time(until),
+            limit=PAGE,
+        )
     except (ValidationError, ValueError):
-        error = "Check the filters: a type is lowercase dotted words; times look like 2026-11-27T14:00."
+        error = (
+            "Check the filters: a type is lowercase dotted words; times look like 2026-11-27T14:00."
+        )
         query = AuditQuery(limit=PAGE)
     async with state.db.session() as session:
         rows = await audit_page(session, user.tenant_id, query, before_seq=before)
@@ -68,9 +79,21 @@ async def audit(request: Request, state: AppStateDep, user: UserDep,
     events, older = rows[:PAGE], (rows[PAGE - 1].seq if len(rows) > PAGE else None)
     result = await verify_tenant_chain(state, user.tenant_id) if verify else None
     key = AuditSigner.from_settings(state.settings).current()
-    return render(request, "audit.html", user, active="/audit", events=events, older=older, filters=filters,
-                  filter_error=error, head=head, result=result, event_types=EVENT_TYPES, audit_key=key,
-                  paged=before is not None)
+    return render(
+        request,
+        "audit.html",
+        user,
+        active="/audit",
+        events=events,
+        older=older,
+        filters=filters,
+        filter_error=error,
+        head=head,
+        result=result,
+        event_types=EVENT_TYPES,
+        audit_key=key,
+        paged=before is not None,
+    )
 
 
 @router.get("/audit/export")
@@ -84,6 +107,11 @@ async def audit_export(state: AppStateDep, user: UserDep) -> StreamingResponse:
             async for record in export_records(session, tenant_id=user.tenant_id, until_seq=signed):
                 yield jsonl(record)
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson",
-                             headers={"content-disposition": 'attachment; filename="audit.jsonl"',
-                                      "cache-control": "no-store"})
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={
+            "content-disposition": 'attachment; filename="audit.jsonl"',
+            "cache-control": "no-store",
+        },
+    )

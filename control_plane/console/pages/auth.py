@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from control_plane.api.deps import AppStateDep
-from control_plane.console.auth import attempt_login, refuse_local_login
-from control_plane.console.deps import (
+from outpost.control_plane.api.deps import AppStateDep
+from outpost.control_plane.console.auth import attempt_login, refuse_local_login
+from outpost.control_plane.console.deps import (
     ConsoleStateDep,
     CsrfRefused,
     PostDep,
@@ -18,9 +18,9 @@ from control_plane.console.deps import (
     read_form,
     render,
 )
-from control_plane.console.oidc import OidcClient
-from control_plane.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
-from control_plane.db.models import utcnow
+from outpost.control_plane.console.oidc import OidcClient
+from outpost.control_plane.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
+from outpost.control_plane.db.models import utcnow
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,22 +47,47 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def login_page(request: Request, console: ConsoleStateDep, *, next_: str, error: str | None = None,
-               email: str = "", status: int = 200) -> Response:
+def login_page(
+    request: Request,
+    console: ConsoleStateDep,
+    *,
+    next_: str,
+    error: str | None = None,
+    email: str = "",
+    status: int = 200,
+) -> Response:
     nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(16)
     sso = oidc_client(request)
-    response = render(request, "login.html", None, status=status, next=next_, error=error, email=email,
-                      login_token=console.key.login_token(nonce),
-                      sso_name=sso.settings.oidc_provider_name if sso is not None else None,
-                      local_passwords=local_passwords_allowed(request, console))
-    response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, httponly=True, samesite="strict",
-                        secure=console.cookie_secure, path="/login")
+    response = render(
+        request,
+        "login.html",
+        None,
+        status=status,
+        next=next_,
+        error=error,
+        email=email,
+        login_token=console.key.login_token(nonce),
+        sso_name=sso.settings.oidc_provider_name if sso is not None else None,
+        local_passwords=local_passwords_allowed(request, console),
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=console.cookie_secure,
+        path="/login",
+    )
     return response
 
 
 @router.get("/login")
-async def login_form(request: Request, console: ConsoleStateDep,
-                     next: Annotated[str | None, Query(max_length=500)] = None) -> Response:
+async def login_form(
+    request: Request,
+    console: ConsoleStateDep,
+    next: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
     if console.key.read(request.cookies.get(SESSION_COOKIE)) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
     return login_page(request, console, next_=safe_next(next))
@@ -73,7 +98,9 @@ async def login(request: Request, state: AppStateDep, console: ConsoleStateDep) 
     check_origin(request)
     form = await read_form(request)
     next_ = safe_next(form.get("next"))
-    if not console.key.check_login_token(request.cookies.get(LOGIN_COOKIE), form.get("login_token")):
+    if not console.key.check_login_token(
+        request.cookies.get(LOGIN_COOKIE), form.get("login_token")
+    ):
         raise CsrfRefused("The sign-in form expired. Reload the page and sign in again.")
     email = form.get("email", "")
     remote = request.client.host if request.client else None
@@ -81,24 +108,57 @@ async def login(request: Request, state: AppStateDep, console: ConsoleStateDep) 
         async with state.db.session() as session:
             await refuse_local_login(session, email, remote_addr=remote)
             await session.commit()
-        return login_page(request, console, next_=next_, email=email, status=403,
-                          error="Password sign-in is switched off here: use single sign-on.")
+        return login_page(
+            request,
+            console,
+            next_=next_,
+            email=email,
+            status=403,
+            error="Password sign-in is switched off here: use single sign-on.",
+        )
     async with state.db.session() as session:
-        outcome = await attempt_login(session, email, form.get("password", ""), settings=console.console,
-                                      now=utcnow(), remote_addr=remote)
+        outcome = await attempt_login(
+            session,
+            email,
+            form.get("password", ""),
+            settings=console.console,
+            now=utcnow(),
+            remote_addr=remote,
+        )
         await session.commit()
     if outcome.user is None:
         if outcome.error == "locked":
             minutes = -(-console.console.lockout_s // 60)
-            return login_page(request, console, next_=next_, email=email, status=429,
-                               error=f"Too many failed attempts: this account is locked. Try again in {minutes} "
-                               "minutes, or ask an admin to unlock it.")
-        return login_page(request, console, next_=next_, email=email, status=401,
-                           error="That email and password do not match an account.")
-    token, _ = console.key.issue(outcome.user.id, outcome.user.password_hash, console.console.session_ttl_s)
+            return login_page(
+                request,
+                console,
+                next_=next_,
+                email=email,
+                status=429,
+                error=f"Too many failed attempts: this account is locked. Try again in {minutes} "
+                "minutes, or ask an admin to unlock it.",
+            )
+        return login_page(
+            request,
+            console,
+            next_=next_,
+            email=email,
+            status=401,
+            error="That email and password do not match an account.",
+        )
+    token, _ = console.key.issue(
+        outcome.user.id, outcome.user.password_hash, console.console.session_ttl_s
+    )
     response = RedirectResponse(next_, status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, max_age=console.console.session_ttl_s, httponly=True,
-                        samesite="strict", secure=console.cookie_secure, path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=console.console.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=console.cookie_secure,
+        path="/",
+    )
     response.delete_cookie(LOGIN_COOKIE, path="/login")
     return response
 
@@ -109,18 +169,33 @@ async def logout(request: Request, post: PostDep, console: ConsoleStateDep) -> R
     if claims is not None:
         console.key.deny(claims)
     response = RedirectResponse("/login?notice=signed_out", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=console.cookie_secure)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=console.cookie_secure
+    )
     sso = oidc_client(request)
     if sso is not None and request.cookies.get(SSO_COOKIE):
         # RP-initiated logout: end the provider's session too, when it offers an end_session_endpoint.
-        url = await sso.logout_url(console.settings.public_url.rstrip("/") + "/login?notice=signed_out")
+        url = await sso.logout_url(
+            console.settings.public_url.rstrip("/") + "/login?notice=signed_out"
+        )
         if url is not None:
             # A page that moves on, not a redirect: the CSP's form-action 'self' forbids a form post
             # from ending on another site.
-            response = render(request, "login_redirect.html", None, target=url, heading="Signing out",
-                              message="You are signed out of the console.",
-                              link=f"Sign out of {sso.settings.oidc_provider_name} too")
-            response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                                   secure=console.cookie_secure)
+            response = render(
+                request,
+                "login_redirect.html",
+                None,
+                target=url,
+                heading="Signing out",
+                message="You are signed out of the console.",
+                link=f"Sign out of {sso.settings.oidc_provider_name} too",
+            )
+            response.delete_cookie(
+                SESSION_COOKIE,
+                path="/",
+                httponly=True,
+                samesite="strict",
+                secure=console.cookie_secure,
+            )
         response.delete_cookie(SSO_COOKIE, path="/")
     return response

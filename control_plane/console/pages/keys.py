@@ -8,22 +8,26 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from control_plane.actions import keys as key_actions
-from control_plane.actions.budgets import put_budget, remove_budget
-from control_plane.api.deps import AppStateDep
-from control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
-from control_plane.console.inference import CONSOLE_KEY_PREFIX
-from control_plane.db.models import utcnow
-from control_plane.domain_errors import NotFound
-from control_plane.routing.routing import POLICIES
-from control_plane.state import AppState
-from control_plane.store.keys import list_api_keys
+from outpost.control_plane.actions import keys as key_actions
+from outpost.control_plane.actions.budgets import put_budget, remove_budget
+from outpost.control_plane.api.deps import AppStateDep
+from outpost.control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
+from outpost.control_plane.console.inference import CONSOLE_KEY_PREFIX
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.domain_errors import NotFound
+from outpost.control_plane.routing.routing import POLICIES
+from outpost.control_plane.state import AppState
+from outpost.control_plane.store.keys import list_api_keys
 
 router = APIRouter(include_in_schema=False)
 
 EXPIRY_CHOICES: dict[str, timedelta | None] = {
-    "never": None, "1d": timedelta(days=1), "30d": timedelta(days=30), "90d": timedelta(days=90),
-    "365d": timedelta(days=365)}
+    "never": None,
+    "1d": timedelta(days=1),
+    "30d": timedelta(days=30),
+    "90d": timedelta(days=90),
+    "365d": timedelta(days=365),
+}
 PERIODS = ("day", "week", "month")
 
 
@@ -64,24 +68,51 @@ def _policy(form: dict[str, str]) -> str | None:
     return value or None
 
 
-async def _page(request: Request, state: AppState, user: ConsoleUser, *, status: int = 200,
-                **extra: Any) -> Response:
+async def _page(
+    request: Request, state: AppState, user: ConsoleUser, *, status: int = 200, **extra: Any
+) -> Response:
     async with state.db.session() as session:
         keys = await list_api_keys(session, user.tenant_id)
     verdict = await state.admission.budgets.report(state.db, user.tenant_id)
     now = utcnow()
     rows = []
     for key in reversed(keys):  # newest first
-        expires = key.expires_at if key.expires_at is None or key.expires_at.tzinfo else \
-            key.expires_at.replace(tzinfo=now.tzinfo)
-        status_ = "revoked" if key.revoked_at else "expired" if expires is not None and expires <= now else "active"
-        rows.append({"key": key, "status": status_, "console": key.name.startswith(CONSOLE_KEY_PREFIX),
-                     "budgets": [s for s in verdict.statuses if s.api_key_id == key.id]})
+        expires = (
+            key.expires_at
+            if key.expires_at is None or key.expires_at.tzinfo
+            else key.expires_at.replace(tzinfo=now.tzinfo)
+        )
+        status_ = (
+            "revoked"
+            if key.revoked_at
+            else "expired"
+            if expires is not None and expires <= now
+            else "active"
+        )
+        rows.append(
+            {
+                "key": key,
+                "status": status_,
+                "console": key.name.startswith(CONSOLE_KEY_PREFIX),
+                "budgets": [s for s in verdict.statuses if s.api_key_id == key.id],
+            }
+        )
     names = {k.id: k.name for k in keys}
-    return render(request, "keys.html", user, active="/keys", status=status, rows=rows,
-                  tenant_budgets=[s for s in verdict.statuses if s.scope == "tenant"],
-                  key_budgets=[s for s in verdict.statuses if s.scope == "key"], key_names=names,
-                  policies=POLICIES, periods=PERIODS, expiry_choices=list(EXPIRY_CHOICES), **extra)
+    return render(
+        request,
+        "keys.html",
+        user,
+        active="/keys",
+        status=status,
+        rows=rows,
+        tenant_budgets=[s for s in verdict.statuses if s.scope == "tenant"],
+        key_budgets=[s for s in verdict.statuses if s.scope == "key"],
+        key_names=names,
+        policies=POLICIES,
+        periods=PERIODS,
+        expiry_choices=list(EXPIRY_CHOICES),
+        **extra,
+    )
 
 
 @router.get("/keys")
@@ -95,7 +126,9 @@ async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -
     try:
         name = form.get("name", "").strip()
         if not 1 <= len(name) <= 200 or name.startswith(CONSOLE_KEY_PREFIX):
-            raise FormError("Give the key a name (1 to 200 characters, not starting with 'console: ').")
+            raise FormError(
+                "Give the key a name (1 to 200 characters, not starting with 'console: ')."
+            )
         expiry = form.get("expires", "never")
         if expiry not in EXPIRY_CHOICES:
             raise FormError("Choose when the key expires.")
@@ -108,23 +141,50 @@ async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -
     ttl = EXPIRY_CHOICES[expiry]
     async with state.db.session() as session:
         # One transaction: the key and its budget stand or fall together.
-        key, secret = await key_actions.create_key(session, user.tenant_id, name, actor=user.actor, scopes=scopes,
-                                                   expires_at=utcnow() + ttl if ttl else None, rate_limit_rpm=rpm,
-                                                   routing_policy=policy, extra={"expires": expiry})
+        key, secret = await key_actions.create_key(
+            session,
+            user.tenant_id,
+            name,
+            actor=user.actor,
+            scopes=scopes,
+            expires_at=utcnow() + ttl if ttl else None,
+            rate_limit_rpm=rpm,
+            routing_policy=policy,
+            extra={"expires": expiry},
+        )
         if budget is not None:
-            await put_budget(session, user.tenant_id, actor=user.actor, api_key_id=key.id, period="month",
-                             amount_usd=budget, soft_threshold=0.8)
+            await put_budget(
+                session,
+                user.tenant_id,
+                actor=user.actor,
+                api_key_id=key.id,
+                period="month",
+                amount_usd=budget,
+                soft_threshold=0.8,
+            )
         await session.commit()
     state.admission.budgets.invalidate(user.tenant_id)
-    return render(request, "key_created.html", user, active="/keys", status=201, key=key, secret=secret,
-                  base_url=f"{state.settings.public_url}/v1")
+    return render(
+        request,
+        "key_created.html",
+        user,
+        active="/keys",
+        status=201,
+        key=key,
+        secret=secret,
+        base_url=f"{state.settings.public_url}/v1",
+    )
 
 
 @router.post("/keys/{key_id}/revoke")
-async def revoke_key(key_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def revoke_key(
+    key_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+) -> Response:
     async with state.db.session() as session:
         try:
-            await key_actions.revoke_key(session, post.user.tenant_id, key_id, actor=post.user.actor)
+            await key_actions.revoke_key(
+                session, post.user.tenant_id, key_id, actor=post.user.actor
+            )
         except NotFound:
             return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
         await session.commit()
@@ -132,16 +192,26 @@ async def revoke_key(key_id: str, request: Request, state: AppStateDep, post: Ad
 
 
 @router.post("/keys/{key_id}/limits")
-async def key_limits(key_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def key_limits(
+    key_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+) -> Response:
     try:
         rpm = _int(post.form, "rate_limit_rpm", "Rate limit", 1, 1_000_000)
         policy = _policy(post.form)
     except FormError as exc:
-        return await _page(request, state, post.user, status=400, limits_error=str(exc), limits_key=key_id)
+        return await _page(
+            request, state, post.user, status=400, limits_error=str(exc), limits_key=key_id
+        )
     async with state.db.session() as session:
         try:
-            await key_actions.set_limits(session, post.user.tenant_id, key_id, actor=post.user.actor,
-                                         rate_limit_rpm=rpm, routing_policy=policy)
+            await key_actions.set_limits(
+                session,
+                post.user.tenant_id,
+                key_id,
+                actor=post.user.actor,
+                rate_limit_rpm=rpm,
+                routing_policy=policy,
+            )
         except NotFound:
             return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
         await session.commit()
@@ -165,8 +235,15 @@ async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostD
     soft = (threshold or 80) / 100
     async with state.db.session() as session:
         try:
-            await put_budget(session, user.tenant_id, actor=user.actor, api_key_id=key_id, period=period,
-                             amount_usd=amount, soft_threshold=soft)
+            await put_budget(
+                session,
+                user.tenant_id,
+                actor=user.actor,
+                api_key_id=key_id,
+                period=period,
+                amount_usd=amount,
+                soft_threshold=soft,
+            )
         except NotFound:
             return not_found(request, user, f"No API key {key_id!r} in your tenant.")
         await session.commit()
@@ -175,7 +252,9 @@ async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostD
 
 
 @router.post("/budgets/{budget_id}/delete")
-async def delete_budget_form(budget_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def delete_budget_form(
+    budget_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+) -> Response:
     async with state.db.session() as session:
         try:
             await remove_budget(session, post.user.tenant_id, budget_id, actor=post.user.actor)

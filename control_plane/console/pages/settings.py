@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from control_plane.actions import users as user_actions
-from control_plane.actions.tenants import parse_residency, update_tenant
-from control_plane.api.deps import AppStateDep
-from control_plane.api.errors import http_status
-from control_plane.audit.keys import AuditSigner
-from control_plane.console.deps import (
+from outpost.control_plane.actions import users as user_actions
+from outpost.control_plane.actions.tenants import parse_residency, update_tenant
+from outpost.control_plane.api.deps import AppStateDep
+from outpost.control_plane.api.errors import http_status
+from outpost.control_plane.audit.keys import AuditSigner
+from outpost.control_plane.console.deps import (
     AdminPostDep,
     ConsoleStateDep,
     ConsoleUser,
@@ -23,40 +23,64 @@ from control_plane.console.deps import (
     not_found,
     render,
 )
-from control_plane.console.passwords import (
+from outpost.control_plane.console.passwords import (
     PasswordPolicyError,
     check_password_policy,
     hash_password,
     verify_password_async,
 )
-from control_plane.console.sessions import SESSION_COOKIE
-from control_plane.console.users import ROLES, get_user, is_locked, list_users
-from control_plane.db.models import Tenant, utcnow
-from control_plane.domain_errors import DomainError, Forbidden, NotFound
-from control_plane.routing.routing import POLICIES
-from control_plane.state import AppState
+from outpost.control_plane.console.sessions import SESSION_COOKIE
+from outpost.control_plane.console.users import ROLES, get_user, is_locked, list_users
+from outpost.control_plane.db.models import Tenant, utcnow
+from outpost.control_plane.domain_errors import DomainError, Forbidden, NotFound
+from outpost.control_plane.routing.routing import POLICIES
+from outpost.control_plane.state import AppState
 
 router = APIRouter(include_in_schema=False)
 
 
-async def _page(request: Request, state: AppState, console: Any, user: ConsoleUser, *, status: int = 200,
-                **extra: Any) -> Response:
+async def _page(
+    request: Request,
+    state: AppState,
+    console: Any,
+    user: ConsoleUser,
+    *,
+    status: int = 200,
+    **extra: Any,
+) -> Response:
     async with state.db.session() as session:
         tenant = await session.get(Tenant, user.tenant_id)
         users = await list_users(session, user.tenant_id)
-    return render(request, "settings.html", user, active="/settings", status=status, tenant=tenant, users=users,
-                  roles=ROLES, policies=POLICIES, residency_json=json.dumps(tenant.residency or {}),
-                  audit_key=AuditSigner.from_settings(state.settings).current(), settings=state.settings,
-                  console=console.console, locked_ids={u.id for u in users if is_locked(u, utcnow())}, **extra)
+    return render(
+        request,
+        "settings.html",
+        user,
+        active="/settings",
+        status=status,
+        tenant=tenant,
+        users=users,
+        roles=ROLES,
+        policies=POLICIES,
+        residency_json=json.dumps(tenant.residency or {}),
+        audit_key=AuditSigner.from_settings(state.settings).current(),
+        settings=state.settings,
+        console=console.console,
+        locked_ids={u.id for u in users if is_locked(u, utcnow())},
+        **extra,
+    )
 
 
 @router.get("/settings")
-async def settings_page(request: Request, state: AppStateDep, console: ConsoleStateDep, user: UserDep) -> Response:
+async def settings_page(
+    request: Request, state: AppStateDep, console: ConsoleStateDep, user: UserDep
+) -> Response:
     return await _page(request, state, console, user)
 
 
 @router.post("/settings/tenant")
-async def save_tenant(request: Request, state: AppStateDep, console: ConsoleStateDep, post: AdminPostDep) -> Response:
+async def save_tenant(
+    request: Request, state: AppStateDep, console: ConsoleStateDep, post: AdminPostDep
+) -> Response:
     form = post.form
     try:
         residency = parse_residency(form.get("residency", "").strip() or "{}")
@@ -65,18 +89,28 @@ async def save_tenant(request: Request, state: AppStateDep, console: ConsoleStat
         async with state.db.session() as session:
             tenant = await session.get(Tenant, post.user.tenant_id)
             assert tenant is not None  # the signed-in user's tenant
-            await update_tenant(session, tenant, residency=residency, routing_policy=policy, weight=weight,
-                                actor=post.user.actor)
+            await update_tenant(
+                session,
+                tenant,
+                residency=residency,
+                routing_policy=policy,
+                weight=weight,
+                actor=post.user.actor,
+            )
             await session.commit()
     except ValueError as exc:  # the weight is not a number
         return await _page(request, state, console, post.user, status=400, tenant_error=str(exc))
     except DomainError as exc:
-        return await _page(request, state, console, post.user, status=http_status(exc), tenant_error=exc.message)
+        return await _page(
+            request, state, console, post.user, status=http_status(exc), tenant_error=exc.message
+        )
     return RedirectResponse("/settings?notice=tenant_saved", status_code=303)
 
 
 @router.post("/settings/users")
-async def add_user(request: Request, state: AppStateDep, console: ConsoleStateDep, post: AdminPostDep) -> Response:
+async def add_user(
+    request: Request, state: AppStateDep, console: ConsoleStateDep, post: AdminPostDep
+) -> Response:
     form = post.form
     role = form.get("role", "viewer")
     try:
@@ -84,21 +118,32 @@ async def add_user(request: Request, state: AppStateDep, console: ConsoleStateDe
             raise ValueError("Choose a role: admin or viewer.")
         check_password_policy(form.get("password", ""), console.console.min_password_length)
         async with state.db.session() as session:
-            await user_actions.add_user(session, post.user.tenant_id, email=form.get("email", ""),
-                                        password_hash=hash_password(form["password"]), role=role,
-                                        actor=post.user.actor)
+            await user_actions.add_user(
+                session,
+                post.user.tenant_id,
+                email=form.get("email", ""),
+                password_hash=hash_password(form["password"]),
+                role=role,
+                actor=post.user.actor,
+            )
             await session.commit()
     except PasswordPolicyError as exc:
-        return await _page(request, state, console, post.user, status=400, user_error=f"Password: {exc}")
+        return await _page(
+            request, state, console, post.user, status=400, user_error=f"Password: {exc}"
+        )
     except ValueError as exc:
         return await _page(request, state, console, post.user, status=400, user_error=str(exc))
     except DomainError as exc:
-        return await _page(request, state, console, post.user, status=http_status(exc), user_error=exc.message)
+        return await _page(
+            request, state, console, post.user, status=http_status(exc), user_error=exc.message
+        )
     return RedirectResponse("/settings?notice=user_created", status_code=303)
 
 
 @router.post("/settings/users/{user_id}/unlock")
-async def unlock(user_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def unlock(
+    user_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+) -> Response:
     async with state.db.session() as session:
         try:
             target = await user_actions.find_user(session, post.user.tenant_id, user_id)
@@ -110,12 +155,16 @@ async def unlock(user_id: str, request: Request, state: AppStateDep, post: Admin
 
 
 @router.post("/settings/users/{user_id}/role")
-async def change_role(user_id: str, request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def change_role(
+    user_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+) -> Response:
     role = post.form.get("role", "")
     async with state.db.session() as session:
         try:
             target = await user_actions.find_user(session, post.user.tenant_id, user_id)
-            await user_actions.change_role(session, target, role, actor=post.user.actor, by_user_id=post.user.id)
+            await user_actions.change_role(
+                session, target, role, actor=post.user.actor, by_user_id=post.user.id
+            )
         except Forbidden as exc:
             return error_page(request, post.user, 400, "Not allowed", exc.message)
         except DomainError:  # no such user, or no such role
@@ -125,24 +174,43 @@ async def change_role(user_id: str, request: Request, state: AppStateDep, post: 
 
 
 @router.post("/settings/password")
-async def change_password(request: Request, state: AppStateDep, console: ConsoleStateDep, post: PostDep) -> Response:
+async def change_password(
+    request: Request, state: AppStateDep, console: ConsoleStateDep, post: PostDep
+) -> Response:
     form = post.form
     async with state.db.session() as session:
         me = await get_user(session, post.user.id)
         assert me is not None  # the session was just checked
         if not await verify_password_async(form.get("current_password", ""), me.password_hash):
-            return await _page(request, state, console, post.user, status=400,
-                               password_error="Your current password is not right.")
+            return await _page(
+                request,
+                state,
+                console,
+                post.user,
+                status=400,
+                password_error="Your current password is not right.",
+            )
         try:
             check_password_policy(form.get("new_password", ""), console.console.min_password_length)
         except PasswordPolicyError as exc:
-            return await _page(request, state, console, post.user, status=400, password_error=str(exc))
-        await user_actions.change_password(session, me, hash_password(form["new_password"]), actor=post.user.actor)
+            return await _page(
+                request, state, console, post.user, status=400, password_error=str(exc)
+            )
+        await user_actions.change_password(
+            session, me, hash_password(form["new_password"]), actor=post.user.actor
+        )
         await session.commit()
         password_hash = me.password_hash
     # Every other session carried the old password's fingerprint; this one gets a new cookie.
     token, _ = console.key.issue(post.user.id, password_hash, console.console.session_ttl_s)
     response = RedirectResponse("/settings?notice=password_changed", status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, max_age=console.console.session_ttl_s, httponly=True,
-                        samesite="strict", secure=console.cookie_secure, path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=console.console.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=console.cookie_secure,
+        path="/",
+    )
     return response
