@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import httpx
 
 from bench.load import write_section as write_marked_section
-from outpost.control_plane.services.service_fairness import jain_index, percentile
+from outpost.control_plane.routing.service_fairness import jain_index, percentile
 from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
 README = ROOT / "bench" / "README.md"

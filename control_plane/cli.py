@@ -28,8 +28,8 @@ from outpost.control_plane.cli_db import run_with_db, run_with_settings, tenant_
 from outpost.control_plane.console.cli import users_app
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
-from outpost.control_plane.fairness.cli import fairness_app
 from outpost.control_plane.pools_cli import pools_app, runners_set
+from outpost.control_plane.probes.cli import fairness_app
 from outpost.control_plane.routing.routing import POLICIES
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.store.keys import list_api_keys

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Query, Request
 
 from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
 from outpost.control_plane.errors import ApiError
-from outpost.control_plane.fairness.jobs import ProbeJob, launch_probe, self_base_url
-from outpost.control_plane.fairness.schemas import (
+from outpost.control_plane.probes.jobs import ProbeJob, launch_probe, self_base_url
+from outpost.control_plane.probes.schemas import (
     FairnessRunDetail,
     FairnessRunImport,
     FairnessRunIn,
     FairnessRunOut,
 )
-from outpost.control_plane.fairness.service import (
+from outpost.control_plane.probes.service import (
     MAX_COMPARE_RUNS,
     compare_runs,
     import_probe_run,

@@ -52,6 +52,7 @@ from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import utcnow
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.routing.load import runner_status
+from outpost.control_plane.routing.service_fairness import ServiceFairness
 from outpost.control_plane.services.budgets import BudgetGuard, BudgetVerdict
 from outpost.control_plane.services.cost import (
     EngineShare,
@@ -66,7 +67,6 @@ from outpost.control_plane.services.scheduler import (
     QueueTimeout,
     Ticket,
 )
-from outpost.control_plane.services.service_fairness import ServiceFairness
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.tunnel.hub import ConnectedRunner
 from outpost.sdk.protocol import Usage

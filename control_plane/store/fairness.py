@@ -12,7 +12,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.db.models import ApiKey, FairnessRun, new_id, utcnow
-from outpost.control_plane.fairness.schemas import RunDocument, RunStatus, RunSummary
+from outpost.control_plane.probes.schemas import RunDocument, RunStatus, RunSummary
 from outpost.control_plane.store.changes import mark_key_changed
 
 __all__ = [

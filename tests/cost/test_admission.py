@@ -11,10 +11,10 @@ import pytest
 
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.routing.service_fairness import ServiceFairness
 from outpost.control_plane.services.budgets import BudgetGuard
 from outpost.control_plane.services.cost import DEFAULT_USD_PER_HOUR, EngineTimeMeter, hourly_rate
 from outpost.control_plane.services.scheduler import FairScheduler, RunnerGone
-from outpost.control_plane.services.service_fairness import ServiceFairness
 from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from outpost.control_plane.tunnel.link import RunnerLoad
 from outpost.sdk.protocol import Usage

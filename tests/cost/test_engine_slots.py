@@ -23,10 +23,10 @@ from websockets.exceptions import ConnectionClosed
 from outpost.control_plane.cluster.holder import Holder
 from outpost.control_plane.cluster.registry import RemoteView, describe_runners
 from outpost.control_plane.routing.admission import Admission
+from outpost.control_plane.routing.service_fairness import ServiceFairness
 from outpost.control_plane.services.budgets import BudgetGuard
 from outpost.control_plane.services.cost import EngineTimeMeter
 from outpost.control_plane.services.scheduler import FairScheduler, RunnerGone
-from outpost.control_plane.services.service_fairness import ServiceFairness
 from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from outpost.control_plane.tunnel.link import RunnerLoad
 from outpost.runner.engines.base import ServedModel

@@ -29,7 +29,7 @@ EXCLUDED = [
     # live runner's key: random bodies stop at the envelope parser, which tests/sdk/test_e2e.py fuzzes.
     (None, r"^/v1/e2e/"),
     # Starting a fairness run launches a background probe job of many inference requests per example;
-    # its validation is tested in tests/fairness/test_api.py.
+    # its validation is tested in tests/probes/test_api.py.
     ("POST", r"^/api/fairness/runs$"),
     # Streaming export: a long-lived response of the whole chain; tests/audit/test_stack.py reads it.
     ("GET", r"^/api/audit/export$"),

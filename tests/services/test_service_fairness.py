@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outpost.control_plane.services.service_fairness import (
+from outpost.control_plane.routing.service_fairness import (
     ServiceFairness,
     jain_index,
     max_service_gap,

@@ -12,16 +12,16 @@ from outpost.control_plane.console.charts import IntervalRow, Series, bar_list, 
 from outpost.control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
 from outpost.control_plane.console.inference import console_caller
 from outpost.control_plane.domain_errors import DomainError, NotFound
-from outpost.control_plane.fairness.jobs import ProbeJob, launch_probe, self_base_url
-from outpost.control_plane.fairness.report import FairnessReport
-from outpost.control_plane.fairness.schemas import FairnessRunDetail, FairnessRunIn, FairnessRunOut
-from outpost.control_plane.fairness.service import (
+from outpost.control_plane.probes.jobs import ProbeJob, launch_probe, self_base_url
+from outpost.control_plane.probes.report import FairnessReport
+from outpost.control_plane.probes.schemas import FairnessRunDetail, FairnessRunIn, FairnessRunOut
+from outpost.control_plane.probes.service import (
     MAX_COMPARE_RUNS,
     compare_runs,
     plan_probe,
     start_probe_run,
 )
-from outpost.control_plane.fairness.suites import BUILTIN_SUITES_DIR
+from outpost.control_plane.probes.suites import BUILTIN_SUITES_DIR
 from outpost.control_plane.state import AppState
 from outpost.control_plane.store.fairness import get_fairness_run, list_fairness_runs
 from outpost.control_plane.store.pools import usable_pool_ids

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from outpost.control_plane.fairness.stats import (
+from outpost.control_plane.probes.stats import (
     binary_estimate,
     bootstrap_mean_interval,
     continuous_estimate,

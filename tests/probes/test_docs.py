@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from outpost.control_plane import fairness
-from outpost.control_plane.fairness.report import ReportSettings
+from outpost.control_plane import probes
+from outpost.control_plane.probes.report import ReportSettings
 
 DOC = (Path(__file__).parents[2] / "docs" / "fairness.md").read_text(encoding="utf-8")
 
 
 def test_every_public_name_is_documented():
-    missing = [name for name in fairness.__all__ if name not in DOC]
+    missing = [name for name in probes.__all__ if name not in DOC]
     assert not missing, f"undocumented in docs/fairness.md: {missing}"
 
 
@@ -40,7 +40,7 @@ def test_every_cli_option_and_api_route_is_documented():
     import typer.main
 
     from outpost.control_plane.api.fairness import router
-    from outpost.control_plane.fairness.cli import fairness_app
+    from outpost.control_plane.probes.cli import fairness_app
 
     command = typer.main.get_command(fairness_app)
     options = [opt for param in command.commands["run"].params for opt in param.opts]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from outpost.control_plane.fairness import (
+from outpost.control_plane.probes import (
     ExpansionOptions,
     FairnessReport,
     ProbeRun,
@@ -22,7 +22,7 @@ from outpost.control_plane.fairness import (
     builtin_suite,
     compare,
 )
-from outpost.control_plane.fairness.extractors import ClassifierExtractor, LengthExtractor
+from outpost.control_plane.probes.extractors import ClassifierExtractor, LengthExtractor
 
 from .fakes import FakeBiasedEngine, FakeEngine, FakeFlakyEngine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outpost.control_plane.fairness.extractors import (
+from outpost.control_plane.probes.extractors import (
     Classifier,
     ClassifierExtractor,
     LengthExtractor,

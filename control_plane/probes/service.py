@@ -8,7 +8,7 @@ audit) applies to the probe's. The key's secret lives only in memory, in the run
 revoked when the run ends and expires on its own if the process dies first.
 
 Functions here take a session and never commit: the route owns the
-transaction. Executing a run is :mod:`control_plane.fairness.jobs`.
+transaction. Executing a run is :mod:`control_plane.probes.jobs`.
 """
 
 from __future__ import annotations

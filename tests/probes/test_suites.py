@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import pytest
 from pydantic import ValidationError
 
-from outpost.control_plane.fairness.suites import (
+from outpost.control_plane.probes.suites import (
     BUILTIN_SUITES_DIR,
     ExpansionOptions,
     builtin_suite,

@@ -1,6 +1,6 @@
 """A server-side probe job against a real, migrated SQLite database, with
 the scripted FAKE engine of ``fakes.py`` behind an ``httpx`` transport (the
-real-model path is tests/fairness/test_api.py). Checks what a job records:
+real-model path is tests/probes/test_api.py). Checks what a job records:
 progress, the report, the runners, the key's revocation and the audit event."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
 from outpost.control_plane.db.models import ApiKey, AuditEvent, FairnessRun
 from outpost.control_plane.domain_errors import Invalid
-from outpost.control_plane.fairness import builtin_suite, suite_hash
-from outpost.control_plane.fairness.jobs import ProbeJob, self_base_url
-from outpost.control_plane.fairness.schemas import FairnessRunIn, RunDocument
-from outpost.control_plane.fairness.service import PROBE_KEY_NAME, plan_probe, start_probe_run
+from outpost.control_plane.probes import builtin_suite, suite_hash
+from outpost.control_plane.probes.jobs import ProbeJob, self_base_url
+from outpost.control_plane.probes.schemas import FairnessRunIn, RunDocument
+from outpost.control_plane.probes.service import PROBE_KEY_NAME, plan_probe, start_probe_run
 from outpost.control_plane.store.tenants import get_or_create_tenant
-from tests.fairness.fakes import FakeEngine
+from tests.probes.fakes import FakeEngine
 
 
 @pytest.fixture
@@ -175,9 +175,9 @@ def test_self_base_url():
 
 
 async def test_an_imported_run_is_rebuilt_and_checked(db: Database):
-    from outpost.control_plane.fairness import ExpansionOptions, ProbeRunner, ProbeTarget
-    from outpost.control_plane.fairness.schemas import FairnessRunImport
-    from outpost.control_plane.fairness.service import import_probe_run
+    from outpost.control_plane.probes import ExpansionOptions, ProbeRunner, ProbeTarget
+    from outpost.control_plane.probes.schemas import FairnessRunImport
+    from outpost.control_plane.probes.service import import_probe_run
 
     runner = ProbeRunner(
         ProbeTarget(base_url="http://x/v1", model="fake"),

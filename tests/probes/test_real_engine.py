@@ -16,7 +16,7 @@ import httpx
 import pytest
 import xllamacpp  # noqa: F401 - imported so a missing engine fails collection
 
-from outpost.control_plane.fairness import (
+from outpost.control_plane.probes import (
     ExpansionOptions,
     ProbeRunner,
     ProbeTarget,

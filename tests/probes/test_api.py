@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from outpost.control_plane.db.engine import sync_url
-from outpost.control_plane.fairness import builtin_suite, suite_hash
+from outpost.control_plane.probes import builtin_suite, suite_hash
 from tests.conftest import Stack
 from tests.utils import wait_until
 
