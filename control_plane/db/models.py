@@ -33,6 +33,8 @@ __all__ = [
     "AuditTenantHead",
     "Base",
     "Budget",
+    "Deployment",
+    "DeploymentReplica",
     "EnrollmentToken",
     "FairnessRun",
     "Pool",
@@ -344,3 +346,63 @@ class AuditKey(Base):
     rotated_at: Mapped[str | None] = mapped_column(String(32), default=None)
     prev_signature: Mapped[str | None] = mapped_column(String(128), default=None)
     signature: Mapped[str | None] = mapped_column(String(128), default=None)
+
+
+class Deployment(Base):
+    """A model the control plane asks runners of one pool to serve (issue 22, docs/deployments.md).
+
+    ``generation`` grows with every change of what replicas run (source, engine,
+    options): replicas of an older generation are replaced one by one.
+    """
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    # The public model name clients ask for; two deployments may share it (A/B by weight).
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # {"kind": "path"|"url"|"hf", ...}: where the runner fetches the model (sdk.protocol).
+    source: Mapped[dict] = mapped_column(default=dict)
+    engine: Mapped[str] = mapped_column(String(32), default="auto")
+    engine_options: Mapped[dict] = mapped_column(default=dict)
+    # Label constraints on the runners that may hold a replica: {"label": ["allowed", ...]}.
+    labels: Mapped[dict] = mapped_column(default=dict)
+    min_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    # The number of replicas wanted now, min_replicas <= replicas <= max_replicas.
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    # Traffic share among deployments serving the same public name.
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    # "active" | "deleting" (replicas are being undeployed; the row goes when none is left).
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    # Scale to zero: with min_replicas 0, unload after this many idle seconds (NULL: never).
+    idle_timeout_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_request_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeploymentReplica(Base):
+    """One replica of a deployment on one runner; its state is what the runner last reported."""
+
+    __tablename__ = "deployment_replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    runner_id: Mapped[str] = mapped_column(ForeignKey("runners.id", ondelete="CASCADE"), index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    # pending | downloading | loading | ready | failed | draining | stopped (sdk.protocol).
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    rate_bps: Mapped[float] = mapped_column(Float, default=0.0)
+    reason: Mapped[str | None] = mapped_column(String(512), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
