@@ -347,6 +347,21 @@ class Settings(BaseSettings):
         "refetches of the provider's keys caused by an unknown key id.",
     )
 
+    # Deployments (docs/deployments.md).
+    deployment_reconcile_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="How often the reconciler compares deployments with their replicas "
+        "(it also runs at once after a change or a runner's connect).",
+    )
+    deployment_drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="Streams of an undeployed replica may run this long before it stops.",
+    )
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         if not self.database_url:
