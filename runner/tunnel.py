@@ -35,12 +35,14 @@ from outpost.sdk.protocol import (
     ChallengeFrame,
     CloseCode,
     DataFrame,
+    DeployFrame,
     FrameError,
     GoawayFrame,
     HelloFrame,
     RequestFrame,
     ResetFrame,
     StatusFrame,
+    UndeployFrame,
     WelcomeFrame,
     WindowUpdateFrame,
     close_reason,
@@ -57,6 +59,9 @@ log = logging.getLogger("outpost.runner.tunnel")
 StreamHandler = Callable[[OutboundStream], Awaitable[None]]
 #: Told of every stream once it is over: (stream, seconds, outcome "ok" | "error" | "cancelled").
 StreamObserver = Callable[[OutboundStream, float, str], None]
+#: Takes a control frame the control plane sent (deploy.v1, undeploy.v1) and the
+#: connection's send; it must return at once (long work runs in its own task).
+ControlHandler = Callable[[object, Callable[[object], Awaitable[None]]], None]
 ConnectFactory = Callable[..., Any]
 
 
@@ -90,8 +95,16 @@ class TunnelClient:
         connect_factory: ConnectFactory = connect,
         observer: StreamObserver | None = None,
         transport: ControlPlaneTransport | None = None,
+        capabilities: frozenset[str] | None = None,
+        on_control: ControlHandler | None = None,
     ) -> None:
         self.identity = identity
+        # What this runner announces: every capability of the contract but ``deployments``,
+        # which only a runner with a deployment manager (runner/deployments/) may claim.
+        self.capabilities = (
+            capabilities if capabilities is not None else CAPABILITIES - {"deployments"}
+        )
+        self._on_control = on_control
         self.url = tunnel_url(identity.control_plane)
         self._hello_fields = hello_fields
         self._on_stream = on_stream
@@ -100,7 +113,8 @@ class TunnelClient:
         self._ping = (ping_interval_s, ping_timeout_s)
         self._backoff = (backoff_base_s, backoff_cap_s, stable_after_s)
         self._connect = connect_factory
-        # TLS trust and the proxy (runner/tls.py); None: websockets' defaults (system CAs, env proxy).
+        # TLS trust and the proxy (runner/tls.py); None: websockets' defaults
+        # (system CAs, env proxy).
         self._transport_kwargs = (
             transport.websocket_kwargs(self.url) if transport is not None else {}
         )
@@ -242,7 +256,7 @@ class TunnelClient:
             runner_id=rid,
             version=version,
             signature=sig,
-            capabilities=sorted(CAPABILITIES),
+            capabilities=sorted(self.capabilities),
             connection_index=index,
             **self._hello_fields(),
         )
@@ -284,6 +298,12 @@ class TunnelClient:
                     task.cancel()
         elif isinstance(frame, GoawayFrame):
             log.info("control plane is going away: %s", frame.reason)
+        elif isinstance(frame, DeployFrame | UndeployFrame):
+            # Only for a runner that announced ``deployments``; a control plane that sends one
+            # anyway breaks the protocol like any other frame out of place.
+            if self._on_control is None or "deployments" not in self.capabilities:
+                raise FrameError(f"{frame.type} without the deployments capability")
+            self._on_control(frame, send)
         else:
             raise FrameError(
                 f"unexpected {getattr(frame, 'type', '?')} frame from the control plane"

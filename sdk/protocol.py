@@ -36,6 +36,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from outpost.sdk.hardware import HardwareReport
@@ -54,18 +55,29 @@ __all__ = [
     "ChallengeFrame",
     "CloseCode",
     "CloseReason",
+    "DEPLOY_ENGINES",
+    "MAX_MODEL_BYTES",
+    "REPLICA_STATES",
     "DataFrame",
+    "DeployFrame",
     "EndFrame",
     "EngineSlots",
     "Frame",
     "FrameError",
     "GoawayFrame",
     "HelloFrame",
+    "HfSource",
+    "ModelSource",
+    "PathSource",
+    "ReplicaFrame",
+    "ReplicaState",
     "ModelInfo",
     "RequestFrame",
     "ResetFrame",
     "ResponseStartFrame",
     "StatusFrame",
+    "UndeployFrame",
+    "UrlSource",
     "Usage",
     "WelcomeFrame",
     "WindowUpdateFrame",
@@ -89,6 +101,9 @@ CAPABILITIES: frozenset[str] = frozenset(
         "model-status",
         "headroom",
         "engine-slots",
+        # deploy.v1 / undeploy.v1 / replica.v1 (docs/deployments.md). A runner announces it
+        # only when it has a deployment manager (runner/deployments/), so not every build does.
+        "deployments",
     }
 )
 
@@ -338,6 +353,151 @@ class GoawayFrame(_Frame):
     drain_s: float = Field(default=30.0, ge=0, le=3600)
 
 
+# --- deployments (capability ``deployments``, docs/deployments.md) ----------------
+# The control plane tells a runner to fetch and serve a model; the runner reports
+# each replica's progress. Only names, checksums and numbers cross the tunnel:
+# model bytes never do (the runner fetches them from its own premises).
+
+#: A model file's size or a download's progress: 2**50 (1 PiB) is far above any
+#: model and exact in a float.
+MAX_MODEL_BYTES = 2**50
+#: What ``engine`` in a deploy frame may name: ``auto`` lets the runner's planner pick.
+DEPLOY_ENGINES: tuple[str, ...] = ("auto", "llama.cpp", "vllm")
+ReplicaState = Literal[
+    "pending", "downloading", "loading", "ready", "failed", "draining", "stopped"
+]
+REPLICA_STATES: tuple[str, ...] = (
+    "pending",
+    "downloading",
+    "loading",
+    "ready",
+    "failed",
+    "draining",
+    "stopped",
+)
+
+_Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+_Bytes = Annotated[int, Field(strict=True, ge=0, le=MAX_MODEL_BYTES)]
+_OptionKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+# An option value is a scalar: an engine's flags, never a structure to interpret.
+_OptionValue = (
+    Annotated[bool, Field(strict=True)]
+    | Annotated[int, Field(strict=True, ge=-(2**31), le=2**31)]
+    | Annotated[float, Field(strict=True, ge=-1e9, le=1e9, allow_inf_nan=False)]
+    | Annotated[str, Field(max_length=256)]
+)
+
+
+def _relative_path(value: str) -> str:
+    """A path below some root, in POSIX form: no root, no ``..``, no drive, no control bytes."""
+    if not value or value.startswith(("/", "\\")) or "\\" in value:
+        raise ValueError("must be a relative POSIX path")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value) or ":" in value.split("/")[0]:
+        raise ValueError("must not hold control characters or a drive")
+    parts = value.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError("must not hold empty, '.' or '..' parts")
+    return value
+
+
+class PathSource(BaseModel):
+    """A file (or a directory of one model) under the runner's model directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["path"] = "path"
+    path: str = Field(min_length=1, max_length=1024)
+
+    @field_validator("path")
+    @classmethod
+    def _no_traversal(cls, value: str) -> str:
+        return _relative_path(value)
+
+
+class UrlSource(BaseModel):
+    """An HTTP(S) URL the runner downloads; the checksum is required and verified."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["url"] = "url"
+    url: str = Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s@/]+(/[^\s]*)?$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class HfSource(BaseModel):
+    """A Hugging Face repo, through the runner's ``huggingface_hub`` (HF_ENDPOINT, cache)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hf"] = "hf"
+    repo: str = Field(
+        max_length=96, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
+    revision: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._/-]+$")
+    # One file of the repo (a .gguf); None: the runner picks the repo's one GGUF.
+    filename: str | None = Field(default=None, max_length=512)
+
+    @field_validator("revision", "filename")
+    @classmethod
+    def _no_traversal(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_path(value)
+
+
+ModelSource = Annotated[PathSource | UrlSource | HfSource, Field(discriminator="kind")]
+
+
+class DeployFrame(_Frame):
+    """Control plane -> runner: fetch this model and serve it as one replica."""
+
+    type: Literal["deploy.v1"] = "deploy.v1"
+    replica_id: _Id
+    deployment_id: _Id
+    # Bumped by every update of the deployment (rolling updates replace replica by replica).
+    generation: int = Field(default=1, ge=0, le=2**31, strict=True)
+    name: _Name  # the public model name this replica serves
+    aliases: list[_Name] = Field(default_factory=list, max_length=32)
+    source: ModelSource
+    engine: Literal["auto", "llama.cpp", "vllm"] = "auto"
+    # Checked against the runner's allow-list (docs/deployments.md "Engine options").
+    engine_options: dict[_OptionKey, _OptionValue] = Field(default_factory=dict, max_length=16)
+
+
+class UndeployFrame(_Frame):
+    """Control plane -> runner: stop one replica after its streams drain."""
+
+    type: Literal["undeploy.v1"] = "undeploy.v1"
+    replica_id: _Id
+    drain_s: float = Field(default=30.0, ge=0, le=3600, strict=True)
+
+
+class ReplicaFrame(_Frame):
+    """Runner -> control plane: where one replica stands."""
+
+    type: Literal["replica.v1"] = "replica.v1"
+    replica_id: _Id
+    state: ReplicaState
+    bytes_done: _Bytes = 0
+    bytes_total: _Bytes | None = None
+    rate_bps: float = Field(default=0.0, ge=0, le=1e12, strict=True)
+    # Why it failed or what it is doing; untrusted text, escape before logging.
+    reason: str | None = Field(default=None, max_length=512)
+    # Set once ``ready``: what the replica serves. Its name must be the deploy's.
+    model: ModelInfo | None = None
+
+    @model_validator(mode="after")
+    def _model_only_when_ready(self) -> ReplicaFrame:
+        if (self.state == "ready") != (self.model is not None):
+            raise ValueError("model is set exactly when state is ready")
+        if self.bytes_total is not None and self.bytes_done > self.bytes_total:
+            raise ValueError("bytes_done exceeds bytes_total")
+        return self
+
+
 Frame = Annotated[
     ChallengeFrame
     | HelloFrame
@@ -349,10 +509,15 @@ Frame = Annotated[
     | ResetFrame
     | WindowUpdateFrame
     | StatusFrame
-    | GoawayFrame,
+    | GoawayFrame
+    | DeployFrame
+    | UndeployFrame
+    | ReplicaFrame,
     Field(discriminator="type"),
 ]
-_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
+# mypy reads an Annotated union of more than a dozen models as a UnionType and
+# not as a type form here; pydantic takes it as one (the tests parse every frame).
+_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)  # type: ignore[arg-type]
 
 
 def parse_frame(raw: str | bytes) -> Frame:
