@@ -80,7 +80,8 @@ async def issue_enrollment_token(
     pool: str | None = None,
     labels: dict[str, str] | None = None,
 ) -> str:
-    """A token for ``runner_name``, joining the tenant's pool named ``pool`` (created if new; default: "default")."""
+    """A token for ``runner_name``, joining the tenant's pool named ``pool`` (created if new;
+    default: "default")."""
     async with db.session() as session:
         t = await get_or_create_tenant(session, tenant)
         _, secret = await runner_actions.enroll_runner(

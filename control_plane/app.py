@@ -52,7 +52,8 @@ def create_app(
     migrate: bool = True,
     wall_clock: Callable[[], datetime] = utcnow,
 ) -> FastAPI:
-    """``wall_clock`` (UTC) decides budget periods and request record times; tests pass their own."""
+    """``wall_clock`` (UTC) decides budget periods and request record times; tests pass their
+    own."""
     settings = settings or Settings()
 
     @asynccontextmanager

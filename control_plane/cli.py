@@ -186,7 +186,8 @@ def runners_enroll(
         settings,
     )
     console.print(
-        f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one use). "
+        f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one "
+        "use). "
         "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:"
     )
     print(token_with_pin(token, settings))
@@ -233,7 +234,8 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="API key id (key_...).")],
     tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default",
 ) -> None:
-    """Revoke an API key; a running server refuses it within OUTPOST_AUTH_CACHE_TTL_S (its auth cache)."""
+    """Revoke an API key; a running server refuses it within OUTPOST_AUTH_CACHE_TTL_S (its auth
+    cache)."""
 
     async def go(db: Database) -> str:
         async with db.session() as session:
@@ -251,7 +253,8 @@ def keys_revoke(
 def runners_list(
     tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default", as_json: JsonOpt = False
 ) -> None:
-    """The tenant's runners as the database knows them (live state: the console or GET /api/runners)."""
+    """The tenant's runners as the database knows them (live state: the console or GET
+    /api/runners)."""
 
     async def go(db: Database) -> list[dict]:
         async with db.session() as session:
@@ -361,7 +364,8 @@ def _instructions(url: str, key: str) -> str:
         f"Base URL:  {url}/v1\nAPI key:   {key}\nModel:     smollm2-135m-instruct\n\n"
         f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\\n"
         "  -H 'Content-Type: application/json' \\\n"
-        '  -d \'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}\'\n\n'
+        '  -d \'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": '
+        '"Hi"}]}\'\n\n'
         "python -c \"from openai import OpenAI; c = OpenAI(base_url='"
         + url
         + "/v1', api_key='"

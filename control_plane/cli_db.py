@@ -42,7 +42,8 @@ def exit_code(exc: DomainError) -> int:
 def run_with_settings(
     fn: Callable[[Database, Settings], Awaitable[T]], settings: Settings | None = None
 ) -> T:
-    """Migrate to head, then run ``fn(db, settings)`` on a fresh event loop; refusals exit non-zero."""
+    """Migrate to head, then run ``fn(db, settings)`` on a fresh event loop; refusals exit
+    non-zero."""
     settings = settings or Settings()
     upgrade_to_head(settings.database_url)
 

@@ -25,7 +25,8 @@ class DomainError(Exception):
 
 
 class NotFound(DomainError):
-    """No such thing in the caller's tenant (another tenant's thing included: no existence oracle)."""
+    """No such thing in the caller's tenant (another tenant's thing included: no existence
+    oracle)."""
 
     default_code = "not_found"
 

@@ -152,7 +152,8 @@ def pools_operator(
     tenant: Annotated[str, typer.Argument(help="Tenant name (created if missing).")],
     off: Annotated[bool, typer.Option("--off", help="Take the role away.")] = False,
 ) -> None:
-    """Make a tenant the platform operator (may grant pools to every tenant, see and revoke any grant)."""
+    """Make a tenant the platform operator (may grant pools to every tenant, see and revoke any
+    grant)."""
 
     async def go(db: Database) -> dict:
         async with db.session() as session:

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
         default="", description="URL clients and runners use; derived if empty."
     )
 
-    # TLS served by uvicorn itself (docs/deploy.md "TLS"); empty: plain HTTP, for a terminating proxy in front.
+    # TLS served by uvicorn itself (docs/deploy.md "TLS"); empty: plain HTTP, for a terminating
+    # proxy in front.
     tls_certfile: Path | None = Field(
         default=None,
         description="PEM certificate chain (leaf first) to serve "
@@ -139,7 +140,8 @@ class Settings(BaseSettings):
     # Audit log (docs/audit.md).
     audit_key_file: Path | None = Field(
         default=None,
-        description="Ed25519 audit signing key (JSON, mode 0600); empty means <state_dir>/audit-key.json. "
+        description="Ed25519 audit signing key (JSON, mode 0600); empty means "
+        "<state_dir>/audit-key.json. "
         "Replicas on one database should share one key file.",
     )
     audit_checkpoint_every_n: int = Field(
@@ -186,7 +188,8 @@ class Settings(BaseSettings):
         ge=0,
         le=300,
         description="How long a verified API key is reused without reading the "
-        "database. Changes through this process apply at once; a revocation through another replica without "
+        "database. Changes through this process apply at once; a revocation through another "
+        "replica without "
         "Redis, or the CLI, within this. 0 turns the cache off.",
     )
     auth_cache_size: int = Field(
@@ -238,10 +241,12 @@ class Settings(BaseSettings):
     records_spill_file: Path | None = Field(
         default=None,
         description="Where request records still unwritten at shutdown are saved (JSON lines, mode "
-        "0600) and replayed from at the next start; empty means <state_dir>/unwritten-records.jsonl.",
+        "0600) and replayed from at the next start; empty means "
+        "<state_dir>/unwritten-records.jsonl.",
     )
 
-    # Several replicas (docs/deploy.md): Redis relays requests to the replica holding a runner's tunnel.
+    # Several replicas (docs/deploy.md): Redis relays requests to the replica holding a runner's
+    # tunnel.
     redis_url: str = Field(
         default="",
         description="Redis URL (redis://host:6379/0) shared by control-plane "
@@ -282,7 +287,8 @@ class Settings(BaseSettings):
         "on the operator's network). docs/security.md.",
     )
 
-    # Console single sign-on (docs/console.md "Single sign-on"): OpenID Connect, code flow with PKCE.
+    # Console single sign-on (docs/console.md "Single sign-on"): OpenID Connect, code flow with
+    # PKCE.
     oidc_issuer: str = Field(
         default="",
         description="OpenID Connect issuer URL (its discovery document is "

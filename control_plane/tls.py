@@ -27,7 +27,8 @@ def uvicorn_ssl_kwargs(settings: Settings) -> dict[str, object]:
 
 
 def certificate_pin(settings: Settings) -> str | None:
-    """``sha256/...`` of the served certificate's public key (or the configured one); None without TLS."""
+    """``sha256/...`` of the served certificate's public key (or the configured one); None
+    without TLS."""
     if settings.tls_token_pin:
         return settings.tls_token_pin
     if settings.tls_certfile is None:

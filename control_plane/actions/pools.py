@@ -1,4 +1,5 @@
-"""Pool and grant writes, shared by the API, the CLI and the console: store calls plus their audit events.
+"""Pool and grant writes, shared by the API, the CLI and the console: store calls plus their audit
+events.
 
 Each function takes a session and does not commit (the caller owns the
 transaction). Refusals are :mod:`control_plane.domain_errors`; each door maps them.
@@ -40,7 +41,8 @@ EVERY_TENANT = "*"
 
 
 async def find_pool(session: AsyncSession, tenant_id: str, pool: str) -> Pool:
-    """The tenant's pool with id or name ``pool``; 404 otherwise (another tenant's pool included)."""
+    """The tenant's pool with id or name ``pool``; 404 otherwise (another tenant's pool
+    included)."""
     found = await get_pool(session, pool, tenant_id=tenant_id) or await get_pool_by_name(
         session, tenant_id, pool
     )

@@ -28,7 +28,8 @@ __all__ = ["enroll_runner", "find_runner", "revoke", "set_runner_settings"]
 
 
 async def find_runner(session: AsyncSession, tenant_id: str | None, runner_id: str) -> Runner:
-    """The tenant's runner (any tenant's with ``None``: the operator's shell); :class:`NotFound` otherwise."""
+    """The tenant's runner (any tenant's with ``None``: the operator's shell); :class:`NotFound`
+    otherwise."""
     runner = await get_runner(session, runner_id, tenant_id=tenant_id)
     if runner is None:
         raise NotFound(f"No runner {runner_id!r} in this tenant.", code="runner_not_found")
@@ -46,7 +47,8 @@ async def enroll_runner(
     create_missing_pool: bool = False,
     labels: Mapping[str, str] | None = None,
 ) -> tuple[EnrollmentToken, str]:
-    """A one-time token for ``runner_name`` joining ``pool`` (id or name; default: the default pool).
+    """A one-time token for ``runner_name`` joining ``pool`` (id or name; default: the default
+    pool).
 
     A pool that does not exist is :class:`NotFound`, unless ``create_missing_pool`` (the CLI's
     ``--pool``, which creates it). Returns ``(row, secret)``; the secret is not stored.
@@ -104,7 +106,8 @@ async def set_runner_settings(
     usd_per_hour: float | None = None,
     pool: str | None = None,
 ) -> dict[str, object]:
-    """The owner's decisions about a runner: residency labels, price (0-1000 $/h), pool (id or name).
+    """The owner's decisions about a runner: residency labels, price (0-1000 $/h), pool (id or
+    name).
 
     Audited as ``runner.update``; on commit every replica re-reads the runner's row
     (``services.owner_settings``). Returns the changes as audited.

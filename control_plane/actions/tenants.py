@@ -75,7 +75,8 @@ async def update_tenant(
 async def set_platform_operator(
     session: AsyncSession, tenant: Tenant, on: bool, *, actor: str
 ) -> None:
-    """The one role above tenant admin: may grant pools to every tenant, see and revoke any grant."""
+    """The one role above tenant admin: may grant pools to every tenant, see and revoke any
+    grant."""
     tenant.platform_operator = on
     await session.flush()
     await record_admin(

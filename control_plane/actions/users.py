@@ -99,7 +99,8 @@ async def unlock(session: AsyncSession, user: User, *, actor: str) -> None:
 async def change_role(
     session: AsyncSession, user: User, role: str, *, actor: str, by_user_id: str | None
 ) -> None:
-    """An admin changes another user's role; never their own (a tenant could lose its last admin)."""
+    """An admin changes another user's role; never their own (a tenant could lose its last
+    admin)."""
     checked = _role(role)
     if user.id == by_user_id:
         raise Forbidden("Ask another admin to change your own role.")

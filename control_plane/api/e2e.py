@@ -66,7 +66,8 @@ def _identity(runner: Runner) -> Ed25519PublicKey:
 async def put_e2e_key(
     runner_id: str, doc: Annotated[dict[str, Any], Body()], session: SessionDep
 ) -> E2EKeyOut:
-    """Store a runner's signed HPKE key. The signature by its registered identity key is the credential."""
+    """Store a runner's signed HPKE key. The signature by its registered identity key is the
+    credential."""
     runner = await get_runner(session, runner_id)
     if runner is None:
         raise ApiError.not_found(f"No runner {runner_id!r}.", code="runner_not_found")
@@ -115,7 +116,8 @@ async def put_e2e_key(
 async def get_e2e_key(
     runner_id: str, caller: CallerDep, policy: PolicyDep, session: SessionDep
 ) -> dict[str, Any]:
-    """The signed document of a runner the caller may use; clients verify it against the fingerprint they pinned."""
+    """The signed document of a runner the caller may use; clients verify it against the
+    fingerprint they pinned."""
     runner = await get_runner(session, runner_id)
     usable = runner is not None and runner.revoked_at is None and runner.pool_id in policy.pools
     doc = hpke_key_document(runner) if usable else None  # type: ignore[arg-type]

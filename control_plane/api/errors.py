@@ -42,7 +42,8 @@ def to_api_error(exc: DomainError) -> ApiError:
     return ApiError(status, exc.message, type=kind, code=exc.code, param=exc.param)
 
 
-#: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never sent:
+# : Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never
+# sent:
 #: validation errors are 400).
 _ERROR_STATUSES = {
     "400": "Invalid request.",
@@ -73,7 +74,8 @@ _ENVELOPE = {
 
 
 def _document_errors(app: FastAPI) -> None:
-    """Declare the error envelope in the OpenAPI document, so clients (and schemathesis) know every answer."""
+    """Declare the error envelope in the OpenAPI document, so clients (and schemathesis) know
+    every answer."""
     generate = app.openapi
 
     def openapi() -> dict:
@@ -129,8 +131,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # One line, no traceback: an outage would otherwise flood the log. The driver's first line says
-        # which (refused, dropped, locked, or a missing table after a skipped migration); drivers do not
+        # One line, no traceback: an outage would otherwise flood the log. The driver's first line
+        # says
+        # which (refused, dropped, locked, or a missing table after a skipped migration); drivers do
+        # not
         # put passwords in their messages, and the line is bounded.
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         log.warning(

@@ -124,7 +124,8 @@ async def compare(
 
 
 def _storable(text: str) -> None:
-    """Refuse text a database cannot store: NUL characters (PostgreSQL) and lone surrogates (UTF-8)."""
+    """Refuse text a database cannot store: NUL characters (PostgreSQL) and lone surrogates
+    (UTF-8)."""
     if "\\u0000" in text:
         raise ApiError(400, "Text fields must not contain NUL characters.", code="invalid_text")
     try:

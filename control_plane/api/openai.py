@@ -59,7 +59,8 @@ PolicyDep = Annotated[KeyPolicy, Depends(get_key_policy_dep)]
 @router.get("/models")
 async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) -> dict:
     """Every name (and alias) a runner this caller may use serves, merged across runners:
-    runners in the tenant's usable pools (store.pools) whose owner-set labels meet its residency rules."""
+    runners in the tenant's usable pools (store.pools) whose owner-set labels meet its residency
+    rules."""
     now = int(time.time())
     merged: dict[str, dict] = {}
     for runner in sorted(state.hub.routable(), key=lambda r: r.runner_id):
@@ -140,7 +141,8 @@ async def _serve(
     if isinstance(body, EmbeddingRequest):
         forwarded = body.model_dump_json(exclude_unset=True)
     else:
-        # One sequence, with an explicit token cap the engine is sent and usage is clamped to (caps.py).
+        # One sequence, with an explicit token cap the engine is sent and usage is clamped to
+        # (caps.py).
         capped = cap_request(
             body, limit=state.settings.max_tokens_limit, window=lambda: _window(state, body.model)
         )
@@ -177,7 +179,8 @@ async def _serve(
 
 
 def _window(state: AppState, model: str) -> int | None:
-    """The largest context window a connected runner declares for ``model`` (``None``: one declares none)."""
+    """The largest context window a connected runner declares for ``model`` (``None``: one
+    declares none)."""
     windows = [
         m.context_length for r in state.hub.runners_for(model) if (m := r.serves(model)) is not None
     ]

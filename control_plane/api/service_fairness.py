@@ -14,7 +14,8 @@ router = APIRouter(prefix="/api/fairness", tags=["fairness"])
 
 @router.get("/service")
 async def service(state: AppStateDep, admin: AdminDep) -> dict:
-    """Jain's index, worst share and largest gap over backlogged tenants; per-tenant latency; queues now.
+    """Jain's index, worst share and largest gap over backlogged tenants; per-tenant latency;
+    queues now.
 
     Other tenants appear under anonymous labels (``other-N``); runners only if the caller may use
     their pool (another tenant's runners are not listed: issue 19).

@@ -157,7 +157,8 @@ async def append_event(
 
 
 async def append_events(session: AsyncSession, events: list[EventSpec]) -> list[AuditEvent]:
-    """Append ``events`` in this order, as consecutive sequence numbers, in the caller's transaction.
+    """Append ``events`` in this order, as consecutive sequence numbers, in the caller's
+    transaction.
 
     The work is :func:`append_events_sync`, run in the session's greenlet: one
     switch for the lot instead of one per statement.
@@ -240,7 +241,8 @@ _SQLITE_LOCK_HEAD = "UPDATE audit_head SET seq = seq WHERE id = ? RETURNING seq,
 def _chain(
     events: list[EventSpec], seq: int, prev: str, tenant_next: dict[str, int]
 ) -> list[AuditEvent]:
-    """The events as rows after ``seq``/``prev``, numbered and hashed (``tenant_next`` is consumed)."""
+    """The events as rows after ``seq``/``prev``, numbered and hashed (``tenant_next`` is
+    consumed)."""
     rows: list[AuditEvent] = []
     for ev in events:
         seq += 1

@@ -76,7 +76,8 @@ def is_due(head: Head, every_n: int, every_s: float, now: datetime | None = None
 async def sign_checkpoint(
     session: AsyncSession, signer: AuditSigner, seq: int, hash_: str
 ) -> AuditCheckpoint:
-    """Sign (seq, hash) and store it; the caller vouches that ``hash_`` is the chain's hash at ``seq``."""
+    """Sign (seq, hash) and store it; the caller vouches that ``hash_`` is the chain's hash at
+    ``seq``."""
     ts = utc_ts()
     key_id, signature = signer.sign_checkpoint(seq, hash_, ts)
     await register_key(session, signer.current())
@@ -118,7 +119,8 @@ async def checkpoint_if_due(
     every_s: float,
     guard: ChainGuard | None = None,
 ) -> AuditCheckpoint | None:
-    """Sign the tip when a checkpoint is due (re-verifying first, as ``write_checkpoint``). No commit."""
+    """Sign the tip when a checkpoint is due (re-verifying first, as ``write_checkpoint``). No
+    commit."""
     # Look without the lock first: most polls find nothing to do and must not
     # queue behind (or block) appends.
     if not is_due(await read_head(session), every_n, every_s):
@@ -209,7 +211,8 @@ class Checkpointer:
         self.refusals += 1
         if reason != self.alarm:  # once per distinct finding, not once a second
             log.error(
-                "audit checkpoint REFUSED: %s. Nothing is signed until the stored chain extends the "
+                "audit checkpoint REFUSED: %s. Nothing is signed until the stored chain extends "
+                "the "
                 "last verified head again; export and verify the log (docs/audit.md).",
                 reason,
             )

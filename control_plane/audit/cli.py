@@ -151,7 +151,8 @@ def verify(
     )
     if result.unsigned_tail:
         print(
-            f"WARNING: the last {result.unsigned_tail} events are not covered by a signed checkpoint"
+            f"WARNING: the last {result.unsigned_tail} events are not covered by a signed "
+            "checkpoint"
         )
         if not allow_unsigned_tail:
             raise typer.Exit(1)
@@ -188,7 +189,8 @@ def checkpoints(
         ),
     ] = None,
 ) -> None:
-    """Print the signed checkpoints as JSONL, to keep outside the control plane for 'audit verify --kept'."""
+    """Print the signed checkpoints as JSONL, to keep outside the control plane for 'audit
+    verify --kept'."""
 
     async def go(db: Database, settings: Settings) -> list[dict[str, Any]]:
         async with db.session() as session:

@@ -170,7 +170,8 @@ async def record_login(
     reason: str | None = None,
     remote_addr: str | None = None,
 ) -> AuditEvent:
-    """A console login attempt (``auth.login.success`` / ``auth.login.failure``). Never the password."""
+    """A console login attempt (``auth.login.success`` / ``auth.login.failure``). Never the
+    password."""
     actor = actor_for_user(user_id) if user_id else "anonymous"
     return await append_event(
         session,
@@ -205,7 +206,8 @@ def record_inferences_sync(
 
 
 def inference_events(records: list[RequestRecord]) -> list[EventSpec]:
-    """The ``inference`` events of ``records``, for an append path of its own (services/record_sqlite.py)."""
+    """The ``inference`` events of ``records``, for an append path of its own
+    (services/record_sqlite.py)."""
     return [_inference_event(r) for r in records]
 
 

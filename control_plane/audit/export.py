@@ -82,7 +82,8 @@ def _entry(row: AuditEvent, tenant_id: str | None) -> dict[str, Any]:
 async def export_records(
     session: AsyncSession, *, tenant_id: str | None = None, until_seq: int | None = None
 ) -> AsyncIterator[dict[str, Any]]:
-    """Yield the export's records in order, from the anchor (or genesis) to ``until_seq`` (or the tip).
+    """Yield the export's records in order, from the anchor (or genesis) to ``until_seq`` (or the
+    tip).
 
     ``tenant_id`` scopes it: other tenants' and global events become redacted lines.
     """

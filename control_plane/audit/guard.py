@@ -91,7 +91,8 @@ class ChainGuard:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChainGuard:
-        """The guard of this host's processes: its witness lives in the state directory, beside the key."""
+        """The guard of this host's processes: its witness lives in the state directory, beside
+        the key."""
         return cls(settings.state_dir / WITNESS_FILE, database_id(settings.database_url))
 
     def _load(self) -> Point | None:
@@ -127,7 +128,8 @@ class ChainGuard:
             log.warning("could not write the audit witness %s: %s", self.witness, exc)
 
     async def verify(self, session: AsyncSession, head: Head) -> None:
-        """Recompute the stored chain from the remembered point to ``head``; raise :class:`ChainRefused`.
+        """Recompute the stored chain from the remembered point to ``head``; raise
+        :class:`ChainRefused`.
 
         On success the remembered point moves to ``head`` (in memory only).
         """

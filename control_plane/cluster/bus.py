@@ -82,7 +82,8 @@ class Bus:
             await pipe.execute()
 
     async def keep_alive(self) -> None:
-        """Refresh the inbox's TTL; re-create it if it expired (this process stalled past the TTL)."""
+        """Refresh the inbox's TTL; re-create it if it expired (this process stalled past the
+        TTL)."""
         if not await self.redis.pexpire(self.inbox, self._ttl_ms):
             await self.open()
 

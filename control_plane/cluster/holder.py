@@ -174,7 +174,8 @@ class Holder:
         admit: dict[str, Any],
         request_id: str | None,
     ) -> Slot | None:
-        """Wait in the runner's fair queue here; tell the origin the outcome. None: refused or lost."""
+        """Wait in the runner's fair queue here; tell the origin the outcome. None: refused or
+        lost."""
         assert self.admission is not None
         call = _RelayedCall(
             request_id or key,

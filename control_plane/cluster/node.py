@@ -87,7 +87,8 @@ class Cluster:
         self.view = RemoteView(
             hub, self.replica_id, self._make_link, self._capacity_listeners, clock=clock
         )
-        # With admission, the runners this replica holds are admitted here for every replica (holder.py).
+        # With admission, the runners this replica holds are admitted here for every replica
+        # (holder.py).
         self.holder = Holder(
             hub, self.bus.send, self.is_alive, quiet_check_s=self.ttl_s, admission=admission
         )
@@ -175,7 +176,8 @@ class Cluster:
     async def keys_changed_everywhere(
         self, key_ids: Iterable[str], tenant_ids: Iterable[str]
     ) -> None:
-        """Tell every other replica to forget these API keys (and these tenants' keys) it has cached."""
+        """Tell every other replica to forget these API keys (and these tenants' keys) it has
+        cached."""
         await self._tell_others("keys", {"keys": sorted(key_ids), "tenants": sorted(tenant_ids)})
 
     # --- heartbeat ----------------------------------------------------------------------

@@ -113,7 +113,8 @@ class RemoteLink:
         self.load = RunnerLoad()
         self.draining = False
         self.closed = False
-        # The holder admits requests through its fair queue for the runner (open_stream's ``admit``).
+        # The holder admits requests through its fair queue for the runner (open_stream's
+        # ``admit``).
         self.holder_admits = True
 
     @property

@@ -123,7 +123,8 @@ async def attempt_login(
 
 
 async def refuse_local_login(session: AsyncSession, email: str, *, remote_addr: str | None) -> None:
-    """Password sign-in is switched off (``OUTPOST_OIDC_ALLOW_LOCAL_PASSWORDS=false``): audit the attempt."""
+    """Password sign-in is switched off (``OUTPOST_OIDC_ALLOW_LOCAL_PASSWORDS=false``): audit
+    the attempt."""
     user = await get_user_by_email(session, email)
     await record_login(
         session,
@@ -148,7 +149,8 @@ async def _record_sso(
     remote_addr: str | None,
     issuer: str,
 ) -> None:
-    # The same event types as password sign-in, naming the person by the provider's subject and email.
+    # The same event types as password sign-in, naming the person by the provider's subject and
+    # email.
     await append_event(
         session,
         type="auth.login.success" if success else "auth.login.failure",
@@ -223,7 +225,8 @@ async def sso_login(
         )
     user = await get_user_by_email(session, identity.email)
     if user is None:
-        # Two first sign-ins of one person at once (two tabs, two replicas): the loser's insert fails
+        # Two first sign-ins of one person at once (two tabs, two replicas): the loser's insert
+        # fails
         # inside a savepoint and it signs in as the winner's row.
         try:
             async with session.begin_nested():

@@ -54,7 +54,8 @@ def nice_max(value: float) -> float:
 
 
 def _round_step(step: float, integer: bool) -> bool:
-    """Whether grid lines ``step`` apart get short labels: 1, 2, 2.5 or 5 × 10^k (whole, if ``integer``)."""
+    """Whether grid lines ``step`` apart get short labels: 1, 2, 2.5 or 5 × 10^k (whole, if
+    ``integer``)."""
     if step <= 0 or (integer and not float(step).is_integer()):
         return False
     mantissa = step / 10 ** math.floor(math.log10(step))
@@ -82,14 +83,17 @@ def _figure(
     title_class = "chart-title" if show_title else "sr-only"
     return Markup(
         f'<figure class="chart" aria-labelledby="{cid}-cap">'
-        f'<figcaption id="{cid}-cap"><span class="{title_class}">{escape(title)}</span>{legend}</figcaption>'
-        f'{svg}<details class="chart-data"><summary>Show the numbers</summary>{table}</details></figure>'
+        f'<figcaption id="{cid}-cap"><span '
+        f'class="{title_class}">{escape(title)}</span>{legend}</figcaption>'
+        f'{svg}<details class="chart-data"><summary>Show the '
+        f"numbers</summary>{table}</details></figure>"
     )
 
 
 def _svg_open(cid: str, height: int, title: str, desc: str, width: int = _W) -> str:
     return (
-        f'<svg class="chart-svg" viewBox="0 0 {width} {height}" role="img" aria-labelledby="{cid}-t {cid}-d">'
+        f'<svg class="chart-svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-labelledby="{cid}-t {cid}-d">'
         f'<title id="{cid}-t">{escape(title)}</title><desc id="{cid}-d">{escape(desc)}</desc>'
     )
 
@@ -137,7 +141,8 @@ def column_chart(
         y = top_pad + ph - ph * k / intervals
         parts.append(
             f'<line class="grid" x1="{left}" x2="{_W - right}" y1="{_t(y)}" y2="{_t(y)}"/>'
-            f'<text class="tick" x="{left - 6}" y="{_t(y + 4)}" text-anchor="end">{escape(fmt(v))}</text>'
+            f'<text class="tick" x="{left - 6}" y="{_t(y + 4)}" '
+            f'text-anchor="end">{escape(fmt(v))}</text>'
         )
     step = max(1, math.ceil(n / 8))
     for i, label in enumerate(labels):
@@ -165,7 +170,8 @@ def column_chart(
                 f'text-anchor="middle">{escape(label)}</text>'
             )
     parts.append(
-        f'<line class="axis" x1="{left}" x2="{_W - right}" y1="{top_pad + ph}" y2="{top_pad + ph}"/>'
+        f'<line class="axis" x1="{left}" x2="{_W - right}" y1="{top_pad + ph}" '
+        f'y2="{top_pad + ph}"/>'
     )
     parts.append("</svg>")
     head = "".join(f'<th scope="col">{escape(s.name)}</th>' for s in series)
@@ -179,7 +185,8 @@ def column_chart(
         for i, label in enumerate(labels)
     )
     table = (
-        f'<table class="data"><thead><tr><th scope="col">{escape(first_column)}</th>{head}</tr></thead>'
+        '<table class="data"><thead><tr><th '
+        f'scope="col">{escape(first_column)}</th>{head}</tr></thead>'
         f"<tbody>{rows}</tbody></table>"
     )
     return _figure(cid, title, desc, "".join(parts), _legend(series), table)
@@ -207,17 +214,21 @@ def bar_list(
         short = label if len(label) <= 22 else label[:21] + "…"
         w = max(1.0, pw * value / top) if value > 0 else 0
         parts.append(
-            f'<text class="label" x="{label_w - 8}" y="{y + 20}" text-anchor="end">{escape(short)}</text>'
-            f'<rect class="{escape(css)}" x="{label_w}" y="{y + 4}" width="{_t(w)}" height="{row_h - 8}" '
+            f'<text class="label" x="{label_w - 8}" y="{y + 20}" '
+            f'text-anchor="end">{escape(short)}</text>'
+            f'<rect class="{escape(css)}" x="{label_w}" y="{y + 4}" width="{_t(w)}" '
+            f'height="{row_h - 8}" '
             f'rx="2"><title>{escape(label)}: {escape(fmt(value))}</title></rect>'
-            f'<text class="value" x="{_t(label_w + w + 6)}" y="{y + 20}">{escape(fmt(value))}</text>'
+            f'<text class="value" x="{_t(label_w + w + 6)}" '
+            f'y="{y + 20}">{escape(fmt(value))}</text>'
         )
     parts.append("</svg>")
     rows = "".join(
         f'<tr><th scope="row">{escape(k)}</th><td>{escape(fmt(v))}</td></tr>' for k, v in shown
     )
     table = (
-        f'<table class="data"><thead><tr><th scope="col">Name</th><th scope="col">Value</th></tr></thead>'
+        '<table class="data"><thead><tr><th scope="col">Name</th><th '
+        'scope="col">Value</th></tr></thead>'
         f"<tbody>{rows}</tbody></table>"
     )
     return _figure(cid, title, desc, "".join(parts), "", table)
@@ -244,7 +255,8 @@ def interval_plot(
     show_title: bool = True,
     legend: Sequence[Series] = (),
 ) -> Markup:
-    """Each group's estimate with its confidence interval (a forest plot); flagged groups stand out."""
+    """Each group's estimate with its confidence interval (a forest plot); flagged groups stand
+    out."""
     cid = _id(title, [(r.label, r.value, r.low, r.high) for r in rows])
     known = [v for r in rows for v in (r.value, r.low, r.high) if v is not None]
     lo, hi = bounds if bounds is not None else (min(known, default=0.0), max(known, default=1.0))
@@ -262,7 +274,8 @@ def interval_plot(
         v = lo + (hi - lo) * k / 4
         parts.append(
             f'<line class="grid" x1="{_t(x(v))}" x2="{_t(x(v))}" y1="4" y2="{height - 22}"/>'
-            f'<text class="tick" x="{_t(x(v))}" y="{height - 6}" text-anchor="middle">{escape(fmt(v))}</text>'
+            f'<text class="tick" x="{_t(x(v))}" y="{height - 6}" '
+            f'text-anchor="middle">{escape(fmt(v))}</text>'
         )
     for i, r in enumerate(rows):
         y = 4 + i * row_h + row_h / 2
@@ -282,15 +295,18 @@ def interval_plot(
         )
         if r.low is not None and r.high is not None:
             parts.append(
-                f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.high))}" y1="{_t(y)}" y2="{_t(y)}"/>'
-                f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.low))}" y1="{_t(y - 6)}" y2="{_t(y + 6)}"/>'
+                f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.high))}" y1="{_t(y)}" '
+                f'y2="{_t(y)}"/>'
+                f'<line class="ci" x1="{_t(x(r.low))}" x2="{_t(x(r.low))}" y1="{_t(y - 6)}" '
+                f'y2="{_t(y + 6)}"/>'
                 f'<line class="ci" x1="{_t(x(r.high))}" x2="{_t(x(r.high))}" y1="{_t(y - 6)}" '
                 f'y2="{_t(y + 6)}"/>'
             )
         if r.value is not None:
             point = f"pt {r.css}" if r.css else "pt"
             parts.append(
-                f'<circle class="{escape(point)}" cx="{_t(x(r.value))}" cy="{_t(y)}" r="5"><title>{escape(tip)}</title>'
+                f'<circle class="{escape(point)}" cx="{_t(x(r.value))}" cy="{_t(y)}" '
+                f'r="5"><title>{escape(tip)}</title>'
                 "</circle>"
             )
         parts.append(
@@ -303,12 +319,14 @@ def interval_plot(
     body = "".join(
         f"<tr{flag if r.flagged else ''}><th scope='row'>{escape(r.label)}</th>"
         f"<td>{escape(fmt(r.value)) if r.value is not None else 'n/a'}</td>"
-        f"<td>{escape(fmt(r.low)) if r.low is not None else '—'} – {escape(fmt(r.high)) if r.high is not None else '—'}"
+        f"<td>{escape(fmt(r.low)) if r.low is not None else '—'} – "
+        f"{escape(fmt(r.high)) if r.high is not None else '—'}"
         f"</td><td>{r.n if r.n is not None else '—'}</td></tr>"
         for r in rows
     )
     table = (
         '<table class="data"><thead><tr><th scope="col">Group</th><th scope="col">Estimate</th>'
-        f'<th scope="col">Interval</th><th scope="col">n</th></tr></thead><tbody>{body}</tbody></table>'
+        '<th scope="col">Interval</th><th '
+        f'scope="col">n</th></tr></thead><tbody>{body}</tbody></table>'
     )
     return _figure(cid, title, desc, "".join(parts), _legend(legend), table, show_title)

@@ -56,7 +56,8 @@ def create(
     ] = "viewer",
     tenant: Annotated[str, typer.Option(help="Tenant name (created if missing).")] = "default",
 ) -> None:
-    """Create a console user. The password comes from $OUTPOST_USER_PASSWORD or a prompt, never a flag."""
+    """Create a console user. The password comes from $OUTPOST_USER_PASSWORD or a prompt, never
+    a flag."""
     if role not in ROLES:
         console.print(f"[red]--role must be one of {', '.join(ROLES)}[/]")
         raise typer.Exit(2)

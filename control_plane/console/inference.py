@@ -41,7 +41,8 @@ async def tenant_policy(session: AsyncSession, tenant_id: str) -> KeyPolicy:
 
 
 async def console_caller(session: AsyncSession, user: ConsoleUser) -> tuple[Caller, KeyPolicy]:
-    """The user's internal key as an API caller (created, and audited, on first use); the caller commits."""
+    """The user's internal key as an API caller (created, and audited, on first use); the caller
+    commits."""
     name = f"{CONSOLE_KEY_PREFIX}{user.email}"
     now = utcnow()
     stmt = (

@@ -35,7 +35,8 @@ from outpost.control_plane.settings import Settings
 
 __all__ = ["Identity", "OidcClient", "OidcRefused", "PendingLogin", "map_identity"]
 
-# Signature algorithms an ID token may use; "none" and HMAC (keyed with the client secret) are refused.
+# Signature algorithms an ID token may use; "none" and HMAC (keyed with the client secret) are
+# refused.
 _ALGORITHMS = (
     "RS256",
     "RS384",
@@ -115,7 +116,8 @@ def _claim_values(value: Any) -> list[str]:
 
 
 def map_identity(claims: dict[str, Any], settings: Settings) -> Identity:
-    """Email, tenant and role from verified ID-token claims; refuses what the settings do not map."""
+    """Email, tenant and role from verified ID-token claims; refuses what the settings do not
+    map."""
     subject = str(claims.get("sub", ""))
     email = claims.get(settings.oidc_email_claim)
     if not isinstance(email, str) or "@" not in email:
@@ -163,7 +165,8 @@ def map_identity(claims: dict[str, Any], settings: Settings) -> Identity:
 class OidcClient:
     """The console's relying party: discovery, authorization URL, code exchange, ID-token checks.
 
-    ``transport`` is the HTTP seam (tests pass none: they run a real provider on loopback). Everything
+    ``transport`` is the HTTP seam (tests pass none: they run a real provider on loopback).
+    Everything
     here speaks httpx2, the client authlib's OAuth integration is built on, so one transport and one
     family of errors cover discovery, the JWKS and the code exchange.
     """
@@ -308,7 +311,8 @@ class OidcClient:
         return await self.verify(id_token, pending.nonce)
 
     async def verify(self, id_token: str, nonce: str) -> dict[str, Any]:
-        """Signature (a known key, refetching the JWKS once for an unseen key id), then iss, aud, exp, nonce."""
+        """Signature (a known key, refetching the JWKS once for an unseen key id), then iss,
+        aud, exp, nonce."""
         try:
             header = jws.extract_compact(id_token.encode()).protected
         except (JoseError, ValueError) as exc:

@@ -52,7 +52,8 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, stored_hash: str | None) -> bool:
-    """Constant work whether or not the user exists: an unknown user is checked against a dummy hash."""
+    """Constant work whether or not the user exists: an unknown user is checked against a dummy
+    hash."""
     try:
         _hasher().verify(stored_hash or _dummy_hash(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):

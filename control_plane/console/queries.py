@@ -49,7 +49,8 @@ def _epoch(session: AsyncSession, column: ColumnElement) -> ColumnElement:
 async def timeseries(
     session: AsyncSession, tenant_id: str, start: datetime, end: datetime, bucket: timedelta
 ) -> list[Bucket]:
-    """Requests, errors, tokens and dollars per time bucket in ``[start, end)``, empty buckets included.
+    """Requests, errors, tokens and dollars per time bucket in ``[start, end)``, empty buckets
+    included.
 
     Bucketed by the database (integer division of the epoch), so the cost is
     one grouped scan of the tenant's index, whatever the traffic.
@@ -141,7 +142,8 @@ async def recent_requests(
 
 
 async def key_names(session: AsyncSession, tenant_id: str) -> dict[str, str]:
-    """Key id → name; a name several keys share gets the key's prefix (each probe run has its own key)."""
+    """Key id → name; a name several keys share gets the key's prefix (each probe run has its
+    own key)."""
     rows = (
         await session.execute(
             select(ApiKey.id, ApiKey.name, ApiKey.prefix).where(ApiKey.tenant_id == tenant_id)

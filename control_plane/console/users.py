@@ -97,7 +97,8 @@ async def tenant_of(session: AsyncSession, user: User) -> Tenant:
 async def note_failed_login(
     session: AsyncSession, user: User, *, now: datetime, attempts: int, lockout: timedelta
 ) -> bool:
-    """Count one failure; lock the account when ``attempts`` are reached. Returns whether it is now locked.
+    """Count one failure; lock the account when ``attempts`` are reached. Returns whether it is now
+    locked.
 
     The counter moves in one UPDATE, so concurrent guesses cannot each read the
     old count and slip past the limit.

@@ -51,7 +51,8 @@ def _insert(table: Table) -> _Insert:
 
 
 def insert_many(db: sqlite3.Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Insert ``rows`` (column key -> Python value; ``None`` or missing takes the column's default)."""
+    """Insert ``rows`` (column key -> Python value; ``None`` or missing takes the column's
+    default)."""
     plan = _insert(table)
     params = []
     for row in rows:

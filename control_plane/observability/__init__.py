@@ -13,7 +13,8 @@ __all__ = ["ControlPlaneMetrics", "StateCollector", "install_observability", "re
 
 
 def install_observability(app: FastAPI) -> ControlPlaneMetrics:
-    """``GET /metrics`` and the request-id/HTTP-metrics middleware; call last, so it wraps everything."""
+    """``GET /metrics`` and the request-id/HTTP-metrics middleware; call last, so it wraps
+    everything."""
     metrics = ControlPlaneMetrics()
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)

@@ -84,7 +84,8 @@ class StateCollector(Collector):
             labels=["runner", "tenant"],
         )
         # Per runner only: the scheduler counts abandoned requests per runner, not per tenant.
-        # Its count starts again at 0 when a runner is forgotten (last tunnel lost), a counter reset.
+        # Its count starts again at 0 when a runner is forgotten (last tunnel lost), a counter
+        # reset.
         abandoned = CounterMetricFamily(
             "outpost_scheduler_abandoned",
             "Requests that left a runner's queue "
@@ -134,7 +135,8 @@ class StateCollector(Collector):
             (
                 "max_service_gap",
                 fair["max_service_gap"],
-                "Largest difference in normalized service between backlogged tenants, weighted tokens",
+                "Largest difference in normalized service between backlogged tenants, weighted "
+                "tokens",
             ),
             ("tenants_active", fair["tenants_active"], "Tenants with requests"),
             ("tenants_backlogged", fair["tenants_backlogged"], "Tenants that had to queue"),

@@ -124,7 +124,8 @@ class ControlPlaneMetrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        """One request, once it is over. ``model`` must already be bounded (a served name, or ``other``)."""
+        """One request, once it is over. ``model`` must already be bounded (a served name, or
+        ``other``)."""
         self.inference_requests.labels(endpoint, model, outcome, code or "").inc()
         if ttft_s is not None:
             self.ttft.labels(model).observe(ttft_s)

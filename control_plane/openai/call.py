@@ -37,10 +37,12 @@ class InferenceCall:
     # End-to-end: the one runner the sealed body is bound to, and the check that
     # turns its signed receipt into usage (the body cannot be read to count tokens).
     runner_id: str | None = None
-    # The token cap the engine was sent (the client's, else the deployment's limit): usage is clamped to it.
+    # The token cap the engine was sent (the client's, else the deployment's limit): usage is
+    # clamped to it.
     max_tokens_cap: int | None = None
     usage_from_receipt: Callable[[EndFrame], Usage | None] | None = None
-    # Returns when the client has disconnected (openai/disconnect.py): a queued request then leaves its queue.
+    # Returns when the client has disconnected (openai/disconnect.py): a queued request then leaves
+    # its queue.
     client_gone: Callable[[], Awaitable[object]] | None = None
     # The record's id: the HTTP request's id when this server made it (control_plane/observability).
     request_id: str = field(default_factory=record_id)
@@ -57,5 +59,6 @@ class InferenceCall:
 
     @property
     def usage_cap(self) -> int | None:
-        """The completion tokens the request may be billed: the client's cap, else the one the engine was sent."""
+        """The completion tokens the request may be billed: the client's cap, else the one the
+        engine was sent."""
         return self.route.max_tokens if self.route.max_tokens is not None else self.max_tokens_cap

@@ -1,4 +1,5 @@
-"""How much one generation request may ask of an engine: one sequence, at most a known number of tokens.
+"""How much one generation request may ask of an engine: one sequence, at most a known number of
+tokens.
 
 The fair scheduler admits, and usage prices, one *sequence* per request, so a
 request that would make the engine generate several (a prompt list, ``n`` > 1,
@@ -29,10 +30,13 @@ __all__ = ["VENDOR_FIELDS", "Capped", "cap_request"]
 Decision = Literal["cap", "bounded", "one"]
 
 #: engine -> vendor field -> what is done with it:
-#: ``cap``: a token cap the engine reads (instead of, or before, ``max_tokens``); it must be within the
-#: deployment's limit, the smallest cap wins, and the request reaches the engine with the effective cap in it;
+# : ``cap``: a token cap the engine reads (instead of, or before, ``max_tokens``); it must be within
+# the
+# : deployment's limit, the smallest cap wins, and the request reaches the engine with the effective
+# cap in it;
 #: ``bounded``: a number of tokens that must not exceed the effective cap (else 400);
-#: ``one``: a number of sequences (or a switch for several), accepted only as one sequence (else 400).
+# : ``one``: a number of sequences (or a switch for several), accepted only as one sequence (else
+# 400).
 VENDOR_FIELDS: dict[str, dict[str, Decision]] = {
     # llama.cpp's server reads n_predict before max_tokens; -1 means "until the context is full".
     # n_cmpl asks for several completions of one prompt. ignore_eos only runs to the cap: no entry.
@@ -58,7 +62,8 @@ def cap_request(
     limit: int,
     window: Callable[[], int | None] = lambda: None,
 ) -> Capped:
-    """Check the sequence count and token caps of ``request``; 400 for anything beyond one capped sequence.
+    """Check the sequence count and token caps of ``request``; 400 for anything beyond one capped
+    sequence.
 
     ``window()`` is the largest context window the runners serving the model declare. A request
     without a cap of its own, for a model whose window is no larger than ``limit``, is sent no cap:

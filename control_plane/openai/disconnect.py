@@ -38,7 +38,8 @@ T = TypeVar("T")
 
 
 class Interruptible(Protocol):
-    """What a reader waits on (a tunnel stream's event queue): a disconnect wakes it with an error."""
+    """What a reader waits on (a tunnel stream's event queue): a disconnect wakes it with an
+    error."""
 
     def interrupt(self, exc: BaseException) -> None: ...
     def resume(self) -> None: ...
@@ -78,7 +79,8 @@ def gone_error() -> ApiError:
 def interrupt_when_gone(
     gone: Callable[[], Awaitable[object]] | None, events: Interruptible
 ) -> Iterator[None]:
-    """While inside, a return of ``gone()`` (the client left) makes the next wait on ``events`` raise :class:`ClientGone`.
+    """While inside, a return of ``gone()`` (the client left) makes the next wait on ``events``
+    raise :class:`ClientGone`.
 
     The events queued before the disconnect are still read (an answer that
     arrived with it is complete). A watch that fails (not a disconnect)
@@ -105,7 +107,8 @@ def interrupt_when_gone(
 async def read_or_gone(
     read: Awaitable[T], gone: Callable[[], Awaitable[object]] | None, events: Interruptible
 ) -> T:
-    """Await ``read``, which waits on ``events``; raise :class:`ClientGone` there if ``gone()`` returns first.
+    """Await ``read``, which waits on ``events``; raise :class:`ClientGone` there if ``gone()``
+    returns first.
 
     Nobody listens for a disconnect while a plain ``Response`` is being
     prepared (see above), so without the watch the engine would

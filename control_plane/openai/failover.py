@@ -97,7 +97,8 @@ async def open_with_failover(state: AppState, call: InferenceCall, life: Request
 async def _next_runner(
     state: AppState, call: InferenceCall, life: RequestLife, search: _Search
 ) -> _Picked | None:
-    """The runner to try next, waiting (until the deadline) for one to connect; None when time is up."""
+    """The runner to try next, waiting (until the deadline) for one to connect; None when time
+    is up."""
     while True:
         if (picked := _pick(state, call, life, search)) is not None:
             return picked
@@ -187,7 +188,8 @@ async def _admit(
 def _pick(
     state: AppState, call: InferenceCall, life: RequestLife, search: _Search
 ) -> _Picked | None:
-    """The best runner not tried yet (else one tried on another link), its link, and whether it is full."""
+    """The best runner not tried yet (else one tried on another link), its link, and whether it
+    is full."""
     # Only runners serving the model (the hub's index); with Redis, also those other replicas hold.
     runners = state.hub.runners_for(call.model)
     if call.runner_id is not None:  # sealed to one runner (end-to-end)
@@ -212,7 +214,8 @@ def _pick(
 def _owner(
     state: AppState, runner: ConnectedRunner, link: RunnerLink, failed: set[int]
 ) -> tuple[ConnectedRunner, RunnerLink]:
-    """Where the runner's one fair queue is: with tunnels on several replicas, the lowest replica id's.
+    """Where the runner's one fair queue is: with tunnels on several replicas, the lowest replica
+    id's.
 
     Every replica holding a link could admit the runner's whole capacity; so one of them,
     the same for all, admits for everyone, and the others relay to it (docs/fairness.md).
@@ -258,7 +261,8 @@ def _admit_at_holder(call: InferenceCall) -> dict[str, Any]:
 async def _first_byte(
     st: RunnerStream, settings: Settings, at_holder: Slot | None = None
 ) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
-    """The runner's response start and first frame; ``_AttemptFailed`` when another runner may serve it.
+    """The runner's response start and first frame; ``_AttemptFailed`` when another runner may
+    serve it.
 
     A request the holder admits (``at_holder``) waits in the holder's queue first: the
     first-byte timeout starts once it is admitted, and a refusal is the caller's error.

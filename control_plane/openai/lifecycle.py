@@ -41,14 +41,16 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 def spawn(coro: Coroutine[Any, Any, Any]) -> None:
-    """Run work that must finish even if the client's task is cancelled (reset a runner's stream)."""
+    """Run work that must finish even if the client's task is cancelled (reset a runner's
+    stream)."""
     task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)  # keep a reference so it is not GC'd
     task.add_done_callback(_background.discard)
 
 
 def bounded_usage(usage: Usage, call: InferenceCall, context_length: int | None = None) -> Usage:
-    """Runner output is untrusted: usage cannot exceed what the request allows (:func:`clamp_usage`)."""
+    """Runner output is untrusted: usage cannot exceed what the request allows
+    (:func:`clamp_usage`)."""
     bounded = clamp_usage(
         usage, body_chars=len(call.body), max_tokens=call.usage_cap, context_length=context_length
     )
@@ -105,7 +107,8 @@ class RequestLife:
     # --- the request path reports what happened -------------------------------------
 
     def attempt(self, runner: ConnectedRunner) -> None:
-        """A runner is tried: counted on it from here, queued or running (routing sees the queue)."""
+        """A runner is tried: counted on it from here, queued or running (routing sees the
+        queue)."""
         self.state.router.started(runner)
         self.attempts += 1
         self._attempt = _Attempt(runner)
@@ -134,14 +137,16 @@ class RequestLife:
         self._queued = queued or self._slot.queue_wait_s > 0.001
         served = runner.serves(self.call.model)
         self._context_length = served.context_length if served is not None else None
-        # An engine's 4xx is the client's mistake and stays a 4xx; its 5xx is the engine's, a 502 engine_error.
+        # An engine's 4xx is the client's mistake and stays a 4xx; its 5xx is the engine's, a 502
+        # engine_error.
         self.http_status = start.status if start.status < 500 else 502
         if start.status < 400:
             self.state.router.served(self.call.route, runner.runner_id)
 
     @property
     def relays(self) -> bool:
-        """The answer streams to the client as it comes (SSE): its status went out with the headers."""
+        """The answer streams to the client as it comes (SSE): its status went out with the
+        headers."""
         return self.call.stream and self.start is not None and self.start.status == 200
 
     @property
@@ -231,7 +236,8 @@ class RequestLife:
             self.settle()
 
     def settle(self) -> asyncio.Future[bool]:
-        """Give everything back, price, count and submit the record: once, whatever ended the request."""
+        """Give everything back, price, count and submit the record: once, whatever ended the
+        request."""
         if self._record is not None:
             return self._record
         self.phase = Phase.SETTLED
@@ -243,7 +249,8 @@ class RequestLife:
         return self._record
 
     async def _settle_durably(self) -> None:
-        """Settle and wait (bounded) until the record and its audit event are committed: the client's
+        """Settle and wait (bounded) until the record and its audit event are committed: the
+        client's
         end of response comes after it, so an answered request survives a crash (docs/audit.md)."""
         await self.state.records.wait(self.settle(), self.state.settings.records_commit_wait_s)
 
@@ -263,7 +270,8 @@ class RequestLife:
             self.settle()
 
     def _end_attempt(self, reason: str) -> None:
-        """Give back the runner tried: its router count, its stream, and its slot unless it did work."""
+        """Give back the runner tried: its router count, its stream, and its slot unless it did
+        work."""
         attempt, self._attempt = self._attempt, None
         if attempt is None:
             return
@@ -280,7 +288,8 @@ class RequestLife:
             self.runner_id = (
                 attempt.runner.runner_id
             )  # dispatched: the engine worked, the slot is paid for
-        else:  # refused by, gone while queued at, or failed before the runner answered: nothing is billed
+        # refused by, gone while queued at, or failed before the runner answered: nothing is billed
+        else:
             slot.abandon()
             self._slot = None
 
@@ -315,7 +324,8 @@ class RequestLife:
         )
 
     def _count(self) -> None:
-        """The request is over: Prometheus counters and one log line (control_plane/observability)."""
+        """The request is over: Prometheus counters and one log line
+        (control_plane/observability)."""
         c, state = self.call, self.state
         rejected = self.status == "ok" and self.http_status >= 400  # the engine refused it
         status = "error" if rejected else self.status

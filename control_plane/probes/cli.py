@@ -93,7 +93,8 @@ def run(
     base_url: Annotated[
         str,
         typer.Option(
-            help="The server's URL, e.g. http://localhost:8080 (Outpost) or .../v1 (any OpenAI-compatible API)."
+            help="The server's URL, e.g. http://localhost:8080 (Outpost) or .../v1 (any "
+            "OpenAI-compatible API)."
         ),
     ],
     api_key_env: Annotated[

@@ -107,7 +107,8 @@ class ProbeJob:
             try:
                 run = await watch.task
             finally:
-                # Stopped before the result is written, so a late progress write cannot overwrite it.
+                # Stopped before the result is written, so a late progress write cannot overwrite
+                # it.
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker

@@ -38,7 +38,8 @@ class SamplingSettings(_Record):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     max_tokens: Annotated[int, Field(ge=1)] = 256
-    # Bounded: it is recorded in the audit chain, whose canonical JSON holds integers within ±(2**53-1).
+    # Bounded: it is recorded in the audit chain, whose canonical JSON holds integers within
+    # ±(2**53-1).
     seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] | None = 0
 
 

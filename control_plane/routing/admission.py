@@ -119,7 +119,8 @@ class Admission:
         wall_clock: Callable[[], datetime] = utcnow,
         clock: Callable[[], float] = time.monotonic,
     ) -> Admission:
-        """``wall_clock`` decides budget periods and record times; ``clock`` times queues and engine use."""
+        """``wall_clock`` decides budget periods and record times; ``clock`` times queues and
+        engine use."""
         return cls(
             scheduler=FairScheduler(
                 policy=settings.scheduler_policy,
@@ -147,7 +148,8 @@ class Admission:
                 self.scheduler.forget_runner(key)
 
     def queue_key(self, runner: ConnectedRunner, model: str | None) -> tuple[str, int, int]:
-        """The scheduler key ``model``'s requests to ``runner`` queue under, with its (capacity, headroom).
+        """The scheduler key ``model``'s requests to ``runner`` queue under, with its (capacity,
+        headroom).
 
         The engine's own key when the runner's status lists its engines and one serves
         ``model`` (a name or alias); otherwise the runner's key with the hello's capacity.
@@ -188,7 +190,8 @@ class Admission:
             scope = "key's" if over.scope == "key" else "tenant's"
             raise ApiError(
                 429,
-                f"The {scope} {over.describe().split(' ', 1)[1]} is exhausted (spent ${over.spent_usd:.2f}); "
+                f"The {scope} {over.describe().split(' ', 1)[1]} is exhausted (spent "
+                f"${over.spent_usd:.2f}); "
                 f"it resets at {over.period_end.isoformat()}.",
                 type="budget_exceeded",
                 code="budget_exceeded",
@@ -264,7 +267,8 @@ class Admission:
         prompt_tokens: int,
         weight: float = 1.0,
     ) -> Slot:
-        """A slot for a request the runner's holder admits (another replica): no local queue or slot.
+        """A slot for a request the runner's holder admits (another replica): no local queue or
+        slot.
 
         Its engine-time span starts when the holder admits it (:meth:`Slot.admitted`).
         """
@@ -331,7 +335,8 @@ class HolderAdmitted:
 
 @dataclass(frozen=True)
 class HolderRefused:
-    """The holder refused a relayed request (queue full, queue timeout): its error, as the origin answers it."""
+    """The holder refused a relayed request (queue full, queue timeout): its error, as the
+    origin answers it."""
 
     error: ApiError
 
@@ -377,7 +382,8 @@ class Slot:
         return self.ticket._runner is not None
 
     def admitted(self, queue_wait_s: float) -> None:
-        """The holder admitted this relayed request after ``queue_wait_s`` in its queue: the engine starts."""
+        """The holder admitted this relayed request after ``queue_wait_s`` in its queue: the
+        engine starts."""
         if self._span is None and self.priced is None:
             self.ticket.dispatched_at = self.ticket.enqueued_at + max(queue_wait_s, 0.0)
             self._span = self._admission.meter.start(
@@ -385,7 +391,8 @@ class Slot:
             )  # the holder recorded the wait
 
     def finish_at_holder(self, usage: Usage | None) -> None:
-        """The holder's side of a relayed request is over: charge its counter, free the slot. Idempotent.
+        """The holder's side of a relayed request is over: charge its counter, free the slot.
+        Idempotent.
 
         Pricing, budgets and the fairness window are the origin's (:meth:`finish` there).
         """

@@ -29,7 +29,8 @@ _MIN_TPS, _MAX_TPS = 0.1, 100_000.0  # a clock hiccup must not make a runner loo
 
 
 def runner_status(runner: ConnectedRunner) -> RunnerLoad:
-    """The runner's last status report (every link carries the runner-wide one; the freshest wins)."""
+    """The runner's last status report (every link carries the runner-wide one; the freshest
+    wins)."""
     links = runner.links
     if len(links) == 1:  # the common case, on the routing hot path (called per runner per request)
         return links[0].load

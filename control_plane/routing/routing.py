@@ -161,7 +161,8 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
 
 
 def any_in_pools(runners: Iterable[ConnectedRunner], req: RouteRequest | None) -> bool:
-    """Whether any of ``runners`` is in a pool ``req``'s tenant may use (all count without pools)."""
+    """Whether any of ``runners`` is in a pool ``req``'s tenant may use (all count without
+    pools)."""
     pools = req.pools if req is not None else None
     return any(pools is None or r.pool_id in pools for r in runners)
 
@@ -467,7 +468,8 @@ class Router:
         return RouteDecision(ranked, req.policy, affinity, excluded, names)
 
     def _keeps(self, scored: _Scored, i: int) -> bool:
-        """May runner ``i`` keep its conversation? :func:`bounded_load_ok`, and not much worse than the best."""
+        """May runner ``i`` keep its conversation? :func:`bounded_load_ok`, and not much worse
+        than the best."""
         loads, runners = scored.loads, scored.runners
         ok = _within_bound(
             loads[i],
@@ -503,7 +505,8 @@ class Router:
         return RouteDecision(cands, req.policy, "off", excluded, names)
 
     def started(self, runner: ConnectedRunner) -> None:
-        """A request was sent to ``runner``: count it (and remember when, see :class:`ExternalLoad`)."""
+        """A request was sent to ``runner``: count it (and remember when, see
+        :class:`ExternalLoad`)."""
         runner.in_flight += 1
         self.external.note(runner, runner.in_flight - 1)
 

@@ -116,7 +116,8 @@ class KeyCache:
         return hmac.new(self._pepper, secret.encode(), hashlib.sha256).digest()
 
     def get(self, prefix: str, secret: str) -> CachedKey | None:
-        """The cached key for ``prefix`` if ``secret`` is its secret, fresh and unexpired; else ``None``."""
+        """The cached key for ``prefix`` if ``secret`` is its secret, fresh and unexpired; else
+        ``None``."""
         entry = self._entries.get(prefix)
         if entry is None:
             self.misses += 1

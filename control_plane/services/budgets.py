@@ -152,12 +152,14 @@ class BudgetGuard:
     def add_spend(
         self, request_id: str, tenant_id: str, api_key_id: str | None, cost: float, at: datetime
     ) -> None:
-        """A request finished and cost ``cost``; its record, created ``at``, is about to be written."""
+        """A request finished and cost ``cost``; its record, created ``at``, is about to be
+        written."""
         if cost > 0:
             self._pending[request_id] = _Pending(tenant_id, api_key_id, cost, at, self._monotonic())
 
     def records_committed(self, request_ids: list[str]) -> None:
-        """The request-record writer committed these records: their costs may expire from pending."""
+        """The request-record writer committed these records: their costs may expire from
+        pending."""
         mono = self._monotonic()
         for rid in request_ids:
             if (p := self._pending.get(rid)) is not None and p.committed is None:
@@ -168,7 +170,8 @@ class BudgetGuard:
         self._budgets.pop(tenant_id, None)
 
     async def check(self, db: Database, tenant_id: str, api_key_id: str | None) -> BudgetVerdict:
-        """Every budget that applies to the key (its own and its tenant's), with current spending."""
+        """Every budget that applies to the key (its own and its tenant's), with current
+        spending."""
         budgets = [
             b
             for b in await self._budgets_of(db, tenant_id)

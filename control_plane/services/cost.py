@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-# The tables and the $/hour rule are the shared contract's (sdk/pricing.py); re-exported for billing.
+# The tables and the $/hour rule are the shared contract's (sdk/pricing.py); re-exported for
+# billing.
 from outpost.sdk.pricing import DEFAULT_TDP_WATTS, DEFAULT_USD_PER_HOUR, HardwareClass, hourly_rate
 
 __all__ = [
@@ -50,7 +51,8 @@ WattsSource = Callable[[], float | None]
 
 
 class RateSource(Protocol):
-    """A live rate ($/s): :class:`HourlyCost` or :class:`PowerCost` (the hello's model is sdk.pricing.CostModel)."""
+    """A live rate ($/s): :class:`HourlyCost` or :class:`PowerCost` (the hello's model is
+    sdk.pricing.CostModel)."""
 
     def usd_per_second(self) -> float: ...
 

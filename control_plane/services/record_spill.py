@@ -1,4 +1,5 @@
-"""Request records the database could not take before shutdown: kept on disk, replayed at the next start.
+"""Request records the database could not take before shutdown: kept on disk, replayed at the next
+start.
 
 The record writer retries a down database for as long as the process lives;
 only a shutdown ends that, after ``records_drain_s``. What is still queued
@@ -48,7 +49,8 @@ def spill(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def load_spilled(path: Path) -> list[dict[str, Any]]:
-    """The rows in ``path``, one per record id (the last copy wins); unreadable lines are logged and skipped."""
+    """The rows in ``path``, one per record id (the last copy wins); unreadable lines are logged
+    and skipped."""
     rows: dict[str, dict[str, Any]] = {}
     with path.open(encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):

@@ -167,7 +167,8 @@ class RecordWriter:
 
     def check_capacity(self) -> None:
         """Refuse a new request (503, before it is accepted) while the queue is full or the database
-        refuses writes: an answer is recorded before it ends, so one that cannot be is not started."""
+        refuses writes: an answer is recorded before it ends, so one that cannot be is not
+        started."""
         if self._failing_since is not None:
             raise ApiError(
                 503,
@@ -214,7 +215,8 @@ class RecordWriter:
         return done
 
     async def commit(self, record: RequestRecord, timeout: float | None = None) -> bool:
-        """Submit ``record`` and wait until it is committed; ``False`` if it was given up or is still
+        """Submit ``record`` and wait until it is committed; ``False`` if it was given up or is
+        still
         queued after ``timeout`` (it stays queued then: the database is down or far behind)."""
         return await self.wait(self.submit(record), timeout)
 
@@ -225,7 +227,8 @@ class RecordWriter:
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
-                # Shielded: a waiter that times out or is cancelled leaves the record queued as it is.
+                # Shielded: a waiter that times out or is cancelled leaves the record queued as it
+                # is.
                 return await asyncio.shield(done)
         except TimeoutError:
             self.late += 1
@@ -278,7 +281,8 @@ class RecordWriter:
                 self.spilled += spill(self.spill_path, [_fields(r) for r in self._queue])
                 self._resolve([r.id for r in self._queue], False)
                 log.error(
-                    "shutting down with %d request records not written (database unavailable for %gs); "
+                    "shutting down with %d request records not written (database unavailable for "
+                    "%gs); "
                     "saved to %s, written at the next start",
                     len(self._queue),
                     self.drain_s,
@@ -366,7 +370,8 @@ class RecordWriter:
                 self._committed.notify_all()
 
     async def _linger(self) -> None:
-        """Give the batch until ``linger_s`` after its oldest record to fill up (see the module's doc).
+        """Give the batch until ``linger_s`` after its oldest record to fill up (see the module's
+        doc).
 
         Only while records come often enough for another to join: when they come more than
         ``linger_s`` apart, waiting saves no transaction and only delays the answers waiting on it.

@@ -463,7 +463,8 @@ class FairScheduler:
 
     @staticmethod
     async def _wait_unless_gone(waiter: _Waiter, gone: Callable[[], Awaitable[object]]) -> Ticket:
-        """Wait for the slot; raise :class:`Abandoned` if ``gone()`` returns first (or in the same turn)."""
+        """Wait for the slot; raise :class:`Abandoned` if ``gone()`` returns first (or in the
+        same turn)."""
         watcher = asyncio.ensure_future(gone())
         try:
             await asyncio.wait((waiter.future, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -481,7 +482,8 @@ class FairScheduler:
         )
 
     def _pump(self, state: _RunnerState) -> None:
-        """Admit waiters while slots are free: regular ones, then headroom for a tenant with none in flight."""
+        """Admit waiters while slots are free: regular ones, then headroom for a tenant with
+        none in flight."""
         while state.queues:
             tenant = self._next_tenant(state)
             if self._regular_free(state):

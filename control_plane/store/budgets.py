@@ -95,7 +95,8 @@ def _window(tenant_id: str, start: datetime, end: datetime) -> list[ColumnElemen
 async def spend(
     session: AsyncSession, tenant_id: str, api_key_id: str | None, start: datetime, end: datetime
 ) -> float:
-    """Dollars recorded for the tenant (or one of its keys) with ``created_at`` in ``[start, end)``."""
+    """Dollars recorded for the tenant (or one of its keys) with ``created_at`` in ``[start,
+    end)``."""
     stmt = select(func.coalesce(func.sum(RequestRecord.cost_usd), 0.0)).where(
         *_window(tenant_id, start, end)
     )
@@ -141,7 +142,8 @@ async def usage(
     group_by: str | None = None,
     api_key_id: str | None = None,
 ) -> list[UsageRow]:
-    """Requests, tokens, engine time and dollars in ``[start, end)``, in total or per key/model/runner."""
+    """Requests, tokens, engine time and dollars in ``[start, end)``, in total or per
+    key/model/runner."""
     column = _GROUPS[group_by] if group_by is not None else None
     measures = (
         func.count(),

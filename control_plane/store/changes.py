@@ -50,7 +50,8 @@ def _note_changes(session: Session, _ctx: Any, _instances: Any) -> None:
             mark_key_changed(session, key_ids=[obj.id])
         elif isinstance(obj, Tenant):
             mark_key_changed(session, tenant_ids=[obj.id])
-    # A key's cached policy holds its tenant's usable pools (store.pools): grants and new pools change them.
+    # A key's cached policy holds its tenant's usable pools (store.pools): grants and new pools
+    # change them.
     for obj in (*session.new, *session.dirty, *session.deleted):
         if isinstance(obj, PoolGrant):
             mark_key_changed(session, tenant_ids=[obj.grantee_tenant_id or ALL_TENANTS])

@@ -74,7 +74,8 @@ async def create_enrollment_token(
     pool_id: str | None = None,
     labels: dict[str, str] | None = None,
 ) -> tuple[EnrollmentToken, str]:
-    """``pool_id`` (the tenant's; ``None``: its default pool) and ``labels`` are what the runner gets."""
+    """``pool_id`` (the tenant's; ``None``: its default pool) and ``labels`` are what the runner
+    gets."""
     token, prefix, digest = new_secret("et")
     row = EnrollmentToken(
         id=new_id("enr"),

@@ -54,7 +54,8 @@ async def create_pool(session: AsyncSession, tenant_id: str, name: str) -> Pool:
 
 
 async def default_pool(session: AsyncSession, tenant_id: str) -> Pool:
-    """The tenant's ``default`` pool, created on first use (two processes may race: the loser reads)."""
+    """The tenant's ``default`` pool, created on first use (two processes may race: the loser
+    reads)."""
     pool = await get_pool_by_name(session, tenant_id, DEFAULT_POOL)
     if pool is not None:
         return pool
@@ -77,7 +78,8 @@ async def list_pools(session: AsyncSession, tenant_id: str) -> list[Pool]:
 async def grant_pool(
     session: AsyncSession, pool: Pool, grantee_tenant_id: str | None, granted_by: str
 ) -> PoolGrant:
-    """Let ``grantee_tenant_id`` (``None``: every tenant) route to ``pool``; an active grant is reused."""
+    """Let ``grantee_tenant_id`` (``None``: every tenant) route to ``pool``; an active grant is
+    reused."""
     stmt = select(PoolGrant).where(PoolGrant.pool_id == pool.id, PoolGrant.revoked_at.is_(None))
     stmt = stmt.where(
         PoolGrant.grantee_tenant_id.is_(None)
@@ -137,7 +139,8 @@ async def revoke_grant(session: AsyncSession, grant: PoolGrant, revoked_by: str)
 
 
 async def usable_pool_ids(session: AsyncSession, tenant_id: str) -> frozenset[str]:
-    """The pools ``tenant_id``'s requests may be routed to: its own, then granted ones unless it refuses them."""
+    """The pools ``tenant_id``'s requests may be routed to: its own, then granted ones unless it
+    refuses them."""
     own = (
         (await session.execute(select(Pool.id).where(Pool.tenant_id == tenant_id))).scalars().all()
     )

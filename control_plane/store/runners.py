@@ -38,7 +38,8 @@ MAX_USD_PER_HOUR = 1000.0
 
 
 def check_usd_per_hour(value: float) -> float:
-    """``value`` if it is a price a runner may have (finite, 0..MAX_USD_PER_HOUR); else ``ValueError``."""
+    """``value`` if it is a price a runner may have (finite, 0..MAX_USD_PER_HOUR); else
+    ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("usd_per_hour must be a number")  # noqa: TRY004 - user input
     number = float(value)
@@ -48,9 +49,11 @@ def check_usd_per_hour(value: float) -> float:
 
 
 def proposed_cost(hello_cost: CostModel) -> dict[str, Any]:
-    """The cost model a first hello proposes, within bounds; out of bounds, its hardware class's default.
+    """The cost model a first hello proposes, within bounds; out of bounds, its hardware class's
+    default.
 
-    Returned in the row's stored form (:meth:`CostModel.to_dict`), read back with ``CostModel.from_mapping``.
+    Returned in the row's stored form (:meth:`CostModel.to_dict`), read back with
+    ``CostModel.from_mapping``.
     """
     rate = hourly_rate(hello_cost)
     if not 0.0 <= rate <= MAX_USD_PER_HOUR:
@@ -138,7 +141,8 @@ async def update_runner(
     usd_per_hour: float | None = None,
     pool_id: str | None = None,
 ) -> None:
-    """The owner's changes: residency labels, price (checked by :func:`check_usd_per_hour`), pool."""
+    """The owner's changes: residency labels, price (checked by :func:`check_usd_per_hour`),
+    pool."""
     if labels is not None:
         runner.labels = dict(labels)
     if usd_per_hour is not None:
@@ -158,7 +162,8 @@ async def revoke_runner(session: AsyncSession, runner: Runner) -> None:
 async def known_model(
     session: AsyncSession, name: str, pools: frozenset[str] | None = None
 ) -> bool:
-    """Whether any registered (possibly offline) runner, in ``pools`` if given, has served ``name``."""
+    """Whether any registered (possibly offline) runner, in ``pools`` if given, has served
+    ``name``."""
     stmt = select(ServedModel.name, ServedModel.aliases)
     if pools is not None:
         stmt = stmt.join(Runner, Runner.id == ServedModel.runner_id).where(

@@ -67,7 +67,8 @@ class EventQueue(Generic[E]):
         self._interrupt: BaseException | None = None
 
     async def next_event(self, timeout: float | None = None) -> E:
-        """The next event; raises what :meth:`interrupt` was given once the events queued before it are read."""
+        """The next event; raises what :meth:`interrupt` was given once the events queued before
+        it are read."""
         if self._held is not None:
             held, self._held = self._held, None
             if not isinstance(held, _Wake):
@@ -91,7 +92,8 @@ class EventQueue(Generic[E]):
             # A wake-up left from an interrupt already withdrawn: nothing to report.
 
     def interrupt(self, exc: BaseException) -> None:
-        """Make the reader's wait raise ``exc`` (after the events already queued), until :meth:`resume`.
+        """Make the reader's wait raise ``exc`` (after the events already queued), until
+        :meth:`resume`.
 
         For ``openai/disconnect.py``: a client that leaves stops a read in the
         reading task itself, without running that read in a task of its own.

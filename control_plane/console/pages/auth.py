@@ -29,7 +29,8 @@ SSO_COOKIE = "outpost_sso"
 
 
 def oidc_client(request: Request) -> OidcClient | None:
-    """The single sign-on client, when ``OUTPOST_OIDC_ISSUER`` is set (made by ``install_console``)."""
+    """The single sign-on client, when ``OUTPOST_OIDC_ISSUER`` is set (made by
+    ``install_console``)."""
     return getattr(request.app.state, "oidc", None)
 
 
@@ -174,7 +175,8 @@ async def logout(request: Request, post: PostDep, console: ConsoleStateDep) -> R
     )
     sso = oidc_client(request)
     if sso is not None and request.cookies.get(SSO_COOKIE):
-        # RP-initiated logout: end the provider's session too, when it offers an end_session_endpoint.
+        # RP-initiated logout: end the provider's session too, when it offers an
+        # end_session_endpoint.
         url = await sso.logout_url(
             console.settings.public_url.rstrip("/") + "/login?notice=signed_out"
         )

@@ -1,4 +1,5 @@
-"""Fairness: tenant service fairness live; bias-probe runs with intervals and flags; runs side by side."""
+"""Fairness: tenant service fairness live; bias-probe runs with intervals and flags; runs side
+by side."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _live(state: AppState, user: ConsoleUser) -> dict[str, Any]:
                 for t, v in snap["tenants"].items()
             ],
             title="Weighted service per tenant",
-            desc="Input tokens plus twice the output tokens, divided by the tenant's weight, over the "
+            desc="Input tokens plus twice the output tokens, divided by the tenant's weight, over "
+            "the "
             "window. Equal bars among backlogged tenants mean a fair share.",
             css="s-2",
         )
@@ -143,7 +145,8 @@ async def start_run(request: Request, state: AppStateDep, post: AdminPostDep) ->
 
 
 def _report_charts(report: FairnessReport) -> list[dict[str, Any]]:
-    """Per attribute, one interval plot per outcome (the group the disparate-impact flag names in red)."""
+    """Per attribute, one interval plot per outcome (the group the disparate-impact flag names
+    in red)."""
     attributes = []
     for attribute, result in report.attributes.items():
         outcomes = []

@@ -1,4 +1,5 @@
-"""Settings: the tenant's routing, residency and weight; its console users; your password; the deployment."""
+"""Settings: the tenant's routing, residency and weight; its console users; your password; the
+deployment."""
 
 from __future__ import annotations
 

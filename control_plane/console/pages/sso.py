@@ -131,7 +131,8 @@ async def callback(
         await session.commit()
         user_id, password_hash = user.id, user.password_hash
     token, _ = console.key.issue(user_id, password_hash, console.console.session_ttl_s)
-    # A page, not a redirect: after the provider's cross-site redirect, a SameSite=Strict session cookie
+    # A page, not a redirect: after the provider's cross-site redirect, a SameSite=Strict session
+    # cookie
     # is only sent once the browser navigates from this site's own page.
     response = render(
         request,
