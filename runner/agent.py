@@ -57,7 +57,8 @@ class Agent:
         self.console = console or Console(stderr=True)
         # httpx for the control plane, health probes and metrics; the relayed requests take
         # the leaner engine client (docs/performance.md, "the runner's engine hop").
-        # Not the control plane's: proxies from the environment are for that one (runner/tls.py), and
+        # Not the control plane's: proxies from the environment are for that one (runner/tls.py),
+        # and
         # an engine on loopback must not be sent through a corporate proxy.
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64), trust_env=False
@@ -79,7 +80,8 @@ class Agent:
             registry=self.engine_registry,
         )
         self.tunnel: TunnelClient | None = None
-        #: The control plane's own client: its CA, client certificate, pins and proxy (runner/tls.py).
+        # : The control plane's own client: its CA, client certificate, pins and proxy
+        # (runner/tls.py).
         self.cp_http: httpx.AsyncClient | None = None
         self.transport: ControlPlaneTransport | None = None
         self.e2e: RunnerE2E | None = None

@@ -90,7 +90,8 @@ def local_runner(ctx: typer.Context) -> None:
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run the agent on uvloop when it is installed (``uvicorn[standard]`` brings it), else asyncio's loop.
+    """Run the agent on uvloop when it is installed (``uvicorn[standard]`` brings it), else
+    asyncio's loop.
 
     Relaying a token is mostly event-loop and socket work (a read from the
     engine, a WebSocket write); the pure-Python selector loop spent about a
@@ -142,7 +143,8 @@ def plan(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            help="Model path (GGUF or HF dir) or id, or NAME=PATH_OR_ID; repeat to plan several together."
+            help="Model path (GGUF or HF dir) or id, or NAME=PATH_OR_ID; repeat to plan several "
+            "together."
         ),
     ] = None,
     engine: Annotated[str | None, typer.Option(help="Force an engine.")] = None,

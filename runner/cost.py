@@ -33,7 +33,8 @@ from outpost.sdk.pricing import (
 __all__ = ["cost_model", "hardware_class", "power_limit_watts"]
 
 _GIB = 1024**3
-# Above this many logical CPUs a machine is priced as "cpu-large" (32 vCPU), below as "cpu-small" (2 vCPU).
+# Above this many logical CPUs a machine is priced as "cpu-large" (32 vCPU), below as "cpu-small" (2
+# vCPU).
 _LARGE_CPU = 16
 
 
@@ -86,7 +87,8 @@ def power_limit_watts(
 def cost_model(
     settings: RunnerSettings, report: HardwareReport, powercap: Path = Path("/sys/class/powercap")
 ) -> CostModel:
-    """The ``cost`` of the hello; the control plane turns it into $/hour (``sdk.pricing.hourly_rate``)."""
+    """The ``cost`` of the hello; the control plane turns it into $/hour
+    (``sdk.pricing.hourly_rate``)."""
     detected, count = hardware_class(report)
     cls = settings.hardware_class or detected
     if not is_hardware_class(cls):

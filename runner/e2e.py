@@ -132,7 +132,8 @@ class RunnerE2E:
 
 
 def describe_keys(state_dir: Path) -> dict[str, Any]:
-    """What ``runner keys`` prints: the fingerprint to pin and the e2e key, without private material."""
+    """What ``runner keys`` prints: the fingerprint to pin and the e2e key, without private
+    material."""
     identity = load_identity(state_dir)
     if identity is None:
         raise EnrollmentError(f"no identity in {state_dir}: this runner is not enrolled yet")

@@ -103,7 +103,8 @@ class _AiohttpResponse:
 
 
 class AiohttpEngineClient:
-    """Keep-alive connections to the engine; no timeouts unless given (engines answer slowly under load)."""
+    """Keep-alive connections to the engine; no timeouts unless given (engines answer slowly
+    under load)."""
 
     def __init__(
         self,

@@ -39,7 +39,8 @@ log = logging.getLogger("outpost.runner.engines")
 
 
 async def spawn_engine(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
-    """``asyncio.create_subprocess_exec`` for an engine: killed by the kernel when the runner dies."""
+    """``asyncio.create_subprocess_exec`` for an engine: killed by the kernel when the runner
+    dies."""
     return await asyncio.create_subprocess_exec(
         *argv, preexec_fn=parent_death_signal(signal.SIGKILL), **kwargs
     )
@@ -105,7 +106,8 @@ class EngineRegistry:
         return out
 
     def stop_stale(self, grace_s: float = 10.0) -> int:
-        """Stop the engines of a previous run of this runner; return how many processes were signalled.
+        """Stop the engines of a previous run of this runner; return how many processes were
+        signalled.
 
         Only a record whose runner is no longer running counts (a second runner
         sharing the state directory keeps its engines), and only a process whose
@@ -137,7 +139,8 @@ class EngineRegistry:
 
 
 def _group_of(rec: EngineRecord) -> list[psutil.Process]:
-    """The recorded engine and what it started (its process group), if the record still names them."""
+    """The recorded engine and what it started (its process group), if the record still names
+    them."""
     try:
         leader: psutil.Process | None = psutil.Process(rec.pid)
     except psutil.NoSuchProcess:

@@ -126,7 +126,8 @@ class EngineFleet:
             raise EngineFailed(f"the engine for {first_engine.label} did not start: {exc}") from exc
 
     async def watch(self) -> None:
-        """Restart each engine on its own when it dies or hangs (bounded backoff, see Supervisor.watch)."""
+        """Restart each engine on its own when it dies or hangs (bounded backoff, see
+        Supervisor.watch)."""
         await asyncio.gather(*(e.supervisor.watch() for e in self.engines))
 
     async def stop(self) -> None:
@@ -147,7 +148,8 @@ class EngineFleet:
         return any(e.healthy for e in self.engines)
 
     def slots(self) -> list[EngineSlots]:
-        """Each engine's models and slots, for status.v1 ``engines`` (docs/protocol.md "Engine slots").
+        """Each engine's models and slots, for status.v1 ``engines`` (docs/protocol.md "Engine
+        slots").
 
         With several engines the control plane then admits per engine, not up to the
         runner-wide sum; a lone engine sends none (its slots are the hello's capacity).
@@ -165,7 +167,8 @@ class EngineFleet:
         ]
 
     def unavailable_models(self) -> list[str]:
-        """Public names of the models whose engine is down (restarting, loading, or hung and being killed)."""
+        """Public names of the models whose engine is down (restarting, loading, or hung and
+        being killed)."""
         return [m.name for e in self.engines if not e.healthy for m in e.adapter.models]
 
     @property

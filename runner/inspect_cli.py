@@ -45,8 +45,12 @@ def render_hardware(report: HardwareReport) -> RenderableType:
                        "MIG"):  # fmt: skip
             gpus.add_column(column)
         for g in report.gpus:
-            power = (f"{g.power_draw_watts:.0f}/{g.power_limit_watts:.0f} W"
-                     if g.power_draw_watts is not None and g.power_limit_watts else "—")  # fmt: skip
+            power = (
+                f"{g.power_draw_watts:.0f}/{g.power_limit_watts:.0f} W"
+                # fmt: skip
+                if g.power_draw_watts is not None and g.power_limit_watts
+                else "—"
+            )
             gpus.add_row(
                 f"{g.vendor} {g.index}", escape(g.name),
                 f"{_gib(g.memory_free_bytes)} / {_gib(g.memory_total_bytes)}",

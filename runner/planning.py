@@ -611,5 +611,8 @@ def _with_headroom(chosen: _Choice, extra: int) -> _Choice:
         fit, settings = chosen.fit, s.model_copy(update={"max_num_seqs": s.max_num_seqs + extra})
     else:
         return chosen
-    rule = f"{chosen.rule}; +{extra} fair-headroom slot{'s' if extra > 1 else ''} for tenants with nothing in flight"
+    rule = (
+        f"{chosen.rule}; +{extra} fair-headroom slot{'s' if extra > 1 else ''} for tenants "
+        "with nothing in flight"
+    )
     return replace(chosen, settings=settings, fit=fit, headroom=extra, rule=rule)

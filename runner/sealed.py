@@ -222,7 +222,8 @@ class SealedRelay:
         http: EngineClient,
         payload: dict[str, Any],
     ) -> tuple[list[str], tuple[int, int]]:
-        """Relay the engine's answer sealed; return the events still to send and (prompt, completion) tokens.
+        """Relay the engine's answer sealed; return the events still to send and (prompt,
+        completion) tokens.
 
         Events are batched into as few data frames as the answer allows: a whole
         answer goes out with its head and final chunk in one frame, a stream's
@@ -250,7 +251,8 @@ class SealedRelay:
                 if req.stream and resp.status == 200:
                     async with aclosing(line_batches(resp.batches())) as batches:
                         async for lines in batches:
-                            # Events that arrived together are sealed one by one but leave in one frame.
+                            # Events that arrived together are sealed one by one but leave in one
+                            # frame.
                             sealed = 0
                             for line in lines:
                                 event, found = _stream_event(line, public_name, wants_usage)

@@ -39,7 +39,8 @@ class RunnerSettings(BaseSettings):
     model: list[str] = Field(
         default_factory=list,
         description=(
-            "Model to serve: PATH_OR_ID, or NAME=PATH_OR_ID to choose its public id; repeat the flag to "
+            "Model to serve: PATH_OR_ID, or NAME=PATH_OR_ID to choose its public id; repeat the "
+            "flag to "
             "serve several, one engine each (default: embedded SmolLM2)."
         ),
     )
@@ -65,7 +66,8 @@ class RunnerSettings(BaseSettings):
         default=None, description="API key of the attached engine (OUTPOST_ATTACH_API_KEY only)."
     )
     connections: int = Field(default=2, ge=1, le=16, description="Tunnel connections to keep open.")
-    # How the runner trusts the control plane and gets out to it (docs/deploy.md "TLS" and "Proxies").
+    # How the runner trusts the control plane and gets out to it (docs/deploy.md "TLS" and
+    # "Proxies").
     ca_bundle: Path | None = Field(
         default=None,
         description="PEM file of the CAs that may sign the control "
@@ -83,7 +85,8 @@ class RunnerSettings(BaseSettings):
         default_factory=list,
         max_length=16,
         description=(
-            "Pinned control-plane public key, sha256/BASE64 of its SubjectPublicKeyInfo (repeat for a backup "
+            "Pinned control-plane public key, sha256/BASE64 of its SubjectPublicKeyInfo (repeat "
+            "for a backup "
             "key). Replaces the pin an enrollment token carried; a mismatch stops the runner."
         ),
     )
@@ -138,7 +141,8 @@ class RunnerSettings(BaseSettings):
     ping_timeout_s: float = Field(
         default=10.0, gt=0, description="Tunnel declared dead after this pong delay."
     )
-    # Cost model sent in the hello (docs/cost.md): a stated rate, else power x price, else the class default.
+    # Cost model sent in the hello (docs/cost.md): a stated rate, else power x price, else the class
+    # default.
     usd_per_hour: float | None = Field(
         default=None, ge=0, description="Cost rate of this machine, $/hour."
     )

@@ -247,7 +247,8 @@ class Supervisor:
             if failures == check.failures:
                 self.healthy.clear()
                 log.warning(
-                    "attached engine at %s failed %d health checks in a row (%s); marked unavailable",
+                    "attached engine at %s failed %d health checks in a row (%s); marked "
+                    "unavailable",
                     self.base_url,
                     failures,
                     status,

@@ -58,7 +58,8 @@ class _PinnedSSLObject(ssl.SSLObject):
         if seen not in pins:
             raise PinMismatch(
                 f"the control plane's public key {seen} matches none of the pinned keys "
-                f"({', '.join(sorted(pins))}): a TLS-intercepting proxy is in the path, or the control "
+                f"({', '.join(sorted(pins))}): a TLS-intercepting proxy is in the path, or the "
+                "control "
                 "plane changed its key (then pin the new one with --pin-sha256)"
             )
 
@@ -123,12 +124,14 @@ class ControlPlaneTransport:
     """TLS and proxy settings for every connection to the control plane."""
 
     ssl: ssl.SSLContext
-    #: An explicit proxy URL, None for a direct connection, or True: HTTPS_PROXY/NO_PROXY from the environment.
+    # : An explicit proxy URL, None for a direct connection, or True: HTTPS_PROXY/NO_PROXY from the
+    # environment.
     proxy: str | Literal[True] | None = True
 
     @staticmethod
     def proxy_setting(proxy: str, auth: str | None) -> str | Literal[True] | None:
-        """``--proxy``: "" → the environment, "direct" → none, a URL (``--proxy-auth`` user:password added)."""
+        """``--proxy``: "" → the environment, "direct" → none, a URL (``--proxy-auth``
+        user:password added)."""
         if not proxy:
             return True
         if proxy == "direct":

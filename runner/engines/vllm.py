@@ -19,7 +19,8 @@ _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 _PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
 # vLLM 0.24 (as recorded on an H100, tests/runner/data/vllm_0.24_metrics_*.txt) labels
-# request_success_total by finished_reason, aborted and failed requests included: those were not served.
+# request_success_total by finished_reason, aborted and failed requests included: those were not
+# served.
 _NOT_SERVED = frozenset({"abort", "error"})
 
 
