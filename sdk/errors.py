@@ -64,7 +64,8 @@ __all__ = [
 def error_body(
     message: str, type: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error envelope: the one shape the control plane and the runner answer with, and the SDK reads."""
+    """OpenAI's error envelope: the one shape the control plane and the runner answer with, and
+    the SDK reads."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 

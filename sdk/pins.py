@@ -30,7 +30,8 @@ def spki_pin(der_certificate: bytes) -> str:
 
 
 def spki_pin_of_pem(pem: bytes) -> str:
-    """The pin of the first (leaf) certificate of a PEM file, as a server's cert chain file holds it."""
+    """The pin of the first (leaf) certificate of a PEM file, as a server's cert chain file
+    holds it."""
     return spki_pin(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER))
 
 

@@ -86,7 +86,8 @@ class CostModel(BaseModel):
     usd_per_hour: _Number | None = None
     usd_per_kwh: _Number | None = None
     watts: _Number | None = None
-    # Power usage effectiveness; a value below 1 counts as 1 (no facility uses less than its IT load).
+    # Power usage effectiveness; a value below 1 counts as 1 (no facility uses less than its IT
+    # load).
     pue: _Number | None = None
     # A class this build does not know still connects (a newer runner) and is
     # priced as the cheapest class, so an unknown runner never looks expensive.

@@ -21,7 +21,8 @@ def _load_prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        # Resolved here, in the parent: the child between fork and exec should do no more than call it.
+        # Resolved here, in the parent: the child between fork and exec should do no more than call
+        # it.
         prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
         return prctl
     except (OSError, AttributeError):

@@ -344,7 +344,8 @@ class AsyncChatCompletions(_AsyncResource):
         timeout: Timeout = None,
         **params: Any,
     ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
-        """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras) pass through."""
+        """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras)
+        pass through."""
         payload: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             payload["stream"] = True
@@ -466,7 +467,8 @@ class AsyncRunners(_AsyncResource):
         usd_per_hour: float | None = None,
         pool: str | None = None,
     ) -> Runner:
-        """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000), pool."""
+        """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000),
+        pool."""
         body = {
             k: v
             for k, v in (
@@ -486,7 +488,8 @@ class AsyncRunners(_AsyncResource):
         )
 
     async def e2e_key(self, runner_id: str) -> VerifiedHpkeKey:
-        """The runner's HPKE key, verified against its pin (raises ``RunnerKeyError`` if swapped)."""
+        """The runner's HPKE key, verified against its pin (raises ``RunnerKeyError`` if
+        swapped)."""
         doc = await self._client._json("GET", f"/api/runners/{runner_id}/e2e-key")
         return self._client._keybook.verify(runner_id, doc)
 
@@ -513,7 +516,8 @@ class AsyncPools(_AsyncResource):
         )
 
     async def grant(self, pool: str, tenant: str) -> PoolGrant:
-        """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use ``pool``."""
+        """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use
+        ``pool``."""
         return parse_model(
             PoolGrant,
             await self._client._json(
@@ -531,7 +535,8 @@ class AsyncPools(_AsyncResource):
         return parse_model(PoolSharing, await self._client._json("GET", "/api/pools/sharing"))
 
     async def set_sharing(self, *, refuse_shared_pools: bool) -> PoolSharing:
-        """Refuse every pool other tenants grant (only the tenant's own runners serve it), or accept again."""
+        """Refuse every pool other tenants grant (only the tenant's own runners serve it), or
+        accept again."""
         return parse_model(
             PoolSharing,
             await self._client._json(

@@ -140,7 +140,8 @@ class ClientOptions:
 
 @dataclass
 class Prepared:
-    """One attempt's request; ``idempotent`` allows retrying after it may have reached the server."""
+    """One attempt's request; ``idempotent`` allows retrying after it may have reached the
+    server."""
 
     request: httpx.Request
     idempotent: bool

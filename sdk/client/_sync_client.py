@@ -338,7 +338,8 @@ class ChatCompletions(_Resource):
         timeout: Timeout = None,
         **params: Any,
     ) -> ChatCompletion | Stream[ChatCompletionChunk]:
-        """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras) pass through."""
+        """``POST /v1/chat/completions``; ``params`` (max_tokens, temperature, engine extras)
+        pass through."""
         payload: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             payload["stream"] = True
@@ -460,7 +461,8 @@ class Runners(_Resource):
         usd_per_hour: float | None = None,
         pool: str | None = None,
     ) -> Runner:
-        """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000), pool."""
+        """Set what only the owner decides (admin): residency labels, price ($/hour, 0-1000),
+        pool."""
         body = {
             k: v
             for k, v in (
@@ -478,7 +480,8 @@ class Runners(_Resource):
         return parse_model(Runner, self._client._json("POST", f"/api/runners/{runner_id}/revoke"))
 
     def e2e_key(self, runner_id: str) -> VerifiedHpkeKey:
-        """The runner's HPKE key, verified against its pin (raises ``RunnerKeyError`` if swapped)."""
+        """The runner's HPKE key, verified against its pin (raises ``RunnerKeyError`` if
+        swapped)."""
         doc = self._client._json("GET", f"/api/runners/{runner_id}/e2e-key")
         return self._client._keybook.verify(runner_id, doc)
 
@@ -503,7 +506,8 @@ class Pools(_Resource):
         )
 
     def grant(self, pool: str, tenant: str) -> PoolGrant:
-        """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use ``pool``."""
+        """Let ``tenant`` (id or name; ``"*"``: every tenant, platform operator only) use
+        ``pool``."""
         return parse_model(
             PoolGrant,
             self._client._json("POST", f"/api/pools/{pool}/grants", json_body={"tenant": tenant}),
@@ -519,7 +523,8 @@ class Pools(_Resource):
         return parse_model(PoolSharing, self._client._json("GET", "/api/pools/sharing"))
 
     def set_sharing(self, *, refuse_shared_pools: bool) -> PoolSharing:
-        """Refuse every pool other tenants grant (only the tenant's own runners serve it), or accept again."""
+        """Refuse every pool other tenants grant (only the tenant's own runners serve it), or
+        accept again."""
         return parse_model(
             PoolSharing,
             self._client._json(
