@@ -216,7 +216,8 @@ class RunnerProcess(_Process):
 
 
 def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
-    """Run ``fn`` with a fresh :class:`Database` on ``url`` from synchronous test code, then dispose of it."""
+    """Run ``fn`` with a fresh :class:`Database` on ``url`` from synchronous test code, then
+    dispose of it."""
     from outpost.control_plane.db.engine import Database
 
     async def main() -> T:
@@ -236,7 +237,8 @@ def run_db(url: str, fn: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
 
 
 async def share_default_pool(db: Database, tenant: str = "default") -> str:
-    """Make ``tenant`` the platform operator and grant its default pool to every tenant; returns the grant id."""
+    """Make ``tenant`` the platform operator and grant its default pool to every tenant; returns
+    the grant id."""
     from outpost.control_plane.actions.pools import EVERY_TENANT, give_grant
     from outpost.control_plane.store.pools import default_pool
     from outpost.control_plane.store.tenants import get_or_create_tenant

@@ -1,4 +1,5 @@
-"""The database goes away: requests get a clear 503, not a 500 with a traceback, and service resumes by itself.
+"""The database goes away: requests get a clear 503, not a 500 with a traceback, and service
+resumes by itself.
 
 Real PostgreSQL: the test forbids connections to the control plane's database and ends the
 ones it holds, as a failover or a restart of the database server would.

@@ -1,4 +1,5 @@
-"""A model whose engine is down on every runner serving it: the reason, and the error the caller reads.
+"""A model whose engine is down on every runner serving it: the reason, and the error the caller
+reads.
 
 The end-to-end version (a real hung llama.cpp engine) is tests/runner/test_multi_model_e2e.py.
 """

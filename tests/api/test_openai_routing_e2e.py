@@ -318,7 +318,8 @@ def test_langchain_chat_openai(cluster: Cluster) -> None:
     assert len([p for p in pieces if p]) > 1
 
 
-# --- failover (kills a runner: keep last) -------------------------------------------------------------
+# --- failover (kills a runner: keep last)
+# -------------------------------------------------------------
 
 
 def _kill_tree(proc: RunnerProcess) -> None:
@@ -358,8 +359,10 @@ def test_runner_killed_before_first_byte_fails_over(cluster: Cluster) -> None:
             "1024",
             "--served-model-name",
             "victim-model",
-            # 1,000x cheaper than the cheapest other runner: the cost estimate multiplies the rate by the
-            # expected engine time, and a new runner's (default) speed may be far below what the others
+            # 1,000x cheaper than the cheapest other runner: the cost estimate multiplies the rate
+            # by the
+            # expected engine time, and a new runner's (default) speed may be far below what the
+            # others
             # have shown by now; the price gap must outweigh any such difference.
             "--model-alias",
             "failover-model",
@@ -396,7 +399,8 @@ def test_runner_killed_before_first_byte_fails_over(cluster: Cluster) -> None:
                 next(line for line in it if line.startswith("data:"))
             )  # first byte: it cannot move
 
-            # Unstreamed, the whole answer is its first byte: nothing reaches the client for seconds.
+            # Unstreamed, the whole answer is its first byte: nothing reaches the client for
+            # seconds.
             def unstreamed() -> None:
                 result["resp"] = cluster.post(
                     "/chat/completions",

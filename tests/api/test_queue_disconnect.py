@@ -162,7 +162,8 @@ def test_disconnected_queued_requests_never_reach_the_runner(env: Env) -> None:
     queue = seen_by_b["runners"][env.runner_id]
     assert (queue["queued"], queue["in_flight"]) == (1, 1), queue  # C still waits, A still runs
     assert not a_done.is_set(), "A finished before B left; the test did not exercise the queue"
-    # B's lift on joining the queue was taken back: B has no counter on this runner at all (A and C do).
+    # B's lift on joining the queue was taken back: B has no counter on this runner at all (A and C
+    # do).
     assert seen_by_b["tenant_id"] not in queue["counters"] and len(queue["counters"]) == 2, queue[
         "counters"
     ]

@@ -1,4 +1,5 @@
-"""The SSE relay at the end of a stream: the client hangs up after the whole answer, or in the middle
+"""The SSE relay at the end of a stream: the client hangs up after the whole answer, or in the
+middle
 of it; the engine's ``[DONE]`` waits for the runner's end frame and the record's commit.
 
 The race this pins down: the client has the whole answer and closes the connection

@@ -1,4 +1,5 @@
-"""Routing at scale (issue 11): the hub's index of runners by model, and the router's one-loop ranking.
+"""Routing at scale (issue 11): the hub's index of runners by model, and the router's one-loop
+ranking.
 
 The index must always agree with a scan of every runner (``serves``,
 ``model_names``); the fast ranking and ``limit`` must give exactly the order,

@@ -68,7 +68,8 @@ def kinds(lines: list[str]) -> list[str]:
 
 
 def run_cli(cp: ControlPlaneProcess, *args: str, timeout: float = 300) -> str:
-    """``cp.cli`` with a longer timeout: on a loaded CI machine a CLI start alone can take many seconds."""
+    """``cp.cli`` with a longer timeout: on a loaded CI machine a CLI start alone can take many
+    seconds."""
     out = subprocess.run(
         [sys.executable, "-m", "outpost.control_plane.cli", *args],
         env=cp.env,

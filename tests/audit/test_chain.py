@@ -253,7 +253,8 @@ async def test_events_from_before_tenant_seq_still_verify_and_numbering_starts_a
 async def test_details_a_client_chose_never_fail_the_audited_action(
     db: Database, signer: AuditSigner
 ) -> None:
-    # A JSON body may carry non-ASCII keys and lone surrogates (runner labels did: a 500 found by schemathesis).
+    # A JSON body may carry non-ASCII keys and lone surrogates (runner labels did: a 500 found by
+    # schemathesis).
     async with db.session() as session:
         row = await record_admin(
             session,

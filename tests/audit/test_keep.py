@@ -1,4 +1,5 @@
-"""A tenant keeps checkpoints (SDK, API, CLI) outside a real control plane and catches a truncated log.
+"""A tenant keeps checkpoints (SDK, API, CLI) outside a real control plane and catches a truncated
+log.
 
 The control plane's own checkpointer notices the same truncation and says
 so loudly: its metric and a console banner.
@@ -120,7 +121,8 @@ def test_kept_checkpoints_catch_a_truncated_log_and_the_checkpointer_refuses(
         )
         assert [json.loads(line) for line in kept_file.read_text().splitlines()] == kept
 
-        # Someone with the database cuts the log back to the first checkpoint, checkpoints and head too.
+        # Someone with the database cuts the log back to the first checkpoint, checkpoints and head
+        # too.
         first = kept[0]
         with sqlite3.connect(db_file, timeout=30) as conn:
             conn.execute("DELETE FROM audit_events WHERE seq > ?", (first["seq"],))

@@ -108,7 +108,8 @@ def test_runners_revoke_and_list(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_refusals_leave_as_one_line_and_an_exit_code(cli: Cli) -> None:
-    """Values the options allow but the domain refuses: exit 2, no traceback; missing things: exit 1."""
+    """Values the options allow but the domain refuses: exit 2, no traceback; missing things:
+    exit 1."""
     cli("keys", "create", "setup")
     for args in (
         ("tenants", "set", "t", "--residency", "[1]"),
@@ -149,7 +150,8 @@ def test_audit_actions_are_the_strings_the_chain_stores() -> None:
 
 
 def test_every_admin_action_is_spelled_once() -> None:
-    """No ``record_admin(action="...")`` literal outside the enum: a new action is added to AuditAction."""
+    """No ``record_admin(action="...")`` literal outside the enum: a new action is added to
+    AuditAction."""
     spelled = []
     for path in sorted((ROOT / "control_plane").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()

@@ -1,4 +1,5 @@
-"""The audit log of a real control plane with a real runner and llama.cpp, on SQLite and PostgreSQL."""
+"""The audit log of a real control plane with a real runner and llama.cpp, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Any single-row change to an export, a rewritten tail, a hidden or truncated event: caught and located."""
+"""Any single-row change to an export, a rewritten tail, a hidden or truncated event: caught and
+located."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def event_indexes(lines: list[str]) -> list[int]:
 
 
 def rehash_from(lines: list[str], start: int) -> list[str]:
-    """What a forger does: recompute every hash from line ``start`` on, leaving checkpoints alone."""
+    """What a forger does: recompute every hash from line ``start`` on, leaving checkpoints
+    alone."""
     out, prev = list(lines), None
     for i, line in enumerate(out):
         rec = json.loads(line)
@@ -237,7 +239,8 @@ async def test_tampering_with_database_rows_is_detected(
     )
 
 
-# -- completeness (issue 20): the four ways to make events vanish without a trace -----------------------------
+# -- completeness (issue 20): the four ways to make events vanish without a trace
+# -----------------------------
 
 
 def _redact(line: str) -> str:

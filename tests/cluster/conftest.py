@@ -46,7 +46,8 @@ class Cluster:
     def runner(
         self, url: str, name: str = "r1", connections: int = 1, parallel: int = 2
     ) -> RunnerProcess:
-        """Start a runner dialling ``url`` (a replica or a load balancer); enrolled through replica A."""
+        """Start a runner dialling ``url`` (a replica or a load balancer); enrolled through
+        replica A."""
         r = RunnerProcess(
             self.a,
             self.tmp / name,
@@ -115,7 +116,8 @@ def engine_processing(runner: RunnerProcess) -> float:
 
 
 def engine_gauge(runner: RunnerProcess, name: str) -> float:
-    """One of llama.cpp's ``llamacpp:<name>`` gauges (``requests_deferred``: waiting in the engine's queue)."""
+    """One of llama.cpp's ``llamacpp:<name>`` gauges (``requests_deferred``: waiting in the
+    engine's queue)."""
     text = httpx.get(f"{engine_url(runner)}/metrics", timeout=5).text
     for line in text.splitlines():
         if line.startswith(f"llamacpp:{name}"):

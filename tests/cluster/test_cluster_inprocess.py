@@ -1,4 +1,5 @@
-"""The relay in one event loop: two Cluster nodes on a real Redis, a scripted runner at the WebSocket seam.
+"""The relay in one event loop: two Cluster nodes on a real Redis, a scripted runner at the
+WebSocket seam.
 
 Fast checks of what the multi-process tests cover end to end, plus the
 cases those cannot time precisely: credit held back across the relay, a
@@ -42,7 +43,8 @@ WINDOW = MAX_DATA_BYTES  # the smallest window: credit matters after one full fr
 
 
 class ScriptedRunner:
-    """The runner end of one tunnel connection: answers each request with ``chunks``, honouring credit."""
+    """The runner end of one tunnel connection: answers each request with ``chunks``, honouring
+    credit."""
 
     def __init__(self, chunks: list[str], delay_s: float = 0.0) -> None:
         self.chunks, self.delay_s = chunks, delay_s
@@ -221,7 +223,8 @@ async def test_a_holder_that_dies_silently_fails_its_streams(pair: Pair) -> None
     await pair.with_runner(script)
     st = await _open(pair)
     assert isinstance(await st.next_event(3), ResponseStartFrame)
-    # B stops heartbeating and reading without withdrawing (a crash): its entry expires after the TTL.
+    # B stops heartbeating and reading without withdrawing (a crash): its entry expires after the
+    # TTL.
     for task in pair.b._tasks:
         task.cancel()
     t0 = time.monotonic()

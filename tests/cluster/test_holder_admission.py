@@ -70,7 +70,8 @@ def _post(cp: ControlPlaneProcess, key: str, body: dict) -> httpx.Response:
 
 
 class _EngineWatch:
-    """Samples llama.cpp's gauges in a thread: the most ever generating and ever waiting in the engine."""
+    """Samples llama.cpp's gauges in a thread: the most ever generating and ever waiting in the
+    engine."""
 
     def __init__(self, env: OnB) -> None:
         self.env, self.processing, self.deferred = env, 0.0, 0.0
@@ -129,7 +130,8 @@ def test_requests_through_both_replicas_never_exceed_the_runners_one_slot(one_sl
         payload = json.dumps(_body(8)).encode()
         sock = socket.create_connection(("127.0.0.1", c.a.port), timeout=10)
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: outpost\r\nContent-Type: "
+            b"application/json\r\n"
             + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
@@ -160,7 +162,8 @@ def test_requests_through_both_replicas_never_exceed_the_runners_one_slot(one_sl
 
 
 def test_vtc_order_holds_across_replicas(one_slot: OnB) -> None:
-    """Tenant A floods through replica A; tenant B's one request through replica B goes before A's backlog."""
+    """Tenant A floods through replica A; tenant B's one request through replica B goes before
+    A's backlog."""
     env = one_slot
     c = env.cluster
     key_a, key_b = c.a.api_key("flood-a"), c.a.api_key("light-b")
@@ -189,7 +192,8 @@ def test_vtc_order_holds_across_replicas(one_slot: OnB) -> None:
         t.join(300)
     assert set(codes.values()) == {200}, codes
     order = sorted(done, key=done.__getitem__)
-    # First come first served would give a0 a1 a2 a3 b. VTC: once a0 is charged, A's counter is above
+    # First come first served would give a0 a1 a2 a3 b. VTC: once a0 is charged, A's counter is
+    # above
     # B's (lifted to A's on arrival), so B goes next, whichever replica each request came through.
     assert order[:2] == ["a0", "b"], order
 
@@ -248,7 +252,8 @@ def test_a_runner_with_tunnels_on_both_replicas_has_one_queue(cluster: Cluster) 
 
 
 def test_the_owners_queue_full_reaches_the_client_of_the_other_replica(tmp_path: Path) -> None:
-    """One waiter allowed (the owner's bound): a second request through A gets B's 429 from A, as is."""
+    """One waiter allowed (the owner's bound): a second request through A gets B's 429 from A,
+    as is."""
     with _cluster(tmp_path, {"OUTPOST_SCHEDULER_MAX_QUEUE": "1"}) as c:
         runner = c.runner(c.b.url, parallel=1)
         runner_id = runner.wait_connected(c.admin_key)

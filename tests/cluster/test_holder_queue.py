@@ -82,14 +82,16 @@ async def test_holder_queues_refuses_and_drops_relayed_requests(pair: Pair) -> N
     assert (ev.error.status, ev.error.code, ev.error.type) == (429, "queue_full", "queue_full")
     assert ev.error.headers == {"Retry-After": "1"} and "is full" in ev.error.message
 
-    # The origin's client leaves while queued: the reset takes it out of B's queue, never dispatched.
+    # The origin's client leaves while queued: the reset takes it out of B's queue, never
+    # dispatched.
     await queued.cancel("client disconnected")
     await _wait(
         lambda: _queue(pair)["queued"] == 0 and _queue(pair)["abandoned"] == 1, 3, "B to drop it"
     )
     assert script.credit.keys() == {1}  # the runner only ever saw the first request
 
-    # The first runs to its end: the holder charges ten_a's counter with the usage and frees the slot.
+    # The first runs to its end: the holder charges ten_a's counter with the usage and frees the
+    # slot.
     while not isinstance(ev := await first.next_event(5), EndFrame):
         await first.consumed(len(getattr(ev, "data", "")))
     await _wait(
@@ -134,7 +136,8 @@ async def test_a_dead_origins_requests_leave_the_holders_queue(pair: Pair) -> No
     )  # B's own, holding the slot
     await _open(pair, "ten_a")
     await _wait(lambda: _queue(pair)["queued"] == 1, 3, "A's request in B's queue")
-    # A stops heartbeating and reading without withdrawing (a crash): its entry expires after the TTL.
+    # A stops heartbeating and reading without withdrawing (a crash): its entry expires after the
+    # TTL.
     for task in pair.a._tasks:
         task.cancel()
     await _wait(

@@ -134,7 +134,8 @@ def test_rate_limit_is_shared_by_the_replicas(on_b: OnB) -> None:
         cluster.chat(cp, max_tokens=1, key=key).status_code
         for cp in (cluster.a, cluster.b, cluster.a, cluster.b, cluster.a, cluster.b)
     ]
-    # One bucket of 4 for the key, whichever replica a request reaches (per replica it would be 6 x 200).
+    # One bucket of 4 for the key, whichever replica a request reaches (per replica it would be 6 x
+    # 200).
     assert codes[:4] == [200, 200, 200, 200]
     assert codes[4:] == [429, 429]
 
@@ -163,7 +164,8 @@ def test_audit_chain_stays_one_chain_across_replicas(on_b: OnB) -> None:
 
 
 def test_budget_spent_through_either_replica_stops_both(on_b: OnB) -> None:
-    """Spending is one sum in PostgreSQL: what a tenant spent through A exhausts its budget on B too."""
+    """Spending is one sum in PostgreSQL: what a tenant spent through A exhausts its budget on B
+    too."""
     cluster = on_b.cluster
     tenant = "budget-x"
     key = cluster.a.cli("keys", "create", "budgeted", "--tenant", tenant, "--admin").splitlines()[

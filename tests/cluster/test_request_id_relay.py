@@ -1,4 +1,5 @@
-"""A request id crosses the Redis relay: the client's id reaches the runner held by another replica."""
+"""A request id crosses the Redis relay: the client's id reaches the runner held by another
+replica."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ T = TypeVar("T")
 
 
 def in_database(database_url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``fn(session)`` against the stack's database and commit (set-up and checks, not the system under test)."""
+    """Run ``fn(session)`` against the stack's database and commit (set-up and checks, not the
+    system under test)."""
     from outpost.control_plane.db.engine import Database
 
     async def go() -> T:
@@ -123,7 +124,8 @@ def browser() -> Iterator[object]:
 
 
 class Session:
-    """One browser context (its own cookies) with helpers; collects console errors (CSP violations included)."""
+    """One browser context (its own cookies) with helpers; collects console errors (CSP
+    violations included)."""
 
     def __init__(self, browser: object, stack: Stack, shots: Path) -> None:
         self.stack = stack

@@ -1,4 +1,5 @@
-"""A small OpenID Connect provider for the tests, built on authlib's server side, served by real uvicorn.
+"""A small OpenID Connect provider for the tests, built on authlib's server side, served by real
+uvicorn.
 
 It speaks the real protocol: a discovery document, an authorization endpoint
 with a sign-in form, a token endpoint that checks the PKCE verifier and
@@ -72,7 +73,8 @@ class _Client(ClientMixin):
         )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        # A public client has only PKCE to bind the code to the console; a confidential one also its secret.
+        # A public client has only PKCE to bind the code to the console; a confidential one also its
+        # secret.
         return method == ("client_secret_basic" if self.client_secret else "none")
 
     def check_response_type(self, response_type: str) -> bool:
@@ -149,7 +151,8 @@ class _Request(OAuth2Request):
 
 
 class OidcProvider:
-    """The provider on ``http://127.0.0.1:<port>``; ``people`` are the accounts its sign-in form knows."""
+    """The provider on ``http://127.0.0.1:<port>``; ``people`` are the accounts its sign-in form
+    knows."""
 
     def __init__(self, client_id: str, redirect_uri: str, client_secret: str | None = None) -> None:
         self.port = free_port()

@@ -1,4 +1,5 @@
-"""The console in real headless Chromium against a real control plane and a real runner (SQLite and PostgreSQL)."""
+"""The console in real headless Chromium against a real control plane and a real runner (SQLite
+and PostgreSQL)."""
 
 from __future__ import annotations
 

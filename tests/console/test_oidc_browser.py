@@ -97,7 +97,8 @@ def page(browser: Any, sso: Sso) -> Iterator[Any]:
 
 
 def _sso_sign_in(page: Any, username: str) -> Any:
-    """From the console's sign-in page through the provider's form; returns the callback's response."""
+    """From the console's sign-in page through the provider's form; returns the callback's
+    response."""
     page.goto("/login")
     page.click("#sso-login")
     page.wait_for_selector("#username")

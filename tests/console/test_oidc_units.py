@@ -1,4 +1,5 @@
-"""Single sign-on without a browser: claim mapping, ID-token checks and JWKS refetching against the real
+"""Single sign-on without a browser: claim mapping, ID-token checks and JWKS refetching against the
+real
 test provider on loopback, and the ``next`` paths the flow accepts."""
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ async def test_an_unseen_key_id_refetches_the_jwks_at_most_once_per_interval(
     )
     assert (await client.verify(provider.sign(_claims(provider, clock[0])), NONCE))["sub"] == "s-1"
     fetched = provider.jwks_fetches
-    # An hour later the provider rotates its key: the first token with the new kid refetches the JWKS...
+    # An hour later the provider rotates its key: the first token with the new kid refetches the
+    # JWKS...
     clock[0] += 3601
     provider.rotate_keys()
     assert (await client.verify(provider.sign(_claims(provider, clock[0])), NONCE))["sub"] == "s-1"
@@ -302,7 +304,8 @@ def test_an_issuer_without_a_client_id_stops_the_control_plane_at_start() -> Non
 async def test_a_token_endpoint_answering_garbage_is_a_clear_refusal(
     status: int, body: str
 ) -> None:
-    # An honest fake at the HTTP seam: a broken token endpoint (a gateway's error page, a JSON list).
+    # An honest fake at the HTTP seam: a broken token endpoint (a gateway's error page, a JSON
+    # list).
     def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.path.endswith("/openid-configuration"):
             return httpx2.Response(

@@ -51,7 +51,8 @@ def test_session_round_trip_expiry_and_sign_out() -> None:
 @pytest.mark.parametrize(
     "mangle",
     [
-        # The signature's first character (its last ones may hold only padding bits a decoder ignores).
+        # The signature's first character (its last ones may hold only padding bits a decoder
+        # ignores).
         lambda t: (
             t[: t.rindex(".") + 1]
             + ("B" if t[t.rindex(".") + 1] == "A" else "A")

@@ -1,4 +1,5 @@
-"""Engine slots: a runner with several engines is admitted per engine, not up to the summed capacity.
+"""Engine slots: a runner with several engines is admitted per engine, not up to the summed
+capacity.
 
 In process, real parts: ``Admission`` over a ``FairScheduler``, a ``ConnectedRunner``
 whose link carries the status frame's ``engines``, the runner's ``EngineFleet`` and
@@ -181,7 +182,8 @@ async def test_a_status_without_engines_falls_back_to_the_runner_queue() -> None
     assert adm.scheduler.snapshot()["runners"]["run_1"]["in_flight"] == 2
     for slot in slots:
         slot.finish(None)
-    # A model no engine lists (not expected) also queues on the runner's key, with the hello's capacity.
+    # A model no engine lists (not expected) also queues on the runner's key, with the hello's
+    # capacity.
     r.links[0].load = RunnerLoad(engines=ENGINES)
     assert adm.queue_key(r, "other") == ("run_1", 2, 0)
     assert adm.queue_key(r, None) == ("run_1", 2, 0)

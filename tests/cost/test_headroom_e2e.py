@@ -1,4 +1,5 @@
-"""Fair headroom end to end (issue 7): a light tenant's request starts at once beside a heavy backlog.
+"""Fair headroom end to end (issue 7): a light tenant's request starts at once beside a heavy
+backlog.
 
 Real parts only: the control plane under uvicorn (SQLite), one runner with the
 embedded model on llama.cpp, ``--parallel 1`` and the default fair headroom

@@ -1,4 +1,5 @@
-"""Migration 0004 on data: every tenant gets a default pool holding its runners; reported labels stop counting."""
+"""Migration 0004 on data: every tenant gets a default pool holding its runners; reported labels
+stop counting."""
 
 from __future__ import annotations
 
@@ -24,15 +25,18 @@ def test_existing_runners_join_their_tenants_default_pool_and_their_labels_becom
             for t in ("ten_a", "ten_b"):
                 conn.execute(
                     text(
-                        "INSERT INTO tenants (id, name, weight, routing_policy, residency, created_at) "
+                        "INSERT INTO tenants (id, name, weight, routing_policy, residency, "
+                        "created_at) "
                         "VALUES (:id, :id, 1.0, 'balanced', '{}', CURRENT_TIMESTAMP)"
                     ),
                     {"id": t},
                 )
             conn.execute(
                 text(
-                    "INSERT INTO runners (id, tenant_id, name, identity_public_key, labels, hardware, "
-                    "cost, capacity, created_at) VALUES ('run_a', 'ten_a', 'a', 'k', :labels, '{}', "
+                    "INSERT INTO runners (id, tenant_id, name, identity_public_key, labels, "
+                    "hardware, "
+                    "cost, capacity, created_at) VALUES ('run_a', 'ten_a', 'a', 'k', :labels, "
+                    "'{}', "
                     ":cost, 1, CURRENT_TIMESTAMP)"
                 ),
                 {

@@ -1,4 +1,5 @@
-"""The Kubernetes manifests (deploy/kubernetes/): valid against a current release's schemas, complete, and
+"""The Kubernetes manifests (deploy/kubernetes/): valid against a current release's schemas,
+complete, and
 naming only settings that exist."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from outpost.runner.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
-# The kubernetes-validate release whose bundled schemas the manifests must satisfy (no network needed).
+# The kubernetes-validate release whose bundled schemas the manifests must satisfy (no network
+# needed).
 K8S_VERSION = "1.37.0"
 # Custom resources: their schemas come with their operators, so they are checked by hand below.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
@@ -59,7 +61,8 @@ def test_the_kustomization_lists_every_manifest_and_nothing_else() -> None:
 
 
 def test_the_schema_version_is_the_newest_kubernetes_validate_ships() -> None:
-    # Moving to a newer release is a conscious step: bump K8S_VERSION when kubernetes-validate is upgraded.
+    # Moving to a newer release is a conscious step: bump K8S_VERSION when kubernetes-validate is
+    # upgraded.
     assert kubernetes_validate.latest_version() == K8S_VERSION
 
 
@@ -111,7 +114,8 @@ def test_the_control_plane_has_replicas_probes_and_external_database_and_redis()
         e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
     }
     assert {"OUTPOST_DATABASE_URL", "OUTPOST_REDIS_URL"} <= set(from_secret)
-    # Replicas share the console key and the audit key: both come from the Secret, not the pod's disk.
+    # Replicas share the console key and the audit key: both come from the Secret, not the pod's
+    # disk.
     config = _by_kind("ConfigMap")[0]["data"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     for setting in ("OUTPOST_CONSOLE_SECRET_FILE", "OUTPOST_AUDIT_KEY_FILE"):

@@ -70,7 +70,8 @@ def client(stack: Stack, fingerprint: str) -> Iterator[Client]:
         pins={stack.runner_id: fingerprint},
         timeout=120,
     )
-    # The runner uploads its key document while its engine loads; it is there by the time it connects.
+    # The runner uploads its key document while its engine loads; it is there by the time it
+    # connects.
     wait_until(
         lambda: any(r.runner_id == stack.runner_id for r in c.runners.e2e_candidates(MODEL)),
         30,
@@ -124,7 +125,8 @@ def e2e_count(stack: Stack) -> int:
 
 
 def next_record(stack: Stack, before: int) -> dict[str, Any]:
-    """The e2e request record written after ``before`` existed (records are written in the background)."""
+    """The e2e request record written after ``before`` existed (records are written in the
+    background)."""
     wait_until(lambda: len(e2e_records(stack)) > before, 15, "the e2e request record")
     return e2e_records(stack)[before]
 
@@ -342,7 +344,8 @@ async def test_forged_receipt_is_rejected_and_not_billed(
 async def test_key_document_uploads_are_checked(
     stack: Stack, admin_key: str, tmp_path: Path
 ) -> None:
-    """Only the runner's identity can publish its key, and an old document cannot roll a new one back."""
+    """Only the runner's identity can publish its key, and an old document cannot roll a new one
+    back."""
     async with AsyncClient(stack.cp.url, api_key=admin_key) as admin, httpx.AsyncClient() as http:
         identity = await enroll(
             stack.cp.url, (await admin.runners.enroll(f"keys-{secrets.token_hex(3)}")).token, http
@@ -386,6 +389,7 @@ async def test_key_document_uploads_are_checked(
 
 def _flip_first_byte(sig: str) -> str:
     """A signature that is certainly wrong. (Rewriting its last base64 characters is not: the
-    final character of 64 bytes carries padding bits a decoder ignores, so the bytes may not change.)"""
+    final character of 64 bytes carries padding bits a decoder ignores, so the bytes may not
+    change.)"""
     raw = b64u_decode(sig)
     return b64u_encode(bytes([raw[0] ^ 0xFF]) + raw[1:])

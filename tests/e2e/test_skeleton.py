@@ -45,7 +45,8 @@ def test_streaming_chat_token_by_token(stack: Stack) -> None:
         stream=True,
         stream_options={"include_usage": True},
         temperature=0,
-        # llama.cpp's vendor field, passed through: always produce max_tokens, so the count is exact.
+        # llama.cpp's vendor field, passed through: always produce max_tokens, so the count is
+        # exact.
         extra_body={"ignore_eos": True},
     )
     pieces, usage = [], None

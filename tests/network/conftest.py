@@ -23,7 +23,8 @@ MODEL = "smollm2-135m-instruct"
 
 @dataclass
 class Pki:
-    """The control plane's CA and certificate, a client certificate, and a second CA (the middlebox's)."""
+    """The control plane's CA and certificate, a client certificate, and a second CA (the
+    middlebox's)."""
 
     dir: Path
     ca: trustme.CA
@@ -162,7 +163,8 @@ PROXY_USER, PROXY_PASSWORD = "runner", "pr0xy-pw"
 
 @pytest.fixture
 def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    """Debian's tinyproxy with basic auth, as a corporate egress proxy (scripts/test installs it)."""
+    """Debian's tinyproxy with basic auth, as a corporate egress proxy (scripts/test installs
+    it)."""
     exe = shutil.which("tinyproxy")
     if exe is None:
         pytest.fail(

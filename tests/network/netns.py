@@ -30,7 +30,10 @@ def netns_unavailable() -> str | None:
     try:
         _ip("ip", "netns", "add", name)
     except (OSError, subprocess.CalledProcessError) as exc:
-        return f"cannot create network namespaces here (`ip netns add` failed: {exc}); needs root and iproute2"
+        return (
+            f"cannot create network namespaces here (`ip netns add` failed: {exc}); needs root "
+            "and iproute2"
+        )
     try:
         _ip("iptables", "-L", "-n", ns=name)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -42,7 +45,8 @@ def netns_unavailable() -> str | None:
 
 @dataclass
 class Namespace:
-    """A namespace joined to the root by a veth pair: root side ``host_ip``, namespace side ``ip``."""
+    """A namespace joined to the root by a veth pair: root side ``host_ip``, namespace side
+    ``ip``."""
 
     subnet: int  # 10.<subnet>.<tag>.0/30
     name: str = field(default_factory=lambda: f"op-{secrets.token_hex(4)}")
@@ -140,7 +144,8 @@ class FaultProxy:
         )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Chunks leave in order, each no earlier than its arrival + delay: latency, not a bandwidth cap.
+        # Chunks leave in order, each no earlier than its arrival + delay: latency, not a bandwidth
+        # cap.
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def deliver() -> None:

@@ -1,4 +1,5 @@
-"""Links that flap: control plane and runner in their own network namespaces, steady load, a partition.
+"""Links that flap: control plane and runner in their own network namespaces, steady load, a
+partition.
 
 Every client request must end in an answer or a clear error (an OpenAI error
 envelope), every answer must be recorded exactly once, and the runner must be
@@ -152,7 +153,8 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(
 ) -> None:
     cp_ns, runner_ns = topology
     cp = NsControlPlane(cp_ns, tmp_path).start()
-    # The runner's only way out: the root namespace's fault proxy, 50 ms +-25 ms each way, 2 % stalls.
+    # The runner's only way out: the root namespace's fault proxy, 50 ms +-25 ms each way, 2 %
+    # stalls.
     proxy = FaultProxy(
         runner_ns.host_ip, (cp_ns.ip, cp.port), delay_s=0.05, jitter_s=0.05, loss=0.02
     ).start()
@@ -199,7 +201,8 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(
         assert load.unclear == [], load.unclear
         assert before >= 3 and len(load.answered) >= answered_at_heal + 3
         assert all(status in (429, 502, 503, 504) for status, _ in load.errors), load.errors
-        # Nothing answered is lost or duplicated: one ok record per answer, and no ok record unanswered.
+        # Nothing answered is lost or duplicated: one ok record per answer, and no ok record
+        # unanswered.
         answered = set(load.answered)
         assert len(answered) == len(load.answered)
 
@@ -211,7 +214,8 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(
         wait_until(lambda: set(ok_ids()) >= answered, 15, "the answers' request records")
         assert sorted(ok_ids()) == sorted(answered)
         print(
-            f"\nanswered {len(answered)}, clear errors {len(load.errors)} {sorted(set(load.errors))}, "
+            f"\nanswered {len(answered)}, clear errors {len(load.errors)} "
+            f"{sorted(set(load.errors))}, "
             f"runner back {back_s:.1f}s after the heal, proxy stalls {proxy.stalls}"
         )
     finally:

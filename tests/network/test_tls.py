@@ -1,4 +1,5 @@
-"""TLS between runner and control plane: private CA, pinning, mTLS, and a TLS-inspecting middlebox."""
+"""TLS between runner and control plane: private CA, pinning, mTLS, and a TLS-inspecting
+middlebox."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def test_an_untrusted_certificate_stops_the_runner_with_a_clear_error(
 
 
 def test_a_tls_inspecting_proxy_is_refused_by_the_pin(tmp_path: Path, pki: Pki) -> None:
-    """The runner trusts the inspection CA too (as machines behind such boxes do): only the pin catches it."""
+    """The runner trusts the inspection CA too (as machines behind such boxes do): only the pin
+    catches it."""
     cp = TlsControlPlane(tmp_path, pki).start()
     mitm = InterceptingProxy(cp.port, pki.rogue_server_ctx(), pki.client_ctx()).start()
     mitm.mode = "intercept"

@@ -34,7 +34,8 @@ class ObservedStack(Stack):
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of an exposition, keyed by (name, labels), parsed by prometheus_client's own parser."""
+    """Every sample of an exposition, keyed by (name, labels), parsed by prometheus_client's own
+    parser."""
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)

@@ -64,7 +64,8 @@ def test_a_generated_request_id_also_names_the_record(observed: ObservedStack) -
 
 
 def test_logs_are_json_and_hold_no_secret(observed: ObservedStack) -> None:
-    # Every line on both processes' stderr is one JSON object (the runner's progress lines included).
+    # Every line on both processes' stderr is one JSON object (the runner's progress lines
+    # included).
     for process in (observed.cp, observed.runner):
         lines = [line for line in process.log().splitlines() if line.strip()]
         assert lines

@@ -164,7 +164,8 @@ def test_the_run_is_stored_and_probed_as_an_ordinary_tenant(stack: Stack, small_
                 and key.revoked_at is not None
             )
 
-            # The prompts went through /v1 with that key: routed, limited and recorded like any request.
+            # The prompts went through /v1 with that key: routed, limited and recorded like any
+            # request.
             def recorded() -> bool:
                 n = conn.execute(
                     text(

@@ -1,4 +1,5 @@
-"""A real control plane (uvicorn in a thread of this process) in front of a runner and a simulated engine.
+"""A real control plane (uvicorn in a thread of this process) in front of a runner and a simulated
+engine.
 
 In-process for two reasons: the tests count the SQL statements the request
 path sends (a SQLAlchemy event listener on the app's own engine), and they
@@ -147,7 +148,8 @@ def path_stack(
     db = _database(request.param, tmp)
     url = next(db)
     upgrade_to_head(url)
-    # A long key-cache TTL: a test that sees a change at once sees it because of invalidation, not expiry.
+    # A long key-cache TTL: a test that sees a change at once sees it because of invalidation, not
+    # expiry.
     settings = Settings(
         state_dir=tmp / "cp",
         database_url=url,

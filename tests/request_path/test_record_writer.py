@@ -36,7 +36,8 @@ BACKENDS = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"],
 
 @contextmanager
 def database_held(url: str) -> Iterator[psycopg.Connection | None]:
-    """Writers wait while this is open: SQLite's write lock; on PostgreSQL the audit chain's head row."""
+    """Writers wait while this is open: SQLite's write lock; on PostgreSQL the audit chain's
+    head row."""
     if url.startswith("sqlite"):
         conn = sqlite3.connect(url.split("///", 1)[1], isolation_level=None, timeout=30)
         conn.execute("BEGIN IMMEDIATE")
@@ -440,7 +441,8 @@ async def test_commit_waits_until_the_record_is_committed_and_a_timed_out_wait_l
 async def test_while_the_database_refuses_writes_new_requests_are_refused(
     fresh_database_url: str,
 ) -> None:
-    """An answer must be recorded before it ends: while records cannot be written, none is started."""
+    """An answer must be recorded before it ends: while records cannot be written, none is
+    started."""
     from outpost.control_plane.errors import ApiError
     from tests.api.test_database_outage import _allow_connections
 

@@ -53,8 +53,15 @@ def cpu(cores: int = 2, ram_gib: float = 24, features: tuple[str, ...] = ("avx2"
                    features=list(features))  # fmt: skip
 
 
-def nvidia_gpu(index: int = 0, name: str = "NVIDIA H100 80GB HBM3", total_mib: int = 81559,
-               used_mib: int = 0, cc: str = "9.0", mig: bool | None = False) -> GpuInfo:  # fmt: skip
+def nvidia_gpu(
+    index: int = 0,
+    name: str = "NVIDIA H100 80GB HBM3",
+    total_mib: int = 81559,
+    # fmt: skip
+    used_mib: int = 0,
+    cc: str = "9.0",
+    mig: bool | None = False,
+) -> GpuInfo:
     """Defaults as NVML reports an idle H100 80GB (81559 MiB, not 80 GiB)."""
     return GpuInfo(vendor="nvidia", index=index, name=name, uuid=f"GPU-fake-{index}",
                    memory_total_bytes=total_mib * MIB,

@@ -1,4 +1,5 @@
-"""``--parallel`` with ``--attach``: the attached engine's concurrency is what the runner advertises."""
+"""``--parallel`` with ``--attach``: the attached engine's concurrency is what the runner
+advertises."""
 
 from __future__ import annotations
 

@@ -131,7 +131,8 @@ def test_a_restarted_runner_stops_the_engine_its_previous_run_left_behind(
         "from pathlib import Path\n"
         "from runner.engine_process import EngineRegistry\n"
         "argv = sys.argv[2:]\n"
-        "p = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "p = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL)\n"
         "EngineRegistry(Path(sys.argv[1])).record(p.pid, argv)\n"
         "print(p.pid)\n"
     )
@@ -143,7 +144,8 @@ def test_a_restarted_runner_stops_the_engine_its_previous_run_left_behind(
         check=True,
     )
     stale = int(previous.stdout.strip())
-    # An unrelated process whose pid the record names, but that started at another time: a reused pid.
+    # An unrelated process whose pid the record names, but that started at another time: a reused
+    # pid.
     unrelated = subprocess.Popen(["sleep", "300"])
     try:
         _wait_healthy(port)

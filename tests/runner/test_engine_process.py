@@ -77,7 +77,8 @@ def test_what_an_engine_started_is_stopped_with_it_even_after_the_engine_itself_
 
 
 def test_an_engine_whose_runner_still_runs_is_left_alone(tmp_path: Path) -> None:
-    # Two runners pointed at one state directory by mistake: the second must not kill the first's engine.
+    # Two runners pointed at one state directory by mistake: the second must not kill the first's
+    # engine.
     engine = subprocess.Popen(["sleep", "300"], start_new_session=True)
     registry = EngineRegistry(tmp_path / "engines")
     try:

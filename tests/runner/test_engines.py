@@ -135,7 +135,8 @@ def _second_engine(text: str) -> str:
         if line.startswith("vllm:") and 'engine="0"' in line:
             name, value = line.rsplit(" ", 1)
             extra.append(
-                f"{name.replace(chr(34) + '0' + chr(34), chr(34) + '1' + chr(34))} {float(value) * 2}"
+                f"{name.replace(chr(34) + '0' + chr(34), chr(34) + '1' + chr(34))} "
+                f"{float(value) * 2}"
             )
     return text + "\n".join(extra) + "\n"
 
@@ -183,8 +184,13 @@ def test_vllm_empty_metrics_read_as_idle() -> None:
 
 
 def test_llama_cpp_python_argv_capacity_and_health() -> None:
-    engine = LlamaCppPythonEngine(model_path="/m/model.gguf", ctx=2048, threads=4,
-                                  models=(ServedModel(name="smol", engine="llama-cpp-python"),))  # fmt: skip
+    engine = LlamaCppPythonEngine(
+        model_path="/m/model.gguf",
+        ctx=2048,
+        threads=4,
+        # fmt: skip
+        models=(ServedModel(name="smol", engine="llama-cpp-python"),),
+    )
     argv = engine.launch_spec(7001).argv
     assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
     i = argv.index("--interrupt_requests")
@@ -229,7 +235,8 @@ def test_build_engine_for_a_vllm_plan() -> None:
     engine = build_engine(result)
     assert isinstance(engine, VllmEngine)
     argv = engine.launch_spec(8000).argv
-    # The interpreter that imports vllm runs it (a `vllm` script on PATH may be another install, or none).
+    # The interpreter that imports vllm runs it (a `vllm` script on PATH may be another install, or
+    # none).
     assert argv[:5] == [
         sys.executable,
         "-m",

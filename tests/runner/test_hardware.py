@@ -135,7 +135,8 @@ def test_apple_probe_reads_sysctl_on_apple_silicon_only() -> None:
 
 def test_an_amd_sensor_outside_the_hello_bounds_reads_as_unreported() -> None:
     # An honest fake of the part of amdsmi the probe calls: a board whose power sensor says NaN and
-    # whose activity is negative must still be found (the hello refuses such numbers, sdk/hardware.py).
+    # whose activity is negative must still be found (the hello refuses such numbers,
+    # sdk/hardware.py).
     import types
 
     smi = types.SimpleNamespace(

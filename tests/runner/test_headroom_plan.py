@@ -1,4 +1,5 @@
-"""Fair headroom in the plan: extra engine slots beyond the advertised capacity, budgeted in the fit."""
+"""Fair headroom in the plan: extra engine slots beyond the advertised capacity, budgeted in the
+fit."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from outpost.runner.models import embedded_model_path
 from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
-# Hang detection within ~5 s; two failures in a row, so one slow answer on a busy machine is not a hang.
+# Hang detection within ~5 s; two failures in a row, so one slow answer on a busy machine is not a
+# hang.
 CHECKS = [
     "--health-check-interval-s",
     "0.5",
@@ -270,7 +271,8 @@ def test_a_hung_engine_is_killed_restarted_and_serves_again(two: TwoModels) -> N
     finally:
         if not _gone(hung):
             psutil.Process(hung).send_signal(signal.SIGKILL)
-    # The supervisor logs the restart just after it has reaped the process: wait for the line, not assume it.
+    # The supervisor logs the restart just after it has reaped the process: wait for the line, not
+    # assume it.
     wait_until(
         lambda: (
             "engine xllamacpp (smol-a) hung (failed 2 health checks), killed; restart 1 in"
@@ -292,7 +294,8 @@ def test_a_hung_engine_is_killed_restarted_and_serves_again(two: TwoModels) -> N
 
 
 def test_while_a_hung_engine_is_down_the_control_plane_says_so(two: TwoModels) -> None:
-    # Without its file the restart fails while loading, which keeps the model down long enough to look at.
+    # Without its file the restart fails while loading, which keeps the model down long enough to
+    # look at.
     two.copy.rename(two.copy.with_suffix(".away"))
     hung = two.engine_pid("smol-b")
     psutil.Process(hung).send_signal(signal.SIGSTOP)
@@ -305,7 +308,8 @@ def test_while_a_hung_engine_is_down_the_control_plane_says_so(two: TwoModels) -
         down = two.chat("smol-b")
         assert down.status_code == 503, down.text
         assert down.json()["error"]["message"] == (
-            "The engine serving 'smol-b' is unavailable (restarting or loading) on runner(s) 'two'; retry shortly."
+            "The engine serving 'smol-b' is unavailable (restarting or loading) on runner(s) "
+            "'two'; retry shortly."
         )
         assert two.chat("smol-a").status_code == 200
     finally:

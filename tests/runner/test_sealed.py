@@ -1,4 +1,5 @@
-"""The runner's sealed relay over one tunnel stream, with an httpx.MockTransport engine (HttpxEngineClient).
+"""The runner's sealed relay over one tunnel stream, with an httpx.MockTransport engine
+(HttpxEngineClient).
 
 The frames it sends are collected as they would go on the wire; the client
 side is the SDK's real decoder, the receipt is checked as the control plane
@@ -112,7 +113,8 @@ async def run(
 
 
 def fresh(keys: RunnerKeys) -> SealedRelay:
-    # A real relay refuses envelopes sealed before it started (``not_before``); these are sealed first.
+    # A real relay refuses envelopes sealed before it started (``not_before``); these are sealed
+    # first.
     return SealedRelay(keys, RUNNER, guard=ReplayGuard())
 
 
@@ -150,7 +152,8 @@ async def test_stream_is_sealed_event_by_event_and_hides_the_usage_chunk(keys, t
     body, call = sealed_body(target, stream=True)
     wire = await run(keys, body, stream=True, sealed=fresh(keys))
     datas = [f for f in wire.frames if isinstance(f, DataFrame)]
-    # The engine's answer arrives in one read: head and both events leave in one frame, then the final chunk.
+    # The engine's answer arrives in one read: head and both events leave in one frame, then the
+    # final chunk.
     assert len(datas) == 2
     decoder = SealedDecoder(call, lambda o: o, stream=True)
     events = [

@@ -127,7 +127,8 @@ def test_chat_stream_yields_typed_chunks(connect, fake: FakeOutpost) -> None:
 def test_error_event_after_first_byte_raises(connect, fake: FakeOutpost) -> None:
     body = (
         'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
-        'data: {"error":{"message":"The runner stopped mid-stream","type":"server_error","code":"runner_lost"}}\n\n'
+        'data: {"error":{"message":"The runner stopped '
+        'mid-stream","type":"server_error","code":"runner_lost"}}\n\n'
         "data: [DONE]\n\n"
     )
     fake.script.append(

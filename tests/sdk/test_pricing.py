@@ -1,4 +1,5 @@
-"""The shared cost contract (sdk/pricing.py): one $/hour rule for routing and pricing, and the hello's wire form."""
+"""The shared cost contract (sdk/pricing.py): one $/hour rule for routing and pricing, and the
+hello's wire form."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A rogue runner for security tests: enrolled and signing like a real one, then saying whatever a test scripts.
+"""A rogue runner for security tests: enrolled and signing like a real one, then saying whatever a
+test scripts.
 
 It speaks the real tunnel protocol through a real WebSocket to a real control plane
 (``tests.utils.ControlPlaneProcess``); frames may be raw JSON strings, so a test can send

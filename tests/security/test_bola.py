@@ -1,4 +1,5 @@
-"""API1 (BOLA): every ID-bearing route, called by another tenant's admin with this tenant's ids, is refused.
+"""API1 (BOLA): every ID-bearing route, called by another tenant's admin with this tenant's ids, is
+refused.
 
 The matrix is built from the live OpenAPI document: a new path with ``{...}`` that
 is not listed in :data:`MATRIX` (or :data:`NOT_TENANT_RESOURCES`, with a reason)
@@ -16,10 +17,13 @@ from tests.conftest import Stack
 
 #: Path parameters that do not name a tenant's resource, and why.
 NOT_TENANT_RESOURCES = {
-    # ``{endpoint}`` names an OpenAI endpoint (chat/completions, ...), not an object. The runner is named
-    # in X-Outpost-Runner and must be in a pool the caller may use (tests/security/test_pools_trust.py).
+    # ``{endpoint}`` names an OpenAI endpoint (chat/completions, ...), not an object. The runner is
+    # named
+    # in X-Outpost-Runner and must be in a pool the caller may use
+    # (tests/security/test_pools_trust.py).
     ("post", "/v1/e2e/{endpoint}"),
-    # Public signed key material of a runner, served to the tenants that may use its pool (``/v1/e2e/runners``
+    # Public signed key material of a runner, served to the tenants that may use its pool
+    # (``/v1/e2e/runners``
     # lists the same documents): they need it to seal. Checked below: it holds no tenant data.
     ("get", "/api/runners/{runner_id}/e2e-key"),
 }
@@ -140,7 +144,8 @@ def test_other_tenants_ids_are_refused(tenants: Tenants, method: str, path: str)
     url = path.replace("{" + path.split("{")[1].split("}")[0] + "}", target)
     body = BODIES.get((method, path), {} if method in {"put", "post"} else None)
     response = tenants.b.request(method.upper(), url, json=body)
-    # The e2e-key upload is authenticated by the runner's signature, not by a tenant key: refused as invalid.
+    # The e2e-key upload is authenticated by the runner's signature, not by a tenant key: refused as
+    # invalid.
     allowed = {400, 403, 404} if path.endswith("/e2e-key") else {403, 404}
     assert response.status_code in allowed, (method, url, response.status_code, response.text)
     assert set(response.json()) == {"error"}

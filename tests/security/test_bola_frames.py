@@ -1,4 +1,5 @@
-"""API1 (BOLA) on the tunnel: every frame type, sent by another tenant's runner, reaches nothing of ours.
+"""API1 (BOLA) on the tunnel: every frame type, sent by another tenant's runner, reaches nothing of
+ours.
 
 The HTTP half of the matrix is ``test_bola.py``. Here a *rogue* runner, enrolled by another
 tenant and authenticated with its own key, sends every frame type of ``sdk/protocol.py`` while a
@@ -15,7 +16,8 @@ not listed fails :func:`test_matrix_covers_every_frame_type`. Outcomes:
   is dropped and the connection stays up (ids are never reused, so it cannot reach a new stream).
 * ``own link``: accepted, and it changes only the rogue's own connection (its load, its draining).
 
-Each case runs while a victim's stream is live on the honest runner, and it must end intact: no rogue bytes, no error event, exactly
+Each case runs while a victim's stream is live on the honest runner, and it must end intact: no
+rogue bytes, no error event, exactly
 ``max_tokens`` tokens, ``[DONE]``.
 """
 
@@ -395,7 +397,8 @@ def test_frame_from_another_tenants_runner(world: World, frame_type: str, index:
         ws.close()
     victim.assert_intact()
     assert live, (
-        f"the victim's {VICTIM_TOKENS} tokens ended before the frame was handled; raise VICTIM_TOKENS"
+        f"the victim's {VICTIM_TOKENS} tokens ended before the frame was handled; raise "
+        "VICTIM_TOKENS"
     )
 
 

@@ -91,7 +91,8 @@ def _one(chaos: Chaos, i: int) -> Outcome:
                 return Outcome(rid, 200, "ok" if ok else "unclear", str(data["usage"]))
             events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
     except (httpx.TransportError, json.JSONDecodeError) as exc:
-        # Before the response started, the request was never accepted; after, it was cut unannounced.
+        # Before the response started, the request was never accepted; after, it was cut
+        # unannounced.
         return Outcome(rid, 0, "not_accepted" if rid is None else "truncated", type(exc).__name__)
     if not events or events[-1] != "[DONE]":
         return Outcome(rid, 200, "truncated", events[-1][:200] if events else "no events")
@@ -181,7 +182,8 @@ def test_engine_crash_runner_crash_and_control_plane_restart_under_load(chaos: C
             p.send_signal(signal.SIGKILL)
         _wait_serving_again(chaos, "the engine crash")
 
-        # 2. The runner crashes (and its engine with it); it is started again with the same identity.
+        # 2. The runner crashes (and its engine with it); it is started again with the same
+        # identity.
         engines = _engine_processes(chaos.runner)
         assert chaos.runner.proc is not None
         chaos.runner.proc.send_signal(signal.SIGKILL)
@@ -191,7 +193,8 @@ def test_engine_crash_runner_crash_and_control_plane_restart_under_load(chaos: C
         chaos.runner.start()
         _wait_serving_again(chaos, "the runner crash")
 
-        # 3. The control plane restarts (SIGTERM: it drains, then a new process on the same port and state).
+        # 3. The control plane restarts (SIGTERM: it drains, then a new process on the same port and
+        # state).
         old = chaos.cp
         assert old.stop() in (0, -signal.SIGTERM)
         chaos.cp = ControlPlaneProcess(

@@ -1,4 +1,5 @@
-"""docs/security.md cannot drift: every test it names exists, and its tunnel matrix names every frame."""
+"""docs/security.md cannot drift: every test it names exists, and its tunnel matrix names every
+frame."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Issue 19 with the real llama.cpp engine: its errors keep their meaning, and its vendor caps cannot be bypassed.
+"""Issue 19 with the real llama.cpp engine: its errors keep their meaning, and its vendor caps
+cannot be bypassed.
 
 A real control plane (SQLite) with a small ``OUTPOST_MAX_TOKENS_LIMIT``, a real runner with the
 embedded SmolLM2 model on one llama.cpp slot, and the official ``openai`` client.
@@ -66,7 +67,8 @@ def _record(engine: Engine, request_id: str) -> dict:
 
 
 def test_engine_5xx_for_a_client_mistake_is_a_502_engine_error(engine: Engine) -> None:
-    """llama.cpp answers an image part sent to a text model with a 500; the client gets 502 engine_error."""
+    """llama.cpp answers an image part sent to a text model with a 500; the client gets 502
+    engine_error."""
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     with pytest.raises(openai.APIStatusError) as caught:
         engine.client.chat.completions.create(

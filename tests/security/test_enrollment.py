@@ -193,7 +193,8 @@ def test_a_token_spent_twice_at_once_registers_one_runner(
         responses = list(pool.map(lambda _: _register(stack, f"Bearer {token}"), range(6)))
     codes = sorted(r.status_code for r in responses)
     assert codes.count(201) == 1, [r.text for r in responses]
-    # The losers are refused with the typed error: the token is spent (compare-and-set in the store).
+    # The losers are refused with the typed error: the token is spent (compare-and-set in the
+    # store).
     for loser in (r for r in responses if r.status_code != 201):
         _assert_refused(loser)
     assert registry.runners() == before + 1

@@ -1,4 +1,5 @@
-"""Issue 19: a tenant's prompts reach only runners it may use; what a runner claims routes and bills nothing.
+"""Issue 19: a tenant's prompts reach only runners it may use; what a runner claims routes and
+bills nothing.
 
 A real control plane (uvicorn; SQLite and PostgreSQL) with no shared pool, and scripted runners
 that speak the real tunnel protocol through a real WebSocket: tenant A's own runner (labelled
@@ -155,7 +156,8 @@ class World:
         self.honest = ScriptedRunner(cp, self.admin["victim"], "honest", labels=SITE)
         self.honest.connect()
         self.rogue = ScriptedRunner(cp, self.admin["attacker"], "rogue")
-        # What the issue's attacker sent: the victim's model and alias, free, and the victim's label.
+        # What the issue's attacker sent: the victim's model and alias, free, and the victim's
+        # label.
         self.rogue.connect(labels=SITE, cost={"usd_per_hour": 0})
         for r in (self.honest, self.rogue):
             r.publish_e2e_key()
@@ -222,7 +224,8 @@ def world(
 def test_another_tenants_runner_gets_none_of_our_prompts_even_claiming_our_label(
     world: World,
 ) -> None:
-    """Issue 19 "prompt capture": 6 of 6 requests went to B's free runner, also under A's residency rule."""
+    """Issue 19 "prompt capture": 6 of 6 requests went to B's free runner, also under A's
+    residency rule."""
     secret = "VICTIM-" + secrets.token_hex(4)
     for _ in range(6):
         resp = world.chat("victim", secret)
@@ -233,7 +236,8 @@ def test_another_tenants_runner_gets_none_of_our_prompts_even_claiming_our_label
 
 
 def test_a_tenant_without_runners_or_grants_reaches_nobody(world: World) -> None:
-    """A bystander tenant may use no pool at all: its request is a 404, not someone else's runner."""
+    """A bystander tenant may use no pool at all: its request is a 404, not someone else's
+    runner."""
     secret = "BYSTANDER-" + secrets.token_hex(4)
     resp = world.chat("bystander", secret)
     assert resp.status_code == 404, resp.text
@@ -242,14 +246,16 @@ def test_a_tenant_without_runners_or_grants_reaches_nobody(world: World) -> None
 
 
 def test_the_rogue_serves_its_own_tenant(world: World) -> None:
-    """The rogue is connected and routable: the tests above pass because of pools, not by accident."""
+    """The rogue is connected and routable: the tests above pass because of pools, not by
+    accident."""
     resp = world.chat("attacker", "mine")
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-outpost-runner"] == world.rogue.runner_id
 
 
 def test_models_and_e2e_runner_list_show_only_usable_runners(world: World) -> None:
-    """``GET /v1/models`` counts only the caller's runners; ``GET /v1/e2e/runners`` lists only them."""
+    """``GET /v1/models`` counts only the caller's runners; ``GET /v1/e2e/runners`` lists only
+    them."""
     for tenant, mine in (("victim", world.honest), ("attacker", world.rogue)):
         models = {m["id"]: m for m in world.get(tenant, "/v1/models").json()["data"]}
         assert models[ALIAS]["runners"] == 1
@@ -269,7 +275,8 @@ def test_labels_a_runner_reports_are_shown_never_trusted(world: World) -> None:
 
 
 def test_a_later_hello_does_not_change_the_price(world: World) -> None:
-    """Issue 19 "billing": a second connection's hello at a huge price changed the whole runner's price."""
+    """Issue 19 "billing": a second connection's hello at a huge price changed the whole
+    runner's price."""
     world.rogue.connect(index=1, cost={"usd_per_hour": 900})
     for _ in range(4):  # both connections serve; neither bills at the second hello's price
         assert world.chat("attacker").status_code == 200
@@ -279,7 +286,8 @@ def test_a_later_hello_does_not_change_the_price(world: World) -> None:
 
 
 def test_a_first_hello_out_of_bounds_gets_the_hardware_default(world: World) -> None:
-    """A first hello may only propose a price within bounds (0-1000 $/h); above, the hardware default."""
+    """A first hello may only propose a price within bounds (0-1000 $/h); above, the hardware
+    default."""
     greedy = ScriptedRunner(world.cp, world.admin["attacker"], f"greedy-{secrets.token_hex(2)}")
     greedy.connect(cost={"usd_per_hour": 5000})
     try:
@@ -319,7 +327,8 @@ def test_the_owners_price_is_what_routing_and_billing_use(world: World) -> None:
 
 
 def test_owner_labels_are_what_residency_obeys(world: World) -> None:
-    """The victim's admin relabels its runner: the residency rule no longer matches, nothing is routed."""
+    """The victim's admin relabels its runner: the residency rule no longer matches, nothing is
+    routed."""
     path = f"/api/runners/{world.honest.runner_id}"
     assert world.send("victim", "PATCH", path, {"labels": {"site": "elsewhere"}}).status_code == 200
     try:
@@ -394,7 +403,8 @@ def test_only_the_platform_operator_grants_to_every_tenant(world: World) -> None
 
 
 def test_pools_end_to_end_through_the_sdk(world: World) -> None:
-    """The SDK's pools resource and runner settings against the real API (the sync client is generated)."""
+    """The SDK's pools resource and runner settings against the real API (the sync client is
+    generated)."""
     from outpost.sdk.client import Client
 
     with (
@@ -427,7 +437,8 @@ def test_pools_end_to_end_through_the_sdk(world: World) -> None:
 
 
 def test_the_fairness_view_lists_only_usable_runners(world: World) -> None:
-    """``GET /api/fairness/service`` showed every runner's id and live queue to any tenant's admin."""
+    """``GET /api/fairness/service`` showed every runner's id and live queue to any tenant's
+    admin."""
     for tenant, mine, other in (
         ("victim", world.honest, world.rogue),
         ("attacker", world.rogue, world.honest),
@@ -438,7 +449,8 @@ def test_the_fairness_view_lists_only_usable_runners(world: World) -> None:
 
 
 def test_pools_through_the_cli(world: World) -> None:
-    """``control-plane pools ...`` and ``runners enroll --pool/--labels``, ``runners set``: the operator's shell."""
+    """``control-plane pools ...`` and ``runners enroll --pool/--labels``, ``runners set``: the
+    operator's shell."""
     cli = world.cp.cli
     name = f"cli-{secrets.token_hex(2)}"
     made = json.loads(cli("pools", "create", name, "--tenant", "victim"))

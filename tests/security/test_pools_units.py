@@ -1,4 +1,5 @@
-"""Issue 19, the pure parts: eligibility by pool, bounded prices, and the replica registry carrying pools.
+"""Issue 19, the pure parts: eligibility by pool, bounded prices, and the replica registry carrying
+pools.
 
 No I/O: real hub objects (tests/api/sim.py), the real router and the real registry view.
 """

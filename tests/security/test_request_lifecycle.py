@@ -82,7 +82,8 @@ def test_bad_response_starts_beyond_capacity_leave_the_runner_free_and_are_price
             )
             ids.append(response.headers["x-request-id"])
             _drain_resets(ws)
-        # Each reached the runner (exchange asserts it): no slot was kept. And the next one is served.
+        # Each reached the runner (exchange asserts it): no slot was kept. And the next one is
+        # served.
         response, _ = exchange(ws, f"{cp.url}/v1/chat/completions", key, chat, _ok)
         assert response.status_code == 200, response.text
         wait_until(lambda: len(tenant_records(url, TENANT)) == 6, 15, "the request records")

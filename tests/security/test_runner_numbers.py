@@ -1,4 +1,5 @@
-"""Issue 19: nothing a runner reports can overflow routing, metrics or the database, or bill beyond the request.
+"""Issue 19: nothing a runner reports can overflow routing, metrics or the database, or bill beyond
+the request.
 
 A real control plane (uvicorn, SQLite) and a rogue runner speaking the real protocol through a
 real WebSocket (tests/security/rogue.py); the client side is httpx.
@@ -67,7 +68,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _answer(usage: Usage | str | None = None, text: str = "ok") -> object:
-    """A non-streaming chat answer, then an end frame with ``usage`` (a raw JSON usage object if a str)."""
+    """A non-streaming chat answer, then an end frame with ``usage`` (a raw JSON usage object if
+    a str)."""
 
     def reply(req: RequestFrame) -> list[object]:
         body = json.dumps(
@@ -99,7 +101,8 @@ def _chat_url(world: World) -> str:
     return f"{world.cp.url}/v1/chat/completions"
 
 
-# --- 10**400 counters, NaN, Infinity ------------------------------------------------------------------
+# --- 10**400 counters, NaN, Infinity
+# ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("field", ["running", "waiting", "completed"])
@@ -261,7 +264,8 @@ def test_hello_with_unbounded_numbers_is_refused(world: World, fields: dict) -> 
         ws.close()
 
 
-# --- usage is always clamped ----------------------------------------------------------------------------
+# --- usage is always clamped
+# ----------------------------------------------------------------------------
 
 
 def test_without_max_tokens_the_engine_gets_the_limit_and_usage_is_clamped_to_it(
@@ -314,7 +318,8 @@ def test_usage_beyond_the_contract_ends_the_connection_and_the_request_is_still_
         ws.close()
 
 
-# --- one sequence, capped -------------------------------------------------------------------------------
+# --- one sequence, capped
+# -------------------------------------------------------------------------------
 
 
 def test_n_predict_is_mapped_onto_the_cap(world: World) -> None:
@@ -411,7 +416,8 @@ def test_one_prompt_as_token_ids_or_a_list_is_accepted(world: World, prompt: lis
         ws.close()
 
 
-# --- response_start -----------------------------------------------------------------------------------
+# --- response_start
+# -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -507,7 +513,8 @@ def test_engine_4xx_stays_4xx_and_5xx_is_502(
         ws.close()
 
 
-# --- hygiene ------------------------------------------------------------------------------------------
+# --- hygiene
+# ------------------------------------------------------------------------------------------
 
 
 def test_runner_strings_cannot_forge_log_lines(world: World) -> None:
@@ -560,7 +567,8 @@ def _connects(world: World, index: int) -> bool:
     return '"welcome.v1"' in reply
 
 
-# --- strict at the edge -------------------------------------------------------------------------------
+# --- strict at the edge
+# -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -657,14 +665,16 @@ def test_invalid_utf8_body_is_400(world: World) -> None:
 
 
 def test_a_log_of_the_world(world: World) -> None:
-    """No request of this module made the control plane fail on its own (its own 500s log a traceback)."""
+    """No request of this module made the control plane fail on its own (its own 500s log a
+    traceback)."""
     assert "Traceback" not in world.cp.log(), world.cp.log()[-3000:]
 
 
 def test_a_model_whose_window_is_within_the_limit_gets_no_cap_but_usage_is_clamped_to_the_window(
     world: World,
 ) -> None:
-    """vLLM refuses a cap that does not fit beside the prompt: a window smaller than the limit caps instead."""
+    """vLLM refuses a cap that does not fit beside the prompt: a window smaller than the limit
+    caps instead."""
     ws = world.rogue.connect(
         models=[{"name": world.rogue.model, "engine": "fake", "context_length": 32}]
     )

@@ -1,4 +1,5 @@
-"""Schemathesis against the live control plane's OpenAPI, with every check: no 5xx, no schema violations.
+"""Schemathesis against the live control plane's OpenAPI, with every check: no 5xx, no schema
+violations.
 
 Runs over the session stack (real uvicorn, sqlite and postgres) with an admin key
 of a tenant of its own, so admin routes are exercised and nothing it creates or
@@ -25,13 +26,17 @@ MAX_EXAMPLES = 10
 #: Operations not fuzzed, and why.
 EXCLUDED = [
     # The tunnel websocket is not in the OpenAPI document at all (tests/tunnel and
-    # tests/security/test_fuzz_frames.py cover it). The sealed routes need an HPKE envelope sealed to a
-    # live runner's key: random bodies stop at the envelope parser, which tests/sdk/test_e2e.py fuzzes.
+    # tests/security/test_fuzz_frames.py cover it). The sealed routes need an HPKE envelope sealed
+    # to a
+    # live runner's key: random bodies stop at the envelope parser, which tests/sdk/test_e2e.py
+    # fuzzes.
     (None, r"^/v1/e2e/"),
-    # Starting a fairness run launches a background probe job of many inference requests per example;
+    # Starting a fairness run launches a background probe job of many inference requests per
+    # example;
     # its validation is tested in tests/probes/test_api.py.
     ("POST", r"^/api/fairness/runs$"),
-    # Streaming export: a long-lived response of the whole chain; tests/audit/test_stack.py reads it.
+    # Streaming export: a long-lived response of the whole chain; tests/audit/test_stack.py reads
+    # it.
     ("GET", r"^/api/audit/export$"),
 ]
 
@@ -45,7 +50,8 @@ def test_openapi_contract(stack: Stack) -> None:
         "keys", "create", "schemathesis", "--tenant", "schemathesis", "--admin"
     ).splitlines()[-1]
     schema = schemathesis.openapi.from_url(f"{stack.cp.url}/openapi.json")
-    # positive_data_acceptance is left out: schema-valid requests the API refuses on purpose, with a 400
+    # positive_data_acceptance is left out: schema-valid requests the API refuses on purpose, with a
+    # 400
     # envelope, are semantic (an unknown model, ``end`` before ``start``, fewer than two run ids).
     checks = [c for c in CHECKS.get_all() if c.__name__ != "positive_data_acceptance"]
     failures: list[str] = []
@@ -66,7 +72,8 @@ def test_openapi_contract(stack: Stack) -> None:
             suppress_health_check=list(HealthCheck),
         )
         def run(case) -> None:
-            # Keep inference cheap on the shared one-thread runner (the schema allows up to the limit).
+            # Keep inference cheap on the shared one-thread runner (the schema allows up to the
+            # limit).
             if isinstance(case.body, dict):
                 for field in ("max_tokens", "max_completion_tokens", "n"):
                     if isinstance(case.body.get(field), int) and case.body[field] > 2:

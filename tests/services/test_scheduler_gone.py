@@ -11,7 +11,8 @@ from tests.services.test_scheduler import R, settle
 
 
 class Gone:
-    """A client-disconnect signal the test fires by hand (what openai/disconnect.py gives in production)."""
+    """A client-disconnect signal the test fires by hand (what openai/disconnect.py gives in
+    production)."""
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
@@ -103,7 +104,8 @@ async def test_lift_is_kept_when_the_backlog_was_served() -> None:
     gone.event.set()
     with pytest.raises(Abandoned):
         await queued
-    # Only the lift is subtracted (none here: B was the last dispatched), so the running request's output
+    # Only the lift is subtracted (none here: B was the last dispatched), so the running request's
+    # output
     # charge (3 tokens x 2) stays.
     assert scheduler.counter(R, "B") == lifted + 6
     scheduler.release(a)
