@@ -192,7 +192,8 @@ def cpu_seconds(pid: int) -> float:
 def measure_cpu(
     client: Client, cp_pid: int, rounds: int, block: int, chunks: int
 ) -> dict[str, float]:
-    """CPU milliseconds per call, all parties together: far less sensitive to a busy machine than latency."""
+    """CPU milliseconds per call, all parties together: far less sensitive to a busy machine
+    than latency."""
     spent: dict[str, list[float]] = {}
     for _ in range(rounds):
         for kind, size in (("request", block), ("stream", max(1, block // 2))):
@@ -222,9 +223,12 @@ def table(results: dict[str, list[float]], cpu: dict[str, float], n: int, chunks
         "## End-to-end overhead through the stack (`bench/bench_e2e_overhead.py`)",
         "",
         f"Machine: {machine()}; load average {LOAD_AT_START:.1f} when the run started.",
-        "Control plane process (SQLite) ↔ real tunnel ↔ runner relay in the bench process with an in-memory",
-        "engine that answers at once; SDK `Client`, one request at a time, plain and e2e back to back; 1 KiB",
-        f"prompt; streams of {chunks} chunks. Reproduce: `.venv/bin/python bench/bench_e2e_overhead.py`.",
+        "Control plane process (SQLite) ↔ real tunnel ↔ runner relay in the bench process with an "
+        "in-memory",
+        "engine that answers at once; SDK `Client`, one request at a time, plain and e2e back to "
+        "back; 1 KiB",
+        f"prompt; streams of {chunks} chunks. Reproduce: `.venv/bin/python "
+        "bench/bench_e2e_overhead.py`.",
         "",
         "| path | n | p50 ms | p99 ms | mean ms | CPU ms / call (all parties) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -237,16 +241,22 @@ def table(results: dict[str, list[float]], cpu: dict[str, float], n: int, chunks
     lines += [
         "",
         (
-            f"**Per request** e2e adds {cpu_req:.2f} ms of CPU (client + control plane + runner) and"
-            f" {req_delta:.2f} ms of latency (median of the paired differences): seal, envelope check, open, head and final chunks, receipt sign and verify, SDK open."
-            f" **Per chunk** it adds {cpu_chunk_us:.0f} µs of CPU and {per_chunk_us:.0f} µs of latency: seal on"
+            f"**Per request** e2e adds {cpu_req:.2f} ms of CPU (client + control plane + runner) "
+            "and"
+            f" {req_delta:.2f} ms of latency (median of the paired differences): seal, envelope "
+            "check, open, head and final chunks, receipt sign and verify, SDK open."
+            f" **Per chunk** it adds {cpu_chunk_us:.0f} µs of CPU and {per_chunk_us:.0f} µs of "
+            "latency: seal on"
             " the runner, a third more base64 bytes through the control plane, open in the SDK."
         ),
         "",
         (
-            "The runner and the client share the bench process (and its GIL), so their CPU adds up on the"
-            " critical path; latency on a busy 2-core VM is noisy (see p99), CPU time much less so. The"
-            " cryptography alone is a small part (table above); the rest is Python: JSON, pydantic, base64."
+            "The runner and the client share the bench process (and its GIL), so their CPU adds "
+            "up on the"
+            " critical path; latency on a busy 2-core VM is noisy (see p99), CPU time much less "
+            "so. The"
+            " cryptography alone is a small part (table above); the rest is Python: JSON, "
+            "pydantic, base64."
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -19,7 +19,8 @@ which A led B at any moment of the phase, B having started even) and total
 throughput (output tokens per second). The control plane's own
 ``/api/fairness/service`` snapshot is kept in the JSON output for comparison.
 
-    .venv/bin/python bench/bench_fairness.py [--engine llama|sim] [--duration S] [--rounds N] [--no-write]
+    .venv/bin/python bench/bench_fairness.py [--engine llama|sim] [--duration S] [--rounds N]
+    [--no-write]
 
 ``--engine llama`` (default) runs the embedded SmolLM2-135M in llama.cpp;
 ``--engine sim`` attaches the runner to a simulated OpenAI server defined
@@ -159,7 +160,8 @@ async def one_request(
     tenant: str,
     sink: list[Sample] | None = None,
 ) -> Sample:
-    """One streamed request; its sample goes to ``sink`` even when cancelled at the end of a phase."""
+    """One streamed request; its sample goes to ``sink`` even when cancelled at the end of a
+    phase."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -350,21 +352,28 @@ def table(
         "",
         f"Machine: {started_load}.",
         (
-            f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that many at once) and "
-            f"fair headroom {headroom} (engine slots VTC grants only to a tenant with nothing in flight at the "
-            f"lowest counter; plain slots under FCFS, so both policies drive the same {capacity + headroom} "
+            f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that "
+            "many at once) and "
+            f"fair headroom {headroom} (engine slots VTC grants only to a tenant with nothing in "
+            "flight at the "
+            "lowest counter; plain slots under FCFS, so both policies drive the same "
+            f"{capacity + headroom} "
             "engine slots)."
         ),
         (
-            f"Every request: the same prompt, {args.max_tokens} output tokens on average (uniform within "
+            f"Every request: the same prompt, {args.max_tokens} output tokens on average (uniform "
+            "within "
             f"±{args.spread:.0%}, `ignore_eos`), streamed. "
-            f"Clients send back to back. {args.duration:g} s per phase, the first {args.warmup:g} s not counted; "
+            f"Clients send back to back. {args.duration:g} s per phase, the first {args.warmup:g} "
+            "s not counted; "
             f"{args.rounds} round(s), policies alternating."
         ),
         (
             f"Scenarios, A always ten times B: **light** — A {args.heavy} clients, B {args.light} "
-            f"(B asks for less than half the runner: its TTFT should stay near solo); **backlogged** — "
-            f"A {10 * capacity} clients, B {capacity} (each alone could fill the runner: the fair split is 1 : 1)."
+            "(B asks for less than half the runner: its TTFT should stay near solo); "
+            "**backlogged** — "
+            f"A {10 * capacity} clients, B {capacity} (each alone could fill the runner: the fair "
+            "split is 1 : 1)."
         ),
         f"Reproduce: `{args.command}`.",
         "",
@@ -374,7 +383,8 @@ def table(
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         (
-            f"| solo | B alone, {args.light} client(s) | {fmt(solo['b_ttft_p50'])} | {fmt(solo['b_ttft_p95'])} "
+            f"| solo | B alone, {args.light} client(s) | {fmt(solo['b_ttft_p50'])} | "
+            f"{fmt(solo['b_ttft_p95'])} "
             f"| – | – | – | {fmt(solo['throughput_tps'], 1)} | – |"
         ),
     ]
@@ -393,14 +403,16 @@ def table(
             tp = mean(rs, "throughput_tps")
             rel = f"{(tp / base - 1) * 100:+.1f} %" if base and tp else "–"
             lines.append(
-                f"| {scenario} | {policy.upper()} | {fmt(mean(rs, 'b_ttft_p50'))} | {fmt(mean(rs, 'b_ttft_p95'))} "
+                f"| {scenario} | {policy.upper()} | {fmt(mean(rs, 'b_ttft_p50'))} | "
+                f"{fmt(mean(rs, 'b_ttft_p95'))} "
                 f"| {fmt(mean(rs, 'jain'), 3)} | {mean(rs, 'max_gap') or 0:,.0f} "
                 f"| {f'{a / b:.1f} : 1' if b else 'all : 0'} | {fmt(tp, 1)} | {rel} |"
             )
     if args.rounds > 1:
         lines += [
             "",
-            f"Means over {args.rounds} phases per policy and scenario; per-phase numbers with `--json`.",
+            f"Means over {args.rounds} phases per policy and scenario; per-phase numbers with "
+            "`--json`.",
         ]
     # Drift: the same scenario and policy in different rounds should run at the
     # same speed; the policies themselves may differ (VTC can leave headroom idle).
@@ -413,9 +425,12 @@ def table(
         lines += [
             "",
             (
-                f"**The machine's speed drifted during the run**: the same scenario and policy ran up to "
-                f"{(drift - 1) * 100:.0f} % faster in one round than in another (other jobs on the same "
-                "cores). The alternating order cancels a steady drift, not a jump: read the throughput "
+                "**The machine's speed drifted during the run**: the same scenario and policy "
+                "ran up to "
+                f"{(drift - 1) * 100:.0f} % faster in one round than in another (other jobs on "
+                "the same "
+                "cores). The alternating order cancels a steady drift, not a jump: read the "
+                "throughput "
                 "column as noise here."
             ),
         ]
@@ -479,7 +494,8 @@ def main() -> None:
         "--headroom",
         type=int,
         default=1,
-        help="fair-headroom engine slots beyond --parallel (the runner's default is 1; 0: plain VTC)",
+        help="fair-headroom engine slots beyond --parallel (the runner's default is 1; 0: plain "
+        "VTC)",
     )
     p.add_argument(
         "--threads",

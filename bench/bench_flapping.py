@@ -9,7 +9,8 @@ anything else, answers without exactly one ok record (lost) or records
 without an answer (duplicated), how long the runner took to come back after
 each heal, and both processes' memory at the start and the end. Needs root.
 
-    .venv/bin/python bench/bench_flapping.py --minutes 3     # rewrites its section of bench/README.md
+    .venv/bin/python bench/bench_flapping.py --minutes 3     # rewrites its section of
+    bench/README.md
 """
 
 from __future__ import annotations

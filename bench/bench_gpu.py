@@ -16,11 +16,13 @@ The runner enrols with a control plane on loopback and serves the engine through
 tunnel. Both paths hit that *same* engine process:
 
 * ``direct``  — client → the engine's own loopback port (found from the runner's child);
-* ``outpost`` — client → control plane ``/v1/chat/completions`` → WebSocket tunnel → runner → engine.
+* ``outpost`` — client → control plane ``/v1/chat/completions`` → WebSocket tunnel → runner →
+engine.
 
 Streaming chat completions, ``temperature 0``, ``max_tokens`` per request (128).
 For each concurrency (``--streams``, default 1 and 16) and each path, every stream sends
-``--rounds-single`` (1 stream) or ``--rounds`` (more streams) requests back to back; the table gives aggregate
+``--rounds-single`` (1 stream) or ``--rounds`` (more streams) requests back to back; the table
+gives aggregate
 tokens/s (all tokens ÷ wall time of the phase), per-stream decode tokens/s (tokens after the
 first ÷ time from first to last token), time to first token and inter-token latency percentiles.
 
@@ -75,7 +77,8 @@ class _AnyJsonParser(bench.load._Parser):
         if self.s.status != 200:
             self.body += data
             return
-        # sse-starlette (llama-cpp-python's server) ends events with CRLF CRLF; vLLM and llama.cpp with LF LF.
+        # sse-starlette (llama-cpp-python's server) ends events with CRLF CRLF; vLLM and llama.cpp
+        # with LF LF.
         data = (self._tail + data).replace(b"\r\n", b"\n")
         cut = data.rfind(b"\n\n")
         whole, self._tail = (data[: cut + 2], data[cut + 2 :]) if cut >= 0 else (b"", data)
@@ -129,7 +132,8 @@ def gpu_apps() -> str:
         return ""
 
 
-#: The runner's own Prometheus listener (``--metrics-port``): --record reads the engine counters it exports.
+# : The runner's own Prometheus listener (``--metrics-port``): --record reads the engine counters it
+# exports.
 RUNNER_METRICS_PORT = free_port()
 
 
@@ -253,24 +257,33 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
     counts = sorted({r["streams"] for _, rows in runs for r in rows})
     lines = [
         (
-            f"## GPU: {'vLLM' if vllm else 'llama.cpp'} on an NVIDIA GPU, direct vs through Outpost "
+            f"## GPU: {'vLLM' if vllm else 'llama.cpp'} on an NVIDIA GPU, direct vs through "
+            "Outpost "
             "(`bench/bench_gpu.py`)"
         ),
         "",
         f"Card: **{first['gpu']}**. Host: {first['host']}.",
-        f"Control plane (SQLite), runner and engine on loopback on the same machine; {first['versions']}.",
+        "Control plane (SQLite), runner and engine on loopback on the same machine; "
+        f"{first['versions']}.",
         (
-            f"Workload: streaming chat completions of `{first['model_file']}`, temperature 0, max_tokens "
+            f"Workload: streaming chat completions of `{first['model_file']}`, temperature 0, "
+            "max_tokens "
             f"{first['max_tokens']}{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
             f"{first['rounds_single']} requests on one stream, {first['rounds']} per stream with "
-            f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after {first['warmup']} warm-up "
-            "requests. `direct` is the engine's own port; `outpost` is client → control plane → WebSocket tunnel → "
-            "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the phase; per-stream "
-            "decode tok/s = tokens after the first ÷ time from first to last token, averaged over requests; TTFT = "
-            "request written → first content token; ITL = time between consecutive content chunks, over all "
+            f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after "
+            f"{first['warmup']} warm-up "
+            "requests. `direct` is the engine's own port; `outpost` is client → control plane → "
+            "WebSocket tunnel → "
+            "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the "
+            "phase; per-stream "
+            "decode tok/s = tokens after the first ÷ time from first to last token, averaged over "
+            "requests; TTFT = "
+            "request written → first content token; ITL = time between consecutive content "
+            "chunks, over all "
             "requests of the phase"
             + (
-                " (vLLM sends one token per chunk until its output loop runs behind, then several: tokens are the "
+                " (vLLM sends one token per chunk until its output loop runs behind, then "
+                "several: tokens are the "
                 "usage chunk's `completion_tokens`, chunks only time the ITL)."
                 if vllm
                 else "."
@@ -292,7 +305,8 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
             ),
             "",
             (
-                "| path | streams | requests ok | tokens | aggregate tok/s | ÷ direct | per-stream decode tok/s "
+                "| path | streams | requests ok | tokens | aggregate tok/s | ÷ direct | "
+                "per-stream decode tok/s "
                 "| TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | ITL p50 ms | ITL p95 ms | ITL p99 ms |"
             ),
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -302,8 +316,10 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
             ratio = r["agg_tok_s"] / direct[r["streams"]] if direct.get(r["streams"]) else nan
             lines.append(
                 f"| {r['path']} | {r['streams']} | {r['ok']}/{r['requests']} | {r['tokens']} | "
-                f"{r['agg_tok_s']:.1f} | {ratio:.3f} | {r['stream_tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
-                f"{r['ttft_p95_ms']:.1f} | {r.get('ttft_p99_ms', nan):.1f} | {r.get('itl_p50_ms', nan):.2f} | "
+                f"{r['agg_tok_s']:.1f} | {ratio:.3f} | {r['stream_tok_s']:.1f} | "
+                f"{r['ttft_p50_ms']:.1f} | "
+                f"{r['ttft_p95_ms']:.1f} | {r.get('ttft_p99_ms', nan):.1f} | "
+                f"{r.get('itl_p50_ms', nan):.2f} | "
                 f"{r.get('itl_p95_ms', nan):.2f} | {r.get('itl_p99_ms', nan):.2f} |"
             )
         if meta.get("notes"):
@@ -360,7 +376,8 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                 )
             log = tmp / "runner" / "logs" / "engine.log"
             # An engine that crashed while loading is restarted by the supervisor and fails again:
-            # stop at the first traceback rather than wait out the whole timeout (device time is scarce).
+            # stop at the first traceback rather than wait out the whole timeout (device time is
+            # scarce).
             if (
                 args.engine == "vllm"
                 and log.exists()
@@ -442,31 +459,45 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         model_file = Path(args.model).name
         streams_arg = ",".join(str(n) for n in args.streams)
         if server is not None:
-            title = f"llama.cpp's `llama-server`, {args.parallel} slots, attached (`--attach URL --parallel {args.parallel}`)"
+            title = (
+                f"llama.cpp's `llama-server`, {args.parallel} slots, attached (`--attach URL "
+                f"--parallel {args.parallel}`)"
+            )
             engine = (
-                f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np {args.parallel} "
-                f"-c {args.parallel * args.ctx_per_slot}`, started by the benchmark; the runner runs "
+                f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np "
+                f"{args.parallel} "
+                f"-c {args.parallel * args.ctx_per_slot}`, started by the benchmark; the runner "
+                "runs "
                 f"`local-runner --attach http://127.0.0.1:PORT --parallel {args.parallel}`"
             )
             command = (
-                f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel {args.parallel}"
-                f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
+                f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel "
+                f"{args.parallel}"
+                f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
+                f"{args.max_tokens}"
             )
         elif args.engine == "vllm":
-            title = "vLLM, planned and started by the runner (`runner local-runner --model DIR`, no `--engine`)"
+            title = (
+                "vLLM, planned and started by the runner (`runner local-runner --model DIR`, "
+                "no `--engine`)"
+            )
             engine = (
-                f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the planner and "
-                f"started by `runner local-runner --model {model_file}` as `{_argv_text(engine_argv)}`"
+                f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the "
+                "planner and "
+                f"started by `runner local-runner --model {model_file}` as "
+                f"`{_argv_text(engine_argv)}`"
             )
             command = (
-                f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams {streams_arg} "
-                f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
-                + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env)
+                f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams "
+                f"{streams_arg} "
+                f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
+                f"{args.max_tokens}" + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env)
             )
         else:
             title = f"{args.engine}, planned and started by the runner"
             engine = (
-                f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started by "
+                f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started "
+                "by "
                 f"`runner local-runner --model {model_file} --engine {args.engine}`"
                 if args.engine == "llama-cpp-python"
                 else args.engine
@@ -556,7 +587,8 @@ def record_engine(
 
 
 async def _record_busy(out: Path, eport: int) -> None:
-    """The engine's metrics one second into the heaviest phase: requests running and waiting, KV in use."""
+    """The engine's metrics one second into the heaviest phase: requests running and waiting, KV
+    in use."""
     await asyncio.sleep(1.0)
     async with httpx.AsyncClient() as client:
         resp = await client.get(f"http://127.0.0.1:{eport}/metrics", timeout=30)
@@ -623,7 +655,8 @@ def _host() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"{cpu}, {os.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB "
+        "RAM, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
 

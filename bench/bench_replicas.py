@@ -104,7 +104,8 @@ def start_setup(name: str, replicas: int, engine: Engine, tmp: Path, capacity: i
     try:
         for cp in cps:  # one after the other: the first runs the migrations
             cp.start()
-        # An admin key: the benchmark also lists runners (GET /api/runners) to know both replicas see them.
+        # An admin key: the benchmark also lists runners (GET /api/runners) to know both replicas
+        # see them.
         setup.key = cps[0].cli("keys", "create", "bench", "--admin").splitlines()[-1]
         for i in range(2):
             dial = cps[i % replicas]
@@ -237,21 +238,29 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: Engi
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
         (
-            "Stack: PostgreSQL + Redis on this machine; `control-plane serve` replicas on one database; two "
-            f"`runner local-runner --attach` runners (`--parallel {args.capacity}`), one per replica with two "
+            "Stack: PostgreSQL + Redis on this machine; `control-plane serve` replicas on one "
+            "database; two "
+            f"`runner local-runner --attach` runners (`--parallel {args.capacity}`), one per "
+            "replica with two "
             f"replicas, both on replica A with one. Engine: {engine.describe}."
         ),
         (
-            f"Method: {args.streams} closed-loop streaming clients (spread evenly over the replicas), "
-            f"{args.max_tokens} unpaced tokens per request; {args.rounds} rounds × {args.phase_s:g} s per setup, "
-            "alternating; a request counts when it finished inside a window. CPU: all cores, whole window; "
-            "PostgreSQL and Redis are the machine's shared servers, so their CPU includes anything else using them."
+            f"Method: {args.streams} closed-loop streaming clients (spread evenly over the "
+            "replicas), "
+            f"{args.max_tokens} unpaced tokens per request; {args.rounds} rounds × "
+            f"{args.phase_s:g} s per setup, "
+            "alternating; a request counts when it finished inside a window. CPU: all cores, "
+            "whole window; "
+            "PostgreSQL and Redis are the machine's shared servers, so their CPU includes "
+            "anything else using them."
         ),
         f"Reproduce: `{args.command}`.",
         "",
         (
-            "| setup | requests | errors | req/s | tok/s | vs 1 replica | TTFT p50 ms | TTFT p99 ms | latency p50 ms "
-            "| latency p99 ms | control-plane cores | CP CPU ms/request | runner cores | engine cores | PostgreSQL cores "
+            "| setup | requests | errors | req/s | tok/s | vs 1 replica | TTFT p50 ms | TTFT p99 "
+            "ms | latency p50 ms "
+            "| latency p99 ms | control-plane cores | CP CPU ms/request | runner cores | engine "
+            "cores | PostgreSQL cores "
             "| Redis cores |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -259,8 +268,10 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: Engi
     for r in rows:
         ratio = r["req_s"] / one["req_s"] if one["req_s"] else math.nan
         lines.append(
-            f"| {r['setup']} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | {r['tok_s']:,.0f} "
-            f"| **{ratio:.2f}×** | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['lat_p50_ms']:.1f} "
+            f"| {r['setup']} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | "
+            f"{r['tok_s']:,.0f} "
+            f"| **{ratio:.2f}×** | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+            f"{r['lat_p50_ms']:.1f} "
             f"| {r['lat_p99_ms']:.1f} | {r['cp_cores']:.2f} | {r['cp_ms_per_request']:.1f} "
             f"| {r['runner_cores']:.2f} | {r['engine_cores']:.2f} | {r['db_cores']:.2f} "
             f"| {r['redis_cores']:.2f} |"

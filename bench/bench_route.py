@@ -76,13 +76,16 @@ def main() -> int:
         "",
         f"Machine: {machine()}.",
         (
-            f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. Median of {repeat} `Router.route` calls per cell, in "
-            "process, simulated hub objects (tests/api/sim.py), one status report per runner, affinity keys on, "
+            f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. Median of {repeat} `Router.route` "
+            "calls per cell, in "
+            "process, simulated hub objects (tests/api/sim.py), one status report per runner, "
+            "affinity keys on, "
             "`limit=1` as a request's first attempt asks (every runner is still scored)."
         ),
         f"Reproduce: `{command}`.",
         "",
-        "| runners serving the model | balanced ms | cost ms | latency ms | µs per runner (balanced) |",
+        "| runners serving the model | balanced ms | cost ms | latency ms | µs per runner "
+        "(balanced) |",
         "|---:|---:|---:|---:|---:|",
     ]
     for n in (10, 100, 1000):

@@ -80,7 +80,8 @@ class Workload:
 
     def describe(self) -> str:
         return (
-            f"{self.users} concurrent users x {self.conversations} conversations x {self.turns} turns "
+            f"{self.users} concurrent users x {self.conversations} conversations x {self.turns} "
+            "turns "
             f"({self.users * self.conversations * self.turns} requests); shared system prompt "
             f"{self.system_words} tokens, a {self.document_words}-token document per conversation, "
             f"{self.question_words}-token follow-ups, {self.answer_tokens}-token answers, "
@@ -251,15 +252,18 @@ def table(
         "",
         f"Machine: {machine()}. Control plane: `control-plane serve` (SQLite) on the same machine.",
         (
-            f"Runners: {n_runners} **simulated** runners (`bench/sim_runner.py`: the real tunnel client in front of "
-            f"a timing model of an engine; four llama.cpp engines would oversubscribe these 2 cores and measure "
+            f"Runners: {n_runners} **simulated** runners (`bench/sim_runner.py`: the real tunnel "
+            "client in front of "
+            "a timing model of an engine; four llama.cpp engines would oversubscribe these 2 "
+            "cores and measure "
             f"CPU contention instead): {params.describe()}."
         ),
         f"Workload: {w.describe()}. TTFT measured by the client, streaming.",
         *(
             [
                 (
-                    f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} — the three set-ups run one "
+                    f"Load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} — the "
+                    "three set-ups run one "
                     "after the other, so load from other processes affects them unequally."
                 )
             ]
@@ -269,7 +273,8 @@ def table(
         "Reproduce: `.venv/bin/python bench/bench_routing.py`.",
         "",
         (
-            "| routing | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | follow-up turns: TTFT p50 ms "
+            "| routing | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | follow-up "
+            "turns: TTFT p50 ms "
             "| follow-up p99 ms | output tok/s | requests/s | prefix-cache hit |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -294,9 +299,12 @@ def table(
     lines += [
         "",
         (
-            "Follow-up turns: every turn but a conversation's first, whose history a runner may hold. "
-            "Prefix-cache hit: share of prompt tokens the simulated engines found in their cache (no prefill). "
-            "A first turn always prefills its document, so the p99 of all turns is set by first turns "
+            "Follow-up turns: every turn but a conversation's first, whose history a runner may "
+            "hold. "
+            "Prefix-cache hit: share of prompt tokens the simulated engines found in their cache "
+            "(no prefill). "
+            "A first turn always prefills its document, so the p99 of all turns is set by first "
+            "turns "
             "queueing for a prefill under every routing."
         ),
     ]

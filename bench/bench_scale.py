@@ -1,4 +1,5 @@
-"""One control plane, 100 then 1,000 connected runners, 1,000+ concurrent streams: where does it break?
+"""One control plane, 100 then 1,000 connected runners, 1,000+ concurrent streams: where does it
+break?
 
 Runners are SIMULATED (bench/sim_runner.py: the runner's real tunnel client,
 a timing model instead of an engine), all in one child process, each with
@@ -71,7 +72,8 @@ MODEL = "sim-chat"
 
 
 def swarm(cp_url: str, admin_key: str, slots: int, decode_tps: float) -> None:
-    """Reads ``connect N`` lines on stdin; answers ``connected N <seconds>`` once N runners are up."""
+    """Reads ``connect N`` lines on stdin; answers ``connected N <seconds>`` once N runners are
+    up."""
     from bench.sim_runner import SimParams, SimulatedRunner
 
     params = SimParams(slots=slots, prefill_tps=1e9, decode_tps=decode_tps, kv_tokens=512)
@@ -257,7 +259,8 @@ async def load_phase(
 
 #: Lines of the control plane's log that say why it broke.
 _LOG_SIGNS = {
-    "sqlalchemy.exc.TimeoutError: QueuePool limit": "database connection pool exhausted (30 s timeout)",
+    "sqlalchemy.exc.TimeoutError: QueuePool limit": "database connection pool exhausted (30 s "
+    "timeout)",
     "could not write request record": "request record lost",
     "unhandled error": "500 unhandled error",
 }
@@ -284,7 +287,8 @@ def recorded(db_path: Path, ids: list[str]) -> tuple[set[str], dict[str, int]]:
 
 
 async def check_records(db_path: Path, ids: list[str], wait_s: float) -> dict:
-    """Wait (up to ``wait_s``) for every accepted request's record and audit event; count what is missing."""
+    """Wait (up to ``wait_s``) for every accepted request's record and audit event; count what
+    is missing."""
     t0 = time.perf_counter()
     while True:
         have, events = await asyncio.to_thread(recorded, db_path, ids)
@@ -307,7 +311,8 @@ def cpu_ms_per_request(load: dict, args: argparse.Namespace) -> float:
 
 
 def request_s(args: argparse.Namespace) -> float:
-    """How long one stream's request lasts at the simulated engine: first token at once, then paced."""
+    """How long one stream's request lasts at the simulated engine: first token at once, then
+    paced."""
     return max(args.tokens - 1, 1) / args.decode_tps
 
 
@@ -323,7 +328,8 @@ def verdict(load: dict, args: argparse.Namespace) -> str:
     if rec and (rec["lost"] or rec["audit_duplicates"] or rec["audited_once"] < rec["accepted"]):
         reasons.append(
             f"{rec['lost']} of {rec['accepted']} accepted requests have no record after "
-            f"{rec['caught_up_s']:.0f} s, {rec['accepted'] - rec['audited_once']} not audited exactly once"
+            f"{rec['caught_up_s']:.0f} s, {rec['accepted'] - rec['audited_once']} not audited "
+            "exactly once"
         )
     if load.get("cp_errors"):
         reasons.append(
@@ -407,23 +413,30 @@ async def bench(args: argparse.Namespace) -> list[Level]:
 
 def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
     lines = [
-        "## Scale: simulated runners and concurrent streams on one control plane (`bench/bench_scale.py`)",
+        "## Scale: simulated runners and concurrent streams on one control plane "
+        "(`bench/bench_scale.py`)",
         "",
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
         (
-            "Control plane: one `control-plane serve` process (SQLite, uvicorn, one event loop). Runners: SIMULATED "
-            f"(`bench/sim_runner.py`, real enrollment, real tunnel client, one connection each; {args.slots} slots, "
-            f"first token at once, then {args.decode_tps:g} tokens/s per stream), all in one child process. "
-            f"Streams: closed loop, {args.tokens} tokens each ({request_s(args):g} s, so streams ÷ {request_s(args):g} "
+            "Control plane: one `control-plane serve` process (SQLite, uvicorn, one event loop). "
+            "Runners: SIMULATED "
+            "(`bench/sim_runner.py`, real enrollment, real tunnel client, one connection each; "
+            f"{args.slots} slots, "
+            f"first token at once, then {args.decode_tps:g} tokens/s per stream), all in one "
+            "child process. "
+            f"Streams: closed loop, {args.tokens} tokens each ({request_s(args):g} s, so streams "
+            f"÷ {request_s(args):g} "
             "new requests per second); "
             f"{args.window_s:g} s measured after every stream has started."
         ),
         f"Reproduce: `{args.command}`.",
         "",
         (
-            "| runners | connect s | idle CP cores | idle CP RSS MiB | streams | requests ended | failed + stalled | TTFT p50 ms "
-            "| TTFT p99 ms | ITL p99 ms (nominal) | requests/s | tok/s (offered) | CP cores | CP CPU ms / request "
+            "| runners | connect s | idle CP cores | idle CP RSS MiB | streams | requests ended | "
+            "failed + stalled | TTFT p50 ms "
+            "| TTFT p99 ms | ITL p99 ms (nominal) | requests/s | tok/s (offered) | CP cores | CP "
+            "CPU ms / request "
             "| CP RSS MiB | swarm cores | records: accepted / written / lost | verdict |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -434,10 +447,13 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
         rec = ld["records"]
         lines.append(
             f"| {lv.runners} | {lv.connect_s:.0f} | {lv.idle['cores']['control plane']:.2f} "
-            f"| {lv.idle['rss_mb']['control plane']:.0f} | {lv.streams} | {ld['requests']} | {ld['failed'] + ld['stalled']} "
-            f"| {ld['ttft_p50_ms']:.0f} | {ld['ttft_p99_ms']:.0f} | {ld['itl_p99_ms']:.0f} ({nominal:.0f}) "
+            f"| {lv.idle['rss_mb']['control plane']:.0f} | {lv.streams} | {ld['requests']} | "
+            f"{ld['failed'] + ld['stalled']} "
+            f"| {ld['ttft_p50_ms']:.0f} | {ld['ttft_p99_ms']:.0f} | {ld['itl_p99_ms']:.0f} "
+            f"({nominal:.0f}) "
             f"| {ld['sent'] / args.window_s:.1f} "
-            f"| {ld['tok_s']:,.0f} ({ld['offered_tok_s']:,.0f}) | {ld['cores']['control plane']:.2f} "
+            f"| {ld['tok_s']:,.0f} ({ld['offered_tok_s']:,.0f}) | "
+            f"{ld['cores']['control plane']:.2f} "
             f"| {cpu_ms_per_request(ld, args):.1f} "
             f"| {ld['rss_mb']['control plane']:.0f} | {ld['cores']['runners (swarm)']:.2f} "
             f"| {rec['accepted']:,} / {rec['recorded']:,} / **{rec['lost']}** | {lv.verdict} |"
@@ -447,9 +463,12 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
         (
             "TTFT here is all overhead: the simulated engine sends its first token at once. "
             "Connect s: enrollment + registration + handshake of the runners added at that level. "
-            "CP CPU ms / request: control-plane CPU seconds in the window ÷ requests sent in it (it includes "
-            "relaying every token). Records: requests of the whole level answered with an `x-request-id`, "
-            "those with a request record and exactly one audit event once the writer caught up, and the "
+            "CP CPU ms / request: control-plane CPU seconds in the window ÷ requests sent in it "
+            "(it includes "
+            "relaying every token). Records: requests of the whole level answered with an "
+            "`x-request-id`, "
+            "those with a request record and exactly one audit event once the writer caught up, "
+            "and the "
             "difference — the product rule is that it is 0."
         ),
     ]

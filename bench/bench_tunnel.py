@@ -277,28 +277,37 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: str)
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
         (
-            f"Engine: {engine}. Tunnel: the control plane's `Link` behind uvicorn (WebSocket settings of "
-            f"`control-plane serve`) in the measuring process; the runner's `TunnelClient` + `relay` in a child "
-            f"process, {args.connections} connections. No API layer, database or scheduler (see the overhead table)."
+            f"Engine: {engine}. Tunnel: the control plane's `Link` behind uvicorn (WebSocket "
+            "settings of "
+            "`control-plane serve`) in the measuring process; the runner's `TunnelClient` + "
+            "`relay` in a child "
+            f"process, {args.connections} connections. No API layer, database or scheduler (see "
+            "the overhead table)."
         ),
         (
-            f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating; TTFT = request sent → first "
-            "content token received; added = tunnel − direct, percentile by percentile. In the saturated rows the "
-            "engine never waits, so TTFT there is queueing behind other streams' data, not hop latency; CPU µs per "
+            f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating; TTFT = "
+            "request sent → first "
+            "content token received; added = tunnel − direct, percentile by percentile. In the "
+            "saturated rows the "
+            "engine never waits, so TTFT there is queueing behind other streams' data, not hop "
+            "latency; CPU µs per "
             "chunk = CPU of each side over the tunnel phases ÷ content chunks delivered."
         ),
         f"Reproduce: `{args.command}`.",
         "",
         (
-            "| scenario | direct TTFT p50 ms | p99 ms | tunnel TTFT p50 ms | p99 ms | added p50 ms | added p99 ms "
-            "| direct tok/s | tunnel tok/s | tunnel/direct | CPU µs per chunk: control-plane side | runner |"
+            "| scenario | direct TTFT p50 ms | p99 ms | tunnel TTFT p50 ms | p99 ms | added p50 "
+            "ms | added p99 ms "
+            "| direct tok/s | tunnel tok/s | tunnel/direct | CPU µs per chunk: control-plane side "
+            "| runner |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         d, t = r["direct"], r["tunnel"]
         lines.append(
-            f"| {r['scenario']} | {d['ttft_p50_ms']:.2f} | {d['ttft_p99_ms']:.2f} | {t['ttft_p50_ms']:.2f} "
+            f"| {r['scenario']} | {d['ttft_p50_ms']:.2f} | {d['ttft_p99_ms']:.2f} | "
+            f"{t['ttft_p50_ms']:.2f} "
             f"| {t['ttft_p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | {r['added_p99_ms']:+.2f} "
             f"| {d['tok_s']:,.0f} | {t['tok_s']:,.0f} | {r['ratio']:.3f} "
             f"| {r['control-plane side µs per chunk']:.0f} | {r['runner µs per chunk']:.0f} |"
@@ -306,8 +315,10 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: str)
     lines += [
         "",
         (
-            "Reference (docs/DESIGN, same class of machine): one extra WebSocket relay hop adds 211 µs p50 / "
-            "457 µs p99 on loopback; the tunnel hop also crosses the runner's HTTP client, SSE re-framing and "
+            "Reference (docs/DESIGN, same class of machine): one extra WebSocket relay hop adds "
+            "211 µs p50 / "
+            "457 µs p99 on loopback; the tunnel hop also crosses the runner's HTTP client, SSE "
+            "re-framing and "
             "JSON frames on both ends."
         ),
     ]

@@ -238,7 +238,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 class ProcWatch:
-    """CPU seconds used and peak RSS of some processes (and their children) between start and stop."""
+    """CPU seconds used and peak RSS of some processes (and their children) between start and
+    stop."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
@@ -315,7 +316,8 @@ def machine() -> str:
     mem = psutil.virtual_memory().total / 2**30
     load = os.getloadavg()[0]
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}; "
+        f"{cpu}, {os.cpu_count()} logical cores, {mem:.0f} GiB RAM, {platform.system()} "
+        f"{platform.release()}; "
         f"Python {platform.python_version()}; "
         + versions(
             "uvicorn",
@@ -337,7 +339,8 @@ def load_at_end() -> str:
 
 
 def write_section(begin: str, end: str, text: str, path: Path = README) -> None:
-    """Replace the text between ``begin`` and ``end`` (append the section if missing); nothing else."""
+    """Replace the text between ``begin`` and ``end`` (append the section if missing); nothing
+    else."""
     current = path.read_text() if path.exists() else "# Benchmarks\n"
     section = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in current and end in current:

@@ -1,7 +1,8 @@
 """Run every benchmark, in bounded time, and rewrite the results in bench/README.md.
 
     .venv/bin/python bench/run.py --quick     # a few minutes: shorter phases, fewer rounds
-    .venv/bin/python bench/run.py --full      # the recorded numbers: longer, the real engine everywhere
+    .venv/bin/python bench/run.py --full      # the recorded numbers: longer, the real engine
+    everywhere
     .venv/bin/python bench/run.py --quick --only overhead,tunnel
 
 Each benchmark runs as its own process with a time limit, one after the
@@ -180,7 +181,8 @@ def main() -> int:
         "## Last run (`bench/run.py`)",
         "",
         (
-            f"Command: `{command}` ({mode} mode), started {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(t_start))}, "
+            f"Command: `{command}` ({mode} mode), started "
+            f"{time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(t_start))}, "
             f"{(time.time() - t_start) / 60:.1f} minutes in all."
         ),
         f"Machine: {started}.",

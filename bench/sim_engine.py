@@ -53,7 +53,10 @@ class SimEngineConfig:
             if self.tokens_per_s <= 0
             else f"{self.tokens_per_s:g} tokens/s per stream"
         )
-        return f"simulated engine (`bench/sim_engine.py`): {rate}, first token after {self.ttft_ms:g} ms"
+        return (
+            f"simulated engine (`bench/sim_engine.py`): {rate}, first token after "
+            f"{self.ttft_ms:g} ms"
+        )
 
 
 def _event(obj: dict) -> bytes:
@@ -82,7 +85,8 @@ _DONE = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
 def _response(status: int, body: bytes, ctype: str = "application/json") -> bytes:
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: "
+        f"{len(body)}\r\n\r\n".encode()
         + body
     )
 

@@ -51,7 +51,8 @@ class SimParams:
     def describe(self) -> str:
         return (
             f"{self.slots} slots, prefill {self.prefill_tps:g} tok/s (one at a time), "
-            f"decode {self.decode_tps:g} tok/s per request, prefix cache {self.kv_tokens} tokens (LRU)"
+            f"decode {self.decode_tps:g} tok/s per request, prefix cache {self.kv_tokens} tokens "
+            "(LRU)"
         )
 
 
@@ -195,7 +196,8 @@ def _sse(obj: dict[str, Any]) -> str:
 
 
 class SimulatedRunner:
-    """Enrolls, connects through the real tunnel client, and answers with a :class:`SimulatedEngine`."""
+    """Enrolls, connects through the real tunnel client, and answers with a
+    :class:`SimulatedEngine`."""
 
     def __init__(
         self,

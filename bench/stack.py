@@ -1,4 +1,5 @@
-"""Start the processes a benchmark measures: an engine, a control plane, a runner attached to the engine.
+"""Start the processes a benchmark measures: an engine, a control plane, a runner attached to the
+engine.
 
 Both benchmark paths hit the *same* engine process: ``direct`` is the
 engine's own port, ``through`` is client → control plane → tunnel → runner
@@ -70,7 +71,8 @@ def start_engine(kind: str, *, parallel: int = 16, threads: int = 2, log_dir: Pa
         ]
         describe = (
             f"llama.cpp (xllamacpp, `runner.engines.xllamacpp_main`) with the embedded "
-            f"SmolLM2-135M-Instruct Q4_1, {parallel} slots × {ctx // parallel} context, {threads} threads"
+            f"SmolLM2-135M-Instruct Q4_1, {parallel} slots × {ctx // parallel} context, {threads} "
+            "threads"
         )
         health = "/health"
     else:
