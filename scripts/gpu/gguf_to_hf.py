@@ -1,4 +1,5 @@
-"""Write a Hugging Face safetensors directory from a GGUF, with the image's transformers (docs/gpu.md).
+"""Write a Hugging Face safetensors directory from a GGUF, with the image's transformers
+(docs/gpu.md).
 
 The GPU machine cannot download weights, and the runner plans vLLM for Hugging Face-format
 models only; the embedded SmolLM2-135M-Instruct GGUF is the one real model there. transformers
@@ -39,7 +40,8 @@ def main() -> None:
     src, name = str(args.gguf.parent), args.gguf.name
     tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.bfloat16)
-    # The loaded model is marked "quantized with gguf", which save_pretrained refuses; its weights are
+    # The loaded model is marked "quantized with gguf", which save_pretrained refuses; its weights
+    # are
     # plain dequantized tensors, so a model built from the same config takes them as they are.
     cfg = loaded.config
     if hasattr(cfg, "quantization_config"):
@@ -63,7 +65,8 @@ def main() -> None:
     print(
         f"wrote {args.out} in {time.perf_counter() - t0:.1f} s: {params:,} parameters, "
         f"{cfg.get('architectures')}, dtype {cfg.get('dtype') or cfg.get('torch_dtype')}, "
-        f"tie_word_embeddings {cfg.get('tie_word_embeddings')}, chat template {'yes' if template else 'no'}; "
+        f"tie_word_embeddings {cfg.get('tie_word_embeddings')}, chat template "
+        f"{'yes' if template else 'no'}; "
         f"files {files}"
     )
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
