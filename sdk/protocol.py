@@ -16,7 +16,10 @@ Handshake (``docs/protocol.md`` has the sequence diagram)::
 Streams: the control plane opens a stream with ``request.v1`` carrying a byte
 credit window; the runner answers ``response_start.v1`` then ``data.v1``
 frames (never more bytes than the credit the control plane has granted) and
-finally ``end.v1`` with token usage. Either side may ``reset.v1`` a stream.
+finally ``end.v1`` with token usage. With capability ``binary-data`` the
+runner's data goes in binary messages instead (:func:`encode_data_batch`):
+bytes, not JSON, and several streams' pieces in one WebSocket write.
+Either side may ``reset.v1`` a stream.
 ``goaway.v1`` asks the peer to stop opening streams and drain.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import json
+import struct
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -44,6 +48,7 @@ from outpost.sdk.logfmt import REQUEST_ID_PATTERN
 from outpost.sdk.pricing import CostModel
 
 __all__ = [
+    "BINARY_DATA",
     "CAPABILITIES",
     "CLOSE_REASONS",
     "DEFAULT_STREAM_WINDOW",
@@ -82,9 +87,11 @@ __all__ = [
     "WelcomeFrame",
     "WindowUpdateFrame",
     "close_reason",
+    "encode_data_batch",
     "encode_frame",
     "handshake_message",
     "negotiate_version",
+    "parse_data_batch",
     "parse_frame",
 ]
 
@@ -104,6 +111,7 @@ CAPABILITIES: frozenset[str] = frozenset(
         # deploy.v1 / undeploy.v1 / replica.v1 (docs/deployments.md). A runner announces it
         # only when it has a deployment manager (runner/deployments/), so not every build does.
         "deployments",
+        "binary-data",
     }
 )
 
@@ -532,6 +540,67 @@ def parse_frame(raw: str | bytes) -> Frame:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise FrameError(f"invalid frame: {where}: {first.get('msg')}") from None
+
+
+# --- binary data batches (capability ``binary-data``) -------------------------
+# Response data as bytes, several streams' pieces in one WebSocket *binary* message:
+#
+#     message = kind:u8 (BINARY_DATA) record+
+#     record  = stream_id:u64 length:u32 payload[length]      (big-endian)
+#
+# Only the runner sends them, and only when both ends announced ``binary-data``
+# (an older peer keeps getting ``data.v1``). A record is a ``data.v1`` frame
+# without the JSON: the payload is the UTF-8 text that frame would carry, at
+# most MAX_DATA_BYTES bytes, and counts against the stream's window in
+# characters, as ``data.v1`` does.
+
+#: The first byte of a binary data batch; another value is refused (room for later kinds).
+BINARY_DATA = 0x01
+_RECORD = struct.Struct(">QI")
+
+
+def encode_data_batch(records: list[tuple[int, bytes]]) -> bytes:
+    """One binary message holding ``(stream_id, payload)`` records, in order."""
+    parts = [bytes((BINARY_DATA,))]
+    for sid, payload in records:
+        parts.append(_RECORD.pack(sid, len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def parse_data_batch(raw: bytes) -> list[tuple[int, str]]:
+    """Validate one binary message: its ``(stream_id, text)`` records, or :class:`FrameError`.
+
+    The same bounds as ``data.v1``: a stream id in range, at most MAX_DATA_BYTES
+    of payload per record, valid UTF-8, and the message within MAX_FRAME_BYTES.
+    """
+    size = len(raw)
+    if size > MAX_FRAME_BYTES:
+        raise FrameError(
+            f"binary message of {size} bytes exceeds {MAX_FRAME_BYTES}", CloseCode.TOO_BIG
+        )
+    if size == 0 or raw[0] != BINARY_DATA:
+        raise FrameError("binary message of an unknown kind")
+    records: list[tuple[int, str]] = []
+    at, header = 1, _RECORD.size
+    while at < size:
+        if at + header > size:
+            raise FrameError("binary message: truncated record header")
+        sid, length = _RECORD.unpack_from(raw, at)
+        at += header
+        if not 1 <= sid <= _MAX_STREAM_ID:
+            raise FrameError(f"binary message: stream id {sid} out of range")
+        if length > MAX_DATA_BYTES or at + length > size:
+            raise FrameError(f"binary message: record of {length} bytes is too long")
+        try:
+            text = raw[at : at + length].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("binary message: payload is not UTF-8") from None
+        records.append((sid, text))
+        at += length
+    if not records:
+        raise FrameError("binary message without a record")
+    return records
 
 
 def encode_frame(frame: _Frame) -> str:
