@@ -29,8 +29,14 @@ async def issue_api_key(
     rate_limit_rpm: int | None = None,
     routing_policy: str | None = None,
     actor: str | None = None,
+    role: str | None = None,
+    allowed_models: list[str] | None = None,
 ) -> tuple[str, str]:
-    """Create an API key in tenant ``tenant`` (created if new); returns ``(key_id, secret)``."""
+    """Create an API key in tenant ``tenant`` (created if new); returns ``(key_id, secret)``.
+
+    ``role`` (control_plane.permissions) wins over ``admin``, which is the ``admin`` role.
+    """
+    role = role or ("admin" if admin else None)
     async with db.session() as session:
         t = await get_or_create_tenant(session, tenant)
         key, secret = await key_actions.create_key(
@@ -38,9 +44,10 @@ async def issue_api_key(
             t.id,
             name,
             actor=actor or operator_actor(),
-            scopes="inference,admin" if admin else "inference",
+            scopes=f"inference,{role}" if role else "inference",
             rate_limit_rpm=rate_limit_rpm,
             routing_policy=routing_policy,
+            allowed_models=allowed_models,
         )
         await session.commit()
         return key.id, secret

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outpost.control_plane.permissions import Role
 from outpost.sdk.pins import parse_pin
 
 __all__ = ["Settings", "default_state_dir"]
@@ -330,12 +331,13 @@ class Settings(BaseSettings):
         description="ID-token claim (a string or a list) mapped to "
         "a console role by OUTPOST_OIDC_ROLE_MAP.",
     )
-    oidc_role_map: dict[str, Literal["admin", "viewer"]] = Field(
+    oidc_role_map: dict[str, Role] = Field(
         default_factory=dict,
-        description='JSON object: claim value -> role, e.g. {"outpost-admins": "admin", '
-        '"staff": "viewer"}; the highest role matched wins.',
+        description='JSON object: claim value -> role, e.g. {"outpost-admins": "owner", '
+        '"sre": "operator", "staff": "viewer"}; the most powerful role matched wins '
+        "(owner, admin, operator, developer, viewer, auditor).",
     )
-    oidc_default_role: Literal["admin", "viewer", ""] = Field(
+    oidc_default_role: Role | Literal[""] = Field(
         default="",
         description="Role when no claim value matches the map; empty: such a person is refused.",
     )

@@ -10,14 +10,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.audit import AuditAction, record_admin
 from outpost.control_plane.db.models import ApiKey
-from outpost.control_plane.domain_errors import Invalid, NotFound
+from outpost.control_plane.domain_errors import Forbidden, Invalid, NotFound
+from outpost.control_plane.model_access import parse_allow_list
+from outpost.control_plane.permissions import (
+    ROLES,
+    SHELL_ROLE,
+    check_grant,
+    key_role,
+    may_grant,
+)
 from outpost.control_plane.routing.routing import POLICIES
 from outpost.control_plane.store.keys import create_api_key, get_api_key, revoke_api_key
 from outpost.control_plane.store.policies import set_key_limits
 
-__all__ = ["check_policy", "create_key", "find_key", "revoke_key", "set_limits"]
+__all__ = [
+    "check_policy",
+    "create_key",
+    "find_key",
+    "revoke_key",
+    "set_allowed_models",
+    "set_limits",
+]
 
-SCOPES = ("inference", "admin")
+# ``inference`` plus at most one role (``permissions.key_role``); ``admin`` is also
+# the legacy scope.
+SCOPES = ("inference", *ROLES)
 
 
 def check_policy(policy: str | None) -> None:
@@ -52,18 +69,32 @@ async def create_key(
     rate_limit_rpm: int | None = None,
     routing_policy: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    by_role: str | None = SHELL_ROLE,
+    allowed_models: list[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """A key of ``tenant_id``; returns ``(row, secret)``. The secret is not stored.
 
-    ``extra`` adds door-specific audit details (the console's expiry choice, its purpose).
+    ``by_role`` is the creator's role: a key's role must be one it may grant
+    (``permissions.may_grant``). ``extra`` adds door-specific audit details
+    (the console's expiry choice, its purpose).
     """
     check_policy(routing_policy)
     _check_rpm(rate_limit_rpm)
-    if not scopes or any(s not in SCOPES for s in scopes.split(",")):
+    parts = scopes.split(",") if scopes else []
+    if not parts or any(s not in SCOPES for s in parts):
         raise Invalid(f"scopes are a comma-separated subset of {', '.join(SCOPES)}", param="scopes")
+    if sum(p in ROLES for p in parts) > 1:
+        raise Invalid("A key has at most one role.", param="role")
+    role = key_role(set(parts))
+    if role is not None:
+        check_grant(by_role, role)
+    models = parse_allow_list(allowed_models) if allowed_models is not None else None
     key, secret = await create_api_key(
         session, tenant_id, name, expires_at=expires_at, scopes=scopes
     )
+    if models is not None:
+        key.allowed_models = models
+        await session.flush()
     if rate_limit_rpm is not None or routing_policy is not None:
         await set_key_limits(
             session, key, rate_limit_rpm=rate_limit_rpm, routing_policy=routing_policy
@@ -79,15 +110,28 @@ async def create_key(
             "scopes": scopes,
             "rate_limit_rpm": rate_limit_rpm,
             "routing_policy": routing_policy,
+            **({"allowed_models": models} if models is not None else {}),
             **(extra or {}),
         },
     )
     return key, secret
 
 
-async def revoke_key(session: AsyncSession, tenant_id: str, key_id: str, *, actor: str) -> ApiKey:
-    """Revoke at once (idempotent: revoking twice keeps the first time)."""
+async def revoke_key(
+    session: AsyncSession,
+    tenant_id: str,
+    key_id: str,
+    *,
+    actor: str,
+    by_role: str | None = SHELL_ROLE,
+) -> ApiKey:
+    """Revoke at once (idempotent: revoking twice keeps the first time).
+
+    Only a key whose role the revoker could have granted: a developer cannot
+    lock an owner out by revoking the owner's key.
+    """
     key = await find_key(session, tenant_id, key_id)
+    _check_over(by_role, key)
     await revoke_api_key(session, key)
     await record_admin(
         session,
@@ -120,5 +164,39 @@ async def set_limits(
         tenant_id=tenant_id,
         target=key.id,
         details={"rate_limit_rpm": rate_limit_rpm, "routing_policy": routing_policy},
+    )
+    return key
+
+
+def _check_over(by_role: str | None, key: ApiKey) -> None:
+    role = key_role(set(key.scopes.split(",")))
+    if role is not None and not may_grant(by_role, role):
+        raise Forbidden(
+            f"Your role cannot change a key with the {role!r} role.", code="permission_denied"
+        )
+
+
+async def set_allowed_models(
+    session: AsyncSession,
+    tenant_id: str,
+    key_id: str,
+    models: list[str] | None,
+    *,
+    actor: str,
+    by_role: str | None = SHELL_ROLE,
+) -> ApiKey:
+    """Replace the key's model allow-list; ``None`` lifts it (every model its tenant can reach)."""
+    checked = parse_allow_list(models) if models is not None else None
+    key = await find_key(session, tenant_id, key_id)
+    _check_over(by_role, key)
+    key.allowed_models = checked
+    await session.flush()
+    await record_admin(
+        session,
+        actor=actor,
+        action=AuditAction.API_KEY_MODELS,
+        tenant_id=tenant_id,
+        target=key.id,
+        details={"allowed_models": checked},
     )
     return key

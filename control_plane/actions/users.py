@@ -14,8 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.audit import AuditAction, record_admin
 from outpost.control_plane.console.users import (
-    ROLES,
-    Role,
     create_user,
     get_user,
     get_user_by_email,
@@ -25,6 +23,7 @@ from outpost.control_plane.console.users import (
 )
 from outpost.control_plane.db.models import User
 from outpost.control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
+from outpost.control_plane.permissions import ROLES, SHELL_ROLE, Role, check_grant, may_grant
 
 __all__ = [
     "add_user",
@@ -38,7 +37,7 @@ __all__ = [
 
 def _role(role: str) -> Role:
     if role not in ROLES:
-        raise Invalid(f"Choose a role: {' or '.join(ROLES)}.", param="role")
+        raise Invalid(f"Choose a role: {', '.join(ROLES)}.", param="role")
     return cast(Role, role)
 
 
@@ -58,9 +57,18 @@ async def find_user_by_email(session: AsyncSession, email: str) -> User:
 
 
 async def add_user(
-    session: AsyncSession, tenant_id: str, *, email: str, password_hash: str, role: str, actor: str
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    email: str,
+    password_hash: str,
+    role: str,
+    actor: str,
+    by_role: str | None = SHELL_ROLE,
 ) -> User:
+    """``by_role``: the creator's role, which must hold every permission of ``role``."""
     checked = _role(role)
+    check_grant(by_role, checked)
     try:
         async with session.begin_nested():
             user = await create_user(
@@ -97,13 +105,26 @@ async def unlock(session: AsyncSession, user: User, *, actor: str) -> None:
 
 
 async def change_role(
-    session: AsyncSession, user: User, role: str, *, actor: str, by_user_id: str | None
+    session: AsyncSession,
+    user: User,
+    role: str,
+    *,
+    actor: str,
+    by_user_id: str | None,
+    by_role: str | None = SHELL_ROLE,
 ) -> None:
-    """An admin changes another user's role; never their own (a tenant could lose its last
-    admin)."""
+    """An owner or admin changes another user's role; never their own (a tenant could lose its
+    last owner), and only between roles it could grant (an admin neither makes nor unmakes an
+    owner)."""
     checked = _role(role)
     if user.id == by_user_id:
-        raise Forbidden("Ask another admin to change your own role.")
+        raise Forbidden("Ask another owner or admin to change your own role.")
+    check_grant(by_role, checked)
+    if not may_grant(by_role, user.role):
+        raise Forbidden(
+            f"Your role cannot change the role of a user who is {user.role!r}.",
+            code="permission_denied",
+        )
     await set_role(session, user, checked)
     await record_admin(
         session,

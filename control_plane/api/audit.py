@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.api.deps import AppStateDep, AuditReadDep, CallerDep, SessionDep
 from outpost.control_plane.audit.chain import read_head
 from outpost.control_plane.audit.export import checkpoint_line, export_records, jsonl, key_line
 from outpost.control_plane.audit.query import list_events
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/audit", tags=["audit"])
 
 @router.get("", response_model=AuditPage)
 async def get_audit_events(
-    admin: AdminDep, session: SessionDep, query: Annotated[AuditQuery, Query()]
+    admin: AuditReadDep, session: SessionDep, query: Annotated[AuditQuery, Query()]
 ) -> AuditPage:
     rows = await list_events(session, admin.tenant_id, query)
     page = rows[: query.limit]
@@ -36,7 +36,7 @@ async def get_audit_events(
 
 
 @router.get("/export")
-async def export_audit(admin: AdminDep, state: AppStateDep) -> StreamingResponse:
+async def export_audit(admin: AuditReadDep, state: AppStateDep) -> StreamingResponse:
     """The tenant-scoped chain up to the latest signed checkpoint, so every line is vouched for."""
 
     async def lines() -> AsyncIterator[str]:
@@ -63,7 +63,7 @@ async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict:
 
 @router.get("/checkpoints")
 async def get_audit_checkpoints(
-    admin: AdminDep, session: SessionDep, query: Annotated[CheckpointQuery, Query()]
+    admin: AuditReadDep, session: SessionDep, query: Annotated[CheckpointQuery, Query()]
 ) -> dict:
     """Signed checkpoints, oldest first: keep them, and ``audit verify --kept`` catches a truncated log."""
     rows = list(
@@ -82,7 +82,7 @@ async def get_audit_checkpoints(
 
 
 @router.get("/checkpoints/latest")
-async def get_latest_audit_checkpoint(admin: AdminDep, session: SessionDep) -> dict:
+async def get_latest_audit_checkpoint(admin: AuditReadDep, session: SessionDep) -> dict:
     row = (
         await session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(1))
     ).scalar()

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from outpost.control_plane.actions.budgets import put_budget, remove_budget
-from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.api.deps import AppStateDep, CallerDep, LimitsWriteDep, SessionDep
 from outpost.control_plane.audit import actor_for_key
+from outpost.control_plane.permissions import Permission
 from outpost.control_plane.services.budgets import BudgetStatus
 
 __all__ = ["BudgetIn", "BudgetOut", "router"]
@@ -61,7 +62,7 @@ class BudgetOut(BaseModel):
 async def list_(state: AppStateDep, caller: CallerDep) -> dict:
     """The tenant's budgets with this period's spending; a non-admin key sees its own and the tenant's."""
     guard = state.admission.budgets
-    if "admin" in caller.scopes:
+    if caller.can(Permission.VIEW):
         verdict = await guard.report(state.db, caller.tenant_id)
     else:
         guard.invalidate(caller.tenant_id)
@@ -79,7 +80,11 @@ async def list_(state: AppStateDep, caller: CallerDep) -> dict:
     responses={200: {"model": BudgetOut, "description": "An existing budget was replaced."}},
 )
 async def set_(
-    body: BudgetIn, response: Response, state: AppStateDep, admin: AdminDep, session: SessionDep
+    body: BudgetIn,
+    response: Response,
+    state: AppStateDep,
+    admin: LimitsWriteDep,
+    session: SessionDep,
 ) -> BudgetOut:
     """Create or replace the budget of (tenant or key, period)."""
     row, created = await put_budget(
@@ -100,7 +105,7 @@ async def set_(
 
 @router.delete("/{budget_id}", status_code=204)
 async def delete(
-    budget_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep
+    budget_id: str, state: AppStateDep, admin: LimitsWriteDep, session: SessionDep
 ) -> Response:
     await remove_budget(session, admin.tenant_id, budget_id, actor=actor_for_key(admin.api_key_id))
     await session.commit()

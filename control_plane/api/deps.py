@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from outpost.control_plane.domain_errors import Forbidden
 from outpost.control_plane.errors import ApiError
+from outpost.control_plane.permissions import Permission, Role, allowed, key_role, require
 from outpost.control_plane.services.auth_cache import authenticate
 from outpost.control_plane.state import AppState
 from outpost.control_plane.store.policies import KeyPolicy
 
-__all__ = ["AdminDep", "AppStateDep", "Caller", "CallerDep", "SessionDep", "bearer_token"]
+__all__ = [
+    "AdminDep",
+    "AppStateDep",
+    "AuditReadDep",
+    "LimitsWriteDep",
+    "Caller",
+    "CallerDep",
+    "DeploymentsWriteDep",
+    "KeysWriteDep",
+    "PoolsWriteDep",
+    "ProbesRunDep",
+    "RunnersWriteDep",
+    "SessionDep",
+    "TenantWriteDep",
+    "ViewDep",
+    "bearer_token",
+    "requires",
+]
 
 
 def get_state(request: Request) -> AppState:
@@ -55,6 +74,14 @@ class Caller:
     # The key's routing and limit settings, read with the key (and cached with it).
     policy: KeyPolicy | None = None
 
+    @property
+    def role(self) -> Role | None:
+        """The key's role (``permissions.key_role``); ``None`` for an inference-only key."""
+        return key_role(self.scopes)
+
+    def can(self, permission: Permission) -> bool:
+        return allowed(self.role, permission)
+
 
 async def get_caller(request: Request, state: AppStateDep) -> Caller:
     token = bearer_token(request)
@@ -71,10 +98,27 @@ async def get_caller(request: Request, state: AppStateDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-async def get_admin(caller: CallerDep) -> Caller:
-    if "admin" not in caller.scopes:
-        raise ApiError.forbidden("This action needs an API key with the 'admin' scope.")
-    return caller
+def requires(permission: Permission) -> Callable[[Caller], Awaitable[Caller]]:
+    """A dependency that lets through only a key whose role holds ``permission``."""
+
+    async def check(caller: CallerDep) -> Caller:
+        try:
+            require(caller.role, permission)
+        except Forbidden as exc:
+            raise ApiError(403, exc.message, type="permission_error", code=exc.code) from None
+        return caller
+
+    return check
 
 
-AdminDep = Annotated[Caller, Depends(get_admin)]
+ViewDep = Annotated[Caller, Depends(requires(Permission.VIEW))]
+KeysWriteDep = Annotated[Caller, Depends(requires(Permission.KEYS_WRITE))]
+LimitsWriteDep = Annotated[Caller, Depends(requires(Permission.LIMITS_WRITE))]
+RunnersWriteDep = Annotated[Caller, Depends(requires(Permission.RUNNERS_WRITE))]
+PoolsWriteDep = Annotated[Caller, Depends(requires(Permission.POOLS_WRITE))]
+DeploymentsWriteDep = Annotated[Caller, Depends(requires(Permission.DEPLOYMENTS_WRITE))]
+ProbesRunDep = Annotated[Caller, Depends(requires(Permission.PROBES_RUN))]
+TenantWriteDep = Annotated[Caller, Depends(requires(Permission.TENANT_WRITE))]
+AuditReadDep = Annotated[Caller, Depends(requires(Permission.AUDIT_READ))]
+# Tenant-wide administration (users, tenant settings, service-wide views): owner and admin.
+AdminDep = TenantWriteDep

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from outpost.control_plane.api.deps import AppStateDep, Caller, CallerDep
 from outpost.control_plane.errors import ApiError
+from outpost.control_plane.model_access import model_allowed
 from outpost.control_plane.openai.caps import cap_request
 from outpost.control_plane.openai.disconnect import watch
 from outpost.control_plane.openai.protocol import (
@@ -73,6 +74,8 @@ async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) 
             if m.name in down:
                 continue  # its engine is restarting on this runner
             for name in (m.name, *m.aliases):
+                if not model_allowed(policy.allowed_models, name):
+                    continue  # the key's allow-list leaves it out
                 entry = merged.setdefault(
                     name,
                     {
@@ -136,6 +139,16 @@ async def _serve(
     body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
 ) -> Response:
     routing = _routing_policy(request, policy)
+    if not model_allowed(policy.allowed_models, body.model):
+        state.metrics.reject(caller.tenant_id, "model_not_allowed")
+        raise ApiError(
+            403,
+            f"This API key may not call the model {body.model[:200]!r}: it is not on the key's "
+            "allowed models.",
+            type="permission_error",
+            code="model_not_allowed",
+            param="model",
+        )
     rate = await _admit(state, caller, policy)
     max_tokens = cap = None
     if isinstance(body, EmbeddingRequest):

@@ -20,7 +20,7 @@ from outpost.control_plane.actions.pools import (
     set_refuse_shared,
     take_back_grant,
 )
-from outpost.control_plane.api.deps import AdminDep, CallerDep, SessionDep
+from outpost.control_plane.api.deps import CallerDep, PoolsWriteDep, SessionDep
 from outpost.control_plane.audit import actor_for_key
 from outpost.control_plane.db.models import Pool, PoolGrant, Tenant
 from outpost.control_plane.errors import ApiError
@@ -109,7 +109,7 @@ async def get_pools(caller: CallerDep, session: SessionDep) -> dict:
 
 
 @router.post("", response_model=PoolOut, status_code=201)
-async def create(body: PoolIn, admin: AdminDep, session: SessionDep) -> PoolOut:
+async def create(body: PoolIn, admin: PoolsWriteDep, session: SessionDep) -> PoolOut:
     pool = await add_pool(
         session, admin.tenant_id, body.name, actor=actor_for_key(admin.api_key_id)
     )
@@ -130,7 +130,7 @@ async def get_grants(caller: CallerDep, session: SessionDep, include_revoked: bo
 
 
 @router.post("/{pool}/grants", response_model=GrantOut, status_code=201)
-async def grant(pool: str, body: GrantIn, admin: AdminDep, session: SessionDep) -> GrantOut:
+async def grant(pool: str, body: GrantIn, admin: PoolsWriteDep, session: SessionDep) -> GrantOut:
     """Let another tenant (or, for the platform operator, every tenant) route requests to this pool."""
     owner = await _tenant(session, admin.tenant_id)
     row = await find_pool(session, admin.tenant_id, pool)
@@ -140,7 +140,7 @@ async def grant(pool: str, body: GrantIn, admin: AdminDep, session: SessionDep) 
 
 
 @router.post("/grants/{grant_id}/revoke", response_model=GrantOut)
-async def revoke(grant_id: str, admin: AdminDep, session: SessionDep) -> GrantOut:
+async def revoke(grant_id: str, admin: PoolsWriteDep, session: SessionDep) -> GrantOut:
     """Revoke a grant, from either side; requests stop going to the pool at once."""
     tenant = await _tenant(session, admin.tenant_id)
     made = await take_back_grant(session, tenant, grant_id, actor=actor_for_key(admin.api_key_id))
@@ -159,7 +159,7 @@ async def get_sharing(caller: CallerDep, session: SessionDep) -> SharingOut:
 
 
 @router.put("/sharing", response_model=SharingOut)
-async def put_sharing(body: SharingIn, admin: AdminDep, session: SessionDep) -> SharingOut:
+async def put_sharing(body: SharingIn, admin: PoolsWriteDep, session: SessionDep) -> SharingOut:
     """Refuse every shared pool (only the tenant's own runners serve it), or accept grants again."""
     tenant = await _tenant(session, admin.tenant_id)
     await set_refuse_shared(

@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 
 from outpost.control_plane.actions import runners as runner_actions
 from outpost.control_plane.api.deps import (
-    AdminDep,
     AppStateDep,
     CallerDep,
+    RunnersWriteDep,
     SessionDep,
     bearer_token,
 )
@@ -129,7 +129,7 @@ class EnrollOut(BaseModel):
 
 @router.post("/enroll", response_model=EnrollOut, status_code=201)
 async def create_enrollment(
-    body: EnrollIn, state: AppStateDep, admin: AdminDep, session: SessionDep
+    body: EnrollIn, state: AppStateDep, admin: RunnersWriteDep, session: SessionDep
 ) -> EnrollOut:
     """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown once."""
     # The caller's pool by id or name (404 for any other), else its default pool.
@@ -179,7 +179,7 @@ async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep
 
 @router.post("/{runner_id}/revoke", response_model=RunnerOut)
 async def revoke(
-    runner_id: str, state: AppStateDep, admin: AdminDep, session: SessionDep
+    runner_id: str, state: AppStateDep, admin: RunnersWriteDep, session: SessionDep
 ) -> RunnerOut:
     runner = await runner_actions.revoke(
         session, admin.tenant_id, runner_id, actor=actor_for_key(admin.api_key_id)
@@ -194,7 +194,11 @@ async def revoke(
 
 @router.patch("/{runner_id}", response_model=RunnerOut)
 async def update(
-    runner_id: str, body: RunnerUpdateIn, state: AppStateDep, admin: AdminDep, session: SessionDep
+    runner_id: str,
+    body: RunnerUpdateIn,
+    state: AppStateDep,
+    admin: RunnersWriteDep,
+    session: SessionDep,
 ) -> RunnerOut:
     """Set a runner's residency labels, price or pool: the owner's decisions, effective at once."""
     runner = await runner_actions.find_runner(session, admin.tenant_id, runner_id)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from outpost.control_plane.api.deps import AppStateDep, CallerDep, SessionDep
 from outpost.control_plane.errors import ApiError
+from outpost.control_plane.permissions import Permission
 from outpost.control_plane.services.cost import BudgetWindow
 from outpost.control_plane.store.budgets import UsageRow, usage
 
@@ -52,7 +53,7 @@ async def get_usage(
     start, end = _utc(start), _utc(end)
     if end <= start:
         raise ApiError(400, "end must be after start.", code="invalid_range", param="end")
-    key = None if "admin" in caller.scopes else caller.api_key_id
+    key = None if caller.can(Permission.VIEW) else caller.api_key_id
     total = (await usage(session, caller.tenant_id, start, end, api_key_id=key))[0]
     out: dict = {
         "object": "usage",

@@ -16,6 +16,8 @@ class AuditAction(StrEnum):
     API_KEY_CREATE = "api_key.create"
     API_KEY_REVOKE = "api_key.revoke"
     API_KEY_LIMITS = "api_key.limits"
+    API_KEY_MODELS = "api_key.models"
+    QUOTA_SET = "quota.set"
     BUDGET_SET = "budget.set"
     BUDGET_DELETE = "budget.delete"
     ENROLLMENT_TOKEN_CREATE = "enrollment_token.create"

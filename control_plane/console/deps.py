@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -20,10 +21,18 @@ from outpost.control_plane.console.sessions import (
 from outpost.control_plane.console.templating import NOTICES, SECURITY_HEADERS, environment
 from outpost.control_plane.console.users import get_user
 from outpost.control_plane.db.models import Tenant, utcnow
+from outpost.control_plane.permissions import Permission, allowed
 from outpost.control_plane.settings import Settings
 
 __all__ = [
     "AdminPostDep",
+    "AuditUserDep",
+    "LimitsPostDep",
+    "KeysPostDep",
+    "PlaygroundUserDep",
+    "PoolsPostDep",
+    "RunnersPostDep",
+    "ViewUserDep",
     "ConsoleForbidden",
     "ConsoleState",
     "ConsoleStateDep",
@@ -41,6 +50,8 @@ __all__ = [
     "not_found",
     "read_form",
     "render",
+    "requires_post",
+    "requires_user",
 ]
 
 MAX_FORM_FIELDS = 64
@@ -52,7 +63,7 @@ class LoginRequired(Exception):
 
 class ConsoleForbidden(Exception):
     def __init__(
-        self, message: str = "Your role cannot do this. Ask an admin of your tenant."
+        self, message: str = "Your role cannot do this. Ask an owner or admin of your tenant."
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -109,7 +120,12 @@ class ConsoleUser:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        """Tenant-wide administration (users, tenant settings): owner and admin."""
+        return allowed(self.role, Permission.TENANT_WRITE)
+
+    def can(self, permission: Permission | str) -> bool:
+        """For pages and templates (``user.can("runners.write")``): the one table decides."""
+        return allowed(self.role, Permission(permission))
 
     @property
     def actor(self) -> str:
@@ -195,13 +211,38 @@ async def csrf_post(request: Request, user: UserDep, console: ConsoleStateDep) -
 PostDep = Annotated[Post, Depends(csrf_post)]
 
 
-async def admin_post(post: PostDep) -> Post:
-    if not post.user.is_admin:
-        raise ConsoleForbidden()
-    return post
+def requires_post(permission: Permission) -> Callable[[Post], Awaitable[Post]]:
+    """A CSRF-checked form from a user whose role holds ``permission``."""
+
+    async def check(post: PostDep) -> Post:
+        if not post.user.can(permission):
+            raise ConsoleForbidden()
+        return post
+
+    return check
 
 
-AdminPostDep = Annotated[Post, Depends(admin_post)]
+AdminPostDep = Annotated[Post, Depends(requires_post(Permission.TENANT_WRITE))]
+KeysPostDep = Annotated[Post, Depends(requires_post(Permission.KEYS_WRITE))]
+LimitsPostDep = Annotated[Post, Depends(requires_post(Permission.LIMITS_WRITE))]
+RunnersPostDep = Annotated[Post, Depends(requires_post(Permission.RUNNERS_WRITE))]
+PoolsPostDep = Annotated[Post, Depends(requires_post(Permission.POOLS_WRITE))]
+
+
+def requires_user(permission: Permission) -> Callable[[ConsoleUser], Awaitable[ConsoleUser]]:
+    """A signed-in user whose role holds ``permission`` (pages that only read)."""
+
+    async def check(user: UserDep) -> ConsoleUser:
+        if not user.can(permission):
+            raise ConsoleForbidden()
+        return user
+
+    return check
+
+
+# Every page of the tenant's things: all roles but the auditor, who sees the audit log only.
+ViewUserDep = Annotated[ConsoleUser, Depends(requires_user(Permission.VIEW))]
+AuditUserDep = Annotated[ConsoleUser, Depends(requires_user(Permission.AUDIT_READ))]
 
 
 async def csrf_header(request: Request, user: UserDep, console: ConsoleStateDep) -> ConsoleUser:
@@ -213,6 +254,15 @@ async def csrf_header(request: Request, user: UserDep, console: ConsoleStateDep)
 
 
 ScriptUserDep = Annotated[ConsoleUser, Depends(csrf_header)]
+
+
+async def playground_user(user: ScriptUserDep) -> ConsoleUser:
+    if not user.can(Permission.PLAYGROUND):
+        raise ConsoleForbidden()
+    return user
+
+
+PlaygroundUserDep = Annotated[ConsoleUser, Depends(playground_user)]
 
 
 def render(

@@ -31,6 +31,7 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
+from outpost.control_plane.permissions import ROLES
 from outpost.control_plane.settings import Settings
 
 __all__ = ["Identity", "OidcClient", "OidcRefused", "PendingLogin", "map_identity"]
@@ -50,7 +51,8 @@ _ALGORITHMS = (
     "EdDSA",
 )
 _LEEWAY_S = 60
-ROLE_RANK = {"viewer": 1, "admin": 2}
+# Several mapped roles: the first in ``permissions.ROLES`` order (most powerful) wins.
+ROLE_RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}
 
 
 class OidcRefused(Exception):

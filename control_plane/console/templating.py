@@ -45,6 +45,7 @@ NAV: tuple[tuple[str, str], ...] = (
 #: Messages a redirect may ask a page to show (``?notice=``): fixed texts, nothing reflected.
 NOTICES: dict[str, str] = {
     "key_revoked": "The API key was revoked. Requests with it are refused from now on.",
+    "key_models": "The key's allowed models were saved.",
     "key_limits": "The key's limits were saved.",
     "runner_revoked": "The runner was revoked and disconnected; it cannot reconnect.",
     "runner_saved": "The runner's labels, price and pool were saved; routing uses them from now on.",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.db.models import Tenant, User, new_id, utcnow
+from outpost.control_plane.permissions import ROLES, Role
 
 __all__ = [
     "ROLES",
@@ -29,8 +29,6 @@ __all__ = [
     "unlock_user",
 ]
 
-Role = Literal["admin", "viewer"]
-ROLES: tuple[Role, ...] = ("admin", "viewer")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 
 

@@ -76,6 +76,9 @@ class Tenant(Base):
     # The platform operator, the one role above tenant admin (docs/security.md): its admins
     # may grant a pool to every tenant at once and see and revoke any grant.
     platform_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Quotas over all the tenant's keys (control_plane.quotas); NULL: none.
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -120,6 +123,12 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(200), default="inference")
     rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, default=None)
     routing_policy: Mapped[str | None] = mapped_column(String(16), default=None)
+    # Model names and glob patterns the key may call; NULL: every model its tenant can reach.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # Quotas (control_plane.quotas): input + output tokens, and requests in flight; NULL: none.
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -239,7 +248,8 @@ class User(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(16), default="viewer")  # admin | viewer
+    # owner | admin | operator | developer | viewer | auditor (control_plane.permissions)
+    role: Mapped[str] = mapped_column(String(16), default="viewer")
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -22,6 +22,14 @@ class KeyPolicy:
     tenant_weight: float = 1.0
     # The pools the key's tenant may route to (store.pools.usable_pool_ids).
     pools: frozenset[str] = frozenset()
+    # The key's model allow-list (control_plane.model_access); None: every model.
+    allowed_models: tuple[str, ...] | None = None
+    # Quotas (control_plane.quotas): the key's, then its tenant's; None: none.
+    key_tokens_per_minute: int | None = None
+    key_tokens_per_day: int | None = None
+    max_concurrent: int | None = None
+    tenant_tokens_per_minute: int | None = None
+    tenant_tokens_per_day: int | None = None
 
 
 async def get_key_policy(session: AsyncSession, api_key_id: str) -> KeyPolicy | None:
@@ -33,6 +41,12 @@ async def get_key_policy(session: AsyncSession, api_key_id: str) -> KeyPolicy | 
             Tenant.residency,
             Tenant.weight,
             ApiKey.tenant_id,
+            ApiKey.allowed_models,
+            ApiKey.tokens_per_minute,
+            ApiKey.tokens_per_day,
+            ApiKey.max_concurrent,
+            Tenant.tokens_per_minute,
+            Tenant.tokens_per_day,
         )
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
         .where(ApiKey.id == api_key_id)
@@ -40,13 +54,19 @@ async def get_key_policy(session: AsyncSession, api_key_id: str) -> KeyPolicy | 
     row = (await session.execute(stmt)).first()
     if row is None:
         return None
-    rpm, key_policy, tenant_policy, residency, weight, tenant_id = row
+    rpm, key_policy, tenant_policy, residency, weight, tenant_id, allow = row[:7]
     return KeyPolicy(
         rate_limit_rpm=rpm,
         routing_policy=key_policy or tenant_policy or "balanced",
         residency={k: list(v) for k, v in (residency or {}).items()},
         tenant_weight=weight,
         pools=await usable_pool_ids(session, tenant_id),
+        allowed_models=tuple(allow) if allow is not None else None,
+        key_tokens_per_minute=row[7],
+        key_tokens_per_day=row[8],
+        max_concurrent=row[9],
+        tenant_tokens_per_minute=row[10],
+        tenant_tokens_per_day=row[11],
     )
 
 

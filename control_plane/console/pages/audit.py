@@ -16,7 +16,7 @@ from outpost.control_plane.audit.chain import read_head
 from outpost.control_plane.audit.export import export_records, jsonl
 from outpost.control_plane.audit.keys import AuditSigner
 from outpost.control_plane.audit.schemas import AuditQuery
-from outpost.control_plane.console.deps import UserDep, render
+from outpost.control_plane.console.deps import AuditUserDep, render
 from outpost.control_plane.console.queries import audit_page
 from outpost.control_plane.state import AppState
 from outpost.sdk.audit import VerifyResult, verify_export
@@ -50,7 +50,7 @@ async def verify_tenant_chain(state: AppState, tenant_id: str) -> VerifyResult:
 async def audit(
     request: Request,
     state: AppStateDep,
-    user: UserDep,
+    user: AuditUserDep,
     type: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=200)] = None,
     since: Annotated[str | None, Query(max_length=40)] = None,
@@ -97,8 +97,9 @@ async def audit(
 
 
 @router.get("/audit/export")
-async def audit_export(state: AppStateDep, user: UserDep) -> StreamingResponse:
-    """The tenant-scoped JSONL export, as ``GET /api/audit/export``: others' events redacted to digests, up to
+async def audit_export(state: AppStateDep, user: AuditUserDep) -> StreamingResponse:
+    """The tenant-scoped JSONL export, as ``GET /api/audit/export``: others' events redacted to
+    digests, up to
     the latest signed checkpoint so that every line is vouched for."""
 
     async def lines() -> AsyncIterator[str]:

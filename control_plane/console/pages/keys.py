@@ -11,10 +11,19 @@ from fastapi.responses import RedirectResponse, Response
 from outpost.control_plane.actions import keys as key_actions
 from outpost.control_plane.actions.budgets import put_budget, remove_budget
 from outpost.control_plane.api.deps import AppStateDep
-from outpost.control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
+from outpost.control_plane.api.errors import http_status
+from outpost.control_plane.console.deps import (
+    ConsoleUser,
+    KeysPostDep,
+    LimitsPostDep,
+    ViewUserDep,
+    not_found,
+    render,
+)
 from outpost.control_plane.console.inference import CONSOLE_KEY_PREFIX
 from outpost.control_plane.db.models import utcnow
-from outpost.control_plane.domain_errors import NotFound
+from outpost.control_plane.domain_errors import DomainError, Forbidden, NotFound
+from outpost.control_plane.permissions import ROLES, Permission, may_grant
 from outpost.control_plane.routing.routing import POLICIES
 from outpost.control_plane.state import AppState
 from outpost.control_plane.store.keys import list_api_keys
@@ -59,6 +68,13 @@ def _amount(form: dict[str, str], name: str, label: str) -> float | None:
     if not 0 <= value <= 1e9:
         raise FormError(f"{label} must be between 0 and 1,000,000,000.")
     return value
+
+
+def _models(form: dict[str, str]) -> list[str] | None:
+    """The allow-list field: comma-separated names and patterns; empty: every model."""
+    raw = form.get("allowed_models", "")
+    models = [m for m in (p.strip() for p in raw.split(",")) if m]
+    return models or None
 
 
 def _policy(form: dict[str, str]) -> str | None:
@@ -111,17 +127,18 @@ async def _page(
         policies=POLICIES,
         periods=PERIODS,
         expiry_choices=list(EXPIRY_CHOICES),
+        grantable_roles=[r for r in ROLES if may_grant(user.role, r)],
         **extra,
     )
 
 
 @router.get("/keys")
-async def keys_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def keys_page(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     return await _page(request, state, user)
 
 
 @router.post("/keys")
-async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def create_key(request: Request, state: AppStateDep, post: KeysPostDep) -> Response:
     form, user = post.form, post.user
     try:
         name = form.get("name", "").strip()
@@ -135,23 +152,38 @@ async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -
         rpm = _int(form, "rate_limit_rpm", "Rate limit", 1, 1_000_000)
         policy = _policy(form)
         budget = _amount(form, "budget_usd", "Monthly budget")
+        if budget is not None and not user.can(Permission.LIMITS_WRITE):
+            raise FormError("Your role cannot set budgets: leave the budget empty.")
+        role = form.get("role", "").strip() or ("admin" if form.get("admin") == "on" else "")
+        allow = _models(form)
     except FormError as exc:
         return await _page(request, state, user, status=400, create_error=str(exc), draft=form)
-    scopes = "inference,admin" if form.get("admin") == "on" else "inference"
     ttl = EXPIRY_CHOICES[expiry]
     async with state.db.session() as session:
         # One transaction: the key and its budget stand or fall together.
-        key, secret = await key_actions.create_key(
-            session,
-            user.tenant_id,
-            name,
-            actor=user.actor,
-            scopes=scopes,
-            expires_at=utcnow() + ttl if ttl else None,
-            rate_limit_rpm=rpm,
-            routing_policy=policy,
-            extra={"expires": expiry},
-        )
+        try:
+            key, secret = await key_actions.create_key(
+                session,
+                user.tenant_id,
+                name,
+                actor=user.actor,
+                scopes=f"inference,{role}" if role else "inference",
+                expires_at=utcnow() + ttl if ttl else None,
+                rate_limit_rpm=rpm,
+                routing_policy=policy,
+                extra={"expires": expiry},
+                by_role=user.role,
+                allowed_models=allow,
+            )
+        except DomainError as exc:  # a role it may not grant, a bad model pattern
+            return await _page(
+                request,
+                state,
+                user,
+                status=http_status(exc),
+                create_error=exc.message,
+                draft=form,
+            )
         if budget is not None:
             await put_budget(
                 session,
@@ -178,22 +210,48 @@ async def create_key(request: Request, state: AppStateDep, post: AdminPostDep) -
 
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(
-    key_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+    key_id: str, request: Request, state: AppStateDep, post: KeysPostDep
 ) -> Response:
     async with state.db.session() as session:
         try:
             await key_actions.revoke_key(
-                session, post.user.tenant_id, key_id, actor=post.user.actor
+                session, post.user.tenant_id, key_id, actor=post.user.actor, by_role=post.user.role
             )
         except NotFound:
             return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
+        except Forbidden as exc:  # a key with a role stronger than the user's
+            return await _page(request, state, post.user, status=403, limits_error=exc.message)
         await session.commit()
     return RedirectResponse("/keys?notice=key_revoked", status_code=303)
 
 
+@router.post("/keys/{key_id}/models")
+async def key_models(
+    key_id: str, request: Request, state: AppStateDep, post: KeysPostDep
+) -> Response:
+    async with state.db.session() as session:
+        try:
+            await key_actions.set_allowed_models(
+                session,
+                post.user.tenant_id,
+                key_id,
+                _models(post.form),
+                actor=post.user.actor,
+                by_role=post.user.role,
+            )
+        except NotFound:
+            return not_found(request, post.user, f"No API key {key_id!r} in your tenant.")
+        except DomainError as exc:
+            return await _page(
+                request, state, post.user, status=http_status(exc), limits_error=exc.message
+            )
+        await session.commit()
+    return RedirectResponse("/keys?notice=key_models", status_code=303)
+
+
 @router.post("/keys/{key_id}/limits")
 async def key_limits(
-    key_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+    key_id: str, request: Request, state: AppStateDep, post: LimitsPostDep
 ) -> Response:
     try:
         rpm = _int(post.form, "rate_limit_rpm", "Rate limit", 1, 1_000_000)
@@ -219,7 +277,7 @@ async def key_limits(
 
 
 @router.post("/budgets")
-async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def set_budget_form(request: Request, state: AppStateDep, post: LimitsPostDep) -> Response:
     form, user = post.form, post.user
     key_id = form.get("api_key_id", "").strip() or None
     period = form.get("period", "month")
@@ -253,7 +311,7 @@ async def set_budget_form(request: Request, state: AppStateDep, post: AdminPostD
 
 @router.post("/budgets/{budget_id}/delete")
 async def delete_budget_form(
-    budget_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+    budget_id: str, request: Request, state: AppStateDep, post: LimitsPostDep
 ) -> Response:
     async with state.db.session() as session:
         try:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from outpost.control_plane.api.deps import AppStateDep, Caller
 from outpost.control_plane.api.openai import chat_completions, list_models
-from outpost.control_plane.console.deps import ScriptUserDep, UserDep, render
+from outpost.control_plane.console.deps import PlaygroundUserDep, ViewUserDep, render
 from outpost.control_plane.console.inference import console_caller, tenant_policy
 from outpost.control_plane.console.queries import served_models
 from outpost.control_plane.openai.protocol import ChatCompletionRequest
@@ -69,7 +69,7 @@ async def _catalog(state: AppState, tenant_id: str) -> list[dict[str, Any]]:
 
 
 @router.get("/models")
-async def models_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def models_page(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     return render(
         request, "models.html", user, active="/models", models=await _catalog(state, user.tenant_id)
     )
@@ -79,7 +79,7 @@ async def models_page(request: Request, state: AppStateDep, user: UserDep) -> Re
 async def playground_page(
     request: Request,
     state: AppStateDep,
-    user: UserDep,
+    user: ViewUserDep,
     model: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     catalog = [m for m in await _catalog(state, user.tenant_id) if m["available"]]
@@ -115,7 +115,7 @@ class PlaygroundChatIn(BaseModel):
 
 @router.post("/playground/chat")
 async def playground_chat(
-    body: PlaygroundChatIn, request: Request, state: AppStateDep, user: ScriptUserDep
+    body: PlaygroundChatIn, request: Request, state: AppStateDep, user: PlaygroundUserDep
 ) -> Response:
     """A streamed chat completion, as ``POST /v1/chat/completions`` with the user's console key."""
     async with state.db.session() as session:

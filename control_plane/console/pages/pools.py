@@ -21,7 +21,7 @@ from outpost.control_plane.actions.pools import (
 from outpost.control_plane.api.deps import AppStateDep
 from outpost.control_plane.api.errors import http_status
 from outpost.control_plane.api.pools import grant_out
-from outpost.control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, render
+from outpost.control_plane.console.deps import ConsoleUser, PoolsPostDep, ViewUserDep, render
 from outpost.control_plane.db.models import Runner, Tenant
 from outpost.control_plane.domain_errors import DomainError
 from outpost.control_plane.state import AppState
@@ -81,12 +81,13 @@ async def _page(
 
 
 @router.get("/pools")
-async def pools_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def pools_page(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     return await _page(request, state, user)
 
 
 async def _act(request: Request, state: AppState, post: Any, notice: str, action: Any) -> Response:
-    """Run ``action(session, tenant)`` and commit; a refusal re-renders the page with its message."""
+    """Run ``action(session, tenant)`` and commit; a refusal re-renders the page with its
+    message."""
     try:
         async with state.db.session() as session:
             tenant = await session.get(Tenant, post.user.tenant_id)
@@ -100,7 +101,7 @@ async def _act(request: Request, state: AppState, post: Any, notice: str, action
 
 
 @router.post("/pools")
-async def create(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def create(request: Request, state: AppStateDep, post: PoolsPostDep) -> Response:
     name = post.form.get("name", "").strip()
     if not name or len(name) > 200:
         return await _page(
@@ -120,7 +121,7 @@ async def create(request: Request, state: AppStateDep, post: AdminPostDep) -> Re
 
 
 @router.post("/pools/grant")
-async def grant(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def grant(request: Request, state: AppStateDep, post: PoolsPostDep) -> Response:
     pool, grantee = post.form.get("pool", "").strip(), post.form.get("tenant", "").strip()
     if not pool or not grantee:
         return await _page(
@@ -136,7 +137,7 @@ async def grant(request: Request, state: AppStateDep, post: AdminPostDep) -> Res
 
 @router.post("/pools/grants/{grant_id}/revoke")
 async def revoke(
-    grant_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+    grant_id: str, request: Request, state: AppStateDep, post: PoolsPostDep
 ) -> Response:
     return await _act(
         request,
@@ -148,7 +149,7 @@ async def revoke(
 
 
 @router.post("/pools/sharing")
-async def sharing(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def sharing(request: Request, state: AppStateDep, post: PoolsPostDep) -> Response:
     refuse = post.form.get("refuse_shared_pools") == "on"
     return await _act(
         request,

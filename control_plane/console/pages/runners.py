@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from outpost.control_plane.actions import runners as runner_actions
 from outpost.control_plane.api.deps import AppStateDep
 from outpost.control_plane.api.errors import http_status
-from outpost.control_plane.console.deps import AdminPostDep, UserDep, not_found, render
+from outpost.control_plane.console.deps import RunnersPostDep, ViewUserDep, not_found, render
 from outpost.control_plane.console.queries import served_models
 from outpost.control_plane.db.models import Runner
 from outpost.control_plane.domain_errors import DomainError, NotFound
@@ -165,12 +165,12 @@ async def _page(
 
 
 @router.get("/runners")
-async def runners_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def runners_page(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     return await _page(request, state, user)
 
 
 @router.get("/runners/_live")
-async def runners_live(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def runners_live(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     """The runners table alone, polled by the page for live load."""
     async with state.db.session() as session:
         views = await runner_views(state, session, user.tenant_id)
@@ -181,7 +181,7 @@ async def runners_live(request: Request, state: AppStateDep, user: UserDep) -> R
 
 
 @router.post("/runners/enroll")
-async def enroll(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def enroll(request: Request, state: AppStateDep, post: RunnersPostDep) -> Response:
     name = post.form.get("name", "").strip()
     if not name or len(name) > 200:
         return await _page(
@@ -239,7 +239,7 @@ def _labels(raw: str) -> dict[str, str]:
 
 @router.post("/runners/{runner_id}/settings")
 async def settings(
-    runner_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+    runner_id: str, request: Request, state: AppStateDep, post: RunnersPostDep
 ) -> Response:
     """The owner's decisions: residency labels, price, pool (as ``PATCH /api/runners/{id}``)."""
     form = post.form
@@ -279,7 +279,7 @@ async def settings(
 
 @router.post("/runners/{runner_id}/revoke")
 async def revoke(
-    runner_id: str, request: Request, state: AppStateDep, post: AdminPostDep
+    runner_id: str, request: Request, state: AppStateDep, post: RunnersPostDep
 ) -> Response:
     async with state.db.session() as session:
         try:

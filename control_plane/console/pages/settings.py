@@ -34,6 +34,7 @@ from outpost.control_plane.console.sessions import SESSION_COOKIE
 from outpost.control_plane.console.users import ROLES, get_user, is_locked, list_users
 from outpost.control_plane.db.models import Tenant, utcnow
 from outpost.control_plane.domain_errors import DomainError, Forbidden, NotFound
+from outpost.control_plane.permissions import check_grant
 from outpost.control_plane.routing.routing import POLICIES
 from outpost.control_plane.state import AppState
 
@@ -115,8 +116,7 @@ async def add_user(
     form = post.form
     role = form.get("role", "viewer")
     try:
-        if role not in ROLES:  # before spending a hash on it
-            raise ValueError("Choose a role: admin or viewer.")
+        check_grant(post.user.role, role)  # before spending a hash on it
         check_password_policy(form.get("password", ""), console.console.min_password_length)
         async with state.db.session() as session:
             await user_actions.add_user(
@@ -126,6 +126,7 @@ async def add_user(
                 password_hash=hash_password(form["password"]),
                 role=role,
                 actor=post.user.actor,
+                by_role=post.user.role,
             )
             await session.commit()
     except PasswordPolicyError as exc:
@@ -164,7 +165,12 @@ async def change_role(
         try:
             target = await user_actions.find_user(session, post.user.tenant_id, user_id)
             await user_actions.change_role(
-                session, target, role, actor=post.user.actor, by_user_id=post.user.id
+                session,
+                target,
+                role,
+                actor=post.user.actor,
+                by_user_id=post.user.id,
+                by_role=post.user.role,
             )
         except Forbidden as exc:
             return error_page(request, post.user, 400, "Not allowed", exc.message)

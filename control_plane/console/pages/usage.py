@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from outpost.control_plane.api.deps import AppStateDep
 from outpost.control_plane.console.charts import Series, bar_list, column_chart, money_fmt
-from outpost.control_plane.console.deps import UserDep, render
+from outpost.control_plane.console.deps import ViewUserDep, render
 from outpost.control_plane.console.queries import key_names, runner_names, timeseries
 from outpost.control_plane.services.cost import BudgetWindow
 from outpost.control_plane.store.budgets import usage
@@ -25,7 +25,7 @@ LABEL_FORMATS = {"day": "%H:%M", "week": "%a %Hh", "month": "%b %d"}
 async def usage_page(
     request: Request,
     state: AppStateDep,
-    user: UserDep,
+    user: ViewUserDep,
     period: Annotated[Literal["day", "week", "month"], Query()] = "month",
 ) -> Response:
     now = state.admission.budgets.clock()
