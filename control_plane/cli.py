@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_args
 
 import typer
 import uvicorn
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import CliApp, CliSettingsSource
 from rich.console import Console
 from rich.panel import Panel
 
@@ -56,13 +57,43 @@ runners_app.command("set")(runners_set)
 console = Console(stderr=True)
 
 Tenant = Annotated[str, typer.Option(help="Tenant name (created if missing).")]
-RoutingPolicyOpt = enum.Enum(
-    "RoutingPolicyOpt", {p: p for p in POLICIES}, type=str
-)  # typer needs an Enum
+# typer needs an Enum; its members come from POLICIES, which mypy cannot read from a dict built
+# at run time (it accepts only literal member lists), hence the ignore.
+RoutingPolicyOpt = enum.Enum("RoutingPolicyOpt", {p: p for p in POLICIES}, type=str)  # type: ignore[misc]
 
 
-def _settings(**overrides: object) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+# `serve` and `up` take every setting as a `--kebab-case` flag, derived from Settings (declared
+# once, as the runner's local-runner does); secrets are read from the environment only, so they
+# never show in process lists.
+SECRET_FLAGS = tuple(
+    "--" + name.replace("_", "-")
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *get_args(field.annotation))
+)
+_FLAGS_FROM_SETTINGS: dict[str, Any] = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
+
+
+def _settings_from_args(args: list[str], prog: str) -> Settings:
+    """Settings from the command line, then ``OUTPOST_*`` variables, then defaults."""
+    for flag in SECRET_FLAGS:
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            env = "OUTPOST_" + flag[2:].upper().replace("-", "_")
+            console.print(f"[red]{flag} is not accepted on the command line[/]; set {env} instead.")
+            raise typer.Exit(2)
+    source: CliSettingsSource[Settings] = CliSettingsSource(
+        Settings, cli_prog_name=prog, cli_kebab_case=True, cli_exit_on_error=True
+    )
+    try:
+        return CliApp.run(Settings, cli_args=args, cli_settings_source=source)
+    except ValidationError as exc:
+        for err in exc.errors():
+            flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+            message = err["msg"].removeprefix("Value error, ")
+            console.print(f"[red]{flag}:[/] {message}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -79,21 +110,17 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws_ping_timeout=settings.tunnel_ping_timeout_s,
         timeout_graceful_shutdown=30,
         server_header=False,
-        **uvicorn_ssl_kwargs(settings),  # type: ignore[arg-type]
+        **uvicorn_ssl_kwargs(settings),
         # JSON logs: uvicorn's loggers propagate to our one handler (sdk/logfmt.py), so its access
         # lines carry the request id too; text keeps uvicorn's own format.
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
-) -> None:
-    """Serve the OpenAI-compatible API and the runner tunnel."""
-    settings = _settings(host=host, port=port, state_dir=state_dir)
+@app.command(**_FLAGS_FROM_SETTINGS)
+def serve(ctx: typer.Context) -> None:
+    """Serve the OpenAI-compatible API and the runner tunnel (every setting is a flag: --help)."""
+    settings = _settings_from_args(list(ctx.args), "control-plane serve")
     configure_logging(settings.log_format, settings.log_level, process="control-plane")
     uvicorn.Server(_uvicorn_config(settings)).run()
 
@@ -146,7 +173,7 @@ def tenants_set(
     """Change a tenant's routing policy, residency rules or weight; prints the result as JSON."""
     policy = routing_policy.value if routing_policy else None
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         # Parsed in here so a bad value is refused like every other (exit 2, one line on stderr).
         rules = parse_residency(residency) if residency is not None else None
         return await update_tenant(db, name, residency=rules, routing_policy=policy, weight=weight)
@@ -196,7 +223,7 @@ def runners_enroll(
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 
 
-def _emit(rows: list[dict], as_json: bool, columns: tuple[str, ...]) -> None:
+def _emit(rows: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
     for row in rows:
         print(
             json.dumps(row, sort_keys=True, default=str)
@@ -211,7 +238,7 @@ def keys_list(
 ) -> None:
     """The tenant's API keys (never their secrets)."""
 
-    async def go(db: Database) -> list[dict]:
+    async def go(db: Database) -> list[dict[str, Any]]:
         async with db.session() as session:
             rows = await list_api_keys(session, await tenant_id_named(session, tenant))
         return [
@@ -256,7 +283,7 @@ def runners_list(
     """The tenant's runners as the database knows them (live state: the console or GET
     /api/runners)."""
 
-    async def go(db: Database) -> list[dict]:
+    async def go(db: Database) -> list[dict[str, Any]]:
         async with db.session() as session:
             rows = await list_runners(session, await tenant_id_named(session, tenant))
         return [
@@ -291,13 +318,10 @@ def runners_revoke(runner_id: Annotated[str, typer.Argument(help="Runner id (run
     console.print(f"revoked runner [bold]{runner_id}[/] ({name!r})")
 
 
-@app.command()
-def up(
-    port: Annotated[int, typer.Option(help="Port of the control plane.")] = 8080,
-    state_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
-) -> None:
-    """Control plane on SQLite plus a local runner serving the embedded SmolLM2 model."""
-    settings = _settings(port=port, state_dir=state_dir)
+@app.command(**_FLAGS_FROM_SETTINGS)
+def up(ctx: typer.Context) -> None:
+    """Control plane on SQLite plus a local runner serving the embedded SmolLM2 model (--help)."""
+    settings = _settings_from_args(list(ctx.args), "control-plane up")
     configure_logging(settings.log_format, "WARNING", process="control-plane")
     upgrade_to_head(settings.database_url)
     runner_state = settings.state_dir / "runner"

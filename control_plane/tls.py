@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import ssl
+from typing import TypedDict
 
 from outpost.control_plane.settings import Settings
 from outpost.sdk.pins import spki_pin_of_pem
 
-__all__ = ["certificate_pin", "token_with_pin", "uvicorn_ssl_kwargs"]
+__all__ = ["UvicornSsl", "certificate_pin", "token_with_pin", "uvicorn_ssl_kwargs"]
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
-def uvicorn_ssl_kwargs(settings: Settings) -> dict[str, object]:
+class UvicornSsl(TypedDict, total=False):
+    """The keyword arguments of ``uvicorn.Config`` that serve TLS (typed, so they spread into it)."""
+
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_ca_certs: str
+    ssl_cert_reqs: int
+
+
+def uvicorn_ssl_kwargs(settings: Settings) -> UvicornSsl:
     if settings.tls_certfile is None:
         return {}
-    kwargs: dict[str, object] = {
+    kwargs: UvicornSsl = {
         "ssl_certfile": str(settings.tls_certfile),
         "ssl_cert_reqs": _CERT_REQS[settings.tls_client_auth],
     }
