@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from outpost.runner.deployments.manager import DeploymentManager
+from outpost.runner.deployments.sources import FetchPolicy
 from outpost.runner.e2e import RunnerE2E
 from outpost.runner.engine_client import AiohttpEngineClient
 from outpost.runner.engine_process import EngineRegistry
@@ -23,6 +25,7 @@ from outpost.runner.identity import (
     load_identity,
     split_token,
 )
+from outpost.runner.planning import Plan
 from outpost.runner.relay import relay
 from outpost.runner.settings import RunnerSettings
 from outpost.runner.streams import OutboundStream
@@ -33,7 +36,7 @@ from outpost.sdk.e2e import Kem
 from outpost.sdk.errors import error_json
 from outpost.sdk.hardware import HardwareReport
 from outpost.sdk.pricing import CostModel
-from outpost.sdk.protocol import StatusFrame
+from outpost.sdk.protocol import CAPABILITIES, StatusFrame
 
 __all__ = ["Agent", "AgentConfig"]
 
@@ -48,6 +51,8 @@ class AgentConfig:
     hardware: HardwareReport | None = None
     cost: CostModel = field(default_factory=CostModel)
     engine_headers: dict[str, str] = field(default_factory=dict)
+    #: The plans of ``adapters``: deployments are planned in the memory they leave.
+    plans: list[Plan] = field(default_factory=list)
 
 
 class Agent:
@@ -79,6 +84,17 @@ class Agent:
             ),
             registry=self.engine_registry,
         )
+        #: Deployments the control plane orders (docs/deployments.md); None with --no-deployments.
+        self.deployments: DeploymentManager | None = None
+        if self.settings.deployments:
+            self.deployments = DeploymentManager(
+                self.fleet,
+                FetchPolicy(self.settings.models_dir, frozenset(self.settings.deploy_http_hosts)),
+                hardware=config.hardware,
+                static_plans=config.plans,
+                max_replicas=self.settings.max_deployments,
+                console=self.console,
+            )
         self.tunnel: TunnelClient | None = None
         # : The control plane's own client: its CA, client certificate, pins and proxy
         # (runner/tls.py).
@@ -97,6 +113,12 @@ class Agent:
             identity = await self._identity()
             self._start_e2e(identity)
             await self._start_engine()
+            if self.deployments is not None:
+                self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+                self.console.print(
+                    f"deployments: on (models by path under {self.settings.models_dir})",
+                    highlight=False,
+                )
             self.tunnel = self._make_tunnel(identity)
             return await self._serve(self.tunnel)
         except (EnrollmentError, TunnelTerminated, TrustFailure) as exc:
@@ -105,6 +127,8 @@ class Agent:
         finally:
             if self._e2e_publish is not None:
                 self._e2e_publish.cancel()
+            if self.deployments is not None:
+                await self.deployments.stop()
             await self.fleet.stop()
             await self.engine_client.aclose()
             await self.http.aclose()
@@ -185,15 +209,21 @@ class Agent:
                 await _refuse(out, engine is None)
                 return
             engine.streams += 1
-            await relay(
-                out,
-                engine.endpoint(),
-                self.engine_client,
-                sealed=self.e2e.relay if self.e2e else None,
-            )
+            engine.active += 1  # a draining replica's engine stops once this is back to 0
+            try:
+                await relay(
+                    out,
+                    engine.endpoint(),
+                    self.engine_client,
+                    sealed=self.e2e.relay if self.e2e else None,
+                )
+            finally:
+                engine.active -= 1
 
         def hello_fields() -> dict[str, Any]:
-            adapters = [e.adapter for e in fleet.engines]
+            # The runner's own models only: a deployment's replica is announced in replica.v1
+            # (re-sent on every connection), not as a model the runner was started with.
+            adapters = [e.adapter for e in fleet.static]
             return {
                 "models": [
                     {
@@ -229,7 +259,8 @@ class Agent:
                 completed=self.tunnel.completed if self.tunnel else 0,
             )
 
-        return TunnelClient(
+        manager = self.deployments
+        tunnel = TunnelClient(
             identity=identity,
             hello_fields=hello_fields,
             on_stream=on_stream,
@@ -239,7 +270,13 @@ class Agent:
             ping_timeout_s=s.ping_timeout_s,
             observer=self.observer,
             transport=self.transport,
+            capabilities=CAPABILITIES if manager else CAPABILITIES - {"deployments"},
+            on_control=manager.handle if manager else None,
+            on_session=manager.resync if manager else None,
         )
+        if manager is not None:
+            manager.attach(tunnel.send_control)
+        return tunnel
 
     async def _serve(self, tunnel: TunnelClient) -> int:
         tasks = [

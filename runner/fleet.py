@@ -37,6 +37,18 @@ class FleetEngine:
     headers: dict[str, str] = field(default_factory=dict)
     load: EngineLoad = field(default_factory=EngineLoad)
     streams: int = 0  # requests relayed to this engine since start
+    active: int = 0  # requests being relayed to it now (a draining replica waits for 0)
+    # Set for an engine started by a deployment (runner/deployments/), None for the
+    # runner's own models (static deployments).
+    replica_id: str | None = None
+    deployment_id: str | None = None
+    generation: int = 0
+    draining: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every public name and alias this engine answers to."""
+        return tuple(n for m in self.adapter.models for n in (m.name, *m.aliases))
 
     @property
     def label(self) -> str:
@@ -89,6 +101,13 @@ class EngineFleet:
                 registry=registry,
             )
             self.engines.append(FleetEngine(adapter, sup, (headers or [{}] * len(adapters))[i]))
+        # Kept for the engines that deployments start later (EngineFleet.add).
+        self._log_dir = log_dir
+        self._health_timeout_s = health_timeout_s
+        self._health_check = health_check
+        self._probe = probe
+        self._registry = registry
+        self._retired: set[str] = set()
         self._by_name: dict[str, FleetEngine] = {}
         for engine in self.engines:
             for m in engine.adapter.models:
@@ -128,19 +147,72 @@ class EngineFleet:
     async def watch(self) -> None:
         """Restart each engine on its own when it dies or hangs (bounded backoff, see
         Supervisor.watch)."""
-        await asyncio.gather(*(e.supervisor.watch() for e in self.engines))
+        # A deployment's engine is watched by its replica (runner/deployments/manager.py).
+        await asyncio.gather(*(e.supervisor.watch() for e in self.static))
 
     async def stop(self) -> None:
         await asyncio.gather(*(e.supervisor.stop() for e in self.engines))
 
+    @property
+    def static(self) -> list[FleetEngine]:
+        """The engines of the models the runner was started with."""
+        return [e for e in self.engines if e.replica_id is None]
+
+    async def add(
+        self,
+        adapter: EngineAdapter,
+        *,
+        replica_id: str,
+        deployment_id: str,
+        generation: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> FleetEngine:
+        """Start a deployment's engine; once healthy it joins routing and status. Cancelling
+        or a failed start stops the process again."""
+        sup = Supervisor(
+            adapter,
+            log_dir=self._log_dir,
+            log_name=_log_name("replica-" + replica_id),
+            http=self.http,
+            health_timeout_s=self._health_timeout_s,
+            health_check=self._health_check,
+            probe=self._probe,
+            registry=self._registry,
+        )
+        try:
+            await sup.start(progress=progress)
+        except BaseException:
+            await sup.stop()
+            raise
+        engine = FleetEngine(adapter, sup, replica_id=replica_id, deployment_id=deployment_id,
+                             generation=generation)  # fmt: skip
+        self.engines.append(engine)
+        self._retired.difference_update(engine.names)
+        return engine
+
+    async def remove(self, engine: FleetEngine, grace_s: float = 10.0) -> None:
+        """Take a deployment's engine out of routing, then stop its process."""
+        if engine in self.engines:
+            self.engines.remove(engine)
+        # A late request for a name nothing serves any more gets a 404, not the lone engine.
+        self._retired.update(n for n in engine.names if not any(n in e.names for e in self.engines))
+        await engine.supervisor.stop(grace_s)
+
     # --- routing and status ---------------------------------------------------------
 
     def route(self, model: str) -> FleetEngine | None:
-        """The engine serving ``model`` (a public name or alias). A lone engine takes every
-        request, as before several models were possible (the control plane routes by name)."""
-        if len(self.engines) == 1:
-            return self.engines[0]
-        return self._by_name.get(model)
+        """The engine serving ``model`` (a public name or alias). A lone engine of the runner's
+        own takes every request no other engine names, as before several models were possible
+        (the control plane routes by name)."""
+        if (engine := self._by_name.get(model)) is not None:
+            return engine
+        # A deployment's replicas: the newest healthy one that is not draining first (a rolling
+        # update's new generation takes over from the old one on this runner).
+        replicas = [e for e in reversed(self.engines) if e.replica_id and model in e.names]
+        if replicas:
+            return min(replicas, key=lambda e: (e.draining, not e.healthy))
+        static = self.static
+        return static[0] if len(static) == 1 and model not in self._retired else None
 
     @property
     def healthy(self) -> bool:

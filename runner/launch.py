@@ -93,6 +93,7 @@ def build_agent(settings: RunnerSettings, console: Console) -> Agent:
             hardware=hardware,
             cost=cost,
             engine_headers=headers,
+            plans=decisions,
         ),
         console,
     )

@@ -184,12 +184,42 @@ class RunnerSettings(BaseSettings):
         description="Address of the --metrics-port listener "
         "(loopback unless a scraper elsewhere must reach it).",
     )
+    # Deployments (docs/deployments.md): the control plane may tell this runner what to serve.
+    deployments: CliImplicitFlag[bool] = Field(
+        default=True,
+        description="Take deployments from the control plane (fetch and serve the models it "
+        "names); --no-deployments: serve only the --model ones.",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="Folder a deployment's path source is read from, and URL downloads are "
+        "kept in (default: STATE_DIR/models).",
+    )
+    deploy_http_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Hosts a deployment may download from over plain http (a mirror on the "
+        "premises); https and loopback need no listing. The SHA-256 is checked either way.",
+    )
+    max_deployments: int = Field(
+        default=8, ge=1, le=64, description="Replicas this runner holds at once."
+    )
     e2e_pad_to: int = Field(
         default=0,
         ge=0,
         le=12224,
         description="Pad encrypted response chunks to a multiple of this many bytes (0: off).",
     )
+
+    @property
+    def models_dir(self) -> Path:
+        """Where deployments read and download models."""
+        return self.model_dir if self.model_dir is not None else self.state_dir / "models"
+
+    @field_validator("deploy_http_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        return [v.strip().lower() for v in values if v.strip()]
 
     @field_validator("pin_sha256")
     @classmethod

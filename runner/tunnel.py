@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -97,6 +97,7 @@ class TunnelClient:
         transport: ControlPlaneTransport | None = None,
         capabilities: frozenset[str] | None = None,
         on_control: ControlHandler | None = None,
+        on_session: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.identity = identity
         # What this runner announces: every capability of the contract but ``deployments``,
@@ -105,6 +106,11 @@ class TunnelClient:
             capabilities if capabilities is not None else CAPABILITIES - {"deployments"}
         )
         self._on_control = on_control
+        # Called once a connection negotiated ``deployments`` (the manager re-sends its replicas).
+        self._on_session = on_session
+        # Connections whose control plane takes replica.v1 frames, and how to send on each.
+        self._control_sends: dict[ClientConnection, Callable[[object], Awaitable[None]]] = {}
+        self._session_tasks: set[asyncio.Task[None]] = set()
         self.url = tunnel_url(identity.control_plane)
         self._hello_fields = hello_fields
         self._on_stream = on_stream
@@ -217,6 +223,12 @@ class TunnelClient:
             status_task = asyncio.create_task(
                 self._status_loop(send, frozenset(welcome.capabilities))
             )
+            if "deployments" in welcome.capabilities and "deployments" in self.capabilities:
+                self._control_sends[ws] = send
+                if self._on_session is not None:
+                    resync = asyncio.create_task(self._on_session())
+                    self._session_tasks.add(resync)
+                    resync.add_done_callback(self._session_tasks.discard)
             try:
                 if self.draining:
                     await send(GoawayFrame(reason="runner draining"))
@@ -231,6 +243,7 @@ class TunnelClient:
                 status_task.cancel()
                 self.disconnects += 1
                 self._conns.discard(ws)
+                self._control_sends.pop(ws, None)
                 if not self._conns:
                     self.connected.clear()
                 # Streams on a dropped connection are not resumed; stop their work.
@@ -383,6 +396,17 @@ class TunnelClient:
             except ConnectionClosed:
                 return
             await asyncio.sleep(2.0)
+
+    async def send_control(self, frame: object) -> bool:
+        """Send a frame of the ``deployments`` capability on any connection that negotiated it;
+        False when none is open (the manager re-sends its state on the next one)."""
+        for send in list(self._control_sends.values()):
+            try:
+                await send(frame)
+                return True
+            except ConnectionClosed:
+                continue
+        return False
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking streams, let live ones finish within ``grace_s``, then close."""
