@@ -56,9 +56,25 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import bench.load
-from bench.load import Conn, Sample, chat_body, pct, stream_request, versions, write_section
-from tests.utils import ControlPlaneProcess, free_port, wait_until
+# The repository root on sys.path first (above): these imports need it.
+import bench.load  # noqa: E402
+from bench.gpu_measure import (  # noqa: E402
+    CpuWindow,
+    finish_profiles,
+    machine_line,
+    start_profiles,
+)
+from bench.gpu_measure import summarize as summarize_profile  # noqa: E402
+from bench.load import (  # noqa: E402
+    Conn,
+    Sample,
+    chat_body,
+    pct,
+    stream_request,
+    versions,
+    write_section,
+)
+from tests.utils import ControlPlaneProcess, free_port, wait_until  # noqa: E402
 
 BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
 #: vLLM's section is apart from llama.cpp's: each is rewritten only by its own runs.
@@ -206,11 +222,26 @@ def engine_port(runner: subprocess.Popen) -> tuple[int, int]:
 
 
 async def phase(
-    host: str, port: int, path: str, body: bytes, headers: dict[str, str], streams: int, rounds: int
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    streams: int,
+    rounds: int,
+    seconds: float = 0.0,
 ) -> tuple[list[Sample], float]:
+    """``streams`` clients, each sending requests back to back: ``rounds`` of them, or with
+    ``seconds`` > 0 as many as start within that time (the last one runs to its end)."""
+
     async def one_stream() -> list[Sample]:
         conn = Conn(host, port)
-        out = [await stream_request(conn, path, body, headers) for _ in range(rounds)]
+        if seconds > 0:
+            out, deadline = [], time.perf_counter() + seconds
+            while not out or time.perf_counter() < deadline:
+                out.append(await stream_request(conn, path, body, headers))
+        else:
+            out = [await stream_request(conn, path, body, headers) for _ in range(rounds)]
         conn.close()
         return out
 
@@ -250,6 +281,63 @@ def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> di
     }
 
 
+def summarize_runs(
+    name: str, streams: int, runs: list[tuple[list[Sample], float, CpuWindow]]
+) -> dict:
+    """One row from a path's alternating segments: samples and wall times pooled; CPU of each
+    process tree over all segments ÷ tokens (µs/token); the host's busy cores and load."""
+    samples = [x for r in runs for x in r[0]]
+    wall = sum(r[1] for r in runs)
+    row = summarize(name, streams, samples, wall)
+    tokens = row["tokens"] or 1
+    for tree in runs[0][2].trees:
+        row[f"{tree}_us_tok"] = sum(w.cpu_s.get(tree, 0.0) for _, _, w in runs) / tokens * 1e6
+    row["host_busy_cores"] = sum(w.host_busy_cores * w.wall_s for _, _, w in runs) / (
+        sum(w.wall_s for _, _, w in runs) or 1
+    )
+    row["load_1m"] = [round(v, 2) for _, _, w in runs for v in w.load_1m]
+    row["segments"] = len(runs)
+    return row
+
+
+async def profiled_phase(
+    args: argparse.Namespace,
+    path: tuple[str, int, dict[str, str]],
+    body: bytes,
+    trees: dict[str, tuple[int, frozenset[int]]],
+    cp_pid: int,
+    runner_pid: int,
+) -> dict:
+    """One more through-Outpost phase at ``--profile-streams``, with py-spy recording the control
+    plane and the runner from 1 s in to 1 s before its end; its row shows the profiler's cost."""
+    host, port, hdr = path
+    streams, seconds = args.profile_streams, args.profile_seconds
+    out = args.profile_dir or Path(tempfile.mkdtemp(prefix="outpost-pyspy-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    async def profile() -> list:
+        await asyncio.sleep(1.0)
+        return start_profiles(
+            {"control_plane": cp_pid, "runner": runner_pid}, max(1.0, seconds - 2), out
+        )
+
+    window = CpuWindow(trees)
+    window.start()
+    started = asyncio.create_task(profile())
+    samples, wall = await phase(host, port, "/v1/chat/completions", body, hdr, streams, 1, seconds)
+    window.stop()
+    raws = finish_profiles(await started)
+    row = summarize_runs("outpost + py-spy", streams, [(samples, wall, window)])
+    print(json.dumps(row), flush=True)
+    text = []
+    for name, raw in raws.items():
+        text.append(summarize_profile(raw, row[f"{name}_us_tok"], args.profile_top))
+    summary = "\n\n".join(text)
+    print(summary, flush=True)
+    (out / "pyspy-summary.txt").write_text(summary + "\n")
+    return {"row": row, "profile_summary": summary, "profile_streams": streams}
+
+
 def render(runs: list[tuple[dict, list[dict]]]) -> str:
     """One README section: the common set-up once, then a table per engine set-up."""
     first = runs[0][0]
@@ -268,7 +356,8 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
         (
             f"Workload: streaming chat completions of `{first['model_file']}`, temperature 0, "
             "max_tokens "
-            f"{first['max_tokens']}{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
+            f"{first['max_tokens']}"
+            f"{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
             f"{first['rounds_single']} requests on one stream, {first['rounds']} per stream with "
             f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after "
             f"{first['warmup']} warm-up "
@@ -322,9 +411,183 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
                 f"{r.get('itl_p50_ms', nan):.2f} | "
                 f"{r.get('itl_p95_ms', nan):.2f} | {r.get('itl_p99_ms', nan):.2f} |"
             )
+        if any("control_plane_us_tok" in r for r in rows):
+            lines += ["", *_ratio_table(meta, rows)]
         if meta.get("notes"):
             lines += ["", *meta["notes"]]
     return "\n".join(lines)
+
+
+def _ratio_table(meta: dict, rows: list[dict]) -> list[str]:
+    """Per concurrency: Outpost ÷ direct, the TTFT Outpost adds, and the CPU each side spends per
+    token it relays (the engine's and the client's too, for scale)."""
+    nan = float("nan")
+    by = {(r["path"], r["streams"]): r for r in rows}
+    out = [
+        f"Machine: {meta.get('machine', '?')} (at the start; at the end: load average "
+        f"{meta.get('machine_end', '?').rpartition('load average ')[2]}). Tree: "
+        f"{meta.get('commit') or '?'}. Each row: {meta.get('repeats', 1)} segment(s) per path of "
+        f"{meta.get('seconds') or 'fixed rounds'} s, alternating direct and Outpost.",
+        "",
+        "| streams | direct tok/s | Outpost tok/s | Outpost ÷ direct "
+        "| TTFT added p50 / p95 / p99 ms | control plane CPU µs/token | runner CPU µs/token "
+        "| engine CPU µs/token (direct / Outpost) | client CPU µs/token "
+        "| host busy cores (direct / Outpost) |",
+        "|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
+    ]
+    for streams in sorted({r["streams"] for r in rows}):
+        d, o = by.get(("direct", streams)), by.get(("outpost", streams))
+        if d is None or o is None:
+            continue
+        added = " / ".join(
+            f"{o.get(f'ttft_{q}_ms', nan) - d.get(f'ttft_{q}_ms', nan):+.1f}"
+            for q in ("p50", "p95", "p99")
+        )
+        ratio = o["agg_tok_s"] / d["agg_tok_s"] if d["agg_tok_s"] else nan
+        out.append(
+            f"| {streams} | {d['agg_tok_s']:.0f} | {o['agg_tok_s']:.0f} | **{ratio:.3f}** "
+            f"| {added} | "
+            f"{o['control_plane_us_tok']:.0f} | {o['runner_us_tok']:.0f} | "
+            f"{d['engine_us_tok']:.0f} / {o['engine_us_tok']:.0f} | {o['client_us_tok']:.0f} | "
+            f"{d['host_busy_cores']:.1f} / {o['host_busy_cores']:.1f} |"
+        )
+    prof = by.get(("outpost + py-spy", meta.get("profile_streams")))
+    if prof is not None:
+        out += [
+            "",
+            f"Under py-spy (the profile below, {prof['streams']} streams): "
+            f"{prof['agg_tok_s']:.0f} tok/s "
+            f"through Outpost; control plane {prof['control_plane_us_tok']:.0f} µs/token, runner "
+            f"{prof['runner_us_tok']:.0f} µs/token.",
+        ]
+    return out
+
+
+async def measure(
+    args: argparse.Namespace,
+    paths: dict[str, tuple[str, int, dict[str, str]]],
+    body: bytes,
+    trees: dict[str, tuple[int, frozenset[int]]],
+    eport: int,
+) -> list[dict]:
+    """Per concurrency, ``--repeats`` segments of each path, alternating; one row per path."""
+    rows = []
+    for streams in args.streams:
+        rounds = args.rounds_single if streams == 1 else args.rounds
+        runs: dict[str, list[tuple[list[Sample], float, CpuWindow]]] = {
+            "direct": [],
+            "outpost": [],
+        }
+        for rep in range(args.repeats):  # alternate the order: neither path always goes first
+            for name in ("direct", "outpost") if rep % 2 == 0 else ("outpost", "direct"):
+                host, port, hdr = paths[name]
+                busy = None
+                if args.record and name == "direct" and streams == max(args.streams) and rep == 0:
+                    busy = asyncio.create_task(_record_busy(args.record, eport))
+                window = CpuWindow(trees)
+                window.start()
+                samples, wall = await phase(
+                    host, port, "/v1/chat/completions", body, hdr, streams, rounds, args.seconds
+                )
+                window.stop()
+                if busy is not None:
+                    await busy
+                runs[name].append((samples, wall, window))
+        for name in ("direct", "outpost"):
+            row = summarize_runs(name, streams, runs[name])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def describe(
+    args: argparse.Namespace, attached: bool, engine_argv: list[str]
+) -> tuple[str, str, str]:
+    """The table's title, the engine's description and the command that reproduces the run."""
+    model_file = Path(args.model).name
+    streams_arg = ",".join(str(n) for n in args.streams)
+    if attached:
+        title = (
+            f"llama.cpp's `llama-server`, {args.parallel} slots, attached (`--attach URL "
+            f"--parallel {args.parallel}`)"
+        )
+        engine = (
+            f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np "
+            f"{args.parallel} "
+            f"-c {args.parallel * args.ctx_per_slot}`, started by the benchmark; the runner "
+            "runs "
+            f"`local-runner --attach http://127.0.0.1:PORT --parallel {args.parallel}`"
+        )
+        command = (
+            f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel "
+            f"{args.parallel}"
+            f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
+            f"{args.max_tokens}"
+        )
+    elif args.engine == "vllm":
+        title = (
+            "vLLM, planned and started by the runner (`runner local-runner --model DIR`, "
+            "no `--engine`)"
+        )
+        engine = (
+            f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the "
+            "planner and "
+            f"started by `runner local-runner --model {model_file}` as "
+            f"`{_argv_text(engine_argv)}`"
+        )
+        command = (
+            f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams "
+            f"{streams_arg} "
+            f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
+            f"{args.max_tokens}" + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env)
+        )
+    else:
+        title = f"{args.engine}, planned and started by the runner"
+        engine = (
+            f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started "
+            "by "
+            f"`runner local-runner --model {model_file} --engine {args.engine}`"
+            if args.engine == "llama-cpp-python"
+            else args.engine
+        )
+        command = (
+            f"python bench/bench_gpu.py --model {model_file} --rounds {args.rounds} "
+            f"--rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
+        )
+    command += (f" --streams {streams_arg}" if "--streams" not in command else "") + "".join(
+        f" --{k} {v}"
+        for k, v in (
+            ("seconds", args.seconds),
+            ("repeats", args.repeats),
+            ("profile-streams", args.profile_streams),
+        )
+        if v
+    )
+    return title, engine, command
+
+
+def runner_argv(args: argparse.Namespace, server_port: int) -> list[str]:
+    """``runner local-runner``'s arguments for the engine set-up asked for."""
+    if server_port:
+        return ["--attach", f"http://127.0.0.1:{server_port}", "--parallel", str(args.parallel)]
+    if args.engine == "vllm":  # no --engine: the planner must choose vLLM itself
+        return ["--model", args.model]
+    return ["--model", args.model, "--engine", args.engine, "--threads", str(args.threads)]
+
+
+async def warm_up(
+    args: argparse.Namespace, paths: dict[str, tuple[str, int, dict[str, str]]], body: bytes
+) -> None:
+    """Compile and fill caches on both paths; stop at once if either fails."""
+    for i in range(args.warmup):
+        name = "direct" if i % 2 == 0 else "outpost"
+        host, port, hdr = paths[name]
+        s, _ = await phase(host, port, "/v1/chat/completions", body, hdr, 1, 1)
+        if not s[0].ok:
+            raise RuntimeError(
+                f"warm-up on {name} failed: status {s[0].status}, {s[0].tokens} tokens, "
+                f"{s[0].error}"
+            )
 
 
 async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
@@ -341,6 +604,7 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     try:
         key = cp.api_key("default", "gpu-bench")
         t_start = time.perf_counter()
+        sport = 0
         if args.llama_server:
             server, sport = start_llama_server(
                 args.llama_server,
@@ -350,23 +614,7 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                 tmp / "llama-server.log",
                 args.ready_timeout,
             )
-            runner_args = [
-                "--attach",
-                f"http://127.0.0.1:{sport}",
-                "--parallel",
-                str(args.parallel),
-            ]
-        elif args.engine == "vllm":  # no --engine: the planner must choose vLLM itself
-            runner_args = ["--model", args.model]
-        else:
-            runner_args = [
-                "--model",
-                args.model,
-                "--engine",
-                args.engine,
-                "--threads",
-                str(args.threads),
-            ]
+        runner_args = runner_argv(args, sport if server is not None else 0)
         runner = start_runner(cp, tmp / "runner", runner_args)
 
         def connected() -> bool:
@@ -429,83 +677,32 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         paths = {"direct": ("127.0.0.1", eport, {}), "outpost": ("127.0.0.1", cp.port, auth)}
         if args.record:
             record_engine(args.record, "idle", eport, model, cp, auth)
-        for i in range(args.warmup):  # compile/caches on both paths
-            name = "direct" if i % 2 == 0 else "outpost"
-            host, port, hdr = paths[name]
-            s, _ = await phase(host, port, "/v1/chat/completions", body, hdr, 1, 1)
-            if not s[0].ok:
-                raise RuntimeError(
-                    f"warm-up on {name} failed: status {s[0].status}, {s[0].tokens} tokens, "
-                    f"{s[0].error}"
+        await warm_up(args, paths, body)
+        if args.wait_file:  # e.g. a build running beside the engine's start: not during phases
+            wait_until(args.wait_file.exists, args.ready_timeout, f"{args.wait_file}", interval=1)
+        assert cp.proc is not None
+        trees = {
+            "control_plane": (cp.proc.pid, frozenset[int]()),
+            "runner": (runner.pid, frozenset({epid})),
+            "engine": (epid, frozenset[int]()),
+            "client": (os.getpid(), frozenset({cp.proc.pid, runner.pid, epid})),
+        }
+        machine = machine_line(gpu_name())
+        print("machine:", machine, flush=True)
+        rows = await measure(args, paths, body, trees, eport)
+        profile = {}
+        if args.profile_streams:
+            try:
+                profile = await profiled_phase(
+                    args, paths["outpost"], body, trees, cp.proc.pid, runner.pid
                 )
-        rows = []
-        for streams in args.streams:
-            for name in ("direct", "outpost"):
-                host, port, hdr = paths[name]
-                rounds = args.rounds_single if streams == 1 else args.rounds
-                busy = None
-                if args.record and name == "direct" and streams == max(args.streams):
-                    busy = asyncio.create_task(_record_busy(args.record, eport))
-                samples, wall = await phase(
-                    host, port, "/v1/chat/completions", body, hdr, streams, rounds
-                )
-                if busy is not None:
-                    await busy
-                row = summarize(name, streams, samples, wall)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                rows.append(profile.pop("row"))
+            except Exception as exc:  # noqa: BLE001 - the table above must survive the profiler
+                print(f"profiled phase failed: {exc!r}", flush=True)
         if args.record:
             record_engine(args.record, "loaded", eport, model, cp, auth)
         model_file = Path(args.model).name
-        streams_arg = ",".join(str(n) for n in args.streams)
-        if server is not None:
-            title = (
-                f"llama.cpp's `llama-server`, {args.parallel} slots, attached (`--attach URL "
-                f"--parallel {args.parallel}`)"
-            )
-            engine = (
-                f"llama.cpp `llama-server` ({_server_version(args.llama_server)}), `-ngl 999 -np "
-                f"{args.parallel} "
-                f"-c {args.parallel * args.ctx_per_slot}`, started by the benchmark; the runner "
-                "runs "
-                f"`local-runner --attach http://127.0.0.1:PORT --parallel {args.parallel}`"
-            )
-            command = (
-                f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel "
-                f"{args.parallel}"
-                f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
-                f"{args.max_tokens}"
-            )
-        elif args.engine == "vllm":
-            title = (
-                "vLLM, planned and started by the runner (`runner local-runner --model DIR`, "
-                "no `--engine`)"
-            )
-            engine = (
-                f"vLLM {_dist_version('vllm')} (torch {_dist_version('torch')}), chosen by the "
-                "planner and "
-                f"started by `runner local-runner --model {model_file}` as "
-                f"`{_argv_text(engine_argv)}`"
-            )
-            command = (
-                f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams "
-                f"{streams_arg} "
-                f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
-                f"{args.max_tokens}" + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env)
-            )
-        else:
-            title = f"{args.engine}, planned and started by the runner"
-            engine = (
-                f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started "
-                "by "
-                f"`runner local-runner --model {model_file} --engine {args.engine}`"
-                if args.engine == "llama-cpp-python"
-                else args.engine
-            )
-            command = (
-                f"python bench/bench_gpu.py --model {model_file} --rounds {args.rounds} "
-                f"--rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
-            )
+        title, engine, command = describe(args, server is not None, engine_argv)
         meta = {
             "title": title,
             "gpu": gpu_name(),
@@ -525,24 +722,32 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             "engine_log_tail": log_text[-3000:],
             "engine_argv": engine_argv,
             "cp_env": dict(args.cp_env),
+            "machine": machine,
+            "machine_end": machine_line(gpu_name()),
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "streams": args.streams,
+            "commit": args.commit,
+            **profile,
         }
         return meta, rows
     finally:
-        if runner is not None and runner.poll() is None:
-            runner.terminate()
-            try:
-                runner.wait(40)
-            except subprocess.TimeoutExpired:
-                runner.kill()
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        _stop(runner, 40)
+        _stop(server, 20)
         cp.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def record_engine(
@@ -704,6 +909,32 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--ready-timeout", type=float, default=420)
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=0.0,
+        help="time-box each segment: streams send requests until this many seconds have passed "
+        "(instead of --rounds / --rounds-single)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="segments per path and concurrency, alternating direct/outpost (pooled in one row)",
+    )
+    parser.add_argument(
+        "--profile-streams",
+        type=int,
+        default=0,
+        help="after the table: one more outpost phase at this concurrency under py-spy",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=15.0)
+    parser.add_argument("--profile-dir", type=Path, help="py-spy's raw profiles and summary here")
+    parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument(
+        "--wait-file", type=Path, help="once the engine is up, wait for this file before phases"
+    )
+    parser.add_argument("--commit", default="", help="the tree's commit, for the tables")
     parser.add_argument("--json", type=Path, help="also write meta and rows here")
     parser.add_argument("--note", action="append", default=[], help="a line to add under the table")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")

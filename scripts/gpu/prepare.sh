@@ -27,7 +27,7 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
 dups=$(ls .whl | sed 's/-[0-9].*//' | sort | uniq -d); [ -z "$dups" ] || { echo "several wheels of: $dups"; exit 1; }
 
 # The model, in two parts that each fit one call's 64 MiB with the rest of the carry.
-M=$($PY -c "from runner.models import embedded_model_path as e; print(e())")
+M=$($PY -c "from outpost.runner.models import embedded_model_path as e; print(e())")
 mkdir -p .gpu1 .gpu2 .gpu3
 head -c 40000000 "$M" > .gpu1/smol.part1
 tail -c +40000001 "$M" > .gpu2/smol.part2

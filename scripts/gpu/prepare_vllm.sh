@@ -58,7 +58,7 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
 # Exactly one file per distribution: two versions of one stop the install there.
 dups=$(ls "$W/pack/wheels" | sed 's/-[0-9].*//' | tr 'A-Z-' 'a-z_' | sort | uniq -d)
 [ -z "$dups" ] || { echo "several wheels of: $dups"; exit 1; }
-M=$($PY -c "from runner.models import embedded_model_path as e; print(e())")
+M=$($PY -c "from outpost.runner.models import embedded_model_path as e; print(e())")
 ln -f "$M" "$W/pack/$(basename "$M")" 2>/dev/null || cp "$M" "$W/pack/"
 (cd "$W/pack" && sha256sum "$(basename "$M")" > model.sha256 && ls wheels | wc -l > wheels.count)
 rm -rf .vllm && mkdir -p .vllm
