@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from outpost.control_plane.api import (
     audit,
     budgets,
+    deployments,
     e2e,
     errors,
     fairness,
@@ -31,6 +32,7 @@ from outpost.control_plane.console import install_console
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
 from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.deployments.reconciler import Reconciler
 from outpost.control_plane.observability import StateCollector, install_observability
 from outpost.control_plane.routing.admission import Admission
 from outpost.control_plane.routing.routing import Router, RouterConfig
@@ -98,9 +100,18 @@ def create_app(
             )  # revocations reach every replica at once
             # An owner's change to a runner's labels, price or pool, made on another replica.
             cluster.key_listeners.append(OwnerSettingsSync(db, hub).changed_elsewhere)
+        reconciler = Reconciler(
+            db,
+            hub,
+            interval_s=settings.deployment_reconcile_interval_s,
+            drain_s=settings.deployment_drain_s,
+        )
+        await reconciler.start()
+        app.state.outpost.deployments = reconciler
         try:
             yield
         finally:
+            await reconciler.stop()
             await hub.goaway("control plane shutting down")
             await records.stop()  # every queued record written before the chain's tip is signed
             if cluster is not None:
@@ -115,6 +126,7 @@ def create_app(
     for module in (
         audit,
         budgets,
+        deployments,
         e2e,
         fairness,
         health,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from outpost.control_plane.audit.checkpoints import Checkpointer
 from outpost.control_plane.cluster import Cluster
 from outpost.control_plane.db.engine import Database
+from outpost.control_plane.deployments.reconciler import Reconciler
 from outpost.control_plane.observability.metrics import ControlPlaneMetrics
 from outpost.control_plane.routing.admission import Admission
 from outpost.control_plane.routing.routing import Router
@@ -38,3 +39,5 @@ class AppState:
     checkpointer: Checkpointer | None = (
         None  # signs the audit chain; its alarm is the console's banner
     )
+    # Places deployment replicas on runners and applies their reports (control_plane/deployments).
+    deployments: Reconciler | None = None

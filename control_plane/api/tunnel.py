@@ -78,6 +78,8 @@ async def tunnel(ws: WebSocket) -> None:
         capabilities=frozenset(caps),
         connection_index=hello.connection_index,
     )
+    if state.deployments is not None:  # replica.v1 reports (capability ``deployments``)
+        link.on_replica = state.deployments.replica_report
     await ws.send_text(
         encode_frame(WelcomeFrame(version=version, capabilities=caps, session_id=session_id))
     )

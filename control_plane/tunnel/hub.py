@@ -40,6 +40,9 @@ class ConnectedRunner:
     queued: int = 0  # requests waiting in this control plane's admission queue for it
     # The runner's one pool (of ``tenant_id``); "" (an older replica's entry) is in no pool.
     pool_id: str = ""
+    # Replica id -> what a ready deployment replica on it serves (control_plane/deployments);
+    # also in ``models``, after the hello's own.
+    deployed: dict[str, ModelInfo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Stored rows and older replicas' registry entries hold the cost model as a mapping.
@@ -96,6 +99,7 @@ class TunnelHub:
             # pool come from the runner's row (what its owner set), read again at each handshake.
             self._unindex(current)
             current.models, current.capacity = info.models, info.capacity
+            current.models = [*current.models, *current.deployed.values()]
             current.labels, current.cost, current.hardware = info.labels, info.cost, info.hardware
             current.pool_id = info.pool_id
         self._index(current)
@@ -104,6 +108,25 @@ class TunnelHub:
             listener(current, True)
         self._notify()
         return current
+
+    def set_deployed(self, runner_id: str, replica_id: str, model: ModelInfo | None) -> bool:
+        """A deployment replica on a runner here became ready (``model``) or stopped serving (None).
+
+        Returns whether the runner is connected to this process.
+        """
+        runner = self.runners.get(runner_id)
+        if runner is None:
+            return False
+        self._unindex(runner)
+        old = runner.deployed.pop(replica_id, None)
+        if old is not None:
+            runner.models = [m for m in runner.models if m is not old]
+        if model is not None:
+            runner.deployed[replica_id] = model
+            runner.models = [*runner.models, model]
+        self._index(runner)
+        self._notify()
+        return True
 
     def detach(self, link: Link) -> None:
         runner = self.runners.get(link.runner_id)
@@ -146,7 +169,8 @@ class TunnelHub:
         return found
 
     def is_served(self, model: str) -> bool:
-        """Whether some connected runner serves ``model``: ``model in model_names()`` without building it."""
+        """Whether some connected runner serves ``model``: ``model in model_names()`` without
+        building it."""
         return model in self._by_model or any(
             r.serves(model) for k, r in self.remote.items() if k not in self.runners
         )
@@ -159,7 +183,8 @@ class TunnelHub:
             pass
 
     def model_names(self, pools: frozenset[str] | None = None) -> dict[str, ModelInfo]:
-        """Every name and alias served; with ``pools``, only by runners in those pools (a tenant's view)."""
+        """Every name and alias served; with ``pools``, only by runners in those pools (a
+        tenant's view)."""
         names: dict[str, ModelInfo] = {}
         for r in self.routable():
             if pools is not None and r.pool_id not in pools:

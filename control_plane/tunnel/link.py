@@ -18,6 +18,7 @@ from outpost.sdk.protocol import (
     Frame,
     FrameError,
     GoawayFrame,
+    ReplicaFrame,
     RequestFrame,
     ResetFrame,
     ResponseStartFrame,
@@ -129,6 +130,8 @@ class Link:
         self.draining = False
         self.closed = False
         self.holder_admits = False  # this replica holds the tunnel: admission is local
+        # Deployment replica reports (control_plane/deployments); None: refused as unexpected.
+        self.on_replica: Callable[[str, ReplicaFrame], None] | None = None
 
     @property
     def open_streams(self) -> int:
@@ -223,6 +226,12 @@ class Link:
             )
         elif isinstance(frame, GoawayFrame):
             self.draining = True
+        elif (
+            isinstance(frame, ReplicaFrame)
+            and "deployments" in self.capabilities
+            and self.on_replica is not None
+        ):
+            self.on_replica(self.runner_id, frame)
         else:
             raise FrameError(f"unexpected {frame.type} frame after handshake")
 
