@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1024, description="Largest request body (413 above)."
     )
     max_tokens_limit: int = Field(default=8192, ge=1, description="Largest max_tokens accepted.")
+    max_choices: int = Field(
+        default=16,
+        ge=1,
+        le=128,
+        description="Largest n (and best_of) accepted; each choice is admitted and billed alone.",
+    )
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="Longest a request may run end to end."
     )

@@ -62,7 +62,11 @@ class FleetEngine:
     def endpoint(self) -> EngineEndpoint:
         # Every engine is asked for the public model name (an attached one's names are its own):
         # no name map, so the relay sends the body's model as it is.
-        return EngineEndpoint(base_url=self.supervisor.base_url, headers=self.headers)
+        return EngineEndpoint(
+            base_url=self.supervisor.base_url,
+            headers=self.headers,
+            rewrite=getattr(self.adapter, "rewrite_request", None),
+        )
 
 
 def _log_name(label: str) -> str:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, computed_field
 
+from outpost.runner.tool_support import TemplateTools, template_tools
+
 __all__ = [
     "KNOWN_MODELS",
     "ModelNotFoundError",
@@ -64,6 +66,8 @@ class ModelSpec(BaseModel):
     params: int | None = None
     #: True when numbers come from the table, not from files on this machine.
     estimated: bool = False
+    #: What a GGUF's chat template does with tools (runner/tool_support.py); None: not a GGUF.
+    chat_template_tools: TemplateTools | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -210,7 +214,12 @@ def read_gguf(path: str | Path) -> ModelSpec:
         quantization=quant,
         weights_bytes=_gguf_size(path),
         params=_parse_size_label(size_label) if isinstance(size_label, str) else None,
+        chat_template_tools=template_tools(_text(metadata.get("tokenizer.chat_template"))),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _parse_size_label(label: str) -> int | None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from outpost.runner.gguf_meta import ModelSpec, kv_bytes_per_token
 from outpost.runner.hardware import GpuInfo, HardwareReport
+from outpost.runner.tool_support import vllm_tool_parser
 
 __all__ = [
     "DEFAULT_HEADROOM",
@@ -119,6 +120,9 @@ class XllamacppSettings(BaseModel):
     ctx_per_slot: int
     threads: int
     gpu_layers: int
+    #: Tool calls: through the model's own chat template ("model"), through the ChatML tool
+    #: template the runner ships ("chatml-tools"), or none (runner/tool_support.py).
+    tools: Literal["model", "chatml-tools"] | None = None
 
     @property
     def ctx(self) -> int:
@@ -142,6 +146,9 @@ class VllmSettings(BaseModel):
     #: NVML (PCI bus order) indices of the GPUs to use: those with the most free memory.
     gpu_indices: list[int]
     max_num_seqs: int
+    #: vLLM's --tool-call-parser for the model family (started with --enable-auto-tool-choice);
+    #: None: the family's call format is not known, the model gets no tools.
+    tool_call_parser: str | None = None
 
 
 class AttachSettings(BaseModel):
@@ -342,12 +349,17 @@ def _xllamacpp(
         where = f"all {gpu_layers} layers offloaded ({fit.where})"
     else:
         where = "on CPU" + (", as it does not fit the GPUs" if also else "")
+    tools = _LLAMA_TOOLS.get(model.chat_template_tools or "none")
     settings = XllamacppSettings(
-        slots=fit.slots, ctx_per_slot=fit.ctx, threads=_threads(hw, ov), gpu_layers=gpu_layers
+        slots=fit.slots,
+        ctx_per_slot=fit.ctx,
+        threads=_threads(hw, ov),
+        gpu_layers=gpu_layers,
+        tools=tools,
     )
     rule = (
         f"GGUF model → llama.cpp through xllamacpp (continuous batching; {fit.slots} "
-        f"parallel slots sized from free memory), {where}"
+        f"parallel slots sized from free memory), {where}; tool calls: {_TOOLS_RULE[tools]}"
     )
     return _Choice("xllamacpp", settings, fit.slots, rule, fit, also)
 
@@ -368,6 +380,17 @@ def _llama_cpp_python(
         "time (capacity 1, started with --interrupt_requests False)"
     )
     return _Choice(name, settings, 1, rule, fit, also)
+
+
+_LLAMA_TOOLS: dict[str, Literal["model", "chatml-tools"] | None] = {
+    "native": "model",
+    "chatml": "chatml-tools",
+}
+_TOOLS_RULE: dict[str | None, str] = {
+    "model": "the model's chat template renders them",
+    "chatml-tools": "its ChatML template has none; the runner's ChatML tool template is used",
+    None: "none (the model's chat template has no tools and is not ChatML)",
+}
 
 
 # --- vLLM ------------------------------------------------------------------
@@ -453,11 +476,13 @@ def _vllm_choice(
         quantization=quant if quant in VLLM_QUANTIZATIONS else None,
         gpu_indices=sorted(g.index for g in gpus),
         max_num_seqs=seqs,
+        tool_call_parser=(parser := vllm_tool_parser(model.architecture, model.name)),
     )
     rule = (
         f"NVIDIA GPU{'s' if many else ''}, Hugging Face-format model and vllm installed; "
         f"weights and KV cache fit with tensor parallel {tp}, the smallest power of two "
-        "that fits → vLLM"
+        "that fits → vLLM; tool calls: "
+        + (f"--tool-call-parser {parser}" if parser else "none (model family not known)")
     )
     return _Choice("vllm", settings, seqs, rule, fit)
 

@@ -32,6 +32,8 @@ class EngineEndpoint:
     # Public model name -> the engine's name for it, only where they differ; the fleet's
     # engines are asked for the public name, so theirs is empty and the body goes as it is.
     upstream_names: Mapping[str, str] = field(default_factory=dict)
+    # The engine adapter's last word on a body (path, payload): tool_choice made to hold.
+    rewrite: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
 
 
 def _usage(obj: object) -> Usage | None:
@@ -90,6 +92,8 @@ async def relay(
     client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     if req.stream:
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    if engine.rewrite is not None:
+        payload = engine.rewrite(req.path, payload)
     url = engine.base_url.rstrip("/") + req.path
     headers, body = engine_request(engine, payload)
     try:

@@ -18,8 +18,9 @@ from fastapi.responses import Response
 from outpost.control_plane.api.deps import AppStateDep, Caller, CallerDep
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.model_access import model_allowed
-from outpost.control_plane.openai.caps import cap_request
+from outpost.control_plane.openai.caps import cap_request, choices
 from outpost.control_plane.openai.disconnect import watch
+from outpost.control_plane.openai.fanout import SharedGone, serve_choices
 from outpost.control_plane.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -151,15 +152,17 @@ async def _serve(
         )
     rate = await _admit(state, caller, policy)
     max_tokens = cap = None
+    n, capped_body = 1, None
     if isinstance(body, EmbeddingRequest):
         forwarded = body.model_dump_json(exclude_unset=True)
     else:
+        n = choices(body, limit=state.settings.max_choices)
         # One sequence, with an explicit token cap the engine is sent and usage is clamped to
         # (caps.py).
         capped = cap_request(
             body, limit=state.settings.max_tokens_limit, window=lambda: _window(state, body.model)
         )
-        max_tokens, cap = capped.requested, capped.max_tokens
+        max_tokens, cap, capped_body = capped.requested, capped.max_tokens, capped.body
         forwarded = json.dumps(capped.body, ensure_ascii=False, separators=(",", ":"))
     if vendor := body.vendor_fields():
         log.debug("passing vendor fields through to the engine: %s", vendor)
@@ -174,6 +177,7 @@ async def _serve(
         prompt_tokens=body.estimated_prompt_tokens(),
         max_tokens=max_tokens,
         pools=policy.pools,
+        needs=_needs(body),
     )
     call = InferenceCall(
         tenant_id=caller.tenant_id,
@@ -185,10 +189,20 @@ async def _serve(
         tenant_weight=policy.tenant_weight,
         client_gone=watch(request.receive),
     )
-    response = await serve_inference(state, call)
+    if n > 1 and capped_body is not None:  # one request per choice (fanout.py)
+        response = await serve_choices(state, call, capped_body, n, SharedGone(request.receive))
+    else:
+        response = await serve_inference(state, call)
     if rate is not None:
         response.headers.update(_rate_headers(rate))
     return response
+
+
+def _needs(body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> frozenset[str]:
+    """Capabilities beside the endpoint: a request that may call tools needs an engine that can."""
+    if isinstance(body, ChatCompletionRequest) and body.uses_tools():
+        return frozenset({"tools"})
+    return frozenset()
 
 
 def _window(state: AppState, model: str) -> int | None:

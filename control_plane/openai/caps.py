@@ -2,9 +2,11 @@
 tokens.
 
 The fair scheduler admits, and usage prices, one *sequence* per request, so a
-request that would make the engine generate several (a prompt list, ``n`` > 1,
-``best_of`` > 1, beam search) is refused with a 400 that says which field and
-what to do instead (docs/api.md "One admitted unit per sequence"). Every
+request that would make the engine generate several in one go (a prompt list,
+a vendor field such as ``n_cmpl``, beam search) is refused with a 400 that says
+which field and what to do instead (docs/api.md "One admitted unit per
+sequence"). ``n`` > 1 is served, as ``n`` requests of one sequence each
+(:func:`choices`, fanout.py). Every
 request reaches the engine with an explicit token cap: the smallest of the
 caps the client gave, or the deployment's ``OUTPOST_MAX_TOKENS_LIMIT`` when it
 gave none, written into ``max_tokens`` and into every vendor field that the
@@ -25,7 +27,7 @@ from typing import Any, Literal
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["VENDOR_FIELDS", "Capped", "cap_request"]
+__all__ = ["VENDOR_FIELDS", "Capped", "cap_request", "choices"]
 
 Decision = Literal["cap", "bounded", "one"]
 
@@ -128,14 +130,33 @@ def cap_request(
     return Capped(max_tokens=effective, requested=requested, body=body)
 
 
+def choices(request: ChatCompletionRequest | CompletionRequest, *, limit: int) -> int:
+    """How many choices the request asks for (``n``; ``best_of`` only as the same number):
+    each is served as a request of its own (fanout.py), at most ``limit``."""
+    n = request.n or 1
+    best_of = request.best_of if isinstance(request, CompletionRequest) else None
+    if best_of is not None and best_of != n:
+        # Picking the best needs every sequence's log probability, which not every engine
+        # reports; refused rather than answered with unranked choices.
+        raise ApiError(
+            400,
+            f"best_of={best_of} with n={n}: Outpost serves best_of only equal to n (every "
+            "sequence is returned); send best_of equal to n, or leave it out.",
+            code="best_of_unsupported",
+            param="best_of",
+        )
+    if n > limit:
+        raise ApiError(
+            400,
+            f"n={n} exceeds this deployment's limit of {limit} choices per request.",
+            code="too_many_choices",
+            param="n",
+        )
+    return n
+
+
 def _one_sequence(request: ChatCompletionRequest | CompletionRequest) -> None:
-    if request.n is not None and request.n > 1:
-        raise _several("n", f"n={request.n}", f"send {request.n} requests")
     if isinstance(request, CompletionRequest):
-        if request.best_of is not None and request.best_of > 1:
-            raise _several(
-                "best_of", f"best_of={request.best_of}", "send separate requests and pick"
-            )
         if (count := request.prompts()) > 1:
             raise _several("prompt", f"a list of {count} prompts", "send one request per prompt")
     extra = request.model_extra or {}

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from outpost.control_plane.openai.tools import MAX_TOOLS, ResponseFormat, Tool, ToolChoice
+
 __all__ = [
     "ChatCompletionRequest",
     "CompletionRequest",
@@ -76,6 +78,15 @@ class Message(BaseModel):
 
     role: str = Field(min_length=1, max_length=32)
     content: str | list[dict[str, Any]] | None = None
+    # An assistant turn's calls, and a "tool" turn's answer to one of them (sent on as given).
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _tool_turn(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError('a message with role "tool" needs the tool_call_id it answers')
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -93,7 +104,7 @@ class _Base(_Encodable):
     max_tokens: _Int | None = Field(default=None, ge=1)
     temperature: _Float | None = Field(default=None, ge=0, le=2)
     top_p: _Float | None = Field(default=None, ge=0, le=1)
-    # One sequence per request (docs/api.md "One admitted unit per sequence"): caps.py says why.
+    # Several choices are served as several admitted requests (fanout.py); bounded there.
     n: _Int | None = Field(default=None, ge=1)
     seed: _Int | None = Field(default=None, ge=-(2**63), lt=2**64)
     user: str | None = Field(default=None, max_length=256)
@@ -111,6 +122,29 @@ class _Base(_Encodable):
 class ChatCompletionRequest(_Base):
     messages: list[Message] = Field(min_length=1, max_length=4096)
     max_completion_tokens: _Int | None = Field(default=None, ge=1)
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: _Bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _choice_names_a_tool(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        if choice is None or choice == "none" or choice == "auto" and not self.tools:
+            return self
+        if not self.tools:
+            raise ValueError(f"tool_choice {_choice_text(choice)} needs tools")
+        if not isinstance(choice, str):
+            names = {t.function.name for t in self.tools}
+            if choice.function.name not in names:
+                raise ValueError(
+                    f"tool_choice names {choice.function.name!r}, which is not among the tools"
+                )
+        return self
+
+    def uses_tools(self) -> bool:
+        """The engine must be able to call tools: some are declared and may be called."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     def requested_max_tokens(self) -> int | None:
         caps = [c for c in (self.max_completion_tokens, self.max_tokens) if c is not None]
@@ -122,6 +156,10 @@ class ChatCompletionRequest(_Base):
             for m in self.messages
         )
         return chars // CHARS_PER_TOKEN + 4 * len(self.messages)  # + chat-template tokens
+
+
+def _choice_text(choice: object) -> str:
+    return repr(choice) if isinstance(choice, str) else "naming a function"
 
 
 class CompletionRequest(_Base):

@@ -104,6 +104,8 @@ class RouteRequest:
     # The pools the caller's tenant may use (store.pools.usable_pool_ids). ``None`` only in
     # unit tests and benchmarks that route without a tenant; every API route sets it.
     pools: frozenset[str] | None = None
+    # Capabilities the model must advertise beside the endpoint (ModelInfo.endpoints): "tools".
+    needs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ def eligibility(runner: ConnectedRunner, req: RouteRequest) -> str | None:
         return "pool"  # another tenant's runner, not granted: as if it did not exist
     if req.endpoint not in info.endpoints:
         return "endpoint"
+    if not req.needs <= set(info.endpoints):
+        return "capability"  # e.g. tool calls, which this runner's engine cannot make
     if req.residency and not residency_allows(runner.labels, req.residency):
         return "residency"
     if runner.usable_link() is None:

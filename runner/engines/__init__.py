@@ -46,8 +46,12 @@ def served_models(plan: Plan) -> tuple[ServedModel, ...]:
            else s.ctx if isinstance(s, LlamaCppPythonSettings)
            else None)  # fmt: skip
     model = plan.model
+    tools = (s.tools is not None if isinstance(s, XllamacppSettings)
+             else s.tool_call_parser is not None if isinstance(s, VllmSettings)
+             else False)  # fmt: skip
+    endpoints = ("chat", "completions", "tools") if tools else ("chat", "completions")
     return (ServedModel(name=model.name, engine=plan.engine, context_length=ctx,
-                        quantization=model.quantization),)  # fmt: skip
+                        quantization=model.quantization, endpoints=endpoints),)  # fmt: skip
 
 
 def build_engine(
@@ -69,7 +73,7 @@ def build_engine(
         return XllamacppEngine(model_path=location, models=served, capacity=settings.slots,
                                headroom=plan.headroom,
                                ctx=settings.ctx, threads=settings.threads,
-                               gpu_layers=settings.gpu_layers)  # fmt: skip
+                               gpu_layers=settings.gpu_layers, tools=settings.tools)  # fmt: skip
     if isinstance(settings, LlamaCppPythonSettings):
         return LlamaCppPythonEngine(model_path=location, models=served, ctx=settings.ctx,
                                     threads=settings.threads,
@@ -87,4 +91,5 @@ def build_engine(
         served_model_name=served[0].name if served else None,
         max_num_seqs=settings.max_num_seqs,
         gpu_indices=tuple(settings.gpu_indices),
+        tool_call_parser=settings.tool_call_parser,
     )

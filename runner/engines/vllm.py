@@ -64,6 +64,8 @@ class VllmEngine:
     max_num_seqs: int | None = None
     #: NVML indices (PCI bus order) of the GPUs to run on; None: all visible.
     gpu_indices: tuple[int, ...] | None = None
+    #: vLLM's tool-call parser for the model family (runner/tool_support.py); None: no tools.
+    tool_call_parser: str | None = None
     #: The interpreter that runs ``vllm serve``: the runner's own, the one whose ``import vllm``
     #: made the planner choose vLLM. A ``vllm`` script on PATH may be another install, or none:
     #: a ``pip install --target`` or an unactivated venv puts the package on ``sys.path`` only.
@@ -89,6 +91,8 @@ class VllmEngine:
             argv += ["--served-model-name", self.served_model_name]
         if self.max_num_seqs is not None:
             argv += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.tool_call_parser:
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
         # Prompts must not leave the premises, and neither should usage telemetry.
         env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         if self.gpu_indices is not None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from outpost.runner.engines.base import EngineLoad, LaunchSpec, ServedModel
+from outpost.runner.tool_support import CHATML_TOOLS_TEMPLATE, prefill_tool_choice
 
 __all__ = ["XllamacppEngine"]
 
@@ -25,6 +27,9 @@ class XllamacppEngine:
     threads: int = 0
     gpu_layers: int = 0
     embedding: bool = False
+    #: Tool calls through the model's template ("model"), the shipped ChatML one, or none
+    #: (runner/tool_support.py); the runner advertises "tools" only when set.
+    tools: Literal["model", "chatml-tools"] | None = None
     name: str = "xllamacpp"
 
     def launch_spec(self, port: int) -> LaunchSpec:
@@ -39,7 +44,15 @@ class XllamacppEngine:
         ]  # fmt: skip
         if self.embedding:
             argv.append("--embedding")
+        if self.tools == "chatml-tools":
+            argv += ["--chat-template-file", str(CHATML_TOOLS_TEMPLATE)]
         return LaunchSpec(argv=argv)
+
+    def rewrite_request(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """What the relay sends the engine: tool_choice made to hold with the shipped template."""
+        if self.tools == "chatml-tools" and path == "/v1/chat/completions":
+            return prefill_tool_choice(payload)
+        return payload
 
     def base_url(self, port: int | None) -> str:
         return f"http://127.0.0.1:{port}"
