@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,7 +55,7 @@ def set_(
 ) -> None:
     """Create or replace the budget of a tenant (or one of its keys) for a period."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             row, created = await put_budget(
                 session,
@@ -84,7 +84,7 @@ def set_(
 def list_(tenant: TenantOpt = "default") -> None:
     """Every budget of the tenant with this period's spending (JSON lines)."""
 
-    async def go(db: Database) -> list[dict]:
+    async def go(db: Database) -> list[dict[str, Any]]:
         verdict = await BudgetGuard(cache_s=0).report(db, await _tenant_id(db, tenant))
         return [
             {

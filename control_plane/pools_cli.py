@@ -51,7 +51,7 @@ def pools_create(
 ) -> None:
     """Create a pool; prints it as JSON."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
             pool = await add_pool(session, t.id, name, actor=operator_actor())
@@ -65,7 +65,7 @@ def pools_create(
 def pools_list(tenant: TenantOpt = "default") -> None:
     """The tenant's pools and the grants of or to it, as JSON."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
             await default_pool(session, t.id)
@@ -93,7 +93,7 @@ def pools_grant(
 ) -> None:
     """Let another tenant's requests be routed to a pool; prints the grant as JSON."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             owner = await get_or_create_tenant(session, tenant)
             if to != "*":
@@ -117,7 +117,7 @@ def pools_revoke(
 ) -> None:
     """Revoke a grant, as the pool's owner or its grantee."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
             made = await take_back_grant(session, t, grant_id, actor=operator_actor())
@@ -137,7 +137,7 @@ def pools_sharing(
 ) -> None:
     """Refuse or accept pools other tenants grant to this one."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
             await set_refuse_shared(session, t, refuse, actor=operator_actor())
@@ -155,7 +155,7 @@ def pools_operator(
     """Make a tenant the platform operator (may grant pools to every tenant, see and revoke any
     grant)."""
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             t = await get_or_create_tenant(session, tenant)
             await set_platform_operator(session, t, not off, actor=operator_actor())
@@ -186,7 +186,7 @@ def runners_set(
     ):
         raise typer.BadParameter("--labels must be an object of strings")
 
-    async def go(db: Database) -> dict:
+    async def go(db: Database) -> dict[str, Any]:
         async with db.session() as session:
             runner = await find_runner(session, None, runner_id)
             await set_runner_settings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,9 +41,9 @@ class RunnerOut(_Out):
     name: str
     pool_id: str
     #: Residency labels set by the owner: the ones routing obeys.
-    labels: dict
+    labels: dict[str, Any]
     #: Labels the runner's last hello claimed: shown, never trusted.
-    reported_labels: dict = Field(default_factory=dict)
+    reported_labels: dict[str, Any] = Field(default_factory=dict)
     #: The owner-set price routing and billing use (services/cost.hourly_rate of the cost model).
     usd_per_hour: float | None = None
     capacity: int

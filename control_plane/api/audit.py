@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -55,7 +55,7 @@ async def export_audit(admin: AuditReadDep, state: AppStateDep) -> StreamingResp
 
 
 @router.get("/keys")
-async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict:
+async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     """Every audit public key, with rotation records (public material)."""
     rows = (await session.execute(select(AuditKey).order_by(AuditKey.created_at))).scalars()
     return {"object": "list", "data": [key_line(r) for r in rows]}
@@ -64,7 +64,7 @@ async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict:
 @router.get("/checkpoints")
 async def get_audit_checkpoints(
     admin: AuditReadDep, session: SessionDep, query: Annotated[CheckpointQuery, Query()]
-) -> dict:
+) -> dict[str, Any]:
     """Signed checkpoints, oldest first: keep them, and ``audit verify --kept`` catches a truncated log."""
     rows = list(
         (
@@ -82,7 +82,7 @@ async def get_audit_checkpoints(
 
 
 @router.get("/checkpoints/latest")
-async def get_latest_audit_checkpoint(admin: AuditReadDep, session: SessionDep) -> dict:
+async def get_latest_audit_checkpoint(admin: AuditReadDep, session: SessionDep) -> dict[str, Any]:
     row = (
         await session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(1))
     ).scalar()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,7 +59,7 @@ class BudgetOut(BaseModel):
 
 
 @router.get("")
-async def list_(state: AppStateDep, caller: CallerDep) -> dict:
+async def list_(state: AppStateDep, caller: CallerDep) -> dict[str, Any]:
     """The tenant's budgets with this period's spending; a non-admin key sees its own and the tenant's."""
     guard = state.admission.budgets
     if caller.can(Permission.VIEW):

@@ -126,7 +126,9 @@ def _wake(state: AppState) -> None:
 
 
 @router.get("")
-async def get_deployments(caller: CallerDep, session: SessionDep, state: AppStateDep) -> dict:
+async def get_deployments(
+    caller: CallerDep, session: SessionDep, state: AppStateDep
+) -> dict[str, Any]:
     rows = [d for d in await list_deployments(session, caller.tenant_id)]
     replicas = await replicas_by_deployment(session, [d.id for d in rows])
     pools = {p.id for p in await list_pools(session, caller.tenant_id)}
@@ -140,7 +142,7 @@ async def get_deployments(caller: CallerDep, session: SessionDep, state: AppStat
 @router.post("", status_code=201)
 async def create(
     body: DeploymentSpec, admin: AdminDep, session: SessionDep, state: AppStateDep
-) -> dict:
+) -> dict[str, Any]:
     row = await create_deployment(
         session, admin.tenant_id, body, actor=actor_for_key(admin.api_key_id)
     )
@@ -150,7 +152,7 @@ async def create(
 
 
 @router.get("/{deployment_id}")
-async def get_one(deployment_id: str, caller: CallerDep, session: SessionDep) -> dict:
+async def get_one(deployment_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     row = await find_deployment(session, caller.tenant_id, deployment_id)
     return deployment_out(row, await list_replicas(session, row.id))
 
@@ -162,7 +164,7 @@ async def update(
     admin: AdminDep,
     session: SessionDep,
     state: AppStateDep,
-) -> dict:
+) -> dict[str, Any]:
     """Change a deployment; a new source, engine, options or aliases roll its replicas."""
     row = await change_deployment(
         session, admin.tenant_id, deployment_id, body, actor=actor_for_key(admin.api_key_id)
@@ -175,7 +177,7 @@ async def update(
 @router.post("/{deployment_id}/scale")
 async def scale(
     deployment_id: str, body: ScaleIn, admin: AdminDep, session: SessionDep, state: AppStateDep
-) -> dict:
+) -> dict[str, Any]:
     row = await scale_deployment(
         session,
         admin.tenant_id,

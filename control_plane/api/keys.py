@@ -7,7 +7,7 @@ key's role must be one the caller may grant, so no key mints a stronger one.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,7 +82,7 @@ class ApiKeyCreated(ApiKeyOut):
 
 
 @router.get("")
-async def get_keys(admin: ViewDep, session: SessionDep) -> dict:
+async def get_keys(admin: ViewDep, session: SessionDep) -> dict[str, Any]:
     rows = await list_api_keys(session, admin.tenant_id)
     return {"object": "list", "data": [ApiKeyOut.of(r).model_dump(mode="json") for r in rows]}
 

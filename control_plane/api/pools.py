@@ -8,6 +8,7 @@ for the grantee) and either side may revoke it.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -97,7 +98,7 @@ async def _tenant(session: SessionDep, tenant_id: str) -> Tenant:
 
 
 @router.get("")
-async def get_pools(caller: CallerDep, session: SessionDep) -> dict:
+async def get_pools(caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     """The tenant's own pools (its default pool is created on first use)."""
     await default_pool(session, caller.tenant_id)
     rows = await list_pools(session, caller.tenant_id)
@@ -118,7 +119,9 @@ async def create(body: PoolIn, admin: PoolsWriteDep, session: SessionDep) -> Poo
 
 
 @router.get("/grants")
-async def get_grants(caller: CallerDep, session: SessionDep, include_revoked: bool = False) -> dict:
+async def get_grants(
+    caller: CallerDep, session: SessionDep, include_revoked: bool = False
+) -> dict[str, Any]:
     """Grants of the tenant's pools (outgoing) and to it (incoming, including those to every tenant)."""
     tenant = await _tenant(session, caller.tenant_id)
     scope = None if tenant.platform_operator else caller.tenant_id

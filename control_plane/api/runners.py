@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -152,7 +152,7 @@ async def create_enrollment(
 
 
 @router.get("")
-async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep) -> dict:
+async def get_runners(state: AppStateDep, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     rows = await list_runners(session, caller.tenant_id)
     data = []
     for row in rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from outpost.control_plane.api.deps import AdminDep, AppStateDep
@@ -13,7 +15,7 @@ router = APIRouter(prefix="/api/fairness", tags=["fairness"])
 
 
 @router.get("/service")
-async def service(state: AppStateDep, admin: AdminDep) -> dict:
+async def service(state: AppStateDep, admin: AdminDep) -> dict[str, Any]:
     """Jain's index, worst share and largest gap over backlogged tenants; per-tenant latency;
     queues now.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/usage", tags=["usage"])
 _GROUP_NAMES = {"key": "api_key_id", "model": "model", "runner": "runner_id"}
 
 
-def _row(row: UsageRow, group: str | None) -> dict:
+def _row(row: UsageRow, group: str | None) -> dict[str, Any]:
     out = asdict(row)
     label = out.pop("group")
     return {_GROUP_NAMES[group]: label, **out} if group is not None else out
@@ -41,7 +41,7 @@ async def get_usage(
     end: Annotated[
         datetime | None, Query(description="Explicit end, exclusive; default now.")
     ] = None,
-) -> dict:
+) -> dict[str, Any]:
     """An admin key sees the whole tenant; any other key sees only its own requests."""
     now = state.admission.budgets.clock()
     if start is None:
@@ -55,7 +55,7 @@ async def get_usage(
         raise ApiError(400, "end must be after start.", code="invalid_range", param="end")
     key = None if caller.can(Permission.VIEW) else caller.api_key_id
     total = (await usage(session, caller.tenant_id, start, end, api_key_id=key))[0]
-    out: dict = {
+    out: dict[str, Any] = {
         "object": "usage",
         "tenant_id": caller.tenant_id,
         "api_key_id": key,

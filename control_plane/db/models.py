@@ -58,7 +58,11 @@ def new_id(prefix: str) -> str:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True), dict: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict: JSON,
+        dict[str, Any]: JSON,
+    }
 
 
 class Tenant(Base):
@@ -70,7 +74,7 @@ class Tenant(Base):
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     routing_policy: Mapped[str] = mapped_column(String(16), default="balanced")
     # Residency rules: {"label": ["allowed", "values"]}; a runner must match every rule.
-    residency: Mapped[dict] = mapped_column(default=dict)
+    residency: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Refuse every pool another tenant grants: requests go to the tenant's own runners only.
     refuse_shared_pools: Mapped[bool] = mapped_column(Boolean, default=False)
     # The platform operator, the one role above tenant admin (docs/security.md): its admins
@@ -145,7 +149,7 @@ class EnrollmentToken(Base):
         ForeignKey("pools.id", ondelete="SET NULL"), default=None
     )
     # Owner-set residency labels the runner gets at registration.
-    labels: Mapped[dict] = mapped_column(default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -167,13 +171,13 @@ class Runner(Base):
     # The HPKE key signed by the identity key, served to e2e clients.
     hpke_key_signature: Mapped[str | None] = mapped_column(String(256), default=None)
     # Residency labels routing obeys: set by the owner in the control plane, never by a hello.
-    labels: Mapped[dict] = mapped_column(default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # What the runner's last hello claimed: shown, never trusted.
-    reported_labels: Mapped[dict] = mapped_column(default=dict)
-    hardware: Mapped[dict] = mapped_column(default=dict)
+    reported_labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    hardware: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The cost model routing and billing read, {"usd_per_hour": x}: proposed by the first
     # hello, then only the owner changes it (store.runners.update_runner).
-    cost: Mapped[dict] = mapped_column(default=dict)
+    cost: Mapped[dict[str, Any]] = mapped_column(default=dict)
     capacity: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -266,9 +270,9 @@ class FairnessRun(Base):
     suite_version: Mapped[str] = mapped_column(String(64))
     suite_hash: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200))
-    sampling: Mapped[dict] = mapped_column(default=dict)
+    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="running")
-    report: Mapped[dict] = mapped_column(default=dict)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -298,7 +302,7 @@ class AuditEvent(Base):
     tenant_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Random per event, so a redacted event's digest cannot be confirmed by guessing its content.
     salt: Mapped[str] = mapped_column(String(32))
-    data: Mapped[dict] = mapped_column(default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hash: Mapped[str] = mapped_column(String(64))
 
 
@@ -374,11 +378,11 @@ class Deployment(Base):
     name: Mapped[str] = mapped_column(String(200), index=True)
     aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
     # {"kind": "path"|"url"|"hf", ...}: where the runner fetches the model (sdk.protocol).
-    source: Mapped[dict] = mapped_column(default=dict)
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)
     engine: Mapped[str] = mapped_column(String(32), default="auto")
-    engine_options: Mapped[dict] = mapped_column(default=dict)
+    engine_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Label constraints on the runners that may hold a replica: {"label": ["allowed", ...]}.
-    labels: Mapped[dict] = mapped_column(default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     min_replicas: Mapped[int] = mapped_column(Integer, default=1)
     max_replicas: Mapped[int] = mapped_column(Integer, default=1)
     # The number of replicas wanted now, min_replicas <= replicas <= max_replicas.

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -114,7 +115,7 @@ class ProbeRunner:
             finished_at=self.clock(),
         )
 
-    def _body(self, prompt: ProbePrompt) -> dict:
+    def _body(self, prompt: ProbePrompt) -> dict[str, Any]:
         messages = []
         if prompt.system:
             messages.append({"role": "system", "content": prompt.system})
@@ -200,7 +201,7 @@ class ProbeRunner:
             completion_tokens=usage.get("completion_tokens"),
         )
 
-    async def _post(self, client: httpx.AsyncClient, prompt: ProbePrompt) -> dict:
+    async def _post(self, client: httpx.AsyncClient, prompt: ProbePrompt) -> dict[str, Any]:
         try:
             response = await client.post("/chat/completions", json=self._body(prompt))
         except httpx.TimeoutException as exc:

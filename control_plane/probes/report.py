@@ -12,7 +12,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import RenderableType
@@ -126,7 +126,7 @@ class FairnessReport(_Model):
     attributes: dict[str, AttributeResult]
     flagged_attributes: list[str]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (datetimes as ISO strings)."""
         return self.model_dump(mode="json")
 
@@ -325,14 +325,14 @@ class Comparison(_Model):
     same_suite: bool
     rows: list[ComparisonRow]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def to_renderable(self) -> RenderableType:
         return comparison_table(self)
 
 
-def compare(reports: Sequence[FairnessReport | dict]) -> Comparison:
+def compare(reports: Sequence[FairnessReport | dict[str, Any]]) -> Comparison:
     """Put reports (two models, or one model on two engines) side by side.
 
     Rows are the union of (attribute, outcome) over the reports; a report

@@ -18,7 +18,7 @@ import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -180,7 +180,7 @@ def suite_hash(suite: Suite) -> str:
     return hashlib.sha256(canonical_json(suite)).hexdigest()
 
 
-def load_suite(source: str | Path | dict) -> Suite:
+def load_suite(source: str | Path | dict[str, Any]) -> Suite:
     """Validate a suite from a dict, a JSON string or a path to a JSON file."""
     if isinstance(source, dict):
         return Suite.model_validate(source)
