@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -132,16 +133,22 @@ async def relay(
         await out.end(error=f"engine unreachable: {exc.kind}")
 
 
+#: A JSON object's ``"model"`` member. In JSON text only a key is followed by ``:``, so
+#: this never matches inside a string (a quote in a string is escaped).
+_MODEL_MEMBER = re.compile(r'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+
 async def _relay_sse(
     out: OutboundStream, resp: EngineResponse, public_name: str, client_wants_usage: bool
 ) -> Usage | None:
     usage: Usage | None = None
+    model = '"model":' + json.dumps(public_name)  # the member every event goes out with
     async with aclosing(line_batches(resp.batches())) as batches:
         async for lines in batches:
             # Events that arrived together leave together: one data frame, one client write.
             events: list[str] = []
             for line in lines:
-                event, found = _sse_event(line, public_name, client_wants_usage)
+                event, found = _sse_event(line, model, client_wants_usage)
                 usage = found or usage
                 if event is not None:
                     events.append(event)
@@ -150,15 +157,25 @@ async def _relay_sse(
     return usage
 
 
-def _sse_event(
-    line: str, public_name: str, client_wants_usage: bool
-) -> tuple[str | None, Usage | None]:
-    """One engine SSE line → the event to send on (or None) and any usage it carried."""
+def _sse_event(line: str, model: str, client_wants_usage: bool) -> tuple[str | None, Usage | None]:
+    """One engine SSE line → the event to send on (or None) and any usage it carried.
+
+    ``model`` is the ``"model":"<public name>"`` member. An ordinary content event is
+    not parsed (issue 24): only its model member is put right, as text. An event that
+    names ``usage`` or ``timings`` anywhere (the final ones; or a token that happens to
+    spell the key: slower, same result) goes through JSON.
+    """
     if not line.startswith("data:"):
         return None, None  # comments, keep-alives and blank separators
     data = line[5:].strip()
     if data == "[DONE]":
         return "data: [DONE]\n\n", None
+    if '"usage"' not in data and '"timings"' not in data:
+        if model not in data:
+            # Asked for the public name, an engine may still answer with its own (llama.cpp:
+            # the file path); a function, so a backslash in the name is not a group reference.
+            data = _MODEL_MEMBER.sub(lambda _: model, data, count=1)
+        return "data: " + data + "\n\n", None
     try:
         chunk = json.loads(data)
     except ValueError:
@@ -171,9 +188,8 @@ def _sse_event(
             return None, usage  # the usage-only chunk we asked for on the client's behalf
         if not client_wants_usage:
             chunk.pop("usage", None)
-    # Asked for the public name, an engine may still answer with its own (llama.cpp: the file path).
     if "model" in chunk:
-        chunk["model"] = public_name
+        chunk["model"] = json.loads(model[8:])
     chunk.pop("timings", None)  # llama.cpp extension; internal detail
     return "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n", usage
 

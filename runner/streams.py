@@ -18,15 +18,21 @@ from outpost.sdk.protocol import (
 __all__ = ["OutboundStream"]
 
 Send = Callable[[object], Awaitable[None]]
+#: Queues one piece of data as a binary record (capability ``binary-data``, runner/wire.py).
+SendData = Callable[[int, bytes], Awaitable[None]]
 
 
 class OutboundStream:
     """Sends a response for one request, never exceeding the granted window."""
 
-    def __init__(self, request: RequestFrame, send: Send) -> None:
+    def __init__(
+        self, request: RequestFrame, send: Send, send_data: SendData | None = None
+    ) -> None:
         self.request = request
         self.id = request.stream_id
         self._send = send
+        # None: the peer has no ``binary-data``; data goes out as ``data.v1`` frames.
+        self._send_data = send_data
         self._parts = [request.body]
         self._received = len(request.body)
         self._credit = request.window
@@ -78,12 +84,29 @@ class OutboundStream:
     async def data(self, text: str) -> None:
         for i in range(0, len(text), MAX_DATA_BYTES):
             piece = text[i : i + MAX_DATA_BYTES]
-            while self._credit < len(piece):
-                # A slow client: wait for the control plane to grant more.
-                self._credit_changed.clear()
-                await self._credit_changed.wait()
-            self._credit -= len(piece)
-            await self._send(DataFrame(stream_id=self.id, data=piece))
+            if self._send_data is None:
+                await self._take_credit(len(piece))
+                await self._send(DataFrame(stream_id=self.id, data=piece))
+                continue
+            raw = piece.encode()
+            if len(raw) <= MAX_DATA_BYTES:  # always, for ASCII
+                await self._take_credit(len(piece))
+                await self._send_data(self.id, raw)
+                continue
+            # A record holds MAX_DATA_BYTES bytes; a quarter as many characters always fit.
+            step = MAX_DATA_BYTES // 4
+            for j in range(0, len(piece), step):
+                part = piece[j : j + step]
+                await self._take_credit(len(part))
+                await self._send_data(self.id, part.encode())
+
+    async def _take_credit(self, chars: int) -> None:
+        # The window counts characters in both frame forms, as the control plane counts them.
+        while self._credit < chars:
+            # A slow client: wait for the control plane to grant more.
+            self._credit_changed.clear()
+            await self._credit_changed.wait()
+        self._credit -= chars
 
     async def end(
         self, usage: Usage | None = None, error: str | None = None, receipt: str | None = None

@@ -25,8 +25,9 @@ from websockets.exceptions import (
 )
 
 from outpost.runner.identity import RunnerIdentity
-from outpost.runner.streams import OutboundStream
+from outpost.runner.streams import OutboundStream, SendData
 from outpost.runner.tls import ControlPlaneTransport, trust_failure
+from outpost.runner.wire import FrameWriter
 from outpost.sdk.logfmt import REQUEST_ID
 from outpost.sdk.protocol import (
     CAPABILITIES,
@@ -205,17 +206,13 @@ class TunnelClient:
             close_timeout=5,
             **self._transport_kwargs,
         ) as ws:
-            send_lock = asyncio.Lock()
-
-            async def send(frame: object) -> None:
-                text = encode_frame(frame)  # type: ignore[arg-type]
-                async with send_lock:
-                    await ws.send(text)
-                self.frames["sent"] += 1
-                self.bytes["sent"] += len(text)
-
             welcome = await self._handshake(ws, index)
             session.handshook = True
+            # Every frame leaves through one writer, in order (runner/wire.py); with
+            # binary-data, data goes as records coalesced across this connection's streams.
+            writer = FrameWriter(ws.send, self._count_sent)
+            send = writer.send
+            send_data = writer.send_data if "binary-data" in welcome.capabilities else None
             self._conns.add(ws)
             self.connected.set()
             self.connects += 1
@@ -235,12 +232,13 @@ class TunnelClient:
                 async for raw in ws:
                     self.frames["received"] += 1
                     self.bytes["received"] += len(raw)
-                    self._dispatch(parse_frame(raw), mine, send)
+                    self._dispatch(parse_frame(raw), mine, send, send_data)
             except FrameError as exc:
                 log.warning("tunnel %d: control plane broke the protocol: %s", index, exc)
                 await ws.close(int(exc.code), str(exc)[:120])
             finally:
                 status_task.cancel()
+                await writer.close()
                 self.disconnects += 1
                 self._conns.discard(ws)
                 self._control_sends.pop(ws, None)
@@ -252,6 +250,10 @@ class TunnelClient:
                     if task:
                         task.cancel()
             return ws.close_code
+
+    def _count_sent(self, size: int) -> None:
+        self.frames["sent"] += 1
+        self.bytes["sent"] += size
 
     async def _handshake(self, ws: ClientConnection, index: int) -> WelcomeFrame:
         challenge = parse_frame(await asyncio.wait_for(ws.recv(), 10))
@@ -285,11 +287,12 @@ class TunnelClient:
         frame: object,
         mine: dict[int, OutboundStream],
         send: Callable[[object], Awaitable[None]],
+        send_data: SendData | None = None,
     ) -> None:
         if isinstance(frame, RequestFrame):
             if frame.stream_id in mine:
                 raise FrameError(f"stream {frame.stream_id} opened twice")
-            out = OutboundStream(frame, send)
+            out = OutboundStream(frame, send, send_data)
             mine[frame.stream_id] = out
             if out.body_complete:
                 self._start(out, mine)

@@ -14,6 +14,7 @@ from outpost.control_plane.state import AppState
 from outpost.control_plane.store.runners import get_runner, record_hello
 from outpost.control_plane.tunnel.hub import ConnectedRunner
 from outpost.control_plane.tunnel.link import Link
+from outpost.control_plane.tunnel.records import dispatch_records
 from outpost.sdk.identity import verify_signature
 from outpost.sdk.pricing import CostModel
 from outpost.sdk.protocol import (
@@ -109,7 +110,11 @@ async def tunnel(ws: WebSocket) -> None:
             },
         )
         while True:
-            link.dispatch(parse_frame(await _recv_text(ws)))
+            message = await _receive(ws)
+            if isinstance(message, bytes):
+                dispatch_records(link, message)  # binary-data: refused unless negotiated
+            else:
+                link.dispatch(parse_frame(message))
     except FrameError as exc:
         reason = str(exc)
         log.warning("runner %s broke the protocol: %s", info.runner_id, exc)
@@ -211,13 +216,23 @@ async def _refuse_duplicate(ws: WebSocket, runner_id: str, why: str) -> None:
 
 
 async def _recv_text(ws: WebSocket) -> str:
+    message = await _receive(ws)
+    if isinstance(message, bytes):
+        raise FrameError("binary messages are not part of protocol v1")
+    return message
+
+
+async def _receive(ws: WebSocket) -> str | bytes:
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
-    text = message.get("text")
-    if text is None:
-        raise FrameError("binary messages are not part of protocol v1")
-    return text
+    text: str | None = message.get("text")
+    if text is not None:
+        return text
+    data: bytes | None = message.get("bytes")
+    if data is None:
+        raise FrameError("empty websocket message")
+    return data
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
