@@ -131,6 +131,7 @@ class DeploymentManager:
             self._spawn(f"report {rid}", self.reporter.send(known))
             return
         replica = Replica(order)
+        self._forget_finished()
         self.replicas[rid] = replica
         live = sum(1 for r in self.replicas.values() if r.state not in ("failed", "stopped"))
         if live > self.max_replicas:
@@ -146,6 +147,12 @@ class DeploymentManager:
             return
         self._tasks[rid] = asyncio.create_task(self._run(replica), name=f"replica {rid}")
 
+    def _forget_finished(self) -> None:
+        """Keep a bounded record: failed replicas the control plane never undeploys go first."""
+        finished = [rid for rid, r in self.replicas.items() if r.state in ("failed", "stopped")]
+        for rid in finished[: max(0, len(self.replicas) - 4 * self.max_replicas + 1)]:
+            self.replicas.pop(rid, None)
+
     async def _run(self, replica: Replica) -> None:
         rid = replica.replica_id
         try:
@@ -155,6 +162,8 @@ class DeploymentManager:
             engine = engine_for(replica.order.engine, self.installed)
             path = await self._fetch(replica)
             spec = await asyncio.to_thread(resolve_model, path)
+            # Planned, refused and served under its public name, not the file's.
+            spec = spec.model_copy(update={"name": replica.order.name})
             decision = self._plan(replica, spec, engine, overrides)
             await self.reporter.state(replica, "loading")
             adapter = build_engine(decision, self._served(replica.order, decision))
