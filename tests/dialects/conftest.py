@@ -1,0 +1,48 @@
+"""A stack for the dialect front doors (/v1/responses, /v1/messages): a control plane on SQLite and
+one runner with the embedded model, in the ``default`` tenant's pool, granted to nobody else, so an
+``outsider`` tenant's key shows that these doors keep pools as chat completions does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from outpost.control_plane.admin import issue_api_key
+from tests.utils import ControlPlaneProcess, RunnerProcess, run_db
+
+MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class DialectStack:
+    cp: ControlPlaneProcess
+    runner: RunnerProcess
+    database_url: str
+    api_key: str  # the default tenant's admin key: its runner serves it
+    runner_id: str
+
+    @property
+    def url(self) -> str:
+        return self.cp.url
+
+    def key(self, tenant: str, name: str, admin: bool = False) -> tuple[str, str]:
+        """A new API key: ``(key_id, secret)``."""
+        return run_db(self.database_url, lambda db: issue_api_key(db, tenant, name, admin))
+
+
+@pytest.fixture(scope="session")
+def dialect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DialectStack]:
+    tmp = tmp_path_factory.mktemp("dialects")
+    url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
+    cp = ControlPlaneProcess(tmp / "cp", url, shared_pool=False).start()
+    runner = RunnerProcess(cp, tmp / "runner", "dialects")
+    try:
+        admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]
+        runner.start()
+        runner_id = runner.wait_connected(admin)
+        yield DialectStack(cp, runner, url, admin, runner_id)
+    finally:
+        runner.stop()
+        cp.stop()

@@ -1,0 +1,253 @@
+"""POST /v1/responses with the official ``openai`` client, against a real stack and the embedded model.
+
+The request goes the chat-completions way (routing, fair queue, budgets, records); these tests
+check what a Responses client sees and that the request is accounted like any other.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.dialects.conftest import MODEL, DialectStack
+from tests.utils import tenant_records, wait_until
+
+
+def client(stack: DialectStack, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key or stack.api_key, max_retries=0)
+
+
+def _post(stack: DialectStack, body: object, key: str | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{stack.url}/v1/responses",
+        json=body,
+        headers={"Authorization": f"Bearer {key or stack.api_key}"},
+        timeout=120,
+    )
+
+
+def _record(stack: DialectStack, tenant: str, request_id: str) -> dict:
+    rows: list[dict] = []
+
+    def written() -> bool:
+        rows[:] = [r for r in tenant_records(stack.database_url, tenant) if r["id"] == request_id]
+        return bool(rows)
+
+    wait_until(written, 10, f"the record of {request_id}")
+    return rows[0]
+
+
+def test_text_response_is_accounted_for_the_tenant(dialect_stack: DialectStack) -> None:
+    _, key = dialect_stack.key("default", "responses-text")
+    raw = client(dialect_stack, key).responses.with_raw_response.create(
+        model=MODEL,
+        instructions="You are terse.",
+        input="Say hello.",
+        max_output_tokens=8,
+        temperature=0,
+    )
+    resp = raw.parse()
+    assert resp.object == "response" and resp.id.startswith("resp_")
+    assert resp.status in ("completed", "incomplete") and resp.model == MODEL
+    assert resp.output_text and resp.output[0].type == "message"
+    assert resp.usage is not None and resp.usage.input_tokens > 0
+    assert 0 < resp.usage.output_tokens <= 8
+    assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
+    assert resp.store is False and resp.instructions == "You are terse."
+    record = _record(dialect_stack, "default", raw.headers["x-request-id"])
+    assert record["status"] == "ok" and record["runner_id"] == dialect_stack.runner_id
+    assert record["prompt_tokens"] == resp.usage.input_tokens
+    assert record["completion_tokens"] == resp.usage.output_tokens
+
+
+def test_token_cap_makes_an_incomplete_response(dialect_stack: DialectStack) -> None:
+    resp = client(dialect_stack).responses.create(
+        model=MODEL, input="Count from one to one hundred.", max_output_tokens=3, temperature=0
+    )
+    assert resp.status == "incomplete"
+    assert resp.incomplete_details is not None
+    assert resp.incomplete_details.reason == "max_output_tokens"
+    assert resp.usage is not None and resp.usage.output_tokens == 3
+
+
+def test_items_input_with_history(dialect_stack: DialectStack) -> None:
+    resp = client(dialect_stack).responses.create(
+        model=MODEL,
+        input=[
+            {"role": "developer", "content": "Answer in one word."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Blue.", "annotations": []}],
+            },
+            {"role": "user", "content": "Another one."},
+        ],
+        max_output_tokens=6,
+        temperature=0,
+    )
+    assert resp.output_text and resp.usage is not None and resp.usage.input_tokens > 10
+
+
+def test_streamed_response_events(dialect_stack: DialectStack) -> None:
+    stream = client(dialect_stack).responses.create(
+        model=MODEL, input="Count from one to ten.", max_output_tokens=12, temperature=0, stream=True
+    )
+    events = list(stream)
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] in ("response.completed", "response.incomplete")
+    for expected in (
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ):
+        assert expected in types, expected
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert types.count("response.output_text.delta") > 2, "expected token-by-token deltas"
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.output_text == deltas
+    assert final.usage is not None and final.usage.output_tokens > 0
+    assert final.usage.input_tokens > 0
+
+
+def test_stream_helper_accumulates_the_same_text(dialect_stack: DialectStack) -> None:
+    # The SDK's own accumulator checks that items, parts and deltas line up. Its final response
+    # needs response.completed, so the answer must end before the cap.
+    with client(dialect_stack).responses.stream(
+        model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0
+    ) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.output_text == text and text
+
+
+def test_function_tools_and_tool_outputs_are_accepted(dialect_stack: DialectStack) -> None:
+    """A tool loop's second turn: the function call and its output go back as items."""
+    weather = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+    resp = client(dialect_stack).responses.create(
+        model=MODEL,
+        tools=[weather],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": '{"city": "Paris"}',
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": "Sunny, 21 C."},
+        ],
+        max_output_tokens=12,
+        temperature=0,
+    )
+    assert resp.status in ("completed", "incomplete")
+    assert resp.tools and resp.tools[0].type == "function"
+    assert resp.output and resp.usage is not None and resp.usage.input_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"store": True}, "store"),
+        ({"previous_response_id": "resp_abc"}, "previous_response_id"),
+    ],
+)
+def test_stored_state_is_refused(dialect_stack: DialectStack, extra: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client(dialect_stack).responses.create(model=MODEL, input="hi", **extra)
+    err = info.value.response.json()["error"]
+    assert err["param"] == param and err["code"] == "unsupported_parameter"
+    assert "keeps no" in err["message"] or "stores no" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input.0"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input.0.content",
+        ),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.0.type"),
+        ({"input": "hi", "tools": [{"type": "function", "name": "bad name!"}]}, "tools.0.name"),
+        ({"input": "hi", "frobnicate": 1}, "frobnicate"),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "max_output_tokens": 10**9}, "max_output_tokens"),
+        ({"input": "hi", "temperature": "hot"}, "temperature"),
+        ({"input": []}, "input"),
+        ({"input": [{"role": "user", "content": "x"}] * 4097}, "input"),
+        ({"input": "hi", "tool_choice": "required"}, "tool_choice"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input.0"),
+    ],
+)
+def test_malformed_or_oversize_input_is_a_400_envelope(
+    dialect_stack: DialectStack, body: dict, param: str
+) -> None:
+    resp = _post(dialect_stack, {"model": MODEL, **body})
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    assert (err["param"] or "").startswith(param), err
+
+
+def test_unknown_model_is_404(dialect_stack: DialectStack) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(dialect_stack).responses.create(model="no-such-model", input="hi")
+    assert info.value.response.json()["error"]["code"] == "model_not_found"
+
+
+def test_other_tenant_cannot_use_a_model_outside_its_pools(dialect_stack: DialectStack) -> None:
+    """The runner is in the default tenant's pool, granted to nobody: an outsider's key is refused
+    through this door exactly as through chat completions, and nothing reaches the runner."""
+    _, outsider = dialect_stack.key("outsider", "k")
+    chat = httpx.post(
+        f"{dialect_stack.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        headers={"Authorization": f"Bearer {outsider}"},
+        timeout=60,
+    )
+    door = _post(dialect_stack, {"model": MODEL, "input": "hi", "max_output_tokens": 2}, outsider)
+    streamed = _post(
+        dialect_stack, {"model": MODEL, "input": "hi", "stream": True}, outsider
+    )  # refused before any byte, like a chat stream
+    assert chat.status_code >= 400 and door.status_code == chat.status_code
+    assert streamed.status_code == chat.status_code
+    assert door.json()["error"]["code"] == chat.json()["error"]["code"]
+    # Each refusal is recorded as chat's is, and none reached a runner.
+    records = tenant_records(dialect_stack.database_url, "outsider")
+    assert len(records) == 3
+    assert all(r["runner_id"] is None and r["status"] != "ok" for r in records), records
+
+
+def test_a_spent_budget_stops_the_key(dialect_stack: DialectStack) -> None:
+    _, admin = dialect_stack.key("default", "responses-budget-admin", admin=True)
+    capped_id, capped = dialect_stack.key("default", "responses-capped")
+    created = httpx.post(
+        f"{dialect_stack.url}/api/budgets",
+        json={"api_key_id": capped_id, "period": "month", "amount_usd": 0},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    with pytest.raises(openai.RateLimitError) as info:
+        client(dialect_stack, capped).responses.create(model=MODEL, input="hi")
+    assert info.value.response.json()["error"]["code"] == "budget_exceeded"
+    ok = client(dialect_stack, admin).responses.create(
+        model=MODEL, input="hi", max_output_tokens=2
+    )
+    assert ok.status in ("completed", "incomplete")
