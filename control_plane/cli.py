@@ -29,6 +29,7 @@ from outpost.control_plane.cli_db import run_with_db, run_with_settings, tenant_
 from outpost.control_plane.console.cli import users_app
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.permissions import ROLES, key_role
 from outpost.control_plane.pools_cli import pools_app, runners_set
 from outpost.control_plane.probes.cli import fairness_app
 from outpost.control_plane.routing.routing import POLICIES
@@ -137,7 +138,15 @@ def migrate() -> None:
 def keys_create(
     name: Annotated[str, typer.Argument(help="A label for the key.")],
     tenant: Tenant = "default",
-    admin: Annotated[bool, typer.Option(help="Also allow admin actions (runners, keys).")] = False,
+    admin: Annotated[bool, typer.Option(help="The 'admin' role (same as --role admin).")] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(help=f"What the key may administer: {', '.join(ROLES)} (default: none)."),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Allowed models: names and glob patterns, comma-separated."),
+    ] = None,
     rate_limit_rpm: Annotated[
         int | None, typer.Option(min=1, help="Requests per minute (token bucket; 429 beyond).")
     ] = None,
@@ -147,9 +156,17 @@ def keys_create(
 ) -> None:
     """Create an API key; the secret is printed once, on stdout."""
     policy = routing_policy.value if routing_policy else None
+    allow = _split_models(models) if models is not None else None
     key_id, secret = run_with_db(
         lambda db: issue_api_key(
-            db, tenant, name, admin, rate_limit_rpm=rate_limit_rpm, routing_policy=policy
+            db,
+            tenant,
+            name,
+            admin,
+            rate_limit_rpm=rate_limit_rpm,
+            routing_policy=policy,
+            role=role,
+            allowed_models=allow,
         )
     )
     console.print(f"created API key [bold]{key_id}[/] for tenant {tenant!r}; store the secret now:")
@@ -247,13 +264,52 @@ def keys_list(
                 "name": r.name,
                 "prefix": r.prefix,
                 "scopes": r.scopes,
+                "role": key_role(set(r.scopes.split(","))),
+                "allowed_models": r.allowed_models,
                 "expires_at": r.expires_at,
                 "revoked_at": r.revoked_at,
             }
             for r in rows
         ]
 
-    _emit(run_with_db(go), as_json, ("id", "name", "scopes", "revoked_at"))
+    _emit(run_with_db(go), as_json, ("id", "name", "role", "allowed_models", "revoked_at"))
+
+
+def _split_models(value: str) -> list[str]:
+    return [m for m in (p.strip() for p in value.split(",")) if m]
+
+
+@keys_app.command("models")
+def keys_models(
+    key_id: Annotated[str, typer.Argument(help="API key id (key_...).")],
+    models: Annotated[
+        str | None,
+        typer.Argument(help="Names and glob patterns, comma-separated ('' allows no model)."),
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Lift the list: every model the tenant can reach.")
+    ] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default",
+) -> None:
+    """Set the models an API key may call (others: 403 model_not_allowed, not in /v1/models)."""
+    if (models is None) == (not every):
+        raise typer.BadParameter("give the models, or --all to lift the list")
+    allow = None if every else _split_models(models or "")
+
+    async def go(db: Database) -> list[str] | None:
+        async with db.session() as session:
+            key = await key_actions.set_allowed_models(
+                session,
+                await tenant_id_named(session, tenant),
+                key_id,
+                allow,
+                actor=operator_actor(),
+            )
+            await session.commit()
+            return key.allowed_models
+
+    result = run_with_db(go)
+    print(json.dumps({"id": key_id, "allowed_models": result}))
 
 
 @keys_app.command("revoke")

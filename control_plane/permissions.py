@@ -91,9 +91,9 @@ def permissions_of(role: str | None) -> frozenset[Permission]:
 def require(role: str | None, permission: Permission) -> None:
     """Raise :class:`Forbidden` unless ``role`` holds ``permission``."""
     if not allowed(role, permission):
-        held = f"the {role!r} role" if role else "no role"
+        held = f"the {role!r} role lacks it" if role else "a key without a role has none"
         raise Forbidden(
-            f"This action needs the {permission.value!r} permission, which {held} does not have "
+            f"This action needs the {permission.value!r} permission; {held} "
             f"(roles with it: {', '.join(r for r in ROLES if r in PERMISSIONS[permission])}).",
             code="permission_denied",
         )

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.api.deps import AppStateDep, CallerDep, ProbesRunDep, SessionDep
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.probes.jobs import ProbeJob, launch_probe, self_base_url
 from outpost.control_plane.probes.schemas import (
@@ -36,7 +36,11 @@ def _not_found(run_id: str) -> ApiError:
 
 @router.post("/runs", status_code=202, response_model=FairnessRunDetail)
 async def start_run(
-    body: FairnessRunIn, request: Request, state: AppStateDep, admin: AdminDep, session: SessionDep
+    body: FairnessRunIn,
+    request: Request,
+    state: AppStateDep,
+    admin: ProbesRunDep,
+    session: SessionDep,
 ) -> FairnessRunDetail:
     plan = plan_probe(body, max_tokens_limit=state.settings.max_tokens_limit)
     pools = (
@@ -63,7 +67,7 @@ async def start_run(
 
 @router.post("/runs/import", status_code=201, response_model=FairnessRunDetail)
 async def import_run(
-    body: FairnessRunImport, admin: AdminDep, session: SessionDep
+    body: FairnessRunImport, admin: ProbesRunDep, session: SessionDep
 ) -> FairnessRunDetail:
     try:
         _storable(body.model_dump_json())

@@ -52,7 +52,10 @@ def _password() -> str:
 def create(
     email: Annotated[str, typer.Argument(help="The user's email address (their sign-in name).")],
     role: Annotated[
-        str, typer.Option(help="admin (may change things) or viewer (read only).")
+        str,
+        typer.Option(
+            help="owner, admin, operator, developer, viewer or auditor (docs/security.md)."
+        ),
     ] = "viewer",
     tenant: Annotated[str, typer.Option(help="Tenant name (created if missing).")] = "default",
 ) -> None:

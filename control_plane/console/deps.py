@@ -31,6 +31,8 @@ __all__ = [
     "KeysPostDep",
     "PlaygroundUserDep",
     "PoolsPostDep",
+    "ProbesPostDep",
+    "DeploymentsPostDep",
     "RunnersPostDep",
     "ViewUserDep",
     "ConsoleForbidden",
@@ -227,6 +229,8 @@ KeysPostDep = Annotated[Post, Depends(requires_post(Permission.KEYS_WRITE))]
 LimitsPostDep = Annotated[Post, Depends(requires_post(Permission.LIMITS_WRITE))]
 RunnersPostDep = Annotated[Post, Depends(requires_post(Permission.RUNNERS_WRITE))]
 PoolsPostDep = Annotated[Post, Depends(requires_post(Permission.POOLS_WRITE))]
+ProbesPostDep = Annotated[Post, Depends(requires_post(Permission.PROBES_RUN))]
+DeploymentsPostDep = Annotated[Post, Depends(requires_post(Permission.DEPLOYMENTS_WRITE))]
 
 
 def requires_user(permission: Permission) -> Callable[[ConsoleUser], Awaitable[ConsoleUser]]:

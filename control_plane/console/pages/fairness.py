@@ -10,7 +10,13 @@ from fastapi.responses import RedirectResponse, Response
 
 from outpost.control_plane.api.deps import AppStateDep
 from outpost.control_plane.console.charts import IntervalRow, Series, bar_list, interval_plot
-from outpost.control_plane.console.deps import AdminPostDep, ConsoleUser, UserDep, not_found, render
+from outpost.control_plane.console.deps import (
+    ConsoleUser,
+    ProbesPostDep,
+    ViewUserDep,
+    not_found,
+    render,
+)
 from outpost.control_plane.console.inference import console_caller
 from outpost.control_plane.domain_errors import DomainError, NotFound
 from outpost.control_plane.probes.jobs import ProbeJob, launch_probe, self_base_url
@@ -80,19 +86,19 @@ async def _page(
 
 
 @router.get("/fairness")
-async def fairness_page(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def fairness_page(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     return await _page(request, state, user)
 
 
 @router.get("/fairness/_live")
-async def fairness_live(request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def fairness_live(request: Request, state: AppStateDep, user: ViewUserDep) -> Response:
     return render(
         request, "partials/fairness_live.html", user, active="/fairness", **_live(state, user)
     )
 
 
 @router.post("/fairness/runs")
-async def start_run(request: Request, state: AppStateDep, post: AdminPostDep) -> Response:
+async def start_run(request: Request, state: AppStateDep, post: ProbesPostDep) -> Response:
     form = post.form
     try:
         per_group = (
@@ -193,7 +199,9 @@ def _report_charts(report: FairnessReport) -> list[dict[str, Any]]:
 
 
 @router.get("/fairness/runs/{run_id}")
-async def run_page(run_id: str, request: Request, state: AppStateDep, user: UserDep) -> Response:
+async def run_page(
+    run_id: str, request: Request, state: AppStateDep, user: ViewUserDep
+) -> Response:
     async with state.db.session() as session:
         row = await get_fairness_run(session, run_id, user.tenant_id)
         if row is None:
@@ -215,7 +223,7 @@ async def run_page(run_id: str, request: Request, state: AppStateDep, user: User
 async def compare_page(
     request: Request,
     state: AppStateDep,
-    user: UserDep,
+    user: ViewUserDep,
     runs: Annotated[list[str], Query(max_length=MAX_COMPARE_RUNS)] = [],
 ) -> Response:  # noqa: B006
     ids = list(dict.fromkeys(r for r in runs if r))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from outpost.control_plane.api.deps import AppStateDep
 from outpost.control_plane.console.charts import Series, column_chart, money_fmt
@@ -18,6 +18,7 @@ from outpost.control_plane.console.queries import (
     timeseries,
     window_stats,
 )
+from outpost.control_plane.permissions import Permission
 
 router = APIRouter(include_in_schema=False)
 
@@ -27,6 +28,8 @@ BUCKET = timedelta(hours=1)
 
 @router.get("/")
 async def overview(request: Request, state: AppStateDep, user: UserDep) -> Response:
+    if not user.can(Permission.VIEW):  # an auditor's console is the audit log
+        return RedirectResponse("/audit", status_code=303)
     now = state.admission.budgets.clock()
     start = now - WINDOW
     async with state.db.session() as session:
