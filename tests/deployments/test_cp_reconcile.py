@@ -1,0 +1,331 @@
+"""Issue 22, control plane: placement, reports and routing, against runners on the real protocol.
+
+A real control plane (uvicorn, SQLite) and scripted runners (tests/security/rogue.py: enrolled,
+signing, through a real WebSocket) that receive ``deploy.v1``/``undeploy.v1`` and answer with
+``replica.v1`` as a test says. They play the runner's side honestly where the test is about the
+control plane's bookkeeping, and lie where it is an attack: claiming a name they were not given,
+reporting replicas that are not theirs, or sending reports without the capability.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import ClientConnection
+
+from outpost.sdk.protocol import (
+    DataFrame,
+    DeployFrame,
+    EndFrame,
+    ModelInfo,
+    ReplicaFrame,
+    RequestFrame,
+    ResponseStartFrame,
+    UndeployFrame,
+    Usage,
+    encode_frame,
+    parse_frame,
+)
+from tests.security.rogue import RogueRunner, closed_with, exchange, send
+from tests.utils import ControlPlaneProcess, wait_until
+
+STATIC = "static-model"
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    tmp: Path = tmp_path_factory.mktemp("dep-reconcile")
+    proc = ControlPlaneProcess(
+        tmp / "cp",
+        f"sqlite+aiosqlite:///{tmp / 'outpost.db'}",
+        extra_env={"OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5"},
+        shared_pool=False,
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+class Tenant:
+    """A tenant with an admin key and a rogue-runner factory enrolled in its default pool."""
+
+    def __init__(self, cp: ControlPlaneProcess, name: str) -> None:
+        self.cp, self.name = cp, name
+        self.admin = cp.cli("keys", "create", "a", "--tenant", name, "--admin").splitlines()[-1]
+
+    def api(self, method: str, path: str = "", **kw: Any) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{self.cp.url}/api/deployments{path}",
+            headers={"Authorization": f"Bearer {self.admin}"},
+            timeout=10,
+            **kw,
+        )
+
+    def deploy(self, name: str, **over: Any) -> dict[str, Any]:
+        body = {"name": name, "source": {"kind": "path", "path": "smol.gguf"}, **over}
+        made = self.api("POST", json=body)
+        assert made.status_code == 201, made.text
+        return made.json()
+
+    def runner(self, **hello: Any) -> tuple[RogueRunner, ClientConnection]:
+        rogue = RogueRunner(self.cp, self.name, STATIC)
+        return rogue, rogue.connect(**hello)
+
+    def models(self) -> list[str]:
+        return self.cp.models(self.admin)
+
+
+@pytest.fixture(scope="module")
+def acme(cp: ControlPlaneProcess) -> Tenant:
+    return Tenant(cp, "acme")
+
+
+def next_frame(ws: ClientConnection, kind: type, timeout: float = 30) -> Any:
+    """The next frame of ``kind`` the control plane sends (status/window frames skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = parse_frame(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+        if isinstance(frame, kind):
+            return frame
+    raise AssertionError(f"no {kind.__name__} within {timeout}s")
+
+
+def no_frame(ws: ClientConnection, kind: type, within: float) -> None:
+    try:
+        frame = next_frame(ws, kind, within)
+    except AssertionError:
+        return
+    raise AssertionError(f"unexpected {frame}")
+
+
+def report(ws: ClientConnection, replica_id: str, state: str, **kw: Any) -> None:
+    send(ws, ReplicaFrame(replica_id=replica_id, state=state, **kw))  # type: ignore[arg-type]
+
+
+def ready(ws: ClientConnection, replica_id: str, name: str, aliases: list[str] = []) -> None:  # noqa: B006
+    model = ModelInfo(name=name, engine="llama.cpp", aliases=aliases)
+    report(ws, replica_id, "ready", model=model)
+
+
+def replicas(t: Tenant, dep_id: str) -> list[dict[str, Any]]:
+    return t.api("GET", f"/{dep_id}").json()["replica_status"]
+
+
+def replica_state(t: Tenant, dep_id: str, replica_id: str) -> str | None:
+    return next((r["state"] for r in replicas(t, dep_id) if r["id"] == replica_id), None)
+
+
+def answer(name: str) -> Any:
+    def reply(request: RequestFrame) -> list[object]:
+        body = {
+            "object": "chat.completion",
+            "model": request.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": name},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+        sid = request.stream_id
+        return [
+            ResponseStartFrame(stream_id=sid, status=200),
+            DataFrame(stream_id=sid, data=json.dumps(body)),
+            EndFrame(stream_id=sid, usage=Usage(prompt_tokens=3, completion_tokens=1)),
+        ]
+
+    return reply
+
+
+def chat(cp: ControlPlaneProcess, key: str, model: str) -> httpx.Response:
+    return httpx.post(
+        f"{cp.url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_deploy_progress_ready_route_delete(cp: ControlPlaneProcess, acme: Tenant) -> None:
+    _, ws = acme.runner()
+    dep = acme.deploy("smol-two", aliases=["smol-2"], engine_options={"ctx": 1024})
+    frame = next_frame(ws, DeployFrame)
+    assert (frame.name, frame.aliases, frame.deployment_id) == ("smol-two", ["smol-2"], dep["id"])
+    assert frame.source.kind == "path" and frame.engine_options == {"ctx": 1024}
+    rid = frame.replica_id
+
+    report(ws, rid, "downloading", bytes_done=25, bytes_total=100, rate_bps=25.0)
+    wait_until(lambda: replica_state(acme, dep["id"], rid) == "downloading", 10, "progress")
+    shown = replicas(acme, dep["id"])[0]
+    assert (shown["bytes_done"], shown["bytes_total"], shown["eta_s"]) == (25, 100, 3.0)
+    assert "smol-two" not in acme.models()  # not ready: not routed
+
+    ready(ws, rid, "smol-two", ["smol-2"])
+    wait_until(lambda: "smol-two" in acme.models(), 10, "the name routed")
+    assert "smol-2" in acme.models()
+    listed = acme.api("GET").json()
+    assert listed["data"][0]["ready_replicas"] == 1
+    assert [s["name"] for s in listed["static"]] == [STATIC]  # the hello's model, shown as static
+
+    resp, request = exchange(
+        ws,
+        f"{cp.url}/v1/chat/completions",
+        acme.admin,
+        {"model": "smol-2", "messages": [{"role": "user", "content": "hi"}]},
+        answer("deployed"),
+    )
+    assert resp.status_code == 200, resp.text
+    assert request.model == "smol-two"  # the alias reaches the runner as the deployment's name
+
+    assert acme.api("DELETE", f"/{dep['id']}").status_code == 204
+    undeploy = next_frame(ws, UndeployFrame)
+    assert undeploy.replica_id == rid
+    wait_until(lambda: "smol-two" not in acme.models(), 10, "the name gone")
+    assert chat(cp, acme.admin, "smol-two").status_code == 404
+    report(ws, rid, "stopped")
+    wait_until(lambda: acme.api("GET").json()["data"] == [], 10, "the deployment forgotten")
+    ws.close()
+
+
+def test_a_runner_cannot_claim_a_name_it_was_not_given(acme: Tenant) -> None:
+    _, ws = acme.runner()
+    dep = acme.deploy("honest-name")
+    rid = next_frame(ws, DeployFrame).replica_id
+    ready(ws, rid, "someone-elses-model", ["honest-name"])
+    assert next_frame(ws, UndeployFrame).replica_id == rid
+    wait_until(lambda: replica_state(acme, dep["id"], rid) == "failed", 10, "replica failed")
+    reason = replicas(acme, dep["id"])[0]["reason"]
+    assert "someone-elses-model" in reason
+    assert not {"honest-name", "someone-elses-model"} & set(acme.models())
+    # Failed here, it is not placed on the same runner again.
+    no_frame(ws, DeployFrame, 2)
+    acme.api("DELETE", f"/{dep['id']}")
+    ws.close()
+
+
+def test_reports_for_unknown_or_foreign_replicas(cp: ControlPlaneProcess, acme: Tenant) -> None:
+    _, owner_ws = acme.runner()
+    dep = acme.deploy("foreign-check")
+    rid = next_frame(owner_ws, DeployFrame).replica_id
+    # Another runner of the same tenant reports the owner's replica ready, then an invented one.
+    _, thief_ws = acme.runner()
+    ready(thief_ws, rid, "foreign-check")
+    assert next_frame(thief_ws, UndeployFrame).replica_id == rid
+    report(thief_ws, "rep_invented", "loading")
+    assert next_frame(thief_ws, UndeployFrame).replica_id == "rep_invented"
+    assert replica_state(acme, dep["id"], rid) == "pending"
+    assert "foreign-check" not in acme.models()
+    acme.api("DELETE", f"/{dep['id']}")
+    owner_ws.close()
+    thief_ws.close()
+
+
+def test_without_the_capability_no_orders_and_no_reports(acme: Tenant) -> None:
+    rogue, ws = acme.runner(capabilities=["status"])
+    dep = acme.deploy("needs-cap")
+    no_frame(ws, DeployFrame, 3)
+    assert replicas(acme, dep["id"]) == []
+    report(ws, "rep_x", "ready", model=ModelInfo(name="needs-cap", engine="x"))
+    code, _ = closed_with(ws)
+    assert code is not None and code != 1000  # a protocol error, not a silent accept
+    assert rogue.runner_id
+    acme.api("DELETE", f"/{dep['id']}")
+
+
+def test_replica_replaced_when_its_runner_is_lost(cp: ControlPlaneProcess) -> None:
+    t = Tenant(cp, "lossy")
+    _, first = t.runner()
+    dep = t.deploy("survivor")
+    rid = next_frame(first, DeployFrame).replica_id
+    ready(first, rid, "survivor")
+    wait_until(lambda: "survivor" in t.models(), 10, "ready on the first runner")
+    _, second = t.runner()
+    no_frame(second, DeployFrame, 1.5)  # one replica wanted, and it is placed
+    first.close()
+    moved = next_frame(second, DeployFrame)
+    assert moved.replica_id != rid and moved.name == "survivor"
+    ready(second, moved.replica_id, "survivor")
+    wait_until(lambda: chat_ok(t, second, "survivor"), 20, "served by the second runner")
+    assert [r["id"] for r in replicas(t, dep["id"])] == [moved.replica_id]
+    second.close()
+
+
+def chat_ok(t: Tenant, ws: ClientConnection, model: str) -> bool:
+    if model not in t.models():
+        return False
+    resp, _ = exchange(
+        ws,
+        f"{t.cp.url}/v1/chat/completions",
+        t.admin,
+        {"model": model, "messages": [{"role": "user", "content": "x"}]},
+        answer("second"),
+    )
+    return resp.status_code == 200
+
+
+def test_rolling_update_keeps_the_old_replica_until_the_new_is_ready(
+    cp: ControlPlaneProcess,
+) -> None:
+    t = Tenant(cp, "roller")
+    _, ws = t.runner()
+    dep = t.deploy("rolled", engine_options={"ctx": 1024})
+    old = next_frame(ws, DeployFrame)
+    ready(ws, old.replica_id, "rolled")
+    wait_until(lambda: "rolled" in t.models(), 10, "generation 1 ready")
+    patched = t.api("PATCH", f"/{dep['id']}", json={"engine_options": {"ctx": 2048}})
+    assert patched.json()["generation"] == 2
+    new = next_frame(ws, DeployFrame)
+    assert new.generation == 2 and new.engine_options == {"ctx": 2048}
+    report(ws, new.replica_id, "loading")
+    no_frame(ws, UndeployFrame, 2)  # the old one serves while the new one loads
+    assert "rolled" in t.models()
+    ready(ws, new.replica_id, "rolled")
+    assert next_frame(ws, UndeployFrame).replica_id == old.replica_id
+    assert "rolled" in t.models()  # served by the new replica throughout
+    report(ws, old.replica_id, "stopped")
+    wait_until(lambda: len(replicas(t, dep["id"])) == 1, 10, "the old replica forgotten")
+    ws.close()
+
+
+def test_another_tenant_cannot_reach_a_deployment(cp: ControlPlaneProcess) -> None:
+    owner, other = Tenant(cp, "dep-owner"), Tenant(cp, "dep-other")
+    _, ws = owner.runner()
+    dep = owner.deploy("private-model")
+    ready(ws, next_frame(ws, DeployFrame).replica_id, "private-model")
+    wait_until(lambda: "private-model" in owner.models(), 10, "ready")
+    assert "private-model" not in other.models()
+    assert chat(cp, other.admin, "private-model").status_code == 404
+    assert other.api("GET", f"/{dep['id']}").status_code == 404
+    ws.close()
+
+
+def test_report_floods_and_bad_numbers_are_refused(acme: Tenant) -> None:
+    _, ws = acme.runner()
+    bad = json.dumps(
+        {"type": "replica.v1", "replica_id": "r1", "state": "downloading", "bytes_done": 10**400}
+    )
+    send(ws, bad)
+    code, _ = closed_with(ws)
+    assert code is not None and code != 1000
+    _, ws2 = acme.runner()
+    nan = '{"type": "replica.v1", "replica_id": "r1", "state": "downloading", "rate_bps": NaN}'
+    send(ws2, nan)
+    assert closed_with(ws2)[0] not in (None, 1000)
+    # Encoded by the contract itself, a consistent report is accepted (no close).
+    _, ws3 = acme.runner()
+    ws3.send(encode_frame(ReplicaFrame(replica_id="r2", state="stopped")))
+    no_frame(ws3, UndeployFrame, 1)  # unknown and stopped: nothing to answer
+    ws3.close()
