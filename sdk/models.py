@@ -25,6 +25,8 @@ __all__ = [
     "Completion",
     "CompletionChoice",
     "CreatedApiKey",
+    "Deployment",
+    "DeploymentReplica",
     "E2ERunner",
     "Embedding",
     "EmbeddingResponse",
@@ -191,6 +193,44 @@ class PoolGrant(_Model):
     granted_by: str
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class DeploymentReplica(_Model):
+    """One replica of a deployment on one runner, as its runner last reported it."""
+
+    id: str
+    runner_id: str
+    generation: int
+    #: pending | downloading | loading | ready | failed | draining | stopped
+    state: str
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    rate_bps: float = 0.0
+    eta_s: float | None = None
+    reason: str | None = None
+
+
+class Deployment(_Model):
+    """A model the control plane has runners of one pool serve (docs/deployments.md)."""
+
+    id: str
+    name: str
+    aliases: list[str] = []
+    pool_id: str
+    source: dict[str, Any]
+    engine: str
+    engine_options: dict[str, Any] = {}
+    labels: dict[str, list[str]] = {}
+    min_replicas: int
+    max_replicas: int
+    replicas: int
+    ready_replicas: int = 0
+    weight: float = 1.0
+    generation: int = 1
+    #: active | deleting
+    status: str = "active"
+    idle_timeout_s: int | None = None
+    replica_status: list[DeploymentReplica] = []
 
 
 class PoolSharing(_Model):

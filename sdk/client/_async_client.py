@@ -42,6 +42,7 @@ from outpost.sdk.models import (
     ChatCompletionChunk,
     Completion,
     CreatedApiKey,
+    Deployment,
     E2ERunner,
     EmbeddingResponse,
     EnrollmentToken,
@@ -133,6 +134,7 @@ class AsyncClient:
         self.models = AsyncModels(self)
         self.runners = AsyncRunners(self)
         self.pools = AsyncPools(self)
+        self.deployments = AsyncDeployments(self)
         self.keys = AsyncKeys(self)
         self.usage = AsyncUsage(self)
         self.budgets = AsyncBudgets(self)
@@ -543,6 +545,51 @@ class AsyncPools(_AsyncResource):
                 "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}
             ),
         )
+
+
+class AsyncDeployments(_AsyncResource):
+    """Models the control plane deploys onto the tenant's runners (docs/deployments.md).
+
+    ``create`` takes the fields of ``POST /api/deployments`` (docs/api.md "Deployments"):
+    ``source`` is ``{"kind": "path", "path": ...}``, ``{"kind": "url", "url": ..., "sha256":
+    ...}`` or ``{"kind": "hf", "repo": ..., "revision": ..., "filename": ...}``.
+    """
+
+    async def list(self) -> builtins.list[Deployment]:
+        return await self._client._list("/api/deployments", Deployment)
+
+    async def get(self, deployment_id: str) -> Deployment:
+        return parse_model(
+            Deployment, await self._client._json("GET", f"/api/deployments/{deployment_id}")
+        )
+
+    async def create(self, *, name: str, source: Mapping[str, Any], **fields: Any) -> Deployment:
+        body = {"name": name, "source": dict(source), **fields}
+        return parse_model(
+            Deployment, await self._client._json("POST", "/api/deployments", json_body=body)
+        )
+
+    async def update(self, deployment_id: str, **fields: Any) -> Deployment:
+        """Change fields; a new source, engine, options or aliases roll the replicas."""
+        return parse_model(
+            Deployment,
+            await self._client._json(
+                "PATCH", f"/api/deployments/{deployment_id}", json_body=fields
+            ),
+        )
+
+    async def scale(self, deployment_id: str, replicas: int) -> Deployment:
+        return parse_model(
+            Deployment,
+            await self._client._json(
+                "POST",
+                f"/api/deployments/{deployment_id}/scale",
+                json_body={"replicas": replicas},
+            ),
+        )
+
+    async def delete(self, deployment_id: str) -> None:
+        await self._client._request("DELETE", f"/api/deployments/{deployment_id}")
 
 
 class AsyncKeys(_AsyncResource):

@@ -39,6 +39,7 @@ from outpost.sdk.models import (
     ChatCompletionChunk,
     Completion,
     CreatedApiKey,
+    Deployment,
     E2ERunner,
     EmbeddingResponse,
     EnrollmentToken,
@@ -129,6 +130,7 @@ class Client:
         self.models = Models(self)
         self.runners = Runners(self)
         self.pools = Pools(self)
+        self.deployments = Deployments(self)
         self.keys = Keys(self)
         self.usage = Usage(self)
         self.budgets = Budgets(self)
@@ -531,6 +533,49 @@ class Pools(_Resource):
                 "PUT", "/api/pools/sharing", json_body={"refuse_shared_pools": refuse_shared_pools}
             ),
         )
+
+
+class Deployments(_Resource):
+    """Models the control plane deploys onto the tenant's runners (docs/deployments.md).
+
+    ``create`` takes the fields of ``POST /api/deployments`` (docs/api.md "Deployments"):
+    ``source`` is ``{"kind": "path", "path": ...}``, ``{"kind": "url", "url": ..., "sha256":
+    ...}`` or ``{"kind": "hf", "repo": ..., "revision": ..., "filename": ...}``.
+    """
+
+    def list(self) -> builtins.list[Deployment]:
+        return self._client._list("/api/deployments", Deployment)
+
+    def get(self, deployment_id: str) -> Deployment:
+        return parse_model(
+            Deployment, self._client._json("GET", f"/api/deployments/{deployment_id}")
+        )
+
+    def create(self, *, name: str, source: Mapping[str, Any], **fields: Any) -> Deployment:
+        body = {"name": name, "source": dict(source), **fields}
+        return parse_model(
+            Deployment, self._client._json("POST", "/api/deployments", json_body=body)
+        )
+
+    def update(self, deployment_id: str, **fields: Any) -> Deployment:
+        """Change fields; a new source, engine, options or aliases roll the replicas."""
+        return parse_model(
+            Deployment,
+            self._client._json("PATCH", f"/api/deployments/{deployment_id}", json_body=fields),
+        )
+
+    def scale(self, deployment_id: str, replicas: int) -> Deployment:
+        return parse_model(
+            Deployment,
+            self._client._json(
+                "POST",
+                f"/api/deployments/{deployment_id}/scale",
+                json_body={"replicas": replicas},
+            ),
+        )
+
+    def delete(self, deployment_id: str) -> None:
+        self._client._request("DELETE", f"/api/deployments/{deployment_id}")
 
 
 class Keys(_Resource):
