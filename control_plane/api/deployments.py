@@ -24,7 +24,12 @@ from outpost.control_plane.actions.deployments import (
     find_deployment,
     scale_deployment,
 )
-from outpost.control_plane.api.deps import AdminDep, AppStateDep, CallerDep, SessionDep
+from outpost.control_plane.api.deps import (
+    AppStateDep,
+    CallerDep,
+    DeploymentsWriteDep,
+    SessionDep,
+)
 from outpost.control_plane.audit import actor_for_key
 from outpost.control_plane.db.models import Deployment, DeploymentReplica
 from outpost.control_plane.state import AppState
@@ -141,7 +146,7 @@ async def get_deployments(
 
 @router.post("", status_code=201)
 async def create(
-    body: DeploymentSpec, admin: AdminDep, session: SessionDep, state: AppStateDep
+    body: DeploymentSpec, admin: DeploymentsWriteDep, session: SessionDep, state: AppStateDep
 ) -> dict[str, Any]:
     row = await create_deployment(
         session, admin.tenant_id, body, actor=actor_for_key(admin.api_key_id)
@@ -161,7 +166,7 @@ async def get_one(deployment_id: str, caller: CallerDep, session: SessionDep) ->
 async def update(
     deployment_id: str,
     body: DeploymentPatch,
-    admin: AdminDep,
+    admin: DeploymentsWriteDep,
     session: SessionDep,
     state: AppStateDep,
 ) -> dict[str, Any]:
@@ -176,7 +181,11 @@ async def update(
 
 @router.post("/{deployment_id}/scale")
 async def scale(
-    deployment_id: str, body: ScaleIn, admin: AdminDep, session: SessionDep, state: AppStateDep
+    deployment_id: str,
+    body: ScaleIn,
+    admin: DeploymentsWriteDep,
+    session: SessionDep,
+    state: AppStateDep,
 ) -> dict[str, Any]:
     row = await scale_deployment(
         session,
@@ -192,7 +201,7 @@ async def scale(
 
 @router.delete("/{deployment_id}", status_code=204)
 async def delete(
-    deployment_id: str, admin: AdminDep, session: SessionDep, state: AppStateDep
+    deployment_id: str, admin: DeploymentsWriteDep, session: SessionDep, state: AppStateDep
 ) -> Response:
     """Undeploy every replica; the deployment is gone from listings at once."""
     await delete_deployment(
