@@ -105,8 +105,9 @@ class MessagesRequest(_Encodable):
     top_k: _Int | None = Field(default=None, ge=0, le=100_000)
     stream: _Bool = False
     metadata: Metadata | None = None
-    # Accepted without effect: Outpost has one tier.
+    # Accepted without effect: Outpost has one tier, and prompt caching is the engine's own.
     service_tier: Literal["auto", "standard_only"] | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 def _text(blocks: str | list[TextBlock] | None) -> str:

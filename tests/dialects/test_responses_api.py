@@ -1,4 +1,5 @@
-"""POST /v1/responses with the official ``openai`` client, against a real stack and the embedded model.
+"""POST /v1/responses with the official ``openai`` client, against a real stack and the embedded
+model.
 
 The request goes the chat-completions way (routing, fair queue, budgets, records); these tests
 check what a Responses client sees and that the request is accounted like any other.
@@ -92,7 +93,11 @@ def test_items_input_with_history(dialect_stack: DialectStack) -> None:
 
 def test_streamed_response_events(dialect_stack: DialectStack) -> None:
     stream = client(dialect_stack).responses.create(
-        model=MODEL, input="Count from one to ten.", max_output_tokens=12, temperature=0, stream=True
+        model=MODEL,
+        input="Count from one to ten.",
+        max_output_tokens=12,
+        temperature=0,
+        stream=True,
     )
     events = list(stream)
     types = [e.type for e in events]
@@ -229,8 +234,11 @@ def test_other_tenant_cannot_use_a_model_outside_its_pools(dialect_stack: Dialec
     assert streamed.status_code == chat.status_code
     assert door.json()["error"]["code"] == chat.json()["error"]["code"]
     # Each refusal is recorded as chat's is, and none reached a runner.
+    # Records are written just after the answer: wait for the three.
+    wait_until(
+        lambda: len(tenant_records(dialect_stack.database_url, "outsider")) == 3, 10, "3 records"
+    )
     records = tenant_records(dialect_stack.database_url, "outsider")
-    assert len(records) == 3
     assert all(r["runner_id"] is None and r["status"] != "ok" for r in records), records
 
 
@@ -247,7 +255,5 @@ def test_a_spent_budget_stops_the_key(dialect_stack: DialectStack) -> None:
     with pytest.raises(openai.RateLimitError) as info:
         client(dialect_stack, capped).responses.create(model=MODEL, input="hi")
     assert info.value.response.json()["error"]["code"] == "budget_exceeded"
-    ok = client(dialect_stack, admin).responses.create(
-        model=MODEL, input="hi", max_output_tokens=2
-    )
+    ok = client(dialect_stack, admin).responses.create(model=MODEL, input="hi", max_output_tokens=2)
     assert ok.status in ("completed", "incomplete")
