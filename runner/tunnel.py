@@ -212,7 +212,8 @@ class TunnelClient:
             # binary-data, data goes as records coalesced across this connection's streams.
             writer = FrameWriter(ws.send, self._count_sent)
             send = writer.send
-            send_data = writer.send_data if "binary-data" in welcome.capabilities else None
+            binary = "binary-data" in welcome.capabilities and "binary-data" in self.capabilities
+            send_data = writer.send_data if binary else None
             self._conns.add(ws)
             self.connected.set()
             self.connects += 1
