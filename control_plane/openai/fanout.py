@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from outpost.control_plane.observability import record_id
+from outpost.control_plane.db.models import new_id
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.openai.disconnect import client_gone
 from outpost.control_plane.openai.relay_response import RelayResponse
@@ -62,7 +62,8 @@ def split_call(call: InferenceCall, body: dict[str, Any], n: int) -> list[Infere
         if isinstance(seed := body.get("seed"), int):
             one["seed"] = (seed + i) % 2**63  # a different seed per choice, still reproducible
         text = json.dumps(one, ensure_ascii=False, separators=(",", ":"))
-        rid = call.request_id if i == 0 else record_id()
+        # Choice 0's record has the request's id (x-request-id); the others, their own.
+        rid = call.request_id if i == 0 else new_id("req")
         calls.append(dataclasses.replace(call, body=text, request_id=rid))
     return calls
 

@@ -372,8 +372,7 @@ def test_n_predict_is_mapped_onto_the_cap(world: World) -> None:
     [
         ("completions", {"prompt": [f"p{i}" for i in range(8)]}, "prompt"),
         ("completions", {"prompt": [[1, 2], [3]]}, "prompt"),
-        ("completions", {"prompt": "x", "best_of": 2}, "best_of"),
-        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        # n > 1 (and best_of = n) are served as one request per choice: tests/api/test_choices.py.
         (
             "chat/completions",
             {"messages": [{"role": "user", "content": "x"}], "use_beam_search": True},
@@ -381,7 +380,7 @@ def test_n_predict_is_mapped_onto_the_cap(world: World) -> None:
         ),
         ("completions", {"prompt": "x", "n_cmpl": 4}, "n_cmpl"),
     ],
-    ids=["prompt-list", "token-id-lists", "best_of", "n", "beam-search", "n_cmpl"],
+    ids=["prompt-list", "token-id-lists", "beam-search", "n_cmpl"],
 )
 def test_several_sequences_in_one_request_are_refused(
     world: World, path: str, fields: dict, param: str
