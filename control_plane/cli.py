@@ -29,6 +29,7 @@ from outpost.control_plane.cli_db import run_with_db, run_with_settings, tenant_
 from outpost.control_plane.console.cli import users_app
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.deployments.cli import deployments_app
 from outpost.control_plane.permissions import ROLES, key_role
 from outpost.control_plane.pools_cli import pools_app, runners_set
 from outpost.control_plane.probes.cli import fairness_app
@@ -54,6 +55,7 @@ app.add_typer(fairness_app, name="fairness")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(users_app, name="users")
 app.add_typer(pools_app, name="pools")
+app.add_typer(deployments_app, name="deployments")
 runners_app.command("set")(runners_set)
 console = Console(stderr=True)
 
