@@ -358,10 +358,9 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
             "max_tokens "
             f"{first['max_tokens']}"
             f"{' with ignore_eos (every request runs to max_tokens)' if vllm else ''}; "
-            f"{first['rounds_single']} requests on one stream, {first['rounds']} per stream with "
-            f"{', '.join(str(c) for c in counts if c > 1)} streams, back to back, after "
-            f"{first['warmup']} warm-up "
-            "requests. `direct` is the engine's own port; `outpost` is client → control plane → "
+            + _schedule(first, counts)
+            + f", after {first['warmup']} warm-up requests. `direct` is the engine's own port; "
+            "`outpost` is client → control plane → "
             "WebSocket tunnel → "
             "runner → the same engine process. Aggregate tok/s = all tokens ÷ wall time of the "
             "phase; per-stream "
@@ -418,6 +417,22 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
+def _schedule(meta: dict, counts: list[int]) -> str:
+    """How many requests each phase sent, as the run was asked."""
+    many = ", ".join(str(c) for c in counts if c > 1)
+    if meta.get("seconds"):
+        return (
+            f"at {', '.join(str(c) for c in counts)} concurrent streams, each stream sending "
+            f"requests back to back for {meta['seconds']:g} s per segment, "
+            f"{meta.get('repeats', 1)} segment(s) per path alternating direct and Outpost "
+            "(pooled in one row)"
+        )
+    return (
+        f"{meta['rounds_single']} requests on one stream, {meta['rounds']} per stream with "
+        f"{many} streams, back to back"
+    )
+
+
 def _ratio_table(meta: dict, rows: list[dict]) -> list[str]:
     """Per concurrency: Outpost ÷ direct, the TTFT Outpost adds, and the CPU each side spends per
     token it relays (the engine's and the client's too, for scale)."""
@@ -455,7 +470,8 @@ def _ratio_table(meta: dict, rows: list[dict]) -> list[str]:
     if prof is not None:
         out += [
             "",
-            f"Under py-spy (the profile below, {prof['streams']} streams): "
+            f"Under py-spy ({prof['streams']} streams; the profile: docs/performance.md, "
+            "'GPU host profile'): "
             f"{prof['agg_tok_s']:.0f} tok/s "
             f"through Outpost; control plane {prof['control_plane_us_tok']:.0f} µs/token, runner "
             f"{prof['runner_us_tok']:.0f} µs/token.",
@@ -554,6 +570,8 @@ def describe(
             f"python bench/bench_gpu.py --model {model_file} --rounds {args.rounds} "
             f"--rounds-single {args.rounds_single} --max-tokens {args.max_tokens}"
         )
+    if args.seconds:  # time-boxed: the round counts do not apply
+        command = re.sub(r" --rounds(-single)? \d+", "", command)
     command += (f" --streams {streams_arg}" if "--streams" not in command else "") + "".join(
         f" --{k} {v}"
         for k, v in (

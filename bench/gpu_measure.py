@@ -162,13 +162,30 @@ _LINE = re.compile(r"\s*\(([^()]*?)(?::\d+)?\)$")
 
 
 def _frame(frame: str) -> str:
-    """``func (path/to/mod.py:123)`` → ``func (mod.py)``: one entry per function, not per line."""
+    """``func (pkg/mod.py:123)`` → ``func (pkg/mod.py)``: one entry per function, not per line.
+    py-spy already writes paths relative to their import root (``websockets/frames.py``)."""
     m = _LINE.search(frame)
     if not m:
         return frame.strip()
-    where = m.group(1)
-    short = "/".join(Path(where).parts[-2:]) if "/" in where else where
-    return f"{frame[: m.start()].strip()} ({short})"
+    return f"{frame[: m.start()].strip()} ({m.group(1)})"
+
+
+#: A leaf in the event loop's own call: with uvloop the loop is C code, so a sample whose innermost
+#: Python frame is ``asyncio.run`` is the loop itself (socket reads and writes, epoll, scheduling).
+LOOP = "event loop, native (uvloop: socket I/O, epoll, task switching)"
+
+
+def _package(frame: str) -> str:
+    """The library a frame's code belongs to: ``outpost/runner/relay.py`` → ``outpost.runner``,
+    ``websockets/frames.py`` → ``websockets``, ``asyncio/queues.py`` → ``asyncio``."""
+    if frame.startswith(("Runner.run (asyncio/runners.py)", "run (asyncio/runners.py)")):
+        return LOOP
+    m = re.search(r"\(([^()]*)\)$", frame)
+    where = m.group(1) if m else ""
+    parts = where.split("/")
+    if parts[0] == "outpost" and len(parts) > 2:
+        return f"outpost.{parts[1]}"
+    return parts[0].removesuffix(".py") if parts[0] else "?"
 
 
 @dataclass
@@ -176,6 +193,12 @@ class Profile:
     samples: int
     self_counts: Counter[str]
     inclusive: Counter[str]
+
+    def by_package(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for frame, n in self.self_counts.items():
+            out[_package(frame)] += n
+        return out
 
 
 def read_raw(path: Path) -> Profile:
@@ -205,6 +228,10 @@ def summarize(path: Path, us_per_token: float, top: int = 15) -> str:
     if not prof.samples:
         return f"{path.name}: no samples"
     lines = [f"{path.name}: {prof.samples} samples; CPU {us_per_token:.1f} µs/token over the phase"]
+    lines.append("  own time by package:")
+    for package, n in prof.by_package().most_common(12):
+        share = n / prof.samples
+        lines.append(f"    {share * 100:5.1f} %  {share * us_per_token:7.1f} µs/tok  {package}")
     for title, counts in (("self", prof.self_counts), ("inclusive", prof.inclusive)):
         lines.append(f"  top {top} by {title} time:")
         # Frames under nearly every sample (the CLI, uvicorn, the event loop's run_forever) say
