@@ -106,6 +106,7 @@ def create_app(
             hub,
             interval_s=settings.deployment_reconcile_interval_s,
             drain_s=settings.deployment_drain_s,
+            runner_grace_s=settings.deployment_runner_grace_s,
         )
         await reconciler.start()
         app.state.outpost.deployments = reconciler

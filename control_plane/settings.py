@@ -375,6 +375,13 @@ class Settings(BaseSettings):
         le=3600,
         description="Streams of an undeployed replica may run this long before it stops.",
     )
+    deployment_runner_grace_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="A runner away this long loses its replicas, which are placed elsewhere; "
+        "back sooner, it keeps them (it reports them again on reconnect).",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

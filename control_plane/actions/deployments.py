@@ -69,7 +69,7 @@ def _check_frame(
             name=name,
             aliases=aliases,
             source=source,
-            engine=engine,  # type: ignore[arg-type]
+            engine=engine,
             engine_options=options,
         )
     except ValidationError as exc:

@@ -125,8 +125,10 @@ def static_models(state: AppState, pool_ids: set[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _wake(state: AppState) -> None:
+def _wake(state: AppState, row: Deployment | None = None) -> None:
     if state.deployments is not None:
+        if row is not None:
+            state.deployments.note(row)
         state.deployments.wake()
 
 
@@ -152,7 +154,7 @@ async def create(
         session, admin.tenant_id, body, actor=actor_for_key(admin.api_key_id)
     )
     await session.commit()
-    _wake(state)
+    _wake(state, row)
     return deployment_out(row, [])
 
 
@@ -175,7 +177,7 @@ async def update(
         session, admin.tenant_id, deployment_id, body, actor=actor_for_key(admin.api_key_id)
     )
     await session.commit()
-    _wake(state)
+    _wake(state, row)
     return deployment_out(row, await list_replicas(session, row.id))
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,15 +55,29 @@ class _Pass:
     sends: list[Send] = field(default_factory=list)
     # Runner id -> replicas on it (all deployments), to spread new replicas.
     load: dict[str, int] = field(default_factory=dict)
+    # Runner id -> (public name, deployment id) of its replicas: one name per runner.
+    names: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     unroute: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Reconciler:
     def __init__(
-        self, db: Database, hub: TunnelHub, *, interval_s: float = 2.0, drain_s: float = 30.0
+        self,
+        db: Database,
+        hub: TunnelHub,
+        *,
+        interval_s: float = 2.0,
+        drain_s: float = 30.0,
+        runner_grace_s: float = 15.0,
     ) -> None:
         self.db, self.hub = db, hub
-        self.interval_s, self.drain_s = interval_s, drain_s
+        self.interval_s, self.drain_s, self.runner_grace_s = interval_s, drain_s, runner_grace_s
+        # Runner id -> when this process first saw it gone while it held replicas.
+        self._missing_since: dict[str, float] = {}
+        # For A/B splits: routed replica id -> its deployment; deployment id -> weight, names.
+        self._routed: dict[str, str] = {}
+        self._weights: dict[str, float] = {}
+        self._names: dict[str, frozenset[str]] = {}
         self._wake = asyncio.Event()
         self._reports: asyncio.Queue[tuple[str, ReplicaFrame]] = asyncio.Queue(MAX_PENDING_REPORTS)
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,14 +131,19 @@ class Reconciler:
         async with self.db.session() as session:
             deployments = await list_live_deployments(session)
             replicas = await replicas_by_deployment(session, [d.id for d in deployments])
-            for rows in replicas.values():
-                for r in rows:
+            self._weights = {d.id: d.weight for d in deployments}
+            self._names = {d.id: frozenset((d.name, *d.aliases)) for d in deployments}
+            for d in deployments:
+                for r in replicas[d.id]:
                     plan.load[r.runner_id] = plan.load.get(r.runner_id, 0) + 1
+                    plan.names.setdefault(r.runner_id, set()).add((d.name, d.id))
+            self._track_missing(replicas)
             for d in deployments:
                 await self._reconcile(session, d, replicas[d.id], plan)
             await session.commit()
         for runner_id, replica_id in plan.unroute:
             self.hub.set_deployed(runner_id, replica_id, None)
+            self._routed.pop(replica_id, None)
         for runner_id, frame in plan.sends:
             await self._send(runner_id, frame)
         self.passes += 1
@@ -136,7 +157,7 @@ class Reconciler:
     ) -> None:
         live: list[DeploymentReplica] = []
         for r in rows:
-            if r.runner_id not in self.hub.runners or r.state == "stopped":
+            if r.state == "stopped" or self._lost(r.runner_id):
                 # Runner lost (or replica stopped): forget it; a new one is placed below.
                 await session.delete(r)
                 plan.unroute.append((r.runner_id, r.id))
@@ -167,6 +188,21 @@ class Reconciler:
         elif len(current) < d.replicas:
             self._place(session, d, live, d.replicas - len(current), plan)
 
+    def _track_missing(self, replicas: dict[str, list[DeploymentReplica]]) -> None:
+        now = time.monotonic()
+        holders = {r.runner_id for rows in replicas.values() for r in rows}
+        for runner_id in holders - set(self.hub.runners):
+            self._missing_since.setdefault(runner_id, now)
+        for runner_id in list(self._missing_since):
+            if runner_id in self.hub.runners or runner_id not in holders:
+                del self._missing_since[runner_id]
+
+    def _lost(self, runner_id: str) -> bool:
+        """Gone longer than the grace: a tunnel that flaps keeps its replicas (the runner
+        re-sends their reports on reconnect); a runner that stays away loses them."""
+        since = self._missing_since.get(runner_id)
+        return since is not None and time.monotonic() - since >= self.runner_grace_s
+
     def _place(
         self,
         session: AsyncSession,
@@ -180,7 +216,9 @@ class Reconciler:
         fitting = [
             runner
             for runner in self.hub.runners.values()
-            if runner.runner_id not in taken and runner_fits(runner, d)
+            if runner.runner_id not in taken
+            and runner_fits(runner, d)
+            and not self._name_taken(runner, d, plan)
         ]
         for runner in pick_runners(fitting, plan.load, count):
             replica = DeploymentReplica(
@@ -192,7 +230,19 @@ class Reconciler:
             )
             session.add(replica)
             plan.load[runner.runner_id] = plan.load.get(runner.runner_id, 0) + 1
+            plan.names.setdefault(runner.runner_id, set()).add((d.name, d.id))
             plan.sends.append((runner.runner_id, _deploy_frame(d, replica.id)))
+
+    @staticmethod
+    def _name_taken(runner: ConnectedRunner, d: Deployment, plan: _Pass) -> bool:
+        """A request names only the model: one runner serves a public name for one deployment
+        (A/B deployments of one name share it across runners), never beside a static model."""
+        names = {d.name, *d.aliases}
+        others = {n for n, dep in plan.names.get(runner.runner_id, ()) if dep != d.id}
+        if names & others:
+            return True
+        static = [m for m in runner.models if all(m is not x for x in runner.deployed.values())]
+        return any(n == m.name or n in m.aliases for m in static for n in names)
 
     def _undeploy(self, r: DeploymentReplica, plan: _Pass) -> None:
         if r.state in _GONE:
@@ -216,6 +266,41 @@ class Reconciler:
             await links[0].send(frame)
         except (ConnectionError, RuntimeError) as exc:
             log.info("%s to runner %s not sent: %s", frame.type, runner_id, exc)
+
+    # --- A/B ----------------------------------------------------------------
+
+    def note(self, d: Deployment) -> None:
+        """An API write changed ``d``: its weight counts from the next request on."""
+        self._weights[d.id], self._names[d.id] = d.weight, frozenset((d.name, *d.aliases))
+
+    def split(self, model: str, runners: list[ConnectedRunner]) -> list[ConnectedRunner]:
+        """Of the runners serving ``model``, those of one deployment, drawn by weight.
+
+        Deployments sharing a public name split its requests by their ``weight``; runners
+        serving it as a static model count as one more group of weight 1. With one group
+        (the usual case) the list is returned as it is.
+        """
+        if not any(r.deployed for r in runners):
+            return runners
+        groups: dict[str, list[ConnectedRunner]] = {}
+        for r in runners:
+            owner = next(
+                (
+                    dep
+                    for rep in r.deployed
+                    if (dep := self._routed.get(rep)) and model in self._names.get(dep, ())
+                ),
+                "",
+            )
+            groups.setdefault(owner, []).append(r)
+        live = {k: v for k, v in groups.items() if any(r.usable_link() is not None for r in v)}
+        if len(live) <= 1:
+            return runners
+        keys = sorted(live)
+        weights = [self._weights.get(k, 1.0) if k else 1.0 for k in keys]
+        if sum(weights) <= 0:
+            return runners
+        return live[random.choices(keys, weights)[0]]  # noqa: S311 - a traffic split, not a secret
 
     # --- reports ------------------------------------------------------------
 
@@ -251,6 +336,11 @@ class Reconciler:
             await session.commit()
         model = self._routed_model(d, frame) if row.state == "ready" else None
         self.hub.set_deployed(runner_id, row.id, model)
+        if model is not None:
+            self._routed[row.id] = d.id
+            self._weights[d.id], self._names[d.id] = d.weight, frozenset((d.name, *d.aliases))
+        else:
+            self._routed.pop(row.id, None)
         self.wake()
         return reply
 

@@ -10,6 +10,7 @@ reporting replicas that are not theirs, or sending reports without the capabilit
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from outpost.sdk.protocol import (
@@ -44,7 +46,10 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess
     proc = ControlPlaneProcess(
         tmp / "cp",
         f"sqlite+aiosqlite:///{tmp / 'outpost.db'}",
-        extra_env={"OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5"},
+        extra_env={
+            "OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5",
+            "OUTPOST_DEPLOYMENT_RUNNER_GRACE_S": "1",
+        },
         shared_pool=False,
     ).start()
     try:
@@ -329,3 +334,61 @@ def test_report_floods_and_bad_numbers_are_refused(acme: Tenant) -> None:
     ws3.send(encode_frame(ReplicaFrame(replica_id="r2", state="stopped")))
     no_frame(ws3, UndeployFrame, 1)  # unknown and stopped: nothing to answer
     ws3.close()
+
+
+class Answering:
+    """Answers every request on ``ws`` in a thread and counts them (after the test's own reads)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws, self.count = ws, 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                frame = parse_frame(self.ws.recv())
+                if isinstance(frame, RequestFrame):
+                    self.count += 1
+                    send(self.ws, *answer("ab")(frame))
+        except (ConnectionClosed, OSError):
+            return
+
+
+def test_two_deployments_share_a_name_by_weight(cp: ControlPlaneProcess) -> None:
+    t = Tenant(cp, "ab-tenant")
+    (_, ws_a), (_, ws_b) = t.runner(), t.runner()
+    a = t.deploy("ab-model", weight=1)
+    b = t.deploy("ab-model", weight=0)
+    # One name per runner: the two deployments land on different runners.
+    for ws in (ws_a, ws_b):
+        frame = next_frame(ws, DeployFrame)
+        ready(ws, frame.replica_id, "ab-model")
+        assert frame.deployment_id in (a["id"], b["id"])
+    wait_until(
+        lambda: all(t.api("GET", f"/{d['id']}").json()["ready_replicas"] == 1 for d in (a, b)),
+        10,
+        "both ready",
+    )
+    answering = {ws: Answering(ws) for ws in (ws_a, ws_b)}
+    counts = lambda: [answering[ws].count for ws in (ws_a, ws_b)]  # noqa: E731
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            assert chat(cp, t.admin, "ab-model").status_code == 200
+
+    run(8)  # weight 0: deployment b gets nothing
+    first = counts()
+    assert sorted(first) == [0, 8], first
+    t.api("PATCH", f"/{a['id']}", json={"weight": 0})
+    t.api("PATCH", f"/{b['id']}", json={"weight": 1})
+    run(8)  # now all to b, on the other runner
+    second = [x - y for x, y in zip(counts(), first, strict=True)]
+    assert second == [8 - c for c in first], (first, second)
+    t.api("PATCH", f"/{a['id']}", json={"weight": 1})
+    before = counts()
+    run(24)  # 1:1 — both get some (all 24 on one side: 2**-23)
+    third = [x - y for x, y in zip(counts(), before, strict=True)]
+    assert min(third) > 0, third
+    ws_a.close()
+    ws_b.close()
