@@ -259,6 +259,8 @@ def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> di
     for s in ok:  # the engine's usage count where the stream carried one (see _AnyJsonParser)
         s.tokens = getattr(s, "completion_tokens", None) or s.tokens
     decode = [(s.tokens - 1) / sum(s.gaps) for s in ok if s.tokens > 1 and sum(s.gaps) > 0]
+    # Last content chunk → end of the response ([DONE], the usage chunk, the record's commit).
+    tail = [s.done - (s.sent + s.ttft + sum(s.gaps)) for s in ok if s.ttft is not None]
     tokens = sum(s.tokens for s in ok)
     return {
         "path": name,
@@ -277,6 +279,8 @@ def summarize(name: str, streams: int, samples: list[Sample], wall: float) -> di
         "itl_p50_ms": pct(itl, 50) * 1000,
         "itl_p95_ms": pct(itl, 95) * 1000,
         "itl_p99_ms": pct(itl, 99) * 1000,
+        "tail_p50_ms": pct(tail, 50) * 1000,
+        "tail_p95_ms": pct(tail, 95) * 1000,
         "errors": sorted({s.error or "" for s in samples if not s.ok})[:3],
     }
 
@@ -447,8 +451,8 @@ def _ratio_table(meta: dict, rows: list[dict]) -> list[str]:
         "| streams | direct tok/s | Outpost tok/s | Outpost ÷ direct "
         "| TTFT added p50 / p95 / p99 ms | control plane CPU µs/token | runner CPU µs/token "
         "| engine CPU µs/token (direct / Outpost) | client CPU µs/token "
-        "| host busy cores (direct / Outpost) |",
-        "|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
+        "| host busy cores (direct / Outpost) | last token → end added p50 / p95 ms |",
+        "|---:|---:|---:|---:|---|---:|---:|---|---:|---|---|",
     ]
     for streams in sorted({r["streams"] for r in rows}):
         d, o = by.get(("direct", streams)), by.get(("outpost", streams))
@@ -459,12 +463,17 @@ def _ratio_table(meta: dict, rows: list[dict]) -> list[str]:
             for q in ("p50", "p95", "p99")
         )
         ratio = o["agg_tok_s"] / d["agg_tok_s"] if d["agg_tok_s"] else nan
+        tail = (  # absent from runs before it was measured
+            " / ".join(f"{o[f'tail_{q}_ms'] - d[f'tail_{q}_ms']:+.1f}" for q in ("p50", "p95"))
+            if "tail_p50_ms" in o
+            else "–"
+        )
         out.append(
             f"| {streams} | {d['agg_tok_s']:.0f} | {o['agg_tok_s']:.0f} | **{ratio:.3f}** "
             f"| {added} | "
             f"{o['control_plane_us_tok']:.0f} | {o['runner_us_tok']:.0f} | "
             f"{d['engine_us_tok']:.0f} / {o['engine_us_tok']:.0f} | {o['client_us_tok']:.0f} | "
-            f"{d['host_busy_cores']:.1f} / {o['host_busy_cores']:.1f} |"
+            f"{d['host_busy_cores']:.1f} / {o['host_busy_cores']:.1f} | {tail} |"
         )
     prof = by.get(("outpost + py-spy", meta.get("profile_streams")))
     if prof is not None:
