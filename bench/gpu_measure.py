@@ -234,9 +234,11 @@ def summarize(path: Path, us_per_token: float, top: int = 15) -> str:
         lines.append(f"    {share * 100:5.1f} %  {share * us_per_token:7.1f} µs/tok  {package}")
     for title, counts in (("self", prof.self_counts), ("inclusive", prof.inclusive)):
         lines.append(f"  top {top} by {title} time:")
-        # Frames under nearly every sample (the CLI, uvicorn, the event loop's run_forever) say
-        # nothing about where the relay's time goes.
-        ranked = [(f, n) for f, n in counts.most_common() if n / prof.samples <= 0.97][:top]
+        # Inclusive: frames under nearly every sample (the CLI, uvicorn, the event loop's
+        # run_forever) say nothing about where the relay's time goes.
+        ranked = [
+            (f, n) for f, n in counts.most_common() if title == "self" or n / prof.samples <= 0.97
+        ][:top]
         for frame, n in ranked:
             share = n / prof.samples
             lines.append(f"    {share * 100:5.1f} %  {share * us_per_token:7.1f} µs/tok  {frame}")
