@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     first_byte_timeout_s: float = Field(
         default=120.0, gt=0, description="Wait for a runner's first byte before failing over."
     )
+    stream_headers_after_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="A streamed request not answered by then gets its headers and keep-alives.",
+    )
+    stream_keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="Interval of SSE ': keep-alive' comments while a stream waits (proxies).",
+    )
     max_retries: int = Field(
         default=2, ge=0, le=10, description="Failover attempts before the first byte."
     )

@@ -76,7 +76,10 @@ async def serve_choices(
         calls = [dataclasses.replace(c, client_gone=gone.wait) for c in calls]
     try:
         results = await asyncio.gather(
-            *(serve_inference(state, c) for c in calls), return_exceptions=True
+            # Each answer is awaited before the merged one starts: no early headers (a gap:
+            # a merged stream gets no keep-alives while its choices queue; docs/api.md).
+            *(serve_inference(state, c, early_headers=False) for c in calls),
+            return_exceptions=True,
         )
     except BaseException:
         if gone is not None:

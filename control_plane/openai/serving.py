@@ -8,6 +8,7 @@ client (failover.py). After that, a failure becomes an error event and
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from starlette.background import BackgroundTask
 from outpost.control_plane.errors import ApiError, error_body, sse_error_event
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.openai.disconnect import read_or_gone
+from outpost.control_plane.openai.early_stream import STREAM_HEADERS, EarlyStream
 from outpost.control_plane.openai.failover import Opened, open_with_failover
 from outpost.control_plane.openai.lifecycle import RequestLife
 from outpost.control_plane.openai.relay_response import RelayResponse
@@ -29,10 +31,32 @@ __all__ = ["InferenceCall", "serve_inference"]
 _DONE = "data: [DONE]\n\n"
 
 
-async def serve_inference(state: AppState, call: InferenceCall) -> Response:
+async def serve_inference(
+    state: AppState, call: InferenceCall, *, early_headers: bool = True
+) -> Response:
+    """The response to ``call``. A streamed one not answered within
+    ``stream_headers_after_s`` gets its headers at once and keep-alives while it waits
+    (early_stream.py); ``early_headers=False`` waits for the answer (fanout.py merges them)."""
     # Back-pressure: refused here, a request is not accepted, so it needs no record.
     state.records.check_capacity()
-    async with RequestLife(state, call) as life:
+    life = RequestLife(state, call)
+    if not (call.stream and early_headers):
+        return await _respond(state, call, life)
+    opening = asyncio.ensure_future(_respond(state, call, life))
+    try:
+        done, _ = await asyncio.wait({opening}, timeout=state.settings.stream_headers_after_s)
+    except asyncio.CancelledError:
+        opening.cancel()  # the lifecycle settles what it held
+        raise
+    if done:
+        return opening.result()
+    return EarlyStream(
+        opening, state.settings.stream_keepalive_s, headers={"x-request-id": call.request_id}
+    )
+
+
+async def _respond(state: AppState, call: InferenceCall, life: RequestLife) -> Response:
+    async with life:
         budget = await state.admission.check_budget(state.db, call)
         opened = await open_with_failover(state, call, life)
         headers = {
@@ -48,7 +72,7 @@ async def serve_inference(state: AppState, call: InferenceCall) -> Response:
                 _relay_stream(life, opened),
                 opened.stream,
                 media_type="text/event-stream",
-                headers={**headers, "cache-control": "no-cache"},
+                headers={**headers, **STREAM_HEADERS},
                 background=BackgroundTask(life.close),
             )
         body = await _collect(life, opened)
