@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Wait for a runner's first byte before failing over."
     )
     stream_headers_after_s: float = Field(
-        default=1.0,
+        default=5.0,
         ge=0,
         le=60,
         description="A streamed request not answered by then gets its headers and keep-alives.",

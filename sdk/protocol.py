@@ -57,6 +57,7 @@ __all__ = [
     "MAX_IN_FLIGHT",
     "MAX_TOKENS",
     "PROTOCOL_VERSIONS",
+    "TRACEPARENT_PATTERN",
     "ChallengeFrame",
     "CloseCode",
     "CloseReason",
@@ -112,6 +113,9 @@ CAPABILITIES: frozenset[str] = frozenset(
         # only when it has a deployment manager (runner/deployments/), so not every build does.
         "deployments",
         "binary-data",
+        # request.v1 carries a W3C ``traceparent`` (docs/observability.md): an old runner refuses
+        # unknown fields, so the control plane sends it only to a runner that announced this.
+        "traceparent",
     }
 )
 
@@ -239,6 +243,10 @@ class WelcomeFrame(_Frame):
 
 # --- streams ---------------------------------------------------------------
 
+#: A W3C Trace Context ``traceparent`` (version 00, lower-case hex, as its spec requires); the
+#: all-zero trace and span ids the spec calls invalid are refused too. 55 characters, never more.
+TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
 
 class RequestFrame(_Frame):
     type: Literal["request.v1"] = "request.v1"
@@ -260,12 +268,25 @@ class RequestFrame(_Frame):
     # announced the ``request-id`` capability: a receiver refuses unknown
     # fields, so the field is left out of the wire form when absent.
     request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
+    # The control plane's dispatch span (capability ``traceparent``, docs/observability.md):
+    # the runner's spans join the request's trace and its engine gets the header. Left out of
+    # the wire form when absent, like ``request_id``.
+    traceparent: str | None = Field(default=None, pattern=TRACEPARENT_PATTERN, max_length=55)
+
+    @field_validator("traceparent")
+    @classmethod
+    def _valid_trace_ids(cls, value: str | None) -> str | None:
+        # pydantic's regex engine has no look-ahead: the spec's invalid all-zero ids, here.
+        if value is not None and ("-" + "0" * 32 + "-" in value or "-" + "0" * 16 + "-" in value):
+            raise ValueError("traceparent with an all-zero trace or span id")
+        return value
 
     @model_serializer(mode="wrap")
     def _omit_absent_request_id(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("request_id") is None:
-            data.pop("request_id", None)
+        for name in ("request_id", "traceparent"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 

@@ -4,7 +4,7 @@ A streamed request may wait up to ``OUTPOST_SCHEDULER_QUEUE_TIMEOUT_S`` in the
 fair queue and ``OUTPOST_FIRST_BYTE_TIMEOUT_S`` for its first byte; a reverse
 proxy in front of the control plane cuts a response that sends nothing for its
 read timeout (nginx 60 s, Cloudflare 100 s). A stream not answered within
-``OUTPOST_STREAM_HEADERS_AFTER_S`` therefore gets its headers (200,
+``OUTPOST_STREAM_HEADERS_AFTER_S`` (5 s) therefore gets its headers (200,
 ``text/event-stream``, ``X-Accel-Buffering: no``, ``Cache-Control: no-cache``)
 and then an SSE comment, ``: keep-alive``, every ``OUTPOST_STREAM_KEEPALIVE_S``
 while it waits. Its status has gone out: an error after that (no runner, queue
