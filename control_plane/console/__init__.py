@@ -26,6 +26,7 @@ from outpost.control_plane.console.oidc import OidcClient
 from outpost.control_plane.console.pages import (
     audit,
     auth,
+    deployments,
     fairness,
     keys,
     models,
@@ -60,6 +61,7 @@ def install_console(
         overview,
         runners,
         pools,
+        deployments,
         models,
         keys,
         usage,
