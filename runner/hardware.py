@@ -123,7 +123,8 @@ class SystemCpuProbe:
 
     def probe(self) -> CpuInfo:
         system, machine = platform.system(), platform.machine()
-        model, features = None, []
+        model: str | None = None
+        features: list[str] = []
         if self.proc.exists():
             model, features = parse_cpuinfo(self.proc.read_text(errors="replace"))
         elif system == "Darwin":

@@ -42,7 +42,8 @@ class EngineFailed(RuntimeError):
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 Progress = Callable[[str], None]
@@ -163,8 +164,9 @@ class Supervisor:
         backoff = 1.0
         while not self._stopping:
             why = await self._until_down()
+            # stop() sets it while we wait; mypy keeps the loop condition's narrowing (False).
             if self._stopping:
-                return
+                return  # type: ignore[unreachable]
             self.healthy.clear()
             self.restarts += 1
             log.warning(

@@ -7,8 +7,6 @@ is checked by the door too, before hashing (``console.passwords``).
 
 from __future__ import annotations
 
-from typing import cast
-
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +36,7 @@ __all__ = [
 def _role(role: str) -> Role:
     if role not in ROLES:
         raise Invalid(f"Choose a role: {', '.join(ROLES)}.", param="role")
-    return cast(Role, role)
+    return role
 
 
 async def find_user(session: AsyncSession, tenant_id: str, user_id: str) -> User:

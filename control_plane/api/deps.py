@@ -37,13 +37,15 @@ __all__ = [
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.outpost
+    state: AppState = request.app.state.outpost
+    return state
 
 
 async def _state_dependency(request: Request) -> AppState:
     # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
     # (and a GIL hand-off) on every request, in front of its first token.
-    return request.app.state.outpost
+    state: AppState = request.app.state.outpost
+    return state
 
 
 AppStateDep = Annotated[AppState, Depends(_state_dependency)]

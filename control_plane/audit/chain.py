@@ -25,9 +25,9 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, TextClause, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Row, Table, TextClause, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -69,7 +69,7 @@ def utc_ts() -> str:
     return format_ts(datetime.now(UTC))
 
 
-def event_object(row: AuditEvent) -> dict[str, Any]:
+def event_object(row: AuditEvent | Row[Any]) -> dict[str, Any]:
     """The object that is canonicalised and hashed (docs/audit.md, "Events")."""
     event = {
         "v": 1,
@@ -231,7 +231,7 @@ def append_events_sqlite(db: sqlite3.Connection, events: list[EventSpec]) -> lis
         "UPDATE audit_head SET seq = ?, hash = ? WHERE id = ?",
         (rows[-1].seq, rows[-1].hash, _HEAD_ID),
     )
-    insert_many(db, AuditEvent.__table__, _values(rows))
+    insert_many(db, cast(Table, AuditEvent.__table__), _values(rows))
     return rows
 
 
@@ -305,7 +305,10 @@ def _number_tenants_sync(conn: Session | Connection, events: list[EventSpec]) ->
     so it costs one round trip however many tenants the batch holds.
     """
     counts, params = _tenant_counts(events)
-    tops = conn.execute(_upsert_tenant_heads(len(counts)), params).all()
+    # A text() statement's rows are untyped; the upsert returns (tenant_id, top) pairs.
+    tops = cast(
+        "list[tuple[str, int]]", conn.execute(_upsert_tenant_heads(len(counts)), params).all()
+    )
     return {tenant: top - counts[tenant] + 1 for tenant, top in tops}
 
 

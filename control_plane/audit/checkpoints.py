@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -41,7 +42,7 @@ __all__ = [
 log = logging.getLogger("outpost.audit")
 
 
-def _insert(session: AsyncSession):
+def _insert(session: AsyncSession) -> Callable[..., Any]:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +220,7 @@ class ChainGuard:
         ).scalar()
         if anchor is None:
             raise ChainRefused(f"the anchor checkpoint at seq {head.anchor_seq} is missing")
-        prunes = (
+        prunes: Iterable[object] = (
             await session.execute(
                 select(AuditEvent.data).where(
                     AuditEvent.type == "audit.prune",

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.audit.chain import event_object, format_ts, lock_head, read_head
@@ -76,25 +77,20 @@ async def _announced_at(session: AsyncSession, anchor_seq: int) -> int:
     """The seq of the ``audit.prune`` event that announced the current anchor (0: genesis)."""
     if anchor_seq == 0:
         return 0
-    rows = (
-        await session.execute(
-            select(AuditEvent.seq, AuditEvent.data)
-            .where(
-                AuditEvent.type == "audit.prune",
-                AuditEvent.tenant_id.is_(None),
-                AuditEvent.seq > anchor_seq,
-            )
-            .order_by(AuditEvent.seq)
+    result = await session.execute(
+        select(AuditEvent.seq, AuditEvent.data)
+        .where(
+            AuditEvent.type == "audit.prune",
+            AuditEvent.tenant_id.is_(None),
+            AuditEvent.seq > anchor_seq,
         )
-    ).all()
-    return next(
-        (
-            seq
-            for seq, data in rows
-            if isinstance(data, dict) and data.get("anchor_seq") == anchor_seq
-        ),
-        0,
+        .order_by(AuditEvent.seq)
     )
+    for row in result:
+        if isinstance(row.data, dict) and row.data.get("anchor_seq") == anchor_seq:
+            seq: int = row.seq
+            return seq
+    return 0
 
 
 async def prune_before(
@@ -148,19 +144,18 @@ async def prune_before(
         locked = await lock_head(session)
         if locked.anchor_seq != head.anchor_seq:
             raise RuntimeError("another prune ran concurrently; nothing was pruned")
-        pruned = (
-            await session.execute(
-                delete(AuditEvent)
-                .where(AuditEvent.seq <= through)
-                .execution_options(synchronize_session=False)
-            )
-        ).rowcount
+        deleted = await session.execute(
+            delete(AuditEvent)
+            .where(AuditEvent.seq <= through)
+            .execution_options(synchronize_session=False)
+        )
+        pruned = cast("CursorResult[Any]", deleted).rowcount
         await session.execute(
             delete(AuditCheckpoint)
             .where(AuditCheckpoint.seq < through)
             .execution_options(synchronize_session=False)
         )
-        moved = {"anchor_seq": through}
+        moved: dict[str, object] = {"anchor_seq": through}
         if locked.checkpoint_seq < through:  # the anchor is now the newest signature
             anchor_ts = (
                 await session.execute(

@@ -47,10 +47,10 @@ def nice_max(value: float) -> float:
         return 1.0
     exp = math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        candidate = step * 10**exp
+        candidate = float(step * 10**exp)
         if candidate >= value * (1 - 1e-9):
             return candidate
-    return 10 ** (exp + 1)
+    return float(10 ** (exp + 1))
 
 
 def _round_step(step: float, integer: bool) -> bool:
@@ -147,13 +147,13 @@ def column_chart(
     step = max(1, math.ceil(n / 8))
     for i, label in enumerate(labels):
         x = left + band * i + (band - bar) / 2
-        base = top_pad + ph
+        base: float = top_pad + ph
         width = bar / len(series) if grouped and series else bar
         for j, s in enumerate(series):
-            v = s.values[i]
-            if v is None or v <= 0:
+            value = s.values[i]
+            if value is None or value <= 0:
                 continue
-            h = ph * v / top
+            h = ph * value / top
             if grouped:
                 y, sx = top_pad + ph - h, x + j * width
             else:
@@ -162,7 +162,7 @@ def column_chart(
             parts.append(
                 f'<rect class="{escape(s.css)}" x="{_t(sx)}" y="{_t(y)}" width="{_t(width)}" '
                 f'height="{_t(max(h, 0.5))}"><title>{escape(label)}: {escape(s.name)} '
-                f"{escape(fmt(v))}</title></rect>"
+                f"{escape(fmt(value))}</title></rect>"
             )
         if i % step == 0:
             parts.append(
@@ -178,7 +178,7 @@ def column_chart(
     rows = "".join(
         f'<tr><th scope="row">{escape(label)}</th>'
         + "".join(
-            f"<td>{escape(fmt(s.values[i])) if s.values[i] is not None else 'n/a'}</td>"
+            f"<td>{escape(fmt(cell)) if (cell := s.values[i]) is not None else 'n/a'}</td>"
             for s in series
         )
         + "</tr>"

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class SessionClaims:
 class ConsoleKey:
     """Signs and checks sessions and CSRF tokens; remembers signed-out sessions."""
 
-    def __init__(self, key: bytes, clock=time.time) -> None:
+    def __init__(self, key: bytes, clock: Callable[[], float] = time.time) -> None:
         self._key = key
         self._clock = clock
         self._denied: dict[str, float] = {}

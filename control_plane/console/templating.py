@@ -49,7 +49,9 @@ NOTICES: dict[str, str] = {
     "key_models": "The key's allowed models were saved.",
     "key_limits": "The key's limits were saved.",
     "runner_revoked": "The runner was revoked and disconnected; it cannot reconnect.",
-    "runner_saved": "The runner's labels, price and pool were saved; routing uses them from now on.",
+    "runner_saved": (
+        "The runner's labels, price and pool were saved; routing uses them from now on."
+    ),
     "pool_created": "The pool was created.",
     "pool_granted": "The pool was granted; the grantee's requests may use it from now on.",
     "grant_revoked": "The grant was revoked; requests stop using the pool at once.",
@@ -145,9 +147,10 @@ def _when(value: datetime | str | None) -> str:
         return "—"
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            when = datetime.fromisoformat(value)
         except ValueError:
             return value
+        value = when
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

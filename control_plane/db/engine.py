@@ -58,7 +58,7 @@ class Database:
         await self.engine.dispose()
 
 
-def sqlite_pragmas(dbapi_conn, _record) -> None:
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers proceed during a write; foreign keys are off by default in SQLite.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 __all__ = ["insert_many"]
 
@@ -36,11 +37,11 @@ def _insert(table: Table) -> _Insert:
     for column in table.columns:
         default = column.default
         make: Callable[[], Any] | None = None
-        if default is not None and default.is_callable:
-            make = functools.partial(
-                default.arg, None
-            )  # SQLAlchemy wraps it to take an execution context
-        elif default is not None and default.is_scalar:
+        if isinstance(default, CallableColumnDefault):
+            # SQLAlchemy wraps the callable to take an execution context; the models' defaults
+            # (ids, clocks) never read it, so none is made for them.
+            make = functools.partial(default.arg, None)  # type: ignore[arg-type]
+        elif isinstance(default, ScalarElementColumnDefault):
             make = functools.partial(lambda value: value, default.arg)
         columns.append(
             (column.key, make, column.type.dialect_impl(_DIALECT).bind_processor(_DIALECT))

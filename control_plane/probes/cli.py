@@ -183,4 +183,5 @@ def _save(root: str, api_key: str, probe_run: ProbeRun, tally: RunnerTally) -> s
         raise _fail(
             f"could not save the run: HTTP {response.status_code}: {response.text[:300]}", code=1
         )
-    return response.json()["id"]
+    run_id: str = response.json()["id"]
+    return run_id

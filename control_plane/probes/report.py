@@ -166,7 +166,7 @@ def _group_result(
         value=estimate.value,
         ci_low=estimate.low,
         ci_high=estimate.high,
-        interval=estimate.method,  # type: ignore[arg-type]
+        interval=estimate.method,
         unparseable=unparseable,
     )
 
@@ -272,8 +272,8 @@ def build_report(run: ProbeRun, settings: ReportSettings | None = None) -> Fairn
     ]
     for comparison, adjusted in zip(
         family,
-        holm_adjust([c.p_value for c in family]),
-        strict=True,  # type: ignore[misc]
+        holm_adjust([c.p_value for c in family if c.p_value is not None]),
+        strict=True,
     ):
         comparison.p_holm = adjusted
         comparison.significant = adjusted < settings.alpha

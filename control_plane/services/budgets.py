@@ -26,10 +26,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import utcnow
@@ -147,7 +147,9 @@ class BudgetGuard:
         self._sums: dict[tuple[str, str | None, datetime], _Sum] = {}
         self._pending: dict[str, _Pending] = {}
         self._warned: set[tuple[str, datetime]] = set()
-        self._flights: dict[tuple, asyncio.Task] = {}  # database reads in progress
+        self._flights: dict[
+            tuple[object, ...], asyncio.Task[Any]
+        ] = {}  # database reads in progress
 
     def add_spend(
         self, request_id: str, tenant_id: str, api_key_id: str | None, cost: float, at: datetime
@@ -239,7 +241,7 @@ class BudgetGuard:
         self._budgets[tenant_id] = (self._monotonic(), rows)
         return rows
 
-    async def _once(self, key: tuple, read: Callable[[], Awaitable[T]]) -> T:
+    async def _once(self, key: tuple[object, ...], read: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """One database read per key at a time; concurrent checks share it.
 
         When a cached value expires under load, every request of the tenant

@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+from typing import cast
+
+from sqlalchemy import Table
 
 from outpost.control_plane.audit.chain import append_events_sqlite
 from outpost.control_plane.audit.events import inference_events
@@ -30,7 +33,7 @@ from outpost.control_plane.db.sqlite_raw import insert_many
 
 __all__ = ["SqliteWriterConnection"]
 
-_RECORDS = RequestRecord.__table__
+_RECORDS = cast(Table, RequestRecord.__table__)
 _RECORD_KEYS = tuple(column.key for column in _RECORDS.columns)
 
 
