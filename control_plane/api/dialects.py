@@ -16,17 +16,18 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from outpost.control_plane.api.deps import AppStateDep, Caller, CallerDep, bearer_token
 from outpost.control_plane.api.openai import PolicyDep, _serve, get_key_policy_dep
 from outpost.control_plane.dialects import messages, responses
-from outpost.control_plane.dialects.chat import chat_pieces, parse_completion
+from outpost.control_plane.dialects.chat import parse_completion
 from outpost.control_plane.dialects.messages_request import MessagesRequest
 from outpost.control_plane.dialects.messages_request import to_chat as messages_to_chat
 from outpost.control_plane.dialects.responses_request import ResponsesRequest
 from outpost.control_plane.dialects.responses_request import to_chat as responses_to_chat
+from outpost.control_plane.dialects.stream import DialectStream
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.openai.protocol import ChatCompletionRequest
 from outpost.control_plane.services.auth_cache import authenticate
@@ -86,6 +87,12 @@ async def _serve_chat(
     raise error
 
 
+def _streams(served: Response) -> bool:
+    """A streamed answer (the relay, or headers sent early while the request waits); an engine's
+    refusal of a streamed request is a whole JSON answer."""
+    return served.media_type == "text/event-stream"
+
+
 def _whole(
     served: Response, render: Callable[[str], str], failed: Callable[[str], str]
 ) -> Response:
@@ -125,10 +132,8 @@ async def create_response(
         raise _invalid(exc) from None
     chat = responses_to_chat(body)
     served = await _serve_chat(state, request, caller, policy, chat, _RESPONSES_PARAMS)
-    if isinstance(served, StreamingResponse):
-        stream = responses.ResponsesStream(body)
-        served.body_iterator = stream.events(chat_pieces(served.body_iterator))
-        return served
+    if _streams(served):
+        return DialectStream(served, responses.ResponsesStream(body))
     return _whole(
         served,
         lambda text: responses.response_object(body, parse_completion(text)).model_dump_json(
@@ -156,12 +161,11 @@ def _anthropic_error(text: str) -> str:
         err = json.loads(text)["error"]
         message = str(err.get("message", "error"))
         kind = str(err.get("type", "api_error"))
+        code = err.get("code") if isinstance(err.get("code"), str) else None
     except (ValueError, KeyError, TypeError, AttributeError):
-        message, kind = text[:500] or "error", "api_error"
-    anthropic_kind = {"server_error": "api_error", "service_unavailable": "overloaded_error"}
-    return json.dumps(
-        {"type": "error", "error": {"type": anthropic_kind.get(kind, kind), "message": message}}
-    )
+        message, kind, code = text[:500] or "error", "api_error", None
+    anthropic_kind = messages.anthropic_type(kind, code)
+    return json.dumps({"type": "error", "error": {"type": anthropic_kind, "message": message}})
 
 
 async def _messages(request: Request, state: AppState) -> Response:
@@ -173,10 +177,8 @@ async def _messages(request: Request, state: AppState) -> Response:
         raise _invalid(exc) from None
     chat = messages_to_chat(body)
     served = await _serve_chat(state, request, caller, policy, chat, _MESSAGES_PARAMS)
-    if isinstance(served, StreamingResponse):
-        stream = messages.MessagesStream(body.model)
-        served.body_iterator = stream.events(chat_pieces(served.body_iterator))
-        return served
+    if _streams(served):
+        return DialectStream(served, messages.MessagesStream(body.model))
     return _whole(
         served,
         lambda text: messages.message_object(body.model, parse_completion(text)).model_dump_json(

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "ChatAnswer",
+    "ChatReader",
     "Comment",
     "Failed",
     "Finished",
@@ -26,7 +26,6 @@ __all__ = [
     "ToolCall",
     "ToolStart",
     "UsageSeen",
-    "chat_pieces",
     "new_id",
     "parse_completion",
 ]
@@ -208,33 +207,36 @@ def _tool_pieces(call: object, started: set[int]) -> list[Piece]:
     return pieces
 
 
-async def chat_pieces(chunks: AsyncIterable[str | bytes | memoryview]) -> AsyncIterator[Piece]:
-    """The pieces of a streamed chat answer, read from the relay's SSE text. The relay is read
-    to its end whatever it says: its end commits the request's record (openai/serving.py)."""
-    reader, started, failed = _SseReader(), set[int](), False
-    async for chunk in chunks:
-        text = chunk if isinstance(chunk, str) else bytes(chunk).decode("utf-8", "replace")
-        for event in reader.feed(text):
+class ChatReader:
+    """The pieces of a streamed chat answer, from the relay's SSE text as it comes. After a
+    :class:`Failed`, nothing more is read: the answer is over for the client."""
+
+    def __init__(self) -> None:
+        self._sse, self._started, self.failed = _SseReader(), set[int](), False
+
+    def feed(self, text: str) -> list[Piece]:
+        pieces: list[Piece] = []
+        for event in self._sse.feed(text):
             data_lines = []
             for line in event.split("\n"):
                 if line.startswith(":"):
-                    yield Comment(line)
+                    pieces.append(Comment(line))
                 elif line.startswith("data:"):
                     data_lines.append(line[5:].strip())
             payload = "\n".join(data_lines)
-            if not payload or payload == "[DONE]" or failed:
+            if not payload or payload == "[DONE]" or self.failed:
                 continue
             try:
                 data = json.loads(payload)
             except ValueError:
                 data = None
-            pieces = (
-                _chunk_pieces(data, started)
+            for piece in (
+                _chunk_pieces(data, self._started)
                 if isinstance(data, dict)
                 else [Failed("The engine sent a malformed stream chunk.")]
-            )
-            for piece in pieces:
-                failed = failed or isinstance(piece, Failed)
-                yield piece
-                if failed:
+            ):
+                pieces.append(piece)
+                if isinstance(piece, Failed):
+                    self.failed = True
                     break
+        return pieces

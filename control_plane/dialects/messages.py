@@ -12,7 +12,6 @@ stream, so ``message_start`` says 0 and ``message_delta`` carries the count (the
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from anthropic.types import (
@@ -37,7 +36,7 @@ from outpost.control_plane.dialects import chat
 from outpost.control_plane.dialects.chat import ChatAnswer, Piece, ToolCall, new_id
 from outpost.control_plane.errors import ApiError
 
-__all__ = ["MessagesStream", "error_body", "error_event", "message_object"]
+__all__ = ["MessagesStream", "anthropic_type", "error_body", "error_event", "message_object"]
 
 StopReason = Literal["end_turn", "max_tokens", "tool_use"]
 
@@ -51,6 +50,30 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
     503: "overloaded_error",
 }
+
+
+#: Anthropic's error type for an OpenAI envelope's type (errors the chat path sends in-stream).
+_FROM_OPENAI_TYPES = {
+    "server_error": "api_error",
+    "service_unavailable": "overloaded_error",
+    "budget_exceeded": "rate_limit_error",
+    "client_disconnected": "api_error",
+}
+
+
+#: ... and for the codes whose HTTP status (lost once a stream has begun) says more than the type.
+_FROM_OPENAI_CODES = {
+    "model_not_found": "not_found_error",
+    "invalid_api_key": "authentication_error",
+    "rate_limit_exceeded": "rate_limit_error",
+    "budget_exceeded": "rate_limit_error",
+}
+
+
+def anthropic_type(openai_type: str, code: str | None = None) -> str:
+    if code is not None and code in _FROM_OPENAI_CODES:
+        return _FROM_OPENAI_CODES[code]
+    return _FROM_OPENAI_TYPES.get(openai_type, openai_type)
 
 
 def error_body(error: ApiError) -> dict[str, Any]:
@@ -96,7 +119,7 @@ def message_object(model: str, answer: ChatAnswer) -> Message:
         type="message",
         role="assistant",
         model=model,
-        content=content,  # type: ignore[arg-type]
+        content=content,
         stop_reason=_stop_reason(answer.finish_reason, bool(answer.tool_calls)),
         stop_sequence=None,
         usage=Usage(input_tokens=answer.prompt_tokens, output_tokens=answer.completion_tokens),
@@ -113,8 +136,8 @@ class MessagesStream:
 
     Blocks are sent one after another, as Anthropic does: a block is stopped when the
     next begins. Engines stream one tool call after another; a delta for a tool call
-    whose block is already stopped is a malformed answer and ends the stream with an
-    error event.
+    whose block is already stopped is a malformed answer: ``on`` raises ``ValueError`` and the
+    stream ends with an error event (:class:`~control_plane.dialects.stream.Translation`).
     """
 
     def __init__(self, model: str) -> None:
@@ -123,10 +146,10 @@ class MessagesStream:
         self.open: int | None = None  # the index of the block still open
         self.kind: Literal["text", "tool"] | None = None
         self.tools: dict[int, int] = {}  # chat tool index -> block index
-        self.finish: str | None = None
+        self.finish_reason: str | None = None
         self.usage = (0, 0)
 
-    async def events(self, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
+    def start(self) -> list[str]:
         start = Message(
             id=new_id("msg"),
             type="message",
@@ -137,31 +160,19 @@ class MessagesStream:
             stop_sequence=None,
             usage=Usage(input_tokens=0, output_tokens=0),
         )
-        yield _sse(RawMessageStartEvent(type="message_start", message=start))
-        async for piece in pieces:
-            failure = piece.message if isinstance(piece, chat.Failed) else None
-            if failure is None:
-                try:
-                    for out in self._on(piece):
-                        yield out
-                except ValueError as exc:
-                    failure = str(exc)
-            if failure is not None:
-                yield error_event(failure)
-                async for _ in pieces:  # read the relay to its end: it commits the record
-                    pass
-                return
-        for out in self._stop():
-            yield out
-        reason = _stop_reason(self.finish, bool(self.tools))
-        yield _sse(
-            RawMessageDeltaEvent(
-                type="message_delta",
-                delta=Delta(stop_reason=reason, stop_sequence=None),
-                usage=MessageDeltaUsage(input_tokens=self.usage[0], output_tokens=self.usage[1]),
-            )
+        return [_sse(RawMessageStartEvent(type="message_start", message=start))]
+
+    def fail(self, failure: chat.Failed) -> list[str]:
+        return [error_event(failure.message, anthropic_type(failure.type, failure.code))]
+
+    def finish(self) -> list[str]:
+        reason = _stop_reason(self.finish_reason, bool(self.tools))
+        delta = RawMessageDeltaEvent(
+            type="message_delta",
+            delta=Delta(stop_reason=reason, stop_sequence=None),
+            usage=MessageDeltaUsage(input_tokens=self.usage[0], output_tokens=self.usage[1]),
         )
-        yield _sse(RawMessageStopEvent(type="message_stop"))
+        return [*self._stop(), _sse(delta), _sse(RawMessageStopEvent(type="message_stop"))]
 
     def _stop(self) -> list[str]:
         if self.open is None:
@@ -178,7 +189,7 @@ class MessagesStream:
         )
         return [*out, _sse(start)]
 
-    def _on(self, piece: Piece) -> list[str]:
+    def on(self, piece: Piece) -> list[str]:
         if isinstance(piece, chat.Comment):
             return [piece.line + "\n\n"]
         if isinstance(piece, chat.TextDelta):
@@ -207,7 +218,7 @@ class MessagesStream:
             )
             return [_sse(delta)]
         if isinstance(piece, chat.Finished):
-            self.finish = piece.reason
+            self.finish_reason = piece.reason
         elif isinstance(piece, chat.UsageSeen):
             self.usage = (piece.prompt_tokens, piece.completion_tokens)
         return []

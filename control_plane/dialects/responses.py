@@ -10,8 +10,8 @@ it) carrying usage; an engine failure mid-stream is an ``error`` event.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from openai.types.responses import (
@@ -162,7 +162,7 @@ class ResponsesStream:
         self.text_id = new_id("msg")
         self.calls: dict[int, tuple[int, str, ToolCall]] = {}  # chat index -> output index, id
         self.outputs = 0
-        self.finish: str | None = None
+        self.finish_reason: str | None = None
         self.usage = (0, 0)
 
     def _next(self) -> int:
@@ -173,35 +173,31 @@ class ResponsesStream:
         usage = _usage(*self.usage) if status != "in_progress" else None
         return _envelope(self.request, self.id, self.created, status, output, usage)
 
-    async def events(self, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
+    def start(self) -> list[str]:
         begun = self._response("in_progress", [])
-        yield _sse(ResponseCreatedEvent(type="response.created", response=begun, sequence_number=0))
-        self.seq = 1
-        yield _sse(
-            ResponseInProgressEvent(
-                type="response.in_progress", response=begun, sequence_number=self._next()
-            )
+        created = ResponseCreatedEvent(
+            type="response.created", response=begun, sequence_number=self._next()
         )
-        async for piece in pieces:
-            if isinstance(piece, Failed):
-                yield _sse(
-                    ResponseErrorEvent(
-                        type="error",
-                        message=piece.message,
-                        code=piece.code,
-                        param=None,
-                        sequence_number=self._next(),
-                    )
-                )
-                async for _ in pieces:  # read the relay to its end: it commits the record
-                    pass
-                return
-            for out in self._on(piece):
-                yield out
-        for out in self._close():
-            yield out
+        progress = ResponseInProgressEvent(
+            type="response.in_progress", response=begun, sequence_number=self._next()
+        )
+        return [_sse(created), _sse(progress)]
 
-    def _on(self, piece: Piece) -> list[str]:
+    def fail(self, failure: Failed) -> list[str]:
+        """An ``error`` event. Beside the event's own fields it carries the ``error`` object of
+        OpenAI's envelope: that is what makes the ``openai`` SDK raise, as on a chat stream."""
+        error = ResponseErrorEvent(
+            type="error",
+            message=failure.message,
+            code=failure.code,
+            param=None,
+            sequence_number=self._next(),
+        )
+        envelope = {"message": failure.message, "type": failure.type, "code": failure.code}
+        data = {**error.model_dump(mode="json"), "error": {**envelope, "param": None}}
+        return [f"event: error\ndata: {json.dumps(data)}\n\n"]
+
+    def on(self, piece: Piece) -> list[str]:
         if isinstance(piece, Comment):
             return [piece.line + "\n\n"]
         if isinstance(piece, TextDelta):
@@ -220,7 +216,7 @@ class ResponsesStream:
             )
             return [_sse(delta)]
         if isinstance(piece, Finished):
-            self.finish = piece.reason
+            self.finish_reason = piece.reason
         elif isinstance(piece, UsageSeen):
             self.usage = (piece.prompt_tokens, piece.completion_tokens)
         return []
@@ -276,9 +272,9 @@ class ResponsesStream:
         )
         return [_sse(added)]
 
-    def _close(self) -> list[str]:
+    def finish(self) -> list[str]:
         """The ``.done`` events of every item, in output order, then the final response."""
-        status = _finish_status(self.finish)
+        status = _finish_status(self.finish_reason)
         entries: list[tuple[int, int | None]] = [
             (index, chat) for chat, (index, _, _) in self.calls.items()
         ]

@@ -1,6 +1,7 @@
 """A stack for the dialect front doors (/v1/responses, /v1/messages): a control plane on SQLite and
 one runner with the embedded model, in the ``default`` tenant's pool, granted to nobody else, so an
-``outsider`` tenant's key shows that these doors keep pools as chat completions does."""
+``outsider`` tenant's key shows that these doors keep pools as chat completions does. Streams send
+their headers at once (below)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ class DialectStack:
 def dialect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DialectStack]:
     tmp = tmp_path_factory.mktemp("dialects")
     url = f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-    cp = ControlPlaneProcess(tmp / "cp", url, shared_pool=False).start()
+    # Streams get their headers at once and keep-alives while they wait (openai/early_stream.py),
+    # the way a stream waiting in a queue behind a proxy does: every streamed test here reads
+    # the dialects through that path, comments and errors as events included.
+    early = {"OUTPOST_STREAM_HEADERS_AFTER_S": "0", "OUTPOST_STREAM_KEEPALIVE_S": "0.05"}
+    cp = ControlPlaneProcess(tmp / "cp", url, extra_env=early, shared_pool=False).start()
     runner = RunnerProcess(cp, tmp / "runner", "dialects")
     try:
         admin = cp.cli("keys", "create", "boot", "--admin").splitlines()[-1]

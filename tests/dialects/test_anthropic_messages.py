@@ -4,6 +4,8 @@ shape, and accounting, pools and budgets as for chat completions."""
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import pytest
@@ -280,15 +282,23 @@ def test_other_tenant_cannot_use_a_model_outside_its_pools(dialect_stack: Dialec
     )
     body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     door = _post(dialect_stack, body, {"x-api-key": outsider})
-    streamed = _post(dialect_stack, {**body, "stream": True}, {"x-api-key": outsider})
-    assert chat.status_code >= 400
-    assert door.status_code == streamed.status_code == chat.status_code
+    assert chat.status_code >= 400 and door.status_code == chat.status_code
     assert door.json()["type"] == "error" and door.json()["error"]["message"]
-    # Records are written just after the answer: wait for the three.
+    # A stream has its headers at once here: the refusal is an Anthropic error event.
+    streamed = _post(dialect_stack, {**body, "stream": True}, {"x-api-key": outsider})
+    assert streamed.status_code == 200
+    last = streamed.text.rstrip().split("\n\n")[-1]
+    assert last.startswith("event: error")
+    error = json.loads(last.split("data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == door.json()["error"]["type"]
+    assert "message_stop" not in streamed.text
+    with pytest.raises(anthropic.APIStatusError):
+        with client(dialect_stack, outsider).messages.stream(**body) as stream:  # type: ignore[arg-type]
+            list(stream)
     wait_until(
-        lambda: len(tenant_records(dialect_stack.database_url, "outsider-messages")) == 3,
+        lambda: len(tenant_records(dialect_stack.database_url, "outsider-messages")) == 4,
         10,
-        "3 records",
+        "4 records",
     )
     records = tenant_records(dialect_stack.database_url, "outsider-messages")
     assert all(r["runner_id"] is None and r["status"] != "ok" for r in records), records
@@ -310,3 +320,52 @@ def test_a_spent_budget_stops_the_key(dialect_stack: DialectStack) -> None:
         )
     assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert "budget" in info.value.body["error"]["message"]  # type: ignore[index]
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The current weather of a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def test_tool_choice_any_gives_a_tool_use_block(dialect_stack: DialectStack) -> None:
+    message = client(dialect_stack).messages.create(
+        model=MODEL,
+        max_tokens=80,
+        tools=[WEATHER],  # type: ignore[list-item]
+        # One call, then the end (this model would go on calling).
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        extra_body={"temperature": 0},
+    )
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert uses, message.content
+    assert uses[0].name == "get_weather" and uses[0].id and isinstance(uses[0].input["city"], str)
+    assert len(uses) == 1
+    assert message.stop_reason == "tool_use"
+
+
+def test_streamed_tool_use_input(dialect_stack: DialectStack) -> None:
+    with client(dialect_stack).messages.stream(
+        model=MODEL,
+        max_tokens=80,
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        extra_body={"temperature": 0},
+    ) as stream:
+        partial = "".join(
+            e.delta.partial_json
+            for e in stream
+            if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+        )
+        final = stream.get_final_message()
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert uses and uses[0].name == "get_weather"
+    assert partial and uses[0].input == json.loads(partial)
+    assert final.stop_reason == "tool_use"

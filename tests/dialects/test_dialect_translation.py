@@ -1,30 +1,30 @@
 """The dialects' translation, both ways, at its seams: requests into chat bodies, and a runner's
 chat answer (untrusted) into Responses events and Anthropic events.
 
-The streamed cases feed :func:`chat_pieces` what the relay hands it, SSE text in arbitrary
-frames: an honest fake of the relay's body iterator, the one input of the translation. What
+The streamed cases feed :class:`Translation` what the chat path's streamed response sends, SSE
+text in arbitrary frames (the one input of the translation; the end-to-end tests drive it through
+the real relay). What
 comes out is parsed with the ``openai`` and ``anthropic`` packages' own event types, so a shape
 the real clients would reject fails here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from anthropic.types import RawMessageStreamEvent
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from outpost.control_plane.dialects.chat import chat_pieces, parse_completion
+from outpost.control_plane.dialects.chat import parse_completion
 from outpost.control_plane.dialects.messages import MessagesStream, message_object
 from outpost.control_plane.dialects.messages_request import MessagesRequest
 from outpost.control_plane.dialects.messages_request import to_chat as messages_to_chat
 from outpost.control_plane.dialects.responses import ResponsesStream, response_object
 from outpost.control_plane.dialects.responses_request import ResponsesRequest
 from outpost.control_plane.dialects.responses_request import to_chat as responses_to_chat
+from outpost.control_plane.dialects.stream import Dialect, Translation
 from outpost.control_plane.errors import ApiError
 
 RESPONSES_EVENT: TypeAdapter[object] = TypeAdapter(ResponseStreamEvent)
@@ -58,18 +58,16 @@ TEXT_THEN_TOOL = [
 ]
 
 
-class Relay:
-    """The relay's body, as serving.py hands it on: text frames, cut anywhere."""
+def _frames(frames: list[str], cut: int | None) -> list[str]:
+    """The relay's body as the chat path sends it: text frames, cut anywhere."""
+    text = "".join(frames)
+    return [text[i : i + cut] for i in range(0, len(text), cut)] if cut else list(frames)
 
-    def __init__(self, frames: list[str], cut: int | None = None) -> None:
-        text = "".join(frames)
-        self.frames = [text[i : i + cut] for i in range(0, len(text), cut)] if cut else list(frames)
-        self.read_to_end = False
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        for frame in self.frames:
-            yield frame
-        self.read_to_end = True  # the relay's end is where the record is committed
+def _translate(dialect: Dialect, frames: list[str], cut: int | None) -> str:
+    translation = Translation(dialect)
+    parts = _frames(frames, cut)
+    return "".join(translation.feed(f, final=i == len(parts) - 1) for i, f in enumerate(parts))
 
 
 def _sse(text: str) -> list[tuple[str | None, dict | None, str]]:
@@ -85,27 +83,18 @@ def _sse(text: str) -> list[tuple[str | None, dict | None, str]]:
     return out
 
 
-async def _collect(gen: AsyncIterator[str]) -> str:
-    return "".join([part async for part in gen])
-
-
-def _responses(frames: list[str], cut: int | None = None, **request: object) -> tuple[list, Relay]:
-    relay = Relay(frames, cut)
+def _responses(frames: list[str], cut: int | None = None, **request: object) -> list:
     body = ResponsesRequest.model_validate({"model": "m", "input": "hi", **request})
-    text = asyncio.run(_collect(ResponsesStream(body).events(chat_pieces(relay))))
-    return _sse(text), relay
+    return _sse(_translate(ResponsesStream(body), frames, cut))
 
 
-def _messages(frames: list[str], cut: int | None = None) -> tuple[list, Relay]:
-    relay = Relay(frames, cut)
-    text = asyncio.run(_collect(MessagesStream("m").events(chat_pieces(relay))))
-    return _sse(text), relay
+def _messages(frames: list[str], cut: int | None = None) -> list:
+    return _sse(_translate(MessagesStream("m"), frames, cut))
 
 
 @pytest.mark.parametrize("cut", [None, 1, 7])
 def test_responses_stream_of_text_and_a_tool_call(cut: int | None) -> None:
-    events, relay = _responses(TEXT_THEN_TOOL, cut)
-    assert relay.read_to_end
+    events = _responses(TEXT_THEN_TOOL, cut)
     # A comment is handed on as it came, for a proxy in front.
     assert [raw for name, _, raw in events if name is None] == [": keep-alive"]
     typed = [RESPONSES_EVENT.validate_python(data) for name, data, _ in events if name]
@@ -139,8 +128,7 @@ def test_responses_stream_of_text_and_a_tool_call(cut: int | None) -> None:
 
 @pytest.mark.parametrize("cut", [None, 3])
 def test_messages_stream_of_text_and_a_tool_call(cut: int | None) -> None:
-    events, relay = _messages(TEXT_THEN_TOOL, cut)
-    assert relay.read_to_end
+    events = _messages(TEXT_THEN_TOOL, cut)
     assert [raw for name, _, raw in events if name is None] == [": keep-alive"]
     typed = [MESSAGES_EVENT.validate_python(data) for name, data, _ in events if name]
     kinds = [e.type for e in typed]  # type: ignore[attr-defined]
@@ -182,16 +170,14 @@ ROGUE_STREAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(ROGUE_STREAMS))
-def test_a_rogue_stream_ends_in_an_error_event_and_is_read_to_its_end(name: str) -> None:
+def test_a_rogue_stream_ends_in_an_error_event(name: str) -> None:
     frames = [*ROGUE_STREAMS[name], _chunk({"content": "after"}), "data: [DONE]\n\n"]
-    events, relay = _responses(frames)
-    assert relay.read_to_end
+    events = _responses(frames)
     assert events[-1][0] == "error" and events[-1][1]["message"]  # type: ignore[index]
     RESPONSES_EVENT.validate_python(events[-1][1])
     assert not any(name == "response.completed" for name, _, _ in events)
     assert not any('"after"' in raw for _, _, raw in events)  # nothing relayed after the fault
-    events, relay = _messages(frames)
-    assert relay.read_to_end
+    events = _messages(frames)
     assert events[-1][0] == "error" and events[-1][1]["error"]["message"]  # type: ignore[index]
     assert not any(name == "message_stop" for name, _, _ in events)
 
@@ -205,9 +191,9 @@ def test_interleaved_tool_arguments_end_an_anthropic_stream() -> None:
         _chunk(_call(0, ": 1}")),
         _chunk({}, "tool_calls"),
     ]
-    events, _ = _messages(frames)
+    events = _messages(frames)
     assert events[-1][0] == "error" and "interleaved" in events[-1][1]["error"]["message"]  # type: ignore[index]
-    events, _ = _responses(frames)
+    events = _responses(frames)
     final = RESPONSES_EVENT.validate_python(events[-1][1]).response  # type: ignore[attr-defined]
     assert [json.loads(o.arguments) for o in final.output] == [{"a": 1}, {}]
 
@@ -217,7 +203,7 @@ def test_usage_a_runner_reports_is_bounded() -> None:
         _chunk({"content": "x"}, "stop"),
         _chunk(None, usage={"prompt_tokens": 10**30, "completion_tokens": -5}),
     ]
-    events, _ = _responses(frames)
+    events = _responses(frames)
     usage = RESPONSES_EVENT.validate_python(events[-1][1]).response.usage  # type: ignore[attr-defined]
     assert usage.input_tokens == 2**31 - 1 and usage.output_tokens == 0
 

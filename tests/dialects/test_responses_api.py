@@ -7,6 +7,8 @@ check what a Responses client sees and that the request is accounted like any ot
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -227,19 +229,41 @@ def test_other_tenant_cannot_use_a_model_outside_its_pools(dialect_stack: Dialec
         timeout=60,
     )
     door = _post(dialect_stack, {"model": MODEL, "input": "hi", "max_output_tokens": 2}, outsider)
-    streamed = _post(
-        dialect_stack, {"model": MODEL, "input": "hi", "stream": True}, outsider
-    )  # refused before any byte, like a chat stream
     assert chat.status_code >= 400 and door.status_code == chat.status_code
-    assert streamed.status_code == chat.status_code
     assert door.json()["error"]["code"] == chat.json()["error"]["code"]
+    # A stream has its headers at once here: the refusal is its one event, in this dialect.
+    streamed = _post(dialect_stack, {"model": MODEL, "input": "hi", "stream": True}, outsider)
+    assert streamed.status_code == 200
+    events = [e for e in streamed.text.split("\n\n") if e.startswith("event:")]
+    assert [e.split("\n")[0] for e in events][-1] == "event: error"
+    error = json.loads(events[-1].split("data: ", 1)[1])
+    assert error["code"] == chat.json()["error"]["code"] and error["message"]
+    assert "response.completed" not in streamed.text and "output_text" not in streamed.text
+    with pytest.raises(openai.APIError):  # the SDK raises on the error event
+        list(client(dialect_stack, outsider).responses.create(model=MODEL, input="hi", stream=True))
     # Each refusal is recorded as chat's is, and none reached a runner.
-    # Records are written just after the answer: wait for the three.
     wait_until(
-        lambda: len(tenant_records(dialect_stack.database_url, "outsider")) == 3, 10, "3 records"
+        lambda: len(tenant_records(dialect_stack.database_url, "outsider")) == 4, 10, "4 records"
     )
     records = tenant_records(dialect_stack.database_url, "outsider")
     assert all(r["runner_id"] is None and r["status"] != "ok" for r in records), records
+
+
+def test_keep_alives_reach_the_client_and_the_sdk_skips_them(dialect_stack: DialectStack) -> None:
+    body = {"model": MODEL, "input": "Count to five.", "max_output_tokens": 8, "stream": True}
+    with httpx.stream(
+        "POST",
+        f"{dialect_stack.url}/v1/responses",
+        json=body,
+        headers={"Authorization": f"Bearer {dialect_stack.api_key}"},
+        timeout=60,
+    ) as resp:
+        assert resp.headers["x-accel-buffering"] == "no"
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        text = resp.read().decode()
+    assert text.startswith("event: response.created")
+    assert "\n\n: keep-alive\n\n" in text  # the comments, as the chat path sent them
+    assert text.rstrip().split("\n\n")[-1].startswith("event: response.")
 
 
 def test_a_spent_budget_stops_the_key(dialect_stack: DialectStack) -> None:
@@ -257,3 +281,52 @@ def test_a_spent_budget_stops_the_key(dialect_stack: DialectStack) -> None:
     assert info.value.response.json()["error"]["code"] == "budget_exceeded"
     ok = client(dialect_stack, admin).responses.create(model=MODEL, input="hi", max_output_tokens=2)
     assert ok.status in ("completed", "incomplete")
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather of a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def test_required_tool_choice_gives_a_function_call_item(dialect_stack: DialectStack) -> None:
+    resp = client(dialect_stack).responses.create(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        parallel_tool_calls=False,  # one call, then the end (this model would go on calling)
+        max_output_tokens=80,
+        temperature=0,
+    )
+    calls = [o for o in resp.output if o.type == "function_call"]
+    assert calls, resp.output
+    assert calls[0].name == "get_weather" and calls[0].call_id and calls[0].id
+    assert isinstance(json.loads(calls[0].arguments).get("city"), str)
+    assert resp.status == "completed" and len(calls) == 1
+
+
+def test_streamed_function_call_arguments(dialect_stack: DialectStack) -> None:
+    with client(dialect_stack).responses.stream(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=80,
+        temperature=0,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    calls = [o for o in final.output if o.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert deltas and calls[0].arguments == deltas and done[0].arguments == deltas
+    assert isinstance(json.loads(deltas), dict)
