@@ -544,9 +544,7 @@ Frame = Annotated[
     | ReplicaFrame,
     Field(discriminator="type"),
 ]
-# mypy reads an Annotated union of more than a dozen models as a UnionType and
-# not as a type form here; pydantic takes it as one (the tests parse every frame).
-_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)  # type: ignore[arg-type]
+_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
 
 
 def parse_frame(raw: str | bytes) -> Frame:
