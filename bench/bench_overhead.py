@@ -38,6 +38,7 @@ import math
 import random
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -210,8 +211,27 @@ async def phase(
     return [s for s in samples if s.error != "cut" and s.sent >= t0], tokens, seconds
 
 
+def _profile(sc: Scenario, watched: dict[str, int], seconds: float, out: Path) -> list:
+    """py-spy on the control plane and the runner for one phase: collapsed stacks per process."""
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "".join(c if c.isalnum() else "-" for c in sc.name)[:60]
+    procs = []
+    for name in ("control plane", "runner"):
+        dest = out / f"{tag}.{name.replace(' ', '-')}.txt"
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(watched[name])]
+        argv += ["--duration", str(max(1, int(seconds))), "--format", "raw", "--rate", "200"]
+        procs.append(subprocess.Popen([*argv, "-o", str(dest)], stdout=subprocess.DEVNULL))
+    return procs
+
+
 async def run_scenario(
-    sc: Scenario, stack: Stack, engine: Engine, rounds: int, seconds: float, settle: float
+    sc: Scenario,
+    stack: Stack,
+    engine: Engine,
+    rounds: int,
+    seconds: float,
+    settle: float,
+    profile: Path | None = None,
 ) -> dict[str, PathResult]:
     results = {"direct": PathResult(), "through": PathResult()}
     targets = {
@@ -230,10 +250,17 @@ async def run_scenario(
         for path in order:
             port, headers = targets[path]
             watch = ProcWatch(watched)
+            spies = (
+                _profile(sc, watched, seconds + sc.ramp_s, profile)
+                if profile is not None and r == 0 and path == "through"
+                else []
+            )
             samples, tokens, window = await phase(
                 port, headers, body, sc.streams, seconds, watch, sc.ramp_s
             )
             results[path].add(samples, tokens, window, watch)
+            for spy in spies:
+                spy.wait()
             await asyncio.sleep(settle)  # cut requests end; the engine frees their slots
     return results
 
@@ -381,6 +408,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         out += [
             Scenario("sim", 64, 64, 50.0),
             Scenario("sim", 64, 64, 50.0, ramped=True),
+            # 12,800 tokens/s offered: what one H100 serving an 8B model streams (issue 24).
+            Scenario("sim", 256, 64, 50.0, ramped=True),
             Scenario("sim", 1, 512, 0),
             Scenario("sim", 8, 512, 0),
             Scenario("sim", 16, 4, 0),
@@ -413,7 +442,9 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 # The real engine streams ~30-100 tok/s and stalls for seconds on a busy 2-core box:
                 # its windows are longer, so every phase sees whole requests.
                 seconds = args.phase_s if sc.engine == "sim" else args.llama_phase_s
-                res = await run_scenario(sc, stack, engine, args.rounds, seconds, args.settle_s)
+                res = await run_scenario(
+                    sc, stack, engine, args.rounds, seconds, args.settle_s, args.profile
+                )
                 row = summarize(sc, res)
                 rows.append(row)
                 print(
@@ -619,6 +650,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--note", default="", help="load on the machine etc., printed with the table")
     p.add_argument("--json", type=Path, help="also write every number here")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the control plane and the runner in each scenario's first through phase; "
+        "collapsed stacks (py-spy --format raw) go to this folder",
+    )
     p.add_argument(
         "--engine-hop",
         action="store_true",

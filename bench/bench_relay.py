@@ -1,0 +1,310 @@
+"""The relay at GPU rates (issue 24): direct vs Outpost vs LiteLLM's proxy, one engine, one run.
+
+Three paths to one simulated engine (bench/sim_engine.py), measured by the
+same lean client (bench/load.py), alternating within every round (the order
+rotates each round, so load from other work on the machine falls on all):
+
+``direct``   client → engine;
+``outpost``  client → control plane → tunnel → runner (``--attach``) → engine;
+``litellm``  client → LiteLLM's proxy (one worker, no database, a config of
+             its own: ``litellm[proxy]``, the ``bench`` extra) → engine.
+
+Scenarios: 64 and 256 streams × 50 tokens/s each, ramped in (steady load);
+16 streams of 4-token requests, unpaced (requests per second); and with
+``--sweep``, the relay's capacity: paced streams at rising counts, one runner
+and one control plane, and the highest aggregate tokens/s at which
+outpost ÷ direct stays ≥ 0.97. Each ratio is printed next to the CPU each
+side spent per token (µs of CPU ÷ tokens delivered in the window).
+
+    .venv/bin/python bench/bench_relay.py [--rounds 3] [--phase-s 4] [--no-litellm] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_overhead import PathResult, Scenario, phase  # noqa: E402
+from bench.load import ProcWatch, load_at_end, machine, run_async, write_section  # noqa: E402
+from bench.stack import Engine, Stack, pids, start_engine, start_stack  # noqa: E402
+from tests.utils import free_port, wait_until  # noqa: E402
+
+BEGIN, END = "<!-- relay:begin -->", "<!-- relay:end -->"
+MASTER_KEY = "sk-bench-" + "0123456789abcdef" * 2  # LiteLLM refuses to start with a weak one
+
+
+class LiteLLM:
+    """LiteLLM's proxy in front of ``engine``, one worker, no database, its own config file."""
+
+    def __init__(self, engine: Engine, model: str, tmp: Path) -> None:
+        self.port = free_port()
+        config = tmp / "litellm.yaml"
+        config.write_text(
+            "model_list:\n"
+            f"  - model_name: {model}\n"
+            "    litellm_params:\n"
+            f"      model: openai/{model}\n"
+            f"      api_base: {engine.url}/v1\n"
+            "      api_key: none\n"
+            "general_settings:\n"
+            f"  master_key: {MASTER_KEY}\n"
+        )
+        exe = Path(sys.executable).parent / "litellm"
+        argv = [str(exe), "--config", str(config), "--port", str(self.port), "--num_workers", "1"]
+        # No network on a bench machine: the cost map shipped with the package.
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        log = open(tmp / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{self.port}/health/liveliness"
+        wait_until(lambda: self._alive() and _ok(url), 180, "LiteLLM proxy")
+        import litellm  # noqa: PLC0415 - only to name the version in the table
+
+        self.version = getattr(litellm, "__version__", "") or _dist_version("litellm")
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"LiteLLM exited with {self.proc.returncode}")
+        return True
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return version(name)
+
+
+async def run(
+    sc: Scenario,
+    targets: dict[str, tuple[int, dict[str, str]]],
+    watched: dict[str, int],
+    model: str,
+    rounds: int,
+    seconds: float,
+) -> dict[str, PathResult]:
+    results = {path: PathResult() for path in targets}
+    body = sc.body(model)
+    for path, (port, headers) in targets.items():  # warm up every path
+        await phase(port, headers, body, sc.streams, min(2.0, seconds), None, sc.ramp_s)
+    names = list(targets)
+    for r in range(rounds):
+        for path in names[r % len(names) :] + names[: r % len(names)]:
+            port, headers = targets[path]
+            watch = ProcWatch(watched)
+            samples, tokens, window = await phase(
+                port, headers, body, sc.streams, seconds, watch, sc.ramp_s
+            )
+            results[path].add(samples, tokens, window, watch)
+            await asyncio.sleep(0.5)
+    return results
+
+
+def _us_per_token(r: PathResult, proc: str) -> float:
+    cpu = r.cpu_s.get(proc, math.nan)
+    return cpu / r.tokens_in_window * 1e6 if r.tokens_in_window else math.nan
+
+
+def row(sc: Scenario, res: dict[str, PathResult]) -> dict[str, object]:
+    d = res["direct"]
+    out: dict[str, object] = {
+        "scenario": sc.name,
+        "streams": sc.streams,
+        "rate": sc.tokens_per_s or 0.0,
+    }
+    for path, r in res.items():
+        reqs = len(r.ok)
+        out[path] = {
+            "tok_s": r.tok_s,
+            "req_s": reqs / r.window_s if r.window_s else math.nan,
+            "errors": r.errors,
+            "ttft_p50_ms": r.ttft(50) * 1e3,
+            "ttft_p99_ms": r.ttft(99) * 1e3,
+            "ratio": r.tok_s / d.tok_s if d.tok_s else math.nan,
+            "added_ttft_p50_ms": (r.ttft(50) - d.ttft(50)) * 1e3,
+            "added_ttft_p99_ms": (r.ttft(99) - d.ttft(99)) * 1e3,
+            "cp_us_per_token": _us_per_token(r, "control plane"),
+            "runner_us_per_token": _us_per_token(r, "runner"),
+            "litellm_us_per_token": _us_per_token(r, "litellm"),
+        }
+    return out
+
+
+def _cell(v: object, fmt: str) -> str:
+    return "–" if not isinstance(v, int | float) or math.isnan(v) else format(v, fmt)
+
+
+def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
+    paths = [p for p in ("direct", "outpost", "litellm") if rows and p in rows[0]]
+    lines = [
+        "## The relay at GPU rates: direct, Outpost and LiteLLM (`bench/bench_relay.py`)",
+        "",
+        f"Machine: {args.started}; {load_at_end()}.",
+        f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
+        f"Paths: {', '.join(paths)}; one SIMULATED engine (`bench/sim_engine.py`) behind all; "
+        "Outpost = `control-plane serve` (SQLite, records and audit written) + one runner "
+        f"`--attach` with 2 tunnel connections{args.litellm_line}.",
+        f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, order rotated each round; "
+        "paced scenarios ramped in over one request (64 tokens at 50 tok/s) and measured after it; "
+        "ratio = tokens/s of the path ÷ direct; CPU µs/token = CPU seconds of that process in the "
+        "windows ÷ tokens delivered in them.",
+        f"Reproduce: `{args.command}`.",
+        "",
+        "| scenario | path | tok/s | req/s | errors | TTFT p50 ms | TTFT p99 ms | ÷ direct "
+        "| added TTFT p99 ms | CPU µs/token: control plane | runner | LiteLLM |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rw in rows:
+        for path in paths:
+            r = rw[path]
+            first = rw["scenario"] if path == "direct" else ""
+            ratio = "" if path == "direct" else f"**{r['ratio']:.3f}**"
+            added = "" if path == "direct" else _cell(r["added_ttft_p99_ms"], "+.1f")
+            lines.append(
+                f"| {first} | {path} | {_cell(r['tok_s'], ',.0f')} | {_cell(r['req_s'], ',.0f')} "
+                f"| {r['errors']} | {_cell(r['ttft_p50_ms'], '.1f')} "
+                f"| {_cell(r['ttft_p99_ms'], '.1f')} | {ratio} | {added} "
+                f"| {_cell(r['cp_us_per_token'], '.0f')} "
+                f"| {_cell(r['runner_us_per_token'], '.0f')} "
+                f"| {_cell(r['litellm_us_per_token'], '.0f')} |"
+            )
+    if sweep:
+        lines += [
+            "",
+            "Relay capacity (direct vs Outpost only; paced streams, ramped):",
+            "",
+            "| streams × tok/s | offered tok/s | direct tok/s | Outpost tok/s | ÷ direct "
+            "| added TTFT p99 ms | CPU µs/token: control plane | runner |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for rw in sweep:
+            d, t = rw["direct"], rw["outpost"]
+            lines.append(
+                f"| {rw['streams']} × {rw['rate']:g} | {rw['streams'] * rw['rate']:,.0f} "
+                f"| {d['tok_s']:,.0f} "
+                f"| {t['tok_s']:,.0f} | **{t['ratio']:.3f}** | {t['added_ttft_p99_ms']:+.1f} "
+                f"| {_cell(t['cp_us_per_token'], '.0f')} "
+                f"| {_cell(t['runner_us_per_token'], '.0f')} |"
+            )
+        held = [rw for rw in sweep if rw["outpost"]["ratio"] >= 0.97]
+        best = max((rw["direct"]["tok_s"] for rw in held), default=math.nan)
+        lines += [
+            "",
+            f"Highest aggregate rate held at ≥ 0.97 of direct: {_cell(best, ',.0f')} tok/s.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def main_async(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    tmp = Path(args.tmp)
+    args.started = machine()
+    engine = start_engine("sim", parallel=512, log_dir=tmp)
+    stack: Stack | None = None
+    proxy: LiteLLM | None = None
+    rows: list[dict] = []
+    sweep: list[dict] = []
+    try:
+        # 256: the most a runner's --parallel takes; the sweep stays within one runner.
+        stack = start_stack(engine, capacity=256, tmp=tmp / "stack")
+        watched = pids(stack, engine)
+        targets = {
+            "direct": (engine.port, {}),
+            "outpost": (stack.port, {"Authorization": f"Bearer {stack.key}"}),
+        }
+        args.litellm_line = ""
+        if not args.no_litellm:
+            proxy = LiteLLM(engine, stack.model, tmp)
+            targets["litellm"] = (proxy.port, {"Authorization": f"Bearer {MASTER_KEY}"})
+            watched["litellm"] = proxy.proc.pid
+            args.litellm_line = f"; LiteLLM {proxy.version} proxy, 1 worker, no database"
+        scenarios = [
+            Scenario("sim", 64, 64, 50.0, ramped=True),
+            Scenario("sim", 256, 64, 50.0, ramped=True),
+            Scenario("sim", 16, 4, 0),
+        ]
+        if args.scenario:
+            scenarios = [sc for sc in scenarios if args.scenario in sc.name]
+        for sc in scenarios:
+            print(f"running {sc.name} …", file=sys.stderr, flush=True)
+            res = await run(sc, targets, watched, stack.model, args.rounds, args.phase_s)
+            rows.append(row(sc, res))
+            print(rows[-1], file=sys.stderr, flush=True)
+        if args.sweep:
+            pair = {k: targets[k] for k in ("direct", "outpost")}
+            for point in args.sweep_points:
+                n, rate = (int(x) for x in point.split("x"))
+                sc = Scenario("sim", n, 64, float(rate), ramped=True)
+                print(f"sweep: {sc.name} …", file=sys.stderr, flush=True)
+                res = await run(sc, pair, watched, stack.model, args.rounds, args.phase_s)
+                sweep.append(row(sc, res))
+                print(sweep[-1], file=sys.stderr, flush=True)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if stack is not None:
+            stack.stop()
+        engine.stop()
+    return rows, sweep
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--phase-s", type=float, default=4.0)
+    p.add_argument("--scenario", help="only scenarios whose name contains this")
+    p.add_argument("--no-litellm", action="store_true", help="two paths only")
+    p.add_argument("--sweep", action="store_true", help="also the relay-capacity sweep")
+    # streams x tokens/s each; a runner takes at most 256 streams, so past that the rate rises.
+    p.add_argument(
+        "--sweep-points",
+        type=lambda s: s.split(","),
+        default=["64x50", "128x50", "256x50", "256x100", "256x200"],
+    )
+    p.add_argument("--note", default="")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    args.command = shlex.join(
+        [".venv/bin/python", "bench/bench_relay.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    args.tmp = tempfile.mkdtemp(prefix="outpost-relay-")
+    try:
+        rows, sweep = run_async(main_async(args))
+    finally:
+        shutil.rmtree(args.tmp, ignore_errors=True)
+    text = table(rows, sweep, args)
+    print(text)
+    if not args.no_write:
+        write_section(BEGIN, END, text)
+    return {"rows": rows, "sweep": sweep, "text": text}
+
+
+if __name__ == "__main__":
+    main()
