@@ -369,3 +369,18 @@ def test_streamed_tool_use_input(dialect_stack: DialectStack) -> None:
     assert uses and uses[0].name == "get_weather"
     assert partial and uses[0].input == json.loads(partial)
     assert final.stop_reason == "tool_use"
+
+
+def test_count_tokens_is_not_served(dialect_stack: DialectStack) -> None:
+    """Documented as not served (docs/api.md): a clear 404, not a page of the console."""
+    resp = _post_path(dialect_stack, "/v1/messages/count_tokens")
+    assert resp.status_code == 404 and resp.json()["error"]["message"]
+
+
+def _post_path(stack: DialectStack, path: str) -> httpx.Response:
+    return httpx.post(
+        f"{stack.url}{path}",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        headers={"x-api-key": stack.api_key, "Authorization": f"Bearer {stack.api_key}"},
+        timeout=30,
+    )

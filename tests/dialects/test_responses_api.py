@@ -330,3 +330,13 @@ def test_streamed_function_call_arguments(dialect_stack: DialectStack) -> None:
     assert calls and calls[0].name == "get_weather"
     assert deltas and calls[0].arguments == deltas and done[0].arguments == deltas
     assert isinstance(json.loads(deltas), dict)
+
+
+def test_stored_responses_cannot_be_read(dialect_stack: DialectStack) -> None:
+    """Nothing is stored, so the routes that read a stored response are not served."""
+    resp = httpx.get(
+        f"{dialect_stack.url}/v1/responses/resp_0123",
+        headers={"Authorization": f"Bearer {dialect_stack.api_key}"},
+        timeout=30,
+    )
+    assert resp.status_code == 404 and resp.json()["error"]["message"]
