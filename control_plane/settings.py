@@ -394,6 +394,13 @@ class Settings(BaseSettings):
         description="A runner away this long loses its replicas, which are placed elsewhere; "
         "back sooner, it keeps them (it reports them again on reconnect).",
     )
+    deployment_wake_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=600,
+        description="A request for a deployment scaled to zero waits this long for it to "
+        "wake (streams get SSE keep-alive comments), then is a 503 deployment_waking.",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -22,9 +22,11 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from outpost.control_plane.audit import AuditAction, record_admin
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import Deployment, DeploymentReplica, new_id, utcnow
 from outpost.control_plane.deployments.placement import pick_runners, runner_fits
@@ -78,6 +80,10 @@ class Reconciler:
         self._routed: dict[str, str] = {}
         self._weights: dict[str, float] = {}
         self._names: dict[str, frozenset[str]] = {}
+        # Scale to zero: public name -> monotonic time of its last request here; and
+        # name -> (deployment id, pool id) of deployments scaled to zero that a request wakes.
+        self._used: dict[str, float] = {}
+        self._sleeping: dict[str, list[tuple[str, str]]] = {}
         self._wake = asyncio.Event()
         self._reports: asyncio.Queue[tuple[str, ReplicaFrame]] = asyncio.Queue(MAX_PENDING_REPORTS)
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,6 +138,11 @@ class Reconciler:
             deployments = await list_live_deployments(session)
             replicas = await replicas_by_deployment(session, [d.id for d in deployments])
             self._weights = {d.id: d.weight for d in deployments}
+            self._sleeping = {}
+            for d in deployments:
+                if d.status == "active" and d.replicas == 0:
+                    for n in (d.name, *d.aliases):
+                        self._sleeping.setdefault(n, []).append((d.id, d.pool_id))
             self._names = {d.id: frozenset((d.name, *d.aliases)) for d in deployments}
             for d in deployments:
                 for r in replicas[d.id]:
@@ -169,6 +180,7 @@ class Reconciler:
             if not live:
                 await session.delete(d)
             return
+        await self._unload_if_idle(session, d)
         current = [
             r for r in live if r.generation == d.generation and r.state not in (*_GONE, "failed")
         ]
@@ -187,6 +199,59 @@ class Reconciler:
                 self._undeploy(r, plan)
         elif len(current) < d.replicas:
             self._place(session, d, live, d.replicas - len(current), plan)
+
+    async def _unload_if_idle(self, session: AsyncSession, d: Deployment) -> None:
+        """``min_replicas: 0`` and idle past ``idle_timeout_s``: scale to 0 (a request wakes it).
+
+        Idle counts from the later of the name's last request here and the deployment's last
+        change, so scaling up by hand is not undone at once.
+        """
+        if d.min_replicas != 0 or d.replicas == 0 or d.idle_timeout_s is None:
+            return
+        changed_ago = (utcnow() - _aware(d.updated_at)).total_seconds()
+        uses = [self._used[n] for n in (d.name, *d.aliases) if n in self._used]
+        used_ago = time.monotonic() - max(uses) if uses else changed_ago
+        if min(changed_ago, used_ago) < d.idle_timeout_s:
+            return
+        before, d.replicas, d.updated_at = d.replicas, 0, utcnow()
+        await record_admin(
+            session,
+            actor="control-plane:idle",
+            action=AuditAction.DEPLOYMENT_SCALE,
+            tenant_id=d.tenant_id,
+            target=d.id,
+            details={"from": before, "to": 0, "idle_s": round(min(changed_ago, used_ago))},
+        )
+        log.info("deployment %s idle for %ds: scaled to 0", d.id, d.idle_timeout_s)
+
+    async def wake_for(self, model: str, pools: frozenset[str] | None) -> bool:
+        """A request for ``model`` found no runner: wake a deployment of that name scaled to 0
+        in a pool the caller may use. Returns whether one is waking (then the request waits)."""
+        asleep = [
+            dep for dep, pool in self._sleeping.get(model, ()) if pools is None or pool in pools
+        ]
+        if not asleep:
+            return False
+        self._used[model] = time.monotonic()
+        async with self.db.session() as session:
+            for dep in asleep:
+                d = await get_deployment(session, dep)
+                if d is None or d.status != "active" or d.replicas != 0:
+                    continue
+                d.replicas, d.updated_at = max(d.min_replicas, 1), utcnow()
+                await record_admin(
+                    session,
+                    actor="control-plane:wake",
+                    action=AuditAction.DEPLOYMENT_SCALE,
+                    tenant_id=d.tenant_id,
+                    target=d.id,
+                    details={"from": 0, "to": d.replicas, "woken_by": model},
+                )
+            await session.commit()
+        for name, sleepers in list(self._sleeping.items()):
+            self._sleeping[name] = [x for x in sleepers if x[0] not in asleep]
+        self.wake()
+        return True
 
     def _track_missing(self, replicas: dict[str, list[DeploymentReplica]]) -> None:
         now = time.monotonic()
@@ -280,6 +345,7 @@ class Reconciler:
         serving it as a static model count as one more group of weight 1. With one group
         (the usual case) the list is returned as it is.
         """
+        self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
         if not any(r.deployed for r in runners):
             return runners
         groups: dict[str, list[ConnectedRunner]] = {}
@@ -371,6 +437,11 @@ class Reconciler:
         if frame.model is None:
             return None
         return frame.model.model_copy(update={"name": d.name, "aliases": list(d.aliases)})
+
+
+def _aware(when: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _deploy_frame(d: Deployment, replica_id: str) -> DeployFrame:

@@ -62,6 +62,7 @@ class _Search:
         default_factory=set
     )  # links that failed it (a reconnect is a new link)
     tried: set[str] = field(default_factory=set)  # runners tried: the next attempt prefers another
+    waking: bool = False  # a deployment scaled to zero is waking for this request
     last_error: str = "no runner is connected for this model"
 
     def link_failed(self, link: RunnerLink, reason: str) -> None:
@@ -88,6 +89,13 @@ async def open_with_failover(state: AppState, call: InferenceCall, life: Request
     if life.attempts == 0:
         if (error := _ineligible_error(call, life.decision)) is not None:
             raise error
+        if search.waking:
+            raise ApiError.unavailable(
+                f"The deployment serving {call.model!r} was scaled to zero and is waking up; "
+                f"it was not ready within {state.settings.deployment_wake_timeout_s:g} s. "
+                "Retry shortly.",
+                code="deployment_waking",
+            )
         raise await _no_runner_error(state, call)
     raise ApiError.unavailable(
         f"No runner could serve the request: {search.last_error}.", code="runner_failed"
@@ -102,12 +110,28 @@ async def _next_runner(
     while True:
         if (picked := _pick(state, call, life, search)) is not None:
             return picked
-        if life.attempts == 0:
+        if life.attempts == 0 and not search.waking:
+            if await _wake_deployment(state, call, search):
+                continue
             await _refuse_hopeless(state, call, life)
         remaining = search.deadline - time.monotonic()
         if remaining <= 0:
             return None
         await state.hub.wait_changed(remaining)
+
+
+async def _wake_deployment(state: AppState, call: InferenceCall, search: _Search) -> bool:
+    """No runner serves the model, but a deployment of that name is scaled to zero: wake it
+    and wait for it up to ``deployment_wake_timeout_s`` (docs/deployments.md)."""
+    if state.deployments is None or any_in_pools(state.hub.runners_for(call.model), call.route):
+        return False
+    if not await state.deployments.wake_for(call.model, call.route.pools):
+        return False
+    search.waking = True
+    search.deadline = max(
+        search.deadline, time.monotonic() + state.settings.deployment_wake_timeout_s
+    )
+    return True
 
 
 async def _refuse_hopeless(state: AppState, call: InferenceCall, life: RequestLife) -> None:

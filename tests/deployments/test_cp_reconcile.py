@@ -49,6 +49,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess
         extra_env={
             "OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5",
             "OUTPOST_DEPLOYMENT_RUNNER_GRACE_S": "1",
+            "OUTPOST_DEPLOYMENT_WAKE_TIMEOUT_S": "15",
         },
         shared_pool=False,
     ).start()
@@ -392,3 +393,63 @@ def test_two_deployments_share_a_name_by_weight(cp: ControlPlaneProcess) -> None
     assert min(third) > 0, third
     ws_a.close()
     ws_b.close()
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("r", fn()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_scale_to_zero_after_idle_then_a_request_wakes_it(cp: ControlPlaneProcess) -> None:
+    t, stranger = Tenant(cp, "sleepy"), Tenant(cp, "stranger")
+    _, ws = t.runner()
+    dep = t.deploy("sleepy-model", min_replicas=0, max_replicas=1, idle_timeout_s=10)
+    rid = next_frame(ws, DeployFrame).replica_id
+    ready(ws, rid, "sleepy-model")
+    wait_until(lambda: "sleepy-model" in t.models(), 10, "ready")
+    # No request for 10 s: scaled to zero and undeployed.
+    assert next_frame(ws, UndeployFrame, 60).replica_id == rid
+    report(ws, rid, "stopped")
+    wait_until(lambda: replicas(t, dep["id"]) == [], 10, "the replica forgotten")
+    assert t.api("GET", f"/{dep['id']}").json()["replicas"] == 0
+    assert "sleepy-model" not in t.models()
+
+    # Another tenant's request does not wake it: the name is unknown to it.
+    assert chat(cp, stranger.admin, "sleepy-model").status_code == 404
+    no_frame(ws, DeployFrame, 1.5)
+
+    # The owner's request wakes it and waits until the replica is ready.
+    thread, result = _in_thread(lambda: chat(cp, t.admin, "sleepy-model"))
+    woke = next_frame(ws, DeployFrame)
+    assert woke.name == "sleepy-model" and woke.replica_id != rid
+    ready(ws, woke.replica_id, "sleepy-model")
+    request = next_frame(ws, RequestFrame)
+    send(ws, *answer("awake")(request))
+    thread.join(30)
+    assert result["r"].status_code == 200, result["r"].text
+    assert t.api("GET", f"/{dep['id']}").json()["replicas"] == 1
+
+    events = httpx.get(
+        f"{cp.url}/api/audit",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {t.admin}"},
+        timeout=10,
+    ).json()["data"]
+    actors = {e["actor"] for e in events if e["type"] == "admin.deployment.scale"}
+    assert {"control-plane:idle", "control-plane:wake"} <= actors, actors
+
+    # Scaled to zero by hand, woken, but never ready: a clear 503 after the bound.
+    assert t.api("POST", f"/{dep['id']}/scale", json={"replicas": 0}).status_code == 200
+    assert next_frame(ws, UndeployFrame).replica_id == woke.replica_id
+    report(ws, woke.replica_id, "stopped")
+    wait_until(lambda: replicas(t, dep["id"]) == [], 10, "undeployed")
+    thread, result = _in_thread(lambda: chat(cp, t.admin, "sleepy-model"))
+    stuck = next_frame(ws, DeployFrame)
+    report(ws, stuck.replica_id, "loading")
+    thread.join(60)
+    resp = result["r"]
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "deployment_waking"
+    ws.close()
