@@ -83,6 +83,8 @@ def build_agent(settings: RunnerSettings, console: Console) -> Agent:
         adapter = build_engine(decision, models, api_key=api_key)
         if settings.embedding:
             _enable_embeddings(adapter, attached=bool(settings.attach))
+        if settings.rerank:
+            _enable_rerank(adapter, attached=bool(settings.attach), embedding=settings.embedding)
         adapters.append(adapter)
     headers = adapters[0].headers() if hasattr(adapters[0], "headers") else {}
     cost = cost_model(settings, hardware)
@@ -119,7 +121,24 @@ def _advertised(
         first = dataclasses.replace(
             first, endpoints=tuple(dict.fromkeys([*first.endpoints, "embeddings"]))
         )
+    if settings.rerank:
+        first = dataclasses.replace(
+            first, endpoints=tuple(dict.fromkeys([*first.endpoints, "rerank"]))
+        )
     return (first, *planned[1:])
+
+
+def _enable_rerank(adapter: object, *, attached: bool, embedding: bool) -> None:
+    # llama.cpp answers /v1/rerank only in reranking mode (rank pooling), which replaces the
+    # mean pooling embeddings need; an attached engine (vLLM's score/rerank) is taken at its word.
+    if isinstance(adapter, XllamacppEngine):
+        if embedding:
+            raise RuntimeError("--rerank and --embedding need different llama.cpp poolings")
+        adapter.rerank = True
+    elif not attached:
+        raise RuntimeError(
+            f"--rerank needs the xllamacpp engine or --attach, not {type(adapter).__name__}"
+        )
 
 
 def _enable_embeddings(adapter: object, *, attached: bool) -> None:

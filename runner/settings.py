@@ -56,6 +56,11 @@ class RunnerSettings(BaseSettings):
         default=False,
         description="Also serve /v1/embeddings (llama.cpp embedding mode, mean pooling).",
     )
+    rerank: CliImplicitFlag[bool] = Field(
+        default=False,
+        description="Also serve /v1/rerank (llama.cpp reranking mode: a reranker model, "
+        "rank pooling; not with --embedding).",
+    )
     engine: str | None = Field(
         default=None, description="Force an engine: xllamacpp, llama-cpp-python, vllm."
     )

@@ -25,6 +25,7 @@ from outpost.control_plane.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    RerankRequest,
 )
 from outpost.control_plane.openai.serving import InferenceCall, serve_inference
 from outpost.control_plane.routing.affinity import affinity_keys
@@ -131,13 +132,26 @@ async def embeddings(
     return await _serve(state, request, caller, policy, "embeddings", body)
 
 
+@router.post("/rerank")
+async def rerank(
+    body: RerankRequest,
+    request: Request,
+    state: AppStateDep,
+    caller: CallerDep,
+    policy: PolicyDep,
+) -> Response:
+    """Scores of documents against a query, where a runner serving the model advertises
+    ``rerank`` (llama.cpp's reranking mode, ``runner local-runner --rerank``)."""
+    return await _serve(state, request, caller, policy, "rerank", body)
+
+
 async def _serve(
     state: AppState,
     request: Request,
     caller: Caller,
     policy: KeyPolicy,
     endpoint: Endpoint,
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | RerankRequest,
 ) -> Response:
     routing = _routing_policy(request, policy)
     if not model_allowed(policy.allowed_models, body.model):
@@ -153,7 +167,9 @@ async def _serve(
     rate = await _admit(state, caller, policy)
     max_tokens = cap = None
     n, capped_body = 1, None
-    if isinstance(body, EmbeddingRequest):
+    if isinstance(body, EmbeddingRequest | RerankRequest):
+        if isinstance(body, RerankRequest) and body.top_n is not None:
+            body.top_n = min(body.top_n, len(body.documents))  # engines differ past the end
         forwarded = body.model_dump_json(exclude_unset=True)
     else:
         n = choices(body, limit=state.settings.max_choices)
@@ -172,7 +188,7 @@ async def _serve(
         policy=routing,
         residency=policy.residency,
         affinity_keys=()
-        if isinstance(body, EmbeddingRequest)
+        if isinstance(body, EmbeddingRequest | RerankRequest)
         else affinity_keys(caller.tenant_id, body),
         prompt_tokens=body.estimated_prompt_tokens(),
         max_tokens=max_tokens,
@@ -198,7 +214,9 @@ async def _serve(
     return response
 
 
-def _needs(body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> frozenset[str]:
+def _needs(
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | RerankRequest,
+) -> frozenset[str]:
     """Capabilities beside the endpoint: a request that may call tools needs an engine that can."""
     if isinstance(body, ChatCompletionRequest) and body.uses_tools():
         return frozenset({"tools"})

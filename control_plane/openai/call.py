@@ -17,6 +17,7 @@ ENDPOINT_PATHS: dict[Endpoint, str] = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
+    "rerank": "/v1/rerank",
 }
 #: The capability by the path's name under ``/v1/`` (and under the end-to-end prefix).
 ENDPOINTS_BY_NAME: dict[str, Endpoint] = {

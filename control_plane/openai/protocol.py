@@ -24,6 +24,7 @@ __all__ = [
     "CompletionRequest",
     "EmbeddingRequest",
     "Message",
+    "RerankRequest",
     "StreamOptions",
 ]
 
@@ -183,6 +184,27 @@ class CompletionRequest(_Base):
             else (len(p) if isinstance(p, list) else 1)
             for p in self.prompt
         )
+
+
+class RerankRequest(_Encodable):
+    """``POST /v1/rerank`` (the Jina/Cohere shape llama.cpp and vLLM answer): score each of
+    ``documents`` against ``query``; ``top_n`` keeps the best ones."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    query: str = Field(min_length=1)
+    documents: list[str] = Field(min_length=1, max_length=1024)
+    top_n: _Int | None = Field(default=None, ge=1)
+    return_documents: _Bool | None = None
+
+    def vendor_fields(self) -> list[str]:
+        return sorted((self.model_extra or {}).keys())
+
+    def estimated_prompt_tokens(self) -> int:
+        # Each document is scored with the query beside it.
+        q = len(self.query) // CHARS_PER_TOKEN
+        return sum(q + len(d) // CHARS_PER_TOKEN for d in self.documents)
 
 
 class EmbeddingRequest(_Encodable):

@@ -73,7 +73,7 @@ __all__ = [
 
 RoutingPolicy = Literal["cost", "latency", "balanced"]
 POLICIES: tuple[str, ...] = get_args(RoutingPolicy)
-Endpoint = Literal["chat", "completions", "embeddings"]
+Endpoint = Literal["chat", "completions", "embeddings", "rerank"]
 Affinity = Literal["hit", "overloaded", "miss", "off"]
 
 #: Output tokens assumed when a request sets no ``max_tokens``. The same for
@@ -81,6 +81,8 @@ Affinity = Literal["hit", "overloaded", "miss", "off"]
 DEFAULT_OUTPUT_TOKENS = 256
 # Defaults until a runner has been observed; docs/api.md gives the reasons.
 _COST_TIE = 0.05
+#: Endpoints whose answers are numbers, not generated tokens.
+_NO_OUTPUT = frozenset({"embeddings", "rerank"})
 #: Eligibility reasons never reported: the runner does not exist for this request.
 _SILENT = frozenset({"model", "pool"})
 #: Eligibility reasons that mean the runner's engine for the model is down:
@@ -210,7 +212,7 @@ def estimate(
     """
     stats = stats or RunnerStats()
     decode, prefill = stats.decode_tps or DEFAULT_DECODE_TPS, stats.prefill_tps
-    output = 0 if req.endpoint == "embeddings" else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
+    output = 0 if req.endpoint in _NO_OUTPUT else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
     base = req.prompt_tokens / prefill + output / decode
     load, cap = runner_load(runner, external), max(runner.capacity, 1)
     utilisation = min(load, cap) / cap
@@ -293,7 +295,7 @@ def _score(
     its arithmetic); tests/api/test_route_index.py checks that both agree.
     """
     ordered = sorted(runners, key=_runner_id)
-    output = 0 if req.endpoint == "embeddings" else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
+    output = 0 if req.endpoint in _NO_OUTPUT else (req.max_tokens or DEFAULT_OUTPUT_TOKENS)
     prompt, penalty, default_rate = (
         req.prompt_tokens,
         config.share_penalty,

@@ -64,7 +64,8 @@ def build_engine(
         raise PlanRefusedError(plan.refusal or "the plan chose no engine")
     served = served_models(plan) if models is None else models
     if isinstance(settings, AttachSettings):
-        return AttachedEngine(url=settings.url, models=served, capacity=plan.capacity + plan.headroom,
+        return AttachedEngine(url=settings.url, models=served,
+                              capacity=plan.capacity + plan.headroom,
                               headroom=plan.headroom, api_key=api_key)  # fmt: skip
     if plan.model is None:
         raise PlanRefusedError(f"{plan.engine} needs a model")

@@ -27,6 +27,8 @@ class XllamacppEngine:
     threads: int = 0
     gpu_layers: int = 0
     embedding: bool = False
+    #: llama.cpp's reranking mode (/v1/rerank): rank pooling, so not with ``embedding``.
+    rerank: bool = False
     #: Tool calls through the model's template ("model"), the shipped ChatML one, or none
     #: (runner/tool_support.py); the runner advertises "tools" only when set.
     tools: Literal["model", "chatml-tools"] | None = None
@@ -44,6 +46,8 @@ class XllamacppEngine:
         ]  # fmt: skip
         if self.embedding:
             argv.append("--embedding")
+        if self.rerank:
+            argv.append("--rerank")
         if self.tools == "chatml-tools":
             argv += ["--chat-template-file", str(CHATML_TOOLS_TEMPLATE)]
         return LaunchSpec(argv=argv)

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alias", default="")
     # Embedding mode also answers /v1/embeddings; generation keeps working.
     parser.add_argument("--embedding", action="store_true")
+    # Reranking mode answers /v1/rerank (llama-server's --reranking); generation keeps working.
+    parser.add_argument("--rerank", action="store_true")
     # A Jinja chat template to use instead of the model's (tool calls: runner/tool_support.py).
     parser.add_argument("--chat-template-file", default="")
     args = parser.parse_args(argv)
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.embedding:
         params.embedding = True
         params.pooling_type = 1  # mean: llama.cpp's OpenAI endpoint refuses pooling "none"
+    if args.rerank:
+        params.embedding = True
+        params.pooling_type = 4  # LLAMA_POOLING_TYPE_RANK, as llama-server's --reranking sets
     params.use_jinja = True  # llama-server's --jinja: tools go through the chat template
     if args.chat_template_file:
         with open(args.chat_template_file, encoding="utf-8") as f:
