@@ -43,6 +43,7 @@ from outpost.control_plane.services.record_writer import RecordWriter
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.state import AppState
 from outpost.control_plane.tunnel.hub import TunnelHub
+from outpost.sdk.otel import setup_tracing, shutdown_tracing
 
 __all__ = ["create_app"]
 
@@ -61,6 +62,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # OpenTelemetry traces, only when OTEL_* variables ask for them (docs/observability.md).
+        traced = setup_tracing("outpost-control-plane")
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if migrate:
             upgrade_to_head(settings.database_url)
@@ -122,6 +125,8 @@ def create_app(
             await db.dispose()
             metrics.registry.unregister(collector)
             metrics.registry.unregister(audit_metrics)
+            if traced:
+                shutdown_tracing()  # export the spans still queued
 
     app = FastAPI(title="Outpost control plane", version="0.1.0", lifespan=lifespan)
     errors.install_error_handlers(app)

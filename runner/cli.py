@@ -20,6 +20,7 @@ from rich.console import Console
 
 from outpost.runner.settings import SECRET_FLAGS, RunnerSettings
 from outpost.sdk.logfmt import configure_logging
+from outpost.sdk.otel import setup_tracing, shutdown_tracing
 
 if TYPE_CHECKING:
     from outpost.runner.agent import Agent
@@ -62,6 +63,7 @@ def local_runner(ctx: typer.Context) -> None:
             )
         raise typer.Exit(2) from None
     configure_logging(settings.log_format, logging.INFO, process="runner")
+    setup_tracing("outpost-runner")  # only when OTEL_* variables ask for it (sdk/otel.py)
     from outpost.runner.launch import build_agent  # heavy imports only for this command
     from outpost.runner.observability import ConsoleToLog
 
@@ -80,6 +82,7 @@ def local_runner(ctx: typer.Context) -> None:
         console.print(f"[red]cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
     code = _run_loop(_run(agent, settings))
+    shutdown_tracing()  # export the last spans: os._exit below skips every exit hook
     # Everything is stopped and closed by now. Skipping interpreter teardown
     # (finalizing numpy, pydantic, rich…) saves ~0.5 s on a busy 2-core box,
     # which matters for a fast restart under a process manager.

@@ -18,6 +18,7 @@ from typing import Any
 from outpost.runner.engine_client import EngineClient, EngineError, EngineResponse
 from outpost.runner.sse import line_batches
 from outpost.runner.streams import OutboundStream
+from outpost.runner.tracing import engine_trace_headers
 from outpost.sdk.errors import error_json
 from outpost.sdk.protocol import Usage
 
@@ -97,6 +98,7 @@ async def relay(
         payload = engine.rewrite(req.path, payload)
     url = engine.base_url.rstrip("/") + req.path
     headers, body = engine_request(engine, payload)
+    headers.update(engine_trace_headers())  # the request's trace, when traces are on
     try:
         async with http.request("POST", url, headers=headers, body=body) as resp:
             ctype = resp.headers.get("content-type", "application/json").split(";")[0]

@@ -27,6 +27,7 @@ from websockets.exceptions import (
 from outpost.runner.identity import RunnerIdentity
 from outpost.runner.streams import OutboundStream, SendData
 from outpost.runner.tls import ControlPlaneTransport, trust_failure
+from outpost.runner.tracing import stream_span
 from outpost.runner.wire import FrameWriter
 from outpost.sdk.logfmt import REQUEST_ID
 from outpost.sdk.protocol import (
@@ -337,7 +338,8 @@ class TunnelClient:
             REQUEST_ID.set(out.request.request_id)
             started, outcome = time.monotonic(), "cancelled"
             try:
-                await self._on_stream(out)
+                with stream_span(out.request):  # runner/tracing.py: a no-op unless traces are on
+                    await self._on_stream(out)
                 outcome = "ok" if out.failure is None else "error"
                 if (
                     out.closed

@@ -22,6 +22,7 @@ from typing import Any, Self
 
 from outpost.control_plane.db.models import RequestRecord
 from outpost.control_plane.errors import ApiError
+from outpost.control_plane.observability.tracing import request_trace
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.openai.disconnect import ClientGone, gone_error
 from outpost.control_plane.openai.usage import clamp_usage
@@ -103,6 +104,9 @@ class RequestLife:
             None  # the runner slot admission granted: queue wait, engine share, cost
         )
         self._record: asyncio.Future[bool] | None = None
+        # Spans for each step (observability/tracing.py); a shared no-op unless traces are on.
+        served = call.model if state.hub.is_served(call.model) else "other"
+        self.trace = request_trace(call, served)
 
     # --- the request path reports what happened -------------------------------------
 
@@ -112,19 +116,23 @@ class RequestLife:
         self.state.router.started(runner)
         self.attempts += 1
         self._attempt = _Attempt(runner)
+        self.trace.attempt(runner.runner_id)
 
     def admitted(self, slot: Slot) -> None:
         self._slot = slot
+        self.trace.admitted(slot.queue_wait_s)
 
     def dispatched(self, link: RunnerLink, stream: RunnerStream) -> None:
         assert self._attempt is not None
         self._attempt.link, self._attempt.stream = link, stream
         self.phase = Phase.DISPATCHED
+        self.trace.dispatched()
 
     def fail_over(self) -> None:
         """The runner tried failed before the client saw anything: give it back, try another."""
         self._end_attempt("failover")
         self.phase = Phase.QUEUED
+        self.trace.fail_over()
 
     def opened(self, start: ResponseStartFrame, queued: bool) -> None:
         """The runner's first byte: the response goes out from here, no failover after it."""
@@ -132,6 +140,7 @@ class RequestLife:
         assert attempt is not None and self._slot is not None
         runner = attempt.runner
         self.phase, self.start = Phase.STREAMING, start
+        self.trace.opened(start.status)
         self.runner_id = runner.runner_id
         self.ttft_ms = (time.monotonic() - self.call.started) * 1000
         self._queued = queued or self._slot.queue_wait_s > 0.001
@@ -216,6 +225,7 @@ class RequestLife:
             if not gone:  # cancelled before the first byte: the slot must not leak; no record
                 self._release()
                 self.phase = Phase.SETTLED
+                self.trace.abandoned()
                 return
             # Still queued at the runner's holder (no runner recorded), it was never dispatched:
             # an error, as in a local queue.
@@ -241,11 +251,20 @@ class RequestLife:
         if self._record is not None:
             return self._record
         self.phase = Phase.SETTLED
+        self.trace.settling()
         self._release()
         self._observe()
         self._count()
         # The writer commits it with its audit event, in a batch (services/record_writer.py).
         self._record = self.state.records.submit(self._as_record())
+        self.trace.settled(
+            status=self.status,
+            http_status=self.http_status,
+            error_type=self.error_type,
+            usage=self.usage,
+            attempts=self.attempts,
+            runner_id=self.runner_id,
+        )
         return self._record
 
     async def _settle_durably(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from outpost.control_plane.tunnel.stream import Stream, StreamEvent
+from outpost.sdk.otel import TRACEPARENT
 from outpost.sdk.protocol import (
     DEFAULT_STREAM_WINDOW,
     MAX_DATA_BYTES,
@@ -178,6 +179,8 @@ class Link:
                     window=window,
                     sealed=sealed,
                     request_id=request_id if "request-id" in self.capabilities else None,
+                    # The request path's dispatch span, when traces are on (sdk/otel.py).
+                    traceparent=TRACEPARENT.get() if "traceparent" in self.capabilities else None,
                 )
             )
             for i in range(0, len(rest), MAX_DATA_BYTES):
