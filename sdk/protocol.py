@@ -29,7 +29,7 @@ import enum
 import json
 import struct
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -527,7 +527,7 @@ class ReplicaFrame(_Frame):
         return self
 
 
-Frame = Annotated[
+Frame: TypeAlias = Annotated[
     ChallengeFrame
     | HelloFrame
     | WelcomeFrame
