@@ -62,7 +62,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # OpenTelemetry traces, only when OTEL_* variables ask for them (docs/observability.md).
+        # OpenTelemetry traces, only when OTEL_* variables ask for them (docs/deploy.md "Traces").
         traced = setup_tracing("outpost-control-plane")
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if migrate:

@@ -1,4 +1,4 @@
-"""The runner's spans of a relayed request (opt-in, docs/observability.md).
+"""The runner's spans of a relayed request (opt-in, docs/deploy.md "Traces").
 
 A stream's span joins the control plane's trace through the ``traceparent`` of its
 ``request.v1`` (capability ``traceparent``); the engine call is its child, and the engine is

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing set up from the standard ``OTEL_*`` variables (docs/observability.md).
+"""OpenTelemetry tracing from the standard ``OTEL_*`` variables (docs/deploy.md "Traces").
 
 Both the control plane and the runner call :func:`setup_tracing` once at start. Tracing is
 opt-in: without ``OTEL_TRACES_EXPORTER`` or an OTLP endpoint in the environment nothing is

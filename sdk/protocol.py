@@ -113,7 +113,7 @@ CAPABILITIES: frozenset[str] = frozenset(
         # only when it has a deployment manager (runner/deployments/), so not every build does.
         "deployments",
         "binary-data",
-        # request.v1 carries a W3C ``traceparent`` (docs/observability.md): an old runner refuses
+        # request.v1 carries a W3C ``traceparent`` (docs/deploy.md "Traces"); an old runner refuses
         # unknown fields, so the control plane sends it only to a runner that announced this.
         "traceparent",
     }
@@ -268,7 +268,7 @@ class RequestFrame(_Frame):
     # announced the ``request-id`` capability: a receiver refuses unknown
     # fields, so the field is left out of the wire form when absent.
     request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
-    # The control plane's dispatch span (capability ``traceparent``, docs/observability.md):
+    # The control plane's dispatch span (capability ``traceparent``, docs/deploy.md "Traces"):
     # the runner's spans join the request's trace and its engine gets the header. Left out of
     # the wire form when absent, like ``request_id``.
     traceparent: str | None = Field(default=None, pattern=TRACEPARENT_PATTERN, max_length=55)

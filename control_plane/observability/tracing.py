@@ -1,4 +1,4 @@
-"""One OpenTelemetry trace per inference request (opt-in, docs/observability.md).
+"""One OpenTelemetry trace per inference request (opt-in; docs/deploy.md "Traces").
 
 :class:`RequestLife` (openai/lifecycle.py) reports each step to a :class:`RequestTrace`;
 the spans under the request's root are::
