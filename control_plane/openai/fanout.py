@@ -190,11 +190,12 @@ class MergedStream(StreamingResponse):
                 open_ -= 1
                 continue
             out, failed = merger.feed(i, chunk)
+            if failed:  # an error event ends the stream, as it does for one choice
+                tail = (out + _DONE).encode()
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                return
             if out:
                 await send({"type": "http.response.body", "body": out.encode(), "more_body": True})
-            if failed:  # an error event ends the stream, as it does for one choice
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
         tail = merger.tail()
         await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
 
