@@ -94,6 +94,7 @@ class Agent:
                 static_plans=config.plans,
                 max_replicas=self.settings.max_deployments,
                 console=self.console,
+                store=self.settings.state_dir / "deployments.json",
             )
         self.tunnel: TunnelClient | None = None
         # : The control plane's own client: its CA, client certificate, pins and proxy
@@ -119,6 +120,8 @@ class Agent:
                     f"deployments: on (models by path under {self.settings.models_dir})",
                     highlight=False,
                 )
+                if restored := self.deployments.restore():
+                    self.console.print(f"deployments: restoring {restored} replica(s)")
             self.tunnel = self._make_tunnel(identity)
             return await self._serve(self.tunnel)
         except (EnrollmentError, TunnelTerminated, TrustFailure) as exc:

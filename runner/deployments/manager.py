@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -78,6 +80,7 @@ class DeploymentManager:
         hardware: HardwareReport | None = None,
         static_plans: list[Plan] | None = None,
         max_replicas: int = 8,
+        store: Path | None = None,
         console: Console | None = None,
         installed: frozenset[str] | None = None,
     ) -> None:
@@ -87,6 +90,9 @@ class DeploymentManager:
         self.static_plans = list(static_plans or [])
         self.max_replicas = max_replicas
         self.installed = installed
+        # The orders of the replicas this runner holds, so a restarted runner brings them back
+        # (the control plane keeps a replica through a short absence and would not re-place it).
+        self.store = store
         self.replicas: dict[str, Replica] = {}
         self._plans: dict[str, Plan] = {}  # memory held by each replica past planning
         self._engines: dict[str, FleetEngine] = {}
@@ -114,6 +120,38 @@ class DeploymentManager:
         elif isinstance(frame, UndeployFrame):
             self._spawn(f"undeploy {frame.replica_id}", self.undeploy(frame))
 
+    def restore(self) -> int:
+        """Deploy again what the runner held when it stopped; returns how many orders."""
+        if self.store is None or not self.store.is_file():
+            return 0
+        try:
+            saved = json.loads(self.store.read_text())
+            orders = [DeployFrame.model_validate(o) for o in saved]
+        except (OSError, ValueError) as exc:  # a torn or edited file: start empty, say so
+            log.warning("cannot read %s (%s); no replica restored", self.store, exc)
+            return 0
+        for order in orders[: self.max_replicas]:
+            self.deploy(order)
+        return len(orders[: self.max_replicas])
+
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        held = [
+            r.order.model_dump(mode="json")
+            for r in self.replicas.values()
+            if r.state not in ("failed", "stopped")
+        ]
+        tmp = self.store.with_suffix(".tmp")
+        try:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(held, f)
+            os.replace(tmp, self.store)
+        except OSError as exc:  # the replicas still run; only a restart forgets them
+            log.warning("cannot save the replicas to %s: %s", self.store, exc)
+
     async def resync(self) -> None:
         """Every replica's latest state, for a control plane that just (re)connected."""
         for replica in list(self.replicas.values()):
@@ -135,6 +173,7 @@ class DeploymentManager:
         self.replicas[rid] = replica
         live = sum(1 for r in self.replicas.values() if r.state not in ("failed", "stopped"))
         if live > self.max_replicas:
+            replica.state = "failed"  # at once: the next order counts it out
             self._spawn(
                 f"refuse {rid}",
                 self.reporter.state(
@@ -145,6 +184,7 @@ class DeploymentManager:
                 ),
             )
             return
+        self._save()
         self._tasks[rid] = asyncio.create_task(self._run(replica), name=f"replica {rid}")
 
     def _forget_finished(self) -> None:
@@ -182,10 +222,12 @@ class DeploymentManager:
         except _EXPECTED as exc:
             self._plans.pop(rid, None)
             await self.reporter.state(replica, "failed", str(exc) or type(exc).__name__)
+            self._save()
         except Exception as exc:
             self._plans.pop(rid, None)
             log.exception("replica %s failed", rid)
             await self.reporter.state(replica, "failed", f"runner error: {type(exc).__name__}")
+            self._save()
         finally:
             self._tasks.pop(rid, None)
 
@@ -271,6 +313,7 @@ class DeploymentManager:
         replica.model = None
         await self.reporter.state(replica, "stopped")
         self.replicas.pop(rid, None)
+        self._save()
 
     @staticmethod
     async def _drain(engine: FleetEngine, drain_s: float) -> None:

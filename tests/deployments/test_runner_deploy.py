@@ -247,3 +247,34 @@ def test_undeploy_drains_and_the_name_is_gone(bench: Bench) -> None:
     assert chat(bench, "smollm2")[0] == 200
     cp.send(UndeployFrame(replica_id="r-never"))
     assert cp.replica("r-never", "stopped", timeout=30).reason == "not on this runner"
+
+
+def test_restarted_runner_brings_its_replicas_back(bench: Bench) -> None:
+    """The control plane keeps a replica through a short absence of its runner (it does not
+    place it again), so a restarted runner deploys again what it held, from what it kept."""
+    cp, runner = bench.cp, bench.runner
+    held = {"r-hf", "r-g2"}
+    for rid in held:
+        cp.replica(rid, "ready")
+    hellos, since = len(cp.hellos), len(cp.frames)
+    gets = len(bench.files.requests)
+    runner.stop()
+    saved = json.loads((runner.state_dir / "deployments.json").read_text())
+    assert {o["replica_id"] for o in saved} == held  # stopped and failed ones are not kept
+    runner.start(token="")
+    cp.wait_connected(count=hellos + 1)
+    for rid in held:
+        cp.wait_for(
+            lambda f, rid=rid: (
+                getattr(f, "type", "") == "replica.v1"
+                and f.replica_id == rid
+                and f.state == "ready"
+            ),
+            400,
+            f"{rid} ready again",
+            since=since,
+        )
+    assert chat(bench, "smol-c")[0] == 200
+    assert chat(bench, "smol-mirror")[0] == 200
+    # The verified URL download was not fetched again (the hub client only asked for metadata).
+    assert not [r for r in bench.files.requests[gets:] if r[1] == "/m/smol.gguf"]
