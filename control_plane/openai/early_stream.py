@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from starlette.types import Message, Receive, Scope, Send
 from outpost.control_plane.errors import ApiError, sse_error_event
 
 __all__ = ["KEEPALIVE", "STREAM_HEADERS", "EarlyStream"]
+
+log = logging.getLogger("outpost.serving")
 
 KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
@@ -61,6 +64,13 @@ class EarlyStream(Response):
             inner = await self._wait(send)
         except ApiError as exc:
             await _end_with(send, sse_error_event(exc.message, exc.type, exc.code) + _DONE)
+            return
+        except Exception:  # a bug: the status has gone, so the client hears it as an event
+            log.exception("streamed request failed after its early headers")
+            message = "Internal error; see the server log with this request's x-request-id."
+            await _end_with(
+                send, sse_error_event(message, "server_error", "internal_error") + _DONE
+            )
             return
         finally:
             if not self.opening.done():
