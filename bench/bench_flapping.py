@@ -132,12 +132,27 @@ def soak(args: argparse.Namespace) -> dict:
 def section(r: dict, args: argparse.Namespace, started: str) -> str:
     back = ", ".join(f"{b:.1f}" for b in r["back"]) or "none"
     errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "none"
+    machine = (
+        f"{platform.processor() or platform.machine()}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+    command = (
+        f".venv/bin/python bench/bench_flapping.py --minutes {args.minutes} --every {args.every} "
+        f"--partition {args.partition} --latency-ms {args.latency_ms} "
+        f"--jitter-ms {args.jitter_ms} --loss {args.loss} --clients {args.clients}"
+    )
+    # Markdown joins the lines of a paragraph: the prose below is wrapped for the source only.
     return f"""{BEGIN}
 ## Links that flap (`bench/bench_flapping.py`)
 
-Machine: {platform.processor() or platform.machine()}, Linux {platform.release()}, Python {platform.python_version()}.
-Taken: {started}. Command: `.venv/bin/python bench/bench_flapping.py --minutes {args.minutes} --every {args.every} --partition {args.partition} --latency-ms {args.latency_ms} --jitter-ms {args.jitter_ms} --loss {args.loss} --clients {args.clients}`.
-Setup: control plane and runner (embedded SmolLM2, 2 slots) in two network namespaces; the runner reaches the control plane only through a fault-injecting TCP proxy ({args.latency_ms} ms round trip, up to {args.jitter_ms} ms jitter each way, {args.loss:.0%} of chunks stalled 0.3 s as a lost segment's retransmission would be); every {args.every} s an iptables DROP in the runner's namespace cuts its link for {args.partition} s; {args.clients} clients send 3-token chats back to back; tunnel pings 1 s / 2 s on both ends.
+Machine: {machine}.
+Taken: {started}. Command: `{command}`.
+Setup: control plane and runner (embedded SmolLM2, 2 slots) in two network namespaces; the runner
+reaches the control plane only through a fault-injecting TCP proxy ({args.latency_ms} ms round
+trip, up to {args.jitter_ms} ms jitter each way, {args.loss:.0%} of chunks stalled 0.3 s as a lost
+segment's retransmission would be); every {args.every} s an iptables DROP in the runner's namespace
+cuts its link for {args.partition} s; {args.clients} clients send 3-token chats back to back;
+tunnel pings 1 s / 2 s on both ends.
 
 | measure | value |
 |---|---|

@@ -148,8 +148,8 @@ def gpu_apps() -> str:
         return ""
 
 
-# : The runner's own Prometheus listener (``--metrics-port``): --record reads the engine counters it
-# exports.
+#: The runner's own Prometheus listener (``--metrics-port``): --record reads the engine counters it
+#: exports.
 RUNNER_METRICS_PORT = free_port()
 
 

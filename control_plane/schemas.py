@@ -56,8 +56,8 @@ class RunnerOut(_Out):
     unavailable_models: list[str] = Field(default_factory=list)
     #: Engine slots beyond ``capacity`` for tenants with nothing in flight (fair headroom).
     headroom: int = 0
-    # : A runner with several engines: each one's models, slots and headroom (admission is per
-    # engine).
+    #: A runner with several engines: each one's models, slots and headroom (admission is per
+    #: engine).
     engines: list[EngineSlotsOut] = Field(default_factory=list)
     in_flight: int = 0
     served_total: int = 0

@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     tls_client_auth: Literal["none", "optional", "required"] = Field(
         default="none",
         description="Client certificates: required refuses any TLS connection without one "
-        "signed by tls_client_ca (API clients included: one port); optional checks those presented.",
+        "signed by tls_client_ca (API clients included: one port); optional checks those "
+        "presented.",
     )
     tls_token_pin: str = Field(
         default="",

@@ -14,7 +14,8 @@ _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": 
 
 
 class UvicornSsl(TypedDict, total=False):
-    """The keyword arguments of ``uvicorn.Config`` that serve TLS (typed, so they spread into it)."""
+    """The keyword arguments of ``uvicorn.Config`` that serve TLS (typed, so they spread into
+    it)."""
 
     ssl_certfile: str
     ssl_keyfile: str

@@ -97,8 +97,8 @@ class Agent:
                 store=self.settings.state_dir / "deployments.json",
             )
         self.tunnel: TunnelClient | None = None
-        # : The control plane's own client: its CA, client certificate, pins and proxy
-        # (runner/tls.py).
+        #: The control plane's own client: its CA, client certificate, pins and proxy
+        #: (runner/tls.py).
         self.cp_http: httpx.AsyncClient | None = None
         self.transport: ControlPlaneTransport | None = None
         self.e2e: RunnerE2E | None = None

@@ -106,7 +106,8 @@ class RunnerE2E:
         )
 
     async def publish_once(self, http: httpx.AsyncClient) -> None:
-        url = f"{self.identity.control_plane.rstrip('/')}/api/runners/{self.identity.runner_id}/e2e-key"
+        base = self.identity.control_plane.rstrip("/")
+        url = f"{base}/api/runners/{self.identity.runner_id}/e2e-key"
         resp = await http.put(url, json=self.key_document(), timeout=10)
         if resp.status_code != 200:
             raise RuntimeError(

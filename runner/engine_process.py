@@ -117,7 +117,8 @@ class EngineRegistry:
         for rec in self.records():
             if _same_start(_start_time(rec.runner_pid), rec.runner_started):
                 log.warning(
-                    "engine %d belongs to runner %d, which still runs on this state dir; left alone",
+                    "engine %d belongs to runner %d, which still runs on this state dir; "
+                    "left alone",
                     rec.pid,
                     rec.runner_pid,
                 )

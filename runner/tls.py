@@ -124,8 +124,8 @@ class ControlPlaneTransport:
     """TLS and proxy settings for every connection to the control plane."""
 
     ssl: ssl.SSLContext
-    # : An explicit proxy URL, None for a direct connection, or True: HTTPS_PROXY/NO_PROXY from the
-    # environment.
+    #: An explicit proxy URL, None for a direct connection, or True: HTTPS_PROXY/NO_PROXY from the
+    #: environment.
     proxy: str | Literal[True] | None = True
 
     @staticmethod
@@ -143,7 +143,8 @@ class ControlPlaneTransport:
             )
         if auth:
             user, _, password = auth.partition(":")
-            netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+            host = parts.netloc.rpartition("@")[2]
+            netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
             parts = parts._replace(netloc=netloc)
         return urlunsplit(parts)
 

@@ -85,8 +85,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-# : C0 and C1 control characters (CR, LF, ESC of ANSI sequences...), DEL, and the Unicode line and
-# paragraph
+#: C0 and C1 control characters (CR, LF, ESC of ANSI sequences...), DEL, and the Unicode line and
+#: paragraph
 #: separators: none may reach a text log line from a message's arguments.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

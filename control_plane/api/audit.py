@@ -65,7 +65,8 @@ async def get_audit_keys(caller: CallerDep, session: SessionDep) -> dict[str, An
 async def get_audit_checkpoints(
     admin: AuditReadDep, session: SessionDep, query: Annotated[CheckpointQuery, Query()]
 ) -> dict[str, Any]:
-    """Signed checkpoints, oldest first: keep them, and ``audit verify --kept`` catches a truncated log."""
+    """Signed checkpoints, oldest first: keep them, and ``audit verify --kept`` catches a
+    truncated log."""
     rows = list(
         (
             await session.execute(

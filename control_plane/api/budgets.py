@@ -1,4 +1,5 @@
-"""Budgets per tenant and per API key: list with current spending (any key), set and delete (admin)."""
+"""Budgets per tenant and per API key: list with current spending (any key), set and delete
+(admin)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ class BudgetOut(BaseModel):
 
 @router.get("")
 async def list_(state: AppStateDep, caller: CallerDep) -> dict[str, Any]:
-    """The tenant's budgets with this period's spending; a non-admin key sees its own and the tenant's."""
+    """The tenant's budgets with this period's spending; a non-admin key sees its own and the
+    tenant's."""
     guard = state.admission.budgets
     if caller.can(Permission.VIEW):
         verdict = await guard.report(state.db, caller.tenant_id)

@@ -43,9 +43,8 @@ def to_api_error(exc: DomainError) -> ApiError:
     return ApiError(status, exc.message, type=kind, code=exc.code, param=exc.param)
 
 
-# : Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is never
-# sent:
-#: validation errors are 400).
+#: Error statuses every operation may answer, each with the OpenAI envelope (FastAPI's 422 is
+#: never sent: validation errors are 400).
 _ERROR_STATUSES = {
     "400": "Invalid request.",
     "401": "Missing or invalid API key.",

@@ -122,7 +122,8 @@ async def create(body: PoolIn, admin: PoolsWriteDep, session: SessionDep) -> Poo
 async def get_grants(
     caller: CallerDep, session: SessionDep, include_revoked: bool = False
 ) -> dict[str, Any]:
-    """Grants of the tenant's pools (outgoing) and to it (incoming, including those to every tenant)."""
+    """Grants of the tenant's pools (outgoing) and to it (incoming, including those to every
+    tenant)."""
     tenant = await _tenant(session, caller.tenant_id)
     scope = None if tenant.platform_operator else caller.tenant_id
     rows = await list_grants(session, scope, include_revoked=include_revoked)
@@ -134,7 +135,8 @@ async def get_grants(
 
 @router.post("/{pool}/grants", response_model=GrantOut, status_code=201)
 async def grant(pool: str, body: GrantIn, admin: PoolsWriteDep, session: SessionDep) -> GrantOut:
-    """Let another tenant (or, for the platform operator, every tenant) route requests to this pool."""
+    """Let another tenant (or, for the platform operator, every tenant) route requests to this
+    pool."""
     owner = await _tenant(session, admin.tenant_id)
     row = await find_pool(session, admin.tenant_id, pool)
     made = await give_grant(session, owner, row, body.tenant, actor=actor_for_key(admin.api_key_id))

@@ -131,7 +131,8 @@ class EnrollOut(BaseModel):
 async def create_enrollment(
     body: EnrollIn, state: AppStateDep, admin: RunnersWriteDep, session: SessionDep
 ) -> EnrollOut:
-    """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown once."""
+    """A one-time, expiring enrollment token for a runner named ``name``; the secret is shown
+    once."""
     # The caller's pool by id or name (404 for any other), else its default pool.
     row, token = await runner_actions.enroll_runner(
         session,

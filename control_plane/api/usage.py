@@ -1,4 +1,5 @@
-"""Usage and spending of the caller's tenant over a period, in total and per key, model and runner."""
+"""Usage and spending of the caller's tenant over a period, in total and per key, model and
+runner."""
 
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ def check_origin(request: Request) -> None:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """An urlencoded form body (the console's forms post nothing else); the last value of a repeated name wins,
+    """An urlencoded form body (the console's forms post nothing else); the last value of a
+    repeated name wins,
     except that names ending in ``[]`` collect lists joined by commas."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/x-www-form-urlencoded":

@@ -87,7 +87,8 @@ class Tenant(Base):
 
 
 class Pool(Base):
-    """A set of one tenant's runners that requests may be routed to; granted to other tenants explicitly."""
+    """A set of one tenant's runners that requests may be routed to; granted to other tenants
+    explicitly."""
 
     __tablename__ = "pools"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
@@ -99,7 +100,8 @@ class Pool(Base):
 
 
 class PoolGrant(Base):
-    """A pool's owner lets another tenant (or, by the platform operator, every tenant) route to it."""
+    """A pool's owner lets another tenant (or, by the platform operator, every tenant) route to
+    it."""
 
     __tablename__ = "pool_grants"
 
@@ -307,7 +309,8 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The single row (id 1) every append locks: the chain's tip, last checkpoint and prune anchor."""
+    """The single row (id 1) every append locks: the chain's tip, last checkpoint and prune
+    anchor."""
 
     __tablename__ = "audit_head"
 

@@ -32,13 +32,12 @@ __all__ = ["VENDOR_FIELDS", "Capped", "cap_request", "choices"]
 Decision = Literal["cap", "bounded", "one"]
 
 #: engine -> vendor field -> what is done with it:
-# : ``cap``: a token cap the engine reads (instead of, or before, ``max_tokens``); it must be within
-# the
-# : deployment's limit, the smallest cap wins, and the request reaches the engine with the effective
-# cap in it;
+#: ``cap``: a token cap the engine reads (instead of, or before, ``max_tokens``); it must be
+#:   within the deployment's limit, the smallest cap wins, and the request reaches the engine
+#:   with the effective cap in it;
 #: ``bounded``: a number of tokens that must not exceed the effective cap (else 400);
-# : ``one``: a number of sequences (or a switch for several), accepted only as one sequence (else
-# 400).
+#: ``one``: a number of sequences (or a switch for several), accepted only as one sequence
+#:   (else 400).
 VENDOR_FIELDS: dict[str, dict[str, Decision]] = {
     # llama.cpp's server reads n_predict before max_tokens; -1 means "until the context is full".
     # n_cmpl asks for several completions of one prompt. ignore_eos only runs to the cap: no entry.

@@ -18,9 +18,7 @@ def _report_down(runner, *models: str, healthy: bool = True) -> None:
         link.dispatch(StatusFrame(healthy=healthy, unavailable_models=list(models)))
 
 
-def test_a_model_reported_unavailable_is_restarting_and_a_runner_with_no_engine_up_is_unhealthy() -> (
-    None
-):
+def test_unavailable_model_is_restarting_and_a_runner_with_no_engine_up_is_unhealthy() -> None:
     two = simulated_runner("two")
     _report_down(two, MODEL)  # its other engines still serve
     old = simulated_runner("old")

@@ -300,9 +300,7 @@ async def test_an_engine_that_closes_an_idle_keep_alive_connection_is_not_an_err
     assert eng.connections == 3
 
 
-async def test_a_kept_alive_connection_the_engine_closes_as_the_request_arrives_is_retried_once() -> (
-    None
-):
+async def test_kept_alive_connection_closed_as_the_request_arrives_is_retried_once() -> None:
     served: set[int] = set()
 
     async def script(req: Request, w: Writer) -> bool:
@@ -321,9 +319,7 @@ async def test_a_kept_alive_connection_the_engine_closes_as_the_request_arrives_
     assert eng.connections == 3 and len(eng.requests) == 5
 
 
-async def test_an_engine_that_closes_every_connection_unanswered_is_an_engine_error_after_one_retry() -> (
-    None
-):
+async def test_engine_closing_every_connection_unanswered_is_an_error_after_one_retry() -> None:
     async def script(req: Request, w: Writer) -> bool:
         return False
 
@@ -481,9 +477,7 @@ async def test_relay_passes_an_engine_error_status_through() -> None:
     assert json.loads(eng.requests[0].body)["model"] == "up"
 
 
-async def test_relay_ends_a_stream_whose_engine_breaks_off_mid_answer_with_one_start_and_an_error_end() -> (
-    None
-):
+async def test_relay_ends_a_stream_broken_off_mid_answer_with_one_start_and_an_error_end() -> None:
     # A second response_start would be a protocol violation: the control plane would close the
     # whole connection, and every other stream on it, instead of failing this one (issue 20).
     async def script(req: Request, w: Writer) -> bool:

@@ -38,7 +38,8 @@ def test_vllm_argv() -> None:
     spec = _vllm(tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=32768,
                  quantization="awq", served_model_name="llama-8b").launch_spec(8123)  # fmt: skip
     assert spec.argv == [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "meta-llama/Llama-3.1-8B-Instruct",
+        sys.executable, "-m", "vllm.entrypoints.cli.main",
+        "serve", "meta-llama/Llama-3.1-8B-Instruct",
         "--host", "127.0.0.1", "--port", "8123",
         "--tensor-parallel-size", "2",
         "--gpu-memory-utilization", "0.90",
@@ -95,7 +96,10 @@ def test_vllm_aborted_and_failed_requests_are_not_served() -> None:
     """vLLM counts aborted and failed requests under request_success_total too."""
     text = AFTER.read_text()
     for reason, n in (("abort", 7), ("error", 3), ("stop", 11)):
-        line = f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="SmolLM2-135M-Instruct"}}'
+        line = (
+            f'vllm:request_success_total{{engine="0",finished_reason="{reason}",'
+            'model_name="SmolLM2-135M-Instruct"}'
+        )
         assert f"{line} 0.0" in text
         text = text.replace(f"{line} 0.0", f"{line} {n}.0")
     assert _vllm().parse_metrics(text).requests_finished == 5444 + 11

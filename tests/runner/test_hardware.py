@@ -27,7 +27,8 @@ from tests.runner.fakes import (
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: fpu vme sse sse2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8
+flags\t\t: fpu vme sse sse2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni \
+avx512_bf16 amx_tile amx_bf16 amx_int8
 """
 ARM_CPUINFO = """processor\t: 0
 BogoMIPS\t: 2000.00

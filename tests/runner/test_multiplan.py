@@ -29,7 +29,10 @@ ALL = {"xllamacpp", "llama-cpp-python", "vllm"}
     ("/models/llama.gguf", ModelRef(None, "/models/llama.gguf")),
     ("meta-llama/Llama-3.1-8B-Instruct", ModelRef(None, "meta-llama/Llama-3.1-8B-Instruct")),
     ("chat=/models/llama.gguf", ModelRef("chat", "/models/llama.gguf")),
-    ("org/chat-v2=meta-llama/Llama-3.1-8B-Instruct", ModelRef("org/chat-v2", "meta-llama/Llama-3.1-8B-Instruct")),
+    (
+        "org/chat-v2=meta-llama/Llama-3.1-8B-Instruct",
+        ModelRef("org/chat-v2", "meta-llama/Llama-3.1-8B-Instruct"),
+    ),
     ("/data/run=3/model.gguf", ModelRef(None, "/data/run=3/model.gguf")),  # "=" inside a path
     ("./a=b.gguf", ModelRef(None, "./a=b.gguf")),
 ])  # fmt: skip

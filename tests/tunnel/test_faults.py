@@ -162,7 +162,8 @@ def test_slow_reader_does_not_stall_other_streams(tmp_path: Path) -> None:
         ).encode()
         slow.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {env.admin_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + f"Authorization: Bearer {env.admin_key}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         time.sleep(1.0)
