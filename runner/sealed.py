@@ -239,6 +239,8 @@ class SealedRelay:
                 **(payload.get("stream_options") or {}),
                 "include_usage": True,
             }
+        if engine.rewrite is not None:  # as the plain relay does: tool_choice made to hold
+            payload = engine.rewrite(req.path, payload)
         usage = (0, 0)
         pending: list[str] = []
         try:
