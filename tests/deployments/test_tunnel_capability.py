@@ -48,9 +48,10 @@ async def running(tunnel: TunnelClient) -> asyncio.Task[None]:
     return task
 
 
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+async def stop(tunnel: TunnelClient, task: asyncio.Task[None]) -> None:
+    # As the agent stops it: drain (goaway, close), after which run() returns by itself.
+    await tunnel.drain(0)
+    await asyncio.wait_for(task, 30)
 
 
 async def test_runner_without_a_manager_refuses_deploy_frames() -> None:
@@ -69,7 +70,7 @@ async def test_runner_without_a_manager_refuses_deploy_frames() -> None:
                 await tunnel.send_control(ReplicaFrame(replica_id="r1", state="pending")) is False
             )
         finally:
-            await stop(task)
+            await stop(tunnel, task)
 
 
 async def test_replica_frames_only_where_negotiated() -> None:
@@ -98,7 +99,7 @@ async def test_replica_frames_only_where_negotiated() -> None:
             assert await tunnel.send_control(frame) is False
             assert resyncs == []
         finally:
-            await stop(task)
+            await stop(tunnel, task)
     with ScriptedControlPlane(key.public_b64) as cp:
         tunnel = client(
             cp,
@@ -123,4 +124,4 @@ async def test_replica_frames_only_where_negotiated() -> None:
             )
             assert json.loads(got.model_dump_json())["state"] == "pending"
         finally:
-            await stop(task)
+            await stop(tunnel, task)
