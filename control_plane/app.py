@@ -21,6 +21,7 @@ from outpost.control_plane.api import (
     keys,
     openai,
     pools,
+    quotas,
     runners,
     service_fairness,
     tunnel,
@@ -29,6 +30,7 @@ from outpost.control_plane.api import (
 from outpost.control_plane.api.limits import BodySizeLimit
 from outpost.control_plane.audit.checkpoints import Checkpointer
 from outpost.control_plane.cluster import Cluster
+from outpost.control_plane.cluster.quotas import RedisQuotaStore
 from outpost.control_plane.console import install_console
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
@@ -39,6 +41,7 @@ from outpost.control_plane.routing.admission import Admission
 from outpost.control_plane.routing.routing import Router, RouterConfig
 from outpost.control_plane.services.auth_cache import KeyCache
 from outpost.control_plane.services.owner_settings import OwnerSettingsSync
+from outpost.control_plane.services.quotas import Quotas
 from outpost.control_plane.services.record_writer import RecordWriter
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.state import AppState
@@ -99,6 +102,8 @@ def create_app(
                 cluster,
                 cluster.rate_limiter,
             )
+            # Token quotas count in the same windows on every replica.
+            app.state.outpost.quotas = Quotas(RedisQuotaStore(cluster.redis, cluster.keys.prefix))
             app.state.outpost.key_cache.share_through(
                 cluster
             )  # revocations reach every replica at once
@@ -141,6 +146,7 @@ def create_app(
         keys,
         openai,
         pools,
+        quotas,
         runners,
         service_fairness,
         tunnel,

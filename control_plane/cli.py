@@ -33,6 +33,7 @@ from outpost.control_plane.deployments.cli import deployments_app
 from outpost.control_plane.permissions import ROLES, key_role
 from outpost.control_plane.pools_cli import pools_app, runners_set
 from outpost.control_plane.probes.cli import fairness_app
+from outpost.control_plane.quotas_cli import quotas_app
 from outpost.control_plane.routing.routing import POLICIES
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.store.keys import list_api_keys
@@ -53,6 +54,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(fairness_app, name="fairness")
 app.add_typer(budgets_app, name="budgets")
+app.add_typer(quotas_app, name="quotas")
 app.add_typer(users_app, name="users")
 app.add_typer(pools_app, name="pools")
 app.add_typer(deployments_app, name="deployments")

@@ -12,6 +12,7 @@ from outpost.control_plane.observability.metrics import ControlPlaneMetrics
 from outpost.control_plane.routing.admission import Admission
 from outpost.control_plane.routing.routing import Router
 from outpost.control_plane.services.auth_cache import KeyCache
+from outpost.control_plane.services.quotas import Quotas
 from outpost.control_plane.services.ratelimit import RateLimiter, TokenBucketLimiter
 from outpost.control_plane.services.record_writer import RecordWriter
 from outpost.control_plane.settings import Settings
@@ -33,6 +34,7 @@ class AppState:
     )  # verified API keys (services/auth_cache.py)
     router: Router = field(default_factory=Router)
     rate_limiter: RateLimiter = field(default_factory=TokenBucketLimiter)
+    quotas: Quotas = field(default_factory=Quotas)  # tokens and requests in flight per key/tenant
     admission: Admission = field(default_factory=Admission)  # budgets, fair queues, cost
     cluster: Cluster | None = None  # other replicas, through Redis (OUTPOST_REDIS_URL)
     metrics: ControlPlaneMetrics = field(default_factory=ControlPlaneMetrics)  # GET /metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Annotated, cast
 
@@ -37,9 +38,11 @@ from outpost.control_plane.routing.routing import (
     RoutingPolicy,
     residency_allows,
 )
+from outpost.control_plane.services.quotas import Quotas, Reservation, counters_for
 from outpost.control_plane.services.ratelimit import RateDecision
 from outpost.control_plane.state import AppState
 from outpost.control_plane.store.policies import KeyPolicy, get_key_policy
+from outpost.sdk.protocol import Usage
 
 log = logging.getLogger("outpost.api")
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -195,7 +198,11 @@ async def _serve(
         pools=policy.pools,
         needs=_needs(body),
     )
+    # Quotas last: nothing refused above holds tokens or a slot.
+    quota = await _reserve_quota(state, caller, policy, n * (route.prompt_tokens + (cap or 0)))
+    settler = _QuotaSettler(state.quotas, quota, choices=n)
     call = InferenceCall(
+        on_settled=settler.add,
         tenant_id=caller.tenant_id,
         api_key_id=caller.api_key_id,
         body=forwarded,
@@ -205,13 +212,60 @@ async def _serve(
         tenant_weight=policy.tenant_weight,
         client_gone=watch(request.receive),
     )
-    if n > 1 and capped_body is not None:  # one request per choice (fanout.py)
-        response = await serve_choices(state, call, capped_body, n, SharedGone(request.receive))
-    else:
-        response = await serve_inference(state, call)
+    try:
+        if n > 1 and capped_body is not None:  # one request per choice (fanout.py)
+            response = await serve_choices(state, call, capped_body, n, SharedGone(request.receive))
+        else:
+            response = await serve_inference(state, call)
+    except BaseException:
+        settler.finish()  # refused before (or while) running: give back what was not used
+        raise
     if rate is not None:
         response.headers.update(_rate_headers(rate))
+    response.headers.update(quota.headers())
     return response
+
+
+async def _reserve_quota(
+    state: AppState, caller: Caller, policy: KeyPolicy, estimate: int
+) -> Reservation:
+    """Reserve the request's estimated tokens (and an in-flight slot); 429 when a quota is spent."""
+    counters = counters_for(
+        caller.tenant_id,
+        caller.api_key_id,
+        key_per_minute=policy.key_tokens_per_minute,
+        key_per_day=policy.key_tokens_per_day,
+        tenant_per_minute=policy.tenant_tokens_per_minute,
+        tenant_per_day=policy.tenant_tokens_per_day,
+    )
+    result = await state.quotas.reserve(
+        counters, estimate, key_id=caller.api_key_id, max_concurrent=policy.max_concurrent
+    )
+    if isinstance(result, Reservation):
+        return result
+    state.metrics.reject(caller.tenant_id, result.code)
+    headers = dict(result.headers)
+    if result.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(result.retry_after_s)))
+    raise ApiError(429, result.message, type="rate_limit_error", code=result.code, headers=headers)
+
+
+class _QuotaSettler:
+    """Adds up the usage of a request's choices (one call each) and settles once, with all."""
+
+    def __init__(self, quotas: Quotas, reservation: Reservation, *, choices: int) -> None:
+        self._quotas, self._reservation = quotas, reservation
+        self._left, self._tokens = choices, 0
+
+    def add(self, usage: Usage) -> None:
+        self._tokens += usage.prompt_tokens + usage.completion_tokens
+        self._left -= 1
+        if self._left == 0:
+            self.finish()
+
+    def finish(self) -> None:
+        self._left = -1  # once
+        self._quotas.settle_soon(self._reservation, self._tokens)
 
 
 def _needs(

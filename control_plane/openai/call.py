@@ -47,6 +47,8 @@ class InferenceCall:
     client_gone: Callable[[], Awaitable[object]] | None = None
     # The record's id: the HTTP request's id when this server made it (control_plane/observability).
     request_id: str = field(default_factory=record_id)
+    # Called once with the final usage when the request settles (quotas: the real tokens).
+    on_settled: Callable[[Usage], None] | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property

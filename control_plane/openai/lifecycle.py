@@ -255,6 +255,8 @@ class RequestLife:
         self._release()
         self._observe()
         self._count()
+        if self.call.on_settled is not None:
+            self.call.on_settled(self.usage)
         # The writer commits it with its audit event, in a batch (services/record_writer.py).
         self._record = self.state.records.submit(self._as_record())
         self.trace.settled(

@@ -35,6 +35,8 @@ MATRIX = {
     ("get", "/api/fairness/runs/{run_id}"): "fairness_run",
     ("get", "/api/fairness/runs/{run_id}/responses"): "fairness_run",
     ("post", "/api/keys/{key_id}/revoke"): "key",
+    ("put", "/api/keys/{key_id}/models"): "key",
+    ("put", "/api/keys/{key_id}/quotas"): "key",
     ("post", "/api/runners/{runner_id}/revoke"): "runner",
     ("patch", "/api/runners/{runner_id}"): "runner",
     ("post", "/api/pools/{pool}/grants"): "pool",
@@ -44,6 +46,8 @@ MATRIX = {
 BODIES = {
     ("post", "/api/pools/{pool}/grants"): {"tenant": "bola-other"},
     ("patch", "/api/runners/{runner_id}"): {"usd_per_hour": 1000},
+    ("put", "/api/keys/{key_id}/models"): {"allowed_models": []},
+    ("put", "/api/keys/{key_id}/quotas"): {"tokens_per_minute": 1, "max_concurrent": 1},
 }
 
 TINY_SUITE = {
@@ -160,7 +164,11 @@ def test_other_tenants_ids_are_refused(tenants: Tenants, method: str, path: str)
 def test_resources_survive_the_other_tenants_attempts(tenants: Tenants, stack: Stack) -> None:
     # Ordered after the matrix by name; each attempt above must have changed nothing.
     with _client(stack, tenants.victim_key["key"]) as victim:
-        assert victim.get("/v1/models").status_code == 200  # the key was not revoked
+        models = victim.get("/v1/models")
+        assert models.status_code == 200  # the key was not revoked
+        assert models.json()["data"]  # nor its allow-list emptied by B's PUT
+    quotas = {k["id"]: k for k in tenants.a.get("/api/quotas").json()["keys"]}
+    assert quotas[tenants.victim_key["id"]]["max_concurrent"] is None  # B's PUT set nothing
     budgets = tenants.a.get("/api/budgets").json()["data"]
     assert tenants.ids["budget"] in {b["id"] for b in budgets}
     runners = tenants.a.get("/api/runners").json()["data"]
