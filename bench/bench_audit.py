@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 import psycopg
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from outpost.control_plane.audit.chain import EventSpec, _number_tenants, append_events, read_head
 from outpost.control_plane.audit.guard import ChainGuard, Point

@@ -17,15 +17,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import cryptography
+from _repo import ROOT
 from cryptography.hazmat.backends.openssl.backend import backend
 
 from outpost.sdk.e2e import (

@@ -23,19 +23,17 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import httpx
+from _repo import ROOT
 
 from bench.bench_e2e import machine
+from harness.processes import ControlPlaneProcess
 from outpost.runner.e2e import RunnerE2E, load_keys
 from outpost.runner.engine_client import HttpxEngineClient
 from outpost.runner.identity import enroll
@@ -44,7 +42,6 @@ from outpost.runner.sealed import SealedRelay
 from outpost.runner.tunnel import TunnelClient
 from outpost.sdk.client import Client
 from outpost.sdk.protocol import StatusFrame
-from tests.utils import ControlPlaneProcess
 
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- e2e-overhead:begin -->", "<!-- e2e-overhead:end -->"

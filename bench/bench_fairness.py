@@ -48,14 +48,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import httpx
+from _repo import ROOT
 
 from bench.load import write_section as write_marked_section
+from harness.processes import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 from outpost.control_plane.routing.service_fairness import jain_index, percentile
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- fairness:begin -->", "<!-- fairness:end -->"
@@ -589,7 +587,7 @@ def bench(args: argparse.Namespace) -> None:
             cp, tmp / "runner", "bench", args=[*runner_args, "--threads", str(args.threads)]
         )
         runner.start()
-        runner.wait_connected(operator)
+        runner.waitconnected(operator)
         url = cp.url
         asyncio.run(warm_up(url, keys["B"], model, args.max_tokens))
         print(f"runner ready; {started}", flush=True)
@@ -631,7 +629,7 @@ def bench(args: argparse.Namespace) -> None:
             if policy != current:
                 cp.stop()
                 cp = start_cp(tmp / "cp", db_url, port, policy, args.duration)
-                runner.wait_connected(operator)
+                runner.waitconnected(operator)
                 current = policy
             for scenario, clients in scenarios.items():
                 phase = Phase(scenario, policy)

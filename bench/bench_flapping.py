@@ -24,12 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _repo import ROOT
 
-from tests.network.netns import FaultProxy, Namespace, netns_unavailable
-from tests.network.test_flapping import Load, NsControlPlane, NsRunner, _connected
-from tests.utils import tenant_records, wait_until
+from harness.flapping import Load, NsControlPlane, NsRunner, connected
+from harness.netns import FaultProxy, Namespace, netns_unavailable
+from harness.processes import tenant_records, wait_until
 
 BEGIN, END = "<!-- flapping:begin -->", "<!-- flapping:end -->"
 
@@ -62,7 +61,7 @@ def soak(args: argparse.Namespace) -> dict:
     try:
         load.key = cp.api_key()
         runner.start()
-        runner_id = runner.wait_connected(load.key)
+        runner_id = runner.waitconnected(load.key)
         threads = [
             threading.Thread(target=load.worker, args=(n,), daemon=True)
             for n in range(args.clients)
@@ -80,7 +79,7 @@ def soak(args: argparse.Namespace) -> dict:
             runner_ns.heal()
             healed = time.monotonic()
             wait_until(
-                lambda: _connected(cp, load.key, runner_id),
+                lambda: connected(cp, load.key, runner_id),
                 120,
                 "the runner to come back",
                 interval=0.2,

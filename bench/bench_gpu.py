@@ -49,23 +49,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# The repository root on sys.path first (above): these imports need it.
-import bench.load  # noqa: E402
-from bench.gpu_measure import (  # noqa: E402
+import bench.load
+from bench.gpu_measure import (
     CpuWindow,
     finish_profiles,
     machine_line,
     start_profiles,
 )
-from bench.gpu_measure import summarize as summarize_profile  # noqa: E402
-from bench.load import (  # noqa: E402
+from bench.gpu_measure import summarize as summarize_profile
+from bench.load import (
     Conn,
     Sample,
     chat_body,
@@ -74,7 +70,7 @@ from bench.load import (  # noqa: E402
     versions,
     write_section,
 )
-from tests.utils import ControlPlaneProcess, free_port, wait_until  # noqa: E402
+from harness.processes import ControlPlaneProcess, free_port, wait_until
 
 BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
 #: vLLM's section is apart from llama.cpp's: each is rewritten only by its own runs.

@@ -45,8 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 
 from bench.load import (
     Conn,
@@ -60,7 +59,7 @@ from bench.load import (
     stream_request,
     write_section,
 )
-from bench.stack import Engine, Stack, pids, start_engine, start_stack
+from harness.stack import Engine, Stack, pids, start_engine, start_stack
 
 BEGIN, END = "<!-- overhead:begin -->", "<!-- overhead:end -->"
 

@@ -33,15 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_overhead import PathResult, Scenario, phase  # noqa: E402
-from bench.load import ProcWatch, load_at_end, machine, run_async, write_section  # noqa: E402
-from bench.stack import Engine, Stack, pids, start_engine, start_stack  # noqa: E402
-from tests.utils import free_port, wait_until  # noqa: E402
+from bench.bench_overhead import PathResult, Scenario, phase
+from bench.load import ProcWatch, load_at_end, machine, run_async, write_section
+from harness.processes import free_port, wait_until
+from harness.stack import Engine, Stack, pids, start_engine, start_stack
 
 BEGIN, END = "<!-- relay:begin -->", "<!-- relay:end -->"
 MASTER_KEY = "sk-bench-" + "0123456789abcdef" * 2  # LiteLLM refuses to start with a weak one

@@ -37,8 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 
 from bench.load import (
     Conn,
@@ -52,10 +51,11 @@ from bench.load import (
     stream_request,
     write_section,
 )
-from bench.stack import Engine, start_engine
-from tests.cluster.conftest import REDIS_URL, _drop_keys
-from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+from harness.databases import REDIS_URL
+from harness.databases import database as _database
+from harness.databases import drop_keys as _drop_keys
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
+from harness.stack import Engine, start_engine
 
 BEGIN, END = "<!-- replicas:begin -->", "<!-- replicas:end -->"
 
@@ -119,7 +119,7 @@ def start_setup(name: str, replicas: int, engine: Engine, tmp: Path, capacity: i
             )
             setup.runners.append(runner.start())
         for runner in setup.runners:
-            runner_id = runner.wait_connected(setup.key)
+            runner_id = runner.waitconnected(setup.key)
             for cp in cps:  # every replica must see every runner before load starts
                 wait_until(
                     lambda cp=cp, rid=runner_id: _sees(cp, setup.key, rid),

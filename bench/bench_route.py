@@ -5,7 +5,7 @@
 grows with the fleet; at 1,000 runners it is a visible part of the control
 plane's CPU per request in bench/bench_scale.py. This measures it alone, in
 process, on the same simulated hub objects the routing tests use
-(tests/api/sim.py: real ``ConnectedRunner`` and ``Link``, no network), with a
+(harness/sim.py: real ``ConnectedRunner`` and ``Link``, no network), with a
 status report on every runner and prefix-affinity keys on the request.
 
     .venv/bin/python bench/bench_route.py [--quick|--full] [--no-write]
@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 
 from bench.load import machine, write_section
+from harness.sim import MODEL, set_status, simulated_runner
 from outpost.control_plane.routing.routing import Router, RouteRequest
-from tests.api.sim import MODEL, set_status, simulated_runner
 
 BEGIN, END = "<!-- route:begin -->", "<!-- route:end -->"
 
@@ -78,7 +76,7 @@ def main() -> int:
         (
             f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. Median of {repeat} `Router.route` "
             "calls per cell, in "
-            "process, simulated hub objects (tests/api/sim.py), one status report per runner, "
+            "process, simulated hub objects (harness/sim.py), one status report per runner, "
             "affinity keys on, "
             "`limit=1` as a request's first attempt asks (every runner is still scored)."
         ),

@@ -37,14 +37,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import httpx
+from _repo import ROOT
 
 from bench.load import write_section
 from bench.sim_runner import SimParams, SimulatedRunner
-from tests.utils import ControlPlaneProcess
+from harness.processes import ControlPlaneProcess
 
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- routing:begin -->", "<!-- routing:end -->"
@@ -178,7 +176,7 @@ async def run_arm(
         runners = [SimulatedRunner(cp.url, t, params) for t in tokens]
         for r in runners:
             await r.start(http)
-        await _wait_connected(http, key, len(runners))
+        await _waitconnected(http, key, len(runners))
         t0 = time.perf_counter()
         await asyncio.gather(*(user(http, key, arm, w, u, result) for u in range(w.users)))
         result.wall_s = time.perf_counter() - t0
@@ -189,7 +187,7 @@ async def run_arm(
     return result
 
 
-async def _wait_connected(http: httpx.AsyncClient, key: str, n: int, timeout: float = 30) -> None:
+async def _waitconnected(http: httpx.AsyncClient, key: str, n: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = (await http.get("/api/runners", headers={"Authorization": f"Bearer {key}"})).json()[

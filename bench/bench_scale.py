@@ -45,9 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 import httpx
 
 from bench.load import (
@@ -62,7 +60,7 @@ from bench.load import (
     stream_request,
     write_section,
 )
-from tests.utils import ControlPlaneProcess
+from harness.processes import ControlPlaneProcess
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 MODEL = "sim-chat"
@@ -149,7 +147,7 @@ class Swarm:
                 self.proc.kill()
 
 
-async def wait_connected(cp: ControlPlaneProcess, key: str, n: int, timeout: float) -> float:
+async def waitconnected(cp: ControlPlaneProcess, key: str, n: int, timeout: float) -> float:
     t0 = time.perf_counter()
     async with httpx.AsyncClient(timeout=30) as http:
         while time.perf_counter() - t0 < timeout:
@@ -362,7 +360,7 @@ async def bench(args: argparse.Namespace) -> list[Level]:
             print(f"connecting {n_runners} simulated runners …", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             swarm_.start(n_runners)
-            await wait_connected(cp, admin, n_runners, timeout=600)
+            await waitconnected(cp, admin, n_runners, timeout=600)
             connect_s = time.perf_counter() - t0
             pids = {
                 "control plane": cp.proc.pid,

@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.load import fmt_ms, load_at_end, machine, pct, write_section  # noqa: E402
-from outpost.runner.tool_support import prefill_tool_choice  # noqa: E402
-from tests.utils import ControlPlaneProcess, RunnerProcess  # noqa: E402
+from bench.load import fmt_ms, load_at_end, machine, pct, write_section
+from harness.processes import ControlPlaneProcess, RunnerProcess
+from outpost.runner.tool_support import prefill_tool_choice
 
 BEGIN, END = "<!-- tools:begin -->", "<!-- tools:end -->"
 NOTE = (
@@ -115,7 +112,7 @@ def main() -> None:
     try:
         key = cp.api_key()
         runner.start()
-        runner.wait_connected(key)
+        runner.waitconnected(key)
         direct_url = f"http://127.0.0.1:{engine_port(runner)}/v1/chat/completions"
         through_url = f"{cp.url}/v1/chat/completions"
         auth = {"Authorization": f"Bearer {key}"}

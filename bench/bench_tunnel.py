@@ -37,9 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+import _repo  # noqa: F401 (puts the checkout on sys.path)
 
 from bench.load import (
     Conn,
@@ -53,8 +51,8 @@ from bench.load import (
     stream_request,
     write_section,
 )
-from bench.stack import start_engine
-from tests.utils import free_port
+from harness.processes import free_port
+from harness.stack import start_engine
 
 BEGIN, END = "<!-- tunnel:begin -->", "<!-- tunnel:end -->"
 RUNNER_ID = "run_bench_tunnel"

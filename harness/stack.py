@@ -17,11 +17,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness.processes import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["Engine", "Stack", "start_engine", "start_stack"]
 

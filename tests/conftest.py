@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.utils import ControlPlaneProcess, RunnerProcess
+from harness.databases import PG_ADMIN
+from harness.databases import database as _database
+from harness.processes import ControlPlaneProcess, RunnerProcess
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _pg_create(name: str) -> str:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-
-def _pg_drop(name: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+__all__ = ["PG_ADMIN", "Stack", "_database"]
 
 
 @pytest.fixture
 def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of the backend named by ``request.param`` (sqlite or postgres)."""
     yield from _database(getattr(request, "param", "sqlite"), tmp_path)
-
-
-def _database(backend: str, tmp: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp / 'outpost.db'}"
-        return
-    name = f"outpost_test_{secrets.token_hex(4)}"
-    url = _pg_create(name)
-    try:
-        yield url
-    finally:
-        _pg_drop(name)
 
 
 class Stack:

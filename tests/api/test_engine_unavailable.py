@@ -6,11 +6,11 @@ The end-to-end version (a real hung llama.cpp engine) is tests/runner/test_multi
 
 from __future__ import annotations
 
+from harness.sim import MODEL, set_status, simulated_runner
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.openai.failover import _ineligible_error
 from outpost.control_plane.routing.routing import ENGINE_DOWN, Router, RouteRequest, eligibility
 from outpost.sdk.protocol import StatusFrame
-from tests.api.sim import MODEL, set_status, simulated_runner
 
 
 def _report_down(runner, *models: str, healthy: bool = True) -> None:

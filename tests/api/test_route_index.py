@@ -14,6 +14,7 @@ import random
 
 import pytest
 
+from harness.sim import set_status, simulated_runner
 from outpost.control_plane.routing.load import RunnerStats
 from outpost.control_plane.routing.routing import (
     _COST_TIE,
@@ -28,7 +29,6 @@ from outpost.control_plane.routing.routing import (
 from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from outpost.control_plane.tunnel.link import Link
 from outpost.sdk.protocol import ModelInfo, StatusFrame
-from tests.api.sim import set_status, simulated_runner
 
 
 async def _send(_: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.sim import MODEL, set_status, simulated_runner
 from outpost.control_plane.openai.protocol import ChatCompletionRequest, CompletionRequest
 from outpost.control_plane.routing.affinity import AffinityTable, affinity_keys
 from outpost.control_plane.routing.routing import (
@@ -15,7 +16,6 @@ from outpost.control_plane.routing.routing import (
     residency_allows,
     usd_per_hour,
 )
-from tests.api.sim import MODEL, set_status, simulated_runner
 
 
 def ids(decision) -> list[str]:

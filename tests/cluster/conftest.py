@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+from harness.databases import REDIS_URL
+from harness.databases import database as _database
+from harness.databases import drop_keys as _drop_keys
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @dataclass
@@ -123,16 +123,6 @@ def engine_gauge(runner: RunnerProcess, name: str) -> float:
         if line.startswith(f"llamacpp:{name}"):
             return float(line.split()[-1])
     raise AssertionError(f"no {name} gauge in:\n{text[:2000]}")
-
-
-def _drop_keys(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @contextmanager

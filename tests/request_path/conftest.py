@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 from sqlalchemy import event
 
-from bench.stack import Engine, start_engine
+from harness.stack import Engine, start_engine
 from outpost.control_plane.admin import issue_api_key, issue_enrollment_token
 from outpost.control_plane.app import create_app
 from outpost.control_plane.db.engine import Database

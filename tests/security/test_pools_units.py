@@ -1,7 +1,7 @@
 """Issue 19, the pure parts: eligibility by pool, bounded prices, and the replica registry carrying
 pools.
 
-No I/O: real hub objects (tests/api/sim.py), the real router and the real registry view.
+No I/O: real hub objects (harness/sim.py), the real router and the real registry view.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from harness.sim import MODEL, set_status, simulated_runner
 from outpost.control_plane.cluster.registry import RemoteView, describe_runners
 from outpost.control_plane.routing.routing import (
     Router,
@@ -22,7 +23,6 @@ from outpost.control_plane.services.cost import DEFAULT_USD_PER_HOUR, hourly_rat
 from outpost.control_plane.store.runners import MAX_USD_PER_HOUR, check_usd_per_hour, proposed_cost
 from outpost.control_plane.tunnel.hub import TunnelHub
 from outpost.sdk.pricing import CostModel
-from tests.api.sim import MODEL, set_status, simulated_runner
 
 
 def _fleet() -> list:
