@@ -84,6 +84,8 @@ class Reconciler:
         # name -> (deployment id, pool id) of deployments scaled to zero that a request wakes.
         self._used: dict[str, float] = {}
         self._sleeping: dict[str, list[tuple[str, str]]] = {}
+        # Name -> deployments with replicas wanted (ready or coming up): a request waits.
+        self._coming: dict[str, list[tuple[str, str]]] = {}
         self._wake = asyncio.Event()
         self._reports: asyncio.Queue[tuple[str, ReplicaFrame]] = asyncio.Queue(MAX_PENDING_REPORTS)
         self._tasks: list[asyncio.Task[None]] = []
@@ -138,11 +140,17 @@ class Reconciler:
             deployments = await list_live_deployments(session)
             replicas = await replicas_by_deployment(session, [d.id for d in deployments])
             self._weights = {d.id: d.weight for d in deployments}
-            self._sleeping = {}
+            self._sleeping, self._coming = {}, {}
             for d in deployments:
-                if d.status == "active" and d.replicas == 0:
-                    for n in (d.name, *d.aliases):
-                        self._sleeping.setdefault(n, []).append((d.id, d.pool_id))
+                if d.status != "active":
+                    continue
+                # Coming up: replicas wanted and not all of those placed have failed.
+                failed = all(r.state == "failed" for r in replicas[d.id]) and replicas[d.id]
+                if d.replicas > 0 and failed:
+                    continue
+                into = self._sleeping if d.replicas == 0 else self._coming
+                for n in (d.name, *d.aliases):
+                    into.setdefault(n, []).append((d.id, d.pool_id))
             self._names = {d.id: frozenset((d.name, *d.aliases)) for d in deployments}
             for d in deployments:
                 for r in replicas[d.id]:
@@ -226,7 +234,10 @@ class Reconciler:
 
     async def wake_for(self, model: str, pools: frozenset[str] | None) -> bool:
         """A request for ``model`` found no runner: wake a deployment of that name scaled to 0
-        in a pool the caller may use. Returns whether one is waking (then the request waits)."""
+        in a pool the caller may use. Returns whether one is waking or already coming up (being
+        placed, downloaded or loaded): then the request waits for it rather than being a 404."""
+        if any(pools is None or pool in pools for _, pool in self._coming.get(model, ())):
+            return True
         asleep = [
             dep for dep, pool in self._sleeping.get(model, ()) if pools is None or pool in pools
         ]
@@ -250,6 +261,7 @@ class Reconciler:
             await session.commit()
         for name, sleepers in list(self._sleeping.items()):
             self._sleeping[name] = [x for x in sleepers if x[0] not in asleep]
+            self._coming.setdefault(name, []).extend(x for x in sleepers if x[0] in asleep)
         self.wake()
         return True
 

@@ -91,9 +91,8 @@ async def open_with_failover(state: AppState, call: InferenceCall, life: Request
             raise error
         if search.waking:
             raise ApiError.unavailable(
-                f"The deployment serving {call.model!r} was scaled to zero and is waking up; "
-                f"it was not ready within {state.settings.deployment_wake_timeout_s:g} s. "
-                "Retry shortly.",
+                f"The deployment serving {call.model!r} is waking up or loading; it was not "
+                f"ready within {state.settings.deployment_wake_timeout_s:g} s. Retry shortly.",
                 code="deployment_waking",
             )
         raise await _no_runner_error(state, call)

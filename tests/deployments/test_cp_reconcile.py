@@ -50,6 +50,9 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess
             "OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5",
             "OUTPOST_DEPLOYMENT_RUNNER_GRACE_S": "1",
             "OUTPOST_DEPLOYMENT_WAKE_TIMEOUT_S": "15",
+            # A stream waiting for a wake gets its headers after 1 s, then keep-alives.
+            "OUTPOST_STREAM_HEADERS_AFTER_S": "1",
+            "OUTPOST_STREAM_KEEPALIVE_S": "1",
         },
         shared_pool=False,
     ).start()
@@ -452,4 +455,18 @@ def test_scale_to_zero_after_idle_then_a_request_wakes_it(cp: ControlPlaneProces
     resp = result["r"]
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "deployment_waking"
+    # Still coming up (or asleep again): a stream waits too, kept alive with SSE comments,
+    # and the same error ends it.
+    streamed = httpx.post(
+        f"{cp.url}/v1/chat/completions",
+        json={
+            "model": "sleepy-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        headers={"Authorization": f"Bearer {t.admin}"},
+        timeout=60,
+    )
+    assert streamed.status_code == 200
+    assert ": keep-alive" in streamed.text and "deployment_waking" in streamed.text, streamed.text
     ws.close()
