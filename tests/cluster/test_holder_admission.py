@@ -235,7 +235,10 @@ def test_a_runner_with_tunnels_on_both_replicas_has_one_queue(cluster: Cluster) 
             ]
             for t in threads[1:]:
                 t.start()
-            queues = lambda: [_queue(env, cp) for cp in (c.a, c.b)]
+
+            def queues() -> list[dict]:
+                return [_queue(env, cp) for cp in (c.a, c.b)]
+
             wait_until(lambda: sum(q["queued"] for q in queues()) == 4, 60, "four requests queued")
             # All of them in one replica's queue (the lower replica id's), none in the other's.
             assert sorted((q["queued"], q["in_flight"]) for q in queues()) == [(0, 0), (4, 1)], (

@@ -52,7 +52,10 @@ def test_existing_runners_join_their_tenants_default_pool_and_their_labels_becom
         engine.dispose()
     assert set(pools) == {"ten_a", "ten_b"} and {name for _, name in pools.values()} == {"default"}
     assert runner.pool_id == pools["ten_a"][0]
-    as_dict = lambda v: v if isinstance(v, dict) else json.loads(v)
+
+    def as_dict(v: object) -> object:
+        return v if isinstance(v, dict) else json.loads(str(v))
+
     assert as_dict(runner.reported_labels) == {"site": "claimed"} and as_dict(runner.labels) == {}
     assert as_dict(runner.cost) == {
         "usd_per_hour": 2
