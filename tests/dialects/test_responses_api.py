@@ -340,3 +340,29 @@ def test_stored_responses_cannot_be_read(dialect_stack: DialectStack) -> None:
         timeout=30,
     )
     assert resp.status_code == 404 and resp.json()["error"]["message"]
+
+
+def test_langchain_on_the_responses_api(dialect_stack: DialectStack) -> None:
+    """LangChain's ChatOpenAI speaking the Responses API (use_responses_api): text and a tool call
+    from bind_tools, as an agent's loop starts."""
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=f"{dialect_stack.url}/v1",
+        api_key=dialect_stack.api_key,  # type: ignore[arg-type]
+        model=MODEL,
+        use_responses_api=True,
+        max_retries=0,
+        temperature=0,
+        max_completion_tokens=80,
+    )
+    assert llm.invoke("Say hello.").text
+
+    def get_weather(city: str) -> str:
+        """The current weather of a city."""
+        return "sunny"
+
+    bound = llm.bind_tools([get_weather], tool_choice="required", parallel_tool_calls=False)
+    answer = bound.invoke("What is the weather in Paris?")
+    assert [c["name"] for c in answer.tool_calls] == ["get_weather"]  # type: ignore[attr-defined]
+    assert isinstance(answer.tool_calls[0]["args"].get("city"), str)  # type: ignore[attr-defined]
