@@ -11,6 +11,7 @@ import functools
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +30,8 @@ class Served:
     #: Answer a ``Range`` request with the whole file (200), as a server without ranges does.
     ignore_range: bool = False
     status: int = 200
+    #: Seconds to wait between chunks of 256 KiB: a slow link, to act during a download.
+    delay_s: float = 0.0
     gets: int = 0
 
     @functools.cached_property
@@ -45,75 +48,8 @@ class FileServer:
     redirects: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-                self._answer(body=False)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._answer(body=True)
-
-            def _answer(self, body: bool) -> None:
-                server.requests.append((self.command, self.path, self.headers.get("Range")))
-                if self.path in server.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                served, extra = server._find(self.path)
-                if served is None or served.status != 200:
-                    code = 404 if served is None else served.status
-                    self.send_response(code)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = served.path.read_bytes()
-                start = 0
-                rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if rng and not served.ignore_range:
-                    start = int(rng.group(1))
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.send_header("Accept-Ranges", "bytes")
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if not body:
-                    return
-                served.gets += 1
-                limit = len(data)
-                if served.cut_after is not None and served.gets <= served.cut_times:
-                    limit = min(limit, start + served.cut_after)
-                pos = start
-                try:
-                    while pos < limit:
-                        end = min(limit, pos + _CHUNK)
-                        self.wfile.write(data[pos:end])
-                        pos = end
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-                if limit < len(data):
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.owner = self  # type: ignore[attr-defined]
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -139,3 +75,75 @@ class FileServer:
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self._answer(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(body=True)
+
+    def _answer(self, body: bool) -> None:
+        server: FileServer = self.server.owner  # type: ignore[attr-defined]
+        server.requests.append((self.command, self.path, self.headers.get("Range")))
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        served, extra = server._find(self.path)
+        if served is None or served.status != 200:
+            code = 404 if served is None else served.status
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = served.path.read_bytes()
+        start = 0
+        rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if rng and not served.ignore_range:
+            start = int(rng.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("Accept-Ranges", "bytes")
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if body:
+            self._body(served, data, start)
+
+    def _body(self, served: Served, data: bytes, start: int) -> None:
+        served.gets += 1
+        limit = len(data)
+        if served.cut_after is not None and served.gets <= served.cut_times:
+            limit = min(limit, start + served.cut_after)
+        pos = start
+        try:
+            while pos < limit:
+                end = min(limit, pos + _CHUNK)
+                self.wfile.write(data[pos:end])
+                pos = end
+                if served.delay_s:
+                    time.sleep(served.delay_s)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        if limit < len(data):
+            self.close_connection = True
+            self.connection.shutdown(2)

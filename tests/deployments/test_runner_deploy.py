@@ -9,6 +9,7 @@ One runner for the module: every engine load costs seconds on a shared 2-core ma
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Bench:
     files: FileServer
     models: Path
     gguf: Served
+    slow: Served
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +50,11 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     # An operator's link into the model directory: the embedded GGUF under another path.
     (models / "team" / "smol.gguf").symlink_to(embedded_model_path())
     gguf = Served(embedded_model_path(), cut_after=8 * 1024 * 1024)  # the first GET is cut
+    (tmp / "big.gguf").write_bytes(os.urandom(32 * 1024 * 1024))
+    slow = Served(tmp / "big.gguf", delay_s=0.2)  # about 25 s for the whole file
     commit = "b0" * 20
     files = FileServer(
-        files={"/m/smol.gguf": gguf},
+        files={"/m/smol.gguf": gguf, "/slow/big.gguf": slow},
         repos={"acme/smol-gguf": (commit, {"smol-q4.gguf": Served(embedded_model_path())})},
     )
     with files, ScriptedControlPlane(key.public_b64) as cp:
@@ -79,7 +83,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         ).start(token="")
         try:
             cp.wait_connected()
-            yield Bench(cp, runner, files, models, gguf)
+            yield Bench(cp, runner, files, models, gguf, slow)
         finally:
             runner.stop()
             shutil.rmtree(tmp / "hub", ignore_errors=True)
@@ -209,6 +213,33 @@ def test_rolling_update_on_one_runner(bench: Bench) -> None:
     cp.replica("r-url", "stopped", timeout=120)
     status, body = chat(bench, "smol-c")
     assert status == 200, body
+
+
+def test_undeploy_during_a_download(bench: Bench) -> None:
+    cp, slow = bench.cp, bench.slow
+    source = {"kind": "url", "url": bench.files.url + "/slow/big.gguf", "sha256": slow.sha256}
+    cp.send(deploy("r-slow", "smol-slow", source))
+    cp.wait_for(
+        lambda f: (
+            getattr(f, "type", "") == "replica.v1"
+            and f.replica_id == "r-slow"
+            and f.state == "downloading"
+            and f.bytes_done > 0
+        ),
+        120,
+        "download progress",
+    )
+    cp.send(UndeployFrame(replica_id="r-slow", drain_s=0))
+    cp.replica("r-slow", "stopped", timeout=60)
+    size = slow.path.stat().st_size
+    assert [f.state for f in cp.replica_frames("r-slow")][-1] == "stopped"
+    assert not any(f.state in ("loading", "ready") for f in cp.replica_frames("r-slow"))
+    # What came is kept as a part, for a later deploy of the same file to resume; nothing in
+    # the folder passes for a verified file.
+    folder = bench.models / ".downloads" / f"sha256-{slow.sha256}"
+    assert [p.name for p in folder.iterdir()] == ["big.gguf.part"]
+    assert 0 < (folder / "big.gguf.part").stat().st_size < size
+    assert chat(bench, "smollm2")[0] == 200
 
 
 def test_malformed_deploy_breaks_the_protocol_then_resync(bench: Bench) -> None:
