@@ -34,6 +34,9 @@ log = logging.getLogger("outpost.runner.deployments")
 Sender = Callable[[ReplicaFrame], Awaitable[bool]]
 #: At most this often a progress frame per replica (state changes go at once).
 PROGRESS_INTERVAL_S = 0.5
+#: A console that is no terminal gets a progress line per replica at most this often.
+LINE_INTERVAL_S = 5.0
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -81,17 +84,24 @@ class Replica:
 
 
 class ReplicaConsole:
-    """Download bars on the runner's console while any replica downloads."""
+    """Download bars on the runner's console while any replica downloads; where the console is
+    no terminal (a service's log, JSON logs), a line every few seconds instead."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self._console = console
+        self._clock = clock
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
+        self._printed: dict[str, float] = {}
 
     def update(self, replica: Replica) -> None:
         rid = replica.replica_id
         if replica.state != "downloading":
             self._finish(rid)
+            self._printed.pop(rid, None)
+            return
+        if not self._console.is_terminal:
+            self._line(replica)
             return
         if self._progress is None:
             self._progress = Progress(
@@ -101,6 +111,8 @@ class ReplicaConsole:
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
                 console=self._console,
+                # Redrawn on each update (the manager's ticker, 4 a second): no thread of its own.
+                auto_refresh=False,
             )
             self._progress.start()
         if rid not in self._tasks:
@@ -109,6 +121,21 @@ class ReplicaConsole:
             )
         self._progress.update(
             self._tasks[rid], completed=replica.bytes_done, total=replica.bytes_total
+        )
+        self._progress.refresh()
+
+    def _line(self, replica: Replica) -> None:
+        now = self._clock()
+        if now - self._printed.get(replica.replica_id, -LINE_INTERVAL_S) < LINE_INTERVAL_S:
+            return
+        self._printed[replica.replica_id] = now
+        done, total, rate = replica.bytes_done, replica.bytes_total, replica.rate_bps
+        of = f" of {total / MIB:.1f} MiB" if total else ""
+        left = f", {(total - done) / rate:.0f} s left" if total and rate > 0 else ""
+        self._console.print(
+            f"downloading {replica.order.name} ({replica.replica_id}): {done / MIB:.1f} MiB{of}, "
+            f"{rate / MIB:.1f} MiB/s{left}",
+            highlight=False,
         )
 
     def _finish(self, rid: str) -> None:
@@ -127,9 +154,12 @@ class ReplicaConsole:
 class Reporter:
     """Sends replica frames: at once on a state change, throttled for progress."""
 
-    def __init__(self, send: Sender, console: Console) -> None:
+    def __init__(
+        self, send: Sender, console: Console, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._send = send
-        self.console = ReplicaConsole(console)
+        self.console = ReplicaConsole(console, clock)
+        self._clock = clock
 
     async def state(self, replica: Replica, state: ReplicaState, reason: str | None = None) -> None:
         replica.state, replica.reason = state, reason
@@ -147,12 +177,12 @@ class Reporter:
         await self.send(replica)
 
     async def progress(self, replica: Replica) -> None:
-        now = time.monotonic()
+        now = self._clock()
         replica.sample_rate(now)
         self.console.update(replica)
         if now - replica._sent_at >= PROGRESS_INTERVAL_S:
             await self.send(replica)
 
     async def send(self, replica: Replica) -> None:
-        replica._sent_at = time.monotonic()
+        replica._sent_at = self._clock()
         await self._send(replica.frame())

@@ -30,6 +30,8 @@ class Served:
     #: Answer a ``Range`` request with the whole file (200), as a server without ranges does.
     ignore_range: bool = False
     status: int = 200
+    #: A Content-Length to announce instead of the file's (a server that lies about the size).
+    announce: int | None = None
     #: Seconds to wait between chunks of 256 KiB: a slow link, to act during a download.
     delay_s: float = 0.0
     gets: int = 0
@@ -120,7 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
+        length = served.announce if served.announce is not None else len(data) - start
+        self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         for k, v in extra.items():
             self.send_header(k, v)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from outpost.runner.deployments.sources import (
     resolve_path,
     url_allowed,
 )
-from outpost.sdk.protocol import PathSource, UrlSource
+from outpost.sdk.protocol import MAX_MODEL_BYTES, PathSource, UrlSource
 from tests.deployments.loopback import FileServer, Served
 
 SIZE = 3 * 1024 * 1024 + 17
@@ -223,3 +224,19 @@ def test_hf_offline_from_a_prepared_cache(tmp_path: Path, blob: Path) -> None:
     assert Path(whole["path"]) == cache / "models--acme--smol" / "snapshots" / commit
     missing = run_hf({"kind": "hf", "repo": "acme/other", "filename": "x.gguf"}, env)
     assert "not in the Hugging Face cache" in missing["error"]
+
+
+async def test_a_size_over_the_disk_or_the_bound_is_refused_before_writing(
+    tmp_path: Path, blob: Path
+) -> None:
+    pol = policy(tmp_path)
+    pol.downloads.mkdir(parents=True)
+    free = shutil.disk_usage(pol.downloads).free
+    huge = Served(blob, announce=free + 1)
+    over = Served(blob, announce=MAX_MODEL_BYTES + 1)
+    with FileServer(files={"/huge.gguf": huge, "/over.gguf": over}) as server:
+        with pytest.raises(SourceError, match="not enough disk for the model"):
+            await fetch(pol, server.url + "/huge.gguf", huge.sha256)
+        with pytest.raises(SourceError, match="over the 1125899906842624 limit"):
+            await fetch(pol, server.url + "/over.gguf", over.sha256)
+    assert not [p for p in pol.downloads.rglob("*") if p.is_file()]
