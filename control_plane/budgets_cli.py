@@ -81,8 +81,13 @@ def set_(
 
 
 @budgets_app.command("list")
-def list_(tenant: TenantOpt = "default") -> None:
-    """Every budget of the tenant with this period's spending (JSON lines)."""
+def list_(
+    tenant: TenantOpt = "default",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per budget, for scripts.")
+    ] = False,
+) -> None:
+    """Every budget of the tenant with this period's spending (--json: JSON lines)."""
 
     async def go(db: Database) -> list[dict[str, Any]]:
         verdict = await BudgetGuard(cache_s=0).report(db, await _tenant_id(db, tenant))
@@ -102,7 +107,12 @@ def list_(tenant: TenantOpt = "default") -> None:
         ]
 
     for row in run_with_db(go):
-        print(json.dumps(row))
+        # One line per budget, readable at any width: no table to truncate (issue 26).
+        print(
+            json.dumps(row)
+            if as_json
+            else f"{row['id']}  " + "  ".join(f"{k}={row[k]}" for k in list(row)[1:])
+        )
 
 
 @budgets_app.command("delete")

@@ -282,7 +282,9 @@ def keys_show() -> None:
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+) -> None:
     """Every audit public key this database knows, oldest first."""
 
     async def go(db: Database, settings: Settings) -> list[AuditKey]:
@@ -292,6 +294,15 @@ def keys_list() -> None:
             )
 
     for key in _run(go):
+        if as_json:
+            row = {
+                "key_id": key.key_id,
+                "public_key": key.public_key,
+                "created_at": str(key.created_at),  # stored as ISO 8601 text
+                "prev_key_id": key.prev_key_id,
+            }
+            print(json.dumps(row))
+            continue
         prev = f" (rotated from {key.prev_key_id})" if key.prev_key_id else ""
         print(f"{key.key_id}  {key.public_key}  {key.created_at}{prev}")
 
