@@ -207,6 +207,7 @@ class DeploymentManager:
             decision = self._plan(replica, spec, engine, overrides)
             await self.reporter.state(replica, "loading")
             adapter = build_engine(decision, self._served(replica.order, decision))
+            self._check_names(replica.order)  # again: another replica may have come meanwhile
             started = await self.fleet.add(
                 adapter,
                 replica_id=rid,

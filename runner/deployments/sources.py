@@ -298,7 +298,7 @@ def _fetch_hf(source: HfSource, progress: Progress) -> Path:
             f"{source.repo} is not in the Hugging Face cache and the hub is offline "
             "(HF_HUB_OFFLINE) or unreachable"
         ) from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as exc:
         raise SourceError(f"Hugging Face download of {source.repo} failed: {exc}") from None
 
 

@@ -240,3 +240,13 @@ async def test_a_size_over_the_disk_or_the_bound_is_refused_before_writing(
         with pytest.raises(SourceError, match="over the 1125899906842624 limit"):
             await fetch(pol, server.url + "/over.gguf", over.sha256)
     assert not [p for p in pol.downloads.rglob("*") if p.is_file()]
+
+
+def test_hf_unreachable_hub_fails_cleanly(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of loopback: the hub is down, nothing is cached.
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env |= {"HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    named = run_hf({"kind": "hf", "repo": "acme/smol", "filename": "smol-q4.gguf"}, env)
+    assert "not in the Hugging Face cache" in named["error"]
+    listed = run_hf({"kind": "hf", "repo": "acme/smol"}, env)
+    assert listed["error"].startswith("Hugging Face download of acme/smol failed")
