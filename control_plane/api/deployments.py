@@ -9,9 +9,9 @@ static models (those they were started with) are listed read-only under
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from outpost.control_plane.actions.deployments import (
@@ -32,6 +32,7 @@ from outpost.control_plane.api.deps import (
 )
 from outpost.control_plane.audit import actor_for_key
 from outpost.control_plane.db.models import Deployment, DeploymentReplica
+from outpost.control_plane.deployments.compare import compare_deployments
 from outpost.control_plane.state import AppState
 from outpost.control_plane.store.deployments import (
     list_deployments,
@@ -156,6 +157,18 @@ async def create(
     await session.commit()
     _wake(state, row)
     return deployment_out(row, [])
+
+
+@router.get("/compare")
+async def compare(
+    caller: CallerDep,
+    session: SessionDep,
+    name: Annotated[str, Query(min_length=1, max_length=200)],
+    window_s: Annotated[int, Query(ge=60, le=30 * 86400)] = 3600,
+) -> dict[str, Any]:
+    """Deployments serving ``name`` side by side over the last ``window_s`` (A/B)."""
+    rows = await compare_deployments(session, caller.tenant_id, name, window_s)
+    return {"object": "list", "name": name, "window_s": window_s, "data": rows}
 
 
 @router.get("/{deployment_id}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -39,9 +40,19 @@ __all__ = ["router"]
 log = logging.getLogger("outpost.api")
 router = APIRouter(prefix="/v1", tags=["dialects"])
 
-#: A chat field named in an error, by the name the dialect's client sent.
-_RESPONSES_PARAMS = {"max_tokens": "max_output_tokens", "messages": "input"}
-_MESSAGES_PARAMS = {"stop": "stop_sequences"}
+#: A chat field named in an error, by the name the dialect's client sent: (chat, dialect) patterns.
+Renames = tuple[tuple[str, str], ...]
+_RESPONSES_PARAMS: Renames = (
+    (r"^max_tokens\b", "max_output_tokens"),
+    (r"^messages\b", "input"),
+    (r"^response_format\b", "text.format"),
+    (r"^tools\.(\d+)\.function\.", r"tools.\1."),
+)
+_MESSAGES_PARAMS: Renames = (
+    (r"^stop\b", "stop_sequences"),
+    (r"^tools\.(\d+)\.function\.parameters\b", r"tools.\1.input_schema"),
+    (r"^tools\.(\d+)\.function\.", r"tools.\1."),
+)
 
 
 #: Names pydantic puts in an error's location for the member of a union it tried: not fields.
@@ -69,7 +80,7 @@ async def _serve_chat(
     caller: Caller,
     policy: KeyPolicy,
     chat: dict[str, Any],
-    params: dict[str, str],
+    renames: Renames,
 ) -> Response:
     """The translated request on the chat path; an error names the dialect's own field."""
     try:
@@ -79,11 +90,11 @@ async def _serve_chat(
         error = _invalid(exc)
     except ApiError as exc:
         error = exc
-    if error.param is not None:
-        head = error.param.split(".")[0]
-        if head in params:
-            error.param = params[head] + error.param[len(head) :]
-            error.message = error.message.replace(head, params[head], 1)
+    if (chat_param := error.param) is not None:
+        param = chat_param
+        for pattern, name in renames:
+            param = re.sub(pattern, name, param)
+        error.param, error.message = param, error.message.replace(chat_param, param, 1)
     raise error
 
 

@@ -30,6 +30,7 @@ from outpost.control_plane.api.deployments import deployment_out
 from outpost.control_plane.audit import operator_actor
 from outpost.control_plane.cli_db import run_with_db
 from outpost.control_plane.db.engine import Database
+from outpost.control_plane.deployments.compare import compare_deployments
 from outpost.control_plane.domain_errors import Invalid
 from outpost.control_plane.store.deployments import (
     list_deployments,
@@ -300,3 +301,40 @@ def deployments_delete(deployment_id: IdArg, tenant: TenantOpt = "default") -> N
             return {"id": deployment_id, "deleted": True}
 
     _print(run_with_db(go))
+
+
+@deployments_app.command("compare")
+def deployments_compare(
+    name: Annotated[str, typer.Argument(help="The public name the deployments share.")],
+    window_s: Annotated[int, typer.Option("--window-s", min=60, max=30 * 86400)] = 3600,
+    tenant: TenantOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Deployments sharing a name side by side (A/B): latency, tokens/s, errors, cost."""
+
+    async def go(db: Database) -> list[dict[str, Any]]:
+        async with db.session() as session:
+            t = await get_or_create_tenant(session, tenant)
+            rows = await compare_deployments(session, t.id, name, window_s)
+            await session.commit()
+            return rows
+
+    rows = run_with_db(go)
+    if as_json:
+        _print(rows)
+        return
+    table = Table(
+        "id", "weight", "requests", "error rate", "TTFT p50/p95 ms", "ITL p50 ms", "tok/s", "$/1M"
+    )
+    for r in rows:
+        table.add_row(
+            r["id"],
+            f"{r['weight']:g}",
+            str(r["requests"]),
+            "-" if r["error_rate"] is None else f"{r['error_rate']:.2%}",
+            f"{r['ttft_ms']['p50']} / {r['ttft_ms']['p95']}",
+            str(r["itl_ms"]["p50"]),
+            str(r["tokens_per_s"]["p50"]),
+            str(r["usd_per_1m_tokens"]),
+        )
+    out.print(table)

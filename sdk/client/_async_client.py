@@ -591,6 +591,14 @@ class AsyncDeployments(_AsyncResource):
     async def delete(self, deployment_id: str) -> None:
         await self._client._request("DELETE", f"/api/deployments/{deployment_id}")
 
+    async def compare(self, name: str, *, window_s: int = 3600) -> builtins.list[dict[str, Any]]:
+        """Deployments serving ``name`` side by side: TTFT and ITL percentiles, tokens/s, error
+        rate, cost per 1M tokens over the last ``window_s`` seconds."""
+        doc = await self._client._json(
+            "GET", "/api/deployments/compare", params={"name": name, "window_s": window_s}
+        )
+        return list(doc.get("data") or []) if isinstance(doc, dict) else []
+
 
 class AsyncKeys(_AsyncResource):
     async def list(self) -> builtins.list[ApiKey]:

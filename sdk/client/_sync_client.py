@@ -577,6 +577,14 @@ class Deployments(_Resource):
     def delete(self, deployment_id: str) -> None:
         self._client._request("DELETE", f"/api/deployments/{deployment_id}")
 
+    def compare(self, name: str, *, window_s: int = 3600) -> builtins.list[dict[str, Any]]:
+        """Deployments serving ``name`` side by side: TTFT and ITL percentiles, tokens/s, error
+        rate, cost per 1M tokens over the last ``window_s`` seconds."""
+        doc = self._client._json(
+            "GET", "/api/deployments/compare", params={"name": name, "window_s": window_s}
+        )
+        return list(doc.get("data") or []) if isinstance(doc, dict) else []
+
 
 class Keys(_Resource):
     def list(self) -> builtins.list[ApiKey]:

@@ -67,6 +67,12 @@ def test_cli_create_list_update_scale_delete(tmp_path: Path) -> None:
         )  # fmt: skip
         assert other.returncode == 1 and "No deployment" in other.stderr
 
+        compared = json.loads(
+            cp.cli("deployments", "compare", "cli-model", "--json", "--tenant", "clitenant")
+        )
+        assert [(r["id"], r["requests"], r["error_rate"]) for r in compared] == [
+            (made["id"], 0, None)
+        ]
         cp.cli("deployments", "delete", made["id"], "--tenant", "clitenant")
         assert next_frame(ws, UndeployFrame).replica_id == frame.replica_id
         ws.close()

@@ -394,6 +394,28 @@ def test_two_deployments_share_a_name_by_weight(cp: ControlPlaneProcess) -> None
     run(24)  # 1:1 — both get some (all 24 on one side: 2**-23)
     third = [x - y for x, y in zip(counts(), before, strict=True)]
     assert min(third) > 0, third
+
+    # The comparison: each deployment's requests, from the request records.
+    def compared() -> dict[str, dict[str, Any]]:
+        got = t.api("GET", "/compare", params={"name": "ab-model"})
+        assert got.status_code == 200, got.text
+        return {row["id"]: row for row in got.json()["data"]}
+
+    wait_until(lambda: sum(r["requests"] for r in compared().values()) == 40, 20, "records")
+    rows = compared()
+    assert set(rows) == {a["id"], b["id"]}
+    served_by_a = rows[a["id"]]["requests"]
+    assert served_by_a == 8 + third[0 if first[0] == 8 else 1]
+    for row in rows.values():
+        assert row["errors"] == 0 and row["error_rate"] == 0
+        assert row["completion_tokens"] == row["requests"]  # 1 token per scripted answer
+        assert row["ttft_ms"]["p50"] is not None and len(row["runners"]) == 1
+    bad = t.api("GET", "/compare", params={"name": "ab-model", "window_s": 10**12})
+    assert bad.status_code == 400
+    assert (
+        Tenant(cp, "ab-other").api("GET", "/compare", params={"name": "ab-model"}).json()["data"]
+        == []
+    )
     ws_a.close()
     ws_b.close()
 

@@ -238,6 +238,14 @@ def test_unknown_model_is_an_anthropic_404(dialect_stack: DialectStack) -> None:
             "tools",
         ),
         ({"max_tokens": 2, "messages": [{"role": "system", "content": "x"}]}, "role"),
+        (
+            {
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"name": "f", "input_schema": {"d": "x" * 70_000}}],
+            },
+            "tools.0.input_schema",
+        ),
     ],
 )
 def test_malformed_or_oversize_input_is_an_anthropic_400(
