@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,7 +56,22 @@ def generate(source: str) -> str:
     body = re.sub(
         r"^(\s+)for (\w+) in (.+):\n\s+yield \2\n", r"\1yield from \3\n", body, flags=re.MULTILINE
     )
-    return HEADER + _sort_imports(body)
+    return _ruff(HEADER + _sort_imports(body))
+
+
+def _ruff(text: str) -> str:
+    """Format the output as the checked-in code is formatted (``ruff format`` in scripts/test):
+    dropping ``await`` shortens lines, so the async source's wrapping is not the sync one's."""
+    ruff = Path(sys.executable).parent / "ruff"
+    out = subprocess.run(
+        [str(ruff), "format", "--stdin-filename", str(TARGET), "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return out.stdout
 
 
 def _sort_imports(body: str) -> str:
