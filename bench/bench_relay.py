@@ -38,6 +38,7 @@ import httpx
 
 from bench.bench_overhead import PathResult, Scenario, phase
 from bench.load import ProcWatch, load_at_end, machine, run_async, write_section
+from harness import processes
 from harness.processes import free_port, wait_until
 from harness.stack import Engine, Stack, pids, start_engine, start_stack
 
@@ -122,7 +123,8 @@ async def run(
                 port, headers, body, sc.streams, seconds, watch, sc.ramp_s
             )
             results[path].add(samples, tokens, window, watch)
-            await asyncio.sleep(0.5)
+            # LiteLLM keeps working on the requests cut at the end of its phase for a while.
+            await asyncio.sleep(3.0 if path == "litellm" else 0.5)
     return results
 
 
@@ -140,6 +142,7 @@ def row(sc: Scenario, res: dict[str, PathResult]) -> dict[str, object]:
     }
     for path, r in res.items():
         reqs = len(r.ok)
+        suffix = " (before)" if path == "before" else ""
         out[path] = {
             "tok_s": r.tok_s,
             "req_s": reqs / r.window_s if r.window_s else math.nan,
@@ -149,8 +152,8 @@ def row(sc: Scenario, res: dict[str, PathResult]) -> dict[str, object]:
             "ratio": r.tok_s / d.tok_s if d.tok_s else math.nan,
             "added_ttft_p50_ms": (r.ttft(50) - d.ttft(50)) * 1e3,
             "added_ttft_p99_ms": (r.ttft(99) - d.ttft(99)) * 1e3,
-            "cp_us_per_token": _us_per_token(r, "control plane"),
-            "runner_us_per_token": _us_per_token(r, "runner"),
+            "cp_us_per_token": _us_per_token(r, "control plane" + suffix),
+            "runner_us_per_token": _us_per_token(r, "runner" + suffix),
             "litellm_us_per_token": _us_per_token(r, "litellm"),
         }
     return out
@@ -161,7 +164,7 @@ def _cell(v: object, fmt: str) -> str:
 
 
 def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
-    paths = [p for p in ("direct", "outpost", "litellm") if rows and p in rows[0]]
+    paths = [p for p in ("direct", "outpost", "before", "litellm") if rows and p in rows[0]]
     lines = [
         "## The relay at GPU rates: direct, Outpost and LiteLLM (`bench/bench_relay.py`)",
         "",
@@ -195,28 +198,38 @@ def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
                 f"| {_cell(r['litellm_us_per_token'], '.0f')} |"
             )
     if sweep:
+        old = "before" in sweep[0]
         lines += [
             "",
-            "Relay capacity (direct vs Outpost only; paced streams, ramped):",
+            "Relay capacity (paced streams, ramped; no LiteLLM):",
             "",
             "| streams × tok/s | offered tok/s | direct tok/s | Outpost tok/s | ÷ direct "
-            "| added TTFT p99 ms | CPU µs/token: control plane | runner |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| added TTFT p99 ms | CPU µs/token: control plane | runner |"
+            + (" before ÷ direct | before CPU µs/token: control plane | runner |" if old else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if old else ""),
         ]
         for rw in sweep:
             d, t = rw["direct"], rw["outpost"]
-            lines.append(
+            line = (
                 f"| {rw['streams']} × {rw['rate']:g} | {rw['streams'] * rw['rate']:,.0f} "
                 f"| {d['tok_s']:,.0f} "
                 f"| {t['tok_s']:,.0f} | **{t['ratio']:.3f}** | {t['added_ttft_p99_ms']:+.1f} "
                 f"| {_cell(t['cp_us_per_token'], '.0f')} "
                 f"| {_cell(t['runner_us_per_token'], '.0f')} |"
             )
+            if old:
+                b = rw["before"]
+                line += (
+                    f" {b['ratio']:.3f} | {_cell(b['cp_us_per_token'], '.0f')} "
+                    f"| {_cell(b['runner_us_per_token'], '.0f')} |"
+                )
+            lines.append(line)
         held = [rw for rw in sweep if rw["outpost"]["ratio"] >= 0.97]
         best = max((rw["direct"]["tok_s"] for rw in held), default=math.nan)
         lines += [
             "",
-            f"Highest aggregate rate held at ≥ 0.97 of direct: {_cell(best, ',.0f')} tok/s.",
+            f"Highest aggregate rate Outpost held at ≥ 0.97 of direct: {_cell(best, ',.0f')} "
+            "tok/s.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -226,6 +239,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     args.started = machine()
     engine = start_engine("sim", parallel=512, log_dir=tmp)
     stack: Stack | None = None
+    stacks: list[Stack] = []
     proxy: LiteLLM | None = None
     rows: list[dict] = []
     sweep: list[dict] = []
@@ -238,6 +252,24 @@ async def main_async(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
             "outpost": (stack.port, {"Authorization": f"Bearer {stack.key}"}),
         }
         args.litellm_line = ""
+        if args.baseline is not None:
+            # The same stack from an older checkout: ``python -m`` puts the working directory
+            # first on sys.path, so processes started from there import its ``outpost``.
+            # The harness's in-process database step (share_default_pool) is this checkout's
+            # code and schema, not the older one's: skipped for that stack.
+            here, run_db = os.getcwd(), processes.run_db
+            os.chdir(args.baseline)
+            processes.run_db = lambda *_a, **_k: None  # type: ignore[assignment]
+            try:
+                before = start_stack(engine, capacity=256, tmp=tmp / "before")
+            finally:
+                os.chdir(here)
+                processes.run_db = run_db
+            stacks.append(before)
+            targets["before"] = (before.port, {"Authorization": f"Bearer {before.key}"})
+            watched["control plane (before)"] = before.cp.proc.pid  # type: ignore[union-attr]
+            watched["runner (before)"] = before.runners[0].proc.pid  # type: ignore[union-attr]
+            args.litellm_line += f"; before = the same stack from {args.baseline_name}"
         if not args.no_litellm:
             proxy = LiteLLM(engine, stack.model, tmp)
             targets["litellm"] = (proxy.port, {"Authorization": f"Bearer {MASTER_KEY}"})
@@ -256,7 +288,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
             rows.append(row(sc, res))
             print(rows[-1], file=sys.stderr, flush=True)
         if args.sweep:
-            pair = {k: targets[k] for k in ("direct", "outpost")}
+            pair = {k: v for k, v in targets.items() if k != "litellm"}
             for point in args.sweep_points:
                 n, rate = (int(x) for x in point.split("x"))
                 sc = Scenario("sim", n, 64, float(rate), ramped=True)
@@ -267,8 +299,9 @@ async def main_async(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     finally:
         if proxy is not None:
             proxy.stop()
-        if stack is not None:
-            stack.stop()
+        for st in [stack, *stacks]:
+            if st is not None:
+                st.stop()
         engine.stop()
     return rows, sweep
 
@@ -286,9 +319,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         type=lambda s: s.split(","),
         default=["64x50", "128x50", "256x50", "256x100", "256x200"],
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the Outpost stack of this older checkout (e.g. `git archive <commit>` "
+        "unpacked), as path 'before', in the same rounds",
+    )
     p.add_argument("--note", default="")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    args.baseline_name = args.baseline.name if args.baseline else ""
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        commit = args.baseline / ".commit"
+        args.baseline_name = commit.read_text().strip() if commit.exists() else str(args.baseline)
     args.command = shlex.join(
         [".venv/bin/python", "bench/bench_relay.py", *(argv if argv is not None else sys.argv[1:])]
     )
