@@ -249,9 +249,21 @@ class ApiKey(_Model):
     name: str
     prefix: str = ""
     scopes: list[str] = Field(default_factory=list)
+    #: What the key may administer (owner ... auditor, docs/security.md); None: inference only.
+    role: str | None = None
+    #: Model names and glob patterns it may call; None: every model its tenant can reach.
+    allowed_models: list[str] | None = None
     created_at: datetime | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class KeyQuotas(_Model):
+    """A key's quotas (docs/security.md, "Quotas"); None: no limit."""
+
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    max_concurrent: int | None = None
 
 
 class CreatedApiKey(ApiKey):

@@ -71,6 +71,7 @@ async def create_key(
     extra: Mapping[str, Any] | None = None,
     by_role: str | None = SHELL_ROLE,
     allowed_models: list[str] | None = None,
+    by_allowed: tuple[str, ...] | None = None,
 ) -> tuple[ApiKey, str]:
     """A key of ``tenant_id``; returns ``(row, secret)``. The secret is not stored.
 
@@ -89,6 +90,7 @@ async def create_key(
     if role is not None:
         check_grant(by_role, role)
     models = parse_allow_list(allowed_models) if allowed_models is not None else None
+    _check_within(by_allowed, models)
     key, secret = await create_api_key(
         session, tenant_id, name, expires_at=expires_at, scopes=scopes
     )
@@ -168,6 +170,19 @@ async def set_limits(
     return key
 
 
+def _check_within(by_allowed: tuple[str, ...] | None, models: list[str] | None) -> None:
+    """A caller whose own key is allow-listed hands on no model beyond its own list: else a
+    narrowed key could mint (or turn itself into) one that is not."""
+    if by_allowed is None:
+        return
+    if models is None or not set(models) <= set(by_allowed):
+        raise Forbidden(
+            "Your key may only call some models: the keys it creates or changes must name only "
+            f"entries of its own list ({', '.join(by_allowed) or 'none'}).",
+            code="permission_denied",
+        )
+
+
 def _check_over(by_role: str | None, key: ApiKey) -> None:
     role = key_role(set(key.scopes.split(",")))
     if role is not None and not may_grant(by_role, role):
@@ -184,9 +199,11 @@ async def set_allowed_models(
     *,
     actor: str,
     by_role: str | None = SHELL_ROLE,
+    by_allowed: tuple[str, ...] | None = None,
 ) -> ApiKey:
     """Replace the key's model allow-list; ``None`` lifts it (every model its tenant can reach)."""
     checked = parse_allow_list(models) if models is not None else None
+    _check_within(by_allowed, checked)
     key = await find_key(session, tenant_id, key_id)
     _check_over(by_role, key)
     key.allowed_models = checked

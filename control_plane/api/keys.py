@@ -101,6 +101,7 @@ async def create_key(body: ApiKeyIn, admin: KeysWriteDep, session: SessionDep) -
         expires_at=expires,
         by_role=admin.role,
         allowed_models=body.allowed_models,
+        by_allowed=admin.policy.allowed_models if admin.policy else None,
     )
     await session.commit()
     return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=secret)
@@ -127,6 +128,7 @@ async def put_allowed_models(
         body.allowed_models,
         actor=actor_for_key(admin.api_key_id),
         by_role=admin.role,
+        by_allowed=admin.policy.allowed_models if admin.policy else None,
     )
     await session.commit()
     return ApiKeyOut.of(row)

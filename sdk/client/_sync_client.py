@@ -44,6 +44,7 @@ from outpost.sdk.models import (
     EmbeddingResponse,
     EnrollmentToken,
     FairnessRun,
+    KeyQuotas,
     Model,
     Pool,
     PoolGrant,
@@ -596,9 +597,46 @@ class Keys(_Resource):
         *,
         scopes: builtins.list[str] | None = None,
         expires_in_s: int | None = None,
+        role: str | None = None,
+        allowed_models: builtins.list[str] | None = None,
     ) -> CreatedApiKey:
-        body = {"name": name, "scopes": scopes or ["inference"], "expires_in_s": expires_in_s}
+        """``role``: what the key may administer (one the caller may grant); ``allowed_models``:
+        names and glob patterns it may call (default: every model)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "scopes": scopes or ["inference"],
+            "expires_in_s": expires_in_s,
+        }
+        if role is not None:
+            body["role"] = role
+        if allowed_models is not None:
+            body["allowed_models"] = allowed_models
         return parse_model(CreatedApiKey, self._client._json("POST", "/api/keys", json_body=body))
+
+    def set_models(self, key_id: str, allowed_models: builtins.list[str] | None) -> ApiKey:
+        """Replace the key's allow-list; ``None`` lifts it, ``[]`` allows no model."""
+        body = {"allowed_models": allowed_models}
+        return parse_model(
+            ApiKey, self._client._json("PUT", f"/api/keys/{key_id}/models", json_body=body)
+        )
+
+    def set_quotas(
+        self,
+        key_id: str,
+        *,
+        tokens_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
+        max_concurrent: int | None = None,
+    ) -> KeyQuotas:
+        """Replace the key's quotas (a left-out one is no limit)."""
+        body = {
+            "tokens_per_minute": tokens_per_minute,
+            "tokens_per_day": tokens_per_day,
+            "max_concurrent": max_concurrent,
+        }
+        return parse_model(
+            KeyQuotas, self._client._json("PUT", f"/api/keys/{key_id}/quotas", json_body=body)
+        )
 
     def revoke(self, key_id: str) -> ApiKey:
         return parse_model(ApiKey, self._client._json("POST", f"/api/keys/{key_id}/revoke"))
