@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,6 +16,9 @@ from outpost.control_plane.observability.tracing import NO_TRACE, request_trace
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.routing.routing import RouteRequest
 from outpost.control_plane.tunnel.link import Link
+from outpost.runner.engine_client import HttpxEngineClient
+from outpost.runner.relay import EngineEndpoint, relay
+from outpost.runner.streams import OutboundStream
 from outpost.runner.tracing import engine_trace_headers, stream_span
 from outpost.sdk.otel import TRACEPARENT, tracing_wanted, use_provider
 from outpost.sdk.protocol import (
@@ -208,3 +212,43 @@ def test_without_traces_the_engine_gets_no_header() -> None:
     )
     with stream_span(frame):
         assert engine_trace_headers() == {}
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.frames: list[object] = []
+
+    async def send(self, frame: object) -> None:
+        self.frames.append(frame)
+
+
+async def test_the_relay_sends_the_engine_its_traceparent(spans: InMemorySpanExporter) -> None:
+    """The runner's real relay, with a fake engine at its injected seam (httpx's
+    MockTransport): the request reaching the engine carries the engine span's traceparent."""
+    seen: list[httpx.Request] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+        return httpx.Response(200, json=answer)
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": MARKER}]})
+    frame = RequestFrame(
+        stream_id=1,
+        path="/v1/chat/completions",
+        model="m",
+        body=body,
+        body_length=len(body),
+        traceparent=GOOD,
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as http:
+        with stream_span(frame):
+            endpoint = EngineEndpoint("http://engine.test", {"Authorization": "Bearer e"})
+            await relay(OutboundStream(frame, _Wire().send), endpoint, HttpxEngineClient(http))
+    done = {s.name: s for s in spans.get_finished_spans()}
+    ctx = done["outpost.runner.engine"].context
+    assert seen[0].headers["traceparent"] == (
+        f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    )
+    assert GOOD.split("-")[1] == f"{ctx.trace_id:032x}"
+    assert seen[0].headers["authorization"] == "Bearer e"  # the engine's own header is kept
