@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from outpost.control_plane.cli import SECRET_FLAGS as CP_SECRET_FLAGS
 from outpost.control_plane.settings import Settings
 from outpost.runner.settings import SECRET_FLAGS, RunnerSettings
 
@@ -20,9 +21,10 @@ HEADER = """# Configuration
 
 Generated from `control_plane/settings.py` and `runner/settings.py` by
 `scripts/gen_config_docs.py`; a test fails when this file is stale, so it
-cannot drift. Every setting is an environment variable; the runner's are
-also `runner local-runner` flags (secrets excepted: they are read from the
-environment only, so they never appear in process lists).
+cannot drift. Every setting is an environment variable and a flag of the
+command that reads it (`control-plane serve` and `up`, `runner local-runner`;
+the flags are derived from the settings), secrets excepted: they are read
+from the environment only, so they never appear in process lists.
 """
 
 
@@ -33,26 +35,22 @@ def _default(field) -> str:
     return "" if value is None else f"`{value}`"
 
 
-def _table(cls: type[BaseSettings], flags: bool) -> list[str]:
-    head = "| env var | flag | default | meaning |" if flags else "| env var | default | meaning |"
-    rows = [head, "|---|---|---|---|" if flags else "|---|---|---|"]
+def _table(cls: type[BaseSettings], secret_flags: tuple[str, ...]) -> list[str]:
+    rows = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
     for name, field in cls.model_fields.items():
         env = f"`OUTPOST_{name.upper()}`"
         desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        if flags:
-            flag = "--" + name.replace("_", "-")
-            flag_cell = "(env only)" if flag in SECRET_FLAGS else f"`{flag}`"
-            rows.append(f"| {env} | {flag_cell} | {_default(field)} | {desc} |")
-        else:
-            rows.append(f"| {env} | {_default(field)} | {desc} |")
+        flag = "--" + name.replace("_", "-")
+        flag_cell = "(env only)" if flag in secret_flags else f"`{flag}`"
+        rows.append(f"| {env} | {flag_cell} | {_default(field)} | {desc} |")
     return rows
 
 
 def render() -> str:
     lines = [HEADER, "## Control plane (`control-plane serve`, `control-plane up`)", ""]
-    lines += _table(Settings, flags=False)
+    lines += _table(Settings, CP_SECRET_FLAGS)
     lines += ["", "## Runner (`runner local-runner`)", ""]
-    lines += _table(RunnerSettings, flags=True)
+    lines += _table(RunnerSettings, SECRET_FLAGS)
     return "\n".join(lines) + "\n"
 
 
