@@ -392,3 +392,39 @@ def _post_path(stack: DialectStack, path: str) -> httpx.Response:
         headers={"x-api-key": stack.api_key, "Authorization": f"Bearer {stack.api_key}"},
         timeout=30,
     )
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        (
+            "/v1/messages",
+            f'{{"model": "{MODEL}", "max_tokens": 2, "messages": [{{"role": "user", '
+            f'"content": "x"}}], "tools": [{{"name": "f", "input_schema": {{"d": {DEEP}}}}}]}}',
+        ),
+        (
+            "/v1/responses",
+            f'{{"model": "{MODEL}", "input": "x", "tools": [{{"type": "function", "name": "f",'
+            f' "parameters": {{"d": {DEEP}}}}}]}}',
+        ),
+    ],
+)
+def test_deeply_nested_bodies_are_400_not_500(
+    dialect_stack: DialectStack, path: str, raw: str
+) -> None:
+    """A tool schema is free-form JSON: nesting that no parser should follow is refused cleanly."""
+    resp = httpx.post(
+        f"{dialect_stack.url}{path}",
+        content=raw.encode(),
+        headers={
+            "x-api-key": dialect_stack.api_key,
+            "Authorization": f"Bearer {dialect_stack.api_key}",
+            "content-type": "application/json",
+        },
+        timeout=60,
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["message"]
