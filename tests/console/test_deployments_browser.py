@@ -58,7 +58,21 @@ def test_deploy_watch_scale_delete(admin: Session, stack: Stack) -> None:
     # The real runner fetched nothing: the replica fails, with the runner's reason on the page.
     text = _wait_row(page, name, "failed")
     assert stack.runner_id in text and "absent/model.gguf" in text, text
+
+    # A second deployment of the same name (B of an A/B): the comparison appears.
+    page.fill("#dep-name", name)
+    page.fill("#dep-path", "absent/other.gguf")
+    page.fill("#dep-weight", "0")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Deploy").click()
+    compare = page.locator(f"section[data-compare-name='{name}'] tbody tr")
+    assert compare.count() == 2, page.content()[:2000]
+    assert all(r.strip() == "0" for r in compare.locator("td.requests").all_inner_texts())
     admin.shot("deployments")
+    second = page.locator("#deployments-table tbody tr", has_text=name).nth(1)
+    with page.expect_navigation():
+        second.get_by_role("button", name="Delete").click()
+    assert page.url.endswith("notice=deployment_deleted"), page.url
 
     row = page.locator("#deployments-table tbody tr", has_text=name)
     row.locator("input[name=replicas]").fill("0")

@@ -6,6 +6,7 @@ the form's values pass the same :class:`DeploymentSpec` checks as an API body.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,6 +28,7 @@ from outpost.control_plane.console.deps import (
     ViewUserDep,
     render,
 )
+from outpost.control_plane.deployments.compare import compare_deployments
 from outpost.control_plane.domain_errors import DomainError, Invalid
 from outpost.control_plane.state import AppState
 from outpost.control_plane.store.deployments import list_deployments, replicas_by_deployment
@@ -36,6 +38,10 @@ __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
 
+#: The comparison's window on this page (the API takes any, docs/api.md).
+COMPARE_WINDOW_S = 3600
+#: Shared names compared on the page at most (each is one query over request records).
+MAX_COMPARED = 5
 #: Replica states still moving: the page refreshes itself while one is shown.
 _MOVING = frozenset({"pending", "downloading", "loading", "draining"})
 
@@ -48,6 +54,12 @@ async def _page(
         pools = await list_pools(session, user.tenant_id)
         rows = await list_deployments(session, user.tenant_id)
         replicas = await replicas_by_deployment(session, [d.id for d in rows])
+        # A/B: names two or more live deployments share, side by side (the first few).
+        shared = Counter(d.name for d in rows if d.status == "active")
+        compared = {
+            name: await compare_deployments(session, user.tenant_id, name, COMPARE_WINDOW_S)
+            for name in sorted(n for n, c in shared.items() if c > 1)[:MAX_COMPARED]
+        }
         await session.commit()
     deployments = [deployment_out(d, replicas[d.id]) for d in rows]
     moving = any(r["state"] in _MOVING for d in deployments for r in d["replica_status"])
@@ -60,6 +72,8 @@ async def _page(
         deployments=deployments,
         static=static_models(state, {p.id for p in pools}),
         pools=pools,
+        compared=compared,
+        compare_window_s=COMPARE_WINDOW_S,
         refresh=moving or any(d["status"] == "deleting" for d in deployments),
         **extra,
     )
