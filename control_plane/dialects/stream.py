@@ -78,6 +78,11 @@ class DialectStream(Response):
         async def translated(message: Message) -> None:
             if message["type"] != "http.response.body":
                 await send(message)
+                if message["type"] == "http.response.start":
+                    # The dialect's opening event goes with the headers, not with the first
+                    # token: a client (and a proxy) behind a long queue sees it at once.
+                    opening = self.translation.feed("").encode()
+                    await send({"type": "http.response.body", "body": opening, "more_body": True})
                 return
             more = bool(message.get("more_body", False))
             text = decoder.decode(bytes(message.get("body", b"")), final=not more)
