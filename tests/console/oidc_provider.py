@@ -198,95 +198,7 @@ class OidcProvider:
     # --- the authlib server -------------------------------------------------
 
     def _authorization_server(self) -> AuthorizationServer:
-        provider = self
-
-        class Grant(AuthorizationCodeGrant):
-            TOKEN_ENDPOINT_AUTH_METHODS = ("none", "client_secret_basic")
-
-            def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
-                data = request.payload.data
-                provider.codes[code] = _Code(
-                    code=code,
-                    client_id=request.client.get_client_id(),
-                    redirect_uri=data["redirect_uri"],
-                    scope=request.client.get_allowed_scope(data.get("scope", "")),
-                    person=request.user,
-                    nonce=data.get("nonce"),
-                    code_challenge=data.get("code_challenge"),
-                    code_challenge_method=data.get("code_challenge_method"),
-                )
-
-            def query_authorization_code(self, code: str, client: ClientMixin) -> _Code | None:
-                found = provider.codes.get(code)
-                return (
-                    found
-                    if found is not None and found.client_id == client.get_client_id()
-                    else None
-                )
-
-            def delete_authorization_code(self, authorization_code: _Code) -> None:
-                provider.codes.pop(authorization_code.code, None)  # a code works once
-
-            def authenticate_user(self, authorization_code: _Code) -> Person:
-                return authorization_code.person
-
-        class IdToken(OpenIDCode):
-            def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
-                return any(c.nonce == nonce for c in provider.codes.values())
-
-            def get_client_algorithm(self, client: ClientMixin) -> str:
-                return "RS256"
-
-            def resolve_client_private_key(self, client: ClientMixin) -> RSAKey:
-                return provider.signing_key
-
-            def get_encode_header(self, client: ClientMixin) -> dict[str, str]:
-                return {"alg": "RS256", "kid": provider.signing_key.kid}
-
-            def get_client_claims(self, client: ClientMixin) -> dict[str, Any]:
-                return {"iss": provider.issuer, "aud": [client.get_client_id()]}
-
-            def generate_user_info(self, user: Person, scope: str) -> UserInfo:
-                info = UserInfo(
-                    sub=user.subject,
-                    email=user.email,
-                    email_verified=True,
-                    groups=list(user.groups),
-                )
-                if user.tenant is not None:
-                    info["tenant"] = user.tenant
-                return info
-
-            def encode_id_token(self, token: dict[str, Any], request: OAuth2Request) -> str:
-                if provider.tamper is None:
-                    return super().encode_id_token(token, request)
-                claims = {
-                    **self.get_compatible_claims(request),
-                    **self.get_authorization_code_claims(request.authorization_code),
-                    **self.generate_user_info(request.user, token["scope"]),
-                }
-                return provider.tamper(claims, {"alg": "RS256", "kid": provider.signing_key.kid})
-
-        class Server(AuthorizationServer):
-            def query_client(self, client_id: str) -> ClientMixin | None:
-                return provider.client if client_id == provider.client.client_id else None
-
-            def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
-                pass
-
-            def create_oauth2_request(self, request: _Request) -> _Request:
-                return request
-
-            def handle_response(
-                self, status: int, body: Any, headers: list[tuple[str, str]]
-            ) -> Response:
-                if isinstance(body, dict):
-                    return JSONResponse(body, status_code=status, headers=dict(headers))
-                return Response(body or "", status_code=status, headers=dict(headers))
-
-            def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
-                pass
-
+        Grant, IdToken, Server = _grant(self), _id_token(self), _server(self)
         server = Server()
         server.register_token_generator(
             "default",
@@ -398,3 +310,103 @@ class OidcProvider:
             self._uvicorn.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+# The authlib server's parts, each a class bound to the provider it serves.
+
+
+def _grant(provider: OidcProvider) -> type[AuthorizationCodeGrant]:
+    class Grant(AuthorizationCodeGrant):
+        TOKEN_ENDPOINT_AUTH_METHODS = ("none", "client_secret_basic")
+
+        def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
+            data = request.payload.data
+            provider.codes[code] = _Code(
+                code=code,
+                client_id=request.client.get_client_id(),
+                redirect_uri=data["redirect_uri"],
+                scope=request.client.get_allowed_scope(data.get("scope", "")),
+                person=request.user,
+                nonce=data.get("nonce"),
+                code_challenge=data.get("code_challenge"),
+                code_challenge_method=data.get("code_challenge_method"),
+            )
+
+        def query_authorization_code(self, code: str, client: ClientMixin) -> _Code | None:
+            found = provider.codes.get(code)
+            return (
+                found if found is not None and found.client_id == client.get_client_id() else None
+            )
+
+        def delete_authorization_code(self, authorization_code: _Code) -> None:
+            provider.codes.pop(authorization_code.code, None)  # a code works once
+
+        def authenticate_user(self, authorization_code: _Code) -> Person:
+            return authorization_code.person
+
+    return Grant
+
+
+def _id_token(provider: OidcProvider) -> type[OpenIDCode]:
+    class IdToken(OpenIDCode):
+        def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
+            return any(c.nonce == nonce for c in provider.codes.values())
+
+        def get_client_algorithm(self, client: ClientMixin) -> str:
+            return "RS256"
+
+        def resolve_client_private_key(self, client: ClientMixin) -> RSAKey:
+            return provider.signing_key
+
+        def get_encode_header(self, client: ClientMixin) -> dict[str, str]:
+            return {"alg": "RS256", "kid": provider.signing_key.kid}
+
+        def get_client_claims(self, client: ClientMixin) -> dict[str, Any]:
+            return {"iss": provider.issuer, "aud": [client.get_client_id()]}
+
+        def generate_user_info(self, user: Person, scope: str) -> UserInfo:
+            info = UserInfo(
+                sub=user.subject,
+                email=user.email,
+                email_verified=True,
+                groups=list(user.groups),
+            )
+            if user.tenant is not None:
+                info["tenant"] = user.tenant
+            return info
+
+        def encode_id_token(self, token: dict[str, Any], request: OAuth2Request) -> str:
+            if provider.tamper is None:
+                return super().encode_id_token(token, request)
+            claims = {
+                **self.get_compatible_claims(request),
+                **self.get_authorization_code_claims(request.authorization_code),
+                **self.generate_user_info(request.user, token["scope"]),
+            }
+            return provider.tamper(claims, {"alg": "RS256", "kid": provider.signing_key.kid})
+
+    return IdToken
+
+
+def _server(provider: OidcProvider) -> type[AuthorizationServer]:
+    class Server(AuthorizationServer):
+        def query_client(self, client_id: str) -> ClientMixin | None:
+            return provider.client if client_id == provider.client.client_id else None
+
+        def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+            pass
+
+        def create_oauth2_request(self, request: _Request) -> _Request:
+            return request
+
+        def handle_response(
+            self, status: int, body: Any, headers: list[tuple[str, str]]
+        ) -> Response:
+            if isinstance(body, dict):
+                return JSONResponse(body, status_code=status, headers=dict(headers))
+            return Response(body or "", status_code=status, headers=dict(headers))
+
+        def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return Server
