@@ -163,6 +163,14 @@ def _cell(v: object, fmt: str) -> str:
     return "–" if not isinstance(v, int | float) or math.isnan(v) else format(v, fmt)
 
 
+def _own(r: dict, key: str, path: str) -> str:
+    """A CPU cell only for the path's own processes (others idle through its phases)."""
+    mine = key == "litellm_us_per_token" if path == "litellm" else path in ("outpost", "before")
+    if key == "litellm_us_per_token" and path != "litellm":
+        mine = False
+    return _cell(r[key], ".0f") if mine else "–"
+
+
 def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
     paths = [p for p in ("direct", "outpost", "before", "litellm") if rows and p in rows[0]]
     lines = [
@@ -193,9 +201,9 @@ def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
                 f"| {first} | {path} | {_cell(r['tok_s'], ',.0f')} | {_cell(r['req_s'], ',.0f')} "
                 f"| {r['errors']} | {_cell(r['ttft_p50_ms'], '.1f')} "
                 f"| {_cell(r['ttft_p99_ms'], '.1f')} | {ratio} | {added} "
-                f"| {_cell(r['cp_us_per_token'], '.0f')} "
-                f"| {_cell(r['runner_us_per_token'], '.0f')} "
-                f"| {_cell(r['litellm_us_per_token'], '.0f')} |"
+                f"| {_own(r, 'cp_us_per_token', path)} "
+                f"| {_own(r, 'runner_us_per_token', path)} "
+                f"| {_own(r, 'litellm_us_per_token', path)} |"
             )
     if sweep:
         old = "before" in sweep[0]
