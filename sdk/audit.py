@@ -306,111 +306,140 @@ def verify_export(
 def _walk(
     records: list[dict[str, Any]], trusted: dict[str, str], result: VerifyResult
 ) -> dict[int, str]:
-    prev, expected = GENESIS_HASH, 1
-    hashes: dict[int, str] = {}
+    walk = _Walk(records, trusted, result)
+    for i, rec in enumerate(records):
+        walk.step(i, rec)
+    walk.finish()
+    return walk.hashes
+
+
+@dataclass
+class _Walk:
+    """One pass over an export's lines, in order: the chain as it is recomputed so far."""
+
+    records: list[dict[str, Any]]
+    trusted: dict[str, str]
+    result: VerifyResult
+    prev: str = GENESIS_HASH
+    expected: int = 1
+    hashes: dict[int, str] = field(default_factory=dict)
     header: dict[str, Any] | None = None
-    started = False
+    started: bool = False
     anchor: tuple[int, int] | None = None  # (line, seq)
     prune_line: int | None = None  # the audit.prune event that announces the anchor
-    tenants = _TenantSeqs()
-    for i, rec in enumerate(records):
+    tenants: _TenantSeqs = field(default_factory=lambda: _TenantSeqs())
+
+    def step(self, i: int, rec: dict[str, Any]) -> None:
         kind = rec["kind"]
         if kind == "header":
             if i != 0 or rec.get("format") != EXPORT_FORMAT or rec.get("version") != 1:
                 raise _Bad(
                     i, "header must be the first line, format outpost.audit.export version 1"
                 )
-            header = rec
+            self.header = rec
         elif kind == "key":
-            continue  # handled by _trusted_keys
+            return  # handled by _trusted_keys
         elif kind == "anchor":
-            if started:
-                raise _Bad(i, "anchor must come before every event")
-            _check_signed(rec, i, trusted, "anchor")
-            prev, expected, started = rec["hash"], rec["seq"] + 1, True
-            anchor = (i, rec["seq"])
-            hashes[rec["seq"]] = prev
-            result.last_signed_seq = rec["seq"]
+            self._anchor(i, rec)
         elif kind in ("event", "redacted"):
-            started = True
-            seq, digest = _entry(rec, i, kind)
-            if seq != expected:
-                raise _Bad(
-                    i,
-                    f"expected seq {expected}, found {seq} (an event was deleted, inserted or "
-                    "moved here)",
-                    seq,
-                )
-            prev = chain_hash(prev, digest)
-            if rec.get("hash") != prev:
-                raise _Bad(
-                    i, f"hash mismatch at seq {seq}: the event was altered or the chain broken", seq
-                )
-            hashes[seq] = prev
-            expected += 1
-            if kind == "event":
-                tenants.check(rec["event"], i, genesis=anchor is None)
-                if (
-                    anchor is not None
-                    and _announces(rec["event"], anchor[1])
-                    and prune_line is None
-                ):
-                    prune_line = i
-            result.first_seq = seq if result.first_seq is None else result.first_seq
-            result.last_seq = seq
-            result.events += 1
-            result.redacted += kind == "redacted"
+            self._entry(i, rec, kind)
         elif kind == "checkpoint":
-            at = rec.get("seq")
-            if not isinstance(at, int) or at not in hashes:
-                raise _Bad(
-                    i,
-                    f"checkpoint for seq {at!r}, which is not in the chain before it",
-                    at if isinstance(at, int) else None,
-                )
-            if rec.get("hash") != hashes[at]:
-                raise _Bad(
-                    i,
-                    f"checkpoint at seq {at} does not match the recomputed chain: events up to "
-                    f"{at} were rewritten",
-                    at,
-                )
-            _check_signed(rec, i, trusted, "checkpoint")
-            result.checkpoints += 1
-            result.last_signed_seq = max(at, result.last_signed_seq or 0)
+            self._checkpoint(i, rec)
         else:
             raise _Bad(i, f"unknown line kind {kind!r}")
-    if (
-        header is not None
-        and header.get("last_seq") is not None
-        and header["last_seq"] != result.last_seq
-    ):
-        raise _Bad(
-            len(records),
-            f"export ends at seq {result.last_seq}, its header says {header['last_seq']} "
-            "(truncated)",
-        )
-    if anchor is not None:
-        # Deleting a prefix up to a signed checkpoint and calling that checkpoint the anchor
-        # would otherwise verify: only `audit prune` writes the event, and a signature covers it.
-        if prune_line is None:
+
+    def _anchor(self, i: int, rec: dict[str, Any]) -> None:
+        if self.started:
+            raise _Bad(i, "anchor must come before every event")
+        _check_signed(rec, i, self.trusted, "anchor")
+        self.prev, self.expected, self.started = rec["hash"], rec["seq"] + 1, True
+        self.anchor = (i, rec["seq"])
+        self.hashes[rec["seq"]] = self.prev
+        self.result.last_signed_seq = rec["seq"]
+
+    def _entry(self, i: int, rec: dict[str, Any], kind: str) -> None:
+        self.started = True
+        seq, digest = _entry(rec, i, kind)
+        if seq != self.expected:
             raise _Bad(
-                anchor[0],
-                f"anchor at seq {anchor[1]} is not announced by an audit.prune event in "
-                "the chain: events before it were deleted outside `audit prune`",
-                anchor[1],
+                i,
+                f"expected seq {self.expected}, found {seq} (an event was deleted, inserted or "
+                "moved here)",
+                seq,
             )
-        prune_seq = records[prune_line]["event"]["seq"]
-        if prune_seq > (result.last_signed_seq or 0):
+        self.prev = chain_hash(self.prev, digest)
+        if rec.get("hash") != self.prev:
             raise _Bad(
-                prune_line,
-                f"the audit.prune event (seq {prune_seq}) for the anchor at seq {anchor[1]} "
-                "is not covered by a signed checkpoint",
-                prune_seq,
+                i, f"hash mismatch at seq {seq}: the event was altered or the chain broken", seq
             )
-    last = result.last_seq if result.last_seq is not None else (expected - 1)
-    result.unsigned_tail = last - (result.last_signed_seq or 0)
-    return hashes
+        self.hashes[seq] = self.prev
+        self.expected += 1
+        if kind == "event":
+            self.tenants.check(rec["event"], i, genesis=self.anchor is None)
+            if (
+                self.anchor is not None
+                and _announces(rec["event"], self.anchor[1])
+                and self.prune_line is None
+            ):
+                self.prune_line = i
+        result = self.result
+        result.first_seq = seq if result.first_seq is None else result.first_seq
+        result.last_seq = seq
+        result.events += 1
+        result.redacted += kind == "redacted"
+
+    def _checkpoint(self, i: int, rec: dict[str, Any]) -> None:
+        at = rec.get("seq")
+        if not isinstance(at, int) or at not in self.hashes:
+            raise _Bad(
+                i,
+                f"checkpoint for seq {at!r}, which is not in the chain before it",
+                at if isinstance(at, int) else None,
+            )
+        if rec.get("hash") != self.hashes[at]:
+            raise _Bad(
+                i,
+                f"checkpoint at seq {at} does not match the recomputed chain: events up to "
+                f"{at} were rewritten",
+                at,
+            )
+        _check_signed(rec, i, self.trusted, "checkpoint")
+        self.result.checkpoints += 1
+        self.result.last_signed_seq = max(at, self.result.last_signed_seq or 0)
+
+    def finish(self) -> None:
+        result, header, anchor = self.result, self.header, self.anchor
+        if (
+            header is not None
+            and header.get("last_seq") is not None
+            and header["last_seq"] != result.last_seq
+        ):
+            raise _Bad(
+                len(self.records),
+                f"export ends at seq {result.last_seq}, its header says {header['last_seq']} "
+                "(truncated)",
+            )
+        if anchor is not None:
+            # Deleting a prefix up to a signed checkpoint and calling that checkpoint the anchor
+            # would otherwise verify: only `audit prune` writes the event, and a signature
+            # covers it.
+            if self.prune_line is None:
+                raise _Bad(
+                    anchor[0],
+                    f"anchor at seq {anchor[1]} is not announced by an audit.prune event in "
+                    "the chain: events before it were deleted outside `audit prune`",
+                    anchor[1],
+                )
+            prune_seq = self.records[self.prune_line]["event"]["seq"]
+            if prune_seq > (result.last_signed_seq or 0):
+                raise _Bad(
+                    self.prune_line,
+                    f"the audit.prune event (seq {prune_seq}) for the anchor at seq {anchor[1]} "
+                    "is not covered by a signed checkpoint",
+                    prune_seq,
+                )
+        last = result.last_seq if result.last_seq is not None else (self.expected - 1)
+        result.unsigned_tail = last - (result.last_signed_seq or 0)
 
 
 def _announces(event: dict[str, Any], anchor_seq: int) -> bool:
