@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -474,6 +475,66 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _hop_event(line: str) -> None:
+    if line.startswith("data:") and line[5:].strip() != "[DONE]":
+        json.loads(line[5:])
+
+
+async def _hop_events(chunks: AsyncIterator[bytes]) -> None:
+    """Each complete SSE line of a raw body, parsed as the relay parses it."""
+    tail = b""
+    async for data in chunks:
+        data = tail + data
+        cut = data.rfind(b"\n")
+        tail = data[cut + 1 :]
+        for line in data[:cut].decode().splitlines():
+            _hop_event(line)
+
+
+class _LeanParser:
+    """httptools callbacks: each complete SSE line parsed as the relay parses it."""
+
+    def __init__(self) -> None:
+        import httptools  # only --engine-hop needs it
+
+        self.done, self.tail, self.p = False, b"", httptools.HttpResponseParser(self)
+
+    def on_body(self, data: bytes) -> None:
+        data = self.tail + data
+        cut = data.rfind(b"\n")
+        self.tail = data[cut + 1 :]
+        for line in data[:cut].decode().splitlines():
+            _hop_event(line)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def _hop_drive(
+    one: Callable[[int], Awaitable[None]], streams: int, tokens: int, rate: float, seconds: float
+) -> tuple[int, float]:
+    """Paced streams through ``one`` for ``seconds``: requests sent, CPU seconds spent."""
+    ramp = tokens / rate
+    t0 = time.perf_counter() + ramp
+    end = t0 + seconds
+    sent = 0
+
+    async def worker(i: int) -> None:
+        nonlocal sent
+        await asyncio.sleep(i * ramp / streams)
+        while time.perf_counter() < end:
+            sent += time.perf_counter() >= t0
+            await one(i)
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(streams)]
+    await asyncio.sleep(t0 - time.perf_counter())
+    cpu0 = time.process_time()
+    await asyncio.sleep(end - time.perf_counter())
+    cpu = time.process_time() - cpu0
+    await asyncio.gather(*tasks)
+    return sent, cpu
+
+
 async def engine_hop(seconds: float, rounds: int) -> str:
     """The runner's engine hop alone, in this process: its client vs others, same load.
 
@@ -489,7 +550,6 @@ async def engine_hop(seconds: float, rounds: int) -> str:
     from contextlib import aclosing
 
     import aiohttp
-    import httptools
     import httpx
 
     from outpost.runner.engine_client import AiohttpEngineClient
@@ -508,10 +568,6 @@ async def engine_hop(seconds: float, rounds: int) -> str:
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
 
-    def event(line: str) -> None:
-        if line.startswith("data:") and line[5:].strip() != "[DONE]":
-            json.loads(line[5:])
-
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
 
     async def via_httpx(_: int) -> None:
@@ -523,7 +579,7 @@ async def engine_hop(seconds: float, rounds: int) -> str:
         ):
             async for lines in batches:
                 for line in lines:
-                    event(line)
+                    _hop_event(line)
 
     client = AiohttpEngineClient(limit=512)
     endpoint = EngineEndpoint(engine.url, {}, {})
@@ -538,7 +594,7 @@ async def engine_hop(seconds: float, rounds: int) -> str:
         ):
             async for lines in batches:
                 for line in lines:
-                    event(line)
+                    _hop_event(line)
 
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=512),
@@ -553,27 +609,7 @@ async def engine_hop(seconds: float, rounds: int) -> str:
             data=body,
             headers={"Content-Type": "application/json"},
         ) as resp:
-            tail = b""
-            async for data in resp.content.iter_any():
-                data = tail + data
-                cut = data.rfind(b"\n")
-                tail = data[cut + 1 :]
-                for line in data[:cut].decode().splitlines():
-                    event(line)
-
-    class Lean:
-        def __init__(self) -> None:
-            self.done, self.tail, self.p = False, b"", httptools.HttpResponseParser(self)
-
-        def on_body(self, data: bytes) -> None:
-            data = self.tail + data
-            cut = data.rfind(b"\n")
-            self.tail = data[cut + 1 :]
-            for line in data[:cut].decode().splitlines():
-                event(line)
-
-        def on_message_complete(self) -> None:
-            self.done = True
+            await _hop_events(resp.content.iter_any())
 
     conns = [Conn("127.0.0.1", engine.port) for _ in range(streams)]
 
@@ -583,33 +619,12 @@ async def engine_hop(seconds: float, rounds: int) -> str:
             await c.open()
         assert c.writer is not None and c.reader is not None
         c.writer.write(head + body)
-        parser = Lean()
+        parser = _LeanParser()
         while not parser.done:
             data = await c.reader.read(1 << 16)
             if not data:
                 raise ConnectionError("engine closed the connection")
             parser.p.feed_data(data)
-
-    async def drive(one) -> tuple[int, float]:
-        ramp = tokens / rate
-        t0 = time.perf_counter() + ramp
-        end = t0 + seconds
-        sent = 0
-
-        async def worker(i: int) -> None:
-            nonlocal sent
-            await asyncio.sleep(i * ramp / streams)
-            while time.perf_counter() < end:
-                sent += time.perf_counter() >= t0
-                await one(i)
-
-        tasks = [asyncio.create_task(worker(i)) for i in range(streams)]
-        await asyncio.sleep(t0 - time.perf_counter())
-        cpu0 = time.process_time()
-        await asyncio.sleep(end - time.perf_counter())
-        cpu = time.process_time() - cpu0
-        await asyncio.gather(*tasks)
-        return sent, cpu
 
     lines = [
         "| round | client | requests | CPU s | CPU ms per request |",
@@ -623,7 +638,7 @@ async def engine_hop(seconds: float, rounds: int) -> str:
                 ("aiohttp (plain `iter_any`)", via_aiohttp),
                 ("lean (asyncio + httptools)", via_lean),
             ):
-                n, cpu = await drive(one)
+                n, cpu = await _hop_drive(one, streams, tokens, rate, seconds)
                 lines.append(f"| {r + 1} | {name} | {n} | {cpu:.2f} | {cpu / n * 1e3:.2f} |")
     finally:
         await http.aclose()

@@ -115,6 +115,7 @@ def create_app(
             interval_s=settings.deployment_reconcile_interval_s,
             drain_s=settings.deployment_drain_s,
             runner_grace_s=settings.deployment_runner_grace_s,
+            scale_up_after_s=settings.deployment_scale_up_after_s,
         )
         await reconciler.start()
         app.state.outpost.deployments = reconciler

@@ -402,6 +402,13 @@ class Settings(BaseSettings):
         description="A request for a deployment scaled to zero waits this long for it to "
         "wake (streams get SSE keep-alive comments), then is a 503 deployment_waking.",
     )
+    deployment_scale_up_after_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Requests queued this long without a break for a deployment's ready "
+        "replicas add one replica, up to its max_replicas.",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -71,9 +71,13 @@ class Reconciler:
         interval_s: float = 2.0,
         drain_s: float = 30.0,
         runner_grace_s: float = 15.0,
+        scale_up_after_s: float = 30.0,
     ) -> None:
         self.db, self.hub = db, hub
         self.interval_s, self.drain_s, self.runner_grace_s = interval_s, drain_s, runner_grace_s
+        self.scale_up_after_s = scale_up_after_s
+        # Deployment id -> since when requests have queued for its ready replicas' runners.
+        self._queued_since: dict[str, float] = {}
         # Runner id -> when this process first saw it gone while it held replicas.
         self._missing_since: dict[str, float] = {}
         # For A/B splits: routed replica id -> its deployment; deployment id -> weight, names.
@@ -189,6 +193,7 @@ class Reconciler:
                 await session.delete(d)
             return
         await self._unload_if_idle(session, d)
+        await self._scale_up_if_queueing(session, d, live)
         current = [
             r for r in live if r.generation == d.generation and r.state not in (*_GONE, "failed")
         ]
@@ -231,6 +236,38 @@ class Reconciler:
             details={"from": before, "to": 0, "idle_s": round(min(changed_ago, used_ago))},
         )
         log.info("deployment %s idle for %ds: scaled to 0", d.id, d.idle_timeout_s)
+
+    async def _scale_up_if_queueing(
+        self, session: AsyncSession, d: Deployment, live: list[DeploymentReplica]
+    ) -> None:
+        """Requests queued in admission for the runners of its ready replicas for
+        ``scale_up_after_s`` without a break: one more replica, up to ``max_replicas``.
+
+        A runner's queue counts every model it serves, so a runner shared with another model's
+        traffic may scale a deployment that is not the bottleneck; docs/deployments.md says so.
+        """
+        runners = {r.runner_id for r in live if r.state == "ready"}
+        queued = sum(self.hub.runners[rid].queued for rid in runners if rid in self.hub.runners)
+        if queued <= 0 or d.replicas >= d.max_replicas or d.replicas == 0:
+            self._queued_since.pop(d.id, None)
+            return
+        now = time.monotonic()
+        since = self._queued_since.setdefault(d.id, now)
+        if now - since < self.scale_up_after_s:
+            return
+        self._queued_since.pop(d.id, None)
+        before, d.replicas, d.updated_at = d.replicas, d.replicas + 1, utcnow()
+        await record_admin(
+            session,
+            actor="control-plane:autoscale",
+            action=AuditAction.DEPLOYMENT_SCALE,
+            tenant_id=d.tenant_id,
+            target=d.id,
+            details={"from": before, "to": d.replicas, "queued": queued},
+        )
+        log.info(
+            "deployment %s: requests queued for %.0fs: %d replicas", d.id, now - since, d.replicas
+        )
 
     async def wake_for(self, model: str, pools: frozenset[str] | None) -> bool:
         """A request for ``model`` found no runner: wake a deployment of that name scaled to 0

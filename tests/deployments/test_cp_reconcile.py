@@ -50,6 +50,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess
             "OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5",
             "OUTPOST_DEPLOYMENT_RUNNER_GRACE_S": "1",
             "OUTPOST_DEPLOYMENT_WAKE_TIMEOUT_S": "15",
+            "OUTPOST_DEPLOYMENT_SCALE_UP_AFTER_S": "2",
             # A stream waiting for a wake gets its headers after 1 s, then keep-alives.
             "OUTPOST_STREAM_HEADERS_AFTER_S": "1",
             "OUTPOST_STREAM_KEEPALIVE_S": "1",
@@ -492,3 +493,33 @@ def test_scale_to_zero_after_idle_then_a_request_wakes_it(cp: ControlPlaneProces
     assert streamed.status_code == 200
     assert ": keep-alive" in streamed.text and "deployment_waking" in streamed.text, streamed.text
     ws.close()
+
+
+def test_scale_up_when_requests_keep_queueing(cp: ControlPlaneProcess) -> None:
+    t = Tenant(cp, "busy")
+    (rogue_a, ws_a), (_, ws_b) = t.runner(), t.runner()
+    dep = t.deploy("busy-model", min_replicas=1, max_replicas=2)
+    wait_until(lambda: len(replicas(t, dep["id"])) == 1, 10, "placed")
+    holder_id = replicas(t, dep["id"])[0]["runner_id"]
+    holder, spare = (ws_a, ws_b) if holder_id == rogue_a.runner_id else (ws_b, ws_a)
+    ready(holder, next_frame(holder, DeployFrame).replica_id, "busy-model")
+    wait_until(lambda: "busy-model" in t.models(), 10, "ready")
+    no_frame(spare, DeployFrame, 1)
+    # Six requests the holder never answers: four fill its slots (capacity 4), two queue.
+    for _ in range(6):
+        _in_thread(lambda: chat(cp, t.admin, "busy-model"))
+    grown = next_frame(spare, DeployFrame, 30)
+    assert grown.deployment_id == dep["id"]
+    assert t.api("GET", f"/{dep['id']}").json()["replicas"] == 2
+    events = httpx.get(
+        f"{cp.url}/api/audit",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {t.admin}"},
+        timeout=10,
+    ).json()["data"]
+    assert any(
+        e["actor"] == "control-plane:autoscale" and e["data"].get("target") == dep["id"]
+        for e in events
+    )
+    ws_a.close()
+    ws_b.close()
