@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.responses import Response
@@ -30,7 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from outpost.control_plane.errors import ApiError, sse_error_event
 
-__all__ = ["KEEPALIVE", "STREAM_HEADERS", "EarlyStream"]
+__all__ = ["KEEPALIVE", "STREAM_HEADERS", "EarlyStream", "respond_early"]
 
 log = logging.getLogger("outpost.serving")
 
@@ -89,6 +89,26 @@ class EarlyStream(Response):
             if done:
                 return self.opening.result()
             await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+
+
+async def respond_early(
+    opening: Coroutine[Any, Any, Response],
+    *,
+    after_s: float,
+    interval_s: float,
+    headers: dict[str, str],
+) -> Response:
+    """``opening``'s response if it comes within ``after_s``; else an :class:`EarlyStream` that
+    sends its headers now and keep-alives until it comes. Only for streamed requests."""
+    task = asyncio.ensure_future(opening)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=after_s)
+    except asyncio.CancelledError:
+        task.cancel()  # the request's lifecycle(s) settle what was held
+        raise
+    if done:
+        return task.result()
+    return EarlyStream(task, interval_s, headers=headers)
 
 
 def _without_start(send: Send) -> Callable[[Message], Awaitable[None]]:

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from outpost.control_plane.db.models import new_id
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.openai.disconnect import client_gone
+from outpost.control_plane.openai.early_stream import respond_early
 from outpost.control_plane.openai.relay_response import RelayResponse
 from outpost.control_plane.openai.serving import serve_inference
 from outpost.control_plane.state import AppState
@@ -71,17 +72,36 @@ def split_call(call: InferenceCall, body: dict[str, Any], n: int) -> list[Infere
 async def serve_choices(
     state: AppState, call: InferenceCall, body: dict[str, Any], n: int, gone: SharedGone | None
 ) -> Response:
+    """The merged answer of ``n`` one-choice requests. A stream whose choices have not all
+    started within ``stream_headers_after_s`` gets its headers and keep-alives meanwhile."""
+    merged = _serve_merged(state, call, body, n, gone)
+    if not call.stream:
+        return await merged
+    return await respond_early(
+        merged,
+        after_s=state.settings.stream_headers_after_s,
+        interval_s=state.settings.stream_keepalive_s,
+        headers={"x-request-id": call.request_id, "x-outpost-choices": str(n)},
+    )
+
+
+async def _serve_merged(
+    state: AppState, call: InferenceCall, body: dict[str, Any], n: int, gone: SharedGone | None
+) -> Response:
     calls = split_call(call, body, n)
     if gone is not None:
         calls = [dataclasses.replace(c, client_gone=gone.wait) for c in calls]
+    # A streamed choice is read as soon as it opens: its request then ends, and frees its slot,
+    # while the others still queue. Waiting for every choice to open before reading any would
+    # deadlock a runner with fewer free slots than choices.
+    pumping = _Pumping() if call.stream else None
     try:
         results = await asyncio.gather(
-            # Each answer is awaited before the merged one starts: no early headers (a gap:
-            # a merged stream gets no keep-alives while its choices queue; docs/api.md).
-            *(serve_inference(state, c, early_headers=False) for c in calls),
-            return_exceptions=True,
+            *(_open(state, c, i, pumping) for i, c in enumerate(calls)), return_exceptions=True
         )
     except BaseException:
+        if pumping is not None:
+            await pumping.stop()
         if gone is not None:
             gone.stop()
         raise
@@ -89,6 +109,8 @@ async def serve_choices(
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     refused = next((r for r in responses if r.status_code >= 400), None)
     if failure is not None or refused is not None:
+        if pumping is not None:
+            await pumping.stop()
         await _close(responses)
         if gone is not None:
             gone.stop()
@@ -100,13 +122,37 @@ async def serve_choices(
         k: v for k, v in responses[0].headers.items() if k.startswith("x-") or k == "cache-control"
     }
     headers["x-outpost-choices"] = str(n)
-    if call.stream:
+    if pumping is not None:
         relays = [r for r in responses if isinstance(r, RelayResponse)]
-        return MergedStream(relays, gone, headers=headers)
+        return MergedStream(relays, pumping, gone, headers=headers)
     if gone is not None:
         gone.stop()
     merged = merge_bodies([bytes(r.body) for r in responses])
     return Response(merged, media_type="application/json", headers=headers)
+
+
+class _Pumping:
+    """The choices' SSE bodies being read into one queue, each from the moment it opens."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
+        self.tasks: list[asyncio.Future[None]] = []
+
+    def start(self, i: int, relay: RelayResponse) -> None:
+        self.tasks.append(asyncio.ensure_future(_pump(i, relay, self.queue.put)))
+
+    async def stop(self) -> None:
+        """Stop reading: each choice's lifecycle records its request as it ended."""
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _open(state: AppState, call: InferenceCall, i: int, pumping: _Pumping | None) -> Response:
+    response = await serve_inference(state, call, early_headers=False)
+    if pumping is not None and isinstance(response, RelayResponse):
+        pumping.start(i, response)
+    return response
 
 
 async def _close(responses: list[Response]) -> None:
@@ -145,25 +191,25 @@ class MergedStream(StreamingResponse):
     """The SSE answers of ``n`` one-choice requests as one stream with an ``index`` per choice."""
 
     def __init__(
-        self, relays: list[RelayResponse], gone: SharedGone | None, headers: dict[str, str]
+        self,
+        relays: list[RelayResponse],
+        pumping: _Pumping,
+        gone: SharedGone | None,
+        headers: dict[str, str],
     ) -> None:
         super().__init__(iter(()), media_type="text/event-stream", headers=headers)
-        self.relays, self.gone = relays, gone
+        self.relays, self.pumping, self.gone = relays, pumping, gone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        queue: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
-        pumps = [asyncio.ensure_future(_pump(i, r, queue.put)) for i, r in enumerate(self.relays)]
         watcher = asyncio.ensure_future(self.gone.wait()) if self.gone is not None else None
         merger = _Merger(len(self.relays))
         try:
-            await self._relay(queue, merger, send, watcher)
+            await self._relay(self.pumping.queue, merger, send, watcher)
         finally:
-            for p in pumps:
-                p.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            await self.pumping.stop()
             if watcher is not None:
                 watcher.cancel()
             if self.gone is not None:
@@ -191,8 +237,8 @@ class MergedStream(StreamingResponse):
                 continue
             out, failed = merger.feed(i, chunk)
             if failed:  # an error event ends the stream, as it does for one choice
-                tail = (out + _DONE).encode()
-                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                last = (out + _DONE).encode()
+                await send({"type": "http.response.body", "body": last, "more_body": False})
                 return
             if out:
                 await send({"type": "http.response.body", "body": out.encode(), "more_body": True})

@@ -8,7 +8,6 @@ client (failover.py). After that, a failure becomes an error event and
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -18,7 +17,7 @@ from starlette.background import BackgroundTask
 from outpost.control_plane.errors import ApiError, error_body, sse_error_event
 from outpost.control_plane.openai.call import InferenceCall
 from outpost.control_plane.openai.disconnect import read_or_gone
-from outpost.control_plane.openai.early_stream import STREAM_HEADERS, EarlyStream
+from outpost.control_plane.openai.early_stream import STREAM_HEADERS, respond_early
 from outpost.control_plane.openai.failover import Opened, open_with_failover
 from outpost.control_plane.openai.lifecycle import RequestLife
 from outpost.control_plane.openai.relay_response import RelayResponse
@@ -42,16 +41,11 @@ async def serve_inference(
     life = RequestLife(state, call)
     if not (call.stream and early_headers):
         return await _respond(state, call, life)
-    opening = asyncio.ensure_future(_respond(state, call, life))
-    try:
-        done, _ = await asyncio.wait({opening}, timeout=state.settings.stream_headers_after_s)
-    except asyncio.CancelledError:
-        opening.cancel()  # the lifecycle settles what it held
-        raise
-    if done:
-        return opening.result()
-    return EarlyStream(
-        opening, state.settings.stream_keepalive_s, headers={"x-request-id": call.request_id}
+    return await respond_early(
+        _respond(state, call, life),
+        after_s=state.settings.stream_headers_after_s,
+        interval_s=state.settings.stream_keepalive_s,
+        headers={"x-request-id": call.request_id},
     )
 
 

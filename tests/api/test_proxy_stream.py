@@ -6,8 +6,9 @@ with ``proxy_read_timeout 2s`` and its default buffering. A streamed request
 queued behind a running one for longer than that survives: it has its headers
 at once and an SSE ``: keep-alive`` comment every half second. An unstreamed
 request queued as long is cut by nginx (504): the proxy's timeout is real.
-After the headers, an error (here the fair queue's timeout) is an SSE error
-event in OpenAI's envelope, then ``[DONE]``.
+So does one of several choices (``n`` = 2). After the headers, an error (here
+the fair queue's timeout) is an SSE error event in OpenAI's envelope, then
+``[DONE]``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tests.utils import free_port, one_slot_stack, tenant_records, wait_until
 MODEL = "smollm2"
 PROXY_READ_TIMEOUT_S = 2
 HELD_S = 3.5  # how long the busy stream holds the one slot: beyond the proxy's timeout
-QUEUE_TIMEOUT_S = 6  # the control plane's fair-queue timeout, beyond HELD_S
+QUEUE_TIMEOUT_S = 12  # the fair-queue timeout: beyond HELD_S and the queued work after it
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -199,6 +200,25 @@ def test_a_queued_stream_survives_the_proxy_read_timeout(env: Env) -> None:
     # Keep-alives came at least once per proxy timeout (or nginx would have cut it).
     kept = [t for t, line in stream.lines if line == ": keep-alive"]
     assert len(kept) >= 2
+
+
+def test_a_queued_stream_of_several_choices_survives_too(env: Env) -> None:
+    """n = 2: each choice queues as its own request; the merged stream keeps the proxy awake."""
+    busy = env.hold_the_slot()
+    stream = Reader(env.proxy, env.key, _chat(max_tokens=4, stream=True, n=2))
+    stream.start()
+    try:
+        time.sleep(HELD_S)
+        assert stream.is_alive() and stream.status == 200, (stream.status, stream.error)
+        assert ": keep-alive" in stream.text()
+    finally:
+        busy.close()
+    stream.join(120)
+    assert stream.error is None and stream.headers["x-outpost-choices"] == "2"
+    events = [json.loads(line[6:]) for line in stream.text() if line.startswith("data: {")]
+    assert all("choices" in e for e in events), events
+    assert {c["index"] for e in events for c in e["choices"]} == {0, 1}
+    assert [line for line in stream.text() if line][-1] == "data: [DONE]"
 
 
 def test_the_headers_say_do_not_buffer(env: Env) -> None:
