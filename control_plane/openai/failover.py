@@ -351,7 +351,7 @@ def _ineligible_error(call: InferenceCall, decision: RouteDecision | None) -> Ap
         return ApiError(
             400,
             f"The model '{call.model}' cannot make {wanted} calls on any connected runner: "
-            "its engine or chat template has no tool support (docs/api.md \"Tool calls\"). "
+            'its engine or chat template has no tool support (docs/api.md "Tool calls"). '
             "Send the request without tools, or use a model whose runner advertises them.",
             code=f"{'_'.join(sorted(route.needs))}_unsupported",
             param="tools",
