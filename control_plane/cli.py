@@ -39,6 +39,7 @@ from outpost.control_plane.settings import Settings
 from outpost.control_plane.store.keys import list_api_keys
 from outpost.control_plane.store.runners import list_runners
 from outpost.control_plane.tls import token_with_pin, uvicorn_ssl_kwargs
+from outpost.control_plane.usage_cli import usage_command
 from outpost.sdk.logfmt import configure_logging
 from outpost.sdk.protocol import MAX_FRAME_BYTES
 
@@ -58,6 +59,7 @@ app.add_typer(quotas_app, name="quotas")
 app.add_typer(users_app, name="users")
 app.add_typer(pools_app, name="pools")
 app.add_typer(deployments_app, name="deployments")
+app.command("usage")(usage_command)
 runners_app.command("set")(runners_set)
 console = Console(stderr=True)
 

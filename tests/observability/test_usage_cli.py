@@ -1,0 +1,41 @@
+"""``control-plane usage`` reports what ``GET /api/usage`` reports (CLI parity, issue 26)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.observability.conftest import ObservedStack
+
+CHAT = "/v1/chat/completions"
+
+
+def test_the_cli_and_the_api_count_the_same_requests(observed: ObservedStack) -> None:
+    resp = httpx.post(
+        f"{observed.cp.url}{CHAT}",
+        headers={"Authorization": f"Bearer {observed.api_key}"},
+        json={
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 4,
+        },
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    api = httpx.get(
+        f"{observed.cp.url}/api/usage",
+        params={"period": "month"},
+        headers={"Authorization": f"Bearer {observed.api_key}"},
+        timeout=10,
+    ).json()
+    cli = json.loads(observed.cp.cli("usage", "--period", "month", "--json"))
+    # The stack's one key made every request of the tenant: its own usage is the tenant's.
+    assert cli["total"]["requests"] == api["total"]["requests"] >= 1
+    assert cli["total"]["completion_tokens"] == api["total"]["completion_tokens"] >= 1
+    assert cli["start"] == api["start"] and cli["end"] == api["end"]
+    assert {r["group"]: r["requests"] for r in cli["by_model"]} == {
+        r["model"]: r["requests"] for r in api["by_model"]
+    }
+    lines = observed.cp.cli("usage", "--by", "model").splitlines()
+    assert any(line.startswith("smollm2-135m-instruct  requests=") for line in lines)
