@@ -250,36 +250,8 @@ class Cluster:
                     log.exception("cluster message %s for %s failed", msg.kind, msg.request)
 
     async def _dispatch(self, msg: Message) -> None:
-        if msg.kind == "frame":
-            st = self._streams.get(msg.request)
-            if st is not None:
-                try:
-                    frame = parse_frame(msg.payload)
-                except FrameError as exc:
-                    st.link_closed(f"bad relayed frame: {exc}")
-                    return
-                if isinstance(frame, ResponseStartFrame | DataFrame | EndFrame | ResetFrame):
-                    st.deliver(frame)
-        elif msg.kind == "admitted":
-            if (st := self._streams.get(msg.request)) is not None:
-                st.admitted(float(msg.json().get("queue_s", 0.0)))
-        elif msg.kind == "refused":
-            if (st := self._streams.get(msg.request)) is not None:
-                body = msg.json()
-                headers = body.get("headers") if isinstance(body.get("headers"), dict) else {}
-                st.refused(
-                    ApiError(
-                        int(body.get("status", 503)),
-                        str(body.get("message", "refused")),
-                        type=str(body.get("type", "server_error")),
-                        code=str(body["code"]) if body.get("code") else None,
-                        headers={str(k): str(v) for k, v in headers.items()},
-                    )
-                )
-        elif msg.kind == "lost":
-            st = self._streams.get(msg.request)
-            if st is not None:
-                st.link_closed(str(msg.json().get("reason", "stream lost on the holding replica")))
+        if msg.kind in _ORIGIN_KINDS:
+            self._to_origin_stream(msg)
         elif msg.kind == "open":
             body = msg.json()
             self.holder.open(msg.request, str(body.pop("origin", "")), body)
@@ -303,6 +275,26 @@ class Cluster:
                 str(body["runner_id"]), CloseCode(int(body["code"])), str(body["reason"])
             )
 
+    def _to_origin_stream(self, msg: Message) -> None:
+        """A message about a stream this replica relays for its own client (it is the origin)."""
+        st = self._streams.get(msg.request)
+        if st is None:
+            return
+        if msg.kind == "frame":
+            try:
+                frame = parse_frame(msg.payload)
+            except FrameError as exc:
+                st.link_closed(f"bad relayed frame: {exc}")
+                return
+            if isinstance(frame, ResponseStartFrame | DataFrame | EndFrame | ResetFrame):
+                st.deliver(frame)
+        elif msg.kind == "admitted":
+            st.admitted(float(msg.json().get("queue_s", 0.0)))
+        elif msg.kind == "refused":
+            st.refused(_refusal(msg.json()))
+        elif msg.kind == "lost":
+            st.link_closed(str(msg.json().get("reason", "stream lost on the holding replica")))
+
     # --- origin side ----------------------------------------------------------------------
 
     def _make_link(self, replica_id: str, runner_id: str) -> RemoteLink:
@@ -322,3 +314,19 @@ class Cluster:
             self._streams.pop(key, None)
         else:
             self._streams[key] = stream
+
+
+#: What a holding replica tells the origin about one of its streams.
+_ORIGIN_KINDS = frozenset({"frame", "admitted", "refused", "lost"})
+
+
+def _refusal(body: dict[str, Any]) -> ApiError:
+    """The holder's refusal (its status, envelope fields and headers) as the origin answers it."""
+    headers = body.get("headers") if isinstance(body.get("headers"), dict) else {}
+    return ApiError(
+        int(body.get("status", 503)),
+        str(body.get("message", "refused")),
+        type=str(body.get("type", "server_error")),
+        code=str(body["code"]) if body.get("code") else None,
+        headers={str(k): str(v) for k, v in headers.items()},
+    )
