@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Annotated, Any, get_args
 
 import typer
@@ -420,15 +422,55 @@ def up(ctx: typer.Context) -> None:
             str(runner_state),
         ],
         env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         preexec_fn=parent_death_signal(signal.SIGTERM),
     )  # noqa: PLW1509
+    watch = _RunnerWatch(runner_proc, server)
     try:
         console.print(
             Panel.fit(_instructions(settings.public_url, api_key), title="Outpost is starting")
         )
         server.run()
     finally:
+        watch.stopping = True
         _stop_runner(runner_proc)
+    if watch.failed is not None:
+        # Serving an empty model list would hide it: say why, and fail.
+        console.print(
+            f"[red]the local runner stopped (exit code {watch.failed}), so Outpost stopped too."
+            "[/] Its last words:\n" + "\n".join(watch.tail),
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+class _RunnerWatch:
+    """Relays the local runner's output and, if the runner ends on its own, stops the server.
+
+    ``failed`` is then the runner's exit code; ``tail`` its last lines (its reason).
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], server: uvicorn.Server) -> None:
+        self.proc, self.server = proc, server
+        self.stopping = False
+        self.failed: int | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=15)
+        threading.Thread(target=self._run, name="runner-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.buffer.flush()
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.tail.append(line)
+        code = self.proc.wait()
+        # Ctrl-C or SIGTERM reached both: uvicorn's handler has asked the server to stop first.
+        if not self.stopping and not self.server.should_exit:
+            self.failed = code or 1
+            self.server.should_exit = True
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -29,11 +29,15 @@ ModelName = Annotated[str, Field(min_length=1, max_length=MAX_ENTRY_LEN)]
 AllowList = Annotated[list[ModelName], Field(max_length=MAX_ENTRIES)]
 
 
+def _inference_only() -> list[Scope]:
+    return ["inference"]
+
+
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    scopes: list[Scope] = Field(default_factory=lambda: ["inference"], min_length=1, max_length=2)
+    scopes: list[Scope] = Field(default_factory=_inference_only, min_length=1, max_length=2)
     expires_in_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
     # What the key may administer (control_plane.permissions); none: inference only. The
     # legacy ``admin`` scope is the ``admin`` role.

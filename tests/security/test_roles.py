@@ -43,6 +43,7 @@ API: dict[tuple[str, str], Permission | None] = {
     ("delete", "/api/budgets/{budget_id}"): P.LIMITS_WRITE,
     ("get", "/api/deployments"): ANY,
     ("post", "/api/deployments"): P.DEPLOYMENTS_WRITE,
+    ("get", "/api/deployments/compare"): ANY,
     ("get", "/api/deployments/{deployment_id}"): ANY,
     ("patch", "/api/deployments/{deployment_id}"): P.DEPLOYMENTS_WRITE,
     ("delete", "/api/deployments/{deployment_id}"): P.DEPLOYMENTS_WRITE,
@@ -110,6 +111,9 @@ CONSOLE: dict[tuple[str, str], Permission | None] = {
     ("post", "/pools/grants/{grant_id}/revoke"): P.POOLS_WRITE,
     ("post", "/pools/sharing"): P.POOLS_WRITE,
     ("post", "/fairness/runs"): P.PROBES_RUN,
+    ("post", "/deployments"): P.DEPLOYMENTS_WRITE,
+    ("post", "/deployments/{deployment_id}/scale"): P.DEPLOYMENTS_WRITE,
+    ("post", "/deployments/{deployment_id}/delete"): P.DEPLOYMENTS_WRITE,
     ("post", "/settings/tenant"): P.TENANT_WRITE,
     ("post", "/settings/users"): P.TENANT_WRITE,
     ("post", "/settings/users/{user_id}/unlock"): P.TENANT_WRITE,
@@ -124,6 +128,7 @@ CONSOLE: dict[tuple[str, str], Permission | None] = {
     ("get", "/usage"): P.VIEW,
     ("get", "/models"): P.VIEW,
     ("get", "/fairness"): P.VIEW,
+    ("get", "/deployments"): P.VIEW,
     ("get", "/audit"): P.AUDIT_READ,
     ("get", "/audit/export"): P.AUDIT_READ,
 }
@@ -358,30 +363,20 @@ def test_another_tenants_owner_reaches_no_key_of_this_tenant(roles: Roles) -> No
 
 
 def _console_routes() -> set[tuple[str, str]]:
+    """Every route of every module of ``console/pages`` (a new module is found too)."""
+    import importlib
+    import pkgutil
+
     from fastapi.routing import APIRoute
 
-    from outpost.control_plane.console.pages import (
-        audit,
-        auth,
-        fairness,
-        keys,
-        models,
-        overview,
-        pools,
-        runners,
-        sso,
-        usage,
-    )
-    from outpost.control_plane.console.pages import settings as settings_pages
+    from outpost.control_plane.console import pages
 
     out = set()
-    for module in (audit, auth, fairness, keys, models, overview, pools, runners, sso, usage):
-        for route in module.router.routes:
+    for info in pkgutil.iter_modules(pages.__path__):
+        module = importlib.import_module(f"{pages.__name__}.{info.name}")
+        for route in getattr(module, "router").routes:
             if isinstance(route, APIRoute):
                 out |= {(m.lower(), route.path) for m in route.methods if m != "HEAD"}
-    for route in settings_pages.router.routes:
-        if isinstance(route, APIRoute):
-            out |= {(m.lower(), route.path) for m in route.methods if m != "HEAD"}
     return out
 
 
