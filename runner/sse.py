@@ -25,7 +25,9 @@ __all__ = ["MAX_READ_AHEAD", "line_batches", "read_ahead"]
 MAX_READ_AHEAD = 64 * 1024
 
 
-async def line_batches(batches: AsyncGenerator[bytes, None]) -> AsyncIterator[list[str]]:
+async def line_batches(
+    batches: AsyncGenerator[bytes, None],
+) -> AsyncGenerator[list[str], None]:
     """The lines (without their ends) completed by each batch of body bytes.
 
     Line ends may be ``\\n``, ``\\r\\n`` or ``\\r`` (the SSE spec allows all

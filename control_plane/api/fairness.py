@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
@@ -83,7 +83,7 @@ async def import_run(
 @router.get("/runs")
 async def list_runs(
     caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
-) -> dict:
+) -> dict[str, Any]:
     rows = await list_fairness_runs(session, caller.tenant_id, limit=limit)
     return {
         "object": "list",
@@ -102,7 +102,7 @@ async def get_run(run_id: str, caller: CallerDep, session: SessionDep) -> Fairne
 
 
 @router.get("/runs/{run_id}/responses")
-async def get_responses(run_id: str, caller: CallerDep, session: SessionDep) -> dict:
+async def get_responses(run_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     row = await get_fairness_run(session, run_id, caller.tenant_id)
     if row is None:
         raise _not_found(run_id)
@@ -114,7 +114,7 @@ async def compare(
     caller: CallerDep,
     session: SessionDep,
     runs: Annotated[str, Query(max_length=MAX_COMPARE_RUNS * 41)],
-) -> dict:
+) -> dict[str, Any]:
     ids = list(dict.fromkeys(part.strip() for part in runs.split(",") if part.strip()))
     if not 2 <= len(ids) <= MAX_COMPARE_RUNS:
         raise ApiError(

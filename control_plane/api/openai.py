@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -63,12 +63,12 @@ PolicyDep = Annotated[KeyPolicy, Depends(get_key_policy_dep)]
 
 
 @router.get("/models")
-async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) -> dict:
+async def list_models(state: AppStateDep, caller: CallerDep, policy: PolicyDep) -> dict[str, Any]:
     """Every name (and alias) a runner this caller may use serves, merged across runners:
     runners in the tenant's usable pools (store.pools) whose owner-set labels meet its residency
     rules."""
     now = int(time.time())
-    merged: dict[str, dict] = {}
+    merged: dict[str, dict[str, Any]] = {}
     for runner in sorted(state.hub.routable(), key=lambda r: r.runner_id):
         if runner.pool_id not in policy.pools or not residency_allows(
             runner.labels, policy.residency

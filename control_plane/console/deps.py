@@ -103,7 +103,8 @@ class ConsoleState:
 
 
 def console_state(request: Request) -> ConsoleState:
-    return request.app.state.console
+    state: ConsoleState = request.app.state.console
+    return state
 
 
 ConsoleStateDep = Annotated[ConsoleState, Depends(console_state)]

@@ -155,9 +155,10 @@ class FairnessRunDetail(FairnessRunOut):
     @classmethod
     def from_row(cls, row: Any) -> FairnessRunDetail:
         document = RunDocument.model_validate(row.report)
-        return cls.build(
+        detail: FairnessRunDetail = cls.build(
             row,
             document.summary,
             report_settings=document.summary.report_settings,
             report=document.report,
         )
+        return detail

@@ -102,7 +102,8 @@ async def spend(
     )
     if api_key_id is not None:
         stmt = stmt.where(RequestRecord.api_key_id == api_key_id)
-    return float((await session.execute(stmt)).scalar_one())
+    # coalesce() makes it 0.0 for no rows; the column's type still reads as optional.
+    return float((await session.execute(stmt)).scalar_one() or 0.0)
 
 
 async def committed_ids(session: AsyncSession, request_ids: Iterable[str]) -> set[str]:
