@@ -60,11 +60,10 @@ class Agent:
         self.config = config
         self.settings = config.settings
         self.console = console or Console(stderr=True)
-        # httpx for the control plane, health probes and metrics; the relayed requests take
-        # the leaner engine client (docs/performance.md, "the runner's engine hop").
-        # Not the control plane's: proxies from the environment are for that one (runner/tls.py),
-        # and
-        # an engine on loopback must not be sent through a corporate proxy.
+        # httpx for the control plane, health probes and metrics; the relayed requests take the
+        # leaner engine client (docs/performance.md, "the runner's engine hop"). Not the control
+        # plane's: proxies from the environment are for that one (runner/tls.py), and an engine on
+        # loopback must not be sent through a corporate proxy.
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64), trust_env=False
         )

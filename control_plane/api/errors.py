@@ -132,10 +132,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         # One line, no traceback: an outage would otherwise flood the log. The driver's first line
-        # says
-        # which (refused, dropped, locked, or a missing table after a skipped migration); drivers do
-        # not
-        # put passwords in their messages, and the line is bounded.
+        # says which (refused, dropped, locked, or a missing table after a skipped migration);
+        # drivers do not put passwords in their messages, and the line is bounded.
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         log.warning(
             "database unavailable: %s: %s", type(exc).__name__, cause[0][:200] if cause else ""

@@ -226,8 +226,7 @@ async def sso_login(
     user = await get_user_by_email(session, identity.email)
     if user is None:
         # Two first sign-ins of one person at once (two tabs, two replicas): the loser's insert
-        # fails
-        # inside a savepoint and it signs in as the winner's row.
+        # fails inside a savepoint and it signs in as the winner's row.
         try:
             async with session.begin_nested():
                 user = await create_user(

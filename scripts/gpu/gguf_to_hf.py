@@ -41,8 +41,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.bfloat16)
     # The loaded model is marked "quantized with gguf", which save_pretrained refuses; its weights
-    # are
-    # plain dequantized tensors, so a model built from the same config takes them as they are.
+    # are plain dequantized tensors, so a model built from the same config takes them as they are.
     cfg = loaded.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config

@@ -360,10 +360,8 @@ def test_runner_killed_before_first_byte_fails_over(cluster: Cluster) -> None:
             "--served-model-name",
             "victim-model",
             # 1,000x cheaper than the cheapest other runner: the cost estimate multiplies the rate
-            # by the
-            # expected engine time, and a new runner's (default) speed may be far below what the
-            # others
-            # have shown by now; the price gap must outweigh any such difference.
+            # by the expected engine time, and a new runner's (default) speed may be far below what
+            # the others have shown by now; the price gap must outweigh any such difference.
             "--model-alias",
             "failover-model",
             "--usd-per-hour",

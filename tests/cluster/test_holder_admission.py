@@ -193,8 +193,8 @@ def test_vtc_order_holds_across_replicas(one_slot: OnB) -> None:
     assert set(codes.values()) == {200}, codes
     order = sorted(done, key=done.__getitem__)
     # First come first served would give a0 a1 a2 a3 b. VTC: once a0 is charged, A's counter is
-    # above
-    # B's (lifted to A's on arrival), so B goes next, whichever replica each request came through.
+    # above B's (lifted to A's on arrival), so B goes next, whichever replica each request came
+    # through.
     assert order[:2] == ["a0", "b"], order
 
 

@@ -18,13 +18,12 @@ from tests.conftest import Stack
 #: Path parameters that do not name a tenant's resource, and why.
 NOT_TENANT_RESOURCES = {
     # ``{endpoint}`` names an OpenAI endpoint (chat/completions, ...), not an object. The runner is
-    # named
-    # in X-Outpost-Runner and must be in a pool the caller may use
+    # named in X-Outpost-Runner and must be in a pool the caller may use
     # (tests/security/test_pools_trust.py).
     ("post", "/v1/e2e/{endpoint}"),
     # Public signed key material of a runner, served to the tenants that may use its pool
-    # (``/v1/e2e/runners``
-    # lists the same documents): they need it to seal. Checked below: it holds no tenant data.
+    # (``/v1/e2e/runners`` lists the same documents): they need it to seal. Checked below: it holds
+    # no tenant data.
     ("get", "/api/runners/{runner_id}/e2e-key"),
 }
 

@@ -27,13 +27,11 @@ MAX_EXAMPLES = 10
 EXCLUDED = [
     # The tunnel websocket is not in the OpenAPI document at all (tests/tunnel and
     # tests/security/test_fuzz_frames.py cover it). The sealed routes need an HPKE envelope sealed
-    # to a
-    # live runner's key: random bodies stop at the envelope parser, which tests/sdk/test_e2e.py
+    # to a live runner's key: random bodies stop at the envelope parser, which tests/sdk/test_e2e.py
     # fuzzes.
     (None, r"^/v1/e2e/"),
     # Starting a fairness run launches a background probe job of many inference requests per
-    # example;
-    # its validation is tested in tests/probes/test_api.py.
+    # example; its validation is tested in tests/probes/test_api.py.
     ("POST", r"^/api/fairness/runs$"),
     # Streaming export: a long-lived response of the whole chain; tests/audit/test_stack.py reads
     # it.
@@ -51,8 +49,8 @@ def test_openapi_contract(stack: Stack) -> None:
     ).splitlines()[-1]
     schema = schemathesis.openapi.from_url(f"{stack.cp.url}/openapi.json")
     # positive_data_acceptance is left out: schema-valid requests the API refuses on purpose, with a
-    # 400
-    # envelope, are semantic (an unknown model, ``end`` before ``start``, fewer than two run ids).
+    # 400 envelope, are semantic (an unknown model, ``end`` before ``start``, fewer than two run
+    # ids).
     checks = [c for c in CHECKS.get_all() if c.__name__ != "positive_data_acceptance"]
     failures: list[str] = []
     tested = 0

@@ -105,8 +105,7 @@ async def test_lift_is_kept_when_the_backlog_was_served() -> None:
     with pytest.raises(Abandoned):
         await queued
     # Only the lift is subtracted (none here: B was the last dispatched), so the running request's
-    # output
-    # charge (3 tokens x 2) stays.
+    # output charge (3 tokens x 2) stays.
     assert scheduler.counter(R, "B") == lifted + 6
     scheduler.release(a)
     scheduler.release(b_running)

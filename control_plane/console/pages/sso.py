@@ -132,8 +132,7 @@ async def callback(
         user_id, password_hash = user.id, user.password_hash
     token, _ = console.key.issue(user_id, password_hash, console.console.session_ttl_s)
     # A page, not a redirect: after the provider's cross-site redirect, a SameSite=Strict session
-    # cookie
-    # is only sent once the browser navigates from this site's own page.
+    # cookie is only sent once the browser navigates from this site's own page.
     response = render(
         request,
         "login_redirect.html",
