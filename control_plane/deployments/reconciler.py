@@ -148,9 +148,10 @@ class Reconciler:
             for d in deployments:
                 if d.status != "active":
                     continue
-                # Coming up: replicas wanted and not all of those placed have failed.
-                failed = all(r.state == "failed" for r in replicas[d.id]) and replicas[d.id]
-                if d.replicas > 0 and failed:
+                # Coming up: replicas wanted and one placed that has not failed (a deployment
+                # no runner fits, or whose replicas all failed, is a 404 rather than a wait).
+                placed = [r for r in replicas[d.id] if r.state != "failed"]
+                if d.replicas > 0 and not placed:
                     continue
                 into = self._sleeping if d.replicas == 0 else self._coming
                 for n in (d.name, *d.aliases):
