@@ -239,21 +239,17 @@ def table(results: dict[str, list[float]], cpu: dict[str, float], n: int, chunks
         "",
         (
             f"**Per request** e2e adds {cpu_req:.2f} ms of CPU (client + control plane + runner) "
-            "and"
-            f" {req_delta:.2f} ms of latency (median of the paired differences): seal, envelope "
-            "check, open, head and final chunks, receipt sign and verify, SDK open."
-            f" **Per chunk** it adds {cpu_chunk_us:.0f} µs of CPU and {per_chunk_us:.0f} µs of "
-            "latency: seal on"
-            " the runner, a third more base64 bytes through the control plane, open in the SDK."
+            f"and {req_delta:.2f} ms of latency (median of the paired differences): seal, envelope "
+            "check, open, head and final chunks, receipt sign and verify, SDK open. **Per chunk** "
+            f"it adds {cpu_chunk_us:.0f} µs of CPU and {per_chunk_us:.0f} µs of latency: seal on "
+            "the runner, a third more base64 bytes through the control plane, open in the SDK."
         ),
         "",
         (
             "The runner and the client share the bench process (and its GIL), so their CPU adds "
-            "up on the"
-            " critical path; latency on a busy 2-core VM is noisy (see p99), CPU time much less "
-            "so. The"
-            " cryptography alone is a small part (table above); the rest is Python: JSON, "
-            "pydantic, base64."
+            "up on the critical path; latency on a busy 2-core VM is noisy (see p99), CPU time "
+            "much less so. The cryptography alone is a small part (table above); the rest is "
+            "Python: JSON, pydantic, base64."
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -351,27 +351,21 @@ def table(
         f"Machine: {started_load}.",
         (
             f"Engine: {engine_desc}. Runner capacity {capacity} (the control plane admits that "
-            "many at once) and "
-            f"fair headroom {headroom} (engine slots VTC grants only to a tenant with nothing in "
-            "flight at the "
-            "lowest counter; plain slots under FCFS, so both policies drive the same "
-            f"{capacity + headroom} "
-            "engine slots)."
+            f"many at once) and fair headroom {headroom} (engine slots VTC grants only to a tenant "
+            "with nothing in flight at the lowest counter; plain slots under FCFS, so both "
+            f"policies drive the same {capacity + headroom} engine slots)."
         ),
         (
             f"Every request: the same prompt, {args.max_tokens} output tokens on average (uniform "
-            "within "
-            f"±{args.spread:.0%}, `ignore_eos`), streamed. "
-            f"Clients send back to back. {args.duration:g} s per phase, the first {args.warmup:g} "
-            "s not counted; "
+            f"within ±{args.spread:.0%}, `ignore_eos`), streamed. Clients send back to back. "
+            f"{args.duration:g} s per phase, the first {args.warmup:g} s not counted; "
             f"{args.rounds} round(s), policies alternating."
         ),
         (
             f"Scenarios, A always ten times B: **light** — A {args.heavy} clients, B {args.light} "
             "(B asks for less than half the runner: its TTFT should stay near solo); "
-            "**backlogged** — "
-            f"A {10 * capacity} clients, B {capacity} (each alone could fill the runner: the fair "
-            "split is 1 : 1)."
+            f"**backlogged** — A {10 * capacity} clients, B {capacity} (each alone could fill the "
+            "runner: the fair split is 1 : 1)."
         ),
         f"Reproduce: `{args.command}`.",
         "",
@@ -423,13 +417,10 @@ def table(
         lines += [
             "",
             (
-                "**The machine's speed drifted during the run**: the same scenario and policy "
-                "ran up to "
-                f"{(drift - 1) * 100:.0f} % faster in one round than in another (other jobs on "
-                "the same "
-                "cores). The alternating order cancels a steady drift, not a jump: read the "
-                "throughput "
-                "column as noise here."
+                "**The machine's speed drifted during the run**: the same scenario and policy ran "
+                f"up to {(drift - 1) * 100:.0f} % faster in one round than in another (other jobs "
+                "on the same cores). The alternating order cancels a steady drift, not a jump: "
+                "read the throughput column as noise here."
             ),
         ]
     return "\n".join(lines) + "\n"

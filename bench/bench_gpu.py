@@ -346,8 +346,7 @@ def render(runs: list[tuple[dict, list[dict]]]) -> str:
     lines = [
         (
             f"## GPU: {'vLLM' if vllm else 'llama.cpp'} on an NVIDIA GPU, direct vs through "
-            "Outpost "
-            "(`bench/bench_gpu.py`)"
+            "Outpost (`bench/bench_gpu.py`)"
         ),
         "",
         f"Card: **{first['gpu']}**. Host: {first['host']}.",
@@ -465,9 +464,8 @@ def _ratio_table(meta: dict, rows: list[dict]) -> list[str]:
             else "–"
         )
         out.append(
-            f"| {streams} | {d['agg_tok_s']:.0f} | {o['agg_tok_s']:.0f} | **{ratio:.3f}** "
-            f"| {added} | "
-            f"{o['control_plane_us_tok']:.0f} | {o['runner_us_tok']:.0f} | "
+            f"| {streams} | {d['agg_tok_s']:.0f} | {o['agg_tok_s']:.0f} | **{ratio:.3f}** | "
+            f"{added} | {o['control_plane_us_tok']:.0f} | {o['runner_us_tok']:.0f} | "
             f"{d['engine_us_tok']:.0f} / {o['engine_us_tok']:.0f} | {o['client_us_tok']:.0f} | "
             f"{d['host_busy_cores']:.1f} / {o['host_busy_cores']:.1f} | {tail} |"
         )
@@ -541,9 +539,8 @@ def describe(
         )
         command = (
             f"python bench/bench_gpu.py --model {model_file} --llama-server BIN --parallel "
-            f"{args.parallel}"
-            f" --rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
-            f"{args.max_tokens}"
+            f"{args.parallel} --rounds {args.rounds} --rounds-single {args.rounds_single} "
+            f"--max-tokens {args.max_tokens}"
         )
     elif args.engine == "vllm":
         title = (
@@ -557,16 +554,14 @@ def describe(
             f"`{_argv_text(engine_argv)}`"
         )
         command = (
-            f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams "
-            f"{streams_arg} "
+            f"python bench/bench_gpu.py --engine vllm --model {model_file} --streams {streams_arg} "
             f"--rounds {args.rounds} --rounds-single {args.rounds_single} --max-tokens "
             f"{args.max_tokens}" + "".join(f" --cp-env {k}={v}" for k, v in args.cp_env)
         )
     else:
         title = f"{args.engine}, planned and started by the runner"
         engine = (
-            f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started "
-            "by "
+            f"llama-cpp-python {_llama_cpp_version()} server, capacity 1, planned and started by "
             f"`runner local-runner --model {model_file} --engine {args.engine}`"
             if args.engine == "llama-cpp-python"
             else args.engine
@@ -884,8 +879,7 @@ def _host() -> str:
             break
     return (
         f"{cpu}, {os.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB "
-        "RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+        f"RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
 
 

@@ -332,33 +332,25 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
         f"Machine: {started}; {load_at_end()}.",
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
         "Stack: `control-plane serve` (SQLite, uvicorn) + one `runner local-runner --attach "
-        "<engine> "
-        "--parallel N --connections 2`, every process on this machine. "
+        "<engine> --parallel N --connections 2`, every process on this machine. "
         + " ".join(f"{k}: {v}." for k, v in engines.items()),
         (
             f"Method: {args.rounds} rounds × {args.llama_phase_s:g} s (real engine) / "
-            f"{args.phase_s:g} s (simulator) "
-            "per path, alternating direct/through; closed-loop "
+            f"{args.phase_s:g} s (simulator) per path, alternating direct/through; closed-loop "
             "streams; TTFT = request written → first content token read; ITL = gap between "
-            "consecutive content "
-            "tokens (tokens read together count as 0); tok/s = content tokens that arrived inside "
-            "the windows. "
-            "Simulator at 64 streams, two starts: *burst* = every stream starts within 20 ms of "
-            "the phase start, "
-            "so each phase begins with 64 requests queued at once (the worst case); *steady* = "
-            "stream i starts at "
-            "i/64 of one request's duration (64 tokens at 50 tok/s: 1.28 s), each then sends back "
-            "to back, and "
-            "only requests sent, tokens and CPU after that ramp count (steady load, as LiteLLM's "
-            "published "
-            "overhead is measured)."
+            "consecutive content tokens (tokens read together count as 0); tok/s = content tokens "
+            "that arrived inside the windows. Simulator at 64 streams, two starts: *burst* = "
+            "every stream starts within 20 ms of the phase start, so each phase begins with 64 "
+            "requests queued at once (the worst case); *steady* = stream i starts at i/64 of one "
+            "request's duration (64 tokens at 50 tok/s: 1.28 s), each then sends back to back, "
+            "and only requests sent, tokens and CPU after that ramp count (steady load, as "
+            "LiteLLM's published overhead is measured)."
         ),
         f"Reproduce: `{args.command}`.",
         "",
         (
             "| scenario | path | requests | errors | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL "
-            "p99 ms | tok/s "
-            "| through/direct |"
+            "p99 ms | tok/s | through/direct |"
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -368,9 +360,8 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
             ratio = f"**{row['ratio']:.3f}**" if path == "through" else ""
             lines.append(
                 f"| {row['scenario'] if path == 'direct' else ''} | {path} | {r['requests']} | "
-                f"{r['errors']} "
-                f"| {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} "
-                f"| {r['itl_p99_ms']:.2f} | {r['tok_s']:,.0f} | {ratio} |"
+                f"{r['errors']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+                f"{r['itl_p50_ms']:.2f} | {r['itl_p99_ms']:.2f} | {r['tok_s']:,.0f} | {ratio} |"
             )
     # An error count without its cause sends readers guessing: name the commonest.
     for row in rows:
@@ -382,18 +373,14 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engines: dic
         "",
         (
             "Added latency and the gateway's cost (through minus direct; CPU of the whole window, "
-            "all cores; "
-            "end of response = last content token read → response end read, which through Outpost "
-            "includes "
-            "the commit of the request record and its audit event):"
+            "all cores; end of response = last content token read → response end read, which "
+            "through Outpost includes the commit of the request record and its audit event):"
         ),
         "",
         (
             "| scenario | added TTFT p50 ms | added TTFT p99 ms | added end of response p50 ms | "
-            "p99 ms "
-            "| control plane cores | runner cores "
-            "| CPU ms per request: control plane | runner | chunks per CPU-second: control plane "
-            "| runner |"
+            "p99 ms | control plane cores | runner cores | CPU ms per request: control plane | "
+            "runner | chunks per CPU-second: control plane | runner |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -690,8 +677,7 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="only the runner's engine hop: its client (aiohttp) vs "
         "httpx, plain aiohttp and a lean asyncio + httptools one, CPU per request at 64 steady "
-        "streams "
-        "(printed, not written)",
+        "streams (printed, not written)",
     )
     args = p.parse_args(argv)
     if args.engine_hop:

@@ -246,22 +246,17 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: Engi
         ),
         (
             f"Method: {args.streams} closed-loop streaming clients (spread evenly over the "
-            "replicas), "
-            f"{args.max_tokens} unpaced tokens per request; {args.rounds} rounds × "
-            f"{args.phase_s:g} s per setup, "
-            "alternating; a request counts when it finished inside a window. CPU: all cores, "
-            "whole window; "
-            "PostgreSQL and Redis are the machine's shared servers, so their CPU includes "
-            "anything else using them."
+            f"replicas), {args.max_tokens} unpaced tokens per request; {args.rounds} rounds × "
+            f"{args.phase_s:g} s per setup, alternating; a request counts when it finished inside "
+            "a window. CPU: all cores, whole window; PostgreSQL and Redis are the machine's "
+            "shared servers, so their CPU includes anything else using them."
         ),
         f"Reproduce: `{args.command}`.",
         "",
         (
             "| setup | requests | errors | req/s | tok/s | vs 1 replica | TTFT p50 ms | TTFT p99 "
-            "ms | latency p50 ms "
-            "| latency p99 ms | control-plane cores | CP CPU ms/request | runner cores | engine "
-            "cores | PostgreSQL cores "
-            "| Redis cores |"
+            "ms | latency p50 ms | latency p99 ms | control-plane cores | CP CPU ms/request | "
+            "runner cores | engine cores | PostgreSQL cores | Redis cores |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

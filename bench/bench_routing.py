@@ -79,11 +79,10 @@ class Workload:
     def describe(self) -> str:
         return (
             f"{self.users} concurrent users x {self.conversations} conversations x {self.turns} "
-            "turns "
-            f"({self.users * self.conversations * self.turns} requests); shared system prompt "
-            f"{self.system_words} tokens, a {self.document_words}-token document per conversation, "
-            f"{self.question_words}-token follow-ups, {self.answer_tokens}-token answers, "
-            f"think time U(0, {self.think_s:g}) s, users starting over {self.ramp_s:g} s"
+            f"turns ({self.users * self.conversations * self.turns} requests); shared system "
+            f"prompt {self.system_words} tokens, a {self.document_words}-token document per "
+            f"conversation, {self.question_words}-token follow-ups, {self.answer_tokens}-token "
+            f"answers, think time U(0, {self.think_s:g}) s, users starting over {self.ramp_s:g} s"
         )
 
 
@@ -298,12 +297,9 @@ def table(
         "",
         (
             "Follow-up turns: every turn but a conversation's first, whose history a runner may "
-            "hold. "
-            "Prefix-cache hit: share of prompt tokens the simulated engines found in their cache "
-            "(no prefill). "
-            "A first turn always prefills its document, so the p99 of all turns is set by first "
-            "turns "
-            "queueing for a prefill under every routing."
+            "hold. Prefix-cache hit: share of prompt tokens the simulated engines found in their "
+            "cache (no prefill). A first turn always prefills its document, so the p99 of all "
+            "turns is set by first turns queueing for a prefill under every routing."
         ),
     ]
     return "\n".join(lines) + "\n"

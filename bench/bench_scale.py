@@ -418,15 +418,11 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
         (
             "Control plane: one `control-plane serve` process (SQLite, uvicorn, one event loop). "
-            "Runners: SIMULATED "
-            "(`bench/sim_runner.py`, real enrollment, real tunnel client, one connection each; "
-            f"{args.slots} slots, "
-            f"first token at once, then {args.decode_tps:g} tokens/s per stream), all in one "
-            "child process. "
-            f"Streams: closed loop, {args.tokens} tokens each ({request_s(args):g} s, so streams "
-            f"÷ {request_s(args):g} "
-            "new requests per second); "
-            f"{args.window_s:g} s measured after every stream has started."
+            "Runners: SIMULATED (`bench/sim_runner.py`, real enrollment, real tunnel client, one "
+            f"connection each; {args.slots} slots, first token at once, then {args.decode_tps:g} "
+            f"tokens/s per stream), all in one child process. Streams: closed loop, {args.tokens} "
+            f"tokens each ({request_s(args):g} s, so streams ÷ {request_s(args):g} new requests "
+            f"per second); {args.window_s:g} s measured after every stream has started."
         ),
         f"Reproduce: `{args.command}`.",
         "",
@@ -444,17 +440,14 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
         ld = lv.load
         rec = ld["records"]
         lines.append(
-            f"| {lv.runners} | {lv.connect_s:.0f} | {lv.idle['cores']['control plane']:.2f} "
-            f"| {lv.idle['rss_mb']['control plane']:.0f} | {lv.streams} | {ld['requests']} | "
-            f"{ld['failed'] + ld['stalled']} "
-            f"| {ld['ttft_p50_ms']:.0f} | {ld['ttft_p99_ms']:.0f} | {ld['itl_p99_ms']:.0f} "
-            f"({nominal:.0f}) "
-            f"| {ld['sent'] / args.window_s:.1f} "
-            f"| {ld['tok_s']:,.0f} ({ld['offered_tok_s']:,.0f}) | "
-            f"{ld['cores']['control plane']:.2f} "
-            f"| {cpu_ms_per_request(ld, args):.1f} "
-            f"| {ld['rss_mb']['control plane']:.0f} | {ld['cores']['runners (swarm)']:.2f} "
-            f"| {rec['accepted']:,} / {rec['recorded']:,} / **{rec['lost']}** | {lv.verdict} |"
+            f"| {lv.runners} | {lv.connect_s:.0f} | {lv.idle['cores']['control plane']:.2f} | "
+            f"{lv.idle['rss_mb']['control plane']:.0f} | {lv.streams} | {ld['requests']} | "
+            f"{ld['failed'] + ld['stalled']} | {ld['ttft_p50_ms']:.0f} | {ld['ttft_p99_ms']:.0f} | "
+            f"{ld['itl_p99_ms']:.0f} ({nominal:.0f}) | {ld['sent'] / args.window_s:.1f} | "
+            f"{ld['tok_s']:,.0f} ({ld['offered_tok_s']:,.0f}) | {ld['cores']['control plane']:.2f} "
+            f"| {cpu_ms_per_request(ld, args):.1f} | {ld['rss_mb']['control plane']:.0f} | "
+            f"{ld['cores']['runners (swarm)']:.2f} | {rec['accepted']:,} / {rec['recorded']:,} / "
+            f"**{rec['lost']}** | {lv.verdict} |"
         )
     lines += [
         "",
@@ -462,12 +455,9 @@ def table(levels: list[Level], args: argparse.Namespace, started: str) -> str:
             "TTFT here is all overhead: the simulated engine sends its first token at once. "
             "Connect s: enrollment + registration + handshake of the runners added at that level. "
             "CP CPU ms / request: control-plane CPU seconds in the window ÷ requests sent in it "
-            "(it includes "
-            "relaying every token). Records: requests of the whole level answered with an "
-            "`x-request-id`, "
-            "those with a request record and exactly one audit event once the writer caught up, "
-            "and the "
-            "difference — the product rule is that it is 0."
+            "(it includes relaying every token). Records: requests of the whole level answered "
+            "with an `x-request-id`, those with a request record and exactly one audit event once "
+            "the writer caught up, and the difference — the product rule is that it is 0."
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -276,11 +276,9 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: str)
         f"Taken: {time.strftime('%Y-%m-%d %H:%M %Z')}. {args.note}".rstrip(),
         (
             f"Engine: {engine}. Tunnel: the control plane's `Link` behind uvicorn (WebSocket "
-            "settings of "
-            "`control-plane serve`) in the measuring process; the runner's `TunnelClient` + "
-            "`relay` in a child "
-            f"process, {args.connections} connections. No API layer, database or scheduler (see "
-            "the overhead table)."
+            "settings of `control-plane serve`) in the measuring process; the runner's "
+            f"`TunnelClient` + `relay` in a child process, {args.connections} connections. No API "
+            "layer, database or scheduler (see the overhead table)."
         ),
         (
             f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, alternating; TTFT = "
@@ -295,9 +293,8 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: str)
         "",
         (
             "| scenario | direct TTFT p50 ms | p99 ms | tunnel TTFT p50 ms | p99 ms | added p50 "
-            "ms | added p99 ms "
-            "| direct tok/s | tunnel tok/s | tunnel/direct | CPU µs per chunk: control-plane side "
-            "| runner |"
+            "ms | added p99 ms | direct tok/s | tunnel tok/s | tunnel/direct | CPU µs per chunk: "
+            "control-plane side | runner |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -314,10 +311,8 @@ def table(rows: list[dict], args: argparse.Namespace, started: str, engine: str)
         "",
         (
             "Reference (docs/DESIGN, same class of machine): one extra WebSocket relay hop adds "
-            "211 µs p50 / "
-            "457 µs p99 on loopback; the tunnel hop also crosses the runner's HTTP client, SSE "
-            "re-framing and "
-            "JSON frames on both ends."
+            "211 µs p50 / 457 µs p99 on loopback; the tunnel hop also crosses the runner's HTTP "
+            "client, SSE re-framing and JSON frames on both ends."
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -50,9 +50,8 @@ class SimParams:
 
     def describe(self) -> str:
         return (
-            f"{self.slots} slots, prefill {self.prefill_tps:g} tok/s (one at a time), "
-            f"decode {self.decode_tps:g} tok/s per request, prefix cache {self.kv_tokens} tokens "
-            "(LRU)"
+            f"{self.slots} slots, prefill {self.prefill_tps:g} tok/s (one at a time), decode "
+            f"{self.decode_tps:g} tok/s per request, prefix cache {self.kv_tokens} tokens (LRU)"
         )
 
 

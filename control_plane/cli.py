@@ -239,8 +239,7 @@ def runners_enroll(
     )
     console.print(
         f"enrollment token for runner {name!r} (valid {settings.enrollment_token_ttl_s}s, one "
-        "use). "
-        "Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:"
+        "use). Give it to the runner as OUTPOST_ENROLLMENT_TOKEN or --token-file:"
     )
     print(token_with_pin(token, settings))
 

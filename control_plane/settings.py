@@ -209,8 +209,7 @@ class Settings(BaseSettings):
         le=300,
         description="How long a verified API key is reused without reading the "
         "database. Changes through this process apply at once; a revocation through another "
-        "replica without "
-        "Redis, or the CLI, within this. 0 turns the cache off.",
+        "replica without Redis, or the CLI, within this. 0 turns the cache off.",
     )
     auth_cache_size: int = Field(
         default=10_000, ge=0, description="Most API keys cached (least recently used go first)."

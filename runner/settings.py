@@ -40,8 +40,7 @@ class RunnerSettings(BaseSettings):
         default_factory=list,
         description=(
             "Model to serve: PATH_OR_ID, or NAME=PATH_OR_ID to choose its public id; repeat the "
-            "flag to "
-            "serve several, one engine each (default: embedded SmolLM2)."
+            "flag to serve several, one engine each (default: embedded SmolLM2)."
         ),
     )
     served_model_name: str | None = Field(
@@ -91,8 +90,8 @@ class RunnerSettings(BaseSettings):
         max_length=16,
         description=(
             "Pinned control-plane public key, sha256/BASE64 of its SubjectPublicKeyInfo (repeat "
-            "for a backup "
-            "key). Replaces the pin an enrollment token carried; a mismatch stops the runner."
+            "for a backup key). Replaces the pin an enrollment token carried; a mismatch stops "
+            "the runner."
         ),
     )
     proxy: str = Field(

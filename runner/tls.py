@@ -59,8 +59,7 @@ class _PinnedSSLObject(ssl.SSLObject):
             raise PinMismatch(
                 f"the control plane's public key {seen} matches none of the pinned keys "
                 f"({', '.join(sorted(pins))}): a TLS-intercepting proxy is in the path, or the "
-                "control "
-                "plane changed its key (then pin the new one with --pin-sha256)"
+                "control plane changed its key (then pin the new one with --pin-sha256)"
             )
 
 

@@ -213,8 +213,7 @@ class Checkpointer:
         if reason != self.alarm:  # once per distinct finding, not once a second
             log.error(
                 "audit checkpoint REFUSED: %s. Nothing is signed until the stored chain extends "
-                "the "
-                "last verified head again; export and verify the log (docs/audit.md).",
+                "the last verified head again; export and verify the log (docs/audit.md).",
                 reason,
             )
         self.alarm = reason

@@ -184,8 +184,7 @@ def checkpoints(
         str | None,
         typer.Option(
             help="Fetch them from this control plane's API with the admin key "
-            "in OUTPOST_API_KEY (what a tenant runs) instead of the "
-            "database."
+            "in OUTPOST_API_KEY (what a tenant runs) instead of the database."
         ),
     ] = None,
 ) -> None:

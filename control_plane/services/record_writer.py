@@ -282,8 +282,7 @@ class RecordWriter:
                 self._resolve([r.id for r in self._queue], False)
                 log.error(
                     "shutting down with %d request records not written (database unavailable for "
-                    "%gs); "
-                    "saved to %s, written at the next start",
+                    "%gs); saved to %s, written at the next start",
                     len(self._queue),
                     self.drain_s,
                     self.spill_path,

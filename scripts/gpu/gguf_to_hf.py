@@ -65,8 +65,7 @@ def main() -> None:
         f"wrote {args.out} in {time.perf_counter() - t0:.1f} s: {params:,} parameters, "
         f"{cfg.get('architectures')}, dtype {cfg.get('dtype') or cfg.get('torch_dtype')}, "
         f"tie_word_embeddings {cfg.get('tie_word_embeddings')}, chat template "
-        f"{'yes' if template else 'no'}; "
-        f"files {files}"
+        f"{'yes' if template else 'no'}; files {files}"
     )
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     ids = tok.apply_chat_template(

@@ -26,18 +26,15 @@ def test_existing_runners_join_their_tenants_default_pool_and_their_labels_becom
                 conn.execute(
                     text(
                         "INSERT INTO tenants (id, name, weight, routing_policy, residency, "
-                        "created_at) "
-                        "VALUES (:id, :id, 1.0, 'balanced', '{}', CURRENT_TIMESTAMP)"
+                        "created_at) VALUES (:id, :id, 1.0, 'balanced', '{}', CURRENT_TIMESTAMP)"
                     ),
                     {"id": t},
                 )
             conn.execute(
                 text(
                     "INSERT INTO runners (id, tenant_id, name, identity_public_key, labels, "
-                    "hardware, "
-                    "cost, capacity, created_at) VALUES ('run_a', 'ten_a', 'a', 'k', :labels, "
-                    "'{}', "
-                    ":cost, 1, CURRENT_TIMESTAMP)"
+                    "hardware, cost, capacity, created_at) VALUES ('run_a', 'ten_a', 'a', 'k', "
+                    ":labels, '{}', :cost, 1, CURRENT_TIMESTAMP)"
                 ),
                 {
                     "labels": json.dumps({"site": "claimed"}),

@@ -53,8 +53,7 @@ def _live(state: AppState, user: ConsoleUser) -> dict[str, Any]:
             ],
             title="Weighted service per tenant",
             desc="Input tokens plus twice the output tokens, divided by the tenant's weight, over "
-            "the "
-            "window. Equal bars among backlogged tenants mean a fair share.",
+            "the window. Equal bars among backlogged tenants mean a fair share.",
             css="s-2",
         )
     return {"snap": snap, "service_chart": chart}
