@@ -17,6 +17,7 @@ from typing import Annotated
 import httpx
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -66,23 +67,47 @@ def _root(base_url: str) -> str:
 
 
 @fairness_app.command("suites")
-def suites() -> None:
+def suites(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line (the full sha256).")
+    ] = False,
+) -> None:
     """List the built-in suites with their hashes and sizes."""
-    table = Table(title="Built-in probe suites")
-    for column in ("name", "id", "version", "attributes (sets per group)", "prompts"):
-        table.add_column(column)
-    table.add_column("sha256", no_wrap=True)
+    rows = []
     for path in sorted(BUILTIN_SUITES_DIR.glob("*.json")):
         suite = load_suite(path)
         sets = suite.samples_per_group()
-        prompts = sum(n * len(suite.attributes[a].groups) for a, n in sets.items())
+        rows.append(
+            {
+                "name": path.stem,
+                "id": suite.id,
+                "version": suite.version,
+                "sets_per_group": sets,
+                "prompts": sum(n * len(suite.attributes[a].groups) for a, n in sets.items()),
+                "sha256": suite_hash(suite),
+            }
+        )
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return
+    # The full hash alone is 64 columns: the table shows its first 12 characters (as reports
+    # do), so every column stays readable in 80 columns and when piped; --json has it whole.
+    table = Table(title="Built-in probe suites", box=box.SIMPLE_HEAD)
+    for column in ("name", "id", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("attributes (sets per group)", overflow="fold")
+    table.add_column("prompts", justify="right")
+    table.add_column("sha256", no_wrap=True)
+    for row in rows:
+        sets = row["sets_per_group"]
         table.add_row(
-            path.stem,
-            suite.id,
-            suite.version,
+            row["name"],
+            row["id"],
+            row["version"],
             ", ".join(f"{a} ({n})" for a, n in sets.items()),
-            str(prompts),
-            suite_hash(suite),
+            str(row["prompts"]),
+            f"{row['sha256'][:12]}…",
         )
     out.print(table)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -72,19 +73,24 @@ def report_renderable(report: FairnessReport) -> RenderableType:
     )
     parts: list[RenderableType] = [header]
     for attribute, result in report.attributes.items():
-        table = Table(title=f"{attribute}", title_justify="left", show_lines=False)
-        for column in (
-            "outcome",
-            "group",
-            "n",
-            "excluded",
-            "estimate [CI]",
-            "parity diff",
-            "DI ratio",
-            "min p (Holm)",
-            "flag",
-        ):
-            table.add_column(column, justify="right" if column in ("n", "excluded") else "left")
+        # No vertical rules, and names never cut: in 80 columns the numbers wrap, the
+        # outcome and group names (what a reader looks for) stay whole.
+        table = Table(
+            title=f"{attribute}",
+            title_justify="left",
+            show_lines=False,
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        names = (len(n) for n in result.outcomes)
+        table.add_column("outcome", no_wrap=True, min_width=max(names, default=7))
+        table.add_column("group", no_wrap=True, min_width=max(map(len, result.groups), default=5))
+        table.add_column("flag", min_width=6)  # the verdict next to the names it is about
+        # n: the answers counted, with those excluded (empty, errors, unparseable) if any.
+        table.add_column("n", justify="right")
+        table.add_column("est. [CI]", overflow="fold")
+        for column in ("parity", "DI", "p (Holm)"):
+            table.add_column(column, overflow="fold")
         for name, outcome in result.outcomes.items():
             binary = outcome.spec.kind == "binary"
             di = outcome.disparate_impact
@@ -95,13 +101,12 @@ def report_renderable(report: FairnessReport) -> RenderableType:
                 table.add_row(
                     name if first else "",
                     group,
-                    str(estimate.n),
-                    str(excluded),
+                    _flag_cell(outcome) if first else "",
+                    f"{estimate.n} (-{excluded})" if excluded else str(estimate.n),
                     _estimate(binary, estimate.value, estimate.ci_low, estimate.ci_high),
                     _num(outcome.parity_difference) if first else "",
                     (_num(di.ratio) if di else "n/a") if first else "",
                     _p(outcome.min_p_holm) if first else "",
-                    _flag_cell(outcome) if first else "",
                     end_section=index == len(outcome.groups) - 1,
                 )
         parts.append(table)
