@@ -19,12 +19,11 @@ tunnel. Both paths hit that *same* engine process:
 * ``outpost`` — client → control plane ``/v1/chat/completions`` → WebSocket tunnel → runner →
 engine.
 
-Streaming chat completions, ``temperature 0``, ``max_tokens`` per request (128).
-For each concurrency (``--streams``, default 1 and 16) and each path, every stream sends
-``--rounds-single`` (1 stream) or ``--rounds`` (more streams) requests back to back; the table
-gives aggregate
-tokens/s (all tokens ÷ wall time of the phase), per-stream decode tokens/s (tokens after the
-first ÷ time from first to last token), time to first token and inter-token latency percentiles.
+Streaming chat completions, ``temperature 0``, ``max_tokens`` per request (128). For each
+concurrency (``--streams``, default 1 and 16) and each path, every stream sends ``--rounds-single``
+(1 stream) or ``--rounds`` (more streams) requests back to back; the table gives aggregate tokens/s
+(all tokens ÷ wall time of the phase), per-stream decode tokens/s (tokens after the first ÷ time
+from first to last token), time to first token and inter-token latency percentiles.
 
     python bench/bench_gpu.py --model PATH.gguf [--llama-server BIN] [--json OUT.json] [--no-write]
     python bench/bench_gpu.py --engine vllm --model HF_DIR --streams 1,16,64,256 [--record DIR]

@@ -168,9 +168,8 @@ class OidcClient:
     """The console's relying party: discovery, authorization URL, code exchange, ID-token checks.
 
     ``transport`` is the HTTP seam (tests pass none: they run a real provider on loopback).
-    Everything
-    here speaks httpx2, the client authlib's OAuth integration is built on, so one transport and one
-    family of errors cover discovery, the JWKS and the code exchange.
+    Everything here speaks httpx2, the client authlib's OAuth integration is built on, so one
+    transport and one family of errors cover discovery, the JWKS and the code exchange.
     """
 
     def __init__(

@@ -271,8 +271,8 @@ class RequestLife:
 
     async def _settle_durably(self) -> None:
         """Settle and wait (bounded) until the record and its audit event are committed: the
-        client's
-        end of response comes after it, so an answered request survives a crash (docs/audit.md)."""
+        client's end of response comes after it, so an answered request survives a crash
+        (docs/audit.md)."""
         await self.state.records.wait(self.settle(), self.state.settings.records_commit_wait_s)
 
     async def _finish_answered(self) -> None:

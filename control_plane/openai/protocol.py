@@ -40,8 +40,7 @@ _TokenId = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
 
 def _unencodable(value: object, depth: int = 0) -> str | None:
     """The first string of a decoded JSON body that UTF-8 cannot encode (a lone surrogate), or the
-    first
-    NaN/Infinity (Python's JSON parser accepts them; no engine does), if any."""
+    first NaN/Infinity (Python's JSON parser accepts them; no engine does), if any."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str):

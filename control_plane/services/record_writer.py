@@ -216,8 +216,8 @@ class RecordWriter:
 
     async def commit(self, record: RequestRecord, timeout: float | None = None) -> bool:
         """Submit ``record`` and wait until it is committed; ``False`` if it was given up or is
-        still
-        queued after ``timeout`` (it stays queued then: the database is down or far behind)."""
+        still queued after ``timeout`` (it stays queued then: the database is down or far behind).
+        """
         return await self.wait(self.submit(record), timeout)
 
     async def wait(self, done: asyncio.Future[bool], timeout: float | None = None) -> bool:

@@ -1,6 +1,5 @@
 """The SSE relay at the end of a stream: the client hangs up after the whole answer, or in the
-middle
-of it; the engine's ``[DONE]`` waits for the runner's end frame and the record's commit.
+middle of it; the engine's ``[DONE]`` waits for the runner's end frame and the record's commit.
 
 The race this pins down: the client has the whole answer and closes the connection
 before the runner's end frame (with the usage) reaches the control plane — likelier

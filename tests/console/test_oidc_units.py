@@ -1,6 +1,5 @@
 """Single sign-on without a browser: claim mapping, ID-token checks and JWKS refetching against the
-real
-test provider on loopback, and the ``next`` paths the flow accepts."""
+real test provider on loopback, and the ``next`` paths the flow accepts."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """The Kubernetes manifests (deploy/kubernetes/): valid against a current release's schemas,
-complete, and
-naming only settings that exist."""
+complete, and naming only settings that exist."""
 
 from __future__ import annotations
 

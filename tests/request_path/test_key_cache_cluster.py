@@ -1,6 +1,5 @@
 """Two replicas on one PostgreSQL database and one Redis: a key revoked through one is refused by
-the
-other at once, long before the key cache's TTL (300 s here) would have let it notice."""
+the other at once, long before the key cache's TTL (300 s here) would have let it notice."""
 
 from __future__ import annotations
 

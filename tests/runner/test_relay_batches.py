@@ -1,12 +1,10 @@
 """The relay reads the engine's SSE in batches and sends what arrived together in one data frame.
 
-The engine is an ``httpx.MockTransport`` (through ``HttpxEngineClient``) whose answer arrives in
-the byte
-chunks a test chooses, with a pause after each (``PAUSE``) so that each
-chunk is a batch of its own unless a test says otherwise; every split a
-socket can produce (mid-line, mid UTF-8 character, between ``\\r`` and
-``\\n``) is exercised deterministically. The runner's own client (aiohttp) is tested against real
-servers in test_engine_client.py.
+The engine is an ``httpx.MockTransport`` (through ``HttpxEngineClient``) whose answer arrives in the
+byte chunks a test chooses, with a pause after each (``PAUSE``) so that each chunk is a batch of its
+own unless a test says otherwise; every split a socket can produce (mid-line, mid UTF-8 character,
+between ``\\r`` and ``\\n``) is exercised deterministically. The runner's own client (aiohttp) is
+tested against real servers in test_engine_client.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Authentication: expired, revoked and malformed keys and tokens answer a 401 envelope; secrets
-never
-reach the logs or a URL."""
+never reach the logs or a URL."""
 
 from __future__ import annotations
 

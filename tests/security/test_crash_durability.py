@@ -1,13 +1,11 @@
 """Durable before done (issue 20): the control plane is killed with SIGKILL under load, on SQLite
-and
-on PostgreSQL, and every request whose client saw a complete 200 has exactly one request record and
-one audit event — read straight after the kill, before anything restarts.
+and on PostgreSQL, and every request whose client saw a complete 200 has exactly one request record
+and one audit event — read straight after the kill, before anything restarts.
 
 A crash, an OOM kill or a power cut leaves no time to drain a queue: a record (and its ``inference``
 audit event) must be committed before the client gets the end of its response (``data: [DONE]`` or
 the end of an unstreamed body). Real parts throughout: a ``control-plane serve`` process, a runner
-with
-the embedded model on llama.cpp, three clients sending streamed and unstreamed requests.
+with the embedded model on llama.cpp, three clients sending streamed and unstreamed requests.
 """
 
 from __future__ import annotations

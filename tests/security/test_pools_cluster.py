@@ -1,7 +1,6 @@
 """Two replicas (one PostgreSQL, one Redis): grants, revocations and an owner's change to a runner
-made
-through one replica hold on the other at once, not after the key cache's TTL (300 s here). Issue
-19."""
+made through one replica hold on the other at once, not after the key cache's TTL (300 s here).
+Issue 19."""
 
 from __future__ import annotations
 
