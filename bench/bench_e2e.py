@@ -25,6 +25,7 @@ import cryptography
 from _repo import ROOT
 from cryptography.hazmat.backends.openssl.backend import backend
 
+from bench.load import cpu_model
 from outpost.sdk.e2e import (
     ChunkOpener,
     ChunkSealer,
@@ -138,14 +139,7 @@ def bench_receipts(n: int) -> Iterator[str]:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return (
         f"{model}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}, cryptography {cryptography.__version__} "

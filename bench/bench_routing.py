@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 from _repo import ROOT
 
-from bench.load import write_section
+from bench.load import cpu_model, write_section
 from bench.sim_runner import SimParams, SimulatedRunner
 from harness.processes import ControlPlaneProcess
 
@@ -223,14 +223,7 @@ def _pct(values: list[float], q: int) -> float:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return (
         f"{model}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}"

@@ -30,6 +30,7 @@ __all__ = [
     "Conn",
     "ProcWatch",
     "Sample",
+    "cpu_model",
     "chat_body",
     "fmt_ms",
     "load_at_end",
@@ -304,7 +305,8 @@ def versions(*names: str) -> str:
     return ", ".join(out)
 
 
-def machine() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows: machine lines start so."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -313,6 +315,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    return cpu
+
+
+def machine() -> str:
+    cpu = cpu_model()
     mem = psutil.virtual_memory().total / 2**30
     load = os.getloadavg()[0]
     return (
