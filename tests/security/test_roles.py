@@ -481,3 +481,29 @@ def _role_of(roles: Roles, role: str) -> str:
             return user.role
 
     return run_db(roles.cp.database_url, go)
+
+
+# -- single sign-on -------------------------------------------------------------------------------
+
+
+def test_oidc_maps_claims_to_every_role_and_the_most_powerful_wins() -> None:
+    from pydantic import ValidationError
+
+    from outpost.control_plane.console.oidc import map_identity
+    from outpost.control_plane.settings import Settings
+
+    settings = Settings(
+        oidc_issuer="https://sso.example",
+        oidc_client_id="outpost-console",
+        oidc_role_map={role.upper(): role for role in ROLES},
+        public_url="http://localhost:1",
+    )
+    claims = {"sub": "s", "email": "a@corp.example"}
+    for role in ROLES:
+        assert map_identity({**claims, "groups": [role.upper()]}, settings).role == role
+    # Groups for an auditor and an operator: the operator's role, whatever the claim's order.
+    for groups in (["AUDITOR", "OPERATOR"], ["OPERATOR", "AUDITOR"]):
+        assert map_identity({**claims, "groups": groups}, settings).role == "operator"
+    assert map_identity({**claims, "groups": ["VIEWER", "OWNER"]}, settings).role == "owner"
+    with pytest.raises(ValidationError):  # a role that does not exist is refused at start
+        Settings(oidc_role_map={"x": "superuser"}, public_url="http://localhost:1")
