@@ -32,6 +32,7 @@ from outpost.control_plane.console.cli import users_app
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
 from outpost.control_plane.deployments.cli import deployments_app
+from outpost.control_plane.deployments.embedded import link_embedded_model
 from outpost.control_plane.permissions import ROLES, key_role
 from outpost.control_plane.pools_cli import pools_app, runners_set
 from outpost.control_plane.probes.cli import fairness_app
@@ -389,6 +390,8 @@ def up(ctx: typer.Context) -> None:
     upgrade_to_head(settings.database_url)
     runner_state = settings.state_dir / "runner"
     enrolled = (runner_state / "identity.json").exists()
+    # Deployable from the console as {"kind": "path", "path": "embedded/<file>.gguf"}.
+    link_embedded_model(runner_state / "models")
 
     async def prepare(db: Database) -> tuple[str, str | None]:
         _, key = await issue_api_key(db, "default", "up", admin=True)
