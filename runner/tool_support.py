@@ -14,7 +14,6 @@ call format; a family not in :data:`VLLM_TOOL_PARSERS` gets no tools.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -88,8 +87,14 @@ def prefill_tool_choice(payload: dict[str, Any]) -> dict[str, Any]:
     opening = '<tool_call>\n{"name": "'
     rewritten = {**payload, "tool_choice": "required"}  # llama.cpp's grammar then holds the call
     if isinstance(choice, dict):
+        # The named function is the only tool llama.cpp is given, so its grammar allows that
+        # name alone. (Prefilling the name and '"arguments": ' as well held the call whole,
+        # but llama.cpp's streamed parser then lost the arguments' opening brace.)
         name = str((choice.get("function") or {}).get("name", ""))
-        opening += json.dumps(name)[1:-1] + '", "arguments": '
+        named = [t for t in tools if isinstance(t, dict) and _tool_name(t) == name]
+        if not named:
+            return payload  # the control plane refuses a name not among the tools
+        rewritten["tools"] = named
     elif choice != "required":
         return payload
     if isinstance(choice, dict) or payload.get("parallel_tool_calls") is False:
@@ -100,3 +105,8 @@ def prefill_tool_choice(payload: dict[str, Any]) -> dict[str, Any]:
         rewritten["stop"] = [*stops, "</tool_call>"]
     rewritten["messages"] = [*messages, {"role": "assistant", "content": opening}]
     return rewritten
+
+
+def _tool_name(tool: dict[str, Any]) -> str | None:
+    function = tool.get("function")
+    return str(function.get("name")) if isinstance(function, dict) else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -124,13 +125,18 @@ def test_a_named_tool_choice_calls_that_function_once(stack: Stack) -> None:
     assert calls[0].function.name == "get_time" and "tz" in _arguments(calls[0])
 
 
-def test_streamed_tool_call_deltas_assemble_into_a_call(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    "choice",
+    ["required", {"type": "function", "function": {"name": "get_weather"}}],
+    ids=["required", "named"],
+)
+def test_streamed_tool_call_deltas_assemble_into_a_call(stack: Stack, choice: Any) -> None:
     before = stack.seen()
     stream = stack.client.chat.completions.create(
         model=MODEL,
         messages=ASK,
-        tools=[WEATHER],
-        tool_choice="required",
+        tools=[WEATHER, TIME] if isinstance(choice, dict) else [WEATHER],
+        tool_choice=choice,
         parallel_tool_calls=False,  # one call, then the end (the model would go on calling)
         max_tokens=80,
         stream=True,

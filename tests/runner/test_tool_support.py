@@ -128,14 +128,21 @@ def test_required_opens_the_call_and_keeps_the_grammar() -> None:
     assert "stop" not in out  # parallel calls stay allowed
 
 
-def test_a_named_choice_opens_that_call_once() -> None:
+def test_a_named_choice_gives_the_engine_that_tool_alone_once() -> None:
+    weird = {"type": "function", "function": {"name": 'we"ird', "parameters": {}}}
     choice = {"type": "function", "function": {"name": 'we"ird'}}
     out = prefill_tool_choice(
-        {"messages": ASK, "tools": TOOLS, "tool_choice": choice, "stop": "END"}
+        {"messages": ASK, "tools": [*TOOLS, weird], "tool_choice": choice, "stop": "END"}
     )
     assert out["tool_choice"] == "required"
-    assert out["messages"][-1]["content"] == '<tool_call>\n{"name": "we\\"ird", "arguments": '
+    assert out["tools"] == [weird]  # llama.cpp's grammar then allows that name alone
+    assert out["messages"][-1]["content"] == '<tool_call>\n{"name": "'
     assert out["stop"] == ["END", "</tool_call>"]
+
+
+def test_a_named_choice_not_among_the_tools_is_left_alone() -> None:
+    body = {"messages": ASK, "tools": TOOLS, "tool_choice": {"function": {"name": "g"}}}
+    assert prefill_tool_choice(body) is body
 
 
 @pytest.mark.parametrize(
