@@ -292,8 +292,8 @@ class Agent:
         )
         done, _ = await asyncio.wait([stop, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
         code = 0
-        if tasks[0] in done and tasks[0].exception() is not None:
-            exc = tasks[0].exception()
+        exc = tasks[0].exception() if tasks[0] in done else None
+        if exc is not None:
             inner = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
             if isinstance(inner, TunnelTerminated):
                 self.console.print(f"[red]runner stopped:[/] {inner}")

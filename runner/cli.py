@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
@@ -72,7 +72,10 @@ def local_runner(ctx: typer.Context) -> None:
         console
         if settings.log_format == "text"
         else Console(
-            file=ConsoleToLog(logging.getLogger("outpost.runner")), no_color=True, width=240
+            # A TextIOBase is a text file to rich; typeshed does not count it as an IO[str].
+            file=cast(IO[str], ConsoleToLog(logging.getLogger("outpost.runner"))),
+            no_color=True,
+            width=240,
         )
     )
 

@@ -69,7 +69,9 @@ def resolve_models(
     and ``ModelNotFoundError`` for a reference that names no model.
     """
     if resolve is None:
-        from outpost.runner.gguf_meta import resolve_model as resolve
+        from outpost.runner.gguf_meta import resolve_model
+
+        resolve = resolve_model
     specs: list[ModelSpec] = []
     seen: dict[str, str] = {}
     for value in values:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -73,7 +73,7 @@ def suites(
     ] = False,
 ) -> None:
     """List the built-in suites with their hashes and sizes."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in sorted(BUILTIN_SUITES_DIR.glob("*.json")):
         suite = load_suite(path)
         sets = suite.samples_per_group()
