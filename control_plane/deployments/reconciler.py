@@ -46,6 +46,8 @@ log = logging.getLogger("outpost.deployments")
 #: Reports waiting to be applied; beyond this a flood is dropped (the runner reports again).
 MAX_PENDING_REPORTS = 10_000
 _GONE = ("draining", "stopped")
+#: Progress reports of one replica in one state kept at most this often.
+PROGRESS_EVERY_S = 0.25
 
 Send = tuple[str, DeployFrame | UndeployFrame]
 
@@ -93,6 +95,8 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._reports: asyncio.Queue[tuple[str, ReplicaFrame]] = asyncio.Queue(MAX_PENDING_REPORTS)
         self._tasks: list[asyncio.Task[None]] = []
+        # (runner id, replica id) -> (state, monotonic time) of its last report queued.
+        self._progress: dict[tuple[str, str], tuple[str, float]] = {}
         self.passes = 0  # completed passes, for tests and /metrics
 
     # --- lifecycle ----------------------------------------------------------
@@ -120,7 +124,20 @@ class Reconciler:
         self.wake()
 
     def replica_report(self, runner_id: str, frame: ReplicaFrame) -> None:
-        """Link hook (sync, on the reader task): queue the report for the applier."""
+        """Link hook (sync, on the reader task): queue the report for the applier.
+
+        Progress within one state is kept at most every ``PROGRESS_EVERY_S`` per replica (a
+        runner sends two a second; a rogue one could send thousands, each a database write);
+        a change of state is never dropped.
+        """
+        key = (runner_id, frame.replica_id)
+        now = time.monotonic()
+        last = self._progress.get(key)
+        if last is not None and last[0] == frame.state and now - last[1] < PROGRESS_EVERY_S:
+            return
+        if len(self._progress) >= MAX_PENDING_REPORTS:
+            self._progress.clear()  # bounded: invented replica ids cannot grow it
+        self._progress[key] = (frame.state, now)
         try:
             self._reports.put_nowait((runner_id, frame))
         except asyncio.QueueFull:

@@ -523,3 +523,17 @@ def test_scale_up_when_requests_keep_queueing(cp: ControlPlaneProcess) -> None:
     )
     ws_a.close()
     ws_b.close()
+
+
+def test_a_flood_of_progress_reports_keeps_the_last_state(acme: Tenant) -> None:
+    _, ws = acme.runner()
+    dep = acme.deploy("flooded")
+    rid = next_frame(ws, DeployFrame).replica_id
+    for i in range(2000):  # far above the two a second a runner sends
+        report(ws, rid, "downloading", bytes_done=i, bytes_total=10_000, rate_bps=1.0)
+    report(ws, rid, "loading")
+    wait_until(lambda: replica_state(acme, dep["id"], rid) == "loading", 30, "the state change")
+    ready(ws, rid, "flooded")
+    wait_until(lambda: "flooded" in acme.models(), 30, "ready after the flood")
+    acme.api("DELETE", f"/{dep['id']}")
+    ws.close()
