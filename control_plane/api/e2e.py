@@ -19,12 +19,13 @@ from pydantic import BaseModel
 from outpost.control_plane.api.deps import AppStateDep, CallerDep, SessionDep
 
 # The key's policy and rate limit, exactly as the clear OpenAI routes apply them.
-from outpost.control_plane.api.openai import PolicyDep
+from outpost.control_plane.api.openai import PolicyDep, check_model_allowed
 from outpost.control_plane.api.openai import _admit as admit_request
 from outpost.control_plane.api.openai import _rate_headers as rate_headers
 from outpost.control_plane.audit import AuditAction, actor_for_runner, record_admin
 from outpost.control_plane.db.models import Runner
 from outpost.control_plane.errors import ApiError
+from outpost.control_plane.model_access import model_allowed
 from outpost.control_plane.openai.call import ENDPOINTS_BY_NAME
 from outpost.control_plane.openai.disconnect import watch
 from outpost.control_plane.openai.serving import InferenceCall, serve_inference
@@ -153,7 +154,10 @@ async def e2e_runners(
             {
                 "runner_id": r.runner_id,
                 "name": r.name,
-                "models": [m.name for m in r.models],
+                # The key's allow-list leaves out what it may not call, as /v1/models does.
+                "models": [
+                    m.name for m in r.models if model_allowed(policy.allowed_models, m.name)
+                ],
                 "in_flight": r.in_flight,
                 "key": doc,
             }
@@ -177,6 +181,7 @@ async def sealed_inference(
     if kind is None:
         raise ApiError.not_found(f"No end-to-end endpoint {endpoint!r}.")
     runner_id = _bound_runner(body, runner_header)
+    check_model_allowed(state, caller, policy, body.model)  # the model travels in clear
     rate = await admit_request(state, caller, policy)
     limit = state.settings.max_tokens_limit
     if body.max_tokens is not None and body.max_tokens > limit:

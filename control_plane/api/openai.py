@@ -157,16 +157,7 @@ async def _serve(
     body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | RerankRequest,
 ) -> Response:
     routing = _routing_policy(request, policy)
-    if not model_allowed(policy.allowed_models, body.model):
-        state.metrics.reject(caller.tenant_id, "model_not_allowed")
-        raise ApiError(
-            403,
-            f"This API key may not call the model {body.model[:200]!r}: it is not on the key's "
-            "allowed models.",
-            type="permission_error",
-            code="model_not_allowed",
-            param="model",
-        )
+    check_model_allowed(state, caller, policy, body.model)
     rate = await _admit(state, caller, policy)
     max_tokens = cap = None
     n, capped_body = 1, None
@@ -224,6 +215,21 @@ async def _serve(
         response.headers.update(_rate_headers(rate))
     response.headers.update(quota.headers())
     return response
+
+
+def check_model_allowed(state: AppState, caller: Caller, policy: KeyPolicy, model: str) -> None:
+    """403 ``model_not_allowed`` unless the key's allow-list admits ``model`` (model_access)."""
+    if model_allowed(policy.allowed_models, model):
+        return
+    state.metrics.reject(caller.tenant_id, "model_not_allowed")
+    raise ApiError(
+        403,
+        f"This API key may not call the model {model[:200]!r}: it is not on the key's "
+        "allowed models.",
+        type="permission_error",
+        code="model_not_allowed",
+        param="model",
+    )
 
 
 async def _reserve_quota(

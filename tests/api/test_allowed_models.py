@@ -201,3 +201,42 @@ def test_the_console_key_form_sets_a_list(stack: Stack) -> None:
             data={"csrf_token": csrf, "name": "console-op", "expires": "never", "role": "operator"},
         )
         assert stronger.status_code == 403, stronger.text[:500]
+
+
+def test_a_sealed_request_obeys_the_list_too(stack: Stack) -> None:
+    """End-to-end requests carry the model in clear: the same list applies, and the sealed
+    runners listing leaves the model out."""
+    from outpost.runner.e2e import describe_keys
+    from outpost.sdk.client._e2e import seal_call
+    from outpost.sdk.sealed import RUNNER_HEADER
+
+    with closing(_admin(stack)) as admin:
+        made = admin.post("/api/keys", json={"name": "sealed-gpt", "allowed_models": ["gpt-*"]})
+        assert made.status_code == 201, made.text
+    narrow = made.json()["key"]
+    fingerprint = describe_keys(stack.runner.state_dir)["identity_fingerprint"]
+    with Client(
+        stack.cp.url, api_key=stack.api_key, e2e=True, pins={stack.runner_id: fingerprint}
+    ) as wide:
+        wait_until(
+            lambda: any(r.runner_id == stack.runner_id for r in wide.runners.e2e_candidates()),
+            120,
+            "the runner's key document",
+        )
+        target = wide.runners.e2e_key(stack.runner_id)
+    listed = httpx.get(
+        f"{stack.cp.url}/v1/e2e/runners",
+        headers={"Authorization": f"Bearer {narrow}"},
+        timeout=30,
+    ).json()["data"]
+    assert listed and all(MODEL not in r["models"] for r in listed)
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    body, _ = seal_call(target, payload, stream=False)
+    refused = httpx.post(
+        f"{stack.cp.url}/v1/e2e/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {narrow}", RUNNER_HEADER: stack.runner_id},
+        timeout=60,
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "model_not_allowed"
