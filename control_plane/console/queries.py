@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Integer, case, cast, func, or_, select
+from sqlalchemy import Integer, SQLColumnExpression, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,7 +41,7 @@ class Bucket:
     cost_usd: float = 0.0
 
 
-def _epoch(session: AsyncSession, column: ColumnElement) -> ColumnElement:
+def _epoch(session: AsyncSession, column: SQLColumnExpression[datetime]) -> ColumnElement[int]:
     if session.get_bind().dialect.name == "postgresql":
         return cast(func.floor(func.extract("epoch", column)), Integer)
     return cast(func.strftime("%s", column), Integer)
@@ -78,7 +79,9 @@ async def timeseries(
     buckets = [
         Bucket(datetime.fromtimestamp(origin + i * size, tz=start.tzinfo)) for i in range(count)
     ]
-    for i, n, errors, prompt, completion, cost in (await session.execute(stmt)).all():
+    # Aggregates read as untyped values; each is converted below.
+    rows: list[tuple[Any, ...]] = [tuple(r) for r in (await session.execute(stmt)).all()]
+    for i, n, errors, prompt, completion, cost in rows:
         if i is not None and 0 <= int(i) < count:
             b = buckets[int(i)]
             b.requests, b.errors = int(n), int(errors)
@@ -117,7 +120,8 @@ async def window_stats(
         RequestRecord.created_at >= start,
         RequestRecord.created_at < end,
     )
-    n, e, p, c, usd, lat, ttft = (await session.execute(stmt)).one()
+    row: tuple[Any, ...] = tuple((await session.execute(stmt)).one())
+    n, e, p, c, usd, lat, ttft = row
     return WindowStats(
         int(n),
         int(e),
