@@ -181,8 +181,9 @@ class TunnelClient:
             reason = close_reason(code)
             if reason.terminal:
                 raise TunnelTerminated(f"control plane closed the tunnel: {reason.description}")
+            # drain() sets it while the connection runs; mypy keeps the loop condition's narrowing.
             if self.draining:
-                return
+                return  # type: ignore[unreachable]
             if not session.handshook:
                 failures += 1
             elif time.monotonic() - started > stable_after:
@@ -251,7 +252,8 @@ class TunnelClient:
                     task = self._tasks.pop(_key(out), None)
                     if task:
                         task.cancel()
-            return ws.close_code
+            code: int | None = ws.close_code
+            return code
 
     def _count_sent(self, size: int) -> None:
         self.frames["sent"] += 1
@@ -294,10 +296,10 @@ class TunnelClient:
         if isinstance(frame, RequestFrame):
             if frame.stream_id in mine:
                 raise FrameError(f"stream {frame.stream_id} opened twice")
-            out = OutboundStream(frame, send, send_data)
-            mine[frame.stream_id] = out
-            if out.body_complete:
-                self._start(out, mine)
+            opened = OutboundStream(frame, send, send_data)
+            mine[frame.stream_id] = opened
+            if opened.body_complete:
+                self._start(opened, mine)
         elif isinstance(frame, DataFrame):
             out = self._stream(mine, frame.stream_id)
             if out is not None:

@@ -53,7 +53,7 @@ async def enroll_runner(
     A pool that does not exist is :class:`NotFound`, unless ``create_missing_pool`` (the CLI's
     ``--pool``, which creates it). Returns ``(row, secret)``; the secret is not stored.
     """
-    if pool in (None, DEFAULT_POOL):
+    if pool is None or pool == DEFAULT_POOL:
         pool_row = await default_pool(session, tenant_id)
     elif create_missing_pool:
         pool_row = await get_pool_by_name(session, tenant_id, pool) or await create_pool(
@@ -119,7 +119,7 @@ async def set_runner_settings(
         )
     except ValueError as exc:
         raise Invalid(str(exc), param="usd_per_hour") from None
-    changes = {
+    changes: dict[str, object] = {
         k: v
         for k, v in (("labels", labels), ("usd_per_hour", usd_per_hour), ("pool_id", pool_id))
         if v is not None
