@@ -17,7 +17,6 @@ are queued (the stream windows bound it anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
 from websockets.exceptions import ConnectionClosed
@@ -75,8 +74,12 @@ class FrameWriter:
 
     async def close(self) -> None:
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        # asyncio.wait, not ``await self._task`` under suppress(CancelledError): that would also
+        # swallow a cancellation of the caller itself, and TunnelClient.run() cancelled while a
+        # connection closed went on redialling.
+        await asyncio.wait({self._task})
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved: it is reported through self._failed
         if self._failed is None:
             self._failed = ConnectionError("tunnel connection closed")
         self._room.set()

@@ -108,3 +108,18 @@ async def test_a_dropped_connection_fails_later_sends() -> None:
     await writer.close()
     with pytest.raises(ConnectionClosedError):
         await writer.send_data(1, b"after close")
+
+
+async def test_a_caller_cancelled_while_closing_stays_cancelled() -> None:
+    # TunnelClient.run() cancelled while its connection closed went on redialling when close()
+    # swallowed the caller's own CancelledError along with the writer task's.
+    ws = FakeSocket()
+    ws.gate.clear()  # the writer is stuck in a send: a slow socket
+    writer = FrameWriter(ws.send)
+    await writer.send(ResponseStartFrame(stream_id=1, status=200))
+    await _settle()
+    closing = asyncio.create_task(writer.close())
+    await asyncio.sleep(0)  # close() now waits for the writer task
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
