@@ -19,17 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outpost.control_plane.audit import AuditAction, record_admin
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import Deployment, DeploymentReplica, new_id, utcnow
 from outpost.control_plane.deployments.placement import pick_runners, runner_fits
+from outpost.control_plane.deployments.scaling import ScalingMixin
+from outpost.control_plane.deployments.traffic import TrafficMixin
 from outpost.control_plane.store.deployments import (
     get_deployment,
     get_replica,
@@ -64,7 +63,7 @@ class _Pass:
     unroute: list[tuple[str, str]] = field(default_factory=list)
 
 
-class Reconciler:
+class Reconciler(ScalingMixin, TrafficMixin):
     def __init__(
         self,
         db: Database,
@@ -231,95 +230,6 @@ class Reconciler:
         elif len(current) < d.replicas:
             self._place(session, d, live, d.replicas - len(current), plan)
 
-    async def _unload_if_idle(self, session: AsyncSession, d: Deployment) -> None:
-        """``min_replicas: 0`` and idle past ``idle_timeout_s``: scale to 0 (a request wakes it).
-
-        Idle counts from the later of the name's last request here and the deployment's last
-        change, so scaling up by hand is not undone at once.
-        """
-        if d.min_replicas != 0 or d.replicas == 0 or d.idle_timeout_s is None:
-            return
-        changed_ago = (utcnow() - _aware(d.updated_at)).total_seconds()
-        uses = [self._used[n] for n in (d.name, *d.aliases) if n in self._used]
-        used_ago = time.monotonic() - max(uses) if uses else changed_ago
-        if min(changed_ago, used_ago) < d.idle_timeout_s:
-            return
-        before, d.replicas, d.updated_at = d.replicas, 0, utcnow()
-        await record_admin(
-            session,
-            actor="control-plane:idle",
-            action=AuditAction.DEPLOYMENT_SCALE,
-            tenant_id=d.tenant_id,
-            target=d.id,
-            details={"from": before, "to": 0, "idle_s": round(min(changed_ago, used_ago))},
-        )
-        log.info("deployment %s idle for %ds: scaled to 0", d.id, d.idle_timeout_s)
-
-    async def _scale_up_if_queueing(
-        self, session: AsyncSession, d: Deployment, live: list[DeploymentReplica]
-    ) -> None:
-        """Requests queued in admission for the runners of its ready replicas for
-        ``scale_up_after_s`` without a break: one more replica, up to ``max_replicas``.
-
-        A runner's queue counts every model it serves, so a runner shared with another model's
-        traffic may scale a deployment that is not the bottleneck; docs/deployments.md says so.
-        """
-        runners = {r.runner_id for r in live if r.state == "ready"}
-        queued = sum(self.hub.runners[rid].queued for rid in runners if rid in self.hub.runners)
-        if queued <= 0 or d.replicas >= d.max_replicas or d.replicas == 0:
-            self._queued_since.pop(d.id, None)
-            return
-        now = time.monotonic()
-        since = self._queued_since.setdefault(d.id, now)
-        if now - since < self.scale_up_after_s:
-            return
-        self._queued_since.pop(d.id, None)
-        before, d.replicas, d.updated_at = d.replicas, d.replicas + 1, utcnow()
-        await record_admin(
-            session,
-            actor="control-plane:autoscale",
-            action=AuditAction.DEPLOYMENT_SCALE,
-            tenant_id=d.tenant_id,
-            target=d.id,
-            details={"from": before, "to": d.replicas, "queued": queued},
-        )
-        log.info(
-            "deployment %s: requests queued for %.0fs: %d replicas", d.id, now - since, d.replicas
-        )
-
-    async def wake_for(self, model: str, pools: frozenset[str] | None) -> bool:
-        """A request for ``model`` found no runner: wake a deployment of that name scaled to 0
-        in a pool the caller may use. Returns whether one is waking or already coming up (being
-        placed, downloaded or loaded): then the request waits for it rather than being a 404."""
-        if any(pools is None or pool in pools for _, pool in self._coming.get(model, ())):
-            return True
-        asleep = [
-            dep for dep, pool in self._sleeping.get(model, ()) if pools is None or pool in pools
-        ]
-        if not asleep:
-            return False
-        self._used[model] = time.monotonic()
-        async with self.db.session() as session:
-            for dep in asleep:
-                d = await get_deployment(session, dep)
-                if d is None or d.status != "active" or d.replicas != 0:
-                    continue
-                d.replicas, d.updated_at = max(d.min_replicas, 1), utcnow()
-                await record_admin(
-                    session,
-                    actor="control-plane:wake",
-                    action=AuditAction.DEPLOYMENT_SCALE,
-                    tenant_id=d.tenant_id,
-                    target=d.id,
-                    details={"from": 0, "to": d.replicas, "woken_by": model},
-                )
-            await session.commit()
-        for name, sleepers in list(self._sleeping.items()):
-            self._sleeping[name] = [x for x in sleepers if x[0] not in asleep]
-            self._coming.setdefault(name, []).extend(x for x in sleepers if x[0] in asleep)
-        self.wake()
-        return True
-
     def _track_missing(self, replicas: dict[str, list[DeploymentReplica]]) -> None:
         now = time.monotonic()
         holders = {r.runner_id for rows in replicas.values() for r in rows}
@@ -399,42 +309,6 @@ class Reconciler:
         except (ConnectionError, RuntimeError) as exc:
             log.info("%s to runner %s not sent: %s", frame.type, runner_id, exc)
 
-    # --- A/B ----------------------------------------------------------------
-
-    def note(self, d: Deployment) -> None:
-        """An API write changed ``d``: its weight counts from the next request on."""
-        self._weights[d.id], self._names[d.id] = d.weight, frozenset((d.name, *d.aliases))
-
-    def split(self, model: str, runners: list[ConnectedRunner]) -> list[ConnectedRunner]:
-        """Of the runners serving ``model``, those of one deployment, drawn by weight.
-
-        Deployments sharing a public name split its requests by their ``weight``; runners
-        serving it as a static model count as one more group of weight 1. With one group
-        (the usual case) the list is returned as it is.
-        """
-        self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
-        if not any(r.deployed for r in runners):
-            return runners
-        groups: dict[str, list[ConnectedRunner]] = {}
-        for r in runners:
-            owner = next(
-                (
-                    dep
-                    for rep in r.deployed
-                    if (dep := self._routed.get(rep)) and model in self._names.get(dep, ())
-                ),
-                "",
-            )
-            groups.setdefault(owner, []).append(r)
-        live = {k: v for k, v in groups.items() if any(r.usable_link() is not None for r in v)}
-        if len(live) <= 1:
-            return runners
-        keys = sorted(live)
-        weights = [self._weights.get(k, 1.0) if k else 1.0 for k in keys]
-        if sum(weights) <= 0:
-            return runners
-        return live[random.choices(keys, weights)[0]]  # noqa: S311 - a traffic split, not a secret
-
     # --- reports ------------------------------------------------------------
 
     async def _apply_reports(self) -> None:
@@ -504,11 +378,6 @@ class Reconciler:
         if frame.model is None:
             return None
         return frame.model.model_copy(update={"name": d.name, "aliases": list(d.aliases)})
-
-
-def _aware(when: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _deploy_frame(d: Deployment, replica_id: str) -> DeployFrame:
