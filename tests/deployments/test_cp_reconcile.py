@@ -255,6 +255,29 @@ def test_without_the_capability_no_orders_and_no_reports(acme: Tenant) -> None:
     acme.api("DELETE", f"/{dep['id']}")
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        DeployFrame.model_validate(
+            {
+                "replica_id": "rep_rogue",
+                "deployment_id": "dep_rogue",
+                "name": "rogue",
+                "source": {"kind": "path", "path": "m.gguf"},
+            }
+        ),
+        UndeployFrame(replica_id="rep_rogue", drain_s=0),
+    ],
+    ids=["deploy", "undeploy"],
+)
+def test_a_runner_sending_orders_is_closed(acme: Tenant, order: Any) -> None:
+    # Orders flow from the control plane to the runner only.
+    _, ws = acme.runner()
+    send(ws, encode_frame(order))
+    code, _ = closed_with(ws)
+    assert code == 4000
+
+
 def test_replica_replaced_when_its_runner_is_lost(cp: ControlPlaneProcess) -> None:
     t = Tenant(cp, "lossy")
     _, first = t.runner()
