@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -102,8 +102,13 @@ class Bus:
 
     async def receive(self, block_s: float, count: int = 256) -> list[Message]:
         """The next messages of this inbox, waiting up to ``block_s``; read ones are trimmed."""
-        reply = await self.redis.xread(
-            {self.inbox: self._last}, count=count, block=max(int(block_s * 1000), 1)
+        # XREAD's reply over RESP2 (this client's protocol): [(stream, [(entry id, fields)])];
+        # redis-py's return type also covers RESP3's mapping, which this connection never gets.
+        reply = cast(
+            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
+            await self.redis.xread(
+                {self.inbox: self._last}, count=count, block=max(int(block_s * 1000), 1)
+            ),
         )
         messages: list[Message] = []
         for _stream, entries in reply or []:
