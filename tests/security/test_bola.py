@@ -40,6 +40,10 @@ MATRIX = {
     ("patch", "/api/runners/{runner_id}"): "runner",
     ("post", "/api/pools/{pool}/grants"): "pool",
     ("post", "/api/pools/grants/{grant_id}/revoke"): "grant",
+    ("get", "/api/deployments/{deployment_id}"): "deployment",
+    ("patch", "/api/deployments/{deployment_id}"): "deployment",
+    ("delete", "/api/deployments/{deployment_id}"): "deployment",
+    ("post", "/api/deployments/{deployment_id}/scale"): "deployment",
 }
 #: Bodies that pass validation, so the refusal is the ownership check's (a 422 would prove nothing).
 BODIES = {
@@ -47,6 +51,8 @@ BODIES = {
     ("patch", "/api/runners/{runner_id}"): {"usd_per_hour": 1000},
     ("put", "/api/keys/{key_id}/models"): {"allowed_models": []},
     ("put", "/api/keys/{key_id}/quotas"): {"tokens_per_minute": 1, "max_concurrent": 1},
+    ("patch", "/api/deployments/{deployment_id}"): {"weight": 7},
+    ("post", "/api/deployments/{deployment_id}/scale"): {"replicas": 0},
 }
 
 TINY_SUITE = {
@@ -106,7 +112,19 @@ class Tenants:
         stack.cp.cli("keys", "create", "third", "--tenant", "bola-third")
         grant = self.a.post(f"/api/pools/{pool}/grants", json={"tenant": "bola-third"})
         assert grant.status_code == 201, grant.text
+        # Scaled to zero: the resource is the row, whether or not a runner takes a replica.
+        deployment = self.a.post(
+            "/api/deployments",
+            json={
+                "name": "bola-deployment",
+                "source": {"kind": "url", "url": "https://models.lan/m.gguf", "sha256": "a" * 64},
+                "min_replicas": 0,
+                "max_replicas": 1,
+            },
+        )
+        assert deployment.status_code == 201, deployment.text
         self.ids = {
+            "deployment": deployment.json()["id"],
             "budget": budget.json()["id"],
             "key": self.victim_key["id"],
             "runner": stack.runner_id,
@@ -154,7 +172,7 @@ def test_other_tenants_ids_are_refused(tenants: Tenants, method: str, path: str)
     assert set(response.json()) == {"error"}
     assert (
         target not in response.text
-        or kind in {"runner", "fairness_run", "budget", "key", "pool", "grant"}
+        or kind in {"runner", "fairness_run", "budget", "key", "pool", "grant", "deployment"}
         and "in this tenant" in response.text
         or path.endswith("/e2e-key")
     )
@@ -177,6 +195,9 @@ def test_resources_survive_the_other_tenants_attempts(tenants: Tenants, stack: S
     assert all(r["usd_per_hour"] != 1000 for r in runners)  # B's PATCH of the price changed nothing
     grants = tenants.a.get("/api/pools/grants").json()["data"]
     assert any(g["id"] == tenants.ids["grant"] and g["revoked_at"] is None for g in grants)
+    deployment = tenants.a.get(f"/api/deployments/{tenants.ids['deployment']}")
+    assert deployment.status_code == 200  # B's DELETE removed nothing
+    assert deployment.json()["weight"] != 7  # nor did B's PATCH change it
 
 
 def test_lists_and_queries_hold_no_other_tenants_data(tenants: Tenants) -> None:
@@ -189,6 +210,7 @@ def test_lists_and_queries_hold_no_other_tenants_data(tenants: Tenants) -> None:
         "/api/audit?limit=200",
         "/api/usage",
         "/api/pools",
+        "/api/deployments",
     ):
         response = tenants.b.get(url)
         assert response.status_code == 200, (url, response.text)
