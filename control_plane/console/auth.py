@@ -250,7 +250,7 @@ async def sso_login(
     if is_locked(user, now):
         raise await refuse("locked", "This account is locked. Ask an admin to unlock it.", user)
     if user.role != identity.role:
-        await set_role(session, user, identity.role)  # type: ignore[arg-type]
+        await set_role(session, user, identity.role)
     await note_login(session, user)
     await _record_sso(
         session,

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
@@ -31,7 +31,7 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
-from outpost.control_plane.permissions import ROLES
+from outpost.control_plane.permissions import ROLES, Role
 from outpost.control_plane.settings import Settings
 
 __all__ = ["Identity", "OidcClient", "OidcRefused", "PendingLogin", "map_identity"]
@@ -106,7 +106,7 @@ class Identity:
     subject: str
     email: str
     tenant: str
-    role: str
+    role: Role
 
 
 def _claim_values(value: Any) -> list[str]:
@@ -152,7 +152,10 @@ def map_identity(claims: dict[str, Any], settings: Settings) -> Identity:
         for v in _claim_values(claims.get(settings.oidc_role_claim))
         if v in settings.oidc_role_map
     ]
-    role = max(roles, key=ROLE_RANK.__getitem__) if roles else settings.oidc_default_role
+    role: Role | Literal[""] = settings.oidc_default_role
+    if roles:
+        highest: Role = max(roles, key=ROLE_RANK.__getitem__)
+        role = highest
     if not role:
         raise OidcRefused(
             "no_role",

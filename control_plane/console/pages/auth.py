@@ -169,7 +169,7 @@ async def logout(request: Request, post: PostDep, console: ConsoleStateDep) -> R
     claims = console.key.read(request.cookies.get(SESSION_COOKIE))
     if claims is not None:
         console.key.deny(claims)
-    response = RedirectResponse("/login?notice=signed_out", status_code=303)
+    response: Response = RedirectResponse("/login?notice=signed_out", status_code=303)
     response.delete_cookie(
         SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=console.cookie_secure
     )
