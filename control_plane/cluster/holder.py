@@ -257,13 +257,12 @@ class Holder:
                 relay.stream = opening.result()
                 self._finish(relay)
             elif not opening.done():
-                opening.add_done_callback(
-                    lambda f: (
-                        f.cancelled()
-                        or f.exception() is not None
-                        or self._finish(relay, f.result())
-                    )
-                )
+
+                def finish_late(f: asyncio.Future[Any]) -> None:
+                    if not f.cancelled() and f.exception() is None:
+                        self._finish(relay, f.result())
+
+                opening.add_done_callback(finish_late)
             raise
         except (ConnectionError, KeyError, TypeError, ValueError) as exc:
             await self._lost(origin, key, f"could not open a stream: {exc}")

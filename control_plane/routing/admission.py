@@ -297,7 +297,7 @@ class Admission:
         self.fairness.mark_backlogged(
             {t for r in sched["runners"].values() for t in r["queued_by_tenant"]}
         )
-        fair = dict(self.fairness.snapshot())
+        fair: dict[str, Any] = dict(self.fairness.snapshot())
         labels: dict[str, str] = {tenant_id: tenant_id}
 
         def label(t: str) -> str:

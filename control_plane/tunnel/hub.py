@@ -46,8 +46,9 @@ class ConnectedRunner:
 
     def __post_init__(self) -> None:
         # Stored rows and older replicas' registry entries hold the cost model as a mapping.
+        # The field says CostModel because every reader gets one; a mapping only arrives here.
         if not isinstance(self.cost, CostModel):
-            self.cost = CostModel.from_mapping(self.cost)
+            self.cost = CostModel.from_mapping(self.cost)  # type: ignore[unreachable]
 
     def serves(self, model: str) -> ModelInfo | None:
         for m in self.models:
