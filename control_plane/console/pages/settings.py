@@ -63,7 +63,7 @@ async def _page(
         users=users,
         roles=ROLES,
         policies=POLICIES,
-        residency_json=json.dumps(tenant.residency or {}),
+        residency_json=json.dumps((tenant.residency if tenant is not None else None) or {}),
         audit_key=AuditSigner.from_settings(state.settings).current(),
         settings=state.settings,
         console=console.console,
