@@ -69,6 +69,8 @@ class ModelSpec(BaseModel):
     #: What a GGUF's chat template does with tools (runner/tool_support.py); None: not a GGUF.
     chat_template_tools: TemplateTools | None = None
 
+    # mypy refuses a decorator over @property (python/mypy#1362);
+    # pydantic documents computed_field this way.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def kv_bytes_per_token(self) -> int:

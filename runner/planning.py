@@ -92,21 +92,29 @@ class MemoryFit(BaseModel):
     reserve_bytes: int = 0
     available_bytes: int
 
+    # mypy refuses a decorator over @property (python/mypy#1362);
+    # pydantic documents computed_field this way.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def kv_bytes(self) -> int:
         return self.kv_bytes_per_token * self.ctx * self.slots
 
+    # mypy refuses a decorator over @property (python/mypy#1362);
+    # pydantic documents computed_field this way.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def required_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.overhead_bytes + self.reserve_bytes
 
+    # mypy refuses a decorator over @property (python/mypy#1362);
+    # pydantic documents computed_field this way.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def fits(self) -> bool:
         return self.required_bytes <= self.available_bytes
 
+    # mypy refuses a decorator over @property (python/mypy#1362);
+    # pydantic documents computed_field this way.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def shortfall_bytes(self) -> int:

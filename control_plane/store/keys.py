@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.db.models import ApiKey, EnrollmentToken, new_id, utcnow
@@ -101,7 +102,8 @@ async def consume_enrollment_token(session: AsyncSession, token: str) -> Enrollm
     row = (await session.execute(stmt)).scalar_one_or_none()
     if row is None or not verify_secret(parsed.secret, row.secret_hash):
         return None
-    if row.used_at is not None or _aware(row.expires_at) <= utcnow():  # type: ignore[operator]
+    expires_at = _aware(row.expires_at)  # an enrollment token always has one
+    if row.used_at is not None or (expires_at is not None and expires_at <= utcnow()):
         return None
     # Compare-and-set: SQLite ignores FOR UPDATE, so of two registrations racing
     # on one token only the UPDATE that still finds it unused may spend it.
@@ -111,7 +113,7 @@ async def consume_enrollment_token(session: AsyncSession, token: str) -> Enrollm
         .values(used_at=utcnow())
         .execution_options(synchronize_session="fetch")
     )
-    if spent.rowcount != 1:  # type: ignore[attr-defined]
+    if cast("CursorResult[Any]", spent).rowcount != 1:  # an UPDATE's result is a cursor result
         return None
     return row
 

@@ -304,9 +304,10 @@ def _fetch_hf(source: HfSource, progress: Progress) -> Path:
 
 def _tqdm_for(progress: Progress) -> Any:
     """A tqdm class that reports to ``progress`` and prints nothing (rich shows the bar)."""
+    # tqdm ships no type information (huggingface_hub installs it), so its class is Any.
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    class _Bar(tqdm):  # type: ignore[misc]
+    class _Bar(tqdm):  # type: ignore[misc]  # subclassing Any (tqdm, untyped)
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["file"] = io.StringIO()
             kwargs.pop("disable", None)
