@@ -121,7 +121,7 @@ async def get_e2e_key(
     fingerprint they pinned."""
     runner = await get_runner(session, runner_id)
     usable = runner is not None and runner.revoked_at is None and runner.pool_id in policy.pools
-    doc = hpke_key_document(runner) if usable else None  # type: ignore[arg-type]
+    doc = hpke_key_document(runner) if usable and runner is not None else None
     if doc is None:
         raise ApiError.not_found(
             f"Runner {runner_id!r} has no end-to-end key.", code="e2e_key_not_found"

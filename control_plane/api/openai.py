@@ -289,7 +289,8 @@ def _window(state: AppState, model: str) -> int | None:
     windows = [
         m.context_length for r in state.hub.runners_for(model) if (m := r.serves(model)) is not None
     ]
-    return max(windows) if windows and None not in windows else None  # type: ignore[type-var]
+    known = [w for w in windows if w is not None]
+    return max(known) if known and len(known) == len(windows) else None
 
 
 def _routing_policy(request: Request, policy: KeyPolicy) -> RoutingPolicy:

@@ -106,8 +106,8 @@ def cap_request(
     effective = requested if requested is not None else limit
     widest = window() if requested is None else None  # read only when needed: it scans the runners
     uncapped = widest is not None and widest <= limit
-    if uncapped:
-        effective = widest  # type: ignore[assignment]
+    if widest is not None and uncapped:
+        effective = widest
     for fields in VENDOR_FIELDS.values():
         for name, decision in fields.items():
             if decision == "bounded" and name in extra and _integer(name, extra[name]) > effective:
