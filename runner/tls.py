@@ -67,6 +67,8 @@ class _PinningContext(ssl.SSLContext):
     pins: frozenset[str] = frozenset()
     sslobject_class = _PinnedSSLObject
 
+    # Passes ssl.SSLContext.wrap_socket's arguments through untouched; restating its many
+    # overloads here would only copy typeshed.
     def wrap_socket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         # Blocking sockets would skip the pin check; nothing in the runner uses them.
         if self.pins:

@@ -49,7 +49,7 @@ async def get_usage(
         window = BudgetWindow(period)
         start, end = window.start(now), end or window.end(now)
     else:
-        period = None  # type: ignore[assignment]
+        period = None  # type: ignore[assignment]  # an explicit range has no budget period
         end = end or now
     start, end = _utc(start), _utc(end)
     if end <= start:

@@ -165,6 +165,8 @@ class StateCollector(Collector):
                 ("queue_wait_seconds", "Queue wait"),
             )
         }
+        # The keys come from the literal tuples above; mypy indexes a TypedDict only with a
+        # literal, not with a variable that holds one.
         for tenant, t in fair["tenants"].items():
             for key, family in families.items():
                 family.add_metric([tenant], float(t[key]))  # type: ignore[literal-required]

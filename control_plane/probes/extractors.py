@@ -217,6 +217,8 @@ class ClassifierExtractor:
         self.threshold = threshold
 
     def _value(self, score: object) -> float | None:
+        # A classifier's score is whatever it returns: float() decides, refusing what it cannot
+        # read (hence the ignore on an ``object`` argument).
         try:
             value = float(score)  # type: ignore[arg-type]
         except (TypeError, ValueError):
