@@ -176,6 +176,7 @@ class Agent:
         ) as exc:  # an unreadable CA bundle or key, a malformed proxy URL
             raise TrustFailure(f"cannot set up TLS or the proxy: {exc}") from None
         self.transport = ControlPlaneTransport(ssl=ctx, proxy=proxy)
+        # httpx_kwargs() is shared with other clients, so its values are typed ``object``.
         self.cp_http = httpx.AsyncClient(**self.transport.httpx_kwargs())  # type: ignore[arg-type]
         return self.cp_http
 

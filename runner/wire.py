@@ -53,6 +53,8 @@ class FrameWriter:
 
     async def send(self, frame: object) -> None:
         """Queue one JSON frame."""
+        # Callers pass any frame (``object``, as the link protocol does); encode_frame refuses
+        # a non-frame.
         text = encode_frame(frame)  # type: ignore[arg-type]
         await self._put(text, len(text))
 

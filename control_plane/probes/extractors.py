@@ -228,6 +228,7 @@ class ClassifierExtractor:
         if self.spec.kind is OutcomeKind.BINARY:
             if not 0.0 <= value <= 1.0:
                 return None
+            # __init__ refuses a binary outcome without a threshold; mypy sees the Optional field.
             return 1.0 if value >= self.threshold else 0.0  # type: ignore[operator]
         return value
 

@@ -192,6 +192,7 @@ class BudgetGuard:
         now = self.clock()
         statuses: list[BudgetStatus] = []
         for b in budgets:
+            # The column is a plain string; BudgetWindow checks it is one of its periods.
             window = BudgetWindow(b.period)  # type: ignore[arg-type]
             start, end = window.start(now), window.end(now)
             spent = await self._spent(db, tenant_id, b.api_key_id, start, end)

@@ -141,6 +141,7 @@ class Link:
     async def send(self, frame: object) -> None:
         if self.closed:
             raise ConnectionError("link closed")
+        # The RunnerLink protocol sends any frame (``object``); encode_frame refuses a non-frame.
         text = encode_frame(frame)  # type: ignore[arg-type]
         async with self._send_lock:
             await self._send_text(text)
