@@ -195,6 +195,8 @@ class RemoteView:
         runner.hardware = dict(first.get("hardware") or {})
         # An entry without a pool (an older replica) puts the runner in none: routed to nobody.
         runner.pool_id = str(first.get("pool_id") or "")
+        # Relayed links share ConnectedRunner.links, typed list[Link] (the ignores here go once it
+        # is typed as the RunnerLink protocol: pyproject.toml's mypy to-do list).
         links: dict[str, RemoteLink] = {ln.replica_id: ln for ln in runner.links}  # type: ignore[attr-defined]
         for replica_id, info in holders.items():
             link = links.get(replica_id)
