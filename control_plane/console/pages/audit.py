@@ -35,7 +35,8 @@ def _time(raw: str | None) -> datetime | None:
 
 
 async def verify_tenant_chain(state: AppState, tenant_id: str) -> VerifyResult:
-    """What an auditor would run offline, run here: the tenant's export checked against the key on disk.
+    """What an auditor would run offline, run here: the tenant's export checked against the key on
+    disk.
 
     The public key comes from the control plane's key file, not the database,
     so rows rewritten in the database do not vouch for themselves.

@@ -1,4 +1,5 @@
-"""Models and aliases, and the playground that streams a chat through the control plane's own API."""
+"""Models and aliases, and the playground that streams a chat through the control plane's own
+API."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ router = APIRouter(include_in_schema=False)
 
 
 async def _catalog(state: AppState, tenant_id: str) -> list[dict[str, Any]]:
-    """Every model this tenant may call now (any tenant's runner, within its residency rules), then the ones
-    its own runners served before going offline."""
+    """Every model this tenant may call now (any tenant's runner, within its residency rules), then
+    the ones its own runners served before going offline."""
     async with state.db.session() as session:
         policy = await tenant_policy(session, tenant_id)
         stored = await served_models(session, tenant_id)

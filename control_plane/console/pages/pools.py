@@ -1,4 +1,5 @@
-"""Pools: the tenant's runner pools, the grants that share them (outgoing and incoming), refusing shared pools.
+"""Pools: the tenant's runner pools, the grants that share them (outgoing and incoming), refusing
+shared pools.
 
 Writes go through ``control_plane.actions.pools``, as the API's and the CLI's do.
 """

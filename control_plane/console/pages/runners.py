@@ -1,4 +1,5 @@
-"""Runners: hardware, engines, models, status, live load and cost; enroll (token shown once); revoke."""
+"""Runners: hardware, engines, models, status, live load and cost; enroll (token shown once);
+revoke."""
 
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ async def runner_views(state: AppState, session: Any, tenant_id: str) -> list[Ru
 
 
 def with_live_state(view: RunnerView, live: ConnectedRunner) -> None:
-    """Overlay what the connected runner says now (its hello, its freshest status report) on the stored view;
-    labels and cost are the owner's, as the hub holds them."""
+    """Overlay what the connected runner says now (its hello, its freshest status report) on the
+    stored view; labels and cost are the owner's, as the hub holds them."""
     view.status = "draining" if live.draining else "connected"
     view.labels, view.capacity = dict(live.labels), live.capacity
     view.hardware, view.cost = dict(live.hardware), live.cost.to_dict()
@@ -223,7 +224,8 @@ async def enroll(request: Request, state: AppStateDep, post: RunnersPostDep) -> 
 
 
 def _labels(raw: str) -> dict[str, str]:
-    """Residency labels typed as ``key=value`` pairs, comma separated (``site=lab-1, region=eu``)."""
+    """Residency labels typed as ``key=value`` pairs, comma separated (``site=lab-1,
+    region=eu``)."""
     labels: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         key, sep, value = part.partition("=")
