@@ -53,7 +53,7 @@ async def _catalog(state: AppState, tenant_id: str) -> list[dict[str, Any]]:
             if m.name in by_root and runner.runner_id in own:
                 by_root[m.name]["own_runners"].append(own[runner.runner_id])
                 by_root[m.name]["quantization"] = m.quantization
-    for model, runner in stored:
+    for model, row in stored:
         if model.name not in by_root:
             by_root[model.name] = {
                 "name": model.name,
@@ -62,7 +62,7 @@ async def _catalog(state: AppState, tenant_id: str) -> list[dict[str, Any]]:
                 "endpoints": [],
                 "context_length": model.context_length,
                 "runners": 0,
-                "own_runners": [runner.name],
+                "own_runners": [row.name],
                 "quantization": model.quantization,
                 "available": False,
             }
