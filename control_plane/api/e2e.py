@@ -19,7 +19,12 @@ from pydantic import BaseModel
 from outpost.control_plane.api.deps import AppStateDep, CallerDep, SessionDep
 
 # The key's policy and rate limit, exactly as the clear OpenAI routes apply them.
-from outpost.control_plane.api.openai import PolicyDep, check_model_allowed
+from outpost.control_plane.api.openai import (
+    PolicyDep,
+    QuotaSettler,
+    check_model_allowed,
+    reserve_quota,
+)
 from outpost.control_plane.api.openai import _admit as admit_request
 from outpost.control_plane.api.openai import _rate_headers as rate_headers
 from outpost.control_plane.audit import AuditAction, actor_for_runner, record_admin
@@ -216,7 +221,14 @@ async def sealed_inference(
         max_tokens=body.max_tokens,
         pools=policy.pools,
     )
+    # Token quotas hold for sealed requests too. The prompt is sealed, so its estimate is the
+    # envelope's size (base64 of about the plaintext: 4 characters carry 3 bytes, a token is a
+    # few bytes); the reservation settles to the receipt's verified usage.
+    estimate = len(body.envelope) * 3 // 16 + (body.max_tokens or limit)
+    quota = await reserve_quota(state, caller, policy, estimate)
+    settler = QuotaSettler(state.quotas, quota, choices=1)
     call = InferenceCall(
+        on_settled=settler.add,
         tenant_id=caller.tenant_id,
         api_key_id=caller.api_key_id,
         body=body.model_dump_json(),
@@ -229,9 +241,14 @@ async def sealed_inference(
         usage_from_receipt=receipt_check(identity, runner_id, body.request_id),
         client_gone=watch(request.receive),
     )
-    response = await serve_inference(state, call)
+    try:
+        response = await serve_inference(state, call)
+    except BaseException:
+        settler.finish()  # refused before (or while) running: give back what was not used
+        raise
     if rate is not None:
         response.headers.update(rate_headers(rate))
+    response.headers.update(quota.headers())
     return response
 
 

@@ -190,8 +190,8 @@ async def _serve(
         needs=_needs(body),
     )
     # Quotas last: nothing refused above holds tokens or a slot.
-    quota = await _reserve_quota(state, caller, policy, n * (route.prompt_tokens + (cap or 0)))
-    settler = _QuotaSettler(state.quotas, quota, choices=n)
+    quota = await reserve_quota(state, caller, policy, n * (route.prompt_tokens + (cap or 0)))
+    settler = QuotaSettler(state.quotas, quota, choices=n)
     call = InferenceCall(
         on_settled=settler.add,
         tenant_id=caller.tenant_id,
@@ -232,7 +232,7 @@ def check_model_allowed(state: AppState, caller: Caller, policy: KeyPolicy, mode
     )
 
 
-async def _reserve_quota(
+async def reserve_quota(
     state: AppState, caller: Caller, policy: KeyPolicy, estimate: int
 ) -> Reservation:
     """Reserve the request's estimated tokens (and an in-flight slot); 429 when a quota is spent."""
@@ -256,7 +256,7 @@ async def _reserve_quota(
     raise ApiError(429, result.message, type="rate_limit_error", code=result.code, headers=headers)
 
 
-class _QuotaSettler:
+class QuotaSettler:
     """Adds up the usage of a request's choices (one call each) and settles once, with all."""
 
     def __init__(self, quotas: Quotas, reservation: Reservation, *, choices: int) -> None:

@@ -243,6 +243,22 @@ def test_usage_and_cost_come_from_the_verified_receipt(stack: Stack, client: Cli
     assert record["cost_usd"] is not None and record["cost_usd"] > 0
 
 
+def test_sealed_requests_count_against_token_quotas(stack: Stack, fingerprint: str) -> None:
+    """The control plane cannot read a sealed prompt, yet its token quota holds: the estimate is
+    the envelope's size plus the cap, and the reservation settles to the receipt's usage."""
+    key = stack.cp.cli("keys", "create", "e2e-quota", "--tenant", "e2e-quota").splitlines()[-1]
+    stack.cp.cli("quotas", "set", "--tenant", "e2e-quota", "--tokens-per-minute", "300")
+    with Client(
+        stack.cp.url, api_key=key, e2e=True, pins={stack.runner_id: fingerprint}, timeout=120
+    ) as client:
+        ask = [{"role": "user", "content": "Hi"}]
+        with pytest.raises(APIStatusError) as refused:
+            client.chat.completions.create(model=MODEL, messages=ask, max_tokens=400)
+        assert refused.value.status_code == 429 and refused.value.code == "request_too_large"
+        reply = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=4)
+        assert reply.usage.completion_tokens > 0
+
+
 # --- a runner that lies about usage -----------------------------------------------------
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
