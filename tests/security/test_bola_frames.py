@@ -41,13 +41,17 @@ from outpost.sdk.protocol import (
     ChallengeFrame,
     CloseCode,
     DataFrame,
+    DeployFrame,
     EndFrame,
     GoawayFrame,
     HelloFrame,
+    ModelInfo,
+    ReplicaFrame,
     RequestFrame,
     ResetFrame,
     ResponseStartFrame,
     StatusFrame,
+    UndeployFrame,
     Usage,
     WelcomeFrame,
     WindowUpdateFrame,
@@ -244,6 +248,38 @@ FRAME_MATRIX: dict[str, list[Case]] = {
             "own link",
             lambda r: GoawayFrame(reason=MARK, drain_s=0),
             "drains the rogue's own connection only",
+        )
+    ],
+    "deploy.v1": [
+        Case(
+            "closed",
+            lambda r: DeployFrame.model_validate(
+                {
+                    "replica_id": "rep_rogue",
+                    "deployment_id": "dep_rogue",
+                    "name": MODEL,
+                    "source": {"kind": "path", "path": "m.gguf"},
+                }
+            ),
+            "orders flow from the control plane to the runner only",
+        )
+    ],
+    "undeploy.v1": [
+        Case(
+            "closed",
+            lambda r: UndeployFrame(replica_id="rep_rogue", drain_s=0),
+            "orders flow from the control plane to the runner only",
+        )
+    ],
+    "replica.v1": [
+        Case(
+            "own link",
+            lambda r: ReplicaFrame(
+                replica_id="rep_invented",
+                state="ready",
+                model=ModelInfo(name=MODEL, engine="rogue"),
+            ),
+            "an invented replica 'ready' under the victim's model: never routed, told to undeploy",
         )
     ],
 }
