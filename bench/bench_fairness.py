@@ -578,7 +578,7 @@ def bench(args: argparse.Namespace) -> None:
             cp, tmp / "runner", "bench", args=[*runner_args, "--threads", str(args.threads)]
         )
         runner.start()
-        runner.waitconnected(operator)
+        runner.wait_connected(operator)
         url = cp.url
         asyncio.run(warm_up(url, keys["B"], model, args.max_tokens))
         print(f"runner ready; {started}", flush=True)
@@ -620,7 +620,7 @@ def bench(args: argparse.Namespace) -> None:
             if policy != current:
                 cp.stop()
                 cp = start_cp(tmp / "cp", db_url, port, policy, args.duration)
-                runner.waitconnected(operator)
+                runner.wait_connected(operator)
                 current = policy
             for scenario, clients in scenarios.items():
                 phase = Phase(scenario, policy)

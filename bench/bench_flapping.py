@@ -61,7 +61,7 @@ def soak(args: argparse.Namespace) -> dict:
     try:
         load.key = cp.api_key()
         runner.start()
-        runner_id = runner.waitconnected(load.key)
+        runner_id = runner.wait_connected(load.key)
         threads = [
             threading.Thread(target=load.worker, args=(n,), daemon=True)
             for n in range(args.clients)

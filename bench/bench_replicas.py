@@ -119,7 +119,7 @@ def start_setup(name: str, replicas: int, engine: Engine, tmp: Path, capacity: i
             )
             setup.runners.append(runner.start())
         for runner in setup.runners:
-            runner_id = runner.waitconnected(setup.key)
+            runner_id = runner.wait_connected(setup.key)
             for cp in cps:  # every replica must see every runner before load starts
                 wait_until(
                     lambda cp=cp, rid=runner_id: _sees(cp, setup.key, rid),

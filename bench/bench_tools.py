@@ -112,7 +112,7 @@ def main() -> None:
     try:
         key = cp.api_key()
         runner.start()
-        runner.waitconnected(key)
+        runner.wait_connected(key)
         direct_url = f"http://127.0.0.1:{engine_port(runner)}/v1/chat/completions"
         through_url = f"{cp.url}/v1/chat/completions"
         auth = {"Authorization": f"Bearer {key}"}

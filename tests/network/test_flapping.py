@@ -49,7 +49,7 @@ def test_requests_survive_a_partition_and_the_runner_comes_back(
     try:
         load.key = cp.api_key()
         runner.start()
-        runner_id = runner.waitconnected(load.key)
+        runner_id = runner.wait_connected(load.key)
         threads = [threading.Thread(target=load.worker, args=(n,), daemon=True) for n in range(2)]
         for t in threads:
             t.start()
