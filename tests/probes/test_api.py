@@ -208,7 +208,9 @@ def test_runs_are_invisible_to_other_tenants(
     with client(stack, stack.cp.api_key("fair-a", "reader")) as reader:
         assert run_id in [r["id"] for r in reader.get("/api/fairness/runs").json()["data"]]
         response = reader.post("/api/fairness/runs", json=SMALL)
-        assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+        assert (
+            response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
+        )
 
 
 def _bad_suites() -> list[tuple[object, str]]:
@@ -384,4 +386,8 @@ def test_cli_refuses_a_missing_key_and_lists_suites():
     assert done.returncode == 2 and "FAIRNESS_NO_SUCH_VAR" in done.stderr
     done = _cli("suites", env={"COLUMNS": "250"})
     assert done.returncode == 0, done.stderr
-    assert "default-v1" in done.stdout and suite_hash(builtin_suite()) in done.stdout
+    # The table shows a hash's first 12 characters (readable in 80 columns); --json the whole.
+    assert "default-v1" in done.stdout and suite_hash(builtin_suite())[:12] in done.stdout
+    done = _cli("suites", "--json", env={})
+    assert done.returncode == 0, done.stderr
+    assert suite_hash(builtin_suite()) in done.stdout
