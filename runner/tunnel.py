@@ -231,7 +231,10 @@ class TunnelClient:
                     resync.add_done_callback(self._session_tasks.discard)
             try:
                 if self.draining:
+                    # drain() closed the connections it saw; this one was dialled meanwhile (a
+                    # redial after a close) and has no streams: say goodbye and close it too.
                     await send(GoawayFrame(reason="runner draining"))
+                    await ws.close(int(CloseCode.GOING_AWAY), "runner shutting down")
                 async for raw in ws:
                     self.frames["received"] += 1
                     self.bytes["received"] += len(raw)
