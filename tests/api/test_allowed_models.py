@@ -17,10 +17,10 @@ import httpx
 import openai
 import pytest
 
+from harness.processes import wait_until
 from outpost.sdk.client import Client
 from tests.conftest import Stack
 from tests.security.test_roles import _login, _make_users
-from tests.utils import wait_until
 
 MODEL = "smollm2-135m-instruct"
 

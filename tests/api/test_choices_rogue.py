@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, tenant_records, wait_until
 from outpost.sdk.protocol import (
     DataFrame,
     EndFrame,
@@ -26,7 +27,6 @@ from outpost.sdk.protocol import (
     parse_frame,
 )
 from tests.security.rogue import RogueRunner, send
-from tests.utils import ControlPlaneProcess, tenant_records, wait_until
 
 MODEL = "rogue-choices"
 CAP = 5

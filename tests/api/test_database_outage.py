@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.conftest import PG_ADMIN, _database
-from tests.utils import ControlPlaneProcess, wait_until
 
 
 def _allow_connections(name: str, allow: bool) -> None:

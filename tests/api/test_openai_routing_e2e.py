@@ -24,7 +24,7 @@ import openai
 import psutil
 import pytest
 
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
 LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils import free_port, one_slot_stack, tenant_records, wait_until
+from harness.processes import free_port, one_slot_stack, tenant_records, wait_until
 
 MODEL = "smollm2"
 PROXY_READ_TIMEOUT_S = 2

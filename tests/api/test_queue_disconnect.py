@@ -22,13 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from outpost.control_plane.openai.disconnect import watch
-from tests.utils import (
+from harness.processes import (
     ControlPlaneProcess,
     one_slot_stack,
     tenant_records,
     wait_until,
 )
+from outpost.control_plane.openai.disconnect import watch
 
 MODEL = "smollm2-135m-instruct"
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.cluster.conftest import MODEL, Cluster, _cluster
-from tests.utils import ControlPlaneProcess, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.utils import ControlPlaneProcess
+from harness.processes import ControlPlaneProcess
 
 
 def test_quotas_list_shows_the_tenant_and_its_keys(tmp_path: Path) -> None:

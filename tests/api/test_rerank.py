@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 from tests.security.rogue import RogueRunner
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 MODEL = "smollm2"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "The Seine flows in Paris."]

@@ -19,14 +19,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.cluster.conftest import engine_processing
-from tests.utils import (
+from harness.processes import (
     ControlPlaneProcess,
     RunnerProcess,
     one_slot_stack,
     tenant_records,
     wait_until,
 )
+from tests.cluster.conftest import engine_processing
 
 MODEL = "smollm2-135m-instruct"
 

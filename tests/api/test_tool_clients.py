@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, tenant_records
 from tests.security.rogue import RogueRunner
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records
 
 MODEL = "smollm2"
 WEATHER = {

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.utils import free_port
+from harness.processes import free_port
 
 
 def test_up_fails_with_the_runners_reason(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import ControlPlaneProcess
 from outpost.control_plane.audit import record_admin
 from outpost.control_plane.audit.checkpoints import write_checkpoint
 from outpost.control_plane.audit.export import export_records, jsonl
 from outpost.control_plane.audit.keys import AuditSigner
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
-from tests.utils import ControlPlaneProcess
 
 BACKENDS = pytest.mark.parametrize("fresh_database_url", ["sqlite", "postgres"], indirect=True)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, wait_until
 from outpost.sdk.client import Client
 from outpost.sdk.errors import NotFoundError
 from tests.audit.conftest import run_cli
-from tests.utils import ControlPlaneProcess, wait_until
 
 PASSWORD = "correct horse battery staple"
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess
 from outpost.control_plane.admin import issue_enrollment_token
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
 from outpost.sdk.audit import verify_export
 from outpost.sdk.identity import IdentityKey
 from tests.audit.conftest import run_cli
-from tests.utils import ControlPlaneProcess
 
 RUNNERS = 24
 

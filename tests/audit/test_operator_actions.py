@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import run_db
 from outpost.control_plane.api.errors import to_api_error
 from outpost.control_plane.audit import AuditAction
 from outpost.control_plane.audit.events import _ACTION
@@ -22,7 +23,6 @@ from outpost.control_plane.store.pools import default_pool
 from outpost.control_plane.store.runners import create_runner
 from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.audit.test_cli import Cli
-from tests.utils import run_db
 
 ROOT = Path(__file__).resolve().parents[2]
 

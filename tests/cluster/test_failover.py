@@ -13,9 +13,9 @@ import time
 
 import httpx
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.cluster.conftest import MODEL, Cluster, sse_events
 from tests.cluster.lb import RoundRobinLB
-from tests.utils import ControlPlaneProcess, wait_until
 
 
 def _holder_and_survivor(

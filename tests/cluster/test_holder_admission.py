@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.cluster.conftest import (
     MODEL,
     REDIS_URL,
@@ -30,7 +31,6 @@ from tests.cluster.conftest import (
     engine_processing,
 )
 from tests.cluster.lb import RoundRobinLB
-from tests.utils import ControlPlaneProcess, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import httpx
 import openai
 from sqlalchemy import create_engine, text
 
+from harness.processes import wait_until
 from outpost.control_plane.db.engine import sync_url
 from tests.cluster.conftest import MODEL, Cluster, OnB, engine_processing, sse_events
-from tests.utils import wait_until
 
 
 def _runner_row(cluster: Cluster, runner_id: str) -> dict:

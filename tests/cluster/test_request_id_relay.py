@@ -7,8 +7,8 @@ import secrets
 
 import httpx
 
+from harness.processes import wait_until
 from tests.cluster.conftest import MODEL, OnB
-from tests.utils import wait_until
 
 
 def test_the_request_id_reaches_a_runner_on_the_other_replica(on_b: OnB) -> None:

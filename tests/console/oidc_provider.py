@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.utils import free_port, wait_until
+from harness.processes import free_port, wait_until
 
 __all__ = ["OidcProvider", "Person"]
 

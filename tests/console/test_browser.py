@@ -12,11 +12,11 @@ import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from harness.processes import RunnerProcess, wait_until
 from outpost.control_plane.store.keys import list_api_keys
 from outpost.control_plane.store.tenants import get_tenant_by_name
 from tests.conftest import Stack
 from tests.console.conftest import Accounts, Session, in_database
-from tests.utils import RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
 PAGES = (

@@ -18,14 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from outpost.control_plane.admin import issue_api_key, issue_enrollment_token
-from outpost.control_plane.app import create_app
-from outpost.control_plane.db.migrate import upgrade_to_head
-from outpost.control_plane.db.models import utcnow
-from outpost.control_plane.settings import Settings
-from outpost.sdk.protocol import MAX_FRAME_BYTES
-from tests.conftest import _database
-from tests.utils import (
+from harness.processes import (
     ControlPlaneProcess,
     RunnerProcess,
     free_port,
@@ -33,6 +26,13 @@ from tests.utils import (
     share_default_pool,
     wait_until,
 )
+from outpost.control_plane.admin import issue_api_key, issue_enrollment_token
+from outpost.control_plane.app import create_app
+from outpost.control_plane.db.migrate import upgrade_to_head
+from outpost.control_plane.db.models import utcnow
+from outpost.control_plane.settings import Settings
+from outpost.sdk.protocol import MAX_FRAME_BYTES
+from tests.conftest import _database
 
 MODEL = "smollm2-135m-instruct"
 USD_PER_HOUR = 3.6  # $0.001 per second of engine time: easy to check by hand

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
+from harness.processes import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 MODEL = "smollm2-135m-instruct"
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess
 
 SHA = "ab" * 32
 

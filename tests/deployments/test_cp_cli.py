@@ -10,10 +10,10 @@ import json
 import subprocess
 from pathlib import Path
 
+from harness.processes import ControlPlaneProcess, _tool
 from outpost.sdk.protocol import DeployFrame, UndeployFrame
 from tests.deployments.test_cp_reconcile import next_frame
 from tests.security.rogue import RogueRunner
-from tests.utils import ControlPlaneProcess, _tool
 
 
 def test_cli_create_list_update_scale_delete(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 from outpost.runner.models import embedded_model_path
 from outpost.sdk.client import Client
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 STATIC = "smollm2-135m-instruct"
 LIGHT = {"parallel": 1, "ctx": 2048, "headroom": 0}  # one slot: light on a shared machine

@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
+from harness.processes import ControlPlaneProcess, wait_until
 from outpost.sdk.protocol import (
     DataFrame,
     DeployFrame,
@@ -35,7 +36,6 @@ from outpost.sdk.protocol import (
     parse_frame,
 )
 from tests.security.rogue import RogueRunner, closed_with, exchange, send
-from tests.utils import ControlPlaneProcess, wait_until
 
 STATIC = "static-model"
 

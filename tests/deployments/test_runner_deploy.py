@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import RunnerProcess
 from outpost.runner.identity import RunnerIdentity
 from outpost.runner.models import embedded_model_path
 from outpost.sdk.identity import IdentityKey
 from outpost.sdk.protocol import DeployFrame, StatusFrame, UndeployFrame
 from tests.deployments.loopback import FileServer, Served
 from tests.deployments.scripted_cp import ScriptedControlPlane
-from tests.utils import RunnerProcess
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, run_db
 from outpost.control_plane.admin import issue_api_key
-from tests.utils import ControlPlaneProcess, RunnerProcess, run_db
 
 MODEL = "smollm2-135m-instruct"
 

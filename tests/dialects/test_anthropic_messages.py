@@ -10,8 +10,8 @@ import anthropic
 import httpx
 import pytest
 
+from harness.processes import tenant_records, wait_until
 from tests.dialects.conftest import MODEL, DialectStack
-from tests.utils import tenant_records, wait_until
 
 
 def client(stack: DialectStack, key: str | None = None) -> anthropic.Anthropic:

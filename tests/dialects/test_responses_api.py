@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
+from harness.processes import tenant_records, wait_until
 from tests.dialects.conftest import MODEL, DialectStack
-from tests.utils import tenant_records, wait_until
 
 
 def client(stack: DialectStack, key: str | None = None) -> openai.OpenAI:

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import MetaData, create_engine, select, text
 
+from harness.processes import wait_until
 from outpost.control_plane.db.engine import sync_url
 from outpost.runner.e2e import RunnerE2E, describe_keys, load_keys
 from outpost.runner.engine_client import HttpxEngineClient
@@ -36,7 +37,6 @@ from outpost.sdk.models import ChatCompletion
 from outpost.sdk.protocol import StatusFrame
 from outpost.sdk.sealed import RUNNER_HEADER
 from tests.conftest import Stack, build_stack
-from tests.utils import wait_until
 
 MODEL = "smollm2-135m-instruct"
 

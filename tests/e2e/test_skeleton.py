@@ -7,9 +7,9 @@ import openai
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from harness.processes import RunnerProcess
 from outpost.control_plane.db.engine import sync_url
 from tests.conftest import Stack
-from tests.utils import RunnerProcess
 
 MODEL = "smollm2-135m-instruct"
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.utils import ControlPlaneProcess, RunnerProcess, _tool, free_port, wait_until
+from harness.processes import ControlPlaneProcess, RunnerProcess, _tool, free_port, wait_until
 
 MODEL = "smollm2-135m-instruct"
 

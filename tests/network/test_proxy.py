@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess
 from tests.network.conftest import (
     PROXY_PASSWORD,
     PROXY_USER,
@@ -16,7 +17,6 @@ from tests.network.conftest import (
     exit_code,
     wait_tls_connected,
 )
-from tests.utils import ControlPlaneProcess, RunnerProcess
 
 ARGS = ["--parallel", "1", "--ctx", "1024"]
 

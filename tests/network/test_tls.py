@@ -9,10 +9,10 @@ from pathlib import Path
 import openai
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 from outpost.sdk.pins import spki_pin_of_pem
 from tests.network.conftest import MODEL, Pki, TlsControlPlane, exit_code, wait_tls_connected
 from tests.network.mitm import InterceptingProxy
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 
 def _log(runner: RunnerProcess) -> str:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, free_port
 from tests.conftest import Stack, _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port
 
 
 class ObservedStack(Stack):

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.utils import free_port
+from harness.processes import free_port
 
 __all__ = ["OtlpReceiver", "ReceivedSpan"]
 

@@ -7,9 +7,9 @@ import secrets
 
 import httpx
 
+from harness.processes import wait_until
 from tests.observability.conftest import ObservedStack
 from tests.observability.test_metrics import MODEL
-from tests.utils import wait_until
 
 
 def _json_lines(text: str) -> list[dict]:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 from tests.conftest import Stack, _database
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 pytestmark = pytest.mark.timeout(900)
 MODEL = "smollm2-135m-instruct"

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from harness.processes import wait_until
 from outpost.control_plane.db.engine import sync_url
 from outpost.control_plane.probes import builtin_suite, suite_hash
 from tests.conftest import Stack
-from tests.utils import wait_until
 
 MODEL = "smollm2-135m-instruct"
 SMALL = {

@@ -24,6 +24,14 @@ import pytest
 import uvicorn
 from sqlalchemy import event
 
+from harness.processes import (
+    ControlPlaneProcess,
+    RunnerProcess,
+    free_port,
+    run_db,
+    share_default_pool,
+    wait_until,
+)
 from harness.stack import Engine, start_engine
 from outpost.control_plane.admin import issue_api_key, issue_enrollment_token
 from outpost.control_plane.app import create_app
@@ -33,14 +41,6 @@ from outpost.control_plane.settings import Settings
 from outpost.control_plane.state import AppState
 from outpost.sdk.protocol import MAX_FRAME_BYTES
 from tests.conftest import _database
-from tests.utils import (
-    ControlPlaneProcess,
-    RunnerProcess,
-    free_port,
-    run_db,
-    share_default_pool,
-    wait_until,
-)
 
 T = TypeVar("T")
 MODEL = "sim-engine"

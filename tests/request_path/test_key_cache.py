@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from harness.processes import run_db
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import utcnow
 from outpost.control_plane.services.auth_cache import CachedKey, KeyCache
 from outpost.control_plane.store.keys import create_api_key, get_api_key, revoke_api_key
 from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.request_path.conftest import MODEL, PathStack, StatementCounter
-from tests.utils import run_db
 
 # --- the cache alone, with clocks the tests move ------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from harness.processes import wait_until
 from outpost.control_plane.audit.events import record_inference
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
@@ -19,7 +20,6 @@ from outpost.control_plane.services.record_writer import RecordWriter
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.store.tenants import get_or_create_tenant
 from tests.request_path.test_record_writer import database_held, inference_events
-from tests.utils import wait_until
 
 
 def _path(url: str) -> str:

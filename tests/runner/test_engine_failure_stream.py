@@ -23,8 +23,8 @@ import httpx
 import psutil
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 from outpost.runner.models import embedded_model_path
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 ARGS = ["--parallel", "2", "--headroom", "0", "--ctx", "2048", "--connections", "2"]
 

@@ -22,9 +22,9 @@ import httpx
 import psutil
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 from outpost.runner.engine_process import EngineRecord, EngineRegistry
 from outpost.runner.models import embedded_model_path
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
 LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
 ENGINE_MODULE = "outpost.runner.engines.xllamacpp_main"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from harness.processes import wait_until
 from outpost.runner.engine_process import EngineRecord, EngineRegistry
-from tests.utils import wait_until
 
 
 def _running(pid: int) -> bool:

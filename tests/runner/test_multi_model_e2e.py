@@ -24,8 +24,8 @@ import httpx
 import psutil
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 from outpost.runner.models import embedded_model_path
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 LIGHT = ["--parallel", "1", "--headroom", "0", "--ctx", "512"]
 # Hang detection within ~5 s; two failures in a row, so one slow answer on a busy machine is not a

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.utils import ControlPlaneProcess, RunnerProcess, free_port, wait_until
+from harness.processes import ControlPlaneProcess, RunnerProcess, free_port, wait_until
 
 DATA = Path(__file__).parent / "data"
 RECORD = json.loads((DATA / "vllm_0.24_record.json").read_text())

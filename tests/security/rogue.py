@@ -19,6 +19,7 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from harness.processes import ControlPlaneProcess
 from outpost.sdk import protocol
 from outpost.sdk.identity import IdentityKey
 from outpost.sdk.protocol import (
@@ -29,7 +30,6 @@ from outpost.sdk.protocol import (
     handshake_message,
     parse_frame,
 )
-from tests.utils import ControlPlaneProcess
 
 Reply = Callable[[RequestFrame], Sequence[object]]
 

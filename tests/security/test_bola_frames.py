@@ -35,6 +35,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from harness.processes import wait_until
 from outpost.sdk import protocol
 from outpost.sdk.identity import IdentityKey
 from outpost.sdk.protocol import (
@@ -60,7 +61,6 @@ from outpost.sdk.protocol import (
     parse_frame,
 )
 from tests.conftest import Stack
-from tests.utils import wait_until
 
 MODEL = "smollm2-135m-instruct"
 MARK = "ROGUE-" + secrets.token_hex(

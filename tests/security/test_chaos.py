@@ -27,9 +27,9 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 from outpost.control_plane.db.engine import sync_url
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
 CLIENTS = 3

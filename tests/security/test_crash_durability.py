@@ -17,8 +17,8 @@ from collections import Counter
 
 import pytest
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.security.test_chaos import CLIENTS, Chaos, Outcome, _one, _rows, chaos  # noqa: F401 - the fixture
-from tests.utils import ControlPlaneProcess, wait_until
 
 KILLS = 2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.utils import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
+from harness.processes import ControlPlaneProcess, RunnerProcess, tenant_records, wait_until
 
 MODEL = "smollm2-135m-instruct"
 LIMIT = 12  # OUTPOST_MAX_TOKENS_LIMIT: small, so an uncapped generation shows at once

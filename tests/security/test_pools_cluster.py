@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import redis
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.conftest import _database
 from tests.security.test_pools_trust import ALIAS, ScriptedRunner
-from tests.utils import ControlPlaneProcess, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

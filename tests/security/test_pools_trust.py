@@ -22,6 +22,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from harness.processes import ControlPlaneProcess, tenant_records
 from outpost.sdk import protocol
 from outpost.sdk.e2e.keydoc import signed_hpke_key
 from outpost.sdk.e2e.keys import RunnerKeys
@@ -38,7 +39,6 @@ from outpost.sdk.protocol import (
     parse_frame,
 )
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, tenant_records
 
 MODEL, ALIAS = "smollm2-135m-instruct", "smollm2"
 SITE = {"site": "victim-site"}

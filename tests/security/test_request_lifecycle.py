@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from websockets.sync.client import ClientConnection
 
+from harness.processes import ControlPlaneProcess, tenant_records, wait_until
 from outpost.sdk.protocol import (
     DataFrame,
     EndFrame,
@@ -24,7 +25,6 @@ from outpost.sdk.protocol import (
     parse_frame,
 )
 from tests.security.rogue import RogueRunner, exchange
-from tests.utils import ControlPlaneProcess, tenant_records, wait_until
 
 TENANT = "lifecycle"
 

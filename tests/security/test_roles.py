@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, run_db
 from outpost.control_plane.permissions import ROLES, Permission, allowed
 from tests.conftest import _database
-from tests.utils import ControlPlaneProcess, run_db
 
 P = Permission
 ANY = None  # any valid key: inference-only keys included

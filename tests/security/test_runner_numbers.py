@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, tenant_records, wait_until
 from outpost.sdk.protocol import (
     CloseCode,
     DataFrame,
@@ -24,7 +25,6 @@ from outpost.sdk.protocol import (
     Usage,
 )
 from tests.security.rogue import RogueRunner, closed_with, exchange, send
-from tests.utils import ControlPlaneProcess, tenant_records, wait_until
 
 TENANT = "numbers"
 LIMIT = 64  # OUTPOST_MAX_TOKENS_LIMIT of this control plane

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
 from tests.faults import ChaosProxy
-from tests.utils import ControlPlaneProcess, RunnerProcess, wait_until
 
 MODEL = "smollm2-135m-instruct"
 

@@ -24,6 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from harness.processes import ControlPlaneProcess
 from outpost.sdk.identity import IdentityKey
 from outpost.sdk.protocol import (
     BINARY_DATA,
@@ -42,7 +43,6 @@ from outpost.sdk.protocol import (
     handshake_message,
     parse_frame,
 )
-from tests.utils import ControlPlaneProcess
 
 MODEL = "binary-model"
 WINDOW = MAX_DATA_BYTES

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from harness.processes import ControlPlaneProcess, wait_until
 from tests.tunnel.conftest import MODEL, TunnelEnv, make_env
-from tests.utils import ControlPlaneProcess, wait_until
 
 
 def _sse_events(resp: httpx.Response):
