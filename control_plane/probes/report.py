@@ -51,12 +51,16 @@ class _Model(BaseModel):
 
 
 class ReportSettings(_Model):
+    # Settings arrive from clients: finite floats only (JSON has no NaN; statistics refuse it).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     di_threshold: float = Field(0.8, gt=0.0, le=1.0)
-    min_group_n: int = Field(30, ge=1)
-    bootstrap_resamples: int = Field(2000, ge=100)
-    seed: int = 0
+    min_group_n: int = Field(30, ge=1, le=1_000_000)
+    # Bounded: the report is built on the server, and each resample walks every pair.
+    bootstrap_resamples: int = Field(2000, ge=100, le=100_000)
+    seed: int = Field(0, ge=-(2**53 - 1), le=2**53 - 1)  # audited: canonical JSON's range
     correction: Literal["holm"] = "holm"
 
 

@@ -7,10 +7,10 @@ identity and hash, the sampling settings and the meaning of each outcome.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .extractors import OutcomeSpec
 from .suites import ExpansionOptions, ProbePrompt
@@ -26,8 +26,20 @@ __all__ = [
 ResponseStatus = Literal["ok", "empty", "error"]
 
 
+# A run arrives from a client (``POST /api/fairness/runs/import``): every number is bounded here
+# so that the report, the stored JSON and the audit chain (integers within ±(2**53-1)) can hold it.
+_MAX_TOKENS = 1_000_000  # beyond any model's context; the server's own limit is checked later
+_MAX_COUNT = 2**31 - 1
+_MAX_SCORE = 1e12  # outcome scores are rates, probabilities or lengths
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+Label = Annotated[str, StringConstraints(max_length=200)]
+
+
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN or Infinity, PostgreSQL's JSONB refuses them, and statistics over them are
+    # meaningless: floats are finite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SamplingSettings(_Record):
@@ -37,7 +49,7 @@ class SamplingSettings(_Record):
 
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    max_tokens: Annotated[int, Field(ge=1)] = 256
+    max_tokens: Annotated[int, Field(ge=1, le=_MAX_TOKENS)] = 256
     # Bounded: it is recorded in the audit chain, whose canonical JSON holds integers within
     # ±(2**53-1).
     seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] | None = 0
@@ -47,10 +59,10 @@ class ProbeTarget(_Record):
     """Where the prompts went. ``engine`` and ``runner`` are labels for
     side-by-side comparison; the API key is never part of the record."""
 
-    base_url: str
-    model: str
-    engine: str | None = None
-    runner: str | None = None
+    base_url: Annotated[str, StringConstraints(max_length=2048)]
+    model: Label
+    engine: Label | None = None
+    runner: Label | None = None
 
     @property
     def label(self) -> str:
@@ -66,16 +78,18 @@ class ProbeResponse(_Record):
     text: str | None = None
     error: str | None = None
     finish_reason: str | None = None
-    latency_s: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    outcomes: dict[str, float | None] = Field(default_factory=dict)
+    latency_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0, le=_MAX_COUNT)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0, le=_MAX_COUNT)] | None = None
+    outcomes: dict[str, Annotated[float, Field(ge=-_MAX_SCORE, le=_MAX_SCORE)] | None] = Field(
+        default_factory=dict
+    )
 
 
 class ProbeRun(_Record):
-    suite_id: str
-    suite_version: str
-    suite_hash: str
+    suite_id: Label
+    suite_version: Label
+    suite_hash: Label
     expansion: ExpansionOptions
     target: ProbeTarget
     sampling: SamplingSettings
@@ -85,5 +99,28 @@ class ProbeRun(_Record):
     started_at: datetime
     finished_at: datetime
 
+    @model_validator(mode="after")
+    def _times(self) -> Self:
+        # Times are stored in UTC. A far-past time with a large offset cannot even be converted
+        # (year 0), and one outside this century's neighbourhood is a mistake, not a run.
+        started, finished = (
+            _utc(self.started_at, "started_at"),
+            _utc(self.finished_at, "finished_at"),
+        )
+        if finished < started:
+            raise ValueError("finished_at is before started_at")
+        self.started_at, self.finished_at = started, finished
+        return self
+
     def count(self, status: ResponseStatus) -> int:
         return sum(1 for response in self.responses if response.status == status)
+
+
+def _utc(ts: datetime, name: str) -> datetime:
+    try:
+        utc = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST <= utc < _LATEST:
+        raise ValueError(f"{name} must be between {_EARLIEST.year} and {_LATEST.year} (UTC)")
+    return utc

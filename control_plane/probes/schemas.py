@@ -38,7 +38,7 @@ SuiteName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]*$", 
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FairnessRunIn(_In):
@@ -61,7 +61,7 @@ class RunnerUse(_In):
     """A runner that answered some of a run's prompts (``x-outpost-runner``)."""
 
     id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    requests: Annotated[int, Field(ge=0)]
+    requests: Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class FairnessRunImport(_In):

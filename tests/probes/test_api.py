@@ -391,3 +391,83 @@ def test_cli_refuses_a_missing_key_and_lists_suites():
     done = _cli("suites", "--json", env={})
     assert done.returncode == 0, done.stderr
     assert suite_hash(builtin_suite()) in done.stdout
+
+
+_IMPORT = {
+    "run": {
+        "suite_id": "s",
+        "suite_version": "1",
+        "suite_hash": "h",
+        "expansion": {},
+        "target": {"base_url": "http://engine.invalid", "model": MODEL},
+        "sampling": {},
+        "outcome_specs": {},
+        "responses": [],
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z",
+    }
+}
+_ANSWER = {
+    "prompt": {
+        "prompt_id": "p",
+        "set_id": "s",
+        "attribute": "gender",
+        "group": "female",
+        "template_id": "t",
+        "text": "Hi.",
+    },
+    "status": "ok",
+    "text": "Hello.",
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "param"),
+    [
+        # Found by schemathesis: a far-past time whose offset pushes it before year 1 in UTC.
+        (("run", "finished_at"), "0170-08-28T01:35:01.1+23:53", "run"),
+        (("run", "started_at"), "0001-01-01T00:00:00+23:59", "run"),
+        (("run", "started_at"), "2026-01-01T00:02:00Z", "run"),  # after finished_at
+        # Integers the audit chain (±(2**53-1)) cannot hold, and work the server would do for them.
+        (("run", "sampling"), {"max_tokens": 10**30}, "run.sampling.max_tokens"),
+        (("report_settings",), {"seed": -(2**53)}, "report_settings.seed"),
+        (
+            ("report_settings",),
+            {"bootstrap_resamples": 10**9},
+            "report_settings.bootstrap_resamples",
+        ),
+        (("runners",), [{"id": "r", "requests": 10**30}], "runners.0.requests"),
+        (("run", "responses"), [{**_ANSWER, "latency_s": 9e15}], "run.responses.0.latency_s"),
+        (
+            ("run", "responses"),
+            [{**_ANSWER, "outcomes": {"o": -9e15}}],
+            "run.responses.0.outcomes.o",
+        ),
+        (("run", "target"), {"base_url": "x", "model": "m" * 201}, "run.target.model"),
+    ],
+)
+def test_a_hostile_import_is_a_400_and_stores_nothing(
+    tenant_a: httpx.Client, path: tuple[str, ...], value: object, param: str
+):
+    body = json.loads(json.dumps(_IMPORT))
+    where = body
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    before = len(tenant_a.get("/api/fairness/runs").json()["data"])
+    response = tenant_a.post("/api/fairness/runs/import", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert len(tenant_a.get("/api/fairness/runs").json()["data"]) == before
+
+
+def test_non_finite_numbers_in_an_import_are_refused(tenant_a: httpx.Client):
+    # Python's JSON reader accepts NaN and Infinity; JSON and PostgreSQL's JSONB do not.
+    raw = json.dumps(_IMPORT).replace('"sampling": {}', '"sampling": {"temperature": NaN}')
+    response = tenant_a.post(
+        "/api/fairness/runs/import", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "run.sampling.temperature"
+    response = tenant_a.post("/api/fairness/runs/import", json=_IMPORT)
+    assert response.status_code == 201, response.text
