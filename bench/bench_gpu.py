@@ -53,13 +53,6 @@ import httpx
 import psutil
 
 import bench.load
-from bench.gpu_measure import (
-    CpuWindow,
-    finish_profiles,
-    machine_line,
-    start_profiles,
-)
-from bench.gpu_measure import summarize as summarize_profile
 from bench.load import (
     Conn,
     Sample,
@@ -69,6 +62,13 @@ from bench.load import (
     versions,
     write_section,
 )
+from harness.gpu_measure import (
+    CpuWindow,
+    finish_profiles,
+    machine_line,
+    start_profiles,
+)
+from harness.gpu_measure import summarize as summarize_profile
 from harness.processes import ControlPlaneProcess, free_port, wait_until
 
 BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"

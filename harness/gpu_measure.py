@@ -246,7 +246,7 @@ def summarize(path: Path, us_per_token: float, top: int = 15) -> str:
 
 
 def main() -> None:
-    """``python bench/gpu_measure.py RAW US_PER_TOKEN [TOP]``: summarise a saved profile."""
+    """``python -m harness.gpu_measure RAW US_PER_TOKEN [TOP]``: summarise a saved profile."""
     path, us = Path(sys.argv[1]), float(sys.argv[2])
     print(summarize(path, us, int(sys.argv[3]) if len(sys.argv) > 3 else 15))
 

@@ -11,7 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.audit import AuditAction, record_admin
-from outpost.control_plane.console.users import (
+from outpost.control_plane.db.models import User
+from outpost.control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
+from outpost.control_plane.permissions import ROLES, SHELL_ROLE, Role, check_grant, may_grant
+from outpost.control_plane.store.users import (
     create_user,
     get_user,
     get_user_by_email,
@@ -19,9 +22,6 @@ from outpost.control_plane.console.users import (
     set_role,
     unlock_user,
 )
-from outpost.control_plane.db.models import User
-from outpost.control_plane.domain_errors import Conflict, Forbidden, Invalid, NotFound
-from outpost.control_plane.permissions import ROLES, SHELL_ROLE, Role, check_grant, may_grant
 
 __all__ = [
     "add_user",

@@ -20,7 +20,9 @@ from outpost.control_plane.console.passwords import (
     needs_rehash,
     verify_password_async,
 )
-from outpost.control_plane.console.users import (
+from outpost.control_plane.db.models import User
+from outpost.control_plane.store.tenants import get_tenant_by_name
+from outpost.control_plane.store.users import (
     as_utc,
     create_user,
     get_user_by_email,
@@ -29,8 +31,6 @@ from outpost.control_plane.console.users import (
     note_login,
     set_role,
 )
-from outpost.control_plane.db.models import User
-from outpost.control_plane.store.tenants import get_tenant_by_name
 
 __all__ = [
     "SSO_PASSWORD_PREFIX",

@@ -23,10 +23,11 @@ from outpost.control_plane.console.passwords import (
     check_password_policy,
     hash_password,
 )
-from outpost.control_plane.console.users import ROLES, list_users
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import Tenant, User
+from outpost.control_plane.permissions import ROLES
 from outpost.control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.store.users import list_users
 
 __all__ = ["PASSWORD_ENV", "users_app"]
 

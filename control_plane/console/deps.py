@@ -19,10 +19,10 @@ from outpost.control_plane.console.sessions import (
     password_fingerprint,
 )
 from outpost.control_plane.console.templating import NOTICES, SECURITY_HEADERS, environment
-from outpost.control_plane.console.users import get_user
 from outpost.control_plane.db.models import Tenant, utcnow
 from outpost.control_plane.permissions import Permission, allowed
 from outpost.control_plane.settings import Settings
+from outpost.control_plane.store.users import get_user
 
 __all__ = [
     "AdminPostDep",

@@ -1,4 +1,7 @@
-"""Console users. Functions take a session, never commit, return rows or None."""
+"""Console users. Functions take a session, never commit, return rows or None.
+
+The store under the console's login (console/auth.py) and the operator writes
+(actions/users.py); the roles themselves are ``control_plane.permissions``."""
 
 from __future__ import annotations
 
@@ -9,11 +12,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outpost.control_plane.db.models import Tenant, User, new_id, utcnow
-from outpost.control_plane.permissions import ROLES, Role
+from outpost.control_plane.permissions import Role
 
 __all__ = [
-    "ROLES",
-    "Role",
     "as_utc",
     "create_user",
     "get_user",

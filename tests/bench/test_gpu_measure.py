@@ -1,4 +1,4 @@
-"""bench/gpu_measure.py: CPU per process tree and py-spy's profile, on real processes.
+"""harness/gpu_measure.py: CPU per process tree and py-spy's profile, on real processes.
 
 The GPU benchmark's CPU-per-token columns and its profile summary are what the relay work is
 steered by (docs/performance.md, "GPU host profile"), so both are checked against processes
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpu_measure import (
+from harness.gpu_measure import (
     LOOP,
     CpuWindow,
     _package,

@@ -78,8 +78,8 @@ def in_database(database_url: str, fn: Callable[[AsyncSession], Awaitable[T]]) -
 def make_user(database_url: str, account: Account) -> str:
     """Create a console user directly in the stack's database (the CLI has its own test)."""
     from outpost.control_plane.console.passwords import hash_password
-    from outpost.control_plane.console.users import create_user
     from outpost.control_plane.store.tenants import get_or_create_tenant
+    from outpost.control_plane.store.users import create_user
 
     async def go(session: AsyncSession) -> str:
         tenant = await get_or_create_tenant(session, account.tenant)

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from harness.processes import ControlPlaneProcess, free_port
 from outpost.control_plane.console.sessions import ConsoleKey, load_or_create_key
-from outpost.control_plane.console.users import get_user_by_email
 from outpost.control_plane.db.models import AuditEvent
 from outpost.control_plane.store.tenants import get_or_create_tenant
+from outpost.control_plane.store.users import get_user_by_email
 from tests.conftest import _database
 from tests.console.conftest import Account, in_database, make_user
 from tests.console.oidc_provider import OidcProvider, Person

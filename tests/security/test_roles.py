@@ -161,9 +161,9 @@ class Roles:
 
 def _make_users(url: str) -> dict[str, str]:
     from outpost.control_plane.console.passwords import hash_password
-    from outpost.control_plane.console.users import create_user
     from outpost.control_plane.db.engine import Database
     from outpost.control_plane.store.tenants import get_or_create_tenant
+    from outpost.control_plane.store.users import create_user
 
     digest = hash_password(PASSWORD)  # one slow hash for every user
 
@@ -471,8 +471,8 @@ def test_console_viewer_cannot_raise_its_own_role_nor_an_admin_crown_anyone(role
 
 
 def _role_of(roles: Roles, role: str) -> str:
-    from outpost.control_plane.console.users import get_user
     from outpost.control_plane.db.engine import Database
+    from outpost.control_plane.store.users import get_user
 
     async def go(db: Database) -> str:
         async with db.session() as session:

@@ -31,12 +31,12 @@ from outpost.control_plane.console.passwords import (
     verify_password_async,
 )
 from outpost.control_plane.console.sessions import SESSION_COOKIE
-from outpost.control_plane.console.users import ROLES, get_user, is_locked, list_users
 from outpost.control_plane.db.models import Tenant, utcnow
 from outpost.control_plane.domain_errors import DomainError, Forbidden, NotFound
-from outpost.control_plane.permissions import check_grant
+from outpost.control_plane.permissions import ROLES, check_grant
 from outpost.control_plane.routing.routing import POLICIES
 from outpost.control_plane.state import AppState
+from outpost.control_plane.store.users import get_user, is_locked, list_users
 
 router = APIRouter(include_in_schema=False)
 
