@@ -609,7 +609,7 @@ async def warm_up(
 
 async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="outpost-gpu-"))
-    # start() runs its own event loop (tests.utils.run_db): not on this one.
+    # start() runs its own event loop (harness.processes.run_db): not on this one.
     cp = await asyncio.to_thread(
         ControlPlaneProcess(
             tmp / "cp",

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
+from harness.processes import wait_until
 from tests.observability.conftest import ObservedStack
-from tests.utils import wait_until
 
 CHAT = "/v1/chat/completions"
 

@@ -2,7 +2,7 @@
 test scripts.
 
 It speaks the real tunnel protocol through a real WebSocket to a real control plane
-(``tests.utils.ControlPlaneProcess``); frames may be raw JSON strings, so a test can send
+(``harness.processes.ControlPlaneProcess``); frames may be raw JSON strings, so a test can send
 what ``sdk.protocol`` would refuse to build (``10**400``, ``NaN``).
 """
 
