@@ -134,7 +134,7 @@ async def tunnel(ws: WebSocket) -> None:
         )
 
 
-async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, ConnectedRunner]:
+async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, ConnectedRunner[Link]]:
     nonce = secrets.token_urlsafe(32)
     await ws.send_text(encode_frame(ChallengeFrame(nonce=nonce, versions=list(PROTOCOL_VERSIONS))))
     try:
@@ -178,7 +178,7 @@ async def _handshake(ws: WebSocket, state: AppState) -> tuple[HelloFrame, Connec
         )
         await session.commit()
         # Labels, cost and pool from the row (the owner's), never from the hello.
-        info = ConnectedRunner(
+        info: ConnectedRunner[Link] = ConnectedRunner(
             runner_id=runner.id,
             tenant_id=runner.tenant_id,
             name=runner.name,

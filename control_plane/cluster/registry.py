@@ -195,14 +195,14 @@ class RemoteView:
         runner.hardware = dict(first.get("hardware") or {})
         # An entry without a pool (an older replica) puts the runner in none: routed to nobody.
         runner.pool_id = str(first.get("pool_id") or "")
-        # Relayed links share ConnectedRunner.links, typed list[Link] (the ignores here go once it
-        # is typed as the RunnerLink protocol: pyproject.toml's mypy to-do list).
-        links: dict[str, RemoteLink] = {ln.replica_id: ln for ln in runner.links}  # type: ignore[attr-defined]
+        # A remote runner's links are the RemoteLinks made here (``_make_link``); the test narrows
+        # ConnectedRunner[RunnerLink] to them, it filters nothing out.
+        links = {ln.replica_id: ln for ln in runner.links if isinstance(ln, RemoteLink)}
         for replica_id, info in holders.items():
             link = links.get(replica_id)
             if link is None:
                 link = self._make_link(replica_id, runner_id)
-                runner.links.append(link)  # type: ignore[arg-type]
+                runner.links.append(link)
                 changed = True
             load = info.get("load") or {}
             was_draining, link.draining = link.draining, bool(info.get("draining"))
@@ -221,7 +221,7 @@ class RemoteView:
         for replica_id, link in links.items():
             if replica_id not in holders:
                 link.fail_all(f"replica {replica_id} no longer holds runner {runner_id}")
-                runner.links.remove(link)  # type: ignore[arg-type]
+                runner.links.remove(link)
                 changed = True
         return changed
 
@@ -234,5 +234,7 @@ class RemoteView:
             self._on_runner(runner, False)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    # redis-py types zrangebyscore's items for withscores too (tuples); without it they are
+    # bytes, or str on a client made with decode_responses.
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from outpost.control_plane.db.models import Deployment
 from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.control_plane.tunnel.link import Link
 
 __all__ = ["labels_match", "pick_runners", "runner_fits"]
 
@@ -23,7 +24,7 @@ def labels_match(labels: Mapping[str, str], constraints: Mapping[str, list[str]]
     return all(labels.get(key) in allowed for key, allowed in constraints.items())
 
 
-def runner_fits(runner: ConnectedRunner, d: Deployment) -> bool:
+def runner_fits(runner: ConnectedRunner[Link], d: Deployment) -> bool:
     if runner.pool_id != d.pool_id or runner.tenant_id != d.tenant_id:
         return False
     if not labels_match(runner.labels, d.labels):
@@ -35,8 +36,8 @@ def runner_fits(runner: ConnectedRunner, d: Deployment) -> bool:
 
 
 def pick_runners(
-    fitting: list[ConnectedRunner], load: Mapping[str, int], count: int
-) -> list[ConnectedRunner]:
+    fitting: list[ConnectedRunner[Link]], load: Mapping[str, int], count: int
+) -> list[ConnectedRunner[Link]]:
     """Up to ``count`` distinct runners, least loaded first (ties by id, so placement is stable)."""
     ranked = sorted(fitting, key=lambda r: (load.get(r.runner_id, 0), r.runner_id))
     return ranked[:count]

@@ -13,19 +13,29 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
-from outpost.control_plane.tunnel.link import Link
+from typing_extensions import TypeVar
+
+from outpost.control_plane.tunnel.link import Link, RunnerLink
 from outpost.sdk.pricing import CostModel, hourly_rate
 from outpost.sdk.protocol import CloseCode, GoawayFrame, ModelInfo
 
-__all__ = ["ConnectedRunner", "RunnerListener", "TunnelHub"]
+__all__ = ["ConnectedRunner", "LinkT", "RunnerListener", "TunnelHub"]
 
 log = logging.getLogger("outpost.tunnel")
 
+# The kind of link a runner is reached through. This process's runners (``TunnelHub.runners``)
+# hold their own tunnels, ``ConnectedRunner[Link]``; those only other replicas hold
+# (``TunnelHub.remote``, kept by cluster/registry.py) hold ``RemoteLink``s. Code that serves
+# both (routing, admission, failover) takes a bare ``ConnectedRunner``: the default,
+# ``ConnectedRunner[RunnerLink]``. Covariant so that a local runner is one of those; links are
+# appended only where the concrete kind is known (``TunnelHub.attach``, the registry).
+LinkT = TypeVar("LinkT", bound=RunnerLink, default=RunnerLink, covariant=True)
+
 
 @dataclass
-class ConnectedRunner:
+class ConnectedRunner(Generic[LinkT]):
     runner_id: str
     tenant_id: str
     name: str
@@ -35,7 +45,7 @@ class ConnectedRunner:
     labels: dict[str, str] = field(default_factory=dict)
     cost: CostModel = field(default_factory=CostModel)
     hardware: dict[str, Any] = field(default_factory=dict)
-    links: list[Link] = field(default_factory=list)
+    links: list[LinkT] = field(default_factory=list)
     in_flight: int = 0  # requests this control plane has open on the runner
     queued: int = 0  # requests waiting in this control plane's admission queue for it
     # The runner's one pool (of ``tenant_id``); "" (an older replica's entry) is in no pool.
@@ -56,12 +66,12 @@ class ConnectedRunner:
                 return m
         return None
 
-    def usable_link(self) -> Link | None:
+    def usable_link(self) -> LinkT | None:
         if len(self.links) == 1:  # the common case, on the routing hot path
             only = self.links[0]
             return None if only.closed or only.draining else only
         live = [ln for ln in self.links if not ln.closed and not ln.draining]
-        return min(live, key=lambda ln: ln.open_streams) if live else None
+        return min(live, key=_open_streams) if live else None
 
     @property
     def draining(self) -> bool:
@@ -73,6 +83,12 @@ class ConnectedRunner:
         return hourly_rate(self.cost) / 3600.0
 
 
+def _open_streams(link: RunnerLink) -> int:
+    # A function of RunnerLink, not a lambda of LinkT: mypy refuses a covariant type variable as
+    # a parameter type.
+    return link.open_streams
+
+
 #: Called with (runner, connected): after a hello attaches or refreshes a
 #: runner, and when its last link is gone.
 RunnerListener = Callable[[ConnectedRunner, bool], None]
@@ -80,7 +96,7 @@ RunnerListener = Callable[[ConnectedRunner, bool], None]
 
 class TunnelHub:
     def __init__(self) -> None:
-        self.runners: dict[str, ConnectedRunner] = {}
+        self.runners: dict[str, ConnectedRunner[Link]] = {}
         self.changed = asyncio.Event()
         self.listeners: list[RunnerListener] = []  # e.g. admission capacity
         # Runners other control-plane replicas hold, kept by control_plane/cluster
@@ -88,9 +104,9 @@ class TunnelHub:
         self.remote: dict[str, ConnectedRunner] = {}
         # Model name or alias -> runner id -> runner, for this process's runners only:
         # control_plane/cluster rewrites remote runners in place, so those are scanned.
-        self._by_model: dict[str, dict[str, ConnectedRunner]] = {}
+        self._by_model: dict[str, dict[str, ConnectedRunner[Link]]] = {}
 
-    def attach(self, link: Link, info: ConnectedRunner) -> ConnectedRunner:
+    def attach(self, link: Link, info: ConnectedRunner[Link]) -> ConnectedRunner[Link]:
         current = self.runners.get(info.runner_id)
         if current is None:
             current = info
@@ -162,7 +178,7 @@ class TunnelHub:
         This process's from the index, then those only other replicas hold, as in :meth:`routable`.
         """
         local = self._by_model.get(model)
-        found = list(local.values()) if local else []
+        found: list[ConnectedRunner] = list(local.values()) if local else []
         if self.remote:
             found += [
                 r for k, r in self.remote.items() if k not in self.runners and r.serves(model)
@@ -221,12 +237,12 @@ class TunnelHub:
         """The set of routable runners changed elsewhere (control_plane/cluster): wake waiters."""
         self._notify()
 
-    def _index(self, runner: ConnectedRunner) -> None:
+    def _index(self, runner: ConnectedRunner[Link]) -> None:
         for m in runner.models:
             for name in (m.name, *m.aliases):
                 self._by_model.setdefault(name, {})[runner.runner_id] = runner
 
-    def _unindex(self, runner: ConnectedRunner) -> None:
+    def _unindex(self, runner: ConnectedRunner[Link]) -> None:
         for m in runner.models:
             for name in (m.name, *m.aliases):
                 served = self._by_model.get(name)
