@@ -7,6 +7,7 @@ import enum
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +44,7 @@ from outpost.control_plane.store.keys import list_api_keys
 from outpost.control_plane.store.runners import list_runners
 from outpost.control_plane.tls import token_with_pin, uvicorn_ssl_kwargs
 from outpost.control_plane.usage_cli import usage_command
+from outpost.sdk.heap import freeze_startup_heap
 from outpost.sdk.logfmt import configure_logging
 from outpost.sdk.protocol import MAX_FRAME_BYTES
 
@@ -132,7 +134,13 @@ def serve(ctx: typer.Context) -> None:
     """Serve the OpenAI-compatible API and the runner tunnel (every setting is a flag: --help)."""
     settings = _settings_from_args(list(ctx.args), "control-plane serve")
     configure_logging(settings.log_format, settings.log_level, process="control-plane")
-    uvicorn.Server(_uvicorn_config(settings)).run()
+    _Server(_uvicorn_config(settings)).run()
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the app's lifespan: database, caches, tunnel hub
+        freeze_startup_heap()  # what lives as long as the process leaves the collector's way
 
 
 @app.command()
@@ -399,7 +407,7 @@ def up(ctx: typer.Context) -> None:
         return key, token
 
     api_key, token = run_with_db(prepare, settings)
-    server = uvicorn.Server(_uvicorn_config(settings))
+    server = _Server(_uvicorn_config(settings))
     env = {**os.environ}
     if token:
         env["OUTPOST_ENROLLMENT_TOKEN"] = token_with_pin(token, settings)

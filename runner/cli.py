@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from outpost.runner.settings import SECRET_FLAGS, RunnerSettings
+from outpost.sdk.heap import freeze_startup_heap
 from outpost.sdk.logfmt import configure_logging
 from outpost.sdk.otel import setup_tracing, shutdown_tracing
 
@@ -104,6 +105,7 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     quarter of the runner's CPU on it (bench/README.md, Overhead). The control
     plane runs on uvloop already, through uvicorn.
     """
+    freeze_startup_heap()  # imports done: what lives as long as the process leaves the collector
     try:
         import uvloop
     except ImportError:
