@@ -20,7 +20,7 @@ from outpost.control_plane.openai.disconnect import read_or_gone
 from outpost.control_plane.openai.early_stream import STREAM_HEADERS, respond_early
 from outpost.control_plane.openai.failover import Opened, open_with_failover
 from outpost.control_plane.openai.lifecycle import RequestLife
-from outpost.control_plane.openai.relay_response import RelayResponse
+from outpost.control_plane.openai.relay_response import LastChunk, RelayResponse
 from outpost.control_plane.state import AppState
 from outpost.control_plane.tunnel.stream import LinkClosed
 from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
@@ -126,7 +126,7 @@ async def _relay_stream(life: RequestLife, opened: Opened) -> AsyncIterator[str]
                     + _DONE
                 )
     if tail:
-        yield tail
+        yield LastChunk(tail)  # nothing follows it: the end of the body goes in the same write
 
 
 async def _collect(life: RequestLife, opened: Opened) -> str:
