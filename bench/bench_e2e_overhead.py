@@ -33,7 +33,7 @@ import httpx
 from _repo import ROOT
 
 from bench.bench_e2e import machine
-from harness.processes import ControlPlaneProcess
+from harness.stack import start_control_plane
 from outpost.runner.e2e import RunnerE2E, load_keys
 from outpost.runner.engine_client import HttpxEngineClient
 from outpost.runner.identity import enroll
@@ -274,11 +274,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        cp = ControlPlaneProcess(
-            state / "cp",
-            f"sqlite+aiosqlite:///{state / 'cp' / 'outpost.db'}",
-            extra_env={"OUTPOST_LOG_LEVEL": "warning"},
-        ).start()
+        cp = start_control_plane(state)
         try:
             admin = cp.cli("keys", "create", "bench", "--admin").splitlines()[-1]
             token = cp.enrollment_token("bench-runner")

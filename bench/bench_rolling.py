@@ -36,6 +36,7 @@ from bench.load import (
     write_section,
 )
 from harness.processes import ControlPlaneProcess, RunnerProcess, wait_until
+from harness.stack import start_control_plane, start_runner
 from outpost.runner.models import embedded_model_path
 from outpost.sdk.client import Client
 
@@ -94,18 +95,13 @@ def main() -> None:
     models = tmp / "models"
     models.mkdir()
     (models / "smol.gguf").symlink_to(embedded_model_path())
-    cp = ControlPlaneProcess(
-        tmp / "cp",
-        f"sqlite+aiosqlite:///{tmp / 'outpost.db'}",
-        extra_env={"OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5"},
-    ).start()
-    runner = RunnerProcess(
-        cp, tmp / "runner", "rolling", args=["--model-dir", str(models), "--parallel", "1"]
-    )
+    cp = start_control_plane(tmp, {"OUTPOST_DEPLOYMENT_RECONCILE_INTERVAL_S": "0.5"})
+    runner: RunnerProcess | None = None
     try:
         key = cp.cli("keys", "create", "bench", "--admin").splitlines()[-1]
-        runner.start()
-        runner.wait_connected(key)
+        runner = start_runner(
+            cp, tmp, "rolling", key, ["--model-dir", str(models), "--parallel", "1"]
+        )
         sdk = Client(cp.url, api_key=key, timeout=30)
         dep = sdk.deployments.create(
             name=NAME,
@@ -116,7 +112,8 @@ def main() -> None:
         wait_until(lambda: sdk.deployments.get(dep.id).ready_replicas == 1, 600, "ready")
         result = run_async(_run(args, cp, key, dep.id))
     finally:
-        runner.stop()
+        if runner is not None:
+            runner.stop()
         cp.stop()
     write_section(BEGIN, END, _report(args, command, head, result))
     print(_report(args, command, head, result))

@@ -43,6 +43,7 @@ from _repo import ROOT
 from bench.load import cpu_model, write_section
 from bench.sim_runner import SimParams, SimulatedRunner
 from harness.processes import ControlPlaneProcess
+from harness.stack import start_control_plane
 
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- routing:begin -->", "<!-- routing:end -->"
@@ -201,11 +202,7 @@ async def _waitconnected(http: httpx.AsyncClient, key: str, n: int, timeout: flo
 def bench(arm: Arm, w: Workload, params: SimParams, n_runners: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         state = Path(tmp)
-        cp = ControlPlaneProcess(
-            state,
-            f"sqlite+aiosqlite:///{state / 'outpost.db'}",
-            extra_env={"OUTPOST_LOG_LEVEL": "warning", **arm.env},
-        ).start()
+        cp = start_control_plane(state, arm.env)
         try:
             key = cp.api_key()
             tokens = [cp.enrollment_token(f"sim-{i}") for i in range(n_runners)]

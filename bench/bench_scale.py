@@ -61,6 +61,7 @@ from bench.load import (
     write_section,
 )
 from harness.processes import ControlPlaneProcess
+from harness.stack import start_control_plane
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 MODEL = "sim-chat"
@@ -343,13 +344,10 @@ def verdict(load: dict, args: argparse.Namespace) -> str:
 async def bench(args: argparse.Namespace) -> list[Level]:
     tmp = Path(tempfile.mkdtemp(prefix="outpost-scale-"))
     env = {
-        "OUTPOST_LOG_LEVEL": "warning",
         "OUTPOST_SCHEDULER_MAX_QUEUE": "100000",
         "OUTPOST_TUNNEL_MAX_STREAMS_PER_CONNECTION": "1024",
     }
-    cp = ControlPlaneProcess(
-        tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=env
-    ).start()
+    cp = start_control_plane(tmp, env)
     levels: list[Level] = []
     swarm_: Swarm | None = None
     try:

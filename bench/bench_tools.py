@@ -29,7 +29,8 @@ import _repo  # noqa: F401 (puts the checkout on sys.path)
 import httpx
 
 from bench.load import fmt_ms, load_at_end, machine, pct, write_section
-from harness.processes import ControlPlaneProcess, RunnerProcess
+from harness.processes import RunnerProcess
+from harness.stack import start_control_plane, start_runner
 from outpost.runner.tool_support import prefill_tool_choice
 
 BEGIN, END = "<!-- tools:begin -->", "<!-- tools:end -->"
@@ -106,13 +107,12 @@ def main() -> None:
     started = datetime.now(UTC)
     machine_line = machine()
     tmp = Path(tempfile.mkdtemp(prefix="bench-tools-"))
-    cp = ControlPlaneProcess(tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'outpost.db'}").start()
-    runner = RunnerProcess(cp, tmp / "runner", "bench-tools")
+    cp = start_control_plane(tmp)
+    runner: RunnerProcess | None = None
     rows = []
     try:
         key = cp.api_key()
-        runner.start()
-        runner.wait_connected(key)
+        runner = start_runner(cp, tmp, "bench-tools", key)
         direct_url = f"http://127.0.0.1:{engine_port(runner)}/v1/chat/completions"
         through_url = f"{cp.url}/v1/chat/completions"
         auth = {"Authorization": f"Bearer {key}"}
@@ -138,7 +138,8 @@ def main() -> None:
                         ]
                 rows.append((stream, times))
     finally:
-        runner.stop()
+        if runner is not None:
+            runner.stop()
         cp.stop()
     lines = [
         "## Tool calls: direct to the engine vs through Outpost (`bench/bench_tools.py`)",

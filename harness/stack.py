@@ -21,7 +21,7 @@ from harness.processes import ControlPlaneProcess, RunnerProcess, free_port, wai
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["Engine", "Stack", "start_engine", "start_stack"]
+__all__ = ["Engine", "Stack", "start_control_plane", "start_engine", "start_runner", "start_stack"]
 
 
 @dataclass
@@ -117,6 +117,42 @@ class Stack:
         self.cp.stop()
 
 
+def start_control_plane(tmp: Path, env: dict[str, str] | None = None) -> ControlPlaneProcess:
+    """A control plane on a fresh SQLite database under ``tmp``, logging warnings only (a
+    benchmark's ``env`` may say otherwise), started and healthy."""
+    return ControlPlaneProcess(
+        tmp / "cp",
+        f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}",
+        extra_env={"OUTPOST_LOG_LEVEL": "warning", **(env or {})},
+    ).start()
+
+
+def start_runner(
+    cp: ControlPlaneProcess,
+    tmp: Path,
+    name: str,
+    key: str,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> RunnerProcess:
+    """A runner enrolled as ``name`` (state under ``tmp``), connected: ``key`` sees its models.
+    Without ``--attach`` in ``args`` it starts the embedded model itself."""
+    runner = RunnerProcess(
+        cp,
+        tmp / "runner",
+        name,
+        args=args,
+        extra_env={"OUTPOST_LOG_LEVEL": "warning", **(env or {})},
+    )
+    try:
+        runner.start()
+        runner.wait_connected(key)
+    except BaseException:
+        runner.stop()
+        raise
+    return runner
+
+
 def start_stack(
     engine: Engine | None,
     *,
@@ -127,31 +163,16 @@ def start_stack(
 ) -> Stack:
     """A control plane on SQLite (fresh state) and, with ``engine``, one runner attached to it."""
     tmp = tmp or Path(tempfile.mkdtemp(prefix="outpost-bench-"))
-    cp_env = {"OUTPOST_LOG_LEVEL": "warning", **(env or {})}
-    cp = ControlPlaneProcess(
-        tmp / "cp", f"sqlite+aiosqlite:///{tmp / 'cp' / 'outpost.db'}", extra_env=cp_env
-    ).start()
+    cp = start_control_plane(tmp, env)
     stack = Stack(tmp, cp, "")
     try:
         stack.key = cp.api_key("default", "bench")
         if engine is not None:
-            runner = RunnerProcess(
-                cp,
-                tmp / "runner",
-                "bench-runner",
-                extra_env={"OUTPOST_LOG_LEVEL": "warning"},
-                args=[
-                    "--attach",
-                    engine.url,
-                    "--parallel",
-                    str(capacity),
-                    "--connections",
-                    str(connections),
-                ],
+            attach = ["--attach", engine.url, "--parallel", str(capacity)]
+            runner = start_runner(
+                cp, tmp, "bench-runner", stack.key, [*attach, "--connections", str(connections)]
             )
             stack.runners.append(runner)
-            runner.start()
-            runner.wait_connected(stack.key)
             stack.model = cp.models(stack.key)[0]
     except BaseException:
         stack.stop()
