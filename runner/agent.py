@@ -273,7 +273,9 @@ class Agent:
             ping_timeout_s=s.ping_timeout_s,
             observer=self.observer,
             transport=self.transport,
-            capabilities=CAPABILITIES if manager else CAPABILITIES - {"deployments"},
+            capabilities=CAPABILITIES
+            if manager
+            else CAPABILITIES - {"deployments", "served-names"},
             on_control=manager.handle if manager else None,
             on_session=manager.resync if manager else None,
         )

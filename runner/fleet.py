@@ -44,11 +44,21 @@ class FleetEngine:
     deployment_id: str | None = None
     generation: int = 0
     draining: bool = False
+    # A replica served under a runner-side name (deploy.v1 ``served_name``): the public name its
+    # answers and status carry. None: its models' own names.
+    reply_name: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every public name and alias this engine answers to."""
         return tuple(n for m in self.adapter.models for n in (m.name, *m.aliases))
+
+    @property
+    def status_names(self) -> list[str]:
+        """Its models' names for status.v1, and the public name of a replica served under a
+        runner-side one: the control plane looks a model up by either."""
+        names = [m.name for m in self.adapter.models]
+        return [*names, self.reply_name] if self.reply_name else names
 
     @property
     def label(self) -> str:
@@ -66,6 +76,7 @@ class FleetEngine:
             base_url=self.supervisor.base_url,
             headers=self.headers,
             rewrite=getattr(self.adapter, "rewrite_request", None),
+            reply_name=self.reply_name,
         )
 
 
@@ -169,6 +180,7 @@ class EngineFleet:
         replica_id: str,
         deployment_id: str,
         generation: int,
+        reply_name: str | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> FleetEngine:
         """Start a deployment's engine; once healthy it joins routing and status. Cancelling
@@ -189,7 +201,7 @@ class EngineFleet:
             await sup.stop()
             raise
         engine = FleetEngine(adapter, sup, replica_id=replica_id, deployment_id=deployment_id,
-                             generation=generation)  # fmt: skip
+                             generation=generation, reply_name=reply_name)  # fmt: skip
         self.engines.append(engine)
         self._retired.difference_update(engine.names)
         return engine
@@ -234,7 +246,7 @@ class EngineFleet:
             return []
         return [
             EngineSlots(
-                models=[m.name for m in e.adapter.models],
+                models=e.status_names,
                 capacity=max(e.adapter.capacity - e.adapter.headroom, 1),
                 headroom=e.adapter.headroom,
             )
@@ -245,7 +257,7 @@ class EngineFleet:
     def unavailable_models(self) -> list[str]:
         """Public names of the models whose engine is down (restarting, loading, or hung and
         being killed)."""
-        return [m.name for e in self.engines if not e.healthy for m in e.adapter.models]
+        return [n for e in self.engines if not e.healthy for n in e.status_names]
 
     @property
     def load(self) -> EngineLoad:

@@ -36,6 +36,9 @@ class EngineEndpoint:
     upstream_names: Mapping[str, str] = field(default_factory=dict)
     # The engine adapter's last word on a body (path, payload): tool_choice made to hold.
     rewrite: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+    # The public name answers carry when the request named a replica's runner-side name
+    # (deploy.v1 ``served_name``); None: the name the request carried.
+    reply_name: str | None = None
 
 
 def _usage(obj: object) -> Usage | None:
@@ -88,8 +91,8 @@ async def relay(
         await out.data(error_json(f"invalid body: {exc}", "invalid_request_error"))
         await out.end()
         return
-    public_name = req.model
-    if (upstream := engine.upstream_names.get(public_name)) is not None:
+    public_name = engine.reply_name or req.model
+    if (upstream := engine.upstream_names.get(req.model)) is not None:
         payload["model"] = upstream
     client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     if req.stream:

@@ -105,7 +105,9 @@ class TunnelClient:
         # What this runner announces: every capability of the contract but ``deployments``,
         # which only a runner with a deployment manager (runner/deployments/) may claim.
         self.capabilities = (
-            capabilities if capabilities is not None else CAPABILITIES - {"deployments"}
+            capabilities
+            if capabilities is not None
+            else CAPABILITIES - {"deployments", "served-names"}
         )
         self._on_control = on_control
         # Called once a connection negotiated ``deployments`` (the manager re-sends its replicas).

@@ -112,6 +112,9 @@ CAPABILITIES: frozenset[str] = frozenset(
         # deploy.v1 / undeploy.v1 / replica.v1 (docs/deployments.md). A runner announces it
         # only when it has a deployment manager (runner/deployments/), so not every build does.
         "deployments",
+        # deploy.v1 carries ``served_name``: a replica answers to a runner-side name of its own,
+        # so two deployments of one public name can share a runner (A/B on one machine).
+        "served-names",
         "binary-data",
         # request.v1 carries a W3C ``traceparent`` (docs/deploy.md "Traces"); an old runner refuses
         # unknown fields, so the control plane sends it only to a runner that announced this.
@@ -490,6 +493,19 @@ class DeployFrame(_Frame):
     generation: int = Field(default=1, ge=0, le=2**31, strict=True)
     name: _Name  # the public model name this replica serves
     aliases: list[_Name] = Field(default_factory=list, max_length=32)
+    # With ``served-names``: the one name requests for this replica carry on the runner (its
+    # deployment's id), unique there; answers still say ``name``. None: it answers to
+    # ``name`` and ``aliases`` (a runner without the capability never gets this field).
+    served_name: _Name | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_served_name(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out of the wire form when absent: an older runner refuses unknown fields.
+        data: dict[str, Any] = handler(self)
+        if data.get("served_name") is None:
+            data.pop("served_name", None)
+        return data
+
     source: ModelSource
     engine: Literal["auto", "llama.cpp", "vllm"] = "auto"
     # Checked against the runner's allow-list (docs/deployments.md "Engine options").

@@ -211,6 +211,9 @@ class RequestRecord(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
     model: Mapped[str] = mapped_column(String(200))
     runner_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
+    # The deployment whose replica answered (docs/deployments.md "Comparison"); None: a static
+    # model, or a record older than migration 0008.
+    deployment_id: Mapped[str | None] = mapped_column(String(40), default=None)
     endpoint: Mapped[str] = mapped_column(String(64))
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     e2e: Mapped[bool] = mapped_column(Boolean, default=False)

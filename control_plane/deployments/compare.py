@@ -1,10 +1,10 @@
 """Deployments sharing one public name, side by side on the same traffic (A/B).
 
-Computed from the request records (never prompt text): each record of the name (or an alias)
-answered by a runner holding a replica of a deployment counts for that deployment. A runner
-serves a public name for one deployment only (the reconciler's rule), so the attribution is
-unambiguous while the replicas stay where they are; records of runners that held a replica
-earlier and no longer do are not attributed (docs/deployments.md "Comparison").
+Computed from the request records (never prompt text): a record says which deployment's replica
+answered it (``deployment_id``), so two deployments sharing one runner are told apart. A record
+without it (written before migration 0008) counts for the deployment holding a replica on the
+runner that answered it, as before; records of runners that held a replica earlier and no
+longer do are then not attributed (docs/deployments.md "Comparison").
 """
 
 from __future__ import annotations
@@ -97,7 +97,11 @@ async def compare_deployments(
     out = []
     for d in deployments:
         runners = {r.runner_id for r in replicas[d.id]}
-        mine = [r for r in rows if r.runner_id in runners]
+        mine = [
+            r
+            for r in rows
+            if r.deployment_id == d.id or (r.deployment_id is None and r.runner_id in runners)
+        ]
         out.append(
             {
                 "id": d.id,

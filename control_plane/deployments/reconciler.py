@@ -36,6 +36,7 @@ from outpost.control_plane.store.deployments import (
     replicas_by_deployment,
 )
 from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
+from outpost.control_plane.tunnel.link import Link
 from outpost.sdk.protocol import DeployFrame, ModelInfo, ReplicaFrame, UndeployFrame
 
 __all__ = ["Reconciler"]
@@ -85,6 +86,9 @@ class Reconciler(ScalingMixin, TrafficMixin):
         self._routed: dict[str, str] = {}
         self._weights: dict[str, float] = {}
         self._names: dict[str, frozenset[str]] = {}
+        # Routed replica id -> the name it answers to on its runner (its deployment's id where
+        # the runner announced ``served-names``, else the public name).
+        self._served: dict[str, str] = {}
         # Scale to zero: public name -> monotonic time of its last request here; and
         # name -> (deployment id, pool id) of deployments scaled to zero that a request wakes.
         self._used: dict[str, float] = {}
@@ -184,6 +188,7 @@ class Reconciler(ScalingMixin, TrafficMixin):
         for runner_id, replica_id in plan.unroute:
             self.hub.set_deployed(runner_id, replica_id, None)
             self._routed.pop(replica_id, None)
+            self._served.pop(replica_id, None)
         for runner_id, frame in plan.sends:
             await self._send(runner_id, frame)
         self.passes += 1
@@ -273,12 +278,16 @@ class Reconciler(ScalingMixin, TrafficMixin):
             session.add(replica)
             plan.load[runner.runner_id] = plan.load.get(runner.runner_id, 0) + 1
             plan.names.setdefault(runner.runner_id, set()).add((d.name, d.id))
-            plan.sends.append((runner.runner_id, _deploy_frame(d, replica.id)))
+            served = d.id if _served_names(runner) else None
+            plan.sends.append((runner.runner_id, _deploy_frame(d, replica.id, served)))
 
     @staticmethod
-    def _name_taken(runner: ConnectedRunner, d: Deployment, plan: _Pass) -> bool:
+    def _name_taken(runner: ConnectedRunner[Link], d: Deployment, plan: _Pass) -> bool:
         """A request names only the model: one runner serves a public name for one deployment
-        (A/B deployments of one name share it across runners), never beside a static model."""
+        (A/B deployments of one name share it across runners), never beside a static model.
+        A runner with ``served-names`` asks each replica for a name of its own: no clash."""
+        if _served_names(runner):
+            return False
         names = {d.name, *d.aliases}
         others = {n for n, dep in plan.names.get(runner.runner_id, ()) if dep != d.id}
         if names & others:
@@ -339,29 +348,33 @@ class Reconciler(ScalingMixin, TrafficMixin):
                 return UndeployFrame(replica_id=frame.replica_id, drain_s=0)
             d = await get_deployment(session, row.deployment_id)
             assert d is not None  # a replica goes with its deployment (cascade)
-            reply = self._record(row, d, frame)
+            runner = self.hub.runners.get(runner_id)
+            served = d.id if runner is not None and _served_names(runner) else d.name
+            reply = self._record(row, d, frame, served)
             await session.commit()
         model = self._routed_model(d, frame) if row.state == "ready" else None
         self.hub.set_deployed(runner_id, row.id, model)
         if model is not None:
             self._routed[row.id] = d.id
+            self._served[row.id] = served
             self._weights[d.id], self._names[d.id] = d.weight, frozenset((d.name, *d.aliases))
         else:
             self._routed.pop(row.id, None)
+            self._served.pop(row.id, None)
         self.wake()
         return reply
 
     def _record(
-        self, row: DeploymentReplica, d: Deployment, frame: ReplicaFrame
+        self, row: DeploymentReplica, d: Deployment, frame: ReplicaFrame, served: str
     ) -> UndeployFrame | None:
         now = utcnow()
         row.bytes_done, row.bytes_total = frame.bytes_done, frame.bytes_total
         row.rate_bps, row.updated_at = frame.rate_bps, now
         if row.state == "draining" and frame.state not in ("stopped", "failed"):
             return None  # told to stop: a late progress report does not bring it back
-        if frame.model is not None and frame.model.name != d.name:
+        if frame.model is not None and frame.model.name != served:
             row.state = "failed"
-            row.reason = f"runner reported serving {frame.model.name[:200]!r}, not {d.name!r}"
+            row.reason = f"runner reported serving {frame.model.name[:200]!r}, not {served!r}"
             log.warning("replica %s: %s", row.id, row.reason)
             return UndeployFrame(replica_id=row.id, drain_s=0)
         row.state = frame.state
@@ -380,9 +393,15 @@ class Reconciler(ScalingMixin, TrafficMixin):
         return frame.model.model_copy(update={"name": d.name, "aliases": list(d.aliases)})
 
 
-def _deploy_frame(d: Deployment, replica_id: str) -> DeployFrame:
+def _served_names(runner: ConnectedRunner[Link]) -> bool:
+    """The runner asks each replica for a name of its own (deploy.v1 ``served_name``)."""
+    return any(not ln.closed and "served-names" in ln.capabilities for ln in runner.links)
+
+
+def _deploy_frame(d: Deployment, replica_id: str, served: str | None) -> DeployFrame:
     return DeployFrame.model_validate(
         {
+            "served_name": served,
             "replica_id": replica_id,
             "deployment_id": d.id,
             "generation": d.generation,

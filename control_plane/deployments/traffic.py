@@ -1,7 +1,10 @@
 """The A/B split of deployments sharing a public name (docs/deployments.md "Routing and A/B").
 
 A mixin of :class:`~control_plane.deployments.reconciler.Reconciler`: the request path asks
-it which runners a request's first attempt may use.
+it which runners a request's first attempt may use, and which name to ask a runner for. A
+replica on a runner that announced ``served-names`` answers there to a name of its own (its
+deployment's id), so two deployments of one public name can share a runner: the request
+carries the drawn deployment's served name, and the runner answers with the public one.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ import time
 
 from outpost.control_plane.db.models import Deployment
 from outpost.control_plane.tunnel.hub import ConnectedRunner
+from outpost.sdk.protocol import ModelInfo
 
 __all__ = ["TrafficMixin"]
+
+#: The group of runners serving a public name as a static model (no deployment).
+_STATIC = ""
 
 
 class TrafficMixin:
@@ -20,6 +27,8 @@ class TrafficMixin:
     _routed: dict[str, str]
     _weights: dict[str, float]
     _names: dict[str, frozenset[str]]
+    # Routed replica id -> the name it answers to on its runner (deploy.v1 ``served_name``).
+    _served: dict[str, str]
     # Public name -> monotonic time of its last request here (scale to zero's idle clock).
     _used: dict[str, float]
 
@@ -27,32 +36,75 @@ class TrafficMixin:
         """An API write changed ``d``: its weight counts from the next request on."""
         self._weights[d.id], self._names[d.id] = d.weight, frozenset((d.name, *d.aliases))
 
-    def split(self, model: str, runners: list[ConnectedRunner]) -> list[ConnectedRunner]:
-        """Of the runners serving ``model``, those of one deployment, drawn by weight.
+    def _owners(self, runner: ConnectedRunner, model: str) -> list[tuple[str, str]]:
+        """(deployment id, replica id) of the runner's routed replicas serving ``model``."""
+        return [
+            (dep, rep)
+            for rep in runner.deployed
+            if (dep := self._routed.get(rep)) and model in self._names.get(dep, ())
+        ]
+
+    def split(
+        self, model: str, runners: list[ConnectedRunner]
+    ) -> tuple[list[ConnectedRunner], str | None]:
+        """Of the runners serving ``model``, those of one deployment, drawn by weight, and that
+        deployment's id (None: no draw, or the static group).
 
         Deployments sharing a public name split its requests by their ``weight``; runners
-        serving it as a static model count as one more group of weight 1. With one group
+        serving it as a static model count as one more group of weight 1. A runner holding
+        replicas of several of them (served names) is in each of their groups. With one group
         (the usual case) the list is returned as it is.
         """
         self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
         if not any(r.deployed for r in runners):
-            return runners
+            return runners, None
         groups: dict[str, list[ConnectedRunner]] = {}
         for r in runners:
-            owner = next(
-                (
-                    dep
-                    for rep in r.deployed
-                    if (dep := self._routed.get(rep)) and model in self._names.get(dep, ())
-                ),
-                "",
-            )
-            groups.setdefault(owner, []).append(r)
+            owners = {dep for dep, _ in self._owners(r, model)}
+            if not owners or self._static_serves(r, model):  # beside its replicas, maybe
+                owners.add(_STATIC)
+            for owner in owners:
+                groups.setdefault(owner, []).append(r)
         live = {k: v for k, v in groups.items() if any(r.usable_link() is not None for r in v)}
         if len(live) <= 1:
-            return runners
+            only = next(iter(live), None)
+            return runners, only or None
         keys = sorted(live)
         weights = [self._weights.get(k, 1.0) if k else 1.0 for k in keys]
         if sum(weights) <= 0:
-            return runners
-        return live[random.choices(keys, weights)[0]]  # noqa: S311 - a traffic split, not a secret
+            return runners, None
+        drawn = random.choices(keys, weights)[0]  # noqa: S311 - a traffic split, not a secret
+        return live[drawn], drawn or None
+
+    def served_name(
+        self, runner: ConnectedRunner, model: str, deployment_id: str | None
+    ) -> tuple[str, str | None]:
+        """The name to ask ``runner`` for, for a request naming ``model``, and the deployment that
+        serves it (None: a static model).
+
+        The drawn deployment's replica if the runner holds one; else a static model of that
+        name; else any of its replicas serving the name (a retry may go anywhere).
+        """
+        owners = self._owners(runner, model)
+        mine = [o for o in owners if o[0] == deployment_id] or (
+            [] if self._static_serves(runner, model) else owners
+        )
+        if mine:
+            dep, rep = mine[0]
+            return self._served.get(rep, model), dep
+        static = self._static(runner, model) or runner.models
+        info = next((m for m in static if m.name == model or model in m.aliases), None)
+        return (info.name if info is not None else model), None
+
+    def _static_serves(self, runner: ConnectedRunner, model: str) -> bool:
+        return bool(self._static(runner, model))
+
+    @staticmethod
+    def _static(runner: ConnectedRunner, model: str) -> list[ModelInfo]:
+        """The runner's own models (not a replica's) serving ``model``."""
+        deployed = [id(m) for m in runner.deployed.values()]
+        return [
+            m
+            for m in runner.models
+            if id(m) not in deployed and (m.name == model or model in m.aliases)
+        ]

@@ -63,6 +63,7 @@ class _Search:
     )  # links that failed it (a reconnect is a new link)
     tried: set[str] = field(default_factory=set)  # runners tried: the next attempt prefers another
     waking: bool = False  # a deployment scaled to zero is waking for this request
+    drawn: str | None = None  # the deployment the A/B split drew for the first attempt
     last_error: str = "no runner is connected for this model"
 
     def link_failed(self, link: RunnerLink, reason: str) -> None:
@@ -160,10 +161,11 @@ async def _attempt(
     if link.closed or link.draining:  # the queue outlived the link picked
         link = runner.usable_link() or link
     admit = _admit_at_holder(call) if link.holder_admits else None
+    model, life.deployment_id = _runner_model(state, runner, call.model, search.drawn)
     try:
         stream = await link.open_stream(
             path=call.path,
-            model=_runner_model(runner, call.model),
+            model=model,
             body=call.body,
             stream=call.stream,
             sealed=call.sealed,
@@ -217,7 +219,7 @@ def _pick(
     runners = state.hub.runners_for(call.model)
     if state.deployments is not None and not search.tried and not search.failed:
         # Deployments sharing the name split by weight (A/B); a retry may go to any of them.
-        runners = state.deployments.split(call.model, runners)
+        runners, search.drawn = state.deployments.split(call.model, runners)
     if call.runner_id is not None:  # sealed to one runner (end-to-end)
         runners = [r for r in runners if r.runner_id == call.runner_id]
     # Each runner tried or link failed can skip at most one candidate: one more is always fresh.
@@ -266,11 +268,17 @@ def _owner(
     return remote, owner
 
 
-def _runner_model(runner: ConnectedRunner, requested: str) -> str:
-    """The runner's own name for a requested name or alias: engines know only that one,
-    and answers carry it, as OpenAI answers a model alias with the snapshot that served it."""
+def _runner_model(
+    state: AppState, runner: ConnectedRunner, requested: str, drawn: str | None
+) -> tuple[str, str | None]:
+    """The runner's own name for a requested name or alias, and the deployment serving it there
+    (None: a static model). Engines know only that name, and answers carry it, as OpenAI
+    answers a model alias with the snapshot that served it; a deployment replica's runner-side
+    name (its deployment's id, docs/deployments.md) is answered with the public name."""
+    if state.deployments is not None and runner.deployed:
+        return state.deployments.served_name(runner, requested, drawn)
     info = runner.serves(requested)
-    return info.name if info is not None else requested
+    return (info.name if info is not None else requested), None
 
 
 def _admit_at_holder(call: InferenceCall) -> dict[str, Any]:

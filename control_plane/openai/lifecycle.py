@@ -87,6 +87,7 @@ class RequestLife:
         self.phase = Phase.QUEUED
         # What the record says, filled in as the request goes.
         self.runner_id: str | None = None
+        self.deployment_id: str | None = None  # the deployment whose replica served it, if one
         self.attempts = 0
         self.status = "ok"
         self.http_status = 200
@@ -384,6 +385,7 @@ class RequestLife:
             api_key_id=c.api_key_id,
             model=c.model,
             runner_id=self.runner_id,
+            deployment_id=self.deployment_id,
             endpoint=c.path,
             stream=c.stream,
             e2e=c.sealed,

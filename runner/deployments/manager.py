@@ -213,6 +213,8 @@ class DeploymentManager:
                 replica_id=rid,
                 deployment_id=replica.order.deployment_id,
                 generation=replica.order.generation,
+                # Answers say the public name, whatever name the request carried here.
+                reply_name=replica.order.name if replica.order.served_name else None,
             )
             self._engines[rid] = started
             self._watches[rid] = asyncio.create_task(started.supervisor.watch())
@@ -235,7 +237,7 @@ class DeploymentManager:
     def _check_names(self, order: DeployFrame) -> None:
         """A public name routes to one model on a runner: a replica may share its names only
         with replicas of its own deployment (a rolling update's old generation)."""
-        wanted = {order.name, *order.aliases}
+        wanted = _names(order)
         for engine in self.fleet.engines:
             if engine.deployment_id == order.deployment_id:
                 continue
@@ -283,7 +285,10 @@ class DeploymentManager:
     @staticmethod
     def _served(order: DeployFrame, decision: Plan) -> tuple[ServedModel, ...]:
         planned = served_models(decision)
-        first = dataclasses.replace(planned[0], name=order.name, aliases=tuple(order.aliases))
+        if order.served_name is not None:  # one runner-side name, unique here (A/B)
+            first = dataclasses.replace(planned[0], name=order.served_name, aliases=())
+        else:
+            first = dataclasses.replace(planned[0], name=order.name, aliases=tuple(order.aliases))
         return (first, *planned[1:])
 
     # --- undeploy ------------------------------------------------------------------
@@ -352,6 +357,11 @@ class DeploymentManager:
         self.reporter.console.close()
         with contextlib.suppress(Exception):
             await self.http.aclose()
+
+
+def _names(order: DeployFrame) -> set[str]:
+    """The names requests for the replica carry on this runner."""
+    return {order.served_name} if order.served_name else {order.name, *order.aliases}
 
 
 async def _nowhere(frame: ReplicaFrame) -> bool:

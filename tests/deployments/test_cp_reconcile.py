@@ -23,6 +23,7 @@ from websockets.sync.client import ClientConnection
 
 from harness.processes import ControlPlaneProcess, wait_until
 from outpost.sdk.protocol import (
+    CAPABILITIES,
     DataFrame,
     DeployFrame,
     EndFrame,
@@ -86,7 +87,10 @@ class Tenant:
         return made.json()
 
     def runner(self, **hello: Any) -> tuple[RogueRunner, ClientConnection]:
+        """A scripted runner; without ``served-names`` unless ``hello`` says otherwise: a replica
+        answers to its public name, as a runner built before that capability does."""
         rogue = RogueRunner(self.cp, self.name, STATIC)
+        hello.setdefault("capabilities", sorted(CAPABILITIES - {"served-names"}))
         return rogue, rogue.connect(**hello)
 
     def models(self) -> list[str]:
@@ -369,6 +373,7 @@ class Answering:
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws, self.count = ws, 0
+        self.models: dict[str, int] = {}  # the name each request asked the runner for
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -378,6 +383,7 @@ class Answering:
                 frame = parse_frame(self.ws.recv())
                 if isinstance(frame, RequestFrame):
                     self.count += 1
+                    self.models[frame.model] = self.models.get(frame.model, 0) + 1
                     send(self.ws, *answer("ab")(frame))
         except (ConnectionClosed, OSError):
             return
@@ -442,6 +448,47 @@ def test_two_deployments_share_a_name_by_weight(cp: ControlPlaneProcess) -> None
     )
     ws_a.close()
     ws_b.close()
+    _ab_on_one_runner(Tenant(cp, "ab-one-tenant"))  # its own pool: a's and b's runners are gone
+
+
+def _ab_on_one_runner(t: Tenant) -> None:
+    """A runner with ``served-names`` holds both deployments of one name: each replica answers
+    there to its deployment's id, a request asks for the drawn one's, and the records say which
+    deployment served it (the comparison counts them apart on one runner)."""
+    _, ws = t.runner(capabilities=sorted(CAPABILITIES))
+    a, b = t.deploy("ab-one", weight=1), t.deploy("ab-one", weight=1)
+    frames = {f.deployment_id: f for f in (next_frame(ws, DeployFrame) for _ in range(2))}
+    assert set(frames) == {a["id"], b["id"]}
+    for dep_id, frame in frames.items():
+        assert (frame.name, frame.served_name) == ("ab-one", dep_id)
+    ready(ws, frames[a["id"]].replica_id, a["id"])
+    # b's replica claims the public name, not the one it was told to answer to: refused.
+    rid_b = frames[b["id"]].replica_id
+    ready(ws, rid_b, "ab-one")
+    assert next_frame(ws, UndeployFrame).replica_id == rid_b
+    assert replica_state(t, b["id"], rid_b) == "failed"
+    c = t.deploy("ab-one", weight=1)
+    frame_c = next_frame(ws, DeployFrame)
+    assert (frame_c.deployment_id, frame_c.served_name) == (c["id"], c["id"])
+    ready(ws, frame_c.replica_id, c["id"])
+    wait_until(
+        lambda: all(t.api("GET", f"/{d['id']}").json()["ready_replicas"] == 1 for d in (a, c)),
+        10,
+        "both ready",
+    )
+    answering = Answering(ws)
+    for _ in range(24):  # 1:1 — all 24 to one side: 2**-23
+        assert chat(t.cp, t.admin, "ab-one").status_code == 200
+    asked = dict(answering.models)
+    assert set(asked) == {a["id"], c["id"]} and sum(asked.values()) == 24, asked
+
+    def compared() -> dict[str, int]:
+        got = t.api("GET", "/compare", params={"name": "ab-one"}).json()["data"]
+        return {row["id"]: row["requests"] for row in got}
+
+    wait_until(lambda: sum(compared().values()) == 24, 20, "records")
+    assert compared() == {**asked, b["id"]: 0}
+    ws.close()
 
 
 def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
