@@ -16,13 +16,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outpost.control_plane.db.models import Deployment, RequestRecord, utcnow
+from outpost.control_plane.db.models import Deployment, FairnessRun, RequestRecord, utcnow
 from outpost.control_plane.store.deployments import replicas_by_deployment
 
 __all__ = ["MAX_RECORDS", "compare_deployments"]
 
 #: Records read for one comparison, newest first: a bound on its cost.
 MAX_RECORDS = 50_000
+#: Completed bias-probe runs read for one comparison, newest first.
+MAX_PROBE_RUNS = 200
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -94,6 +96,7 @@ async def compare_deployments(
         .scalars()
         .all()
     )
+    probes = await latest_probe_runs(session, tenant_id, names or {name})
     out = []
     for d in deployments:
         runners = {r.runner_id for r in replicas[d.id]}
@@ -114,6 +117,53 @@ async def compare_deployments(
                 "runners": sorted(runners),
                 "window_s": window_s,
                 **_stats(mine),
+                "bias_probe": _probe_of(d, deployments, probes),
             }
         )
     return out
+
+
+async def latest_probe_runs(
+    session: AsyncSession, tenant_id: str, names: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Model name -> the tenant's latest completed bias-probe run of it (docs/fairness.md): its
+    id, when it finished, the attributes it flagged, and where to read it. Reports and
+    responses are not loaded, only the flagged list."""
+    flagged = FairnessRun.report[("report", "flagged_attributes")]
+    stmt = (
+        select(FairnessRun.id, FairnessRun.model, FairnessRun.finished_at, flagged.label("flagged"))
+        .where(
+            FairnessRun.tenant_id == tenant_id,
+            FairnessRun.status == "completed",
+            FairnessRun.model.in_(names),
+        )
+        .order_by(FairnessRun.finished_at.desc(), FairnessRun.id)
+        .limit(MAX_PROBE_RUNS)
+    )
+    latest: dict[str, dict[str, Any]] = {}
+    for row in (await session.execute(stmt)).all():
+        if row.model in latest:
+            continue
+        found = row.flagged if isinstance(row.flagged, list) else []
+        latest[row.model] = {
+            "run_id": row.id,
+            "model": row.model,
+            "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+            "flagged_attributes": [str(a)[:200] for a in found[:64]],
+            "url": f"/fairness/runs/{row.id}",
+            "api_url": f"/api/fairness/runs/{row.id}",
+        }
+    return latest
+
+
+def _probe_of(
+    d: Deployment, deployments: list[Deployment], probes: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The latest run of a name only this deployment serves (an alias of its own: the probe's
+    requests reached it alone), else of the shared name, marked ``shared``: the A/B split sent
+    that run's requests to any of the deployments serving it."""
+    shared = {n for o in deployments if o is not d for n in (o.name, *o.aliases)}
+    runs = [probes[n] for n in (d.name, *d.aliases) if n in probes]
+    own = [r for r in runs if r["model"] not in shared]
+    pick = max(own or runs, key=lambda r: r["finished_at"] or "", default=None)
+    return None if pick is None else {**pick, "shared": pick["model"] in shared}

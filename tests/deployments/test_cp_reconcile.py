@@ -9,6 +9,7 @@ reporting replicas that are not theirs, or sending reports without the capabilit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from harness.processes import ControlPlaneProcess, wait_until
+from outpost.control_plane.probes import ProbeRunner, ProbeTarget, SamplingSettings, builtin_suite
 from outpost.sdk.protocol import (
     CAPABILITIES,
     DataFrame,
@@ -36,6 +38,7 @@ from outpost.sdk.protocol import (
     encode_frame,
     parse_frame,
 )
+from tests.probes.fakes import FakeBiasedEngine, FakeEngine
 from tests.security.rogue import RogueRunner, closed_with, exchange, send
 
 STATIC = "static-model"
@@ -467,10 +470,10 @@ def _ab_on_one_runner(t: Tenant) -> None:
     ready(ws, rid_b, "ab-one")
     assert next_frame(ws, UndeployFrame).replica_id == rid_b
     assert replica_state(t, b["id"], rid_b) == "failed"
-    c = t.deploy("ab-one", weight=1)
+    c = t.deploy("ab-one", aliases=["ab-one-c"], weight=1)
     frame_c = next_frame(ws, DeployFrame)
     assert (frame_c.deployment_id, frame_c.served_name) == (c["id"], c["id"])
-    ready(ws, frame_c.replica_id, c["id"])
+    ready(ws, frame_c.replica_id, c["id"], ["ab-one-c"])
     wait_until(
         lambda: all(t.api("GET", f"/{d['id']}").json()["ready_replicas"] == 1 for d in (a, c)),
         10,
@@ -488,7 +491,40 @@ def _ab_on_one_runner(t: Tenant) -> None:
 
     wait_until(lambda: sum(compared().values()) == 24, 20, "records")
     assert compared() == {**asked, b["id"]: 0}
+    _bias_probes_compared(t, a["id"], c["id"])
     ws.close()
+
+
+def _bias_probes_compared(t: Tenant, a: str, c: str) -> None:
+    """The comparison shows each deployment's latest bias-probe run: a run of c's own alias is
+    c's alone (its requests reached only c); a run of the shared name is marked shared."""
+    for model, engine in (("ab-one", FakeEngine()), ("ab-one-c", FakeBiasedEngine())):
+        run = asyncio.run(
+            ProbeRunner(
+                ProbeTarget(base_url="http://fake-engine.test/v1", model=model),
+                "sk-probe",
+                sampling=SamplingSettings(temperature=0.0, max_tokens=16, seed=1),
+                transport=engine.transport(),
+                show_progress=False,
+            ).run(builtin_suite())
+        )
+        made = httpx.post(
+            f"{t.cp.url}/api/fairness/runs/import",
+            json={"run": run.model_dump(mode="json")},
+            headers={"Authorization": f"Bearer {t.admin}"},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+    rows = {r["id"]: r for r in t.api("GET", "/compare", params={"name": "ab-one"}).json()["data"]}
+    got_a, got_c = rows[a]["bias_probe"], rows[c]["bias_probe"]
+    assert (got_a["model"], got_a["shared"], got_a["flagged_attributes"]) == ("ab-one", True, [])
+    assert (got_c["model"], got_c["shared"]) == ("ab-one-c", False)
+    assert got_c["flagged_attributes"] == ["religion"]
+    assert got_c["url"] == f"/fairness/runs/{got_c['run_id']}" and got_c["finished_at"]
+    detail = httpx.get(
+        f"{t.cp.url}{got_c['api_url']}", headers={"Authorization": f"Bearer {t.admin}"}
+    )
+    assert detail.status_code == 200 and detail.json()["model"] == "ab-one-c"
 
 
 def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
