@@ -28,6 +28,7 @@ from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartF
 __all__ = ["InferenceCall", "serve_inference"]
 
 _DONE = "data: [DONE]\n\n"
+_RELAYED = (DataFrame, EndFrame, ResetFrame, LinkClosed)  # a tuple: not a union built per event
 
 
 async def serve_inference(
@@ -84,7 +85,7 @@ async def _events(opened: Opened) -> AsyncIterator[DataFrame | EndFrame | ResetF
         ev = await opened.stream.next_event()
         if isinstance(ev, ResponseStartFrame):
             continue
-        if not isinstance(ev, DataFrame | EndFrame | ResetFrame | LinkClosed):
+        if not isinstance(ev, _RELAYED):
             continue  # a holder's admission events come before the first byte only
         yield ev
         if not isinstance(ev, DataFrame):

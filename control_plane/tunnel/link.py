@@ -35,6 +35,9 @@ if (
 
 __all__ = ["Link", "RunnerLink", "RunnerLoad", "RunnerStream"]
 
+# A tuple, not ``A | B | …``: the union would be built again for every frame of every stream.
+_STREAM_FRAMES = (ResponseStartFrame, DataFrame, EndFrame, ResetFrame)
+
 SendText = Callable[[str], Awaitable[None]]
 
 
@@ -208,7 +211,7 @@ class Link:
 
     def dispatch(self, frame: Frame) -> None:
         """Route one frame from the reader task. Raises FrameError on a violation."""
-        if isinstance(frame, ResponseStartFrame | DataFrame | EndFrame | ResetFrame):
+        if isinstance(frame, _STREAM_FRAMES):
             st = self.streams.get(frame.stream_id)
             if st is None:
                 if frame.stream_id < self._next_id:

@@ -3,8 +3,10 @@
 Each record becomes the ``data.v1`` frame it stands for and takes the same
 path through :meth:`Link.dispatch`: the unknown-stream, order and
 flow-control checks of a JSON data frame apply to it unchanged. The frame is
-built without validation (``model_construct``) because
-:func:`~outpost.sdk.protocol.parse_data_batch` has checked every field.
+built by validation although :func:`~outpost.sdk.protocol.parse_data_batch`
+has checked every field: pydantic-core validates this three-field model in
+about half the time of the Python-level ``model_construct`` (3.7 vs 7.1 µs
+per record, docs/performance.md), and it checks the record once more.
 """
 
 from __future__ import annotations
@@ -20,4 +22,4 @@ def dispatch_records(link: Link, raw: bytes) -> None:
     if "binary-data" not in link.capabilities:
         raise FrameError("binary messages need the binary-data capability")
     for sid, text in parse_data_batch(raw):
-        link.dispatch(DataFrame.model_construct(stream_id=sid, data=text))
+        link.dispatch(DataFrame(stream_id=sid, data=text))
