@@ -396,6 +396,9 @@ class Deployment(Base):
     # Traffic share among deployments serving the same public name.
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    # Bumped by every reconcile pass that places replicas, from the value it read: a pass
+    # whose bump matches no row lost the race and places nothing (migration 0009).
+    placement_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # "active" | "deleting" (replicas are being undeployed; the row goes when none is left).
     status: Mapped[str] = mapped_column(String(16), default="active")
     # Scale to zero: with min_replicas 0, unload after this many idle seconds (NULL: never).

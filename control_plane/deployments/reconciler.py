@@ -22,7 +22,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.models import Deployment, DeploymentReplica, new_id, utcnow
@@ -101,6 +103,9 @@ class Reconciler(ScalingMixin, TrafficMixin):
         # (runner id, replica id) -> (state, monotonic time) of its last report queued.
         self._progress: dict[tuple[str, str], tuple[str, float]] = {}
         self.passes = 0  # completed passes, for tests and /metrics
+        # One pass at a time in this process; passes of other processes are kept from placing
+        # twice by the deployment's ``placement_seq`` (see _claim).
+        self._pass_lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -159,6 +164,10 @@ class Reconciler(ScalingMixin, TrafficMixin):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
 
     async def reconcile_once(self) -> None:
+        async with self._pass_lock:
+            await self._pass()
+
+    async def _pass(self) -> None:
         plan = _Pass()
         async with self.db.session() as session:
             deployments = await list_live_deployments(session)
@@ -233,15 +242,17 @@ class Reconciler(ScalingMixin, TrafficMixin):
             for r in current[: len(current) - d.replicas]:
                 self._undeploy(r, plan)
         elif len(current) < d.replicas:
-            self._place(session, d, live, d.replicas - len(current), plan)
+            await self._place(session, d, live, d.replicas - len(current), plan)
 
     def _track_missing(self, replicas: dict[str, list[DeploymentReplica]]) -> None:
         now = time.monotonic()
         holders = {r.runner_id for rows in replicas.values() for r in rows}
-        for runner_id in holders - set(self.hub.runners):
+        # A runner another control-plane replica holds is not lost (hub.remote, with Redis).
+        present = set(self.hub.runners) | set(self.hub.remote)
+        for runner_id in holders - present:
             self._missing_since.setdefault(runner_id, now)
         for runner_id in list(self._missing_since):
-            if runner_id in self.hub.runners or runner_id not in holders:
+            if runner_id in present or runner_id not in holders:
                 del self._missing_since[runner_id]
 
     def _lost(self, runner_id: str) -> bool:
@@ -250,7 +261,7 @@ class Reconciler(ScalingMixin, TrafficMixin):
         since = self._missing_since.get(runner_id)
         return since is not None and time.monotonic() - since >= self.runner_grace_s
 
-    def _place(
+    async def _place(
         self,
         session: AsyncSession,
         d: Deployment,
@@ -267,7 +278,10 @@ class Reconciler(ScalingMixin, TrafficMixin):
             and runner_fits(runner, d)
             and not self._name_taken(runner, d, plan)
         ]
-        for runner in pick_runners(fitting, plan.load, count):
+        picked = pick_runners(fitting, plan.load, count)
+        if not picked or not await _claim(session, d):  # the claim: a write, only when placing
+            return
+        for runner in picked:
             replica = DeploymentReplica(
                 id=new_id("rep"),
                 deployment_id=d.id,
@@ -391,6 +405,26 @@ class Reconciler(ScalingMixin, TrafficMixin):
         if frame.model is None:
             return None
         return frame.model.model_copy(update={"name": d.name, "aliases": list(d.aliases)})
+
+
+async def _claim(session: AsyncSession, d: Deployment) -> bool:
+    """Take the right to place replicas of ``d`` in this pass: bump ``placement_seq`` from the
+    value read. Another pass (another control-plane replica) that placed meanwhile bumped it
+    first: this update then matches no row and this pass places nothing; the next one reads
+    the replicas it added. On PostgreSQL the second update waits for the first's commit and
+    then matches nothing; SQLite lets one writer at a time."""
+    seen = d.placement_seq
+    result = await session.execute(
+        update(Deployment)
+        .where(Deployment.id == d.id, Deployment.placement_seq == seen)
+        .values(placement_seq=seen + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        log.info("deployment %s: another pass placed its replicas; not placing", d.id)
+        return False
+    set_committed_value(d, "placement_seq", seen + 1)
+    return True
 
 
 def _served_names(runner: ConnectedRunner[Link]) -> bool:
