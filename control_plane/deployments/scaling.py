@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +22,11 @@ from outpost.control_plane.tunnel.hub import TunnelHub
 __all__ = ["ScalingMixin"]
 
 log = logging.getLogger("outpost.deployments")
+
+#: A scale-to-zero deployment's last request is written (``last_request_at``) at most this often,
+#: and at most a quarter of its idle timeout apart: the idle clock survives a restart of the
+#: control plane, and counts other replicas' requests, without a write per request.
+LAST_USED_EVERY_S = 30.0
 
 
 class ScalingMixin:
@@ -45,12 +50,19 @@ class ScalingMixin:
         Idle counts from the later of the name's last request here and the deployment's last
         change, so scaling up by hand is not undone at once.
         """
-        if d.min_replicas != 0 or d.replicas == 0 or d.idle_timeout_s is None:
+        if d.min_replicas != 0 or d.idle_timeout_s is None:
             return
-        changed_ago = (utcnow() - _aware(d.updated_at)).total_seconds()
+        self._note_last_used(d, d.idle_timeout_s)
+        if d.replicas == 0:
+            return
+        now = utcnow()
+        changed_ago = (now - _aware(d.updated_at)).total_seconds()
+        stored = d.last_request_at
+        stored_ago = (now - _aware(stored)).total_seconds() if stored else changed_ago
         uses = [self._used[n] for n in (d.name, *d.aliases) if n in self._used]
-        used_ago = time.monotonic() - max(uses) if uses else changed_ago
-        if min(changed_ago, used_ago) < d.idle_timeout_s:
+        used_ago = time.monotonic() - max(uses) if uses else stored_ago
+        idle_s = min(changed_ago, stored_ago, used_ago)
+        if idle_s < d.idle_timeout_s:
             return
         before, d.replicas, d.updated_at = d.replicas, 0, utcnow()
         await record_admin(
@@ -59,9 +71,21 @@ class ScalingMixin:
             action=AuditAction.DEPLOYMENT_SCALE,
             tenant_id=d.tenant_id,
             target=d.id,
-            details={"from": before, "to": 0, "idle_s": round(min(changed_ago, used_ago))},
+            details={"from": before, "to": 0, "idle_s": round(idle_s)},
         )
         log.info("deployment %s idle for %ds: scaled to 0", d.id, d.idle_timeout_s)
+
+    def _note_last_used(self, d: Deployment, idle_timeout_s: int) -> None:
+        """Carry the latest request for ``d``'s names here into ``last_request_at`` (written with
+        the pass), when it is a step newer than the stored one."""
+        uses = [self._used[n] for n in (d.name, *d.aliases) if n in self._used]
+        if not uses:
+            return
+        when = utcnow() - timedelta(seconds=time.monotonic() - max(uses))
+        stored = d.last_request_at
+        step = min(LAST_USED_EVERY_S, idle_timeout_s / 4)
+        if stored is None or (when - _aware(stored)).total_seconds() >= step:
+            d.last_request_at = when
 
     async def _scale_up_if_queueing(
         self, session: AsyncSession, d: Deployment, live: list[DeploymentReplica]

@@ -55,7 +55,8 @@ class TrafficMixin:
         replicas of several of them (served names) is in each of their groups. With one group
         (the usual case) the list is returned as it is.
         """
-        self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
+        if runners:  # a served name (a client's made-up name must not grow this)
+            self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
         if not any(r.deployed for r in runners):
             return runners, None
         groups: dict[str, list[ConnectedRunner]] = {}
