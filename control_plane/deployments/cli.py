@@ -324,7 +324,15 @@ def deployments_compare(
         _print(rows)
         return
     table = Table(
-        "id", "weight", "requests", "error rate", "TTFT p50/p95 ms", "ITL p50 ms", "tok/s", "$/1M"
+        "id",
+        "weight",
+        "requests",
+        "error rate",
+        "TTFT p50/p95 ms",
+        "ITL p50 ms",
+        "tok/s",
+        "$/1M",
+        "bias probe (flagged)",
     )
     for r in rows:
         table.add_row(
@@ -336,5 +344,15 @@ def deployments_compare(
             str(r["itl_ms"]["p50"]),
             str(r["tokens_per_s"]["p50"]),
             str(r["usd_per_1m_tokens"]),
+            _probe_cell(r["bias_probe"]),
         )
     out.print(table)
+
+
+def _probe_cell(probe: dict[str, Any] | None) -> str:
+    """The latest bias-probe run of a deployment, for the compare table."""
+    if probe is None:
+        return "-"
+    flagged = ", ".join(probe["flagged_attributes"]) or "none"
+    shared = ", shared name" if probe["shared"] else ""
+    return f"{probe['run_id']} ({flagged}{shared})"

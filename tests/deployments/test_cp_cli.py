@@ -70,9 +70,11 @@ def test_cli_create_list_update_scale_delete(tmp_path: Path) -> None:
         compared = json.loads(
             cp.cli("deployments", "compare", "cli-model", "--json", "--tenant", "clitenant")
         )
-        assert [(r["id"], r["requests"], r["error_rate"]) for r in compared] == [
-            (made["id"], 0, None)
+        assert [(r["id"], r["requests"], r["error_rate"], r["bias_probe"]) for r in compared] == [
+            (made["id"], 0, None, None)
         ]
+        table = cp.cli("deployments", "compare", "cli-model", "--tenant", "clitenant")
+        assert made["id"] in table and "bias probe" in table
         cp.cli("deployments", "delete", made["id"], "--tenant", "clitenant")
         assert next_frame(ws, UndeployFrame).replica_id == frame.replica_id
         ws.close()
