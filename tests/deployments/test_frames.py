@@ -46,7 +46,17 @@ def parse(obj: dict[str, Any]) -> object:
 
 
 def test_capability_is_announced_by_name() -> None:
-    assert "deployments" in CAPABILITIES
+    assert {"deployments", "served-names"} <= CAPABILITIES
+
+
+def test_served_name_only_on_the_wire_when_set() -> None:
+    # An older runner refuses unknown fields: without a served name the frame is as before.
+    plain = parse(deploy())
+    assert isinstance(plain, DeployFrame) and plain.served_name is None
+    assert "served_name" not in encode_frame(plain)
+    named = parse(deploy(served_name="dep_1"))
+    assert isinstance(named, DeployFrame) and named.served_name == "dep_1"
+    assert json.loads(encode_frame(named))["served_name"] == "dep_1"
 
 
 @pytest.mark.parametrize(
@@ -126,6 +136,9 @@ def test_bad_sources_refused(source: dict[str, Any]) -> None:
         {"name": ""},
         {"name": "n" * 201},
         {"aliases": ["a"] * 33},
+        {"served_name": ""},
+        {"served_name": "s" * 201},
+        {"served_name": 7},
         {"generation": -1},
         {"generation": 2**31 + 1},
         {"generation": "1"},
@@ -214,6 +227,7 @@ def test_largest_deploy_frame_fits_one_message() -> None:
         deployment_id="d" * 64,
         name="n" * 200,
         aliases=["a" * 200] * 32,
+        served_name="s" * 200,
         source=HfSource(repo="o/" + "n" * 90, revision="r" * 128, filename="f" * 512),
         engine_options={f"k{i:02d}" + "x" * 60: "\u2028" * 256 for i in range(16)},
     )
