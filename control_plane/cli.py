@@ -24,7 +24,6 @@ from outpost.control_plane.actions import keys as key_actions
 from outpost.control_plane.actions import runners as runner_actions
 from outpost.control_plane.actions.tenants import parse_residency
 from outpost.control_plane.admin import issue_api_key, issue_enrollment_token, update_tenant
-from outpost.control_plane.app import create_app
 from outpost.control_plane.audit import operator_actor
 from outpost.control_plane.audit.cli import audit_app
 from outpost.control_plane.budgets_cli import budgets_app
@@ -109,6 +108,10 @@ def _settings_from_args(args: list[str], prog: str) -> Settings:
 
 
 def _uvicorn_config(settings: Settings) -> uvicorn.Config:
+    # Imported here: the app pulls in every route (scipy for probes, the openai and anthropic
+    # types for the dialects), seconds of CPU that `keys create` and the other tasks never need.
+    from outpost.control_plane.app import create_app
+
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,

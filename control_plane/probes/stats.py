@@ -7,12 +7,25 @@ binomial, chi-square, Wilcoxon signed-rank).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats as sps
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+@cache
+def _sps() -> ModuleType:
+    # scipy.stats costs seconds of CPU to import; every process that imports the probes package
+    # (the API, the console, each `control-plane` command) would pay it; only a report uses it.
+    return importlib.import_module("scipy.stats")
+
 
 __all__ = [
     "DIFlagDecision",
@@ -48,7 +61,7 @@ class Estimate:
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError("confidence must be in (0, 1)")
-    return float(sps.norm.ppf(1.0 - (1.0 - confidence) / 2.0))
+    return float(_sps().norm.ppf(1.0 - (1.0 - confidence) / 2.0))
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -161,11 +174,11 @@ def mcnemar(
     if discordant == 0:
         return "mcnemar-exact", 0.0, 1.0
     if discordant < exact_below:
-        p_value = sps.binomtest(min(b, c), discordant, 0.5).pvalue
+        p_value = _sps().binomtest(min(b, c), discordant, 0.5).pvalue
         return "mcnemar-exact", float(min(b, c)), min(1.0, float(p_value))
     shift = 1.0 if correction else 0.0
     statistic = max(0.0, abs(b - c) - shift) ** 2 / discordant
-    return "mcnemar-chi2", statistic, float(sps.chi2.sf(statistic, 1))
+    return "mcnemar-chi2", statistic, float(_sps().chi2.sf(statistic, 1))
 
 
 def _pairs(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +213,7 @@ def wilcoxon_paired(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     gap = float(differences.mean())
     if not np.any(differences != 0):
         return PairedTest("wilcoxon", int(x.size), gap, 0.0, 1.0)
-    result = sps.wilcoxon(differences, zero_method="wilcox")
+    result = _sps().wilcoxon(differences, zero_method="wilcox")
     return PairedTest("wilcoxon", int(x.size), gap, float(result.statistic), float(result.pvalue))
 
 
