@@ -113,6 +113,7 @@ class TunnelEnd:
         from starlette.websockets import WebSocket, WebSocketDisconnect
 
         from outpost.control_plane.tunnel.link import Link
+        from outpost.control_plane.tunnel.records import dispatch_records
         from outpost.sdk.identity import verify_signature
         from outpost.sdk.protocol import (
             ChallengeFrame,
@@ -140,7 +141,10 @@ class TunnelEnd:
             async def close(code: int, reason: str) -> None:
                 await ws.close(code, reason)
 
-            link = Link(hello.runner_id, secrets.token_hex(8), ws.send_text, 1024, close)
+            caps = frozenset(hello.capabilities)
+            link = Link(
+                hello.runner_id, secrets.token_hex(8), ws.send_text, 1024, close, capabilities=caps
+            )
             await ws.send_text(
                 encode_frame(
                     WelcomeFrame(
@@ -152,7 +156,15 @@ class TunnelEnd:
             self.ready.set()
             try:
                 while True:  # the control plane's reader loop: one task per connection
-                    link.dispatch(parse_frame(await ws.receive_text()))
+                    # As the control plane reads (api/tunnel.py): data records arrive binary
+                    # once ``binary-data`` is agreed, every other frame as text.
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    if message.get("bytes") is not None:
+                        dispatch_records(link, message["bytes"])
+                    else:
+                        link.dispatch(parse_frame(message["text"]))
             except WebSocketDisconnect:
                 pass
             finally:
