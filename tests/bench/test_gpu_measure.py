@@ -84,7 +84,8 @@ def test_cpu_window_counts_a_tree_and_leaves_out_what_is_excluded(burner: Burner
     window.stop()
     assert 0.5 <= window.cpu_s["child"] <= 0.9
     assert window.cpu_s["parent_without_child"] < 0.3
-    assert window.cpu_s["parent_with_child"] >= window.cpu_s["child"]
+    # The tree is read process by process, each rounded to the kernel's 10 ms clock tick.
+    assert window.cpu_s["parent_with_child"] >= window.cpu_s["child"] - 0.02
     assert window.wall_s > 0 and window.host_busy_cores > 0
 
 
