@@ -95,6 +95,7 @@ class Reconciler(ScalingMixin, TrafficMixin):
         # name -> (deployment id, pool id) of deployments scaled to zero that a request wakes.
         self._used: dict[str, float] = {}
         self._sleeping: dict[str, list[tuple[str, str]]] = {}
+        self._waking: dict[str, asyncio.Task[bool]] = {}  # A/B draws waking a sleeper
         # Name -> deployments with replicas wanted (ready or coming up): a request waits.
         self._coming: dict[str, list[tuple[str, str]]] = {}
         self._wake = asyncio.Event()

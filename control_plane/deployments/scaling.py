@@ -119,14 +119,20 @@ class ScalingMixin:
             "deployment %s: requests queued for %.0fs: %d replicas", d.id, now - since, d.replicas
         )
 
-    async def wake_for(self, model: str, pools: frozenset[str] | None) -> bool:
+    async def wake_for(
+        self, model: str, pools: frozenset[str] | None, only: str | None = None
+    ) -> bool:
         """A request for ``model`` found no runner: wake a deployment of that name scaled to 0
         in a pool the caller may use. Returns whether one is waking or already coming up (being
-        placed, downloaded or loaded): then the request waits for it rather than being a 404."""
-        if any(pools is None or pool in pools for _, pool in self._coming.get(model, ())):
+        placed, downloaded or loaded): then the request waits for it rather than being a 404.
+        ``only``: wake that deployment (an A/B draw picked it while another serves the name)."""
+        coming = self._coming.get(model, ())
+        if only is None and any(pools is None or pool in pools for _, pool in coming):
             return True
         asleep = [
-            dep for dep, pool in self._sleeping.get(model, ()) if pools is None or pool in pools
+            dep
+            for dep, pool in self._sleeping.get(model, ())
+            if (pools is None or pool in pools) and only in (None, dep)
         ]
         if not asleep:
             return False

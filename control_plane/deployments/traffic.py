@@ -9,14 +9,19 @@ carries the drawn deployment's served name, and the runner answers with the publ
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
+from typing import TYPE_CHECKING
 
 from outpost.control_plane.db.models import Deployment
 from outpost.control_plane.tunnel.hub import ConnectedRunner
 from outpost.sdk.protocol import ModelInfo
 
 __all__ = ["TrafficMixin"]
+
+log = logging.getLogger(__name__)
 
 #: The group of runners serving a public name as a static model (no deployment).
 _STATIC = ""
@@ -31,6 +36,15 @@ class TrafficMixin:
     _served: dict[str, str]
     # Public name -> monotonic time of its last request here (scale to zero's idle clock).
     _used: dict[str, float]
+    # Scale to zero: name -> (deployment id, pool id) asleep; deployment id -> its wake task.
+    _sleeping: dict[str, list[tuple[str, str]]]
+    _waking: dict[str, asyncio.Task[bool]]
+
+    if TYPE_CHECKING:  # ScalingMixin's, beside this one in the Reconciler
+
+        async def wake_for(
+            self, model: str, pools: frozenset[str] | None, only: str | None = None
+        ) -> bool: ...
 
     def note(self, d: Deployment) -> None:
         """An API write changed ``d``: its weight counts from the next request on."""
@@ -45,7 +59,7 @@ class TrafficMixin:
         ]
 
     def split(
-        self, model: str, runners: list[ConnectedRunner]
+        self, model: str, runners: list[ConnectedRunner], pools: frozenset[str] | None = None
     ) -> tuple[list[ConnectedRunner], str | None]:
         """Of the runners serving ``model``, those of one deployment, drawn by weight, and that
         deployment's id (None: no draw, or the static group).
@@ -53,11 +67,14 @@ class TrafficMixin:
         Deployments sharing a public name split its requests by their ``weight``; runners
         serving it as a static model count as one more group of weight 1. A runner holding
         replicas of several of them (served names) is in each of their groups. With one group
-        (the usual case) the list is returned as it is.
+        (the usual case) the list is returned as it is. A deployment of the name scaled to zero
+        (in ``pools``, the caller's) is in the draw too: drawn, it wakes, and this request goes
+        to one that is up (it does not wait while another serves the name).
         """
         if runners:  # a served name (a client's made-up name must not grow this)
             self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
         if not any(r.deployed for r in runners):
+            self._draw_sleeper(model, pools, [_STATIC] if runners else [])
             return runners, None
         groups: dict[str, list[ConnectedRunner]] = {}
         for r in runners:
@@ -67,6 +84,7 @@ class TrafficMixin:
             for owner in owners:
                 groups.setdefault(owner, []).append(r)
         live = {k: v for k, v in groups.items() if any(r.usable_link() is not None for r in v)}
+        self._draw_sleeper(model, pools, list(live))
         if len(live) <= 1:
             only = next(iter(live), None)
             return runners, only or None
@@ -76,6 +94,30 @@ class TrafficMixin:
             return runners, None
         drawn = random.choices(keys, weights)[0]  # noqa: S311 - a traffic split, not a secret
         return live[drawn], drawn or None
+
+    def _draw_sleeper(self, model: str, pools: frozenset[str] | None, live: list[str]) -> None:
+        """Draw among the live groups and the deployments of ``model`` asleep; a sleeper drawn
+        starts waking (once; the wake is a database write, off the request's path)."""
+        asleep = [
+            dep
+            for dep, pool in self._sleeping.get(model, ())
+            if (pools is None or pool in pools) and dep not in self._waking
+        ]
+        if not asleep or not live:  # none up: the request itself wakes one and waits
+            return
+        sleepy = [max(self._weights.get(dep, 1.0), 0.0) for dep in asleep]
+        awake = sum(self._weights.get(k, 1.0) if k else 1.0 for k in live)
+        if sum(sleepy) <= 0 or random.random() * (awake + sum(sleepy)) >= sum(sleepy):  # noqa: S311
+            return
+        dep = random.choices(asleep, sleepy)[0]  # noqa: S311 - a traffic split, not a secret
+        task = asyncio.get_running_loop().create_task(self.wake_for(model, pools, only=dep))
+        self._waking[dep] = task
+        task.add_done_callback(lambda t: self._woken(dep, t))
+
+    def _woken(self, dep: str, task: asyncio.Task[bool]) -> None:
+        self._waking.pop(dep, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("deployment %s: waking failed: %r", dep, task.exception())
 
     def served_name(
         self, runner: ConnectedRunner, model: str, deployment_id: str | None

@@ -219,7 +219,7 @@ def _pick(
     runners = state.hub.runners_for(call.model)
     if state.deployments is not None and not search.tried and not search.failed:
         # Deployments sharing the name split by weight (A/B); a retry may go to any of them.
-        runners, search.drawn = state.deployments.split(call.model, runners)
+        runners, search.drawn = state.deployments.split(call.model, runners, call.route.pools)
     if call.runner_id is not None:  # sealed to one runner (end-to-end)
         runners = [r for r in runners if r.runner_id == call.runner_id]
     # Each runner tried or link failed can skip at most one candidate: one more is always fresh.

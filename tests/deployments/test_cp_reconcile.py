@@ -643,3 +643,24 @@ def test_a_flood_of_progress_reports_keeps_the_last_state(acme: Tenant) -> None:
     wait_until(lambda: "flooded" in acme.models(), 30, "ready after the flood")
     acme.api("DELETE", f"/{dep['id']}")
     ws.close()
+
+
+def test_a_sleeping_ab_arm_wakes_when_the_draw_picks_it(cp: ControlPlaneProcess) -> None:
+    """Two deployments share a name on one runner; one is scaled to zero. Requests keep going
+    to the one that is up (none waits), and the sleeper, drawn by its weight, is woken."""
+    t = Tenant(cp, "ab-wake-tenant")
+    _, ws = t.runner(capabilities=sorted(CAPABILITIES))
+    awake = t.deploy("ab-wake", weight=1)
+    asleep = t.deploy("ab-wake", weight=1, min_replicas=0, replicas=0)
+    frame = next_frame(ws, DeployFrame)
+    assert frame.deployment_id == awake["id"]
+    ready(ws, frame.replica_id, awake["id"])
+    wait_until(lambda: t.api("GET", f"/{awake['id']}").json()["ready_replicas"] == 1, 10, "ready")
+    answering = Answering(ws)
+    for _ in range(16):  # the sleeper never drawn in 16 at 1:1: 2**-16
+        assert chat(cp, t.admin, "ab-wake").status_code == 200
+    assert answering.models == {awake["id"]: 16}  # all served by the arm that is up
+    wait_until(
+        lambda: t.api("GET", f"/{asleep['id']}").json()["replicas"] == 1, 10, "the sleeper woken"
+    )
+    ws.close()
