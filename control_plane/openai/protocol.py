@@ -12,6 +12,7 @@ sequences are generated are checked in ``caps.py``.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -86,7 +87,28 @@ class Message(BaseModel):
     def _tool_turn(self) -> Message:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError('a message with role "tool" needs the tool_call_id it answers')
+        for call in self.tool_calls or ():
+            _check_arguments(call)
         return self
+
+
+def _check_arguments(call: dict[str, Any]) -> None:
+    """An earlier turn's call, sent back: engines read its arguments as JSON (llama.cpp answers
+    a 500 otherwise), so text that is not a JSON object, as a call cut off by ``max_tokens``
+    leaves it, is the client's to fix: a 400 that says so rather than the engine's 5xx."""
+    function = call.get("function")
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if arguments is None:
+        return
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ValueError(
+            "tool_calls[].function.arguments must be a JSON object as text (a call cut off by "
+            "max_tokens is not one)"
+        )
 
 
 class StreamOptions(BaseModel):

@@ -165,9 +165,17 @@ def test_streamed_tool_call_deltas_assemble_into_a_call(stack: Stack, choice: An
 
 
 def test_a_tool_result_in_a_follow_up_message_is_answered(stack: Stack) -> None:
+    # Greedy and with room to finish the call: a call cut off by max_tokens is not JSON, and the
+    # follow-up that sends it back is refused (the next test).
     first = stack.client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=60
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=120,
+        temperature=0,
     )
+    assert first.choices[0].finish_reason == "tool_calls", first
     call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
     follow_up = [
         *ASK,
@@ -179,6 +187,25 @@ def test_a_tool_result_in_a_follow_up_message_is_answered(stack: Stack) -> None:
     )
     message = answer.choices[0].message
     assert not message.tool_calls and message.content
+
+
+def test_a_follow_up_with_a_cut_off_call_is_a_400_not_the_engines_500(stack: Stack) -> None:
+    cut = {
+        "role": "assistant",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city'},
+            }
+        ],
+    }
+    follow_up = [*ASK, cut, {"role": "tool", "tool_call_id": "call_1", "content": "21 C"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        stack.client.chat.completions.create(
+            model=MODEL, messages=follow_up, tools=[WEATHER], max_tokens=4
+        )
+    assert "arguments must be a JSON object" in str(refused.value)
 
 
 def test_tool_choice_auto_is_well_formed_either_way(stack: Stack) -> None:
