@@ -41,11 +41,22 @@ class RunnerIdentity:
                 "pins": list(self.pins),
             }
         )
-        # Create with 0600 from the start: no window where the key is world-readable.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.chmod(path, 0o600)
+        # Written beside it and renamed into place: a crash mid-write (or a reader at the wrong
+        # moment) sees the old file or the whole new one, never a torn one — an enrollment token
+        # is spent once, so a torn identity would strand the runner. Created 0600 from the
+        # start: no window where the key is world-readable.
+        tmp = path.with_name(f".{IDENTITY_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def load_identity(state_dir: Path) -> RunnerIdentity | None:
@@ -54,13 +65,19 @@ def load_identity(state_dir: Path) -> RunnerIdentity | None:
         return None
     if path.stat().st_mode & 0o077:
         raise EnrollmentError(f"{path} is readable by other users; run: chmod 600 {path}")
-    data = json.loads(path.read_text())
-    return RunnerIdentity(
-        runner_id=data["runner_id"],
-        control_plane=data["control_plane"],
-        key=IdentityKey.from_private_bytes(b64u_decode(data["identity_private_key"])),
-        pins=tuple(data.get("pins", ())),
-    )
+    try:
+        data = json.loads(path.read_text())
+        return RunnerIdentity(
+            runner_id=data["runner_id"],
+            control_plane=data["control_plane"],
+            key=IdentityKey.from_private_bytes(b64u_decode(data["identity_private_key"])),
+            pins=tuple(data.get("pins", ())),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EnrollmentError(
+            f"{path} is not a runner identity ({type(exc).__name__}); move it away and enroll "
+            "again with a new token"
+        ) from None
 
 
 def split_token(token: str) -> tuple[str, str | None]:
