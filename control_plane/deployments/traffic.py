@@ -73,11 +73,14 @@ class TrafficMixin:
         """
         if runners:  # a served name (a client's made-up name must not grow this)
             self._used[model] = time.monotonic()  # idle time of scale-to-zero deployments
-        if not any(r.deployed for r in runners):
-            self._draw_sleeper(model, pools, [_STATIC] if runners else [])
+        # Only the caller's pools take part: another tenant's deployment of the same name (and
+        # its weight) must neither draw this tenant's requests nor be woken by them.
+        usable = [r for r in runners if pools is None or r.pool_id in pools]
+        if not any(r.deployed for r in usable):
+            self._draw_sleeper(model, pools, [_STATIC] if usable else [])
             return runners, None
         groups: dict[str, list[ConnectedRunner]] = {}
-        for r in runners:
+        for r in usable:
             owners = {dep for dep, _ in self._owners(r, model)}
             if not owners or self._static_serves(r, model):  # beside its replicas, maybe
                 owners.add(_STATIC)

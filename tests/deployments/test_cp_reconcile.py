@@ -664,3 +664,27 @@ def test_a_sleeping_ab_arm_wakes_when_the_draw_picks_it(cp: ControlPlaneProcess)
         lambda: t.api("GET", f"/{asleep['id']}").json()["replicas"] == 1, 10, "the sleeper woken"
     )
     ws.close()
+
+
+def test_another_tenants_deployment_of_the_same_name_is_not_in_the_draw(
+    cp: ControlPlaneProcess,
+) -> None:
+    """Two tenants each deploy the name ``common`` on a runner of their own pool. A tenant's
+    requests draw among its own deployments only: another tenant's, heavily weighted, neither
+    takes its requests nor answers them."""
+    mine, theirs = Tenant(cp, "draw-mine"), Tenant(cp, "draw-theirs")
+    served = {}
+    for t, weight in ((mine, 1), (theirs, 1000)):
+        _, ws = t.runner(capabilities=sorted(CAPABILITIES))
+        dep = t.deploy("common", weight=weight)
+        frame = next_frame(ws, DeployFrame)
+        ready(ws, frame.replica_id, dep["id"])
+        wait_until(lambda: t.api("GET", f"/{dep['id']}").json()["ready_replicas"] == 1, 10, "up")
+        served[t.name] = (ws, Answering(ws), dep["id"])
+    for _ in range(12):
+        response = chat(cp, mine.admin, "common")
+        assert response.status_code == 200, response.text
+    assert served["draw-mine"][1].models == {served["draw-mine"][2]: 12}
+    assert served["draw-theirs"][1].count == 0
+    for ws, _, _ in served.values():
+        ws.close()
