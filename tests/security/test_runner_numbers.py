@@ -211,11 +211,9 @@ _GPU = {
     ids=["old-runner-empty", "h100-runner", "unknown-hardware-class"],
 )
 def test_hello_a_runner_actually_sends_is_welcomed(world: World, fields: dict) -> None:
-    ws, reply = world.rogue.dial(connection_index=6, **fields)
-    try:
-        assert json.loads(reply)["type"] == "welcome.v1", reply
-    finally:
-        ws.close()
+    # connect() asserts the welcome, retrying only a refusal as a duplicate: the previous case's
+    # connection with this index may not have been seen going yet.
+    world.rogue.connect(connection_index=6, **fields).close()
 
 
 @pytest.mark.parametrize(
