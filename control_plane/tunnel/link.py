@@ -147,7 +147,14 @@ class Link:
         # The RunnerLink protocol sends any frame (``object``); encode_frame refuses a non-frame.
         text = encode_frame(frame)  # type: ignore[arg-type]
         async with self._send_lock:
-            await self._send_text(text)
+            try:
+                await self._send_text(text)
+            except (RuntimeError, OSError) as exc:
+                # The socket closed before this link heard of it (a partition: the keepalive
+                # sent the close, the reader has not yet marked the link). The ASGI server says
+                # so with a RuntimeError ("after sending 'websocket.close'"); to the request
+                # path it is a closed link, and it fails over instead of answering a 500.
+                raise ConnectionError(f"link closed: {exc}") from None
 
     async def open_stream(
         self,
