@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outpost.control_plane.permissions import Role
+from outpost.sdk.logfmt import LogLevel
 from outpost.sdk.pins import parse_pin
 
 __all__ = ["Settings", "default_state_dir"]
@@ -293,7 +294,7 @@ class Settings(BaseSettings):
         "dead: requests relayed to it fail over, its runners are forgotten.",
     )
 
-    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field(default="info", description="debug, info, warning or error.")
     # Observability (docs/deploy.md "Metrics and logs").
     log_format: Literal["text", "json"] = Field(
         default="text",

@@ -63,7 +63,7 @@ def local_runner(ctx: typer.Context) -> None:
                 f"[red]{flag}:[/] {err['msg'].removeprefix('Value error, ')}", highlight=False
             )
         raise typer.Exit(2) from None
-    configure_logging(settings.log_format, logging.INFO, process="runner")
+    configure_logging(settings.log_format, settings.log_level, process="runner")
     setup_tracing("outpost-runner")  # only when OTEL_* variables ask for it (sdk/otel.py)
     from outpost.runner.launch import build_agent  # heavy imports only for this command
     from outpost.runner.observability import ConsoleToLog

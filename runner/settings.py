@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliImplicitFlag, CliSuppress, SettingsConfigDict
 
 from outpost.runner.model_refs import parse_model_ref
+from outpost.sdk.logfmt import LogLevel
 from outpost.sdk.pins import parse_pin
 
 __all__ = ["SECRET_FLAGS", "RunnerSettings", "default_runner_state_dir"]
@@ -172,6 +173,10 @@ class RunnerSettings(BaseSettings):
         description="KEM of the end-to-end key made on first start (hybrid: post-quantum).",
     )
     # Observability (docs/deploy.md "Metrics and logs"). The runner opens no port unless asked.
+    log_level: LogLevel = Field(
+        default="info",
+        description="debug, info, warning or error (info: a line per request served).",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="text for people; json: one object per line with the request id.",

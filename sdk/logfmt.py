@@ -19,7 +19,9 @@ import re
 import secrets
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
 
 __all__ = [
     "REQUEST_ID",
@@ -34,6 +36,15 @@ __all__ = [
 ]
 
 LogFormat = Literal["text", "json"]
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+#: The levels either process takes (``--log-level``, any case); anything else is refused at
+#: start-up with the flag's name, not a traceback from ``logging``.
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 
 #: The request this task is working for; ``None`` outside a request.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
 from harness.processes import wait_until
+from harness.stack import start_engine, start_stack
 from tests.observability.conftest import ObservedStack
 from tests.observability.test_metrics import MODEL
 
@@ -74,3 +78,32 @@ def test_logs_are_json_and_hold_no_secret(observed: ObservedStack) -> None:
         assert all(isinstance(json.loads(line), dict) for line in lines)
         assert observed.api_key not in process.log()
         assert observed.metrics_token not in process.log()
+
+
+def test_both_processes_take_a_log_level_and_refuse_a_bad_one(tmp_path: Path) -> None:
+    """``--log-level warning`` silences the runner's line per request (the benchmarks run both
+    processes so); a level ``logging`` does not know is a clear error, not a traceback."""
+    for command in (["outpost.runner.cli", "local-runner"], ["outpost.control_plane.cli", "serve"]):
+        done = subprocess.run(
+            [sys.executable, "-m", *command, "--log-level", "loud"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "--log-level" in done.stderr and "Traceback" not in done.stderr
+    engine = start_engine("sim", log_dir=tmp_path)
+    stack = start_stack(engine, tmp=tmp_path)  # both processes at OUTPOST_LOG_LEVEL=warning
+    try:
+        resp = httpx.post(
+            f"{stack.cp.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {stack.key}"},
+            json={"model": stack.model, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        served = stack.runners[0].log()
+        assert " ok in " not in served and "INFO" not in served, served[-2000:]
+    finally:
+        stack.stop()
+        engine.stop()
