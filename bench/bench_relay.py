@@ -155,8 +155,22 @@ def row(sc: Scenario, res: dict[str, PathResult]) -> dict[str, object]:
             "cp_us_per_token": _us_per_token(r, "control plane" + suffix),
             "runner_us_per_token": _us_per_token(r, "runner" + suffix),
             "litellm_us_per_token": _us_per_token(r, "litellm"),
+            # What every path needs alike: the engine and the client (the benchmark process).
+            "shared_us_per_token": _us_per_token(r, "engine") + _us_per_token(r, "client"),
         }
     return out
+
+
+def _ceiling(r: dict, path: str) -> float:
+    """Tokens/s this machine's cores could carry at the path's measured CPU per token: all of
+    the engine's, the client's and the gateway's processes on ``os.cpu_count()`` cores."""
+    own = {
+        "direct": 0.0,
+        "outpost": r["cp_us_per_token"] + r["runner_us_per_token"],
+        "before": r["cp_us_per_token"] + r["runner_us_per_token"],
+        "litellm": r["litellm_us_per_token"],
+    }[path]
+    return (os.cpu_count() or 1) * 1e6 / (r["shared_us_per_token"] + own)
 
 
 def _cell(v: object, fmt: str) -> str:
@@ -184,12 +198,15 @@ def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
         f"Method: {args.rounds} rounds × {args.phase_s:g} s per path, order rotated each round; "
         "paced scenarios ramped in over one request (64 tokens at 50 tok/s) and measured after it; "
         "ratio = tokens/s of the path ÷ direct; CPU µs/token = CPU seconds of that process in the "
-        "windows ÷ tokens delivered in them.",
+        "windows ÷ tokens delivered in them; engine + client = the CPU every path needs alike; "
+        f"CPU ceiling = {os.cpu_count()} cores ÷ (engine + client + the path's own processes) "
+        "per token: the most tokens/s this machine could carry at the path's measured cost.",
         f"Reproduce: `{args.command}`.",
         "",
         "| scenario | path | tok/s | req/s | errors | TTFT p50 ms | TTFT p99 ms | ÷ direct "
-        "| added TTFT p99 ms | CPU µs/token: control plane | runner | LiteLLM |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| added TTFT p99 ms | CPU µs/token: control plane | runner | LiteLLM | engine + client "
+        "| CPU ceiling tok/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rw in rows:
         for path in paths:
@@ -203,7 +220,8 @@ def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
                 f"| {_cell(r['ttft_p99_ms'], '.1f')} | {ratio} | {added} "
                 f"| {_own(r, 'cp_us_per_token', path)} "
                 f"| {_own(r, 'runner_us_per_token', path)} "
-                f"| {_own(r, 'litellm_us_per_token', path)} |"
+                f"| {_own(r, 'litellm_us_per_token', path)} "
+                f"| {_cell(r['shared_us_per_token'], '.0f')} | {_cell(_ceiling(r, path), ',.0f')} |"
             )
     if sweep:
         old = "before" in sweep[0]
@@ -212,9 +230,11 @@ def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
             "Relay capacity (paced streams, ramped; no LiteLLM):",
             "",
             "| streams × tok/s | offered tok/s | direct tok/s | Outpost tok/s | ÷ direct "
-            "| added TTFT p99 ms | CPU µs/token: control plane | runner |"
+            "| added TTFT p99 ms | CPU µs/token: control plane | runner | engine + client "
+            "| CPU ceiling tok/s |"
             + (" before ÷ direct | before CPU µs/token: control plane | runner |" if old else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if old else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            + ("---:|---:|---:|" if old else ""),
         ]
         for rw in sweep:
             d, t = rw["direct"], rw["outpost"]
@@ -223,7 +243,9 @@ def table(rows: list[dict], sweep: list[dict], args: argparse.Namespace) -> str:
                 f"| {d['tok_s']:,.0f} "
                 f"| {t['tok_s']:,.0f} | **{t['ratio']:.3f}** | {t['added_ttft_p99_ms']:+.1f} "
                 f"| {_cell(t['cp_us_per_token'], '.0f')} "
-                f"| {_cell(t['runner_us_per_token'], '.0f')} |"
+                f"| {_cell(t['runner_us_per_token'], '.0f')} "
+                f"| {_cell(t['shared_us_per_token'], '.0f')} "
+                f"| {_cell(_ceiling(t, 'outpost'), ',.0f')} |"
             )
             if old:
                 b = rw["before"]

@@ -58,23 +58,23 @@ class RemoteStream(EventQueue[StreamEvent | HolderAdmitted | HolderRefused]):
         elif isinstance(frame, EndFrame | ResetFrame):
             self.finished = True
             self._link.close_stream(self)
-        self._events.put_nowait(frame)
+        self._put(frame)
 
     def admitted(self, queue_wait_s: float) -> None:
         if not self.finished:
-            self._events.put_nowait(HolderAdmitted(queue_wait_s))
+            self._put(HolderAdmitted(queue_wait_s))
 
     def refused(self, error: ApiError) -> None:
         if not self.finished:
             self.finished = True
             self._link.close_stream(self)
-            self._events.put_nowait(HolderRefused(error))
+            self._put(HolderRefused(error))
 
     def link_closed(self, reason: str) -> None:
         if not self.finished:
             self.finished = True
             self._link.close_stream(self)
-            self._events.put_nowait(LinkClosed(reason))
+            self._put(LinkClosed(reason))
 
     # --- called by the request handler ---------------------------------------------
 

@@ -102,10 +102,8 @@ def _relay(state: _State, lives: list[RequestLife] | None = None) -> tuple[Any, 
     stream.deliver(start)
     first = DataFrame(stream_id=1, data='data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
     stream.deliver(first)
-    (
-        stream._events.get_nowait(),
-        stream._events.get_nowait(),
-    )  # serve_inference read these two already
+    # serve_inference read these two already
+    assert (stream._events.popleft(), stream._events.popleft()) == (start, first)
     call = InferenceCall(
         tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body=BODY, stream=True
     )
