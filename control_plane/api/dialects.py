@@ -20,8 +20,8 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from outpost.control_plane.api.deps import AppStateDep, Caller, CallerDep, bearer_token
-from outpost.control_plane.api.openai import PolicyDep, _serve, get_key_policy_dep
+from outpost.control_plane.api.deps import AppStateDep, Caller, bearer_token
+from outpost.control_plane.api.openai import InferenceDep, _serve, get_key_policy_dep
 from outpost.control_plane.dialects import messages, responses
 from outpost.control_plane.dialects.chat import parse_completion
 from outpost.control_plane.dialects.messages_request import MessagesRequest
@@ -129,11 +129,7 @@ def _whole(
 
 @router.post("/responses")
 async def create_response(
-    request: Request,
-    state: AppStateDep,
-    caller: CallerDep,
-    policy: PolicyDep,
-    raw: Annotated[dict[str, Any], Body()],
+    request: Request, who: InferenceDep, raw: Annotated[dict[str, Any], Body()]
 ) -> Response:
     """OpenAI's Responses API. The body is checked here rather than by FastAPI so that a refusal
     names the deepest field at fault (an input item's part, not the union that holds it)."""
@@ -142,7 +138,7 @@ async def create_response(
     except ValidationError as exc:
         raise _invalid(exc) from None
     chat = responses_to_chat(body)
-    served = await _serve_chat(state, request, caller, policy, chat, _RESPONSES_PARAMS)
+    served = await _serve_chat(who.state, request, who.caller, who.policy, chat, _RESPONSES_PARAMS)
     if _streams(served):
         return DialectStream(served, responses.ResponsesStream(body))
     return _whole(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import getpass
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from outpost.control_plane.audit.chain import (
     format_ts,
 )
 from outpost.control_plane.db.models import AuditEvent, RequestRecord
+from outpost.control_plane.db.rows import RequestRow
 
 __all__ = [
     "RunnerEvent",
@@ -199,19 +200,19 @@ async def record_inferences(
 
 
 def record_inferences_sync(
-    conn: Session | Connection, records: list[RequestRecord]
+    conn: Session | Connection, records: list[RequestRow]
 ) -> list[AuditEvent]:
     """:func:`record_inferences` on a synchronous session or connection (the record writer's)."""
     return append_events_sync(conn, inference_events(records))
 
 
-def inference_events(records: list[RequestRecord]) -> list[EventSpec]:
+def inference_events(records: Sequence[RequestRecord | RequestRow]) -> list[EventSpec]:
     """The ``inference`` events of ``records``, for an append path of its own
     (services/record_sqlite.py)."""
     return [_inference_event(r) for r in records]
 
 
-def _inference_event(r: RequestRecord) -> EventSpec:
+def _inference_event(r: RequestRecord | RequestRow) -> EventSpec:
     data = {
         "request_id": r.id,
         "api_key_id": r.api_key_id,

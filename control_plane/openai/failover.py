@@ -8,8 +8,10 @@ to give back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,17 +305,27 @@ async def _first_byte(
     """
     timeout = settings.first_byte_timeout_s
     waiting = settings.scheduler_queue_timeout_s + timeout if at_holder is not None else 0.0
-    deadline = time.monotonic() + timeout + waiting
+    loop = asyncio.get_running_loop()
+    # One timeout for the whole wait, moved when the holder admits: not one per event.
+    try:
+        async with asyncio.timeout_at(loop.time() + timeout + waiting) as deadline:
+            return await _start_and_first(
+                st, at_holder, lambda: deadline.reschedule(loop.time() + timeout)
+            )
+    except TimeoutError:
+        raise _AttemptFailed("timed out waiting for the runner") from None
+
+
+async def _start_and_first(
+    st: RunnerStream, at_holder: Slot | None, admitted: Callable[[], None]
+) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
     start: ResponseStartFrame | None = None
     while True:
-        try:
-            ev = await st.next_event(max(deadline - time.monotonic(), 0.001))
-        except TimeoutError:
-            raise _AttemptFailed("timed out waiting for the runner") from None
+        ev = await st.next_event()
         if isinstance(ev, HolderAdmitted):
             if at_holder is not None:
                 at_holder.admitted(ev.queue_wait_s)
-            deadline = time.monotonic() + timeout
+            admitted()
             continue
         if isinstance(ev, HolderRefused):
             raise ev.error

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.db.rows import RequestRow
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.observability.tracing import request_trace
 from outpost.control_plane.openai.call import InferenceCall
@@ -377,9 +377,9 @@ class RequestLife:
             c.request_id,
         )
 
-    def _as_record(self) -> RequestRecord:
+    def _as_record(self) -> RequestRow:
         c = self.call
-        return RequestRecord(
+        return RequestRow(
             id=c.request_id,
             tenant_id=c.tenant_id,
             api_key_id=c.api_key_id,

@@ -29,6 +29,7 @@ from outpost.control_plane.audit.chain import append_events_sqlite
 from outpost.control_plane.audit.events import inference_events
 from outpost.control_plane.db.engine import sqlite_pragmas, sync_url
 from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.db.rows import RequestRow
 from outpost.control_plane.db.sqlite_raw import insert_many
 
 __all__ = ["SqliteWriterConnection"]
@@ -56,11 +57,11 @@ class SqliteWriterConnection:
         path = sync_url(url).split("///", 1)[1]
         return cls(path) if path else None
 
-    async def write(self, records: list[RequestRecord]) -> None:
+    async def write(self, records: list[RequestRow]) -> None:
         """Insert ``records`` and their ``inference`` events in one transaction, committed."""
         await asyncio.get_running_loop().run_in_executor(self._thread, self._write, records)
 
-    def _write(self, records: list[RequestRecord]) -> None:
+    def _write(self, records: list[RequestRow]) -> None:
         db = self._connect()
         # IMMEDIATE: the write lock first (waiting up to busy_timeout), so the transaction never has
         # to upgrade a read snapshot that another writer made stale.

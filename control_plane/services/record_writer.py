@@ -63,14 +63,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from outpost.control_plane.audit.events import record_inferences_sync
 from outpost.control_plane.db.engine import Database, database_down
-from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.db.rows import RequestRow
 from outpost.control_plane.errors import ApiError
 from outpost.control_plane.services.record_spill import load_spilled, spill
 from outpost.control_plane.services.record_sqlite import SqliteWriterConnection
@@ -116,7 +115,7 @@ class RecordWriter:
         self.on_committed = (
             on_committed  # ids just committed (budgets stop counting them as pending)
         )
-        self._queue: deque[RequestRecord] = deque()
+        self._queue: deque[RequestRow] = deque()
         self._since: deque[float] = (
             deque()
         )  # when each queued record was submitted (the linger's clock)
@@ -188,7 +187,7 @@ class RecordWriter:
                 headers={"Retry-After": "1"},
             )
 
-    def submit(self, record: RequestRecord) -> asyncio.Future[bool]:
+    def submit(self, record: RequestRow) -> asyncio.Future[bool]:
         """Queue ``record`` (and its audit event) for the writer. Never blocks, never raises.
 
         The future says, once the writer is done with it, whether it was committed (``True``) or
@@ -199,7 +198,7 @@ class RecordWriter:
         if self._closed and self._task is None:
             # After stop(): nobody will write it; say so with everything it holds.
             self.failed += 1
-            log.error("request record submitted after shutdown, not written: %s", _fields(record))
+            log.error("request record submitted after shutdown, not written: %s", record.fields())
             done.set_result(False)
             return done
         self._waiters[record.id] = done
@@ -214,7 +213,7 @@ class RecordWriter:
             self._hurry.set()
         return done
 
-    async def commit(self, record: RequestRecord, timeout: float | None = None) -> bool:
+    async def commit(self, record: RequestRow, timeout: float | None = None) -> bool:
         """Submit ``record`` and wait until it is committed; ``False`` if it was given up or is
         still queued after ``timeout`` (it stays queued then: the database is down or far behind).
         """
@@ -278,7 +277,7 @@ class RecordWriter:
         self._task = None
         if self._queue and self.spill_path is not None:
             try:
-                self.spilled += spill(self.spill_path, [_fields(r) for r in self._queue])
+                self.spilled += spill(self.spill_path, [r.fields() for r in self._queue])
                 self._resolve([r.id for r in self._queue], False)
                 log.error(
                     "shutting down with %d request records not written (database unavailable for "
@@ -302,7 +301,7 @@ class RecordWriter:
                 self.failed += 1
                 record = self._queue.popleft()
                 self._resolve([record.id], False)
-                log.error("request record not written: %s", _fields(record))
+                log.error("request record not written: %s", record.fields())
         self._since.clear()
         if self._sqlite is not None:
             self._sqlite.close()
@@ -316,7 +315,7 @@ class RecordWriter:
         if path is None or not path.exists():
             return
         rows = load_spilled(path)
-        columns = set(_columns())
+        columns = set(RequestRow.__dataclass_fields__)
         try:
             async with self.db.session() as session:
                 done: set[str] = set()
@@ -328,7 +327,7 @@ class RecordWriter:
             )
             return
         records = [
-            RequestRecord(**{k: v for k, v in row.items() if k in columns})
+            RequestRow(**{k: v for k, v in row.items() if k in columns})
             for row in rows
             if row["id"] not in done
         ]
@@ -389,7 +388,7 @@ class RecordWriter:
             except TimeoutError:
                 return
 
-    async def _write_until_done(self, batch: list[RequestRecord]) -> None:
+    async def _write_until_done(self, batch: list[RequestRow]) -> None:
         """Commit ``batch``; retry what is transient, split out what is refused for good."""
         try:
             await self._write_or_retry(batch)
@@ -398,7 +397,7 @@ class RecordWriter:
                 None  # written, given up or stopped: admission need not refuse for it
             )
 
-    async def _write_or_retry(self, batch: list[RequestRecord]) -> None:
+    async def _write_or_retry(self, batch: list[RequestRow]) -> None:
         delay = self.retry_initial_s
         first_failure: float | None = None
         while True:
@@ -406,7 +405,7 @@ class RecordWriter:
                 if (
                     first_failure is not None
                 ):  # a commit whose answer was lost must not be written twice
-                    batch = [_copy(r) for r in await self._not_yet_committed(batch)]
+                    batch = await self._not_yet_committed(batch)
                     if not batch:
                         return
                 await self._write(batch)
@@ -432,11 +431,11 @@ class RecordWriter:
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self.retry_max_s)
 
-    async def _refused(self, batch: list[RequestRecord], exc: Exception) -> None:
+    async def _refused(self, batch: list[RequestRow], exc: Exception) -> None:
         """The database refused the batch for good: find the culprit(s), write the rest."""
         if len(batch) > 1:
             for record in batch:
-                await self._write_until_done([_copy(record)])
+                await self._write_until_done([record])
             return
         self.failed += 1
         self._resolve([batch[0].id], False)
@@ -444,10 +443,10 @@ class RecordWriter:
             "request record refused by the database (%s: %s), not written: %s",
             type(exc).__name__,
             exc,
-            _fields(batch[0]),
+            batch[0].fields(),
         )
 
-    async def _write(self, batch: list[RequestRecord]) -> None:
+    async def _write(self, batch: list[RequestRow]) -> None:
         if self._sqlite is not None:
             await self._sqlite.write(batch)
         else:
@@ -459,7 +458,7 @@ class RecordWriter:
         self.batches += 1
         self._done([r.id for r in batch])
 
-    async def _not_yet_committed(self, batch: list[RequestRecord]) -> list[RequestRecord]:
+    async def _not_yet_committed(self, batch: list[RequestRow]) -> list[RequestRow]:
         async with self.db.session() as session:
             done = await committed_ids(session, [r.id for r in batch])
         if done:
@@ -495,26 +494,7 @@ _GAP_WEIGHT = (
 )
 
 
-def _write_rows(conn: Session | Connection, batch: list[RequestRecord]) -> None:
+def _write_rows(conn: Session | Connection, batch: list[RequestRow]) -> None:
     insert_request_records_sync(conn, batch)
     # Same transaction: a request is recorded and audited, or neither. Events last (audit/chain.py).
     record_inferences_sync(conn, batch)
-
-
-def _copy(record: RequestRecord) -> RequestRecord:
-    """A fresh, transient copy: a retry must not reuse rows a failed session touched."""
-    return RequestRecord(**_fields(record))
-
-
-def _fields(record: RequestRecord) -> dict[str, Any]:
-    return {key: value for key in _columns() if (value := getattr(record, key)) is not None}
-
-
-def _columns() -> list[str]:
-    global _COLUMNS
-    if _COLUMNS is None:
-        _COLUMNS = [attr.key for attr in inspect(RequestRecord).column_attrs]
-    return _COLUMNS
-
-
-_COLUMNS: list[str] | None = None

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from outpost.control_plane.db.models import RequestRecord
+from outpost.control_plane.db.rows import RequestRow
 
 __all__ = ["add_request_record", "add_request_records", "insert_request_records_sync"]
 
@@ -28,16 +29,16 @@ async def add_request_records(
     return records
 
 
-def insert_request_records_sync(conn: Session | Connection, records: list[RequestRecord]) -> None:
+def insert_request_records_sync(conn: Session | Connection, records: list[RequestRow]) -> None:
     """Insert a batch as one cached Core statement (no unit of work): the record writer's path.
 
-    The records stay transient. Column defaults are filled in here because an
+    Column defaults are filled in here because an
     executemany needs the same keys in every row.
     """
     conn.execute(insert(RequestRecord), [_row(r) for r in records])
 
 
-def _row(record: RequestRecord) -> dict[str, Any]:
+def _row(record: RequestRow) -> dict[str, Any]:
     row = {}
     for key, column in _COLUMNS.items():
         value = getattr(record, key)

@@ -4,6 +4,7 @@ with back-pressure instead of loss, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -23,6 +24,7 @@ from outpost.control_plane.audit.keys import AuditSigner
 from outpost.control_plane.db.engine import Database, sync_url
 from outpost.control_plane.db.migrate import upgrade_to_head
 from outpost.control_plane.db.models import RequestRecord, new_id
+from outpost.control_plane.db.rows import RequestRow
 from outpost.control_plane.services.record_writer import RecordWriter
 from outpost.control_plane.store.tenants import get_or_create_tenant
 from outpost.sdk.audit import verify_export
@@ -348,8 +350,8 @@ async def _tenant(db: Database) -> str:
         return t.id
 
 
-def _record(tenant_id: str) -> RequestRecord:
-    return RequestRecord(
+def _record(tenant_id: str) -> RequestRow:
+    return RequestRow(
         id=new_id("req"),
         tenant_id=tenant_id,
         api_key_id=None,
@@ -629,3 +631,10 @@ async def test_records_unwritten_at_shutdown_are_saved_and_written_once_at_the_n
         assert third.submitted == 0
     finally:
         await db.dispose()
+
+
+def test_a_request_row_has_the_columns_of_a_request_record() -> None:
+    """The request path builds plain rows (db/rows.py) for the writer's Core inserts: a column
+    added to the table and not to the row would be written as its default, silently."""
+    columns = {c.key for c in RequestRecord.__table__.columns}
+    assert {f.name for f in dataclasses.fields(RequestRow)} == columns

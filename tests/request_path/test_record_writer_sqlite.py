@@ -4,10 +4,12 @@ one thread, checked against what the ORM writes, and group commit without a fixe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -16,6 +18,7 @@ from outpost.control_plane.audit.events import record_inference
 from outpost.control_plane.db.engine import Database
 from outpost.control_plane.db.migrate import upgrade_to_head
 from outpost.control_plane.db.models import AuditEvent, RequestRecord, new_id
+from outpost.control_plane.db.rows import RequestRow
 from outpost.control_plane.services.record_writer import RecordWriter
 from outpost.control_plane.settings import Settings
 from outpost.control_plane.store.tenants import get_or_create_tenant
@@ -46,6 +49,16 @@ def _record(tenant_id: str, **fields: object) -> RequestRecord:
         "http_status": 200,
     }
     return RequestRecord(id=new_id("req"), **{**values, **fields})
+
+
+def _row(tenant_id: str, **fields: Any) -> RequestRow:
+    """The same record as the request path hands it to the writer (db/rows.py)."""
+    return RequestRow(**_fields(_record(tenant_id, **fields)))
+
+
+def _fields(record: RequestRecord) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(RequestRow)]
+    return {k: v for k in names if (v := getattr(record, k)) is not None}
 
 
 async def _tenant(db: Database) -> str:
@@ -82,11 +95,9 @@ async def test_the_sqlite_path_stores_records_and_events_exactly_as_the_orm_does
             "error_type": None,
             "created_at": moment,
         }
-        by_orm, by_writer = _record(tenant, **fields), _record(tenant, **fields)
-        bare_orm, bare_writer = (
-            _record(tenant),
-            _record(tenant),
-        )  # defaults: stream, e2e, counts, created_at
+        by_orm, by_writer = _record(tenant, **fields), _row(tenant, **fields)
+        # defaults: stream, e2e, counts, created_at
+        bare_orm, bare_writer = _record(tenant), _row(tenant)
         async with db.session() as session:
             session.add_all([by_orm, bare_orm])
             await session.flush()
@@ -160,7 +171,7 @@ async def test_records_that_queue_during_a_commit_share_the_next_one_without_lin
         tenant = await _tenant(db)
         writer = RecordWriter.from_settings(db, settings.model_copy(update={"state_dir": tmp_path}))
         await writer.start()
-        first = _record(tenant)
+        first = _row(tenant)
         with database_held(url):
             done = writer.submit(first)
             # The writer's thread exists once the first batch has gone to it (it waits on the lock).
@@ -170,7 +181,7 @@ async def test_records_that_queue_during_a_commit_share_the_next_one_without_lin
                 30,
                 "the first batch",
             )
-            rest = [_record(tenant) for _ in range(5)]
+            rest = [_row(tenant) for _ in range(5)]
             waits = [writer.submit(r) for r in rest]
         assert await writer.wait(done, 30)
         assert all(await asyncio.gather(*(writer.wait(w, 30) for w in waits)))

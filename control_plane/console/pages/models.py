@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from outpost.control_plane.api.deps import AppStateDep, Caller
-from outpost.control_plane.api.openai import chat_completions, list_models
+from outpost.control_plane.api.openai import Inference, chat_completions, list_models
 from outpost.control_plane.console.deps import PlaygroundUserDep, ViewUserDep, render
 from outpost.control_plane.console.inference import console_caller, tenant_policy
 from outpost.control_plane.console.queries import served_models
@@ -132,4 +132,4 @@ async def playground_chat(
             "stream_options": {"include_usage": True},
         }
     )
-    return await chat_completions(chat, request, state, caller, policy)
+    return await chat_completions(chat, request, Inference(state, caller, policy))
