@@ -40,7 +40,7 @@ from outpost.control_plane.tunnel.hub import ConnectedRunner, TunnelHub
 from outpost.control_plane.tunnel.link import Link
 from outpost.control_plane.tunnel.stream import LinkClosed, Stream
 from outpost.sdk.logfmt import REQUEST_ID, valid_request_id
-from outpost.sdk.protocol import EndFrame, ResetFrame, Usage, encode_frame
+from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, Usage, encode_frame
 
 __all__ = ["Holder"]
 
@@ -296,7 +296,8 @@ class Holder:
                 return
             if isinstance(ev, EndFrame):
                 relay.usage = ev.usage
-            if not await self._send(origin, "frame", key, encode_frame(ev)):
+            frame = DataFrame(stream_id=st.id, data=ev) if isinstance(ev, str) else ev
+            if not await self._send(origin, "frame", key, encode_frame(frame)):
                 log.info("relay %s: origin replica %s has no inbox; resetting", key, origin)
                 return
             if isinstance(ev, EndFrame | ResetFrame):

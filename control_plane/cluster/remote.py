@@ -55,6 +55,9 @@ class RemoteStream(EventQueue[StreamEvent | HolderAdmitted | HolderRefused]):
             return  # a frame racing our reset or a lost replica: nobody reads it
         if isinstance(frame, ResponseStartFrame):
             self.started = True
+        elif isinstance(frame, DataFrame):
+            self._put(frame.data)  # a reader gets data as its text (tunnel/stream.py)
+            return
         elif isinstance(frame, EndFrame | ResetFrame):
             self.finished = True
             self._link.close_stream(self)

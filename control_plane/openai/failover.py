@@ -30,7 +30,7 @@ from outpost.control_plane.tunnel.hub import ConnectedRunner
 from outpost.control_plane.tunnel.link import RunnerLink, RunnerStream
 from outpost.control_plane.tunnel.stream import LinkClosed, response_start_problem
 from outpost.sdk.logfmt import REQUEST_ID
-from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
+from outpost.sdk.protocol import EndFrame, ResetFrame, ResponseStartFrame
 
 __all__ = ["Opened", "open_with_failover"]
 
@@ -45,7 +45,7 @@ class Opened:
     link: RunnerLink
     stream: RunnerStream
     start: ResponseStartFrame
-    first: DataFrame | EndFrame
+    first: str | EndFrame  # data as its text (tunnel/stream.py)
 
 
 @dataclass
@@ -296,7 +296,7 @@ def _admit_at_holder(call: InferenceCall) -> dict[str, Any]:
 
 async def _first_byte(
     st: RunnerStream, settings: Settings, at_holder: Slot | None = None
-) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
+) -> tuple[ResponseStartFrame, str | EndFrame]:
     """The runner's response start and first frame; ``_AttemptFailed`` when another runner may
     serve it.
 
@@ -318,7 +318,7 @@ async def _first_byte(
 
 async def _start_and_first(
     st: RunnerStream, at_holder: Slot | None, admitted: Callable[[], None]
-) -> tuple[ResponseStartFrame, DataFrame | EndFrame]:
+) -> tuple[ResponseStartFrame, str | EndFrame]:
     start: ResponseStartFrame | None = None
     while True:
         ev = await st.next_event()

@@ -31,7 +31,7 @@ from outpost.control_plane.routing.routing import RouteDecision
 from outpost.control_plane.state import AppState
 from outpost.control_plane.tunnel.hub import ConnectedRunner
 from outpost.control_plane.tunnel.link import RunnerLink, RunnerStream
-from outpost.sdk.protocol import DataFrame, EndFrame, ResponseStartFrame, Usage
+from outpost.sdk.protocol import EndFrame, ResponseStartFrame, Usage
 
 __all__ = ["Phase", "RequestLife", "bounded_usage", "spawn"]
 
@@ -284,7 +284,7 @@ class RequestLife:
                 if isinstance(ev, EndFrame):
                     self.ended(ev)
                     break
-                if not isinstance(ev, DataFrame | ResponseStartFrame):
+                if not isinstance(ev, str | ResponseStartFrame):
                     break  # the runner went away after answering: the answer stands, without usage
         except Exception:  # noqa: BLE001 - a timeout or a dropped stream: stop the engine, keep the record
             self.status, self.error_type = "cancelled", "client_disconnected"

@@ -23,12 +23,12 @@ from outpost.control_plane.openai.lifecycle import RequestLife
 from outpost.control_plane.openai.relay_response import LastChunk, RelayResponse
 from outpost.control_plane.state import AppState
 from outpost.control_plane.tunnel.stream import LinkClosed
-from outpost.sdk.protocol import DataFrame, EndFrame, ResetFrame, ResponseStartFrame
+from outpost.sdk.protocol import EndFrame, ResetFrame, ResponseStartFrame
 
 __all__ = ["InferenceCall", "serve_inference"]
 
 _DONE = "data: [DONE]\n\n"
-_RELAYED = (DataFrame, EndFrame, ResetFrame, LinkClosed)  # a tuple: not a union built per event
+_RELAYED = (str, EndFrame, ResetFrame, LinkClosed)  # a tuple: not a union built per event
 
 
 async def serve_inference(
@@ -79,7 +79,7 @@ async def _respond(state: AppState, call: InferenceCall, life: RequestLife) -> R
         )
 
 
-async def _events(opened: Opened) -> AsyncIterator[DataFrame | EndFrame | ResetFrame | LinkClosed]:
+async def _events(opened: Opened) -> AsyncIterator[str | EndFrame | ResetFrame | LinkClosed]:
     yield opened.first
     while not isinstance(opened.first, EndFrame):
         ev = await opened.stream.next_event()
@@ -88,7 +88,7 @@ async def _events(opened: Opened) -> AsyncIterator[DataFrame | EndFrame | ResetF
         if not isinstance(ev, _RELAYED):
             continue  # a holder's admission events come before the first byte only
         yield ev
-        if not isinstance(ev, DataFrame):
+        if not isinstance(ev, str):
             return
 
 
@@ -98,9 +98,9 @@ async def _relay_stream(life: RequestLife, opened: Opened) -> AsyncIterator[str]
     tail = ""
     async with life:
         async for ev in _events(opened):
-            if isinstance(ev, DataFrame):
+            if isinstance(ev, str):
                 # Data that queued up behind this frame goes out in the same write.
-                data = ev.data + opened.stream.take_data()
+                data = ev + opened.stream.take_data()
                 life.bytes_out += len(data)
                 size = len(data)
                 if data.endswith(_DONE):
@@ -145,9 +145,9 @@ async def _collect(life: RequestLife, opened: Opened) -> str:
 
 async def _read_body(life: RequestLife, opened: Opened, parts: list[str]) -> None:
     async for ev in _events(opened):
-        if isinstance(ev, DataFrame):
-            parts.append(ev.data)
-            await opened.stream.consumed(len(ev.data))
+        if isinstance(ev, str):
+            parts.append(ev)
+            await opened.stream.consumed(len(ev))
         elif isinstance(ev, EndFrame):
             life.ended(ev)
             if ev.error:

@@ -249,6 +249,15 @@ class Link:
         else:
             raise FrameError(f"unexpected {frame.type} frame after handshake")
 
+    def dispatch_data(self, stream_id: int, text: str) -> None:
+        """One binary data record: :meth:`dispatch` of its ``data.v1`` frame, without the frame."""
+        st = self.streams.get(stream_id)
+        if st is None:
+            if stream_id < self._next_id:
+                return  # a late record for a stream we reset: harmless
+            raise FrameError(f"frame for unknown stream {stream_id}")
+        st.deliver_data(text)
+
     def fail_all(self, reason: str) -> None:
         self.closed = True
         for st in list(self.streams.values()):

@@ -17,7 +17,9 @@ from outpost.sdk.protocol import DataFrame, EndFrame, FrameError, ResetFrame, Re
 
 __all__ = ["EventQueue", "LinkClosed", "Stream", "StreamEvent", "response_start_problem"]
 
-StreamEvent = Union[ResponseStartFrame, DataFrame, EndFrame, ResetFrame, "LinkClosed"]
+#: What a stream's reader gets. Data is its text alone, however it came (a binary record or a
+#: ``data.v1`` frame): no frame object per token (docs/performance.md).
+StreamEvent = Union[ResponseStartFrame, str, EndFrame, ResetFrame, "LinkClosed"]
 
 
 #: Media types a runner may answer a client with: what an OpenAI endpoint returns.
@@ -134,8 +136,8 @@ class EventQueue(Generic[E]):
         parts: list[str] = []
         while self._held is None and self._events:
             ev = self._events.popleft()
-            if isinstance(ev, DataFrame):
-                parts.append(ev.data)
+            if isinstance(ev, str):
+                parts.append(ev)
             elif isinstance(ev, _Wake):
                 if self._interrupt is not None:  # next_event must still see it, in its place
                     self._held = ev
@@ -173,14 +175,22 @@ class Stream(EventQueue[StreamEvent]):
                 raise FrameError(f"second response_start on stream {self.id}")
             self.started = True
         elif isinstance(frame, DataFrame):
-            if not self.started:
-                raise FrameError(f"data before response_start on stream {self.id}")
-            self._credit -= len(frame.data)
-            if self._credit < 0:
-                raise FrameError(f"stream {self.id} exceeded its flow-control window")
+            self.deliver_data(frame.data)
+            return
         else:
             self.finished = True
         self._put(frame)
+
+    def deliver_data(self, text: str) -> None:
+        """A data record's text (the binary path: no frame is built for it)."""
+        if self.finished:
+            raise FrameError(f"frame for finished stream {self.id}")
+        if not self.started:
+            raise FrameError(f"data before response_start on stream {self.id}")
+        self._credit -= len(text)
+        if self._credit < 0:
+            raise FrameError(f"stream {self.id} exceeded its flow-control window")
+        self._put(text)
 
     def link_closed(self, reason: str) -> None:
         if not self.finished:

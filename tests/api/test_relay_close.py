@@ -103,7 +103,7 @@ def _relay(state: _State, lives: list[RequestLife] | None = None) -> tuple[Any, 
     first = DataFrame(stream_id=1, data='data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
     stream.deliver(first)
     # serve_inference read these two already
-    assert (stream._events.popleft(), stream._events.popleft()) == (start, first)
+    assert (stream._events.popleft(), stream._events.popleft()) == (start, first.data)
     call = InferenceCall(
         tenant_id="ten_1", api_key_id=None, route=RouteRequest(model=MODEL), body=BODY, stream=True
     )
@@ -116,7 +116,7 @@ def _relay(state: _State, lives: list[RequestLife] | None = None) -> tuple[Any, 
     life.opened(start, queued=False)
     if lives is not None:  # the caller plays the response around the body
         lives.append(life)
-    opened = Opened(runner=runner, link=link, stream=stream, start=start, first=first)  # type: ignore[arg-type]
+    opened = Opened(runner=runner, link=link, stream=stream, start=start, first=first.data)  # type: ignore[arg-type]
     return serving._relay_stream(life, opened), stream, resets
 
 
