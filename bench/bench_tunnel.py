@@ -179,7 +179,7 @@ class TunnelEnd:
 
 async def tunnel_request(end: TunnelEnd, body: bytes, record: list[Sample]) -> Sample:
     """One request over the tunnel, consumed as the control plane consumes it."""
-    from outpost.sdk.protocol import DataFrame, EndFrame, ResponseStartFrame
+    from outpost.sdk.protocol import EndFrame, ResponseStartFrame
 
     s = Sample(sent=time.perf_counter())
     record.append(s)
@@ -194,8 +194,8 @@ async def tunnel_request(end: TunnelEnd, body: bytes, record: list[Sample]) -> S
         if isinstance(ev, ResponseStartFrame):
             s.status = ev.status
             continue
-        if isinstance(ev, DataFrame):
-            n = ev.data.count('"content":"') - ev.data.count('"content":""')
+        if isinstance(ev, str):  # data arrives as its text (control_plane/tunnel/stream.py)
+            n = ev.count('"content":"') - ev.count('"content":""')
             if n > 0:
                 if last is None:
                     s.ttft = now - s.sent
@@ -204,7 +204,7 @@ async def tunnel_request(end: TunnelEnd, body: bytes, record: list[Sample]) -> S
                 s.gaps.extend([0.0] * (n - 1))
                 last = now
                 s.tokens += n
-            await st.consumed(len(ev.data))
+            await st.consumed(len(ev))
             continue
         if isinstance(ev, EndFrame):
             s.error = ev.error
