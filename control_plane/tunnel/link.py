@@ -219,11 +219,9 @@ class Link:
     def dispatch(self, frame: Frame) -> None:
         """Route one frame from the reader task. Raises FrameError on a violation."""
         if isinstance(frame, _STREAM_FRAMES):
-            st = self.streams.get(frame.stream_id)
+            st = self._open_stream_for(frame.stream_id)
             if st is None:
-                if frame.stream_id < self._next_id:
-                    return  # a late frame for a stream we reset: harmless
-                raise FrameError(f"frame for unknown stream {frame.stream_id}")
+                return
             st.deliver(frame)
             if st.finished:
                 self.streams.pop(frame.stream_id, None)
@@ -251,12 +249,16 @@ class Link:
 
     def dispatch_data(self, stream_id: int, text: str) -> None:
         """One binary data record: :meth:`dispatch` of its ``data.v1`` frame, without the frame."""
+        if (st := self._open_stream_for(stream_id)) is not None:
+            st.deliver_data(text)  # data never ends a stream: nothing to pop
+
+    def _open_stream_for(self, stream_id: int) -> Stream | None:
+        """The open stream a runner's frame names; ``None`` for a late frame of a stream already
+        ended or reset (harmless); FrameError for one this link never opened."""
         st = self.streams.get(stream_id)
-        if st is None:
-            if stream_id < self._next_id:
-                return  # a late record for a stream we reset: harmless
+        if st is None and stream_id >= self._next_id:
             raise FrameError(f"frame for unknown stream {stream_id}")
-        st.deliver_data(text)
+        return st
 
     def fail_all(self, reason: str) -> None:
         self.closed = True

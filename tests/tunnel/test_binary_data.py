@@ -339,3 +339,33 @@ def test_binary_data_before_response_start_or_past_the_window_closes(
     chat.join(60)
     assert chat.error is not None
     _ready(env)
+
+
+def test_a_late_record_is_ignored_and_one_for_a_stream_never_opened_closes(
+    env: Env, rogue: tuple[str, IdentityKey]
+) -> None:
+    ws, _ = _connect(env, rogue, set(CAPABILITIES))
+
+    def answer(content: str) -> int:
+        chat = _Chat(env)
+        sid = _next_request(ws).stream_id
+        start = ResponseStartFrame(stream_id=sid, status=200, content_type="text/event-stream")
+        ws.send(encode_frame(start))
+        ws.send(encode_data_batch([(sid, _event(content)), (sid, b"data: [DONE]\n\n")]))
+        usage = Usage(prompt_tokens=1, completion_tokens=1)
+        ws.send(encode_frame(EndFrame(stream_id=sid, usage=usage)))
+        chat.join(60)
+        assert chat.error is None and chat.text == content
+        return sid
+
+    ended = answer("first")
+    # A record for the stream that just ended (a runner's send racing the end): harmless, the
+    # connection keeps serving ...
+    ws.send(encode_data_batch([(ended, b"data: late\n\n")]))
+    answer("second")
+    # ... but data for a stream the control plane never opened (another request's, guessed) is
+    # a protocol violation: the connection closes.
+    ws.send(encode_data_batch([(ended + 1000, b"data: forged\n\n")]))
+    got, reason = _close_code(ws)
+    assert got == CloseCode.PROTOCOL_ERROR and "unknown stream" in reason
+    _ready(env)
